@@ -1,0 +1,121 @@
+/**
+ * The one interface every cloud implements. Controllers talk only to this; cloud SDKs are
+ * imported only below src/cloud/<provider>/.
+ */
+import type { Logger } from "../engine/logger.js";
+import type {
+  CloudResourceRef,
+  ComputeEnvironment,
+  ComputeEnvironmentStatus,
+  Run,
+  RunStatus,
+} from "../api/types.js";
+
+export type CloudErrorKind = "NotFound" | "Retryable" | "Terminal";
+
+/**
+ * A typed failure from a provider.
+ * - NotFound: the thing asked about does not exist (callers usually treat it as done).
+ * - Retryable: try again later (throttling, eventual consistency, a blip). `retryAfterMs` hints when.
+ * - Terminal: the input is wrong or permissions are missing; retrying without a change won't help.
+ *   `reason` is a CamelCase word for conditions, `message` is for people and names the field.
+ */
+export class CloudError extends Error {
+  readonly kind: CloudErrorKind;
+  readonly reason: string;
+  readonly retryAfterMs: number | undefined;
+
+  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown }) {
+    super(message, opts?.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = "CloudError";
+    this.kind = kind;
+    this.reason = reason;
+    this.retryAfterMs = opts?.retryAfterMs;
+  }
+
+  static notFound(reason: string, message: string): CloudError {
+    return new CloudError("NotFound", reason, message);
+  }
+  static retryable(reason: string, message: string, retryAfterMs?: number, cause?: unknown): CloudError {
+    return new CloudError("Retryable", reason, message, { retryAfterMs, cause });
+  }
+  static terminal(reason: string, message: string, cause?: unknown): CloudError {
+    return new CloudError("Terminal", reason, message, { cause });
+  }
+}
+
+export function isCloudError(e: unknown, kind?: CloudErrorKind): e is CloudError {
+  return e instanceof CloudError && (kind === undefined || e.kind === kind);
+}
+
+/** Credentials as read from the CE's Secret (or an empty map for the ambient identity). Never logged. */
+export interface ResolvedCredentials {
+  source: "secret" | "ambient";
+  /** Secret name, for messages. */
+  secretName?: string;
+  data: Record<string, string>;
+}
+
+export interface EnvContext {
+  ce: ComputeEnvironment;
+  credentials: ResolvedCredentials;
+  logger: Logger;
+  signal?: AbortSignal;
+}
+
+export interface EnvObservation {
+  /** Every cloud resource the environment owns, as found. */
+  resources: CloudResourceRef[];
+  /** True when every resource the environment needs is in place and valid. */
+  ready: boolean;
+  /** Human-readable names of what is missing (empty when ready). */
+  missing: string[];
+  /** Provider-specific status fields to merge into the CE status (e.g. `aws`). */
+  status: Partial<ComputeEnvironmentStatus>;
+}
+
+export type MachineState =
+  | "pending"
+  | "running"
+  | "stopping"
+  | "stopped"
+  | "shutting-down"
+  | "terminated"
+  | "unknown";
+
+export interface RunDescription {
+  instanceId: string;
+  state: MachineState;
+  /** Why the machine is in this state (e.g. a Spot interruption), when the cloud says. */
+  stateReason?: string;
+  /** The pipeline's exit code, once known (exit line in the log or uploaded exit status). */
+  exitCode?: number;
+  launchedAt?: string;
+  instance?: RunStatus["instance"];
+}
+
+export interface RunLogChunk {
+  lines: string[];
+  /** Opaque cursor to continue from; undefined when the log does not exist yet. */
+  next?: string;
+}
+
+export interface CloudProvider {
+  readonly name: string;
+  /** Read-only look at the environment's cloud resources. */
+  observeEnvironment(ctx: EnvContext): Promise<EnvObservation>;
+  /** Idempotent create / adopt / update. Throws CloudError Terminal on bad input. */
+  provisionEnvironment(ctx: EnvContext): Promise<EnvObservation>;
+  /** Deletes only what carries this CE's ownership tag; missing pieces count as done. */
+  disposeEnvironment(ctx: EnvContext): Promise<void>;
+  /** Idempotent launch (the Run's UID is the idempotency token). */
+  launchRun(ctx: EnvContext, run: Run): Promise<RunDescription>;
+  /** One batched call for all given Runs; a Run with no machine maps to undefined. Keyed by Run UID. */
+  describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>>;
+  /** Stops the Run's machine; no machine counts as done. */
+  terminateRun(ctx: EnvContext, run: Run): Promise<void>;
+  /** Reads the Run's log from a cursor. */
+  readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk>;
+  /** Terminates machines carrying this CE's ownership tags whose Run UID is not in `liveRunUids`. Returns what it stopped. */
+  sweepOrphans?(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]>;
+}
