@@ -1,0 +1,275 @@
+// Controller: a bounded pool of workers taking keys from a WorkQueue and running a reconcile
+// function on each, with a per-reconcile timeout, error classification and metrics.
+//
+//  - success            -> queue.forget(key) (backoff reset); { requeueAfterMs } -> queue.addAfter
+//  - TerminalError      -> onTerminalError hook, queue.forget(key); no retry until the key is added
+//                          again (e.g. by a spec change seen by the reflector)
+//  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket)
+//  - timeout            -> the reconcile's signal is aborted; counted as retryable
+//
+// Nothing a reconcile throws or rejects with escapes: every promise the controller creates is
+// handled, so a failing reconcile never takes the process down.
+
+import type { Logger } from "./logger.js";
+import type { EngineMetrics } from "./metrics.js";
+import { WorkQueue } from "./queue.js";
+
+/** An error retrying cannot fix (bad spec, missing permission by design, ...). `reason` is CamelCase. */
+export class TerminalError extends Error {
+  readonly reason: string;
+
+  constructor(reason: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "TerminalError";
+    this.reason = reason;
+  }
+}
+
+export function isTerminalError(err: unknown): err is TerminalError {
+  return err instanceof TerminalError;
+}
+
+/** The abort reason of a reconcile that ran past reconcileTimeoutMs. */
+export class ReconcileTimeoutError extends Error {
+  constructor(key: string, ms: number) {
+    super(`reconcile of ${key} did not finish within ${ms} ms`);
+    this.name = "ReconcileTimeoutError";
+  }
+}
+
+export type ReconcileResult = { requeueAfterMs?: number } | void;
+
+export interface ControllerOptions {
+  name: string;
+  reconcile: (key: string, signal: AbortSignal) => Promise<ReconcileResult>;
+  /** Parallel reconciles (never two on the same key). Default 2. */
+  workers?: number;
+  /** Per-reconcile deadline; the signal is aborted when it passes. Default 5 minutes. */
+  reconcileTimeoutMs?: number;
+  queue?: WorkQueue;
+  logger: Logger;
+  metrics?: EngineMetrics;
+  onTerminalError?: (key: string, err: TerminalError) => Promise<void>;
+}
+
+interface InFlight {
+  key: string;
+  abort: AbortController;
+  settled: Promise<void>;
+}
+
+export class Controller {
+  readonly name: string;
+  readonly queue: WorkQueue;
+  private readonly reconcileFn: ControllerOptions["reconcile"];
+  private readonly workers: number;
+  private readonly timeoutMs: number;
+  private readonly log: Logger;
+  private readonly metrics: EngineMetrics | undefined;
+  private readonly onTerminalError: ControllerOptions["onTerminalError"];
+  private readonly inFlight = new Set<InFlight>();
+  private loops: Promise<void>[] = [];
+  private started = false;
+  private stopping = false;
+  private stopped: Promise<void> | undefined;
+
+  constructor(opts: ControllerOptions) {
+    this.name = opts.name;
+    this.reconcileFn = opts.reconcile;
+    this.workers = opts.workers ?? 2;
+    this.timeoutMs = opts.reconcileTimeoutMs ?? 5 * 60_000;
+    if (!Number.isInteger(this.workers) || this.workers < 1) throw new RangeError(`controller ${opts.name}: workers must be an integer >= 1`);
+    if (!(this.timeoutMs > 0)) throw new RangeError(`controller ${opts.name}: reconcileTimeoutMs must be > 0`);
+    this.metrics = opts.metrics;
+    this.queue = opts.queue ?? new WorkQueue({ name: opts.name, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
+    this.log = opts.logger.child({ controller: opts.name });
+    this.onTerminalError = opts.onTerminalError;
+  }
+
+  enqueue(key: string): void {
+    this.queue.add(key);
+  }
+
+  enqueueAfter(key: string, ms: number): void {
+    this.queue.addAfter(key, ms);
+  }
+
+  /** Reconciles currently running (including ones that outlived their timeout). */
+  inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.log.info({ workers: this.workers }, "controller starting");
+    for (let i = 0; i < this.workers; i++) {
+      this.loops.push(this.worker(i).catch((err: unknown) => this.log.error({ err }, "worker loop failed")));
+    }
+  }
+
+  /**
+   * Graceful stop: no new keys are taken, running reconciles get until `deadlineMs` to finish,
+   * then their signals are aborted. Idempotent.
+   */
+  stop(deadlineMs = 30_000): Promise<void> {
+    this.stopped ??= this.doStop(deadlineMs);
+    return this.stopped;
+  }
+
+  private async doStop(deadlineMs: number): Promise<void> {
+    this.stopping = true;
+    this.queue.shutDown();
+    const pending = [...this.inFlight];
+    this.log.info({ inFlight: pending.length, deadlineMs }, "controller stopping");
+    const finished = await settleWithin(
+      Promise.all(pending.map((f) => f.settled)),
+      deadlineMs,
+    );
+    if (!finished) {
+      const left = [...this.inFlight];
+      this.log.warn({ keys: left.map((f) => f.key) }, "stop deadline passed; aborting running reconciles");
+      for (const f of left) f.abort.abort(new Error(`controller ${this.name} is stopping`));
+      // give aborted reconciles a moment to unwind; do not wait for ones that ignore the signal
+      await settleWithin(Promise.all(left.map((f) => f.settled)), 1_000);
+    }
+    await settleWithin(Promise.all(this.loops), 1_000);
+    this.log.info({ abandoned: this.inFlight.size }, "controller stopped");
+  }
+
+  private async worker(id: number): Promise<void> {
+    for (;;) {
+      const key = await this.queue.get();
+      if (key === undefined) return;
+      if (this.stopping) {
+        this.queue.done(key);
+        return;
+      }
+      try {
+        await this.process(key);
+      } catch (err) {
+        // process() handles everything itself; this is a last line of defence
+        this.log.error({ err, key, worker: id }, "unexpected failure while processing a key");
+        this.queue.done(key);
+      }
+    }
+  }
+
+  /**
+   * Runs one reconcile. Returns when it settled or when its timeout passed; a reconcile that
+   * ignores its aborted signal keeps its key (done() only after it settles) so that no second
+   * reconcile of the same key can start, while the worker moves on.
+   */
+  private async process(key: string): Promise<void> {
+    const abort = new AbortController();
+    const started = performance.now();
+    this.metrics?.reconcileInFlight.inc({ controller: this.name });
+
+    let outcome: { ok: true; value: ReconcileResult } | { ok: false; err: unknown };
+    const settledPromise = Promise.resolve()
+      .then(() => this.reconcileFn(key, abort.signal))
+      .then(
+        (value) => (outcome = { ok: true, value }),
+        (err: unknown) => (outcome = { ok: false, err }),
+      );
+    const entry: InFlight = { key, abort, settled: settledPromise.then(() => undefined) };
+    this.inFlight.add(entry);
+
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<"timeout">((resolve) => {
+      timer = setTimeout(() => resolve("timeout"), this.timeoutMs);
+    });
+    const first = await Promise.race([settledPromise.then(() => "settled" as const), timedOut]);
+    clearTimeout(timer);
+
+    if (first === "timeout") {
+      abort.abort(new ReconcileTimeoutError(key, this.timeoutMs));
+      this.finishMetrics(started, "timeout");
+      this.metrics?.reconcileErrors.inc({ controller: this.name, kind: "timeout" });
+      this.log.warn({ key, timeoutMs: this.timeoutMs }, "reconcile timed out; will retry");
+      // retry once the abandoned call has really finished
+      void entry.settled.then(() => {
+        this.inFlight.delete(entry);
+        this.metrics?.reconcileInFlight.dec({ controller: this.name });
+        this.queue.addRateLimited(key);
+        this.queue.done(key);
+      });
+      return;
+    }
+
+    this.inFlight.delete(entry);
+    this.metrics?.reconcileInFlight.dec({ controller: this.name });
+    try {
+      // outcome is always set once settledPromise resolved
+      await this.handleOutcome(key, outcome!, started, abort.signal);
+    } finally {
+      this.queue.done(key);
+    }
+  }
+
+  private async handleOutcome(
+    key: string,
+    outcome: { ok: true; value: ReconcileResult } | { ok: false; err: unknown },
+    started: number,
+    signal: AbortSignal,
+  ): Promise<void> {
+    if (outcome.ok) {
+      this.queue.forget(key);
+      const after = outcome.value?.requeueAfterMs;
+      if (after !== undefined && after >= 0) {
+        this.queue.addAfter(key, after);
+        this.finishMetrics(started, "requeue");
+        this.log.debug({ key, requeueAfterMs: after }, "reconciled; requeue scheduled");
+      } else {
+        this.finishMetrics(started, "success");
+        this.log.debug({ key }, "reconciled");
+      }
+      return;
+    }
+
+    const err = outcome.err;
+    if (isTerminalError(err)) {
+      this.queue.forget(key);
+      this.finishMetrics(started, "terminal");
+      this.metrics?.reconcileErrors.inc({ controller: this.name, kind: "terminal" });
+      this.log.warn({ key, reason: err.reason, err }, "reconcile failed terminally; waiting for a change");
+      if (this.onTerminalError) {
+        try {
+          await this.onTerminalError(key, err);
+        } catch (hookErr) {
+          this.log.error({ key, err: hookErr }, "onTerminalError hook failed; will retry");
+          this.queue.addRateLimited(key);
+        }
+      }
+      return;
+    }
+
+    if (this.stopping && signal.aborted) {
+      this.finishMetrics(started, "aborted");
+      this.log.info({ key }, "reconcile aborted by shutdown");
+      return;
+    }
+    this.finishMetrics(started, "error");
+    this.metrics?.reconcileErrors.inc({ controller: this.name, kind: "retryable" });
+    this.queue.addRateLimited(key);
+    this.log.warn({ key, err, retries: this.queue.numRequeues(key) }, "reconcile failed; will retry with backoff");
+  }
+
+  private finishMetrics(started: number, result: string): void {
+    this.metrics?.reconcileTotal.inc({ controller: this.name, result });
+    this.metrics?.reconcileDuration.observe({ controller: this.name }, (performance.now() - started) / 1000);
+  }
+}
+
+/** true when `p` settled within `ms`, false otherwise (p's own result is ignored). */
+async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), Math.max(0, ms));
+  });
+  try {
+    return await Promise.race([p.then(() => true, () => true), t]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,235 @@
+// Keyed work queue with the semantics controllers rely on:
+//  - a key is queued at most once: adding a key that is already waiting is a no-op;
+//  - a key is handed to at most one worker at a time: adding a key that is being processed marks
+//    it dirty, and it is queued again when the worker calls done(key);
+//  - delayed adds (addAfter): if the key is already scheduled, the earlier time wins;
+//  - rate-limited adds (addRateLimited): the delay is the larger of a per-key exponential backoff
+//    (baseDelayMs * 2^failures, capped at maxDelayMs, reset by forget) and a global token bucket
+//    (qps, burst) shared by all keys;
+//  - shutDown(): further adds are ignored, get() keeps handing out what is already queued and
+//    then resolves undefined.
+
+import type { EngineMetrics } from "./metrics.js";
+
+export interface WorkQueueOptions {
+  /** First retry delay of a key. Default 5 ms. */
+  baseDelayMs?: number;
+  /** Cap of the per-key backoff. Default 5 minutes. */
+  maxDelayMs?: number;
+  /** Token bucket refill rate, tokens per second. Default 10. */
+  qps?: number;
+  /** Token bucket size. Default 100. */
+  burst?: number;
+  metrics?: EngineMetrics;
+  /** Label of the queue in metrics. Default "default". */
+  name?: string;
+  /** Clock, for tests. Default Date.now. */
+  now?: () => number;
+}
+
+/** Token bucket in the style of a reservation limiter: each take() returns how long to wait. */
+class TokenBucket {
+  private tokens: number;
+  private last: number;
+
+  constructor(
+    private readonly qps: number,
+    private readonly burst: number,
+    private readonly now: () => number,
+  ) {
+    this.tokens = burst;
+    this.last = now();
+  }
+
+  /** Reserve one token; returns the delay in ms until that token is available (0 = now). */
+  take(): number {
+    if (!(this.qps > 0) || !Number.isFinite(this.qps)) return 0;
+    const t = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps);
+    this.last = t;
+    this.tokens -= 1;
+    if (this.tokens >= 0) return 0;
+    return Math.ceil((-this.tokens / this.qps) * 1000);
+  }
+}
+
+interface Scheduled {
+  readyAt: number;
+  timer: NodeJS.Timeout;
+}
+
+export class WorkQueue {
+  readonly name: string;
+  private readonly baseDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly metrics: EngineMetrics | undefined;
+  private readonly now: () => number;
+  private readonly bucket: TokenBucket;
+
+  /** Keys ready to be handed out, in order. */
+  private readonly queue: string[] = [];
+  /** Keys that need processing (queued, or re-added while processing). */
+  private readonly dirty = new Set<string>();
+  /** Keys currently held by a worker. */
+  private readonly processing = new Set<string>();
+  /** When each queued key was queued (for the latency histogram). */
+  private readonly queuedAt = new Map<string, number>();
+  private readonly scheduled = new Map<string, Scheduled>();
+  private readonly failures = new Map<string, number>();
+  private waiters: (() => void)[] = [];
+  private drainWaiters: (() => void)[] = [];
+  private shutdown = false;
+
+  constructor(opts: WorkQueueOptions = {}) {
+    this.name = opts.name ?? "default";
+    this.baseDelayMs = opts.baseDelayMs ?? 5;
+    this.maxDelayMs = opts.maxDelayMs ?? 5 * 60_000;
+    this.metrics = opts.metrics;
+    this.now = opts.now ?? Date.now;
+    this.bucket = new TokenBucket(opts.qps ?? 10, opts.burst ?? 100, this.now);
+    if (!(this.baseDelayMs >= 0) || !(this.maxDelayMs >= this.baseDelayMs)) {
+      throw new RangeError(`work queue ${this.name}: need 0 <= baseDelayMs <= maxDelayMs`);
+    }
+    this.updateDepth();
+  }
+
+  get shuttingDown(): boolean {
+    return this.shutdown;
+  }
+
+  /** Queue `key` now (no-op if already queued; deferred until done() if being processed). */
+  add(key: string): void {
+    if (this.shutdown) return;
+    if (this.dirty.has(key)) return;
+    this.dirty.add(key);
+    this.metrics?.queueAdds.inc({ queue: this.name });
+    if (this.processing.has(key)) return;
+    this.push(key);
+  }
+
+  /** Queue `key` after `ms`; if it is already scheduled earlier, the earlier time stays. */
+  addAfter(key: string, ms: number): void {
+    if (this.shutdown) return;
+    if (!(ms > 0)) {
+      this.add(key);
+      return;
+    }
+    const readyAt = this.now() + ms;
+    const existing = this.scheduled.get(key);
+    if (existing && existing.readyAt <= readyAt) return;
+    if (existing) clearTimeout(existing.timer);
+    const timer = setTimeout(() => {
+      const cur = this.scheduled.get(key);
+      if (cur?.timer !== timer) return;
+      this.scheduled.delete(key);
+      this.add(key);
+    }, ms);
+    this.scheduled.set(key, { readyAt, timer });
+  }
+
+  /** Queue `key` after its backoff delay (and the global rate limit); counts as one more failure. */
+  addRateLimited(key: string): void {
+    if (this.shutdown) return;
+    this.metrics?.queueRetries.inc({ queue: this.name });
+    this.addAfter(key, this.whenReady(key));
+  }
+
+  /** The delay addRateLimited would use, bumping the key's failure count. */
+  whenReady(key: string): number {
+    const n = this.failures.get(key) ?? 0;
+    this.failures.set(key, n + 1);
+    const backoff = Math.min(this.maxDelayMs, this.baseDelayMs * 2 ** n);
+    return Math.max(backoff, this.bucket.take());
+  }
+
+  /** Forget the failure history of `key` (its next addRateLimited starts at baseDelayMs again). */
+  forget(key: string): void {
+    this.failures.delete(key);
+  }
+
+  /** How many times `key` was rate-limited since the last forget. */
+  numRequeues(key: string): number {
+    return this.failures.get(key) ?? 0;
+  }
+
+  /**
+   * Next key to process, waiting until one is available. The caller owns the key until it calls
+   * done(key). Resolves undefined once the queue is shut down and empty.
+   */
+  async get(): Promise<string | undefined> {
+    for (;;) {
+      const key = this.queue.shift();
+      if (key !== undefined) {
+        this.dirty.delete(key);
+        this.processing.add(key);
+        const at = this.queuedAt.get(key);
+        this.queuedAt.delete(key);
+        if (at !== undefined) this.metrics?.queueLatency.observe({ queue: this.name }, (this.now() - at) / 1000);
+        this.updateDepth();
+        return key;
+      }
+      if (this.shutdown) return undefined;
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+  }
+
+  /** Release `key`; if it was added again meanwhile it goes back into the queue. */
+  done(key: string): void {
+    if (!this.processing.delete(key)) return;
+    // re-added while it was processed (possibly before a shutdown): hand it out again
+    if (this.dirty.has(key)) this.push(key);
+    this.checkDrained();
+  }
+
+  /** Keys waiting to be handed out (not counting delayed or in-process keys). */
+  len(): number {
+    return this.queue.length;
+  }
+
+  /** Keys currently held by workers. */
+  processingCount(): number {
+    return this.processing.size;
+  }
+
+  /** Keys waiting for a delayed add. */
+  scheduledCount(): number {
+    return this.scheduled.size;
+  }
+
+  /** Stop accepting keys and drop delayed adds; get() drains what is queued, then resolves undefined. */
+  shutDown(): void {
+    if (this.shutdown) return;
+    this.shutdown = true;
+    for (const s of this.scheduled.values()) clearTimeout(s.timer);
+    this.scheduled.clear();
+    const w = this.waiters;
+    this.waiters = [];
+    for (const resolve of w) resolve();
+    this.checkDrained();
+  }
+
+  /** Resolves when nothing is queued and no key is being processed. */
+  drain(): Promise<void> {
+    if (this.queue.length === 0 && this.processing.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  private push(key: string): void {
+    this.queue.push(key);
+    this.queuedAt.set(key, this.now());
+    this.updateDepth();
+    const w = this.waiters.shift();
+    if (w) w();
+  }
+
+  private checkDrained(): void {
+    if (this.queue.length !== 0 || this.processing.size !== 0 || this.drainWaiters.length === 0) return;
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const resolve of w) resolve();
+  }
+
+  private updateDepth(): void {
+    this.metrics?.queueDepth.set({ queue: this.name }, this.queue.length);
+  }
+}
