@@ -1,0 +1,118 @@
+/**
+ * Finalizer helpers. Both writes are JSON patches guarded by a "test" operation, so they only
+ * apply to the finalizer list they were computed from; when someone else changed the list in the
+ * meantime the server rejects the patch, the object is re-read and the patch recomputed (a
+ * bounded number of times).
+ *
+ * Add the finalizer before the first external side effect; remove it only after cleanup succeeded.
+ */
+import { KubeApiError } from "./kube.js";
+import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
+
+/** How many times a guarded patch is recomputed after a concurrent change. */
+export const FINALIZER_MAX_ATTEMPTS = 8;
+
+export function hasFinalizer(obj: KubeObject, finalizer: string): boolean {
+  return obj.metadata.finalizers?.includes(finalizer) ?? false;
+}
+
+/** A guarded patch lost a race (test failed / conflict): re-read and try again. */
+function isRaceError(err: unknown): boolean {
+  return err instanceof KubeApiError && (err.status === 409 || err.status === 422);
+}
+
+function nameOf(rt: ResourceType, obj: KubeObject): string {
+  const name = obj.metadata.name;
+  if (!name) throw new TypeError(`${rt.kind}: metadata.name is required`);
+  return name;
+}
+
+/** JSON pointer escaping is not needed for fixed paths; values are compared by the server. */
+function addPatch(obj: KubeObject, finalizer: string): unknown[] {
+  const current = obj.metadata.finalizers;
+  if (current === undefined || current.length === 0) {
+    // "test" cannot assert that a member is absent; guard on the resourceVersion instead, so the
+    // whole-list "add" (which would replace an existing list) only applies to the version we saw.
+    const rv = obj.metadata.resourceVersion;
+    if (!rv) throw new TypeError("ensureFinalizer: the object has no metadata.resourceVersion");
+    return [
+      { op: "test", path: "/metadata/resourceVersion", value: rv },
+      { op: "add", path: "/metadata/finalizers", value: [finalizer] },
+    ];
+  }
+  return [
+    { op: "test", path: "/metadata/finalizers", value: current },
+    { op: "add", path: "/metadata/finalizers/-", value: finalizer },
+  ];
+}
+
+/**
+ * Makes sure `finalizer` is on the object and returns the object as stored. No write happens when
+ * it is already present. Throws when the object is gone, when it is being deleted without the
+ * finalizer (the API server forbids adding one then), or when the race is lost too many times.
+ */
+export async function ensureFinalizer<T extends KubeObject>(
+  client: KubeClient,
+  rt: ResourceType,
+  obj: T,
+  finalizer: string,
+): Promise<T> {
+  const name = nameOf(rt, obj);
+  const ns = obj.metadata.namespace;
+  let cur: T = obj;
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < FINALIZER_MAX_ATTEMPTS; attempt++) {
+    if (hasFinalizer(cur, finalizer)) return cur;
+    if (cur.metadata.deletionTimestamp) {
+      throw new Error(`${rt.kind} ${ns ? `${ns}/` : ""}${name} is being deleted; finalizer ${finalizer} cannot be added`);
+    }
+    try {
+      return await client.patch<T>(rt, ns, name, addPatch(cur, finalizer), "json");
+    } catch (err) {
+      if (!isRaceError(err)) throw err;
+      lastErr = err;
+    }
+    const fresh = await client.get<T>(rt, ns, name);
+    if (!fresh) {
+      throw new KubeApiError(404, "NotFound", `${rt.kind} ${ns ? `${ns}/` : ""}${name} not found while adding finalizer`, undefined);
+    }
+    cur = fresh;
+  }
+  throw lastErr instanceof Error ? lastErr : new Error(`ensureFinalizer ${name}: too many conflicts`);
+}
+
+/**
+ * Removes `finalizer` from the object and returns the object as stored, or undefined when the
+ * object no longer exists (e.g. it was deleted once its last finalizer went away). No write
+ * happens when the finalizer is not present.
+ */
+export async function removeFinalizer<T extends KubeObject>(
+  client: KubeClient,
+  rt: ResourceType,
+  obj: T,
+  finalizer: string,
+): Promise<T | undefined> {
+  const name = nameOf(rt, obj);
+  const ns = obj.metadata.namespace;
+  let cur: T = obj;
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < FINALIZER_MAX_ATTEMPTS; attempt++) {
+    const current = cur.metadata.finalizers ?? [];
+    if (!current.includes(finalizer)) return cur;
+    const patch = [
+      { op: "test", path: "/metadata/finalizers", value: current },
+      { op: "replace", path: "/metadata/finalizers", value: current.filter((f) => f !== finalizer) },
+    ];
+    try {
+      return await client.patch<T>(rt, ns, name, patch, "json");
+    } catch (err) {
+      if (err instanceof KubeApiError && err.status === 404) return undefined;
+      if (!isRaceError(err)) throw err;
+      lastErr = err;
+    }
+    const fresh = await client.get<T>(rt, ns, name);
+    if (!fresh) return undefined;
+    cur = fresh;
+  }
+  throw lastErr instanceof Error ? lastErr : new Error(`removeFinalizer ${name}: too many conflicts`);
+}
