@@ -1,0 +1,365 @@
+/**
+ * AWS SDK v3 clients for one CE (credentials + region), a cache of them keyed by a fingerprint of
+ * the credentials, and the single place where SDK errors become CloudErrors.
+ */
+import { createHash } from "node:crypto";
+import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
+import { EC2Client } from "@aws-sdk/client-ec2";
+import { IAMClient } from "@aws-sdk/client-iam";
+import { S3Client } from "@aws-sdk/client-s3";
+import { STSClient } from "@aws-sdk/client-sts";
+import { CloudError, type ResolvedCredentials } from "../provider.js";
+import { credentialProvider, credentialsFingerprint, type AwsCredentialsConfig } from "./credentials.js";
+
+/** Environment variable that points every AWS client at another endpoint (moto in tests and the sandbox). */
+export const ENDPOINT_ENV = "VMFORGE_AWS_ENDPOINT";
+
+/** SDK-internal attempts per call; small on purpose so the controller's backoff is in charge. */
+export const DEFAULT_MAX_ATTEMPTS = 3;
+
+export interface AwsClients {
+  readonly ec2: EC2Client;
+  readonly iam: IAMClient;
+  readonly logs: CloudWatchLogsClient;
+  readonly s3: S3Client;
+  readonly sts: STSClient;
+  readonly region: string;
+  readonly endpoint: string | undefined;
+  /** Closes the clients' sockets. */
+  destroy(): void;
+}
+
+export interface AwsClientOptions {
+  credentials: ResolvedCredentials;
+  region: string;
+  /** Overrides every service endpoint; defaults to $VMFORGE_AWS_ENDPOINT when set. */
+  endpoint?: string;
+  maxAttempts?: number;
+  /** "namespace/name" of the credentials Secret, for messages. */
+  secretLabel?: string;
+}
+
+/** The endpoint override from the environment, if any. */
+export function endpointFromEnv(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const v = env[ENDPOINT_ENV]?.trim();
+  return v ? v : undefined;
+}
+
+/** Marks errors thrown while obtaining credentials, so they map to InvalidCredentials. */
+const CREDENTIAL_STAGE = Symbol.for("vmforge.aws.credentialStage");
+
+function markCredentialErrors(provider: AwsCredentialsConfig, stage: string): AwsCredentialsConfig {
+  if (typeof provider !== "function") return provider;
+  const wrapped = async (...args: Parameters<typeof provider>) => {
+    try {
+      return await provider(...args);
+    } catch (err) {
+      if (err !== null && typeof err === "object") {
+        try {
+          (err as Record<symbol, unknown>)[CREDENTIAL_STAGE] = stage;
+        } catch {
+          // frozen error object: leave unmarked
+        }
+      }
+      throw err;
+    }
+  };
+  return wrapped as AwsCredentialsConfig;
+}
+
+/**
+ * Builds the five clients. Throws CloudError Terminal InvalidCredentials when the Secret lacks a
+ * key (the message names the Secret and the key, never a value).
+ */
+export function awsClients(opts: AwsClientOptions): AwsClients {
+  const endpoint = opts.endpoint ?? endpointFromEnv();
+  const stage =
+    opts.credentials.source === "ambient" ? "ambient" : opts.credentials.data.roleArn ? "assume-role" : "static";
+  const credentials = markCredentialErrors(
+    credentialProvider(opts.credentials, {
+      region: opts.region,
+      ...(endpoint !== undefined ? { endpoint } : {}),
+      ...(opts.secretLabel !== undefined ? { secretLabel: opts.secretLabel } : {}),
+    }),
+    stage,
+  );
+  const common = {
+    region: opts.region,
+    credentials,
+    maxAttempts: opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+    requestHandler: { connectionTimeout: 10_000, requestTimeout: 60_000 },
+    ...(endpoint !== undefined ? { endpoint } : {}),
+  };
+  const ec2 = new EC2Client(common);
+  const iam = new IAMClient(common);
+  const logs = new CloudWatchLogsClient(common);
+  const s3 = new S3Client({ ...common, ...(endpoint !== undefined ? { forcePathStyle: true } : {}) });
+  const sts = new STSClient(common);
+  return {
+    ec2,
+    iam,
+    logs,
+    s3,
+    sts,
+    region: opts.region,
+    endpoint,
+    destroy() {
+      for (const c of [ec2, iam, logs, s3, sts]) c.destroy();
+    },
+  };
+}
+
+export type AwsClientFactory = (opts: AwsClientOptions) => AwsClients;
+
+/**
+ * Clients per (credentials fingerprint, region, endpoint). A rotated Secret has another fingerprint
+ * and so gets fresh clients on the next reconcile; the least recently used entries beyond `max`
+ * are destroyed.
+ */
+export class AwsClientCache {
+  private readonly entries = new Map<string, AwsClients>();
+  private readonly factory: AwsClientFactory;
+  private readonly max: number;
+
+  constructor(opts: { factory?: AwsClientFactory; max?: number } = {}) {
+    this.factory = opts.factory ?? awsClients;
+    this.max = opts.max ?? 32;
+  }
+
+  static key(opts: AwsClientOptions): string {
+    const endpoint = opts.endpoint ?? endpointFromEnv() ?? "";
+    return createHash("sha256")
+      .update(credentialsFingerprint(opts.credentials))
+      .update("\0")
+      .update(opts.region)
+      .update("\0")
+      .update(endpoint)
+      .update("\0")
+      .update(String(opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS))
+      .digest("hex");
+  }
+
+  get(opts: AwsClientOptions): AwsClients {
+    const key = AwsClientCache.key(opts);
+    const hit = this.entries.get(key);
+    if (hit) {
+      this.entries.delete(key);
+      this.entries.set(key, hit);
+      return hit;
+    }
+    const created = this.factory(opts);
+    this.entries.set(key, created);
+    while (this.entries.size > this.max) {
+      const oldest = this.entries.keys().next().value as string;
+      this.entries.get(oldest)?.destroy();
+      this.entries.delete(oldest);
+    }
+    return created;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  clear(): void {
+    for (const c of this.entries.values()) c.destroy();
+    this.entries.clear();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error mapping
+
+const THROTTLING_CODES = new Set([
+  "Throttling",
+  "ThrottlingException",
+  "ThrottledException",
+  "RequestThrottled",
+  "RequestThrottledException",
+  "RequestLimitExceeded",
+  "TooManyRequestsException",
+  "SlowDown",
+  "PriorRequestNotComplete",
+  "EC2ThrottledException",
+  "BandwidthLimitExceeded",
+]);
+const TRANSIENT_CODES = new Set([
+  "InternalError",
+  "InternalFailure",
+  "InternalServerError",
+  "ServiceUnavailable",
+  "ServiceUnavailableException",
+  "ServiceFailure",
+  "Unavailable",
+  "RequestTimeout",
+  "RequestTimeoutException",
+  "RequestExpired", // clock skew; the SDK corrects its offset on the next try
+  "IDPCommunicationError",
+]);
+const ACCESS_DENIED_CODES = new Set([
+  "AccessDenied",
+  "AccessDeniedException",
+  "UnauthorizedOperation",
+  "UnauthorizedAccess",
+  "Forbidden",
+]);
+const BAD_CREDENTIALS_CODES = new Set([
+  "InvalidClientTokenId",
+  "AuthFailure",
+  "SignatureDoesNotMatch",
+  "UnrecognizedClientException",
+  "InvalidAccessKeyId",
+  "ExpiredToken",
+  "ExpiredTokenException",
+  "InvalidToken",
+  "IncompleteSignature",
+  "MissingAuthenticationToken",
+  "OptInRequired",
+]);
+const NOT_FOUND_CODES = new Set(["NoSuchEntity", "ResourceNotFoundException", "NoSuchKey", "NoSuchBucket", "NotFound"]);
+const NETWORK_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ECONNABORTED",
+  "UND_ERR_SOCKET",
+]);
+
+/** Base delay suggested to the controller after throttling (jitter is added). */
+export const THROTTLE_RETRY_MS = 2_000;
+export const TRANSIENT_RETRY_MS = 1_000;
+
+interface SdkErrorLike {
+  name?: unknown;
+  code?: unknown;
+  Code?: unknown;
+  message?: unknown;
+  $metadata?: { httpStatusCode?: number };
+  $retryable?: { throttling?: boolean };
+  cause?: unknown;
+}
+
+/** The AWS error code of an SDK error (or of the SDK error behind a CloudError), if any. */
+export function awsErrorCode(err: unknown): string | undefined {
+  if (err instanceof CloudError) return awsErrorCode(err.cause);
+  if (err === null || typeof err !== "object") return undefined;
+  const e = err as SdkErrorLike;
+  for (const v of [e.Code, e.name, e.code]) {
+    if (typeof v === "string" && v !== "" && v !== "Error") return v;
+  }
+  return undefined;
+}
+
+function httpStatus(err: unknown): number | undefined {
+  if (err === null || typeof err !== "object") return undefined;
+  const s = (err as SdkErrorLike).$metadata?.httpStatusCode;
+  return typeof s === "number" ? s : undefined;
+}
+
+function networkCode(err: unknown): string | undefined {
+  let cur: unknown = err;
+  for (let depth = 0; depth < 4 && cur !== null && typeof cur === "object"; depth++) {
+    const c = (cur as SdkErrorLike).code;
+    if (typeof c === "string" && NETWORK_CODES.has(c)) return c;
+    const n = (cur as SdkErrorLike).name;
+    if (n === "TimeoutError" || n === "AbortError") return String(n);
+    cur = (cur as SdkErrorLike).cause;
+  }
+  return undefined;
+}
+
+function shortMessage(err: unknown): string {
+  const m = err !== null && typeof err === "object" ? (err as SdkErrorLike).message : undefined;
+  let s = typeof m === "string" ? m : String(err);
+  // EC2 appends an opaque encoded authorization blob to UnauthorizedOperation; it helps nobody here.
+  s = s.replace(/\s*Encoded authorization failure message:.*$/s, "");
+  return s.length > 300 ? `${s.slice(0, 297)}...` : s;
+}
+
+function camel(code: string): string {
+  const parts = code.split(/[^A-Za-z0-9]+/).filter(Boolean);
+  const s = parts.map((p) => p.charAt(0).toUpperCase() + p.slice(1)).join("");
+  return s || "AwsError";
+}
+
+function jitter(base: number): number {
+  return base + Math.floor(Math.random() * base);
+}
+
+/**
+ * Maps any error from an SDK call to a CloudError. `action` is the IAM action name of the call
+ * ("ec2:DescribeImages"), so a denied call names the permission the operator lacks.
+ */
+export function mapAwsError(err: unknown, action: string): CloudError {
+  if (err instanceof CloudError) return err;
+  const code = awsErrorCode(err);
+  const status = httpStatus(err);
+  const msg = shortMessage(err);
+  const stage =
+    err !== null && typeof err === "object" ? (err as Record<symbol, unknown>)[CREDENTIAL_STAGE] : undefined;
+
+  const throttled =
+    (code !== undefined && THROTTLING_CODES.has(code)) ||
+    status === 429 ||
+    (err !== null && typeof err === "object" && (err as SdkErrorLike).$retryable?.throttling === true);
+  if (throttled) {
+    return CloudError.retryable("Throttled", `${action}: AWS throttled the request (${code ?? status}): ${msg}`, jitter(THROTTLE_RETRY_MS), err);
+  }
+
+  const net = networkCode(err);
+  if (net !== undefined) {
+    return CloudError.retryable("NetworkError", `${action}: could not reach AWS (${net}): ${msg}`, jitter(TRANSIENT_RETRY_MS), err);
+  }
+
+  if (stage === "ambient" && (code === "CredentialsProviderError" || code === undefined)) {
+    return CloudError.terminal(
+      "InvalidCredentials",
+      `${action}: no AWS credentials from the ambient identity (no credentials Secret is set): ${msg}`,
+      err,
+    );
+  }
+  if (code === "CredentialsProviderError") {
+    return CloudError.terminal("InvalidCredentials", `${action}: could not obtain AWS credentials: ${msg}`, err);
+  }
+  if (stage === "assume-role") {
+    if (code !== undefined && (ACCESS_DENIED_CODES.has(code) || BAD_CREDENTIALS_CODES.has(code))) {
+      return CloudError.terminal(
+        "InvalidCredentials",
+        `${action}: assuming the role named by the credentials Secret (sts:AssumeRole) failed: ${code}: ${msg}`,
+        err,
+      );
+    }
+  }
+
+  if (code !== undefined && BAD_CREDENTIALS_CODES.has(code)) {
+    return CloudError.terminal("InvalidCredentials", `${action}: AWS rejected the credentials (${code}): ${msg}`, err);
+  }
+  if (code !== undefined && ACCESS_DENIED_CODES.has(code)) {
+    return CloudError.terminal("AccessDenied", `${action}: access denied; the operator's IAM policy must allow ${action}: ${msg}`, err);
+  }
+  if (code !== undefined && (NOT_FOUND_CODES.has(code) || /NotFound$/.test(code))) {
+    return new CloudError("NotFound", camel(code), `${action}: ${code}: ${msg}`, { cause: err });
+  }
+  if ((code !== undefined && TRANSIENT_CODES.has(code)) || (status !== undefined && status >= 500)) {
+    return CloudError.retryable("AwsUnavailable", `${action}: AWS is unavailable (${code ?? status}): ${msg}`, jitter(TRANSIENT_RETRY_MS), err);
+  }
+  if (code === undefined && status === undefined) {
+    // Not an AWS answer at all (a bug or an unexpected local failure): retry rather than stall.
+    return CloudError.retryable("AwsCallFailed", `${action}: ${msg}`, jitter(TRANSIENT_RETRY_MS), err);
+  }
+  return CloudError.terminal(camel(code ?? `Http${status}`), `${action}: ${code ?? `HTTP ${status}`}: ${msg}`, err);
+}
+
+/** Runs one SDK call and maps its failure. */
+export async function awsCall<T>(action: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw mapAwsError(err, action);
+  }
+}
