@@ -1,0 +1,65 @@
+// `npm run cluster`            starts the test control plane and moto, prints how to reach them,
+//                              and keeps them running until Ctrl-C (or SIGTERM), then tears down.
+// `npm run cluster -- prepare` only builds/installs what the harness needs (control-plane
+//                              binaries, moto virtualenv) and exits.
+import { startCluster, type Cluster } from "./cluster.js";
+import { startMoto, type Moto } from "./moto.js";
+import { ensureControlPlane, ensureMotoVenv, KUBERNETES_VERSION, MOTO_VERSION } from "./paths.js";
+
+async function prepare(): Promise<void> {
+  const t0 = Date.now();
+  const bin = await ensureControlPlane();
+  console.log(`control plane ${KUBERNETES_VERSION}: ${bin}`);
+  const venv = await ensureMotoVenv();
+  console.log(`moto ${MOTO_VERSION}: ${venv}`);
+  console.log(`prepared in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+}
+
+async function serve(): Promise<void> {
+  let signalled = false;
+  const interrupted = new Promise<void>((resolve) => {
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+      process.once(sig, () => {
+        signalled = true;
+        resolve();
+      });
+    }
+  });
+  let cluster: Cluster | undefined;
+  let moto: Moto | undefined;
+  try {
+    [cluster, moto] = await Promise.all([startCluster(), startMoto()]);
+    if (signalled) return;
+    console.log("");
+    console.log(`kubeconfig:    ${cluster.kubeconfigPath}`);
+    console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cluster.server}`);
+    console.log(`moto ${MOTO_VERSION}:    ${moto.endpoint}`);
+    console.log(`logs:          ${cluster.dir}`);
+    console.log("");
+    console.log(`export KUBECONFIG=${cluster.kubeconfigPath}`);
+    console.log(`export AWS_ENDPOINT_URL=${moto.endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1`);
+    console.log("");
+    console.log("To run the integration tests against these servers instead of fresh ones:");
+    console.log(`  VMFORGE_TEST_KUBECONFIG=${cluster.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${moto.endpoint} npx vitest run --project integration`);
+    console.log("");
+    console.log("Press Ctrl-C to stop.");
+    await interrupted;
+  } finally {
+    console.log("stopping...");
+    await Promise.allSettled([cluster?.stop(), moto?.stop()]);
+    console.log("stopped");
+  }
+}
+
+const cmd = process.argv[2] ?? "serve";
+try {
+  if (cmd === "prepare") await prepare();
+  else if (cmd === "serve") await serve();
+  else {
+    console.error(`usage: npm run cluster [-- prepare]`);
+    process.exitCode = 2;
+  }
+} catch (err) {
+  console.error((err as Error).message);
+  process.exitCode = 1;
+}

@@ -1,0 +1,37 @@
+// vitest globalSetup of the integration project: one control plane and one moto server per run,
+// shared by all integration test files (which run one at a time).
+//
+// To iterate quickly against servers that are already running (`npm run cluster`), set
+// VMFORGE_TEST_KUBECONFIG and VMFORGE_TEST_MOTO_ENDPOINT; then nothing is started here.
+import type { TestProject } from "vitest/node";
+import { startCluster, type Cluster } from "./cluster.js";
+import { KubeHttp } from "./kube-http.js";
+import { startMoto, type Moto } from "./moto.js";
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const externalKubeconfig = process.env.VMFORGE_TEST_KUBECONFIG;
+  const externalMoto = process.env.VMFORGE_TEST_MOTO_ENDPOINT;
+
+  const [clusterResult, motoResult] = await Promise.allSettled([
+    externalKubeconfig ? Promise.resolve(undefined) : startCluster(),
+    externalMoto ? Promise.resolve(undefined) : startMoto(),
+  ]);
+  const cluster: Cluster | undefined = clusterResult.status === "fulfilled" ? clusterResult.value : undefined;
+  const moto: Moto | undefined = motoResult.status === "fulfilled" ? motoResult.value : undefined;
+
+  const teardown = async (): Promise<void> => {
+    await Promise.allSettled([cluster?.stop(), moto?.stop()]);
+  };
+
+  if (clusterResult.status === "rejected" || motoResult.status === "rejected") {
+    await teardown();
+    const reasons = [clusterResult, motoResult].filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason?.stack ?? r));
+    throw new Error(`integration test servers failed to start:\n${reasons.join("\n")}`);
+  }
+
+  const kubeconfig = externalKubeconfig ?? cluster!.kubeconfigPath;
+  project.provide("kubeconfig", kubeconfig);
+  project.provide("kubeServer", cluster?.server ?? KubeHttp.fromKubeconfig(kubeconfig).server);
+  project.provide("motoEndpoint", externalMoto ?? moto!.endpoint);
+  return teardown;
+}

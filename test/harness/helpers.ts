@@ -1,0 +1,88 @@
+// Helpers for integration tests. They talk to the servers of test/harness/global-setup.ts.
+import { randomBytes } from "node:crypto";
+import { inject } from "vitest";
+import { KubeHttp } from "./kube-http.js";
+import { resetMoto } from "./moto.js";
+
+export { KubeHttp };
+
+/** Path of the admin kubeconfig of the shared test cluster. */
+export function kubeconfigPath(): string {
+  return inject("kubeconfig");
+}
+
+/** https URL of the shared test cluster's kube-apiserver. */
+export function kubeServer(): string {
+  return inject("kubeServer");
+}
+
+/** http URL of the shared moto server. */
+export function motoEndpoint(): string {
+  return inject("motoEndpoint");
+}
+
+let admin: KubeHttp | undefined;
+/** A small HTTPS client for the test cluster with admin rights (independent of the code under test). */
+export function kubeAdmin(): KubeHttp {
+  admin ??= KubeHttp.fromKubeconfig(kubeconfigPath());
+  return admin;
+}
+
+/** A lower-case random suffix for names: 6 characters of [a-z0-9]. */
+export function randomSuffix(length = 6): string {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+  return [...randomBytes(length)].map((b) => alphabet[b % alphabet.length]).join("");
+}
+
+/** Anything with the engine's KubeClient.create shape. */
+export interface NamespaceCreator {
+  create(
+    rt: { group: string; version: string; plural: string; kind: string; namespaced: boolean },
+    obj: { apiVersion?: string; kind?: string; metadata: { name?: string; labels?: Record<string, string> } },
+  ): Promise<unknown>;
+}
+
+export const TEST_NAMESPACE_LABEL = "vmforge.dev/test-namespace";
+
+/**
+ * Creates a namespace named `<prefix>-<random>` and returns its name. With a client (e.g. the
+ * engine's KubeClient) it is created through that client, else through the harness's own client.
+ */
+export async function freshNamespace(clientOrPrefix?: NamespaceCreator | string, prefix = "test"): Promise<string> {
+  const client = typeof clientOrPrefix === "object" ? clientOrPrefix : undefined;
+  const base = typeof clientOrPrefix === "string" ? clientOrPrefix : prefix;
+  const name = `${base}-${randomSuffix()}`.toLowerCase().slice(0, 63);
+  const obj = { apiVersion: "v1", kind: "Namespace", metadata: { name, labels: { [TEST_NAMESPACE_LABEL]: "true" } } };
+  if (client) {
+    await client.create({ group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false }, obj);
+  } else {
+    await kubeAdmin().expect("POST", "/api/v1/namespaces", obj);
+  }
+  return name;
+}
+
+/** Starts deleting a namespace (does not wait for the namespace controller to finish). */
+export async function deleteNamespace(name: string): Promise<void> {
+  await kubeAdmin().expect("DELETE", `/api/v1/namespaces/${encodeURIComponent(name)}`, undefined, [404]);
+}
+
+/** Forgets every resource in the shared moto server. Call it in beforeAll of each AWS test file. */
+export async function motoReset(): Promise<void> {
+  await resetMoto(motoEndpoint());
+}
+
+export interface AwsTestConfig {
+  endpoint: string;
+  region: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
+}
+
+/** Configuration for any AWS SDK v3 client, pointing it at the shared moto server. */
+export function awsTestConfig(region = "us-east-1"): AwsTestConfig {
+  return { endpoint: motoEndpoint(), region, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } };
+}
+
+/** Like awsTestConfig(), plus path-style addressing, which S3 needs against moto. */
+export function s3TestConfig(region = "us-east-1"): AwsTestConfig & { forcePathStyle: true } {
+  return { ...awsTestConfig(region), forcePathStyle: true };
+}

@@ -1,0 +1,13 @@
+// Values that test/harness/global-setup.ts provides to integration tests (read them with inject()).
+export {};
+
+declare module "vitest" {
+  interface ProvidedContext {
+    /** Path of an admin kubeconfig (client certificate, group system:masters) for the test cluster. */
+    kubeconfig: string;
+    /** https URL of the test cluster's kube-apiserver. */
+    kubeServer: string;
+    /** http URL of the shared moto server (AWS emulator); works for every region. */
+    motoEndpoint: string;
+  }
+}
