@@ -1,0 +1,248 @@
+/**
+ * Kubernetes Events (events.k8s.io/v1) with aggregation.
+ *
+ * The first occurrence of an event creates an Event object. A repeat of the same event (same
+ * regarding object, type, reason, action and note) seen again within the aggregation window
+ * does not create a new object: the existing one gets its `series` (count, lastObservedTime)
+ * patched. Recording never throws; failures are logged and counted.
+ *
+ * Notes go through the `redact` hook (if given) before anything else, so secret values that a
+ * caller knows about never reach the API server.
+ */
+import { randomInt } from "node:crypto";
+import { KubeApiError } from "./kube.js";
+import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
+import type { Logger } from "./logger.js";
+import type { EngineMetrics } from "./metrics.js";
+
+export const EventResource: ResourceType = {
+  group: "events.k8s.io",
+  version: "v1",
+  plural: "events",
+  kind: "Event",
+  namespaced: true,
+};
+
+export type EventType = "Normal" | "Warning";
+
+/** Maximum note size accepted by the API server (bytes). */
+export const MAX_NOTE_BYTES = 1024;
+const MAX_REASON_CHARS = 128;
+const MAX_ACTION_CHARS = 128;
+
+export interface EventSeries {
+  count: number;
+  lastObservedTime: string;
+}
+
+export interface EventObject extends KubeObject {
+  eventTime: string;
+  series?: EventSeries;
+  reportingController: string;
+  reportingInstance: string;
+  action: string;
+  reason: string;
+  regarding: {
+    apiVersion?: string;
+    kind?: string;
+    name?: string;
+    namespace?: string;
+    uid?: string;
+    resourceVersion?: string;
+  };
+  note?: string;
+  type: EventType;
+}
+
+/**
+ * metav1.MicroTime wire format: RFC 3339 with exactly six fractional digits, UTC
+ * ("2006-01-02T15:04:05.000000Z"). JavaScript dates carry milliseconds; the last three digits
+ * are zero.
+ */
+export function formatMicroTime(d: Date): string {
+  return d.toISOString().replace(/\.(\d{3})Z$/, ".$1000Z");
+}
+
+/** Cuts `s` to at most `maxBytes` UTF-8 bytes without splitting a character; marks the cut. */
+export function truncateUtf8(s: string, maxBytes: number): string {
+  if (Buffer.byteLength(s, "utf8") <= maxBytes) return s;
+  const marker = "...";
+  const budget = maxBytes - marker.length;
+  let out = "";
+  let used = 0;
+  for (const ch of s) {
+    const n = Buffer.byteLength(ch, "utf8");
+    if (used + n > budget) break;
+    out += ch;
+    used += n;
+  }
+  return out + marker;
+}
+
+export interface EventRecorderOptions {
+  /** reportingController, e.g. "vmforge.dev/operator". */
+  controller: string;
+  /** reportingInstance, e.g. the pod name. */
+  instance: string;
+  logger: Logger;
+  metrics?: EngineMetrics;
+  /** Applied to every note before it is sent (e.g. createRedactor(knownSecrets)). */
+  redact?: (s: string) => string;
+  /** Repeats within this window are aggregated into a series. Default 10 minutes. */
+  aggregationWindowMs?: number;
+  /** Entries kept for aggregation (least recently used are evicted). Default 1024. */
+  cacheSize?: number;
+  /** Clock (tests). */
+  now?: () => Date;
+}
+
+interface SeriesEntry {
+  namespace: string;
+  name: string;
+  count: number;
+  lastObserved: number;
+}
+
+type Regarding = KubeObject & { apiVersion?: string; kind?: string };
+
+export class EventRecorder {
+  private readonly client: KubeClient;
+  private readonly opts: EventRecorderOptions;
+  private readonly windowMs: number;
+  private readonly cacheSize: number;
+  private readonly now: () => Date;
+  /** Insertion order = recency order (re-inserted on use). */
+  private readonly cache = new Map<string, SeriesEntry>();
+  /** Serializes records with the same aggregation key. */
+  private readonly inflight = new Map<string, Promise<void>>();
+
+  constructor(client: KubeClient, opts: EventRecorderOptions) {
+    this.client = client;
+    this.opts = opts;
+    this.windowMs = opts.aggregationWindowMs ?? 10 * 60_000;
+    this.cacheSize = Math.max(1, opts.cacheSize ?? 1024);
+    this.now = opts.now ?? (() => new Date());
+  }
+
+  /** Emits (or aggregates) an event about `regarding`. Never throws. */
+  async record(regarding: Regarding, type: EventType, reason: string, action: string, note: string): Promise<void> {
+    let key: string;
+    let ev: EventObject;
+    try {
+      ev = this.build(regarding, type, reason, action, note);
+      key = JSON.stringify([
+        regarding.metadata.uid ?? `${regarding.apiVersion}/${regarding.kind}/${regarding.metadata.namespace ?? ""}/${regarding.metadata.name}`,
+        ev.type,
+        ev.reason,
+        ev.action,
+        ev.note,
+      ]);
+    } catch (err) {
+      this.fail(err, regarding, reason);
+      return;
+    }
+    const prev = this.inflight.get(key) ?? Promise.resolve();
+    const run = prev.then(() => this.emit(key, ev, regarding));
+    this.inflight.set(key, run);
+    try {
+      await run;
+    } finally {
+      if (this.inflight.get(key) === run) this.inflight.delete(key);
+    }
+  }
+
+  /** Entries currently remembered for aggregation (tests, diagnostics). */
+  get cachedSeries(): number {
+    return this.cache.size;
+  }
+
+  private build(regarding: Regarding, type: EventType, reason: string, action: string, note: string): EventObject {
+    const name = regarding.metadata.name;
+    if (!name) throw new TypeError("regarding object has no metadata.name");
+    const redacted = this.opts.redact ? this.opts.redact(String(note ?? "")) : String(note ?? "");
+    const ns = regarding.metadata.namespace || "default";
+    const ref: EventObject["regarding"] = { name };
+    if (regarding.apiVersion) ref.apiVersion = regarding.apiVersion;
+    if (regarding.kind) ref.kind = regarding.kind;
+    if (regarding.metadata.namespace) ref.namespace = regarding.metadata.namespace;
+    if (regarding.metadata.uid) ref.uid = regarding.metadata.uid;
+    if (regarding.metadata.resourceVersion) ref.resourceVersion = regarding.metadata.resourceVersion;
+    return {
+      apiVersion: "events.k8s.io/v1",
+      kind: "Event",
+      metadata: { name: eventName(name, this.now()), namespace: ns },
+      eventTime: formatMicroTime(this.now()),
+      reportingController: this.opts.controller,
+      reportingInstance: this.opts.instance,
+      action: (action || "Unknown").slice(0, MAX_ACTION_CHARS),
+      reason: (reason || "Unknown").slice(0, MAX_REASON_CHARS),
+      regarding: ref,
+      note: truncateUtf8(redacted, MAX_NOTE_BYTES),
+      type: type === "Warning" ? "Warning" : "Normal",
+    };
+  }
+
+  private async emit(key: string, ev: EventObject, regarding: Regarding): Promise<void> {
+    const now = this.now();
+    const entry = this.cache.get(key);
+    try {
+      if (entry && now.getTime() - entry.lastObserved <= this.windowMs) {
+        const count = entry.count + 1;
+        const series: EventSeries = { count, lastObservedTime: formatMicroTime(now) };
+        try {
+          await this.client.patch(EventResource, entry.namespace, entry.name, { series }, "merge");
+          this.touch(key, { ...entry, count, lastObserved: now.getTime() });
+          this.opts.metrics?.eventsTotal.inc({ result: "aggregated" });
+          return;
+        } catch (err) {
+          // The Event expired (TTL) or was deleted: start over with a fresh object.
+          if (!(err instanceof KubeApiError && err.status === 404)) throw err;
+          this.cache.delete(key);
+        }
+      }
+      const created = await this.client.create<EventObject>(EventResource, ev);
+      this.touch(key, {
+        namespace: created.metadata.namespace ?? ev.metadata.namespace ?? "default",
+        name: created.metadata.name ?? ev.metadata.name ?? "",
+        count: 1,
+        lastObserved: now.getTime(),
+      });
+      this.opts.metrics?.eventsTotal.inc({ result: "created" });
+    } catch (err) {
+      this.fail(err, regarding, ev.reason);
+    }
+  }
+
+  private touch(key: string, entry: SeriesEntry): void {
+    this.cache.delete(key);
+    this.cache.set(key, entry);
+    while (this.cache.size > this.cacheSize) {
+      const oldest = this.cache.keys().next();
+      if (oldest.done) break;
+      this.cache.delete(oldest.value);
+    }
+  }
+
+  private fail(err: unknown, regarding: Regarding, reason: string): void {
+    try {
+      this.opts.metrics?.eventsTotal.inc({ result: "failed" });
+      this.opts.logger.warn(
+        {
+          err,
+          regarding: { kind: regarding?.kind, namespace: regarding?.metadata?.namespace, name: regarding?.metadata?.name },
+          reason,
+        },
+        "could not record event",
+      );
+    } catch {
+      // never throw from the recorder
+    }
+  }
+}
+
+/** Unique-enough Event name: "<regarding name>.<hex time+random>", like other controllers do. */
+function eventName(regardingName: string, now: Date): string {
+  const suffix = (BigInt(now.getTime()) * 1_000_000n + BigInt(randomInt(1_000_000))).toString(16);
+  const maxPrefix = 253 - suffix.length - 1;
+  return `${regardingName.slice(0, maxPrefix).replace(/[.-]+$/, "")}.${suffix}`;
+}

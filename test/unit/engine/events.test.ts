@@ -1,0 +1,169 @@
+import { Writable } from "node:stream";
+import { describe, expect, it } from "vitest";
+import { EventRecorder, EventResource, formatMicroTime, truncateUtf8, MAX_NOTE_BYTES } from "../../../src/engine/events.js";
+import type { EventObject } from "../../../src/engine/events.js";
+import { KubeApiError } from "../../../src/engine/kube.js";
+import type { KubeClient, ResourceType } from "../../../src/engine/kube.js";
+import { createLogger, createRedactor } from "../../../src/engine/logger.js";
+import { EngineMetrics } from "../../../src/engine/metrics.js";
+
+function logSink(): { logger: ReturnType<typeof createLogger>; text: () => string } {
+  let buf = "";
+  const stream = new Writable({
+    write(c: Buffer, _e, cb) {
+      buf += c.toString();
+      cb();
+    },
+  });
+  return { logger: createLogger({ level: "debug", destination: stream }), text: () => buf };
+}
+
+class FakeEvents {
+  created: EventObject[] = [];
+  patches: { ns: string; name: string; body: unknown; type: string }[] = [];
+  failCreate: Error | undefined;
+  missing = new Set<string>();
+  client(): KubeClient {
+    return {
+      create: async (rt: ResourceType, obj: EventObject) => {
+        expect(rt).toBe(EventResource);
+        if (this.failCreate) throw this.failCreate;
+        await new Promise((r) => setTimeout(r, 1));
+        this.created.push(structuredClone(obj));
+        return obj;
+      },
+      patch: async (_rt: ResourceType, ns: string, name: string, body: unknown, type: string) => {
+        if (this.missing.has(name)) throw new KubeApiError(404, "NotFound", "gone", undefined);
+        this.patches.push({ ns, name, body, type });
+        return { metadata: { name, namespace: ns } };
+      },
+    } as unknown as KubeClient;
+  }
+}
+
+const run = {
+  apiVersion: "vmforge.dev/v1alpha1",
+  kind: "Run",
+  metadata: { name: "r1", namespace: "team-a", uid: "uid-1", resourceVersion: "7" },
+};
+
+describe("formatMicroTime / truncateUtf8", () => {
+  it("formats with six fractional digits", () => {
+    expect(formatMicroTime(new Date("2026-03-04T05:06:07.089Z"))).toBe("2026-03-04T05:06:07.089000Z");
+  });
+  it("truncates on a character boundary within the byte budget", () => {
+    const s = "é".repeat(2000);
+    const t = truncateUtf8(s, MAX_NOTE_BYTES);
+    expect(Buffer.byteLength(t)).toBeLessThanOrEqual(MAX_NOTE_BYTES);
+    expect(t.endsWith("...")).toBe(true);
+    expect(t).not.toContain("\uFFFD");
+    expect(truncateUtf8("short", 10)).toBe("short");
+  });
+});
+
+describe("EventRecorder", () => {
+  it("creates an events.k8s.io/v1 Event with all required fields", async () => {
+    const f = new FakeEvents();
+    const clock = new Date("2026-01-01T00:00:00.500Z");
+    const rec = new EventRecorder(f.client(), { controller: "vmforge.dev/operator", instance: "pod-1", logger: logSink().logger, now: () => clock });
+    await rec.record(run, "Normal", "Launched", "Launch", "instance i-123 started");
+    expect(f.created).toHaveLength(1);
+    const ev = f.created[0]!;
+    expect(ev).toMatchObject({
+      apiVersion: "events.k8s.io/v1",
+      kind: "Event",
+      metadata: { namespace: "team-a" },
+      eventTime: "2026-01-01T00:00:00.500000Z",
+      reportingController: "vmforge.dev/operator",
+      reportingInstance: "pod-1",
+      action: "Launch",
+      reason: "Launched",
+      note: "instance i-123 started",
+      type: "Normal",
+      regarding: { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", name: "r1", namespace: "team-a", uid: "uid-1", resourceVersion: "7" },
+    });
+    expect(ev.metadata.name).toMatch(/^r1\.[0-9a-f]+$/);
+    expect(ev.series).toBeUndefined();
+  });
+
+  it("aggregates repeats within the window into a series on the existing Event", async () => {
+    const f = new FakeEvents();
+    let now = new Date("2026-01-01T00:00:00Z");
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, now: () => now });
+    await rec.record(run, "Warning", "LaunchFailed", "Launch", "capacity");
+    now = new Date("2026-01-01T00:01:00Z");
+    await rec.record(run, "Warning", "LaunchFailed", "Launch", "capacity");
+    now = new Date("2026-01-01T00:05:00Z");
+    await rec.record(run, "Warning", "LaunchFailed", "Launch", "capacity");
+    expect(f.created).toHaveLength(1);
+    expect(f.patches).toHaveLength(2);
+    const name = f.created[0]!.metadata.name;
+    expect(f.patches[0]).toEqual({ ns: "team-a", name, type: "merge", body: { series: { count: 2, lastObservedTime: "2026-01-01T00:01:00.000000Z" } } });
+    expect(f.patches[1]?.body).toEqual({ series: { count: 3, lastObservedTime: "2026-01-01T00:05:00.000000Z" } });
+  });
+
+  it("creates a new Event for a different note/reason/object or after the window", async () => {
+    const f = new FakeEvents();
+    let now = new Date("2026-01-01T00:00:00Z");
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, now: () => now });
+    await rec.record(run, "Normal", "A", "X", "one");
+    await rec.record(run, "Normal", "A", "X", "two");
+    await rec.record(run, "Normal", "B", "X", "one");
+    await rec.record({ ...run, metadata: { ...run.metadata, uid: "uid-2", name: "r2" } }, "Normal", "A", "X", "one");
+    now = new Date("2026-01-01T00:10:01Z");
+    await rec.record(run, "Normal", "A", "X", "one");
+    expect(f.created).toHaveLength(5);
+    expect(f.patches).toHaveLength(0);
+  });
+
+  it("serializes concurrent repeats: one create, then series patches", async () => {
+    const f = new FakeEvents();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger });
+    await Promise.all([1, 2, 3, 4].map(() => rec.record(run, "Normal", "A", "X", "same")));
+    expect(f.created).toHaveLength(1);
+    expect(f.patches.map((p) => (p.body as { series: { count: number } }).series.count)).toEqual([2, 3, 4]);
+  });
+
+  it("starts a new Event when the aggregated one is gone", async () => {
+    const f = new FakeEvents();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger });
+    await rec.record(run, "Normal", "A", "X", "n");
+    f.missing.add(f.created[0]!.metadata.name!);
+    await rec.record(run, "Normal", "A", "X", "n");
+    expect(f.created).toHaveLength(2);
+  });
+
+  it("evicts least recently used entries beyond cacheSize", async () => {
+    const f = new FakeEvents();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, cacheSize: 2 });
+    await rec.record(run, "Normal", "A", "X", "1");
+    await rec.record(run, "Normal", "A", "X", "2");
+    await rec.record(run, "Normal", "A", "X", "3");
+    expect(rec.cachedSeries).toBe(2);
+    await rec.record(run, "Normal", "A", "X", "1"); // evicted: new Event
+    expect(f.created).toHaveLength(4);
+  });
+
+  it("runs the note through the redact hook and caps it at 1 KiB", async () => {
+    const f = new FakeEvents();
+    const secret = "sk-live-0123456789";
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, redact: createRedactor([secret]) });
+    await rec.record(run, "Warning", "AuthFailed", "Validate", `key ${secret} rejected ` + "x".repeat(3000));
+    const ev = f.created[0]!;
+    expect(JSON.stringify(ev)).not.toContain(secret);
+    expect(ev.note?.startsWith("key [REDACTED] rejected")).toBe(true);
+    expect(Buffer.byteLength(ev.note ?? "")).toBeLessThanOrEqual(1024);
+  });
+
+  it("never throws: API failures and bad input are logged and counted", async () => {
+    const f = new FakeEvents();
+    f.failCreate = new KubeApiError(403, "Forbidden", "events is forbidden", undefined);
+    const sink = logSink();
+    const metrics = new EngineMetrics({ defaultMetrics: false });
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: sink.logger, metrics });
+    await expect(rec.record(run, "Normal", "A", "X", "n")).resolves.toBeUndefined();
+    await expect(rec.record({ metadata: {} }, "Normal", "A", "X", "n")).resolves.toBeUndefined();
+    expect(sink.text()).toContain("could not record event");
+    expect(await metrics.text()).toMatch(/vmforge_events_total\{result="failed"\} 2/);
+  });
+});
