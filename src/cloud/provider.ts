@@ -92,6 +92,8 @@ export interface RunDescription {
   exitCode?: number;
   launchedAt?: string;
   instance?: RunStatus["instance"];
+  /** Where the Run's log lives, when the provider knows (set by launchRun at least). */
+  log?: RunStatus["log"];
 }
 
 export interface RunLogChunk {

@@ -1,0 +1,258 @@
+/**
+ * ComputeEnvironment reconciler: observe, decide, act, report.
+ *
+ * - Adds the finalizer before anything external is written, protects the credentials Secret.
+ * - Asks the provider to converge the environment; Ready when every resource is in place.
+ * - Terminal provider errors (bad input, foreign resources, missing permissions) become Stalled
+ *   with the provider's message and wait for a change; retryable ones back off.
+ * - Deletion: stops the CE's Runs first (the Run controller terminates their machines), waits for
+ *   the machines to be gone, disposes (unless Retain), releases the Secret, then the finalizer.
+ */
+import { createHash } from "node:crypto";
+import type { KubeClient } from "../../engine/kube.js";
+import { splitKey } from "../../engine/kube.js";
+import type { Logger } from "../../engine/logger.js";
+import type { EventRecorder } from "../../engine/events.js";
+import type { ReconcileResult } from "../../engine/controller.js";
+import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
+import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
+import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
+import { ComputeEnvironmentResource } from "../../api/types.js";
+import type { CloudProvider, EnvContext } from "../../cloud/provider.js";
+import { CloudError } from "../../cloud/provider.js";
+import {
+  CredentialsError,
+  FINALIZER,
+  clip,
+  describeError,
+  kstatus,
+  protectSecret,
+  releaseSecret,
+  resolveCredentials,
+} from "../shared.js";
+import { isRunActive, machineMayExist } from "../run/phases.js";
+import type { ListSource } from "../run/tracker.js";
+
+export interface ComputeEnvironmentDeps {
+  client: KubeClient;
+  providers: ReadonlyMap<string, CloudProvider>;
+  logger: Logger;
+  events: EventRecorder;
+  runs: ListSource<Run>;
+  ces: ListSource<ComputeEnvironment>;
+  enqueueRun: (key: string) => void;
+  /** How often a Ready environment is re-checked against the cloud (drift). */
+  driftCheckMs?: number;
+  /** How long to wait before looking again while Runs are being stopped during deletion. */
+  deletionPollMs?: number;
+}
+
+const PROVISIONED = "ResourcesProvisioned";
+const CREDENTIALS = "CredentialsValid";
+
+export class ComputeEnvironmentReconciler {
+  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs">> & { driftCheckMs: number; deletionPollMs: number };
+  /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
+  private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
+
+  constructor(deps: ComputeEnvironmentDeps) {
+    this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
+  }
+
+  /** Runs (from the cache) that reference this CE. */
+  runsOf(ce: ComputeEnvironment): Run[] {
+    const ns = ce.metadata.namespace;
+    return this.d.runs.list().filter((r) => r.metadata.namespace === ns && r.spec.computeEnvironmentRef.name === ce.metadata.name);
+  }
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const { namespace, name } = splitKey(key);
+    const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
+    if (!ce) return;
+    const log = this.d.logger.child({ ce: key });
+    const provider = this.d.providers.get(ce.spec.provider);
+    if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log);
+
+    const generation = ce.metadata.generation;
+    const activeRuns = this.runsOf(ce).filter(isRunActive).length;
+
+    if (!provider) {
+      await this.report(ce, {
+        phase: "Failed",
+        activeRuns,
+        conditions: kstatus(ce.status?.conditions, generation, "stalled", "ProviderUnavailable",
+          `provider "${ce.spec.provider}" is not available in this operator build`),
+      });
+      return;
+    }
+
+    const withFinalizer = await ensureFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
+
+    let ctx: EnvContext;
+    try {
+      const credentials = await resolveCredentials(this.d.client, withFinalizer);
+      ctx = { ce: withFinalizer, credentials, logger: log };
+      const ref = withFinalizer.spec.credentials?.secretRef;
+      if (ref) await protectSecret(this.d.client, namespace ?? "default", ref.name);
+    } catch (e) {
+      if (!(e instanceof CredentialsError)) throw e;
+      let conditions = kstatus(withFinalizer.status?.conditions, generation, "stalled", e.reason, e.message);
+      conditions = setCondition(conditions, { type: CREDENTIALS, status: "False", reason: e.reason, message: e.message, observedGeneration: generation });
+      const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions });
+      if (written) await this.d.events.record(withFinalizer, "Warning", e.reason, "ResolveCredentials", e.message);
+      // The Secret may be created later; look again now and then (the condition says why).
+      return { requeueAfterMs: 60_000 };
+    }
+
+    const credentialsVersion = credentialsFingerprint(ctx);
+    const last = this.converged.get(withFinalizer.metadata.uid ?? "");
+    const isReady = getCondition(withFinalizer.status?.conditions, "Ready")?.status === "True";
+    if (
+      isReady &&
+      last &&
+      last.generation === generation &&
+      last.credentialsVersion === credentialsVersion &&
+      Date.now() - last.at < this.d.driftCheckMs &&
+      withFinalizer.status?.observedGeneration === generation
+    ) {
+      await this.report(withFinalizer, { activeRuns });
+      return { requeueAfterMs: this.d.driftCheckMs - (Date.now() - last.at) };
+    }
+
+    // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.
+    let conditions = setCondition(withFinalizer.status?.conditions, {
+      type: CREDENTIALS, status: "True", reason: "Resolved",
+      message: ctx.credentials.source === "secret" ? `using Secret ${ctx.credentials.secretName}` : "using the ambient identity",
+      observedGeneration: generation,
+    });
+    if (!getCondition(conditions, PROVISIONED) || withFinalizer.status?.observedGeneration !== generation) {
+      conditions = kstatus(conditions, generation, "reconciling", "Provisioning", "converging cloud resources");
+      if (!getCondition(conditions, PROVISIONED)) {
+        conditions = setCondition(conditions, { type: PROVISIONED, status: "Unknown", reason: "Provisioning", message: "creating cloud resources", observedGeneration: generation });
+      }
+      await this.report(withFinalizer, { phase: isReady ? "Ready" : "Provisioning", activeRuns, conditions });
+    }
+
+    try {
+      const obs = await provider.provisionEnvironment(ctx);
+      let next = setCondition(conditions, {
+        type: PROVISIONED,
+        status: obs.ready ? "True" : "False",
+        reason: obs.ready ? "Provisioned" : "Incomplete",
+        message: obs.ready ? `${obs.resources.length} cloud resources in place` : `missing: ${obs.missing.join(", ")}`,
+        observedGeneration: generation,
+      });
+      next = kstatus(next, generation, obs.ready ? "ready" : "reconciling",
+        obs.ready ? "Ready" : "Provisioning",
+        obs.ready ? "every cloud resource is in place" : clip(`waiting for: ${obs.missing.join(", ")}`));
+      const written = await this.report(withFinalizer, {
+        ...obs.status,
+        phase: obs.ready ? "Ready" : "Provisioning",
+        resources: obs.resources,
+        activeRuns,
+        conditions: next,
+        observedGeneration: generation,
+      });
+      if (!obs.ready) return { requeueAfterMs: 5_000 };
+      this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
+      if (written && !isReady) {
+        await this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
+        // Runs waiting for this CE can go.
+        for (const r of this.runsOf(withFinalizer)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
+      }
+      return { requeueAfterMs: this.d.driftCheckMs };
+    } catch (e) {
+      this.converged.delete(withFinalizer.metadata.uid ?? "");
+      const { reason, message } = describeError(e);
+      if (e instanceof CloudError && e.kind === "Terminal") {
+        const next = kstatus(conditions, generation, "stalled", reason, clip(message));
+        const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
+        if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", clip(message));
+        log.warn({ reason }, "environment stalled: %s", message);
+        // Waits for a spec change; a slow re-check covers fixes made in the cloud itself.
+        return { requeueAfterMs: 30 * 60_000 };
+      }
+      const next = kstatus(conditions, generation, "reconciling", reason, clip(`retrying: ${message}`));
+      await this.report(withFinalizer, { activeRuns, conditions: next });
+      throw e;
+    }
+  }
+
+  private async finalize(ce: ComputeEnvironment, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
+    if (!hasFinalizer(ce, FINALIZER)) return;
+    const generation = ce.metadata.generation;
+    const runs = this.runsOf(ce);
+    const pending = runs.filter(machineMayExist);
+    // Runs that never launched are also told (they become Cancelled).
+    for (const r of runs.filter(isRunActive)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
+    if (pending.length > 0) {
+      await this.report(ce, {
+        phase: "Deleting",
+        activeRuns: pending.length,
+        conditions: kstatus(ce.status?.conditions, generation, "reconciling", "StoppingRuns",
+          `waiting for ${pending.length} run(s) to stop: ${pending.slice(0, 5).map((r) => r.metadata.name).join(", ")}`),
+      });
+      return { requeueAfterMs: this.d.deletionPollMs };
+    }
+
+    const attempted = getCondition(ce.status?.conditions, PROVISIONED) !== undefined;
+    const policy = ce.spec.deletionPolicy ?? "Delete";
+    if (provider && attempted && policy === "Delete") {
+      await this.report(ce, {
+        phase: "Deleting",
+        activeRuns: 0,
+        conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", "deleting cloud resources"),
+      });
+      try {
+        const credentials = await resolveCredentials(this.d.client, ce);
+        await provider.disposeEnvironment({ ce, credentials, logger: log });
+      } catch (e) {
+        const { reason, message } = describeError(e);
+        if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
+          const written = await this.report(ce, {
+            phase: "Deleting",
+            conditions: kstatus(ce.status?.conditions, generation, "stalled", reason, clip(`cannot delete cloud resources: ${message}`)),
+          });
+          if (written) await this.d.events.record(ce, "Warning", reason, "Dispose", clip(message));
+          return { requeueAfterMs: 5 * 60_000 };
+        }
+        throw e;
+      }
+      await this.d.events.record(ce, "Normal", "Disposed", "Dispose", "cloud resources deleted");
+    } else if (attempted && policy === "Retain") {
+      await this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
+    }
+
+    const ref = ce.spec.credentials?.secretRef;
+    if (ref) {
+      const stillUsed = this.d.ces.list().some((o) =>
+        o.metadata.uid !== ce.metadata.uid &&
+        o.metadata.namespace === ce.metadata.namespace &&
+        o.spec.credentials?.secretRef?.name === ref.name &&
+        (o.metadata.finalizers ?? []).includes(FINALIZER));
+      if (!stillUsed) await releaseSecret(this.d.client, ce.metadata.namespace ?? "default", ref.name);
+    }
+    this.converged.delete(ce.metadata.uid ?? "");
+    await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
+    log.info("finalizer released");
+    return;
+  }
+
+  /** Writes status only when something changed. Returns whether a write happened. */
+  private async report(ce: ComputeEnvironment, patch: Partial<ComputeEnvironmentStatus>): Promise<boolean> {
+    const next: ComputeEnvironmentStatus = { ...(ce.status ?? {}), ...patch };
+    if (next.observedGeneration === undefined && ce.metadata.generation !== undefined) next.observedGeneration = ce.metadata.generation;
+    const updated = await updateStatus(this.d.client, ComputeEnvironmentResource, ce, next);
+    if (updated) ce.status = next;
+    return updated !== undefined;
+  }
+}
+
+/** Changes when the credentials change (rotation), without keeping the values themselves around. */
+function credentialsFingerprint(ctx: EnvContext): string {
+  const h = createHash("sha256");
+  h.update(ctx.credentials.source);
+  for (const k of Object.keys(ctx.credentials.data).sort()) h.update(`${k}\0${ctx.credentials.data[k]}\0`);
+  return h.digest("hex");
+}
+

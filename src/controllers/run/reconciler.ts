@@ -1,0 +1,324 @@
+/**
+ * Run reconciler. A Run is once-only: it launches at most one machine, follows it to an end and
+ * makes sure it is gone. Observations of machines come from the RunTracker (one batched cloud call
+ * per account and region), so a reconcile never calls the cloud per Run just to look.
+ */
+import type { KubeClient } from "../../engine/kube.js";
+import { splitKey } from "../../engine/kube.js";
+import type { Logger } from "../../engine/logger.js";
+import type { EventRecorder } from "../../engine/events.js";
+import type { ReconcileResult } from "../../engine/controller.js";
+import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
+import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
+import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
+import { ComputeEnvironmentResource, RunResource, parseDuration } from "../../api/types.js";
+import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
+import { CloudError } from "../../cloud/provider.js";
+import { CredentialsError, FINALIZER, clip, describeError, now, resolveCredentials } from "../shared.js";
+import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
+import type { ListSource, RunTracker } from "./tracker.js";
+
+export interface RunDeps {
+  client: KubeClient;
+  providers: ReadonlyMap<string, CloudProvider>;
+  logger: Logger;
+  events: EventRecorder;
+  runs: ListSource<Run>;
+  tracker: RunTracker;
+  enqueueRun: (key: string) => void;
+  enqueueComputeEnvironment: (key: string) => void;
+  /** How often an active Run is looked at again. */
+  pollIntervalMs: number;
+  /** A launched machine the cloud does not know after this long is declared lost. */
+  machineLostAfterMs?: number;
+}
+
+type Phase = NonNullable<RunStatus["phase"]>;
+
+export class RunReconciler {
+  /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
+  private readonly claims = new Map<string, Set<string>>();
+  /** Serialises launch decisions per CE so the concurrency limit holds across workers. */
+  private readonly ceLocks = new Map<string, Promise<void>>();
+
+  constructor(private readonly d: RunDeps) {}
+
+  private key(run: Run): string {
+    return `${run.metadata.namespace}/${run.metadata.name}`;
+  }
+
+  async reconcile(key: string): Promise<ReconcileResult> {
+    const { namespace, name } = splitKey(key);
+    let run = await this.d.client.get<Run>(RunResource, namespace, name);
+    if (!run) return;
+    const log = this.d.logger.child({ run: key });
+    const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, run.spec.computeEnvironmentRef.name);
+    const provider = ce ? this.d.providers.get(ce.spec.provider) : undefined;
+
+    if (run.metadata.deletionTimestamp) return this.finalize(run, ce, provider, log);
+    if (isTerminal(run)) return this.afterEnd(run, ce, provider, log);
+
+    run = await ensureFinalizer(this.d.client, RunResource, run, FINALIZER);
+    const phase: Phase = run.status?.phase ?? "Pending";
+
+    if (!ce || !provider) {
+      if (phase === "Pending") {
+        const [reason, message] = !ce
+          ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
+          : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
+        await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
+        return;
+      }
+      // Launched, but its CE vanished (forced removal): nothing can reach the machine any more.
+      await this.finish(run, "Failed", "ComputeEnvironmentGone", "the ComputeEnvironment was removed while the Run was active");
+      return;
+    }
+
+    if (run.spec.cancel || ce.metadata.deletionTimestamp) {
+      const [reason, message] = run.spec.cancel
+        ? ["Cancelled", "cancelled by spec.cancel"]
+        : ["ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`];
+      if (machineMayExist(run)) await this.terminate(run, ce, provider, log);
+      await this.finish(run, "Cancelled", reason, message);
+      return { requeueAfterMs: this.d.pollIntervalMs };
+    }
+
+    if (phase === "Pending") return this.maybeLaunch(run, ce, provider, log);
+    if (phase === "Launching" && !run.status?.instance?.id) return this.launch(run, ce, provider, log);
+    return this.follow(run, ce, provider, log);
+  }
+
+  private async maybeLaunch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
+    const ready = getCondition(ce.status?.conditions, "Ready");
+    if (ready?.status !== "True" || ce.status?.observedGeneration !== ce.metadata.generation) {
+      const message = `waiting for ComputeEnvironment ${ce.metadata.name} to be Ready${ready?.message ? `: ${ready.message}` : ""}`;
+      await this.report(run, { phase: "Pending", reason: "ComputeEnvironmentNotReady", message: clip(message) }, "False", "ComputeEnvironmentNotReady", clip(message));
+      return;
+    }
+    const ceUid = ce.metadata.uid ?? "";
+    const uid = run.metadata.uid ?? "";
+    const decided = await this.withCeLock(ceUid, async () => {
+      const limit = ce.spec.maxConcurrentRuns;
+      const holders = new Set(this.claims.get(ceUid) ?? []);
+      for (const r of this.d.runs.list()) {
+        if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name && holdsSlot(r) && r.metadata.uid) {
+          holders.add(r.metadata.uid);
+        }
+      }
+      holders.delete(uid);
+      if (limit !== undefined && holders.size >= limit) return false;
+      let set = this.claims.get(ceUid);
+      if (!set) this.claims.set(ceUid, (set = new Set()));
+      set.add(uid);
+      return true;
+    });
+    if (!decided) {
+      const message = `ComputeEnvironment ${ce.metadata.name} allows ${ce.spec.maxConcurrentRuns} concurrent run(s); waiting for a slot`;
+      await this.report(run, { phase: "Pending", reason: "ConcurrencyLimit", message }, "False", "ConcurrencyLimit", message);
+      return;
+    }
+    // Record the decision before touching the cloud: a crash after this point resumes in Launching,
+    // and the launch itself is idempotent on the Run's UID.
+    await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
+    this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
+    return this.launch(run, ce, provider, log);
+  }
+
+  private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
+    let desc: RunDescription;
+    try {
+      const ctx = await this.context(ce, log);
+      desc = await provider.launchRun(ctx, run);
+    } catch (e) {
+      if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
+        const { reason, message } = describeError(e);
+        await this.finish(run, "Failed", reason, clip(`launch failed: ${message}`));
+        return;
+      }
+      throw e;
+    }
+    this.d.tracker.record(run.metadata.uid ?? "", desc);
+    const phase: Phase = desc.state === "running" ? "Running" : "Launching";
+    const message = `machine ${desc.instanceId} ${desc.state}`;
+    const written = await this.report(
+      run,
+      {
+        phase,
+        reason: phase === "Running" ? "Running" : "Launching",
+        message,
+        instance: { ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state },
+        launchedAt: run.status?.launchedAt ?? desc.launchedAt ?? now(),
+        ...(phase === "Running" ? { startTime: now() } : {}),
+        ...(desc.log ? { log: desc.log } : {}),
+      },
+      "False",
+      phase,
+      message,
+    );
+    if (written) await this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
+    log.info({ instance: desc.instanceId }, "launched");
+    return { requeueAfterMs: this.d.pollIntervalMs };
+  }
+
+  private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
+    const status = run.status ?? {};
+    const timeoutMs = run.spec.timeout ? parseDuration(run.spec.timeout) : undefined;
+    const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
+    if (timeoutMs !== undefined && Date.now() - since > timeoutMs) {
+      await this.terminate(run, ce, provider, log);
+      await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${run.spec.timeout}`);
+      return { requeueAfterMs: this.d.pollIntervalMs };
+    }
+    const wakeForTimeout = timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
+    const next = Math.min(this.d.pollIntervalMs, wakeForTimeout);
+
+    const obs = this.d.tracker.get(run.metadata.uid ?? "");
+    if (!obs) return { requeueAfterMs: next };
+    const desc = obs.desc;
+    if (!desc) {
+      const lostAfter = this.d.machineLostAfterMs ?? 5 * 60_000;
+      if (Date.now() - since > lostAfter) {
+        await this.finish(run, "Failed", "MachineNotFound", `machine ${status.instance?.id ?? "(unknown)"} is not known to the cloud`);
+        return;
+      }
+      return { requeueAfterMs: next };
+    }
+    const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
+    switch (desc.state) {
+      case "pending":
+        await this.report(run, { phase: "Launching", instance, message: `machine ${desc.instanceId} pending` }, "False", "Launching", `machine ${desc.instanceId} pending`);
+        return { requeueAfterMs: next };
+      case "running":
+      case "unknown": {
+        const message = `running on ${desc.instanceId}`;
+        await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}) }, "False", "Running", message);
+        return { requeueAfterMs: next };
+      }
+      case "stopping":
+      case "stopped":
+        // A stopped machine never finishes the pipeline; vmforge launches with shutdown = terminate,
+        // so this means someone stopped it by hand. End it.
+        await this.terminate(run, ce, provider, log);
+        await this.finish(run, "Failed", "MachineStopped", `machine ${desc.instanceId} was stopped`, { instance });
+        return { requeueAfterMs: next };
+      case "shutting-down":
+      case "terminated": {
+        if (desc.exitCode !== undefined) {
+          const ok = desc.exitCode === 0;
+          await this.finish(run, ok ? "Succeeded" : "Failed", ok ? "Succeeded" : "PipelineFailed",
+            ok ? "the pipeline completed" : `the pipeline exited with code ${desc.exitCode}`,
+            { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
+        if (desc.state === "shutting-down") return { requeueAfterMs: next };
+        await this.finish(run, "Failed", "MachineTerminated",
+          clip(`machine ${desc.instanceId} ended without reporting an exit code${desc.stateReason ? `: ${desc.stateReason}` : ""}`), { instance });
+        return;
+      }
+    }
+  }
+
+  /** After the Run ended: keep following until its machine is confirmed gone, then stop looking. */
+  private async afterEnd(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
+    if (!machineMayExist(run)) {
+      this.release(run);
+      return;
+    }
+    if (!ce || !provider) return;
+    const obs = this.d.tracker.get(run.metadata.uid ?? "");
+    const state = obs?.desc?.state;
+    if (obs && (state === undefined || state === "terminated")) {
+      await this.report(run, { instance: { ...(run.status?.instance ?? { id: obs.desc?.instanceId ?? "" }), state: "terminated" } });
+      this.release(run);
+      return;
+    }
+    if (state !== "shutting-down") await this.terminate(run, ce, provider, log);
+    return { requeueAfterMs: this.d.pollIntervalMs };
+  }
+
+  private async finalize(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
+    if (!hasFinalizer(run, FINALIZER)) return;
+    if (machineMayExist(run) && ce && provider) {
+      const obs = this.d.tracker.get(run.metadata.uid ?? "");
+      const state = obs?.desc?.state;
+      const gone = obs !== undefined && (state === undefined || state === "terminated") && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
+      if (!gone) {
+        await this.terminate(run, ce, provider, log);
+        return { requeueAfterMs: Math.min(this.d.pollIntervalMs, 2_000) };
+      }
+    } else if (machineMayExist(run)) {
+      log.warn("the Run's ComputeEnvironment is gone; its machine cannot be reached and is left to the orphan sweep");
+    }
+    this.release(run);
+    this.d.tracker.forget(run.metadata.uid ?? "");
+    await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
+    this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
+    return;
+  }
+
+  private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<void> {
+    const ctx = await this.context(ce, log);
+    await provider.terminateRun(ctx, run);
+  }
+
+  private async context(ce: ComputeEnvironment, log: Logger): Promise<EnvContext> {
+    return { ce, credentials: await resolveCredentials(this.d.client, ce), logger: log };
+  }
+
+  /** Moves the Run to a terminal phase (once) and frees its slot. */
+  private async finish(run: Run, phase: "Succeeded" | "Failed" | "Cancelled", reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<void> {
+    const ready = phase === "Succeeded" ? "True" : "False";
+    const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), ...extra }, ready, reason, message);
+    this.release(run);
+    if (written) {
+      const exit = extra.exitCode !== undefined ? ` (exit code ${extra.exitCode})` : "";
+      await this.d.events.record(run, phase === "Succeeded" ? "Normal" : "Warning", phase, "Complete", clip(`${phase}${exit}: ${message}`));
+    }
+  }
+
+  private release(run: Run): void {
+    const uid = run.metadata.uid ?? "";
+    for (const [ceUid, set] of this.claims) {
+      if (set.delete(uid)) {
+        if (set.size === 0) this.claims.delete(ceUid);
+        // A slot freed: Runs of the same CE waiting for one can go.
+        for (const r of this.d.runs.list()) {
+          if (r.metadata.namespace === run.metadata.namespace && r.spec.computeEnvironmentRef.name === run.spec.computeEnvironmentRef.name && (r.status?.phase ?? "Pending") === "Pending") {
+            this.d.enqueueRun(this.key(r));
+          }
+        }
+      }
+    }
+  }
+
+  private async withCeLock<T>(ceUid: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.ceLocks.get(ceUid) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const chained = prev.then(() => mine);
+    this.ceLocks.set(ceUid, chained);
+    await prev;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (this.ceLocks.get(ceUid) === chained) this.ceLocks.delete(ceUid);
+    }
+  }
+
+  /** Writes status (phase fields + the kstatus trio) only when something changed. */
+  private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string): Promise<boolean> {
+    const next: RunStatus = { ...(run.status ?? {}), ...patch, observedGeneration: run.metadata.generation };
+    if (ready && reason !== undefined) {
+      const terminal = next.phase === "Succeeded" || next.phase === "Failed" || next.phase === "Cancelled";
+      const g = run.metadata.generation;
+      let c = setCondition(run.status?.conditions, { type: "Ready", status: ready, reason, message: message ?? "", observedGeneration: g });
+      c = setCondition(c, { type: "Reconciling", status: terminal ? "False" : "True", reason: terminal ? "Finished" : reason, message: terminal ? "" : message ?? "", observedGeneration: g });
+      c = setCondition(c, { type: "Stalled", status: "False", reason: "Progressing", message: "", observedGeneration: g });
+      next.conditions = c;
+    }
+    const updated = await updateStatus(this.d.client, RunResource, run, next);
+    if (updated) run.status = next;
+    return updated !== undefined;
+  }
+}

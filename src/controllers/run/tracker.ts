@@ -1,0 +1,119 @@
+/**
+ * Follows the machines of all Runs with as few cloud calls as possible: every poll groups the Runs
+ * whose machine may exist by account and region (same provider, credentials Secret and region)
+ * and asks the provider once per group. Runs whose observation changed are enqueued.
+ */
+import type { KubeClient } from "../../engine/kube.js";
+import type { Logger } from "../../engine/logger.js";
+import type { ComputeEnvironment, Run } from "../../api/types.js";
+import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
+import { resolveCredentials } from "../shared.js";
+import { machineMayExist } from "./phases.js";
+
+export interface ListSource<T> {
+  list(): T[];
+}
+
+export interface Observation {
+  desc: RunDescription | undefined;
+  at: number;
+}
+
+export interface RunTrackerDeps {
+  client: KubeClient;
+  providers: ReadonlyMap<string, CloudProvider>;
+  runs: ListSource<Run>;
+  ces: ListSource<ComputeEnvironment>;
+  logger: Logger;
+  enqueueRun: (key: string) => void;
+  pollIntervalMs: number;
+}
+
+export function accountRegionKey(ce: ComputeEnvironment): string {
+  const secret = ce.spec.credentials?.secretRef?.name;
+  const who = secret ? `${ce.metadata.namespace}/${secret}` : "ambient";
+  const where = ce.spec.aws?.region ?? ce.spec.azure?.subscriptionId ?? ce.spec.azure?.location ?? "";
+  return `${ce.spec.provider}|${who}|${where}`;
+}
+
+export class RunTracker {
+  private readonly observations = new Map<string, Observation>();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = true;
+  private polling: Promise<void> | undefined;
+  /** Cloud calls made by the last poll, by group. Exposed for tests and metrics. */
+  lastPoll: { groups: number; runs: number } = { groups: 0, runs: 0 };
+
+  constructor(private readonly d: RunTrackerDeps) {}
+
+  get(uid: string): Observation | undefined {
+    return this.observations.get(uid);
+  }
+
+  record(uid: string, desc: RunDescription | undefined): void {
+    this.observations.set(uid, { desc, at: Date.now() });
+  }
+
+  forget(uid: string): void {
+    this.observations.delete(uid);
+  }
+
+  start(): void {
+    if (!this.stopped) return;
+    this.stopped = false;
+    const loop = (): void => {
+      if (this.stopped) return;
+      this.polling = this.pollOnce()
+        .catch((e: unknown) => this.d.logger.warn({ err: e }, "run poll failed"))
+        .finally(() => {
+          this.polling = undefined;
+          if (!this.stopped) this.timer = setTimeout(loop, this.d.pollIntervalMs);
+        });
+    };
+    this.timer = setTimeout(loop, this.d.pollIntervalMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.polling;
+  }
+
+  /** One poll over every Run whose machine may exist. */
+  async pollOnce(): Promise<void> {
+    const ces = new Map<string, ComputeEnvironment>();
+    for (const ce of this.d.ces.list()) ces.set(`${ce.metadata.namespace}/${ce.metadata.name}`, ce);
+    const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[] }>();
+    for (const run of this.d.runs.list()) {
+      if (!run.metadata.uid || !machineMayExist(run)) continue;
+      const ce = ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
+      if (!ce) continue;
+      const key = accountRegionKey(ce);
+      const g = groups.get(key);
+      if (g) g.runs.push(run);
+      else groups.set(key, { ce, runs: [run] });
+    }
+    let count = 0;
+    for (const { ce, runs } of groups.values()) {
+      const provider = this.d.providers.get(ce.spec.provider);
+      if (!provider) continue;
+      count += runs.length;
+      try {
+        const credentials = await resolveCredentials(this.d.client, ce);
+        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger }, runs);
+        for (const run of runs) {
+          const uid = run.metadata.uid as string;
+          const desc = result.get(uid);
+          const prev = this.observations.get(uid);
+          this.observations.set(uid, { desc, at: Date.now() });
+          if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {
+            this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
+          }
+        }
+      } catch (e) {
+        this.d.logger.warn({ err: e, ce: `${ce.metadata.namespace}/${ce.metadata.name}`, runs: runs.length }, "describing runs failed");
+      }
+    }
+    this.lastPoll = { groups: groups.size, runs: count };
+  }
+}

@@ -1,0 +1,164 @@
+/**
+ * Pieces both reconcilers share: the Kubernetes resource types they touch, the credentials Secret
+ * (reading it and protecting it from deletion while a ComputeEnvironment uses it) and the
+ * translation of provider errors into conditions.
+ */
+import type { KubeClient, KubeObject, ResourceType } from "../engine/kube.js";
+import { KubeApiError } from "../engine/kube.js";
+import type { Condition } from "../engine/conditions.js";
+import { setCondition } from "../engine/conditions.js";
+import type { ComputeEnvironment } from "../api/types.js";
+import type { ResolvedCredentials } from "../cloud/provider.js";
+import { CloudError } from "../cloud/provider.js";
+
+export const SecretResource: ResourceType = { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true };
+
+/** Finalizer vmforge puts on its own objects. */
+export const FINALIZER = "vmforge.dev/finalizer";
+/** Finalizer vmforge puts on a credentials Secret while a ComputeEnvironment uses it. */
+export const SECRET_IN_USE_FINALIZER = "vmforge.dev/credentials-in-use";
+/** Label vmforge puts on a credentials Secret it protects, so the operator can watch just those. */
+export const SECRET_LABEL = "vmforge.dev/credentials";
+
+export interface SecretObject extends KubeObject {
+  data?: Record<string, string>;
+  stringData?: Record<string, string>;
+  type?: string;
+}
+
+/** A Secret problem the user must fix; the message names the Secret and key, never a value. */
+export class CredentialsError extends Error {
+  readonly reason: string;
+  constructor(reason: string, message: string) {
+    super(message);
+    this.name = "CredentialsError";
+    this.reason = reason;
+  }
+}
+
+/** Reads and decodes the CE's credentials Secret, or returns the ambient identity when none is set. */
+export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironment): Promise<ResolvedCredentials> {
+  const ref = ce.spec.credentials?.secretRef;
+  if (!ref?.name) return { source: "ambient", data: {} };
+  const ns = ce.metadata.namespace ?? "default";
+  const secret = await client.get<SecretObject>(SecretResource, ns, ref.name);
+  if (!secret) {
+    throw new CredentialsError("SecretNotFound", `credentials Secret ${ns}/${ref.name} does not exist`);
+  }
+  if (secret.metadata.deletionTimestamp && !secret.metadata.finalizers?.includes(SECRET_IN_USE_FINALIZER)) {
+    throw new CredentialsError("SecretDeleting", `credentials Secret ${ns}/${ref.name} is being deleted`);
+  }
+  const data: Record<string, string> = {};
+  for (const [k, v] of Object.entries(secret.data ?? {})) data[k] = Buffer.from(v, "base64").toString("utf8");
+  if (Object.keys(data).length === 0) {
+    throw new CredentialsError("SecretEmpty", `credentials Secret ${ns}/${ref.name} has no data`);
+  }
+  return { source: "secret", secretName: `${ns}/${ref.name}`, data };
+}
+
+/** Reads one key of a Secret (e.g. the Seqera Platform token). Returns undefined when absent. */
+export async function readSecretKey(client: KubeClient, namespace: string, name: string, key: string): Promise<string | undefined> {
+  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
+  const v = secret?.data?.[key];
+  return v === undefined ? undefined : Buffer.from(v, "base64").toString("utf8");
+}
+
+/**
+ * Adds our finalizer and label to the credentials Secret so it cannot vanish while a CE needs it
+ * (deleting it only marks it; the data stays readable until the CE releases it).
+ */
+export async function protectSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
+  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
+  if (!secret) return;
+  const finalizers = secret.metadata.finalizers ?? [];
+  if (finalizers.includes(SECRET_IN_USE_FINALIZER) && secret.metadata.labels?.[SECRET_LABEL] === "true") return;
+  if (secret.metadata.deletionTimestamp) return; // cannot add finalizers to an object being deleted
+  await client.patch(
+    SecretResource,
+    namespace,
+    name,
+    {
+      metadata: {
+        resourceVersion: secret.metadata.resourceVersion,
+        labels: { [SECRET_LABEL]: "true" },
+        finalizers: finalizers.includes(SECRET_IN_USE_FINALIZER) ? finalizers : [...finalizers, SECRET_IN_USE_FINALIZER],
+      },
+    },
+    "merge",
+  );
+}
+
+/** Removes our finalizer from the Secret (callers check no other CE still uses it). */
+export async function releaseSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const secret = await client.get<SecretObject>(SecretResource, namespace, name);
+    if (!secret) return;
+    const finalizers = secret.metadata.finalizers ?? [];
+    if (!finalizers.includes(SECRET_IN_USE_FINALIZER)) return;
+    try {
+      await client.patch(
+        SecretResource,
+        namespace,
+        name,
+        {
+          metadata: {
+            resourceVersion: secret.metadata.resourceVersion,
+            finalizers: finalizers.filter((f) => f !== SECRET_IN_USE_FINALIZER),
+          },
+        },
+        "merge",
+      );
+      return;
+    } catch (e) {
+      if (e instanceof KubeApiError && e.status === 409) continue;
+      if (e instanceof KubeApiError && e.status === 404) return;
+      throw e;
+    }
+  }
+}
+
+export function now(): string {
+  return new Date().toISOString();
+}
+
+/** Sets the kstatus trio (Ready, Reconciling, Stalled) in one go. */
+export function kstatus(
+  conditions: Condition[] | undefined,
+  generation: number | undefined,
+  state: "ready" | "reconciling" | "stalled",
+  reason: string,
+  message: string,
+): Condition[] {
+  let c = conditions ?? [];
+  const g = generation === undefined ? {} : { observedGeneration: generation };
+  c = setCondition(c, { type: "Ready", status: state === "ready" ? "True" : "False", reason, message, ...g });
+  c = setCondition(c, {
+    type: "Reconciling",
+    status: state === "reconciling" ? "True" : "False",
+    reason: state === "reconciling" ? reason : "Idle",
+    message: state === "reconciling" ? message : "",
+    ...g,
+  });
+  c = setCondition(c, {
+    type: "Stalled",
+    status: state === "stalled" ? "True" : "False",
+    reason: state === "stalled" ? reason : "Progressing",
+    message: state === "stalled" ? message : "",
+    ...g,
+  });
+  return c;
+}
+
+/** A short, human message for an error; CloudError and CredentialsError messages are written for people. */
+export function describeError(e: unknown): { reason: string; message: string } {
+  if (e instanceof CloudError) return { reason: e.reason, message: e.message };
+  if (e instanceof CredentialsError) return { reason: e.reason, message: e.message };
+  if (e instanceof KubeApiError) return { reason: `Kube${e.reason || e.status}`, message: e.message };
+  if (e instanceof Error) return { reason: "InternalError", message: e.message };
+  return { reason: "InternalError", message: String(e) };
+}
+
+/** Caps a message so a status or Event never carries a wall of text. */
+export function clip(s: string, max = 1000): string {
+  return s.length <= max ? s : `${s.slice(0, max - 1)}…`;
+}

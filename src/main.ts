@@ -1,0 +1,65 @@
+/**
+ * The operator process: validated configuration, the current kubeconfig (or the in-cluster
+ * service account), leader election, health and metrics endpoints, graceful shutdown.
+ */
+import { KubeClient } from "./engine/kube.js";
+import { createLogger } from "./engine/logger.js";
+import { EngineMetrics } from "./engine/metrics.js";
+import { startHealthServer } from "./engine/health.js";
+import type { CloudProvider } from "./cloud/provider.js";
+import { AwsProvider } from "./cloud/aws/provider.js";
+import { ConfigError, loadConfig } from "./config.js";
+import { Operator } from "./operator.js";
+
+export async function runOperator(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(env);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      console.error(`vmforge: invalid configuration: ${e.message}`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const logger = createLogger({ level: config.logLevel, name: "vmforge" });
+  const metrics = new EngineMetrics();
+  const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined);
+  const providers = new Map<string, CloudProvider>([["aws", new AwsProvider()]]);
+  const operator = new Operator({ client, providers, config, logger, metrics });
+  const health = await startHealthServer({
+    address: config.metricsAddress, metrics, logger,
+    ready: () => operator.isReady(), live: () => true,
+  });
+  logger.info({ identity: config.identity, metricsPort: health.port, leaderElection: config.leaderElection }, "vmforge operator starting");
+
+  let stopping = false;
+  const shutdown = async (signal: string, code: number): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, "shutting down");
+    const timer = setTimeout(() => {
+      logger.error("shutdown deadline passed; exiting");
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 5_000);
+    timer.unref();
+    try {
+      await operator.stop(config.shutdownTimeoutMs);
+      await health.close();
+    } finally {
+      logger.flush?.();
+      process.exit(code);
+    }
+  };
+  process.on("SIGTERM", () => void shutdown("SIGTERM", 0));
+  process.on("SIGINT", () => void shutdown("SIGINT", 0));
+  process.on("unhandledRejection", (err) => logger.error({ err }, "unhandled rejection"));
+  operator.start(() => void shutdown("lost-leadership", 1));
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  runOperator().catch((e: unknown) => {
+    console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
+    process.exit(1);
+  });
+}

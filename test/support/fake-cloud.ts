@@ -1,0 +1,192 @@
+/**
+ * An in-memory cloud for controller tests (unit and integration against the real API server).
+ * It implements the CloudProvider contract faithfully enough to drive the reconcilers: idempotent
+ * launches keyed by Run UID, one describe call for many Runs, termination that takes a poll to
+ * complete, ownership by CE UID, and knobs to inject failures.
+ */
+import type { Run } from "../../src/api/types.js";
+import type {
+  CloudProvider,
+  EnvContext,
+  EnvObservation,
+  MachineState,
+  RunDescription,
+  RunLogChunk,
+} from "../../src/cloud/provider.js";
+import { CloudError } from "../../src/cloud/provider.js";
+
+export interface FakeMachine {
+  id: string;
+  runUid: string;
+  ceUid: string;
+  state: MachineState;
+  exitCode?: number;
+  stateReason?: string;
+  launchedAt: string;
+  log: string[];
+}
+
+export class FakeCloud implements CloudProvider {
+  readonly name = "fake";
+  readonly environments = new Map<string, { resources: { kind: string; id: string; name: string }[] }>();
+  readonly machines = new Map<string, FakeMachine>();
+  readonly calls = { observe: 0, provision: 0, dispose: 0, launch: 0, describe: 0, terminate: 0, readLog: 0 };
+  /** Credential data seen by the last call (to prove rotation reaches the provider). */
+  lastCredentials: Record<string, string> | undefined;
+  /** Next provision fails with this error (then clears unless sticky). */
+  provisionError: CloudError | undefined;
+  provisionErrorSticky = false;
+  /** Next launch creates the machine and then throws this (a crash after the cloud call). */
+  launchErrorAfterCreate: CloudError | undefined;
+  /** Machines start "pending" and turn "running" on the next describe. */
+  /** Reported launch time offset (ms in the past), to test timeouts without waiting. */
+  launchedAgoMs = 0;
+  private seq = 0;
+
+  private ceUid(ctx: EnvContext): string {
+    return ctx.ce.metadata.uid ?? "";
+  }
+
+  async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    this.calls.observe++;
+    return this.observation(ctx);
+  }
+
+  private observation(ctx: EnvContext): EnvObservation {
+    const env = this.environments.get(this.ceUid(ctx));
+    return {
+      resources: env?.resources ?? [],
+      ready: env !== undefined,
+      missing: env ? [] : ["role", "instance profile"],
+      status: env ? { aws: { roleArn: env.resources[0]?.id ?? "", instanceProfileArn: env.resources[1]?.id ?? "" } } : {},
+    };
+  }
+
+  async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    this.calls.provision++;
+    this.lastCredentials = { ...ctx.credentials.data };
+    if (this.provisionError) {
+      const e = this.provisionError;
+      if (!this.provisionErrorSticky) this.provisionError = undefined;
+      throw e;
+    }
+    const uid = this.ceUid(ctx);
+    if (!this.environments.has(uid)) {
+      const name = `TowerForge-${ctx.ce.metadata.name}-${uid.slice(0, 8)}`;
+      this.environments.set(uid, {
+        resources: [
+          { kind: "IAMRole", id: `arn:aws:iam::000000000000:role/${name}`, name },
+          { kind: "InstanceProfile", id: `arn:aws:iam::000000000000:instance-profile/${name}`, name },
+        ],
+      });
+    }
+    return this.observation(ctx);
+  }
+
+  async disposeEnvironment(ctx: EnvContext): Promise<void> {
+    this.calls.dispose++;
+    this.environments.delete(this.ceUid(ctx));
+  }
+
+  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+    this.calls.launch++;
+    const uid = run.metadata.uid ?? "";
+    let m = this.machines.get(uid);
+    if (!m) {
+      m = {
+        id: `i-${(++this.seq).toString(16).padStart(17, "0")}`,
+        runUid: uid,
+        ceUid: this.ceUid(ctx),
+        state: "pending",
+        launchedAt: new Date(Date.now() - this.launchedAgoMs).toISOString(),
+        log: [],
+      };
+      this.machines.set(uid, m);
+    }
+    if (this.launchErrorAfterCreate) {
+      const e = this.launchErrorAfterCreate;
+      this.launchErrorAfterCreate = undefined;
+      throw e;
+    }
+    return this.describe(m);
+  }
+
+  async describeRuns(_ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    this.calls.describe++;
+    const out = new Map<string, RunDescription | undefined>();
+    for (const run of runs) {
+      const uid = run.metadata.uid ?? "";
+      const m = this.machines.get(uid);
+      if (!m) {
+        out.set(uid, undefined);
+        continue;
+      }
+      if (m.state === "pending") m.state = "running";
+      else if (m.state === "shutting-down") m.state = "terminated";
+      out.set(uid, this.describe(m));
+    }
+    return out;
+  }
+
+  async terminateRun(_ctx: EnvContext, run: Run): Promise<void> {
+    this.calls.terminate++;
+    const m = this.machines.get(run.metadata.uid ?? "");
+    if (m && m.state !== "terminated") m.state = "shutting-down";
+  }
+
+  async readRunLog(_ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+    this.calls.readLog++;
+    const m = this.machines.get(run.metadata.uid ?? "");
+    if (!m) return { lines: [] };
+    const start = from ? Number(from) : 0;
+    return { lines: m.log.slice(start), next: String(m.log.length) };
+  }
+
+  async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
+    const stopped: string[] = [];
+    for (const m of this.machines.values()) {
+      if (m.ceUid === this.ceUid(ctx) && !live.has(m.runUid) && m.state !== "terminated") {
+        m.state = "terminated";
+        stopped.push(m.id);
+      }
+    }
+    return stopped;
+  }
+
+  /** Test control: the pipeline on this Run's machine ends with `exitCode` and the machine powers off. */
+  finish(runUid: string, exitCode: number): void {
+    const m = this.mustGet(runUid);
+    m.log.push("N E X T F L O W  ~  version 25.04.0", `VMFORGE_EXIT_CODE=${exitCode}`);
+    m.exitCode = exitCode;
+    m.state = "terminated";
+  }
+
+  /** Test control: the machine disappears without an exit code (e.g. a Spot interruption). */
+  interrupt(runUid: string, reason: string): void {
+    const m = this.mustGet(runUid);
+    m.state = "terminated";
+    m.stateReason = reason;
+  }
+
+  machineOf(runUid: string): FakeMachine | undefined {
+    return this.machines.get(runUid);
+  }
+
+  private mustGet(runUid: string): FakeMachine {
+    const m = this.machines.get(runUid);
+    if (!m) throw new Error(`no machine for run ${runUid}`);
+    return m;
+  }
+
+  private describe(m: FakeMachine): RunDescription {
+    return {
+      instanceId: m.id,
+      state: m.state,
+      launchedAt: m.launchedAt,
+      ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
+      ...(m.stateReason ? { stateReason: m.stateReason } : {}),
+      instance: { id: m.id, type: "m6i.large", zone: "us-east-1a" },
+      log: { provider: "cloudwatch", group: "/vmforge/test", stream: m.runUid },
+    };
+  }
+}
