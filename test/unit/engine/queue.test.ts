@@ -1,0 +1,260 @@
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { WorkQueue } from "../../../src/engine/queue.js";
+import { EngineMetrics } from "../../../src/engine/metrics.js";
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+/** A queue whose token bucket never limits, so only the per-key backoff shows. */
+function backoffOnly(base = 5, max = 300_000): WorkQueue {
+  return new WorkQueue({ baseDelayMs: base, maxDelayMs: max, qps: 1e9, burst: 1e9 });
+}
+
+describe("WorkQueue de-duplication", () => {
+  it("keeps one entry per key while it waits", async () => {
+    const q = new WorkQueue();
+    q.add("a");
+    q.add("b");
+    q.add("a");
+    q.add("a");
+    expect(q.len()).toBe(2);
+    expect(await q.get()).toBe("a");
+    expect(await q.get()).toBe("b");
+    expect(q.len()).toBe(0);
+  });
+
+  it("a key added while processed is queued again only after done()", async () => {
+    const q = new WorkQueue();
+    q.add("a");
+    const k = await q.get();
+    expect(k).toBe("a");
+    q.add("a");
+    q.add("a");
+    expect(q.len()).toBe(0); // not handed to a second worker
+    q.done("a");
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("a");
+    q.done("a");
+    expect(q.len()).toBe(0);
+  });
+
+  it("done() of a key that was not re-added leaves the queue empty", async () => {
+    const q = new WorkQueue();
+    q.add("x");
+    await q.get();
+    q.done("x");
+    expect(q.len()).toBe(0);
+    expect(q.processingCount()).toBe(0);
+  });
+
+  it("never lets two concurrent workers hold the same key", async () => {
+    const q = new WorkQueue();
+    const keys = ["k1", "k2", "k3"];
+    const active = new Set<string>();
+    let overlaps = 0;
+    let processed = 0;
+    const worker = async (): Promise<void> => {
+      for (;;) {
+        const key = await q.get();
+        if (key === undefined) return;
+        if (active.has(key)) overlaps++;
+        active.add(key);
+        // while holding the key, other producers add it again
+        q.add(key);
+        await new Promise((r) => setImmediate(r));
+        active.delete(key);
+        processed++;
+        q.done(key);
+        if (processed >= 60) q.shutDown();
+      }
+    };
+    for (const k of keys) q.add(k);
+    await Promise.all([worker(), worker(), worker(), worker(), worker()]);
+    expect(processed).toBeGreaterThanOrEqual(60);
+    expect(overlaps).toBe(0);
+  });
+
+  it("a waiting get() is woken by add()", async () => {
+    const q = new WorkQueue();
+    const p = q.get();
+    q.add("late");
+    await expect(p).resolves.toBe("late");
+  });
+});
+
+describe("WorkQueue rate limiting", () => {
+  it("per-key backoff doubles from baseDelayMs up to maxDelayMs and forget() resets it", () => {
+    const q = backoffOnly(5, 100);
+    const delays = Array.from({ length: 7 }, () => q.whenReady("a"));
+    expect(delays).toEqual([5, 10, 20, 40, 80, 100, 100]);
+    expect(q.numRequeues("a")).toBe(7);
+    // other keys have their own history
+    expect(q.whenReady("b")).toBe(5);
+    q.forget("a");
+    expect(q.numRequeues("a")).toBe(0);
+    expect(q.whenReady("a")).toBe(5);
+  });
+
+  it("defaults are 5 ms base and a 5 minute cap", () => {
+    const q = new WorkQueue({ qps: 1e9, burst: 1e9 });
+    expect(q.whenReady("a")).toBe(5);
+    for (let i = 0; i < 40; i++) q.whenReady("a");
+    expect(q.whenReady("a")).toBe(300_000);
+  });
+
+  it("a global token bucket spaces out retries of different keys once the burst is spent", () => {
+    let now = 1_000_000;
+    const q = new WorkQueue({ baseDelayMs: 1, maxDelayMs: 1, qps: 10, burst: 2, now: () => now });
+    // burst of 2, then one token every 100 ms; each reservation queues behind the previous one
+    expect(["a", "b", "c", "d", "e"].map((k) => q.whenReady(k))).toEqual([1, 1, 100, 200, 300]);
+    now += 1_000; // 10 tokens refill, minus the 3 reserved beyond the burst; capped at burst
+    expect(q.whenReady("f")).toBe(1);
+    expect(q.whenReady("g")).toBe(1);
+    expect(q.whenReady("h")).toBe(100);
+  });
+
+  it("the larger of backoff and bucket delay wins", () => {
+    const now = 0;
+    const q = new WorkQueue({ baseDelayMs: 1_000, maxDelayMs: 10_000, qps: 10, burst: 1, now: () => now });
+    expect(q.whenReady("a")).toBe(1_000); // bucket says 0, backoff says 1000
+    expect(q.whenReady("b")).toBe(1_000); // bucket says 100
+    q.forget("a");
+    const q2 = new WorkQueue({ baseDelayMs: 1, maxDelayMs: 10, qps: 1, burst: 1, now: () => now });
+    q2.whenReady("x");
+    expect(q2.whenReady("y")).toBe(1_000); // bucket dominates
+  });
+
+  it("addRateLimited queues the key after its backoff delay", async () => {
+    vi.useFakeTimers();
+    const q = backoffOnly(100, 10_000);
+    q.addRateLimited("a"); // 100 ms
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(99);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("a");
+    q.done("a");
+    q.addRateLimited("a"); // second failure: 200 ms
+    vi.advanceTimersByTime(199);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+  });
+});
+
+describe("WorkQueue delayed adds", () => {
+  it("addAfter makes the key available only after the delay", () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue();
+    q.addAfter("a", 1_000);
+    expect(q.len()).toBe(0);
+    expect(q.scheduledCount()).toBe(1);
+    vi.advanceTimersByTime(999);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+    expect(q.scheduledCount()).toBe(0);
+  });
+
+  it("the earliest of several delayed adds of one key wins and the key is queued once", () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue();
+    q.addAfter("a", 1_000);
+    q.addAfter("a", 300); // earlier: replaces
+    q.addAfter("a", 5_000); // later: ignored
+    vi.advanceTimersByTime(300);
+    expect(q.len()).toBe(1);
+    vi.advanceTimersByTime(10_000);
+    expect(q.len()).toBe(1);
+    expect(q.scheduledCount()).toBe(0);
+  });
+
+  it("addAfter with a zero or negative delay adds at once", () => {
+    const q = new WorkQueue();
+    q.addAfter("a", 0);
+    q.addAfter("b", -5);
+    expect(q.len()).toBe(2);
+  });
+
+  it("a delayed add that fires while the key is processed re-queues it after done()", async () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue();
+    q.add("a");
+    expect(await q.get()).toBe("a");
+    q.addAfter("a", 10);
+    vi.advanceTimersByTime(10);
+    expect(q.len()).toBe(0);
+    q.done("a");
+    expect(q.len()).toBe(1);
+  });
+});
+
+describe("WorkQueue shutdown", () => {
+  it("ignores adds after shutDown, drains what is queued, then get() resolves undefined", async () => {
+    const q = new WorkQueue();
+    q.add("a");
+    q.add("b");
+    q.shutDown();
+    expect(q.shuttingDown).toBe(true);
+    q.add("c");
+    q.addAfter("d", 1);
+    q.addRateLimited("e");
+    expect(q.len()).toBe(2);
+    expect(await q.get()).toBe("a");
+    expect(await q.get()).toBe("b");
+    expect(await q.get()).toBeUndefined();
+  });
+
+  it("wakes blocked get() calls with undefined", async () => {
+    const q = new WorkQueue();
+    const waiting = [q.get(), q.get()];
+    q.shutDown();
+    await expect(Promise.all(waiting)).resolves.toEqual([undefined, undefined]);
+  });
+
+  it("drops pending delayed adds", () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue();
+    q.addAfter("a", 100);
+    q.shutDown();
+    vi.advanceTimersByTime(1_000);
+    expect(q.len()).toBe(0);
+    expect(q.scheduledCount()).toBe(0);
+  });
+
+  it("drain() resolves once nothing is queued or processing", async () => {
+    const q = new WorkQueue();
+    q.add("a");
+    let drained = false;
+    const d = q.drain().then(() => (drained = true));
+    const k = await q.get();
+    await Promise.resolve();
+    expect(drained).toBe(false); // still processing
+    q.done(k!);
+    await d;
+    expect(drained).toBe(true);
+  });
+});
+
+describe("WorkQueue metrics", () => {
+  it("reports the queue depth", async () => {
+    const metrics = new EngineMetrics({ defaultMetrics: false });
+    const q = new WorkQueue({ name: "things", metrics });
+    const depth = async (): Promise<number | undefined> =>
+      (await metrics.queueDepth.get()).values.find((v) => v.labels.queue === "things")?.value;
+    q.add("a");
+    q.add("b");
+    q.add("b");
+    expect(await depth()).toBe(2);
+    await q.get();
+    expect(await depth()).toBe(1);
+    const adds = (await metrics.queueAdds.get()).values.find((v) => v.labels.queue === "things")?.value;
+    expect(adds).toBe(2);
+  });
+
+  it("rejects an invalid configuration", () => {
+    expect(() => new WorkQueue({ baseDelayMs: 10, maxDelayMs: 5 })).toThrow(RangeError);
+  });
+});
