@@ -1,0 +1,848 @@
+/**
+ * TypeBox definitions of the ComputeEnvironment and Run APIs: the single source of both the static
+ * TypeScript types (src/api/types.ts) and the OpenAPI v3 schemas of the generated CRDs (crds/).
+ *
+ * Rules for this file, so the output stays a valid Kubernetes structural schema:
+ * - every property, list item and map value carries a `description` (shown by `kubectl explain`);
+ * - enums are plain `{type: string, enum}` (no anyOf/const), maps use `additionalProperties`;
+ * - every string, list and map that a CEL rule reads has maxLength / maxItems / maxProperties, so
+ *   the apiserver's cost estimate of the rules stays inside its budget;
+ * - user-facing formats are checked with CEL rules (x-kubernetes-validations) rather than bare
+ *   `pattern`, so the rejection message says what is expected in words.
+ */
+import { Type, type TString, type TUnsafe } from "@sinclair/typebox";
+import {
+  COMPUTE_ENVIRONMENT_PHASES,
+  DEFAULT_AZURE_VM_SIZE,
+  DEFAULT_BOOT_DISK_GIB,
+  DEFAULT_PLATFORM_TOKEN_KEY,
+  MAX_BOOT_DISK_GIB,
+  MAX_SCRIPT_BYTES,
+  MIN_BOOT_DISK_GIB,
+  RUN_PHASES,
+  SUPPORTED_AWS_REGIONS,
+} from "./constants.js";
+import { DURATION_PATTERN, MIN_RUN_TIMEOUT } from "./duration.js";
+
+/** One CEL validation rule (apiextensions.k8s.io/v1 ValidationRule). */
+export interface CelRule {
+  rule: string;
+  message: string;
+  fieldPath?: string;
+  reason?: "FieldValueInvalid" | "FieldValueForbidden" | "FieldValueRequired" | "FieldValueDuplicate";
+}
+
+const XV = "x-kubernetes-validations";
+
+/** `self.matches(...)` with a message; `re` is an RE2 expression without single quotes. */
+function matches(re: string, message: string): CelRule {
+  if (re.includes("'")) throw new Error(`pattern must not contain a single quote: ${re}`);
+  return { rule: `self.matches(r'${re}')`, message };
+}
+
+function immutable(what: string, hint: string): CelRule {
+  return { rule: "self == oldSelf", message: `${what} is immutable; ${hint}` };
+}
+
+/** A string enum rendered as `{type: string, enum: [...]}`. */
+function StringEnum<const T extends readonly string[]>(
+  values: T,
+  options: { description: string; default?: T[number]; [XV]?: CelRule[] },
+): TUnsafe<T[number]> {
+  return Type.Unsafe<T[number]>({ type: "string", enum: [...values], ...options });
+}
+
+/** A string -> string map rendered with `additionalProperties`. */
+function StringMap(options: {
+  description: string;
+  valueDescription: string;
+  maxProperties: number;
+  valueMaxLength: number;
+  rules?: CelRule[];
+}): TUnsafe<Record<string, string>> {
+  return Type.Unsafe<Record<string, string>>({
+    type: "object",
+    description: options.description,
+    maxProperties: options.maxProperties,
+    additionalProperties: { type: "string", description: options.valueDescription, maxLength: options.valueMaxLength },
+    ...(options.rules ? { [XV]: options.rules } : {}),
+  });
+}
+
+const DNS_SUBDOMAIN_RE = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+function ObjectName(description: string, kind: string): TString {
+  return Type.String({
+    description,
+    minLength: 1,
+    maxLength: 253,
+    [XV]: [
+      matches(
+        DNS_SUBDOMAIN_RE,
+        `must be the name of a ${kind} in the same namespace (lowercase letters, digits, '-' and '.')`,
+      ),
+    ],
+  });
+}
+
+function BootDiskSize(description: string, defaultGiB?: number) {
+  return Type.Integer({
+    description,
+    minimum: MIN_BOOT_DISK_GIB,
+    maximum: MAX_BOOT_DISK_GIB,
+    format: "int32",
+    ...(defaultGiB === undefined ? {} : { default: defaultGiB }),
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------------------------
+
+export const SecretKeyRefSchema = Type.Object(
+  {
+    name: ObjectName("Name of a Secret in the ComputeEnvironment's namespace.", "Secret"),
+    key: Type.Optional(
+      Type.String({
+        description: `Key inside the Secret's data that holds the value. Defaults to "${DEFAULT_PLATFORM_TOKEN_KEY}".`,
+        default: DEFAULT_PLATFORM_TOKEN_KEY,
+        minLength: 1,
+        maxLength: 253,
+        [XV]: [matches("^[-._a-zA-Z0-9]+$", "key must consist of letters, digits, '-', '_' or '.'")],
+      }),
+    ),
+  },
+  { description: "Reference to one key of a Secret in the same namespace." },
+);
+
+export const ConditionSchema = Type.Object(
+  {
+    type: Type.String({
+      description:
+        "Type of the condition: Ready, Reconciling and Stalled (kstatus), plus detail types such as CredentialsValid and Validated.",
+      minLength: 1,
+      maxLength: 316,
+    }),
+    status: StringEnum(["True", "False", "Unknown"] as const, {
+      description: "Status of the condition: True, False or Unknown.",
+    }),
+    reason: Type.String({
+      description: "Machine-readable CamelCase reason for the condition's last transition.",
+      maxLength: 1024,
+    }),
+    message: Type.String({ description: "Human-readable details about the last transition.", maxLength: 32768 }),
+    observedGeneration: Type.Optional(
+      Type.Integer({
+        description: "metadata.generation the condition was computed from.",
+        format: "int64",
+        minimum: 0,
+      }),
+    ),
+    lastTransitionTime: Type.String({
+      description: "When the condition last changed status (RFC 3339).",
+      format: "date-time",
+    }),
+  },
+  { description: "One observation about the object's state, in the style of metav1.Condition." },
+);
+
+function Conditions(description: string) {
+  return Type.Array(ConditionSchema, {
+    description,
+    maxItems: 32,
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+  });
+}
+
+// Cloud tag rules. Only size()/startsWith() on map keys: their cost does not grow with key length.
+const AWS_TAG_RULES: CelRule[] = [
+  { rule: "self.all(k, k.size() >= 1 && k.size() <= 128)", message: "tag keys must be 1 to 128 characters long" },
+  { rule: "self.all(k, !k.startsWith('aws:'))", message: "tag keys must not start with 'aws:' (reserved by AWS)" },
+  {
+    rule: "self.all(k, !k.startsWith('vmforge.dev/'))",
+    message: "tag keys starting with 'vmforge.dev/' are reserved for the operator's own tags",
+  },
+];
+const AZURE_TAG_RULES: CelRule[] = [
+  { rule: "self.all(k, k.size() >= 1 && k.size() <= 512)", message: "tag names must be 1 to 512 characters long" },
+  {
+    rule: "self.all(k, !k.startsWith('vmforge.dev/'))",
+    message: "tag names starting with 'vmforge.dev/' are reserved for the operator's own tags",
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// ComputeEnvironment
+// ---------------------------------------------------------------------------------------------
+
+export const AwsEnvironmentSchema = Type.Object(
+  {
+    region: StringEnum(SUPPORTED_AWS_REGIONS, {
+      description: `AWS region to launch instances in. One of: ${SUPPORTED_AWS_REGIONS.join(", ")}. Immutable.`,
+      [XV]: [immutable("aws.region", "create a new ComputeEnvironment to use another region")],
+    }),
+    instanceType: Type.Optional(
+      Type.String({
+        description:
+          "EC2 instance type every Run of this environment uses unless the Run overrides it. The whole pipeline runs on this one machine, so it bounds the CPUs and memory available. When unset the operator uses m6i.large, or m7g.large when graviton is true.",
+        maxLength: 64,
+        [XV]: [
+          matches(
+            "^[a-z][a-z0-9-]*\\.[a-z0-9]+$",
+            "instanceType must be an EC2 instance type such as m6i.large or c7g.2xlarge",
+          ),
+        ],
+      }),
+    ),
+    graviton: Type.Optional(
+      Type.Boolean({
+        description:
+          "Use Graviton (arm64) instances. The tooling of your pipelines must support ARM. Defaults to false.",
+        default: false,
+      }),
+    ),
+    amiId: Type.Optional(
+      Type.String({
+        description:
+          "ID of the AMI to boot. It must provide a Docker engine started at boot, the CloudWatch agent and a working `shutdown` command. When unset the operator picks the managed image for the architecture.",
+        maxLength: 21,
+        [XV]: [matches("^ami-[0-9a-f]{8,17}$", "amiId must look like ami-0123456789abcdef0")],
+      }),
+    ),
+    keyPair: Type.Optional(
+      Type.String({
+        description: "Name of an EC2 key pair to allow SSH access to the instances. When unset no SSH key is installed.",
+        minLength: 1,
+        maxLength: 255,
+      }),
+    ),
+    vpcId: Type.Optional(
+      Type.String({
+        description: "ID of the VPC to launch instances in. When unset the region's default VPC is used.",
+        maxLength: 21,
+        [XV]: [matches("^vpc-[0-9a-f]{8,17}$", "vpcId must look like vpc-0123456789abcdef0")],
+      }),
+    ),
+    subnetIds: Type.Optional(
+      Type.Array(
+        Type.String({
+          description: "ID of a subnet, e.g. subnet-0123456789abcdef0.",
+          maxLength: 24,
+          [XV]: [matches("^subnet-[0-9a-f]{8,17}$", "subnet IDs must look like subnet-0123456789abcdef0")],
+        }),
+        {
+          description: "Subnets instances may be launched in. When unset every subnet of the VPC may be used.",
+          maxItems: 16,
+          "x-kubernetes-list-type": "set",
+        },
+      ),
+    ),
+    securityGroupIds: Type.Optional(
+      Type.Array(
+        Type.String({
+          description: "ID of a security group, e.g. sg-0123456789abcdef0.",
+          maxLength: 20,
+          [XV]: [matches("^sg-[0-9a-f]{8,17}$", "security group IDs must look like sg-0123456789abcdef0")],
+        }),
+        {
+          description: "Security groups attached to the instances. When unset no security groups are set.",
+          maxItems: 16,
+          "x-kubernetes-list-type": "set",
+        },
+      ),
+    ),
+    instanceProfileArn: Type.Optional(
+      Type.String({
+        description:
+          "ARN of an existing instance profile for the instances (bring your own). When unset the operator creates a TowerForge-* role and instance profile with the permissions a run needs.",
+        maxLength: 512,
+        [XV]: [
+          matches(
+            "^arn:aws(-[a-z]+)*:iam::[0-9]{12}:instance-profile/[A-Za-z0-9+=,.@_/-]{1,128}$",
+            "instanceProfileArn must be an IAM instance profile ARN like arn:aws:iam::123456789012:instance-profile/my-profile",
+          ),
+        ],
+      }),
+    ),
+    bootDiskSizeGiB: Type.Optional(
+      BootDiskSize(
+        `Size in GiB of the gp3 EBS boot disk (${MIN_BOOT_DISK_GIB}..${MAX_BOOT_DISK_GIB}). Defaults to ${DEFAULT_BOOT_DISK_GIB}.`,
+        DEFAULT_BOOT_DISK_GIB,
+      ),
+    ),
+    workDir: Type.String({
+      description:
+        "S3 path used as the Nextflow work directory, s3://bucket[/path]. The instance role is granted access to it.",
+      maxLength: 1024,
+      [XV]: [
+        matches(
+          "^s3://[a-z0-9.-]{3,63}(/.*)?$",
+          "workDir must be an S3 path like s3://my-bucket/work (bucket name: 3 to 63 lowercase letters, digits, '.' or '-')",
+        ),
+      ],
+    }),
+    allowBuckets: Type.Optional(
+      Type.Array(
+        Type.String({
+          description: "An S3 bucket, s3://bucket.",
+          maxLength: 69,
+          [XV]: [matches("^s3://[a-z0-9.-]{3,63}/?$", "allowBuckets entries must be bucket URLs like s3://my-bucket")],
+        }),
+        {
+          description: "Extra S3 buckets the instances may read and write, besides the work directory's.",
+          maxItems: 32,
+          "x-kubernetes-list-type": "set",
+        },
+      ),
+    ),
+    tags: Type.Optional(
+      StringMap({
+        description:
+          "Tags put on every AWS resource the operator creates for this environment (at most 40; the operator adds its own ownership tags).",
+        valueDescription: "Tag value (at most 256 characters).",
+        maxProperties: 40,
+        valueMaxLength: 256,
+        rules: AWS_TAG_RULES,
+      }),
+    ),
+  },
+  { description: "AWS settings. Required when provider is aws, forbidden otherwise." },
+);
+
+export const AzureEnvironmentSchema = Type.Object(
+  {
+    subscriptionId: Type.Optional(
+      Type.String({
+        description: "Azure subscription to deploy into. When unset the subscription of the credentials is used.",
+        maxLength: 36,
+        [XV]: [
+          matches(
+            "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            "subscriptionId must be a GUID like 00000000-0000-0000-0000-000000000000",
+          ),
+        ],
+      }),
+    ),
+    location: Type.String({
+      description: "Azure region (location) of the environment's resources, e.g. westeurope or eastus2.",
+      maxLength: 64,
+      [XV]: [
+        matches(
+          "^[a-z][a-z0-9]+$",
+          "location must be an Azure region name such as westeurope or eastus2 (lowercase letters and digits)",
+        ),
+        immutable("azure.location", "create a new ComputeEnvironment to use another location"),
+      ],
+    }),
+    vmSize: Type.Optional(
+      Type.String({
+        description: `Virtual machine size every Run uses unless the Run overrides it. Defaults to ${DEFAULT_AZURE_VM_SIZE}.`,
+        default: DEFAULT_AZURE_VM_SIZE,
+        maxLength: 64,
+        [XV]: [matches("^[A-Za-z][A-Za-z0-9_-]+$", "vmSize must be an Azure VM size such as Standard_D4ds_v5")],
+      }),
+    ),
+    storageAccount: Type.Optional(
+      Type.String({
+        description:
+          "Storage account holding the work directory's container. When unset the account named in the credentials is used.",
+        maxLength: 24,
+        [XV]: [matches("^[a-z0-9]{3,24}$", "storageAccount must be 3 to 24 lowercase letters and digits")],
+      }),
+    ),
+    workDir: Type.String({
+      description: "Blob container path used as the Nextflow work directory, az://container[/path].",
+      maxLength: 1024,
+      [XV]: [
+        matches(
+          "^az://[a-z0-9][a-z0-9-]{1,61}[a-z0-9](/.*)?$",
+          "workDir must be a blob container path like az://my-container/work (container name: 3 to 63 lowercase letters, digits or '-')",
+        ),
+      ],
+    }),
+    network: Type.Optional(
+      Type.Object(
+        {
+          subnetId: Type.String({
+            description:
+              "Resource ID of the subnet, /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>.",
+            maxLength: 1024,
+            [XV]: [
+              matches(
+                "(?i)^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\\.Network/virtualNetworks/[^/]+/subnets/[^/]+$",
+                "network.subnetId must be a subnet resource ID like /subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Network/virtualNetworks/<vnet>/subnets/<subnet>",
+              ),
+            ],
+          }),
+        },
+        {
+          description:
+            "An existing virtual network subnet to place the VMs in. When unset the operator creates a virtual network for the environment.",
+        },
+      ),
+    ),
+    tags: Type.Optional(
+      StringMap({
+        description: "Tags put on every Azure resource the operator creates for this environment (at most 40).",
+        valueDescription: "Tag value (at most 256 characters).",
+        maxProperties: 40,
+        valueMaxLength: 256,
+        rules: AZURE_TAG_RULES,
+      }),
+    ),
+  },
+  { description: "Azure settings. Required when provider is azure, forbidden otherwise." },
+);
+
+function ScriptSchema(when: string) {
+  return Type.String({
+    description: `Shell script run on the VM ${when} (at most ${MAX_SCRIPT_BYTES} bytes).`,
+    maxLength: MAX_SCRIPT_BYTES,
+    [XV]: [
+      {
+        rule: `bytes(self).size() <= ${MAX_SCRIPT_BYTES}`,
+        message: `scripts must be at most ${MAX_SCRIPT_BYTES} bytes (1 KiB)`,
+      },
+    ],
+  });
+}
+
+export const ComputeEnvironmentSpecSchema = Type.Object(
+  {
+    provider: StringEnum(["aws", "azure"] as const, {
+      description: "Cloud the environment runs in: aws or azure. Immutable.",
+      [XV]: [immutable("provider", "create a new ComputeEnvironment to use another cloud")],
+    }),
+    credentials: Type.Optional(
+      Type.Object(
+        {
+          secretRef: Type.Optional(
+            Type.Object(
+              {
+                name: ObjectName(
+                  "Name of a Secret in the ComputeEnvironment's namespace. AWS keys: accessKeyId, secretAccessKey, optional sessionToken and roleArn. Azure keys: tenantId, clientId, clientSecret.",
+                  "Secret",
+                ),
+              },
+              { description: "Secret holding the cloud credentials." },
+            ),
+          ),
+        },
+        {
+          description:
+            "Cloud credentials. Without secretRef the operator uses its ambient identity (IRSA or EKS Pod Identity on AWS, workload or managed identity on Azure).",
+        },
+      ),
+    ),
+    aws: Type.Optional(AwsEnvironmentSchema),
+    azure: Type.Optional(AzureEnvironmentSchema),
+    wave: Type.Optional(
+      Type.Boolean({ description: "Enable Wave containers for the pipelines. Defaults to true.", default: true }),
+    ),
+    fusion: Type.Optional(
+      Type.Boolean({
+        description: "Enable the Fusion file system for the work directory. Requires wave. Defaults to true.",
+        default: true,
+      }),
+    ),
+    platformTokenSecretRef: Type.Optional(
+      Type.Object(SecretKeyRefSchema.properties, {
+        description:
+          'Secret key holding the Seqera Platform access token that Fusion (and Wave) use. The key defaults to "token".',
+      }),
+    ),
+    nextflowConfig: Type.Optional(
+      Type.String({
+        description: "Nextflow configuration text added to every run of this environment.",
+        maxLength: 65536,
+      }),
+    ),
+    preRunScript: Type.Optional(ScriptSchema("before the pipeline starts")),
+    postRunScript: Type.Optional(ScriptSchema("after the pipeline finished")),
+    maxConcurrentRuns: Type.Optional(
+      Type.Integer({
+        description:
+          "Most Runs of this environment that may have a machine at once; further Runs wait in Pending. Unlimited when unset.",
+        minimum: 1,
+        maximum: 10000,
+        format: "int32",
+      }),
+    ),
+    deletionPolicy: Type.Optional(
+      StringEnum(["Delete", "Retain"] as const, {
+        description:
+          "What happens to the cloud resources the operator created when the ComputeEnvironment is deleted: Delete (default) removes them, Retain leaves them in place.",
+        default: "Delete",
+      }),
+    ),
+  },
+  {
+    description: "Desired state of a ComputeEnvironment.",
+    [XV]: [
+      {
+        rule: "self.provider != 'aws' || has(self.aws)",
+        message: "spec.aws is required when provider is aws",
+        fieldPath: ".aws",
+        reason: "FieldValueRequired",
+      },
+      {
+        rule: "self.provider != 'azure' || has(self.azure)",
+        message: "spec.azure is required when provider is azure",
+        fieldPath: ".azure",
+        reason: "FieldValueRequired",
+      },
+      {
+        rule: "self.provider == 'aws' || !has(self.aws)",
+        message: "spec.aws is only allowed when provider is aws",
+        fieldPath: ".aws",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "self.provider == 'azure' || !has(self.azure)",
+        message: "spec.azure is only allowed when provider is azure",
+        fieldPath: ".azure",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "!(has(self.fusion) && self.fusion) || !has(self.wave) || self.wave",
+        message: "fusion requires wave: set wave to true or fusion to false",
+        fieldPath: ".fusion",
+      },
+    ] satisfies CelRule[],
+  },
+);
+
+export const CloudResourceRefSchema = Type.Object(
+  {
+    kind: Type.String({
+      description: "Kind of cloud resource, e.g. IAMRole, InstanceProfile, ResourceGroup.",
+      maxLength: 128,
+    }),
+    id: Type.String({ description: "Cloud identifier of the resource (ARN or resource ID).", maxLength: 2048 }),
+    name: Type.Optional(Type.String({ description: "Name of the resource, when it has one.", maxLength: 1024 })),
+  },
+  { description: "A cloud resource owned by the ComputeEnvironment." },
+);
+
+export const ComputeEnvironmentStatusSchema = Type.Object(
+  {
+    observedGeneration: Type.Optional(
+      Type.Integer({
+        description: "metadata.generation last acted on by the operator.",
+        format: "int64",
+        minimum: 0,
+      }),
+    ),
+    phase: Type.Optional(
+      StringEnum(COMPUTE_ENVIRONMENT_PHASES, {
+        description: `Summary of the environment's state: ${COMPUTE_ENVIRONMENT_PHASES.join(", ")}.`,
+      }),
+    ),
+    conditions: Type.Optional(
+      Conditions("Ready, Reconciling and Stalled (kstatus) plus CredentialsValid and Validated."),
+    ),
+    resources: Type.Optional(
+      Type.Array(CloudResourceRefSchema, {
+        description: "Every cloud resource this environment owns.",
+        maxItems: 256,
+      }),
+    ),
+    aws: Type.Optional(
+      Type.Object(
+        {
+          accountId: Type.Optional(Type.String({ description: "AWS account ID of the credentials.", maxLength: 12 })),
+          roleArn: Type.Optional(Type.String({ description: "ARN of the instances' IAM role.", maxLength: 2048 })),
+          instanceProfileArn: Type.Optional(
+            Type.String({ description: "ARN of the instance profile instances are launched with.", maxLength: 2048 }),
+          ),
+          vpcId: Type.Optional(Type.String({ description: "VPC the instances are launched in.", maxLength: 64 })),
+          subnetIds: Type.Optional(
+            Type.Array(Type.String({ description: "Subnet ID.", maxLength: 64 }), {
+              description: "Subnets the instances may be launched in.",
+              maxItems: 256,
+            }),
+          ),
+          securityGroupIds: Type.Optional(
+            Type.Array(Type.String({ description: "Security group ID.", maxLength: 64 }), {
+              description: "Security groups attached to the instances.",
+              maxItems: 64,
+            }),
+          ),
+          amiId: Type.Optional(Type.String({ description: "AMI the instances boot.", maxLength: 64 })),
+          rootDeviceName: Type.Optional(
+            Type.String({ description: "Root device name of the AMI, e.g. /dev/xvda.", maxLength: 128 }),
+          ),
+          architecture: Type.Optional(
+            StringEnum(["x86_64", "arm64"] as const, { description: "CPU architecture of the AMI and instance type." }),
+          ),
+          instanceType: Type.Optional(
+            Type.String({ description: "Instance type Runs use unless they override it.", maxLength: 64 }),
+          ),
+          logGroup: Type.Optional(
+            Type.String({ description: "CloudWatch Logs group receiving the runs' logs.", maxLength: 512 }),
+          ),
+        },
+        { description: "What the operator resolved and validated in AWS." },
+      ),
+    ),
+    azure: Type.Optional(
+      StringMap({
+        description: "What the operator resolved in Azure (resource IDs by name).",
+        valueDescription: "Value, usually an Azure resource ID.",
+        maxProperties: 64,
+        valueMaxLength: 2048,
+      }),
+    ),
+    activeRuns: Type.Optional(
+      Type.Integer({ description: "Number of Runs that currently have a machine.", minimum: 0, format: "int32" }),
+    ),
+  },
+  { description: "Observed state of a ComputeEnvironment, written by the operator." },
+);
+
+// ---------------------------------------------------------------------------------------------
+// Run
+// ---------------------------------------------------------------------------------------------
+
+export const PipelineSchema = Type.Object(
+  {
+    repository: Type.String({
+      description:
+        "Git repository of the Nextflow pipeline: an https:// URL (e.g. https://github.com/nextflow-io/hello) or an SSH address git@host:org/repo.git.",
+      minLength: 1,
+      maxLength: 2048,
+      [XV]: [
+        {
+          rule: "self.matches(r'^https://[A-Za-z0-9.-]+(:[0-9]+)?/[^\\s]+$') || self.matches(r'^git@[A-Za-z0-9.-]+:[^\\s]+$')",
+          message:
+            "pipeline.repository must be an https:// URL of a git repository (e.g. https://github.com/nextflow-io/hello) or an SSH address like git@github.com:org/repo.git",
+        },
+      ],
+    }),
+    revision: Type.Optional(
+      Type.String({
+        description: "Branch, tag or commit of the pipeline to run. The repository's default branch when unset.",
+        maxLength: 255,
+        [XV]: [
+          matches(
+            "^[^\\s~^:?*\\[\\\\]+$",
+            "revision must be a branch, tag or commit without spaces or any of ~ ^ : ? * [ \\",
+          ),
+        ],
+      }),
+    ),
+    profiles: Type.Optional(
+      Type.Array(
+        Type.String({
+          description: "A configuration profile name.",
+          maxLength: 64,
+          [XV]: [matches("^[A-Za-z0-9_.-]+$", "profile names may only contain letters, digits, '.', '_' and '-'")],
+        }),
+        {
+          description: "Nextflow configuration profiles to activate (-profile).",
+          maxItems: 32,
+        },
+      ),
+    ),
+    params: Type.Optional(
+      Type.Unsafe<Record<string, unknown>>({
+        type: "object",
+        description: "Pipeline parameters as a free-form object (passed as a params file).",
+        maxProperties: 1024,
+        "x-kubernetes-preserve-unknown-fields": true,
+      }),
+    ),
+    config: Type.Optional(
+      Type.String({
+        description: "Extra Nextflow configuration text for this run, applied after the environment's.",
+        maxLength: 65536,
+      }),
+    ),
+    resume: Type.Optional(
+      Type.Boolean({
+        description: "Resume from the cached results in the work directory (-resume). Defaults to false.",
+        default: false,
+      }),
+    ),
+    nextflowVersion: Type.Optional(
+      Type.String({
+        description: "Nextflow version to run, e.g. 25.04.6 or 25.10.0-edge. The image's version when unset.",
+        maxLength: 32,
+        [XV]: [
+          matches(
+            "^[0-9]+\\.[0-9]+\\.[0-9]+(-[A-Za-z0-9.]+)?$",
+            "nextflowVersion must be a release number such as 25.04.6 or 25.10.0-edge",
+          ),
+        ],
+      }),
+    ),
+    runName: Type.Optional(
+      Type.String({
+        description: "Nextflow run name (-name). Nextflow picks a random one when unset.",
+        maxLength: 80,
+        [XV]: [
+          matches(
+            "^[a-z]([a-z0-9]|[-_][a-z0-9])*$",
+            "runName must start with a lowercase letter and contain only lowercase letters, digits and single '-' or '_' between them",
+          ),
+        ],
+      }),
+    ),
+    workDir: Type.Optional(
+      Type.String({
+        description:
+          "Work directory for this run, overriding the environment's (s3://bucket[/path] on AWS, az://container[/path] on Azure).",
+        maxLength: 1024,
+        [XV]: [
+          matches(
+            "^(s3://[a-z0-9.-]{3,63}|az://[a-z0-9][a-z0-9-]{1,61}[a-z0-9])(/.*)?$",
+            "pipeline.workDir must be a path like s3://my-bucket/work or az://my-container/work",
+          ),
+        ],
+      }),
+    ),
+  },
+  { description: "The Nextflow pipeline to run." },
+);
+
+export const RunSpecSchema = Type.Object(
+  {
+    computeEnvironmentRef: Type.Object(
+      {
+        name: ObjectName("Name of the ComputeEnvironment.", "ComputeEnvironment"),
+      },
+      {
+        description: "The ComputeEnvironment, in the same namespace, to run on. Immutable.",
+        [XV]: [immutable("computeEnvironmentRef", "create a new Run to use another ComputeEnvironment")],
+      },
+    ),
+    pipeline: PipelineSchema,
+    overrides: Type.Optional(
+      Type.Object(
+        {
+          instanceType: Type.Optional(
+            Type.String({
+              description: "Instance type (AWS) or VM size (Azure) for this run instead of the environment's.",
+              maxLength: 64,
+              [XV]: [
+                matches(
+                  "^[A-Za-z][A-Za-z0-9_.-]*$",
+                  "overrides.instanceType must be an instance type such as m6i.xlarge or a VM size such as Standard_D4ds_v5",
+                ),
+              ],
+            }),
+          ),
+          bootDiskSizeGiB: Type.Optional(
+            BootDiskSize(
+              `Boot disk size in GiB for this run (${MIN_BOOT_DISK_GIB}..${MAX_BOOT_DISK_GIB}) instead of the environment's.`,
+            ),
+          ),
+          spot: Type.Optional(
+            Type.Boolean({ description: "Run on a Spot instance (cheaper, may be interrupted). On-demand when unset." }),
+          ),
+        },
+        { description: "Per-run changes to the environment's machine settings." },
+      ),
+    ),
+    timeout: Type.Optional(
+      Type.String({
+        description:
+          "Longest the run may take, e.g. 90m, 6h or 1h30m (whole hours, minutes and seconds, at least 1m). The machine is stopped and the Run fails when it is exceeded. No limit when unset.",
+        maxLength: 24,
+        [XV]: [
+          {
+            rule: `self.matches(r'${DURATION_PATTERN}') && self != ''`,
+            message: "timeout must be a duration such as 90m, 6h or 1h30m (whole h, m and s units in that order)",
+          },
+          {
+            rule: `!self.matches(r'${DURATION_PATTERN}') || self == '' || duration(self) >= duration('${MIN_RUN_TIMEOUT}')`,
+            message: `timeout must be at least ${MIN_RUN_TIMEOUT}`,
+          },
+        ],
+      }),
+    ),
+    cancel: Type.Optional(
+      Type.Boolean({
+        description:
+          "Set to true to cancel the run: the machine is stopped and the Run ends Cancelled. Cannot be set back to false. Defaults to false.",
+        default: false,
+        [XV]: [{ rule: "self || !oldSelf", message: "cancel cannot be set back to false once a Run was cancelled" }],
+      }),
+    ),
+  },
+  {
+    description: "Desired state of a Run. Only `cancel` may change after creation.",
+    [XV]: [
+      {
+        rule:
+          "self.pipeline == oldSelf.pipeline" +
+          " && has(self.overrides) == has(oldSelf.overrides) && (!has(self.overrides) || self.overrides == oldSelf.overrides)" +
+          " && has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout)",
+        message: "a Run is once-only: only spec.cancel may change after creation; create a new Run instead",
+      },
+    ] satisfies CelRule[],
+  },
+);
+
+export const RunStatusSchema = Type.Object(
+  {
+    observedGeneration: Type.Optional(
+      Type.Integer({
+        description: "metadata.generation last acted on by the operator.",
+        format: "int64",
+        minimum: 0,
+      }),
+    ),
+    phase: Type.Optional(
+      StringEnum(RUN_PHASES, {
+        description: `Where the run is in its life: ${RUN_PHASES.join(", ")}. Succeeded, Failed and Cancelled are final.`,
+      }),
+    ),
+    conditions: Type.Optional(Conditions("Ready, Reconciling and Stalled (kstatus) plus detail types.")),
+    reason: Type.Optional(
+      Type.String({ description: "CamelCase reason for the current phase, e.g. WaitingForEnvironment.", maxLength: 1024 }),
+    ),
+    message: Type.Optional(Type.String({ description: "Human-readable detail about the current phase.", maxLength: 32768 })),
+    instance: Type.Optional(
+      Type.Object(
+        {
+          id: Type.String({ description: "Instance ID (AWS) or VM resource ID (Azure).", maxLength: 1024 }),
+          type: Type.Optional(Type.String({ description: "Instance type or VM size.", maxLength: 64 })),
+          zone: Type.Optional(Type.String({ description: "Availability zone.", maxLength: 64 })),
+          privateIp: Type.Optional(Type.String({ description: "Private IP address.", maxLength: 64 })),
+          spot: Type.Optional(Type.Boolean({ description: "Whether the machine is a Spot instance." })),
+          state: Type.Optional(Type.String({ description: "Last machine state seen in the cloud.", maxLength: 64 })),
+        },
+        { description: "The machine running the pipeline." },
+      ),
+    ),
+    launchedAt: Type.Optional(
+      Type.String({ description: "When the machine was launched (RFC 3339).", format: "date-time" }),
+    ),
+    startTime: Type.Optional(
+      Type.String({ description: "When the operator started working on the run (RFC 3339).", format: "date-time" }),
+    ),
+    completionTime: Type.Optional(
+      Type.String({ description: "When the run reached a final phase (RFC 3339).", format: "date-time" }),
+    ),
+    exitCode: Type.Optional(Type.Integer({ description: "Exit code of the pipeline, once known.", format: "int32" })),
+    log: Type.Optional(
+      Type.Object(
+        {
+          provider: StringEnum(["cloudwatch", "loganalytics"] as const, {
+            description: "Where the log lives: cloudwatch (AWS) or loganalytics (Azure).",
+          }),
+          group: Type.Optional(Type.String({ description: "CloudWatch Logs group.", maxLength: 512 })),
+          stream: Type.Optional(Type.String({ description: "CloudWatch Logs stream.", maxLength: 512 })),
+          workspace: Type.Optional(
+            Type.String({ description: "Log Analytics workspace (resource ID or customer ID).", maxLength: 1024 }),
+          ),
+          table: Type.Optional(Type.String({ description: "Log Analytics table.", maxLength: 256 })),
+        },
+        { description: "Where the run's log can be read." },
+      ),
+    ),
+  },
+  { description: "Observed state of a Run, written by the operator." },
+);
