@@ -13,7 +13,7 @@ import type {
   RunDescription,
   RunLogChunk,
 } from "../../src/cloud/provider.js";
-import { CloudError } from "../../src/cloud/provider.js";
+import type { CloudError } from "../../src/cloud/provider.js";
 
 export interface FakeMachine {
   id: string;

@@ -101,7 +101,7 @@ export class ComputeEnvironmentReconciler {
       const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions });
       if (written) await this.d.events.record(withFinalizer, "Warning", e.reason, "ResolveCredentials", e.message);
       // The Secret may be created later; look again now and then (the condition says why).
-      return { requeueAfterMs: 60_000 };
+      return { requeueAfterMs: 15_000 };
     }
 
     const credentialsVersion = credentialsFingerprint(ctx);
