@@ -202,7 +202,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
       this.initialRV = undefined;
       this.log.info({ resourceVersion: this.lastRV }, "starting from a given resourceVersion without a list");
     }
-    let reason = "initial";
+    let first = true;
 
     while (!this.stopping) {
       if (needList) {
@@ -220,26 +220,25 @@ export class Reflector<T extends KubeObject = KubeObject> {
         }
       }
 
-      this.count(reason);
+      if (first) this.count("initial");
+      first = false;
       const outcome = await this.watchOnce();
       if (this.stopping || outcome.kind === "stopped") break;
+      // counted when the restart is decided, labelled with its cause
+      this.count(outcome.kind);
 
       switch (outcome.kind) {
         case "closed":
-          reason = "closed";
           this.log.debug({ resourceVersion: this.lastRV }, "watch closed by the server; watching again");
           break;
         case "expired":
-          reason = "expired";
           needList = true;
           this.log.info({ resourceVersion: this.lastRV, detail: outcome.detail }, "resourceVersion too old (410); relisting");
           break;
         case "idle":
-          reason = "idle";
           this.log.info({ idleTimeoutMs: this.idleTimeoutMs, resourceVersion: this.lastRV }, "watch idle for too long; restarting it");
           break;
         case "error":
-          reason = "error";
           this.log.warn({ err: errMessage(outcome.err), resourceVersion: this.lastRV }, "watch failed");
           break;
       }
