@@ -11,7 +11,8 @@ import { AwsProvider } from "./cloud/aws/provider.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
 
-export async function runOperator(env: NodeJS.ProcessEnv = process.env): Promise<void> {
+/** Runs the operator until a signal (or lost leadership) ends the process. */
+export async function runOperator(providers: ReadonlyMap<string, CloudProvider>, env: NodeJS.ProcessEnv = process.env): Promise<void> {
   let config;
   try {
     config = loadConfig(env);
@@ -25,7 +26,6 @@ export async function runOperator(env: NodeJS.ProcessEnv = process.env): Promise
   const logger = createLogger({ level: config.logLevel, name: "vmforge" });
   const metrics = new EngineMetrics();
   const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined);
-  const providers = new Map<string, CloudProvider>([["aws", new AwsProvider()]]);
   const operator = new Operator({ client, providers, config, logger, metrics });
   const health = await startHealthServer({
     address: config.metricsAddress, metrics, logger,
@@ -58,7 +58,7 @@ export async function runOperator(env: NodeJS.ProcessEnv = process.env): Promise
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  runOperator().catch((e: unknown) => {
+  runOperator(new Map<string, CloudProvider>([["aws", new AwsProvider()]])).catch((e: unknown) => {
     console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
     process.exit(1);
   });

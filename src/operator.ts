@@ -54,6 +54,7 @@ export class Operator {
   readonly runReconciler: RunReconciler;
   private elector: LeaderElector | undefined;
   private leading = false;
+  private stopping = false;
   private running: Promise<void> | undefined;
 
   constructor(private readonly o: OperatorOptions) {
@@ -144,7 +145,7 @@ export class Operator {
       onStoppedLeading: () => {
         const wasLeading = this.leading;
         this.leading = false;
-        if (wasLeading) {
+        if (wasLeading && !this.stopping) {
           this.o.logger.warn("lost leadership; stopping");
           onLostLeadership?.();
         }
@@ -164,6 +165,7 @@ export class Operator {
 
   /** Graceful stop: stop intake, finish in-flight reconciles up to the deadline, release the Lease. */
   async stop(deadlineMs = this.o.config.shutdownTimeoutMs): Promise<void> {
+    this.stopping = true;
     await this.running?.catch(() => undefined);
     await this.tracker.stop();
     await Promise.all([this.ceController.stop(deadlineMs), this.runController.stop(deadlineMs)]);
