@@ -1,0 +1,111 @@
+/**
+ * The AWS half of a ComputeEnvironment: validation plus the TowerForge-* role and instance
+ * profile, as observe / provision / dispose.
+ */
+import type { CloudResourceRef, ComputeEnvironment, ComputeEnvironmentStatus } from "../../api/types.js";
+import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
+import type { AwsClients } from "./clients.js";
+import { disposeIam, ensureIam, observeIam, parseIamArn, roleNameFor, type CeIdentity, type IamDesired, type IamState } from "./iam.js";
+import { validateAwsSpec, type ValidatedAwsSpec } from "./validate.js";
+
+/** CloudWatch Logs group of a CE's runs (the instance role's CloudWatch agent creates it). */
+export function logGroupFor(ce: Pick<ComputeEnvironment, "metadata">): string {
+  return `/vmforge/${ce.metadata.namespace ?? "default"}/${ce.metadata.name ?? ""}`;
+}
+
+/** The CE's identity for names and tags; a CE without UID is not yet persisted. */
+export function ceIdentity(ce: ComputeEnvironment): CeIdentity {
+  const { namespace, name, uid } = ce.metadata;
+  if (!namespace || !name || !uid) {
+    throw CloudError.terminal("InvalidObject", "ComputeEnvironment has no namespace, name or uid (not read from the API server?)");
+  }
+  return { namespace, name, uid };
+}
+
+/** The deterministic TowerForge-* role (and instance profile) name of a CE. */
+export function roleNameOf(ce: ComputeEnvironment): string {
+  return roleNameFor(ceIdentity(ce));
+}
+
+function desiredIam(ce: ComputeEnvironment, v: ValidatedAwsSpec): IamDesired {
+  const id = ceIdentity(ce);
+  return {
+    ce: id,
+    roleName: roleNameFor(id),
+    region: v.region,
+    logGroup: logGroupFor(ce),
+    buckets: v.buckets,
+    ...(ce.spec.aws?.tags !== undefined ? { userTags: ce.spec.aws.tags } : {}),
+  };
+}
+
+type AwsStatus = NonNullable<ComputeEnvironmentStatus["aws"]>;
+
+function observation(ce: ComputeEnvironment, v: ValidatedAwsSpec, iam: IamState | undefined): EnvObservation {
+  const aws: AwsStatus = {
+    vpcId: v.vpcId,
+    subnetIds: v.subnetIds,
+    securityGroupIds: v.securityGroupIds,
+    amiId: v.amiId,
+    rootDeviceName: v.rootDeviceName,
+    architecture: v.architecture,
+    instanceType: v.instanceType,
+    logGroup: logGroupFor(ce),
+  };
+  const resources: CloudResourceRef[] = [];
+  const missing: string[] = [];
+  if (v.instanceProfileArn !== undefined) {
+    // Bring-your-own profile: not ours, so not among our resources, never created nor deleted.
+    aws.instanceProfileArn = v.instanceProfileArn;
+    const parsed = parseIamArn(v.instanceProfileArn);
+    if (parsed) aws.accountId = parsed.accountId;
+  } else if (iam) {
+    if (iam.present) {
+      if (iam.roleArn) {
+        aws.roleArn = iam.roleArn;
+        resources.push({ kind: "IAMRole", id: iam.roleArn, name: iam.roleName });
+      }
+      if (iam.instanceProfileArn) {
+        aws.instanceProfileArn = iam.instanceProfileArn;
+        resources.push({ kind: "InstanceProfile", id: iam.instanceProfileArn, name: iam.profileName });
+      }
+      if (iam.accountId) aws.accountId = iam.accountId;
+    }
+    missing.push(...iam.missing);
+  }
+  return { resources, ready: missing.length === 0, missing, status: { aws } };
+}
+
+function logNotes(ctx: EnvContext, v: ValidatedAwsSpec): void {
+  for (const note of v.notes) ctx.logger.info({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}` }, note);
+}
+
+/** Read-only: validates the spec and looks at the role (iam:GetRole). */
+export async function observeAwsEnvironment(clients: AwsClients, ctx: EnvContext): Promise<EnvObservation> {
+  const v = await validateAwsSpec(clients, ctx.ce.spec.aws);
+  logNotes(ctx, v);
+  const iam = v.instanceProfileArn === undefined ? await observeIam(clients, desiredIam(ctx.ce, v)) : undefined;
+  return observation(ctx.ce, v, iam);
+}
+
+/** Validates, then creates / adopts / updates the role and profile. Idempotent. */
+export async function provisionAwsEnvironment(clients: AwsClients, ctx: EnvContext): Promise<EnvObservation> {
+  const v = await validateAwsSpec(clients, ctx.ce.spec.aws);
+  logNotes(ctx, v);
+  const iam = v.instanceProfileArn === undefined ? await ensureIam(clients, desiredIam(ctx.ce, v), ctx.logger) : undefined;
+  return observation(ctx.ce, v, iam);
+}
+
+/**
+ * Deletes the CE's role and profile when they carry its ownership tag. Needs no valid spec (an
+ * invalid spec must not block deletion) and runs also for a bring-your-own profile CE: its
+ * deterministic role is simply absent then, unless it was created before the spec switched.
+ * A bring-your-own profile is never touched.
+ */
+export async function disposeAwsEnvironment(clients: AwsClients, ctx: EnvContext): Promise<void> {
+  const id = ceIdentity(ctx.ce);
+  const roleName = roleNameFor(id);
+  const known = ctx.ce.status?.aws?.instanceProfileArn;
+  const res = await disposeIam(clients, { ce: id, roleName }, ctx.logger, known !== undefined ? { knownProfileArn: known } : {});
+  for (const note of res.notes) ctx.logger.info({ role: roleName }, note);
+}

@@ -1,0 +1,82 @@
+/**
+ * AwsProvider: the CloudProvider for spec.provider "aws". Environment work lives in
+ * ./environment.ts; run work (launch, describe, terminate, logs, orphan sweep) in ./runs.ts.
+ * Clients come from a cache keyed by a fingerprint of the CE's credentials, so a rotated Secret
+ * is used on the next call without a restart.
+ */
+import type { Run } from "../../api/types.js";
+import {
+  CloudError,
+  type CloudProvider,
+  type EnvContext,
+  type EnvObservation,
+  type RunDescription,
+  type RunLogChunk,
+} from "../provider.js";
+import { AwsClientCache, type AwsClientFactory, type AwsClientOptions, type AwsClients } from "./clients.js";
+import { disposeAwsEnvironment, observeAwsEnvironment, provisionAwsEnvironment } from "./environment.js";
+
+export interface AwsProviderOptions {
+  /** Endpoint override for every client (default: $VMFORGE_AWS_ENDPOINT). */
+  endpoint?: string;
+  /** SDK attempts per call (default 3). */
+  maxAttempts?: number;
+  /** Builds the clients (tests add middleware here, e.g. to inject throttling). */
+  clientFactory?: AwsClientFactory;
+  /** How many client sets to keep (default 32). */
+  cacheSize?: number;
+}
+
+export class AwsProvider implements CloudProvider {
+  readonly name = "aws";
+  readonly clients: AwsClientCache;
+  private readonly opts: AwsProviderOptions;
+
+  constructor(opts: AwsProviderOptions = {}) {
+    this.opts = opts;
+    this.clients = new AwsClientCache({
+      ...(opts.clientFactory !== undefined ? { factory: opts.clientFactory } : {}),
+      ...(opts.cacheSize !== undefined ? { max: opts.cacheSize } : {}),
+    });
+  }
+
+  /** The clients for a CE's credentials and region. Throws Terminal for a bad Secret or spec. */
+  clientsFor(ctx: EnvContext): AwsClients {
+    const region = ctx.ce.spec.aws?.region;
+    if (!region) throw CloudError.terminal("InvalidSpec", "spec.aws.region: required when spec.provider is aws");
+    const o: AwsClientOptions = { credentials: ctx.credentials, region };
+    if (this.opts.endpoint !== undefined) o.endpoint = this.opts.endpoint;
+    if (this.opts.maxAttempts !== undefined) o.maxAttempts = this.opts.maxAttempts;
+    if (ctx.credentials.secretName !== undefined) o.secretLabel = `${ctx.ce.metadata.namespace ?? ""}/${ctx.credentials.secretName}`;
+    return this.clients.get(o);
+  }
+
+  observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return observeAwsEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return provisionAwsEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  disposeEnvironment(ctx: EnvContext): Promise<void> {
+    return disposeAwsEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  // Run methods: delegated to ./runs.ts once it exists (another helper writes it).
+  async launchRun(_ctx: EnvContext, _run: Run): Promise<RunDescription> {
+    throw CloudError.terminal("NotImplemented", "AWS run launch is not wired yet (src/cloud/aws/runs.ts)");
+  }
+
+  async describeRuns(_ctx: EnvContext, _runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    throw CloudError.terminal("NotImplemented", "AWS run description is not wired yet (src/cloud/aws/runs.ts)");
+  }
+
+  async terminateRun(_ctx: EnvContext, _run: Run): Promise<void> {
+    throw CloudError.terminal("NotImplemented", "AWS run termination is not wired yet (src/cloud/aws/runs.ts)");
+  }
+
+  async readRunLog(_ctx: EnvContext, _run: Run, _from?: string): Promise<RunLogChunk> {
+    throw CloudError.terminal("NotImplemented", "AWS run logs are not wired yet (src/cloud/aws/runs.ts)");
+  }
+}
