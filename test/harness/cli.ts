@@ -19,7 +19,7 @@ async function serve(): Promise<void> {
   let signalled = false;
   const interrupted = new Promise<void>((resolve) => {
     for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-      process.once(sig, () => {
+      process.on(sig, () => {
         signalled = true;
         resolve();
       });
@@ -28,19 +28,25 @@ async function serve(): Promise<void> {
   let cluster: Cluster | undefined;
   let moto: Moto | undefined;
   try {
-    [cluster, moto] = await Promise.all([startCluster(), startMoto()]);
+    // Wait for both even when one fails, so that the other is stopped too.
+    const [c, m] = await Promise.allSettled([startCluster(), startMoto()]);
+    if (c.status === "fulfilled") cluster = c.value;
+    if (m.status === "fulfilled") moto = m.value;
+    if (c.status === "rejected") throw c.reason;
+    if (m.status === "rejected") throw m.reason;
     if (signalled) return;
+    const [cl, mo] = [c.value, m.value];
     console.log("");
-    console.log(`kubeconfig:    ${cluster.kubeconfigPath}`);
-    console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cluster.server}`);
-    console.log(`moto ${MOTO_VERSION}:    ${moto.endpoint}`);
-    console.log(`logs:          ${cluster.dir}`);
+    console.log(`kubeconfig:    ${cl.kubeconfigPath}`);
+    console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cl.server}`);
+    console.log(`moto ${MOTO_VERSION}:    ${mo.endpoint}`);
+    console.log(`logs:          ${cl.dir}`);
     console.log("");
-    console.log(`export KUBECONFIG=${cluster.kubeconfigPath}`);
-    console.log(`export AWS_ENDPOINT_URL=${moto.endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1`);
+    console.log(`export KUBECONFIG=${cl.kubeconfigPath}`);
+    console.log(`export AWS_ENDPOINT_URL=${mo.endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1`);
     console.log("");
     console.log("To run the integration tests against these servers instead of fresh ones:");
-    console.log(`  VMFORGE_TEST_KUBECONFIG=${cluster.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${moto.endpoint} npx vitest run --project integration`);
+    console.log(`  VMFORGE_TEST_KUBECONFIG=${cl.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${mo.endpoint} npx vitest run --project integration`);
     console.log("");
     console.log("Press Ctrl-C to stop.");
     await interrupted;

@@ -30,7 +30,8 @@ export function runSetupScript(script: string, env: NodeJS.ProcessEnv = {}): Pro
     let out = "";
     child.stdout.on("data", (c: Buffer) => (out += c.toString("utf8")));
     child.once("error", reject);
-    child.once("exit", (code, signal) => {
+    // "close", not "exit": stdout may still hold unread data when the process exits.
+    child.once("close", (code, signal) => {
       const last = out.trim().split("\n").pop() ?? "";
       if (code === 0 && last) resolve(last);
       else reject(new Error(`${script} failed (${signal ?? `exit code ${code}`}); see its messages above`));
