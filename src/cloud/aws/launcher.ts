@@ -1,0 +1,320 @@
+/**
+ * The launcher: the bash script an EC2 instance runs as user data to execute one Run.
+ *
+ * The script body lives in launcher.sh (mirrored into launcher-script.ts so the compiled operator
+ * needs no file next to it); this module renders the per-Run settings block that replaces the
+ * `#@@VMFORGE_SETTINGS@@` line. Every value from a spec goes through {@link shellQuote}, so no
+ * spec value is ever parsed as shell code.
+ *
+ * ## The Seqera Platform access token (Wave / Fusion)
+ *
+ * User data is not a secret store: anyone allowed ec2:DescribeInstanceAttribute (for example the
+ * AWS-managed ReadOnlyAccess policy) and every process on the instance that can reach the
+ * instance metadata service can read it, for as long as the instance exists. The operator holds
+ * only the seed's permissions (seed 002): s3:GetObject but not s3:PutObject, no SSM or Secrets
+ * Manager, no KMS. So the operator has NO place to put a secret that only the instance can read.
+ * What it can do is let the instance read a secret that the user stored in AWS, with the
+ * instance's own role. Hence, in order of preference:
+ *
+ * 1. `vmforge.dev/platform-token-arn` annotation on the CE naming an SSM Parameter Store
+ *    parameter (SecureString) or a Secrets Manager secret (plain string). The launcher reads it
+ *    at boot with the instance role (`aws ssm get-parameter --with-decryption` /
+ *    `aws secretsmanager get-secret-value`); user data carries only the ARN. The instance role
+ *    needs read access to that one ARN: {@link platformTokenReadStatement} gives the statement
+ *    for the role's inline policy.
+ * 2. `spec.platformTokenSecretRef` (a Kubernetes Secret) together with the explicit opt-in
+ *    annotation `vmforge.dev/platform-token-in-user-data: "true"`: the token is embedded in user
+ *    data. It never appears on a command line or in the log, but it IS readable by the principals
+ *    described above. Without the opt-in, a CE with platformTokenSecretRef and no ARN makes the
+ *    launch fail with a Terminal error that explains both options: vmforge never widens the
+ *    token's exposure silently.
+ * 3. Neither: the pipeline runs without a token (Wave's anonymous limits apply).
+ */
+import { createHash } from "node:crypto";
+import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
+import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE } from "../../api/types.js";
+import { CloudError } from "../provider.js";
+import { LAUNCHER_TEMPLATE } from "./launcher-script.js";
+import { logGroupName, logStreamName, nextflowLogStreamName } from "./logs.js";
+import { parseS3Url, type PolicyStatement } from "./policy.js";
+
+/** EC2 accepts at most 16 KiB of user data before base64 encoding. */
+export const USER_DATA_LIMIT_BYTES = 16 * 1024;
+
+/** CE annotation: ARN of an SSM parameter or Secrets Manager secret holding the Platform token. */
+export const ANNOTATION_PLATFORM_TOKEN_ARN = "vmforge.dev/platform-token-arn";
+/** CE annotation: "true" allows putting the token from spec.platformTokenSecretRef into user data. */
+export const ANNOTATION_TOKEN_IN_USER_DATA = "vmforge.dev/platform-token-in-user-data";
+
+/** The template line the settings replace (a line of its own, exactly once in the template). */
+const SETTINGS_MARKER = "\n#@@VMFORGE_SETTINGS@@\n";
+
+export type AwsEnvStatus = NonNullable<ComputeEnvironmentStatus["aws"]>;
+
+/**
+ * Quotes a value for bash: the result is always ONE word with exactly the given text, whatever
+ * it contains (quotes, `$()`, backticks, newlines, globs). NUL cannot be represented in a bash
+ * string, so it is refused.
+ */
+export function shellQuote(value: string): string {
+  if (value.includes("\0")) {
+    throw CloudError.terminal("InvalidValue", "a value for the launcher contains a NUL character");
+  }
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+/** A Groovy (Nextflow config) single-quoted string literal. */
+export function groovyString(value: string): string {
+  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'").replace(/\n/g, "\\n").replace(/\r/g, "\\r")}'`;
+}
+
+/**
+ * Nextflow run name for a Run: spec.pipeline.runName, else one derived from the Run's name that
+ * matches Nextflow's rule (lowercase letter first; letters, digits, single '-' or '_'; <= 80).
+ */
+export function nextflowRunName(run: Run): string {
+  const given = run.spec.pipeline.runName;
+  if (given) return given;
+  let s = (run.metadata.name ?? "run")
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, "-")
+    .replace(/^-+|-+$/g, "");
+  if (!/^[a-z]/.test(s)) s = `run-${s}`;
+  return s.slice(0, 80).replace(/[-_]+$/g, "");
+}
+
+/** The CE's work directory without a trailing slash; Terminal when it is not s3://bucket[/path]. */
+export function ceWorkDir(ce: ComputeEnvironment): string {
+  const wd = ce.spec.aws?.workDir;
+  if (!wd || !parseS3Url(wd)) {
+    throw CloudError.terminal("InvalidWorkDir", `spec.aws.workDir must be s3://bucket[/path], got ${JSON.stringify(wd ?? "")}`);
+  }
+  return wd.replace(/\/+$/, "");
+}
+
+/** The Run's Nextflow work directory: spec.pipeline.workDir, else the CE's. */
+export function runWorkDir(ce: ComputeEnvironment, run: Run): string {
+  const wd = run.spec.pipeline.workDir;
+  if (wd === undefined) return ceWorkDir(ce);
+  if (!parseS3Url(wd)) {
+    throw CloudError.terminal("InvalidWorkDir", `spec.pipeline.workDir must be s3://bucket[/path] on AWS, got ${JSON.stringify(wd)}`);
+  }
+  return wd.replace(/\/+$/, "");
+}
+
+/**
+ * Where the launcher uploads `nextflow.log`, `launcher.log` and `exit-status`: always below the
+ * CE's work directory (the place the operator's s3:GetObject is scoped to), one folder per Run UID.
+ */
+export function runArtifactsUri(ce: ComputeEnvironment, run: Run): string {
+  return `${ceWorkDir(ce)}/.vmforge/runs/${run.metadata.uid ?? "nouid"}`;
+}
+
+/** Splits an s3:// URI into bucket and key. */
+export function s3Location(uri: string): { bucket: string; key: string } | undefined {
+  const p = parseS3Url(uri);
+  if (!p) return undefined;
+  return { bucket: p.bucket, key: p.prefix };
+}
+
+/** The instance type a Run uses: its override, the CE's resolved type, its spec, then the default. */
+export function runInstanceType(ce: ComputeEnvironment, run: Run): string {
+  return (
+    run.spec.overrides?.instanceType ??
+    ce.status?.aws?.instanceType ??
+    ce.spec.aws?.instanceType ??
+    (ce.spec.aws?.graviton ? DEFAULT_AWS_GRAVITON_INSTANCE_TYPE : DEFAULT_AWS_INSTANCE_TYPE)
+  );
+}
+
+/** The argument vector after `nextflow`. */
+export function nextflowArgs(ce: ComputeEnvironment, run: Run): string[] {
+  const p = run.spec.pipeline;
+  const args = ["run", p.repository];
+  if (p.revision) args.push("-r", p.revision);
+  if (p.profiles && p.profiles.length > 0) args.push("-profile", p.profiles.join(","));
+  args.push("-params-file", "params.json", "-work-dir", runWorkDir(ce, run));
+  if (p.resume) args.push("-resume");
+  args.push("-name", nextflowRunName(run), "-c", "nextflow.config");
+  return args;
+}
+
+/** The vmforge part of nextflow.config (the executor block is added on the instance). */
+export function baseNextflowConfig(ce: ComputeEnvironment, run: Run): string {
+  const wave = ce.spec.wave ?? true;
+  const fusion = ce.spec.fusion ?? true;
+  const region = ce.spec.aws?.region ?? "";
+  return [
+    `// Generated by vmforge for Run ${run.metadata.namespace}/${run.metadata.name} (${run.metadata.uid}).`,
+    "process.executor = 'local'",
+    "docker.enabled = true",
+    `wave.enabled = ${wave}`,
+    `fusion.enabled = ${fusion}`,
+    `aws.region = ${groovyString(region)}`,
+  ].join("\n");
+}
+
+/** Configuration of the CloudWatch agent; @LOG_DIR@ and @LAUNCH_DIR@ are filled in on the instance. */
+export function agentConfig(ce: ComputeEnvironment, run: Run): string {
+  const group = logGroupName(ce);
+  return JSON.stringify({
+    agent: { run_as_user: "root" },
+    logs: {
+      force_flush_interval: 5,
+      logs_collected: {
+        files: {
+          collect_list: [
+            { file_path: "@LOG_DIR@/run.log", log_group_name: group, log_stream_name: logStreamName(run) },
+            { file_path: "@LAUNCH_DIR@/.nextflow.log", log_group_name: group, log_stream_name: nextflowLogStreamName(run) },
+          ],
+        },
+      },
+    },
+  });
+}
+
+export type PlatformTokenSource =
+  | { kind: "none" }
+  | { kind: "ssm" | "secretsmanager"; arn: string; region: string }
+  | { kind: "user-data"; token: string };
+
+const SSM_ARN = /^arn:(aws[a-z-]*):ssm:([a-z0-9-]+):(\d{12}):parameter\/.+$/;
+const SECRETS_ARN = /^arn:(aws[a-z-]*):secretsmanager:([a-z0-9-]+):(\d{12}):secret:.+$/;
+
+/**
+ * Decides how the Platform token reaches the instance (see the module comment).
+ * `platformToken` is the value resolved from spec.platformTokenSecretRef, when the caller has it.
+ */
+export function platformTokenSource(ce: ComputeEnvironment, platformToken?: string): PlatformTokenSource {
+  const arn = ce.metadata.annotations?.[ANNOTATION_PLATFORM_TOKEN_ARN]?.trim();
+  if (arn) {
+    let m = SSM_ARN.exec(arn);
+    if (m) return { kind: "ssm", arn, region: m[2] ?? "" };
+    m = SECRETS_ARN.exec(arn);
+    if (m) return { kind: "secretsmanager", arn, region: m[2] ?? "" };
+    throw CloudError.terminal(
+      "InvalidPlatformTokenArn",
+      `annotation ${ANNOTATION_PLATFORM_TOKEN_ARN} must be the ARN of an SSM parameter (arn:aws:ssm:<region>:<account>:parameter/<name>) or a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>)`,
+    );
+  }
+  if (!ce.spec.platformTokenSecretRef) return { kind: "none" };
+  const optIn = ce.metadata.annotations?.[ANNOTATION_TOKEN_IN_USER_DATA] === "true";
+  if (!optIn) {
+    throw CloudError.terminal(
+      "PlatformTokenNotDeliverable",
+      `spec.platformTokenSecretRef is set, but the operator's AWS permissions leave the instance's user data as the only way ` +
+        `to hand the token over, and user data is readable by anyone allowed ec2:DescribeInstanceAttribute. Either store the ` +
+        `token in SSM Parameter Store (SecureString) or Secrets Manager and set the annotation ${ANNOTATION_PLATFORM_TOKEN_ARN} ` +
+        `to its ARN (the instance reads it with its own role), or accept the exposure with the annotation ` +
+        `${ANNOTATION_TOKEN_IN_USER_DATA}: "true".`,
+    );
+  }
+  if (platformToken === undefined || platformToken === "") {
+    throw CloudError.terminal(
+      "PlatformTokenMissing",
+      `the Secret named by spec.platformTokenSecretRef (${ce.spec.platformTokenSecretRef.name}) did not yield a token`,
+    );
+  }
+  return { kind: "user-data", token: platformToken };
+}
+
+/**
+ * The statement the instance role needs to read the token named by the CE's
+ * `vmforge.dev/platform-token-arn` annotation, or undefined when the CE names none. A customer
+ * managed KMS key additionally needs kms:Decrypt granted in that key's policy.
+ */
+export function platformTokenReadStatement(ce: ComputeEnvironment): PolicyStatement | undefined {
+  const src = platformTokenSource(ce, "unused");
+  if (src.kind === "ssm") {
+    return { Sid: "PlatformToken", Effect: "Allow", Action: ["ssm:GetParameter"], Resource: src.arn };
+  }
+  if (src.kind === "secretsmanager") {
+    // A full secret ARN ends in "-" and six random characters; a partial one needs the wildcard.
+    const full = /-[A-Za-z0-9]{6}$/.test(src.arn);
+    return {
+      Sid: "PlatformToken",
+      Effect: "Allow",
+      Action: ["secretsmanager:GetSecretValue"],
+      Resource: full ? src.arn : [src.arn, `${src.arn}-??????`],
+    };
+  }
+  return undefined;
+}
+
+export interface RenderUserDataInput {
+  ce: ComputeEnvironment;
+  run: Run;
+  envStatus: AwsEnvStatus;
+  /** vCPUs and memory of the instance type, when the caller knows them; else measured on the instance. */
+  resources?: { vcpus?: number; memoryMiB?: number };
+  /** The token from spec.platformTokenSecretRef; used only with the user-data opt-in. */
+  platformToken?: string;
+}
+
+function assign(name: string, value: string): string {
+  return `${name}=${shellQuote(value)}`;
+}
+
+function positiveInt(n: number | undefined, what: string): string {
+  if (n === undefined) return "";
+  if (!Number.isInteger(n) || n <= 0) throw CloudError.terminal("InvalidValue", `${what} must be a positive integer, got ${n}`);
+  return String(n);
+}
+
+/** Renders the user data script of a Run. Throws CloudError Terminal when it would exceed 16 KiB. */
+export function renderUserData(input: RenderUserDataInput): string {
+  const { ce, run } = input;
+  const region = ce.spec.aws?.region;
+  if (!region) throw CloudError.terminal("InvalidSpec", "spec.aws.region is required");
+  const uid = run.metadata.uid;
+  if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
+  const token = platformTokenSource(ce, input.platformToken);
+  const args = nextflowArgs(ce, run);
+  const lines = [
+    "# ---- settings rendered by the vmforge operator ----",
+    assign("VMF_RUN_UID", uid),
+    assign("VMF_RUN_NAMESPACE", run.metadata.namespace ?? ""),
+    assign("VMF_RUN_NAME", run.metadata.name ?? ""),
+    assign("VMF_REGION", region),
+    assign("VMF_LOG_GROUP", logGroupName(ce)),
+    assign("VMF_LOG_STREAM", logStreamName(run)),
+    assign("VMF_ARTIFACTS_URI", runArtifactsUri(ce, run)),
+    assign("VMF_NXF_VERSION", run.spec.pipeline.nextflowVersion ?? ""),
+    assign("VMF_CPUS", positiveInt(input.resources?.vcpus, "vcpus")),
+    assign("VMF_MEMORY_MIB", positiveInt(input.resources?.memoryMiB, "memoryMiB")),
+    assign("VMF_AGENT_CONFIG", agentConfig(ce, run)),
+    assign("VMF_NXF_CONFIG_BASE", baseNextflowConfig(ce, run)),
+    assign("VMF_CE_NXF_CONFIG", ce.spec.nextflowConfig ?? ""),
+    assign("VMF_RUN_NXF_CONFIG", run.spec.pipeline.config ?? ""),
+    assign("VMF_PARAMS_JSON", JSON.stringify(run.spec.pipeline.params ?? {}, null, 2)),
+    assign("VMF_PRE_RUN", ce.spec.preRunScript ?? ""),
+    assign("VMF_POST_RUN", ce.spec.postRunScript ?? ""),
+    assign("VMF_TOKEN_SOURCE", token.kind),
+    assign("VMF_TOKEN_REF", token.kind === "ssm" || token.kind === "secretsmanager" ? token.arn : ""),
+    assign("VMF_TOKEN_REGION", token.kind === "ssm" || token.kind === "secretsmanager" ? token.region : ""),
+    assign("VMF_TOKEN_INLINE", token.kind === "user-data" ? token.token : ""),
+    `VMF_NXF_ARGS=(${args.map(shellQuote).join(" ")})`,
+    "# ---- end of settings ----",
+  ];
+  const idx = LAUNCHER_TEMPLATE.indexOf(SETTINGS_MARKER);
+  if (idx < 0 || LAUNCHER_TEMPLATE.indexOf(SETTINGS_MARKER, idx + 1) >= 0) {
+    throw new Error("the launcher template must contain its settings marker line exactly once");
+  }
+  const script =
+    LAUNCHER_TEMPLATE.slice(0, idx + 1) + lines.join("\n") + LAUNCHER_TEMPLATE.slice(idx + SETTINGS_MARKER.length - 1);
+  const size = Buffer.byteLength(script, "utf8");
+  if (size > USER_DATA_LIMIT_BYTES) {
+    throw CloudError.terminal(
+      "UserDataTooLarge",
+      `the launcher for this Run is ${size} bytes, over EC2's user data limit of ${USER_DATA_LIMIT_BYTES} bytes; ` +
+        `shorten the ComputeEnvironment's nextflowConfig/preRunScript/postRunScript or the Run's pipeline.config/params ` +
+        `(they add ${Buffer.byteLength((ce.spec.nextflowConfig ?? "") + (run.spec.pipeline.config ?? "") + JSON.stringify(run.spec.pipeline.params ?? {}), "utf8")} bytes)`,
+    );
+  }
+  return script;
+}
+
+/** A short stable digest of user data, safe to log (never log the user data itself). */
+export function userDataDigest(userData: string): string {
+  return createHash("sha256").update(userData).digest("hex").slice(0, 16);
+}
