@@ -1,0 +1,516 @@
+/**
+ * The run half of the AWS provider: one EC2 instance per Run.
+ *
+ * - launchRun: observe first (an instance tagged with the Run's UID is the Run's machine), then
+ *   RunInstances with ClientToken = Run UID. Either alone leaves a gap: EC2's idempotency token
+ *   covers the seconds in which DescribeInstances does not show a new instance yet, and the
+ *   look-up covers a token that EC2 forgot or that now comes with other parameters (a changed CE
+ *   gives other user data: IdempotentParameterMismatch). Emulators that ignore ClientToken (moto)
+ *   are covered by the look-up.
+ * - describeRuns: ONE DescribeInstances for up to 200 Runs (tag filter on the Run UID), whatever
+ *   CE they belong to. Where the exit code is read from travels in the instance's tags, so Runs of
+ *   several CEs in one account and region can be described together.
+ * - terminateRun / sweepOrphans: only instances that carry vmforge's ownership tags are touched.
+ *
+ * Calls used (seed 002): ec2:RunInstances (+ iam:PassRole), ec2:DescribeInstances,
+ * ec2:TerminateInstances, ec2:CreateTags (tags at launch), logs:GetLogEvents, s3:GetObject.
+ */
+import { createHash } from "node:crypto";
+import {
+  DescribeInstancesCommand,
+  RunInstancesCommand,
+  TerminateInstancesCommand,
+  type EC2Client,
+  type Filter,
+  type Instance,
+  type RunInstancesCommandInput,
+  type Tag,
+} from "@aws-sdk/client-ec2";
+import type { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
+import { GetObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import type { ComputeEnvironment, Run } from "../../api/types.js";
+import { DEFAULT_BOOT_DISK_GIB, DEFAULT_BOOT_DISK_VOLUME_TYPE } from "../../api/types.js";
+import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { awsErrorCode, mapAwsError } from "./clients.js";
+import { MANAGED_BY, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAMESPACE } from "./iam.js";
+import { renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
+import { findExitCodeInLog, logGroupName, logStreamName, readRunLog as readRunLogStream, type ReadLogOptions } from "./logs.js";
+
+export const TAG_RUN_UID = "vmforge.dev/run-uid";
+export const TAG_RUN_NAME = "vmforge.dev/run-name";
+export const TAG_CE_NAME = "vmforge.dev/ce-name";
+/** Where the Run's log and uploaded artifacts are (so a batch over several CEs knows). */
+export const TAG_LOG_GROUP = "vmforge.dev/log-group";
+export const TAG_ARTIFACTS = "vmforge.dev/artifacts";
+
+/** EC2 allows 50 tags per resource. */
+const MAX_TAGS = 50;
+/** DescribeInstances accepts at most 200 values per filter. */
+export const FILTER_VALUES_MAX = 200;
+const ROOT_DEVICE_DEFAULT = "/dev/xvda";
+/** Instance metadata hop limit 2: containers on the Docker bridge (Fusion) reach IMDSv2 for the role's credentials. */
+const IMDS_HOP_LIMIT = 2;
+
+/** The clients run work needs (AwsClients from ./clients.js fits). */
+export interface RunClients {
+  readonly ec2: EC2Client;
+  readonly logs: CloudWatchLogsClient;
+  readonly s3: S3Client;
+}
+
+export interface LaunchOptions {
+  /** Token from spec.platformTokenSecretRef; used only with the CE's user-data opt-in (see launcher.ts). */
+  platformToken?: string;
+  /** vCPUs and memory of the instance type when known; otherwise the instance measures itself. */
+  resources?: { vcpus?: number; memoryMiB?: number };
+  /**
+   * Waits between tries while a new instance profile has not reached EC2 yet ("Invalid IAM
+   * Instance Profile"). Default 2 s, 4 s, 8 s, 8 s: five tries in about 22 s, then Retryable.
+   */
+  profileRetryDelaysMs?: number[];
+  sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+}
+
+const DEFAULT_PROFILE_RETRY_DELAYS = [2_000, 4_000, 8_000, 8_000];
+
+function defaultSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error("aborted"));
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal?.reason instanceof Error ? signal.reason : new Error("aborted"));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+function sendOpts(ctx: EnvContext): { abortSignal?: AbortSignal } {
+  return ctx.signal ? { abortSignal: ctx.signal } : {};
+}
+
+function requireUid(run: Run): string {
+  const uid = run.metadata.uid;
+  if (!uid) throw CloudError.terminal("InvalidRun", `Run ${run.metadata.namespace}/${run.metadata.name} has no UID (not read from the API server?)`);
+  return uid;
+}
+
+function envStatusOf(ce: ComputeEnvironment): AwsEnvStatus {
+  const s = ce.status?.aws;
+  const missing: string[] = [];
+  if (!s?.instanceProfileArn) missing.push("instanceProfileArn");
+  if (!s?.amiId) missing.push("amiId");
+  if (!s?.subnetIds || s.subnetIds.length === 0) missing.push("subnetIds");
+  if (!s || missing.length > 0) {
+    throw CloudError.retryable(
+      "EnvironmentNotReady",
+      `ComputeEnvironment ${ce.metadata.namespace}/${ce.metadata.name} has not recorded ${missing.join(", ")} in status.aws yet`,
+      10_000,
+    );
+  }
+  return s;
+}
+
+/** Deterministic subnet of a Run: the same Run always asks for the same subnet. */
+export function pickSubnet(subnetIds: readonly string[], runUid: string): string {
+  if (subnetIds.length === 0) throw new Error("no subnets to pick from");
+  const n = createHash("sha256").update(runUid).digest().readUInt32BE(0);
+  return subnetIds[n % subnetIds.length] as string;
+}
+
+/**
+ * Tags of a Run's instance and volume. Ownership tags always win over the user's and are never
+ * dropped; the Name tag (unless the user set one) and the location tags are added while EC2's
+ * 50-tag limit leaves room.
+ */
+export function runTags(ce: ComputeEnvironment, run: Run): Tag[] {
+  const ownership: Record<string, string> = {
+    [TAG_RUN_UID]: requireUid(run),
+    [TAG_CE_UID]: ce.metadata.uid ?? "",
+    [TAG_NAMESPACE]: run.metadata.namespace ?? "",
+    [TAG_RUN_NAME]: run.metadata.name ?? "",
+    [TAG_CE_NAME]: ce.metadata.name ?? "",
+    [TAG_MANAGED_BY]: MANAGED_BY,
+  };
+  const user: Record<string, string> = {};
+  for (const [k, v] of Object.entries(ce.spec.aws?.tags ?? {})) {
+    if (k.toLowerCase().startsWith("vmforge.dev/") || k.toLowerCase().startsWith("aws:")) continue;
+    user[k] = v;
+  }
+  const tags: Record<string, string> = { ...user, ...ownership };
+  const optional: [string, string][] = [];
+  if (!("Name" in user)) optional.push(["Name", `vmforge/${run.metadata.namespace}/${run.metadata.name}`.slice(0, 256)]);
+  optional.push([TAG_LOG_GROUP, logGroupName(ce)]);
+  optional.push([TAG_ARTIFACTS, runArtifactsUri(ce, run)]);
+  if (Object.keys(tags).length > MAX_TAGS) {
+    throw CloudError.terminal("TooManyTags", `spec.aws.tags: with vmforge's ${Object.keys(ownership).length} ownership tags an instance would carry more than ${MAX_TAGS} tags`);
+  }
+  for (const [k, v] of optional) {
+    if (Object.keys(tags).length >= MAX_TAGS) break;
+    if (v.length <= 256) tags[k] = v;
+  }
+  return Object.keys(tags)
+    .sort()
+    .map((Key) => ({ Key, Value: tags[Key] }));
+}
+
+/** The RunInstances request of a Run (exported for tests). */
+export function runInstancesInput(ce: ComputeEnvironment, run: Run, userData: string): RunInstancesCommandInput {
+  const uid = requireUid(run);
+  const env = envStatusOf(ce);
+  const tags = runTags(ce, run);
+  const size = run.spec.overrides?.bootDiskSizeGiB ?? ce.spec.aws?.bootDiskSizeGiB ?? DEFAULT_BOOT_DISK_GIB;
+  const sgs = env.securityGroupIds ?? [];
+  const keyPair = ce.spec.aws?.keyPair;
+  return {
+    ClientToken: uid,
+    MinCount: 1,
+    MaxCount: 1,
+    ImageId: env.amiId,
+    InstanceType: runInstanceType(ce, run) as RunInstancesCommandInput["InstanceType"],
+    IamInstanceProfile: { Arn: env.instanceProfileArn },
+    SubnetId: pickSubnet(env.subnetIds ?? [], uid),
+    ...(sgs.length > 0 ? { SecurityGroupIds: [...sgs] } : {}),
+    ...(keyPair ? { KeyName: keyPair } : {}),
+    BlockDeviceMappings: [
+      {
+        DeviceName: env.rootDeviceName ?? ROOT_DEVICE_DEFAULT,
+        Ebs: { VolumeSize: size, VolumeType: DEFAULT_BOOT_DISK_VOLUME_TYPE, DeleteOnTermination: true },
+      },
+    ],
+    MetadataOptions: { HttpTokens: "required", HttpEndpoint: "enabled", HttpPutResponseHopLimit: IMDS_HOP_LIMIT },
+    InstanceInitiatedShutdownBehavior: "terminate",
+    ...(run.spec.overrides?.spot
+      ? { InstanceMarketOptions: { MarketType: "spot", SpotOptions: { SpotInstanceType: "one-time", InstanceInterruptionBehavior: "terminate" } } }
+      : {}),
+    TagSpecifications: [
+      { ResourceType: "instance", Tags: tags },
+      { ResourceType: "volume", Tags: tags },
+    ],
+    UserData: Buffer.from(userData, "utf8").toString("base64"),
+  };
+}
+
+function isProfilePropagationError(e: unknown): boolean {
+  if (awsErrorCode(e) !== "InvalidParameterValue") return false;
+  const msg = e instanceof Error ? e.message : String((e as { message?: unknown })?.message ?? "");
+  return /iamInstanceProfile|Invalid IAM Instance Profile/i.test(msg);
+}
+
+/** Capacity and quota answers that free up as other instances end. */
+const CAPACITY_CODES = new Set(["InsufficientInstanceCapacity", "VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"]);
+
+/**
+ * Launches the Run's instance, or returns the one it already has. Idempotent on the Run UID.
+ */
+export async function launchRun(clients: RunClients, ctx: EnvContext, run: Run, opts: LaunchOptions = {}): Promise<RunDescription> {
+  const uid = requireUid(run);
+  const existing = await describeInstancesByRunUids(clients.ec2, ctx, [uid]);
+  const found = pickInstance(existing.get(uid));
+  if (found) {
+    ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: found.InstanceId }, "the Run already has an instance; not launching another");
+    return describeInstance(found, ctx.ce, run);
+  }
+  const env = envStatusOf(ctx.ce);
+  const userData = renderUserData({
+    ce: ctx.ce,
+    run,
+    envStatus: env,
+    ...(opts.resources ? { resources: opts.resources } : {}),
+    ...(opts.platformToken !== undefined ? { platformToken: opts.platformToken } : {}),
+  });
+  const input = runInstancesInput(ctx.ce, run, userData);
+  const delays = opts.profileRetryDelaysMs ?? DEFAULT_PROFILE_RETRY_DELAYS;
+  const sleep = opts.sleep ?? defaultSleep;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const out = await clients.ec2.send(new RunInstancesCommand(input), sendOpts(ctx));
+      const inst = out.Instances?.[0];
+      if (!inst?.InstanceId) throw CloudError.retryable("UnexpectedResponse", "ec2:RunInstances returned no instance");
+      ctx.logger.info(
+        { run: `${run.metadata.namespace}/${run.metadata.name}`, instance: inst.InstanceId, subnet: input.SubnetId, spot: !!input.InstanceMarketOptions },
+        "launched an instance",
+      );
+      return describeInstance(inst, ctx.ce, run);
+    } catch (e) {
+      if (e instanceof CloudError) throw e;
+      const code = awsErrorCode(e);
+      if (isProfilePropagationError(e)) {
+        const delay = delays[attempt];
+        if (delay === undefined) {
+          throw CloudError.retryable(
+            "InstanceProfileNotPropagated",
+            `ec2:RunInstances: EC2 does not know instance profile ${env.instanceProfileArn} yet (IAM changes take a while to propagate); ${attempt + 1} tries so far`,
+            10_000,
+            e,
+          );
+        }
+        ctx.logger.debug({ attempt: attempt + 1, delayMs: delay }, "instance profile not visible to EC2 yet; retrying");
+        await sleep(delay, ctx.signal);
+        continue;
+      }
+      if (code === "IdempotentParameterMismatch") {
+        // The token was used before with other parameters: that launch happened. Find it.
+        const again = pickInstance((await describeInstancesByRunUids(clients.ec2, ctx, [uid])).get(uid));
+        if (again) return describeInstance(again, ctx.ce, run);
+        throw CloudError.retryable("LaunchPending", "ec2:RunInstances: an earlier launch of this Run exists but is not visible yet", 5_000, e);
+      }
+      if (code !== undefined && CAPACITY_CODES.has(code)) {
+        throw CloudError.retryable(
+          "InsufficientCapacity",
+          `ec2:RunInstances: ${code}: ${e instanceof Error ? e.message : String(e)}`,
+          60_000,
+          e,
+        );
+      }
+      throw mapAwsError(e, "ec2:RunInstances");
+    }
+  }
+}
+
+/** All instances carrying the given Run UIDs, grouped by UID; one call per 200 UIDs (plus pages). */
+export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext, uids: string[]): Promise<Map<string, Instance[]>> {
+  const out = new Map<string, Instance[]>();
+  const unique = [...new Set(uids)];
+  for (let i = 0; i < unique.length; i += FILTER_VALUES_MAX) {
+    const chunk = unique.slice(i, i + FILTER_VALUES_MAX);
+    const instances = await describeAll(ec2, ctx, [{ Name: `tag:${TAG_RUN_UID}`, Values: chunk }]);
+    for (const inst of instances) {
+      const uid = tagValue(inst, TAG_RUN_UID);
+      if (uid === undefined) continue;
+      const list = out.get(uid);
+      if (list) list.push(inst);
+      else out.set(uid, [inst]);
+    }
+  }
+  return out;
+}
+
+async function describeAll(ec2: EC2Client, ctx: EnvContext, filters: Filter[]): Promise<Instance[]> {
+  const instances: Instance[] = [];
+  let token: string | undefined;
+  do {
+    let page;
+    try {
+      page = await ec2.send(
+        new DescribeInstancesCommand({ Filters: filters, MaxResults: 1000, ...(token ? { NextToken: token } : {}) }),
+        sendOpts(ctx),
+      );
+    } catch (e) {
+      throw mapAwsError(e, "ec2:DescribeInstances");
+    }
+    for (const r of page.Reservations ?? []) for (const inst of r.Instances ?? []) instances.push(inst);
+    token = page.NextToken || undefined;
+  } while (token);
+  return instances;
+}
+
+function tagValue(inst: Instance, key: string): string | undefined {
+  return inst.Tags?.find((t) => t.Key === key)?.Value;
+}
+
+/** The Run's machine among several (should be one): a live one first, then the newest. */
+function pickInstance(list: Instance[] | undefined): Instance | undefined {
+  if (!list || list.length === 0) return undefined;
+  const rank = (i: Instance): number => (i.State?.Name === "terminated" ? 1 : 0);
+  return [...list].sort((a, b) => rank(a) - rank(b) || (b.LaunchTime?.getTime() ?? 0) - (a.LaunchTime?.getTime() ?? 0))[0];
+}
+
+const STATES: ReadonlySet<string> = new Set(["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]);
+
+function machineState(inst: Instance): MachineState {
+  const s = inst.State?.Name;
+  return s !== undefined && STATES.has(s) ? (s as MachineState) : "unknown";
+}
+
+/** Why the instance is in its state, in words (Spot interruptions say so). */
+export function stateReasonOf(inst: Instance): string | undefined {
+  const code = inst.StateReason?.Code;
+  const msg = inst.StateReason?.Message;
+  if (code?.startsWith("Server.SpotInstance")) return `Spot interruption: ${msg ?? code}`;
+  if (msg) return msg;
+  return inst.StateTransitionReason || undefined;
+}
+
+function describeInstance(inst: Instance, ce: ComputeEnvironment, run: Run): RunDescription {
+  const state = machineState(inst);
+  const d: RunDescription = {
+    instanceId: inst.InstanceId ?? "",
+    state,
+    instance: {
+      id: inst.InstanceId ?? "",
+      ...(inst.InstanceType ? { type: inst.InstanceType } : {}),
+      ...(inst.Placement?.AvailabilityZone ? { zone: inst.Placement.AvailabilityZone } : {}),
+      ...(inst.PrivateIpAddress ? { privateIp: inst.PrivateIpAddress } : {}),
+      spot: inst.InstanceLifecycle === "spot",
+      state,
+    },
+    log: { provider: "cloudwatch", group: tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ce), stream: logStreamName(run) },
+  };
+  const reason = state === "pending" || state === "running" ? undefined : stateReasonOf(inst);
+  if (reason) d.stateReason = reason;
+  if (inst.LaunchTime) d.launchedAt = inst.LaunchTime.toISOString();
+  return d;
+}
+
+/** States in which the pipeline has ended (the launcher shuts the machine down last). */
+const ENDED: ReadonlySet<MachineState> = new Set(["shutting-down", "terminated", "stopping", "stopped"]);
+
+export interface DescribeOptions {
+  /** Parallel exit-code look-ups (GetLogEvents / GetObject), default 8. */
+  exitCodeConcurrency?: number;
+}
+
+/**
+ * Describes Runs with one DescribeInstances call per 200 Runs. For machines that have ended, the
+ * exit code comes from the log's last lines, else from the uploaded exit-status object.
+ * A Run without a machine maps to undefined.
+ */
+export async function describeRuns(
+  clients: RunClients,
+  ctx: EnvContext,
+  runs: Run[],
+  opts: DescribeOptions = {},
+): Promise<Map<string, RunDescription | undefined>> {
+  const result = new Map<string, RunDescription | undefined>();
+  const withUid = runs.filter((r) => r.metadata.uid);
+  const byUid = await describeInstancesByRunUids(
+    clients.ec2,
+    ctx,
+    withUid.map((r) => r.metadata.uid as string),
+  );
+  const needExit: { run: Run; inst: Instance; desc: RunDescription }[] = [];
+  for (const run of withUid) {
+    const uid = run.metadata.uid as string;
+    const inst = pickInstance(byUid.get(uid));
+    if (!inst) {
+      result.set(uid, undefined);
+      continue;
+    }
+    const desc = describeInstance(inst, ctx.ce, run);
+    result.set(uid, desc);
+    if (ENDED.has(desc.state)) needExit.push({ run, inst, desc });
+  }
+  await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc }) => {
+    const code = await exitCodeOf(clients, ctx, run, inst);
+    if (code !== undefined) desc.exitCode = code;
+  });
+  return result;
+}
+
+async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(Math.max(1, limit), items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+/** Exit code of an ended Run: the log's exit line, else the exit-status object. */
+async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance): Promise<number | undefined> {
+  const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ctx.ce);
+  const fromLog = await findExitCodeInLog(clients.logs, group, logStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
+  if (fromLog !== undefined) return fromLog;
+  let artifacts = tagValue(inst, TAG_ARTIFACTS);
+  if (artifacts === undefined) {
+    try {
+      artifacts = runArtifactsUri(ctx.ce, run);
+    } catch {
+      return undefined;
+    }
+  }
+  return readExitStatusObject(clients.s3, ctx, `${artifacts}/exit-status`);
+}
+
+/**
+ * Reads an uploaded exit-status object. Missing means undefined; note that without
+ * s3:ListBucket (the seed grants only s3:GetObject) S3 answers a missing key with AccessDenied.
+ */
+export async function readExitStatusObject(s3: S3Client, ctx: EnvContext, uri: string): Promise<number | undefined> {
+  const loc = s3Location(uri);
+  if (!loc || !loc.key) return undefined;
+  let text: string;
+  try {
+    const out = await s3.send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }), sendOpts(ctx));
+    text = (await out.Body?.transformToString("utf8")) ?? "";
+  } catch (e) {
+    const code = awsErrorCode(e);
+    if (code === "NoSuchKey" || code === "NotFound" || code === "AccessDenied" || code === "NoSuchBucket") return undefined;
+    throw mapAwsError(e, "s3:GetObject");
+  }
+  const m = /^\s*(\d{1,3})\s*$/.exec(text);
+  if (!m) return undefined;
+  const n = Number(m[1]);
+  return n <= 255 ? n : undefined;
+}
+
+/** Terminates the Run's machine; an instance is touched only when its tags say it is this Run's. */
+export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Run): Promise<string[]> {
+  const uid = requireUid(run);
+  const found = (await describeInstancesByRunUids(clients.ec2, ctx, [uid])).get(uid) ?? [];
+  const ids = found
+    .filter((i) => i.InstanceId && i.State?.Name !== "terminated")
+    .filter((i) => tagValue(i, TAG_RUN_UID) === uid && tagValue(i, TAG_MANAGED_BY) === MANAGED_BY)
+    .map((i) => i.InstanceId as string);
+  await terminate(clients.ec2, ctx, ids);
+  if (ids.length > 0) ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instances: ids }, "terminated");
+  return ids;
+}
+
+async function terminate(ec2: EC2Client, ctx: EnvContext, ids: string[]): Promise<void> {
+  for (let i = 0; i < ids.length; i += 1000) {
+    const chunk = ids.slice(i, i + 1000);
+    try {
+      await ec2.send(new TerminateInstancesCommand({ InstanceIds: chunk }), sendOpts(ctx));
+    } catch (e) {
+      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:TerminateInstances");
+      // One of them is gone already (which counts as done): end the others one by one.
+      if (chunk.length > 1) await terminateEach(ec2, ctx, chunk);
+    }
+  }
+}
+
+async function terminateEach(ec2: EC2Client, ctx: EnvContext, ids: string[]): Promise<void> {
+  for (const id of ids) {
+    try {
+      await ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }), sendOpts(ctx));
+    } catch (e) {
+      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:TerminateInstances");
+    }
+  }
+}
+
+/**
+ * Terminates this CE's machines (ownership tags: CE UID and managed-by) whose Run UID is not in
+ * `liveRunUids`. Returns the instance IDs it terminated.
+ */
+export async function sweepOrphans(clients: RunClients, ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
+  const ceUid = ctx.ce.metadata.uid;
+  if (!ceUid) return [];
+  const instances = await describeAll(clients.ec2, ctx, [
+    { Name: `tag:${TAG_CE_UID}`, Values: [ceUid] },
+    { Name: `tag:${TAG_MANAGED_BY}`, Values: [MANAGED_BY] },
+    { Name: "instance-state-name", Values: ["pending", "running", "stopping", "stopped"] },
+  ]);
+  const orphans = instances
+    .filter((i) => i.InstanceId && tagValue(i, TAG_CE_UID) === ceUid && tagValue(i, TAG_MANAGED_BY) === MANAGED_BY)
+    .filter((i) => {
+      const uid = tagValue(i, TAG_RUN_UID);
+      return uid !== undefined && !liveRunUids.has(uid);
+    })
+    .map((i) => i.InstanceId as string);
+  await terminate(clients.ec2, ctx, orphans);
+  if (orphans.length > 0) ctx.logger.warn({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}`, instances: orphans }, "terminated orphaned instances");
+  return orphans;
+}
+
+/** Reads the Run's log from a cursor (see ./logs.ts). */
+export function readRunLog(clients: RunClients, ctx: EnvContext, run: Run, from?: string, opts: ReadLogOptions = {}): Promise<RunLogChunk> {
+  return readRunLogStream(clients.logs, ctx.ce, run, from, { ...(ctx.signal ? { signal: ctx.signal } : {}), ...opts });
+}
