@@ -163,12 +163,17 @@ export class LeaderElector {
     const stop = this.stopAbort.signal;
     // campaign
     this.log.info("campaigning for leadership");
+    let acquired = false;
     while (!stop.aborted) {
-      const r = await this.attempt();
-      if (r === "ok") break;
+      acquired = (await this.attempt()) === "ok";
+      if (acquired) break;
       await sleep(this.jittered(), stop);
     }
-    if (stop.aborted) return;
+    if (stop.aborted) {
+      // stop() came while an attempt that won the Lease was in flight: hand it back unused.
+      if (acquired) await this.release();
+      return;
+    }
 
     // lead
     this.becomeLeader(cb);

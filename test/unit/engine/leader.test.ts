@@ -16,6 +16,9 @@ class LeaseServer {
   rv = 0;
   writes = 0;
 
+  /** When set, create() waits for it (a slow API server). */
+  createGate: Promise<void> | undefined;
+
   client(opts: { failing?: () => boolean } = {}): KubeClient {
     const guard = (): void => {
       if (opts.failing?.()) throw new Error("connect ECONNREFUSED");
@@ -29,6 +32,7 @@ class LeaseServer {
       },
       create: async (_rt: ResourceType, obj: Lease) => {
         guard();
+        if (this.createGate) await this.createGate;
         if (this.lease) throw new KubeApiError(409, "AlreadyExists", "exists", undefined);
         this.lease = structuredClone(obj);
         this.lease.metadata.resourceVersion = String(++this.rv);
@@ -270,5 +274,23 @@ describe("LeaderElector", () => {
     expect(pa.started).toBe(0);
     expect(pa.stopped).toBe(0);
     expect(s.lease?.spec?.holderIdentity).toBe("other");
+  });
+
+  it("stop() while a winning attempt is in flight hands the Lease back without leading", async () => {
+    const s = new LeaseServer();
+    let open!: () => void;
+    s.createGate = new Promise<void>((r) => (open = r));
+    const a = elector(s, "a");
+    const pa = probe();
+    const run = a.run(pa.callbacks);
+    await vi.advanceTimersByTimeAsync(10);
+    const stopped = a.stop();
+    open();
+    await stopped;
+    await run;
+    expect(pa.started).toBe(0);
+    expect(a.isLeader()).toBe(false);
+    expect(s.lease?.spec?.holderIdentity).toBeUndefined();
+    expect(s.lease?.spec?.leaseDurationSeconds).toBe(1);
   });
 });
