@@ -174,7 +174,7 @@ describe("requests", () => {
   it("replace PUTs the object (optionally to /status)", async () => {
     handler = (req, res) => json(res, 200, JSON.parse(req.body) as unknown);
     const c = client();
-    const out = await c.replace(Runs, { metadata: { name: "r1", namespace: "ns", resourceVersion: "7" } }, { subresource: "status" });
+    const out = await c.replace<KubeObject>(Runs, { metadata: { name: "r1", namespace: "ns", resourceVersion: "7" } }, { subresource: "status" });
     expect(requests[0]?.method).toBe("PUT");
     expect(requests[0]?.url.pathname).toBe("/apis/vmforge.dev/v1alpha1/namespaces/ns/runs/r1/status");
     expect(out.apiVersion).toBe("vmforge.dev/v1alpha1");
