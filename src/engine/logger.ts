@@ -51,7 +51,7 @@ const SECRET_KEYS = new Set([
 ]);
 
 /** Key suffixes (same normalization) that mark a secret, e.g. platformToken, dbPassword, clientSecret. */
-const SECRET_SUFFIXES = ["password", "secret", "token", "apikey", "privatekey", "accesskey", "accountkey", "connectionstring"];
+const SECRET_SUFFIXES = ["password", "secret", "token", "apikey", "privatekey", "accesskey", "accesskeyid", "accountkey", "connectionstring"];
 
 function normalizeKey(key: string): string {
   return key.toLowerCase().replace(/[-_]/g, "");

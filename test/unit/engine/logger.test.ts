@@ -116,7 +116,7 @@ describe("createLogger", () => {
 
 describe("isSecretKey / scrubSecrets", () => {
   it("classifies keys", () => {
-    for (const k of ["password", "Password", "secret_access_key", "secretAccessKey", "x-api-key", "platformToken", "clientSecret", "data", "userData"]) {
+    for (const k of ["password", "Password", "secret_access_key", "secretAccessKey", "x-api-key", "platformToken", "clientSecret", "data", "userData", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_CLIENT_SECRET"]) {
       expect(isSecretKey(k), k).toBe(true);
     }
     for (const k of ["name", "secretRef", "tokenSecretRef", "region", "namespace", "resourceVersion"]) {
