@@ -245,6 +245,19 @@ describe("Run", () => {
   });
 });
 
+describe("orphans", () => {
+  it("a machine tagged for the CE whose Run no longer exists is terminated at the next check", async () => {
+    const ce = await readyCe("ce-orphan");
+    cloud.machines.set("gone-run-uid", {
+      id: "i-0orphan", runUid: "gone-run-uid", ceUid: ce.metadata.uid ?? "", state: "running", launchedAt: new Date().toISOString(), log: [],
+    });
+    // A spec change makes the CE converge (and sweep) now rather than at the next drift check.
+    await client.patch(ComputeEnvironmentResource, ns, "ce-orphan", { spec: { aws: { instanceType: "m6i.xlarge" } } }, "merge");
+    await waitFor("orphan terminated", async () => cloud.machineOf("gone-run-uid")?.state === "terminated");
+    await waitFor("sweep Event", async () => (await events("ce-orphan")).some((e) => e.reason === "OrphansTerminated" && e.note.includes("i-0orphan")));
+  });
+});
+
 describe("deletion", () => {
   it("deleting a CE with a running Run cancels it, waits for the machine, disposes, releases the Secret", async () => {
     await client.create(SecretResource, {

@@ -155,6 +155,7 @@ export class ComputeEnvironmentReconciler {
       });
       if (!obs.ready) return { requeueAfterMs: 5_000 };
       this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
+      await this.sweep(provider, ctx, withFinalizer, log);
       if (written && !isReady) {
         await this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
         // Runs waiting for this CE can go.
@@ -175,6 +176,24 @@ export class ComputeEnvironmentReconciler {
       const next = kstatus(conditions, generation, "reconciling", reason, clip(`retrying: ${message}`));
       await this.report(withFinalizer, { activeRuns, conditions: next });
       throw e;
+    }
+  }
+
+  /**
+   * Machines tagged for this CE whose Run no longer exists are stopped. Runs the cache knows of
+   * (any phase) count as live; the provider checks the ownership tags.
+   */
+  private async sweep(provider: CloudProvider, ctx: EnvContext, ce: ComputeEnvironment, log: Logger): Promise<void> {
+    if (!provider.sweepOrphans) return;
+    const live = new Set(this.runsOf(ce).map((r) => r.metadata.uid ?? ""));
+    try {
+      const stopped = await provider.sweepOrphans(ctx, live);
+      if (stopped.length > 0) {
+        log.warn({ machines: stopped }, "terminated machines whose Run no longer exists");
+        await this.d.events.record(ce, "Warning", "OrphansTerminated", "Sweep", clip(`terminated ${stopped.length} machine(s) whose Run no longer exists: ${stopped.join(", ")}`));
+      }
+    } catch (e) {
+      log.warn({ err: e }, "orphan sweep failed; will try again at the next check");
     }
   }
 
