@@ -236,7 +236,7 @@ describe("updateStatus on the real API server", () => {
     // A real change: one more write; members the new status lacks are removed.
     const next: WidgetStatus = {
       observedGeneration: 1,
-      conditions: setCondition(w.status?.conditions, { type: "Ready", status: "True", reason: "Ready", message: "", observedGeneration: 1 }),
+      conditions: setCondition(w.status?.conditions, { type: "Ready", status: "True", reason: "Ready", message: "", observedGeneration: 1 }, new Date(Date.now() + 3_600_000)),
     };
     const written = await updateStatus(r.client, Widget, w, next);
     expect(written).toBeDefined();
