@@ -248,11 +248,24 @@ interface SdkErrorLike {
 export function awsErrorCode(err: unknown): string | undefined {
   if (err instanceof CloudError) return awsErrorCode(err.cause);
   if (err === null || typeof err !== "object") return undefined;
-  const e = err as SdkErrorLike;
-  for (const v of [e.Code, e.name, e.code]) {
+  const e = err as SdkErrorLike & { Error?: { Code?: unknown } };
+  for (const v of [e.Code, e.Error?.Code, e.name, e.code]) {
     if (typeof v === "string" && v !== "" && v !== "Error") return v;
   }
   return undefined;
+}
+
+/**
+ * True when the error carries this AWS error code. The SDK names modeled exceptions
+ * "<Code>Exception" (NoSuchEntityException) and keeps the wire code in `Code`; both are accepted.
+ */
+export function hasAwsCode(err: unknown, code: string): boolean {
+  const c = awsErrorCode(err);
+  return c === code || c === `${code}Exception`;
+}
+
+function inSet(set: Set<string>, code: string | undefined): boolean {
+  return code !== undefined && (set.has(code) || set.has(code.replace(/Exception$/, "")));
 }
 
 function httpStatus(err: unknown): number | undefined {
@@ -304,7 +317,7 @@ export function mapAwsError(err: unknown, action: string): CloudError {
     err !== null && typeof err === "object" ? (err as Record<symbol, unknown>)[CREDENTIAL_STAGE] : undefined;
 
   const throttled =
-    (code !== undefined && THROTTLING_CODES.has(code)) ||
+    inSet(THROTTLING_CODES, code) ||
     status === 429 ||
     (err !== null && typeof err === "object" && (err as SdkErrorLike).$retryable?.throttling === true);
   if (throttled) {
@@ -327,7 +340,7 @@ export function mapAwsError(err: unknown, action: string): CloudError {
     return CloudError.terminal("InvalidCredentials", `${action}: could not obtain AWS credentials: ${msg}`, err);
   }
   if (stage === "assume-role") {
-    if (code !== undefined && (ACCESS_DENIED_CODES.has(code) || BAD_CREDENTIALS_CODES.has(code))) {
+    if (inSet(ACCESS_DENIED_CODES, code) || inSet(BAD_CREDENTIALS_CODES, code)) {
       return CloudError.terminal(
         "InvalidCredentials",
         `${action}: assuming the role named by the credentials Secret (sts:AssumeRole) failed: ${code}: ${msg}`,
@@ -336,16 +349,16 @@ export function mapAwsError(err: unknown, action: string): CloudError {
     }
   }
 
-  if (code !== undefined && BAD_CREDENTIALS_CODES.has(code)) {
+  if (inSet(BAD_CREDENTIALS_CODES, code)) {
     return CloudError.terminal("InvalidCredentials", `${action}: AWS rejected the credentials (${code}): ${msg}`, err);
   }
-  if (code !== undefined && ACCESS_DENIED_CODES.has(code)) {
+  if (inSet(ACCESS_DENIED_CODES, code)) {
     return CloudError.terminal("AccessDenied", `${action}: access denied; the operator's IAM policy must allow ${action}: ${msg}`, err);
   }
-  if (code !== undefined && (NOT_FOUND_CODES.has(code) || /NotFound$/.test(code))) {
+  if (code !== undefined && (inSet(NOT_FOUND_CODES, code) || /NotFound(Exception)?$/.test(code))) {
     return new CloudError("NotFound", camel(code), `${action}: ${code}: ${msg}`, { cause: err });
   }
-  if ((code !== undefined && TRANSIENT_CODES.has(code)) || (status !== undefined && status >= 500)) {
+  if (inSet(TRANSIENT_CODES, code) || (status !== undefined && status >= 500)) {
     return CloudError.retryable("AwsUnavailable", `${action}: AWS is unavailable (${code ?? status}): ${msg}`, jitter(TRANSIENT_RETRY_MS), err);
   }
   if (code === undefined && status === undefined) {

@@ -41,7 +41,7 @@ import {
 } from "@aws-sdk/client-iam";
 import type { Logger } from "../../engine/logger.js";
 import { CloudError } from "../provider.js";
-import { awsCall, awsErrorCode, type AwsClients } from "./clients.js";
+import { awsCall, hasAwsCode, type AwsClients } from "./clients.js";
 import { policyHash, type PolicyDocument } from "./policy.js";
 
 export const ROLE_PREFIX = "TowerForge-";
@@ -330,7 +330,7 @@ export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logg
       logger.info({ role: d.roleName }, "created IAM role");
     } catch (err) {
       // Another worker (or a previous life) created it in between: look again, ownership decides.
-      if (awsErrorCode(err) !== "EntityAlreadyExists") throw err;
+      if (!hasAwsCode(err, "EntityAlreadyExists")) throw err;
       role = await getRole(clients, d.roleName);
       if (!role) throw CloudError.retryable("EventualConsistency", `iam:CreateRole: role ${d.roleName} exists but is not readable yet`);
     }
@@ -364,7 +364,7 @@ export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logg
     createdProfile = true;
     logger.info({ profile: d.roleName }, "created IAM instance profile");
   } catch (err) {
-    if (awsErrorCode(err) !== "EntityAlreadyExists") throw err;
+    if (!hasAwsCode(err, "EntityAlreadyExists")) throw err;
   }
   try {
     await awsCall("iam:AddRoleToInstanceProfile", () =>
@@ -373,7 +373,7 @@ export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logg
   } catch (err) {
     // LimitExceeded: the profile already holds a role (one per profile). The name is derived from
     // this CE's UID and the role is ours, so it is our role from an earlier attempt.
-    if (awsErrorCode(err) !== "LimitExceeded") throw err;
+    if (!hasAwsCode(err, "LimitExceeded")) throw err;
   }
   if (!createdProfile && Object.keys(a.tagDiff).length > 0) {
     await awsCall("iam:TagInstanceProfile", () =>
@@ -432,7 +432,7 @@ export async function disposeIam(
         result.deleted.push(`instance profile ${name}`);
       }
     } catch (err) {
-      if (awsErrorCode(err) !== "DeleteConflict") throw err;
+      if (!hasAwsCode(err, "DeleteConflict")) throw err;
       // It still holds a role that is not ours (ours was removed above): not ours to delete.
       result.notes.push(`instance profile ${name} still holds another role; left alone`);
     }
@@ -497,7 +497,7 @@ export async function disposeIam(
       result.deleted.push(`IAM role ${name}`);
     }
   } catch (err) {
-    if (awsErrorCode(err) === "DeleteConflict") {
+    if (hasAwsCode(err, "DeleteConflict")) {
       // IAM is eventually consistent: a just-removed profile membership may still block the delete.
       throw CloudError.retryable("DeleteConflict", `iam:DeleteRole: role ${name} is still in use; will retry`, 5_000, err);
     }

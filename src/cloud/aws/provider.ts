@@ -15,6 +15,7 @@ import {
 } from "../provider.js";
 import { AwsClientCache, type AwsClientFactory, type AwsClientOptions, type AwsClients } from "./clients.js";
 import { disposeAwsEnvironment, observeAwsEnvironment, provisionAwsEnvironment } from "./environment.js";
+import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
 
 export interface AwsProviderOptions {
   /** Endpoint override for every client (default: $VMFORGE_AWS_ENDPOINT). */
@@ -63,20 +64,23 @@ export class AwsProvider implements CloudProvider {
     return disposeAwsEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  // Run methods: delegated to ./runs.ts once it exists (another helper writes it).
-  async launchRun(_ctx: EnvContext, _run: Run): Promise<RunDescription> {
-    throw CloudError.terminal("NotImplemented", "AWS run launch is not wired yet (src/cloud/aws/runs.ts)");
+  launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+    return launchRun(this.clientsFor(ctx), ctx, run);
   }
 
-  async describeRuns(_ctx: EnvContext, _runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
-    throw CloudError.terminal("NotImplemented", "AWS run description is not wired yet (src/cloud/aws/runs.ts)");
+  describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    return describeRuns(this.clientsFor(ctx), ctx, runs);
   }
 
-  async terminateRun(_ctx: EnvContext, _run: Run): Promise<void> {
-    throw CloudError.terminal("NotImplemented", "AWS run termination is not wired yet (src/cloud/aws/runs.ts)");
+  async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
+    await terminateRun(this.clientsFor(ctx), ctx, run);
   }
 
-  async readRunLog(_ctx: EnvContext, _run: Run, _from?: string): Promise<RunLogChunk> {
-    throw CloudError.terminal("NotImplemented", "AWS run logs are not wired yet (src/cloud/aws/runs.ts)");
+  readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+    return readRunLog(this.clientsFor(ctx), ctx, run, from);
+  }
+
+  sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
+    return sweepOrphans(this.clientsFor(ctx), ctx, liveRunUids);
   }
 }

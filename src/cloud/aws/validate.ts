@@ -33,7 +33,7 @@ import {
 } from "../../api/constants.js";
 import type { AwsEnvironment } from "../../api/types.js";
 import { CloudError } from "../provider.js";
-import { awsCall, awsErrorCode, type AwsClients } from "./clients.js";
+import { awsCall, awsErrorCode, hasAwsCode, type AwsClients } from "./clients.js";
 import { checkUserTags, parseIamArn } from "./iam.js";
 import { parseS3Url } from "./policy.js";
 
@@ -153,8 +153,7 @@ async function checkInstanceType(clients: AwsClients, spec: AwsEnvironment, arch
     );
     info = out.InstanceTypes?.find((t) => t.InstanceType === type);
   } catch (err) {
-    const code = awsErrorCode(err);
-    if (code !== "InvalidInstanceType" && !(err instanceof CloudError && err.kind === "NotFound")) throw err;
+    if (!hasAwsCode(err, "InvalidInstanceType") && !(err instanceof CloudError && err.kind === "NotFound")) throw err;
   }
   if (!info) throw invalid(`${field}: ${type} does not exist in ${spec.region}`);
   const archs = info.ProcessorInfo?.SupportedArchitectures ?? [];
