@@ -178,7 +178,10 @@ const AZURE_TAG_RULES: CelRule[] = [
 
 export const AwsEnvironmentSchema = Type.Object(
   {
-    region: StringEnum(SUPPORTED_AWS_REGIONS, {
+    // Typed as plain string (the contract's type); the enum is enforced at admission.
+    region: Type.Unsafe<string>({
+      type: "string",
+      enum: [...SUPPORTED_AWS_REGIONS],
       description: `AWS region to launch instances in. One of: ${SUPPORTED_AWS_REGIONS.join(", ")}. Immutable.`,
       [XV]: [immutable("aws.region", "create a new ComputeEnvironment to use another region")],
     }),
