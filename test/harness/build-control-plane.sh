@@ -22,6 +22,21 @@ if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/
 fi
 
 command -v go >/dev/null 2>&1 || die "Go is not installed (need Go >= 1.26 on PATH to build the control plane)."
+GO_MINOR=$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')
+[[ -n "$GO_MINOR" && "$GO_MINOR" -ge 26 ]] || die "Go >= 1.26 is needed to build the control plane, found: $(go version 2>&1)"
+
+# One build at a time (parallel test runs, a developer's `npm run cluster`): the others wait
+# and then find the binaries.
+mkdir -p "$OUT"
+exec 9>"$OUT/.build.lock"
+if ! flock -n 9; then
+  log "another build of $K8S_VERSION is running; waiting for it"
+  flock 9
+fi
+if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" && -x "$BIN/etcd" ]]; then
+  echo "$BIN"
+  exit 0
+fi
 
 [[ "$K8S_VERSION" =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "K8S_VERSION must look like v1.36.3, got '$K8S_VERSION'"
 MINOR="${BASH_REMATCH[1]}"
