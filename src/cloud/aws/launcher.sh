@@ -8,7 +8,8 @@
 #
 # Overrides for running it outside EC2 (tests, the sandbox). cloud-init runs user data as root
 # with none of these set, so production always uses the real paths:
-#   VMFORGE_ROOT        prefix of every path the script reads or writes (default: empty, i.e. /)
+#   VMFORGE_ROOT        prefix of every path the script reads or writes (default: empty, i.e. /);
+#                       when set, PATH is used as given (no system folders appended)
 #   VMFORGE_FLUSH_WAIT  seconds to give the log agent to ship the last lines (default: 15)
 #   VMFORGE_STOP_GRACE  seconds nextflow gets to stop after a signal before it is killed (default: 60)
 set -Eeuo pipefail
@@ -28,7 +29,12 @@ FLUSH_WAIT="${VMFORGE_FLUSH_WAIT:-15}"
 STOP_GRACE="${VMFORGE_STOP_GRACE:-60}"
 
 export HOME="${HOME:-/root}"
-export PATH="$STATE_DIR/bin:${PATH:-/usr/bin:/bin}:/usr/local/bin:/usr/sbin:/sbin"
+if [[ -z "$ROOT" ]]; then
+  export PATH="$STATE_DIR/bin:${PATH:-/usr/bin:/bin}:/usr/local/bin:/usr/sbin:/sbin"
+else
+  # Outside EC2 the caller's PATH decides which programs (stand-ins) are found.
+  export PATH="$STATE_DIR/bin:$PATH"
+fi
 export AWS_DEFAULT_REGION="$VMF_REGION"
 export NXF_HOME="$STATE_DIR/nextflow-home"
 export NXF_ANSI_LOG=false

@@ -271,7 +271,9 @@ export function renderUserData(input: RenderUserDataInput): string {
   const token = platformTokenSource(ce, input.platformToken);
   const args = nextflowArgs(ce, run);
   const lines = [
-    "# ---- settings rendered by the vmforge operator ----",
+    "# ---- settings rendered by the vmforge operator (literal values: nothing in them expands) ----",
+    "# shellcheck disable=SC2016",
+    "{",
     assign("VMF_RUN_UID", uid),
     assign("VMF_RUN_NAMESPACE", run.metadata.namespace ?? ""),
     assign("VMF_RUN_NAME", run.metadata.name ?? ""),
@@ -294,6 +296,7 @@ export function renderUserData(input: RenderUserDataInput): string {
     assign("VMF_TOKEN_REGION", token.kind === "ssm" || token.kind === "secretsmanager" ? token.region : ""),
     assign("VMF_TOKEN_INLINE", token.kind === "user-data" ? token.token : ""),
     `VMF_NXF_ARGS=(${args.map(shellQuote).join(" ")})`,
+    "}",
     "# ---- end of settings ----",
   ];
   const idx = LAUNCHER_TEMPLATE.indexOf(SETTINGS_MARKER);

@@ -1,0 +1,188 @@
+// Executes rendered launchers with bash under the stand-ins of test/fixtures/launcher/bin.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { ANNOTATION_PLATFORM_TOKEN_ARN, ANNOTATION_TOKEN_IN_USER_DATA, nextflowArgs, renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
+import { logStreamName, parseExitLine } from "../../../../src/cloud/aws/logs.js";
+import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
+import { nextflowArgv, runLauncher, sampleCe, sampleRun, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
+
+const results: LauncherRunResult[] = [];
+afterEach(() => {
+  for (const r of results.splice(0)) r.cleanup();
+});
+
+async function launch(ce: ComputeEnvironment, run: Run, opts: Parameters<typeof runLauncher>[1] = {}, platformToken?: string): Promise<LauncherRunResult> {
+  const script = renderUserData({ ce, run, envStatus: ce.status!.aws!, ...(platformToken ? { platformToken } : {}) });
+  const r = await runLauncher(script, opts);
+  results.push(r);
+  return r;
+}
+
+function s3Object(r: LauncherRunResult, uri: string): string | undefined {
+  const p = join(r.s3, uri.replace(/^s3:\/\//, ""));
+  return existsSync(p) ? readFileSync(p, "utf8") : undefined;
+}
+
+function lastLine(log: string): string {
+  return log.trimEnd().split("\n").pop() ?? "";
+}
+
+const RUN = sampleRun({ pipeline: { revision: "master", profiles: ["test", "docker"], resume: true, params: { greeting: "Bonjour" } } });
+const ARTIFACTS = runArtifactsUri(sampleCe(), RUN);
+
+describe("launcher script under test", () => {
+  it("success: runs the exact nextflow command, uploads the outcome, prints exit code 0 last and shuts down", async () => {
+    const r = await launch(sampleCe(), RUN, { nextflowExit: 0 });
+    expect(r.code, r.log).toBe(0);
+    expect(nextflowArgv(r)).toEqual([
+      "run",
+      "https://github.com/nextflow-io/hello",
+      "-r",
+      "master",
+      "-profile",
+      "test,docker",
+      "-params-file",
+      "params.json",
+      "-work-dir",
+      "s3://vmforge-work/pipelines",
+      "-resume",
+      "-name",
+      "hello-1",
+      "-c",
+      "nextflow.config",
+    ]);
+    expect(nextflowArgv(r)).toEqual(nextflowArgs(sampleCe(), RUN));
+    expect(readFileSync(join(r.record, "nextflow.cwd"), "utf8").trim()).toBe(r.launchDir);
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=0");
+    expect(parseExitLine(lastLine(r.log))).toBe(0);
+    expect(r.calls).toContain("shutdown -h now");
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("0\n");
+    expect(s3Object(r, `${ARTIFACTS}/nextflow.log`)).toContain("Execution complete");
+    expect(r.log).toContain("Hello world!");
+    // Inputs nextflow sees.
+    expect(JSON.parse(readFileSync(join(r.launchDir, "params.json"), "utf8"))).toEqual({ greeting: "Bonjour" });
+    const config = readFileSync(join(r.launchDir, "nextflow.config"), "utf8");
+    expect(config).toContain("wave.enabled = true");
+    expect(config).toContain("fusion.enabled = true");
+    expect(config).toContain("docker.enabled = true");
+    expect(config).toContain("process.executor = 'local'");
+    expect(config).toMatch(/executor \{\n {4}name = 'local'\n {4}cpus = \d+\n {4}memory = '\d+ MB'\n\}/);
+    // No token configured: none reaches nextflow.
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe("<unset>");
+  });
+
+  it("pipeline failure: exit code 3 is recorded, uploaded and the machine still shuts down", async () => {
+    const r = await launch(sampleCe(), RUN, { nextflowExit: 3 });
+    expect(r.code).toBe(3);
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=3");
+    expect(r.log).toContain("nextflow exited with code 3");
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("3\n");
+    expect(s3Object(r, `${ARTIFACTS}/nextflow.log`)).toBeDefined();
+  });
+
+  it("SIGTERM mid-run: nextflow is stopped, exit code 143 is recorded and the machine shuts down", async () => {
+    const r = await launch(sampleCe(), RUN, { signal: "SIGTERM" });
+    expect(r.code).toBe(143);
+    expect(r.log).toContain("received SIGTERM, stopping");
+    expect(r.log).toContain("Killing running tasks");
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=143");
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("143\n");
+    expect(s3Object(r, `${ARTIFACTS}/nextflow.log`)).toContain("Session aborted");
+  });
+
+  it("SIGINT mid-run ends the same way with 130", async () => {
+    const r = await launch(sampleCe(), RUN, { signal: "SIGINT" });
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=130");
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+  });
+
+  it("installs Docker and the CloudWatch agent with dnf when absent and configures the agent for the Run's stream", async () => {
+    const r = await launch(sampleCe(), RUN, { omit: ["docker", "agent"] });
+    expect(r.code, r.log).toBe(0);
+    expect(r.calls).toContain("dnf install -y amazon-cloudwatch-agent");
+    expect(r.calls).toContain("dnf install -y docker");
+    expect(r.calls).toContain("systemctl enable --now docker");
+    const agentIdx = r.calls.findIndex((c) => c.startsWith("amazon-cloudwatch-agent-ctl -a fetch-config -m ec2 -s -c file:"));
+    const nxfIdx = r.calls.findIndex((c) => c.startsWith("nextflow "));
+    expect(agentIdx).toBeGreaterThanOrEqual(0);
+    expect(agentIdx).toBeLessThan(nxfIdx);
+    const agent = JSON.parse(readFileSync(join(r.root, "opt/aws/amazon-cloudwatch-agent/etc/vmforge-agent.json"), "utf8")) as {
+      logs: { logs_collected: { files: { collect_list: { file_path: string; log_group_name: string; log_stream_name: string }[] } } };
+    };
+    const list = agent.logs.logs_collected.files.collect_list;
+    expect(list[0]).toEqual({ file_path: join(r.root, "var/log/vmforge/run.log"), log_group_name: "/vmforge/team-a/ce-a", log_stream_name: logStreamName(RUN) });
+    expect(list[1]?.file_path).toBe(join(r.launchDir, ".nextflow.log"));
+  });
+
+  it("a failing setup step still ends with the exit line, the upload and shutdown", async () => {
+    const r = await launch(sampleCe({ spec: { preRunScript: "echo preparing; exit 7" } }), RUN);
+    expect(r.code).toBe(7);
+    expect(r.log).toContain("preparing");
+    expect(r.log).toMatch(/launcher step failed with exit code 7/);
+    expect(r.calls.some((c) => c.startsWith("nextflow "))).toBe(false);
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=7");
+    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("7\n");
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+  });
+
+  it("runs pre- and post-run scripts around the pipeline; a failing post-run script keeps the pipeline's code", async () => {
+    const ce = sampleCe({ spec: { preRunScript: "echo PRE-RAN > pre.txt", postRunScript: "echo \"POST-RAN $NXF_EXIT_STATUS\"; exit 9" } });
+    const r = await launch(ce, RUN, { nextflowExit: 0 });
+    expect(readFileSync(join(r.launchDir, "pre.txt"), "utf8")).toBe("PRE-RAN\n");
+    expect(r.log).toContain("POST-RAN 0");
+    expect(r.log).toContain("the post-run script failed with exit code 9");
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=0");
+  });
+
+  it("hostile spec values reach nextflow, its config and params verbatim and run nothing", async () => {
+    const canary = "/tmp/vmforge-canary-should-not-exist";
+    const evil = `it's "quoted" $(touch ${canary}) \`touch ${canary}\` \${HOME}\nnew line; touch ${canary}`;
+    const run = sampleRun({ pipeline: { params: { evil, nested: { list: [evil] } }, config: `params.note = 'x' // ${evil}`, profiles: ["a-b", "c.d"] } });
+    const ce = sampleCe({ spec: { nextflowConfig: `// ${evil}` } });
+    const r = await launch(ce, run);
+    expect(r.code, r.log).toBe(0);
+    expect(existsSync(canary)).toBe(false);
+    expect(JSON.parse(readFileSync(join(r.launchDir, "params.json"), "utf8"))).toEqual({ evil, nested: { list: [evil] } });
+    const config = readFileSync(join(r.launchDir, "nextflow.config"), "utf8");
+    expect(config).toContain(`// ${evil}\n`);
+    expect(config).toContain(`params.note = 'x' // ${evil}\n`);
+    expect(nextflowArgv(r)).toContain("a-b,c.d");
+  });
+
+  it("SSM token: read at boot with the instance role, handed to nextflow in its environment only", async () => {
+    const token = "tok-from-ssm-9f8e7d";
+    const arn = "arn:aws:ssm:eu-west-1:123456789012:parameter/vmforge/token";
+    const ce = sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: arn } });
+    const r = await launch(ce, RUN, { env: { STANDIN_SSM_VALUE: token } });
+    expect(r.code, r.log).toBe(0);
+    expect(r.calls).toContain(`aws ssm get-parameter --region eu-west-1 --name ${arn} --with-decryption --query Parameter.Value --output text`);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(nextflowArgv(r).join(" ")).not.toContain(token);
+    expect(r.log).not.toContain(token);
+    expect(readFileSync(join(r.launchDir, "nextflow.config"), "utf8")).not.toContain(token);
+  });
+
+  it("opted-in user-data token: reaches nextflow's environment, never its argv or the log", async () => {
+    const token = "tok-inline-1a2b3c";
+    const ce = sampleCe({ annotations: { [ANNOTATION_TOKEN_IN_USER_DATA]: "true" }, spec: { platformTokenSecretRef: { name: "tower" } } });
+    const r = await launch(ce, RUN, {}, token);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(nextflowArgv(r).join(" ")).not.toContain(token);
+    expect(r.log).not.toContain(token);
+    expect(r.calls.join("\n")).not.toContain(token);
+  });
+
+  it("caller-supplied instance size sets the executor (less a reserve for the system)", async () => {
+    const ce = sampleCe();
+    const script = renderUserData({ ce, run: RUN, envStatus: ce.status!.aws!, resources: { vcpus: 4, memoryMiB: 16384 } });
+    const r = await runLauncher(script);
+    results.push(r);
+    const config = readFileSync(join(r.launchDir, "nextflow.config"), "utf8");
+    expect(config).toContain("cpus = 4");
+    expect(config).toContain(`memory = '${16384 - 1638} MB'`);
+  });
+});
