@@ -315,6 +315,17 @@ describe("valid manifests are accepted with defaults applied", () => {
     });
   });
 
+  it("lets clients select Runs by ComputeEnvironment and environments by provider (selectableFields)", async () => {
+    const runs = await api("GET", `${collection(ns, "Run")}?fieldSelector=spec.computeEnvironmentRef.name%3Daws-full`);
+    expect(runs.status, describeReply(runs)).toBe(200);
+    expect((runs.body.items as Manifest[]).map((r) => r.metadata.name)).toEqual(["rnaseq"]);
+    const azure = await api("GET", `${collection(ns, "ComputeEnvironment")}?fieldSelector=spec.provider%3Dazure`);
+    expect(azure.status, describeReply(azure)).toBe(200);
+    const items = azure.body.items as Manifest[];
+    expect(items.map((r) => r.metadata.name)).toContain("azure");
+    expect(items.map((r) => r.spec.provider)).toEqual(items.map(() => "azure"));
+  });
+
   it("prints useful columns for kubectl get", async () => {
     const table = "application/json;as=Table;v=v1;g=meta.k8s.io";
     const ce = await api("GET", collection(ns, "ComputeEnvironment"), undefined, undefined, table);
