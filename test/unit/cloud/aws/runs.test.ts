@@ -1,0 +1,401 @@
+// runs.ts against recording stand-in clients (request shapes, batching, retries, ownership).
+import { describe, expect, it } from "vitest";
+import type { Instance, RunInstancesCommandInput } from "@aws-sdk/client-ec2";
+import {
+  FILTER_VALUES_MAX,
+  TAG_ARTIFACTS,
+  TAG_LOG_GROUP,
+  TAG_RUN_UID,
+  describeRuns,
+  launchRun,
+  pickSubnet,
+  readRunLog,
+  runInstancesInput,
+  sweepOrphans,
+  terminateRun,
+  type RunClients,
+} from "../../../../src/cloud/aws/runs.js";
+import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
+import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
+import { createLogger } from "../../../../src/engine/logger.js";
+import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
+import { sampleCe, sampleRun } from "../../../fixtures/launcher/harness.js";
+
+interface Call {
+  name: string;
+  input: Record<string, unknown>;
+}
+type Handler = (name: string, input: Record<string, unknown>) => unknown;
+
+class AwsError extends Error {
+  constructor(
+    name: string,
+    message: string,
+    readonly $metadata = { httpStatusCode: 400 },
+  ) {
+    super(message);
+    this.name = name;
+  }
+}
+
+function fakeClients(handler: Handler): { clients: RunClients; calls: Call[] } {
+  const calls: Call[] = [];
+  const client = {
+    send: async (cmd: { constructor: { name: string }; input: Record<string, unknown> }) => {
+      const name = cmd.constructor.name.replace(/Command$/, "");
+      calls.push({ name, input: cmd.input });
+      return handler(name, cmd.input);
+    },
+  };
+  return { clients: { ec2: client, logs: client, s3: client } as unknown as RunClients, calls };
+}
+
+function ctxFor(ce: ComputeEnvironment): EnvContext {
+  return { ce, credentials: { source: "ambient", data: {} }, logger: createLogger({ level: "silent" }) };
+}
+
+function instanceFor(run: Run, ce: ComputeEnvironment, over: Partial<Instance> = {}, extraTags: Record<string, string> = {}): Instance {
+  const input = runInstancesInput(ce, run, "#!/bin/bash\n");
+  const tags = [...(input.TagSpecifications?.[0]?.Tags ?? [])];
+  for (const [Key, Value] of Object.entries(extraTags)) {
+    const i = tags.findIndex((t) => t.Key === Key);
+    if (i >= 0) tags[i] = { Key, Value };
+    else tags.push({ Key, Value });
+  }
+  return {
+    InstanceId: `i-${(run.metadata.uid ?? "").replace(/-/g, "").slice(0, 17)}`,
+    InstanceType: "m6i.large",
+    State: { Name: "running", Code: 16 },
+    LaunchTime: new Date("2025-11-25T00:00:00Z"),
+    Placement: { AvailabilityZone: "eu-west-1a" },
+    PrivateIpAddress: "10.0.0.5",
+    Tags: tags,
+    ...over,
+  };
+}
+
+function uidN(n: number): string {
+  return `00000000-0000-0000-0000-${String(n).padStart(12, "0")}`;
+}
+
+const CE = sampleCe({ aws: { keyPair: "my-key", bootDiskSizeGiB: 80, tags: { team: "genomics", "vmforge.dev/run-uid": "spoof", Name: "mine" } } });
+
+describe("RunInstances request", () => {
+  it("has the idempotency token, profile, network, disk, IMDSv2, shutdown behaviour, tags and user data", () => {
+    const run = sampleRun();
+    const ud = renderUserData({ ce: CE, run, envStatus: CE.status!.aws! });
+    const input = runInstancesInput(CE, run, ud);
+    expect(input).toMatchObject({
+      ClientToken: run.metadata.uid,
+      MinCount: 1,
+      MaxCount: 1,
+      ImageId: "ami-0123456789abcdef0",
+      InstanceType: "m6i.large",
+      IamInstanceProfile: { Arn: CE.status!.aws!.instanceProfileArn },
+      SecurityGroupIds: ["sg-1111"],
+      KeyName: "my-key",
+      BlockDeviceMappings: [{ DeviceName: "/dev/xvda", Ebs: { VolumeSize: 80, VolumeType: "gp3", DeleteOnTermination: true } }],
+      MetadataOptions: { HttpTokens: "required", HttpEndpoint: "enabled" },
+      InstanceInitiatedShutdownBehavior: "terminate",
+    } satisfies Partial<RunInstancesCommandInput>);
+    expect(input.InstanceMarketOptions).toBeUndefined();
+    expect(CE.status!.aws!.subnetIds).toContain(input.SubnetId);
+    expect(Buffer.from(input.UserData ?? "", "base64").toString("utf8")).toBe(ud);
+    const [inst, vol] = input.TagSpecifications ?? [];
+    expect(inst?.ResourceType).toBe("instance");
+    expect(vol?.ResourceType).toBe("volume");
+    expect(vol?.Tags).toEqual(inst?.Tags);
+    const tags = Object.fromEntries((inst?.Tags ?? []).map((t) => [t.Key, t.Value]));
+    expect(tags).toMatchObject({
+      "vmforge.dev/run-uid": run.metadata.uid,
+      "vmforge.dev/ce-uid": CE.metadata.uid,
+      "vmforge.dev/namespace": "team-a",
+      "vmforge.dev/run-name": "hello-1",
+      "vmforge.dev/ce-name": "ce-a",
+      "vmforge.dev/managed-by": "vmforge",
+      team: "genomics",
+      Name: "mine",
+      [TAG_LOG_GROUP]: "/vmforge/team-a/ce-a",
+      [TAG_ARTIFACTS]: `s3://vmforge-work/pipelines/.vmforge/runs/${run.metadata.uid}`,
+    });
+  });
+
+  it("Run overrides: Spot (one-time, terminate), instance type and disk size", () => {
+    const run = sampleRun({ overrides: { spot: true, instanceType: "c6i.2xlarge", bootDiskSizeGiB: 200 } });
+    const input = runInstancesInput(CE, run, "x");
+    expect(input.InstanceMarketOptions).toEqual({ MarketType: "spot", SpotOptions: { SpotInstanceType: "one-time", InstanceInterruptionBehavior: "terminate" } });
+    expect(input.InstanceType).toBe("c6i.2xlarge");
+    expect(input.BlockDeviceMappings?.[0]?.Ebs?.VolumeSize).toBe(200);
+  });
+
+  it("defaults the disk to 50 GiB and omits unset key pair and security groups", () => {
+    const ce = sampleCe();
+    ce.status!.aws!.securityGroupIds = [];
+    const input = runInstancesInput(ce, sampleRun(), "x");
+    expect(input.BlockDeviceMappings?.[0]?.Ebs?.VolumeSize).toBe(50);
+    expect(input.KeyName).toBeUndefined();
+    expect(input.SecurityGroupIds).toBeUndefined();
+  });
+
+  it("picks subnets deterministically and spreads Runs over them", () => {
+    const subnets = ["a", "b", "c"];
+    expect(pickSubnet(subnets, uidN(1))).toBe(pickSubnet(subnets, uidN(1)));
+    const used = new Set(Array.from({ length: 60 }, (_, i) => pickSubnet(subnets, uidN(i))));
+    expect(used).toEqual(new Set(subnets));
+  });
+
+  it("is Retryable while the CE has not recorded its instance profile", () => {
+    const ce = sampleCe();
+    delete ce.status!.aws!.instanceProfileArn;
+    expect(() => runInstancesInput(ce, sampleRun(), "x")).toThrow(expect.objectContaining({ kind: "Retryable", reason: "EnvironmentNotReady" }));
+  });
+});
+
+describe("launchRun", () => {
+  it("returns the Run's existing instance without calling RunInstances", async () => {
+    const run = sampleRun();
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, CE)] }] };
+      throw new Error(`unexpected ${name}`);
+    });
+    const d = await launchRun(clients, ctxFor(CE), run);
+    expect(d.instanceId).toBe(instanceFor(run, CE).InstanceId);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+    expect(calls[0]?.input.Filters).toEqual([{ Name: `tag:${TAG_RUN_UID}`, Values: [run.metadata.uid] }]);
+  });
+
+  it("retries the instance-profile propagation error with bounded backoff, then succeeds", async () => {
+    const run = sampleRun();
+    let tries = 0;
+    const slept: number[] = [];
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "RunInstances") {
+        tries++;
+        if (tries < 3) throw new AwsError("InvalidParameterValue", "Value (arn:aws:iam::1:instance-profile/TowerForge-x) for parameter iamInstanceProfile.arn is invalid. Invalid IAM Instance Profile ARN");
+        return { Instances: [instanceFor(run, CE, { State: { Name: "pending", Code: 0 } })] };
+      }
+      throw new Error(name);
+    });
+    const d = await launchRun(clients, ctxFor(CE), run, { sleep: async (ms) => void slept.push(ms) });
+    expect(d.state).toBe("pending");
+    expect(d.log).toEqual({ provider: "cloudwatch", group: "/vmforge/team-a/ce-a", stream: "team-a/hello-1/0f1e2d3c" });
+    expect(slept).toEqual([2000, 4000]);
+    expect(calls.filter((c) => c.name === "RunInstances").every((c) => c.input.ClientToken === run.metadata.uid)).toBe(true);
+  });
+
+  it("gives up after five tries with a Retryable error", async () => {
+    const slept: number[] = [];
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      throw new AwsError("InvalidParameterValue", "Invalid IAM Instance Profile name");
+    });
+    const err = await launchRun(clients, ctxFor(CE), sampleRun(), { sleep: async (ms) => void slept.push(ms) }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CloudError);
+    expect(err).toMatchObject({ kind: "Retryable", reason: "InstanceProfileNotPropagated" });
+    expect(calls.filter((c) => c.name === "RunInstances")).toHaveLength(5);
+    expect(slept).toEqual([2000, 4000, 8000, 8000]);
+  });
+
+  it("other invalid parameters are Terminal at once", async () => {
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      throw new AwsError("InvalidParameterValue", "Invalid value 'foo' for instanceType");
+    });
+    const err = await launchRun(clients, ctxFor(CE), sampleRun(), { sleep: async () => undefined }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: "Terminal" });
+    expect(calls.filter((c) => c.name === "RunInstances")).toHaveLength(1);
+  });
+
+  it("IdempotentParameterMismatch finds the earlier launch", async () => {
+    const run = sampleRun();
+    let described = 0;
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: described++ === 0 ? [] : [{ Instances: [instanceFor(run, CE)] }] };
+      throw new AwsError("IdempotentParameterMismatch", "token reused with other parameters");
+    });
+    const d = await launchRun(clients, ctxFor(CE), run);
+    expect(d.instanceId).toBe(instanceFor(run, CE).InstanceId);
+  });
+
+  it("capacity shortages are Retryable", async () => {
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      throw new AwsError("InsufficientInstanceCapacity", "We currently do not have sufficient capacity");
+    });
+    await expect(launchRun(clients, ctxFor(CE), sampleRun())).rejects.toMatchObject({ kind: "Retryable", reason: "InsufficientCapacity" });
+  });
+});
+
+/** The part of an S3 object body that runs.ts uses. */
+function body(text: string): unknown {
+  return { transformToString: async () => text };
+}
+
+describe("describeRuns", () => {
+  it("uses one DescribeInstances per 200 Runs, whatever their number", async () => {
+    const runs = Array.from({ length: 450 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i) }));
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name !== "DescribeInstances") throw new Error(name);
+      const values = (input.Filters as { Values: string[] }[])[0]?.Values ?? [];
+      return { Reservations: [{ Instances: values.map((uid) => instanceFor(runs.find((r) => r.metadata.uid === uid)!, CE)) }] };
+    });
+    const result = await describeRuns(clients, ctxFor(CE), runs);
+    const describes = calls.filter((c) => c.name === "DescribeInstances");
+    expect(describes).toHaveLength(3);
+    for (const c of describes) expect(((c.input.Filters as { Values: string[] }[])[0]?.Values ?? []).length).toBeLessThanOrEqual(FILTER_VALUES_MAX);
+    expect(result.size).toBe(450);
+    expect([...result.values()].every((d) => d?.state === "running")).toBe(true);
+    expect(calls).toHaveLength(3); // running machines: no exit-code look-ups
+  });
+
+  it("maps states, instance details and a missing machine", async () => {
+    const a = sampleRun({ name: "a", uid: uidN(1) });
+    const b = sampleRun({ name: "b", uid: uidN(2) });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(a, CE, { State: { Name: "pending", Code: 0 }, InstanceLifecycle: "spot" })] }] };
+      throw new Error(name);
+    });
+    const result = await describeRuns(clients, ctxFor(CE), [a, b]);
+    expect(result.get(uidN(2))).toBeUndefined();
+    expect(result.has(uidN(2))).toBe(true);
+    expect(result.get(uidN(1))).toEqual({
+      instanceId: instanceFor(a, CE).InstanceId,
+      state: "pending",
+      launchedAt: "2025-11-25T00:00:00.000Z",
+      instance: { id: instanceFor(a, CE).InstanceId, type: "m6i.large", zone: "eu-west-1a", privateIp: "10.0.0.5", spot: true, state: "pending" },
+      log: { provider: "cloudwatch", group: "/vmforge/team-a/ce-a", stream: "team-a/a/00000000" },
+    });
+  });
+
+  it("reads the exit code of an ended machine from its log, in the log group its tags name", async () => {
+    const run = sampleRun();
+    const other = sampleCe();
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, CE, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "Hello world!" }, { message: "VMFORGE_EXIT_CODE=3" }], nextForwardToken: "f/1" };
+      throw new Error(name);
+    });
+    // Described through another CE's context: the location comes from the tags.
+    const result = await describeRuns(clients, ctxFor({ ...other, status: { aws: { ...other.status!.aws!, logGroup: "/elsewhere" } } }), [run]);
+    expect(result.get(run.metadata.uid!)?.exitCode).toBe(3);
+    const get = calls.find((c) => c.name === "GetLogEvents");
+    expect(get?.input).toMatchObject({ logGroupName: "/vmforge/team-a/ce-a", logStreamName: "team-a/hello-1/0f1e2d3c", startFromHead: false });
+  });
+
+  it("falls back to the uploaded exit-status object, and reports a Spot interruption", async () => {
+    const run = sampleRun();
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") {
+        return {
+          Reservations: [
+            {
+              Instances: [
+                instanceFor(run, CE, {
+                  State: { Name: "shutting-down", Code: 32 },
+                  StateReason: { Code: "Server.SpotInstanceTermination", Message: "Server.SpotInstanceTermination: Spot instance termination" },
+                }),
+              ],
+            },
+          ],
+        };
+      }
+      if (name === "GetLogEvents") throw new AwsError("ResourceNotFoundException", "The specified log stream does not exist.");
+      if (name === "GetObject") return { Body: body("0\n") };
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d?.exitCode).toBe(0);
+    expect(d?.stateReason).toBe("Spot interruption: Server.SpotInstanceTermination: Spot instance termination");
+    expect(calls.find((c) => c.name === "GetObject")?.input).toEqual({
+      Bucket: "vmforge-work",
+      Key: `pipelines/.vmforge/runs/${run.metadata.uid}/exit-status`,
+    });
+  });
+
+  it("no exit code anywhere (S3 answers AccessDenied for a missing key without ListBucket) leaves it unset", async () => {
+    const run = sampleRun();
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, CE, { State: { Name: "terminated", Code: 48 }, StateReason: { Code: "Client.UserInitiatedShutdown", Message: "Client.UserInitiatedShutdown: User initiated shutdown" } })] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "starting" }], nextForwardToken: "f/0" };
+      if (name === "GetObject") throw new AwsError("AccessDenied", "Access Denied", { httpStatusCode: 403 });
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d?.exitCode).toBeUndefined();
+    expect(d?.stateReason).toBe("Client.UserInitiatedShutdown: User initiated shutdown");
+  });
+});
+
+describe("terminateRun and sweepOrphans", () => {
+  it("terminates only instances whose tags say they are this Run's", async () => {
+    const run = sampleRun();
+    const mine = instanceFor(run, CE);
+    const spoofed = instanceFor(run, CE, { InstanceId: "i-spoofed" }, { "vmforge.dev/managed-by": "someone-else" });
+    const gone = instanceFor(run, CE, { InstanceId: "i-gone", State: { Name: "terminated", Code: 48 } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [mine, spoofed, gone] }] };
+      if (name === "TerminateInstances") return {};
+      throw new Error(name);
+    });
+    expect(await terminateRun(clients, ctxFor(CE), run)).toEqual([mine.InstanceId]);
+    expect(calls.find((c) => c.name === "TerminateInstances")?.input).toEqual({ InstanceIds: [mine.InstanceId] });
+  });
+
+  it("no machine counts as done", async () => {
+    const { clients, calls } = fakeClients(() => ({ Reservations: [] }));
+    expect(await terminateRun(clients, ctxFor(CE), sampleRun())).toEqual([]);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+  });
+
+  it("sweeps this CE's machines whose Run is gone", async () => {
+    const live = sampleRun({ name: "live", uid: uidN(1) });
+    const dead = sampleRun({ name: "dead", uid: uidN(2) });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(live, CE), instanceFor(dead, CE)] }] };
+      if (name === "TerminateInstances") return {};
+      throw new Error(name);
+    });
+    const swept = await sweepOrphans(clients, ctxFor(CE), new Set([uidN(1)]));
+    expect(swept).toEqual([instanceFor(dead, CE).InstanceId]);
+    expect(calls[0]?.input.Filters).toEqual([
+      { Name: "tag:vmforge.dev/ce-uid", Values: [CE.metadata.uid] },
+      { Name: "tag:vmforge.dev/managed-by", Values: ["vmforge"] },
+      { Name: "instance-state-name", Values: ["pending", "running", "stopping", "stopped"] },
+    ]);
+  });
+});
+
+describe("readRunLog", () => {
+  it("follows forward tokens until one repeats and resumes from the cursor", async () => {
+    const pages: Record<string, { events: { message: string }[]; nextForwardToken: string }> = {
+      start: { events: [{ message: "line 1\n" }, { message: "line 2" }], nextForwardToken: "t1" },
+      t1: { events: [{ message: "line 3" }], nextForwardToken: "t2" },
+      t2: { events: [], nextForwardToken: "t2" },
+    };
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name !== "GetLogEvents") throw new Error(name);
+      return pages[(input.nextToken as string | undefined) ?? "start"];
+    });
+    const chunk = await readRunLog(clients, ctxFor(CE), sampleRun());
+    expect(chunk).toEqual({ lines: ["line 1", "line 2", "line 3"], next: "t2" });
+    expect(calls[0]?.input).toEqual({ logGroupName: "/vmforge/team-a/ce-a", logStreamName: "team-a/hello-1/0f1e2d3c", startFromHead: true });
+    const again = await readRunLog(clients, ctxFor(CE), sampleRun(), "t2");
+    expect(again).toEqual({ lines: [], next: "t2" });
+  });
+
+  it("a stream that does not exist yet gives an empty chunk without a cursor", async () => {
+    const { clients } = fakeClients(() => {
+      throw new AwsError("ResourceNotFoundException", "The specified log stream does not exist.");
+    });
+    expect(await readRunLog(clients, ctxFor(CE), sampleRun())).toEqual({ lines: [] });
+  });
+
+  it("bounds the pages read per call", async () => {
+    let n = 0;
+    const { clients, calls } = fakeClients(() => ({ events: [{ message: `l${n}` }], nextForwardToken: `t${++n}` }));
+    const chunk = await readRunLog(clients, ctxFor(CE), sampleRun(), undefined, { maxPages: 4 });
+    expect(calls).toHaveLength(4);
+    expect(chunk.next).toBe("t4");
+  });
+});
