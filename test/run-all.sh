@@ -30,6 +30,12 @@ export VMFORGE_TEST_RUN_ID="$RUN_ID"
 RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vmforge-test-run.XXXXXX")
 export TMPDIR="$RUN_TMP"
 
+# Component logs (etcd, kube-apiserver, kube-controller-manager, moto) of this run are kept here,
+# outside the work tree, until the next run.
+CACHE="${VMFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmforge}"
+export VMFORGE_KEEP_LOGS="$CACHE/logs/last-run"
+rm -rf "$VMFORGE_KEEP_LOGS"
+
 status_before=$(git status --porcelain --untracked-files=all 2>/dev/null)
 
 declare -a SUMMARY=()
@@ -73,7 +79,10 @@ step typecheck tsc -p tsconfig.json --noEmit
 step lint eslint .
 step unit vitest run --project unit --reporter=default --reporter=json --outputFile.json="$RUN_TMP/unit.json"
 if [[ $prepared -eq 1 ]]; then
-  step integration vitest run --project integration --reporter=default --reporter=json --outputFile.json="$RUN_TMP/integration.json"
+  if ! step integration vitest run --project integration --reporter=default --reporter=json --outputFile.json="$RUN_TMP/integration.json" \
+    && [[ -d "$VMFORGE_KEEP_LOGS" ]]; then
+    say "server logs of the integration run are kept in $VMFORGE_KEEP_LOGS"
+  fi
 else
   skip integration "prepare failed"
 fi

@@ -8,7 +8,7 @@ import { stringify } from "yaml";
 import { createClientCert, createClusterPki } from "./certs.js";
 import { KubeHttp } from "./kube-http.js";
 import { ensureControlPlane, KUBERNETES_VERSION } from "./paths.js";
-import { freePorts, registerTempDir, spawnSupervised, unregisterTempDir, waitFor, type Supervised } from "./process.js";
+import { freePorts, keepLogs, registerTempDir, spawnSupervised, unregisterTempDir, waitFor, type Supervised } from "./process.js";
 
 export { KUBERNETES_VERSION };
 
@@ -116,6 +116,7 @@ export async function startCluster(opts: ClusterOptions = {}): Promise<Cluster> 
     stopped ??= (async () => {
       // Reverse start order: controller-manager, apiserver, etcd.
       for (const p of [...procs].reverse()) await p.stop(10_000);
+      await keepLogs(dir);
       await rm(dir, { recursive: true, force: true });
       unregisterTempDir(dir);
     })();

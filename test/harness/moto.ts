@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureMotoVenv, MOTO_VERSION } from "./paths.js";
-import { freePort, registerTempDir, spawnSupervised, unregisterTempDir, waitFor } from "./process.js";
+import { freePort, keepLogs, registerTempDir, spawnSupervised, unregisterTempDir, waitFor } from "./process.js";
 
 export { MOTO_VERSION };
 
@@ -63,6 +63,7 @@ export async function startMoto(opts: MotoOptions = {}): Promise<Moto> {
   const stop = (): Promise<void> => {
     stopped ??= (async () => {
       await proc.stop(5_000);
+      await keepLogs(dir);
       await rm(dir, { recursive: true, force: true });
       unregisterTempDir(dir);
     })();

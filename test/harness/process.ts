@@ -9,7 +9,9 @@
 //    changed, terminates the server and removes the temp folder itself.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
+import { copyFile, mkdir, readdir } from "node:fs/promises";
 import { createServer } from "node:net";
+import { basename, join } from "node:path";
 
 // $1 = pid of the Node process, $2 = folder to remove when orphaned ("" for none), $3... = command.
 // /proc/$$/stat field 4 is our current parent pid; it changes when the Node process dies.
@@ -225,5 +227,24 @@ export async function waitFor<T>(
       throw new Error(`timed out after ${opts.timeoutMs}ms waiting for ${what}${lastErr ? ` (last error: ${lastErr})` : ""}${tail}`);
     }
     await sleep(opts.intervalMs ?? 250);
+  }
+}
+
+/**
+ * When VMFORGE_KEEP_LOGS names a folder, copies the *.log files of a harness temp folder into
+ * <VMFORGE_KEEP_LOGS>/<temp folder name>/ before the temp folder is removed (test/run-all.sh sets
+ * it, so component logs of a failed run can be read afterwards).
+ */
+export async function keepLogs(dir: string): Promise<void> {
+  const target = process.env.VMFORGE_KEEP_LOGS;
+  if (!target) return;
+  try {
+    const logs = (await readdir(dir)).filter((f) => f.endsWith(".log"));
+    if (logs.length === 0) return;
+    const dest = join(target, basename(dir));
+    await mkdir(dest, { recursive: true });
+    await Promise.all(logs.map((f) => copyFile(join(dir, f), join(dest, f))));
+  } catch {
+    // best effort: logs are a debugging aid
   }
 }
