@@ -2,12 +2,14 @@
 import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, DeleteLogGroupCommand, GetLogEventsCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { DescribeImagesCommand, DescribeInstancesCommand, EC2Client, RunInstancesCommand, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
 import {
-  AddRoleToInstanceProfileCommand, CreateInstanceProfileCommand, CreateRoleCommand, DeleteInstanceProfileCommand, DeleteRoleCommand,
-  GetInstanceProfileCommand, GetRoleCommand, IAMClient, RemoveRoleFromInstanceProfileCommand,
+  AddRoleToInstanceProfileCommand, CreateAccessKeyCommand, CreateInstanceProfileCommand, CreateRoleCommand, CreateUserCommand,
+  DeleteInstanceProfileCommand, DeleteRoleCommand, GetInstanceProfileCommand, GetRoleCommand, IAMClient, ListRolesCommand,
+  PutUserPolicyCommand, RemoveRoleFromInstanceProfileCommand,
 } from "@aws-sdk/client-iam";
 import { GetCallerIdentityCommand, STSClient } from "@aws-sdk/client-sts";
 import { beforeAll, describe, expect, it } from "vitest";
 import { awsTestConfig, motoEndpoint, motoReset, randomSuffix } from "../harness/helpers.js";
+import { startMoto } from "../harness/moto.js";
 
 describe("moto (AWS emulator)", () => {
   beforeAll(async () => {
@@ -101,5 +103,31 @@ describe("moto (AWS emulator)", () => {
     await iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: name }));
     await motoReset();
     await expect(iam.send(new GetInstanceProfileCommand({ InstanceProfileName: name }))).rejects.toMatchObject({ name: "NoSuchEntityException" });
+  });
+
+  it("can run a separate moto that enforces IAM policies (for least-privilege tests)", async () => {
+    // The first three requests are unauthenticated (set-up); everything after is checked against IAM.
+    const moto = await startMoto({ env: { INITIAL_NO_AUTH_ACTION_COUNT: "3" } });
+    try {
+      const base = { ...awsTestConfig(), endpoint: moto.endpoint };
+      const setup = new IAMClient(base);
+      await setup.send(new CreateUserCommand({ UserName: "limited" }));
+      const key = (await setup.send(new CreateAccessKeyCommand({ UserName: "limited" }))).AccessKey!;
+      const policy = { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "iam:ListRoles", Resource: "*" }] };
+      await setup.send(new PutUserPolicyCommand({ UserName: "limited", PolicyName: "list-roles", PolicyDocument: JSON.stringify(policy) }));
+
+      // From now on the placeholder credentials are unknown to the emulated account ...
+      await expect(setup.send(new ListRolesCommand({}))).rejects.toMatchObject({ name: "InvalidClientTokenId" });
+      // ... and the user may do exactly what its policy allows.
+      const limited = new IAMClient({ ...base, credentials: { accessKeyId: key.AccessKeyId!, secretAccessKey: key.SecretAccessKey! } });
+      expect((await limited.send(new ListRolesCommand({}))).Roles).toEqual([]);
+      const trust = { Version: "2012-10-17", Statement: [{ Effect: "Allow", Principal: { Service: "ec2.amazonaws.com" }, Action: "sts:AssumeRole" }] };
+      await expect(limited.send(new CreateRoleCommand({ RoleName: "nope", AssumeRolePolicyDocument: JSON.stringify(trust) }))).rejects.toMatchObject({ name: "AccessDenied" });
+
+      // The shared moto server is unaffected: it still accepts the placeholder credentials.
+      await new IAMClient(awsTestConfig()).send(new ListRolesCommand({}));
+    } finally {
+      await moto.stop();
+    }
   });
 });
