@@ -4,10 +4,11 @@
  * The operator holds only the seed's permissions, so the design works around what it may NOT do:
  * - no iam:GetInstanceProfile / ListInstanceProfilesForRole: the profile cannot be read. After the
  *   profile is created and the role added to it, the role gets the tag
- *   `vmforge.dev/instance-profile=<name>`; observe trusts that marker. Provision always re-runs the
- *   two idempotent profile steps (CreateInstanceProfile answers EntityAlreadyExists,
- *   AddRoleToInstanceProfile answers LimitExceeded when the profile already holds a role), so a
- *   profile deleted by hand is recreated on the next provision.
+ *   `vmforge.dev/instance-profile=<name>`; observe trusts that marker. Provision always calls
+ *   CreateInstanceProfile (EntityAlreadyExists means it is there), so a profile deleted by hand is
+ *   recreated on the next provision; AddRoleToInstanceProfile runs when the profile is new or the
+ *   marker is missing (LimitExceeded means the profile already holds a role: ours, since the name
+ *   is derived from this CE's UID and the role carries our tag).
  * - no iam:GetRolePolicy: the inline policy cannot be read back. The sha256 of the normalised
  *   policy applied last is kept in the role tag `vmforge.dev/policy-sha256`; PutRolePolicy runs
  *   only when the wanted policy's hash differs.
@@ -366,14 +367,19 @@ export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logg
   } catch (err) {
     if (!hasAwsCode(err, "EntityAlreadyExists")) throw err;
   }
-  try {
-    await awsCall("iam:AddRoleToInstanceProfile", () =>
-      iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: d.roleName, RoleName: d.roleName })),
-    );
-  } catch (err) {
-    // LimitExceeded: the profile already holds a role (one per profile). The name is derived from
-    // this CE's UID and the role is ours, so it is our role from an earlier attempt.
-    if (!hasAwsCode(err, "LimitExceeded")) throw err;
+  // A profile that existed already and that the marker tag says holds our role needs nothing more.
+  // (The SDK retries IAM's LimitExceededException like throttling, so an unneeded
+  // AddRoleToInstanceProfile would cost three attempts with back-off each time.)
+  if (createdProfile || f.tags[TAG_PROFILE] !== d.roleName) {
+    try {
+      await awsCall("iam:AddRoleToInstanceProfile", () =>
+        iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: d.roleName, RoleName: d.roleName })),
+      );
+    } catch (err) {
+      // LimitExceeded: the profile already holds a role (one per profile). The name is derived from
+      // this CE's UID and the role is ours, so it is our role from an earlier attempt.
+      if (!hasAwsCode(err, "LimitExceeded")) throw err;
+    }
   }
   if (!createdProfile && Object.keys(a.tagDiff).length > 0) {
     await awsCall("iam:TagInstanceProfile", () =>
@@ -426,14 +432,16 @@ export async function disposeIam(
   const result: IamDisposeResult = { deleted: [], notes: [] };
   const role = await getRole(clients, name);
 
-  const deleteProfile = async (): Promise<void> => {
+  const deleteProfile = async (removeFailure?: CloudError): Promise<void> => {
     try {
       if (await ignoreNotFound(awsCall("iam:DeleteInstanceProfile", () => iam.send(new DeleteInstanceProfileCommand({ InstanceProfileName: name }))))) {
         result.deleted.push(`instance profile ${name}`);
       }
     } catch (err) {
       if (!hasAwsCode(err, "DeleteConflict")) throw err;
-      // It still holds a role that is not ours (ours was removed above): not ours to delete.
+      // Our role may still be in it because removing it failed: try again later.
+      if (removeFailure) throw removeFailure;
+      // It holds a role that is not ours (ours was removed above): not ours to delete.
       result.notes.push(`instance profile ${name} still holds another role; left alone`);
     }
   };
@@ -456,12 +464,22 @@ export async function disposeIam(
   }
 
   // NoSuchEntity here means no profile, or a profile without our role (removed by hand): both done.
-  await ignoreNotFound(
-    awsCall("iam:RemoveRoleFromInstanceProfile", () =>
-      iam.send(new RemoveRoleFromInstanceProfileCommand({ InstanceProfileName: name, RoleName: name })),
-    ),
-  );
-  await deleteProfile();
+  // A server error is not final yet: if the profile turns out to be empty, DeleteInstanceProfile
+  // succeeds anyway (moto 5.2.5 answers HTTP 500 instead of NoSuchEntity for a role that is not in
+  // the profile); if our role is still in it, DeleteInstanceProfile says DeleteConflict and the
+  // server error is what the caller gets, to retry.
+  let removeFailure: CloudError | undefined;
+  try {
+    await ignoreNotFound(
+      awsCall("iam:RemoveRoleFromInstanceProfile", () =>
+        iam.send(new RemoveRoleFromInstanceProfileCommand({ InstanceProfileName: name, RoleName: name })),
+      ),
+    );
+  } catch (err) {
+    if (!(err instanceof CloudError && err.kind === "Retryable" && err.reason === "AwsUnavailable")) throw err;
+    removeFailure = err;
+  }
+  await deleteProfile(removeFailure);
 
   let marker: string | undefined;
   do {

@@ -52,23 +52,25 @@ export class AwsProvider implements CloudProvider {
     return this.clients.get(o);
   }
 
-  observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+  // Every method is async so that a bad Secret or spec (thrown while picking clients) arrives as
+  // a rejected promise like any other failure.
+  async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
     return observeAwsEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+  async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
     return provisionAwsEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  disposeEnvironment(ctx: EnvContext): Promise<void> {
+  async disposeEnvironment(ctx: EnvContext): Promise<void> {
     return disposeAwsEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
     return launchRun(this.clientsFor(ctx), ctx, run);
   }
 
-  describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+  async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
     return describeRuns(this.clientsFor(ctx), ctx, runs);
   }
 
@@ -76,11 +78,11 @@ export class AwsProvider implements CloudProvider {
     await terminateRun(this.clientsFor(ctx), ctx, run);
   }
 
-  readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+  async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
     return readRunLog(this.clientsFor(ctx), ctx, run, from);
   }
 
-  sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
+  async sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
     return sweepOrphans(this.clientsFor(ctx), ctx, liveRunUids);
   }
 }
