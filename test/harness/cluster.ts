@@ -1,6 +1,6 @@
 // Starts a real, private Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver and
 // kube-controller-manager, built from source by build-control-plane.sh and run from the cache.
-import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -94,7 +94,13 @@ export async function sweepStaleTempDirs(prefixes: string[] = [TEMP_PREFIX, "vmf
     if (!prefixes.some((p) => e.startsWith(p))) continue;
     const dir = join(base, e);
     const owner = Number.parseInt(await readFile(join(dir, "owner.pid"), "utf8").catch(() => ""), 10);
-    if (Number.isFinite(owner) && pidAlive(owner)) continue;
+    if (Number.isFinite(owner)) {
+      if (pidAlive(owner)) continue;
+    } else {
+      // No owner yet: it may be in the middle of being created by another run.
+      const age = Date.now() - ((await stat(dir).catch(() => undefined))?.mtimeMs ?? Date.now());
+      if (age < 10 * 60_000) continue;
+    }
     await rm(dir, { recursive: true, force: true }).catch(() => undefined);
   }
 }
