@@ -40,10 +40,6 @@ export NXF_HOME="$STATE_DIR/nextflow-home"
 export NXF_ANSI_LOG=false
 if [[ -n "$VMF_NXF_VERSION" ]]; then export NXF_VER="$VMF_NXF_VERSION"; fi
 
-mkdir -p "$LAUNCH_DIR" "$LOG_DIR" "$STATE_DIR/bin"
-echo "vmforge: launcher output goes to $LOG_FILE (CloudWatch Logs $VMF_LOG_GROUP / $VMF_LOG_STREAM)"
-exec >>"$LOG_FILE" 2>&1
-
 EXIT_CODE=""
 NXF_PID=""
 PIPELINE_STARTED=0
@@ -106,14 +102,19 @@ finish() {
   printf 'VMFORGE_EXIT_CODE=%s\n' "$rc"
   # The agent ships new lines every few seconds; give it time before the machine goes away.
   sleep "$FLUSH_WAIT"
-  shutdown -h now
+  shutdown -h now || log "shutdown failed with exit code $?; the machine keeps running"
   exit "$rc"
 }
 
+# Installed before anything can fail, so that every way out ends in finish (and shutdown).
 trap 'on_error "$?" "$LINENO" "$BASH_COMMAND"' ERR
 trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
 trap finish EXIT
+
+mkdir -p "$LAUNCH_DIR" "$LOG_DIR" "$STATE_DIR/bin"
+echo "vmforge: launcher output goes to $LOG_FILE (CloudWatch Logs $VMF_LOG_GROUP / $VMF_LOG_STREAM)"
+exec >>"$LOG_FILE" 2>&1
 
 ensure_log_agent() {
   if [[ ! -x "$AGENT_CTL" ]]; then
