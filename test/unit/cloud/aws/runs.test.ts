@@ -1,4 +1,6 @@
 // runs.ts against recording stand-in clients (request shapes, batching, retries, ownership).
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import type { Instance, RunInstancesCommandInput } from "@aws-sdk/client-ec2";
 import {
@@ -16,6 +18,7 @@ import {
   type RunClients,
 } from "../../../../src/cloud/aws/runs.js";
 import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
+import { operatorActions } from "../../../../src/cloud/aws/policy.js";
 import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
@@ -397,5 +400,18 @@ describe("readRunLog", () => {
     const chunk = await readRunLog(clients, ctxFor(CE), sampleRun(), undefined, { maxPages: 4 });
     expect(calls).toHaveLength(4);
     expect(chunk.next).toBe("t4");
+  });
+});
+
+describe("permissions", () => {
+  it("the run half sends only commands the seed's operator policy grants", () => {
+    const granted = [...operatorActions()];
+    const used = new Set<string>();
+    for (const f of ["runs.ts", "logs.ts"]) {
+      const text = readFileSync(join(import.meta.dirname, "../../../../src/cloud/aws", f), "utf8");
+      for (const m of text.matchAll(/new ([A-Za-z0-9]+)Command\(/g)) used.add(m[1]!);
+    }
+    expect([...used].sort()).toEqual(["DescribeInstances", "GetLogEvents", "GetObject", "RunInstances", "TerminateInstances"]);
+    for (const name of used) expect(granted.some((a) => a.endsWith(`:${name}`)), name).toBe(true);
   });
 });
