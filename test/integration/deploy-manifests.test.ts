@@ -1,0 +1,578 @@
+// The install paths users take — `kubectl apply -k deploy/`, GitOps tools applying the same
+// folder or an overlay of it, `helm template` and `helm install` of helm/vmforge — rendered by the
+// real tools and applied to the real kube-apiserver. Then the operator's ServiceAccount is put to
+// the test: its RBAC must allow every request the operator makes (proven with SelfSubjectAccess-
+// Reviews and by running the engine's own code with the ServiceAccount's token) and nothing more
+// (denied reviews, and a SelfSubjectRulesReview that lists exactly the expected rules).
+import * as k8s from "@kubernetes/client-node";
+import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { stringify } from "yaml";
+import { ensureHelm, helm, helmTemplate, kubectlApply, kustomizeBuild, parseManifests, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
+import { deleteNamespace, kubeAdmin, kubeconfigPath, randomSuffix, TEST_NAMESPACE_LABEL } from "../harness/helpers.js";
+import { REPO_ROOT } from "../harness/paths.js";
+import { KubeApiError, KubeClient } from "../../src/engine/kube.js";
+import { Reflector } from "../../src/engine/reflector.js";
+import { ensureFinalizer, removeFinalizer } from "../../src/engine/finalizers.js";
+import { updateStatus } from "../../src/engine/conditions.js";
+import { EventRecorder } from "../../src/engine/events.js";
+import { LeaderElector } from "../../src/engine/leader.js";
+import { createLogger } from "../../src/engine/logger.js";
+import { loadConfig } from "../../src/config.js";
+import { ComputeEnvironmentResource, RunResource, type ComputeEnvironment, type Run } from "../../src/api/types.js";
+import { FINALIZER, protectSecret, releaseSecret, resolveCredentials, SECRET_IN_USE_FINALIZER, SECRET_LABEL, SecretResource, type SecretObject } from "../../src/controllers/shared.js";
+
+const CHART = join(REPO_ROOT, "helm", "vmforge");
+const DEPLOY = join(REPO_ROOT, "deploy");
+const WAIT = { timeout: 60_000, interval: 250 };
+const silent = createLogger({ level: "silent" });
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+interface Rule {
+  apiGroups?: string[];
+  resources?: string[];
+  resourceNames?: string[];
+  verbs: string[];
+}
+type PodSpec = {
+  serviceAccountName: string;
+  securityContext?: unknown;
+  terminationGracePeriodSeconds?: number;
+  volumes?: unknown;
+  containers: { env?: { name: string; value?: string }[]; securityContext?: unknown; livenessProbe?: unknown; readinessProbe?: unknown; ports?: unknown; resources?: unknown; image: string }[];
+};
+
+const byKind = (objs: Manifest[], kind: string): Manifest[] => objs.filter((o) => o.kind === kind);
+function one(objs: Manifest[], kind: string, nameMatch: (name: string) => boolean = () => true): Manifest {
+  const found = objs.filter((o) => o.kind === kind && nameMatch(o.metadata.name));
+  if (found.length !== 1) throw new Error(`expected one ${kind}, found ${found.map((o) => o.metadata.name).join(", ") || "none"}`);
+  return found[0]!;
+}
+const rulesOf = (o: Manifest): Rule[] => (o as unknown as { rules: Rule[] }).rules;
+const podOf = (o: Manifest): PodSpec => (o as unknown as { spec: { template: { spec: PodSpec } } }).spec.template.spec;
+const envOf = (o: Manifest): Map<string, string | undefined> => new Map((podOf(o).containers[0]!.env ?? []).map((e) => [e.name, e.value]));
+
+async function createNamespace(name: string, restricted = false): Promise<void> {
+  const labels: Record<string, string> = { [TEST_NAMESPACE_LABEL]: "true" };
+  if (restricted) labels["pod-security.kubernetes.io/enforce"] = "restricted";
+  await kubeAdmin().expect("POST", "/api/v1/namespaces", { apiVersion: "v1", kind: "Namespace", metadata: { name, labels } });
+}
+
+/** Deletes the cluster-scoped RBAC objects of a render (CRDs stay: other test files share them). */
+async function deleteClusterRbac(objs: Manifest[]): Promise<void> {
+  for (const o of objs) {
+    if (o.kind === "ClusterRole" || o.kind === "ClusterRoleBinding") {
+      const plural = o.kind === "ClusterRole" ? "clusterroles" : "clusterrolebindings";
+      await kubeAdmin().expect("DELETE", `/apis/rbac.authorization.k8s.io/v1/${plural}/${o.metadata.name}`, undefined, [404]);
+    }
+  }
+}
+
+async function generatedCrds(): Promise<Manifest[]> {
+  const dir = join(REPO_ROOT, "crds");
+  const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
+  return (await Promise.all(files.map(async (f) => parseManifests(await readFile(join(dir, f), "utf8"))))).flat();
+}
+
+async function waitEstablished(names: string[]): Promise<void> {
+  for (const name of names) {
+    await vi.waitFor(async () => {
+      const res = await kubeAdmin().expect("GET", `/apis/apiextensions.k8s.io/v1/customresourcedefinitions/${name}`);
+      const conds = (res.body as { status?: { conditions?: { type: string; status: string }[] } }).status?.conditions ?? [];
+      expect(conds.find((c) => c.type === "Established")?.status).toBe("True");
+    }, WAIT);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access reviews
+
+interface Access {
+  verb: string;
+  group: string;
+  resource: string;
+  subresource?: string;
+  namespace?: string;
+  name?: string;
+}
+const show = (a: Access): string =>
+  `${a.verb} ${a.group || "core"}/${a.resource}${a.subresource ? `/${a.subresource}` : ""}${a.name ? ` name=${a.name}` : ""} in ${a.namespace === undefined ? "cluster" : a.namespace || "all namespaces"}`;
+
+/** Asks the apiserver, as the kubeconfig's user, which of `checks` it may do; returns the ones that differ from `expected`. */
+async function accessMismatches(kc: k8s.KubeConfig, checks: Access[], expected: boolean): Promise<string[]> {
+  const api = kc.makeApiClient(k8s.AuthorizationV1Api);
+  const wrong: string[] = [];
+  for (const a of checks) {
+    const r = await api.createSelfSubjectAccessReview({
+      body: {
+        apiVersion: "authorization.k8s.io/v1",
+        kind: "SelfSubjectAccessReview",
+        spec: {
+          resourceAttributes: {
+            verb: a.verb,
+            group: a.group,
+            resource: a.resource,
+            ...(a.subresource ? { subresource: a.subresource } : {}),
+            ...(a.namespace !== undefined ? { namespace: a.namespace } : {}),
+            ...(a.name ? { name: a.name } : {}),
+          },
+        },
+      },
+    });
+    if ((r.status?.allowed === true) !== expected) wrong.push(`${expected ? "denied" : "allowed"}: ${show(a)}`);
+  }
+  return wrong;
+}
+
+interface OperatorInstall {
+  /** Namespace of the operator's ServiceAccount and Lease. */
+  saNamespace: string;
+  sa: string;
+  lease: string;
+  /** Namespaces the operator works in; "*" = all. */
+  watched: string[] | "*";
+}
+
+const ops = (verbs: string[], base: Omit<Access, "verb">): Access[] => verbs.map((verb) => ({ verb, ...base }));
+
+/** Every request the operator makes, for a namespace it works in. */
+function neededIn(ns: string): Access[] {
+  return [
+    ...["computeenvironments", "runs"].flatMap((resource) => [
+      ...ops(["get", "list", "watch", "patch"], { group: "vmforge.dev", resource, namespace: ns }),
+      ...ops(["patch"], { group: "vmforge.dev", resource, subresource: "status", namespace: ns }),
+    ]),
+    ...ops(["get", "list", "watch", "patch"], { group: "", resource: "secrets", namespace: ns }),
+    ...ops(["create", "patch"], { group: "events.k8s.io", resource: "events", namespace: ns }),
+  ];
+}
+
+function needed(i: OperatorInstall, sample: string): Access[] {
+  const namespaces = i.watched === "*" ? [sample] : i.watched;
+  return [
+    ...namespaces.flatMap(neededIn),
+    // Reflectors of an all-namespaces operator list and watch across the cluster.
+    ...(i.watched === "*"
+      ? ["computeenvironments", "runs"].flatMap((resource) => ops(["list", "watch"], { group: "vmforge.dev", resource, namespace: "" })).concat(ops(["list", "watch"], { group: "", resource: "secrets", namespace: "" }))
+      : []),
+    { verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: i.saNamespace },
+    ...ops(["get", "update"], { group: "coordination.k8s.io", resource: "leases", namespace: i.saNamespace, name: i.lease }),
+  ];
+}
+
+/** Requests the operator never makes and must not be able to make. */
+function forbidden(i: OperatorInstall, inside: string, outside: string | undefined): Access[] {
+  const list: Access[] = [
+    ...["computeenvironments", "runs"].flatMap((resource) => ops(["create", "update", "delete", "deletecollection"], { group: "vmforge.dev", resource, namespace: inside })),
+    ...ops(["update"], { group: "vmforge.dev", resource: "computeenvironments", subresource: "status", namespace: inside }),
+    ...ops(["update"], { group: "vmforge.dev", resource: "runs", subresource: "finalizers", namespace: inside }),
+    ...ops(["create", "update", "delete", "deletecollection"], { group: "", resource: "secrets", namespace: inside }),
+    ...ops(["list", "create", "delete"], { group: "", resource: "pods", namespace: inside }),
+    ...ops(["get", "list"], { group: "", resource: "configmaps", namespace: inside }),
+    ...ops(["create"], { group: "", resource: "events", namespace: inside }),
+    ...ops(["get", "list", "delete"], { group: "events.k8s.io", resource: "events", namespace: inside }),
+    ...ops(["create"], { group: "rbac.authorization.k8s.io", resource: "rolebindings", namespace: inside }),
+    ...ops(["create"], { group: "", resource: "serviceaccounts", subresource: "token", namespace: i.saNamespace, name: i.sa }),
+    ...ops(["get", "update"], { group: "coordination.k8s.io", resource: "leases", namespace: i.saNamespace, name: `${i.lease}-other` }),
+    ...ops(["list", "watch", "delete"], { group: "coordination.k8s.io", resource: "leases", namespace: i.saNamespace }),
+    ...ops(["create", "update", "patch", "delete", "deletecollection"], { group: "apiextensions.k8s.io", resource: "customresourcedefinitions" }),
+    ...ops(["bind", "escalate", "create"], { group: "rbac.authorization.k8s.io", resource: "clusterroles" }),
+    ...ops(["list"], { group: "", resource: "namespaces" }),
+    ...ops(["list"], { group: "", resource: "nodes" }),
+  ];
+  if (outside !== undefined) {
+    list.push(
+      ...ops(["get", "update"], { group: "coordination.k8s.io", resource: "leases", namespace: outside, name: i.lease }),
+      ...ops(["create"], { group: "coordination.k8s.io", resource: "leases", namespace: outside }),
+    );
+  }
+  if (i.watched !== "*" && outside !== undefined) {
+    // Only the watched namespaces: nothing elsewhere, nothing across all namespaces.
+    list.push(
+      ...neededIn(outside),
+      ...ops(["list", "watch"], { group: "vmforge.dev", resource: "computeenvironments", namespace: "" }),
+      ...ops(["list", "watch"], { group: "", resource: "secrets", namespace: "" }),
+    );
+  }
+  return list;
+}
+
+/** Rules as "group|resource|name|verb" strings, "*" for no resourceNames. */
+function flatten(rules: Rule[]): string[] {
+  const out = new Set<string>();
+  for (const r of rules) {
+    for (const g of r.apiGroups ?? [""]) {
+      for (const res of r.resources ?? []) {
+        for (const name of r.resourceNames?.length ? r.resourceNames : ["*"]) for (const v of r.verbs) out.add(`${g}|${res}|${name}|${v}`);
+      }
+    }
+  }
+  return [...out].sort();
+}
+
+/** What every authenticated user may do (system:basic-user): self reviews. Left out of comparisons. */
+const isSelfReview = (rule: string): boolean => /^(authorization|authentication)\.k8s\.io\|selfsubject/.test(rule);
+
+async function rulesIn(kc: k8s.KubeConfig, namespace: string): Promise<string[]> {
+  const api = kc.makeApiClient(k8s.AuthorizationV1Api);
+  const r = await api.createSelfSubjectRulesReview({
+    body: { apiVersion: "authorization.k8s.io/v1", kind: "SelfSubjectRulesReview", spec: { namespace } },
+  });
+  expect(r.status?.incomplete, r.status?.evaluationError).toBe(false);
+  return flatten((r.status?.resourceRules ?? []) as Rule[]).filter((x) => !isSelfReview(x));
+}
+
+async function proveOperatorRbac(install: OperatorInstall, objs: Manifest[], inside: string, outside: string): Promise<void> {
+  const kcPath = await serviceAccountKubeconfig(kubeconfigPath(), install.saNamespace, install.sa);
+  const kc = new k8s.KubeConfig();
+  kc.loadFromFile(kcPath);
+
+  expect(await accessMismatches(kc, needed(install, inside), true)).toEqual([]);
+  expect(await accessMismatches(kc, forbidden(install, inside, outside), false)).toEqual([]);
+
+  // Exactly the rendered rules, nowhere more: where the operator works, in its own namespace
+  // (plus the Lease rules), and outside (nothing at all unless it watches all namespaces).
+  const operatorRules = flatten(rulesOf(one(objs, "ClusterRole", (n) => n.includes("-operator"))));
+  const leaseRules = flatten(rulesOf(one(objs, "Role", (n) => n.includes("-leader-election"))));
+  expect(operatorRules.length).toBeGreaterThan(10);
+  expect(await rulesIn(kc, inside)).toEqual(inside === install.saNamespace ? [...new Set([...operatorRules, ...leaseRules])].sort() : operatorRules);
+  const ownExpected = install.watched === "*" || install.watched.includes(install.saNamespace) ? [...new Set([...operatorRules, ...leaseRules])].sort() : leaseRules;
+  expect(await rulesIn(kc, install.saNamespace)).toEqual(ownExpected);
+  expect(await rulesIn(kc, outside)).toEqual(install.watched === "*" ? operatorRules : []);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const suffix = randomSuffix();
+const cleanupNamespaces: string[] = [];
+const cleanupRbac: Manifest[][] = [];
+const tmpDirs: string[] = [];
+
+let kustomized: Manifest[] = [];
+let helmDefault: Manifest[] = [];
+
+beforeAll(async () => {
+  await ensureHelm();
+  kustomized = parseManifests(await kustomizeBuild(DEPLOY));
+}, 900_000);
+
+afterAll(async () => {
+  for (const objs of cleanupRbac) await deleteClusterRbac(objs);
+  for (const ns of cleanupNamespaces) await deleteNamespace(ns);
+  for (const d of tmpDirs) await rm(d, { recursive: true, force: true });
+});
+
+describe("kubectl apply -k deploy/", () => {
+  it("renders the namespace, both CRDs (as generated), RBAC, Service and Deployment", async () => {
+    expect(kustomized.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(
+      [
+        "ClusterRole/vmforge-edit",
+        "ClusterRole/vmforge-operator",
+        "ClusterRole/vmforge-view",
+        "ClusterRoleBinding/vmforge-operator",
+        "CustomResourceDefinition/computeenvironments.vmforge.dev",
+        "CustomResourceDefinition/runs.vmforge.dev",
+        "Deployment/vmforge",
+        "Namespace/vmforge-system",
+        "Role/vmforge-leader-election",
+        "RoleBinding/vmforge-leader-election",
+        "Service/vmforge-metrics",
+        "ServiceAccount/vmforge",
+      ].sort(),
+    );
+    expect(byKind(kustomized, "CustomResourceDefinition")).toEqual(await generatedCrds());
+  });
+
+  it("applies for real as an overlay (own namespace and name suffix, as GitOps overlays do), passes Pod Security 'restricted', and its ServiceAccount has exactly the operator's rights", async () => {
+    // An overlay in a temp folder, pointing at deploy/ with a relative path like a user's repo would.
+    const dir = await mkdtemp(join(tmpdir(), "vmforge-overlay-"));
+    tmpDirs.push(dir);
+    const ns = `deploy-kust-${suffix}`;
+    await writeFile(
+      join(dir, "kustomization.yaml"),
+      stringify({ apiVersion: "kustomize.config.k8s.io/v1beta1", kind: "Kustomization", namespace: ns, nameSuffix: `-${suffix}`, resources: [relative(dir, DEPLOY)] }),
+    );
+    const rendered = await kustomizeBuild(dir);
+    const objs = parseManifests(rendered);
+    cleanupNamespaces.push(ns);
+    cleanupRbac.push(objs);
+    expect(one(objs, "Namespace").metadata.name).toBe(ns);
+    expect(one(objs, "ClusterRoleBinding", (n) => n === `vmforge-operator-${suffix}`)).toMatchObject({
+      roleRef: { name: `vmforge-operator-${suffix}` },
+      subjects: [{ kind: "ServiceAccount", name: `vmforge-${suffix}`, namespace: ns }],
+    });
+
+    const { warnings } = await kubectlApply(kubeconfigPath(), rendered);
+    // The namespace enforces "restricted"; a pod template that breaks it draws an apiserver warning.
+    expect(warnings).not.toMatch(/PodSecurity|violate/i);
+    await waitEstablished(byKind(objs, "CustomResourceDefinition").map((c) => c.metadata.name));
+    const stored = await kubeAdmin().expect("GET", `/apis/apps/v1/namespaces/${ns}/deployments/vmforge-${suffix}`);
+    expect((stored.body as { spec: { template: { spec: PodSpec } } }).spec.template.spec.serviceAccountName).toBe(`vmforge-${suffix}`);
+
+    // The warning check can fail: the same Deployment without its security settings is flagged.
+    const weakened = structuredClone(one(objs, "Deployment")) as Manifest & { spec: { template: { spec: PodSpec } } };
+    delete weakened.spec.template.spec.securityContext;
+    delete weakened.spec.template.spec.containers[0]!.securityContext;
+    weakened.metadata.name = `weak-${suffix}`;
+    const flagged = await kubectlApply(kubeconfigPath(), stringify(weakened), { dryRun: true });
+    expect(flagged.warnings).toMatch(/would violate PodSecurity "restricted/);
+
+    const other = `deploy-other-${suffix}`;
+    await createNamespace(other);
+    cleanupNamespaces.push(other);
+    await proveOperatorRbac({ saNamespace: ns, sa: `vmforge-${suffix}`, lease: "vmforge-operator", watched: "*" }, objs, other, other);
+  });
+});
+
+describe("helm chart helm/vmforge", () => {
+  const release = `vmforge-${suffix}`;
+  const releaseNs = `deploy-helm-${suffix}`;
+
+  beforeAll(async () => {
+    await createNamespace(releaseNs, true);
+    cleanupNamespaces.push(releaseNs);
+    helmDefault = parseManifests(await helmTemplate({ chart: CHART, release, namespace: releaseNs, includeCrds: true }));
+    cleanupRbac.push(helmDefault);
+  });
+
+  it("passes helm lint --strict", async () => {
+    const out = await helm(["lint", "--strict", CHART]);
+    expect(out).toContain("1 chart(s) linted, 0 chart(s) failed");
+  });
+
+  it("renders with default values what deploy/ has: same CRDs, same rules, same container", () => {
+    expect(helmDefault.map((o) => o.kind).sort()).toEqual(kustomized.filter((o) => o.kind !== "Namespace").map((o) => o.kind).sort());
+    expect(byKind(helmDefault, "CustomResourceDefinition")).toEqual(byKind(kustomized, "CustomResourceDefinition"));
+    for (const role of ["-operator", "-edit", "-view"]) {
+      expect(rulesOf(one(helmDefault, "ClusterRole", (n) => n.endsWith(role))), role).toEqual(rulesOf(one(kustomized, "ClusterRole", (n) => n.endsWith(role))));
+    }
+    expect(rulesOf(one(helmDefault, "Role"))).toEqual(rulesOf(one(kustomized, "Role")));
+    for (const o of helmDefault.filter((x) => x.kind !== "CustomResourceDefinition" && !x.kind.startsWith("Cluster"))) expect(o.metadata.namespace, o.kind).toBe(releaseNs);
+
+    const h = podOf(one(helmDefault, "Deployment"));
+    const k = podOf(one(kustomized, "Deployment"));
+    expect(h.securityContext).toEqual(k.securityContext);
+    expect(h.terminationGracePeriodSeconds).toEqual(k.terminationGracePeriodSeconds);
+    expect(h.volumes).toEqual(k.volumes);
+    const [hc, kc] = [h.containers[0]!, k.containers[0]!];
+    for (const field of ["securityContext", "livenessProbe", "readinessProbe", "ports", "resources", "image"] as const) expect(hc[field], field).toEqual(kc[field]);
+    expect(hc.env).toEqual(kc.env);
+  });
+
+  it("applies for real in a namespace enforcing Pod Security 'restricted', and its ServiceAccount has exactly the operator's rights", async () => {
+    // The CRDs are already installed (kustomize test); everything else of the render is applied.
+    const stream = helmDefault.filter((o) => o.kind !== "CustomResourceDefinition").map((o) => stringify(o)).join("---\n");
+    const { warnings } = await kubectlApply(kubeconfigPath(), stream);
+    expect(warnings).not.toMatch(/PodSecurity|violate/i);
+    const other = `deploy-helm-other-${suffix}`;
+    await createNamespace(other);
+    cleanupNamespaces.push(other);
+    await proveOperatorRbac({ saNamespace: releaseNs, sa: release, lease: "vmforge-operator", watched: "*" }, helmDefault, other, other);
+  });
+
+  it("lets the operator's own code do its job with the ServiceAccount's token, and nothing else", async () => {
+    const work = `deploy-ops-${suffix}`;
+    await createNamespace(work);
+    cleanupNamespaces.push(work);
+    const admin = new k8s.KubeConfig();
+    admin.loadFromFile(kubeconfigPath());
+    const objects = admin.makeApiClient(k8s.CustomObjectsApi);
+    const core = admin.makeApiClient(k8s.CoreV1Api);
+    await core.createNamespacedSecret({ namespace: work, body: { metadata: { name: "creds" }, stringData: { accessKeyId: "AKIDEXAMPLE", secretAccessKey: "not-a-real-secret" } } });
+    const ceBody = (name: string) => ({
+      apiVersion: "vmforge.dev/v1alpha1",
+      kind: "ComputeEnvironment",
+      metadata: { name },
+      spec: { provider: "aws", credentials: { secretRef: { name: "creds" } }, aws: { region: "eu-west-1", workDir: "s3://vmforge-deploy-test/work" } },
+    });
+    await objects.createNamespacedCustomObject({ group: "vmforge.dev", version: "v1alpha1", namespace: work, plural: "computeenvironments", body: ceBody("ce1") });
+    await objects.createNamespacedCustomObject({
+      group: "vmforge.dev",
+      version: "v1alpha1",
+      namespace: work,
+      plural: "runs",
+      body: { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "run1" }, spec: { computeEnvironmentRef: { name: "ce1" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } },
+    });
+
+    const client = KubeClient.fromKubeconfig(await serviceAccountKubeconfig(kubeconfigPath(), releaseNs, release));
+
+    // Caches: list + watch across all namespaces (CEs, Runs) and of labelled Secrets.
+    const ceCache = new Reflector<ComputeEnvironment>({ client, resource: ComputeEnvironmentResource, logger: silent, resyncPeriodMs: 0 });
+    const runCache = new Reflector<Run>({ client, resource: RunResource, logger: silent, resyncPeriodMs: 0 });
+    const secretCache = new Reflector<SecretObject>({ client, resource: SecretResource, labelSelector: `${SECRET_LABEL}=true`, logger: silent, resyncPeriodMs: 0 });
+    const caches = [ceCache, runCache, secretCache];
+    for (const c of caches) c.start();
+    try {
+      await Promise.all(caches.map((c) => c.waitForSync(AbortSignal.timeout(60_000))));
+      expect(ceCache.store.get(`${work}/ce1`)).toBeDefined();
+      expect(runCache.store.get(`${work}/run1`)).toBeDefined();
+      expect(secretCache.store.get(`${work}/creds`)).toBeUndefined();
+      await objects.createNamespacedCustomObject({ group: "vmforge.dev", version: "v1alpha1", namespace: work, plural: "computeenvironments", body: ceBody("ce2") });
+      await vi.waitFor(() => expect(ceCache.store.get(`${work}/ce2`)).toBeDefined(), WAIT);
+
+      // Credentials: read, protect (finalizer + label, then seen by the labelled watch), release.
+      const ce = (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, work, "ce1"))!;
+      const creds = await resolveCredentials(client, ce);
+      expect(creds.source).toBe("secret");
+      expect(Object.keys(creds.data).sort()).toEqual(["accessKeyId", "secretAccessKey"]);
+      await protectSecret(client, work, "creds");
+      const protectedSecret = await core.readNamespacedSecret({ namespace: work, name: "creds" });
+      expect(protectedSecret.metadata?.finalizers).toContain(SECRET_IN_USE_FINALIZER);
+      expect(protectedSecret.metadata?.labels?.[SECRET_LABEL]).toBe("true");
+      await vi.waitFor(() => expect(secretCache.store.get(`${work}/creds`)).toBeDefined(), WAIT);
+      await releaseSecret(client, work, "creds");
+      expect((await core.readNamespacedSecret({ namespace: work, name: "creds" })).metadata?.finalizers ?? []).not.toContain(SECRET_IN_USE_FINALIZER);
+
+      // Finalizers (JSON patch) and status (merge patch on /status) of both kinds.
+      const ceWithFinalizer = await ensureFinalizer(client, ComputeEnvironmentResource, ce, FINALIZER);
+      expect(ceWithFinalizer.metadata.finalizers).toContain(FINALIZER);
+      expect(await updateStatus(client, ComputeEnvironmentResource, ceWithFinalizer, { phase: "Pending", observedGeneration: ce.metadata.generation })).toBeDefined();
+      const run = (await client.get<Run>(RunResource, work, "run1"))!;
+      const runWithFinalizer = await ensureFinalizer(client, RunResource, run, FINALIZER);
+      expect(await updateStatus(client, RunResource, runWithFinalizer, { phase: "Pending" })).toBeDefined();
+      const storedCe = (await objects.getNamespacedCustomObject({ group: "vmforge.dev", version: "v1alpha1", namespace: work, plural: "computeenvironments", name: "ce1" })) as ComputeEnvironment;
+      expect(storedCe.status?.phase).toBe("Pending");
+      expect(storedCe.metadata.finalizers).toContain(FINALIZER);
+      const storedRun = (await objects.getNamespacedCustomObject({ group: "vmforge.dev", version: "v1alpha1", namespace: work, plural: "runs", name: "run1" })) as Run;
+      expect(storedRun.status?.phase).toBe("Pending");
+      expect(await removeFinalizer(client, ComputeEnvironmentResource, (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, work, "ce1"))!, FINALIZER)).toBeDefined();
+      expect(await removeFinalizer(client, RunResource, (await client.get<Run>(RunResource, work, "run1"))!, FINALIZER)).toBeDefined();
+
+      // Events: the first occurrence is created, the repeat patches its series.
+      const recorder = new EventRecorder(client, { controller: "vmforge.dev/operator", instance: `deploy-test-${suffix}`, logger: silent });
+      const regarding = { ...ce, apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment" };
+      await recorder.record(regarding, "Normal", "DeployTest", "Checking", "rights of the operator's ServiceAccount");
+      await recorder.record(regarding, "Normal", "DeployTest", "Checking", "rights of the operator's ServiceAccount");
+      const events = await kubeAdmin().expect("GET", `/apis/events.k8s.io/v1/namespaces/${work}/events`);
+      const ours = (events.body as { items: { reason?: string; series?: { count: number } }[] }).items.filter((e) => e.reason === "DeployTest");
+      expect(ours).toHaveLength(1);
+      expect(ours[0]!.series?.count).toBe(2);
+
+      // Leader election in the release namespace: acquire, then release on stop.
+      const identity = `deploy-test-${suffix}`;
+      const elector = new LeaderElector({ client, namespace: releaseNs, name: "vmforge-operator", identity, logger: silent, retryPeriodMs: 1000 });
+      let started!: () => void;
+      const leading = new Promise<void>((resolve) => (started = resolve));
+      const running = elector.run({ onStartedLeading: () => started(), onStoppedLeading: () => undefined });
+      await leading;
+      const lease = await kubeAdmin().expect("GET", `/apis/coordination.k8s.io/v1/namespaces/${releaseNs}/leases/vmforge-operator`);
+      expect((lease.body as { spec: { holderIdentity?: string } }).spec.holderIdentity).toBe(identity);
+      await elector.stop();
+      await running;
+      const released = await kubeAdmin().expect("GET", `/apis/coordination.k8s.io/v1/namespaces/${releaseNs}/leases/vmforge-operator`);
+      expect((released.body as { spec: { holderIdentity?: string } }).spec.holderIdentity ?? "").toBe("");
+
+      // And what it must not do is refused by the apiserver.
+      const refused = async (p: Promise<unknown>): Promise<number | undefined> =>
+        p.then(
+          () => undefined,
+          (e: unknown) => (e instanceof KubeApiError ? e.status : -1),
+        );
+      expect(await refused(client.delete(ComputeEnvironmentResource, work, "ce2"))).toBe(403);
+      expect(await refused(client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "stolen", namespace: work } }))).toBe(403);
+      expect(await refused(client.replace(RunResource, { ...(await client.get<Run>(RunResource, work, "run1"))! }))).toBe(403);
+      expect(await refused(client.list({ group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true }, { namespace: work }))).toBe(403);
+    } finally {
+      await Promise.all(caches.map((c) => c.stop()));
+    }
+  });
+
+  it("with watchNamespaces binds the operator only in those namespaces", async () => {
+    const rel = `vf-ns-${suffix}`;
+    const [a, b, c] = [`deploy-wa-${suffix}`, `deploy-wb-${suffix}`, `deploy-wc-${suffix}`];
+    const relNs = `deploy-helm-ns-${suffix}`;
+    for (const ns of [a, b, c]) {
+      await createNamespace(ns);
+      cleanupNamespaces.push(ns);
+    }
+    await createNamespace(relNs, true);
+    cleanupNamespaces.push(relNs);
+    const dir = await mkdtemp(join(tmpdir(), "vmforge-values-"));
+    tmpDirs.push(dir);
+    const valuesFile = join(dir, "values.yaml");
+    await writeFile(valuesFile, stringify({ watchNamespaces: [a, b], leaderElection: { leaseName: "custom-lease" }, workers: 8, logLevel: "debug" }));
+    const objs = parseManifests(await helmTemplate({ chart: CHART, release: rel, namespace: relNs, valuesFiles: [valuesFile] }));
+    cleanupRbac.push(objs);
+
+    expect(byKind(objs, "ClusterRoleBinding")).toEqual([]);
+    expect(byKind(objs, "CustomResourceDefinition")).toEqual([]);
+    expect(byKind(objs, "RoleBinding").map((o) => `${o.metadata.namespace}/${o.metadata.name}`).sort()).toEqual(
+      [`${a}/${rel}-vmforge-operator`, `${b}/${rel}-vmforge-operator`, `${relNs}/${rel}-vmforge-leader-election`].sort(),
+    );
+    const env = envOf(one(objs, "Deployment"));
+    expect(env.get("VMFORGE_NAMESPACES")).toBe(`${a},${b}`);
+    expect(env.get("VMFORGE_LEASE_NAME")).toBe("custom-lease");
+    const vars: NodeJS.ProcessEnv = { POD_NAMESPACE: relNs };
+    for (const [k, v] of env) if (v !== undefined) vars[k] = v;
+    const config = loadConfig(vars);
+    expect(config).toMatchObject({ namespaces: [a, b], workers: 8, logLevel: "debug", leaseName: "custom-lease", leaseNamespace: relNs, leaderElection: true });
+
+    await kubectlApply(kubeconfigPath(), objs.map((o) => stringify(o)).join("---\n"));
+    await proveOperatorRbac({ saNamespace: relNs, sa: `${rel}-vmforge`, lease: "custom-lease", watched: [a, b] }, objs, a, c);
+  });
+
+  it("rejects values that cannot work, naming the problem", async () => {
+    const render = (setJson: Record<string, unknown>) =>
+      helmTemplate({ chart: CHART, release: "bad", namespace: "bad", setJson }).then(
+        () => "rendered",
+        (e: unknown) => String(e),
+      );
+    expect(await render({ workers: 0 })).toMatch(/workers/);
+    expect(await render({ logLevel: "verbose" })).toMatch(/logLevel/);
+    expect(await render({ pollInterval: "15" })).toMatch(/pollInterval/);
+    expect(await render({ watchNamespaces: ["Not_A_Namespace"] })).toMatch(/watchNamespaces/);
+    expect(await render({ workerz: 3 })).toMatch(/workerz/);
+    expect(await render({ extraEnv: [{ name: "VMFORGE_WORKERS", value: "2" }] })).toMatch(/extraEnv/);
+    expect(await render({ replicaCount: 2, leaderElection: { enabled: false } })).toMatch(/replicaCount > 1 needs leaderElection/);
+    // And the happy path of the same switches.
+    expect(await render({ replicaCount: 2, extraEnv: [{ name: "HTTPS_PROXY", value: "http://proxy:3128" }] })).toBe("rendered");
+  });
+
+  it("installs and uninstalls with helm against the apiserver; the built-in roles gain ComputeEnvironment and Run rights", async () => {
+    const rel = `vmforge-inst-${suffix}`;
+    const ns = `deploy-inst-${suffix}`;
+    cleanupNamespaces.push(ns);
+    const out = await helm(["install", rel, CHART, "--namespace", ns, "--create-namespace"], { kubeconfig: kubeconfigPath() });
+    expect(out).toContain("STATUS: deployed");
+    const status = JSON.parse(await helm(["status", rel, "--namespace", ns, "--output", "json"], { kubeconfig: kubeconfigPath() })) as { info: { status: string } };
+    expect(status.info.status).toBe("deployed");
+    await kubeAdmin().expect("GET", `/apis/apps/v1/namespaces/${ns}/deployments/${rel}`);
+    await kubeAdmin().expect("GET", `/apis/rbac.authorization.k8s.io/v1/clusterroles/${rel}-operator`);
+
+    // Aggregation (kube-controller-manager): "edit" may now manage CEs and Runs, "view" only read them.
+    const sar = async (user: string, verb: string, resource: string): Promise<boolean> => {
+      const r = await kubeAdmin().expect("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        apiVersion: "authorization.k8s.io/v1",
+        kind: "SubjectAccessReview",
+        spec: { user, resourceAttributes: { verb, group: "vmforge.dev", resource, namespace: ns } },
+      });
+      return (r.body as { status: { allowed?: boolean } }).status.allowed === true;
+    };
+    for (const [user, role] of [[`editor-${suffix}`, "edit"], [`viewer-${suffix}`, "view"]] as const) {
+      await kubeAdmin().expect("POST", `/apis/rbac.authorization.k8s.io/v1/namespaces/${ns}/rolebindings`, {
+        apiVersion: "rbac.authorization.k8s.io/v1",
+        kind: "RoleBinding",
+        metadata: { name: `${role}-${suffix}` },
+        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: role },
+        subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
+      });
+    }
+    await vi.waitFor(async () => {
+      expect(await sar(`editor-${suffix}`, "create", "computeenvironments")).toBe(true);
+      expect(await sar(`editor-${suffix}`, "delete", "runs")).toBe(true);
+      expect(await sar(`viewer-${suffix}`, "list", "runs")).toBe(true);
+    }, WAIT);
+    expect(await sar(`viewer-${suffix}`, "create", "runs")).toBe(false);
+
+    const un = await helm(["uninstall", rel, "--namespace", ns], { kubeconfig: kubeconfigPath() });
+    expect(un).toContain(`release "${rel}" uninstalled`);
+    const gone = await kubeAdmin().request("GET", `/apis/rbac.authorization.k8s.io/v1/clusterroles/${rel}-operator`);
+    expect(gone.status).toBe(404);
+    // Helm never deletes CRDs of crds/; ComputeEnvironments survive an uninstall.
+    await kubeAdmin().expect("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/computeenvironments.vmforge.dev");
+  });
+});
