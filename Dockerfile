@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# vmforge operator image.
+#   docker build -t vmforge/operator:0.1.0 .
+# Both stages use the same Node 24 base; the runtime stage has only production dependencies and
+# the compiled JavaScript, and runs as an unprivileged numeric user.
+
+FROM node:24-bookworm-slim AS build
+WORKDIR /src
+ENV NODE_ENV=development \
+    npm_config_fund=false \
+    npm_config_audit=false \
+    npm_config_update_notifier=false
+# Dependencies first, so source edits reuse this layer.
+COPY package.json package-lock.json ./
+RUN npm ci
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+RUN npm run build \
+ && npm prune --omit=dev \
+ && npm cache clean --force
+
+FROM node:24-bookworm-slim AS runtime
+ENV NODE_ENV=production
+WORKDIR /app
+# The image's own Node 24 runs the operator; the `node` devDependency was pruned above.
+COPY --from=build --chown=0:0 /src/package.json ./package.json
+COPY --from=build --chown=0:0 /src/node_modules ./node_modules
+COPY --from=build --chown=0:0 /src/dist ./dist
+# Files stay owned by root and read-only for the process; matches readOnlyRootFilesystem.
+USER 65532:65532
+EXPOSE 8080
+CMD ["node", "dist/main.js"]
