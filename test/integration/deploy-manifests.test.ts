@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { stringify } from "yaml";
-import { ensureHelm, helm, helmTemplate, kubectlApply, kustomizeBuild, parseManifests, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
+import { ensureHelm, helm, helmTemplate, KUBECTL, kubectlApply, kustomizeBuild, parseManifests, runTool, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
 import { deleteNamespace, kubeAdmin, kubeconfigPath, randomSuffix, TEST_NAMESPACE_LABEL } from "../harness/helpers.js";
 import { REPO_ROOT } from "../harness/paths.js";
 import { KubeApiError, KubeClient } from "../../src/engine/kube.js";
@@ -306,10 +306,16 @@ describe("kubectl apply -k deploy/", () => {
       subjects: [{ kind: "ServiceAccount", name: `vmforge-${suffix}`, namespace: ns }],
     });
 
-    const { warnings } = await kubectlApply(kubeconfigPath(), rendered);
-    // The namespace enforces "restricted"; a pod template that breaks it draws an apiserver warning.
-    expect(warnings).not.toMatch(/PodSecurity|violate/i);
+    // Exactly what users type (client-side apply, whole objects kept in an annotation) ...
+    const applied = await runTool(KUBECTL, ["--kubeconfig", kubeconfigPath(), "apply", "-k", dir]);
+    expect(applied.code, applied.stderr).toBe(0);
+    expect(applied.stdout).toContain(`deployment.apps/vmforge-${suffix} created`);
+    // ... and the namespace enforces "restricted": a pod template that breaks it draws a warning.
+    expect(applied.stderr).not.toMatch(/PodSecurity|violate/i);
     await waitEstablished(byKind(objs, "CustomResourceDefinition").map((c) => c.metadata.name));
+    // GitOps controllers (Flux, Argo CD with ServerSideApply) re-apply the same objects server-side.
+    const { warnings } = await kubectlApply(kubeconfigPath(), rendered);
+    expect(warnings).not.toMatch(/PodSecurity|violate/i);
     const stored = await kubeAdmin().expect("GET", `/apis/apps/v1/namespaces/${ns}/deployments/vmforge-${suffix}`);
     expect((stored.body as { spec: { template: { spec: PodSpec } } }).spec.template.spec.serviceAccountName).toBe(`vmforge-${suffix}`);
 
@@ -337,6 +343,10 @@ describe("helm chart helm/vmforge", () => {
     cleanupNamespaces.push(releaseNs);
     helmDefault = parseManifests(await helmTemplate({ chart: CHART, release, namespace: releaseNs, includeCrds: true }));
     cleanupRbac.push(helmDefault);
+    // The chart's CRDs, as `helm install` would create them (no-op when already there).
+    const crds = byKind(helmDefault, "CustomResourceDefinition");
+    await kubectlApply(kubeconfigPath(), crds.map((o) => stringify(o)).join("---\n"));
+    await waitEstablished(crds.map((c) => c.metadata.name));
   });
 
   it("passes helm lint --strict", async () => {
@@ -364,7 +374,7 @@ describe("helm chart helm/vmforge", () => {
   });
 
   it("applies for real in a namespace enforcing Pod Security 'restricted', and its ServiceAccount has exactly the operator's rights", async () => {
-    // The CRDs are already installed (kustomize test); everything else of the render is applied.
+    // The CRDs are installed (beforeAll); everything else of the render is applied.
     const stream = helmDefault.filter((o) => o.kind !== "CustomResourceDefinition").map((o) => stringify(o)).join("---\n");
     const { warnings } = await kubectlApply(kubeconfigPath(), stream);
     expect(warnings).not.toMatch(/PodSecurity|violate/i);

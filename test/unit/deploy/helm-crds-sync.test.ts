@@ -31,6 +31,14 @@ describe("CRD copies", () => {
     });
   }
 
+  it("stay small enough for client-side `kubectl apply -k` (whole object in a 256 KiB annotation)", () => {
+    for (const f of generated) {
+      const size = readFileSync(join(ROOT, "crds", f)).length;
+      // The annotation holds the object as JSON, about the size of the YAML; keep a wide margin.
+      expect(size, `crds/${f} is ${size} bytes; apply it server-side and document that`).toBeLessThan(192 * 1024);
+    }
+  });
+
   it("sync-crds.sh --check agrees with the repository", () => {
     const r = spawnSync("bash", [join(ROOT, "helm", "sync-crds.sh"), "--check"], { encoding: "utf8" });
     expect(r.status, `${r.stderr}\n${FIX}`).toBe(0);
