@@ -59,6 +59,11 @@ export class RunReconciler {
     if (isTerminal(run)) return this.afterEnd(run, ce, provider, log);
 
     run = await ensureFinalizer(this.d.client, RunResource, run, FINALIZER);
+    if (!run.status?.phase) {
+      // Acknowledge the Run at once, so every Run shows a phase from its first moments.
+      const message = `accepted; checking ComputeEnvironment ${run.spec.computeEnvironmentRef.name}`;
+      await this.report(run, { phase: "Pending", reason: "Accepted", message }, "False", "Accepted", message);
+    }
     const phase: Phase = run.status?.phase ?? "Pending";
 
     if (!ce || !provider) {
