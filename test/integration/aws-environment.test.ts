@@ -418,6 +418,8 @@ describe("AWS environment: adoption and foreign roles", () => {
     const before = await provider.observeEnvironment(ctxOf(c));
     expect(before.ready).toBe(false);
     expect(before.missing).toEqual([`inline policy ${INLINE_POLICY_NAME} of IAM role ${roleName}`, `instance profile ${roleName} holding the role`]);
+    expect(before.resources.map((r) => r.kind)).toEqual(["IAMRole"]);
+    expect(before.status.aws?.instanceProfileArn).toBeUndefined();
 
     sent.length = 0;
     const obs = await provider.provisionEnvironment(ctxOf(c));

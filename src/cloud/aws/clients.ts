@@ -310,9 +310,12 @@ function jitter(base: number): number {
  */
 export function mapAwsError(err: unknown, action: string): CloudError {
   if (err instanceof CloudError) return err;
-  const code = awsErrorCode(err);
   const status = httpStatus(err);
   const msg = shortMessage(err);
+  // An answer the SDK could not parse (e.g. an XML error body from a JSON service, as moto sends
+  // for denied CloudWatch Logs calls) has no AWS code: judge it by its HTTP status alone.
+  const unreadable = status !== undefined && (awsErrorCode(err) === "SyntaxError" || msg.includes("Deserialization error"));
+  const code = unreadable ? undefined : awsErrorCode(err);
   const stage =
     err !== null && typeof err === "object" ? (err as Record<symbol, unknown>)[CREDENTIAL_STAGE] : undefined;
 
@@ -360,6 +363,15 @@ export function mapAwsError(err: unknown, action: string): CloudError {
   }
   if (inSet(TRANSIENT_CODES, code) || (status !== undefined && status >= 500)) {
     return CloudError.retryable("AwsUnavailable", `${action}: AWS is unavailable (${code ?? status}): ${msg}`, jitter(TRANSIENT_RETRY_MS), err);
+  }
+  if (code === undefined && status === 401) {
+    return CloudError.terminal("InvalidCredentials", `${action}: AWS rejected the credentials (HTTP 401): ${msg}`, err);
+  }
+  if (code === undefined && status === 403) {
+    return CloudError.terminal("AccessDenied", `${action}: access denied (HTTP 403); the operator's IAM policy must allow ${action}: ${msg}`, err);
+  }
+  if (code === undefined && status === 404) {
+    return new CloudError("NotFound", "NotFound", `${action}: HTTP 404: ${msg}`, { cause: err });
   }
   if (code === undefined && status === undefined) {
     // Not an AWS answer at all (a bug or an unexpected local failure): retry rather than stall.

@@ -283,16 +283,20 @@ function assess(d: IamDesired, f: RoleFacts): { missing: string[]; policy: Polic
 }
 
 function stateOf(d: IamDesired, f: RoleFacts, missing: string[]): IamState {
-  return {
+  const state: IamState = {
     roleName: d.roleName,
     profileName: d.roleName,
     present: true,
     roleArn: f.arn,
-    instanceProfileArn: `arn:${f.partition}:iam::${f.accountId}:instance-profile/${d.roleName}`,
     accountId: f.accountId,
     partition: f.partition,
     missing,
   };
+  // The profile is known to exist (with our role) only once the marker tag says so.
+  if (f.tags[TAG_PROFILE] === d.roleName) {
+    state.instanceProfileArn = `arn:${f.partition}:iam::${f.accountId}:instance-profile/${d.roleName}`;
+  }
+  return state;
 }
 
 /** Read-only look (iam:GetRole only). Throws Terminal ForeignRole for a same-named role that is not ours. */

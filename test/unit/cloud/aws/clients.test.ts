@@ -181,6 +181,15 @@ describe("SDK error mapping", () => {
     expect(mapAwsError(ce, "iam:GetRole")).toBe(ce);
   });
 
+  it("an unreadable error body is judged by its HTTP status", () => {
+    const unreadable = (status: number) =>
+      Object.assign(new SyntaxError(`Unexpected token '<', "<?xml vers"... is not valid JSON\n  Deserialization error: to see the raw response`), { $metadata: { httpStatusCode: status } });
+    expect(mapAwsError(unreadable(403), "logs:GetLogEvents")).toMatchObject({ kind: "Terminal", reason: "AccessDenied" });
+    expect(mapAwsError(unreadable(401), "logs:GetLogEvents")).toMatchObject({ kind: "Terminal", reason: "InvalidCredentials" });
+    expect(mapAwsError(unreadable(404), "logs:GetLogEvents")).toMatchObject({ kind: "NotFound" });
+    expect(mapAwsError(unreadable(502), "logs:GetLogEvents")).toMatchObject({ kind: "Retryable", reason: "AwsUnavailable" });
+  });
+
   it("awsCall maps failures and passes results through", async () => {
     await expect(awsCall("iam:GetRole", async () => 7)).resolves.toBe(7);
     await expect(awsCall("iam:GetRole", async () => { throw iamError("Throttling", 400); })).rejects.toMatchObject({ kind: "Retryable", reason: "Throttled" });
