@@ -1,7 +1,7 @@
 // Deployment tooling for tests: a Helm binary built from source (the Go module proxy is reachable,
 // release downloads are not), `kubectl kustomize`, and kubeconfigs that act as a ServiceAccount.
 import { spawn } from "node:child_process";
-import { access, chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { access, chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { rmSync } from "node:fs";
 import { constants as fsConstants } from "node:fs";
 import { tmpdir } from "node:os";
@@ -142,16 +142,13 @@ async function buildHelm(): Promise<string> {
   }
 }
 
-let helmHome: string | undefined;
-
-/** Runs helm with its config, cache and data folders in a private temp folder (no ~/.config/helm). */
+/**
+ * Runs helm with its config, cache and data folders inside the vmforge cache (never ~/.config/helm
+ * or ~/.cache/helm). The tests use no chart repositories, so these folders stay nearly empty.
+ */
 export async function helm(args: string[], opts: { input?: string; kubeconfig?: string } = {}): Promise<string> {
   const bin = await ensureHelm();
-  if (!helmHome) {
-    helmHome = await mkdtemp(join(tmpdir(), "vmforge-helm-home-"));
-    const dir = helmHome;
-    process.once("exit", () => rmSync(dir, { recursive: true, force: true }));
-  }
+  const helmHome = join(cacheRoot(), "helm", "home");
   return runToolOk(bin, args, {
     ...(opts.input !== undefined ? { input: opts.input } : {}),
     env: {
@@ -229,13 +226,32 @@ interface KubeconfigFile {
   clusters?: { name: string; cluster: { server: string; "certificate-authority-data"?: string; "certificate-authority"?: string } }[];
 }
 
+const SA_KUBECONFIG_PREFIX = "vmforge-sa-kubeconfig-";
 const tempFiles = new Set<string>();
 let exitHook = false;
+
+/** Removes kubeconfig folders older than `maxAgeMs` left by processes killed before cleaning up (their tokens have expired). */
+async function sweepExpiredKubeconfigs(maxAgeMs: number): Promise<void> {
+  const base = tmpdir();
+  for (const e of await readdir(base).catch(() => [] as string[])) {
+    if (!e.startsWith(SA_KUBECONFIG_PREFIX)) continue;
+    const dir = join(base, e);
+    const info = await stat(dir).catch(() => undefined);
+    if (info && Date.now() - info.mtimeMs > maxAgeMs) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Deletes every kubeconfig serviceAccountKubeconfig() wrote in this process (call it in afterAll). */
+export async function removeServiceAccountKubeconfigs(): Promise<void> {
+  for (const d of tempFiles) await rm(d, { recursive: true, force: true });
+  tempFiles.clear();
+}
 
 /**
  * Mints a token for ServiceAccount `namespace/sa` (TokenRequest API, valid for `expirationSeconds`,
  * default one hour) and writes a kubeconfig that authenticates with it against the cluster of
- * `kubeconfig` (same server and CA). Returns the file's path; it is removed when the process exits.
+ * `kubeconfig` (same server and CA). Returns the file's path, in a private temp folder that is removed
+ * by removeServiceAccountKubeconfigs(), at process exit, or by a later call once the token expired.
  * The ServiceAccount must exist. Nothing else is granted: the token has exactly the ServiceAccount's RBAC.
  */
 export async function serviceAccountKubeconfig(kubeconfig: string, namespace: string, sa: string, opts: { expirationSeconds?: number } = {}): Promise<string> {
@@ -263,7 +279,8 @@ export async function serviceAccountKubeconfig(kubeconfig: string, namespace: st
     contexts: [{ name: "sa", context: { cluster: "cluster", user, namespace } }],
     "current-context": "sa",
   });
-  const dir = await mkdtemp(join(tmpdir(), "vmforge-sa-kubeconfig-"));
+  await sweepExpiredKubeconfigs(24 * 3600 * 1000);
+  const dir = await mkdtemp(join(tmpdir(), SA_KUBECONFIG_PREFIX));
   const path = join(dir, "kubeconfig");
   await writeFile(path, text, { mode: 0o600 });
   tempFiles.add(dir);

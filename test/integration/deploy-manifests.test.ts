@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { stringify } from "yaml";
-import { ensureHelm, helm, helmTemplate, KUBECTL, kubectlApply, kustomizeBuild, parseManifests, runTool, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
+import { ensureHelm, helm, helmTemplate, KUBECTL, kubectlApply, kustomizeBuild, parseManifests, removeServiceAccountKubeconfigs, runTool, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
 import { deleteNamespace, kubeAdmin, kubeconfigPath, randomSuffix, TEST_NAMESPACE_LABEL } from "../harness/helpers.js";
 import { REPO_ROOT } from "../harness/paths.js";
 import { KubeApiError, KubeClient } from "../../src/engine/kube.js";
@@ -264,6 +264,7 @@ afterAll(async () => {
   for (const objs of cleanupRbac) await deleteClusterRbac(objs);
   for (const ns of cleanupNamespaces) await deleteNamespace(ns);
   for (const d of tmpDirs) await rm(d, { recursive: true, force: true });
+  await removeServiceAccountKubeconfigs();
 });
 
 describe("kubectl apply -k deploy/", () => {
