@@ -22,6 +22,8 @@ export interface InstancePlayerOptions {
   dir: string;
   /** Exit code the stand-in nextflow ends with. */
   pipelineExitCode?: number;
+  /** Per Run (by its vmforge.dev/run-name tag): the exit code, or undefined to leave the machine alone. */
+  exitCodeFor?: (runName: string) => number | undefined;
   say: (line: string) => void;
 }
 
@@ -64,6 +66,13 @@ export class InstancePlayer {
       for (const inst of r.Instances ?? []) {
         const id = inst.InstanceId;
         if (!id || this.played.has(id)) continue;
+        let exitCode = this.o.pipelineExitCode ?? 0;
+        if (this.o.exitCodeFor) {
+          const runName = inst.Tags?.find((t) => t.Key === "vmforge.dev/run-name")?.Value ?? "";
+          const chosen = this.o.exitCodeFor(runName);
+          if (chosen === undefined) continue;
+          exitCode = chosen;
+        }
         const attr = await this.ec2.send(new DescribeInstanceAttributeCommand({ InstanceId: id, Attribute: "userData" }));
         const b64 = attr.UserData?.Value;
         if (!b64) {
@@ -71,12 +80,12 @@ export class InstancePlayer {
           this.played.set(id, spawn("true"));
           continue;
         }
-        this.played.set(id, this.boot(id, Buffer.from(b64, "base64").toString("utf8")));
+        this.played.set(id, this.boot(id, Buffer.from(b64, "base64").toString("utf8"), exitCode));
       }
     }
   }
 
-  private boot(id: string, userData: string): ChildProcess {
+  private boot(id: string, userData: string, exitCode: number): ChildProcess {
     const root = join(this.o.dir, id);
     const state = join(root, "sandbox");
     const agentBin = join(root, "opt/aws/amazon-cloudwatch-agent/bin");
@@ -99,7 +108,7 @@ export class InstancePlayer {
         VMFORGE_SANDBOX_ENDPOINT: this.o.endpoint,
         VMFORGE_SANDBOX_REGION: this.o.region,
         VMFORGE_SANDBOX_INSTANCE_ID: id,
-        VMFORGE_SANDBOX_NXF_EXIT: String(this.o.pipelineExitCode ?? 0),
+        VMFORGE_SANDBOX_NXF_EXIT: String(exitCode),
       },
       stdio: ["ignore", "ignore", "pipe"],
     });

@@ -43,6 +43,8 @@ export class RunTracker {
   private polling: Promise<void> | undefined;
   /** Cloud calls made by the last poll, by group. Exposed for tests and metrics. */
   lastPoll: { groups: number; runs: number } = { groups: 0, runs: 0 };
+  /** Polls completed since start. */
+  pollCount = 0;
 
   constructor(private readonly d: RunTrackerDeps) {}
 
@@ -115,5 +117,6 @@ export class RunTracker {
       }
     }
     this.lastPoll = { groups: groups.size, runs: count };
+    this.pollCount++;
   }
 }
