@@ -61,6 +61,11 @@ export interface EnvContext {
   credentials: ResolvedCredentials;
   logger: Logger;
   signal?: AbortSignal;
+  /**
+   * The Seqera Platform token from spec.platformTokenSecretRef, when set and readable (launches
+   * only). Providers decide whether and how it may reach the machine. Never logged.
+   */
+  platformToken?: string;
 }
 
 export interface EnvObservation {

@@ -14,7 +14,7 @@ import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
 import { ComputeEnvironmentResource, RunResource, parseDuration } from "../../api/types.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
-import { CredentialsError, FINALIZER, clip, describeError, now, resolveCredentials } from "../shared.js";
+import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
 import type { ListSource, RunTracker } from "./tracker.js";
 
@@ -133,6 +133,11 @@ export class RunReconciler {
     let desc: RunDescription;
     try {
       const ctx = await this.context(ce, log);
+      const ref = ce.spec.platformTokenSecretRef;
+      if (ref) {
+        const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token");
+        if (token) ctx.platformToken = token;
+      }
       desc = await provider.launchRun(ctx, run);
     } catch (e) {
       if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
