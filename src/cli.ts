@@ -13,7 +13,7 @@ import { policyCommand } from "./cli/policy.js";
 
 const USAGE = `usage:
   vmforge operator
-  vmforge policy aws [--full]
+  vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
   vmforge logs <run> [-f|--follow] [-n|--namespace <namespace>] [--kubeconfig <path>]`;
 
 function providers(): Map<string, CloudProvider> {

@@ -23,6 +23,7 @@ import type { AwsClientOptions } from "../../src/cloud/aws/clients.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { InstancePlayer } from "../sandbox/instance.js";
+import { streamRunLogs } from "../../src/cli/logs.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
@@ -120,10 +121,29 @@ describe("AWS Runs through the operator", () => {
     expect(insts[0]?.MetadataOptions?.HttpTokens).toBe("required");
   });
 
-  it("a failing pipeline ends Failed with its exit code", async () => {
+  it("vmforge logs prints a finished Run's log from CloudWatch Logs", async () => {
+    const lines: string[] = [];
+    const code = await streamRunLogs({
+      run: "ok", namespace: ns, follow: false, kubeconfig: kubeconfigPath(), providers: new Map([["aws", new AwsProvider({ endpoint: motoEndpoint() })]]),
+      out: (l) => lines.push(l),
+    });
+    expect(code).toBe(0);
+    expect(lines).toContain("Bonjour world!");
+    expect(lines.some((l) => l === "VMFORGE_EXIT_CODE=0")).toBe(true);
+  });
+
+  it("a failing pipeline ends Failed with its exit code, and vmforge logs -f follows it to the end", async () => {
     exitCodes.set("bad", 4);
     await run("bad", "main");
+    await phase("bad", "Running", 60_000);
+    const followed: string[] = [];
+    const following = streamRunLogs({
+      run: "bad", namespace: ns, follow: true, pollMs: 500, kubeconfig: kubeconfigPath(),
+      providers: new Map([["aws", new AwsProvider({ endpoint: motoEndpoint() })]]), out: (l) => followed.push(l),
+    });
     const f = await phase("bad", "Failed", 90_000);
+    expect(await following).toBe(0);
+    expect(followed).toContain("VMFORGE_EXIT_CODE=4");
     expect(f.status?.exitCode).toBe(4);
     expect(f.status?.reason).toBe("PipelineFailed");
   });
