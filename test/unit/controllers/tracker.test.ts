@@ -1,0 +1,57 @@
+import { describe, expect, it } from "vitest";
+import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
+import type { KubeClient } from "../../../src/engine/kube.js";
+import { createLogger } from "../../../src/engine/logger.js";
+import { RunTracker, accountRegionKey } from "../../../src/controllers/run/tracker.js";
+import { FakeCloud } from "../../support/fake-cloud.js";
+
+const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
+  metadata: { name, namespace: "ns", uid: `ce-${name}` },
+  spec: { provider: "aws", ...(secret ? { credentials: { secretRef: { name: secret } } } : {}), aws: { region, workDir: "s3://b/w" } },
+} as ComputeEnvironment);
+
+const run = (name: string, ceName: string, phase: string): Run => ({
+  metadata: { name, namespace: "ns", uid: `run-${name}` },
+  spec: { computeEnvironmentRef: { name: ceName }, pipeline: { repository: "https://example.com/p" } },
+  status: { phase },
+} as Run);
+
+/** Only what resolveCredentials uses: a Secret with one key. */
+const secrets = { get: async () => ({ metadata: { name: "s" }, data: { accessKeyId: Buffer.from("x").toString("base64") } }) } as unknown as KubeClient;
+
+describe("RunTracker", () => {
+  it("asks the cloud once per account and region, only for Runs whose machine may exist, and enqueues changes", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1"), ce("b", "creds", "eu-west-1"), ce("c", "other", "eu-west-1"), ce("d", "creds", "us-east-1")];
+    const runs: Run[] = [];
+    for (const c of ces) for (let i = 0; i < 5; i++) runs.push(run(`${c.metadata.name}${i}`, c.metadata.name ?? "", "Running"));
+    runs.push(run("pending", "a", "Pending"), run("done", "a", "Succeeded"));
+    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
+    });
+    await t.pollOnce();
+    // a+b share Secret and region; c has another Secret; d another region.
+    expect(cloud.calls.describe).toBe(3);
+    expect(t.lastPoll).toEqual({ groups: 3, runs: 20 });
+    expect(enqueued).toHaveLength(20);
+    expect(t.get("run-pending")).toBeUndefined();
+    expect(t.get("run-done")).toBeUndefined();
+    expect(t.get("run-a0")?.desc?.state).toBe("running");
+
+    enqueued.length = 0;
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(0); // nothing changed, nothing enqueued
+    cloud.finish("run-c3", 0);
+    await t.pollOnce();
+    expect(enqueued).toEqual(["ns/c3"]);
+  });
+
+  it("groups by provider, Secret (or ambient identity) and region", () => {
+    expect(accountRegionKey(ce("a", "creds", "eu-west-1"))).toBe(accountRegionKey(ce("b", "creds", "eu-west-1")));
+    expect(accountRegionKey(ce("a", undefined, "eu-west-1"))).not.toBe(accountRegionKey(ce("a", "creds", "eu-west-1")));
+    expect(accountRegionKey(ce("a", "creds", "eu-west-1"))).not.toBe(accountRegionKey(ce("a", "creds", "eu-west-2")));
+  });
+});
