@@ -424,12 +424,19 @@ export class KubeClient {
   }
 
   /**
-   * Low-level JSON request against an arbitrary API path (e.g. "/version", "/readyz").
+   * Low-level request against an arbitrary API path (e.g. "/version", "/readyz"). Resolves with
+   * the parsed JSON body, or the body text when it is not JSON ("/readyz" answers "ok").
    * Throws KubeApiError on non-2xx answers.
    */
   async request(method: string, path: string, opts: { query?: URLSearchParams; body?: unknown; contentType?: string; signal?: AbortSignal } = {}): Promise<unknown> {
     const body = opts.body === undefined ? undefined : { data: JSON.stringify(opts.body), contentType: opts.contentType ?? "application/json" };
-    return this.json(method, path, opts.query, body, opts.signal);
+    const r = await this.raw(method, path, opts.query, body, opts.signal);
+    if (r.status < 200 || r.status > 299) throw errorFromResponse(method, path, r.status, r.text);
+    try {
+      return r.text === "" ? undefined : (JSON.parse(r.text) as unknown);
+    } catch {
+      return r.text;
+    }
   }
 
   /** Close idle keep-alive sockets (open watches are ended by their signals). */

@@ -94,6 +94,8 @@ export class Reflector<T extends KubeObject = KubeObject> {
   private syncWaiters: { resolve: () => void; reject: (e: unknown) => void }[] = [];
   private lastRV = "";
   private failures = 0;
+  /** The current watch starts from a resourceVersion that a list has just returned. */
+  private justListed = false;
 
   constructor(opts: ReflectorOptions<T>) {
     this.client = opts.client;
@@ -339,6 +341,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
       }
     }
     this.lastRV = rv;
+    this.justListed = true;
     this.log.info({ objects: fresh.size, added, modified, deleted, resourceVersion: rv }, "listed");
     if (!this.synced) {
       this.synced = true;
@@ -414,9 +417,14 @@ export class Reflector<T extends KubeObject = KubeObject> {
     // failure accounting for the backoff: a watch that did useful work resets it
     if (outcome.kind === "stopped") return outcome;
     const ok = healthy();
-    if (outcome.kind === "closed" || outcome.kind === "expired") this.failures = ok ? 0 : this.failures + 1;
+    if (outcome.kind === "expired") {
+      // the server answered, so relist at once; only a 410 for a resourceVersion we just listed
+      // (which should not happen) counts as a failure, to avoid a tight list/watch loop
+      this.failures = ok || !this.justListed ? 0 : this.failures + 1;
+    } else if (outcome.kind === "closed") this.failures = ok ? 0 : this.failures + 1;
     else if (outcome.kind === "error") this.failures = ok ? 1 : this.failures + 1;
     else this.failures += 1; // idle: the server went silent
+    if (ok) this.justListed = false;
     this.log.debug({ outcome: outcome.kind, events, ms: Date.now() - startedAt }, "watch ended");
     return outcome;
   }

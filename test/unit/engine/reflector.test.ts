@@ -67,6 +67,8 @@ class FakeApi implements ReflectorClient {
   mode: "normal" | "down" | "blackhole" = "normal";
   /** How a too-old resourceVersion is answered. */
   goneStyle: "event" | "http" = "event";
+  /** Answer every watch with 410, whatever its resourceVersion (a misbehaving server). */
+  alwaysGone = false;
   /** Fail this many next watch calls with a generic error. */
   failWatches = 0;
   listCalls = 0;
@@ -150,7 +152,7 @@ class FakeApi implements ReflectorClient {
         throw new Error("read ECONNRESET");
       }
       const from = Number(opts.resourceVersion);
-      if (from < api.compactedBelow) {
+      if (from < api.compactedBelow || api.alwaysGone) {
         if (api.goneStyle === "http") throw new KubeApiError(410, "Expired", "too old resource version", { code: 410 });
         yield { type: "ERROR", object: { code: 410, reason: "Expired", message: `too old resource version: ${from}` } };
         return;
@@ -324,6 +326,19 @@ describe("Reflector", () => {
     expect(api.listCalls).toBe(1);
     expect(seen.map((s) => `${s.type} ${s.key}`).sort()).toEqual(["ADDED ns1/a", "ADDED ns1/b"]);
     expect(await restarts(metrics, "expired")).toBe(1);
+  });
+
+  it("backs off instead of spinning when even a freshly listed resourceVersion is answered 410", async () => {
+    const api = new FakeApi();
+    api.create("a");
+    api.alwaysGone = true;
+    const { r, metrics } = start(api, { backoffBaseMs: 5, backoffMaxMs: 40 });
+    await r.waitForSync();
+    await vi.waitFor(() => expect(api.listCalls).toBeGreaterThanOrEqual(4));
+    expect(await restarts(metrics, "backoff")).toBeGreaterThanOrEqual(3);
+    expect(await restarts(metrics, "expired")).toBeGreaterThanOrEqual(3);
+    api.alwaysGone = false;
+    await vi.waitFor(() => expect(api.openWatches()).toBe(1));
   });
 
   it("restarts a watch that stays silent past idleTimeoutMs and misses nothing", async () => {
