@@ -82,7 +82,7 @@ export class Controller {
     if (!(this.timeoutMs > 0)) throw new RangeError(`controller ${opts.name}: reconcileTimeoutMs must be > 0`);
     this.metrics = opts.metrics;
     this.queue = opts.queue ?? new WorkQueue({ name: opts.name, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
-    this.log = opts.logger.child({ controller: opts.name });
+    this.log = opts.logger.bindings().controller === undefined ? opts.logger.child({ controller: opts.name }) : opts.logger;
     this.onTerminalError = opts.onTerminalError;
   }
 

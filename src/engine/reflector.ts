@@ -45,7 +45,8 @@ export interface ReflectorOptions<T extends KubeObject> {
   backoffMaxMs?: number;
   /**
    * Test hook: skip the initial list and start watching from this resourceVersion (e.g. a
-   * deliberately ancient "1" to exercise the too-old path). hasSynced() stays false until a list.
+   * deliberately ancient "1" to exercise the too-old path). hasSynced() stays false until a list
+   * happens, so use it only with a resourceVersion the server no longer has (it answers 410).
    */
   initialResourceVersion?: string;
 }
@@ -118,10 +119,12 @@ export class Reflector<T extends KubeObject = KubeObject> {
     this.initialRV = opts.initialResourceVersion;
     const r = opts.resource;
     this.resourceLabel = r.group === "" ? r.plural : `${r.plural}.${r.group}`;
-    this.log = opts.logger.child({
-      reflector: this.resourceLabel,
-      ...(opts.namespace ? { namespace: opts.namespace } : {}),
-    });
+    // callers often pass a logger that already names the reflector; do not bind the fields twice
+    const bound = opts.logger.bindings();
+    const extra: Record<string, string> = {};
+    if (bound.reflector === undefined) extra.reflector = this.resourceLabel;
+    if (opts.namespace && bound.namespace === undefined) extra.namespace = opts.namespace;
+    this.log = Object.keys(extra).length > 0 ? opts.logger.child(extra) : opts.logger;
   }
 
   start(): void {
