@@ -73,11 +73,11 @@ export class Operator {
 
     this.ceController = new Controller({
       name: "computeenvironment", workers: config.workers, reconcileTimeoutMs: config.reconcileTimeoutMs,
-      logger: logger.child({ controller: "computeenvironment" }), reconcile: (key) => this.ceReconciler.reconcile(key), ...(metrics ? { metrics } : {}),
+      logger: logger.child({ controller: "computeenvironment" }), reconcile: (key, signal) => this.ceReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
     this.runController = new Controller({
       name: "run", workers: config.workers, reconcileTimeoutMs: config.reconcileTimeoutMs,
-      logger: logger.child({ controller: "run" }), reconcile: (key) => this.runReconciler.reconcile(key), ...(metrics ? { metrics } : {}),
+      logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
 
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (_type, ce) => {

@@ -65,13 +65,14 @@ export class ComputeEnvironmentReconciler {
     return this.d.runs.list().filter((r) => r.metadata.namespace === ns && r.spec.computeEnvironmentRef.name === ce.metadata.name);
   }
 
-  async reconcile(key: string): Promise<ReconcileResult> {
+  /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
+  async reconcile(key: string, signal?: AbortSignal): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
     const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
     if (!ce) return;
     const log = this.d.logger.child({ ce: key });
     const provider = this.d.providers.get(ce.spec.provider);
-    if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log);
+    if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log, signal);
 
     const generation = ce.metadata.generation;
     const activeRuns = this.runsOf(ce).filter(isRunActive).length;
@@ -91,7 +92,7 @@ export class ComputeEnvironmentReconciler {
     let ctx: EnvContext;
     try {
       const credentials = await resolveCredentials(this.d.client, withFinalizer);
-      ctx = { ce: withFinalizer, credentials, logger: log };
+      ctx = { ce: withFinalizer, credentials, logger: log, ...(signal ? { signal } : {}) };
       const ref = withFinalizer.spec.credentials?.secretRef;
       if (ref) await protectSecret(this.d.client, namespace ?? "default", ref.name);
     } catch (e) {
@@ -197,7 +198,7 @@ export class ComputeEnvironmentReconciler {
     }
   }
 
-  private async finalize(ce: ComputeEnvironment, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
+  private async finalize(ce: ComputeEnvironment, provider: CloudProvider | undefined, log: Logger, signal?: AbortSignal): Promise<ReconcileResult> {
     if (!hasFinalizer(ce, FINALIZER)) return;
     const generation = ce.metadata.generation;
     const runs = this.runsOf(ce);
@@ -224,7 +225,7 @@ export class ComputeEnvironmentReconciler {
       });
       try {
         const credentials = await resolveCredentials(this.d.client, ce);
-        await provider.disposeEnvironment({ ce, credentials, logger: log });
+        await provider.disposeEnvironment({ ce, credentials, logger: log, ...(signal ? { signal } : {}) });
       } catch (e) {
         const { reason, message } = describeError(e);
         if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {

@@ -40,6 +40,8 @@ export class RunReconciler {
   private readonly claims = new Map<string, Set<string>>();
   /** Serialises launch decisions per CE so the concurrency limit holds across workers. */
   private readonly ceLocks = new Map<string, Promise<void>>();
+  /** The per-reconcile logger carries its reconcile's abort signal to the cloud calls. */
+  private readonly signals = new WeakMap<Logger, AbortSignal>();
 
   constructor(private readonly d: RunDeps) {}
 
@@ -47,11 +49,13 @@ export class RunReconciler {
     return `${run.metadata.namespace}/${run.metadata.name}`;
   }
 
-  async reconcile(key: string): Promise<ReconcileResult> {
+  /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
+  async reconcile(key: string, signal?: AbortSignal): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
     let run = await this.d.client.get<Run>(RunResource, namespace, name);
     if (!run) return;
     const log = this.d.logger.child({ run: key });
+    if (signal) this.signals.set(log, signal);
     const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, run.spec.computeEnvironmentRef.name);
     const provider = ce ? this.d.providers.get(ce.spec.provider) : undefined;
 
@@ -272,7 +276,8 @@ export class RunReconciler {
   }
 
   private async context(ce: ComputeEnvironment, log: Logger): Promise<EnvContext> {
-    return { ce, credentials: await resolveCredentials(this.d.client, ce), logger: log };
+    const signal = this.signals.get(log);
+    return { ce, credentials: await resolveCredentials(this.d.client, ce), logger: log, ...(signal ? { signal } : {}) };
   }
 
   /** Moves the Run to a terminal phase (once) and frees its slot. */
