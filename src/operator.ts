@@ -43,6 +43,14 @@ class Caches<T extends KubeObject> {
 
 const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.name}`;
 
+/** True when nothing but status (and resourceVersion/managedFields) differs between two versions. */
+export function onlyStatusChanged(a: KubeObject, b: KubeObject): boolean {
+  const m = (o: KubeObject) => JSON.stringify([
+    o.metadata.generation, o.metadata.deletionTimestamp ?? null, o.metadata.finalizers ?? [], o.metadata.labels ?? {}, o.metadata.annotations ?? {},
+  ]);
+  return m(a) === m(b);
+}
+
 export class Operator {
   readonly ces: Caches<ComputeEnvironment>;
   readonly runs: Caches<Run>;
@@ -80,8 +88,10 @@ export class Operator {
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
 
-    this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (_type, ce) => {
-      this.ceController.enqueue(keyOf(ce));
+    this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {
+      // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
+      // failing one); spec, metadata and lifecycle changes do.
+      if (type !== "MODIFIED" || !old || !onlyStatusChanged(old, ce)) this.ceController.enqueue(keyOf(ce));
       // Runs follow their CE (Ready, deleting).
       for (const r of this.runs.list()) {
         if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name) this.runController.enqueue(keyOf(r));

@@ -4,7 +4,9 @@
 //  - success            -> queue.forget(key) (backoff reset); { requeueAfterMs } -> queue.addAfter
 //  - TerminalError      -> onTerminalError hook, queue.forget(key); no retry until the key is added
 //                          again (e.g. by a spec change seen by the reflector)
-//  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket)
+//  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket);
+//                          an error with a numeric `retryAfterMs` (e.g. a throttling hint from a
+//                          cloud API) waits at least that long
 //  - timeout            -> the reconcile's signal is aborted; counted as retryable
 //
 // Nothing a reconcile throws or rejects with escapes: every promise the controller creates is
@@ -251,8 +253,9 @@ export class Controller {
     }
     this.finishMetrics(started, "error");
     this.metrics?.reconcileErrors.inc({ controller: this.name, kind: "retryable" });
-    this.queue.addRateLimited(key);
-    this.log.warn({ key, err, retries: this.queue.numRequeues(key) }, "reconcile failed; will retry with backoff");
+    const hint = retryAfterHint(err);
+    this.queue.addRateLimited(key, hint);
+    this.log.warn({ key, err, retries: this.queue.numRequeues(key), ...(hint ? { retryAfterMs: hint } : {}) }, "reconcile failed; will retry with backoff");
   }
 
   private finishMetrics(started: number, result: string): void {
@@ -272,4 +275,10 @@ async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** The wait an error asks for, if it carries a numeric `retryAfterMs` (bounded to one hour). */
+export function retryAfterHint(err: unknown): number {
+  const v = typeof err === "object" && err !== null ? (err as { retryAfterMs?: unknown }).retryAfterMs : undefined;
+  return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(v, 3_600_000) : 0;
 }

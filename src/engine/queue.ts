@@ -128,10 +128,10 @@ export class WorkQueue {
   }
 
   /** Queue `key` after its backoff delay (and the global rate limit); counts as one more failure. */
-  addRateLimited(key: string): void {
+  addRateLimited(key: string, minDelayMs = 0): void {
     if (this.shutdown) return;
     this.metrics?.queueRetries.inc({ queue: this.name });
-    this.addAfter(key, this.whenReady(key));
+    this.addAfter(key, Math.max(this.whenReady(key), minDelayMs));
   }
 
   /** The delay addRateLimited would use, bumping the key's failure count. */

@@ -91,7 +91,7 @@ let defaultSubnets: string[];
 // CreateRole with throttling errors, before the SDK's own retry loop (so every injected error
 // reaches the controller), for roles whose name starts with a given prefix.
 
-const throttle = { prefix: "", budget: 0, injected: 0, createRoleAttempts: 0 };
+const throttle = { prefix: "", budget: 0, injected: 0, createRoleAttempts: 0, attemptTimes: [] as number[] };
 /** provisionEnvironment failures the controller saw, by CloudError reason. */
 const provisionFailures: string[] = [];
 
@@ -102,6 +102,7 @@ function throttlingFactory(o: AwsClientOptions): AwsClients {
       const input = args.input as { RoleName?: unknown };
       if (context.commandName === "CreateRoleCommand" && throttle.prefix !== "" && String(input.RoleName ?? "").startsWith(throttle.prefix)) {
         throttle.createRoleAttempts++;
+        throttle.attemptTimes.push(Date.now());
         if (throttle.budget > 0) {
           throttle.budget--;
           throttle.injected++;
@@ -543,12 +544,13 @@ describe("AWS ComputeEnvironment through the operator (shared moto)", () => {
     expect(await inlinePolicies(roleName)).toEqual([INLINE_POLICY_NAME]);
   });
 
-  it("throttled CreateRole calls are retried by the controller until the CE is Ready", async () => {
+  it("throttled CreateRole calls are retried by the controller, after AWS's hint, until the CE is Ready", async () => {
     const N = 3;
     throttle.prefix = `${ROLE_PREFIX}${ns}-throttled-`;
     throttle.budget = N;
     throttle.injected = 0;
     throttle.createRoleAttempts = 0;
+    throttle.attemptTimes = [];
     provisionFailures.length = 0;
     try {
       const created = await createCe("throttled");
@@ -558,6 +560,12 @@ describe("AWS ComputeEnvironment through the operator (shared moto)", () => {
       // controller tried again: N throttled reconciles, then one CreateRole that went through.
       expect(provisionFailures.filter((f) => f.startsWith("throttled:"))).toEqual(Array.from({ length: N }, () => "throttled:Retryable:Throttled"));
       expect(throttle.createRoleAttempts).toBe(N + 1);
+      // The controller honours the throttling hint (at least 2 s), not just its 5 ms base backoff.
+      // (The first retry may come sooner: the first reconcile's own finalizer and Secret-protection
+      // writes are real changes that enqueue the CE again.)
+      const gaps = throttle.attemptTimes.slice(1).map((t, i) => t - (throttle.attemptTimes[i] ?? t));
+      expect(gaps).toHaveLength(N);
+      for (const gap of gaps.slice(1)) expect(gap, `gaps ${gaps.join(", ")} ms`).toBeGreaterThanOrEqual(1_900);
       const roleName = roleNameOfCe(created);
       expect(c.status?.aws?.roleArn).toBe((await roleOf(roleName))?.Arn);
       expect(condition(c, "Reconciling")?.status).toBe("False");
@@ -624,7 +632,10 @@ describe("AWS ComputeEnvironment through the operator (moto enforcing IAM polici
     const s = await stalled("rotate", ns2);
     expect(s.reason).toBe("InvalidCredentials");
     expect(s.message).toMatch(/AWS rejected the credentials/);
+    expect(s.message).toContain(`Secret ${ns2}/rotating`);
     const c0 = await getCe("rotate", ns2);
+    expect(condition(c0, "CredentialsValid")?.status).toBe("False");
+    expect(condition(c0, "CredentialsValid")?.message).toContain(`Secret ${ns2}/rotating`);
     expect(JSON.stringify(c0?.status)).not.toContain("not-a-real-secret-value");
     expect(await roleOf(roleName, auditor)).toBeUndefined();
 

@@ -279,6 +279,25 @@ describe("deletion", () => {
     expect(secret?.metadata.finalizers ?? []).not.toContain(SECRET_IN_USE_FINALIZER);
   });
 
+  it("a credentials Secret deleted while its CE exists stays readable until the CE is gone", async () => {
+    await client.create(SecretResource, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "kept-creds", namespace: ns },
+      stringData: { accessKeyId: "AKIAEXAMPLE", secretAccessKey: "kept" },
+    } as SecretObject);
+    await readyCe("ce-kept", { credentials: { secretRef: { name: "kept-creds" } } });
+    await client.delete(SecretResource, ns, "kept-creds");
+    const terminating = await client.get<SecretObject>(SecretResource, ns, "kept-creds");
+    expect(terminating?.metadata.deletionTimestamp).toBeTruthy();
+    expect(terminating?.data?.secretAccessKey).toBeTruthy();
+    // The CE keeps working with it (a spec change forces a fresh provision).
+    const before = cloud.calls.provision;
+    await client.patch(ComputeEnvironmentResource, ns, "ce-kept", { spec: { aws: { instanceType: "m6i.xlarge" } } }, "merge");
+    await waitFor("re-provisioned with the terminating Secret", async () => cloud.calls.provision > before && cond(await getCe("ce-kept"), "Ready")?.status === "True");
+    await client.delete(ComputeEnvironmentResource, ns, "ce-kept");
+    await waitFor("CE ce-kept gone", async () => (await getCe("ce-kept")) === undefined);
+    await waitFor("Secret released and gone", async () => (await client.get(SecretResource, ns, "kept-creds")) === undefined);
+  });
+
   it("Retain leaves the cloud untouched", async () => {
     const ce = await readyCe("ce-keep", { deletionPolicy: "Retain" });
     const disposed = cloud.calls.dispose;

@@ -48,12 +48,16 @@ export interface ComputeEnvironmentDeps {
 }
 
 const PROVISIONED = "ResourcesProvisioned";
+/** How long a Stalled environment waits before looking at the cloud again without any change. */
+const STALLED_RECHECK_MS = 30 * 60_000;
 const CREDENTIALS = "CredentialsValid";
 
 export class ComputeEnvironmentReconciler {
   private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs">> & { driftCheckMs: number; deletionPollMs: number };
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
+  /** uid -> the spec generation and credentials a Terminal provider error answered. */
+  private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
@@ -106,6 +110,13 @@ export class ComputeEnvironmentReconciler {
     }
 
     const credentialsVersion = credentialsFingerprint(ctx);
+    const stalled = this.stalled.get(withFinalizer.metadata.uid ?? "");
+    if (stalled && stalled.generation === generation && stalled.credentialsVersion === credentialsVersion && Date.now() - stalled.at < STALLED_RECHECK_MS) {
+      // Same spec, same credentials: the answer would be the same. Wait for a change (or the slow re-check).
+      await this.report(withFinalizer, { activeRuns });
+      return { requeueAfterMs: STALLED_RECHECK_MS - (Date.now() - stalled.at) };
+    }
+    this.stalled.delete(withFinalizer.metadata.uid ?? "");
     const last = this.converged.get(withFinalizer.metadata.uid ?? "");
     const isReady = getCondition(withFinalizer.status?.conditions, "Ready")?.status === "True";
     if (
@@ -167,12 +178,19 @@ export class ComputeEnvironmentReconciler {
       this.converged.delete(withFinalizer.metadata.uid ?? "");
       const { reason, message } = describeError(e);
       if (e instanceof CloudError && e.kind === "Terminal") {
-        const next = kstatus(conditions, generation, "stalled", reason, clip(message));
+        let next = kstatus(conditions, generation, "stalled", reason, clip(message));
+        if (reason === "InvalidCredentials" || reason === "AccessDenied") {
+          const who = ctx.credentials.source === "secret" ? `credentials from Secret ${ctx.credentials.secretName}` : "the operator's ambient credentials";
+          const m = clip(`${who}: ${message}`);
+          next = kstatus(next, generation, "stalled", reason, m);
+          next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
+        }
+        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
-        if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", clip(message));
+        if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
-        // Waits for a spec change; a slow re-check covers fixes made in the cloud itself.
-        return { requeueAfterMs: 30 * 60_000 };
+        // Waits for a spec or credentials change; a slow re-check covers fixes made in the cloud itself.
+        return { requeueAfterMs: STALLED_RECHECK_MS };
       }
       const next = kstatus(conditions, generation, "reconciling", reason, clip(`retrying: ${message}`));
       await this.report(withFinalizer, { activeRuns, conditions: next });
@@ -253,6 +271,7 @@ export class ComputeEnvironmentReconciler {
       if (!stillUsed) await releaseSecret(this.d.client, ce.metadata.namespace ?? "default", ref.name);
     }
     this.converged.delete(ce.metadata.uid ?? "");
+    this.stalled.delete(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
     log.info("finalizer released");
     return;
