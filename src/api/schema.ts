@@ -268,6 +268,26 @@ export const AwsEnvironmentSchema = Type.Object(
         ],
       }),
     ),
+    platformTokenArn: Type.Optional(
+      Type.String({
+        description:
+          "ARN of an SSM Parameter Store parameter (SecureString; arn:aws:ssm:<region>:<account>:parameter/<name>) or a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>) holding the Seqera Platform access token. The instance reads it at boot with its own role, so the token never travels in user data; the operator grants the TowerForge-* role read access to exactly this ARN (with instanceProfileArn, grant ssm:GetParameter or secretsmanager:GetSecretValue yourself; a customer managed KMS key also needs kms:Decrypt for the role). Takes the place of spec.platformTokenSecretRef on AWS. Mutually exclusive with platformTokenInUserData.",
+        maxLength: 2048,
+        [XV]: [
+          matches(
+            "^arn:aws(-[a-z]+)*:(ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_./-]+|secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=.@-]+)$",
+            "platformTokenArn must be the ARN of an SSM parameter (arn:aws:ssm:<region>:<account>:parameter/<name>) or of a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>)",
+          ),
+        ],
+      }),
+    ),
+    platformTokenInUserData: Type.Optional(
+      Type.Boolean({
+        description:
+          "Accept that the token from spec.platformTokenSecretRef travels in the instance's user data, readable by anyone allowed ec2:DescribeInstanceAttribute (e.g. the ReadOnlyAccess policy) and by processes on the instance for as long as it exists. The operator has no AWS permission to store a secret only the instance can read, so without platformTokenArn this opt-in is the only way to hand the token over; a CE with platformTokenSecretRef and neither setting fails its launches. Requires spec.platformTokenSecretRef; mutually exclusive with platformTokenArn. Defaults to false.",
+        default: false,
+      }),
+    ),
     bootDiskSizeGiB: Type.Optional(
       BootDiskSize(
         `Size in GiB of the gp3 EBS boot disk (${MIN_BOOT_DISK_GIB}..${MAX_BOOT_DISK_GIB}). Defaults to ${DEFAULT_BOOT_DISK_GIB}.`,
@@ -452,7 +472,7 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
     platformTokenSecretRef: Type.Optional(
       Type.Object(SecretKeyRefSchema.properties, {
         description:
-          'Secret key holding the Seqera Platform access token that Fusion (and Wave) use. The key defaults to "token".',
+          'Secret key holding the Seqera Platform access token that Fusion (and Wave) use. The key defaults to "token". On AWS the token from this Secret reaches the instance only through its user data, which needs the explicit opt-in aws.platformTokenInUserData; prefer aws.platformTokenArn, which keeps the token out of user data.',
       }),
     ),
     nextflowConfig: Type.Optional(
@@ -505,6 +525,18 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         rule: "self.provider == 'azure' || !has(self.azure)",
         message: "spec.azure is only allowed when provider is azure",
         fieldPath: ".azure",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "!has(self.aws) || !has(self.aws.platformTokenInUserData) || !self.aws.platformTokenInUserData || has(self.platformTokenSecretRef)",
+        message: "aws.platformTokenInUserData requires platformTokenSecretRef: it puts the token from that Secret into the instance's user data",
+        fieldPath: ".aws.platformTokenInUserData",
+        reason: "FieldValueInvalid",
+      },
+      {
+        rule: "!has(self.aws) || !has(self.aws.platformTokenArn) || !has(self.aws.platformTokenInUserData) || !self.aws.platformTokenInUserData",
+        message: "aws.platformTokenArn and aws.platformTokenInUserData are mutually exclusive: with platformTokenArn the instance reads the token itself, so leave platformTokenInUserData unset or false",
+        fieldPath: ".aws.platformTokenInUserData",
         reason: "FieldValueForbidden",
       },
       {

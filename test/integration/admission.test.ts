@@ -284,6 +284,7 @@ describe("valid manifests are accepted with defaults applied", () => {
     expect(spec.aws?.bootDiskSizeGiB).toBe(DEFAULT_BOOT_DISK_GIB);
     expect(spec.aws?.graviton).toBe(false);
     expect(spec.aws?.instanceType).toBeUndefined(); // chosen by the operator from `graviton`
+    expect(spec.aws?.platformTokenInUserData).toBe(false); // the token never goes to user data unasked
   });
 
   it("keeps explicit values of the full AWS environment", () => {
@@ -292,6 +293,13 @@ describe("valid manifests are accepted with defaults applied", () => {
     expect(spec.aws?.bootDiskSizeGiB).toBe(200);
     expect(spec.aws?.graviton).toBe(true);
     expect(spec.platformTokenSecretRef).toEqual({ name: "seqera-platform", key: "access-token" });
+    expect(spec.aws?.platformTokenInUserData).toBe(true);
+  });
+
+  it("keeps the Platform token ARN of an AWS environment", () => {
+    const spec = created.get("ce-aws-platform-token-arn.yaml")?.spec as unknown as ComputeEnvironmentSpec;
+    expect(spec.aws?.platformTokenArn).toBe("arn:aws:secretsmanager:eu-central-1:123456789012:secret:seqera/platform-token-AbCdEf");
+    expect(spec.aws?.platformTokenInUserData).toBe(false);
   });
 
   it("defaults the Azure VM size", () => {
@@ -362,6 +370,22 @@ describe("update rules", () => {
     });
     expect(ok.status, describeReply(ok)).toBe(200);
     expect((ok.body.spec as ComputeEnvironmentSpec).aws?.instanceType).toBe("m6i.xlarge");
+  });
+
+  it("checks the Platform token rules on updates too: switching from user data to an ARN needs the opt-in cleared", async () => {
+    await createOk(renamed(valid("ce-aws-full.yaml"), "upd-token"));
+    const arn = "arn:aws:ssm:us-east-2:123456789012:parameter/seqera/token";
+    const both = await mergePatch(ns, "ComputeEnvironment", "upd-token", { spec: { aws: { platformTokenArn: arn } } });
+    expect(both.status, describeReply(both)).toBe(422);
+    expect(String(both.body.message)).toContain("aws.platformTokenArn and aws.platformTokenInUserData are mutually exclusive");
+    const dropRef = await mergePatch(ns, "ComputeEnvironment", "upd-token", { spec: { platformTokenSecretRef: null } });
+    expect(dropRef.status, describeReply(dropRef)).toBe(422);
+    expect(String(dropRef.body.message)).toContain("aws.platformTokenInUserData requires platformTokenSecretRef");
+    const ok = await mergePatch(ns, "ComputeEnvironment", "upd-token", {
+      spec: { aws: { platformTokenArn: arn, platformTokenInUserData: false } },
+    });
+    expect(ok.status, describeReply(ok)).toBe(200);
+    expect((ok.body.spec as { aws: { platformTokenArn?: string } }).aws.platformTokenArn).toBe(arn);
   });
 
   it("rejects an Azure location change", async () => {

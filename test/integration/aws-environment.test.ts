@@ -27,16 +27,19 @@ import {
   CreateSubnetCommand,
   CreateVpcCommand,
   DescribeImagesCommand,
+  DescribeInstanceAttributeCommand,
+  DescribeInstancesCommand,
   DescribeSubnetsCommand,
   DescribeVpcsCommand,
   EC2ServiceException,
 } from "@aws-sdk/client-ec2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { AwsEnvironment, ComputeEnvironment } from "../../src/api/types.js";
+import type { AwsEnvironment, ComputeEnvironment, ComputeEnvironmentSpec, Run } from "../../src/api/types.js";
 import { awsClients, type AwsClientOptions, type AwsClients } from "../../src/cloud/aws/clients.js";
 import { roleNameOf } from "../../src/cloud/aws/environment.js";
 import { INLINE_POLICY_NAME, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAME, TAG_NAMESPACE, TAG_POLICY_HASH, TAG_PROFILE } from "../../src/cloud/aws/iam.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
+import { TAG_RUN_UID } from "../../src/cloud/aws/runs.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { startMoto, type Moto } from "../harness/moto.js";
@@ -640,5 +643,122 @@ describe("AWS environment: managed policies", () => {
     await provider.provisionEnvironment(ctxOf(c));
     expect((await admin.iam.send(new ListAttachedRolePoliciesCommand({ RoleName: roleNameOf(c) }))).AttachedPolicies).toEqual([]);
     await provider.disposeEnvironment(ctxOf(c));
+  });
+});
+
+describe("AWS environment: Seqera Platform token", () => {
+  const TOKEN = `tok-${randomUUID()}`;
+  const SSM_ARN = "arn:aws:ssm:eu-west-1:123456789012:parameter/seqera/platform-token";
+  const SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:seqera/platform-token-AbCdEf";
+
+  async function inlinePolicy(roleName: string): Promise<{ Statement: { Sid?: string; Action: unknown; Resource: unknown }[] }> {
+    const out = await admin.iam.send(new GetRolePolicyCommand({ RoleName: roleName, PolicyName: INLINE_POLICY_NAME }));
+    return JSON.parse(decodeURIComponent(out.PolicyDocument ?? "")) as { Statement: { Sid?: string; Action: unknown; Resource: unknown }[] };
+  }
+
+  function withAws(c: ComputeEnvironment, aws: Partial<AwsEnvironment>, spec: Partial<ComputeEnvironmentSpec> = {}): ComputeEnvironment {
+    return { ...c, spec: { ...c.spec, ...spec, aws: { ...c.spec.aws!, ...aws } } };
+  }
+
+  function runOf(c: ComputeEnvironment, name: string): Run {
+    return {
+      apiVersion: "vmforge.dev/v1alpha1",
+      kind: "Run",
+      metadata: { namespace: c.metadata.namespace, name, uid: randomUUID() },
+      spec: { computeEnvironmentRef: { name: c.metadata.name! }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+    };
+  }
+
+  /** The user data as any principal allowed ec2:DescribeInstanceAttribute reads it. */
+  async function userDataOf(instanceId: string): Promise<string> {
+    const out = await admin.ec2.send(new DescribeInstanceAttributeCommand({ InstanceId: instanceId, Attribute: "userData" }));
+    return Buffer.from(out.UserData?.Value ?? "", "base64").toString("utf8");
+  }
+
+  /** Provisions the CE and returns it with the status the CE controller would record. */
+  async function provisioned(provider: AwsProvider, c: ComputeEnvironment): Promise<ComputeEnvironment> {
+    const obs = await provider.provisionEnvironment(ctxOf(c));
+    expect(obs.ready).toBe(true);
+    return { ...c, status: { ...obs.status } };
+  }
+
+  it("the role's inline policy lets the instance read exactly the named token, following ARN changes", async () => {
+    const provider = newProvider();
+    const c = ce({ platformTokenArn: SSM_ARN });
+    const roleName = roleNameOf(c);
+    await provider.provisionEnvironment(ctxOf(c));
+    let doc = await inlinePolicy(roleName);
+    expect(doc.Statement.filter((st) => st.Sid === "PlatformToken")).toEqual([
+      { Sid: "PlatformToken", Effect: "Allow", Action: ["ssm:GetParameter"], Resource: SSM_ARN },
+    ]);
+
+    // Another ARN: the hash tag differs, so provision re-puts the policy.
+    const secret = withAws(c, { platformTokenArn: SECRET_ARN });
+    sent.length = 0;
+    const obs = await provider.provisionEnvironment(ctxOf(secret));
+    expect(obs.ready).toBe(true);
+    expect(sent.filter((n) => n === "PutRolePolicy")).toHaveLength(1);
+    doc = await inlinePolicy(roleName);
+    expect(doc.Statement.filter((st) => st.Sid === "PlatformToken")).toEqual([
+      { Sid: "PlatformToken", Effect: "Allow", Action: ["secretsmanager:GetSecretValue"], Resource: [SECRET_ARN, `${SECRET_ARN}-??????`] },
+    ]);
+    expect(JSON.stringify(doc)).not.toContain("ssm:GetParameter");
+
+    // Unchanged: nothing written. Removed: the statement goes.
+    sent.length = 0;
+    await provider.provisionEnvironment(ctxOf(secret));
+    expect(sent).not.toContain("PutRolePolicy");
+    const none = withAws(c, { platformTokenArn: undefined });
+    delete none.spec.aws!.platformTokenArn;
+    await provider.provisionEnvironment(ctxOf(none));
+    doc = await inlinePolicy(roleName);
+    expect(doc.Statement.map((st) => st.Sid)).not.toContain("PlatformToken");
+    expect(JSON.stringify(doc)).not.toMatch(/ssm:|secretsmanager:/);
+    await provider.disposeEnvironment(ctxOf(none));
+  });
+
+  it("launches put the token in user data only with platformTokenInUserData; with an ARN only the ARN travels", async () => {
+    const provider = newProvider();
+    const ns = `ns-${randomUUID().slice(0, 6)}`;
+    const byArn = await provisioned(
+      provider,
+      ce({ platformTokenArn: SECRET_ARN }, { namespace: ns, name: "by-arn" }),
+    );
+    const inUserData = await provisioned(
+      provider,
+      withAws(ce({}, { namespace: ns, name: "in-user-data" }), { platformTokenInUserData: true }, { platformTokenSecretRef: { name: "seqera" } }),
+    );
+    const notOptedIn = await provisioned(
+      provider,
+      withAws(ce({}, { namespace: ns, name: "not-opted-in" }), { platformTokenInUserData: false }, { platformTokenSecretRef: { name: "seqera" } }),
+    );
+    // The token the Run reconciler resolved from spec.platformTokenSecretRef (here also for the
+    // ARN CE, as if it named a Secret too: the provider must still keep it out of user data).
+    const withToken = (c: ComputeEnvironment): EnvContext => ({ ...ctxOf(c), platformToken: TOKEN });
+
+    const runArn = runOf(byArn, "run-arn");
+    const a = await provider.launchRun(withToken(byArn), runArn);
+    const udArn = await userDataOf(a.instanceId);
+    expect(udArn).toMatch(/^#!\/bin\/bash\n/);
+    expect(udArn).toContain("VMF_TOKEN_SOURCE='secretsmanager'");
+    expect(udArn).toContain(`VMF_TOKEN_REF='${SECRET_ARN}'`);
+    expect(udArn).not.toContain(TOKEN);
+
+    const runInline = runOf(inUserData, "run-inline");
+    const b = await provider.launchRun(withToken(inUserData), runInline);
+    const udInline = await userDataOf(b.instanceId);
+    expect(udInline).toContain("VMF_TOKEN_SOURCE='user-data'");
+    expect(udInline).toContain(`VMF_TOKEN_INLINE='${TOKEN}'`);
+
+    // Without the opt-in the launch fails before RunInstances, naming both remedies, never the token.
+    const run = runOf(notOptedIn, "run-refused");
+    const err = await expectCloudError(provider.launchRun(withToken(notOptedIn), run), "Terminal", "PlatformTokenNotDeliverable", /spec\.aws\.platformTokenArn.*spec\.aws\.platformTokenInUserData/s);
+    expect(err.message).not.toContain(TOKEN);
+    const launched = await admin.ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: `tag:${TAG_RUN_UID}`, Values: [run.metadata.uid!] }] }));
+    expect((launched.Reservations ?? []).flatMap((r) => r.Instances ?? [])).toEqual([]);
+
+    await provider.terminateRun(ctxOf(byArn), runArn);
+    await provider.terminateRun(ctxOf(inUserData), runInline);
+    for (const c of [byArn, inUserData, notOptedIn]) await provider.disposeEnvironment(ctxOf(c));
   });
 });

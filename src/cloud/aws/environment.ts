@@ -6,6 +6,7 @@ import type { CloudResourceRef, ComputeEnvironment, ComputeEnvironmentStatus } f
 import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
 import type { AwsClients } from "./clients.js";
 import { disposeIam, ensureIam, observeIam, parseIamArn, roleNameFor, type CeIdentity, type IamDesired, type IamState } from "./iam.js";
+import { platformTokenReadStatement } from "./launcher.js";
 import { validateAwsSpec, type ValidatedAwsSpec } from "./validate.js";
 
 /** CloudWatch Logs group of a CE's runs (the instance role's CloudWatch agent creates it). */
@@ -27,14 +28,18 @@ export function roleNameOf(ce: ComputeEnvironment): string {
   return roleNameFor(ceIdentity(ce));
 }
 
-function desiredIam(ce: ComputeEnvironment, v: ValidatedAwsSpec): IamDesired {
+/** What the CE wants in IAM; exported for tests. */
+export function desiredIam(ce: ComputeEnvironment, v: Pick<ValidatedAwsSpec, "region" | "buckets">): IamDesired {
   const id = ceIdentity(ce);
+  // Changes with the ARN; the role's policy-hash tag then makes provision re-put the policy.
+  const platformToken = platformTokenReadStatement(ce);
   return {
     ce: id,
     roleName: roleNameFor(id),
     region: v.region,
     logGroup: logGroupFor(ce),
     buckets: v.buckets,
+    ...(platformToken !== undefined ? { platformToken } : {}),
     ...(ce.spec.aws?.tags !== undefined ? { userTags: ce.spec.aws.tags } : {}),
   };
 }

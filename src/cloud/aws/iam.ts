@@ -43,7 +43,7 @@ import {
 import type { Logger } from "../../engine/logger.js";
 import { CloudError } from "../provider.js";
 import { awsCall, hasAwsCode, type AwsClients } from "./clients.js";
-import { policyHash, type PolicyDocument } from "./policy.js";
+import { policyHash, type PolicyDocument, type PolicyStatement } from "./policy.js";
 
 export const ROLE_PREFIX = "TowerForge-";
 export const INLINE_POLICY_NAME = "vmforge-instance";
@@ -107,6 +107,8 @@ export interface InstancePolicyInput {
   logGroup: string;
   /** Work directory bucket first, then allowBuckets (deduplicated). */
   buckets: string[];
+  /** Read access to the Seqera Platform token named by spec.aws.platformTokenArn, when set. */
+  platformToken?: PolicyStatement;
 }
 
 /**
@@ -114,6 +116,8 @@ export interface InstancePolicyInput {
  * - CloudWatch Logs for the agent: the CE's log group (it creates the group and the streams).
  * - S3 read/write on the work directory bucket and the allowed buckets.
  * - ECR pull (Wave/Fusion images and private registries in the account).
+ * - Read access to the one SSM parameter or Secrets Manager secret holding the Platform token,
+ *   when the CE names one (spec.aws.platformTokenArn).
  */
 export function instancePolicy(p: InstancePolicyInput): PolicyDocument {
   const group = `arn:${p.partition}:logs:${p.region}:${p.accountId}:log-group:${p.logGroup}`;
@@ -156,6 +160,7 @@ export function instancePolicy(p: InstancePolicyInput): PolicyDocument {
       },
     );
   }
+  if (p.platformToken) statements.push(p.platformToken);
   return { Version: "2012-10-17", Statement: statements };
 }
 
@@ -207,6 +212,8 @@ export interface IamDesired {
   region: string;
   logGroup: string;
   buckets: string[];
+  /** Statement granting read access to the Platform token (spec.aws.platformTokenArn), if any. */
+  platformToken?: PolicyStatement;
   userTags?: Record<string, string>;
 }
 
@@ -258,7 +265,14 @@ function roleFacts(role: Role, roleName: string): RoleFacts {
 }
 
 function wantedPolicy(d: IamDesired, f: RoleFacts): PolicyDocument {
-  return instancePolicy({ partition: f.partition, region: d.region, accountId: f.accountId, logGroup: d.logGroup, buckets: d.buckets });
+  return instancePolicy({
+    partition: f.partition,
+    region: d.region,
+    accountId: f.accountId,
+    logGroup: d.logGroup,
+    buckets: d.buckets,
+    ...(d.platformToken !== undefined ? { platformToken: d.platformToken } : {}),
+  });
 }
 
 function baseTags(d: IamDesired): Record<string, string> {

@@ -16,18 +16,19 @@
  * What it can do is let the instance read a secret that the user stored in AWS, with the
  * instance's own role. Hence, in order of preference:
  *
- * 1. `vmforge.dev/platform-token-arn` annotation on the CE naming an SSM Parameter Store
- *    parameter (SecureString) or a Secrets Manager secret (plain string). The launcher reads it
- *    at boot with the instance role (`aws ssm get-parameter --with-decryption` /
- *    `aws secretsmanager get-secret-value`); user data carries only the ARN. The instance role
- *    needs read access to that one ARN: {@link platformTokenReadStatement} gives the statement
- *    for the role's inline policy.
+ * 1. `spec.aws.platformTokenArn` naming an SSM Parameter Store parameter (SecureString) or a
+ *    Secrets Manager secret (plain string). The launcher reads it at boot with the instance role
+ *    (`aws ssm get-parameter --with-decryption` / `aws secretsmanager get-secret-value`); user
+ *    data carries only the ARN. The instance role needs read access to that one ARN:
+ *    {@link platformTokenReadStatement} gives the statement the operator adds to the
+ *    TowerForge-* role's inline policy.
  * 2. `spec.platformTokenSecretRef` (a Kubernetes Secret) together with the explicit opt-in
- *    annotation `vmforge.dev/platform-token-in-user-data: "true"`: the token is embedded in user
- *    data. It never appears on a command line or in the log, but it IS readable by the principals
- *    described above. Without the opt-in, a CE with platformTokenSecretRef and no ARN makes the
- *    launch fail with a Terminal error that explains both options: vmforge never widens the
- *    token's exposure silently.
+ *    `spec.aws.platformTokenInUserData: true`: the token is embedded in user data. It never
+ *    appears on a command line or in the log, but it IS readable by the principals described
+ *    above. Without the opt-in, a CE with platformTokenSecretRef and no ARN makes the launch fail
+ *    with a Terminal error that explains both options: vmforge never widens the token's exposure
+ *    silently. Admission (CEL) already refuses the opt-in without platformTokenSecretRef and the
+ *    opt-in together with an ARN.
  * 3. Neither: the pipeline runs without a token (Wave's anonymous limits apply).
  */
 import { createHash } from "node:crypto";
@@ -40,11 +41,6 @@ import { parseS3Url, type PolicyStatement } from "./policy.js";
 
 /** EC2 accepts at most 16 KiB of user data before base64 encoding. */
 export const USER_DATA_LIMIT_BYTES = 16 * 1024;
-
-/** CE annotation: ARN of an SSM parameter or Secrets Manager secret holding the Platform token. */
-export const ANNOTATION_PLATFORM_TOKEN_ARN = "vmforge.dev/platform-token-arn";
-/** CE annotation: "true" allows putting the token from spec.platformTokenSecretRef into user data. */
-export const ANNOTATION_TOKEN_IN_USER_DATA = "vmforge.dev/platform-token-in-user-data";
 
 /** The template line the settings replace (a line of its own, exactly once in the template). */
 const SETTINGS_MARKER = "\n#@@VMFORGE_SETTINGS@@\n";
@@ -186,7 +182,8 @@ const SECRETS_ARN = /^arn:(aws[a-z-]*):secretsmanager:([a-z0-9-]+):(\d{12}):secr
  * `platformToken` is the value resolved from spec.platformTokenSecretRef, when the caller has it.
  */
 export function platformTokenSource(ce: ComputeEnvironment, platformToken?: string): PlatformTokenSource {
-  const arn = ce.metadata.annotations?.[ANNOTATION_PLATFORM_TOKEN_ARN]?.trim();
+  const aws = ce.spec.aws;
+  const arn = aws?.platformTokenArn?.trim();
   if (arn) {
     let m = SSM_ARN.exec(arn);
     if (m) return { kind: "ssm", arn, region: m[2] ?? "" };
@@ -194,19 +191,17 @@ export function platformTokenSource(ce: ComputeEnvironment, platformToken?: stri
     if (m) return { kind: "secretsmanager", arn, region: m[2] ?? "" };
     throw CloudError.terminal(
       "InvalidPlatformTokenArn",
-      `annotation ${ANNOTATION_PLATFORM_TOKEN_ARN} must be the ARN of an SSM parameter (arn:aws:ssm:<region>:<account>:parameter/<name>) or a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>)`,
+      `spec.aws.platformTokenArn must be the ARN of an SSM parameter (arn:aws:ssm:<region>:<account>:parameter/<name>) or a Secrets Manager secret (arn:aws:secretsmanager:<region>:<account>:secret:<name>)`,
     );
   }
   if (!ce.spec.platformTokenSecretRef) return { kind: "none" };
-  const optIn = ce.metadata.annotations?.[ANNOTATION_TOKEN_IN_USER_DATA] === "true";
-  if (!optIn) {
+  if (aws?.platformTokenInUserData !== true) {
     throw CloudError.terminal(
       "PlatformTokenNotDeliverable",
       `spec.platformTokenSecretRef is set, but the operator's AWS permissions leave the instance's user data as the only way ` +
-        `to hand the token over, and user data is readable by anyone allowed ec2:DescribeInstanceAttribute. Either store the ` +
-        `token in SSM Parameter Store (SecureString) or Secrets Manager and set the annotation ${ANNOTATION_PLATFORM_TOKEN_ARN} ` +
-        `to its ARN (the instance reads it with its own role), or accept the exposure with the annotation ` +
-        `${ANNOTATION_TOKEN_IN_USER_DATA}: "true".`,
+        `to hand that token over, and user data is readable by anyone allowed ec2:DescribeInstanceAttribute. Either store the ` +
+        `token in SSM Parameter Store (SecureString) or Secrets Manager and set spec.aws.platformTokenArn to its ARN (the ` +
+        `instance reads it with its own role), or accept the exposure with spec.aws.platformTokenInUserData: true.`,
     );
   }
   if (platformToken === undefined || platformToken === "") {
@@ -220,22 +215,26 @@ export function platformTokenSource(ce: ComputeEnvironment, platformToken?: stri
 
 /**
  * The statement the instance role needs to read the token named by the CE's
- * `vmforge.dev/platform-token-arn` annotation, or undefined when the CE names none. A customer
+ * spec.aws.platformTokenArn, or undefined when the CE names none. A customer
  * managed KMS key additionally needs kms:Decrypt granted in that key's policy.
  */
 export function platformTokenReadStatement(ce: ComputeEnvironment): PolicyStatement | undefined {
-  const src = platformTokenSource(ce, "unused");
+  // Only the ARN matters here (platformTokenSource looks at nothing else when one is set): a CE
+  // whose token cannot be delivered still gets its role; its launches fail with the explanation.
+  if (!ce.spec.aws?.platformTokenArn?.trim()) return undefined;
+  const src = platformTokenSource(ce);
   if (src.kind === "ssm") {
     return { Sid: "PlatformToken", Effect: "Allow", Action: ["ssm:GetParameter"], Resource: src.arn };
   }
   if (src.kind === "secretsmanager") {
-    // A full secret ARN ends in "-" and six random characters; a partial one needs the wildcard.
-    const full = /-[A-Za-z0-9]{6}$/.test(src.arn);
+    // A complete secret ARN ends in "-" and six random characters; a partial one (the name only)
+    // needs the wildcard for that suffix. A name may itself end like a suffix, so a guess from the
+    // shape could lock the instance out: both forms are granted.
     return {
       Sid: "PlatformToken",
       Effect: "Allow",
       Action: ["secretsmanager:GetSecretValue"],
-      Resource: full ? src.arn : [src.arn, `${src.arn}-??????`],
+      Resource: [src.arn, `${src.arn}-??????`],
     };
   }
   return undefined;
@@ -247,7 +246,7 @@ export interface RenderUserDataInput {
   envStatus: AwsEnvStatus;
   /** vCPUs and memory of the instance type, when the caller knows them; else measured on the instance. */
   resources?: { vcpus?: number; memoryMiB?: number };
-  /** The token from spec.platformTokenSecretRef; used only with the user-data opt-in. */
+  /** The token from spec.platformTokenSecretRef; used only with spec.aws.platformTokenInUserData. */
   platformToken?: string;
 }
 

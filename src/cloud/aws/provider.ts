@@ -67,7 +67,8 @@ export class AwsProvider implements CloudProvider {
   }
 
   async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
-    return launchRun(this.clientsFor(ctx), ctx, run);
+    // The token only reaches user data when the CE opted in (launcher.ts decides; never logged).
+    return launchRun(this.clientsFor(ctx), ctx, run, ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {});
   }
 
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {

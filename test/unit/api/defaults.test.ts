@@ -12,7 +12,7 @@ describe("ComputeEnvironment defaults", () => {
     const spec: ComputeEnvironmentSpec = { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://b/w" } };
     expect(defaultComputeEnvironmentSpec(spec)).toEqual({
       provider: "aws",
-      aws: { region: "eu-west-1", workDir: "s3://b/w", graviton: false, bootDiskSizeGiB: 50 },
+      aws: { region: "eu-west-1", workDir: "s3://b/w", graviton: false, bootDiskSizeGiB: 50, platformTokenInUserData: false },
       wave: true,
       fusion: true,
       deletionPolicy: "Delete",
@@ -35,7 +35,8 @@ describe("ComputeEnvironment defaults", () => {
   it("keeps explicit values, including false and non-default numbers", () => {
     const spec: ComputeEnvironmentSpec = {
       provider: "aws",
-      aws: { region: "eu-west-1", workDir: "s3://b/w", graviton: true, bootDiskSizeGiB: 8 },
+      aws: { region: "eu-west-1", workDir: "s3://b/w", graviton: true, bootDiskSizeGiB: 8, platformTokenInUserData: true },
+      platformTokenSecretRef: { name: "seqera", key: "access-token" },
       wave: false,
       fusion: false,
       deletionPolicy: "Retain",

@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { ANNOTATION_PLATFORM_TOKEN_ARN, ANNOTATION_TOKEN_IN_USER_DATA, nextflowArgs, renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
+import { nextflowArgs, renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
 import { logStreamName, parseExitLine } from "../../../../src/cloud/aws/logs.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, sampleCe, sampleRun, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
@@ -156,7 +156,7 @@ describe("launcher script under test", () => {
   it("SSM token: read at boot with the instance role, handed to nextflow in its environment only", async () => {
     const token = "tok-from-ssm-9f8e7d";
     const arn = "arn:aws:ssm:eu-west-1:123456789012:parameter/vmforge/token";
-    const ce = sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: arn } });
+    const ce = sampleCe({ aws: { platformTokenArn: arn } });
     const r = await launch(ce, RUN, { env: { STANDIN_SSM_VALUE: token } });
     expect(r.code, r.log).toBe(0);
     expect(r.calls).toContain(`aws ssm get-parameter --region eu-west-1 --name ${arn} --with-decryption --query Parameter.Value --output text`);
@@ -168,7 +168,7 @@ describe("launcher script under test", () => {
 
   it("opted-in user-data token: reaches nextflow's environment, never its argv or the log", async () => {
     const token = "tok-inline-1a2b3c";
-    const ce = sampleCe({ annotations: { [ANNOTATION_TOKEN_IN_USER_DATA]: "true" }, spec: { platformTokenSecretRef: { name: "tower" } } });
+    const ce = sampleCe({ aws: { platformTokenInUserData: true }, spec: { platformTokenSecretRef: { name: "tower" } } });
     const r = await launch(ce, RUN, {}, token);
     expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
     expect(nextflowArgv(r).join(" ")).not.toContain(token);

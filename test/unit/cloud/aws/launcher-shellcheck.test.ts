@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { ANNOTATION_PLATFORM_TOKEN_ARN, ANNOTATION_TOKEN_IN_USER_DATA, renderUserData } from "../../../../src/cloud/aws/launcher.js";
+import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
 import { LAUNCHER_TEMPLATE } from "../../../../src/cloud/aws/launcher-script.js";
 import { LAUNCHER_SH, launcherModuleText, LAUNCHER_MODULE, shellcheck } from "../../../harness/tools.js";
 import { STANDINS, sampleCe, sampleRun } from "../../../fixtures/launcher/harness.js";
@@ -25,12 +25,12 @@ const variants: Record<string, string> = {
     resources: { vcpus: 4, memoryMiB: 8192 },
   }),
   ssmToken: renderUserData({
-    ce: sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: "arn:aws:ssm:eu-west-1:123456789012:parameter/t" } }),
+    ce: sampleCe({ aws: { platformTokenArn: "arn:aws:ssm:eu-west-1:123456789012:parameter/t" } }),
     run: sampleRun(),
     envStatus: sampleCe().status!.aws!,
   }),
   inlineToken: renderUserData({
-    ce: sampleCe({ annotations: { [ANNOTATION_TOKEN_IN_USER_DATA]: "true" }, spec: { platformTokenSecretRef: { name: "t" } } }),
+    ce: sampleCe({ aws: { platformTokenInUserData: true }, spec: { platformTokenSecretRef: { name: "t" } } }),
     run: sampleRun(),
     envStatus: sampleCe().status!.aws!,
     platformToken: "tok'en$(x)",

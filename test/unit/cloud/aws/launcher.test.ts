@@ -4,8 +4,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  ANNOTATION_PLATFORM_TOKEN_ARN,
-  ANNOTATION_TOKEN_IN_USER_DATA,
   USER_DATA_LIMIT_BYTES,
   nextflowArgs,
   nextflowRunName,
@@ -168,14 +166,14 @@ describe("Platform token delivery", () => {
     }
     expect((err as CloudError).kind).toBe("Terminal");
     expect((err as CloudError).reason).toBe("PlatformTokenNotDeliverable");
-    expect((err as CloudError).message).toContain(ANNOTATION_PLATFORM_TOKEN_ARN);
-    expect((err as CloudError).message).toContain(ANNOTATION_TOKEN_IN_USER_DATA);
+    expect((err as CloudError).message).toContain("spec.aws.platformTokenArn");
+    expect((err as CloudError).message).toContain("spec.aws.platformTokenInUserData: true");
     expect((err as CloudError).message).not.toContain(TOKEN);
   });
 
   it("with an SSM parameter ARN user data carries only the ARN, even when a Secret token is at hand", () => {
     const arn = "arn:aws:ssm:eu-west-1:123456789012:parameter/vmforge/tower-token";
-    const ce = sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: arn }, spec: { platformTokenSecretRef: { name: "tower" } } });
+    const ce = sampleCe({ aws: { platformTokenArn: arn }, spec: { platformTokenSecretRef: { name: "tower" } } });
     const ud = renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws!, platformToken: TOKEN });
     expect(ud).not.toContain(TOKEN);
     expect(ud).toContain("VMF_TOKEN_SOURCE='ssm'");
@@ -186,19 +184,37 @@ describe("Platform token delivery", () => {
 
   it("a Secrets Manager ARN gives a read statement covering the random suffix", () => {
     const arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tower";
-    const ce = sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: arn } });
+    const ce = sampleCe({ aws: { platformTokenArn: arn } });
     expect(platformTokenSource(ce)).toEqual({ kind: "secretsmanager", arn, region: "us-east-1" });
     expect(platformTokenReadStatement(ce)?.Resource).toEqual([arn, `${arn}-??????`]);
     expect(platformTokenReadStatement(sampleCe())).toBeUndefined();
   });
 
   it("rejects an ARN of another service", () => {
-    const ce = sampleCe({ annotations: { [ANNOTATION_PLATFORM_TOKEN_ARN]: "arn:aws:s3:::bucket/token" } });
-    expect(() => platformTokenSource(ce)).toThrow(/ssm|Secrets Manager/);
+    const ce = sampleCe({ aws: { platformTokenArn: "arn:aws:s3:::bucket/token" } });
+    expect(() => platformTokenSource(ce)).toThrow(/^spec\.aws\.platformTokenArn must be the ARN of an SSM parameter .* or a Secrets Manager secret/);
+  });
+
+  it("the retired annotations and an explicit false opt-in deliver nothing", () => {
+    const ce = sampleCe({
+      annotations: { "vmforge.dev/platform-token-in-user-data": "true", "vmforge.dev/platform-token-arn": "arn:aws:ssm:eu-west-1:123456789012:parameter/t" },
+      aws: { platformTokenInUserData: false },
+      spec: { platformTokenSecretRef: { name: "tower" } },
+    });
+    expect(() => platformTokenSource(ce, TOKEN)).toThrow(expect.objectContaining({ kind: "Terminal", reason: "PlatformTokenNotDeliverable" }));
+    expect(platformTokenReadStatement(ce)).toBeUndefined();
+  });
+
+  it("an ARN wins over the opt-in (admission refuses both; the token stays out of user data anyway)", () => {
+    const arn = "arn:aws:ssm:eu-west-1:123456789012:parameter/t";
+    const ce = sampleCe({ aws: { platformTokenArn: arn, platformTokenInUserData: true }, spec: { platformTokenSecretRef: { name: "tower" } } });
+    const ud = renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws!, platformToken: TOKEN });
+    expect(ud).toContain("VMF_TOKEN_SOURCE='ssm'");
+    expect(ud).not.toContain(TOKEN);
   });
 
   it("embeds the token only with the explicit opt-in", () => {
-    const ce = sampleCe({ annotations: { [ANNOTATION_TOKEN_IN_USER_DATA]: "true" }, spec: { platformTokenSecretRef: { name: "tower" } } });
+    const ce = sampleCe({ aws: { platformTokenInUserData: true }, spec: { platformTokenSecretRef: { name: "tower" } } });
     const ud = renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws!, platformToken: TOKEN });
     expect(ud).toContain("VMF_TOKEN_SOURCE='user-data'");
     expect(ud).toContain(`VMF_TOKEN_INLINE='${TOKEN}'`);
