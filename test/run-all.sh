@@ -74,12 +74,15 @@ leftover_pids() {
 say "node $(node --version), npm $(npm --version 2>/dev/null || echo '?'), $(nproc) cores"
 
 prepared=1
-step prepare tsx test/harness/cli.ts prepare || prepared=0
-step typecheck tsc -p tsconfig.json --noEmit
-step lint eslint .
-step unit vitest run --project unit --reporter=default --reporter=json --outputFile.json="$RUN_TMP/unit.json"
+# Each step has a ceiling (timeout(1) exits 124 when it is hit), so a hung step fails the run
+# instead of running into CI's own limit.
+bounded() { local secs=$1; shift; timeout --kill-after=30 "$secs" "$@"; }
+step prepare bounded 2700 tsx test/harness/cli.ts prepare || prepared=0
+step typecheck bounded 600 tsc -p tsconfig.json --noEmit
+step lint bounded 600 eslint .
+step unit bounded 900 vitest run --project unit --reporter=default --reporter=json --outputFile.json="$RUN_TMP/unit.json"
 if [[ $prepared -eq 1 ]]; then
-  if ! step integration vitest run --project integration --reporter=default --reporter=json --outputFile.json="$RUN_TMP/integration.json" \
+  if ! step integration bounded 2700 vitest run --project integration --reporter=default --reporter=json --outputFile.json="$RUN_TMP/integration.json" \
     && [[ -d "$VMFORGE_KEEP_LOGS" ]]; then
     say "server logs of the integration run are kept in $VMFORGE_KEEP_LOGS"
   fi
