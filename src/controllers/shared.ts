@@ -5,6 +5,7 @@
  */
 import type { KubeClient, KubeObject, ResourceType } from "../engine/kube.js";
 import { KubeApiError } from "../engine/kube.js";
+import { ensureFinalizer, removeFinalizer } from "../engine/finalizers.js";
 import type { Condition } from "../engine/conditions.js";
 import { setCondition } from "../engine/conditions.js";
 import type { ComputeEnvironment } from "../api/types.js";
@@ -65,56 +66,22 @@ export async function readSecretKey(client: KubeClient, namespace: string, name:
 
 /**
  * Adds our finalizer and label to the credentials Secret so it cannot vanish while a CE needs it
- * (deleting it only marks it; the data stays readable until the CE releases it).
+ * (deleting it only marks it; the data stays readable until the CE releases it). The label lets
+ * the operator watch just the Secrets it protects.
  */
 export async function protectSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
-  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
-  if (!secret) return;
-  const finalizers = secret.metadata.finalizers ?? [];
-  if (finalizers.includes(SECRET_IN_USE_FINALIZER) && secret.metadata.labels?.[SECRET_LABEL] === "true") return;
-  if (secret.metadata.deletionTimestamp) return; // cannot add finalizers to an object being deleted
-  await client.patch(
-    SecretResource,
-    namespace,
-    name,
-    {
-      metadata: {
-        resourceVersion: secret.metadata.resourceVersion,
-        labels: { [SECRET_LABEL]: "true" },
-        finalizers: finalizers.includes(SECRET_IN_USE_FINALIZER) ? finalizers : [...finalizers, SECRET_IN_USE_FINALIZER],
-      },
-    },
-    "merge",
-  );
+  let secret = await client.get<SecretObject>(SecretResource, namespace, name);
+  if (!secret || secret.metadata.deletionTimestamp) return; // no finalizer can be added to an object being deleted
+  if (secret.metadata.labels?.[SECRET_LABEL] !== "true") {
+    secret = await client.patch<SecretObject>(SecretResource, namespace, name, { metadata: { labels: { [SECRET_LABEL]: "true" } } }, "merge");
+  }
+  await ensureFinalizer(client, SecretResource, secret, SECRET_IN_USE_FINALIZER);
 }
 
 /** Removes our finalizer from the Secret (callers check no other CE still uses it). */
 export async function releaseSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const secret = await client.get<SecretObject>(SecretResource, namespace, name);
-    if (!secret) return;
-    const finalizers = secret.metadata.finalizers ?? [];
-    if (!finalizers.includes(SECRET_IN_USE_FINALIZER)) return;
-    try {
-      await client.patch(
-        SecretResource,
-        namespace,
-        name,
-        {
-          metadata: {
-            resourceVersion: secret.metadata.resourceVersion,
-            finalizers: finalizers.filter((f) => f !== SECRET_IN_USE_FINALIZER),
-          },
-        },
-        "merge",
-      );
-      return;
-    } catch (e) {
-      if (e instanceof KubeApiError && e.status === 409) continue;
-      if (e instanceof KubeApiError && e.status === 404) return;
-      throw e;
-    }
-  }
+  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
+  if (secret) await removeFinalizer(client, SecretResource, secret, SECRET_IN_USE_FINALIZER);
 }
 
 export function now(): string {
