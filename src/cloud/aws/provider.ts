@@ -49,7 +49,7 @@ export class AwsProvider implements CloudProvider {
     if (this.opts.endpoint !== undefined) o.endpoint = this.opts.endpoint;
     if (this.opts.maxAttempts !== undefined) o.maxAttempts = this.opts.maxAttempts;
     if (ctx.credentials.secretName !== undefined) o.secretLabel = `${ctx.ce.metadata.namespace ?? ""}/${ctx.credentials.secretName}`;
-    return this.clients.get(o);
+    return withAbortSignal(this.clients.get(o), ctx.signal);
   }
 
   // Every method is async so that a bad Secret or spec (thrown while picking clients) arrives as
@@ -86,4 +86,23 @@ export class AwsProvider implements CloudProvider {
   async sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
     return sweepOrphans(this.clientsFor(ctx), ctx, liveRunUids);
   }
+}
+
+type Sendable = { send: (command: never, options?: { abortSignal?: AbortSignal }) => Promise<unknown> };
+
+/**
+ * The same clients, with every `send` carrying the reconcile's abort signal, so a reconcile that
+ * passed its deadline stops waiting on AWS. The cached clients themselves are shared and untouched.
+ */
+export function withAbortSignal(clients: AwsClients, signal: AbortSignal | undefined): AwsClients {
+  if (!signal) return clients;
+  const wrap = <C extends object>(client: C): C =>
+    new Proxy(client, {
+      get(target, prop, receiver) {
+        if (prop !== "send") return Reflect.get(target, prop, receiver) as unknown;
+        const send = (target as unknown as Sendable).send.bind(target);
+        return (command: never, options?: { abortSignal?: AbortSignal }) => send(command, { abortSignal: signal, ...(options ?? {}) });
+      },
+    });
+  return { ...clients, ec2: wrap(clients.ec2), iam: wrap(clients.iam), logs: wrap(clients.logs), s3: wrap(clients.s3), sts: wrap(clients.sts) };
 }
