@@ -226,14 +226,13 @@ export class EventRecorder {
   private fail(err: unknown, regarding: Regarding, reason: string): void {
     try {
       this.opts.metrics?.eventsTotal.inc({ result: "failed" });
-      this.opts.logger.warn(
-        {
-          err,
-          regarding: { kind: regarding?.kind, namespace: regarding?.metadata?.namespace, name: regarding?.metadata?.name },
-          reason,
-        },
-        "could not record event",
-      );
+      const where = { kind: regarding?.kind, namespace: regarding?.metadata?.namespace, name: regarding?.metadata?.name };
+      if (namespaceTerminating(err)) {
+        // Expected while a namespace is being deleted: nothing can be created in it any more.
+        this.opts.logger.debug({ regarding: where, reason }, "event not recorded: the namespace is being deleted");
+        return;
+      }
+      this.opts.logger.warn({ err, regarding: where, reason }, "could not record event");
     } catch {
       // never throw from the recorder
     }
@@ -245,4 +244,11 @@ function eventName(regardingName: string, now: Date): string {
   const suffix = (BigInt(now.getTime()) * 1_000_000n + BigInt(randomInt(1_000_000))).toString(16);
   const maxPrefix = 253 - suffix.length - 1;
   return `${regardingName.slice(0, maxPrefix).replace(/[.-]+$/, "")}.${suffix}`;
+}
+
+/** A 403 whose cause is NamespaceTerminating (events cannot be created in a namespace being deleted). */
+function namespaceTerminating(err: unknown): boolean {
+  if (!(err instanceof KubeApiError) || err.status !== 403) return false;
+  const causes = (err.body as { details?: { causes?: { reason?: string }[] } } | undefined)?.details?.causes ?? [];
+  return causes.some((c) => c.reason === "NamespaceTerminating");
 }

@@ -124,6 +124,22 @@ describe("EventRecorder", () => {
     expect(f.patches.map((p) => (p.body as { series: { count: number } }).series.count)).toEqual([2, 3, 4]);
   });
 
+  it("a namespace being deleted is not a warning; other failures are", async () => {
+    const f = new FakeEvents();
+    const sink = logSink();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: sink.logger });
+    f.failCreate = new KubeApiError(403, "Forbidden", "namespace is being terminated", {
+      kind: "Status", reason: "Forbidden", code: 403, details: { causes: [{ reason: "NamespaceTerminating" }] },
+    });
+    await rec.record(run, "Normal", "Disposed", "Dispose", "gone");
+    const lines = sink.text().trim().split("\n").map((l) => JSON.parse(l) as { level: number; msg: string });
+    expect(lines.map((l) => [l.level, l.msg])).toEqual([[20, "event not recorded: the namespace is being deleted"]]);
+    f.failCreate = new KubeApiError(403, "Forbidden", "events is forbidden", { kind: "Status", reason: "Forbidden", code: 403 });
+    await rec.record(run, "Normal", "Other", "Dispose", "x");
+    expect(sink.text()).toContain('"level":40');
+    expect(sink.text()).toContain("could not record event");
+  });
+
   it("starts a new Event when the aggregated one is gone", async () => {
     const f = new FakeEvents();
     const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger });
