@@ -18,7 +18,7 @@ import { ComputeEnvironmentReconciler } from "./controllers/computeenvironment/r
 import { RunReconciler } from "./controllers/run/reconciler.js";
 import { RunTracker } from "./controllers/run/tracker.js";
 import type { SecretObject } from "./controllers/shared.js";
-import { SECRET_LABEL, SecretResource } from "./controllers/shared.js";
+import { SECRET_LABEL, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
 
 export interface OperatorOptions {
   client: KubeClient;
@@ -43,6 +43,9 @@ class Caches<T extends KubeObject> {
 
 const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.name}`;
 
+const readiness = (ce: ComputeEnvironment): string =>
+  `${ce.status?.conditions?.find((c) => c.type === "Ready")?.status ?? ""}/${ce.status?.observedGeneration ?? ""}`;
+
 /** True when nothing but status (and resourceVersion/managedFields) differs between two versions. */
 export function onlyStatusChanged(a: KubeObject, b: KubeObject): boolean {
   const m = (o: KubeObject) => JSON.stringify([
@@ -63,6 +66,8 @@ export class Operator {
   private elector: LeaderElector | undefined;
   private leading = false;
   private stopping = false;
+  /** Aborts the wait for the caches when the operator stops before they synced. */
+  private readonly syncAbort = new AbortController();
   private running: Promise<void> | undefined;
 
   constructor(private readonly o: OperatorOptions) {
@@ -91,8 +96,15 @@ export class Operator {
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {
       // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
       // failing one); spec, metadata and lifecycle changes do.
-      if (type !== "MODIFIED" || !old || !onlyStatusChanged(old, ce)) this.ceController.enqueue(keyOf(ce));
-      // Runs follow their CE (Ready, deleting).
+      const statusOnly = type === "MODIFIED" && old !== undefined && onlyStatusChanged(old, ce);
+      if (!statusOnly) this.ceController.enqueue(keyOf(ce));
+      if (type === "DELETED") {
+        // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.
+        void releaseUnusedSecrets(client, ce.metadata.namespace ?? "default").catch((err: unknown) =>
+          logger.warn({ err, namespace: ce.metadata.namespace }, "releasing unused credentials Secrets failed"));
+      }
+      // Runs follow their CE (Ready, deleting); a status write that did not change readiness is no news to them.
+      if (statusOnly && old && readiness(old) === readiness(ce)) return;
       for (const r of this.runs.list()) {
         if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name) this.runController.enqueue(keyOf(r));
       }
@@ -167,7 +179,7 @@ export class Operator {
     this.leading = true;
     this.o.logger.info({ namespaces: this.o.config.namespaces.length ? this.o.config.namespaces : "all" }, "starting controllers");
     for (const r of [...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors]) r.start();
-    await Promise.all([...this.ces.reflectors, ...this.runs.reflectors].map((r) => r.waitForSync()));
+    await Promise.all([...this.ces.reflectors, ...this.runs.reflectors].map((r) => r.waitForSync(this.syncAbort.signal)));
     this.ceController.start();
     this.runController.start();
     this.tracker.start();
@@ -176,6 +188,7 @@ export class Operator {
   /** Graceful stop: stop intake, finish in-flight reconciles up to the deadline, release the Lease. */
   async stop(deadlineMs = this.o.config.shutdownTimeoutMs): Promise<void> {
     this.stopping = true;
+    this.syncAbort.abort(new Error("operator stopping"));
     await this.running?.catch(() => undefined);
     await this.tracker.stop();
     await Promise.all([this.ceController.stop(deadlineMs), this.runController.stop(deadlineMs)]);

@@ -9,6 +9,7 @@ import { ensureFinalizer, removeFinalizer } from "../engine/finalizers.js";
 import type { Condition } from "../engine/conditions.js";
 import { setCondition } from "../engine/conditions.js";
 import type { ComputeEnvironment } from "../api/types.js";
+import { ComputeEnvironmentResource } from "../api/types.js";
 import type { ResolvedCredentials } from "../cloud/provider.js";
 import { CloudError } from "../cloud/provider.js";
 
@@ -78,10 +79,32 @@ export async function protectSecret(client: KubeClient, namespace: string, name:
   await ensureFinalizer(client, SecretResource, secret, SECRET_IN_USE_FINALIZER);
 }
 
-/** Removes our finalizer from the Secret (callers check no other CE still uses it). */
-export async function releaseSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
-  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
-  if (secret) await removeFinalizer(client, SecretResource, secret, SECRET_IN_USE_FINALIZER);
+/**
+ * Releases every Secret vmforge protects in `namespace` that no ComputeEnvironment still needs: a
+ * Secret is needed while a CE that names it holds the vmforge finalizer (its disposal may still
+ * read it). Reads fresh from the API, not from a cache, so two CEs finishing at once, or a CE that
+ * switched to another Secret, cannot leave a Secret stuck. `finishing` is a CE about to release
+ * its own finalizer (it no longer counts).
+ */
+export async function releaseUnusedSecrets(client: KubeClient, namespace: string, finishing?: string): Promise<string[]> {
+  const [secrets, ces] = await Promise.all([
+    client.list<SecretObject>(SecretResource, { namespace, labelSelector: `${SECRET_LABEL}=true` }),
+    client.list<ComputeEnvironment>(ComputeEnvironmentResource, { namespace }),
+  ]);
+  const needed = new Set(
+    ces.items
+      .filter((ce) => ce.metadata.uid !== finishing && (ce.metadata.finalizers ?? []).includes(FINALIZER))
+      .map((ce) => ce.spec.credentials?.secretRef?.name)
+      .filter((n): n is string => !!n),
+  );
+  const released: string[] = [];
+  for (const secret of secrets.items) {
+    const name = secret.metadata.name ?? "";
+    if (needed.has(name) || !(secret.metadata.finalizers ?? []).includes(SECRET_IN_USE_FINALIZER)) continue;
+    await removeFinalizer(client, SecretResource, secret, SECRET_IN_USE_FINALIZER);
+    released.push(name);
+  }
+  return released;
 }
 
 export function now(): string {

@@ -312,7 +312,9 @@ export class LeaderElector {
   private observe(lease: Lease, ts: number): void {
     this.lease = lease;
     const raw = JSON.stringify(lease.spec ?? {});
-    if (this.observedRaw !== undefined && raw !== this.observedRaw) this.observedChangeAt = ts;
+    // Like client-go: the first sight counts as a change, so a new candidate waits a full lease
+    // duration before it takes over a Lease whose renewTime merely looks old by its own clock.
+    if (this.observedRaw === undefined || raw !== this.observedRaw) this.observedChangeAt = ts;
     this.observedRaw = raw;
   }
 

@@ -55,11 +55,11 @@ async function readyCe(name: string, extra: Partial<ComputeEnvironment["spec"]> 
   });
 }
 
-async function runInPhase(name: string, phase: string, namespace = ns): Promise<Run> {
+async function runInPhase(name: string, phase: string, namespace = ns, timeoutMs = 30_000): Promise<Run> {
   return waitFor(`Run ${name} ${phase}`, async () => {
     const r = await getRun(name, namespace);
     return r?.status?.phase === phase ? r : undefined;
-  });
+  }, timeoutMs);
 }
 
 async function events(name: string): Promise<{ reason: string; note: string; type: string; reportingInstance: string }[]> {
@@ -228,6 +228,27 @@ describe("Run", () => {
     await runInPhase("second", "Running");
   });
 
+  it("a Run removed by hand (finalizer stripped) gives its concurrency slot back", async () => {
+    await readyCe("ce-slot", { maxConcurrentRuns: 1 });
+    await client.create(RunResource, runManifest("stuck", "ce-slot"));
+    await runInPhase("stuck", "Running");
+    await client.create(RunResource, runManifest("next", "ce-slot"));
+    await waitFor("next waits for a slot", async () => (await getRun("next"))?.status?.reason === "ConcurrencyLimit");
+    // An admin clears a stuck Run the hard way.
+    await client.patch(RunResource, ns, "stuck", { metadata: { finalizers: null } }, "merge");
+    await client.delete(RunResource, ns, "stuck");
+    await waitFor("stuck gone", async () => (await getRun("stuck")) === undefined);
+    await client.patch(RunResource, ns, "next", { metadata: { annotations: { nudge: "1" } } }, "merge");
+    await runInPhase("next", "Running");
+  });
+
+  it("a Run that cannot get a machine within its timeout fails with reason Timeout", async () => {
+    await client.create(RunResource, runManifest("orphaned", "no-such-ce", { timeout: "1m" }));
+    const f = await runInPhase("orphaned", "Failed", ns, 90_000);
+    expect(f.status?.reason).toBe("Timeout");
+    expect(f.status?.message).toContain("did not get a machine");
+  }, 120_000);
+
   it("a crash right after the cloud call does not make a second machine", async () => {
     cloud.launchErrorAfterCreate = CloudError.retryable("Crash", "simulated failure after the machine was created");
     await client.create(RunResource, runManifest("crashy", "ce-run"));
@@ -296,6 +317,34 @@ describe("deletion", () => {
     await client.delete(ComputeEnvironmentResource, ns, "ce-kept");
     await waitFor("CE ce-kept gone", async () => (await getCe("ce-kept")) === undefined);
     await waitFor("Secret released and gone", async () => (await client.get(SecretResource, ns, "kept-creds")) === undefined);
+  });
+
+  it("switching a CE to another Secret releases the old one", async () => {
+    for (const name of ["switch-a", "switch-b"]) {
+      await client.create(SecretResource, {
+        apiVersion: "v1", kind: "Secret", metadata: { name, namespace: ns }, stringData: { accessKeyId: "AKIAEXAMPLE", secretAccessKey: name },
+      } as SecretObject);
+    }
+    await readyCe("ce-switch", { credentials: { secretRef: { name: "switch-a" } } });
+    const finalizersOf = async (name: string) => (await client.get<SecretObject>(SecretResource, ns, name))?.metadata.finalizers ?? [];
+    expect(await finalizersOf("switch-a")).toContain(SECRET_IN_USE_FINALIZER);
+    await client.patch(ComputeEnvironmentResource, ns, "ce-switch", { spec: { credentials: { secretRef: { name: "switch-b" } } } }, "merge");
+    await waitFor("switch-b protected, switch-a released", async () =>
+      (await finalizersOf("switch-b")).includes(SECRET_IN_USE_FINALIZER) && !(await finalizersOf("switch-a")).includes(SECRET_IN_USE_FINALIZER));
+    await client.delete(SecretResource, ns, "switch-a");
+    await waitFor("switch-a deleted", async () => (await client.get(SecretResource, ns, "switch-a")) === undefined);
+  });
+
+  it("a Secret shared by two CEs deleted together is released once both are gone", async () => {
+    await client.create(SecretResource, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "shared", namespace: ns }, stringData: { accessKeyId: "AKIAEXAMPLE", secretAccessKey: "shared" },
+    } as SecretObject);
+    await readyCe("ce-s1", { credentials: { secretRef: { name: "shared" } }, deletionPolicy: "Retain" });
+    await readyCe("ce-s2", { credentials: { secretRef: { name: "shared" } }, deletionPolicy: "Retain" });
+    await Promise.all([client.delete(ComputeEnvironmentResource, ns, "ce-s1"), client.delete(ComputeEnvironmentResource, ns, "ce-s2")]);
+    await waitFor("both CEs gone", async () => (await getCe("ce-s1")) === undefined && (await getCe("ce-s2")) === undefined);
+    await waitFor("shared Secret released", async () =>
+      !((await client.get<SecretObject>(SecretResource, ns, "shared"))?.metadata.finalizers ?? []).includes(SECRET_IN_USE_FINALIZER));
   });
 
   it("Retain leaves the cloud untouched", async () => {

@@ -27,7 +27,7 @@ import {
   describeError,
   kstatus,
   protectSecret,
-  releaseSecret,
+  releaseUnusedSecrets,
   resolveCredentials,
 } from "../shared.js";
 import { isRunActive, machineMayExist } from "../run/phases.js";
@@ -168,6 +168,7 @@ export class ComputeEnvironmentReconciler {
       if (!obs.ready) return { requeueAfterMs: 5_000 };
       this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
       await this.sweep(provider, ctx, withFinalizer, log);
+      await releaseUnusedSecrets(this.d.client, namespace ?? "default");
       if (written && !isReady) {
         await this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
         // Runs waiting for this CE can go.
@@ -204,7 +205,9 @@ export class ComputeEnvironmentReconciler {
    */
   private async sweep(provider: CloudProvider, ctx: EnvContext, ce: ComputeEnvironment, log: Logger): Promise<void> {
     if (!provider.sweepOrphans) return;
-    const live = new Set(this.runsOf(ce).map((r) => r.metadata.uid ?? ""));
+    // A Run that ended without a machine on record (e.g. cancelled mid-launch) does not protect
+    // a machine carrying its UID: such a machine is an orphan.
+    const live = new Set(this.runsOf(ce).filter((r) => isRunActive(r) || machineMayExist(r)).map((r) => r.metadata.uid ?? ""));
     try {
       const stopped = await provider.sweepOrphans(ctx, live);
       if (stopped.length > 0) {
@@ -220,7 +223,9 @@ export class ComputeEnvironmentReconciler {
     if (!hasFinalizer(ce, FINALIZER)) return;
     const generation = ce.metadata.generation;
     const runs = this.runsOf(ce);
-    const pending = runs.filter(machineMayExist);
+    // Every Run must have ended (and its machine be gone) first: a Run caught between its decision
+    // to launch and the launch itself must not find its role and profile disposed under it.
+    const pending = runs.filter((r) => isRunActive(r) || machineMayExist(r));
     // Runs that never launched are also told (they become Cancelled).
     for (const r of runs.filter(isRunActive)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
     if (pending.length > 0) {
@@ -233,7 +238,8 @@ export class ComputeEnvironmentReconciler {
       return { requeueAfterMs: this.d.deletionPollMs };
     }
 
-    const attempted = getCondition(ce.status?.conditions, PROVISIONED) !== undefined;
+    const provisioned = getCondition(ce.status?.conditions, PROVISIONED);
+    const attempted = provisioned !== undefined && provisioned.reason !== "Disposed";
     const policy = ce.spec.deletionPolicy ?? "Delete";
     if (provider && attempted && policy === "Delete") {
       await this.report(ce, {
@@ -256,20 +262,16 @@ export class ComputeEnvironmentReconciler {
         }
         throw e;
       }
+      // Recorded before the finalizer goes, so a retry after a failure below skips disposal.
+      await this.report(ce, {
+        conditions: setCondition(ce.status?.conditions, { type: PROVISIONED, status: "False", reason: "Disposed", message: "cloud resources deleted", observedGeneration: generation }),
+      });
       await this.d.events.record(ce, "Normal", "Disposed", "Dispose", "cloud resources deleted");
     } else if (attempted && policy === "Retain") {
       await this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
     }
 
-    const ref = ce.spec.credentials?.secretRef;
-    if (ref) {
-      const stillUsed = this.d.ces.list().some((o) =>
-        o.metadata.uid !== ce.metadata.uid &&
-        o.metadata.namespace === ce.metadata.namespace &&
-        o.spec.credentials?.secretRef?.name === ref.name &&
-        (o.metadata.finalizers ?? []).includes(FINALIZER));
-      if (!stillUsed) await releaseSecret(this.d.client, ce.metadata.namespace ?? "default", ref.name);
-    }
+    await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid);
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);

@@ -70,13 +70,23 @@ export class RunReconciler {
     }
     const phase: Phase = run.status?.phase ?? "Pending";
 
+    // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
+    if ((phase === "Pending" || !run.status?.instance?.id) && run.spec.timeout) {
+      const since = Date.parse(run.metadata.creationTimestamp ?? now());
+      if (Date.now() - since > parseDuration(run.spec.timeout)) {
+        if (machineMayExist(run) && ce && provider) await this.terminate(run, ce, provider, log);
+        await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${run.spec.timeout}`);
+        return machineMayExist(run) ? { requeueAfterMs: this.d.pollIntervalMs } : undefined;
+      }
+    }
+
     if (!ce || !provider) {
       if (phase === "Pending") {
         const [reason, message] = !ce
           ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
           : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
         await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
-        return;
+        return this.timeoutWake(run);
       }
       // Launched, but its CE vanished (forced removal): nothing can reach the machine any more.
       await this.finish(run, "Failed", "ComputeEnvironmentGone", "the ComputeEnvironment was removed while the Run was active");
@@ -92,7 +102,13 @@ export class RunReconciler {
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
 
-    if (phase === "Pending") return this.maybeLaunch(run, ce, provider, log);
+    if (phase === "Pending") {
+      const result = await this.maybeLaunch(run, ce, provider, log);
+      if (run.status?.phase !== "Pending") return result;
+      const wake = this.timeoutWake(run);
+      const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
+      return after === Infinity ? undefined : { requeueAfterMs: after };
+    }
     if (phase === "Launching" && !run.status?.instance?.id) return this.launch(run, ce, provider, log);
     return this.follow(run, ce, provider, log);
   }
@@ -108,6 +124,9 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     const decided = await this.withCeLock(ceUid, async () => {
       const limit = ce.spec.maxConcurrentRuns;
+      // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
+      const existing = new Set(this.d.runs.list().map((r) => r.metadata.uid));
+      for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
       const holders = new Set(this.claims.get(ceUid) ?? []);
       for (const r of this.d.runs.list()) {
         if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name && holdsSlot(r) && r.metadata.uid) {
@@ -230,6 +249,13 @@ export class RunReconciler {
         return;
       }
     }
+  }
+
+  /** For a waiting Run with a timeout: wake up when it would pass, even if nothing else changes. */
+  private timeoutWake(run: Run): ReconcileResult {
+    if (!run.spec.timeout) return;
+    const left = Date.parse(run.metadata.creationTimestamp ?? now()) + parseDuration(run.spec.timeout) - Date.now() + 500;
+    return { requeueAfterMs: Math.max(1_000, left) };
   }
 
   /** After the Run ended: keep following until its machine is confirmed gone, then stop looking. */

@@ -216,13 +216,16 @@ describe("LeaderElector", () => {
     await b.stop();
   });
 
-  it("takes over an expired Lease held by a dead process at once, counting the transition", async () => {
+  it("takes over a Lease held by a dead process once it has seen it unchanged for a lease duration, counting the transition", async () => {
     const s = new LeaseServer();
     const old = formatMicroTime(new Date(Date.now() - 60_000));
     s.set({ holderIdentity: "dead", leaseDurationSeconds: 15, acquireTime: old, renewTime: old, leaseTransitions: 4 });
     const a = elector(s, "a");
     void a.run(probe().callbacks);
+    // Its own clock says expired, but it has not watched the Lease go stale yet (client-go rule).
     await vi.advanceTimersByTimeAsync(10);
+    expect(a.isLeader()).toBe(false);
+    await vi.advanceTimersByTimeAsync(16_000);
     expect(a.isLeader()).toBe(true);
     expect(s.lease?.spec).toMatchObject({ holderIdentity: "a", leaseTransitions: 5 });
     await a.stop();
@@ -235,7 +238,7 @@ describe("LeaderElector", () => {
     const a = elector(s, "a");
     const pa = probe();
     void a.run(pa.callbacks);
-    // first sight of a stale record counts as expired: renew immediately so "a" sees it change
+    // the holder keeps renewing (with its lagging clock), so "a" keeps seeing the record change
     s.set({ holderIdentity: "other", leaseDurationSeconds: 2, renewTime: stale(), leaseTransitions: 0 });
     await vi.advanceTimersByTimeAsync(1);
     for (let i = 0; i < 30; i++) {
