@@ -161,152 +161,143 @@ const AGE: PrinterColumn = {
   description: "Time since the object was created.",
 };
 
+interface CrdParts {
+  rt: typeof ComputeEnvironmentResource;
+  shortNames?: string[];
+  columns: PrinterColumn[];
+  selectableField: string;
+  description: string;
+  spec: TSchema;
+  status: TSchema;
+}
+
+/** One namespaced CRD with a status subresource; only what differs between the kinds is passed in. */
+function crdFor(p: CrdParts): CrdObject {
+  const { rt } = p;
+  return {
+    apiVersion: "apiextensions.k8s.io/v1",
+    kind: "CustomResourceDefinition",
+    metadata: { name: `${rt.plural}.${rt.group}`, labels: { [LABEL_PART_OF]: PART_OF_VALUE } },
+    spec: {
+      group: rt.group,
+      scope: "Namespaced",
+      names: {
+        kind: rt.kind,
+        listKind: `${rt.kind}List`,
+        plural: rt.plural,
+        singular: rt.kind.toLowerCase(),
+        ...(p.shortNames ? { shortNames: p.shortNames } : {}),
+        categories: CATEGORIES,
+      },
+      versions: [
+        {
+          name: rt.version,
+          served: true,
+          storage: true,
+          subresources: { status: {} },
+          additionalPrinterColumns: p.columns,
+          selectableFields: [{ jsonPath: p.selectableField }],
+          schema: { openAPIV3Schema: rootSchema(p.description, p.spec, p.status, rt.kind) },
+        },
+      ],
+    },
+  };
+}
+
 export function computeEnvironmentCrd(): CrdObject {
-  const rt = ComputeEnvironmentResource;
-  return {
-    apiVersion: "apiextensions.k8s.io/v1",
-    kind: "CustomResourceDefinition",
-    metadata: { name: `${rt.plural}.${rt.group}`, labels: { [LABEL_PART_OF]: PART_OF_VALUE } },
-    spec: {
-      group: rt.group,
-      scope: "Namespaced",
-      names: {
-        kind: rt.kind,
-        listKind: `${rt.kind}List`,
-        plural: rt.plural,
-        singular: rt.kind.toLowerCase(),
-        shortNames: ["ce"],
-        categories: CATEGORIES,
+  return crdFor({
+    rt: ComputeEnvironmentResource,
+    shortNames: ["ce"],
+    columns: [
+      { name: "Provider", type: "string", jsonPath: ".spec.provider", description: "Cloud provider." },
+      { name: "Region", type: "string", jsonPath: ".spec.aws.region", description: "AWS region." },
+      { name: "Location", type: "string", jsonPath: ".spec.azure.location", description: "Azure location." },
+      { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Summary of the state." },
+      {
+        name: "Ready",
+        type: "string",
+        jsonPath: '.status.conditions[?(@.type=="Ready")].status',
+        description: "Status of the Ready condition.",
       },
-      versions: [
-        {
-          name: rt.version,
-          served: true,
-          storage: true,
-          subresources: { status: {} },
-          additionalPrinterColumns: [
-            { name: "Provider", type: "string", jsonPath: ".spec.provider", description: "Cloud provider." },
-            { name: "Region", type: "string", jsonPath: ".spec.aws.region", description: "AWS region." },
-            { name: "Location", type: "string", jsonPath: ".spec.azure.location", description: "Azure location." },
-            { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Summary of the state." },
-            {
-              name: "Ready",
-              type: "string",
-              jsonPath: '.status.conditions[?(@.type=="Ready")].status',
-              description: "Status of the Ready condition.",
-            },
-            {
-              name: "Active",
-              type: "integer",
-              jsonPath: ".status.activeRuns",
-              description: "Runs that currently have a machine.",
-            },
-            AGE,
-            {
-              name: "Message",
-              type: "string",
-              jsonPath: '.status.conditions[?(@.type=="Ready")].message',
-              description: "Message of the Ready condition.",
-              priority: 1,
-            },
-          ],
-          selectableFields: [{ jsonPath: ".spec.provider" }],
-          schema: {
-            openAPIV3Schema: rootSchema(
-              "A ComputeEnvironment holds the cloud settings and the cloud resources (IAM role and instance profile on AWS; resource group, identity, logs and network on Azure) that Runs use to start one virtual machine per pipeline run.",
-              ComputeEnvironmentSpecSchema,
-              ComputeEnvironmentStatusSchema,
-              rt.kind,
-            ),
-          },
-        },
-      ],
-    },
-  };
-}
-
-export function runCrd(): CrdObject {
-  const rt = RunResource;
-  return {
-    apiVersion: "apiextensions.k8s.io/v1",
-    kind: "CustomResourceDefinition",
-    metadata: { name: `${rt.plural}.${rt.group}`, labels: { [LABEL_PART_OF]: PART_OF_VALUE } },
-    spec: {
-      group: rt.group,
-      scope: "Namespaced",
-      names: {
-        kind: rt.kind,
-        listKind: `${rt.kind}List`,
-        plural: rt.plural,
-        singular: rt.kind.toLowerCase(),
-        categories: CATEGORIES,
+      {
+        name: "Active",
+        type: "integer",
+        jsonPath: ".status.activeRuns",
+        description: "Runs that currently have a machine.",
       },
-      versions: [
-        {
-          name: rt.version,
-          served: true,
-          storage: true,
-          subresources: { status: {} },
-          additionalPrinterColumns: [
-            {
-              name: "CE",
-              type: "string",
-              jsonPath: ".spec.computeEnvironmentRef.name",
-              description: "ComputeEnvironment the run uses.",
-            },
-            { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Where the run is in its life." },
-            { name: "Instance", type: "string", jsonPath: ".status.instance.id", description: "Machine running the pipeline." },
-            { name: "Exit Code", type: "integer", jsonPath: ".status.exitCode", description: "Exit code of the pipeline." },
-            AGE,
-            {
-              name: "Reason",
-              type: "string",
-              jsonPath: ".status.reason",
-              description: "Reason for the current phase.",
-              priority: 1,
-            },
-            {
-              name: "Message",
-              type: "string",
-              jsonPath: ".status.message",
-              description: "Detail about the current phase.",
-              priority: 1,
-            },
-          ],
-          selectableFields: [{ jsonPath: ".spec.computeEnvironmentRef.name" }],
-          schema: {
-            openAPIV3Schema: rootSchema(
-              "A Run executes one Nextflow pipeline on one virtual machine of a ComputeEnvironment, follows it to the end and makes sure the machine is gone. Runs are once-only: only spec.cancel may change after creation.",
-              RunSpecSchema,
-              RunStatusSchema,
-              rt.kind,
-            ),
-          },
-        },
-      ],
-    },
-  };
-}
+      AGE,
+      {
+        name: "Message",
+        type: "string",
+        jsonPath: '.status.conditions[?(@.type=="Ready")].message',
+        description: "Message of the Ready condition.",
+        priority: 1,
+      },
+    ],
+      selectableField: ".spec.provider",
+      description:
+        "A ComputeEnvironment holds the cloud settings and the cloud resources (IAM role and instance profile on AWS; resource group, identity, logs and network on Azure) that Runs use to start one virtual machine per pipeline run.",
+      spec: ComputeEnvironmentSpecSchema,
+      status: ComputeEnvironmentStatusSchema,
+    });
+  }
 
-/** Both CRDs as plain objects, ComputeEnvironment first. Fresh objects on every call. */
-export function crdObjects(): CrdObject[] {
-  return [computeEnvironmentCrd(), runCrd()];
-}
+  export function runCrd(): CrdObject {
+    return crdFor({
+      rt: RunResource,
+    columns: [
+      {
+        name: "CE",
+        type: "string",
+        jsonPath: ".spec.computeEnvironmentRef.name",
+        description: "ComputeEnvironment the run uses.",
+      },
+      { name: "Phase", type: "string", jsonPath: ".status.phase", description: "Where the run is in its life." },
+      { name: "Instance", type: "string", jsonPath: ".status.instance.id", description: "Machine running the pipeline." },
+      { name: "Exit Code", type: "integer", jsonPath: ".status.exitCode", description: "Exit code of the pipeline." },
+      AGE,
+      {
+        name: "Reason",
+        type: "string",
+        jsonPath: ".status.reason",
+        description: "Reason for the current phase.",
+        priority: 1,
+      },
+      {
+        name: "Message",
+        type: "string",
+        jsonPath: ".status.message",
+        description: "Detail about the current phase.",
+        priority: 1,
+      },
+    ],
+      selectableField: ".spec.computeEnvironmentRef.name",
+      description:
+        "A Run executes one Nextflow pipeline on one virtual machine of a ComputeEnvironment, follows it to the end and makes sure the machine is gone. Runs are once-only: only spec.cancel may change after creation.",
+      spec: RunSpecSchema,
+      status: RunStatusSchema,
+    });
+  }
 
-const HEADER = "# Generated from src/api by `npm run gen:crds`. Do not edit by hand.\n";
+  /** Both CRDs as plain objects, ComputeEnvironment first. Fresh objects on every call. */
+  export function crdObjects(): CrdObject[] {
+    return [computeEnvironmentCrd(), runCrd()];
+  }
 
-/** The CRD files as they are checked in: path relative to the repository root and YAML text. */
-export function renderCrds(): { file: string; yaml: string }[] {
-  return crdObjects().map((crd) => ({
-    file: `crds/${crd.metadata.name}.yaml`,
-    yaml: HEADER + stringify(crd, { lineWidth: 0, indent: 2, aliasDuplicateObjects: false }),
-  }));
-}
+  const HEADER = "# Generated from src/api by `npm run gen:crds`. Do not edit by hand.\n";
 
-/** The openAPIV3Schema of `spec` in a CRD (handy for tests and for defaulting). */
-export function specSchema(crd: CrdObject): JsonSchema {
-  const root = crd.spec.versions[0]?.schema.openAPIV3Schema;
-  const spec = (root?.properties as Record<string, JsonSchema> | undefined)?.spec;
-  if (!spec) throw new Error(`CRD ${crd.metadata.name} has no spec schema`);
-  return spec;
-}
+  /** The CRD files as they are checked in: path relative to the repository root and YAML text. */
+  export function renderCrds(): { file: string; yaml: string }[] {
+    return crdObjects().map((crd) => ({
+      file: `crds/${crd.metadata.name}.yaml`,
+      yaml: HEADER + stringify(crd, { lineWidth: 0, indent: 2, aliasDuplicateObjects: false }),
+    }));
+  }
+
+  /** The openAPIV3Schema of `spec` in a CRD (handy for tests and for defaulting). */
+  export function specSchema(crd: CrdObject): JsonSchema {
+    const root = crd.spec.versions[0]?.schema.openAPIV3Schema;
+    const spec = (root?.properties as Record<string, JsonSchema> | undefined)?.spec;
+    if (!spec) throw new Error(`CRD ${crd.metadata.name} has no spec schema`);
+    return spec;
+  }
