@@ -119,23 +119,13 @@ export function kstatus(
   reason: string,
   message: string,
 ): Condition[] {
-  let c = conditions ?? [];
   const g = generation === undefined ? {} : { observedGeneration: generation };
-  c = setCondition(c, { type: "Ready", status: state === "ready" ? "True" : "False", reason, message, ...g });
-  c = setCondition(c, {
-    type: "Reconciling",
-    status: state === "reconciling" ? "True" : "False",
-    reason: state === "reconciling" ? reason : "Idle",
-    message: state === "reconciling" ? message : "",
-    ...g,
-  });
-  c = setCondition(c, {
-    type: "Stalled",
-    status: state === "stalled" ? "True" : "False",
-    reason: state === "stalled" ? reason : "Progressing",
-    message: state === "stalled" ? message : "",
-    ...g,
-  });
+  let c = setCondition(conditions ?? [], { type: "Ready", status: state === "ready" ? "True" : "False", reason, message, ...g });
+  // Reconciling and Stalled carry the reason only while they are the state; otherwise a neutral one.
+  for (const [type, own, neutral] of [["Reconciling", "reconciling", "Idle"], ["Stalled", "stalled", "Progressing"]] as const) {
+    const mine = state === own;
+    c = setCondition(c, { type, status: mine ? "True" : "False", reason: mine ? reason : neutral, message: mine ? message : "", ...g });
+  }
   return c;
 }
 
