@@ -16,7 +16,7 @@ const USAGE = `usage:
   vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
   vmforge logs <run> [-f|--follow] [-n|--namespace <namespace>] [--kubeconfig <path>]`;
 
-function providers(): Map<string, CloudProvider> {
+export function providers(): Map<string, CloudProvider> {
   return new Map<string, CloudProvider>([["aws", new AwsProvider()]]);
 }
 
