@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # vmforge operator image.
-#   docker build -t vmforge/operator:0.1.0 .
+#   docker build -t ghcr.io/vmforge/vmforge:0.1.0 .   (the release workflow builds and pushes it)
 # Both stages use the same Node 24 base; the runtime stage has only production dependencies and
 # the compiled JavaScript, and runs as an unprivileged numeric user.
 

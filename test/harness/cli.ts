@@ -1,10 +1,11 @@
 // `npm run cluster`            starts the test control plane and moto, prints how to reach them,
 //                              and keeps them running until Ctrl-C (or SIGTERM), then tears down.
 // `npm run cluster -- prepare` only builds/installs what the harness needs (control-plane
-//                              binaries, moto virtualenv) and exits.
+//                              binaries, moto virtualenv, actionlint and glua) and exits.
 import { startCluster, type Cluster } from "./cluster.js";
 import { startMoto, type Moto } from "./moto.js";
 import { ensureControlPlane, ensureMotoVenv, KUBERNETES_VERSION, MOTO_VERSION } from "./paths.js";
+import { ACTIONLINT, ensureGoTool, GLUA } from "./go-tools.js";
 
 async function prepare(): Promise<void> {
   const t0 = Date.now();
@@ -12,6 +13,8 @@ async function prepare(): Promise<void> {
   console.log(`control plane ${KUBERNETES_VERSION}: ${bin}`);
   const venv = await ensureMotoVenv();
   console.log(`moto ${MOTO_VERSION}: ${venv}`);
+  // Small Go tools of the deployment tests (workflow lint, Argo CD's Lua interpreter).
+  for (const tool of [ACTIONLINT, GLUA]) console.log(`${tool.name} ${tool.version}: ${await ensureGoTool(tool)}`);
   console.log(`prepared in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
 }
 

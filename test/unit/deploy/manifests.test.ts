@@ -11,6 +11,8 @@ import { DURATION_PATTERN } from "../../../src/api/duration.js";
 const ROOT = join(import.meta.dirname, "..", "..", "..");
 const DEPLOY = join(ROOT, "deploy");
 const CHART = join(ROOT, "helm", "vmforge");
+/** Default image: what the release workflow publishes for the repository vmforge/vmforge. */
+const IMAGE = "ghcr.io/vmforge/vmforge";
 
 interface Obj {
   apiVersion: string;
@@ -103,8 +105,8 @@ describe("deploy/ kustomization", () => {
   });
 
   it("uses the package version as image tag", () => {
-    expect(k.images).toEqual([{ name: "vmforge/operator", newTag: pkg.version }]);
-    expect(container.image).toBe(`vmforge/operator:${pkg.version}`);
+    expect(k.images).toEqual([{ name: IMAGE, newTag: pkg.version }]);
+    expect(container.image).toBe(`${IMAGE}:${pkg.version}`);
   });
 });
 
@@ -256,6 +258,11 @@ describe("helm/vmforge chart files", () => {
     definitions: { duration: { pattern: string } };
   };
   const deploymentTemplate = readFileSync(join(CHART, "templates", "deployment.yaml"), "utf8");
+
+  it("defaults to the published image, tagged with the chart's appVersion", () => {
+    expect((values as unknown as { image: { repository: string; tag: string } }).image).toMatchObject({ repository: IMAGE, tag: "" });
+    expect(readFileSync(join(CHART, "templates", "_helpers.tpl"), "utf8")).toContain("default .Chart.AppVersion .Values.image.tag");
+  });
 
   it("is a v2 chart whose appVersion is the package version", () => {
     expect(chart.apiVersion).toBe("v2");
