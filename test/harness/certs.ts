@@ -95,3 +95,38 @@ export async function createClientCert(dir: string, pki: ClusterPki, base: strin
     { cert: pki.caCert, key: pki.caKey },
   );
 }
+
+export interface ServingPki {
+  caCert: string;
+  caKey: string;
+  cert: string;
+  key: string;
+}
+
+/** A throw-away CA and a serving certificate for 127.0.0.1/localhost signed by it (e.g. for the Azure emulator). */
+export async function createServingPki(dir: string, cn: string): Promise<ServingPki> {
+  const caCert = join(dir, "ca.crt");
+  const caKey = join(dir, "ca.key");
+  await openssl(
+    [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+      "-keyout", caKey, "-out", caCert, "-days", "7", "-sha256", "-subj", `/CN=${cn} test CA`,
+      "-addext", "basicConstraints=critical,CA:TRUE",
+      "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+    ],
+    dir,
+  );
+  const server = await signedCert(
+    dir,
+    "server",
+    `/CN=${cn}`,
+    [
+      "basicConstraints=critical,CA:FALSE",
+      "keyUsage=critical,digitalSignature,keyEncipherment",
+      "extendedKeyUsage=serverAuth",
+      "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ],
+    { cert: caCert, key: caKey },
+  );
+  return { caCert, caKey, cert: server.cert, key: server.key };
+}

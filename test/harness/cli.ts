@@ -4,6 +4,8 @@
 //                              binaries, moto virtualenv, actionlint and glua) and exits.
 import { startCluster, type Cluster } from "./cluster.js";
 import { startMoto, type Moto } from "./moto.js";
+import { startAzureEmulator, type AzureEmulator } from "./azure.js";
+import { trustKubeIssuer } from "./azure-kube.js";
 import { ensureControlPlane, ensureMotoVenv, KUBERNETES_VERSION, MOTO_VERSION } from "./paths.js";
 import { ACTIONLINT, ensureGoTool, GLUA } from "./go-tools.js";
 
@@ -30,32 +32,43 @@ async function serve(): Promise<void> {
   });
   let cluster: Cluster | undefined;
   let moto: Moto | undefined;
+  let azure: AzureEmulator | undefined;
   try {
-    // Wait for both even when one fails, so that the other is stopped too.
-    const [c, m] = await Promise.allSettled([startCluster(), startMoto()]);
+    // Wait for all even when one fails, so that the others are stopped too.
+    const [c, m, a] = await Promise.allSettled([startCluster(), startMoto(), startAzureEmulator()]);
     if (c.status === "fulfilled") cluster = c.value;
     if (m.status === "fulfilled") moto = m.value;
+    if (a.status === "fulfilled") azure = a.value;
     if (c.status === "rejected") throw c.reason;
     if (m.status === "rejected") throw m.reason;
+    if (a.status === "rejected") throw a.reason;
     if (signalled) return;
-    const [cl, mo] = [c.value, m.value];
+    const [cl, mo, az] = [c.value, m.value, a.value];
+    await trustKubeIssuer(az.endpoint, az.caPath, cl.kubeconfigPath);
+    const ai = await az.control.info();
     console.log("");
     console.log(`kubeconfig:    ${cl.kubeconfigPath}`);
     console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cl.server}`);
     console.log(`moto ${MOTO_VERSION}:    ${mo.endpoint}`);
-    console.log(`logs:          ${cl.dir}`);
+    console.log(`azure:         ${az.endpoint} (CA ${az.caPath})`);
+    console.log(`logs:          ${cl.dir} ${az.dir}`);
     console.log("");
     console.log(`export KUBECONFIG=${cl.kubeconfigPath}`);
     console.log(`export AWS_ENDPOINT_URL=${mo.endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1`);
+    console.log(`# Azure emulator: authority host and Resource Manager endpoint are both ${az.endpoint}`);
+    console.log(`export NODE_EXTRA_CA_CERTS=${az.caPath}`);
+    console.log(`export AZURE_AUTHORITY_HOST=${az.endpoint} AZURE_TENANT_ID=${ai.tenantId} AZURE_CLIENT_ID=${ai.admin.clientId} AZURE_CLIENT_SECRET=${ai.admin.clientSecret}`);
+    console.log(`export AZURE_SUBSCRIPTION_ID=${ai.subscriptionId} AZURE_RESOURCE_MANAGER_ENDPOINT=${az.endpoint}`);
+    console.log(`# test controls: ${az.endpoint}/_emulator/ (see test/azure-emulator/README.md)`);
     console.log("");
     console.log("To run the integration tests against these servers instead of fresh ones:");
-    console.log(`  VMFORGE_TEST_KUBECONFIG=${cl.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${mo.endpoint} npx vitest run --project integration`);
+    console.log(`  VMFORGE_TEST_KUBECONFIG=${cl.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${mo.endpoint} VMFORGE_TEST_AZURE_ENDPOINT=${az.endpoint} VMFORGE_TEST_AZURE_CA=${az.caPath} npx vitest run --project integration`);
     console.log("");
     console.log("Press Ctrl-C to stop.");
     await interrupted;
   } finally {
     console.log("stopping...");
-    await Promise.allSettled([cluster?.stop(), moto?.stop()]);
+    await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop()]);
     console.log("stopped");
   }
 }

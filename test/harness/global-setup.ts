@@ -2,30 +2,36 @@
 // shared by all integration test files (which run one at a time).
 //
 // To iterate quickly against servers that are already running (`npm run cluster`), set
-// VMFORGE_TEST_KUBECONFIG and VMFORGE_TEST_MOTO_ENDPOINT; then nothing is started here.
+// VMFORGE_TEST_KUBECONFIG and VMFORGE_TEST_MOTO_ENDPOINT (and VMFORGE_TEST_AZURE_ENDPOINT with
+// VMFORGE_TEST_AZURE_CA); then nothing is started here.
 import type { TestProject } from "vitest/node";
 import { startCluster, type Cluster } from "./cluster.js";
 import { KubeHttp } from "./kube-http.js";
 import { startMoto, type Moto } from "./moto.js";
+import { startAzureEmulator, type AzureEmulator } from "./azure.js";
+import { trustKubeIssuer } from "./azure-kube.js";
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const externalKubeconfig = process.env.VMFORGE_TEST_KUBECONFIG;
   const externalMoto = process.env.VMFORGE_TEST_MOTO_ENDPOINT;
+  const externalAzure = process.env.VMFORGE_TEST_AZURE_ENDPOINT && process.env.VMFORGE_TEST_AZURE_CA ? { endpoint: process.env.VMFORGE_TEST_AZURE_ENDPOINT, caPath: process.env.VMFORGE_TEST_AZURE_CA } : undefined;
 
-  const [clusterResult, motoResult] = await Promise.allSettled([
+  const [clusterResult, motoResult, azureResult] = await Promise.allSettled([
     externalKubeconfig ? Promise.resolve(undefined) : startCluster(),
     externalMoto ? Promise.resolve(undefined) : startMoto(),
+    externalAzure ? Promise.resolve(undefined) : startAzureEmulator(),
   ]);
   const cluster: Cluster | undefined = clusterResult.status === "fulfilled" ? clusterResult.value : undefined;
   const moto: Moto | undefined = motoResult.status === "fulfilled" ? motoResult.value : undefined;
+  const azure: AzureEmulator | undefined = azureResult.status === "fulfilled" ? azureResult.value : undefined;
 
   const teardown = async (): Promise<void> => {
-    await Promise.allSettled([cluster?.stop(), moto?.stop()]);
+    await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop()]);
   };
 
-  if (clusterResult.status === "rejected" || motoResult.status === "rejected") {
+  if (clusterResult.status === "rejected" || motoResult.status === "rejected" || azureResult.status === "rejected") {
     await teardown();
-    const reasons = [clusterResult, motoResult].filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason?.stack ?? r));
+    const reasons = [clusterResult, motoResult, azureResult].filter((r) => r.status === "rejected").map((r) => String((r as PromiseRejectedResult).reason?.stack ?? r));
     throw new Error(`integration test servers failed to start:\n${reasons.join("\n")}`);
   }
 
@@ -33,5 +39,16 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide("kubeconfig", kubeconfig);
   project.provide("kubeServer", cluster?.server ?? KubeHttp.fromKubeconfig(kubeconfig).server);
   project.provide("motoEndpoint", externalMoto ?? moto!.endpoint);
+  const azureEndpoint = externalAzure?.endpoint ?? azure!.endpoint;
+  const azureCaPath = externalAzure?.caPath ?? azure!.caPath;
+  project.provide("azureEndpoint", azureEndpoint);
+  project.provide("azureCaPath", azureCaPath);
+  // Workload identity: the emulator's Entra trusts the test cluster's service-account issuer.
+  try {
+    await trustKubeIssuer(azureEndpoint, azureCaPath, kubeconfig);
+  } catch (err) {
+    await teardown();
+    throw err;
+  }
   return teardown;
 }

@@ -1,6 +1,10 @@
 // Helpers for integration tests. They talk to the servers of test/harness/global-setup.ts.
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { getCACertificates, setDefaultCACertificates } from "node:tls";
+import { ClientSecretCredential } from "@azure/identity";
 import { inject } from "vitest";
+import { AzureEmulatorControl, type EmulatorInfo } from "../azure-emulator/control.js";
 import { KubeHttp } from "./kube-http.js";
 import { resetMoto } from "./moto.js";
 
@@ -85,4 +89,69 @@ export function awsTestConfig(region = "us-east-1"): AwsTestConfig {
 /** Like awsTestConfig(), plus path-style addressing, which S3 needs against moto. */
 export function s3TestConfig(region = "us-east-1"): AwsTestConfig & { forcePathStyle: true } {
   return { ...awsTestConfig(region), forcePathStyle: true };
+}
+
+// ---- Azure emulator ---------------------------------------------------------------------------------
+
+/** https URL of the shared Azure emulator. */
+export function azureEndpoint(): string {
+  return inject("azureEndpoint");
+}
+
+/** PEM file of the CA of the Azure emulator's certificate (for NODE_EXTRA_CA_CERTS of child processes). */
+export function azureCaPath(): string {
+  return inject("azureCaPath");
+}
+
+let control: AzureEmulatorControl | undefined;
+/** Typed client of the emulator's test controls. */
+export function azureControl(): AzureEmulatorControl {
+  control ??= AzureEmulatorControl.fromCaFile(azureEndpoint(), azureCaPath());
+  return control;
+}
+
+let trusted = false;
+/** Adds the emulator's CA to this process's default trusted CAs (idempotent). TLS checks stay on. */
+export function trustAzureEmulator(): void {
+  if (trusted) return;
+  setDefaultCACertificates([...getCACertificates("default"), readFileSync(azureCaPath(), "utf8")]);
+  trusted = true;
+}
+
+let info: EmulatorInfo | undefined;
+/** Forgets every Azure resource and principal; the default tenant, subscription and admin exist afterwards. */
+export async function azureReset(): Promise<EmulatorInfo> {
+  info = await azureControl().reset();
+  return info;
+}
+
+/** The default tenant, subscription and Owner principal of the emulator. */
+export async function azureInfo(): Promise<EmulatorInfo> {
+  info ??= await azureControl().info();
+  return info;
+}
+
+/** Options for @azure/identity credentials: the emulator as authority host, no instance discovery. */
+export function azureCredentialOptions(): { authorityHost: string; disableInstanceDiscovery: true } {
+  return { authorityHost: azureEndpoint(), disableInstanceDiscovery: true };
+}
+
+/** A ClientSecretCredential for the emulator's default Owner principal (or the given one). */
+export async function azureTestCredential(p?: { tenantId?: string; clientId: string; clientSecret: string }): Promise<ClientSecretCredential> {
+  const i = await azureInfo();
+  return new ClientSecretCredential(p?.tenantId ?? i.tenantId, p?.clientId ?? i.admin.clientId, p?.clientSecret ?? i.admin.clientSecret, azureCredentialOptions());
+}
+
+/**
+ * Client options for every Azure Resource Manager SDK client (classic and modular ones): the
+ * emulator as endpoint, tokens still for https://management.azure.com.
+ */
+export function azureClientOptions(): {
+  endpoint: string;
+  $host: string;
+  credentialScopes: string[];
+  credentials: { scopes: string[] };
+} {
+  const scopes = ["https://management.azure.com/.default"];
+  return { endpoint: azureEndpoint(), $host: azureEndpoint(), credentialScopes: scopes, credentials: { scopes } };
 }

@@ -9,5 +9,9 @@ declare module "vitest" {
     kubeServer: string;
     /** http URL of the shared moto server (AWS emulator); works for every region. */
     motoEndpoint: string;
+    /** https URL of the shared Azure emulator (authority host, Resource Manager, managed identity, logs). */
+    azureEndpoint: string;
+    /** PEM file of the CA the Azure emulator's certificate is signed with. */
+    azureCaPath: string;
   }
 }

@@ -1,0 +1,24 @@
+// Every resource type the emulator serves, and the VM helpers the test controls use.
+import type { Emulator } from "../emulator.js";
+import { computeTypes, installVmDelete } from "./compute.js";
+import type { TypeDef } from "./framework.js";
+import { identityTypes } from "./identity.js";
+import { networkTypes } from "./network.js";
+
+export { controlVm, listVmsForControl, vmHost, type VmPowerControl } from "./compute.js";
+
+export function allTypes(em: Emulator): TypeDef[] {
+  installVmDelete(em.arm);
+  return [
+    ...identityTypes(),
+    ...networkTypes(() => em.router),
+    ...computeTypes({
+      router: () => em.router,
+      catalog: em.catalog,
+      capacity: () => em.capacity,
+      consumeCapacity: (c) => {
+        if (c.count !== undefined) c.count -= 1;
+      },
+    }),
+  ];
+}

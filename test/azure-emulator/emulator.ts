@@ -1,0 +1,669 @@
+/* eslint-disable @typescript-eslint/no-explicit-any */
+// The emulator: one HTTPS server answering Entra ID, Resource Manager, managed-identity endpoints,
+// the Log Analytics data plane (test/azure-emulator/logs, when present) and the test controls
+// under /_emulator/.
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { createServer, type Server } from "node:https";
+import type { AddressInfo } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { Arm, type Stored } from "./arm/framework.js";
+import { Catalog } from "./arm/catalog.js";
+import { ArmRouter, type RouteInfo } from "./arm/router.js";
+import { allTypes, controlVm, listVmsForControl, vmHost, type VmPowerControl } from "./arm/types.js";
+import { Entra, type Caller, type ManagedIdentityHost, type OidcIssuer } from "./entra.js";
+import { TokenSigner } from "./jwt.js";
+import { authorizationFailedMessage, BUILT_IN_ROLES, normPermission, Rbac } from "./rbac.js";
+import { defaultSettings, Directory, type CapacityFault, type Fault, type Principal, type RequestLogEntry, type Settings } from "./state.js";
+import { ArmError, DetIds, EntraError, isObject, lc, sendJson, trimSlash } from "./util.js";
+
+/** The seam with the Log Analytics data plane (test/azure-emulator/logs/index.ts). */
+export interface LogsHost {
+  authorize(
+    token: string | undefined,
+    action: string,
+    scope: string,
+    dataAction: boolean,
+  ): { ok: true; principal: { oid: string; appid?: string; tid: string } } | { ok: false; status: number; body: unknown };
+  findDcrByImmutableId(immutableId: string): { id: string; properties: any } | undefined;
+  findWorkspaceByCustomerId(customerId: string): { id: string; properties: any } | undefined;
+  findWorkspaceById(resourceId: string): { id: string; properties: any } | undefined;
+  findTable(workspaceId: string, tableName: string): { id: string; properties: any } | undefined;
+  recordRequest(entry: { method: string; resourceType: string; operation: string; caller?: string; status: number }): void;
+  faultFor(operation: string): { status: number; retryAfterS?: number } | undefined;
+}
+
+export interface LogsPlane {
+  handle(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): boolean;
+  setIngestionDelay(ms: number): void;
+  reset(): void;
+  onWorkspaceDeleted(workspaceId: string): void;
+}
+
+type CreateLogsPlane = (host: LogsHost, opts: { ingestionDelayMs: number }) => LogsPlane;
+
+export interface EmulatorOptions {
+  seed?: string;
+  host?: string;
+  port?: number;
+  tls: { cert: string | Buffer; key: string | Buffer };
+  /** Initial ingestion delay of the logs plane, ms. */
+  ingestionDelayMs?: number;
+  log?: (line: string) => void;
+}
+
+/** The default tenant, subscription and an Owner principal that exist after every reset. */
+export interface EmulatorInfo {
+  endpoint: string;
+  tenantId: string;
+  subscriptionId: string;
+  admin: { clientId: string; clientSecret: string; objectId: string };
+  settings: Settings;
+}
+
+const ARM_AUDIENCES = new Set(["https://management.azure.com", "https://management.azure.com/", "https://management.core.windows.net", "https://management.core.windows.net/"]);
+
+export class Emulator {
+  ids: DetIds;
+  readonly dir: Directory;
+  readonly rbac = new Rbac();
+  settings: Settings = defaultSettings();
+  readonly signer = new TokenSigner(randomBytes(8).toString("hex"));
+  readonly entra: Entra;
+  readonly arm: Arm;
+  readonly catalog = new Catalog();
+  readonly router: ArmRouter;
+  faults: Fault[] = [];
+  capacity: CapacityFault[] = [];
+  requests: RequestLogEntry[] = [];
+  private seq = 0;
+  private readonly miHosts = new Map<string, ManagedIdentityHost & { name: string; secret: string }>();
+  private info!: EmulatorInfo;
+  baseUrl = "";
+  logs: LogsPlane | undefined;
+  private ingestionDelayMs: number;
+
+  constructor(
+    private seed: string,
+    opts: { ingestionDelayMs?: number } = {},
+  ) {
+    this.ids = new DetIds(seed);
+    this.dir = new Directory(this.ids);
+    this.ingestionDelayMs = opts.ingestionDelayMs ?? 0;
+    const now = (): number => Date.now();
+    this.entra = new Entra({
+      dir: this.dir,
+      settings: this.settings,
+      signer: this.signer,
+      baseUrl: () => this.baseUrl,
+      now,
+      principalOfIdentity: (rid) => {
+        const r = this.arm.get(rid);
+        return r ? this.dir.principal(r.body.properties?.principalId ?? "") : undefined;
+      },
+      miHost: (key) => this.miHosts.get(lc(key)) ?? vmHost(this.arm, key),
+    });
+    this.arm = new Arm({ ids: this.ids, dir: this.dir, rbac: this.rbac, settings: this.settings, now, baseUrl: () => this.baseUrl });
+    for (const t of allTypes(this)) this.arm.register(t);
+    this.router = new ArmRouter(this.arm, this.rbac, this.catalog);
+    this.reset();
+  }
+
+  /** Loads the Log Analytics data plane when its module exists. */
+  async loadLogsPlane(): Promise<void> {
+    const file = join(dirname(fileURLToPath(import.meta.url)), "logs", "index.ts");
+    if (!existsSync(file)) return;
+    const mod = (await import(pathToFileURL(file).href)) as { createLogsPlane?: CreateLogsPlane };
+    if (typeof mod.createLogsPlane === "function") this.logs = mod.createLogsPlane(this.logsHost(), { ingestionDelayMs: this.ingestionDelayMs });
+  }
+
+  // ---- state -----------------------------------------------------------------------------------
+
+  reset(seed?: string): EmulatorInfo {
+    if (seed !== undefined) this.seed = seed;
+    this.ids.reset(this.seed);
+    this.dir.clear();
+    this.rbac.clear();
+    this.arm.clear();
+    this.catalog.clear();
+    Object.assign(this.settings, defaultSettings());
+    this.faults = [];
+    this.capacity = [];
+    this.requests = [];
+    this.seq = 0;
+    this.miHosts.clear();
+    this.entra.clearCache();
+    this.logs?.reset();
+    const tenant = this.dir.createTenant({ domain: "vmforge-test.onmicrosoft.com" });
+    const sub = this.dir.createSubscription(tenant.id, { displayName: "vmforge test subscription" });
+    const admin = this.createPrincipal({ tenantId: tenant.id, displayName: "emulator-admin", secret: this.ids.hex("admin-secret", "admin", 40), backdated: true });
+    this.assign(admin.oid, `/subscriptions/${sub.id}`, "8e3af657-a8ff-443c-a75c-2fe8c4bcb635");
+    this.info = {
+      endpoint: this.baseUrl,
+      tenantId: tenant.id,
+      subscriptionId: sub.id,
+      admin: { clientId: admin.appId, clientSecret: admin.secrets[0]!, objectId: admin.oid },
+      settings: this.settings,
+    };
+    return this.getInfo();
+  }
+
+  getInfo(): EmulatorInfo {
+    return { ...this.info, endpoint: this.baseUrl, settings: { ...this.settings } };
+  }
+
+  createPrincipal(o: { tenantId: string; displayName?: string; secret?: string; federatedCredentials?: Principal["federatedCredentials"]; backdated?: boolean }): Principal {
+    if (!this.dir.tenants.has(lc(o.tenantId))) throw new ArmError(400, "InvalidParameter", `Unknown tenant '${o.tenantId}'.`);
+    const key = `${o.tenantId}/${o.displayName ?? ""}`;
+    const p: Principal = {
+      oid: this.ids.guid("sp-object", key),
+      appId: this.ids.guid("app-id", key),
+      tenantId: lc(o.tenantId),
+      displayName: o.displayName ?? "app",
+      kind: "application",
+      secrets: o.secret ? [o.secret] : [],
+      federatedCredentials: (o.federatedCredentials ?? []).map((f, i) => ({ name: f.name ?? `fic${i}`, issuer: f.issuer, subject: f.subject, audiences: f.audiences ?? ["api://AzureADTokenExchange"] })),
+      createdAtMs: o.backdated ? 0 : Date.now(),
+    };
+    return this.dir.addPrincipal(p);
+  }
+
+  /** Role assignment written directly (test control): no RBAC, no replication window. */
+  assign(principalId: string, scope: string, roleGuid: string): { name: string; roleDefinitionId: string } {
+    const sub = trimSlash(scope).split("/")[2];
+    if (!sub || !this.dir.subscriptions.has(lc(sub))) throw new ArmError(400, "InvalidParameter", `Scope '${scope}' is not in a known subscription.`);
+    if (!this.rbac.roleDefinition(roleGuid)) throw new ArmError(400, "RoleDefinitionDoesNotExist", `The specified role definition with ID '${roleGuid}' does not exist.`);
+    const name = this.ids.guid("control-assignment", `${principalId}|${scope}|${roleGuid}`);
+    const now = new Date().toISOString();
+    const roleDefinitionId = `/subscriptions/${lc(sub)}/providers/Microsoft.Authorization/roleDefinitions/${lc(roleGuid)}`;
+    this.rbac.addAssignment({ name, scope: trimSlash(scope), roleDefinitionId, principalId: lc(principalId), principalType: "ServicePrincipal", createdOn: now, updatedOn: now });
+    return { name, roleDefinitionId };
+  }
+
+  // ---- the seam with the logs plane -------------------------------------------------------------
+
+  logsHost(): LogsHost {
+    const asView = (r: Stored | undefined): { id: string; properties: any } | undefined => (r ? { id: r.id, properties: r.body.properties } : undefined);
+    return {
+      authorize: (token, action, scope, dataAction) => {
+        const a = this.entra.authenticate(token === undefined ? undefined : /^bearer /i.test(token) ? token : `Bearer ${token}`);
+        if (!("caller" in a)) return { ok: false, status: 401, body: { error: { code: a.code, message: a.message } } };
+        const c = a.caller;
+        if (!this.rbac.allowed(c.oid, action, scope, dataAction)) {
+          return { ok: false, status: 403, body: { error: { code: "AuthorizationFailed", message: authorizationFailedMessage(c.appId, c.oid, action, scope) } } };
+        }
+        return { ok: true, principal: { oid: c.oid, appid: c.appId, tid: c.tid } };
+      },
+      findDcrByImmutableId: (immutableId) => {
+        this.arm.settle();
+        for (const r of this.arm.resources.values()) {
+          if (lc(r.type) === "microsoft.insights/datacollectionrules" && r.body.properties?.immutableId === immutableId) return asView(r);
+        }
+        return undefined;
+      },
+      findWorkspaceByCustomerId: (customerId) => {
+        this.arm.settle();
+        for (const r of this.arm.resources.values()) {
+          if (lc(r.type) === "microsoft.operationalinsights/workspaces" && lc(r.body.properties?.customerId ?? "") === lc(customerId) && !r.x.softDeleted) return asView(r);
+        }
+        return undefined;
+      },
+      findWorkspaceById: (id) => {
+        this.arm.settle();
+        const r = this.arm.get(id);
+        return r && lc(r.type) === "microsoft.operationalinsights/workspaces" && !r.x.softDeleted ? asView(r) : undefined;
+      },
+      findTable: (workspaceId, tableName) => {
+        this.arm.settle();
+        const r = this.arm.get(`${trimSlash(workspaceId)}/tables/${tableName}`);
+        return r && r.body.properties?.provisioningState !== "Deleting" ? asView(r) : undefined;
+      },
+      recordRequest: (e) => this.record({ ...e, path: "", apiVersion: undefined }),
+      faultFor: (operation) => {
+        const f = this.matchFault({ operation, method: "", resourceType: "" });
+        return f ? { status: f.status, retryAfterS: f.retryAfterS } : undefined;
+      },
+    };
+  }
+
+  // ---- faults and the request log ---------------------------------------------------------------
+
+  private matchFault(r: { operation: string; method: string; resourceType: string }): Fault | undefined {
+    for (const f of this.faults) {
+      if (f.count !== undefined && f.count <= 0) continue;
+      if (f.operation && lc(f.operation) !== lc(r.operation)) continue;
+      if (f.method && r.method && lc(f.method) !== lc(r.method)) continue;
+      if (f.resourceType && lc(f.resourceType) !== lc(r.resourceType)) continue;
+      if (f.percentage !== undefined && this.ids.fraction("fault", f.id) * 100 >= f.percentage) continue;
+      if (f.count !== undefined) f.count -= 1;
+      return f;
+    }
+    return undefined;
+  }
+
+  private faultError(f: Fault): ArmError {
+    const headers: Record<string, string> = {};
+    if (f.retryAfterS !== undefined) headers["retry-after"] = String(f.retryAfterS);
+    const code = f.code ?? (f.status === 429 ? "TooManyRequests" : f.status === 503 ? "ServiceUnavailable" : f.status === 500 ? "InternalServerError" : "InjectedFault");
+    const message =
+      f.message ??
+      (f.status === 429
+        ? "The request is being throttled as the limit has been reached for operation type - Write_ObservationWindow_00:01:00. For more information, refer to - https://aka.ms/srpthrottlinglimits"
+        : f.status === 503
+          ? "The service is temporarily unavailable. Please try again later."
+          : "Encountered internal server error. Please try again.");
+    return new ArmError(f.status, code, message, { headers });
+  }
+
+  record(e: Omit<RequestLogEntry, "seq" | "time">): void {
+    this.requests.push({ seq: ++this.seq, time: new Date().toISOString(), ...e });
+    if (this.requests.length > 200_000) this.requests.splice(0, 100_000);
+  }
+
+  // ---- HTTP ------------------------------------------------------------------------------------
+
+  async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const raw = Buffer.concat(chunks);
+    const url = new URL(req.url ?? "/", this.baseUrl || "https://127.0.0.1");
+    const method = (req.method ?? "GET").toUpperCase();
+    const info: RouteInfo = { resourceType: "", operation: "" };
+    let caller: Caller | undefined;
+    let status = 500;
+    const reply = (s: number, body: unknown, headers: Record<string, string> = {}): void => {
+      status = s;
+      const reqId = this.ids.guid("request-id", "request");
+      sendJson(res, s, body, { "x-ms-request-id": reqId, "x-ms-correlation-request-id": reqId, ...headers });
+    };
+    try {
+      const p = url.pathname;
+      if (p.startsWith("/_emulator/")) {
+        await this.control(method, url, raw, reply);
+        return;
+      }
+      if (this.logs?.handle(req, res, url, raw)) return;
+      const seg = p.split("/").filter(Boolean);
+      const s0 = lc(seg[0] ?? "");
+      if (s0 === "_mi") {
+        info.resourceType = "Microsoft.ManagedIdentity/identities";
+        info.operation = "managedIdentityToken";
+        this.gate(info, method);
+        this.managedIdentity(method, url, seg, req, reply);
+        return;
+      }
+      if (s0 !== "subscriptions" && s0 !== "providers" && s0 !== "tenants" && seg.length >= 2) {
+        info.resourceType = "Microsoft.AAD/oauth2";
+        info.operation = "token";
+        await this.entraRoute(method, url, seg, raw, req, reply, info);
+        return;
+      }
+      // Resource Manager
+      const auth = this.entra.authenticate(req.headers.authorization);
+      if (!("caller" in auth)) {
+        reply(401, { error: { code: auth.code, message: auth.message } }, {
+          "www-authenticate": `Bearer authorization_uri="${this.baseUrl}/${this.info.tenantId}", error="invalid_token", error_description="${auth.message.replace(/"/g, "'")}"`,
+        });
+        return;
+      }
+      caller = auth.caller;
+      if (!ARM_AUDIENCES.has(caller.aud)) {
+        reply(401, {
+          error: {
+            code: "InvalidAuthenticationTokenAudience",
+            message: `The access token has been obtained for wrong audience or resource '${caller.aud}'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'.`,
+          },
+        });
+        return;
+      }
+      let body: any;
+      if (raw.length > 0) {
+        try {
+          body = JSON.parse(raw.toString("utf8"));
+        } catch (e) {
+          throw new ArmError(400, "InvalidRequestContent", `The request content was invalid and could not be deserialized: '${(e as Error).message}'.`);
+        }
+      }
+      const gated: RouteInfo = this.gatedInfo(method);
+      const out = this.router.handle({ method, url, body, caller }, gated);
+      info.resourceType = gated.resourceType;
+      info.operation = gated.operation;
+      if (method === "HEAD") {
+        status = out.status;
+        res.writeHead(out.status, out.headers ?? {});
+        res.end();
+        return;
+      }
+      reply(out.status, out.body, out.headers);
+    } catch (err) {
+      if (err instanceof ArmError) {
+        if (method === "HEAD") {
+          status = err.status;
+          res.writeHead(err.status, err.extra.headers ?? {});
+          res.end();
+        } else reply(err.status, err.body(), err.extra.headers);
+      } else if (err instanceof EntraError) {
+        reply(err.status, this.entra.errorBody(err));
+      } else if (isObject(err) && typeof (err as any).status === "number" && (err as any).body) {
+        reply((err as any).status, (err as any).body);
+      } else {
+        this.logLine(`internal error on ${method} ${url.pathname}: ${(err as Error)?.stack ?? String(err)}`);
+        reply(500, { error: { code: "InternalServerError", message: `Emulator error: ${(err as Error)?.message ?? String(err)}` } });
+      }
+    } finally {
+      if (!url.pathname.startsWith("/_emulator/") && info.operation) {
+        this.record({
+          method,
+          path: url.pathname,
+          resourceType: info.resourceType,
+          operation: info.operation,
+          apiVersion: url.searchParams.get("api-version") ?? undefined,
+          caller: caller?.oid,
+          callerAppId: caller?.appId,
+          status,
+        });
+      }
+    }
+  }
+
+  /** A RouteInfo whose operation setter applies injected faults as soon as the router knows the operation. */
+  private gatedInfo(method: string): RouteInfo {
+    let op = "";
+    const gate = (i: RouteInfo): void => this.gate(i, method);
+    const info = {
+      resourceType: "",
+      get operation(): string {
+        return op;
+      },
+      set operation(v: string) {
+        op = v;
+        gate(info);
+      },
+    };
+    return info;
+  }
+
+  private gate(info: RouteInfo, method: string): void {
+    if (this.faults.length === 0) return;
+    const f = this.matchFault({ operation: info.operation, method, resourceType: info.resourceType });
+    if (f) throw this.faultError(f);
+  }
+
+  logLine(s: string): void {
+    process.stderr.write(`[azure-emulator] ${s}\n`);
+  }
+
+  private async entraRoute(method: string, url: URL, seg: string[], raw: Buffer, req: IncomingMessage, reply: (s: number, b: unknown, h?: Record<string, string>) => void, info: RouteInfo): Promise<void> {
+    const tenant = seg[0]!;
+    const rest = seg.slice(1).map(lc).join("/");
+    if (method === "GET" && (rest === "v2.0/.well-known/openid-configuration" || rest === ".well-known/openid-configuration")) {
+      info.operation = "openid-configuration";
+      reply(200, this.entra.openidConfiguration(tenant, rest.startsWith("v2.0")));
+      return;
+    }
+    if (method === "GET" && (rest === "discovery/v2.0/keys" || rest === "discovery/keys")) {
+      info.operation = "keys";
+      reply(200, this.signer.jwks());
+      return;
+    }
+    if (method === "GET" && rest === "discovery/instance") {
+      info.operation = "instance-discovery";
+      const host = new URL(this.baseUrl).host;
+      reply(200, {
+        tenant_discovery_endpoint: `${this.baseUrl}/${tenant}/v2.0/.well-known/openid-configuration`,
+        "api-version": "1.1",
+        metadata: [{ preferred_network: host, preferred_cache: host, aliases: [host] }],
+      });
+      return;
+    }
+    if (method === "POST" && (rest === "oauth2/v2.0/token" || rest === "oauth2/token")) {
+      this.gate(info, method);
+      const form = new URLSearchParams(raw.toString("utf8"));
+      const out = await this.entra.token(tenant, form, rest === "oauth2/v2.0/token", req.headers.authorization);
+      reply(200, out, { "cache-control": "no-store, no-cache", pragma: "no-cache" });
+      return;
+    }
+    throw new EntraError(404, "invalid_request", 900561, `The endpoint only accepts ${method === "GET" ? "POST" : "GET"} requests or does not exist: ${method} ${url.pathname}.`);
+  }
+
+  private managedIdentity(method: string, url: URL, seg: string[], req: IncomingMessage, reply: (s: number, b: unknown, h?: Record<string, string>) => void): void {
+    const key = seg[1] ?? "";
+    const rest = seg.slice(2).map(lc).join("/");
+    if (method !== "GET") {
+      reply(405, { error: "invalid_request", error_description: "Only GET is supported" });
+      return;
+    }
+    if (rest === "metadata/identity/oauth2/token") {
+      if (lc(String(req.headers.metadata ?? "")) !== "true") {
+        reply(400, { error: "invalid_request", error_description: "Required metadata header not specified" });
+        return;
+      }
+      reply(200, this.entra.managedIdentityToken(key, url.searchParams, "imds"));
+      return;
+    }
+    if (rest === "msi/token") {
+      const host = this.miHosts.get(lc(key));
+      if (!host || req.headers["x-identity-header"] !== host.secret) {
+        reply(401, { statusCode: 401, message: "Unauthorized: the X-IDENTITY-HEADER header is missing or wrong." });
+        return;
+      }
+      reply(200, this.entra.managedIdentityToken(key, url.searchParams, "appservice"));
+      return;
+    }
+    if (rest === "metadata/instance" || rest === "metadata/instance/compute") {
+      if (lc(String(req.headers.metadata ?? "")) !== "true") {
+        reply(400, { error: "Bad request. Required metadata header not specified" });
+        return;
+      }
+      const vm = this.arm.vmIds.get(lc(key));
+      const r = vm ? this.arm.resources.get(vm) : undefined;
+      if (!r) {
+        reply(404, { error: "Not found" });
+        return;
+      }
+      const compute = {
+        azEnvironment: "AzurePublicCloud",
+        location: r.body.location,
+        name: r.name,
+        resourceGroupName: r.id.split("/")[4],
+        resourceId: r.id,
+        subscriptionId: r.sub,
+        vmId: r.body.properties.vmId,
+        vmSize: r.body.properties.hardwareProfile?.vmSize,
+        priority: r.body.properties.priority ?? "Regular",
+        tagsList: Object.entries(r.body.tags ?? {}).map(([name, value]) => ({ name, value })),
+        userData: r.x.userData ?? "",
+        osType: "Linux",
+      };
+      reply(200, rest.endsWith("compute") ? compute : { compute, network: { interface: [] } });
+      return;
+    }
+    reply(404, { error: "invalid_request", error_description: `Unknown managed identity path ${url.pathname}` });
+  }
+
+  // ---- test controls ---------------------------------------------------------------------------
+
+  private async control(method: string, url: URL, raw: Buffer, reply: (s: number, b: unknown, h?: Record<string, string>) => void): Promise<void> {
+    const path = url.pathname.slice("/_emulator".length);
+    let body: any = {};
+    if (raw.length) body = JSON.parse(raw.toString("utf8"));
+    const route = `${method} ${path.replace(/\/+$/, "")}`;
+    this.arm.settle();
+    switch (route) {
+      case "GET /info":
+        return reply(200, this.getInfo());
+      case "POST /reset":
+        return reply(200, this.reset(typeof body.seed === "string" ? body.seed : undefined));
+      case "POST /tenants": {
+        const t = this.dir.createTenant({ id: body.id, domain: body.domain });
+        return reply(201, t);
+      }
+      case "POST /subscriptions": {
+        if (!this.dir.tenants.has(lc(body.tenantId ?? ""))) throw new ArmError(400, "InvalidParameter", `Unknown tenant '${body.tenantId}'.`);
+        return reply(201, this.dir.createSubscription(body.tenantId, { id: body.id, displayName: body.displayName }));
+      }
+      case "POST /principals": {
+        const secret = body.secret === false ? undefined : typeof body.secret === "string" ? body.secret : this.ids.hex("secret", body.displayName ?? "app", 40);
+        const p = this.createPrincipal({ tenantId: body.tenantId ?? this.info.tenantId, displayName: body.displayName, secret, federatedCredentials: body.federatedCredentials, backdated: body.backdated !== false });
+        return reply(201, { objectId: p.oid, clientId: p.appId, tenantId: p.tenantId, displayName: p.displayName, secret });
+      }
+      case "POST /principals/update": {
+        const p = this.dir.principal(body.objectId ?? "") ?? this.dir.app(body.clientId ?? "");
+        if (!p) throw new ArmError(404, "NotFound", "Unknown principal.");
+        if (Array.isArray(body.secrets)) p.secrets = body.secrets.map(String);
+        if (Array.isArray(body.federatedCredentials)) {
+          p.federatedCredentials = body.federatedCredentials.map((f: any, i: number) => ({ name: f.name ?? `fic${i}`, issuer: f.issuer, subject: f.subject, audiences: f.audiences ?? ["api://AzureADTokenExchange"] }));
+        }
+        return reply(200, { objectId: p.oid, clientId: p.appId });
+      }
+      case "POST /role-assignments": {
+        const principalId = String(body.principalId ?? "");
+        const scope = String(body.scope ?? `/subscriptions/${this.info.subscriptionId}`);
+        let roleGuid: string | undefined;
+        if (body.roleDefinitionId) roleGuid = Rbac.roleGuid(String(body.roleDefinitionId));
+        else if (body.roleName) roleGuid = (BUILT_IN_ROLES.find((r) => lc(r.roleName) === lc(body.roleName)) ?? [...this.rbac.customRoles.values()].find((r) => lc(r.roleName) === lc(body.roleName)))?.name;
+        else if (body.role) roleGuid = this.defineCustomRole(body.role, scope);
+        if (!roleGuid) throw new ArmError(400, "RoleDefinitionDoesNotExist", "The role to assign was not found.");
+        return reply(201, this.assign(principalId, scope, roleGuid));
+      }
+      case "POST /settings": {
+        for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs"] as const) {
+          if (typeof body[k] === "number") this.settings[k] = body[k];
+        }
+        if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);
+        if (typeof body.ingestionDelayMs === "number") {
+          this.ingestionDelayMs = body.ingestionDelayMs;
+          this.logs?.setIngestionDelay(body.ingestionDelayMs);
+        }
+        return reply(200, { ...this.settings, ingestionDelayMs: this.ingestionDelayMs });
+      }
+      case "POST /faults": {
+        const f: Fault = { id: this.ids.guid("fault-id", "fault"), ...body };
+        if (typeof f.status !== "number") throw new ArmError(400, "InvalidParameter", "A fault needs a status.");
+        this.faults.push(f);
+        return reply(201, f);
+      }
+      case "DELETE /faults":
+        this.faults = [];
+        return reply(200, {});
+      case "GET /faults":
+        return reply(200, { value: this.faults });
+      case "POST /capacity": {
+        const c: CapacityFault = { id: this.ids.guid("capacity-id", "capacity"), vmSize: String(body.vmSize), location: lc(String(body.location)), code: body.code, count: body.count };
+        if (!["SkuNotAvailable", "AllocationFailed", "OperationNotAllowed", "ZonalAllocationFailed"].includes(c.code)) throw new ArmError(400, "InvalidParameter", `Unknown capacity error code '${c.code}'.`);
+        if (c.code === "SkuNotAvailable" && c.count === undefined) this.catalog.restricted.add(`${lc(c.vmSize)}|${c.location}`);
+        this.capacity.push(c);
+        return reply(201, c);
+      }
+      case "DELETE /capacity":
+        this.capacity = [];
+        this.catalog.clear();
+        return reply(200, {});
+      case "GET /requests": {
+        const since = Number(url.searchParams.get("since") ?? "0");
+        return reply(200, { value: this.requests.filter((r) => r.seq > since), lastSeq: this.seq });
+      }
+      case "DELETE /requests":
+        this.requests = [];
+        return reply(200, { lastSeq: this.seq });
+      case "POST /oidc-issuers":
+        if (typeof body.issuer !== "string") throw new ArmError(400, "InvalidParameter", "issuer is required.");
+        this.entra.registerIssuer(body as OidcIssuer);
+        return reply(201, { issuer: body.issuer });
+      case "POST /managed-identity-hosts": {
+        const name = String(body.name ?? "");
+        if (!/^[a-z0-9-]{1,64}$/.test(name)) throw new ArmError(400, "InvalidParameter", "A host name is 1-64 characters of [a-z0-9-].");
+        const tenantId = lc(String(body.tenantId ?? this.info.tenantId));
+        let systemPrincipalOid: string | undefined;
+        let system: Principal | undefined;
+        if (body.systemAssigned) {
+          system = this.createPrincipal({ tenantId, displayName: `mi-host-${name}` });
+          system.kind = "managedIdentity";
+          system.secrets = [];
+          systemPrincipalOid = system.oid;
+        }
+        const secret = this.ids.hex("mi-host-secret", name, 32);
+        this.miHosts.set(name, { name, tenantId, userAssigned: Array.isArray(body.userAssignedIdentityIds) ? body.userAssignedIdentityIds.map(String) : [], systemPrincipalOid, secret });
+        return reply(201, {
+          name,
+          podIdentityAuthorityHost: `${this.baseUrl}/_mi/${name}`,
+          identityEndpoint: `${this.baseUrl}/_mi/${name}/msi/token`,
+          identityHeader: secret,
+          systemAssigned: system ? { objectId: system.oid, clientId: system.appId } : undefined,
+        });
+      }
+      case "GET /vms":
+        return reply(200, { value: listVmsForControl(this.arm, this.baseUrl) });
+      case "POST /vms/power": {
+        const r = controlVm(this.arm, String(body.id ?? ""), body.state as VmPowerControl);
+        return reply(200, r);
+      }
+      default:
+        throw new ArmError(404, "NotFound", `Unknown test control ${route}.`);
+    }
+  }
+
+  /** Creates (or reuses, by name) a custom role from a role JSON like the product documents' ones. */
+  defineCustomRole(role: any, scope: string): string {
+    const p = role.properties ?? role;
+    const sub = trimSlash(scope).split("/")[2] ?? this.info.subscriptionId;
+    const tenantId = this.dir.subscriptions.get(lc(sub))?.tenantId ?? this.info.tenantId;
+    const roleName = String(p.roleName ?? "custom-role");
+    const existing = [...this.rbac.customRoles.values()].find((r) => r.tenantId === tenantId && lc(r.roleName) === lc(roleName));
+    const guid = existing?.name ?? this.ids.guid("control-role", `${tenantId}/${roleName}`);
+    const now = new Date().toISOString();
+    const assignable = (Array.isArray(p.assignableScopes) ? p.assignableScopes : [`/subscriptions/${sub}`]).map((s: string) => s.replace(/<[^>]*SUBSCRIPTION-ID>/i, sub));
+    this.rbac.customRoles.set(guid, {
+      name: guid,
+      roleName,
+      description: String(p.description ?? ""),
+      type: "CustomRole",
+      permissions: (p.permissions ?? []).map((x: any) => normPermission(x)),
+      assignableScopes: assignable,
+      createdOn: now,
+      updatedOn: now,
+      scope: `/subscriptions/${sub}`,
+      tenantId,
+    });
+    return guid;
+  }
+}
+
+export interface RunningEmulator {
+  url: string;
+  emulator: Emulator;
+  server: Server;
+  close(): Promise<void>;
+}
+
+/** Starts the emulator's HTTPS server (in this process). */
+export async function startEmulator(opts: EmulatorOptions): Promise<RunningEmulator> {
+  const emulator = new Emulator(opts.seed ?? "vmforge", { ingestionDelayMs: opts.ingestionDelayMs });
+  const server = createServer({ cert: opts.tls.cert, key: opts.tls.key, keepAliveTimeout: 30_000 }, (req, res) => {
+    emulator.handle(req, res).catch((err) => {
+      emulator.logLine(`request failed: ${(err as Error).stack ?? String(err)}`);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port ?? 0, opts.host ?? "127.0.0.1", () => resolve());
+  });
+  const addr = server.address() as AddressInfo;
+  emulator.baseUrl = `https://${opts.host ?? "127.0.0.1"}:${addr.port}`;
+  emulator.reset();
+  await emulator.loadLogsPlane();
+  return {
+    url: emulator.baseUrl,
+    emulator,
+    server,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
