@@ -1,14 +1,11 @@
 /* eslint-disable @typescript-eslint/no-explicit-any */
 // The emulator: one HTTPS server answering Entra ID, Resource Manager, managed-identity endpoints,
-// the Log Analytics data plane (test/azure-emulator/logs, when present) and the test controls
+// the Log Analytics data plane (test/azure-emulator/logs, ) and the test controls
 // under /_emulator/.
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
-import { dirname, join } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { Arm, type Stored } from "./arm/framework.js";
 import { Catalog } from "./arm/catalog.js";
 import { ArmRouter, type RouteInfo } from "./arm/router.js";
@@ -17,32 +14,10 @@ import { Entra, type Caller, type ManagedIdentityHost, type OidcIssuer } from ".
 import { TokenSigner } from "./jwt.js";
 import { authorizationFailedMessage, BUILT_IN_ROLES, normPermission, Rbac } from "./rbac.js";
 import { defaultSettings, Directory, type CapacityFault, type Fault, type Principal, type RequestLogEntry, type Settings } from "./state.js";
+import { createLogsPlane, type LogsHost, type LogsPlane } from "./logs/index.js";
 import { ArmError, DetIds, EntraError, isObject, lc, sendJson, trimSlash } from "./util.js";
 
-/** The seam with the Log Analytics data plane (test/azure-emulator/logs/index.ts). */
-export interface LogsHost {
-  authorize(
-    token: string | undefined,
-    action: string,
-    scope: string,
-    dataAction: boolean,
-  ): { ok: true; principal: { oid: string; appid?: string; tid: string } } | { ok: false; status: number; body: unknown };
-  findDcrByImmutableId(immutableId: string): { id: string; properties: any } | undefined;
-  findWorkspaceByCustomerId(customerId: string): { id: string; properties: any } | undefined;
-  findWorkspaceById(resourceId: string): { id: string; properties: any } | undefined;
-  findTable(workspaceId: string, tableName: string): { id: string; properties: any } | undefined;
-  recordRequest(entry: { method: string; resourceType: string; operation: string; caller?: string; status: number }): void;
-  faultFor(operation: string): { status: number; retryAfterS?: number } | undefined;
-}
-
-export interface LogsPlane {
-  handle(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): boolean;
-  setIngestionDelay(ms: number): void;
-  reset(): void;
-  onWorkspaceDeleted(workspaceId: string): void;
-}
-
-type CreateLogsPlane = (host: LogsHost, opts: { ingestionDelayMs: number }) => LogsPlane;
+export type { LogsHost, LogsPlane };
 
 export interface EmulatorOptions {
   seed?: string;
@@ -82,7 +57,7 @@ export class Emulator {
   private readonly miHosts = new Map<string, ManagedIdentityHost & { name: string; secret: string }>();
   private info!: EmulatorInfo;
   baseUrl = "";
-  logs: LogsPlane | undefined;
+  readonly logs: LogsPlane;
   private ingestionDelayMs: number;
 
   constructor(
@@ -108,16 +83,10 @@ export class Emulator {
     this.arm = new Arm({ ids: this.ids, dir: this.dir, rbac: this.rbac, settings: this.settings, now, baseUrl: () => this.baseUrl });
     for (const t of allTypes(this)) this.arm.register(t);
     this.router = new ArmRouter(this.arm, this.rbac, this.catalog);
+    this.logs = createLogsPlane(this.logsHost(), { ingestionDelayMs: this.ingestionDelayMs });
     this.reset();
   }
 
-  /** Loads the Log Analytics data plane when its module exists. */
-  async loadLogsPlane(): Promise<void> {
-    const file = join(dirname(fileURLToPath(import.meta.url)), "logs", "index.ts");
-    if (!existsSync(file)) return;
-    const mod = (await import(pathToFileURL(file).href)) as { createLogsPlane?: CreateLogsPlane };
-    if (typeof mod.createLogsPlane === "function") this.logs = mod.createLogsPlane(this.logsHost(), { ingestionDelayMs: this.ingestionDelayMs });
-  }
 
   // ---- state -----------------------------------------------------------------------------------
 
@@ -135,7 +104,7 @@ export class Emulator {
     this.seq = 0;
     this.miHosts.clear();
     this.entra.clearCache();
-    this.logs?.reset();
+    this.logs.reset();
     const tenant = this.dir.createTenant({ domain: "vmforge-test.onmicrosoft.com" });
     const sub = this.dir.createSubscription(tenant.id, { displayName: "vmforge test subscription" });
     const admin = this.createPrincipal({ tenantId: tenant.id, displayName: "emulator-admin", secret: this.ids.hex("admin-secret", "admin", 40), backdated: true });
@@ -284,7 +253,7 @@ export class Emulator {
         await this.control(method, url, raw, reply);
         return;
       }
-      if (this.logs?.handle(req, res, url, raw)) return;
+      if (this.logs.handle(req, res, url, raw)) return;
       const seg = p.split("/").filter(Boolean);
       const s0 = lc(seg[0] ?? "");
       if (s0 === "_mi") {
@@ -535,7 +504,7 @@ export class Emulator {
         if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);
         if (typeof body.ingestionDelayMs === "number") {
           this.ingestionDelayMs = body.ingestionDelayMs;
-          this.logs?.setIngestionDelay(body.ingestionDelayMs);
+          this.logs.setIngestionDelay(body.ingestionDelayMs);
         }
         return reply(200, { ...this.settings, ingestionDelayMs: this.ingestionDelayMs });
       }
@@ -655,7 +624,6 @@ export async function startEmulator(opts: EmulatorOptions): Promise<RunningEmula
   const addr = server.address() as AddressInfo;
   emulator.baseUrl = `https://${opts.host ?? "127.0.0.1"}:${addr.port}`;
   emulator.reset();
-  await emulator.loadLogsPlane();
   return {
     url: emulator.baseUrl,
     emulator,
