@@ -77,6 +77,11 @@ export interface EnvObservation {
   missing: string[];
   /** Provider-specific status fields to merge into the CE status (e.g. `aws`). */
   status: Partial<ComputeEnvironmentStatus>;
+  /**
+   * Providers that validate against the cloud list here the checks that could not run and why (e.g.
+   * a missing read permission); empty means all ran. Becomes the Validated condition.
+   */
+  notes?: string[];
 }
 
 export type MachineState =

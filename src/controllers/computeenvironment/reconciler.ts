@@ -154,6 +154,12 @@ export class ComputeEnvironmentReconciler {
         message: obs.ready ? `${obs.resources.length} cloud resources in place` : `missing: ${obs.missing.join(", ")}`,
         observedGeneration: generation,
       });
+      // Checks the provider could not run are said, never passed off as valid.
+      if (obs.notes !== undefined) {
+        next = setCondition(next, obs.notes.length > 0
+          ? { type: "Validated", status: "Unknown", reason: "ValidationSkipped", message: clip(obs.notes.join("; ")), observedGeneration: generation }
+          : { type: "Validated", status: "True", reason: "Validated", message: "the spec was checked against the cloud", observedGeneration: generation });
+      }
       next = kstatus(next, generation, obs.ready ? "ready" : "reconciling",
         obs.ready ? "Ready" : "Provisioning",
         obs.ready ? "every cloud resource is in place" : clip(`waiting for: ${obs.missing.join(", ")}`));

@@ -32,7 +32,8 @@ export interface RunTrackerDeps {
 export function accountRegionKey(ce: ComputeEnvironment): string {
   const secret = ce.spec.credentials?.secretRef?.name;
   const who = secret ? `${ce.metadata.namespace}/${secret}` : "ambient";
-  const where = ce.spec.aws?.region ?? ce.spec.azure?.subscriptionId ?? ce.spec.azure?.location ?? "";
+  // Azure: one group per CE (= per resource group), so each poll lists each resource group once.
+  const where = ce.spec.aws?.region ?? (ce.spec.azure ? `${ce.spec.azure.subscriptionId ?? ""}|${ce.metadata.namespace}/${ce.metadata.name}` : "");
   return `${ce.spec.provider}|${who}|${where}`;
 }
 

@@ -1,0 +1,461 @@
+/**
+ * Azure credentials and SDK clients for one CE, a cache of them keyed by a fingerprint of the
+ * credentials (a rotated Secret gives new clients at the next reconcile), and the one place where
+ * Azure SDK errors become CloudErrors (`azCall`).
+ *
+ * Credentials:
+ * - Secret keys `tenantId`, `clientId`, `clientSecret` (Entra client secret), optional
+ *   `subscriptionId` and `storageAccount`.
+ * - No Secret: the operator's ambient identity, chosen explicitly by the operator's environment
+ *   (VMFORGE_AZURE_AMBIENT_IDENTITY=workload|managed), never by a silent chain that hides which
+ *   one failed. `workload` is AKS workload identity (AZURE_TENANT_ID, AZURE_CLIENT_ID,
+ *   AZURE_FEDERATED_TOKEN_FILE as the AKS webhook sets them); `managed` is a managed identity,
+ *   user-assigned when VMFORGE_AZURE_MANAGED_IDENTITY_CLIENT_ID is set (preferred, seed 004),
+ *   else system-assigned.
+ *
+ * Endpoints (tests and the sandbox point them at the emulator): VMFORGE_AZURE_ARM_ENDPOINT,
+ * VMFORGE_AZURE_AUTHORITY_HOST, VMFORGE_AZURE_LOGS_ENDPOINT, VMFORGE_AZURE_BLOB_ENDPOINT (with
+ * `{account}` in it). The CA: NODE_EXTRA_CA_CERTS for the whole process, or VMFORGE_AZURE_CA_FILE
+ * for the Azure clients only. Values never appear in errors or logs.
+ */
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { Agent } from "node:https";
+import {
+  AuthenticationError,
+  ClientSecretCredential,
+  CredentialUnavailableError,
+  ManagedIdentityCredential,
+  WorkloadIdentityCredential,
+  type TokenCredential,
+} from "@azure/identity";
+import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { ManagedServiceIdentityClient } from "@azure/arm-msi";
+import { AuthorizationManagementClient } from "@azure/arm-authorization";
+import { OperationalInsightsManagementClient } from "@azure/arm-operationalinsights";
+import { MonitorClient } from "@azure/arm-monitor";
+import { NetworkManagementClient } from "@azure/arm-network";
+import { ComputeManagementClient } from "@azure/arm-compute";
+import { SubscriptionClient } from "@azure/arm-subscriptions";
+import { LogsQueryClient } from "@azure/monitor-query-logs";
+import { BlobClient } from "@azure/storage-blob";
+import { CloudError, type ResolvedCredentials } from "../provider.js";
+import type { AzureCallPhase } from "./policy.js";
+
+export const ENV_ARM_ENDPOINT = "VMFORGE_AZURE_ARM_ENDPOINT";
+export const ENV_AUTHORITY_HOST = "VMFORGE_AZURE_AUTHORITY_HOST";
+export const ENV_LOGS_ENDPOINT = "VMFORGE_AZURE_LOGS_ENDPOINT";
+export const ENV_BLOB_ENDPOINT = "VMFORGE_AZURE_BLOB_ENDPOINT";
+export const ENV_CA_FILE = "VMFORGE_AZURE_CA_FILE";
+export const ENV_AMBIENT = "VMFORGE_AZURE_AMBIENT_IDENTITY";
+export const ENV_MI_CLIENT_ID = "VMFORGE_AZURE_MANAGED_IDENTITY_CLIENT_ID";
+export const ENV_LRO_POLL = "VMFORGE_AZURE_LRO_POLL_MS";
+
+export const ARM_SCOPE = "https://management.azure.com/.default";
+export const LOGS_SCOPE = "https://api.loganalytics.io/.default";
+
+export interface AzureEndpoints {
+  /** Resource Manager base URL (default Azure's public cloud). */
+  arm?: string;
+  /** Entra authority host (default Azure's public cloud). */
+  authorityHost?: string;
+  /** Log Analytics query API base URL, e.g. https://api.loganalytics.io/v1. */
+  logs?: string;
+  /** Blob endpoint template; `{account}` is replaced by the storage account. */
+  blob?: string;
+  /** PEM CA bundle trusted by the Azure clients in addition to Node's. */
+  ca?: string;
+  /** Explicit ambient identity for CEs without a Secret. */
+  ambient?: "workload" | "managed";
+  /** Client ID of the user-assigned managed identity for `ambient: managed`. */
+  managedIdentityClientId?: string;
+  /** Interval of long-running operation polls (default: what Azure's Retry-After says, else 2 s). */
+  lroPollMs?: number;
+  /** Workload identity settings (default: the AKS webhook's environment variables). */
+  workload?: { tenantId?: string; clientId?: string; tokenFilePath?: string };
+}
+
+export function endpointsFromEnv(env: NodeJS.ProcessEnv = process.env): AzureEndpoints {
+  const v = (k: string): string | undefined => {
+    const s = env[k]?.trim();
+    return s ? s : undefined;
+  };
+  const out: AzureEndpoints = {};
+  const arm = v(ENV_ARM_ENDPOINT);
+  if (arm) out.arm = arm.replace(/\/+$/, "");
+  const auth = v(ENV_AUTHORITY_HOST);
+  if (auth) out.authorityHost = auth;
+  const logs = v(ENV_LOGS_ENDPOINT);
+  if (logs) out.logs = logs;
+  const blob = v(ENV_BLOB_ENDPOINT);
+  if (blob) out.blob = blob;
+  const caFile = v(ENV_CA_FILE);
+  if (caFile) out.ca = readFileSync(caFile, "utf8");
+  const ambient = v(ENV_AMBIENT);
+  if (ambient === "workload" || ambient === "managed") out.ambient = ambient;
+  else if (ambient !== undefined) throw new Error(`${ENV_AMBIENT} must be "workload" or "managed", got "${ambient}"`);
+  const mi = v(ENV_MI_CLIENT_ID);
+  if (mi) out.managedIdentityClientId = mi;
+  const poll = v(ENV_LRO_POLL);
+  if (poll && /^\d+$/.test(poll)) out.lroPollMs = Number(poll);
+  const wl: NonNullable<AzureEndpoints["workload"]> = {};
+  if (v("AZURE_TENANT_ID")) wl.tenantId = v("AZURE_TENANT_ID")!;
+  if (v("AZURE_CLIENT_ID")) wl.clientId = v("AZURE_CLIENT_ID")!;
+  if (v("AZURE_FEDERATED_TOKEN_FILE")) wl.tokenFilePath = v("AZURE_FEDERATED_TOKEN_FILE")!;
+  out.workload = wl;
+  return out;
+}
+
+/** What a CE's credentials say, checked. */
+export interface AzureIdentity {
+  kind: "secret" | "workload" | "managed";
+  /** For messages: the Secret (ns/name) or the ambient identity's description. Never a value. */
+  label: string;
+  tenantId?: string;
+  clientId?: string;
+  clientSecret?: string;
+  /** From the Secret, used when spec.azure.subscriptionId is unset. */
+  subscriptionId?: string;
+  storageAccount?: string;
+}
+
+const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+/** Reads the Secret (or the ambient choice); throws Terminal InvalidCredentials naming the Secret and key. */
+export function parseAzureCredentials(creds: ResolvedCredentials, ep: AzureEndpoints): AzureIdentity {
+  if (creds.source === "ambient") {
+    if (ep.ambient === "workload") {
+      const w = ep.workload ?? {};
+      for (const [k, val] of [["AZURE_TENANT_ID", w.tenantId], ["AZURE_CLIENT_ID", w.clientId], ["AZURE_FEDERATED_TOKEN_FILE", w.tokenFilePath]] as const) {
+        if (!val) {
+          throw CloudError.terminal("InvalidCredentials", `the operator's workload identity is selected (${ENV_AMBIENT}=workload) but ${k} is not set in its environment`);
+        }
+      }
+      return { kind: "workload", label: "the operator's workload identity", tenantId: w.tenantId!, clientId: w.clientId! };
+    }
+    if (ep.ambient === "managed") {
+      const id: AzureIdentity = {
+        kind: "managed",
+        label: ep.managedIdentityClientId ? `the operator's user-assigned managed identity (client ID ${ep.managedIdentityClientId})` : "the operator's system-assigned managed identity",
+      };
+      if (ep.managedIdentityClientId) id.clientId = ep.managedIdentityClientId;
+      return id;
+    }
+    throw CloudError.terminal(
+      "InvalidCredentials",
+      `spec.credentials.secretRef is not set and the operator has no ambient Azure identity selected: name a Secret with tenantId, clientId and clientSecret, or start the operator with ${ENV_AMBIENT}=workload or managed`,
+    );
+  }
+  const where = creds.secretName ?? "(unnamed)";
+  const get = (key: string): string | undefined => {
+    const val = creds.data[key];
+    return typeof val === "string" && val.trim() !== "" ? val.trim() : undefined;
+  };
+  const need = (key: string): string => {
+    const val = get(key);
+    if (val === undefined) throw CloudError.terminal("InvalidCredentials", `Secret ${where} has no key "${key}" (or it is empty)`);
+    return val;
+  };
+  const tenantId = need("tenantId");
+  const clientId = need("clientId");
+  const clientSecret = need("clientSecret");
+  if (!GUID.test(clientId)) throw CloudError.terminal("InvalidCredentials", `Secret ${where} key "clientId" is not a GUID (the application's client ID)`);
+  const out: AzureIdentity = { kind: "secret", label: `Secret ${where}`, tenantId, clientId, clientSecret };
+  const sub = get("subscriptionId");
+  if (sub !== undefined) {
+    if (!GUID.test(sub)) throw CloudError.terminal("InvalidCredentials", `Secret ${where} key "subscriptionId" is not a GUID`);
+    out.subscriptionId = sub;
+  }
+  const sa = get("storageAccount");
+  if (sa !== undefined) out.storageAccount = sa;
+  return out;
+}
+
+/** Changes whenever the credentials change, without keeping the values. */
+export function identityFingerprint(id: AzureIdentity): string {
+  return createHash("sha256").update(JSON.stringify([id.kind, id.tenantId, id.clientId, id.clientSecret])).digest("hex");
+}
+
+/** A pipeline policy that makes the Azure clients trust an extra CA (without touching Node's global agent). */
+function caPolicy(ca: string): PipelinePolicy {
+  const agent = new Agent({ ca, keepAlive: true });
+  return {
+    name: "vmforgeExtraCa",
+    sendRequest: async (req, next) => {
+      if (req.url.startsWith("https:") && req.agent === undefined) req.agent = agent;
+      return next(req);
+    },
+  };
+}
+
+/** Adds statusOnly=true to list-VMs-by-resource-group requests (power states without full models). */
+const statusOnlyPolicy: PipelinePolicy = {
+  name: "vmforgeStatusOnly",
+  sendRequest: async (req, next) => {
+    if (req.method === "GET" && /\/resourceGroups\/[^/]+\/providers\/Microsoft\.Compute\/virtualMachines\?/i.test(req.url) && /[?&]\$expand=instanceView/i.test(req.url) && !/statusOnly=/i.test(req.url)) {
+      req.url = `${req.url}&statusOnly=true`;
+    }
+    return next(req);
+  },
+};
+
+export function tokenCredential(id: AzureIdentity, ep: AzureEndpoints): TokenCredential {
+  const policies = ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : [];
+  const common = {
+    ...(ep.authorityHost ? { authorityHost: ep.authorityHost, disableInstanceDiscovery: true } : {}),
+    additionalPolicies: policies,
+  };
+  switch (id.kind) {
+    case "secret":
+      return new ClientSecretCredential(id.tenantId!, id.clientId!, id.clientSecret!, common);
+    case "workload":
+      return new WorkloadIdentityCredential({ ...common, tenantId: id.tenantId!, clientId: id.clientId!, tokenFilePath: ep.workload!.tokenFilePath! });
+    case "managed":
+      return id.clientId ? new ManagedIdentityCredential({ clientId: id.clientId, additionalPolicies: policies }) : new ManagedIdentityCredential({ additionalPolicies: policies });
+  }
+}
+
+/** Marks token failures so azCall reports them as InvalidCredentials (not as a failed ARM call). */
+const TOKEN_STAGE = Symbol.for("vmforge.azure.tokenStage");
+
+function markingCredential(inner: TokenCredential): TokenCredential {
+  return {
+    getToken: async (scopes, options) => {
+      try {
+        return await inner.getToken(scopes, options);
+      } catch (e) {
+        if (e !== null && typeof e === "object") (e as Record<symbol, unknown>)[TOKEN_STAGE] = true;
+        throw e;
+      }
+    },
+  };
+}
+
+export interface AzureClients {
+  readonly subscriptionId: string;
+  readonly identity: AzureIdentity;
+  readonly credential: TokenCredential;
+  readonly endpoints: AzureEndpoints;
+  readonly resources: ResourceManagementClient;
+  readonly msi: ManagedServiceIdentityClient;
+  readonly authorization: AuthorizationManagementClient;
+  readonly logAnalytics: OperationalInsightsManagementClient;
+  readonly monitor: MonitorClient;
+  readonly network: NetworkManagementClient;
+  readonly compute: ComputeManagementClient;
+  readonly subscriptions: SubscriptionClient;
+  readonly logsQuery: LogsQueryClient;
+  /** LRO poll options for begin-style calls. */
+  readonly lro: { updateIntervalInMs?: number };
+  /** Reads a small blob as text with the operator's identity; undefined when it does not exist. */
+  readonly blobs: { read(account: string, container: string, path: string, signal?: AbortSignal): Promise<string | undefined> };
+}
+
+/** The blob endpoint of a storage account: VMFORGE_AZURE_BLOB_ENDPOINT with {account}, else Azure's. */
+export function blobEndpoint(ep: AzureEndpoints, account: string): string {
+  return (ep.blob ? ep.blob.replace("{account}", account) : `https://${account}.blob.core.windows.net`).replace(/\/+$/, "");
+}
+
+export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints): AzureClients {
+  const credential = markingCredential(tokenCredential(id, ep));
+  const perCall = [...(ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : [])];
+  const modern = {
+    ...(ep.arm ? { endpoint: ep.arm } : {}),
+    credentials: { scopes: [ARM_SCOPE] },
+    additionalPolicies: perCall,
+    retryOptions: { maxRetries: 2 },
+  };
+  // The older-style clients (msi, authorization, subscriptions) take the host as $host and endpoint.
+  const classic = {
+    ...(ep.arm ? { endpoint: ep.arm, $host: ep.arm } : {}),
+    credentialScopes: [ARM_SCOPE],
+    additionalPolicies: perCall,
+    retryOptions: { maxRetries: 2 },
+  };
+  const lro = ep.lroPollMs !== undefined ? { updateIntervalInMs: ep.lroPollMs } : {};
+  return {
+    subscriptionId,
+    identity: id,
+    credential,
+    endpoints: ep,
+    resources: new ResourceManagementClient(credential, subscriptionId, modern),
+    msi: new ManagedServiceIdentityClient(credential, subscriptionId, classic),
+    authorization: new AuthorizationManagementClient(credential, subscriptionId, classic),
+    logAnalytics: new OperationalInsightsManagementClient(credential, subscriptionId, modern),
+    monitor: new MonitorClient(credential, subscriptionId, modern),
+    network: new NetworkManagementClient(credential, subscriptionId, modern),
+    compute: new ComputeManagementClient(credential, subscriptionId, { ...modern, additionalPolicies: [...perCall, { policy: statusOnlyPolicy, position: "perCall" as const }] }),
+    subscriptions: new SubscriptionClient(credential, classic),
+    logsQuery: new LogsQueryClient(credential, {
+      ...(ep.logs ? { endpoint: ep.logs } : {}),
+      additionalPolicies: perCall,
+      retryOptions: { maxRetries: 2 },
+    }),
+    lro,
+    blobs: {
+      read: async (account, container, path, signal) => {
+        const url = `${blobEndpoint(ep, account)}/${container}/${path.split("/").map(encodeURIComponent).join("/")}`;
+        // The CA for blob storage comes from NODE_EXTRA_CA_CERTS (its options take no extra policies).
+        const blob = new BlobClient(url, credential, { retryOptions: { maxTries: 2 } });
+        try {
+          const buf = await blob.downloadToBuffer(0, undefined, signal ? { abortSignal: signal } : {});
+          return buf.toString("utf8");
+        } catch (e) {
+          if (statusOf(e) === 404) return undefined;
+          throw e;
+        }
+      },
+    },
+  };
+}
+
+/** Keeps one client set per credentials + subscription (bounded, oldest evicted). */
+export class AzureClientCache {
+  private readonly map = new Map<string, AzureClients>();
+  constructor(
+    private readonly factory: (id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints) => AzureClients = createAzureClients,
+    private readonly max = 32,
+  ) {}
+
+  get(id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints): AzureClients {
+    const key = `${identityFingerprint(id)}/${subscriptionId}`;
+    const hit = this.map.get(key);
+    if (hit) {
+      this.map.delete(key);
+      this.map.set(key, hit);
+      return hit;
+    }
+    const c = this.factory(id, subscriptionId, ep);
+    this.map.set(key, c);
+    while (this.map.size > this.max) this.map.delete(this.map.keys().next().value!);
+    return c;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+interface RestLike {
+  statusCode?: number;
+  code?: string;
+  message?: string;
+  response?: { headers?: { get?: (n: string) => string | undefined } };
+  details?: { error?: { code?: string; message?: string } } | unknown;
+}
+
+/** Azure's error code of a failed call, when it says one. */
+export function azureErrorCode(e: unknown): string | undefined {
+  if (e === null || typeof e !== "object") return undefined;
+  const r = e as RestLike;
+  const d = r.details as { error?: { code?: string } } | undefined;
+  return d?.error?.code ?? r.code;
+}
+
+export function statusOf(e: unknown): number | undefined {
+  return e !== null && typeof e === "object" ? (e as RestLike).statusCode : undefined;
+}
+
+export function isNotFound(e: unknown): boolean {
+  const code = azureErrorCode(e);
+  return statusOf(e) === 404 || code === "ResourceNotFound" || code === "ResourceGroupNotFound" || code === "NotFound" || code === "RoleDefinitionDoesNotExist" || code === "RoleAssignmentNotFound";
+}
+
+export function isAuthorizationFailed(e: unknown): boolean {
+  const code = azureErrorCode(e);
+  return statusOf(e) === 403 || code === "AuthorizationFailed" || code === "LinkedAuthorizationFailed";
+}
+
+function retryAfterMs(e: unknown): number | undefined {
+  const h = (e as RestLike).response?.headers?.get?.("retry-after");
+  if (h === undefined) return undefined;
+  const s = Number(h);
+  if (Number.isFinite(s)) return Math.max(0, s * 1000);
+  const t = Date.parse(h);
+  return Number.isFinite(t) ? Math.max(0, t - Date.now()) : undefined;
+}
+
+const CAPACITY_CODES = new Set(["SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest", "OperationNotAllowed", "QuotaExceeded"]);
+
+function messageOf(e: unknown): string {
+  const r = e as RestLike;
+  const d = r.details as { error?: { message?: string } } | undefined;
+  const m = d?.error?.message ?? r.message ?? String(e);
+  // Never echo anything that looks like a secret back; Azure's messages do not contain ours, but be safe.
+  return m.length > 600 ? `${m.slice(0, 599)}…` : m;
+}
+
+/** Turns an Azure SDK failure of `action` into a CloudError. */
+export function mapAzureError(e: unknown, action: string, who: string): CloudError {
+  if (e instanceof CloudError) return e;
+  if (e !== null && typeof e === "object" && ((e as Record<symbol, unknown>)[TOKEN_STAGE] || e instanceof AuthenticationError || e instanceof CredentialUnavailableError)) {
+    const status = (e as { statusCode?: number }).statusCode;
+    const text = (e as Error).message ?? "";
+    // Entra unreachable or its metadata unreadable: a blip or a wrong authority host; try again.
+    const unreachable = /endpoints_resolution_error|ECONNREFUSED|ENOTFOUND|ETIMEDOUT|ECONNRESET|network/i.test(text) && !/AADSTS/.test(text);
+    // Entra answers 400/401 for a wrong secret, unknown client or tenant: fixing the credentials is the only way on.
+    const rejected = /AADSTS\d+|invalid_client|unauthorized_client|invalid_grant|invalid_request|invalid_scope/.test(text);
+    if (rejected || (!unreachable && (e instanceof CredentialUnavailableError || status === 400 || status === 401 || (e instanceof AuthenticationError && status !== undefined && status < 500)))) {
+      const first = (e as Error).message.split("\n")[0] ?? "";
+      const aad = /AADSTS\d+/.exec((e as Error).message)?.[0];
+      return CloudError.terminal("InvalidCredentials", `${who} was rejected by Entra ID${aad ? ` (${aad})` : ""}: ${first.slice(0, 300)}`, e);
+    }
+    return CloudError.retryable("TokenUnavailable", `could not get a token for ${who}: ${(e as Error).message.slice(0, 300)}`, undefined, e);
+  }
+  const status = statusOf(e);
+  const code = azureErrorCode(e) ?? "";
+  const msg = messageOf(e);
+  if (isNotFound(e)) return new CloudError("NotFound", code || "NotFound", `${action}: ${msg}`, { cause: e });
+  if (status === 429 || code === "TooManyRequests" || code === "RetryableError") {
+    return CloudError.retryable("Throttled", `${action}: Azure throttled the request (${msg})`, retryAfterMs(e) ?? 5_000, e);
+  }
+  if (status === 401 || code === "InvalidAuthenticationToken" || code === "InvalidAuthenticationTokenTenant") {
+    return CloudError.terminal("InvalidCredentials", `${who}: ${msg}`, e);
+  }
+  if (isAuthorizationFailed(e)) {
+    return CloudError.terminal("AccessDenied", `${who} may not ${action}: ${msg}`, e);
+  }
+  if (code === "PrincipalNotFound") return CloudError.retryable("PrincipalNotFound", `${action}: ${msg}`, 5_000, e);
+  if (CAPACITY_CODES.has(code)) return CloudError.retryable(code, `${action}: ${msg}`, 60_000, e);
+  if (status !== undefined && (status >= 500 || status === 408)) return CloudError.retryable(code || `Http${status}`, `${action}: ${msg}`, retryAfterMs(e), e);
+  if (status === 409 && (code === "Conflict" || code === "AnotherOperationInProgress" || code === "OperationNotAllowed")) {
+    return CloudError.retryable(code, `${action}: ${msg}`, 5_000, e);
+  }
+  if (status !== undefined && status >= 400) return CloudError.terminal(code || "InvalidRequest", `${action}: ${msg}`, e);
+  // No status: a network failure or a bug in between; try again.
+  return CloudError.retryable("AzureUnavailable", `${action}: ${msg}`, undefined, e);
+}
+
+/**
+ * Runs one Azure call. `phase` and `action` name the role permission the call needs (a unit test
+ * checks them against the seed's roles); failures become CloudErrors.
+ */
+export async function azCall<T>(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T> {
+  void phase;
+  try {
+    return await fn();
+  } catch (e) {
+    throw mapAzureError(e, action, clients.identity.label);
+  }
+}
+
+/** Like azCall, but a 404 is `undefined`. */
+export async function azGet<T>(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await azCall(clients, phase, action, fn);
+  } catch (e) {
+    if (e instanceof CloudError && e.kind === "NotFound") return undefined;
+    throw e;
+  }
+}
+
+/** Like azCall, but a 404 is done (deletes). */
+export async function azDelete(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await azCall(clients, phase, action, fn);
+    return true;
+  } catch (e) {
+    if (e instanceof CloudError && e.kind === "NotFound") return false;
+    throw e;
+  }
+}

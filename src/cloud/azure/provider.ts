@@ -1,0 +1,73 @@
+/**
+ * AzureProvider: the CloudProvider for spec.provider "azure". Environment work lives in
+ * ./environment.ts, run work in ./runs.ts. Clients come from a cache keyed by a fingerprint of the
+ * CE's credentials and subscription, so a rotated Secret is used at the next reconcile.
+ */
+import type { Run } from "../../api/types.js";
+import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type RunDescription, type RunLogChunk } from "../provider.js";
+import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
+import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
+import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
+
+export interface AzureProviderOptions {
+  /** Endpoints, CA and ambient identity choice (default: from the operator's environment). */
+  endpoints?: AzureEndpoints;
+  /** Builds the clients (unit tests hand in fakes). */
+  clientFactory?: (id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints) => AzureClients;
+}
+
+export class AzureProvider implements CloudProvider {
+  readonly name = "azure";
+  private readonly endpoints: AzureEndpoints;
+  private readonly cache: AzureClientCache;
+
+  constructor(opts: AzureProviderOptions = {}) {
+    this.endpoints = opts.endpoints ?? endpointsFromEnv();
+    this.cache = new AzureClientCache(opts.clientFactory ?? createAzureClients);
+  }
+
+  /** The clients for a CE. Throws Terminal for a bad Secret or a missing subscription. */
+  clientsFor(ctx: EnvContext): AzureClients {
+    const id = parseAzureCredentials(ctx.credentials, this.endpoints);
+    const sub = subscriptionOf(ctx.ce, id);
+    try {
+      return this.cache.get(id, sub, this.endpoints);
+    } catch (e) {
+      // e.g. an authority host that is not https: the operator's configuration, not the CE's.
+      throw CloudError.terminal("InvalidConfiguration", `cannot set up Azure clients for ${id.label}: ${(e as Error).message}`, e);
+    }
+  }
+
+  async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return observeAzureEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return provisionAzureEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  async disposeEnvironment(ctx: EnvContext): Promise<void> {
+    return disposeAzureEnvironment(this.clientsFor(ctx), ctx);
+  }
+
+  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+    // The Platform token is not put in userData on Azure (anyone with VM read could see it).
+    return launchRun(this.clientsFor(ctx), ctx, run);
+  }
+
+  async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    return describeRuns(this.clientsFor(ctx), ctx, runs);
+  }
+
+  async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
+    await terminateRun(this.clientsFor(ctx), ctx, run);
+  }
+
+  async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+    return readRunLog(this.clientsFor(ctx), ctx, run, from);
+  }
+
+  async sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
+    return sweepOrphans(this.clientsFor(ctx), ctx, liveRunUids);
+  }
+}

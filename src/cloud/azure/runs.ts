@@ -1,0 +1,319 @@
+/**
+ * Azure Runs: one VM per Run, named from the Run UID (a retried create is the same PUT, never a
+ * second VM), with its NIC, public IP and OS disk created inline with deleteOption Delete, the CE's
+ * identity attached and the launcher in userData. Followed with ONE list call per resource group
+ * per poll (statusOnly), ended by deleting the VM, logs read from Log Analytics with a
+ * time-and-sequence cursor, orphans swept by tag.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
+import type { ComputeEnvironment, Run } from "../../api/types.js";
+import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { azCall, azDelete, azGet, blobEndpoint, type AzureClients } from "./clients.js";
+import { azureArtifactsPath, renderAzureUserData } from "./launcher.js";
+import { LOG_TABLE, TAG_RUN_UID, ceId, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
+
+/** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
+export const DEFAULT_IMAGE = { publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", version: "latest" };
+export const DEFAULT_OS_DISK_GIB = 50;
+
+type EnvStatus = Record<string, string | undefined>;
+
+function envStatus(ce: ComputeEnvironment): EnvStatus {
+  return (ce.status?.azure ?? {}) as EnvStatus;
+}
+
+function need(s: EnvStatus, key: string): string {
+  const v = s[key];
+  if (!v) throw CloudError.retryable("EnvironmentNotReady", `the ComputeEnvironment has no ${key} yet`, 5_000);
+  return v;
+}
+
+let sshKey: string | undefined;
+/** A throw-away SSH public key (Azure requires one when password login is off); its private half is never kept. */
+function throwawaySshKey(): string {
+  if (sshKey) return sshKey;
+  const { publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const jwk = publicKey.export({ format: "jwk" }) as { n: string; e: string };
+  const part = (b: Buffer): Buffer => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(b.length);
+    return Buffer.concat([len, b]);
+  };
+  const mpint = (b64: string): Buffer => {
+    let b = Buffer.from(b64, "base64url");
+    if (b[0]! & 0x80) b = Buffer.concat([Buffer.from([0]), b]);
+    return part(b);
+  };
+  const blob = Buffer.concat([part(Buffer.from("ssh-rsa")), mpint(jwk.e), mpint(jwk.n)]);
+  sshKey = `ssh-rsa ${blob.toString("base64")} vmforge-no-login`;
+  return sshKey;
+}
+
+export function blobEndpointFor(c: Pick<AzureClients, "endpoints">, account: string): string {
+  return blobEndpoint(c.endpoints, account);
+}
+
+function runRg(ce: ComputeEnvironment): string {
+  return resourceGroupName(ceId(ce));
+}
+
+function vmResourceId(c: AzureClients, rg: string, name: string): string {
+  return `/subscriptions/${c.subscriptionId}/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/${name}`;
+}
+
+function logLocation(ce: ComputeEnvironment, run: Run) {
+  const s = envStatus(ce);
+  return { provider: "loganalytics" as const, workspace: s.workspaceCustomerId ?? s.workspaceId ?? "", table: LOG_TABLE, stream: `RunUid == '${run.metadata.uid ?? ""}'` };
+}
+
+/** Power and provisioning state of an instance view, as a MachineState. */
+export function machineState(statuses: Array<{ code?: string }> | undefined, provisioningState?: string): MachineState {
+  const codes = (statuses ?? []).map((s) => (s.code ?? "").toLowerCase());
+  const power = codes.find((c) => c.startsWith("powerstate/"))?.slice("powerstate/".length);
+  const prov = (codes.find((c) => c.startsWith("provisioningstate/"))?.slice("provisioningstate/".length) ?? provisioningState ?? "").toLowerCase();
+  if (prov === "deleting") return "shutting-down";
+  switch (power) {
+    case "running":
+      return "running";
+    case "starting":
+      return "pending";
+    case "stopping":
+    case "deallocating":
+      return "stopping";
+    case "stopped":
+    case "deallocated":
+      return "stopped";
+    default:
+      break;
+  }
+  if (prov === "creating" || prov === "updating" || prov === "") return "pending";
+  if (prov === "failed") return "unknown";
+  return "unknown";
+}
+
+export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Promise<RunDescription> {
+  const ce = ctx.ce;
+  const uid = run.metadata.uid;
+  if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
+  const s = envStatus(ce);
+  const rg = runRg(ce);
+  const name = vmName(uid);
+  const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  const existing = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
+  if (existing) {
+    if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
+    return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
+  }
+  const identityId = need(s, "identityId");
+  const userData = renderAzureUserData(ce, run, {
+    identityClientId: need(s, "identityClientId"),
+    storageAccount: need(s, "storageAccount"),
+    blobEndpoint: blobEndpointFor(c, need(s, "storageAccount")),
+    dceEndpoint: need(s, "dceEndpoint"),
+    dcrImmutableId: need(s, "dcrImmutableId"),
+    ...(process.env.VMFORGE_AZURE_VM_IMDS_ENDPOINT ? { imdsEndpoint: process.env.VMFORGE_AZURE_VM_IMDS_ENDPOINT } : {}),
+  });
+  const spot = run.spec.overrides?.spot === true;
+  const size = run.spec.overrides?.instanceType ?? ce.spec.azure?.vmSize ?? DEFAULT_AZURE_VM_SIZE;
+  const body = {
+    location: ce.spec.azure?.location ?? "",
+    tags: runTags(ceId(ce), run, ce.spec.azure?.tags),
+    identity: { type: "UserAssigned" as const, userAssignedIdentities: { [identityId]: {} } },
+    hardwareProfile: { vmSize: size },
+    storageProfile: {
+      imageReference: DEFAULT_IMAGE,
+      osDisk: { createOption: "FromImage", deleteOption: "Delete", diskSizeGB: run.spec.overrides?.bootDiskSizeGiB ?? DEFAULT_OS_DISK_GIB, managedDisk: { storageAccountType: "StandardSSD_LRS" } },
+    },
+    osProfile: {
+      computerName: name,
+      adminUsername: "vmforge",
+      linuxConfiguration: { disablePasswordAuthentication: true, ssh: { publicKeys: [{ path: "/home/vmforge/.ssh/authorized_keys", keyData: throwawaySshKey() }] } },
+    },
+    networkProfile: {
+      networkApiVersion: "2022-11-01",
+      networkInterfaceConfigurations: [{
+        name: `${name}-nic`,
+        primary: true,
+        deleteOption: "Delete",
+        ipConfigurations: [{
+          name: "ipconfig",
+          subnet: { id: need(s, "subnetId") },
+          publicIPAddressConfiguration: { name: `${name}-pip`, deleteOption: "Delete", sku: { name: "Standard", tier: "Regional" }, publicIPAllocationMethod: "Static" },
+        }],
+      }],
+    },
+    userData: Buffer.from(userData, "utf8").toString("base64"),
+    ...(spot ? { priority: "Spot", evictionPolicy: "Delete", billingProfile: { maxPrice: -1 } } : {}),
+  };
+  // Only the PUT is awaited; the VM's creation is followed by the poll like any other state.
+  await azCall(c, "launch", "Microsoft.Compute/virtualMachines/write", () =>
+    c.compute.virtualMachines.createOrUpdate(rg, name, body as Parameters<typeof c.compute.virtualMachines.createOrUpdate>[2], { ...c.lro, ...so }).submitted());
+  const id = vmResourceId(c, rg, name);
+  ctx.logger.info({ vm: id, size, spot }, "VM create submitted");
+  return { instanceId: id, state: "pending", launchedAt: new Date().toISOString(), log: logLocation(ce, run), instance: { id, type: size } };
+}
+
+/** Reads the uploaded exit status, when it is there (needs blob read on the work directory). */
+async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Run, signal?: AbortSignal): Promise<number | undefined> {
+  const account = envStatus(ce).storageAccount ?? ce.spec.azure?.storageAccount;
+  if (!account) return undefined;
+  const art = azureArtifactsPath(ce, run);
+  try {
+    const text = await azCall(c, "logs", "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", () =>
+      c.blobs.read(account, art.container, `${art.path}/exit-status`, signal));
+    const n = text === undefined ? NaN : Number.parseInt(text.trim(), 10);
+    return Number.isInteger(n) ? n : undefined;
+  } catch {
+    // Unreadable (no blob read permission, storage down): the Log Analytics exit line remains.
+    return undefined;
+  }
+}
+
+/**
+ * One list call per resource group for all given Runs (statusOnly power states), mapped by the
+ * deterministic VM name. VMs found stopped are deleted at once (they keep costing), after the
+ * uploaded exit status is read; gone VMs get their outcome from the exit status too.
+ */
+export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+  const out = new Map<string, RunDescription | undefined>();
+  const byRg = new Map<string, Run[]>();
+  const defaultRg = runRg(ctx.ce);
+  for (const run of runs) {
+    const recorded = run.status?.instance?.id ? parseResourceId(run.status.instance.id)?.resourceGroup : undefined;
+    const rg = recorded ?? defaultRg;
+    const list = byRg.get(rg);
+    if (list) list.push(run);
+    else byRg.set(rg, [run]);
+  }
+  const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
+    const found = new Map<string, { id: string; state: MachineState }>();
+    try {
+      await azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
+        for await (const vm of c.compute.virtualMachines.list(rg, { expand: "instanceView", ...so })) {
+          if (!vm.name) continue;
+          found.set(vm.name.toLowerCase(), { id: vm.id ?? vmResourceId(c, rg, vm.name), state: machineState(vm.instanceView?.statuses, vm.provisioningState) });
+        }
+      });
+    } catch (e) {
+      if (e instanceof CloudError && e.kind === "NotFound") {
+        // The resource group is gone: so are its VMs.
+      } else throw e;
+    }
+    const stopped: string[] = [];
+    await Promise.all(list.map(async (run) => {
+      const uid = run.metadata.uid ?? "";
+      const name = vmName(uid);
+      const vm = found.get(name.toLowerCase());
+      const log = logLocation(ctx.ce, run);
+      if (!vm) {
+        // Gone (deleted, evicted, or never created): the outcome, if any, is in the work directory.
+        const exitCode = run.status?.instance?.id ? await uploadedExitCode(c, ctx.ce, run, ctx.signal) : undefined;
+        if (exitCode !== undefined || run.status?.instance?.id) {
+          const d: RunDescription = { instanceId: run.status?.instance?.id ?? vmResourceId(c, rg, name), state: "terminated", log };
+          if (exitCode !== undefined) d.exitCode = exitCode;
+          else if (run.spec.overrides?.spot) d.stateReason = "SpotEvicted: the Spot VM is gone without an exit status (evicted)";
+          out.set(uid, d);
+        } else out.set(uid, undefined);
+        return;
+      }
+      const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
+      if (vm.state === "stopped" || vm.state === "stopping") {
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
+        if (exitCode !== undefined) {
+          // The pipeline ended and the OS shut down; a stopped VM still bills: delete it now.
+          d.exitCode = exitCode;
+          d.state = "shutting-down";
+          stopped.push(name);
+        }
+      }
+      out.set(uid, d);
+    }));
+    if (stopped.length > 0) await deleteVms(c, rg, stopped, so);
+  }));
+  return out;
+}
+
+async function deleteVms(c: AzureClients, rg: string, names: string[], so: { abortSignal?: AbortSignal }): Promise<void> {
+  await Promise.all(names.map((name) =>
+    azDelete(c, "launch", "Microsoft.Compute/virtualMachines/delete", () =>
+      c.compute.virtualMachines.delete(rg, name, { forceDeletion: true, ...c.lro, ...so }).submitted())));
+}
+
+/** Deletes the Run's VM (with its NIC, public IP and disk through deleteOption); none counts as done. */
+export async function terminateRun(c: AzureClients, ctx: EnvContext, run: Run): Promise<void> {
+  const uid = run.metadata.uid;
+  if (!uid) return;
+  const recorded = run.status?.instance?.id ? parseResourceId(run.status.instance.id)?.resourceGroup : undefined;
+  await deleteVms(c, recorded ?? runRg(ctx.ce), [vmName(uid)], ctx.signal ? { abortSignal: ctx.signal } : {});
+}
+
+/**
+ * The Run's log from Log Analytics. The cursor is `<TimeGenerated ISO>|<Seq>` of the last line
+ * returned; lines are ordered by (TimeGenerated, Seq) and the query asks for everything at or after
+ * the cursor's time, dropping what the cursor already covers, so late-ingested lines with the same
+ * time are neither lost nor doubled.
+ */
+export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+  const s = envStatus(ctx.ce);
+  const workspace = s.workspaceCustomerId;
+  if (!workspace) return { lines: [] };
+  const uid = (run.metadata.uid ?? "").replace(/'/g, "");
+  let afterTime = "1970-01-01T00:00:00.000Z";
+  let afterSeq = -1;
+  if (from) {
+    const [t, q] = from.split("|");
+    if (t && !Number.isNaN(Date.parse(t))) afterTime = new Date(t).toISOString();
+    if (q && /^-?\d+$/.test(q)) afterSeq = Number(q);
+  }
+  const query = `${LOG_TABLE} | where RunUid == '${uid}' and TimeGenerated >= datetime(${afterTime}) | project TimeGenerated, Seq, Stream, Line | order by TimeGenerated asc, Seq asc | take 5000`;
+  const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
+    c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(Date.parse(afterTime) - 1), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));
+  const table = "tables" in res ? res.tables[0] : res.partialTables[0];
+  const lines: string[] = [];
+  let next = from;
+  for (const row of table?.rows ?? []) {
+    const t = new Date(row[0] as string | Date).toISOString();
+    const seq = Number(row[1]);
+    if (t === afterTime && seq <= afterSeq) continue;
+    lines.push(String(row[3] ?? ""));
+    next = `${t}|${seq}`;
+  }
+  const chunk: RunLogChunk = { lines };
+  if (next !== undefined) chunk.next = next;
+  return chunk;
+}
+
+/**
+ * VMs and network interfaces in the CE's resource group tagged with a Run UID that is not live
+ * are deleted (public IPs and disks go with their VM through deleteOption). Returns their names.
+ */
+export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<string>): Promise<string[]> {
+  const rg = runRg(ctx.ce);
+  const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  const orphanVms: string[] = [];
+  const orphanNics: string[] = [];
+  await Promise.all([
+    azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
+      for await (const vm of c.compute.virtualMachines.list(rg, so)) {
+        const uid = vm.tags?.[TAG_RUN_UID];
+        if (uid && !live.has(uid) && vm.name) orphanVms.push(vm.name);
+      }
+    }).catch((e: unknown) => {
+      if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
+    }),
+    azCall(c, "launch", "Microsoft.Network/networkInterfaces/read", async () => {
+      for await (const nic of c.network.networkInterfaces.list(rg, so)) {
+        const uid = nic.tags?.[TAG_RUN_UID];
+        if (uid && !live.has(uid) && nic.name && !nic.virtualMachine) orphanNics.push(nic.name);
+      }
+    }).catch((e: unknown) => {
+      if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
+    }),
+  ]);
+  await deleteVms(c, rg, orphanVms, so);
+  await Promise.all(orphanNics.map((n) =>
+    azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))));
+  return [...orphanVms, ...orphanNics];
+}

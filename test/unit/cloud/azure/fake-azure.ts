@@ -1,0 +1,325 @@
+/**
+ * Small in-memory stand-ins for the Azure SDK clients the provider uses (unit tests only; the
+ * integration tests use the emulator). Every call is recorded as "<client>.<group>.<method>" with
+ * its arguments and the time order; `fail` injects an error (RestError-like: statusCode, code) for
+ * the next calls of a method.
+ */
+import type { ComputeEnvironment } from "../../../../src/api/types.js";
+import type { AzureClients, AzureEndpoints, AzureIdentity } from "../../../../src/cloud/azure/clients.js";
+
+export const UID = "0a1b2c3d-4e5f-4a6b-8c7d-0123456789ab";
+
+
+export interface FakeCall {
+  op: string;
+  args: unknown[];
+  seq: number;
+}
+
+type Obj = Record<string, unknown> & { id?: string; tags?: Record<string, string> };
+
+export class RestLikeError extends Error {
+  constructor(readonly statusCode: number, readonly code: string, message = code, readonly retryAfter?: string) {
+    super(message);
+  }
+  get details() {
+    return { error: { code: this.code, message: this.message } };
+  }
+  get response() {
+    const ra = this.retryAfter;
+    return { headers: { get: (n: string) => (n.toLowerCase() === "retry-after" ? ra : undefined) } };
+  }
+}
+
+const notFound = (what: string) => new RestLikeError(404, "ResourceNotFound", `${what} not found`);
+
+function poller<T>(p: () => Promise<T>) {
+  let started: Promise<T> | undefined;
+  const run = () => (started ??= p());
+  return {
+    then<A, B>(ok?: (v: T) => A, bad?: (e: unknown) => B) {
+      return run().then(ok, bad);
+    },
+    submitted: async () => {
+      await run();
+    },
+    pollUntilDone: () => run(),
+  };
+}
+
+async function* iter<T>(items: T[]) {
+  for (const i of items) yield i;
+}
+
+export class FakeAzure {
+  readonly sub = "11111111-2222-3333-4444-555555555555";
+  readonly calls: FakeCall[] = [];
+  private seq = 0;
+  /** Objects by lower-cased resource ID. */
+  readonly store = new Map<string, Obj>();
+  /** op -> errors to throw, first first. */
+  readonly faults = new Map<string, unknown[]>();
+  /** Delay per op (ms), to observe parallelism. */
+  readonly delays = new Map<string, number>();
+  /** SKUs offered: location -> sizes. */
+  skus: Record<string, string[]> = { westeurope: ["Standard_D2ds_v4", "Standard_D4ds_v5"] };
+  storageAccounts: Record<string, string> = {};
+  /** Blob contents by URL path suffix. */
+  blobs = new Map<string, string>();
+  logRows: Array<[string, number, string, string, string]> = [];
+  queries: string[] = [];
+
+  constructor() {
+    this.addStorage("wdstore", "data-rg", ["work"]);
+  }
+
+  addStorage(account: string, rg: string, containers: string[]): void {
+    const id = `/subscriptions/${this.sub}/resourceGroups/${rg}/providers/Microsoft.Storage/storageAccounts/${account}`;
+    this.storageAccounts[account] = id;
+    for (const c of containers) this.put(`${id}/blobServices/default/containers/${c}`, { name: c });
+  }
+
+  fail(op: string, ...errors: unknown[]): void {
+    this.faults.set(op, [...(this.faults.get(op) ?? []), ...errors]);
+  }
+
+  ops(): string[] {
+    return this.calls.map((c) => c.op);
+  }
+
+  writes(): string[] {
+    return this.ops().filter((o) => !/\.(get|list|queryWorkspace|getById|getToken|read)$/.test(o));
+  }
+
+  put(id: string, o: Obj): Obj {
+    const v = { ...o, id };
+    this.store.set(id.toLowerCase(), v);
+    return v;
+  }
+
+  get(id: string): Obj | undefined {
+    return this.store.get(id.toLowerCase());
+  }
+
+  private async rec<T>(op: string, args: unknown[], fn: () => T | Promise<T>): Promise<T> {
+    this.calls.push({ op, args, seq: this.seq++ });
+    const d = this.delays.get(op);
+    if (d) await new Promise((r) => setTimeout(r, d));
+    const f = this.faults.get(op);
+    if (f && f.length > 0) throw f.shift();
+    return fn();
+  }
+
+  private rg(name: string): string {
+    return `/subscriptions/${this.sub}/resourceGroups/${name}`;
+  }
+
+  private inRg(rg: string, type: string, name: string): string {
+    return `${this.rg(rg)}/providers/${type}/${name}`;
+  }
+
+  private must(id: string, what: string): Obj {
+    const o = this.get(id);
+    if (!o) throw notFound(what);
+    return o;
+  }
+
+  private del(prefix: string): void {
+    for (const k of [...this.store.keys()]) if (k === prefix.toLowerCase() || k.startsWith(`${prefix.toLowerCase()}/`)) this.store.delete(k);
+  }
+
+  clients(identity: AzureIdentity = { kind: "secret", label: "Secret ns/creds" }, endpoints: AzureEndpoints = {}): AzureClients {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the nested stand-in objects close over the store
+    const self = this;
+    const sub = this.sub;
+    const rgOp = (rg: string) => {
+      if (!self.get(self.rg(rg))) throw new RestLikeError(404, "ResourceGroupNotFound", `resource group ${rg} not found`);
+    };
+    const simple = (client: string, group: string, type: string, lro: boolean) => ({
+      get: (rg: string, name: string) => self.rec(`${client}.${group}.get`, [rg, name], () => self.must(self.inRg(rg, type, name), name)),
+      createOrUpdate: (rg: string, name: string, body: Obj) => {
+        const p = () => self.rec(`${client}.${group}.createOrUpdate`, [rg, name, body], () => {
+          rgOp(rg);
+          return self.put(self.inRg(rg, type, name), { ...body, name, provisioningState: "Succeeded", ...extra(type, name) });
+        });
+        return lro ? poller(p) : p();
+      },
+      delete: (rg: string, name: string, opts?: unknown) => {
+        const p = () => self.rec(`${client}.${group}.delete`, [rg, name, opts], () => {
+          self.must(self.inRg(rg, type, name), name);
+          self.del(self.inRg(rg, type, name));
+        });
+        return lro ? poller(p) : p();
+      },
+    });
+    const extra = (type: string, name: string): Obj => {
+      if (type === "Microsoft.ManagedIdentity/userAssignedIdentities") return { principalId: `p-${name}-${self.seq}`, clientId: `c-${name}` };
+      if (type === "Microsoft.OperationalInsights/workspaces") return { customerId: "cust-0001" };
+      return {};
+    };
+    const monitorGroup = (group: string, type: string) => ({
+      get: (rg: string, name: string) => self.rec(`monitor.${group}.get`, [rg, name], () => self.must(self.inRg(rg, type, name), name)),
+      create: (rg: string, name: string, opts: { body: Obj }) => self.rec(`monitor.${group}.create`, [rg, name, opts.body], () => {
+        rgOp(rg);
+        const id = self.inRg(rg, type, name);
+        const more: Obj = group === "dataCollectionEndpoints" ? { logsIngestion: { endpoint: `https://${name}.ingest.example` } } : { immutableId: `dcr-${name}` };
+        return self.put(id, { ...opts.body, name, ...more });
+      }),
+      delete: (rg: string, name: string) => self.rec(`monitor.${group}.delete`, [rg, name], () => {
+        self.must(self.inRg(rg, type, name), name);
+        self.del(self.inRg(rg, type, name));
+      }),
+    });
+    const scoped = (group: string, kind: string, verb: "createOrUpdate" | "create") => ({
+      get: (scope: string, name: string) => self.rec(`authorization.${group}.get`, [scope, name], () => self.must(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, name)),
+      [verb]: (scope: string, name: string, body: Obj) => self.rec(`authorization.${group}.${verb}`, [scope, name, body], () => self.put(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, { ...body, name })),
+      delete: (scope: string, name: string) => self.rec(`authorization.${group}.delete`, [scope, name], () => {
+        self.must(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, name);
+        self.del(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`);
+      }),
+    });
+    const vmList = (rg: string) => [...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.compute/virtualmachines/`.toLowerCase()));
+    const clients = {
+      subscriptionId: sub,
+      identity,
+      endpoints,
+      lro: {},
+      credential: { getToken: (scope: string) => self.rec("credential.getToken", [scope], () => ({ token: "tok", expiresOnTimestamp: Date.now() + 3600_000 })) },
+      resources: {
+        resourceGroups: {
+          get: (name: string) => self.rec("resources.resourceGroups.get", [name], () => self.must(self.rg(name), name)),
+          createOrUpdate: (name: string, body: Obj) => self.rec("resources.resourceGroups.createOrUpdate", [name, body], () => self.put(self.rg(name), { ...body, name })),
+          delete: (name: string, opts?: unknown) => poller(() => self.rec("resources.resourceGroups.delete", [name, opts], () => {
+            self.must(self.rg(name), name);
+            self.del(self.rg(name));
+          })),
+        },
+        resources: {
+          list: (opts: { filter: string }) => {
+            const name = /name eq '([^']+)'/.exec(opts.filter)?.[1] ?? "";
+            self.calls.push({ op: "resources.resources.list", args: [opts.filter], seq: self.seq++ });
+            const f = self.faults.get("resources.resources.list");
+            if (f && f.length > 0) {
+              const e = f.shift();
+              return (async function* () {
+                yield* [];
+                throw e;
+              })();
+            }
+            const id = self.storageAccounts[name];
+            return iter(id ? [{ id, name }] : []);
+          },
+          getById: (id: string) => self.rec("resources.resources.getById", [id], () => self.must(id, id)),
+        },
+      },
+      msi: { userAssignedIdentities: simple("msi", "userAssignedIdentities", "Microsoft.ManagedIdentity/userAssignedIdentities", false) },
+      authorization: {
+        roleDefinitions: scoped("roleDefinitions", "roleDefinitions", "createOrUpdate"),
+        roleAssignments: scoped("roleAssignments", "roleAssignments", "create"),
+      },
+      logAnalytics: {
+        workspaces: simple("logAnalytics", "workspaces", "Microsoft.OperationalInsights/workspaces", true),
+        tables: {
+          get: (rg: string, ws: string, name: string) => self.rec("logAnalytics.tables.get", [rg, ws, name], () => self.must(`${self.inRg(rg, "Microsoft.OperationalInsights/workspaces", ws)}/tables/${name}`, name)),
+          createOrUpdate: (rg: string, ws: string, name: string, body: Obj) => poller(() => self.rec("logAnalytics.tables.createOrUpdate", [rg, ws, name, body], () => {
+            self.must(self.inRg(rg, "Microsoft.OperationalInsights/workspaces", ws), ws);
+            return self.put(`${self.inRg(rg, "Microsoft.OperationalInsights/workspaces", ws)}/tables/${name}`, { ...body, name, provisioningState: "Succeeded" });
+          })),
+        },
+      },
+      monitor: {
+        dataCollectionEndpoints: monitorGroup("dataCollectionEndpoints", "Microsoft.Insights/dataCollectionEndpoints"),
+        dataCollectionRules: monitorGroup("dataCollectionRules", "Microsoft.Insights/dataCollectionRules"),
+      },
+      network: {
+        virtualNetworks: simple("network", "virtualNetworks", "Microsoft.Network/virtualNetworks", true),
+        subnets: {
+          get: (rg: string, vnet: string, name: string) => self.rec("network.subnets.get", [rg, vnet, name], () => {
+            const v = self.must(self.inRg(rg, "Microsoft.Network/virtualNetworks", vnet), vnet);
+            const s = ((v.subnets as Obj[] | undefined) ?? []).find((x) => x.name === name);
+            if (!s) throw notFound(name);
+            return { ...s, id: `${v.id}/subnets/${name}` };
+          }),
+        },
+        networkInterfaces: {
+          list: (rg: string) => {
+            self.calls.push({ op: "network.networkInterfaces.list", args: [rg], seq: self.seq++ });
+            return iter([...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.network/networkinterfaces/`.toLowerCase())));
+          },
+          delete: (rg: string, name: string) => poller(() => self.rec("network.networkInterfaces.delete", [rg, name], () => {
+            self.must(self.inRg(rg, "Microsoft.Network/networkInterfaces", name), name);
+            self.del(self.inRg(rg, "Microsoft.Network/networkInterfaces", name));
+          })),
+        },
+      },
+      compute: {
+        resourceSkus: {
+          list: (opts: { filter: string }) => {
+            const loc = /location eq '([^']+)'/.exec(opts.filter)?.[1] ?? "";
+            self.calls.push({ op: "compute.resourceSkus.list", args: [opts.filter], seq: self.seq++ });
+            const f = self.faults.get("compute.resourceSkus.list");
+            if (f && f.length > 0) {
+              const e = f.shift();
+              return (async function* () {
+                yield* [];
+                throw e;
+              })();
+            }
+            return iter((self.skus[loc] ?? []).map((name) => ({ name, resourceType: "virtualMachines", locations: [loc] })));
+          },
+        },
+        virtualMachines: {
+          get: (rg: string, name: string) => self.rec("compute.virtualMachines.get", [rg, name], () => self.must(self.inRg(rg, "Microsoft.Compute/virtualMachines", name), name)),
+          list: (rg: string, opts?: unknown) => {
+            self.calls.push({ op: "compute.virtualMachines.list", args: [rg, opts], seq: self.seq++ });
+            if (!self.get(self.rg(rg))) {
+              return (async function* () {
+                yield* [];
+                throw new RestLikeError(404, "ResourceGroupNotFound", rg);
+              })();
+            }
+            return iter(vmList(rg));
+          },
+          createOrUpdate: (rg: string, name: string, body: Obj) => poller(() => self.rec("compute.virtualMachines.createOrUpdate", [rg, name, body], () => {
+            rgOp(rg);
+            return self.put(self.inRg(rg, "Microsoft.Compute/virtualMachines", name), { ...body, name, provisioningState: "Creating", instanceView: { statuses: [{ code: "ProvisioningState/creating" }] } });
+          })),
+          delete: (rg: string, name: string, opts?: unknown) => poller(() => self.rec("compute.virtualMachines.delete", [rg, name, opts], () => {
+            self.must(self.inRg(rg, "Microsoft.Compute/virtualMachines", name), name);
+            self.del(self.inRg(rg, "Microsoft.Compute/virtualMachines", name));
+          })),
+        },
+      },
+      subscriptions: {},
+      blobs: { read: (account: string, container: string, path: string) => self.rec("blobs.read", [account, container, path], () => self.blobs.get(`${account}/${container}/${path}`)) },
+      logsQuery: {
+        queryWorkspace: (ws: string, q: string) => self.rec("logsQuery.queryWorkspace", [ws, q], () => {
+          self.queries.push(q);
+          const uid = /RunUid == '([^']+)'/.exec(q)?.[1];
+          const since = /datetime\(([^)]+)\)/.exec(q)?.[1] ?? "1970-01-01T00:00:00.000Z";
+          const rows = self.logRows
+            .filter((r) => r[2] === uid && Date.parse(r[0]) >= Date.parse(since))
+            .sort((a, b) => Date.parse(a[0]) - Date.parse(b[0]) || a[1] - b[1])
+            .map((r) => [r[0], r[1], r[3], r[4]]);
+          return { status: "Success", tables: [{ name: "PrimaryResult", columnDescriptors: [], rows }] };
+        }),
+      },
+    };
+    return clients as unknown as AzureClients;
+  }
+}
+
+/** A valid Azure CE as the API server would return it. */
+export function sampleAzureCe(sub: string, over: Partial<NonNullable<ComputeEnvironment["spec"]["azure"]>> = {}): ComputeEnvironment {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "ComputeEnvironment",
+    metadata: { namespace: "team-a", name: "ce1", uid: UID, generation: 1 },
+    spec: {
+      provider: "azure",
+      credentials: { secretRef: { name: "creds" } },
+      azure: { subscriptionId: sub, location: "westeurope", workDir: "az://work/runs", storageAccount: "wdstore", tags: { team: "a" }, ...over },
+    },
+  } as ComputeEnvironment;
+}
+

@@ -1,0 +1,177 @@
+// runs.ts against in-memory SDK stand-ins: the VM request, idempotency, one list per resource
+// group, stopped VMs, terminate, the log cursor and the orphan sweep.
+import { beforeEach, describe, expect, it } from "vitest";
+import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
+import type { EnvContext } from "../../../../src/cloud/provider.js";
+import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
+import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
+import { resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
+import { createLogger } from "../../../../src/engine/logger.js";
+import { FakeAzure, UID, sampleAzureCe } from "./fake-azure.js";
+
+function runOf(n: number, over: Partial<Run["spec"]> = {}): Run {
+  const uid = `99999999-8888-4777-8666-${String(n).padStart(12, "0")}`;
+  return {
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "Run",
+    metadata: { namespace: "team-a", name: `r${n}`, uid },
+    spec: { computeEnvironmentRef: { name: "ce1" }, pipeline: { repository: "https://github.com/nextflow-io/hello", params: { greeting: "it's $(rm -rf /)" } }, ...over },
+  } as Run;
+}
+
+describe("Azure runs", () => {
+  let az: FakeAzure;
+  let ce: ComputeEnvironment;
+  let ctx: EnvContext;
+  const RG = resourceGroupName({ namespace: "team-a", name: "ce1", uid: UID });
+
+  beforeEach(async () => {
+    azureTuning.principalRetryMs = [1];
+    az = new FakeAzure();
+    ce = sampleAzureCe(az.sub);
+    ctx = { ce, credentials: { source: "secret", secretName: "team-a/creds", data: {} }, logger: createLogger({ level: "silent" }) };
+    const obs = await provisionAzureEnvironment(az.clients(), ctx);
+    ce.status = { azure: obs.status.azure! };
+    az.calls.length = 0;
+  });
+
+  it("launches one VM named from the Run UID with inline NIC, public IP and disk deleted with it", async () => {
+    const run = runOf(1, { overrides: { spot: true, instanceType: "Standard_D4ds_v5", bootDiskSizeGiB: 80 } });
+    const d = await launchRun(az.clients(), ctx, run);
+    expect(d.state).toBe("pending");
+    expect(d.instanceId).toBe(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Compute/virtualMachines/${vmName(run.metadata.uid!)}`);
+    expect(d.log).toMatchObject({ provider: "loganalytics", workspace: "cust-0001", table: "VmforgeRunLogs_CL" });
+    const put = az.calls.find((c) => c.op === "compute.virtualMachines.createOrUpdate")!;
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- a deep look into the request body
+    const body = put.args[2] as Record<string, any>;
+    expect(body.hardwareProfile.vmSize).toBe("Standard_D4ds_v5");
+    expect(body.priority).toBe("Spot");
+    expect(body.evictionPolicy).toBe("Delete");
+    expect(body.billingProfile.maxPrice).toBe(-1);
+    expect(body.storageProfile.osDisk).toMatchObject({ deleteOption: "Delete", diskSizeGB: 80 });
+    const nic = body.networkProfile.networkInterfaceConfigurations[0];
+    expect(nic.deleteOption).toBe("Delete");
+    expect(nic.ipConfigurations[0].subnet.id).toBe(ce.status!.azure!.subnetId);
+    expect(nic.ipConfigurations[0].publicIPAddressConfiguration).toMatchObject({ deleteOption: "Delete", sku: { name: "Standard" } });
+    expect(Object.keys(body.identity.userAssignedIdentities)).toEqual([ce.status!.azure!.identityId]);
+    expect(body.tags).toMatchObject({ "vmforge-run-uid": run.metadata.uid, "vmforge-ce-uid": UID, team: "a" });
+    expect(body.osProfile.linuxConfiguration.disablePasswordAuthentication).toBe(true);
+    const script = Buffer.from(body.userData as string, "base64").toString("utf8");
+    expect(script).toContain(`VMF_CLIENT_ID='${ce.status!.azure!.identityClientId}'`);
+    expect(script).toContain(`VMF_DCR='${ce.status!.azure!.dcrImmutableId}'`);
+    expect(script).toContain("'az://work/runs'");
+    expect(script).toContain("it'\\''s $(rm -rf /)"); // quoted, never expanded
+    expect(script).toMatch(/VMFORGE_EXIT_CODE=/);
+    expect(script).toMatch(/shutdown -h now/);
+  });
+
+  it("a retried launch (after a crash) finds the same VM and never PUTs a second one", async () => {
+    const run = runOf(2);
+    await launchRun(az.clients(), ctx, run);
+    const again = await launchRun(az.clients(), ctx, run);
+    expect(az.ops().filter((o) => o === "compute.virtualMachines.createOrUpdate")).toHaveLength(1);
+    expect(again.instanceId).toContain(vmName(run.metadata.uid!));
+  });
+
+  it("waits for the environment instead of launching half-configured", async () => {
+    ce.status = { azure: { resourceGroup: RG } };
+    await expect(launchRun(az.clients(), ctx, runOf(3))).rejects.toMatchObject({ kind: "Retryable", reason: "EnvironmentNotReady" });
+    expect(az.ops()).not.toContain("compute.virtualMachines.createOrUpdate");
+  });
+
+  it("follows all Runs of a resource group with one list call, and maps power states", async () => {
+    const runs = Array.from({ length: 25 }, (_, i) => runOf(10 + i));
+    for (const r of runs) {
+      const d = await launchRun(az.clients(), ctx, r);
+      r.status = { instance: { id: d.instanceId } };
+    }
+    az.get(runs[0]!.status!.instance!.id)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/running" }] };
+    az.calls.length = 0;
+    const res = await describeRuns(az.clients(), ctx, runs);
+    expect(az.ops().filter((o) => o === "compute.virtualMachines.list")).toHaveLength(1);
+    expect(az.calls[0]!.args[1]).toMatchObject({ expand: "instanceView" });
+    expect(res.get(runs[0]!.metadata.uid!)!.state).toBe("running");
+    expect(res.get(runs[1]!.metadata.uid!)!.state).toBe("pending");
+  });
+
+  it("a stopped VM with an uploaded exit status is deleted at once and reports the exit code", async () => {
+    const run = runOf(40);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/stopped" }] };
+    az.blobs.set(`wdstore/work/runs/.vmforge/runs/${run.metadata.uid}/exit-status`, "3\n");
+    const res = await describeRuns(az.clients(), ctx, [run]);
+    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 3 });
+    expect(az.ops()).toContain("compute.virtualMachines.delete");
+    expect(az.get(d.instanceId)).toBeUndefined();
+    // next poll: gone, outcome from the exit status
+    const after = await describeRuns(az.clients(), ctx, [run]);
+    expect(after.get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 3 });
+  });
+
+  it("a stopped VM without an exit status is reported stopped (the reconciler ends it)", async () => {
+    const run = runOf(41);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/deallocated" }] };
+    const res = await describeRuns(az.clients(), ctx, [run]);
+    expect(res.get(run.metadata.uid!)!.state).toBe("stopped");
+    expect(az.ops()).not.toContain("compute.virtualMachines.delete");
+  });
+
+  it("a Spot VM gone without an exit status says it was evicted", async () => {
+    const run = runOf(42, { overrides: { spot: true } });
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { instance: { id: d.instanceId } };
+    az.store.delete(d.instanceId.toLowerCase());
+    const res = await describeRuns(az.clients(), ctx, [run]);
+    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "terminated", stateReason: expect.stringMatching(/^SpotEvicted/) });
+  });
+
+  it("terminate deletes the VM (forced); a missing VM is done", async () => {
+    const run = runOf(43);
+    await launchRun(az.clients(), ctx, run);
+    await terminateRun(az.clients(), ctx, run);
+    await terminateRun(az.clients(), ctx, run);
+    const del = az.calls.filter((c) => c.op === "compute.virtualMachines.delete");
+    expect(del).toHaveLength(2);
+    expect(del[0]!.args[2]).toMatchObject({ forceDeletion: true });
+  });
+
+  it("reads the log with a time-and-sequence cursor: late lines with the same time are neither lost nor doubled", async () => {
+    const run = runOf(50);
+    const uid = run.metadata.uid!;
+    const t1 = "2026-01-01T00:00:01.000Z";
+    az.logRows.push([t1, 1, uid, "pipeline", "one"], [t1, 2, uid, "pipeline", "two"], [t1, 1, "other", "pipeline", "x"]);
+    const a = await readRunLog(az.clients(), ctx, run);
+    expect(a.lines).toEqual(["one", "two"]);
+    // ingestion delay: a line with the same time and a later sequence arrives later
+    az.logRows.push([t1, 3, uid, "pipeline", "three"], ["2026-01-01T00:00:02.000Z", 4, uid, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    const b = await readRunLog(az.clients(), ctx, run, a.next);
+    expect(b.lines).toEqual(["three", "VMFORGE_EXIT_CODE=0"]);
+    const c = await readRunLog(az.clients(), ctx, run, b.next);
+    expect(c.lines).toEqual([]);
+    expect(c.next).toBe(b.next);
+    expect(az.queries[0]).toContain("VmforgeRunLogs_CL | where RunUid == ");
+  });
+
+  it("sweeps VMs and loose NICs of Runs that no longer exist, and nothing else", async () => {
+    const live = runOf(60);
+    const dead = runOf(61);
+    await launchRun(az.clients(), ctx, live);
+    await launchRun(az.clients(), ctx, dead);
+    az.put(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Network/networkInterfaces/loose`, { name: "loose", tags: { "vmforge-run-uid": "gone-uid" } });
+    az.put(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Network/networkInterfaces/theirs`, { name: "theirs", tags: {} });
+    const swept = await sweepOrphans(az.clients(), ctx, new Set([live.metadata.uid!]));
+    expect(swept.sort()).toEqual([vmName(dead.metadata.uid!), "loose"].sort());
+    expect(az.get(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Compute/virtualMachines/${vmName(live.metadata.uid!)}`)).toBeDefined();
+    expect(az.get(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Network/networkInterfaces/theirs`)).toBeDefined();
+  });
+
+  it("maps instance view codes", () => {
+    expect(machineState([{ code: "ProvisioningState/deleting" }, { code: "PowerState/running" }])).toBe("shutting-down");
+    expect(machineState([{ code: "PowerState/starting" }])).toBe("pending");
+    expect(machineState([{ code: "PowerState/deallocating" }])).toBe("stopping");
+    expect(machineState(undefined, "Creating")).toBe("pending");
+  });
+});
