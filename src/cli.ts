@@ -8,16 +8,18 @@
 import type { CloudProvider } from "./cloud/provider.js";
 import { AwsProvider } from "./cloud/aws/provider.js";
 import { runOperator } from "./main.js";
+import { AzureProvider } from "./cloud/azure/provider.js";
 import { streamRunLogs } from "./cli/logs.js";
 import { policyCommand } from "./cli/policy.js";
 
 const USAGE = `usage:
   vmforge operator
   vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
+  vmforge policy azure [--phase create|launch|logs|dispose] [--subscription <id>] [--with-additions]
   vmforge logs <run> [-f|--follow] [-n|--namespace <namespace>] [--kubeconfig <path>]`;
 
 export function providers(): Map<string, CloudProvider> {
-  return new Map<string, CloudProvider>([["aws", new AwsProvider()]]);
+  return new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider()]]);
 }
 
 export async function main(argv: string[]): Promise<number> {

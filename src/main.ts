@@ -8,6 +8,7 @@ import { EngineMetrics } from "./engine/metrics.js";
 import { startHealthServer } from "./engine/health.js";
 import type { CloudProvider } from "./cloud/provider.js";
 import { AwsProvider } from "./cloud/aws/provider.js";
+import { AzureProvider } from "./cloud/azure/provider.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
 
@@ -58,7 +59,7 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  runOperator(new Map<string, CloudProvider>([["aws", new AwsProvider()]])).catch((e: unknown) => {
+  runOperator(new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider()]])).catch((e: unknown) => {
     console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
     process.exit(1);
   });

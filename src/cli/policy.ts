@@ -7,6 +7,10 @@
  *   vmforge policy aws --phase create,delete   only these phases
  *   vmforge policy aws --required              leave out the optional read phase
  *   vmforge policy aws --work-dir s3://b/p     scope s3:GetObject to that work directory
+ *
+ *   vmforge policy azure [--phase create|launch|logs|dispose] [--subscription <id>] [--with-additions]
+ *     the seed's Azure custom role JSON per phase, the subscription filled in; --with-additions adds
+ *     the few actions the operator needs beyond the seed (each explained on stderr)
  */
 import {
   POLICY_PHASES,
@@ -15,6 +19,7 @@ import {
   type PolicyPhase,
   type RenderOptions,
 } from "../cloud/aws/policy.js";
+import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../cloud/azure/policy.js";
 
 export interface CommandIo {
   out: (text: string) => void;
@@ -24,15 +29,66 @@ export interface CommandIo {
 const USAGE = `usage: vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
 phases: ${POLICY_PHASES.join(", ")}`;
 
+const AZURE_USAGE = `usage: vmforge policy azure [--phase <p>[,<p>...]] [--subscription <id>] [--with-additions]
+phases: ${AZURE_PHASES.join(", ")}`;
+
+const GUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+
+function azurePolicyCommand(rest: readonly string[], io: CommandIo): number {
+  let phases: AzurePhase[] = [...AZURE_PHASES];
+  let subscriptionId: string | undefined;
+  let withAdditions = false;
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i]!;
+    const value = (): string | undefined => {
+      const eq = a.indexOf("=");
+      if (eq >= 0) return a.slice(eq + 1);
+      i++;
+      return rest[i];
+    };
+    if (a === "--phase" || a.startsWith("--phase=")) {
+      const v = value();
+      const list = (v ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+      const bad = list.filter((p) => !(AZURE_PHASES as readonly string[]).includes(p));
+      if (list.length === 0 || bad.length > 0) {
+        io.err(`--phase: unknown phase ${JSON.stringify(bad[0] ?? v ?? "")}\n${AZURE_USAGE}\n`);
+        return 2;
+      }
+      phases = list as AzurePhase[];
+    } else if (a === "--subscription" || a.startsWith("--subscription=")) {
+      subscriptionId = value();
+      if (!subscriptionId || !GUID.test(subscriptionId)) {
+        io.err(`--subscription needs a subscription ID (a GUID)\n${AZURE_USAGE}\n`);
+        return 2;
+      }
+    } else if (a === "--with-additions") withAdditions = true;
+    else if (a === "--help" || a === "-h") {
+      io.out(`${AZURE_USAGE}\n`);
+      return 0;
+    } else {
+      io.err(`unknown option ${JSON.stringify(a)}\n${AZURE_USAGE}\n`);
+      return 2;
+    }
+  }
+  if (subscriptionId === undefined) io.err("note: no --subscription given; assignableScopes keeps the <SUBSCRIPTION-ID> placeholder\n");
+  const roles = phases.map((p) => renderAzureRole(p, { ...(subscriptionId ? { subscriptionId } : {}), withAdditions }));
+  if (withAdditions) {
+    for (const p of phases) for (const x of azureAdditions()[p]) io.err(`${p}: added ${x.action}: ${x.why}\n`);
+  }
+  io.out(`${JSON.stringify(roles.length === 1 ? roles[0] : roles, null, 2)}\n`);
+  return 0;
+}
+
 /** Runs `vmforge policy <args>`; returns the exit code. */
 export function policyCommand(args: readonly string[], io: CommandIo): number {
   const [cloud, ...rest] = args;
   if (cloud === "--help" || cloud === "-h") {
-    io.out(`${USAGE}\n`);
+    io.out(`${USAGE}\n${AZURE_USAGE}\n`);
     return 0;
   }
+  if (cloud === "azure") return azurePolicyCommand(rest, io);
   if (cloud !== "aws") {
-    io.err(`${cloud === undefined ? "missing cloud" : `unknown cloud ${JSON.stringify(cloud)}`} (only "aws" has an operator policy)\n${USAGE}\n`);
+    io.err(`${cloud === undefined ? "missing cloud" : `unknown cloud ${JSON.stringify(cloud)}`} (aws or azure)\n${USAGE}\n${AZURE_USAGE}\n`);
     return 2;
   }
   let documentOnly = false;

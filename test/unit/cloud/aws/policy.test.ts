@@ -154,7 +154,7 @@ describe("vmforge policy aws", () => {
     const r = run(["aws", "--phase=create,delete"]);
     expect(Object.keys((JSON.parse(r.out) as { phases: object }).phases)).toEqual(["create", "delete"]);
     expect(run(["aws", "--phase", "nope"]).code).toBe(2);
-    expect(run(["azure"]).code).toBe(2);
+    expect(run(["gcp"]).code).toBe(2);
     expect(run([]).err).toMatch(/usage: vmforge policy aws/);
     expect(run(["aws", "--bogus"]).code).toBe(2);
     expect(run(["aws", "--work-dir", "gs://x"]).code).toBe(2);
