@@ -8,6 +8,7 @@ import { createServer, type Server } from "node:https";
 import type { AddressInfo } from "node:net";
 import { Arm, type Stored } from "./arm/framework.js";
 import { Catalog } from "./arm/catalog.js";
+import { WorkspaceGraveyard } from "./arm/monitor.js";
 import { ArmRouter, type RouteInfo } from "./arm/router.js";
 import { allTypes, controlVm, listVmsForControl, vmHost, type VmPowerControl } from "./arm/types.js";
 import { Entra, type Caller, type ManagedIdentityHost, type OidcIssuer } from "./entra.js";
@@ -49,6 +50,7 @@ export class Emulator {
   readonly entra: Entra;
   readonly arm: Arm;
   readonly catalog = new Catalog();
+  readonly graveyard = new WorkspaceGraveyard();
   readonly router: ArmRouter;
   faults: Fault[] = [];
   capacity: CapacityFault[] = [];
@@ -97,6 +99,7 @@ export class Emulator {
     this.rbac.clear();
     this.arm.clear();
     this.catalog.clear();
+    this.graveyard.clear();
     Object.assign(this.settings, defaultSettings());
     this.faults = [];
     this.capacity = [];

@@ -81,6 +81,8 @@ export interface TypeDef {
   patch?(ctx: OpCtx, res: Stored, body: Json): void;
   /** GET view of a stored resource (default: body). */
   view?(ctx: OpCtx, res: Stored): Json;
+  /** DELETE of a name that is not (visibly) there: return true to answer 200 (e.g. purging a soft-deleted workspace). */
+  deleteMissing?(ctx: OpCtx, where: { sub: string; rg: string; name: string }): boolean;
   /** Refuses deletion by throwing ArmError. */
   beforeDelete?(ctx: OpCtx, res: Stored): void;
   /** Cleanup when the resource is removed (cascades). */

@@ -479,7 +479,7 @@ export class ArmRouter {
         info.operation = `${t.type}/delete`;
         this.authorize(req.caller, info.operation, canonicalId);
         this.rgOrThrow(sub, rgName);
-        if (!existing) return { status: 204 };
+        if (!existing) return { status: t.deleteMissing?.(ctx, { sub, rg: rgName, name }) ? 200 : 204 };
         if (existing.deleting && existing.pendingOp) {
           return { status: 202, headers: this.arm.opHeaders(existing.pendingOp, apiVersion, { async: t.deleteMode === "async", location: true }) };
         }

@@ -3,6 +3,7 @@ import type { Emulator } from "../emulator.js";
 import { computeTypes, installVmDelete } from "./compute.js";
 import type { TypeDef } from "./framework.js";
 import { identityTypes } from "./identity.js";
+import { monitorTypes } from "./monitor.js";
 import { networkTypes } from "./network.js";
 
 export { controlVm, listVmsForControl, vmHost, type VmPowerControl } from "./compute.js";
@@ -20,5 +21,6 @@ export function allTypes(em: Emulator): TypeDef[] {
         if (c.count !== undefined) c.count -= 1;
       },
     }),
+    ...monitorTypes({ onWorkspacePurged: (id) => em.logs.onWorkspaceDeleted(id) }, em.graveyard),
   ];
 }
