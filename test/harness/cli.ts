@@ -2,6 +2,7 @@
 //                              and keeps them running until Ctrl-C (or SIGTERM), then tears down.
 // `npm run cluster -- prepare` only builds/installs what the harness needs (control-plane
 //                              binaries, moto virtualenv, actionlint and glua) and exits.
+import { startStrictAws, type StrictAws } from "./aws-strict/server.js";
 import { startCluster, type Cluster } from "./cluster.js";
 import { startMoto, type Moto } from "./moto.js";
 import { startAzureEmulator, type AzureEmulator } from "./azure.js";
@@ -33,6 +34,7 @@ async function serve(): Promise<void> {
   let cluster: Cluster | undefined;
   let moto: Moto | undefined;
   let azure: AzureEmulator | undefined;
+  let layer: StrictAws | undefined;
   try {
     // Wait for all even when one fails, so that the others are stopped too.
     const [c, m, a] = await Promise.allSettled([startCluster(), startMoto(), startAzureEmulator()]);
@@ -43,13 +45,14 @@ async function serve(): Promise<void> {
     if (m.status === "rejected") throw m.reason;
     if (a.status === "rejected") throw a.reason;
     if (signalled) return;
-    const [cl, mo, az] = [c.value, m.value, a.value];
+    layer = await startStrictAws({ upstream: m.value.endpoint });
+    const [cl, mo, az] = [c.value, layer, a.value];
     await trustKubeIssuer(az.endpoint, az.caPath, cl.kubeconfigPath);
     const ai = await az.control.info();
     console.log("");
     console.log(`kubeconfig:    ${cl.kubeconfigPath}`);
     console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cl.server}`);
-    console.log(`moto ${MOTO_VERSION}:    ${mo.endpoint}`);
+    console.log(`moto ${MOTO_VERSION}:    ${m.value.endpoint} (behind the strict AWS layer: ${mo.endpoint})`);
     console.log(`azure:         ${az.endpoint} (CA ${az.caPath})`);
     console.log(`logs:          ${cl.dir} ${az.dir}`);
     console.log("");
@@ -68,6 +71,7 @@ async function serve(): Promise<void> {
     await interrupted;
   } finally {
     console.log("stopping...");
+    await layer?.stop();
     await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop()]);
     console.log("stopped");
   }

@@ -1,12 +1,15 @@
 // vitest globalSetup of the integration project: one control plane and one moto server per run,
-// shared by all integration test files (which run one at a time).
+// shared by all integration test files (which run one at a time). Tests reach moto through the
+// strict AWS layer (test/harness/aws-strict/), in this process, with every behaviour off until a
+// test turns one on; `motoEndpoint` is the layer's endpoint.
 //
 // To iterate quickly against servers that are already running (`npm run cluster`), set
-// VMFORGE_TEST_KUBECONFIG and VMFORGE_TEST_MOTO_ENDPOINT (and VMFORGE_TEST_AZURE_ENDPOINT with
-// VMFORGE_TEST_AZURE_CA); then nothing is started here.
+// VMFORGE_TEST_KUBECONFIG and VMFORGE_TEST_MOTO_ENDPOINT (the layer endpoint it prints) (and
+// VMFORGE_TEST_AZURE_ENDPOINT with VMFORGE_TEST_AZURE_CA); then nothing is started here.
 import type { TestProject } from "vitest/node";
 import { startCluster, type Cluster } from "./cluster.js";
 import { KubeHttp } from "./kube-http.js";
+import { startStrictAws, type StrictAws } from "./aws-strict/server.js";
 import { startMoto, type Moto } from "./moto.js";
 import { startAzureEmulator, type AzureEmulator } from "./azure.js";
 import { trustKubeIssuer } from "./azure-kube.js";
@@ -25,7 +28,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const moto: Moto | undefined = motoResult.status === "fulfilled" ? motoResult.value : undefined;
   const azure: AzureEmulator | undefined = azureResult.status === "fulfilled" ? azureResult.value : undefined;
 
+  let layer: StrictAws | undefined;
   const teardown = async (): Promise<void> => {
+    await layer?.stop();
     await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop()]);
   };
 
@@ -35,10 +40,19 @@ export default async function setup(project: TestProject): Promise<() => Promise
     throw new Error(`integration test servers failed to start:\n${reasons.join("\n")}`);
   }
 
+  if (moto) {
+    try {
+      layer = await startStrictAws({ upstream: moto.endpoint, log: (m) => process.stderr.write(`[strict-aws] ${m}\n`) });
+    } catch (err) {
+      await teardown();
+      throw err;
+    }
+  }
+
   const kubeconfig = externalKubeconfig ?? cluster!.kubeconfigPath;
   project.provide("kubeconfig", kubeconfig);
   project.provide("kubeServer", cluster?.server ?? KubeHttp.fromKubeconfig(kubeconfig).server);
-  project.provide("motoEndpoint", externalMoto ?? moto!.endpoint);
+  project.provide("motoEndpoint", externalMoto ?? layer!.endpoint);
   const azureEndpoint = externalAzure?.endpoint ?? azure!.endpoint;
   const azureCaPath = externalAzure?.caPath ?? azure!.caPath;
   project.provide("azureEndpoint", azureEndpoint);

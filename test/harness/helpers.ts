@@ -5,6 +5,7 @@ import { getCACertificates, setDefaultCACertificates } from "node:tls";
 import { ClientSecretCredential } from "@azure/identity";
 import { inject } from "vitest";
 import { AzureEmulatorControl, type EmulatorInfo } from "../azure-emulator/control.js";
+import { StrictAwsControl } from "./aws-strict/client.js";
 import { KubeHttp } from "./kube-http.js";
 import { resetMoto } from "./moto.js";
 
@@ -20,9 +21,14 @@ export function kubeServer(): string {
   return inject("kubeServer");
 }
 
-/** http URL of the shared moto server. */
+/** http URL of the shared moto server, as seen through the strict AWS layer (all behaviours off by default). */
 export function motoEndpoint(): string {
   return inject("motoEndpoint");
+}
+
+/** Control of the strict AWS layer in front of the shared moto (reset at the start of each test file). */
+export function strictAws(): StrictAwsControl {
+  return new StrictAwsControl(motoEndpoint());
 }
 
 let admin: KubeHttp | undefined;

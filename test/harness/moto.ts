@@ -2,7 +2,7 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ensureMotoVenv, MOTO_VERSION } from "./paths.js";
+import { ensureMotoVenv, HARNESS_DIR, MOTO_VERSION } from "./paths.js";
 import { freePort, keepLogs, registerTempDir, spawnSupervised, unregisterTempDir, waitFor } from "./process.js";
 
 export { MOTO_VERSION };
@@ -15,6 +15,11 @@ export interface MotoOptions {
   env?: Record<string, string>;
   log?: (msg: string) => void;
   readyTimeoutMs?: number;
+  /**
+   * Load test/harness/moto_fast_tags.py into moto: the same answers, but EC2 tag reads that do not
+   * scan every tagged resource (default true; false runs stock moto, for the test that compares).
+   */
+  fastTags?: boolean;
 }
 
 export interface Moto {
@@ -48,11 +53,13 @@ export async function startMoto(opts: MotoOptions = {}): Promise<Moto> {
   }
   Object.assign(env, { AWS_ACCESS_KEY_ID: "testing", AWS_SECRET_ACCESS_KEY: "testing", AWS_DEFAULT_REGION: "us-east-1", PYTHONUNBUFFERED: "1" }, opts.env);
 
-  log(`starting moto ${MOTO_VERSION} on ${endpoint}`);
+  const fastTags = opts.fastTags ?? true;
+  log(`starting moto ${MOTO_VERSION}${fastTags ? " (fast tag reads)" : ""} on ${endpoint}`);
+  const serverArgs = ["-H", "127.0.0.1", "-p", String(port)];
   const proc = spawnSupervised({
     name: "moto",
-    command: join(venv, "bin", "moto_server"),
-    args: ["-H", "127.0.0.1", "-p", String(port)],
+    command: fastTags ? join(venv, "bin", "python") : join(venv, "bin", "moto_server"),
+    args: fastTags ? [join(HARNESS_DIR, "moto_fast_tags.py"), ...serverArgs] : serverArgs,
     logFile: join(dir, "moto.log"),
     env,
     cwd: dir,

@@ -7,7 +7,10 @@ declare module "vitest" {
     kubeconfig: string;
     /** https URL of the test cluster's kube-apiserver. */
     kubeServer: string;
-    /** http URL of the shared moto server (AWS emulator); works for every region. */
+    /**
+     * http URL of the shared moto server (AWS emulator) behind the strict AWS layer; works for every
+     * region. Its control API is at /_vmforge/strict-aws (test/harness/aws-strict/client.ts).
+     */
     motoEndpoint: string;
     /** https URL of the shared Azure emulator (authority host, Resource Manager, managed identity, logs). */
     azureEndpoint: string;

@@ -24,6 +24,7 @@ import { logStreamName } from "../../src/cloud/aws/logs.js";
 import { TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, sweepOrphans, terminateRun } from "../../src/cloud/aws/runs.js";
 import type { EnvContext, ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
+import { strictAws } from "../harness/helpers.js";
 
 const REGION = "eu-west-1";
 const CREDS: ResolvedCredentials = { source: "secret", secretName: "aws", data: { accessKeyId: "testing", secretAccessKey: "testing" } };
@@ -188,14 +189,23 @@ describe("launchRun", () => {
     expect(await instancesOf(run.metadata.uid!)).toHaveLength(1);
   });
 
-  it("moto ignores ClientToken (the reason launchRun looks before it launches)", async () => {
-    const run = makeRun(ceA);
-    const input = runInstancesInput(ceA, run, "#!/bin/bash\n");
-    await admin.ec2.send(new RunInstancesCommand(input));
-    await admin.ec2.send(new RunInstancesCommand(input));
-    // Real EC2 returns the first instance for a repeated token; moto launches a second one.
-    // If moto starts honouring the token this turns into 1, and the note in runs.ts can go.
-    expect(await instancesOf(run.metadata.uid!)).toHaveLength(2);
+  it("with EC2's ClientToken rules (strict layer), a repeated launch request gives the first instance; other parameters are refused", async () => {
+    const layer = strictAws();
+    await layer.configure({ idempotency: true });
+    try {
+      const run = makeRun(ceA);
+      const input = runInstancesInput(ceA, run, "#!/bin/bash\n");
+      const first = await admin.ec2.send(new RunInstancesCommand(input));
+      const again = await admin.ec2.send(new RunInstancesCommand(input));
+      expect(again.Instances?.[0]?.InstanceId).toBe(first.Instances?.[0]?.InstanceId);
+      expect(await instancesOf(run.metadata.uid!)).toHaveLength(1);
+      // The same token with other user data (a relaunch that rendered another script) is refused.
+      const other = runInstancesInput(ceA, run, "#!/bin/bash\necho other\n");
+      await expect(admin.ec2.send(new RunInstancesCommand(other))).rejects.toMatchObject({ name: "IdempotentParameterMismatch" });
+      expect(await instancesOf(run.metadata.uid!)).toHaveLength(1);
+    } finally {
+      await layer.reset();
+    }
   });
 
   it("sends IMDSv2, terminate-on-shutdown, a gp3 root volume of the configured size and tags on instance and volume", async () => {

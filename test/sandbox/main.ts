@@ -22,6 +22,7 @@ import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { startCluster } from "../harness/cluster.js";
+import { startStrictAws } from "../harness/aws-strict/server.js";
 import { startMoto } from "../harness/moto.js";
 import { installCrds } from "../support/operator.js";
 import { runArtifactsUri, s3Location } from "../../src/cloud/aws/launcher.js";
@@ -73,7 +74,10 @@ async function main(): Promise<number> {
     say("starting the local control plane (builds it on first use: several minutes)");
     const cluster = await startCluster();
     cleanups.push(() => cluster.stop());
-    const moto = await startMoto();
+    const motoServer = await startMoto();
+    cleanups.push(() => motoServer.stop());
+    // AWS is moto behind the strict AWS layer (every behaviour off), as in the integration tests.
+    const moto = await startStrictAws({ upstream: motoServer.endpoint });
     cleanups.push(() => moto.stop());
     const aws = { endpoint: moto.endpoint, region: REGION, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } };
 

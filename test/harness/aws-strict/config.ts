@@ -1,0 +1,105 @@
+// The behaviours of the strict AWS layer (test/harness/aws-strict/server.ts) and their defaults.
+// Shared by the server and its typed client; JSON on the wire.
+
+export type FaultKind = "throttle" | "unavailable" | "internal";
+
+export interface FaultRule {
+  /** IAM action pattern the rule applies to: "ec2:RunInstances", "ec2:Describe*", "*" (default). */
+  action?: string;
+  /**
+   * throttle: RequestLimitExceeded (EC2), Throttling (IAM, STS), ThrottlingException (Logs),
+   * SlowDown (S3); unavailable: HTTP 503; internal: HTTP 500.
+   */
+  error: FaultKind;
+  /** Chance per matching request, 0..100 (default 100). */
+  percent?: number;
+  /** Fires this many times, then stays inert (default: no limit). Counts down as it fires. */
+  count?: number;
+}
+
+export interface CapacityRule {
+  /** Availability Zone (of the request's subnet, or its Placement), or "*" for every zone. */
+  availabilityZone: string;
+  /** Instance type, or "*". */
+  instanceType: string;
+  /** Unsupported: the type is not offered in that zone. InsufficientInstanceCapacity: none free now. */
+  error: "Unsupported" | "InsufficientInstanceCapacity";
+  /** Answers this many launches, then stays inert (default: no limit). */
+  count?: number;
+}
+
+export interface ConsistencyConfig {
+  /** A new instance is left out of tag-filtered DescribeInstances answers for this long after RunInstances. */
+  newInstanceHiddenMs: number;
+  /** ... or for this many tag-filtered DescribeInstances answers that would have shown it. */
+  newInstanceHiddenDescribes: number;
+  /** A terminated instance is left out of every DescribeInstances answer this long after it ended (null: never, as moto). */
+  terminatedVisibleMs: number | null;
+  /** RunInstances refuses an instance profile for this long after it was created or given its role. */
+  newProfileRejectedMs: number;
+  /** ... or for this many RunInstances calls that name it. */
+  newProfileRejections: number;
+}
+
+export interface IamConfig {
+  /**
+   * Check every request as AWS does: signature against the secret key (keys are learnt from
+   * CreateAccessKey and AssumeRole answers), then the caller's identity policies (read from moto)
+   * for the action on the request's resource ARNs, plus iam:PassRole for RunInstances and
+   * AddRoleToInstanceProfile and the role's trust policy for sts:AssumeRole.
+   */
+  enforce: boolean;
+  /** Access key ids that act as the account's root user (allowed everything), e.g. "testing". */
+  rootAccessKeys: string[];
+}
+
+export interface StrictAwsConfig {
+  /** RunInstances honours ClientToken: same token and parameters → the same answer; else IdempotentParameterMismatch. */
+  idempotency: boolean;
+  consistency: ConsistencyConfig;
+  capacity: CapacityRule[];
+  faults: FaultRule[];
+  iam: IamConfig;
+}
+
+/** A change to the configuration: top-level fields replace, consistency and iam merge field by field. */
+export interface StrictAwsConfigPatch {
+  idempotency?: boolean;
+  consistency?: Partial<ConsistencyConfig>;
+  capacity?: CapacityRule[];
+  faults?: FaultRule[];
+  iam?: Partial<IamConfig>;
+}
+
+export interface StrictAwsStats {
+  /** Requests received per IAM action ("ec2:DescribeInstances"). */
+  calls: Record<string, number>;
+  /** Injected faults per action. */
+  faults: Record<string, number>;
+  /** Requests the layer refused (IAM, idempotency, capacity, consistency) per action. */
+  refused: Record<string, number>;
+}
+
+/** Everything off: the layer answers as moto does. */
+export function defaultConfig(): StrictAwsConfig {
+  return {
+    idempotency: false,
+    consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
+    capacity: [],
+    faults: [],
+    iam: { enforce: false, rootAccessKeys: [] },
+  };
+}
+
+export function applyPatch(cfg: StrictAwsConfig, patch: StrictAwsConfigPatch): StrictAwsConfig {
+  return {
+    idempotency: patch.idempotency ?? cfg.idempotency,
+    consistency: { ...cfg.consistency, ...patch.consistency },
+    capacity: patch.capacity ? patch.capacity.map((r) => ({ ...r })) : cfg.capacity,
+    faults: patch.faults ? patch.faults.map((r) => ({ ...r })) : cfg.faults,
+    iam: { ...cfg.iam, ...patch.iam },
+  };
+}
+
+/** Path prefix of the layer's control API (on the same port as the AWS endpoint). */
+export const CONTROL_PREFIX = "/_vmforge/strict-aws";

@@ -1,0 +1,649 @@
+// The strict AWS layer: an HTTP server on loopback in front of moto that makes it behave as AWS
+// does where moto is kinder (see test/harness/README.md). It reads each request (service,
+// operation, parameters), answers some itself (faults, denials, idempotent repeats, capacity),
+// forwards the rest to moto byte for byte, and rewrites a few answers (eventual consistency).
+// Every behaviour is off by default and switched through a small control API on the same port
+// (test/harness/aws-strict/client.ts). POST /moto-api/reset also resets the layer.
+import { createServer, Agent, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { applyPatch, CONTROL_PREFIX, defaultConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
+import { evaluate, globMatch, trustAllows, type ConditionContext, type Decision, type PolicyDocument } from "./policy-eval.js";
+import { verifySigV4 } from "./sigv4.js";
+import { describeRequest, ec2Filters, errorAnswer, faultAnswer, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
+import { element, elements, parseXml, textOf, writeXml, type XmlElement } from "./xml.js";
+
+export interface StrictAwsOptions {
+  /** moto's endpoint (http://127.0.0.1:port). */
+  upstream: string;
+  /** Port to listen on (default: any free one). */
+  port?: number;
+  log?: (msg: string) => void;
+}
+
+export interface StrictAws {
+  /** http URL of the layer: use it as every AWS SDK client's endpoint, and for the control API. */
+  endpoint: string;
+  /** moto behind it. */
+  upstream: string;
+  stop(): Promise<void>;
+}
+
+const DEFAULT_ACCOUNT = "123456789012";
+
+interface Identity {
+  secret: string;
+  arn: string;
+  account: string;
+  kind: "user" | "role";
+  /** user name or role name whose policies apply */
+  name: string;
+  sessionToken?: string;
+}
+
+interface InstanceRecord {
+  launchedAt: number;
+  hiddenDescribesLeft: number;
+  terminatedAt?: number;
+}
+
+interface StoredLaunch {
+  fingerprint: string;
+  answer: HttpAnswer;
+}
+
+const HOP_HEADERS = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"]);
+
+function readBody(req: IncomingMessage): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.once("end", () => resolve(Buffer.concat(chunks)));
+    req.once("error", reject);
+  });
+}
+
+function bump(map: Record<string, number>, key: string): void {
+  map[key] = (map[key] ?? 0) + 1;
+}
+
+function decodePolicy(doc: string | undefined): PolicyDocument | undefined {
+  if (!doc) return undefined;
+  for (const candidate of [doc, (() => {
+    try {
+      return decodeURIComponent(doc);
+    } catch {
+      return doc;
+    }
+  })()]) {
+    try {
+      return JSON.parse(candidate) as PolicyDocument;
+    } catch {
+      // try the next form
+    }
+  }
+  return undefined;
+}
+
+function accountOfArn(arn: string): string {
+  return arn.split(":")[4] || DEFAULT_ACCOUNT;
+}
+
+function ec2Arn(region: string, account: string, id: string): string {
+  const prefix = id.slice(0, id.indexOf("-"));
+  const type: Record<string, string> = { i: "instance", vol: "volume", sg: "security-group", subnet: "subnet", vpc: "vpc", eni: "network-interface", snap: "snapshot", igw: "internet-gateway", rtb: "route-table" };
+  if (prefix === "ami") return `arn:aws:ec2:${region}::image/${id}`;
+  return `arn:aws:ec2:${region}:${account}:${type[prefix] ?? prefix}/${id}`;
+}
+
+export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws> {
+  const upstream = new URL(opts.upstream);
+  const log = opts.log ?? (() => undefined);
+  const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+
+  let config = defaultConfig();
+  let stats: StrictAwsStats = { calls: {}, faults: {}, refused: {} };
+  const launches = new Map<string, StoredLaunch>();
+  const tokenLocks = new Map<string, Promise<unknown>>();
+  const instances = new Map<string, InstanceRecord>();
+  const profiles = new Map<string, { changedAt: number; rejectionsLeft: number }>();
+  const identities = new Map<string, Identity>();
+  const policyCache = new Map<string, PolicyDocument[]>();
+  const subnetZones = new Map<string, string>();
+  const regionZones = new Map<string, string[]>();
+
+  function resetState(): void {
+    config = defaultConfig();
+    stats = { calls: {}, faults: {}, refused: {} };
+    launches.clear();
+    instances.clear();
+    profiles.clear();
+    identities.clear();
+    policyCache.clear();
+    subnetZones.clear();
+  }
+
+  // ------------------------------------------------------------------ forwarding to moto
+
+  function forward(method: string, url: string, headers: IncomingMessage["headers"], body: Buffer): Promise<HttpAnswer> {
+    return new Promise((resolve, reject) => {
+      const out: Record<string, string | string[]> = {};
+      for (const [k, v] of Object.entries(headers)) if (v !== undefined && !HOP_HEADERS.has(k)) out[k] = v;
+      out["content-length"] = String(body.length);
+      const r = httpRequest({ host: upstream.hostname, port: upstream.port, method, path: url, headers: out, agent }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on("data", (c: Buffer) => chunks.push(c));
+        res.once("error", reject);
+        res.once("end", () => {
+          const h: Record<string, string> = {};
+          for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP_HEADERS.has(k)) h[k] = Array.isArray(v) ? v.join(", ") : v;
+          // A HEAD answer has no body but tells the object's length.
+          if (method === "HEAD" && typeof res.headers["content-length"] === "string") h["content-length"] = res.headers["content-length"];
+          resolve({ status: res.statusCode ?? 502, headers: h, body: Buffer.concat(chunks) });
+        });
+      });
+      r.once("error", reject);
+      r.end(body);
+    });
+  }
+
+  /** A query-protocol call to moto as the account's administrator (moto does not check it). */
+  async function motoQuery(service: "iam" | "ec2", region: string, params: Record<string, string>): Promise<XmlElement | undefined> {
+    const body = Buffer.from(new URLSearchParams({ ...params, Version: service === "iam" ? "2010-05-08" : "2016-11-15" }).toString());
+    const headers = {
+      host: upstream.host,
+      "content-type": "application/x-www-form-urlencoded; charset=utf-8",
+      authorization: `AWS4-HMAC-SHA256 Credential=testing/20260101/${region}/${service}/aws4_request, SignedHeaders=host, Signature=0`,
+      "x-amz-date": "20260101T000000Z",
+    };
+    const ans = await forward("POST", "/", headers, body);
+    if (ans.status !== 200) return undefined;
+    return parseXml(ans.body.toString("utf8")).root;
+  }
+
+  const members = (el: XmlElement | undefined, ...path: string[]): XmlElement[] => elements(element(el, ...path), "member");
+
+  async function policiesOf(id: Identity): Promise<PolicyDocument[]> {
+    const cacheKey = `${id.kind}/${id.name}`;
+    const hit = policyCache.get(cacheKey);
+    if (hit) return hit;
+    const docs: PolicyDocument[] = [];
+    const owners: { kind: "User" | "Role" | "Group"; name: string }[] = [{ kind: id.kind === "user" ? "User" : "Role", name: id.name }];
+    if (id.kind === "user") {
+      const groups = await motoQuery("iam", "us-east-1", { Action: "ListGroupsForUser", UserName: id.name });
+      for (const g of members(groups, "ListGroupsForUserResult", "Groups")) owners.push({ kind: "Group", name: textOf(g, "GroupName") ?? "" });
+    }
+    for (const o of owners) {
+      const nameParam = { [`${o.kind}Name`]: o.name };
+      const attached = await motoQuery("iam", "us-east-1", { Action: `ListAttached${o.kind}Policies`, ...nameParam });
+      for (const m of members(attached, `ListAttached${o.kind}PoliciesResult`, "AttachedPolicies")) {
+        const arn = textOf(m, "PolicyArn") ?? "";
+        const pol = await motoQuery("iam", "us-east-1", { Action: "GetPolicy", PolicyArn: arn });
+        const version = textOf(pol, "GetPolicyResult", "Policy", "DefaultVersionId") ?? "v1";
+        const v = await motoQuery("iam", "us-east-1", { Action: "GetPolicyVersion", PolicyArn: arn, VersionId: version });
+        const doc = decodePolicy(textOf(v, "GetPolicyVersionResult", "PolicyVersion", "Document"));
+        if (doc) docs.push(doc);
+      }
+      const inline = await motoQuery("iam", "us-east-1", { Action: `List${o.kind}Policies`, ...nameParam });
+      for (const m of members(inline, `List${o.kind}PoliciesResult`, "PolicyNames")) {
+        const policyName = textOf(m) ?? "";
+        const got = await motoQuery("iam", "us-east-1", { Action: `Get${o.kind}Policy`, ...nameParam, PolicyName: policyName });
+        const doc = decodePolicy(textOf(got, `Get${o.kind}PolicyResult`, "PolicyDocument"));
+        if (doc) docs.push(doc);
+      }
+    }
+    policyCache.set(cacheKey, docs);
+    return docs;
+  }
+
+  async function profileRoleArn(profileName: string): Promise<string | undefined> {
+    const got = await motoQuery("iam", "us-east-1", { Action: "GetInstanceProfile", InstanceProfileName: profileName });
+    return textOf(members(got, "GetInstanceProfileResult", "InstanceProfile", "Roles")[0], "Arn");
+  }
+
+  async function zoneOfSubnet(region: string, subnetId: string): Promise<string | undefined> {
+    const hit = subnetZones.get(subnetId);
+    if (hit) return hit;
+    const got = await motoQuery("ec2", region, { Action: "DescribeSubnets", "SubnetId.1": subnetId });
+    const az = textOf(element(got, "subnetSet", "item"), "availabilityZone");
+    if (az) subnetZones.set(subnetId, az);
+    return az;
+  }
+
+  async function zonesOf(region: string): Promise<string[]> {
+    const hit = regionZones.get(region);
+    if (hit) return hit;
+    const got = await motoQuery("ec2", region, { Action: "DescribeAvailabilityZones" });
+    const zones = elements(element(got, "availabilityZoneInfo"), "item").map((i) => textOf(i, "zoneName") ?? "").filter(Boolean);
+    regionZones.set(region, zones);
+    return zones;
+  }
+
+  // ------------------------------------------------------------------ IAM
+
+  function resourcesOf(req: AwsRequest, account: string): string[] {
+    const p = req.params;
+    const r = req.region;
+    switch (req.service) {
+      case "iam": {
+        const profile = p.get("InstanceProfileName");
+        if (profile) return [`arn:aws:iam::${account}:instance-profile${p.get("Path") ?? "/"}${profile}`];
+        const role = p.get("RoleName");
+        if (role) return [`arn:aws:iam::${account}:role${req.operation === "CreateRole" ? (p.get("Path") ?? "/") : "/"}${role}`];
+        const user = p.get("UserName");
+        if (user) return [`arn:aws:iam::${account}:user/${user}`];
+        const policyArn = p.get("PolicyArn");
+        if (policyArn) return [policyArn];
+        if (req.operation === "CreatePolicy") return [`arn:aws:iam::${account}:policy${p.get("Path") ?? "/"}${p.get("PolicyName") ?? ""}`];
+        return ["*"];
+      }
+      case "sts":
+        return req.operation === "AssumeRole" ? [p.get("RoleArn") ?? "*"] : ["*"];
+      case "ec2": {
+        if (req.operation === "RunInstances") {
+          const out = [`arn:aws:ec2:${r}:${account}:instance/*`, `arn:aws:ec2:${r}:${account}:volume/*`, `arn:aws:ec2:${r}:${account}:network-interface/*`];
+          const image = p.get("ImageId");
+          if (image) out.push(ec2Arn(r, account, image));
+          const subnet = p.get("SubnetId");
+          if (subnet) out.push(ec2Arn(r, account, subnet));
+          for (const sg of queryList(p, "SecurityGroupId")) out.push(ec2Arn(r, account, sg));
+          const key = p.get("KeyName");
+          if (key) out.push(`arn:aws:ec2:${r}:${account}:key-pair/${key}`);
+          return out;
+        }
+        if (/^(Terminate|Stop|Start|Reboot)Instances$/.test(req.operation)) return queryList(p, "InstanceId").map((id) => ec2Arn(r, account, id));
+        if (req.operation === "CreateTags" || req.operation === "DeleteTags") return queryList(p, "ResourceId").map((id) => ec2Arn(r, account, id));
+        return ["*"];
+      }
+      case "logs": {
+        const group = typeof req.json?.logGroupName === "string" ? req.json.logGroupName : undefined;
+        const stream = typeof req.json?.logStreamName === "string" ? req.json.logStreamName : undefined;
+        if (group && stream) return [`arn:aws:logs:${r}:${account}:log-group:${group}:log-stream:${stream}`];
+        if (group) return [`arn:aws:logs:${r}:${account}:log-group:${group}:*`];
+        return ["*"];
+      }
+      case "s3":
+        if (!req.bucket) return ["*"];
+        return [req.key !== undefined ? `arn:aws:s3:::${req.bucket}/${req.key}` : `arn:aws:s3:::${req.bucket}`];
+      default:
+        return ["*"];
+    }
+  }
+
+  function accessDenied(req: AwsRequest, who: string, action: string, resource: string, decision: Decision): HttpAnswer {
+    const why = decision === "ExplicitDeny" ? `with an explicit deny in an identity-based policy` : `because no identity-based policy allows the ${action} action`;
+    const text = `User: ${who} is not authorized to perform: ${action} on resource: ${resource} ${why}`;
+    bump(stats.refused, req.action);
+    if (req.service === "ec2") return errorAnswer(req, 403, "UnauthorizedOperation", `You are not authorized to perform this operation. ${text}`);
+    if (req.json !== undefined) return errorAnswer(req, 400, "AccessDeniedException", text);
+    return errorAnswer(req, 403, "AccessDenied", text);
+  }
+
+  function badCredentials(req: AwsRequest, kind: "unknown" | "signature"): HttpAnswer {
+    bump(stats.refused, req.action);
+    const sigText = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+    if (req.service === "ec2") return errorAnswer(req, 401, "AuthFailure", "AWS was not able to validate the provided access credentials");
+    if (req.service === "s3") {
+      return kind === "unknown"
+        ? errorAnswer(req, 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+        : errorAnswer(req, 403, "SignatureDoesNotMatch", sigText);
+    }
+    if (req.json !== undefined) {
+      return kind === "unknown"
+        ? errorAnswer(req, 400, "UnrecognizedClientException", "The security token included in the request is invalid.")
+        : errorAnswer(req, 400, "InvalidSignatureException", sigText);
+    }
+    return kind === "unknown"
+      ? errorAnswer(req, 403, "InvalidClientTokenId", "The security token included in the request is invalid.")
+      : errorAnswer(req, 403, "SignatureDoesNotMatch", sigText);
+  }
+
+  /** Undefined when AWS would let the request through; else its refusal. */
+  async function authorize(req: AwsRequest): Promise<HttpAnswer | undefined> {
+    const akid = req.accessKeyId ?? "";
+    if (config.iam.rootAccessKeys.includes(akid)) return undefined;
+    const id = identities.get(akid);
+    if (!id) return badCredentials(req, "unknown");
+    if (verifySigV4(req, id.secret) !== "ok") return badCredentials(req, "signature");
+    if (id.sessionToken !== undefined && req.headers["x-amz-security-token"] !== id.sessionToken) return badCredentials(req, "unknown");
+    // AWS answers GetCallerIdentity for any valid credentials, whatever the policies say.
+    if (req.action === "sts:GetCallerIdentity") return undefined;
+    const policies = await policiesOf(id);
+    const ctx: ConditionContext = { "aws:RequestedRegion": req.region, "aws:PrincipalArn": id.arn, "aws:PrincipalAccount": id.account };
+    if (req.operation === "AssumeRole") {
+      const roleArn = req.params.get("RoleArn") ?? "";
+      const role = await motoQuery("iam", "us-east-1", { Action: "GetRole", RoleName: roleArn.slice(roleArn.lastIndexOf("/") + 1) });
+      const trust = decodePolicy(textOf(role, "GetRoleResult", "Role", "AssumeRolePolicyDocument"));
+      const externalId = req.params.get("ExternalId") ?? undefined;
+      const trusted = trust ? trustAllows(trust, id.arn, id.account, { ...ctx, "sts:ExternalId": externalId }) : undefined;
+      if (trusted === undefined) return accessDenied(req, id.arn, "sts:AssumeRole", roleArn, "ImplicitDeny");
+      if (trusted === "exact") return undefined;
+    }
+    for (const resource of resourcesOf(req, id.account)) {
+      const d = evaluate(policies, req.action, resource, ctx);
+      if (d !== "Allow") return accessDenied(req, id.arn, req.action, resource, d);
+    }
+    // Actions AWS checks on top of the operation's own (dependent actions).
+    let passed: string | undefined;
+    if (req.operation === "RunInstances") {
+      const ref = req.params.get("IamInstanceProfile.Arn") ?? req.params.get("IamInstanceProfile.Name");
+      if (ref) passed = await profileRoleArn(ref.slice(ref.lastIndexOf("/") + 1));
+    } else if (req.operation === "AddRoleToInstanceProfile") {
+      passed = `arn:aws:iam::${id.account}:role/${req.params.get("RoleName") ?? ""}`;
+    }
+    if (passed) {
+      const service = req.operation === "RunInstances" ? "ec2.amazonaws.com" : "ec2.amazonaws.com";
+      const d = evaluate(policies, "iam:PassRole", passed, { ...ctx, "iam:PassedToService": service });
+      if (d !== "Allow") return accessDenied(req, id.arn, "iam:PassRole", passed, d);
+    }
+    return undefined;
+  }
+
+  /** Learns keys and invalidates cached policies from answers that change them. */
+  function learnFromAnswer(req: AwsRequest, ans: HttpAnswer): void {
+    if (ans.status !== 200) return;
+    if (req.service === "iam") {
+      if (!/^(Get|List)/.test(req.operation)) policyCache.clear();
+      if (req.operation === "CreateAccessKey") {
+        const key = element(parseXml(ans.body.toString("utf8")).root, "CreateAccessKeyResult", "AccessKey");
+        const user = textOf(key, "UserName") ?? "";
+        const akid = textOf(key, "AccessKeyId");
+        const secret = textOf(key, "SecretAccessKey");
+        if (akid && secret) identities.set(akid, { secret, name: user, kind: "user", account: DEFAULT_ACCOUNT, arn: `arn:aws:iam::${DEFAULT_ACCOUNT}:user/${user}` });
+      }
+      if (req.operation === "CreateInstanceProfile" || req.operation === "AddRoleToInstanceProfile") {
+        const name = req.params.get("InstanceProfileName");
+        if (name) profiles.set(name, { changedAt: Date.now(), rejectionsLeft: config.consistency.newProfileRejections });
+      }
+    }
+    if (req.service === "sts" && req.operation === "AssumeRole") {
+      const result = element(parseXml(ans.body.toString("utf8")).root, "AssumeRoleResult");
+      const akid = textOf(result, "Credentials", "AccessKeyId");
+      const secret = textOf(result, "Credentials", "SecretAccessKey");
+      const token = textOf(result, "Credentials", "SessionToken");
+      const arn = textOf(result, "AssumedRoleUser", "Arn") ?? "";
+      const roleArn = req.params.get("RoleArn") ?? "";
+      if (akid && secret) {
+        identities.set(akid, { secret, arn, account: accountOfArn(roleArn), kind: "role", name: roleArn.slice(roleArn.lastIndexOf("/") + 1), ...(token ? { sessionToken: token } : {}) });
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ EC2 behaviours
+
+  function refuse(req: AwsRequest, status: number, code: string, message: string): HttpAnswer {
+    bump(stats.refused, req.action);
+    return errorAnswer(req, status, code, message);
+  }
+
+  async function capacityRefusal(req: AwsRequest): Promise<HttpAnswer | undefined> {
+    if (config.capacity.length === 0) return undefined;
+    const type = req.params.get("InstanceType") ?? "m1.small";
+    const subnet = req.params.get("SubnetId") ?? req.params.get("NetworkInterface.1.SubnetId");
+    const zone = req.params.get("Placement.AvailabilityZone") ?? (subnet ? await zoneOfSubnet(req.region, subnet) : undefined) ?? `${req.region}a`;
+    const rule = config.capacity.find(
+      (r) => (r.count === undefined || r.count > 0) && (r.availabilityZone === "*" || r.availabilityZone === zone) && (r.instanceType === "*" || r.instanceType === type),
+    );
+    if (!rule) return undefined;
+    if (rule.count !== undefined) rule.count--;
+    const blocked = (z: string): boolean =>
+      config.capacity.some((r) => r.error === rule.error && (r.count === undefined || r.count > 0 || r === rule) && (r.availabilityZone === "*" || r.availabilityZone === z) && (r.instanceType === "*" || r.instanceType === type));
+    const others = (await zonesOf(req.region)).filter((z) => z !== zone && !blocked(z));
+    if (rule.error === "Unsupported") {
+      const choose = others.length > 0 ? `by not specifying an Availability Zone or choosing ${others.join(", ")}` : "by not specifying an Availability Zone";
+      return refuse(req, 400, "Unsupported", `Your requested instance type (${type}) is not supported in your requested Availability Zone (${zone}). Please retry your request ${choose}.`);
+    }
+    const elsewhere = others.length > 0 ? ` You can currently get ${type} capacity by not specifying an Availability Zone in your request or choosing ${others.join(", ")}.` : "";
+    return refuse(
+      req,
+      500,
+      "InsufficientInstanceCapacity",
+      `We currently do not have sufficient ${type} capacity in the Availability Zone you requested (${zone}). Our system will be working on provisioning additional capacity.${elsewhere}`,
+    );
+  }
+
+  function profileRefusal(req: AwsRequest): HttpAnswer | undefined {
+    const arn = req.params.get("IamInstanceProfile.Arn");
+    const name = req.params.get("IamInstanceProfile.Name");
+    const ref = arn ?? name;
+    if (!ref) return undefined;
+    const rec = profiles.get(ref.slice(ref.lastIndexOf("/") + 1));
+    if (!rec) return undefined;
+    const young = Date.now() - rec.changedAt < config.consistency.newProfileRejectedMs;
+    if (!young && rec.rejectionsLeft <= 0) return undefined;
+    if (!young) rec.rejectionsLeft--;
+    return arn
+      ? refuse(req, 400, "InvalidParameterValue", `Value (${arn}) for parameter iamInstanceProfile.arn is invalid. Invalid IAM Instance Profile ARN`)
+      : refuse(req, 400, "InvalidParameterValue", `Value (${name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name`);
+  }
+
+  function recordLaunch(ans: HttpAnswer): void {
+    if (ans.status !== 200) return;
+    const root = parseXml(ans.body.toString("utf8")).root;
+    for (const item of elements(element(root, "instancesSet"), "item")) {
+      const id = textOf(item, "instanceId");
+      if (id) instances.set(id, { launchedAt: Date.now(), hiddenDescribesLeft: config.consistency.newInstanceHiddenDescribes });
+    }
+  }
+
+  async function runInstances(req: AwsRequest): Promise<HttpAnswer> {
+    const token = req.params.get("ClientToken");
+    const launch = async (): Promise<HttpAnswer> => {
+      const refused = (await capacityRefusal(req)) ?? profileRefusal(req);
+      if (refused) return refused;
+      const ans = await forward(req.method, req.url, req.headers, req.body);
+      recordLaunch(ans);
+      return ans;
+    };
+    if (!config.idempotency || !token) return launch();
+    const key = `${req.accessKeyId ?? ""}|${req.region}|${token}`;
+    const fingerprint = [...req.params.entries()]
+      .filter(([k]) => k !== "Action" && k !== "Version" && k !== "ClientToken")
+      .map(([k, v]) => `${k}=${v}`)
+      .sort()
+      .join("&");
+    // One request per token at a time, as EC2 serialises them.
+    const prev = tokenLocks.get(key) ?? Promise.resolve();
+    const run = prev.then(async (): Promise<HttpAnswer> => {
+      const stored = launches.get(key);
+      if (stored) {
+        if (stored.fingerprint !== fingerprint) {
+          return refuse(req, 400, "IdempotentParameterMismatch", `The client token ${token} is already in use with different request parameters.`);
+        }
+        return stored.answer;
+      }
+      const ans = await launch();
+      if (ans.status === 200) launches.set(key, { fingerprint, answer: ans });
+      return ans;
+    });
+    const settled = run.catch(() => undefined);
+    tokenLocks.set(key, settled);
+    void settled.then(() => {
+      if (tokenLocks.get(key) === settled) tokenLocks.delete(key);
+    });
+    return run;
+  }
+
+  function consistencyActive(): boolean {
+    const c = config.consistency;
+    return c.newInstanceHiddenMs > 0 || c.newInstanceHiddenDescribes > 0 || c.terminatedVisibleMs !== null;
+  }
+
+  function forgotten(id: string, now: number): boolean {
+    const rec = instances.get(id);
+    const keep = config.consistency.terminatedVisibleMs;
+    return keep !== null && rec?.terminatedAt !== undefined && now - rec.terminatedAt >= keep;
+  }
+
+  async function describeInstances(req: AwsRequest): Promise<HttpAnswer> {
+    if (!consistencyActive()) return forward(req.method, req.url, req.headers, req.body);
+    const now = Date.now();
+    const gone = queryList(req.params, "InstanceId").filter((id) => forgotten(id, now));
+    if (gone.length === 1) return refuse(req, 400, "InvalidInstanceID.NotFound", `The instance ID '${gone[0]}' does not exist`);
+    if (gone.length > 1) return refuse(req, 400, "InvalidInstanceID.NotFound", `The instance IDs '${gone.join(", ")}' do not exist`);
+    const ans = await forward(req.method, req.url, req.headers, req.body);
+    if (ans.status !== 200) return ans;
+    const tagFiltered = ec2Filters(req.params).some((f) => f.name.startsWith("tag:") || f.name === "tag-key" || f.name === "tag-value");
+    const doc = parseXml(ans.body.toString("utf8"));
+    const reservations = element(doc.root, "reservationSet");
+    let changed = false;
+    for (const res of elements(reservations, "item")) {
+      const set = element(res, "instancesSet");
+      if (!set) continue;
+      set.children = set.children.filter((c) => {
+        if (typeof c === "string" || c.name !== "item") return true;
+        const id = textOf(c, "instanceId") ?? "";
+        let rec = instances.get(id);
+        if (textOf(c, "instanceState", "name") === "terminated") {
+          if (!rec) {
+            rec = { launchedAt: now, hiddenDescribesLeft: 0 };
+            instances.set(id, rec);
+          }
+          rec.terminatedAt ??= now;
+        }
+        if (forgotten(id, now)) {
+          changed = true;
+          return false;
+        }
+        if (tagFiltered && rec) {
+          const young = now - rec.launchedAt < config.consistency.newInstanceHiddenMs;
+          if (young || rec.hiddenDescribesLeft > 0) {
+            if (!young) rec.hiddenDescribesLeft--;
+            changed = true;
+            return false;
+          }
+        }
+        return true;
+      });
+      if (elements(set, "item").length === 0 && reservations) {
+        reservations.children = reservations.children.filter((c) => c !== res);
+      }
+    }
+    if (!changed) return ans;
+    return { ...ans, body: Buffer.from(writeXml(doc)) };
+  }
+
+  async function terminateInstances(req: AwsRequest): Promise<HttpAnswer> {
+    const ans = await forward(req.method, req.url, req.headers, req.body);
+    if (ans.status === 200) {
+      const root = parseXml(ans.body.toString("utf8")).root;
+      const now = Date.now();
+      for (const item of elements(element(root, "instancesSet"), "item")) {
+        const id = textOf(item, "instanceId");
+        if (!id) continue;
+        const rec = instances.get(id) ?? { launchedAt: now, hiddenDescribesLeft: 0 };
+        rec.terminatedAt ??= now;
+        instances.set(id, rec);
+      }
+    }
+    return ans;
+  }
+
+  // ------------------------------------------------------------------ request handling
+
+  function injectedFault(req: AwsRequest): HttpAnswer | undefined {
+    for (const rule of config.faults) {
+      if (rule.count !== undefined && rule.count <= 0) continue;
+      if (!globMatch(rule.action ?? "*", req.action, true)) continue;
+      if (Math.random() * 100 >= (rule.percent ?? 100)) continue;
+      if (rule.count !== undefined) rule.count--;
+      bump(stats.faults, req.action);
+      return faultAnswer(req, rule.error);
+    }
+    return undefined;
+  }
+
+  async function handleAws(req: AwsRequest): Promise<HttpAnswer> {
+    bump(stats.calls, req.action);
+    const fault = injectedFault(req);
+    if (fault) return fault;
+    if (config.iam.enforce) {
+      const denied = await authorize(req);
+      if (denied) return denied;
+    }
+    let ans: HttpAnswer;
+    if (req.service === "ec2" && req.operation === "RunInstances") ans = await runInstances(req);
+    else if (req.service === "ec2" && req.operation === "DescribeInstances") ans = await describeInstances(req);
+    else if (req.service === "ec2" && req.operation === "TerminateInstances") ans = await terminateInstances(req);
+    else ans = await forward(req.method, req.url, req.headers, req.body);
+    try {
+      learnFromAnswer(req, ans);
+    } catch (err) {
+      log(`could not read the answer to ${req.action}: ${(err as Error).message}`);
+    }
+    return ans;
+  }
+
+  function json(res: ServerResponse, status: number, value: unknown): void {
+    const body = Buffer.from(JSON.stringify(value));
+    res.writeHead(status, { "content-type": "application/json", "content-length": body.length });
+    res.end(body);
+  }
+
+  async function handleControl(method: string, path: string, body: Buffer, res: ServerResponse): Promise<void> {
+    const sub = path.slice(CONTROL_PREFIX.length);
+    if (sub === "/config" && method === "GET") return json(res, 200, config);
+    if (sub === "/config" && (method === "PUT" || method === "PATCH" || method === "POST")) {
+      config = applyPatch(config, JSON.parse(body.toString("utf8") || "{}") as StrictAwsConfigPatch);
+      return json(res, 200, config);
+    }
+    if (sub === "/reset" && method === "POST") {
+      config = defaultConfig();
+      return json(res, 200, config);
+    }
+    if (sub === "/stats" && method === "GET") return json(res, 200, stats);
+    if (sub === "/stats/reset" && method === "POST") {
+      stats = { calls: {}, faults: {}, refused: {} };
+      return json(res, 200, stats);
+    }
+    return json(res, 404, { message: `no such control endpoint: ${method} ${path}` });
+  }
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const method = req.method ?? "GET";
+    const url = req.url ?? "/";
+    const body = await readBody(req);
+    const path = url.split("?")[0]!;
+    if (path.startsWith(CONTROL_PREFIX)) return handleControl(method, path, body, res);
+    let ans: HttpAnswer;
+    const aws = path.startsWith("/moto-api/") ? undefined : describeRequest(method, url, req.headers, body);
+    if (aws) {
+      ans = await handleAws(aws);
+    } else {
+      if (path === "/moto-api/reset" && method === "POST") resetState();
+      ans = await forward(method, url, req.headers, body);
+    }
+    const length = method === "HEAD" && ans.headers["content-length"] !== undefined ? ans.headers["content-length"] : String(ans.body.length);
+    res.writeHead(ans.status, { ...ans.headers, "content-length": length });
+    res.end(method === "HEAD" ? undefined : ans.body);
+  }
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      log(`request failed in the layer: ${(err as Error).stack ?? String(err)}`);
+      if (!res.headersSent) res.writeHead(502, { "content-type": "text/plain" });
+      res.end(`strict AWS layer: ${(err as Error).message}`);
+    });
+  });
+  server.keepAliveTimeout = 5_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port ?? 0, "127.0.0.1", () => resolve());
+  });
+  const port = (server.address() as AddressInfo).port;
+  const endpoint = `http://127.0.0.1:${port}`;
+  log(`strict AWS layer on ${endpoint} in front of ${opts.upstream}`);
+
+  let stopped: Promise<void> | undefined;
+  return {
+    endpoint,
+    upstream: opts.upstream,
+    stop: () => {
+      stopped ??= new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+        agent.destroy();
+      });
+      return stopped;
+    },
+  };
+}

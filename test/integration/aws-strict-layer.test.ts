@@ -1,0 +1,420 @@
+// The strict AWS layer in front of the shared moto (test/harness/aws-strict/), through the AWS SDK
+// v3: each behaviour off (moto's answer) and on (AWS's answer). The IAM evaluation has its own
+// cases at the end; the operator's least privilege under it is aws-least-privilege.test.ts.
+import { randomUUID } from "node:crypto";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, DescribeLogGroupsCommand, GetLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import {
+  CreateSubnetCommand,
+  CreateTagsCommand,
+  CreateVpcCommand,
+  DescribeImagesCommand,
+  DescribeInstancesCommand,
+  EC2Client,
+  RunInstancesCommand,
+  TerminateInstancesCommand,
+  type RunInstancesCommandInput,
+} from "@aws-sdk/client-ec2";
+import {
+  AddRoleToInstanceProfileCommand,
+  AttachUserPolicyCommand,
+  CreateAccessKeyCommand,
+  CreateInstanceProfileCommand,
+  CreatePolicyCommand,
+  CreateRoleCommand,
+  CreateUserCommand,
+  GetRoleCommand,
+  IAMClient,
+  PutUserPolicyCommand,
+} from "@aws-sdk/client-iam";
+import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from "@aws-sdk/client-sts";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { strictAws } from "../harness/helpers.js";
+import { motoEndpoint } from "../harness/helpers.js";
+
+const REGION = "eu-west-1";
+const ACCOUNT = "123456789012";
+type Keys = { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+const ADMIN: Keys = { accessKeyId: "testing", secretAccessKey: "testing" };
+const suffix = randomUUID().slice(0, 6);
+const layer = () => strictAws();
+
+function clients(credentials: Keys = ADMIN, region = REGION) {
+  const common = { endpoint: motoEndpoint(), region, credentials, maxAttempts: 1 };
+  return {
+    ec2: new EC2Client(common),
+    iam: new IAMClient(common),
+    sts: new STSClient(common),
+    logs: new CloudWatchLogsClient(common),
+    s3: new S3Client({ ...common, forcePathStyle: true }),
+  };
+}
+
+let admin: ReturnType<typeof clients>;
+let subnetA: string;
+let subnetB: string;
+let imageId: string;
+let profileArn: string;
+
+function launchInput(extra: Partial<RunInstancesCommandInput> = {}): RunInstancesCommandInput {
+  return {
+    MinCount: 1,
+    MaxCount: 1,
+    ImageId: imageId,
+    InstanceType: "t3.micro",
+    SubnetId: subnetA,
+    TagSpecifications: [{ ResourceType: "instance", Tags: [{ Key: "layer-test", Value: suffix }, { Key: "n", Value: randomUUID() }] }],
+    ...extra,
+  };
+}
+
+function nOf(input: RunInstancesCommandInput): string {
+  return input.TagSpecifications![0]!.Tags!.find((t) => t.Key === "n")!.Value!;
+}
+
+async function idsByTag(key: string, value: string): Promise<string[]> {
+  const out = await admin.ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: `tag:${key}`, Values: [value] }] }));
+  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => i.InstanceId!);
+}
+
+async function idsById(id: string): Promise<string[]> {
+  const out = await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }));
+  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => i.InstanceId!);
+}
+
+async function failure(p: Promise<unknown>): Promise<{ name: string; message: string; status: number | undefined }> {
+  try {
+    await p;
+  } catch (e) {
+    const err = e as { name: string; message: string; $metadata?: { httpStatusCode?: number } };
+    return { name: err.name, message: err.message, status: err.$metadata?.httpStatusCode };
+  }
+  throw new Error("expected the call to fail");
+}
+
+beforeAll(async () => {
+  admin = clients();
+  const vpc = await admin.ec2.send(new CreateVpcCommand({ CidrBlock: "10.77.0.0/16" }));
+  const a = await admin.ec2.send(new CreateSubnetCommand({ VpcId: vpc.Vpc!.VpcId!, CidrBlock: "10.77.0.0/24", AvailabilityZone: `${REGION}a` }));
+  const b = await admin.ec2.send(new CreateSubnetCommand({ VpcId: vpc.Vpc!.VpcId!, CidrBlock: "10.77.1.0/24", AvailabilityZone: `${REGION}b` }));
+  subnetA = a.Subnet!.SubnetId!;
+  subnetB = b.Subnet!.SubnetId!;
+  const images = await admin.ec2.send(new DescribeImagesCommand({ Owners: ["amazon"] }));
+  imageId = images.Images!.find((i) => i.Architecture === "x86_64")!.ImageId!;
+  await admin.iam.send(new CreateRoleCommand({ RoleName: `TowerForge-layer-${suffix}`, AssumeRolePolicyDocument: "{}" }));
+  const p = await admin.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: `TowerForge-layer-${suffix}` }));
+  await admin.iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: `TowerForge-layer-${suffix}`, RoleName: `TowerForge-layer-${suffix}` }));
+  profileArn = p.InstanceProfile!.Arn!;
+});
+
+afterEach(async () => {
+  await layer().reset();
+});
+
+describe("EC2 idempotency (ClientToken)", () => {
+  it("off: moto launches a second instance for a repeated token", async () => {
+    const input = launchInput({ ClientToken: randomUUID() });
+    await admin.ec2.send(new RunInstancesCommand(input));
+    await admin.ec2.send(new RunInstancesCommand(input));
+    expect(await idsByTag("n", nOf(input))).toHaveLength(2);
+  });
+
+  it("on: the same token and parameters give the same instance; other parameters IdempotentParameterMismatch", async () => {
+    await layer().configure({ idempotency: true });
+    const input = launchInput({ ClientToken: randomUUID() });
+    const [first, second] = await Promise.all([admin.ec2.send(new RunInstancesCommand(input)), admin.ec2.send(new RunInstancesCommand(input))]);
+    const third = await admin.ec2.send(new RunInstancesCommand(input));
+    const id = first.Instances![0]!.InstanceId!;
+    expect([second.Instances![0]!.InstanceId, third.Instances![0]!.InstanceId]).toEqual([id, id]);
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+    const err = await failure(admin.ec2.send(new RunInstancesCommand({ ...input, InstanceType: "t3.small" })));
+    expect(err).toMatchObject({ name: "IdempotentParameterMismatch", status: 400 });
+    // Without a token every call launches.
+    const plain = launchInput();
+    await admin.ec2.send(new RunInstancesCommand(plain));
+    await admin.ec2.send(new RunInstancesCommand(plain));
+    expect(await idsByTag("n", nOf(plain))).toHaveLength(2);
+  });
+});
+
+describe("faults", () => {
+  it("off: nothing injected", async () => {
+    await expect(admin.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+    expect((await layer().config()).faults).toEqual([]);
+  });
+
+  it("throttling by count, as each service words it", async () => {
+    await layer().configure({
+      faults: [
+        { action: "ec2:DescribeInstances", error: "throttle", count: 2 },
+        { action: "iam:GetRole", error: "throttle", count: 1 },
+        { action: "logs:*", error: "throttle", count: 1 },
+        { action: "s3:GetObject", error: "throttle", count: 1 },
+      ],
+    });
+    await layer().resetStats();
+    expect(await failure(admin.ec2.send(new DescribeInstancesCommand({})))).toMatchObject({ name: "RequestLimitExceeded", status: 503 });
+    expect(await failure(admin.ec2.send(new DescribeInstancesCommand({})))).toMatchObject({ name: "RequestLimitExceeded" });
+    await expect(admin.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+    expect(await failure(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` })))).toMatchObject({ name: "Throttling", status: 400 });
+    await expect(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` }))).resolves.toBeDefined();
+    expect(await failure(admin.logs.send(new DescribeLogGroupsCommand({})))).toMatchObject({ name: "ThrottlingException", status: 400 });
+    const bucket = `layer-${suffix}`;
+    await admin.s3.send(new CreateBucketCommand({ Bucket: bucket, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+    await admin.s3.send(new PutObjectCommand({ Bucket: bucket, Key: "k", Body: "v" }));
+    expect(await failure(admin.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "k" })))).toMatchObject({ name: "SlowDown", status: 503 });
+    const got = await admin.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "k" }));
+    expect(await got.Body!.transformToString()).toBe("v");
+    const stats = await layer().stats();
+    expect(stats.faults).toEqual({ "ec2:DescribeInstances": 2, "iam:GetRole": 1, "logs:DescribeLogGroups": 1, "s3:GetObject": 1 });
+    expect(stats.calls["ec2:DescribeInstances"]).toBe(3);
+  });
+
+  it("5xx by percentage: 100 % always, 0 % never", async () => {
+    await layer().configure({ faults: [{ action: "ec2:Describe*", error: "internal", percent: 100 }] });
+    expect(await failure(admin.ec2.send(new DescribeInstancesCommand({})))).toMatchObject({ name: "InternalError", status: 500 });
+    expect(await failure(admin.ec2.send(new DescribeImagesCommand({ Owners: ["amazon"] })))).toMatchObject({ name: "InternalError" });
+    await layer().configure({ faults: [{ error: "unavailable", percent: 100, action: "iam:*" }] });
+    expect(await failure(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` })))).toMatchObject({ name: "ServiceUnavailable", status: 503 });
+    await expect(admin.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+    await layer().configure({ faults: [{ error: "internal", percent: 0 }] });
+    for (let i = 0; i < 5; i++) await expect(admin.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+  });
+});
+
+describe("eventual consistency", () => {
+  it("off: a new instance is listed by tag at once, a terminated one stays listed", async () => {
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+    expect(await idsById(id)).toEqual([id]);
+  });
+
+  it("a new instance is hidden from tag-filtered DescribeInstances for a while, not from a lookup by ID", async () => {
+    await layer().configure({ consistency: { newInstanceHiddenMs: 3_600_000 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    expect(await idsByTag("n", nOf(input))).toEqual([]);
+    expect(await idsByTag("layer-test", suffix)).not.toContain(id);
+    expect(await idsById(id)).toEqual([id]);
+    // The while is over (the window shrinks to nothing): the instance is listed.
+    await layer().configure({ consistency: { newInstanceHiddenMs: 0 } });
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+  });
+
+  it("... or for a number of tag-filtered answers", async () => {
+    await layer().configure({ consistency: { newInstanceHiddenDescribes: 2 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    expect(await idsByTag("n", nOf(input))).toEqual([]);
+    expect(await idsByTag("n", nOf(input))).toEqual([]);
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+  });
+
+  it("a terminated instance is forgotten after the configured time: gone from lists, NotFound by ID", async () => {
+    await layer().configure({ consistency: { terminatedVisibleMs: 3_600_000 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+    await layer().configure({ consistency: { terminatedVisibleMs: 0 } });
+    expect(await idsByTag("n", nOf(input))).toEqual([]);
+    const all = await admin.ec2.send(new DescribeInstancesCommand({}));
+    expect((all.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => i.InstanceId)).not.toContain(id);
+    expect(await failure(idsById(id))).toMatchObject({ name: "InvalidInstanceID.NotFound", message: `The instance ID '${id}' does not exist` });
+  });
+
+  it("a new instance profile is refused by RunInstances for a while (by time, or by count)", async () => {
+    const name = `TowerForge-young-${suffix}`;
+    await layer().configure({ consistency: { newProfileRejectedMs: 3_600_000 } });
+    await admin.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: name }));
+    await admin.iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: name, RoleName: `TowerForge-layer-${suffix}` }));
+    const arn = `arn:aws:iam::${ACCOUNT}:instance-profile/${name}`;
+    const err = await failure(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Arn: arn } }))));
+    expect(err).toMatchObject({ name: "InvalidParameterValue", status: 400, message: `Value (${arn}) for parameter iamInstanceProfile.arn is invalid. Invalid IAM Instance Profile ARN` });
+    // Launches without that profile are not affected.
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput()))).resolves.toBeDefined();
+    await layer().configure({ consistency: { newProfileRejectedMs: 0 } });
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Arn: arn } })))).resolves.toBeDefined();
+
+    const counted = `TowerForge-counted-${suffix}`;
+    await layer().configure({ consistency: { newProfileRejections: 1 } });
+    await admin.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: counted }));
+    const byName = await failure(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: counted } }))));
+    expect(byName.message).toBe(`Value (${counted}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name`);
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: counted } })))).resolves.toBeDefined();
+  });
+});
+
+describe("capacity", () => {
+  it("off: every type launches in every zone", async () => {
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "m5.large", SubnetId: subnetA })))).resolves.toBeDefined();
+  });
+
+  it("Unsupported: a type not offered in the subnet's zone; the other zone launches it", async () => {
+    await layer().configure({ capacity: [{ availabilityZone: `${REGION}a`, instanceType: "m5.large", error: "Unsupported" }] });
+    const err = await failure(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "m5.large", SubnetId: subnetA }))));
+    expect(err.name).toBe("Unsupported");
+    expect(err.status).toBe(400);
+    expect(err.message).toMatch(
+      new RegExp(`^Your requested instance type \\(m5\\.large\\) is not supported in your requested Availability Zone \\(${REGION}a\\)\\. Please retry your request by not specifying an Availability Zone or choosing ${REGION}b, `),
+    );
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "m5.large", SubnetId: subnetB })))).resolves.toBeDefined();
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "t3.micro", SubnetId: subnetA })))).resolves.toBeDefined();
+  });
+
+  it("InsufficientInstanceCapacity per zone and type, for a count of launches", async () => {
+    await layer().configure({ capacity: [{ availabilityZone: "*", instanceType: "c5.xlarge", error: "InsufficientInstanceCapacity", count: 2 }] });
+    for (const subnet of [subnetA, subnetB]) {
+      const err = await failure(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "c5.xlarge", SubnetId: subnet }))));
+      expect(err.name).toBe("InsufficientInstanceCapacity");
+      expect(err.status).toBe(500);
+      expect(err.message).toMatch(/^We currently do not have sufficient c5\.xlarge capacity in the Availability Zone you requested \(eu-west-1[ab]\)\./);
+    }
+    await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ InstanceType: "c5.xlarge", SubnetId: subnetA })))).resolves.toBeDefined();
+  });
+});
+
+describe("IAM as AWS evaluates it", () => {
+  let scoped: Keys;
+  let denier: Keys;
+  let regional: Keys;
+  const bucket = `iam-layer-${suffix}`;
+  const group = `/layer/${suffix}`;
+
+  async function user(name: string, doc: object, inline = false): Promise<Keys> {
+    await admin.iam.send(new CreateUserCommand({ UserName: name }));
+    if (inline) {
+      await admin.iam.send(new PutUserPolicyCommand({ UserName: name, PolicyName: "p", PolicyDocument: JSON.stringify(doc) }));
+    } else {
+      const p = await admin.iam.send(new CreatePolicyCommand({ PolicyName: `${name}-p`, PolicyDocument: JSON.stringify(doc) }));
+      await admin.iam.send(new AttachUserPolicyCommand({ UserName: name, PolicyArn: p.Policy!.Arn! }));
+    }
+    const k = (await admin.iam.send(new CreateAccessKeyCommand({ UserName: name }))).AccessKey!;
+    return { accessKeyId: k.AccessKeyId!, secretAccessKey: k.SecretAccessKey! };
+  }
+
+  beforeAll(async () => {
+    scoped = await user(`scoped-${suffix}`, {
+      Version: "2012-10-17",
+      Statement: [
+        { Effect: "Allow", Action: ["iam:CreateRole", "iam:CreateInstanceProfile"], Resource: ["arn:aws:iam::*:role/TowerForge-*", "arn:aws:iam::*:instance-profile/TowerForge-*"] },
+        { Effect: "Allow", Action: "iam:PassRole", Resource: "arn:aws:iam::*:role/TowerForge-*" },
+        { Effect: "Allow", Action: ["ec2:RunInstances", "ec2:DescribeInstances"], Resource: "*" },
+        { Effect: "Allow", Action: "logs:GetLogEvents", Resource: "arn:aws:logs:*:*:log-group:*:log-stream:*" },
+        { Effect: "Allow", Action: "s3:GetObject", Resource: `arn:aws:s3:::${bucket}/work/*` },
+        { Effect: "Allow", Action: "sts:AssumeRole", Resource: "*" },
+      ],
+    });
+    denier = await user(
+      `denier-${suffix}`,
+      {
+        Version: "2012-10-17",
+        Statement: [
+          { Effect: "Allow", NotAction: "iam:*", Resource: "*" },
+          { Effect: "Deny", Action: "ec2:TerminateInstances", Resource: "*" },
+        ],
+      },
+      true,
+    );
+    regional = await user(`regional-${suffix}`, {
+      Version: "2012-10-17",
+      Statement: [{ Effect: "Allow", Action: "ec2:DescribeInstances", Resource: "*", Condition: { StringEquals: { "aws:RequestedRegion": "eu-west-1" } } }],
+    });
+    await admin.s3.send(new CreateBucketCommand({ Bucket: bucket, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+    await admin.s3.send(new PutObjectCommand({ Bucket: bucket, Key: "work/exit-status", Body: "0" }));
+    await admin.s3.send(new PutObjectCommand({ Bucket: bucket, Key: "other/secret", Body: "x" }));
+    await admin.logs.send(new CreateLogGroupCommand({ logGroupName: group }));
+    await admin.logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: "s" }));
+    await admin.iam.send(new CreateRoleCommand({ RoleName: `Other-${suffix}`, AssumeRolePolicyDocument: "{}" }));
+    await admin.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: `Other-${suffix}` }));
+    await admin.iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: `Other-${suffix}`, RoleName: `Other-${suffix}` }));
+    await admin.iam.send(
+      new CreateRoleCommand({
+        RoleName: `Assumable-${suffix}`,
+        AssumeRolePolicyDocument: JSON.stringify({
+          Version: "2012-10-17",
+          Statement: [{ Effect: "Allow", Principal: { AWS: `arn:aws:iam::${ACCOUNT}:user/scoped-${suffix}` }, Action: "sts:AssumeRole", Condition: { StringEquals: { "sts:ExternalId": "ext" } } }],
+        }),
+      }),
+    );
+  });
+
+  it("off: moto lets any key do anything", async () => {
+    const c = clients({ accessKeyId: "AKIAWHOEVER000000000", secretAccessKey: "nope" });
+    await expect(c.iam.send(new CreateRoleCommand({ RoleName: `Free-${suffix}`, AssumeRolePolicyDocument: "{}" }))).resolves.toBeDefined();
+  });
+
+  it("on: unknown keys and wrong secrets are refused as each service words it; root keys pass", async () => {
+    await layer().configure({ iam: { enforce: true, rootAccessKeys: ["testing"] } });
+    const unknown = clients({ accessKeyId: "AKIAWHOEVER000000000", secretAccessKey: "nope" });
+    expect(await failure(unknown.iam.send(new GetRoleCommand({ RoleName: `Other-${suffix}` })))).toMatchObject({ name: "InvalidClientTokenId", status: 403 });
+    expect(await failure(unknown.ec2.send(new DescribeInstancesCommand({})))).toMatchObject({ name: "AuthFailure", status: 401 });
+    expect(await failure(unknown.logs.send(new DescribeLogGroupsCommand({})))).toMatchObject({ name: "UnrecognizedClientException" });
+    expect(await failure(unknown.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/exit-status" })))).toMatchObject({ name: "InvalidAccessKeyId", status: 403 });
+    const wrong = clients({ accessKeyId: scoped.accessKeyId, secretAccessKey: "not-the-secret" });
+    expect(await failure(wrong.iam.send(new GetRoleCommand({ RoleName: `Other-${suffix}` })))).toMatchObject({ name: "SignatureDoesNotMatch" });
+    expect(await failure(wrong.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/exit-status" })))).toMatchObject({ name: "SignatureDoesNotMatch" });
+    await expect(admin.iam.send(new GetRoleCommand({ RoleName: `Other-${suffix}` }))).resolves.toBeDefined();
+    // Any valid identity may ask who it is.
+    expect((await clients(scoped).sts.send(new GetCallerIdentityCommand({}))).Arn).toBe(`arn:aws:iam::${ACCOUNT}:user/scoped-${suffix}`);
+  });
+
+  it("on: resource ARNs with wildcards scope IAM, PassRole on RunInstances, log streams and S3 keys", async () => {
+    await layer().configure({ iam: { enforce: true, rootAccessKeys: ["testing"] } });
+    const c = clients(scoped);
+    await expect(c.iam.send(new CreateRoleCommand({ RoleName: `TowerForge-new-${suffix}`, AssumeRolePolicyDocument: "{}" }))).resolves.toBeDefined();
+    await expect(c.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: `TowerForge-new-${suffix}` }))).resolves.toBeDefined();
+    const role = await failure(c.iam.send(new CreateRoleCommand({ RoleName: `Other-new-${suffix}`, AssumeRolePolicyDocument: "{}" })));
+    expect(role).toMatchObject({ name: "AccessDenied", status: 403 });
+    expect(role.message).toBe(
+      `User: arn:aws:iam::${ACCOUNT}:user/scoped-${suffix} is not authorized to perform: iam:CreateRole on resource: arn:aws:iam::${ACCOUNT}:role/Other-new-${suffix} because no identity-based policy allows the iam:CreateRole action`,
+    );
+    expect((await failure(c.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: `Other-new-${suffix}` })))).name).toBe("AccessDenied");
+    expect((await failure(c.iam.send(new GetRoleCommand({ RoleName: `TowerForge-new-${suffix}` })))).message).toContain("iam:GetRole");
+
+    await expect(c.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Arn: profileArn } })))).resolves.toBeDefined();
+    const pass = await failure(c.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: `Other-${suffix}` } }))));
+    expect(pass).toMatchObject({ name: "UnauthorizedOperation", status: 403 });
+    expect(pass.message).toContain(`is not authorized to perform: iam:PassRole on resource: arn:aws:iam::${ACCOUNT}:role/Other-${suffix}`);
+    expect((await failure(c.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] })))).message).toContain(
+      `ec2:TerminateInstances on resource: arn:aws:ec2:${REGION}:${ACCOUNT}:instance/i-0123456789abcdef0`,
+    );
+
+    await expect(c.logs.send(new GetLogEventsCommand({ logGroupName: group, logStreamName: "s" }))).resolves.toBeDefined();
+    const logs = await failure(c.logs.send(new DescribeLogGroupsCommand({})));
+    expect(logs).toMatchObject({ name: "AccessDeniedException" });
+    expect(logs.message).toContain("logs:DescribeLogGroups");
+
+    const got = await c.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/exit-status" }));
+    expect(await got.Body!.transformToString()).toBe("0");
+    const s3 = await failure(c.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "other/secret" })));
+    expect(s3).toMatchObject({ name: "AccessDenied", status: 403 });
+    expect(s3.message).toContain(`s3:GetObject on resource: arn:aws:s3:::${bucket}/other/secret`);
+  });
+
+  it("on: explicit Deny wins, NotAction, conditions, and role trust policies with an external id", async () => {
+    await layer().configure({ iam: { enforce: true, rootAccessKeys: ["testing"] } });
+    const d = clients(denier);
+    await expect(d.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+    const term = await failure(d.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] })));
+    expect(term.message).toContain("with an explicit deny in an identity-based policy");
+    expect((await failure(d.iam.send(new GetRoleCommand({ RoleName: `Other-${suffix}` })))).name).toBe("AccessDenied");
+
+    await expect(clients(regional).ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
+    expect((await failure(clients(regional, "us-west-2").ec2.send(new DescribeInstancesCommand({})))).name).toBe("UnauthorizedOperation");
+
+    const sts = clients(scoped).sts;
+    const roleArn = `arn:aws:iam::${ACCOUNT}:role/Assumable-${suffix}`;
+    expect((await failure(sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: "s", ExternalId: "wrong" })))).name).toBe("AccessDenied");
+    const assumed = await sts.send(new AssumeRoleCommand({ RoleArn: roleArn, RoleSessionName: "s", ExternalId: "ext" }));
+    const session = clients({ accessKeyId: assumed.Credentials!.AccessKeyId!, secretAccessKey: assumed.Credentials!.SecretAccessKey!, sessionToken: assumed.Credentials!.SessionToken! });
+    // The role has no policy: its session may do nothing but ask who it is.
+    expect((await failure(session.ec2.send(new DescribeInstancesCommand({})))).name).toBe("UnauthorizedOperation");
+    await expect(session.sts.send(new GetCallerIdentityCommand({}))).resolves.toBeDefined();
+    // Tags are not the point here; CreateTags is simply not granted.
+    expect((await failure(clients(scoped).ec2.send(new CreateTagsCommand({ Resources: ["i-0123456789abcdef0"], Tags: [{ Key: "a", Value: "b" }] })))).name).toBe("UnauthorizedOperation");
+  });
+});
