@@ -240,9 +240,14 @@ export class Emulator {
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const raw = Buffer.concat(chunks);
-    const url = new URL(req.url ?? "/", this.baseUrl || "https://127.0.0.1");
+    // A scope that starts with "/" gives the SDKs paths like //subscriptions/...; Azure reads them as one slash.
+    const rawUrl = req.url ?? "/";
+    const q = rawUrl.indexOf("?");
+    const rawPath = q < 0 ? rawUrl : rawUrl.slice(0, q);
+    const url = new URL(rawPath.replace(/\/{2,}/g, "/") + (q < 0 ? "" : rawUrl.slice(q)), this.baseUrl || "https://127.0.0.1");
     const method = (req.method ?? "GET").toUpperCase();
-    const info: RouteInfo = { resourceType: "", operation: "" };
+    // Setting info.operation applies injected faults (see gatedInfo).
+    const info: RouteInfo = this.gatedInfo(method);
     let caller: Caller | undefined;
     let status = 500;
     const reply = (s: number, body: unknown, headers: Record<string, string> = {}): void => {
@@ -262,13 +267,11 @@ export class Emulator {
       if (s0 === "_mi") {
         info.resourceType = "Microsoft.ManagedIdentity/identities";
         info.operation = "managedIdentityToken";
-        this.gate(info, method);
         this.managedIdentity(method, url, seg, req, reply);
         return;
       }
       if (s0 !== "subscriptions" && s0 !== "providers" && s0 !== "tenants" && seg.length >= 2) {
         info.resourceType = "Microsoft.AAD/oauth2";
-        info.operation = "token";
         await this.entraRoute(method, url, seg, raw, req, reply, info);
         return;
       }
@@ -298,10 +301,7 @@ export class Emulator {
           throw new ArmError(400, "InvalidRequestContent", `The request content was invalid and could not be deserialized: '${(e as Error).message}'.`);
         }
       }
-      const gated: RouteInfo = this.gatedInfo(method);
-      const out = this.router.handle({ method, url, body, caller }, gated);
-      info.resourceType = gated.resourceType;
-      info.operation = gated.operation;
+      const out = this.router.handle({ method, url, body, caller }, info);
       if (method === "HEAD") {
         status = out.status;
         res.writeHead(out.status, out.headers ?? {});
@@ -391,7 +391,7 @@ export class Emulator {
       return;
     }
     if (method === "POST" && (rest === "oauth2/v2.0/token" || rest === "oauth2/token")) {
-      this.gate(info, method);
+      info.operation = "token";
       const form = new URLSearchParams(raw.toString("utf8"));
       const out = await this.entra.token(tenant, form, rest === "oauth2/v2.0/token", req.headers.authorization);
       reply(200, out, { "cache-control": "no-store, no-cache", pragma: "no-cache" });
