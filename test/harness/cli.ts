@@ -1,4 +1,5 @@
-// `npm run cluster`            starts the test control plane and moto, prints how to reach them,
+// `npm run cluster`            starts the test control plane, moto, the Azure emulator and Azurite,
+//                              prints how to reach them,
 //                              and keeps them running until Ctrl-C (or SIGTERM), then tears down.
 // `npm run cluster -- prepare` only builds/installs what the harness needs (control-plane
 //                              binaries, moto virtualenv, actionlint and glua) and exits.
@@ -7,6 +8,7 @@ import { startCluster, type Cluster } from "./cluster.js";
 import { startMoto, type Moto } from "./moto.js";
 import { startAzureEmulator, type AzureEmulator } from "./azure.js";
 import { trustKubeIssuer } from "./azure-kube.js";
+import { azuriteTlsOf, startAzurite, type Azurite } from "./azurite.js";
 import { ensureControlPlane, ensureMotoVenv, KUBERNETES_VERSION, MOTO_VERSION } from "./paths.js";
 import { ACTIONLINT, ensureGoTool, GLUA } from "./go-tools.js";
 
@@ -34,19 +36,23 @@ async function serve(): Promise<void> {
   let cluster: Cluster | undefined;
   let moto: Moto | undefined;
   let azure: AzureEmulator | undefined;
+  let azurite: Azurite | undefined;
   let layer: StrictAws | undefined;
   try {
     // Wait for all even when one fails, so that the others are stopped too.
-    const [c, m, a] = await Promise.allSettled([startCluster(), startMoto(), startAzureEmulator()]);
+    const azureStart = startAzureEmulator();
+    const [c, m, a, z] = await Promise.allSettled([startCluster(), startMoto(), azureStart, azureStart.then((e) => startAzurite({ tls: azuriteTlsOf(e) }))]);
     if (c.status === "fulfilled") cluster = c.value;
     if (m.status === "fulfilled") moto = m.value;
     if (a.status === "fulfilled") azure = a.value;
+    if (z.status === "fulfilled") azurite = z.value;
     if (c.status === "rejected") throw c.reason;
     if (m.status === "rejected") throw m.reason;
     if (a.status === "rejected") throw a.reason;
+    if (z.status === "rejected") throw z.reason;
     if (signalled) return;
     layer = await startStrictAws({ upstream: m.value.endpoint });
-    const [cl, mo, az] = [c.value, layer, a.value];
+    const [cl, mo, az, zu] = [c.value, layer, a.value, z.value];
     await trustKubeIssuer(az.endpoint, az.caPath, cl.kubeconfigPath);
     const ai = await az.control.info();
     console.log("");
@@ -54,7 +60,8 @@ async function serve(): Promise<void> {
     console.log(`kube-apiserver ${KUBERNETES_VERSION}: ${cl.server}`);
     console.log(`moto ${MOTO_VERSION}:    ${m.value.endpoint} (behind the strict AWS layer: ${mo.endpoint})`);
     console.log(`azure:         ${az.endpoint} (CA ${az.caPath})`);
-    console.log(`logs:          ${cl.dir} ${az.dir}`);
+    console.log(`azurite blob:  ${zu.blobEndpoint} (same CA; account key or bearer tokens for https://storage.azure.com)`);
+    console.log(`logs:          ${cl.dir} ${az.dir} ${zu.dir}`);
     console.log("");
     console.log(`export KUBECONFIG=${cl.kubeconfigPath}`);
     console.log(`export AWS_ENDPOINT_URL=${mo.endpoint} AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1`);
@@ -63,16 +70,17 @@ async function serve(): Promise<void> {
     console.log(`export AZURE_AUTHORITY_HOST=${az.endpoint} AZURE_TENANT_ID=${ai.tenantId} AZURE_CLIENT_ID=${ai.admin.clientId} AZURE_CLIENT_SECRET=${ai.admin.clientSecret}`);
     console.log(`export AZURE_SUBSCRIPTION_ID=${ai.subscriptionId} AZURE_RESOURCE_MANAGER_ENDPOINT=${az.endpoint}`);
     console.log(`# test controls: ${az.endpoint}/_emulator/ (see test/azure-emulator/README.md)`);
+    console.log(`export AZURE_STORAGE_BLOB_ENDPOINT=${zu.blobEndpoint} AZURE_STORAGE_CONNECTION_STRING="${zu.connectionString}"`);
     console.log("");
     console.log("To run the integration tests against these servers instead of fresh ones:");
-    console.log(`  VMFORGE_TEST_KUBECONFIG=${cl.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${mo.endpoint} VMFORGE_TEST_AZURE_ENDPOINT=${az.endpoint} VMFORGE_TEST_AZURE_CA=${az.caPath} npx vitest run --project integration`);
+    console.log(`  VMFORGE_TEST_KUBECONFIG=${cl.kubeconfigPath} VMFORGE_TEST_MOTO_ENDPOINT=${mo.endpoint} VMFORGE_TEST_AZURE_ENDPOINT=${az.endpoint} VMFORGE_TEST_AZURE_CA=${az.caPath} VMFORGE_TEST_AZURITE_ENDPOINT=${zu.blobEndpoint} VMFORGE_TEST_AZURITE_CA=${az.caPath} npx vitest run --project integration`);
     console.log("");
     console.log("Press Ctrl-C to stop.");
     await interrupted;
   } finally {
     console.log("stopping...");
     await layer?.stop();
-    await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop()]);
+    await Promise.allSettled([cluster?.stop(), moto?.stop(), azure?.stop(), azurite?.stop()]);
     console.log("stopped");
   }
 }

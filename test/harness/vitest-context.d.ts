@@ -16,5 +16,9 @@ declare module "vitest" {
     azureEndpoint: string;
     /** PEM file of the CA the Azure emulator's certificate is signed with. */
     azureCaPath: string;
+    /** https URL of the shared Azurite blob service, account in the path: https://127.0.0.1:<port>/devstoreaccount1 */
+    azuriteBlobEndpoint: string;
+    /** PEM file of the CA that signed Azurite's certificate (the Azure emulator's CA unless either runs externally). */
+    azuriteCaPath: string;
   }
 }
