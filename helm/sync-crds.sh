@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Copies the generated CRDs (crds/*.yaml, written by `npm run gen:crds`) into the two places that
-# ship them: the Helm chart (helm/vmforge/crds/) and the kustomize folder (deploy/crds/).
+# ship them: the Helm chart (helm/vmforge/files/crds/, rendered by templates/crds.yaml) and the
+# kustomize folder (deploy/crds/).
 # Neither can read ../crds directly: Helm packages only files inside the chart, and kustomize's
 # load restrictor refuses files outside the kustomization's folder.
 #
@@ -10,7 +11,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="$root/crds"
-targets=("$root/helm/vmforge/crds" "$root/deploy/crds")
+targets=("$root/helm/vmforge/files/crds" "$root/deploy/crds")
 check=false
 [[ "${1:-}" == "--check" ]] && check=true
 

@@ -11,6 +11,7 @@ import { AwsProvider } from "./cloud/aws/provider.js";
 import { AzureProvider } from "./cloud/azure/provider.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
+import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
 
 /** Runs the operator until a signal (or lost leadership) ends the process. */
 export async function runOperator(providers: ReadonlyMap<string, CloudProvider>, env: NodeJS.ProcessEnv = process.env): Promise<void> {
@@ -27,6 +28,16 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
   const logger = createLogger({ level: config.logLevel, name: "vmforge" });
   const metrics = new EngineMetrics();
   const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined);
+  try {
+    await requireKubernetesVersion(client);
+  } catch (e) {
+    if (e instanceof UnsupportedKubernetesError) {
+      console.error(`vmforge: ${e.message}`);
+      process.exit(2);
+    }
+    // Not reachable yet: the watches retry on their own.
+    logger.warn({ err: e }, "could not read the API server's version");
+  }
   const operator = new Operator({ client, providers, config, logger, metrics });
   const health = await startHealthServer({
     address: config.metricsAddress, metrics, logger,

@@ -40,6 +40,8 @@ export function runTool(command: string, args: string[], opts: { input?: string;
     });
     child.once("error", reject);
     child.once("close", (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+    // A program that exits without reading its input closes the pipe first: not an error here.
+    child.stdin.on("error", () => undefined);
     child.stdin.end(opts.input ?? "");
   });
 }

@@ -9,7 +9,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
 import { ensureHelm, helm, helmTemplate, KUBECTL, kubectlApply, kustomizeBuild, parseManifests, removeServiceAccountKubeconfigs, runTool, serviceAccountKubeconfig, type Manifest } from "../harness/helm.js";
 import { deleteNamespace, kubeAdmin, kubeconfigPath, randomSuffix, TEST_NAMESPACE_LABEL } from "../harness/helpers.js";
 import { REPO_ROOT } from "../harness/paths.js";
@@ -22,6 +22,7 @@ import { LeaderElector } from "../../src/engine/leader.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { loadConfig } from "../../src/config.js";
 import { ComputeEnvironmentResource, RunResource, type ComputeEnvironment, type Run } from "../../src/api/types.js";
+import { MIN_KUBERNETES_VERSION, requireKubernetesVersion } from "../../src/kube-version.js";
 import { FINALIZER, protectSecret, releaseUnusedSecrets, resolveCredentials, SECRET_IN_USE_FINALIZER, SECRET_LABEL, SecretResource, type SecretObject } from "../../src/controllers/shared.js";
 
 const CHART = join(REPO_ROOT, "helm", "vmforge");
@@ -357,7 +358,12 @@ describe("helm chart helm/vmforge", () => {
 
   it("renders with default values what deploy/ has: same CRDs, same rules, same container", () => {
     expect(helmDefault.map((o) => o.kind).sort()).toEqual(kustomized.filter((o) => o.kind !== "Namespace").map((o) => o.kind).sort());
-    expect(byKind(helmDefault, "CustomResourceDefinition")).toEqual(byKind(kustomized, "CustomResourceDefinition"));
+    // The chart's CRDs are the generated ones plus the keep policy (helm upgrade updates them,
+    // helm uninstall leaves them).
+    const helmCrds = byKind(helmDefault, "CustomResourceDefinition");
+    for (const c of helmCrds) expect(c.metadata.annotations, c.metadata.name).toEqual({ "helm.sh/resource-policy": "keep" });
+    const withoutKeep = helmCrds.map((c) => ({ ...c, metadata: { ...c.metadata, annotations: undefined } })).map((c) => JSON.parse(JSON.stringify(c)) as Manifest);
+    expect(withoutKeep).toEqual(byKind(kustomized, "CustomResourceDefinition"));
     for (const role of ["-operator", "-edit", "-view"]) {
       expect(rulesOf(one(helmDefault, "ClusterRole", (n) => n.endsWith(role))), role).toEqual(rulesOf(one(kustomized, "ClusterRole", (n) => n.endsWith(role))));
     }
@@ -511,7 +517,8 @@ describe("helm chart helm/vmforge", () => {
     cleanupRbac.push(objs);
 
     expect(byKind(objs, "ClusterRoleBinding")).toEqual([]);
-    expect(byKind(objs, "CustomResourceDefinition")).toEqual([]);
+    // The CRDs are part of every render (templates, so that helm upgrade updates them).
+    expect(byKind(objs, "CustomResourceDefinition").map((c) => c.metadata.name).sort()).toEqual(["computeenvironments.vmforge.dev", "runs.vmforge.dev"]);
     expect(byKind(objs, "RoleBinding").map((o) => `${o.metadata.namespace}/${o.metadata.name}`).sort()).toEqual(
       [`${a}/${rel}-vmforge-operator`, `${b}/${rel}-vmforge-operator`, `${relNs}/${rel}-vmforge-leader-election`].sort(),
     );
@@ -540,15 +547,19 @@ describe("helm chart helm/vmforge", () => {
     expect(await render({ workerz: 3 })).toMatch(/workerz/);
     expect(await render({ extraEnv: [{ name: "VMFORGE_WORKERS", value: "2" }] })).toMatch(/extraEnv/);
     expect(await render({ replicaCount: 2, leaderElection: { enabled: false } })).toMatch(/replicaCount > 1 needs leaderElection/);
+    // The proxy has its own values (they also set NODE_USE_ENV_PROXY and NO_PROXY).
+    expect(await render({ extraEnv: [{ name: "HTTPS_PROXY", value: "http://proxy:3128" }] })).toMatch(/extraEnv/);
+    expect(await render({ proxy: { httpsProxy: "proxy:3128" } })).toMatch(/httpsProxy/);
     // And the happy path of the same switches.
-    expect(await render({ replicaCount: 2, extraEnv: [{ name: "HTTPS_PROXY", value: "http://proxy:3128" }] })).toBe("rendered");
+    expect(await render({ replicaCount: 2, extraEnv: [{ name: "AWS_REGION", value: "eu-west-1" }], proxy: { httpsProxy: "http://proxy:3128" } })).toBe("rendered");
   });
 
   it("installs and uninstalls with helm against the apiserver; the built-in roles gain ComputeEnvironment and Run rights", async () => {
     const rel = `vmforge-inst-${suffix}`;
     const ns = `deploy-inst-${suffix}`;
     cleanupNamespaces.push(ns);
-    const out = await helm(["install", rel, CHART, "--namespace", ns, "--create-namespace"], { kubeconfig: kubeconfigPath() });
+    // The CRDs already exist (applied by kubectl above): --take-ownership lets the release adopt them.
+    const out = await helm(["install", rel, CHART, "--namespace", ns, "--create-namespace", "--take-ownership"], { kubeconfig: kubeconfigPath() });
     expect(out).toContain("STATUS: deployed");
     const status = JSON.parse(await helm(["status", rel, "--namespace", ns, "--output", "json"], { kubeconfig: kubeconfigPath() })) as { info: { status: string } };
     expect(status.info.status).toBe("deployed");
@@ -584,7 +595,148 @@ describe("helm chart helm/vmforge", () => {
     expect(un).toContain(`release "${rel}" uninstalled`);
     const gone = await kubeAdmin().request("GET", `/apis/rbac.authorization.k8s.io/v1/clusterroles/${rel}-operator`);
     expect(gone.status).toBe(404);
-    // Helm never deletes CRDs of crds/; ComputeEnvironments survive an uninstall.
+    // The CRDs carry helm.sh/resource-policy: keep; ComputeEnvironments survive an uninstall.
     await kubeAdmin().expect("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/computeenvironments.vmforge.dev");
+    expect(un).toMatch(/These resources were kept due to the resource policy:\n\[CustomResourceDefinition\] computeenvironments\.vmforge\.dev/);
+  });
+});
+
+describe("helm upgrade, Kubernetes version, optional objects", () => {
+  it("helm upgrade updates the CRDs with the chart (and back); uninstall keeps them", async () => {
+    const rel = `vmforge-upg-${suffix}`;
+    const ns = `deploy-upg-${suffix}`;
+    cleanupNamespaces.push(ns);
+    const kc = { kubeconfig: kubeconfigPath() };
+    const runsCrd = async () =>
+      (await kubeAdmin().expect("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/runs.vmforge.dev")).body as {
+        metadata: { annotations?: Record<string, string> };
+        spec: { versions: { additionalPrinterColumns?: { name: string }[] }[] };
+      };
+    await helm(["install", rel, CHART, "--namespace", ns, "--create-namespace", "--take-ownership", "--set", "rbac.aggregateToDefaultRoles=false"], kc);
+    expect((await runsCrd()).metadata.annotations).toMatchObject({ "helm.sh/resource-policy": "keep", "meta.helm.sh/release-name": rel });
+
+    // The next chart version changes the Run CRD (a printer column here); helm upgrade applies it.
+    const dir = await mkdtemp(join(tmpdir(), "vmforge-chart-next-"));
+    tmpDirs.push(dir);
+    const next = join(dir, "vmforge");
+    await runTool("cp", ["-r", CHART, next]);
+    const crdFile = join(next, "files", "crds", "runs.vmforge.dev.yaml");
+    const crd = parseManifests(await readFile(crdFile, "utf8"))[0] as Manifest & { spec: { versions: { additionalPrinterColumns: { name: string; type: string; jsonPath: string }[] }[] } };
+    crd.spec.versions[0]!.additionalPrinterColumns.push({ name: "Upgraded", type: "string", jsonPath: ".status.reason" });
+    await writeFile(crdFile, stringify(crd));
+    await helm(["upgrade", rel, next, "--namespace", ns, "--set", "rbac.aggregateToDefaultRoles=false"], kc);
+    expect((await runsCrd()).spec.versions[0]!.additionalPrinterColumns?.map((c) => c.name)).toContain("Upgraded");
+    await helm(["upgrade", rel, CHART, "--namespace", ns, "--set", "rbac.aggregateToDefaultRoles=false"], kc);
+    expect((await runsCrd()).spec.versions[0]!.additionalPrinterColumns?.map((c) => c.name)).not.toContain("Upgraded");
+
+    const un = await helm(["uninstall", rel, "--namespace", ns], kc);
+    expect(un).toContain("[CustomResourceDefinition] runs.vmforge.dev");
+    expect((await runsCrd()).spec.versions[0]!.additionalPrinterColumns?.length).toBeGreaterThan(0);
+    // crds.install=false renders none (CRDs managed elsewhere).
+    expect(byKind(parseManifests(await helmTemplate({ chart: CHART, release: "x", namespace: "x", setJson: { crds: { install: false } } })), "CustomResourceDefinition")).toEqual([]);
+  });
+
+  it("states and enforces the same minimum Kubernetes version in the chart and the kustomize base", async () => {
+    const chart = parse(await readFile(join(CHART, "Chart.yaml"), "utf8")) as { kubeVersion: string };
+    expect(chart.kubeVersion).toBe(`>=${MIN_KUBERNETES_VERSION}.0-0`);
+    const [major, minor] = MIN_KUBERNETES_VERSION.split(".").map(Number) as [number, number];
+    const older = `${major}.${minor - 1}.9`;
+    const refused = await helmTemplate({ chart: CHART, release: "old", namespace: "old", kubeVersion: older }).then(
+      () => "rendered",
+      (e: unknown) => String(e),
+    );
+    expect(refused).toMatch(new RegExp(`chart requires kubeVersion: >=${MIN_KUBERNETES_VERSION.replace(".", "\\.")}\\.0-0 which is incompatible with Kubernetes v${older.replace(/\./g, "\\.")}`));
+    const ok = parseManifests(await helmTemplate({ chart: CHART, release: "new", namespace: "new", kubeVersion: `${MIN_KUBERNETES_VERSION}.0` }));
+    const annotation = "vmforge.dev/minimum-kubernetes-version";
+    expect(one(ok, "Deployment").metadata.annotations?.[annotation]).toBe(MIN_KUBERNETES_VERSION);
+    expect(one(kustomized, "Deployment").metadata.annotations?.[annotation]).toBe(MIN_KUBERNETES_VERSION);
+    // The operator's own check passes against this cluster and reads the same number.
+    await requireKubernetesVersion(KubeClient.fromKubeconfig(kubeconfigPath()));
+  });
+
+  it("renders a PodDisruptionBudget, a NetworkPolicy and a ServiceMonitor on request, which the apiserver accepts", async () => {
+    const ns = `deploy-opt-${suffix}`;
+    await createNamespace(ns, true);
+    cleanupNamespaces.push(ns);
+    const objs = parseManifests(
+      await helmTemplate({
+        chart: CHART,
+        release: "opt",
+        namespace: ns,
+        setJson: {
+          replicaCount: 2,
+          podDisruptionBudget: { enabled: true },
+          networkPolicy: { enabled: true, metricsFrom: [{ namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "monitoring" } } }] },
+          metrics: { serviceMonitor: { enabled: true, labels: { release: "prom" } } },
+          crds: { install: false },
+          rbac: { create: false },
+        },
+      }),
+    );
+    const selector = (one(objs, "Deployment") as unknown as { spec: { selector: { matchLabels: Record<string, string> } } }).spec.selector.matchLabels;
+    const pdb = one(objs, "PodDisruptionBudget") as unknown as { spec: { minAvailable: number; selector: { matchLabels: Record<string, string> } } };
+    expect(pdb.spec).toEqual({ minAvailable: 1, selector: { matchLabels: selector } });
+    const np = one(objs, "NetworkPolicy") as unknown as { spec: { podSelector: { matchLabels: Record<string, string> }; policyTypes: string[]; ingress: { ports: { port: string }[]; from: unknown[] }[]; egress: { ports: { port: number; protocol: string }[] }[] } };
+    expect(np.spec.podSelector.matchLabels).toEqual(selector);
+    expect(np.spec.policyTypes).toEqual(["Ingress", "Egress"]);
+    expect(np.spec.ingress).toEqual([{ ports: [{ port: "metrics", protocol: "TCP" }], from: [{ namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": "monitoring" } } }] }]);
+    expect(np.spec.egress.flatMap((r) => r.ports.map((p) => `${p.port}/${p.protocol}`)).sort()).toEqual(["443/TCP", "53/TCP", "53/UDP", "6443/TCP"]);
+    const sm = one(objs, "ServiceMonitor") as unknown as { apiVersion: string; metadata: { labels: Record<string, string> }; spec: { selector: { matchLabels: Record<string, string> }; endpoints: { port: string; path: string }[] } };
+    expect(sm.apiVersion).toBe("monitoring.coreos.com/v1");
+    expect(sm.metadata.labels.release).toBe("prom");
+    const svc = one(objs, "Service") as unknown as { spec: { selector: Record<string, string>; ports: { name: string }[] } };
+    expect(sm.spec.selector.matchLabels).toEqual(svc.spec.selector);
+    expect(sm.spec.endpoints).toEqual([expect.objectContaining({ port: svc.spec.ports[0]!.name, path: "/metrics" })]);
+    // PDB and NetworkPolicy are accepted as rendered (there is no ServiceMonitor CRD here).
+    const accepted = objs.filter((o) => ["PodDisruptionBudget", "NetworkPolicy"].includes(o.kind));
+    await kubectlApply(kubeconfigPath(), accepted.map((o) => stringify(o)).join("---\n"), { dryRun: true });
+    // Off by default; a ServiceMonitor without the Service it scrapes is refused.
+    expect(helmDefault.filter((o) => ["PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor"].includes(o.kind))).toEqual([]);
+    const bad = await helmTemplate({ chart: CHART, release: "x", namespace: "x", setJson: { metrics: { service: { enabled: false }, serviceMonitor: { enabled: true } } } }).then(
+      () => "rendered",
+      (e: unknown) => String(e),
+    );
+    expect(bad).toContain("metrics.serviceMonitor.enabled needs metrics.service.enabled=true");
+  });
+
+  it("renders the proxy settings into the container's environment", async () => {
+    const objs = parseManifests(await helmTemplate({ chart: CHART, release: "p", namespace: "p", setJson: { proxy: { httpsProxy: "http://proxy.corp:3128", noProxy: ".corp.example,10.0.0.0/8" } } }));
+    const env = envOf(one(objs, "Deployment"));
+    expect(env.get("NODE_USE_ENV_PROXY")).toBe("1");
+    expect(env.get("HTTPS_PROXY")).toBe("http://proxy.corp:3128");
+    expect(env.has("HTTP_PROXY")).toBe(false);
+    expect(env.get("NO_PROXY")?.split(",")).toEqual(expect.arrayContaining(["kubernetes.default.svc", ".svc", "169.254.169.254", ".corp.example", "10.0.0.0/8"]));
+    expect([...envOf(one(helmDefault, "Deployment")).keys()].filter((k) => /PROXY/.test(k))).toEqual([]);
+  });
+});
+
+describe("release assets (.github/scripts/release-assets.sh, as the release workflow runs it)", () => {
+  it("renders the chart, the CRDs and the single-file install manifest for the release's image; the manifest installs", async () => {
+    const version = (parse(await readFile(join(CHART, "Chart.yaml"), "utf8")) as { appVersion: string }).appVersion;
+    const out = await mkdtemp(join(tmpdir(), "vmforge-release-"));
+    tmpDirs.push(out);
+    const helmBin = await ensureHelm();
+    const r = await runTool("bash", [join(REPO_ROOT, ".github", "scripts", "release-assets.sh"), version, "ghcr.io/acme/vmforge", out], {
+      env: { PATH: `${join(helmBin, "..")}:${process.env.PATH ?? ""}`, HELM_CONFIG_HOME: join(out, ".helm"), HELM_CACHE_HOME: join(out, ".helm"), HELM_DATA_HOME: join(out, ".helm") },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect((await readdir(out)).filter((f) => !f.startsWith(".")).sort()).toEqual([`vmforge-${version}.tgz`, "vmforge-crds.yaml", "vmforge-install.yaml"].sort());
+
+    const crds = parseManifests(await readFile(join(out, "vmforge-crds.yaml"), "utf8"));
+    expect(crds).toEqual(await generatedCrds());
+
+    const install = parseManifests(await readFile(join(out, "vmforge-install.yaml"), "utf8"));
+    expect(install.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(kustomized.map((o) => `${o.kind}/${o.metadata.name}`).sort());
+    expect(podOf(one(install, "Deployment")).containers[0]!.image).toBe(`ghcr.io/acme/vmforge:${version}`);
+    // Applied as the release notes say (server-side); the Deployment is there with that image.
+    await kubectlApply(kubeconfigPath(), await readFile(join(out, "vmforge-install.yaml"), "utf8"));
+    cleanupRbac.push(install);
+    const dep = await kubeAdmin().expect("GET", "/apis/apps/v1/namespaces/vmforge-system/deployments/vmforge");
+    expect((dep.body as { spec: { template: { spec: PodSpec } } }).spec.template.spec.containers[0]!.image).toBe(`ghcr.io/acme/vmforge:${version}`);
+    cleanupNamespaces.push("vmforge-system");
+
+    // The packaged chart defaults to the same image and tag.
+    const fromTgz = parseManifests(await helmTemplate({ chart: join(out, `vmforge-${version}.tgz`), release: "rel", namespace: "rel" }));
+    expect(podOf(one(fromTgz, "Deployment")).containers[0]!.image).toBe(`ghcr.io/acme/vmforge:${version}`);
   });
 });

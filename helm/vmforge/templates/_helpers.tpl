@@ -62,3 +62,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $s := regexFind "[0-9]+s" $d | trimSuffix "s" | default "0" | int -}}
 {{- add (mul $h 3600) (mul $m 60) $s 15 -}}
 {{- end -}}
+
+{{/* The lowest Kubernetes minor the chart supports, read from Chart.yaml kubeVersion (">=1.31.0-0"). */}}
+{{- define "vmforge.minKubernetesVersion" -}}
+{{- regexFind "[0-9]+\\.[0-9]+" .Chart.KubeVersion -}}
+{{- end -}}
+
+{{/* NO_PROXY: in-cluster names, loopback and the cloud metadata endpoints, plus proxy.noProxy. */}}
+{{- define "vmforge.noProxy" -}}
+{{- $base := list "localhost" "127.0.0.1" "::1" "kubernetes.default.svc" ".svc" ".cluster.local" "169.254.169.254" "169.254.170.2" "169.254.170.23" -}}
+{{- $extra := splitList "," .Values.proxy.noProxy | compact -}}
+{{- join "," (concat $base $extra | uniq) -}}
+{{- end -}}

@@ -1,4 +1,4 @@
-// The Helm chart (helm/vmforge/crds/) and the kustomize folder (deploy/crds/) ship copies of the
+// The Helm chart (helm/vmforge/files/crds/) and the kustomize folder (deploy/crds/) ship copies of the
 // generated crds/*.yaml. They must be byte-for-byte equal; helm/sync-crds.sh makes them so.
 import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -8,7 +8,7 @@ import { afterAll, describe, expect, it } from "vitest";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
 const FIX = "run helm/sync-crds.sh (after npm run gen:crds)";
-const COPIES = [join("helm", "vmforge", "crds"), join("deploy", "crds")];
+const COPIES = [join("helm", "vmforge", "files", "crds"), join("deploy", "crds")];
 
 const yamlFiles = (dir: string): string[] =>
   existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".yaml") && f !== "kustomization.yaml").sort() : [];
@@ -60,12 +60,12 @@ describe("helm/sync-crds.sh", () => {
     for (const copy of COPIES) expect(yamlFiles(join(work, copy))).toEqual(yamlFiles(join(work, "crds")));
 
     const first = yamlFiles(join(work, "crds"))[0]!;
-    writeFileSync(join(work, "helm", "vmforge", "crds", first), "# edited by hand\n");
+    writeFileSync(join(work, "helm", "vmforge", "files", "crds", first), "# edited by hand\n");
     rmSync(join(work, "deploy", "crds", first));
     writeFileSync(join(work, "deploy", "crds", "old.vmforge.dev.yaml"), "kind: CustomResourceDefinition\n");
     const check = run("--check");
     expect(check.status).toBe(1);
-    expect(check.stderr).toContain(`out of sync: helm/vmforge/crds/${first}`);
+    expect(check.stderr).toContain(`out of sync: helm/vmforge/files/crds/${first}`);
     expect(check.stderr).toContain(`out of sync: deploy/crds/${first}`);
     expect(check.stderr).toContain("no longer generated: deploy/crds/old.vmforge.dev.yaml");
     // --check changed nothing.
@@ -87,7 +87,7 @@ describe("helm/sync-crds.sh", () => {
     const check = run("--check");
     expect(check.status).toBe(1);
     expect(check.stderr).toContain("out of sync: deploy/crds/kustomization.yaml");
-    expect(check.stderr).toContain("out of sync: helm/vmforge/crds/widgets.vmforge.dev.yaml");
+    expect(check.stderr).toContain("out of sync: helm/vmforge/files/crds/widgets.vmforge.dev.yaml");
     expect(run().status).toBe(0);
     const k = readFileSync(join(work, "deploy", "crds", "kustomization.yaml"), "utf8");
     expect(k).toContain(`  - ${first}\n`);

@@ -7,6 +7,7 @@ import { parse, parseAllDocuments } from "yaml";
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../../../src/config.js";
 import { DURATION_PATTERN } from "../../../src/api/duration.js";
+import { MIN_KUBERNETES_VERSION, serverMinor, versionProblem } from "../../../src/kube-version.js";
 
 const ROOT = join(import.meta.dirname, "..", "..", "..");
 const DEPLOY = join(ROOT, "deploy");
@@ -17,7 +18,7 @@ const IMAGE = "ghcr.io/vmforge/vmforge";
 interface Obj {
   apiVersion: string;
   kind: string;
-  metadata: { name: string; namespace?: string; labels?: Record<string, string> };
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
   [k: string]: unknown;
 }
 interface EnvVar {
@@ -315,7 +316,28 @@ describe("helm/vmforge chart files", () => {
     const setByChart = [...deploymentTemplate.matchAll(/- name: ([A-Z_][A-Z0-9_]*)\n/g)].map((m) => m[1]!);
     expect(setByChart).toContain("VMFORGE_WORKERS");
     for (const name of setByChart) expect(forbidden.test(name), name).toBe(true);
-    expect(forbidden.test("HTTPS_PROXY")).toBe(false);
+    // The proxy variables come from proxy.*, so they are the chart's too.
+    for (const name of ["HTTPS_PROXY", "NO_PROXY", "NODE_USE_ENV_PROXY"]) expect(setByChart, name).toContain(name);
+    expect(forbidden.test("AWS_REGION")).toBe(false);
     expect(forbidden.test("VMFORGE_LEADER_ELECTION_NAMESPACE")).toBe(false);
+  });
+});
+
+describe("minimum Kubernetes version", () => {
+  it("is the same in the chart's kubeVersion, both Deployments and the operator's check", () => {
+    const chart = parse(readFileSync(join(CHART, "Chart.yaml"), "utf8")) as { kubeVersion: string };
+    expect(chart.kubeVersion).toBe(`>=${MIN_KUBERNETES_VERSION}.0-0`);
+    expect(deployment.metadata.annotations?.["vmforge.dev/minimum-kubernetes-version"]).toBe(MIN_KUBERNETES_VERSION);
+    expect(readFileSync(join(CHART, "templates", "deployment.yaml"), "utf8")).toContain('vmforge.dev/minimum-kubernetes-version: {{ include "vmforge.minKubernetesVersion" . | quote }}');
+  });
+
+  it("refuses older API servers with a message, accepts newer ones and provider-style minors", () => {
+    const [major, minor] = MIN_KUBERNETES_VERSION.split(".").map(Number) as [number, number];
+    expect(versionProblem({ major: String(major), minor: String(minor - 1), gitVersion: `v${major}.${minor - 1}.4` })).toBe(`vmforge needs Kubernetes ${MIN_KUBERNETES_VERSION} or newer; the API server is v${major}.${minor - 1}.4`);
+    expect(versionProblem({ major: String(major), minor: String(minor), gitVersion: `v${major}.${minor}.0` })).toBeUndefined();
+    expect(versionProblem({ major: "1", minor: "36+", gitVersion: "v1.36.3-gke.100" })).toBeUndefined();
+    expect(versionProblem({ major: "2", minor: "0" })).toBeUndefined();
+    expect(serverMinor({ gitVersion: "v1.29.1-eks-abc" })).toEqual([1, 29]);
+    expect(versionProblem({})).toMatch(/cannot tell the Kubernetes version/);
   });
 });
