@@ -45,6 +45,15 @@ export function endpointFromEnv(env: NodeJS.ProcessEnv = process.env): string | 
   return v ? v : undefined;
 }
 
+/**
+ * Agent options for the SDK's HTTP handler: keep-alive as the SDK's default, plus the proxy from
+ * the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) when NODE_USE_ENV_PROXY=1, as Node 24 does for
+ * its global agent; without it (or without proxy variables) connections go direct.
+ */
+export function proxyAwareAgent(env: NodeJS.ProcessEnv = process.env): { keepAlive: boolean; maxSockets: number; proxyEnv?: NodeJS.ProcessEnv } {
+  return { keepAlive: true, maxSockets: 50, ...(env.NODE_USE_ENV_PROXY === "1" ? { proxyEnv: env } : {}) };
+}
+
 /** Marks errors thrown while obtaining credentials, so they map to InvalidCredentials. */
 const CREDENTIAL_STAGE = Symbol.for("vmforge.aws.credentialStage");
 
@@ -87,7 +96,9 @@ export function awsClients(opts: AwsClientOptions): AwsClients {
     region: opts.region,
     credentials,
     maxAttempts: opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
-    requestHandler: { connectionTimeout: 10_000, requestTimeout: 60_000 },
+    // proxyEnv: the SDK's own agents honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY as Node's global
+    // agent does with NODE_USE_ENV_PROXY=1 (the SDK never uses the global agent).
+    requestHandler: { connectionTimeout: 10_000, requestTimeout: 60_000, httpsAgent: proxyAwareAgent(), httpAgent: proxyAwareAgent() },
     ...(endpoint !== undefined ? { endpoint } : {}),
   };
   const ec2 = new EC2Client(common);
