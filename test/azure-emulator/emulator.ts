@@ -170,22 +170,17 @@ export class Emulator {
       },
       findDcrByImmutableId: (immutableId) => {
         this.arm.settle();
-        for (const r of this.arm.resources.values()) {
-          if (lc(r.type) === "microsoft.insights/datacollectionrules" && r.body.properties?.immutableId === immutableId) return asView(r);
-        }
-        return undefined;
+        const r = this.arm.byUnique("Microsoft.Insights/dataCollectionRules", immutableId);
+        return r && r.body.properties?.immutableId === immutableId ? asView(r) : undefined;
       },
       findWorkspaceByCustomerId: (customerId) => {
         this.arm.settle();
-        for (const r of this.arm.resources.values()) {
-          if (lc(r.type) === "microsoft.operationalinsights/workspaces" && lc(r.body.properties?.customerId ?? "") === lc(customerId) && !r.x.softDeleted) return asView(r);
-        }
-        return undefined;
+        return asView(this.arm.byUnique("Microsoft.OperationalInsights/workspaces", customerId));
       },
       findWorkspaceById: (id) => {
         this.arm.settle();
         const r = this.arm.get(id);
-        return r && lc(r.type) === "microsoft.operationalinsights/workspaces" && !r.x.softDeleted ? asView(r) : undefined;
+        return r && lc(r.type) === "microsoft.operationalinsights/workspaces" ? asView(r) : undefined;
       },
       findTable: (workspaceId, tableName) => {
         this.arm.settle();

@@ -403,8 +403,14 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
       return vmView(ctx, res, { instanceView: ex.has("instanceview"), userData: ex.has("userdata") });
     },
     listView(ctx, items) {
-      const statusOnly = lc(ctx.query.get("statusOnly") ?? "") === "true";
-      return items.map((r) => vmView(ctx, r, { instanceView: statusOnly }));
+      const now = new Date(ctx.now).toISOString();
+      // statusOnly=true answers the run-time status only: no tags, no profiles (as Azure does).
+      if (lc(ctx.query.get("statusOnly") ?? "") === "true") {
+        return items.map((r) => ({ id: r.id, name: r.name, type: r.type, location: r.body.location, properties: { vmId: r.x.vmId, instanceView: instanceView(r, now) } }));
+      }
+      // Azure documents $expand=instanceView on lists as needing a $filter; the emulator accepts it without one.
+      const expand = expandOf(ctx).has("instanceview");
+      return items.map((r) => vmView(ctx, r, { instanceView: expand }));
     },
     subGets: {
       instanceview: (ctx, res) => instanceView(res, new Date(ctx.now).toISOString()),

@@ -112,6 +112,8 @@ export class Arm {
   private readonly index = new Map<string, Set<string>>();
   readonly types = new Map<string, TypeDef>();
   readonly ops = new Map<string, Operation>();
+  /** Resources by a unique property value: `${lower type}|${lower value}` -> key (immutableId, customerId). */
+  readonly byUniqueProp = new Map<string, string>();
   /** VMs by their vmId (lower-cased) -> resource key; kept by the compute types. */
   readonly vmIds = new Map<string, string>();
   private pending: Operation[] = [];
@@ -131,6 +133,7 @@ export class Arm {
     this.index.clear();
     this.ops.clear();
     this.vmIds.clear();
+    this.byUniqueProp.clear();
     this.pending = [];
   }
 
@@ -144,8 +147,23 @@ export class Arm {
     return this.resources.get(lc(trimSlash(id)));
   }
 
+  private uniqueKeys(res: Stored): string[] {
+    const p = res.body.properties;
+    const out: string[] = [];
+    if (typeof p?.immutableId === "string") out.push(`${lc(res.type)}|${lc(p.immutableId)}`);
+    if (typeof p?.customerId === "string") out.push(`${lc(res.type)}|${lc(p.customerId)}`);
+    return out;
+  }
+
+  /** A resource of a type by its immutableId or customerId. */
+  byUnique(type: string, value: string): Stored | undefined {
+    const k = this.byUniqueProp.get(`${lc(type)}|${lc(value)}`);
+    return k ? this.resources.get(k) : undefined;
+  }
+
   put(res: Stored): void {
     this.resources.set(res.key, res);
+    for (const u of this.uniqueKeys(res)) this.byUniqueProp.set(u, res.key);
     const ik = `${Arm.scopeKeyOf(res.sub, res.rg, res.parentKey)}|${lc(res.type)}`;
     let s = this.index.get(ik);
     if (!s) this.index.set(ik, (s = new Set()));
@@ -184,6 +202,7 @@ export class Arm {
       for (const c of this.children(res.key, t.type)) this.remove(c, true);
     }
     this.resources.delete(res.key);
+    for (const u of this.uniqueKeys(res)) if (this.byUniqueProp.get(u) === res.key) this.byUniqueProp.delete(u);
     this.index.get(`${Arm.scopeKeyOf(res.sub, res.rg, res.parentKey)}|${lc(res.type)}`)?.delete(res.key);
     this.typeDef(res.type)?.onRemoved?.(this, res, { viaParent });
   }
