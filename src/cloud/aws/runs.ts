@@ -441,7 +441,10 @@ export async function readExitStatusObject(s3: S3Client, ctx: EnvContext, uri: s
     text = (await out.Body?.transformToString("utf8")) ?? "";
   } catch (e) {
     const code = awsErrorCode(e);
-    if (code === "NoSuchKey" || code === "NotFound" || code === "AccessDenied" || code === "NoSuchBucket") return undefined;
+    // A missing key answered as AccessDenied says only "Access Denied"; a policy without
+    // s3:GetObject says who may not perform it, and that is a missing permission, not a missing object.
+    const deniedByPolicy = code === "AccessDenied" && /not authorized to perform: s3:GetObject/.test(e instanceof Error ? e.message : "");
+    if (code === "NoSuchKey" || code === "NotFound" || (code === "AccessDenied" && !deniedByPolicy) || code === "NoSuchBucket") return undefined;
     throw mapAwsError(e, "s3:GetObject");
   }
   const m = /^\s*(\d{1,3})\s*$/.exec(text);

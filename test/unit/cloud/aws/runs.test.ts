@@ -328,6 +328,19 @@ describe("describeRuns", () => {
     expect(d?.exitCode).toBeUndefined();
     expect(d?.stateReason).toBe("Client.UserInitiatedShutdown: User initiated shutdown");
   });
+
+  it("a policy without s3:GetObject is an AccessDenied error naming it, not a missing exit status", async () => {
+    const run = sampleRun();
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, CE, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") return { events: [], nextForwardToken: "f/0" };
+      if (name === "GetObject") {
+        throw new AwsError("AccessDenied", 'User: arn:aws:iam::123456789012:user/op is not authorized to perform: s3:GetObject on resource: "arn:aws:s3:::vmforge-work/x" because no identity-based policy allows the s3:GetObject action', { httpStatusCode: 403 });
+      }
+      throw new Error(name);
+    });
+    await expect(describeRuns(clients, ctxFor(CE), [run])).rejects.toMatchObject({ reason: "AccessDenied", message: expect.stringMatching(/^s3:GetObject: access denied/) });
+  });
 });
 
 describe("terminateRun and sweepOrphans", () => {
