@@ -1,28 +1,20 @@
-// Least privilege, proven on a private moto server that enforces IAM policies: the operator's
-// AWS identity holds exactly the actions of src/cloud/aws/policy.ts (seed 002) and the CE
-// environment is provisioned, observed and disposed with it; calls outside it are denied.
-//
-// moto enforces policies once its INITIAL_NO_AUTH_ACTION_COUNT is used up. The setup below runs
-// with the default (no enforcement), then POST /moto-api/reset-auth "0" sets that count to 0, so
-// every later request is checked: SigV4 signature against the stored key, then the action
-// against the caller's identity-based policies.
-//
-// What moto 5.2.5 checks and what not (read from its source and confirmed by the last test):
-// - Action names: yes, for every service request (wildcards in Action are matched).
-// - Resources: only for IAM requests that carry a RoleName of a role that EXISTS (then the role
-//   ARN is matched) and for S3 bucket/key. Every other request is matched as resource "*". So the
-//   seed's "arn:aws:iam::*:role/TowerForge-*" cannot be matched for CreateRole (role not there
-//   yet), CreateInstanceProfile or DeleteInstanceProfile (no RoleName), or GetRole of a missing
-//   role. The policy used here therefore has the seed's exact actions with the IAM resources
-//   widened to "*" (renderOperatorPolicy({ iamResourceWildcard: true })); the seed's exact
-//   document is still shown to scope existing roles by name.
-// - Conditions: only in role trust policies (sts:ExternalId); not in identity policies.
-// - sts:GetCallerIdentity is always allowed, even with no policy at all.
+// Least privilege, proven with the strict AWS layer enforcing IAM as AWS does (resource ARNs,
+// iam:PassRole, tag-on-create, trust policies; test/harness/README.md) in front of a private moto:
+// the operator's identity holds EXACTLY the policy of the product document (seed 002), read from
+// the document at test time (test/harness/seed-policy.ts; only its <BUCKET_NAME>/WORKDIR
+// placeholders are filled in), and the whole life of a CE and a Run works with it: provision,
+// observe, launch (RunInstances with tags and the TowerForge-* instance profile), follow
+// (DescribeInstances, GetLogEvents, S3 GetObject of the exit status), terminate, sweep, dispose.
+// Without any one action of the seed's required phases that life fails with an error naming the
+// action (the reconcilers put that message in the CE's or Run's condition), unless the action is
+// one the operator never calls (listed and checked below).
 import { randomUUID } from "node:crypto";
 import {
+  AddRoleToInstanceProfileCommand,
   AttachRolePolicyCommand,
   AttachUserPolicyCommand,
   CreateAccessKeyCommand,
+  CreateInstanceProfileCommand,
   CreatePolicyCommand,
   CreateRoleCommand,
   CreateUserCommand,
@@ -36,30 +28,45 @@ import {
   type IAMServiceException,
 } from "@aws-sdk/client-iam";
 import { CreateLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
-import { CreateKeyPairCommand, DescribeVpcsCommand } from "@aws-sdk/client-ec2";
+import { CreateKeyPairCommand, DescribeInstancesCommand, DescribeSecurityGroupsCommand, DescribeVpcsCommand } from "@aws-sdk/client-ec2";
+import { CreateBucketCommand } from "@aws-sdk/client-s3";
 import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { AwsEnvironment, ComputeEnvironment } from "../../src/api/types.js";
+import type { AwsEnvironment, ComputeEnvironment, Run } from "../../src/api/types.js";
 import { awsCall, awsClients, type AwsClients } from "../../src/cloud/aws/clients.js";
 import { roleNameOf } from "../../src/cloud/aws/environment.js";
 import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
-import { renderOperatorPolicy, type PolicyDocument } from "../../src/cloud/aws/policy.js";
+import { operatorPolicyByPhase, renderOperatorPolicy } from "../../src/cloud/aws/policy.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
+import { StrictAwsControl } from "../harness/aws-strict/client.js";
+import type { PolicyDocument } from "../harness/aws-strict/policy-eval.js";
+import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js";
 import { startMoto, type Moto } from "../harness/moto.js";
+import { awsSeedPath, seedActions, seedPolicy, seedStatements, type SeedPhase } from "../harness/seed-policy.js";
 
 const REGION = "eu-west-1";
 const ACCOUNT = "123456789012";
+const BUCKET = "lp-work-bucket";
+const PREFIX = "runs";
 const logger = createLogger({ level: "silent" });
+const SEED = awsSeedPath();
+const REQUIRED: SeedPhase[] = ["create", "validate", "launch", "delete"];
+const ALL: SeedPhase[] = [...REQUIRED, "read"];
+/** Actions of the required phases the operator never calls (removing them changes nothing). */
+const UNUSED = ["iam:AttachRolePolicy", "ec2:DeleteTags", "iam:DetachRolePolicy"];
 
 let moto: Moto;
+let layer: StrictAws;
 type Keys = { accessKeyId: string; secretAccessKey: string };
-const keys: Record<"full" | "required" | "exact" | "nobody" | "auditor" | "assumer", Keys> = {} as never;
+const keys: Record<"exact" | "required" | "nobody" | "auditor" | "assumer", Keys> = {} as never;
+const without = new Map<string, Keys>();
 const OPERATOR_ROLE = "vmforge-operator-role";
 const EXTERNAL_ID = "vmforge-ext-7";
 let auditor: AwsClients;
 let defaultVpc: string;
+let defaultSg: string;
 
 function secret(k: Keys, extra: Record<string, string> = {}): ResolvedCredentials {
   return { source: "secret", secretName: "aws-creds", data: { ...k, ...extra } };
@@ -70,7 +77,16 @@ function ce(aws: Partial<AwsEnvironment> = {}): ComputeEnvironment {
     apiVersion: "vmforge.dev/v1alpha1",
     kind: "ComputeEnvironment",
     metadata: { namespace: `lp-${randomUUID().slice(0, 6)}`, name: "ce", uid: randomUUID(), generation: 1 },
-    spec: { provider: "aws", aws: { region: REGION, workDir: "s3://work-bucket/runs", ...aws } as AwsEnvironment },
+    spec: { provider: "aws", aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}`, ...aws } as AwsEnvironment },
+  };
+}
+
+function runOf(c: ComputeEnvironment): Run {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "Run",
+    metadata: { namespace: c.metadata.namespace, name: "run", uid: randomUUID() },
+    spec: { computeEnvironmentRef: { name: c.metadata.name! }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
   };
 }
 
@@ -79,7 +95,11 @@ function ctx(c: ComputeEnvironment, credentials: ResolvedCredentials): EnvContex
 }
 
 function provider(): AwsProvider {
-  return new AwsProvider({ endpoint: moto.endpoint });
+  return new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 });
+}
+
+function policy(phases: SeedPhase[], drop?: string): ReturnType<typeof seedPolicy> {
+  return seedPolicy(SEED!, { phases, bucket: BUCKET, workDirPrefix: PREFIX, ...(drop ? { without: drop } : {}) });
 }
 
 async function rejection(p: Promise<unknown>): Promise<CloudError> {
@@ -92,10 +112,10 @@ async function rejection(p: Promise<unknown>): Promise<CloudError> {
   throw new Error("expected a rejection");
 }
 
-async function makeUser(iam: IAMClient, name: string, policy?: PolicyDocument): Promise<Keys> {
+async function makeUser(iam: IAMClient, name: string, doc?: PolicyDocument): Promise<Keys> {
   await iam.send(new CreateUserCommand({ UserName: name }));
-  if (policy) {
-    const p = await iam.send(new CreatePolicyCommand({ PolicyName: `${name}-policy`, PolicyDocument: JSON.stringify(policy) }));
+  if (doc) {
+    const p = await iam.send(new CreatePolicyCommand({ PolicyName: `${name}-policy`, PolicyDocument: JSON.stringify(doc) }));
     await iam.send(new AttachUserPolicyCommand({ UserName: name, PolicyArn: p.Policy!.Arn! }));
   }
   const k = (await iam.send(new CreateAccessKeyCommand({ UserName: name }))).AccessKey!;
@@ -122,21 +142,54 @@ async function roleExists(name: string): Promise<boolean> {
   }
 }
 
+async function instancesOfRun(uid: string): Promise<string[]> {
+  const out = await auditor.ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: "tag:vmforge.dev/run-uid", Values: [uid] }] }));
+  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => `${i.InstanceId}:${i.State?.Name}`);
+}
+
+/**
+ * The life of a CE and one Run with these credentials: provision, observe, launch, follow,
+ * terminate, follow the ended Run (its log, then its exit-status object), sweep, dispose.
+ */
+async function life(cred: ResolvedCredentials): Promise<void> {
+  const p = provider();
+  const c = ce({ keyPair: "lp-key", securityGroupIds: [defaultSg], tags: { team: "lp" } });
+  const obs = await p.provisionEnvironment(ctx(c, cred));
+  expect(obs.ready).toBe(true);
+  await p.observeEnvironment(ctx(c, cred));
+  const live: ComputeEnvironment = { ...c, status: { ...obs.status } };
+  const run = runOf(live);
+  const launched = await p.launchRun(ctx(live, cred), run);
+  expect(launched.instanceId).toMatch(/^i-/);
+  expect((await p.describeRuns(ctx(live, cred), [run])).get(run.metadata.uid!)?.instanceId).toBe(launched.instanceId);
+  await p.readRunLog(ctx(live, cred), run);
+  await p.terminateRun(ctx(live, cred), run);
+  await p.describeRuns(ctx(live, cred), [run]);
+  await p.sweepOrphans(ctx(live, cred), new Set());
+  expect(await instancesOfRun(run.metadata.uid!)).toEqual([`${launched.instanceId}:terminated`]);
+  await p.disposeEnvironment(ctx(c, cred));
+  expect(await roleExists(roleNameOf(c))).toBe(false);
+}
+
 beforeAll(async () => {
+  if (!SEED) throw new Error("seed 002 (the AWS Cloud document) not found; set VMFORGE_SEEDS_DIR to the folder of the product documents");
   moto = await startMoto();
-  const admin = awsClients({ credentials: secret({ accessKeyId: "testing", secretAccessKey: "testing" }), region: REGION, endpoint: moto.endpoint });
+  layer = await startStrictAws({ upstream: moto.endpoint });
+  // Users are made through the layer, which learns their keys from the CreateAccessKey answers.
+  const admin = awsClients({ credentials: secret({ accessKeyId: "testing", secretAccessKey: "testing" }), region: REGION, endpoint: layer.endpoint });
   try {
     const iam = admin.iam;
-    const full = renderOperatorPolicy({ iamResourceWildcard: true });
-    keys.full = await makeUser(iam, "vmforge-operator", full);
-    keys.required = await makeUser(iam, "vmforge-operator-required", renderOperatorPolicy({ iamResourceWildcard: true, phases: ["create", "validate", "launch", "logs", "delete"] }));
-    keys.exact = await makeUser(iam, "vmforge-operator-exact", renderOperatorPolicy());
+    keys.exact = await makeUser(iam, "vmforge-operator", policy(ALL));
+    keys.required = await makeUser(iam, "vmforge-operator-required", policy(REQUIRED));
     keys.nobody = await makeUser(iam, "nobody");
     keys.auditor = await makeUser(iam, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     keys.assumer = await makeUser(iam, "assumer", {
       Version: "2012-10-17",
       Statement: [{ Effect: "Allow", Action: "sts:AssumeRole", Resource: `arn:aws:iam::${ACCOUNT}:role/${OPERATOR_ROLE}` }],
     });
+    for (const action of seedActions(SEED, REQUIRED)) {
+      without.set(action, await makeUser(iam, `without-${action.replace(":", "-")}`, policy(REQUIRED, action)));
+    }
     // The operator as a role the "assumer" user may assume with an external id (seed: IAM role creation).
     await iam.send(
       new CreateRoleCommand({
@@ -155,25 +208,22 @@ beforeAll(async () => {
       }),
     );
     await iam.send(new AttachRolePolicyCommand({ RoleName: OPERATOR_ROLE, PolicyArn: `arn:aws:iam::${ACCOUNT}:policy/vmforge-operator-policy` }));
-    // Probes for the resource-matching test: two existing roles, one inside TowerForge-*, one outside.
-    for (const name of ["TowerForge-probe", "Other-probe"]) {
-      await iam.send(new CreateRoleCommand({ RoleName: name, AssumeRolePolicyDocument: "{}" }));
-    }
+    await iam.send(new CreateRoleCommand({ RoleName: "TowerForge-probe", AssumeRolePolicyDocument: "{}" }));
     await admin.ec2.send(new CreateKeyPairCommand({ KeyName: "lp-key" }));
+    await admin.s3.send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
     const vpcs = await admin.ec2.send(new DescribeVpcsCommand({ Filters: [{ Name: "is-default", Values: ["true"] }] }));
     defaultVpc = vpcs.Vpcs![0]!.VpcId!;
+    const sgs = await admin.ec2.send(new DescribeSecurityGroupsCommand({ Filters: [{ Name: "vpc-id", Values: [defaultVpc] }, { Name: "group-name", Values: ["default"] }] }));
+    defaultSg = sgs.SecurityGroups![0]!.GroupId!;
   } finally {
     admin.destroy();
   }
 
-  // From here on moto checks every request.
-  const res = await fetch(new URL("/moto-api/reset-auth", moto.endpoint), { method: "POST", body: "0" });
-  expect(res.status).toBe(200);
-  auditor = awsClients({ credentials: secret(keys.auditor), region: REGION, endpoint: moto.endpoint });
-
-  // Enforcement is on: the keys moto's own setup used no longer work, and a user without a policy is denied.
-  const stale = awsClients({ credentials: secret({ accessKeyId: "testing", secretAccessKey: "testing" }), region: REGION, endpoint: moto.endpoint, maxAttempts: 1 });
-  const nobody = awsClients({ credentials: secret(keys.nobody), region: REGION, endpoint: moto.endpoint, maxAttempts: 1 });
+  // From here on every request is checked; the setup's keys are no account's keys.
+  await new StrictAwsControl(layer.endpoint).configure({ iam: { enforce: true, rootAccessKeys: [] } });
+  auditor = awsClients({ credentials: secret(keys.auditor), region: REGION, endpoint: layer.endpoint });
+  const stale = awsClients({ credentials: secret({ accessKeyId: "testing", secretAccessKey: "testing" }), region: REGION, endpoint: layer.endpoint, maxAttempts: 1 });
+  const nobody = awsClients({ credentials: secret(keys.nobody), region: REGION, endpoint: layer.endpoint, maxAttempts: 1 });
   try {
     await expect(awsCall("iam:GetRole", () => stale.iam.send(new GetRoleCommand({ RoleName: "TowerForge-probe" })))).rejects.toMatchObject({ reason: "InvalidCredentials" });
     await expect(awsCall("iam:GetRole", () => nobody.iam.send(new GetRoleCommand({ RoleName: "TowerForge-probe" })))).rejects.toMatchObject({ reason: "AccessDenied" });
@@ -181,36 +231,89 @@ beforeAll(async () => {
     stale.destroy();
     nobody.destroy();
   }
-});
+}, 300_000);
 
 afterAll(async () => {
   auditor?.destroy();
+  await layer?.stop();
   await moto?.stop();
 });
 
-describe("least privilege (moto enforcing IAM policies)", () => {
-  it("provision, observe and dispose succeed with exactly the operator's actions", async () => {
+describe("least privilege: the seed's exact policy, IAM enforced as AWS does", () => {
+  it("the policy used is the document's, statement for statement, and the operator's own copy (vmforge policy aws) matches it", () => {
+    const doc = seedStatements(SEED!);
+    const code = operatorPolicyByPhase();
+    expect(doc.create).toEqual(code.create.statements);
+    expect(doc.validate).toEqual(code.validate.statements);
+    expect(doc.launch).toEqual([...code.launch.statements, ...code.logs.statements]);
+    expect(doc.delete).toEqual(code.delete.statements);
+    expect(doc.read).toEqual(code.read.statements);
+    // The placeholders are the only change: the S3 statement is scoped to the CE's work directory.
+    expect(policy(ALL).Statement.find((s) => s.Sid === "AwsCloudLaunchS3")?.Resource).toBe(`arn:aws:s3:::${BUCKET}/${PREFIX}/*`);
+    expect(renderOperatorPolicy({ workDir: `s3://${BUCKET}/${PREFIX}` }).Statement.find((s) => s.Sid === "AwsCloudLaunchS3")?.Resource).toBe(`arn:aws:s3:::${BUCKET}/${PREFIX}/*`);
+  });
+
+  it("a CE and a Run live their whole life with exactly the seed's policy", async () => {
+    await life(secret(keys.exact));
+  });
+
+  it("... and without the optional read phase", async () => {
+    await life(secret(keys.required));
+  });
+
+  it("provision and observe give the expected environment; dispose removes it", async () => {
     const p = provider();
     const c = ce({ keyPair: "lp-key", tags: { team: "lp" } });
     const name = roleNameOf(c);
-    const obs = await p.provisionEnvironment(ctx(c, secret(keys.full)));
-    expect(obs.ready).toBe(true);
+    const obs = await p.provisionEnvironment(ctx(c, secret(keys.exact)));
     expect(obs.status.aws).toMatchObject({ accountId: ACCOUNT, vpcId: defaultVpc, roleArn: `arn:aws:iam::${ACCOUNT}:role/${name}` });
     expect(await profileRoles(name)).toEqual([name]);
     const role = await auditor.iam.send(new GetRoleCommand({ RoleName: name }));
     expect(role.Role?.Tags).toEqual(expect.arrayContaining([{ Key: TAG_CE_UID, Value: c.metadata.uid }, { Key: "team", Value: "lp" }]));
-
-    expect(await p.observeEnvironment(ctx(c, secret(keys.full)))).toEqual(obs);
-    // Idempotent under enforcement too (EntityAlreadyExists is an answer, not a denial).
-    expect(await p.provisionEnvironment(ctx(c, secret(keys.full)))).toEqual(obs);
-
-    await p.disposeEnvironment(ctx(c, secret(keys.full)));
+    expect(await p.observeEnvironment(ctx(c, secret(keys.exact)))).toEqual(obs);
+    expect(await p.provisionEnvironment(ctx(c, secret(keys.exact)))).toEqual(obs);
+    await p.disposeEnvironment(ctx(c, secret(keys.exact)));
     expect(await roleExists(name)).toBe(false);
     expect(await profileRoles(name)).toBeUndefined();
   });
 
+  const required = SEED ? seedActions(SEED, REQUIRED) : [];
+  it.each(required.filter((a) => !UNUSED.includes(a)))("without %s the life fails naming it", async (action) => {
+    const err = await rejection(life(secret(without.get(action)!)));
+    expect(err.reason, err.message).toBe("AccessDenied");
+    expect(err.message).toContain(action);
+  });
+
+  it.each(UNUSED)("%s is in the seed but the operator never calls it: the life works without it", async (action) => {
+    await life(secret(without.get(action)!));
+  });
+
+  it("the seed scopes IAM to TowerForge-* names and PassRole to TowerForge-* roles", async () => {
+    const c = awsClients({ credentials: secret(keys.exact), region: REGION, endpoint: layer.endpoint, maxAttempts: 1 });
+    try {
+      await expect(awsCall("iam:GetRole", () => c.iam.send(new GetRoleCommand({ RoleName: "TowerForge-probe" })))).resolves.toBeDefined();
+      const other = await rejection(awsCall("iam:CreateRole", () => c.iam.send(new CreateRoleCommand({ RoleName: "Other-role", AssumeRolePolicyDocument: "{}" }))));
+      expect(other.reason).toBe("AccessDenied");
+      expect(other.message).toContain(`on resource: arn:aws:iam::${ACCOUNT}:role/Other-role`);
+      // A bring-your-own instance profile whose role is not TowerForge-* cannot be passed to EC2.
+      await auditor.iam.send(new CreateRoleCommand({ RoleName: "byo-role", AssumeRolePolicyDocument: "{}" }));
+      await auditor.iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: "byo" }));
+      await auditor.iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: "byo", RoleName: "byo-role" }));
+      const p = provider();
+      const byo = ce({ instanceProfileArn: `arn:aws:iam::${ACCOUNT}:instance-profile/byo` });
+      const obs = await p.provisionEnvironment(ctx(byo, secret(keys.exact)));
+      expect(obs.ready).toBe(true);
+      const live: ComputeEnvironment = { ...byo, status: { ...obs.status } };
+      const err = await rejection(p.launchRun(ctx(live, secret(keys.exact)), runOf(live)));
+      expect(err.reason).toBe("AccessDenied");
+      expect(err.message).toContain(`iam:PassRole on resource: arn:aws:iam::${ACCOUNT}:role/byo-role`);
+    } finally {
+      c.destroy();
+    }
+  });
+
   it("calls the design does without are denied to the operator", async () => {
-    const c = awsClients({ credentials: secret(keys.full), region: REGION, endpoint: moto.endpoint, maxAttempts: 1 });
+    const c = awsClients({ credentials: secret(keys.exact), region: REGION, endpoint: layer.endpoint, maxAttempts: 1 });
     try {
       const denied: [string, () => Promise<unknown>][] = [
         ["iam:GetInstanceProfile", () => c.iam.send(new GetInstanceProfileCommand({ InstanceProfileName: "TowerForge-probe" }))],
@@ -226,9 +329,8 @@ describe("least privilege (moto enforcing IAM policies)", () => {
         expect({ action, kind: err.kind, reason: err.reason }).toEqual({ action, kind: "Terminal", reason: "AccessDenied" });
         expect(err.message).toMatch(new RegExp(`^${action}: access denied.*the operator's IAM policy must allow ${action}`));
       }
-      // moto lets GetCallerIdentity through for anyone; the operator never calls it (the account id
-      // comes from the role ARN), so this documents moto, not a permission the operator needs.
-      const nobody = awsClients({ credentials: secret(keys.nobody), region: REGION, endpoint: moto.endpoint, maxAttempts: 1 });
+      // AWS answers GetCallerIdentity for any valid key (no permission needed); the operator does not call it.
+      const nobody = awsClients({ credentials: secret(keys.nobody), region: REGION, endpoint: layer.endpoint, maxAttempts: 1 });
       try {
         expect((await nobody.sts.send(new GetCallerIdentityCommand({}))).Account).toBe(ACCOUNT);
       } finally {
@@ -246,18 +348,12 @@ describe("least privilege (moto enforcing IAM policies)", () => {
     expect(obs.ready).toBe(true);
     expect(obs.status.aws?.vpcId).toBe(defaultVpc);
     expect(obs.status.aws?.subnetIds?.length).toBeGreaterThan(0);
-
-    const given = ce({ vpcId: defaultVpc });
-    expect((await p.provisionEnvironment(ctx(given, secret(keys.required)))).status.aws?.subnetIds).toEqual(obs.status.aws?.subnetIds);
     const missing = await rejection(p.provisionEnvironment(ctx(ce({ vpcId: "vpc-0123456789abcdef0" }), secret(keys.required))));
     expect(missing.message).toBe("spec.aws.vpcId: vpc-0123456789abcdef0 not found in eu-west-1 (or it has no subnets)");
-
     // With the read phase the key pair is checked.
-    const checked = await rejection(p.provisionEnvironment(ctx(ce({ keyPair: "no-such-key-but-unchecked" }), secret(keys.full))));
+    const checked = await rejection(p.provisionEnvironment(ctx(ce({ keyPair: "no-such-key-but-unchecked" }), secret(keys.exact))));
     expect(checked.message).toBe("spec.aws.keyPair: no-such-key-but-unchecked not found in eu-west-1");
-
     await p.disposeEnvironment(ctx(c, secret(keys.required)));
-    await p.disposeEnvironment(ctx(given, secret(keys.required)));
     expect(await roleExists(roleNameOf(c))).toBe(false);
   });
 
@@ -268,17 +364,15 @@ describe("least privilege (moto enforcing IAM policies)", () => {
     expect([denied.kind, denied.reason]).toEqual(["Terminal", "AccessDenied"]);
     expect(denied.message).toMatch(/^ec2:DescribeInstanceTypes: access denied; the operator's IAM policy must allow ec2:DescribeInstanceTypes/);
     expect(await roleExists(roleNameOf(c))).toBe(false);
-
-    const obs = await p.provisionEnvironment(ctx(c, secret(keys.full)));
-    expect(obs.ready).toBe(true);
-    await p.disposeEnvironment(ctx(c, secret(keys.full)));
+    expect((await p.provisionEnvironment(ctx(c, secret(keys.exact)))).ready).toBe(true);
+    await p.disposeEnvironment(ctx(c, secret(keys.exact)));
   });
 
   it("a wrong secret key or an unknown key id is InvalidCredentials", async () => {
     const p = provider();
-    const wrong = await rejection(p.provisionEnvironment(ctx(ce(), secret({ accessKeyId: keys.full.accessKeyId, secretAccessKey: "not-the-secret" }))));
+    const wrong = await rejection(p.provisionEnvironment(ctx(ce(), secret({ accessKeyId: keys.exact.accessKeyId, secretAccessKey: "not-the-secret" }))));
     expect([wrong.kind, wrong.reason]).toEqual(["Terminal", "InvalidCredentials"]);
-    expect(wrong.message).not.toContain(keys.full.secretAccessKey);
+    expect(wrong.message).not.toContain(keys.exact.secretAccessKey);
     const unknown = await rejection(p.provisionEnvironment(ctx(ce(), secret({ accessKeyId: "AKIAUNKNOWNKEY000000", secretAccessKey: "x" }))));
     expect([unknown.kind, unknown.reason]).toEqual(["Terminal", "InvalidCredentials"]);
   });
@@ -290,7 +384,6 @@ describe("least privilege (moto enforcing IAM policies)", () => {
     const obs = await p.provisionEnvironment(ctx(c, secret(keys.assumer, { roleArn, externalId: EXTERNAL_ID })));
     expect(obs.ready).toBe(true);
     expect(await profileRoles(roleNameOf(c))).toEqual([roleNameOf(c)]);
-    // The assumer's own keys can do nothing but assume.
     const direct = await rejection(p.provisionEnvironment(ctx(c, secret(keys.assumer))));
     expect(direct.reason).toBe("AccessDenied");
     const wrongId = await rejection(p.provisionEnvironment(ctx(c, secret(keys.assumer, { roleArn, externalId: "wrong" }))));
@@ -302,8 +395,8 @@ describe("least privilege (moto enforcing IAM policies)", () => {
 
   it("ambient identity: the SDK's default chain (here: environment variables)", async () => {
     const saved = { id: process.env.AWS_ACCESS_KEY_ID, key: process.env.AWS_SECRET_ACCESS_KEY, token: process.env.AWS_SESSION_TOKEN, profile: process.env.AWS_PROFILE };
-    process.env.AWS_ACCESS_KEY_ID = keys.full.accessKeyId;
-    process.env.AWS_SECRET_ACCESS_KEY = keys.full.secretAccessKey;
+    process.env.AWS_ACCESS_KEY_ID = keys.exact.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = keys.exact.secretAccessKey;
     delete process.env.AWS_SESSION_TOKEN;
     delete process.env.AWS_PROFILE;
     try {
@@ -319,26 +412,6 @@ describe("least privilege (moto enforcing IAM policies)", () => {
       restore("AWS_SECRET_ACCESS_KEY", saved.key);
       restore("AWS_SESSION_TOKEN", saved.token);
       restore("AWS_PROFILE", saved.profile);
-    }
-  });
-
-  it("moto matches the seed's TowerForge-* resources only for existing roles (why the IAM resources are widened above)", async () => {
-    const c = awsClients({ credentials: secret(keys.exact), region: REGION, endpoint: moto.endpoint, maxAttempts: 1 });
-    try {
-      // The exact seed document scopes existing roles by name ...
-      await expect(awsCall("iam:GetRole", () => c.iam.send(new GetRoleCommand({ RoleName: "TowerForge-probe" })))).resolves.toBeDefined();
-      await expect(awsCall("iam:GetRole", () => c.iam.send(new GetRoleCommand({ RoleName: "Other-probe" })))).rejects.toMatchObject({ reason: "AccessDenied" });
-      // ... but moto evaluates a role that does not exist yet as resource "*", which the seed's ARN
-      // pattern does not match, so even a TowerForge-* CreateRole is denied here (AWS allows it).
-      await expect(
-        awsCall("iam:CreateRole", () => c.iam.send(new CreateRoleCommand({ RoleName: "TowerForge-new", AssumeRolePolicyDocument: "{}" }))),
-      ).rejects.toMatchObject({ reason: "AccessDenied" });
-      // Non-IAM statements of the exact document work unchanged.
-      const p = provider();
-      const byo = ce({ instanceProfileArn: `arn:aws:iam::${ACCOUNT}:instance-profile/byo` });
-      expect((await p.provisionEnvironment(ctx(byo, secret(keys.exact)))).ready).toBe(true);
-    } finally {
-      c.destroy();
     }
   });
 });

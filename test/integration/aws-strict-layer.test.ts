@@ -303,6 +303,8 @@ describe("IAM as AWS evaluates it", () => {
         { Effect: "Allow", Action: ["iam:CreateRole", "iam:CreateInstanceProfile"], Resource: ["arn:aws:iam::*:role/TowerForge-*", "arn:aws:iam::*:instance-profile/TowerForge-*"] },
         { Effect: "Allow", Action: "iam:PassRole", Resource: "arn:aws:iam::*:role/TowerForge-*" },
         { Effect: "Allow", Action: ["ec2:RunInstances", "ec2:DescribeInstances"], Resource: "*" },
+        // Tags at launch only (the condition AWS documents for tag-on-create).
+        { Effect: "Allow", Action: "ec2:CreateTags", Resource: "arn:aws:ec2:*:*:instance/*", Condition: { StringEquals: { "ec2:CreateAction": "RunInstances" } } },
         { Effect: "Allow", Action: "logs:GetLogEvents", Resource: "arn:aws:logs:*:*:log-group:*:log-stream:*" },
         { Effect: "Allow", Action: "s3:GetObject", Resource: `arn:aws:s3:::${bucket}/work/*` },
         { Effect: "Allow", Action: "sts:AssumeRole", Resource: "*" },
@@ -392,7 +394,10 @@ describe("IAM as AWS evaluates it", () => {
     expect(await got.Body!.transformToString()).toBe("0");
     const s3 = await failure(c.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "other/secret" })));
     expect(s3).toMatchObject({ name: "AccessDenied", status: 403 });
-    expect(s3.message).toContain(`s3:GetObject on resource: arn:aws:s3:::${bucket}/other/secret`);
+    expect(s3.message).toContain(`s3:GetObject on resource: "arn:aws:s3:::${bucket}/other/secret"`);
+    // Allowed to read the prefix but not to list the bucket: a missing key is AccessDenied, as S3 answers.
+    expect(await failure(c.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/missing" })))).toMatchObject({ name: "AccessDenied", message: "Access Denied" });
+    expect(await failure(admin.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/missing" })))).toMatchObject({ name: "NoSuchKey" });
   });
 
   it("on: explicit Deny wins, NotAction, conditions, and role trust policies with an external id", async () => {
@@ -414,7 +419,10 @@ describe("IAM as AWS evaluates it", () => {
     // The role has no policy: its session may do nothing but ask who it is.
     expect((await failure(session.ec2.send(new DescribeInstancesCommand({})))).name).toBe("UnauthorizedOperation");
     await expect(session.sts.send(new GetCallerIdentityCommand({}))).resolves.toBeDefined();
-    // Tags are not the point here; CreateTags is simply not granted.
+    // scoped may tag instances only as it launches them (ec2:CreateAction), not afterwards ...
     expect((await failure(clients(scoped).ec2.send(new CreateTagsCommand({ Resources: ["i-0123456789abcdef0"], Tags: [{ Key: "a", Value: "b" }] })))).name).toBe("UnauthorizedOperation");
+    // ... and a launch that tags the volume too needs ec2:CreateTags on volumes, which it lacks.
+    const volumeTags = launchInput({ TagSpecifications: [{ ResourceType: "volume", Tags: [{ Key: "a", Value: "b" }] }] });
+    expect((await failure(clients(scoped).ec2.send(new RunInstancesCommand(volumeTags)))).message).toContain(`ec2:CreateTags on resource: arn:aws:ec2:${REGION}:${ACCOUNT}:volume/*`);
   });
 });

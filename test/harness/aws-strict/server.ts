@@ -271,7 +271,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function accessDenied(req: AwsRequest, who: string, action: string, resource: string, decision: Decision): HttpAnswer {
     const why = decision === "ExplicitDeny" ? `with an explicit deny in an identity-based policy` : `because no identity-based policy allows the ${action} action`;
-    const text = `User: ${who} is not authorized to perform: ${action} on resource: ${resource} ${why}`;
+    // S3 quotes the resource in its message; the other services do not.
+    const shown = req.service === "s3" ? `"${resource}"` : resource;
+    const text = `User: ${who} is not authorized to perform: ${action} on resource: ${shown} ${why}`;
     bump(stats.refused, req.action);
     if (req.service === "ec2") return errorAnswer(req, 403, "UnauthorizedOperation", `You are not authorized to perform this operation. ${text}`);
     if (req.json !== undefined) return errorAnswer(req, 400, "AccessDeniedException", text);
@@ -331,11 +333,35 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       passed = `arn:aws:iam::${id.account}:role/${req.params.get("RoleName") ?? ""}`;
     }
     if (passed) {
-      const service = req.operation === "RunInstances" ? "ec2.amazonaws.com" : "ec2.amazonaws.com";
-      const d = evaluate(policies, "iam:PassRole", passed, { ...ctx, "iam:PassedToService": service });
+      const d = evaluate(policies, "iam:PassRole", passed, { ...ctx, "iam:PassedToService": "ec2.amazonaws.com" });
       if (d !== "Allow") return accessDenied(req, id.arn, "iam:PassRole", passed, d);
     }
+    // Tags given at creation need the tagging permission too (IAM's iam:Tag*, EC2's ec2:CreateTags).
+    if ((req.operation === "CreateRole" || req.operation === "CreateInstanceProfile") && req.params.has("Tags.member.1.Key")) {
+      const tagAction = req.operation === "CreateRole" ? "iam:TagRole" : "iam:TagInstanceProfile";
+      for (const resource of resourcesOf(req, id.account)) {
+        const d = evaluate(policies, tagAction, resource, ctx);
+        if (d !== "Allow") return accessDenied(req, id.arn, tagAction, resource, d);
+      }
+    }
+    // Tags given at launch (TagSpecifications) need ec2:CreateTags on what they tag.
+    if (req.operation === "RunInstances") {
+      for (const [k, type] of req.params) {
+        if (!/^TagSpecification\.\d+\.ResourceType$/.test(k)) continue;
+        const resource = `arn:aws:ec2:${req.region}:${id.account}:${type}/*`;
+        const d = evaluate(policies, "ec2:CreateTags", resource, { ...ctx, "ec2:CreateAction": "RunInstances" });
+        if (d !== "Allow") return accessDenied(req, id.arn, "ec2:CreateTags", resource, d);
+      }
+    }
     return undefined;
+  }
+
+  /** S3 tells a caller without s3:ListBucket on the bucket that a missing key is AccessDenied, not NoSuchKey. */
+  async function missingObjectAnswer(req: AwsRequest, ans: HttpAnswer): Promise<HttpAnswer> {
+    const id = identities.get(req.accessKeyId ?? "");
+    if (!id || config.iam.rootAccessKeys.includes(req.accessKeyId ?? "")) return ans;
+    const d = evaluate(await policiesOf(id), "s3:ListBucket", `arn:aws:s3:::${req.bucket ?? ""}`, { "aws:RequestedRegion": req.region });
+    return d === "Allow" ? ans : errorAnswer(req, 403, "AccessDenied", "Access Denied");
   }
 
   /** Learns keys and invalidates cached policies from answers that change them. */
@@ -565,6 +591,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     else if (req.service === "ec2" && req.operation === "DescribeInstances") ans = await describeInstances(req);
     else if (req.service === "ec2" && req.operation === "TerminateInstances") ans = await terminateInstances(req);
     else ans = await forward(req.method, req.url, req.headers, req.body);
+    if (config.iam.enforce && req.service === "s3" && ans.status === 404 && (req.operation === "GetObject" || req.operation === "HeadObject")) {
+      ans = await missingObjectAnswer(req, ans);
+    }
     try {
       learnFromAnswer(req, ans);
     } catch (err) {
