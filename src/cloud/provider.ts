@@ -66,6 +66,11 @@ export interface EnvContext {
    * only). Providers decide whether and how it may reach the machine. Never logged.
    */
   platformToken?: string;
+  /**
+   * Called by a provider that sets `announcesCloudWrites` right before its first write to the
+   * cloud (the reconciler records it, so deletion knows whether there may be anything to dispose).
+   */
+  beforeCloudWrite?: () => Promise<void>;
 }
 
 export interface EnvObservation {
@@ -98,6 +103,8 @@ export interface RunDescription {
   state: MachineState;
   /** Why the machine is in this state (e.g. a Spot interruption), when the cloud says. */
   stateReason?: string;
+  /** The cloud took the machine back (a Spot interruption or eviction): not the pipeline's failure. */
+  interrupted?: boolean;
   /** The pipeline's exit code, once known (exit line in the log or uploaded exit status). */
   exitCode?: number;
   launchedAt?: string;
@@ -114,6 +121,11 @@ export interface RunLogChunk {
 
 export interface CloudProvider {
   readonly name: string;
+  /**
+   * True when provisionEnvironment calls ctx.beforeCloudWrite before its first cloud write (and so
+   * reads first without writing). Otherwise the reconciler assumes any provisionEnvironment call may write.
+   */
+  readonly announcesCloudWrites?: boolean;
   /** Read-only look at the environment's cloud resources. */
   observeEnvironment(ctx: EnvContext): Promise<EnvObservation>;
   /** Idempotent create / adopt / update. Throws CloudError Terminal on bad input. */

@@ -22,6 +22,7 @@ export interface FakeMachine {
   state: MachineState;
   exitCode?: number;
   stateReason?: string;
+  interrupted?: boolean;
   launchedAt: string;
   log: string[];
 }
@@ -30,7 +31,11 @@ export class FakeCloud implements CloudProvider {
   readonly name = "fake";
   readonly environments = new Map<string, { resources: { kind: string; id: string; name: string }[] }>();
   readonly machines = new Map<string, FakeMachine>();
-  readonly calls = { observe: 0, provision: 0, dispose: 0, launch: 0, describe: 0, terminate: 0, readLog: 0 };
+  readonly calls = { observe: 0, provision: 0, dispose: 0, launch: 0, describe: 0, terminate: 0, readLog: 0, sweep: 0 };
+  /** terminateRun throws this while set (e.g. a Terminal AccessDenied). */
+  terminateError: CloudError | undefined;
+  /** disposeEnvironment throws this while set. */
+  disposeError: CloudError | undefined;
   /** Credential data seen by the last call (to prove rotation reaches the provider). */
   lastCredentials: Record<string, string> | undefined;
   /** Next provision fails with this error (then clears unless sticky). */
@@ -85,6 +90,7 @@ export class FakeCloud implements CloudProvider {
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
     this.calls.dispose++;
+    if (this.disposeError) throw this.disposeError;
     this.environments.delete(this.ceUid(ctx));
   }
 
@@ -130,6 +136,7 @@ export class FakeCloud implements CloudProvider {
 
   async terminateRun(_ctx: EnvContext, run: Run): Promise<void> {
     this.calls.terminate++;
+    if (this.terminateError) throw this.terminateError;
     const m = this.machines.get(run.metadata.uid ?? "");
     if (m && m.state !== "terminated") m.state = "shutting-down";
   }
@@ -143,6 +150,7 @@ export class FakeCloud implements CloudProvider {
   }
 
   async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
+    this.calls.sweep++;
     const stopped: string[] = [];
     for (const m of this.machines.values()) {
       if (m.ceUid === this.ceUid(ctx) && !live.has(m.runUid) && m.state !== "terminated") {
@@ -161,11 +169,19 @@ export class FakeCloud implements CloudProvider {
     m.state = "terminated";
   }
 
-  /** Test control: the machine disappears without an exit code (e.g. a Spot interruption). */
-  interrupt(runUid: string, reason: string): void {
+  /** Test control: the machine disappears without an exit code (e.g. a Spot interruption when `reclaimed`). */
+  interrupt(runUid: string, reason: string, reclaimed = false): void {
     const m = this.mustGet(runUid);
     m.state = "terminated";
     m.stateReason = reason;
+    if (reclaimed) m.interrupted = true;
+  }
+
+  /** Test control: the pipeline ends with `exitCode` but the machine keeps running (its shutdown failed). */
+  endWithoutShutdown(runUid: string, exitCode: number): void {
+    const m = this.mustGet(runUid);
+    m.log.push(`VMFORGE_EXIT_CODE=${exitCode}`);
+    m.exitCode = exitCode;
   }
 
   machineOf(runUid: string): FakeMachine | undefined {
@@ -185,6 +201,7 @@ export class FakeCloud implements CloudProvider {
       launchedAt: m.launchedAt,
       ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
       ...(m.stateReason ? { stateReason: m.stateReason } : {}),
+      ...(m.interrupted ? { interrupted: true } : {}),
       instance: { id: m.id, type: "m6i.large", zone: "us-east-1a" },
       log: { provider: "cloudwatch", group: "/vmforge/test", stream: m.runUid },
     };

@@ -97,6 +97,8 @@ export async function observeAwsEnvironment(clients: AwsClients, ctx: EnvContext
 export async function provisionAwsEnvironment(clients: AwsClients, ctx: EnvContext): Promise<EnvObservation> {
   const v = await validateAwsSpec(clients, ctx.ce.spec.aws);
   logNotes(ctx, v);
+  // Validation only read; from here on IAM may be written (a bring-your-own profile writes nothing).
+  if (v.instanceProfileArn === undefined) await ctx.beforeCloudWrite?.();
   const iam = v.instanceProfileArn === undefined ? await ensureIam(clients, desiredIam(ctx.ce, v), ctx.logger) : undefined;
   return observation(ctx.ce, v, iam);
 }

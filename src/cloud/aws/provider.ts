@@ -26,12 +26,23 @@ export interface AwsProviderOptions {
   clientFactory?: AwsClientFactory;
   /** How many client sets to keep (default 32). */
   cacheSize?: number;
+  /**
+   * How often the exit line / uploaded exit status of a Run whose machine still runs is looked
+   * for (default 5 min, first after it ran that long): a pipeline that ended on a machine whose
+   * shutdown failed is noticed within this time.
+   */
+  runningExitProbeMs?: number;
+  /** A recorded machine EC2 no longer lists is looked for in the log and S3 once launched this long ago (default 60 s). */
+  missingProbeAfterMs?: number;
 }
 
 export class AwsProvider implements CloudProvider {
   readonly name = "aws";
+  readonly announcesCloudWrites = true;
   readonly clients: AwsClientCache;
   private readonly opts: AwsProviderOptions;
+  /** Run UID -> when its still-running machine was last checked for an exit code. */
+  private readonly probedAt = new Map<string, number>();
 
   constructor(opts: AwsProviderOptions = {}) {
     this.opts = opts;
@@ -48,7 +59,8 @@ export class AwsProvider implements CloudProvider {
     const o: AwsClientOptions = { credentials: ctx.credentials, region };
     if (this.opts.endpoint !== undefined) o.endpoint = this.opts.endpoint;
     if (this.opts.maxAttempts !== undefined) o.maxAttempts = this.opts.maxAttempts;
-    if (ctx.credentials.secretName !== undefined) o.secretLabel = `${ctx.ce.metadata.namespace ?? ""}/${ctx.credentials.secretName}`;
+    // secretName is already "namespace/name".
+    if (ctx.credentials.secretName !== undefined) o.secretLabel = ctx.credentials.secretName;
     return withAbortSignal(this.clients.get(o), ctx.signal);
   }
 
@@ -72,7 +84,21 @@ export class AwsProvider implements CloudProvider {
   }
 
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
-    return describeRuns(this.clientsFor(ctx), ctx, runs);
+    const every = this.opts.runningExitProbeMs ?? 5 * 60_000;
+    const now = Date.now();
+    for (const [uid, at] of this.probedAt) if (now - at > 2 * every) this.probedAt.delete(uid);
+    const probeRunning = (run: Run): boolean => {
+      const uid = run.metadata.uid ?? "";
+      const since = Date.parse(run.status?.startTime ?? run.status?.launchedAt ?? "");
+      if (!Number.isFinite(since) || now - since < every) return false;
+      if (now - (this.probedAt.get(uid) ?? 0) < every) return false;
+      this.probedAt.set(uid, now);
+      return true;
+    };
+    return describeRuns(this.clientsFor(ctx), ctx, runs, {
+      probeRunning,
+      ...(this.opts.missingProbeAfterMs !== undefined ? { missingProbeAfterMs: this.opts.missingProbeAfterMs } : {}),
+    });
   }
 
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {

@@ -43,6 +43,8 @@ export const TAG_CE_NAME = "vmforge.dev/ce-name";
 export const TAG_LOG_GROUP = "vmforge.dev/log-group";
 export const TAG_ARTIFACTS = "vmforge.dev/artifacts";
 
+/** How long after a launch EC2 may answer "not found" for the new instance's ID (eventual consistency). */
+const RECENT_LAUNCH_MS = 5 * 60_000;
 /** EC2 allows 50 tags per resource. */
 const MAX_TAGS = 50;
 /** DescribeInstances accepts at most 200 values per filter. */
@@ -157,8 +159,18 @@ export function runTags(ce: ComputeEnvironment, run: Run): Tag[] {
     .map((Key) => ({ Key, Value: tags[Key] }));
 }
 
+/**
+ * The order in which a Run tries the CE's subnets: its own deterministic subnet first (so the same
+ * Run asks for the same subnet after a restart), then the others in the CE's order.
+ */
+export function subnetOrder(subnetIds: readonly string[], runUid: string): string[] {
+  const first = pickSubnet(subnetIds, runUid);
+  const i = subnetIds.indexOf(first);
+  return [...subnetIds.slice(i), ...subnetIds.slice(0, i)];
+}
+
 /** The RunInstances request of a Run (exported for tests). */
-export function runInstancesInput(ce: ComputeEnvironment, run: Run, userData: string): RunInstancesCommandInput {
+export function runInstancesInput(ce: ComputeEnvironment, run: Run, userData: string, subnetId?: string): RunInstancesCommandInput {
   const uid = requireUid(run);
   const env = envStatusOf(ce);
   const tags = runTags(ce, run);
@@ -172,7 +184,7 @@ export function runInstancesInput(ce: ComputeEnvironment, run: Run, userData: st
     ImageId: env.amiId,
     InstanceType: runInstanceType(ce, run) as RunInstancesCommandInput["InstanceType"],
     IamInstanceProfile: { Arn: env.instanceProfileArn },
-    SubnetId: pickSubnet(env.subnetIds ?? [], uid),
+    SubnetId: subnetId ?? pickSubnet(env.subnetIds ?? [], uid),
     ...(sgs.length > 0 ? { SecurityGroupIds: [...sgs] } : {}),
     ...(keyPair ? { KeyName: keyPair } : {}),
     BlockDeviceMappings: [
@@ -200,11 +212,31 @@ function isProfilePropagationError(e: unknown): boolean {
   return /iamInstanceProfile|Invalid IAM Instance Profile/i.test(msg);
 }
 
-/** Capacity and quota answers that free up as other instances end. */
-const CAPACITY_CODES = new Set(["InsufficientInstanceCapacity", "VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"]);
+/**
+ * Answers about one subnet's Availability Zone: the type is not offered there (`Unsupported`) or
+ * EC2 has no capacity for it there right now. Another AZ may do, so the next subnet is tried.
+ */
+const ZONE_CODES = new Set(["Unsupported", "InsufficientInstanceCapacity"]);
+/** Account-wide quota answers that free up as other instances end; another subnet would not help. */
+const QUOTA_CODES = new Set(["VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"]);
+
+function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String((e as { message?: unknown })?.message ?? e);
+}
 
 /**
  * Launches the Run's instance, or returns the one it already has. Idempotent on the Run UID.
+ *
+ * ClientToken = Run UID is what makes a repeat safe: EC2 answers a repeated successful request with
+ * the same instance, even while DescribeInstances does not show it yet. The tag look-up first is a
+ * second net (a token EC2 forgot, or a launch made with other parameters). The token is the same
+ * for every subnet: EC2 binds a token to the request that succeeded, so a failed try in one
+ * Availability Zone does not use it up, and once one launch succeeded every later try (in any
+ * subnet) gets that instance or IdempotentParameterMismatch, never a second machine.
+ *
+ * Capacity: `Unsupported` or `InsufficientInstanceCapacity` in one subnet moves on to the CE's
+ * other subnets. A type offered in none of them is Terminal (the Run fails with the reason); a
+ * shortage everywhere is Retryable.
  */
 export async function launchRun(clients: RunClients, ctx: EnvContext, run: Run, opts: LaunchOptions = {}): Promise<RunDescription> {
   const uid = requireUid(run);
@@ -222,7 +254,43 @@ export async function launchRun(clients: RunClients, ctx: EnvContext, run: Run, 
     ...(opts.resources ? { resources: opts.resources } : {}),
     ...(opts.platformToken !== undefined ? { platformToken: opts.platformToken } : {}),
   });
-  const input = runInstancesInput(ctx.ce, run, userData);
+  const zoneFailures: { subnet: string; code: string; message: string }[] = [];
+  for (const subnet of subnetOrder(env.subnetIds ?? [], uid)) {
+    const input = runInstancesInput(ctx.ce, run, userData, subnet);
+    try {
+      return await runInstancesOnce(clients, ctx, run, input, env, opts);
+    } catch (e) {
+      const code = awsErrorCode(e);
+      if (code === undefined || !ZONE_CODES.has(code) || e instanceof CloudError) throw e;
+      zoneFailures.push({ subnet, code, message: errorMessage(e) });
+      ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, subnet, code }, "no launch in this subnet; trying the next one");
+    }
+  }
+  const type = runInstanceType(ctx.ce, run);
+  const where = zoneFailures.map((f) => `${f.subnet}: ${f.code}`).join("; ");
+  if (zoneFailures.every((f) => f.code === "Unsupported")) {
+    throw CloudError.terminal(
+      "InstanceTypeUnavailable",
+      `ec2:RunInstances: instance type ${type} is not offered in the Availability Zone of any of the ComputeEnvironment's subnets (${where}); pick another type or add subnets in other zones`,
+    );
+  }
+  throw CloudError.retryable(
+    "InsufficientCapacity",
+    `ec2:RunInstances: no capacity for ${type} in any of the ComputeEnvironment's subnets (${where}); trying again later`,
+    60_000,
+  );
+}
+
+/** One RunInstances request (retried only while a new instance profile propagates). Raw zone errors pass through. */
+async function runInstancesOnce(
+  clients: RunClients,
+  ctx: EnvContext,
+  run: Run,
+  input: RunInstancesCommandInput,
+  env: AwsEnvStatus,
+  opts: LaunchOptions,
+): Promise<RunDescription> {
+  const uid = requireUid(run);
   const delays = opts.profileRetryDelaysMs ?? DEFAULT_PROFILE_RETRY_DELAYS;
   const sleep = opts.sleep ?? defaultSleep;
   for (let attempt = 0; ; attempt++) {
@@ -258,33 +326,39 @@ export async function launchRun(clients: RunClients, ctx: EnvContext, run: Run, 
         if (again) return describeInstance(again, ctx.ce, run);
         throw CloudError.retryable("LaunchPending", "ec2:RunInstances: an earlier launch of this Run exists but is not visible yet", 5_000, e);
       }
-      if (code !== undefined && CAPACITY_CODES.has(code)) {
-        throw CloudError.retryable(
-          "InsufficientCapacity",
-          `ec2:RunInstances: ${code}: ${e instanceof Error ? e.message : String(e)}`,
-          60_000,
-          e,
-        );
+      if (code !== undefined && ZONE_CODES.has(code)) throw e;
+      if (code !== undefined && QUOTA_CODES.has(code)) {
+        throw CloudError.retryable("InsufficientCapacity", `ec2:RunInstances: ${code}: ${errorMessage(e)}`, 60_000, e);
       }
       throw mapAwsError(e, "ec2:RunInstances");
     }
   }
 }
 
-/** All instances carrying the given Run UIDs, grouped by UID; one call per 200 UIDs (plus pages). */
+/**
+ * All instances carrying the given Run UIDs, grouped by UID. Up to 200 UIDs: one call filtered on
+ * them. More: the filter does not grow with the Run count; one paginated listing of every
+ * vmforge-managed instance in the account and region (1,000 per page), matched by the Run-UID tag,
+ * so a poll costs one call per 1,000 instances however many Runs are followed.
+ */
 export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext, uids: string[]): Promise<Map<string, Instance[]>> {
   const out = new Map<string, Instance[]>();
   const unique = [...new Set(uids)];
-  for (let i = 0; i < unique.length; i += FILTER_VALUES_MAX) {
-    const chunk = unique.slice(i, i + FILTER_VALUES_MAX);
-    const instances = await describeAll(ec2, ctx, [{ Name: `tag:${TAG_RUN_UID}`, Values: chunk }]);
-    for (const inst of instances) {
-      const uid = tagValue(inst, TAG_RUN_UID);
-      if (uid === undefined) continue;
-      const list = out.get(uid);
-      if (list) list.push(inst);
-      else out.set(uid, [inst]);
-    }
+  if (unique.length === 0) return out;
+  const wanted = new Set(unique);
+  const filters: Filter[] =
+    unique.length <= FILTER_VALUES_MAX
+      ? [{ Name: `tag:${TAG_RUN_UID}`, Values: unique }]
+      : [
+          { Name: `tag:${TAG_MANAGED_BY}`, Values: [MANAGED_BY] },
+          { Name: "tag-key", Values: [TAG_RUN_UID] },
+        ];
+  for (const inst of await describeAll(ec2, ctx, filters)) {
+    const uid = tagValue(inst, TAG_RUN_UID);
+    if (uid === undefined || !wanted.has(uid)) continue;
+    const list = out.get(uid);
+    if (list) list.push(inst);
+    else out.set(uid, [inst]);
   }
   return out;
 }
@@ -326,6 +400,11 @@ function machineState(inst: Instance): MachineState {
   return s !== undefined && STATES.has(s) ? (s as MachineState) : "unknown";
 }
 
+/** EC2 reclaimed a Spot instance (state reason Server.SpotInstanceTermination / ...Shutdown). */
+export function isSpotInterruption(inst: Instance): boolean {
+  return inst.StateReason?.Code?.startsWith("Server.SpotInstance") === true;
+}
+
 /** Why the instance is in its state, in words (Spot interruptions say so). */
 export function stateReasonOf(inst: Instance): string | undefined {
   const code = inst.StateReason?.Code;
@@ -352,6 +431,7 @@ function describeInstance(inst: Instance, ce: ComputeEnvironment, run: Run): Run
   };
   const reason = state === "pending" || state === "running" ? undefined : stateReasonOf(inst);
   if (reason) d.stateReason = reason;
+  if (isSpotInterruption(inst)) d.interrupted = true;
   if (inst.LaunchTime) d.launchedAt = inst.LaunchTime.toISOString();
   return d;
 }
@@ -362,12 +442,31 @@ const ENDED: ReadonlySet<MachineState> = new Set(["shutting-down", "terminated",
 export interface DescribeOptions {
   /** Parallel exit-code look-ups (GetLogEvents / GetObject), default 8. */
   exitCodeConcurrency?: number;
+  /**
+   * Whether to look for the exit line / uploaded exit status of a Run whose machine is still
+   * running (a machine whose shutdown failed keeps running after the pipeline ended). The caller
+   * paces these look-ups; by default none is made.
+   */
+  probeRunning?: (run: Run) => boolean;
+  /** A recorded machine EC2 no longer lists is looked for in the log and S3 once launched this long ago (default 60 s). */
+  missingProbeAfterMs?: number;
+}
+
+function phaseIsTerminal(run: Run): boolean {
+  const p = run.status?.phase;
+  return p === "Succeeded" || p === "Failed" || p === "Cancelled";
 }
 
 /**
- * Describes Runs with one DescribeInstances call per 200 Runs. For machines that have ended, the
- * exit code comes from the log's last lines, else from the uploaded exit-status object.
- * A Run without a machine maps to undefined.
+ * Describes Runs with as few DescribeInstances calls as their number allows (see
+ * describeInstancesByRunUids). The exit code comes from the log's exit line, else from the uploaded
+ * exit-status object; it is looked for:
+ * - when the machine has ended (shutting down, stopped, terminated);
+ * - when it still runs and `probeRunning` says so (the pipeline may have ended without a shutdown);
+ * - when EC2 no longer lists the machine recorded at launch (it forgets terminated instances after
+ *   about an hour): the outcome is read before the Run is ever declared lost.
+ * Runs already in a terminal phase have their outcome; nothing is looked up for them.
+ * A Run without a machine (and no outcome found) maps to undefined.
  */
 export async function describeRuns(
   clients: RunClients,
@@ -382,21 +481,34 @@ export async function describeRuns(
     ctx,
     withUid.map((r) => r.metadata.uid as string),
   );
-  const needExit: { run: Run; inst: Instance; desc: RunDescription }[] = [];
+  const needExit: { run: Run; inst: Instance | undefined; desc: RunDescription; missing?: boolean }[] = [];
+  const missingAfter = opts.missingProbeAfterMs ?? 60_000;
   for (const run of withUid) {
     const uid = run.metadata.uid as string;
     const inst = pickInstance(byUid.get(uid));
     if (!inst) {
       result.set(uid, undefined);
+      const recorded = run.status?.instance?.id;
+      const launched = Date.parse(run.status?.launchedAt ?? "");
+      if (recorded && !phaseIsTerminal(run) && Number.isFinite(launched) && Date.now() - launched >= missingAfter) {
+        needExit.push({ run, inst: undefined, desc: { instanceId: recorded, state: "terminated", stateReason: "no longer listed by EC2" }, missing: true });
+      }
       continue;
     }
     const desc = describeInstance(inst, ctx.ce, run);
     result.set(uid, desc);
-    if (ENDED.has(desc.state)) needExit.push({ run, inst, desc });
+    if (phaseIsTerminal(run)) continue;
+    if (ENDED.has(desc.state) || ((desc.state === "running" || desc.state === "pending") && opts.probeRunning?.(run) === true)) {
+      needExit.push({ run, inst, desc });
+    }
   }
-  await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc }) => {
+  await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
     const code = await exitCodeOf(clients, ctx, run, inst);
     if (code !== undefined) desc.exitCode = code;
+    if (missing && code !== undefined) {
+      desc.log = { provider: "cloudwatch", group: logGroupName(ctx.ce), stream: logStreamName(run) };
+      result.set(run.metadata.uid as string, desc);
+    }
   });
   return result;
 }
@@ -413,11 +525,11 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Pro
 }
 
 /** Exit code of an ended Run: the log's exit line, else the exit-status object. */
-async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance): Promise<number | undefined> {
-  const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ctx.ce);
+async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance | undefined): Promise<number | undefined> {
+  const group = (inst && tagValue(inst, TAG_LOG_GROUP)) ?? run.status?.log?.group ?? logGroupName(ctx.ce);
   const fromLog = await findExitCodeInLog(clients.logs, group, logStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
   if (fromLog !== undefined) return fromLog;
-  let artifacts = tagValue(inst, TAG_ARTIFACTS);
+  let artifacts = inst ? tagValue(inst, TAG_ARTIFACTS) : undefined;
   if (artifacts === undefined) {
     try {
       artifacts = runArtifactsUri(ctx.ce, run);
@@ -453,7 +565,12 @@ export async function readExitStatusObject(s3: S3Client, ctx: EnvContext, uri: s
   return n <= 255 ? n : undefined;
 }
 
-/** Terminates the Run's machine; an instance is touched only when its tags say it is this Run's. */
+/**
+ * Terminates the Run's machine. The instance ID recorded at launch (status.instance.id, taken from
+ * RunInstances' own answer) is terminated directly, so a machine that DescribeInstances does not
+ * show yet is not missed; a tag search adds any other instance carrying the Run's UID, touched only
+ * when its ownership tags say it is this Run's.
+ */
 export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Run): Promise<string[]> {
   const uid = requireUid(run);
   const found = (await describeInstancesByRunUids(clients.ec2, ctx, [uid])).get(uid) ?? [];
@@ -461,7 +578,29 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
     .filter((i) => i.InstanceId && i.State?.Name !== "terminated")
     .filter((i) => tagValue(i, TAG_RUN_UID) === uid && tagValue(i, TAG_MANAGED_BY) === MANAGED_BY)
     .map((i) => i.InstanceId as string);
+  const recorded = run.status?.instance?.id;
+  const listed = new Set(found.map((i) => i.InstanceId));
+  // A recorded machine the search shows is handled above (by its tags and state); one it does not
+  // show yet (eventual consistency) is ours by our own record.
+  let fresh: string | undefined;
+  if (recorded && /^i-[0-9a-f]+$/.test(recorded) && !listed.has(recorded)) {
+    const launched = Date.parse(run.status?.launchedAt ?? "");
+    // Just launched, EC2 may not know the ID everywhere yet: "not found" then means "try again".
+    if (Number.isFinite(launched) && Date.now() - launched < RECENT_LAUNCH_MS) fresh = recorded;
+    else ids.push(recorded);
+  }
   await terminate(clients.ec2, ctx, ids);
+  if (fresh) {
+    try {
+      await clients.ec2.send(new TerminateInstancesCommand({ InstanceIds: [fresh] }), sendOpts(ctx));
+    } catch (e) {
+      if (awsErrorCode(e) === "InvalidInstanceID.NotFound") {
+        throw CloudError.retryable("InstanceNotVisibleYet", `ec2:TerminateInstances: ${fresh} was launched moments ago and is not visible yet; trying again`, 2_000, e);
+      }
+      throw mapAwsError(e, "ec2:TerminateInstances");
+    }
+    ids.push(fresh);
+  }
   if (ids.length > 0) ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instances: ids }, "terminated");
   return ids;
 }

@@ -16,6 +16,7 @@ import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
 import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
+import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
 import { ComputeEnvironmentResource } from "../../api/types.js";
 import type { CloudProvider, EnvContext } from "../../cloud/provider.js";
@@ -31,6 +32,7 @@ import {
   resolveCredentials,
 } from "../shared.js";
 import { isRunActive, machineMayExist } from "../run/phases.js";
+import { cloudWritesMayHaveHappened, markCloudWrites } from "./cloud-writes.js";
 import type { ListSource } from "../run/tracker.js";
 
 export interface ComputeEnvironmentDeps {
@@ -103,6 +105,7 @@ export class ComputeEnvironmentReconciler {
       if (!(e instanceof CredentialsError)) throw e;
       let conditions = kstatus(withFinalizer.status?.conditions, generation, "stalled", e.reason, e.message);
       conditions = setCondition(conditions, { type: CREDENTIALS, status: "False", reason: e.reason, message: e.message, observedGeneration: generation });
+      conditions = provisionedFollows(conditions, generation, e.reason, e.message);
       const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions });
       if (written) await this.d.events.record(withFinalizer, "Warning", e.reason, "ResolveCredentials", e.message);
       // The Secret may be created later; look again now and then (the condition says why).
@@ -146,6 +149,9 @@ export class ComputeEnvironmentReconciler {
     }
 
     try {
+      // Recorded before the first cloud write, so deletion knows whether anything may need disposal.
+      ctx.beforeCloudWrite = () => markCloudWrites(this.d.client, withFinalizer);
+      if (!provider.announcesCloudWrites) await markCloudWrites(this.d.client, withFinalizer);
       const obs = await provider.provisionEnvironment(ctx);
       let next = setCondition(conditions, {
         type: PROVISIONED,
@@ -186,9 +192,12 @@ export class ComputeEnvironmentReconciler {
       const { reason, message } = describeError(e);
       if (e instanceof CloudError && e.kind === "Terminal") {
         let next = kstatus(conditions, generation, "stalled", reason, clip(message));
+        next = provisionedFollows(next, generation, reason, clip(message));
         if (reason === "InvalidCredentials" || reason === "AccessDenied") {
-          const who = ctx.credentials.source === "secret" ? `credentials from Secret ${ctx.credentials.secretName}` : "the operator's ambient credentials";
-          const m = clip(`${who}: ${message}`);
+          const secret = ctx.credentials.secretName ?? "";
+          const who = ctx.credentials.source === "secret" ? `credentials from Secret ${secret}` : "the operator's ambient credentials";
+          // Name the Secret once: the provider's message may already name it.
+          const m = clip(ctx.credentials.source === "secret" && message.includes(secret) ? message : `${who}: ${message}`);
           next = kstatus(next, generation, "stalled", reason, m);
           next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
         }
@@ -229,11 +238,23 @@ export class ComputeEnvironmentReconciler {
     if (!hasFinalizer(ce, FINALIZER)) return;
     const generation = ce.metadata.generation;
     const runs = this.runsOf(ce);
+    const policy = ce.spec.deletionPolicy ?? "Delete";
+    // Nothing was ever written to the cloud (no record made before a first write): there is nothing
+    // to stop or dispose, whatever the state of the credentials.
+    const wrote = cloudWritesMayHaveHappened(ce) && getCondition(ce.status?.conditions, PROVISIONED)?.reason !== "Disposed";
     // Every Run must have ended (and its machine be gone) first: a Run caught between its decision
     // to launch and the launch itself must not find its role and profile disposed under it.
     const pending = runs.filter((r) => isRunActive(r) || machineMayExist(r));
     // Runs that never launched are also told (they become Cancelled).
     for (const r of runs.filter(isRunActive)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
+
+    if (wrote && provider?.sweepOrphans) {
+      // The CE's machines are terminated here, in batches (one call per 1,000 instances), rather
+      // than one call per Run; then whatever machine no Run owns any more (orphans) before the
+      // role and profile go.
+      const blocked = await this.stopMachines(ce, provider, log, signal, policy);
+      if (blocked) return blocked;
+    }
     if (pending.length > 0) {
       await this.report(ce, {
         phase: "Deleting",
@@ -244,10 +265,7 @@ export class ComputeEnvironmentReconciler {
       return { requeueAfterMs: this.d.deletionPollMs };
     }
 
-    const provisioned = getCondition(ce.status?.conditions, PROVISIONED);
-    const attempted = provisioned !== undefined && provisioned.reason !== "Disposed";
-    const policy = ce.spec.deletionPolicy ?? "Delete";
-    if (provider && attempted && policy === "Delete") {
+    if (provider && wrote && policy === "Delete") {
       await this.report(ce, {
         phase: "Deleting",
         activeRuns: 0,
@@ -257,15 +275,8 @@ export class ComputeEnvironmentReconciler {
         const credentials = await resolveCredentials(this.d.client, ce);
         await provider.disposeEnvironment({ ce, credentials, logger: log, ...(signal ? { signal } : {}) });
       } catch (e) {
-        const { reason, message } = describeError(e);
-        if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
-          const written = await this.report(ce, {
-            phase: "Deleting",
-            conditions: kstatus(ce.status?.conditions, generation, "stalled", reason, clip(`cannot delete cloud resources: ${message}`)),
-          });
-          if (written) await this.d.events.record(ce, "Warning", reason, "Dispose", clip(message));
-          return { requeueAfterMs: 5 * 60_000 };
-        }
+        const blocked = await this.disposalBlocked(ce, e, "cannot delete cloud resources");
+        if (blocked) return blocked;
         throw e;
       }
       // Recorded before the finalizer goes, so a retry after a failure below skips disposal.
@@ -273,7 +284,7 @@ export class ComputeEnvironmentReconciler {
         conditions: setCondition(ce.status?.conditions, { type: PROVISIONED, status: "False", reason: "Disposed", message: "cloud resources deleted", observedGeneration: generation }),
       });
       await this.d.events.record(ce, "Normal", "Disposed", "Dispose", "cloud resources deleted");
-    } else if (attempted && policy === "Retain") {
+    } else if (wrote && policy === "Retain") {
       await this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
     }
 
@@ -281,8 +292,59 @@ export class ComputeEnvironmentReconciler {
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
-    log.info("finalizer released");
+    log.info(wrote ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");
     return;
+  }
+
+  /**
+   * Terminates every machine of the CE that is not already ending (batched by the provider).
+   * Returns a result when deletion must wait (machines were just told to stop, or stopping them
+   * is blocked), undefined when none is left running.
+   */
+  private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<ReconcileResult | undefined> {
+    let stopped: string[];
+    try {
+      const credentials = await resolveCredentials(this.d.client, ce);
+      stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
+    } catch (e) {
+      if (policy === "Retain") {
+        // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
+        const { reason, message } = describeError(e);
+        await this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
+        return undefined;
+      }
+      const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
+      if (blocked) return blocked;
+      throw e;
+    }
+    if (stopped.length === 0) return undefined;
+    log.info({ machines: stopped.length }, "terminating the environment's machines");
+    await this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
+    await this.report(ce, {
+      phase: "Deleting",
+      conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "reconciling", "StoppingMachines", clip(`terminating ${stopped.length} machine(s) before deleting cloud resources`)),
+    });
+    return { requeueAfterMs: this.d.deletionPollMs };
+  }
+
+  /** A Terminal failure during deletion: Stalled, naming what blocks it and how to unblock. */
+  private async disposalBlocked(ce: ComputeEnvironment, e: unknown, what: string): Promise<ReconcileResult | undefined> {
+    if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) return undefined;
+    const { reason, message } = describeError(e);
+    const secret = ce.spec.credentials?.secretRef?.name;
+    const fix =
+      reason === "AccessDenied"
+        ? "grant the missing permission to the operator's AWS identity"
+        : secret
+          ? `fix the credentials in Secret ${ce.metadata.namespace}/${secret}`
+          : "fix the operator's credentials";
+    const m = clip(`${what}: ${message}. To unblock: ${fix}, or set spec.deletionPolicy to Retain to leave the cloud resources in place and let the ComputeEnvironment go`);
+    const written = await this.report(ce, {
+      phase: "Deleting",
+      conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "stalled", reason, m),
+    });
+    if (written) await this.d.events.record(ce, "Warning", reason, "Dispose", m);
+    return { requeueAfterMs: 5 * 60_000 };
   }
 
   /** Writes status only when something changed. Returns whether a write happened. */
@@ -303,3 +365,12 @@ function credentialsFingerprint(ctx: EnvContext): string {
   return h.digest("hex");
 }
 
+
+/**
+ * ResourcesProvisioned follows the current generation: when this generation could not be
+ * provisioned, it says so (False, with the cause) instead of keeping an older "creating" or "in place".
+ */
+function provisionedFollows(conditions: Condition[], generation: number | undefined, reason: string, message: string): Condition[] {
+  if (!getCondition(conditions, PROVISIONED)) return conditions;
+  return setCondition(conditions, { type: PROVISIONED, status: "False", reason, message: `not provisioned: ${message}`, ...(generation === undefined ? {} : { observedGeneration: generation }) });
+}

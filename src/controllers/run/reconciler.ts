@@ -10,12 +10,14 @@ import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
 import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
+import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
 import { ComputeEnvironmentResource, RunResource, parseDuration } from "../../api/types.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
+import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { ListSource, RunTracker } from "./tracker.js";
 
 export interface RunDeps {
@@ -31,9 +33,26 @@ export interface RunDeps {
   pollIntervalMs: number;
   /** A launched machine the cloud does not know after this long is declared lost. */
   machineLostAfterMs?: number;
+  /**
+   * How long a machine may keep running after its pipeline ended (its own shutdown should end it)
+   * before the operator terminates it and says so. Default 8 polls (2 min at the default 15 s poll).
+   */
+  endGraceMs?: number;
+  /** Wait before trying again to terminate a machine after a Terminal error (default 20 polls, 5 min at 15 s, at least 5 s). */
+  blockedRetryMs?: number;
+}
+
+/** Bounds `n` polls to [min, max]: waits that scale with the poll interval. */
+function polls(pollIntervalMs: number, n: number, min: number, max: number): number {
+  return Math.min(max, Math.max(min, n * pollIntervalMs));
 }
 
 type Phase = NonNullable<RunStatus["phase"]>;
+
+/** Detail condition: the operator terminated a machine still running after its pipeline ended. */
+export const MACHINE_LINGERED = "MachineLingered";
+/** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
+export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 
 export class RunReconciler {
   /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
@@ -42,6 +61,8 @@ export class RunReconciler {
   private readonly ceLocks = new Map<string, Promise<void>>();
   /** The per-reconcile logger carries its reconcile's abort signal to the cloud calls. */
   private readonly signals = new WeakMap<Logger, AbortSignal>();
+  /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
+  private readonly blocked = new Map<string, number>();
 
   constructor(private readonly d: RunDeps) {}
 
@@ -97,7 +118,7 @@ export class RunReconciler {
       const [reason, message] = run.spec.cancel
         ? ["Cancelled", "cancelled by spec.cancel"]
         : ["ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`];
-      if (machineMayExist(run)) await this.terminate(run, ce, provider, log);
+      if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) await this.terminate(run, ce, provider, log);
       await this.finish(run, "Cancelled", reason, message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
@@ -146,7 +167,9 @@ export class RunReconciler {
       return;
     }
     // Record the decision before touching the cloud: a crash after this point resumes in Launching,
-    // and the launch itself is idempotent on the Run's UID.
+    // and the launch itself is idempotent on the Run's UID. The CE records that the cloud may now
+    // hold something of it (its deletion then sweeps).
+    await markCloudWrites(this.d.client, ce);
     await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
     this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
     return this.launch(run, ce, provider, log);
@@ -211,7 +234,8 @@ export class RunReconciler {
     if (!desc) {
       const lostAfter = this.d.machineLostAfterMs ?? 5 * 60_000;
       if (Date.now() - since > lostAfter) {
-        await this.finish(run, "Failed", "MachineNotFound", `machine ${status.instance?.id ?? "(unknown)"} is not known to the cloud`);
+        await this.finish(run, "Failed", "MachineNotFound",
+          `machine ${status.instance?.id ?? "(unknown)"} is not known to the cloud, and neither the log's exit line nor the uploaded exit status was found`);
         return;
       }
       return { requeueAfterMs: next };
@@ -223,6 +247,15 @@ export class RunReconciler {
         return { requeueAfterMs: next };
       case "running":
       case "unknown": {
+        if (desc.exitCode !== undefined) {
+          // The pipeline ended but the machine still runs (its shutdown may have failed): the
+          // outcome is known now; afterEnd gives the machine a grace period, then terminates it.
+          const ok = desc.exitCode === 0;
+          await this.finish(run, ok ? "Succeeded" : "Failed", ok ? "Succeeded" : "PipelineFailed",
+            ok ? "the pipeline completed" : `the pipeline exited with code ${desc.exitCode}`,
+            { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
         const message = `running on ${desc.instanceId}`;
         await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}) }, "False", "Running", message);
         return { requeueAfterMs: next };
@@ -236,6 +269,12 @@ export class RunReconciler {
         return { requeueAfterMs: next };
       case "shutting-down":
       case "terminated": {
+        if (desc.interrupted) {
+          await this.finish(run, "Failed", "SpotInterrupted",
+            clip(`the cloud reclaimed machine ${desc.instanceId} (Spot interruption); the pipeline did not fail on its own${desc.stateReason ? `: ${desc.stateReason}` : ""}`),
+            { instance, ...(desc.exitCode !== undefined ? { exitCode: desc.exitCode } : {}) });
+          return { requeueAfterMs: next };
+        }
         if (desc.exitCode !== undefined) {
           const ok = desc.exitCode === 0;
           await this.finish(run, ok ? "Succeeded" : "Failed", ok ? "Succeeded" : "PipelineFailed",
@@ -272,8 +311,41 @@ export class RunReconciler {
       this.release(run);
       return;
     }
-    if (state !== "shutting-down") await this.terminate(run, ce, provider, log);
-    return { requeueAfterMs: this.d.pollIntervalMs };
+    if (state === "shutting-down") return { requeueAfterMs: this.d.pollIntervalMs };
+    if (run.status?.exitCode !== undefined && run.status.phase !== "Cancelled" && (state === "running" || state === "pending" || state === "unknown")) {
+      // The pipeline ended on its own: the machine should shut itself down. Give it the grace period.
+      const grace = this.d.endGraceMs ?? polls(this.d.pollIntervalMs, 8, 2_000, 5 * 60_000);
+      const ended = Date.parse(run.status.completionTime ?? now());
+      const left = ended + grace - Date.now();
+      if (left > 0) return { requeueAfterMs: Math.min(this.d.pollIntervalMs, left + 100) };
+      if (!getCondition(run.status.conditions, MACHINE_LINGERED)) {
+        const id = obs?.desc?.instanceId ?? run.status.instance?.id ?? "(unknown)";
+        const message = `machine ${id} was still ${state} ${Math.round((Date.now() - ended) / 1000)} s after the pipeline ended (its own shutdown did not end it); the operator terminated it`;
+        if (await this.terminate(run, ce, provider, log)) {
+          await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
+          await this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
+        }
+        return { requeueAfterMs: this.d.pollIntervalMs };
+      }
+    }
+    if (!this.ceStopsMachine(run, ce, provider)) await this.terminate(run, ce, provider, log);
+    return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
+  }
+
+  /**
+   * While a CE is being deleted, its finalizer terminates its machines in batches; a Run then does
+   * not send its own call, unless its machine is so new that the CE's search may not see it yet.
+   */
+  private ceStopsMachine(run: Run, ce: ComputeEnvironment, provider: CloudProvider): boolean {
+    if (!ce.metadata.deletionTimestamp || !hasFinalizer(ce, FINALIZER) || !provider.sweepOrphans) return false;
+    const launched = Date.parse(run.status?.launchedAt ?? "");
+    // New machines may not show in the CE's tag search for a little while (eventual consistency).
+    return Number.isFinite(launched) && Date.now() - launched > polls(this.d.pollIntervalMs, 4, 1_000, 2 * 60_000);
+  }
+
+  private blockedWake(run: Run): number | undefined {
+    const until = this.blocked.get(run.metadata.uid ?? "");
+    return until === undefined ? undefined : Math.max(1_000, until - Date.now());
   }
 
   private async finalize(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
@@ -283,22 +355,47 @@ export class RunReconciler {
       const state = obs?.desc?.state;
       const gone = obs !== undefined && (state === undefined || state === "terminated") && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
       if (!gone) {
-        await this.terminate(run, ce, provider, log);
-        return { requeueAfterMs: Math.min(this.d.pollIntervalMs, 2_000) };
+        const ok = await this.terminate(run, ce, provider, log);
+        return { requeueAfterMs: ok ? Math.min(this.d.pollIntervalMs, 2_000) : this.blockedWake(run) ?? this.d.pollIntervalMs };
       }
     } else if (machineMayExist(run)) {
       log.warn("the Run's ComputeEnvironment is gone; its machine cannot be reached and is left to the orphan sweep");
     }
     this.release(run);
     this.d.tracker.forget(run.metadata.uid ?? "");
+    this.blocked.delete(run.metadata.uid ?? "");
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
     return;
   }
 
-  private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<void> {
-    const ctx = await this.context(ce, log);
-    await provider.terminateRun(ctx, run);
+  /**
+   * Asks the cloud to terminate the Run's machine. A Terminal answer (access denied, bad
+   * credentials) is not retried in a loop: the Run says what blocks it (Stalled, naming the cause,
+   * and an Event) and the call is tried again only after blockedRetryMs. Returns whether it was sent.
+   */
+  private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<boolean> {
+    const uid = run.metadata.uid ?? "";
+    const until = this.blocked.get(uid);
+    if (until !== undefined && Date.now() < until) return false;
+    try {
+      const ctx = await this.context(ce, log);
+      await provider.terminateRun(ctx, run);
+      if (this.blocked.delete(uid)) await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED) ?? [] });
+      return true;
+    } catch (e) {
+      if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
+      const { reason, message } = describeError(e);
+      const m = clip(`cannot terminate the Run's machine${run.status?.instance?.id ? ` ${run.status.instance.id}` : ""}: ${message}`);
+      this.blocked.set(uid, Date.now() + (this.d.blockedRetryMs ?? polls(this.d.pollIntervalMs, 20, 5_000, 5 * 60_000)));
+      const g = run.metadata.generation;
+      let c = setCondition(run.status?.conditions, { type: MACHINE_BLOCKED, status: "True", reason, message: m, observedGeneration: g });
+      c = setCondition(c, { type: "Stalled", status: "True", reason, message: m, observedGeneration: g });
+      const written = await this.report(run, { conditions: c });
+      if (written) await this.d.events.record(run, "Warning", reason, "Terminate", m);
+      log.warn({ reason }, "terminating the machine is blocked: %s", message);
+      return false;
+    }
   }
 
   private async context(ce: ComputeEnvironment, log: Logger): Promise<EnvContext> {
@@ -347,19 +444,27 @@ export class RunReconciler {
     }
   }
 
-  /** Writes status (phase fields + the kstatus trio) only when something changed. */
+  /** Writes status (phase fields + the kstatus trio, see runConditions) only when something changed. */
   private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string): Promise<boolean> {
     const next: RunStatus = { ...(run.status ?? {}), ...patch, observedGeneration: run.metadata.generation };
-    if (ready && reason !== undefined) {
-      const terminal = next.phase === "Succeeded" || next.phase === "Failed" || next.phase === "Cancelled";
-      const g = run.metadata.generation;
-      let c = setCondition(run.status?.conditions, { type: "Ready", status: ready, reason, message: message ?? "", observedGeneration: g });
-      c = setCondition(c, { type: "Reconciling", status: terminal ? "False" : "True", reason: terminal ? "Finished" : reason, message: terminal ? "" : message ?? "", observedGeneration: g });
-      c = setCondition(c, { type: "Stalled", status: "False", reason: "Progressing", message: "", observedGeneration: g });
-      next.conditions = c;
-    }
+    if (ready && reason !== undefined) next.conditions = runConditions(run.status?.conditions, next.phase ?? "Pending", run.metadata.generation, reason, message ?? "");
     const updated = await updateStatus(this.d.client, RunResource, run, next);
     if (updated) run.status = next;
     return updated !== undefined;
   }
+}
+
+/**
+ * The kstatus trio of a Run, so GitOps tools read a Run as they read any resource:
+ * - Succeeded: Ready=True (kstatus Current);
+ * - Failed or Cancelled: Stalled=True with the Run's reason (kstatus Failed), Ready=False;
+ * - every other phase: Reconciling=True (kstatus InProgress), Ready=False.
+ */
+export function runConditions(conditions: Condition[] | undefined, phase: Phase, generation: number | undefined, reason: string, message: string): Condition[] {
+  const state = phase === "Succeeded" ? "ready" : phase === "Failed" || phase === "Cancelled" ? "stalled" : "reconciling";
+  const g = generation === undefined ? {} : { observedGeneration: generation };
+  let c = setCondition(conditions, { type: "Ready", status: state === "ready" ? "True" : "False", reason, message, ...g });
+  c = setCondition(c, { type: "Reconciling", status: state === "reconciling" ? "True" : "False", reason: state === "reconciling" ? reason : "Finished", message: state === "reconciling" ? message : "", ...g });
+  c = setCondition(c, { type: "Stalled", status: state === "stalled" ? "True" : "False", reason: state === "stalled" ? reason : "Progressing", message: state === "stalled" ? message : "", ...g });
+  return c;
 }

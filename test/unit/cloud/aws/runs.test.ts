@@ -236,20 +236,44 @@ function body(text: string): unknown {
 }
 
 describe("describeRuns", () => {
-  it("uses one DescribeInstances per 200 Runs, whatever their number", async () => {
-    const runs = Array.from({ length: 450 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i) }));
+  it("up to 200 Runs: one DescribeInstances filtered on their UIDs", async () => {
+    const runs = Array.from({ length: FILTER_VALUES_MAX }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i) }));
     const { clients, calls } = fakeClients((name, input) => {
       if (name !== "DescribeInstances") throw new Error(name);
       const values = (input.Filters as { Values: string[] }[])[0]?.Values ?? [];
       return { Reservations: [{ Instances: values.map((uid) => instanceFor(runs.find((r) => r.metadata.uid === uid)!, CE)) }] };
     });
     const result = await describeRuns(clients, ctxFor(CE), runs);
+    expect(calls).toHaveLength(1); // running machines: no exit-code look-ups
+    expect((calls[0]?.input.Filters as { Name: string }[])[0]?.Name).toBe(`tag:${TAG_RUN_UID}`);
+    expect(result.size).toBe(FILTER_VALUES_MAX);
+  });
+
+  it("more Runs: the filter does not grow with their number; one call per 1,000 instances (pages)", async () => {
+    const runs = Array.from({ length: 2_500 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i) }));
+    // The account also holds vmforge instances of Runs this poll does not follow.
+    const strangers = Array.from({ length: 300 }, (_, i) => sampleRun({ name: `s${i}`, uid: uidN(10_000 + i) }));
+    const all = [...runs, ...strangers].map((r) => instanceFor(r, CE));
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name !== "DescribeInstances") throw new Error(name);
+      const start = input.NextToken ? Number(input.NextToken) : 0;
+      const max = Number(input.MaxResults);
+      const page = all.slice(start, start + max);
+      return { Reservations: [{ Instances: page }], ...(start + max < all.length ? { NextToken: String(start + max) } : {}) };
+    });
+    const result = await describeRuns(clients, ctxFor(CE), runs);
     const describes = calls.filter((c) => c.name === "DescribeInstances");
-    expect(describes).toHaveLength(3);
-    for (const c of describes) expect(((c.input.Filters as { Values: string[] }[])[0]?.Values ?? []).length).toBeLessThanOrEqual(FILTER_VALUES_MAX);
-    expect(result.size).toBe(450);
+    expect(describes).toHaveLength(3); // 2,800 instances, 1,000 per page
+    for (const c of describes) {
+      expect(c.input.MaxResults).toBe(1000);
+      expect(c.input.Filters).toEqual([
+        { Name: "tag:vmforge.dev/managed-by", Values: ["vmforge"] },
+        { Name: "tag-key", Values: [TAG_RUN_UID] },
+      ]);
+    }
+    expect(result.size).toBe(2_500);
     expect([...result.values()].every((d) => d?.state === "running")).toBe(true);
-    expect(calls).toHaveLength(3); // running machines: no exit-code look-ups
+    expect(calls).toHaveLength(3);
   });
 
   it("maps states, instance details and a missing machine", async () => {

@@ -1,0 +1,251 @@
+/**
+ * Issue 12, operator behaviour on the real kube-apiserver (+ kube-controller-manager) with the
+ * in-memory FakeCloud: GitOps conditions of Runs, machines that outlive their pipeline, Spot
+ * interruptions, Terminal cloud errors that must not loop, CE deletion that batches terminations,
+ * records (or not) that cloud writes happened, and says what blocks disposal.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KubeClient } from "../../src/engine/kube.js";
+import type { ResourceType } from "../../src/engine/kube.js";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import { CloudError } from "../../src/cloud/provider.js";
+import type { EnvContext, EnvObservation } from "../../src/cloud/provider.js";
+import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
+import { FakeCloud } from "../support/fake-cloud.js";
+import { installCrds, startOperator, waitFor } from "../support/operator.js";
+import type { RunningOperator } from "../support/operator.js";
+import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+
+const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
+
+/** A FakeCloud that, like the AWS provider, announces its first cloud write (validation failures write nothing). */
+class AnnouncingCloud extends FakeCloud {
+  readonly announcesCloudWrites = true;
+  /** provisionEnvironment fails like a validation read would, before any write. */
+  readFailure: CloudError | undefined;
+  override async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    if (this.readFailure) {
+      this.calls.provision++;
+      throw this.readFailure;
+    }
+    await ctx.beforeCloudWrite?.();
+    return super.provisionEnvironment(ctx);
+  }
+}
+
+let client: KubeClient;
+let cloud: AnnouncingCloud;
+let op: RunningOperator;
+let ns: string;
+
+type Cond = { type: string; status: string; reason: string; message: string; observedGeneration?: number };
+const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+const getCe = (name: string) => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);
+const getRun = (name: string) => client.get<Run>(RunResource, ns, name);
+
+async function readyCe(name: string, extra: Partial<ComputeEnvironment["spec"]> = {}): Promise<ComputeEnvironment> {
+  await client.create(ComputeEnvironmentResource, {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name, namespace: ns },
+    spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" }, ...extra } as ComputeEnvironment["spec"],
+  });
+  return waitFor(`CE ${name} Ready`, async () => {
+    const ce = await getCe(name);
+    return cond(ce, "Ready")?.status === "True" ? ce : undefined;
+  });
+}
+
+async function run(name: string, ce: string, extra: Partial<Run["spec"]> = {}): Promise<void> {
+  await client.create(RunResource, {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+    spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" }, ...extra } as Run["spec"],
+  });
+}
+
+const inPhase = (name: string, phase: string, timeoutMs = 30_000) =>
+  waitFor(`Run ${name} ${phase}`, async () => {
+    const r = await getRun(name);
+    return r?.status?.phase === phase ? r : undefined;
+  }, timeoutMs);
+
+async function events(name: string): Promise<{ reason: string; note: string; type: string }[]> {
+  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string }>(EventResource, { namespace: ns });
+  return list.items.filter((e) => e.regarding?.name === name);
+}
+
+beforeAll(async () => {
+  client = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(client);
+  ns = await freshNamespace(client, "outcomes");
+  cloud = new AnnouncingCloud();
+  op = await startOperator(kubeconfigPath(), new Map([["aws", cloud]]), { namespaces: [ns] });
+});
+
+afterAll(async () => {
+  await op?.stop();
+});
+
+describe("GitOps conditions of a Run (kstatus)", () => {
+  it("active: Reconciling=True; Succeeded: Ready=True; Failed and Cancelled: Stalled=True with the reason", async () => {
+    await readyCe("gitops");
+    await run("ok", "gitops");
+    await run("bad", "gitops");
+    await run("stop", "gitops");
+    const running = await inPhase("ok", "Running");
+    expect(cond(running, "Reconciling")).toMatchObject({ status: "True" });
+    expect(cond(running, "Stalled")?.status).toBe("False");
+    expect(cond(running, "Ready")?.status).toBe("False");
+
+    cloud.finish(running.metadata.uid ?? "", 0);
+    const ok = await inPhase("ok", "Succeeded");
+    expect(cond(ok, "Ready")?.status).toBe("True");
+    expect(cond(ok, "Reconciling")?.status).toBe("False");
+    expect(cond(ok, "Stalled")?.status).toBe("False");
+
+    const bad = await inPhase("bad", "Running");
+    cloud.finish(bad.metadata.uid ?? "", 2);
+    const failed = await inPhase("bad", "Failed");
+    expect(cond(failed, "Stalled")).toMatchObject({ status: "True", reason: "PipelineFailed" });
+    expect(cond(failed, "Stalled")?.message).toContain("code 2");
+    expect(cond(failed, "Ready")?.status).toBe("False");
+    expect(cond(failed, "Reconciling")?.status).toBe("False");
+
+    await inPhase("stop", "Running");
+    await client.patch(RunResource, ns, "stop", { spec: { cancel: true } }, "merge");
+    const cancelled = await inPhase("stop", "Cancelled");
+    expect(cond(cancelled, "Stalled")).toMatchObject({ status: "True", reason: "Cancelled" });
+    expect(cond(cancelled, "Reconciling")?.status).toBe("False");
+  });
+});
+
+describe("the machine and the outcome", () => {
+  it("a pipeline that ended on a machine that keeps running: outcome at once, machine terminated after the grace period, said in an Event and a condition", async () => {
+    await readyCe("linger");
+    await run("linger", "linger");
+    const r = await inPhase("linger", "Running");
+    const uid = r.metadata.uid ?? "";
+    const before = cloud.calls.terminate;
+    cloud.endWithoutShutdown(uid, 0);
+    const done = await inPhase("linger", "Succeeded");
+    expect(done.status?.exitCode).toBe(0);
+    const lingered = await waitFor("MachineLingered condition", async () => {
+      const x = await getRun("linger");
+      return cond(x, "MachineLingered")?.status === "True" ? x : undefined;
+    });
+    expect(cond(lingered, "MachineLingered")?.message).toMatch(/still running .* after the pipeline ended/);
+    expect(cloud.calls.terminate).toBeGreaterThan(before);
+    await waitFor("machine terminated", async () => cloud.machineOf(uid)?.state === "terminated");
+    expect((await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning")).toBe(true);
+    // Succeeded stays Ready.
+    expect(cond(await getRun("linger"), "Ready")?.status).toBe("True");
+  });
+
+  it("a Spot interruption is Failed/SpotInterrupted, not a pipeline failure", async () => {
+    await readyCe("spot");
+    await run("spot", "spot", { overrides: { spot: true } });
+    const r = await inPhase("spot", "Running");
+    cloud.interrupt(r.metadata.uid ?? "", "Spot interruption: Server.SpotInstanceTermination", true);
+    const failed = await inPhase("spot", "Failed");
+    expect(failed.status?.reason).toBe("SpotInterrupted");
+    expect(cond(failed, "Stalled")).toMatchObject({ status: "True", reason: "SpotInterrupted" });
+  });
+});
+
+describe("Terminal cloud errors do not loop", () => {
+  it("deleting a Run whose machine cannot be terminated (AccessDenied) says which permission is missing and retries slowly", async () => {
+    await readyCe("denied");
+    await run("denied", "denied");
+    const r = await inPhase("denied", "Running");
+    cloud.terminateError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied; the operator's IAM policy must allow ec2:TerminateInstances");
+    try {
+      const before = cloud.calls.terminate;
+      await client.delete(RunResource, ns, "denied");
+      const stalled = await waitFor("Run denied Stalled", async () => {
+        const x = await getRun("denied");
+        return cond(x, "Stalled")?.status === "True" ? x : undefined;
+      });
+      expect(cond(stalled, "Stalled")?.reason).toBe("AccessDenied");
+      expect(cond(stalled, "Stalled")?.message).toContain("ec2:TerminateInstances");
+      expect(cond(stalled, "MachineTerminationBlocked")?.status).toBe("True");
+      // Many polls later (300 ms each), the call was not repeated in a loop.
+      const polls = cloud.calls.describe;
+      await waitFor("10 more polls", async () => cloud.calls.describe >= polls + 10, 20_000);
+      expect(cloud.calls.terminate - before).toBeLessThanOrEqual(2);
+      expect((await events("denied")).some((e) => e.reason === "AccessDenied")).toBe(true);
+    } finally {
+      cloud.terminateError = undefined;
+    }
+    // Permission granted: the next (slow) try goes through and the Run goes away.
+    await waitFor("Run denied gone", async () => (await getRun("denied")) === undefined, 30_000);
+    expect(cloud.machineOf(r.metadata.uid ?? "")?.state).toBe("terminated");
+  });
+});
+
+describe("ComputeEnvironment deletion", () => {
+  it("terminates the CE's machines in batches, not one call per Run", async () => {
+    await readyCe("bulk");
+    const uids: string[] = [];
+    cloud.launchedAgoMs = 10 * 60_000;
+    try {
+      for (let i = 0; i < 6; i++) await run(`bulk-${i}`, "bulk");
+      for (let i = 0; i < 6; i++) uids.push((await inPhase(`bulk-${i}`, "Running")).metadata.uid ?? "");
+    } finally {
+      cloud.launchedAgoMs = 0;
+    }
+    const terminates = cloud.calls.terminate;
+    const sweeps = cloud.calls.sweep;
+    await client.delete(ComputeEnvironmentResource, ns, "bulk");
+    await waitFor("CE bulk gone", async () => (await getCe("bulk")) === undefined, 60_000);
+    for (let i = 0; i < 6; i++) expect((await getRun(`bulk-${i}`))?.status?.phase).toBe("Cancelled");
+    expect(cloud.calls.terminate - terminates).toBe(0);
+    expect(cloud.calls.sweep - sweeps).toBeGreaterThan(0);
+    expect(uids.map((u) => cloud.machineOf(u)?.state)).toEqual(uids.map(() => "terminated"));
+  });
+
+  it("a CE that failed before any cloud write (no record) is released at once although its cloud calls fail", async () => {
+    cloud.readFailure = CloudError.terminal("InvalidCredentials", "Secret x/y has no key \"secretAccessKey\" (or it is empty)");
+    cloud.disposeError = CloudError.terminal("InvalidCredentials", "cannot dispose with these credentials");
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "nowrite", namespace: ns },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } } as ComputeEnvironment["spec"],
+      });
+      const stalled = await waitFor("CE nowrite Stalled", async () => {
+        const ce = await getCe("nowrite");
+        return cond(ce, "Stalled")?.status === "True" ? ce : undefined;
+      });
+      expect(stalled.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]).toBeUndefined();
+      // ResourcesProvisioned follows this generation: not a stale "creating".
+      expect(cond(stalled, "ResourcesProvisioned")).toMatchObject({ status: "False", reason: "InvalidCredentials", observedGeneration: stalled.metadata.generation });
+      const disposes = cloud.calls.dispose;
+      await client.delete(ComputeEnvironmentResource, ns, "nowrite");
+      await waitFor("CE nowrite gone", async () => (await getCe("nowrite")) === undefined, 15_000);
+      expect(cloud.calls.dispose).toBe(disposes);
+    } finally {
+      cloud.readFailure = undefined;
+      cloud.disposeError = undefined;
+    }
+  });
+
+  it("with the record, a blocked disposal says what blocks it and how to unblock; Retain lets it go", async () => {
+    const ce = await readyCe("blocked");
+    expect(ce.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]).toBeTruthy();
+    cloud.disposeError = CloudError.terminal("AccessDenied", "iam:DeleteRole: access denied; the operator's IAM policy must allow iam:DeleteRole");
+    try {
+      await client.delete(ComputeEnvironmentResource, ns, "blocked");
+      const stalled = await waitFor("CE blocked Stalled", async () => {
+        const c = await getCe("blocked");
+        return cond(c, "Stalled")?.status === "True" ? c : undefined;
+      });
+      const m = cond(stalled, "Stalled")?.message ?? "";
+      expect(cond(stalled, "Stalled")?.reason).toBe("AccessDenied");
+      expect(m).toContain("iam:DeleteRole");
+      expect(m).toContain("To unblock");
+      expect(m).toContain("deletionPolicy");
+      await client.patch(ComputeEnvironmentResource, ns, "blocked", { spec: { deletionPolicy: "Retain" } }, "merge");
+      await waitFor("CE blocked gone", async () => (await getCe("blocked")) === undefined, 30_000);
+    } finally {
+      cloud.disposeError = undefined;
+    }
+  });
+});

@@ -1,0 +1,245 @@
+// Issue 12 (launch, termination, outcome) in runs.ts, against recording stand-in clients.
+import { describe, expect, it } from "vitest";
+import type { Instance } from "@aws-sdk/client-ec2";
+import { TAG_RUN_UID, describeRuns, launchRun, runInstancesInput, subnetOrder, terminateRun, type RunClients } from "../../../../src/cloud/aws/runs.js";
+import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
+import { createLogger } from "../../../../src/engine/logger.js";
+import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
+import { sampleCe, sampleRun } from "../../../fixtures/launcher/harness.js";
+
+interface Call {
+  name: string;
+  input: Record<string, unknown>;
+}
+
+class AwsError extends Error {
+  constructor(name: string, message: string, readonly $metadata = { httpStatusCode: 400 }) {
+    super(message);
+    this.name = name;
+  }
+}
+
+function fakeClients(handler: (name: string, input: Record<string, unknown>) => unknown): { clients: RunClients; calls: Call[] } {
+  const calls: Call[] = [];
+  const client = {
+    send: async (cmd: { constructor: { name: string }; input: Record<string, unknown> }) => {
+      const name = cmd.constructor.name.replace(/Command$/, "");
+      calls.push({ name, input: cmd.input });
+      return handler(name, cmd.input);
+    },
+  };
+  return { clients: { ec2: client, logs: client, s3: client } as unknown as RunClients, calls };
+}
+
+const ctxFor = (ce: ComputeEnvironment): EnvContext => ({ ce, credentials: { source: "ambient", data: {} }, logger: createLogger({ level: "silent" }) });
+const CE = sampleCe();
+
+function instanceFor(run: Run, over: Partial<Instance> = {}): Instance {
+  const input = runInstancesInput(CE, run, "#!/bin/bash\n");
+  return {
+    InstanceId: `i-${(run.metadata.uid ?? "").replace(/-/g, "").slice(0, 17)}`,
+    InstanceType: "m6i.large",
+    State: { Name: "running", Code: 16 },
+    LaunchTime: new Date(),
+    Tags: input.TagSpecifications?.[0]?.Tags ?? [],
+    ...over,
+  };
+}
+
+function withStatus(run: Run, status: Run["status"]): Run {
+  return { ...run, status };
+}
+
+describe("launch: capacity per Availability Zone", () => {
+  it("Unsupported / InsufficientInstanceCapacity in one subnet tries the others, same ClientToken", async () => {
+    const run = sampleRun();
+    const order = subnetOrder(CE.status!.aws!.subnetIds!, run.metadata.uid!);
+    expect(new Set(order)).toEqual(new Set(CE.status!.aws!.subnetIds));
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name !== "RunInstances") throw new Error(name);
+      if (input.SubnetId === order[0]) throw new AwsError("Unsupported", "Your requested instance type (m6i.large) is not supported in your requested Availability Zone (eu-west-1c).");
+      if (input.SubnetId === order[1]) throw new AwsError("InsufficientInstanceCapacity", "We currently do not have sufficient m6i.large capacity in the Availability Zone you requested (eu-west-1a).");
+      return { Instances: [instanceFor(run, { State: { Name: "pending", Code: 0 }, SubnetId: input.SubnetId as string })] };
+    });
+    const d = await launchRun(clients, ctxFor(CE), run);
+    expect(d.state).toBe("pending");
+    const launches = calls.filter((c) => c.name === "RunInstances");
+    expect(launches.map((c) => c.input.SubnetId)).toEqual(order);
+    expect(launches.every((c) => c.input.ClientToken === run.metadata.uid)).toBe(true);
+  });
+
+  it("a type offered in none of the subnets' zones is Terminal, with the reason and every subnet", async () => {
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      throw new AwsError("Unsupported", "Your requested instance type (m6i.large) is not supported in your requested Availability Zone.");
+    });
+    const err = await launchRun(clients, ctxFor(CE), sampleRun()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CloudError);
+    expect(err).toMatchObject({ kind: "Terminal", reason: "InstanceTypeUnavailable" });
+    expect((err as Error).message).toMatch(/m6i\.large is not offered.*subnet-aaaa: Unsupported.*subnet-bbbb: Unsupported.*subnet-cccc: Unsupported/s);
+    expect(calls.filter((c) => c.name === "RunInstances")).toHaveLength(3);
+  });
+
+  it("a shortage in every zone is Retryable and names each subnet", async () => {
+    let n = 0;
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (n++ === 0) throw new AwsError("Unsupported", "not offered here");
+      throw new AwsError("InsufficientInstanceCapacity", "no capacity");
+    });
+    const err = await launchRun(clients, ctxFor(CE), sampleRun()).catch((e: unknown) => e);
+    expect(err).toMatchObject({ kind: "Retryable", reason: "InsufficientCapacity" });
+    expect((err as Error).message).toMatch(/InsufficientInstanceCapacity/);
+  });
+
+  it("an account quota is not a zone matter: Retryable at once, no other subnet tried", async () => {
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      throw new AwsError("VcpuLimitExceeded", "You have requested more vCPU capacity than your current vCPU limit");
+    });
+    await expect(launchRun(clients, ctxFor(CE), sampleRun())).rejects.toMatchObject({ kind: "Retryable", reason: "InsufficientCapacity" });
+    expect(calls.filter((c) => c.name === "RunInstances")).toHaveLength(1);
+  });
+
+  it("a repeat while DescribeInstances does not show the first launch yet gets the same instance from the token", async () => {
+    const run = sampleRun();
+    const launched = new Map<string, Instance>();
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [] }; // not visible yet
+      if (name !== "RunInstances") throw new Error(name);
+      const token = input.ClientToken as string;
+      let inst = launched.get(token);
+      if (!inst) launched.set(token, (inst = instanceFor(run, { InstanceId: `i-${launched.size + 1}000000000000000`, State: { Name: "pending", Code: 0 } })));
+      return { Instances: [inst] };
+    });
+    const a = await launchRun(clients, ctxFor(CE), run);
+    const b = await launchRun(clients, ctxFor(CE), run);
+    expect(b.instanceId).toBe(a.instanceId);
+    expect(launched.size).toBe(1);
+    expect(calls.filter((c) => c.name === "RunInstances").map((c) => c.input.ClientToken)).toEqual([run.metadata.uid, run.metadata.uid]);
+  });
+});
+
+describe("termination by the recorded instance ID", () => {
+  it("terminates the recorded machine that DescribeInstances does not show yet", async () => {
+    const run = withStatus(sampleRun(), { phase: "Launching", launchedAt: new Date(Date.now() - 10 * 60_000).toISOString(), instance: { id: "i-0123456789abcdef0" } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "TerminateInstances") return {};
+      throw new Error(name);
+    });
+    expect(await terminateRun(clients, ctxFor(CE), run)).toEqual(["i-0123456789abcdef0"]);
+    expect(calls.find((c) => c.name === "TerminateInstances")?.input).toEqual({ InstanceIds: ["i-0123456789abcdef0"] });
+  });
+
+  it("a machine launched moments ago that EC2 answers 'not found' for is tried again (Retryable), not counted as gone", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date().toISOString(), instance: { id: "i-0123456789abcdef0" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "TerminateInstances") throw new AwsError("InvalidInstanceID.NotFound", "The instance ID 'i-0123456789abcdef0' does not exist");
+      throw new Error(name);
+    });
+    await expect(terminateRun(clients, ctxFor(CE), run)).rejects.toMatchObject({ kind: "Retryable", reason: "InstanceNotVisibleYet" });
+  });
+
+  it("a recorded machine the search shows as terminated is not terminated again", async () => {
+    const base = sampleRun();
+    const inst = instanceFor(base, { State: { Name: "terminated", Code: 48 } });
+    const run = withStatus(base, { phase: "Running", launchedAt: new Date().toISOString(), instance: { id: inst.InstanceId! } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [inst] }] };
+      throw new Error(name);
+    });
+    expect(await terminateRun(clients, ctxFor(CE), run)).toEqual([]);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+  });
+});
+
+describe("outcome reading", () => {
+  it("Runs already ended (e.g. cancelled) cost no log or S3 look-up", async () => {
+    const runs = [0, 1, 2].map((i) => withStatus(sampleRun({ name: `c${i}`, uid: `00000000-0000-0000-0000-00000000000${i}` }), { phase: "Cancelled", instance: { id: "i-x" } }));
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: runs.map((r) => instanceFor(r, { State: { Name: "shutting-down", Code: 32 } })) }] };
+      throw new Error(name);
+    });
+    const out = await describeRuns(clients, ctxFor(CE), runs);
+    expect([...out.values()].map((d) => d?.state)).toEqual(["shutting-down", "shutting-down", "shutting-down"]);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+  });
+
+  it("a still-running machine is checked for an exit code only when the caller asks", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run)] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "done" }, { message: "VMFORGE_EXIT_CODE=0" }] };
+      throw new Error(name);
+    });
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!)?.exitCode).toBeUndefined();
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+    const d = (await describeRuns(clients, ctxFor(CE), [run], { probeRunning: () => true })).get(run.metadata.uid!);
+    expect(d).toMatchObject({ state: "running", exitCode: 0 });
+  });
+
+  it("a recorded machine EC2 no longer lists gets its outcome from the uploaded exit status", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date(Date.now() - 3 * 3600_000).toISOString(), instance: { id: "i-0aaaaaaaaaaaaaaaa" } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "GetLogEvents") throw new AwsError("ResourceNotFoundException", "The specified log stream does not exist.");
+      if (name === "GetObject") return { Body: { transformToString: async () => "3\n" } };
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d).toMatchObject({ instanceId: "i-0aaaaaaaaaaaaaaaa", state: "terminated", exitCode: 3 });
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "GetLogEvents", "GetObject"]);
+  });
+
+  it("...and from the log's exit line first", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date(Date.now() - 3 * 3600_000).toISOString(), instance: { id: "i-0aaaaaaaaaaaaaaaa" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "GetLogEvents") return { events: [{ message: "VMFORGE_EXIT_CODE=0" }] };
+      throw new Error(name);
+    });
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 0 });
+  });
+
+  it("a missing machine without any outcome stays undefined; one launched moments ago is not looked up", async () => {
+    const old = withStatus(sampleRun({ name: "old", uid: "00000000-0000-0000-0000-000000000001" }), { phase: "Running", launchedAt: new Date(Date.now() - 3 * 3600_000).toISOString(), instance: { id: "i-1" } });
+    const fresh = withStatus(sampleRun({ name: "fresh", uid: "00000000-0000-0000-0000-000000000002" }), { phase: "Launching", launchedAt: new Date().toISOString(), instance: { id: "i-2" } });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [] };
+      if (name === "GetLogEvents") throw new AwsError("ResourceNotFoundException", "no stream");
+      if (name === "GetObject") throw new AwsError("NoSuchKey", "no key", { httpStatusCode: 404 });
+      throw new Error(name);
+    });
+    const out = await describeRuns(clients, ctxFor(CE), [old, fresh]);
+    expect(out.get(old.metadata.uid!)).toBeUndefined();
+    expect(out.get(fresh.metadata.uid!)).toBeUndefined();
+    expect(calls.filter((c) => c.name === "GetLogEvents")).toHaveLength(1);
+  });
+
+  it("a Spot interruption is flagged as the cloud's doing", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") {
+        return { Reservations: [{ Instances: [instanceFor(run, { InstanceLifecycle: "spot", State: { Name: "terminated", Code: 48 }, StateReason: { Code: "Server.SpotInstanceTermination", Message: "Server.SpotInstanceTermination: Spot instance termination" } })] }] };
+      }
+      if (name === "GetLogEvents") return { events: [{ message: "VMFORGE_EXIT_CODE=143" }] };
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d).toMatchObject({ interrupted: true, exitCode: 143 });
+  });
+});
+
+// The UID filter stays the look-up for one Run (launch, terminate).
+it("the launch look-up filters on the Run's UID", async () => {
+  const run = sampleRun();
+  const { clients, calls } = fakeClients((name) => {
+    if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run)] }] };
+    throw new Error(name);
+  });
+  await launchRun(clients, ctxFor(CE), run);
+  expect(calls[0]?.input.Filters).toEqual([{ Name: `tag:${TAG_RUN_UID}`, Values: [run.metadata.uid] }]);
+});
