@@ -221,13 +221,13 @@ describe("AWS environment: defaults", () => {
     expect(seen).toEqual(obs);
     expect(sent.filter((n) => !n.startsWith("Describe") && n !== "GetRole")).toEqual([]);
 
-    // A second provision writes nothing: GetRole, and CreateInstanceProfile (answered
-    // EntityAlreadyExists) that would recreate a profile deleted by hand.
+    // A second provision (the drift check) only reads: GetRole; the role's marker tag vouches for
+    // the profile (there is no iam:GetInstanceProfile to look with).
     sent.length = 0;
     const again = await provider.provisionEnvironment(ctxOf(c));
     expect(again).toEqual(obs);
     const iamCalls = sent.filter((n) => !n.startsWith("Describe"));
-    expect(iamCalls).toEqual(["GetRole", "CreateInstanceProfile"]);
+    expect(iamCalls).toEqual(["GetRole"]);
     expect((await admin.iam.send(new ListRolePoliciesCommand({ RoleName: roleName }))).PolicyNames).toEqual([INLINE_POLICY_NAME]);
 
     await provider.disposeEnvironment(ctxOf(c));
@@ -393,7 +393,8 @@ describe("AWS environment: invalid input is reported precisely", () => {
   it("a Secret without a key is InvalidCredentials naming the Secret and the key, never a value", async () => {
     const provider = newProvider();
     const c = ce();
-    const bad: ResolvedCredentials = { source: "secret", secretName: "aws-creds", data: { accessKeyId: "AKIASECRETVALUE123" } };
+    // As resolveCredentials gives it: "namespace/name", named once in the message.
+    const bad: ResolvedCredentials = { source: "secret", secretName: `${c.metadata.namespace}/aws-creds`, data: { accessKeyId: "AKIASECRETVALUE123" } };
     const err = await expectCloudError(provider.provisionEnvironment(ctxOf(c, bad)), "Terminal", "InvalidCredentials");
     expect(err.message).toBe(`Secret ${c.metadata.namespace}/aws-creds has no key "secretAccessKey" (or it is empty)`);
     expect(err.message).not.toContain("AKIASECRETVALUE123");

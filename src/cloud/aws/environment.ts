@@ -5,7 +5,7 @@
 import type { CloudResourceRef, ComputeEnvironment, ComputeEnvironmentStatus } from "../../api/types.js";
 import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
 import type { AwsClients } from "./clients.js";
-import { disposeIam, ensureIam, observeIam, parseIamArn, roleNameFor, type CeIdentity, type IamDesired, type IamState } from "./iam.js";
+import { disposeIam, ensureIam, observeIam, parseIamArn, roleNameFor, type CeIdentity, type EnsureIamOptions, type IamDesired, type IamState } from "./iam.js";
 import { platformTokenReadStatement } from "./launcher.js";
 import { validateAwsSpec, type ValidatedAwsSpec } from "./validate.js";
 
@@ -94,12 +94,12 @@ export async function observeAwsEnvironment(clients: AwsClients, ctx: EnvContext
 }
 
 /** Validates, then creates / adopts / updates the role and profile. Idempotent. */
-export async function provisionAwsEnvironment(clients: AwsClients, ctx: EnvContext): Promise<EnvObservation> {
+export async function provisionAwsEnvironment(clients: AwsClients, ctx: EnvContext, opts: EnsureIamOptions = {}): Promise<EnvObservation> {
   const v = await validateAwsSpec(clients, ctx.ce.spec.aws);
   logNotes(ctx, v);
   // Validation only read; from here on IAM may be written (a bring-your-own profile writes nothing).
   if (v.instanceProfileArn === undefined) await ctx.beforeCloudWrite?.();
-  const iam = v.instanceProfileArn === undefined ? await ensureIam(clients, desiredIam(ctx.ce, v), ctx.logger) : undefined;
+  const iam = v.instanceProfileArn === undefined ? await ensureIam(clients, desiredIam(ctx.ce, v), ctx.logger, opts) : undefined;
   return observation(ctx.ce, v, iam);
 }
 

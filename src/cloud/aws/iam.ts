@@ -330,7 +330,16 @@ export async function observeIam(clients: AwsClients, d: IamDesired): Promise<Ia
 }
 
 /** Creates or adopts the role and profile and brings them to the wanted state. Idempotent. */
-export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logger): Promise<IamState> {
+export interface EnsureIamOptions {
+  /**
+   * The profile may be gone although the role's marker tag says it was made (e.g. EC2 kept
+   * refusing it at launch): create it again. Otherwise a marked profile is trusted, so a drift
+   * check that finds nothing changed only reads (there is no iam:GetInstanceProfile to look with).
+   */
+  profileSuspect?: boolean;
+}
+
+export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logger, opts: EnsureIamOptions = {}): Promise<IamState> {
   const iam = clients.iam;
   let role = await getRole(clients, d.roleName);
   if (!role) {
@@ -373,22 +382,26 @@ export async function ensureIam(clients: AwsClients, d: IamDesired, logger: Logg
     logger.info({ role: d.roleName }, "applied the role's inline policy");
   }
 
-  // The profile cannot be read (no iam:GetInstanceProfile); both steps are safe to repeat.
+  // The profile cannot be read (no iam:GetInstanceProfile); both steps are safe to repeat, but a
+  // profile the role's marker tag vouches for is not written to again unless it is suspect.
   const profileTags = toTagList(baseTags(d));
   let createdProfile = false;
-  try {
-    await awsCall("iam:CreateInstanceProfile", () =>
-      iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: d.roleName, Tags: profileTags })),
-    );
-    createdProfile = true;
-    logger.info({ profile: d.roleName }, "created IAM instance profile");
-  } catch (err) {
-    if (!hasAwsCode(err, "EntityAlreadyExists")) throw err;
+  const trusted = f.tags[TAG_PROFILE] === d.roleName && opts.profileSuspect !== true;
+  if (!trusted) {
+    try {
+      await awsCall("iam:CreateInstanceProfile", () =>
+        iam.send(new CreateInstanceProfileCommand({ InstanceProfileName: d.roleName, Tags: profileTags })),
+      );
+      createdProfile = true;
+      logger.info({ profile: d.roleName }, "created IAM instance profile");
+    } catch (err) {
+      if (!hasAwsCode(err, "EntityAlreadyExists")) throw err;
+    }
   }
   // A profile that existed already and that the marker tag says holds our role needs nothing more.
   // (The SDK retries IAM's LimitExceededException like throttling, so an unneeded
   // AddRoleToInstanceProfile would cost three attempts with back-off each time.)
-  if (createdProfile || f.tags[TAG_PROFILE] !== d.roleName) {
+  if (createdProfile || f.tags[TAG_PROFILE] !== d.roleName || opts.profileSuspect === true) {
     try {
       await awsCall("iam:AddRoleToInstanceProfile", () =>
         iam.send(new AddRoleToInstanceProfileCommand({ InstanceProfileName: d.roleName, RoleName: d.roleName })),

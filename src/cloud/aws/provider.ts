@@ -41,6 +41,8 @@ export class AwsProvider implements CloudProvider {
   readonly announcesCloudWrites = true;
   readonly clients: AwsClientCache;
   private readonly opts: AwsProviderOptions;
+  /** CE UIDs whose instance profile EC2 kept refusing at launch (may have been deleted by hand). */
+  private readonly suspectProfiles = new Set<string>();
   /** Run UID -> when its still-running machine was last checked for an exit code. */
   private readonly probedAt = new Map<string, number>();
 
@@ -71,7 +73,11 @@ export class AwsProvider implements CloudProvider {
   }
 
   async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
-    return provisionAwsEnvironment(this.clientsFor(ctx), ctx);
+    const uid = ctx.ce.metadata.uid ?? "";
+    const profileSuspect = this.suspectProfiles.has(uid);
+    const obs = await provisionAwsEnvironment(this.clientsFor(ctx), ctx, { profileSuspect });
+    if (profileSuspect) this.suspectProfiles.delete(uid);
+    return obs;
   }
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
@@ -80,7 +86,13 @@ export class AwsProvider implements CloudProvider {
 
   async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
     // The token only reaches user data when the CE opted in (launcher.ts decides; never logged).
-    return launchRun(this.clientsFor(ctx), ctx, run, ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {});
+    try {
+      return await launchRun(this.clientsFor(ctx), ctx, run, ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {});
+    } catch (e) {
+      // EC2 kept refusing the CE's profile: the next provisioning creates it again if it is gone.
+      if (e instanceof CloudError && e.reason === "InstanceProfileNotPropagated") this.suspectProfiles.add(ctx.ce.metadata.uid ?? "");
+      throw e;
+    }
   }
 
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
