@@ -133,6 +133,27 @@ describe("Azure emulator: Entra ID", () => {
       expect(claims(t.token).appid).toBe(p.clientId);
     });
 
+    it("accepts the token for a user-assigned identity with a federated identity credential (created through ARM)", async () => {
+      const info = await azureInfo();
+      const admin = await azureTestCredential();
+      const rm = new ResourceManagementClient(admin, info.subscriptionId, azureClientOptions());
+      await rm.resourceGroups.createOrUpdate("wi-rg", { location: "eastus" });
+      const msi = new ManagedServiceIdentityClient(admin, info.subscriptionId, azureClientOptions());
+      const ident = await msi.userAssignedIdentities.createOrUpdate("wi-rg", "operator-identity", { location: "eastus" });
+      await msi.federatedIdentityCredentials.createOrUpdate("wi-rg", "operator-identity", "operator-sa", {
+        issuer,
+        subject: `system:serviceaccount:${ns}:operator`,
+        audiences: ["api://AzureADTokenExchange"],
+      });
+      const cred = new WorkloadIdentityCredential({ tenantId: info.tenantId, clientId: ident.clientId!, tokenFilePath: tokenFile(saToken), ...azureCredentialOptions() });
+      const t = await cred.getToken(ARM);
+      expect(claims(t.token).oid).toBe(ident.principalId);
+      // removing the credential removes the trust
+      await msi.federatedIdentityCredentials.delete("wi-rg", "operator-identity", "operator-sa");
+      const again = new WorkloadIdentityCredential({ tenantId: info.tenantId, clientId: ident.clientId!, tokenFilePath: tokenFile(saToken), ...azureCredentialOptions() });
+      await expect(again.getToken(ARM)).rejects.toThrow(/AADSTS700211/);
+    });
+
     it("refuses a token whose subject has no federated credential (AADSTS700213)", async () => {
       const info = await azureInfo();
       const p = await azureControl().createPrincipal({

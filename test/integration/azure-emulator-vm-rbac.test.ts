@@ -281,4 +281,18 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     const writes = (await ctl.requests(before)).value.filter((e) => e.resourceType === "Microsoft.Network/networkInterfaces");
     expect(writes.map((e) => e.status)).toEqual([503, 200]);
   });
+
+  it("percentage faults fail a deterministic share of matching calls; the SDK's retries absorb them", async () => {
+    const ctl = azureControl();
+    await ctl.clearFaults();
+    const fault = await ctl.addFault({ operation: "Microsoft.ManagedIdentity/userAssignedIdentities/read", status: 500, percentage: 30 });
+    const fast = new ManagedServiceIdentityClient(admin, sub, { ...azureClientOptions(), retryOptions: { retryDelayInMs: 5, maxRetryDelayInMs: 20 } });
+    const { lastSeq } = await ctl.clearRequests();
+    for (let i = 0; i < 20; i++) expect((await fast.userAssignedIdentities.get("rg-vm", "run-identity")).clientId).toBe(identity.clientId);
+    const statuses = (await ctl.requests(lastSeq)).value.filter((e) => e.operation === "Microsoft.ManagedIdentity/userAssignedIdentities/read").map((e) => e.status);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(20);
+    expect(statuses.filter((s) => s === 500).length).toBeGreaterThan(0);
+    expect(fault.id).toMatch(/^[0-9a-f-]{36}$/);
+    await ctl.clearFaults();
+  });
 });
