@@ -65,7 +65,7 @@ import {
   TAG_NAMESPACE,
   roleNameFor,
 } from "../../src/cloud/aws/iam.js";
-import { renderOperatorPolicy, type PolicyDocument } from "../../src/cloud/aws/policy.js";
+import type { PolicyDocument } from "../../src/cloud/aws/policy.js";
 import { CloudError } from "../../src/cloud/provider.js";
 import type { CloudProvider, EnvContext, EnvObservation } from "../../src/cloud/provider.js";
 import { FINALIZER, SECRET_IN_USE_FINALIZER, SECRET_LABEL, SecretResource } from "../../src/controllers/shared.js";
@@ -73,7 +73,10 @@ import type { SecretObject } from "../../src/controllers/shared.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { awsTestConfig, freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
+import { StrictAwsControl } from "../harness/aws-strict/client.js";
+import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js";
 import { startMoto, type Moto } from "../harness/moto.js";
+import { awsSeedPath, seedPolicy } from "../harness/seed-policy.js";
 
 const REGION = "eu-west-1";
 const WORK_DIR = "s3://vmforge-ce-op-work/runs";
@@ -577,17 +580,18 @@ describe("AWS ComputeEnvironment through the operator (shared moto)", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// A private moto that enforces IAM policies (see aws-least-privilege.test.ts for what moto 5.2.5
-// checks: actions always; resources only for existing roles and S3; the operator policy is used
-// with its IAM resources widened to "*" for that reason).
+// A private moto behind a private strict AWS layer that evaluates IAM as AWS does (resource ARNs,
+// PassRole, tag-on-create; test/harness/README.md); the operator's users hold exactly the seed's
+// policy, read from the product document (test/harness/seed-policy.ts).
 
-describe("AWS ComputeEnvironment through the operator (moto enforcing IAM policies)", () => {
+describe("AWS ComputeEnvironment through the operator (IAM enforced as AWS does, the seed's exact policy)", () => {
   let moto: Moto;
   let auditor: IAMClient;
   let ns2: string;
   let op2: RunningOperator | undefined;
   type Keys = { accessKeyId: string; secretAccessKey: string };
-  const users: Record<"first" | "second" | "exact", Keys & { user: string }> = {} as never;
+  const users: Record<"first" | "second" | "exact" | "noTagProfile", Keys & { user: string }> = {} as never;
+  let layer: StrictAws;
 
   async function makeUser(admin: IAMClient, name: string, policy: PolicyDocument): Promise<Keys & { user: string }> {
     await admin.send(new CreateUserCommand({ UserName: name }));
@@ -598,30 +602,37 @@ describe("AWS ComputeEnvironment through the operator (moto enforcing IAM polici
   }
 
   beforeAll(async () => {
+    const seed = awsSeedPath();
+    if (!seed) throw new Error("seed 002 (the AWS Cloud document) not found; set VMFORGE_SEEDS_DIR to the folder of the product documents");
     moto = await startMoto();
-    const admin = new IAMClient({ region: REGION, endpoint: moto.endpoint, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
-    const operatorPolicy = renderOperatorPolicy({ iamResourceWildcard: true });
+    layer = await startStrictAws({ upstream: moto.endpoint });
+    // Users are made through the layer, which learns their keys from the CreateAccessKey answers.
+    const admin = new IAMClient({ region: REGION, endpoint: layer.endpoint, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
+    const [, bucket, prefix] = /^s3:\/\/([^/]+)\/(.+)$/.exec(WORK_DIR)!;
+    const phases = ["create", "validate", "launch", "delete", "read"] as const;
+    const operatorPolicy = seedPolicy(seed, { phases: [...phases], bucket: bucket!, workDirPrefix: prefix! }) as PolicyDocument;
     let auditorKeys: Keys;
     try {
       users.first = await makeUser(admin, "operator-first", operatorPolicy);
       users.second = await makeUser(admin, "operator-second", operatorPolicy);
       users.exact = await makeUser(admin, "operator-exact", operatorPolicy);
+      users.noTagProfile = await makeUser(admin, "operator-no-tag-profile", seedPolicy(seed, { phases: [...phases], bucket: bucket!, workDirPrefix: prefix!, without: "iam:TagInstanceProfile" }) as PolicyDocument);
       auditorKeys = await makeUser(admin, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     } finally {
       admin.destroy();
     }
-    // From here on moto checks every request's signature and policies.
-    const res = await fetch(new URL("/moto-api/reset-auth", moto.endpoint), { method: "POST", body: "0" });
-    expect(res.status).toBe(200);
-    auditor = new IAMClient({ region: REGION, endpoint: moto.endpoint, credentials: auditorKeys });
+    // From here on every request's signature and the caller's policies are checked.
+    await new StrictAwsControl(layer.endpoint).configure({ iam: { enforce: true, rootAccessKeys: [] } });
+    auditor = new IAMClient({ region: REGION, endpoint: layer.endpoint, credentials: auditorKeys });
 
     ns2 = await freshNamespace(client, "aws-ce-op-auth");
-    op2 = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: moto.endpoint })]]), { namespaces: [ns2], pollIntervalMs: 1_000 });
+    op2 = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint })]]), { namespaces: [ns2], pollIntervalMs: 1_000 });
   });
 
   afterAll(async () => {
     await op2?.stop();
     auditor?.destroy();
+    await layer?.stop();
     await moto?.stop();
   });
 
@@ -668,5 +679,13 @@ describe("AWS ComputeEnvironment through the operator (moto enforcing IAM polici
     await deleteCe("least", ns2);
     expect(await roleOf(roleName, auditor)).toBeUndefined();
     expect(await profileOf(roleName, auditor)).toBeUndefined();
+  });
+
+  it("least privilege: a policy missing one action of the seed stalls the CE with a condition naming it", async () => {
+    await createSecret("no-tag-profile", ns2, { accessKeyId: users.noTagProfile.accessKeyId, secretAccessKey: users.noTagProfile.secretAccessKey });
+    await createCe("missing", {}, { namespace: ns2, secret: "no-tag-profile" });
+    const s = await stalled("missing", ns2);
+    expect(s.reason).toBe("AccessDenied");
+    expect(s.message).toContain("iam:TagInstanceProfile");
   });
 });

@@ -376,6 +376,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
         const secret = textOf(key, "SecretAccessKey");
         if (akid && secret) identities.set(akid, { secret, name: user, kind: "user", account: DEFAULT_ACCOUNT, arn: `arn:aws:iam::${DEFAULT_ACCOUNT}:user/${user}` });
       }
+      if (req.operation === "DeleteAccessKey") identities.delete(req.params.get("AccessKeyId") ?? "");
       if (req.operation === "CreateInstanceProfile" || req.operation === "AddRoleToInstanceProfile") {
         const name = req.params.get("InstanceProfileName");
         if (name) profiles.set(name, { changedAt: Date.now(), rejectionsLeft: config.consistency.newProfileRejections });
@@ -461,7 +462,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       return ans;
     };
     if (!config.idempotency || !token) return launch();
-    const key = `${req.accessKeyId ?? ""}|${req.region}|${token}`;
+    // EC2 scopes tokens to the account and region (not to the access key).
+    const account = identities.get(req.accessKeyId ?? "")?.account ?? DEFAULT_ACCOUNT;
+    const key = `${account}|${req.region}|${token}`;
     const fingerprint = [...req.params.entries()]
       .filter(([k]) => k !== "Action" && k !== "Version" && k !== "ClientToken")
       .map(([k, v]) => `${k}=${v}`)
