@@ -1,26 +1,25 @@
 /**
- * Issue 12's AWS points through the operator, on the real kube-apiserver and moto. The stricter
- * behaviours AWS has and moto lacks are put in front of the real provider with SDK middleware:
- * `Unsupported` per subnet, and DescribeInstances not showing instances (eventual consistency for
- * a new one, and AWS forgetting a terminated one).
+ * Issue 12's AWS points through the operator, on the real kube-apiserver and moto behind the strict
+ * AWS layer (test/harness/aws-strict): EC2's ClientToken rules, new instances missing from
+ * tag-filtered DescribeInstances, terminated instances forgotten, `Unsupported` per zone.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DescribeInstancesCommand, EC2Client } from "@aws-sdk/client-ec2";
-import type { DescribeInstancesCommandOutput, Instance } from "@aws-sdk/client-ec2";
+import { DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
+import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import type { EnvContext, RunDescription } from "../../src/cloud/provider.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
-import { awsClients } from "../../src/cloud/aws/clients.js";
-import type { AwsClientOptions } from "../../src/cloud/aws/clients.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
+import { createLogger } from "../../src/engine/logger.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
-import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
+import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset, strictAws } from "../harness/helpers.js";
 
 const REGION = "eu-west-1";
 const BUCKET = "vmforge-aws-run-fixes";
@@ -28,66 +27,43 @@ let client: KubeClient;
 let ns: string;
 let op: RunningOperator;
 
-/** What the middleware does, switched per test. */
-const strict = {
-  /** RunInstances in these subnets answers Unsupported. */
-  unsupportedSubnets: new Set<string>(),
-  /** RunInstances of these types answers Unsupported everywhere. */
-  unsupportedTypes: new Set<string>(),
-  /** New instances are not shown by DescribeInstances while set. */
-  hideNew: false,
-  /** Instances DescribeInstances does not show. */
-  hidden: new Set<string>(),
-};
-const counts = new Map<string, number>();
-const count = (name: string) => counts.get(name) ?? 0;
+const layer = strictAws();
 
-function awsError(name: string, message: string): Error {
-  return Object.assign(new Error(message), { name, Code: name, $fault: "client", $metadata: { httpStatusCode: 400 } });
+/** The real provider; a Run whose machine is gone from EC2's list is looked up at once (not after 60 s). */
+class TestProvider extends AwsProvider {
+  /** When set, the next launch "crashes" right after RunInstances answered (before the status write). */
+  crashAfterLaunch = false;
+  constructor() {
+    super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0 });
+  }
+  override async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+    const d = await super.launchRun(ctx, run);
+    if (this.crashAfterLaunch) {
+      this.crashAfterLaunch = false;
+      throw new Error("operator killed right after RunInstances");
+    }
+    return d;
+  }
+}
+let provider: TestProvider;
+const quietLogger = createLogger({ level: "silent" });
+
+/** The Availability Zone of each subnet, in the same order. */
+async function subnetZones(subnets: string[]): Promise<string[]> {
+  const out = await new EC2Client(aws()).send(new DescribeSubnetsCommand({ SubnetIds: subnets }));
+  return subnets.map((id) => out.Subnets?.find((x) => x.SubnetId === id)?.AvailabilityZone ?? "");
 }
 
-function strictProvider(): AwsProvider {
-  return new AwsProvider({
-    endpoint: motoEndpoint(),
-    missingProbeAfterMs: 0,
-    clientFactory: (o: AwsClientOptions) => {
-      const c = awsClients(o);
-      for (const sdk of [c.ec2, c.logs, c.s3, c.iam]) {
-        (sdk as { middlewareStack: typeof c.ec2.middlewareStack }).middlewareStack.add((next, context) => async (args) => {
-          const name = (context.commandName ?? "").replace(/Command$/, "");
-          counts.set(name, count(name) + 1);
-          return next(args);
-        }, { step: "initialize", name: "countCalls" });
-      }
-      c.ec2.middlewareStack.add((next, context) => async (args) => {
-        const input = args.input as { SubnetId?: string; InstanceType?: string };
-        if (context.commandName === "RunInstancesCommand") {
-          if (strict.unsupportedTypes.has(input.InstanceType ?? "") || strict.unsupportedSubnets.has(input.SubnetId ?? "")) {
-            throw awsError("Unsupported", `Your requested instance type (${input.InstanceType}) is not supported in your requested Availability Zone.`);
-          }
-          const out = await next(args);
-          if (strict.hideNew) for (const i of (out.output as { Instances?: Instance[] }).Instances ?? []) if (i.InstanceId) strict.hidden.add(i.InstanceId);
-          return out;
-        }
-        if (context.commandName === "DescribeInstancesCommand") {
-          const out = await next(args);
-          const o = out.output as DescribeInstancesCommandOutput;
-          for (const r of o.Reservations ?? []) r.Instances = (r.Instances ?? []).filter((i) => !strict.hidden.has(i.InstanceId ?? ""));
-          o.Reservations = (o.Reservations ?? []).filter((r) => (r.Instances ?? []).length > 0);
-          return out;
-        }
-        return next(args);
-      }, { step: "initialize", name: "strictEc2" });
-      return c;
-    },
-  });
+async function calls(action: string): Promise<number> {
+  return (await layer.stats()).calls[action] ?? 0;
 }
 
 const aws = () => ({ endpoint: motoEndpoint(), region: REGION, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
 
+/** Every instance of a Run, read without a tag filter (the layer hides new instances only from tag-filtered reads). */
 async function instancesOf(runUid: string): Promise<Instance[]> {
-  const out = await new EC2Client(aws()).send(new DescribeInstancesCommand({ Filters: [{ Name: "tag:vmforge.dev/run-uid", Values: [runUid] }] }));
-  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []);
+  const out = await new EC2Client(aws()).send(new DescribeInstancesCommand({}));
+  return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).filter((i) => i.Tags?.some((t) => t.Key === "vmforge.dev/run-uid" && t.Value === runUid));
 }
 
 type Cond = { type: string; status: string; reason: string; message: string };
@@ -132,32 +108,55 @@ beforeAll(async () => {
   for (const [name, data] of [["aws", { accessKeyId: "testing", secretAccessKey: "testing" }], ["aws-nokey", { accessKeyId: "testing" }]] as const) {
     await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name, namespace: ns }, stringData: data } as SecretObject);
   }
-  op = await startOperator(kubeconfigPath(), new Map([["aws", strictProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  provider = new TestProvider();
+  op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 });
 
 afterAll(async () => {
   await op?.stop();
+  await layer.reset();
 });
 
-describe("launch across Availability Zones", () => {
-  it("Unsupported in some subnets: launched in another one, once", async () => {
+describe("launch", () => {
+  it("ClientToken is the idempotency story: a crash after RunInstances, the new instance not listed yet, still one instance", async () => {
+    await readyCe("token");
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: 120_000 } });
+    try {
+      const before = await calls("ec2:RunInstances");
+      provider.crashAfterLaunch = true;
+      await run("token", "token");
+      const r = await waitFor("instance recorded", async () => {
+        const x = await getRun("token");
+        return x?.status?.instance?.id ? x : undefined;
+      }, 30_000, 200);
+      expect(await calls("ec2:RunInstances")).toBe(before + 2); // the first launch, then the repeat after the "crash"
+      const insts = await instancesOf(r.metadata.uid ?? "");
+      expect(insts.map((i) => i.InstanceId)).toEqual([r.status?.instance?.id]);
+    } finally {
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+    }
+  });
+
+  it("Unsupported in some zones: launched in a subnet of another zone, once", async () => {
     const c = await readyCe("zones");
     const subnets = c.status?.aws?.subnetIds ?? [];
     expect(subnets.length).toBeGreaterThan(1);
-    for (const s of subnets.slice(1)) strict.unsupportedSubnets.add(s);
+    const zones = await subnetZones(subnets);
+    const open = zones[0] as string;
+    await layer.configure({ capacity: zones.slice(1).map((z) => ({ availabilityZone: z, instanceType: "m6i.large", error: "Unsupported" as const })) });
     try {
       await run("zoned", "zones");
       const r = await phase("zoned", "Running");
       const insts = await instancesOf(r.metadata.uid ?? "");
       expect(insts).toHaveLength(1);
-      expect(insts[0]?.SubnetId).toBe(subnets[0]);
+      expect(insts[0]?.Placement?.AvailabilityZone).toBe(open);
     } finally {
-      strict.unsupportedSubnets.clear();
+      await layer.configure({ capacity: [] });
     }
   });
 
   it("a type offered in no zone of the CE fails the Run at once, with the reason", async () => {
-    strict.unsupportedTypes.add("c6i.large");
+    await layer.configure({ capacity: [{ availabilityZone: "*", instanceType: "c6i.large", error: "Unsupported" }] });
     try {
       await readyCe("nowhere", { instanceType: "c6i.large" });
       await run("nowhere", "nowhere");
@@ -167,7 +166,7 @@ describe("launch across Availability Zones", () => {
       expect(cond(r, "Stalled")).toMatchObject({ status: "True", reason: "InstanceTypeUnavailable" });
       expect(await instancesOf(r.metadata.uid ?? "")).toHaveLength(0);
     } finally {
-      strict.unsupportedTypes.clear();
+      await layer.configure({ capacity: [] });
     }
   });
 });
@@ -175,7 +174,7 @@ describe("launch across Availability Zones", () => {
 describe("termination and outcome when DescribeInstances does not show the machine", () => {
   it("a Run deleted seconds after launch leaves nothing behind, although its new instance is not listed yet", async () => {
     await readyCe("fresh");
-    strict.hideNew = true;
+    await layer.configure({ consistency: { newInstanceHiddenMs: 120_000 } });
     try {
       await run("fresh", "fresh");
       const r = await waitFor("instance recorded", async () => {
@@ -188,20 +187,29 @@ describe("termination and outcome when DescribeInstances does not show the machi
       expect(insts).toHaveLength(1);
       expect(insts[0]?.State?.Name).toBe("terminated");
     } finally {
-      strict.hideNew = false;
+      await layer.configure({ consistency: { newInstanceHiddenMs: 0 } });
     }
   });
 
-  it("an instance AWS no longer lists: the outcome comes from the uploaded exit status, not 'lost'", async () => {
+  it("after an outage, an instance AWS no longer lists gets its outcome from the uploaded exit status, not 'lost'", async () => {
     const c = await readyCe("outage");
     await run("outage", "outage");
     const r = await phase("outage", "Running");
+    // The operator is down; meanwhile the pipeline ends, uploads its exit status, the machine
+    // terminates and AWS forgets it.
+    await op.stop();
     const uri = runArtifactsUri(c, r);
-    const key = `${uri.replace(`s3://${BUCKET}/`, "")}/exit-status`;
-    await new S3Client({ ...aws(), forcePathStyle: true }).send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: "0\n" }));
-    for (const i of await instancesOf(r.metadata.uid ?? "")) strict.hidden.add(i.InstanceId ?? "");
-    const done = await phase("outage", "Succeeded", 30_000);
-    expect(done.status?.exitCode).toBe(0);
+    await new S3Client({ ...aws(), forcePathStyle: true }).send(new PutObjectCommand({ Bucket: BUCKET, Key: `${uri.replace(`s3://${BUCKET}/`, "")}/exit-status`, Body: "0\n" }));
+    await new EC2Client(aws()).send(new TerminateInstancesCommand({ InstanceIds: [r.status?.instance?.id ?? ""] }));
+    await layer.configure({ consistency: { terminatedVisibleMs: 0 } });
+    try {
+      expect(await instancesOf(r.metadata.uid ?? "")).toHaveLength(0);
+      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const done = await phase("outage", "Succeeded", 30_000);
+      expect(done.status?.exitCode).toBe(0);
+    } finally {
+      await layer.configure({ consistency: { terminatedVisibleMs: null } });
+    }
   });
 });
 
@@ -228,15 +236,24 @@ describe("ComputeEnvironment deletion", () => {
     for (let i = 0; i < 8; i++) uids.push((await phase(`bulk-${i}`, "Running")).metadata.uid ?? "");
     // Older than the window in which a new instance may not show in the CE's search (4 polls).
     await new Promise((r) => setTimeout(r, 5_000));
-    const terminates = count("TerminateInstances");
-    const logs = count("GetLogEvents");
-    const gets = count("GetObject");
+    const terminates = await calls("ec2:TerminateInstances");
+    const logs = await calls("logs:GetLogEvents");
+    const gets = await calls("s3:GetObject");
     await client.delete(ComputeEnvironmentResource, ns, "bulk");
     await waitFor("CE bulk gone", async () => (await getCe("bulk")) === undefined, 90_000, 500);
     for (let i = 0; i < 8; i++) expect((await getRun(`bulk-${i}`))?.status?.phase).toBe("Cancelled");
     for (const uid of uids) expect((await instancesOf(uid)).map((x) => x.State?.Name)).toEqual(["terminated"]);
-    expect(count("TerminateInstances") - terminates).toBeLessThanOrEqual(2);
-    expect(count("GetLogEvents") - logs).toBe(0);
-    expect(count("GetObject") - gets).toBe(0);
+    expect((await calls("ec2:TerminateInstances")) - terminates).toBeLessThanOrEqual(2);
+    expect((await calls("logs:GetLogEvents")) - logs).toBe(0);
+    expect((await calls("s3:GetObject")) - gets).toBe(0);
+  });
+
+  it("the drift check only reads when nothing drifted: no CreateInstanceProfile", async () => {
+    const c = await readyCe("drift");
+    const before = await calls("iam:CreateInstanceProfile");
+    const gets = await calls("iam:GetRole");
+    await provider.provisionEnvironment({ ce: c, credentials: { source: "secret", secretName: `${ns}/aws`, data: { accessKeyId: "testing", secretAccessKey: "testing" } }, logger: quietLogger });
+    expect(await calls("iam:GetRole")).toBeGreaterThan(gets);
+    expect(await calls("iam:CreateInstanceProfile")).toBe(before);
   });
 });
