@@ -230,7 +230,8 @@ describe("AWS Runs through the operator", () => {
     // Steady state: count calls over several poll intervals.
     const start = describeCalls;
     const polls = op.operator.tracker.pollCount;
-    await new Promise((r) => setTimeout(r, 5_000));
+    // Wait for at least three polls whatever the machine's load (no fixed sleep).
+    await waitFor("three polls", async () => op.operator.tracker.pollCount - polls >= 3, 60_000, 200);
     const calls = describeCalls - start;
     const pollsDone = op.operator.tracker.pollCount - polls;
     expect(pollsDone).toBeGreaterThanOrEqual(3);
