@@ -12,6 +12,7 @@ import { AzureProvider } from "./cloud/azure/provider.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
 import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
+import { registerOperatorMetrics } from "./metrics.js";
 
 /** Runs the operator until a signal (or lost leadership) ends the process. */
 export async function runOperator(providers: ReadonlyMap<string, CloudProvider>, env: NodeJS.ProcessEnv = process.env): Promise<void> {
@@ -39,6 +40,7 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
     logger.warn({ err: e }, "could not read the API server's version");
   }
   const operator = new Operator({ client, providers, config, logger, metrics });
+  registerOperatorMetrics(metrics.registry, { ces: () => operator.ces.list(), runs: () => operator.runs.list() });
   const health = await startHealthServer({
     address: config.metricsAddress, metrics, logger,
     ready: () => operator.isReady(), live: () => true,

@@ -17,6 +17,9 @@ import { installCrds, startOperator, waitFor, type RunningOperator } from "../su
 import { argoHealth } from "../harness/argocd-lua.js";
 import { deleteNamespace, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import { EXPECTED, FIXTURES_DIR, fixtureOf, healthProjection, LUA } from "../support/status-fixtures.js";
+import { Registry } from "prom-client";
+import { registerOperatorMetrics } from "../../src/metrics.js";
+import { setCloudCallObserver } from "../../src/cloud/call-metrics.js";
 
 /** FakeCloud whose machines stay "pending" while their Run's name is held (to observe Launching). */
 class HoldingCloud extends FakeCloud {
@@ -173,5 +176,16 @@ describe("objects the operator writes, judged as Argo CD and Flux judge them", (
       if (JSON.stringify(healthProjection(committed)) !== JSON.stringify(now)) stale.push(`${name}: ${JSON.stringify(healthProjection(committed))} -> ${JSON.stringify(now)}`);
     }
     expect(stale, "re-record: VMFORGE_WRITE_STATUS_FIXTURES=1 vitest run --project integration test/integration/gitops-health.test.ts").toEqual([]);
+  });
+
+  it("the operator's metrics read the same objects from its caches", async () => {
+    const registry = new Registry();
+    registerOperatorMetrics(registry, { ces: () => op!.operator.ces.list(), runs: () => op!.operator.runs.list() });
+    setCloudCallObserver(undefined);
+    const text = await registry.metrics();
+    // busy is Stalled on InvalidSpec; main was deleted; ok Succeeded, bad Failed, stop Cancelled, waiting Pending.
+    expect(text).toContain(`vmforge_computeenvironment_stalled{namespace="${ns}",name="busy",provider="aws",reason="InvalidSpec"} 1`);
+    expect(text).toContain(`vmforge_computeenvironment_ready{namespace="${ns}",name="busy",provider="aws"} 0`);
+    for (const phase of ["Succeeded", "Failed", "Cancelled", "Pending"]) expect(text).toContain(`vmforge_runs{namespace="${ns}",phase="${phase}"} 1`);
   });
 });

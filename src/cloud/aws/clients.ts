@@ -9,6 +9,7 @@ import { IAMClient } from "@aws-sdk/client-iam";
 import { S3Client } from "@aws-sdk/client-s3";
 import { STSClient } from "@aws-sdk/client-sts";
 import { CloudError, type ResolvedCredentials } from "../provider.js";
+import { errorOutcome, observeCloudCall } from "../call-metrics.js";
 import { credentialProvider, credentialsFingerprint, type AwsCredentialsConfig } from "./credentials.js";
 
 /** Environment variable that points every AWS client at another endpoint (moto in tests and the sandbox). */
@@ -53,6 +54,29 @@ export function endpointFromEnv(env: NodeJS.ProcessEnv = process.env): string | 
 export function proxyAwareAgent(env: NodeJS.ProcessEnv = process.env): { keepAlive: boolean; maxSockets: number; proxyEnv?: NodeJS.ProcessEnv } {
   return { keepAlive: true, maxSockets: 50, ...(env.NODE_USE_ENV_PROXY === "1" ? { proxyEnv: env } : {}) };
 }
+
+/**
+ * Reports every call (after the SDK's own retries) to the cloud call metrics: service from the
+ * client's name (EC2Client -> EC2), operation from the command's (DescribeInstancesCommand ->
+ * DescribeInstances), outcome success, throttled or error, and the time it took.
+ */
+const CALL_METRICS = { step: "initialize", name: "vmforgeCallMetrics" } as const;
+const callMetrics = <I, O>(
+  next: (args: I) => Promise<O>,
+  context: { clientName?: string; commandName?: string },
+) => async (args: I): Promise<O> => {
+  const started = performance.now();
+  const service = (context.clientName ?? "").replace(/Client$/, "");
+  const operation = (context.commandName ?? "").replace(/Command$/, "");
+  try {
+    const out = await next(args);
+    observeCloudCall({ provider: "aws", service, operation, outcome: "success", seconds: (performance.now() - started) / 1000 });
+    return out;
+  } catch (e) {
+    observeCloudCall({ provider: "aws", service, operation, outcome: errorOutcome(e), seconds: (performance.now() - started) / 1000 });
+    throw e;
+  }
+};
 
 /** Marks errors thrown while obtaining credentials, so they map to InvalidCredentials. */
 const CREDENTIAL_STAGE = Symbol.for("vmforge.aws.credentialStage");
@@ -106,6 +130,11 @@ export function awsClients(opts: AwsClientOptions): AwsClients {
   const logs = new CloudWatchLogsClient(common);
   const s3 = new S3Client({ ...common, ...(endpoint !== undefined ? { forcePathStyle: true } : {}) });
   const sts = new STSClient(common);
+  ec2.middlewareStack.add(callMetrics, CALL_METRICS);
+  iam.middlewareStack.add(callMetrics, CALL_METRICS);
+  logs.middlewareStack.add(callMetrics, CALL_METRICS);
+  s3.middlewareStack.add(callMetrics, CALL_METRICS);
+  sts.middlewareStack.add(callMetrics, CALL_METRICS);
   return {
     ec2,
     iam,
