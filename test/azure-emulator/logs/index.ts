@@ -101,6 +101,29 @@ function bearer(req: IncomingMessage): string | undefined {
   return m ? (m[1] as string).trim() : h;
 }
 
+/** Audiences Azure accepts on each API (tokens asked for "<audience>/.default"). */
+export const INGESTION_AUDIENCES = ["https://monitor.azure.com", "https://monitor.azure.com/"];
+export const QUERY_AUDIENCES = ["https://api.loganalytics.io", "https://api.loganalytics.io/", "https://api.loganalytics.azure.com", "https://api.loganalytics.azure.com/"];
+
+/** The `aud` claim of a bearer token the host has already verified (undefined when not a JWT). */
+function tokenAudiences(token: string): string[] | undefined {
+  const part = token.split(".")[1];
+  if (!part) return undefined;
+  try {
+    const aud = (JSON.parse(Buffer.from(part, "base64url").toString("utf8")) as { aud?: unknown }).aud;
+    return Array.isArray(aud) ? aud.map(String) : aud === undefined ? undefined : [String(aud)];
+  } catch {
+    return undefined;
+  }
+}
+
+function checkAudience(token: string, allowed: string[], status: number): void {
+  const auds = tokenAudiences(token) ?? [];
+  if (!auds.some((a) => allowed.includes(a))) {
+    throw new HttpError(status, errorBody("InvalidAuthenticationTokenAudience", `The access token has been obtained for the wrong audience or resource '${auds.join(",")}'. It should exactly match one of the allowed audiences ${allowed.map((x) => `'${x}'`).join(",")}.`));
+  }
+}
+
 function hostMessage(body: unknown): string {
   const err = (body as { error?: { message?: unknown } } | undefined)?.error;
   return typeof err?.message === "string" ? err.message : JSON.stringify(body);
@@ -241,8 +264,9 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
       throw new HttpError(403, errorBody("OperationFailed", `The authentication token provided does not have access to ingest data for the data collection rule with immutable Id '${immutableId}': no data collection rule with that immutable Id exists`));
     }
     const auth = host.authorize(token, TELEMETRY_WRITE, dcr.id, true);
+    if (!auth.ok && auth.status !== 403) throw new HttpError(auth.status, auth.body);
+    checkAudience(token as string, INGESTION_AUDIENCES, 401);
     if (!auth.ok) {
-      if (auth.status !== 403) throw new HttpError(auth.status, auth.body);
       throw new HttpError(403, errorBody("OperationFailed", `The authentication token provided does not have access to ingest data for the data collection rule with immutable Id '${immutableId}'. Required authorization action '${TELEMETRY_WRITE}' was not granted on '${dcr.id}': ${hostMessage(auth.body)}`));
     }
     const caller = auth.principal.oid;
@@ -397,10 +421,9 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
     const denied = (body: unknown) =>
       new HttpError(403, errorBody("InsufficientAccessError", `The provided credentials have insufficient access to perform the requested operation: ${hostMessage(body)}`));
     const auth = host.authorize(token, QUERY_READ, ws.id, false);
-    if (!auth.ok) {
-      if (auth.status !== 403) throw new HttpError(auth.status, auth.body);
-      throw denied(auth.body);
-    }
+    if (!auth.ok && auth.status !== 403) throw new HttpError(auth.status, auth.body);
+    checkAudience(token, QUERY_AUDIENCES, 403);
+    if (!auth.ok) throw denied(auth.body);
     const caller = auth.principal.oid;
 
     let text: string | undefined;

@@ -45,7 +45,16 @@ function freshDcr(): Record<string, unknown> {
   };
 }
 
-// token → granted "action@scope" (scope compared case-insensitively by prefix, like RBAC inheritance)
+/** A JWT-shaped token (the fake host does not verify signatures): sub names the grants, aud the API. */
+function jwt(sub: string, aud: string): string {
+  const b64 = (o: object) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return `${b64({ alg: "none" })}.${b64({ sub, aud })}.sig`;
+}
+const subOf = (token: string): string => (JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString()) as { sub: string }).sub;
+const MONITOR = "https://monitor.azure.com";
+const LOGANALYTICS = "https://api.loganalytics.io";
+
+// token subject → granted "action@scope" (scope compared case-insensitively by prefix, like RBAC inheritance)
 const grants = new Map<string, string[]>();
 const log: { method: string; operation: string; status: number; caller?: string }[] = [];
 let fault: { status: number; retryAfterS?: number } | undefined;
@@ -53,16 +62,17 @@ let fault: { status: number; retryAfterS?: number } | undefined;
 const host: LogsHost = {
   authorize(token, action, scope) {
     if (!token) return { ok: false, status: 401, body: { error: { code: "AuthenticationFailed", message: "no token" } } };
-    const g = grants.get(token) ?? [];
+    const name = subOf(token);
+    const g = grants.get(name) ?? [];
     const ok = g.some((entry) => {
       const [a, s] = entry.split("@") as [string, string];
       return a.toLowerCase() === action.toLowerCase() && scope.toLowerCase().startsWith(s.toLowerCase());
     });
-    if (ok) return { ok: true, principal: { oid: `oid-${token}`, tid: "tenant" } };
+    if (ok) return { ok: true, principal: { oid: `oid-${name}`, tid: "tenant" } };
     return {
       ok: false,
       status: 403,
-      body: { error: { code: "AuthorizationFailed", message: `The client 'oid-${token}' does not have authorization to perform action '${action}' over scope '${scope}'` } },
+      body: { error: { code: "AuthorizationFailed", message: `The client 'oid-${name}' does not have authorization to perform action '${action}' over scope '${scope}'` } },
     };
   },
   findDcrByImmutableId: (id) => (id === IMMUTABLE ? { id: DCR_ID, properties: dcrProps } : undefined),
@@ -110,22 +120,22 @@ beforeEach(() => {
 const ingestUrl = (dce = "dce-one", stream = STREAM, api = "2023-01-01") =>
   `${base}/dce/${dce}/dataCollectionRules/${IMMUTABLE}/streams/${stream}?api-version=${api}`;
 
-async function ingest(rows: unknown, opts: { token?: string; gzip?: boolean; dce?: string; stream?: string; raw?: Buffer } = {}) {
+async function ingest(rows: unknown, opts: { token?: string; aud?: string; gzip?: boolean; dce?: string; stream?: string; raw?: Buffer } = {}) {
   const json = opts.raw ?? Buffer.from(JSON.stringify(rows));
   const body = opts.gzip === false ? json : gzipSync(json);
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (opts.gzip !== false) headers["content-encoding"] = "gzip";
   const token = opts.token ?? "writer";
-  if (token) headers["authorization"] = `Bearer ${token}`;
+  if (token) headers["authorization"] = `Bearer ${jwt(token, opts.aud ?? MONITOR)}`;
   const res = await fetch(ingestUrl(opts.dce, opts.stream), { method: "POST", headers, body });
   const text = await res.text();
   return { status: res.status, body: text ? (JSON.parse(text) as { error: { code: string; message: string } }) : undefined, headers: res.headers };
 }
 
-async function query(q: string, opts: { token?: string; timespan?: string; path?: string } = {}) {
+async function query(q: string, opts: { token?: string; aud?: string; timespan?: string; path?: string } = {}) {
   const res = await fetch(`${base}/loganalytics/v1${opts.path ?? `/workspaces/${CUSTOMER_ID}/query`}`, {
     method: "POST",
-    headers: { "content-type": "application/json", authorization: `Bearer ${opts.token ?? "reader"}` },
+    headers: { "content-type": "application/json", authorization: `Bearer ${jwt(opts.token ?? "reader", opts.aud ?? LOGANALYTICS)}` },
     body: JSON.stringify({ query: q, ...(opts.timespan ? { timespan: opts.timespan } : {}) }),
   });
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -183,13 +193,19 @@ describe("logs ingestion", () => {
     expect((await query("RunLog_CL")).body.tables[0].rows).toEqual([]);
   });
 
+  it("refuses a token for another audience than https://monitor.azure.com", async () => {
+    const r = await ingest([line(1)], { aud: LOGANALYTICS });
+    expect(r.status).toBe(401);
+    expect(r.body?.error.code).toBe("InvalidAuthenticationTokenAudience");
+  });
+
   it("refuses a DCR that is not bound to the DCE in the URL, and an unknown immutable ID", async () => {
     const r = await ingest([line(1)], { dce: "other-dce" });
     expect(r.status).toBe(403);
     expect(r.body?.error.message).toMatch(/not associated with the data collection endpoint 'other-dce'/);
     const res = await fetch(`${base}/dce/dce-one/dataCollectionRules/dcr-nope/streams/${STREAM}?api-version=2023-01-01`, {
       method: "POST",
-      headers: { authorization: "Bearer writer", "content-type": "application/json" },
+      headers: { authorization: `Bearer ${jwt("writer", MONITOR)}`, "content-type": "application/json" },
       body: "[]",
     });
     expect(res.status).toBe(403);
@@ -222,9 +238,9 @@ describe("logs ingestion", () => {
     const r = await ingest([line(1)], { stream: "Custom-Other_CL" });
     expect(r.status).toBe(400);
     expect(r.body?.error.code).toBe("InvalidStream");
-    const v = await fetch(ingestUrl("dce-one", STREAM, "2020-01-01"), { method: "POST", headers: { authorization: "Bearer writer" }, body: "[]" });
+    const v = await fetch(ingestUrl("dce-one", STREAM, "2020-01-01"), { method: "POST", headers: { authorization: `Bearer ${jwt("writer", MONITOR)}` }, body: "[]" });
     expect(v.status).toBe(400);
-    const g = await fetch(ingestUrl(), { method: "POST", headers: { authorization: "Bearer writer", "content-encoding": "gzip" }, body: "not gzip" });
+    const g = await fetch(ingestUrl(), { method: "POST", headers: { authorization: `Bearer ${jwt("writer", MONITOR)}`, "content-encoding": "gzip" }, body: "not gzip" });
     expect(g.status).toBe(400);
     expect(((await g.json()) as { error: { code: string } }).error.code).toBe("InvalidContentEncoding");
   });
@@ -279,6 +295,12 @@ describe("log analytics query", () => {
     expect(w.body.error.message).toContain("Microsoft.OperationalInsights/workspaces/query/read");
   });
 
+  it("refuses a token for another audience than the Log Analytics API", async () => {
+    const r = await query("RunLog_CL", { aud: MONITOR });
+    expect(r.status).toBe(403);
+    expect(r.body.error.code).toBe("InvalidAuthenticationTokenAudience");
+  });
+
   it("answers 400 with Azure's error shape and a precise message for unsupported KQL", async () => {
     const r = await query("RunLog_CL | summarize count() by RunId");
     expect(r.status).toBe(400);
@@ -310,7 +332,7 @@ describe("log analytics query", () => {
     await ingest([line(1)]);
     expect((await query("RunLog_CL", { path: `${WS_ID}/query` })).body.tables[0].rows).toHaveLength(1);
     const g = await fetch(`${base}/loganalytics/v1/workspaces/${CUSTOMER_ID}/query?query=${encodeURIComponent("RunLog_CL | take 1")}`, {
-      headers: { authorization: "Bearer reader" },
+      headers: { authorization: `Bearer ${jwt("reader", LOGANALYTICS)}` },
     });
     expect(((await g.json()) as { tables: unknown[][] }).tables).toHaveLength(1);
     expect((await query("RunLog_CL", { path: "/$batch" })).status).toBe(400);
