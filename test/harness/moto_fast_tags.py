@@ -8,8 +8,13 @@ instance it renders, so one call costs O(instances x tagged resources): 10-30 s 
 The replacement reads the resource's own entry of the same tag table. The answer is the same list
 in the same order: a resource id holds no wildcard characters, so the stock pattern matches that
 id alone, and both walk that resource's tag dict in insertion order.
+A second cost: every tag filter value is translated from AWS wildcards to a regular expression
+again for every instance it is tested against (fnmatch.translate, 200 values x 500 instances =
+100,000 translations per call). The translation is a pure function of the value, so it is cached.
+
 test/integration/moto-fast-tags.test.ts compares DescribeInstances answers with stock moto.
 """
+import functools
 import sys
 
 from moto.ec2.models.core import TaggedEC2Resource
@@ -32,6 +37,17 @@ def _get_tags(self):
 
 
 TaggedEC2Resource.get_tags = _get_tags
+
+# Every module that imported the translation by name gets the cached one.
+import moto.ec2.models  # noqa: E402,F401  (loads the EC2 modules that use it)
+import moto.ec2.responses  # noqa: E402,F401
+import moto.ec2.utils as _ec2_utils  # noqa: E402
+
+_stock_translate = _ec2_utils.simple_aws_filter_to_re
+_cached_translate = functools.lru_cache(maxsize=65536)(_stock_translate)
+for _module in list(sys.modules.values()):
+    if getattr(_module, "__name__", "").startswith("moto.") and getattr(_module, "simple_aws_filter_to_re", None) is _stock_translate:
+        _module.simple_aws_filter_to_re = _cached_translate
 
 if __name__ == "__main__":
     from moto.server import main
