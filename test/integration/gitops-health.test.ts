@@ -1,7 +1,7 @@
 // GitOps health of the operator's real objects. The operator (in-process, with the in-memory
 // FakeCloud behind the provider interface) drives ComputeEnvironments and Runs through every phase
 // on the real kube-apiserver; each object, as stored, is judged by the shipped Argo CD Lua health
-// checks (run on gopher-lua, Argo CD's interpreter).
+// checks (run on gopher-lua, Argo CD's interpreter) and by kstatus as Flux computes it.
 //
 // With VMFORGE_WRITE_STATUS_FIXTURES=1 the observed objects are also written to
 // test/fixtures/status/, which the unit test test/unit/deploy/gitops-health.test.ts replays without
@@ -19,6 +19,7 @@ import { deleteNamespace, freshNamespace, kubeconfigPath } from "../harness/help
 import { EXPECTED, FIXTURES_DIR, fixtureOf, healthProjection, LUA } from "../support/status-fixtures.js";
 import { Registry } from "prom-client";
 import { registerOperatorMetrics } from "../../src/metrics.js";
+import { kstatusOf } from "../support/kstatus.js";
 import { setCloudCallObserver } from "../../src/cloud/call-metrics.js";
 
 /** FakeCloud whose machines stay "pending" while their Run's name is held (to observe Launching). */
@@ -163,6 +164,16 @@ describe("objects the operator writes, judged as Argo CD and Flux judge them", (
     for (const [name, obj] of observed) {
       const argo = await argoHealth(LUA[obj.kind as "ComputeEnvironment" | "Run"], obj);
       if (argo.status !== EXPECTED[name]!.argo) wrong.push(`${name}: Argo CD ${argo.status} (${argo.message}), expected ${EXPECTED[name]!.argo}`);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it("Flux's kstatus gives the expected answer for every observed object", () => {
+    expect(observed.size).toBe(Object.keys(EXPECTED).length);
+    const wrong: string[] = [];
+    for (const [name, obj] of observed) {
+      const flux = kstatusOf(obj);
+      if (flux.status !== EXPECTED[name]!.flux) wrong.push(`${name}: kstatus ${flux.status} (${flux.message}), expected ${EXPECTED[name]!.flux}`);
     }
     expect(wrong).toEqual([]);
   });
