@@ -28,7 +28,7 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
   }
   const logger = createLogger({ level: config.logLevel, name: "vmforge" });
   const metrics = new EngineMetrics();
-  const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined);
+  const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined, { metrics });
   try {
     await requireKubernetesVersion(client);
   } catch (e) {
@@ -51,15 +51,19 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
   const shutdown = async (signal: string, code: number): Promise<void> => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, "shutting down");
+    logger.info({ signal, deadlineMs: config.shutdownTimeoutMs }, "shutting down");
+    // operator.stop() keeps within the deadline by itself; this only guards against a bug. Work
+    // still in flight is abandoned safely (cloud writes are idempotent), so a signal still exits 0.
     const timer = setTimeout(() => {
       logger.error("shutdown deadline passed; exiting");
-      process.exit(1);
-    }, config.shutdownTimeoutMs + 5_000);
+      logger.flush?.();
+      process.exit(code);
+    }, config.shutdownTimeoutMs);
     timer.unref();
     try {
-      await operator.stop(config.shutdownTimeoutMs);
-      await health.close();
+      // a little of the deadline is left for the health server and the log flush
+      await operator.stop(Math.max(0, config.shutdownTimeoutMs - 500));
+      await Promise.race([health.close(), new Promise((r) => setTimeout(r, 250).unref())]);
     } finally {
       logger.flush?.();
       process.exit(code);

@@ -2,6 +2,11 @@
  * Wires the engine to the two reconcilers: reflectors feed caches and turn watch events into keys,
  * controllers run the reconcilers, the RunTracker polls machines. Controllers run only while this
  * process holds the leader Lease (when leader election is on).
+ *
+ * Reconcilers read Runs, ComputeEnvironments and protected Secrets from these caches; the places
+ * that re-read the API because a stale read could do harm are listed at RunReconciler.read.
+ * Three controllers: "run-ack" only writes the first status of new Runs (so acknowledging never
+ * waits behind launches), "run" does the rest of a Run's life, "computeenvironment" the CEs.
  */
 import type { KubeClient, KubeObject, ResourceType } from "./engine/kube.js";
 import type { Logger } from "./engine/logger.js";
@@ -18,7 +23,8 @@ import { ComputeEnvironmentReconciler } from "./controllers/computeenvironment/r
 import { RunReconciler } from "./controllers/run/reconciler.js";
 import { RunTracker } from "./controllers/run/tracker.js";
 import type { SecretObject } from "./controllers/shared.js";
-import { SECRET_LABEL, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
+import { SECRET_LABEL, SecretReader, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
+import { holdsSlot, isRunActive, machineMayExist } from "./controllers/run/phases.js";
 
 export interface OperatorOptions {
   client: KubeClient;
@@ -34,7 +40,15 @@ export interface OperatorOptions {
 class Caches<T extends KubeObject> {
   constructor(readonly reflectors: Reflector<T>[]) {}
   list(): T[] {
+    if (this.reflectors.length === 1) return this.reflectors[0]?.store.list() ?? [];
     return this.reflectors.flatMap((r) => r.store.list());
+  }
+  get(key: string): T | undefined {
+    for (const r of this.reflectors) {
+      const o = r.store.get(key);
+      if (o) return o;
+    }
+    return undefined;
   }
   synced(): boolean {
     return this.reflectors.every((r) => r.hasSynced());
@@ -42,6 +56,15 @@ class Caches<T extends KubeObject> {
 }
 
 const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.name}`;
+const ceKeyOf = (r: Run): string => `${r.metadata.namespace}/${r.spec.computeEnvironmentRef.name}`;
+
+/**
+ * What a CE's reconcile reads of a Run: whether it is active (status.activeRuns) and whether its
+ * machine may exist (deletion waits for those). Other changes of a Run are no news to its CE.
+ */
+const ceView = (r: Run): string => `${isRunActive(r)}|${machineMayExist(r)}`;
+/** Run changes that concern a CE are gathered this long into one CE reconcile. */
+const CE_COALESCE_MS = 1_000;
 
 const readiness = (ce: ComputeEnvironment): string =>
   `${ce.status?.conditions?.find((c) => c.type === "Ready")?.status ?? ""}/${ce.status?.observedGeneration ?? ""}`;
@@ -60,6 +83,9 @@ export class Operator {
   readonly secrets: Caches<SecretObject>;
   readonly ceController: Controller;
   readonly runController: Controller;
+  /** Writes the first status of new Runs, ahead of (and apart from) the launch backlog. */
+  readonly ackController: Controller;
+  readonly secretReader: SecretReader;
   readonly tracker: RunTracker;
   readonly ceReconciler: ComputeEnvironmentReconciler;
   readonly runReconciler: RunReconciler;
@@ -93,6 +119,11 @@ export class Operator {
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
 
+    this.ackController = new Controller({
+      name: "run-ack", workers: Math.max(2, config.workers), reconcileTimeoutMs: config.reconcileTimeoutMs,
+      logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
+    });
+
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {
       // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
       // failing one); spec, metadata and lifecycle changes do.
@@ -109,10 +140,23 @@ export class Operator {
         if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name) this.runController.enqueue(keyOf(r));
       }
     }));
-    this.runs = new Caches(reflect<Run>(RunResource, (_type, run, old) => {
-      this.runController.enqueue(keyOf(run));
-      if (!old || old.status?.phase !== run.status?.phase || _type === "DELETED") {
-        this.ceController.enqueue(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
+    this.runs = new Caches(reflect<Run>(RunResource, (type, run, old) => {
+      const key = keyOf(run);
+      if (type !== "DELETED" && !run.status?.phase && !run.metadata.deletionTimestamp) this.ackController.enqueue(key);
+      this.runController.enqueue(key);
+      if (type === "RESYNC") return;
+      const prev = type === "DELETED" ? (old ?? run) : old;
+      // The CE only hears of changes its status depends on, gathered over a moment.
+      if (type === "DELETED" || !prev || ceView(prev) !== ceView(run)) this.ceController.enqueueAfter(ceKeyOf(run), CE_COALESCE_MS);
+      // A slot freed, as the cache shows it (so also for Runs launched before a restart or by
+      // another leader): the CE's waiting Runs can go now rather than at the next resync.
+      if (prev && holdsSlot(prev) && (type === "DELETED" || !holdsSlot(run))) {
+        for (const r of this.runs.list()) {
+          if (r.metadata.namespace === run.metadata.namespace && r.spec.computeEnvironmentRef.name === run.spec.computeEnvironmentRef.name
+            && (r.status?.phase ?? "Pending") === "Pending" && !r.metadata.deletionTimestamp) {
+            this.runController.enqueue(keyOf(r));
+          }
+        }
       }
     }));
     // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs.
@@ -123,17 +167,19 @@ export class Operator {
         }
       }
     }, `${SECRET_LABEL}=true`));
+    this.secretReader = new SecretReader(client, this.secrets);
+    const secrets = this.secretReader.get;
 
     this.tracker = new RunTracker({
       client, providers: o.providers, runs: this.runs, ces: this.ces, logger: logger.child({ component: "run-tracker" }),
-      enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs,
+      enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs, secrets,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,
-      runs: this.runs, ces: this.ces, enqueueRun: (k) => this.runController.enqueue(k),
+      runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
     });
     this.runReconciler = new RunReconciler({
-      client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, tracker: this.tracker,
+      client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, secrets, tracker: this.tracker,
       enqueueRun: (k) => this.runController.enqueue(k), enqueueComputeEnvironment: (k) => this.ceController.enqueue(k),
       pollIntervalMs: config.pollIntervalMs,
     });
@@ -168,6 +214,12 @@ export class Operator {
         const wasLeading = this.leading;
         this.leading = false;
         if (wasLeading && !this.stopping) {
+          // Another process may act on the same objects from now on: abort in-flight work at once
+          // (their cloud calls see the aborted signal); their writes would fail anyway (phase
+          // transitions carry a resourceVersion precondition).
+          const reason = new Error("leadership lost");
+          for (const c of [this.ackController, this.runController, this.ceController]) c.abortInFlight(reason);
+          void this.tracker.stop(0);
           this.o.logger.warn("lost leadership; stopping");
           onLostLeadership?.();
         }
@@ -180,20 +232,39 @@ export class Operator {
     this.o.logger.info({ namespaces: this.o.config.namespaces.length ? this.o.config.namespaces : "all" }, "starting controllers");
     for (const r of [...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors]) r.start();
     await Promise.all([...this.ces.reflectors, ...this.runs.reflectors].map((r) => r.waitForSync(this.syncAbort.signal)));
+    this.ackController.start();
     this.ceController.start();
     this.runController.start();
     this.tracker.start();
   }
 
-  /** Graceful stop: stop intake, finish in-flight reconciles up to the deadline, release the Lease. */
+  /**
+   * Graceful stop within `deadlineMs`, whatever the cloud does: stop intake, let in-flight
+   * reconciles finish for most of the deadline, then abort them (abandoned work is safe: every
+   * cloud write is idempotent and recorded before or after as the reconcilers describe), stop
+   * the watches and release the Lease with what is left.
+   */
   async stop(deadlineMs = this.o.config.shutdownTimeoutMs): Promise<void> {
     this.stopping = true;
+    const end = Date.now() + Math.max(0, deadlineMs);
+    const left = (): number => Math.max(0, end - Date.now());
+    // kept for the watches and the Lease release
+    const reserve = Math.min(2_000, deadlineMs / 5);
     this.syncAbort.abort(new Error("operator stopping"));
-    await this.running?.catch(() => undefined);
-    await this.tracker.stop();
-    await Promise.all([this.ceController.stop(deadlineMs), this.runController.stop(deadlineMs)]);
-    await Promise.all([...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors].map((r) => r.stop()));
-    await this.elector?.stop();
+    await within(this.running?.catch(() => undefined), left());
+    await this.tracker.stop(Math.min(1_000, left()));
+    const controllersMs = Math.max(0, left() - reserve);
+    await Promise.all([this.ackController.stop(controllersMs), this.ceController.stop(controllersMs), this.runController.stop(controllersMs)]);
+    await within(Promise.all([...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors].map((r) => r.stop())), left() / 2);
+    await within(this.elector?.stop(), left());
     this.leading = false;
   }
+}
+
+/** Waits for `p` at most `ms` (its outcome is ignored). */
+async function within(p: Promise<unknown> | undefined, ms: number): Promise<void> {
+  if (!p) return;
+  let t: NodeJS.Timeout | undefined;
+  await Promise.race([p.then(() => undefined, () => undefined), new Promise<void>((r) => (t = setTimeout(r, Math.max(0, ms))))]);
+  clearTimeout(t);
 }

@@ -38,12 +38,36 @@ export class CredentialsError extends Error {
   }
 }
 
+/** Reads a Secret: from the operator's cache when it holds it, else from the API. */
+export type SecretGetter = (namespace: string, name: string) => Promise<SecretObject | undefined>;
+
+/**
+ * Serves Secret reads from the watch cache of the Secrets vmforge protects (labelled), and falls
+ * back to one GET for a Secret the cache does not hold (not labelled yet, or missing). Once
+ * protectSecret labelled it, reads of that Secret cost nothing.
+ */
+export class SecretReader {
+  /** GETs that the cache could not answer (tests and metrics look at it). */
+  misses = 0;
+  constructor(
+    private readonly client: KubeClient,
+    private readonly cache: { get(key: string): SecretObject | undefined },
+  ) {}
+
+  readonly get: SecretGetter = async (namespace, name) => {
+    const cached = this.cache.get(`${namespace}/${name}`);
+    if (cached) return cached;
+    this.misses++;
+    return this.client.get<SecretObject>(SecretResource, namespace, name);
+  };
+}
+
 /** Reads and decodes the CE's credentials Secret, or returns the ambient identity when none is set. */
-export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironment): Promise<ResolvedCredentials> {
+export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironment, getSecret?: SecretGetter): Promise<ResolvedCredentials> {
   const ref = ce.spec.credentials?.secretRef;
   if (!ref?.name) return { source: "ambient", data: {} };
   const ns = ce.metadata.namespace ?? "default";
-  const secret = await client.get<SecretObject>(SecretResource, ns, ref.name);
+  const secret = getSecret ? await getSecret(ns, ref.name) : await client.get<SecretObject>(SecretResource, ns, ref.name);
   if (!secret) {
     throw new CredentialsError("SecretNotFound", `credentials Secret ${ns}/${ref.name} does not exist`);
   }
@@ -59,8 +83,8 @@ export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironm
 }
 
 /** Reads one key of a Secret (e.g. the Seqera Platform token). Returns undefined when absent. */
-export async function readSecretKey(client: KubeClient, namespace: string, name: string, key: string): Promise<string | undefined> {
-  const secret = await client.get<SecretObject>(SecretResource, namespace, name);
+export async function readSecretKey(client: KubeClient, namespace: string, name: string, key: string, getSecret?: SecretGetter): Promise<string | undefined> {
+  const secret = getSecret ? await getSecret(namespace, name) : await client.get<SecretObject>(SecretResource, namespace, name);
   const v = secret?.data?.[key];
   return v === undefined ? undefined : Buffer.from(v, "base64").toString("utf8");
 }
@@ -70,9 +94,11 @@ export async function readSecretKey(client: KubeClient, namespace: string, name:
  * (deleting it only marks it; the data stays readable until the CE releases it). The label lets
  * the operator watch just the Secrets it protects.
  */
-export async function protectSecret(client: KubeClient, namespace: string, name: string): Promise<void> {
-  let secret = await client.get<SecretObject>(SecretResource, namespace, name);
+export async function protectSecret(client: KubeClient, namespace: string, name: string, getSecret?: SecretGetter): Promise<void> {
+  let secret = getSecret ? await getSecret(namespace, name) : await client.get<SecretObject>(SecretResource, namespace, name);
   if (!secret || secret.metadata.deletionTimestamp) return; // no finalizer can be added to an object being deleted
+  // Already protected (the usual case, answered from the cache): no request at all.
+  if (secret.metadata.labels?.[SECRET_LABEL] === "true" && secret.metadata.finalizers?.includes(SECRET_IN_USE_FINALIZER)) return;
   if (secret.metadata.labels?.[SECRET_LABEL] !== "true") {
     secret = await client.patch<SecretObject>(SecretResource, namespace, name, { metadata: { labels: { [SECRET_LABEL]: "true" } } }, "merge");
   }

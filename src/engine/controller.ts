@@ -7,11 +7,14 @@
 //  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket);
 //                          an error with a numeric `retryAfterMs` (e.g. a throttling hint from a
 //                          cloud API) waits at least that long
+//  - 409 Conflict       -> queue.addAfter(key, 100 ms): a write built on a stale cached read; the
+//                          watch brings the fresh version in a moment (no error backoff)
 //  - timeout            -> the reconcile's signal is aborted; counted as retryable
 //
 // Nothing a reconcile throws or rejects with escapes: every promise the controller creates is
 // handled, so a failing reconcile never takes the process down.
 
+import { KubeApiError } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
@@ -38,6 +41,9 @@ export class ReconcileTimeoutError extends Error {
     this.name = "ReconcileTimeoutError";
   }
 }
+
+/** How soon a reconcile that lost a write race (409 Conflict) runs again. */
+const CONFLICT_RETRY_MS = 100;
 
 export type ReconcileResult = { requeueAfterMs?: number } | void;
 
@@ -111,31 +117,49 @@ export class Controller {
   }
 
   /**
-   * Graceful stop: no new keys are taken, running reconciles get until `deadlineMs` to finish,
-   * then their signals are aborted. Idempotent.
+   * Graceful stop: no new keys are taken, running reconciles get most of `deadlineMs` to finish,
+   * then their signals are aborted and the rest of the deadline is left for them to unwind. The
+   * returned promise settles within `deadlineMs` even when a reconcile ignores its signal (that
+   * reconcile is abandoned). Idempotent.
    */
   stop(deadlineMs = 30_000): Promise<void> {
     this.stopped ??= this.doStop(deadlineMs);
     return this.stopped;
   }
 
+  /**
+   * Stops taking keys and aborts every running reconcile at once (e.g. leadership was lost: another
+   * process may already act on the same objects). stop() may still be called to wait for them.
+   */
+  abortInFlight(reason: Error): void {
+    this.stopping = true;
+    this.queue.shutDown();
+    const left = [...this.inFlight];
+    if (left.length > 0) this.log.warn({ keys: left.map((f) => f.key), reason: reason.message }, "aborting running reconciles");
+    for (const f of left) f.abort.abort(reason);
+  }
+
   private async doStop(deadlineMs: number): Promise<void> {
     this.stopping = true;
     this.queue.shutDown();
+    const total = Math.max(0, deadlineMs);
+    const end = Date.now() + total;
+    // the last fifth of the deadline (at most 1 s) is left for aborted reconciles to unwind
+    const unwindMs = Math.min(1_000, total / 5);
     const pending = [...this.inFlight];
     this.log.info({ inFlight: pending.length, deadlineMs }, "controller stopping");
     const finished = await settleWithin(
       Promise.all(pending.map((f) => f.settled)),
-      deadlineMs,
+      total - unwindMs,
     );
     if (!finished) {
       const left = [...this.inFlight];
-      this.log.warn({ keys: left.map((f) => f.key) }, "stop deadline passed; aborting running reconciles");
+      this.log.warn({ keys: left.map((f) => f.key) }, "stop deadline near; aborting running reconciles");
       for (const f of left) f.abort.abort(new Error(`controller ${this.name} is stopping`));
-      // give aborted reconciles a moment to unwind; do not wait for ones that ignore the signal
-      await settleWithin(Promise.all(left.map((f) => f.settled)), 1_000);
+      // give aborted reconciles the rest of the deadline to unwind; ones that ignore the signal are abandoned
+      await settleWithin(Promise.all(left.map((f) => f.settled)), end - Date.now());
     }
-    await settleWithin(Promise.all(this.loops), 1_000);
+    await settleWithin(Promise.all(this.loops), end - Date.now());
     this.log.info({ abandoned: this.inFlight.size }, "controller stopped");
   }
 
@@ -249,6 +273,15 @@ export class Controller {
     if (this.stopping && signal.aborted) {
       this.finishMetrics(started, "aborted");
       this.log.info({ key }, "reconcile aborted by shutdown");
+      return;
+    }
+    if (err instanceof KubeApiError && err.status === 409) {
+      // A write built on a stale read (the cache lags the write that raced it): the fresh version
+      // is at most a moment away, so look again shortly, without the error backoff.
+      this.finishMetrics(started, "conflict");
+      this.metrics?.reconcileErrors.inc({ controller: this.name, kind: "conflict" });
+      this.queue.addAfter(key, CONFLICT_RETRY_MS);
+      this.log.debug({ key, err: err.message }, "write conflict; looking again");
       return;
     }
     this.finishMetrics(started, "error");

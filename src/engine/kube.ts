@@ -10,6 +10,7 @@
 import http from "node:http";
 import https from "node:https";
 import { KubeConfig } from "@kubernetes/client-node";
+import type { EngineMetrics } from "./metrics.js";
 
 export interface OwnerReference {
   apiVersion: string;
@@ -110,6 +111,8 @@ export type PatchType = "merge" | "json" | "strategic";
 export interface KubeClientOptions {
   /** Deadline for every non-watch request. Default 30 s. */
   requestTimeoutMs?: number;
+  /** Counts requests by verb and resource, and status writes by kind. */
+  metrics?: EngineMetrics;
 }
 
 /** Request-level options accepted as an optional extra argument by get/create. */
@@ -228,8 +231,10 @@ export class KubeClient {
   private readonly isHttps: boolean;
   private cachedAgent: http.Agent | undefined;
   private cachedTls: TlsMaterial | undefined;
+  private readonly metrics: EngineMetrics | undefined;
 
   constructor(kc: KubeConfig, opts: KubeClientOptions = {}) {
+    this.metrics = opts.metrics;
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error("kubeconfig has no current cluster");
     this.kubeConfig = kc;
@@ -260,6 +265,7 @@ export class KubeClient {
     if (opts.limit !== undefined) q.set("limit", String(opts.limit));
     if (opts.continue) q.set("continue", opts.continue);
     if (opts.resourceVersion !== undefined) q.set("resourceVersion", opts.resourceVersion);
+    this.count("list", rt);
     const body = await this.json("GET", resourcePath(rt, opts.namespace), q, undefined, opts.signal);
     if (!isRecord(body) || !Array.isArray(body.items)) throw new Error(`list ${rt.plural}: unexpected response body`);
     const meta = isRecord(body.metadata) ? body.metadata : {};
@@ -291,6 +297,7 @@ export class KubeClient {
     if (opts.fieldSelector) q.set("fieldSelector", opts.fieldSelector);
     const path = resourcePath(rt, opts.namespace);
     if (signal.aborted) return;
+    this.count("watch", rt);
 
     const conn = await this.connection();
     const url = this.url(path, q);
@@ -347,6 +354,7 @@ export class KubeClient {
 
   /** The object, or undefined when it does not exist (404). */
   async get<T extends KubeObject>(rt: ResourceType, namespace: string | undefined, name: string, opts: RequestOptions = {}): Promise<T | undefined> {
+    this.count("get", rt);
     try {
       return (await this.json("GET", this.objectPath(rt, namespace, name), undefined, undefined, opts.signal)) as T;
     } catch (err) {
@@ -361,6 +369,7 @@ export class KubeClient {
     const body = { ...obj, apiVersion: obj.apiVersion ?? apiVersionOf(rt), kind: obj.kind ?? rt.kind };
     const q = new URLSearchParams();
     if (opts.fieldManager) q.set("fieldManager", opts.fieldManager);
+    this.count("create", rt);
     return (await this.json("POST", resourcePath(rt, rt.namespaced ? ns : undefined), q, {
       data: JSON.stringify(body),
       contentType: "application/json",
@@ -373,10 +382,13 @@ export class KubeClient {
     const body = { ...obj, apiVersion: obj.apiVersion ?? apiVersionOf(rt), kind: obj.kind ?? rt.kind };
     const q = new URLSearchParams();
     if (opts.fieldManager) q.set("fieldManager", opts.fieldManager);
-    return (await this.json("PUT", this.objectPath(rt, obj.metadata.namespace, name, opts.subresource), q, {
+    this.count("update", rt, opts.subresource);
+    const out = (await this.json("PUT", this.objectPath(rt, obj.metadata.namespace, name, opts.subresource), q, {
       data: JSON.stringify(body),
       contentType: "application/json",
     }, opts.signal)) as T;
+    if (opts.subresource === "status") this.metrics?.statusWrites.inc({ kind: rt.kind });
+    return out;
   }
 
   async patch<T extends KubeObject>(
@@ -389,10 +401,13 @@ export class KubeClient {
   ): Promise<T> {
     const q = new URLSearchParams();
     if (opts.fieldManager) q.set("fieldManager", opts.fieldManager);
-    return (await this.json("PATCH", this.objectPath(rt, namespace, name, opts.subresource), q, {
+    this.count("patch", rt, opts.subresource);
+    const out = (await this.json("PATCH", this.objectPath(rt, namespace, name, opts.subresource), q, {
       data: JSON.stringify(patch),
       contentType: PATCH_CONTENT_TYPES[type],
     }, opts.signal)) as T;
+    if (opts.subresource === "status") this.metrics?.statusWrites.inc({ kind: rt.kind });
+    return out;
   }
 
   /** true when the delete was accepted, false when the object was already gone (404). */
@@ -411,6 +426,7 @@ export class KubeClient {
     if (opts.propagationPolicy) body.propagationPolicy = opts.propagationPolicy;
     if (opts.preconditions) body.preconditions = opts.preconditions;
     if (opts.gracePeriodSeconds !== undefined) body.gracePeriodSeconds = opts.gracePeriodSeconds;
+    this.count("delete", rt);
     try {
       await this.json("DELETE", this.objectPath(rt, namespace, name), undefined, {
         data: JSON.stringify(body),
@@ -437,6 +453,10 @@ export class KubeClient {
     } catch {
       return r.text;
     }
+  }
+
+  private count(verb: string, rt: ResourceType, subresource?: string): void {
+    this.metrics?.kubeRequests.inc({ verb, resource: subresource ? `${rt.plural}/${subresource}` : rt.plural });
   }
 
   /** Close idle keep-alive sockets (open watches are ended by their signals). */

@@ -47,6 +47,8 @@ export class EngineMetrics {
   readonly eventsTotal: Counter<"result">;
   /** Status writes through /status, by resource kind. */
   readonly statusWrites: Counter<"kind">;
+  /** Requests this process sent to the kube-apiserver, by verb and resource. */
+  readonly kubeRequests: Counter<"verb" | "resource">;
 
   constructor(opts: EngineMetricsOptions = {}) {
     const p = opts.prefix ?? "vmforge_";
@@ -145,6 +147,13 @@ export class EngineMetrics {
       name: `${p}status_writes_total`,
       help: "Status subresource writes, by kind.",
       labelNames: ["kind"] as const,
+      registers,
+    });
+
+    this.kubeRequests = new Counter({
+      name: `${p}kube_requests_total`,
+      help: "Requests sent to the kube-apiserver, by verb and resource.",
+      labelNames: ["verb", "resource"] as const,
       registers,
     });
 

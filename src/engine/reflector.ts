@@ -16,7 +16,7 @@
 import { objectKey, KubeApiError, type KubeClient, type KubeObject, type ResourceType, type WatchEvent } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
-import { Store } from "./store.js";
+import { Store, slimForCache } from "./store.js";
 
 export type ReflectorEventType = "ADDED" | "MODIFIED" | "DELETED" | "RESYNC";
 
@@ -37,6 +37,12 @@ export interface ReflectorOptions<T extends KubeObject> {
   logger: Logger;
   metrics?: EngineMetrics;
   onEvent?: (type: ReflectorEventType, obj: T, old?: T) => void;
+  /**
+   * Shapes each object before it is cached and handed to onEvent (list items and watch events).
+   * Default slimForCache (drops managedFields and kubectl's last-applied copy); pass one that
+   * keeps only the fields your controllers read to save more memory.
+   */
+  transform?: (obj: T) => T;
   /** Page size of lists. Default 500. */
   pageSize?: number;
   /** First retry delay after a failure. Default 500 ms. */
@@ -85,6 +91,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
   private readonly log: Logger;
   private readonly metrics: EngineMetrics | undefined;
   private readonly onEvent: ReflectorOptions<T>["onEvent"];
+  private readonly transform: (obj: T) => T;
   private readonly resourceLabel: string;
   private initialRV: string | undefined;
 
@@ -116,6 +123,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
     this.watchTimeoutSeconds = Math.max(1, Math.floor((this.idleTimeoutMs * 0.9) / 1000));
     this.metrics = opts.metrics;
     this.onEvent = opts.onEvent;
+    this.transform = opts.transform ?? slimForCache;
     this.initialRV = opts.initialResourceVersion;
     const r = opts.resource;
     this.resourceLabel = r.group === "" ? r.plural : `${r.plural}.${r.group}`;
@@ -309,7 +317,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
         }
         throw err;
       }
-      items.push(...page.items);
+      for (const it of page.items) items.push(this.transform(it));
       rv = page.metadata.resourceVersion;
       cont = page.metadata.continue;
       if (!cont) break;
@@ -434,10 +442,10 @@ export class Reflector<T extends KubeObject = KubeObject> {
 
   private apply(ev: WatchEvent<T>): void {
     if (ev.type === "ERROR") return;
-    const obj = ev.object;
-    const rv = obj.metadata?.resourceVersion;
+    const rv = ev.object.metadata?.resourceVersion;
     if (rv) this.lastRV = rv;
     if (ev.type === "BOOKMARK") return;
+    const obj = this.transform(ev.object);
     const key = objectKey(obj);
     if (ev.type === "DELETED") {
       const old = this.store.delete(key);

@@ -4,6 +4,25 @@
 
 import { objectKey, type KubeObject } from "./kube.js";
 
+/** The annotation `kubectl apply` leaves on objects: a full copy of the applied manifest. */
+export const LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration";
+
+/**
+ * What a cache keeps of an object: everything but metadata.managedFields and kubectl's
+ * last-applied copy, which no controller reads and which can double an object's size. The
+ * object is changed in place (it comes fresh from the wire) and returned.
+ */
+export function slimForCache<T extends KubeObject>(obj: T): T {
+  const meta = obj.metadata as T["metadata"] & { managedFields?: unknown };
+  if (meta.managedFields !== undefined) delete meta.managedFields;
+  if (meta.annotations && LAST_APPLIED_ANNOTATION in meta.annotations) {
+    const { [LAST_APPLIED_ANNOTATION]: _dropped, ...rest } = meta.annotations;
+    if (Object.keys(rest).length > 0) meta.annotations = rest;
+    else delete meta.annotations;
+  }
+  return obj;
+}
+
 export class Store<T extends KubeObject = KubeObject> {
   private readonly items = new Map<string, T>();
 

@@ -18,9 +18,10 @@ import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/fin
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
-import { ComputeEnvironmentResource } from "../../api/types.js";
+import { ComputeEnvironmentResource, RunResource } from "../../api/types.js";
 import type { CloudProvider, EnvContext } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
+import type { SecretGetter } from "../shared.js";
 import {
   CredentialsError,
   FINALIZER,
@@ -33,7 +34,7 @@ import {
 } from "../shared.js";
 import { isRunActive, machineMayExist } from "../run/phases.js";
 import { cloudWritesMayHaveHappened, markCloudWrites } from "./cloud-writes.js";
-import type { ListSource } from "../run/tracker.js";
+import type { CacheSource, ListSource } from "../run/tracker.js";
 
 export interface ComputeEnvironmentDeps {
   client: KubeClient;
@@ -41,7 +42,10 @@ export interface ComputeEnvironmentDeps {
   logger: Logger;
   events: EventRecorder;
   runs: ListSource<Run>;
-  ces: ListSource<ComputeEnvironment>;
+  /** The CE watch cache; with get(), reconciles read the CE from it instead of the API. */
+  ces: ListSource<ComputeEnvironment> | CacheSource<ComputeEnvironment>;
+  /** Reads Secrets (from the cache); default: a GET. */
+  secrets?: SecretGetter;
   enqueueRun: (key: string) => void;
   /** How often a Ready environment is re-checked against the cloud (drift). */
   driftCheckMs?: number;
@@ -55,7 +59,7 @@ const STALLED_RECHECK_MS = 30 * 60_000;
 const CREDENTIALS = "CredentialsValid";
 
 export class ComputeEnvironmentReconciler {
-  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs">> & { driftCheckMs: number; deletionPollMs: number };
+  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs" | "secrets">> & { driftCheckMs: number; deletionPollMs: number; secrets?: SecretGetter };
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
@@ -74,7 +78,13 @@ export class ComputeEnvironmentReconciler {
   /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
   async reconcile(key: string, signal?: AbortSignal): Promise<ReconcileResult> {
     const { namespace, name } = splitKey(key);
-    const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
+    // From the watch cache (a private copy) when there is one; see RunReconciler.read for why a
+    // stale read does no harm, and finalize() for the one place that reads the API first.
+    const ces = this.d.ces;
+    const cached = "get" in ces ? ces.get(key) : undefined;
+    const ce = "get" in ces
+      ? (cached ? structuredClone(cached) : undefined)
+      : await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
     if (!ce) return;
     const log = this.d.logger.child({ ce: key });
     const provider = this.d.providers.get(ce.spec.provider);
@@ -97,10 +107,10 @@ export class ComputeEnvironmentReconciler {
 
     let ctx: EnvContext;
     try {
-      const credentials = await resolveCredentials(this.d.client, withFinalizer);
+      const credentials = await resolveCredentials(this.d.client, withFinalizer, this.d.secrets);
       ctx = { ce: withFinalizer, credentials, logger: log, ...(signal ? { signal } : {}) };
       const ref = withFinalizer.spec.credentials?.secretRef;
-      if (ref) await protectSecret(this.d.client, namespace ?? "default", ref.name);
+      if (ref) await protectSecret(this.d.client, namespace ?? "default", ref.name, this.d.secrets);
     } catch (e) {
       if (!(e instanceof CredentialsError)) throw e;
       let conditions = kstatus(withFinalizer.status?.conditions, generation, "stalled", e.reason, e.message);
@@ -265,6 +275,15 @@ export class ComputeEnvironmentReconciler {
       return { requeueAfterMs: this.d.deletionPollMs };
     }
 
+    // The Run cache may lag (a Run created or launched a moment ago): before anything is disposed,
+    // or the finalizer released, the Runs are read from the API.
+    const stored = wrote ? await this.d.client.list<Run>(RunResource, { namespace: ce.metadata.namespace ?? "default" }) : { items: [] };
+    const stillPending = stored.items.filter((r) => r.spec.computeEnvironmentRef.name === ce.metadata.name && (isRunActive(r) || machineMayExist(r)));
+    if (stillPending.length > 0) {
+      for (const r of stillPending) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
+      return { requeueAfterMs: this.d.deletionPollMs };
+    }
+
     if (provider && wrote && policy === "Delete") {
       await this.report(ce, {
         phase: "Deleting",
@@ -272,7 +291,7 @@ export class ComputeEnvironmentReconciler {
         conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", "deleting cloud resources"),
       });
       try {
-        const credentials = await resolveCredentials(this.d.client, ce);
+        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
         await provider.disposeEnvironment({ ce, credentials, logger: log, ...(signal ? { signal } : {}) });
       } catch (e) {
         const blocked = await this.disposalBlocked(ce, e, "cannot delete cloud resources");
@@ -304,7 +323,7 @@ export class ComputeEnvironmentReconciler {
   private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<ReconcileResult | undefined> {
     let stopped: string[];
     try {
-      const credentials = await resolveCredentials(this.d.client, ce);
+      const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
       stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
     } catch (e) {
       if (policy === "Retain") {

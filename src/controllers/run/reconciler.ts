@@ -4,7 +4,7 @@
  * per account and region), so a reconcile never calls the cloud per Run just to look.
  */
 import type { KubeClient } from "../../engine/kube.js";
-import { splitKey } from "../../engine/kube.js";
+import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
@@ -15,17 +15,23 @@ import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
 import { ComputeEnvironmentResource, RunResource, parseDuration } from "../../api/types.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
+import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
-import type { ListSource, RunTracker } from "./tracker.js";
+import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 
 export interface RunDeps {
   client: KubeClient;
   providers: ReadonlyMap<string, CloudProvider>;
   logger: Logger;
   events: EventRecorder;
-  runs: ListSource<Run>;
+  /** The Run watch cache; with get(), reconciles read the Run from it instead of the API. */
+  runs: ListSource<Run> | CacheSource<Run>;
+  /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
+  ces?: CacheSource<ComputeEnvironment>;
+  /** Reads Secrets (from the cache); default: a GET. */
+  secrets?: SecretGetter;
   tracker: RunTracker;
   enqueueRun: (key: string) => void;
   enqueueComputeEnvironment: (key: string) => void;
@@ -70,14 +76,66 @@ export class RunReconciler {
     return `${run.metadata.namespace}/${run.metadata.name}`;
   }
 
+  /**
+   * The Run as the watch cache holds it (a private copy), or from the API without a cache.
+   *
+   * Reads come from the caches, as in controller-runtime; a stale read cannot do harm because:
+   * - every phase transition is written with a resourceVersion precondition, so a decision taken
+   *   on a stale Run fails with 409 and is retaken on the fresh one (e.g. no second Launching);
+   * - a Run in Launching without a recorded machine is re-read from the API before the launch is
+   *   retried (the cache may not show the machine we recorded a moment ago);
+   * - the CE reconciler lists Runs from the API before disposing of the environment;
+   * - Secrets protected by vmforge are released from a fresh list (releaseUnusedSecrets).
+   */
+  private async read(key: string): Promise<Run | undefined> {
+    const runs = this.d.runs;
+    if ("get" in runs) {
+      const cached = runs.get(key);
+      return cached ? structuredClone(cached) : undefined;
+    }
+    const { namespace, name } = splitKey(key);
+    return this.d.client.get<Run>(RunResource, namespace, name);
+  }
+
+  private async readCe(namespace: string | undefined, name: string): Promise<ComputeEnvironment | undefined> {
+    if (this.d.ces) {
+      const cached = this.d.ces.get(`${namespace}/${name}`);
+      return cached ? structuredClone(cached) : undefined;
+    }
+    return this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
+  }
+
+  /**
+   * The fast path of a new Run: writes its first status (Pending/Accepted) and nothing else, so
+   * every Run shows a phase within moments of its creation whatever the launch backlog. Run by a
+   * controller of its own; a Run that already has a phase is left alone.
+   */
+  async acknowledge(key: string): Promise<ReconcileResult> {
+    const run = await this.read(key);
+    if (!run || run.status?.phase || run.metadata.deletionTimestamp) return;
+    try {
+      await this.accept(run);
+    } catch (e) {
+      // Someone wrote the Run meanwhile (e.g. the main reconcile): its own event decides what is next.
+      if (e instanceof KubeApiError && e.status === 409) return;
+      throw e;
+    }
+    return;
+  }
+
+  private async accept(run: Run): Promise<void> {
+    const message = `accepted; checking ComputeEnvironment ${run.spec.computeEnvironmentRef.name}`;
+    await this.report(run, { phase: "Pending", reason: "Accepted", message }, "False", "Accepted", message);
+  }
+
   /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
   async reconcile(key: string, signal?: AbortSignal): Promise<ReconcileResult> {
-    const { namespace, name } = splitKey(key);
-    let run = await this.d.client.get<Run>(RunResource, namespace, name);
+    const { namespace } = splitKey(key);
+    let run = await this.read(key);
     if (!run) return;
     const log = this.d.logger.child({ run: key });
     if (signal) this.signals.set(log, signal);
-    const ce = await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, run.spec.computeEnvironmentRef.name);
+    const ce = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
     const provider = ce ? this.d.providers.get(ce.spec.provider) : undefined;
 
     if (run.metadata.deletionTimestamp) return this.finalize(run, ce, provider, log);
@@ -86,8 +144,7 @@ export class RunReconciler {
     run = await ensureFinalizer(this.d.client, RunResource, run, FINALIZER);
     if (!run.status?.phase) {
       // Acknowledge the Run at once, so every Run shows a phase from its first moments.
-      const message = `accepted; checking ComputeEnvironment ${run.spec.computeEnvironmentRef.name}`;
-      await this.report(run, { phase: "Pending", reason: "Accepted", message }, "False", "Accepted", message);
+      await this.accept(run);
     }
     const phase: Phase = run.status?.phase ?? "Pending";
 
@@ -130,7 +187,16 @@ export class RunReconciler {
       const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
       return after === Infinity ? undefined : { requeueAfterMs: after };
     }
-    if (phase === "Launching" && !run.status?.instance?.id) return this.launch(run, ce, provider, log);
+    if (phase === "Launching" && !run.status?.instance?.id) {
+      // The cache may not show the machine recorded a moment ago: look at the stored Run first.
+      const fresh = await this.d.client.get<Run>(RunResource, namespace, run.metadata.name ?? "");
+      if (!fresh) return;
+      if (fresh.metadata.resourceVersion === run.metadata.resourceVersion || (fresh.status?.phase === "Launching" && !fresh.status.instance?.id)) {
+        return this.launch(fresh, ce, provider, log);
+      }
+      // Already moved on; the watch event of that version brings it back here.
+      return { requeueAfterMs: 1_000 };
+    }
     return this.follow(run, ce, provider, log);
   }
 
@@ -171,7 +237,6 @@ export class RunReconciler {
     // hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
     await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
-    this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
     return this.launch(run, ce, provider, log);
   }
 
@@ -181,7 +246,7 @@ export class RunReconciler {
       const ctx = await this.context(ce, log);
       const ref = ce.spec.platformTokenSecretRef;
       if (ref) {
-        const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token");
+        const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
       desc = await provider.launchRun(ctx, run);
@@ -400,7 +465,7 @@ export class RunReconciler {
 
   private async context(ce: ComputeEnvironment, log: Logger): Promise<EnvContext> {
     const signal = this.signals.get(log);
-    return { ce, credentials: await resolveCredentials(this.d.client, ce), logger: log, ...(signal ? { signal } : {}) };
+    return { ce, credentials: await resolveCredentials(this.d.client, ce, this.d.secrets), logger: log, ...(signal ? { signal } : {}) };
   }
 
   /** Moves the Run to a terminal phase (once) and frees its slot. */
@@ -444,12 +509,22 @@ export class RunReconciler {
     }
   }
 
-  /** Writes status (phase fields + the kstatus trio, see runConditions) only when something changed. */
+  /**
+   * Writes status (phase fields + the kstatus trio, see runConditions) only when something
+   * changed. A phase transition carries the resourceVersion it was decided on, so a stale writer
+   * (a Run read from a lagging cache, a leader that lost its Lease) fails with 409 instead of
+   * overwriting.
+   */
   private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string): Promise<boolean> {
     const next: RunStatus = { ...(run.status ?? {}), ...patch, observedGeneration: run.metadata.generation };
     if (ready && reason !== undefined) next.conditions = runConditions(run.status?.conditions, next.phase ?? "Pending", run.metadata.generation, reason, message ?? "");
-    const updated = await updateStatus(this.d.client, RunResource, run, next);
-    if (updated) run.status = next;
+    const transition = next.phase !== run.status?.phase;
+    const updated = await updateStatus(this.d.client, RunResource, run, next, transition ? { optimisticLock: true } : {});
+    if (updated) {
+      run.status = next;
+      // later writes of this reconcile build on the version just written
+      if (updated.metadata.resourceVersion) run.metadata.resourceVersion = updated.metadata.resourceVersion;
+    }
     return updated !== undefined;
   }
 }

@@ -1,17 +1,26 @@
 /**
  * Follows the machines of all Runs with as few cloud calls as possible: every poll groups the Runs
  * whose machine may exist by account and region (same provider, credentials Secret and region)
- * and asks the provider once per group. Runs whose observation changed are enqueued.
+ * and asks the provider once per group. The groups are asked concurrently, each with its own
+ * deadline, so one slow region does not delay the others. Runs whose observation changed are
+ * enqueued. Everything is read from the watch caches: a poll in steady state makes no request to
+ * the kube-apiserver.
  */
 import type { KubeClient } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
+import type { SecretGetter } from "../shared.js";
 import { resolveCredentials } from "../shared.js";
 import { machineMayExist } from "./phases.js";
 
 export interface ListSource<T> {
   list(): T[];
+}
+
+/** A watch cache: list() and get("namespace/name"). Objects are shared: never change them. */
+export interface CacheSource<T> extends ListSource<T> {
+  get(key: string): T | undefined;
 }
 
 export interface Observation {
@@ -27,6 +36,10 @@ export interface RunTrackerDeps {
   logger: Logger;
   enqueueRun: (key: string) => void;
   pollIntervalMs: number;
+  /** Reads the credentials Secret (from the cache); default: a GET. */
+  secrets?: SecretGetter;
+  /** Deadline of one group's observation. Default: the poll interval, at least 10 s. */
+  observeTimeoutMs?: number;
 }
 
 export function accountRegionKey(ce: ComputeEnvironment): string {
@@ -42,6 +55,8 @@ export class RunTracker {
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
   private polling: Promise<void> | undefined;
+  /** Aborted by stop(): cloud calls of a poll in progress give up. */
+  private stopCtl = new AbortController();
   /** Cloud calls made by the last poll, by group. Exposed for tests and metrics. */
   lastPoll: { groups: number; runs: number } = { groups: 0, runs: 0 };
   /** Polls completed since start. */
@@ -64,6 +79,7 @@ export class RunTracker {
   start(): void {
     if (!this.stopped) return;
     this.stopped = false;
+    if (this.stopCtl.signal.aborted) this.stopCtl = new AbortController();
     const loop = (): void => {
       if (this.stopped) return;
       this.polling = this.pollOnce()
@@ -76,10 +92,16 @@ export class RunTracker {
     this.timer = setTimeout(loop, this.d.pollIntervalMs);
   }
 
-  async stop(): Promise<void> {
+  /** Stops polling; a poll in progress is aborted and waited for at most `waitMs`. */
+  async stop(waitMs = 5_000): Promise<void> {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
-    await this.polling;
+    this.stopCtl.abort(new Error("run tracker stopping"));
+    const polling = this.polling;
+    if (!polling) return;
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([polling, new Promise<void>((r) => (t = setTimeout(r, Math.max(0, waitMs))))]);
+    clearTimeout(t);
   }
 
   /** One poll over every Run whose machine may exist. */
@@ -97,13 +119,18 @@ export class RunTracker {
       else groups.set(key, { ce, runs: [run] });
     }
     let count = 0;
-    for (const { ce, runs } of groups.values()) {
+    const timeoutMs = this.d.observeTimeoutMs ?? Math.max(10_000, this.d.pollIntervalMs);
+    const observed = new Set<string>();
+    await Promise.all([...groups.values()].map(async ({ ce, runs }) => {
       const provider = this.d.providers.get(ce.spec.provider);
-      if (!provider) continue;
+      if (!provider) return;
       count += runs.length;
+      for (const run of runs) observed.add(run.metadata.uid as string);
+      const signal = AbortSignal.any([this.stopCtl.signal, AbortSignal.timeout(timeoutMs)]);
       try {
-        const credentials = await resolveCredentials(this.d.client, ce);
-        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger }, runs);
+        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
+        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal }, runs);
+        if (signal.aborted) throw signal.reason;
         for (const run of runs) {
           const uid = run.metadata.uid as string;
           const desc = result.get(uid);
@@ -114,9 +141,13 @@ export class RunTracker {
           }
         }
       } catch (e) {
+        if (this.stopCtl.signal.aborted) return;
         this.d.logger.warn({ err: e, ce: `${ce.metadata.namespace}/${ce.metadata.name}`, runs: runs.length }, "describing runs failed");
       }
-    }
+    }));
+    // Nothing is kept for Runs whose machine can no longer exist (ended, deleted): the map holds
+    // one entry per followed machine, not one per Run ever seen.
+    for (const uid of this.observations.keys()) if (!observed.has(uid)) this.observations.delete(uid);
     this.lastPoll = { groups: groups.size, runs: count };
     this.pollCount++;
   }
