@@ -1,0 +1,235 @@
+/**
+ * The operator on the real kube-apiserver reads from its watch caches: in steady state a poll
+ * makes no request to the kube-apiserver (counted by the apiserver's own metrics and by the
+ * operator's), a Run's progress does not reconcile its CE, losing the Lease aborts in-flight
+ * reconciles, and shutdown keeps its deadline and exits 0 while the cloud hangs.
+ */
+import { spawn } from "node:child_process";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KubeClient } from "../../src/engine/kube.js";
+import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
+import { EngineMetrics } from "../../src/engine/metrics.js";
+import { createLogger } from "../../src/engine/logger.js";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import type { RunDescription, EnvContext } from "../../src/cloud/provider.js";
+import { SecretResource } from "../../src/controllers/shared.js";
+import type { SecretObject } from "../../src/controllers/shared.js";
+import { Operator } from "../../src/operator.js";
+import { FakeCloud } from "../support/fake-cloud.js";
+import { installCrds, testConfig, waitFor } from "../support/operator.js";
+import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import type { OperatorConfig } from "../../src/config.js";
+
+const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
+
+let client: KubeClient;
+
+const ceManifest = (ns: string, name: string, secret?: string): ComputeEnvironment => ({
+  apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name, namespace: ns },
+  spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" }, ...(secret ? { credentials: { secretRef: { name: secret } } } : {}) } as ComputeEnvironment["spec"],
+});
+const runManifest = (ns: string, name: string, ce: string): Run => ({
+  apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+  spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } as Run["spec"],
+});
+
+async function startWithMetrics(cloud: FakeCloud, over: Partial<OperatorConfig>): Promise<{ operator: Operator; metrics: EngineMetrics; lost: { count: number } }> {
+  const metrics = new EngineMetrics({ defaultMetrics: false });
+  const config = testConfig(over);
+  const operator = new Operator({
+    client: KubeClient.fromKubeconfig(kubeconfigPath(), { metrics }), providers: new Map([["aws", cloud]]), config, metrics,
+    logger: createLogger({ level: process.env.VMFORGE_TEST_LOG_LEVEL ?? "warn", name: "vmforge-test" }),
+  });
+  const lost = { count: 0 };
+  operator.start(() => lost.count++);
+  await waitFor("operator caches synced", async () => operator.isLeader() && operator.isReady(), 30_000);
+  return { operator, metrics, lost };
+}
+
+/** Sum of a counter's samples whose labels include every given label. */
+function sum(text: string, name: string, labels: Record<string, string>): number {
+  let total = 0;
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(`${name}{`)) continue;
+    const body = line.slice(name.length + 1, line.lastIndexOf("}"));
+    if (Object.entries(labels).every(([k, v]) => body.includes(`${k}="${v}"`))) total += Number(line.slice(line.lastIndexOf(" ") + 1));
+  }
+  return total;
+}
+
+beforeAll(async () => {
+  client = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(client);
+});
+
+describe("steady state", () => {
+  let ns: string;
+  let cloud: FakeCloud;
+  let op: Awaited<ReturnType<typeof startWithMetrics>>;
+
+  beforeAll(async () => {
+    ns = await freshNamespace(client, "cache");
+    cloud = new FakeCloud();
+    op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 300 });
+  });
+  afterAll(async () => {
+    await op?.operator.stop(5_000);
+  });
+
+  it("a poll with nothing changed sends no request to the kube-apiserver and writes nothing", async () => {
+    await client.create(SecretResource, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "creds", namespace: ns }, stringData: { accessKeyId: "AKIAEXAMPLE", secretAccessKey: "s" },
+    } as SecretObject);
+    await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce", "creds"));
+    for (let i = 0; i < 20; i++) await client.create(RunResource, runManifest(ns, `r${i}`, "ce"));
+    await waitFor("all Runs Running", async () => {
+      const runs = await client.list<Run>(RunResource, { namespace: ns });
+      return runs.items.length === 20 && runs.items.every((r) => r.status?.phase === "Running");
+    }, 60_000);
+    await waitFor("CE counts 20 active Runs", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.activeRuns === 20);
+    // let the last events settle (CE coalescing window, last Running writes)
+    const settle = op.operator.tracker.pollCount + 8;
+    await waitFor("polls", async () => op.operator.tracker.pollCount >= settle);
+
+    const apiBefore = String(await client.request("GET", "/metrics"));
+    const mineBefore = await op.metrics.text();
+    const polls = op.operator.tracker.pollCount;
+    const missesBefore = op.operator.secretReader.misses;
+    await waitFor("five more polls", async () => op.operator.tracker.pollCount >= polls + 5);
+    const apiAfter = String(await client.request("GET", "/metrics"));
+    const mineAfter = await op.metrics.text();
+
+    for (const resource of ["runs", "computeenvironments"]) {
+      for (const verb of ["GET", "LIST", "PATCH", "UPDATE", "POST", "DELETE"]) {
+        const n = sum(apiAfter, "apiserver_request_total", { resource, verb }) - sum(apiBefore, "apiserver_request_total", { resource, verb });
+        expect({ resource, verb, n }).toEqual({ resource, verb, n: 0 });
+      }
+    }
+    // The operator's own count covers every resource, Secrets included.
+    for (const verb of ["get", "list", "patch", "update", "create", "delete"]) {
+      const n = sum(mineAfter, "vmforge_kube_requests_total", { verb }) - sum(mineBefore, "vmforge_kube_requests_total", { verb });
+      expect({ verb, n }).toEqual({ verb, n: 0 });
+    }
+    expect(sum(mineAfter, "vmforge_status_writes_total", {})).toBeGreaterThan(0);
+    expect(sum(mineAfter, "vmforge_status_writes_total", {})).toBe(sum(mineBefore, "vmforge_status_writes_total", {}));
+    // Secret reads came from the cache: GETs happened only before the Secret was labelled.
+    expect(op.operator.secretReader.misses).toBe(missesBefore);
+    expect(missesBefore).toBeLessThanOrEqual(3);
+    expect(cloud.calls.describe).toBeGreaterThan(0);
+  });
+
+  it("a Run's progress reconciles its CE only when the CE's status depends on it", async () => {
+    const ceReconciles = async (): Promise<number> => sum(await op.metrics.text(), "vmforge_reconcile_total", { controller: "computeenvironment" });
+    const before = await ceReconciles();
+    for (let i = 0; i < 10; i++) await client.create(RunResource, runManifest(ns, `p${i}`, "ce"));
+    await waitFor("new Runs Running", async () => {
+      const runs = await client.list<Run>(RunResource, { namespace: ns });
+      return runs.items.filter((r) => r.metadata.name?.startsWith("p") && r.status?.phase === "Running").length === 10;
+    }, 60_000);
+    await waitFor("CE counts 30 active Runs", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.activeRuns === 30);
+    // 10 Runs x (created, Pending, Launching, Running) used to be 40 CE reconciles; now the
+    // creations, gathered, are the only news (activeRuns), and Launching/Running none.
+    const after = await ceReconciles();
+    expect(after - before).toBeGreaterThan(0);
+    expect(after - before).toBeLessThan(10);
+  });
+});
+
+describe("concurrency after a restart", () => {
+  it("a slot freed by a Run launched before the restart starts the waiting Run at once, not at the next resync", async () => {
+    const ns = await freshNamespace(client, "slots");
+    const cloud = new FakeCloud();
+    const first = await startWithMetrics(cloud, { namespaces: [ns], resyncPeriodMs: 3_600_000 });
+    await client.create(ComputeEnvironmentResource, { ...ceManifest(ns, "ce"), spec: { ...ceManifest(ns, "ce").spec, maxConcurrentRuns: 1 } });
+    await client.create(RunResource, runManifest(ns, "one", "ce"));
+    await waitFor("one Running", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.phase === "Running");
+    await client.create(RunResource, runManifest(ns, "two", "ce"));
+    await waitFor("two waits for a slot", async () => (await client.get<Run>(RunResource, ns, "two"))?.status?.reason === "ConcurrencyLimit");
+    await first.operator.stop(3_000);
+
+    // A new process (nothing in memory) with a resync far away.
+    const second = await startWithMetrics(cloud, { namespaces: [ns], resyncPeriodMs: 3_600_000 });
+    try {
+      const one = await client.get<Run>(RunResource, ns, "one");
+      cloud.finish(one?.metadata.uid ?? "", 0);
+      await waitFor("one Succeeded", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.phase === "Succeeded");
+      await waitFor("two launched", async () => ["Launching", "Running"].includes((await client.get<Run>(RunResource, ns, "two"))?.status?.phase ?? ""), 20_000);
+    } finally {
+      await second.operator.stop(3_000);
+    }
+  });
+});
+
+/** A cloud whose launches hang until their signal aborts (then they record it). */
+class SlowLaunchCloud extends FakeCloud {
+  signals: AbortSignal[] = [];
+  override launchRun(ctx: EnvContext): Promise<RunDescription> {
+    this.calls.launch++;
+    if (ctx.signal) this.signals.push(ctx.signal);
+    return new Promise((_resolve, reject) => ctx.signal?.addEventListener("abort", () => reject(new Error("aborted"))));
+  }
+}
+
+describe("leadership and shutdown", () => {
+  it("losing the Lease aborts the in-flight reconciles at once", async () => {
+    const ns = await freshNamespace(client, "lease");
+    const cloud = new SlowLaunchCloud();
+    const op = await startWithMetrics(cloud, {
+      namespaces: [ns], leaderElection: true, leaseNamespace: ns, leaseName: "vmforge", identity: "me",
+      leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500,
+    });
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await client.create(RunResource, runManifest(ns, "r", "ce"));
+      await waitFor("launch in flight", async () => cloud.signals.length === 1);
+      expect(cloud.signals[0]?.aborted).toBe(false);
+      // Another process takes the Lease (as after a partition): this one must stop acting.
+      const lease = await client.get<KubeObject & { spec: Record<string, unknown> }>(LeaseResource, ns, "vmforge");
+      await client.replace(LeaseResource, { ...lease, spec: { ...lease?.spec, holderIdentity: "thief", renewTime: new Date().toISOString().replace("Z", "000Z"), leaseDurationSeconds: 3600 } } as KubeObject);
+      await waitFor("leadership lost", async () => op.lost.count === 1, 20_000);
+      expect(cloud.signals[0]?.aborted).toBe(true);
+      expect(op.operator.isLeader()).toBe(false);
+    } finally {
+      await op.operator.stop(3_000);
+    }
+  });
+
+  it("stop() returns by its deadline while a cloud call ignores its signal", async () => {
+    const ns = await freshNamespace(client, "stop");
+    const cloud = new FakeCloud();
+    let launchSignal: AbortSignal | undefined;
+    cloud.launchRun = (ctx: EnvContext) => {
+      launchSignal = ctx.signal;
+      return new Promise<RunDescription>(() => undefined); // never answers, ignores the signal
+    };
+    const op = await startWithMetrics(cloud, { namespaces: [ns] });
+    await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+    await client.create(RunResource, runManifest(ns, "r", "ce"));
+    await waitFor("launch in flight", async () => launchSignal !== undefined);
+    await op.operator.stop(2_000); // resolves although the launch never ends (the test's own timeout bounds this)
+    expect(launchSignal?.aborted).toBe(true);
+  });
+
+  it("the operator process exits 0 on SIGTERM while the cloud hangs", async () => {
+    const ns = await freshNamespace(client, "sigterm");
+    const child = spawn(process.execPath, ["--import", "tsx", "test/support/operator-process.ts"], {
+      env: {
+        ...process.env, KUBECONFIG: kubeconfigPath(), POD_NAME: "sigterm-test", VMFORGE_NAMESPACES: ns,
+        VMFORGE_LEADER_ELECTION: "false", VMFORGE_POLL_INTERVAL: "1s", VMFORGE_METRICS_ADDRESS: "127.0.0.1:0",
+        VMFORGE_LOG_LEVEL: "warn", VMFORGE_SHUTDOWN_TIMEOUT: "3s", VMFORGE_TEST_HANG_LAUNCH: "1",
+      },
+      stdio: ["ignore", "inherit", "inherit"],
+    });
+    const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await client.create(RunResource, runManifest(ns, "r", "ce"));
+      await waitFor("Run Launching (launch in flight)", async () => (await client.get<Run>(RunResource, ns, "r"))?.status?.phase === "Launching", 60_000);
+      child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+  });
+});
