@@ -11,3 +11,4 @@ export * from "./leader.js";
 export * from "./metrics.js";
 export * from "./health.js";
 export * from "./logger.js";
+export * from "./kubeconfig.js";

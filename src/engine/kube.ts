@@ -1,15 +1,13 @@
 // A small Kubernetes REST client.
 //
-// @kubernetes/client-node is used only to load a kubeconfig (file, default chain, in-cluster) and
-// to compute credentials (client certificate, bearer token, exec/auth-provider plugins). Requests
+// The kubeconfig is read by kubeconfig.ts (a light loader; @kubernetes/client-node only for exec
+// and auth-provider plugins), which also computes credentials per request. Requests
 // themselves go through node:https / node:http so that watches can be streamed and parsed
 // incrementally and so that error bodies (metav1.Status) are surfaced as KubeApiError.
-//
-// Request bodies are never logged or copied into errors: they may carry Secret data.
 
 import http from "node:http";
 import https from "node:https";
-import { KubeConfig } from "@kubernetes/client-node";
+import { loadInCluster, loadKubeConfig, type KubeConfigLike } from "./kubeconfig.js";
 import type { EngineMetrics } from "./metrics.js";
 
 export interface OwnerReference {
@@ -225,7 +223,7 @@ interface RawResponse {
 }
 
 export class KubeClient {
-  readonly kubeConfig: KubeConfig;
+  readonly kubeConfig: KubeConfigLike;
   readonly server: URL;
   private readonly requestTimeoutMs: number;
   private readonly isHttps: boolean;
@@ -233,7 +231,7 @@ export class KubeClient {
   private cachedTls: TlsMaterial | undefined;
   private readonly metrics: EngineMetrics | undefined;
 
-  constructor(kc: KubeConfig, opts: KubeClientOptions = {}) {
+  constructor(kc: KubeConfigLike, opts: KubeClientOptions = {}) {
     this.metrics = opts.metrics;
     const cluster = kc.getCurrentCluster();
     if (!cluster) throw new Error("kubeconfig has no current cluster");
@@ -245,17 +243,12 @@ export class KubeClient {
 
   /** Load from the given kubeconfig file, or else $KUBECONFIG, ~/.kube/config, in-cluster service account. */
   static fromKubeconfig(path?: string, opts?: KubeClientOptions): KubeClient {
-    const kc = new KubeConfig();
-    if (path) kc.loadFromFile(path);
-    else kc.loadFromDefault();
-    return new KubeClient(kc, opts);
+    return new KubeClient(loadKubeConfig(path), opts);
   }
 
   /** Load the in-cluster service-account configuration explicitly. */
   static inCluster(opts?: KubeClientOptions): KubeClient {
-    const kc = new KubeConfig();
-    kc.loadFromCluster();
-    return new KubeClient(kc, opts);
+    return new KubeClient(loadInCluster(), opts);
   }
 
   async list<T extends KubeObject>(rt: ResourceType, opts: ListOptions = {}): Promise<ListResult<T>> {

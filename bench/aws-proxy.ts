@@ -1,0 +1,101 @@
+/**
+ * A counting pass-through in front of the AWS emulator: every request is forwarded unchanged,
+ * and counted by service and operation (EC2/IAM query Action, X-Amz-Target, or S3 method). For
+ * RunInstances and TerminateInstances it records when each Run's machine was asked for, by the
+ * Run UIDs the request carries (ClientToken, run-uid tag). It measures what the operator asks,
+ * not how the emulator answers.
+ */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+
+export interface CallRecord {
+  op: string;
+  at: number;
+}
+
+export class AwsProxy {
+  readonly counts = new Map<string, number>();
+  /** Run UID -> first RunInstances request time. */
+  readonly launchAt = new Map<string, number>();
+  /** Instances named per TerminateInstances call. */
+  readonly terminateSizes: number[] = [];
+  private server: http.Server | undefined;
+  endpoint = "";
+  /** Run UIDs to look for in RunInstances requests. */
+  watchUids = new Set<string>();
+
+  constructor(private readonly upstream: string) {}
+
+  async start(): Promise<string> {
+    const up = new URL(this.upstream);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
+    this.server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        const body = Buffer.concat(chunks);
+        this.count(req, body);
+        const fwd = http.request({
+          host: up.hostname, port: up.port, method: req.method, path: req.url, agent,
+          headers: { ...req.headers, host: req.headers.host ?? up.host },
+        }, (r) => {
+          res.writeHead(r.statusCode ?? 502, r.headers);
+          r.pipe(res);
+        });
+        fwd.on("error", (e) => {
+          res.writeHead(502);
+          res.end(String(e));
+        });
+        fwd.end(body);
+      });
+    });
+    this.server.keepAliveTimeout = 60_000;
+    await new Promise<void>((r) => this.server?.listen(0, "127.0.0.1", r));
+    this.endpoint = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return this.endpoint;
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+  }
+
+  snapshot(): Record<string, number> {
+    return Object.fromEntries([...this.counts].sort());
+  }
+
+  reset(): void {
+    this.counts.clear();
+    this.launchAt.clear();
+    this.terminateSizes.length = 0;
+  }
+
+  private count(req: http.IncomingMessage, body: Buffer): void {
+    const auth = String(req.headers.authorization ?? "");
+    const service = /Credential=[^/]+\/[^/]+\/[^/]+\/([^/]+)\//.exec(auth)?.[1] ?? "unknown";
+    let op: string | undefined;
+    const target = req.headers["x-amz-target"];
+    if (typeof target === "string") op = target.split(".").pop();
+    let form: URLSearchParams | undefined;
+    if (!op && String(req.headers["content-type"] ?? "").includes("x-www-form-urlencoded")) {
+      form = new URLSearchParams(body.toString("utf8"));
+      op = form.get("Action") ?? undefined;
+    }
+    if (!op) {
+      const path = (req.url ?? "/").split("?")[0] ?? "/";
+      const isObject = path.split("/").filter(Boolean).length > 1;
+      op = `${req.method}${isObject ? "Object" : "Bucket"}`;
+    }
+    const key = `${service}:${op}`;
+    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    const now = Date.now();
+    if (op === "RunInstances" && form) {
+      for (const v of form.values()) if (this.watchUids.has(v) && !this.launchAt.has(v)) this.launchAt.set(v, now);
+    }
+    if (op === "TerminateInstances" && form) {
+      let n = 0;
+      for (const k of form.keys()) if (k.startsWith("InstanceId.")) n++;
+      this.terminateSizes.push(n);
+    }
+  }
+}

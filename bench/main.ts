@@ -1,0 +1,369 @@
+/**
+ * vmforge bench: the compiled operator on a real kube-apiserver with the AWS emulator (moto)
+ * behind a counting pass-through. Scenarios (issue 13):
+ *   floor     a bare AWS SDK client issuing the same launches at a few concurrencies (best kept)
+ *   burst     N Runs applied at once over 4 CEs: created -> first status / launch call / Running
+ *   steady    N active Runs: cloud calls and kube-apiserver requests per poll, writes, CPU
+ *   teardown  the 4 CEs deleted with N active Runs: calls by operation, time, what is left
+ *   memory    RSS and peak with 0 / N / 10 N Runs over 100 CEs, and after they are deleted
+ *   shutdown  SIGTERM with work in flight: exit code and time against the deadline
+ *   (azure-env, log-latency: hooks only, until the Azure provider lands)
+ * `npm run bench` (1,000 Runs), `npm run bench -- --quick` (100 Runs), `--only=floor,burst,...`.
+ * Figures print with the machine's load; JSON goes to bench/results/.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { randomUUID } from "node:crypto";
+import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
+import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand } from "@aws-sdk/client-ec2";
+import { IAMClient, ListRolesCommand } from "@aws-sdk/client-iam";
+import { KubeClient } from "../src/engine/kube.js";
+import { Reflector } from "../src/engine/reflector.js";
+import { createLogger } from "../src/engine/logger.js";
+import { ComputeEnvironmentResource, RunResource } from "../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../src/api/types.js";
+import { SecretResource } from "../src/controllers/shared.js";
+import type { SecretObject } from "../src/controllers/shared.js";
+import { startCluster } from "../test/harness/cluster.js";
+import { startMoto } from "../test/harness/moto.js";
+import { installCrds } from "../test/support/operator.js";
+import { AwsProxy } from "./aws-proxy.js";
+import { OperatorProcess } from "./operator.js";
+import { diffMaps, dist, fmtDist, fmtLoad, load, promSum, sec, type Dist, type Load } from "./stats.js";
+
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const only = args.find((a) => a.startsWith("--only="))?.slice(7).split(",");
+const N = quick ? 100 : 1000;
+const MEMORY_RUNS = quick ? [0, 100, 1000] : [0, 1000, 10000];
+const MEMORY_CES = quick ? 10 : 100;
+const POLL_MS = 15_000;
+const REGION = "eu-west-1";
+const BUCKET = "vmforge-bench";
+const want = (s: string): boolean => !only || only.includes(s);
+
+const results: Record<string, unknown> = { quick, runs: N, startedAt: new Date().toISOString(), machine: load() };
+const goals: { goal: string; figure: string; met: boolean | "n/a" }[] = [];
+const say = (s: string): void => void process.stdout.write(`${s}\n`);
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const creds = { accessKeyId: "testing", secretAccessKey: "testing" };
+
+async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i] as T, i);
+    }
+  }));
+}
+
+async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs: number, everyMs = 500): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await fn()) return true;
+    await sleep(everyMs);
+  }
+  say(`  ! gave up waiting for ${what} after ${sec(timeoutMs)}`);
+  return false;
+}
+
+/** apiserver_request_total by "VERB resource[/sub]", WATCH excluded. */
+function apiRequests(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("apiserver_request_total{")) continue;
+    const verb = /verb="([^"]*)"/.exec(line)?.[1] ?? "";
+    if (verb === "WATCH" || verb === "CONNECT") continue;
+    const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
+    const sub = /subresource="([^"]*)"/.exec(line)?.[1] ?? "";
+    const key = `${verb} ${resource}${sub ? `/${sub}` : ""}`;
+    out.set(key, (out.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+  }
+  return out;
+}
+
+async function main(): Promise<void> {
+  say(`vmforge bench (${quick ? "quick, " : ""}${N} Runs), ${fmtLoad(load())}`);
+  say("building the operator (npm run build) ...");
+  const b = spawnSync("node_modules/.bin/tsc", ["-p", "tsconfig.build.json"], { stdio: "inherit" });
+  if (b.status !== 0) throw new Error("build failed");
+
+  const cluster = await startCluster({ log: (m) => say(`  [cluster] ${m}`) });
+  const moto = await startMoto({ log: (m) => say(`  [moto] ${m}`) });
+  const proxy = new AwsProxy(moto.endpoint);
+  await proxy.start();
+  const client = KubeClient.fromKubeconfig(cluster.kubeconfigPath);
+  const aws = { endpoint: proxy.endpoint, region: REGION, credentials: creds };
+  const awsDirect = { endpoint: moto.endpoint, region: REGION, credentials: creds };
+  const operators: OperatorProcess[] = [];
+  const startOperator = async (ns: string, extra: Record<string, string> = {}): Promise<OperatorProcess> => {
+    const op = new OperatorProcess({ KUBECONFIG: cluster.kubeconfigPath, VMFORGE_AWS_ENDPOINT: proxy.endpoint, VMFORGE_NAMESPACES: ns, POD_NAME: `bench-${ns}`, ...extra });
+    operators.push(op);
+    await op.start();
+    return op;
+  };
+  const namespace = async (prefix: string): Promise<string> => {
+    const name = `${prefix}-${randomUUID().slice(0, 6)}`;
+    await client.create({ group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false }, { metadata: { name } });
+    return name;
+  };
+  const awsSetup = async (ns: string): Promise<void> => {
+    await moto.reset();
+    proxy.reset();
+    await new S3Client({ ...awsDirect, forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: creds } as SecretObject);
+  };
+  const ceSpec = (secret = "aws"): ComputeEnvironment["spec"] =>
+    ({ provider: "aws", credentials: { secretRef: { name: secret } }, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` } }) as ComputeEnvironment["spec"];
+  const runSpec = (ce: string): Run["spec"] => ({ computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" } }) as Run["spec"];
+
+  try {
+    await installCrds(client);
+
+    // ---------------------------------------------------------------- floor
+    let floor: { concurrency: number; totalMs: number; latency: Dist } | undefined;
+    if (want("floor") || want("burst")) {
+      say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency 4, 16, 64 (best kept)`);
+      const levels: { concurrency: number; totalMs: number; latency: Dist }[] = [];
+      for (const concurrency of [4, 16, 64]) {
+        await moto.reset();
+        proxy.reset();
+        const ec2 = new EC2Client(aws);
+        const image = (await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"], Filters: [{ Name: "architecture", Values: ["x86_64"] }] }))).Images?.[0]?.ImageId;
+        const subnet = (await ec2.send(new DescribeSubnetsCommand({}))).Subnets?.[0]?.SubnetId;
+        const userData = Buffer.from("#!/bin/bash\n" + "# launcher\n".repeat(850)).toString("base64");
+        const lat: number[] = [];
+        const t0 = Date.now();
+        await poolDo(Array.from({ length: N }, (_, i) => i), concurrency, async () => {
+          const uid = randomUUID();
+          const s = Date.now();
+          await ec2.send(new RunInstancesCommand({
+            ImageId: image, InstanceType: "m6i.large", MinCount: 1, MaxCount: 1, SubnetId: subnet, UserData: userData, ClientToken: uid,
+            InstanceInitiatedShutdownBehavior: "terminate",
+            TagSpecifications: [{ ResourceType: "instance", Tags: [{ Key: "vmforge.dev/run-uid", Value: uid }, { Key: "vmforge.dev/ce-uid", Value: "floor" }, { Key: "Name", Value: `floor-${uid.slice(0, 8)}` }] }],
+          }));
+          lat.push(Date.now() - s);
+        });
+        const level = { concurrency, totalMs: Date.now() - t0, latency: dist(lat) };
+        levels.push(level);
+        say(`  concurrency ${concurrency}: all ${N} in ${sec(level.totalMs)}; per call ${fmtDist(level.latency)}; ${fmtLoad(load())}`);
+      }
+      floor = levels.reduce((a, c) => (c.totalMs < a.totalMs ? c : a));
+      results.floor = { levels, best: floor, load: load() };
+      say(`  best: concurrency ${floor.concurrency}, ${sec(floor.totalMs)}`);
+    }
+
+    // ---------------------------------------------------------------- burst + steady + teardown
+    if (want("burst") || want("steady") || want("teardown")) {
+      const ns = await namespace("burst");
+      await awsSetup(ns);
+      const op = await startOperator(ns);
+      say(`\n[burst] ${N} Runs applied at once over 4 CEs (operator pid ${op.pid}, defaults: 4 workers, 15 s poll)`);
+      for (let i = 0; i < 4; i++) await client.create(ComputeEnvironmentResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: `ce${i}`, namespace: ns }, spec: ceSpec() } as ComputeEnvironment);
+      await until("4 CEs Ready", async () => {
+        const l = await client.list<ComputeEnvironment>(ComputeEnvironmentResource, { namespace: ns });
+        return l.items.filter((c) => c.status?.conditions?.some((x) => x.type === "Ready" && x.status === "True")).length === 4;
+      }, 180_000);
+      const created = new Map<string, number>();
+      const uidOf = new Map<string, string>();
+      const firstStatus = new Map<string, number>();
+      const running = new Map<string, number>();
+      const phases = new Map<string, string>();
+      const watch = new Reflector<Run>({
+        client, resource: RunResource, namespace: ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
+        onEvent: (_t, r) => {
+          const name = r.metadata.name ?? "";
+          const now = Date.now();
+          if (r.status?.phase) phases.set(name, r.status.phase);
+          if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
+          if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);
+        },
+      });
+      watch.start();
+      await watch.waitForSync();
+      proxy.reset();
+      const cpu0 = op.stats().cpuS;
+      const t0 = Date.now();
+      await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
+        const name = `r${String(i).padStart(5, "0")}`;
+        const r = await client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns }, spec: runSpec(`ce${i % 4}`) } as Run);
+        created.set(name, Date.now());
+        uidOf.set(name, r.metadata.uid ?? "");
+        proxy.watchUids.add(r.metadata.uid ?? "");
+      });
+      const createdAllMs = Date.now() - t0;
+      say(`  ${N} Runs created in ${sec(createdAllMs)}`);
+      await until(`all ${N} Runs Running`, () => running.size >= N, quick ? 300_000 : 900_000, 1_000);
+      const allRunningMs = Date.now() - t0;
+      const d = (m: Map<string, number>): number[] => [...created].filter(([n]) => m.has(n)).map(([n, t]) => (m.get(n) ?? t) - t);
+      const launchTimes = new Map([...uidOf].filter(([, u]) => proxy.launchAt.has(u)).map(([n, u]) => [n, proxy.launchAt.get(u) ?? 0]));
+      const lastLaunch = Math.max(...launchTimes.values());
+      const burst = {
+        runs: N, createdAllMs, allRunningMs,
+        firstStatus: dist(d(firstStatus)), launchCall: dist(d(launchTimes)), running: dist(d(running)),
+        allLaunchedMs: lastLaunch - t0, cloudCalls: proxy.snapshot(), operatorCpuS: op.stats().cpuS - cpu0, rss: op.stats(), load: load(),
+      };
+      results.burst = burst;
+      say(`  created -> first status: ${fmtDist(burst.firstStatus)}`);
+      say(`  created -> launch call:  ${fmtDist(burst.launchCall)}`);
+      say(`  created -> Running:      ${fmtDist(burst.running)}`);
+      say(`  all launched ${sec(burst.allLaunchedMs)} after the first create (creating took ${sec(createdAllMs)}); all Running after ${sec(allRunningMs)}`);
+      say(`  cloud calls: ${JSON.stringify(burst.cloudCalls)}`);
+      say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
+      goals.push({ goal: "status within 1 s of creation (max)", figure: sec(burst.firstStatus.max), met: burst.firstStatus.max <= 1000 });
+      if (floor) {
+        const ratio = burst.allLaunchedMs / floor.totalMs;
+        (burst as Record<string, unknown>).ratioToFloor = ratio;
+        say(`  time to all launched / floor's: ${ratio.toFixed(2)} (floor ${sec(floor.totalMs)} at concurrency ${floor.concurrency})`);
+        goals.push({ goal: "all launched <= 1.25 x floor", figure: `${ratio.toFixed(2)} x`, met: ratio <= 1.25 });
+        goals.push({ goal: "launch call p99 <= floor p99 + 2 s", figure: `${sec(burst.launchCall.p99)} vs ${sec(floor.latency.p99 + 2000)}`, met: burst.launchCall.p99 <= floor.latency.p99 + 2000 });
+      }
+
+      // ---------------------------------------------------------------- steady
+      if (want("steady") || want("teardown")) {
+        const polls = quick ? 2 : 4;
+        say(`\n[steady] ${N} active Runs, ${polls} polls of 15 s`);
+        await sleep(2 * POLL_MS); // the last Running writes and CE counts settle
+        const api0 = apiRequests(String(await client.request("GET", "/metrics")));
+        const m0 = await op.metrics();
+        proxy.reset();
+        const cpu1 = op.stats().cpuS;
+        const tw = Date.now();
+        await sleep(polls * POLL_MS);
+        const windowMs = Date.now() - tw;
+        const api1 = apiRequests(String(await client.request("GET", "/metrics")));
+        const m1 = await op.metrics();
+        const perPoll = (o: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(o).map(([k, v]) => [k, Math.round((v / (windowMs / POLL_MS)) * 100) / 100]));
+        const apiDiff = diffMaps(api1, api0);
+        const reads = Object.entries(apiDiff).filter(([k]) => /^(GET|LIST) (runs|computeenvironments|secrets)/.test(k)).reduce((a, [, v]) => a + v, 0);
+        const writes = diffMaps(promSum(m1, "vmforge_status_writes_total", {}, "kind"), promSum(m0, "vmforge_status_writes_total", {}, "kind"));
+        const mine = diffMaps(promSum(m1, "vmforge_kube_requests_total", {}, "verb"), promSum(m0, "vmforge_kube_requests_total", {}, "verb"));
+        const cloudPerPoll = perPoll(proxy.snapshot());
+        const steady = {
+          runs: N, polls: windowMs / POLL_MS, cloudCallsPerPoll: cloudPerPoll, apiserverRequestsPerPoll: perPoll(apiDiff),
+          operatorRequests: mine, statusWrites: writes, readsPerRunPerPoll: reads / N / (windowMs / POLL_MS),
+          operatorCpuSPerMin: ((op.stats().cpuS - cpu1) / windowMs) * 60_000, rss: op.stats(), load: load(),
+        };
+        results.steady = steady;
+        say(`  cloud calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}`);
+        say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
+        say(`  the operator's own requests in the window: ${JSON.stringify(mine)}; status writes: ${JSON.stringify(writes)}`);
+        say(`  reads per Run per poll: ${steady.readsPerRunPerPoll.toFixed(4)}; operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);
+        const describes = Object.entries(cloudPerPoll).filter(([k]) => k.endsWith(":DescribeInstances")).reduce((a, [, v]) => a + v, 0);
+        goals.push({ goal: "zero kube-apiserver reads per Run per poll", figure: steady.readsPerRunPerPoll.toFixed(4), met: reads === 0 });
+        goals.push({ goal: "zero writes when nothing changed", figure: JSON.stringify(writes), met: Object.keys(writes).length === 0 });
+        goals.push({ goal: "cloud reads per poll <= 1 per 1,000 instances per account/region", figure: `${describes} DescribeInstances per poll`, met: describes <= Math.max(1, Math.ceil(N / 1000)) });
+      }
+
+      // ---------------------------------------------------------------- teardown
+      if (want("teardown")) {
+        say(`\n[teardown] deleting the 4 CEs with ${N} active Runs`);
+        proxy.reset();
+        const cpu2 = op.stats().cpuS;
+        const td = Date.now();
+        for (let i = 0; i < 4; i++) await client.delete(ComputeEnvironmentResource, ns, `ce${i}`);
+        const gone = await until("the 4 CEs gone", async () => (await client.list(ComputeEnvironmentResource, { namespace: ns })).items.length === 0, quick ? 300_000 : 600_000, 1_000);
+        const tookMs = Date.now() - td;
+        const ec2 = new EC2Client(awsDirect);
+        const inst = (await ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: "instance-state-name", Values: ["pending", "running", "stopping", "stopped"] }] }))).Reservations?.flatMap((r) => r.Instances ?? []) ?? [];
+        const roles = ((await new IAMClient(awsDirect).send(new ListRolesCommand({}))).Roles ?? []).filter((r) => r.RoleName?.startsWith("TowerForge-"));
+        const runPhases: Record<string, number> = {};
+        for (const p of phases.values()) runPhases[p] = (runPhases[p] ?? 0) + 1;
+        const sizes = proxy.terminateSizes;
+        const teardown = {
+          runs: N, completed: gone, tookMs, calls: proxy.snapshot(), terminateCalls: sizes.length, instancesPerTerminate: sizes.length ? dist(sizes) : undefined,
+          left: { liveInstances: inst.length, roles: roles.length, runPhases }, operatorCpuS: op.stats().cpuS - cpu2, load: load(),
+        };
+        results.teardown = teardown;
+        say(`  ${gone ? "done" : "NOT done"} in ${sec(tookMs)}; calls: ${JSON.stringify(teardown.calls)}`);
+        say(`  TerminateInstances: ${sizes.length} calls, instances per call ${sizes.length ? `max ${Math.max(...sizes)}, p50 ${dist(sizes).p50}` : "-"}`);
+        say(`  left: ${inst.length} live instances, ${roles.length} TowerForge roles; Runs by phase ${JSON.stringify(runPhases)}; ${fmtLoad(teardown.load)}`);
+        const probes = Object.entries(teardown.calls).filter(([k]) => /GetLogEvents|GETObject/.test(k)).reduce((a, [, v]) => a + v, 0);
+        goals.push({ goal: "terminations batched (<= 1,000 per call)", figure: `${sizes.length} calls for ${N} Runs`, met: sizes.length > 0 && sizes.length <= Math.ceil(N / 1000) * 4 });
+        goals.push({ goal: "no per-Run log/S3 probe for cancelled Runs", figure: `${probes} GetLogEvents+GetObject`, met: probes < N / 10 });
+        goals.push({ goal: "nothing left after teardown", figure: `${inst.length} instances, ${roles.length} roles`, met: gone && inst.length === 0 && roles.length === 0 });
+      }
+      await watch.stop();
+
+      // ---------------------------------------------------------------- shutdown with work in flight
+      const shut = await op.stop();
+      results.shutdownAfterBurst = shut;
+      say(`\n[shutdown] SIGTERM: exit ${shut.code} after ${sec(shut.ms)} (deadline 30 s)`);
+      goals.push({ goal: "exit 0 on SIGTERM within the 30 s deadline", figure: `exit ${shut.code} in ${sec(shut.ms)}`, met: shut.code === 0 && shut.ms <= 30_000 });
+    }
+
+    // ---------------------------------------------------------------- memory
+    if (want("memory")) {
+      const ns = await namespace("memory");
+      await moto.reset();
+      const op = await startOperator(ns);
+      say(`\n[memory] ${MEMORY_CES} CEs, Runs ${MEMORY_RUNS.join(" / ")} (compiled operator, pid ${op.pid})`);
+      // CEs without their Secret stay Stalled, so their Runs stay Pending: the operator holds every
+      // Run in its caches and status, without the emulator launching 10,000 machines.
+      for (let i = 0; i < MEMORY_CES; i++) {
+        await client.create(ComputeEnvironmentResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: `m${i}`, namespace: ns }, spec: ceSpec("missing") } as ComputeEnvironment);
+      }
+      await sleep(10_000);
+      const points: { runs: number; rssMiB: number; peakMiB: number; heapUsedMiB: number }[] = [];
+      const heap = async (): Promise<number> => Math.round(((promSum(await op.metrics(), "vmforge_nodejs_heap_size_used_bytes").get("") ?? 0) / 1048576) * 10) / 10;
+      let made = 0;
+      for (const target of MEMORY_RUNS) {
+        const names = Array.from({ length: target - made }, (_, k) => made + k);
+        await poolDo(names, 16, async (i) => {
+          await client.create(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: `m${String(i).padStart(6, "0")}`, namespace: ns }, spec: runSpec(`m${i % MEMORY_CES}`) } as Run);
+        });
+        made = target;
+        if (target > 0) {
+          await until(`${target} Runs with a status`, async () => {
+            const l = await client.list<Run>(RunResource, { namespace: ns });
+            return l.items.filter((r) => r.status?.reason === "ComputeEnvironmentNotReady").length >= target;
+          }, 900_000, 3_000);
+        }
+        await sleep(10_000);
+        const s = op.stats();
+        const p = { runs: target, rssMiB: s.rssMiB, peakMiB: Math.max(s.peakMiB, op.sampledPeakMiB), heapUsedMiB: await heap() };
+        points.push(p);
+        say(`  ${target} Runs: RSS ${p.rssMiB} MiB, peak ${p.peakMiB} MiB, heap used ${p.heapUsedMiB} MiB; ${fmtLoad(load())}`);
+      }
+      // Every Run deleted: what stays is the leak.
+      const t = Date.now();
+      await client.request("DELETE", `/apis/vmforge.dev/v1alpha1/namespaces/${ns}/runs`);
+      await until("every Run gone", async () => (await client.list(RunResource, { namespace: ns, limit: 1 })).items.length === 0, 900_000, 3_000);
+      await sleep(10_000);
+      const after = { runs: 0, rssMiB: op.stats().rssMiB, peakMiB: op.stats().peakMiB, heapUsedMiB: await heap(), deleteMs: Date.now() - t };
+      say(`  after deleting them all: RSS ${after.rssMiB} MiB, heap used ${after.heapUsedMiB} MiB (deletion took ${sec(after.deleteMs)})`);
+      results.memory = { ces: MEMORY_CES, points, afterDeletion: after, load: load() };
+      const top = points[points.length - 1];
+      if (top) goals.push({ goal: `<= 150 MiB RSS with ${top.runs} Runs and ${MEMORY_CES} CEs`, figure: `${top.rssMiB} MiB (peak ${top.peakMiB})`, met: top.rssMiB <= 150 });
+      const idle = points[0];
+      if (idle) goals.push({ goal: "no per-Run state after deletion (heap back near idle)", figure: `${after.heapUsedMiB} MiB vs ${idle.heapUsedMiB} MiB idle`, met: after.heapUsedMiB <= idle.heapUsedMiB * 1.5 + 5 });
+      const shut = await op.stop();
+      say(`  SIGTERM: exit ${shut.code} after ${sec(shut.ms)}`);
+    }
+
+    say("\n[azure-env] [log-latency] not measured: hooks only until the Azure provider lands");
+    results.azure = "not measured";
+  } finally {
+    for (const op of operators) await op.stop().catch(() => undefined);
+    await proxy.stop();
+    await moto.stop();
+    await cluster.stop();
+  }
+
+  results.goals = goals;
+  results.finishedAt = new Date().toISOString();
+  results.machineAtEnd = load() as Load;
+  say("\ngoals:");
+  for (const g of goals) say(`  ${g.met === true ? "MET " : g.met === false ? "MISS" : "n/a "} ${g.goal}: ${g.figure}`);
+  mkdirSync("bench/results", { recursive: true });
+  const file = `bench/results/${results.startedAt as string}${quick ? "-quick" : ""}.json`.replace(/:/g, "-");
+  writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+  writeFileSync("bench/results/latest.json", `${JSON.stringify(results, null, 2)}\n`);
+  say(`results: ${file}`);
+}
+
+main().then(() => process.exit(0), (e: unknown) => {
+  console.error(e);
+  process.exit(1);
+});

@@ -1,0 +1,78 @@
+/** The compiled operator (dist/main.js) as a child process, with its metrics endpoint and /proc figures. */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:net";
+import { processStats } from "./stats.js";
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const a = s.address();
+      const port = typeof a === "object" && a ? a.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export class OperatorProcess {
+  child: ChildProcess | undefined;
+  metricsUrl = "";
+  /** Highest RSS sampled (MiB), next to the kernel's own peak (VmHWM). */
+  sampledPeakMiB = 0;
+  private sampler: NodeJS.Timeout | undefined;
+  private exited: Promise<number | null> | undefined;
+
+  constructor(private readonly env: Record<string, string>) {}
+
+  async start(): Promise<void> {
+    const port = await freePort();
+    this.metricsUrl = `http://127.0.0.1:${port}/metrics`;
+    this.child = spawn(process.execPath, ["dist/main.js"], {
+      env: { ...process.env, VMFORGE_METRICS_ADDRESS: `127.0.0.1:${port}`, VMFORGE_LEADER_ELECTION: "false", VMFORGE_LOG_LEVEL: "warn", ...this.env },
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+    const child = this.child;
+    this.exited = new Promise((r) => child.once("exit", (code) => r(code)));
+    for (let i = 0; i < 300; i++) {
+      try {
+        const r = await fetch(this.metricsUrl.replace("/metrics", "/readyz"));
+        if (r.ok) break;
+      } catch {
+        // not listening yet
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    this.sampler = setInterval(() => {
+      try {
+        this.sampledPeakMiB = Math.max(this.sampledPeakMiB, this.stats().rssMiB);
+      } catch {
+        // exited
+      }
+    }, 500);
+  }
+
+  get pid(): number {
+    return this.child?.pid ?? 0;
+  }
+
+  stats(): { rssMiB: number; peakMiB: number; cpuS: number } {
+    return processStats(this.pid);
+  }
+
+  async metrics(): Promise<string> {
+    return (await fetch(this.metricsUrl)).text();
+  }
+
+  /** SIGTERM; resolves with the exit code and how long the exit took. */
+  async stop(): Promise<{ code: number | null; ms: number }> {
+    clearInterval(this.sampler);
+    if (!this.child || this.child.exitCode !== null) return { code: this.child?.exitCode ?? null, ms: 0 };
+    const t0 = Date.now();
+    this.child.kill("SIGTERM");
+    const killer = setTimeout(() => this.child?.kill("SIGKILL"), 60_000);
+    const code = await this.exited;
+    clearTimeout(killer);
+    return { code: code ?? null, ms: Date.now() - t0 };
+  }
+}
