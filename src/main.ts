@@ -6,9 +6,8 @@ import { KubeClient } from "./engine/kube.js";
 import { createLogger } from "./engine/logger.js";
 import { EngineMetrics } from "./engine/metrics.js";
 import { startHealthServer } from "./engine/health.js";
-import type { CloudProvider } from "./cloud/provider.js";
-import { AwsProvider } from "./cloud/aws/provider.js";
-import { AzureProvider } from "./cloud/azure/provider.js";
+import type { CloudProvider, EnvContext, EnvObservation, RunDescription, RunLogChunk } from "./cloud/provider.js";
+import type { Run } from "./api/types.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
 import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
@@ -75,8 +74,60 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
   operator.start(() => void shutdown("lost-leadership", 1));
 }
 
+/**
+ * A provider whose module (and cloud SDK) is loaded on its first use: an operator that serves only
+ * AWS never loads the Azure SDKs, and the other way round (each costs tens of MiB of memory).
+ */
+export class LazyProvider implements CloudProvider {
+  private loaded: Promise<CloudProvider> | undefined;
+  constructor(
+    readonly name: string,
+    private readonly load: () => Promise<CloudProvider>,
+    readonly announcesCloudWrites = false,
+  ) {}
+
+  private get p(): Promise<CloudProvider> {
+    this.loaded ??= this.load();
+    return this.loaded;
+  }
+
+  async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return (await this.p).observeEnvironment(ctx);
+  }
+  async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+    return (await this.p).provisionEnvironment(ctx);
+  }
+  async disposeEnvironment(ctx: EnvContext): Promise<void> {
+    return (await this.p).disposeEnvironment(ctx);
+  }
+  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+    return (await this.p).launchRun(ctx, run);
+  }
+  async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    return (await this.p).describeRuns(ctx, runs);
+  }
+  async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
+    return (await this.p).terminateRun(ctx, run);
+  }
+  async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+    return (await this.p).readRunLog(ctx, run, from);
+  }
+  async sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
+    const p = await this.p;
+    return p.sweepOrphans ? p.sweepOrphans(ctx, liveRunUids) : [];
+  }
+}
+
+/** The providers of the released operator, each loaded on first use. */
+export function defaultProviders(): Map<string, CloudProvider> {
+  return new Map<string, CloudProvider>([
+    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), true)],
+    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider())],
+  ]);
+}
+
 if (import.meta.url === `file://${process.argv[1]}`) {
-  runOperator(new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider()]])).catch((e: unknown) => {
+  runOperator(defaultProviders()).catch((e: unknown) => {
     console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
     process.exit(1);
   });
