@@ -1,6 +1,6 @@
 /**
- * vmforge bench: the compiled operator on a real kube-apiserver with the AWS emulator (moto)
- * behind a counting pass-through. Scenarios (issue 13):
+ * vmforge bench: the compiled operator on a real kube-apiserver with the AWS emulator (moto with
+ * its faster tag reads, behind the stricter AWS layer) behind a counting pass-through. Scenarios (issue 13):
  *   floor     a bare AWS SDK client issuing the same launches at a few concurrencies (best kept)
  *   burst     N Runs applied at once over 4 CEs: created -> first status / launch call / Running
  *   steady    N active Runs: cloud calls and kube-apiserver requests per poll, writes, CPU
@@ -26,6 +26,7 @@ import { SecretResource } from "../src/controllers/shared.js";
 import type { SecretObject } from "../src/controllers/shared.js";
 import { startCluster } from "../test/harness/cluster.js";
 import { startMoto } from "../test/harness/moto.js";
+import { startStrictAws } from "../test/harness/aws-strict/server.js";
 import { installCrds } from "../test/support/operator.js";
 import { AwsProxy } from "./aws-proxy.js";
 import { OperatorProcess } from "./operator.js";
@@ -91,7 +92,10 @@ async function main(): Promise<void> {
 
   const cluster = await startCluster({ log: (m) => say(`  [cluster] ${m}`) });
   const moto = await startMoto({ log: (m) => say(`  [moto] ${m}`) });
-  const proxy = new AwsProxy(moto.endpoint);
+  // moto (with its faster tag reads) behind the stricter AWS layer, every strict behaviour off:
+  // the answers EC2 gives, at the emulator's speed
+  const layer = await startStrictAws({ upstream: moto.endpoint, log: (m) => say(`  [strict-aws] ${m}`) });
+  const proxy = new AwsProxy(layer.endpoint);
   await proxy.start();
   const client = KubeClient.fromKubeconfig(cluster.kubeconfigPath);
   const aws = { endpoint: proxy.endpoint, region: REGION, credentials: creds };
@@ -347,6 +351,7 @@ async function main(): Promise<void> {
   } finally {
     for (const op of operators) await op.stop().catch(() => undefined);
     await proxy.stop();
+    await layer.stop();
     await moto.stop();
     await cluster.stop();
   }
