@@ -88,7 +88,8 @@ describe("ComputeEnvironment", () => {
     expect(ce.status?.resources?.map((r) => r.kind).sort()).toEqual(["IAMRole", "InstanceProfile"]);
     expect(cond(ce, "Reconciling")?.status).toBe("False");
     expect(cond(ce, "Stalled")?.status).toBe("False");
-    expect((await events("ready")).map((e) => e.reason)).toContain("Ready");
+    // the Event follows the status write
+    await waitFor("Ready Event", async () => (await events("ready")).some((e) => e.reason === "Ready"));
   });
 
   it("reports a missing credentials Secret by name, protects it once it exists, and goes Ready", async () => {
