@@ -13,8 +13,9 @@
  *
  * Logs need the cloud credentials of the Run's ComputeEnvironment. When the caller may read the
  * CE's credentials Secret they are used; when the Secret is forbidden (e.g. a user with the `view`
- * role), the caller's own cloud identity is used instead (AWS: the SDK's default chain, i.e.
- * AWS_PROFILE / environment / SSO; Azure: the Azure CLI login), and a note says so on stderr.
+ * role), on AWS the caller's own identity is used instead (the SDK's default chain: AWS_PROFILE,
+ * environment, SSO) and a note says so on stderr; on Azure that is refused with a clear message
+ * (the Azure provider has no caller identity to fall back on).
  */
 import { KubeConfig } from "@kubernetes/client-node";
 import { KubeApiError, KubeClient } from "../engine/kube.js";
@@ -202,8 +203,11 @@ async function credentialsFor(client: KubeClient, ce: ComputeEnvironment, io: Pl
     return await resolveCredentials(client, ce);
   } catch (e) {
     if (e instanceof KubeApiError && e.status === 403) {
-      const ref = ce.spec.credentials?.secretRef?.name ?? "";
-      io.err(`note: you may not read Secret ${ce.metadata.namespace}/${ref}; reading the log with your own ${ce.spec.provider === "azure" ? "Azure CLI login" : "AWS identity (AWS_PROFILE, environment or SSO)"}\n`);
+      const secret = `${ce.metadata.namespace}/${ce.spec.credentials?.secretRef?.name ?? ""}`;
+      if (ce.spec.provider !== "aws") {
+        throw new Error(`you may not read Secret ${secret}, and reading a Run's log on ${ce.spec.provider} with your own identity is not supported: ask for "get" on that Secret`);
+      }
+      io.err(`note: you may not read Secret ${secret}; reading the log with your own AWS identity (AWS_PROFILE, environment or SSO)\n`);
       return { source: "ambient", data: {} };
     }
     throw e;
