@@ -3,12 +3,29 @@
 // permissions". Tests use these statements unchanged; only the document's placeholders for the
 // work directory (<BUCKET_NAME>, WORKDIR) are filled in.
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import type { PolicyDocument, PolicyStatement } from "./aws-strict/policy-eval.js";
 
-/** Folder of the product documents: $VMFORGE_SEEDS_DIR, else the shared folder of this machine. */
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+
+/**
+ * Folder of the product documents: $VMFORGE_SEEDS_DIR, else the `shared/seeds` folder that sits
+ * beside the checkout (or beside its parent, for a git worktree one level down). Tests that read a
+ * seed fail with a clear message when none is found; they never skip.
+ */
 export function seedsDir(): string {
-  return process.env.VMFORGE_SEEDS_DIR ?? "/work/shared/seeds";
+  if (process.env.VMFORGE_SEEDS_DIR) return process.env.VMFORGE_SEEDS_DIR;
+  const candidates = [join(REPO, "..", "shared", "seeds"), join(REPO, "..", "..", "shared", "seeds")];
+  return candidates.find((d) => existsSync(join(d, "README.md"))) ?? candidates[0]!;
+}
+
+/** Path of a seed document by its number prefix (e.g. "001"); throws a clear error when absent. */
+export function seedPath(prefix: string): string {
+  const dir = seedsDir();
+  const f = existsSync(dir) ? readdirSync(dir).find((n) => n.startsWith(`${prefix}_`) && n.endsWith(".txt")) : undefined;
+  if (!f) throw new Error(`product document ${prefix}_*.txt not found in ${dir}; set VMFORGE_SEEDS_DIR to the folder of the product documents`);
+  return join(dir, f);
 }
 
 /** Path of seed 002 (the AWS Cloud document), or undefined when it is not on this machine. */

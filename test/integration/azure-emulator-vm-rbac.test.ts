@@ -1,7 +1,7 @@
 // The Azure emulator's virtual machines, RBAC, capacity errors, faults and request log, through
 // the real SDK packages.
+import { seedPath } from "../harness/seed-policy.js";
 import { randomUUID } from "node:crypto";
-import { join } from "node:path";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { ComputeManagementClient, type VirtualMachine } from "@azure/arm-compute";
 import { ManagedServiceIdentityClient } from "@azure/arm-msi";
@@ -12,8 +12,6 @@ import { ClientSecretCredential, ManagedIdentityCredential } from "@azure/identi
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { azureClientOptions, azureControl, azureCredentialOptions, azureInfo, azureTestCredential } from "../harness/helpers.js";
 
-/** The product documents (seeds); VMFORGE_SEEDS_DIR overrides where they are. */
-const SEEDS_DIR = process.env.VMFORGE_SEEDS_DIR ?? "/work/shared/seeds";
 const LOCATION = "westeurope";
 
 async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
@@ -24,7 +22,7 @@ async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
 
 /** Seed 001: the Azure role JSON of the product, read at test time. */
 function seedFile(): string {
-  return join(SEEDS_DIR, "001_27279684b0b7f99f.txt");
+  return seedPath("001");
 }
 
 function vmParams(subnetId: string, o: { identityId?: string; size?: string; userData?: string; spot?: boolean } = {}): VirtualMachine {

@@ -1,7 +1,7 @@
 // The emulator's Log Analytics data plane through the real SDK packages: Logs Ingestion
 // (@azure/monitor-ingestion) on the DCE's logsIngestion endpoint, and the query API
 // (@azure/monitor-query-logs), with the ARM resources made through @azure/arm-* clients.
-import { join } from "node:path";
+import { seedPath } from "../harness/seed-policy.js";
 import type { TokenCredential } from "@azure/core-auth";
 import { ClientSecretCredential, ManagedIdentityCredential } from "@azure/identity";
 import { MonitorClient } from "@azure/arm-monitor";
@@ -12,8 +12,6 @@ import { LogsQueryClient, type LogsQueryResult } from "@azure/monitor-query-logs
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { azureClientOptions, azureControl, azureCredentialOptions, azureEndpoint, azureInfo, azureTestCredential } from "../harness/helpers.js";
 
-/** The product documents (seeds); VMFORGE_SEEDS_DIR overrides where they are. */
-const SEEDS_DIR = process.env.VMFORGE_SEEDS_DIR ?? "/work/shared/seeds";
 const RG = "rg-logs";
 const TABLE = "RunLog_CL";
 const STREAM = "Custom-RunLog";
@@ -104,7 +102,7 @@ beforeAll(async () => {
   await azureControl().assignRole({ principalId: w.objectId, scope: dcrId, roleName: "Monitoring Metrics Publisher" });
   writer = w.cred;
   const r = await principal("log-reader");
-  await azureControl().grantSeedRole({ principalId: r.objectId, seedFile: join(SEEDS_DIR, "001_27279684b0b7f99f.txt"), roleName: "seqera-azure-cloud-logs", subscriptionId: sub });
+  await azureControl().grantSeedRole({ principalId: r.objectId, seedFile: seedPath("001"), roleName: "seqera-azure-cloud-logs", subscriptionId: sub });
   reader = r.cred;
   queryClient = new LogsQueryClient(reader, { endpoint: `${azureEndpoint()}/loganalytics/v1` });
 });

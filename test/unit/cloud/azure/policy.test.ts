@@ -1,5 +1,6 @@
 // The Azure roles per phase (seed 001), the operator's calls checked against them, and
 // `vmforge policy azure`.
+import { seedPath } from "../../../harness/seed-policy.js";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeEach, describe, expect, it } from "vitest";
@@ -22,7 +23,6 @@ import { createLogger } from "../../../../src/engine/logger.js";
 import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
 
 const SRC = join(import.meta.dirname, "../../../../src/cloud/azure");
-const SEEDS = join(import.meta.dirname, "../../../../../../shared/seeds");
 
 /**
  * The permission each SDK operation needs, from Azure's operation reference. The test below reads
@@ -125,12 +125,8 @@ function callSites(): { sites: Site[]; sdkCalls: Array<{ file: string; op: strin
 
 describe("Azure roles (seed 001) and the operator's calls", () => {
   it("matches the seed documents' role JSON, phase by phase", () => {
-    let seed: string;
-    try {
-      seed = readFileSync(join(SEEDS, "001_27279684b0b7f99f.txt"), "utf8");
-    } catch {
-      return; // the seeds live outside the repository; checked where they are present
-    }
+    // The seeds live beside the checkout (shared/seeds); a missing one fails here, never skips.
+    const seed = readFileSync(seedPath("001"), "utf8");
     const roles = azureRoles();
     for (const p of AZURE_PHASES) {
       const start = seed.indexOf(`"roleName": "${roles[p].roleName}"`);
