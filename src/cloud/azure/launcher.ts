@@ -58,8 +58,14 @@ function nextflowConfig(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings
 
 const BODY = String.raw`
 set -uo pipefail
-STATE_DIR=/var/lib/vmforge
-LAUNCH_DIR=/var/lib/vmforge/launch
+# Overrides for running this outside Azure (tests, the sandbox). cloud-init runs userData as root
+# with none of them set, so a VM always uses the real paths and the rendered metadata address:
+#   VMFORGE_ROOT           prefix of every path the script writes (default: empty, i.e. /)
+#   VMFORGE_IMDS_ENDPOINT  base URL of the instance metadata service (default: VMF_IMDS above)
+ROOT="${"$"}{VMFORGE_ROOT:-}"
+VMF_IMDS="${"$"}{VMFORGE_IMDS_ENDPOINT:-$VMF_IMDS}"
+STATE_DIR="$ROOT/var/lib/vmforge"
+LAUNCH_DIR="$STATE_DIR/launch"
 mkdir -p "$STATE_DIR" "$LAUNCH_DIR"
 LOG_FILE="$STATE_DIR/launcher.log"
 SEQ_FILE="$STATE_DIR/seq"
