@@ -101,11 +101,14 @@ ship() { # $1 file, $2 stream name, $3 offset
 }
 
 shipper() {
-  local a=0 b=0
+  local a=0 b=0 last
   while :; do
+    # Seen before shipping, so the lines written before the stop request (the exit line) always go out.
+    last=0
+    [ -f "$STATE_DIR/stop-shipping" ] && last=1
     [ -f "$LAUNCH_DIR/run.log" ] && a=$(ship "$LAUNCH_DIR/run.log" pipeline "$a")
     b=$(ship "$LOG_FILE" launcher "$b")
-    [ -f "$STATE_DIR/stop-shipping" ] && break
+    [ "$last" = 1 ] && break
     sleep 5
   done
 }
