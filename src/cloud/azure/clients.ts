@@ -189,11 +189,14 @@ function caPolicy(ca: string): PipelinePolicy {
   };
 }
 
-/** Adds statusOnly=true to list-VMs-by-resource-group requests (power states without full models). */
+/**
+ * Adds statusOnly=true to list-VMs-by-resource-group requests (power states without full models).
+ * The SDK sends the expand parameter URL-encoded (`%24expand`), so both spellings are matched.
+ */
 const statusOnlyPolicy: PipelinePolicy = {
   name: "vmforgeStatusOnly",
   sendRequest: async (req, next) => {
-    if (req.method === "GET" && /\/resourceGroups\/[^/]+\/providers\/Microsoft\.Compute\/virtualMachines\?/i.test(req.url) && /[?&]\$expand=instanceView/i.test(req.url) && !/statusOnly=/i.test(req.url)) {
+    if (req.method === "GET" && /\/resourceGroups\/[^/]+\/providers\/Microsoft\.Compute\/virtualMachines\?/i.test(req.url) && /[?&](\$|%24)expand=instanceView/i.test(req.url) && !/statusOnly=/i.test(req.url)) {
       req.url = `${req.url}&statusOnly=true`;
     }
     return next(req);
