@@ -83,7 +83,7 @@ json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' -e 's/\r//g'
 # Ships lines of $1 from line $2 on as one batch to the DCR stream; prints the new offset.
 ship() { # $1 file, $2 stream name, $3 offset
   local file="$1" stream="$2" off="$3" total body tok seq now
-  total=$(wc -l <"$file" 2>/dev/null || echo 0)
+  total=$(wc -l 2>/dev/null <"$file" || echo 0)
   if [ "$total" -le "$off" ]; then echo "$off"; return; fi
   seq=$(cat "$SEQ_FILE")
   now=$(date -u +%FT%T.%3NZ)
