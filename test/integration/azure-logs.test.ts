@@ -141,6 +141,20 @@ describe("Log Analytics data plane through the SDKs", () => {
     expect(log.at(-1)).toMatchObject({ method: "POST", status: 204 });
   });
 
+  it("an injected 429 on ingestion is retried by the SDK after Retry-After", async () => {
+    const ctl = azureControl();
+    const { lastSeq } = await ctl.requests();
+    await ctl.addFault({ operation: "LogsIngestion.Upload", status: 429, retryAfterS: 1, count: 1 });
+    try {
+      await new LogsIngestionClient(dceEndpoint, writer).upload(immutableId, STREAM, [{ TimeGenerated: new Date().toISOString(), RunId: "retry", Seq: 1, Line: "once" }]);
+    } finally {
+      await ctl.clearFaults();
+    }
+    const calls = (await ctl.requests(lastSeq)).value.filter((e) => e.operation === "LogsIngestion.Upload").map((e) => e.status);
+    expect(calls).toEqual([429, 204]);
+    expect(rows(await queryClient.queryWorkspace(customerId, `${TABLE} | where RunId == 'retry' | project Line`, { duration: "PT1H" }))).toEqual([["once"]]);
+  });
+
   it("refuses rows that do not match the stream declaration", async () => {
     const ingest = new LogsIngestionClient(dceEndpoint, writer);
     const bad = [{ TimeGenerated: new Date().toISOString(), RunId: "bad", Seq: "three", Line: "x" }];
