@@ -305,7 +305,11 @@ export class Emulator {
       }
       reply(out.status, out.body, out.headers);
     } catch (err) {
-      if (err instanceof ArmError) {
+      if (err instanceof ArmError && (info.resourceType === "Microsoft.AAD/oauth2" || info.resourceType === "Microsoft.ManagedIdentity/identities")) {
+        // injected faults on token endpoints answer in the OAuth error shape
+        const error = err.status === 429 || err.status === 503 ? "temporarily_unavailable" : "server_error";
+        reply(err.status, { error, error_description: err.message, error_codes: [] }, err.extra.headers);
+      } else if (err instanceof ArmError) {
         if (method === "HEAD") {
           status = err.status;
           res.writeHead(err.status, err.extra.headers ?? {});

@@ -61,6 +61,17 @@ describe("Azure emulator: Entra ID", () => {
     await expect(otherTenant.getToken(ARM)).rejects.toThrow(/endpoints_resolution_error|AADSTS90002/);
   });
 
+  it("an injected 503 on the token endpoint answers in the OAuth error shape and is retried by the SDK", async () => {
+    const ctl = azureControl();
+    const info = await azureInfo();
+    await ctl.addFault({ operation: "token", status: 503, retryAfterS: 0, count: 1 });
+    const { lastSeq } = await ctl.clearRequests();
+    const cred = new ClientSecretCredential(info.tenantId, info.admin.clientId, info.admin.clientSecret, { ...azureCredentialOptions(), retryOptions: { retryDelayInMs: 5 } });
+    const t = await cred.getToken(ARM);
+    expect(claims(t.token).oid).toBe(info.admin.objectId);
+    expect((await ctl.requests(lastSeq)).value.filter((e) => e.operation === "token").map((e) => e.status)).toEqual([503, 200]);
+  });
+
   it("keeps tenants apart: a principal of another tenant cannot use this subscription", async () => {
     const ctl = azureControl();
     const info = await azureInfo();

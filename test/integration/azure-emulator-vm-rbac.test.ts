@@ -154,6 +154,9 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
 
   it("a VM whose OS shut down stays, stopped, until deleted; a Spot eviction with policy Delete removes it", async () => {
     const vm = await compute.virtualMachines.createOrUpdate("rg-vm", "run-2", vmParams(subnetId, { spot: true }));
+    const updated = await compute.virtualMachines.update("rg-vm", "run-2", { tags: { phase: "running" }, userData: Buffer.from("v2").toString("base64") });
+    expect(updated.tags).toEqual({ phase: "running" });
+    expect(Buffer.from((await compute.virtualMachines.get("rg-vm", "run-2", { expand: "userData" })).userData!, "base64").toString()).toBe("v2");
     await azureControl().setVmPowerState(vm.id!, "stopped");
     const listed = await collect(compute.virtualMachines.listAll({ statusOnly: "true" }));
     expect(listed.find((v) => v.name === "run-2")?.instanceView?.statuses?.map((s) => s.code)).toContain("PowerState/stopped");

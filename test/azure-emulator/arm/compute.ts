@@ -412,6 +412,22 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
       const expand = expandOf(ctx).has("instanceview");
       return items.map((r) => vmView(ctx, r, { instanceView: expand }));
     },
+    patch(_ctx, res, body) {
+      // PATCH (VirtualMachines_Update): tags, userData and size may change.
+      if (body.tags !== undefined) res.body.tags = body.tags;
+      const p = (isObject(body.properties) ? body.properties : {}) as Json;
+      if (p.userData !== undefined) {
+        if (typeof p.userData !== "string" || !b64ok(p.userData)) throw invalid("User data must be in Base64 encoding.", "userData");
+        if (Buffer.from(p.userData, "base64").length > 64 * 1024) throw invalid("User data must be less than 64 KB.", "userData");
+        res.x.userData = p.userData;
+      }
+      const sizeName = (p.hardwareProfile as Json | undefined)?.vmSize;
+      if (typeof sizeName === "string") {
+        const size = vmSize(sizeName);
+        if (!size || !deps.catalog.isOffered(size, res.body.location)) throw invalid(`The value ${sizeName} provided for the VM size is not valid.`, "vmSize");
+        res.body.properties.hardwareProfile = { vmSize: size.name };
+      }
+    },
     subGets: {
       instanceview: (ctx, res) => instanceView(res, new Date(ctx.now).toISOString()),
     },
