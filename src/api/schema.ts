@@ -418,6 +418,9 @@ export const AzureEnvironmentSchema = Type.Object(
   { description: "Azure settings. Required when provider is azure, forbidden otherwise." },
 );
 
+/** Timeout of a Run that sets none, unless its ComputeEnvironment says otherwise (spec.defaultRunTimeout). */
+export const DEFAULT_RUN_TIMEOUT = "72h";
+
 function ScriptSchema(when: string) {
   return Type.String({
     description: `Shell script run on the VM ${when} (at most ${MAX_SCRIPT_BYTES} bytes).`,
@@ -483,6 +486,24 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
     ),
     preRunScript: Type.Optional(ScriptSchema("before the pipeline starts")),
     postRunScript: Type.Optional(ScriptSchema("after the pipeline finished")),
+    defaultRunTimeout: Type.Optional(
+      Type.String({
+        description:
+          `Timeout of every Run of this environment that sets no timeout of its own, e.g. 24h or 90m (whole hours, minutes and seconds, at least ${MIN_RUN_TIMEOUT}), so that no machine runs (and bills) forever by default. Default ${DEFAULT_RUN_TIMEOUT}.`,
+        maxLength: 24,
+        default: DEFAULT_RUN_TIMEOUT,
+        [XV]: [
+          {
+            rule: `self.matches(r'${DURATION_PATTERN}') && self != ''`,
+            message: "defaultRunTimeout must be a duration such as 90m, 24h or 1h30m (whole h, m and s units in that order)",
+          },
+          {
+            rule: `!self.matches(r'${DURATION_PATTERN}') || self == '' || duration(self) >= duration('${MIN_RUN_TIMEOUT}')`,
+            message: `defaultRunTimeout must be at least ${MIN_RUN_TIMEOUT}`,
+          },
+        ],
+      }),
+    ),
     maxConcurrentRuns: Type.Optional(
       Type.Integer({
         description:
@@ -783,7 +804,7 @@ export const RunSpecSchema = Type.Object(
     timeout: Type.Optional(
       Type.String({
         description:
-          "Longest the run may take, e.g. 90m, 6h or 1h30m (whole hours, minutes and seconds, at least 1m). The machine is stopped and the Run fails when it is exceeded. No limit when unset.",
+          "Longest the run may take, e.g. 90m, 6h or 1h30m (whole hours, minutes and seconds, at least 1m). The machine is stopped and the Run fails when it is exceeded. When unset, the ComputeEnvironment's defaultRunTimeout applies.",
         maxLength: 24,
         [XV]: [
           {

@@ -151,6 +151,25 @@ describe("the machine and the outcome", () => {
   });
 });
 
+describe("the ComputeEnvironment's default Run timeout", () => {
+  it("has a default, and bounds a Run that sets no timeout of its own", async () => {
+    const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
+    expect(ce.spec.defaultRunTimeout).toBe("5m");
+    const dflt = await readyCe("defaulted");
+    expect(dflt.spec.defaultRunTimeout).toBe("72h");
+    cloud.launchedAgoMs = 10 * 60_000; // the machine has run for 10 minutes already
+    try {
+      await run("unbounded", "bounded");
+      const failed = await inPhase("unbounded", "Failed");
+      expect(failed.status?.reason).toBe("Timeout");
+      expect(failed.status?.message).toContain("defaultRunTimeout");
+      await waitFor("machine terminated", async () => cloud.machineOf(failed.metadata.uid ?? "")?.state === "terminated");
+    } finally {
+      cloud.launchedAgoMs = 0;
+    }
+  });
+});
+
 describe("Terminal cloud errors do not loop", () => {
   it("deleting a Run whose machine cannot be terminated (AccessDenied) says which permission is missing and retries slowly", async () => {
     await readyCe("denied");

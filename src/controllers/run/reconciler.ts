@@ -13,6 +13,7 @@ import { getCondition, setCondition, updateStatus } from "../../engine/condition
 import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
 import { ComputeEnvironmentResource, RunResource, parseDuration } from "../../api/types.js";
+import { DEFAULT_RUN_TIMEOUT } from "../../api/schema.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
@@ -149,11 +150,12 @@ export class RunReconciler {
     const phase: Phase = run.status?.phase ?? "Pending";
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
-    if ((phase === "Pending" || !run.status?.instance?.id) && run.spec.timeout) {
+    const timeout = timeoutOf(run, ce);
+    if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
-      if (Date.now() - since > parseDuration(run.spec.timeout)) {
+      if (Date.now() - since > parseDuration(timeout)) {
         if (machineMayExist(run) && ce && provider) await this.terminate(run, ce, provider, log);
-        await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${run.spec.timeout}`);
+        await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
         return machineMayExist(run) ? { requeueAfterMs: this.d.pollIntervalMs } : undefined;
       }
     }
@@ -164,7 +166,7 @@ export class RunReconciler {
           ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
           : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
         await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
-        return this.timeoutWake(run);
+        return this.timeoutWake(run, ce);
       }
       // Launched, but its CE vanished (forced removal): nothing can reach the machine any more.
       await this.finish(run, "Failed", "ComputeEnvironmentGone", "the ComputeEnvironment was removed while the Run was active");
@@ -183,7 +185,7 @@ export class RunReconciler {
     if (phase === "Pending") {
       const result = await this.maybeLaunch(run, ce, provider, log);
       if (run.status?.phase !== "Pending") return result;
-      const wake = this.timeoutWake(run);
+      const wake = this.timeoutWake(run, ce);
       const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
       return after === Infinity ? undefined : { requeueAfterMs: after };
     }
@@ -283,11 +285,12 @@ export class RunReconciler {
 
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
     const status = run.status ?? {};
-    const timeoutMs = run.spec.timeout ? parseDuration(run.spec.timeout) : undefined;
+    const timeout = timeoutOf(run, ce);
+    const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
     if (timeoutMs !== undefined && Date.now() - since > timeoutMs) {
       await this.terminate(run, ce, provider, log);
-      await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${run.spec.timeout}`);
+      await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
     const wakeForTimeout = timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
@@ -356,9 +359,10 @@ export class RunReconciler {
   }
 
   /** For a waiting Run with a timeout: wake up when it would pass, even if nothing else changes. */
-  private timeoutWake(run: Run): ReconcileResult {
-    if (!run.spec.timeout) return;
-    const left = Date.parse(run.metadata.creationTimestamp ?? now()) + parseDuration(run.spec.timeout) - Date.now() + 500;
+  private timeoutWake(run: Run, ce: ComputeEnvironment | undefined): ReconcileResult {
+    const timeout = timeoutOf(run, ce);
+    if (!timeout) return;
+    const left = Date.parse(run.metadata.creationTimestamp ?? now()) + parseDuration(timeout) - Date.now() + 500;
     return { requeueAfterMs: Math.max(1_000, left) };
   }
 
@@ -542,4 +546,11 @@ export function runConditions(conditions: Condition[] | undefined, phase: Phase,
   c = setCondition(c, { type: "Reconciling", status: state === "reconciling" ? "True" : "False", reason: state === "reconciling" ? reason : "Finished", message: state === "reconciling" ? message : "", ...g });
   c = setCondition(c, { type: "Stalled", status: state === "stalled" ? "True" : "False", reason: state === "stalled" ? reason : "Progressing", message: state === "stalled" ? message : "", ...g });
   return c;
+}
+
+/** The Run's own timeout, else its ComputeEnvironment's defaultRunTimeout (which has a default). */
+export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string | undefined {
+  if (run.spec.timeout) return run.spec.timeout;
+  if (!ce) return undefined;
+  return ce.spec.defaultRunTimeout ?? DEFAULT_RUN_TIMEOUT;
 }
