@@ -15,6 +15,7 @@ describe("ComputeEnvironment defaults", () => {
       aws: { region: "eu-west-1", workDir: "s3://b/w", graviton: false, bootDiskSizeGiB: 50, platformTokenInUserData: false },
       wave: true,
       fusion: true,
+      defaultRunTimeout: "72h",
       deletionPolicy: "Delete",
     });
   });
@@ -39,6 +40,7 @@ describe("ComputeEnvironment defaults", () => {
       platformTokenSecretRef: { name: "seqera", key: "access-token" },
       wave: false,
       fusion: false,
+      defaultRunTimeout: "6h",
       deletionPolicy: "Retain",
     };
     expect(defaultComputeEnvironmentSpec(spec)).toEqual(spec);
