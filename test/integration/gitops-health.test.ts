@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource, type ComputeEnvironment, type Run } from "../../src/api/types.js";
 import { CloudError, type EnvContext, type RunDescription } from "../../src/cloud/provider.js";
+import { SecretResource } from "../../src/controllers/shared.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { argoHealth } from "../harness/argocd-lua.js";
@@ -82,9 +83,22 @@ beforeAll(async () => {
   op = await startOperator(kubeconfigPath(), new Map([["aws", cloud]]), { namespaces: [ns] });
 });
 
+/** After the operator stopped: nothing would remove its finalizers, so the test does. */
+async function releaseFinalizers(namespace: string): Promise<void> {
+  for (const rt of [ComputeEnvironmentResource, RunResource, SecretResource]) {
+    for (const o of (await client.list(rt, { namespace })).items) {
+      if (o.metadata.finalizers?.length) await client.patch(rt, namespace, o.metadata.name ?? "", { metadata: { finalizers: null } }, "merge");
+    }
+  }
+}
+
 afterAll(async () => {
   await op?.stop();
-  for (const n of [ns, unwatched]) if (n) await deleteNamespace(n);
+  for (const n of [ns, unwatched]) {
+    if (!n) continue;
+    await releaseFinalizers(n);
+    await deleteNamespace(n);
+  }
   if (process.env.VMFORGE_WRITE_STATUS_FIXTURES === "1" && observed.size === Object.keys(EXPECTED).length) {
     const dir = FIXTURES_DIR;
     await mkdir(dir, { recursive: true });

@@ -73,7 +73,15 @@ afterAll(async () => {
     child.kill("SIGTERM");
     await exited;
   }
-  if (ns) await deleteNamespace(ns);
+  if (ns) {
+    // The operator is gone: release its finalizers so the namespace can go.
+    for (const rt of [ComputeEnvironmentResource, SecretResource]) {
+      for (const o of (await client.list(rt, { namespace: ns })).items) {
+        if (o.metadata.finalizers?.length) await client.patch(rt, ns, o.metadata.name ?? "", { metadata: { finalizers: null } }, "merge");
+      }
+    }
+    await deleteNamespace(ns);
+  }
   await proxy?.close();
 });
 
