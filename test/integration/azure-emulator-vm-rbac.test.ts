@@ -137,6 +137,8 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     const nic = await net.networkInterfaces.get("rg-vm", nicId.split("/").pop()!);
     const pipId = nic.ipConfigurations![0]!.publicIPAddress!.id!;
     expect(nic.virtualMachine?.id).toBe(vm.id);
+    // the VM's tags are not copied onto the resources its configurations create
+    expect(nic.tags ?? {}).toEqual({});
     await expect(net.networkInterfaces.delete("rg-vm", nic.name!).pollUntilDone()).rejects.toMatchObject({ statusCode: 400, code: "NicInUse" });
     await expect(compute.disks.delete("rg-vm", diskName).pollUntilDone()).rejects.toMatchObject({ statusCode: 409 });
 

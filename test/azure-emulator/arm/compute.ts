@@ -256,7 +256,8 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
             const pname = `${name}-${String(pc.name ?? `pip${i + 1}`)}`;
             const pid = `/subscriptions/${sub}/resourceGroups/${rgName}/providers/Microsoft.Network/publicIPAddresses/${pname}`;
             if (arm.get(pid)) throw new ArmError(409, "Conflict", `Public IP address ${pid} already exists; a configuration cannot create it.`);
-            const pbody = buildPip(ctx, pid, pname, location, { tags: body.tags, sku: pc.sku, properties: { publicIPAllocationMethod: pc.properties?.publicIPAllocationMethod, idleTimeoutInMinutes: pc.properties?.idleTimeoutInMinutes } });
+            // Resources created from inline configurations do not inherit the VM's tags (Azure does not propagate them).
+            const pbody = buildPip(ctx, pid, pname, location, { sku: pc.sku, properties: { publicIPAllocationMethod: pc.properties?.publicIPAllocationMethod, idleTimeoutInMinutes: pc.properties?.idleTimeoutInMinutes } });
             const pdel = (pc.properties?.deleteOption ?? "Detach") === "Delete";
             pips.push({ id: pid, name: pname, body: pbody, del: pdel });
             out.properties.publicIPAddress = { id: pid };
@@ -316,7 +317,7 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         for (const n of inlineNics) {
           const ipcs = (n as Json).ipcs as Json[];
           const cp = (n as Json).cp as Json;
-          const built = buildNic(ctx, router, { id: n.spec.id, name: n.spec.name, sub, rg, location, tags: body.tags, ipConfigurations: ipcs, enableAcceleratedNetworking: cp.enableAcceleratedNetworking, networkSecurityGroup: cp.networkSecurityGroup }, undefined, `${VM_TYPE}/write`, id);
+          const built = buildNic(ctx, router, { id: n.spec.id, name: n.spec.name, sub, rg, location, ipConfigurations: ipcs, enableAcceleratedNetworking: cp.enableAcceleratedNetworking, networkSecurityGroup: cp.networkSecurityGroup }, undefined, `${VM_TYPE}/write`, id);
           nicBuilt.push({ id: n.spec.id, name: n.spec.name, body: built.body, after: built.after });
         }
       } catch (err) {
