@@ -27,6 +27,7 @@ export interface LogsPlane {
   handle(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): boolean;
   /** Sets the ingestion delay for new rows and for rows not yet visible (measured from their arrival). */
   setIngestionDelay(ms: number): void;
+  /** Forgets every row and restores the initial ingestion delay. */
   reset(): void;
   onWorkspaceDeleted(workspaceId: string): void;
 }
@@ -559,6 +560,7 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
     },
     reset() {
       store.clear();
+      ingestionDelayMs = opts.ingestionDelayMs; // a reset also forgets a delay a test set
     },
     onWorkspaceDeleted(workspaceId) {
       store.delete(workspaceId.toLowerCase());

@@ -155,6 +155,11 @@ describe("supported queries", () => {
     expect(col(r, "Seq")).toEqual([1, 2]);
   });
 
+  it("'//' inside a string literal is not a comment", () => {
+    const t: KqlInputTable = { name: "U_CL", columns: [{ name: "Url", type: "string" }], rows: [{ Url: "http://x" }, { Url: "http:" }] };
+    expect(run("U_CL | where Url == 'http://x' // trailing comment", t).rows).toEqual([["http://x"]]);
+  });
+
   it("a table whose columns were never ingested answers empty", () => {
     expect(run("RunLog_CL | where Seq > 0", { ...table, rows: [] }).rows).toEqual([]);
   });

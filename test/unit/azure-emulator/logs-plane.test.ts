@@ -181,6 +181,15 @@ describe("logs ingestion", () => {
     expect((await query("RunLog_CL")).body.tables[0].rows).toHaveLength(1);
   });
 
+  it("reset forgets rows and restores the initial ingestion delay", async () => {
+    await ingest([line(1)]);
+    plane.setIngestionDelay(3_600_000);
+    plane.reset();
+    expect((await query("RunLog_CL")).body.tables[0].rows).toEqual([]);
+    await ingest([line(2)]);
+    expect((await query("RunLog_CL | project Seq")).body.tables[0].rows).toEqual([[2]]);
+  });
+
   it("refuses a caller without Microsoft.Insights/Telemetry/Write with 403 naming the action", async () => {
     const r = await ingest([line(1)], { token: "reader" });
     expect(r.status).toBe(403);
