@@ -411,6 +411,10 @@ export class Emulator {
         reply(400, { error: "invalid_request", error_description: "Required metadata header not specified" });
         return;
       }
+      if (!url.searchParams.get("api-version")) {
+        reply(400, { error: "invalid_request", error_description: "Required query variable 'api-version' is missing" });
+        return;
+      }
       reply(200, this.entra.managedIdentityToken(key, url.searchParams, "imds"));
       return;
     }
@@ -426,6 +430,10 @@ export class Emulator {
     if (rest === "metadata/instance" || rest === "metadata/instance/compute") {
       if (lc(String(req.headers.metadata ?? "")) !== "true") {
         reply(400, { error: "Bad request. Required metadata header not specified" });
+        return;
+      }
+      if (!url.searchParams.get("api-version")) {
+        reply(400, { error: "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds", newest_versions: ["2023-07-01", "2021-12-13", "2021-11-15"] });
         return;
       }
       const vm = this.arm.vmIds.get(lc(key));

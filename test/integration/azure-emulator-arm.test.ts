@@ -45,6 +45,9 @@ describe("Azure emulator: Resource Manager", () => {
     expect((await collect(rm.resourceGroups.list())).map((g) => g.name)).toContain("Rg-Basics");
     const patched = await rm.resourceGroups.update("rg-basics", { tags: { owner: "b" } });
     expect(patched.tags).toEqual({ owner: "b" });
+    await rm.resourceGroups.createOrUpdate("rg-tagged", { location: "westeurope", tags: { owner: "c" } });
+    expect((await collect(rm.resourceGroups.list({ filter: "tagName eq 'owner' and tagValue eq 'b'" }))).map((g) => g.name)).toEqual(["Rg-Basics"]);
+    expect((await collect(rm.resourceGroups.list({ filter: "tagName eq 'OWNER'" }))).map((g) => g.name).sort()).toEqual(["Rg-Basics", "rg-tagged"]);
     await expect(rm.resourceGroups.createOrUpdate("rg-basics", { location: "eastus" })).rejects.toMatchObject({ statusCode: 409, code: "InvalidResourceGroupLocation" });
     await expect(rm.resourceGroups.get("rg-missing")).rejects.toMatchObject({ statusCode: 404, code: "ResourceGroupNotFound" });
 

@@ -231,7 +231,7 @@ export class ArmRouter {
     info.resourceType = RG_TYPE;
     if (rest.length === 0) {
       info.operation = "Microsoft.Resources/subscriptions/resourceGroups/read";
-      const items = this.arm.children(subScope, RG_TYPE);
+      const items = this.arm.children(subScope, RG_TYPE).filter(tagFilter(req.url.searchParams.get("$filter") ?? ""));
       return { status: 200, body: { value: this.visible(req, subScope, info.operation, items) } };
     }
     const rgName = rest[0]!;
@@ -798,6 +798,19 @@ export class ArmRouter {
         throw new ArmError(405, "MethodNotAllowed", `The requested resource does not support http method '${req.method}'.`);
     }
   }
+}
+
+/** `$filter=tagName eq 'k' [and tagValue eq 'v']` as Resource Manager supports it on resource group lists. */
+function tagFilter(filter: string): (r: Stored) => boolean {
+  if (!filter.trim()) return () => true;
+  const m = /^\s*tagName\s+eq\s+'([^']*)'(?:\s+and\s+tagValue\s+eq\s+'([^']*)')?\s*$/i.exec(filter);
+  if (!m) throw new ArmError(400, "InvalidFilterInQueryString", `The filter '${filter}' is not supported: use tagName eq '<name>' [and tagValue eq '<value>'].`);
+  const name = lc(m[1]!);
+  const value = m[2];
+  return (r) => {
+    const e = Object.entries((r.body.tags ?? {}) as Record<string, string>).find(([k]) => lc(k) === name);
+    return e !== undefined && (value === undefined || e[1] === value);
+  };
 }
 
 function lastProvidersIndex(seg: string[]): number {
