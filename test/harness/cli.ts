@@ -70,6 +70,7 @@ async function serve(): Promise<void> {
     console.log(`export AZURE_AUTHORITY_HOST=${az.endpoint} AZURE_TENANT_ID=${ai.tenantId} AZURE_CLIENT_ID=${ai.admin.clientId} AZURE_CLIENT_SECRET=${ai.admin.clientSecret}`);
     console.log(`export AZURE_SUBSCRIPTION_ID=${ai.subscriptionId} AZURE_RESOURCE_MANAGER_ENDPOINT=${az.endpoint}`);
     console.log(`# test controls: ${az.endpoint}/_emulator/ (see test/azure-emulator/README.md)`);
+    console.log(`# Log Analytics query API (LogsQueryClient endpoint): ${az.endpoint}/loganalytics/v1; DCE ingestion endpoints: ${az.endpoint}/dce/<dce-name>`);
     console.log(`export AZURE_STORAGE_BLOB_ENDPOINT=${zu.blobEndpoint} AZURE_STORAGE_CONNECTION_STRING="${zu.connectionString}"`);
     console.log("");
     console.log("To run the integration tests against these servers instead of fresh ones:");
