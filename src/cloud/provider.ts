@@ -105,6 +105,8 @@ export interface RunDescription {
   stateReason?: string;
   /** The cloud took the machine back (a Spot interruption or eviction): not the pipeline's failure. */
   interrupted?: boolean;
+  /** The machine's set-up step that failed before the pipeline started (with exitCode), e.g. "docker". */
+  bootstrapStep?: string;
   /** The pipeline's exit code, once known (exit line in the log or uploaded exit status). */
   exitCode?: number;
   launchedAt?: string;

@@ -17,6 +17,7 @@ import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironmen
 import { SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { createLogger } from "../../src/engine/logger.js";
+import { streamRunLogs } from "../../src/cli/logs.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset, strictAws } from "../harness/helpers.js";
@@ -210,6 +211,30 @@ describe("termination and outcome when DescribeInstances does not show the machi
     } finally {
       await layer.configure({ consistency: { terminatedVisibleMs: null } });
     }
+  });
+});
+
+describe("reasons people can act on", () => {
+  it("a failed set-up step is Failed/BootstrapFailed naming it, and the launcher's own log is readable with vmforge logs", async () => {
+    const c = await readyCe("boot");
+    await run("boot", "boot");
+    const r = await phase("boot", "Running");
+    // The machine could not start Docker; the log agent never ran either, so nothing reached
+    // CloudWatch: the launcher uploaded its log and exit status, then shut down.
+    const prefix = `${runArtifactsUri(c, r).replace(`s3://${BUCKET}/`, "")}`;
+    const s3 = new S3Client({ ...aws(), forcePathStyle: true });
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${prefix}/launcher.log`, Body: "[vmforge] installing Docker\n[vmforge] Docker did not become ready\n" }));
+    await s3.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${prefix}/exit-status`, Body: "1\nbootstrap-failed=docker\n" }));
+    await new EC2Client(aws()).send(new TerminateInstancesCommand({ InstanceIds: [r.status?.instance?.id ?? ""] }));
+    const failed = await phase("boot", "Failed", 30_000);
+    expect(failed.status?.reason).toBe("BootstrapFailed");
+    expect(failed.status?.message).toContain('step "docker"');
+    expect(failed.status?.message).toContain("vmforge logs boot");
+    expect(cond(failed, "Stalled")).toMatchObject({ status: "True", reason: "BootstrapFailed" });
+    const lines: string[] = [];
+    const rc = await streamRunLogs({ kubeconfig: kubeconfigPath(), namespace: ns, run: "boot", follow: false, providers: new Map([["aws", new AwsProvider({ endpoint: motoEndpoint() })]]), out: (l) => void lines.push(l) });
+    expect(rc).toBe(0);
+    expect(lines).toEqual(["[vmforge] installing Docker", "[vmforge] Docker did not become ready"]);
   });
 });
 

@@ -39,10 +39,15 @@ export AWS_DEFAULT_REGION="$VMF_REGION"
 export NXF_HOME="$STATE_DIR/nextflow-home"
 export NXF_ANSI_LOG=false
 if [[ -n "$VMF_NXF_VERSION" ]]; then export NXF_VER="$VMF_NXF_VERSION"; fi
+# Each Run is a fresh machine: Nextflow keeps its resume cache in the work directory instead of
+# the launch directory, so a later Run can resume this one.
+export NXF_CLOUDCACHE_PATH="$VMF_CLOUDCACHE_PATH"
 
 EXIT_CODE=""
 NXF_PID=""
 PIPELINE_STARTED=0
+# The set-up step under way; a failure before the pipeline started names it (BootstrapFailed).
+STEP=""
 
 log() { printf '[vmforge %s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
@@ -98,7 +103,12 @@ finish() {
   upload "$LAUNCH_DIR/.nextflow.log" "$VMF_ARTIFACTS_URI/nextflow.log"
   upload "$LOG_FILE" "$VMF_ARTIFACTS_URI/launcher.log"
   printf '%s\n' "$rc" >"$STATE_DIR/exit-status"
+  local failed_step=""
+  if [[ "$PIPELINE_STARTED" == 0 && "$rc" != 0 && -n "$STEP" ]]; then failed_step=$STEP; fi
+  if [[ -n "$failed_step" ]]; then printf 'bootstrap-failed=%s\n' "$failed_step" >>"$STATE_DIR/exit-status"; fi
   upload "$STATE_DIR/exit-status" "$VMF_ARTIFACTS_URI/exit-status"
+  # The machine-readable end: the failed set-up step (if any), then the exit code, last.
+  if [[ -n "$failed_step" ]]; then printf 'VMFORGE_BOOTSTRAP_FAILED=%s\n' "$failed_step"; fi
   printf 'VMFORGE_EXIT_CODE=%s\n' "$rc"
   # The agent ships new lines every few seconds; give it time before the machine goes away.
   sleep "$FLUSH_WAIT"
@@ -210,13 +220,19 @@ run_pre_script() {
   if [[ -z "$VMF_PRE_RUN" ]]; then return 0; fi
   log "running the pre-run script"
   printf '%s\n' "$VMF_PRE_RUN" >"$STATE_DIR/pre-run.sh"
-  (cd "$LAUNCH_DIR" && bash "$STATE_DIR/pre-run.sh")
+  cd "$LAUNCH_DIR"
+  # Sourced, in the launcher's own shell, so that what it exports (NXF_VER, NXF_OPTS, ...)
+  # reaches nextflow, as on Seqera Platform.
+  # shellcheck disable=SC1091
+  source "$STATE_DIR/pre-run.sh"
 }
 
 run_pipeline() {
   cd "$LAUNCH_DIR"
   log "starting: nextflow ${VMF_NXF_ARGS[*]}"
   PIPELINE_STARTED=1
+  STEP=""
+  printf 'VMFORGE_PIPELINE_STARTED\n'
   # Started in the background so that a signal is handled while the pipeline runs. The token
   # reaches nextflow through its environment only (never its command line).
   if [[ -n "$PLATFORM_TOKEN" ]]; then
@@ -233,10 +249,16 @@ run_pipeline() {
 }
 
 log "vmforge launcher for Run $VMF_RUN_NAMESPACE/$VMF_RUN_NAME ($VMF_RUN_UID)"
+STEP=log-agent
 ensure_log_agent
+STEP=docker
 ensure_docker
+STEP=nextflow-download
 ensure_nextflow
+STEP=inputs
 write_inputs
+STEP=platform-token
 read_platform_token
+STEP=pre-run-script
 run_pre_script
 run_pipeline

@@ -281,6 +281,7 @@ export function renderUserData(input: RenderUserDataInput): string {
     assign("VMF_LOG_STREAM", logStreamName(run)),
     assign("VMF_ARTIFACTS_URI", runArtifactsUri(ce, run)),
     assign("VMF_NXF_VERSION", run.spec.pipeline.nextflowVersion ?? ""),
+    assign("VMF_CLOUDCACHE_PATH", runWorkDir(ce, run)),
     assign("VMF_CPUS", positiveInt(input.resources?.vcpus, "vcpus")),
     assign("VMF_MEMORY_MIB", positiveInt(input.resources?.memoryMiB, "memoryMiB")),
     assign("VMF_AGENT_CONFIG", agentConfig(ce, run)),

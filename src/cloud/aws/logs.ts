@@ -109,6 +109,51 @@ export function readRunLog(
   return readLogStream(logs, logGroupName(ce), logStreamName(run), from, opts);
 }
 
+/** Prefix of the line the launcher writes just before the exit line when a set-up step failed. */
+export const BOOTSTRAP_FAILED_MARKER = "VMFORGE_BOOTSTRAP_FAILED=";
+const BOOTSTRAP_LINE = /^VMFORGE_BOOTSTRAP_FAILED=([a-z0-9-]{1,64})\s*$/;
+
+/** The end of a Run as the launcher reported it. */
+export interface LauncherOutcome {
+  code: number;
+  /** The set-up step that failed before the pipeline started (e.g. docker, nextflow-download). */
+  bootstrapStep?: string;
+}
+
+/**
+ * Looks for the exit line (and the failed set-up step, if any) among the newest events of a
+ * stream, with one GetLogEvents call read backwards. Undefined when there is no exit line (yet).
+ */
+export async function findOutcomeInLog(
+  logs: CloudWatchLogsClient,
+  group: string,
+  stream: string,
+  opts: { limit?: number; signal?: AbortSignal } = {},
+): Promise<LauncherOutcome | undefined> {
+  let out;
+  try {
+    out = await logs.send(
+      new GetLogEventsCommand({ logGroupName: group, logStreamName: stream, startFromHead: false, limit: opts.limit ?? 100 }),
+      opts.signal ? { abortSignal: opts.signal } : {},
+    );
+  } catch (e) {
+    if (awsErrorCode(e) === "ResourceNotFoundException") return undefined;
+    throw mapAwsError(e, "logs:GetLogEvents");
+  }
+  // An event may carry several lines when the agent batches a multi-line write.
+  const lines = (out.events ?? []).flatMap((ev) => (ev.message ?? "").split("\n"));
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const code = parseExitLine(lines[i] ?? "");
+    if (code === undefined) continue;
+    for (let j = i - 1; j >= Math.max(0, i - 3); j--) {
+      const m = BOOTSTRAP_LINE.exec((lines[j] ?? "").trim());
+      if (m) return { code, bootstrapStep: m[1] as string };
+    }
+    return { code };
+  }
+  return undefined;
+}
+
 /**
  * Looks for the exit line among the newest events of a stream (one GetLogEvents call read
  * backwards). Undefined when the stream does not exist or has no exit line (yet).

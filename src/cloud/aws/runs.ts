@@ -34,7 +34,7 @@ import { CloudError, type EnvContext, type MachineState, type RunDescription, ty
 import { awsErrorCode, mapAwsError } from "./clients.js";
 import { MANAGED_BY, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAMESPACE } from "./iam.js";
 import { renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
-import { findExitCodeInLog, logGroupName, logStreamName, readRunLog as readRunLogStream, type ReadLogOptions } from "./logs.js";
+import { findOutcomeInLog, logGroupName, logStreamName, readRunLog as readRunLogStream, type LauncherOutcome, type ReadLogOptions } from "./logs.js";
 
 export const TAG_RUN_UID = "vmforge.dev/run-uid";
 export const TAG_RUN_NAME = "vmforge.dev/run-name";
@@ -503,8 +503,10 @@ export async function describeRuns(
     }
   }
   await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
-    const code = await exitCodeOf(clients, ctx, run, inst);
+    const outcome = await exitCodeOf(clients, ctx, run, inst);
+    const code = outcome?.code;
     if (code !== undefined) desc.exitCode = code;
+    if (outcome?.bootstrapStep) desc.bootstrapStep = outcome.bootstrapStep;
     if (missing && code !== undefined) {
       desc.log = { provider: "cloudwatch", group: logGroupName(ctx.ce), stream: logStreamName(run) };
       result.set(run.metadata.uid as string, desc);
@@ -525,9 +527,9 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Pro
 }
 
 /** Exit code of an ended Run: the log's exit line, else the exit-status object. */
-async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance | undefined): Promise<number | undefined> {
+async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance | undefined): Promise<LauncherOutcome | undefined> {
   const group = (inst && tagValue(inst, TAG_LOG_GROUP)) ?? run.status?.log?.group ?? logGroupName(ctx.ce);
-  const fromLog = await findExitCodeInLog(clients.logs, group, logStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
+  const fromLog = await findOutcomeInLog(clients.logs, group, logStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
   if (fromLog !== undefined) return fromLog;
   let artifacts = inst ? tagValue(inst, TAG_ARTIFACTS) : undefined;
   if (artifacts === undefined) {
@@ -537,7 +539,7 @@ async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: 
       return undefined;
     }
   }
-  return readExitStatusObject(clients.s3, ctx, `${artifacts}/exit-status`);
+  return readExitStatus(clients.s3, ctx, `${artifacts}/exit-status`);
 }
 
 /**
@@ -545,6 +547,11 @@ async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: 
  * s3:ListBucket (the seed grants only s3:GetObject) S3 answers a missing key with AccessDenied.
  */
 export async function readExitStatusObject(s3: S3Client, ctx: EnvContext, uri: string): Promise<number | undefined> {
+  return (await readExitStatus(s3, ctx, uri))?.code;
+}
+
+/** The uploaded exit status: the code on the first line, and `bootstrap-failed=<step>` after it when set-up failed. */
+export async function readExitStatus(s3: S3Client, ctx: EnvContext, uri: string): Promise<LauncherOutcome | undefined> {
   const loc = s3Location(uri);
   if (!loc || !loc.key) return undefined;
   let text: string;
@@ -559,10 +566,11 @@ export async function readExitStatusObject(s3: S3Client, ctx: EnvContext, uri: s
     if (code === "NoSuchKey" || code === "NotFound" || (code === "AccessDenied" && !deniedByPolicy) || code === "NoSuchBucket") return undefined;
     throw mapAwsError(e, "s3:GetObject");
   }
-  const m = /^\s*(\d{1,3})\s*$/.exec(text);
+  const m = /^\s*(\d{1,3})\s*(?:\n\s*bootstrap-failed=([a-z0-9-]{1,64})\s*)?$/.exec(text);
   if (!m) return undefined;
   const n = Number(m[1]);
-  return n <= 255 ? n : undefined;
+  if (n > 255) return undefined;
+  return m[2] ? { code: n, bootstrapStep: m[2] } : { code: n };
 }
 
 /**
@@ -652,7 +660,27 @@ export async function sweepOrphans(clients: RunClients, ctx: EnvContext, liveRun
   return orphans;
 }
 
-/** Reads the Run's log from a cursor (see ./logs.ts). */
-export function readRunLog(clients: RunClients, ctx: EnvContext, run: Run, from?: string, opts: ReadLogOptions = {}): Promise<RunLogChunk> {
-  return readRunLogStream(clients.logs, ctx.ce, run, from, { ...(ctx.signal ? { signal: ctx.signal } : {}), ...opts });
+/** Cursor of a log read from the uploaded launcher.log (the stream never reached CloudWatch). */
+const UPLOADED_LOG_CURSOR = "s3:launcher.log";
+
+/**
+ * Reads the Run's log from a cursor (see ./logs.ts). When the Run has ended and its stream never
+ * reached CloudWatch (the log agent could not be installed or started), the launcher's own log,
+ * uploaded to the work dir, is read instead.
+ */
+export async function readRunLog(clients: RunClients, ctx: EnvContext, run: Run, from?: string, opts: ReadLogOptions = {}): Promise<RunLogChunk> {
+  if (from === UPLOADED_LOG_CURSOR) return { lines: [], next: from };
+  const chunk = await readRunLogStream(clients.logs, ctx.ce, run, from, { ...(ctx.signal ? { signal: ctx.signal } : {}), ...opts });
+  if (from !== undefined || chunk.next !== undefined || chunk.lines.length > 0 || !phaseIsTerminal(run)) return chunk;
+  const loc = s3Location(`${runArtifactsUri(ctx.ce, run)}/launcher.log`);
+  if (!loc) return chunk;
+  try {
+    const out = await clients.s3.send(new GetObjectCommand({ Bucket: loc.bucket, Key: loc.key }), sendOpts(ctx));
+    const text = (await out.Body?.transformToString("utf8")) ?? "";
+    return { lines: text.replace(/\n$/, "").split("\n"), next: UPLOADED_LOG_CURSOR };
+  } catch (e) {
+    const code = awsErrorCode(e);
+    if (code === "NoSuchKey" || code === "NotFound" || code === "AccessDenied" || code === "NoSuchBucket") return chunk;
+    throw mapAwsError(e, "s3:GetObject");
+  }
 }

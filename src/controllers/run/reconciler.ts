@@ -343,6 +343,12 @@ export class RunReconciler {
             { instance, ...(desc.exitCode !== undefined ? { exitCode: desc.exitCode } : {}) });
           return { requeueAfterMs: next };
         }
+        if (desc.exitCode !== undefined && desc.bootstrapStep) {
+          await this.finish(run, "Failed", "BootstrapFailed",
+            clip(`setting up machine ${desc.instanceId} failed at step "${desc.bootstrapStep}" (exit code ${desc.exitCode}) before the pipeline started; the launcher's log: vmforge logs ${run.metadata.name} -n ${run.metadata.namespace}`),
+            { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
         if (desc.exitCode !== undefined) {
           const ok = desc.exitCode === 0;
           await this.finish(run, ok ? "Succeeded" : "Failed", ok ? "Succeeded" : "PipelineFailed",

@@ -118,15 +118,24 @@ describe("launcher script under test", () => {
     expect(list[1]?.file_path).toBe(join(r.launchDir, ".nextflow.log"));
   });
 
-  it("a failing setup step still ends with the exit line, the upload and shutdown", async () => {
+  it("a failing setup step still ends with the exit line, names the step, uploads and shuts down", async () => {
     const r = await launch(sampleCe({ spec: { preRunScript: "echo preparing; exit 7" } }), RUN);
     expect(r.code).toBe(7);
     expect(r.log).toContain("preparing");
-    expect(r.log).toMatch(/launcher step failed with exit code 7/);
     expect(r.calls.some((c) => c.startsWith("nextflow "))).toBe(false);
-    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=7");
-    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("7\n");
+    expect(r.log).not.toContain("VMFORGE_PIPELINE_STARTED");
+    expect(r.log.trimEnd().split("\n").slice(-2)).toEqual(["VMFORGE_BOOTSTRAP_FAILED=pre-run-script", "VMFORGE_EXIT_CODE=7"]);
+    expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("7\nbootstrap-failed=pre-run-script\n");
     expect(r.calls.at(-1)).toBe("shutdown -h now");
+  });
+
+  it("the pre-run script runs in the launcher's shell: its exports (NXF_VER) reach nextflow; the resume cache is in the work dir", async () => {
+    const r = await launch(sampleCe({ spec: { preRunScript: "export NXF_VER=24.10.4" } }), RUN, { nextflowExit: 0 });
+    expect(r.code, r.log).toBe(0);
+    expect(readFileSync(join(r.record, "nextflow.nxf_ver"), "utf8")).toBe("24.10.4");
+    expect(readFileSync(join(r.record, "nextflow.cloudcache"), "utf8")).toBe(nextflowArgs(sampleCe(), RUN)[nextflowArgs(sampleCe(), RUN).indexOf("-work-dir") + 1]);
+    expect(r.log).toContain("VMFORGE_PIPELINE_STARTED");
+    expect(r.log).not.toContain("VMFORGE_BOOTSTRAP_FAILED");
   });
 
   it("runs pre- and post-run scripts around the pipeline; a failing post-run script keeps the pipeline's code", async () => {

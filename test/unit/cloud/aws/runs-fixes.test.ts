@@ -1,7 +1,7 @@
 // Issue 12 (launch, termination, outcome) in runs.ts, against recording stand-in clients.
 import { describe, expect, it } from "vitest";
 import type { Instance } from "@aws-sdk/client-ec2";
-import { TAG_RUN_UID, describeRuns, launchRun, runInstancesInput, subnetOrder, terminateRun, type RunClients } from "../../../../src/cloud/aws/runs.js";
+import { TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, subnetOrder, terminateRun, type RunClients } from "../../../../src/cloud/aws/runs.js";
 import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
@@ -242,4 +242,53 @@ it("the launch look-up filters on the Run's UID", async () => {
   });
   await launchRun(clients, ctxFor(CE), run);
   expect(calls[0]?.input.Filters).toEqual([{ Name: `tag:${TAG_RUN_UID}`, Values: [run.metadata.uid] }]);
+});
+
+describe("bootstrap failures", () => {
+  it("the failed set-up step comes with the exit line from the log", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "[vmforge] installing Docker" }, { message: "VMFORGE_BOOTSTRAP_FAILED=docker" }, { message: "VMFORGE_EXIT_CODE=1" }] };
+      throw new Error(name);
+    });
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!)).toMatchObject({ exitCode: 1, bootstrapStep: "docker" });
+  });
+
+  it("...and from the uploaded exit status when the log never reached CloudWatch", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") throw new AwsError("ResourceNotFoundException", "The specified log group does not exist.");
+      if (name === "GetObject") return { Body: { transformToString: async () => "1\nbootstrap-failed=log-agent\n" } };
+      throw new Error(name);
+    });
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!)).toMatchObject({ exitCode: 1, bootstrapStep: "log-agent" });
+  });
+
+  it("a pipeline failure has no step", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "VMFORGE_PIPELINE_STARTED" }, { message: "VMFORGE_EXIT_CODE=1" }] };
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d?.exitCode).toBe(1);
+    expect(d?.bootstrapStep).toBeUndefined();
+  });
+
+  it("vmforge logs of an ended Run whose stream never reached CloudWatch reads the uploaded launcher.log", async () => {
+    const run = withStatus(sampleRun(), { phase: "Failed" });
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "GetLogEvents") throw new AwsError("ResourceNotFoundException", "The specified log group does not exist.");
+      if (name === "GetObject") return { Body: { transformToString: async () => "[vmforge] installing the CloudWatch agent\nno package amazon-cloudwatch-agent\n" } };
+      throw new Error(name);
+    });
+    const chunk = await readRunLog(clients, ctxFor(CE), run);
+    expect(chunk.lines).toEqual(["[vmforge] installing the CloudWatch agent", "no package amazon-cloudwatch-agent"]);
+    expect(calls.find((c) => c.name === "GetObject")?.input.Key).toBe(`pipelines/.vmforge/runs/${run.metadata.uid}/launcher.log`);
+    // Read once: the next read from its cursor has nothing more.
+    expect((await readRunLog(clients, ctxFor(CE), run, chunk.next)).lines).toEqual([]);
+  });
 });
