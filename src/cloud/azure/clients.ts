@@ -390,6 +390,7 @@ function messageOf(e: unknown): string {
 
 /** Turns an Azure SDK failure of `action` into a CloudError. */
 export function mapAzureError(e: unknown, action: string, who: string): CloudError {
+  // `who` only appears where the reconciler does not already name the credentials.
   if (e instanceof CloudError) return e;
   if (e !== null && typeof e === "object" && ((e as Record<symbol, unknown>)[TOKEN_STAGE] || e instanceof AuthenticationError || e instanceof CredentialUnavailableError)) {
     const status = (e as { statusCode?: number }).statusCode;
@@ -401,7 +402,8 @@ export function mapAzureError(e: unknown, action: string, who: string): CloudErr
     if (rejected || (!unreachable && (e instanceof CredentialUnavailableError || status === 400 || status === 401 || (e instanceof AuthenticationError && status !== undefined && status < 500)))) {
       const first = (e as Error).message.split("\n")[0] ?? "";
       const aad = /AADSTS\d+/.exec((e as Error).message)?.[0];
-      return CloudError.terminal("InvalidCredentials", `${who} was rejected by Entra ID${aad ? ` (${aad})` : ""}: ${first.slice(0, 300)}`, e);
+      // The reconciler names the Secret (or the ambient identity) in front of this message.
+      return CloudError.terminal("InvalidCredentials", `rejected by Entra ID${aad ? ` (${aad})` : ""}: ${first.slice(0, 300)}`, e);
     }
     return CloudError.retryable("TokenUnavailable", `could not get a token for ${who}: ${(e as Error).message.slice(0, 300)}`, undefined, e);
   }
@@ -413,10 +415,10 @@ export function mapAzureError(e: unknown, action: string, who: string): CloudErr
     return CloudError.retryable("Throttled", `${action}: Azure throttled the request (${msg})`, retryAfterMs(e) ?? 5_000, e);
   }
   if (status === 401 || code === "InvalidAuthenticationToken" || code === "InvalidAuthenticationTokenTenant") {
-    return CloudError.terminal("InvalidCredentials", `${who}: ${msg}`, e);
+    return CloudError.terminal("InvalidCredentials", `Resource Manager refused the token: ${msg}`, e);
   }
   if (isAuthorizationFailed(e)) {
-    return CloudError.terminal("AccessDenied", `${who} may not ${action}: ${msg}`, e);
+    return CloudError.terminal("AccessDenied", `missing permission ${action}: ${msg}`, e);
   }
   if (code === "PrincipalNotFound") return CloudError.retryable("PrincipalNotFound", `${action}: ${msg}`, 5_000, e);
   if (CAPACITY_CODES.has(code)) return CloudError.retryable(code, `${action}: ${msg}`, 60_000, e);

@@ -3,6 +3,7 @@
  * ./environment.ts, run work in ./runs.ts. Clients come from a cache keyed by a fingerprint of the
  * CE's credentials and subscription, so a rotated Secret is used at the next reconcile.
  */
+import { FINALIZER } from "../../api/constants.js";
 import type { Run } from "../../api/types.js";
 import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type RunDescription, type RunLogChunk } from "../provider.js";
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
@@ -47,7 +48,16 @@ export class AzureProvider implements CloudProvider {
   }
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
-    return disposeAzureEnvironment(this.clientsFor(ctx), ctx);
+    try {
+      await disposeAzureEnvironment(this.clientsFor(ctx), ctx);
+    } catch (e) {
+      if (e instanceof CloudError && (e.reason === "InvalidCredentials" || e.reason === "AccessDenied" || e.reason === "SubscriptionNotSet")) {
+        // Deletion cannot go on with these credentials: say so, and how to get out, instead of hanging.
+        const who = ctx.credentials.source === "secret" ? `Secret ${ctx.credentials.secretName ?? ""}` : "the operator's ambient identity";
+        throw CloudError.terminal(e.reason, `${who}: ${e.message}. Fix the credentials, or remove the finalizer ${FINALIZER} to abandon the Azure resources (then delete the resource group by hand)`, e);
+      }
+      throw e;
+    }
   }
 
   async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {

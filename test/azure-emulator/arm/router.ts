@@ -130,6 +130,26 @@ export class ArmRouter {
       this.requireAnyAccess(req.caller, subScope, info.operation);
       return { status: 200, body: { value: LOCATIONS.map((l) => ({ id: `${subScope}/locations/${l.name}`, name: l.name, displayName: l.displayName, regionalDisplayName: `(${l.geo}) ${l.displayName}`, type: "Region", metadata: { regionType: "Physical", regionCategory: "Recommended", geographyGroup: l.geo, physicalLocation: l.displayName, pairedRegion: [] } })) } };
     }
+    if (l2 === "resources" && seg.length === 3) {
+      // Subscription-wide resource list; $filter supports `resourceType eq '...'` and `name eq '...'` joined by `and`.
+      info.resourceType = "Microsoft.Resources/resources";
+      info.operation = "Microsoft.Resources/subscriptions/resources/read";
+      const filter = url.searchParams.get("$filter") ?? "";
+      const want: { resourcetype?: string; name?: string } = {};
+      for (const clause of filter ? filter.split(/\s+and\s+/i) : []) {
+        const m = /^\s*(resourceType|name)\s+eq\s+'([^']*)'\s*$/i.exec(clause);
+        if (!m) throw new ArmError(400, "InvalidFilterInQueryString", `The filter clause '${clause}' is not supported by this emulator (only resourceType eq '...' and name eq '...').`);
+        want[lc(m[1]!) as "resourcetype" | "name"] = lc(m[2]!);
+      }
+      const items = [...this.arm.resources.values()].filter((r) => r.sub === sub && r.rg !== "" && !r.parentKey &&
+        (want.resourcetype === undefined || lc(r.type) === want.resourcetype) && (want.name === undefined || lc(r.name) === want.name));
+      const shown = this.visible(req, subScope, info.operation, items);
+      const byId = new Map(items.map((r) => [lc(r.id), r]));
+      return { status: 200, body: { value: shown.map((b) => {
+        const r = byId.get(lc(String(b.id)))!;
+        return { id: r.id, name: r.name, type: r.type, location: r.body.location, tags: r.body.tags ?? {} };
+      }) } };
+    }
     if (l2 === "operationresults" && seg.length === 4) {
       info.resourceType = "Microsoft.Resources/operationResults";
       info.operation = "Microsoft.Resources/subscriptions/operationresults/read";

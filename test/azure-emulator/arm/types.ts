@@ -5,6 +5,7 @@ import type { TypeDef } from "./framework.js";
 import { identityTypes } from "./identity.js";
 import { monitorTypes } from "./monitor.js";
 import { networkTypes } from "./network.js";
+import { storageTypes } from "./storage.js";
 
 export { controlVm, listVmsForControl, vmHost, type VmPowerControl } from "./compute.js";
 
@@ -13,6 +14,7 @@ export function allTypes(em: Emulator): TypeDef[] {
   return [
     ...identityTypes(),
     ...networkTypes(() => em.router),
+    ...storageTypes(),
     ...computeTypes({
       router: () => em.router,
       catalog: em.catalog,
