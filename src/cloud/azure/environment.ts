@@ -237,8 +237,9 @@ async function validate(r: Run): Promise<Validation> {
     }
     out.storageAccountId = accountId;
     const containerId = `${accountId}/blobServices/default/containers/${plan.container}`;
+    // getById's path template is "/{+resourceId}": an ID with its leading slash would become "//subscriptions/...".
     const found = await azGet(c, "create", "Microsoft.Storage/storageAccounts/blobServices/containers/read", () =>
-      c.resources.resources.getById(containerId, CONTAINER_API_VERSION, so));
+      c.resources.resources.getById(scopeArg(containerId), CONTAINER_API_VERSION, so));
     if (!found) {
       throw CloudError.terminal("InvalidSpec", `spec.azure.workDir: container "${plan.container}" does not exist in storage account "${plan.storageAccount}"`);
     }
@@ -504,7 +505,7 @@ async function ensureRoleDefinition(r: Run, v: Validation): Promise<boolean> {
   const { c, plan, so } = r;
   const guid = roleDefinitionGuid(plan.id.uid);
   const scope = subscriptionScope(plan.subscriptionId);
-  const have = await azGet(c, "create", "Microsoft.Authorization/roleDefinitions/read", () => c.authorization.roleDefinitions.get(scope, guid, so));
+  const have = await azGet(c, "create", "Microsoft.Authorization/roleDefinitions/read", () => c.authorization.roleDefinitions.get(scopeArg(scope), guid, so));
   if (have && !(have.description ?? "").includes(roleDescriptionMarker(plan.id.uid))) {
     throw CloudError.terminal("ForeignRoleDefinition", `role definition ${guid} exists but is not this ComputeEnvironment's (no "${roleDescriptionMarker(plan.id.uid)}" in its description); it is left untouched`);
   }
@@ -519,7 +520,7 @@ async function ensureRoleDefinition(r: Run, v: Validation): Promise<boolean> {
         return false;
       }
     } else {
-      await azCall(c, "create", "Microsoft.Authorization/roleDefinitions/write", () => c.authorization.roleDefinitions.createOrUpdate(scope, guid, want, so));
+      await azCall(c, "create", "Microsoft.Authorization/roleDefinitions/write", () => c.authorization.roleDefinitions.createOrUpdate(scopeArg(scope), guid, want, so));
     }
   }
   r.state.roleDefinitionId = roleDefinitionId(plan.subscriptionId, guid);
@@ -535,6 +536,14 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> =>
     }, { once: true });
   });
 
+/**
+ * The authorization client puts `scope` into "/{scope}/providers/...": a scope with its leading "/"
+ * would make "//subscriptions/..." (a URL to another host). Its own samples pass scopes without it.
+ */
+export function scopeArg(scope: string): string {
+  return scope.replace(/^\/+/, "");
+}
+
 /** Bounded backoff for PrincipalNotFound (Entra replication after the identity was created). */
 export const azureTuning = { principalRetryMs: [1_000, 2_000, 4_000, 8_000] };
 
@@ -544,7 +553,7 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
   const defId = r.state.roleDefinitionId!;
   const principalId = r.state.identityPrincipalId;
   const key = what === "container" ? "roleAssignmentContainerId" : "roleAssignmentDcrId";
-  const have = await azGet(c, "create", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scope, name, so));
+  const have = await azGet(c, "create", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(scope), name, so));
   if (have && lower(have.roleDefinitionId) === lower(defId) && (!principalId || have.principalId === principalId)) {
     r.state[key] = have.id ?? `${scope}/providers/Microsoft.Authorization/roleAssignments/${name}`;
     return true;
@@ -555,12 +564,12 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
   }
   if (have) {
     // Ours by name, but for an identity or role that is gone (recreated by hand): replace it.
-    await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scope, name, so));
+    await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(scope), name, so));
   }
   for (let attempt = 0; ; attempt++) {
     try {
       const made = await azCall(c, "create", "Microsoft.Authorization/roleAssignments/write", () =>
-        c.authorization.roleAssignments.create(scope, name, { roleDefinitionId: defId, principalId, principalType: "ServicePrincipal" }, so));
+        c.authorization.roleAssignments.create(scopeArg(scope), name, { roleDefinitionId: defId, principalId, principalType: "ServicePrincipal" }, so));
       r.state[key] = made.id ?? `${scope}/providers/Microsoft.Authorization/roleAssignments/${name}`;
       return true;
     } catch (e) {
@@ -671,18 +680,18 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
   const defGuid = roleDefinitionGuid(id.uid);
   const defId = roleDefinitionId(sub, defGuid);
   await settle(assignments.map(async (a) => {
-    const have = await azGet(c, "dispose", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(a.scope, a.name, so));
+    const have = await azGet(c, "dispose", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(a.scope), a.name, so));
     if (!have) return;
     if (lower(have.roleDefinitionId) !== lower(defId)) {
       ctx.logger.info({ scope: a.scope }, "role assignment does not grant this ComputeEnvironment's role; left untouched");
       return;
     }
-    await azDelete(c, "dispose", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(a.scope, a.name, so));
+    await azDelete(c, "dispose", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(a.scope), a.name, so));
   }));
 
-  const def = await azGet(c, "dispose", "Microsoft.Authorization/roleDefinitions/read", () => c.authorization.roleDefinitions.get(subscriptionScope(sub), defGuid, so));
+  const def = await azGet(c, "dispose", "Microsoft.Authorization/roleDefinitions/read", () => c.authorization.roleDefinitions.get(scopeArg(subscriptionScope(sub)), defGuid, so));
   if (def && (def.description ?? "").includes(roleDescriptionMarker(id.uid))) {
-    await azDelete(c, "dispose", "Microsoft.Authorization/roleDefinitions/delete", () => c.authorization.roleDefinitions.delete(subscriptionScope(sub), defGuid, so));
+    await azDelete(c, "dispose", "Microsoft.Authorization/roleDefinitions/delete", () => c.authorization.roleDefinitions.delete(scopeArg(subscriptionScope(sub)), defGuid, so));
   }
 
   if (!ours) return;

@@ -170,12 +170,17 @@ export class FakeAzure {
         self.del(self.inRg(rg, type, name));
       }),
     });
+    // Like the SDK, a scope with a leading "/" would address another host ("//subscriptions/..."): refuse it.
+    const noSlash = (scope: string): string => {
+      if (scope.startsWith("/")) throw new RestLikeError(404, "NotFound", `scope must not start with "/": ${scope}`);
+      return `/${scope}`;
+    };
     const scoped = (group: string, kind: string, verb: "createOrUpdate" | "create") => ({
-      get: (scope: string, name: string) => self.rec(`authorization.${group}.get`, [scope, name], () => self.must(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, name)),
-      [verb]: (scope: string, name: string, body: Obj) => self.rec(`authorization.${group}.${verb}`, [scope, name, body], () => self.put(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, { ...body, name })),
-      delete: (scope: string, name: string) => self.rec(`authorization.${group}.delete`, [scope, name], () => {
-        self.must(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`, name);
-        self.del(`${scope}/providers/Microsoft.Authorization/${kind}/${name}`);
+      get: (scope: string, name: string) => self.rec(`authorization.${group}.get`, [`/${scope}`, name], () => self.must(`${noSlash(scope)}/providers/Microsoft.Authorization/${kind}/${name}`, name)),
+      [verb]: (scope: string, name: string, body: Obj) => self.rec(`authorization.${group}.${verb}`, [`/${scope}`, name, body], () => self.put(`${noSlash(scope)}/providers/Microsoft.Authorization/${kind}/${name}`, { ...body, name })),
+      delete: (scope: string, name: string) => self.rec(`authorization.${group}.delete`, [`/${scope}`, name], () => {
+        self.must(`${noSlash(scope)}/providers/Microsoft.Authorization/${kind}/${name}`, name);
+        self.del(`${noSlash(scope)}/providers/Microsoft.Authorization/${kind}/${name}`);
       }),
     });
     const vmList = (rg: string) => [...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.compute/virtualmachines/`.toLowerCase()));
@@ -209,7 +214,10 @@ export class FakeAzure {
             const id = self.storageAccounts[name];
             return iter(id ? [{ id, name }] : []);
           },
-          getById: (id: string) => self.rec("resources.resources.getById", [id], () => self.must(id, id)),
+          getById: (id: string) => self.rec("resources.resources.getById", [id], () => {
+            if (id.startsWith("/")) throw new RestLikeError(404, "NotFound", `resource IDs go without their leading "/" (the SDK adds it): ${id}`);
+            return self.must(`/${id}`, id);
+          }),
         },
       },
       msi: { userAssignedIdentities: simple("msi", "userAssignedIdentities", "Microsoft.ManagedIdentity/userAssignedIdentities", false) },

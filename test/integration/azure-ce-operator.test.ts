@@ -1,0 +1,341 @@
+/**
+ * The Azure ComputeEnvironment through the OPERATOR (issue 10): the real kube-apiserver, the
+ * operator in-process with its real AzureProvider (real Azure SDK packages), and the Azure
+ * emulator (Entra ID, Resource Manager with RBAC). The operator's principal holds exactly the
+ * seed's roles (seed 001, read from the seed file when present) plus the built-in Reader and the
+ * documented additions; fixtures are made and results checked as the emulator's admin.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { AuthorizationManagementClient } from "@azure/arm-authorization";
+import { KubeClient } from "../../src/engine/kube.js";
+import type { Condition } from "../../src/engine/conditions.js";
+import { ComputeEnvironmentResource } from "../../src/api/types.js";
+import type { ComputeEnvironment } from "../../src/api/types.js";
+import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../../src/cloud/azure/policy.js";
+import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/names.js";
+import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
+import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
+import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import type { EmulatorInfo, RoleJson } from "../azure-emulator/control.js";
+
+const SEED_001 = process.env.VMFORGE_SEEDS_DIR ? `${process.env.VMFORGE_SEEDS_DIR}/001_27279684b0b7f99f.txt` : "/work/shared/seeds/001_27279684b0b7f99f.txt";
+const LOCATION = "westeurope";
+const STORAGE = "vmfwork";
+
+let kube: KubeClient;
+let info: EmulatorInfo;
+let rm: ResourceManagementClient;
+let authz: AuthorizationManagementClient;
+let op: RunningOperator | undefined;
+let provider: AzureProvider;
+
+interface Principal {
+  objectId: string;
+  clientId: string;
+  secret: string;
+}
+
+/** The seed's role of a phase (from the seed file when it is there; else the same data from policy.ts, which a unit test compares with the seed). */
+async function grantPhase(p: Principal, phase: AzurePhase, without: string[] = []): Promise<void> {
+  const ctl = azureControl();
+  const roleName = renderAzureRole(phase).properties.roleName;
+  if (existsSync(SEED_001)) {
+    await ctl.grantSeedRole({ principalId: p.objectId, seedFile: SEED_001, roleName, subscriptionId: info.subscriptionId, without });
+    return;
+  }
+  const r = renderAzureRole(phase, { subscriptionId: info.subscriptionId });
+  const drop = new Set(without.map((a) => a.toLowerCase()));
+  const perms = r.properties.permissions[0]!;
+  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, role: { properties: { ...r.properties, roleName: `${roleName}-${drop.size}`, permissions: [{ ...perms, actions: perms.actions.filter((a) => !drop.has(a.toLowerCase())), dataActions: perms.dataActions.filter((a) => !drop.has(a.toLowerCase())) }] } } });
+}
+
+/** A principal holding the seed's four roles, the built-in Reader and the documented additions (minus `without`). */
+async function operatorPrincipal(name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<Principal> {
+  const ctl = azureControl();
+  const created = await ctl.createPrincipal({ displayName: name });
+  const p = { objectId: created.objectId, clientId: created.clientId, secret: created.secret! };
+  for (const phase of AZURE_PHASES) await grantPhase(p, phase, without[phase] ?? []);
+  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, roleName: "Reader" });
+  const add = azureAdditions();
+  const role: RoleJson = {
+    properties: {
+      roleName: `vmforge-additions-${name}`,
+      assignableScopes: [`/subscriptions/${info.subscriptionId}`],
+      permissions: [{
+        actions: AZURE_PHASES.flatMap((ph) => add[ph].filter((a) => !a.dataAction).map((a) => a.action)),
+        dataActions: AZURE_PHASES.flatMap((ph) => add[ph].filter((a) => a.dataAction).map((a) => a.action)),
+        notActions: [],
+        notDataActions: [],
+      }],
+    },
+  };
+  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, role });
+  return p;
+}
+
+async function putSecret(ns: string, name: string, p: Principal): Promise<void> {
+  const data = { tenantId: info.tenantId, clientId: p.clientId, clientSecret: p.secret, subscriptionId: info.subscriptionId };
+  const body = { apiVersion: "v1", kind: "Secret", metadata: { name, namespace: ns }, type: "Opaque", data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString("base64")])) };
+  const existing = await kube.get(SecretResource, ns, name);
+  if (existing) await kube.patch(SecretResource, ns, name, { data: body.data }, "merge");
+  else await kube.create(SecretResource, body);
+}
+
+function ceBody(ns: string, name: string, over: Record<string, unknown> = {}, secret = "azure-creds"): ComputeEnvironment {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "ComputeEnvironment",
+    metadata: { name, namespace: ns },
+    spec: {
+      provider: "azure",
+      credentials: { secretRef: { name: secret } },
+      azure: { location: LOCATION, storageAccount: STORAGE, workDir: "az://work/runs", ...over },
+    },
+  } as unknown as ComputeEnvironment;
+}
+
+const cond = (ce: ComputeEnvironment | undefined, type: string): Condition | undefined => ce?.status?.conditions?.find((c) => c.type === type);
+
+async function getCe(ns: string, name: string): Promise<ComputeEnvironment | undefined> {
+  return kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);
+}
+
+async function waitReady(ns: string, name: string, timeoutMs = 60_000): Promise<ComputeEnvironment> {
+  return waitFor(`${ns}/${name} Ready`, async () => {
+    const ce = await getCe(ns, name);
+    const stalled = cond(ce, "Stalled");
+    if (stalled?.status === "True") throw new Error(`Stalled ${stalled.reason}: ${stalled.message}`);
+    if (cond(ce, "Ready")?.status === "True" && ce?.status?.observedGeneration === ce?.metadata.generation) return ce;
+    const r = cond(ce, "Reconciling");
+    throw new Error(`not Ready yet: ${r?.reason ?? "-"}: ${r?.message ?? "-"}`);
+  }, timeoutMs, 250);
+}
+
+async function waitStalled(ns: string, name: string, reason: string): Promise<Condition> {
+  return waitFor(`${ns}/${name} Stalled ${reason}`, async () => {
+    const c = cond(await getCe(ns, name), "Stalled");
+    return c?.status === "True" && c.reason === reason ? c : undefined;
+  }, 60_000, 250);
+}
+
+async function waitGone(ns: string, name: string): Promise<void> {
+  await waitFor(`${ns}/${name} gone`, async () => (await getCe(ns, name)) === undefined, 90_000, 250);
+}
+
+async function rgExists(name: string): Promise<boolean> {
+  return (await rm.resourceGroups.checkExistence(name)).body;
+}
+
+async function rgResources(name: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const r of rm.resources.listByResourceGroup(name)) out.push(`${r.type}/${r.name}`);
+  return out.sort();
+}
+
+async function roleDefExists(guid: string): Promise<boolean> {
+  try {
+    await authz.roleDefinitions.get(`subscriptions/${info.subscriptionId}`, guid);
+    return true;
+  } catch (e) {
+    if ((e as { statusCode?: number }).statusCode === 404) return false;
+    throw e;
+  }
+}
+
+let ns: string;
+let nsLp: string;
+let principal: Principal;
+
+beforeAll(async () => {
+    kube = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(kube);
+    info = await azureInfo();
+    const cred = await azureTestCredential();
+    rm = new ResourceManagementClient(cred, info.subscriptionId, azureClientOptions());
+    authz = new AuthorizationManagementClient(cred, info.subscriptionId, azureClientOptions());
+    // The work directory's storage account and container (not the operator's to create).
+    await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
+    const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
+    await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
+    await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+    principal = await operatorPrincipal("vmforge-operator");
+    ns = await freshNamespace(kube, "azce");
+    nsLp = await freshNamespace(kube, "azlp");
+    await putSecret(ns, "azure-creds", principal);
+    provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+    op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns, nsLp], pollIntervalMs: 1_000 });
+}, 120_000);
+
+afterAll(async () => {
+  await op?.stop();
+});
+
+describe("Azure ComputeEnvironment through the operator (emulator)", () => {
+
+  it("Ready with defaults: every resource of seed 000, tagged, every ID in status.azure; then deleted, everything and nothing else", async () => {
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "defaults", { tags: { team: "genomics" } }));
+    const ce = await waitReady(ns, "defaults");
+    const s = ce.status!.azure!;
+    for (const k of ["resourceGroupId", "identityId", "identityPrincipalId", "identityClientId", "roleDefinitionId", "roleAssignmentContainerId", "roleAssignmentDcrId", "workspaceId", "workspaceCustomerId", "table", "dceId", "dceEndpoint", "dcrId", "dcrImmutableId", "vnetId", "subnetId"]) {
+      expect(s[k], k).toBeTruthy();
+    }
+    expect(cond(ce, "Validated")).toMatchObject({ status: "True" });
+    const rg = resourceGroupName({ namespace: ns, name: "defaults", uid: ce.metadata.uid! });
+    const group = await rm.resourceGroups.get(rg);
+    expect(group.tags).toMatchObject({ "vmforge-ce-uid": ce.metadata.uid, "vmforge-ce-namespace": ns, "vmforge-ce-name": "defaults", team: "genomics" });
+    const inside = await rgResources(rg);
+    expect(inside).toEqual(expect.arrayContaining([
+      "Microsoft.ManagedIdentity/userAssignedIdentities/vmforge-vm-identity",
+      "Microsoft.Insights/dataCollectionEndpoints/vmforge-dce",
+      "Microsoft.Insights/dataCollectionRules/vmforge-dcr",
+      "Microsoft.Network/virtualNetworks/vmforge-vnet",
+    ]));
+    expect(inside.some((r) => r.startsWith("Microsoft.OperationalInsights/workspaces/"))).toBe(true);
+    const assignment = await authz.roleAssignments.getById(s.roleAssignmentDcrId!.slice(1));
+    expect(assignment.principalId).toBe(s.identityPrincipalId);
+    expect(assignment.roleDefinitionId!.toLowerCase()).toBe(s.roleDefinitionId!.toLowerCase());
+
+    await kube.delete(ComputeEnvironmentResource, ns, "defaults");
+    await waitGone(ns, "defaults");
+    expect(await rgExists(rg)).toBe(false);
+    expect(await roleDefExists(roleDefinitionGuid(ce.metadata.uid!))).toBe(false);
+    expect(await rgExists("data-rg")).toBe(true);
+  }, 120_000);
+
+  it("each invalid input is Stalled naming the field and value, then the fix makes it Ready", async () => {
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "invalid", { vmSize: "Standard_Nope_v9" }));
+    const c1 = await waitStalled(ns, "invalid", "InvalidSpec");
+    expect(c1.message).toMatch(/spec\.azure\.vmSize: "Standard_Nope_v9" is not offered in location "westeurope"/);
+    await kube.patch(ComputeEnvironmentResource, ns, "invalid", { spec: { azure: { vmSize: "Standard_D2ds_v4", workDir: "az://missing-container/x" } } }, "merge");
+    const c2 = await waitFor("container message", async () => {
+      const c = cond(await getCe(ns, "invalid"), "Stalled");
+      return c?.status === "True" && /container "missing-container" does not exist/.test(c.message ?? "") ? c : undefined;
+    }, 60_000, 250);
+    expect(c2.reason).toBe("InvalidSpec");
+    await kube.patch(ComputeEnvironmentResource, ns, "invalid", { spec: { azure: { workDir: "az://work/x" } } }, "merge");
+    await waitReady(ns, "invalid");
+    await kube.delete(ComputeEnvironmentResource, ns, "invalid");
+    await waitGone(ns, "invalid");
+  }, 120_000);
+
+  it("a resource group with the expected name but another owner is never touched (Stalled ForeignResourceGroup)", async () => {
+    // Created with a Secret that does not exist yet, so the operator writes nothing to Azure.
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "foreign", {}, "not-yet"));
+    const ce = await waitFor("uid", async () => getCe(ns, "foreign"));
+    const rg = resourceGroupName({ namespace: ns, name: "foreign", uid: ce.metadata.uid! });
+    await rm.resourceGroups.createOrUpdate(rg, { location: LOCATION, tags: { owner: "someone-else" } });
+    await putSecret(ns, "not-yet", principal);
+    const c = await waitStalled(ns, "foreign", "ForeignResourceGroup");
+    expect(c.message).toContain(rg);
+    expect((await rm.resourceGroups.get(rg)).tags).toEqual({ owner: "someone-else" });
+    expect(await rgResources(rg)).toEqual([]);
+    await kube.delete(ComputeEnvironmentResource, ns, "foreign");
+    await waitGone(ns, "foreign");
+    expect(await rgExists(rg)).toBe(true);
+    await rm.resourceGroups.delete(rg);
+  }, 120_000);
+
+  it("deletion after pieces were deleted by hand still finishes; Retain leaves Azure alone", async () => {
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "byhand"));
+    const ce = await waitReady(ns, "byhand");
+    const rg = resourceGroupName({ namespace: ns, name: "byhand", uid: ce.metadata.uid! });
+    await rm.resources.deleteById(ce.status!.azure!.dcrId!.slice(1), "2023-03-11");
+    await rm.resources.deleteById(ce.status!.azure!.dceId!.slice(1), "2023-03-11");
+    await kube.delete(ComputeEnvironmentResource, ns, "byhand");
+    await waitGone(ns, "byhand");
+    expect(await rgExists(rg)).toBe(false);
+
+    await kube.create(ComputeEnvironmentResource, { ...ceBody(ns, "retain"), spec: { ...ceBody(ns, "retain").spec, deletionPolicy: "Retain" } } as ComputeEnvironment);
+    const kept = await waitReady(ns, "retain");
+    const keptRg = resourceGroupName({ namespace: ns, name: "retain", uid: kept.metadata.uid! });
+    await kube.delete(ComputeEnvironmentResource, ns, "retain");
+    await waitGone(ns, "retain");
+    expect(await rgExists(keptRg)).toBe(true);
+    expect(await roleDefExists(roleDefinitionGuid(kept.metadata.uid!))).toBe(true);
+  }, 180_000);
+
+  it("throttling (429 with Retry-After) on every write type: converges; the SDK retries wait at least the hint", async () => {
+    const ctl = azureControl();
+    const { lastSeq } = await ctl.clearRequests();
+    for (const operation of ["Microsoft.Resources/subscriptions/resourceGroups/write", "Microsoft.ManagedIdentity/userAssignedIdentities/write", "Microsoft.OperationalInsights/workspaces/write", "Microsoft.Network/virtualNetworks/write", "Microsoft.Authorization/roleAssignments/write"]) {
+      await ctl.addFault({ operation, status: 429, retryAfterS: 1, count: 3, code: "TooManyRequests", message: "throttled" });
+    }
+    try {
+      await kube.create(ComputeEnvironmentResource, ceBody(ns, "throttled"));
+      await waitReady(ns, "throttled", 90_000);
+    } finally {
+      await ctl.clearFaults();
+    }
+    const log = (await ctl.requests(lastSeq)).value;
+    const throttled = log.filter((r) => r.status === 429);
+    expect(throttled.length).toBeGreaterThanOrEqual(15);
+    for (const t of throttled) {
+      const next = log.find((r) => r.seq > t.seq && r.operation === t.operation && r.path === t.path);
+      expect(next, `${t.operation} retried`).toBeDefined();
+      // The SDK's own retries wait for Retry-After. (After its last try the controller's retry can come
+      // sooner when a watch event of the CE's own status write re-queues it: an engine queue matter.)
+      if (next!.status === 429) expect(Date.parse(next!.time) - Date.parse(t.time), `${t.operation} waited for Retry-After`).toBeGreaterThanOrEqual(950);
+    }
+    for (const op of new Set(throttled.map((t) => t.operation))) {
+      expect(log.some((r) => r.operation === op && r.status < 300), `${op} finally succeeded`).toBe(true);
+    }
+    await kube.delete(ComputeEnvironmentResource, ns, "throttled");
+    await waitGone(ns, "throttled");
+  }, 180_000);
+
+  it("a rejected secret gives CredentialsValid=False and Stalled InvalidCredentials naming the Secret; the rotated one is used at the next reconcile", async () => {
+    await putSecret(ns, "rotating", { ...principal, secret: "not-the-secret" });
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "rotated", {}, "rotating"));
+    const c = await waitStalled(ns, "rotated", "InvalidCredentials");
+    expect(c.message).toContain(`Secret ${ns}/rotating`);
+    expect(c.message).toMatch(/AADSTS7000215/);
+    expect(c.message).not.toContain("not-the-secret");
+    expect(cond(await getCe(ns, "rotated"), "CredentialsValid")).toMatchObject({ status: "False" });
+    await putSecret(ns, "rotating", principal);
+    await waitReady(ns, "rotated");
+    expect(cond(await getCe(ns, "rotated"), "CredentialsValid")).toMatchObject({ status: "True" });
+    // Deletion with credentials that stopped working says so instead of hanging.
+    await putSecret(ns, "rotating", { ...principal, secret: "revoked" });
+    await kube.delete(ComputeEnvironmentResource, ns, "rotated");
+    const blocked = await waitFor("deletion blocked on credentials", async () => {
+      const s = cond(await getCe(ns, "rotated"), "Stalled");
+      return s?.status === "True" && /InvalidCredentials/.test(s.reason) ? s : undefined;
+    }, 60_000, 250);
+    expect(blocked.message).toMatch(/remove the finalizer vmforge\.dev\/finalizer/);
+    await putSecret(ns, "rotating", principal);
+    // The fixed Secret lets deletion finish (the CE is re-queued on Secret changes or by its slow re-check).
+    await kube.patch(ComputeEnvironmentResource, ns, "rotated", { metadata: { annotations: { "vmforge.dev/poke": "1" } } }, "merge");
+    await waitGone(ns, "rotated");
+    void FINALIZER;
+  }, 240_000);
+});
+
+describe("Azure least privilege: one action removed per phase is named", () => {
+
+  it("create without workspaces/write: Stalled AccessDenied naming the action", async () => {
+    const p = await operatorPrincipal("vmforge-no-ws", { create: ["Microsoft.OperationalInsights/workspaces/write"] });
+    await putSecret(nsLp, "lp-create", p);
+    await kube.create(ComputeEnvironmentResource, ceBody(nsLp, "lp-create", {}, "lp-create"));
+    const c = await waitFor("AccessDenied", async () => {
+      const s = cond(await getCe(nsLp, "lp-create"), "Stalled");
+      return s?.status === "True" && s.reason === "AccessDenied" ? s : undefined;
+    }, 60_000, 250);
+    expect(c.message).toMatch(/Microsoft\.OperationalInsights\/workspaces\/write/);
+  }, 120_000);
+
+  it("dispose without DataCollectionRules/Delete: deletion Stalled naming the action", async () => {
+    const p = await operatorPrincipal("vmforge-no-dcr-delete", { dispose: ["Microsoft.Insights/DataCollectionRules/Delete"] });
+    await putSecret(nsLp, "lp-dispose", p);
+    await kube.create(ComputeEnvironmentResource, ceBody(nsLp, "lp-dispose", {}, "lp-dispose"));
+    await waitReady(nsLp, "lp-dispose");
+    await kube.delete(ComputeEnvironmentResource, nsLp, "lp-dispose");
+    const c = await waitFor("AccessDenied on deletion", async () => {
+      const s = cond(await getCe(nsLp, "lp-dispose"), "Stalled");
+      return s?.status === "True" && s.reason === "AccessDenied" ? s : undefined;
+    }, 60_000, 250);
+    expect(c.message).toMatch(/Microsoft\.Insights\/DataCollectionRules\/Delete/);
+  }, 120_000);
+});
