@@ -16,7 +16,7 @@ import type { ComputeEnvironment } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../../src/cloud/azure/policy.js";
 import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/names.js";
-import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
+import { SecretResource } from "../../src/controllers/shared.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, RoleJson } from "../azure-emulator/control.js";
@@ -304,12 +304,12 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
       const s = cond(await getCe(ns, "rotated"), "Stalled");
       return s?.status === "True" && /InvalidCredentials/.test(s.reason) ? s : undefined;
     }, 60_000, 250);
-    expect(blocked.message).toMatch(/remove the finalizer vmforge\.dev\/finalizer/);
+    expect(blocked.message).toContain(`Secret ${ns}/rotating`);
+    expect(blocked.message).toMatch(/To unblock/);
     await putSecret(ns, "rotating", principal);
     // The fixed Secret lets deletion finish (the CE is re-queued on Secret changes or by its slow re-check).
     await kube.patch(ComputeEnvironmentResource, ns, "rotated", { metadata: { annotations: { "vmforge.dev/poke": "1" } } }, "merge");
     await waitGone(ns, "rotated");
-    void FINALIZER;
   }, 240_000);
 });
 

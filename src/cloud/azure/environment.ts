@@ -158,6 +158,8 @@ interface Run {
   state: AzureEnvState;
   missing: string[];
   so: { abortSignal?: AbortSignal };
+  /** Announces the first cloud write to the reconciler (once); every create below awaits it first. */
+  beforeWrite: () => Promise<void>;
 }
 
 function sameTags(have: Record<string, string> | undefined, want: Record<string, string>): boolean {
@@ -292,6 +294,7 @@ async function ensureResourceGroup(r: Run): Promise<boolean> {
     else r.state.resourceGroupId = rg.id ?? plan.rgId;
     return !!rg;
   }
+  await r.beforeWrite();
   const made = await azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/write", () =>
     c.resources.resourceGroups.createOrUpdate(plan.rg, { location: plan.location, tags: { ...(rg?.tags ?? {}), ...plan.tags } }, so));
   r.state.resourceGroupId = made.id ?? plan.rgId;
@@ -307,6 +310,7 @@ async function ensureIdentity(r: Run): Promise<boolean> {
       return false;
     }
     if (r.mode === "provision") {
+      await r.beforeWrite();
       mi = await azCall(c, "create", "Microsoft.ManagedIdentity/userAssignedIdentities/write", () =>
         c.msi.userAssignedIdentities.createOrUpdate(plan.rg, IDENTITY_NAME, { location: plan.location, tags: plan.tags }, so));
     }
@@ -339,6 +343,7 @@ async function ensureWorkspace(r: Run): Promise<boolean> {
         return false;
       }
     } else {
+      await r.beforeWrite();
       ws = await azCall(c, "create", "Microsoft.OperationalInsights/workspaces/write", () =>
         c.logAnalytics.workspaces.createOrUpdate(plan.rg, plan.workspace, {
           location: plan.location,
@@ -377,6 +382,7 @@ async function ensureTable(r: Run): Promise<boolean> {
         return false;
       }
     } else {
+      await r.beforeWrite();
       await azCall(c, "create", "Microsoft.OperationalInsights/workspaces/tables/write", () =>
         c.logAnalytics.tables.createOrUpdate(plan.rg, plan.workspace, LOG_TABLE, {
           schema: { name: LOG_TABLE, columns },
@@ -405,6 +411,7 @@ async function ensureDce(r: Run): Promise<boolean> {
         return true;
       }
     } else {
+      await r.beforeWrite();
       dce = await azCall(c, "create", "Microsoft.Insights/DataCollectionEndpoints/Write", () =>
         c.monitor.dataCollectionEndpoints.create(plan.rg, DCE_NAME, {
           body: { location: plan.location, tags: plan.tags, networkAcls: { publicNetworkAccess: "Enabled" } },
@@ -443,6 +450,7 @@ async function ensureDcr(r: Run): Promise<boolean> {
         return false;
       }
     } else {
+      await r.beforeWrite();
       dcr = await azCall(c, "create", "Microsoft.Insights/DataCollectionRules/Write", () =>
         c.monitor.dataCollectionRules.create(plan.rg, DCR_NAME, { body: dcrBody(plan, dceId, workspaceId), ...so }));
     }
@@ -471,6 +479,7 @@ async function ensureNetwork(r: Run, v: Validation): Promise<boolean> {
         return false;
       }
     } else {
+      await r.beforeWrite();
       vnet = await azCall(c, "create", "Microsoft.Network/virtualNetworks/write", () =>
         c.network.virtualNetworks.createOrUpdate(plan.rg, VNET_NAME, {
           location: plan.location,
@@ -520,6 +529,7 @@ async function ensureRoleDefinition(r: Run, v: Validation): Promise<boolean> {
         return false;
       }
     } else {
+      await r.beforeWrite();
       await azCall(c, "create", "Microsoft.Authorization/roleDefinitions/write", () => c.authorization.roleDefinitions.createOrUpdate(scopeArg(scope), guid, want, so));
     }
   }
@@ -564,8 +574,10 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
   }
   if (have) {
     // Ours by name, but for an identity or role that is gone (recreated by hand): replace it.
+    await r.beforeWrite();
     await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(scope), name, so));
   }
+  await r.beforeWrite();
   for (let attempt = 0; ; attempt++) {
     try {
       const made = await azCall(c, "create", "Microsoft.Authorization/roleAssignments/write", () =>
@@ -591,7 +603,11 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
 
 async function converge(c: AzureClients, ctx: EnvContext, mode: Mode): Promise<EnvObservation> {
   const plan = planOf(ctx.ce, c);
-  const r: Run = { c, ctx, plan, mode, state: {}, missing: [], so: ctx.signal ? { abortSignal: ctx.signal } : {} };
+  let announced: Promise<void> | undefined;
+  const r: Run = {
+    c, ctx, plan, mode, state: {}, missing: [], so: ctx.signal ? { abortSignal: ctx.signal } : {},
+    beforeWrite: () => (announced ??= ctx.beforeCloudWrite?.() ?? Promise.resolve()),
+  };
   const validation = validate(r);
   const group = ensureResourceGroup(r);
   await settle([validation, group]);

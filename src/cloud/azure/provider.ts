@@ -3,7 +3,6 @@
  * ./environment.ts, run work in ./runs.ts. Clients come from a cache keyed by a fingerprint of the
  * CE's credentials and subscription, so a rotated Secret is used at the next reconcile.
  */
-import { FINALIZER } from "../../api/constants.js";
 import type { Run } from "../../api/types.js";
 import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type RunDescription, type RunLogChunk } from "../provider.js";
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
@@ -19,6 +18,8 @@ export interface AzureProviderOptions {
 
 export class AzureProvider implements CloudProvider {
   readonly name = "azure";
+  /** provisionEnvironment reads first and calls ctx.beforeCloudWrite before its first write. */
+  readonly announcesCloudWrites = true;
   private readonly endpoints: AzureEndpoints;
   private readonly cache: AzureClientCache;
 
@@ -48,16 +49,8 @@ export class AzureProvider implements CloudProvider {
   }
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
-    try {
-      await disposeAzureEnvironment(this.clientsFor(ctx), ctx);
-    } catch (e) {
-      if (e instanceof CloudError && (e.reason === "InvalidCredentials" || e.reason === "AccessDenied" || e.reason === "SubscriptionNotSet")) {
-        // Deletion cannot go on with these credentials: say so, and how to get out, instead of hanging.
-        const who = ctx.credentials.source === "secret" ? `Secret ${ctx.credentials.secretName ?? ""}` : "the operator's ambient identity";
-        throw CloudError.terminal(e.reason, `${who}: ${e.message}. Fix the credentials, or remove the finalizer ${FINALIZER} to abandon the Azure resources (then delete the resource group by hand)`, e);
-      }
-      throw e;
-    }
+    // A Terminal failure here (credentials, permissions) is reported by the reconciler with how to unblock.
+    return disposeAzureEnvironment(this.clientsFor(ctx), ctx);
   }
 
   async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {

@@ -213,7 +213,11 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
         if (exitCode !== undefined || run.status?.instance?.id) {
           const d: RunDescription = { instanceId: run.status?.instance?.id ?? vmResourceId(c, rg, name), state: "terminated", log };
           if (exitCode !== undefined) d.exitCode = exitCode;
-          else if (run.spec.overrides?.spot) d.stateReason = "SpotEvicted: the Spot VM is gone without an exit status (evicted)";
+          else if (run.spec.overrides?.spot) {
+            // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
+            d.stateReason = "SpotEvicted: Azure evicted the Spot VM before the pipeline ended";
+            d.interrupted = true;
+          }
           out.set(uid, d);
         } else out.set(uid, undefined);
         return;
@@ -287,18 +291,23 @@ export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, fro
 
 /**
  * VMs and network interfaces in the CE's resource group tagged with a Run UID that is not live
- * are deleted (public IPs and disks go with their VM through deleteOption). Returns their names.
+ * are deleted (public IPs and disks go with their VM through deleteOption). Returns their names,
+ * and those of VMs still being deleted, so a CE being deleted waits until none is left.
  */
 export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<string>): Promise<string[]> {
   const rg = runRg(ctx.ce);
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   const orphanVms: string[] = [];
+  const deleting: string[] = [];
   const orphanNics: string[] = [];
   await Promise.all([
     azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
       for await (const vm of c.compute.virtualMachines.list(rg, so)) {
         const uid = vm.tags?.[TAG_RUN_UID];
-        if (uid && !live.has(uid) && vm.name) orphanVms.push(vm.name);
+        if (!uid || live.has(uid) || !vm.name) continue;
+        // Already being deleted: reported (the caller waits for it), not deleted again.
+        if ((vm.provisioningState ?? "").toLowerCase() === "deleting") deleting.push(vm.name);
+        else orphanVms.push(vm.name);
       }
     }).catch((e: unknown) => {
       if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
@@ -315,5 +324,5 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
   await deleteVms(c, rg, orphanVms, so);
   await Promise.all(orphanNics.map((n) =>
     azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))));
-  return [...orphanVms, ...orphanNics];
+  return [...orphanVms, ...deleting, ...orphanNics];
 }

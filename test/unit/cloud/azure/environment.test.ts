@@ -97,6 +97,21 @@ describe("Azure environment: provision", () => {
     expect(az.calls.slice(n).map((c) => c.op).filter((o) => !/\.(get|list|getById)$/.test(o))).toEqual([]);
   });
 
+  it("announces the first cloud write before making it, and not at all when nothing needs writing", async () => {
+    const seen: string[] = [];
+    const ctx = ctxFor(sampleAzureCe(az.sub));
+    ctx.beforeCloudWrite = async () => {
+      seen.push(`announce@${az.calls.length}`);
+    };
+    await provisionAzureEnvironment(az.clients(), ctx);
+    expect(seen).toHaveLength(1);
+    const at = Number(seen[0]!.split("@")[1]);
+    expect(az.calls.slice(0, at).map((c) => c.op).filter((o) => !/\.(get|list|getById)$/.test(o))).toEqual([]);
+    seen.length = 0;
+    await provisionAzureEnvironment(az.clients(), ctx);
+    expect(seen).toEqual([]);
+  });
+
   it("observe reads only and lists what is missing", async () => {
     const obs = await observeAzureEnvironment(az.clients(), ctxFor(sampleAzureCe(az.sub)));
     expect(obs.ready).toBe(false);
