@@ -122,7 +122,7 @@ export class LazyProvider implements CloudProvider {
 export function defaultProviders(): Map<string, CloudProvider> {
   return new Map<string, CloudProvider>([
     ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), true)],
-    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider())],
+    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), true)],
   ]);
 }
 
