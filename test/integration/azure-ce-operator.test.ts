@@ -2,10 +2,10 @@
  * The Azure ComputeEnvironment through the OPERATOR (issue 10): the real kube-apiserver, the
  * operator in-process with its real AzureProvider (real Azure SDK packages), and the Azure
  * emulator (Entra ID, Resource Manager with RBAC). The operator's principal holds exactly the
- * seed's roles (seed 001, read from the seed file when present) plus the built-in Reader and the
+ * seed's roles (seed 001, read from the product document at test time) plus the built-in Reader and the
  * documented additions; fixtures are made and results checked as the emulator's admin.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
@@ -20,8 +20,8 @@ import { SecretResource } from "../../src/controllers/shared.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, RoleJson } from "../azure-emulator/control.js";
+import { seedPath } from "../harness/seed-policy.js";
 
-const SEED_001 = process.env.VMFORGE_SEEDS_DIR ? `${process.env.VMFORGE_SEEDS_DIR}/001_27279684b0b7f99f.txt` : "/work/shared/seeds/001_27279684b0b7f99f.txt";
 const LOCATION = "westeurope";
 const STORAGE = "vmfwork";
 
@@ -38,18 +38,10 @@ interface Principal {
   secret: string;
 }
 
-/** The seed's role of a phase (from the seed file when it is there; else the same data from policy.ts, which a unit test compares with the seed). */
+/** The seed's role of a phase, read from the product document (seed 001) at test time, optionally without some actions. */
 async function grantPhase(p: Principal, phase: AzurePhase, without: string[] = []): Promise<void> {
-  const ctl = azureControl();
   const roleName = renderAzureRole(phase).properties.roleName;
-  if (existsSync(SEED_001)) {
-    await ctl.grantSeedRole({ principalId: p.objectId, seedFile: SEED_001, roleName, subscriptionId: info.subscriptionId, without });
-    return;
-  }
-  const r = renderAzureRole(phase, { subscriptionId: info.subscriptionId });
-  const drop = new Set(without.map((a) => a.toLowerCase()));
-  const perms = r.properties.permissions[0]!;
-  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, role: { properties: { ...r.properties, roleName: `${roleName}-${drop.size}`, permissions: [{ ...perms, actions: perms.actions.filter((a) => !drop.has(a.toLowerCase())), dataActions: perms.dataActions.filter((a) => !drop.has(a.toLowerCase())) }] } } });
+  await azureControl().grantSeedRole({ principalId: p.objectId, seedFile: seedPath("001"), roleName, subscriptionId: info.subscriptionId, without });
 }
 
 /** A principal holding the seed's four roles, the built-in Reader and the documented additions (minus `without`). */
