@@ -132,6 +132,10 @@ describe("Azure emulator: Resource Manager", () => {
     });
     expect(table.provisioningState).toBe("Succeeded");
     expect((await la.tables.get("rg-la", "ce-logs", "RunLogs_CL")).schema?.columns?.map((c) => c.name)).toEqual(["TimeGenerated", "Message"]);
+    await la.tables.createOrUpdate("rg-la", "ce-logs", "Extra_CL", { schema: { name: "Extra_CL", columns: [{ name: "TimeGenerated", type: "dateTime" }] } });
+    expect((await collect(la.tables.listByWorkspace("rg-la", "ce-logs"))).map((t) => t.name).sort()).toEqual(["Extra_CL", "RunLogs_CL"]);
+    await la.tables.delete("rg-la", "ce-logs", "Extra_CL").pollUntilDone();
+    await expect(la.tables.get("rg-la", "ce-logs", "Extra_CL")).rejects.toMatchObject({ statusCode: 404 });
 
     // soft delete: gone from reads, the name cannot be used elsewhere
     await la.workspaces.delete("rg-la", "ce-logs").pollUntilDone();
@@ -174,6 +178,7 @@ describe("Azure emulator: Resource Manager", () => {
     });
     await expect(mon.dataCollectionRules.create("rg-dcr", "bad-stream", { body: rule("Custom-RunLogs_CL", "Custom-Other") })).rejects.toMatchObject({ statusCode: 400, code: "InvalidPayload" });
     expect((await collect(mon.dataCollectionRules.listByResourceGroup("rg-dcr"))).map((r) => r.name)).toEqual(["ce-dcr"]);
+    expect((await collect(mon.dataCollectionEndpoints.listBySubscription())).map((r) => r.name)).toEqual(["CE-Dce"]);
     expect((await mon.dataCollectionRules.get("rg-dcr", "CE-DCR")).immutableId).toBe(dcr.immutableId);
     await mon.dataCollectionRules.delete("rg-dcr", "ce-dcr");
     await mon.dataCollectionEndpoints.delete("rg-dcr", "ce-dce");

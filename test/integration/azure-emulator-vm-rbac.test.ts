@@ -141,6 +141,9 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     expect(nic.tags ?? {}).toEqual({});
     await expect(net.networkInterfaces.delete("rg-vm", nic.name!).pollUntilDone()).rejects.toMatchObject({ statusCode: 400, code: "NicInUse" });
     await expect(compute.disks.delete("rg-vm", diskName).pollUntilDone()).rejects.toMatchObject({ statusCode: 409 });
+    const disk = (await collect(compute.disks.listByResourceGroup("rg-vm"))).find((d) => d.name === diskName);
+    expect(disk?.managedBy).toBe(vm.id);
+    expect(disk?.diskState).toBe("Attached");
 
     await compute.virtualMachines.powerOff("rg-vm", "run-1").pollUntilDone();
     expect((await compute.virtualMachines.instanceView("rg-vm", "run-1")).statuses?.[1]?.code).toBe("PowerState/stopped");
