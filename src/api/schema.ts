@@ -418,6 +418,14 @@ export const AzureEnvironmentSchema = Type.Object(
   { description: "Azure settings. Required when provider is azure, forbidden otherwise." },
 );
 
+/**
+ * Budget, in bytes, of the text a ComputeEnvironment (nextflowConfig and scripts together) and a
+ * Run (pipeline.config) each put into a machine's user data. Two full budgets plus the launcher
+ * fit EC2's 16 KiB once gzip-compressed, for text that compresses as configuration does; the
+ * launch still checks the real size.
+ */
+export const USER_DATA_TEXT_BUDGET_BYTES = 16 * 1024;
+
 /** Timeout of a Run that sets none, unless its ComputeEnvironment says otherwise (spec.defaultRunTimeout). */
 export const DEFAULT_RUN_TIMEOUT = "72h";
 
@@ -524,6 +532,13 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
   {
     description: "Desired state of a ComputeEnvironment.",
     [XV]: [
+      {
+        rule:
+          "(has(self.nextflowConfig) ? bytes(self.nextflowConfig).size() : 0) + (has(self.preRunScript) ? bytes(self.preRunScript).size() : 0)" +
+          ` + (has(self.postRunScript) ? bytes(self.postRunScript).size() : 0) <= ${USER_DATA_TEXT_BUDGET_BYTES}`,
+        message: `nextflowConfig, preRunScript and postRunScript together must be at most ${USER_DATA_TEXT_BUDGET_BYTES} bytes: they travel in every machine's user data (16 KiB on EC2, sent gzip-compressed, shared with the launcher and the Run's config)`,
+        fieldPath: ".nextflowConfig",
+      },
       {
         rule: "self.provider != 'aws' || has(self.aws)",
         message: "spec.aws is required when provider is aws",
@@ -759,7 +774,16 @@ export const PipelineSchema = Type.Object(
       }),
     ),
   },
-  { description: "The Nextflow pipeline to run." },
+  {
+    description: "The Nextflow pipeline to run.",
+    [XV]: [
+      {
+        rule: `!has(self.config) || bytes(self.config).size() <= ${USER_DATA_TEXT_BUDGET_BYTES}`,
+        message: `config must be at most ${USER_DATA_TEXT_BUDGET_BYTES} bytes: it travels in the machine's user data (16 KiB on EC2, sent gzip-compressed, shared with the launcher and the ComputeEnvironment's config and scripts)`,
+        fieldPath: ".config",
+      },
+    ],
+  },
 );
 
 export const RunSpecSchema = Type.Object(

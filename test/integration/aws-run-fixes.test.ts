@@ -4,7 +4,8 @@
  * tag-filtered DescribeInstances, terminated instances forgotten, `Unsupported` per zone.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
+import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
+import { gunzipSync } from "node:zlib";
 import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { KubeClient } from "../../src/engine/kube.js";
@@ -211,6 +212,27 @@ describe("termination and outcome when DescribeInstances does not show the machi
     } finally {
       await layer.configure({ consistency: { terminatedVisibleMs: null } });
     }
+  });
+});
+
+describe("user data budget", () => {
+  it("a launcher over 16 KiB (a large nextflowConfig within the admission budget) is sent gzip-compressed and launches", async () => {
+    const config = Array.from({ length: 200 }, (_, i) => `process { withName: 'STEP_${i}' { cpus = 2; memory = '4 GB' } }`).join("\n");
+    expect(Buffer.byteLength(config)).toBeLessThan(16 * 1024);
+    await client.create(ComputeEnvironmentResource, {
+      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "bigconfig", namespace: ns },
+      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, nextflowConfig: config, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` } },
+    } as ComputeEnvironment);
+    await waitFor("CE bigconfig Ready", async () => cond(await getCe("bigconfig"), "Ready")?.status === "True", 60_000);
+    await run("big", "bigconfig");
+    const r = await phase("big", "Running");
+    const attr = await new EC2Client(aws()).send(new DescribeInstanceAttributeCommand({ InstanceId: r.status?.instance?.id ?? "", Attribute: "userData" }));
+    const bytes = Buffer.from(attr.UserData?.Value ?? "", "base64");
+    expect(bytes.length).toBeLessThanOrEqual(16 * 1024);
+    expect([bytes[0], bytes[1]]).toEqual([0x1f, 0x8b]);
+    const script = gunzipSync(bytes).toString("utf8");
+    expect(Buffer.byteLength(script)).toBeGreaterThan(16 * 1024);
+    expect(script).toContain("STEP_199");
   });
 });
 

@@ -6,6 +6,7 @@
  * exit status to moto's S3 and terminate the instance at shutdown — the same effects a real
  * machine has on the operator's view.
  */
+import { gunzipSync } from "node:zlib";
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { mkdirSync, copyFileSync, chmodSync } from "node:fs";
@@ -80,7 +81,10 @@ export class InstancePlayer {
           this.played.set(id, spawn("true"));
           continue;
         }
-        this.played.set(id, this.boot(id, Buffer.from(b64, "base64").toString("utf8"), exitCode));
+        // cloud-init runs gzip-compressed user data (the operator compresses large launchers).
+        const bytes = Buffer.from(b64, "base64");
+        const script = bytes[0] === 0x1f && bytes[1] === 0x8b ? gunzipSync(bytes) : bytes;
+        this.played.set(id, this.boot(id, script.toString("utf8"), exitCode));
       }
     }
   }

@@ -32,6 +32,7 @@
  * 3. Neither: the pipeline runs without a token (Wave's anonymous limits apply).
  */
 import { createHash } from "node:crypto";
+import { gzipSync } from "node:zlib";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
 import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE } from "../../api/types.js";
 import { CloudError } from "../provider.js";
@@ -305,16 +306,27 @@ export function renderUserData(input: RenderUserDataInput): string {
   }
   const script =
     LAUNCHER_TEMPLATE.slice(0, idx + 1) + lines.join("\n") + LAUNCHER_TEMPLATE.slice(idx + SETTINGS_MARKER.length - 1);
-  const size = Buffer.byteLength(script, "utf8");
+  const size = encodeUserData(script).length;
   if (size > USER_DATA_LIMIT_BYTES) {
     throw CloudError.terminal(
       "UserDataTooLarge",
-      `the launcher for this Run is ${size} bytes, over EC2's user data limit of ${USER_DATA_LIMIT_BYTES} bytes; ` +
+      `the launcher for this Run is ${size} bytes even gzip-compressed, over EC2's user data limit of ${USER_DATA_LIMIT_BYTES} bytes; ` +
         `shorten the ComputeEnvironment's nextflowConfig/preRunScript/postRunScript or the Run's pipeline.config/params ` +
         `(they add ${Buffer.byteLength((ce.spec.nextflowConfig ?? "") + (run.spec.pipeline.config ?? "") + JSON.stringify(run.spec.pipeline.params ?? {}), "utf8")} bytes)`,
     );
   }
   return script;
+}
+
+/**
+ * The bytes sent as user data: the script itself while it fits EC2's 16 KiB, else gzip-compressed
+ * (cloud-init recognises gzip user data and runs what it holds), which gives large configurations
+ * and scripts about three times the room.
+ */
+export function encodeUserData(script: string): Buffer {
+  const raw = Buffer.from(script, "utf8");
+  if (raw.length <= USER_DATA_LIMIT_BYTES) return raw;
+  return gzipSync(raw, { level: 9 });
 }
 
 /** A short stable digest of user data, safe to log (never log the user data itself). */

@@ -33,7 +33,7 @@ import { DEFAULT_BOOT_DISK_GIB, DEFAULT_BOOT_DISK_VOLUME_TYPE } from "../../api/
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { awsErrorCode, mapAwsError } from "./clients.js";
 import { MANAGED_BY, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAMESPACE } from "./iam.js";
-import { renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
+import { encodeUserData, renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
 import { findOutcomeInLog, logGroupName, logStreamName, readRunLog as readRunLogStream, type LauncherOutcome, type ReadLogOptions } from "./logs.js";
 
 export const TAG_RUN_UID = "vmforge.dev/run-uid";
@@ -202,7 +202,7 @@ export function runInstancesInput(ce: ComputeEnvironment, run: Run, userData: st
       { ResourceType: "instance", Tags: tags },
       { ResourceType: "volume", Tags: tags },
     ],
-    UserData: Buffer.from(userData, "utf8").toString("base64"),
+    UserData: encodeUserData(userData).toString("base64"),
   };
 }
 

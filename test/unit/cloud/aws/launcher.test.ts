@@ -1,3 +1,5 @@
+import { randomBytes } from "node:crypto";
+import { gunzipSync } from "node:zlib";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -5,6 +7,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   USER_DATA_LIMIT_BYTES,
+  encodeUserData,
   nextflowArgs,
   nextflowRunName,
   platformTokenReadStatement,
@@ -127,8 +130,22 @@ describe("renderUserData", () => {
     expect(ud).toContain(`VMF_ARTIFACTS_URI='${runArtifactsUri(sampleCe(), sampleRun())}'`);
   });
 
-  it("throws Terminal UserDataTooLarge past 16 KiB", () => {
-    const ce = sampleCe({ spec: { nextflowConfig: `params.x = '${"y".repeat(USER_DATA_LIMIT_BYTES)}'` } });
+  it("compresses a launcher over 16 KiB with gzip (cloud-init runs it) when that makes it fit", () => {
+    const config = Array.from({ length: 600 }, (_, i) => `process { withName: 'STEP_${i}' { cpus = 2; memory = '4 GB' } }`).join("\n");
+    const ce = sampleCe({ spec: { nextflowConfig: config } });
+    const script = renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws! });
+    expect(Buffer.byteLength(script)).toBeGreaterThan(USER_DATA_LIMIT_BYTES);
+    const sent = encodeUserData(script);
+    expect(sent.length).toBeLessThanOrEqual(USER_DATA_LIMIT_BYTES);
+    expect([sent[0], sent[1]]).toEqual([0x1f, 0x8b]);
+    expect(gunzipSync(sent).toString("utf8")).toBe(script);
+    // A launcher that fits is sent as it is.
+    const small = renderUserData({ ce: sampleCe(), run: sampleRun(), envStatus: sampleCe().status!.aws! });
+    expect(encodeUserData(small).toString("utf8")).toBe(small);
+  });
+
+  it("throws Terminal UserDataTooLarge when even gzip cannot bring it under 16 KiB", () => {
+    const ce = sampleCe({ spec: { nextflowConfig: `params.x = '${randomBytes(3 * USER_DATA_LIMIT_BYTES).toString("base64")}'` } });
     let err: unknown;
     try {
       renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws! });
