@@ -10,20 +10,28 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { KubeClient } from "../../src/engine/kube.js";
-import type { Condition } from "../../src/engine/conditions.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import type { ComputeEnvironment } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
-import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../../src/cloud/azure/policy.js";
+import type { AzurePhase } from "../../src/cloud/azure/policy.js";
 import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/names.js";
-import { SecretResource } from "../../src/controllers/shared.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import type { EmulatorInfo, RoleJson } from "../azure-emulator/control.js";
-import { seedPath } from "../harness/seed-policy.js";
+import type { EmulatorInfo } from "../azure-emulator/control.js";
+import {
+  LOCATION,
+  STORAGE,
+  ceBody,
+  cond,
+  getCe as envGetCe,
+  operatorPrincipal as envPrincipal,
+  putSecret as envPutSecret,
+  waitGone as envWaitGone,
+  waitReady as envWaitReady,
+  waitStalled as envWaitStalled,
+  type Principal,
+} from "../support/azure-env.js";
 
-const LOCATION = "westeurope";
-const STORAGE = "vmfwork";
 
 let kube: KubeClient;
 let info: EmulatorInfo;
@@ -32,90 +40,12 @@ let authz: AuthorizationManagementClient;
 let op: RunningOperator | undefined;
 let provider: AzureProvider;
 
-interface Principal {
-  objectId: string;
-  clientId: string;
-  secret: string;
-}
-
-/** The seed's role of a phase, read from the product document (seed 001) at test time, optionally without some actions. */
-async function grantPhase(p: Principal, phase: AzurePhase, without: string[] = []): Promise<void> {
-  const roleName = renderAzureRole(phase).properties.roleName;
-  await azureControl().grantSeedRole({ principalId: p.objectId, seedFile: seedPath("001"), roleName, subscriptionId: info.subscriptionId, without });
-}
-
-/** A principal holding the seed's four roles, the built-in Reader and the documented additions (minus `without`). */
-async function operatorPrincipal(name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<Principal> {
-  const ctl = azureControl();
-  const created = await ctl.createPrincipal({ displayName: name });
-  const p = { objectId: created.objectId, clientId: created.clientId, secret: created.secret! };
-  for (const phase of AZURE_PHASES) await grantPhase(p, phase, without[phase] ?? []);
-  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, roleName: "Reader" });
-  const add = azureAdditions();
-  const role: RoleJson = {
-    properties: {
-      roleName: `vmforge-additions-${name}`,
-      assignableScopes: [`/subscriptions/${info.subscriptionId}`],
-      permissions: [{
-        actions: AZURE_PHASES.flatMap((ph) => add[ph].filter((a) => !a.dataAction).map((a) => a.action)),
-        dataActions: AZURE_PHASES.flatMap((ph) => add[ph].filter((a) => a.dataAction).map((a) => a.action)),
-        notActions: [],
-        notDataActions: [],
-      }],
-    },
-  };
-  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, role });
-  return p;
-}
-
-async function putSecret(ns: string, name: string, p: Principal): Promise<void> {
-  const data = { tenantId: info.tenantId, clientId: p.clientId, clientSecret: p.secret, subscriptionId: info.subscriptionId };
-  const body = { apiVersion: "v1", kind: "Secret", metadata: { name, namespace: ns }, type: "Opaque", data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString("base64")])) };
-  const existing = await kube.get(SecretResource, ns, name);
-  if (existing) await kube.patch(SecretResource, ns, name, { data: body.data }, "merge");
-  else await kube.create(SecretResource, body);
-}
-
-function ceBody(ns: string, name: string, over: Record<string, unknown> = {}, secret = "azure-creds"): ComputeEnvironment {
-  return {
-    apiVersion: "vmforge.dev/v1alpha1",
-    kind: "ComputeEnvironment",
-    metadata: { name, namespace: ns },
-    spec: {
-      provider: "azure",
-      credentials: { secretRef: { name: secret } },
-      azure: { location: LOCATION, storageAccount: STORAGE, workDir: "az://work/runs", ...over },
-    },
-  } as unknown as ComputeEnvironment;
-}
-
-const cond = (ce: ComputeEnvironment | undefined, type: string): Condition | undefined => ce?.status?.conditions?.find((c) => c.type === type);
-
-async function getCe(ns: string, name: string): Promise<ComputeEnvironment | undefined> {
-  return kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);
-}
-
-async function waitReady(ns: string, name: string, timeoutMs = 60_000): Promise<ComputeEnvironment> {
-  return waitFor(`${ns}/${name} Ready`, async () => {
-    const ce = await getCe(ns, name);
-    const stalled = cond(ce, "Stalled");
-    if (stalled?.status === "True") throw new Error(`Stalled ${stalled.reason}: ${stalled.message}`);
-    if (cond(ce, "Ready")?.status === "True" && ce?.status?.observedGeneration === ce?.metadata.generation) return ce;
-    const r = cond(ce, "Reconciling");
-    throw new Error(`not Ready yet: ${r?.reason ?? "-"}: ${r?.message ?? "-"}`);
-  }, timeoutMs, 250);
-}
-
-async function waitStalled(ns: string, name: string, reason: string): Promise<Condition> {
-  return waitFor(`${ns}/${name} Stalled ${reason}`, async () => {
-    const c = cond(await getCe(ns, name), "Stalled");
-    return c?.status === "True" && c.reason === reason ? c : undefined;
-  }, 60_000, 250);
-}
-
-async function waitGone(ns: string, name: string): Promise<void> {
-  await waitFor(`${ns}/${name} gone`, async () => (await getCe(ns, name)) === undefined, 90_000, 250);
-}
+const operatorPrincipal = (name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<Principal> => envPrincipal(info, name, without);
+const putSecret = (ns: string, name: string, p: Principal): Promise<void> => envPutSecret(kube, info, ns, name, p);
+const getCe = (ns: string, name: string) => envGetCe(kube, ns, name);
+const waitReady = (ns: string, name: string, timeoutMs?: number) => envWaitReady(kube, ns, name, timeoutMs);
+const waitStalled = (ns: string, name: string, reason: string) => envWaitStalled(kube, ns, name, reason);
+const waitGone = (ns: string, name: string) => envWaitGone(kube, ns, name);
 
 async function rgExists(name: string): Promise<boolean> {
   return (await rm.resourceGroups.checkExistence(name)).body;
