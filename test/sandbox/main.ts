@@ -7,6 +7,9 @@
  *   npm run sandbox                 interactive: keeps running until Ctrl-C
  *   npm run sandbox -- --exit       unattended: exits 0 once the example Run succeeded, else 1
  *   npm run sandbox -- --exit --fail-pipeline   the stand-in pipeline fails (exit 1 expected)
+ *   npm run sandbox -- --cloud azure [--exit] [--fail-pipeline]
+ *                                   the same on Azure: the Azure emulator and Azurite, the VM played
+ *                                   by azure/vm-player.ts (see azure/sandbox.ts)
  */
 import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
@@ -31,9 +34,11 @@ import { InstancePlayer } from "./instance.js";
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const NAMESPACE = "sandbox";
 const REGION = "eu-west-1";
-const args = new Set(process.argv.slice(2));
+const argv = process.argv.slice(2);
+const args = new Set(argv);
 const unattended = args.has("--exit");
 const failPipeline = args.has("--fail-pipeline");
+const cloud = argv.find((a) => a.startsWith("--cloud="))?.slice("--cloud=".length) ?? (args.has("--cloud") ? argv[argv.indexOf("--cloud") + 1] : "aws");
 const deadlineMs = 10 * 60_000;
 
 const say = (line: string): void => {
@@ -226,4 +231,11 @@ async function main(): Promise<number> {
   }
 }
 
+if (cloud === "azure") {
+  const { runAzureSandbox } = await import("./azure/sandbox.js");
+  process.exit(await runAzureSandbox({ unattended, failPipeline, say }));
+} else if (cloud !== "aws") {
+  say(`--cloud must be aws or azure, got ${JSON.stringify(cloud ?? "")}`);
+  process.exit(2);
+}
 process.exit(await main());
