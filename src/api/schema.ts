@@ -748,6 +748,14 @@ export const PipelineSchema = Type.Object(
         ],
       }),
     ),
+    resumeFrom: Type.Optional(
+      Type.String({
+        description:
+          "Name of an earlier Run in this namespace (same ComputeEnvironment work directory) whose Nextflow session this run resumes, reusing its cached task results (-resume <session>). Each Run is a fresh machine; the cache lives in the work directory.",
+        maxLength: 253,
+        [XV]: [matches("^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$", "resumeFrom must be the name of a Run (a DNS subdomain name)")],
+      }),
+    ),
     runName: Type.Optional(
       Type.String({
         description: "Nextflow run name (-name). Nextflow picks a random one when unset.",

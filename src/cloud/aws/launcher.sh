@@ -101,6 +101,11 @@ finish() {
     (cd "$LAUNCH_DIR" && NXF_EXIT_STATUS="$rc" bash "$STATE_DIR/post-run.sh") || log "the post-run script failed with exit code $?"
   fi
   upload "$LAUNCH_DIR/.nextflow.log" "$VMF_ARTIFACTS_URI/nextflow.log"
+  # The Nextflow session (6th field of the history line), so a later Run can resume this one by name.
+  if [[ -f "$LAUNCH_DIR/.nextflow/history" ]]; then
+    awk -F '\t' 'END { print $6 }' "$LAUNCH_DIR/.nextflow/history" >"$STATE_DIR/session-id"
+    upload "$STATE_DIR/session-id" "$VMF_SESSION_URI"
+  fi
   upload "$LOG_FILE" "$VMF_ARTIFACTS_URI/launcher.log"
   printf '%s\n' "$rc" >"$STATE_DIR/exit-status"
   local failed_step=""
@@ -227,6 +232,19 @@ run_pre_script() {
   source "$STATE_DIR/pre-run.sh"
 }
 
+# spec.pipeline.resumeFrom: resume the Nextflow session of an earlier Run (its cache is in the work dir).
+resume_session() {
+  if [[ -z "$VMF_RESUME_FROM_URI" ]]; then return 0; fi
+  local id
+  id=$(timeout 120 aws s3 cp --only-show-errors "$VMF_RESUME_FROM_URI" - | tr -d '[:space:]')
+  if [[ ! "$id" =~ ^[0-9a-f-]{36}$ ]]; then
+    log "no Nextflow session recorded for Run $VMF_RESUME_FROM_NAME at $VMF_RESUME_FROM_URI"
+    return 1
+  fi
+  VMF_NXF_ARGS+=(-resume "$id")
+  log "resuming Nextflow session $id of Run $VMF_RESUME_FROM_NAME"
+}
+
 run_pipeline() {
   cd "$LAUNCH_DIR"
   log "starting: nextflow ${VMF_NXF_ARGS[*]}"
@@ -259,6 +277,8 @@ STEP=inputs
 write_inputs
 STEP=platform-token
 read_platform_token
+STEP=resume-session
+resume_session
 STEP=pre-run-script
 run_pre_script
 run_pipeline

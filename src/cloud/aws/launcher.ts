@@ -107,6 +107,14 @@ export function runArtifactsUri(ce: ComputeEnvironment, run: Run): string {
   return `${ceWorkDir(ce)}/.vmforge/runs/${run.metadata.uid ?? "nouid"}`;
 }
 
+/**
+ * Where the launcher records the Nextflow session of a Run, by namespace and Run name (the latest
+ * Run of that name wins), so spec.pipeline.resumeFrom can name it.
+ */
+export function sessionUri(ce: ComputeEnvironment, namespace: string, runName: string): string {
+  return `${ceWorkDir(ce)}/.vmforge/sessions/${namespace}/${runName}`;
+}
+
 /** Splits an s3:// URI into bucket and key. */
 export function s3Location(uri: string): { bucket: string; key: string } | undefined {
   const p = parseS3Url(uri);
@@ -131,7 +139,8 @@ export function nextflowArgs(ce: ComputeEnvironment, run: Run): string[] {
   if (p.revision) args.push("-r", p.revision);
   if (p.profiles && p.profiles.length > 0) args.push("-profile", p.profiles.join(","));
   args.push("-params-file", "params.json", "-work-dir", runWorkDir(ce, run));
-  if (p.resume) args.push("-resume");
+  // With resumeFrom the launcher adds `-resume <that Run's session>` once it has read it.
+  if (p.resume && !p.resumeFrom) args.push("-resume");
   args.push("-name", nextflowRunName(run), "-c", "nextflow.config");
   return args;
 }
@@ -283,6 +292,9 @@ export function renderUserData(input: RenderUserDataInput): string {
     assign("VMF_ARTIFACTS_URI", runArtifactsUri(ce, run)),
     assign("VMF_NXF_VERSION", run.spec.pipeline.nextflowVersion ?? ""),
     assign("VMF_CLOUDCACHE_PATH", runWorkDir(ce, run)),
+    assign("VMF_SESSION_URI", sessionUri(ce, run.metadata.namespace ?? "", run.metadata.name ?? "")),
+    assign("VMF_RESUME_FROM_NAME", run.spec.pipeline.resumeFrom ?? ""),
+    assign("VMF_RESUME_FROM_URI", run.spec.pipeline.resumeFrom ? sessionUri(ce, run.metadata.namespace ?? "", run.spec.pipeline.resumeFrom) : ""),
     assign("VMF_CPUS", positiveInt(input.resources?.vcpus, "vcpus")),
     assign("VMF_MEMORY_MIB", positiveInt(input.resources?.memoryMiB, "memoryMiB")),
     assign("VMF_AGENT_CONFIG", agentConfig(ce, run)),

@@ -1,8 +1,9 @@
 // Executes rendered launchers with bash under the stand-ins of test/fixtures/launcher/bin.
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { nextflowArgs, renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
+import { nextflowArgs, renderUserData, runArtifactsUri, sessionUri } from "../../../../src/cloud/aws/launcher.js";
 import { logStreamName, parseExitLine } from "../../../../src/cloud/aws/logs.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, sampleCe, sampleRun, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
@@ -127,6 +128,33 @@ describe("launcher script under test", () => {
     expect(r.log.trimEnd().split("\n").slice(-2)).toEqual(["VMFORGE_BOOTSTRAP_FAILED=pre-run-script", "VMFORGE_EXIT_CODE=7"]);
     expect(s3Object(r, `${ARTIFACTS}/exit-status`)).toBe("7\nbootstrap-failed=pre-run-script\n");
     expect(r.calls.at(-1)).toBe("shutdown -h now");
+  });
+
+  it("resumeFrom: a later Run resumes the Nextflow session the earlier one recorded; none recorded is BootstrapFailed at resume-session", async () => {
+    const shared = mkdtempSync(join(tmpdir(), "vmforge-s3-"));
+    try {
+      const ce = sampleCe();
+      const first = sampleRun({ name: "first", uid: "11111111-aaaa-bbbb-cccc-000000000001" });
+      const a = await launch(ce, first, { nextflowExit: 0, env: { STANDIN_S3: shared, NXF_STANDIN_SESSION: "0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f6" } });
+      expect(a.code, a.log).toBe(0);
+      const recorded = join(shared, sessionUri(ce, "team-a", "first").replace(/^s3:\/\//, ""));
+      expect(readFileSync(recorded, "utf8").trim()).toBe("0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f6");
+
+      const second = sampleRun({ name: "second", uid: "11111111-aaaa-bbbb-cccc-000000000002", pipeline: { resume: true, resumeFrom: "first" } });
+      const b = await launch(ce, second, { nextflowExit: 0, env: { STANDIN_S3: shared } });
+      expect(b.code, b.log).toBe(0);
+      const argv = nextflowArgv(b);
+      expect(argv[argv.indexOf("-resume") + 1]).toBe("0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f6");
+      expect(argv.filter((x) => x === "-resume")).toHaveLength(1);
+
+      const orphan = sampleRun({ name: "third", uid: "11111111-aaaa-bbbb-cccc-000000000003", pipeline: { resumeFrom: "never-ran" } });
+      const c = await launch(ce, orphan, { nextflowExit: 0, env: { STANDIN_S3: shared } });
+      expect(c.code).not.toBe(0);
+      expect(c.calls.some((x) => x.startsWith("nextflow "))).toBe(false);
+      expect(c.log).toContain("VMFORGE_BOOTSTRAP_FAILED=resume-session");
+    } finally {
+      rmSync(shared, { recursive: true, force: true });
+    }
   });
 
   it("the pre-run script runs in the launcher's shell: its exports (NXF_VER) reach nextflow; the resume cache is in the work dir", async () => {
