@@ -235,6 +235,68 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
   }, 240_000);
 });
 
+describe("Azure environment: eventual consistency and restarts", () => {
+  it("PrincipalNotFound after the identity was created is retried (principalType ServicePrincipal, bounded backoff)", async () => {
+    const ctl = azureControl();
+    const { lastSeq } = await ctl.clearRequests();
+    await ctl.addFault({ operation: "Microsoft.Authorization/roleAssignments/write", status: 400, code: "PrincipalNotFound", message: "Principal does not exist in the directory (replication delay)", count: 2 });
+    try {
+      await kube.create(ComputeEnvironmentResource, ceBody(ns, "pnf"));
+      await waitReady(ns, "pnf");
+    } finally {
+      await ctl.clearFaults();
+    }
+    const writes = (await ctl.requests(lastSeq)).value.filter((r) => r.operation === "Microsoft.Authorization/roleAssignments/write");
+    expect(writes.filter((w) => w.status === 400)).toHaveLength(2);
+    expect(writes.filter((w) => w.status === 201)).toHaveLength(2);
+    await kube.delete(ComputeEnvironmentResource, ns, "pnf");
+    await waitGone(ns, "pnf");
+  }, 120_000);
+
+  it("an operator restart between any two creates adopts what exists: nothing doubled, at every step", async () => {
+    const ctl = azureControl();
+    const steps = [
+      "Microsoft.ManagedIdentity/userAssignedIdentities/write",
+      "Microsoft.OperationalInsights/workspaces/write",
+      "Microsoft.Insights/dataCollectionEndpoints/write",
+      "Microsoft.Network/virtualNetworks/write",
+      "Microsoft.Authorization/roleDefinitions/write",
+      "Microsoft.OperationalInsights/workspaces/tables/write",
+      "Microsoft.Insights/dataCollectionRules/write",
+      "Microsoft.Authorization/roleAssignments/write",
+    ];
+    for (const [i, blocked] of steps.entries()) {
+      const name = `restart-${i}`;
+      const { lastSeq } = await ctl.clearRequests();
+      // The operator gets as far as `blocked` and no further (Azure unavailable for that operation) ...
+      await ctl.addFault({ operation: blocked, status: 503, code: "ServiceUnavailable", count: 1_000 });
+      await kube.create(ComputeEnvironmentResource, ceBody(ns, name));
+      await waitFor(`${name} blocked at ${blocked}`, async () => (await ctl.requests(lastSeq)).value.some((r) => r.operation === blocked && r.status === 503), 60_000, 100);
+      // ... then is killed and a new one (new provider, new clients, empty memory) takes over.
+      await op!.stop();
+      await ctl.clearFaults();
+      provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+      op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns, nsLp], pollIntervalMs: 1_000 });
+      const ce = await waitReady(ns, name);
+      const rg = resourceGroupName({ namespace: ns, name, uid: ce.metadata.uid! });
+      const inside = await rgResources(rg);
+      expect(inside.filter((r) => r.startsWith("Microsoft.ManagedIdentity/")), blocked).toHaveLength(1);
+      expect(inside.filter((r) => r.startsWith("Microsoft.OperationalInsights/workspaces/")), blocked).toHaveLength(1);
+      expect(inside.filter((r) => r.startsWith("Microsoft.Insights/")), blocked).toHaveLength(2);
+      expect(inside.filter((r) => r.startsWith("Microsoft.Network/virtualNetworks/")), blocked).toHaveLength(1);
+      // Writes that had succeeded before the restart were not repeated.
+      const log = (await ctl.requests(lastSeq)).value;
+      for (const done of steps.slice(0, i)) {
+        const ok = log.filter((r) => r.operation === done && r.status < 300);
+        expect(ok.length, `${done} before a restart at ${blocked}`).toBe(done.endsWith("roleAssignments/write") ? 2 : 1);
+      }
+      await kube.delete(ComputeEnvironmentResource, ns, name);
+      await waitGone(ns, name);
+      expect(await rgExists(rg)).toBe(false);
+    }
+  }, 600_000);
+});
+
 describe("Azure least privilege: one action removed per phase is named", () => {
 
   it("create without workspaces/write: Stalled AccessDenied naming the action", async () => {
