@@ -54,8 +54,10 @@ export async function startAzureEmulator(opts: AzureEmulatorOptions = {}): Promi
     log(`starting the Azure emulator on ${endpoint}`);
     proc = spawnSupervised({
       name: "azure-emulator",
-      command: join(REPO_ROOT, "node_modules", ".bin", "tsx"),
-      args: [join(REPO_ROOT, "test", "azure-emulator", "server.ts")],
+      // One process (node with tsx's loader, resolved from the repository), so that the watchdog's
+      // signal reaches the server itself.
+      command: process.execPath,
+      args: ["--import", "tsx", join(REPO_ROOT, "test", "azure-emulator", "server.ts")],
       logFile: join(dir, "azure-emulator.log"),
       env: {
         ...process.env,
