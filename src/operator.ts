@@ -63,6 +63,8 @@ const ceKeyOf = (r: Run): string => `${r.metadata.namespace}/${r.spec.computeEnv
  * machine may exist (deletion waits for those). Other changes of a Run are no news to its CE.
  */
 const ceView = (r: Run): string => `${isRunActive(r)}|${machineMayExist(r)}`;
+/** Run and run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count). */
+const RUN_WORKERS_PER_WORKER = 4;
 /** Run changes that concern a CE are gathered this long into one CE reconcile. */
 const CE_COALESCE_MS = 1_000;
 
@@ -114,13 +116,15 @@ export class Operator {
       name: "computeenvironment", workers: config.workers, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "computeenvironment" }), reconcile: (key, signal) => this.ceReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
+    // A Run reconcile mostly waits on the kube-apiserver and the cloud (a launch is several round
+    // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
     this.runController = new Controller({
-      name: "run", workers: config.workers, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
     });
 
     this.ackController = new Controller({
-      name: "run-ack", workers: Math.max(2, config.workers), reconcileTimeoutMs: config.reconcileTimeoutMs,
+      name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
     });
 
