@@ -315,6 +315,12 @@ export class RunReconciler {
         return { requeueAfterMs: next };
       case "running":
       case "unknown": {
+        if (desc.exitCode !== undefined && desc.bootstrapStep) {
+          await this.finish(run, "Failed", "BootstrapFailed",
+            clip(`setting up machine ${desc.instanceId} failed at step "${desc.bootstrapStep}" (exit code ${desc.exitCode}) before the pipeline started; the launcher's log: vmforge logs ${run.metadata.name} -n ${run.metadata.namespace}`),
+            { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
         if (desc.exitCode !== undefined) {
           // The pipeline ended but the machine still runs (its shutdown may have failed): the
           // outcome is known now; afterEnd gives the machine a grace period, then terminates it.
