@@ -4,7 +4,11 @@
 # Both stages use the same Node 24 base; the runtime stage has only production dependencies and
 # the compiled JavaScript, and runs as an unprivileged numeric user.
 
-FROM node:24-bookworm-slim AS build
+# BASE: Debian bookworm with Node 24 and npm. `npm run image` builds one locally (no registry
+# needed) and passes it here; a normal build uses the official image.
+ARG BASE=node:24-bookworm-slim
+
+FROM ${BASE} AS build
 WORKDIR /src
 ENV NODE_ENV=development \
     npm_config_fund=false \
@@ -19,7 +23,7 @@ RUN npm run build \
  && npm prune --omit=dev \
  && npm cache clean --force
 
-FROM node:24-bookworm-slim AS runtime
+FROM ${BASE} AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
 # The image's own Node 24 runs the operator; the `node` devDependency was pruned above.
