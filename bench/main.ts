@@ -327,7 +327,7 @@ async function main(): Promise<void> {
         if (target > 0) {
           await until(`${target} Runs with a status`, async () => {
             const l = await client.list<Run>(RunResource, { namespace: ns });
-            return l.items.filter((r) => r.status?.phase && r.status.reason !== "Accepted").length >= target;
+            return l.items.filter((r) => r.status?.phase).length >= target;
           }, 900_000, 3_000);
         }
         await sleep(10_000);

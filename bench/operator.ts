@@ -61,7 +61,7 @@ export class OperatorProcess {
   }
 
   async metrics(): Promise<string> {
-    return (await fetch(this.metricsUrl)).text();
+    return (await fetch(this.metricsUrl, { signal: AbortSignal.timeout(60_000) })).text();
   }
 
   /** SIGTERM; resolves with the exit code and how long the exit took. */
