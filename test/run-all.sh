@@ -5,6 +5,7 @@
 #   lint         eslint .
 #   unit         vitest --project unit
 #   integration  vitest --project integration (starts a real control plane and moto)
+#   image        npm run image: the Dockerfile built with buildah, run as the operator (test/image/run.sh)
 # Every step runs even when an earlier one failed (integration needs prepare); the exit code is
 # non-zero when any step failed, when the run left files in the work tree, or when a process
 # started by the run is still alive at the end.
@@ -88,6 +89,12 @@ if [[ $prepared -eq 1 ]]; then
   fi
 else
   skip integration "prepare failed"
+fi
+# The Dockerfile's image, built without a Docker engine and run as the operator (npm run image).
+if [[ $prepared -eq 1 ]]; then
+  step image bounded 1800 bash test/image/run.sh
+else
+  skip image "prepare failed"
 fi
 
 # --- hygiene checks ---------------------------------------------------------------------
