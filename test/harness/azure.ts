@@ -1,13 +1,12 @@
 // Starts the Azure emulator (test/azure-emulator) as a supervised tsx child process on a free
 // loopback port, serving HTTPS with a throw-away CA made here. Clients trust that CA explicitly
 // (NODE_EXTRA_CA_CERTS for child processes, tls.setDefaultCACertificates in-process).
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AzureEmulatorControl } from "../azure-emulator/control.js";
 import { createServingPki } from "./certs.js";
 import { REPO_ROOT } from "./paths.js";
-import { freePort, keepLogs, registerTempDir, spawnSupervised, unregisterTempDir, waitFor } from "./process.js";
+import { freePort, serverTempDir, spawnSupervised, waitFor } from "./process.js";
 
 export const AZURE_TEMP_PREFIX = "vmforge-azure-";
 
@@ -32,20 +31,8 @@ export interface AzureEmulator {
 
 export async function startAzureEmulator(opts: AzureEmulatorOptions = {}): Promise<AzureEmulator> {
   const log = opts.log ?? ((m: string) => process.stderr.write(`[azure] ${m}\n`));
-  const dir = await mkdtemp(join(tmpdir(), AZURE_TEMP_PREFIX));
-  registerTempDir(dir);
-  await writeFile(join(dir, "owner.pid"), String(process.pid));
   let proc: ReturnType<typeof spawnSupervised> | undefined;
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopped ??= (async () => {
-      await proc?.stop(5_000);
-      await keepLogs(dir);
-      await rm(dir, { recursive: true, force: true });
-      unregisterTempDir(dir);
-    })();
-    return stopped;
-  };
+  const { dir, stop } = await serverTempDir(AZURE_TEMP_PREFIX, () => proc?.stop(5_000));
   try {
     const pki = await createServingPki(dir, "vmforge-azure-emulator");
     const caPem = await readFile(pki.caCert, "utf8");

@@ -10,12 +10,11 @@
 //    storage app ID e406a681-f3d4-42a8-90b6-c2b029497af1, or https://devstoreaccount1.blob.core.windows.net).
 //    Bearer tokens are only accepted over HTTPS.
 import { request } from "node:https";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createServingPki } from "./certs.js";
 import { REPO_ROOT } from "./paths.js";
-import { freePort, keepLogs, registerTempDir, spawnSupervised, unregisterTempDir, waitFor } from "./process.js";
+import { freePort, serverTempDir, spawnSupervised, waitFor } from "./process.js";
 
 export const AZURITE_ACCOUNT = "devstoreaccount1";
 /** Azurite's documented, public development key (not a secret). */
@@ -71,20 +70,8 @@ function probe(blobEndpoint: string, ca: string): Promise<number> {
 
 export async function startAzurite(opts: AzuriteOptions = {}): Promise<Azurite> {
   const log = opts.log ?? ((m: string) => process.stderr.write(`[azurite] ${m}\n`));
-  const dir = await mkdtemp(join(tmpdir(), "vmforge-azurite-"));
-  registerTempDir(dir);
-  await writeFile(join(dir, "owner.pid"), String(process.pid));
   let proc: ReturnType<typeof spawnSupervised> | undefined;
-  let stopped: Promise<void> | undefined;
-  const stop = (): Promise<void> => {
-    stopped ??= (async () => {
-      await proc?.stop(5_000);
-      await keepLogs(dir);
-      await rm(dir, { recursive: true, force: true });
-      unregisterTempDir(dir);
-    })();
-    return stopped;
-  };
+  const { dir, stop } = await serverTempDir("vmforge-azurite-", () => proc?.stop(5_000));
   try {
     let tls: { cert: string; key: string; caPath: string };
     if (opts.tls) tls = opts.tls;

@@ -9,8 +9,9 @@
 //    changed, terminates the server and removes the temp folder itself.
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, openSync, readFileSync, rmSync } from "node:fs";
-import { copyFile, mkdir, readdir } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 
 // $1 = pid of the Node process, $2 = folder to remove when orphaned ("" for none), $3... = command.
@@ -247,4 +248,26 @@ export async function keepLogs(dir: string): Promise<void> {
   } catch {
     // best effort: logs are a debugging aid
   }
+}
+
+/**
+ * A temp folder owned by one supervised server: registered for the watchdog's sweep, marked with
+ * this process's pid, and removed by `stop` (once, however often it is called) after
+ * `stopServer` ran and the server's logs were kept.
+ */
+export async function serverTempDir(prefix: string, stopServer: () => Promise<void> | undefined): Promise<{ dir: string; stop: () => Promise<void> }> {
+  const dir = await mkdtemp(join(tmpdir(), prefix));
+  registerTempDir(dir);
+  await writeFile(join(dir, "owner.pid"), String(process.pid));
+  let stopped: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopped ??= (async () => {
+      await stopServer();
+      await keepLogs(dir);
+      await rm(dir, { recursive: true, force: true });
+      unregisterTempDir(dir);
+    })();
+    return stopped;
+  };
+  return { dir, stop };
 }
