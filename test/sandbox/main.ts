@@ -11,9 +11,7 @@
  *                                   the same on Azure: the Azure emulator and Azurite, the VM played
  *                                   by azure/vm-player.ts (see azure/sandbox.ts)
  */
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,6 +28,7 @@ import { startMoto } from "../harness/moto.js";
 import { installCrds } from "../support/operator.js";
 import { runArtifactsUri, s3Location } from "../../src/cloud/aws/launcher.js";
 import { InstancePlayer } from "./instance.js";
+import { startSandboxOperator } from "./operator.js";
 
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
 const NAMESPACE = "sandbox";
@@ -97,9 +96,8 @@ async function main(): Promise<number> {
     const dir = mkdtempSync(join(tmpdir(), "vmforge-sandbox-"));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const operatorLog = join(dir, "operator.log");
-    writeFileSync(operatorLog, "");
-    const operator: ChildProcess = spawn(process.execPath, ["--import", "tsx", join(REPO, "src/main.ts")], {
-      cwd: REPO,
+    const operator = startSandboxOperator({
+      logFile: operatorLog, cleanups, say,
       env: {
         ...process.env,
         KUBECONFIG: cluster.kubeconfigPath,
@@ -110,22 +108,7 @@ async function main(): Promise<number> {
         VMFORGE_METRICS_ADDRESS: "127.0.0.1:0",
         VMFORGE_NAMESPACES: NAMESPACE,
       },
-      stdio: ["ignore", "pipe", "pipe"],
     });
-    const logLines: string[] = [];
-    const keep = (d: Buffer): void => {
-      logLines.push(...d.toString().split("\n").filter(Boolean));
-      writeFileSync(operatorLog, `${logLines.join("\n")}\n`);
-    };
-    operator.stdout?.on("data", keep);
-    operator.stderr?.on("data", keep);
-    cleanups.push(async () => {
-      if (operator.exitCode === null) {
-        operator.kill("SIGTERM");
-        await new Promise((r) => operator.once("exit", r));
-      }
-    });
-    say(`operator started (pid ${operator.pid}); its log: ${operatorLog}`);
 
     const player = new InstancePlayer({ endpoint: moto.endpoint, region: REGION, dir: join(dir, "instances"), pipelineExitCode: failPipeline ? 1 : 0, say });
     player.start();

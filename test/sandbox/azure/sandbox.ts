@@ -6,9 +6,7 @@
  * the VM's userData. Watch the Run go Pending -> Launching -> Running -> Succeeded with its log
  * read back from Log Analytics, then the VM deleted.
  */
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { getCACertificates, setDefaultCACertificates } from "node:tls";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -29,6 +27,7 @@ import { startAzureEmulator } from "../../harness/azure.js";
 import { azuriteTlsOf, startAzurite } from "../../harness/azurite.js";
 import { installCrds } from "../../support/operator.js";
 import { AzureVmPlayer } from "./vm-player.js";
+import { startSandboxOperator } from "../operator.js";
 
 const REPO = fileURLToPath(new URL("../../../", import.meta.url));
 const NAMESPACE = "sandbox";
@@ -123,12 +122,11 @@ export async function runAzureSandbox(o: AzureSandboxOptions): Promise<number> {
     const dir = mkdtempSync(join(tmpdir(), "vmforge-sandbox-azure-"));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
     const operatorLog = join(dir, "operator.log");
-    writeFileSync(operatorLog, "");
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("AZURE_") && !k.startsWith("VMFORGE_AZURE_")) env[k] = v;
     const blobTemplate = azurite.blobEndpoint.replace(new RegExp(`/${azurite.accountName}$`), "/{account}");
-    const operator: ChildProcess = spawn(process.execPath, ["--import", "tsx", join(REPO, "src/main.ts")], {
-      cwd: REPO,
+    const operator = startSandboxOperator({
+      logFile: operatorLog, cleanups, say,
       env: {
         ...env,
         KUBECONFIG: cluster.kubeconfigPath,
@@ -143,22 +141,7 @@ export async function runAzureSandbox(o: AzureSandboxOptions): Promise<number> {
         VMFORGE_METRICS_ADDRESS: "127.0.0.1:0",
         VMFORGE_NAMESPACES: NAMESPACE,
       },
-      stdio: ["ignore", "pipe", "pipe"],
     });
-    const logLines: string[] = [];
-    const keep = (d: Buffer): void => {
-      logLines.push(...d.toString().split("\n").filter(Boolean));
-      writeFileSync(operatorLog, `${logLines.join("\n")}\n`);
-    };
-    operator.stdout?.on("data", keep);
-    operator.stderr?.on("data", keep);
-    cleanups.push(async () => {
-      if (operator.exitCode === null) {
-        operator.kill("SIGTERM");
-        await new Promise((r) => operator.once("exit", r));
-      }
-    });
-    say(`operator started (pid ${operator.pid}); its log: ${operatorLog}`);
 
     const player = new AzureVmPlayer({ control, caPath: emulator.caPath, dir: join(dir, "vms"), pipelineExitCode: o.failPipeline ? 1 : 0, say });
     player.start();
