@@ -121,6 +121,10 @@ export interface RunLogChunk {
   next?: string;
 }
 
+export interface LaunchHints {
+  firstAttempt?: boolean;
+}
+
 export interface CloudProvider {
   readonly name: string;
   /**
@@ -134,8 +138,12 @@ export interface CloudProvider {
   provisionEnvironment(ctx: EnvContext): Promise<EnvObservation>;
   /** Deletes only what carries this CE's ownership tag; missing pieces count as done. */
   disposeEnvironment(ctx: EnvContext): Promise<void>;
-  /** Idempotent launch (the Run's UID is the idempotency token). */
-  launchRun(ctx: EnvContext, run: Run): Promise<RunDescription>;
+  /**
+   * Idempotent launch (the Run's UID is the idempotency token). `hints.firstAttempt` says no launch
+   * of this Run was ever tried before (it was Pending until this reconcile wrote Launching), so a
+   * provider may skip looking for a machine an earlier attempt made.
+   */
+  launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription>;
   /** One batched call for all given Runs; a Run with no machine maps to undefined. Keyed by Run UID. */
   describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>>;
   /** Stops the Run's machine; no machine counts as done. */

@@ -10,6 +10,7 @@ import {
   type CloudProvider,
   type EnvContext,
   type EnvObservation,
+  type LaunchHints,
   type RunDescription,
   type RunLogChunk,
 } from "../provider.js";
@@ -84,10 +85,13 @@ export class AwsProvider implements CloudProvider {
     return disposeAwsEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+  async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     // The token only reaches user data when the CE opted in (launcher.ts decides; never logged).
     try {
-      return await launchRun(this.clientsFor(ctx), ctx, run, ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {});
+      return await launchRun(this.clientsFor(ctx), ctx, run, {
+        ...(ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {}),
+        ...(hints?.firstAttempt ? { firstAttempt: true } : {}),
+      });
     } catch (e) {
       // EC2 kept refusing the CE's profile: the next provisioning creates it again if it is gone.
       if (e instanceof CloudError && e.reason === "InstanceProfileNotPropagated") this.suspectProfiles.add(ctx.ce.metadata.uid ?? "");

@@ -71,6 +71,11 @@ export interface LaunchOptions {
    */
   profileRetryDelaysMs?: number[];
   sleep?: (ms: number, signal?: AbortSignal) => Promise<void>;
+  /**
+   * No launch of this Run was tried before: skip the tag look-up (ClientToken alone keeps a repeat
+   * from making a second instance; the look-up is the net for resumed launches).
+   */
+  firstAttempt?: boolean;
 }
 
 const DEFAULT_PROFILE_RETRY_DELAYS = [2_000, 4_000, 8_000, 8_000];
@@ -240,8 +245,8 @@ function errorMessage(e: unknown): string {
  */
 export async function launchRun(clients: RunClients, ctx: EnvContext, run: Run, opts: LaunchOptions = {}): Promise<RunDescription> {
   const uid = requireUid(run);
-  const existing = await describeInstancesByRunUids(clients.ec2, ctx, [uid]);
-  const found = pickInstance(existing.get(uid));
+  const existing = opts.firstAttempt ? undefined : await describeInstancesByRunUids(clients.ec2, ctx, [uid]);
+  const found = pickInstance(existing?.get(uid));
   if (found) {
     ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: found.InstanceId }, "the Run already has an instance; not launching another");
     return describeInstance(found, ctx.ce, run);

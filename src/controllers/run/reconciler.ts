@@ -239,10 +239,11 @@ export class RunReconciler {
     // hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
     await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
-    return this.launch(run, ce, provider, log);
+    return this.launch(run, ce, provider, log, true);
   }
 
-  private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
+  /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
+  private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, firstAttempt = false): Promise<ReconcileResult> {
     let desc: RunDescription;
     try {
       const ctx = await this.context(ce, log);
@@ -251,7 +252,7 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
-      desc = await provider.launchRun(ctx, run);
+      desc = await provider.launchRun(ctx, run, { firstAttempt });
     } catch (e) {
       if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
         const { reason, message } = describeError(e);

@@ -167,6 +167,18 @@ describe("launchRun", () => {
     expect(calls[0]?.input.Filters).toEqual([{ Name: `tag:${TAG_RUN_UID}`, Values: [run.metadata.uid] }]);
   });
 
+  it("on a first attempt sends RunInstances with the Run's token and no tag look-up before it", async () => {
+    const run = sampleRun();
+    const { clients, calls } = fakeClients((name) => {
+      if (name === "RunInstances") return { Instances: [instanceFor(run, CE, { State: { Name: "pending", Code: 0 } })] };
+      throw new Error(`unexpected ${name}`);
+    });
+    const d = await launchRun(clients, ctxFor(CE), run, { firstAttempt: true });
+    expect(d.instanceId).toBe(instanceFor(run, CE).InstanceId);
+    expect(calls.map((c) => c.name)).toEqual(["RunInstances"]);
+    expect(calls[0]?.input.ClientToken).toBe(run.metadata.uid);
+  });
+
   it("retries the instance-profile propagation error with bounded backoff, then succeeds", async () => {
     const run = sampleRun();
     let tries = 0;
