@@ -70,6 +70,8 @@ export class RunReconciler {
   private readonly signals = new WeakMap<Logger, AbortSignal>();
   /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
   private readonly blocked = new Map<string, number>();
+  /** Run uids of deleted Runs whose termination was sent (an unlisted machine then counts as gone). */
+  private readonly terminationSent = new Set<string>();
 
   constructor(private readonly d: RunDeps) {}
 
@@ -435,9 +437,14 @@ export class RunReconciler {
     if (machineMayExist(run) && ce && provider) {
       const obs = this.d.tracker.get(run.metadata.uid ?? "");
       const state = obs?.desc?.state;
-      const gone = obs !== undefined && (state === undefined || state === "terminated") && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
+      // A machine the describe does not list is gone only once termination was sent for it (or
+      // none was ever recorded): a new instance may simply not be listed yet (eventual consistency).
+      const uid = run.metadata.uid ?? "";
+      const unlistedIsGone = this.terminationSent.has(uid) || !run.status?.instance?.id;
+      const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
       if (!gone) {
         const ok = await this.terminate(run, ce, provider, log);
+        if (ok) this.terminationSent.add(uid);
         return { requeueAfterMs: ok ? Math.min(this.d.pollIntervalMs, 2_000) : this.blockedWake(run) ?? this.d.pollIntervalMs };
       }
     } else if (machineMayExist(run)) {
@@ -446,6 +453,7 @@ export class RunReconciler {
     this.release(run);
     this.d.tracker.forget(run.metadata.uid ?? "");
     this.blocked.delete(run.metadata.uid ?? "");
+    this.terminationSent.delete(run.metadata.uid ?? "");
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
     return;
