@@ -154,36 +154,3 @@ export async function findOutcomeInLog(
   return undefined;
 }
 
-/**
- * Looks for the exit line among the newest events of a stream (one GetLogEvents call read
- * backwards). Undefined when the stream does not exist or has no exit line (yet).
- */
-export async function findExitCodeInLog(
-  logs: CloudWatchLogsClient,
-  group: string,
-  stream: string,
-  opts: { limit?: number; signal?: AbortSignal } = {},
-): Promise<number | undefined> {
-  let out;
-  try {
-    out = await logs.send(
-      new GetLogEventsCommand({ logGroupName: group, logStreamName: stream, startFromHead: false, limit: opts.limit ?? 100 }),
-      opts.signal ? { abortSignal: opts.signal } : {},
-    );
-  } catch (e) {
-    if (awsErrorCode(e) === "ResourceNotFoundException") return undefined;
-    throw mapAwsError(e, "logs:GetLogEvents");
-  }
-  const events = out.events ?? [];
-  for (let i = events.length - 1; i >= 0; i--) {
-    const msg = events[i]?.message;
-    if (msg === undefined) continue;
-    // An event may carry several lines when the agent batches a multi-line write.
-    const parts = msg.split("\n");
-    for (let j = parts.length - 1; j >= 0; j--) {
-      const code = parseExitLine(parts[j] ?? "");
-      if (code !== undefined) return code;
-    }
-  }
-  return undefined;
-}
