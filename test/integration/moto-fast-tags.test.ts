@@ -1,54 +1,59 @@
 // The harness loads test/harness/moto_fast_tags.py into moto (a tag read that does not scan every
-// tagged resource, issue 13). This proves its answers unchanged: a stock moto and a patched moto,
-// seeded alike and given the same requests, answer the same DescribeInstances calls identically,
-// for tag, tag-key, tag-value, state and instance-id filters, wildcards and pagination.
+// tagged resource, issue 13). This proves its answers unchanged: on one server holding one state,
+// the stock code and the fast code (switched at run time) answer the same DescribeInstances calls
+// identically, for tag, tag-key, tag-value, state and instance-id filters, wildcards and
+// pagination. (Two servers seeded alike do not reliably hand out the same ids, so the earlier
+// two-server comparison flaked.)
 import { CreateTagsCommand, DeleteTagsCommand, DescribeImagesCommand, DescribeInstancesCommand, EC2Client, RunInstancesCommand, TerminateInstancesCommand, type DescribeInstancesCommandInput, type Filter } from "@aws-sdk/client-ec2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startMoto, type Moto } from "../harness/moto.js";
 
 const REGION = "eu-west-1";
-const servers: { stock?: Moto; fast?: Moto } = {};
-const ec2: { stock?: EC2Client; fast?: EC2Client } = {};
+let server: Moto | undefined;
+let ec2: EC2Client | undefined;
 let ids: string[] = [];
 
 function client(m: Moto): EC2Client {
   return new EC2Client({ endpoint: m.endpoint, region: REGION, credentials: { accessKeyId: "testing", secretAccessKey: "testing" }, maxAttempts: 1 });
 }
 
-/** Sends the same command to both servers, one after the other (same order of random draws). */
+async function fastMode(to?: "on" | "off"): Promise<{ fast: boolean; fastReads: number }> {
+  const res = await fetch(new URL(`/vmforge/fast-tags${to ? `/${to}` : ""}`, server!.endpoint), { method: to ? "POST" : "GET" });
+  expect(res.status).toBe(200);
+  return (await res.json()) as { fast: boolean; fastReads: number };
+}
+
+/** Sends the same read with the stock code, then with the fast code, on the same state; checks
+ *  that the stock read did not go through the fast code and the fast read did. */
 async function both<T>(send: (c: EC2Client) => Promise<T>): Promise<[T, T]> {
-  const a = await send(ec2.stock!);
-  const b = await send(ec2.fast!);
+  const off = await fastMode("off");
+  expect(off.fast).toBe(false);
+  const a = await send(ec2!);
+  const on = await fastMode("on");
+  expect(on.fastReads).toBe(off.fastReads);
+  const b = await send(ec2!);
+  expect((await fastMode()).fastReads).toBeGreaterThan(on.fastReads);
   return [a, b];
 }
 
-/** Times differ between two servers by the clock, not by the lookup. */
-const CLOCK_FIELDS = new Set(["LaunchTime", "AttachTime", "UsageOperationUpdateTime", "StateTransitionReason"]);
-function withoutClock(v: unknown): unknown {
-  return JSON.parse(JSON.stringify(v, (k, x: unknown) => (CLOCK_FIELDS.has(k) ? undefined : x)));
-}
-
-/** All pages of a DescribeInstances call, without what differs per call (request ids) or by the clock. */
+/** All pages of a DescribeInstances call, without what differs per call (request ids). */
 async function pages(c: EC2Client, input: DescribeInstancesCommandInput): Promise<unknown[]> {
   const out: unknown[] = [];
   let token: string | undefined;
   do {
     const res = await c.send(new DescribeInstancesCommand({ ...input, ...(token ? { NextToken: token } : {}) }));
     token = res.NextToken;
-    out.push(withoutClock({ Reservations: res.Reservations, NextToken: res.NextToken }));
+    out.push({ Reservations: res.Reservations, NextToken: res.NextToken });
   } while (token && out.length < 100);
   return out;
 }
 
 beforeAll(async () => {
-  [servers.stock, servers.fast] = await Promise.all([startMoto({ fastTags: false }), startMoto({ fastTags: true })]);
-  ec2.stock = client(servers.stock);
-  ec2.fast = client(servers.fast);
-  for (const m of [servers.stock, servers.fast]) {
-    const res = await fetch(new URL("/moto-api/seed?a=1913", m.endpoint), { method: "POST" });
-    expect(res.status).toBe(200);
-  }
-  const [images] = await both((c) => c.send(new DescribeImagesCommand({ Owners: ["amazon"] })));
+  server = await startMoto({ fastTags: true });
+  ec2 = client(server);
+  // The fast code is what the harness runs by default.
+  expect((await fastMode()).fast).toBe(true);
+  const images = await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"] }));
   const imageId = images.Images!.find((i) => i.Architecture === "x86_64")!.ImageId!;
   for (let i = 0; i < 24; i++) {
     const tags = [
@@ -56,35 +61,30 @@ beforeAll(async () => {
       { Key: "n", Value: `n-${i}` },
       ...(i % 4 === 0 ? [{ Key: "flag", Value: "x" }] : []),
     ];
-    const [a, b] = await both((c) =>
-      c.send(
-        new RunInstancesCommand({
-          ImageId: imageId,
-          MinCount: 1,
-          MaxCount: i % 5 === 0 ? 2 : 1,
-          InstanceType: "t3.micro",
-          ClientToken: `token-${i}`,
-          TagSpecifications: [{ ResourceType: "instance", Tags: tags }, { ResourceType: "volume", Tags: tags }],
-        }),
-      ),
+    const res = await ec2.send(
+      new RunInstancesCommand({
+        ImageId: imageId,
+        MinCount: 1,
+        MaxCount: i % 5 === 0 ? 2 : 1,
+        InstanceType: "t3.micro",
+        ClientToken: `token-${i}`,
+        TagSpecifications: [{ ResourceType: "instance", Tags: tags }, { ResourceType: "volume", Tags: tags }],
+      }),
     );
-    // Seeded alike, both servers hand out the same ids: answers can be compared as they are.
-    expect(b.Instances!.map((x) => x.InstanceId)).toEqual(a.Instances!.map((x) => x.InstanceId));
-    ids.push(...a.Instances!.map((x) => x.InstanceId!));
+    ids.push(...res.Instances!.map((x) => x.InstanceId!));
   }
-  await both((c) => c.send(new TerminateInstancesCommand({ InstanceIds: ids.slice(0, 5) })));
-  await both((c) => c.send(new CreateTagsCommand({ Resources: ids.slice(3, 9), Tags: [{ Key: "late", Value: "y" }, { Key: "group", Value: "d" }] })));
-  await both((c) => c.send(new DeleteTagsCommand({ Resources: ids.slice(6, 8), Tags: [{ Key: "flag" }, { Key: "late" }] })));
+  await ec2.send(new TerminateInstancesCommand({ InstanceIds: ids.slice(0, 5) }));
+  await ec2.send(new CreateTagsCommand({ Resources: ids.slice(3, 9), Tags: [{ Key: "late", Value: "y" }, { Key: "group", Value: "d" }] }));
+  await ec2.send(new DeleteTagsCommand({ Resources: ids.slice(6, 8), Tags: [{ Key: "flag" }, { Key: "late" }] }));
 });
 
 afterAll(async () => {
-  ec2.stock?.destroy();
-  ec2.fast?.destroy();
-  await Promise.allSettled([servers.stock?.stop(), servers.fast?.stop()]);
+  ec2?.destroy();
+  await server?.stop();
   ids = [];
 });
 
-describe("moto with fast tag reads answers DescribeInstances exactly as stock moto", () => {
+describe("moto with fast tag reads answers DescribeInstances exactly as the stock code", () => {
   const cases: [string, () => DescribeInstancesCommandInput][] = [
     ["no filter", () => ({})],
     ["tag:K one value", () => ({ Filters: [{ Name: "tag:group", Values: ["a"] }] })],
