@@ -24,18 +24,24 @@ export interface Principal {
 }
 
 /** The seed's role of a phase, read from the product document (seed 001) at test time, optionally without some actions. */
-export async function grantPhase(info: EmulatorInfo, p: Principal, phase: AzurePhase, without: string[] = []): Promise<void> {
+export async function grantPhase(info: EmulatorInfo, p: Pick<Principal, "objectId">, phase: AzurePhase, without: string[] = []): Promise<void> {
   const roleName = renderAzureRole(phase).properties.roleName;
   await azureControl().grantSeedRole({ principalId: p.objectId, seedFile: seedPath("001"), roleName, subscriptionId: info.subscriptionId, without });
 }
 
 /** A principal holding the seed's four roles, the built-in Reader and the documented additions (minus `without`). */
 export async function operatorPrincipal(info: EmulatorInfo, name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<Principal> {
-  const ctl = azureControl();
-  const created = await ctl.createPrincipal({ displayName: name });
+  const created = await azureControl().createPrincipal({ displayName: name });
   const p = { objectId: created.objectId, clientId: created.clientId, secret: created.secret! };
-  for (const phase of AZURE_PHASES) await grantPhase(info, p, phase, without[phase] ?? []);
-  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, roleName: "Reader" });
+  await grantOperatorRoles(info, p.objectId, name, without);
+  return p;
+}
+
+/** Gives any principal (an app, a managed identity) what the operator needs: the seed's four roles, Reader and the documented additions. */
+export async function grantOperatorRoles(info: EmulatorInfo, objectId: string, name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<void> {
+  const ctl = azureControl();
+  for (const phase of AZURE_PHASES) await grantPhase(info, { objectId }, phase, without[phase] ?? []);
+  await ctl.assignRole({ principalId: objectId, scope: `/subscriptions/${info.subscriptionId}`, roleName: "Reader" });
   const add = azureAdditions();
   const role: RoleJson = {
     properties: {
@@ -49,8 +55,7 @@ export async function operatorPrincipal(info: EmulatorInfo, name: string, withou
       }],
     },
   };
-  await ctl.assignRole({ principalId: p.objectId, scope: `/subscriptions/${info.subscriptionId}`, role });
-  return p;
+  await ctl.assignRole({ principalId: objectId, scope: `/subscriptions/${info.subscriptionId}`, role });
 }
 
 export async function putSecret(kube: KubeClient, info: EmulatorInfo, ns: string, name: string, p: Principal): Promise<void> {

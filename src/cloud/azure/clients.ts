@@ -389,8 +389,9 @@ function messageOf(e: unknown): string {
 }
 
 /** Turns an Azure SDK failure of `action` into a CloudError. */
-export function mapAzureError(e: unknown, action: string, who: string): CloudError {
-  // `who` only appears where the reconciler does not already name the credentials.
+export function mapAzureError(e: unknown, action: string, who: string, ambient = false): CloudError {
+  // `who` only appears where the reconciler does not already name the credentials: it names a
+  // Secret, but of an ambient identity it only knows that it is ambient, so that one is named here.
   if (e instanceof CloudError) return e;
   if (e !== null && typeof e === "object" && ((e as Record<symbol, unknown>)[TOKEN_STAGE] || e instanceof AuthenticationError || e instanceof CredentialUnavailableError)) {
     const status = (e as { statusCode?: number }).statusCode;
@@ -403,7 +404,7 @@ export function mapAzureError(e: unknown, action: string, who: string): CloudErr
       const first = (e as Error).message.split("\n")[0] ?? "";
       const aad = /AADSTS\d+/.exec((e as Error).message)?.[0];
       // The reconciler names the Secret (or the ambient identity) in front of this message.
-      return CloudError.terminal("InvalidCredentials", `rejected by Entra ID${aad ? ` (${aad})` : ""}: ${first.slice(0, 300)}`, e);
+      return CloudError.terminal("InvalidCredentials", `${ambient ? `${who}: ` : ""}rejected by Entra ID${aad ? ` (${aad})` : ""}: ${first.slice(0, 300)}`, e);
     }
     return CloudError.retryable("TokenUnavailable", `could not get a token for ${who}: ${(e as Error).message.slice(0, 300)}`, undefined, e);
   }
@@ -440,7 +441,7 @@ export async function azCall<T>(clients: Pick<AzureClients, "identity">, phase: 
   try {
     return await fn();
   } catch (e) {
-    throw mapAzureError(e, action, clients.identity.label);
+    throw mapAzureError(e, action, clients.identity.label, clients.identity.kind !== "secret");
   }
 }
 

@@ -206,8 +206,9 @@ export class ComputeEnvironmentReconciler {
         if (reason === "InvalidCredentials" || reason === "AccessDenied") {
           const secret = ctx.credentials.secretName ?? "";
           const who = ctx.credentials.source === "secret" ? `credentials from Secret ${secret}` : "the operator's ambient credentials";
-          // Name the Secret once: the provider's message may already name it.
-          const m = clip(ctx.credentials.source === "secret" && message.includes(secret) ? message : `${who}: ${message}`);
+          // Name the credentials once: the provider's message may already name the Secret or the ambient identity.
+          const named = ctx.credentials.source === "secret" ? message.includes(secret) : message.startsWith("the operator's");
+          const m = clip(named ? message : `${who}: ${message}`);
           next = kstatus(next, generation, "stalled", reason, m);
           next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
         }
