@@ -273,7 +273,7 @@ export function computeEnvironmentCrd(): CrdObject {
     ],
       selectableField: ".spec.computeEnvironmentRef.name",
       description:
-        "A Run executes one Nextflow pipeline on one virtual machine of a ComputeEnvironment, follows it to the end and makes sure the machine is gone. Runs are once-only: only spec.cancel may change after creation.",
+        "A Run executes one Nextflow pipeline on one virtual machine of a ComputeEnvironment, follows it to the end and makes sure the machine is gone. Runs are once-only: only spec.cancel and spec.ttlSecondsAfterFinished may change after creation.",
       spec: RunSpecSchema,
       status: RunStatusSchema,
     });

@@ -521,6 +521,40 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         format: "int32",
       }),
     ),
+    runHistory: Type.Optional(
+      Type.Object(
+        {
+          succeededLimit: Type.Optional(
+            Type.Integer({
+              description:
+                "How many Succeeded Runs of this environment to keep; the oldest (by completion time) beyond it are deleted. Unlimited when unset.",
+              minimum: 0,
+              maximum: 10000,
+              format: "int32",
+            }),
+          ),
+          failedLimit: Type.Optional(
+            Type.Integer({
+              description:
+                "How many Failed or Cancelled Runs of this environment to keep; the oldest (by completion time) beyond it are deleted. Unlimited when unset.",
+              minimum: 0,
+              maximum: 10000,
+              format: "int32",
+            }),
+          ),
+        },
+        {
+          description:
+            "How many finished Runs of this environment to keep, like a CronJob's successfulJobsHistoryLimit and failedJobsHistoryLimit. Active Runs are never counted or deleted. Deleting a finished Run touches nothing in the cloud but what is left of its own machine.",
+          [XV]: [
+            {
+              rule: "has(self.succeededLimit) || has(self.failedLimit)",
+              message: "runHistory must set succeededLimit, failedLimit or both (leave runHistory out to keep every finished Run)",
+            },
+          ] satisfies CelRule[],
+        },
+      ),
+    ),
     deletionPolicy: Type.Optional(
       StringEnum(["Delete", "Retain"] as const, {
         description:
@@ -850,6 +884,15 @@ export const RunSpecSchema = Type.Object(
         ],
       }),
     ),
+    ttlSecondsAfterFinished: Type.Optional(
+      Type.Integer({
+        description:
+          "Delete the Run this many seconds after it finished (Succeeded, Failed or Cancelled; counted from status.completionTime), as for a Job. 0 deletes it as soon as it finished. Kept until deleted by hand (or by its ComputeEnvironment's runHistory) when unset. May be changed at any time.",
+        minimum: 0,
+        maximum: 2147483647,
+        format: "int32",
+      }),
+    ),
     cancel: Type.Optional(
       Type.Boolean({
         description:
@@ -860,14 +903,14 @@ export const RunSpecSchema = Type.Object(
     ),
   },
   {
-    description: "Desired state of a Run. Only `cancel` may change after creation.",
+    description: "Desired state of a Run. Only `cancel` and `ttlSecondsAfterFinished` may change after creation.",
     [XV]: [
       {
         rule:
           "self.pipeline == oldSelf.pipeline" +
           " && has(self.overrides) == has(oldSelf.overrides) && (!has(self.overrides) || self.overrides == oldSelf.overrides)" +
           " && has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || self.timeout == oldSelf.timeout)",
-        message: "a Run is once-only: only spec.cancel may change after creation; create a new Run instead",
+        message: "a Run is once-only: only spec.cancel and spec.ttlSecondsAfterFinished may change after creation; create a new Run instead",
       },
     ] satisfies CelRule[],
   },

@@ -294,6 +294,7 @@ describe("valid manifests are accepted with defaults applied", () => {
     expect(spec.aws?.graviton).toBe(true);
     expect(spec.platformTokenSecretRef).toEqual({ name: "seqera-platform", key: "access-token" });
     expect(spec.aws?.platformTokenInUserData).toBe(true);
+    expect(spec.runHistory).toEqual({ succeededLimit: 10, failedLimit: 3 });
   });
 
   it("keeps the Platform token ARN of an AWS environment", () => {
@@ -415,7 +416,17 @@ describe("update rules", () => {
     await createOk(run);
     const r = await mergePatch(ns, "Run", name, patch);
     expect(r.status, describeReply(r)).toBe(422);
-    expect(String(r.body.message)).toContain("only spec.cancel may change after creation");
+    expect(String(r.body.message)).toContain("only spec.cancel and spec.ttlSecondsAfterFinished may change after creation");
+  });
+
+  it("lets ttlSecondsAfterFinished of a Run change after creation, as on a Job", async () => {
+    await createOk(renamed(valid("run.yaml"), "upd-ttl"));
+    const set = await mergePatch(ns, "Run", "upd-ttl", { spec: { ttlSecondsAfterFinished: 60 } });
+    expect(set.status, describeReply(set)).toBe(200);
+    expect((set.body.spec as RunSpec).ttlSecondsAfterFinished).toBe(60);
+    const cleared = await mergePatch(ns, "Run", "upd-ttl", { spec: { ttlSecondsAfterFinished: null } });
+    expect(cleared.status, describeReply(cleared)).toBe(200);
+    expect((cleared.body.spec as RunSpec).ttlSecondsAfterFinished).toBeUndefined();
   });
 
   it("rejects changing the computeEnvironmentRef of a Run", async () => {

@@ -147,6 +147,8 @@ function neededIn(ns: string): Access[] {
       ...ops(["get", "list", "watch", "patch"], { group: "vmforge.dev", resource, namespace: ns }),
       ...ops(["patch"], { group: "vmforge.dev", resource, subresource: "status", namespace: ns }),
     ]),
+    // Finished Runs past their ttlSecondsAfterFinished or their CE's runHistory.
+    { verb: "delete", group: "vmforge.dev", resource: "runs", namespace: ns },
     ...ops(["get", "list", "watch", "patch"], { group: "", resource: "secrets", namespace: ns }),
     ...ops(["create", "patch"], { group: "events.k8s.io", resource: "events", namespace: ns }),
   ];
@@ -168,7 +170,8 @@ function needed(i: OperatorInstall, sample: string): Access[] {
 /** Requests the operator never makes and must not be able to make. */
 function forbidden(i: OperatorInstall, inside: string, outside: string | undefined): Access[] {
   const list: Access[] = [
-    ...["computeenvironments", "runs"].flatMap((resource) => ops(["create", "update", "delete", "deletecollection"], { group: "vmforge.dev", resource, namespace: inside })),
+    ...ops(["create", "update", "delete", "deletecollection"], { group: "vmforge.dev", resource: "computeenvironments", namespace: inside }),
+    ...ops(["create", "update", "deletecollection"], { group: "vmforge.dev", resource: "runs", namespace: inside }),
     ...ops(["update"], { group: "vmforge.dev", resource: "computeenvironments", subresource: "status", namespace: inside }),
     ...ops(["update"], { group: "vmforge.dev", resource: "runs", subresource: "finalizers", namespace: inside }),
     ...ops(["create", "update", "delete", "deletecollection"], { group: "", resource: "secrets", namespace: inside }),

@@ -32,7 +32,7 @@ import {
   releaseUnusedSecrets,
   resolveCredentials,
 } from "../shared.js";
-import { isRunActive, machineMayExist } from "../run/phases.js";
+import { isRunActive, isTerminal, machineMayExist } from "../run/phases.js";
 import { cloudWritesMayHaveHappened, markCloudWrites } from "./cloud-writes.js";
 import type { CacheSource, ListSource } from "../run/tracker.js";
 
@@ -90,6 +90,7 @@ export class ComputeEnvironmentReconciler {
     const provider = this.d.providers.get(ce.spec.provider);
     if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log, signal);
 
+    await this.pruneHistory(ce, log);
     const generation = ce.metadata.generation;
     const activeRuns = this.runsOf(ce).filter(isRunActive).length;
 
@@ -223,6 +224,33 @@ export class ComputeEnvironmentReconciler {
       await this.report(withFinalizer, { activeRuns, conditions: next });
       throw e;
     }
+  }
+
+  /**
+   * spec.runHistory: keeps the newest succeededLimit Succeeded Runs and failedLimit Failed or
+   * Cancelled Runs of this CE and deletes the older ones (oldest completion first), like a
+   * CronJob's history limits. Active Runs are never counted or touched. Reads the Run cache only;
+   * each delete names the Run's UID. A deleted Run's finalizer touches the cloud only for what is
+   * left of its own machine (nothing once that is gone).
+   */
+  private async pruneHistory(ce: ComputeEnvironment, log: Logger): Promise<void> {
+    const limits = ce.spec.runHistory;
+    if (!limits) return;
+    const finished = this.runsOf(ce).filter((r) => isTerminal(r) && !r.metadata.deletionTimestamp);
+    const excess = [
+      ...beyondLimit(finished.filter((r) => r.status?.phase === "Succeeded"), limits.succeededLimit),
+      ...beyondLimit(finished.filter((r) => r.status?.phase !== "Succeeded"), limits.failedLimit),
+    ];
+    if (excess.length === 0) return;
+    const deleted: string[] = [];
+    for (const r of excess) {
+      const { namespace, name, uid } = r.metadata;
+      if (await this.d.client.delete(RunResource, namespace, name ?? "", uid ? { preconditions: { uid } } : {})) deleted.push(name ?? "");
+    }
+    if (deleted.length === 0) return;
+    log.info({ runs: deleted }, "deleted finished Runs beyond the runHistory limits");
+    await this.d.events.record(ce, "Normal", "RunHistoryPruned", "Prune",
+      clip(`deleted ${deleted.length} finished Run(s) beyond runHistory (succeededLimit ${limits.succeededLimit ?? "unlimited"}, failedLimit ${limits.failedLimit ?? "unlimited"}): ${deleted.join(", ")}`));
   }
 
   /**
@@ -393,4 +421,12 @@ function credentialsFingerprint(ctx: EnvContext): string {
 function provisionedFollows(conditions: Condition[], generation: number | undefined, reason: string, message: string): Condition[] {
   if (!getCondition(conditions, PROVISIONED)) return conditions;
   return setCondition(conditions, { type: PROVISIONED, status: "False", reason, message: `not provisioned: ${message}`, ...(generation === undefined ? {} : { observedGeneration: generation }) });
+}
+
+/** The Runs beyond the newest `limit` (by completion time; the oldest first); none without a limit. */
+function beyondLimit(runs: Run[], limit: number | undefined): Run[] {
+  if (limit === undefined || runs.length <= limit) return [];
+  const ended = (r: Run) => Date.parse(r.status?.completionTime ?? r.metadata.creationTimestamp ?? "") || 0;
+  const sorted = [...runs].sort((a, b) => ended(a) - ended(b) || (a.metadata.name ?? "").localeCompare(b.metadata.name ?? ""));
+  return sorted.slice(0, runs.length - limit);
 }

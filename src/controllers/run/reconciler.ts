@@ -142,7 +142,10 @@ export class RunReconciler {
     const provider = ce ? this.d.providers.get(ce.spec.provider) : undefined;
 
     if (run.metadata.deletionTimestamp) return this.finalize(run, ce, provider, log);
-    if (isTerminal(run)) return this.afterEnd(run, ce, provider, log);
+    if (isTerminal(run)) {
+      if (await this.expire(run, log)) return;
+      return soonest(await this.afterEnd(run, ce, provider, log), ttlWake(run));
+    }
 
     run = await ensureFinalizer(this.d.client, RunResource, run, FINALIZER);
     if (!run.status?.phase) {
@@ -381,6 +384,21 @@ export class RunReconciler {
     return { requeueAfterMs: Math.max(1_000, left) };
   }
 
+  /**
+   * spec.ttlSecondsAfterFinished, as on a Job: a finished Run whose time is up is deleted (the
+   * delete carries its UID, so a new Run of the same name is never hit). Its finalizer then does
+   * what any Run deletion does: nothing in the cloud once its machine is gone. Returns whether the
+   * Run was deleted.
+   */
+  private async expire(run: Run, log: Logger): Promise<boolean> {
+    const due = ttlDue(run);
+    if (due === undefined || due > Date.now()) return false;
+    const { namespace, name, uid } = run.metadata;
+    await this.d.client.delete(RunResource, namespace, name ?? "", uid ? { preconditions: { uid } } : {});
+    log.info({ ttlSecondsAfterFinished: run.spec.ttlSecondsAfterFinished, completionTime: run.status?.completionTime }, "deleted the finished Run: its ttlSecondsAfterFinished has passed");
+    return true;
+  }
+
   /** After the Run ended: keep following until its machine is confirmed gone, then stop looking. */
   private async afterEnd(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
     if (!machineMayExist(run)) {
@@ -567,6 +585,38 @@ export function runConditions(conditions: Condition[] | undefined, phase: Phase,
   c = setCondition(c, { type: "Reconciling", status: state === "reconciling" ? "True" : "False", reason: state === "reconciling" ? reason : "Finished", message: state === "reconciling" ? message : "", ...g });
   c = setCondition(c, { type: "Stalled", status: state === "stalled" ? "True" : "False", reason: state === "stalled" ? reason : "Progressing", message: state === "stalled" ? message : "", ...g });
   return c;
+}
+
+/**
+ * When a finished Run with spec.ttlSecondsAfterFinished is due for deletion (ms since the epoch):
+ * its status.completionTime plus the TTL; undefined without a TTL, before the end, or without a
+ * recorded end (then the Ready condition's last transition, written with the final phase, stands in).
+ */
+export function ttlDue(run: Run): number | undefined {
+  const ttl = run.spec.ttlSecondsAfterFinished;
+  if (ttl === undefined || !isTerminal(run)) return undefined;
+  const ended = Date.parse(run.status?.completionTime ?? getCondition(run.status?.conditions, "Ready")?.lastTransitionTime ?? "");
+  if (!Number.isFinite(ended)) return undefined;
+  return ended + ttl * 1000;
+}
+
+/** Longest single wait for a TTL (a reconcile then looks again); keeps timers within setTimeout's range. */
+const MAX_TTL_WAIT_MS = 24 * 3600_000;
+
+/** A wake-up for when the Run's TTL passes (a little after, so the check finds it due). */
+function ttlWake(run: Run): ReconcileResult {
+  const due = ttlDue(run);
+  if (due === undefined) return;
+  return { requeueAfterMs: Math.min(MAX_TTL_WAIT_MS, Math.max(100, due - Date.now() + 50)) };
+}
+
+/** The earlier of two requeues. */
+function soonest(a: ReconcileResult, b: ReconcileResult): ReconcileResult {
+  const x = a?.requeueAfterMs;
+  const y = b?.requeueAfterMs;
+  if (x === undefined) return b;
+  if (y === undefined) return a;
+  return { requeueAfterMs: Math.min(x, y) };
 }
 
 /** The Run's own timeout, else its ComputeEnvironment's defaultRunTimeout (which has a default). */

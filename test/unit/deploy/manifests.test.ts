@@ -195,6 +195,7 @@ describe("deploy/rbac.yaml", () => {
   it("grants the operator exactly what it uses, and no wildcards", () => {
     expect(clusterRole.rules).toEqual([
       { apiGroups: ["vmforge.dev"], resources: ["computeenvironments", "runs"], verbs: ["get", "list", "watch", "patch"] },
+      { apiGroups: ["vmforge.dev"], resources: ["runs"], verbs: ["delete"] },
       { apiGroups: ["vmforge.dev"], resources: ["computeenvironments/status", "runs/status"], verbs: ["patch"] },
       { apiGroups: [""], resources: ["secrets"], verbs: ["get", "list", "watch", "patch"] },
       { apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"] },
