@@ -62,6 +62,12 @@ export const MAX_SCRIPT_BYTES = 1024;
 /** Finalizer the operator puts on ComputeEnvironments and Runs before its first external write. */
 export const FINALIZER = "vmforge.dev/finalizer";
 
+/**
+ * Set (to any new value, e.g. the time) to make a Stalled ComputeEnvironment try again at once
+ * after a fix made outside Kubernetes (a role granted in the cloud), as Flux's
+ * reconcile.fluxcd.io/requestedAt does. Without it the operator re-checks a stalled one slowly.
+ */
+export const ANNOTATION_RECONCILE_REQUESTED = "vmforge.dev/reconcile-requested-at";
 /** Label on a Run naming its ComputeEnvironment (set by the operator, used as a label selector). */
 export const LABEL_COMPUTE_ENVIRONMENT = "vmforge.dev/compute-environment";
 /** Label put on every object the operator creates in Kubernetes. */

@@ -17,6 +17,7 @@ import type { CloudResourceRef, ComputeEnvironment } from "../../api/types.js";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
 import { azCall, azDelete, azGet, azureErrorCode, isAuthorizationFailed, type AzureClients, type AzureIdentity } from "./clients.js";
+import { actionAllowed } from "./policy.js";
 import {
   DCE_NAME,
   DCR_NAME,
@@ -183,6 +184,8 @@ async function settle(promises: Promise<unknown>[]): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Validation
 
+const SUBNET_JOIN = "Microsoft.Network/virtualNetworks/subnets/join/action";
+
 async function validate(r: Run): Promise<Validation> {
   const { c, plan, so } = r;
   const out: Validation = { skipped: [] };
@@ -267,6 +270,28 @@ async function validate(r: Run): Promise<Validation> {
         throw CloudError.terminal("InvalidSpec", `spec.azure.network.subnetId: the subnet's virtual network "${vnetName}" is in location "${vnet.location}", not "${plan.location}" (spec.azure.location)`);
       }
       out.subnetId = subnet.id ?? plan.subnetId;
+      // Every VM's NIC joins this subnet as the operator: check that it may, from the permissions
+      // Azure reports for the subnet (Reader gives permissions/read; without it, say it was skipped).
+      let perms: Array<{ actions?: string[]; notActions?: string[] }> = [];
+      try {
+        perms = await azCall(c, "read", "Microsoft.Authorization/permissions/read", async () => {
+          const got: Array<{ actions?: string[]; notActions?: string[] }> = [];
+          for await (const x of c.authorization.permissions.listForResource(p.resourceGroup, "Microsoft.Network", `virtualNetworks/${vnetName}`, "subnets", subnetName, so)) got.push(x);
+          return got;
+        });
+      } catch (e) {
+        if (e instanceof CloudError && e.reason === "AccessDenied") {
+          out.skipped.push(`permission to join subnet not checked: the operator lacks the built-in Reader role (Microsoft.Authorization/permissions/read) on it`);
+          return;
+        }
+        throw e;
+      }
+      if (!perms.some((x) => actionAllowed(SUBNET_JOIN, x.actions ?? []) && !actionAllowed(SUBNET_JOIN, x.notActions ?? []))) {
+        throw CloudError.terminal(
+          "AccessDenied",
+          `spec.azure.network.subnetId: ${c.identity.label} may not join subnet "${plan.subnetId}" (needs ${SUBNET_JOIN} on it; VMs could not be placed there)`,
+        );
+      }
     })());
   }
   await settle(tasks);

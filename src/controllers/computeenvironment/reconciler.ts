@@ -19,6 +19,7 @@ import { getCondition, setCondition, updateStatus } from "../../engine/condition
 import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
 import { ComputeEnvironmentResource, RunResource } from "../../api/types.js";
+import { ANNOTATION_RECONCILE_REQUESTED } from "../../api/constants.js";
 import type { CloudProvider, EnvContext } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
@@ -63,7 +64,7 @@ export class ComputeEnvironmentReconciler {
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
-  private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
+  private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string }>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
@@ -125,8 +126,16 @@ export class ComputeEnvironmentReconciler {
 
     const credentialsVersion = credentialsFingerprint(ctx);
     const stalled = this.stalled.get(withFinalizer.metadata.uid ?? "");
-    if (stalled && stalled.generation === generation && stalled.credentialsVersion === credentialsVersion && Date.now() - stalled.at < STALLED_RECHECK_MS) {
-      // Same spec, same credentials: the answer would be the same. Wait for a change (or the slow re-check).
+    const requested = withFinalizer.metadata.annotations?.[ANNOTATION_RECONCILE_REQUESTED] ?? "";
+    if (
+      stalled &&
+      stalled.generation === generation &&
+      stalled.credentialsVersion === credentialsVersion &&
+      stalled.requested === requested &&
+      Date.now() - stalled.at < STALLED_RECHECK_MS
+    ) {
+      // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
+      // change, the annotation, or the slow re-check.
       await this.report(withFinalizer, { activeRuns });
       return { requeueAfterMs: STALLED_RECHECK_MS - (Date.now() - stalled.at) };
     }
@@ -213,7 +222,7 @@ export class ComputeEnvironmentReconciler {
           next = kstatus(next, generation, "stalled", reason, m);
           next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
         }
-        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
+        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
         if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);

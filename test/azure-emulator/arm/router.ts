@@ -170,7 +170,8 @@ export class ArmRouter {
       if (eqi(ns, "Microsoft.Compute") && rest.length === 1 && eqi(rest[0], "skus")) {
         info.resourceType = "Microsoft.Compute/skus";
         info.operation = "Microsoft.Compute/skus/read";
-        this.requireAnyAccess(req.caller, subScope, info.operation);
+        // An authorized read like any other (Reader's */read has it; the seed's custom roles do not).
+        this.authorize(req.caller, info.operation, subScope);
         return { status: 200, body: { value: this.catalog.listSkus(url.searchParams.get("$filter") ?? undefined) } };
       }
       // Subscription-level lists: /subscriptions/s/providers/ns/type
@@ -547,6 +548,22 @@ export class ArmRouter {
       info.resourceType = "Microsoft.Authorization/roleAssignments";
       if (!subId && rest.length > 1) throw new ArmError(400, "InvalidScope", "Role assignments need a subscription, resource group or resource scope.");
       return this.roleAssignments(req, scope, rest.slice(1), info);
+    }
+    if (kind === "permissions" && rest.length === 1 && subId) {
+      // What the caller may do at a scope: the permission blocks of every role assigned to it at
+      // or above the scope (one per assignment, as Azure lists them). Needs permissions/read (Reader).
+      info.resourceType = "Microsoft.Authorization/permissions";
+      info.operation = "Microsoft.Authorization/permissions/read";
+      if (req.method !== "GET") throw new ArmError(405, "MethodNotAllowed", `The requested resource does not support http method '${req.method}'.`);
+      this.scopeExistsOrThrow(scope);
+      this.authorize(caller, info.operation, scope);
+      const value: Json[] = [];
+      for (const a of this.rbac.assignmentsOf(caller.oid)) {
+        if (!scopeWithin(scope, a.scope)) continue;
+        const role = this.rbac.roleDefinition(Rbac.roleGuid(a.roleDefinitionId));
+        for (const p of role?.permissions ?? []) value.push({ actions: p.actions, notActions: p.notActions, dataActions: p.dataActions, notDataActions: p.notDataActions });
+      }
+      return { status: 200, body: { value } };
     }
     throw new ArmError(400, "InvalidResourceType", `The resource type '${rest[0]}' could not be found in the namespace '${AUTH_NS}'.`);
   }

@@ -160,6 +160,24 @@ describe("Azure environment: provision", () => {
     const obs = await provisionAzureEnvironment(az.clients(), ctxFor(sampleAzureCe(az.sub, { network: { subnetId } })));
     expect(obs.status.azure!.subnetId).toBe(subnetId);
     expect(az.ops()).not.toContain("network.virtualNetworks.createOrUpdate");
+    expect(az.calls.find((c) => c.op === "authorization.permissions.listForResource")?.args).toEqual(["net-rg", "Microsoft.Network", "virtualNetworks/shared", "subnets", "vms"]);
+  });
+
+  it("an existing subnet the operator may not join is AccessDenied naming the action; without permissions/read the check is skipped and said so", async () => {
+    const subnetId = `/subscriptions/${az.sub}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/shared/subnets/vms`;
+    az.put(`/subscriptions/${az.sub}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/shared`, { location: "westeurope", subnets: [{ name: "vms" }] });
+    const ce = sampleAzureCe(az.sub, { network: { subnetId } });
+    az.permissions = [{ actions: ["Microsoft.Network/*"], notActions: ["Microsoft.Network/virtualNetworks/subnets/join/action"] }, { actions: ["*/read"], notActions: [] }];
+    await expect(provisionAzureEnvironment(az.clients(), ctxFor(ce))).rejects.toMatchObject({
+      kind: "Terminal",
+      reason: "AccessDenied",
+      message: expect.stringContaining("may not join subnet") as unknown,
+    });
+    az.permissions = [{ actions: ["Microsoft.Network/virtualNetworks/subnets/JOIN/action"], notActions: [] }];
+    await expect(provisionAzureEnvironment(az.clients(), ctxFor(ce))).resolves.toMatchObject({ ready: true });
+    az.fail("authorization.permissions.listForResource", new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'Microsoft.Authorization/permissions/read'"));
+    const obs = await provisionAzureEnvironment(az.clients(), ctxFor(ce));
+    expect(obs.notes?.join("\n")).toMatch(/permission to join subnet not checked/);
   });
 
   describe("validation names the field and value", () => {

@@ -63,6 +63,8 @@ export class FakeAzure {
   readonly delays = new Map<string, number>();
   /** SKUs offered: location -> sizes. */
   skus: Record<string, string[]> = { westeurope: ["Standard_D2ds_v4", "Standard_D4ds_v5"] };
+  /** What permissions.listForResource reports for the caller (default: everything). */
+  permissions: Array<{ actions: string[]; notActions: string[] }> = [{ actions: ["*"], notActions: [] }];
   storageAccounts: Record<string, string> = {};
   /** Blob contents by URL path suffix. */
   blobs = new Map<string, string>();
@@ -224,6 +226,20 @@ export class FakeAzure {
       authorization: {
         roleDefinitions: scoped("roleDefinitions", "roleDefinitions", "createOrUpdate"),
         roleAssignments: scoped("roleAssignments", "roleAssignments", "create"),
+        permissions: {
+          listForResource: (rg: string, ns: string, parent: string, type: string, name: string) => {
+            self.calls.push({ op: "authorization.permissions.listForResource", args: [rg, ns, parent, type, name], seq: self.seq++ });
+            const f = self.faults.get("authorization.permissions.listForResource");
+            if (f && f.length > 0) {
+              const e = f.shift();
+              return (async function* () {
+                yield* [];
+                throw e;
+              })();
+            }
+            return iter(self.permissions);
+          },
+        },
       },
       logAnalytics: {
         workspaces: simple("logAnalytics", "workspaces", "Microsoft.OperationalInsights/workspaces", true),

@@ -37,6 +37,7 @@ const NEEDS: Record<string, string> = {
   "msi.userAssignedIdentities.get": "Microsoft.ManagedIdentity/userAssignedIdentities/read",
   "msi.userAssignedIdentities.createOrUpdate": "Microsoft.ManagedIdentity/userAssignedIdentities/write",
   "authorization.roleDefinitions.get": "Microsoft.Authorization/roleDefinitions/read",
+  "authorization.permissions.listForResource": "Microsoft.Authorization/permissions/read",
   "authorization.roleDefinitions.createOrUpdate": "Microsoft.Authorization/roleDefinitions/write",
   "authorization.roleDefinitions.delete": "Microsoft.Authorization/roleDefinitions/delete",
   "authorization.roleAssignments.get": "Microsoft.Authorization/roleAssignments/read",
