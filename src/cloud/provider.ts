@@ -24,13 +24,21 @@ export class CloudError extends Error {
   readonly kind: CloudErrorKind;
   readonly reason: string;
   readonly retryAfterMs: number | undefined;
+  /** Retryable because the cloud has no capacity or quota for the machine now: the Run waits Pending. */
+  readonly capacity: boolean;
 
-  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown }) {
+  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown; capacity?: boolean }) {
     super(message, opts?.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "CloudError";
     this.kind = kind;
     this.reason = reason;
     this.retryAfterMs = opts?.retryAfterMs;
+    this.capacity = opts?.capacity ?? false;
+  }
+
+  /** No capacity or quota for the machine now (no machine was made): the Run stays Pending with `reason` and retries with backoff. */
+  static capacity(reason: string, message: string, cause?: unknown): CloudError {
+    return new CloudError("Retryable", reason, message, { cause, capacity: true });
   }
 
   static notFound(reason: string, message: string): CloudError {
@@ -105,6 +113,14 @@ export interface RunDescription {
   stateReason?: string;
   /** The cloud took the machine back (a Spot interruption or eviction): not the pipeline's failure. */
   interrupted?: boolean;
+  /** The Run's reason for an interruption (default SpotInterrupted; Azure says SpotEvicted). */
+  interruptionReason?: string;
+  /**
+   * The cloud accepted the machine but could not place it (capacity or quota, e.g. Azure's
+   * AllocationFailed); the provider is removing it. The Run goes back to Pending with this reason
+   * and is launched again with backoff, until its timeout.
+   */
+  launchFailure?: { reason: string; message: string };
   /** The machine's set-up step that failed before the pipeline started (with exitCode), e.g. "docker". */
   bootstrapStep?: string;
   /** The pipeline's exit code, once known (exit line in the log or uploaded exit status). */

@@ -378,7 +378,12 @@ function retryAfterMs(e: unknown): number | undefined {
   return Number.isFinite(t) ? Math.max(0, t - Date.now()) : undefined;
 }
 
-const CAPACITY_CODES = new Set(["SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest", "OperationNotAllowed", "QuotaExceeded"]);
+const CAPACITY_CODES = new Set(["SkuNotAvailable", "AllocationFailed", "ZonalAllocationFailed", "OverconstrainedAllocationRequest", "QuotaExceeded"]);
+
+/** Azure error codes that mean "no capacity or quota for this size here now" (waiting may help). */
+export function isCapacityCode(code: string): boolean {
+  return CAPACITY_CODES.has(code);
+}
 
 function messageOf(e: unknown): string {
   const r = e as RestLike;
@@ -422,7 +427,9 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
     return CloudError.terminal("AccessDenied", `missing permission ${action}: ${msg}`, e);
   }
   if (code === "PrincipalNotFound") return CloudError.retryable("PrincipalNotFound", `${action}: ${msg}`, 5_000, e);
-  if (CAPACITY_CODES.has(code)) return CloudError.retryable(code, `${action}: ${msg}`, 60_000, e);
+  // Capacity or quota: the Run waits (Pending, with this reason) and tries again with backoff.
+  // OperationNotAllowed is a quota refusal only when it says so; otherwise it is a conflict.
+  if (CAPACITY_CODES.has(code) || (code === "OperationNotAllowed" && /quota/i.test(msg))) return CloudError.capacity(code, `${action}: ${msg}`, e);
   if (status !== undefined && (status >= 500 || status === 408)) return CloudError.retryable(code || `Http${status}`, `${action}: ${msg}`, retryAfterMs(e), e);
   if (status === 409 && (code === "Conflict" || code === "AnotherOperationInProgress" || code === "OperationNotAllowed")) {
     return CloudError.retryable(code, `${action}: ${msg}`, 5_000, e);

@@ -9,7 +9,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
-import { azCall, azDelete, azGet, blobEndpoint, type AzureClients } from "./clients.js";
+import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { azureArtifactsPath, renderAzureUserData } from "./launcher.js";
 import { LOG_TABLE, TAG_RUN_UID, ceId, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
@@ -67,6 +67,15 @@ function logLocation(ce: ComputeEnvironment, run: Run) {
   return { provider: "loganalytics" as const, workspace: s.workspaceCustomerId ?? s.workspaceId ?? "", table: LOG_TABLE, stream: `RunUid == '${run.metadata.uid ?? ""}'` };
 }
 
+/** The failure of a VM whose provisioning failed (`ProvisioningState/failed/<code>` in its instance view). */
+function provisioningFailure(statuses: Array<{ code?: string; message?: string }> | undefined): { failure?: { code: string; message: string } } {
+  for (const st of statuses ?? []) {
+    const m = /^ProvisioningState\/failed\/(.+)$/i.exec(st.code ?? "");
+    if (m) return { failure: { code: m[1]!, message: st.message ?? "" } };
+  }
+  return {};
+}
+
 /** Power and provisioning state of an instance view, as a MachineState. */
 export function machineState(statuses: Array<{ code?: string }> | undefined, provisioningState?: string): MachineState {
   const codes = (statuses ?? []).map((s) => (s.code ?? "").toLowerCase());
@@ -103,6 +112,11 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
   const existing = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
   if (existing) {
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
+    if ((existing.provisioningState ?? "").toLowerCase() === "deleting") {
+      // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
+      const reason = run.status?.reason && isCapacityCode(run.status.reason) ? run.status.reason : "AllocationFailed";
+      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`);
+    }
     return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
   }
   const identityId = need(s, "identityId");
@@ -188,17 +202,23 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
   }
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
-    const found = new Map<string, { id: string; state: MachineState }>();
+    const found = new Map<string, { id: string; state: MachineState; failure?: { code: string; message: string } }>();
+    // Azure's run-time status of many VMs in one call is the subscription list with statusOnly=true:
+    // the resource-group list has no statusOnly, and refuses $expand=instanceView without a
+    // $filter on a scale set. The answer is filtered to this resource group (VM names are unique
+    // per group); statusOnly answers carry no tags, so VMs are matched by their deterministic name.
+    const prefix = `/subscriptions/${c.subscriptionId}/resourcegroups/${rg}/providers/microsoft.compute/virtualmachines/`.toLowerCase();
     try {
       await azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
-        for await (const vm of c.compute.virtualMachines.list(rg, { expand: "instanceView", ...so })) {
-          if (!vm.name) continue;
-          found.set(vm.name.toLowerCase(), { id: vm.id ?? vmResourceId(c, rg, vm.name), state: machineState(vm.instanceView?.statuses, vm.provisioningState) });
+        for await (const vm of c.compute.virtualMachines.listAll({ statusOnly: "true", ...so })) {
+          if (!vm.name || !(vm.id ?? "").toLowerCase().startsWith(prefix)) continue;
+          const statuses = vm.instanceView?.statuses;
+          found.set(vm.name.toLowerCase(), { id: vm.id ?? vmResourceId(c, rg, vm.name), state: machineState(statuses, vm.provisioningState), ...provisioningFailure(statuses) });
         }
       });
     } catch (e) {
       if (e instanceof CloudError && e.kind === "NotFound") {
-        // The resource group is gone: so are its VMs.
+        // Nothing to list: so are its VMs.
       } else throw e;
     }
     const stopped: string[] = [];
@@ -215,14 +235,24 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
           if (exitCode !== undefined) d.exitCode = exitCode;
           else if (run.spec.overrides?.spot) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
-            d.stateReason = "SpotEvicted: Azure evicted the Spot VM before the pipeline ended";
+            d.stateReason = "Azure evicted the Spot VM before the pipeline ended";
             d.interrupted = true;
+            d.interruptionReason = "SpotEvicted";
           }
           out.set(uid, d);
         } else out.set(uid, undefined);
         return;
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
+      if (vm.failure && isCapacityCode(vm.failure.code)) {
+        // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way): the
+        // failed VM is deleted and the Run waits for capacity, then is launched again (same name).
+        d.state = "shutting-down";
+        d.launchFailure = { reason: vm.failure.code, message: `Azure could not allocate VM ${name}: ${vm.failure.message}` };
+        stopped.push(name);
+        out.set(uid, d);
+        return;
+      }
       if (vm.state === "stopped" || vm.state === "stopping") {
         const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
         if (exitCode !== undefined) {

@@ -19,12 +19,15 @@ export function holdsSlot(run: Run): boolean {
 }
 
 /**
- * Whether a machine may still exist for this Run: it got past Pending and its machine has not been
- * seen terminated. A Run that never launched has no machine.
+ * Whether a machine may still exist for this Run: it got past Pending (or is Pending again with a
+ * recorded machine) and its machine has not been seen terminated. A Run that never launched has none.
  */
 export function machineMayExist(run: Run): boolean {
   const phase = run.status?.phase;
-  if (phase === undefined || phase === "Pending") return false;
+  if (phase === undefined) return false;
+  // Pending again after a machine the cloud accepted but could not place (a capacity wait): that
+  // machine is followed until it is gone.
+  if (phase === "Pending") return !!run.status?.instance?.id && run.status.instance.state !== "terminated";
   if (phase === "Launching" || phase === "Running") return true;
   const inst = run.status?.instance;
   if (!inst) return false;

@@ -56,6 +56,9 @@ function polls(pollIntervalMs: number, n: number, min: number, max: number): num
 
 type Phase = NonNullable<RunStatus["phase"]>;
 
+/** Reasons of a Pending Run before any launch was attempted (any other Pending reason is a capacity wait). */
+const PRE_LAUNCH_REASONS = new Set(["Accepted", "ComputeEnvironmentNotFound", "ProviderUnavailable", "ComputeEnvironmentNotReady", "ConcurrencyLimit"]);
+
 /** Detail condition: the operator terminated a machine still running after its pipeline ended. */
 export const MACHINE_LINGERED = "MachineLingered";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
@@ -72,6 +75,8 @@ export class RunReconciler {
   private readonly blocked = new Map<string, number>();
   /** Run uids of deleted Runs whose termination was sent (an unlisted machine then counts as gone). */
   private readonly terminationSent = new Set<string>();
+  /** Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it). */
+  private readonly capacityAttempts = new Map<string, number>();
 
   constructor(private readonly d: RunDeps) {}
 
@@ -243,6 +248,11 @@ export class RunReconciler {
     // and the launch itself is idempotent on the Run's UID. The CE records that the cloud may now
     // hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
+    if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted")) {
+      // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
+      // one). The Run stays Pending with its reason until a launch is accepted.
+      return this.launch(run, ce, provider, log, false);
+    }
     await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
     return this.launch(run, ce, provider, log, true);
   }
@@ -259,6 +269,7 @@ export class RunReconciler {
       }
       desc = await provider.launchRun(ctx, run, { firstAttempt });
     } catch (e) {
+      if (e instanceof CloudError && e.capacity) return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`);
       if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
         const { reason, message } = describeError(e);
         await this.finish(run, "Failed", reason, clip(`launch failed: ${message}`));
@@ -267,6 +278,7 @@ export class RunReconciler {
       throw e;
     }
     this.d.tracker.record(run.metadata.uid ?? "", desc);
+    this.capacityAttempts.delete(run.metadata.uid ?? "");
     const phase: Phase = desc.state === "running" ? "Running" : "Launching";
     const message = `machine ${desc.instanceId} ${desc.state}`;
     const written = await this.report(
@@ -315,6 +327,11 @@ export class RunReconciler {
       return { requeueAfterMs: next };
     }
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
+    if (desc.launchFailure) {
+      // Accepted, then not placed (capacity/quota): the provider removes the machine; the Run waits
+      // Pending (its machine followed until gone) and is launched again after a backoff.
+      return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance });
+    }
     switch (desc.state) {
       case "pending":
         await this.report(run, { phase: "Launching", instance, message: `machine ${desc.instanceId} pending` }, "False", "Launching", `machine ${desc.instanceId} pending`);
@@ -350,7 +367,7 @@ export class RunReconciler {
       case "shutting-down":
       case "terminated": {
         if (desc.interrupted) {
-          await this.finish(run, "Failed", "SpotInterrupted",
+          await this.finish(run, "Failed", desc.interruptionReason ?? "SpotInterrupted",
             clip(`the cloud reclaimed machine ${desc.instanceId} (Spot interruption); the pipeline did not fail on its own${desc.stateReason ? `: ${desc.stateReason}` : ""}`),
             { instance, ...(desc.exitCode !== undefined ? { exitCode: desc.exitCode } : {}) });
           return { requeueAfterMs: next };
@@ -374,6 +391,23 @@ export class RunReconciler {
         return;
       }
     }
+  }
+
+  /**
+   * No capacity or quota for the Run's machine now: the Run is Pending with the cloud's reason
+   * (e.g. SkuNotAvailable, AllocationFailed) and is tried again after a backoff that doubles per
+   * refusal (from one poll up to 5 minutes), until its timeout fails it. It keeps its slot.
+   */
+  private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<ReconcileResult> {
+    const uid = run.metadata.uid ?? "";
+    const n = this.capacityAttempts.get(uid) ?? 0;
+    this.capacityAttempts.set(uid, n + 1);
+    const m = clip(message);
+    const before = run.status?.reason;
+    const written = await this.report(run, { phase: "Pending", reason, message: m, ...extra }, "False", reason, m);
+    if (written && before !== reason) await this.d.events.record(run, "Warning", reason, "Launch", m);
+    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
+    return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }
 
   /** For a waiting Run with a timeout: wake up when it would pass, even if nothing else changes. */
@@ -524,6 +558,7 @@ export class RunReconciler {
 
   private release(run: Run): void {
     const uid = run.metadata.uid ?? "";
+    this.capacityAttempts.delete(uid);
     for (const [ceUid, set] of this.claims) {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);

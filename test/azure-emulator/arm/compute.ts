@@ -405,13 +405,21 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
     },
     listView(ctx, items) {
       const now = new Date(ctx.now).toISOString();
-      // statusOnly=true answers the run-time status only: no tags, no profiles (as Azure does).
-      if (lc(ctx.query.get("statusOnly") ?? "") === "true") {
+      // As Azure documents both VM lists: $expand=instanceView only with a valid $filter (a scale
+      // set: 'virtualMachineScaleSet/id' eq '...'), refused otherwise.
+      const expand = expandOf(ctx).has("instanceview");
+      const filter = ctx.query.get("$filter") ?? "";
+      const vmss = /^\s*'?virtualMachineScaleSet\/id'?\s+eq\s+'?([^']+)'?\s*$/i.exec(filter)?.[1];
+      if (filter && !vmss) throw invalid(`The value of parameter $filter '${filter}' is not valid. Allowed value is 'virtualMachineScaleSet/id' eq <scale set id>.`, "$filter");
+      if (expand && !vmss) throw invalid("The $expand=instanceView option of a virtual machine list can only be specified together with a valid $filter option.", "$expand");
+      // statusOnly=true exists on the subscription list only (VirtualMachines_ListAll); it answers the
+      // run-time status only: no tags, no profiles. The resource-group list has no such parameter.
+      if (ctx.listScope !== "resourceGroup" && lc(ctx.query.get("statusOnly") ?? "") === "true") {
         return items.map((r) => ({ id: r.id, name: r.name, type: r.type, location: r.body.location, properties: { vmId: r.x.vmId, instanceView: instanceView(r, now) } }));
       }
-      // Azure documents $expand=instanceView on lists as needing a $filter; the emulator accepts it without one.
-      const expand = expandOf(ctx).has("instanceview");
-      return items.map((r) => vmView(ctx, r, { instanceView: expand }));
+      // No VM of the emulator belongs to a scale set: a scale-set filter matches none.
+      if (vmss) return [];
+      return items.map((r) => vmView(ctx, r, { instanceView: false }));
     },
     patch(_ctx, res, body) {
       // PATCH (VirtualMachines_Update): tags, userData and size may change.

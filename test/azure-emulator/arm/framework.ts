@@ -53,6 +53,8 @@ export interface OpCtx {
   apiVersion: string;
   query: URLSearchParams;
   now: number;
+  /** For lists: whether the collection is the subscription's or a resource group's. */
+  listScope?: "subscription" | "resourceGroup";
 }
 
 export interface PutOutcome {

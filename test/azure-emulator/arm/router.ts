@@ -235,7 +235,7 @@ export class ArmRouter {
 
   /** Items of a list the caller may read: all when allowed at the list scope, else those allowed one by one. */
   private visible(req: ArmRequest, scope: string, action: string, items: Stored[], t?: TypeDef): Json[] {
-    const ctx = this.ctx(req);
+    const ctx: OpCtx = { ...this.ctx(req), listScope: "subscription" };
     let shown = items;
     if (!this.rbac.allowed(req.caller.oid, action, scope, false)) {
       shown = items.filter((r) => this.rbac.allowed(req.caller.oid, action, r.id, false));
@@ -523,7 +523,7 @@ export class ArmRouter {
   }
 
   private listOut(ctx: OpCtx, t: TypeDef, items: Stored[]): Json[] {
-    if (t.listView) return t.listView(ctx, items);
+    if (t.listView) return t.listView({ ...ctx, listScope: "resourceGroup" }, items);
     return items.map((r) => (t.view ? t.view(ctx, r) : r.body));
   }
 

@@ -302,7 +302,20 @@ export class FakeAzure {
                 throw new RestLikeError(404, "ResourceGroupNotFound", rg);
               })();
             }
-            return iter(vmList(rg));
+            // As Azure: $expand=instanceView needs a scale-set $filter; statusOnly does not exist here.
+            if ((opts as { expand?: string } | undefined)?.expand) {
+              return (async function* () {
+                yield* [];
+                throw new RestLikeError(400, "InvalidParameter", "$expand=instanceView needs a valid $filter");
+              })();
+            }
+            return iter(vmList(rg).map((vm) => ({ ...vm, instanceView: undefined })));
+          },
+          listAll: (opts?: { statusOnly?: string }) => {
+            self.calls.push({ op: "compute.virtualMachines.listAll", args: [opts], seq: self.seq++ });
+            const all = [...self.store.values()].filter((o) => /\/providers\/microsoft\.compute\/virtualmachines\/[^/]+$/i.test(o.id ?? ""));
+            if (opts?.statusOnly === "true") return iter(all.map((vm) => ({ id: vm.id, name: vm.name, instanceView: vm.instanceView })));
+            return iter(all.map((vm) => ({ ...vm, instanceView: undefined })));
           },
           createOrUpdate: (rg: string, name: string, body: Obj) => poller(() => self.rec("compute.virtualMachines.createOrUpdate", [rg, name, body], () => {
             rgOp(rg);

@@ -62,6 +62,7 @@ const NEEDS: Record<string, string> = {
   "compute.resourceSkus.list": "Microsoft.Compute/skus/read",
   "compute.virtualMachines.get": "Microsoft.Compute/virtualMachines/read",
   "compute.virtualMachines.list": "Microsoft.Compute/virtualMachines/read",
+  "compute.virtualMachines.listAll": "Microsoft.Compute/virtualMachines/read",
   "compute.virtualMachines.createOrUpdate": "Microsoft.Compute/virtualMachines/write",
   "compute.virtualMachines.delete": "Microsoft.Compute/virtualMachines/delete",
   "logsQuery.queryWorkspace": "Microsoft.OperationalInsights/workspaces/query/read",

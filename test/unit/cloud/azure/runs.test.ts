@@ -79,7 +79,7 @@ describe("Azure runs", () => {
     expect(az.ops()).not.toContain("compute.virtualMachines.createOrUpdate");
   });
 
-  it("follows all Runs of a resource group with one list call, and maps power states", async () => {
+  it("follows all Runs of a resource group with one status-only list call, and maps power states", async () => {
     const runs = Array.from({ length: 25 }, (_, i) => runOf(10 + i));
     for (const r of runs) {
       const d = await launchRun(az.clients(), ctx, r);
@@ -88,8 +88,9 @@ describe("Azure runs", () => {
     az.get(runs[0]!.status!.instance!.id)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/running" }] };
     az.calls.length = 0;
     const res = await describeRuns(az.clients(), ctx, runs);
-    expect(az.ops().filter((o) => o === "compute.virtualMachines.list")).toHaveLength(1);
-    expect(az.calls[0]!.args[1]).toMatchObject({ expand: "instanceView" });
+    expect(az.ops().filter((o) => o === "compute.virtualMachines.listAll")).toHaveLength(1);
+    expect(az.ops()).not.toContain("compute.virtualMachines.list");
+    expect(az.calls[0]!.args[0]).toMatchObject({ statusOnly: "true" });
     expect(res.get(runs[0]!.metadata.uid!)!.state).toBe("running");
     expect(res.get(runs[1]!.metadata.uid!)!.state).toBe("pending");
   });
@@ -125,7 +126,17 @@ describe("Azure runs", () => {
     run.status = { instance: { id: d.instanceId } };
     az.store.delete(d.instanceId.toLowerCase());
     const res = await describeRuns(az.clients(), ctx, [run]);
-    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "terminated", stateReason: expect.stringMatching(/^SpotEvicted/) });
+    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "terminated", interrupted: true, interruptionReason: "SpotEvicted" });
+  });
+
+  it("a VM Azure accepted but could not allocate is deleted and reported as a capacity wait", async () => {
+    const run = runOf(44);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] };
+    const res = await describeRuns(az.clients(), ctx, [run]);
+    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", launchFailure: { reason: "AllocationFailed", message: expect.stringContaining("Allocation failed.") } });
+    expect(az.ops()).toContain("compute.virtualMachines.delete");
   });
 
   it("terminate deletes the VM (forced); a missing VM is done", async () => {
