@@ -4,35 +4,29 @@
  * No VM player here: the VMs stay "running" unless a test changes their power state through the
  * emulator's controls, as Azure would when the OS shuts down.
  */
-import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
-import { KubeClient } from "../../src/engine/kube.js";
+import type { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { Run } from "../../src/api/types.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
-import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import type { EmulatedVm, EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, ceBody, getCe, operatorPrincipal, putSecret, waitGone, waitReady } from "../support/azure-env.js";
+import { waitFor, type RunningOperator } from "../support/operator.js";
+import { azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
+import type { EmulatedVm } from "../azure-emulator/control.js";
+import { ceBody, getCe, waitGone, waitReady } from "../support/azure-env.js";
+import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
 
+let env: AzureRunsEnv;
 let kube: KubeClient;
-let info: EmulatorInfo;
 let op: RunningOperator | undefined;
 let ns: string;
 
 function runBody(name: string, ce: string, over: Partial<Run["spec"]> = {}): Run {
-  return {
-    apiVersion: "vmforge.dev/v1alpha1",
-    kind: "Run",
-    metadata: { name, namespace: ns },
-    spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" }, ...over },
-  } as Run;
+  return env.runBody(name, ce, over);
 }
 
 async function getRun(name: string): Promise<Run | undefined> {
-  return kube.get<Run>(RunResource, ns, name);
+  return env.getRun(name);
 }
 
 async function ourVms(): Promise<EmulatedVm[]> {
@@ -40,23 +34,13 @@ async function ourVms(): Promise<EmulatedVm[]> {
 }
 
 beforeAll(async () => {
-  kube = KubeClient.fromKubeconfig(kubeconfigPath());
-  await installCrds(kube);
-  info = await azureInfo();
-  const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
-  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-  const sa = `subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-  await rm.resources.createOrUpdateById(sa, "2023-05-01", { location: LOCATION });
-  await rm.resources.createOrUpdateById(`${sa}/blobServices/default/containers/work`, "2023-05-01", {});
-  const principal = await operatorPrincipal(info, "vmforge-runs");
-  ns = await freshNamespace(kube, "azrun");
-  await putSecret(kube, info, ns, "azure-creds", principal);
-  const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
-  op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  env = await setupAzureRuns({ prefix: "azrun", principal: "vmforge-runs" });
+  ({ kube, ns } = env);
+  op = await env.start();
 }, 120_000);
 
 afterAll(async () => {
-  await op?.stop();
+  await env?.stop();
 });
 
 describe("Azure Runs through the operator (emulator)", () => {
@@ -118,7 +102,7 @@ describe("Azure Runs through the operator (emulator)", () => {
     await kube.delete(ComputeEnvironmentResource, ns, "runs");
     await waitGone(kube, ns, "runs");
     expect(await ourVms()).toEqual([]);
-    const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
+    const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
     expect((await rm.resourceGroups.checkExistence(rg)).body).toBe(false);
     expect(await getCe(kube, ns, "runs")).toBeUndefined();
   }, 300_000);

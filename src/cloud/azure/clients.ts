@@ -189,20 +189,6 @@ function caPolicy(ca: string): PipelinePolicy {
   };
 }
 
-/**
- * Adds statusOnly=true to list-VMs-by-resource-group requests (power states without full models).
- * The SDK sends the expand parameter URL-encoded (`%24expand`), so both spellings are matched.
- */
-const statusOnlyPolicy: PipelinePolicy = {
-  name: "vmforgeStatusOnly",
-  sendRequest: async (req, next) => {
-    if (req.method === "GET" && /\/resourceGroups\/[^/]+\/providers\/Microsoft\.Compute\/virtualMachines\?/i.test(req.url) && /[?&](\$|%24)expand=instanceView/i.test(req.url) && !/statusOnly=/i.test(req.url)) {
-      req.url = `${req.url}&statusOnly=true`;
-    }
-    return next(req);
-  },
-};
-
 export function tokenCredential(id: AzureIdentity, ep: AzureEndpoints): TokenCredential {
   const policies = ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : [];
   const common = {
@@ -288,7 +274,7 @@ export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep
     logAnalytics: new OperationalInsightsManagementClient(credential, subscriptionId, modern),
     monitor: new MonitorClient(credential, subscriptionId, modern),
     network: new NetworkManagementClient(credential, subscriptionId, modern),
-    compute: new ComputeManagementClient(credential, subscriptionId, { ...modern, additionalPolicies: [...perCall, { policy: statusOnlyPolicy, position: "perCall" as const }] }),
+    compute: new ComputeManagementClient(credential, subscriptionId, modern),
     subscriptions: new SubscriptionClient(credential, classic),
     logsQuery: new LogsQueryClient(credential, {
       ...(ep.logs ? { endpoint: ep.logs } : {}),
@@ -429,7 +415,8 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
   if (code === "PrincipalNotFound") return CloudError.retryable("PrincipalNotFound", `${action}: ${msg}`, 5_000, e);
   // Capacity or quota: the Run waits (Pending, with this reason) and tries again with backoff.
   // OperationNotAllowed is a quota refusal only when it says so; otherwise it is a conflict.
-  if (CAPACITY_CODES.has(code) || (code === "OperationNotAllowed" && /quota/i.test(msg))) return CloudError.capacity(code, `${action}: ${msg}`, e);
+  if (CAPACITY_CODES.has(code)) return CloudError.capacity(code, `${action}: ${msg}`, e);
+  if (code === "OperationNotAllowed" && /quota/i.test(msg)) return CloudError.capacity("QuotaExceeded", `${action}: ${msg}`, e);
   if (status !== undefined && (status >= 500 || status === 408)) return CloudError.retryable(code || `Http${status}`, `${action}: ${msg}`, retryAfterMs(e), e);
   if (status === 409 && (code === "Conflict" || code === "AnotherOperationInProgress" || code === "OperationNotAllowed")) {
     return CloudError.retryable(code, `${action}: ${msg}`, 5_000, e);

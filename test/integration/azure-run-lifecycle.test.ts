@@ -1,0 +1,201 @@
+/**
+ * The life of Azure Runs through the OPERATOR on the real kube-apiserver and the Azure emulator
+ * (issue 11): a crash right after the VM PUT, timeout, deletion mid-run, Spot eviction, and
+ * capacity or quota refusals. The operator's principal holds exactly the seed's roles (+ Reader
+ * and the documented additions). The work directory is in Azurite, so a pipeline's end is played
+ * as a VM would: the exit status uploaded, then the OS shut down.
+ *
+ * The tests run concurrently (the timeout test alone needs the minimum Run timeout of 1m); each
+ * uses its own Runs, VM sizes and capacity faults.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import type { CloudProvider, EnvContext, RunDescription } from "../../src/cloud/provider.js";
+import { resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
+import { startOperator, waitFor } from "../support/operator.js";
+import { azureClientOptions, azureControl, azureTestCredential, kubeconfigPath } from "../harness/helpers.js";
+import { LOCATION, ceBody, cond, waitReady } from "../support/azure-env.js";
+import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
+
+let env: AzureRunsEnv;
+let ce: ComputeEnvironment;
+const CE = "life";
+
+beforeAll(async () => {
+  env = await setupAzureRuns({ prefix: "azlife", principal: "vmforge-life", blob: true });
+  await env.start(undefined, [env.ns]);
+  await env.kube.create(ComputeEnvironmentResource, ceBody(env.ns, CE, { storageAccount: env.storageAccount }));
+  ce = await waitReady(env.kube, env.ns, CE);
+}, 120_000);
+
+afterAll(async () => {
+  await env?.stop();
+});
+
+async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns): Promise<Run> {
+  return waitFor(`Run ${name} ${want}`, async () => {
+    const r = await env.getRun(name, ns);
+    return r?.status?.phase === want ? r : undefined;
+  }, timeoutMs, 200);
+}
+
+/** Resources of the CE's resource group whose name starts with the Run's VM name (VM, NIC, public IP, OS disk). */
+async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceName = CE): Promise<string[]> {
+  const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
+  const rg = resourceGroupName({ namespace: ns, name: ceName, uid: ceUid });
+  const out: string[] = [];
+  for await (const r of rm.resources.listByResourceGroup(rg)) if (r.name?.startsWith(vmName(run.metadata.uid!))) out.push(`${r.type}/${r.name}`);
+  return out;
+}
+
+/** PUTs of a Run's VM in the emulator's request log since `since`. */
+async function vmPuts(run: Run, since: number): Promise<number> {
+  const log = (await azureControl().requests(since)).value;
+  const tail = `/virtualMachines/${vmName(run.metadata.uid!)}`.toLowerCase();
+  return log.filter((r) => r.method === "PUT" && r.path.toLowerCase().endsWith(tail)).length;
+}
+
+describe.concurrent("Azure Run lifecycle through the operator (emulator)", () => {
+  it("a Run that exceeds its timeout has its VM deleted and fails with reason Timeout", async () => {
+    await env.kube.create(RunResource, env.runBody("slow", CE, { timeout: "1m" }));
+    const r = await phase("slow", "Running");
+    expect(await env.vmOf(r)).toBeDefined();
+    const failed = await phase("slow", "Failed", 100_000);
+    expect(failed.status?.reason).toBe("Timeout");
+    expect(cond(failed as unknown as ComputeEnvironment, "Stalled")).toMatchObject({ status: "True", reason: "Timeout" });
+    await waitFor("the VM of slow deleted", async () => (await env.vmOf(r)) === undefined, 30_000, 250);
+  }, 150_000);
+
+  it("the operator killed right after the VM PUT and restarted: still exactly one VM, and the Run completes", async () => {
+    // Its own namespace and operators, so the other tests' Runs are not launched by the dying one.
+    const ns = await env.extraNamespace("azcrash");
+    const real = env.provider();
+    let launched: RunDescription | undefined;
+    const crashing: CloudProvider = Object.assign(Object.create(real) as CloudProvider, {
+      launchRun: async (ctx: EnvContext, r: Run) => {
+        launched = await real.launchRun(ctx, r);
+        throw new Error("operator killed right after the VM PUT");
+      },
+    });
+    const dying = await startOperator(kubeconfigPath(), new Map([["azure", crashing]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    let second: Awaited<ReturnType<typeof startOperator>> | undefined;
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "crashce", { storageAccount: env.storageAccount }));
+      const crashCe = await waitReady(env.kube, ns, "crashce");
+      const since = (await azureControl().requests(0)).lastSeq;
+      await env.kube.create(RunResource, env.runBody("crash", "crashce", {}, ns));
+      await waitFor("the VM PUT of the dying operator", async () => launched !== undefined, 60_000, 100);
+      await dying.stop();
+      const before = await env.getRun("crash", ns);
+      expect(before?.status?.phase).toBe("Launching");
+      expect(before?.status?.instance).toBeUndefined();
+
+      second = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const r = await phase("crash", "Running", 60_000, ns);
+      expect(r.status?.instance?.id).toBe(launched?.instanceId);
+      expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-run-uid"] === r.metadata.uid)).toHaveLength(1);
+      expect(await vmPuts(r, since)).toBe(1); // the restarted operator found the VM; it sent no second PUT
+
+      await env.finishVm(crashCe, r, 0);
+      const done = await phase("crash", "Succeeded", 60_000, ns);
+      expect(done.status?.exitCode).toBe(0);
+      await waitFor("the VM of crash deleted with its NIC, public IP and disk", async () => (await runResources(r, crashCe.metadata.uid!, ns, "crashce")).length === 0, 30_000, 250);
+    } finally {
+      await dying.stop();
+      await second?.stop();
+    }
+  }, 150_000);
+
+  it("deleting a Run mid-run deletes its VM before the Run goes away", async () => {
+    await env.kube.create(RunResource, env.runBody("del", CE));
+    const r = await phase("del", "Running");
+    expect(await env.vmOf(r)).toBeDefined();
+    await env.kube.delete(RunResource, env.ns, "del");
+    await waitFor("Run del gone", async () => (await env.getRun("del")) === undefined, 60_000, 100);
+    expect(await env.vmOf(r)).toBeUndefined();
+    expect(await runResources(r)).toEqual([]);
+  }, 90_000);
+
+  it("a Spot eviction fails the Run with reason SpotEvicted (not a pipeline failure); the VM and its NIC, IP and disk are gone", async () => {
+    await env.kube.create(RunResource, env.runBody("spot", CE, { overrides: { spot: true } }));
+    const r = await phase("spot", "Running");
+    const vm = await env.vmOf(r);
+    expect(vm).toMatchObject({ priority: "Spot", evictionPolicy: "Delete" });
+    expect((await runResources(r)).length).toBeGreaterThanOrEqual(4);
+    await azureControl().setVmPowerState(vm!.id, "evicted");
+    const failed = await phase("spot", "Failed");
+    expect(failed.status?.reason).toBe("SpotEvicted");
+    expect(failed.status?.exitCode).toBeUndefined();
+    expect(cond(failed as unknown as ComputeEnvironment, "Stalled")).toMatchObject({ status: "True", reason: "SpotEvicted" });
+    expect(await env.vmOf(r)).toBeUndefined();
+    expect(await runResources(r)).toEqual([]);
+  }, 90_000);
+
+  it("capacity and quota refusals keep the Run Pending with Azure's reason until the fault clears; a size the location does not have fails at once", async () => {
+    const ctl = azureControl();
+    const since = (await ctl.requests(0)).lastSeq;
+    // Sizes no other test uses: each fault touches only its own Run.
+    const cases = [
+      { run: "sku", size: "Standard_D4ds_v4", code: "SkuNotAvailable" as const, reason: "SkuNotAvailable" },
+      { run: "quota", size: "Standard_D4s_v5", code: "OperationNotAllowed" as const, reason: "QuotaExceeded" },
+      { run: "alloc", size: "Standard_D4ds_v5", code: "AllocationFailed" as const, reason: "AllocationFailed" },
+    ];
+    try {
+      for (const c of cases) await ctl.addCapacityError({ vmSize: c.size, location: LOCATION, code: c.code });
+      for (const c of cases) await env.kube.create(RunResource, env.runBody(c.run, CE, { overrides: { instanceType: c.size } }));
+      await env.kube.create(RunResource, env.runBody("nosize", CE, { overrides: { instanceType: "Standard_D3ds_v9" } }));
+
+      // A size that does not exist in the location: reported at once, no VM.
+      const nosize = await phase("nosize", "Failed", 30_000);
+      expect(nosize.status?.message).toMatch(/VM size is not valid/);
+      expect(await env.vmOf(nosize)).toBeUndefined();
+
+      // Synchronous refusals (SkuNotAvailable, quota): Pending with the reason, retried with
+      // backoff (at least two refused PUTs), never Launching meanwhile, no VM.
+      const seen = new Map<string, Set<string>>();
+      const watch = async (): Promise<void> => {
+        for (const c of cases) {
+          const r = await env.getRun(c.run);
+          if (!seen.has(c.run)) seen.set(c.run, new Set());
+          seen.get(c.run)!.add(`${r?.status?.phase}/${r?.status?.reason}`);
+        }
+      };
+      const runs = new Map<string, Run>();
+      for (const c of cases) {
+        runs.set(c.run, await waitFor(`${c.run} Pending ${c.reason}`, async () => {
+          await watch();
+          const r = await env.getRun(c.run);
+          return r?.status?.phase === "Pending" && r.status.reason === c.reason ? r : undefined;
+        }, 60_000, 200));
+      }
+      for (const c of cases.slice(0, 2)) {
+        await waitFor(`${c.run}: two refused launches`, async () => {
+          await watch();
+          return (await vmPuts(runs.get(c.run)!, since)) >= 2;
+        }, 60_000, 200);
+        expect(await env.vmOf(runs.get(c.run)!)).toBeUndefined();
+      }
+      for (const c of cases.slice(0, 2)) {
+        const phases = [...seen.get(c.run)!].map((s) => s.split("/")[0]);
+        expect(phases.filter((p) => p !== "Pending"), `${c.run}: ${[...seen.get(c.run)!].join(", ")}`).toEqual([]);
+        expect(cond((await env.getRun(c.run)) as unknown as ComputeEnvironment, "Reconciling")).toMatchObject({ status: "True", reason: c.reason });
+      }
+      // AllocationFailed (Azure accepted the PUT, then could not place the VM): the failed VM is
+      // deleted and the Run is Pending with that reason.
+      const alloc = runs.get("alloc")!;
+      expect(alloc.status?.message).toMatch(/could not allocate/);
+    } finally {
+      await ctl.clearCapacityErrors();
+    }
+    // The fault cleared: each Run launches (one VM each) and runs.
+    for (const c of cases) {
+      const r = await phase(c.run, "Running", 60_000);
+      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === r.metadata.uid);
+      expect(vms).toHaveLength(1);
+      expect(vms[0]).toMatchObject({ vmSize: c.size, provisioningState: "Succeeded" });
+    }
+    for (const c of [...cases.map((x) => x.run), "nosize"]) await env.kube.delete(RunResource, env.ns, c);
+  }, 150_000);
+});

@@ -1,0 +1,145 @@
+/**
+ * Shared set-up of the Azure Run tests through the operator: the work directory's storage
+ * account (in Resource Manager, and in Azurite when the test needs the uploaded exit status), an
+ * operator principal holding exactly the seed's roles (+ Reader and the documented additions),
+ * its credentials Secret in a fresh namespace, and an in-process operator with a short poll.
+ *
+ * No VM player: VMs stay "running" until a test changes their power state through the emulator's
+ * controls, as Azure would when the OS shuts down; `finishVm` plays the end of a pipeline (the
+ * exit status uploaded to the work directory, then the OS shut down).
+ */
+import { readFileSync } from "node:fs";
+import { getCACertificates, setDefaultCACertificates } from "node:tls";
+import { inject } from "vitest";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
+import { KubeClient } from "../../src/engine/kube.js";
+import { RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import type { CloudProvider } from "../../src/cloud/provider.js";
+import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import { azureArtifactsPath } from "../../src/cloud/azure/launcher.js";
+import { vmName } from "../../src/cloud/azure/names.js";
+import { installCrds, startOperator, type RunningOperator } from "./operator.js";
+import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import type { EmulatedVm, EmulatorInfo } from "../azure-emulator/control.js";
+import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
+import { LOCATION, STORAGE, operatorPrincipal, putSecret, type Principal } from "./azure-env.js";
+
+export interface AzureRunsOptions {
+  /** Namespace prefix. */
+  prefix: string;
+  /** Display name of the operator's principal. */
+  principal: string;
+  /** Actions left out of the seed's roles, per phase. */
+  without?: Parameters<typeof operatorPrincipal>[2];
+  /** The work directory lives in Azurite (its one account), so exit statuses can be uploaded and read. */
+  blob?: boolean;
+  /** Operator poll interval (default 1 s). */
+  pollIntervalMs?: number;
+}
+
+export interface AzureRunsEnv {
+  kube: KubeClient;
+  info: EmulatorInfo;
+  ns: string;
+  principal: Principal;
+  /** The storage account of the work directory (CE spec.azure.storageAccount). */
+  storageAccount: string;
+  /** The operator currently running (set by start). */
+  op: RunningOperator | undefined;
+  /** A new AzureProvider with the emulator's endpoints. */
+  provider(): AzureProvider;
+  /** Starts an operator on this namespace (with `provider`, default a new AzureProvider). */
+  start(provider?: CloudProvider, namespaces?: string[]): Promise<RunningOperator>;
+  stop(): Promise<void>;
+  /** Another fresh namespace with the same credentials Secret. */
+  extraNamespace(prefix: string): Promise<string>;
+  runBody(name: string, ce: string, over?: Partial<Run["spec"]>, ns?: string): Run;
+  getRun(name: string, ns?: string): Promise<Run | undefined>;
+  /** The VM of a Run (by its deterministic name), if the emulator has it. */
+  vmOf(run: Run): Promise<EmulatedVm | undefined>;
+  /** The end of a pipeline as a VM plays it: the exit status uploaded, then the OS shut down (VM stopped). */
+  finishVm(ce: ComputeEnvironment, run: Run, exitCode: number): Promise<void>;
+}
+
+let blobTrusted = false;
+
+export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv> {
+  const kube = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(kube);
+  const info = await azureInfo();
+  const storageAccount = o.blob ? AZURITE_ACCOUNT : STORAGE;
+  const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
+  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
+  const sa = `subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${storageAccount}`;
+  await rm.resources.createOrUpdateById(sa, "2023-05-01", { location: LOCATION });
+  await rm.resources.createOrUpdateById(`${sa}/blobServices/default/containers/work`, "2023-05-01", {});
+  let blobs: BlobServiceClient | undefined;
+  let blobTemplate: string | undefined;
+  if (o.blob) {
+    const endpoint = inject("azuriteBlobEndpoint");
+    if (!blobTrusted) {
+      // The operator's blob client trusts the process's CAs (NODE_EXTRA_CA_CERTS in a deployment).
+      setDefaultCACertificates([...getCACertificates("default"), readFileSync(inject("azuriteCaPath"), "utf8")]);
+      blobTrusted = true;
+    }
+    blobs = new BlobServiceClient(endpoint, new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY));
+    await blobs.getContainerClient("work").createIfNotExists();
+    blobTemplate = endpoint.replace(new RegExp(`/${AZURITE_ACCOUNT}$`), "/{account}");
+  }
+  const principal = await operatorPrincipal(info, o.principal, o.without ?? {});
+  const ns = await freshNamespace(kube, o.prefix);
+  await putSecret(kube, info, ns, "azure-creds", principal);
+  const provider = (): AzureProvider =>
+    new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) } });
+  const extra: string[] = [];
+  const env: AzureRunsEnv = {
+    kube,
+    info,
+    ns,
+    principal,
+    storageAccount,
+    op: undefined,
+    provider,
+    async start(p, namespaces) {
+      env.op = await startOperator(kubeconfigPath(), new Map([["azure", p ?? provider()]]), { namespaces: namespaces ?? [ns, ...extra], pollIntervalMs: o.pollIntervalMs ?? 1_000 });
+      return env.op;
+    },
+    async stop() {
+      await env.op?.stop();
+      env.op = undefined;
+    },
+    async extraNamespace(prefix) {
+      const n = await freshNamespace(kube, prefix);
+      await putSecret(kube, info, n, "azure-creds", principal);
+      extra.push(n);
+      return n;
+    },
+    runBody(name, ce, over = {}, namespace = ns) {
+      return {
+        apiVersion: "vmforge.dev/v1alpha1",
+        kind: "Run",
+        metadata: { name, namespace },
+        spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" }, ...over },
+      } as Run;
+    },
+    getRun(name, namespace = ns) {
+      return kube.get<Run>(RunResource, namespace, name);
+    },
+    async vmOf(run) {
+      const name = vmName(run.metadata.uid ?? "");
+      return (await azureControl().listVms()).find((v) => v.name === name);
+    },
+    async finishVm(ce, run, exitCode) {
+      if (!blobs) throw new Error("finishVm needs the work directory in Azurite (blob: true)");
+      const art = azureArtifactsPath(ce, run);
+      const text = `${exitCode}\n`;
+      await blobs.getContainerClient(art.container).getBlockBlobClient(`${art.path}/exit-status`).upload(text, Buffer.byteLength(text));
+      const vm = await env.vmOf(run);
+      if (!vm) throw new Error(`no VM for Run ${run.metadata.name}`);
+      await azureControl().setVmPowerState(vm.id, "stopped");
+    },
+  };
+  return env;
+}
