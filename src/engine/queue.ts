@@ -6,6 +6,10 @@
 //  - rate-limited adds (addRateLimited): the delay is the larger of a per-key exponential backoff
 //    (baseDelayMs * 2^failures, capped at maxDelayMs, reset by forget) and a global token bucket
 //    (qps, burst) shared by all keys;
+//  - a rate-limited add with a minimum delay (a hint such as a cloud's Retry-After) also holds the
+//    key until then: an add() meanwhile (a watch event, the key's own status write, a re-add while
+//    it was processed) is deferred to that time instead of running it early. Plain backoff does not
+//    hold a key: a change still runs it at once;
 //  - shutDown(): further adds are ignored, get() keeps handing out what is already queued and
 //    then resolves undefined.
 
@@ -76,6 +80,8 @@ export class WorkQueue {
   private readonly queuedAt = new Map<string, number>();
   private readonly scheduled = new Map<string, Scheduled>();
   private readonly failures = new Map<string, number>();
+  /** Keys held until a time a hint asked for (see addRateLimited). */
+  private readonly notBefore = new Map<string, number>();
   private waiters: (() => void)[] = [];
   private drainWaiters: (() => void)[] = [];
   private shutdown = false;
@@ -100,6 +106,11 @@ export class WorkQueue {
   /** Queue `key` now (no-op if already queued; deferred until done() if being processed). */
   add(key: string): void {
     if (this.shutdown) return;
+    const held = this.heldFor(key);
+    if (held > 0) {
+      this.addAfter(key, held);
+      return;
+    }
     if (this.dirty.has(key)) return;
     this.dirty.add(key);
     this.metrics?.queueAdds.inc({ queue: this.name });
@@ -131,7 +142,18 @@ export class WorkQueue {
   addRateLimited(key: string, minDelayMs = 0): void {
     if (this.shutdown) return;
     this.metrics?.queueRetries.inc({ queue: this.name });
+    if (minDelayMs > 0) this.notBefore.set(key, this.now() + minDelayMs);
     this.addAfter(key, Math.max(this.whenReady(key), minDelayMs));
+  }
+
+  /** How long `key` is still held by a hint (0 = not held). */
+  private heldFor(key: string): number {
+    const until = this.notBefore.get(key);
+    if (until === undefined) return 0;
+    const left = until - this.now();
+    if (left > 0) return left;
+    this.notBefore.delete(key);
+    return 0;
   }
 
   /** The delay addRateLimited would use, bumping the key's failure count. */
@@ -145,6 +167,7 @@ export class WorkQueue {
   /** Forget the failure history of `key` (its next addRateLimited starts at baseDelayMs again). */
   forget(key: string): void {
     this.failures.delete(key);
+    this.notBefore.delete(key);
   }
 
   /** How many times `key` was rate-limited since the last forget. */
@@ -176,8 +199,17 @@ export class WorkQueue {
   /** Release `key`; if it was added again meanwhile it goes back into the queue. */
   done(key: string): void {
     if (!this.processing.delete(key)) return;
-    // re-added while it was processed (possibly before a shutdown): hand it out again
-    if (this.dirty.has(key)) this.push(key);
+    // re-added while it was processed (possibly before a shutdown): hand it out again, unless a
+    // hint holds it (then at the end of the hold; addRateLimited already scheduled that)
+    if (this.dirty.has(key)) {
+      const held = this.shutdown ? 0 : this.heldFor(key);
+      if (held > 0) {
+        this.dirty.delete(key);
+        this.addAfter(key, held);
+      } else {
+        this.push(key);
+      }
+    }
     this.checkDrained();
   }
 
@@ -202,6 +234,7 @@ export class WorkQueue {
     this.shutdown = true;
     for (const s of this.scheduled.values()) clearTimeout(s.timer);
     this.scheduled.clear();
+    this.notBefore.clear();
     const w = this.waiters;
     this.waiters = [];
     for (const resolve of w) resolve();

@@ -239,6 +239,44 @@ export interface AzureClients {
   readonly lro: { updateIntervalInMs?: number };
   /** Reads a small blob as text with the operator's identity; undefined when it does not exist. */
   readonly blobs: { read(account: string, container: string, path: string, signal?: AbortSignal): Promise<string | undefined> };
+  /** What Azure asked these credentials to hold off (Retry-After of a 429), shared by all their calls. */
+  readonly throttle?: ThrottleGate;
+}
+
+/**
+ * Remembers a 429's Retry-After past the SDK's own retries, for every caller of one set of
+ * clients (one identity and subscription): the next call of the same kind — same resource
+ * provider, and read, write or delete, roughly how Resource Manager and the providers count —
+ * is not sent before that time, whichever reconcile makes it (an orphan sweep whose failure is
+ * only logged, then a deletion a moment later, must not call again at once).
+ */
+export class ThrottleGate {
+  private readonly until = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  static kind(action: string): string {
+    const ns = (action.split("/")[0] ?? "").toLowerCase();
+    const verb = /\/read$/i.test(action) ? "read" : /\/delete$/i.test(action) ? "delete" : "write";
+    return `${ns}:${verb}`;
+  }
+
+  /** Milliseconds calls of this kind must still wait (0 = go). */
+  heldFor(action: string): number {
+    const k = ThrottleGate.kind(action);
+    const t = this.until.get(k);
+    if (t === undefined) return 0;
+    const left = t - this.now();
+    if (left > 0) return left;
+    this.until.delete(k);
+    return 0;
+  }
+
+  hold(action: string, ms: number): void {
+    const k = ThrottleGate.kind(action);
+    const t = this.now() + ms;
+    if ((this.until.get(k) ?? 0) < t) this.until.set(k, t);
+  }
 }
 
 /** The blob endpoint of a storage account: VMFORGE_AZURE_BLOB_ENDPOINT with {account}, else Azure's. */
@@ -282,6 +320,7 @@ export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep
       retryOptions: { maxRetries: 2 },
     }),
     lro,
+    throttle: new ThrottleGate(),
     blobs: {
       read: async (account, container, path, signal) => {
         const url = `${blobEndpoint(ep, account)}/${container}/${path.split("/").map(encodeURIComponent).join("/")}`;
@@ -430,17 +469,24 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
  * Runs one Azure call. `phase` and `action` name the role permission the call needs (a unit test
  * checks them against the seed's roles); failures become CloudErrors.
  */
-export async function azCall<T>(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T> {
+export async function azCall<T>(clients: Pick<AzureClients, "identity" | "throttle">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T> {
   void phase;
+  const held = clients.throttle?.heldFor(action) ?? 0;
+  if (held > 0) {
+    // Not sent: the caller retries after the hint (the work queue holds its key until then).
+    throw CloudError.retryable("Throttled", `${action}: not sent, Azure asked these credentials to wait ${Math.ceil(held / 1000)} s more (Retry-After)`, held);
+  }
   try {
     return await fn();
   } catch (e) {
-    throw mapAzureError(e, action, clients.identity.label, clients.identity.kind !== "secret");
+    const err = mapAzureError(e, action, clients.identity.label, clients.identity.kind !== "secret");
+    if (err.reason === "Throttled" && err.retryAfterMs) clients.throttle?.hold(action, err.retryAfterMs);
+    throw err;
   }
 }
 
 /** Like azCall, but a 404 is `undefined`. */
-export async function azGet<T>(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T | undefined> {
+export async function azGet<T>(clients: Pick<AzureClients, "identity" | "throttle">, phase: AzureCallPhase, action: string, fn: () => Promise<T>): Promise<T | undefined> {
   try {
     return await azCall(clients, phase, action, fn);
   } catch (e) {
@@ -450,7 +496,7 @@ export async function azGet<T>(clients: Pick<AzureClients, "identity">, phase: A
 }
 
 /** Like azCall, but a 404 is done (deletes). */
-export async function azDelete(clients: Pick<AzureClients, "identity">, phase: AzureCallPhase, action: string, fn: () => Promise<unknown>): Promise<boolean> {
+export async function azDelete(clients: Pick<AzureClients, "identity" | "throttle">, phase: AzureCallPhase, action: string, fn: () => Promise<unknown>): Promise<boolean> {
   try {
     await azCall(clients, phase, action, fn);
     return true;

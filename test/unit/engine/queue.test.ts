@@ -142,6 +142,46 @@ describe("WorkQueue rate limiting", () => {
     vi.advanceTimersByTime(1);
     expect(q.len()).toBe(1);
   });
+
+  it("a hint (minimum delay) holds the key: adds meanwhile, also a re-add while processing, wait for it; plain backoff does not hold", async () => {
+    vi.useFakeTimers();
+    const q = backoffOnly(5, 10_000);
+    q.addRateLimited("h", 1_000);
+    q.add("h"); // e.g. a watch event
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(999);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("h");
+    // Re-added while processing (its own status write), then it fails with a hint again.
+    q.add("h");
+    q.addRateLimited("h", 2_000);
+    q.done("h");
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1_999);
+    expect(q.len()).toBe(0);
+    vi.advanceTimersByTime(1);
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("h");
+    q.done("h");
+    // Once the hold is over, or after forget (a success), adds run at once again.
+    q.add("h");
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("h");
+    q.done("h");
+    q.addRateLimited("h", 5_000);
+    q.forget("h");
+    q.add("h");
+    expect(q.len()).toBe(1);
+    expect(await q.get()).toBe("h");
+    q.done("h");
+    // Plain backoff (no hint): a change runs the key at once.
+    q.addRateLimited("b");
+    q.addRateLimited("b");
+    q.add("b");
+    expect(q.len()).toBe(1);
+  });
 });
 
 describe("WorkQueue delayed adds", () => {

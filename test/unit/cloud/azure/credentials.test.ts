@@ -13,6 +13,7 @@ import {
   mapAzureError,
   parseAzureCredentials,
   azCall,
+  ThrottleGate,
 } from "../../../../src/cloud/azure/clients.js";
 import { CloudError, type ResolvedCredentials } from "../../../../src/cloud/provider.js";
 import { RestLikeError } from "./fake-azure.js";
@@ -73,6 +74,32 @@ describe("Azure credentials", () => {
     expect(mapAzureError(new RestLikeError(400, "InvalidParameter"), "a", who)).toMatchObject({ kind: "Terminal", reason: "InvalidParameter" });
     expect(mapAzureError(new RestLikeError(503, "ServiceUnavailable"), "a", who)).toMatchObject({ kind: "Retryable" });
     expect(mapAzureError(new Error("ECONNRESET"), "a", who)).toMatchObject({ kind: "Retryable", reason: "AzureUnavailable" });
+  });
+
+  it("a 429's Retry-After holds later calls of the same kind (provider, read/write/delete) for every caller of the clients", async () => {
+    let now = 1_000_000;
+    const throttle = new ThrottleGate(() => now);
+    const clients = { identity: { kind: "secret" as const, label: "Secret ns/c" }, throttle };
+    let sent = 0;
+    const call = (action: string, fail = false) => azCall(clients, "launch", action, async () => {
+      sent++;
+      if (fail) throw new RestLikeError(429, "TooManyRequests", "slow down", "3");
+      return "ok";
+    });
+    await expect(call("Microsoft.Compute/virtualMachines/read", true)).rejects.toMatchObject({ reason: "Throttled", retryAfterMs: 3_000 });
+    expect(sent).toBe(1);
+    // Another read of the same provider, from any caller: not sent, with what is left of the hint.
+    await expect(call("Microsoft.Compute/disks/read")).rejects.toMatchObject({ kind: "Retryable", reason: "Throttled", retryAfterMs: 3_000 });
+    now += 1_000;
+    await expect(call("Microsoft.Compute/virtualMachines/read")).rejects.toMatchObject({ retryAfterMs: 2_000 });
+    expect(sent).toBe(1);
+    // Writes of that provider, and reads of another, go on.
+    await expect(call("Microsoft.Compute/virtualMachines/write")).resolves.toBe("ok");
+    await expect(call("Microsoft.Network/networkInterfaces/read")).resolves.toBe("ok");
+    expect(sent).toBe(3);
+    now += 2_000;
+    await expect(call("Microsoft.Compute/virtualMachines/read")).resolves.toBe("ok");
+    expect(sent).toBe(4);
   });
 });
 

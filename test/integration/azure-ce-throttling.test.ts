@@ -1,0 +1,98 @@
+/**
+ * Throttling on every operation an Azure ComputeEnvironment's life uses (issue 10), through the
+ * operator on the real kube-apiserver and the Azure emulator. A clean life (create, Ready, delete)
+ * is recorded first; then every operation type it used answers 429 with Retry-After three times
+ * in a row — more than the SDK's own retries, so the operator's queue retries too — and a second
+ * life must still converge and be disposed of, with no retry of a throttled request sooner than
+ * the hint, whether the SDK or the controller made it.
+ */
+import { readFileSync } from "node:fs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { KubeClient } from "../../src/engine/kube.js";
+import { ComputeEnvironmentResource } from "../../src/api/types.js";
+import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
+import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import type { EmulatorInfo, RequestLogEntry } from "../azure-emulator/control.js";
+import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal } from "../support/azure-env.js";
+
+const RETRY_AFTER_S = 1;
+
+let kube: KubeClient;
+let info: EmulatorInfo;
+let op: RunningOperator | undefined;
+let ns: string;
+let principal: Principal;
+
+beforeAll(async () => {
+  kube = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(kube);
+  info = await azureInfo();
+  const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
+  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
+  const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
+  await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
+  await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+  ns = await freshNamespace(kube, "azthr");
+  principal = await operatorPrincipal(info, "vmforge-throttled");
+  await putSecret(kube, info, ns, "azure-creds", principal);
+  const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+  op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+}, 120_000);
+
+afterAll(async () => {
+  await azureControl().clearFaults();
+  await op?.stop();
+});
+
+/** One life of a CE; returns the operator's requests during it. */
+async function life(name: string): Promise<RequestLogEntry[]> {
+  const ctl = azureControl();
+  const { lastSeq } = await ctl.clearRequests();
+  await kube.create(ComputeEnvironmentResource, ceBody(ns, name));
+  await waitReady(kube, ns, name, 150_000);
+  await kube.delete(ComputeEnvironmentResource, ns, name);
+  await waitGone(kube, ns, name);
+  return (await ctl.requests(lastSeq)).value.filter((e) => e.caller === principal.objectId);
+}
+
+/** Long-running-operation polls are the SDK's, not operations of the life. */
+const isPoll = (e: RequestLogEntry): boolean => /\/operations\/read$|operationresults/i.test(e.operation);
+
+describe("Azure environment under throttling (emulator)", () => {
+  it("429 with Retry-After on every operation type of a life: converges and is disposed of; no retry comes sooner than the hint", async () => {
+    const clean = await life("clean");
+    const operations = [...new Set(clean.filter((e) => !isPoll(e) && e.operation !== "token").map((e) => e.operation))].sort();
+    // create, read and delete operations of every resource type the CE has
+    expect(operations.length).toBeGreaterThanOrEqual(20);
+    expect(operations.some((o) => /delete$/i.test(o))).toBe(true);
+    expect(operations.some((o) => /read$/i.test(o))).toBe(true);
+
+    const ctl = azureControl();
+    for (const operation of operations) {
+      await ctl.addFault({ operation, status: 429, retryAfterS: RETRY_AFTER_S, count: 3, code: "TooManyRequests", message: "throttled" });
+    }
+    let log: RequestLogEntry[];
+    try {
+      log = await life("throttled");
+    } finally {
+      await ctl.clearFaults();
+    }
+    const throttled = log.filter((e) => e.status === 429);
+    // Every operation type was throttled three times, and then answered (a 404 of a read that finds nothing is an answer).
+    for (const operation of operations) {
+      expect(throttled.filter((t) => t.operation === operation).length, `${operation} throttled`).toBe(3);
+      expect(log.some((e) => e.operation === operation && e.seq > throttled.filter((t) => t.operation === operation).at(-1)!.seq && e.status !== 429), `${operation} finally answered`).toBe(true);
+    }
+    // Each throttled request's retry (same operation, method and path) waited for Retry-After.
+    const early: string[] = [];
+    for (const t of throttled) {
+      const next = log.find((e) => e.seq > t.seq && e.operation === t.operation && e.method === t.method && e.path === t.path);
+      expect(next, `${t.operation} ${t.path} retried`).toBeDefined();
+      const waited = Date.parse(next!.time) - Date.parse(t.time);
+      if (waited < RETRY_AFTER_S * 1000 - 50) early.push(`${t.method} ${t.operation} ${t.path.split("/").slice(-2).join("/")} after ${waited} ms (#${t.seq} -> #${next!.seq})`);
+    }
+    expect(early).toEqual([]);
+  }, 400_000);
+});
