@@ -160,6 +160,29 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
     await rm.resourceGroups.delete(rg);
   }, 120_000);
 
+  it("a role definition with the CE's GUID but not its marker is never touched (Stalled ForeignRoleDefinition)", async () => {
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "foreign-role", {}, "not-yet-role"));
+    const ce = await waitFor("uid", async () => getCe(ns, "foreign-role"));
+    const guid = roleDefinitionGuid(ce.metadata.uid!);
+    const scope = `/subscriptions/${info.subscriptionId}`;
+    await authz.roleDefinitions.createOrUpdate(scope, guid, {
+      roleName: `someone-elses-role-${guid.slice(0, 8)}`,
+      description: "made by another team",
+      assignableScopes: [scope],
+      permissions: [{ actions: ["Microsoft.Resources/subscriptions/resourceGroups/read"], notActions: [], dataActions: [], notDataActions: [] }],
+    });
+    await putSecret(ns, "not-yet-role", principal);
+    const c = await waitStalled(ns, "foreign-role", "ForeignRoleDefinition");
+    expect(c.message).toContain(guid);
+    await kube.delete(ComputeEnvironmentResource, ns, "foreign-role");
+    await waitGone(ns, "foreign-role");
+    // Disposal left the other team's role as it was, and removed what the CE did create.
+    const kept = await authz.roleDefinitions.get(scope, guid);
+    expect(kept).toMatchObject({ roleName: `someone-elses-role-${guid.slice(0, 8)}`, description: "made by another team" });
+    expect(await rgExists(resourceGroupName({ namespace: ns, name: "foreign-role", uid: ce.metadata.uid! }))).toBe(false);
+    await authz.roleDefinitions.delete(scope, guid);
+  }, 120_000);
+
   it("deletion after pieces were deleted by hand still finishes; Retain leaves Azure alone", async () => {
     await kube.create(ComputeEnvironmentResource, ceBody(ns, "byhand"));
     const ce = await waitReady(ns, "byhand");
