@@ -95,3 +95,11 @@ export const TERMINAL_RUN_PHASES: readonly RunPhase[] = ["Succeeded", "Failed", 
 export function isTerminalRunPhase(phase: string | undefined): boolean {
   return phase !== undefined && (TERMINAL_RUN_PHASES as readonly string[]).includes(phase);
 }
+
+/** Days a CE keeps its Runs' logs when spec.logRetentionDays is unset (CloudWatch and Log Analytics both accept it). */
+export const DEFAULT_LOG_RETENTION_DAYS = 30;
+/** The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days. */
+export const CLOUDWATCH_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653] as const;
+/** Interactive (Analytics plan) retention of a Log Analytics table: 4 to 730 days. */
+export const MIN_LOG_ANALYTICS_RETENTION_DAYS = 4;
+export const MAX_LOG_ANALYTICS_RETENTION_DAYS = 730;

@@ -12,7 +12,11 @@
  */
 import { Type, type TString, type TUnsafe } from "@sinclair/typebox";
 import {
+  CLOUDWATCH_RETENTION_DAYS,
   COMPUTE_ENVIRONMENT_PHASES,
+  DEFAULT_LOG_RETENTION_DAYS,
+  MAX_LOG_ANALYTICS_RETENTION_DAYS,
+  MIN_LOG_ANALYTICS_RETENTION_DAYS,
   DEFAULT_AZURE_VM_SIZE,
   DEFAULT_BOOT_DISK_GIB,
   DEFAULT_PLATFORM_TOKEN_KEY,
@@ -521,6 +525,15 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         format: "int32",
       }),
     ),
+    logRetentionDays: Type.Optional(
+      Type.Integer({
+        description: `How many days the Runs' logs are kept: the retention of the environment's CloudWatch Logs group on AWS (one of ${CLOUDWATCH_RETENTION_DAYS.join(", ")}; applied by the instances' CloudWatch agent) and of its Log Analytics table on Azure (${MIN_LOG_ANALYTICS_RETENTION_DAYS} to ${MAX_LOG_ANALYTICS_RETENTION_DAYS}). Defaults to ${DEFAULT_LOG_RETENTION_DAYS}. The log group or table is deleted with the environment unless deletionPolicy is Retain.`,
+        default: DEFAULT_LOG_RETENTION_DAYS,
+        minimum: 1,
+        maximum: 3653,
+        format: "int32",
+      }),
+    ),
     runHistory: Type.Optional(
       Type.Object(
         {
@@ -613,6 +626,18 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         rule: "!(has(self.fusion) && self.fusion) || !has(self.wave) || self.wave",
         message: "fusion requires wave: set wave to true or fusion to false",
         fieldPath: ".fusion",
+      },
+      {
+        rule: `self.provider != 'aws' || !has(self.logRetentionDays) || self.logRetentionDays in [${CLOUDWATCH_RETENTION_DAYS.join(", ")}]`,
+        message: `logRetentionDays on AWS must be a retention CloudWatch Logs offers: ${CLOUDWATCH_RETENTION_DAYS.join(", ")} days`,
+        fieldPath: ".logRetentionDays",
+        reason: "FieldValueInvalid",
+      },
+      {
+        rule: `self.provider != 'azure' || !has(self.logRetentionDays) || (self.logRetentionDays >= ${MIN_LOG_ANALYTICS_RETENTION_DAYS} && self.logRetentionDays <= ${MAX_LOG_ANALYTICS_RETENTION_DAYS})`,
+        message: `logRetentionDays on Azure must be ${MIN_LOG_ANALYTICS_RETENTION_DAYS} to ${MAX_LOG_ANALYTICS_RETENTION_DAYS} days (a Log Analytics table's retention)`,
+        fieldPath: ".logRetentionDays",
+        reason: "FieldValueInvalid",
       },
     ] satisfies CelRule[],
   },

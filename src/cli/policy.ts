@@ -7,12 +7,15 @@
  *   vmforge policy aws --phase create,delete   only these phases
  *   vmforge policy aws --required              leave out the optional read phase
  *   vmforge policy aws --work-dir s3://b/p     scope s3:GetObject to that work directory
+ *   vmforge policy aws --with-additions        add the optional statement beyond the seed
+ *                                              (logs:DeleteLogGroup on /vmforge/*, explained on stderr)
  *
  *   vmforge policy azure [--phase create|launch|logs|dispose] [--subscription <id>] [--with-additions]
  *     the seed's Azure custom role JSON per phase, the subscription filled in; --with-additions adds
  *     the few actions the operator needs beyond the seed (each explained on stderr)
  */
 import {
+  LOG_GROUP_CLEANUP_STATEMENT,
   POLICY_PHASES,
   operatorPolicyByPhase,
   renderOperatorPolicy,
@@ -26,7 +29,7 @@ export interface CommandIo {
   err: (text: string) => void;
 }
 
-const USAGE = `usage: vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
+const USAGE = `usage: vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]] [--with-additions]
 phases: ${POLICY_PHASES.join(", ")}`;
 
 const AZURE_USAGE = `usage: vmforge policy azure [--phase <p>[,<p>...]] [--subscription <id>] [--with-additions]
@@ -94,6 +97,7 @@ export function policyCommand(args: readonly string[], io: CommandIo): number {
   let documentOnly = false;
   let phases: PolicyPhase[] = [...POLICY_PHASES];
   let workDir: string | undefined;
+  let withAdditions = false;
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i]!;
     const value = (): string | undefined => {
@@ -103,6 +107,7 @@ export function policyCommand(args: readonly string[], io: CommandIo): number {
       return rest[i];
     };
     if (a === "--document") documentOnly = true;
+    else if (a === "--with-additions") withAdditions = true;
     else if (a === "--required") phases = phases.filter((p) => operatorPolicyByPhase()[p].required);
     else if (a === "--phase" || a.startsWith("--phase=")) {
       const v = value();
@@ -129,6 +134,10 @@ export function policyCommand(args: readonly string[], io: CommandIo): number {
   }
   const opts: RenderOptions = { phases };
   if (workDir !== undefined) opts.workDir = workDir;
+  if (withAdditions) {
+    opts.withAdditions = true;
+    io.err(`addition beyond the documented policy: ${[LOG_GROUP_CLEANUP_STATEMENT.Action].flat().join(", ")} on ${String(LOG_GROUP_CLEANUP_STATEMENT.Resource)}: deletes the ComputeEnvironment's CloudWatch Logs group when it is disposed of (without it the group is left, its events expiring by spec.logRetentionDays)\n`);
+  }
   let document;
   try {
     document = renderOperatorPolicy(opts);

@@ -285,6 +285,7 @@ describe("valid manifests are accepted with defaults applied", () => {
     expect(spec.aws?.graviton).toBe(false);
     expect(spec.aws?.instanceType).toBeUndefined(); // chosen by the operator from `graviton`
     expect(spec.aws?.platformTokenInUserData).toBe(false); // the token never goes to user data unasked
+    expect(spec.logRetentionDays).toBe(30);
   });
 
   it("keeps explicit values of the full AWS environment", () => {
@@ -295,6 +296,7 @@ describe("valid manifests are accepted with defaults applied", () => {
     expect(spec.platformTokenSecretRef).toEqual({ name: "seqera-platform", key: "access-token" });
     expect(spec.aws?.platformTokenInUserData).toBe(true);
     expect(spec.runHistory).toEqual({ succeededLimit: 10, failedLimit: 3 });
+    expect(spec.logRetentionDays).toBe(90);
   });
 
   it("keeps the Platform token ARN of an AWS environment", () => {

@@ -27,7 +27,7 @@ import {
   type IAMClient,
   type IAMServiceException,
 } from "@aws-sdk/client-iam";
-import { CreateLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CreateLogGroupCommand, DescribeLogGroupsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { CreateKeyPairCommand, DescribeInstancesCommand, DescribeSecurityGroupsCommand, DescribeVpcsCommand } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand } from "@aws-sdk/client-s3";
 import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
@@ -167,8 +167,16 @@ async function life(cred: ResolvedCredentials): Promise<void> {
   await p.describeRuns(ctx(live, cred), [run]);
   await p.sweepOrphans(ctx(live, cred), new Set());
   expect(await instancesOfRun(run.metadata.uid!)).toEqual([`${launched.instanceId}:terminated`]);
+  // The CE's log group, as the instance's agent makes it. The seed has no logs:DeleteLogGroup: the
+  // disposal still succeeds and leaves the group (the optional addition would delete it).
+  const group = live.status?.aws?.logGroup ?? "";
+  await auditor.logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch((e: unknown) => {
+    if ((e as { name?: string }).name !== "ResourceAlreadyExistsException") throw e;
+  });
   await p.disposeEnvironment(ctx(c, cred));
   expect(await roleExists(roleNameOf(c))).toBe(false);
+  const left = await auditor.logs.send(new DescribeLogGroupsCommand({ logGroupNamePrefix: group }));
+  expect(left.logGroups?.map((g) => g.logGroupName)).toContain(group);
 }
 
 beforeAll(async () => {

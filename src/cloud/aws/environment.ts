@@ -4,7 +4,8 @@
  */
 import type { CloudResourceRef, ComputeEnvironment, ComputeEnvironmentStatus } from "../../api/types.js";
 import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
-import type { AwsClients } from "./clients.js";
+import { DeleteLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { awsCall, awsErrorCode, type AwsClients } from "./clients.js";
 import { disposeIam, ensureIam, observeIam, parseIamArn, roleNameFor, type CeIdentity, type EnsureIamOptions, type IamDesired, type IamState } from "./iam.js";
 import { platformTokenReadStatement } from "./launcher.js";
 import { validateAwsSpec, type ValidatedAwsSpec } from "./validate.js";
@@ -113,6 +114,36 @@ export async function disposeAwsEnvironment(clients: AwsClients, ctx: EnvContext
   const id = ceIdentity(ctx.ce);
   const roleName = roleNameFor(id);
   const known = ctx.ce.status?.aws?.instanceProfileArn;
-  const res = await disposeIam(clients, { ce: id, roleName }, ctx.logger, known !== undefined ? { knownProfileArn: known } : {});
+  // The log group is named after the CE, not its UID: it is deleted only when the CE is proven
+  // its owner, i.e. its TowerForge-* role carries this CE's UID (or, with its own instance profile,
+  // the CE's status recorded the group). A same-named role of someone else leaves the group alone too.
+  const byo = ctx.ce.spec.aws?.instanceProfileArn !== undefined;
+  if (byo && ctx.ce.status?.aws?.logGroup) await deleteLogGroup(clients, ctx);
+  const res = await disposeIam(clients, { ce: id, roleName }, ctx.logger, {
+    ...(known !== undefined ? { knownProfileArn: known } : {}),
+    ...(byo ? {} : { whenOwned: () => deleteLogGroup(clients, ctx) }),
+  });
   for (const note of res.notes) ctx.logger.info({ role: roleName }, note);
+}
+
+/**
+ * Deletes the CE's CloudWatch Logs group (made by the instances' agent). The seed's policy does
+ * not allow logs:DeleteLogGroup (it is the optional addition LOG_GROUP_CLEANUP_STATEMENT): denied,
+ * the group is left, which the operator logs with how to allow it; its events still expire by the
+ * retention the agent set. A group that never existed (no Run ever logged) is fine.
+ */
+async function deleteLogGroup(clients: AwsClients, ctx: EnvContext): Promise<void> {
+  const group = ctx.ce.status?.aws?.logGroup ?? logGroupFor(ctx.ce);
+  try {
+    await awsCall("logs:DeleteLogGroup", () => clients.logs.send(new DeleteLogGroupCommand({ logGroupName: group }), ctx.signal ? { abortSignal: ctx.signal } : {}));
+    ctx.logger.info({ logGroup: group }, "deleted the environment's CloudWatch Logs group");
+  } catch (e) {
+    if (awsErrorCode(e) === "ResourceNotFoundException") return;
+    if (e instanceof CloudError && e.reason === "AccessDenied") {
+      ctx.logger.warn({ logGroup: group },
+        "the environment's CloudWatch Logs group is left in place: the operator may not delete it (logs:DeleteLogGroup is not in the documented policy; `vmforge policy aws --with-additions` adds it). Its events expire by spec.logRetentionDays; delete the group by hand if you want it gone now");
+      return;
+    }
+    throw e;
+  }
 }

@@ -113,7 +113,9 @@ export interface InstancePolicyInput {
 
 /**
  * The one inline policy of the role: what the VM itself needs.
- * - CloudWatch Logs for the agent: the CE's log group (it creates the group and the streams).
+ * - CloudWatch Logs for the agent: the CE's log group (it creates the group and the streams, and
+ *   sets the group's retention from spec.logRetentionDays: the operator's own policy has no
+ *   logs:PutRetentionPolicy, the role it writes may).
  * - S3 read/write on the work directory bucket and the allowed buckets.
  * - ECR pull (Wave/Fusion images and private registries in the account).
  * - Read access to the one SSM parameter or Secrets Manager secret holding the Platform token,
@@ -126,7 +128,7 @@ export function instancePolicy(p: InstancePolicyInput): PolicyDocument {
     {
       Sid: "CloudWatchAgentLogs",
       Effect: "Allow",
-      Action: ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+      Action: ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents", "logs:PutRetentionPolicy"],
       Resource: [group, `${group}:*`],
     },
     {
@@ -450,13 +452,14 @@ async function ignoreNotFound(p: Promise<unknown>): Promise<boolean> {
  * (b) the role is already gone and `knownProfileArn` (the ARN this CE's status recorded, which
  *     the operator writes only after creating or adopting the profile) names exactly this profile.
  * Otherwise a leftover profile is left alone and a note says so. A same-named role that is not
- * ours is never touched; disposal then counts as done (nothing of ours exists).
+ * ours is never touched; disposal then counts as done (nothing of ours exists). `whenOwned` runs
+ * once the role is proven ours, before anything is deleted.
  */
 export async function disposeIam(
   clients: AwsClients,
   d: Pick<IamDesired, "ce" | "roleName">,
   logger: Logger,
-  opts: { knownProfileArn?: string } = {},
+  opts: { knownProfileArn?: string; whenOwned?: () => Promise<void> } = {},
 ): Promise<IamDisposeResult> {
   const iam = clients.iam;
   const name = d.roleName;
@@ -493,6 +496,8 @@ export async function disposeIam(
     result.notes.push(msg);
     return result;
   }
+  // Proven ours: what else belongs to this CE goes first (a failure there leaves the role to prove it again).
+  await opts.whenOwned?.();
 
   // NoSuchEntity here means no profile, or a profile without our role (removed by hand): both done.
   // A server error is not final yet: if the profile turns out to be empty, DeleteInstanceProfile

@@ -34,7 +34,7 @@
 import { createHash } from "node:crypto";
 import { gzipSync } from "node:zlib";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
-import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE } from "../../api/types.js";
+import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE, DEFAULT_LOG_RETENTION_DAYS } from "../../api/types.js";
 import { CloudError } from "../provider.js";
 import { LAUNCHER_TEMPLATE } from "./launcher-script.js";
 import { logGroupName, logStreamName, nextflowLogStreamName } from "./logs.js";
@@ -163,6 +163,9 @@ export function baseNextflowConfig(ce: ComputeEnvironment, run: Run): string {
 /** Configuration of the CloudWatch agent; @LOG_DIR@ and @LAUNCH_DIR@ are filled in on the instance. */
 export function agentConfig(ce: ComputeEnvironment, run: Run): string {
   const group = logGroupName(ce);
+  // The agent creates the group and sets (or updates) its retention: the operator's seed policy
+  // cannot (logs:PutRetentionPolicy is the instance role's, see iam.ts).
+  const retention_in_days = ce.spec.logRetentionDays ?? DEFAULT_LOG_RETENTION_DAYS;
   return JSON.stringify({
     agent: { run_as_user: "root" },
     logs: {
@@ -170,8 +173,8 @@ export function agentConfig(ce: ComputeEnvironment, run: Run): string {
       logs_collected: {
         files: {
           collect_list: [
-            { file_path: "@LOG_DIR@/run.log", log_group_name: group, log_stream_name: logStreamName(run) },
-            { file_path: "@LAUNCH_DIR@/.nextflow.log", log_group_name: group, log_stream_name: nextflowLogStreamName(run) },
+            { file_path: "@LOG_DIR@/run.log", log_group_name: group, log_stream_name: logStreamName(run), retention_in_days },
+            { file_path: "@LAUNCH_DIR@/.nextflow.log", log_group_name: group, log_stream_name: nextflowLogStreamName(run), retention_in_days },
           ],
         },
       },

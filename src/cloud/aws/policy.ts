@@ -140,6 +140,25 @@ function phases(): Record<PolicyPhase, PhasePolicy> {
   };
 }
 
+/**
+ * Beyond the seed, optional: deleting the CE's CloudWatch Logs group (/vmforge/<namespace>/<name>)
+ * when the environment is disposed of. The seed grants the operator logs:GetLogEvents only, so
+ * with the seed's policy the group is left behind at disposal (its events still expire by the
+ * retention the instances' agent set) and the operator says so in its log. Never part of the
+ * policy printed by default: `vmforge policy aws --with-additions` adds it, named as an addition.
+ */
+export const LOG_GROUP_CLEANUP_STATEMENT: PolicyStatement = {
+  Sid: "VmforgeLogGroupCleanup",
+  Effect: "Allow",
+  Action: ["logs:DeleteLogGroup"],
+  Resource: "arn:aws:logs:*:*:log-group:/vmforge/*",
+};
+
+/** Actions outside the seed the operator uses when granted and does without otherwise. */
+export function optionalAdditionalActions(): Set<string> {
+  return new Set([LOG_GROUP_CLEANUP_STATEMENT.Action].flat());
+}
+
 /** The operator's policy per phase (fresh copies; callers may change them). */
 export function operatorPolicyByPhase(): Record<PolicyPhase, PhasePolicy> {
   return phases();
@@ -165,6 +184,8 @@ export interface RenderOptions {
    * resource ARNs of entities that do not exist yet (moto); never for a real account.
    */
   iamResourceWildcard?: boolean;
+  /** Add the optional statements beyond the seed (LOG_GROUP_CLEANUP_STATEMENT). */
+  withAdditions?: boolean;
 }
 
 /** One policy document with the chosen phases' statements. */
@@ -187,6 +208,7 @@ export function renderOperatorPolicy(opts: RenderOptions = {}): PolicyDocument {
       statements.push(copy);
     }
   }
+  if (opts.withAdditions) statements.push({ ...LOG_GROUP_CLEANUP_STATEMENT, Action: [LOG_GROUP_CLEANUP_STATEMENT.Action].flat() });
   return { Version: "2012-10-17", Statement: statements };
 }
 

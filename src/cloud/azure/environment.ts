@@ -14,7 +14,7 @@
  * ForeignRoleDefinition). Everything else lives inside the owned group.
  */
 import type { CloudResourceRef, ComputeEnvironment } from "../../api/types.js";
-import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
+import { DEFAULT_AZURE_VM_SIZE, DEFAULT_LOG_RETENTION_DAYS } from "../../api/constants.js";
 import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
 import { azCall, azDelete, azGet, azureErrorCode, isAuthorizationFailed, type AzureClients, type AzureIdentity } from "./clients.js";
 import { actionAllowed } from "./policy.js";
@@ -85,6 +85,8 @@ export interface AzurePlan {
   /** spec.azure.network.subnetId when the user brings a subnet. */
   subnetId?: string;
   workspace: string;
+  /** Retention of the log table (spec.logRetentionDays), interactive and total. */
+  logRetentionDays: number;
 }
 
 export function planOf(ce: ComputeEnvironment, c: Pick<AzureClients, "subscriptionId" | "identity">): AzurePlan {
@@ -113,6 +115,7 @@ export function planOf(ce: ComputeEnvironment, c: Pick<AzureClients, "subscripti
     container: wd.container,
     workDir: az.workDir,
     workspace: workspaceName(id),
+    logRetentionDays: ce.spec.logRetentionDays ?? DEFAULT_LOG_RETENTION_DAYS,
   };
   if (az.network?.subnetId) plan.subnetId = az.network.subnetId;
   return plan;
@@ -398,8 +401,10 @@ async function ensureTable(r: Run): Promise<boolean> {
   const columns = LOG_COLUMNS.map((col) => ({ name: col.name, type: col.type }));
   const have = await readOrUnknown(() => azGet(c, "read", "Microsoft.OperationalInsights/workspaces/tables/read", () =>
     c.logAnalytics.tables.get(plan.rg, plan.workspace, LOG_TABLE, so)));
+  const retention = plan.logRetentionDays;
   const fits = have !== "unknown" && have !== undefined && provisioning(have.provisioningState) === "done" &&
-    LOG_COLUMNS.every((col) => (have.schema?.columns ?? []).some((x) => x.name === col.name));
+    LOG_COLUMNS.every((col) => (have.schema?.columns ?? []).some((x) => x.name === col.name)) &&
+    have.retentionInDays === retention && have.totalRetentionInDays === retention;
   if (!fits) {
     if (r.mode === "observe") {
       if (have === undefined) {
@@ -411,8 +416,8 @@ async function ensureTable(r: Run): Promise<boolean> {
       await azCall(c, "create", "Microsoft.OperationalInsights/workspaces/tables/write", () =>
         c.logAnalytics.tables.createOrUpdate(plan.rg, plan.workspace, LOG_TABLE, {
           schema: { name: LOG_TABLE, columns },
-          retentionInDays: LOG_RETENTION_DAYS,
-          totalRetentionInDays: LOG_RETENTION_DAYS,
+          retentionInDays: retention,
+          totalRetentionInDays: retention,
           plan: "Analytics",
         }, { ...c.lro, ...so }));
     }

@@ -28,6 +28,7 @@ export const SUBNET_PREFIX = "10.42.0.0/18";
 /** The custom Log Analytics table of run logs, and the DCR stream feeding it. */
 export const LOG_TABLE = "VmforgeRunLogs_CL";
 export const LOG_STREAM = "Custom-VmforgeRunLogs";
+/** Retention of the workspace itself (its smallest on PerGB2018); the run log table sets its own from spec.logRetentionDays. */
 export const LOG_RETENTION_DAYS = 30;
 /** Columns of the run log table: TimeGenerated is required by Azure; Seq orders lines within a second. */
 export const LOG_COLUMNS: ReadonlyArray<{ name: string; type: "datetime" | "string" | "long" }> = [

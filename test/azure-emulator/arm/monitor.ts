@@ -168,8 +168,19 @@ export function monitorTypes(deps: MonitorDeps, graveyard: WorkspaceGraveyard): 
           if (lc(String(now.type)) !== lc(String(old.type))) throw new ArmError(400, "InvalidParameter", `The type of column '${old.name}' of table '${name}' cannot be changed.`);
         }
       }
+      // Azure's limits for a table on the Analytics plan: interactive 4..730 days, total up to
+      // 4383 and not below the interactive retention; -1 (or absent) means the workspace default.
       const retention = p.retentionInDays ?? -1;
       const total = p.totalRetentionInDays ?? -1;
+      if (typeof retention !== "number" || (retention !== -1 && (!Number.isInteger(retention) || retention < 4 || retention > 730))) {
+        throw new ArmError(400, "InvalidParameter", `Table '${name}': retentionInDays ${JSON.stringify(retention)} is not valid: it must be between 4 and 730 days, or -1 for the workspace default.`, { target: "properties.retentionInDays" });
+      }
+      if (typeof total !== "number" || (total !== -1 && (!Number.isInteger(total) || total < 4 || total > 4383))) {
+        throw new ArmError(400, "InvalidParameter", `Table '${name}': totalRetentionInDays ${JSON.stringify(total)} is not valid: it must be between 4 and 4383 days, or -1 for the default.`, { target: "properties.totalRetentionInDays" });
+      }
+      if (total !== -1 && total < (retention === -1 ? 30 : retention)) {
+        throw new ArmError(400, "InvalidParameter", `Table '${name}': totalRetentionInDays (${total}) must not be less than retentionInDays (${retention === -1 ? 30 : retention}).`, { target: "properties.totalRetentionInDays" });
+      }
       return {
         body: {
           id,

@@ -7,7 +7,7 @@
 import { readFileSync, existsSync, statSync, openSync, readSync, closeSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { S3Client, PutObjectCommand } from "@aws-sdk/client-s3";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand, PutRetentionPolicyCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { EC2Client, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
 
 const endpoint = process.env.VMFORGE_SANDBOX_ENDPOINT ?? "";
@@ -27,7 +27,7 @@ async function s3cp(args: string[]): Promise<number> {
   return 0;
 }
 
-interface CollectEntry { file_path: string; log_group_name: string; log_stream_name: string }
+interface CollectEntry { file_path: string; log_group_name: string; log_stream_name: string; retention_in_days?: number }
 
 /** Tails the files of a CloudWatch agent config and ships new lines until the stop file appears. */
 async function agent(configPath: string): Promise<number> {
@@ -57,6 +57,11 @@ async function agent(configPath: string): Promise<number> {
       if (!created.has(key)) {
         await logs.send(new CreateLogGroupCommand({ logGroupName: e.log_group_name })).catch(() => undefined);
         await logs.send(new CreateLogStreamCommand({ logGroupName: e.log_group_name, logStreamName: e.log_stream_name })).catch(() => undefined);
+        // Like the real agent: with retention_in_days it sets the group's retention, new group or not.
+        if (e.retention_in_days !== undefined) {
+          await logs.send(new PutRetentionPolicyCommand({ logGroupName: e.log_group_name, retentionInDays: e.retention_in_days }))
+            .catch((err: unknown) => console.error(`agent (sandbox): PutRetentionPolicy: ${String(err)}`));
+        }
         created.add(key);
       }
       const now = Date.now();

@@ -17,6 +17,7 @@ describe("ComputeEnvironment defaults", () => {
       fusion: true,
       defaultRunTimeout: "72h",
       deletionPolicy: "Delete",
+      logRetentionDays: 30,
     });
   });
 
@@ -42,6 +43,7 @@ describe("ComputeEnvironment defaults", () => {
       fusion: false,
       defaultRunTimeout: "6h",
       deletionPolicy: "Retain",
+      logRetentionDays: 7,
     };
     expect(defaultComputeEnvironmentSpec(spec)).toEqual(spec);
   });

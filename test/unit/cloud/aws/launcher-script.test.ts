@@ -115,7 +115,7 @@ describe("launcher script under test", () => {
       logs: { logs_collected: { files: { collect_list: { file_path: string; log_group_name: string; log_stream_name: string }[] } } };
     };
     const list = agent.logs.logs_collected.files.collect_list;
-    expect(list[0]).toEqual({ file_path: join(r.root, "var/log/vmforge/run.log"), log_group_name: "/vmforge/team-a/ce-a", log_stream_name: logStreamName(RUN) });
+    expect(list[0]).toEqual({ file_path: join(r.root, "var/log/vmforge/run.log"), log_group_name: "/vmforge/team-a/ce-a", log_stream_name: logStreamName(RUN), retention_in_days: 30 });
     expect(list[1]?.file_path).toBe(join(r.launchDir, ".nextflow.log"));
   });
 

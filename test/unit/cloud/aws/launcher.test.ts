@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   USER_DATA_LIMIT_BYTES,
+  agentConfig,
   encodeUserData,
   nextflowArgs,
   nextflowRunName,
@@ -236,5 +237,16 @@ describe("Platform token delivery", () => {
     expect(ud).toContain("VMF_TOKEN_SOURCE='user-data'");
     expect(ud).toContain(`VMF_TOKEN_INLINE='${TOKEN}'`);
     expect(() => renderUserData({ ce, run: sampleRun(), envStatus: ce.status!.aws! })).toThrow(/did not yield a token/);
+  });
+});
+
+describe("log retention in the CloudWatch agent's configuration", () => {
+  const retentions = (ce: ReturnType<typeof sampleCe>) =>
+    (JSON.parse(agentConfig(ce, sampleRun())) as { logs: { logs_collected: { files: { collect_list: { retention_in_days?: number }[] } } } })
+      .logs.logs_collected.files.collect_list.map((e) => e.retention_in_days);
+
+  it("sets spec.logRetentionDays on every file of the group (the agent applies it to the group), 30 days by default", () => {
+    expect(retentions(sampleCe())).toEqual([30, 30]);
+    expect(retentions(sampleCe({ spec: { logRetentionDays: 14 } }))).toEqual([14, 14]);
   });
 });

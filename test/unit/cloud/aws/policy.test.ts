@@ -9,6 +9,7 @@ import {
   parseS3Url,
   policyHash,
   renderOperatorPolicy,
+  optionalAdditionalActions,
 } from "../../../../src/cloud/aws/policy.js";
 import { policyCommand } from "../../../../src/cli/policy.js";
 
@@ -59,6 +60,18 @@ describe("operator policy (seed 002)", () => {
     expect(some.Statement.map((s) => s.Sid)).toEqual(["AwsCloudCreate", "AwsCloudCreatePassRole", "AwsCloudValidate"]);
   });
 
+  it("the log group clean-up is an explicit addition: never in the default document, added by --with-additions", () => {
+    expect(operatorActions().has("logs:DeleteLogGroup")).toBe(false);
+    expect(renderOperatorPolicy().Statement.some((s) => s.Sid === "VmforgeLogGroupCleanup")).toBe(false);
+    const withIt = renderOperatorPolicy({ withAdditions: true }).Statement.find((s) => s.Sid === "VmforgeLogGroupCleanup");
+    expect(withIt).toEqual({ Sid: "VmforgeLogGroupCleanup", Effect: "Allow", Action: ["logs:DeleteLogGroup"], Resource: "arn:aws:logs:*:*:log-group:/vmforge/*" });
+    const out: string[] = [];
+    const err: string[] = [];
+    expect(policyCommand(["aws", "--document", "--with-additions"], { out: (t) => out.push(t), err: (t) => err.push(t) })).toBe(0);
+    expect(out.join("")).toContain("logs:DeleteLogGroup");
+    expect(err.join("")).toContain("addition beyond the documented policy");
+  });
+
   it("parses s3 URLs", () => {
     expect(parseS3Url("s3://bucket-1/a/b/")).toEqual({ bucket: "bucket-1", prefix: "a/b" });
     expect(parseS3Url("s3://bucket-1")).toEqual({ bucket: "bucket-1", prefix: "" });
@@ -69,7 +82,8 @@ describe("operator policy (seed 002)", () => {
   });
 
   it("every AWS call in src/cloud/aws names an action the operator policy grants", () => {
-    const granted = operatorActions();
+    // The seed's actions, plus the optional addition the operator does without when denied (log group clean-up).
+    const granted = new Set([...operatorActions(), ...optionalAdditionalActions()]);
     const seen = new Set<string>();
     const CALL = /(?:awsCall\(|mapAwsError\([^")]{0,40},)\s*"([a-z0-9]+:[A-Za-z0-9]+)"/g;
     expect([...'throw mapAwsError(e, "ec2:TerminateInstances"); awsCall("iam:GetRole", f)'.matchAll(CALL)].map((m) => m[1])).toEqual(["ec2:TerminateInstances", "iam:GetRole"]);
