@@ -18,6 +18,9 @@ import { randomUUID } from "node:crypto";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand } from "@aws-sdk/client-ec2";
 import { IAMClient, ListRolesCommand } from "@aws-sdk/client-iam";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { logStreamName } from "../src/cloud/aws/logs.js";
+import { logGroupFor } from "../src/cloud/aws/environment.js";
 import { KubeClient } from "../src/engine/kube.js";
 import { Reflector } from "../src/engine/reflector.js";
 import { createLogger } from "../src/engine/logger.js";
@@ -177,11 +180,28 @@ async function main(): Promise<void> {
       const firstStatus = new Map<string, number>();
       const running = new Map<string, number>();
       const phases = new Map<string, string>();
+      // moto never runs user data: the bench plays each machine's launcher saying the pipeline
+      // started (what the CloudWatch agent ships), straight to the emulator, not counted as the operator's.
+      const cwl = new CloudWatchLogsClient(awsDirect);
+      const groups = new Map<string, Promise<unknown>>();
+      const signalled = new Set<string>();
+      const signal = async (r: Run): Promise<void> => {
+        const group = logGroupFor({ metadata: { namespace: ns, name: r.spec.computeEnvironmentRef.name } });
+        if (!groups.has(group)) groups.set(group, cwl.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined));
+        await groups.get(group);
+        const stream = logStreamName(r);
+        await cwl.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
+        await cwl.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: [{ timestamp: Date.now(), message: "VMFORGE_PIPELINE_STARTED" }] }));
+      };
       const watch = new Reflector<Run>({
         client, resource: RunResource, namespace: ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
         onEvent: (_t, r) => {
           const name = r.metadata.name ?? "";
           const now = Date.now();
+          if (r.status?.phase === "Launching" && r.status.reason === "SettingUp" && !signalled.has(name)) {
+            signalled.add(name);
+            signal(r).catch((e: unknown) => say(`  launcher signal for ${name} failed: ${e instanceof Error ? e.message : String(e)}`));
+          }
           if (r.status?.phase) phases.set(name, r.status.phase);
           if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
           if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);

@@ -125,6 +125,11 @@ export interface RunDescription {
   bootstrapStep?: string;
   /** The pipeline's exit code, once known (exit line in the log or uploaded exit status). */
   exitCode?: number;
+  /**
+   * The launcher said the pipeline started (providers that set `reportsPipelineStart`). Until
+   * then a Run whose machine is up stays Launching: the machine is still being set up.
+   */
+  pipelineStarted?: boolean;
   launchedAt?: string;
   instance?: RunStatus["instance"];
   /** Where the Run's log lives, when the provider knows (set by launchRun at least). */
@@ -148,6 +153,12 @@ export interface CloudProvider {
    * reads first without writing). Otherwise the reconciler assumes any provisionEnvironment call may write.
    */
   readonly announcesCloudWrites?: boolean;
+  /**
+   * True when describeRuns sets `pipelineStarted` once the launcher on the machine says the
+   * pipeline started; a Run is then Running only from that moment, not merely when its machine is
+   * up. Otherwise a running machine counts as a running pipeline.
+   */
+  readonly reportsPipelineStart?: boolean;
   /** Read-only look at the environment's cloud resources. */
   observeEnvironment(ctx: EnvContext): Promise<EnvObservation>;
   /** Idempotent create / adopt / update. Throws CloudError Terminal on bad input. */

@@ -1,8 +1,8 @@
 /**
  * The operator with its real AWS provider against the real kube-apiserver and moto. Machines are
  * played by the sandbox's InstancePlayer, which runs the launcher the operator rendered (moto never
- * runs user data). Covers issue 6's integration claims: full life cycle (success and failure),
- * restart right after RunInstances, Spot, cancel, timeout, Run deletion mid-run, CE deletion with
+ * runs user data); a machine a test leaves alone only says that its pipeline started. Covers
+ * issue 6's integration claims: full life cycle (success and failure), restart right after RunInstances, Spot, cancel, timeout, Run deletion mid-run, CE deletion with
  * running Runs, and 50 Runs across 2 CEs tracked with a bounded number of DescribeInstances calls.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -96,7 +96,7 @@ beforeAll(async () => {
     apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId: "testing", secretAccessKey: "testing" },
   } as SecretObject);
   playDir = mkdtempSync(join(tmpdir(), "vmforge-aws-op-"));
-  player = new InstancePlayer({ endpoint: motoEndpoint(), region: REGION, dir: playDir, say: () => undefined, exitCodeFor: (n) => exitCodes.get(n) });
+  player = new InstancePlayer({ endpoint: motoEndpoint(), region: REGION, dir: playDir, say: () => undefined, exitCodeFor: (n) => exitCodes.get(n), startLeftAlone: true });
   player.start();
   op = await startOperator(kubeconfigPath(), new Map([["aws", countingProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 });

@@ -8,12 +8,14 @@ import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, DescribeSub
 import { gunzipSync } from "node:zlib";
 import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { EnvContext, RunDescription } from "../../src/cloud/provider.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
+import { logGroupName, logStreamName } from "../../src/cloud/aws/logs.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
@@ -101,6 +103,32 @@ const phase = (name: string, p: string, timeoutMs = 60_000) =>
     return r?.status?.phase === p ? r : undefined;
   }, timeoutMs, 300);
 
+/** What the launcher on a Run's machine writes to its log (the CloudWatch agent's effect), into moto. */
+async function launcherSays(run: Run, lines: string[]): Promise<void> {
+  const c = await getCe(run.spec.computeEnvironmentRef.name);
+  if (!c) throw new Error("no CE");
+  const logs = new CloudWatchLogsClient(aws());
+  const group = logGroupName(c);
+  const stream = logStreamName(run);
+  await logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
+  await logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
+  const t = Date.now();
+  await logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: lines.map((message, i) => ({ timestamp: t + i, message })) }));
+}
+
+/** The Run's machine is up and being set up: Launching, reason SettingUp, the instance running. */
+const settingUp = (name: string, timeoutMs = 60_000) =>
+  waitFor(`Run ${name} setting up`, async () => {
+    const r = await getRun(name);
+    return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" && r.status.instance?.state === "running" ? r : undefined;
+  }, timeoutMs, 300);
+
+/** Plays the launcher's start of the pipeline, then waits for Running. */
+async function started(name: string): Promise<Run> {
+  await launcherSays(await settingUp(name), ["[vmforge] starting: nextflow run ...", "VMFORGE_PIPELINE_STARTED"]);
+  return phase(name, "Running", 30_000);
+}
+
 beforeAll(async () => {
   await motoReset();
   await new S3Client({ ...aws(), forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
@@ -134,6 +162,9 @@ describe("launch", () => {
       expect(await calls("ec2:RunInstances")).toBe(before + 2); // the first launch, then the repeat after the "crash"
       const insts = await instancesOf(r.metadata.uid ?? "");
       expect(insts.map((i) => i.InstanceId)).toEqual([r.status?.instance?.id]);
+      // Its launcher never speaks (nothing plays it): delete it, so that later counts of log reads are the later tests' own.
+      await client.delete(RunResource, ns, "token");
+      await waitFor("Run token gone", async () => (await getRun("token")) === undefined, 30_000);
     } finally {
       await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
     }
@@ -148,7 +179,7 @@ describe("launch", () => {
     await layer.configure({ capacity: zones.slice(1).map((z) => ({ availabilityZone: z, instanceType: "m6i.large", error: "Unsupported" as const })) });
     try {
       await run("zoned", "zones");
-      const r = await phase("zoned", "Running");
+      const r = await started("zoned");
       const insts = await instancesOf(r.metadata.uid ?? "");
       expect(insts).toHaveLength(1);
       expect(insts[0]?.Placement?.AvailabilityZone).toBe(open);
@@ -196,7 +227,7 @@ describe("termination and outcome when DescribeInstances does not show the machi
   it("after an outage, an instance AWS no longer lists gets its outcome from the uploaded exit status, not 'lost'", async () => {
     const c = await readyCe("outage");
     await run("outage", "outage");
-    const r = await phase("outage", "Running");
+    const r = await started("outage");
     // The operator is down; meanwhile the pipeline ends, uploads its exit status, the machine
     // terminates and AWS forgets it.
     await op.stop();
@@ -225,7 +256,7 @@ describe("user data budget", () => {
     } as ComputeEnvironment);
     await waitFor("CE bigconfig Ready", async () => cond(await getCe("bigconfig"), "Ready")?.status === "True", 60_000);
     await run("big", "bigconfig");
-    const r = await phase("big", "Running");
+    const r = await started("big");
     const attr = await new EC2Client(aws()).send(new DescribeInstanceAttributeCommand({ InstanceId: r.status?.instance?.id ?? "", Attribute: "userData" }));
     const bytes = Buffer.from(attr.UserData?.Value ?? "", "base64");
     expect(bytes.length).toBeLessThanOrEqual(16 * 1024);
@@ -237,10 +268,66 @@ describe("user data budget", () => {
 });
 
 describe("reasons people can act on", () => {
+  it("Running means the pipeline started: a machine that is up stays Launching until its launcher says so", async () => {
+    await readyCe("start");
+    await run("start", "start");
+    const up = await settingUp("start");
+    expect(up.status?.startTime).toBeUndefined();
+    expect(up.status?.log?.stream).toBe(logStreamName(up));
+    expect(cond(up, "Reconciling")).toMatchObject({ status: "True", reason: "SettingUp" });
+    // Set-up lines are not the start: several polls later it is still Launching, its log being read.
+    await launcherSays(up, ["[vmforge] vmforge launcher for Run", "[vmforge] installing Docker"]);
+    const reads = await calls("logs:GetLogEvents");
+    await new Promise((r) => setTimeout(r, 4_000));
+    expect(await calls("logs:GetLogEvents")).toBeGreaterThan(reads);
+    const still = await getRun("start");
+    expect(still?.status?.phase).toBe("Launching");
+    expect(still?.status?.reason).toBe("SettingUp");
+    await launcherSays(up, ["[vmforge] starting: nextflow run https://github.com/nextflow-io/hello", "VMFORGE_PIPELINE_STARTED"]);
+    const r = await phase("start", "Running", 30_000);
+    expect(r.status?.startTime).toBeDefined();
+    expect(cond(r, "Reconciling")).toMatchObject({ status: "True", reason: "Running" });
+    // A Running Run's log is not read any more to learn that it started.
+    const after = await calls("logs:GetLogEvents");
+    await new Promise((r) => setTimeout(r, 3_000));
+    expect(await calls("logs:GetLogEvents")).toBe(after);
+    expect((await getRun("start"))?.status?.phase).toBe("Running");
+  });
+
+  it("a failed set-up step on a machine whose shutdown also failed: Failed/BootstrapFailed naming the step, the machine terminated after the grace period", async () => {
+    await readyCe("noshut");
+    await run("noshut", "noshut");
+    const up = await settingUp("noshut");
+    const id = up.status?.instance?.id ?? "";
+    // The launcher's end, as it writes it; then `shutdown` fails and the machine keeps running.
+    await launcherSays(up, [
+      "[vmforge] installing Docker",
+      "[vmforge] Docker did not become ready",
+      "VMFORGE_BOOTSTRAP_FAILED=docker",
+      "VMFORGE_EXIT_CODE=1",
+      "[vmforge] shutdown failed with exit code 1; the machine keeps running",
+    ]);
+    const failed = await phase("noshut", "Failed", 30_000);
+    expect(failed.status?.reason).toBe("BootstrapFailed");
+    expect(failed.status?.message).toContain('step "docker"');
+    expect(failed.status?.exitCode).toBe(1);
+    expect(cond(failed, "Stalled")).toMatchObject({ status: "True", reason: "BootstrapFailed" });
+    // The machine is still running right after the outcome: the grace period is the machine's own.
+    expect((await instancesOf(up.metadata.uid ?? "")).map((i) => i.State?.Name)).toEqual(["running"]);
+    const lingered = await waitFor("MachineLingered", async () => {
+      const x = await getRun("noshut");
+      return cond(x, "MachineLingered")?.status === "True" ? x : undefined;
+    }, 60_000, 500);
+    expect(cond(lingered, "MachineLingered")?.message).toContain(id);
+    await waitFor("machine terminated", async () => (await instancesOf(up.metadata.uid ?? ""))[0]?.State?.Name === "terminated", 30_000);
+    expect((await getRun("noshut"))?.status?.reason).toBe("BootstrapFailed");
+  });
+
   it("a failed set-up step is Failed/BootstrapFailed naming it, and the launcher's own log is readable with vmforge logs", async () => {
     const c = await readyCe("boot");
     await run("boot", "boot");
-    const r = await phase("boot", "Running");
+    // Set-up fails before the pipeline starts, so the Run never was Running.
+    const r = await settingUp("boot");
     // The machine could not start Docker; the log agent never ran either, so nothing reached
     // CloudWatch: the launcher uploaded its log and exit status, then shut down.
     const prefix = `${runArtifactsUri(c, r).replace(`s3://${BUCKET}/`, "")}`;
@@ -280,7 +367,7 @@ describe("ComputeEnvironment deletion", () => {
     await readyCe("bulk");
     const uids: string[] = [];
     for (let i = 0; i < 8; i++) await run(`bulk-${i}`, "bulk");
-    for (let i = 0; i < 8; i++) uids.push((await phase(`bulk-${i}`, "Running")).metadata.uid ?? "");
+    for (let i = 0; i < 8; i++) uids.push((await started(`bulk-${i}`)).metadata.uid ?? "");
     // Older than the window in which a new instance may not show in the CE's search (4 polls).
     await new Promise((r) => setTimeout(r, 5_000));
     const terminates = await calls("ec2:TerminateInstances");

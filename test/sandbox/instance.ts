@@ -13,6 +13,9 @@ import { mkdirSync, copyFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, EC2Client } from "@aws-sdk/client-ec2";
+import type { Instance } from "@aws-sdk/client-ec2";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { logStreamName } from "../../src/cloud/aws/logs.js";
 
 const STANDINS = fileURLToPath(new URL("./standins/", import.meta.url));
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -25,17 +28,25 @@ export interface InstancePlayerOptions {
   pipelineExitCode?: number;
   /** Per Run (by its vmforge.dev/run-name tag): the exit code, or undefined to leave the machine alone. */
   exitCodeFor?: (runName: string) => number | undefined;
+  /**
+   * For a machine left alone: still write the launcher's VMFORGE_PIPELINE_STARTED line to the
+   * Run's log (what the agent would ship once the pipeline started), so the Run becomes Running
+   * and stays so until the test ends it. Default false: a machine left alone says nothing.
+   */
+  startLeftAlone?: boolean;
   say: (line: string) => void;
 }
 
 export class InstancePlayer {
   private readonly ec2: EC2Client;
+  private readonly logs: CloudWatchLogsClient;
   private readonly played = new Map<string, ChildProcess>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
   constructor(private readonly o: InstancePlayerOptions) {
     this.ec2 = new EC2Client({ endpoint: o.endpoint, region: o.region, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
+    this.logs = new CloudWatchLogsClient({ endpoint: o.endpoint, region: o.region, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
   }
 
   start(): void {
@@ -71,7 +82,13 @@ export class InstancePlayer {
         if (this.o.exitCodeFor) {
           const runName = inst.Tags?.find((t) => t.Key === "vmforge.dev/run-name")?.Value ?? "";
           const chosen = this.o.exitCodeFor(runName);
-          if (chosen === undefined) continue;
+          if (chosen === undefined) {
+            if (this.o.startLeftAlone && inst.State?.Name === "running") {
+              await this.sayStarted(inst);
+              this.played.set(id, spawn("true"));
+            }
+            continue;
+          }
           exitCode = chosen;
         }
         const attr = await this.ec2.send(new DescribeInstanceAttributeCommand({ InstanceId: id, Attribute: "userData" }));
@@ -87,6 +104,17 @@ export class InstancePlayer {
         this.played.set(id, this.boot(id, script.toString("utf8"), exitCode));
       }
     }
+  }
+
+  /** The launcher's start line, written to the Run's stream as the CloudWatch agent would ship it. */
+  private async sayStarted(inst: Instance): Promise<void> {
+    const tag = (k: string): string => inst.Tags?.find((t) => t.Key === k)?.Value ?? "";
+    const group = tag("vmforge.dev/log-group");
+    const stream = logStreamName({ metadata: { namespace: tag("vmforge.dev/namespace"), name: tag("vmforge.dev/run-name"), uid: tag("vmforge.dev/run-uid") } } as Parameters<typeof logStreamName>[0]);
+    await this.logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
+    await this.logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
+    await this.logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: [{ timestamp: Date.now(), message: "VMFORGE_PIPELINE_STARTED" }] }));
+    this.o.say(`instance ${inst.InstanceId} left alone; its launcher said the pipeline started`);
   }
 
   private boot(id: string, userData: string, exitCode: number): ChildProcess {

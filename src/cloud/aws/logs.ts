@@ -111,7 +111,7 @@ export function readRunLog(
 
 /** Prefix of the line the launcher writes just before the exit line when a set-up step failed. */
 export const BOOTSTRAP_FAILED_MARKER = "VMFORGE_BOOTSTRAP_FAILED=";
-const BOOTSTRAP_LINE = /^VMFORGE_BOOTSTRAP_FAILED=([a-z0-9-]{1,64})\s*$/;
+export const BOOTSTRAP_LINE = /^VMFORGE_BOOTSTRAP_FAILED=([a-z0-9-]{1,64})\s*$/;
 
 /** The end of a Run as the launcher reported it. */
 export interface LauncherOutcome {

@@ -16,7 +16,7 @@ import {
 } from "../provider.js";
 import { AwsClientCache, type AwsClientFactory, type AwsClientOptions, type AwsClients } from "./clients.js";
 import { disposeAwsEnvironment, observeAwsEnvironment, provisionAwsEnvironment } from "./environment.js";
-import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
+import { StartProbes, describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
 
 export interface AwsProviderOptions {
   /** Endpoint override for every client (default: $VMFORGE_AWS_ENDPOINT). */
@@ -35,20 +35,31 @@ export interface AwsProviderOptions {
   runningExitProbeMs?: number;
   /** A recorded machine EC2 no longer lists is looked for in the log and S3 once launched this long ago (default 60 s). */
   missingProbeAfterMs?: number;
+  /**
+   * At most this many Runs whose machine is up but whose launcher has not said the pipeline
+   * started are read (one GetLogEvents page each) per describe of an account and region
+   * (default 100; the least recently read first).
+   */
+  startProbeLimit?: number;
 }
 
 export class AwsProvider implements CloudProvider {
   readonly name = "aws";
   readonly announcesCloudWrites = true;
+  /** The launcher writes VMFORGE_PIPELINE_STARTED to the Run's log; describeRuns reads it (StartProbes). */
+  readonly reportsPipelineStart = true;
   readonly clients: AwsClientCache;
   private readonly opts: AwsProviderOptions;
   /** CE UIDs whose instance profile EC2 kept refusing at launch (may have been deleted by hand). */
   private readonly suspectProfiles = new Set<string>();
   /** Run UID -> when its still-running machine was last checked for an exit code. */
   private readonly probedAt = new Map<string, number>();
+  /** How far the launcher's log of each Run being set up has been read. */
+  private readonly startProbes: StartProbes;
 
   constructor(opts: AwsProviderOptions = {}) {
     this.opts = opts;
+    this.startProbes = new StartProbes(opts.startProbeLimit ?? 100);
     this.clients = new AwsClientCache({
       ...(opts.clientFactory !== undefined ? { factory: opts.clientFactory } : {}),
       ...(opts.cacheSize !== undefined ? { max: opts.cacheSize } : {}),
@@ -113,6 +124,7 @@ export class AwsProvider implements CloudProvider {
     };
     return describeRuns(this.clientsFor(ctx), ctx, runs, {
       probeRunning,
+      startProbes: this.startProbes,
       ...(this.opts.missingProbeAfterMs !== undefined ? { missingProbeAfterMs: this.opts.missingProbeAfterMs } : {}),
     });
   }

@@ -34,7 +34,17 @@ import { CloudError, type EnvContext, type MachineState, type RunDescription, ty
 import { awsErrorCode, mapAwsError } from "./clients.js";
 import { MANAGED_BY, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAMESPACE } from "./iam.js";
 import { encodeUserData, renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
-import { findOutcomeInLog, logGroupName, logStreamName, readRunLog as readRunLogStream, type LauncherOutcome, type ReadLogOptions } from "./logs.js";
+import {
+  BOOTSTRAP_LINE,
+  findOutcomeInLog,
+  logGroupName,
+  logStreamName,
+  parseExitLine,
+  readLogStream,
+  readRunLog as readRunLogStream,
+  type LauncherOutcome,
+  type ReadLogOptions,
+} from "./logs.js";
 
 export const TAG_RUN_UID = "vmforge.dev/run-uid";
 export const TAG_RUN_NAME = "vmforge.dev/run-name";
@@ -455,6 +465,84 @@ export interface DescribeOptions {
   probeRunning?: (run: Run) => boolean;
   /** A recorded machine EC2 no longer lists is looked for in the log and S3 once launched this long ago (default 60 s). */
   missingProbeAfterMs?: number;
+  /**
+   * Where the launcher's log of each Run still being set up has been read up to (see
+   * StartProbes). Without it, nothing is read to learn whether a pipeline started.
+   */
+  startProbes?: StartProbes;
+}
+
+/** The launcher's line saying the pipeline is starting (written just before nextflow runs). */
+export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
+
+/**
+ * Learning that a pipeline started, cheaply: only a Run whose machine is up and whose launcher has
+ * not been seen saying so (phase Launching) is read, forward from where the last read ended (one
+ * GetLogEvents page per read), at most `limit` Runs per describe (the least recently read first),
+ * and never again once the line was seen. Runs already Running cost nothing. A Run set up for a
+ * long time is read less often (at most every twentieth of the time it has been read, up to
+ * every 5 minutes), so machines whose launcher never speaks do not cost a read every poll.
+ */
+export class StartProbes {
+  /** Run UID -> cursor in its log stream, whether the start line was seen, first and last read. */
+  private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number }>();
+  constructor(readonly limit = 100, private readonly clock: () => number = Date.now, private readonly forgetAfterMs = 30 * 60_000) {}
+
+  /** The Runs (of those given) to read now. */
+  pick(uids: string[], now = this.clock()): string[] {
+    for (const [uid, s] of this.state) if (now - s.at > this.forgetAfterMs) this.state.delete(uid);
+    return uids
+      .filter((u) => {
+        const s = this.state.get(u);
+        if (!s) return true;
+        return !s.started && now - s.at >= Math.min(5 * 60_000, (now - s.first) / 20);
+      })
+      .sort((a, b) => (this.state.get(a)?.at ?? 0) - (this.state.get(b)?.at ?? 0))
+      .slice(0, this.limit);
+  }
+  started(uid: string): boolean {
+    return this.state.get(uid)?.started === true;
+  }
+  cursor(uid: string): string | undefined {
+    return this.state.get(uid)?.cursor;
+  }
+  record(uid: string, cursor: string | undefined, started: boolean, now = this.clock()): void {
+    const prev = this.state.get(uid);
+    const c = cursor ?? prev?.cursor;
+    this.state.set(uid, { ...(c !== undefined ? { cursor: c } : {}), started: started || prev?.started === true, first: prev?.first ?? now, at: now });
+  }
+  /** The Run is Running (or over): nothing more to learn. */
+  forget(uid: string): void {
+    this.state.delete(uid);
+  }
+  get size(): number {
+    return this.state.size;
+  }
+}
+
+/**
+ * Reads a Run's log forward from the probe's cursor (one page): did the launcher say the pipeline
+ * started, and did it already end (exit line, failed set-up step)?
+ */
+async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance, desc: RunDescription, probes: StartProbes): Promise<void> {
+  const uid = run.metadata.uid as string;
+  const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ctx.ce);
+  const chunk = await readLogStream(clients.logs, group, logStreamName(run), probes.cursor(uid), { maxPages: 1, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+  let started = false;
+  let step: string | undefined;
+  for (const raw of chunk.lines.flatMap((l) => l.split("\n"))) {
+    const line = raw.trim();
+    if (line === PIPELINE_STARTED_MARKER) started = true;
+    const b = BOOTSTRAP_LINE.exec(line);
+    if (b) step = b[1];
+    const code = parseExitLine(line);
+    if (code !== undefined) {
+      desc.exitCode = code;
+      if (step && !started && !probes.started(uid)) desc.bootstrapStep = step;
+    }
+  }
+  probes.record(uid, chunk.next, started);
+  if (probes.started(uid)) desc.pipelineStarted = true;
 }
 
 function phaseIsTerminal(run: Run): boolean {
@@ -487,6 +575,7 @@ export async function describeRuns(
     withUid.map((r) => r.metadata.uid as string),
   );
   const needExit: { run: Run; inst: Instance | undefined; desc: RunDescription; missing?: boolean }[] = [];
+  const settingUp: { run: Run; inst: Instance; desc: RunDescription }[] = [];
   const missingAfter = opts.missingProbeAfterMs ?? 60_000;
   for (const run of withUid) {
     const uid = run.metadata.uid as string;
@@ -502,10 +591,23 @@ export async function describeRuns(
     }
     const desc = describeInstance(inst, ctx.ce, run);
     result.set(uid, desc);
+    if (phaseIsTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
     if (phaseIsTerminal(run)) continue;
-    if (ENDED.has(desc.state) || ((desc.state === "running" || desc.state === "pending") && opts.probeRunning?.(run) === true)) {
+    if (ENDED.has(desc.state)) {
+      needExit.push({ run, inst, desc });
+    } else if (desc.state === "running" && run.status?.phase !== "Running" && opts.startProbes) {
+      // Up, but not known to run its pipeline yet: read the launcher's log (paced, see StartProbes).
+      if (opts.startProbes.started(uid)) desc.pipelineStarted = true;
+      else settingUp.push({ run, inst, desc });
+    } else if ((desc.state === "running" || desc.state === "pending") && opts.probeRunning?.(run) === true) {
       needExit.push({ run, inst, desc });
     }
+  }
+  const probes = opts.startProbes;
+  if (probes && settingUp.length > 0) {
+    const chosen = new Set(probes.pick(settingUp.map((s) => s.run.metadata.uid as string)));
+    await forEachLimited(settingUp.filter((s) => chosen.has(s.run.metadata.uid as string)), opts.exitCodeConcurrency ?? 8, ({ run, inst, desc }) =>
+      probeStart(clients, ctx, run, inst, desc, probes));
   }
   await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
     const outcome = await exitCodeOf(clients, ctx, run, inst);

@@ -279,7 +279,9 @@ export class RunReconciler {
     }
     this.d.tracker.record(run.metadata.uid ?? "", desc);
     this.capacityAttempts.delete(run.metadata.uid ?? "");
-    const phase: Phase = desc.state === "running" ? "Running" : "Launching";
+    // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
+    const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
+    const phase: Phase = started ? "Running" : "Launching";
     const message = `machine ${desc.instanceId} ${desc.state}`;
     const written = await this.report(
       run,
@@ -351,6 +353,13 @@ export class RunReconciler {
           await this.finish(run, ok ? "Succeeded" : "Failed", ok ? "Succeeded" : "PipelineFailed",
             ok ? "the pipeline completed" : `the pipeline exited with code ${desc.exitCode}`,
             { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
+        if (provider.reportsPipelineStart && !desc.pipelineStarted && status.phase !== "Running") {
+          // The machine is up but its launcher has not said the pipeline started: it is still
+          // being set up (packages, log agent, Docker, Nextflow). Running means the pipeline runs.
+          const waiting = `machine ${desc.instanceId} is up; setting it up, waiting for the launcher to start the pipeline`;
+          await this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}) }, "False", "SettingUp", waiting);
           return { requeueAfterMs: next };
         }
         const message = `running on ${desc.instanceId}`;

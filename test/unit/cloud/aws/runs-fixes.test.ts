@@ -1,7 +1,7 @@
 // Issue 12 (launch, termination, outcome) in runs.ts, against recording stand-in clients.
 import { describe, expect, it } from "vitest";
 import type { Instance } from "@aws-sdk/client-ec2";
-import { TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, subnetOrder, terminateRun, type RunClients } from "../../../../src/cloud/aws/runs.js";
+import { StartProbes, TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, subnetOrder, terminateRun, type RunClients } from "../../../../src/cloud/aws/runs.js";
 import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
@@ -290,5 +290,70 @@ describe("bootstrap failures", () => {
     expect(calls.find((c) => c.name === "GetObject")?.input.Key).toBe(`pipelines/.vmforge/runs/${run.metadata.uid}/launcher.log`);
     // Read once: the next read from its cursor has nothing more.
     expect((await readRunLog(clients, ctxFor(CE), run, chunk.next)).lines).toEqual([]);
+  });
+});
+
+describe("Running means the pipeline started: the launcher's line, read cheaply", () => {
+  const uidOf = (i: number) => `0f1e2d3c-aaaa-bbbb-cccc-00000000000${i}`;
+  const launching = (i: number, phase: "Launching" | "Running" = "Launching") =>
+    withStatus(sampleRun({ name: `r${i}`, uid: uidOf(i) }), { phase, instance: { id: `i-${i}` } });
+
+  it("only Runs whose machine is up and not known started are read, forward from a cursor, at most `limit` per describe, never again once seen", async () => {
+    const runs = [launching(1), launching(2), launching(3), launching(4, "Running")];
+    const logged = new Map<string, string[]>([[uidOf(1), ["[vmforge] installing Docker"]], [uidOf(2), ["[vmforge] starting", "VMFORGE_PIPELINE_STARTED"]], [uidOf(3), []]]);
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: runs.map((r) => instanceFor(r)) }] };
+      if (name !== "GetLogEvents") throw new Error(name);
+      const uid = runs.find((r) => (input.logStreamName as string).endsWith((r.metadata.uid ?? "").replace(/-/g, "").slice(0, 8)) && (input.logStreamName as string).includes(`/${r.metadata.name}/`))?.metadata.uid ?? "";
+      const lines = logged.get(uid) ?? [];
+      const from = input.nextToken === undefined ? 0 : Number(input.nextToken);
+      return { events: lines.slice(from).map((message) => ({ message })), nextForwardToken: String(lines.length) };
+    });
+    let clock = 0;
+    const probes = new StartProbes(2, () => (clock += 60_000));
+    const reads = () => calls.filter((c) => c.name === "GetLogEvents");
+
+    let d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    expect(reads()).toHaveLength(2); // the limit; the Running Run is never read
+    expect(reads().every((c) => c.input.startFromHead === true && c.input.nextToken === undefined)).toBe(true);
+    expect(reads().some((c) => (c.input.logStreamName as string).includes("/r4/"))).toBe(false);
+    const firstTwo = reads().map((c) => c.input.logStreamName as string);
+
+    d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    // The one left out is read now (the least recently read go first).
+    expect(reads()).toHaveLength(4);
+    expect(reads().slice(2).some((c) => (c.input.logStreamName as string).includes("/r3/"))).toBe(true);
+    expect(d.get(uidOf(2))?.pipelineStarted).toBe(true);
+    expect(d.get(uidOf(1))?.pipelineStarted).toBeUndefined();
+    expect(d.get(uidOf(4))?.pipelineStarted).toBeUndefined();
+
+    // r1 continues from its cursor; r2 (seen started) is not read again but stays started.
+    logged.get(uidOf(1))?.push("VMFORGE_PIPELINE_STARTED");
+    for (let i = 0; i < 2; i++) d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    const later = reads().slice(4);
+    expect(later.some((c) => (c.input.logStreamName as string).includes("/r2/"))).toBe(false);
+    expect(later.find((c) => (c.input.logStreamName as string).includes("/r1/"))?.input.nextToken).toBe("1");
+    expect(d.get(uidOf(1))?.pipelineStarted).toBe(true);
+    expect(d.get(uidOf(2))?.pipelineStarted).toBe(true);
+    expect(firstTwo).toHaveLength(2);
+
+    // Once the Runs are Running, nothing is read and nothing is kept.
+    const running = runs.map((r) => withStatus(r, { ...r.status, phase: "Running" }));
+    const before = reads().length;
+    await describeRuns(clients, ctxFor(CE), running, { startProbes: probes });
+    expect(reads()).toHaveLength(before);
+    expect(probes.size).toBe(0);
+  });
+
+  it("a failed set-up step on a machine that keeps running is found by the same read", async () => {
+    const run = launching(5);
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run)] }] };
+      if (name === "GetLogEvents") return { events: [{ message: "[vmforge] installing Docker" }, { message: "VMFORGE_BOOTSTRAP_FAILED=docker" }, { message: "VMFORGE_EXIT_CODE=1" }], nextForwardToken: "f/3" };
+      throw new Error(name);
+    });
+    const d = (await describeRuns(clients, ctxFor(CE), [run], { startProbes: new StartProbes() })).get(run.metadata.uid!);
+    expect(d).toMatchObject({ state: "running", exitCode: 1, bootstrapStep: "docker" });
+    expect(d?.pipelineStarted).toBeUndefined();
   });
 });
