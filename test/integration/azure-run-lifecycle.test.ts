@@ -13,7 +13,9 @@ import { ResourceManagementClient } from "@azure/arm-resources";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../src/cloud/provider.js";
-import { resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
+import { osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
+import { FINALIZER } from "../../src/controllers/shared.js";
+import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureTestCredential, kubeconfigPath } from "../harness/helpers.js";
 import { LOCATION, ceBody, cond, waitReady } from "../support/azure-env.js";
@@ -132,6 +134,66 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     expect(await env.vmOf(r)).toBeUndefined();
     expect(await runResources(r)).toEqual([]);
   }, 90_000);
+
+  it("orphan sweep: a VM whose Run no longer exists is deleted with its NIC, IP and disk, and so are a NIC, IP and OS disk left without a VM; a live Run's are kept", async () => {
+    const ns = await env.extraNamespace("azorphan");
+    let op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "orph", { storageAccount: env.storageAccount }));
+      const oce = await waitReady(env.kube, ns, "orph");
+      for (const n of ["keep", "lost"]) await env.kube.create(RunResource, env.runBody(n, "orph", {}, ns));
+      const keep = await phase("keep", "Running", 60_000, ns);
+      const lost = await phase("lost", "Running", 60_000, ns);
+      const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
+      const rg = resourceGroupName({ namespace: ns, name: "orph", uid: oce.metadata.uid! });
+      const inRg = async (): Promise<Array<{ type: string; name: string; tags: Record<string, string> }>> => {
+        const out: Array<{ type: string; name: string; tags: Record<string, string> }> = [];
+        for await (const r of rm.resources.listByResourceGroup(rg)) out.push({ type: r.type!, name: r.name!, tags: r.tags ?? {} });
+        return out;
+      };
+      // Azure copies no tags from the VM: the NIC and public IP carry the Run UID because their
+      // configurations say so; the OS disk cannot, and is named from the Run UID.
+      const made = await inRg();
+      for (const run of [keep, lost]) {
+        const uid = run.metadata.uid!;
+        for (const type of ["Microsoft.Compute/virtualMachines", "Microsoft.Network/networkInterfaces", "Microsoft.Network/publicIPAddresses"]) {
+          expect(made.filter((r) => r.type === type && r.tags["vmforge-run-uid"] === uid), `${type} of ${run.metadata.name}`).toHaveLength(1);
+        }
+        expect(made.filter((r) => r.type === "Microsoft.Compute/disks" && r.name === osDiskName(uid))).toHaveLength(1);
+      }
+
+      // Leftovers of a Run that is gone, without a VM: a NIC, a public IP and an OS disk.
+      const goneUid = "0badc0de-0000-4000-8000-000000000001";
+      const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
+      const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": oce.metadata.uid! };
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
+        { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: oce.status!.azure!.subnetId } } }] } });
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
+        { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
+
+      // "lost" disappears while the operator is down, its finalizer removed by hand: its VM stays.
+      await op.stop();
+      const cur = await env.getRun("lost", ns);
+      await env.kube.delete(RunResource, ns, "lost");
+      await removeFinalizer(env.kube, RunResource, cur!, FINALIZER);
+      await waitFor("Run lost gone", async () => (await env.getRun("lost", ns)) === undefined, 30_000, 100);
+      expect(await env.vmOf(lost)).toBeDefined();
+
+      // The restarted operator checks the CE and sweeps.
+      op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const lostUid = lost.metadata.uid!;
+      const isLeft = (r: { name: string; tags: Record<string, string> }): boolean =>
+        r.tags["vmforge-run-uid"] === lostUid || r.tags["vmforge-run-uid"] === goneUid || r.name === osDiskName(lostUid) || r.name === osDiskName(goneUid);
+      await waitFor("the orphans swept", async () => (await inRg()).filter(isLeft).length === 0, 60_000, 250);
+      const after = await inRg();
+      expect(after.filter((r) => r.tags["vmforge-run-uid"] === keep.metadata.uid).length).toBe(3);
+      expect(after.some((r) => r.name === osDiskName(keep.metadata.uid!))).toBe(true);
+      expect((await env.getRun("keep", ns))?.status?.phase).toBe("Running");
+    } finally {
+      await op.stop();
+    }
+  }, 150_000);
 
   it("capacity and quota refusals keep the Run Pending with Azure's reason until the fault clears; a size the location does not have fails at once", async () => {
     const ctl = azureControl();

@@ -119,6 +119,16 @@ export function vmName(runUid: string): string {
   return `vmforge-${runUid.replace(/-/g, "").toLowerCase()}`;
 }
 
+/** The OS disk of a Run's VM (named, since Azure copies no tags to it). */
+export function osDiskName(runUid: string): string {
+  return `${vmName(runUid)}-osdisk`;
+}
+
+/** Whether a disk name is that of a Run's OS disk (whatever the Run). */
+export function isOsDiskName(name: string): boolean {
+  return /^vmforge-[0-9a-f]{32}-osdisk$/i.test(name);
+}
+
 export function runTags(id: CeId, run: Run, user?: Record<string, string>): Record<string, string> {
   return {
     ...ceTags(id, user),

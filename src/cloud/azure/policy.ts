@@ -127,6 +127,14 @@ function additions(): Record<AzurePhase, Addition[]> {
         action: "Microsoft.Network/networkInterfaces/delete",
         why: "orphan sweep: a network interface left by a VM whose Run no longer exists (VMs delete their own NIC through deleteOption)",
       },
+      {
+        action: "Microsoft.Compute/disks/read",
+        why: "orphan sweep: finding OS disks left by a VM whose Run no longer exists (by their name from the Run UID; Azure copies no tags to them)",
+      },
+      {
+        action: "Microsoft.Compute/disks/delete",
+        why: "orphan sweep: deleting such an OS disk (VMs delete their own disk through deleteOption)",
+      },
     ],
     logs: [
       {

@@ -11,7 +11,7 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { azureArtifactsPath, renderAzureUserData } from "./launcher.js";
-import { LOG_TABLE, TAG_RUN_UID, ceId, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
+import { LOG_TABLE, TAG_RUN_UID, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
 export const DEFAULT_IMAGE = { publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", version: "latest" };
@@ -130,14 +130,17 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
   });
   const spot = run.spec.overrides?.spot === true;
   const size = run.spec.overrides?.instanceType ?? ce.spec.azure?.vmSize ?? DEFAULT_AZURE_VM_SIZE;
+  const tags = runTags(ceId(ce), run, ce.spec.azure?.tags);
   const body = {
     location: ce.spec.azure?.location ?? "",
-    tags: runTags(ceId(ce), run, ce.spec.azure?.tags),
+    tags,
     identity: { type: "UserAssigned" as const, userAssignedIdentities: { [identityId]: {} } },
     hardwareProfile: { vmSize: size },
     storageProfile: {
       imageReference: DEFAULT_IMAGE,
-      osDisk: { createOption: "FromImage", deleteOption: "Delete", diskSizeGB: run.spec.overrides?.bootDiskSizeGiB ?? DEFAULT_OS_DISK_GIB, managedDisk: { storageAccountType: "StandardSSD_LRS" } },
+      // Azure copies no tags to the OS disk (the VM's PUT has no field for them): its name, derived
+      // from the Run UID, is what the orphan sweep finds it by.
+      osDisk: { name: osDiskName(uid), createOption: "FromImage", deleteOption: "Delete", diskSizeGB: run.spec.overrides?.bootDiskSizeGiB ?? DEFAULT_OS_DISK_GIB, managedDisk: { storageAccountType: "StandardSSD_LRS" } },
     },
     osProfile: {
       computerName: name,
@@ -148,12 +151,14 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
       networkApiVersion: "2022-11-01",
       networkInterfaceConfigurations: [{
         name: `${name}-nic`,
+        // Azure does not copy the VM's tags to what its configurations create; these tags do.
+        tags,
         primary: true,
         deleteOption: "Delete",
         ipConfigurations: [{
           name: "ipconfig",
           subnet: { id: need(s, "subnetId") },
-          publicIPAddressConfiguration: { name: `${name}-pip`, deleteOption: "Delete", sku: { name: "Standard", tier: "Regional" }, publicIPAllocationMethod: "Static" },
+          publicIPAddressConfiguration: { name: `${name}-pip`, tags, deleteOption: "Delete", sku: { name: "Standard", tier: "Regional" }, publicIPAllocationMethod: "Static" },
         }],
       }],
     },
@@ -320,9 +325,12 @@ export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, fro
 }
 
 /**
- * VMs and network interfaces in the CE's resource group tagged with a Run UID that is not live
- * are deleted (public IPs and disks go with their VM through deleteOption). Returns their names,
- * and those of VMs still being deleted, so a CE being deleted waits until none is left.
+ * What a Run whose UID is not live left in the CE's resource group is deleted: VMs and network
+ * interfaces and public IPs (tagged with the Run UID: the VM's tags, and the tags its network
+ * configurations give the NIC and IP), and OS disks (untaggable through the VM's PUT, so found by
+ * their name derived from the Run UID). A NIC, IP or disk still attached is left to its VM
+ * (deleteOption); a public IP freed by a NIC deleted now goes at the next sweep. Returns their
+ * names, and those of VMs still being deleted, so a CE being deleted waits until none is left.
  */
 export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<string>): Promise<string[]> {
   const rg = runRg(ctx.ce);
@@ -330,29 +338,51 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
   const orphanVms: string[] = [];
   const deleting: string[] = [];
   const orphanNics: string[] = [];
+  const orphanIps: string[] = [];
+  const orphanDisks: string[] = [];
+  const liveDisks = new Set([...live].map((u) => osDiskName(u).toLowerCase()));
+  const notFoundIsEmpty = (e: unknown): void => {
+    if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
+  };
+  const orphanTag = (tags: Record<string, string> | undefined): boolean => {
+    const uid = tags?.[TAG_RUN_UID];
+    return !!uid && !live.has(uid);
+  };
   await Promise.all([
     azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
       for await (const vm of c.compute.virtualMachines.list(rg, so)) {
-        const uid = vm.tags?.[TAG_RUN_UID];
-        if (!uid || live.has(uid) || !vm.name) continue;
+        if (!orphanTag(vm.tags) || !vm.name) continue;
         // Already being deleted: reported (the caller waits for it), not deleted again.
         if ((vm.provisioningState ?? "").toLowerCase() === "deleting") deleting.push(vm.name);
         else orphanVms.push(vm.name);
       }
-    }).catch((e: unknown) => {
-      if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
-    }),
+    }).catch(notFoundIsEmpty),
     azCall(c, "launch", "Microsoft.Network/networkInterfaces/read", async () => {
       for await (const nic of c.network.networkInterfaces.list(rg, so)) {
-        const uid = nic.tags?.[TAG_RUN_UID];
-        if (uid && !live.has(uid) && nic.name && !nic.virtualMachine) orphanNics.push(nic.name);
+        if (orphanTag(nic.tags) && nic.name && !nic.virtualMachine) orphanNics.push(nic.name);
       }
-    }).catch((e: unknown) => {
-      if (!(e instanceof CloudError && e.kind === "NotFound")) throw e;
-    }),
+    }).catch(notFoundIsEmpty),
+    azCall(c, "launch", "Microsoft.Network/publicIPAddresses/read", async () => {
+      for await (const ip of c.network.publicIPAddresses.list(rg, so)) {
+        if (orphanTag(ip.tags) && ip.name && !ip.ipConfiguration) orphanIps.push(ip.name);
+      }
+    }).catch(notFoundIsEmpty),
+    azCall(c, "launch", "Microsoft.Compute/disks/read", async () => {
+      for await (const disk of c.compute.disks.listByResourceGroup(rg, so)) {
+        const name = disk.name ?? "";
+        if (!isOsDiskName(name) || liveDisks.has(name.toLowerCase()) || disk.managedBy) continue;
+        orphanDisks.push(name);
+      }
+    }).catch(notFoundIsEmpty),
   ]);
   await deleteVms(c, rg, orphanVms, so);
-  await Promise.all(orphanNics.map((n) =>
-    azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))));
-  return [...orphanVms, ...deleting, ...orphanNics];
+  await Promise.all([
+    ...orphanNics.map((n) =>
+      azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))),
+    ...orphanIps.map((n) =>
+      azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so }))),
+    ...orphanDisks.map((n) =>
+      azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted())),
+  ]);
+  return [...orphanVms, ...deleting, ...orphanNics, ...orphanIps, ...orphanDisks];
 }

@@ -256,8 +256,9 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
             const pname = `${name}-${String(pc.name ?? `pip${i + 1}`)}`;
             const pid = `/subscriptions/${sub}/resourceGroups/${rgName}/providers/Microsoft.Network/publicIPAddresses/${pname}`;
             if (arm.get(pid)) throw new ArmError(409, "Conflict", `Public IP address ${pid} already exists; a configuration cannot create it.`);
-            // Resources created from inline configurations do not inherit the VM's tags (Azure does not propagate them).
-            const pbody = buildPip(ctx, pid, pname, location, { sku: pc.sku, properties: { publicIPAllocationMethod: pc.properties?.publicIPAllocationMethod, idleTimeoutInMinutes: pc.properties?.idleTimeoutInMinutes } });
+            // Resources created from inline configurations do not inherit the VM's tags (Azure does not
+            // propagate them); they get the configuration's own `tags` (Compute API 2022-11-01 on).
+            const pbody = buildPip(ctx, pid, pname, location, { sku: pc.sku, ...(isObject(pc.tags) ? { tags: pc.tags } : {}), properties: { publicIPAllocationMethod: pc.properties?.publicIPAllocationMethod, idleTimeoutInMinutes: pc.properties?.idleTimeoutInMinutes } });
             const pdel = (pc.properties?.deleteOption ?? "Detach") === "Delete";
             pips.push({ id: pid, name: pname, body: pbody, del: pdel });
             out.properties.publicIPAddress = { id: pid };
@@ -270,6 +271,7 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         // Subnet/PIP linked checks and validation happen in buildNic once the PIPs exist (below).
         (inlineNics[inlineNics.length - 1] as Json).ipcs = ipcs;
         (inlineNics[inlineNics.length - 1] as Json).cp = cp;
+        (inlineNics[inlineNics.length - 1] as Json).tags = isObject(c.tags) ? c.tags : undefined;
       }
       router.authorizeLinked(ctx.caller, `${VM_TYPE}/write`, id, linked);
 
@@ -317,7 +319,8 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         for (const n of inlineNics) {
           const ipcs = (n as Json).ipcs as Json[];
           const cp = (n as Json).cp as Json;
-          const built = buildNic(ctx, router, { id: n.spec.id, name: n.spec.name, sub, rg, location, ipConfigurations: ipcs, enableAcceleratedNetworking: cp.enableAcceleratedNetworking, networkSecurityGroup: cp.networkSecurityGroup }, undefined, `${VM_TYPE}/write`, id);
+          const tags = (n as Json).tags as Json | undefined;
+          const built = buildNic(ctx, router, { id: n.spec.id, name: n.spec.name, sub, rg, location, ...(tags ? { tags } : {}), ipConfigurations: ipcs, enableAcceleratedNetworking: cp.enableAcceleratedNetworking, networkSecurityGroup: cp.networkSecurityGroup }, undefined, `${VM_TYPE}/write`, id);
           nicBuilt.push({ id: n.spec.id, name: n.spec.name, body: built.body, after: built.after });
         }
       } catch (err) {

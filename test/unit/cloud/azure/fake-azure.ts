@@ -275,6 +275,16 @@ export class FakeAzure {
             self.del(self.inRg(rg, "Microsoft.Network/networkInterfaces", name));
           })),
         },
+        publicIPAddresses: {
+          list: (rg: string) => {
+            self.calls.push({ op: "network.publicIPAddresses.list", args: [rg], seq: self.seq++ });
+            return iter([...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.network/publicipaddresses/`.toLowerCase())));
+          },
+          delete: (rg: string, name: string) => poller(() => self.rec("network.publicIPAddresses.delete", [rg, name], () => {
+            self.must(self.inRg(rg, "Microsoft.Network/publicIPAddresses", name), name);
+            self.del(self.inRg(rg, "Microsoft.Network/publicIPAddresses", name));
+          })),
+        },
       },
       compute: {
         resourceSkus: {
@@ -291,6 +301,16 @@ export class FakeAzure {
             }
             return iter((self.skus[loc] ?? []).map((name) => ({ name, resourceType: "virtualMachines", locations: [loc] })));
           },
+        },
+        disks: {
+          listByResourceGroup: (rg: string) => {
+            self.calls.push({ op: "compute.disks.listByResourceGroup", args: [rg], seq: self.seq++ });
+            return iter([...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.compute/disks/`.toLowerCase())));
+          },
+          delete: (rg: string, name: string) => poller(() => self.rec("compute.disks.delete", [rg, name], () => {
+            self.must(self.inRg(rg, "Microsoft.Compute/disks", name), name);
+            self.del(self.inRg(rg, "Microsoft.Compute/disks", name));
+          })),
         },
         virtualMachines: {
           get: (rg: string, name: string) => self.rec("compute.virtualMachines.get", [rg, name], () => self.must(self.inRg(rg, "Microsoft.Compute/virtualMachines", name), name)),
