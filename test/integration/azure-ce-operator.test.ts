@@ -40,7 +40,7 @@ let authz: AuthorizationManagementClient;
 let op: RunningOperator | undefined;
 let provider: AzureProvider;
 
-const operatorPrincipal = (name: string, without: Partial<Record<AzurePhase, string[]>> = {}): Promise<Principal> => envPrincipal(info, name, without);
+const operatorPrincipal = (name: string, without: Partial<Record<AzurePhase, string[]>> = {}, opts: { reader?: boolean } = {}): Promise<Principal> => envPrincipal(info, name, without, opts);
 const putSecret = (ns: string, name: string, p: Principal): Promise<void> => envPutSecret(kube, info, ns, name, p);
 const getCe = (ns: string, name: string) => envGetCe(kube, ns, name);
 const waitReady = (ns: string, name: string, timeoutMs?: number) => envWaitReady(kube, ns, name, timeoutMs);
@@ -303,6 +303,30 @@ describe("Azure least privilege: one action removed per phase is named", () => {
     }, 60_000, 250);
     expect(c.message).toMatch(/Microsoft\.OperationalInsights\/workspaces\/write/);
   }, 120_000);
+
+  it("without the built-in Reader: Stalled saying the storage account is missing or not visible without Reader; with every read but the SKU list, Ready and Validated says what was not checked", async () => {
+    const p = await operatorPrincipal("vmforge-no-reader", {}, { reader: false });
+    await putSecret(nsLp, "lp-noreader", p);
+    await kube.create(ComputeEnvironmentResource, ceBody(nsLp, "lp-noreader", {}, "lp-noreader"));
+    // Resource Manager filters the resource list by what the caller may read: the account is not
+    // in the answer, and the message says why that may be.
+    const c = await waitStalled(nsLp, "lp-noreader", "InvalidSpec");
+    expect(c.message).toMatch(/storage account "vmfwork" does not exist in subscription .*, or Secret .*lp-noreader cannot see it \(it needs the built-in Reader role/);
+    // A narrower grant than Reader: every read but the VM size list. The CE goes Ready, and says
+    // the size check was skipped and why (never a plain "Validated").
+    await azureControl().assignRole({
+      principalId: p.objectId,
+      scope: `/subscriptions/${info.subscriptionId}`,
+      role: { properties: { roleName: "reader-without-skus", assignableScopes: [`/subscriptions/${info.subscriptionId}`], permissions: [{ actions: ["*/read"], notActions: ["Microsoft.Compute/skus/read"], dataActions: [], notDataActions: [] }] } },
+    });
+    await kube.patch(ComputeEnvironmentResource, nsLp, "lp-noreader", { metadata: { annotations: { "vmforge.dev/reconcile-requested-at": "1" } } }, "merge");
+    const ce = await waitReady(nsLp, "lp-noreader", 90_000);
+    const v = cond(ce, "Validated");
+    expect(v).toMatchObject({ status: "Unknown", reason: "ValidationSkipped" });
+    expect(v?.message).toMatch(/location and VM size not checked: the operator lacks the built-in Reader role \(Microsoft\.Compute\/skus\/read\)/);
+    await kube.delete(ComputeEnvironmentResource, nsLp, "lp-noreader");
+    await waitGone(nsLp, "lp-noreader");
+  }, 180_000);
 
   it("dispose without DataCollectionRules/Delete: deletion Stalled naming the action", async () => {
     const p = await operatorPrincipal("vmforge-no-dcr-delete", { dispose: ["Microsoft.Insights/DataCollectionRules/Delete"] });

@@ -449,7 +449,11 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
     return CloudError.terminal("InvalidCredentials", `Resource Manager refused the token: ${msg}`, e);
   }
   if (isAuthorizationFailed(e)) {
-    return CloudError.terminal("AccessDenied", `missing permission ${action}: ${msg}`, e);
+    // Azure names the action it refused; it can differ from the call's own (the final GET of a
+    // long-running create needs read): name what Azure refused.
+    const refused = /perform action '([^']+)'/.exec(msg)?.[1];
+    const missing = refused && refused.toLowerCase() !== action.toLowerCase() ? `${refused} (for ${action})` : action;
+    return CloudError.terminal("AccessDenied", `missing permission ${missing}: ${msg}`, e);
   }
   if (code === "PrincipalNotFound") return CloudError.retryable("PrincipalNotFound", `${action}: ${msg}`, 5_000, e);
   // Capacity or quota: the Run waits (Pending, with this reason) and tries again with backoff.

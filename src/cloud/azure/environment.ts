@@ -241,7 +241,12 @@ async function validate(r: Run): Promise<Validation> {
       throw e;
     }
     if (!accountId) {
-      throw CloudError.terminal("InvalidSpec", `spec.azure.storageAccount: storage account "${plan.storageAccount}" does not exist in subscription ${plan.subscriptionId}`);
+      // Resource Manager lists only what the caller may read: without Reader an existing account is
+      // simply not in the answer, so say both.
+      throw CloudError.terminal(
+        "InvalidSpec",
+        `spec.azure.storageAccount: storage account "${plan.storageAccount}" does not exist in subscription ${plan.subscriptionId}, or ${c.identity.label} cannot see it (it needs the built-in Reader role on the subscription, seed 000)`,
+      );
     }
     out.storageAccountId = accountId;
     const containerId = `${accountId}/blobServices/default/containers/${plan.container}`;

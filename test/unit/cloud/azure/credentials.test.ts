@@ -70,6 +70,10 @@ describe("Azure credentials", () => {
     expect(mapAzureError(new RestLikeError(404, "ResourceGroupNotFound"), "a", who).kind).toBe("NotFound");
     expect(mapAzureError(new RestLikeError(429, "TooManyRequests", "x", "12"), "a", who)).toMatchObject({ kind: "Retryable", retryAfterMs: 12_000 });
     expect(mapAzureError(new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'X/y/write'"), "X/y/write", who)).toMatchObject({ kind: "Terminal", reason: "AccessDenied" });
+    // Azure refused another action than the call's own (a long-running create's final read): that one is named.
+    expect(mapAzureError(new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'X/t/read' over scope 's'"), "X/t/write", who).message)
+      .toMatch(/^missing permission X\/t\/read \(for X\/t\/write\)/);
+    expect(mapAzureError(new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'X/y/write' over scope 's'"), "X/y/write", who).message).toMatch(/^missing permission X\/y\/write: /);
     expect(mapAzureError(new RestLikeError(409, "SkuNotAvailable"), "a", who)).toMatchObject({ kind: "Retryable", reason: "SkuNotAvailable" });
     expect(mapAzureError(new RestLikeError(400, "InvalidParameter"), "a", who)).toMatchObject({ kind: "Terminal", reason: "InvalidParameter" });
     expect(mapAzureError(new RestLikeError(503, "ServiceUnavailable"), "a", who)).toMatchObject({ kind: "Retryable" });
