@@ -2,7 +2,8 @@
  * An Azure ComputeEnvironment on a subnet the user brings (issue 10), through the operator on the
  * real kube-apiserver and the Azure emulator: the subnet is validated (it exists, its network is in
  * the CE's location, the operator may join it — from the permissions Azure reports for the subnet),
- * used instead of a network of the CE's own, and left alone on disposal.
+ * used instead of a network of the CE's own, and left alone on disposal. And a CE with every
+ * Azure option set at once.
  */
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -30,6 +31,7 @@ let ns: string;
 let here: string;
 let elsewhere: string;
 let noJoinPrincipal: string;
+let fullPrincipal: { objectId: string; clientId: string; secret: string };
 
 async function subnet(rg: string, vnet: string, location: string, prefix: string): Promise<string> {
   await net.virtualNetworks.beginCreateOrUpdateAndWait(rg, vnet, { location, addressSpace: { addressPrefixes: [`${prefix}.0.0/16`] }, subnets: [{ name: "runs", addressPrefix: `${prefix}.1.0/24` }] });
@@ -57,6 +59,7 @@ beforeAll(async () => {
   const p = await operatorPrincipal(info, "vmforge-nojoin", noJoin);
   await putSecret(kube, info, ns, "azure-creds", p);
   noJoinPrincipal = p.objectId;
+  fullPrincipal = await operatorPrincipal(info, "vmforge-every-option");
   const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
   op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 }, 120_000);
@@ -111,5 +114,41 @@ describe("Azure ComputeEnvironment on an existing subnet (emulator)", () => {
     expect((await rm.resourceGroups.checkExistence(rg)).body).toBe(false);
     // The brought subnet and its network are untouched.
     expect((await net.subnets.get("shared-net-rg", "shared-vnet", "runs")).id).toBe(here);
+  }, 240_000);
+
+  it("every option at once: subscription from the spec (the Secret has none), VM size, tags, a brought subnet (Run limits set alongside); each Azure option honoured", async () => {
+    // A Secret without subscriptionId: the spec's is the one used.
+    const data = { tenantId: info.tenantId, clientId: fullPrincipal.clientId, clientSecret: fullPrincipal.secret };
+    await kube.create({ group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true }, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "no-subscription", namespace: ns }, type: "Opaque",
+      data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString("base64")])),
+    });
+    const body = ceBody(ns, "every", {
+      subscriptionId: info.subscriptionId,
+      vmSize: "Standard_D4ds_v5",
+      network: { subnetId: here },
+      tags: { team: "genomics", "cost-center": "42" },
+    }, "no-subscription");
+    Object.assign(body.spec, { maxConcurrentRuns: 3, defaultRunTimeout: "6h", deletionPolicy: "Delete" });
+    await kube.create(ComputeEnvironmentResource, body);
+    const ce = await waitReady(kube, ns, "every", 90_000);
+    expect(cond(ce, "Validated")).toMatchObject({ status: "True" });
+    const azure = (ce.status as { azure?: Record<string, string> }).azure!;
+    expect(azure.resourceGroupId).toContain(`/subscriptions/${info.subscriptionId}/`);
+    expect(azure.subnetId?.toLowerCase()).toBe(here.toLowerCase());
+    const rg = resourceGroupName({ namespace: ns, name: "every", uid: ce.metadata.uid! });
+    for await (const r of rm.resources.listByResourceGroup(rg)) {
+      expect(r.tags, `${r.type} ${r.name}`).toMatchObject({ team: "genomics", "cost-center": "42", "vmforge-ce-uid": ce.metadata.uid });
+    }
+    expect((await rm.resourceGroups.get(rg)).tags).toMatchObject({ team: "genomics", "cost-center": "42" });
+    // A VM size the location does not offer is named at once (the option is checked, not ignored).
+    await kube.patch(ComputeEnvironmentResource, ns, "every", { spec: { azure: { vmSize: "Standard_Nope_v1" } } }, "merge");
+    const bad = await waitStalled(kube, ns, "every", "InvalidSpec");
+    expect(bad.message).toContain('spec.azure.vmSize: "Standard_Nope_v1"');
+    await kube.patch(ComputeEnvironmentResource, ns, "every", { spec: { azure: { vmSize: "Standard_D4ds_v5" } } }, "merge");
+    await waitReady(kube, ns, "every", 90_000);
+    await kube.delete(ComputeEnvironmentResource, ns, "every");
+    await waitGone(kube, ns, "every");
+    expect((await rm.resourceGroups.checkExistence(rg)).body).toBe(false);
   }, 240_000);
 });
