@@ -272,6 +272,27 @@ export const AwsEnvironmentSchema = Type.Object(
         ],
       }),
     ),
+    roleArn: Type.Optional(
+      Type.String({
+        description:
+          "IAM role the operator assumes (STS AssumeRole) with its own ambient identity (IRSA, EKS Pod Identity, instance profile) to work in this environment's account, so no long-lived keys are stored. Only without credentials.secretRef (a Secret names its role in its own roleArn key). The role needs the documented operator policy (vmforge policy aws) and must trust the operator's identity.",
+        maxLength: 2048,
+        [XV]: [
+          matches(
+            "^arn:aws[a-z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$",
+            "roleArn must be an IAM role ARN like arn:aws:iam::123456789012:role/vmforge-operator",
+          ),
+        ],
+      }),
+    ),
+    externalId: Type.Optional(
+      Type.String({
+        description: "External ID passed when assuming roleArn (sts:ExternalId), as the role's trust policy requires. Requires roleArn.",
+        minLength: 2,
+        maxLength: 1224,
+        [XV]: [matches("^[A-Za-z0-9+=,.@:/_-]+$", "externalId may contain letters, digits and + = , . @ : / _ -")],
+      }),
+    ),
     platformTokenArn: Type.Optional(
       Type.String({
         description:
@@ -620,6 +641,18 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         rule: "!has(self.aws) || !has(self.aws.platformTokenArn) || !has(self.aws.platformTokenInUserData) || !self.aws.platformTokenInUserData",
         message: "aws.platformTokenArn and aws.platformTokenInUserData are mutually exclusive: with platformTokenArn the instance reads the token itself, so leave platformTokenInUserData unset or false",
         fieldPath: ".aws.platformTokenInUserData",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "!has(self.aws) || !has(self.aws.externalId) || has(self.aws.roleArn)",
+        message: "aws.externalId is only used with aws.roleArn",
+        fieldPath: ".aws.externalId",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "!has(self.aws) || !has(self.aws.roleArn) || !has(self.credentials) || !has(self.credentials.secretRef)",
+        message: "aws.roleArn is assumed with the operator's own (ambient) identity and cannot be combined with credentials.secretRef; to assume a role with a Secret's keys, put roleArn (and externalId) in the Secret",
+        fieldPath: ".aws.roleArn",
         reason: "FieldValueForbidden",
       },
       {

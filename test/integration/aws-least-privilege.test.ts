@@ -40,6 +40,10 @@ import { operatorPolicyByPhase, renderOperatorPolicy } from "../../src/cloud/aws
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
+import { KubeClient } from "../../src/engine/kube.js";
+import { ComputeEnvironmentResource } from "../../src/api/types.js";
+import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
+import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import { StrictAwsControl } from "../harness/aws-strict/client.js";
 import type { PolicyDocument } from "../harness/aws-strict/policy-eval.js";
 import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js";
@@ -421,5 +425,71 @@ describe("least privilege: the seed's exact policy, IAM enforced as AWS does", (
       restore("AWS_SESSION_TOKEN", saved.token);
       restore("AWS_PROFILE", saved.profile);
     }
+  });
+});
+
+describe("spec.aws.roleArn through the operator: the role assumed with the operator's ambient identity, no Secret", () => {
+  let kube: KubeClient;
+  let op: RunningOperator | undefined;
+  let ns: string;
+  const saved = { id: process.env.AWS_ACCESS_KEY_ID, key: process.env.AWS_SECRET_ACCESS_KEY, token: process.env.AWS_SESSION_TOKEN, profile: process.env.AWS_PROFILE };
+  const roleArn = `arn:aws:iam::${ACCOUNT}:role/${OPERATOR_ROLE}`;
+
+  const kubeCe = (name: string, aws: Partial<AwsEnvironment>): ComputeEnvironment => ({
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name, namespace: ns },
+    spec: { provider: "aws", aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}`, ...aws } as AwsEnvironment },
+  });
+  const condition = async (name: string, type: string) =>
+    (await kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name))?.status?.conditions?.find((c) => c.type === type);
+
+  beforeAll(async () => {
+    // The operator's ambient identity (as IRSA or Pod Identity would give it): the "assumer" user,
+    // which may do nothing but sts:AssumeRole on the operator role with its external id.
+    process.env.AWS_ACCESS_KEY_ID = keys.assumer.accessKeyId;
+    process.env.AWS_SECRET_ACCESS_KEY = keys.assumer.secretAccessKey;
+    delete process.env.AWS_SESSION_TOKEN;
+    delete process.env.AWS_PROFILE;
+    kube = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(kube);
+    ns = await freshNamespace(kube, "aws-role");
+    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns] });
+  });
+
+  afterAll(async () => {
+    await op?.stop();
+    const restore = (k: string, v: string | undefined) => (v === undefined ? delete process.env[k] : (process.env[k] = v));
+    restore("AWS_ACCESS_KEY_ID", saved.id);
+    restore("AWS_SECRET_ACCESS_KEY", saved.key);
+    restore("AWS_SESSION_TOKEN", saved.token);
+    restore("AWS_PROFILE", saved.profile);
+  });
+
+  it("a CE with roleArn + externalId becomes Ready through the assumed role and is disposed of through it", async () => {
+    const c = await kube.create<ComputeEnvironment>(ComputeEnvironmentResource, kubeCe("assumed", { roleArn, externalId: EXTERNAL_ID }));
+    await waitFor("CE assumed Ready", async () => (await condition("assumed", "Ready"))?.status === "True", 60_000);
+    expect((await condition("assumed", "CredentialsValid"))?.message).toBe("using the ambient identity");
+    const towerForge = roleNameOf(c);
+    expect(await profileRoles(towerForge)).toEqual([towerForge]);
+    await kube.delete(ComputeEnvironmentResource, ns, "assumed");
+    await waitFor("CE assumed gone", async () => (await kube.get(ComputeEnvironmentResource, ns, "assumed")) === undefined, 60_000);
+    expect(await roleExists(towerForge)).toBe(false);
+  });
+
+  it("a wrong external id is Stalled InvalidCredentials naming the role assumption; without roleArn the bare identity is AccessDenied", async () => {
+    await kube.create(ComputeEnvironmentResource, kubeCe("wrong-id", { roleArn, externalId: "not-the-id" }));
+    const wrong = await waitFor("CE wrong-id Stalled", async () => {
+      const st = await condition("wrong-id", "Stalled");
+      return st?.status === "True" ? st : undefined;
+    }, 60_000);
+    expect(wrong.reason).toBe("InvalidCredentials");
+    expect(wrong.message).toContain("spec.aws.roleArn");
+    expect(wrong.message).toContain("sts:AssumeRole");
+    await kube.create(ComputeEnvironmentResource, kubeCe("bare", {}));
+    const bare = await waitFor("CE bare Stalled", async () => {
+      const st = await condition("bare", "Stalled");
+      return st?.status === "True" ? st : undefined;
+    }, 60_000);
+    expect(bare.reason).toBe("AccessDenied");
+    for (const n of ["wrong-id", "bare"]) await kube.delete(ComputeEnvironmentResource, ns, n);
   });
 });

@@ -107,7 +107,9 @@ function markCredentialErrors(provider: AwsCredentialsConfig, stage: string): Aw
 export function awsClients(opts: AwsClientOptions): AwsClients {
   const endpoint = opts.endpoint ?? endpointFromEnv();
   const stage =
-    opts.credentials.source === "ambient" ? "ambient" : opts.credentials.data.roleArn ? "assume-role" : "static";
+    opts.credentials.source === "ambient"
+      ? (opts.credentials.data.roleArn ? "ambient-assume-role" : "ambient")
+      : opts.credentials.data.roleArn ? "assume-role" : "static";
   const credentials = markCredentialErrors(
     credentialProvider(opts.credentials, {
       region: opts.region,
@@ -378,6 +380,18 @@ export function mapAwsError(err: unknown, action: string): CloudError {
       `${action}: no AWS credentials from the ambient identity (no credentials Secret is set): ${msg}`,
       err,
     );
+  }
+  if (stage === "ambient-assume-role") {
+    if (code === "CredentialsProviderError" || code === undefined) {
+      return CloudError.terminal("InvalidCredentials", `${action}: no AWS credentials from the operator's ambient identity to assume spec.aws.roleArn with: ${msg}`, err);
+    }
+    if (inSet(ACCESS_DENIED_CODES, code) || inSet(BAD_CREDENTIALS_CODES, code)) {
+      return CloudError.terminal(
+        "InvalidCredentials",
+        `${action}: assuming spec.aws.roleArn with the operator's ambient identity (sts:AssumeRole) failed: ${code}: ${msg}`,
+        err,
+      );
+    }
   }
   if (code === "CredentialsProviderError") {
     return CloudError.terminal("InvalidCredentials", `${action}: could not obtain AWS credentials: ${msg}`, err);

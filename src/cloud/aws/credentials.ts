@@ -7,7 +7,9 @@
  *   roleArn, externalId            optional: assume this role with the keys above (STS AssumeRole)
  * Source "ambient" uses the SDK's default chain (environment, web identity / IRSA, EKS pod
  * identity, container and instance metadata); it is chosen by leaving out the Secret. A Secret
- * with `roleArn` but no keys is rejected.
+ * with `roleArn` but no keys is rejected. Ambient credentials may carry `roleArn` (+ `externalId`)
+ * too: the CE's spec.aws.roleArn, which the AWS provider puts there; that role is then assumed
+ * with the ambient identity, the same way a Secret's role is assumed with the Secret's keys.
  *
  * Values never appear in errors or logs; messages name the Secret and the key only.
  */
@@ -101,7 +103,13 @@ export function credentialProvider(
   opts: CredentialOptions,
 ): AwsCredentialsConfig {
   if (creds.source === "ambient") {
-    return fromNodeProviderChain({ clientConfig: { region: opts.region } });
+    const chain = fromNodeProviderChain({ clientConfig: { region: opts.region } });
+    const roleArn = creds.data[SECRET_KEY_ROLE_ARN];
+    if (!roleArn) return chain;
+    if (!ROLE_ARN_RE.test(roleArn)) {
+      throw CloudError.terminal("InvalidSpec", "spec.aws.roleArn is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)");
+    }
+    return assumeRole(chain, roleArn, creds.data[SECRET_KEY_EXTERNAL_ID], opts);
   }
   const s = parseSecretCredentials(creds, opts);
   const base: StaticKeys = {
@@ -110,12 +118,17 @@ export function credentialProvider(
     ...(s.sessionToken !== undefined ? { sessionToken: s.sessionToken } : {}),
   };
   if (s.roleArn === undefined) return base;
+  return assumeRole(base, s.roleArn, s.externalId, opts);
+}
+
+/** STS AssumeRole of `roleArn` (with `externalId`) on top of `master`, refreshed before expiry by the SDK. */
+function assumeRole(master: AwsCredentialsConfig, roleArn: string, externalId: string | undefined, opts: CredentialOptions): AwsCredentialsConfig {
   return fromTemporaryCredentials({
-    masterCredentials: base,
+    masterCredentials: master,
     params: {
-      RoleArn: s.roleArn,
+      RoleArn: roleArn,
       RoleSessionName: ASSUME_ROLE_SESSION_NAME,
-      ...(s.externalId !== undefined ? { ExternalId: s.externalId } : {}),
+      ...(externalId ? { ExternalId: externalId } : {}),
     },
     clientConfig: {
       region: opts.region,

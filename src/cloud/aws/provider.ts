@@ -70,7 +70,7 @@ export class AwsProvider implements CloudProvider {
   clientsFor(ctx: EnvContext): AwsClients {
     const region = ctx.ce.spec.aws?.region;
     if (!region) throw CloudError.terminal("InvalidSpec", "spec.aws.region: required when spec.provider is aws");
-    const o: AwsClientOptions = { credentials: ctx.credentials, region };
+    const o: AwsClientOptions = { credentials: withSpecRole(ctx), region };
     if (this.opts.endpoint !== undefined) o.endpoint = this.opts.endpoint;
     if (this.opts.maxAttempts !== undefined) o.maxAttempts = this.opts.maxAttempts;
     // secretName is already "namespace/name".
@@ -140,6 +140,18 @@ export class AwsProvider implements CloudProvider {
   async sweepOrphans(ctx: EnvContext, liveRunUids: Set<string>): Promise<string[]> {
     return sweepOrphans(this.clientsFor(ctx), ctx, liveRunUids);
   }
+}
+
+/**
+ * Without a credentials Secret, spec.aws.roleArn (+ externalId) names a role to assume with the
+ * operator's ambient identity (IRSA, EKS Pod Identity, ...): it travels as the ambient credentials'
+ * roleArn/externalId, which credentials.ts assumes exactly as it assumes a Secret's role, and
+ * which also key the client cache (one client set per role). Admission refuses it next to a Secret.
+ */
+function withSpecRole(ctx: EnvContext): EnvContext["credentials"] {
+  const aws = ctx.ce.spec.aws;
+  if (ctx.credentials.source !== "ambient" || !aws?.roleArn) return ctx.credentials;
+  return { ...ctx.credentials, data: { ...ctx.credentials.data, roleArn: aws.roleArn, ...(aws.externalId ? { externalId: aws.externalId } : {}) } };
 }
 
 type Sendable = { send: (command: never, options?: { abortSignal?: AbortSignal }) => Promise<unknown> };

@@ -13,6 +13,9 @@ import {
 } from "../../../../src/cloud/aws/clients.js";
 import { credentialProvider, credentialsFingerprint, parseSecretCredentials } from "../../../../src/cloud/aws/credentials.js";
 import { CloudError, type ResolvedCredentials } from "../../../../src/cloud/provider.js";
+import { AwsProvider } from "../../../../src/cloud/aws/provider.js";
+import { createLogger } from "../../../../src/engine/logger.js";
+import type { ComputeEnvironment } from "../../../../src/api/types.js";
 
 const SECRET_VALUE = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY-do-not-print";
 
@@ -61,6 +64,27 @@ describe("credentials from a Secret", () => {
     expect(credentialProvider(secret({ accessKeyId: "A", secretAccessKey: "S" }), { region: "eu-west-1" })).toEqual({ accessKeyId: "A", secretAccessKey: "S" });
     expect(typeof credentialProvider(secret({ accessKeyId: "A", secretAccessKey: "S", roleArn: "arn:aws:iam::123456789012:role/r" }), { region: "eu-west-1" })).toBe("function");
     expect(typeof credentialProvider({ source: "ambient", data: {} }, { region: "eu-west-1" })).toBe("function");
+  });
+
+  it("spec.aws.roleArn: assumed with the ambient identity, one client set per role and external id", () => {
+    const provider = new AwsProvider({ endpoint: "http://127.0.0.1:1" });
+    const ceWith = (aws: Record<string, string>) => ({
+      metadata: { namespace: "n", name: "c", uid: "u" },
+      spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://b/w", ...aws } },
+    }) as unknown as ComputeEnvironment;
+    const ambient: ResolvedCredentials = { source: "ambient", data: {} };
+    const ctx = (aws: Record<string, string>, credentials = ambient) => ({ ce: ceWith(aws), credentials, logger: createLogger({ level: "silent" }) });
+    const bare = provider.clientsFor(ctx({}));
+    const a = provider.clientsFor(ctx({ roleArn: "arn:aws:iam::123456789012:role/a", externalId: "x1" }));
+    expect(a).not.toBe(bare);
+    expect(provider.clientsFor(ctx({ roleArn: "arn:aws:iam::123456789012:role/a", externalId: "x1" }))).toBe(a);
+    expect(provider.clientsFor(ctx({ roleArn: "arn:aws:iam::123456789012:role/a", externalId: "x2" }))).not.toBe(a);
+    expect(provider.clientsFor(ctx({ roleArn: "arn:aws:iam::123456789012:role/b" }))).not.toBe(a);
+    // With a Secret the spec's role is not used (admission refuses the pair anyway).
+    const keys = secret({ accessKeyId: "A", secretAccessKey: "S" });
+    expect(provider.clientsFor(ctx({ roleArn: "arn:aws:iam::123456789012:role/a" }, keys))).toBe(provider.clientsFor(ctx({}, keys)));
+    expect(typeof credentialProvider({ source: "ambient", data: { roleArn: "arn:aws:iam::123456789012:role/a" } }, { region: "eu-west-1" })).toBe("function");
+    expect(() => credentialProvider({ source: "ambient", data: { roleArn: "not-an-arn" } }, { region: "eu-west-1" })).toThrow(/spec.aws.roleArn is not an IAM role ARN/);
   });
 
   it("fingerprints change when any key or value changes and not with key order", () => {
