@@ -4,9 +4,9 @@
 //   await aws.configure({ idempotency: true, faults: [{ action: "ec2:RunInstances", error: "throttle", count: 2 }] });
 //   ...
 //   await aws.reset(); // everything off again (each integration test file also starts that way)
-import { CONTROL_PREFIX, type StrictAwsConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
+import { CONTROL_PREFIX, type CrashPoint, type CrashState, type StrictAwsConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 
-export type { CapacityRule, ConsistencyConfig, FaultRule, IamConfig, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
+export type { CapacityRule, ConsistencyConfig, CrashPoint, CrashRecord, CrashState, FaultRule, IamConfig, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
 
 export class StrictAwsControl {
   constructor(readonly endpoint: string) {}
@@ -42,5 +42,23 @@ export class StrictAwsControl {
 
   async resetStats(): Promise<void> {
     await this.call("POST", "/stats/reset");
+  }
+
+  /**
+   * Arms a crash point: at `atWrite` (counted per access key, see stats().writes) the layer
+   * SIGKILLs `pid` before or after passing the write on. Fires once; reset() disarms.
+   */
+  armCrash(point: CrashPoint): Promise<CrashState> {
+    return this.call("POST", "/crash", point);
+  }
+
+  /** Armed crash points and the ones that fired. */
+  crashes(): Promise<CrashState> {
+    return this.call("GET", "/crash");
+  }
+
+  /** The writes of one access key so far, in order (IAM actions). */
+  async writesOf(accessKeyId: string): Promise<string[]> {
+    return (await this.stats()).writes[accessKeyId] ?? [];
   }
 }

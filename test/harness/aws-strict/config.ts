@@ -74,6 +74,11 @@ export interface StrictAwsConfigPatch {
 export interface StrictAwsStats {
   /** Requests received per IAM action ("ec2:DescribeInstances"). */
   calls: Record<string, number>;
+  /**
+   * Per access key id, the writes (see isWriteAction) the layer passed on to moto or killed the
+   * caller at, in order: what a crash point's `atWrite` counts.
+   */
+  writes: Record<string, string[]>;
   /** Injected faults per action. */
   faults: Record<string, number>;
   /** Requests the layer refused (IAM, idempotency, capacity, consistency) per action. */
@@ -99,6 +104,34 @@ export function applyPatch(cfg: StrictAwsConfig, patch: StrictAwsConfigPatch): S
     faults: patch.faults ? patch.faults.map((r) => ({ ...r })) : cfg.faults,
     iam: { ...cfg.iam, ...patch.iam },
   };
+}
+
+/**
+ * A crash point: at the access key's write number `atWrite` (1 = its first write since the last
+ * reset), the layer SIGKILLs the process `pid` (the operator), either before passing the write on
+ * (the write never happens) or after moto carried it out, before the caller sees the answer (the
+ * write happened, its answer is lost). Either way the request's connection is dropped. Fires once.
+ */
+export interface CrashPoint {
+  accessKeyId: string;
+  /** Process to kill (the operator process that signs with accessKeyId). */
+  pid: number;
+  atWrite: number;
+  mode: "before" | "after";
+}
+
+/** A crash point that fired. */
+export interface CrashRecord extends CrashPoint {
+  /** The write's IAM action, e.g. "iam:CreateRole". */
+  action: string;
+  /** Whether moto carried the write out (mode "after") and its HTTP status then. */
+  forwardedStatus?: number;
+  at: string;
+}
+
+export interface CrashState {
+  armed: CrashPoint[];
+  fired: CrashRecord[];
 }
 
 /** Path prefix of the layer's control API (on the same port as the AWS endpoint). */

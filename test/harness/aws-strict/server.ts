@@ -4,12 +4,13 @@
 // forwards the rest to moto byte for byte, and rewrites a few answers (eventual consistency).
 // Every behaviour is off by default and switched through a small control API on the same port
 // (test/harness/aws-strict/client.ts). POST /moto-api/reset also resets the layer.
+import { readFileSync } from "node:fs";
 import { createServer, Agent, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { applyPatch, CONTROL_PREFIX, defaultConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
+import { applyPatch, CONTROL_PREFIX, defaultConfig, type CrashPoint, type CrashRecord, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 import { evaluate, globMatch, trustAllows, type ConditionContext, type Decision, type PolicyDocument } from "./policy-eval.js";
 import { verifySigV4 } from "./sigv4.js";
-import { describeRequest, ec2Filters, errorAnswer, faultAnswer, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
+import { describeRequest, ec2Filters, errorAnswer, faultAnswer, isWriteRequest, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
 import { element, elements, parseXml, textOf, writeXml, type XmlElement } from "./xml.js";
 
 export interface StrictAwsOptions {
@@ -49,6 +50,30 @@ interface InstanceRecord {
 interface StoredLaunch {
   fingerprint: string;
   answer: HttpAnswer;
+}
+
+/** handleAws's answer when the caller was killed at a crash point: the connection is dropped, nothing is answered. */
+const DROPPED = Symbol("dropped");
+
+/** Whether a process is gone (or a zombie, which runs no code any more). Linux /proc. */
+function processGone(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z";
+  } catch {
+    return true;
+  }
+}
+
+/** SIGKILLs `pid` and waits (up to 2 s) until it runs no more code, so it cannot act on anything sent after. */
+async function killAndWait(pid: number): Promise<void> {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    return; // already gone
+  }
+  const deadline = Date.now() + 2_000;
+  while (!processGone(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
 }
 
 const HOP_HEADERS = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"]);
@@ -101,7 +126,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   const agent = new Agent({ keepAlive: true, maxSockets: 64 });
 
   let config = defaultConfig();
-  let stats: StrictAwsStats = { calls: {}, faults: {}, refused: {} };
+  let stats: StrictAwsStats = { calls: {}, writes: {}, faults: {}, refused: {} };
+  let crashArmed: CrashPoint[] = [];
+  let crashFired: CrashRecord[] = [];
   const launches = new Map<string, StoredLaunch>();
   const tokenLocks = new Map<string, Promise<unknown>>();
   const instances = new Map<string, InstanceRecord>();
@@ -113,7 +140,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function resetState(): void {
     config = defaultConfig();
-    stats = { calls: {}, faults: {}, refused: {} };
+    stats = { calls: {}, writes: {}, faults: {}, refused: {} };
+    crashArmed = [];
+    crashFired = [];
     launches.clear();
     instances.clear();
     profiles.clear();
@@ -581,7 +610,26 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     return undefined;
   }
 
-  async function handleAws(req: AwsRequest): Promise<HttpAnswer> {
+  /** Counts a write of the request's access key; returns the crash point armed for it, if any (disarmed). */
+  function crashPointFor(req: AwsRequest): CrashPoint | undefined {
+    if (!isWriteRequest(req)) return undefined;
+    const key = req.accessKeyId ?? "";
+    const list = (stats.writes[key] ??= []);
+    list.push(req.action);
+    const i = crashArmed.findIndex((c) => c.accessKeyId === key && c.atWrite === list.length);
+    if (i < 0) return undefined;
+    const [point] = crashArmed.splice(i, 1);
+    return point;
+  }
+
+  async function crash(point: CrashPoint, req: AwsRequest, forwardedStatus?: number): Promise<typeof DROPPED> {
+    crashFired.push({ ...point, action: req.action, ...(forwardedStatus !== undefined ? { forwardedStatus } : {}), at: new Date().toISOString() });
+    log(`crash point: SIGKILL pid ${point.pid} ${point.mode} write ${point.atWrite} (${req.action}) of ${point.accessKeyId}`);
+    await killAndWait(point.pid);
+    return DROPPED;
+  }
+
+  async function handleAws(req: AwsRequest): Promise<HttpAnswer | typeof DROPPED> {
     bump(stats.calls, req.action);
     const fault = injectedFault(req);
     if (fault) return fault;
@@ -589,6 +637,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       const denied = await authorize(req);
       if (denied) return denied;
     }
+    // A write that gets this far is one AWS would carry out: counted, and maybe a crash point.
+    const point = crashPointFor(req);
+    if (point?.mode === "before") return crash(point, req);
     let ans: HttpAnswer;
     if (req.service === "ec2" && req.operation === "RunInstances") ans = await runInstances(req);
     else if (req.service === "ec2" && req.operation === "DescribeInstances") ans = await describeInstances(req);
@@ -602,6 +653,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     } catch (err) {
       log(`could not read the answer to ${req.action}: ${(err as Error).message}`);
     }
+    if (point?.mode === "after") return crash(point, req, ans.status);
     return ans;
   }
 
@@ -620,11 +672,23 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     }
     if (sub === "/reset" && method === "POST") {
       config = defaultConfig();
+      crashArmed = [];
       return json(res, 200, config);
+    }
+    if (sub === "/crash" && method === "GET") return json(res, 200, { armed: crashArmed, fired: crashFired });
+    if (sub === "/crash" && method === "POST") {
+      const p = JSON.parse(body.toString("utf8") || "{}") as Partial<CrashPoint>;
+      if (typeof p.accessKeyId !== "string" || !Number.isInteger(p.pid) || !Number.isInteger(p.atWrite) || (p.atWrite ?? 0) < 1 || (p.mode !== "before" && p.mode !== "after")) {
+        return json(res, 400, { message: "a crash point needs accessKeyId, pid, atWrite >= 1 and mode before|after" });
+      }
+      const point: CrashPoint = { accessKeyId: p.accessKeyId, pid: p.pid as number, atWrite: p.atWrite as number, mode: p.mode };
+      crashArmed = crashArmed.filter((c) => !(c.accessKeyId === point.accessKeyId && c.atWrite === point.atWrite));
+      crashArmed.push(point);
+      return json(res, 200, { armed: crashArmed, fired: crashFired });
     }
     if (sub === "/stats" && method === "GET") return json(res, 200, stats);
     if (sub === "/stats/reset" && method === "POST") {
-      stats = { calls: {}, faults: {}, refused: {} };
+      stats = { calls: {}, writes: {}, faults: {}, refused: {} };
       return json(res, 200, stats);
     }
     return json(res, 404, { message: `no such control endpoint: ${method} ${path}` });
@@ -639,7 +703,13 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     let ans: HttpAnswer;
     const aws = path.startsWith("/moto-api/") ? undefined : describeRequest(method, url, req.headers, body);
     if (aws) {
-      ans = await handleAws(aws);
+      const answer = await handleAws(aws);
+      if (answer === DROPPED) {
+        // The caller is dead: nothing is answered (as if the connection broke mid-request).
+        res.socket?.destroy();
+        return;
+      }
+      ans = answer;
     } else {
       if (path === "/moto-api/reset" && method === "POST") resetState();
       ans = await forward(method, url, req.headers, body);

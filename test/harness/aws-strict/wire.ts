@@ -197,3 +197,15 @@ export function faultAnswer(req: Pick<AwsRequest, "service" | "json">, kind: Fau
   if (s === "s3") return errorAnswer(req, 500, "InternalError", "We encountered an internal error. Please try again.");
   return errorAnswer(req, 500, req.json !== undefined ? "InternalFailure" : "InternalFailure", "The request processing has failed because of an unknown error, exception or failure.");
 }
+
+/** Operations that only read: the rest (Create*, Put*, Tag*, Run*, Terminate*, Delete*, ...) write. */
+const READ_OPERATION = /^(Describe|Get|List|Head|Filter|Lookup|Search|Simulate)/;
+
+/**
+ * Whether a request changes state in the cloud: any operation that is not a Describe/Get/List
+ * (or Head, Filter, ...) read. sts:AssumeRole only hands out credentials and counts as a read.
+ */
+export function isWriteRequest(req: Pick<AwsRequest, "service" | "operation">): boolean {
+  if (req.service === "sts") return false;
+  return !READ_OPERATION.test(req.operation);
+}
