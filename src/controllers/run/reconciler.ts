@@ -465,11 +465,12 @@ export class RunReconciler {
       if (left > 0) return { requeueAfterMs: Math.min(this.d.pollIntervalMs, left + 100) };
       if (!getCondition(run.status.conditions, MACHINE_LINGERED)) {
         const id = obs?.desc?.instanceId ?? run.status.instance?.id ?? "(unknown)";
-        const message = `machine ${id} was still ${state} ${Math.round((Date.now() - ended) / 1000)} s after the pipeline ended (its own shutdown did not end it); the operator terminated it`;
-        if (await this.terminate(run, ce, provider, log)) {
-          await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
-          await this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
-        }
+        const message = `machine ${id} was still ${state} ${Math.round((Date.now() - ended) / 1000)} s after the pipeline ended (its own shutdown did not end it); the operator terminates it`;
+        // Said before the machine is terminated: after a crash between the two, the machine is gone
+        // and nothing would tell why any more. (With the condition set, the next reconcile goes on
+        // terminating below, so a crash before the termination loses nothing either.)
+        await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
+        if (await this.terminate(run, ce, provider, log)) await this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
         return { requeueAfterMs: this.d.pollIntervalMs };
       }
     }
