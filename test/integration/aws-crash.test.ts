@@ -1,0 +1,332 @@
+/**
+ * Issue 12, "Proven": the operator SIGKILLed at every cloud write of CE create, Run launch, Run end
+ * and CE delete, then started again, on the real kube-apiserver and moto behind the strict AWS layer
+ * (ClientToken honoured as EC2 does).
+ *
+ * The operator is the real entry point with the real AWS provider, in a child process
+ * (test/support/aws-operator-process.ts) that signs with credentials of its own. The layer's crash
+ * point (test/harness/aws-strict, `armCrash`) counts that key's writes (every call that is not a
+ * Describe/Get/List read) and, at write N, SIGKILLs the process either before passing the write on
+ * (it never happens) or after moto carried it out, before the operator reads the answer (it
+ * happened, the answer is lost). A supervisor here starts the operator again at once.
+ *
+ * The scenario, in phases that do not overlap:
+ *   CE create  → Ready;
+ *   Run launch → Runs "a" and "b" Running, one after the other;
+ *   Run end    → "a"'s machine uploads exit status 0 and terminates itself (Succeeded, exit 0);
+ *                "b"'s machine uploads exit status 3 and keeps running (its shutdown "failed"): Failed
+ *                with exit code 3, and the operator terminates the machine after the grace period;
+ *   CE delete  → the CE is gone; then the Runs are deleted and go.
+ * A clean pass records the writes of each phase; then, for every write of every phase and both
+ * kill modes, a fresh namespace, CE and operator play the scenario with the crash armed at that
+ * write. Each pass must end the same way: one instance per Run ever (terminated ones included),
+ * each Run with its true outcome and exit code, no instance left running, no TowerForge-* role or
+ * instance profile of the CE left, and no vmforge finalizer left.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DescribeInstancesCommand, EC2Client, TerminateInstancesCommand, type Instance } from "@aws-sdk/client-ec2";
+import { IAMClient, ListInstanceProfilesCommand, ListRolesCommand } from "@aws-sdk/client-iam";
+import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { KubeClient } from "../../src/engine/kube.js";
+import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
+import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
+import { TAG_RUN_UID } from "../../src/cloud/aws/runs.js";
+import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
+import type { SecretObject } from "../../src/controllers/shared.js";
+import { installCrds, waitFor } from "../support/operator.js";
+import { deleteNamespace, freshNamespace, kubeconfigPath, motoEndpoint, strictAws } from "../harness/helpers.js";
+
+const REGION = "eu-west-1";
+const BUCKET = "vmforge-crash-tests";
+/** Scenarios played at the same time (each with its own namespace, key and operator process). */
+const PARALLEL = Number(process.env.VMFORGE_CRASH_PARALLEL ?? "4");
+const PHASES = ["ce-create", "run-launch", "run-end", "ce-delete"] as const;
+type PhaseName = (typeof PHASES)[number];
+type Mode = "before" | "after";
+
+const layer = strictAws();
+let client: KubeClient;
+const namespaces: string[] = [];
+
+const admin = () => ({ endpoint: motoEndpoint(), region: REGION, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
+const ec2 = () => new EC2Client(admin());
+
+type Cond = { type: string; status: string; reason: string; message: string };
+const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+
+/** The operator process of one scenario, started again whenever it dies of a SIGKILL. */
+class SupervisedOperator {
+  child: ChildProcess | undefined;
+  readonly pids: number[] = [];
+  /** Exits other than our SIGKILLs and the final SIGTERM (none expected). */
+  readonly unexpected: string[] = [];
+  private readonly tail: string[] = [];
+  private stopping = false;
+
+  constructor(private readonly ns: string) {}
+
+  start(): void {
+    const child = spawn(process.execPath, ["--import", "tsx", "test/support/aws-operator-process.ts"], {
+      env: {
+        ...process.env,
+        KUBECONFIG: kubeconfigPath(),
+        POD_NAME: `crash-${this.ns}`,
+        VMFORGE_NAMESPACES: this.ns,
+        VMFORGE_LEADER_ELECTION: "false",
+        VMFORGE_POLL_INTERVAL: "1s",
+        VMFORGE_METRICS_ADDRESS: "127.0.0.1:0",
+        VMFORGE_LOG_LEVEL: process.env.VMFORGE_TEST_LOG_LEVEL ?? "info",
+        VMFORGE_SHUTDOWN_TIMEOUT: "3s",
+        VMFORGE_AWS_ENDPOINT: motoEndpoint(),
+        // the operator signs only with the CE's Secret; nothing ambient
+        AWS_ACCESS_KEY_ID: "",
+        AWS_SECRET_ACCESS_KEY: "",
+      },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    this.child = child;
+    if (child.pid) this.pids.push(child.pid);
+    const keep = (d: Buffer): void => {
+      for (const line of d.toString().split("\n")) if (line) this.tail.push(line.slice(0, 600));
+      if (this.tail.length > 300) this.tail.splice(0, this.tail.length - 300);
+    };
+    child.stdout?.on("data", keep);
+    child.stderr?.on("data", keep);
+    child.once("exit", (code, signal) => {
+      this.tail.push(`[test] operator pid ${child.pid} exited (code ${code}, signal ${signal})`);
+      if (this.stopping) return;
+      if (signal !== "SIGKILL") this.unexpected.push(`pid ${child.pid}: code ${code}, signal ${signal}`);
+      this.start();
+    });
+  }
+
+  get pid(): number {
+    return this.child?.pid ?? 0;
+  }
+
+  log(): string {
+    return this.tail.join("\n");
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    const c = this.child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const gone = new Promise((r) => c.once("exit", r));
+    c.kill("SIGTERM");
+    const timer = setTimeout(() => c.kill("SIGKILL"), 5_000);
+    await gone;
+    clearTimeout(timer);
+  }
+}
+
+interface Outcome {
+  /** The key's writes in order, and how many of them each phase made. */
+  writes: string[];
+  phaseWrites: Record<PhaseName, number>;
+  pids: number[];
+}
+
+/** Every instance (any state) carrying a tag value; read without a tag filter. */
+async function instancesTagged(key: string, value: string): Promise<Instance[]> {
+  const out: Instance[] = [];
+  let token: string | undefined;
+  do {
+    const page = await ec2().send(new DescribeInstancesCommand({ MaxResults: 1000, ...(token ? { NextToken: token } : {}) }));
+    for (const r of page.Reservations ?? []) for (const i of r.Instances ?? []) if (i.Tags?.some((t) => t.Key === key && t.Value === value)) out.push(i);
+    token = page.NextToken || undefined;
+  } while (token);
+  return out;
+}
+
+async function iamLeftovers(prefix: string): Promise<string[]> {
+  const iam = new IAMClient(admin());
+  const roles = (await iam.send(new ListRolesCommand({ MaxItems: 1000 }))).Roles ?? [];
+  const profiles = (await iam.send(new ListInstanceProfilesCommand({ MaxItems: 1000 }))).InstanceProfiles ?? [];
+  return [
+    ...roles.filter((r) => r.RoleName?.startsWith(prefix)).map((r) => `role ${r.RoleName}`),
+    ...profiles.filter((p) => p.InstanceProfileName?.startsWith(prefix)).map((p) => `instance profile ${p.InstanceProfileName}`),
+  ];
+}
+
+/** The machine of a Run ends its pipeline: uploads its exit status, then terminates itself or (its shutdown failing) keeps running. */
+async function pipelineEnds(ce: ComputeEnvironment, run: Run, exitCode: number, shutdown: boolean): Promise<void> {
+  const key = runArtifactsUri(ce, run).replace(`s3://${BUCKET}/`, "");
+  await new S3Client({ ...admin(), forcePathStyle: true }).send(new PutObjectCommand({ Bucket: BUCKET, Key: `${key}/exit-status`, Body: `${exitCode}\n` }));
+  if (shutdown) await ec2().send(new TerminateInstancesCommand({ InstanceIds: [run.status?.instance?.id ?? ""] }));
+}
+
+/**
+ * Plays the whole scenario in a fresh namespace with its own key and operator process, with a
+ * crash point armed at write `crashAt` (none for the clean pass), and checks how it ends.
+ */
+async function scenario(crashAt?: { write: number; mode: Mode; action: string }): Promise<Outcome> {
+  const ns = await freshNamespace(client, "crash");
+  namespaces.push(ns);
+  const accessKeyId = `AKIACRASH${randomBytes(6).toString("hex").toUpperCase()}`;
+  const op = new SupervisedOperator(ns);
+  const get = <T extends KubeObject>(rt: ResourceType, name: string) => client.get<T>(rt, ns, name);
+  const phaseWrites = {} as Record<PhaseName, number>;
+  let counted = 0;
+  const endPhase = async (p: PhaseName): Promise<void> => {
+    const n = (await layer.writesOf(accessKeyId)).length;
+    phaseWrites[p] = n - counted;
+    counted = n;
+  };
+  const wait = <T,>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 60_000) => waitFor(`${ns}: ${what}`, fn, ms, 250);
+  try {
+    await client.create(SecretResource, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId, secretAccessKey: "crash-test-secret" },
+    } as SecretObject);
+    op.start();
+    if (crashAt) await layer.armCrash({ accessKeyId, pid: op.pid, atWrite: crashAt.write, mode: crashAt.mode });
+
+    // CE create
+    await client.create(ComputeEnvironmentResource, {
+      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` } },
+    } as ComputeEnvironment);
+    const ce = await wait("CE Ready", async () => {
+      const c = await get<ComputeEnvironment>(ComputeEnvironmentResource, "ce");
+      return cond(c, "Ready")?.status === "True" ? c : undefined;
+    });
+    await endPhase("ce-create");
+
+    // Run launch, one Run after the other (so the writes come in one order)
+    const running: Record<string, Run> = {};
+    for (const name of ["a", "b"]) {
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      running[name] = await wait(`Run ${name} Running`, async () => {
+        const r = await get<Run>(RunResource, name);
+        return r?.status?.phase === "Running" && r.status.instance?.id ? r : undefined;
+      });
+    }
+    await endPhase("run-launch");
+
+    // Run end: "a" shuts down; "b"'s shutdown fails, the operator ends the machine after the grace period.
+    await pipelineEnds(ce, running.a as Run, 0, true);
+    await pipelineEnds(ce, running.b as Run, 3, false);
+    const ended: Record<string, Run> = {};
+    for (const name of ["a", "b"]) {
+      ended[name] = await wait(`Run ${name} ended and its machine confirmed terminated`, async () => {
+        const r = await get<Run>(RunResource, name);
+        return (r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed") && r.status.instance?.state === "terminated" ? r : undefined;
+      });
+    }
+    await endPhase("run-end");
+
+    // CE delete
+    await client.delete(ComputeEnvironmentResource, ns, "ce");
+    await wait("CE gone", async () => (await get<ComputeEnvironment>(ComputeEnvironmentResource, "ce")) === undefined, 90_000);
+    await endPhase("ce-delete");
+    // The Runs go too (their finalizers are released).
+    for (const name of ["a", "b"]) await client.delete(RunResource, ns, name);
+    await wait("Runs gone", async () => (await client.list<Run>(RunResource, { namespace: ns })).items.length === 0);
+
+    // How it ended.
+    const label = crashAt ? `crash ${crashAt.mode} write ${crashAt.write}` : "clean";
+    expect({ label, phase: ended.a?.status?.phase, reason: ended.a?.status?.reason, exitCode: ended.a?.status?.exitCode })
+      .toEqual({ label, phase: "Succeeded", reason: "Succeeded", exitCode: 0 });
+    expect({ label, phase: ended.b?.status?.phase, reason: ended.b?.status?.reason, exitCode: ended.b?.status?.exitCode })
+      .toEqual({ label, phase: "Failed", reason: "PipelineFailed", exitCode: 3 });
+    // ... and it says that the operator ended the machine whose shutdown failed
+    expect({ label, lingered: cond(ended.b, "MachineLingered")?.status }).toEqual({ label, lingered: "True" });
+    for (const name of ["a", "b"]) {
+      const insts = await instancesTagged(TAG_RUN_UID, ended[name]?.metadata.uid ?? "");
+      // exactly one instance ever launched for the Run, and it is the one recorded
+      expect({ label, run: name, instances: insts.map((i) => i.InstanceId) }).toEqual({ label, run: name, instances: [ended[name]?.status?.instance?.id] });
+    }
+    const ofCe = await instancesTagged(TAG_CE_UID, ce.metadata.uid ?? "");
+    expect({ label, states: ofCe.map((i) => i.State?.Name) }).toEqual({ label, states: ["terminated", "terminated"] });
+    expect({ label, leftovers: await iamLeftovers(`TowerForge-${ns}-`) }).toEqual({ label, leftovers: [] });
+    const secret = await client.get<SecretObject>(SecretResource, ns, "aws");
+    expect({ label, finalizers: (secret?.metadata.finalizers ?? []).filter((f) => f === FINALIZER) }).toEqual({ label, finalizers: [] });
+    expect({ label, unexpectedExits: op.unexpected }).toEqual({ label, unexpectedExits: [] });
+
+    const fired = (await layer.crashes()).fired.filter((f) => f.accessKeyId === accessKeyId);
+    if (crashAt) {
+      expect({ label, fired: fired.map((f) => [f.atWrite, f.mode, f.pid, f.action]) }).toEqual({ label, fired: [[crashAt.write, crashAt.mode, op.pids[0], crashAt.action]] });
+      expect({ label, restarts: op.pids.length }).toEqual({ label, restarts: 2 });
+    } else {
+      expect(fired).toEqual([]);
+      expect(op.pids).toHaveLength(1);
+    }
+    return { writes: await layer.writesOf(accessKeyId), phaseWrites, pids: op.pids };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message : String(e);
+    throw new Error(`${msg}\n--- writes of ${accessKeyId}: ${(await layer.writesOf(accessKeyId)).join(", ")}\n--- operator log (${ns}), last lines:\n${op.log()}`, { cause: e });
+  } finally {
+    await op.stop();
+  }
+}
+
+/** Runs fn over items, `limit` at a time; every failure is reported (not only the first). */
+async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const failures: unknown[] = [];
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await fn(item);
+      } catch (e) {
+        failures.push(e);
+      }
+    }
+  }));
+  if (failures.length === 1) throw failures[0];
+  if (failures.length > 1) throw new AggregateError(failures, `${failures.length} crash scenarios failed:\n${failures.map((f) => (f instanceof Error ? f.message : String(f))).join("\n\n")}`);
+}
+
+let clean: Outcome;
+
+beforeAll(async () => {
+  await new S3Client({ ...admin(), forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
+  // EC2 as it is: a repeated ClientToken gets the first launch, and a new instance is missing from
+  // the first tag-filtered DescribeInstances that would show it (so a launch resumed after a crash
+  // cannot count on its look-up: ClientToken must keep it from making a second machine).
+  await layer.configure({ idempotency: true, consistency: { newInstanceHiddenDescribes: 1 } });
+  client = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(client);
+}, 120_000);
+
+afterAll(async () => {
+  await layer.reset();
+  await Promise.all(namespaces.map((n) => deleteNamespace(n)));
+});
+
+describe("the operator SIGKILLed at every cloud write, then started again", () => {
+  it("a clean pass: the writes of each phase", async () => {
+    clean = await scenario();
+    // What the phases write, as the operator does today (the test covers whatever this is).
+    expect(clean.writes.slice(0, clean.phaseWrites["ce-create"])).toEqual([
+      "iam:CreateRole", "iam:PutRolePolicy", "iam:TagRole", "iam:CreateInstanceProfile", "iam:AddRoleToInstanceProfile", "iam:TagRole",
+    ]);
+    expect(clean.phaseWrites["run-launch"]).toBe(2);
+    expect(clean.phaseWrites["run-end"]).toBe(1);
+    expect(clean.phaseWrites["ce-delete"]).toBeGreaterThanOrEqual(3);
+    console.log(`crash tests: writes per phase ${JSON.stringify(clean.phaseWrites)}: ${clean.writes.join(", ")}`);
+  }, 120_000);
+
+  for (const phase of PHASES) {
+    it(`${phase}: killed before and after each of its writes, restarted, it ends as the clean pass`, async () => {
+      expect(clean, "the clean pass must run first").toBeDefined();
+      const first = PHASES.slice(0, PHASES.indexOf(phase)).reduce((n, p) => n + clean.phaseWrites[p], 0) + 1;
+      const count = clean.phaseWrites[phase];
+      const points: { write: number; mode: Mode; action: string }[] = [];
+      for (let w = first; w < first + count; w++) for (const mode of ["before", "after"] as const) points.push({ write: w, mode, action: clean.writes[w - 1] ?? "" });
+      console.log(`crash tests: ${phase}: ${points.length} crash points (writes ${first}..${first + count - 1}: ${clean.writes.slice(first - 1, first - 1 + count).join(", ")})`);
+      await pool(points, PARALLEL, async (p) => {
+        await scenario(p);
+      });
+    }, 600_000);
+  }
+});
