@@ -24,10 +24,18 @@
  * instance profile of the CE left, and no vmforge finalizer left.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DescribeInstancesCommand, EC2Client, TerminateInstancesCommand, type Instance } from "@aws-sdk/client-ec2";
-import { IAMClient, ListInstanceProfilesCommand, ListRolesCommand } from "@aws-sdk/client-iam";
+import {
+  AttachUserPolicyCommand,
+  CreateAccessKeyCommand,
+  CreatePolicyCommand,
+  CreateUserCommand,
+  GetInstanceProfileCommand,
+  IAMClient,
+  ListInstanceProfilesCommand,
+  ListRolesCommand,
+} from "@aws-sdk/client-iam";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { KubeClient } from "../../src/engine/kube.js";
 import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
@@ -40,9 +48,13 @@ import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { installCrds, waitFor } from "../support/operator.js";
 import { deleteNamespace, freshNamespace, kubeconfigPath, motoEndpoint, strictAws } from "../harness/helpers.js";
+import { awsSeedPath, seedPolicy } from "../harness/seed-policy.js";
 
 const REGION = "eu-west-1";
 const BUCKET = "vmforge-crash-tests";
+const ACCOUNT = "123456789012";
+/** The operator's managed policy: the product document's (seed 002), every phase, unchanged. */
+const OPERATOR_POLICY = "vmforge-crash-operator";
 /** Scenarios played at the same time (each with its own namespace, key and operator process). */
 const PARALLEL = Number(process.env.VMFORGE_CRASH_PARALLEL ?? "4");
 const PHASES = ["ce-create", "run-launch", "run-end", "ce-delete"] as const;
@@ -168,8 +180,15 @@ async function pipelineEnds(ce: ComputeEnvironment, run: Run, exitCode: number, 
 async function scenario(crashAt?: { write: number; mode: Mode; action: string }): Promise<Outcome> {
   const ns = await freshNamespace(client, "crash");
   namespaces.push(ns);
-  const accessKeyId = `AKIACRASH${randomBytes(6).toString("hex").toUpperCase()}`;
+  // The operator is an IAM user of its own with the seed's policy (the layer checks every call).
+  const iam = new IAMClient(admin());
+  const user = `crash-${ns}`;
+  await iam.send(new CreateUserCommand({ UserName: user }));
+  await iam.send(new AttachUserPolicyCommand({ UserName: user, PolicyArn: `arn:aws:iam::${ACCOUNT}:policy/${OPERATOR_POLICY}` }));
+  const key = (await iam.send(new CreateAccessKeyCommand({ UserName: user }))).AccessKey;
+  const accessKeyId = key?.AccessKeyId ?? "";
   const op = new SupervisedOperator(ns);
+  const label = crashAt ? `crash ${crashAt.mode} write ${crashAt.write} (${crashAt.action})` : "clean";
   const get = <T extends KubeObject>(rt: ResourceType, name: string) => client.get<T>(rt, ns, name);
   const phaseWrites = {} as Record<PhaseName, number>;
   let counted = 0;
@@ -181,7 +200,7 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
   const wait = <T,>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 60_000) => waitFor(`${ns}: ${what}`, fn, ms, 250);
   try {
     await client.create(SecretResource, {
-      apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId, secretAccessKey: "crash-test-secret" },
+      apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId, secretAccessKey: key?.SecretAccessKey ?? "" },
     } as SecretObject);
     op.start();
     if (crashAt) await layer.armCrash({ accessKeyId, pid: op.pid, atWrite: crashAt.write, mode: crashAt.mode });
@@ -196,6 +215,10 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
       return cond(c, "Ready")?.status === "True" ? c : undefined;
     });
     await endPhase("ce-create");
+    // converged as a clean pass does: the profile holds the CE's role
+    const profileName = (ce.status?.aws?.instanceProfileArn ?? "").split("/").pop() ?? "";
+    const profile = await iam.send(new GetInstanceProfileCommand({ InstanceProfileName: profileName }));
+    expect({ label, roles: profile.InstanceProfile?.Roles?.map((r) => r.RoleName) }).toEqual({ label, roles: [profileName] });
 
     // Run launch, one Run after the other (so the writes come in one order)
     const running: Record<string, Run> = {};
@@ -232,7 +255,6 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
     await wait("Runs gone", async () => (await client.list<Run>(RunResource, { namespace: ns })).items.length === 0);
 
     // How it ended.
-    const label = crashAt ? `crash ${crashAt.mode} write ${crashAt.write}` : "clean";
     expect({ label, phase: ended.a?.status?.phase, reason: ended.a?.status?.reason, exitCode: ended.a?.status?.exitCode })
       .toEqual({ label, phase: "Succeeded", reason: "Succeeded", exitCode: 0 });
     expect({ label, phase: ended.b?.status?.phase, reason: ended.b?.status?.reason, exitCode: ended.b?.status?.exitCode })
@@ -268,37 +290,63 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
   }
 }
 
-/** Runs fn over items, `limit` at a time; every failure is reported (not only the first). */
-async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  const failures: unknown[] = [];
+type CrashAt = { write: number; mode: Mode; action: string };
+
+/**
+ * Starts every crash scenario, PARALLEL at a time, in write order (one pool for all phases, so no
+ * slot idles at a phase's end). Each point's promise settles with its failure, or undefined.
+ */
+function startAll(points: CrashAt[]): Map<string, Promise<unknown>> {
+  const settled = new Map<string, (v: unknown) => void>();
+  const out = new Map<string, Promise<unknown>>();
+  for (const p of points) out.set(`${p.write}/${p.mode}`, new Promise((r) => settled.set(`${p.write}/${p.mode}`, r)));
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
-      const item = items[next++] as T;
-      try {
-        await fn(item);
-      } catch (e) {
-        failures.push(e);
+  for (let i = 0; i < Math.min(PARALLEL, points.length); i++) {
+    void (async () => {
+      while (next < points.length) {
+        const p = points[next++] as CrashAt;
+        const done = settled.get(`${p.write}/${p.mode}`) as (v: unknown) => void;
+        try {
+          await scenario(p);
+          done(undefined);
+        } catch (e) {
+          done(e ?? new Error("failed"));
+        }
       }
-    }
-  }));
-  if (failures.length === 1) throw failures[0];
-  if (failures.length > 1) throw new AggregateError(failures, `${failures.length} crash scenarios failed:\n${failures.map((f) => (f instanceof Error ? f.message : String(f))).join("\n\n")}`);
+    })();
+  }
+  return out;
 }
 
 let clean: Outcome;
+let results: Map<string, Promise<unknown>> | undefined;
+
+/** The crash points of a phase: before and after each of its writes in the clean pass. */
+function pointsOf(phase: PhaseName): CrashAt[] {
+  const first = PHASES.slice(0, PHASES.indexOf(phase)).reduce((n, p) => n + clean.phaseWrites[p], 0) + 1;
+  const points: CrashAt[] = [];
+  for (let w = first; w < first + clean.phaseWrites[phase]; w++) for (const mode of ["before", "after"] as const) points.push({ write: w, mode, action: clean.writes[w - 1] ?? "" });
+  return points;
+}
 
 beforeAll(async () => {
+  const seed = awsSeedPath();
+  if (!seed) throw new Error("seed 002 (the AWS Cloud document) not found; set VMFORGE_SEEDS_DIR to the folder of the product documents");
+  const doc = seedPolicy(seed, { phases: ["create", "validate", "launch", "delete", "read"], bucket: BUCKET, workDirPrefix: "work" });
+  await new IAMClient(admin()).send(new CreatePolicyCommand({ PolicyName: OPERATOR_POLICY, PolicyDocument: JSON.stringify(doc) }));
   await new S3Client({ ...admin(), forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
   // EC2 as it is: a repeated ClientToken gets the first launch, and a new instance is missing from
   // the first tag-filtered DescribeInstances that would show it (so a launch resumed after a crash
   // cannot count on its look-up: ClientToken must keep it from making a second machine).
-  await layer.configure({ idempotency: true, consistency: { newInstanceHiddenDescribes: 1 } });
+  // IAM is evaluated as AWS does for the operator's users; "testing" (this test) acts as the root.
+  await layer.configure({ idempotency: true, consistency: { newInstanceHiddenDescribes: 1 }, iam: { enforce: true, rootAccessKeys: ["testing"] } });
   client = KubeClient.fromKubeconfig(kubeconfigPath());
   await installCrds(client);
 }, 120_000);
 
 afterAll(async () => {
+  // scenarios of phases whose test was filtered out still run: let them end (and stop their operators)
+  if (results) await Promise.all(results.values());
   await layer.reset();
   await Promise.all(namespaces.map((n) => deleteNamespace(n)));
 });
@@ -319,14 +367,15 @@ describe("the operator SIGKILLed at every cloud write, then started again", () =
   for (const phase of PHASES) {
     it(`${phase}: killed before and after each of its writes, restarted, it ends as the clean pass`, async () => {
       expect(clean, "the clean pass must run first").toBeDefined();
-      const first = PHASES.slice(0, PHASES.indexOf(phase)).reduce((n, p) => n + clean.phaseWrites[p], 0) + 1;
-      const count = clean.phaseWrites[phase];
-      const points: { write: number; mode: Mode; action: string }[] = [];
-      for (let w = first; w < first + count; w++) for (const mode of ["before", "after"] as const) points.push({ write: w, mode, action: clean.writes[w - 1] ?? "" });
-      console.log(`crash tests: ${phase}: ${points.length} crash points (writes ${first}..${first + count - 1}: ${clean.writes.slice(first - 1, first - 1 + count).join(", ")})`);
-      await pool(points, PARALLEL, async (p) => {
-        await scenario(p);
-      });
+      // The first phase's test starts every phase's scenarios; each phase's test waits for its own.
+      results ??= startAll(PHASES.flatMap(pointsOf));
+      const points = pointsOf(phase);
+      console.log(`crash tests: ${phase}: ${points.length} crash points (${points.filter((p) => p.mode === "before").map((p) => `${p.write} ${p.action}`).join(", ")})`);
+      const failures = (await Promise.all(points.map((p) => results?.get(`${p.write}/${p.mode}`)))).filter((f) => f !== undefined);
+      if (failures.length === 1) throw failures[0];
+      if (failures.length > 1) {
+        throw new AggregateError(failures, `${failures.length} crash scenarios failed:\n${failures.map((f) => (f instanceof Error ? f.message : String(f))).join("\n\n")}`);
+      }
     }, 600_000);
   }
 });

@@ -1,6 +1,7 @@
 // The strict AWS layer in front of the shared moto (test/harness/aws-strict/), through the AWS SDK
 // v3: each behaviour off (moto's answer) and on (AWS's answer). The IAM evaluation has its own
 // cases at the end; the operator's least privilege under it is aws-least-privilege.test.ts.
+import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, DescribeLogGroupsCommand, GetLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import {
@@ -245,6 +246,56 @@ describe("eventual consistency", () => {
     const byName = await failure(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: counted } }))));
     expect(byName.message).toBe(`Value (${counted}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name`);
     await expect(admin.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: counted } })))).resolves.toBeDefined();
+  });
+});
+
+describe("crash points", () => {
+  const victim = (): { child: ChildProcess; died: Promise<NodeJS.Signals | null> } => {
+    const child = spawn("sleep", ["60"], { stdio: "ignore" });
+    return { child, died: new Promise((r) => child.once("exit", (_code, signal) => r(signal))) };
+  };
+  const roleExists = async (name: string): Promise<boolean> => {
+    try {
+      await admin.iam.send(new GetRoleCommand({ RoleName: name }));
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it("count each key's writes (not its reads), SIGKILL the process before or after write N, and drop the answer", async () => {
+    const key = `AKIACRASHLAYER${suffix.toUpperCase()}`;
+    // no retries: the dropped connection is seen once
+    const iam = new IAMClient({ endpoint: motoEndpoint(), region: REGION, credentials: { accessKeyId: key, secretAccessKey: "x" }, maxAttempts: 1 });
+    const role = (n: number) => `crash-layer-${suffix}-${n}`;
+    const create = (n: number) => iam.send(new CreateRoleCommand({ RoleName: role(n), AssumeRolePolicyDocument: "{}" }));
+    await create(1);
+    await iam.send(new GetRoleCommand({ RoleName: role(1) }));
+
+    const before = victim();
+    await layer().armCrash({ accessKeyId: key, pid: before.child.pid ?? 0, atWrite: 2, mode: "before" });
+    await expect(create(2)).rejects.toThrow();
+    expect(await before.died).toBe("SIGKILL");
+    expect(await roleExists(role(2))).toBe(false); // never carried out
+
+    const after = victim();
+    await layer().armCrash({ accessKeyId: key, pid: after.child.pid ?? 0, atWrite: 3, mode: "after" });
+    await expect(create(3)).rejects.toThrow();
+    expect(await after.died).toBe("SIGKILL");
+    expect(await roleExists(role(3))).toBe(true); // carried out, its answer lost
+
+    await create(4); // fired once each: nothing armed any more
+    expect(await layer().writesOf(key)).toEqual(["iam:CreateRole", "iam:CreateRole", "iam:CreateRole", "iam:CreateRole"]);
+    const { armed, fired } = await layer().crashes();
+    expect(armed).toEqual([]);
+    expect(fired.filter((f) => f.accessKeyId === key).map((f) => [f.atWrite, f.mode, f.action, f.forwardedStatus])).toEqual([
+      [2, "before", "iam:CreateRole", undefined],
+      [3, "after", "iam:CreateRole", 200],
+    ]);
+    // reset() disarms
+    await layer().armCrash({ accessKeyId: key, pid: 999_999_999, atWrite: 9, mode: "before" });
+    await layer().reset();
+    expect((await layer().crashes()).armed).toEqual([]);
   });
 });
 

@@ -349,7 +349,8 @@ export class ComputeEnvironmentReconciler {
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
-    log.info(wrote ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");
+    // (After a disposal, `wrote` is false too: that is not "nothing was ever written".)
+    log.info(wrote || cloudWritesMayHaveHappened(ce) ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");
     return;
   }
 
