@@ -4,7 +4,8 @@
  * (ClientToken honoured as EC2 does).
  *
  * The operator is the real entry point with the real AWS provider, in a child process
- * (test/support/aws-operator-process.ts) that signs with credentials of its own. The layer's crash
+ * (test/support/aws-operator-process.ts) that signs as an IAM user of its own holding exactly the
+ * product document's policy (seed 002), evaluated by the layer as AWS does. The layer's crash
  * point (test/harness/aws-strict, `armCrash`) counts that key's writes (every call that is not a
  * Describe/Get/List read) and, at write N, SIGKILLs the process either before passing the write on
  * (it never happens) or after moto carried it out, before the operator reads the answer (it
