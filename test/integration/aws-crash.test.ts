@@ -13,7 +13,8 @@
  *
  * The scenario, in phases that do not overlap:
  *   CE create  → Ready;
- *   Run launch → Runs "a" and "b" Running, one after the other;
+ *   Run launch → Runs "a" and "b" launched one after the other, each Running once its launcher
+ *                says in its log that the pipeline started;
  *   Run end    → "a"'s machine uploads exit status 0 and terminates itself (Succeeded, exit 0);
  *                "b"'s machine uploads exit status 3 and keeps running (its shutdown "failed"): Failed
  *                with exit code 3, and the operator terminates the machine after the grace period;
@@ -38,11 +39,13 @@ import {
   ListRolesCommand,
 } from "@aws-sdk/client-iam";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
+import { logGroupName, logStreamName } from "../../src/cloud/aws/logs.js";
 import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
 import { TAG_RUN_UID } from "../../src/cloud/aws/runs.js";
 import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
@@ -167,6 +170,18 @@ async function iamLeftovers(prefix: string): Promise<string[]> {
   ];
 }
 
+/** The launcher on a Run's machine starts the pipeline and says so in its log (the CloudWatch agent's effect). */
+async function pipelineStarts(ce: ComputeEnvironment, run: Run): Promise<void> {
+  const logs = new CloudWatchLogsClient(admin());
+  const group = logGroupName(ce);
+  const stream = logStreamName(run);
+  await logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
+  await logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
+  const t = Date.now();
+  const lines = ["[vmforge] starting: nextflow run ...", "VMFORGE_PIPELINE_STARTED"];
+  await logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: lines.map((message, i) => ({ timestamp: t + i, message })) }));
+}
+
 /** The machine of a Run ends its pipeline: uploads its exit status, then terminates itself or (its shutdown failing) keeps running. */
 async function pipelineEnds(ce: ComputeEnvironment, run: Run, exitCode: number, shutdown: boolean): Promise<void> {
   const key = runArtifactsUri(ce, run).replace(`s3://${BUCKET}/`, "");
@@ -228,6 +243,12 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
         apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
         spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
       } as Run);
+      // The machine is up (the Run sets up, Launching), then its launcher starts the pipeline (Running).
+      const up = await wait(`Run ${name} setting up on a running machine`, async () => {
+        const r = await get<Run>(RunResource, name);
+        return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" && r.status.instance?.state === "running" ? r : undefined;
+      });
+      await pipelineStarts(ce, up);
       running[name] = await wait(`Run ${name} Running`, async () => {
         const r = await get<Run>(RunResource, name);
         return r?.status?.phase === "Running" && r.status.instance?.id ? r : undefined;
