@@ -76,6 +76,8 @@ export interface EmulatedVm {
   tags: Record<string, string>;
   userData: string | null;
   userDataText: string | null;
+  /** What cloud-init on the VM runs (Azure hands userData only to the instance metadata service). */
+  customDataText: string | null;
   identity: unknown;
   /** Base URL to use as the VM's instance metadata service (append /metadata/identity/oauth2/token). */
   imdsEndpoint: string;

@@ -16,7 +16,7 @@ import { TokenSigner } from "./jwt.js";
 import { authorizationFailedMessage, BUILT_IN_ROLES, normPermission, Rbac } from "./rbac.js";
 import { defaultSettings, Directory, type CapacityFault, type Fault, type Principal, type RequestLogEntry, type Settings } from "./state.js";
 import { createLogsPlane, type LogsHost, type LogsPlane } from "./logs/index.js";
-import { ArmError, DetIds, EntraError, isObject, lc, sendJson, trimSlash } from "./util.js";
+import { ArmError, DetIds, EntraError, isObject, lc, sendJson, TextBody, trimSlash } from "./util.js";
 
 export type { LogsHost, LogsPlane };
 
@@ -425,6 +425,29 @@ export class Emulator {
         return;
       }
       reply(200, this.entra.managedIdentityToken(key, url.searchParams, "appservice"));
+      return;
+    }
+    if (rest === "metadata/instance/compute/userdata") {
+      // What a VM reads its userData with (Azure never hands userData to cloud-init): base64, as text.
+      if (lc(String(req.headers.metadata ?? "")) !== "true") {
+        reply(400, { error: "Bad request. Required metadata header not specified" });
+        return;
+      }
+      if (!url.searchParams.get("api-version")) {
+        reply(400, { error: "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds", newest_versions: ["2023-07-01", "2021-12-13", "2021-11-15"] });
+        return;
+      }
+      if (url.searchParams.get("format") !== "text") {
+        reply(400, { error: "Bad request. Query parameter 'format' must be 'text' for leaf nodes." });
+        return;
+      }
+      const vm = this.arm.vmIds.get(lc(key));
+      const r = vm ? this.arm.resources.get(vm) : undefined;
+      if (!r) {
+        reply(404, { error: "Not found" });
+        return;
+      }
+      reply(200, new TextBody(String(r.x.userData ?? "")));
       return;
     }
     if (rest === "metadata/instance" || rest === "metadata/instance/compute") {

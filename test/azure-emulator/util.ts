@@ -75,10 +75,16 @@ export class EntraError extends Error {
   }
 }
 
+/** A body sent as plain text (the instance metadata service's format=text answers). */
+export class TextBody {
+  constructor(readonly text: string) {}
+}
+
 export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = body === undefined ? "" : JSON.stringify(body);
+  const raw = body instanceof TextBody;
+  const text = body === undefined ? "" : raw ? body.text : JSON.stringify(body);
   res.writeHead(status, {
-    ...(body === undefined ? {} : { "content-type": "application/json; charset=utf-8" }),
+    ...(body === undefined ? {} : { "content-type": raw ? "text/plain; charset=utf-8" : "application/json; charset=utf-8" }),
     "content-length": String(Buffer.byteLength(text)),
     ...headers,
   });

@@ -27,7 +27,7 @@ it("runs the Azure example Run to Succeeded, shows its log from Log Analytics an
   for (const at of phases) expect(at).toBeGreaterThanOrEqual(0);
   expect([...phases].sort((a, b) => a - b)).toEqual(phases);
   // The launcher itself ran (userData from the emulator) and its shipper reached Log Analytics.
-  expect(out).toMatch(/VM vmforge-[0-9a-f]{32} \(Run hello\) is running: cloud-init runs its userData/);
+  expect(out).toMatch(/VM vmforge-[0-9a-f]{32} \(Run hello\) is running: cloud-init runs its customData/);
   expect(out).toContain("  | Bonjour world!");
   expect(out).toMatch(/\n {2}\| VMFORGE_EXIT_CODE=0\n/);
   expect(out).toMatch(/launcher \| .*uploaded exit-status/);

@@ -159,6 +159,33 @@ if [ -n "$VMF_POST_RUN" ]; then eval "$VMF_POST_RUN" >>"$LAUNCH_DIR/run.log" 2>&
 finish "$rc"
 `;
 
+/**
+ * The VM's customData: cloud-init runs customData, while Azure hands userData only to the instance
+ * metadata service. This bootstrap reads the launcher (userData) from there and runs it; without
+ * it the launcher would sit unread on every VM. customData is also never returned by Azure's API.
+ * If the launcher cannot be read, the VM shuts down (the operator then deletes it and says so).
+ */
+export function renderAzureBootstrap(imdsEndpoint = "http://169.254.169.254", retry: { attempts: number; intervalS: number } = { attempts: 30, intervalS: 2 }): string {
+  return [
+    "#!/bin/bash",
+    "# vmforge bootstrap (Azure): run the launcher kept in this VM's userData.",
+    `IMDS=${shellQuote(imdsEndpoint)}`,
+    'IMDS="${VMFORGE_IMDS_ENDPOINT:-$IMDS}"',
+    'DIR="${VMFORGE_ROOT:-}/var/lib/vmforge"',
+    'mkdir -p "$DIR"',
+    `for attempt in $(seq 1 ${Math.max(1, Math.floor(retry.attempts))}); do`,
+    `  if curl -sf -H 'Metadata: true' --max-time 10 "$IMDS/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d >"$DIR/launcher.sh.part" 2>/dev/null && [ -s "$DIR/launcher.sh.part" ]; then`,
+    '    mv "$DIR/launcher.sh.part" "$DIR/launcher.sh"',
+    '    exec bash "$DIR/launcher.sh"',
+    "  fi",
+    `  sleep ${Math.max(0, Math.floor(retry.intervalS))}`,
+    "done",
+    'echo "vmforge: could not read the launcher from the instance metadata service" >>"$DIR/bootstrap.log"',
+    "shutdown -h now",
+    "",
+  ].join("\n");
+}
+
 /** Renders the Run's launcher. Throws Terminal when it would not fit Azure's userData limit. */
 export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): string {
   const uid = run.metadata.uid;

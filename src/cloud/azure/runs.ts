@@ -10,7 +10,7 @@ import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
-import { azureArtifactsPath, renderAzureUserData } from "./launcher.js";
+import { azureArtifactsPath, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
 import { LOG_TABLE, TAG_RUN_UID, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
@@ -145,6 +145,8 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
     osProfile: {
       computerName: name,
       adminUsername: "vmforge",
+      // What cloud-init runs: a bootstrap that reads the launcher from userData (see launcher.ts).
+      customData: Buffer.from(renderAzureBootstrap(process.env.VMFORGE_AZURE_VM_IMDS_ENDPOINT || undefined), "utf8").toString("base64"),
       linuxConfiguration: { disablePasswordAuthentication: true, ssh: { publicKeys: [{ path: "/home/vmforge/.ssh/authorized_keys", keyData: throwawaySshKey() }] } },
     },
     networkProfile: {

@@ -1,6 +1,6 @@
  
 // Microsoft.Compute: virtual machines (inline or referenced NICs, deleteOption cascades,
-// identities, userData, Spot, power state, instance view, capacity errors) and managed disks.
+// identities, userData, customData (to the VM only), Spot, power state, instance view, capacity errors) and managed disks.
 import type { ManagedIdentityHost } from "../entra.js";
 import type { Principal } from "../state.js";
 import { ArmError, isObject, lc } from "../util.js";
@@ -332,6 +332,8 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         body: vmBody,
         x: {
           userData,
+          // customData is what cloud-init runs; Azure never returns it from its API (kept out of the body).
+          customData: typeof os.customData === "string" ? os.customData : undefined,
           power: allocationFailure ? undefined : "starting",
           vmId,
           osDiskId: diskId,
@@ -651,6 +653,7 @@ export function listVmsForControl(arm: Arm, baseUrl: string): Json[] {
       tags: r.body.tags ?? {},
       userData: ud ?? null,
       userDataText: ud === undefined ? null : Buffer.from(ud, "base64").toString("utf8"),
+      customDataText: typeof r.x.customData === "string" ? Buffer.from(r.x.customData, "base64").toString("utf8") : null,
       identity: r.body.identity ?? null,
       imdsEndpoint: `${baseUrl}/_mi/${r.x.vmId}`,
       timeCreated: r.body.properties.timeCreated,

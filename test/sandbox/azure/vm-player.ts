@@ -1,8 +1,9 @@
 /**
  * Plays the Azure VMs the operator creates in the Azure emulator (which records VMs but boots
- * nothing): for each new vmforge VM that Azure reports running, it decodes the VM's userData and
- * runs that exact launcher with bash, unprivileged, under a private root folder — as cloud-init
- * would on the VM.
+ * nothing): for each new vmforge VM that Azure reports running, it runs the VM's customData with
+ * bash, unprivileged, under a private root folder — as cloud-init would on the VM. That bootstrap
+ * reads the launcher (userData) from the VM's instance metadata endpoint and runs it, as on Azure,
+ * where cloud-init never sees userData.
  *
  * Only what a VM image provides is stood in for (./standins, then ../standins): `nextflow` prints
  * the hello pipeline's log and exits with the chosen code, `docker` is "running", `shutdown` tells
@@ -121,7 +122,7 @@ export class AzureVmPlayer {
       if (this.stopped || this.vms.has(key)) continue;
       const runUid = vm.tags[TAG_RUN_UID];
       if (!runUid) continue; // not a Run's VM
-      // cloud-init runs userData once the VM has booted: wait for Azure to say it is running.
+      // cloud-init runs customData once the VM has booted: wait for Azure to say it is running.
       if (vm.provisioningState !== "Succeeded" || vm.powerState !== "running") continue;
       const runName = vm.tags[TAG_RUN_NAME] ?? "";
       const root = join(this.o.dir, vm.name);
@@ -136,19 +137,21 @@ export class AzureVmPlayer {
         }
         exitCode = chosen;
       }
-      if (!vm.userDataText) {
-        this.o.say(`VM ${vm.name} has no userData; nothing to run`);
+      // As on Azure: cloud-init runs customData; userData is only served by the instance metadata
+      // service (the operator's customData fetches it from there).
+      if (!vm.customDataText) {
+        this.o.say(`VM ${vm.name} has no customData; cloud-init has nothing to run`);
         entry.launcherExit = null;
         continue;
       }
-      this.boot(entry, vm, vm.userDataText, exitCode);
+      this.boot(entry, vm, vm.customDataText, exitCode);
     }
   }
 
-  private boot(entry: Playing, vm: EmulatedVm, userData: string, exitCode: number): void {
+  private boot(entry: Playing, vm: EmulatedVm, customData: string, exitCode: number): void {
     mkdirSync(join(entry.root, "sandbox"), { recursive: true });
-    this.o.say(`VM ${vm.name} (Run ${entry.runName}) is running: cloud-init runs its userData (${userData.length} bytes)`);
-    const child = spawn("bash", ["-c", userData], {
+    this.o.say(`VM ${vm.name} (Run ${entry.runName}) is running: cloud-init runs its customData (${customData.length} bytes)`);
+    const child = spawn("bash", ["-c", customData], {
       cwd: entry.root,
       // Its own process group, so that losing the VM ends every process the launcher started.
       detached: true,
