@@ -30,6 +30,7 @@ import {
   type TokenCredential,
 } from "@azure/identity";
 import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import { errorOutcome, observeCloudCall, type CloudCallOutcome } from "../call-metrics.js";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { ManagedServiceIdentityClient } from "@azure/arm-msi";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
@@ -177,6 +178,73 @@ export function identityFingerprint(id: AzureIdentity): string {
   return createHash("sha256").update(JSON.stringify([id.kind, id.tenantId, id.clientId, id.clientSecret])).digest("hex");
 }
 
+/**
+ * Service and operation of an Azure request for the cloud call metrics, from its method and URL
+ * (policies see HTTP requests, not SDK method names), without resource names so the labels stay
+ * few: `/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm` PUT is
+ * Compute `virtualMachines/write`; GET is `/read` (one resource or a list), DELETE `/delete`, a
+ * POST action its own name (`storageAccounts/listKeys`); the last provider namespace of a nested
+ * scope counts (a role assignment on a container is Authorization `roleAssignments/write`).
+ * Resource groups and subscriptions are Resources; Log Analytics queries LogAnalytics `query`;
+ * Entra token requests EntraID `token`.
+ */
+export function azureOperationOf(method: string, url: string): { service: string; operation: string } {
+  let path: string;
+  try {
+    path = new URL(url).pathname;
+  } catch {
+    return { service: "Unknown", operation: method.toUpperCase() };
+  }
+  const m = method.toUpperCase();
+  const verb = m === "GET" || m === "HEAD" ? "read" : m === "DELETE" ? "delete" : m === "POST" ? "action" : "write";
+  const parts = path.split("/").filter(Boolean).map((p) => decodeURIComponent(p));
+  if (/\/oauth2\/(v2\.0\/)?token$/i.test(path)) return { service: "EntraID", operation: "token" };
+  if (/\/workspaces\/[^/]+\/query$/i.test(path) && !/\/providers\//i.test(path)) return { service: "LogAnalytics", operation: "query" };
+  const at = parts.map((p) => p.toLowerCase()).lastIndexOf("providers");
+  let service: string;
+  let rest: string[];
+  if (at >= 0 && parts[at + 1] !== undefined) {
+    service = parts[at + 1]!.replace(/^Microsoft\./i, "");
+    rest = parts.slice(at + 2);
+  } else if (parts[0]?.toLowerCase() === "subscriptions") {
+    service = "Resources";
+    rest = parts.length <= 2 ? ["subscriptions", ...parts.slice(1)] : parts.slice(2);
+  } else {
+    return { service: "Unknown", operation: m };
+  }
+  // Types sit at even positions (type/name/type/name...); an odd trailing segment of a POST is its action.
+  const action = m === "POST" && rest.length % 2 === 1 ? rest[rest.length - 1] : undefined;
+  const types = rest.filter((_, i) => i % 2 === 0 && !(action !== undefined && i === rest.length - 1));
+  const operation = `${types.join("/") || "provider"}/${action ?? verb}`;
+  return { service, operation };
+}
+
+/**
+ * Reports every Azure call to the cloud call metrics (src/cloud/call-metrics.ts), as the AWS
+ * clients' middleware does: one report per call after the SDK's own retries (a perCall policy),
+ * outcome success, throttled (HTTP 429 as the last answer) or error (another 4xx/5xx, or no
+ * answer), with the time it took including those retries.
+ */
+export function callMetricsPolicy(): PipelinePolicy {
+  return {
+    name: "vmforgeCallMetrics",
+    async sendRequest(request, next) {
+      const started = performance.now();
+      const { service, operation } = azureOperationOf(request.method, request.url);
+      const report = (outcome: CloudCallOutcome): void =>
+        observeCloudCall({ provider: "azure", service, operation, outcome, seconds: (performance.now() - started) / 1000 });
+      try {
+        const res = await next(request);
+        report(res.status === 429 ? "throttled" : res.status >= 400 ? "error" : "success");
+        return res;
+      } catch (e) {
+        report(errorOutcome(e));
+        throw e;
+      }
+    },
+  };
+}
+
 /** A pipeline policy that makes the Azure clients trust an extra CA (without touching Node's global agent). */
 function caPolicy(ca: string): PipelinePolicy {
   const agent = new Agent({ ca, keepAlive: true });
@@ -190,7 +258,10 @@ function caPolicy(ca: string): PipelinePolicy {
 }
 
 export function tokenCredential(id: AzureIdentity, ep: AzureEndpoints): TokenCredential {
-  const policies = ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : [];
+  const policies = [
+    { policy: callMetricsPolicy(), position: "perCall" as const },
+    ...(ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : []),
+  ];
   const common = {
     ...(ep.authorityHost ? { authorityHost: ep.authorityHost, disableInstanceDiscovery: true } : {}),
     additionalPolicies: policies,
@@ -286,7 +357,10 @@ export function blobEndpoint(ep: AzureEndpoints, account: string): string {
 
 export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints): AzureClients {
   const credential = markingCredential(tokenCredential(id, ep));
-  const perCall = [...(ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : [])];
+  const perCall = [
+    { policy: callMetricsPolicy(), position: "perCall" as const },
+    ...(ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : []),
+  ];
   const modern = {
     ...(ep.arm ? { endpoint: ep.arm } : {}),
     credentials: { scopes: [ARM_SCOPE] },
@@ -326,10 +400,16 @@ export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep
         const url = `${blobEndpoint(ep, account)}/${container}/${path.split("/").map(encodeURIComponent).join("/")}`;
         // The CA for blob storage comes from NODE_EXTRA_CA_CERTS (its options take no extra policies).
         const blob = new BlobClient(url, credential, { retryOptions: { maxTries: 2 } });
+        // Storage clients take no extra pipeline policies: the call is reported here.
+        const started = performance.now();
+        const report = (outcome: CloudCallOutcome): void =>
+          observeCloudCall({ provider: "azure", service: "Storage", operation: "blobs/read", outcome, seconds: (performance.now() - started) / 1000 });
         try {
           const buf = await blob.downloadToBuffer(0, undefined, signal ? { abortSignal: signal } : {});
+          report("success");
           return buf.toString("utf8");
         } catch (e) {
+          report(errorOutcome(e));
           if (statusOf(e) === 404) return undefined;
           throw e;
         }

@@ -1,0 +1,57 @@
+import { afterEach, describe, expect, it } from "vitest";
+import { createHttpHeaders, createPipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
+import { azureOperationOf, callMetricsPolicy } from "../../../../src/cloud/azure/clients.js";
+import { setCloudCallObserver, type CloudCall } from "../../../../src/cloud/call-metrics.js";
+
+const ARM = "https://management.azure.com";
+const SUB = "/subscriptions/00000000-0000-0000-0000-000000000001";
+
+describe("azureOperationOf: service and operation of an Azure request, without resource names", () => {
+  it.each([
+    ["PUT", `${SUB}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-1?api-version=2024-07-01`, "Compute", "virtualMachines/write"],
+    ["GET", `${SUB}/providers/Microsoft.Compute/virtualMachines?statusOnly=true`, "Compute", "virtualMachines/read"],
+    ["DELETE", `${SUB}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/ws/tables/T_CL`, "OperationalInsights", "workspaces/tables/delete"],
+    ["POST", `${SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa/listKeys`, "Storage", "storageAccounts/listKeys"],
+    ["PUT", `${SUB}/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/work/providers/Microsoft.Authorization/roleAssignments/0000`, "Authorization", "roleAssignments/write"],
+    ["PUT", `${SUB}/resourcegroups/vmforge-ns-ce-1234abcd`, "Resources", "resourcegroups/write"],
+    ["GET", `${SUB}`, "Resources", "subscriptions/read"],
+    ["GET", `${SUB}/providers/Microsoft.Compute/locations/westeurope/operations/abc`, "Compute", "locations/operations/read"],
+  ])("%s %s -> %s %s", (method, path, service, operation) => {
+    expect(azureOperationOf(method, `${ARM}${path}`)).toEqual({ service, operation });
+  });
+
+  it("names Log Analytics queries and Entra token requests", () => {
+    expect(azureOperationOf("POST", "https://api.loganalytics.io/v1/workspaces/1234/query")).toEqual({ service: "LogAnalytics", operation: "query" });
+    expect(azureOperationOf("POST", "https://login.microsoftonline.com/tenant-id/oauth2/v2.0/token")).toEqual({ service: "EntraID", operation: "token" });
+  });
+});
+
+describe("callMetricsPolicy", () => {
+  const seen: CloudCall[] = [];
+  setCloudCallObserver((c) => seen.push(c));
+  afterEach(() => {
+    seen.length = 0;
+  });
+
+  const send = (status: number | Error) => {
+    const request = createPipelineRequest({ url: `${ARM}${SUB}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/vnet`, method: "PUT" });
+    return callMetricsPolicy().sendRequest(request, async (req) => {
+      if (status instanceof Error) throw status;
+      return { request: req, status, headers: createHttpHeaders() } satisfies PipelineResponse;
+    });
+  };
+
+  it("reports success, throttled (429) and error answers and failures, once per call", async () => {
+    await send(200);
+    await send(429);
+    await send(409);
+    await expect(send(new Error("socket hang up"))).rejects.toThrow("socket hang up");
+    expect(seen.map((c) => [c.provider, c.service, c.operation, c.outcome])).toEqual([
+      ["azure", "Network", "virtualNetworks/write", "success"],
+      ["azure", "Network", "virtualNetworks/write", "throttled"],
+      ["azure", "Network", "virtualNetworks/write", "error"],
+      ["azure", "Network", "virtualNetworks/write", "error"],
+    ]);
+    expect(seen.every((c) => c.seconds >= 0)).toBe(true);
+  });
+});
