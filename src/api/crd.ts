@@ -13,6 +13,7 @@ import {
   RunStatusSchema,
 } from "./schema.js";
 import { ComputeEnvironmentResource, RunResource } from "./types.js";
+import { admissionPolicyObjects } from "./admission-policy.js";
 
 /** A JSON-Schema node as plain JSON (what the apiserver stores in openAPIV3Schema). */
 export type JsonSchema = { [key: string]: unknown };
@@ -286,12 +287,20 @@ export function computeEnvironmentCrd(): CrdObject {
 
   const HEADER = "# Generated from src/api by `npm run gen:crds`. Do not edit by hand.\n";
 
-  /** The CRD files as they are checked in: path relative to the repository root and YAML text. */
+  /**
+   * The files as they are checked in (path relative to the repository root and YAML text): the
+   * CRDs, then the admission policy for what their rules cannot check (./admission-policy.ts).
+   */
   export function renderCrds(): { file: string; yaml: string }[] {
-    return crdObjects().map((crd) => ({
+    const crds = crdObjects().map((crd) => ({
       file: `crds/${crd.metadata.name}.yaml`,
       yaml: HEADER + stringify(crd, { lineWidth: 0, indent: 2, aliasDuplicateObjects: false }),
     }));
+    const policies = admissionPolicyObjects().map((o) => ({
+      file: `crds/${o.metadata.name}.${o.kind === "ValidatingAdmissionPolicy" ? "policy" : "binding"}.yaml`,
+      yaml: HEADER + stringify(o, { lineWidth: 0, indent: 2, aliasDuplicateObjects: false }),
+    }));
+    return [...crds, ...policies];
   }
 
   /** The openAPIV3Schema of `spec` in a CRD (handy for tests and for defaulting). */

@@ -13,6 +13,7 @@ import { KubeConfig } from "@kubernetes/client-node";
 import { parse } from "yaml";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { crdObjects, type CrdObject } from "../../src/api/crd.js";
+import { admissionPolicyObjects, type PolicyObject } from "../../src/api/admission-policy.js";
 import { defaultComputeEnvironmentSpec, defaultRunSpec } from "../../src/api/defaults.js";
 import {
   DEFAULT_AZURE_VM_SIZE,
@@ -129,6 +130,31 @@ async function installCrd(crd: CrdObject): Promise<void> {
   throw new Error(`installing CRD ${name}: kept conflicting`);
 }
 
+/** Create-or-update of the admission policy and its binding (see src/api/admission-policy.ts). */
+async function installPolicy(o: PolicyObject): Promise<void> {
+  const path = `/apis/admissionregistration.k8s.io/v1/${o.kind === "ValidatingAdmissionPolicy" ? "validatingadmissionpolicies" : "validatingadmissionpolicybindings"}`;
+  const existing = await api("GET", `${path}/${o.metadata.name}`);
+  const r = existing.status === 200
+    ? await api("PUT", `${path}/${o.metadata.name}`, { ...o, metadata: { ...o.metadata, resourceVersion: (existing.body.metadata as { resourceVersion?: string }).resourceVersion } })
+    : await api("POST", path, o);
+  if (r.status !== 200 && r.status !== 201) throw new Error(`installing ${o.kind} ${o.metadata.name}: ${describeReply(r)}`);
+}
+
+/** A new policy takes effect moments after it is created: waits until an over-budget Run is refused. */
+async function waitPolicyEffective(namespace: string): Promise<void> {
+  const probe = {
+    apiVersion: `${GROUP}/${VERSION}`, kind: "Run", metadata: { name: "policy-probe" },
+    spec: { computeEnvironmentRef: { name: "x" }, pipeline: { repository: "https://github.com/nextflow-io/hello", params: { p: "x".repeat(20_000) } } },
+  };
+  for (let i = 0; i < 300; i++) {
+    const r = await create(namespace, probe);
+    if (r.status === 422) return;
+    if (r.status === 201) await api("DELETE", `${collection(namespace, "Run")}/policy-probe`);
+    await sleep(100);
+  }
+  throw new Error("the admission policy never took effect");
+}
+
 async function waitEstablished(name: string): Promise<void> {
   // Waits for the apiserver to serve the CRD (normally well under a second); the bound only
   // keeps a broken cluster from hanging the run.
@@ -207,6 +233,8 @@ beforeAll(async () => {
   for (const crd of crdObjects()) await waitEstablished(crd.metadata.name);
   const r = await api("POST", "/api/v1/namespaces", { apiVersion: "v1", kind: "Namespace", metadata: { name: ns } });
   if (r.status !== 201) throw new Error(`creating namespace ${ns}: ${describeReply(r)}`);
+  for (const o of admissionPolicyObjects()) await installPolicy(o);
+  await waitPolicyEffective(ns);
 });
 
 afterAll(async () => {
@@ -250,6 +278,30 @@ describe("malformed manifests are rejected", () => {
     expect(String(r.body.message)).toContain(f.expect);
     const stored = await api("GET", `${collection(ns, f.manifest.kind)}/${f.manifest.metadata.name}`);
     expect(stored.status).toBe(404);
+  });
+});
+
+describe("a Run's share of the user data (params and config, the admission policy)", () => {
+  const runWith = (name: string, pipeline: Record<string, unknown>): Manifest => ({
+    apiVersion: `${GROUP}/${VERSION}`, kind: "Run", metadata: { name },
+    spec: { computeEnvironmentRef: { name: "aws-minimal" }, pipeline: { repository: "https://github.com/nextflow-io/hello", ...pipeline } },
+  });
+
+  it("params are counted at their JSON size, with config: just within the budget is accepted, just over is refused naming both sizes", async () => {
+    // {"greeting":"<n x's>"} is n + 15 bytes of JSON.
+    const fits = await create(ns, runWith("budget-fits", { params: { greeting: "x".repeat(16_384 - 15 - 100) }, config: "c".repeat(100) }));
+    expect(fits.status, describeReply(fits)).toBe(201);
+    const over = await create(ns, runWith("budget-over", { params: { greeting: "x".repeat(16_384 - 15 - 100) }, config: "c".repeat(101) }));
+    expect(over.status, describeReply(over)).toBe(422);
+    expect(String(over.body.message)).toContain("must be at most 16384 bytes");
+    expect(String(over.body.message)).toContain(`params are ${16_384 - 100} bytes as JSON, config 101 bytes`);
+    expect((await api("GET", `${collection(ns, "Run")}/budget-over`)).status).toBe(404);
+  });
+
+  it("nested params count too", async () => {
+    const r = await create(ns, runWith("budget-nested", { params: { a: { b: [{ c: "y".repeat(17_000) }] } } }));
+    expect(r.status, describeReply(r)).toBe(422);
+    expect(String(r.body.message)).toContain("must be at most 16384 bytes");
   });
 });
 

@@ -17,7 +17,12 @@ describe("CRD copies", () => {
   const generated = yamlFiles(join(ROOT, "crds"));
 
   it("has generated CRDs to copy", () => {
-    expect(generated, "crds/ is empty: run npm run gen:crds").toEqual(["computeenvironments.vmforge.dev.yaml", "runs.vmforge.dev.yaml"]);
+    expect(generated, "crds/ is empty: run npm run gen:crds").toEqual([
+      "computeenvironments.vmforge.dev.yaml",
+      "runs-user-data-budget.vmforge.dev.binding.yaml",
+      "runs-user-data-budget.vmforge.dev.policy.yaml",
+      "runs.vmforge.dev.yaml",
+    ]);
   });
 
   for (const copy of COPIES) {
