@@ -166,6 +166,12 @@ export interface CloudProvider {
   /** Deletes only what carries this CE's ownership tag; missing pieces count as done. */
   disposeEnvironment(ctx: EnvContext): Promise<void>;
   /**
+   * True when a Run's launch gave reason to doubt the environment's resources (e.g. EC2 kept
+   * refusing its instance profile, which may have been deleted by hand): the ComputeEnvironment is
+   * then provisioned again at once rather than at its next drift check.
+   */
+  environmentSuspect?(ce: ComputeEnvironment): boolean;
+  /**
    * Idempotent launch (the Run's UID is the idempotency token). `hints.firstAttempt` says no launch
    * of this Run was ever tried before (it was Pending until this reconcile wrote Launching), so a
    * provider may skip looking for a machine an earlier attempt made.

@@ -8,6 +8,7 @@ import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, DescribeSub
 import { gunzipSync } from "node:zlib";
 import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { DeleteInstanceProfileCommand, GetInstanceProfileCommand, IAMClient, RemoveRoleFromInstanceProfileCommand } from "@aws-sdk/client-iam";
 import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
@@ -186,6 +187,39 @@ describe("launch", () => {
     } finally {
       await layer.configure({ capacity: [] });
     }
+  });
+
+  it("an instance profile deleted by hand (the CE Ready) is created again when a launch is refused for it, and the Run launches", async () => {
+    const c = await readyCe("noprofile");
+    const profile = (c.status?.aws?.instanceProfileArn ?? "").split("/").pop() ?? "";
+    const role = (c.status?.aws?.roleArn ?? "").split("/").pop() ?? "";
+    expect(profile).toMatch(/^TowerForge-/);
+    const iam = new IAMClient(aws());
+    await iam.send(new RemoveRoleFromInstanceProfileCommand({ InstanceProfileName: profile, RoleName: role }));
+    await iam.send(new DeleteInstanceProfileCommand({ InstanceProfileName: profile }));
+    // The CE still says Ready: it does not read the profile back on its own.
+    expect(cond(await getCe("noprofile"), "Ready")?.status).toBe("True");
+    const refusedBefore = await calls("iam:CreateInstanceProfile");
+    // EC2 refuses a launch naming a missing profile as an invalid parameter (moto: NoSuchEntity).
+    await layer.configure({ ec2ProfileErrors: true });
+    let r: Run;
+    try {
+      await run("noprofile", "noprofile");
+      r = await waitFor("instance recorded", async () => {
+        const x = await getRun("noprofile");
+        return x?.status?.instance?.id ? x : undefined;
+      }, 90_000, 500);
+    } finally {
+      await layer.configure({ ec2ProfileErrors: false });
+    }
+    expect((await layer.stats()).refused["ec2:RunInstances"]).toBeGreaterThan(0);
+    expect(await calls("iam:CreateInstanceProfile")).toBeGreaterThan(refusedBefore);
+    const got = await iam.send(new GetInstanceProfileCommand({ InstanceProfileName: profile }));
+    expect(got.InstanceProfile?.Roles?.map((x) => x.RoleName)).toEqual([role]);
+    const insts = await instancesOf(r.metadata.uid ?? "");
+    expect(insts).toHaveLength(1);
+    expect(insts[0]?.IamInstanceProfile?.Arn).toBe(c.status?.aws?.instanceProfileArn);
+    expect(cond(await getCe("noprofile"), "Ready")?.status).toBe("True");
   });
 
   it("a type offered in no zone of the CE fails the Run at once, with the reason", async () => {

@@ -4,7 +4,7 @@
  * Clients come from a cache keyed by a fingerprint of the CE's credentials, so a rotated Secret
  * is used on the next call without a restart.
  */
-import type { Run } from "../../api/types.js";
+import type { ComputeEnvironment, Run } from "../../api/types.js";
 import {
   CloudError,
   type CloudProvider,
@@ -90,6 +90,10 @@ export class AwsProvider implements CloudProvider {
     const obs = await provisionAwsEnvironment(this.clientsFor(ctx), ctx, { profileSuspect });
     if (profileSuspect) this.suspectProfiles.delete(uid);
     return obs;
+  }
+
+  environmentSuspect(ce: ComputeEnvironment): boolean {
+    return this.suspectProfiles.has(ce.metadata.uid ?? "");
   }
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {

@@ -148,7 +148,9 @@ export class ComputeEnvironmentReconciler {
       last.generation === generation &&
       last.credentialsVersion === credentialsVersion &&
       Date.now() - last.at < this.d.driftCheckMs &&
-      withFinalizer.status?.observedGeneration === generation
+      withFinalizer.status?.observedGeneration === generation &&
+      // A launch refused for the environment's resources: check them now, not at the drift check.
+      provider.environmentSuspect?.(withFinalizer) !== true
     ) {
       await this.report(withFinalizer, { activeRuns });
       return { requeueAfterMs: this.d.driftCheckMs - (Date.now() - last.at) };

@@ -275,6 +275,9 @@ export class RunReconciler {
         await this.finish(run, "Failed", reason, clip(`launch failed: ${message}`));
         return;
       }
+      // The launch was refused for the environment's resources (e.g. its instance profile is gone):
+      // the CE checks and repairs them now; this Run tries again after its backoff.
+      if (provider.environmentSuspect?.(ce)) this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
       throw e;
     }
     this.d.tracker.record(run.metadata.uid ?? "", desc);

@@ -56,6 +56,12 @@ export interface IamConfig {
 export interface StrictAwsConfig {
   /** RunInstances honours ClientToken: same token and parameters → the same answer; else IdempotentParameterMismatch. */
   idempotency: boolean;
+  /**
+   * RunInstances naming an instance profile that does not exist is refused as EC2 refuses it
+   * (InvalidParameterValue, HTTP 400, "Invalid IAM Instance Profile ARN/name"), not with moto's
+   * NoSuchEntity (HTTP 404).
+   */
+  ec2ProfileErrors: boolean;
   consistency: ConsistencyConfig;
   capacity: CapacityRule[];
   faults: FaultRule[];
@@ -65,6 +71,7 @@ export interface StrictAwsConfig {
 /** A change to the configuration: top-level fields replace, consistency and iam merge field by field. */
 export interface StrictAwsConfigPatch {
   idempotency?: boolean;
+  ec2ProfileErrors?: boolean;
   consistency?: Partial<ConsistencyConfig>;
   capacity?: CapacityRule[];
   faults?: FaultRule[];
@@ -89,6 +96,7 @@ export interface StrictAwsStats {
 export function defaultConfig(): StrictAwsConfig {
   return {
     idempotency: false,
+    ec2ProfileErrors: false,
     consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
     capacity: [],
     faults: [],
@@ -99,6 +107,7 @@ export function defaultConfig(): StrictAwsConfig {
 export function applyPatch(cfg: StrictAwsConfig, patch: StrictAwsConfigPatch): StrictAwsConfig {
   return {
     idempotency: patch.idempotency ?? cfg.idempotency,
+    ec2ProfileErrors: patch.ec2ProfileErrors ?? cfg.ec2ProfileErrors,
     consistency: { ...cfg.consistency, ...patch.consistency },
     capacity: patch.capacity ? patch.capacity.map((r) => ({ ...r })) : cfg.capacity,
     faults: patch.faults ? patch.faults.map((r) => ({ ...r })) : cfg.faults,

@@ -487,6 +487,13 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       const refused = (await capacityRefusal(req)) ?? profileRefusal(req);
       if (refused) return refused;
       const ans = await forward(req.method, req.url, req.headers, req.body);
+      if (config.ec2ProfileErrors && ans.status === 404 && /<Code>NoSuchEntity<\/Code>/.test(ans.body.toString("utf8"))) {
+        // moto: NoSuchEntity (404) for a profile that does not exist; EC2 says the parameter is invalid.
+        const arn = req.params.get("IamInstanceProfile.Arn");
+        const name = req.params.get("IamInstanceProfile.Name");
+        if (arn) return refuse(req, 400, "InvalidParameterValue", `Value (${arn}) for parameter iamInstanceProfile.arn is invalid. Invalid IAM Instance Profile ARN`);
+        if (name) return refuse(req, 400, "InvalidParameterValue", `Value (${name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name`);
+      }
       recordLaunch(ans);
       return ans;
     };
