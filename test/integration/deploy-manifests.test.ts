@@ -73,6 +73,9 @@ async function deleteClusterRbac(objs: Manifest[]): Promise<void> {
   }
 }
 
+/** What `npm run gen:crds` writes to crds/ (cluster-scoped): the CRDs and the Run params admission policy with its binding. */
+const GENERATED_KINDS = ["CustomResourceDefinition", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+
 async function generatedCrds(): Promise<Manifest[]> {
   const dir = join(REPO_ROOT, "crds");
   const files = (await readdir(dir)).filter((f) => f.endsWith(".yaml")).sort();
@@ -272,7 +275,7 @@ afterAll(async () => {
 });
 
 describe("kubectl apply -k deploy/", () => {
-  it("renders the namespace, both CRDs (as generated), RBAC, Service and Deployment", async () => {
+  it("renders the namespace, both CRDs and the Run params admission policy (as generated), RBAC, Service and Deployment", async () => {
     expect(kustomized.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(
       [
         "ClusterRole/vmforge-edit",
@@ -287,9 +290,13 @@ describe("kubectl apply -k deploy/", () => {
         "RoleBinding/vmforge-leader-election",
         "Service/vmforge-metrics",
         "ServiceAccount/vmforge",
+        "ValidatingAdmissionPolicy/runs-user-data-budget.vmforge.dev",
+        "ValidatingAdmissionPolicyBinding/runs-user-data-budget.vmforge.dev",
       ].sort(),
     );
-    expect(byKind(kustomized, "CustomResourceDefinition")).toEqual(await generatedCrds());
+    const byName = (l: Manifest[]) => [...l].sort((a, b) => `${a.kind}/${a.metadata.name}`.localeCompare(`${b.kind}/${b.metadata.name}`));
+    const generated = kustomized.filter((o) => GENERATED_KINDS.includes(o.kind));
+    expect(byName(generated)).toEqual(byName(await generatedCrds()));
   });
 
   it("applies for real as an overlay (own namespace and name suffix, as GitOps overlays do), passes Pod Security 'restricted', and its ServiceAccount has exactly the operator's rights", async () => {
@@ -371,7 +378,7 @@ describe("helm chart helm/vmforge", () => {
       expect(rulesOf(one(helmDefault, "ClusterRole", (n) => n.endsWith(role))), role).toEqual(rulesOf(one(kustomized, "ClusterRole", (n) => n.endsWith(role))));
     }
     expect(rulesOf(one(helmDefault, "Role"))).toEqual(rulesOf(one(kustomized, "Role")));
-    for (const o of helmDefault.filter((x) => x.kind !== "CustomResourceDefinition" && !x.kind.startsWith("Cluster"))) expect(o.metadata.namespace, o.kind).toBe(releaseNs);
+    for (const o of helmDefault.filter((x) => !GENERATED_KINDS.includes(x.kind) && !x.kind.startsWith("Cluster"))) expect(o.metadata.namespace, o.kind).toBe(releaseNs);
 
     const h = podOf(one(helmDefault, "Deployment"));
     const k = podOf(one(kustomized, "Deployment"));
