@@ -220,6 +220,9 @@ describe("launch", () => {
     expect(insts).toHaveLength(1);
     expect(insts[0]?.IamInstanceProfile?.Arn).toBe(c.status?.aws?.instanceProfileArn);
     expect(cond(await getCe("noprofile"), "Ready")?.status).toBe("True");
+    // Nothing plays its launcher: delete it, so that later counts of log reads are the later tests' own.
+    await client.delete(RunResource, ns, "noprofile");
+    await waitFor("Run noprofile gone", async () => (await getRun("noprofile")) === undefined, 30_000);
   });
 
   it("a type offered in no zone of the CE fails the Run at once, with the reason", async () => {
