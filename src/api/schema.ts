@@ -391,6 +391,19 @@ export const AzureEnvironmentSchema = Type.Object(
         [XV]: [matches("^[A-Za-z][A-Za-z0-9_-]+$", "vmSize must be an Azure VM size such as Standard_D4ds_v5")],
       }),
     ),
+    image: Type.Optional(
+      Type.String({
+        description:
+          "Image of the Runs' VMs: a platform image as publisher:offer:sku:version (version may be latest), or the resource ID of a managed image or an Azure Compute Gallery image (version). A Linux image with cloud-init, bash, curl and Docker. Defaults to Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest.",
+        maxLength: 1024,
+        [XV]: [
+          matches(
+            "(?i)^([A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9][A-Za-z0-9._-]*|/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\\.Compute/(images/[^/]+|galleries/[^/]+/images/[^/]+(/versions/[^/]+)?))$",
+            "image must be publisher:offer:sku:version (e.g. Canonical:ubuntu-24_04-lts:server:latest) or the resource ID of a managed image or a gallery image",
+          ),
+        ],
+      }),
+    ),
     storageAccount: Type.Optional(
       Type.String({
         description:

@@ -116,7 +116,7 @@ describe("Azure ComputeEnvironment on an existing subnet (emulator)", () => {
     expect((await net.subnets.get("shared-net-rg", "shared-vnet", "runs")).id).toBe(here);
   }, 240_000);
 
-  it("every option at once: subscription from the spec (the Secret has none), VM size, tags, a brought subnet (Run limits set alongside); each Azure option honoured", async () => {
+  it("every option at once: subscription from the spec (the Secret has none), VM size, image, tags, a brought subnet (Run limits set alongside); each Azure option honoured", async () => {
     // A Secret without subscriptionId: the spec's is the one used.
     const data = { tenantId: info.tenantId, clientId: fullPrincipal.clientId, clientSecret: fullPrincipal.secret };
     await kube.create({ group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true }, {
@@ -126,6 +126,7 @@ describe("Azure ComputeEnvironment on an existing subnet (emulator)", () => {
     const body = ceBody(ns, "every", {
       subscriptionId: info.subscriptionId,
       vmSize: "Standard_D4ds_v5",
+      image: "Canonical:ubuntu-24_04-lts:server:latest",
       network: { subnetId: here },
       tags: { team: "genomics", "cost-center": "42" },
     }, "no-subscription");
@@ -136,11 +137,18 @@ describe("Azure ComputeEnvironment on an existing subnet (emulator)", () => {
     const azure = (ce.status as { azure?: Record<string, string> }).azure!;
     expect(azure.resourceGroupId).toContain(`/subscriptions/${info.subscriptionId}/`);
     expect(azure.subnetId?.toLowerCase()).toBe(here.toLowerCase());
+    expect(azure.image).toBe("Canonical:ubuntu-24_04-lts:server:latest");
     const rg = resourceGroupName({ namespace: ns, name: "every", uid: ce.metadata.uid! });
     for await (const r of rm.resources.listByResourceGroup(rg)) {
       expect(r.tags, `${r.type} ${r.name}`).toMatchObject({ team: "genomics", "cost-center": "42", "vmforge-ce-uid": ce.metadata.uid });
     }
     expect((await rm.resourceGroups.get(rg)).tags).toMatchObject({ team: "genomics", "cost-center": "42" });
+    // An image Azure does not offer is named at once.
+    await kube.patch(ComputeEnvironmentResource, ns, "every", { spec: { azure: { image: "Canonical:ubuntu-24_04-lts:server:1.2.3" } } }, "merge");
+    const noImage = await waitStalled(kube, ns, "every", "InvalidSpec");
+    expect(noImage.message).toContain('spec.azure.image: "Canonical:ubuntu-24_04-lts:server:1.2.3" is not available in location "westeurope"');
+    await kube.patch(ComputeEnvironmentResource, ns, "every", { spec: { azure: { image: "Canonical:ubuntu-24_04-lts:server:latest" } } }, "merge");
+    await waitReady(kube, ns, "every", 90_000);
     // A VM size the location does not offer is named at once (the option is checked, not ignored).
     await kube.patch(ComputeEnvironmentResource, ns, "every", { spec: { azure: { vmSize: "Standard_Nope_v1" } } }, "merge");
     const bad = await waitStalled(kube, ns, "every", "InvalidSpec");

@@ -521,6 +521,10 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
   const status = statusOf(e);
   const code = azureErrorCode(e) ?? "";
   const msg = messageOf(e);
+  // An image that does not exist is the spec's fault, not a missing resource to create.
+  if (code === "PlatformImageNotFound" || code === "ImageNotFound" || code === "InvalidImageReference") {
+    return CloudError.terminal("ImageNotFound", `spec.azure.image: ${msg}`, e);
+  }
   if (isNotFound(e)) return new CloudError("NotFound", code || "NotFound", `${action}: ${msg}`, { cause: e });
   if (status === 429 || code === "TooManyRequests" || code === "RetryableError") {
     return CloudError.retryable("Throttled", `${action}: Azure throttled the request (${msg})`, retryAfterMs(e) ?? 5_000, e);

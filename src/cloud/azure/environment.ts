@@ -31,6 +31,8 @@ import {
   TAG_CE_UID,
   VNET_ADDRESS_SPACE,
   VNET_NAME,
+  DEFAULT_AZURE_IMAGE,
+  azureImageReference,
   ceId,
   ceTags,
   parseAzUrl,
@@ -76,6 +78,8 @@ export interface AzurePlan {
   subscriptionId: string;
   location: string;
   vmSize: string;
+  /** spec.azure.image (undefined: the default image). */
+  image?: string;
   rg: string;
   rgId: string;
   tags: Record<string, string>;
@@ -108,6 +112,7 @@ export function planOf(ce: ComputeEnvironment, c: Pick<AzureClients, "subscripti
     subscriptionId: c.subscriptionId,
     location: az.location,
     vmSize: az.vmSize ?? DEFAULT_AZURE_VM_SIZE,
+    ...(az.image ? { image: az.image } : {}),
     rg,
     rgId: rgId(c.subscriptionId, rg),
     tags: ceTags(id, az.tags),
@@ -214,6 +219,33 @@ async function validate(r: Run): Promise<Validation> {
     } catch (e) {
       if (e instanceof CloudError && (e.reason === "AccessDenied" || e.kind === "NotFound")) {
         out.skipped.push(`location and VM size not checked: ${e.reason === "AccessDenied" ? "the operator lacks the built-in Reader role (Microsoft.Compute/skus/read)" : "the SKU list is not available"}`);
+        return;
+      }
+      throw e;
+    }
+  })());
+
+  // The Runs' image: a platform image must exist in the location (read with Reader; skipped and
+  // said so without it). An image resource ID is not checked here; a launch refused for it fails
+  // the Run with ImageNotFound.
+  tasks.push((async () => {
+    const ref = azureImageReference(plan.image);
+    if ("id" in ref) {
+      out.skipped.push(`spec.azure.image: the image resource ID is not checked before the first launch`);
+      return;
+    }
+    const urn = `${ref.publisher}:${ref.offer}:${ref.sku}:${ref.version}`;
+    try {
+      const found = await azGet(c, "read", "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read", async () => {
+        if (ref.version.toLowerCase() !== "latest") return c.compute.virtualMachineImages.get(plan.location, ref.publisher, ref.offer, ref.sku, ref.version, so);
+        const all = await c.compute.virtualMachineImages.list(plan.location, ref.publisher, ref.offer, ref.sku, so);
+        return all.length > 0 ? all : undefined;
+      });
+      if (!found) throw CloudError.terminal("InvalidSpec", `spec.azure.image: "${urn}" is not available in location "${plan.location}"`);
+    } catch (e) {
+      if (e instanceof CloudError && e.reason === "ImageNotFound") throw CloudError.terminal("InvalidSpec", `spec.azure.image: "${urn}" is not available in location "${plan.location}"`, e);
+      if (e instanceof CloudError && e.reason === "AccessDenied") {
+        out.skipped.push(`spec.azure.image not checked: the operator lacks the built-in Reader role (image versions read)`);
         return;
       }
       throw e;
@@ -671,6 +703,7 @@ function observation(ce: ComputeEnvironment, plan: AzurePlan, r: Run, v: Validat
     subscriptionId: plan.subscriptionId,
     location: plan.location,
     vmSize: plan.vmSize,
+    image: plan.image ?? DEFAULT_AZURE_IMAGE,
     resourceGroup: plan.rg,
     storageAccount: plan.storageAccount,
     workDir: plan.workDir,

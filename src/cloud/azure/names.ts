@@ -186,3 +186,16 @@ export function parseAzUrl(url: string): { container: string; path: string } | u
   if (!m) return undefined;
   return { container: m[1]!, path: (m[2] ?? "").replace(/^\/+|\/+$/g, "") };
 }
+
+/** The default image of Runs' VMs (spec.azure.image unset). */
+export const DEFAULT_AZURE_IMAGE = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest";
+
+export type AzureImageReference = { publisher: string; offer: string; sku: string; version: string } | { id: string };
+
+/** spec.azure.image (admission checked its form) as the VM's imageReference. */
+export function azureImageReference(image: string | undefined): AzureImageReference {
+  const v = (image ?? DEFAULT_AZURE_IMAGE).trim();
+  if (v.startsWith("/")) return { id: v };
+  const [publisher = "", offer = "", sku = "", version = "latest"] = v.split(":");
+  return { publisher, offer, sku, version };
+}

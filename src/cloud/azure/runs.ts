@@ -11,10 +11,9 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { azureArtifactsPath, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
-import { LOG_TABLE, TAG_RUN_UID, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
+import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
-export const DEFAULT_IMAGE = { publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", version: "latest" };
 export const DEFAULT_OS_DISK_GIB = 50;
 
 type EnvStatus = Record<string, string | undefined>;
@@ -137,7 +136,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
     identity: { type: "UserAssigned" as const, userAssignedIdentities: { [identityId]: {} } },
     hardwareProfile: { vmSize: size },
     storageProfile: {
-      imageReference: DEFAULT_IMAGE,
+      imageReference: azureImageReference(ce.spec.azure?.image),
       // Azure copies no tags to the OS disk (the VM's PUT has no field for them): its name, derived
       // from the Run UID, is what the orphan sweep finds it by.
       osDisk: { name: osDiskName(uid), createOption: "FromImage", deleteOption: "Delete", diskSizeGB: run.spec.overrides?.bootDiskSizeGiB ?? DEFAULT_OS_DISK_GIB, managedDisk: { storageAccountType: "StandardSSD_LRS" } },

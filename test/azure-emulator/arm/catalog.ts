@@ -111,3 +111,27 @@ export class Catalog {
     return out;
   }
 }
+
+/** Marketplace (platform) images: publisher, offer, SKU and their versions, offered in every location. */
+export interface PlatformImage {
+  publisher: string;
+  offer: string;
+  sku: string;
+  versions: string[];
+}
+
+export const PLATFORM_IMAGES: PlatformImage[] = [
+  { publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", versions: ["22.04.202510150", "22.04.202511120"] },
+  { publisher: "Canonical", offer: "ubuntu-24_04-lts", sku: "server", versions: ["24.04.202510200", "24.04.202511180"] },
+  { publisher: "Debian", offer: "debian-12", sku: "12-gen2", versions: ["0.20251020.2273", "0.20251117.2301"] },
+  { publisher: "almalinux", offer: "almalinux-x86_64", sku: "9-gen2", versions: ["9.6.202510150"] },
+];
+
+/** The image a reference names (case-insensitive), or undefined; `version` may be "latest". */
+export function platformImage(publisher: string, offer: string, sku: string, version: string): { image: PlatformImage; version: string } | undefined {
+  const image = PLATFORM_IMAGES.find((i) => lc(i.publisher) === lc(publisher) && lc(i.offer) === lc(offer) && lc(i.sku) === lc(sku));
+  if (!image) return undefined;
+  if (lc(version) === "latest") return { image, version: image.versions[image.versions.length - 1]! };
+  const v = image.versions.find((x) => lc(x) === lc(version));
+  return v ? { image, version: v } : undefined;
+}

@@ -4,7 +4,7 @@
 import type { ManagedIdentityHost } from "../entra.js";
 import type { Principal } from "../state.js";
 import { ArmError, isObject, lc } from "../util.js";
-import { vmSize, type Catalog } from "./catalog.js";
+import { platformImage, vmSize, type Catalog } from "./catalog.js";
 import type { Arm, Json, OpCtx, Operation, Stored, TypeDef } from "./framework.js";
 import { UAI_TYPE } from "./identity.js";
 import { buildNic, buildPip, NIC_TYPE, PIP_TYPE } from "./network.js";
@@ -181,6 +181,14 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
       const sp = (p.storageProfile ?? {}) as Json;
       const img = sp.imageReference;
       if (!isObject(img) || !(img.id || (img.publisher && img.offer && img.sku))) throw invalid("Required parameter 'storageProfile.imageReference' is missing (null).", "imageReference");
+      // A platform image must exist (in every location here); image IDs (managed images, galleries)
+      // are not emulated and are refused as not found.
+      if (img.id) {
+        throw new ArmError(404, "ImageNotFound", `The Image '${img.id}' cannot be found in '${location}' region.`, { target: "imageReference" });
+      }
+      if (!platformImage(String(img.publisher), String(img.offer), String(img.sku), String(img.version ?? "latest"))) {
+        throw new ArmError(404, "PlatformImageNotFound", `The platform image '${img.publisher}:${img.offer}:${img.sku}:${img.version ?? "latest"}' is not available. Verify that all fields in the storage profile are correct.`, { target: "imageReference" });
+      }
       const osDiskIn = (sp.osDisk ?? {}) as Json;
       const createOption = osDiskIn.createOption ?? "FromImage";
       if (createOption !== "FromImage") throw invalid(`Only createOption 'FromImage' is emulated for the OS disk (got '${createOption}').`, "osDisk.createOption");
@@ -286,7 +294,7 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         vmId,
         hardwareProfile: { vmSize: size.name },
         storageProfile: {
-          imageReference: { ...img, exactVersion: img.version === "latest" ? "1.0.20260101" : img.version },
+          imageReference: { ...img, exactVersion: platformImage(String(img.publisher), String(img.offer), String(img.sku), String(img.version ?? "latest"))!.version },
           osDisk: { osType: "Linux", name: diskName, createOption: "FromImage", caching: osDiskIn.caching ?? "ReadWrite", managedDisk: { storageAccountType, id: diskId }, deleteOption: osDeleteOption, diskSizeGB },
           dataDisks: [],
           diskControllerType: "SCSI",

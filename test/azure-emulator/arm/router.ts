@@ -7,7 +7,7 @@ import { authorizationFailedMessage, BUILT_IN_ROLES, normPermission, Rbac, type 
 import { ArmError, eqi, isGuid, isObject, lc, scopeWithin, trimSlash } from "../util.js";
 import type { Arm} from "./framework.js";
 import { RG_TYPE, type Json, type OpCtx, type Operation, type Stored, type TypeDef } from "./framework.js";
-import { LOCATIONS, type Catalog } from "./catalog.js";
+import { LOCATIONS, platformImage, type Catalog } from "./catalog.js";
 
 export interface ArmRequest {
   method: string;
@@ -166,6 +166,22 @@ export class ArmRouter {
         const op = this.arm.ops.get(lc(rest[3]!));
         if (!op) throw new ArmError(404, "NotFound", `The operation '${rest[3]}' was not found.`);
         return { status: 200, body: this.arm.opStatusBody(op), headers: op.status === "InProgress" ? { "retry-after": String(this.d.settings.lroRetryAfterS) } : {} };
+      }
+      // Platform image versions: .../locations/{l}/publishers/{p}/artifacttypes/vmimage/offers/{o}/skus/{s}/versions[/{v}]
+      if (eqi(ns, "Microsoft.Compute") && (rest.length === 11 || rest.length === 12) && eqi(rest[0], "locations") && eqi(rest[2], "publishers") && eqi(rest[4], "artifacttypes") && eqi(rest[5], "vmimage") && eqi(rest[6], "offers") && eqi(rest[8], "skus") && eqi(rest[10], "versions")) {
+        info.resourceType = "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions";
+        info.operation = "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read";
+        this.authorize(req.caller, info.operation, subScope);
+        const [loc, pub, offer, sku] = [rest[1]!, rest[3]!, rest[7]!, rest[9]!];
+        if (!LOCATIONS.some((l) => l.name === lc(loc))) throw new ArmError(404, "NoRegisteredProviderFound", `No registered resource provider found for location '${loc}'.`);
+        const found = platformImage(pub, offer, sku, rest[11] ?? "latest");
+        const view = (v: string): Json => ({ location: lc(loc), name: v, id: `${subScope}/providers/Microsoft.Compute/Locations/${lc(loc)}/Publishers/${pub}/ArtifactTypes/VMImage/Offers/${offer}/Skus/${sku}/Versions/${v}` });
+        if (rest.length === 12) {
+          if (!found) throw new ArmError(404, "ImageVersionNotFound", `Artifact: VMImage was not found.`);
+          return { status: 200, body: { ...view(found.version), properties: { osImage: { operatingSystem: "Linux" }, hyperVGeneration: "V2" } } };
+        }
+        if (!found) throw new ArmError(404, "ArtifactNotFound", `Artifact: VMImage was not found.`);
+        return { status: 200, body: found.image.versions.map(view) };
       }
       if (eqi(ns, "Microsoft.Compute") && rest.length === 1 && eqi(rest[0], "skus")) {
         info.resourceType = "Microsoft.Compute/skus";

@@ -74,6 +74,7 @@ describe("Azure credentials", () => {
     expect(mapAzureError(new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'X/t/read' over scope 's'"), "X/t/write", who).message)
       .toMatch(/^missing permission X\/t\/read \(for X\/t\/write\)/);
     expect(mapAzureError(new RestLikeError(403, "AuthorizationFailed", "does not have authorization to perform action 'X/y/write' over scope 's'"), "X/y/write", who).message).toMatch(/^missing permission X\/y\/write: /);
+    expect(mapAzureError(new RestLikeError(404, "PlatformImageNotFound", "The platform image 'a:b:c:d' is not available."), "a", who)).toMatchObject({ kind: "Terminal", reason: "ImageNotFound" });
     expect(mapAzureError(new RestLikeError(409, "SkuNotAvailable"), "a", who)).toMatchObject({ kind: "Retryable", reason: "SkuNotAvailable" });
     expect(mapAzureError(new RestLikeError(400, "InvalidParameter"), "a", who)).toMatchObject({ kind: "Terminal", reason: "InvalidParameter" });
     expect(mapAzureError(new RestLikeError(503, "ServiceUnavailable"), "a", who)).toMatchObject({ kind: "Retryable" });

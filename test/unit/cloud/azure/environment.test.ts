@@ -163,6 +163,15 @@ describe("Azure environment: provision", () => {
     expect(az.calls.find((c) => c.op === "authorization.permissions.listForResource")?.args).toEqual(["net-rg", "Microsoft.Network", "virtualNetworks/shared", "subnets", "vms"]);
   });
 
+  it("an image: a platform image version is checked; an image resource ID is not, and that is said", async () => {
+    const ok = await provisionAzureEnvironment(az.clients(), ctxFor(sampleAzureCe(az.sub, { image: "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:22.04.2" })));
+    expect(ok.status.azure!.image).toBe("Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:22.04.2");
+    expect(az.calls.find((c) => c.op === "compute.virtualMachineImages.get")?.args).toEqual(["westeurope", "Canonical", "0001-com-ubuntu-server-jammy", "22_04-lts-gen2", "22.04.2"]);
+    const gallery = `/subscriptions/${az.sub}/resourceGroups/img/providers/Microsoft.Compute/galleries/g/images/nf/versions/1.0.0`;
+    const byId = await provisionAzureEnvironment(az.clients(), ctxFor(sampleAzureCe(az.sub, { image: gallery })));
+    expect(byId.notes?.join("\n")).toMatch(/image resource ID is not checked/);
+  });
+
   it("an existing subnet the operator may not join is AccessDenied naming the action; without permissions/read the check is skipped and said so", async () => {
     const subnetId = `/subscriptions/${az.sub}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/shared/subnets/vms`;
     az.put(`/subscriptions/${az.sub}/resourceGroups/net-rg/providers/Microsoft.Network/virtualNetworks/shared`, { location: "westeurope", subnets: [{ name: "vms" }] });
@@ -184,6 +193,8 @@ describe("Azure environment: provision", () => {
     const cases: Array<[string, (a: FakeAzure) => ComputeEnvironment, RegExp]> = [
       ["unknown location", (a) => sampleAzureCe(a.sub, { location: "marsnorth" }), /spec\.azure\.location: "marsnorth" is not a location/],
       ["size not offered", (a) => sampleAzureCe(a.sub, { vmSize: "Standard_Z99" }), /spec\.azure\.vmSize: "Standard_Z99" is not offered in location "westeurope"/],
+      ["image not offered", (a) => sampleAzureCe(a.sub, { image: "Canonical:nope:x:latest" }), /spec\.azure\.image: "Canonical:nope:x:latest" is not available in location "westeurope"/],
+      ["image version not offered", (a) => sampleAzureCe(a.sub, { image: "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:9.9.9" }), /spec\.azure\.image: "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:9\.9\.9" is not available/],
       ["container missing", (a) => sampleAzureCe(a.sub, { workDir: "az://nope/x" }), /spec\.azure\.workDir: container "nope" does not exist in storage account "wdstore"/],
       ["storage account missing", (a) => sampleAzureCe(a.sub, { storageAccount: "ghost" }), /spec\.azure\.storageAccount: storage account "ghost" does not exist/],
       ["subnet elsewhere", (a) => {

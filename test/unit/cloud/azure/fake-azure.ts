@@ -63,6 +63,8 @@ export class FakeAzure {
   readonly delays = new Map<string, number>();
   /** SKUs offered: location -> sizes. */
   skus: Record<string, string[]> = { westeurope: ["Standard_D2ds_v4", "Standard_D4ds_v5"] };
+  /** Platform images by "publisher:offer:sku" (lower-cased) -> versions. */
+  images: Record<string, string[]> = { "canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2": ["22.04.1", "22.04.2"] };
   /** What permissions.listForResource reports for the caller (default: everything). */
   permissions: Array<{ actions: string[]; notActions: string[] }> = [{ actions: ["*"], notActions: [] }];
   storageAccounts: Record<string, string> = {};
@@ -287,6 +289,18 @@ export class FakeAzure {
         },
       },
       compute: {
+        virtualMachineImages: {
+          list: (loc: string, pub: string, offer: string, sku: string) => self.rec("compute.virtualMachineImages.list", [loc, pub, offer, sku], () => {
+            const v = self.images[`${pub}:${offer}:${sku}`.toLowerCase()];
+            if (!v) throw new RestLikeError(404, "ArtifactNotFound", "Artifact: VMImage was not found.");
+            return v.map((name) => ({ name, location: loc }));
+          }),
+          get: (loc: string, pub: string, offer: string, sku: string, version: string) => self.rec("compute.virtualMachineImages.get", [loc, pub, offer, sku, version], () => {
+            const v = self.images[`${pub}:${offer}:${sku}`.toLowerCase()];
+            if (!v?.includes(version)) throw new RestLikeError(404, "ImageVersionNotFound", "Artifact: VMImage was not found.");
+            return { name: version, location: loc };
+          }),
+        },
         resourceSkus: {
           list: (opts: { filter: string }) => {
             const loc = /location eq '([^']+)'/.exec(opts.filter)?.[1] ?? "";

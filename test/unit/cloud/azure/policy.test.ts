@@ -64,6 +64,8 @@ const NEEDS: Record<string, string> = {
   "compute.disks.listByResourceGroup": "Microsoft.Compute/disks/read",
   "compute.disks.delete": "Microsoft.Compute/disks/delete",
   "compute.resourceSkus.list": "Microsoft.Compute/skus/read",
+  "compute.virtualMachineImages.list": "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read",
+  "compute.virtualMachineImages.get": "Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read",
   "compute.virtualMachines.get": "Microsoft.Compute/virtualMachines/read",
   "compute.virtualMachines.list": "Microsoft.Compute/virtualMachines/read",
   "compute.virtualMachines.listAll": "Microsoft.Compute/virtualMachines/read",

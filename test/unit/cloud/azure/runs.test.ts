@@ -5,7 +5,7 @@ import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
 import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
-import { osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
+import { azureImageReference, osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import { FakeAzure, UID, sampleAzureCe } from "./fake-azure.js";
 
@@ -18,6 +18,14 @@ function runOf(n: number, over: Partial<Run["spec"]> = {}): Run {
     spec: { computeEnvironmentRef: { name: "ce1" }, pipeline: { repository: "https://github.com/nextflow-io/hello", params: { greeting: "it's $(rm -rf /)" } }, ...over },
   } as Run;
 }
+
+describe("spec.azure.image as the VM's imageReference", () => {
+  it("a URN becomes publisher/offer/sku/version, a resource ID an id; unset is the default image", () => {
+    expect(azureImageReference("Debian:debian-12:12-gen2:0.2025")).toEqual({ publisher: "Debian", offer: "debian-12", sku: "12-gen2", version: "0.2025" });
+    expect(azureImageReference("/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/nf")).toEqual({ id: "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/images/nf" });
+    expect(azureImageReference(undefined)).toEqual({ publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", version: "latest" });
+  });
+});
 
 describe("Azure runs", () => {
   let az: FakeAzure;
@@ -56,6 +64,9 @@ describe("Azure runs", () => {
     expect(Object.keys(body.identity.userAssignedIdentities)).toEqual([ce.status!.azure!.identityId]);
     expect(body.tags).toMatchObject({ "vmforge-run-uid": run.metadata.uid, "vmforge-ce-uid": UID, team: "a" });
     expect(body.osProfile.linuxConfiguration.disablePasswordAuthentication).toBe(true);
+    // cloud-init runs customData: the bootstrap that reads the launcher from userData
+    expect(Buffer.from(body.osProfile.customData as string, "base64").toString("utf8")).toContain("/metadata/instance/compute/userData?api-version=");
+    expect(body.storageProfile.imageReference).toEqual({ publisher: "Canonical", offer: "0001-com-ubuntu-server-jammy", sku: "22_04-lts-gen2", version: "latest" });
     const script = Buffer.from(body.userData as string, "base64").toString("utf8");
     expect(script).toContain(`VMF_CLIENT_ID='${ce.status!.azure!.identityClientId}'`);
     expect(script).toContain(`VMF_DCR='${ce.status!.azure!.dcrImmutableId}'`);
