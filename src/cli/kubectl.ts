@@ -47,7 +47,7 @@ usage:
   kubectl vmforge cancel <run>
   kubectl vmforge describe (run|ce) <name>
   kubectl vmforge describe <name>
-  kubectl vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
+  kubectl vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]] [--with-additions]
   kubectl vmforge policy azure [...]
 
 flags (any command):

@@ -36,7 +36,7 @@ import type { AwsEnvironment, ComputeEnvironment, Run } from "../../src/api/type
 import { awsCall, awsClients, type AwsClients } from "../../src/cloud/aws/clients.js";
 import { roleNameOf } from "../../src/cloud/aws/environment.js";
 import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
-import { operatorPolicyByPhase, renderOperatorPolicy } from "../../src/cloud/aws/policy.js";
+import { LOG_GROUP_CLEANUP_STATEMENT, operatorPolicyByPhase, renderOperatorPolicy } from "../../src/cloud/aws/policy.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
@@ -66,6 +66,7 @@ let layer: StrictAws;
 type Keys = { accessKeyId: string; secretAccessKey: string };
 const keys: Record<"exact" | "required" | "nobody" | "auditor" | "assumer", Keys> = {} as never;
 const without = new Map<string, Keys>();
+let withAdditionKeys: Keys;
 const OPERATOR_ROLE = "vmforge-operator-role";
 const EXTERNAL_ID = "vmforge-ext-7";
 let auditor: AwsClients;
@@ -193,6 +194,10 @@ beforeAll(async () => {
     const iam = admin.iam;
     keys.exact = await makeUser(iam, "vmforge-operator", policy(ALL));
     keys.required = await makeUser(iam, "vmforge-operator-required", policy(REQUIRED));
+    const seedPlusAddition = policy(ALL);
+    const { Sid, Effect, Action, Resource } = LOG_GROUP_CLEANUP_STATEMENT;
+    seedPlusAddition.Statement.push({ ...(Sid ? { Sid } : {}), Effect, Action, Resource });
+    withAdditionKeys = await makeUser(iam, "vmforge-operator-additions", seedPlusAddition);
     keys.nobody = await makeUser(iam, "nobody");
     keys.auditor = await makeUser(iam, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     keys.assumer = await makeUser(iam, "assumer", {
@@ -267,6 +272,20 @@ describe("least privilege: the seed's exact policy, IAM enforced as AWS does", (
 
   it("a CE and a Run live their whole life with exactly the seed's policy", async () => {
     await life(secret(keys.exact));
+  });
+
+  it("with the optional addition (vmforge policy aws --with-additions) disposal also deletes the CE's log group", async () => {
+    const p = provider();
+    const cred = secret(withAdditionKeys);
+    const c = ce();
+    const obs = await p.provisionEnvironment(ctx(c, cred));
+    const group = obs.status?.aws?.logGroup ?? "";
+    expect(group).toBe(`/vmforge/${c.metadata.namespace}/ce`);
+    await auditor.logs.send(new CreateLogGroupCommand({ logGroupName: group }));
+    await p.disposeEnvironment(ctx({ ...c, status: { ...obs.status } }, cred));
+    expect(await roleExists(roleNameOf(c))).toBe(false);
+    const left = await auditor.logs.send(new DescribeLogGroupsCommand({ logGroupNamePrefix: group }));
+    expect(left.logGroups?.map((g) => g.logGroupName) ?? []).not.toContain(group);
   });
 
   it("... and without the optional read phase", async () => {
