@@ -13,9 +13,10 @@
  *
  * Logs need the cloud credentials of the Run's ComputeEnvironment. When the caller may read the
  * CE's credentials Secret they are used; when the Secret is forbidden (e.g. a user with the `view`
- * role), on AWS the caller's own identity is used instead (the SDK's default chain: AWS_PROFILE,
- * environment, SSO) and a note says so on stderr; on Azure that is refused with a clear message
- * (the Azure provider has no caller identity to fall back on).
+ * role), the caller's own identity is used instead and a note says so on stderr: on AWS the SDK's
+ * default chain (AWS_PROFILE, environment, SSO); on Azure AZURE_TENANT_ID, AZURE_CLIENT_ID and
+ * AZURE_CLIENT_SECRET when all are set, else the Azure CLI login (the plugin's Azure provider has
+ * ambient identity "caller").
  */
 import { KubeConfig } from "@kubernetes/client-node";
 import { KubeApiError, KubeClient } from "../engine/kube.js";
@@ -204,10 +205,11 @@ async function credentialsFor(client: KubeClient, ce: ComputeEnvironment, io: Pl
   } catch (e) {
     if (e instanceof KubeApiError && e.status === 403) {
       const secret = `${ce.metadata.namespace}/${ce.spec.credentials?.secretRef?.name ?? ""}`;
-      if (ce.spec.provider !== "aws") {
-        throw new Error(`you may not read Secret ${secret}, and reading a Run's log on ${ce.spec.provider} with your own identity is not supported: ask for "get" on that Secret`);
-      }
-      io.err(`note: you may not read Secret ${secret}; reading the log with your own AWS identity (AWS_PROFILE, environment or SSO)\n`);
+      const own = ce.spec.provider === "aws" ? "your own AWS identity (AWS_PROFILE, environment or SSO)"
+        : ce.spec.provider === "azure" ? "your own Azure identity (AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, else your Azure CLI login)"
+        : undefined;
+      if (!own) throw new Error(`you may not read Secret ${secret}, and reading a Run's log on ${ce.spec.provider} with your own identity is not supported: ask for "get" on that Secret`);
+      io.err(`note: you may not read Secret ${secret}; reading the log with ${own}\n`);
       return { source: "ambient", data: {} };
     }
     throw e;

@@ -1,6 +1,7 @@
 // `kubectl vmforge` as a user runs it: plugin/build.sh builds the single executable, it is put on
 // PATH under its plugin name, and kubectl (when installed) finds and runs it against the real
-// kube-apiserver; logs are read from moto's CloudWatch Logs through the real AWS provider. The
+// kube-apiserver; logs are read from moto's CloudWatch Logs through the real AWS provider, and
+// from the Azure emulator's Log Analytics through the real Azure provider. The
 // Run and CE statuses are written here as the operator would (the operator itself is not needed).
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -10,7 +11,14 @@ import { join } from "node:path";
 import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { parse, stringify } from "yaml";
-import { awsTestConfig, deleteNamespace, freshNamespace, kubeAdmin, kubeconfigPath, motoEndpoint } from "../harness/helpers.js";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { OperationalInsightsManagementClient } from "@azure/arm-operationalinsights";
+import { MonitorClient } from "@azure/arm-monitor";
+import { ClientSecretCredential } from "@azure/identity";
+import { LogsIngestionClient } from "@azure/monitor-ingestion";
+import { awsTestConfig, azureCaPath, azureClientOptions, azureControl, azureCredentialOptions, azureEndpoint, azureInfo, azureTestCredential, deleteNamespace, freshNamespace, kubeAdmin, kubeconfigPath, motoEndpoint } from "../harness/helpers.js";
+import { seedPath } from "../harness/seed-policy.js";
+import { LOG_COLUMNS, LOG_STREAM, LOG_TABLE } from "../../src/cloud/azure/names.js";
 import { KUBECTL, removeServiceAccountKubeconfigs, runTool, runToolOk, serviceAccountKubeconfig } from "../harness/helm.js";
 import { REPO_ROOT } from "../harness/paths.js";
 import { logGroupName, logStreamName } from "../../src/cloud/aws/logs.js";
@@ -65,6 +73,40 @@ const runBase = (name: string) => `/apis/vmforge.dev/v1alpha1/namespaces/${ns}/r
 async function putLines(lines: string[]): Promise<void> {
   const t = Date.now();
   await logs.send(new PutLogEventsCommand({ logGroupName: logGroupName(ce), logStreamName: logStreamName(run), logEvents: lines.map((message, i) => ({ message, timestamp: t + i })) }));
+}
+
+/**
+ * A Log Analytics workspace with vmforge's run log table, fed through a data collection rule as a
+ * Run's VM feeds it (lines for `runUid`), and a user who may read it with the seed's logs role.
+ */
+async function azureRunLog(runUid: string, lines: string[]): Promise<{ customerId: string; tenantId: string; user: { clientId: string; secret: string } }> {
+  const info = await azureInfo();
+  const admin = await azureTestCredential();
+  const o = azureClientOptions();
+  const rg = `plugin-logs-${ns}`;
+  await new ResourceManagementClient(admin, info.subscriptionId, o).resourceGroups.createOrUpdate(rg, { location: "westeurope" });
+  const la = new OperationalInsightsManagementClient(admin, info.subscriptionId, o);
+  const ws = await la.workspaces.createOrUpdate(rg, "logs", { location: "westeurope" });
+  await la.tables.createOrUpdate(rg, "logs", LOG_TABLE, { schema: { name: LOG_TABLE, columns: LOG_COLUMNS.map((c) => ({ name: c.name, type: c.type === "datetime" ? "dateTime" : c.type })) } });
+  const mon = new MonitorClient(admin, info.subscriptionId, o);
+  const dce = await mon.dataCollectionEndpoints.create(rg, "dce", { body: { location: "westeurope" } });
+  const dcr = await mon.dataCollectionRules.create(rg, "dcr", {
+    body: {
+      location: "westeurope",
+      dataCollectionEndpointId: dce.id,
+      streamDeclarations: { [LOG_STREAM]: { columns: LOG_COLUMNS.map((c) => ({ name: c.name, type: c.type })) } },
+      destinations: { logAnalytics: [{ workspaceResourceId: ws.id, name: "la" }] },
+      dataFlows: [{ streams: [LOG_STREAM], destinations: ["la"], transformKql: "source", outputStream: `Custom-${LOG_TABLE}` }],
+    },
+  });
+  const vm = await azureControl().createPrincipal({ displayName: `vm-${ns}` });
+  await azureControl().assignRole({ principalId: vm.objectId, scope: dcr.id!, roleName: "Monitoring Metrics Publisher" });
+  const vmCred = new ClientSecretCredential(info.tenantId, vm.clientId, vm.secret!, azureCredentialOptions());
+  const t = Date.now();
+  await new LogsIngestionClient(dce.logsIngestion!.endpoint!, vmCred).upload(dcr.immutableId!, LOG_STREAM, lines.map((Line, i) => ({ TimeGenerated: new Date(t + i).toISOString(), RunUid: runUid, Stream: "stdout", Seq: i + 1, Line })));
+  const user = await azureControl().createPrincipal({ displayName: `user-${ns}` });
+  await azureControl().grantSeedRole({ principalId: user.objectId, seedFile: seedPath("001"), roleName: "seqera-azure-cloud-logs", subscriptionId: info.subscriptionId });
+  return { customerId: ws.customerId!, tenantId: info.tenantId, user: { clientId: user.clientId, secret: user.secret! } };
 }
 
 async function setRunStatus(status: Record<string, unknown>): Promise<void> {
@@ -273,17 +315,33 @@ describe("kubectl vmforge", () => {
     const own = await plugin(["logs", "run1", "--kubeconfig", readerKc], { AWS_ACCESS_KEY_ID: "testing", AWS_SECRET_ACCESS_KEY: "testing" });
     expect(own.code, own.stderr).toBe(0);
     expect(own.stdout).toContain("Hello world!");
-    // On Azure there is no caller identity to fall back on: said plainly.
+    // On Azure the user's own identity as well: AZURE_TENANT_ID/CLIENT_ID/CLIENT_SECRET, else the
+    // Azure CLI login. The Run's log is in the emulator's Log Analytics, put there as a VM would.
     await kubeAdmin().expect("POST", ceBase(""), {
       apiVersion: "vmforge.dev/v1alpha1",
       kind: "ComputeEnvironment",
       metadata: { name: "az" },
       spec: { provider: "azure", credentials: { secretRef: { name: "creds" } }, azure: AZURE_SPEC },
     });
-    await kubeAdmin().expect("POST", runBase(""), { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "azrun" }, spec: { computeEnvironmentRef: { name: "az" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } });
-    const az = await plugin(["logs", "azrun", "--kubeconfig", readerKc]);
-    expect(az.code).toBe(1);
-    expect(az.stderr).toBe(`error: you may not read Secret ${ns}/creds, and reading a Run's log on azure with your own identity is not supported: ask for "get" on that Secret\n`);
+    const azRun = (await kubeAdmin().expect("POST", runBase(""), { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "azrun" }, spec: { computeEnvironmentRef: { name: "az" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } })).body as Run;
+    const logsWs = await azureRunLog(azRun.metadata.uid!, ["N E X T F L O W  ~  version 25.04.0", "Hola world!"]);
+    await kubeAdmin().expect("PATCH", `${ceBase("az")}/status`, { status: { azure: { workspaceCustomerId: logsWs.customerId } } }, [], MERGE);
+    const azureEnv = {
+      VMFORGE_AZURE_ARM_ENDPOINT: azureEndpoint(),
+      VMFORGE_AZURE_AUTHORITY_HOST: azureEndpoint(),
+      VMFORGE_AZURE_LOGS_ENDPOINT: `${azureEndpoint()}/loganalytics/v1`,
+      VMFORGE_AZURE_CA_FILE: azureCaPath(),
+      // no Azure CLI on this machine: the fallback fails, and says which identity it tried
+      PATH: `${binDir}:/usr/bin:/bin`,
+    };
+    const noIdentity = await plugin(["logs", "azrun", "--kubeconfig", readerKc], azureEnv);
+    expect(noIdentity.code).toBe(1);
+    expect(noIdentity.stderr).toContain(`note: you may not read Secret ${ns}/creds; reading the log with your own Azure identity`);
+    expect(noIdentity.stderr).toContain("your Azure CLI login (az login)");
+    const ownAz = await plugin(["logs", "azrun", "--kubeconfig", readerKc], { ...azureEnv, AZURE_TENANT_ID: logsWs.tenantId, AZURE_CLIENT_ID: logsWs.user.clientId, AZURE_CLIENT_SECRET: logsWs.user.secret });
+    expect(ownAz.code, ownAz.stderr).toBe(0);
+    expect(ownAz.stdout).toBe("N E X T F L O W  ~  version 25.04.0\nHola world!\n");
+    expect(ownAz.stderr).not.toContain(logsWs.user.secret);
     // describe needs no Secret at all.
     expect((await plugin(["describe", "run", "run1", "--kubeconfig", readerKc])).code).toBe(0);
   });

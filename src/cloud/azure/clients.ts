@@ -25,6 +25,7 @@ import {
   AuthenticationError,
   ClientSecretCredential,
   CredentialUnavailableError,
+  AzureCliCredential,
   ManagedIdentityCredential,
   WorkloadIdentityCredential,
   type TokenCredential,
@@ -67,8 +68,12 @@ export interface AzureEndpoints {
   blob?: string;
   /** PEM CA bundle trusted by the Azure clients in addition to Node's. */
   ca?: string;
-  /** Explicit ambient identity for CEs without a Secret. */
-  ambient?: "workload" | "managed";
+  /**
+   * Explicit ambient identity for CEs without a Secret: the operator's workload or managed
+   * identity; "caller" is the kubectl plugin's user's own identity (AZURE_TENANT_ID, AZURE_CLIENT_ID
+   * and AZURE_CLIENT_SECRET in the environment when all three are set, else the Azure CLI login).
+   */
+  ambient?: "workload" | "managed" | "caller";
   /** Client ID of the user-assigned managed identity for `ambient: managed`. */
   managedIdentityClientId?: string;
   /** Interval of long-running operation polls (default: what Azure's Retry-After says, else 2 s). */
@@ -110,7 +115,7 @@ export function endpointsFromEnv(env: NodeJS.ProcessEnv = process.env): AzureEnd
 
 /** What a CE's credentials say, checked. */
 export interface AzureIdentity {
-  kind: "secret" | "workload" | "managed";
+  kind: "secret" | "workload" | "managed" | "caller";
   /** For messages: the Secret (ns/name) or the ambient identity's description. Never a value. */
   label: string;
   tenantId?: string;
@@ -134,6 +139,13 @@ export function parseAzureCredentials(creds: ResolvedCredentials, ep: AzureEndpo
         }
       }
       return { kind: "workload", label: "the operator's workload identity", tenantId: w.tenantId!, clientId: w.clientId! };
+    }
+    if (ep.ambient === "caller") {
+      const tenantId = process.env.AZURE_TENANT_ID?.trim();
+      const clientId = process.env.AZURE_CLIENT_ID?.trim();
+      const clientSecret = process.env.AZURE_CLIENT_SECRET;
+      if (tenantId && clientId && clientSecret) return { kind: "caller", label: `your Azure identity (AZURE_CLIENT_ID ${clientId})`, tenantId, clientId, clientSecret };
+      return { kind: "caller", label: "your Azure CLI login (az login)" };
     }
     if (ep.ambient === "managed") {
       const id: AzureIdentity = {
@@ -273,6 +285,8 @@ export function tokenCredential(id: AzureIdentity, ep: AzureEndpoints): TokenCre
       return new WorkloadIdentityCredential({ ...common, tenantId: id.tenantId!, clientId: id.clientId!, tokenFilePath: ep.workload!.tokenFilePath! });
     case "managed":
       return id.clientId ? new ManagedIdentityCredential({ clientId: id.clientId, additionalPolicies: policies }) : new ManagedIdentityCredential({ additionalPolicies: policies });
+    case "caller":
+      return id.clientSecret ? new ClientSecretCredential(id.tenantId!, id.clientId!, id.clientSecret, common) : new AzureCliCredential({ ...(id.tenantId ? { tenantId: id.tenantId } : {}) });
   }
 }
 

@@ -63,7 +63,8 @@ const CONTAINER_API_VERSION = "2023-05-01";
 
 /** The subscription a CE deploys into: the spec's, else the Secret's, else a Terminal error saying neither is set. */
 export function subscriptionOf(ce: ComputeEnvironment, id: AzureIdentity): string {
-  const s = ce.spec.azure?.subscriptionId ?? id.subscriptionId;
+  // The plugin's user reads with their own identity: the subscription the operator resolved will do.
+  const s = ce.spec.azure?.subscriptionId ?? id.subscriptionId ?? (id.kind === "caller" ? ce.status?.azure?.subscriptionId : undefined);
   if (!s) {
     throw CloudError.terminal(
       "SubscriptionNotSet",
