@@ -130,6 +130,8 @@ export interface RunDescription {
    * then a Run whose machine is up stays Launching: the machine is still being set up.
    */
   pipelineStarted?: boolean;
+  /** Reading the Run's log or outcome failed in a way a retry will not fix (e.g. a missing permission). */
+  readError?: { reason: string; message: string };
   launchedAt?: string;
   instance?: RunStatus["instance"];
   /** Where the Run's log lives, when the provider knows (set by launchRun at least). */

@@ -6,8 +6,9 @@
 // observe, launch (RunInstances with tags and the TowerForge-* instance profile), follow
 // (DescribeInstances, GetLogEvents, S3 GetObject of the exit status), terminate, sweep, dispose.
 // Without any one action of the seed's required phases that life fails with an error naming the
-// action (the reconcilers put that message in the CE's or Run's condition), unless the action is
-// one the operator never calls (listed and checked below).
+// action, unless the action is one the operator never calls (listed and checked below). At the end,
+// the operator itself runs with one action missing per phase of the life: the CE's or Run's
+// condition names the action.
 import { randomUUID } from "node:crypto";
 import {
   AddRoleToInstanceProfileCommand,
@@ -33,6 +34,7 @@ import { CreateBucketCommand } from "@aws-sdk/client-s3";
 import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { AwsEnvironment, ComputeEnvironment, Run } from "../../src/api/types.js";
+import { SecretResource, type SecretObject } from "../../src/controllers/shared.js";
 import { awsCall, awsClients, type AwsClients } from "../../src/cloud/aws/clients.js";
 import { roleNameOf } from "../../src/cloud/aws/environment.js";
 import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
@@ -41,7 +43,7 @@ import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { KubeClient } from "../../src/engine/kube.js";
-import { ComputeEnvironmentResource } from "../../src/api/types.js";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import { StrictAwsControl } from "../harness/aws-strict/client.js";
@@ -510,5 +512,78 @@ describe("spec.aws.roleArn through the operator: the role assumed with the opera
     }, 60_000);
     expect(bare.reason).toBe("AccessDenied");
     for (const n of ["wrong-id", "bare"]) await kube.delete(ComputeEnvironmentResource, ns, n);
+  });
+});
+
+/**
+ * The same seed policy with one action removed, through the operator on the real kube-apiserver:
+ * the condition users read names the action. One representative action per phase of the life
+ * (the provider-level test above covers every action): creating the environment, launching, reading
+ * the log, terminating.
+ */
+describe("through the operator: without one action, the condition names it", () => {
+  let client: KubeClient;
+  let op: RunningOperator | undefined;
+  const cases = [
+    { phase: "create", action: "iam:CreateRole", where: "ComputeEnvironment Stalled" },
+    { phase: "launch", action: "ec2:RunInstances", where: "Run Stalled" },
+    { phase: "logs", action: "logs:GetLogEvents", where: "Run LogReadBlocked" },
+    { phase: "dispose", action: "ec2:TerminateInstances", where: "Run MachineTerminationBlocked" },
+  ] as const;
+  const nsOf = new Map<string, string>();
+  type Cond = { type: string; status: string; reason: string; message: string };
+  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+
+  beforeAll(async () => {
+    client = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(client);
+    for (const c of cases) {
+      const ns = await freshNamespace(client, `lp-${c.phase}`);
+      nsOf.set(c.phase, ns);
+      const k = without.get(c.action)!;
+      await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId: k.accessKeyId, secretAccessKey: k.secretAccessKey } } as SecretObject);
+    }
+    op = await startOperator(kubeconfigPath(), new Map([["aws", provider()]]), { namespaces: [...nsOf.values()], pollIntervalMs: 500 });
+    for (const c of cases) {
+      const ns = nsOf.get(c.phase)!;
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+        spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
+      } as ComputeEnvironment);
+      if (c.phase !== "create") {
+        await client.create(RunResource, {
+          apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "run", namespace: ns },
+          spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+        } as Run);
+      }
+    }
+  }, 120_000);
+
+  afterAll(async () => {
+    await op?.stop();
+  });
+
+  it.each(cases.map((c) => [c.action, c.where, c] as const))("without %s: %s names it", async (_a, _w, c) => {
+    const ns = nsOf.get(c.phase)!;
+    const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
+    const getRun = () => client.get<Run>(RunResource, ns, "run");
+    let found: Cond | undefined;
+    if (c.phase === "create") {
+      found = await waitFor("CE Stalled", async () => cond(await getCe(), "Stalled")?.status === "True" && cond(await getCe(), "Stalled"), 60_000, 300);
+    } else if (c.phase === "launch") {
+      const r = await waitFor("Run Failed", async () => ((await getRun())?.status?.phase === "Failed" ? getRun() : undefined), 60_000, 300);
+      found = cond(r, "Stalled");
+      expect(found?.status).toBe("True");
+    } else if (c.phase === "logs") {
+      found = await waitFor("LogReadBlocked", async () => cond(await getRun(), "LogReadBlocked"), 60_000, 300);
+      expect((await getRun())?.status?.phase).toBe("Launching");
+    } else {
+      await waitFor("machine recorded", async () => (await getRun())?.status?.instance?.id, 60_000, 300);
+      await client.patch(RunResource, ns, "run", { spec: { cancel: true } }, "merge");
+      found = await waitFor("MachineTerminationBlocked", async () => cond(await getRun(), "MachineTerminationBlocked"), 60_000, 300);
+    }
+    expect(found?.status).toBe("True");
+    expect(found?.reason).toBe("AccessDenied");
+    expect(found?.message).toContain(c.action);
   });
 });

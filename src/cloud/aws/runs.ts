@@ -485,7 +485,7 @@ export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
  */
 export class StartProbes {
   /** Run UID -> cursor in its log stream, whether the start line was seen, first and last read. */
-  private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number }>();
+  private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number; error?: { reason: string; message: string } }>();
   constructor(readonly limit = 100, private readonly clock: () => number = Date.now, private readonly forgetAfterMs = 30 * 60_000) {}
 
   /** The Runs (of those given) to read now. */
@@ -510,6 +510,14 @@ export class StartProbes {
     const prev = this.state.get(uid);
     const c = cursor ?? prev?.cursor;
     this.state.set(uid, { ...(c !== undefined ? { cursor: c } : {}), started: started || prev?.started === true, first: prev?.first ?? now, at: now });
+  }
+  /** The last read was refused (kept, and reported with the Run, until a read works). */
+  fail(uid: string, error: { reason: string; message: string }, now = this.clock()): void {
+    const prev = this.state.get(uid);
+    this.state.set(uid, { ...(prev?.cursor !== undefined ? { cursor: prev.cursor } : {}), started: prev?.started === true, first: prev?.first ?? now, at: now, error });
+  }
+  errorOf(uid: string): { reason: string; message: string } | undefined {
+    return this.state.get(uid)?.error;
   }
   /** The Run is Running (or over): nothing more to learn. */
   forget(uid: string): void {
@@ -607,7 +615,16 @@ export async function describeRuns(
   if (probes && settingUp.length > 0) {
     const chosen = new Set(probes.pick(settingUp.map((s) => s.run.metadata.uid as string)));
     await forEachLimited(settingUp.filter((s) => chosen.has(s.run.metadata.uid as string)), opts.exitCodeConcurrency ?? 8, ({ run, inst, desc }) =>
-      probeStart(clients, ctx, run, inst, desc, probes));
+      probeStart(clients, ctx, run, inst, desc, probes).catch((e: unknown) => {
+        // One Run's log read failing does not blind the others' observation. A read that cannot
+        // work (e.g. logs:GetLogEvents denied) is reported with the Run; a passing one is retried.
+        if (e instanceof CloudError && e.kind === "Terminal") probes.fail(run.metadata.uid as string, { reason: e.reason, message: e.message });
+        else if (!(e instanceof CloudError)) throw e;
+      }));
+    for (const { run, desc } of settingUp) {
+      const err = probes.errorOf(run.metadata.uid as string);
+      if (err) desc.readError = err;
+    }
   }
   await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
     const outcome = await exitCodeOf(clients, ctx, run, inst);

@@ -61,6 +61,8 @@ const PRE_LAUNCH_REASONS = new Set(["Accepted", "ComputeEnvironmentNotFound", "P
 
 /** Detail condition: the operator terminated a machine still running after its pipeline ended. */
 export const MACHINE_LINGERED = "MachineLingered";
+/** Detail condition: reading the Run's log is refused by the cloud (e.g. logs:GetLogEvents denied). */
+export const LOG_READ_BLOCKED = "LogReadBlocked";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
 export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 
@@ -331,6 +333,7 @@ export class RunReconciler {
       }
       return { requeueAfterMs: next };
     }
+    await this.reportReadError(run, desc);
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
     if (desc.launchFailure) {
       // Accepted, then not placed (capacity/quota): the provider removes the machine; the Run waits
@@ -420,6 +423,22 @@ export class RunReconciler {
     if (written && before !== reason) await this.d.events.record(run, "Warning", reason, "Launch", m);
     const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
+  }
+
+  /**
+   * A read of the Run's log the cloud refuses (e.g. a missing permission) is said on the Run: the
+   * LogReadBlocked condition names the cause (and an Event); it goes when a read works again.
+   */
+  private async reportReadError(run: Run, desc: RunDescription): Promise<void> {
+    const current = getCondition(run.status?.conditions, LOG_READ_BLOCKED);
+    if (desc.readError) {
+      const message = clip(`cannot read the Run's log: ${desc.readError.message}`);
+      if (current?.status === "True" && current.message === message) return;
+      const conditions = setCondition(run.status?.conditions, { type: LOG_READ_BLOCKED, status: "True", reason: desc.readError.reason, message, observedGeneration: run.metadata.generation });
+      if (await this.report(run, { conditions })) await this.d.events.record(run, "Warning", desc.readError.reason, "ReadLog", message);
+    } else if (current) {
+      await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== LOG_READ_BLOCKED) ?? [] });
+    }
   }
 
   /** For a waiting Run with a timeout: wake up when it would pass, even if nothing else changes. */

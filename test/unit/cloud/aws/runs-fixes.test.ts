@@ -357,3 +357,32 @@ describe("Running means the pipeline started: the launcher's line, read cheaply"
     expect(d?.pipelineStarted).toBeUndefined();
   });
 });
+
+describe("a log read the cloud refuses", () => {
+  it("does not blind the other Runs' observation; the refusal travels with its Run until a read works", async () => {
+    const ok = withStatus(sampleRun({ name: "ok", uid: "0f1e2d3c-aaaa-bbbb-cccc-0000000000a1" }), { phase: "Launching", instance: { id: "i-a1" } });
+    const denied = withStatus(sampleRun({ name: "denied", uid: "0f1e2d3c-aaaa-bbbb-cccc-0000000000b2" }), { phase: "Launching", instance: { id: "i-b2" } });
+    let deny = true;
+    const { clients } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(ok), instanceFor(denied)] }] };
+      if (name !== "GetLogEvents") throw new Error(name);
+      if ((input.logStreamName as string).includes("/denied/") && deny) {
+        throw new AwsError("AccessDeniedException", "User: arn:aws:iam::123456789012:user/op is not authorized to perform: logs:GetLogEvents on resource: arn:aws:logs:eu-west-1:123456789012:log-group:g:log-stream:s");
+      }
+      return { events: [{ message: "VMFORGE_PIPELINE_STARTED" }], nextForwardToken: "f/1" };
+    });
+    let clock = 0;
+    const probes = new StartProbes(100, () => (clock += 1_000));
+    let d = await describeRuns(clients, ctxFor(CE), [ok, denied], { startProbes: probes });
+    expect(d.get(ok.metadata.uid!)?.pipelineStarted).toBe(true);
+    expect(d.get(denied.metadata.uid!)?.readError?.message).toContain("logs:GetLogEvents");
+    // Refused again: still said.
+    d = await describeRuns(clients, ctxFor(CE), [denied], { startProbes: probes });
+    expect(d.get(denied.metadata.uid!)?.readError).toBeDefined();
+    deny = false;
+    clock += 10 * 60_000;
+    d = await describeRuns(clients, ctxFor(CE), [denied], { startProbes: probes });
+    expect(d.get(denied.metadata.uid!)?.readError).toBeUndefined();
+    expect(d.get(denied.metadata.uid!)?.pipelineStarted).toBe(true);
+  });
+});
