@@ -427,16 +427,21 @@ export class Emulator {
       reply(200, this.entra.managedIdentityToken(key, url.searchParams, "appservice"));
       return;
     }
-    if (rest === "metadata/instance/compute/userdata") {
-      // What a VM reads its userData with (Azure never hands userData to cloud-init): base64, as text.
+    // The instance metadata service refuses a request without its header or api-version.
+    const imdsRefused = (): boolean => {
       if (lc(String(req.headers.metadata ?? "")) !== "true") {
         reply(400, { error: "Bad request. Required metadata header not specified" });
-        return;
+        return true;
       }
       if (!url.searchParams.get("api-version")) {
         reply(400, { error: "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds", newest_versions: ["2023-07-01", "2021-12-13", "2021-11-15"] });
-        return;
+        return true;
       }
+      return false;
+    };
+    if (rest === "metadata/instance/compute/userdata") {
+      // What a VM reads its userData with (Azure never hands userData to cloud-init): base64, as text.
+      if (imdsRefused()) return;
       if (url.searchParams.get("format") !== "text") {
         reply(400, { error: "Bad request. Query parameter 'format' must be 'text' for leaf nodes." });
         return;
@@ -451,14 +456,7 @@ export class Emulator {
       return;
     }
     if (rest === "metadata/instance" || rest === "metadata/instance/compute") {
-      if (lc(String(req.headers.metadata ?? "")) !== "true") {
-        reply(400, { error: "Bad request. Required metadata header not specified" });
-        return;
-      }
-      if (!url.searchParams.get("api-version")) {
-        reply(400, { error: "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds", newest_versions: ["2023-07-01", "2021-12-13", "2021-11-15"] });
-        return;
-      }
+      if (imdsRefused()) return;
       const vm = this.arm.vmIds.get(lc(key));
       const r = vm ? this.arm.resources.get(vm) : undefined;
       if (!r) {

@@ -25,7 +25,7 @@ import { installCrds, startOperator, type RunningOperator } from "../support/ope
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeAdmin, kubeconfigPath } from "../harness/helpers.js";
 import { kubeIssuer } from "../harness/azure-kube.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, cond, getCe, grantOperatorRoles, waitGone, waitReady, waitStalled } from "../support/azure-env.js";
+import { LOCATION, STORAGE, cond, getCe, grantOperatorRoles, waitGone, waitReady, waitStalled, createWorkStorage } from "../support/azure-env.js";
 
 let kube: KubeClient;
 let info: EmulatorInfo;
@@ -85,11 +85,7 @@ beforeAll(async () => {
   info = await azureInfo();
   const admin = await azureTestCredential();
   rm = new ResourceManagementClient(admin, info.subscriptionId, azureClientOptions());
-  // The work directory's storage account and container (not the operator's to create).
-  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-  const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-  await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-  await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+  await createWorkStorage(rm, info.subscriptionId);
 }, 120_000);
 
 afterAll(async () => {

@@ -19,7 +19,7 @@ import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
+import { ceBody, operatorPrincipal, putSecret, waitReady, createWorkStorage } from "../support/azure-env.js";
 
 let kube: KubeClient;
 let operator: Operator | undefined;
@@ -47,10 +47,7 @@ beforeAll(async () => {
   await installCrds(kube);
   const info = await azureInfo();
   const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
-  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-  const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-  await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-  await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+  await createWorkStorage(rm, info.subscriptionId);
   ns = await freshNamespace(kube, "azmetrics");
   await putSecret(kube, info, ns, "azure-creds", await operatorPrincipal(info, "vmforge-metrics"));
 

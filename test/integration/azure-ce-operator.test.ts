@@ -18,19 +18,7 @@ import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/nam
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import {
-  LOCATION,
-  STORAGE,
-  ceBody,
-  cond,
-  getCe as envGetCe,
-  operatorPrincipal as envPrincipal,
-  putSecret as envPutSecret,
-  waitGone as envWaitGone,
-  waitReady as envWaitReady,
-  waitStalled as envWaitStalled,
-  type Principal,
-} from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, getCe as envGetCe, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 
 let kube: KubeClient;
@@ -78,11 +66,7 @@ beforeAll(async () => {
     const cred = await azureTestCredential();
     rm = new ResourceManagementClient(cred, info.subscriptionId, azureClientOptions());
     authz = new AuthorizationManagementClient(cred, info.subscriptionId, azureClientOptions());
-    // The work directory's storage account and container (not the operator's to create).
-    await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-    const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-    await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-    await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+    await createWorkStorage(rm, info.subscriptionId);
     principal = await operatorPrincipal("vmforge-operator");
     ns = await freshNamespace(kube, "azce");
     nsLp = await freshNamespace(kube, "azlp");

@@ -18,7 +18,7 @@ import { resourceGroupName } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, ceBody, cond, getCe, operatorPrincipal, putSecret, waitGone, waitReady, waitStalled } from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, getCe, operatorPrincipal, putSecret, waitGone, waitReady, waitStalled, createWorkStorage } from "../support/azure-env.js";
 
 const JOIN = "Microsoft.Network/virtualNetworks/subnets/join/action";
 
@@ -45,10 +45,7 @@ beforeAll(async () => {
   const admin = await azureTestCredential();
   rm = new ResourceManagementClient(admin, info.subscriptionId, azureClientOptions());
   net = new NetworkManagementClient(admin, info.subscriptionId, azureClientOptions());
-  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-  const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-  await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-  await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+  await createWorkStorage(rm, info.subscriptionId);
   // The platform team's networks, not the operator's.
   await rm.resourceGroups.createOrUpdate("shared-net-rg", { location: LOCATION });
   here = await subnet("shared-net-rg", "shared-vnet", LOCATION, "10.40");

@@ -15,7 +15,7 @@ import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, RequestLogEntry } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal } from "../support/azure-env.js";
+import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 const RETRY_AFTER_S = 1;
 
@@ -30,10 +30,7 @@ beforeAll(async () => {
   await installCrds(kube);
   info = await azureInfo();
   const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
-  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-  const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-  await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-  await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+  await createWorkStorage(rm, info.subscriptionId);
   ns = await freshNamespace(kube, "azthr");
   principal = await operatorPrincipal(info, "vmforge-throttled");
   await putSecret(kube, info, ns, "azure-creds", principal);

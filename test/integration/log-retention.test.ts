@@ -26,7 +26,7 @@ import { InstancePlayer } from "../sandbox/instance.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
-import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitGone, waitReady } from "../support/azure-env.js";
+import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, createWorkStorage } from "../support/azure-env.js";
 
 let kube: KubeClient;
 
@@ -134,10 +134,7 @@ describe("log retention on Azure (emulator)", () => {
     const info = await azureInfo();
     const cred = await azureTestCredential();
     rm = new ResourceManagementClient(cred, info.subscriptionId, azureClientOptions());
-    await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
-    const sa = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
-    await rm.resources.createOrUpdateById(sa.slice(1), "2023-05-01", { location: LOCATION });
-    await rm.resources.createOrUpdateById(`${sa.slice(1)}/blobServices/default/containers/work`, "2023-05-01", {});
+    await createWorkStorage(rm, info.subscriptionId);
     const principal = await operatorPrincipal(info, "vmforge-logret");
     ns = await freshNamespace(kube, "azlogret");
     await putSecret(kube, info, ns, "azure-creds", principal);

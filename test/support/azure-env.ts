@@ -3,6 +3,7 @@
  * (seed 001, read from the product document), the built-in Reader and the documented additions; its
  * credentials Secret; ComputeEnvironment bodies and waits on their conditions.
  */
+import type { ResourceManagementClient } from "@azure/arm-resources";
 import type { KubeClient } from "../../src/engine/kube.js";
 import type { Condition } from "../../src/engine/conditions.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
@@ -16,6 +17,15 @@ import { seedPath } from "../harness/seed-policy.js";
 
 export const LOCATION = "westeurope";
 export const STORAGE = "vmfwork";
+
+/** The work directory's storage account (STORAGE in resource group data-rg) and its container "work": the customer's, not the operator's to create. */
+export async function createWorkStorage(rm: ResourceManagementClient, subscriptionId: string): Promise<void> {
+  await rm.resourceGroups.createOrUpdate("data-rg", { location: LOCATION });
+  const sa = `subscriptions/${subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
+  // (the *ById methods take the ID without its leading slash)
+  await rm.resources.createOrUpdateById(sa, "2023-05-01", { location: LOCATION });
+  await rm.resources.createOrUpdateById(`${sa}/blobServices/default/containers/work`, "2023-05-01", {});
+}
 
 export interface Principal {
   objectId: string;
