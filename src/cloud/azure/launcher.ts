@@ -192,6 +192,10 @@ export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLa
   if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
   const art = azureArtifactsPath(ce, run);
   const p = run.spec.pipeline;
+  if (p.resumeFrom) {
+    // Never silently ignored: the Azure launcher keeps no resume cache in the work directory yet.
+    throw CloudError.terminal("ResumeFromNotSupported", `spec.pipeline.resumeFrom ("${p.resumeFrom}") is not supported on Azure yet: a Run cannot resume another Run there`);
+  }
   const args = ["run", p.repository];
   if (p.revision) args.push("-r", p.revision);
   if (p.profiles && p.profiles.length > 0) args.push("-profile", p.profiles.join(","));

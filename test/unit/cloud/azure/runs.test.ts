@@ -207,4 +207,10 @@ describe("Azure runs", () => {
     expect(machineState([{ code: "PowerState/deallocating" }])).toBe("stopping");
     expect(machineState(undefined, "Creating")).toBe("pending");
   });
+
+  it("a Run that names another to resume from fails at once on Azure (never silently started without it)", async () => {
+    const run = runOf(9, { pipeline: { repository: "https://github.com/nextflow-io/hello", resume: true, resumeFrom: "earlier" } });
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ kind: "Terminal", reason: "ResumeFromNotSupported" });
+    expect(az.ops()).not.toContain("compute.virtualMachines.createOrUpdate");
+  });
 });
