@@ -61,6 +61,7 @@ export class Emulator {
   baseUrl = "";
   readonly logs: LogsPlane;
   private ingestionDelayMs: number;
+  private ingestionJitterMs = 0;
 
   constructor(
     private seed: string,
@@ -108,6 +109,7 @@ export class Emulator {
     this.miHosts.clear();
     this.entra.clearCache();
     this.logs.reset();
+    this.ingestionJitterMs = 0;
     const tenant = this.dir.createTenant({ domain: "vmforge-test.onmicrosoft.com" });
     const sub = this.dir.createSubscription(tenant.id, { displayName: "vmforge test subscription" });
     const admin = this.createPrincipal({ tenantId: tenant.id, displayName: "emulator-admin", secret: this.ids.hex("admin-secret", "admin", 40), backdated: true });
@@ -537,7 +539,11 @@ export class Emulator {
           this.ingestionDelayMs = body.ingestionDelayMs;
           this.logs.setIngestionDelay(body.ingestionDelayMs);
         }
-        return reply(200, { ...this.settings, ingestionDelayMs: this.ingestionDelayMs });
+        if (typeof body.ingestionJitterMs === "number") {
+          this.ingestionJitterMs = body.ingestionJitterMs;
+          this.logs.setIngestionJitter(body.ingestionJitterMs);
+        }
+        return reply(200, { ...this.settings, ingestionDelayMs: this.ingestionDelayMs, ingestionJitterMs: this.ingestionJitterMs });
       }
       case "POST /faults": {
         const f: Fault = { id: this.ids.guid("fault-id", "fault"), ...body };

@@ -10,14 +10,17 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
+import { LogsIngestionClient } from "@azure/monitor-ingestion";
+import { LogsQueryClient } from "@azure/monitor-query-logs";
+import { streamRunLogs } from "../../src/cli/logs.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../src/cloud/provider.js";
-import { osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
+import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
-import { azureClientOptions, azureControl, azureTestCredential, kubeconfigPath } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import { LOCATION, ceBody, cond, waitReady } from "../support/azure-env.js";
 import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
 
@@ -194,6 +197,55 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await op.stop();
     }
   }, 150_000);
+
+  it("the log read back while batches become queryable out of order (non-uniform ingestion delay) and one is held twice: vmforge logs -f loses and doubles no line", async () => {
+    trustAzureEmulator();
+    const ctl = azureControl();
+    await env.kube.create(RunResource, env.runBody("logs", CE));
+    const run = await phase("logs", "Running");
+    const uid = run.metadata.uid!;
+    const az = ce.status!.azure!;
+    // The VM's side: a principal allowed to ship to the CE's data collection rule, as the VM's identity is.
+    const vm = await ctl.createPrincipal({ displayName: "vmforge-life-vm" });
+    await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${env.info.subscriptionId}`, role: { properties: {
+      roleName: "vmforge-life-telemetry", assignableScopes: [`/subscriptions/${env.info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
+    } } });
+    const ingest = new LogsIngestionClient(az.dceEndpoint!, await azureTestCredential({ clientId: vm.clientId, clientSecret: vm.secret! }));
+    const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
+    const visibleSeqs = async (): Promise<number[]> => {
+      const res = await peek.queryWorkspace(az.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${uid}' | project Seq`, { duration: "PT1H" });
+      return "tables" in res ? (res.tables[0]?.rows ?? []).map((r) => Number(r[0])) : [];
+    };
+    await ctl.settings({ ingestionDelayMs: 200, ingestionJitterMs: 2_500 });
+    const got: string[] = [];
+    let following: Promise<number> | undefined;
+    try {
+      following = streamRunLogs({ run: "logs", namespace: env.ns, follow: true, kubeconfig: kubeconfigPath(), pollMs: 150, out: (l) => got.push(l), providers: new Map([["azure", env.provider()]]) });
+      const expected: string[] = [];
+      let seq = 0;
+      let overtaken = false;
+      for (let b = 0; b < 16; b++) {
+        const now = new Date().toISOString();
+        const rows = Array.from({ length: 2 + (b % 4) }, (_, i) => ({ TimeGenerated: now, RunUid: uid, Stream: b % 3 === 2 ? "launcher" : "pipeline", Seq: ++seq, Line: `batch ${b} line ${i}` }));
+        await ingest.upload(az.dcrImmutableId!, LOG_STREAM, rows);
+        // A retried upload whose first answer was lost: the same lines (same Seq) held twice.
+        if (b === 5) await ingest.upload(az.dcrImmutableId!, LOG_STREAM, rows);
+        expected.push(...rows.map((r) => r.Line));
+        const seen = await visibleSeqs();
+        const max = Math.max(0, ...seen);
+        if (seen.length > 0 && new Set(seen).size < max) overtaken = true; // a later line queryable before an earlier one
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(overtaken, "no batch overtook another; the jitter did not reorder anything").toBe(true);
+      await waitFor("every line read back", async () => got.length >= expected.length, 30_000, 100);
+      await env.finishVm(ce, run, 0);
+      await phase("logs", "Succeeded");
+      expect(await following).toBe(0);
+      expect(got).toEqual(expected);
+    } finally {
+      await ctl.settings({ ingestionDelayMs: 0, ingestionJitterMs: 0 });
+    }
+  }, 120_000);
 
   it("capacity and quota refusals keep the Run Pending with Azure's reason until the fault clears; a size the location does not have fails at once", async () => {
     const ctl = azureControl();

@@ -92,7 +92,7 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
   const ns = await freshNamespace(kube, o.prefix);
   await putSecret(kube, info, ns, "azure-creds", principal);
   const provider = (): AzureProvider =>
-    new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) } });
+    new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), logs: `${azureEndpoint()}/loganalytics/v1`, ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) } });
   const extra: string[] = [];
   const env: AzureRunsEnv = {
     kube,

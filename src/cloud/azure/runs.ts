@@ -289,39 +289,59 @@ export async function terminateRun(c: AzureClients, ctx: EnvContext, run: Run): 
   await deleteVms(c, recorded ?? runRg(ctx.ce), [vmName(uid)], ctx.signal ? { abortSignal: ctx.signal } : {});
 }
 
+/** How long a gap in a Run's line sequence may stay open before the reader gives up on its lines (Log Analytics' ingestion latency is minutes at worst). */
+export const LOG_GAP_GIVE_UP_MS = 10 * 60_000;
+/** Slack on the VM clock when bounding a query by the time of the last line read. */
+const LOG_CLOCK_SLACK_MS = 5 * 60_000;
+
 /**
- * The Run's log from Log Analytics. The cursor is `<TimeGenerated ISO>|<Seq>` of the last line
- * returned; lines are ordered by (TimeGenerated, Seq) and the query asks for everything at or after
- * the cursor's time, dropping what the cursor already covers, so late-ingested lines with the same
- * time are neither lost nor doubled.
+ * The Run's log from Log Analytics. The launcher numbers every line it ships (both streams) 1, 2,
+ * 3, ... (`Seq`), and Log Analytics makes batches queryable in no particular order (a later batch
+ * can show before an earlier one) and may hold a batch twice (a retried upload). So the cursor is
+ * the last Seq of an unbroken run from 1 (`s:<seq>|<TimeGenerated of that line>`): a read returns
+ * the lines that extend it, each Seq once, and stops at a gap until the missing lines show up.
+ * A gap still open LOG_GAP_GIVE_UP_MS after the line following it was shipped is said in one line
+ * and passed over (those lines never reached Log Analytics). No line is lost or doubled.
  */
 export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
   const s = envStatus(ctx.ce);
   const workspace = s.workspaceCustomerId;
   if (!workspace) return { lines: [] };
   const uid = (run.metadata.uid ?? "").replace(/'/g, "");
-  let afterTime = "1970-01-01T00:00:00.000Z";
-  let afterSeq = -1;
+  let afterSeq = 0;
+  let since = Date.parse(run.metadata.creationTimestamp ?? "") || Date.now() - 7 * 24 * 3_600_000;
   if (from) {
-    const [t, q] = from.split("|");
-    if (t && !Number.isNaN(Date.parse(t))) afterTime = new Date(t).toISOString();
-    if (q && /^-?\d+$/.test(q)) afterSeq = Number(q);
+    const m = /^s:(\d+)\|(.*)$/.exec(from);
+    if (m) {
+      afterSeq = Number(m[1]);
+      const t = Date.parse(m[2] ?? "");
+      if (Number.isFinite(t)) since = t;
+    }
   }
-  const query = `${LOG_TABLE} | where RunUid == '${uid}' and TimeGenerated >= datetime(${afterTime}) | project TimeGenerated, Seq, Stream, Line | order by TimeGenerated asc, Seq asc | take 5000`;
+  const start = new Date(since - LOG_CLOCK_SLACK_MS);
+  const query = `${LOG_TABLE} | where RunUid == '${uid}' and Seq > ${afterSeq} | project TimeGenerated, Seq, Stream, Line | order by Seq asc | take 5000`;
   const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
-    c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(Date.parse(afterTime) - 1), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));
+    c.logsQuery.queryWorkspace(workspace, query, { startTime: start, endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));
   const table = "tables" in res ? res.tables[0] : res.partialTables[0];
   const lines: string[] = [];
-  let next = from;
+  let seq = afterSeq;
+  let time: string | undefined;
   for (const row of table?.rows ?? []) {
+    const n = Number(row[1]);
+    if (!Number.isInteger(n) || n <= seq) continue; // a line held twice, or one before the cursor
     const t = new Date(row[0] as string | Date).toISOString();
-    const seq = Number(row[1]);
-    if (t === afterTime && seq <= afterSeq) continue;
+    if (n > seq + 1) {
+      // A gap: its lines may still be on their way. Wait, unless they are long overdue.
+      if (Date.now() - Date.parse(t) < LOG_GAP_GIVE_UP_MS) break;
+      lines.push(`[vmforge: log lines ${seq + 1}-${n - 1} never reached Log Analytics]`);
+    }
     lines.push(String(row[3] ?? ""));
-    next = `${t}|${seq}`;
+    seq = n;
+    time = t;
   }
   const chunk: RunLogChunk = { lines };
-  if (next !== undefined) chunk.next = next;
+  if (time !== undefined) chunk.next = `s:${seq}|${time}`;
+  else if (from !== undefined) chunk.next = from;
   return chunk;
 }
 

@@ -2,6 +2,7 @@
 // collection endpoints, and the Log Analytics query API. The emulator core (ARM, Entra, RBAC) hands
 // this module a LogsHost; this module owns the rows and never touches ARM state directly.
 import type { IncomingMessage, ServerResponse } from "node:http";
+import { createHash } from "node:crypto";
 import { gunzipSync } from "node:zlib";
 import { executeKql, KqlError, parseDatetimeTicks, parseKql, type KqlColumn, type KqlType } from "./kql.js";
 
@@ -27,6 +28,12 @@ export interface LogsPlane {
   handle(req: IncomingMessage, res: ServerResponse, url: URL, body: Buffer): boolean;
   /** Sets the ingestion delay for new rows and for rows not yet visible (measured from their arrival). */
   setIngestionDelay(ms: number): void;
+  /**
+   * Sets the per-batch jitter added to the ingestion delay of new rows: each upload's rows become
+   * queryable together, after the delay plus 0..jitterMs (pseudo-random per batch), so a later
+   * batch can become queryable before an earlier one, as Log Analytics gives no order.
+   */
+  setIngestionJitter(ms: number): void;
   /** Forgets every row and restores the initial ingestion delay. */
   reset(): void;
   onWorkspaceDeleted(workspaceId: string): void;
@@ -53,6 +60,8 @@ const INGESTION_API_VERSIONS = new Set(["2023-01-01", "2021-11-01-preview"]);
 interface StoredRow {
   arrivedAt: number;
   visibleAt: number;
+  /** The batch's extra delay (jitter), kept when the base delay changes. */
+  jitterMs: number;
   values: Record<string, unknown>;
 }
 
@@ -215,6 +224,15 @@ function parseTimespan(text: string, now: number): { startTicks: bigint; endTick
 
 export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number }): LogsPlane {
   let ingestionDelayMs = opts.ingestionDelayMs;
+  let ingestionJitterMs = 0;
+  let batchCount = 0;
+  /** Extra delay of the next batch: 0..ingestionJitterMs, from a fixed pseudo-random sequence (a reset restarts it). */
+  const jitter = (): number => {
+    batchCount++;
+    if (ingestionJitterMs <= 0) return 0;
+    const h = createHash("sha256").update(`ingest-jitter-${batchCount}`).digest();
+    return Math.floor((h.readUInt32BE(0) / 0x1_0000_0000) * (ingestionJitterMs + 1));
+  };
   // workspace resource ID (lower case) → table name (exact) → rows in arrival order
   const store = new Map<string, Map<string, StoredRow[]>>();
 
@@ -362,6 +380,7 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
       }
     }
     const now = Date.now();
+    const extra = jitter();
     // Build every delivery first so that a refused record stores nothing anywhere.
     const batches = deliveries.map((d) => {
       const hasTimeGenerated = d.tableColumns.some((c) => c.name === "TimeGenerated");
@@ -371,7 +390,7 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
         if (hasTimeGenerated && values["TimeGenerated"] === null) {
           throw new HttpError(400, errorBody("InvalidPayload", `Record ${i} has no TimeGenerated value, which the destination table '${d.table}' requires`));
         }
-        return { arrivedAt: now, visibleAt: now + ingestionDelayMs, values };
+        return { arrivedAt: now, visibleAt: now + ingestionDelayMs + extra, jitterMs: extra, values };
       });
       return { d, stored };
     });
@@ -554,13 +573,18 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
       const now = Date.now();
       for (const tables of store.values()) {
         for (const rows of tables.values()) {
-          for (const r of rows) if (r.visibleAt > now) r.visibleAt = r.arrivedAt + ms;
+          for (const r of rows) if (r.visibleAt > now) r.visibleAt = r.arrivedAt + ms + r.jitterMs;
         }
       }
+    },
+    setIngestionJitter(ms) {
+      ingestionJitterMs = Math.max(0, ms);
     },
     reset() {
       store.clear();
       ingestionDelayMs = opts.ingestionDelayMs; // a reset also forgets a delay a test set
+      ingestionJitterMs = 0;
+      batchCount = 0;
     },
     onWorkspaceDeleted(workspaceId) {
       store.delete(workspaceId.toLowerCase());

@@ -367,10 +367,10 @@ export class FakeAzure {
         queryWorkspace: (ws: string, q: string) => self.rec("logsQuery.queryWorkspace", [ws, q], () => {
           self.queries.push(q);
           const uid = /RunUid == '([^']+)'/.exec(q)?.[1];
-          const since = /datetime\(([^)]+)\)/.exec(q)?.[1] ?? "1970-01-01T00:00:00.000Z";
+          const after = Number(/Seq > (\d+)/.exec(q)?.[1] ?? "0");
           const rows = self.logRows
-            .filter((r) => r[2] === uid && Date.parse(r[0]) >= Date.parse(since))
-            .sort((a, b) => Date.parse(a[0]) - Date.parse(b[0]) || a[1] - b[1])
+            .filter((r) => r[2] === uid && r[1] > after)
+            .sort((a, b) => a[1] - b[1])
             .map((r) => [r[0], r[1], r[3], r[4]]);
           return { status: "Success", tables: [{ name: "PrimaryResult", columnDescriptors: [], rows }] };
         }),

@@ -160,21 +160,36 @@ describe("Azure runs", () => {
     expect(del[0]!.args[2]).toMatchObject({ forceDeletion: true });
   });
 
-  it("reads the log with a time-and-sequence cursor: late lines with the same time are neither lost nor doubled", async () => {
+  it("reads the log by the launcher's line sequence: batches queryable out of order or twice are neither lost nor doubled", async () => {
     const run = runOf(50);
     const uid = run.metadata.uid!;
-    const t1 = "2026-01-01T00:00:01.000Z";
-    az.logRows.push([t1, 1, uid, "pipeline", "one"], [t1, 2, uid, "pipeline", "two"], [t1, 1, "other", "pipeline", "x"]);
+    const now = Date.now();
+    const at = (ms: number) => new Date(now + ms).toISOString();
+    az.logRows.push([at(0), 1, uid, "pipeline", "one"], [at(0), 2, uid, "pipeline", "two"], [at(0), 1, "other", "pipeline", "x"]);
+    // a later batch is queryable before the one before it
+    az.logRows.push([at(2000), 5, uid, "launcher", "five"]);
     const a = await readRunLog(az.clients(), ctx, run);
     expect(a.lines).toEqual(["one", "two"]);
-    // ingestion delay: a line with the same time and a later sequence arrives later
-    az.logRows.push([t1, 3, uid, "pipeline", "three"], ["2026-01-01T00:00:02.000Z", 4, uid, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    const a2 = await readRunLog(az.clients(), ctx, run, a.next);
+    expect(a2.lines).toEqual([]);
+    expect(a2.next).toBe(a.next);
+    // the missing batch shows up, and an earlier batch is held twice (a retried upload)
+    az.logRows.push([at(1000), 3, uid, "pipeline", "three"], [at(1000), 4, uid, "pipeline", "VMFORGE_EXIT_CODE=0"], [at(0), 2, uid, "pipeline", "two"], [at(1000), 3, uid, "pipeline", "three"]);
     const b = await readRunLog(az.clients(), ctx, run, a.next);
-    expect(b.lines).toEqual(["three", "VMFORGE_EXIT_CODE=0"]);
+    expect(b.lines).toEqual(["three", "VMFORGE_EXIT_CODE=0", "five"]);
     const c = await readRunLog(az.clients(), ctx, run, b.next);
     expect(c.lines).toEqual([]);
     expect(c.next).toBe(b.next);
     expect(az.queries[0]).toContain("VmforgeRunLogs_CL | where RunUid == ");
+  });
+
+  it("passes over a gap only once its lines are long overdue, and says so", async () => {
+    const run = runOf(51);
+    const uid = run.metadata.uid!;
+    const old = Date.now() - 11 * 60_000;
+    az.logRows.push([new Date(old).toISOString(), 1, uid, "pipeline", "one"], [new Date(old + 1000).toISOString(), 4, uid, "pipeline", "four"]);
+    const a = await readRunLog(az.clients(), ctx, run);
+    expect(a.lines).toEqual(["one", "[vmforge: log lines 2-3 never reached Log Analytics]", "four"]);
   });
 
   it("sweeps VMs and loose NICs of Runs that no longer exist, and nothing else", async () => {
