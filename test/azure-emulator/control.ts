@@ -1,6 +1,7 @@
 // Typed client of the emulator's test controls (/_emulator/...). Not Azure's API: tests use it to
 // set up tenants, principals and role assignments, tune behaviour, inject faults and read the
 // request log.
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { request } from "node:https";
 
@@ -167,7 +168,9 @@ export class AzureEmulatorControl {
     const trimmed: RoleJson = {
       properties: {
         ...props,
-        roleName: without.size ? `${props.roleName}-without-${[...without].length}` : props.roleName,
+        // Named after what it lacks: roles without different actions must not share a name (a
+        // custom role of the same name would be one definition, the last grant's).
+        roleName: without.size ? `${props.roleName}-without-${createHash("sha256").update([...without].sort().join(",")).digest("hex").slice(0, 8)}` : props.roleName,
         assignableScopes: (props.assignableScopes ?? []).map((s) => s.replace(/<[^>]*SUBSCRIPTION-ID>/i, o.subscriptionId)),
         permissions: props.permissions.map((p) => ({ ...p, actions: (p.actions ?? []).filter((a) => !without.has(a.toLowerCase())), dataActions: (p.dataActions ?? []).filter((a) => !without.has(a.toLowerCase())) })),
       },

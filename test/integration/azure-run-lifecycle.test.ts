@@ -15,13 +15,14 @@ import { LogsQueryClient } from "@azure/monitor-query-logs";
 import { streamRunLogs } from "../../src/cli/logs.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
-import type { CloudProvider, EnvContext, RunDescription } from "../../src/cloud/provider.js";
+import { CloudError, type CloudProvider, type EnvContext, type RunDescription } from "../../src/cloud/provider.js";
+import { createLogger } from "../../src/engine/logger.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
-import { LOCATION, ceBody, cond, waitReady } from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
 import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
 
 let env: AzureRunsEnv;
@@ -42,7 +43,8 @@ afterAll(async () => {
 async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns): Promise<Run> {
   return waitFor(`Run ${name} ${want}`, async () => {
     const r = await env.getRun(name, ns);
-    return r?.status?.phase === want ? r : undefined;
+    if (r?.status?.phase === want) return r;
+    throw new Error(`${r?.status?.phase ?? "-"}/${r?.status?.reason ?? "-"}: ${r?.status?.message ?? ""}`);
   }, timeoutMs, 200);
 }
 
@@ -246,6 +248,59 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await ctl.settings({ ingestionDelayMs: 0, ingestionJitterMs: 0 });
     }
   }, 120_000);
+
+  it("least privilege for the run half: the seed's launch and logs roles minus one action, and the missing action is named", async () => {
+    const ns = await env.extraNamespace("azlp");
+    const principals = {
+      // Cancel cannot delete the VM.
+      noDelete: await operatorPrincipal(env.info, "vmforge-life-nodelete", { launch: ["Microsoft.Compute/virtualMachines/delete"] }),
+      noWrite: await operatorPrincipal(env.info, "vmforge-life-nowrite", { launch: ["Microsoft.Compute/virtualMachines/write"] }),
+      // A linked check of the VM's PUT: attaching the CE's identity.
+      noAssign: await operatorPrincipal(env.info, "vmforge-life-noassign", { launch: ["Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"] }),
+    };
+    for (const [name, p] of Object.entries(principals)) await putSecret(env.kube, env.info, ns, name.toLowerCase(), p);
+    const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      const names = Object.keys(principals).map((n) => n.toLowerCase());
+      for (const n of names) await env.kube.create(ComputeEnvironmentResource, ceBody(ns, n, { storageAccount: env.storageAccount }, n));
+      const ces = new Map<string, ComputeEnvironment>();
+      for (const n of names) ces.set(n, await waitReady(env.kube, ns, n));
+      for (const n of names) await env.kube.create(RunResource, env.runBody(n, n, {}, ns));
+
+      for (const [n, action] of [["nowrite", "Microsoft.Compute/virtualMachines/write"], ["noassign", "Microsoft.ManagedIdentity/userAssignedIdentities/assign/action"]] as const) {
+        const r = await phase(n, "Failed", 60_000, ns);
+        expect(r.status?.reason, n).toBe("AccessDenied");
+        expect(r.status?.message, n).toContain(action);
+        expect(await env.vmOf(r)).toBeUndefined();
+      }
+
+      const r = await phase("nodelete", "Running", 60_000, ns);
+      await env.kube.patch(RunResource, ns, "nodelete", { spec: { cancel: true } }, "merge");
+      const blocked = await waitFor("MachineTerminationBlocked", async () => {
+        const c = (await env.getRun("nodelete", ns))?.status?.conditions?.find((x) => x.type === "MachineTerminationBlocked");
+        return c?.status === "True" ? c : undefined;
+      }, 60_000, 200);
+      expect(blocked.reason).toBe("AccessDenied");
+      expect(blocked.message).toContain("Microsoft.Compute/virtualMachines/delete");
+      expect(await env.vmOf(r)).toBeDefined(); // nothing deleted it
+
+      // The log read: exactly the seed's logs role suffices; without query/read the action is named.
+      // (Reader's */read includes the query actions, so this reader holds the logs role alone.)
+      const readWith = async (without: string[]): Promise<unknown> => {
+        const created = await azureControl().createPrincipal({ displayName: `vmforge-life-logs-${without.length}` });
+        await grantPhase(env.info, created, "logs", without);
+        const credentials = { source: "secret" as const, secretName: "logs", data: { tenantId: env.info.tenantId, clientId: created.clientId, clientSecret: created.secret!, subscriptionId: env.info.subscriptionId } };
+        return env.provider().readRunLog({ ce: ces.get("nodelete")!, credentials, logger: createLogger({ level: "silent" }) }, r).then((c) => c, (e: unknown) => e);
+      };
+      expect(await readWith([])).toMatchObject({ lines: [] });
+      const err = await readWith(["Microsoft.OperationalInsights/workspaces/query/read"]);
+      expect(err).toBeInstanceOf(CloudError);
+      expect((err as CloudError).reason).toBe("AccessDenied");
+      expect((err as CloudError).message).toContain("Microsoft.OperationalInsights/workspaces/query/read");
+    } finally {
+      await op.stop();
+    }
+  }, 150_000);
 
   it("capacity and quota refusals keep the Run Pending with Azure's reason until the fault clears; a size the location does not have fails at once", async () => {
     const ctl = azureControl();
