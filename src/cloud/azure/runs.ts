@@ -1,9 +1,10 @@
 /**
  * Azure Runs: one VM per Run, named from the Run UID (a retried create is the same PUT, never a
  * second VM), with its NIC, public IP and OS disk created inline with deleteOption Delete, the CE's
- * identity attached and the launcher in userData. Followed with ONE list call per resource group
- * per poll (statusOnly), ended by deleting the VM, logs read from Log Analytics with a
- * time-and-sequence cursor, orphans swept by tag.
+ * identity attached and the launcher in userData. Followed with ONE list call per CE (= resource
+ * group) per poll (the subscription list with statusOnly=true, filtered to the group), ended by
+ * deleting the VM, logs read from Log Analytics by the launcher's line sequence, orphans swept by
+ * tag (VMs, NICs, public IPs) and by name (OS disks).
  */
 import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
