@@ -26,6 +26,7 @@ import type { ComputeEnvironment, Condition, Run } from "../api/types.js";
 import type { CloudProvider, ResolvedCredentials } from "../cloud/provider.js";
 import { resolveCredentials } from "../controllers/shared.js";
 import { isTerminal } from "../controllers/run/phases.js";
+import { followRunLog } from "./logs.js";
 import { policyCommand } from "./policy.js";
 
 export interface PluginIo {
@@ -38,6 +39,8 @@ export interface PluginOptions {
   providers: () => ReadonlyMap<string, CloudProvider>;
   /** Poll interval of `logs -f`. */
   pollMs?: number;
+  /** How long `logs -f` waits after the Run ended for an exit line that has not come (followRunLog). */
+  endGraceMs?: number;
   env?: NodeJS.ProcessEnv;
 }
 
@@ -221,35 +224,30 @@ async function logsCommand(p: Parsed, opts: PluginOptions, io: PluginIo): Promis
   const { client, namespace } = kubeTarget(p);
   const logger = createLogger({ level: "error", name: "kubectl-vmforge" });
   const providers = opts.providers();
-  let cursor: string | undefined;
-  let emptyAfterEnd = 0;
   let credentials: ResolvedCredentials | undefined;
-  for (;;) {
-    const run = await getRun(client, namespace, name);
-    const ceName = run.spec.computeEnvironmentRef.name;
-    const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, ceName);
-    if (!ce) throw new Error(`computeenvironments.vmforge.dev "${ceName}" of Run ${name} not found in namespace "${namespace}"`);
-    const provider = providers.get(ce.spec.provider);
-    if (!provider) throw new Error(`provider ${ce.spec.provider} is not available in this build of kubectl-vmforge`);
-    credentials ??= await credentialsFor(client, ce, io);
-    let lines = 0;
-    for (;;) {
-      const chunk = await provider.readRunLog({ ce, credentials, logger }, run, cursor);
-      for (const l of chunk.lines) if (p.launcher || !isLauncherLine(l)) io.out(`${l}\n`);
-      lines += chunk.lines.length;
-      if (chunk.lines.length === 0 || chunk.next === undefined || chunk.next === cursor) {
-        if (chunk.next !== undefined) cursor = chunk.next;
-        break;
-      }
-      cursor = chunk.next;
-    }
-    if (!p.follow) return 0;
-    if (isTerminal(run) && lines === 0) {
-      // The machine may flush its last lines after the Run ended: look twice more, then stop.
-      if (++emptyAfterEnd >= 3) return 0;
-    }
-    await new Promise((r) => setTimeout(r, opts.pollMs ?? 2_000));
-  }
+  let cur: { ce: ComputeEnvironment; provider: CloudProvider } | undefined;
+  await followRunLog({
+    follow: p.follow,
+    out: (l) => {
+      if (p.launcher || !isLauncherLine(l)) io.out(`${l}\n`);
+    },
+    note: (m) => io.err(`note: ${m}\n`),
+    ...(opts.pollMs !== undefined ? { pollMs: opts.pollMs } : {}),
+    ...(opts.endGraceMs !== undefined ? { endGraceMs: opts.endGraceMs } : {}),
+    getRun: async () => {
+      const run = await getRun(client, namespace, name);
+      const ceName = run.spec.computeEnvironmentRef.name;
+      const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, ceName);
+      if (!ce) throw new Error(`computeenvironments.vmforge.dev "${ceName}" of Run ${name} not found in namespace "${namespace}"`);
+      const provider = providers.get(ce.spec.provider);
+      if (!provider) throw new Error(`provider ${ce.spec.provider} is not available in this build of kubectl-vmforge`);
+      credentials ??= await credentialsFor(client, ce, io);
+      cur = { ce, provider };
+      return run;
+    },
+    read: (run, cursor) => cur!.provider.readRunLog({ ce: cur!.ce, credentials: credentials!, logger }, run, cursor),
+  });
+  return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
