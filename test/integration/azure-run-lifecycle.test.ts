@@ -57,6 +57,16 @@ async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceN
   return out;
 }
 
+/** The VM's side of the log: a principal allowed to ship to the CE's data collection rule, as the VM's identity is. */
+async function vmLogShipper(tag: string): Promise<LogsIngestionClient> {
+  const ctl = azureControl();
+  const vm = await ctl.createPrincipal({ displayName: `vmforge-life-vm-${tag}` });
+  await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${env.info.subscriptionId}`, role: { properties: {
+    roleName: `vmforge-life-telemetry-${tag}`, assignableScopes: [`/subscriptions/${env.info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
+  } } });
+  return new LogsIngestionClient(ce.status!.azure!.dceEndpoint!, await azureTestCredential({ clientId: vm.clientId, clientSecret: vm.secret! }));
+}
+
 /** PUTs of a Run's VM in the emulator's request log since `since`. */
 async function vmPuts(run: Run, since: number): Promise<number> {
   const log = (await azureControl().requests(since)).value;
@@ -207,12 +217,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const run = await phase("logs", "Running");
     const uid = run.metadata.uid!;
     const az = ce.status!.azure!;
-    // The VM's side: a principal allowed to ship to the CE's data collection rule, as the VM's identity is.
-    const vm = await ctl.createPrincipal({ displayName: "vmforge-life-vm" });
-    await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${env.info.subscriptionId}`, role: { properties: {
-      roleName: "vmforge-life-telemetry", assignableScopes: [`/subscriptions/${env.info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
-    } } });
-    const ingest = new LogsIngestionClient(az.dceEndpoint!, await azureTestCredential({ clientId: vm.clientId, clientSecret: vm.secret! }));
+    const ingest = await vmLogShipper("logs");
     const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
     const visibleSeqs = async (): Promise<number[]> => {
       const res = await peek.queryWorkspace(az.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${uid}' | project Seq`, { duration: "PT1H" });
@@ -222,7 +227,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const got: string[] = [];
     let following: Promise<number> | undefined;
     try {
-      following = streamRunLogs({ run: "logs", namespace: env.ns, follow: true, kubeconfig: kubeconfigPath(), pollMs: 150, out: (l) => got.push(l), providers: new Map([["azure", env.provider()]]) });
+      following = streamRunLogs({ run: "logs", namespace: env.ns, follow: true, kubeconfig: kubeconfigPath(), pollMs: 150, endGraceMs: 2_000, out: (l) => got.push(l), providers: new Map([["azure", env.provider()]]) });
       const expected: string[] = [];
       let seq = 0;
       let overtaken = false;
@@ -247,6 +252,28 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     } finally {
       await ctl.settings({ ingestionDelayMs: 0, ingestionJitterMs: 0 });
     }
+  }, 120_000);
+
+  it("no exit status uploaded (its upload failed): the exit line in Log Analytics gives the outcome, and the stopped VM is deleted", async () => {
+    trustAzureEmulator();
+    await env.kube.create(RunResource, env.runBody("exitline", CE));
+    const run = await phase("exitline", "Running");
+    const ingest = await vmLogShipper("exitline");
+    const now = new Date().toISOString();
+    await ingest.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, ["the pipeline failed", "VMFORGE_EXIT_CODE=5"].map((Line, i) => ({ TimeGenerated: now, RunUid: run.metadata.uid!, Stream: "pipeline", Seq: i + 1, Line })));
+    // Ingested before the VM stops (the launcher ships its last lines, then shuts down); the
+    // operator asks when it sees the VM stopped. (A line ingested later than that is not waited
+    // for yet: the Run then ends MachineStopped.)
+    const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
+    await waitFor("the exit line queryable", async () => {
+      const res = await peek.queryWorkspace(ce.status!.azure!.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${run.metadata.uid!}' | project Seq`, { duration: "PT1H" });
+      return "tables" in res && (res.tables[0]?.rows.length ?? 0) === 2;
+    }, 30_000, 200);
+    // The OS shut down; no exit-status blob in the work directory.
+    await azureControl().setVmPowerState((await env.vmOf(run))!.id, "stopped");
+    const done = await phase("exitline", "Failed");
+    expect(done.status).toMatchObject({ reason: "PipelineFailed", exitCode: 5 });
+    await waitFor("the stopped VM of exitline deleted", async () => (await env.vmOf(run)) === undefined, 30_000, 250);
   }, 120_000);
 
   it("least privilege for the run half: the seed's launch and logs roles minus one action, and the missing action is named", async () => {

@@ -229,16 +229,23 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
       } else throw e;
     }
     const stopped: string[] = [];
+    // Runs whose outcome the uploaded exit status does not give (not uploaded, or unreadable):
+    // the launcher's exit line in Log Analytics is asked for them all at once, below.
+    const needExitLine: { uid: string; settle: (exitCode: number | undefined) => void }[] = [];
     await Promise.all(list.map(async (run) => {
       const uid = run.metadata.uid ?? "";
       const name = vmName(uid);
       const vm = found.get(name.toLowerCase());
       const log = logLocation(ctx.ce, run);
       if (!vm) {
-        // Gone (deleted, evicted, or never created): the outcome, if any, is in the work directory.
-        const exitCode = run.status?.instance?.id ? await uploadedExitCode(c, ctx.ce, run, ctx.signal) : undefined;
-        if (exitCode !== undefined || run.status?.instance?.id) {
-          const d: RunDescription = { instanceId: run.status?.instance?.id ?? vmResourceId(c, rg, name), state: "terminated", log };
+        // Gone (deleted, evicted, or never created): the outcome, if any, is in the work directory
+        // or in the log.
+        if (!run.status?.instance?.id) {
+          out.set(uid, undefined);
+          return;
+        }
+        const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", log };
+        const settle = (exitCode: number | undefined): void => {
           if (exitCode !== undefined) d.exitCode = exitCode;
           else if (run.spec.overrides?.spot) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
@@ -247,7 +254,10 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
             d.interruptionReason = "SpotEvicted";
           }
           out.set(uid, d);
-        } else out.set(uid, undefined);
+        };
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
+        if (exitCode !== undefined) settle(exitCode);
+        else needExitLine.push({ uid, settle });
         return;
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
@@ -260,21 +270,57 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
         out.set(uid, d);
         return;
       }
+      out.set(uid, d);
       if (vm.state === "stopped" || vm.state === "stopping") {
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
-        if (exitCode !== undefined) {
+        const settle = (exitCode: number | undefined): void => {
+          if (exitCode === undefined) return;
           // The pipeline ended and the OS shut down; a stopped VM still bills: delete it now.
           d.exitCode = exitCode;
           d.state = "shutting-down";
           stopped.push(name);
-        }
+        };
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
+        if (exitCode !== undefined) settle(exitCode);
+        else needExitLine.push({ uid, settle });
       }
-      out.set(uid, d);
     }));
+    if (needExitLine.length > 0) {
+      const codes = await exitLinesFromLog(c, ctx, needExitLine.map((n) => n.uid), runs);
+      for (const n of needExitLine) n.settle(codes.get(n.uid));
+    }
     if (stopped.length > 0) await deleteVms(c, rg, stopped, so);
   }));
   return out;
 }
+
+/**
+ * The launcher's exit lines (`VMFORGE_EXIT_CODE=<n>`) of some Runs, from Log Analytics in one
+ * query. Best effort: without a workspace, or when the read is refused or fails, none (the caller
+ * goes on without; a refused read must not stop the other Runs' observation).
+ */
+async function exitLinesFromLog(c: AzureClients, ctx: EnvContext, uids: string[], runs: Run[]): Promise<Map<string, number>> {
+  const codes = new Map<string, number>();
+  const workspace = envStatus(ctx.ce).workspaceCustomerId;
+  if (!workspace || uids.length === 0) return codes;
+  const safe = uids.filter((u) => /^[0-9a-fA-F-]{1,64}$/.test(u));
+  if (safe.length === 0) return codes;
+  const since = Math.min(...runs.filter((r) => safe.includes(r.metadata.uid ?? "")).map((r) => Date.parse(r.status?.launchedAt ?? r.metadata.creationTimestamp ?? "") || Date.now() - 7 * 86_400_000));
+  const query = `${LOG_TABLE} | where RunUid in (${safe.map((u) => `'${u}'`).join(", ")}) and Line startswith '${EXIT_MARKER}' | project RunUid, Line`;
+  try {
+    const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
+      c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(since - 60_000), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));
+    const table = "tables" in res ? res.tables[0] : res.partialTables[0];
+    for (const row of table?.rows ?? []) {
+      const m = /^VMFORGE_EXIT_CODE=(\d{1,3})\s*$/.exec(String(row[1] ?? ""));
+      if (m) codes.set(String(row[0]), Number(m[1]));
+    }
+  } catch (e) {
+    ctx.logger.warn({ err: e instanceof Error ? e.message : String(e) }, "could not read exit lines from Log Analytics; going on without them");
+  }
+  return codes;
+}
+
+const EXIT_MARKER = "VMFORGE_EXIT_CODE=";
 
 async function deleteVms(c: AzureClients, rg: string, names: string[], so: { abortSignal?: AbortSignal }): Promise<void> {
   await Promise.all(names.map((name) =>

@@ -4,7 +4,9 @@
 //
 //   <Table> [| where <predicate>] [| project c1, c2] [| order by c [asc|desc] [nulls first|last], ...]
 //           [| take N | limit N] [| top N by c [asc|desc]]   (operators in any order, any number)
-//   predicate: comparisons (== != > >= < <=) joined by `and` / `or`, parentheses, bool columns;
+//   predicate: comparisons (== != > >= < <=), `in (...)` / `!in (...)` (case-sensitive list
+//   membership) and `startswith` (case-insensitive, as KQL's) joined by `and` / `or`,
+//   parentheses, bool columns;
 //   operands: columns, string/number/bool literals, datetime(...), now(), ago(<timespan>),
 //   timespan literals (1d, 2h, 30m, 10s, 100ms).
 //
@@ -28,7 +30,7 @@ export class KqlError extends Error {
 const unsupported = (what: string): KqlError =>
   new KqlError(
     "NotSupported",
-    `${what} is not supported by the emulator's KQL subset (supported: a table name, then | where with ==, !=, >, >=, <, <=, and, or; | project <columns>; | order by/sort by; | take/limit; | top N by)`,
+    `${what} is not supported by the emulator's KQL subset (supported: a table name, then | where with ==, !=, >, >=, <, <=, in, !in, startswith, and, or; | project <columns>; | order by/sort by; | take/limit; | top N by)`,
   );
 
 // ---------------------------------------------------------------------------------------------
@@ -215,6 +217,8 @@ export type Expr =
   | { k: "ago"; ticks: bigint }
   | { k: "now" }
   | { k: "cmp"; op: CmpOp; left: Expr; right: Expr }
+  | { k: "in"; negate: boolean; left: Expr; list: Expr[] }
+  | { k: "startswith"; left: Expr; right: Expr }
   | { k: "and" | "or"; left: Expr; right: Expr };
 type CmpOp = "==" | "!=" | ">" | ">=" | "<" | "<=";
 
@@ -399,6 +403,27 @@ class Parser {
   private parseCmp(): Expr {
     const left = this.parsePrimary();
     const t = this.peek();
+    // `x in (a, b)`, `x !in (a, b)`
+    const negatedIn = t.t === "punct" && t.v === "!" && this.isIdent("in", 1) && this.peek(1).pos === t.end;
+    if (this.isIdent("in") || negatedIn) {
+      if (negatedIn) this.next();
+      this.next();
+      this.expectPunct("(");
+      const list: Expr[] = [this.parsePrimary()];
+      while (this.isPunct(",")) {
+        this.next();
+        list.push(this.parsePrimary());
+      }
+      this.expectPunct(")");
+      this.checkOperandEnd();
+      return { k: "in", negate: negatedIn, left, list };
+    }
+    if (this.isIdent("startswith")) {
+      this.next();
+      const right = this.parsePrimary();
+      this.checkOperandEnd();
+      return { k: "startswith", left, right };
+    }
     if (t.t === "punct" && CMP_OPS.has(t.v)) {
       this.next();
       const right = this.parsePrimary();
@@ -558,6 +583,22 @@ function typeOf(e: Expr, schema: Schema): KqlType {
       }
       return "bool";
     }
+    case "in": {
+      const l = typeOf(e.left, schema);
+      for (const item of e.list) {
+        if (item.k !== "lit") throw unsupported("Non-literal values in an 'in' list");
+        const t = typeOf(item, schema);
+        if (t !== l && !(NUMERIC.has(t) && NUMERIC.has(l))) throw semantic(`'in' list values must be of type ${l}, got ${t}`);
+      }
+      return "bool";
+    }
+    case "startswith": {
+      for (const side of [e.left, e.right]) {
+        const t = typeOf(side, schema);
+        if (t !== "string") throw semantic(`The operands of 'startswith' must be strings, got ${t}`);
+      }
+      return "bool";
+    }
     case "cmp": {
       const l = typeOf(e.left, schema), r = typeOf(e.right, schema);
       const ordered = e.op !== "==" && e.op !== "!=";
@@ -612,6 +653,25 @@ function compile(e: Expr, schema: Schema, nowTicks: bigint): (row: Row) => unkno
         if (a === true || b === true) return true;
         if (a === null || b === null) return null;
         return false;
+      };
+    }
+    case "in": {
+      const l = compile(e.left, schema, nowTicks);
+      const values = e.list.map((item) => compile(item, schema, nowTicks)([]));
+      const negate = e.negate;
+      return (row) => {
+        const a = l(row);
+        if (a === null) return null;
+        const found = values.some((v) => v !== null && compareValues(a, v) === 0);
+        return negate ? !found : found;
+      };
+    }
+    case "startswith": {
+      const l = compile(e.left, schema, nowTicks), r = compile(e.right, schema, nowTicks);
+      return (row) => {
+        const a = l(row), b = r(row);
+        if (a === null || b === null) return null;
+        return String(a).toLowerCase().startsWith(String(b).toLowerCase());
       };
     }
     case "cmp": {

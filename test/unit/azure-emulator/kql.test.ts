@@ -174,7 +174,7 @@ describe("refusals", () => {
     ["RunLog_CL | where Line contains 'x'", /'contains' operator/],
     ["RunLog_CL | where Line =~ 'x'", /'=~' operator/],
     ["RunLog_CL | where Line !contains 'x'", /'!contains' operator/],
-    ["RunLog_CL | where Run in ('a', 'b')", /'in' operator/],
+    ["RunLog_CL | where Run in (Line)", /Non-literal values in an 'in' list/],
     ["RunLog_CL | where Seq + 1 > 2", /'\+' operator/],
     ["RunLog_CL | where isnotempty(Line)", /function 'isnotempty\(\)'/],
     ["RunLog_CL | where not(Final)", /function 'not\(\)'/],
@@ -192,6 +192,13 @@ describe("refusals", () => {
     ["RunLog_CL | top 1 by Seq, Run", /more than one sort key/],
     ["RunLog_CL | where Line == 'a\\x'", /escape sequence/],
   ];
+  it("in, !in and startswith (case-insensitive) filter as KQL does", () => {
+    expect(col(run("RunLog_CL | where Run in ('b') | project Seq"), "Seq")).toEqual([1, 2]);
+    expect(col(run("RunLog_CL | where Seq in (1, 3) and Run !in ('b') | project Seq"), "Seq")).toEqual([1, 3]);
+    expect(col(run("RunLog_CL | where Line startswith 'st' | project Run"), "Run")).toEqual(["a", "b"]);
+    expect(col(run("RunLog_CL | where Run in ('a') and (Line startswith 'END' or Line == 'start') | project Seq"), "Seq")).toEqual([1, 3]);
+  });
+
   for (const [q, msg] of notSupported) {
     it(`refuses: ${q}`, () => {
       const e = refusal(q);
@@ -210,6 +217,8 @@ describe("refusals", () => {
     ["RunLog_CL | where Line == 1", /types string and long/],
     ["RunLog_CL | where TimeGenerated > '2026-01-01'", /types datetime and string/],
     ["RunLog_CL | where Line > 'a'", /string and string/],
+    ["RunLog_CL | where Seq startswith 'a'", /operands of 'startswith' must be strings/],
+    ["RunLog_CL | where Run in (1)", /'in' list values must be of type string/],
     ["RunLog_CL | where Seq", /must be boolean/],
     ["RunLog_CL | where Seq == 1 and Line", /must be boolean/],
     ["RunLog_CL | project Seq, Seq", /more than once/],

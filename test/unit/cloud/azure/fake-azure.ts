@@ -366,6 +366,13 @@ export class FakeAzure {
       logsQuery: {
         queryWorkspace: (ws: string, q: string) => self.rec("logsQuery.queryWorkspace", [ws, q], () => {
           self.queries.push(q);
+          const inList = /RunUid in \(([^)]*)\) and Line startswith '([^']*)'/.exec(q);
+          if (inList) {
+            // the exit-line query of several Runs: [RunUid, Line]
+            const uids = new Set([...inList[1]!.matchAll(/'([^']+)'/g)].map((m) => m[1]));
+            const rows = self.logRows.filter((r) => uids.has(r[2]) && r[4].toLowerCase().startsWith(inList[2]!.toLowerCase())).map((r) => [r[2], r[4]]);
+            return { status: "Success", tables: [{ name: "PrimaryResult", columnDescriptors: [], rows }] };
+          }
           const uid = /RunUid == '([^']+)'/.exec(q)?.[1];
           const after = Number(/Seq > (\d+)/.exec(q)?.[1] ?? "0");
           const rows = self.logRows

@@ -131,6 +131,34 @@ describe("Azure runs", () => {
     expect(az.ops()).not.toContain("compute.virtualMachines.delete");
   });
 
+  it("without an uploaded exit status the exit line in Log Analytics gives the outcome: one query for all such Runs; a stopped VM is then deleted", async () => {
+    const stoppedRun = runOf(45);
+    const goneRun = runOf(46, { overrides: { spot: true } });
+    const quiet = runOf(47);
+    const ds = await Promise.all([stoppedRun, goneRun, quiet].map(async (r) => {
+      const d = await launchRun(az.clients(), ctx, r);
+      r.status = { instance: { id: d.instanceId }, launchedAt: new Date(Date.now() - 60_000).toISOString() };
+      return d;
+    }));
+    az.get(ds[0]!.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/stopped" }] };
+    az.store.delete(ds[1]!.instanceId.toLowerCase());
+    az.get(ds[2]!.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/stopped" }] };
+    const at = new Date().toISOString();
+    az.logRows.push([at, 9, stoppedRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=4"], [at, 12, goneRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"], [at, 3, quiet.metadata.uid!, "pipeline", "still running"]);
+    az.queries.length = 0;
+    const res = await describeRuns(az.clients(), ctx, [stoppedRun, goneRun, quiet]);
+    expect(res.get(stoppedRun.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 4 });
+    // the Spot VM is gone, but its pipeline ended: not an eviction
+    expect(res.get(goneRun.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 0 });
+    expect(res.get(goneRun.metadata.uid!)!.interrupted).toBeUndefined();
+    // no exit line: stays stopped (the reconciler ends it), not deleted here
+    expect(res.get(quiet.metadata.uid!)).toMatchObject({ state: "stopped" });
+    expect(res.get(quiet.metadata.uid!)!.exitCode).toBeUndefined();
+    expect(az.queries.filter((q) => q.includes("RunUid in ("))).toHaveLength(1);
+    expect(az.get(ds[0]!.instanceId)).toBeUndefined();
+    expect(az.get(ds[2]!.instanceId)).toBeDefined();
+  });
+
   it("a Spot VM gone without an exit status says it was evicted", async () => {
     const run = runOf(42, { overrides: { spot: true } });
     const d = await launchRun(az.clients(), ctx, run);
