@@ -132,6 +132,11 @@ export interface RunDescription {
   pipelineStarted?: boolean;
   /** Reading the Run's log or outcome failed in a way a retry will not fix (e.g. a missing permission). */
   readError?: { reason: string; message: string };
+  /**
+   * The machine has ended but its outcome could not be read (see readError): the Run must not be
+   * given an outcome from this description.
+   */
+  outcomeUnknown?: boolean;
   launchedAt?: string;
   instance?: RunStatus["instance"];
   /** Where the Run's log lives, when the provider knows (set by launchRun at least). */

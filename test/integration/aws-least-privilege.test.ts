@@ -29,7 +29,7 @@ import {
   type IAMServiceException,
 } from "@aws-sdk/client-iam";
 import { CreateLogGroupCommand, DescribeLogGroupsCommand } from "@aws-sdk/client-cloudwatch-logs";
-import { CreateKeyPairCommand, DescribeInstancesCommand, DescribeSecurityGroupsCommand, DescribeVpcsCommand } from "@aws-sdk/client-ec2";
+import { CreateKeyPairCommand, DescribeInstancesCommand, DescribeSecurityGroupsCommand, DescribeVpcsCommand, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand } from "@aws-sdk/client-s3";
 import { GetCallerIdentityCommand } from "@aws-sdk/client-sts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -519,7 +519,7 @@ describe("spec.aws.roleArn through the operator: the role assumed with the opera
  * The same seed policy with one action removed, through the operator on the real kube-apiserver:
  * the condition users read names the action. One representative action per phase of the life
  * (the provider-level test above covers every action): creating the environment, launching, reading
- * the log, terminating.
+ * the log, terminating, reading the outcome of an ended machine.
  */
 describe("through the operator: without one action, the condition names it", () => {
   let client: KubeClient;
@@ -529,6 +529,7 @@ describe("through the operator: without one action, the condition names it", () 
     { phase: "launch", action: "ec2:RunInstances", where: "Run Stalled" },
     { phase: "logs", action: "logs:GetLogEvents", where: "Run LogReadBlocked" },
     { phase: "dispose", action: "ec2:TerminateInstances", where: "Run MachineTerminationBlocked" },
+    { phase: "outcome", action: "s3:GetObject", where: "Run LogReadBlocked once its machine ended, no outcome guessed" },
   ] as const;
   const nsOf = new Map<string, string>();
   type Cond = { type: string; status: string; reason: string; message: string };
@@ -577,6 +578,16 @@ describe("through the operator: without one action, the condition names it", () 
     } else if (c.phase === "logs") {
       found = await waitFor("LogReadBlocked", async () => cond(await getRun(), "LogReadBlocked"), 60_000, 300);
       expect((await getRun())?.status?.phase).toBe("Launching");
+    } else if (c.phase === "outcome") {
+      // The machine ends with no exit line in the log: the exit status must be read from S3.
+      const id = await waitFor("machine recorded", async () => (await getRun())?.status?.instance?.id, 60_000, 300);
+      await auditor.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+      found = await waitFor("LogReadBlocked", async () => {
+        const x = cond(await getRun(), "LogReadBlocked");
+        return x?.message.includes(c.action) ? x : undefined;
+      }, 60_000, 300);
+      // Not declared lost, nor given an outcome it could not read.
+      expect(["Launching", "Running"]).toContain((await getRun())?.status?.phase);
     } else {
       await waitFor("machine recorded", async () => (await getRun())?.status?.instance?.id, 60_000, 300);
       await client.patch(RunResource, ns, "run", { spec: { cancel: true } }, "merge");

@@ -627,7 +627,19 @@ export async function describeRuns(
     }
   }
   await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
-    const outcome = await exitCodeOf(clients, ctx, run, inst);
+    let outcome: LauncherOutcome | undefined;
+    try {
+      outcome = await exitCodeOf(clients, ctx, run, inst);
+    } catch (e) {
+      // A read that cannot work (logs:GetLogEvents or s3:GetObject denied) stays with its Run: the
+      // others are still observed, and this Run's outcome is not guessed (the reconciler waits,
+      // naming the cause, until a read works or the Run's timeout).
+      if (!(e instanceof CloudError && e.kind === "Terminal")) throw e;
+      desc.readError = { reason: e.reason, message: e.message };
+      desc.outcomeUnknown = true;
+      if (missing) result.set(run.metadata.uid as string, desc);
+      return;
+    }
     const code = outcome?.code;
     if (code !== undefined) desc.exitCode = code;
     if (outcome?.bootstrapStep) desc.bootstrapStep = outcome.bootstrapStep;

@@ -381,6 +381,11 @@ export class RunReconciler {
         return { requeueAfterMs: next };
       case "shutting-down":
       case "terminated": {
+        if (desc.outcomeUnknown && desc.exitCode === undefined) {
+          // Ended, but its exit line and exit status could not be read (a refused permission,
+          // named by the LogReadBlocked condition): wait for a read that works, or the timeout.
+          return { requeueAfterMs: next };
+        }
         if (desc.interrupted) {
           await this.finish(run, "Failed", desc.interruptionReason ?? "SpotInterrupted",
             clip(`the cloud reclaimed machine ${desc.instanceId} (Spot interruption); the pipeline did not fail on its own${desc.stateReason ? `: ${desc.stateReason}` : ""}`),

@@ -219,6 +219,25 @@ describe("outcome reading", () => {
     expect(calls.filter((c) => c.name === "GetLogEvents")).toHaveLength(1);
   });
 
+  it("an ended machine whose outcome read is refused: the refusal stays with its Run, no outcome is guessed, the others are observed", async () => {
+    const ok = withStatus(sampleRun({ name: "ok", uid: "0f1e2d3c-aaaa-bbbb-cccc-0000000000c1" }), { phase: "Running", instance: { id: "i-c1" } });
+    const denied = withStatus(sampleRun({ name: "denied", uid: "0f1e2d3c-aaaa-bbbb-cccc-0000000000d2" }), { phase: "Running", launchedAt: new Date(Date.now() - 3 * 3600_000).toISOString(), instance: { id: "i-d2" } });
+    const { clients } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(ok, { State: { Name: "terminated", Code: 48 } })] }] };
+      if (name === "GetLogEvents") {
+        if ((input.logStreamName as string).includes("/denied/")) throw new AwsError("ResourceNotFoundException", "no stream");
+        return { events: [{ message: "VMFORGE_EXIT_CODE=0" }] };
+      }
+      if (name === "GetObject") throw new AwsError("AccessDenied", "User: arn:aws:iam::123456789012:user/op is not authorized to perform: s3:GetObject on resource: arn:aws:s3:::b/k because no identity-based policy allows the s3:GetObject action");
+      throw new Error(name);
+    });
+    const d = await describeRuns(clients, ctxFor(CE), [ok, denied]);
+    expect(d.get(ok.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 0 });
+    // the machine EC2 no longer lists: described (not undefined, so never "lost"), outcome unknown, the refusal named
+    expect(d.get(denied.metadata.uid!)).toMatchObject({ instanceId: "i-d2", outcomeUnknown: true, readError: { message: expect.stringContaining("s3:GetObject") as unknown } });
+    expect(d.get(denied.metadata.uid!)!.exitCode).toBeUndefined();
+  });
+
   it("a Spot interruption is flagged as the cloud's doing", async () => {
     const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
     const { clients } = fakeClients((name) => {

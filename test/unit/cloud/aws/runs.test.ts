@@ -375,7 +375,10 @@ describe("describeRuns", () => {
       }
       throw new Error(name);
     });
-    await expect(describeRuns(clients, ctxFor(CE), [run])).rejects.toMatchObject({ reason: "AccessDenied", message: expect.stringMatching(/^s3:GetObject: access denied/) });
+    // Named with the Run (not a failure of the whole describe), and no outcome guessed from it.
+    const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
+    expect(d).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied", message: expect.stringMatching(/^s3:GetObject: access denied/) as unknown } });
+    expect(d!.exitCode).toBeUndefined();
   });
 });
 
