@@ -319,6 +319,10 @@ describe("kubectl apply -k deploy/", () => {
       roleRef: { name: `vmforge-operator-${suffix}` },
       subjects: [{ kind: "ServiceAccount", name: `vmforge-${suffix}`, namespace: ns }],
     });
+    // The admission policy is renamed with the overlay, and its binding follows it.
+    const policy = one(objs, "ValidatingAdmissionPolicy");
+    expect(policy.metadata.name).toBe(`runs-user-data-budget.vmforge.dev-${suffix}`);
+    expect((one(objs, "ValidatingAdmissionPolicyBinding") as unknown as { spec: { policyName: string } }).spec.policyName).toBe(policy.metadata.name);
 
     // Exactly what users type (client-side apply, whole objects kept in an annotation) ...
     const applied = await runTool(KUBECTL, ["--kubeconfig", kubeconfigPath(), "apply", "-k", dir]);
