@@ -171,7 +171,10 @@ async function life(cred: ResolvedCredentials): Promise<void> {
   expect((await p.describeRuns(ctx(live, cred), [run])).get(run.metadata.uid!)?.instanceId).toBe(launched.instanceId);
   await p.readRunLog(ctx(live, cred), run);
   await p.terminateRun(ctx(live, cred), run);
-  await p.describeRuns(ctx(live, cred), [run]);
+  // The ended Run's outcome: a refused read travels with the Run (the reconciler names it in a
+  // condition) rather than failing the whole describe; the life fails with it here.
+  const ended = (await p.describeRuns(ctx(live, cred), [run])).get(run.metadata.uid!);
+  if (ended?.readError) throw new CloudError("Terminal", ended.readError.reason, ended.readError.message);
   await p.sweepOrphans(ctx(live, cred), new Set());
   expect(await instancesOfRun(run.metadata.uid!)).toEqual([`${launched.instanceId}:terminated`]);
   // The CE's log group, as the instance's agent makes it. The seed has no logs:DeleteLogGroup: the

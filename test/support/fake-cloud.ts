@@ -32,6 +32,8 @@ export class FakeCloud implements CloudProvider {
   readonly environments = new Map<string, { resources: { kind: string; id: string; name: string }[] }>();
   readonly machines = new Map<string, FakeMachine>();
   readonly calls = { observe: 0, provision: 0, dispose: 0, launch: 0, describe: 0, terminate: 0, readLog: 0, sweep: 0 };
+  /** The Run UID of each terminateRun call, in order. */
+  readonly terminatedUids: string[] = [];
   /** terminateRun throws this while set (e.g. a Terminal AccessDenied). */
   terminateError: CloudError | undefined;
   /** disposeEnvironment throws this while set. */
@@ -136,6 +138,7 @@ export class FakeCloud implements CloudProvider {
 
   async terminateRun(_ctx: EnvContext, run: Run): Promise<void> {
     this.calls.terminate++;
+    this.terminatedUids.push(run.metadata.uid ?? "");
     if (this.terminateError) throw this.terminateError;
     const m = this.machines.get(run.metadata.uid ?? "");
     if (m && m.state !== "terminated") m.state = "shutting-down";
