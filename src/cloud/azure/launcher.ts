@@ -62,6 +62,7 @@ set -uo pipefail
 # with none of them set, so a VM always uses the real paths and the rendered metadata address:
 #   VMFORGE_ROOT           prefix of every path the script writes (default: empty, i.e. /)
 #   VMFORGE_IMDS_ENDPOINT  base URL of the instance metadata service (default: VMF_IMDS above)
+#   VMFORGE_SHIP_INTERVAL  seconds between two log batches (default: 5)
 ROOT="${"$"}{VMFORGE_ROOT:-}"
 VMF_IMDS="${"$"}{VMFORGE_IMDS_ENDPOINT:-$VMF_IMDS}"
 STATE_DIR="$ROOT/var/lib/vmforge"
@@ -109,7 +110,7 @@ shipper() {
     [ -f "$LAUNCH_DIR/run.log" ] && a=$(ship "$LAUNCH_DIR/run.log" pipeline "$a")
     b=$(ship "$LOG_FILE" launcher "$b")
     [ "$last" = 1 ] && break
-    sleep 5
+    sleep "${"$"}{VMFORGE_SHIP_INTERVAL:-5}"
   done
 }
 
@@ -153,6 +154,9 @@ printf '%s\n' "$VMF_PARAMS_JSON" >params.json
 [ -n "$VMF_TOKEN" ] && export TOWER_ACCESS_TOKEN="$VMF_TOKEN"
 log "pipeline starting"
 if [ -n "$VMF_PRE_RUN" ]; then eval "$VMF_PRE_RUN" >>"$LAUNCH_DIR/run.log" 2>&1 || finish $?; fi
+# The machine-readable start: set-up is over and the pipeline begins (shipped like every line).
+printf 'VMFORGE_PIPELINE_STARTED\n' >>"$LAUNCH_DIR/run.log"
+printf 'VMFORGE_PIPELINE_STARTED\n'
 nextflow "${"$"}{VMF_NXF_ARGS[@]}" >>"$LAUNCH_DIR/run.log" 2>&1
 rc=$?
 if [ -n "$VMF_POST_RUN" ]; then eval "$VMF_POST_RUN" >>"$LAUNCH_DIR/run.log" 2>&1 || true; fi
