@@ -86,7 +86,12 @@ export class AwsProxy {
       const isObject = path.split("/").filter(Boolean).length > 1;
       op = `${req.method}${isObject ? "Object" : "Bucket"}`;
     }
-    const key = `${service}:${op}`;
+    let key = `${service}:${op}`;
+    if (op === "DescribeInstances" && form) {
+      // a look-up of one Run's machine (by its UID tag) vs the batched follow-up of many
+      const uids = [...form.entries()].filter(([k, v]) => /^Filter\.\d+\.Value\.\d+$/.test(k) && this.watchUids.has(v)).length;
+      if (uids === 1) key += "(one Run)";
+    }
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     const now = Date.now();
     if (op === "RunInstances" && form) {

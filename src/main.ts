@@ -6,8 +6,8 @@ import { KubeClient } from "./engine/kube.js";
 import { createLogger } from "./engine/logger.js";
 import { EngineMetrics } from "./engine/metrics.js";
 import { startHealthServer } from "./engine/health.js";
-import type { CloudProvider, EnvContext, EnvObservation, RunDescription, RunLogChunk } from "./cloud/provider.js";
-import type { Run } from "./api/types.js";
+import type { CloudProvider, EnvContext, EnvObservation, LaunchHints, RunDescription, RunLogChunk } from "./cloud/provider.js";
+import type { ComputeEnvironment, Run } from "./api/types.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { Operator } from "./operator.js";
 import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
@@ -74,20 +74,34 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
   operator.start(() => void shutdown("lost-leadership", 1));
 }
 
+/** What a provider says about itself without being loaded (must match the real provider; a unit test checks). */
+export interface ProviderTraits {
+  announcesCloudWrites?: boolean;
+  reportsPipelineStart?: boolean;
+}
+
 /**
  * A provider whose module (and cloud SDK) is loaded on its first use: an operator that serves only
  * AWS never loads the Azure SDKs, and the other way round (each costs tens of MiB of memory).
+ * Every member of CloudProvider is passed through, arguments and all; the traits the reconcilers
+ * read synchronously are given up front.
  */
 export class LazyProvider implements CloudProvider {
   private loaded: Promise<CloudProvider> | undefined;
+  private ready: CloudProvider | undefined;
+  readonly announcesCloudWrites: boolean;
+  readonly reportsPipelineStart: boolean;
   constructor(
     readonly name: string,
     private readonly load: () => Promise<CloudProvider>,
-    readonly announcesCloudWrites = false,
-  ) {}
+    traits: ProviderTraits = {},
+  ) {
+    this.announcesCloudWrites = traits.announcesCloudWrites ?? false;
+    this.reportsPipelineStart = traits.reportsPipelineStart ?? false;
+  }
 
   private get p(): Promise<CloudProvider> {
-    this.loaded ??= this.load();
+    this.loaded ??= this.load().then((p) => (this.ready = p));
     return this.loaded;
   }
 
@@ -100,8 +114,12 @@ export class LazyProvider implements CloudProvider {
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
     return (await this.p).disposeEnvironment(ctx);
   }
-  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
-    return (await this.p).launchRun(ctx, run);
+  /** Only a loaded provider can have launched anything to doubt. */
+  environmentSuspect(ce: ComputeEnvironment): boolean {
+    return this.ready?.environmentSuspect?.(ce) ?? false;
+  }
+  async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
+    return (await this.p).launchRun(ctx, run, hints);
   }
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
     return (await this.p).describeRuns(ctx, runs);
@@ -121,8 +139,8 @@ export class LazyProvider implements CloudProvider {
 /** The providers of the released operator, each loaded on first use. */
 export function defaultProviders(): Map<string, CloudProvider> {
   return new Map<string, CloudProvider>([
-    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), true)],
-    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), true)],
+    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
+    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), { announcesCloudWrites: true })],
   ]);
 }
 

@@ -1,20 +1,55 @@
-// The released operator's providers load their cloud SDK on first use, and say what the real
-// providers say about themselves.
+// The released operator's providers load their cloud SDK on first use, say what the real
+// providers say about themselves, and pass every call through whole (arguments included).
 import { describe, expect, it } from "vitest";
-import { defaultProviders } from "../../src/main.js";
+import { defaultProviders, LazyProvider } from "../../src/main.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
-import type { CloudProvider } from "../../src/cloud/provider.js";
+import type { CloudProvider, EnvContext } from "../../src/cloud/provider.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+
+/** Every method a provider object has (own and inherited), constructor aside. */
+function methods(o: object): string[] {
+  const out = new Set<string>();
+  for (let p = Object.getPrototypeOf(o); p && p !== Object.prototype; p = Object.getPrototypeOf(p)) {
+    for (const k of Object.getOwnPropertyNames(p)) if (k !== "constructor" && typeof (o as Record<string, unknown>)[k] === "function") out.add(k);
+  }
+  return [...out].sort();
+}
 
 describe("defaultProviders", () => {
-  it("wraps each provider with the same name and cloud-write announcement as the real one", () => {
+  it("wraps each provider with the same name, traits and public methods as the real one", () => {
     const lazy = defaultProviders();
     for (const real of [new AwsProvider(), new AzureProvider()] as CloudProvider[]) {
       const p = lazy.get(real.name);
       expect(p?.name).toBe(real.name);
-      expect(Boolean(p?.announcesCloudWrites)).toBe(Boolean(real.announcesCloudWrites));
-      expect(typeof p?.sweepOrphans).toBe(typeof real.sweepOrphans);
+      expect(Boolean(p?.announcesCloudWrites), `${real.name} announcesCloudWrites`).toBe(Boolean(real.announcesCloudWrites));
+      expect(Boolean(p?.reportsPipelineStart), `${real.name} reportsPipelineStart`).toBe(Boolean(real.reportsPipelineStart));
+      // every interface method the real provider implements is reachable through the wrapper
+      const lazyMethods = new Set(methods(p as object));
+      const interfaceMethods = ["observeEnvironment", "provisionEnvironment", "disposeEnvironment", "environmentSuspect", "launchRun", "describeRuns", "terminateRun", "readRunLog", "sweepOrphans"];
+      for (const m of methods(real).filter((m) => interfaceMethods.includes(m))) expect(lazyMethods.has(m), `${real.name}.${m}`).toBe(true);
     }
     expect([...lazy.keys()].sort()).toEqual(["aws", "azure"]);
+  });
+
+  it("passes every argument through, launch hints included, and asks environmentSuspect only of a loaded provider", async () => {
+    const calls: unknown[][] = [];
+    const fake = {
+      name: "fake",
+      launchRun: async (...a: unknown[]) => (calls.push(["launchRun", ...a]), { instanceId: "i-1", state: "pending" as const }),
+      environmentSuspect: (ce: ComputeEnvironment) => ce.metadata.name === "suspect",
+    } as unknown as CloudProvider;
+    let loads = 0;
+    const lazy = new LazyProvider("fake", async () => (loads++, fake), { reportsPipelineStart: true });
+    const ce = { metadata: { name: "suspect" } } as ComputeEnvironment;
+    expect(lazy.environmentSuspect(ce)).toBe(false);
+    expect(loads).toBe(0);
+    const ctx = {} as EnvContext;
+    const run = { metadata: { name: "r" } } as Run;
+    await lazy.launchRun(ctx, run, { firstAttempt: true });
+    expect(calls).toEqual([["launchRun", ctx, run, { firstAttempt: true }]]);
+    expect(lazy.environmentSuspect(ce)).toBe(true);
+    expect(lazy.reportsPipelineStart).toBe(true);
+    expect(loads).toBe(1);
   });
 });
