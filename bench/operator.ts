@@ -1,5 +1,6 @@
 /** The compiled operator (dist/main.js) as a child process, with its metrics endpoint and /proc figures. */
 import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { processStats } from "./stats.js";
 
@@ -15,11 +16,27 @@ async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * The Node options the image runs the operator with (the Dockerfile's CMD, between `node` and
+ * `dist/main.js`), so the bench measures the operator as it ships. BENCH_NODE_OPTIONS (space
+ * separated, may be empty) replaces them for experiments.
+ */
+export function shippedNodeOptions(): string[] {
+  const override = process.env.BENCH_NODE_OPTIONS;
+  if (override !== undefined) return override.split(" ").filter(Boolean);
+  const cmd = /^CMD\s+(\[.*\])\s*$/m.exec(readFileSync("Dockerfile", "utf8"))?.[1];
+  const argv = cmd ? (JSON.parse(cmd) as string[]) : [];
+  if (argv[0] !== "node" || argv[argv.length - 1] !== "dist/main.js") throw new Error(`the Dockerfile's CMD is not node [options] dist/main.js: ${cmd ?? "(none)"}`);
+  return argv.slice(1, -1);
+}
+
 export class OperatorProcess {
   child: ChildProcess | undefined;
   metricsUrl = "";
   /** Highest RSS sampled (MiB), next to the kernel's own peak (VmHWM). */
   sampledPeakMiB = 0;
+  /** The Node options it was started with. */
+  nodeOptions: string[] = [];
   private sampler: NodeJS.Timeout | undefined;
   private exited: Promise<number | null> | undefined;
 
@@ -28,7 +45,8 @@ export class OperatorProcess {
   async start(): Promise<void> {
     const port = await freePort();
     this.metricsUrl = `http://127.0.0.1:${port}/metrics`;
-    this.child = spawn(process.execPath, ["dist/main.js"], {
+    this.nodeOptions = shippedNodeOptions();
+    this.child = spawn(process.execPath, [...this.nodeOptions, "dist/main.js"], {
       env: { ...process.env, VMFORGE_METRICS_ADDRESS: `127.0.0.1:${port}`, VMFORGE_LEADER_ELECTION: "false", VMFORGE_LOG_LEVEL: "warn", ...this.env },
       stdio: ["ignore", "ignore", "inherit"],
     });
