@@ -79,6 +79,13 @@ export interface EnvContext {
    * cloud (the reconciler records it, so deletion knows whether there may be anything to dispose).
    */
   beforeCloudWrite?: () => Promise<void>;
+  /**
+   * describeRuns only: the ComputeEnvironment of each Run of the batch. The run tracker asks once
+   * per account and region (AWS) or subscription (Azure) and credentials, so one batch may hold
+   * Runs of several CEs that share them; `ce` is one of those CEs (its credentials are the
+   * batch's). Unset: every Run belongs to `ce`.
+   */
+  runCe?: (run: Run) => ComputeEnvironment | undefined;
 }
 
 export interface EnvObservation {

@@ -58,8 +58,22 @@ export class AzureProvider implements CloudProvider {
     return launchRun(this.clientsFor(ctx), ctx, run);
   }
 
+  /**
+   * The run tracker hands in the Runs of every CE of one subscription that shares these
+   * credentials: one VM list of the subscription for them all. Runs are still split by the
+   * subscription their CE resolves to, so a batch never reads another subscription's list.
+   */
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
-    return describeRuns(this.clientsFor(ctx), ctx, runs);
+    const bySub = new Map<string, { c: AzureClients; runs: Run[] }>();
+    for (const run of runs) {
+      const c = this.clientsFor({ ...ctx, ce: ctx.runCe?.(run) ?? ctx.ce });
+      const g = bySub.get(c.subscriptionId) ?? { c, runs: [] as Run[] };
+      bySub.set(c.subscriptionId, g);
+      g.runs.push(run);
+    }
+    const out = new Map<string, RunDescription | undefined>();
+    for (const m of await Promise.all([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs)))) for (const [k, v] of m) out.set(k, v);
+    return out;
   }
 
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {

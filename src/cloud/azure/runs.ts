@@ -1,8 +1,8 @@
 /**
  * Azure Runs: one VM per Run, named from the Run UID (a retried create is the same PUT, never a
  * second VM), with its NIC, public IP and OS disk created inline with deleteOption Delete, the CE's
- * identity attached and the launcher in userData. Followed with ONE list call per CE (= resource
- * group) per poll (the subscription list with statusOnly=true, filtered to the group), ended by
+ * identity attached and the launcher in userData. Followed with ONE list call per subscription
+ * and credentials per poll (the subscription list with statusOnly=true) for all CEs, ended by
  * deleting the VM, logs read from Log Analytics by the launcher's line sequence, orphans swept by
  * tag (VMs, NICs, public IPs) and by name (OS disks).
  */
@@ -191,13 +191,64 @@ async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Ru
   }
 }
 
+/** A VM as the subscription's status-only list shows it. */
+export interface ListedVm {
+  id: string;
+  state: MachineState;
+  failure?: { code: string; message: string };
+}
+
 /**
- * One list call per resource group for all given Runs (statusOnly power states), mapped by the
- * deterministic VM name. VMs found stopped are deleted at once (they keep costing), after the
- * uploaded exit status is read; gone VMs get their outcome from the exit status too.
+ * The run-time status of every VM of the subscription the caller may read, in ONE list call (all
+ * its pages: the SDK follows nextLink), keyed by the lower-cased VM resource ID. Azure's status of
+ * many VMs in one call is the subscription list with statusOnly=true: the resource-group list has
+ * no statusOnly, and refuses $expand=instanceView without a $filter on a scale set. statusOnly
+ * answers carry no tags, so VMs are matched by their ID (deterministic from the Run UID). Nothing
+ * is kept: each describe lists afresh.
+ */
+export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promise<Map<string, ListedVm>> {
+  const found = new Map<string, ListedVm>();
+  try {
+    await azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
+      for await (const vm of c.compute.virtualMachines.listAll({ statusOnly: "true", ...(signal ? { abortSignal: signal } : {}) })) {
+        if (!vm.id) continue;
+        const statuses = vm.instanceView?.statuses;
+        found.set(vm.id.toLowerCase(), { id: vm.id, state: machineState(statuses, vm.provisioningState), ...provisioningFailure(statuses) });
+      }
+    });
+  } catch (e) {
+    if (e instanceof CloudError && e.kind === "NotFound") {
+      // Nothing to list: so are its VMs.
+    } else throw e;
+  }
+  return found;
+}
+
+/**
+ * All given Runs with ONE list call of the subscription (listVmStates), whatever CEs they belong
+ * to (`ctx.runCe`; the run tracker batches every CE of a subscription that shares credentials),
+ * then each CE's Runs on their own (exit status, exit lines, deletions). VMs found stopped are
+ * deleted at once (they keep costing), after the uploaded exit status is read; gone VMs get their
+ * outcome from the exit status too.
  */
 export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
   const out = new Map<string, RunDescription | undefined>();
+  if (runs.length === 0) return out;
+  const vms = await listVmStates(c, ctx.signal);
+  const byCe = new Map<string, { ce: ComputeEnvironment; runs: Run[] }>();
+  for (const run of runs) {
+    const ce = ctx.runCe?.(run) ?? ctx.ce;
+    const key = ce.metadata.uid ?? `${ce.metadata.namespace}/${ce.metadata.name}`;
+    const g = byCe.get(key) ?? { ce, runs: [] };
+    byCe.set(key, g);
+    g.runs.push(run);
+  }
+  await Promise.all([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out)));
+  return out;
+}
+
+/** The Runs of one CE (ctx.ce), from the subscription's VM list, grouped by resource group. */
+async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms: Map<string, ListedVm>, out: Map<string, RunDescription | undefined>): Promise<void> {
   const byRg = new Map<string, Run[]>();
   const defaultRg = runRg(ctx.ce);
   for (const run of runs) {
@@ -209,25 +260,6 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
   }
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
-    const found = new Map<string, { id: string; state: MachineState; failure?: { code: string; message: string } }>();
-    // Azure's run-time status of many VMs in one call is the subscription list with statusOnly=true:
-    // the resource-group list has no statusOnly, and refuses $expand=instanceView without a
-    // $filter on a scale set. The answer is filtered to this resource group (VM names are unique
-    // per group); statusOnly answers carry no tags, so VMs are matched by their deterministic name.
-    const prefix = `/subscriptions/${c.subscriptionId}/resourcegroups/${rg}/providers/microsoft.compute/virtualmachines/`.toLowerCase();
-    try {
-      await azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
-        for await (const vm of c.compute.virtualMachines.listAll({ statusOnly: "true", ...so })) {
-          if (!vm.name || !(vm.id ?? "").toLowerCase().startsWith(prefix)) continue;
-          const statuses = vm.instanceView?.statuses;
-          found.set(vm.name.toLowerCase(), { id: vm.id ?? vmResourceId(c, rg, vm.name), state: machineState(statuses, vm.provisioningState), ...provisioningFailure(statuses) });
-        }
-      });
-    } catch (e) {
-      if (e instanceof CloudError && e.kind === "NotFound") {
-        // Nothing to list: so are its VMs.
-      } else throw e;
-    }
     const stopped: string[] = [];
     // Runs whose outcome the uploaded exit status does not give (not uploaded, or unreadable):
     // the launcher's exit line in Log Analytics is asked for them all at once, below.
@@ -235,7 +267,7 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
     await Promise.all(list.map(async (run) => {
       const uid = run.metadata.uid ?? "";
       const name = vmName(uid);
-      const vm = found.get(name.toLowerCase());
+      const vm = vms.get(vmResourceId(c, rg, name).toLowerCase());
       const log = logLocation(ctx.ce, run);
       if (!vm) {
         // Gone (deleted, evicted, or never created): the outcome, if any, is in the work directory
@@ -290,7 +322,6 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
     }
     if (stopped.length > 0) await deleteVms(c, rg, stopped, so);
   }));
-  return out;
 }
 
 /**

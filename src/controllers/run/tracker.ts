@@ -1,7 +1,8 @@
 /**
  * Follows the machines of all Runs with as few cloud calls as possible: every poll groups the Runs
- * whose machine may exist by account and region (same provider, credentials Secret and region)
- * and asks the provider once per group. The groups are asked concurrently, each with its own
+ * whose machine may exist by account and region (same provider, credentials Secret and region;
+ * on Azure the subscription) and asks the provider once per group, whatever CEs its Runs belong to
+ * (the describe gets each Run's CE through `runCe`). The groups are asked concurrently, each with its own
  * deadline, so one slow region does not delay the others. Runs whose observation changed are
  * enqueued. Everything is read from the watch caches: a poll in steady state makes no request to
  * the kube-apiserver.
@@ -45,8 +46,9 @@ export interface RunTrackerDeps {
 export function accountRegionKey(ce: ComputeEnvironment): string {
   const secret = ce.spec.credentials?.secretRef?.name;
   const who = secret ? `${ce.metadata.namespace}/${secret}` : "ambient";
-  // Azure: one group per CE (= per resource group), so each poll lists each resource group once.
-  const where = ce.spec.aws?.region ?? (ce.spec.azure ? `${ce.spec.azure.subscriptionId ?? ""}|${ce.metadata.namespace}/${ce.metadata.name}` : "");
+  // Azure: one group per subscription (empty: the Secret's, the same for the same Secret), so each
+  // poll lists the VMs of a subscription once for all its CEs that share the credentials.
+  const where = ce.spec.aws?.region ?? (ce.spec.azure ? `subscription:${ce.spec.azure.subscriptionId ?? ""}` : "");
   return `${ce.spec.provider}|${who}|${where}`;
 }
 
@@ -108,20 +110,21 @@ export class RunTracker {
   async pollOnce(): Promise<void> {
     const ces = new Map<string, ComputeEnvironment>();
     for (const ce of this.d.ces.list()) ces.set(`${ce.metadata.namespace}/${ce.metadata.name}`, ce);
-    const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[] }>();
+    const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[]; ceOf: Map<string, ComputeEnvironment> }>();
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
       const ce = ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
       if (!ce) continue;
       const key = accountRegionKey(ce);
-      const g = groups.get(key);
-      if (g) g.runs.push(run);
-      else groups.set(key, { ce, runs: [run] });
+      const g = groups.get(key) ?? { ce, runs: [] as Run[], ceOf: new Map<string, ComputeEnvironment>() };
+      groups.set(key, g);
+      g.runs.push(run);
+      g.ceOf.set(run.metadata.uid, ce);
     }
     let count = 0;
     const timeoutMs = this.d.observeTimeoutMs ?? Math.max(10_000, this.d.pollIntervalMs);
     const observed = new Set<string>();
-    await Promise.all([...groups.values()].map(async ({ ce, runs }) => {
+    await Promise.all([...groups.values()].map(async ({ ce, runs, ceOf }) => {
       const provider = this.d.providers.get(ce.spec.provider);
       if (!provider) return;
       count += runs.length;
@@ -129,7 +132,8 @@ export class RunTracker {
       const signal = AbortSignal.any([this.stopCtl.signal, AbortSignal.timeout(timeoutMs)]);
       try {
         const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
-        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal }, runs);
+        const runCe = (run: Run): ComputeEnvironment | undefined => ceOf.get(run.metadata.uid ?? "");
+        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe }, runs);
         if (signal.aborted) throw signal.reason;
         for (const run of runs) {
           const uid = run.metadata.uid as string;
