@@ -11,6 +11,8 @@ export interface EmulatorSettings {
   lroRetryAfterS: number;
   defaultLatencyMs: number;
   latencyMs: Record<string, number>;
+  /** Items per page of resource lists (the rest behind nextLink); 0 = unpaged. */
+  listPageSize: number;
 }
 
 export interface EmulatorInfo {
@@ -60,6 +62,8 @@ export interface RequestLogEntry {
   caller?: string;
   callerAppId?: string;
   status: number;
+  /** The query string, e.g. `?api-version=...&$skiptoken=...` for a list's next page. */
+  query?: string;
 }
 
 export interface EmulatedVm {

@@ -333,6 +333,7 @@ export class Emulator {
           resourceType: info.resourceType,
           operation: info.operation,
           apiVersion: url.searchParams.get("api-version") ?? undefined,
+          query: url.search,
           caller: caller?.oid,
           callerAppId: caller?.appId,
           status,
@@ -531,7 +532,7 @@ export class Emulator {
         return reply(201, this.assign(principalId, scope, roleGuid));
       }
       case "POST /settings": {
-        for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs"] as const) {
+        for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs", "listPageSize"] as const) {
           if (typeof body[k] === "number") this.settings[k] = body[k];
         }
         if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);

@@ -77,6 +77,8 @@ export interface RequestLogEntry {
   caller?: string;
   callerAppId?: string;
   status: number;
+  /** The query string (e.g. `?api-version=...&$skiptoken=...` of a list's next page). */
+  query?: string;
 }
 
 export interface Settings {
@@ -90,10 +92,12 @@ export interface Settings {
   defaultLatencyMs: number;
   /** Per resource type (lower-cased) latency, ms. */
   latencyMs: Record<string, number>;
+  /** Items per page of resource lists (the rest behind `nextLink`); 0 = unpaged. */
+  listPageSize: number;
 }
 
 export function defaultSettings(): Settings {
-  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {} };
+  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {}, listPageSize: 0 };
 }
 
 export class Directory {

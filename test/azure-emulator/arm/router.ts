@@ -197,10 +197,28 @@ export class ArmRouter {
         info.operation = `${t.type}/read`;
         if (method !== "GET") throw new ArmError(405, "MethodNotAllowed", `The requested resource does not support http method '${method}'.`);
         const items = this.arm.allOfType(sub, t.type).filter((r) => !r.parentKey);
-        return { status: 200, body: { value: this.visible(req, subScope, info.operation, items, t) } };
+        return this.paged(req, this.visible(req, subScope, info.operation, items, t));
       }
     }
     throw new ArmError(404, "NotFound", `No route for ${method} ${url.pathname}.`);
+  }
+
+  /**
+   * A resource list, one page of it when `listPageSize` is set: Resource Manager pages long lists
+   * and gives the next page's URL in `nextLink` (the same query with a `$skiptoken`), which a
+   * client must follow to see the rest. Whole when unset (the default).
+   */
+  private paged(req: ArmRequest, all: Json[]): ArmResponse {
+    const size = this.d.settings.listPageSize;
+    if (!size || size <= 0) return { status: 200, body: { value: all } };
+    const token = req.url.searchParams.get("$skiptoken");
+    const from = token === null ? 0 : Number.parseInt(token, 10);
+    if (!Number.isInteger(from) || from < 0) throw new ArmError(400, "InvalidSkipToken", `The skip token '${token}' is not valid.`);
+    const value = all.slice(from, from + size);
+    if (from + size >= all.length) return { status: 200, body: { value } };
+    const next = new URL(req.url.toString());
+    next.searchParams.set("$skiptoken", String(from + size));
+    return { status: 200, body: { value, nextLink: `${this.d.baseUrl()}${next.pathname}${next.search}` } };
   }
 
   private requireAnyAccess(caller: Caller, scope: string, action: string): void {
@@ -434,9 +452,9 @@ export class ArmRouter {
       if (parentId) {
         const parent = this.arm.get(parentId);
         if (!parent) throw notFound(this.arm.typeDef(`${ns}/${typeSegs.join("/")}`)?.type ?? `${ns}/${typeSegs.join("/")}`, tail[pairs * 2 - 1]!, rgName);
-        return { status: 200, body: { value: this.listOut(ctx, t, this.arm.children(parent.key, t.type)) } };
+        return this.paged(req, this.listOut(ctx, t, this.arm.children(parent.key, t.type)));
       }
-      return { status: 200, body: { value: this.listOut(ctx, t, this.arm.children(lc(rgScope), t.type)) } };
+      return this.paged(req, this.listOut(ctx, t, this.arm.children(lc(rgScope), t.type)));
     }
     const id = `${rgScope}/providers/${ns}/${tail.join("/")}`;
     const name = tail[tail.length - 1]!;
