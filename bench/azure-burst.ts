@@ -1,0 +1,233 @@
+/**
+ * Scenario "azure-burst" (issue 13, 1, the Azure half): N Runs applied at once over 4 Azure CEs,
+ * the compiled operator at its defaults (4 workers, 15 s poll), the Azure emulator with its
+ * default latencies (a VM's create finishes at its first poll).
+ *
+ * Floor: a bare Azure SDK client (@azure/arm-compute, as src/cloud/azure does) sending the same N
+ * VM creates, each the body launchRun sends (inline NIC and public IP, the CE's identity and
+ * subnet, the rendered launcher in userData, the bootstrap in customData), at concurrency 4, 16
+ * and 64, in a resource group of its own deleted after each level; the fastest is kept. Like the
+ * operator's launch, a create is done when Azure accepted the PUT (the VM's provisioning is
+ * followed later). So the floor is what the emulator serves on this machine, and the ratio of the
+ * operator's time-to-all-launched to the floor's is what the operator adds.
+ *
+ * Figures: created -> first status, -> the VM's PUT (from the emulator's request log), -> Running.
+ * A Run the operator holds in Launching/SettingUp (its VM is up, the launcher has not said the
+ * pipeline started) gets the launcher's VMFORGE_PIPELINE_STARTED through the Logs Ingestion API,
+ * as its VM would ship it.
+ */
+import { randomUUID } from "node:crypto";
+import { ComputeManagementClient } from "@azure/arm-compute";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import type { KubeClient } from "../src/engine/kube.js";
+import { Reflector } from "../src/engine/reflector.js";
+import { createLogger } from "../src/engine/logger.js";
+import { RunResource } from "../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../src/api/types.js";
+import { DEFAULT_AZURE_VM_SIZE } from "../src/api/constants.js";
+import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/launcher.js";
+import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
+import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench } from "./azure-setup.js";
+import { dist, fmtDist, fmtLoad, load, sec, type Dist, type Load } from "./stats.js";
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const CES = ["az0", "az1", "az2", "az3"];
+
+export interface AzureFloorLevel { concurrency: number; totalMs: number; latency: Dist; failed: number }
+
+export interface AzureBurstResult {
+  runs: number;
+  floor: { levels: AzureFloorLevel[]; best: AzureFloorLevel };
+  createdAllMs: number;
+  firstStatus: Dist;
+  vmPut: Dist;
+  running: Dist;
+  launched: number;
+  allLaunchedMs: number;
+  allRunning: boolean;
+  allRunningMs?: number;
+  ratioToFloor: number;
+  startLinesShipped: number;
+  vmPutsTotal: number;
+  /** The last Run created -> its last VM PUT. */
+  allLaunchedAfterLastCreateMs: number;
+  /** Every request the emulator logged from the first create until all were Running (or the wait ended), by method and operation. */
+  cloudCalls: Record<string, number>;
+  operatorCpuS: number;
+  rss: { rssMiB: number; peakMiB: number };
+  load: Load;
+}
+
+async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i] as T, i);
+    }
+  }));
+}
+
+/** The VM body of src/cloud/azure/runs.ts launchRun for a Run of `ce` (a fake Run of the given UID). */
+function vmBody(ce: ComputeEnvironment, uid: string, sshKey: string): Record<string, unknown> {
+  const s = azureStatus(ce);
+  const run = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: `floor-${uid.slice(0, 8)}`, namespace: ce.metadata.namespace, uid, creationTimestamp: new Date().toISOString() }, spec: { computeEnvironmentRef: { name: ce.metadata.name }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } } as Run;
+  const userData = renderAzureUserData(ce, run, {
+    identityClientId: s.identityClientId ?? "",
+    storageAccount: s.storageAccount ?? "benchwork",
+    blobEndpoint: "https://benchwork.blob.core.windows.net",
+    dceEndpoint: s.dceEndpoint ?? "",
+    dcrImmutableId: s.dcrImmutableId ?? "",
+  });
+  const name = vmName(uid);
+  const tags = runTags(ceId(ce), run, ce.spec.azure?.tags);
+  return {
+    location: LOCATION,
+    tags,
+    identity: { type: "UserAssigned", userAssignedIdentities: { [s.identityId ?? ""]: {} } },
+    hardwareProfile: { vmSize: ce.spec.azure?.vmSize ?? DEFAULT_AZURE_VM_SIZE },
+    storageProfile: {
+      imageReference: azureImageReference(ce.spec.azure?.image),
+      osDisk: { name: osDiskName(uid), createOption: "FromImage", deleteOption: "Delete", diskSizeGB: 50, managedDisk: { storageAccountType: "StandardSSD_LRS" } },
+    },
+    osProfile: {
+      computerName: name,
+      adminUsername: "vmforge",
+      customData: Buffer.from(renderAzureBootstrap(), "utf8").toString("base64"),
+      linuxConfiguration: { disablePasswordAuthentication: true, ssh: { publicKeys: [{ path: "/home/vmforge/.ssh/authorized_keys", keyData: sshKey }] } },
+    },
+    networkProfile: {
+      networkApiVersion: "2022-11-01",
+      networkInterfaceConfigurations: [{
+        name: `${name}-nic`, tags, primary: true, deleteOption: "Delete",
+        ipConfigurations: [{ name: "ipconfig", subnet: { id: s.subnetId ?? "" }, publicIPAddressConfiguration: { name: `${name}-pip`, tags, deleteOption: "Delete", sku: { name: "Standard", tier: "Regional" }, publicIPAllocationMethod: "Static" } }],
+      }],
+    },
+    userData: Buffer.from(userData, "utf8").toString("base64"),
+  };
+}
+
+export async function azureBurstScenario(o: {
+  kubeconfig: string;
+  client: KubeClient;
+  namespace: (prefix: string) => Promise<string>;
+  say: (s: string) => void;
+  runs: number;
+  timeoutMs: number;
+}): Promise<AzureBurstResult> {
+  const { client, say } = o;
+  const N = o.runs;
+  const b = await startAzureBench({ kubeconfig: o.kubeconfig, client, namespace: o.namespace, say, prefix: "azure-burst" });
+  try {
+    const ces = await b.createCes(CES);
+    const ce0 = ces.get("az0")!;
+    say(`  4 Azure CEs Ready (operator pid ${b.op.pid}, defaults: 4 workers, 15 s poll)`);
+
+    // ------------------------------------------------------------ floor
+    const cred = b.adminCredential;
+    const opts = { endpoint: b.az.endpoint, credentials: { scopes: [ARM_SCOPE] } };
+    const rm = new ResourceManagementClient(cred, b.info.subscriptionId, opts);
+    const compute = new ComputeManagementClient(cred, b.info.subscriptionId, opts);
+    const sshKey = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 bench-floor";
+    const levels: AzureFloorLevel[] = [];
+    for (const concurrency of [4, 16, 64]) {
+      const rg = `bench-floor-${concurrency}`;
+      await rm.resourceGroups.createOrUpdate(rg, { location: LOCATION });
+      const bodies = Array.from({ length: N }, () => vmBody(ce0, randomUUID(), sshKey));
+      const lat: number[] = [];
+      let failed = 0;
+      const t0 = Date.now();
+      await poolDo(bodies, concurrency, async (body) => {
+        const s = Date.now();
+        try {
+          await compute.virtualMachines.createOrUpdate(rg, (body.osProfile as { computerName: string }).computerName, body as unknown as Parameters<typeof compute.virtualMachines.createOrUpdate>[2]).submitted();
+        } catch (e) {
+          if (failed++ === 0) say(`  ! floor VM create failed: ${e instanceof Error ? e.message : String(e)}`);
+        }
+        lat.push(Date.now() - s);
+      });
+      const level = { concurrency, totalMs: Date.now() - t0, latency: dist(lat), failed };
+      levels.push(level);
+      say(`  [floor] concurrency ${concurrency}: ${N} VM creates in ${sec(level.totalMs)}${failed ? ` (${failed} FAILED)` : ""}; per call ${fmtDist(level.latency)}; ${fmtLoad(load())}`);
+      await rm.resourceGroups.beginDeleteAndWait(rg, { updateIntervalInMs: 250 });
+    }
+    const ok = levels.filter((l) => l.failed === 0);
+    const best = (ok.length ? ok : levels).reduce((a, c) => (c.totalMs < a.totalMs ? c : a));
+    say(`  [floor] best: concurrency ${best.concurrency}, ${sec(best.totalMs)} (${Math.round((N / best.totalMs) * 1000)} VM creates/s: what the emulator serves here)`);
+
+    // ------------------------------------------------------------ the operator's burst
+    const created = new Map<string, number>();
+    const uidOf = new Map<string, string>();
+    const firstStatus = new Map<string, number>();
+    const running = new Map<string, number>();
+    const shipped = new Set<string>();
+    const ceOfRun = (r: Run): ComputeEnvironment => ces.get(r.spec.computeEnvironmentRef.name)!;
+    const watch = new Reflector<Run>({
+      client, resource: RunResource, namespace: b.ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
+      onEvent: (_t, r) => {
+        const name = r.metadata.name ?? "";
+        const now = Date.now();
+        if (r.status?.phase === "Launching" && r.status.reason === "SettingUp" && !shipped.has(name)) {
+          shipped.add(name);
+          b.ship(ceOfRun(r), [{ runUid: r.metadata.uid ?? "", seq: 1, line: "VMFORGE_PIPELINE_STARTED", stream: "launcher" }])
+            .catch((e: unknown) => say(`  ! shipping the start line of ${name}: ${e instanceof Error ? e.message : String(e)}`));
+        }
+        if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
+        if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);
+      },
+    });
+    watch.start();
+    await watch.waitForSync();
+    const since = (await b.az.control.requests()).lastSeq;
+    const cpu0 = b.op.stats().cpuS;
+    const t0 = Date.now();
+    await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
+      const name = `r${String(i).padStart(5, "0")}`;
+      const r = await client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: b.ns }, spec: { computeEnvironmentRef: { name: CES[i % 4] }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } } as Run);
+      created.set(name, Date.now());
+      uidOf.set(name, r.metadata.uid ?? "");
+    });
+    const createdAllMs = Date.now() - t0;
+    say(`  ${N} Runs created in ${sec(createdAllMs)}`);
+    const end = Date.now() + o.timeoutMs;
+    while (running.size < N && Date.now() < end) await sleep(1_000);
+    const allRunning = running.size >= N;
+    const allRunningMs = allRunning ? Date.now() - t0 : undefined;
+    if (!allRunning) say(`  ! ${N - running.size} of ${N} Runs not Running after ${sec(o.timeoutMs)}`);
+    await watch.stop();
+
+    // the VM PUTs as the emulator logged them (first accepted PUT of each Run's VM)
+    const byVm = new Map([...uidOf].map(([n, u]) => [vmName(u), n]));
+    const putAt = new Map<string, number>();
+    let vmPutsTotal = 0;
+    const calls: Record<string, number> = {};
+    for (const e of (await b.az.control.requests(since)).value) {
+      const k = `${e.method} ${e.operation}`;
+      calls[k] = (calls[k] ?? 0) + 1;
+      if (e.method !== "PUT" || !/\/virtualmachines\/[^/]+$/i.test(e.path)) continue;
+      vmPutsTotal++;
+      const run = byVm.get(e.path.split("/").pop()!.toLowerCase());
+      if (run && e.status < 300 && !putAt.has(run)) putAt.set(run, Date.parse(e.time));
+    }
+    const d = (m: Map<string, number>): number[] => [...created].filter(([n]) => m.has(n)).map(([n, t]) => m.get(n)! - t);
+    const allLaunchedMs = putAt.size ? Math.max(...putAt.values()) - t0 : NaN;
+    const res: AzureBurstResult = {
+      runs: N, floor: { levels, best }, createdAllMs,
+      firstStatus: dist(d(firstStatus)), vmPut: dist(d(putAt)), running: dist(d(running)),
+      launched: putAt.size, allLaunchedMs, allRunning, ...(allRunningMs !== undefined ? { allRunningMs } : {}),
+      ratioToFloor: allLaunchedMs / best.totalMs, startLinesShipped: shipped.size, vmPutsTotal,
+      allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - Math.max(...created.values()), cloudCalls: calls,
+      operatorCpuS: b.op.stats().cpuS - cpu0, rss: b.op.stats(), load: load(),
+    };
+    say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
+    say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
+    say(`  created -> Running:      ${fmtDist(res.running)}`);
+    say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
+    say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
+    say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
+    say(`  operator CPU ${res.operatorCpuS.toFixed(1)} s, RSS ${res.rss.rssMiB} MiB (peak ${res.rss.peakMiB}); ${fmtLoad(res.load)}`);
+    return res;
+  } finally {
+    await b.stop();
+  }
+}
