@@ -261,6 +261,8 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
     const stopped: string[] = [];
+    /** How to report a VM of `stopped` as it was seen, should its deletion fail. */
+    const asSeen = new Map<string, () => void>();
     // Runs whose outcome the uploaded exit status does not give (not uploaded, or unreadable):
     // the launcher's exit line in Log Analytics is asked for them all at once, below.
     const needExitLine: { uid: string; settle: (exitCode: number | undefined) => void }[] = [];
@@ -299,6 +301,10 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         d.state = "shutting-down";
         d.launchFailure = { reason: vm.failure.code, message: `Azure could not allocate VM ${name}: ${vm.failure.message}` };
         stopped.push(name);
+        asSeen.set(name, () => {
+          d.state = vm.state;
+          delete d.launchFailure;
+        });
         out.set(uid, d);
         return;
       }
@@ -310,6 +316,9 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           d.exitCode = exitCode;
           d.state = "shutting-down";
           stopped.push(name);
+          asSeen.set(name, () => {
+            d.state = vm.state;
+          });
         };
         const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
         if (exitCode !== undefined) settle(exitCode);
@@ -320,7 +329,16 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       const codes = await exitLinesFromLog(c, ctx, needExitLine.map((n) => n.uid), runs);
       for (const n of needExitLine) n.settle(codes.get(n.uid));
     }
-    if (stopped.length > 0) await deleteVms(c, rg, stopped, so);
+    // A deletion refused or failed here must not fail the describe of every CE of the
+    // subscription: such a VM is reported as seen (a stopped one with its exit code, so its Run
+    // ends and its own reconcile deletes the VM and says what blocks it) and tried again next poll.
+    const sent = await Promise.allSettled(stopped.map((name) => deleteVms(c, rg, [name], so)));
+    sent.forEach((r, i) => {
+      if (r.status === "fulfilled") return;
+      const name = stopped[i]!;
+      ctx.logger.warn({ vm: name, resourceGroup: rg, err: r.reason instanceof Error ? r.reason.message : String(r.reason) }, "could not delete a VM found stopped or failed; reported as seen");
+      asSeen.get(name)?.();
+    });
   }));
 }
 

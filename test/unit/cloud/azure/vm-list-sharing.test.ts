@@ -14,7 +14,7 @@ import { listVmStates } from "../../../../src/cloud/azure/runs.js";
 import type { AzureClients } from "../../../../src/cloud/azure/clients.js";
 import { resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
 import { RunTracker, accountRegionKey } from "../../../../src/controllers/run/tracker.js";
-import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
+import { FakeAzure, RestLikeError, sampleAzureCe } from "./fake-azure.js";
 
 const CLIENT_A = "aaaaaaaa-0000-4000-8000-000000000001";
 const CLIENT_B = "bbbbbbbb-0000-4000-8000-000000000002";
@@ -114,6 +114,26 @@ describe("one VM list per subscription and credentials per poll", () => {
     expect(t.get(r3.metadata.uid!)?.desc?.state).toBe("running");
     expect(t.get(r1.metadata.uid!)?.desc?.state).toBe("running");
     expect(t.get(r2.metadata.uid!)?.desc?.state).toBe("running");
+  });
+
+  it("a stopped VM of one CE whose deletion is refused does not fail the describe of the other CEs", async () => {
+    const az = new FakeAzure();
+    const ce1 = ceNamed(az.sub, "ce1", "creds", "0a1b2c3d-4e5f-4a6b-8c7d-000000000001");
+    const ce2 = ceNamed(az.sub, "ce2", "creds", "0a1b2c3d-4e5f-4a6b-8c7d-000000000002");
+    const ended = runWithVm(az, ce1, "stopped");
+    az.blobs.set(`wdstore/work/runs/.vmforge/runs/${ended.metadata.uid}/exit-status`, "3\n");
+    const other = runWithVm(az, ce2, "running");
+    az.fail("compute.virtualMachines.delete", new RestLikeError(403, "AuthorizationFailed", "no delete"));
+    const t = setup([ce1, ce2], [ended, other], new Map([[CLIENT_A, az]]));
+    await t.pollOnce();
+    expect(az.ops()).toContain("compute.virtualMachines.delete");
+    expect(t.get(other.metadata.uid!)?.desc?.state).toBe("running");
+    // Reported as seen, with its outcome: the Run ends and its own reconcile deletes the VM.
+    expect(t.get(ended.metadata.uid!)?.desc).toMatchObject({ state: "stopped", exitCode: 3 });
+    // Next poll: the deletion goes through.
+    await t.pollOnce();
+    expect(t.get(ended.metadata.uid!)?.desc).toMatchObject({ state: "shutting-down", exitCode: 3 });
+    expect(az.get(ended.status!.instance!.id!)).toBeUndefined();
   });
 
   it("CEs of two subscriptions: one list call each", async () => {
