@@ -5,20 +5,25 @@
  * so the operator must follow nextLink), and a CE deleted with 25 running Runs: every VM (with its
  * NIC, public IP and OS disk), then the resource group, then the finalizers gone.
  *
- * The VMs are played lightly: what the operator sees of a pipeline's end — the exit status
- * uploaded to the work directory, then the OS shut down (VM stopped) — without running the
- * launcher (50 bash launchers with their curl calls are too heavy for this machine; the launcher
- * itself is played in azure-run-lifecycle, azure-logs and the sandbox). The operator is the real
- * one, with a 1 s poll interval from its configuration.
+ * The VMs are played by the sandbox's VM player: each VM's customData runs as cloud-init would run
+ * it (the bootstrap fetches the launcher from the VM's instance metadata endpoint), with stand-ins
+ * only for what the image provides (nextflow, docker, shutdown); the launcher's token, log
+ * ingestion and upload calls go to the emulator and Azurite for real. 50 of them at once finish in
+ * seconds here. The operator is the real one, with a 1 s poll interval from its configuration.
  */
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import { createLogger } from "../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { resourceGroupName, roleDefinitionGuid, vmName } from "../../src/cloud/azure/names.js";
 import { waitFor } from "../support/operator.js";
-import { azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
+import { azureCaPath, azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
+import { AzureVmPlayer } from "../sandbox/azure/vm-player.js";
 import type { RequestLogEntry } from "../azure-emulator/control.js";
 import { ceBody, getCe, waitReady } from "../support/azure-env.js";
 import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
@@ -128,10 +133,27 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
     // 50 VMs at 20 a page: every list read its two next pages.
     expect(lists.subscriptionNextPages).toBe(2 * lists.subscription.length);
 
-    // The pipelines end (exit status uploaded, OS shut down): every Run succeeds and its VM goes.
-    for (let i = 0; i < runs.length; i += 10) {
-      await Promise.all(runs.slice(i, i + 10).map((r) => env.finishVm(ces.find((c) => c.metadata.name === r.spec.computeEnvironmentRef.name)!, r, 0)));
+    // The VMs boot: the player runs each VM's customData (the launcher, with stand-ins only for
+    // nextflow and shutdown), which ships its log, uploads the exit status and shuts the OS down.
+    const said: string[] = [];
+    const dir = mkdtempSync(join(tmpdir(), "vmforge-scale-"));
+    const bundle = join(dir, "ca.pem");
+    writeFileSync(bundle, readFileSync(azureCaPath(), "utf8") + readFileSync(inject("azuriteCaPath"), "utf8"));
+    const player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pipelineExitCode: 0, say: (l) => said.push(l) });
+    player.start();
+    try {
+      await waitFor("50 launchers done", async () => {
+        const played = player.played().filter((p) => p.launcherExit !== undefined);
+        if (played.length === 50) return true;
+        throw new Error(`${played.length}/50 launchers ended`);
+      }, 420_000, 1_000);
+    } finally {
+      await player.stop();
+      rmSync(dir, { recursive: true, force: true });
     }
+    const played = player.played();
+    expect(played).toHaveLength(50);
+    expect(played.filter((p) => p.launcherExit !== 0).map((p) => `${p.runName}: ${p.launcherExit} ${p.killedBecause ?? ""}`), said.slice(-20).join("\n")).toEqual([]);
     const done = await waitFor("50 Runs Succeeded", async () => {
       const all = [...(await runsOf("sa")), ...(await runsOf("sb"))];
       const ok = all.filter((r) => r.status?.phase === "Succeeded");
@@ -140,6 +162,13 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
       throw new Error(`${ok.length}/50 Succeeded; ${other.slice(0, 5).join(", ")}`);
     }, 240_000, 500);
     for (const r of done) expect(r.status?.exitCode, r.metadata.name).toBe(0);
+    // What the launchers shipped is read back from Log Analytics (one Run of each CE).
+    for (const r of [done.find((x) => x.spec.computeEnvironmentRef.name === "sa")!, done.find((x) => x.spec.computeEnvironmentRef.name === "sb")!]) {
+      const ce = ces.find((c) => c.metadata.name === r.spec.computeEnvironmentRef.name)!;
+      const credentials = { source: "secret" as const, secretName: "azure-creds", data: { tenantId: env.info.tenantId, clientId: env.principal.clientId, clientSecret: env.principal.secret, subscriptionId: env.info.subscriptionId } };
+      const chunk = await env.provider().readRunLog({ ce, credentials, logger: createLogger({ level: "silent" }) }, r);
+      expect(chunk.lines.join("\n"), r.metadata.name).toContain("Hello world!");
+    }
     for (const ce of ces) expect(await runResourcesIn(rgOf(ce)), rgOf(ce)).toEqual([]);
     expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-ce-uid"] === ces[0]!.metadata.uid || v.tags["vmforge-ce-uid"] === ces[1]!.metadata.uid)).toEqual([]);
   }, 600_000);
@@ -153,9 +182,28 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
     const runs = await allVmsRunning("sdel", 25);
     // Each VM came with its NIC, public IP and OS disk.
     expect((await runResourcesIn(rg)).length).toBe(100);
+    // Their launchers run a pipeline that would take 10 minutes.
+    const dir = mkdtempSync(join(tmpdir(), "vmforge-scale-"));
+    const bundle = join(dir, "ca.pem");
+    writeFileSync(bundle, readFileSync(azureCaPath(), "utf8") + readFileSync(inject("azuriteCaPath"), "utf8"));
+    const said: string[] = [];
+    const player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pipelineExitCode: 0, pipelineSeconds: 600, say: (l) => said.push(l) });
+    player.start();
+    try {
+      await waitFor("25 launchers running", async () => {
+        const up = player.played().filter((p) => p.launcherExit === undefined);
+        if (up.length === 25) return true;
+        throw new Error(`${up.length}/25 launchers running`);
+      }, 120_000, 500);
 
-    await env.kube.delete(ComputeEnvironmentResource, env.ns, "sdel");
-    await waitFor("CE sdel gone", async () => (await getCe(env.kube, env.ns, "sdel")) === undefined, 300_000, 500);
+      await env.kube.delete(ComputeEnvironmentResource, env.ns, "sdel");
+      await waitFor("CE sdel gone", async () => (await getCe(env.kube, env.ns, "sdel")) === undefined, 300_000, 500);
+      // Every launcher was lost with its VM, none ended on its own.
+      await waitFor("25 launchers gone with their VMs", async () => player.played().filter((p) => p.killedBecause === "the VM was deleted").length === 25, 30_000, 500);
+    } finally {
+      await player.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
 
     // Every Run ended (its VM gone before the CE could go); a Run keeps its finalizer until it is
     // deleted, and with no VM left to wait for, deleting them releases every finalizer at once.
