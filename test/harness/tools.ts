@@ -1,12 +1,12 @@
 // Developer tools the tests need that are not npm packages, kept in a cached virtualenv, plus the
-// generator that keeps src/cloud/aws/launcher-script.ts in step with src/cloud/aws/launcher.sh.
+// generator that keeps the launcher modules (src/cloud/launcher/core-script.ts, src/cloud/{aws,azure}/launcher-script.ts) in step with their .sh sources.
 //
-//   npx tsx test/harness/tools.ts sync-launcher    rewrite launcher-script.ts from launcher.sh
+//   npx tsx test/harness/tools.ts sync-launcher    rewrite the *-script.ts modules from the .sh sources
 //   npx tsx test/harness/tools.ts shellcheck       print the path of the cached shellcheck binary
 import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { homedir } from "node:os";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 
@@ -91,32 +91,43 @@ export async function shellcheck(files: string[], extraArgs: string[] = []): Pro
   }
 }
 
-export const LAUNCHER_SH = join(REPO, "src", "cloud", "aws", "launcher.sh");
-export const LAUNCHER_MODULE = join(REPO, "src", "cloud", "aws", "launcher-script.ts");
+/** The launcher's shell sources and the TypeScript modules generated from them. */
+export const LAUNCHER_SOURCES: ReadonlyArray<{ sh: string; module: string; exportName: string }> = [
+  { sh: join(REPO, "src", "cloud", "launcher", "core.sh"), module: join(REPO, "src", "cloud", "launcher", "core-script.ts"), exportName: "LAUNCHER_CORE" },
+  { sh: join(REPO, "src", "cloud", "aws", "launcher.sh"), module: join(REPO, "src", "cloud", "aws", "launcher-script.ts"), exportName: "AWS_LAUNCHER_PART" },
+  { sh: join(REPO, "src", "cloud", "azure", "launcher.sh"), module: join(REPO, "src", "cloud", "azure", "launcher-script.ts"), exportName: "AZURE_LAUNCHER_PART" },
+];
 
-/** The exact text launcher-script.ts must have for the given launcher.sh content. */
-export function launcherModuleText(script: string): string {
+/** The exact text a generated module must have for the given shell source. */
+export function launcherModuleText(script: string, exportName: string, shName: string): string {
   return [
-    "// GENERATED from launcher.sh by `npx tsx test/harness/tools.ts sync-launcher`; do not edit.",
+    `// GENERATED from ${shName} by \`npx tsx test/harness/tools.ts sync-launcher\`; do not edit.`,
     "// Kept as a TypeScript module so the compiled operator carries the template without a copy step.",
-    `export const LAUNCHER_TEMPLATE: string = ${JSON.stringify(script)};`,
+    `export const ${exportName}: string = ${JSON.stringify(script)};`,
     "",
   ].join("\n");
 }
 
-/** Rewrites launcher-script.ts; returns true when it changed. */
-export function syncLauncherScript(): boolean {
-  const want = launcherModuleText(readFileSync(LAUNCHER_SH, "utf8"));
-  const have = existsSync(LAUNCHER_MODULE) ? readFileSync(LAUNCHER_MODULE, "utf8") : "";
-  if (have === want) return false;
-  writeFileSync(LAUNCHER_MODULE, want);
-  return true;
+/** Rewrites the generated modules; returns those that changed. */
+export function syncLauncherScripts(): string[] {
+  const changed: string[] = [];
+  for (const src of LAUNCHER_SOURCES) {
+    const want = launcherModuleText(readFileSync(src.sh, "utf8"), src.exportName, basename(src.sh));
+    const have = existsSync(src.module) ? readFileSync(src.module, "utf8") : "";
+    if (have === want) continue;
+    writeFileSync(src.module, want);
+    changed.push(src.module);
+  }
+  return changed;
 }
 
 async function main(argv: string[]): Promise<void> {
   switch (argv[0]) {
     case "sync-launcher":
-      console.log(syncLauncherScript() ? `updated ${LAUNCHER_MODULE}` : `${LAUNCHER_MODULE} is up to date`);
+      {
+        const changed = syncLauncherScripts();
+        console.log(changed.length > 0 ? `updated ${changed.join(", ")}` : "the launcher modules are up to date");
+      }
       return;
     case "shellcheck":
       console.log(await ensureShellcheck());

@@ -1,10 +1,11 @@
 /**
  * The launcher: the bash script an EC2 instance runs as user data to execute one Run.
  *
- * The script body lives in launcher.sh (mirrored into launcher-script.ts so the compiled operator
- * needs no file next to it); this module renders the per-Run settings block that replaces the
- * `#@@VMFORGE_SETTINGS@@` line. Every value from a spec goes through {@link shellQuote}, so no
- * spec value is ever parsed as shell code.
+ * The launcher is the core every cloud shares (src/cloud/launcher/core.sh) with the AWS part
+ * (launcher.sh here: the CloudWatch agent, `aws s3 cp`, the SSM / Secrets Manager token; mirrored
+ * into launcher-script.ts so the compiled operator needs no file next to it); this module renders
+ * it with the per-Run settings. Every value from a spec goes through shellQuote, so no spec value
+ * is ever parsed as shell code.
  *
  * ## The Seqera Platform access token (Wave / Fusion)
  *
@@ -36,49 +37,17 @@ import { gzipSync } from "node:zlib";
 import type { ComputeEnvironment, ComputeEnvironmentStatus, Run } from "../../api/types.js";
 import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE, DEFAULT_LOG_RETENTION_DAYS } from "../../api/types.js";
 import { CloudError } from "../provider.js";
-import { LAUNCHER_TEMPLATE } from "./launcher-script.js";
+import { coreSettings, groovyString, nextflowArgsFor, renderLauncher } from "../launcher/render.js";
+import { AWS_LAUNCHER_PART } from "./launcher-script.js";
 import { logGroupName, logStreamName, nextflowLogStreamName } from "./logs.js";
 import { parseS3Url, type PolicyStatement } from "./policy.js";
 
 /** EC2 accepts at most 16 KiB of user data before base64 encoding. */
 export const USER_DATA_LIMIT_BYTES = 16 * 1024;
 
-/** The template line the settings replace (a line of its own, exactly once in the template). */
-const SETTINGS_MARKER = "\n#@@VMFORGE_SETTINGS@@\n";
-
 export type AwsEnvStatus = NonNullable<ComputeEnvironmentStatus["aws"]>;
 
-/**
- * Quotes a value for bash: the result is always ONE word with exactly the given text, whatever
- * it contains (quotes, `$()`, backticks, newlines, globs). NUL cannot be represented in a bash
- * string, so it is refused.
- */
-export function shellQuote(value: string): string {
-  if (value.includes("\0")) {
-    throw CloudError.terminal("InvalidValue", "a value for the launcher contains a NUL character");
-  }
-  return `'${value.replace(/'/g, `'\\''`)}'`;
-}
-
-/** A Groovy (Nextflow config) single-quoted string literal. */
-export function groovyString(value: string): string {
-  return `'${value.replace(/\\/g, "\\\\").replace(/'/g, "\\'").replace(/\n/g, "\\n").replace(/\r/g, "\\r")}'`;
-}
-
-/**
- * Nextflow run name for a Run: spec.pipeline.runName, else one derived from the Run's name that
- * matches Nextflow's rule (lowercase letter first; letters, digits, single '-' or '_'; <= 80).
- */
-export function nextflowRunName(run: Run): string {
-  const given = run.spec.pipeline.runName;
-  if (given) return given;
-  let s = (run.metadata.name ?? "run")
-    .toLowerCase()
-    .replace(/[^a-z0-9]+/g, "-")
-    .replace(/^-+|-+$/g, "");
-  if (!/^[a-z]/.test(s)) s = `run-${s}`;
-  return s.slice(0, 80).replace(/[-_]+$/g, "");
-}
+export { groovyString, nextflowRunName, shellQuote } from "../launcher/render.js";
 
 /** The CE's work directory without a trailing slash; Terminal when it is not s3://bucket[/path]. */
 export function ceWorkDir(ce: ComputeEnvironment): string {
@@ -134,15 +103,7 @@ export function runInstanceType(ce: ComputeEnvironment, run: Run): string {
 
 /** The argument vector after `nextflow`. */
 export function nextflowArgs(ce: ComputeEnvironment, run: Run): string[] {
-  const p = run.spec.pipeline;
-  const args = ["run", p.repository];
-  if (p.revision) args.push("-r", p.revision);
-  if (p.profiles && p.profiles.length > 0) args.push("-profile", p.profiles.join(","));
-  args.push("-params-file", "params.json", "-work-dir", runWorkDir(ce, run));
-  // With resumeFrom the launcher adds `-resume <that Run's session>` once it has read it.
-  if (p.resume && !p.resumeFrom) args.push("-resume");
-  args.push("-name", nextflowRunName(run), "-c", "nextflow.config");
-  return args;
+  return nextflowArgsFor(run, runWorkDir(ce, run));
 }
 
 /** The vmforge part of nextflow.config (the executor block is added on the instance). */
@@ -263,64 +224,36 @@ export interface RenderUserDataInput {
   platformToken?: string;
 }
 
-function assign(name: string, value: string): string {
-  return `${name}=${shellQuote(value)}`;
-}
-
-function positiveInt(n: number | undefined, what: string): string {
-  if (n === undefined) return "";
-  if (!Number.isInteger(n) || n <= 0) throw CloudError.terminal("InvalidValue", `${what} must be a positive integer, got ${n}`);
-  return String(n);
-}
-
 /** Renders the user data script of a Run. Throws CloudError Terminal when it would exceed 16 KiB. */
 export function renderUserData(input: RenderUserDataInput): string {
   const { ce, run } = input;
   const region = ce.spec.aws?.region;
   if (!region) throw CloudError.terminal("InvalidSpec", "spec.aws.region is required");
-  const uid = run.metadata.uid;
-  if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
+  if (!run.metadata.uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
   const token = platformTokenSource(ce, input.platformToken);
-  const args = nextflowArgs(ce, run);
-  const lines = [
-    "# ---- settings rendered by the vmforge operator (literal values: nothing in them expands) ----",
-    "# shellcheck disable=SC2016",
-    "{",
-    assign("VMF_RUN_UID", uid),
-    assign("VMF_RUN_NAMESPACE", run.metadata.namespace ?? ""),
-    assign("VMF_RUN_NAME", run.metadata.name ?? ""),
-    assign("VMF_REGION", region),
-    assign("VMF_LOG_GROUP", logGroupName(ce)),
-    assign("VMF_LOG_STREAM", logStreamName(run)),
-    assign("VMF_ARTIFACTS_URI", runArtifactsUri(ce, run)),
-    assign("VMF_NXF_VERSION", run.spec.pipeline.nextflowVersion ?? ""),
-    assign("VMF_CLOUDCACHE_PATH", runWorkDir(ce, run)),
-    assign("VMF_SESSION_URI", sessionUri(ce, run.metadata.namespace ?? "", run.metadata.name ?? "")),
-    assign("VMF_RESUME_FROM_NAME", run.spec.pipeline.resumeFrom ?? ""),
-    assign("VMF_RESUME_FROM_URI", run.spec.pipeline.resumeFrom ? sessionUri(ce, run.metadata.namespace ?? "", run.spec.pipeline.resumeFrom) : ""),
-    assign("VMF_CPUS", positiveInt(input.resources?.vcpus, "vcpus")),
-    assign("VMF_MEMORY_MIB", positiveInt(input.resources?.memoryMiB, "memoryMiB")),
-    assign("VMF_AGENT_CONFIG", agentConfig(ce, run)),
-    assign("VMF_NXF_CONFIG_BASE", baseNextflowConfig(ce, run)),
-    assign("VMF_CE_NXF_CONFIG", ce.spec.nextflowConfig ?? ""),
-    assign("VMF_RUN_NXF_CONFIG", run.spec.pipeline.config ?? ""),
-    assign("VMF_PARAMS_JSON", JSON.stringify(run.spec.pipeline.params ?? {}, null, 2)),
-    assign("VMF_PRE_RUN", ce.spec.preRunScript ?? ""),
-    assign("VMF_POST_RUN", ce.spec.postRunScript ?? ""),
-    assign("VMF_TOKEN_SOURCE", token.kind),
-    assign("VMF_TOKEN_REF", token.kind === "ssm" || token.kind === "secretsmanager" ? token.arn : ""),
-    assign("VMF_TOKEN_REGION", token.kind === "ssm" || token.kind === "secretsmanager" ? token.region : ""),
-    assign("VMF_TOKEN_INLINE", token.kind === "user-data" ? token.token : ""),
-    `VMF_NXF_ARGS=(${args.map(shellQuote).join(" ")})`,
-    "}",
-    "# ---- end of settings ----",
-  ];
-  const idx = LAUNCHER_TEMPLATE.indexOf(SETTINGS_MARKER);
-  if (idx < 0 || LAUNCHER_TEMPLATE.indexOf(SETTINGS_MARKER, idx + 1) >= 0) {
-    throw new Error("the launcher template must contain its settings marker line exactly once");
-  }
-  const script =
-    LAUNCHER_TEMPLATE.slice(0, idx + 1) + lines.join("\n") + LAUNCHER_TEMPLATE.slice(idx + SETTINGS_MARKER.length - 1);
+  const namespace = run.metadata.namespace ?? "";
+  const settings = coreSettings({
+    ce,
+    run,
+    artifactsUri: runArtifactsUri(ce, run),
+    workDir: runWorkDir(ce, run),
+    sessionUri: (name) => sessionUri(ce, namespace, name),
+    nextflowConfigBase: baseNextflowConfig(ce, run),
+    token: {
+      source: token.kind,
+      ...(token.kind === "ssm" || token.kind === "secretsmanager" ? { ref: token.arn } : {}),
+      ...(token.kind === "user-data" ? { inline: token.token } : {}),
+    },
+    resources: input.resources,
+  });
+  settings.push(
+    ["VMF_REGION", region],
+    ["VMF_LOG_GROUP", logGroupName(ce)],
+    ["VMF_LOG_STREAM", logStreamName(run)],
+    ["VMF_AGENT_CONFIG", agentConfig(ce, run)],
+    ["VMF_TOKEN_REGION", token.kind === "ssm" || token.kind === "secretsmanager" ? token.region : ""],
+  );
+  const script = renderLauncher(AWS_LAUNCHER_PART, settings, nextflowArgs(ce, run));
   const size = encodeUserData(script).length;
   if (size > USER_DATA_LIMIT_BYTES) {
     throw CloudError.terminal(

@@ -1,21 +1,21 @@
 /**
  * The Azure launcher: the bash script a Run's VM runs from `userData` (cloud-init executes it).
  *
- * Azure-specific part: tokens come from the instance metadata endpoint for the CE's user-assigned
- * identity (by client ID); the pipeline log and the launcher's own output go to the CE's data
- * collection rule through the Logs Ingestion API in batches, retried, never blocking the
- * pipeline; `.nextflow.log`, the launcher log and the exit status are uploaded to the work
- * directory with the identity's token; Nextflow is configured for Azure (managed identity, the
- * storage account, az:// work dir, Wave, Fusion).
- *
- * Written beside the AWS launcher (src/cloud/aws/launcher.sh) with the same settings rules: every
- * spec value is shell-quoted, the script ends with `VMFORGE_EXIT_CODE=<n>` and shuts the VM down.
- * Sharing one core between both launchers is left for when the AWS launcher's rework has landed.
+ * It is the launcher core every cloud shares (src/cloud/launcher/core.sh: config, params, the
+ * Nextflow command line, set-up steps and BootstrapFailed, the start and exit lines, uploads,
+ * the session id and resumeFrom, traps, shutdown) with the Azure part (launcher.sh here, mirrored
+ * into launcher-script.ts): tokens come from the instance metadata endpoint for the CE's
+ * user-assigned identity (by client ID); the pipeline log and the launcher's own lines go to the
+ * CE's data collection rule through the Logs Ingestion API in batches, retried, never blocking the
+ * pipeline; uploads and downloads go to the work directory's blob storage with the identity's
+ * token; Nextflow is configured for Azure (managed identity, the storage account, az:// work dir,
+ * Wave, Fusion). Every spec value is shell-quoted.
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError } from "../provider.js";
-import { shellQuote, nextflowRunName, groovyString } from "../aws/launcher.js";
-import { LOG_STREAM, parseAzUrl } from "./names.js";
+import { coreSettings, groovyString, nextflowArgsFor, renderLauncher, shellQuote } from "../launcher/render.js";
+import { AZURE_LAUNCHER_PART } from "./launcher-script.js";
+import { LOG_STREAM, LOG_TABLE, parseAzUrl } from "./names.js";
 
 /** Azure accepts at most 64 KiB of (base64-encoded) userData; the script itself must stay under 48 KiB. */
 export const AZURE_USER_DATA_LIMIT_BYTES = 48 * 1024;
@@ -29,6 +29,8 @@ export interface AzureLaunchSettings {
   /** IMDS base (tests point it at the emulator). */
   imdsEndpoint?: string;
   platformToken?: string;
+  /** vCPUs and memory of the VM size, when known; else measured on the VM. */
+  resources?: { vcpus?: number; memoryMiB?: number };
 }
 
 /** Where the launcher uploads its artifacts: below the CE's work directory, one folder per Run UID. */
@@ -36,6 +38,22 @@ export function azureArtifactsPath(ce: ComputeEnvironment, run: Run): { containe
   const wd = parseAzUrl(ce.spec.azure?.workDir ?? "");
   if (!wd) throw CloudError.terminal("InvalidWorkDir", `spec.azure.workDir must be az://container[/path], got ${JSON.stringify(ce.spec.azure?.workDir ?? "")}`);
   return { container: wd.container, path: `${wd.path ? `${wd.path}/` : ""}.vmforge/runs/${run.metadata.uid ?? "nouid"}` };
+}
+
+/** The artifacts folder as an az:// URI (what the launcher uploads to). */
+export function azureArtifactsUri(ce: ComputeEnvironment, run: Run): string {
+  const a = azureArtifactsPath(ce, run);
+  return `az://${a.container}/${a.path}`;
+}
+
+/**
+ * Where the launcher records the Nextflow session of a Run, by namespace and Run name (the latest
+ * Run of that name wins), below the CE's work directory, so spec.pipeline.resumeFrom can name it.
+ */
+export function azureSessionUri(ce: ComputeEnvironment, namespace: string, runName: string): string {
+  const wd = parseAzUrl(ce.spec.azure?.workDir ?? "");
+  if (!wd) throw CloudError.terminal("InvalidWorkDir", `spec.azure.workDir must be az://container[/path], got ${JSON.stringify(ce.spec.azure?.workDir ?? "")}`);
+  return `az://${wd.container}/${wd.path ? `${wd.path}/` : ""}.vmforge/sessions/${namespace}/${runName}`;
 }
 
 export function azureRunWorkDir(ce: ComputeEnvironment, run: Run): string {
@@ -55,113 +73,6 @@ function nextflowConfig(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings
     `azure.managedIdentity.clientId = ${groovyString(s.identityClientId)}`,
   ].join("\n");
 }
-
-const BODY = String.raw`
-set -uo pipefail
-# Overrides for running this outside Azure (tests, the sandbox). cloud-init runs userData as root
-# with none of them set, so a VM always uses the real paths and the rendered metadata address:
-#   VMFORGE_ROOT           prefix of every path the script writes (default: empty, i.e. /)
-#   VMFORGE_IMDS_ENDPOINT  base URL of the instance metadata service (default: VMF_IMDS above)
-#   VMFORGE_SHIP_INTERVAL  seconds between two log batches (default: 5)
-ROOT="${"$"}{VMFORGE_ROOT:-}"
-VMF_IMDS="${"$"}{VMFORGE_IMDS_ENDPOINT:-$VMF_IMDS}"
-STATE_DIR="$ROOT/var/lib/vmforge"
-LAUNCH_DIR="$STATE_DIR/launch"
-mkdir -p "$STATE_DIR" "$LAUNCH_DIR"
-LOG_FILE="$STATE_DIR/launcher.log"
-SEQ_FILE="$STATE_DIR/seq"
-echo 0 >"$SEQ_FILE"
-log() { printf '%s vmforge: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOG_FILE"; }
-
-token() { # $1 resource
-  curl -sf -H 'Metadata: true' --max-time 10 \
-    "$VMF_IMDS/metadata/identity/oauth2/token?api-version=2018-02-01&resource=$1&client_id=$VMF_CLIENT_ID" |
-    sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p'
-}
-
-json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' -e 's/\r//g'; }
-
-# Ships lines of $1 from line $2 on as one batch to the DCR stream; prints the new offset.
-ship() { # $1 file, $2 stream name, $3 offset
-  local file="$1" stream="$2" off="$3" total body tok seq now
-  total=$(wc -l 2>/dev/null <"$file" || echo 0)
-  if [ "$total" -le "$off" ]; then echo "$off"; return; fi
-  seq=$(cat "$SEQ_FILE")
-  now=$(date -u +%FT%T.%3NZ)
-  body=$(tail -n +"$((off + 1))" "$file" | head -n $((total - off)) | json_escape |
-    awk -v uid="$VMF_RUN_UID" -v st="$stream" -v t="$now" -v s="$seq" \
-      'BEGIN{printf "["} {if (NR>1) printf ","; printf "{\"TimeGenerated\":\"%s\",\"RunUid\":\"%s\",\"Stream\":\"%s\",\"Seq\":%d,\"Line\":\"%s\"}", t, uid, st, s+NR, $0} END{printf "]"}')
-  tok=$(token "https://monitor.azure.com")
-  if [ -n "$tok" ] && curl -sf --max-time 20 -X POST -H "Authorization: Bearer $tok" -H 'Content-Type: application/json' \
-      --data-binary "$body" "$VMF_DCE/dataCollectionRules/$VMF_DCR/streams/$VMF_STREAM?api-version=2023-01-01" >/dev/null; then
-    echo $((seq + total - off)) >"$SEQ_FILE"
-    echo "$total"
-  else
-    echo "$off"
-  fi
-}
-
-shipper() {
-  local a=0 b=0 last
-  while :; do
-    # Seen before shipping, so the lines written before the stop request (the exit line) always go out.
-    last=0
-    [ -f "$STATE_DIR/stop-shipping" ] && last=1
-    [ -f "$LAUNCH_DIR/run.log" ] && a=$(ship "$LAUNCH_DIR/run.log" pipeline "$a")
-    b=$(ship "$LOG_FILE" launcher "$b")
-    [ "$last" = 1 ] && break
-    sleep "${"$"}{VMFORGE_SHIP_INTERVAL:-5}"
-  done
-}
-
-upload() { # $1 file, $2 blob name below the artifacts folder
-  local tok
-  [ -f "$1" ] || { log "nothing to upload at $1"; return 0; }
-  tok=$(token "https://storage.azure.com")
-  if curl -sf --max-time 300 -X PUT -H "Authorization: Bearer $tok" -H 'x-ms-version: 2021-08-06' -H 'x-ms-blob-type: BlockBlob' \
-      --data-binary "@$1" "$VMF_BLOB/$VMF_CONTAINER/$VMF_ARTIFACTS/$2" >/dev/null; then
-    log "uploaded $2"
-  else
-    log "upload of $2 failed"
-  fi
-}
-
-finish() {
-  local rc="$1"
-  trap - EXIT TERM INT
-  log "pipeline finished with exit code $rc"
-  upload "$LAUNCH_DIR/.nextflow.log" nextflow.log
-  printf '%s\n' "$rc" >"$STATE_DIR/exit-status"
-  printf 'VMFORGE_EXIT_CODE=%s\n' "$rc" >>"$LAUNCH_DIR/run.log"
-  printf 'VMFORGE_EXIT_CODE=%s\n' "$rc"
-  upload "$LOG_FILE" launcher.log
-  upload "$STATE_DIR/exit-status" exit-status
-  touch "$STATE_DIR/stop-shipping"
-  wait "$SHIPPER" 2>/dev/null
-  shutdown -h now || log "shutdown failed with exit code $?"
-  exit "$rc"
-}
-
-trap 'finish 143' TERM
-trap 'finish 130' INT
-trap 'finish $?' EXIT
-shipper &
-SHIPPER=$!
-cd "$LAUNCH_DIR" || exit 1
-printf '%s\n' "$VMF_NXF_CONFIG" "$VMF_CE_NXF_CONFIG" "$VMF_RUN_NXF_CONFIG" >nextflow.config
-printf '%s\n' "$VMF_PARAMS_JSON" >params.json
-[ -n "$VMF_NXF_VERSION" ] && export NXF_VER="$VMF_NXF_VERSION"
-[ -n "$VMF_TOKEN" ] && export TOWER_ACCESS_TOKEN="$VMF_TOKEN"
-log "pipeline starting"
-if [ -n "$VMF_PRE_RUN" ]; then eval "$VMF_PRE_RUN" >>"$LAUNCH_DIR/run.log" 2>&1 || finish $?; fi
-# The machine-readable start: set-up is over and the pipeline begins (shipped like every line).
-printf 'VMFORGE_PIPELINE_STARTED\n' >>"$LAUNCH_DIR/run.log"
-printf 'VMFORGE_PIPELINE_STARTED\n'
-nextflow "${"$"}{VMF_NXF_ARGS[@]}" >>"$LAUNCH_DIR/run.log" 2>&1
-rc=$?
-if [ -n "$VMF_POST_RUN" ]; then eval "$VMF_POST_RUN" >>"$LAUNCH_DIR/run.log" 2>&1 || true; fi
-finish "$rc"
-`;
 
 /**
  * The VM's customData: cloud-init runs customData, while Azure hands userData only to the instance
@@ -192,44 +103,29 @@ export function renderAzureBootstrap(imdsEndpoint = "http://169.254.169.254", re
 
 /** Renders the Run's launcher. Throws Terminal when it would not fit Azure's userData limit. */
 export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): string {
-  const uid = run.metadata.uid;
-  if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
-  const art = azureArtifactsPath(ce, run);
-  const p = run.spec.pipeline;
-  if (p.resumeFrom) {
-    // Never silently ignored: the Azure launcher keeps no resume cache in the work directory yet.
-    throw CloudError.terminal("ResumeFromNotSupported", `spec.pipeline.resumeFrom ("${p.resumeFrom}") is not supported on Azure yet: a Run cannot resume another Run there`);
-  }
-  const args = ["run", p.repository];
-  if (p.revision) args.push("-r", p.revision);
-  if (p.profiles && p.profiles.length > 0) args.push("-profile", p.profiles.join(","));
-  args.push("-params-file", "params.json", "-work-dir", azureRunWorkDir(ce, run));
-  if (p.resume) args.push("-resume");
-  args.push("-name", nextflowRunName(run), "-c", "nextflow.config");
-  const a = (k: string, v: string): string => `${k}=${shellQuote(v)}`;
-  const settings = [
-    "#!/bin/bash",
-    "# vmforge launcher (Azure). Settings are literal values: nothing in them expands.",
-    a("VMF_RUN_UID", uid),
-    a("VMF_CLIENT_ID", s.identityClientId),
-    a("VMF_IMDS", s.imdsEndpoint ?? "http://169.254.169.254"),
-    a("VMF_DCE", s.dceEndpoint.replace(/\/+$/, "")),
-    a("VMF_DCR", s.dcrImmutableId),
-    a("VMF_STREAM", LOG_STREAM),
-    a("VMF_BLOB", s.blobEndpoint.replace(/\/+$/, "")),
-    a("VMF_CONTAINER", art.container),
-    a("VMF_ARTIFACTS", art.path),
-    a("VMF_NXF_VERSION", p.nextflowVersion ?? ""),
-    a("VMF_NXF_CONFIG", nextflowConfig(ce, run, s)),
-    a("VMF_CE_NXF_CONFIG", ce.spec.nextflowConfig ?? ""),
-    a("VMF_RUN_NXF_CONFIG", p.config ?? ""),
-    a("VMF_PARAMS_JSON", JSON.stringify(p.params ?? {}, null, 2)),
-    a("VMF_PRE_RUN", ce.spec.preRunScript ?? ""),
-    a("VMF_POST_RUN", ce.spec.postRunScript ?? ""),
-    a("VMF_TOKEN", s.platformToken ?? ""),
-    `VMF_NXF_ARGS=(${args.map(shellQuote).join(" ")})`,
-  ];
-  const script = settings.join("\n") + BODY;
+  if (!run.metadata.uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
+  const namespace = run.metadata.namespace ?? "";
+  const workDir = azureRunWorkDir(ce, run);
+  const settings = coreSettings({
+    ce,
+    run,
+    artifactsUri: azureArtifactsUri(ce, run),
+    workDir,
+    sessionUri: (name) => azureSessionUri(ce, namespace, name),
+    nextflowConfigBase: nextflowConfig(ce, run, s),
+    token: s.platformToken ? { source: "user-data", inline: s.platformToken } : { source: "none" },
+    resources: s.resources,
+  });
+  settings.push(
+    ["VMF_CLIENT_ID", s.identityClientId],
+    ["VMF_IMDS", s.imdsEndpoint ?? "http://169.254.169.254"],
+    ["VMF_DCE", s.dceEndpoint.replace(/\/+$/, "")],
+    ["VMF_DCR", s.dcrImmutableId],
+    ["VMF_STREAM", LOG_STREAM],
+    ["VMF_LOG_TABLE", LOG_TABLE],
+    ["VMF_BLOB", s.blobEndpoint.replace(/\/+$/, "")],
+  );
+  const script = renderLauncher(AZURE_LAUNCHER_PART, settings, nextflowArgsFor(run, workDir));
   const size = Buffer.byteLength(script, "utf8");
   if (size > AZURE_USER_DATA_LIMIT_BYTES) {
     throw CloudError.terminal("UserDataTooLarge", `the launcher for this Run is ${size} bytes, over the ${AZURE_USER_DATA_LIMIT_BYTES}-byte budget for Azure userData; shorten nextflowConfig, scripts, pipeline.config or params`);

@@ -11,6 +11,7 @@ import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
+import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
@@ -175,16 +176,21 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
   return { instanceId: id, state: "pending", launchedAt: new Date().toISOString(), log: logLocation(ce, run), instance: { id, type: size } };
 }
 
-/** Reads the uploaded exit status, when it is there (needs blob read on the work directory). */
-async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Run, signal?: AbortSignal): Promise<number | undefined> {
+/**
+ * Reads the uploaded exit status, when it is there (needs blob read on the work directory): the
+ * exit code, and the set-up step that failed before the pipeline started (`bootstrap-failed=`),
+ * which goes on the description as on AWS (the reconciler makes it a BootstrapFailed reason).
+ */
+async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Run, signal?: AbortSignal, d?: RunDescription): Promise<number | undefined> {
   const account = envStatus(ce).storageAccount ?? ce.spec.azure?.storageAccount;
   if (!account) return undefined;
   const art = azureArtifactsPath(ce, run);
   try {
     const text = await azCall(c, "logs", "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", () =>
       c.blobs.read(account, art.container, `${art.path}/exit-status`, signal));
-    const n = text === undefined ? NaN : Number.parseInt(text.trim(), 10);
-    return Number.isInteger(n) ? n : undefined;
+    const outcome = text === undefined ? undefined : parseExitStatus(text);
+    if (outcome?.bootstrapStep && d) d.bootstrapStep = outcome.bootstrapStep;
+    return outcome?.code;
   } catch {
     // Unreadable (no blob read permission, storage down): the Log Analytics exit line remains.
     return undefined;
@@ -289,7 +295,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           }
           out.set(uid, d);
         };
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
         if (exitCode !== undefined) settle(exitCode);
         else needExitLine.push({ uid, settle });
         return;
@@ -320,7 +326,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
             d.state = vm.state;
           });
         };
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal);
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
         if (exitCode !== undefined) settle(exitCode);
         else needExitLine.push({ uid, settle });
       }

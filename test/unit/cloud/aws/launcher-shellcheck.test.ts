@@ -1,13 +1,17 @@
-// shellcheck on rendered launchers (several variants) and on the stand-ins; and the template
-// module is in step with launcher.sh.
+// shellcheck on rendered launchers (several variants, AWS and Azure) and on the stand-ins; and the
+// generated modules are in step with the launcher's .sh sources (the core and each cloud's part).
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
-import { LAUNCHER_TEMPLATE } from "../../../../src/cloud/aws/launcher-script.js";
-import { LAUNCHER_SH, launcherModuleText, LAUNCHER_MODULE, shellcheck } from "../../../harness/tools.js";
+import { renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
+import { LAUNCHER_CORE } from "../../../../src/cloud/launcher/core-script.js";
+import { AWS_LAUNCHER_PART } from "../../../../src/cloud/aws/launcher-script.js";
+import { AZURE_LAUNCHER_PART } from "../../../../src/cloud/azure/launcher-script.js";
+import { LAUNCHER_SOURCES, launcherModuleText, shellcheck } from "../../../harness/tools.js";
 import { STANDINS, sampleCe, sampleRun } from "../../../fixtures/launcher/harness.js";
+import { sampleAzureCe, sampleAzureRun } from "../../../fixtures/launcher/azure.js";
 
 const dir = mkdtempSync(join(tmpdir(), "vmforge-shellcheck-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -35,7 +39,17 @@ const variants: Record<string, string> = {
     envStatus: sampleCe().status!.aws!,
     platformToken: "tok'en$(x)",
   }),
+  azureMinimal: renderAzureUserData(sampleAzureCe(), sampleAzureRun(), azureSettings()),
+  azureFull: renderAzureUserData(
+    sampleAzureCe({ nextflowConfig: `// ${evil}`, preRunScript: "echo pre", postRunScript: "echo post", wave: false, fusion: false }),
+    sampleAzureRun({ pipeline: { revision: "dev", profiles: ["a", "b"], params: { evil }, config: evil, resume: true, resumeFrom: "earlier", nextflowVersion: "25.04.6", runName: "named" } }),
+    azureSettings({ platformToken: "tok'en$(x)", resources: { vcpus: 2, memoryMiB: 8192 } }),
+  ),
 };
+
+function azureSettings(over: Partial<Parameters<typeof renderAzureUserData>[2]> = {}): Parameters<typeof renderAzureUserData>[2] {
+  return { identityClientId: "cid", storageAccount: "acct", blobEndpoint: "https://acct.blob.core.windows.net", dceEndpoint: "https://dce.example", dcrImmutableId: "dcr-1", ...over };
+}
 
 describe("shellcheck", () => {
   it.each(Object.keys(variants))("rendered launcher %s is clean", { timeout: 300_000 }, async (name) => {
@@ -62,10 +76,11 @@ describe("shellcheck", () => {
   });
 });
 
-describe("launcher template", () => {
-  it("launcher-script.ts is generated from launcher.sh (run `npx tsx test/harness/tools.ts sync-launcher`)", () => {
-    const sh = readFileSync(LAUNCHER_SH, "utf8");
-    expect(LAUNCHER_TEMPLATE).toBe(sh);
-    expect(readFileSync(LAUNCHER_MODULE, "utf8")).toBe(launcherModuleText(sh));
+describe("launcher templates", () => {
+  const modules: Record<string, string> = { LAUNCHER_CORE, AWS_LAUNCHER_PART, AZURE_LAUNCHER_PART };
+  it.each(LAUNCHER_SOURCES.map((x) => [x.exportName, x] as const))("%s is generated from its .sh source (run `npx tsx test/harness/tools.ts sync-launcher`)", (_name, src) => {
+    const sh = readFileSync(src.sh, "utf8");
+    expect(modules[src.exportName]).toBe(sh);
+    expect(readFileSync(src.module, "utf8")).toBe(launcherModuleText(sh, src.exportName, basename(src.sh)));
   });
 });

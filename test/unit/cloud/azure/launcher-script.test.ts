@@ -2,9 +2,11 @@
 // Ingestion, blob storage) go to local stand-ins (test/fixtures/launcher/azure.ts), the programs
 // a VM image provides (nextflow, docker, shutdown) are the stand-ins of test/fixtures/launcher/bin.
 import { existsSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { azureArtifactsPath, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
+import { azureArtifactsPath, azureSessionUri, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
+import { nextflowArgsFor, parseExitStatus } from "../../../../src/cloud/launcher/render.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
 import { AzureStandins, sampleAzureCe, sampleAzureRun } from "../../../fixtures/launcher/azure.js";
@@ -48,7 +50,7 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(nextflowArgv(r)).toContain("az://work/pipelines");
   });
 
-  it("a failing pre-run script: no start line, the exit line and the exit status carry its code", async () => {
+  it("a failing set-up step (the pre-run script): no start line; VMFORGE_BOOTSTRAP_FAILED names it before the exit line, and the exit status says bootstrap-failed", async () => {
     const ce = sampleAzureCe({ preRunScript: "echo preparing; exit 7" });
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000007" });
     const r = await launch(ce, run);
@@ -56,10 +58,95 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     const lines = az.lines(run.metadata.uid!);
     expect(lines).toContain("preparing");
     expect(lines).not.toContain("VMFORGE_PIPELINE_STARTED");
-    expect(lines).toContain("VMFORGE_EXIT_CODE=7");
+    expect(az.lines(run.metadata.uid!, "pipeline").slice(-2)).toEqual(["VMFORGE_BOOTSTRAP_FAILED=pre-run-script", "VMFORGE_EXIT_CODE=7"]);
     expect(r.calls.some((c) => c.startsWith("nextflow "))).toBe(false);
     expect(existsSync(join(r.record, "nextflow.argv"))).toBe(false);
-    expect(artifact(ce, run, "exit-status")?.split("\n")[0]).toBe("7");
-    expect(readFileSync(join(r.record, "calls.log"), "utf8")).toContain("shutdown -h now");
+    expect(artifact(ce, run, "exit-status")).toBe("7\nbootstrap-failed=pre-run-script\n");
+    expect(parseExitStatus(artifact(ce, run, "exit-status")!)).toEqual({ code: 7, bootstrapStep: "pre-run-script" });
+    expect(r.calls.at(-1)).toBe("shutdown -h now");
+  });
+
+  it("a pipeline failure is not a set-up failure: exit code 3, no bootstrap-failed", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000003" });
+    const r = await launch(ce, run, { nextflowExit: 3 });
+    expect(r.code).toBe(3);
+    expect(artifact(ce, run, "exit-status")).toBe("3\n");
+    expect(az.lines(run.metadata.uid!)).not.toContain("VMFORGE_BOOTSTRAP_FAILED=pre-run-script");
+    expect(az.lines(run.metadata.uid!, "pipeline").at(-1)).toBe("VMFORGE_EXIT_CODE=3");
+  });
+
+  it("the resume cache is the Run's az:// work dir; the session id is uploaded; resumeFrom resumes it; none recorded is BootstrapFailed at resume-session", async () => {
+    const ce = sampleAzureCe();
+    const session = "0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f6";
+    const first = sampleAzureRun({ name: "first", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000011", pipeline: { workDir: "az://work/first-run" } });
+    const a = await launch(ce, first, { env: { NXF_STANDIN_SESSION: session } });
+    expect(a.code, a.stdout).toBe(0);
+    expect(readFileSync(join(a.record, "nextflow.cloudcache"), "utf8")).toBe("az://work/first-run");
+    const sessionBlob = azureSessionUri(ce, "team-a", "first").replace(/^az:\/\//, "");
+    expect(sessionBlob).toBe("work/pipelines/.vmforge/sessions/team-a/first");
+    expect(az.blobs.get(sessionBlob)?.trim()).toBe(session);
+
+    const second = sampleAzureRun({ name: "second", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000012", pipeline: { resume: true, resumeFrom: "first" } });
+    const b = await launch(ce, second);
+    expect(b.code, b.stdout).toBe(0);
+    const argv = nextflowArgv(b);
+    expect(argv[argv.indexOf("-resume") + 1]).toBe(session);
+    expect(argv.filter((x) => x === "-resume")).toHaveLength(1);
+    expect(az.lines(second.metadata.uid!, "launcher").join("\n")).toContain(`resuming Nextflow session ${session} of Run first`);
+
+    const orphan = sampleAzureRun({ name: "third", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000013", pipeline: { resumeFrom: "never-ran" } });
+    const c = await launch(ce, orphan);
+    expect(c.code).not.toBe(0);
+    expect(existsSync(join(c.record, "nextflow.argv"))).toBe(false);
+    expect(az.lines(orphan.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=resume-session");
+    expect(artifact(ce, orphan, "exit-status")).toMatch(/^\d+\nbootstrap-failed=resume-session\n$/);
+  });
+
+  it("hostile spec values reach nextflow, its config and params verbatim and run nothing", async () => {
+    const canary = join(tmpdir(), `vmforge-az-canary-${process.pid}`);
+    const evil = `it's "quoted" $(touch ${canary}) \`touch ${canary}\` \${HOME}\nnew line; touch ${canary}`;
+    const ce = sampleAzureCe({ nextflowConfig: `// ${evil}` });
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000021", pipeline: { params: { evil, nested: { list: [evil] } }, config: `params.note = 'x' // ${evil}`, profiles: ["a-b", "c.d"], runName: "named_run" } });
+    const r = await launch(ce, run);
+    expect(r.code, r.stdout).toBe(0);
+    expect(existsSync(canary)).toBe(false);
+    const launchDir = join(r.root, "var/lib/vmforge/launch");
+    expect(JSON.parse(readFileSync(join(launchDir, "params.json"), "utf8"))).toEqual({ evil, nested: { list: [evil] } });
+    const config = readFileSync(join(launchDir, "nextflow.config"), "utf8");
+    expect(config).toContain(`// ${evil}\n`);
+    expect(config).toContain(`params.note = 'x' // ${evil}\n`);
+    expect(config).toContain("azure.managedIdentity.clientId = '0f0e0d0c-1111-2222-3333-444455556666'");
+    expect(config).toMatch(/executor \{\n {4}name = 'local'\n {4}cpus = \d+\n {4}memory = '\d+ MB'\n\}/);
+    expect(nextflowArgv(r)).toEqual(nextflowArgsFor(run, "az://work/pipelines"));
+    // Shipped lines that hold quotes and backslashes arrive intact.
+    expect(az.lines(run.metadata.uid!, "launcher").join("\n")).toContain("named_run");
+  });
+
+  it("Log Analytics refusing every batch never blocks the pipeline: it runs, uploads its exit status and the VM shuts down", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000031" });
+    az.ingestionDown = true;
+    try {
+      const r = await launch(ce, run);
+      expect(r.code, r.stdout).toBe(0);
+      expect(az.lines(run.metadata.uid!)).toEqual([]);
+      expect(artifact(ce, run, "exit-status")).toBe("0\n");
+      expect(r.calls.at(-1)).toBe("shutdown -h now");
+    } finally {
+      az.ingestionDown = false;
+    }
+  });
+
+  it("an inline Platform token reaches nextflow's environment only, never its argv, the log or the uploads", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000041" });
+    const token = "tok-inline-az-7q8w9e";
+    const r = await launch(ce, run, {}, token);
+    expect(r.code, r.stdout).toBe(0);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(nextflowArgv(r).join(" ")).not.toContain(token);
+    expect(az.lines(run.metadata.uid!).join("\n")).not.toContain(token);
+    for (const v of az.blobs.values()) expect(v).not.toContain(token);
   });
 });

@@ -121,6 +121,24 @@ describe("Azure runs", () => {
     expect(after.get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 3 });
   });
 
+  it("an uploaded exit status naming a failed set-up step gives it with the exit code, stopped or gone (BootstrapFailed)", async () => {
+    const run = runOf(42);
+    const plain = runOf(43);
+    const d = await launchRun(az.clients(), ctx, run);
+    const p = await launchRun(az.clients(), ctx, plain);
+    run.status = { instance: { id: d.instanceId } };
+    plain.status = { instance: { id: p.instanceId } };
+    for (const id of [d.instanceId, p.instanceId]) az.get(id)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    az.blobs.set(`wdstore/work/runs/.vmforge/runs/${run.metadata.uid}/exit-status`, "1\nbootstrap-failed=resume-session\n");
+    az.blobs.set(`wdstore/work/runs/.vmforge/runs/${plain.metadata.uid}/exit-status`, "1\n");
+    const res = await describeRuns(az.clients(), ctx, [run, plain]);
+    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 1, bootstrapStep: "resume-session" });
+    expect(res.get(plain.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 1 });
+    expect(res.get(plain.metadata.uid!)!.bootstrapStep).toBeUndefined();
+    const after = await describeRuns(az.clients(), ctx, [run]);
+    expect(after.get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 1, bootstrapStep: "resume-session" });
+  });
+
   it("a stopped VM without an exit status is reported stopped (the reconciler ends it)", async () => {
     const run = runOf(41);
     const d = await launchRun(az.clients(), ctx, run);
@@ -251,9 +269,15 @@ describe("Azure runs", () => {
     expect(machineState(undefined, "Creating")).toBe("pending");
   });
 
-  it("a Run that names another to resume from fails at once on Azure (never silently started without it)", async () => {
+  it("a Run that names another to resume from is launched with that Run's session location (the launcher reads it and resumes)", async () => {
     const run = runOf(9, { pipeline: { repository: "https://github.com/nextflow-io/hello", resume: true, resumeFrom: "earlier" } });
-    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ kind: "Terminal", reason: "ResumeFromNotSupported" });
-    expect(az.ops()).not.toContain("compute.virtualMachines.createOrUpdate");
+    await launchRun(az.clients(), ctx, run);
+    const put = az.calls.find((c) => c.op === "compute.virtualMachines.createOrUpdate")!;
+    const script = Buffer.from((put.args[2] as { userData: string }).userData, "base64").toString("utf8");
+    const wd = ce.spec.azure!.workDir!.replace(/\/+$/, "");
+    expect(script).toContain(`VMF_RESUME_FROM_URI='${wd}/.vmforge/sessions/team-a/earlier'`);
+    expect(script).toContain(`VMF_SESSION_URI='${wd}/.vmforge/sessions/team-a/r9'`);
+    // The plain -resume flag is not given: the launcher adds `-resume <session>` itself.
+    expect(script).not.toMatch(/VMF_NXF_ARGS=\(.*'-resume'/);
   });
 });

@@ -1,0 +1,143 @@
+# ---- the Azure part of the launcher (src/cloud/azure/launcher.sh) ----
+# An Azure VM with the ComputeEnvironment's user-assigned identity: tokens come from the instance
+# metadata service for that identity (by client ID); the log is shipped to the CE's data
+# collection rule through the Logs Ingestion API in batches, retried, never blocking the
+# pipeline; uploads and downloads go to blob storage with the identity's token; the Platform
+# token can come from a Key Vault secret read with the identity.
+# Overrides for running it outside Azure (tests, the sandbox):
+#   VMFORGE_IMDS_ENDPOINT      base URL of the instance metadata service (default: VMF_IMDS)
+#   VMFORGE_SHIP_INTERVAL      seconds between two rounds of log batches (default: 5)
+#   VMFORGE_KEYVAULT_ENDPOINT  replaces https://<vault>.vault.azure.net in the token's secret URI
+LAUNCH_DIR="$STATE_DIR/launch"
+LOG_FILE="$ROOT/var/log/vmforge/run.log"
+LAUNCHER_LOG="$ROOT/var/log/vmforge/launcher.log"
+LOG_DESTINATION="Log Analytics table $VMF_LOG_TABLE, RunUid $VMF_RUN_UID"
+LOG_STEP=log-shipping
+DOCKER_PACKAGE=docker.io
+JAVA_PACKAGE=openjdk-21-jre-headless
+VMF_IMDS="${VMFORGE_IMDS_ENDPOINT:-$VMF_IMDS}"
+SHIP_INTERVAL="${VMFORGE_SHIP_INTERVAL:-5}"
+# At most this many lines per Logs Ingestion call (Azure takes at most 1 MB per call).
+SHIP_BATCH=500
+SEQ_FILE="$STATE_DIR/ship-seq"
+SHIPPER_PID=""
+
+cloud_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
+}
+
+# An access token of the VM's identity for a resource (printed), from the instance metadata service.
+imds_token() {
+  local answer
+  answer=$(curl -sf -H 'Metadata: true' --max-time 10 --retry 3 \
+    "$VMF_IMDS/metadata/identity/oauth2/token?api-version=2018-02-01&resource=$1&client_id=$VMF_CLIENT_ID") || return 1
+  sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p' <<<"$answer"
+}
+
+# A blob URL from az://container/path.
+blob_url() { printf '%s/%s' "$VMF_BLOB" "${1#az://}"; }
+
+cloud_upload() {
+  local tok
+  tok=$(imds_token "https://storage.azure.com") || return 1
+  curl -sf --max-time 300 -X PUT -H "Authorization: Bearer $tok" -H 'x-ms-version: 2021-08-06' \
+    -H 'x-ms-blob-type: BlockBlob' --data-binary "@$1" "$(blob_url "$2")" >/dev/null
+}
+
+cloud_download() {
+  local tok
+  tok=$(imds_token "https://storage.azure.com") || return 1
+  curl -sf --max-time 120 -H "Authorization: Bearer $tok" -H 'x-ms-version: 2021-08-06' "$(blob_url "$1")"
+}
+
+cloud_read_token() {
+  case "$VMF_TOKEN_SOURCE" in
+    keyvault)
+      log "reading the Platform token from Key Vault secret $VMF_TOKEN_REF"
+      local url=$VMF_TOKEN_REF tok answer
+      if [[ -n "${VMFORGE_KEYVAULT_ENDPOINT:-}" ]]; then url="$VMFORGE_KEYVAULT_ENDPOINT/${url#https://*/}"; fi
+      tok=$(imds_token "https://vault.azure.net")
+      answer=$(curl -sf --max-time 30 --retry 3 -H "Authorization: Bearer $tok" "$url?api-version=7.4")
+      PLATFORM_TOKEN=$(sed -n 's/.*"value" *: *"\([^"]*\)".*/\1/p' <<<"$answer")
+      if [[ -z "$PLATFORM_TOKEN" ]]; then
+        log "the Key Vault secret $VMF_TOKEN_REF has no value"
+        return 1
+      fi
+      ;;
+    *)
+      log "unknown Platform token source $VMF_TOKEN_SOURCE"
+      return 1
+      ;;
+  esac
+}
+
+json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' -e 's/\r//g' | tr -d '\000-\010\013-\037\177'; }
+
+# Ships the next batch of lines of file $1 as stream $2 (the offset is kept in a file, so a later
+# pass goes on where this one stopped). Non-zero when there was nothing to ship or it failed
+# (then the same lines are tried again next round).
+ship() {
+  local file=$1 stream=$2 offset_file="$STATE_DIR/ship-$2" off total n seq tok code now
+  [[ -f "$file" ]] || return 1
+  off=$(cat "$offset_file" 2>/dev/null || echo 0)
+  total=$(wc -l <"$file")
+  ((total > off)) || return 1
+  n=$((total - off))
+  if ((n > SHIP_BATCH)); then n=$SHIP_BATCH; fi
+  seq=$(cat "$SEQ_FILE" 2>/dev/null || echo 0)
+  now=$(date -u +%FT%T.%3NZ)
+  tail -n +"$((off + 1))" "$file" | head -n "$n" | json_escape |
+    awk -v uid="$VMF_RUN_UID" -v st="$stream" -v t="$now" -v s="$seq" \
+      'BEGIN { printf "[" } { if (NR > 1) printf ","; printf "{\"TimeGenerated\":\"%s\",\"RunUid\":\"%s\",\"Stream\":\"%s\",\"Seq\":%d,\"Line\":\"%s\"}", t, uid, st, s + NR, $0 } END { printf "]" }' \
+      >"$STATE_DIR/ship-body.json"
+  tok=$(imds_token "https://monitor.azure.com") || return 1
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST -H "Authorization: Bearer $tok" \
+    -H 'Content-Type: application/json' --data-binary "@$STATE_DIR/ship-body.json" \
+    "$VMF_DCE/dataCollectionRules/$VMF_DCR/streams/$VMF_STREAM?api-version=2023-01-01") || code=000
+  case "$code" in
+    2??) ;;
+    # Refused as it is (it would be refused again): passed over, so the lines after it still go out.
+    400 | 413) printf '[vmforge] a log batch of %s lines was refused (HTTP %s) and is left out\n' "$n" "$code" >>"$LAUNCHER_LOG" ;;
+    *) return 1 ;;
+  esac
+  echo $((seq + n)) >"$SEQ_FILE"
+  echo $((off + n)) >"$offset_file"
+}
+
+# Every line written so far (a bounded number of calls; stops at the first failure).
+ship_all() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    ship "$LOG_FILE" pipeline || ship "$LAUNCHER_LOG" launcher || return 0
+  done
+}
+
+shipper() {
+  set +eE
+  trap - ERR
+  local last
+  while :; do
+    # Seen before shipping, so the lines written before the stop request (the exit line) go out.
+    last=0
+    if [[ -f "$STATE_DIR/stop-shipping" ]]; then last=1; fi
+    ship_all
+    if [[ "$last" == 1 ]]; then break; fi
+    sleep "$SHIP_INTERVAL"
+  done
+}
+
+cloud_start_logging() {
+  rm -f "$STATE_DIR/stop-shipping"
+  shipper &
+  SHIPPER_PID=$!
+  log "shipping the log to $VMF_DCE (data collection rule $VMF_DCR)"
+}
+
+cloud_flush_logs() {
+  touch "$STATE_DIR/stop-shipping"
+  if [[ -n "$SHIPPER_PID" ]]; then wait "$SHIPPER_PID" 2>/dev/null; fi
+  # Whatever the shipper left (it may have been stopped with the launcher).
+  ship_all
+}
+# ---- end of the Azure part ----
