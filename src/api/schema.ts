@@ -443,6 +443,26 @@ export const AzureEnvironmentSchema = Type.Object(
         },
       ),
     ),
+    platformTokenSecretUri: Type.Optional(
+      Type.String({
+        description:
+          "Key Vault secret holding the Seqera Platform access token, as its identifier https://<vault>.vault.azure.net/secrets/<name>[/<version>] (no version: the current one). The VM reads it at boot with the environment's user-assigned identity (vmforge-vm-identity in the environment's resource group), so the token never travels in userData. Grant that identity read access to the secret yourself (the Key Vault Secrets User role on the vault or the secret, or a get-secret access policy): the operator's roles hold no Key Vault permission. Takes the place of spec.platformTokenSecretRef on Azure. Mutually exclusive with platformTokenInUserData.",
+        maxLength: 2048,
+        [XV]: [
+          matches(
+            "^https://[A-Za-z0-9-]{3,24}\\.vault\\.(azure\\.net|azure\\.cn|usgovcloudapi\\.net)/secrets/[A-Za-z0-9-]{1,127}(/[0-9a-fA-F]{32})?$",
+            "platformTokenSecretUri must be a Key Vault secret identifier like https://my-vault.vault.azure.net/secrets/tower-token (optionally followed by /<32-hex version>)",
+          ),
+        ],
+      }),
+    ),
+    platformTokenInUserData: Type.Optional(
+      Type.Boolean({
+        description:
+          "Accept that the token from spec.platformTokenSecretRef travels in the VM's userData, readable by anyone allowed Microsoft.Compute/virtualMachines/read (userData is returned with the VM) and by processes on the VM through the instance metadata service, for as long as the VM exists. Without it (and without platformTokenSecretUri) a CE with platformTokenSecretRef fails its launches. Requires spec.platformTokenSecretRef; mutually exclusive with platformTokenSecretUri. Defaults to false.",
+        default: false,
+      }),
+    ),
     tags: Type.Optional(
       StringMap({
         description: "Tags put on every Azure resource the operator creates for this environment (at most 40).",
@@ -521,7 +541,7 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
     platformTokenSecretRef: Type.Optional(
       Type.Object(SecretKeyRefSchema.properties, {
         description:
-          'Secret key holding the Seqera Platform access token that Fusion (and Wave) use. The key defaults to "token". On AWS the token from this Secret reaches the instance only through its user data, which needs the explicit opt-in aws.platformTokenInUserData; prefer aws.platformTokenArn, which keeps the token out of user data.',
+          'Secret key holding the Seqera Platform access token that Fusion (and Wave) use. The key defaults to "token". On AWS the token from this Secret reaches the instance only through its user data, which needs the explicit opt-in aws.platformTokenInUserData; prefer aws.platformTokenArn, which keeps the token out of user data. Likewise on Azure: the opt-in azure.platformTokenInUserData, or (preferred) azure.platformTokenSecretUri, a Key Vault secret the VM reads with its identity.',
       }),
     ),
     nextflowConfig: Type.Optional(
@@ -654,6 +674,18 @@ export const ComputeEnvironmentSpecSchema = Type.Object(
         rule: "!has(self.aws) || !has(self.aws.platformTokenArn) || !has(self.aws.platformTokenInUserData) || !self.aws.platformTokenInUserData",
         message: "aws.platformTokenArn and aws.platformTokenInUserData are mutually exclusive: with platformTokenArn the instance reads the token itself, so leave platformTokenInUserData unset or false",
         fieldPath: ".aws.platformTokenInUserData",
+        reason: "FieldValueForbidden",
+      },
+      {
+        rule: "!has(self.azure) || !has(self.azure.platformTokenInUserData) || !self.azure.platformTokenInUserData || has(self.platformTokenSecretRef)",
+        message: "azure.platformTokenInUserData requires platformTokenSecretRef: it puts the token from that Secret into the VM's userData",
+        fieldPath: ".azure.platformTokenInUserData",
+        reason: "FieldValueInvalid",
+      },
+      {
+        rule: "!has(self.azure) || !has(self.azure.platformTokenSecretUri) || !has(self.azure.platformTokenInUserData) || !self.azure.platformTokenInUserData",
+        message: "azure.platformTokenSecretUri and azure.platformTokenInUserData are mutually exclusive: with platformTokenSecretUri the VM reads the token itself, so leave platformTokenInUserData unset or false",
+        fieldPath: ".azure.platformTokenInUserData",
         reason: "FieldValueForbidden",
       },
       {

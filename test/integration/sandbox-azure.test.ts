@@ -30,7 +30,7 @@ it("runs the Azure example Run to Succeeded, shows its log from Log Analytics an
   expect(out).toMatch(/VM vmforge-[0-9a-f]{32} \(Run hello\) is running: cloud-init runs its customData/);
   expect(out).toContain("  | Bonjour world!");
   expect(out).toMatch(/\n {2}\| VMFORGE_EXIT_CODE=0\n/);
-  expect(out).toMatch(/launcher \| .*uploaded exit-status/);
+  expect(out).toMatch(/launcher \| .*uploaded az:\/\/\S+\/exit-status\n/);
   expect(out).toContain("exit status uploaded to the work dir: 0");
   // While it ran, the VM had its NIC, public IP and OS disk; afterwards none of them is left.
   const made = /VM vmforge-[0-9a-f]{32} in resource group \S+: (.*)/.exec(out)?.[1] ?? "";

@@ -57,7 +57,7 @@ cloud_read_token() {
       log "reading the Platform token from Key Vault secret $VMF_TOKEN_REF"
       local url=$VMF_TOKEN_REF tok answer
       if [[ -n "${VMFORGE_KEYVAULT_ENDPOINT:-}" ]]; then url="$VMFORGE_KEYVAULT_ENDPOINT/${url#https://*/}"; fi
-      tok=$(imds_token "https://vault.azure.net")
+      tok=$(imds_token "$VMF_KEYVAULT_RESOURCE")
       answer=$(curl -sf --max-time 30 --retry 3 -H "Authorization: Bearer $tok" "$url?api-version=7.4")
       PLATFORM_TOKEN=$(sed -n 's/.*"value" *: *"\([^"]*\)".*/\1/p' <<<"$answer")
       if [[ -z "$PLATFORM_TOKEN" ]]; then

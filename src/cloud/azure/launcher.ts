@@ -13,7 +13,7 @@
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError } from "../provider.js";
-import { coreSettings, groovyString, nextflowArgsFor, renderLauncher, shellQuote } from "../launcher/render.js";
+import { coreSettings, groovyString, nextflowArgsFor, renderLauncher, shellQuote, type LauncherToken } from "../launcher/render.js";
 import { AZURE_LAUNCHER_PART } from "./launcher-script.js";
 import { LOG_STREAM, LOG_TABLE, parseAzUrl } from "./names.js";
 
@@ -28,6 +28,7 @@ export interface AzureLaunchSettings {
   dcrImmutableId: string;
   /** IMDS base (tests point it at the emulator). */
   imdsEndpoint?: string;
+  /** The token from spec.platformTokenSecretRef; used only with spec.azure.platformTokenInUserData. */
   platformToken?: string;
   /** vCPUs and memory of the VM size, when known; else measured on the VM. */
   resources?: { vcpus?: number; memoryMiB?: number };
@@ -101,6 +102,52 @@ export function renderAzureBootstrap(imdsEndpoint = "http://169.254.169.254", re
   ].join("\n");
 }
 
+const KEY_VAULT_SECRET = /^https:\/\/[A-Za-z0-9-]{3,24}\.(vault\.(?:azure\.net|azure\.cn|usgovcloudapi\.net))\/secrets\/[A-Za-z0-9-]{1,127}(\/[0-9a-fA-F]{32})?$/;
+
+/** The audience of a token for the Key Vault of a secret URI (its cloud's vault domain), or "". */
+function keyVaultResource(uri: string | undefined): string {
+  const m = uri ? KEY_VAULT_SECRET.exec(uri.trim()) : null;
+  return m ? `https://${m[1]}` : "";
+}
+
+/**
+ * How the Seqera Platform token reaches the VM, in order of preference:
+ * 1. spec.azure.platformTokenSecretUri: a Key Vault secret the VM reads at boot with the CE's
+ *    user-assigned identity; userData carries only the URI. The user grants that identity read
+ *    access (the seeds' operator roles hold no Key Vault permission, and the seed on managed
+ *    identities recommends exactly this: the node's identity reads Key Vault, no secret passed
+ *    through configuration).
+ * 2. spec.platformTokenSecretRef with the explicit opt-in spec.azure.platformTokenInUserData: the
+ *    token is embedded in userData, which anyone allowed Microsoft.Compute/virtualMachines/read
+ *    and every process on the VM (instance metadata) can read while the VM exists. Without the
+ *    opt-in the launch fails with a Terminal error naming both ways: never a silent exposure.
+ * 3. Neither: no token (Wave's anonymous limits apply).
+ * `platformToken` is the value resolved from spec.platformTokenSecretRef, when the caller has it.
+ */
+export function azurePlatformTokenSource(ce: ComputeEnvironment, platformToken?: string): LauncherToken {
+  const uri = ce.spec.azure?.platformTokenSecretUri?.trim();
+  if (uri) {
+    if (!KEY_VAULT_SECRET.test(uri)) {
+      throw CloudError.terminal("InvalidPlatformTokenSecretUri", "spec.azure.platformTokenSecretUri must be a Key Vault secret identifier like https://my-vault.vault.azure.net/secrets/tower-token[/<version>]");
+    }
+    return { source: "keyvault", ref: uri };
+  }
+  if (!ce.spec.platformTokenSecretRef) return { source: "none" };
+  if (ce.spec.azure?.platformTokenInUserData !== true) {
+    throw CloudError.terminal(
+      "PlatformTokenNotDeliverable",
+      "spec.platformTokenSecretRef is set, but on Azure the VM's userData would be the only way to hand that token over, and userData is " +
+        "readable by anyone allowed Microsoft.Compute/virtualMachines/read. Either store the token as a Key Vault secret, grant the " +
+        "environment's identity (vmforge-vm-identity) read access to it and set spec.azure.platformTokenSecretUri (the VM reads it with " +
+        "that identity), or accept the exposure with spec.azure.platformTokenInUserData: true.",
+    );
+  }
+  if (platformToken === undefined || platformToken === "") {
+    throw CloudError.terminal("PlatformTokenMissing", `the Secret named by spec.platformTokenSecretRef (${ce.spec.platformTokenSecretRef.name}) did not yield a token`);
+  }
+  return { source: "user-data", inline: platformToken };
+}
+
 /** Renders the Run's launcher. Throws Terminal when it would not fit Azure's userData limit. */
 export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): string {
   if (!run.metadata.uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
@@ -113,7 +160,7 @@ export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLa
     workDir,
     sessionUri: (name) => azureSessionUri(ce, namespace, name),
     nextflowConfigBase: nextflowConfig(ce, run, s),
-    token: s.platformToken ? { source: "user-data", inline: s.platformToken } : { source: "none" },
+    token: azurePlatformTokenSource(ce, s.platformToken),
     resources: s.resources,
   });
   settings.push(
@@ -124,6 +171,7 @@ export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLa
     ["VMF_STREAM", LOG_STREAM],
     ["VMF_LOG_TABLE", LOG_TABLE],
     ["VMF_BLOB", s.blobEndpoint.replace(/\/+$/, "")],
+    ["VMF_KEYVAULT_RESOURCE", keyVaultResource(ce.spec.azure?.platformTokenSecretUri)],
   );
   const script = renderLauncher(AZURE_LAUNCHER_PART, settings, nextflowArgsFor(run, workDir));
   const size = Buffer.byteLength(script, "utf8");

@@ -128,6 +128,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
     dceEndpoint: need(s, "dceEndpoint"),
     dcrImmutableId: need(s, "dcrImmutableId"),
     ...(process.env.VMFORGE_AZURE_VM_IMDS_ENDPOINT ? { imdsEndpoint: process.env.VMFORGE_AZURE_VM_IMDS_ENDPOINT } : {}),
+    ...(ctx.platformToken !== undefined ? { platformToken: ctx.platformToken } : {}),
   });
   const spot = run.spec.overrides?.spot === true;
   const size = run.spec.overrides?.instanceType ?? ce.spec.azure?.vmSize ?? DEFAULT_AZURE_VM_SIZE;

@@ -41,10 +41,11 @@ const variants: Record<string, string> = {
   }),
   azureMinimal: renderAzureUserData(sampleAzureCe(), sampleAzureRun(), azureSettings()),
   azureFull: renderAzureUserData(
-    sampleAzureCe({ nextflowConfig: `// ${evil}`, preRunScript: "echo pre", postRunScript: "echo post", wave: false, fusion: false }),
+    sampleAzureCe({ nextflowConfig: `// ${evil}`, preRunScript: "echo pre", postRunScript: "echo post", wave: false, fusion: false, platformTokenSecretRef: { name: "t" } }, { platformTokenInUserData: true }),
     sampleAzureRun({ pipeline: { revision: "dev", profiles: ["a", "b"], params: { evil }, config: evil, resume: true, resumeFrom: "earlier", nextflowVersion: "25.04.6", runName: "named" } }),
     azureSettings({ platformToken: "tok'en$(x)", resources: { vcpus: 2, memoryMiB: 8192 } }),
   ),
+  azureKeyVaultToken: renderAzureUserData(sampleAzureCe({}, { platformTokenSecretUri: "https://v1.vault.azure.net/secrets/t" }), sampleAzureRun(), azureSettings()),
 };
 
 function azureSettings(over: Partial<Parameters<typeof renderAzureUserData>[2]> = {}): Parameters<typeof renderAzureUserData>[2] {

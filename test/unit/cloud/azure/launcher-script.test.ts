@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { azureArtifactsPath, azureSessionUri, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
+import { azureArtifactsPath, azurePlatformTokenSource, azureSessionUri, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
 import { nextflowArgsFor, parseExitStatus } from "../../../../src/cloud/launcher/render.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
@@ -138,8 +138,8 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     }
   });
 
-  it("an inline Platform token reaches nextflow's environment only, never its argv, the log or the uploads", async () => {
-    const ce = sampleAzureCe();
+  it("an opted-in inline Platform token reaches nextflow's environment only, never its argv, the log or the uploads", async () => {
+    const ce = sampleAzureCe({ platformTokenSecretRef: { name: "tower" } }, { platformTokenInUserData: true });
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000041" });
     const token = "tok-inline-az-7q8w9e";
     const r = await launch(ce, run, {}, token);
@@ -148,5 +148,50 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(nextflowArgv(r).join(" ")).not.toContain(token);
     expect(az.lines(run.metadata.uid!).join("\n")).not.toContain(token);
     for (const v of az.blobs.values()) expect(v).not.toContain(token);
+  });
+
+  it("Key Vault token: read at boot with the VM identity's token for Key Vault, handed to nextflow in its environment only; userData holds only the URI", async () => {
+    const token = "tok-from-keyvault-5t6y7u";
+    az.secrets.set("tower-token", token);
+    const uri = "https://my-vault.vault.azure.net/secrets/tower-token";
+    const ce = sampleAzureCe({}, { platformTokenSecretUri: uri });
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000051" });
+    const script = renderAzureUserData(ce, run, az.settings());
+    expect(script).toContain(`VMF_TOKEN_REF='${uri}'`);
+    expect(script).toContain("VMF_KEYVAULT_RESOURCE='https://vault.azure.net'");
+    expect(script).not.toContain(token);
+    const r = await launch(ce, run, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv` } });
+    expect(r.code, r.stdout).toBe(0);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(nextflowArgv(r).join(" ")).not.toContain(token);
+    expect(az.lines(run.metadata.uid!).join("\n")).not.toContain(token);
+    expect(az.lines(run.metadata.uid!, "launcher").join("\n")).toContain(`reading the Platform token from Key Vault secret ${uri}`);
+  });
+
+  it("a Key Vault secret the identity cannot read is BootstrapFailed at platform-token, and nextflow never starts", async () => {
+    const ce = sampleAzureCe({}, { platformTokenSecretUri: "https://my-vault.vault.azure.net/secrets/missing-token" });
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000052" });
+    const r = await launch(ce, run, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv` } });
+    expect(r.code).not.toBe(0);
+    expect(existsSync(join(r.record, "nextflow.argv"))).toBe(false);
+    expect(az.lines(run.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=platform-token");
+    expect(artifact(ce, run, "exit-status")).toMatch(/^\d+\nbootstrap-failed=platform-token\n$/);
+  });
+});
+
+describe("Azure Platform token source", () => {
+  const withRef = (azure: Record<string, unknown> = {}): ComputeEnvironment => sampleAzureCe({ platformTokenSecretRef: { name: "tower" } }, azure);
+  it("none without a Secret or a Key Vault secret", () => {
+    expect(azurePlatformTokenSource(sampleAzureCe())).toEqual({ source: "none" });
+  });
+  it("a Key Vault secret URI is read on the VM (and wins over the Secret)", () => {
+    const uri = "https://my-vault.vault.azure.net/secrets/tower-token/0123456789abcdef0123456789abcdef";
+    expect(azurePlatformTokenSource(withRef({ platformTokenSecretUri: uri }), "t")).toEqual({ source: "keyvault", ref: uri });
+    expect(() => azurePlatformTokenSource(sampleAzureCe({}, { platformTokenSecretUri: "https://evil.example/secrets/x" }))).toThrow(/Key Vault secret identifier/);
+  });
+  it("a Secret without the opt-in is refused with both ways out named; with it the token goes inline; an empty Secret is refused", () => {
+    expect(() => azurePlatformTokenSource(withRef(), "t")).toThrow(expect.objectContaining({ kind: "Terminal", reason: "PlatformTokenNotDeliverable", message: expect.stringMatching(/platformTokenSecretUri[\s\S]*platformTokenInUserData: true/) }));
+    expect(azurePlatformTokenSource(withRef({ platformTokenInUserData: true }), "tok")).toEqual({ source: "user-data", inline: "tok" });
+    expect(() => azurePlatformTokenSource(withRef({ platformTokenInUserData: true }), "")).toThrow(expect.objectContaining({ reason: "PlatformTokenMissing" }));
   });
 });
