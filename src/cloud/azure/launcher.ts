@@ -11,6 +11,7 @@
  * token; Nextflow is configured for Azure (managed identity, the storage account, az:// work dir,
  * Wave, Fusion). Every spec value is shell-quoted.
  */
+import { gzipSync } from "node:zlib";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError } from "../provider.js";
 import { coreSettings, groovyString, nextflowArgsFor, renderLauncher, shellQuote, type LauncherToken } from "../launcher/render.js";
@@ -91,6 +92,10 @@ export function renderAzureBootstrap(imdsEndpoint = "http://169.254.169.254", re
     'mkdir -p "$DIR"',
     `for attempt in $(seq 1 ${Math.max(1, Math.floor(retry.attempts))}); do`,
     `  if curl -sf -H 'Metadata: true' --max-time 10 "$IMDS/metadata/instance/compute/userData?api-version=2021-01-01&format=text" | base64 -d >"$DIR/launcher.sh.part" 2>/dev/null && [ -s "$DIR/launcher.sh.part" ]; then`,
+    "    # A launcher over the raw budget comes gzip-compressed (as EC2 user data does; cloud-init unpacks that one).",
+    '    if [ "$(head -c 2 "$DIR/launcher.sh.part" | od -An -tx1 | tr -d \' \\n\')" = 1f8b ]; then',
+    '      gzip -dc <"$DIR/launcher.sh.part" >"$DIR/launcher.sh.unzipped" && mv "$DIR/launcher.sh.unzipped" "$DIR/launcher.sh.part"',
+    "    fi",
     '    mv "$DIR/launcher.sh.part" "$DIR/launcher.sh"',
     '    exec bash "$DIR/launcher.sh"',
     "  fi",
@@ -174,9 +179,19 @@ export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLa
     ["VMF_KEYVAULT_RESOURCE", keyVaultResource(ce.spec.azure?.platformTokenSecretUri)],
   );
   const script = renderLauncher(AZURE_LAUNCHER_PART, settings, nextflowArgsFor(run, workDir));
-  const size = Buffer.byteLength(script, "utf8");
+  const size = encodeAzureUserData(script).length;
   if (size > AZURE_USER_DATA_LIMIT_BYTES) {
-    throw CloudError.terminal("UserDataTooLarge", `the launcher for this Run is ${size} bytes, over the ${AZURE_USER_DATA_LIMIT_BYTES}-byte budget for Azure userData; shorten nextflowConfig, scripts, pipeline.config or params`);
+    throw CloudError.terminal("UserDataTooLarge", `the launcher for this Run is ${size} bytes even gzip-compressed, over the ${AZURE_USER_DATA_LIMIT_BYTES}-byte budget for Azure userData; shorten nextflowConfig, scripts, pipeline.config or params`);
   }
   return script;
+}
+
+/**
+ * The bytes sent as userData (before base64): the script itself while it fits the budget, else
+ * gzip-compressed (the bootstrap unpacks it), the same rule as EC2 user data.
+ */
+export function encodeAzureUserData(script: string): Buffer {
+  const raw = Buffer.from(script, "utf8");
+  if (raw.length <= AZURE_USER_DATA_LIMIT_BYTES) return raw;
+  return gzipSync(raw, { level: 9 });
 }

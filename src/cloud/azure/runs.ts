@@ -12,7 +12,7 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
-import { azureArtifactsPath, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
+import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
@@ -166,7 +166,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
         }],
       }],
     },
-    userData: Buffer.from(userData, "utf8").toString("base64"),
+    userData: encodeAzureUserData(userData).toString("base64"),
     ...(spot ? { priority: "Spot", evictionPolicy: "Delete", billingProfile: { maxPrice: -1 } } : {}),
   };
   // Only the PUT is awaited; the VM's creation is followed by the poll like any other state.

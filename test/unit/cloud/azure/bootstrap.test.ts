@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { renderAzureBootstrap } from "../../../../src/cloud/azure/launcher.js";
+import { AZURE_USER_DATA_LIMIT_BYTES, encodeAzureUserData, renderAzureBootstrap } from "../../../../src/cloud/azure/launcher.js";
 
 let server: Server;
 let base = "";
@@ -56,6 +56,23 @@ describe("Azure VM bootstrap (customData)", () => {
     expect(readFileSync(join(root, "var/lib/vmforge/launcher.sh"), "utf8")).toContain("exit 7");
     expect(seen.at(-1)).toMatch(/^true \/metadata\/instance\/compute\/userData\?api-version=[\d-]+&format=text$/);
     expect(existsSync(join(dir, "shutdown-called"))).toBe(false);
+  });
+
+  it("unpacks a gzip-compressed launcher (one over the raw userData budget) and runs it", async () => {
+    const root = join(dir, "vm-gz");
+    const big = `#!/bin/bash\n# ${"x".repeat(60_000)}\necho "big launcher ran" >"$VMFORGE_ROOT/ran"\nexit 5\n`;
+    const encoded = encodeAzureUserData(big);
+    expect(encoded.length).toBeLessThanOrEqual(AZURE_USER_DATA_LIMIT_BYTES);
+    expect(encoded[0]).toBe(0x1f); // gzip, since the script is over the budget
+    userData = encoded.toString("base64");
+    const r = await runBootstrap(root);
+    expect(r.code).toBe(5);
+    expect(readFileSync(join(root, "ran"), "utf8")).toBe("big launcher ran\n");
+    expect(readFileSync(join(root, "var/lib/vmforge/launcher.sh"), "utf8")).toBe(big);
+  });
+
+  it("a launcher within the budget travels as it is", () => {
+    expect(encodeAzureUserData("#!/bin/bash\nexit 0\n").toString("utf8")).toBe("#!/bin/bash\nexit 0\n");
   });
 
   it("shuts the machine down when there is no launcher to read", async () => {

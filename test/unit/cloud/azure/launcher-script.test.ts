@@ -5,7 +5,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { azureArtifactsPath, azurePlatformTokenSource, azureSessionUri, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
+import { AZURE_USER_DATA_LIMIT_BYTES, azureArtifactsPath, azurePlatformTokenSource, azureSessionUri, encodeAzureUserData, renderAzureUserData } from "../../../../src/cloud/azure/launcher.js";
 import { nextflowArgsFor, parseExitStatus } from "../../../../src/cloud/launcher/render.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
@@ -176,6 +176,15 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(existsSync(join(r.record, "nextflow.argv"))).toBe(false);
     expect(az.lines(run.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=platform-token");
     expect(artifact(ce, run, "exit-status")).toMatch(/^\d+\nbootstrap-failed=platform-token\n$/);
+  });
+});
+
+describe("Azure userData budget", () => {
+  it("a CE and a Run each at the admission budget (16 KiB of config and scripts, 16 KiB of config and params) still fit, compressed", () => {
+    const full = "params.x = 1 // filler line for the budget\n".repeat(380);
+    const script = renderAzureUserData(sampleAzureCe({ nextflowConfig: full }), sampleAzureRun({ pipeline: { config: full } }), az.settings());
+    expect(Buffer.byteLength(script)).toBeGreaterThan(AZURE_USER_DATA_LIMIT_BYTES);
+    expect(encodeAzureUserData(script).length).toBeLessThanOrEqual(AZURE_USER_DATA_LIMIT_BYTES);
   });
 });
 
