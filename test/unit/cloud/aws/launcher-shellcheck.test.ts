@@ -45,7 +45,7 @@ const variants: Record<string, string> = {
     sampleAzureRun({ pipeline: { revision: "dev", profiles: ["a", "b"], params: { evil }, config: evil, resume: true, resumeFrom: "earlier", nextflowVersion: "25.04.6", runName: "named" } }),
     azureSettings({ platformToken: "tok'en$(x)", resources: { vcpus: 2, memoryMiB: 8192 } }),
   ),
-  azureKeyVaultToken: renderAzureUserData(sampleAzureCe({}, { platformTokenSecretUri: "https://v1.vault.azure.net/secrets/t" }), sampleAzureRun(), azureSettings()),
+  azureKeyVaultToken: renderAzureUserData(sampleAzureCe({}, { platformTokenSecretUri: "https://vmf-kv1.vault.azure.net/secrets/t" }), sampleAzureRun(), azureSettings()),
 };
 
 function azureSettings(over: Partial<Parameters<typeof renderAzureUserData>[2]> = {}): Parameters<typeof renderAzureUserData>[2] {
