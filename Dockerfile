@@ -33,4 +33,6 @@ COPY --from=build --chown=0:0 /src/dist ./dist
 # Files stay owned by root and read-only for the process; matches readOnlyRootFilesystem.
 USER 65532:65532
 EXPOSE 8080
-CMD ["node", "dist/main.js"]
+# Memory: a 1 MiB young generation and V8's size-over-speed mode keep the operator's RSS near what
+# it holds (figures in README "Performance"; the bench runs it with these same options).
+CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "dist/main.js"]
