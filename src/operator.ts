@@ -118,14 +118,17 @@ export class Operator {
     });
     // A Run reconcile mostly waits on the kube-apiserver and the cloud (a launch is several round
     // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
-    this.runController = new Controller({
-      name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
-      logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
-    });
-
     this.ackController = new Controller({
       name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
+    });
+    // Acknowledging goes first: while new Runs wait for their first status, Run workers hold back
+    // (up to a second each), so a burst of launches does not crowd the acknowledgements out of
+    // the kube-apiserver.
+    this.runController = new Controller({
+      name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
+      yieldTo: { queue: this.ackController.queue },
     });
 
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {

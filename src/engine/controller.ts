@@ -58,6 +58,12 @@ export interface ControllerOptions {
   logger: Logger;
   metrics?: EngineMetrics;
   onTerminalError?: (key: string, err: TerminalError) => Promise<void>;
+  /**
+   * Another controller's queue whose keys go first: a worker that took a key waits until that
+   * queue has none waiting or in progress (at most `maxWaitMs`, default 1 s) before reconciling it. For work
+   * that is cheap and must not queue behind this controller's (e.g. acknowledging new objects).
+   */
+  yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number };
 }
 
 interface InFlight {
@@ -75,6 +81,7 @@ export class Controller {
   private readonly log: Logger;
   private readonly metrics: EngineMetrics | undefined;
   private readonly onTerminalError: ControllerOptions["onTerminalError"];
+  private readonly yieldTo: ControllerOptions["yieldTo"];
   private readonly inFlight = new Set<InFlight>();
   private loops: Promise<void>[] = [];
   private started = false;
@@ -92,6 +99,7 @@ export class Controller {
     this.queue = opts.queue ?? new WorkQueue({ name: opts.name, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
     this.log = opts.logger.bindings().controller === undefined ? opts.logger.child({ controller: opts.name }) : opts.logger;
     this.onTerminalError = opts.onTerminalError;
+    this.yieldTo = opts.yieldTo;
   }
 
   enqueue(key: string): void {
@@ -167,6 +175,7 @@ export class Controller {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
+      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
       if (this.stopping) {
         this.queue.done(key);
         return;

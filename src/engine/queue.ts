@@ -84,6 +84,7 @@ export class WorkQueue {
   private readonly notBefore = new Map<string, number>();
   private waiters: (() => void)[] = [];
   private drainWaiters: (() => void)[] = [];
+  private idleWaiters: (() => void)[] = [];
   private shutdown = false;
 
   constructor(opts: WorkQueueOptions = {}) {
@@ -210,6 +211,7 @@ export class WorkQueue {
         this.push(key);
       }
     }
+    this.wakeIdle();
     this.checkDrained();
   }
 
@@ -238,7 +240,35 @@ export class WorkQueue {
     const w = this.waiters;
     this.waiters = [];
     for (const resolve of w) resolve();
+    this.wakeIdle();
     this.checkDrained();
+  }
+
+  /**
+   * Resolves once no key is waiting or being processed (delayed keys do not count), or after
+   * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
+   * (ControllerOptions.yieldTo).
+   */
+  whenIdle(maxWaitMs: number): Promise<void> {
+    if ((this.queue.length === 0 && this.processing.size === 0) || this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== done);
+        resolve();
+      }, maxWaitMs);
+      this.idleWaiters.push(done);
+    });
+  }
+
+  private wakeIdle(): void {
+    if (this.idleWaiters.length === 0 || (!this.shutdown && (this.queue.length !== 0 || this.processing.size !== 0))) return;
+    const w = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const resolve of w) resolve();
   }
 
   /** Resolves when nothing is queued and no key is being processed. */

@@ -265,6 +265,42 @@ describe("Controller", () => {
     expect(c.queue.scheduledCount()).toBe(0); // no retry scheduled after shutdown
   });
 
+  it("with yieldTo, takes no key of its own while the other queue has keys waiting or in progress", async () => {
+    const first = fastQueue();
+    const order: string[] = [];
+    let releaseAck!: () => void;
+    const ackGate = new Promise<void>((r) => (releaseAck = r));
+    const acks = make(async (key) => {
+      order.push(`ack ${key}`);
+      if (key === "ns/a") await ackGate;
+    }, { queue: first, workers: 1 });
+    const runs = make(async (key) => {
+      order.push(`run ${key}`);
+    }, { yieldTo: { queue: first, maxWaitMs: 60_000 }, workers: 2 });
+    acks.c.start();
+    runs.c.start();
+    acks.c.enqueue("ns/a");
+    acks.c.enqueue("ns/b");
+    runs.c.enqueue("ns/a");
+    await vi.waitFor(() => expect(order).toEqual(["ack ns/a"]));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(order).toEqual(["ack ns/a"]); // the run waits while ack ns/a runs and ack ns/b waits
+    releaseAck();
+    await vi.waitFor(() => expect(order).toEqual(["ack ns/a", "ack ns/b", "run ns/a"]));
+  });
+
+  it("with yieldTo, waits at most maxWaitMs for the other queue", async () => {
+    const first = fastQueue();
+    first.add("stuck"); // nothing ever takes it
+    const seen: string[] = [];
+    const runs = make(async (key) => {
+      seen.push(key);
+    }, { yieldTo: { queue: first, maxWaitMs: 40 } });
+    runs.c.start();
+    runs.c.enqueue("ns/a");
+    await vi.waitFor(() => expect(seen).toEqual(["ns/a"]));
+  });
+
   it("validates its options", () => {
     expect(() => new Controller({ name: "x", reconcile: async () => undefined, logger, workers: 0 })).toThrow(RangeError);
     expect(() => new Controller({ name: "x", reconcile: async () => undefined, logger, reconcileTimeoutMs: 0 })).toThrow(RangeError);

@@ -298,3 +298,35 @@ describe("WorkQueue metrics", () => {
     expect(() => new WorkQueue({ baseDelayMs: 10, maxDelayMs: 5 })).toThrow(RangeError);
   });
 });
+
+describe("WorkQueue.whenIdle", () => {
+  it("resolves at once when nothing waits or runs, and once the last key is done otherwise", async () => {
+    const q = new WorkQueue();
+    let idle = false;
+    await q.whenIdle(10_000);
+    q.add("a");
+    q.add("b");
+    void q.whenIdle(10_000).then(() => (idle = true));
+    const a = await q.get();
+    await Promise.resolve();
+    expect(idle).toBe(false); // b still waits
+    const b = await q.get();
+    q.done(a as string);
+    await Promise.resolve();
+    expect(idle).toBe(false); // b is being processed
+    q.done(b as string);
+    await vi.waitFor(() => expect(idle).toBe(true));
+  });
+
+  it("gives up after its bound, and resolves at shutdown", async () => {
+    const q = new WorkQueue();
+    q.add("a");
+    const t0 = Date.now();
+    await q.whenIdle(30);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(25);
+    let idle = false;
+    void q.whenIdle(60_000).then(() => (idle = true));
+    q.shutDown();
+    await vi.waitFor(() => expect(idle).toBe(true));
+  });
+});
