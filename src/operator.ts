@@ -12,6 +12,7 @@ import type { KubeClient, KubeObject, ResourceType } from "./engine/kube.js";
 import type { Logger } from "./engine/logger.js";
 import type { EngineMetrics } from "./engine/metrics.js";
 import { Reflector } from "./engine/reflector.js";
+import { Store, type IndexFunc } from "./engine/store.js";
 import { Controller } from "./engine/controller.js";
 import { EventRecorder } from "./engine/events.js";
 import { LeaderElector } from "./engine/leader.js";
@@ -21,7 +22,7 @@ import type { CloudProvider } from "./cloud/provider.js";
 import type { OperatorConfig } from "./config.js";
 import { ComputeEnvironmentReconciler } from "./controllers/computeenvironment/reconciler.js";
 import { RunReconciler } from "./controllers/run/reconciler.js";
-import { RunTracker } from "./controllers/run/tracker.js";
+import { RUNS_BY_CE, RunTracker, ceIndexOf, runsOfCe } from "./controllers/run/tracker.js";
 import type { SecretObject } from "./controllers/shared.js";
 import { SECRET_LABEL, SecretReader, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
 import { holdsSlot, isRunActive, machineMayExist } from "./controllers/run/phases.js";
@@ -39,6 +40,10 @@ export interface OperatorOptions {
 /** Several per-namespace reflectors seen as one cache. */
 class Caches<T extends KubeObject> {
   constructor(readonly reflectors: Reflector<T>[]) {}
+  byIndex(name: string, value: string): T[] {
+    if (this.reflectors.length === 1) return this.reflectors[0]?.store.byIndex(name, value) ?? [];
+    return this.reflectors.flatMap((r) => r.store.byIndex(name, value));
+  }
   list(): T[] {
     if (this.reflectors.length === 1) return this.reflectors[0]?.store.list() ?? [];
     return this.reflectors.flatMap((r) => r.store.list());
@@ -101,8 +106,9 @@ export class Operator {
   constructor(private readonly o: OperatorOptions) {
     const { client, config, logger, metrics } = o;
     const namespaces = config.namespaces.length > 0 ? config.namespaces : [undefined];
-    const reflect = <T extends KubeObject>(resource: ResourceType, onEvent: (type: string, obj: T, old?: T) => void, labelSelector?: string): Reflector<T>[] =>
+    const reflect = <T extends KubeObject>(resource: ResourceType, onEvent: (type: string, obj: T, old?: T) => void, labelSelector?: string, indexers?: Record<string, IndexFunc<T>>): Reflector<T>[] =>
       namespaces.map((namespace) => new Reflector<T>({
+        ...(indexers ? { store: new Store<T>({ indexers }) } : {}),
         client, resource, logger: logger.child({ reflector: resource.plural, namespace: namespace ?? "*" }),
         resyncPeriodMs: config.resyncPeriodMs, onEvent,
         ...(namespace ? { namespace } : {}), ...(labelSelector ? { labelSelector } : {}), ...(metrics ? { metrics } : {}),
@@ -143,9 +149,7 @@ export class Operator {
       }
       // Runs follow their CE (Ready, deleting); a status write that did not change readiness is no news to them.
       if (statusOnly && old && readiness(old) === readiness(ce)) return;
-      for (const r of this.runs.list()) {
-        if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name) this.runController.enqueue(keyOf(r));
-      }
+      for (const r of runsOfCe(this.runs, ce.metadata.namespace, ce.metadata.name)) this.runController.enqueue(keyOf(r));
     }));
     this.runs = new Caches(reflect<Run>(RunResource, (type, run, old) => {
       const key = keyOf(run);
@@ -158,14 +162,11 @@ export class Operator {
       // A slot freed, as the cache shows it (so also for Runs launched before a restart or by
       // another leader): the CE's waiting Runs can go now rather than at the next resync.
       if (prev && holdsSlot(prev) && (type === "DELETED" || !holdsSlot(run))) {
-        for (const r of this.runs.list()) {
-          if (r.metadata.namespace === run.metadata.namespace && r.spec.computeEnvironmentRef.name === run.spec.computeEnvironmentRef.name
-            && (r.status?.phase ?? "Pending") === "Pending" && !r.metadata.deletionTimestamp) {
-            this.runController.enqueue(keyOf(r));
-          }
+        for (const r of runsOfCe(this.runs, run.metadata.namespace, run.spec.computeEnvironmentRef.name)) {
+          if ((r.status?.phase ?? "Pending") === "Pending" && !r.metadata.deletionTimestamp) this.runController.enqueue(keyOf(r));
         }
       }
-    }));
+    }, undefined, { [RUNS_BY_CE]: ceIndexOf }));
     // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs.
     this.secrets = new Caches(reflect<SecretObject>(SecretResource, (_type, secret) => {
       for (const ce of this.ces.list()) {

@@ -23,8 +23,25 @@ export function slimForCache<T extends KubeObject>(obj: T): T {
   return obj;
 }
 
+/** Names an object under an index (e.g. the ComputeEnvironment a Run refers to); undefined: not indexed. */
+export type IndexFunc<T> = (obj: T) => string | undefined;
+
 export class Store<T extends KubeObject = KubeObject> {
   private readonly items = new Map<string, T>();
+  private readonly indexers: ReadonlyMap<string, IndexFunc<T>>;
+  /** index name -> index value -> object keys */
+  private readonly indexes = new Map<string, Map<string, Set<string>>>();
+  /** object key -> the values it is filed under, per index (what unindexing removes, whatever the object says now) */
+  private readonly filed = new Map<string, Map<string, string>>();
+
+  /**
+   * `indexers`: secondary indexes kept in step with the content, as client-go's Indexers, so
+   * that "the Runs of this ComputeEnvironment" is a look-up, not a scan of every object.
+   */
+  constructor(opts: { indexers?: Record<string, IndexFunc<T>> } = {}) {
+    this.indexers = new Map(Object.entries(opts.indexers ?? {}));
+    for (const name of this.indexers.keys()) this.indexes.set(name, new Map());
+  }
 
   get(key: string): T | undefined {
     return this.items.get(key);
@@ -40,6 +57,18 @@ export class Store<T extends KubeObject = KubeObject> {
     return namespace === undefined ? all : all.filter((o) => o.metadata.namespace === namespace);
   }
 
+  /** The objects an index files under `value`. Throws for an index the store was not given. */
+  byIndex(name: string, value: string): T[] {
+    const index = this.indexes.get(name);
+    if (!index) throw new Error(`store has no index ${JSON.stringify(name)}`);
+    const out: T[] = [];
+    for (const key of index.get(value) ?? []) {
+      const o = this.items.get(key);
+      if (o) out.push(o);
+    }
+    return out;
+  }
+
   keys(): string[] {
     return [...this.items.keys()];
   }
@@ -52,24 +81,57 @@ export class Store<T extends KubeObject = KubeObject> {
   set(obj: T): T | undefined {
     const key = objectKey(obj);
     const old = this.items.get(key);
+    this.unindex(key);
     this.items.set(key, obj);
+    this.index(key, obj);
     return old;
   }
 
   /** Remove; returns the object that was cached. */
   delete(key: string): T | undefined {
     const old = this.items.get(key);
+    this.unindex(key);
     this.items.delete(key);
     return old;
   }
 
   /** Replace the whole content (used after a relist). */
   replace(objs: Iterable<T>): void {
-    this.items.clear();
-    for (const o of objs) this.items.set(objectKey(o), o);
+    this.clear();
+    for (const o of objs) this.set(o);
   }
 
   clear(): void {
     this.items.clear();
+    this.filed.clear();
+    for (const index of this.indexes.values()) index.clear();
+  }
+
+  private index(key: string, obj: T): void {
+    if (this.indexers.size === 0) return;
+    const values = new Map<string, string>();
+    for (const [name, fn] of this.indexers) {
+      const value = fn(obj);
+      if (value === undefined) continue;
+      const index = this.indexes.get(name) as Map<string, Set<string>>;
+      let keys = index.get(value);
+      if (!keys) index.set(value, (keys = new Set()));
+      keys.add(key);
+      values.set(name, value);
+    }
+    if (values.size > 0) this.filed.set(key, values);
+  }
+
+  private unindex(key: string): void {
+    const values = this.filed.get(key);
+    if (!values) return;
+    this.filed.delete(key);
+    for (const [name, value] of values) {
+      const index = this.indexes.get(name) as Map<string, Set<string>>;
+      const keys = index.get(value);
+      if (!keys) continue;
+      keys.delete(key);
+      if (keys.size === 0) index.delete(value);
+    }
   }
 }

@@ -36,6 +36,7 @@ import {
 import { isRunActive, isTerminal, machineMayExist } from "../run/phases.js";
 import { cloudWritesMayHaveHappened, markCloudWrites } from "./cloud-writes.js";
 import type { CacheSource, ListSource } from "../run/tracker.js";
+import { runsOfCe } from "../run/tracker.js";
 
 export interface ComputeEnvironmentDeps {
   client: KubeClient;
@@ -72,8 +73,7 @@ export class ComputeEnvironmentReconciler {
 
   /** Runs (from the cache) that reference this CE. */
   runsOf(ce: ComputeEnvironment): Run[] {
-    const ns = ce.metadata.namespace;
-    return this.d.runs.list().filter((r) => r.metadata.namespace === ns && r.spec.computeEnvironmentRef.name === ce.metadata.name);
+    return runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
   }
 
   /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */

@@ -21,6 +21,7 @@ import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, r
 import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
+import { runsOfCe } from "./tracker.js";
 
 export interface RunDeps {
   client: KubeClient;
@@ -225,15 +226,12 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     const decided = await this.withCeLock(ceUid, async () => {
       const limit = ce.spec.maxConcurrentRuns;
+      const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
       // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
-      const existing = new Set(this.d.runs.list().map((r) => r.metadata.uid));
+      const existing = new Set(ceRuns.map((r) => r.metadata.uid));
       for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
       const holders = new Set(this.claims.get(ceUid) ?? []);
-      for (const r of this.d.runs.list()) {
-        if (r.metadata.namespace === ce.metadata.namespace && r.spec.computeEnvironmentRef.name === ce.metadata.name && holdsSlot(r) && r.metadata.uid) {
-          holders.add(r.metadata.uid);
-        }
-      }
+      for (const r of ceRuns) if (holdsSlot(r) && r.metadata.uid) holders.add(r.metadata.uid);
       holders.delete(uid);
       if (limit !== undefined && holders.size >= limit) return false;
       let set = this.claims.get(ceUid);
@@ -600,10 +598,8 @@ export class RunReconciler {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);
         // A slot freed: Runs of the same CE waiting for one can go.
-        for (const r of this.d.runs.list()) {
-          if (r.metadata.namespace === run.metadata.namespace && r.spec.computeEnvironmentRef.name === run.spec.computeEnvironmentRef.name && (r.status?.phase ?? "Pending") === "Pending") {
-            this.d.enqueueRun(this.key(r));
-          }
+        for (const r of runsOfCe(this.d.runs, run.metadata.namespace, run.spec.computeEnvironmentRef.name)) {
+          if ((r.status?.phase ?? "Pending") === "Pending") this.d.enqueueRun(this.key(r));
         }
       }
     }

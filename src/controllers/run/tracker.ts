@@ -17,6 +17,22 @@ import { machineMayExist } from "./phases.js";
 
 export interface ListSource<T> {
   list(): T[];
+  /** A cache's secondary index, when it has one (see RUNS_BY_CE). */
+  byIndex?(name: string, value: string): T[];
+}
+
+/** Index of the Run cache: the ComputeEnvironment a Run refers to, as "namespace/name". */
+export const RUNS_BY_CE = "computeEnvironment";
+
+export function ceIndexOf(run: Run): string {
+  return `${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`;
+}
+
+/** The cached Runs that refer to a ComputeEnvironment: an index look-up where the cache has the index. */
+export function runsOfCe(runs: ListSource<Run>, namespace: string | undefined, ceName: string | undefined): Run[] {
+  const key = `${namespace}/${ceName}`;
+  if (runs.byIndex) return runs.byIndex(RUNS_BY_CE, key);
+  return runs.list().filter((r) => ceIndexOf(r) === key);
 }
 
 /** A watch cache: list() and get("namespace/name"). Objects are shared: never change them. */

@@ -42,3 +42,38 @@ describe("Store", () => {
     expect(s.size).toBe(0);
   });
 });
+
+describe("Store indexes", () => {
+  type Obj = KubeObject & { spec: { ref?: string } };
+  const obj = (name: string, ref?: string): Obj => ({ metadata: { namespace: "ns", name }, spec: ref === undefined ? {} : { ref } });
+  const names = (xs: Obj[]): string[] => xs.map((x) => x.metadata.name ?? "").sort();
+
+  it("files objects under their index value and follows changes, deletions and replacement", () => {
+    const s = new Store<Obj>({ indexers: { ref: (o) => o.spec.ref } });
+    s.set(obj("a", "x"));
+    s.set(obj("b", "x"));
+    s.set(obj("c", "y"));
+    s.set(obj("d")); // not indexed
+    expect(names(s.byIndex("ref", "x"))).toEqual(["a", "b"]);
+    expect(names(s.byIndex("ref", "y"))).toEqual(["c"]);
+    s.set(obj("b", "y")); // moved
+    expect(names(s.byIndex("ref", "x"))).toEqual(["a"]);
+    expect(names(s.byIndex("ref", "y"))).toEqual(["b", "c"]);
+    s.delete("ns/a");
+    expect(s.byIndex("ref", "x")).toEqual([]);
+    s.replace([obj("e", "x"), obj("f")]);
+    expect(names(s.byIndex("ref", "x"))).toEqual(["e"]);
+    expect(s.byIndex("ref", "y")).toEqual([]);
+    expect(() => s.byIndex("other", "x")).toThrow(/no index/);
+  });
+
+  it("unfiles an object under the value it was filed with, even if the cached object was changed in place", () => {
+    const s = new Store<Obj>({ indexers: { ref: (o) => o.spec.ref } });
+    const a = obj("a", "x");
+    s.set(a);
+    a.spec.ref = "z"; // a caller broke the read-only rule
+    s.delete("ns/a");
+    expect(s.byIndex("ref", "x")).toEqual([]);
+    expect(s.byIndex("ref", "z")).toEqual([]);
+  });
+});
