@@ -301,7 +301,8 @@ export class RunReconciler {
       phase,
       message,
     );
-    if (written) await this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
+    // Not awaited (the recorder never throws): a launch burst does not wait on its Events.
+    if (written) void this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
     log.info({ instance: desc.instanceId }, "launched");
     return { requeueAfterMs: this.d.pollIntervalMs };
   }
@@ -587,7 +588,7 @@ export class RunReconciler {
     this.release(run);
     if (written) {
       const exit = extra.exitCode !== undefined ? ` (exit code ${extra.exitCode})` : "";
-      await this.d.events.record(run, phase === "Succeeded" ? "Normal" : "Warning", phase, "Complete", clip(`${phase}${exit}: ${message}`));
+      void this.d.events.record(run, phase === "Succeeded" ? "Normal" : "Warning", phase, "Complete", clip(`${phase}${exit}: ${message}`));
     }
   }
 
