@@ -4,7 +4,7 @@
  * CE's credentials and subscription, so a rotated Secret is used at the next reconcile.
  */
 import type { Run } from "../../api/types.js";
-import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type LaunchHints, type RunDescription, type RunLogChunk } from "../provider.js";
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
 import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
 import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
@@ -53,9 +53,9 @@ export class AzureProvider implements CloudProvider {
     return disposeAzureEnvironment(this.clientsFor(ctx), ctx);
   }
 
-  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
-    // The Platform token is not put in userData on Azure (anyone with VM read could see it).
-    return launchRun(this.clientsFor(ctx), ctx, run);
+  async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
+    // The Platform token reaches userData only when the CE opted in (launcher.ts decides; never logged).
+    return launchRun(this.clientsFor(ctx), ctx, run, hints);
   }
 
   /**

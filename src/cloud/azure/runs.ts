@@ -9,7 +9,7 @@
 import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
-import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
@@ -102,7 +102,12 @@ export function machineState(statuses: Array<{ code?: string }> | undefined, pro
   return "unknown";
 }
 
-export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Promise<RunDescription> {
+/**
+ * Creates the Run's VM, or returns the one it has. The VM's name comes from the Run UID, so a
+ * repeated PUT can only ever address the same VM. `hints.firstAttempt` (no launch of this Run was
+ * tried before) skips the look-up of an earlier attempt's VM.
+ */
+export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
   const ce = ctx.ce;
   const uid = run.metadata.uid;
   if (!uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
@@ -110,7 +115,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run): Pro
   const rg = runRg(ce);
   const name = vmName(uid);
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
-  const existing = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
+  const existing = hints?.firstAttempt ? undefined : await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
   if (existing) {
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
     if ((existing.provisioningState ?? "").toLowerCase() === "deleting") {

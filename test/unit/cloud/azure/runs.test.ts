@@ -84,6 +84,14 @@ describe("Azure runs", () => {
     expect(again.instanceId).toContain(vmName(run.metadata.uid!));
   });
 
+  it("a first attempt PUTs without looking for an earlier attempt's VM; a later one looks first", async () => {
+    await launchRun(az.clients(), ctx, runOf(4), { firstAttempt: true });
+    expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines."))).toEqual(["compute.virtualMachines.createOrUpdate"]);
+    az.calls.length = 0;
+    await launchRun(az.clients(), ctx, runOf(4));
+    expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines."))).toEqual(["compute.virtualMachines.get"]);
+  });
+
   it("waits for the environment instead of launching half-configured", async () => {
     ce.status = { azure: { resourceGroup: RG } };
     await expect(launchRun(az.clients(), ctx, runOf(3))).rejects.toMatchObject({ kind: "Retryable", reason: "EnvironmentNotReady" });
