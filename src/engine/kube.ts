@@ -61,6 +61,16 @@ export interface KubeStatus {
 }
 
 /** An HTTP error answered by the API server. `reason` is Status.reason ("NotFound", "Conflict", ...). */
+/** A request failed on a kept-alive connection the server had closed, before any answer. */
+class StaleSocketError extends Error {
+  readonly code: string | undefined;
+  constructor(cause: NodeJS.ErrnoException) {
+    super(cause.message, { cause });
+    this.name = "StaleSocketError";
+    this.code = cause.code;
+  }
+}
+
 export class KubeApiError extends Error {
   readonly status: number;
   readonly reason: string;
@@ -531,19 +541,32 @@ export class KubeClient {
       headers["content-type"] = body.contentType;
       headers["content-length"] = String(Buffer.byteLength(body.data));
     }
-    try {
-      return await new Promise<RawResponse>((resolve, reject) => {
-        const req = (this.isHttps ? https : http).request(url, { method, agent: conn.agent, headers, signal: sig });
-        req.once("error", reject);
-        req.once("response", (res) => {
-          res.setEncoding("utf8");
-          let text = "";
-          res.on("data", (c: string) => (text += c));
-          res.once("error", reject);
-          res.once("end", () => resolve({ status: res.statusCode ?? 0, text }));
-        });
-        req.end(body?.data);
+    const once = (): Promise<RawResponse> => new Promise<RawResponse>((resolve, reject) => {
+      const req = (this.isHttps ? https : http).request(url, { method, agent: conn.agent, headers, signal: sig });
+      let answered = false;
+      req.once("error", (err: NodeJS.ErrnoException) => {
+        // A kept-alive connection the server had already closed: the request never reached it.
+        if (!answered && req.reusedSocket && (err.code === "ECONNRESET" || err.code === "EPIPE")) reject(new StaleSocketError(err));
+        else reject(err);
       });
+      req.once("response", (res) => {
+        answered = true;
+        res.setEncoding("utf8");
+        let text = "";
+        res.on("data", (c: string) => (text += c));
+        res.once("error", reject);
+        res.once("end", () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.end(body?.data);
+    });
+    try {
+      try {
+        return await once();
+      } catch (err) {
+        // Sent again once, on a fresh connection (as Node's documentation advises for reused sockets).
+        if (err instanceof StaleSocketError && !sig.aborted) return await once();
+        throw err;
+      }
     } catch (err) {
       if (timeout.aborted && !signal?.aborted) {
         throw new Error(`${method} ${path}: no answer within ${this.requestTimeoutMs} ms`, { cause: err });

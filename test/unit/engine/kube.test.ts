@@ -213,6 +213,44 @@ describe("requests", () => {
     expect(out.items[0]?.kind).toBe("ConfigMap");
   });
 
+  it("sends a request again, once, when its kept-alive connection turns out closed before any answer", async () => {
+    // The server resets the connection when a second request arrives on it: what a client sees
+    // when it reuses a keep-alive socket the server had just closed.
+    const seen = new Map<object, number>();
+    let resets = 0;
+    let answered = 0;
+    const s = createServer((req, res) => {
+      const n = (seen.get(req.socket) ?? 0) + 1;
+      seen.set(req.socket, n);
+      if (n > 1) {
+        resets++;
+        req.socket.resetAndDestroy();
+        return;
+      }
+      answered++;
+      json(res, 200, { apiVersion: "v1", kind: "ConfigMap", metadata: { name: "a", namespace: "ns" } });
+    });
+    await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+    try {
+      const kc = new KubeConfig();
+      kc.loadFromOptions({
+        clusters: [{ name: "c", server: `http://127.0.0.1:${(s.address() as AddressInfo).port}`, skipTLSVerify: true }],
+        users: [{ name: "u", token: TOKEN }],
+        contexts: [{ name: "ctx", cluster: "c", user: "u" }],
+        currentContext: "ctx",
+      });
+      const c = new KubeClient(kc);
+      expect((await c.get(ConfigMaps, "ns", "a"))?.metadata.name).toBe("a");
+      expect((await c.get(ConfigMaps, "ns", "a"))?.metadata.name).toBe("a"); // reused socket reset, sent again
+      expect(resets).toBe(1);
+      expect(answered).toBe(2);
+      c.close();
+    } finally {
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+    }
+  });
+
   it("gives up on a request that gets no answer within requestTimeoutMs", async () => {
     handler = () => {
       // never answer
