@@ -140,7 +140,7 @@ export class LazyProvider implements CloudProvider {
 export function defaultProviders(): Map<string, CloudProvider> {
   return new Map<string, CloudProvider>([
     ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
-    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), { announcesCloudWrites: true })],
+    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
   ]);
 }
 

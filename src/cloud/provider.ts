@@ -140,10 +140,16 @@ export interface RunDescription {
   /** Reading the Run's log or outcome failed in a way a retry will not fix (e.g. a missing permission). */
   readError?: { reason: string; message: string };
   /**
-   * The machine has ended but its outcome could not be read (see readError): the Run must not be
-   * given an outcome from this description.
+   * The machine has ended but its outcome is not known yet: it could not be read (see readError),
+   * or it may still be on its way (e.g. an exit line the cloud's log service has not made
+   * queryable yet). The Run must not be given an outcome from this description; it waits.
    */
   outcomeUnknown?: boolean;
+  /**
+   * The Run's reason when its machine ended without an exit code and none is awaited any more
+   * (default MachineTerminated; Azure says MachineStopped for a VM it saw stopped).
+   */
+  noOutcomeReason?: string;
   launchedAt?: string;
   instance?: RunStatus["instance"];
   /** Where the Run's log lives, when the provider knows (set by launchRun at least). */

@@ -182,8 +182,12 @@ export class AzureEmulatorControl {
     const out = await this.assignRole({ principalId: o.principalId, scope: o.scope ?? `/subscriptions/${o.subscriptionId}`, role: trimmed });
     return { ...out, role: trimmed };
   }
-  /** ingestionJitterMs: each ingested batch becomes queryable after the delay plus 0..jitter ms, so batches can overtake one another. */
-  settings(s: Partial<EmulatorSettings> & { ingestionDelayMs?: number; ingestionJitterMs?: number }): Promise<EmulatorSettings & { ingestionDelayMs: number; ingestionJitterMs: number }> {
+  /**
+   * ingestionJitterMs: each ingested batch becomes queryable after the delay plus 0..jitter ms, so
+   * batches can overtake one another. dcrIngestionDelayMs: per data collection rule (immutable ID),
+   * a delay of its own in place of ingestionDelayMs (null: back to it).
+   */
+  settings(s: Partial<EmulatorSettings> & { ingestionDelayMs?: number; ingestionJitterMs?: number; dcrIngestionDelayMs?: Record<string, number | null> }): Promise<EmulatorSettings & { ingestionDelayMs: number; ingestionJitterMs: number }> {
     return this.call("POST", "/settings", s);
   }
   addFault(f: FaultSpec): Promise<FaultSpec & { id: string }> {

@@ -189,7 +189,7 @@ export class Emulator {
         const r = this.arm.get(`${trimSlash(workspaceId)}/tables/${tableName}`);
         return r && r.body.properties?.provisioningState !== "Deleting" ? asView(r) : undefined;
       },
-      recordRequest: (e) => this.record({ ...e, path: "", apiVersion: undefined }),
+      recordRequest: (e) => this.record({ ...e, apiVersion: undefined }),
       faultFor: (operation) => {
         const f = this.matchFault({ operation, method: "", resourceType: "" });
         return f ? { status: f.status, retryAfterS: f.retryAfterS } : undefined;
@@ -539,6 +539,9 @@ export class Emulator {
         if (typeof body.ingestionDelayMs === "number") {
           this.ingestionDelayMs = body.ingestionDelayMs;
           this.logs.setIngestionDelay(body.ingestionDelayMs);
+        }
+        if (isObject(body.dcrIngestionDelayMs)) {
+          for (const [dcr, ms] of Object.entries(body.dcrIngestionDelayMs)) this.logs.setDcrIngestionDelay(dcr, typeof ms === "number" ? ms : null);
         }
         if (typeof body.ingestionJitterMs === "number") {
           this.ingestionJitterMs = body.ingestionJitterMs;

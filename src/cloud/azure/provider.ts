@@ -7,6 +7,7 @@ import type { Run } from "../../api/types.js";
 import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type LaunchHints, type RunDescription, type RunLogChunk } from "../provider.js";
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
 import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
+import { AzureRunWatch, EXIT_LINE_GRACE_MS } from "./observe.js";
 import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
 
 export interface AzureProviderOptions {
@@ -14,18 +15,29 @@ export interface AzureProviderOptions {
   endpoints?: AzureEndpoints;
   /** Builds the clients (unit tests hand in fakes). */
   clientFactory?: (id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints) => AzureClients;
+  /**
+   * How long a Run whose VM ended without an uploaded exit status waits for its exit line in Log
+   * Analytics before it ends without an outcome (default EXIT_LINE_GRACE_MS; the operator's
+   * VMFORGE_AZURE_EXIT_LINE_GRACE).
+   */
+  exitLineGraceMs?: number;
 }
 
 export class AzureProvider implements CloudProvider {
   readonly name = "azure";
   /** provisionEnvironment reads first and calls ctx.beforeCloudWrite before its first write. */
   readonly announcesCloudWrites = true;
+  /** The launcher ships VMFORGE_PIPELINE_STARTED to Log Analytics; describeRuns asks for it (one query per CE per poll). */
+  readonly reportsPipelineStart = true;
   private readonly endpoints: AzureEndpoints;
+  /** Runs seen starting their pipeline, and Runs whose ended VM's exit line is awaited. */
+  private readonly watch: AzureRunWatch;
   private readonly cache: AzureClientCache;
 
   constructor(opts: AzureProviderOptions = {}) {
     this.endpoints = opts.endpoints ?? endpointsFromEnv();
     this.cache = new AzureClientCache(opts.clientFactory ?? createAzureClients);
+    this.watch = new AzureRunWatch(opts.exitLineGraceMs ?? EXIT_LINE_GRACE_MS);
   }
 
   /** The clients for a CE. Throws Terminal for a bad Secret or a missing subscription. */
@@ -72,7 +84,7 @@ export class AzureProvider implements CloudProvider {
       g.runs.push(run);
     }
     const out = new Map<string, RunDescription | undefined>();
-    for (const m of await Promise.all([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs)))) for (const [k, v] of m) out.set(k, v);
+    for (const m of await Promise.all([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs, this.watch)))) for (const [k, v] of m) out.set(k, v);
     return out;
   }
 

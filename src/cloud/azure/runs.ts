@@ -13,6 +13,7 @@ import { CloudError, type EnvContext, type LaunchHints, type MachineState, type 
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
+import { AzureRunWatch, EXIT_MARKER, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
@@ -239,13 +240,19 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
 /**
  * All given Runs with ONE list call of the subscription (listVmStates), whatever CEs they belong
  * to (`ctx.runCe`; the run tracker batches every CE of a subscription that shares credentials),
- * then each CE's Runs on their own (exit status, exit lines, deletions). VMs found stopped are
- * deleted at once (they keep costing), after the uploaded exit status is read; gone VMs get their
- * outcome from the exit status too.
+ * then each CE's Runs on their own: exit status, at most ONE Log Analytics query per CE for the
+ * launcher's lines of the Runs that need them, deletions.
+ * - a Run whose VM runs but whose launcher has not been seen saying the pipeline started
+ *   (`VMFORGE_PIPELINE_STARTED`): until the line is queryable the Run is still being set up;
+ * - a Run whose VM stopped or is gone without an uploaded exit status: its exit line.
+ * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
+ * (outcomeUnknown) up to the watch's grace window for the exit line, which Log Analytics may make
+ * queryable only after the VM was seen stopped, then ends without one (MachineStopped).
  */
-export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], watch: AzureRunWatch = new AzureRunWatch()): Promise<Map<string, RunDescription | undefined>> {
   const out = new Map<string, RunDescription | undefined>();
   if (runs.length === 0) return out;
+  watch.prune();
   const vms = await listVmStates(c, ctx.signal);
   const byCe = new Map<string, { ce: ComputeEnvironment; runs: Run[] }>();
   for (const run of runs) {
@@ -255,12 +262,17 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
     byCe.set(key, g);
     g.runs.push(run);
   }
-  await Promise.all([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out)));
+  await Promise.all([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out, watch)));
   return out;
 }
 
+function phaseIsTerminal(run: Run): boolean {
+  const p = run.status?.phase;
+  return p === "Succeeded" || p === "Failed" || p === "Cancelled";
+}
+
 /** The Runs of one CE (ctx.ce), from the subscription's VM list, grouped by resource group. */
-async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms: Map<string, ListedVm>, out: Map<string, RunDescription | undefined>): Promise<void> {
+async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms: Map<string, ListedVm>, out: Map<string, RunDescription | undefined>, watch: AzureRunWatch): Promise<void> {
   const byRg = new Map<string, Run[]>();
   const defaultRg = runRg(ctx.ce);
   for (const run of runs) {
@@ -271,18 +283,22 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
     else byRg.set(rg, [run]);
   }
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  // Runs whose launcher lines are asked for, from every resource group of the CE, in one query (below).
+  const needLines: { run: Run; settle: (lines: LauncherLines | undefined, read: LinesRead) => void }[] = [];
+  /** Per resource group: the VMs to delete, and how to report each as it was seen should its deletion fail. */
+  const toDelete = new Map<string, { names: string[]; asSeen: Map<string, () => void> }>();
   await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
     const stopped: string[] = [];
-    /** How to report a VM of `stopped` as it was seen, should its deletion fail. */
     const asSeen = new Map<string, () => void>();
-    // Runs whose outcome the uploaded exit status does not give (not uploaded, or unreadable):
-    // the launcher's exit line in Log Analytics is asked for them all at once, below.
-    const needExitLine: { uid: string; settle: (exitCode: number | undefined) => void }[] = [];
+    toDelete.set(rg, { names: stopped, asSeen });
     await Promise.all(list.map(async (run) => {
       const uid = run.metadata.uid ?? "";
       const name = vmName(uid);
       const vm = vms.get(vmResourceId(c, rg, name).toLowerCase());
       const log = logLocation(ctx.ce, run);
+      const over = phaseIsTerminal(run);
+      if (over) watch.forget(uid);
+      else if (run.status?.phase === "Running") watch.forgetStart(uid);
       if (!vm) {
         // Gone (deleted, evicted, or never created): the outcome, if any, is in the work directory
         // or in the log.
@@ -291,22 +307,30 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           return;
         }
         const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", log };
-        const settle = (exitCode: number | undefined): void => {
-          if (exitCode !== undefined) d.exitCode = exitCode;
-          else if (run.spec.overrides?.spot) {
+        out.set(uid, d);
+        if (over) return; // its outcome is recorded; only its machine's end was awaited
+        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
+        if (exitCode !== undefined) {
+          d.exitCode = exitCode;
+          watch.forget(uid);
+          return;
+        }
+        needLines.push({ run, settle: (lines, read) => {
+          if (lines?.exitCode !== undefined) {
+            d.exitCode = lines.exitCode;
+            watch.forget(uid);
+          } else if (run.spec.overrides?.spot && !watch.seenStopped(uid)) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
             d.stateReason = "Azure evicted the Spot VM before the pipeline ended";
             d.interrupted = true;
             d.interruptionReason = "SpotEvicted";
-          }
-          out.set(uid, d);
-        };
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
-        if (exitCode !== undefined) settle(exitCode);
-        else needExitLine.push({ uid, settle });
+            watch.forget(uid);
+          } else awaitExitLine(d, watch, uid, false, read);
+        } });
         return;
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
+      out.set(uid, d);
       if (vm.failure && isCapacityCode(vm.failure.code)) {
         // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way): the
         // failed VM is deleted and the Run waits for capacity, then is launched again (same name).
@@ -317,71 +341,122 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           d.state = vm.state;
           delete d.launchFailure;
         });
-        out.set(uid, d);
         return;
       }
-      out.set(uid, d);
       if (vm.state === "stopped" || vm.state === "stopping") {
-        const settle = (exitCode: number | undefined): void => {
-          if (exitCode === undefined) return;
-          // The pipeline ended and the OS shut down; a stopped VM still bills: delete it now.
-          d.exitCode = exitCode;
-          d.state = "shutting-down";
-          stopped.push(name);
-          asSeen.set(name, () => {
-            d.state = vm.state;
-          });
-        };
+        // The OS shut down; a stopped VM still bills: it is deleted now, whatever its outcome.
+        stopped.push(name);
+        d.state = "shutting-down";
+        asSeen.set(name, () => {
+          // Not deleted: reported stopped (its Run's own reconcile deletes it and says what blocks it).
+          d.state = vm.state;
+          delete d.outcomeUnknown;
+        });
+        if (over) return;
         const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
-        if (exitCode !== undefined) settle(exitCode);
-        else needExitLine.push({ uid, settle });
+        if (exitCode !== undefined) {
+          d.exitCode = exitCode;
+          watch.forget(uid);
+          return;
+        }
+        needLines.push({ run, settle: (lines, read) => {
+          if (lines?.exitCode !== undefined) {
+            d.exitCode = lines.exitCode;
+            watch.forget(uid);
+          } else awaitExitLine(d, watch, uid, true, read);
+        } });
+        return;
+      }
+      if (vm.state === "running" && !over && run.status?.phase !== "Running") {
+        // Up, but its launcher has not been seen saying the pipeline started: ask the log.
+        if (watch.hasStarted(uid)) {
+          d.pipelineStarted = true;
+          return;
+        }
+        needLines.push({ run, settle: (lines, read) => {
+          if (read.error) d.readError = read.error;
+          if (lines?.started) {
+            d.pipelineStarted = true;
+            watch.markStarted(uid);
+          }
+          // The pipeline ended, yet the VM still runs (its shutdown failed): the outcome is known.
+          if (lines?.exitCode !== undefined) d.exitCode = lines.exitCode;
+        } });
       }
     }));
-    if (needExitLine.length > 0) {
-      const codes = await exitLinesFromLog(c, ctx, needExitLine.map((n) => n.uid), runs);
-      for (const n of needExitLine) n.settle(codes.get(n.uid));
-    }
+  }));
+  if (needLines.length > 0) {
+    const read = await launcherLinesFromLog(c, ctx, needLines.map((n) => n.run));
+    for (const n of needLines) n.settle(read.lines.get(n.run.metadata.uid ?? ""), read);
+  }
+  await Promise.all([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {
     // A deletion refused or failed here must not fail the describe of every CE of the
     // subscription: such a VM is reported as seen (a stopped one with its exit code, so its Run
     // ends and its own reconcile deletes the VM and says what blocks it) and tried again next poll.
-    const sent = await Promise.allSettled(stopped.map((name) => deleteVms(c, rg, [name], so)));
+    const sent = await Promise.allSettled(names.map((name) => deleteVms(c, rg, [name], so)));
     sent.forEach((r, i) => {
       if (r.status === "fulfilled") return;
-      const name = stopped[i]!;
+      const name = names[i]!;
       ctx.logger.warn({ vm: name, resourceGroup: rg, err: r.reason instanceof Error ? r.reason.message : String(r.reason) }, "could not delete a VM found stopped or failed; reported as seen");
       asSeen.get(name)?.();
     });
   }));
 }
 
+/** The outcome of the launcher-lines query of one poll. */
+interface LinesRead {
+  lines: Map<string, LauncherLines>;
+  /** The query answered (a Run missing from it has no such line queryable yet). */
+  ok: boolean;
+  /** The read is refused in a way a retry will not fix (e.g. workspaces/query/read missing). */
+  error?: { reason: string; message: string };
+}
+
 /**
- * The launcher's exit lines (`VMFORGE_EXIT_CODE=<n>`) of some Runs, from Log Analytics in one
- * query. Best effort: without a workspace, or when the read is refused or fails, none (the caller
- * goes on without; a refused read must not stop the other Runs' observation).
+ * A Run whose VM ended (stopped, or gone) without an exit status or exit line so far: it waits for
+ * the exit line until the grace window is over, and after it only once a query answered without
+ * the line (a failed or refused read never ends a Run without an outcome).
  */
-async function exitLinesFromLog(c: AzureClients, ctx: EnvContext, uids: string[], runs: Run[]): Promise<Map<string, number>> {
-  const codes = new Map<string, number>();
+function awaitExitLine(d: RunDescription, watch: AzureRunWatch, uid: string, stopped: boolean, read: LinesRead): void {
+  const w = watch.endedWithoutOutcome(uid, stopped);
+  const seen = w.stopped ? "was stopped" : "is gone";
+  if (read.error) d.readError = read.error;
+  if (w.over && read.ok) {
+    d.stateReason = `the VM ${seen} with no exit status uploaded, and no exit line reached Log Analytics within ${Math.round(watch.graceMs / 1000)} s`;
+    if (w.stopped) d.noOutcomeReason = "MachineStopped";
+    return;
+  }
+  d.outcomeUnknown = true;
+  d.stateReason = read.error
+    ? `the VM ${seen} with no exit status uploaded, and its exit line cannot be read from Log Analytics`
+    : `the VM ${seen} with no exit status uploaded; waiting up to ${Math.round(watch.graceMs / 1000)} s (from ${new Date(w.since).toISOString()}) for its exit line to reach Log Analytics`;
+}
+
+/**
+ * The launcher's start and exit lines of some Runs, from Log Analytics in ONE query. Without a
+ * workspace, or when the read fails, none (`ok` false; a refused read also says why): one Run's
+ * lines can never stop the other Runs' observation.
+ */
+async function launcherLinesFromLog(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<LinesRead> {
   const workspace = envStatus(ctx.ce).workspaceCustomerId;
-  if (!workspace || uids.length === 0) return codes;
-  const safe = uids.filter((u) => /^[0-9a-fA-F-]{1,64}$/.test(u));
-  if (safe.length === 0) return codes;
-  const since = Math.min(...runs.filter((r) => safe.includes(r.metadata.uid ?? "")).map((r) => Date.parse(r.status?.launchedAt ?? r.metadata.creationTimestamp ?? "") || Date.now() - 7 * 86_400_000));
-  const query = `${LOG_TABLE} | where RunUid in (${safe.map((u) => `'${u}'`).join(", ")}) and Line startswith '${EXIT_MARKER}' | project RunUid, Line`;
+  const safe = runs.filter((r) => /^[0-9a-fA-F-]{1,64}$/.test(r.metadata.uid ?? ""));
+  if (!workspace || safe.length === 0) return { lines: new Map(), ok: false };
+  const since = Math.min(...safe.map((r) => Date.parse(r.status?.launchedAt ?? r.metadata.creationTimestamp ?? "") || Date.now() - 7 * 86_400_000));
+  const query = `${LOG_TABLE} | where RunUid in (${[...new Set(safe.map((r) => `'${r.metadata.uid}'`))].join(", ")}) and (Line startswith '${EXIT_MARKER}' or Line startswith '${PIPELINE_STARTED_MARKER}') | project RunUid, Line`;
   try {
     const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
       c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(since - 60_000), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));
+    // A partial answer may lack some rows: what it has counts, but it does not prove a line absent.
     const table = "tables" in res ? res.tables[0] : res.partialTables[0];
-    for (const row of table?.rows ?? []) {
-      const m = /^VMFORGE_EXIT_CODE=(\d{1,3})\s*$/.exec(String(row[1] ?? ""));
-      if (m) codes.set(String(row[0]), Number(m[1]));
-    }
+    return { lines: launcherLines(table?.rows ?? []), ok: "tables" in res };
   } catch (e) {
-    ctx.logger.warn({ err: e instanceof Error ? e.message : String(e) }, "could not read exit lines from Log Analytics; going on without them");
+    ctx.logger.warn({ err: e instanceof Error ? e.message : String(e) }, "could not read the launchers' lines from Log Analytics; going on without them");
+    if (e instanceof CloudError && e.kind === "Terminal") return { lines: new Map(), ok: false, error: { reason: e.reason, message: e.message } };
+    if (e instanceof CloudError || !(e instanceof Error && e.name === "AbortError")) return { lines: new Map(), ok: false };
+    throw e;
   }
-  return codes;
 }
 
-const EXIT_MARKER = "VMFORGE_EXIT_CODE=";
 
 async function deleteVms(c: AzureClients, rg: string, names: string[], so: { abortSignal?: AbortSignal }): Promise<void> {
   await Promise.all(names.map((name) =>

@@ -381,8 +381,12 @@ export class RunReconciler {
       case "shutting-down":
       case "terminated": {
         if (desc.outcomeUnknown && desc.exitCode === undefined) {
-          // Ended, but its exit line and exit status could not be read (a refused permission,
-          // named by the LogReadBlocked condition): wait for a read that works, or the timeout.
+          // Ended, but its outcome is not known yet: its exit line and exit status could not be
+          // read (a refused permission, named by the LogReadBlocked condition), or the exit line
+          // may still be on its way to the log (the provider bounds that wait). Wait for it, or
+          // the timeout; the Run says why meanwhile.
+          const waiting = clip(`machine ${desc.instanceId} ${desc.state}; waiting for the pipeline's outcome${desc.stateReason ? `: ${desc.stateReason}` : ""}`);
+          await this.report(run, { instance, message: waiting });
           return { requeueAfterMs: next };
         }
         if (desc.interrupted) {
@@ -405,7 +409,7 @@ export class RunReconciler {
           return { requeueAfterMs: next };
         }
         if (desc.state === "shutting-down") return { requeueAfterMs: next };
-        await this.finish(run, "Failed", "MachineTerminated",
+        await this.finish(run, "Failed", desc.noOutcomeReason ?? "MachineTerminated",
           clip(`machine ${desc.instanceId} ended without reporting an exit code${desc.stateReason ? `: ${desc.stateReason}` : ""}`), { instance });
         return;
       }

@@ -19,7 +19,7 @@ export interface LogsHost {
   findWorkspaceById(resourceId: string): { id: string; properties: any } | undefined;
   findTable(workspaceId: string, tableName: string): { id: string; properties: any } | undefined;
   /* eslint-enable @typescript-eslint/no-explicit-any */
-  recordRequest(entry: { method: string; resourceType: string; operation: string; caller?: string; status: number }): void;
+  recordRequest(entry: { method: string; path: string; resourceType: string; operation: string; caller?: string; status: number }): void;
   faultFor(operation: string): { status: number; retryAfterS?: number } | undefined;
 }
 
@@ -34,6 +34,13 @@ export interface LogsPlane {
    * batch can become queryable before an earlier one, as Log Analytics gives no order.
    */
   setIngestionJitter(ms: number): void;
+  /**
+   * Sets the ingestion delay of what one data collection rule (by immutable ID) delivers, in place
+   * of the plane's delay (null: back to it); new rows and rows not yet visible alike. Log
+   * Analytics' latency differs from one pipeline to another, and a test can slow one CE's log
+   * without slowing the others'.
+   */
+  setDcrIngestionDelay(immutableId: string, ms: number | null): void;
   /** Forgets every row and restores the initial ingestion delay. */
   reset(): void;
   onWorkspaceDeleted(workspaceId: string): void;
@@ -62,6 +69,8 @@ interface StoredRow {
   visibleAt: number;
   /** The batch's extra delay (jitter), kept when the base delay changes. */
   jitterMs: number;
+  /** The data collection rule it came through (lower case). */
+  dcr: string;
   values: Record<string, unknown>;
 }
 
@@ -226,6 +235,9 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
   let ingestionDelayMs = opts.ingestionDelayMs;
   let ingestionJitterMs = 0;
   let batchCount = 0;
+  /** DCR immutable ID (lower case) -> its own ingestion delay. */
+  const dcrDelays = new Map<string, number>();
+  const delayOf = (dcr: string): number => dcrDelays.get(dcr) ?? ingestionDelayMs;
   /** Extra delay of the next batch: 0..ingestionJitterMs, from a fixed pseudo-random sequence (a reset restarts it). */
   const jitter = (): number => {
     batchCount++;
@@ -390,7 +402,8 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
         if (hasTimeGenerated && values["TimeGenerated"] === null) {
           throw new HttpError(400, errorBody("InvalidPayload", `Record ${i} has no TimeGenerated value, which the destination table '${d.table}' requires`));
         }
-        return { arrivedAt: now, visibleAt: now + ingestionDelayMs + extra, jitterMs: extra, values };
+        const dcrKey = decodeURIComponent(immutableId).toLowerCase();
+        return { arrivedAt: now, visibleAt: now + delayOf(dcrKey) + extra, jitterMs: extra, dcr: dcrKey, values };
       });
       return { d, stored };
     });
@@ -565,7 +578,7 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
           send(res, 500, errorBody("InternalServerError", `Emulator logs plane failure: ${(e as Error).message}`));
         }
       }
-      host.recordRequest({ method: req.method ?? "GET", resourceType, operation, ...(caller ? { caller } : {}), status });
+      host.recordRequest({ method: req.method ?? "GET", path: url.pathname, resourceType, operation, ...(caller ? { caller } : {}), status });
       return true;
     },
     setIngestionDelay(ms) {
@@ -573,7 +586,18 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
       const now = Date.now();
       for (const tables of store.values()) {
         for (const rows of tables.values()) {
-          for (const r of rows) if (r.visibleAt > now) r.visibleAt = r.arrivedAt + ms + r.jitterMs;
+          for (const r of rows) if (r.visibleAt > now && !dcrDelays.has(r.dcr)) r.visibleAt = r.arrivedAt + ms + r.jitterMs;
+        }
+      }
+    },
+    setDcrIngestionDelay(immutableId, ms) {
+      const key = immutableId.toLowerCase();
+      if (ms === null) dcrDelays.delete(key);
+      else dcrDelays.set(key, Math.max(0, ms));
+      const now = Date.now();
+      for (const tables of store.values()) {
+        for (const rows of tables.values()) {
+          for (const r of rows) if (r.dcr === key && r.visibleAt > now) r.visibleAt = r.arrivedAt + delayOf(key) + r.jitterMs;
         }
       }
     },
@@ -585,6 +609,7 @@ export function createLogsPlane(host: LogsHost, opts: { ingestionDelayMs: number
       ingestionDelayMs = opts.ingestionDelayMs; // a reset also forgets a delay a test set
       ingestionJitterMs = 0;
       batchCount = 0;
+      dcrDelays.clear();
     },
     onWorkspaceDeleted(workspaceId) {
       store.delete(workspaceId.toLowerCase());

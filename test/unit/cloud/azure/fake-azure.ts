@@ -72,6 +72,8 @@ export class FakeAzure {
   blobs = new Map<string, string>();
   logRows: Array<[string, number, string, string, string]> = [];
   queries: string[] = [];
+  /** When set, Log Analytics queries fail with it. */
+  failQuery: Error | undefined;
 
   constructor() {
     this.addStorage("wdstore", "data-rg", ["work"]);
@@ -366,11 +368,13 @@ export class FakeAzure {
       logsQuery: {
         queryWorkspace: (ws: string, q: string) => self.rec("logsQuery.queryWorkspace", [ws, q], () => {
           self.queries.push(q);
-          const inList = /RunUid in \(([^)]*)\) and Line startswith '([^']*)'/.exec(q);
+          if (self.failQuery) throw self.failQuery;
+          const inList = /RunUid in \(([^)]*)\) and (.*) \| project RunUid, Line$/.exec(q);
           if (inList) {
-            // the exit-line query of several Runs: [RunUid, Line]
+            // the launcher-lines query of several Runs (Line startswith '...' or ...): [RunUid, Line]
             const uids = new Set([...inList[1]!.matchAll(/'([^']+)'/g)].map((m) => m[1]));
-            const rows = self.logRows.filter((r) => uids.has(r[2]) && r[4].toLowerCase().startsWith(inList[2]!.toLowerCase())).map((r) => [r[2], r[4]]);
+            const prefixes = [...inList[2]!.matchAll(/Line startswith '([^']*)'/g)].map((m) => m[1]!.toLowerCase());
+            const rows = self.logRows.filter((r) => uids.has(r[2]) && prefixes.some((p) => r[4].toLowerCase().startsWith(p))).map((r) => [r[2], r[4]]);
             return { status: "Success", tables: [{ name: "PrimaryResult", columnDescriptors: [], rows }] };
           }
           const uid = /RunUid == '([^']+)'/.exec(q)?.[1];

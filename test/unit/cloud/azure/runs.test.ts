@@ -5,9 +5,10 @@ import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
 import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
+import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
 import { azureImageReference, osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
 import { createLogger } from "../../../../src/engine/logger.js";
-import { FakeAzure, UID, sampleAzureCe } from "./fake-azure.js";
+import { FakeAzure, RestLikeError, UID, sampleAzureCe } from "./fake-azure.js";
 
 function runOf(n: number, over: Partial<Run["spec"]> = {}): Run {
   const uid = `99999999-8888-4777-8666-${String(n).padStart(12, "0")}`;
@@ -147,14 +148,110 @@ describe("Azure runs", () => {
     expect(after.get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 1, bootstrapStep: "resume-session" });
   });
 
-  it("a stopped VM without an exit status is reported stopped (the reconciler ends it)", async () => {
+  it("a stopped VM without an exit status or exit line is deleted at once; its Run waits for the exit line within the grace window, then ends MachineStopped", async () => {
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const watch = new AzureRunWatch(60_000, () => now);
     const run = runOf(41);
     const d = await launchRun(az.clients(), ctx, run);
-    run.status = { instance: { id: d.instanceId } };
+    run.status = { phase: "Running", instance: { id: d.instanceId } };
     az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/deallocated" }] };
-    const res = await describeRuns(az.clients(), ctx, [run]);
-    expect(res.get(run.metadata.uid!)!.state).toBe("stopped");
-    expect(az.ops()).not.toContain("compute.virtualMachines.delete");
+    const first = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(first).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    expect(first.stateReason).toMatch(/was stopped .*waiting up to 60 s/);
+    expect(az.ops()).toContain("compute.virtualMachines.delete");
+    expect(az.get(d.instanceId)).toBeUndefined();
+    // gone, within the window: still waiting (not a Spot eviction, not an outcome)
+    now += 59_000;
+    const waiting = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(waiting).toMatchObject({ state: "terminated", outcomeUnknown: true });
+    expect(waiting.exitCode).toBeUndefined();
+    // the window is over, and the query answered without the line: no outcome, said as MachineStopped
+    now += 1_000;
+    const over = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(over).toMatchObject({ state: "terminated", noOutcomeReason: "MachineStopped" });
+    expect(over.outcomeUnknown).toBeUndefined();
+    expect(over.stateReason).toMatch(/no exit line reached Log Analytics within 60 s/);
+  });
+
+  it("an exit line ingested after the VM was seen stopped still gives the outcome", async () => {
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const watch = new AzureRunWatch(600_000, () => now);
+    const run = runOf(48);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { phase: "Running", instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    expect((await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    now += 120_000;
+    az.logRows.push([new Date(now).toISOString(), 7, run.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"]);
+    const late = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(late).toMatchObject({ state: "terminated", exitCode: 0 });
+    expect(late.outcomeUnknown).toBeUndefined();
+  });
+
+  it("a failed launcher-lines query never ends a Run without an outcome, even after the window; a refused one is named", async () => {
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const watch = new AzureRunWatch(10_000, () => now);
+    const run = runOf(49);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { phase: "Running", instance: { id: d.instanceId } };
+    az.store.delete(d.instanceId.toLowerCase());
+    az.failQuery = new RestLikeError(403, "AuthorizationFailed", "The client does not have authorization to perform action 'Microsoft.OperationalInsights/workspaces/query/read'");
+    await describeRuns(az.clients(), ctx, [run], watch);
+    now += 60_000;
+    const refused = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(refused).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" } });
+    az.failQuery = undefined;
+    const answered = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(answered.outcomeUnknown).toBeUndefined();
+    expect(answered.noOutcomeReason).toBeUndefined(); // gone, never seen stopped: MachineTerminated
+  });
+
+  it("a Run whose VM runs is set up until its launcher's start line is queryable: one query per CE for start and exit lines; a start seen is not asked again", async () => {
+    const watch = new AzureRunWatch();
+    const settingUp = [runOf(50), runOf(51), runOf(52)];
+    const running = runOf(53);
+    const stoppedRun = runOf(54);
+    for (const r of [...settingUp, running, stoppedRun]) {
+      const d = await launchRun(az.clients(), ctx, r);
+      r.status = { phase: r === running ? "Running" : "Launching", instance: { id: d.instanceId }, launchedAt: new Date(Date.now() - 60_000).toISOString() };
+      az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: r === stoppedRun ? "PowerState/stopped" : "PowerState/running" }] };
+    }
+    const at = new Date().toISOString();
+    az.logRows.push(
+      [at, 4, settingUp[0]!.metadata.uid!, "launcher", "VMFORGE_PIPELINE_STARTED"],
+      [at, 3, settingUp[1]!.metadata.uid!, "launcher", "installing Docker"],
+      [at, 5, settingUp[2]!.metadata.uid!, "launcher", "VMFORGE_PIPELINE_STARTED"],
+      [at, 9, settingUp[2]!.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=2"],
+      [at, 8, stoppedRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=1"],
+    );
+    az.queries.length = 0;
+    const all = [...settingUp, running, stoppedRun];
+    const res = await describeRuns(az.clients(), ctx, all, watch);
+    expect(az.queries).toHaveLength(1);
+    expect(az.queries[0]).toContain("VMFORGE_PIPELINE_STARTED");
+    expect(az.queries[0]).toContain("VMFORGE_EXIT_CODE=");
+    expect(az.queries[0]).not.toContain(running.metadata.uid!); // Running already: nothing to learn
+    expect(res.get(settingUp[0]!.metadata.uid!)).toMatchObject({ state: "running", pipelineStarted: true });
+    expect(res.get(settingUp[1]!.metadata.uid!)!.pipelineStarted).toBeUndefined();
+    // ended while its VM still runs (its shutdown failed): the outcome is known
+    expect(res.get(settingUp[2]!.metadata.uid!)).toMatchObject({ pipelineStarted: true, exitCode: 2 });
+    expect(res.get(stoppedRun.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 1 });
+    expect(res.get(running.metadata.uid!)!.pipelineStarted).toBeUndefined();
+
+    // Next poll (the Run not yet seen Running in the cache): the start is remembered, only the one still set up is asked about.
+    az.queries.length = 0;
+    const again = await describeRuns(az.clients(), ctx, settingUp, watch);
+    expect(again.get(settingUp[0]!.metadata.uid!)!.pipelineStarted).toBe(true);
+    expect(az.queries).toHaveLength(1);
+    expect(az.queries[0]).toContain(settingUp[1]!.metadata.uid!);
+    expect(az.queries[0]).not.toContain(settingUp[0]!.metadata.uid!);
+  });
+
+  it("reads the start and exit lines from rows", () => {
+    const lines = launcherLines([["a", "VMFORGE_PIPELINE_STARTED"], ["a", "VMFORGE_EXIT_CODE=3 "], ["b", "VMFORGE_PIPELINE_STARTED_NOT"], ["b", "VMFORGE_EXIT_CODE=x"], ["c", "VMFORGE_EXIT_CODE=0"]]);
+    expect(lines.get("a")).toEqual({ started: true, exitCode: 3 });
+    expect(lines.get("b")).toEqual({ started: false });
+    expect(lines.get("c")).toEqual({ started: false, exitCode: 0 });
   });
 
   it("without an uploaded exit status the exit line in Log Analytics gives the outcome: one query for all such Runs; a stopped VM is then deleted", async () => {
@@ -177,12 +274,12 @@ describe("Azure runs", () => {
     // the Spot VM is gone, but its pipeline ended: not an eviction
     expect(res.get(goneRun.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 0 });
     expect(res.get(goneRun.metadata.uid!)!.interrupted).toBeUndefined();
-    // no exit line: stays stopped (the reconciler ends it), not deleted here
-    expect(res.get(quiet.metadata.uid!)).toMatchObject({ state: "stopped" });
+    // no exit line yet: deleted all the same (it keeps costing); its outcome is awaited
+    expect(res.get(quiet.metadata.uid!)).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
     expect(res.get(quiet.metadata.uid!)!.exitCode).toBeUndefined();
     expect(az.queries.filter((q) => q.includes("RunUid in ("))).toHaveLength(1);
     expect(az.get(ds[0]!.instanceId)).toBeUndefined();
-    expect(az.get(ds[2]!.instanceId)).toBeDefined();
+    expect(az.get(ds[2]!.instanceId)).toBeUndefined();
   });
 
   it("a Spot VM gone without an exit status says it was evicted", async () => {

@@ -1,0 +1,113 @@
+/**
+ * What the Azure provider remembers between polls about the Runs it follows, and the launcher's
+ * lines it reads from Log Analytics to learn about them:
+ * - whether the launcher said the pipeline started (`VMFORGE_PIPELINE_STARTED`): a Run whose VM
+ *   runs is Running only from then on, as on AWS. Once seen, its Run is never asked about again.
+ * - since when a Run's VM is known to have ended without an outcome (no uploaded exit status, no
+ *   exit line in Log Analytics yet): Log Analytics makes lines queryable only after an ingestion
+ *   delay, so the exit line the launcher shipped just before the OS shut down may show up later.
+ *   The VM is deleted at once (a stopped VM keeps costing); the Run waits up to the grace window
+ *   for the line, then ends without an outcome.
+ * Kept in memory: after an operator restart a Run still waiting starts its window again (it waits
+ * longer, never shorter), and a Run being set up is asked about again (one query per CE anyway).
+ */
+
+/** The launcher's line saying the pipeline is starting (written just before nextflow runs). */
+export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
+/** The launcher's last line: `VMFORGE_EXIT_CODE=<n>`. */
+export const EXIT_MARKER = "VMFORGE_EXIT_CODE=";
+
+/**
+ * How long a Run whose VM ended without an uploaded exit status waits for its exit line in Log
+ * Analytics. Azure documents the average latency of log ingestion as 20 seconds to 3 minutes
+ * (data-ingestion-time in the Azure Monitor documentation; older versions said 2 to 5 minutes),
+ * with no upper bound; 10 minutes is twice the highest documented typical latency, the same bound
+ * the log reader gives a gap in a Run's line sequence (LOG_GAP_GIVE_UP_MS). The VM is already
+ * deleted meanwhile, so the wait costs nothing but the Run's end being known later, and only for
+ * Runs whose exit status upload failed. Configurable with VMFORGE_AZURE_EXIT_LINE_GRACE.
+ */
+export const EXIT_LINE_GRACE_MS = 10 * 60_000;
+
+/** What the launcher's lines of one Run say. */
+export interface LauncherLines {
+  started: boolean;
+  exitCode?: number;
+}
+
+/** The launcher lines of several Runs, from rows of [RunUid, Line]. */
+export function launcherLines(rows: ReadonlyArray<ReadonlyArray<unknown>>): Map<string, LauncherLines> {
+  const out = new Map<string, LauncherLines>();
+  for (const row of rows) {
+    const uid = String(row[0] ?? "");
+    const line = String(row[1] ?? "").trim();
+    const got = out.get(uid) ?? { started: false };
+    if (line === PIPELINE_STARTED_MARKER) got.started = true;
+    const m = /^VMFORGE_EXIT_CODE=(\d{1,3})$/.exec(line);
+    if (m) got.exitCode = Number(m[1]);
+    out.set(uid, got);
+  }
+  return out;
+}
+
+interface Ended {
+  /** When the VM was first seen ended without an outcome. */
+  since: number;
+  /** It was seen stopped (the OS shut down), not merely gone. */
+  stopped: boolean;
+}
+
+export class AzureRunWatch {
+  private readonly started = new Map<string, number>();
+  private readonly ended = new Map<string, Ended & { at: number }>();
+
+  constructor(
+    readonly graceMs = EXIT_LINE_GRACE_MS,
+    private readonly clock: () => number = Date.now,
+    private readonly forgetAfterMs = 30 * 60_000,
+  ) {}
+
+  /** Forgets Runs not looked at for a while (deleted, or followed by another operator). */
+  prune(now = this.clock()): void {
+    for (const [uid, at] of this.started) if (now - at > this.forgetAfterMs) this.started.delete(uid);
+    const keep = Math.max(this.forgetAfterMs, 2 * this.graceMs);
+    for (const [uid, e] of this.ended) if (now - e.at > keep) this.ended.delete(uid);
+  }
+
+  hasStarted(uid: string): boolean {
+    if (!this.started.has(uid)) return false;
+    this.started.set(uid, this.clock());
+    return true;
+  }
+
+  markStarted(uid: string): void {
+    this.started.set(uid, this.clock());
+  }
+
+  /**
+   * The VM of the Run ended without an outcome (so far): when the wait began, whether it was seen
+   * stopped, and whether the grace window is over.
+   */
+  endedWithoutOutcome(uid: string, stopped: boolean): { since: number; stopped: boolean; over: boolean } {
+    const now = this.clock();
+    const prev = this.ended.get(uid);
+    const e = { since: prev?.since ?? now, stopped: stopped || prev?.stopped === true, at: now };
+    this.ended.set(uid, e);
+    return { since: e.since, stopped: e.stopped, over: now - e.since >= this.graceMs };
+  }
+
+  /** Its VM was seen stopped without an outcome (then deleted by the operator). */
+  seenStopped(uid: string): boolean {
+    return this.ended.get(uid)?.stopped === true;
+  }
+
+  /** The Run is Running: its start is recorded on it. */
+  forgetStart(uid: string): void {
+    this.started.delete(uid);
+  }
+
+  /** The Run has its outcome, or is over: nothing more to remember. */
+  forget(uid: string): void {
+    this.started.delete(uid);
+    this.ended.delete(uid);
+  }
+}
