@@ -8,6 +8,7 @@
 import type { CloudProvider } from "./cloud/provider.js";
 import { AwsProvider } from "./cloud/aws/provider.js";
 import { runOperator } from "./main.js";
+import type { OperatorConfig } from "./config.js";
 import { AzureProvider } from "./cloud/azure/provider.js";
 import { streamRunLogs } from "./cli/logs.js";
 import { policyCommand } from "./cli/policy.js";
@@ -18,15 +19,16 @@ const USAGE = `usage:
   vmforge policy azure [--phase create|launch|logs|dispose] [--subscription <id>] [--with-additions]
   vmforge logs <run> [-f|--follow] [-n|--namespace <namespace>] [--kubeconfig <path>]`;
 
-export function providers(): Map<string, CloudProvider> {
-  return new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider()]]);
+export function providers(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}): Map<string, CloudProvider> {
+  const azure = config.azureExitLineGraceMs !== undefined ? { exitLineGraceMs: config.azureExitLineGraceMs } : {};
+  return new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider(azure)]]);
 }
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case "operator":
-      await runOperator(providers());
+      await runOperator((config) => providers(config));
       return new Promise<number>(() => undefined); // runs until a signal
     case "policy":
       return policyCommand(rest, { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) });

@@ -24,6 +24,12 @@ export interface OperatorConfig {
   logLevel: string;
   shutdownTimeoutMs: number;
   reconcileTimeoutMs: number;
+  /**
+   * Azure: how long a Run whose VM was seen stopped (or gone) without an uploaded exit status
+   * waits for its exit line to become queryable in Log Analytics before it ends without an
+   * outcome (the VM itself is deleted at once). Default: the provider's EXIT_LINE_GRACE_MS.
+   */
+  azureExitLineGraceMs?: number;
 }
 
 export class ConfigError extends Error {
@@ -92,6 +98,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig
     logLevel,
     shutdownTimeoutMs: duration(env, "VMFORGE_SHUTDOWN_TIMEOUT", "30s", 1_000),
     reconcileTimeoutMs: duration(env, "VMFORGE_RECONCILE_TIMEOUT", "5m", 1_000),
+    ...(env.VMFORGE_AZURE_EXIT_LINE_GRACE ? { azureExitLineGraceMs: duration(env, "VMFORGE_AZURE_EXIT_LINE_GRACE", "10m", 0) } : {}),
   };
 }
 

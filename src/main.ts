@@ -8,13 +8,16 @@ import { EngineMetrics } from "./engine/metrics.js";
 import { startHealthServer } from "./engine/health.js";
 import type { CloudProvider, EnvContext, EnvObservation, LaunchHints, RunDescription, RunLogChunk } from "./cloud/provider.js";
 import type { ComputeEnvironment, Run } from "./api/types.js";
-import { ConfigError, loadConfig } from "./config.js";
+import { ConfigError, loadConfig, type OperatorConfig } from "./config.js";
 import { Operator } from "./operator.js";
 import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
 import { registerOperatorMetrics } from "./metrics.js";
 
 /** Runs the operator until a signal (or lost leadership) ends the process. */
-export async function runOperator(providers: ReadonlyMap<string, CloudProvider>, env: NodeJS.ProcessEnv = process.env): Promise<void> {
+export async function runOperator(
+  providersOrFactory: ReadonlyMap<string, CloudProvider> | ((config: OperatorConfig) => ReadonlyMap<string, CloudProvider>),
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<void> {
   let config;
   try {
     config = loadConfig(env);
@@ -25,6 +28,7 @@ export async function runOperator(providers: ReadonlyMap<string, CloudProvider>,
     }
     throw e;
   }
+  const providers = typeof providersOrFactory === "function" ? providersOrFactory(config) : providersOrFactory;
   const logger = createLogger({ level: config.logLevel, name: "vmforge" });
   const metrics = new EngineMetrics();
   const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined, { metrics });
@@ -137,15 +141,16 @@ export class LazyProvider implements CloudProvider {
 }
 
 /** The providers of the released operator, each loaded on first use. */
-export function defaultProviders(): Map<string, CloudProvider> {
+export function defaultProviders(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}): Map<string, CloudProvider> {
+  const azure = config.azureExitLineGraceMs !== undefined ? { exitLineGraceMs: config.azureExitLineGraceMs } : {};
   return new Map<string, CloudProvider>([
     ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
-    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
+    ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(azure), { announcesCloudWrites: true, reportsPipelineStart: true })],
   ]);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  runOperator(defaultProviders()).catch((e: unknown) => {
+  runOperator((config) => defaultProviders(config)).catch((e: unknown) => {
     console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
     process.exit(1);
   });

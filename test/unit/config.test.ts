@@ -15,12 +15,18 @@ describe("loadConfig", () => {
     const c = loadConfig({
       VMFORGE_NAMESPACES: "a, b", VMFORGE_WORKERS: "8", VMFORGE_RESYNC_PERIOD: "1m", VMFORGE_POLL_INTERVAL: "5s",
       VMFORGE_LEADER_ELECTION: "false", POD_NAMESPACE: "vmforge-system", VMFORGE_METRICS_ADDRESS: "127.0.0.1:9090",
-      VMFORGE_LOG_LEVEL: "debug", VMFORGE_SHUTDOWN_TIMEOUT: "45s",
+      VMFORGE_LOG_LEVEL: "debug", VMFORGE_SHUTDOWN_TIMEOUT: "45s", VMFORGE_AZURE_EXIT_LINE_GRACE: "3m",
     });
     expect(c).toMatchObject({
       namespaces: ["a", "b"], workers: 8, resyncPeriodMs: 60_000, pollIntervalMs: 5_000, leaderElection: false,
       leaseNamespace: "vmforge-system", metricsAddress: "127.0.0.1:9090", logLevel: "debug", shutdownTimeoutMs: 45_000,
+      azureExitLineGraceMs: 180_000,
     });
+  });
+
+  it("leaves the Azure exit-line grace window to the provider unless set", () => {
+    expect(loadConfig({}).azureExitLineGraceMs).toBeUndefined();
+    expect(loadConfig({ VMFORGE_AZURE_EXIT_LINE_GRACE: "0s" }).azureExitLineGraceMs).toBe(0);
   });
 
   it.each([
@@ -33,6 +39,7 @@ describe("loadConfig", () => {
     [{ VMFORGE_LOG_LEVEL: "loud" }, "VMFORGE_LOG_LEVEL must be one of"],
     [{ VMFORGE_METRICS_ADDRESS: "8080" }, "VMFORGE_METRICS_ADDRESS must look like host:port"],
     [{ VMFORGE_LEASE_DURATION: "5s", VMFORGE_LEASE_RENEW_DEADLINE: "10s" }, "lease timings must satisfy"],
+    [{ VMFORGE_AZURE_EXIT_LINE_GRACE: "ten minutes" }, "VMFORGE_AZURE_EXIT_LINE_GRACE must be a duration"],
   ])("rejects %j with a message naming the variable", (env, message) => {
     expect(() => loadConfig(env)).toThrow(ConfigError);
     expect(() => loadConfig(env)).toThrow(message);

@@ -280,6 +280,7 @@ describe("helm/vmforge chart files", () => {
     expect(values.resyncPeriod).toBe(envValue("VMFORGE_RESYNC_PERIOD"));
     expect(values.reconcileTimeout).toBe(envValue("VMFORGE_RECONCILE_TIMEOUT"));
     expect(values.shutdownTimeout).toBe(envValue("VMFORGE_SHUTDOWN_TIMEOUT"));
+    expect(values.azureExitLineGrace).toBe(envValue("VMFORGE_AZURE_EXIT_LINE_GRACE"));
     expect(values.logLevel).toBe(envValue("VMFORGE_LOG_LEVEL"));
     expect(String(values.leaderElection.enabled)).toBe(envValue("VMFORGE_LEADER_ELECTION"));
     expect(values.leaderElection.leaseName).toBe(envValue("VMFORGE_LEASE_NAME"));
