@@ -48,6 +48,21 @@ async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns
   }, timeoutMs, 200);
 }
 
+/** The Run with its VM up and being set up (Launching, SettingUp): its launcher has not said the pipeline started. */
+async function settingUp(name: string, ns = env.ns, timeoutMs = 60_000): Promise<Run> {
+  return waitFor(`Run ${name} SettingUp`, async () => {
+    const r = await env.getRun(name, ns);
+    if (r?.status?.phase === "Launching" && r.status.reason === "SettingUp" && r.status.instance?.id) return r;
+    throw new Error(`${r?.status?.phase ?? "-"}/${r?.status?.reason ?? "-"}: ${r?.status?.message ?? ""}`);
+  }, timeoutMs, 200);
+}
+
+/** The Run set up, then its launcher's start line shipped: Running once Log Analytics has it. */
+async function started(name: string, runCe: ComputeEnvironment = ce, ns = env.ns): Promise<Run> {
+  await env.startPipeline(runCe, await settingUp(name, ns));
+  return phase(name, "Running", 60_000, ns);
+}
+
 /** Resources of the CE's resource group whose name starts with the Run's VM name (VM, NIC, public IP, OS disk). */
 async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceName = CE): Promise<string[]> {
   const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
@@ -77,7 +92,7 @@ async function vmPuts(run: Run, since: number): Promise<number> {
 describe.concurrent("Azure Run lifecycle through the operator (emulator)", () => {
   it("a Run that exceeds its timeout has its VM deleted and fails with reason Timeout", async () => {
     await env.kube.create(RunResource, env.runBody("slow", CE, { timeout: "1m" }));
-    const r = await phase("slow", "Running");
+    const r = await started("slow");
     expect(await env.vmOf(r)).toBeDefined();
     const failed = await phase("slow", "Failed", 100_000);
     expect(failed.status?.reason).toBe("Timeout");
@@ -110,7 +125,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(before?.status?.instance).toBeUndefined();
 
       second = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
-      const r = await phase("crash", "Running", 60_000, ns);
+      const r = await started("crash", crashCe, ns);
       expect(r.status?.instance?.id).toBe(launched?.instanceId);
       expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-run-uid"] === r.metadata.uid)).toHaveLength(1);
       expect(await vmPuts(r, since)).toBe(1); // the restarted operator found the VM; it sent no second PUT
@@ -127,7 +142,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("deleting a Run mid-run deletes its VM before the Run goes away", async () => {
     await env.kube.create(RunResource, env.runBody("del", CE));
-    const r = await phase("del", "Running");
+    const r = await started("del");
     expect(await env.vmOf(r)).toBeDefined();
     await env.kube.delete(RunResource, env.ns, "del");
     await waitFor("Run del gone", async () => (await env.getRun("del")) === undefined, 60_000, 100);
@@ -137,7 +152,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("a Spot eviction fails the Run with reason SpotEvicted (not a pipeline failure); the VM and its NIC, IP and disk are gone", async () => {
     await env.kube.create(RunResource, env.runBody("spot", CE, { overrides: { spot: true } }));
-    const r = await phase("spot", "Running");
+    const r = await started("spot");
     const vm = await env.vmOf(r);
     expect(vm).toMatchObject({ priority: "Spot", evictionPolicy: "Delete" });
     expect((await runResources(r)).length).toBeGreaterThanOrEqual(4);
@@ -157,8 +172,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "orph", { storageAccount: env.storageAccount }));
       const oce = await waitReady(env.kube, ns, "orph");
       for (const n of ["keep", "lost"]) await env.kube.create(RunResource, env.runBody(n, "orph", {}, ns));
-      const keep = await phase("keep", "Running", 60_000, ns);
-      const lost = await phase("lost", "Running", 60_000, ns);
+      const keep = await started("keep", oce, ns);
+      const lost = await started("lost", oce, ns);
       const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
       const rg = resourceGroupName({ namespace: ns, name: "orph", uid: oce.metadata.uid! });
       const inRg = async (): Promise<Array<{ type: string; name: string; tags: Record<string, string> }>> => {
@@ -214,7 +229,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     trustAzureEmulator();
     const ctl = azureControl();
     await env.kube.create(RunResource, env.runBody("logs", CE));
-    const run = await phase("logs", "Running");
+    // The lines this test ships are its whole log (no start line): the Run stays set up meanwhile.
+    const run = await settingUp("logs");
     const uid = run.metadata.uid!;
     const az = ce.status!.azure!;
     const ingest = await vmLogShipper("logs");
@@ -257,13 +273,12 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   it("no exit status uploaded (its upload failed): the exit line in Log Analytics gives the outcome, and the stopped VM is deleted", async () => {
     trustAzureEmulator();
     await env.kube.create(RunResource, env.runBody("exitline", CE));
-    const run = await phase("exitline", "Running");
+    const run = await settingUp("exitline");
     const ingest = await vmLogShipper("exitline");
     const now = new Date().toISOString();
     await ingest.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, ["the pipeline failed", "VMFORGE_EXIT_CODE=5"].map((Line, i) => ({ TimeGenerated: now, RunUid: run.metadata.uid!, Stream: "pipeline", Seq: i + 1, Line })));
     // Ingested before the VM stops (the launcher ships its last lines, then shuts down); the
-    // operator asks when it sees the VM stopped. (A line ingested later than that is not waited
-    // for yet: the Run then ends MachineStopped.)
+    // operator asks when it sees the VM stopped. (A line ingested later is waited for: below.)
     const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
     await waitFor("the exit line queryable", async () => {
       const res = await peek.queryWorkspace(ce.status!.azure!.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${run.metadata.uid!}' | project Seq`, { duration: "PT1H" });
@@ -275,6 +290,101 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     expect(done.status).toMatchObject({ reason: "PipelineFailed", exitCode: 5 });
     await waitFor("the stopped VM of exitline deleted", async () => (await env.vmOf(run)) === undefined, 30_000, 250);
   }, 120_000);
+
+  it("Log Analytics ingestion delay: a Run stays SettingUp until its start line is ingested (one query per CE per poll); a VM stopped before its exit line is ingested is deleted at once and the Run takes the late line's code; with no line at all it ends MachineStopped after the grace window", async () => {
+    // Its own namespace, CE (so its own data collection rule, slowed alone) and operator, whose
+    // provider waits GRACE for an exit line (VMFORGE_AZURE_EXIT_LINE_GRACE in a deployment).
+    const DELAY = 8_000;
+    const GRACE = 25_000;
+    const ns = await env.extraNamespace("azingest");
+    const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider({ exitLineGraceMs: GRACE })]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    const ctl = azureControl();
+    let dcr: string | undefined;
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "slowlog", { storageAccount: env.storageAccount }));
+      const sce = await waitReady(env.kube, ns, "slowlog");
+      const az = sce.status!.azure!;
+      dcr = az.dcrImmutableId!;
+      await ctl.settings({ dcrIngestionDelayMs: { [dcr]: DELAY } });
+      trustAzureEmulator();
+      // What Log Analytics holds, asked by the test's own principal (not counted as the operator's).
+      const peek = new LogsQueryClient(await azureTestCredential(), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
+      const queryable = async (run: Run, line: string): Promise<boolean> => {
+        const res = await peek.queryWorkspace(az.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${run.metadata.uid!}' and Line == '${line}' | project Seq`, { duration: "PT1H" });
+        return "tables" in res && (res.tables[0]?.rows.length ?? 0) > 0;
+      };
+      const operatorQueries = async (since: number): Promise<number> =>
+        (await ctl.requests(since)).value.filter((r) => r.operation === "LogAnalytics.Query" && r.caller === env.principal.objectId && r.path.includes(az.workspaceCustomerId!)).length;
+
+      for (const n of ["setup", "late", "silent"]) await env.kube.create(RunResource, env.runBody(n, "slowlog", {}, ns));
+
+      // (1) Set up until the start line is queryable, however long ingestion takes.
+      const setup = await settingUp("setup", ns);
+      await settingUp("late", ns);
+      await settingUp("silent", ns);
+      const { lastSeq } = await ctl.requests(0);
+      const polls0 = op.operator.tracker.pollCount;
+      await env.startPipeline(sce, setup);
+      const whileHidden: string[] = [];
+      await waitFor("the start line of setup queryable", async () => {
+        // The Run read before the line is looked for: if the line is not queryable after it, it was not before either.
+        const r = await env.getRun("setup", ns);
+        const visible = await queryable(setup, "VMFORGE_PIPELINE_STARTED");
+        if (!visible) whileHidden.push(`${r?.status?.phase}/${r?.status?.reason}`);
+        return visible;
+      }, 60_000, 250);
+      // Shipped, not yet in Log Analytics: the Run was set up all along, never Running.
+      expect(whileHidden.length).toBeGreaterThan(0);
+      expect([...new Set(whileHidden)]).toEqual(["Launching/SettingUp"]);
+      const polls1 = op.operator.tracker.pollCount;
+      const queries = await operatorQueries(lastSeq);
+      // Three Runs being set up, one CE: at most one Log Analytics query per poll (and one at least per few polls).
+      expect(polls1 - polls0).toBeGreaterThanOrEqual(3);
+      expect(queries).toBeGreaterThanOrEqual(1);
+      expect(queries).toBeLessThanOrEqual(polls1 - polls0 + 1);
+      const running = await phase("setup", "Running", 30_000, ns);
+      expect(running.status?.startTime).toBeDefined();
+
+      // (2) and (3): both pipelines start; then their VMs stop with no exit status uploaded.
+      const late = (await env.getRun("late", ns))!;
+      const silent = (await env.getRun("silent", ns))!;
+      await env.startPipeline(sce, late);
+      await env.startPipeline(sce, silent);
+      await phase("late", "Running", 60_000, ns);
+      await phase("silent", "Running", 60_000, ns);
+      await env.shipLines(sce, late, ["VMFORGE_EXIT_CODE=3"]);
+      for (const r of [late, silent]) await ctl.setVmPowerState((await env.vmOf(r))!.id, "stopped");
+
+      // The stopped VMs are deleted at once, before the late exit line is queryable; the Runs wait.
+      await waitFor("the stopped VMs deleted", async () => (await env.vmOf(late)) === undefined && (await env.vmOf(silent)) === undefined, 30_000, 200);
+      expect(await queryable(late, "VMFORGE_EXIT_CODE=3"), "the exit line was queryable before the VM was deleted: the delay proved nothing").toBe(false);
+      expect(await runResources(late, sce.metadata.uid!, ns, "slowlog")).toEqual([]);
+      for (const n of ["late", "silent"]) {
+        const r = await env.getRun(n, ns);
+        expect(r?.status?.phase, n).toBe("Running");
+        expect(r?.status?.exitCode, n).toBeUndefined();
+      }
+      const waiting = await waitFor("silent says what it waits for", async () => {
+        const r = await env.getRun("silent", ns);
+        return r?.status?.message?.includes("waiting for the pipeline's outcome") ? r : undefined;
+      }, 30_000, 200);
+      expect(waiting.status?.phase).toBe("Running");
+
+      // (2) The late line arrives within the window: its exit code is the outcome.
+      const failed = await phase("late", "Failed", 60_000, ns);
+      expect(failed.status).toMatchObject({ reason: "PipelineFailed", exitCode: 3 });
+      expect(await queryable(late, "VMFORGE_EXIT_CODE=3")).toBe(true);
+
+      // (3) None ever arrives: MachineStopped once the window is over, with no exit code.
+      const stopped = await phase("silent", "Failed", GRACE + 60_000, ns);
+      expect(stopped.status?.reason).toBe("MachineStopped");
+      expect(stopped.status?.exitCode).toBeUndefined();
+      expect(stopped.status?.message).toMatch(/no exit line reached Log Analytics within 25 s/);
+    } finally {
+      if (dcr) await ctl.settings({ dcrIngestionDelayMs: { [dcr]: null } });
+      await op.stop();
+    }
+  }, 180_000);
 
   it("least privilege for the run half: the seed's launch and logs roles minus one action, and the missing action is named", async () => {
     const ns = await env.extraNamespace("azlp");
@@ -301,7 +411,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         expect(await env.vmOf(r)).toBeUndefined();
       }
 
-      const r = await phase("nodelete", "Running", 60_000, ns);
+      const r = await started("nodelete", ces.get("nodelete")!, ns);
       await env.kube.patch(RunResource, ns, "nodelete", { spec: { cancel: true } }, "merge");
       const blocked = await waitFor("MachineTerminationBlocked", async () => {
         const c = (await env.getRun("nodelete", ns))?.status?.conditions?.find((x) => x.type === "MachineTerminationBlocked");
@@ -319,7 +429,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         const credentials = { source: "secret" as const, secretName: "logs", data: { tenantId: env.info.tenantId, clientId: created.clientId, clientSecret: created.secret!, subscriptionId: env.info.subscriptionId } };
         return env.provider().readRunLog({ ce: ces.get("nodelete")!, credentials, logger: createLogger({ level: "silent" }) }, r).then((c) => c, (e: unknown) => e);
       };
-      expect(await readWith([])).toMatchObject({ lines: [] });
+      expect(await readWith([])).toMatchObject({ lines: ["VMFORGE_PIPELINE_STARTED"] }); // the start line shipped for it
       const err = await readWith(["Microsoft.OperationalInsights/workspaces/query/read"]);
       expect(err).toBeInstanceOf(CloudError);
       expect((err as CloudError).reason).toBe("AccessDenied");
@@ -387,7 +497,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
     // The fault cleared: each Run launches (one VM each) and runs.
     for (const c of cases) {
-      const r = await phase(c.run, "Running", 60_000);
+      const r = await started(c.run);
       const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === r.metadata.uid);
       expect(vms).toHaveLength(1);
       expect(vms[0]).toMatchObject({ vmSize: c.size, provisioningState: "Succeeded" });

@@ -6,7 +6,9 @@
  *
  * No VM player: VMs stay "running" until a test changes their power state through the emulator's
  * controls, as Azure would when the OS shuts down; `finishVm` plays the end of a pipeline (the
- * exit status uploaded to the work directory, then the OS shut down).
+ * exit status uploaded to the work directory, then the OS shut down), and `shipLines` /
+ * `startPipeline` play the launcher's log lines (shipped through the Logs Ingestion API as the VM's
+ * identity would, so they reach Log Analytics after its ingestion delay).
  */
 import { readFileSync } from "node:fs";
 import { getCACertificates, setDefaultCACertificates } from "node:tls";
@@ -17,11 +19,12 @@ import { KubeClient } from "../../src/engine/kube.js";
 import { RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { CloudProvider } from "../../src/cloud/provider.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import { AzureProvider, type AzureProviderOptions } from "../../src/cloud/azure/provider.js";
+import { LogsIngestionClient } from "@azure/monitor-ingestion";
 import { azureArtifactsPath } from "../../src/cloud/azure/launcher.js";
-import { vmName } from "../../src/cloud/azure/names.js";
+import { LOG_STREAM, vmName } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, type RunningOperator } from "./operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import type { EmulatedVm, EmulatorInfo } from "../azure-emulator/control.js";
 import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
 import { LOCATION, STORAGE, operatorPrincipal, putSecret, type Principal } from "./azure-env.js";
@@ -37,6 +40,11 @@ export interface AzureRunsOptions {
   blob?: boolean;
   /** Operator poll interval (default 1 s). */
   pollIntervalMs?: number;
+  /**
+   * How long a Run whose VM stopped without an exit status waits for its exit line (the provider's
+   * exitLineGraceMs; default 3 s here, so tests that stop a VM without one do not wait minutes).
+   */
+  exitLineGraceMs?: number;
 }
 
 export interface AzureRunsEnv {
@@ -48,8 +56,8 @@ export interface AzureRunsEnv {
   storageAccount: string;
   /** The operator currently running (set by start). */
   op: RunningOperator | undefined;
-  /** A new AzureProvider with the emulator's endpoints. */
-  provider(): AzureProvider;
+  /** A new AzureProvider with the emulator's endpoints (and the env's exit-line grace unless `over` says otherwise). */
+  provider(over?: Omit<AzureProviderOptions, "endpoints">): AzureProvider;
   /** Starts an operator on this namespace (with `provider`, default a new AzureProvider). */
   start(provider?: CloudProvider, namespaces?: string[]): Promise<RunningOperator>;
   stop(): Promise<void>;
@@ -61,6 +69,10 @@ export interface AzureRunsEnv {
   vmOf(run: Run): Promise<EmulatedVm | undefined>;
   /** The end of a pipeline as a VM plays it: the exit status uploaded, then the OS shut down (VM stopped). */
   finishVm(ce: ComputeEnvironment, run: Run, exitCode: number): Promise<void>;
+  /** Ships lines of the Run's log to the CE's data collection rule as its VM's launcher would (numbered on from the last shipped). */
+  shipLines(ce: ComputeEnvironment, run: Run, lines: string[], stream?: "pipeline" | "launcher"): Promise<void>;
+  /** The launcher's start line (VMFORGE_PIPELINE_STARTED) shipped for the Run. */
+  startPipeline(ce: ComputeEnvironment, run: Run): Promise<void>;
 }
 
 let blobTrusted = false;
@@ -91,9 +103,24 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
   const principal = await operatorPrincipal(info, o.principal, o.without ?? {});
   const ns = await freshNamespace(kube, o.prefix);
   await putSecret(kube, info, ns, "azure-creds", principal);
-  const provider = (): AzureProvider =>
-    new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), logs: `${azureEndpoint()}/loganalytics/v1`, ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) } });
+  const provider = (over: Omit<AzureProviderOptions, "endpoints"> = {}): AzureProvider =>
+    new AzureProvider({
+      endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), logs: `${azureEndpoint()}/loganalytics/v1`, ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) },
+      exitLineGraceMs: o.exitLineGraceMs ?? 3_000,
+      ...over,
+    });
   const extra: string[] = [];
+  // The VMs' side of the log: a principal allowed to ship to data collection rules, as a VM's identity is.
+  let shipper: Promise<{ clientId: string; secret: string }> | undefined;
+  const vmIdentity = (): Promise<{ clientId: string; secret: string }> => (shipper ??= (async () => {
+    const ctl = azureControl();
+    const vm = await ctl.createPrincipal({ displayName: `${o.principal}-vm` });
+    await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${info.subscriptionId}`, role: { properties: {
+      roleName: `${o.principal}-vm-telemetry`, assignableScopes: [`/subscriptions/${info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
+    } } });
+    return { clientId: vm.clientId, secret: vm.secret! };
+  })());
+  const seqs = new Map<string, number>();
   const env: AzureRunsEnv = {
     kube,
     info,
@@ -139,6 +166,20 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
       const vm = await env.vmOf(run);
       if (!vm) throw new Error(`no VM for Run ${run.metadata.name}`);
       await azureControl().setVmPowerState(vm.id, "stopped");
+    },
+    async shipLines(ce, run, lines, stream = "pipeline") {
+      trustAzureEmulator();
+      const id = await vmIdentity();
+      const client = new LogsIngestionClient(ce.status!.azure!.dceEndpoint!, await azureTestCredential({ clientId: id.clientId, clientSecret: id.secret }));
+      const uid = run.metadata.uid!;
+      let seq = seqs.get(uid) ?? 0;
+      const now = new Date().toISOString();
+      const rows = lines.map((Line) => ({ TimeGenerated: now, RunUid: uid, Stream: stream, Seq: ++seq, Line }));
+      seqs.set(uid, seq);
+      await client.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, rows);
+    },
+    startPipeline(ce, run) {
+      return env.shipLines(ce, run, ["VMFORGE_PIPELINE_STARTED"], "launcher");
     },
   };
   return env;

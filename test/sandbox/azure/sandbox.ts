@@ -143,7 +143,9 @@ export async function runAzureSandbox(o: AzureSandboxOptions): Promise<number> {
       },
     });
 
-    const player = new AzureVmPlayer({ control, caPath: emulator.caPath, dir: join(dir, "vms"), pipelineExitCode: o.failPipeline ? 1 : 0, say });
+    // The stand-in pipeline runs a few seconds, as a real one would: long enough for its start line
+    // to reach Log Analytics (the launcher ships every 5 s) and the Run to be seen Running.
+    const player = new AzureVmPlayer({ control, caPath: emulator.caPath, dir: join(dir, "vms"), pipelineExitCode: o.failPipeline ? 1 : 0, pipelineSeconds: 12, say });
     player.start();
     cleanups.push(() => player.stop());
 
