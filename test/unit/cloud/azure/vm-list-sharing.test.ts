@@ -87,11 +87,13 @@ describe("one VM list per subscription and credentials per poll", () => {
     expect(runs.map((r) => t.get(r.metadata.uid!)?.desc?.state)).toEqual(["running", "pending", "running", "running"]);
     expect(t.get(runs[2]!.metadata.uid!)?.desc?.instanceId).toBe(runs[2]!.status!.instance!.id);
 
-    // The next poll lists afresh (nothing kept from the last one): a VM stopped since is seen stopped.
+    // The next poll lists afresh (nothing kept from the last one): a VM stopped since is seen
+    // stopped (and, without an exit status or exit line, deleted at once while its outcome is awaited).
     az.get(runs[3]!.status!.instance!.id!)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/deallocated" }] };
     await t.pollOnce();
     expect(listCalls(az)).toBe(2);
-    expect(t.get(runs[3]!.metadata.uid!)?.desc?.state).toBe("stopped");
+    expect(t.get(runs[3]!.metadata.uid!)?.desc).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    expect(az.ops()).toContain("compute.virtualMachines.delete");
   });
 
   it("a CE with other credentials gets its own list call and never another identity's result", async () => {
