@@ -16,6 +16,8 @@
 export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
 /** The launcher's last line: `VMFORGE_EXIT_CODE=<n>`. */
 export const EXIT_MARKER = "VMFORGE_EXIT_CODE=";
+/** Just before the exit line when a set-up step failed before the pipeline started: `VMFORGE_BOOTSTRAP_FAILED=<step>`. */
+export const BOOTSTRAP_MARKER = "VMFORGE_BOOTSTRAP_FAILED=";
 
 /**
  * How long a Run whose VM ended without an uploaded exit status waits for its exit line in Log
@@ -32,6 +34,8 @@ export const EXIT_LINE_GRACE_MS = 10 * 60_000;
 export interface LauncherLines {
   started: boolean;
   exitCode?: number;
+  /** The set-up step that failed before the pipeline started (BootstrapFailed). */
+  bootstrapStep?: string;
 }
 
 /** The launcher lines of several Runs, from rows of [RunUid, Line]. */
@@ -44,6 +48,8 @@ export function launcherLines(rows: ReadonlyArray<ReadonlyArray<unknown>>): Map<
     if (line === PIPELINE_STARTED_MARKER) got.started = true;
     const m = /^VMFORGE_EXIT_CODE=(\d{1,3})$/.exec(line);
     if (m) got.exitCode = Number(m[1]);
+    const b = /^VMFORGE_BOOTSTRAP_FAILED=([a-z0-9-]{1,64})$/.exec(line);
+    if (b) got.bootstrapStep = b[1];
     out.set(uid, got);
   }
   return out;

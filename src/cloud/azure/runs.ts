@@ -13,7 +13,7 @@ import { CloudError, type EnvContext, type LaunchHints, type MachineState, type 
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
-import { AzureRunWatch, EXIT_MARKER, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
+import { AzureRunWatch, BOOTSTRAP_MARKER, EXIT_MARKER, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
@@ -318,6 +318,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         needLines.push({ run, settle: (lines, read) => {
           if (lines?.exitCode !== undefined) {
             d.exitCode = lines.exitCode;
+            if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
             watch.forget(uid);
           } else if (run.spec.overrides?.spot && !watch.seenStopped(uid)) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
@@ -362,6 +363,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         needLines.push({ run, settle: (lines, read) => {
           if (lines?.exitCode !== undefined) {
             d.exitCode = lines.exitCode;
+            if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
             watch.forget(uid);
           } else awaitExitLine(d, watch, uid, true, read);
         } });
@@ -380,7 +382,10 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
             watch.markStarted(uid);
           }
           // The pipeline ended, yet the VM still runs (its shutdown failed): the outcome is known.
-          if (lines?.exitCode !== undefined) d.exitCode = lines.exitCode;
+          if (lines?.exitCode !== undefined) {
+            d.exitCode = lines.exitCode;
+            if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
+          }
         } });
       }
     }));
@@ -442,7 +447,7 @@ async function launcherLinesFromLog(c: AzureClients, ctx: EnvContext, runs: Run[
   const safe = runs.filter((r) => /^[0-9a-fA-F-]{1,64}$/.test(r.metadata.uid ?? ""));
   if (!workspace || safe.length === 0) return { lines: new Map(), ok: false };
   const since = Math.min(...safe.map((r) => Date.parse(r.status?.launchedAt ?? r.metadata.creationTimestamp ?? "") || Date.now() - 7 * 86_400_000));
-  const query = `${LOG_TABLE} | where RunUid in (${[...new Set(safe.map((r) => `'${r.metadata.uid}'`))].join(", ")}) and (Line startswith '${EXIT_MARKER}' or Line startswith '${PIPELINE_STARTED_MARKER}') | project RunUid, Line`;
+  const query = `${LOG_TABLE} | where RunUid in (${[...new Set(safe.map((r) => `'${r.metadata.uid}'`))].join(", ")}) and (Line startswith '${EXIT_MARKER}' or Line startswith '${PIPELINE_STARTED_MARKER}' or Line startswith '${BOOTSTRAP_MARKER}') | project RunUid, Line`;
   try {
     const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
       c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(since - 60_000), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));

@@ -252,6 +252,20 @@ describe("Azure runs", () => {
     expect(lines.get("a")).toEqual({ started: true, exitCode: 3 });
     expect(lines.get("b")).toEqual({ started: false });
     expect(lines.get("c")).toEqual({ started: false, exitCode: 0 });
+    expect(launcherLines([["d", "VMFORGE_BOOTSTRAP_FAILED=pre-run-script"], ["d", "VMFORGE_EXIT_CODE=1"]]).get("d")).toEqual({ started: false, exitCode: 1, bootstrapStep: "pre-run-script" });
+  });
+
+  it("without an exit status, a set-up step named in the log before the exit line gives BootstrapFailed", async () => {
+    const watch = new AzureRunWatch();
+    const run = runOf(55);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { phase: "Launching", instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    const at = new Date().toISOString();
+    az.logRows.push([at, 5, run.metadata.uid!, "launcher", "VMFORGE_BOOTSTRAP_FAILED=docker"], [at, 6, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=1"]);
+    const res = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(res).toMatchObject({ state: "shutting-down", exitCode: 1, bootstrapStep: "docker" });
+    expect(az.queries[az.queries.length - 1]).toContain("VMFORGE_BOOTSTRAP_FAILED=");
   });
 
   it("without an uploaded exit status the exit line in Log Analytics gives the outcome: one query for all such Runs; a stopped VM is then deleted", async () => {
