@@ -225,6 +225,24 @@ export class AzureEmulatorControl {
   }> {
     return this.call("POST", "/managed-identity-hosts", o);
   }
+  /**
+   * A Key Vault (Microsoft.KeyVault/vaults, its resource group made when missing) with secrets,
+   * written through Resource Manager as the default admin. RBAC permission model unless
+   * enableRbacAuthorization is false (then accessPolicies decide). `endpoint` is where the vault's
+   * data plane is served (Azure: `vaultUri`); a secret is a string or { value, enabled }.
+   */
+  createKeyVault(o: {
+    resourceGroup: string;
+    name: string;
+    location?: string;
+    subscriptionId?: string;
+    tenantId?: string;
+    enableRbacAuthorization?: boolean;
+    accessPolicies?: { tenantId: string; objectId: string; applicationId?: string; permissions: { secrets?: string[] } }[];
+    secrets?: Record<string, string | { value: string; enabled?: boolean }>;
+  }): Promise<{ id: string; name: string; vaultUri: string; endpoint: string; tenantId: string; secrets: Record<string, { id: string; version: string }> }> {
+    return this.call("POST", "/key-vaults", o);
+  }
   async listVms(): Promise<EmulatedVm[]> {
     return (await this.call<{ value: EmulatedVm[] }>("GET", "/vms")).value;
   }

@@ -16,6 +16,8 @@ import { TokenSigner } from "./jwt.js";
 import { authorizationFailedMessage, BUILT_IN_ROLES, normPermission, Rbac } from "./rbac.js";
 import { defaultSettings, Directory, type CapacityFault, type Fault, type Principal, type RequestLogEntry, type Settings } from "./state.js";
 import { createLogsPlane, type LogsHost, type LogsPlane } from "./logs/index.js";
+import { KEY_VAULT_PATH_PREFIX, keyVaultRequest, type KeyVaultHost } from "./keyvault.js";
+import { findVault, secretVersions, VAULT_SECRET_TYPE } from "./arm/keyvault.js";
 import { ArmError, DetIds, EntraError, isObject, lc, sendJson, TextBody, trimSlash } from "./util.js";
 
 export type { LogsHost, LogsPlane };
@@ -197,6 +199,23 @@ export class Emulator {
     };
   }
 
+  // ---- the seam with the Key Vault data plane ----------------------------------------------------
+
+  keyVaultHost(): KeyVaultHost {
+    return {
+      baseUrl: () => this.baseUrl,
+      authenticate: (a) => this.entra.authenticate(a),
+      allowed: (oid, action, scope) => this.rbac.allowed(oid, action, scope, true),
+      resources: () => this.arm.resources.values(),
+      get: (id) => this.arm.get(id),
+    };
+  }
+
+  /** Where a vault's data plane is served (what VMFORGE_KEYVAULT_ENDPOINT names): `<emulator>/keyvault/<name>`. */
+  keyVaultEndpoint(name: string): string {
+    return `${this.baseUrl}${KEY_VAULT_PATH_PREFIX}${lc(name)}`;
+  }
+
   // ---- faults and the request log ---------------------------------------------------------------
 
   private matchFault(r: { operation: string; method: string; resourceType: string }): Fault | undefined {
@@ -259,6 +278,16 @@ export class Emulator {
         return;
       }
       if (this.logs.handle(req, res, url, raw)) return;
+      if (p.startsWith(KEY_VAULT_PATH_PREFIX)) {
+        this.arm.settle();
+        info.resourceType = VAULT_SECRET_TYPE;
+        const out = keyVaultRequest(this.keyVaultHost(), { method, path: p.slice(KEY_VAULT_PATH_PREFIX.length), query: url.searchParams, authorization: req.headers.authorization });
+        caller = out.caller;
+        // Setting the operation applies injected faults (answered in ARM's error shape).
+        if (out.operation) info.operation = out.operation;
+        reply(out.status, out.body, out.headers);
+        return;
+      }
       const seg = p.split("/").filter(Boolean);
       const s0 = lc(seg[0] ?? "");
       if (s0 === "_mi") {
@@ -604,6 +633,8 @@ export class Emulator {
           systemAssigned: system ? { objectId: system.oid, clientId: system.appId } : undefined,
         });
       }
+      case "POST /key-vaults":
+        return reply(201, this.seedKeyVault(body));
       case "GET /vms":
         return reply(200, { value: listVmsForControl(this.arm, this.baseUrl) });
       case "POST /vms/power": {
@@ -613,6 +644,45 @@ export class Emulator {
       default:
         throw new ArmError(404, "NotFound", `Unknown test control ${route}.`);
     }
+  }
+
+  /**
+   * Test control: a vault (and its resource group when missing) and secrets, written through
+   * Resource Manager as the default admin (Owner), so every ARM check applies.
+   */
+  seedKeyVault(body: any): { id: string; name: string; vaultUri: string; endpoint: string; tenantId: string; secrets: Record<string, { id: string; version: string }> } {
+    const sub = String(body.subscriptionId ?? this.info.subscriptionId);
+    const rg = String(body.resourceGroup ?? "");
+    const name = String(body.name ?? "");
+    const location = String(body.location ?? "westeurope");
+    if (!rg || !name) throw new ArmError(400, "InvalidParameter", "resourceGroup and name are required.");
+    const caller: Caller = { oid: this.info.admin.objectId, appId: this.info.admin.clientId, tid: this.info.tenantId, aud: "https://management.azure.com", exp: 0 };
+    const call = (method: string, path: string, apiVersion: string, b?: any): any => {
+      const info: RouteInfo = { resourceType: "", operation: "" };
+      return this.router.handle({ method, url: new URL(`${path}?api-version=${apiVersion}`, this.baseUrl || "https://127.0.0.1"), body: b, caller }, info).body;
+    };
+    const rgPath = `/subscriptions/${sub}/resourceGroups/${rg}`;
+    if (!this.arm.get(rgPath)) call("PUT", rgPath, "2025-04-01", { location });
+    const existing = findVault(this.arm.resources.values(), name);
+    const tenantId = lc(String(body.tenantId ?? this.dir.subscriptions.get(lc(sub))?.tenantId ?? this.info.tenantId));
+    const vault = existing ?? this.arm.get(call("PUT", `${rgPath}/providers/Microsoft.KeyVault/vaults/${name}`, "2024-11-01", {
+      location,
+      properties: {
+        tenantId,
+        sku: { family: "A", name: "standard" },
+        enableRbacAuthorization: body.enableRbacAuthorization !== false,
+        ...(Array.isArray(body.accessPolicies) ? { accessPolicies: body.accessPolicies } : {}),
+      },
+    }).id)!;
+    const secrets: Record<string, { id: string; version: string }> = {};
+    for (const [sname, value] of Object.entries((body.secrets ?? {}) as Record<string, unknown>)) {
+      const spec = isObject(value) ? (value as any) : { value };
+      const out = call("PUT", `${vault.id}/secrets/${sname}`, "2024-11-01", { properties: { value: String(spec.value), ...(spec.enabled === false ? { attributes: { enabled: false } } : {}) } });
+      const stored = this.arm.get(out.id)!;
+      const vs = secretVersions(stored);
+      secrets[sname] = { id: out.properties.secretUriWithVersion, version: vs[vs.length - 1]!.version };
+    }
+    return { id: vault.id, name: vault.name, vaultUri: vault.body.properties.vaultUri, endpoint: this.keyVaultEndpoint(vault.name), tenantId: vault.body.properties.tenantId, secrets };
   }
 
   /** Creates (or reuses, by name) a custom role from a role JSON like the product documents' ones. */

@@ -141,6 +141,33 @@ export const BUILT_IN_ROLES: RoleDefinition[] = [
     ),
   ),
   builtIn(
+    "4633458b-17de-408a-b874-0445c86b69e6",
+    "Key Vault Secrets User",
+    "Read secret contents. Only works for key vaults that use the 'Azure role-based access control' permission model.",
+    perm([], [], ["Microsoft.KeyVault/vaults/secrets/getSecret/action", "Microsoft.KeyVault/vaults/secrets/readMetadata/action"]),
+  ),
+  builtIn(
+    "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Key Vault Secrets Officer",
+    "Perform any action on the secrets of a key vault, except manage permissions. Only works for key vaults that use the 'Azure role-based access control' permission model.",
+    perm(
+      [
+        "Microsoft.Authorization/*/read",
+        "Microsoft.Insights/alertRules/*",
+        "Microsoft.Resources/deployments/*",
+        "Microsoft.Resources/subscriptions/resourceGroups/read",
+        "Microsoft.Support/*",
+        "Microsoft.KeyVault/checkNameAvailability/read",
+        "Microsoft.KeyVault/deletedVaults/read",
+        "Microsoft.KeyVault/locations/*/read",
+        "Microsoft.KeyVault/vaults/*/read",
+        "Microsoft.KeyVault/operations/read",
+      ],
+      [],
+      ["Microsoft.KeyVault/vaults/secrets/*"],
+    ),
+  ),
+  builtIn(
     "f1a07417-d97a-45cb-824c-7a7467783830",
     "Managed Identity Operator",
     "Read and Assign User Assigned Identity",

@@ -3,6 +3,7 @@ import type { Emulator } from "../emulator.js";
 import { computeTypes, installVmDelete } from "./compute.js";
 import type { TypeDef } from "./framework.js";
 import { identityTypes } from "./identity.js";
+import { keyVaultTypes } from "./keyvault.js";
 import { monitorTypes } from "./monitor.js";
 import { networkTypes } from "./network.js";
 import { storageTypes } from "./storage.js";
@@ -15,6 +16,7 @@ export function allTypes(em: Emulator): TypeDef[] {
     ...identityTypes(),
     ...networkTypes(() => em.router),
     ...storageTypes(),
+    ...keyVaultTypes(),
     ...computeTypes({
       router: () => em.router,
       catalog: em.catalog,
