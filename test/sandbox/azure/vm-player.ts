@@ -6,13 +6,14 @@
  * where cloud-init never sees userData.
  *
  * Only what a VM image provides is stood in for (./standins, then ../standins): `nextflow` prints
- * the hello pipeline's log and exits with the chosen code, `docker` is "running", `shutdown` tells
+ * the hello pipeline's log and exits with the chosen code (and leaves in the VM's sandbox folder
+ * the SHA-256 of the TOWER_ACCESS_TOKEN it was given, never the token), `docker` is "running", `shutdown` tells
  * the emulator the VM's OS shut down (power state stopped; the VM stays, and would keep costing,
  * until it is deleted — as on Azure). Everything else is the launcher's own work against the
  * emulator, for real: its `curl` gets tokens from the VM's instance metadata endpoint (the
  * emulator's, one per VM), ships the log through the Logs Ingestion API on the data collection
- * endpoint, and uploads to the work directory in Azurite, trusting the harness CA through
- * CURL_CA_BUNDLE.
+ * endpoint, reads the Platform token from the emulator's Key Vault (keyVaultEndpoint), and uploads
+ * to the work directory in Azurite, trusting the harness CA through CURL_CA_BUNDLE.
  *
  * Like Azure: a VM deleted, deallocated or evicted while its launcher runs loses it at once (the
  * launcher's process group is killed); a VM is booted once, never again.
@@ -48,6 +49,12 @@ export interface VmPlayerOptions {
    * (it stays running, and its launcher never runs). Overrides pipelineExitCode.
    */
   exitCodeFor?: (runName: string, vm: EmulatedVm) => number | undefined;
+  /**
+   * Where the launcher reads Key Vault secrets (VMFORGE_KEYVAULT_ENDPOINT: replaces
+   * https://<vault>.vault.azure.net in spec.azure.platformTokenSecretUri), e.g. the emulator's
+   * `<endpoint>/keyvault/<vault>`. Unset: the launcher uses the URI as it is.
+   */
+  keyVaultEndpoint?: string;
   /** How often the emulator is asked for VMs (default 500 ms). */
   pollMs?: number;
   say: (line: string) => void;
@@ -162,6 +169,7 @@ export class AzureVmPlayer {
         // The launcher's test overrides (src/cloud/azure/launcher.ts); cloud-init sets neither.
         VMFORGE_ROOT: entry.root,
         VMFORGE_IMDS_ENDPOINT: vm.imdsEndpoint,
+        ...(this.o.keyVaultEndpoint ? { VMFORGE_KEYVAULT_ENDPOINT: this.o.keyVaultEndpoint } : {}),
         // The launcher's curl trusts the harness CA (the emulator's and Azurite's), nothing else.
         CURL_CA_BUNDLE: this.o.caPath,
         SSL_CERT_FILE: this.o.caPath,

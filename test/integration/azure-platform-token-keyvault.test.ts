@@ -1,0 +1,157 @@
+/**
+ * The Seqera Platform token from a Key Vault secret (spec.azure.platformTokenSecretUri) through
+ * the OPERATOR on the real kube-apiserver and the VM player: the launcher on the VM gets a token
+ * for https://vault.azure.net from the instance metadata endpoint for the CE's identity and reads
+ * the secret from the emulator's Key Vault (VMFORGE_KEYVAULT_ENDPOINT), which checks the token
+ * and the vault's RBAC as Key Vault does.
+ *
+ * Without a grant the Run fails BootstrapFailed at step "platform-token" (Key Vault answered 403
+ * ForbiddenByRbac); with Key Vault Secrets User on the vault for the CE's identity the Run
+ * succeeds and the stand-in nextflow was given TOWER_ACCESS_TOKEN equal to the secret (it
+ * records the SHA-256 only). The token appears nowhere: not in the log read back from Log
+ * Analytics, the uploaded files, the Run's status or the namespace's Events.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { inject } from "vitest";
+import { ResourceManagementClient } from "@azure/arm-resources";
+import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
+import { LogsQueryClient } from "@azure/monitor-query-logs";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import { azureArtifactsPath } from "../../src/cloud/azure/launcher.js";
+import { IDENTITY_NAME, LOG_TABLE, resourceGroupName } from "../../src/cloud/azure/names.js";
+import { EventResource } from "../../src/engine/events.js";
+import { waitFor } from "../support/operator.js";
+import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureTestCredential, trustAzureEmulator } from "../harness/helpers.js";
+import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
+import { ceBody, waitReady } from "../support/azure-env.js";
+import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
+import { AzureVmPlayer } from "../sandbox/azure/vm-player.js";
+
+const CE = "kvtoken";
+const VAULT = `vmf-kv-${randomBytes(4).toString("hex")}`;
+const SECRET = "tower-token";
+// A token-looking value, unique to this run so that finding it anywhere means it leaked.
+const TOKEN = `eyJ0b3dlci10b2tlbiI6${randomBytes(18).toString("hex")}`;
+
+let env: AzureRunsEnv;
+let ce: ComputeEnvironment;
+let player: AzureVmPlayer;
+let vault: Awaited<ReturnType<ReturnType<typeof azureControl>["createKeyVault"]>>;
+let dir = "";
+const said: string[] = [];
+
+beforeAll(async () => {
+  env = await setupAzureRuns({ prefix: "azkv", principal: "vmforge-kv", blob: true });
+  vault = await azureControl().createKeyVault({ resourceGroup: "vmforge-secrets-rg", name: VAULT, secrets: { [SECRET]: TOKEN } });
+  await env.start(undefined, [env.ns]);
+  await env.kube.create(ComputeEnvironmentResource, ceBody(env.ns, CE, { storageAccount: env.storageAccount, platformTokenSecretUri: `https://${VAULT}.vault.azure.net/secrets/${SECRET}` }));
+  ce = await waitReady(env.kube, env.ns, CE);
+  dir = mkdtempSync(join(tmpdir(), "vmforge-azkv-"));
+  // The launcher's curl trusts the emulator's CA and Azurite's (one bundle), nothing else.
+  const bundle = join(dir, "ca.pem");
+  writeFileSync(bundle, `${readFileSync(azureCaPath(), "utf8")}\n${readFileSync(inject("azuriteCaPath"), "utf8")}`);
+  player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pollMs: 200, keyVaultEndpoint: vault.endpoint, say: (l) => said.push(l) });
+  player.start();
+}, 120_000);
+
+afterAll(async () => {
+  await player?.stop();
+  await env?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function ended(name: string): Promise<Run> {
+  return waitFor(`Run ${name} ended`, async () => {
+    const r = await env.getRun(name);
+    if (r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed") return r;
+    throw new Error(`${r?.status?.phase ?? "-"}/${r?.status?.reason ?? "-"}: ${r?.status?.message ?? ""}\n${said.slice(-5).join("\n")}`);
+  }, 180_000, 500);
+}
+
+/** The CE's user-assigned identity (vmforge-vm-identity in its resource group): its principal ID. */
+async function identityPrincipal(): Promise<string> {
+  const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
+  const rg = resourceGroupName({ namespace: env.ns, name: CE, uid: ce.metadata.uid! });
+  const id = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/${IDENTITY_NAME}`;
+  const mi = await rm.resources.getById(id, "2023-01-31");
+  return String((mi.properties as { principalId: string }).principalId);
+}
+
+/** Key Vault's answers to the launcher's secret reads (the emulator's request log). */
+async function secretReads(since: number): Promise<{ status: number; caller?: string }[]> {
+  return (await azureControl().requests(since)).value.filter((r) => r.path.toLowerCase().startsWith(`/keyvault/${VAULT}/secrets/${SECRET}`)).map((r) => ({ status: r.status, caller: r.caller }));
+}
+
+/** Every line of a Run in Log Analytics, read with the operator's principal. */
+async function logLines(run: Run): Promise<string[]> {
+  trustAzureEmulator();
+  const q = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
+  const res = await q.queryWorkspace(ce.status!.azure!.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${run.metadata.uid!}' | project Line`, { duration: "PT1H" });
+  return "tables" in res ? (res.tables[0]?.rows ?? []).map((r) => String(r[0])) : [];
+}
+
+async function uploaded(run: Run, file: string): Promise<string> {
+  const art = azureArtifactsPath(ce, run);
+  const blobs = new BlobServiceClient(inject("azuriteBlobEndpoint"), new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY));
+  return (await blobs.getContainerClient(art.container).getBlobClient(`${art.path}/${file}`).downloadToBuffer()).toString("utf8");
+}
+
+function tokenHashSeenBy(run: Run): string | undefined {
+  const vm = player.played().find((v) => v.runUid === run.metadata.uid);
+  if (!vm) throw new Error(`the player never booted the VM of ${run.metadata.name}`);
+  const f = join(vm.root, "sandbox", "tower-access-token.sha256");
+  return existsSync(f) ? readFileSync(f, "utf8").trim() : undefined;
+}
+
+async function expectNoLeak(run: Run): Promise<void> {
+  const lines = await waitFor(`the log of ${run.metadata.name} in Log Analytics`, async () => {
+    const l = await logLines(run);
+    return l.some((x) => x.startsWith("VMFORGE_EXIT_CODE=")) ? l : undefined;
+  }, 60_000, 250);
+  expect(lines.some((l) => l.includes(`Key Vault secret https://${VAULT}.vault.azure.net/secrets/${SECRET}`)), lines.join("\n")).toBe(true);
+  expect(lines.filter((l) => l.includes(TOKEN))).toEqual([]);
+  for (const f of ["launcher.log", "exit-status"]) expect(await uploaded(run, f)).not.toContain(TOKEN);
+  const now = await env.getRun(run.metadata.name!);
+  expect(JSON.stringify(now?.status ?? {})).not.toContain(TOKEN);
+  const events = await env.kube.list<{ metadata: { name?: string }; regarding?: { name?: string }; note?: string }>(EventResource, { namespace: env.ns });
+  expect(events.items.filter((e) => e.regarding?.name === run.metadata.name).length).toBeGreaterThan(0);
+  expect(JSON.stringify(events.items)).not.toContain(TOKEN);
+  expect(said.filter((l) => l.includes(TOKEN))).toEqual([]);
+}
+
+describe("Azure: the Platform token from Key Vault through the operator and the VM player", () => {
+  it("without a grant the Run fails BootstrapFailed at platform-token (403 from Key Vault); with Key Vault Secrets User on the vault nextflow gets the secret as TOWER_ACCESS_TOKEN, and the token is in no log, status or Event", async () => {
+    const principalId = await identityPrincipal();
+
+    // (b) The identity may not read the secret: Key Vault refuses, the set-up step fails.
+    let since = (await azureControl().requests(0)).lastSeq;
+    await env.kube.create(RunResource, env.runBody("denied", CE));
+    const denied = await ended("denied");
+    expect(denied.status?.phase).toBe("Failed");
+    expect(denied.status?.reason, denied.status?.message).toBe("BootstrapFailed");
+    expect(denied.status?.message).toContain('step "platform-token"');
+    expect(await uploaded(denied, "exit-status")).toMatch(/^\d+\nbootstrap-failed=platform-token\n$/);
+    const refused = await secretReads(since);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused.every((r) => r.status === 403 && r.caller === principalId), JSON.stringify(refused)).toBe(true);
+    expect(tokenHashSeenBy(denied)).toBeUndefined(); // nextflow never started
+    await expectNoLeak(denied);
+
+    // (a) Key Vault Secrets User on the vault for the CE's identity: the Run succeeds with the token.
+    await azureControl().assignRole({ principalId, scope: vault.id, roleName: "Key Vault Secrets User" });
+    since = (await azureControl().requests(0)).lastSeq;
+    await env.kube.create(RunResource, env.runBody("granted", CE));
+    const granted = await ended("granted");
+    expect(granted.status?.phase, granted.status?.message).toBe("Succeeded");
+    expect(granted.status?.exitCode).toBe(0);
+    expect(await secretReads(since)).toEqual([{ status: 200, caller: principalId }]);
+    expect(tokenHashSeenBy(granted)).toBe(createHash("sha256").update(TOKEN).digest("hex"));
+    expect(await uploaded(granted, "nextflow.log")).not.toContain(TOKEN);
+    await expectNoLeak(granted);
+  }, 600_000);
+});
