@@ -569,6 +569,10 @@ function phaseIsTerminal(run: Run): boolean {
  * Runs already in a terminal phase have their outcome; nothing is looked up for them.
  * A Run without a machine (and no outcome found) maps to undefined.
  */
+function beingCancelled(run: Run, ce: ComputeEnvironment): boolean {
+  return run.spec.cancel === true || !!run.metadata.deletionTimestamp || !!ce.metadata.deletionTimestamp;
+}
+
 export async function describeRuns(
   clients: RunClients,
   ctx: EnvContext,
@@ -601,6 +605,9 @@ export async function describeRuns(
     result.set(uid, desc);
     if (phaseIsTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
     if (phaseIsTerminal(run)) continue;
+    // Being cancelled (spec.cancel, the Run or its CE deleted): its outcome is Cancelled whatever
+    // the machine says, so neither its start nor its exit line is worth a read.
+    if (beingCancelled(run, ctx.runCe?.(run) ?? ctx.ce)) continue;
     if (ENDED.has(desc.state)) {
       needExit.push({ run, inst, desc });
     } else if (desc.state === "running" && run.status?.phase !== "Running" && opts.startProbes) {

@@ -322,6 +322,21 @@ describe("describeRuns", () => {
     expect(get?.input).toMatchObject({ logGroupName: "/vmforge/team-a/ce-a", logStreamName: "team-a/hello-1/0f1e2d3c", startFromHead: false });
   });
 
+  it("reads no log or exit status for a Run being cancelled (spec.cancel, the Run or its CE deleted)", async () => {
+    const ended = { State: { Name: "terminated" as const, Code: 48 } };
+    const cancelled = { ...sampleRun(), spec: { ...sampleRun().spec, cancel: true } } as Run;
+    const deleted = { ...sampleRun(), metadata: { ...sampleRun().metadata, deletionTimestamp: "2025-11-25T00:00:00Z" } } as Run;
+    for (const [run, ce] of [[cancelled, CE], [deleted, CE], [sampleRun(), { ...CE, metadata: { ...CE.metadata, deletionTimestamp: "2025-11-25T00:00:00Z" } }]] as [Run, ComputeEnvironment][]) {
+      const { clients, calls } = fakeClients((name) => {
+        if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, CE, ended)] }] };
+        throw new Error(`unexpected ${name}`);
+      });
+      const result = await describeRuns(clients, ctxFor(ce), [run]);
+      expect(result.get(run.metadata.uid!)?.state).toBe("terminated");
+      expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+    }
+  });
+
   it("falls back to the uploaded exit-status object, and reports a Spot interruption", async () => {
     const run = sampleRun();
     const { clients, calls } = fakeClients((name) => {
