@@ -28,7 +28,7 @@ import { DEFAULT_AZURE_VM_SIZE } from "../src/api/constants.js";
 import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/launcher.js";
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench } from "./azure-setup.js";
-import { dist, fmtDist, fmtLoad, load, sec, type Dist, type Load } from "./stats.js";
+import { dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const CES = ["az0", "az1", "az2", "az3"];
@@ -56,16 +56,6 @@ export interface AzureBurstResult {
   operatorCpuS: number;
   rss: { rssMiB: number; peakMiB: number };
   load: Load;
-}
-
-async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      await fn(items[i] as T, i);
-    }
-  }));
 }
 
 /** The VM body of src/cloud/azure/runs.ts launchRun for a Run of `ce` (a fake Run of the given UID). */

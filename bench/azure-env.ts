@@ -12,21 +12,12 @@
  * The compiled operator runs with its defaults (no LRO poll override), as in production; the
  * emulator asks for polls every `LRO_RETRY_AFTER_S` seconds.
  */
-import { ClientSecretCredential } from "@azure/identity";
-import { ResourceManagementClient } from "@azure/arm-resources";
 import type { KubeClient } from "../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../src/api/types.js";
 import type { ComputeEnvironment } from "../src/api/types.js";
-import { SecretResource } from "../src/controllers/shared.js";
-import type { SecretObject } from "../src/controllers/shared.js";
-import { AZURE_PHASES, renderAzureRole } from "../src/cloud/azure/policy.js";
-import { startAzureEmulator } from "../test/harness/azure.js";
-import { OperatorProcess } from "./operator.js";
+import { LOCATION, startAzureBench } from "./azure-setup.js";
 import { dist, fmtDist, fmtLoad, load, sec, type Dist, type Load } from "./stats.js";
 
-const ARM_SCOPE = "https://management.azure.com/.default";
-const STORAGE_API_VERSION = "2023-05-01";
-const LOCATION = "westeurope";
 const LRO_RETRY_AFTER_S = 1;
 /** Per resource type, ms (asynchronous creates only; the rest answer at once). */
 const LATENCY_MS: Record<string, number> = {
@@ -65,48 +56,12 @@ export async function azureEnvScenario(o: {
 }): Promise<AzureEnvResult> {
   const { client, say } = o;
   const criticalPathMs = Math.max(...CHAINS.map((c) => c.reduce((s, t) => s + (LATENCY_MS[t] ?? 0), 0)));
-  const az = await startAzureEmulator({ log: (m) => say(`  [azure] ${m}`) });
-  let op: OperatorProcess | undefined;
+  // The shared Azure set-up (emulator, principals, work storage, Secret, compiled operator at its
+  // defaults); the latencies apply from here on, to the CEs only.
+  const b = await startAzureBench({ kubeconfig: o.kubeconfig, client, namespace: o.namespace, say, prefix: "azure-env" });
+  const ns = b.ns;
   try {
-    const ctl = az.control;
-    await ctl.settings({ lroRetryAfterS: LRO_RETRY_AFTER_S, latencyMs: LATENCY_MS });
-    const info = await ctl.info();
-    const scope = `/subscriptions/${info.subscriptionId}`;
-    const admin = await ctl.createPrincipal({ displayName: "bench-admin" });
-    await ctl.assignRole({ principalId: admin.objectId, scope, roleName: "Owner" });
-    const operatorSp = await ctl.createPrincipal({ displayName: "vmforge-operator" });
-    for (const phase of AZURE_PHASES) {
-      await ctl.assignRole({ principalId: operatorSp.objectId, scope, role: renderAzureRole(phase, { subscriptionId: info.subscriptionId, withAdditions: true }) });
-    }
-    await ctl.assignRole({ principalId: operatorSp.objectId, scope, roleName: "Reader" });
-
-    // The work directory's storage account and container (the customer's, made as the admin).
-    const { setDefaultCACertificates, getCACertificates } = await import("node:tls");
-    setDefaultCACertificates([...getCACertificates("default"), az.caPem]);
-    const cred = new ClientSecretCredential(info.tenantId, admin.clientId, admin.secret ?? "", { authorityHost: az.endpoint, disableInstanceDiscovery: true });
-    const rm = new ResourceManagementClient(cred, info.subscriptionId, { endpoint: az.endpoint, credentials: { scopes: [ARM_SCOPE] } });
-    await rm.resourceGroups.createOrUpdate("bench-data", { location: LOCATION });
-    const accountId = `${scope}/resourceGroups/bench-data/providers/Microsoft.Storage/storageAccounts/benchwork`;
-    await rm.resources.beginCreateOrUpdateByIdAndWait(accountId.slice(1), STORAGE_API_VERSION, { location: LOCATION, kind: "StorageV2", sku: { name: "Standard_LRS" } });
-    await rm.resources.beginCreateOrUpdateByIdAndWait(`${accountId.slice(1)}/blobServices/default/containers/work`, STORAGE_API_VERSION, { properties: {} });
-
-    const ns = await o.namespace("azure-env");
-    await client.create(SecretResource, {
-      apiVersion: "v1",
-      kind: "Secret",
-      metadata: { name: "azure", namespace: ns },
-      stringData: { tenantId: info.tenantId, clientId: operatorSp.clientId, clientSecret: operatorSp.secret ?? "", subscriptionId: info.subscriptionId },
-    } as SecretObject);
-    op = new OperatorProcess({
-      KUBECONFIG: o.kubeconfig,
-      VMFORGE_NAMESPACES: ns,
-      POD_NAME: `bench-${ns}`,
-      VMFORGE_AZURE_ARM_ENDPOINT: az.endpoint,
-      VMFORGE_AZURE_AUTHORITY_HOST: az.endpoint,
-      VMFORGE_AZURE_LOGS_ENDPOINT: `${az.endpoint}/loganalytics/v1`,
-      NODE_EXTRA_CA_CERTS: az.caPath,
-    });
-    await op.start();
+    await b.az.control.settings({ lroRetryAfterS: LRO_RETRY_AFTER_S, latencyMs: LATENCY_MS });
     say(`  latencies ${Object.entries(LATENCY_MS).map(([t, ms]) => `${t.split("/").slice(1).join("/")} ${sec(ms)}`).join(", ")}; LRO Retry-After ${LRO_RETRY_AFTER_S} s; critical path ${sec(criticalPathMs)}`);
 
     const times: number[] = [];
@@ -150,7 +105,6 @@ export async function azureEnvScenario(o: {
       load: load(),
     };
   } finally {
-    await op?.stop().catch(() => undefined);
-    await az.stop();
+    await b.stop();
   }
 }

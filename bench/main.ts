@@ -40,7 +40,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { diffMaps, dist, fmtDist, fmtLoad, load, promSum, sec, type Dist, type Load } from "./stats.js";
+import { diffMaps, dist, fmtDist, fmtLoad, load, poolDo, promSum, sec, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -59,16 +59,6 @@ const say = (s: string): void => void process.stdout.write(`${s}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 // (the SDK marks credential objects it used: each client gets its own copy)
 const creds = (): { accessKeyId: string; secretAccessKey: string } => ({ accessKeyId: "testing", secretAccessKey: "testing" });
-
-async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: number) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
-      const i = next++;
-      await fn(items[i] as T, i);
-    }
-  }));
-}
 
 async function until(what: string, fn: () => Promise<boolean> | boolean, timeoutMs: number, everyMs = 500): Promise<boolean> {
   const end = Date.now() + timeoutMs;

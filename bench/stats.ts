@@ -55,3 +55,14 @@ export function diffMaps(after: Map<string, number>, before: Map<string, number>
   }
   return out;
 }
+
+/** Calls `fn` for every item, at most `concurrency` at a time. */
+export async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i] as T, i);
+    }
+  }));
+}

@@ -285,6 +285,26 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   // Runs whose launcher lines are asked for, from every resource group of the CE, in one query (below).
   const needLines: { run: Run; settle: (lines: LauncherLines | undefined, read: LinesRead) => void }[] = [];
+  /**
+   * The outcome of a Run whose machine ended: the uploaded exit status now, else the exit line
+   * (and a failed set-up step before it) from this poll's one query; `noLine` when neither is there.
+   */
+  const outcomeOfEnded = async (run: Run, d: RunDescription, noLine: (read: LinesRead) => void): Promise<void> => {
+    const uid = run.metadata.uid ?? "";
+    const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
+    if (exitCode !== undefined) {
+      d.exitCode = exitCode;
+      watch.forget(uid);
+      return;
+    }
+    needLines.push({ run, settle: (lines, read) => {
+      if (lines?.exitCode !== undefined) {
+        d.exitCode = lines.exitCode;
+        if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
+        watch.forget(uid);
+      } else noLine(read);
+    } });
+  };
   /** Per resource group: the VMs to delete, and how to report each as it was seen should its deletion fail. */
   const toDelete = new Map<string, { names: string[]; asSeen: Map<string, () => void> }>();
   await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
@@ -309,25 +329,15 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", log };
         out.set(uid, d);
         if (over) return; // its outcome is recorded; only its machine's end was awaited
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
-        if (exitCode !== undefined) {
-          d.exitCode = exitCode;
-          watch.forget(uid);
-          return;
-        }
-        needLines.push({ run, settle: (lines, read) => {
-          if (lines?.exitCode !== undefined) {
-            d.exitCode = lines.exitCode;
-            if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
-            watch.forget(uid);
-          } else if (run.spec.overrides?.spot && !watch.seenStopped(uid)) {
+        await outcomeOfEnded(run, d, (read) => {
+          if (run.spec.overrides?.spot && !watch.seenStopped(uid)) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
             d.stateReason = "Azure evicted the Spot VM before the pipeline ended";
             d.interrupted = true;
             d.interruptionReason = "SpotEvicted";
             watch.forget(uid);
           } else awaitExitLine(d, watch, uid, false, read);
-        } });
+        });
         return;
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
@@ -354,19 +364,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           delete d.outcomeUnknown;
         });
         if (over) return;
-        const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
-        if (exitCode !== undefined) {
-          d.exitCode = exitCode;
-          watch.forget(uid);
-          return;
-        }
-        needLines.push({ run, settle: (lines, read) => {
-          if (lines?.exitCode !== undefined) {
-            d.exitCode = lines.exitCode;
-            if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
-            watch.forget(uid);
-          } else awaitExitLine(d, watch, uid, true, read);
-        } });
+        await outcomeOfEnded(run, d, (read) => awaitExitLine(d, watch, uid, true, read));
         return;
       }
       if (vm.state === "running" && !over && run.status?.phase !== "Running") {
