@@ -361,11 +361,22 @@ async function main(): Promise<void> {
       }
       // Every Run deleted: what stays is the leak.
       const t = Date.now();
-      // a collection delete of 10,000 objects outlives the client's usual 30 s deadline
-      await KubeClient.fromKubeconfig(cluster.kubeconfigPath, { requestTimeoutMs: 900_000 })
-        .request("DELETE", `/apis/vmforge.dev/v1alpha1/namespaces/${ns}/runs`)
-        .catch((e: unknown) => say(`  ! deleting the Runs: ${e instanceof Error ? e.message : String(e)}`));
-      await until("every Run gone", async () => (await client.list(RunResource, { namespace: ns, limit: 1 })).items.length === 0, 900_000, 3_000);
+      // A collection delete of 10,000 objects can outlive the apiserver's own request timeout
+      // (504), which stops it part-way: it is sent again until no Run is left.
+      const deleter = KubeClient.fromKubeconfig(cluster.kubeconfigPath, { requestTimeoutMs: 120_000 });
+      let deletes = 0;
+      let marked = false;
+      await until("every Run gone", async () => {
+        if ((await client.list(RunResource, { namespace: ns, limit: 1 })).items.length === 0) return true;
+        if (!marked) {
+          deletes++;
+          marked = await deleter.request("DELETE", `/apis/vmforge.dev/v1alpha1/namespaces/${ns}/runs`).then(() => true, (e: unknown) => {
+            say(`  (deleting the Runs, pass ${deletes}: ${e instanceof Error ? e.message : String(e)}; sent again)`);
+            return false;
+          });
+        }
+        return false;
+      }, 900_000, 3_000);
       await statusWatch.stop();
       await sleep(10_000);
       const after = { runs: 0, rssMiB: op.stats().rssMiB, peakMiB: op.stats().peakMiB, heapUsedMiB: await heap(), deleteMs: Date.now() - t };
