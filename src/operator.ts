@@ -61,7 +61,6 @@ class Caches<T extends KubeObject> {
 }
 
 const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.name}`;
-const ceKeyOf = (r: Run): string => `${r.metadata.namespace}/${r.spec.computeEnvironmentRef.name}`;
 
 /**
  * What a CE's reconcile reads of a Run: whether it is active (status.activeRuns) and whether its
@@ -158,7 +157,7 @@ export class Operator {
       if (type === "RESYNC") return;
       const prev = type === "DELETED" ? (old ?? run) : old;
       // The CE only hears of changes its status depends on, gathered over a moment.
-      if (type === "DELETED" || !prev || ceView(prev) !== ceView(run)) this.ceController.enqueueAfter(ceKeyOf(run), CE_COALESCE_MS);
+      if (type === "DELETED" || !prev || ceView(prev) !== ceView(run)) this.ceController.enqueueAfter(ceIndexOf(run), CE_COALESCE_MS);
       // A slot freed, as the cache shows it (so also for Runs launched before a restart or by
       // another leader): the CE's waiting Runs can go now rather than at the next resync.
       if (prev && holdsSlot(prev) && (type === "DELETED" || !holdsSlot(run))) {

@@ -60,7 +60,6 @@ export interface KubeStatus {
   details?: unknown;
 }
 
-/** An HTTP error answered by the API server. `reason` is Status.reason ("NotFound", "Conflict", ...). */
 /** A request failed on a kept-alive connection the server had closed, before any answer. */
 class StaleSocketError extends Error {
   readonly code: string | undefined;
@@ -71,6 +70,7 @@ class StaleSocketError extends Error {
   }
 }
 
+/** An HTTP error answered by the API server. `reason` is Status.reason ("NotFound", "Conflict", ...). */
 export class KubeApiError extends Error {
   readonly status: number;
   readonly reason: string;
