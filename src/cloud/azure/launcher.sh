@@ -8,6 +8,8 @@
 #   VMFORGE_IMDS_ENDPOINT      base URL of the instance metadata service (default: VMF_IMDS)
 #   VMFORGE_SHIP_INTERVAL      seconds between two rounds of log batches (default: 5)
 #   VMFORGE_KEYVAULT_ENDPOINT  replaces https://<vault>.vault.azure.net in the token's secret URI
+#   VMFORGE_KEYVAULT_WAIT      seconds a Key Vault 403 is retried for (default: 600), as a new
+#                              grant to the identity takes minutes to take effect
 LAUNCH_DIR="$STATE_DIR/launch"
 LOG_FILE="$ROOT/var/log/vmforge/run.log"
 LAUNCHER_LOG="$ROOT/var/log/vmforge/launcher.log"
@@ -58,8 +60,25 @@ cloud_read_token() {
       local url=$VMF_TOKEN_REF tok answer
       if [[ -n "${VMFORGE_KEYVAULT_ENDPOINT:-}" ]]; then url="$VMFORGE_KEYVAULT_ENDPOINT/${url#https://*/}"; fi
       tok=$(imds_token "$VMF_KEYVAULT_RESOURCE")
-      answer=$(curl -sf --max-time 30 --retry 3 -H "Authorization: Bearer $tok" "$url?api-version=7.4")
-      PLATFORM_TOKEN=$(sed -n 's/.*"value" *: *"\([^"]*\)".*/\1/p' <<<"$answer")
+      # 403: the identity's grant may not have taken effect yet (Azure RBAC takes minutes to
+      # propagate); asked again every 10 s for a while. Anything else ends the step at once.
+      local waited=0 status wait_for=${VMFORGE_KEYVAULT_WAIT:-600} step=10
+      if ((wait_for < step)); then step=1; fi
+      answer=$(mktemp)
+      while :; do
+        status=$(curl -s --max-time 30 --retry 3 -o "$answer" -w '%{http_code}' -H "Authorization: Bearer $tok" "$url?api-version=7.4") || status=000
+        if [[ "$status" != 403 ]] || ((waited >= wait_for)); then break; fi
+        log "Key Vault refused the secret (403); the identity's access may still be propagating, asking again in $step s"
+        sleep "$step"
+        waited=$((waited + step))
+      done
+      if [[ "$status" != 200 ]]; then
+        rm -f "$answer"
+        log "Key Vault answered $status for the secret $VMF_TOKEN_REF"
+        return 1
+      fi
+      PLATFORM_TOKEN=$(sed -n 's/.*"value" *: *"\([^"]*\)".*/\1/p' "$answer")
+      rm -f "$answer"
       if [[ -z "$PLATFORM_TOKEN" ]]; then
         log "the Key Vault secret $VMF_TOKEN_REF has no value"
         return 1

@@ -169,7 +169,8 @@ export class AzureVmPlayer {
         // The launcher's test overrides (src/cloud/azure/launcher.ts); cloud-init sets neither.
         VMFORGE_ROOT: entry.root,
         VMFORGE_IMDS_ENDPOINT: vm.imdsEndpoint,
-        ...(this.o.keyVaultEndpoint ? { VMFORGE_KEYVAULT_ENDPOINT: this.o.keyVaultEndpoint } : {}),
+        // (a refused secret is asked again for 3 s, not a real VM's 10 minutes)
+        ...(this.o.keyVaultEndpoint ? { VMFORGE_KEYVAULT_ENDPOINT: this.o.keyVaultEndpoint, VMFORGE_KEYVAULT_WAIT: "3" } : {}),
         // The launcher's curl trusts the harness CA (the emulator's and Azurite's), nothing else.
         CURL_CA_BUNDLE: this.o.caPath,
         SSL_CERT_FILE: this.o.caPath,

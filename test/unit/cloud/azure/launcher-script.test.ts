@@ -168,6 +168,25 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(az.lines(run.metadata.uid!, "launcher").join("\n")).toContain(`reading the Platform token from Key Vault secret ${uri}`);
   });
 
+  it("a Key Vault 403 (a grant still propagating) is asked again until it is served; a 403 that lasts past the wait fails the step", async () => {
+    const token = "tok-after-propagation-8i9o0p";
+    az.secrets.set("late-token", token);
+    const ce = sampleAzureCe({}, { platformTokenSecretUri: "https://my-vault.vault.azure.net/secrets/late-token" });
+    az.keyVaultForbidden = 2;
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000053" });
+    const r = await launch(ce, run, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv`, VMFORGE_KEYVAULT_WAIT: "5" } });
+    expect(r.code, r.stdout).toBe(0);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(az.lines(run.metadata.uid!, "launcher").filter((l) => l.includes("Key Vault refused the secret (403)"))).toHaveLength(2);
+    az.keyVaultForbidden = 100;
+    const run2 = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000054" });
+    const r2 = await launch(ce, run2, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv`, VMFORGE_KEYVAULT_WAIT: "2" } });
+    az.keyVaultForbidden = 0;
+    expect(r2.code).not.toBe(0);
+    expect(existsSync(join(r2.record, "nextflow.argv"))).toBe(false);
+    expect(az.lines(run2.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=platform-token");
+  });
+
   it("a Key Vault secret the identity cannot read is BootstrapFailed at platform-token, and nextflow never starts", async () => {
     const ce = sampleAzureCe({}, { platformTokenSecretUri: "https://my-vault.vault.azure.net/secrets/missing-token" });
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000052" });
