@@ -291,6 +291,22 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     await waitFor("the stopped VM of exitline deleted", async () => (await env.vmOf(run)) === undefined, 30_000, 250);
   }, 120_000);
 
+  it("a stopped VM whose deletion Azure refuses once still ends its Run with the uploaded exit code, and is deleted after", async () => {
+    await env.kube.create(RunResource, env.runBody("nodel", CE));
+    const run = await settingUp("nodel");
+    const ctl = azureControl();
+    // The next VM delete (the poll's, of the stopped VM) is refused; the Run's own termination then goes through.
+    await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
+    try {
+      await env.finishVm(ce, run, 3);
+      const done = await phase("nodel", "Failed");
+      expect(done.status).toMatchObject({ reason: "PipelineFailed", exitCode: 3 });
+    } finally {
+      await ctl.clearFaults();
+    }
+    await waitFor("the stopped VM of nodel deleted", async () => (await env.vmOf(run)) === undefined, 30_000, 250);
+  }, 120_000);
+
   it("Log Analytics ingestion delay: a Run stays SettingUp until its start line is ingested (one query per CE per poll); a VM stopped before its exit line is ingested is deleted at once and the Run takes the late line's code; with no line at all it ends MachineStopped after the grace window", async () => {
     // Its own namespace, CE (so its own data collection rule, slowed alone) and operator, whose
     // provider waits GRACE for an exit line (VMFORGE_AZURE_EXIT_LINE_GRACE in a deployment).

@@ -373,9 +373,18 @@ export class RunReconciler {
       }
       case "stopping":
       case "stopped":
-        // A stopped machine never finishes the pipeline; vmforge launches with shutdown = terminate,
-        // so this means someone stopped it by hand. End it.
+        // A stopped machine runs no pipeline: it is terminated. On AWS (shutdown = terminate) this
+        // means someone stopped it by hand; on Azure an OS shutdown leaves the VM stopped, and the
+        // provider may report its known outcome here when deleting it failed.
         await this.terminate(run, ce, provider, log);
+        if (desc.exitCode !== undefined) {
+          const ok = desc.exitCode === 0 && !desc.bootstrapStep;
+          const [reason, message] = desc.bootstrapStep
+            ? ["BootstrapFailed", `setting up machine ${desc.instanceId} failed at step "${desc.bootstrapStep}" (exit code ${desc.exitCode}) before the pipeline started`]
+            : ok ? ["Succeeded", "the pipeline completed"] : ["PipelineFailed", `the pipeline exited with code ${desc.exitCode}`];
+          await this.finish(run, ok ? "Succeeded" : "Failed", reason, clip(message), { instance, exitCode: desc.exitCode });
+          return { requeueAfterMs: next };
+        }
         await this.finish(run, "Failed", "MachineStopped", `machine ${desc.instanceId} was stopped`, { instance });
         return { requeueAfterMs: next };
       case "shutting-down":
