@@ -29,6 +29,7 @@ import {
 import type { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { GetObjectCommand, type S3Client } from "@aws-sdk/client-s3";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
+import { isTerminal } from "../../api/phases.js";
 import { DEFAULT_BOOT_DISK_GIB, DEFAULT_BOOT_DISK_VOLUME_TYPE } from "../../api/types.js";
 import { CloudError, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { awsErrorCode, mapAwsError } from "./clients.js";
@@ -553,11 +554,6 @@ async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: 
   if (probes.started(uid)) desc.pipelineStarted = true;
 }
 
-function phaseIsTerminal(run: Run): boolean {
-  const p = run.status?.phase;
-  return p === "Succeeded" || p === "Failed" || p === "Cancelled";
-}
-
 /**
  * Describes Runs with as few DescribeInstances calls as their number allows (see
  * describeInstancesByRunUids). The exit code comes from the log's exit line, else from the uploaded
@@ -596,15 +592,15 @@ export async function describeRuns(
       result.set(uid, undefined);
       const recorded = run.status?.instance?.id;
       const launched = Date.parse(run.status?.launchedAt ?? "");
-      if (recorded && !phaseIsTerminal(run) && Number.isFinite(launched) && Date.now() - launched >= missingAfter) {
+      if (recorded && !isTerminal(run) && Number.isFinite(launched) && Date.now() - launched >= missingAfter) {
         needExit.push({ run, inst: undefined, desc: { instanceId: recorded, state: "terminated", stateReason: "no longer listed by EC2" }, missing: true });
       }
       continue;
     }
     const desc = describeInstance(inst, ctx.ce, run);
     result.set(uid, desc);
-    if (phaseIsTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
-    if (phaseIsTerminal(run)) continue;
+    if (isTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
+    if (isTerminal(run)) continue;
     // Being cancelled (spec.cancel, the Run or its CE deleted): its outcome is Cancelled whatever
     // the machine says, so neither its start nor its exit line is worth a read.
     if (beingCancelled(run, ctx.runCe?.(run) ?? ctx.ce)) continue;
@@ -814,7 +810,7 @@ const UPLOADED_LOG_CURSOR = "s3:launcher.log";
 export async function readRunLog(clients: RunClients, ctx: EnvContext, run: Run, from?: string, opts: ReadLogOptions = {}): Promise<RunLogChunk> {
   if (from === UPLOADED_LOG_CURSOR) return { lines: [], next: from };
   const chunk = await readRunLogStream(clients.logs, ctx.ce, run, from, { ...(ctx.signal ? { signal: ctx.signal } : {}), ...opts });
-  if (from !== undefined || chunk.next !== undefined || chunk.lines.length > 0 || !phaseIsTerminal(run)) return chunk;
+  if (from !== undefined || chunk.next !== undefined || chunk.lines.length > 0 || !isTerminal(run)) return chunk;
   const loc = s3Location(`${runArtifactsUri(ctx.ce, run)}/launcher.log`);
   if (!loc) return chunk;
   try {

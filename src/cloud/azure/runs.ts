@@ -9,6 +9,7 @@
 import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
+import { isTerminal } from "../../api/phases.js";
 import { CloudError, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
@@ -266,11 +267,6 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
   return out;
 }
 
-function phaseIsTerminal(run: Run): boolean {
-  const p = run.status?.phase;
-  return p === "Succeeded" || p === "Failed" || p === "Cancelled";
-}
-
 /** The Runs of one CE (ctx.ce), from the subscription's VM list, grouped by resource group. */
 async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms: Map<string, ListedVm>, out: Map<string, RunDescription | undefined>, watch: AzureRunWatch): Promise<void> {
   const byRg = new Map<string, Run[]>();
@@ -316,7 +312,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       const name = vmName(uid);
       const vm = vms.get(vmResourceId(c, rg, name).toLowerCase());
       const log = logLocation(ctx.ce, run);
-      const over = phaseIsTerminal(run);
+      const over = isTerminal(run);
       if (over) watch.forget(uid);
       else if (run.status?.phase === "Running") watch.forgetStart(uid);
       if (!vm) {

@@ -1,12 +1,7 @@
-import type { Run, RunStatus } from "../../api/types.js";
+import type { Run } from "../../api/types.js";
+import { isTerminal } from "../../api/phases.js";
 
-export type RunPhase = NonNullable<RunStatus["phase"]>;
-
-export const TERMINAL_PHASES: ReadonlySet<RunPhase> = new Set(["Succeeded", "Failed", "Cancelled"]);
-
-export function isTerminal(run: Run): boolean {
-  return run.status?.phase !== undefined && TERMINAL_PHASES.has(run.status.phase);
-}
+export { TERMINAL_PHASES, isTerminal, type RunPhase } from "../../api/phases.js";
 
 /** A Run that has not reached a terminal phase. */
 export function isRunActive(run: Run): boolean {
