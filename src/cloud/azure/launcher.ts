@@ -86,6 +86,8 @@ export function renderAzureBootstrap(imdsEndpoint = "http://169.254.169.254", re
   return [
     "#!/bin/bash",
     "# vmforge bootstrap (Azure): run the launcher kept in this VM's userData.",
+    "# Its copy on disk may hold an opted-in Platform token: readable by root only.",
+    "umask 077",
     `IMDS=${shellQuote(imdsEndpoint)}`,
     'IMDS="${VMFORGE_IMDS_ENDPOINT:-$IMDS}"',
     'DIR="${VMFORGE_ROOT:-}/var/lib/vmforge"',

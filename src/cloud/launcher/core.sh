@@ -212,6 +212,8 @@ run_pre_script() {
   # reaches nextflow, as on Seqera Platform.
   # shellcheck disable=SC1091
   source "$STATE_DIR/pre-run.sh"
+  # A trace the script switched on would print the Platform token with nextflow's command.
+  { set +x; } 2>/dev/null
 }
 
 # spec.pipeline.resumeFrom: resume the Nextflow session of an earlier Run (its cache is in the work dir).

@@ -150,6 +150,19 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     for (const v of az.blobs.values()) expect(v).not.toContain(token);
   });
 
+  it("a pre-run script that switches tracing on (set -x) does not print the Platform token with nextflow's command", async () => {
+    const ce = sampleAzureCe({ platformTokenSecretRef: { name: "tower" }, preRunScript: "set -x\necho pre-run ran" }, { platformTokenInUserData: true });
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000042" });
+    const token = "tok-traced-az-1z2x3c";
+    const r = await launch(ce, run, {}, token);
+    expect(r.code, r.stdout).toBe(0);
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    const shipped = [...az.lines(run.metadata.uid!), ...az.lines(run.metadata.uid!, "launcher")].join("\n");
+    expect(shipped).toContain("pre-run ran");
+    expect(shipped).not.toContain(token);
+    for (const v of az.blobs.values()) expect(v).not.toContain(token);
+  });
+
   it("Key Vault token: read at boot with the VM identity's token for Key Vault, handed to nextflow in its environment only; userData holds only the URI", async () => {
     const token = "tok-from-keyvault-5t6y7u";
     az.secrets.set("tower-token", token);
