@@ -290,15 +290,23 @@ describe("Controller", () => {
   });
 
   it("with yieldTo, waits at most maxWaitMs for the other queue", async () => {
-    const first = fastQueue();
-    first.add("stuck"); // nothing ever takes it
-    const seen: string[] = [];
-    const runs = make(async (key) => {
-      seen.push(key);
-    }, { yieldTo: { queue: first, maxWaitMs: 40 } });
-    runs.c.start();
-    runs.c.enqueue("ns/a");
-    await vi.waitFor(() => expect(seen).toEqual(["ns/a"]));
+    vi.useFakeTimers();
+    try {
+      const first = fastQueue();
+      first.add("stuck"); // nothing ever takes it
+      const seen: string[] = [];
+      const runs = make(async (key) => {
+        seen.push(key);
+      }, { yieldTo: { queue: first, maxWaitMs: 40 } });
+      runs.c.start();
+      runs.c.enqueue("ns/a");
+      await vi.advanceTimersByTimeAsync(39);
+      expect(seen).toEqual([]); // still yielding
+      await vi.advanceTimersByTimeAsync(1);
+      expect(seen).toEqual(["ns/a"]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("validates its options", () => {
