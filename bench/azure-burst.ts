@@ -19,7 +19,6 @@
 import { randomUUID } from "node:crypto";
 import { ComputeManagementClient } from "@azure/arm-compute";
 import { ResourceManagementClient } from "@azure/arm-resources";
-import type { KubeClient } from "../src/engine/kube.js";
 import { Reflector } from "../src/engine/reflector.js";
 import { createLogger } from "../src/engine/logger.js";
 import { RunResource } from "../src/api/types.js";
@@ -27,7 +26,7 @@ import type { ComputeEnvironment, Run } from "../src/api/types.js";
 import { DEFAULT_AZURE_VM_SIZE } from "../src/api/constants.js";
 import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/launcher.js";
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
-import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench } from "./azure-setup.js";
+import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -97,17 +96,10 @@ function vmBody(ce: ComputeEnvironment, uid: string, sshKey: string): Record<str
   };
 }
 
-export async function azureBurstScenario(o: {
-  kubeconfig: string;
-  client: KubeClient;
-  namespace: (prefix: string) => Promise<string>;
-  say: (s: string) => void;
-  runs: number;
-  timeoutMs: number;
-}): Promise<AzureBurstResult> {
+export async function azureBurstScenario(o: BenchCluster & { runs: number; timeoutMs: number }): Promise<AzureBurstResult> {
   const { client, say } = o;
   const N = o.runs;
-  const b = await startAzureBench({ kubeconfig: o.kubeconfig, client, namespace: o.namespace, say, prefix: "azure-burst" });
+  const b = await startAzureBench(o, "azure-burst");
   try {
     const ces = await b.createCes(CES);
     const ce0 = ces.get("az0")!;

@@ -12,10 +12,9 @@
  * The compiled operator runs with its defaults (no LRO poll override), as in production; the
  * emulator asks for polls every `LRO_RETRY_AFTER_S` seconds.
  */
-import type { KubeClient } from "../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../src/api/types.js";
 import type { ComputeEnvironment } from "../src/api/types.js";
-import { LOCATION, startAzureBench } from "./azure-setup.js";
+import { benchCe, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { dist, fmtDist, fmtLoad, load, sec, type Dist, type Load } from "./stats.js";
 
 const LRO_RETRY_AFTER_S = 1;
@@ -47,18 +46,12 @@ export interface AzureEnvResult {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-export async function azureEnvScenario(o: {
-  kubeconfig: string;
-  client: KubeClient;
-  namespace: (prefix: string) => Promise<string>;
-  say: (s: string) => void;
-  samples: number;
-}): Promise<AzureEnvResult> {
+export async function azureEnvScenario(o: BenchCluster & { samples: number }): Promise<AzureEnvResult> {
   const { client, say } = o;
   const criticalPathMs = Math.max(...CHAINS.map((c) => c.reduce((s, t) => s + (LATENCY_MS[t] ?? 0), 0)));
   // The shared Azure set-up (emulator, principals, work storage, Secret, compiled operator at its
   // defaults); the latencies apply from here on, to the CEs only.
-  const b = await startAzureBench({ kubeconfig: o.kubeconfig, client, namespace: o.namespace, say, prefix: "azure-env" });
+  const b = await startAzureBench(o, "azure-env");
   const ns = b.ns;
   try {
     await b.az.control.settings({ lroRetryAfterS: LRO_RETRY_AFTER_S, latencyMs: LATENCY_MS });
@@ -68,12 +61,7 @@ export async function azureEnvScenario(o: {
     for (let i = 0; i < o.samples; i++) {
       const name = `env${i}`;
       const t0 = Date.now();
-      await client.create(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1",
-        kind: "ComputeEnvironment",
-        metadata: { name, namespace: ns },
-        spec: { provider: "azure", credentials: { secretRef: { name: "azure" } }, azure: { location: LOCATION, storageAccount: "benchwork", workDir: "az://work/runs" } },
-      } as unknown as ComputeEnvironment);
+      await client.create(ComputeEnvironmentResource, benchCe(ns, name));
       let readyAt = 0;
       while (Date.now() - t0 < 180_000) {
         const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);

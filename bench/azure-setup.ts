@@ -28,6 +28,16 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 /** A CE's Azure status fields (identity, subnet, DCE, DCR, workspace). */
 export const azureStatus = (ce: ComputeEnvironment): Record<string, string | undefined> => (ce.status?.azure ?? {}) as Record<string, string | undefined>;
 
+/** An Azure CE on the bench's work storage, with the bench's credentials Secret. */
+export function benchCe(ns: string, name: string): ComputeEnvironment {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "ComputeEnvironment",
+    metadata: { name, namespace: ns },
+    spec: { provider: "azure", credentials: { secretRef: { name: "azure" } }, azure: { location: LOCATION, storageAccount: "benchwork", workDir: "az://work/runs" } },
+  } as unknown as ComputeEnvironment;
+}
+
 export interface AzureBench {
   az: AzureEmulator;
   info: EmulatorInfo;
@@ -46,13 +56,15 @@ export interface AzureBench {
   stop(): Promise<void>;
 }
 
-export async function startAzureBench(o: {
+/** What a scenario is given of the bench's cluster: its kubeconfig, a client, fresh namespaces, and where to say things. */
+export interface BenchCluster {
   kubeconfig: string;
   client: KubeClient;
   namespace: (prefix: string) => Promise<string>;
   say: (s: string) => void;
-  prefix: string;
-}): Promise<AzureBench> {
+}
+
+export async function startAzureBench(o: BenchCluster, prefix: string): Promise<AzureBench> {
   const { client, say } = o;
   const az = await startAzureEmulator({ log: (m) => say(`  [azure] ${m}`) });
   let op: OperatorProcess | undefined;
@@ -84,7 +96,7 @@ export async function startAzureBench(o: {
     await rm.resources.beginCreateOrUpdateByIdAndWait(accountId.slice(1), STORAGE_API_VERSION, { location: LOCATION, kind: "StorageV2", sku: { name: "Standard_LRS" } });
     await rm.resources.beginCreateOrUpdateByIdAndWait(`${accountId.slice(1)}/blobServices/default/containers/work`, STORAGE_API_VERSION, { properties: {} });
 
-    const ns = await o.namespace(o.prefix);
+    const ns = await o.namespace(prefix);
     await client.create(SecretResource, {
       apiVersion: "v1",
       kind: "Secret",
@@ -108,12 +120,7 @@ export async function startAzureBench(o: {
       az, info, ns, op: running, adminCredential, childEnv,
       async createCes(names, timeoutMs = 300_000) {
         for (const name of names) {
-          await client.create(ComputeEnvironmentResource, {
-            apiVersion: "vmforge.dev/v1alpha1",
-            kind: "ComputeEnvironment",
-            metadata: { name, namespace: ns },
-            spec: { provider: "azure", credentials: { secretRef: { name: "azure" } }, azure: { location: LOCATION, storageAccount: "benchwork", workDir: "az://work/runs" } },
-          } as unknown as ComputeEnvironment);
+          await client.create(ComputeEnvironmentResource, benchCe(ns, name));
         }
         const end = Date.now() + timeoutMs;
         for (;;) {

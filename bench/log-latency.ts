@@ -24,7 +24,7 @@ import { ComputeEnvironmentResource, RunResource } from "../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../src/api/types.js";
 import { logStreamName } from "../src/cloud/aws/logs.js";
 import { logGroupFor } from "../src/cloud/aws/environment.js";
-import { startAzureBench } from "./azure-setup.js";
+import { startAzureBench, type BenchCluster } from "./azure-setup.js";
 import type { OperatorProcess } from "./operator.js";
 import { dist, fmtDist, fmtLoad, load, sec, type Dist, type Load } from "./stats.js";
 
@@ -242,15 +242,9 @@ export async function logLatencyAws(o: {
 }
 
 /** Azure: the Azure emulator, an Azure CE Ready, one Run whose VM the operator launched; lines through the Logs Ingestion API. */
-export async function logLatencyAzure(o: {
-  client: KubeClient;
-  say: (s: string) => void;
-  lines: number;
-  namespace: (prefix: string) => Promise<string>;
-  kubeconfig: string;
-}): Promise<LatencyResult> {
+export async function logLatencyAzure(o: BenchCluster & { lines: number }): Promise<LatencyResult> {
   const { client, say } = o;
-  const b = await startAzureBench({ kubeconfig: o.kubeconfig, client, namespace: o.namespace, say, prefix: "log-latency-az" });
+  const b = await startAzureBench(o, "log-latency-az");
   try {
     const ce = (await b.createCes(["ll"])).get("ll")!;
     await client.create(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "ll-run", namespace: b.ns }, spec: { computeEnvironmentRef: { name: "ll" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } } as Run);

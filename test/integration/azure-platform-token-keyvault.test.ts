@@ -12,25 +12,19 @@
  * Analytics, the uploaded files, the Run's status or the namespace's Events.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { inject } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
-import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
 import { LogsQueryClient } from "@azure/monitor-query-logs";
-import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
+import { RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
-import { azureArtifactsPath } from "../../src/cloud/azure/launcher.js";
 import { IDENTITY_NAME, LOG_TABLE, resourceGroupName } from "../../src/cloud/azure/names.js";
 import { EventResource } from "../../src/engine/events.js";
 import { waitFor } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureTestCredential, trustAzureEmulator } from "../harness/helpers.js";
-import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
-import { ceBody, waitReady } from "../support/azure-env.js";
-import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
-import { AzureVmPlayer } from "../sandbox/azure/vm-player.js";
+import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, trustAzureEmulator } from "../harness/helpers.js";
+import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
+import { startVmPlayer, type PlayingVms } from "../support/azure-player.js";
 
 const CE = "kvtoken";
 const VAULT = `vmf-kv-${randomBytes(4).toString("hex")}`;
@@ -40,38 +34,21 @@ const TOKEN = `eyJ0b3dlci10b2tlbiI6${randomBytes(18).toString("hex")}`;
 
 let env: AzureRunsEnv;
 let ce: ComputeEnvironment;
-let player: AzureVmPlayer;
+let vms: PlayingVms;
 let vault: Awaited<ReturnType<ReturnType<typeof azureControl>["createKeyVault"]>>;
-let dir = "";
-const said: string[] = [];
 
 beforeAll(async () => {
-  env = await setupAzureRuns({ prefix: "azkv", principal: "vmforge-kv", blob: true });
   vault = await azureControl().createKeyVault({ resourceGroup: "vmforge-secrets-rg", name: VAULT, secrets: { [SECRET]: TOKEN } });
-  await env.start(undefined, [env.ns]);
-  await env.kube.create(ComputeEnvironmentResource, ceBody(env.ns, CE, { storageAccount: env.storageAccount, platformTokenSecretUri: `https://${VAULT}.vault.azure.net/secrets/${SECRET}` }));
-  ce = await waitReady(env.kube, env.ns, CE);
-  dir = mkdtempSync(join(tmpdir(), "vmforge-azkv-"));
-  // The launcher's curl trusts the emulator's CA and Azurite's (one bundle), nothing else.
-  const bundle = join(dir, "ca.pem");
-  writeFileSync(bundle, `${readFileSync(azureCaPath(), "utf8")}\n${readFileSync(inject("azuriteCaPath"), "utf8")}`);
-  player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pollMs: 200, keyVaultEndpoint: vault.endpoint, say: (l) => said.push(l) });
-  player.start();
+  ({ env, ce } = await setupAzureRunsWithCe({ prefix: "azkv", principal: "vmforge-kv", blob: true, ce: CE, ceSpec: { platformTokenSecretUri: `https://${VAULT}.vault.azure.net/secrets/${SECRET}` } }));
+  vms = startVmPlayer("azkv", { keyVaultEndpoint: vault.endpoint });
 }, 120_000);
 
 afterAll(async () => {
-  await player?.stop();
+  await vms?.stop();
   await env?.stop();
-  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-async function ended(name: string): Promise<Run> {
-  return waitFor(`Run ${name} ended`, async () => {
-    const r = await env.getRun(name);
-    if (r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed") return r;
-    throw new Error(`${r?.status?.phase ?? "-"}/${r?.status?.reason ?? "-"}: ${r?.status?.message ?? ""}\n${said.slice(-5).join("\n")}`);
-  }, 180_000, 500);
-}
+const ended = (name: string): Promise<Run> => env.ended(name, vms.said);
 
 /** The CE's user-assigned identity (vmforge-vm-identity in its resource group): its principal ID. */
 async function identityPrincipal(): Promise<string> {
@@ -95,14 +72,8 @@ async function logLines(run: Run): Promise<string[]> {
   return "tables" in res ? (res.tables[0]?.rows ?? []).map((r) => String(r[0])) : [];
 }
 
-async function uploaded(run: Run, file: string): Promise<string> {
-  const art = azureArtifactsPath(ce, run);
-  const blobs = new BlobServiceClient(inject("azuriteBlobEndpoint"), new StorageSharedKeyCredential(AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY));
-  return (await blobs.getContainerClient(art.container).getBlobClient(`${art.path}/${file}`).downloadToBuffer()).toString("utf8");
-}
-
 function tokenHashSeenBy(run: Run): string | undefined {
-  const vm = player.played().find((v) => v.runUid === run.metadata.uid);
+  const vm = vms.player.played().find((v) => v.runUid === run.metadata.uid);
   if (!vm) throw new Error(`the player never booted the VM of ${run.metadata.name}`);
   const f = join(vm.root, "sandbox", "tower-access-token.sha256");
   return existsSync(f) ? readFileSync(f, "utf8").trim() : undefined;
@@ -115,13 +86,13 @@ async function expectNoLeak(run: Run): Promise<void> {
   }, 60_000, 250);
   expect(lines.some((l) => l.includes(`Key Vault secret https://${VAULT}.vault.azure.net/secrets/${SECRET}`)), lines.join("\n")).toBe(true);
   expect(lines.filter((l) => l.includes(TOKEN))).toEqual([]);
-  for (const f of ["launcher.log", "exit-status"]) expect(await uploaded(run, f)).not.toContain(TOKEN);
+  for (const f of ["launcher.log", "exit-status"]) expect(await env.uploaded(ce, run, f)).not.toContain(TOKEN);
   const now = await env.getRun(run.metadata.name!);
   expect(JSON.stringify(now?.status ?? {})).not.toContain(TOKEN);
   const events = await env.kube.list<{ metadata: { name?: string }; regarding?: { name?: string }; note?: string }>(EventResource, { namespace: env.ns });
   expect(events.items.filter((e) => e.regarding?.name === run.metadata.name).length).toBeGreaterThan(0);
   expect(JSON.stringify(events.items)).not.toContain(TOKEN);
-  expect(said.filter((l) => l.includes(TOKEN))).toEqual([]);
+  expect(vms.said.filter((l) => l.includes(TOKEN))).toEqual([]);
 }
 
 describe("Azure: the Platform token from Key Vault through the operator and the VM player", () => {
@@ -135,7 +106,7 @@ describe("Azure: the Platform token from Key Vault through the operator and the 
     expect(denied.status?.phase).toBe("Failed");
     expect(denied.status?.reason, denied.status?.message).toBe("BootstrapFailed");
     expect(denied.status?.message).toContain('step "platform-token"');
-    expect(await uploaded(denied, "exit-status")).toMatch(/^\d+\nbootstrap-failed=platform-token\n$/);
+    expect(await env.uploaded(ce, denied, "exit-status")).toMatch(/^\d+\nbootstrap-failed=platform-token\n$/);
     const refused = await secretReads(since);
     expect(refused.length).toBeGreaterThan(0);
     expect(refused.every((r) => r.status === 403 && r.caller === principalId), JSON.stringify(refused)).toBe(true);
@@ -151,7 +122,7 @@ describe("Azure: the Platform token from Key Vault through the operator and the 
     expect(granted.status?.exitCode).toBe(0);
     expect(await secretReads(since)).toEqual([{ status: 200, caller: principalId }]);
     expect(tokenHashSeenBy(granted)).toBe(createHash("sha256").update(TOKEN).digest("hex"));
-    expect(await uploaded(granted, "nextflow.log")).not.toContain(TOKEN);
+    expect(await env.uploaded(ce, granted, "nextflow.log")).not.toContain(TOKEN);
     await expectNoLeak(granted);
   }, 600_000);
 });

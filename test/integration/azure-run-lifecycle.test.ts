@@ -23,17 +23,14 @@ import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import { LOCATION, ceBody, cond, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
-import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
+import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
 
 let env: AzureRunsEnv;
 let ce: ComputeEnvironment;
 const CE = "life";
 
 beforeAll(async () => {
-  env = await setupAzureRuns({ prefix: "azlife", principal: "vmforge-life", blob: true });
-  await env.start(undefined, [env.ns]);
-  await env.kube.create(ComputeEnvironmentResource, ceBody(env.ns, CE, { storageAccount: env.storageAccount }));
-  ce = await waitReady(env.kube, env.ns, CE);
+  ({ env, ce } = await setupAzureRunsWithCe({ prefix: "azlife", principal: "vmforge-life", blob: true, ce: CE }));
 }, 120_000);
 
 afterAll(async () => {

@@ -16,18 +16,18 @@ import { inject } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { BlobServiceClient, StorageSharedKeyCredential } from "@azure/storage-blob";
 import { KubeClient } from "../../src/engine/kube.js";
-import { RunResource } from "../../src/api/types.js";
+import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { CloudProvider } from "../../src/cloud/provider.js";
 import { AzureProvider, type AzureProviderOptions } from "../../src/cloud/azure/provider.js";
 import { LogsIngestionClient } from "@azure/monitor-ingestion";
-import { azureArtifactsPath } from "../../src/cloud/azure/launcher.js";
+import { azureArtifactsPath, azureArtifactsUri } from "../../src/cloud/azure/launcher.js";
 import { LOG_STREAM, vmName } from "../../src/cloud/azure/names.js";
-import { installCrds, startOperator, type RunningOperator } from "./operator.js";
+import { installCrds, startOperator, waitFor, type RunningOperator } from "./operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import type { EmulatedVm, EmulatorInfo } from "../azure-emulator/control.js";
 import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
-import { LOCATION, STORAGE, operatorPrincipal, putSecret, type Principal } from "./azure-env.js";
+import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitReady, type Principal } from "./azure-env.js";
 
 export interface AzureRunsOptions {
   /** Namespace prefix. */
@@ -73,6 +73,14 @@ export interface AzureRunsEnv {
   shipLines(ce: ComputeEnvironment, run: Run, lines: string[], stream?: "pipeline" | "launcher"): Promise<void>;
   /** The launcher's start line (VMFORGE_PIPELINE_STARTED) shipped for the Run. */
   startPipeline(ce: ComputeEnvironment, run: Run): Promise<void>;
+  /** Creates an Azure CE on the env's work storage (spec.azure fields `over` on top) and waits until it is Ready. */
+  readyCe(name: string, over?: Record<string, unknown>): Promise<ComputeEnvironment>;
+  /** Waits until the Run has ended (Succeeded or Failed); while it has not, the error shows its phase and the last lines of `said` (a VM player's). */
+  ended(name: string, said?: string[], ns?: string): Promise<Run>;
+  /** The text of a file in the work directory by its az://container/path URI (needs blob: true). */
+  readWork(azUri: string): Promise<string>;
+  /** The text of a file the Run's launcher uploaded to its artifacts folder (needs blob: true). */
+  uploaded(ce: ComputeEnvironment, run: Run, file: string): Promise<string>;
 }
 
 let blobTrusted = false;
@@ -181,6 +189,33 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
     startPipeline(ce, run) {
       return env.shipLines(ce, run, ["VMFORGE_PIPELINE_STARTED"], "launcher");
     },
+    async readyCe(name, over = {}) {
+      await kube.create(ComputeEnvironmentResource, ceBody(ns, name, { storageAccount, ...over }));
+      return waitReady(kube, ns, name);
+    },
+    ended(name, said = [], namespace = ns) {
+      return waitFor(`Run ${name} ended`, async () => {
+        const r = await env.getRun(name, namespace);
+        if (r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed") return r;
+        throw new Error(`${r?.status?.phase ?? "-"}/${r?.status?.reason ?? "-"}: ${r?.status?.message ?? ""}\n${said.slice(-5).join("\n")}`);
+      }, 180_000, 500);
+    },
+    async readWork(azUri) {
+      if (!blobs) throw new Error("readWork needs the work directory in Azurite (blob: true)");
+      const m = /^az:\/\/([^/]+)\/(.+)$/.exec(azUri);
+      if (!m) throw new Error(`not an az:// URI: ${azUri}`);
+      return (await blobs.getContainerClient(m[1]!).getBlobClient(m[2]!).downloadToBuffer()).toString("utf8");
+    },
+    uploaded(ce, run, file) {
+      return env.readWork(`${azureArtifactsUri(ce, run)}/${file}`);
+    },
   };
   return env;
+}
+
+/** setupAzureRuns, then an operator on its namespace alone and one CE (`ce`, spec.azure fields `ceSpec` on top) Ready on it. */
+export async function setupAzureRunsWithCe(o: AzureRunsOptions & { ce: string; ceSpec?: Record<string, unknown> }): Promise<{ env: AzureRunsEnv; ce: ComputeEnvironment }> {
+  const env = await setupAzureRuns(o);
+  await env.start(undefined, [env.ns]);
+  return { env, ce: await env.readyCe(o.ce, o.ceSpec) };
 }

@@ -5,23 +5,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { cidrOverlap, cidrWithin, parseCidr } from "../../azure-emulator/arm/network.js";
-import type { RouteInfo } from "../../azure-emulator/arm/router.js";
 import { seedRole } from "../../azure-emulator/control.js";
 import { Emulator } from "../../azure-emulator/emulator.js";
 import { actionMatches, permissionsAllow } from "../../azure-emulator/rbac.js";
-import { ArmError, DetIds } from "../../azure-emulator/util.js";
-
-function armCall(em: Emulator, method: string, path: string, body?: unknown): { status: number; body?: unknown } {
-  const info = em.getInfo();
-  const caller = { oid: info.admin.objectId, appId: info.admin.clientId, tid: info.tenantId, aud: "https://management.azure.com", exp: 0 };
-  const route: RouteInfo = { resourceType: "", operation: "" };
-  try {
-    return em.router.handle({ method, url: new URL(path, "https://127.0.0.1:1"), body: body as Record<string, unknown> | undefined, caller }, route);
-  } catch (e) {
-    if (e instanceof ArmError) return { status: e.status, body: e.body() };
-    throw e;
-  }
-}
+import { DetIds } from "../../azure-emulator/util.js";
+import { armCall } from "./arm-call.js";
 
 describe("deterministic IDs", () => {
   it("gives the same GUIDs for the same seed, kind and key, and different ones otherwise", () => {

@@ -2,11 +2,10 @@
 // secrets data plane (authentication with its challenge, the RBAC and access-policy permission
 // models, SecretNotFound, disabled secrets), without HTTP.
 import { describe, expect, it } from "vitest";
-import type { RouteInfo } from "../../azure-emulator/arm/router.js";
 import { Emulator } from "../../azure-emulator/emulator.js";
 import { GET_SECRET, keyVaultRequest, type KeyVaultAnswer } from "../../azure-emulator/keyvault.js";
-import { ArmError } from "../../azure-emulator/util.js";
 import type { Principal } from "../../azure-emulator/state.js";
+import { armCall } from "./arm-call.js";
 
 const SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6";
 const KV = "https://vault.azure.net";
@@ -26,18 +25,6 @@ function token(em: Emulator, p: Principal, aud = KV): string {
 function get(em: Emulator, path: string, authorization?: string, apiVersion: string | null = "7.4"): KeyVaultAnswer {
   const query = new URLSearchParams(apiVersion === null ? "" : `api-version=${apiVersion}`);
   return keyVaultRequest(em.keyVaultHost(), { method: "GET", path, query, ...(authorization ? { authorization } : {}) });
-}
-
-function armCall(em: Emulator, method: string, path: string, body?: unknown): { status: number; body?: unknown } {
-  const info = em.getInfo();
-  const caller = { oid: info.admin.objectId, appId: info.admin.clientId, tid: info.tenantId, aud: "https://management.azure.com", exp: 0 };
-  const route: RouteInfo = { resourceType: "", operation: "" };
-  try {
-    return em.router.handle({ method, url: new URL(path, "https://127.0.0.1:1"), body: body as Record<string, unknown> | undefined, caller }, route);
-  } catch (e) {
-    if (e instanceof ArmError) return { status: e.status, body: e.body() };
-    throw e;
-  }
 }
 
 const errorOf = (a: KeyVaultAnswer): { code: string; message: string; innererror?: { code: string } } => (a.body as { error: { code: string; message: string; innererror?: { code: string } } }).error;
