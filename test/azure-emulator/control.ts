@@ -13,6 +13,8 @@ export interface EmulatorSettings {
   latencyMs: Record<string, number>;
   /** Items per page of resource lists (the rest behind nextLink); 0 = unpaged. */
   listPageSize: number;
+  /** How long a role assignment made through Resource Manager takes to count in access checks, ms (test-control grants: with `propagate`). */
+  roleAssignmentDelayMs: number;
 }
 
 export interface EmulatorInfo {
@@ -157,8 +159,12 @@ export class AzureEmulatorControl {
   updatePrincipal(o: { objectId?: string; clientId?: string; secrets?: string[]; federatedCredentials?: FederatedCredentialSpec[] }): Promise<{ objectId: string; clientId: string }> {
     return this.call("POST", "/principals/update", o);
   }
-  /** Assigns a role directly (no RBAC check, no replication window): by built-in/custom name, ID, or a role JSON. */
-  assignRole(o: { principalId: string; scope?: string; roleName?: string; roleDefinitionId?: string; role?: RoleJson }): Promise<{ name: string; roleDefinitionId: string }> {
+  /**
+   * Assigns a role directly (no RBAC check, no replication window): by built-in/custom name, ID, or
+   * a role JSON. In effect at once (a grant made long ago), unless `propagate`: then, like one made
+   * through Resource Manager now, only after the propagation delay (`roleAssignmentDelayMs`).
+   */
+  assignRole(o: { principalId: string; scope?: string; roleName?: string; roleDefinitionId?: string; role?: RoleJson; propagate?: boolean }): Promise<{ name: string; roleDefinitionId: string }> {
     return this.call("POST", "/role-assignments", o);
   }
   /**

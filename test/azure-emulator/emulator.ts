@@ -146,16 +146,42 @@ export class Emulator {
     return this.dir.addPrincipal(p);
   }
 
-  /** Role assignment written directly (test control): no RBAC, no replication window. */
-  assign(principalId: string, scope: string, roleGuid: string): { name: string; roleDefinitionId: string } {
+  /**
+   * Role assignment written directly (test control): no RBAC, no replication window; in effect at
+   * once (a grant made long ago) unless `propagate`, then after the propagation delay as one made
+   * through Resource Manager now.
+   */
+  assign(principalId: string, scope: string, roleGuid: string, opts: { propagate?: boolean } = {}): { name: string; roleDefinitionId: string } {
     const sub = trimSlash(scope).split("/")[2];
     if (!sub || !this.dir.subscriptions.has(lc(sub))) throw new ArmError(400, "InvalidParameter", `Scope '${scope}' is not in a known subscription.`);
     if (!this.rbac.roleDefinition(roleGuid)) throw new ArmError(400, "RoleDefinitionDoesNotExist", `The specified role definition with ID '${roleGuid}' does not exist.`);
     const name = this.ids.guid("control-assignment", `${principalId}|${scope}|${roleGuid}`);
     const now = new Date().toISOString();
     const roleDefinitionId = `/subscriptions/${lc(sub)}/providers/Microsoft.Authorization/roleDefinitions/${lc(roleGuid)}`;
-    this.rbac.addAssignment({ name, scope: trimSlash(scope), roleDefinitionId, principalId: lc(principalId), principalType: "ServicePrincipal", createdOn: now, updatedOn: now });
+    const delay = opts.propagate ? this.settings.roleAssignmentDelayMs : 0;
+    this.rbac.addAssignment({ name, scope: trimSlash(scope), roleDefinitionId, principalId: lc(principalId), principalType: "ServicePrincipal", createdOn: now, updatedOn: now, ...(delay > 0 ? { effectiveAtMs: Date.parse(now) + delay } : {}) });
     return { name, roleDefinitionId };
+  }
+
+  /** The test control's settings (POST /_emulator/settings): what `body` names changes, the rest stays; answers them all. */
+  updateSettings(body: any): Settings & { ingestionDelayMs: number; ingestionJitterMs: number } {
+    for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs", "listPageSize", "roleAssignmentDelayMs"] as const) {
+      if (typeof body[k] === "number") this.settings[k] = body[k];
+    }
+    if (typeof body.roleAssignmentDelayMs === "number") this.rbac.repropagate(body.roleAssignmentDelayMs);
+    if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);
+    if (typeof body.ingestionDelayMs === "number") {
+      this.ingestionDelayMs = body.ingestionDelayMs;
+      this.logs.setIngestionDelay(body.ingestionDelayMs);
+    }
+    if (isObject(body.dcrIngestionDelayMs)) {
+      for (const [dcr, ms] of Object.entries(body.dcrIngestionDelayMs)) this.logs.setDcrIngestionDelay(dcr, typeof ms === "number" ? ms : null);
+    }
+    if (typeof body.ingestionJitterMs === "number") {
+      this.ingestionJitterMs = body.ingestionJitterMs;
+      this.logs.setIngestionJitter(body.ingestionJitterMs);
+    }
+    return { ...this.settings, ingestionDelayMs: this.ingestionDelayMs, ingestionJitterMs: this.ingestionJitterMs };
   }
 
   // ---- the seam with the logs plane -------------------------------------------------------------
@@ -558,26 +584,10 @@ export class Emulator {
         else if (body.roleName) roleGuid = (BUILT_IN_ROLES.find((r) => lc(r.roleName) === lc(body.roleName)) ?? [...this.rbac.customRoles.values()].find((r) => lc(r.roleName) === lc(body.roleName)))?.name;
         else if (body.role) roleGuid = this.defineCustomRole(body.role, scope);
         if (!roleGuid) throw new ArmError(400, "RoleDefinitionDoesNotExist", "The role to assign was not found.");
-        return reply(201, this.assign(principalId, scope, roleGuid));
+        return reply(201, this.assign(principalId, scope, roleGuid, { propagate: body.propagate === true }));
       }
-      case "POST /settings": {
-        for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs", "listPageSize"] as const) {
-          if (typeof body[k] === "number") this.settings[k] = body[k];
-        }
-        if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);
-        if (typeof body.ingestionDelayMs === "number") {
-          this.ingestionDelayMs = body.ingestionDelayMs;
-          this.logs.setIngestionDelay(body.ingestionDelayMs);
-        }
-        if (isObject(body.dcrIngestionDelayMs)) {
-          for (const [dcr, ms] of Object.entries(body.dcrIngestionDelayMs)) this.logs.setDcrIngestionDelay(dcr, typeof ms === "number" ? ms : null);
-        }
-        if (typeof body.ingestionJitterMs === "number") {
-          this.ingestionJitterMs = body.ingestionJitterMs;
-          this.logs.setIngestionJitter(body.ingestionJitterMs);
-        }
-        return reply(200, { ...this.settings, ingestionDelayMs: this.ingestionDelayMs, ingestionJitterMs: this.ingestionJitterMs });
-      }
+      case "POST /settings":
+        return reply(200, this.updateSettings(body));
       case "POST /faults": {
         const f: Fault = { id: this.ids.guid("fault-id", "fault"), ...body };
         if (typeof f.status !== "number") throw new ArmError(400, "InvalidParameter", "A fault needs a status.");

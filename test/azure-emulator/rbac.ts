@@ -4,6 +4,11 @@
 // or above it, and one permission block of the assigned role lists the action (wildcards allowed,
 // case-insensitive) in `actions` (or `dataActions` for data actions) without excluding it in the
 // same block's `notActions` (`notDataActions`). `*` in actions never grants data actions.
+//
+// As in Azure, a new role assignment is listed at once but counts in access checks (Resource
+// Manager, Key Vault, Logs Ingestion) only once it has propagated to the services' authorization
+// caches: `effectiveAtMs`. Changing the propagation delay moves the assignments still pending;
+// those already in effect stay so.
 import { lc, scopeWithin, trimSlash } from "./util.js";
 
 export interface Permission {
@@ -42,6 +47,8 @@ export interface RoleAssignment {
   updatedOn: string;
   createdBy?: string;
   updatedBy?: string;
+  /** When the assignment starts to count in access checks (epoch ms); undefined: at once. */
+  effectiveAtMs?: number;
 }
 
 const perm = (actions: string[], notActions: string[] = [], dataActions: string[] = [], notDataActions: string[] = []): Permission => ({
@@ -231,6 +238,8 @@ export class Rbac {
   /** Role assignments by lower-cased principal ID. */
   private readonly byPrincipal = new Map<string, Set<RoleAssignment>>();
 
+  constructor(private readonly now: () => number = Date.now) {}
+
   clear(): void {
     this.customRoles.clear();
     this.assignments.clear();
@@ -267,9 +276,27 @@ export class Rbac {
     return this.byPrincipal.get(lc(principalId)) ?? [];
   }
 
+  /** The principal's assignments that have propagated: the ones access checks count. */
+  *effectiveAssignmentsOf(principalId: string): Iterable<RoleAssignment> {
+    const now = this.now();
+    for (const a of this.assignmentsOf(principalId)) if (a.effectiveAtMs === undefined || a.effectiveAtMs <= now) yield a;
+  }
+
+  /**
+   * A new propagation delay for the assignments not yet in effect: each takes effect `delayMs`
+   * after it was created (at once when that is past). Assignments in effect stay in effect.
+   */
+  repropagate(delayMs: number): void {
+    const now = this.now();
+    for (const a of this.assignments.values()) {
+      if (a.effectiveAtMs === undefined || a.effectiveAtMs <= now) continue;
+      a.effectiveAtMs = Date.parse(a.createdOn) + Math.max(0, delayMs);
+    }
+  }
+
   /** Is the principal allowed to perform the action on the scope? */
   allowed(principalId: string, action: string, scope: string, dataAction: boolean): boolean {
-    for (const a of this.assignmentsOf(principalId)) {
+    for (const a of this.effectiveAssignmentsOf(principalId)) {
       if (!scopeWithin(scope, a.scope)) continue;
       const role = this.roleDefinition(Rbac.roleGuid(a.roleDefinitionId));
       if (role && permissionsAllow(role.permissions, action, dataAction)) return true;
@@ -279,7 +306,7 @@ export class Rbac {
 
   /** Does the principal hold any role assignment at, above or below the scope? */
   hasAnyAccess(principalId: string, scope: string): boolean {
-    for (const a of this.assignmentsOf(principalId)) {
+    for (const a of this.effectiveAssignmentsOf(principalId)) {
       if (scopeWithin(scope, a.scope) || scopeWithin(a.scope, scope)) return true;
     }
     return false;

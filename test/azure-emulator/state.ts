@@ -94,10 +94,16 @@ export interface Settings {
   latencyMs: Record<string, number>;
   /** Items per page of resource lists (the rest behind `nextLink`); 0 = unpaged. */
   listPageSize: number;
+  /**
+   * How long a role assignment made through Resource Manager (or a test control asking for it)
+   * takes to count in access checks, ms: Azure documents up to about 10 minutes for a new grant
+   * to reach Resource Manager's and the data planes' authorization caches.
+   */
+  roleAssignmentDelayMs: number;
 }
 
 export function defaultSettings(): Settings {
-  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {}, listPageSize: 0 };
+  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {}, listPageSize: 0, roleAssignmentDelayMs: 5_000 };
 }
 
 export class Directory {

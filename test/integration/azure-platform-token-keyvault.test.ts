@@ -6,8 +6,9 @@
  * and the vault's RBAC as Key Vault does.
  *
  * Without a grant the Run fails BootstrapFailed at step "platform-token" (Key Vault answered 403
- * ForbiddenByRbac); with Key Vault Secrets User on the vault for the CE's identity the Run
- * succeeds and the stand-in nextflow was given TOWER_ACCESS_TOKEN equal to the secret (it
+ * ForbiddenByRbac, asked again for VMFORGE_KEYVAULT_WAIT); with Key Vault Secrets User on the vault
+ * for the CE's identity, granted just before the Run and propagating (as in Azure) only after the
+ * launcher was refused and asked again, the Run succeeds and the stand-in nextflow was given TOWER_ACCESS_TOKEN equal to the secret (it
  * records the SHA-256 only). The token appears nowhere: not in the log read back from Log
  * Analytics, the uploaded files, the Run's status or the namespace's Events.
  */
@@ -31,6 +32,7 @@ const VAULT = `vmf-kv-${randomBytes(4).toString("hex")}`;
 const SECRET = "tower-token";
 // A token-looking value, unique to this run so that finding it anywhere means it leaked.
 const TOKEN = `eyJ0b3dlci10b2tlbiI6${randomBytes(18).toString("hex")}`;
+const KEYVAULT_WAIT_S = 9;
 
 let env: AzureRunsEnv;
 let ce: ComputeEnvironment;
@@ -40,7 +42,8 @@ let vault: Awaited<ReturnType<ReturnType<typeof azureControl>["createKeyVault"]>
 beforeAll(async () => {
   vault = await azureControl().createKeyVault({ resourceGroup: "vmforge-secrets-rg", name: VAULT, secrets: { [SECRET]: TOKEN } });
   ({ env, ce } = await setupAzureRunsWithCe({ prefix: "azkv", principal: "vmforge-kv", blob: true, ce: CE, ceSpec: { platformTokenSecretUri: `https://${VAULT}.vault.azure.net/secrets/${SECRET}` } }));
-  vms = startVmPlayer("azkv", { keyVaultEndpoint: vault.endpoint });
+  // A refused secret is asked again every second for 9 s (the launcher's step below 10 s of waiting).
+  vms = startVmPlayer("azkv", { keyVaultEndpoint: vault.endpoint, keyVaultWaitS: KEYVAULT_WAIT_S });
 }, 120_000);
 
 afterAll(async () => {
@@ -96,7 +99,7 @@ async function expectNoLeak(run: Run): Promise<void> {
 }
 
 describe("Azure: the Platform token from Key Vault through the operator and the VM player", () => {
-  it("without a grant the Run fails BootstrapFailed at platform-token (403 from Key Vault); with Key Vault Secrets User on the vault nextflow gets the secret as TOWER_ACCESS_TOKEN, and the token is in no log, status or Event", async () => {
+  it("without a grant the Run fails BootstrapFailed at platform-token (403 from Key Vault); with Key Vault Secrets User on the vault, still propagating when the launcher first asks, it asks again and nextflow gets the secret as TOWER_ACCESS_TOKEN; the token is in no log, status or Event", async () => {
     const principalId = await identityPrincipal();
 
     // (b) The identity may not read the secret: Key Vault refuses, the set-up step fails.
@@ -113,14 +116,31 @@ describe("Azure: the Platform token from Key Vault through the operator and the 
     expect(tokenHashSeenBy(denied)).toBeUndefined(); // nextflow never started
     await expectNoLeak(denied);
 
-    // (a) Key Vault Secrets User on the vault for the CE's identity: the Run succeeds with the token.
-    await azureControl().assignRole({ principalId, scope: vault.id, roleName: "Key Vault Secrets User" });
-    since = (await azureControl().requests(0)).lastSeq;
+    // (a) Key Vault Secrets User on the vault for the CE's identity, granted now: as in Azure it
+    // counts only once propagated, and here that takes longer than one of the launcher's retry
+    // steps (it propagates once Key Vault has refused the launcher twice). The launcher asks again
+    // on a 403, so the Run succeeds with the token.
+    const ctl = azureControl();
+    const { roleAssignmentDelayMs } = (await ctl.info()).settings;
+    await ctl.settings({ roleAssignmentDelayMs: 3_600_000 });
+    await ctl.assignRole({ principalId, scope: vault.id, roleName: "Key Vault Secrets User", propagate: true });
+    since = (await ctl.requests(0)).lastSeq;
     await env.kube.create(RunResource, env.runBody("granted", CE));
+    const early = await waitFor("Key Vault refusing the launcher twice (or the Run ending)", async () => {
+      const reads = await secretReads(since);
+      if (reads.filter((r) => r.status === 403).length >= 2) return reads;
+      const r = await env.getRun("granted");
+      return r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed" ? reads : undefined;
+    }, 120_000, 100);
+    expect(early.filter((r) => r.status === 403).length, JSON.stringify(early)).toBeGreaterThanOrEqual(2);
+    await ctl.settings({ roleAssignmentDelayMs: 0 });
+    await ctl.settings({ roleAssignmentDelayMs }); // (in effect now; back to the default for what follows)
     const granted = await ended("granted");
     expect(granted.status?.phase, granted.status?.message).toBe("Succeeded");
     expect(granted.status?.exitCode).toBe(0);
-    expect(await secretReads(since)).toEqual([{ status: 200, caller: principalId }]);
+    const reads = await secretReads(since);
+    expect(reads.slice(0, -1).every((r) => r.status === 403 && r.caller === principalId), JSON.stringify(reads)).toBe(true);
+    expect(reads.at(-1)).toEqual({ status: 200, caller: principalId });
     expect(tokenHashSeenBy(granted)).toBe(createHash("sha256").update(TOKEN).digest("hex"));
     expect(await env.uploaded(ce, granted, "nextflow.log")).not.toContain(TOKEN);
     await expectNoLeak(granted);

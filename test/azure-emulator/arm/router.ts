@@ -592,7 +592,7 @@ export class ArmRouter {
       this.scopeExistsOrThrow(scope);
       this.authorize(caller, info.operation, scope);
       const value: Json[] = [];
-      for (const a of this.rbac.assignmentsOf(caller.oid)) {
+      for (const a of this.rbac.effectiveAssignmentsOf(caller.oid)) {
         if (!scopeWithin(scope, a.scope)) continue;
         const role = this.rbac.roleDefinition(Rbac.roleGuid(a.roleDefinitionId));
         for (const p of role?.permissions ?? []) value.push({ actions: p.actions, notActions: p.notActions, dataActions: p.dataActions, notDataActions: p.notDataActions });
@@ -854,6 +854,8 @@ export class ArmRouter {
           updatedOn: now,
           createdBy: caller.oid,
           updatedBy: caller.oid,
+          // listed at once; counts in access checks once propagated
+          ...(this.d.settings.roleAssignmentDelayMs > 0 ? { effectiveAtMs: Date.parse(now) + this.d.settings.roleAssignmentDelayMs } : {}),
         };
         this.rbac.addAssignment(a);
         return { status: 201, body: this.assignmentBody(a) };

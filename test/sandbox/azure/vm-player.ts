@@ -55,6 +55,8 @@ export interface VmPlayerOptions {
    * `<endpoint>/keyvault/<vault>`. Unset: the launcher uses the URI as it is.
    */
   keyVaultEndpoint?: string;
+  /** Seconds the launcher asks Key Vault again after a 403 (VMFORGE_KEYVAULT_WAIT; default 3, not a real VM's 10 minutes). */
+  keyVaultWaitS?: number;
   /** How often the emulator is asked for VMs (default 500 ms). */
   pollMs?: number;
   say: (line: string) => void;
@@ -169,8 +171,8 @@ export class AzureVmPlayer {
         // The launcher's test overrides (src/cloud/azure/launcher.ts); cloud-init sets neither.
         VMFORGE_ROOT: entry.root,
         VMFORGE_IMDS_ENDPOINT: vm.imdsEndpoint,
-        // (a refused secret is asked again for 3 s, not a real VM's 10 minutes)
-        ...(this.o.keyVaultEndpoint ? { VMFORGE_KEYVAULT_ENDPOINT: this.o.keyVaultEndpoint, VMFORGE_KEYVAULT_WAIT: "3" } : {}),
+        // (a refused secret is asked again for a few seconds, not a real VM's 10 minutes)
+        ...(this.o.keyVaultEndpoint ? { VMFORGE_KEYVAULT_ENDPOINT: this.o.keyVaultEndpoint, VMFORGE_KEYVAULT_WAIT: String(this.o.keyVaultWaitS ?? 3) } : {}),
         // The launcher's curl trusts the harness CA (the emulator's and Azurite's), nothing else.
         CURL_CA_BUNDLE: this.o.caPath,
         SSL_CERT_FILE: this.o.caPath,
