@@ -37,20 +37,29 @@ imds_token() {
   sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p' <<<"$answer"
 }
 
+# curl with a bearer token: `with_bearer TOKEN CURL-ARGS...`. The Authorization header reaches
+# curl on its standard input (-H @-), never on its command line, which every process of the VM
+# can read (/proc/<pid>/cmdline); printf is a shell builtin, so no process holds it either.
+with_bearer() {
+  local tok=$1
+  shift
+  printf 'Authorization: Bearer %s\n' "$tok" | curl -H @- "$@"
+}
+
 # A blob URL from az://container/path.
 blob_url() { printf '%s/%s' "$VMF_BLOB" "${1#az://}"; }
 
 cloud_upload() {
   local tok
   tok=$(imds_token "https://storage.azure.com") || return 1
-  curl -sf --max-time 300 -X PUT -H "Authorization: Bearer $tok" -H 'x-ms-version: 2021-08-06' \
+  with_bearer "$tok" -sf --max-time 300 -X PUT -H 'x-ms-version: 2021-08-06' \
     -H 'x-ms-blob-type: BlockBlob' --data-binary "@$1" "$(blob_url "$2")" >/dev/null
 }
 
 cloud_download() {
   local tok
   tok=$(imds_token "https://storage.azure.com") || return 1
-  curl -sf --max-time 120 -H "Authorization: Bearer $tok" -H 'x-ms-version: 2021-08-06' "$(blob_url "$1")"
+  with_bearer "$tok" -sf --max-time 120 -H 'x-ms-version: 2021-08-06' "$(blob_url "$1")"
 }
 
 cloud_read_token() {
@@ -66,7 +75,7 @@ cloud_read_token() {
       if ((wait_for < step)); then step=1; fi
       answer=$(mktemp)
       while :; do
-        status=$(curl -s --max-time 30 --retry 3 -o "$answer" -w '%{http_code}' -H "Authorization: Bearer $tok" "$url?api-version=7.4") || status=000
+        status=$(with_bearer "$tok" -s --max-time 30 --retry 3 -o "$answer" -w '%{http_code}' "$url?api-version=7.4") || status=000
         if [[ "$status" != 403 ]] || ((waited >= wait_for)); then break; fi
         log "Key Vault refused the secret (403); the identity's access may still be propagating, asking again in $step s"
         sleep "$step"
@@ -111,7 +120,7 @@ ship() {
       'BEGIN { printf "[" } { if (NR > 1) printf ","; printf "{\"TimeGenerated\":\"%s\",\"RunUid\":\"%s\",\"Stream\":\"%s\",\"Seq\":%d,\"Line\":\"%s\"}", t, uid, st, s + NR, $0 } END { printf "]" }' \
       >"$STATE_DIR/ship-body.json"
   tok=$(imds_token "https://monitor.azure.com") || return 1
-  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST -H "Authorization: Bearer $tok" \
+  code=$(with_bearer "$tok" -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST \
     -H 'Content-Type: application/json' --data-binary "@$STATE_DIR/ship-body.json" \
     "$VMF_DCE/dataCollectionRules/$VMF_DCR/streams/$VMF_STREAM?api-version=2023-01-01") || code=000
   case "$code" in

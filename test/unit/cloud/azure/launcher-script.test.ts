@@ -200,6 +200,49 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(az.lines(run2.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=platform-token");
   });
 
+  it("the identity's bearer tokens never reach a command line: every curl gets its Authorization header on stdin, and blob storage, Key Vault and Logs Ingestion still accept them", async () => {
+    // A curl in front of the real one records every argv it is run with (what /proc/<pid>/cmdline
+    // shows every process of the VM), and the header lines it was handed on stdin.
+    const recorder = String.raw`#!/bin/bash
+{ printf '%s\n' "$@"; echo "-- end of call --"; } >>"$STANDIN_RECORD/curl.argv"
+for a in "$@"; do
+  if [[ "$a" == "@-" ]]; then
+    hdr=$(cat)
+    printf '%s\n' "$hdr" >>"$STANDIN_RECORD/curl.stdin"
+    exec /usr/bin/curl "$@" <<<"$hdr"
+  fi
+done
+exec /usr/bin/curl "$@"
+`;
+    const token = "tok-kv-argv-4r5t6y";
+    az.secrets.set("argv-token", token);
+    const ce = sampleAzureCe({}, { platformTokenSecretUri: "https://my-vault.vault.azure.net/secrets/argv-token" });
+    const first = sampleAzureRun({ name: "argv-first", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000061" });
+    const a = await launch(ce, first, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv`, NXF_STANDIN_SESSION: "0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f7" } });
+    expect(a.code, a.stdout).toBe(0);
+    // resumeFrom: a blob download too
+    const run = sampleAzureRun({ name: "argv-second", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000062", pipeline: { resumeFrom: "argv-first" } });
+    const r = await launch(ce, run, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv` }, extraBin: { curl: recorder } });
+    expect(r.code, r.log).toBe(0);
+    const argv = readFileSync(join(r.record, "curl.argv"), "utf8").split("-- end of call --\n").filter(Boolean).map((c) => c.split("\n").slice(0, -1));
+    const bearerCalls = argv.filter((c) => c.includes("@-"));
+    // Key Vault, the resume download, the uploads and the log batches: all with the header on stdin
+    expect(bearerCalls.some((c) => c.some((x) => x.includes("/kv/secrets/argv-token")))).toBe(true);
+    expect(bearerCalls.some((c) => c.some((x) => x.includes("/blob/")) && !c.includes("PUT"))).toBe(true);
+    expect(bearerCalls.some((c) => c.includes("PUT"))).toBe(true);
+    expect(bearerCalls.some((c) => c.some((x) => x.includes("/dataCollectionRules/")))).toBe(true);
+    const all = argv.flat().join(" ");
+    expect(all).not.toMatch(/Bearer/i);
+    expect(all).not.toMatch(/tok-[0-9a-f]{8}/); // no IMDS token of any audience
+    expect(all).not.toContain(token);
+    expect(readFileSync(join(r.record, "curl.stdin"), "utf8")).toMatch(/^Authorization: Bearer tok-[0-9a-f]+$/m);
+    // and the services took the header: the secret was read, the session downloaded, the log shipped, the exit status uploaded
+    expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
+    expect(nextflowArgv(r)).toContain("0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f7");
+    expect(az.lines(run.metadata.uid!, "launcher").length).toBeGreaterThan(0);
+    expect(artifact(ce, run, "exit-status")).toBe("0\n");
+  });
+
   it("a Key Vault secret the identity cannot read is BootstrapFailed at platform-token, and nextflow never starts", async () => {
     const ce = sampleAzureCe({}, { platformTokenSecretUri: "https://my-vault.vault.azure.net/secrets/missing-token" });
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000052" });
