@@ -273,7 +273,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const run = await settingUp("exitline");
     const ingest = await vmLogShipper("exitline");
     const now = new Date().toISOString();
-    await ingest.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, ["the pipeline failed", "VMFORGE_EXIT_CODE=5"].map((Line, i) => ({ TimeGenerated: now, RunUid: run.metadata.uid!, Stream: "pipeline", Seq: i + 1, Line })));
+    await ingest.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, [["pipeline", "the pipeline failed"], ["launcher", "VMFORGE_EXIT_CODE=5"]].map(([Stream, Line], i) => ({ TimeGenerated: now, RunUid: run.metadata.uid!, Stream, Seq: i + 1, Line })));
     // Ingested before the VM stops (the launcher ships its last lines, then shuts down); the
     // operator asks when it sees the VM stopped. (A line ingested later is waited for: below.)
     const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
@@ -365,7 +365,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await env.startPipeline(sce, silent);
       await phase("late", "Running", 60_000, ns);
       await phase("silent", "Running", 60_000, ns);
-      await env.shipLines(sce, late, ["VMFORGE_EXIT_CODE=3"]);
+      await env.shipLines(sce, late, ["VMFORGE_EXIT_CODE=3"], "launcher");
       for (const r of [late, silent]) await ctl.setVmPowerState((await env.vmOf(r))!.id, "stopped");
 
       // The stopped VMs are deleted at once, before the late exit line is queryable; the Runs wait.

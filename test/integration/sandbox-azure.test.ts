@@ -29,7 +29,7 @@ it("runs the Azure example Run to Succeeded, shows its log from Log Analytics an
   // The launcher itself ran (userData from the emulator) and its shipper reached Log Analytics.
   expect(out).toMatch(/VM vmforge-[0-9a-f]{32} \(Run hello\) is running: cloud-init runs its customData/);
   expect(out).toContain("  | Bonjour world!");
-  expect(out).toMatch(/\n {2}\| VMFORGE_EXIT_CODE=0\n/);
+  expect(out).toMatch(/\n {2}launcher \| VMFORGE_EXIT_CODE=0\n/);
   expect(out).toMatch(/launcher \| .*uploaded az:\/\/\S+\/exit-status\n/);
   expect(out).toContain("exit status uploaded to the work dir: 0");
   // While it ran, the VM had its NIC, public IP and OS disk; afterwards none of them is left.

@@ -38,18 +38,35 @@ export interface LauncherLines {
   bootstrapStep?: string;
 }
 
-/** The launcher lines of several Runs, from rows of [RunUid, Line]. */
+/** The launcher stream's name in the log table (the pipeline's output is "pipeline"). */
+export const LAUNCHER_STREAM = "launcher";
+
+/**
+ * The launcher lines of several Runs, from rows of [RunUid, Seq, Line] of the launcher's own
+ * stream (the query keeps to it: a pipeline printing a marker line never counts). Where a marker
+ * is there more than once, the one with the highest Seq (the launcher's latest word) counts.
+ */
 export function launcherLines(rows: ReadonlyArray<ReadonlyArray<unknown>>): Map<string, LauncherLines> {
   const out = new Map<string, LauncherLines>();
+  const exitSeq = new Map<string, number>();
+  const stepSeq = new Map<string, number>();
   for (const row of rows) {
     const uid = String(row[0] ?? "");
-    const line = String(row[1] ?? "").trim();
+    const seq = Number(row[1]);
+    const n = Number.isFinite(seq) ? seq : -1;
+    const line = String(row[2] ?? "").trim();
     const got = out.get(uid) ?? { started: false };
     if (line === PIPELINE_STARTED_MARKER) got.started = true;
     const m = /^VMFORGE_EXIT_CODE=(\d{1,3})$/.exec(line);
-    if (m) got.exitCode = Number(m[1]);
+    if (m && n >= (exitSeq.get(uid) ?? -Infinity)) {
+      got.exitCode = Number(m[1]);
+      exitSeq.set(uid, n);
+    }
     const b = /^VMFORGE_BOOTSTRAP_FAILED=([a-z0-9-]{1,64})$/.exec(line);
-    if (b) got.bootstrapStep = b[1];
+    if (b && n >= (stepSeq.get(uid) ?? -Infinity)) {
+      got.bootstrapStep = b[1];
+      stepSeq.set(uid, n);
+    }
     out.set(uid, got);
   }
   return out;

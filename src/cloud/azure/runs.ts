@@ -14,7 +14,7 @@ import { CloudError, type EnvContext, type LaunchHints, type MachineState, type 
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
-import { AzureRunWatch, BOOTSTRAP_MARKER, EXIT_MARKER, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
+import { AzureRunWatch, BOOTSTRAP_MARKER, EXIT_MARKER, LAUNCHER_STREAM, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
 /** The default image: Ubuntu 22.04 LTS, generation 2 (overridable with a CE field once the API has one). */
@@ -441,7 +441,8 @@ async function launcherLinesFromLog(c: AzureClients, ctx: EnvContext, runs: Run[
   const safe = runs.filter((r) => /^[0-9a-fA-F-]{1,64}$/.test(r.metadata.uid ?? ""));
   if (!workspace || safe.length === 0) return { lines: new Map(), ok: false };
   const since = Math.min(...safe.map((r) => Date.parse(r.status?.launchedAt ?? r.metadata.creationTimestamp ?? "") || Date.now() - 7 * 86_400_000));
-  const query = `${LOG_TABLE} | where RunUid in (${[...new Set(safe.map((r) => `'${r.metadata.uid}'`))].join(", ")}) and (Line startswith '${EXIT_MARKER}' or Line startswith '${PIPELINE_STARTED_MARKER}' or Line startswith '${BOOTSTRAP_MARKER}') | project RunUid, Line`;
+  // Only the launcher's own stream: the pipeline's output may hold any text, a marker line too.
+  const query = `${LOG_TABLE} | where RunUid in (${[...new Set(safe.map((r) => `'${r.metadata.uid}'`))].join(", ")}) and Stream == '${LAUNCHER_STREAM}' and (Line startswith '${EXIT_MARKER}' or Line startswith '${PIPELINE_STARTED_MARKER}' or Line startswith '${BOOTSTRAP_MARKER}') | project RunUid, Seq, Line`;
   try {
     const res = await azCall(c, "logs", "Microsoft.OperationalInsights/workspaces/query/read", () =>
       c.logsQuery.queryWorkspace(workspace, query, { startTime: new Date(since - 60_000), endTime: new Date(Date.now() + 60_000) }, ctx.signal ? { abortSignal: ctx.signal } : {}));

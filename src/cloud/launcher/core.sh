@@ -6,7 +6,8 @@
 # part (src/cloud/aws/launcher.sh, src/cloud/azure/launcher.sh). The cloud part sets
 #   LAUNCH_DIR       where nextflow runs
 #   LOG_FILE         where the launcher's output and the pipeline's go (what is shipped)
-#   LAUNCHER_LOG     where the launcher's own lines go (may be LOG_FILE)
+#   LAUNCHER_LOG     where the launcher's own lines go (may be LOG_FILE), with its machine-readable
+#                    ones (VMFORGE_PIPELINE_STARTED, VMFORGE_BOOTSTRAP_FAILED=, VMFORGE_EXIT_CODE=)
 #   LOG_DESTINATION  where the shipped log can be read (said once, on the console)
 #   LOG_STEP         the name of the log shipping set-up step
 #   DOCKER_PACKAGE, JAVA_PACKAGE  package names of the machine's distribution
@@ -121,9 +122,10 @@ finish() {
   if [[ "$PIPELINE_STARTED" == 0 && "$rc" != 0 && -n "$STEP" ]]; then failed_step=$STEP; fi
   if [[ -n "$failed_step" ]]; then printf 'bootstrap-failed=%s\n' "$failed_step" >>"$STATE_DIR/exit-status"; fi
   upload "$STATE_DIR/exit-status" "$VMF_ARTIFACTS_URI/exit-status"
-  # The machine-readable end: the failed set-up step (if any), then the exit code, last.
-  if [[ -n "$failed_step" ]]; then printf 'VMFORGE_BOOTSTRAP_FAILED=%s\n' "$failed_step"; fi
-  printf 'VMFORGE_EXIT_CODE=%s\n' "$rc"
+  # The machine-readable end: the failed set-up step (if any), then the exit code, last. Written
+  # to the launcher's own lines, never the pipeline's output, where a pipeline could print them.
+  if [[ -n "$failed_step" ]]; then printf 'VMFORGE_BOOTSTRAP_FAILED=%s\n' "$failed_step" >>"$LAUNCHER_LOG"; fi
+  printf 'VMFORGE_EXIT_CODE=%s\n' "$rc" >>"$LAUNCHER_LOG"
   # The log shipping gets the last lines out before the machine goes away.
   cloud_flush_logs
   shutdown -h now || log "shutdown failed with exit code $?; the machine keeps running"
@@ -234,7 +236,7 @@ run_pipeline() {
   log "starting: nextflow ${VMF_NXF_ARGS[*]}"
   PIPELINE_STARTED=1
   STEP=""
-  printf 'VMFORGE_PIPELINE_STARTED\n'
+  printf 'VMFORGE_PIPELINE_STARTED\n' >>"$LAUNCHER_LOG"
   # Started in the background so that a signal is handled while the pipeline runs. The token
   # reaches nextflow through its environment only (never its command line).
   if [[ -n "$PLATFORM_TOKEN" ]]; then

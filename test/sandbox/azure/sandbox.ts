@@ -228,7 +228,7 @@ export async function runAzureSandbox(o: AzureSandboxOptions): Promise<number> {
           const line = String(row[2] ?? "");
           process.stdout.write(`  ${row[1] === "launcher" ? "launcher " : ""}| ${line}\n`);
           logLinesSeen++;
-          if (row[1] === "pipeline" && /^VMFORGE_EXIT_CODE=/.test(line)) exitLineSeen = true;
+          if (row[1] === "launcher" && /^VMFORGE_EXIT_CODE=/.test(line)) exitLineSeen = true;
         }
       }
       const phase = run?.status?.phase;

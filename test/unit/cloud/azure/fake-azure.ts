@@ -369,12 +369,15 @@ export class FakeAzure {
         queryWorkspace: (ws: string, q: string) => self.rec("logsQuery.queryWorkspace", [ws, q], () => {
           self.queries.push(q);
           if (self.failQuery) throw self.failQuery;
-          const inList = /RunUid in \(([^)]*)\) and (.*) \| project RunUid, Line$/.exec(q);
+          const inList = /RunUid in \(([^)]*)\) and (.*) \| project RunUid, Seq, Line$/.exec(q);
           if (inList) {
-            // the launcher-lines query of several Runs (Line startswith '...' or ...): [RunUid, Line]
+            // the launcher-lines query of several Runs ([Stream == '...' and] Line startswith '...' or ...): [RunUid, Seq, Line]
             const uids = new Set([...inList[1]!.matchAll(/'([^']+)'/g)].map((m) => m[1]));
+            const stream = /Stream == '([^']*)'/.exec(inList[2]!)?.[1];
             const prefixes = [...inList[2]!.matchAll(/Line startswith '([^']*)'/g)].map((m) => m[1]!.toLowerCase());
-            const rows = self.logRows.filter((r) => uids.has(r[2]) && prefixes.some((p) => r[4].toLowerCase().startsWith(p))).map((r) => [r[2], r[4]]);
+            const rows = self.logRows
+              .filter((r) => uids.has(r[2]) && (stream === undefined || r[3] === stream) && prefixes.some((p) => r[4].toLowerCase().startsWith(p)))
+              .map((r) => [r[2], r[1], r[4]]);
             return { status: "Success", tables: [{ name: "PrimaryResult", columnDescriptors: [], rows }] };
           }
           const uid = /RunUid == '([^']+)'/.exec(q)?.[1];

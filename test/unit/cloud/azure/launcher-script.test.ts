@@ -33,18 +33,21 @@ function artifact(ce: ComputeEnvironment, run: Run, name: string): string | unde
 }
 
 describe("Azure launcher under test", { timeout: 60_000 }, () => {
-  it("success: ships the start line before the pipeline's output and the exit line last, uploads the exit status and shuts down", async () => {
+  it("success: ships the start line and the exit line (last) on the launcher's own stream, never the pipeline's, uploads the exit status and shuts down", async () => {
     const ce = sampleAzureCe();
     const run = sampleAzureRun();
     const r = await launch(ce, run, { nextflowExit: 0 });
     expect(r.code, r.stdout).toBe(0);
     const uid = run.metadata.uid!;
-    const lines = az.lines(uid);
-    const started = lines.indexOf("VMFORGE_PIPELINE_STARTED");
-    expect(started, lines.join("\n")).toBeGreaterThanOrEqual(0);
-    expect(lines.filter((l) => l === "VMFORGE_PIPELINE_STARTED")).toHaveLength(1);
-    expect(started).toBeLessThan(lines.indexOf("Hello world!"));
-    expect(lines.indexOf("VMFORGE_EXIT_CODE=0")).toBeGreaterThan(lines.indexOf("Hello world!"));
+    const own = az.lines(uid, "launcher");
+    const started = own.indexOf("VMFORGE_PIPELINE_STARTED");
+    expect(started, own.join("\n")).toBeGreaterThan(own.findIndex((l) => l.includes("starting: nextflow")));
+    expect(own.filter((l) => l === "VMFORGE_PIPELINE_STARTED")).toHaveLength(1);
+    expect(own.at(-1)).toBe("VMFORGE_EXIT_CODE=0");
+    expect(own.indexOf("VMFORGE_EXIT_CODE=0")).toBeGreaterThan(own.findIndex((l) => l.includes("nextflow exited with code 0")));
+    const output = az.lines(uid, "pipeline");
+    expect(output).toContain("Hello world!");
+    expect(output.filter((l) => l.startsWith("VMFORGE_"))).toEqual([]);
     expect(artifact(ce, run, "exit-status")).toBe("0\n");
     expect(r.calls.at(-1)).toBe("shutdown -h now");
     expect(nextflowArgv(r)).toContain("az://work/pipelines");
@@ -58,7 +61,7 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     const lines = az.lines(run.metadata.uid!);
     expect(lines).toContain("preparing");
     expect(lines).not.toContain("VMFORGE_PIPELINE_STARTED");
-    expect(az.lines(run.metadata.uid!, "pipeline").slice(-2)).toEqual(["VMFORGE_BOOTSTRAP_FAILED=pre-run-script", "VMFORGE_EXIT_CODE=7"]);
+    expect(az.lines(run.metadata.uid!, "launcher").slice(-2)).toEqual(["VMFORGE_BOOTSTRAP_FAILED=pre-run-script", "VMFORGE_EXIT_CODE=7"]);
     expect(r.calls.some((c) => c.startsWith("nextflow "))).toBe(false);
     expect(existsSync(join(r.record, "nextflow.argv"))).toBe(false);
     expect(artifact(ce, run, "exit-status")).toBe("7\nbootstrap-failed=pre-run-script\n");
@@ -73,7 +76,7 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(r.code).toBe(3);
     expect(artifact(ce, run, "exit-status")).toBe("3\n");
     expect(az.lines(run.metadata.uid!)).not.toContain("VMFORGE_BOOTSTRAP_FAILED=pre-run-script");
-    expect(az.lines(run.metadata.uid!, "pipeline").at(-1)).toBe("VMFORGE_EXIT_CODE=3");
+    expect(az.lines(run.metadata.uid!, "launcher").at(-1)).toBe("VMFORGE_EXIT_CODE=3");
   });
 
   it("the resume cache is the Run's az:// work dir; the session id is uploaded; resumeFrom resumes it; none recorded is BootstrapFailed at resume-session", async () => {

@@ -182,7 +182,7 @@ describe("Azure runs", () => {
     az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
     expect((await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
     now += 120_000;
-    az.logRows.push([new Date(now).toISOString(), 7, run.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"]);
+    az.logRows.push([new Date(now).toISOString(), 7, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
     const late = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
     expect(late).toMatchObject({ state: "terminated", exitCode: 0 });
     expect(late.outcomeUnknown).toBeUndefined();
@@ -221,8 +221,8 @@ describe("Azure runs", () => {
       [at, 4, settingUp[0]!.metadata.uid!, "launcher", "VMFORGE_PIPELINE_STARTED"],
       [at, 3, settingUp[1]!.metadata.uid!, "launcher", "installing Docker"],
       [at, 5, settingUp[2]!.metadata.uid!, "launcher", "VMFORGE_PIPELINE_STARTED"],
-      [at, 9, settingUp[2]!.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=2"],
-      [at, 8, stoppedRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=1"],
+      [at, 9, settingUp[2]!.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=2"],
+      [at, 8, stoppedRun.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=1"],
     );
     az.queries.length = 0;
     const all = [...settingUp, running, stoppedRun];
@@ -247,12 +247,34 @@ describe("Azure runs", () => {
     expect(az.queries[0]).not.toContain(settingUp[0]!.metadata.uid!);
   });
 
-  it("reads the start and exit lines from rows", () => {
-    const lines = launcherLines([["a", "VMFORGE_PIPELINE_STARTED"], ["a", "VMFORGE_EXIT_CODE=3 "], ["b", "VMFORGE_PIPELINE_STARTED_NOT"], ["b", "VMFORGE_EXIT_CODE=x"], ["c", "VMFORGE_EXIT_CODE=0"]]);
+  it("reads the start and exit lines from rows; of several exit lines the one with the highest Seq counts, whatever the rows' order", () => {
+    const lines = launcherLines([["a", 1, "VMFORGE_PIPELINE_STARTED"], ["a", 2, "VMFORGE_EXIT_CODE=3 "], ["b", 1, "VMFORGE_PIPELINE_STARTED_NOT"], ["b", 2, "VMFORGE_EXIT_CODE=x"], ["c", 4, "VMFORGE_EXIT_CODE=0"]]);
     expect(lines.get("a")).toEqual({ started: true, exitCode: 3 });
     expect(lines.get("b")).toEqual({ started: false });
     expect(lines.get("c")).toEqual({ started: false, exitCode: 0 });
-    expect(launcherLines([["d", "VMFORGE_BOOTSTRAP_FAILED=pre-run-script"], ["d", "VMFORGE_EXIT_CODE=1"]]).get("d")).toEqual({ started: false, exitCode: 1, bootstrapStep: "pre-run-script" });
+    expect(launcherLines([["d", 5, "VMFORGE_BOOTSTRAP_FAILED=pre-run-script"], ["d", 6, "VMFORGE_EXIT_CODE=1"]]).get("d")).toEqual({ started: false, exitCode: 1, bootstrapStep: "pre-run-script" });
+    expect(launcherLines([["e", 9, "VMFORGE_EXIT_CODE=2"], ["e", 3, "VMFORGE_EXIT_CODE=0"]]).get("e")).toEqual({ started: false, exitCode: 2 });
+    expect(launcherLines([["e", 3, "VMFORGE_EXIT_CODE=0"], ["e", 9, "VMFORGE_EXIT_CODE=2"]]).get("e")).toEqual({ started: false, exitCode: 2 });
+  });
+
+  it("only the launcher's own stream is believed: a pipeline printing a start or exit line changes nothing", async () => {
+    const watch = new AzureRunWatch();
+    const spoof = runOf(56);
+    const d = await launchRun(az.clients(), ctx, spoof);
+    spoof.status = { phase: "Launching", instance: { id: d.instanceId }, launchedAt: new Date(Date.now() - 60_000).toISOString() };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/running" }] };
+    const at = new Date().toISOString();
+    az.logRows.push([at, 3, spoof.metadata.uid!, "pipeline", "VMFORGE_PIPELINE_STARTED"], [at, 4, spoof.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"]);
+    az.queries.length = 0;
+    const up = (await describeRuns(az.clients(), ctx, [spoof], watch)).get(spoof.metadata.uid!)!;
+    expect(az.queries[0]).toContain("Stream == 'launcher'");
+    expect(up.pipelineStarted).toBeUndefined();
+    expect(up.exitCode).toBeUndefined();
+    // the launcher's own lines: the start, then the real end (the pipeline's printed line before it counts for nothing)
+    az.logRows.push([at, 5, spoof.metadata.uid!, "launcher", "VMFORGE_PIPELINE_STARTED"], [at, 8, spoof.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=3"], [at, 9, spoof.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"]);
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/stopped" }] };
+    const ended = (await describeRuns(az.clients(), ctx, [spoof], watch)).get(spoof.metadata.uid!)!;
+    expect(ended).toMatchObject({ state: "shutting-down", exitCode: 3 });
   });
 
   it("without an exit status, a set-up step named in the log before the exit line gives BootstrapFailed", async () => {
@@ -281,7 +303,7 @@ describe("Azure runs", () => {
     az.store.delete(ds[1]!.instanceId.toLowerCase());
     az.get(ds[2]!.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/succeeded" }, { code: "PowerState/stopped" }] };
     const at = new Date().toISOString();
-    az.logRows.push([at, 9, stoppedRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=4"], [at, 12, goneRun.metadata.uid!, "pipeline", "VMFORGE_EXIT_CODE=0"], [at, 3, quiet.metadata.uid!, "pipeline", "still running"]);
+    az.logRows.push([at, 9, stoppedRun.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=4"], [at, 12, goneRun.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"], [at, 3, quiet.metadata.uid!, "pipeline", "still running"]);
     az.queries.length = 0;
     const res = await describeRuns(az.clients(), ctx, [stoppedRun, goneRun, quiet]);
     expect(res.get(stoppedRun.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 4 });
