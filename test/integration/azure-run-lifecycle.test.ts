@@ -10,7 +10,6 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
-import { LogsIngestionClient } from "@azure/monitor-ingestion";
 import { LogsQueryClient } from "@azure/monitor-query-logs";
 import { streamRunLogs } from "../../src/cli/logs.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
@@ -67,16 +66,6 @@ async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceN
   const out: string[] = [];
   for await (const r of rm.resources.listByResourceGroup(rg)) if (r.name?.startsWith(vmName(run.metadata.uid!))) out.push(`${r.type}/${r.name}`);
   return out;
-}
-
-/** The VM's side of the log: a principal allowed to ship to the CE's data collection rule, as the VM's identity is. */
-async function vmLogShipper(tag: string): Promise<LogsIngestionClient> {
-  const ctl = azureControl();
-  const vm = await ctl.createPrincipal({ displayName: `vmforge-life-vm-${tag}` });
-  await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${env.info.subscriptionId}`, role: { properties: {
-    roleName: `vmforge-life-telemetry-${tag}`, assignableScopes: [`/subscriptions/${env.info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
-  } } });
-  return new LogsIngestionClient(ce.status!.azure!.dceEndpoint!, await azureTestCredential({ clientId: vm.clientId, clientSecret: vm.secret! }));
 }
 
 /** PUTs of a Run's VM in the emulator's request log since `since`. */
@@ -230,7 +219,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const run = await settingUp("logs");
     const uid = run.metadata.uid!;
     const az = ce.status!.azure!;
-    const ingest = await vmLogShipper("logs");
+    const ingest = await env.logShipper(ce);
     const peek = new LogsQueryClient(await azureTestCredential({ clientId: env.principal.clientId, clientSecret: env.principal.secret }), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
     const visibleSeqs = async (): Promise<number[]> => {
       const res = await peek.queryWorkspace(az.workspaceCustomerId!, `${LOG_TABLE} | where RunUid == '${uid}' | project Seq`, { duration: "PT1H" });
@@ -267,11 +256,24 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 120_000);
 
+  it("the log's shippers hold telemetry write on the CE's data collection rule only, as its identity does: the same write granted on the CE's data collection endpoint instead is refused 403 at the rule", async () => {
+    trustAzureEmulator();
+    const az = ce.status!.azure!;
+    const rows = (Line: string): Record<string, unknown>[] => [{ TimeGenerated: new Date().toISOString(), RunUid: "no-run-scoped-shipper", Stream: "pipeline", Seq: 1, Line }];
+    const elsewhere = await env.logShipperAt(ce, az.dceId!);
+    const err = await elsewhere.upload(az.dcrImmutableId!, LOG_STREAM, rows("from the endpoint's grant")).then(() => undefined, (e: unknown) => e);
+    const cause = (err as { errors?: { cause: { statusCode?: number; message: string } }[] } | undefined)?.errors?.[0]?.cause;
+    expect(cause?.statusCode, String(err)).toBe(403);
+    expect(cause?.message).toContain("Microsoft.Insights/Telemetry/Write");
+    expect(cause?.message).toContain(az.dcrImmutableId!);
+    await expect((await env.logShipper(ce)).upload(az.dcrImmutableId!, LOG_STREAM, rows("from the rule's grant"))).resolves.toBeUndefined();
+  });
+
   it("no exit status uploaded (its upload failed): the exit line in Log Analytics gives the outcome, and the stopped VM is deleted", async () => {
     trustAzureEmulator();
     await env.kube.create(RunResource, env.runBody("exitline", CE));
     const run = await settingUp("exitline");
-    const ingest = await vmLogShipper("exitline");
+    const ingest = await env.logShipper(ce);
     const now = new Date().toISOString();
     await ingest.upload(ce.status!.azure!.dcrImmutableId!, LOG_STREAM, [["pipeline", "the pipeline failed"], ["launcher", "VMFORGE_EXIT_CODE=5"]].map(([Stream, Line], i) => ({ TimeGenerated: now, RunUid: run.metadata.uid!, Stream, Seq: i + 1, Line })));
     // Ingested before the VM stops (the launcher ships its last lines, then shuts down); the

@@ -7,8 +7,9 @@
  * No VM player: VMs stay "running" until a test changes their power state through the emulator's
  * controls, as Azure would when the OS shuts down; `finishVm` plays the end of a pipeline (the
  * exit status uploaded to the work directory, then the OS shut down), and `shipLines` /
- * `startPipeline` play the launcher's log lines (shipped through the Logs Ingestion API as the VM's
- * identity would, so they reach Log Analytics after its ingestion delay).
+ * `startPipeline` play the launcher's log lines (shipped through the Logs Ingestion API by a
+ * principal allowed to write to the CE's data collection rule only, as the VM's identity is, so they
+ * reach Log Analytics after its ingestion delay).
  */
 import { readFileSync } from "node:fs";
 import { getCACertificates, setDefaultCACertificates } from "node:tls";
@@ -69,7 +70,14 @@ export interface AzureRunsEnv {
   vmOf(run: Run): Promise<EmulatedVm | undefined>;
   /** The end of a pipeline as a VM plays it: the exit status uploaded, then the OS shut down (VM stopped). */
   finishVm(ce: ComputeEnvironment, run: Run, exitCode: number): Promise<void>;
-  /** Ships lines of the Run's log to the CE's data collection rule as its VM's launcher would (numbered on from the last shipped). */
+  /**
+   * A Logs Ingestion client on the CE's data collection endpoint for a principal holding telemetry
+   * write on the CE's data collection rule only, as the CE's identity (its VMs') does; one per CE.
+   */
+  logShipper(ce: ComputeEnvironment): Promise<LogsIngestionClient>;
+  /** The same for a principal holding telemetry write at `scope` only (one per CE and scope). */
+  logShipperAt(ce: ComputeEnvironment, scope: string): Promise<LogsIngestionClient>;
+  /** Ships lines of the Run's log to the CE's data collection rule as its VM's launcher would (numbered on from the last shipped), as logShipper's principal. */
   shipLines(ce: ComputeEnvironment, run: Run, lines: string[], stream?: "pipeline" | "launcher"): Promise<void>;
   /** The launcher's start line (VMFORGE_PIPELINE_STARTED) shipped for the Run. */
   startPipeline(ce: ComputeEnvironment, run: Run): Promise<void>;
@@ -118,16 +126,25 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
       ...over,
     });
   const extra: string[] = [];
-  // The VMs' side of the log: a principal allowed to ship to data collection rules, as a VM's identity is.
-  let shipper: Promise<{ clientId: string; secret: string }> | undefined;
-  const vmIdentity = (): Promise<{ clientId: string; secret: string }> => (shipper ??= (async () => {
-    const ctl = azureControl();
-    const vm = await ctl.createPrincipal({ displayName: `${o.principal}-vm` });
-    await ctl.assignRole({ principalId: vm.objectId, scope: `/subscriptions/${info.subscriptionId}`, role: { properties: {
-      roleName: `${o.principal}-vm-telemetry`, assignableScopes: [`/subscriptions/${info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
-    } } });
-    return { clientId: vm.clientId, secret: vm.secret! };
-  })());
+  // The VMs' side of the log: per scope, a principal holding telemetry write there and nowhere else.
+  const shippers = new Map<string, Promise<LogsIngestionClient>>();
+  const shipperAt = (ce: ComputeEnvironment, scope: string): Promise<LogsIngestionClient> => {
+    const key = `${ce.status!.azure!.dceEndpoint!}|${scope.toLowerCase()}`;
+    let made = shippers.get(key);
+    if (!made) {
+      made = (async () => {
+        const ctl = azureControl();
+        const vm = await ctl.createPrincipal({ displayName: `${o.principal}-vm-${shippers.size}` });
+        await ctl.assignRole({ principalId: vm.objectId, scope, role: { properties: {
+          roleName: `${o.principal}-vm-telemetry`, assignableScopes: [`/subscriptions/${info.subscriptionId}`], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
+        } } });
+        trustAzureEmulator();
+        return new LogsIngestionClient(ce.status!.azure!.dceEndpoint!, await azureTestCredential({ clientId: vm.clientId, clientSecret: vm.secret! }));
+      })();
+      shippers.set(key, made);
+    }
+    return made;
+  };
   const seqs = new Map<string, number>();
   const env: AzureRunsEnv = {
     kube,
@@ -175,10 +192,12 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
       if (!vm) throw new Error(`no VM for Run ${run.metadata.name}`);
       await azureControl().setVmPowerState(vm.id, "stopped");
     },
+    logShipper(ce) {
+      return shipperAt(ce, ce.status!.azure!.dcrId!);
+    },
+    logShipperAt: shipperAt,
     async shipLines(ce, run, lines, stream = "pipeline") {
-      trustAzureEmulator();
-      const id = await vmIdentity();
-      const client = new LogsIngestionClient(ce.status!.azure!.dceEndpoint!, await azureTestCredential({ clientId: id.clientId, clientSecret: id.secret }));
+      const client = await env.logShipper(ce);
       const uid = run.metadata.uid!;
       let seq = seqs.get(uid) ?? 0;
       const now = new Date().toISOString();
