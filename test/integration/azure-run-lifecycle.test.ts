@@ -308,8 +308,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("Log Analytics ingestion delay: a Run stays SettingUp until its start line is ingested (one query per CE per poll); a VM stopped before its exit line is ingested is deleted at once and the Run takes the late line's code; with no line at all it ends MachineStopped after the grace window", async () => {
     // Its own namespace, CE (so its own data collection rule, slowed alone) and operator, whose
-    // provider waits GRACE for an exit line (VMFORGE_AZURE_EXIT_LINE_GRACE in a deployment).
-    const DELAY = 8_000;
+    // provider waits GRACE for an exit line (VMFORGE_AZURE_EXIT_LINE_GRACE in a deployment). What
+    // the rule delivers is held (an hour's delay) while the test looks, then let through (no
+    // delay): no step depends on how fast the operator or the machine is.
+    const HOLD = 3_600_000;
     const GRACE = 25_000;
     const ns = await env.extraNamespace("azingest");
     const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider({ exitLineGraceMs: GRACE })]]), { namespaces: [ns], pollIntervalMs: 1_000 });
@@ -320,7 +322,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const sce = await waitReady(env.kube, ns, "slowlog");
       const az = sce.status!.azure!;
       dcr = az.dcrImmutableId!;
-      await ctl.settings({ dcrIngestionDelayMs: { [dcr]: DELAY } });
+      const slowRule = dcr;
+      const hold = (): Promise<unknown> => ctl.settings({ dcrIngestionDelayMs: { [slowRule]: HOLD } });
+      const letThrough = (): Promise<unknown> => ctl.settings({ dcrIngestionDelayMs: { [slowRule]: 0 } });
       trustAzureEmulator();
       // What Log Analytics holds, asked by the test's own principal (not counted as the operator's).
       const peek = new LogsQueryClient(await azureTestCredential(), { endpoint: `${azureEndpoint()}/loganalytics/v1` });
@@ -339,24 +343,26 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await settingUp("silent", ns);
       const { lastSeq } = await ctl.requests(0);
       const polls0 = op.operator.tracker.pollCount;
+      await hold();
       await env.startPipeline(sce, setup);
       const whileHidden: string[] = [];
-      await waitFor("the start line of setup queryable", async () => {
-        // The Run read before the line is looked for: if the line is not queryable after it, it was not before either.
+      // Shipped, held from Log Analytics through three polls of the operator at least.
+      await waitFor("three operator polls while the start line of setup is held", async () => {
         const r = await env.getRun("setup", ns);
-        const visible = await queryable(setup, "VMFORGE_PIPELINE_STARTED");
-        if (!visible) whileHidden.push(`${r?.status?.phase}/${r?.status?.reason}`);
-        return visible;
+        whileHidden.push(`${r?.status?.phase}/${r?.status?.reason}`);
+        return op.operator.tracker.pollCount - polls0 >= 4;
       }, 60_000, 250);
-      // Shipped, not yet in Log Analytics: the Run was set up all along, never Running.
-      expect(whileHidden.length).toBeGreaterThan(0);
-      expect([...new Set(whileHidden)]).toEqual(["Launching/SettingUp"]);
       const polls1 = op.operator.tracker.pollCount;
       const queries = await operatorQueries(lastSeq);
+      expect(await queryable(setup, "VMFORGE_PIPELINE_STARTED"), "the held start line was queryable").toBe(false);
+      // Shipped, not yet in Log Analytics: the Run was set up all along, never Running.
+      expect([...new Set(whileHidden)]).toEqual(["Launching/SettingUp"]);
       // Three Runs being set up, one CE: at most one Log Analytics query per poll (and one at least per few polls).
       expect(polls1 - polls0).toBeGreaterThanOrEqual(3);
       expect(queries).toBeGreaterThanOrEqual(1);
       expect(queries).toBeLessThanOrEqual(polls1 - polls0 + 1);
+      await letThrough();
+      expect(await queryable(setup, "VMFORGE_PIPELINE_STARTED")).toBe(true);
       const running = await phase("setup", "Running", 30_000, ns);
       expect(running.status?.startTime).toBeDefined();
 
@@ -367,12 +373,13 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await env.startPipeline(sce, silent);
       await phase("late", "Running", 60_000, ns);
       await phase("silent", "Running", 60_000, ns);
+      await hold();
       await env.shipLines(sce, late, ["VMFORGE_EXIT_CODE=3"], "launcher");
       for (const r of [late, silent]) await ctl.setVmPowerState((await env.vmOf(r))!.id, "stopped");
 
-      // The stopped VMs are deleted at once, before the late exit line is queryable; the Runs wait.
+      // The stopped VMs are deleted at once, while the late exit line is still held; the Runs wait.
       await waitFor("the stopped VMs deleted", async () => (await env.vmOf(late)) === undefined && (await env.vmOf(silent)) === undefined, 30_000, 200);
-      expect(await queryable(late, "VMFORGE_EXIT_CODE=3"), "the exit line was queryable before the VM was deleted: the delay proved nothing").toBe(false);
+      expect(await queryable(late, "VMFORGE_EXIT_CODE=3"), "the held exit line was queryable").toBe(false);
       expect(await runResources(late, sce.metadata.uid!, ns, "slowlog")).toEqual([]);
       for (const n of ["late", "silent"]) {
         const r = await env.getRun(n, ns);
@@ -384,8 +391,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         return r?.status?.message?.includes("waiting for the pipeline's outcome") ? r : undefined;
       }, 30_000, 200);
       expect(waiting.status?.phase).toBe("Running");
+      expect(await queryable(late, "VMFORGE_EXIT_CODE=3"), "the held exit line was queryable").toBe(false);
 
       // (2) The late line arrives within the window: its exit code is the outcome.
+      await letThrough();
       const failed = await phase("late", "Failed", 60_000, ns);
       expect(failed.status).toMatchObject({ reason: "PipelineFailed", exitCode: 3 });
       expect(await queryable(late, "VMFORGE_EXIT_CODE=3")).toBe(true);
