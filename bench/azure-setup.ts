@@ -2,8 +2,9 @@
  * What the Azure scenarios "log-latency" (its Azure half) and "azure-burst" share: the Azure
  * emulator, an admin and an operator principal (the seed's roles by phase, plus Reader), the work
  * directory's storage account, a namespace with the credentials Secret, the compiled operator at
- * its defaults pointed at the emulator, Azure ComputeEnvironments awaited Ready, and a principal
- * that ships log lines to Log Analytics as a VM's launcher does (Logs Ingestion API).
+ * its defaults pointed at the emulator, Azure ComputeEnvironments awaited Ready, and per CE a
+ * principal that ships log lines to Log Analytics as its VMs' launcher does (Logs Ingestion API,
+ * telemetry write on the CE's data collection rule only).
  */
 import { ClientSecretCredential } from "@azure/identity";
 import { ResourceManagementClient } from "@azure/arm-resources";
@@ -79,17 +80,29 @@ export async function startAzureBench(o: BenchCluster, prefix: string): Promise<
       await ctl.assignRole({ principalId: operatorSp.objectId, scope, role: renderAzureRole(phase, { subscriptionId: info.subscriptionId, withAdditions: true }) });
     }
     await ctl.assignRole({ principalId: operatorSp.objectId, scope, roleName: "Reader" });
-    // What a VM's identity holds on its CE's data collection rule: telemetry write.
-    const vm = await ctl.createPrincipal({ displayName: "bench-vm-launcher" });
-    await ctl.assignRole({ principalId: vm.objectId, scope, role: { properties: {
-      roleName: "bench-vm-telemetry", assignableScopes: [scope], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
-    } } });
 
     const { setDefaultCACertificates, getCACertificates } = await import("node:tls");
     setDefaultCACertificates([...getCACertificates("default"), az.caPem]);
     const credOpts = { authorityHost: az.endpoint, disableInstanceDiscovery: true };
     const adminCredential = new ClientSecretCredential(info.tenantId, admin.clientId, admin.secret ?? "", credOpts);
-    const vmCredential = new ClientSecretCredential(info.tenantId, vm.clientId, vm.secret ?? "", credOpts);
+    // Per CE, what its VMs' identity holds: telemetry write on the CE's data collection rule only.
+    const shippers = new Map<string, Promise<LogsIngestionClient>>();
+    const shipperOf = (ce: ComputeEnvironment): Promise<LogsIngestionClient> => {
+      const s = azureStatus(ce);
+      const dcr = (s.dcrId ?? "").toLowerCase();
+      let made = shippers.get(dcr);
+      if (!made) {
+        made = (async () => {
+          const vm = await ctl.createPrincipal({ displayName: `bench-vm-launcher-${shippers.size}` });
+          await ctl.assignRole({ principalId: vm.objectId, scope: s.dcrId ?? "", role: { properties: {
+            roleName: "bench-vm-telemetry", assignableScopes: [scope], permissions: [{ actions: [], dataActions: ["Microsoft.Insights/Telemetry/Write"] }],
+          } } });
+          return new LogsIngestionClient(s.dceEndpoint ?? "", new ClientSecretCredential(info.tenantId, vm.clientId, vm.secret ?? "", credOpts));
+        })();
+        shippers.set(dcr, made);
+      }
+      return made;
+    };
     const rm = new ResourceManagementClient(adminCredential, info.subscriptionId, { endpoint: az.endpoint, credentials: { scopes: [ARM_SCOPE] } });
     await rm.resourceGroups.createOrUpdate("bench-data", { location: LOCATION });
     const accountId = `${scope}/resourceGroups/bench-data/providers/Microsoft.Storage/storageAccounts/benchwork`;
@@ -113,7 +126,6 @@ export async function startAzureBench(o: BenchCluster, prefix: string): Promise<
     op = new OperatorProcess({ ...childEnv, VMFORGE_NAMESPACES: ns, POD_NAME: `bench-${ns}` });
     await op.start();
 
-    const ingest = new Map<string, LogsIngestionClient>();
     const query = new LogsQueryClient(adminCredential, { endpoint: `${az.endpoint}/loganalytics/v1` });
     const running = op;
     return {
@@ -135,10 +147,8 @@ export async function startAzureBench(o: BenchCluster, prefix: string): Promise<
       },
       async ship(ce, rows) {
         const s = azureStatus(ce);
-        const endpoint = s.dceEndpoint ?? "";
-        if (!ingest.has(endpoint)) ingest.set(endpoint, new LogsIngestionClient(endpoint, vmCredential));
         const now = new Date().toISOString();
-        await ingest.get(endpoint)!.upload(s.dcrImmutableId ?? "", LOG_STREAM, rows.map((r) => ({ TimeGenerated: now, RunUid: r.runUid, Stream: r.stream ?? "pipeline", Seq: r.seq, Line: r.line })));
+        await (await shipperOf(ce)).upload(s.dcrImmutableId ?? "", LOG_STREAM, rows.map((r) => ({ TimeGenerated: now, RunUid: r.runUid, Stream: r.stream ?? "pipeline", Seq: r.seq, Line: r.line })));
       },
       async visibleSeqs(ce, runUid) {
         const res = await query.queryWorkspace(azureStatus(ce).workspaceCustomerId ?? "", `${LOG_TABLE} | where RunUid == '${runUid}' | project Seq`, { duration: "PT1H" });
