@@ -7,7 +7,7 @@
  */
 import type { CloudProvider } from "./cloud/provider.js";
 import { AwsProvider } from "./cloud/aws/provider.js";
-import { runOperator } from "./main.js";
+import { runOperator } from "./run-operator.js";
 import type { OperatorConfig } from "./config.js";
 import { AzureProvider } from "./cloud/azure/provider.js";
 import { streamRunLogs } from "./cli/logs.js";

@@ -5,7 +5,7 @@
  * pace for reading the exit status of a machine that still runs, so a machine whose shutdown fails
  * is noticed within a test's patience.
  */
-import { runOperator } from "../../src/main.js";
+import { runOperator } from "../../src/run-operator.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 
 const probe = Number(process.env.VMFORGE_TEST_EXIT_PROBE ?? "1000");

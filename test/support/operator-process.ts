@@ -5,7 +5,7 @@
  * VMFORGE_TEST_HANG_LAUNCH=1 makes every launch hang and ignore its abort signal (a cloud that
  * stopped answering), for shutdown tests.
  */
-import { runOperator } from "../../src/main.js";
+import { runOperator } from "../../src/run-operator.js";
 import { FakeCloud } from "./fake-cloud.js";
 import type { RunDescription } from "../../src/cloud/provider.js";
 

@@ -1,7 +1,7 @@
 // The released operator's providers load their cloud SDK on first use, say what the real
 // providers say about themselves, and pass every call through whole (arguments included).
 import { describe, expect, it } from "vitest";
-import { defaultProviders, LazyProvider } from "../../src/main.js";
+import { defaultProviders, LazyProvider } from "../../src/run-operator.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import type { CloudProvider, EnvContext } from "../../src/cloud/provider.js";
