@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # vmforge operator image.
 #   docker build -t ghcr.io/vmforge/vmforge:0.1.0 .   (the release workflow builds and pushes it)
-# Both stages use the same Node 24 base; the runtime stage has only production dependencies and
-# the compiled JavaScript, and runs as an unprivileged numeric user.
+# Both stages use the same Node 24 base; the runtime stage has only the bundled JavaScript
+# (dist/: the operator and the CLI with their dependencies, see scripts/bundle.mjs) and runs as an
+# unprivileged numeric user.
 
 # BASE: Debian bookworm with Node 24 and npm. `npm run image` builds one locally (no registry
 # needed) and passes it here; a normal build uses the official image.
@@ -18,17 +19,16 @@ ENV NODE_ENV=development \
 COPY package.json package-lock.json ./
 RUN npm ci
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts ./scripts
 COPY src ./src
-RUN npm run build \
- && npm prune --omit=dev \
- && npm cache clean --force
+RUN npm run build
 
 FROM ${BASE} AS runtime
 ENV NODE_ENV=production
 WORKDIR /app
-# The image's own Node 24 runs the operator; the `node` devDependency was pruned above.
+# The image's own Node 24 runs the operator. No node_modules: the bundles hold every dependency
+# (package.json stays for "type": "module").
 COPY --from=build --chown=0:0 /src/package.json ./package.json
-COPY --from=build --chown=0:0 /src/node_modules ./node_modules
 COPY --from=build --chown=0:0 /src/dist ./dist
 # Files stay owned by root and read-only for the process; matches readOnlyRootFilesystem.
 USER 65532:65532

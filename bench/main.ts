@@ -88,7 +88,7 @@ function apiRequests(text: string): Map<string, number> {
 async function main(): Promise<void> {
   say(`vmforge bench (${quick ? "quick, " : ""}${N} Runs), ${fmtLoad(load())}`);
   say("building the operator (npm run build) ...");
-  const b = spawnSync("node_modules/.bin/tsc", ["-p", "tsconfig.build.json"], { stdio: "inherit" });
+  const b = spawnSync("npm", ["run", "build"], { stdio: "inherit" });
   if (b.status !== 0) throw new Error("build failed");
 
   const cluster = await startCluster({ log: (m) => say(`  [cluster] ${m}`) });
