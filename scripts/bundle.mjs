@@ -7,7 +7,8 @@
 import { rmSync } from "node:fs";
 import { build } from "esbuild";
 
-rmSync("dist", { recursive: true, force: true });
+// (chunk names carry a content hash: the previous build's go first; dist/plugin and dist/release stay)
+rmSync("dist/chunks", { recursive: true, force: true });
 await build({
   entryPoints: ["src/main.ts", "src/cli.ts"],
   outdir: "dist",
