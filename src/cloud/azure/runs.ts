@@ -325,6 +325,9 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", log };
         out.set(uid, d);
         if (over) return; // its outcome is recorded; only its machine's end was awaited
+        // Pending again, waiting for capacity: its machine was one Azure could not place, which ran
+        // nothing, so there is no outcome to read (until a launch is accepted).
+        if (run.status.phase === "Pending") return;
         await outcomeOfEnded(run, d, (read) => {
           if (run.spec.overrides?.spot && !watch.seenStopped(uid)) {
             // With eviction policy Delete an evicted Spot VM simply disappears; no exit status means the pipeline never ended.
