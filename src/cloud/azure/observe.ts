@@ -79,21 +79,58 @@ interface Ended {
   stopped: boolean;
 }
 
+/**
+ * At most this many Runs are named in one CE's launcher-lines query (the rest are asked at the
+ * next polls, the least recently asked first). A Run UID costs about 40 characters of query text,
+ * so the query stays near 4 KB, however many Runs a CE has; the same bound as AWS's start probes.
+ */
+export const LAUNCHER_LINES_QUERY_CAP = 100;
+
+export interface AzureRunWatchOptions {
+  /** Runs named in one launcher-lines query at most (default LAUNCHER_LINES_QUERY_CAP). */
+  queryCap?: number;
+}
+
 export class AzureRunWatch {
   private readonly started = new Map<string, number>();
   private readonly ended = new Map<string, Ended & { at: number }>();
+  /** When each Run was last named in a launcher-lines query. */
+  private readonly asked = new Map<string, number>();
+  readonly queryCap: number;
 
   constructor(
     readonly graceMs = EXIT_LINE_GRACE_MS,
     private readonly clock: () => number = Date.now,
     private readonly forgetAfterMs = 30 * 60_000,
-  ) {}
+    opts: AzureRunWatchOptions = {},
+  ) {
+    this.queryCap = Math.max(1, Math.floor(opts.queryCap ?? LAUNCHER_LINES_QUERY_CAP));
+  }
+
+  /**
+   * The Runs (of those given, in their order) to name in this poll's query: at most `queryCap`, the
+   * least recently asked first (never asked before all), so every Run is asked within a few
+   * polls however many wait. Those chosen are recorded as asked now.
+   */
+  pickForQuery(uids: string[]): Set<string> {
+    const now = this.clock();
+    const order = uids.map((uid, i) => ({ uid, i, at: this.asked.get(uid) ?? -Infinity }));
+    order.sort((a, b) => a.at - b.at || a.i - b.i);
+    const chosen = new Set<string>();
+    for (const o of order) {
+      if (chosen.size >= this.queryCap) break;
+      chosen.add(o.uid);
+      this.asked.set(o.uid, now);
+    }
+    return chosen;
+  }
 
   /** Forgets Runs not looked at for a while (deleted, or followed by another operator). */
   prune(now = this.clock()): void {
     for (const [uid, at] of this.started) if (now - at > this.forgetAfterMs) this.started.delete(uid);
     const keep = Math.max(this.forgetAfterMs, 2 * this.graceMs);
     for (const [uid, e] of this.ended) if (now - e.at > keep) this.ended.delete(uid);
+    for (const [uid, at] of this.asked) if (now - at > this.forgetAfterMs) this.asked.delete(uid);
   }
 
   hasStarted(uid: string): boolean {
@@ -132,5 +169,6 @@ export class AzureRunWatch {
   forget(uid: string): void {
     this.started.delete(uid);
     this.ended.delete(uid);
+    this.asked.delete(uid);
   }
 }

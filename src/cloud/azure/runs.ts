@@ -388,8 +388,15 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
     }));
   }));
   if (needLines.length > 0) {
-    const read = await launcherLinesFromLog(c, ctx, needLines.map((n) => n.run));
-    for (const n of needLines) n.settle(read.lines.get(n.run.metadata.uid ?? ""), read);
+    // At most watch.queryCap Runs in the query, the least recently asked first; the others wait
+    // for a later poll (as if their lines were not queryable yet: nothing ends on that).
+    const chosen = watch.pickForQuery(needLines.map((n) => n.run.metadata.uid ?? ""));
+    const read = await launcherLinesFromLog(c, ctx, needLines.filter((n) => chosen.has(n.run.metadata.uid ?? "")).map((n) => n.run));
+    const notAsked: LinesRead = { lines: new Map(), ok: false, ...(read.error ? { error: read.error } : {}) };
+    for (const n of needLines) {
+      const uid = n.run.metadata.uid ?? "";
+      n.settle(chosen.has(uid) ? read.lines.get(uid) : undefined, chosen.has(uid) ? read : notAsked);
+    }
   }
   await Promise.all([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {
     // A deletion refused or failed here must not fail the describe of every CE of the

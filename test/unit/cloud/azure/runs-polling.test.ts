@@ -1,11 +1,12 @@
 // What one poll of Azure Runs reads, against in-memory SDK stand-ins: no outcome read for a Run
-// waiting for capacity.
+// waiting for capacity, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
+// query.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
 import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun } from "../../../../src/cloud/azure/runs.js";
-import { AzureRunWatch } from "../../../../src/cloud/azure/observe.js";
+import { AzureRunWatch, LAUNCHER_LINES_QUERY_CAP } from "../../../../src/cloud/azure/observe.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
 
@@ -70,5 +71,44 @@ describe("Azure run polling: what each poll reads", () => {
     expect(reads(az)).toEqual({ blobs: 1, queries: 1 });
     expect(az.queries.at(-1)).toContain(gone.metadata.uid!);
     expect(az.queries.at(-1)).not.toContain(waiting.metadata.uid!);
+  });
+
+  it("at most queryCap Runs are named in the CE's query, the least recently asked first: every Run is asked within a few polls", async () => {
+    const watch = new AzureRunWatch(60_000, () => now, undefined, { queryCap: 3 });
+    const runs: Run[] = [];
+    for (let i = 0; i < 7; i++) runs.push(await launched(30 + i, "running", { phase: "Launching" }));
+    const named = (q: string): string[] => runs.filter((r) => q.includes(r.metadata.uid!)).map((r) => r.metadata.name!);
+    az.queries.length = 0;
+    const rounds: string[][] = [];
+    for (let poll = 0; poll < 5; poll++) {
+      await describeRuns(az.clients(), ctx, runs, watch);
+      rounds.push(named(az.queries.at(-1)!));
+      now += 1_000;
+    }
+    expect(az.queries).toHaveLength(5); // still one query per poll
+    expect(rounds).toEqual([
+      ["p30", "p31", "p32"],
+      ["p33", "p34", "p35"],
+      ["p30", "p31", "p36"], // p36 never asked yet, then the two asked longest ago
+      ["p32", "p33", "p34"],
+      ["p30", "p31", "p35"],
+    ]);
+    // Any three polls in a row ask every one of the seven Runs: none starves.
+    for (let i = 0; i + 3 <= rounds.length; i++) expect(new Set(rounds.slice(i, i + 3).flat()).size).toBe(7);
+  });
+
+  it("the default cap keeps a CE's query to 100 Runs, a few KB of text, with 150 Runs waiting", async () => {
+    const watch = new AzureRunWatch(60_000, () => now);
+    const runs: Run[] = [];
+    for (let i = 0; i < 150; i++) runs.push(await launched(100 + i, "running", { phase: "Launching" }));
+    az.queries.length = 0;
+    await describeRuns(az.clients(), ctx, runs, watch);
+    expect(az.queries).toHaveLength(1);
+    expect(runs.filter((r) => az.queries[0]!.includes(r.metadata.uid!))).toHaveLength(100);
+    expect(az.queries[0]!.length).toBeLessThan(6_000);
+    expect(LAUNCHER_LINES_QUERY_CAP).toBe(100);
+    await describeRuns(az.clients(), ctx, runs, watch);
+    // the 50 left out come first at the next poll
+    expect(runs.slice(100).every((r) => az.queries[1]!.includes(r.metadata.uid!))).toBe(true);
   });
 });
