@@ -4,7 +4,8 @@
  * own stream in Log Analytics says that the pipeline started or how it ended. A pipeline (here
  * its CE's pre-run script, whose output goes to the pipeline's stream) that prints
  * VMFORGE_PIPELINE_STARTED and VMFORGE_EXIT_CODE=0 and then fails ends Failed with its real
- * code.
+ * code. And a Running Run whose VM keeps running after its launcher's exit line (its OS shutdown
+ * failed) is ended by the exit-line probe of running VMs, not left until its timeout.
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -43,7 +44,8 @@ const SPOOF = [
 
 beforeAll(async () => {
   env = await setupAzureRuns({ prefix: "azmark", principal: "vmforge-markers", blob: true });
-  provider = env.provider();
+  // The exit line of a Running Run whose VM still runs is asked for every 2 s (5 minutes in production).
+  provider = env.provider({ runningExitProbeMs: 2_000 });
   const describe = provider.describeRuns.bind(provider);
   provider.describeRuns = async (ctx, runs) => {
     const out = await describe(ctx, runs);
@@ -103,5 +105,22 @@ describe("Azure: the launcher's markers are believed from its own stream only", 
     expect(await blobs.getContainerClient(art.container).getBlobClient(`${art.path}/exit-status`).exists()).toBe(false);
     const rows = await logRows(run);
     expect(rows.filter(([s, l]) => s === "launcher" && (l ?? "").startsWith("VMFORGE_EXIT_CODE="))).toEqual([["launcher", "VMFORGE_EXIT_CODE=3"]]);
+  }, 300_000);
+
+  it("a Running Run whose VM keeps running after the launcher's exit line (its shutdown failed) ends with that exit code", async () => {
+    // The player leaves this VM alone: the test speaks for its launcher.
+    await env.kube.create(RunResource, env.runBody("noshutdown", CE));
+    const up = await waitFor("Run noshutdown set up", async () => {
+      const r = await env.getRun("noshutdown");
+      return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" ? r : undefined;
+    }, 60_000, 250);
+    await env.startPipeline(ce, up);
+    await waitFor("Run noshutdown Running", async () => (await env.getRun("noshutdown"))?.status?.phase === "Running", 60_000, 250);
+    await env.shipLines(ce, up, ["nextflow exited with code 0"], "launcher");
+    await env.shipLines(ce, up, ["VMFORGE_EXIT_CODE=0"], "launcher");
+    // `shutdown -h now` failed: the VM keeps running.
+    expect((await env.vmOf(up))?.powerState).toBe("running");
+    const done = await env.ended("noshutdown");
+    expect(done.status).toMatchObject({ phase: "Succeeded", reason: "Succeeded", exitCode: 0 });
   }, 300_000);
 });

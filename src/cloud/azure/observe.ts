@@ -80,6 +80,13 @@ interface Ended {
 }
 
 /**
+ * How often the exit line of a Running Run whose VM still runs is asked for: a VM whose OS
+ * shutdown failed keeps running after its pipeline ended, and would otherwise be found only at the
+ * Run's timeout. The same pace as on AWS (five minutes), in the CE's one query of the poll.
+ */
+export const RUNNING_EXIT_PROBE_MS = 5 * 60_000;
+
+/**
  * At most this many Runs are named in one CE's launcher-lines query (the rest are asked at the
  * next polls, the least recently asked first). A Run UID costs about 40 characters of query text,
  * so the query stays near 4 KB, however many Runs a CE has; the same bound as AWS's start probes.
@@ -87,6 +94,8 @@ interface Ended {
 export const LAUNCHER_LINES_QUERY_CAP = 100;
 
 export interface AzureRunWatchOptions {
+  /** Pace of the exit-line probe of Running Runs (default RUNNING_EXIT_PROBE_MS). */
+  runningProbeMs?: number;
   /** Runs named in one launcher-lines query at most (default LAUNCHER_LINES_QUERY_CAP). */
   queryCap?: number;
 }
@@ -96,6 +105,7 @@ export class AzureRunWatch {
   private readonly ended = new Map<string, Ended & { at: number }>();
   /** When each Run was last named in a launcher-lines query. */
   private readonly asked = new Map<string, number>();
+  readonly runningProbeMs: number;
   readonly queryCap: number;
 
   constructor(
@@ -104,7 +114,18 @@ export class AzureRunWatch {
     private readonly forgetAfterMs = 30 * 60_000,
     opts: AzureRunWatchOptions = {},
   ) {
+    this.runningProbeMs = opts.runningProbeMs ?? RUNNING_EXIT_PROBE_MS;
     this.queryCap = Math.max(1, Math.floor(opts.queryCap ?? LAUNCHER_LINES_QUERY_CAP));
+  }
+
+  /**
+   * Whether a Running Run whose VM runs is due for its exit-line probe: once `runningProbeMs` has
+   * passed since it was last asked about (or, never asked by this operator, since `since`: when
+   * it started, else when it was launched).
+   */
+  probeDue(uid: string, since: string | undefined): boolean {
+    const last = this.asked.get(uid) ?? Date.parse(since ?? "");
+    return !Number.isFinite(last) || this.clock() - last >= this.runningProbeMs;
   }
 
   /**
@@ -130,7 +151,8 @@ export class AzureRunWatch {
     for (const [uid, at] of this.started) if (now - at > this.forgetAfterMs) this.started.delete(uid);
     const keep = Math.max(this.forgetAfterMs, 2 * this.graceMs);
     for (const [uid, e] of this.ended) if (now - e.at > keep) this.ended.delete(uid);
-    for (const [uid, at] of this.asked) if (now - at > this.forgetAfterMs) this.asked.delete(uid);
+    const keepAsked = Math.max(this.forgetAfterMs, 2 * this.runningProbeMs);
+    for (const [uid, at] of this.asked) if (now - at > keepAsked) this.asked.delete(uid);
   }
 
   hasStarted(uid: string): boolean {

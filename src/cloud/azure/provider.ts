@@ -21,6 +21,11 @@ export interface AzureProviderOptions {
    * VMFORGE_AZURE_EXIT_LINE_GRACE).
    */
   exitLineGraceMs?: number;
+  /**
+   * How often the exit line of a Running Run whose VM still runs is asked for (default
+   * RUNNING_EXIT_PROBE_MS, five minutes; a VM whose OS shutdown failed keeps running).
+   */
+  runningExitProbeMs?: number;
 }
 
 export class AzureProvider implements CloudProvider {
@@ -37,7 +42,7 @@ export class AzureProvider implements CloudProvider {
   constructor(opts: AzureProviderOptions = {}) {
     this.endpoints = opts.endpoints ?? endpointsFromEnv();
     this.cache = new AzureClientCache(opts.clientFactory ?? createAzureClients);
-    this.watch = new AzureRunWatch(opts.exitLineGraceMs ?? EXIT_LINE_GRACE_MS);
+    this.watch = new AzureRunWatch(opts.exitLineGraceMs ?? EXIT_LINE_GRACE_MS, Date.now, undefined, opts.runningExitProbeMs !== undefined ? { runningProbeMs: opts.runningExitProbeMs } : {});
   }
 
   /** The clients for a CE. Throws Terminal for a bad Secret or a missing subscription. */

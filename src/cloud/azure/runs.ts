@@ -384,6 +384,15 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
             if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
           }
         } });
+        return;
+      }
+      if (vm.state === "running" && !over && watch.probeDue(uid, run.status?.startTime ?? run.status?.launchedAt)) {
+        // Running, and its VM still runs: a VM whose OS shutdown failed after the pipeline ended
+        // keeps running, so its exit line is asked for now and then (RUNNING_EXIT_PROBE_MS).
+        needLines.push({ run, settle: (lines, read) => {
+          if (read.error) d.readError = read.error;
+          if (lines?.exitCode !== undefined) d.exitCode = lines.exitCode;
+        } });
       }
     }));
   }));

@@ -1,12 +1,12 @@
 // What one poll of Azure Runs reads, against in-memory SDK stand-ins: no outcome read for a Run
-// waiting for capacity, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
+// waiting for capacity, the exit-line probe of Running Runs in the CE's one query, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
 // query.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
 import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun } from "../../../../src/cloud/azure/runs.js";
-import { AzureRunWatch, LAUNCHER_LINES_QUERY_CAP } from "../../../../src/cloud/azure/observe.js";
+import { AzureRunWatch, LAUNCHER_LINES_QUERY_CAP, RUNNING_EXIT_PROBE_MS } from "../../../../src/cloud/azure/observe.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
 
@@ -71,6 +71,38 @@ describe("Azure run polling: what each poll reads", () => {
     expect(reads(az)).toEqual({ blobs: 1, queries: 1 });
     expect(az.queries.at(-1)).toContain(gone.metadata.uid!);
     expect(az.queries.at(-1)).not.toContain(waiting.metadata.uid!);
+  });
+
+  it("a Running Run whose VM still runs has its exit line asked for every RUNNING_EXIT_PROBE_MS, in the CE's one query: a VM whose shutdown failed ends its Run", async () => {
+    const watch = new AzureRunWatch(60_000, () => now);
+    const running = await launched(10, "running", { phase: "Running", startTime: new Date(now - 60_000).toISOString() });
+    const setup = await launched(11, "running", { phase: "Launching" });
+    az.logRows.push([new Date(now).toISOString(), 40, running.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    az.queries.length = 0;
+    // Started a minute ago: not due; only the Run being set up is asked about.
+    let res = await describeRuns(az.clients(), ctx, [running, setup], watch);
+    expect(az.queries).toHaveLength(1);
+    expect(az.queries[0]).not.toContain(running.metadata.uid!);
+    expect(res.get(running.metadata.uid!)!.exitCode).toBeUndefined();
+    // Five minutes after its start: asked, in the same one query as the Run being set up.
+    now += 4 * 60_000;
+    az.queries.length = 0;
+    res = await describeRuns(az.clients(), ctx, [running, setup], watch);
+    expect(az.queries).toHaveLength(1);
+    expect(az.queries[0]).toContain(running.metadata.uid!);
+    expect(az.queries[0]).toContain(setup.metadata.uid!);
+    expect(res.get(running.metadata.uid!)).toMatchObject({ state: "running", exitCode: 0 });
+    // Not again before the next five minutes (the Run may still show Running in the cache).
+    now += 60_000;
+    az.queries.length = 0;
+    res = await describeRuns(az.clients(), ctx, [running], watch);
+    expect(az.queries).toHaveLength(0);
+    expect(res.get(running.metadata.uid!)!.exitCode).toBeUndefined();
+    now += 4 * 60_000;
+    res = await describeRuns(az.clients(), ctx, [running], watch);
+    expect(az.queries).toHaveLength(1);
+    expect(res.get(running.metadata.uid!)!.exitCode).toBe(0);
+    expect(RUNNING_EXIT_PROBE_MS).toBe(5 * 60_000);
   });
 
   it("at most queryCap Runs are named in the CE's query, the least recently asked first: every Run is asked within a few polls", async () => {
