@@ -189,19 +189,19 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
  * exit code, and the set-up step that failed before the pipeline started (`bootstrap-failed=`),
  * which goes on the description as on AWS (the reconciler makes it a BootstrapFailed reason).
  */
-async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Run, signal?: AbortSignal, d?: RunDescription): Promise<number | undefined> {
+async function uploadedExitCode(c: AzureClients, ce: ComputeEnvironment, run: Run, signal?: AbortSignal, d?: RunDescription): Promise<{ code?: number; readable: boolean }> {
   const account = envStatus(ce).storageAccount ?? ce.spec.azure?.storageAccount;
-  if (!account) return undefined;
+  if (!account) return { readable: false };
   const art = azureArtifactsPath(ce, run);
   try {
     const text = await azCall(c, "logs", "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read", () =>
       c.blobs.read(account, art.container, `${art.path}/exit-status`, signal));
     const outcome = text === undefined ? undefined : parseExitStatus(text);
     if (outcome?.bootstrapStep && d) d.bootstrapStep = outcome.bootstrapStep;
-    return outcome?.code;
+    return { ...(outcome?.code !== undefined ? { code: outcome.code } : {}), readable: true };
   } catch {
     // Unreadable (no blob read permission, storage down): the Log Analytics exit line remains.
-    return undefined;
+    return { readable: false };
   }
 }
 
@@ -279,6 +279,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
     else byRg.set(rg, [run]);
   }
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  const workspace = envStatus(ctx.ce).workspaceCustomerId;
   // Runs whose launcher lines are asked for, from every resource group of the CE, in one query (below).
   const needLines: { run: Run; settle: (lines: LauncherLines | undefined, read: LinesRead) => void }[] = [];
   /**
@@ -287,10 +288,16 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
    */
   const outcomeOfEnded = async (run: Run, d: RunDescription, noLine: (read: LinesRead) => void): Promise<void> => {
     const uid = run.metadata.uid ?? "";
-    const exitCode = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
-    if (exitCode !== undefined) {
-      d.exitCode = exitCode;
+    const uploaded = await uploadedExitCode(c, ctx.ce, run, ctx.signal, d);
+    if (uploaded.code !== undefined) {
+      d.exitCode = uploaded.code;
       watch.forget(uid);
+      return;
+    }
+    if (!workspace) {
+      // No Log Analytics workspace to hold an exit line: the exit status in the work directory
+      // was the only outcome there could be (unless it could not be read: then it is asked again).
+      noLine({ lines: new Map(), ok: false, noWorkspace: { statusUnreadable: !uploaded.readable } });
       return;
     }
     needLines.push({ run, settle: (lines, read) => {
@@ -372,6 +379,11 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           d.pipelineStarted = true;
           return;
         }
+        if (!workspace) {
+          // Nothing can say when the pipeline starts without a workspace: a running VM runs it.
+          d.pipelineStarted = true;
+          return;
+        }
         needLines.push({ run, settle: (lines, read) => {
           if (read.error) d.readError = read.error;
           if (lines?.started) {
@@ -386,7 +398,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         } });
         return;
       }
-      if (vm.state === "running" && !over && watch.probeDue(uid, run.status?.startTime ?? run.status?.launchedAt)) {
+      if (vm.state === "running" && !over && workspace && watch.probeDue(uid, run.status?.startTime ?? run.status?.launchedAt)) {
         // Running, and its VM still runs: a VM whose OS shutdown failed after the pipeline ended
         // keeps running, so its exit line is asked for now and then (RUNNING_EXIT_PROBE_MS).
         needLines.push({ run, settle: (lines, read) => {
@@ -428,6 +440,8 @@ interface LinesRead {
   ok: boolean;
   /** The read is refused in a way a retry will not fix (e.g. workspaces/query/read missing). */
   error?: { reason: string; message: string };
+  /** The CE has no Log Analytics workspace: no exit line can ever be read (and whether its exit status could not be read either). */
+  noWorkspace?: { statusUnreadable: boolean };
 }
 
 /**
@@ -438,6 +452,18 @@ interface LinesRead {
 function awaitExitLine(d: RunDescription, watch: AzureRunWatch, uid: string, stopped: boolean, read: LinesRead): void {
   const w = watch.endedWithoutOutcome(uid, stopped);
   const seen = w.stopped ? "was stopped" : "is gone";
+  if (read.noWorkspace) {
+    if (read.noWorkspace.statusUnreadable) {
+      d.outcomeUnknown = true;
+      d.stateReason = `the VM ${seen}; its exit status in the work directory cannot be read now, and the ComputeEnvironment has no Log Analytics workspace to read an exit line from`;
+      return;
+    }
+    // Nothing more can come: the Run ends now, without an outcome, rather than at its timeout.
+    watch.forget(uid);
+    d.stateReason = `the VM ${seen} with no exit status uploaded to the work directory, and the ComputeEnvironment has no Log Analytics workspace to read an exit line from`;
+    if (w.stopped) d.noOutcomeReason = "MachineStopped";
+    return;
+  }
   if (read.error) d.readError = read.error;
   if (w.over && read.ok) {
     d.stateReason = `the VM ${seen} with no exit status uploaded, and no exit line reached Log Analytics within ${Math.round(watch.graceMs / 1000)} s`;

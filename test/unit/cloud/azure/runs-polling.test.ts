@@ -1,5 +1,6 @@
 // What one poll of Azure Runs reads, against in-memory SDK stand-ins: no outcome read for a Run
-// waiting for capacity, the exit-line probe of Running Runs in the CE's one query, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
+// waiting for capacity, the exit-line probe of Running Runs in the CE's one query, a CE without a
+// Log Analytics workspace, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
 // query.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
@@ -8,7 +9,7 @@ import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/az
 import { describeRuns, launchRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, LAUNCHER_LINES_QUERY_CAP, RUNNING_EXIT_PROBE_MS } from "../../../../src/cloud/azure/observe.js";
 import { createLogger } from "../../../../src/engine/logger.js";
-import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
+import { FakeAzure, RestLikeError, sampleAzureCe } from "./fake-azure.js";
 
 function runOf(n: number): Run {
   return {
@@ -103,6 +104,34 @@ describe("Azure run polling: what each poll reads", () => {
     expect(az.queries).toHaveLength(1);
     expect(res.get(running.metadata.uid!)!.exitCode).toBe(0);
     expect(RUNNING_EXIT_PROBE_MS).toBe(5 * 60_000);
+  });
+
+  it("a CE without a Log Analytics workspace: an ended Run takes its uploaded exit status, else ends at once (MachineStopped) saying why; an unreadable exit status is asked again; a running VM counts as running its pipeline", async () => {
+    delete ce.status!.azure!.workspaceCustomerId;
+    const watch = new AzureRunWatch(600_000, () => now);
+    const withStatus = await launched(20, "stopped", { phase: "Running" });
+    const without = await launched(21, "stopped", { phase: "Running" });
+    const unreadable = await launched(22, undefined, { phase: "Running" });
+    const setup = await launched(23, "running", { phase: "Launching" });
+    az.blobs.set(`wdstore/work/runs/.vmforge/runs/${withStatus.metadata.uid}/exit-status`, "4\n");
+    // The exit status of `unreadable` cannot be read (storage answers 503); the others' can.
+    const failing = new RestLikeError(503, "ServerBusy");
+    const clients = az.clients();
+    const realRead = clients.blobs.read;
+    (clients as { blobs: { read: typeof realRead } }).blobs = {
+      read: (account, container, path, signal) => (path.includes(unreadable.metadata.uid!) ? Promise.reject(failing) : realRead(account, container, path, signal)),
+    };
+    az.calls.length = 0;
+    const res = await describeRuns(clients, ctx, [withStatus, without, unreadable, setup], watch);
+    expect(reads(az).queries).toBe(0);
+    expect(res.get(withStatus.metadata.uid!)).toMatchObject({ state: "shutting-down", exitCode: 4 });
+    const ended = res.get(without.metadata.uid!)!;
+    expect(ended).toMatchObject({ state: "shutting-down", noOutcomeReason: "MachineStopped" });
+    expect(ended.outcomeUnknown).toBeUndefined();
+    expect(ended.stateReason).toMatch(/no exit status uploaded .*no Log Analytics workspace/);
+    expect(res.get(unreadable.metadata.uid!)).toMatchObject({ state: "terminated", outcomeUnknown: true });
+    expect(res.get(unreadable.metadata.uid!)!.stateReason).toMatch(/cannot be read now/);
+    expect(res.get(setup.metadata.uid!)).toMatchObject({ state: "running", pipelineStarted: true });
   });
 
   it("at most queryCap Runs are named in the CE's query, the least recently asked first: every Run is asked within a few polls", async () => {
