@@ -155,8 +155,12 @@ export function azurePlatformTokenSource(ce: ComputeEnvironment, platformToken?:
   return { source: "user-data", inline: platformToken };
 }
 
-/** Renders the Run's launcher. Throws Terminal when it would not fit Azure's userData limit. */
-export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): string {
+/**
+ * Renders the Run's launcher, with the bytes sent as its userData (encodeAzureUserData, so a script
+ * over the raw budget is compressed once, here). Throws Terminal when it would not fit Azure's
+ * userData limit.
+ */
+export function renderAzureLaunch(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): { script: string; userData: Buffer } {
   if (!run.metadata.uid) throw CloudError.terminal("InvalidRun", "the Run has no UID yet");
   const namespace = run.metadata.namespace ?? "";
   const workDir = azureRunWorkDir(ce, run);
@@ -181,11 +185,16 @@ export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLa
     ["VMF_KEYVAULT_RESOURCE", keyVaultResource(ce.spec.azure?.platformTokenSecretUri)],
   );
   const script = renderLauncher(AZURE_LAUNCHER_PART, settings, nextflowArgsFor(run, workDir));
-  const size = encodeAzureUserData(script).length;
-  if (size > AZURE_USER_DATA_LIMIT_BYTES) {
-    throw CloudError.terminal("UserDataTooLarge", `the launcher for this Run is ${size} bytes even gzip-compressed, over the ${AZURE_USER_DATA_LIMIT_BYTES}-byte budget for Azure userData; shorten nextflowConfig, scripts, pipeline.config or params`);
+  const userData = encodeAzureUserData(script);
+  if (userData.length > AZURE_USER_DATA_LIMIT_BYTES) {
+    throw CloudError.terminal("UserDataTooLarge", `the launcher for this Run is ${userData.length} bytes even gzip-compressed, over the ${AZURE_USER_DATA_LIMIT_BYTES}-byte budget for Azure userData; shorten nextflowConfig, scripts, pipeline.config or params`);
   }
-  return script;
+  return { script, userData };
+}
+
+/** Renders the Run's launcher (the script alone; see renderAzureLaunch). */
+export function renderAzureUserData(ce: ComputeEnvironment, run: Run, s: AzureLaunchSettings): string {
+  return renderAzureLaunch(ce, run, s).script;
 }
 
 /**

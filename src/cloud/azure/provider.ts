@@ -81,12 +81,21 @@ export class AzureProvider implements CloudProvider {
    * subscription their CE resolves to, so a batch never reads another subscription's list.
    */
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
-    const bySub = new Map<string, { c: AzureClients; runs: Run[] }>();
+    // The clients of each CE once (credentials parsed, cache looked up), not once per Run.
+    const byCe = new Map<string, { ce: EnvContext["ce"]; runs: Run[] }>();
     for (const run of runs) {
-      const c = this.clientsFor({ ...ctx, ce: ctx.runCe?.(run) ?? ctx.ce });
+      const ce = ctx.runCe?.(run) ?? ctx.ce;
+      const key = ce.metadata.uid ?? `${ce.metadata.namespace}/${ce.metadata.name}`;
+      const g = byCe.get(key) ?? { ce, runs: [] as Run[] };
+      byCe.set(key, g);
+      g.runs.push(run);
+    }
+    const bySub = new Map<string, { c: AzureClients; runs: Run[] }>();
+    for (const { ce, runs: ceRuns } of byCe.values()) {
+      const c = this.clientsFor({ ...ctx, ce });
       const g = bySub.get(c.subscriptionId) ?? { c, runs: [] as Run[] };
       bySub.set(c.subscriptionId, g);
-      g.runs.push(run);
+      g.runs.push(...ceRuns);
     }
     const out = new Map<string, RunDescription | undefined>();
     for (const m of await Promise.all([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs, this.watch)))) for (const [k, v] of m) out.set(k, v);

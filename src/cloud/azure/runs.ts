@@ -13,7 +13,7 @@ import { isTerminal } from "../../api/phases.js";
 import { CloudError, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
-import { azureArtifactsPath, encodeAzureUserData, renderAzureBootstrap, renderAzureUserData } from "./launcher.js";
+import { azureArtifactsPath, renderAzureBootstrap, renderAzureLaunch } from "./launcher.js";
 import { AzureRunWatch, BOOTSTRAP_MARKER, EXIT_MARKER, LAUNCHER_STREAM, PIPELINE_STARTED_MARKER, launcherLines, type LauncherLines } from "./observe.js";
 import { LOG_TABLE, TAG_RUN_UID, azureImageReference, ceId, isOsDiskName, osDiskName, parseResourceId, resourceGroupName, runTags, vmName } from "./names.js";
 
@@ -128,7 +128,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
     return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
   }
   const identityId = need(s, "identityId");
-  const userData = renderAzureUserData(ce, run, {
+  const { userData } = renderAzureLaunch(ce, run, {
     identityClientId: need(s, "identityClientId"),
     storageAccount: need(s, "storageAccount"),
     blobEndpoint: blobEndpointFor(c, need(s, "storageAccount")),
@@ -173,7 +173,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
         }],
       }],
     },
-    userData: encodeAzureUserData(userData).toString("base64"),
+    userData: userData.toString("base64"),
     ...(spot ? { priority: "Spot", evictionPolicy: "Delete", billingProfile: { maxPrice: -1 } } : {}),
   };
   // Only the PUT is awaited; the VM's creation is followed by the poll like any other state.
