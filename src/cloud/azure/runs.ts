@@ -242,13 +242,18 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
  * All given Runs with ONE list call of the subscription (listVmStates), whatever CEs they belong
  * to (`ctx.runCe`; the run tracker batches every CE of a subscription that shares credentials),
  * then each CE's Runs on their own: exit status, at most ONE Log Analytics query per CE for the
- * launcher's lines of the Runs that need them, deletions.
+ * launcher's lines (its own stream only) of the Runs that need them, deletions.
  * - a Run whose VM runs but whose launcher has not been seen saying the pipeline started
  *   (`VMFORGE_PIPELINE_STARTED`): until the line is queryable the Run is still being set up;
+ * - a Running Run whose VM still runs, every RUNNING_EXIT_PROBE_MS: its exit line (a VM whose OS
+ *   shutdown failed keeps running);
  * - a Run whose VM stopped or is gone without an uploaded exit status: its exit line.
+ * At most the watch's queryCap Runs are named in the query, the least recently asked first. A Run
+ * waiting for capacity (Pending, its unplaced VM gone) has nothing to read.
  * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
  * (outcomeUnknown) up to the watch's grace window for the exit line, which Log Analytics may make
- * queryable only after the VM was seen stopped, then ends without one (MachineStopped).
+ * queryable only after the VM was seen stopped, then ends without one (MachineStopped); at once
+ * when the CE has no Log Analytics workspace.
  */
 export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], watch: AzureRunWatch = new AzureRunWatch()): Promise<Map<string, RunDescription | undefined>> {
   const out = new Map<string, RunDescription | undefined>();
