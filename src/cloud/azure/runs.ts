@@ -249,7 +249,8 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
  *   shutdown failed keeps running);
  * - a Run whose VM stopped or is gone without an uploaded exit status: its exit line.
  * At most the watch's queryCap Runs are named in the query, the least recently asked first. A Run
- * waiting for capacity (Pending, its unplaced VM gone) has nothing to read.
+ * waiting for capacity (Pending, its unplaced VM gone) has nothing to read, nor has a Run being
+ * cancelled whose VM runs (its outcome is Cancelled).
  * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
  * (outcomeUnknown) up to the watch's grace window for the exit line, which Log Analytics may make
  * queryable only after the VM was seen stopped, then ends without one (MachineStopped); at once
@@ -270,6 +271,10 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
   }
   await Promise.all([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out, watch)));
   return out;
+}
+
+function beingCancelled(run: Run, ce: ComputeEnvironment): boolean {
+  return run.spec.cancel === true || !!run.metadata.deletionTimestamp || !!ce.metadata.deletionTimestamp;
 }
 
 /** The Runs of one CE (ctx.ce), from the subscription's VM list, grouped by resource group. */
@@ -378,6 +383,9 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         await outcomeOfEnded(run, d, (read) => awaitExitLine(d, watch, uid, true, read));
         return;
       }
+      // Being cancelled (spec.cancel, the Run or its CE being deleted): its outcome is Cancelled
+      // whatever its VM says, so neither its start nor its exit line is worth a query (as on AWS).
+      if (vm.state === "running" && beingCancelled(run, ctx.ce)) return;
       if (vm.state === "running" && !over && run.status?.phase !== "Running") {
         // Up, but its launcher has not been seen saying the pipeline started: ask the log.
         if (watch.hasStarted(uid)) {

@@ -1,7 +1,7 @@
 // What one poll of Azure Runs reads, against in-memory SDK stand-ins: no outcome read for a Run
-// waiting for capacity, the exit-line probe of Running Runs in the CE's one query, a CE without a
-// Log Analytics workspace, and the cap (with its rotation) on the Runs named in a CE's launcher-lines
-// query.
+// waiting for capacity, the exit-line probe of Running Runs in the CE's one query (none for a Run
+// being cancelled), a CE without a Log Analytics workspace, and the cap (with its rotation) on the
+// Runs named in a CE's launcher-lines query.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
@@ -104,6 +104,35 @@ describe("Azure run polling: what each poll reads", () => {
     expect(az.queries).toHaveLength(1);
     expect(res.get(running.metadata.uid!)!.exitCode).toBe(0);
     expect(RUNNING_EXIT_PROBE_MS).toBe(5 * 60_000);
+  });
+
+  it("a Run being cancelled (spec.cancel, the Run or its CE being deleted) whose VM runs is named in no query, neither for its start nor for its exit line", async () => {
+    const watch = new AzureRunWatch(60_000, () => now);
+    const since = new Date(now - 10 * 60_000).toISOString();
+    const cancelled = await launched(20, "running", { phase: "Running", startTime: since });
+    cancelled.spec.cancel = true;
+    const deleted = await launched(21, "running", { phase: "Running", startTime: since });
+    deleted.metadata.deletionTimestamp = new Date(now).toISOString();
+    const settingUp = await launched(22, "running", { phase: "Launching" });
+    settingUp.spec.cancel = true;
+    const plain = await launched(23, "running", { phase: "Running", startTime: since });
+    az.queries.length = 0;
+    const res = await describeRuns(az.clients(), ctx, [cancelled, deleted, settingUp, plain], watch);
+    // Only the Run not being cancelled (its running probe due) is asked about, in the one query.
+    expect(az.queries).toHaveLength(1);
+    for (const r of [cancelled, deleted, settingUp]) {
+      expect(az.queries[0]).not.toContain(r.metadata.uid!);
+      expect(res.get(r.metadata.uid!)).toMatchObject({ state: "running" });
+    }
+    expect(az.queries[0]).toContain(plain.metadata.uid!);
+    // Their CE being deleted: none of its running Runs is asked about.
+    const ceDeleted: EnvContext = { ...ctx, ce: { ...ce, metadata: { ...ce.metadata, deletionTimestamp: new Date(now).toISOString() } } };
+    now += 10 * 60_000;
+    az.queries.length = 0;
+    await describeRuns(az.clients(), ceDeleted, [plain], watch);
+    expect(az.queries).toHaveLength(0);
+    await describeRuns(az.clients(), ctx, [plain], watch);
+    expect(az.queries).toHaveLength(1);
   });
 
   it("a CE without a Log Analytics workspace: an ended Run takes its uploaded exit status, else ends at once (MachineStopped) saying why; an unreadable exit status is asked again; a running VM counts as running its pipeline", async () => {
