@@ -10,6 +10,10 @@
 #   VMFORGE_KEYVAULT_ENDPOINT  replaces https://<vault>.vault.azure.net in the token's secret URI
 #   VMFORGE_KEYVAULT_WAIT      seconds a Key Vault 403 is retried for (default: 600), as a new
 #                              grant to the identity takes minutes to take effect
+#   VMFORGE_STORAGE_WAIT       the same for blob storage's 403 (default: 600), over all uploads
+#                              and downloads of the launcher together
+#   VMFORGE_FLUSH_WAIT         seconds the last log lines are tried for before the VM shuts down
+#                              (default: 120)
 LAUNCH_DIR="$STATE_DIR/launch"
 LOG_FILE="$ROOT/var/log/vmforge/run.log"
 LAUNCHER_LOG="$ROOT/var/log/vmforge/launcher.log"
@@ -23,6 +27,7 @@ SHIP_INTERVAL="${VMFORGE_SHIP_INTERVAL:-5}"
 SHIP_BATCH=500
 SEQ_FILE="$STATE_DIR/ship-seq"
 SHIPPER_PID=""
+FLUSH_WAIT="${VMFORGE_FLUSH_WAIT:-120}"
 
 cloud_install() {
   DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -46,44 +51,74 @@ with_bearer() {
   printf 'Authorization: Bearer %s\n' "$tok" | curl -H @- "$@"
 }
 
+# A call with the identity's token for a resource that a new grant may not reach yet:
+# `patient_call WAIT WHAT RESOURCE OUT CURL-ARGS...` (the answer's body goes to file OUT; WHAT
+# names the service and what was asked, for the log). A 403 is asked again every 10 s until WAIT
+# seconds of 403 were spent on RESOURCE's service (counted over every call, so a grant that never comes
+# delays the launcher once, not at each call); a failure that may pass (no answer, 408, 429, 5xx)
+# is asked again 3 times; anything else ends it at once. Non-zero, naming the last status in the
+# log, unless the service answered 2xx.
+patient_call() {
+  local wait_for=$1 what=$2 resource=$3 out=$4 tok status step=10 tries=0 spent
+  local spent_file="$STATE_DIR/refused-${resource//[^a-z]/}"
+  shift 4
+  if ((wait_for < step)); then step=1; fi
+  if ! tok=$(imds_token "$resource"); then
+    log "no token of the VM identity for $resource, so $what was not asked"
+    return 1
+  fi
+  while :; do
+    status=$(with_bearer "$tok" -s -o "$out" -w '%{http_code}' "$@") || status=000
+    case "$status" in
+      2??) return 0 ;;
+      403)
+        spent=$(cat "$spent_file" 2>/dev/null || echo 0)
+        if ((spent >= wait_for)); then break; fi
+        log "$what: refused (403); the identity's access may still be propagating, asking again in $step s"
+        echo $((spent + step)) >"$spent_file"
+        ;;
+      000 | 408 | 429 | 5??)
+        if ((tries >= 3)); then break; fi
+        tries=$((tries + 1))
+        log "$what: failed (HTTP $status), asking again in $step s"
+        ;;
+      *) break ;;
+    esac
+    sleep "$step"
+  done
+  log "$what: gave up, answered HTTP $status"
+  return 1
+}
+
 # A blob URL from az://container/path.
 blob_url() { printf '%s/%s' "$VMF_BLOB" "${1#az://}"; }
 
 cloud_upload() {
-  local tok
-  tok=$(imds_token "https://storage.azure.com") || return 1
-  with_bearer "$tok" -sf --max-time 300 -X PUT -H 'x-ms-version: 2021-08-06' \
-    -H 'x-ms-blob-type: BlockBlob' --data-binary "@$1" "$(blob_url "$2")" >/dev/null
+  patient_call "${VMFORGE_STORAGE_WAIT:-600}" "blob storage, upload of $2" "https://storage.azure.com" /dev/null \
+    --max-time 300 -X PUT -H 'x-ms-version: 2021-08-06' -H 'x-ms-blob-type: BlockBlob' --data-binary "@$1" "$(blob_url "$2")"
 }
 
 cloud_download() {
-  local tok
-  tok=$(imds_token "https://storage.azure.com") || return 1
-  with_bearer "$tok" -sf --max-time 120 -H 'x-ms-version: 2021-08-06' "$(blob_url "$1")"
+  local body rc=0
+  body=$(mktemp)
+  patient_call "${VMFORGE_STORAGE_WAIT:-600}" "blob storage, download of $1" "https://storage.azure.com" "$body" \
+    --max-time 120 -H 'x-ms-version: 2021-08-06' "$(blob_url "$1")" || rc=$?
+  if ((rc == 0)); then cat "$body"; fi
+  rm -f "$body"
+  return "$rc"
 }
 
 cloud_read_token() {
   case "$VMF_TOKEN_SOURCE" in
     keyvault)
       log "reading the Platform token from Key Vault secret $VMF_TOKEN_REF"
-      local url=$VMF_TOKEN_REF tok answer
+      local url=$VMF_TOKEN_REF answer rc=0
       if [[ -n "${VMFORGE_KEYVAULT_ENDPOINT:-}" ]]; then url="$VMFORGE_KEYVAULT_ENDPOINT/${url#https://*/}"; fi
-      tok=$(imds_token "$VMF_KEYVAULT_RESOURCE")
-      # 403: the identity's grant may not have taken effect yet (Azure RBAC takes minutes to
-      # propagate); asked again every 10 s for a while. Anything else ends the step at once.
-      local waited=0 status wait_for=${VMFORGE_KEYVAULT_WAIT:-600} step=10
-      if ((wait_for < step)); then step=1; fi
       answer=$(mktemp)
-      while :; do
-        status=$(with_bearer "$tok" -s --max-time 30 --retry 3 -o "$answer" -w '%{http_code}' "$url?api-version=7.4") || status=000
-        if [[ "$status" != 403 ]] || ((waited >= wait_for)); then break; fi
-        log "Key Vault refused the secret (403); the identity's access may still be propagating, asking again in $step s"
-        sleep "$step"
-        waited=$((waited + step))
-      done
-      if [[ "$status" != 200 ]]; then
+      patient_call "${VMFORGE_KEYVAULT_WAIT:-600}" "Key Vault, secret $VMF_TOKEN_REF" "$VMF_KEYVAULT_RESOURCE" "$answer" \
+        --max-time 30 "$url?api-version=7.4" || rc=$?
+      if ((rc != 0)); then
         rm -f "$answer"
-        log "Key Vault answered $status for the secret $VMF_TOKEN_REF"
         return 1
       fi
       PLATFORM_TOKEN=$(sed -n 's/.*"value" *: *"\([^"]*\)".*/\1/p' "$answer")
@@ -162,10 +197,25 @@ cloud_start_logging() {
   log "shipping the log to $VMF_DCE (data collection rule $VMF_DCR)"
 }
 
+# Zero when file $1 has lines stream $2 has not shipped (nor passed over) yet.
+lines_left() {
+  [[ -f "$1" ]] && (($(wc -l <"$1") > $(cat "$STATE_DIR/ship-$2" 2>/dev/null || echo 0)))
+}
+
 cloud_flush_logs() {
   touch "$STATE_DIR/stop-shipping"
   if [[ -n "$SHIPPER_PID" ]]; then wait "$SHIPPER_PID" 2>/dev/null; fi
-  # Whatever the shipper left (it may have been stopped with the launcher).
-  ship_all
+  # Whatever the shipper left (it may have been stopped with the launcher), the exit line with it:
+  # tried again for up to FLUSH_WAIT seconds (a Logs Ingestion grant may still be propagating, or
+  # the service may fail for a moment), then the VM shuts down whatever is left.
+  local waited=0 step=5
+  if ((FLUSH_WAIT < step)); then step=1; fi
+  while :; do
+    ship_all
+    if ! lines_left "$LOG_FILE" pipeline && ! lines_left "$LAUNCHER_LOG" launcher; then break; fi
+    if ((waited >= FLUSH_WAIT)); then break; fi
+    sleep "$step"
+    waited=$((waited + step))
+  done
 }
 # ---- end of the Azure part ----

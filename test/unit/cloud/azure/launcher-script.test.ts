@@ -131,7 +131,8 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000031" });
     az.ingestionDown = true;
     try {
-      const r = await launch(ce, run);
+      // (the last lines are tried again for a bounded time only)
+      const r = await launch(ce, run, { env: { VMFORGE_FLUSH_WAIT: "2" } });
       expect(r.code, r.stdout).toBe(0);
       expect(az.lines(run.metadata.uid!)).toEqual([]);
       expect(artifact(ce, run, "exit-status")).toBe("0\n");
@@ -193,7 +194,7 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     const r = await launch(ce, run, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv`, VMFORGE_KEYVAULT_WAIT: "5" } });
     expect(r.code, r.stdout).toBe(0);
     expect(readFileSync(join(r.record, "nextflow.token"), "utf8")).toBe(token);
-    expect(az.lines(run.metadata.uid!, "launcher").filter((l) => l.includes("Key Vault refused the secret (403)"))).toHaveLength(2);
+    expect(az.lines(run.metadata.uid!, "launcher").filter((l) => l.includes("Key Vault, secret https://my-vault.vault.azure.net/secrets/late-token: refused (403)"))).toHaveLength(2);
     az.keyVaultForbidden = 100;
     const run2 = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000054" });
     const r2 = await launch(ce, run2, { env: { VMFORGE_KEYVAULT_ENDPOINT: `${az.base}/kv`, VMFORGE_KEYVAULT_WAIT: "2" } });
@@ -201,6 +202,108 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(r2.code).not.toBe(0);
     expect(existsSync(join(r2.record, "nextflow.argv"))).toBe(false);
     expect(az.lines(run2.metadata.uid!)).toContain("VMFORGE_BOOTSTRAP_FAILED=platform-token");
+    expect(az.lines(run2.metadata.uid!, "launcher").join("\n")).toContain("Key Vault, secret https://my-vault.vault.azure.net/secrets/late-token: gave up, answered HTTP 403");
+  });
+
+  it("blob storage refusing uploads with 403 (a grant still propagating) is asked again until it takes them; a passing 503 too: the exit status is uploaded", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000071" });
+    // More refusals than the launcher makes uploads: one try each would upload nothing.
+    az.blobForbidden = 5;
+    az.blobAnswers.length = 0;
+    try {
+      const r = await launch(ce, run, { env: { VMFORGE_STORAGE_WAIT: "9" } });
+      expect(r.code, r.stdout).toBe(0);
+      expect(az.blobAnswers.filter((a) => a.startsWith("PUT 403"))).toHaveLength(5);
+      expect(artifact(ce, run, "exit-status")).toBe("0\n");
+      expect(artifact(ce, run, "launcher.log")).toContain("VMFORGE_PIPELINE_STARTED");
+      const own = az.lines(run.metadata.uid!, "launcher");
+      expect(own.filter((l) => /blob storage, upload of az:\/\/\S+: refused \(403\); the identity's access may still be propagating/.test(l))).toHaveLength(5);
+      expect(own.join("\n")).not.toMatch(/upload of \S+ to \S+ failed/);
+
+      az.blobUnavailable = 2;
+      const run2 = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000072" });
+      const r2 = await launch(ce, run2, { env: { VMFORGE_STORAGE_WAIT: "9" } });
+      expect(r2.code, r2.stdout).toBe(0);
+      expect(az.blobUnavailable).toBe(0);
+      expect(artifact(ce, run2, "exit-status")).toBe("0\n");
+      expect(az.lines(run2.metadata.uid!, "launcher").filter((l) => l.includes("failed (HTTP 503), asking again"))).toHaveLength(2);
+    } finally {
+      az.blobForbidden = 0;
+      az.blobUnavailable = 0;
+    }
+  });
+
+  it("blob storage refusing with 403 past the wait: the uploads fail, the log names the status, the wait is spent once over all uploads, and the VM still shuts down", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000073" });
+    az.blobForbidden = 1000;
+    az.blobAnswers.length = 0;
+    try {
+      const r = await launch(ce, run, { env: { VMFORGE_STORAGE_WAIT: "2" } });
+      expect(r.code, r.stdout).toBe(0);
+      expect(artifact(ce, run, "exit-status")).toBeUndefined();
+      const own = az.lines(run.metadata.uid!, "launcher").join("\n");
+      const a = azureArtifactsPath(ce, run);
+      expect(own).toContain(`blob storage, upload of az://${a.container}/${a.path}/exit-status: gave up, answered HTTP 403`);
+      expect(own).toContain(`upload of ${join(r.root, "var/lib/vmforge/exit-status")} to az://${a.container}/${a.path}/exit-status failed`);
+      // Two seconds of 403 in all: the first upload waited them, the later ones asked once.
+      const puts = az.blobAnswers.filter((x) => x.startsWith("PUT "));
+      const uploads = new Set(puts.map((x) => x.split(" ")[2]));
+      expect(puts).toHaveLength(2 + uploads.size);
+      expect(r.calls.at(-1)).toBe("shutdown -h now");
+    } finally {
+      az.blobForbidden = 0;
+    }
+  });
+
+  it("resumeFrom: a session download refused with 403 is asked again until served; past the wait it fails resume-session naming the status", async () => {
+    const ce = sampleAzureCe();
+    const session = "0d5a6f3e-1b2c-4d5e-8f90-a1b2c3d4e5f8";
+    const first = sampleAzureRun({ name: "dl-first", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000081" });
+    const a = await launch(ce, first, { env: { NXF_STANDIN_SESSION: session } });
+    expect(a.code, a.stdout).toBe(0);
+    const second = sampleAzureRun({ name: "dl-second", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000082", pipeline: { resumeFrom: "dl-first" } });
+    az.blobForbidden = 3;
+    az.blobAnswers.length = 0;
+    try {
+      const b = await launch(ce, second, { env: { VMFORGE_STORAGE_WAIT: "9" } });
+      expect(b.code, b.stdout).toBe(0);
+      expect(az.blobAnswers.slice(0, 4)).toEqual([...Array(3).fill("GET 403 work/pipelines/.vmforge/sessions/team-a/dl-first"), "GET 200 work/pipelines/.vmforge/sessions/team-a/dl-first"]);
+      const argv = nextflowArgv(b);
+      expect(argv[argv.indexOf("-resume") + 1]).toBe(session);
+
+      az.blobForbidden = 1000;
+      const third = sampleAzureRun({ name: "dl-third", uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000083", pipeline: { resumeFrom: "dl-first" } });
+      const c = await launch(ce, third, { env: { VMFORGE_STORAGE_WAIT: "2" } });
+      expect(c.code).not.toBe(0);
+      expect(existsSync(join(c.record, "nextflow.argv"))).toBe(false);
+      const own = az.lines(third.metadata.uid!, "launcher");
+      expect(own).toContain("VMFORGE_BOOTSTRAP_FAILED=resume-session");
+      expect(own.join("\n")).toContain("blob storage, download of az://work/pipelines/.vmforge/sessions/team-a/dl-first: gave up, answered HTTP 403");
+    } finally {
+      az.blobForbidden = 0;
+    }
+  });
+
+  it("the last log lines refused with 403 at the end of the Run (the DCR grant still propagating) are shipped again until taken: the exit line gets out", async () => {
+    const ce = sampleAzureCe();
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000091" });
+    // Once the exit status is uploaded (just before the exit line is written), the next three log
+    // batches are refused: more than the shipper's last round and one more try.
+    az.onBlobPut = (key) => {
+      if (key.endsWith("/exit-status")) az.ingestionForbidden = 3;
+    };
+    try {
+      const r = await launch(ce, run, { env: { VMFORGE_FLUSH_WAIT: "4" } });
+      expect(r.code, r.stdout).toBe(0);
+      expect(az.ingestionForbidden).toBe(0);
+      expect(az.lines(run.metadata.uid!, "launcher").at(-1)).toBe("VMFORGE_EXIT_CODE=0");
+      expect(r.calls.at(-1)).toBe("shutdown -h now");
+    } finally {
+      az.onBlobPut = undefined;
+      az.ingestionForbidden = 0;
+    }
   });
 
   it("the identity's bearer tokens never reach a command line: every curl gets its Authorization header on stdin, and blob storage, Key Vault and Logs Ingestion still accept them", async () => {
