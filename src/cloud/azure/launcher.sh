@@ -2,8 +2,9 @@
 # An Azure VM with the ComputeEnvironment's user-assigned identity: tokens come from the instance
 # metadata service for that identity (by client ID); the log is shipped to the CE's data
 # collection rule through the Logs Ingestion API in batches, retried, never blocking the
-# pipeline; uploads and downloads go to blob storage with the identity's token; the Platform
-# token can come from a Key Vault secret read with the identity.
+# pipeline, its two streams (the output, the launcher's own lines) numbered in one sequence in
+# the order they were written; uploads and downloads go to blob storage with the identity's
+# token; the Platform token can come from a Key Vault secret read with the identity.
 # Overrides for running it outside Azure (tests, the sandbox):
 #   VMFORGE_IMDS_ENDPOINT      base URL of the instance metadata service (default: VMF_IMDS)
 #   VMFORGE_SHIP_INTERVAL      seconds between two rounds of log batches (default: 5)
@@ -26,6 +27,7 @@ SHIP_INTERVAL="${VMFORGE_SHIP_INTERVAL:-5}"
 # At most this many lines per Logs Ingestion call (Azure takes at most 1 MB per call).
 SHIP_BATCH=500
 SEQ_FILE="$STATE_DIR/ship-seq"
+ORDER_FILE="$STATE_DIR/ship-order"
 SHIPPER_PID=""
 FLUSH_WAIT="${VMFORGE_FLUSH_WAIT:-120}"
 
@@ -137,42 +139,94 @@ cloud_read_token() {
 
 json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/\\t/g' -e 's/\r//g' | tr -d '\000-\010\013-\037\177'; }
 
-# Ships the next batch of lines of file $1 as stream $2 (the offset is kept in a file, so a later
-# pass goes on where this one stopped). Non-zero when there was nothing to ship or it failed
-# (then the same lines are tried again next round).
+# Lines in file $1 (0 when there is none).
+line_count() { if [[ -f "$1" ]]; then wc -l <"$1"; else echo 0; fi; }
+
+# Before each of the launcher's own lines (log, marker): how many lines the launcher's file and
+# the output file held then, so the two are shipped in the order they were written. A line written
+# some other way counts as written with the own line before it.
+note_order() { printf '%s %s\n' "$(line_count "$LAUNCHER_LOG")" "$(line_count "$LOG_FILE")" >>"$ORDER_FILE"; }
+
+# log and marker (defined by the core after this part) each note the order first.
+note_order_of_own_lines() {
+  local f
+  for f in log marker; do
+    if ! declare -F "$f" >/dev/null || declare -F "core_$f" >/dev/null; then continue; fi
+    eval "core_$(declare -f "$f")"
+    eval "$f() { note_order; core_$f \"\$@\"; }"
+  done
+}
+
+# Ships the next batch of lines of both files (the output as stream pipeline, the launcher's own
+# lines as stream launcher) in the order they were written, numbered on from the last Seq (the
+# offsets are kept in files, so a later pass goes on where this one stopped). Non-zero when there
+# was nothing to ship or it failed (then the same lines are tried again next round).
 ship() {
-  local file=$1 stream=$2 offset_file="$STATE_DIR/ship-$2" off total n seq tok code now
-  [[ -f "$file" ]] || return 1
-  off=$(cat "$offset_file" 2>/dev/null || echo 0)
-  total=$(wc -l <"$file")
-  ((total > off)) || return 1
-  n=$((total - off))
-  if ((n > SHIP_BATCH)); then n=$SHIP_BATCH; fi
+  local p_off l_off p_total l_total p_n l_n seq tok code now taken
+  p_off=$(cat "$STATE_DIR/ship-pipeline" 2>/dev/null || echo 0)
+  l_off=$(cat "$STATE_DIR/ship-launcher" 2>/dev/null || echo 0)
+  # The launcher's lines counted first: the output lines written before any of them are counted too.
+  l_total=$(line_count "$LAUNCHER_LOG")
+  p_total=$(line_count "$LOG_FILE")
+  ((p_total > p_off || l_total > l_off)) || return 1
+  p_n=$((p_total - p_off))
+  l_n=$((l_total - l_off))
+  if ((p_n > SHIP_BATCH)); then p_n=$SHIP_BATCH; fi
+  if ((l_n > SHIP_BATCH)); then l_n=$SHIP_BATCH; fi
   seq=$(cat "$SEQ_FILE" 2>/dev/null || echo 0)
   now=$(date -u +%FT%T.%3NZ)
-  tail -n +"$((off + 1))" "$file" | head -n "$n" | json_escape |
-    awk -v uid="$VMF_RUN_UID" -v st="$stream" -v t="$now" -v s="$seq" \
-      'BEGIN { printf "[" } { if (NR > 1) printf ","; printf "{\"TimeGenerated\":\"%s\",\"RunUid\":\"%s\",\"Stream\":\"%s\",\"Seq\":%d,\"Line\":\"%s\"}", t, uid, st, s + NR, $0 } END { printf "]" }' \
-      >"$STATE_DIR/ship-body.json"
+  if ((p_n > 0)); then tail -n +"$((p_off + 1))" "$LOG_FILE" | head -n "$p_n" | json_escape; fi >"$STATE_DIR/ship-p"
+  if ((l_n > 0)); then tail -n +"$((l_off + 1))" "$LAUNCHER_LOG" | head -n "$l_n" | json_escape; fi >"$STATE_DIR/ship-l"
+  touch "$ORDER_FILE"
+  # A launcher line goes once every output line written before it went (its order entry: the last
+  # one noted before it was written); the rest in file order. Prints how many of each it took.
+  taken=$(awk -v uid="$VMF_RUN_UID" -v t="$now" -v s="$seq" -v poff="$p_off" -v loff="$l_off" -v max="$SHIP_BATCH" \
+    -v body="$STATE_DIR/ship-body.json" '
+      FILENAME == ARGV[1] { lc[++ne] = $1; pc[ne] = $2; next }
+      FILENAME == ARGV[2] { pl[++np] = $0; next }
+      FILENAME == ARGV[3] { ll[++nl] = $0; next }
+      function row(stream, line) {
+        k++
+        printf "%s{\"TimeGenerated\":\"%s\",\"RunUid\":\"%s\",\"Stream\":\"%s\",\"Seq\":%d,\"Line\":\"%s\"}", (k > 1 ? "," : ""), t, uid, stream, s + k, line >body
+      }
+      END {
+        e = 0
+        for (j = 1; j <= nl; j++) {
+          while (e < ne && lc[e + 1] < loff + j) e++
+          pos[j] = e > 0 ? pc[e] : 0
+        }
+        printf "[" >body
+        i = 1; j = 1; k = 0
+        while (k < max) {
+          if (j <= nl && (pos[j] <= poff + i - 1 || i > np)) row("launcher", ll[j++])
+          else if (i <= np) row("pipeline", pl[i++])
+          else break
+        }
+        printf "]" >body
+        print (i - 1) " " (j - 1)
+      }' "$ORDER_FILE" "$STATE_DIR/ship-p" "$STATE_DIR/ship-l")
   tok=$(imds_token "https://monitor.azure.com") || return 1
   code=$(with_bearer "$tok" -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST \
     -H 'Content-Type: application/json' --data-binary "@$STATE_DIR/ship-body.json" \
     "$VMF_DCE/dataCollectionRules/$VMF_DCR/streams/$VMF_STREAM?api-version=2023-01-01") || code=000
+  p_n=${taken% *}
+  l_n=${taken#* }
   case "$code" in
     2??) ;;
     # Refused as it is (it would be refused again): passed over, so the lines after it still go out.
-    400 | 413) printf '[vmforge] a log batch of %s lines was refused (HTTP %s) and is left out\n' "$n" "$code" >>"$LAUNCHER_LOG" ;;
+    400 | 413) printf '[vmforge] a log batch of %s lines was refused (HTTP %s) and is left out\n' "$((p_n + l_n))" "$code" >>"$LAUNCHER_LOG" ;;
     *) return 1 ;;
   esac
-  echo $((seq + n)) >"$SEQ_FILE"
-  echo $((off + n)) >"$offset_file"
+  echo $((seq + p_n + l_n)) >"$SEQ_FILE"
+  echo $((p_off + p_n)) >"$STATE_DIR/ship-pipeline"
+  echo $((l_off + l_n)) >"$STATE_DIR/ship-launcher"
 }
 
 # Every line written so far (a bounded number of calls; stops at the first failure).
 ship_all() {
   local i
   for ((i = 0; i < 200; i++)); do
-    ship "$LOG_FILE" pipeline || ship "$LAUNCHER_LOG" launcher || return 0
+    ship || return 0
   done
 }
 
@@ -192,6 +246,7 @@ shipper() {
 
 cloud_start_logging() {
   rm -f "$STATE_DIR/stop-shipping"
+  note_order_of_own_lines
   shipper &
   SHIPPER_PID=$!
   log "shipping the log to $VMF_DCE (data collection rule $VMF_DCR)"

@@ -69,6 +69,38 @@ describe("Azure launcher under test", { timeout: 60_000 }, () => {
     expect(r.calls.at(-1)).toBe("shutdown -h now");
   });
 
+  it("the launcher's own lines and the output are numbered (Seq) in the order they were written, also when one round ships them all", async () => {
+    const ce = sampleAzureCe({ preRunScript: "echo pre-run says one\necho pre-run says two" });
+    const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000005" });
+    // A long ship interval: past its first round the shipper sleeps, so the last round ships the rest at once.
+    const r = await launch(ce, run, { env: { VMFORGE_SHIP_INTERVAL: "6" } });
+    expect(r.code, r.stdout).toBe(0);
+    const uid = run.metadata.uid!;
+    const rows = az.rows.filter((x) => x.RunUid === uid).sort((a, b) => a.Seq - b.Seq);
+    expect(rows.map((x) => x.Seq)).toEqual(rows.map((_, i) => i + 1));
+    const lines = rows.map((x) => x.Line);
+    const at = (pred: (l: string) => boolean, what: string): number => {
+      const i = lines.findIndex(pred);
+      expect(i, `${what} in\n${lines.join("\n")}`).toBeGreaterThanOrEqual(0);
+      return i;
+    };
+    const order = [
+      at((l) => l.endsWith("running the pre-run script"), "the pre-run line"),
+      at((l) => l === "pre-run says one", "the pre-run output"),
+      at((l) => l === "pre-run says two", "the pre-run output"),
+      at((l) => l.includes("starting: nextflow"), "the start"),
+      at((l) => l === "VMFORGE_PIPELINE_STARTED", "the start marker"),
+      at((l) => l === "Hello world!", "the pipeline output"),
+      at((l) => l.includes("nextflow exited with code 0"), "the end"),
+      at((l) => l === "VMFORGE_EXIT_CODE=0", "the exit line"),
+    ];
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+    expect(lines.at(-1)).toBe("VMFORGE_EXIT_CODE=0");
+    // Each stream holds its file, whole and in order.
+    expect(az.lines(uid, "pipeline").join("\n") + "\n").toBe(r.log);
+    expect(az.lines(uid, "launcher")).toEqual(readFileSync(join(r.root, "var/log/vmforge/launcher.log"), "utf8").trimEnd().split("\n"));
+  });
+
   it("a pipeline failure is not a set-up failure: exit code 3, no bootstrap-failed", async () => {
     const ce = sampleAzureCe();
     const run = sampleAzureRun({ uid: "3a3b3c3d-aaaa-bbbb-cccc-000000000003" });
