@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Store } from "../../../src/engine/store.js";
+import { Store, StringPool } from "../../../src/engine/store.js";
 import type { KubeObject } from "../../../src/engine/kube.js";
 
 const obj = (ns: string | undefined, name: string, rv = "1"): KubeObject => ({
@@ -75,5 +75,41 @@ describe("Store indexes", () => {
     s.delete("ns/a");
     expect(s.byIndex("ref", "x")).toEqual([]);
     expect(s.byIndex("ref", "z")).toEqual([]);
+  });
+});
+
+describe("StringPool", () => {
+  const run = (i: number, ce: string) => ({
+    apiVersion: "vmforge.dev/v1alpha1",
+    kind: "Run",
+    metadata: { name: `r${i}`, namespace: "ns", uid: `uid-${i}`, resourceVersion: String(100 + i), labels: { team: "a" } },
+    spec: { computeEnvironmentRef: { name: ce } },
+    status: { phase: "Pending", conditions: [{ type: "Ready", status: "False", reason: "Waiting", message: `waiting for ${ce}` }] },
+  });
+
+  it("pools the values objects repeat, not metadata's uid, name and resourceVersion, and leaves every value as it was", () => {
+    const pool = new StringPool();
+    const objs = Array.from({ length: 50 }, (_, i) => run(i, `ce${i % 2}`));
+    const before = structuredClone(objs);
+    for (const o of objs) expect(pool.intern(o)).toBe(o);
+    expect(objs).toEqual(before);
+    // apiVersion, kind, ns, a, ce0, ce1, Pending, Ready, False, Waiting, 2 messages: 12 values, whatever the count of objects
+    expect(pool.size).toBe(12);
+  });
+
+  it("pools names outside metadata (what an object refers to) and strings inside arrays", () => {
+    const pool = new StringPool();
+    pool.intern({ metadata: { name: "x" }, spec: { ref: { name: "target" }, list: ["a", ["b"], { c: "d" }] } });
+    expect(pool.size).toBe(4);
+  });
+
+  it("stays bounded: past maxEntries it starts over; strings over maxLength are not pooled", () => {
+    const pool = new StringPool(10, 8);
+    for (let i = 0; i < 25; i++) pool.intern({ spec: { v: `v${i}` } });
+    expect(pool.size).toBeLessThanOrEqual(10);
+    expect(pool.size).toBeGreaterThan(0);
+    const long = new StringPool(10, 8);
+    long.intern({ spec: { a: "123456789", b: "12345678" } });
+    expect(long.size).toBe(1);
   });
 });
