@@ -67,6 +67,25 @@ describe("Store indexes", () => {
     expect(() => s.byIndex("other", "x")).toThrow(/no index/);
   });
 
+  it("keeps several indexes apart, an object filed under some of them only", () => {
+    type Two = KubeObject & { spec: { ref?: string; zone?: string } };
+    const two = (name: string, spec: Two["spec"]): Two => ({ metadata: { namespace: "ns", name }, spec });
+    const s = new Store<Two>({ indexers: { ref: (o) => o.spec.ref, zone: (o) => o.spec.zone } });
+    s.set(two("a", { zone: "z1" })); // only under zone
+    s.set(two("b", { ref: "x", zone: "z1" }));
+    s.set(two("c", { ref: "x" })); // only under ref
+    expect(names(s.byIndex("ref", "x"))).toEqual(["b", "c"]);
+    expect(names(s.byIndex("zone", "z1"))).toEqual(["a", "b"]);
+    s.set(two("b", { zone: "z2" })); // leaves ref, moves zone
+    expect(names(s.byIndex("ref", "x"))).toEqual(["c"]);
+    expect(names(s.byIndex("zone", "z1"))).toEqual(["a"]);
+    expect(names(s.byIndex("zone", "z2"))).toEqual(["b"]);
+    s.delete("ns/a");
+    s.delete("ns/c");
+    expect(s.byIndex("zone", "z1")).toEqual([]);
+    expect(s.byIndex("ref", "x")).toEqual([]);
+  });
+
   it("unfiles an object under the value it was filed with, even if the cached object was changed in place", () => {
     const s = new Store<Obj>({ indexers: { ref: (o) => o.spec.ref } });
     const a = obj("a", "x");
