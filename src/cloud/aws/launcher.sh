@@ -7,6 +7,9 @@
 LAUNCH_DIR="$STATE_DIR/run"
 LOG_FILE="$ROOT/var/log/vmforge/run.log"
 LAUNCHER_LOG="$LOG_FILE"
+# The machine-readable lines once more, alone: the agent ships them to the Run's markers stream,
+# the only place the operator believes them (the pipeline's output, in LOG_FILE, may print anything).
+MARKER_LOG="$ROOT/var/log/vmforge/markers.log"
 LOG_DESTINATION="CloudWatch Logs $VMF_LOG_GROUP / $VMF_LOG_STREAM"
 LOG_STEP=log-agent
 DOCKER_PACKAGE=docker

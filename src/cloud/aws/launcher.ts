@@ -39,7 +39,7 @@ import { DEFAULT_AWS_GRAVITON_INSTANCE_TYPE, DEFAULT_AWS_INSTANCE_TYPE, DEFAULT_
 import { CloudError } from "../provider.js";
 import { coreSettings, groovyString, nextflowArgsFor, renderLauncher } from "../launcher/render.js";
 import { AWS_LAUNCHER_PART } from "./launcher-script.js";
-import { logGroupName, logStreamName, nextflowLogStreamName } from "./logs.js";
+import { logGroupName, logStreamName, markerLogStreamName, nextflowLogStreamName } from "./logs.js";
 import { parseS3Url, type PolicyStatement } from "./policy.js";
 
 /** EC2 accepts at most 16 KiB of user data before base64 encoding. */
@@ -135,6 +135,7 @@ export function agentConfig(ce: ComputeEnvironment, run: Run): string {
         files: {
           collect_list: [
             { file_path: "@LOG_DIR@/run.log", log_group_name: group, log_stream_name: logStreamName(run), retention_in_days },
+            { file_path: "@LOG_DIR@/markers.log", log_group_name: group, log_stream_name: markerLogStreamName(run), retention_in_days },
             { file_path: "@LAUNCH_DIR@/.nextflow.log", log_group_name: group, log_stream_name: nextflowLogStreamName(run), retention_in_days },
           ],
         },

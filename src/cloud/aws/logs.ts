@@ -2,9 +2,13 @@
  * Where a Run's log lives in CloudWatch Logs and how the operator reads it.
  *
  * The launcher (user data) has the CloudWatch agent ship the launcher's own output and the
- * pipeline's console output, as one file, to ONE stream per Run in the CE's log group. The stream
- * name is deterministic, so the operator never needs logs:DescribeLogStreams (the seed grants only
- * logs:GetLogEvents). The last line the launcher writes is `VMFORGE_EXIT_CODE=<n>`.
+ * pipeline's console output, as one file, to ONE stream per Run in the CE's log group: what
+ * `vmforge logs` shows. The last line the launcher writes is `VMFORGE_EXIT_CODE=<n>`. As the
+ * pipeline may print anything there (a marker line too), the launcher also writes its
+ * machine-readable lines, alone, to a file of their own, shipped to the Run's markers stream: the
+ * only place the operator reads a Run's start, failed set-up step and exit from. Stream names are
+ * deterministic, so the operator never needs logs:DescribeLogStreams (the seed grants only
+ * logs:GetLogEvents; the instance role may create and write any stream of the CE's group).
  */
 import { GetLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import type { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
@@ -31,6 +35,16 @@ export function logGroupName(ce: ComputeEnvironment): string {
 export function logStreamName(run: Run): string {
   const uid = (run.metadata.uid ?? "").replace(/-/g, "").slice(0, 8);
   return `${run.metadata.namespace ?? "default"}/${run.metadata.name ?? "unnamed"}/${uid || "nouid"}`;
+}
+
+/**
+ * Stream of a Run holding the launcher's machine-readable lines only (VMFORGE_PIPELINE_STARTED,
+ * VMFORGE_BOOTSTRAP_FAILED=, VMFORGE_EXIT_CODE=), shipped from a file of their own: the operator
+ * believes them from here only, as the main stream also carries whatever the pipeline prints.
+ * No main stream name has four parts, so it never names another Run's stream.
+ */
+export function markerLogStreamName(run: Run): string {
+  return `${logStreamName(run)}/markers`;
 }
 
 /** Second stream of a Run carrying Nextflow's detailed `.nextflow.log`. */

@@ -8,6 +8,8 @@
 #   LOG_FILE         where the launcher's output and the pipeline's go (what is shipped)
 #   LAUNCHER_LOG     where the launcher's own lines go (may be LOG_FILE), with its machine-readable
 #                    ones (VMFORGE_PIPELINE_STARTED, VMFORGE_BOOTSTRAP_FAILED=, VMFORGE_EXIT_CODE=)
+#   MARKER_LOG       optional: a file that gets the machine-readable lines only, as well (for a
+#                    cloud whose LAUNCHER_LOG is LOG_FILE, so the pipeline's output never mixes in)
 #   LOG_DESTINATION  where the shipped log can be read (said once, on the console)
 #   LOG_STEP         the name of the log shipping set-up step
 #   DOCKER_PACKAGE, JAVA_PACKAGE  package names of the machine's distribution
@@ -58,8 +60,16 @@ STEP=""
 
 #@@VMFORGE_CLOUD@@
 
+MARKER_LOG="${MARKER_LOG:-}"
+
 # The launcher's own lines ($LAUNCHER_LOG may be $LOG_FILE, where everything else goes).
 log() { printf '[vmforge %s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$LAUNCHER_LOG"; }
+
+# A machine-readable line: to the launcher's own lines, and to MARKER_LOG when there is one.
+marker() {
+  printf '%s\n' "$1" >>"$LAUNCHER_LOG"
+  if [[ -n "$MARKER_LOG" ]]; then printf '%s\n' "$1" >>"$MARKER_LOG"; fi
+}
 
 on_error() {
   local rc=$1 line=$2 cmd=$3
@@ -124,8 +134,8 @@ finish() {
   upload "$STATE_DIR/exit-status" "$VMF_ARTIFACTS_URI/exit-status"
   # The machine-readable end: the failed set-up step (if any), then the exit code, last. Written
   # to the launcher's own lines, never the pipeline's output, where a pipeline could print them.
-  if [[ -n "$failed_step" ]]; then printf 'VMFORGE_BOOTSTRAP_FAILED=%s\n' "$failed_step" >>"$LAUNCHER_LOG"; fi
-  printf 'VMFORGE_EXIT_CODE=%s\n' "$rc" >>"$LAUNCHER_LOG"
+  if [[ -n "$failed_step" ]]; then marker "VMFORGE_BOOTSTRAP_FAILED=$failed_step"; fi
+  marker "VMFORGE_EXIT_CODE=$rc"
   # The log shipping gets the last lines out before the machine goes away.
   cloud_flush_logs
   shutdown -h now || log "shutdown failed with exit code $?; the machine keeps running"
@@ -139,6 +149,7 @@ trap 'on_signal TERM 143' TERM
 trap finish EXIT
 
 mkdir -p "$LAUNCH_DIR" "$(dirname "$LOG_FILE")" "$(dirname "$LAUNCHER_LOG")" "$STATE_DIR/bin"
+if [[ -n "$MARKER_LOG" ]]; then mkdir -p "$(dirname "$MARKER_LOG")"; fi
 echo "vmforge: launcher output goes to $LOG_FILE ($LOG_DESTINATION)"
 exec >>"$LOG_FILE" 2>&1
 
@@ -236,7 +247,7 @@ run_pipeline() {
   log "starting: nextflow ${VMF_NXF_ARGS[*]}"
   PIPELINE_STARTED=1
   STEP=""
-  printf 'VMFORGE_PIPELINE_STARTED\n' >>"$LAUNCHER_LOG"
+  marker VMFORGE_PIPELINE_STARTED
   # Started in the background so that a signal is handled while the pipeline runs. The token
   # reaches nextflow through its environment only (never its command line).
   if [[ -n "$PLATFORM_TOKEN" ]]; then

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { nextflowArgs, renderUserData, runArtifactsUri, sessionUri } from "../../../../src/cloud/aws/launcher.js";
-import { logStreamName, parseExitLine } from "../../../../src/cloud/aws/logs.js";
+import { logStreamName, markerLogStreamName, parseExitLine } from "../../../../src/cloud/aws/logs.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { nextflowArgv, runLauncher, sampleCe, sampleRun, type LauncherRunResult } from "../../../fixtures/launcher/harness.js";
 
@@ -116,7 +116,25 @@ describe("launcher script under test", () => {
     };
     const list = agent.logs.logs_collected.files.collect_list;
     expect(list[0]).toEqual({ file_path: join(r.root, "var/log/vmforge/run.log"), log_group_name: "/vmforge/team-a/ce-a", log_stream_name: logStreamName(RUN), retention_in_days: 30 });
-    expect(list[1]?.file_path).toBe(join(r.launchDir, ".nextflow.log"));
+    expect(list[1]).toEqual({ file_path: join(r.root, "var/log/vmforge/markers.log"), log_group_name: "/vmforge/team-a/ce-a", log_stream_name: markerLogStreamName(RUN), retention_in_days: 30 });
+    expect(list[2]?.file_path).toBe(join(r.launchDir, ".nextflow.log"));
+  });
+
+  it("the markers file holds the launcher's machine-readable lines only, never what the pipeline prints", async () => {
+    // A pre-run script (sourced by the launcher, its output in the shipped log like the pipeline's)
+    // prints every marker; the launcher's own ones follow.
+    const pre = "echo VMFORGE_PIPELINE_STARTED; echo VMFORGE_BOOTSTRAP_FAILED=docker; echo VMFORGE_EXIT_CODE=0";
+    const r = await launch(sampleCe({ spec: { preRunScript: pre } }), RUN, { nextflowExit: 3 });
+    expect(r.code, r.log).toBe(3);
+    expect(r.log).toContain("VMFORGE_EXIT_CODE=0");
+    expect(lastLine(r.log)).toBe("VMFORGE_EXIT_CODE=3");
+    expect(r.markers).toBe("VMFORGE_PIPELINE_STARTED\nVMFORGE_EXIT_CODE=3\n");
+  });
+
+  it("a failed set-up step is in the markers file before the exit line", async () => {
+    const r = await launch(sampleCe({ spec: { preRunScript: "exit 7" } }), RUN);
+    expect(r.code).toBe(7);
+    expect(r.markers).toBe("VMFORGE_BOOTSTRAP_FAILED=pre-run-script\nVMFORGE_EXIT_CODE=7\n");
   });
 
   it("a failing setup step still ends with the exit line, names the step, uploads and shuts down", async () => {
