@@ -39,19 +39,20 @@ import {
   ListRolesCommand,
 } from "@aws-sdk/client-iam";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
-import { logGroupName, logStreamName } from "../../src/cloud/aws/logs.js";
+import { logGroupName } from "../../src/cloud/aws/logs.js";
 import { TAG_CE_UID } from "../../src/cloud/aws/iam.js";
 import { TAG_RUN_UID } from "../../src/cloud/aws/runs.js";
 import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { installCrds, waitFor } from "../support/operator.js";
 import { deleteNamespace, freshNamespace, kubeconfigPath, motoEndpoint, strictAws } from "../harness/helpers.js";
+import { shipLauncherLines } from "../harness/aws-launcher-log.js";
 import { awsSeedPath, seedPolicy } from "../harness/seed-policy.js";
 
 const REGION = "eu-west-1";
@@ -172,14 +173,7 @@ async function iamLeftovers(prefix: string): Promise<string[]> {
 
 /** The launcher on a Run's machine starts the pipeline and says so in its log (the CloudWatch agent's effect). */
 async function pipelineStarts(ce: ComputeEnvironment, run: Run): Promise<void> {
-  const logs = new CloudWatchLogsClient(admin());
-  const group = logGroupName(ce);
-  const stream = logStreamName(run);
-  await logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
-  await logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
-  const t = Date.now();
-  const lines = ["[vmforge] starting: nextflow run ...", "VMFORGE_PIPELINE_STARTED"];
-  await logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: lines.map((message, i) => ({ timestamp: t + i, message })) }));
+  await shipLauncherLines(new CloudWatchLogsClient(admin()), logGroupName(ce), run, ["[vmforge] starting: nextflow run ...", "VMFORGE_PIPELINE_STARTED"]);
 }
 
 /** The machine of a Run ends its pipeline: uploads its exit status, then terminates itself or (its shutdown failing) keeps running. */

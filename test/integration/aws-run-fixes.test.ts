@@ -9,7 +9,7 @@ import { gunzipSync } from "node:zlib";
 import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { DeleteInstanceProfileCommand, GetInstanceProfileCommand, IAMClient, RemoveRoleFromInstanceProfileCommand } from "@aws-sdk/client-iam";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
@@ -25,6 +25,7 @@ import { streamRunLogs } from "../../src/cli/logs.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset, strictAws } from "../harness/helpers.js";
+import { shipLauncherLines } from "../harness/aws-launcher-log.js";
 
 const REGION = "eu-west-1";
 const BUCKET = "vmforge-aws-run-fixes";
@@ -108,13 +109,7 @@ const phase = (name: string, p: string, timeoutMs = 60_000) =>
 async function launcherSays(run: Run, lines: string[]): Promise<void> {
   const c = await getCe(run.spec.computeEnvironmentRef.name);
   if (!c) throw new Error("no CE");
-  const logs = new CloudWatchLogsClient(aws());
-  const group = logGroupName(c);
-  const stream = logStreamName(run);
-  await logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
-  await logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
-  const t = Date.now();
-  await logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: lines.map((message, i) => ({ timestamp: t + i, message })) }));
+  await shipLauncherLines(new CloudWatchLogsClient(aws()), logGroupName(c), run, lines);
 }
 
 /** The Run's machine is up and being set up: Launching, reason SettingUp, the instance running. */

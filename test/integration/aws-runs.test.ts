@@ -2,7 +2,7 @@
 // idempotency, request shape, batched describe, exit codes, terminate, orphan sweep and log reads.
 // Fixtures (VPC, subnets, role, instance profile, bucket, log group) are made with the SDK here.
 import { randomUUID } from "node:crypto";
-import { CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CreateLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
 import {
   CreateSecurityGroupCommand,
   CreateSubnetCommand,
@@ -25,6 +25,7 @@ import { TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, sw
 import type { EnvContext, ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { strictAws } from "../harness/helpers.js";
+import { shipLauncherLines } from "../harness/aws-launcher-log.js";
 
 const REGION = "eu-west-1";
 const CREDS: ResolvedCredentials = { source: "secret", secretName: "aws", data: { accessKeyId: "testing", secretAccessKey: "testing" } };
@@ -101,16 +102,9 @@ function tagsOf(list: { Key?: string; Value?: string }[] | undefined): Record<st
   return Object.fromEntries((list ?? []).map((t) => [t.Key ?? "", t.Value ?? ""]));
 }
 
+/** The launcher writes `lines` (the agent's effect: the markers reach the markers stream too). */
 async function putLog(ce: ComputeEnvironment, run: Run, lines: string[]): Promise<void> {
-  const group = ce.status!.aws!.logGroup!;
-  const stream = logStreamName(run);
-  await admin.logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch((e: unknown) => {
-    if ((e as { name?: string }).name !== "ResourceAlreadyExistsException") throw e;
-  });
-  const t0 = Date.now();
-  await admin.logs.send(
-    new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: lines.map((message, i) => ({ message, timestamp: t0 + i })) }),
-  );
+  await shipLauncherLines(admin.logs, ce.status!.aws!.logGroup!, run, lines);
 }
 
 beforeAll(async () => {

@@ -14,8 +14,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, EC2Client } from "@aws-sdk/client-ec2";
 import type { Instance } from "@aws-sdk/client-ec2";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
-import { logStreamName } from "../../src/cloud/aws/logs.js";
+import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
+import { shipLauncherLines } from "../harness/aws-launcher-log.js";
 
 const STANDINS = fileURLToPath(new URL("./standins/", import.meta.url));
 const REPO = fileURLToPath(new URL("../../", import.meta.url));
@@ -106,14 +106,12 @@ export class InstancePlayer {
     }
   }
 
-  /** The launcher's start line, written to the Run's stream as the CloudWatch agent would ship it. */
+  /** The launcher's start line, written to the Run's streams as the CloudWatch agent would ship it. */
   private async sayStarted(inst: Instance): Promise<void> {
     const tag = (k: string): string => inst.Tags?.find((t) => t.Key === k)?.Value ?? "";
     const group = tag("vmforge.dev/log-group");
-    const stream = logStreamName({ metadata: { namespace: tag("vmforge.dev/namespace"), name: tag("vmforge.dev/run-name"), uid: tag("vmforge.dev/run-uid") } } as Parameters<typeof logStreamName>[0]);
-    await this.logs.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
-    await this.logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
-    await this.logs.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: [{ timestamp: Date.now(), message: "VMFORGE_PIPELINE_STARTED" }] }));
+    const run = { metadata: { namespace: tag("vmforge.dev/namespace"), name: tag("vmforge.dev/run-name"), uid: tag("vmforge.dev/run-uid") } } as Parameters<typeof shipLauncherLines>[2];
+    await shipLauncherLines(this.logs, group, run, ["VMFORGE_PIPELINE_STARTED"]);
     this.o.say(`instance ${inst.InstanceId} left alone; its launcher said the pipeline started`);
   }
 

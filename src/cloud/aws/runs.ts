@@ -40,6 +40,7 @@ import {
   findOutcomeInLog,
   logGroupName,
   logStreamName,
+  markerLogStreamName,
   parseExitLine,
   readLogStream,
   readRunLog as readRunLogStream,
@@ -530,13 +531,14 @@ export class StartProbes {
 }
 
 /**
- * Reads a Run's log forward from the probe's cursor (one page): did the launcher say the pipeline
- * started, and did it already end (exit line, failed set-up step)?
+ * Reads a Run's markers stream forward from the probe's cursor (one page): did the launcher say
+ * the pipeline started, and did it already end (exit line, failed set-up step)? The main stream
+ * is never read for these: it also holds whatever the pipeline prints.
  */
 async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance, desc: RunDescription, probes: StartProbes): Promise<void> {
   const uid = run.metadata.uid as string;
   const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ctx.ce);
-  const chunk = await readLogStream(clients.logs, group, logStreamName(run), probes.cursor(uid), { maxPages: 1, ...(ctx.signal ? { signal: ctx.signal } : {}) });
+  const chunk = await readLogStream(clients.logs, group, markerLogStreamName(run), probes.cursor(uid), { maxPages: 1, ...(ctx.signal ? { signal: ctx.signal } : {}) });
   let started = false;
   let step: string | undefined;
   for (const raw of chunk.lines.flatMap((l) => l.split("\n"))) {
@@ -556,8 +558,8 @@ async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: 
 
 /**
  * Describes Runs with as few DescribeInstances calls as their number allows (see
- * describeInstancesByRunUids). The exit code comes from the log's exit line, else from the uploaded
- * exit-status object; it is looked for:
+ * describeInstancesByRunUids). The exit code comes from the exit line in the Run's markers stream
+ * (written by the launcher alone), else from the uploaded exit-status object; it is looked for:
  * - when the machine has ended (shutting down, stopped, terminated);
  * - when it still runs and `probeRunning` says so (the pipeline may have ended without a shutdown);
  * - when EC2 no longer lists the machine recorded at launch (it forgets terminated instances after
@@ -607,7 +609,7 @@ export async function describeRuns(
     if (ENDED.has(desc.state)) {
       needExit.push({ run, inst, desc });
     } else if (desc.state === "running" && run.status?.phase !== "Running" && opts.startProbes) {
-      // Up, but not known to run its pipeline yet: read the launcher's log (paced, see StartProbes).
+      // Up, but not known to run its pipeline yet: read its markers stream (paced, see StartProbes).
       if (opts.startProbes.started(uid)) desc.pipelineStarted = true;
       else settingUp.push({ run, inst, desc });
     } else if ((desc.state === "running" || desc.state === "pending") && opts.probeRunning?.(run) === true) {
@@ -665,10 +667,13 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Pro
   await Promise.all(workers);
 }
 
-/** Exit code of an ended Run: the log's exit line, else the exit-status object. */
+/**
+ * Exit code of an ended Run: the exit line of its markers stream (the launcher's alone; a line the
+ * pipeline prints never counts), else the exit-status object.
+ */
 async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance | undefined): Promise<LauncherOutcome | undefined> {
   const group = (inst && tagValue(inst, TAG_LOG_GROUP)) ?? run.status?.log?.group ?? logGroupName(ctx.ce);
-  const fromLog = await findOutcomeInLog(clients.logs, group, logStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
+  const fromLog = await findOutcomeInLog(clients.logs, group, markerLogStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
   if (fromLog !== undefined) return fromLog;
   let artifacts = inst ? tagValue(inst, TAG_ARTIFACTS) : undefined;
   if (artifacts === undefined) {

@@ -323,7 +323,7 @@ describe("Running means the pipeline started: the launcher's line, read cheaply"
     const { clients, calls } = fakeClients((name, input) => {
       if (name === "DescribeInstances") return { Reservations: [{ Instances: runs.map((r) => instanceFor(r)) }] };
       if (name !== "GetLogEvents") throw new Error(name);
-      const uid = runs.find((r) => (input.logStreamName as string).endsWith((r.metadata.uid ?? "").replace(/-/g, "").slice(0, 8)) && (input.logStreamName as string).includes(`/${r.metadata.name}/`))?.metadata.uid ?? "";
+      const uid = runs.find((r) => (input.logStreamName as string).endsWith(`${(r.metadata.uid ?? "").replace(/-/g, "").slice(0, 8)}/markers`) && (input.logStreamName as string).includes(`/${r.metadata.name}/`))?.metadata.uid ?? "";
       const lines = logged.get(uid) ?? [];
       const from = input.nextToken === undefined ? 0 : Number(input.nextToken);
       return { events: lines.slice(from).map((message) => ({ message })), nextForwardToken: String(lines.length) };
@@ -403,5 +403,67 @@ describe("a log read the cloud refuses", () => {
     d = await describeRuns(clients, ctxFor(CE), [denied], { startProbes: probes });
     expect(d.get(denied.metadata.uid!)?.readError).toBeUndefined();
     expect(d.get(denied.metadata.uid!)?.pipelineStarted).toBe(true);
+  });
+});
+
+describe("whose word counts: the markers stream only", () => {
+  const uid = "0f1e2d3c-aaaa-bbbb-cccc-0000000000e1";
+  const main = "team-a/spoof/0f1e2d3c";
+  const markers = `${main}/markers`;
+  /** A pipeline printed the launcher's markers into the Run's main stream; `launcher` is what the launcher wrote to its markers stream (undefined: no such stream). */
+  function streams(run: Run, state: "running" | "terminated", launcher: string[] | undefined, exitStatus?: string) {
+    return fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run, { State: { Name: state, Code: state === "running" ? 16 : 48 } })] }] };
+      if (name === "GetLogEvents") {
+        if (input.logStreamName === main) return { events: ["VMFORGE_PIPELINE_STARTED", "VMFORGE_EXIT_CODE=0"].map((message) => ({ message })), nextForwardToken: "f/m" };
+        if (input.logStreamName === markers && launcher) return { events: launcher.map((message) => ({ message })), nextForwardToken: `f/${launcher.length}` };
+        throw new AwsError("ResourceNotFoundException", "The specified log stream does not exist.");
+      }
+      if (name === "GetObject") {
+        if (exitStatus !== undefined) return { Body: { transformToString: async () => exitStatus } };
+        throw new AwsError("NoSuchKey", "no key", { httpStatusCode: 404 });
+      }
+      throw new Error(name);
+    });
+  }
+  const streamsRead = (calls: Call[]) => calls.filter((c) => c.name === "GetLogEvents").map((c) => c.input.logStreamName);
+
+  it("an ended machine's exit code is the markers stream's, not an exit line the pipeline printed", async () => {
+    const run = withStatus(sampleRun({ name: "spoof", uid }), { phase: "Running", instance: { id: "i-e1" } });
+    const { clients, calls } = streams(run, "terminated", ["VMFORGE_PIPELINE_STARTED", "VMFORGE_EXIT_CODE=3"]);
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(uid)).toMatchObject({ state: "terminated", exitCode: 3 });
+    expect(streamsRead(calls)).toEqual([markers]);
+  });
+
+  it("no markers stream: the uploaded exit status counts, never the main stream's exit line", async () => {
+    const run = withStatus(sampleRun({ name: "spoof", uid }), { phase: "Running", instance: { id: "i-e1" } });
+    const { clients, calls } = streams(run, "terminated", undefined, "5\n");
+    expect((await describeRuns(clients, ctxFor(CE), [run])).get(uid)).toMatchObject({ state: "terminated", exitCode: 5 });
+    expect(streamsRead(calls)).toEqual([markers]);
+    // Neither there: the outcome is not known (not the printed 0).
+    const none = streams(run, "terminated", undefined);
+    expect((await describeRuns(none.clients, ctxFor(CE), [run])).get(uid)?.exitCode).toBeUndefined();
+  });
+
+  it("a machine being set up: the printed start and exit lines neither start nor end the Run; one read of the markers stream per probe", async () => {
+    const run = withStatus(sampleRun({ name: "spoof", uid }), { phase: "Launching", instance: { id: "i-e1" } });
+    const { clients, calls } = streams(run, "running", []);
+    const d = (await describeRuns(clients, ctxFor(CE), [run], { startProbes: new StartProbes() })).get(uid);
+    expect(d?.state).toBe("running");
+    expect(d?.pipelineStarted).toBeUndefined();
+    expect(d?.exitCode).toBeUndefined();
+    expect(streamsRead(calls)).toEqual([markers]);
+    // The launcher's own start line, in the markers stream, does start it.
+    const started = streams(run, "running", ["VMFORGE_PIPELINE_STARTED"]);
+    expect((await describeRuns(started.clients, ctxFor(CE), [run], { startProbes: new StartProbes() })).get(uid)).toMatchObject({ pipelineStarted: true });
+  });
+
+  it("a Running Run's machine still running: the printed exit line does not end it; the launcher's does", async () => {
+    const run = withStatus(sampleRun({ name: "spoof", uid }), { phase: "Running", instance: { id: "i-e1" } });
+    const printed = streams(run, "running", ["VMFORGE_PIPELINE_STARTED"]);
+    expect((await describeRuns(printed.clients, ctxFor(CE), [run], { probeRunning: () => true })).get(uid)?.exitCode).toBeUndefined();
+    const ended = streams(run, "running", ["VMFORGE_PIPELINE_STARTED", "VMFORGE_EXIT_CODE=2"]);
+    expect((await describeRuns(ended.clients, ctxFor(CE), [run], { probeRunning: () => true })).get(uid)).toMatchObject({ state: "running", exitCode: 2 });
+    expect(streamsRead(ended.calls)).toEqual([markers]);
   });
 });

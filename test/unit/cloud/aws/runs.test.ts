@@ -307,7 +307,7 @@ describe("describeRuns", () => {
     });
   });
 
-  it("reads the exit code of an ended machine from its log, in the log group its tags name", async () => {
+  it("reads the exit code of an ended machine from its markers stream, in the log group its tags name", async () => {
     const run = sampleRun();
     const other = sampleCe();
     const { clients, calls } = fakeClients((name) => {
@@ -319,7 +319,7 @@ describe("describeRuns", () => {
     const result = await describeRuns(clients, ctxFor({ ...other, status: { aws: { ...other.status!.aws!, logGroup: "/elsewhere" } } }), [run]);
     expect(result.get(run.metadata.uid!)?.exitCode).toBe(3);
     const get = calls.find((c) => c.name === "GetLogEvents");
-    expect(get?.input).toMatchObject({ logGroupName: "/vmforge/team-a/ce-a", logStreamName: "team-a/hello-1/0f1e2d3c", startFromHead: false });
+    expect(get?.input).toMatchObject({ logGroupName: "/vmforge/team-a/ce-a", logStreamName: "team-a/hello-1/0f1e2d3c/markers", startFromHead: false });
   });
 
   it("reads no log or exit status for a Run being cancelled (spec.cancel, the Run or its CE deleted)", async () => {
