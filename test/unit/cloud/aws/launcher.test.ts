@@ -246,7 +246,7 @@ describe("log retention in the CloudWatch agent's configuration", () => {
       .logs.logs_collected.files.collect_list.map((e) => e.retention_in_days);
 
   it("sets spec.logRetentionDays on every file of the group (the agent applies it to the group), 30 days by default", () => {
-    expect(retentions(sampleCe())).toEqual([30, 30]);
-    expect(retentions(sampleCe({ spec: { logRetentionDays: 14 } }))).toEqual([14, 14]);
+    expect(retentions(sampleCe())).toEqual([30, 30, 30]);
+    expect(retentions(sampleCe({ spec: { logRetentionDays: 14 } }))).toEqual([14, 14, 14]);
   });
 });
