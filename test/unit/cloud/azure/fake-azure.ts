@@ -5,6 +5,9 @@
  * the next calls of a method.
  */
 import type { ComputeEnvironment } from "../../../../src/api/types.js";
+import type { EnvContext } from "../../../../src/cloud/provider.js";
+import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
+import { createLogger } from "../../../../src/engine/logger.js";
 import type { AzureClients, AzureEndpoints, AzureIdentity } from "../../../../src/cloud/azure/clients.js";
 
 export const UID = "0a1b2c3d-4e5f-4a6b-8c7d-0123456789ab";
@@ -408,3 +411,17 @@ export function sampleAzureCe(sub: string, over: Partial<NonNullable<ComputeEnvi
   } as ComputeEnvironment;
 }
 
+
+/**
+ * A fake Azure with one sample CE whose environment is already provisioned (its status holds what
+ * provisioning found), and the context the provider's calls take; principal retries are instant.
+ */
+export async function provisionedAzure(): Promise<{ az: FakeAzure; ce: ComputeEnvironment; ctx: EnvContext }> {
+  azureTuning.principalRetryMs = [1];
+  const az = new FakeAzure();
+  const ce = sampleAzureCe(az.sub);
+  const ctx: EnvContext = { ce, credentials: { source: "secret", secretName: "team-a/creds", data: {} }, logger: createLogger({ level: "silent" }) };
+  const obs = await provisionAzureEnvironment(az.clients(), ctx);
+  ce.status = { azure: obs.status.azure! };
+  return { az, ce, ctx };
+}

@@ -5,11 +5,9 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
-import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, LAUNCHER_LINES_QUERY_CAP, RUNNING_EXIT_PROBE_MS } from "../../../../src/cloud/azure/observe.js";
-import { createLogger } from "../../../../src/engine/logger.js";
-import { FakeAzure, RestLikeError, sampleAzureCe } from "./fake-azure.js";
+import { RestLikeError, provisionedAzure, type FakeAzure } from "./fake-azure.js";
 
 function runOf(n: number): Run {
   return {
@@ -32,12 +30,7 @@ describe("Azure run polling: what each poll reads", () => {
   let now: number;
 
   beforeEach(async () => {
-    azureTuning.principalRetryMs = [1];
-    az = new FakeAzure();
-    ce = sampleAzureCe(az.sub);
-    ctx = { ce, credentials: { source: "secret", secretName: "team-a/creds", data: {} }, logger: createLogger({ level: "silent" }) };
-    const obs = await provisionAzureEnvironment(az.clients(), ctx);
-    ce.status = { azure: obs.status.azure! };
+    ({ az, ce, ctx } = await provisionedAzure());
     now = Date.parse("2026-01-01T00:00:00Z");
   });
 

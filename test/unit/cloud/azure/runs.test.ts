@@ -3,12 +3,10 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
-import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
 import { azureImageReference, osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
-import { createLogger } from "../../../../src/engine/logger.js";
-import { FakeAzure, RestLikeError, UID, sampleAzureCe } from "./fake-azure.js";
+import { RestLikeError, UID, provisionedAzure, type FakeAzure } from "./fake-azure.js";
 
 function runOf(n: number, over: Partial<Run["spec"]> = {}): Run {
   const uid = `99999999-8888-4777-8666-${String(n).padStart(12, "0")}`;
@@ -35,12 +33,7 @@ describe("Azure runs", () => {
   const RG = resourceGroupName({ namespace: "team-a", name: "ce1", uid: UID });
 
   beforeEach(async () => {
-    azureTuning.principalRetryMs = [1];
-    az = new FakeAzure();
-    ce = sampleAzureCe(az.sub);
-    ctx = { ce, credentials: { source: "secret", secretName: "team-a/creds", data: {} }, logger: createLogger({ level: "silent" }) };
-    const obs = await provisionAzureEnvironment(az.clients(), ctx);
-    ce.status = { azure: obs.status.azure! };
+    ({ az, ce, ctx } = await provisionedAzure());
     az.calls.length = 0;
   });
 

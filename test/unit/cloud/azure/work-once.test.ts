@@ -19,13 +19,12 @@ vi.mock("node:zlib", async (importOriginal) => {
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
 import type { AzureClients } from "../../../../src/cloud/azure/clients.js";
-import { azureTuning, provisionAzureEnvironment } from "../../../../src/cloud/azure/environment.js";
 import { launchRun } from "../../../../src/cloud/azure/runs.js";
 import { AZURE_USER_DATA_LIMIT_BYTES } from "../../../../src/cloud/azure/launcher.js";
 import { AzureProvider } from "../../../../src/cloud/azure/provider.js";
 import { resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
 import { createLogger } from "../../../../src/engine/logger.js";
-import { FakeAzure, sampleAzureCe } from "./fake-azure.js";
+import { provisionedAzure, type FakeAzure } from "./fake-azure.js";
 
 function runOf(n: number, ce = "ce1"): Run {
   return {
@@ -42,12 +41,7 @@ describe("Azure: once is enough", () => {
   let ctx: EnvContext;
 
   beforeEach(async () => {
-    azureTuning.principalRetryMs = [1];
-    az = new FakeAzure();
-    ce = sampleAzureCe(az.sub);
-    ctx = { ce, credentials: { source: "secret", secretName: "team-a/creds", data: {} }, logger: createLogger({ level: "silent" }) };
-    const obs = await provisionAzureEnvironment(az.clients(), ctx);
-    ce.status = { azure: obs.status.azure! };
+    ({ az, ce, ctx } = await provisionedAzure());
     gz.calls = 0;
   });
 
