@@ -18,11 +18,12 @@
  */
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, GetLogEventsCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
+import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, GetLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
 import type { KubeClient } from "../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../src/api/types.js";
 import { logStreamName } from "../src/cloud/aws/logs.js";
+import { shipLauncherLines } from "../test/harness/aws-launcher-log.js";
 import { logGroupFor } from "../src/cloud/aws/environment.js";
 import { startAzureBench, type BenchCluster } from "./azure-setup.js";
 import type { OperatorProcess } from "./operator.js";
@@ -210,7 +211,8 @@ export async function logLatencyAws(o: {
     const stream = logStreamName(run);
     await cwl.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined);
     await cwl.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
-    const put = (message: string): Promise<unknown> => cwl.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: [{ timestamp: Date.now(), message }] }));
+    // as the launcher: every line to the Run's stream, its markers (start, exit) to the markers stream too
+    const put = (message: string): Promise<unknown> => shipLauncherLines(cwl, group, run, [message]);
     await put(START_LINE);
     say(`  Run ${ns}/ll-run on ${run.status?.instance?.id ?? "?"} (${run.status?.phase ?? ""}); following it with node dist/cli.js logs ll-run -f -n ${ns}`);
     const r = await follow({

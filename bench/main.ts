@@ -21,8 +21,7 @@ import { randomUUID } from "node:crypto";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand } from "@aws-sdk/client-ec2";
 import { IAMClient, ListRolesCommand } from "@aws-sdk/client-iam";
-import { CloudWatchLogsClient, CreateLogGroupCommand, CreateLogStreamCommand, PutLogEventsCommand } from "@aws-sdk/client-cloudwatch-logs";
-import { logStreamName } from "../src/cloud/aws/logs.js";
+import { CloudWatchLogsClient, CreateLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { logGroupFor } from "../src/cloud/aws/environment.js";
 import { KubeClient } from "../src/engine/kube.js";
 import { Reflector } from "../src/engine/reflector.js";
@@ -35,6 +34,7 @@ import { startCluster } from "../test/harness/cluster.js";
 import { startMoto } from "../test/harness/moto.js";
 import { startStrictAws } from "../test/harness/aws-strict/server.js";
 import { installCrds } from "../test/support/operator.js";
+import { shipLauncherLines } from "../test/harness/aws-launcher-log.js";
 import { AwsProxy } from "./aws-proxy.js";
 import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
@@ -184,9 +184,8 @@ async function main(): Promise<void> {
         const group = logGroupFor({ metadata: { namespace: ns, name: r.spec.computeEnvironmentRef.name } });
         if (!groups.has(group)) groups.set(group, cwl.send(new CreateLogGroupCommand({ logGroupName: group })).catch(() => undefined));
         await groups.get(group);
-        const stream = logStreamName(r);
-        await cwl.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: stream })).catch(() => undefined);
-        await cwl.send(new PutLogEventsCommand({ logGroupName: group, logStreamName: stream, logEvents: [{ timestamp: Date.now(), message: "VMFORGE_PIPELINE_STARTED" }] }));
+        // to the Run's stream and, as a marker, to its markers stream (what the operator believes)
+        await shipLauncherLines(cwl, group, r, ["VMFORGE_PIPELINE_STARTED"]);
       };
       const watch = new Reflector<Run>({
         client, resource: RunResource, namespace: ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
