@@ -12,7 +12,7 @@ import type { KubeClient, KubeObject, ResourceType } from "./engine/kube.js";
 import type { Logger } from "./engine/logger.js";
 import type { EngineMetrics } from "./engine/metrics.js";
 import { Reflector } from "./engine/reflector.js";
-import { Store, type IndexFunc } from "./engine/store.js";
+import { Store, trimForCache, type IndexFunc } from "./engine/store.js";
 import { Controller } from "./engine/controller.js";
 import { EventRecorder } from "./engine/events.js";
 import { LeaderElector } from "./engine/leader.js";
@@ -105,9 +105,10 @@ export class Operator {
   constructor(private readonly o: OperatorOptions) {
     const { client, config, logger, metrics } = o;
     const namespaces = config.namespaces.length > 0 ? config.namespaces : [undefined];
-    const reflect = <T extends KubeObject>(resource: ResourceType, onEvent: (type: string, obj: T, old?: T) => void, labelSelector?: string, indexers?: Record<string, IndexFunc<T>>): Reflector<T>[] =>
+    const reflect = <T extends KubeObject>(resource: ResourceType, onEvent: (type: string, obj: T, old?: T) => void, labelSelector?: string, indexers?: Record<string, IndexFunc<T>>, transform?: (obj: T) => T): Reflector<T>[] =>
       namespaces.map((namespace) => new Reflector<T>({
         ...(indexers ? { store: new Store<T>({ indexers }) } : {}),
+        ...(transform ? { transform } : {}),
         client, resource, logger: logger.child({ reflector: resource.plural, namespace: namespace ?? "*" }),
         resyncPeriodMs: config.resyncPeriodMs, onEvent,
         ...(namespace ? { namespace } : {}), ...(labelSelector ? { labelSelector } : {}), ...(metrics ? { metrics } : {}),
@@ -166,14 +167,15 @@ export class Operator {
         }
       }
     }, undefined, { [RUNS_BY_CE]: ceIndexOf }));
-    // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs.
+    // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs. Their
+    // cache does not share strings (trimForCache): a credential must not outlive its Secret.
     this.secrets = new Caches(reflect<SecretObject>(SecretResource, (_type, secret) => {
       for (const ce of this.ces.list()) {
         if (ce.metadata.namespace === secret.metadata.namespace && ce.spec.credentials?.secretRef?.name === secret.metadata.name) {
           this.ceController.enqueue(keyOf(ce));
         }
       }
-    }, `${SECRET_LABEL}=true`));
+    }, `${SECRET_LABEL}=true`, undefined, trimForCache));
     this.secretReader = new SecretReader(client, this.secrets);
     const secrets = this.secretReader.get;
 

@@ -11,9 +11,15 @@ export const LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-confi
  * What a cache keeps of an object: everything but metadata.managedFields and kubectl's
  * last-applied copy, which no controller reads and which can double an object's size, with its
  * strings shared with the other cached objects (StringPool). The object is changed in place (it
- * comes fresh from the wire) and returned.
+ * comes fresh from the wire) and returned. For objects holding secrets use trimForCache: pooled
+ * strings outlive the object that brought them.
  */
 export function slimForCache<T extends KubeObject>(obj: T): T {
+  return CACHE_STRINGS.intern(trimForCache(obj));
+}
+
+/** slimForCache without the string pool: for caches of Secrets, whose values must go with them. */
+export function trimForCache<T extends KubeObject>(obj: T): T {
   const meta = obj.metadata as T["metadata"] & { managedFields?: unknown };
   if (meta.managedFields !== undefined) delete meta.managedFields;
   if (meta.annotations && LAST_APPLIED_ANNOTATION in meta.annotations) {
@@ -21,7 +27,7 @@ export function slimForCache<T extends KubeObject>(obj: T): T {
     if (Object.keys(rest).length > 0) meta.annotations = rest;
     else delete meta.annotations;
   }
-  return CACHE_STRINGS.intern(obj);
+  return obj;
 }
 
 /**
@@ -29,8 +35,10 @@ export function slimForCache<T extends KubeObject>(obj: T): T {
  * string value, and the objects of one resource repeat most of theirs: namespace, apiVersion,
  * what they refer to, condition types, reasons and messages, the timestamps of one burst. With
  * the copies shared, a cached Run takes about half the heap (~0.9 instead of ~1.6 KB).
- * Values that are unique per object (metadata uid, name, resourceVersion) are not pooled; the
- * pool is bounded and starts over when full (objects keep the strings they hold).
+ * Values that are unique per object (metadata uid, name, resourceVersion) are not pooled, nor
+ * anything under a top-level `data` or `stringData` (a Secret's values: a pooled string stays in
+ * memory after its object is gone); the pool is bounded and starts over when full (objects keep
+ * the strings they hold).
  */
 export class StringPool {
   private readonly pool = new Map<string, string>();
@@ -42,7 +50,17 @@ export class StringPool {
 
   /** Replaces the object's string values, in place, by the pool's equal ones; returns the object. */
   intern<T>(obj: T): T {
-    this.walk(obj, false);
+    if (obj === null || typeof obj !== "object" || Array.isArray(obj)) {
+      this.walk(obj, false);
+      return obj;
+    }
+    const rec = obj as Record<string, unknown>;
+    for (const k of Object.keys(rec)) {
+      if (UNPOOLED_TOP.has(k)) continue;
+      const v = rec[k];
+      if (typeof v === "string") rec[k] = this.share(v);
+      else if (v !== null && typeof v === "object") this.walk(v, k === "metadata" && !Array.isArray(v));
+    }
     return obj;
   }
 
@@ -81,11 +99,19 @@ export class StringPool {
   }
 }
 
+/** Top-level fields never pooled: where Secrets (and ConfigMaps) keep their values. */
+const UNPOOLED_TOP = new Set(["data", "stringData", "binaryData"]);
+
 /** metadata fields that differ from object to object: pooling them would only fill the pool. */
 const UNIQUE_METADATA = new Set(["uid", "name", "resourceVersion", "generateName"]);
 
 /** The pool of every cache made with slimForCache (one process holds few resources' caches). */
 const CACHE_STRINGS = new StringPool();
+
+/** How many strings the caches' shared pool holds (for tests and diagnostics). */
+export function cacheStringCount(): number {
+  return CACHE_STRINGS.size;
+}
 
 /** Names an object under an index (e.g. the ComputeEnvironment a Run refers to); undefined: not indexed. */
 export type IndexFunc<T> = (obj: T) => string | undefined;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { Store, StringPool } from "../../../src/engine/store.js";
+import { Store, StringPool, cacheStringCount, slimForCache, trimForCache } from "../../../src/engine/store.js";
 import type { KubeObject } from "../../../src/engine/kube.js";
 
 const obj = (ns: string | undefined, name: string, rv = "1"): KubeObject => ({
@@ -130,5 +130,29 @@ describe("StringPool", () => {
     const long = new StringPool(10, 8);
     long.intern({ spec: { a: "123456789", b: "12345678" } });
     expect(long.size).toBe(1);
+  });
+
+  it("never pools a Secret's values (data, stringData): they must not outlive the Secret", () => {
+    const pool = new StringPool();
+    pool.intern({ metadata: { name: "creds", namespace: "ns" }, type: "Opaque", data: { key: "c2VjcmV0" }, stringData: { token: "plain" } });
+    // ns and Opaque only; neither value nor anything under data/stringData
+    expect(pool.size).toBe(2);
+    // A nested `data` (not a Secret's) is pooled as any other value.
+    pool.intern({ spec: { data: { x: "nested" } } });
+    expect(pool.size).toBe(3);
+  });
+
+  it("trimForCache drops what slimForCache drops and pools nothing", () => {
+    const before = cacheStringCount();
+    const secret = trimForCache({
+      metadata: { name: "s", namespace: `ns-${Date.now()}`, managedFields: [{}], annotations: { "kubectl.kubernetes.io/last-applied-configuration": "{}" } },
+      data: { k: "dmFsdWU=" },
+    } as never) as { metadata: Record<string, unknown>; data: Record<string, string> };
+    expect(secret.metadata.managedFields).toBeUndefined();
+    expect(secret.metadata.annotations).toBeUndefined();
+    expect(secret.data.k).toBe("dmFsdWU=");
+    expect(cacheStringCount()).toBe(before);
+    slimForCache({ metadata: { name: "r", namespace: `other-${Date.now()}` } });
+    expect(cacheStringCount()).toBe(before + 1);
   });
 });
