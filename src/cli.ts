@@ -7,7 +7,7 @@
  */
 import type { CloudProvider } from "./cloud/provider.js";
 import { AwsProvider } from "./cloud/aws/provider.js";
-import { runOperator } from "./run-operator.js";
+import { defaultProviders, runOperator } from "./run-operator.js";
 import type { OperatorConfig } from "./config.js";
 import { AzureProvider } from "./cloud/azure/provider.js";
 import { streamRunLogs } from "./cli/logs.js";
@@ -28,7 +28,7 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case "operator":
-      await runOperator((config) => providers(config));
+      await runOperator((config, logger) => defaultProviders(config, logger));
       return new Promise<number>(() => undefined); // runs until a signal
     case "policy":
       return policyCommand(rest, { out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) });

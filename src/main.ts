@@ -6,7 +6,7 @@
  */
 import { defaultProviders, runOperator } from "./run-operator.js";
 
-runOperator((config) => defaultProviders(config)).catch((e: unknown) => {
+runOperator((config, logger) => defaultProviders(config, logger)).catch((e: unknown) => {
   console.error("vmforge: fatal:", e instanceof Error ? e.message : e);
   process.exit(1);
 });

@@ -3,7 +3,7 @@
  * service account), leader election, health and metrics endpoints, graceful shutdown.
  */
 import { KubeClient } from "./engine/kube.js";
-import { createLogger } from "./engine/logger.js";
+import { createLogger, type Logger } from "./engine/logger.js";
 import { EngineMetrics } from "./engine/metrics.js";
 import { startHealthServer } from "./engine/health.js";
 import type { CloudProvider, EnvContext, EnvObservation, LaunchHints, RunDescription, RunLogChunk } from "./cloud/provider.js";
@@ -15,7 +15,7 @@ import { registerOperatorMetrics } from "./metrics.js";
 
 /** Runs the operator until a signal (or lost leadership) ends the process. */
 export async function runOperator(
-  providersOrFactory: ReadonlyMap<string, CloudProvider> | ((config: OperatorConfig) => ReadonlyMap<string, CloudProvider>),
+  providersOrFactory: ReadonlyMap<string, CloudProvider> | ((config: OperatorConfig, logger: Logger) => ReadonlyMap<string, CloudProvider>),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
   let config;
@@ -28,8 +28,8 @@ export async function runOperator(
     }
     throw e;
   }
-  const providers = typeof providersOrFactory === "function" ? providersOrFactory(config) : providersOrFactory;
   const logger = createLogger({ level: config.logLevel, name: "vmforge" });
+  const providers = typeof providersOrFactory === "function" ? providersOrFactory(config, logger) : providersOrFactory;
   const metrics = new EngineMetrics();
   const client = KubeClient.fromKubeconfig(env.KUBECONFIG || undefined, { metrics });
   try {
@@ -141,10 +141,12 @@ export class LazyProvider implements CloudProvider {
 }
 
 /** The providers of the released operator, each loaded on first use. */
-export function defaultProviders(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}): Map<string, CloudProvider> {
+export function defaultProviders(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}, logger?: Logger): Map<string, CloudProvider> {
   const azure = config.azureExitLineGraceMs !== undefined ? { exitLineGraceMs: config.azureExitLineGraceMs } : {};
+  // The AWS SDK's HTTP handler warns (e.g. all sockets busy) through this, into the JSON log.
+  const aws = logger ? { logger: logger.child({ component: "aws-sdk" }) } : {};
   return new Map<string, CloudProvider>([
-    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(), { announcesCloudWrites: true, reportsPipelineStart: true })],
+    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(aws), { announcesCloudWrites: true, reportsPipelineStart: true })],
     ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(azure), { announcesCloudWrites: true, reportsPipelineStart: true })],
   ]);
 }

@@ -8,6 +8,7 @@ import { EC2Client } from "@aws-sdk/client-ec2";
 import { IAMClient } from "@aws-sdk/client-iam";
 import { S3Client } from "@aws-sdk/client-s3";
 import { STSClient } from "@aws-sdk/client-sts";
+import type { Logger } from "../../engine/logger.js";
 import { CloudError, type ResolvedCredentials } from "../provider.js";
 import { errorOutcome, observeCloudCall } from "../call-metrics.js";
 import { credentialProvider, credentialsFingerprint, type AwsCredentialsConfig } from "./credentials.js";
@@ -38,6 +39,19 @@ export interface AwsClientOptions {
   maxAttempts?: number;
   /** "namespace/name" of the credentials Secret, for messages. */
   secretLabel?: string;
+  /** Where the SDK's HTTP handler warns (all sockets busy, a slow request); default: dropped. Not part of the cache key. */
+  logger?: Pick<Logger, "warn">;
+}
+
+/**
+ * The HTTP handler's logger: its warnings go to the operator's log as JSON lines (the SDK's
+ * default is console, plain text on stderr); its debug and info chatter is dropped.
+ */
+export function handlerLogger(logger: Pick<Logger, "warn"> | undefined): { debug(): void; info(): void; warn(msg: unknown): void; error(msg: unknown): void } {
+  const say = (msg: unknown): void => {
+    logger?.warn({ sdkMessage: String(msg).split("\n")[0] }, "AWS SDK HTTP handler warning");
+  };
+  return { debug: () => undefined, info: () => undefined, warn: say, error: say };
 }
 
 /** The endpoint override from the environment, if any. */
@@ -124,7 +138,10 @@ export function awsClients(opts: AwsClientOptions): AwsClients {
     maxAttempts: opts.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
     // proxyEnv: the SDK's own agents honour HTTPS_PROXY / HTTP_PROXY / NO_PROXY as Node's global
     // agent does with NODE_USE_ENV_PROXY=1 (the SDK never uses the global agent).
-    requestHandler: { connectionTimeout: 10_000, requestTimeout: 60_000, httpsAgent: proxyAwareAgent(), httpAgent: proxyAwareAgent() },
+    requestHandler: {
+      connectionTimeout: 10_000, requestTimeout: 60_000, httpsAgent: proxyAwareAgent(), httpAgent: proxyAwareAgent(),
+      logger: handlerLogger(opts.logger),
+    },
     ...(endpoint !== undefined ? { endpoint } : {}),
   };
   const ec2 = new EC2Client(common);

@@ -5,6 +5,7 @@
  * is used on the next call without a restart.
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
+import type { Logger } from "../../engine/logger.js";
 import {
   CloudError,
   type CloudProvider,
@@ -25,6 +26,8 @@ export interface AwsProviderOptions {
   maxAttempts?: number;
   /** Builds the clients (tests add middleware here, e.g. to inject throttling). */
   clientFactory?: AwsClientFactory;
+  /** Where the SDK's HTTP handler warnings go (the operator's log); default: dropped. */
+  logger?: Pick<Logger, "warn">;
   /** How many client sets to keep (default 32). */
   cacheSize?: number;
   /**
@@ -73,6 +76,7 @@ export class AwsProvider implements CloudProvider {
     const o: AwsClientOptions = { credentials: withSpecRole(ctx), region };
     if (this.opts.endpoint !== undefined) o.endpoint = this.opts.endpoint;
     if (this.opts.maxAttempts !== undefined) o.maxAttempts = this.opts.maxAttempts;
+    if (this.opts.logger !== undefined) o.logger = this.opts.logger;
     // secretName is already "namespace/name".
     if (ctx.credentials.secretName !== undefined) o.secretLabel = ctx.credentials.secretName;
     return withAbortSignal(this.clients.get(o), ctx.signal);

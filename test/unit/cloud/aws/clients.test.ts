@@ -1,12 +1,13 @@
 import { IAMServiceException } from "@aws-sdk/client-iam";
 import { EC2ServiceException } from "@aws-sdk/client-ec2";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import {
   AwsClientCache,
   awsCall,
   awsClients,
   awsErrorCode,
   endpointFromEnv,
+  handlerLogger,
   mapAwsError,
   type AwsClientOptions,
   type AwsClients,
@@ -14,7 +15,7 @@ import {
 import { credentialProvider, credentialsFingerprint, parseSecretCredentials } from "../../../../src/cloud/aws/credentials.js";
 import { CloudError, type ResolvedCredentials } from "../../../../src/cloud/provider.js";
 import { AwsProvider } from "../../../../src/cloud/aws/provider.js";
-import { createLogger } from "../../../../src/engine/logger.js";
+import { createLogger, type Logger } from "../../../../src/engine/logger.js";
 import type { ComputeEnvironment } from "../../../../src/api/types.js";
 
 const SECRET_VALUE = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY-do-not-print";
@@ -151,6 +152,35 @@ describe("client cache", () => {
       c.destroy();
     }
     expect(() => awsClients({ credentials: secret({ accessKeyId: "A" }), region: "eu-west-1", secretLabel: "ns/s" })).toThrow(/Secret ns\/s has no key "secretAccessKey"/);
+  });
+
+  it("sends the HTTP handler's warnings (all sockets busy) to the given logger, not to the console", async () => {
+    const warned: { obj: unknown; msg: string }[] = [];
+    const logger = { warn: (obj: unknown, msg: string) => void warned.push({ obj, msg }) } as unknown as Pick<Logger, "warn">;
+    const c = awsClients({ credentials: secret({ accessKeyId: "A", secretAccessKey: "S" }), region: "eu-west-1", endpoint: "http://127.0.0.1:1", logger });
+    const consoleWarn = vi.spyOn(console, "warn").mockImplementation(() => undefined);
+    try {
+      type WarnLogger = { warn(msg: string): void };
+      // The SDK's own NodeHttpHandler and its socket check, as it runs before each request.
+      const handler = c.ec2.config.requestHandler as unknown as {
+        configProvider: Promise<{ logger: WarnLogger }>;
+        constructor: { checkSocketUsage(agent: unknown, since: number, logger: WarnLogger): number };
+      };
+      const config = await handler.configProvider;
+      // An agent with every socket in use and requests waiting, as under a burst of calls.
+      const busy = { maxSockets: 1, sockets: { "h:80:": [{}] }, requests: { "h:80:": [{}, {}] } };
+      expect(handler.constructor.checkSocketUsage(busy, 0, config.logger)).toBeGreaterThan(0);
+      expect(warned).toHaveLength(1);
+      expect(warned[0]?.msg).toBe("AWS SDK HTTP handler warning");
+      expect(JSON.stringify(warned[0]?.obj)).toContain("socket usage at capacity=1");
+      expect(consoleWarn).not.toHaveBeenCalled();
+      // Without a logger the warnings are dropped rather than printed as plain text.
+      handlerLogger(undefined).warn("x");
+      expect(consoleWarn).not.toHaveBeenCalled();
+    } finally {
+      consoleWarn.mockRestore();
+      c.destroy();
+    }
   });
 
   it("reads the endpoint override from VMFORGE_AWS_ENDPOINT", () => {
