@@ -94,6 +94,15 @@ export interface EventRecorderOptions {
   cacheSize?: number;
   /** Clock (tests). */
   now?: () => Date;
+  /**
+   * Events sent per second at most, with a burst of `burst` (defaults 20 and 50). Events are the
+   * least urgent writes: in a burst of launches they wait rather than take the kube-apiserver from
+   * the status writes; each keeps the time it happened (eventTime).
+   */
+  qps?: number;
+  burst?: number;
+  /** Events waiting beyond this many are dropped and counted (result "dropped"). Default 5000. */
+  maxPending?: number;
 }
 
 interface SeriesEntry {
@@ -115,6 +124,9 @@ export class EventRecorder {
   private readonly cache = new Map<string, SeriesEntry>();
   /** Serializes records with the same aggregation key. */
   private readonly inflight = new Map<string, Promise<void>>();
+  private readonly pace: Pace;
+  private readonly maxPending: number;
+  private pending = 0;
 
   constructor(client: KubeClient, opts: EventRecorderOptions) {
     this.client = client;
@@ -122,6 +134,8 @@ export class EventRecorder {
     this.windowMs = opts.aggregationWindowMs ?? 10 * 60_000;
     this.cacheSize = Math.max(1, opts.cacheSize ?? 1024);
     this.now = opts.now ?? (() => new Date());
+    this.pace = new Pace(opts.qps ?? 20, opts.burst ?? 50);
+    this.maxPending = opts.maxPending ?? 5_000;
   }
 
   /** Emits (or aggregates) an event about `regarding`. Never throws. */
@@ -141,14 +155,29 @@ export class EventRecorder {
       this.fail(err, regarding, reason);
       return;
     }
+    if (this.pending >= this.maxPending) {
+      this.opts.metrics?.eventsTotal.inc({ result: "dropped" });
+      this.opts.logger.debug({ reason, pending: this.pending }, "event dropped: too many waiting to be sent");
+      return;
+    }
+    this.pending++;
     const prev = this.inflight.get(key) ?? Promise.resolve();
-    const run = prev.then(() => this.emit(key, ev, regarding));
+    const run = prev.then(async () => {
+      await this.pace.take();
+      await this.emit(key, ev, regarding);
+    });
     this.inflight.set(key, run);
     try {
       await run;
     } finally {
+      this.pending--;
       if (this.inflight.get(key) === run) this.inflight.delete(key);
     }
+  }
+
+  /** Events accepted and not yet sent (or failed). */
+  get waiting(): number {
+    return this.pending;
   }
 
   /** Entries currently remembered for aggregation (tests, diagnostics). */
@@ -251,4 +280,39 @@ function namespaceTerminating(err: unknown): boolean {
   if (!(err instanceof KubeApiError) || err.status !== 403) return false;
   const causes = (err.body as { details?: { causes?: { reason?: string }[] } } | undefined)?.details?.causes ?? [];
   return causes.some((c) => c.reason === "NamespaceTerminating");
+}
+
+/** A token bucket that waits: take() resolves when a token is free, in call order. */
+class Pace {
+  private tokens: number;
+  private last = Date.now();
+  private tail: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly qps: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+
+  take(): Promise<void> {
+    if (!Number.isFinite(this.qps)) return Promise.resolve();
+    const turn = this.tail.then(() => this.next());
+    this.tail = turn;
+    return turn;
+  }
+
+  private async next(): Promise<void> {
+    for (;;) {
+      const now = Date.now();
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.qps);
+      this.last = now;
+      if (this.tokens >= 1) {
+        this.tokens -= 1;
+        return;
+      }
+      // unref: Events still waiting do not keep a stopping process alive.
+      await new Promise((r) => setTimeout(r, Math.ceil(((1 - this.tokens) / this.qps) * 1000)).unref());
+    }
+  }
 }

@@ -124,6 +124,39 @@ describe("EventRecorder", () => {
     expect(f.patches.map((p) => (p.body as { series: { count: number } }).series.count)).toEqual([2, 3, 4]);
   });
 
+  it("paces Events (qps with a burst), keeping each one's own time, so a burst of them waits instead of crowding other writes", async () => {
+    const f = new FakeEvents();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, qps: 50, burst: 5 });
+    const objs = Array.from({ length: 15 }, (_, i) => ({ ...run, metadata: { ...run.metadata, name: `r${i}`, uid: `u${i}` } }));
+    const t0 = Date.now();
+    const all = Promise.all(objs.map((o) => rec.record(o, "Normal", "Launched", "Launch", `launched ${o.metadata.name}`)));
+    await new Promise((r) => setTimeout(r, 20));
+    // The burst went at once; the rest wait their turn.
+    expect(f.created.length).toBeGreaterThanOrEqual(5);
+    expect(f.created.length).toBeLessThan(15);
+    expect(rec.waiting).toBeGreaterThan(0);
+    await all;
+    expect(f.created).toHaveLength(15);
+    expect(rec.waiting).toBe(0);
+    // 10 beyond the burst at 50/s: at least ~200 ms in all.
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(180);
+    // Each Event carries when it was recorded, not when it was sent.
+    const times = f.created.map((e) => Date.parse(e.eventTime ?? ""));
+    expect(Math.max(...times) - t0).toBeLessThan(100);
+  });
+
+  it("drops and counts Events beyond maxPending rather than holding them without bound", async () => {
+    const f = new FakeEvents();
+    const metrics = new EngineMetrics();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, metrics, qps: 100, burst: 1, maxPending: 3 });
+    const objs = Array.from({ length: 5 }, (_, i) => ({ ...run, metadata: { ...run.metadata, name: `d${i}`, uid: `d${i}` } }));
+    await Promise.all(objs.map((o) => rec.record(o, "Normal", "R", "A", "n")));
+    expect(f.created.map((e) => e.regarding.name)).toEqual(["d0", "d1", "d2"]);
+    const text = await metrics.registry.metrics();
+    expect(text).toMatch(/vmforge_events_total\{result="dropped"\} 2/);
+    expect(text).toMatch(/vmforge_events_total\{result="created"\} 3/);
+  });
+
   it("a namespace being deleted is not a warning; other failures are", async () => {
     const f = new FakeEvents();
     const sink = logSink();
