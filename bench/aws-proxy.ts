@@ -4,6 +4,11 @@
  * RunInstances and TerminateInstances it records when each Run's machine was asked for, by the
  * Run UIDs the request carries (ClientToken, run-uid tag). It measures what the operator asks,
  * not how the emulator answers.
+ *
+ * `routes` sends a service's requests (by the SigV4 credential scope, e.g. "logs") to another
+ * emulator: in AWS each service has its own capacity, while one moto process answers every
+ * service on one Python thread, so the bench's own log shipping would otherwise slow the
+ * operator's launches.
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -24,17 +29,23 @@ export class AwsProxy {
   /** Run UIDs to look for in RunInstances requests. */
   watchUids = new Set<string>();
 
-  constructor(private readonly upstream: string) {}
+  constructor(
+    private readonly upstream: string,
+    private readonly routes: Readonly<Record<string, string>> = {},
+  ) {}
 
   async start(): Promise<string> {
-    const up = new URL(this.upstream);
+    const targets = new Map(Object.entries(this.routes).map(([service, url]) => [service, new URL(url)]));
+    const main = new URL(this.upstream);
     const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
     this.server = http.createServer((req, res) => {
       const chunks: Buffer[] = [];
       req.on("data", (c: Buffer) => chunks.push(c));
       req.on("end", () => {
         const body = Buffer.concat(chunks);
-        this.count(req, body);
+        const service = serviceOf(req);
+        this.count(req, body, service);
+        const up = targets.get(service) ?? main;
         const fwd = http.request({
           host: up.hostname, port: up.port, method: req.method, path: req.url, agent,
           headers: { ...req.headers, host: req.headers.host ?? up.host },
@@ -70,9 +81,7 @@ export class AwsProxy {
     this.terminateSizes.length = 0;
   }
 
-  private count(req: http.IncomingMessage, body: Buffer): void {
-    const auth = String(req.headers.authorization ?? "");
-    const service = /Credential=[^/]+\/[^/]+\/[^/]+\/([^/]+)\//.exec(auth)?.[1] ?? "unknown";
+  private count(req: http.IncomingMessage, body: Buffer, service: string): void {
     let op: string | undefined;
     const target = req.headers["x-amz-target"];
     if (typeof target === "string") op = target.split(".").pop();
@@ -103,4 +112,10 @@ export class AwsProxy {
       this.terminateSizes.push(n);
     }
   }
+}
+
+/** The AWS service a signed request is for (its SigV4 credential scope), or "unknown". */
+function serviceOf(req: http.IncomingMessage): string {
+  const auth = String(req.headers.authorization ?? "");
+  return /Credential=[^/]+\/[^/]+\/[^/]+\/([^/]+)\//.exec(auth)?.[1] ?? "unknown";
 }

@@ -1,6 +1,6 @@
 /** Small helpers for figures: percentiles, formatting, machine load. */
 import os from "node:os";
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
@@ -65,4 +65,67 @@ export async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: n
       await fn(items[i] as T, i);
     }
   }));
+}
+
+/** CPU seconds (user+system) of every process whose command line holds all of `parts`. */
+export function cpuOfMatching(parts: string[]): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc")) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ");
+      if (!parts.every((p) => cmd.includes(p))) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return ticks / 100;
+}
+
+/**
+ * CPU of named process groups sampled every second, so that a window known only afterwards (e.g.
+ * until the last launch) can be read off: cpuIn(from, to) interpolates between samples.
+ */
+export class CpuSampler {
+  private readonly samples: { at: number; cpu: Record<string, number> }[] = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly groups: Record<string, () => number>) {}
+
+  start(): void {
+    this.take();
+    this.timer = setInterval(() => this.take(), 1_000);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.take();
+  }
+
+  private take(): void {
+    const cpu: Record<string, number> = {};
+    for (const [k, f] of Object.entries(this.groups)) cpu[k] = f();
+    this.samples.push({ at: Date.now(), cpu });
+  }
+
+  private at(t: number, k: string): number {
+    const s = this.samples;
+    if (s.length === 0) return NaN;
+    let i = 0;
+    while (i < s.length - 1 && (s[i + 1]?.at ?? Infinity) < t) i++;
+    const a = s[i], b = s[Math.min(i + 1, s.length - 1)];
+    if (!a || !b || b.at === a.at) return a?.cpu[k] ?? NaN;
+    const f = Math.min(1, Math.max(0, (t - a.at) / (b.at - a.at)));
+    return (a.cpu[k] ?? 0) + f * ((b.cpu[k] ?? 0) - (a.cpu[k] ?? 0));
+  }
+
+  /** CPU seconds each group used between two times. */
+  cpuIn(from: number, to: number): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const k of Object.keys(this.groups)) out[k] = Math.round((this.at(to, k) - this.at(from, k)) * 10) / 10;
+    return out;
+  }
 }
