@@ -330,7 +330,14 @@ async function main(): Promise<void> {
         say(`  TerminateInstances: ${sizes.length} calls, instances per call ${sizes.length ? `max ${Math.max(...sizes)}, p50 ${dist(sizes).p50}` : "-"}`);
         say(`  left: ${inst.length} live instances, ${roles.length} TowerForge roles; Runs by phase ${JSON.stringify(runPhases)}; ${fmtLoad(teardown.load)}`);
         const probes = Object.entries(teardown.calls).filter(([k]) => /GetLogEvents|GETObject/.test(k)).reduce((a, [, v]) => a + v, 0);
-        goals.push({ goal: "terminations batched (<= 1,000 per call)", figure: `${sizes.length} calls for ${N} Runs`, met: sizes.length > 0 && sizes.length <= Math.ceil(N / 1000) * 4 });
+        // Batched as the goal says: no call names more than 1,000 instances, and calls are not
+        // per Run (on average at least 100 instances each; before batching it was 1,002 calls of one).
+        const named = sizes.reduce((a, b) => a + b, 0);
+        goals.push({
+          goal: "terminations batched (<= 1,000 per call, not per Run)",
+          figure: `${sizes.length} calls for ${N} Runs (max ${sizes.length ? Math.max(...sizes) : 0}, ${sizes.length ? Math.round(named / sizes.length) : 0} per call on average)`,
+          met: sizes.length > 0 && Math.max(...sizes) <= 1000 && named / sizes.length >= Math.min(100, N / 4),
+        });
         goals.push({ goal: "no per-Run log/S3 probe for cancelled Runs", figure: `${probes} GetLogEvents+GetObject`, met: probes < N / 10 });
         goals.push({ goal: "nothing left after teardown", figure: `${inst.length} instances, ${roles.length} roles`, met: gone && inst.length === 0 && roles.length === 0 });
       }
