@@ -11,6 +11,7 @@ describe("the operator's Node options", () => {
     try {
       const image = shippedNodeOptions();
       expect(image).toContain("--optimize-for-size");
+      expect(image).toContain("--lite-mode");
       const start = (JSON.parse(readFileSync("package.json", "utf8")) as { scripts: Record<string, string> }).scripts.start ?? "";
       expect(start).toBe(["node", ...image, "dist/main.js"].join(" "));
     } finally {
