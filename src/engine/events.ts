@@ -14,6 +14,7 @@ import { KubeApiError } from "./kube.js";
 import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
+import { TokenBucket } from "./queue.js";
 
 export const EventResource: ResourceType = {
   group: "events.k8s.io",
@@ -124,7 +125,7 @@ export class EventRecorder {
   private readonly cache = new Map<string, SeriesEntry>();
   /** Serializes records with the same aggregation key. */
   private readonly inflight = new Map<string, Promise<void>>();
-  private readonly pace: Pace;
+  private readonly pace: TokenBucket;
   private readonly maxPending: number;
   private pending = 0;
 
@@ -134,7 +135,7 @@ export class EventRecorder {
     this.windowMs = opts.aggregationWindowMs ?? 10 * 60_000;
     this.cacheSize = Math.max(1, opts.cacheSize ?? 1024);
     this.now = opts.now ?? (() => new Date());
-    this.pace = new Pace(opts.qps ?? 20, opts.burst ?? 50);
+    this.pace = new TokenBucket(opts.qps ?? 20, opts.burst ?? 50);
     this.maxPending = opts.maxPending ?? 5_000;
   }
 
@@ -162,8 +163,10 @@ export class EventRecorder {
     }
     this.pending++;
     const prev = this.inflight.get(key) ?? Promise.resolve();
+    // The token is reserved now (call order); unref: Events still waiting do not keep a stopping process alive.
+    const wait = this.pace.take();
     const run = prev.then(async () => {
-      await this.pace.take();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
       await this.emit(key, ev, regarding);
     });
     this.inflight.set(key, run);
@@ -280,39 +283,4 @@ function namespaceTerminating(err: unknown): boolean {
   if (!(err instanceof KubeApiError) || err.status !== 403) return false;
   const causes = (err.body as { details?: { causes?: { reason?: string }[] } } | undefined)?.details?.causes ?? [];
   return causes.some((c) => c.reason === "NamespaceTerminating");
-}
-
-/** A token bucket that waits: take() resolves when a token is free, in call order. */
-class Pace {
-  private tokens: number;
-  private last = Date.now();
-  private tail: Promise<void> = Promise.resolve();
-
-  constructor(
-    private readonly qps: number,
-    private readonly burst: number,
-  ) {
-    this.tokens = burst;
-  }
-
-  take(): Promise<void> {
-    if (!Number.isFinite(this.qps)) return Promise.resolve();
-    const turn = this.tail.then(() => this.next());
-    this.tail = turn;
-    return turn;
-  }
-
-  private async next(): Promise<void> {
-    for (;;) {
-      const now = Date.now();
-      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.qps);
-      this.last = now;
-      if (this.tokens >= 1) {
-        this.tokens -= 1;
-        return;
-      }
-      // unref: Events still waiting do not keep a stopping process alive.
-      await new Promise((r) => setTimeout(r, Math.ceil(((1 - this.tokens) / this.qps) * 1000)).unref());
-    }
-  }
 }

@@ -31,15 +31,18 @@ export interface WorkQueueOptions {
   now?: () => number;
 }
 
-/** Token bucket in the style of a reservation limiter: each take() returns how long to wait. */
-class TokenBucket {
+/**
+ * Token bucket in the style of a reservation limiter: each take() returns how long to wait.
+ * Reservations are handed out in call order, so waiting that long keeps the callers in order.
+ */
+export class TokenBucket {
   private tokens: number;
   private last: number;
 
   constructor(
     private readonly qps: number,
     private readonly burst: number,
-    private readonly now: () => number,
+    private readonly now: () => number = Date.now,
   ) {
     this.tokens = burst;
     this.last = now();
