@@ -82,6 +82,31 @@ export async function ensureFinalizer<T extends KubeObject>(
 }
 
 /**
+ * One write that puts `finalizer` on the object (when missing) and sets `annotations` (null
+ * removes one): a merge patch carrying the resourceVersion the object was read at, so it applies
+ * only to that version (409 Conflict otherwise). A decision recorded this way was taken on the
+ * object as stored; on a conflict the caller re-reads and decides again. Returns the stored object.
+ */
+export async function markWithFinalizer<T extends KubeObject>(
+  client: KubeClient,
+  rt: ResourceType,
+  obj: T,
+  finalizer: string,
+  annotations: Record<string, string | null>,
+): Promise<T> {
+  const name = nameOf(rt, obj);
+  const rv = obj.metadata.resourceVersion;
+  if (!rv) throw new TypeError("markWithFinalizer: the object has no metadata.resourceVersion");
+  if (obj.metadata.deletionTimestamp && !hasFinalizer(obj, finalizer)) {
+    throw new Error(`${rt.kind} ${obj.metadata.namespace ? `${obj.metadata.namespace}/` : ""}${name} is being deleted; finalizer ${finalizer} cannot be added`);
+  }
+  const metadata: Record<string, unknown> = { resourceVersion: rv, annotations };
+  // the whole list: safe, as the patch applies only to the version it was computed from
+  if (!hasFinalizer(obj, finalizer)) metadata.finalizers = [...(obj.metadata.finalizers ?? []), finalizer];
+  return client.patch<T>(rt, obj.metadata.namespace, name, { metadata }, "merge");
+}
+
+/**
  * Removes `finalizer` from the object and returns the object as stored, or undefined when the
  * object no longer exists (e.g. it was deleted once its last finalizer went away). No write
  * happens when the finalizer is not present.

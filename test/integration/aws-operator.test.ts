@@ -20,7 +20,8 @@ import type { CloudProvider, EnvContext, RunDescription } from "../../src/cloud/
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { awsClients } from "../../src/cloud/aws/clients.js";
 import type { AwsClientOptions } from "../../src/cloud/aws/clients.js";
-import { SecretResource } from "../../src/controllers/shared.js";
+import { FINALIZER, SecretResource } from "../../src/controllers/shared.js";
+import { launchDecided } from "../../src/controllers/run/phases.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { InstancePlayer } from "../sandbox/instance.js";
 import { streamRunLogs } from "../../src/cli/logs.js";
@@ -189,7 +190,9 @@ describe("AWS Runs through the operator", () => {
     await waitFor("RunInstances happened", async () => launched !== undefined);
     await dying.stop();
     const before = await getRun("crash");
-    expect(before?.status?.phase).toBe("Launching");
+    // the launch was decided (the annotation, with the finalizer) and no machine is recorded
+    expect(before && launchDecided(before)).toBe(true);
+    expect(before?.metadata.finalizers).toContain(FINALIZER);
     expect(before?.status?.instance).toBeUndefined();
     op = await startOperator(kubeconfigPath(), new Map([["aws", countingProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
     const r = await phase("crash", "Running");

@@ -18,6 +18,7 @@ import { CloudError, type CloudProvider, type EnvContext, type RunDescription } 
 import { createLogger } from "../../src/engine/logger.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
+import { launchDecided } from "../../src/controllers/run/phases.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
@@ -107,7 +108,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await waitFor("the VM PUT of the dying operator", async () => launched !== undefined, 60_000, 100);
       await dying.stop();
       const before = await env.getRun("crash", ns);
-      expect(before?.status?.phase).toBe("Launching");
+      // the launch was decided (the annotation, with the finalizer) and no machine is recorded
+      expect(before && launchDecided(before)).toBe(true);
+      expect(before?.metadata.finalizers).toContain(FINALIZER);
       expect(before?.status?.instance).toBeUndefined();
 
       second = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });

@@ -7,7 +7,7 @@ import { setCondition, updateStatus } from "../../src/engine/conditions.js";
 import type { Condition } from "../../src/engine/conditions.js";
 import { EventRecorder, EventResource } from "../../src/engine/events.js";
 import type { EventObject } from "../../src/engine/events.js";
-import { ensureFinalizer, removeFinalizer } from "../../src/engine/finalizers.js";
+import { ensureFinalizer, markWithFinalizer, removeFinalizer } from "../../src/engine/finalizers.js";
 import { KubeApiError, KubeClient } from "../../src/engine/kube.js";
 import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
 import { createLogger, createRedactor } from "../../src/engine/logger.js";
@@ -176,6 +176,22 @@ describe("finalizers on the real API server", () => {
     const out = await ensureFinalizer(r.client, Widget, withOne, "vmforge.dev/cleanup");
     expect(out.metadata.finalizers).toEqual(["a.example/one", "b.example/two", "vmforge.dev/cleanup"]);
     expect(r.patches.map((p) => p.ok)).toEqual([false, true]);
+  });
+
+  it("markWithFinalizer: the finalizer and an annotation in one write, only on the version it was computed from", async () => {
+    const w = await newWidget("fin-mark");
+    const r = recording(client);
+    const a = await markWithFinalizer(r.client, Widget, w, "vmforge.dev/cleanup", { "vmforge.dev/decided-at": "t1" });
+    expect([a.metadata.finalizers, a.metadata.annotations?.["vmforge.dev/decided-at"]]).toEqual([["vmforge.dev/cleanup"], "t1"]);
+    expect(r.patches).toEqual([{ ok: true }]);
+    // a decision taken on a stale copy is refused (409), and the stored object keeps the other writer's change
+    await otherWriterAdds(w, "other.example/keep");
+    await expect(markWithFinalizer(client, Widget, a, "vmforge.dev/cleanup", { "vmforge.dev/decided-at": "t2" })).rejects.toMatchObject({ status: 409 });
+    const fresh = (await fetchWidget(w))!;
+    expect([fresh.metadata.finalizers, fresh.metadata.annotations?.["vmforge.dev/decided-at"]]).toEqual([["vmforge.dev/cleanup", "other.example/keep"], "t1"]);
+    // on the fresh copy: null removes the annotation, the finalizers stay as they are
+    const b = await markWithFinalizer(client, Widget, fresh, "vmforge.dev/cleanup", { "vmforge.dev/decided-at": null });
+    expect([b.metadata.finalizers, b.metadata.annotations?.["vmforge.dev/decided-at"]]).toEqual([["vmforge.dev/cleanup", "other.example/keep"], undefined]);
   });
 
   it("removes only its own finalizer, never one added concurrently", async () => {

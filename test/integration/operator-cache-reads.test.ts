@@ -18,6 +18,7 @@ import type { SecretObject } from "../../src/controllers/shared.js";
 import { Operator } from "../../src/operator.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
+import { launchDecided } from "../../src/controllers/run/phases.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { OperatorConfig } from "../../src/config.js";
 
@@ -225,7 +226,10 @@ describe("leadership and shutdown", () => {
     try {
       await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
       await client.create(RunResource, runManifest(ns, "r", "ce"));
-      await waitFor("Run Launching (launch in flight)", async () => (await client.get<Run>(RunResource, ns, "r"))?.status?.phase === "Launching", 60_000);
+      await waitFor("the Run's launch decided (launch in flight)", async () => {
+        const r = await client.get<Run>(RunResource, ns, "r");
+        return !!r && launchDecided(r);
+      }, 60_000);
       child.kill("SIGTERM");
       expect(await exited).toBe(0);
     } finally {

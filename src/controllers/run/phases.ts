@@ -1,5 +1,6 @@
 import type { Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
+import { ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
 
 export { TERMINAL_PHASES, isTerminal, type RunPhase } from "../../api/phases.js";
 
@@ -8,17 +9,43 @@ export function isRunActive(run: Run): boolean {
   return !isTerminal(run);
 }
 
+/** Reasons of a Pending Run before any launch was attempted (any other Pending reason is a capacity wait). */
+export const PRE_LAUNCH_REASONS: ReadonlySet<string> = new Set(["Accepted", "ComputeEnvironmentNotFound", "ProviderUnavailable", "ComputeEnvironmentNotReady", "ConcurrencyLimit"]);
+
+/**
+ * The operator decided to launch this Run's machine (the annotation, written with the finalizer)
+ * and no status was written since: the launch may be in flight, or may have made a machine that is
+ * not recorded yet. The decision costs no status write of its own; the next status the Run gets
+ * names its machine (Launching/Running), a capacity wait or the failure.
+ */
+export function launchDecided(run: Run): boolean {
+  const s = run.status;
+  return (
+    !!run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] &&
+    (s?.phase ?? "Pending") === "Pending" &&
+    !s?.instance?.id &&
+    PRE_LAUNCH_REASONS.has(s?.reason ?? "Accepted")
+  );
+}
+
+/** A launch was decided (or, as an operator before this one recorded it, Launching) and no machine is recorded yet. */
+export function launchInFlight(run: Run): boolean {
+  return (run.status?.phase === "Launching" && !run.status.instance?.id) || launchDecided(run);
+}
+
 /** A Run that holds (or may hold) a slot of its CE's concurrency limit. */
 export function holdsSlot(run: Run): boolean {
-  return run.status?.phase === "Launching" || run.status?.phase === "Running";
+  return run.status?.phase === "Launching" || run.status?.phase === "Running" || launchDecided(run);
 }
 
 /**
- * Whether a machine may still exist for this Run: it got past Pending (or is Pending again with a
- * recorded machine) and its machine has not been seen terminated. A Run that never launched has none.
+ * Whether a machine may still exist for this Run: its launch was decided, it got past Pending (or
+ * is Pending again with a recorded machine), and its machine has not been seen terminated. A Run
+ * that never launched has none.
  */
 export function machineMayExist(run: Run): boolean {
   const phase = run.status?.phase;
+  if (launchDecided(run)) return true;
   if (phase === undefined) return false;
   // Pending again after a machine the cloud accepted but could not place (a capacity wait): that
   // machine is followed until it is gone.

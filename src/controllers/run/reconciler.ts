@@ -8,7 +8,8 @@ import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
-import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
+import { ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
+import { ensureFinalizer, hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
@@ -18,7 +19,7 @@ import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/prov
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
-import { holdsSlot, isTerminal, machineMayExist } from "./phases.js";
+import { PRE_LAUNCH_REASONS, holdsSlot, isTerminal, launchDecided, launchInFlight, machineMayExist } from "./phases.js";
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
@@ -57,8 +58,6 @@ function polls(pollIntervalMs: number, n: number, min: number, max: number): num
 
 type Phase = NonNullable<RunStatus["phase"]>;
 
-/** Reasons of a Pending Run before any launch was attempted (any other Pending reason is a capacity wait). */
-const PRE_LAUNCH_REASONS = new Set(["Accepted", "ComputeEnvironmentNotFound", "ProviderUnavailable", "ComputeEnvironmentNotReady", "ConcurrencyLimit"]);
 
 /** Detail condition: the operator terminated a machine still running after its pipeline ended. */
 export const MACHINE_LINGERED = "MachineLingered";
@@ -93,8 +92,10 @@ export class RunReconciler {
    * Reads come from the caches, as in controller-runtime; a stale read cannot do harm because:
    * - every phase transition is written with a resourceVersion precondition, so a decision taken
    *   on a stale Run fails with 409 and is retaken on the fresh one (e.g. no second Launching);
-   * - a Run in Launching without a recorded machine is re-read from the API before the launch is
-   *   retried (the cache may not show the machine we recorded a moment ago);
+   * - the launch decision is written with a resourceVersion precondition too (the finalizer and
+   *   an annotation, one write), so a stale Run cannot be launched a second time;
+   * - a Run whose launch was decided but has no recorded machine is re-read from the API before the
+   *   launch is retried (the cache may not show the machine we recorded a moment ago);
    * - the CE reconciler lists Runs from the API before disposing of the environment;
    * - Secrets protected by vmforge are released from a fresh list (releaseUnusedSecrets).
    */
@@ -142,7 +143,7 @@ export class RunReconciler {
   /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
   async reconcile(key: string, signal?: AbortSignal): Promise<ReconcileResult> {
     const { namespace } = splitKey(key);
-    let run = await this.read(key);
+    const run = await this.read(key);
     if (!run) return;
     const log = this.d.logger.child({ run: key });
     if (signal) this.signals.set(log, signal);
@@ -155,7 +156,8 @@ export class RunReconciler {
       return soonest(await this.afterEnd(run, ce, provider, log), ttlWake(run));
     }
 
-    run = await ensureFinalizer(this.d.client, RunResource, run, FINALIZER);
+    // The finalizer comes with the launch decision (one write; see maybeLaunch): a Run that never
+    // got that far has nothing in the cloud to dispose of.
     if (!run.status?.phase) {
       // Acknowledge the Run at once, so every Run shows a phase from its first moments.
       await this.accept(run);
@@ -174,11 +176,11 @@ export class RunReconciler {
     }
 
     if (!ce || !provider) {
-      if (phase === "Pending") {
+      if (phase === "Pending" && !launchDecided(run)) {
         const [reason, message] = !ce
           ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
           : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
-        await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
+        await this.waiting(run, reason, message);
         return this.timeoutWake(run, ce);
       }
       // Launched, but its CE vanished (forced removal): nothing can reach the machine any more.
@@ -195,22 +197,22 @@ export class RunReconciler {
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
 
-    if (phase === "Pending") {
-      const result = await this.maybeLaunch(run, ce, provider, log);
-      if (run.status?.phase !== "Pending") return result;
-      const wake = this.timeoutWake(run, ce);
-      const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
-      return after === Infinity ? undefined : { requeueAfterMs: after };
-    }
-    if (phase === "Launching" && !run.status?.instance?.id) {
+    if (launchInFlight(run)) {
       // The cache may not show the machine recorded a moment ago: look at the stored Run first.
       const fresh = await this.d.client.get<Run>(RunResource, namespace, run.metadata.name ?? "");
       if (!fresh) return;
-      if (fresh.metadata.resourceVersion === run.metadata.resourceVersion || (fresh.status?.phase === "Launching" && !fresh.status.instance?.id)) {
+      if (fresh.metadata.resourceVersion === run.metadata.resourceVersion || launchInFlight(fresh)) {
         return this.launch(fresh, ce, provider, log);
       }
       // Already moved on; the watch event of that version brings it back here.
       return { requeueAfterMs: 1_000 };
+    }
+    if (phase === "Pending") {
+      const result = await this.maybeLaunch(run, ce, provider, log);
+      if (run.status?.phase !== "Pending" || launchDecided(run)) return result;
+      const wake = this.timeoutWake(run, ce);
+      const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
+      return after === Infinity ? undefined : { requeueAfterMs: after };
     }
     return this.follow(run, ce, provider, log);
   }
@@ -219,7 +221,7 @@ export class RunReconciler {
     const ready = getCondition(ce.status?.conditions, "Ready");
     if (ready?.status !== "True" || ce.status?.observedGeneration !== ce.metadata.generation) {
       const message = `waiting for ComputeEnvironment ${ce.metadata.name} to be Ready${ready?.message ? `: ${ready.message}` : ""}`;
-      await this.report(run, { phase: "Pending", reason: "ComputeEnvironmentNotReady", message: clip(message) }, "False", "ComputeEnvironmentNotReady", clip(message));
+      await this.waiting(run, "ComputeEnvironmentNotReady", clip(message));
       return;
     }
     const ceUid = ce.metadata.uid ?? "";
@@ -241,20 +243,35 @@ export class RunReconciler {
     });
     if (!decided) {
       const message = `ComputeEnvironment ${ce.metadata.name} allows ${ce.spec.maxConcurrentRuns} concurrent run(s); waiting for a slot`;
-      await this.report(run, { phase: "Pending", reason: "ConcurrencyLimit", message }, "False", "ConcurrencyLimit", message);
+      await this.waiting(run, "ConcurrencyLimit", message);
       return;
     }
-    // Record the decision before touching the cloud: a crash after this point resumes in Launching,
-    // and the launch itself is idempotent on the Run's UID. The CE records that the cloud may now
-    // hold something of it (its deletion then sweeps).
+    // The CE records that the cloud may now hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
     if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted")) {
       // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
       // one). The Run stays Pending with its reason until a launch is accepted.
+      run.metadata = (await ensureFinalizer(this.d.client, RunResource, run, FINALIZER)).metadata;
       return this.launch(run, ce, provider, log, false);
     }
-    await this.report(run, { phase: "Launching", reason: "Launching", message: "launching the machine" }, "False", "Launching", "launching the machine");
+    // Record the decision before touching the cloud, with the finalizer in the same write (and,
+    // like every transition, only on the version read): a crash after this point finds the launch
+    // in flight (launchDecided), and the launch itself is idempotent on the Run's UID. The Run's
+    // next status names its machine, so the decision costs no status write of its own.
+    run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: now() })).metadata;
     return this.launch(run, ce, provider, log, true);
+  }
+
+  /**
+   * A Pending Run waits before any launch (for its CE, or a slot). A decision annotation left from
+   * an earlier attempt that ended in a capacity wait goes first, so the Run does not read as a
+   * launch in flight.
+   */
+  private async waiting(run: Run, reason: string, message: string): Promise<void> {
+    if (run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] !== undefined) {
+      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: null })).metadata;
+    }
+    await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
