@@ -5,11 +5,7 @@
  *   vmforge policy aws                    print the IAM policy the operator needs, by phase
  *   vmforge logs <run> [-f] [-n ns]       print (and follow) a Run's log
  */
-import type { CloudProvider } from "./cloud/provider.js";
-import { AwsProvider } from "./cloud/aws/provider.js";
 import { defaultProviders, runOperator } from "./run-operator.js";
-import type { OperatorConfig } from "./config.js";
-import { AzureProvider } from "./cloud/azure/provider.js";
 import { streamRunLogs } from "./cli/logs.js";
 import { policyCommand } from "./cli/policy.js";
 
@@ -18,11 +14,6 @@ const USAGE = `usage:
   vmforge policy aws [--document] [--phase <p>[,<p>...]] [--required] [--work-dir s3://bucket[/path]]
   vmforge policy azure [--phase create|launch|logs|dispose] [--subscription <id>] [--with-additions]
   vmforge logs <run> [-f|--follow] [-n|--namespace <namespace>] [--kubeconfig <path>]`;
-
-export function providers(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}): Map<string, CloudProvider> {
-  const azure = config.azureExitLineGraceMs !== undefined ? { exitLineGraceMs: config.azureExitLineGraceMs } : {};
-  return new Map<string, CloudProvider>([["aws", new AwsProvider()], ["azure", new AzureProvider(azure)]]);
-}
 
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -52,7 +43,8 @@ export async function main(argv: string[]): Promise<number> {
         console.error(USAGE);
         return 2;
       }
-      return streamRunLogs({ run, namespace, follow, providers: providers(), ...(kubeconfig ? { kubeconfig } : {}) });
+      // only the Run's cloud is loaded (its SDK), on first use
+      return streamRunLogs({ run, namespace, follow, providers: defaultProviders(), ...(kubeconfig ? { kubeconfig } : {}) });
     }
     case "-h":
     case "--help":
