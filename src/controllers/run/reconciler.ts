@@ -228,14 +228,17 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     const decided = await this.withCeLock(ceUid, async () => {
       const limit = ce.spec.maxConcurrentRuns;
-      const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
-      // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
-      const existing = new Set(ceRuns.map((r) => r.metadata.uid));
-      for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
-      const holders = new Set(this.claims.get(ceUid) ?? []);
-      for (const r of ceRuns) if (holdsSlot(r) && r.metadata.uid) holders.add(r.metadata.uid);
-      holders.delete(uid);
-      if (limit !== undefined && holders.size >= limit) return false;
+      // Only a limit needs the count (a look at each of the CE's Runs, for each launch).
+      if (limit !== undefined) {
+        const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
+        // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
+        const existing = new Set(ceRuns.map((r) => r.metadata.uid));
+        for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
+        const holders = new Set(this.claims.get(ceUid) ?? []);
+        for (const r of ceRuns) if (holdsSlot(r) && r.metadata.uid) holders.add(r.metadata.uid);
+        holders.delete(uid);
+        if (holders.size >= limit) return false;
+      }
       let set = this.claims.get(ceUid);
       if (!set) this.claims.set(ceUid, (set = new Set()));
       set.add(uid);
@@ -258,7 +261,16 @@ export class RunReconciler {
     // like every transition, only on the version read): a crash after this point finds the launch
     // in flight (launchDecided), and the launch itself is idempotent on the Run's UID. The Run's
     // next status names its machine, so the decision costs no status write of its own.
-    run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: now() })).metadata;
+    try {
+      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: now() })).metadata;
+    } catch (e) {
+      // Deleted meanwhile (it had no finalizer yet): nothing was launched, its claim goes.
+      if (e instanceof KubeApiError && e.status === 404) {
+        this.release(run);
+        return;
+      }
+      throw e;
+    }
     return this.launch(run, ce, provider, log, true);
   }
 
