@@ -22,6 +22,12 @@ export class AwsProxy {
   readonly counts = new Map<string, number>();
   /** Run UID -> first RunInstances request time. */
   readonly launchAt = new Map<string, number>();
+  /**
+   * RunInstances for a Run UID already seen: whether the SDK retried its own request (the same
+   * invocation id, a later attempt) or the operator sent a new one (a new invocation id).
+   */
+  readonly repeatedLaunches: { uid: string; sdkRetry: boolean; attempt: string; afterMs: number }[] = [];
+  private readonly launchInvocation = new Map<string, string>();
   /** Instances named per TerminateInstances call. */
   readonly terminateSizes: number[] = [];
   private server: http.Server | undefined;
@@ -78,6 +84,8 @@ export class AwsProxy {
   reset(): void {
     this.counts.clear();
     this.launchAt.clear();
+    this.repeatedLaunches.length = 0;
+    this.launchInvocation.clear();
     this.terminateSizes.length = 0;
   }
 
@@ -104,7 +112,18 @@ export class AwsProxy {
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     const now = Date.now();
     if (op === "RunInstances" && form) {
-      for (const v of form.values()) if (this.watchUids.has(v) && !this.launchAt.has(v)) this.launchAt.set(v, now);
+      const invocation = String(req.headers["amz-sdk-invocation-id"] ?? "");
+      // (the UID is in the request several times: the client token and the tags)
+      for (const v of new Set(form.values())) {
+        if (!this.watchUids.has(v)) continue;
+        const first = this.launchAt.get(v);
+        if (first === undefined) {
+          this.launchAt.set(v, now);
+          this.launchInvocation.set(v, invocation);
+        } else {
+          this.repeatedLaunches.push({ uid: v, sdkRetry: invocation !== "" && this.launchInvocation.get(v) === invocation, attempt: String(req.headers["amz-sdk-request"] ?? ""), afterMs: now - first });
+        }
+      }
     }
     if (op === "TerminateInstances" && form) {
       let n = 0;
