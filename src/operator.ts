@@ -156,6 +156,8 @@ export class Operator {
       if (type !== "DELETED" && !run.status?.phase && !run.metadata.deletionTimestamp) this.ackController.enqueue(key);
       this.runController.enqueue(key);
       if (type === "RESYNC") return;
+      // A Run deleted without ever reaching its finalizer (no launch written) may still hold a claim.
+      if (type === "DELETED") this.runReconciler.forget(run);
       const prev = type === "DELETED" ? (old ?? run) : old;
       // The CE only hears of changes its status depends on, gathered over a moment.
       if (type === "DELETED" || !prev || ceView(prev) !== ceView(run)) this.ceController.enqueueAfter(ceIndexOf(run), CE_COALESCE_MS);

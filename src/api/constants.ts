@@ -70,10 +70,11 @@ export const FINALIZER = "vmforge.dev/finalizer";
 export const ANNOTATION_RECONCILE_REQUESTED = "vmforge.dev/reconcile-requested-at";
 /**
  * Set by the operator on a Run, with its finalizer and in the same write, when it decides to launch
- * the Run's machine (the time of the decision). Until the machine is recorded in status, it is what
- * tells a restarted operator that a launch may be in flight (see launchDecided).
+ * the Run's machine; the value is the Run's UID, so a copy of the object (a new UID) does not carry
+ * a decision over. Until the machine is recorded in status, it is what tells a restarted operator
+ * that a launch may be in flight (see launchDecided).
  */
-export const ANNOTATION_LAUNCH_DECIDED = "vmforge.dev/launch-decided-at";
+export const ANNOTATION_LAUNCH_DECIDED = "vmforge.dev/launch-decided";
 /** Label on a Run naming its ComputeEnvironment (set by the operator, used as a label selector). */
 export const LABEL_COMPUTE_ENVIRONMENT = "vmforge.dev/compute-environment";
 /** Label put on every object the operator creates in Kubernetes. */

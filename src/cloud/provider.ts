@@ -193,8 +193,8 @@ export interface CloudProvider {
   environmentSuspect?(ce: ComputeEnvironment): boolean;
   /**
    * Idempotent launch (the Run's UID is the idempotency token). `hints.firstAttempt` says no launch
-   * of this Run was ever tried before (it was Pending until this reconcile wrote Launching), so a
-   * provider may skip looking for a machine an earlier attempt made.
+   * of this Run was ever tried before (this reconcile just wrote the decision, and no machine is
+   * recorded), so a provider may skip looking for a machine an earlier attempt made.
    */
   launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription>;
   /** One batched call for all given Runs; a Run with no machine maps to undefined. Keyed by Run UID. */

@@ -1,8 +1,9 @@
 /**
- * Finalizer helpers. Both writes are JSON patches guarded by a "test" operation, so they only
- * apply to the finalizer list they were computed from; when someone else changed the list in the
- * meantime the server rejects the patch, the object is re-read and the patch recomputed (a
- * bounded number of times).
+ * Finalizer helpers. ensureFinalizer and removeFinalizer are JSON patches guarded by a "test"
+ * operation, so they only apply to the finalizer list they were computed from; when someone else
+ * changed the list in the meantime the server rejects the patch, the object is re-read and the
+ * patch recomputed (a bounded number of times). markWithFinalizer is one merge patch guarded by
+ * the resourceVersion, left to its caller to retake on a conflict.
  *
  * Add the finalizer before the first external side effect; remove it only after cleanup succeeded.
  */

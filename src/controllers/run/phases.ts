@@ -1,6 +1,6 @@
 import type { Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
-import { ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
+import { ANNOTATION_LAUNCH_DECIDED, FINALIZER } from "../../api/constants.js";
 
 export { TERMINAL_PHASES, isTerminal, type RunPhase } from "../../api/phases.js";
 
@@ -12,19 +12,26 @@ export function isRunActive(run: Run): boolean {
 /** Reasons of a Pending Run before any launch was attempted (any other Pending reason is a capacity wait). */
 export const PRE_LAUNCH_REASONS: ReadonlySet<string> = new Set(["Accepted", "ComputeEnvironmentNotFound", "ProviderUnavailable", "ComputeEnvironmentNotReady", "ConcurrencyLimit"]);
 
+/** A decided launch whose attempt failed and is retried (the Run stays decided). */
+export const LAUNCH_RETRYING = "LaunchRetrying";
+
 /**
- * The operator decided to launch this Run's machine (the annotation, written with the finalizer)
- * and no status was written since: the launch may be in flight, or may have made a machine that is
- * not recorded yet. The decision costs no status write of its own; the next status the Run gets
- * names its machine (Launching/Running), a capacity wait or the failure.
+ * The operator decided to launch this Run's machine (the annotation naming this Run's UID, written
+ * with the finalizer) and the Run's status has not moved on since: the launch may be in flight, or
+ * may have made a machine that is not recorded yet. The decision costs no status write of its own;
+ * the next status the Run gets names its machine (Launching/Running), a capacity wait or the
+ * failure. (A machine recorded earlier, e.g. one the cloud accepted but could not place, does not
+ * end a later decision: the status must move on.)
  */
 export function launchDecided(run: Run): boolean {
   const s = run.status;
+  const uid = run.metadata.uid;
   return (
-    !!run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] &&
+    !!uid &&
+    run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] === uid &&
+    (run.metadata.finalizers?.includes(FINALIZER) ?? false) &&
     (s?.phase ?? "Pending") === "Pending" &&
-    !s?.instance?.id &&
-    PRE_LAUNCH_REASONS.has(s?.reason ?? "Accepted")
+    (PRE_LAUNCH_REASONS.has(s?.reason ?? "Accepted") || s?.reason === LAUNCH_RETRYING)
   );
 }
 

@@ -19,7 +19,7 @@ import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/prov
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
-import { PRE_LAUNCH_REASONS, holdsSlot, isTerminal, launchDecided, launchInFlight, machineMayExist } from "./phases.js";
+import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, holdsSlot, isTerminal, launchDecided, launchInFlight, machineMayExist } from "./phases.js";
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
@@ -91,7 +91,7 @@ export class RunReconciler {
    *
    * Reads come from the caches, as in controller-runtime; a stale read cannot do harm because:
    * - every phase transition is written with a resourceVersion precondition, so a decision taken
-   *   on a stale Run fails with 409 and is retaken on the fresh one (e.g. no second Launching);
+   *   on a stale Run fails with 409 and is retaken on the fresh one;
    * - the launch decision is written with a resourceVersion precondition too (the finalizer and
    *   an annotation, one write), so a stale Run cannot be launched a second time;
    * - a Run whose launch was decided but has no recorded machine is re-read from the API before the
@@ -228,17 +228,17 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     const decided = await this.withCeLock(ceUid, async () => {
       const limit = ce.spec.maxConcurrentRuns;
-      // Only a limit needs the count (a look at each of the CE's Runs, for each launch).
-      if (limit !== undefined) {
-        const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
-        // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
-        const existing = new Set(ceRuns.map((r) => r.metadata.uid));
-        for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
-        const holders = new Set(this.claims.get(ceUid) ?? []);
-        for (const r of ceRuns) if (holdsSlot(r) && r.metadata.uid) holders.add(r.metadata.uid);
-        holders.delete(uid);
-        if (holders.size >= limit) return false;
-      }
+      // Only a limit needs the count (a look at each of the CE's Runs, for each launch) and the
+      // claims (decisions not yet in the cache); without one there is nothing to hold.
+      if (limit === undefined) return true;
+      const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
+      // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
+      const existing = new Set(ceRuns.map((r) => r.metadata.uid));
+      for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
+      const holders = new Set(this.claims.get(ceUid) ?? []);
+      for (const r of ceRuns) if (holdsSlot(r) && r.metadata.uid) holders.add(r.metadata.uid);
+      holders.delete(uid);
+      if (holders.size >= limit) return false;
       let set = this.claims.get(ceUid);
       if (!set) this.claims.set(ceUid, (set = new Set()));
       set.add(uid);
@@ -262,7 +262,7 @@ export class RunReconciler {
     // in flight (launchDecided), and the launch itself is idempotent on the Run's UID. The Run's
     // next status names its machine, so the decision costs no status write of its own.
     try {
-      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: now() })).metadata;
+      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: uid })).metadata;
     } catch (e) {
       // Deleted meanwhile (it had no finalizer yet): nothing was launched, its claim goes.
       if (e instanceof KubeApiError && e.status === 404) {
@@ -271,19 +271,26 @@ export class RunReconciler {
       }
       throw e;
     }
-    return this.launch(run, ce, provider, log, true);
+    // A machine recorded by an earlier attempt (accepted, not placed) is looked for first.
+    return this.launch(run, ce, provider, log, !run.status?.instance?.id);
   }
 
   /**
    * A Pending Run waits before any launch (for its CE, or a slot). A decision annotation left from
-   * an earlier attempt that ended in a capacity wait goes first, so the Run does not read as a
-   * launch in flight.
+   * an earlier attempt that ended in a capacity wait (or copied with the object) goes first, so
+   * the Run does not read as a launch in flight.
    */
   private async waiting(run: Run, reason: string, message: string): Promise<void> {
     if (run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] !== undefined) {
-      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: null })).metadata;
+      const metadata = { resourceVersion: run.metadata.resourceVersion, annotations: { [ANNOTATION_LAUNCH_DECIDED]: null } };
+      run.metadata = (await this.d.client.patch<Run>(RunResource, run.metadata.namespace, run.metadata.name ?? "", { metadata }, "merge")).metadata;
     }
     await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
+  }
+
+  /** The Run is gone from the cache: a claim it still holds (its launch never got written) goes. */
+  forget(run: Run): void {
+    this.release(run);
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
@@ -307,6 +314,12 @@ export class RunReconciler {
       // The launch was refused for the environment's resources (e.g. its instance profile is gone):
       // the CE checks and repairs them now; this Run tries again after its backoff.
       if (provider.environmentSuspect?.(ce)) this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
+      if (launchDecided(run)) {
+        // Still decided, and now saying so: the Run is being launched, not waiting for a check.
+        const reason = e instanceof CloudError ? e.reason : "Error";
+        const message = `launching the machine; an attempt failed (${reason}) and is tried again`;
+        await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message).catch(() => undefined);
+      }
       throw e;
     }
     this.d.tracker.record(run.metadata.uid ?? "", desc);
@@ -457,7 +470,9 @@ export class RunReconciler {
   /**
    * No capacity or quota for the Run's machine now: the Run is Pending with the cloud's reason
    * (e.g. SkuNotAvailable, AllocationFailed) and is tried again after a backoff that doubles per
-   * refusal (from one poll up to 5 minutes), until its timeout fails it. It keeps its slot.
+   * refusal (from one poll up to 5 minutes), until its timeout fails it. Under a concurrency limit
+   * it keeps its claim on a slot while this operator runs (a restarted one counts it again only
+   * once it launches).
    */
   private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<ReconcileResult> {
     const uid = run.metadata.uid ?? "";

@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
 import type { Run, RunStatus } from "../../../src/api/types.js";
-import { ANNOTATION_LAUNCH_DECIDED } from "../../../src/api/constants.js";
+import { ANNOTATION_LAUNCH_DECIDED, FINALIZER } from "../../../src/api/constants.js";
 import { holdsSlot, launchDecided, launchInFlight, machineMayExist } from "../../../src/controllers/run/phases.js";
 
 const run = (status?: Partial<RunStatus>, decided = false): Run =>
   ({
     apiVersion: "vmforge.dev/v1alpha1",
     kind: "Run",
-    metadata: { name: "r", namespace: "ns", uid: "u1", ...(decided ? { annotations: { [ANNOTATION_LAUNCH_DECIDED]: "2026-12-02T08:00:00Z" } } : {}) },
+    metadata: { name: "r", namespace: "ns", uid: "u1", ...(decided ? { annotations: { [ANNOTATION_LAUNCH_DECIDED]: "u1" }, finalizers: [FINALIZER] } : {}) },
     spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
     ...(status ? { status: status as RunStatus } : {}),
   }) as Run;
@@ -37,6 +37,22 @@ describe("a Run's launch decision (the annotation written with the finalizer)", 
     expect([launchDecided(placed), machineMayExist(placed)]).toEqual([false, true]);
     const failed = run({ phase: "Failed", reason: "LaunchFailed" }, true);
     expect([launchDecided(failed), holdsSlot(failed), machineMayExist(failed)]).toEqual([false, false, false]);
+  });
+
+  it("a decision is this Run's own: a copy (another UID in the annotation) or one without the finalizer is not decided", () => {
+    const copied = run({ phase: "Pending", reason: "Accepted" }, true);
+    copied.metadata.uid = "u2";
+    expect([launchDecided(copied), holdsSlot(copied), machineMayExist(copied)]).toEqual([false, false, false]);
+    const noFinalizer = run({ phase: "Pending", reason: "Accepted" }, true);
+    noFinalizer.metadata.finalizers = [];
+    expect([launchDecided(noFinalizer), holdsSlot(noFinalizer)]).toEqual([false, false]);
+  });
+
+  it("a decision after a machine the cloud accepted but could not place still counts, and so does a retried attempt", () => {
+    const again = run({ phase: "Pending", reason: "ConcurrencyLimit", instance: { id: "vm-1", state: "terminated" } }, true);
+    expect([launchDecided(again), launchInFlight(again), holdsSlot(again), machineMayExist(again)]).toEqual([true, true, true, true]);
+    const retrying = run({ phase: "Pending", reason: "LaunchRetrying" }, true);
+    expect([launchDecided(retrying), holdsSlot(retrying), machineMayExist(retrying)]).toEqual([true, true, true]);
   });
 
   it("a Run left in Launching without a machine (as earlier operators recorded a decision) is still a launch in flight", () => {
