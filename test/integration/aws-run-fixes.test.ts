@@ -26,6 +26,7 @@ import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset, strictAws } from "../harness/helpers.js";
 import { shipLauncherLines } from "../harness/aws-launcher-log.js";
+import { launchDecided } from "../../src/controllers/run/phases.js";
 
 const REGION = "eu-west-1";
 const BUCKET = "vmforge-aws-run-fixes";
@@ -198,16 +199,20 @@ describe("launch", () => {
     // EC2 refuses a launch naming a missing profile as an invalid parameter (moto: NoSuchEntity).
     await layer.configure({ ec2ProfileErrors: true });
     let r: Run;
+    const seen = new Set<string>();
     try {
       await run("noprofile", "noprofile");
       r = await waitFor("instance recorded", async () => {
         const x = await getRun("noprofile");
+        if (x?.status?.phase) seen.add(`${x.status.phase}/${x.status.reason}${x.status.reason === "LaunchRetrying" && launchDecided(x) ? " (decided)" : ""}`);
         return x?.status?.instance?.id ? x : undefined;
       }, 90_000, 500);
     } finally {
       await layer.configure({ ec2ProfileErrors: false });
     }
     expect((await layer.stats()).refused["ec2:RunInstances"]).toBeGreaterThan(0);
+    // while its attempts were refused the Run said it was being launched, and stayed decided
+    expect(seen).toContain("Pending/LaunchRetrying (decided)");
     expect(await calls("iam:CreateInstanceProfile")).toBeGreaterThan(refusedBefore);
     const got = await iam.send(new GetInstanceProfileCommand({ InstanceProfileName: profile }));
     expect(got.InstanceProfile?.Roles?.map((x) => x.RoleName)).toEqual([role]);
