@@ -266,11 +266,9 @@ async function main(): Promise<void> {
       say(`  created -> Running:      ${fmtDist(burst.running)}`);
       say(`  all launched ${sec(burst.allLaunchedMs)} after the first create (creating took ${sec(createdAllMs)}); all Running after ${sec(allRunningMs)}`);
       say(`  cloud calls: ${JSON.stringify(burst.cloudCalls)}`);
-      if (proxy.repeatedLaunches.length) {
-        (burst as Record<string, unknown>).repeatedLaunches = [...proxy.repeatedLaunches];
-        const retries = proxy.repeatedLaunches.filter((r) => r.sdkRetry).length;
-        say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length} (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}`);
-      }
+      (burst as Record<string, unknown>).repeatedLaunches = [...proxy.repeatedLaunches];
+      const retries = proxy.repeatedLaunches.filter((r) => r.sdkRetry).length;
+      say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
       if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${Object.entries(launchWindowCpu).map(([k, v]) => `${k} ${v}`).join(", ")}`);

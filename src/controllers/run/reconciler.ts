@@ -58,7 +58,6 @@ function polls(pollIntervalMs: number, n: number, min: number, max: number): num
 
 type Phase = NonNullable<RunStatus["phase"]>;
 
-
 /** Detail condition: the operator terminated a machine still running after its pipeline ended. */
 export const MACHINE_LINGERED = "MachineLingered";
 /** Detail condition: reading the Run's log is refused by the cloud (e.g. logs:GetLogEvents denied). */
