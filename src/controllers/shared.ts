@@ -10,13 +10,14 @@ import type { Condition } from "../engine/conditions.js";
 import { setCondition } from "../engine/conditions.js";
 import type { ComputeEnvironment } from "../api/types.js";
 import { ComputeEnvironmentResource } from "../api/types.js";
+import { FINALIZER } from "../api/constants.js";
 import type { ResolvedCredentials } from "../cloud/provider.js";
 import { CloudError } from "../cloud/provider.js";
 
 export const SecretResource: ResourceType = { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true };
 
-/** Finalizer vmforge puts on its own objects. */
-export const FINALIZER = "vmforge.dev/finalizer";
+/** Finalizer vmforge puts on its own objects (defined with the API). */
+export { FINALIZER };
 /** Finalizer vmforge puts on a credentials Secret while a ComputeEnvironment uses it. */
 export const SECRET_IN_USE_FINALIZER = "vmforge.dev/credentials-in-use";
 /** Label vmforge puts on a credentials Secret it protects, so the operator can watch just those. */
