@@ -313,11 +313,12 @@ export class RunReconciler {
       // The launch was refused for the environment's resources (e.g. its instance profile is gone):
       // the CE checks and repairs them now; this Run tries again after its backoff.
       if (provider.environmentSuspect?.(ce)) this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
-      if (launchDecided(run)) {
+      if (launchDecided(run) && !this.signals.get(log)?.aborted) {
         // Still decided, and now saying so: the Run is being launched, not waiting for a check.
+        // Only on the version read (a leader that lost its Lease, or a stale copy, writes nothing).
         const reason = e instanceof CloudError ? e.reason : "Error";
         const message = `launching the machine; an attempt failed (${reason}) and is tried again`;
-        await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message).catch(() => undefined);
+        await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true).catch(() => undefined);
       }
       throw e;
     }
@@ -683,11 +684,12 @@ export class RunReconciler {
    * (a Run read from a lagging cache, a leader that lost its Lease) fails with 409 instead of
    * overwriting.
    */
-  private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string): Promise<boolean> {
+  /** `lock`: guarded by the resourceVersion even without a phase change (phase changes always are). */
+  private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string, lock = false): Promise<boolean> {
     const next: RunStatus = { ...(run.status ?? {}), ...patch, observedGeneration: run.metadata.generation };
     if (ready && reason !== undefined) next.conditions = runConditions(run.status?.conditions, next.phase ?? "Pending", run.metadata.generation, reason, message ?? "");
     const transition = next.phase !== run.status?.phase;
-    const updated = await updateStatus(this.d.client, RunResource, run, next, transition ? { optimisticLock: true } : {});
+    const updated = await updateStatus(this.d.client, RunResource, run, next, transition || lock ? { optimisticLock: true } : {});
     if (updated) {
       run.status = next;
       // later writes of this reconcile build on the version just written
