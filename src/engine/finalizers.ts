@@ -28,6 +28,13 @@ function nameOf(rt: ResourceType, obj: KubeObject): string {
   return name;
 }
 
+/** The API server refuses a new finalizer on an object being deleted: say so before asking. */
+function refuseIfDeleting(rt: ResourceType, obj: KubeObject, name: string, finalizer: string): void {
+  if (!obj.metadata.deletionTimestamp || hasFinalizer(obj, finalizer)) return;
+  const ns = obj.metadata.namespace;
+  throw new Error(`${rt.kind} ${ns ? `${ns}/` : ""}${name} is being deleted; finalizer ${finalizer} cannot be added`);
+}
+
 /** JSON pointer escaping is not needed for fixed paths; values are compared by the server. */
 function addPatch(obj: KubeObject, finalizer: string): unknown[] {
   const current = obj.metadata.finalizers;
@@ -64,9 +71,7 @@ export async function ensureFinalizer<T extends KubeObject>(
   let lastErr: unknown;
   for (let attempt = 0; attempt < FINALIZER_MAX_ATTEMPTS; attempt++) {
     if (hasFinalizer(cur, finalizer)) return cur;
-    if (cur.metadata.deletionTimestamp) {
-      throw new Error(`${rt.kind} ${ns ? `${ns}/` : ""}${name} is being deleted; finalizer ${finalizer} cannot be added`);
-    }
+    refuseIfDeleting(rt, cur, name, finalizer);
     try {
       return await client.patch<T>(rt, ns, name, addPatch(cur, finalizer), "json");
     } catch (err) {
@@ -98,9 +103,7 @@ export async function markWithFinalizer<T extends KubeObject>(
   const name = nameOf(rt, obj);
   const rv = obj.metadata.resourceVersion;
   if (!rv) throw new TypeError("markWithFinalizer: the object has no metadata.resourceVersion");
-  if (obj.metadata.deletionTimestamp && !hasFinalizer(obj, finalizer)) {
-    throw new Error(`${rt.kind} ${obj.metadata.namespace ? `${obj.metadata.namespace}/` : ""}${name} is being deleted; finalizer ${finalizer} cannot be added`);
-  }
+  refuseIfDeleting(rt, obj, name, finalizer);
   const metadata: Record<string, unknown> = { resourceVersion: rv, annotations };
   // the whole list: safe, as the patch applies only to the version it was computed from
   if (!hasFinalizer(obj, finalizer)) metadata.finalizers = [...(obj.metadata.finalizers ?? []), finalizer];
