@@ -12,6 +12,7 @@ import { ConfigError, loadConfig, type OperatorConfig } from "./config.js";
 import { Operator } from "./operator.js";
 import { requireKubernetesVersion, UnsupportedKubernetesError } from "./kube-version.js";
 import { registerOperatorMetrics } from "./metrics.js";
+import { UNLISTED_LAUNCH_MS } from "./cloud/aws/consistency.js";
 
 /** Runs the operator until a signal (or lost leadership) ends the process. */
 export async function runOperator(
@@ -79,10 +80,7 @@ export async function runOperator(
 }
 
 /** What a provider says about itself without being loaded (must match the real provider; a unit test checks). */
-export interface ProviderTraits {
-  announcesCloudWrites?: boolean;
-  reportsPipelineStart?: boolean;
-}
+export type ProviderTraits = Partial<Pick<CloudProvider, "announcesCloudWrites" | "reportsPipelineStart" | "unlistedLaunchMs">>;
 
 /**
  * A provider whose module (and cloud SDK) is loaded on its first use: an operator that serves only
@@ -95,6 +93,7 @@ export class LazyProvider implements CloudProvider {
   private ready: CloudProvider | undefined;
   readonly announcesCloudWrites: boolean;
   readonly reportsPipelineStart: boolean;
+  private readonly lag: number;
   constructor(
     readonly name: string,
     private readonly load: () => Promise<CloudProvider>,
@@ -102,6 +101,12 @@ export class LazyProvider implements CloudProvider {
   ) {
     this.announcesCloudWrites = traits.announcesCloudWrites ?? false;
     this.reportsPipelineStart = traits.reportsPipelineStart ?? false;
+    this.lag = traits.unlistedLaunchMs ?? 0;
+  }
+
+  /** The loaded provider's own figure once there is one (it may have been configured otherwise). */
+  get unlistedLaunchMs(): number {
+    return this.ready?.unlistedLaunchMs ?? this.lag;
   }
 
   private get p(): Promise<CloudProvider> {
@@ -146,7 +151,7 @@ export function defaultProviders(config: Pick<OperatorConfig, "azureExitLineGrac
   // The AWS SDK's HTTP handler warns (e.g. all sockets busy) through this, into the JSON log.
   const aws = logger ? { logger: logger.child({ component: "aws-sdk" }) } : {};
   return new Map<string, CloudProvider>([
-    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(aws), { announcesCloudWrites: true, reportsPipelineStart: true })],
+    ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(aws), { announcesCloudWrites: true, reportsPipelineStart: true, unlistedLaunchMs: UNLISTED_LAUNCH_MS })],
     ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(azure), { announcesCloudWrites: true, reportsPipelineStart: true })],
   ]);
 }

@@ -179,6 +179,14 @@ export interface CloudProvider {
    * up. Otherwise a running machine counts as a running pipeline.
    */
   readonly reportsPipelineStart?: boolean;
+  /**
+   * How long after a launch call the machine it made may still be missing from describeRuns and
+   * from terminateRun's own look-up (eventual consistency); 0 or absent when the cloud finds it at
+   * once (e.g. by a name fixed in advance). A Run whose launch was decided but whose machine was
+   * never recorded (the answer lost, the operator stopped) counts as having none only once a
+   * termination sent this long after the decision found nothing.
+   */
+  readonly unlistedLaunchMs?: number;
   /** Read-only look at the environment's cloud resources. */
   observeEnvironment(ctx: EnvContext): Promise<EnvObservation>;
   /** Idempotent create / adopt / update. Throws CloudError Terminal on bad input. */

@@ -36,15 +36,26 @@ let op: RunningOperator;
 
 const layer = strictAws();
 
-/** The real provider; a Run whose machine is gone from EC2's list is looked up at once (not after 60 s). */
+/** How long the layer hides a new instance from tag-filtered reads in the tests that delete a Run mid-launch. */
+const HIDDEN_MS = 12_000;
+
+/**
+ * The real provider; a Run whose machine is gone from EC2's list is looked up at once (not after
+ * 60 s), and EC2's listing lag is taken as a little more than the layer's HIDDEN_MS (not 2 min).
+ */
 class TestProvider extends AwsProvider {
   /** When set, the next launch "crashes" right after RunInstances answered (before the status write). */
   crashAfterLaunch = false;
+  /** Runs once after the next RunInstances answered, before the answer reaches the operator. */
+  afterLaunch: (() => Promise<void>) | undefined;
   constructor() {
-    super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0 });
+    super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0, unlistedLaunchMs: HIDDEN_MS + 3_000 });
   }
   override async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
     const d = await super.launchRun(ctx, run);
+    const after = this.afterLaunch;
+    this.afterLaunch = undefined;
+    if (after) await after();
     if (this.crashAfterLaunch) {
       this.crashAfterLaunch = false;
       throw new Error("operator killed right after RunInstances");
@@ -258,6 +269,58 @@ describe("termination and outcome when DescribeInstances does not show the machi
       expect(insts[0]?.State?.Name).toBe("terminated");
     } finally {
       await layer.configure({ consistency: { newInstanceHiddenMs: 0 } });
+    }
+  });
+
+  /**
+   * Creates a Run (of the CE of the same name) that is deleted between EC2's answer to its first
+   * successful RunInstances and the operator reading it; with `crash`, that answer is then lost.
+   * Returns the Run's UID and the machine IDs seen recorded
+   * on it while it was being deleted.
+   */
+  async function deletedMidLaunch(name: string, crash: boolean): Promise<{ uid: string; recordedWhileDeleting: string[] }> {
+    const recordedWhileDeleting: string[] = [];
+    provider.crashAfterLaunch = crash;
+    provider.afterLaunch = async () => {
+      await client.delete(RunResource, ns, name);
+    };
+    await run(name, name);
+    const uid = (await getRun(name))?.metadata.uid ?? "";
+    await waitFor(`Run ${name} gone`, async () => {
+      const r = await getRun(name);
+      if (r?.metadata.deletionTimestamp && r.status?.instance?.id) recordedWhileDeleting.push(r.status.instance.id);
+      return r === undefined;
+    }, 90_000, 100);
+    return { uid, recordedWhileDeleting };
+  }
+
+  it("a Run deleted while the answer of its launch is lost: its machine, not listed yet, is found and terminated before the Run goes", async () => {
+    await readyCe("lost");
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    try {
+      const { uid } = await deletedMidLaunch("lost", true);
+      const insts = await instancesOf(uid);
+      expect(insts).toHaveLength(1);
+      expect(["shutting-down", "terminated"]).toContain(insts[0]?.State?.Name);
+    } finally {
+      provider.crashAfterLaunch = false;
+      provider.afterLaunch = undefined;
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+    }
+  });
+
+  it("a Run deleted during its launch call: the machine is recorded on the deleting Run, then terminated", async () => {
+    await readyCe("midcall");
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    try {
+      const { uid, recordedWhileDeleting } = await deletedMidLaunch("midcall", false);
+      const insts = await instancesOf(uid);
+      expect(insts).toHaveLength(1);
+      expect(new Set(recordedWhileDeleting)).toEqual(new Set([insts[0]?.InstanceId]));
+      expect(["shutting-down", "terminated"]).toContain(insts[0]?.State?.Name);
+    } finally {
+      provider.afterLaunch = undefined;
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
     }
   });
 

@@ -129,6 +129,54 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 150_000);
 
+  it("a Run launched again after a capacity wait is decided before that launch: deleted while its answer is lost, its VM is deleted before the Run goes", async () => {
+    // Its own namespace and operator, so no other test's Run meets the losing provider.
+    const ns = await env.extraNamespace("azcapdel");
+    const real = env.provider();
+    let lost: RunDescription | undefined;
+    let decidedAtCall: boolean | undefined;
+    const refusals: string[] = [];
+    const losing: CloudProvider = Object.assign(Object.create(real) as CloudProvider, {
+      launchRun: async (ctx: EnvContext, r: Run, hints?: { firstAttempt?: boolean }) => {
+        const d = await real.launchRun(ctx, r, hints).catch((e: unknown) => {
+          if (e instanceof CloudError) refusals.push(e.reason);
+          throw e;
+        });
+        if (lost) return d;
+        lost = d;
+        decidedAtCall = launchDecided(r) && r.status?.reason === "LaunchRetrying";
+        await env.kube.delete(RunResource, ns, "capdel");
+        throw new Error("operator killed right after the VM PUT");
+      },
+    });
+    const op = await startOperator(kubeconfigPath(), new Map([["azure", losing]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "capce", { storageAccount: env.storageAccount }));
+      await waitReady(env.kube, ns, "capce");
+      // A size no other test uses; its fault answers one PUT, so the second attempt is placed.
+      await azureControl().addCapacityError({ vmSize: "Standard_E4s_v5", location: LOCATION, code: "SkuNotAvailable", count: 1 });
+      await env.kube.create(RunResource, env.runBody("capdel", "capce", { overrides: { instanceType: "Standard_E4s_v5" } }, ns));
+      const reasons = new Set<string>();
+      let uid = "";
+      await waitFor("Run capdel gone", async () => {
+        const r = await env.getRun("capdel", ns);
+        if (r?.metadata.uid) uid = r.metadata.uid;
+        if (r?.status?.reason) reasons.add(r.status.reason);
+        return r === undefined;
+      }, 60_000, 100);
+      expect(refusals).toEqual(["SkuNotAvailable"]);
+      // the Run said so, and waited its backoff (the refusal's own status write did not bring the next PUT at once)
+      expect(reasons).toContain("SkuNotAvailable");
+      expect(lost?.instanceId).toBeDefined();
+      // the relaunch was recorded as a decision (Pending, LaunchRetrying) before its PUT
+      expect(decidedAtCall).toBe(true);
+      // and the Run went only after its VM was deleted (by its fixed name)
+      expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid)).toEqual([]);
+    } finally {
+      await op.stop();
+    }
+  }, 120_000);
+
   it("deleting a Run mid-run deletes its VM before the Run goes away", async () => {
     await env.kube.create(RunResource, env.runBody("del", CE));
     const r = await started("del");

@@ -18,6 +18,7 @@ import {
 import { AwsClientCache, type AwsClientFactory, type AwsClientOptions, type AwsClients } from "./clients.js";
 import { disposeAwsEnvironment, observeAwsEnvironment, provisionAwsEnvironment } from "./environment.js";
 import { StartProbes, describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
+import { UNLISTED_LAUNCH_MS } from "./consistency.js";
 
 export interface AwsProviderOptions {
   /** Endpoint override for every client (default: $VMFORGE_AWS_ENDPOINT). */
@@ -44,6 +45,8 @@ export interface AwsProviderOptions {
    * (default 100; the least recently read first).
    */
   startProbeLimit?: number;
+  /** See CloudProvider.unlistedLaunchMs (default UNLISTED_LAUNCH_MS, 2 min). */
+  unlistedLaunchMs?: number;
 }
 
 export class AwsProvider implements CloudProvider {
@@ -51,6 +54,7 @@ export class AwsProvider implements CloudProvider {
   readonly announcesCloudWrites = true;
   /** The launcher writes VMFORGE_PIPELINE_STARTED to the Run's log; describeRuns reads it (StartProbes). */
   readonly reportsPipelineStart = true;
+  readonly unlistedLaunchMs: number;
   readonly clients: AwsClientCache;
   private readonly opts: AwsProviderOptions;
   /** CE UIDs whose instance profile EC2 kept refusing at launch (may have been deleted by hand). */
@@ -62,6 +66,7 @@ export class AwsProvider implements CloudProvider {
 
   constructor(opts: AwsProviderOptions = {}) {
     this.opts = opts;
+    this.unlistedLaunchMs = opts.unlistedLaunchMs ?? UNLISTED_LAUNCH_MS;
     this.startProbes = new StartProbes(opts.startProbeLimit ?? 100);
     this.clients = new AwsClientCache({
       ...(opts.clientFactory !== undefined ? { factory: opts.clientFactory } : {}),

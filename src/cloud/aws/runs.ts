@@ -28,6 +28,7 @@ import {
 } from "@aws-sdk/client-ec2";
 import type { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { GetObjectCommand, type S3Client } from "@aws-sdk/client-s3";
+import { RECENT_LAUNCH_MS } from "./consistency.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
 import { DEFAULT_BOOT_DISK_GIB, DEFAULT_BOOT_DISK_VOLUME_TYPE } from "../../api/types.js";
@@ -55,8 +56,6 @@ export const TAG_CE_NAME = "vmforge.dev/ce-name";
 export const TAG_LOG_GROUP = "vmforge.dev/log-group";
 export const TAG_ARTIFACTS = "vmforge.dev/artifacts";
 
-/** How long after a launch EC2 may answer "not found" for the new instance's ID (eventual consistency). */
-const RECENT_LAUNCH_MS = 5 * 60_000;
 /** EC2 allows 50 tags per resource. */
 const MAX_TAGS = 50;
 /** DescribeInstances accepts at most 200 values per filter. */

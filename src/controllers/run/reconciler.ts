@@ -9,7 +9,7 @@ import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
 import { ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
-import { ensureFinalizer, hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
+import { hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
 import type { ComputeEnvironment, Run, RunStatus } from "../../api/types.js";
@@ -74,10 +74,23 @@ export class RunReconciler {
   private readonly signals = new WeakMap<Logger, AbortSignal>();
   /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
   private readonly blocked = new Map<string, number>();
-  /** Run uids of deleted Runs whose termination was sent (an unlisted machine then counts as gone). */
-  private readonly terminationSent = new Set<string>();
-  /** Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it). */
-  private readonly capacityAttempts = new Map<string, number>();
+  /**
+   * Run uid -> when a termination was sent that settles it: for a deleted Run, a machine the cloud
+   * does not list after that counts as gone (see stopMachine).
+   */
+  private readonly terminationSent = new Map<string, number>();
+  /**
+   * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when
+   * this operator first found the launch decided) while no machine of it is recorded: until the
+   * provider's listing lag has passed since, "not listed" does not mean "not made".
+   */
+  private readonly launchTriedAt = new Map<string, number>();
+  /**
+   * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
+   * and when the next may be made: the Run's own status write of the refusal brings it back at
+   * once, and that must not be a new attempt.
+   */
+  private readonly capacityAttempts = new Map<string, { refused: number; retryAt: number; reason: string }>();
 
   constructor(private readonly d: RunDeps) {}
 
@@ -168,7 +181,10 @@ export class RunReconciler {
     if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (Date.now() - since > parseDuration(timeout)) {
-        if (machineMayExist(run) && ce && provider) await this.terminate(run, ce, provider, log);
+        if (machineMayExist(run) && ce && provider) {
+          const wait = await this.stopMachine(run, ce, provider, log);
+          if (wait) return { requeueAfterMs: wait };
+        }
         await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
         return machineMayExist(run) ? { requeueAfterMs: this.d.pollIntervalMs } : undefined;
       }
@@ -191,7 +207,10 @@ export class RunReconciler {
       const [reason, message] = run.spec.cancel
         ? ["Cancelled", "cancelled by spec.cancel"]
         : ["ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`];
-      if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) await this.terminate(run, ce, provider, log);
+      if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
+        const wait = await this.stopMachine(run, ce, provider, log);
+        if (wait) return { requeueAfterMs: wait };
+      }
       await this.finish(run, "Cancelled", reason, message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
@@ -248,30 +267,44 @@ export class RunReconciler {
       await this.waiting(run, "ConcurrencyLimit", message);
       return;
     }
+    const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? 0) - Date.now();
+    if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted") && capacityWait > 0) return { requeueAfterMs: capacityWait };
     // The CE records that the cloud may now hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
     if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted")) {
       // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
-      // one). The Run stays Pending with its reason until a launch is accepted.
-      run.metadata = (await ensureFinalizer(this.d.client, RunResource, run, FINALIZER)).metadata;
+      // one). Trying again is a decision like the first: recorded before the cloud is touched (the
+      // Run reads LaunchRetrying, decided), so a crash or a deletion during this attempt still
+      // looks for the machine it may make. Each write only on the version read.
+      if (run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] !== uid || !hasFinalizer(run, FINALIZER)) {
+        if (!(await this.decide(run))) return;
+      }
+      const message = "launching the machine again after waiting for capacity";
+      await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true);
       return this.launch(run, ce, provider, log, false);
     }
     // Record the decision before touching the cloud, with the finalizer in the same write (and,
     // like every transition, only on the version read): a crash after this point finds the launch
     // in flight (launchDecided), and the launch itself is idempotent on the Run's UID. The Run's
     // next status names its machine, so the decision costs no status write of its own.
+    if (!(await this.decide(run))) return;
+    // A machine recorded by an earlier attempt (accepted, not placed) is looked for first.
+    return this.launch(run, ce, provider, log, !run.status?.instance?.id);
+  }
+
+  /** Writes the launch decision (finalizer and annotation, one write on the version read); false when the Run is gone. */
+  private async decide(run: Run): Promise<boolean> {
     try {
-      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: uid })).metadata;
+      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: run.metadata.uid ?? "" })).metadata;
+      return true;
     } catch (e) {
       // Deleted meanwhile (it had no finalizer yet): nothing was launched, its claim goes.
       if (e instanceof KubeApiError && e.status === 404) {
         this.release(run);
-        return;
+        return false;
       }
       throw e;
     }
-    // A machine recorded by an earlier attempt (accepted, not placed) is looked for first.
-    return this.launch(run, ce, provider, log, !run.status?.instance?.id);
   }
 
   /**
@@ -302,8 +335,11 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
+      this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
       desc = await provider.launchRun(ctx, run, { firstAttempt });
     } catch (e) {
+      // The call may have made a machine up to its very end (an answer lost, a deadline passed).
+      this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
       if (e instanceof CloudError && e.capacity) return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`);
       if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
         const { reason, message } = describeError(e);
@@ -322,27 +358,43 @@ export class RunReconciler {
       }
       throw e;
     }
-    this.d.tracker.record(run.metadata.uid ?? "", desc);
-    this.capacityAttempts.delete(run.metadata.uid ?? "");
+    const uid = run.metadata.uid ?? "";
+    this.d.tracker.record(uid, desc);
+    this.capacityAttempts.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
     const phase: Phase = started ? "Running" : "Launching";
     const message = `machine ${desc.instanceId} ${desc.state}`;
-    const written = await this.report(
-      run,
-      {
+    const record = (r: Run): Promise<boolean> =>
+      this.report(
+        r,
+        {
+          phase,
+          reason: phase === "Running" ? "Running" : "Launching",
+          message,
+          instance: { ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state },
+          launchedAt: r.status?.launchedAt ?? desc.launchedAt ?? now(),
+          ...(phase === "Running" ? { startTime: now() } : {}),
+          ...(desc.log ? { log: desc.log } : {}),
+        },
+        "False",
         phase,
-        reason: phase === "Running" ? "Running" : "Launching",
         message,
-        instance: { ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state },
-        launchedAt: run.status?.launchedAt ?? desc.launchedAt ?? now(),
-        ...(phase === "Running" ? { startTime: now() } : {}),
-        ...(desc.log ? { log: desc.log } : {}),
-      },
-      "False",
-      phase,
-      message,
-    );
+      );
+    let written: boolean;
+    try {
+      written = await record(run);
+    } catch (e) {
+      // The Run changed while its machine was being made (e.g. it is being deleted): the machine
+      // is recorded on the stored version all the same, if that one still awaits it, so what ends
+      // the Run knows what to terminate, even while the cloud does not list the machine yet.
+      if (!(e instanceof KubeApiError && e.status === 409)) throw e;
+      const fresh = await this.d.client.get<Run>(RunResource, run.metadata.namespace, run.metadata.name ?? "");
+      if (!fresh || fresh.metadata.uid !== uid || !launchInFlight(fresh)) throw e;
+      written = await record(fresh);
+      log.info({ instance: desc.instanceId }, "recorded the machine on a newer version of the Run");
+    }
+    this.launchTriedAt.delete(uid);
     // Not awaited (the recorder never throws): a launch burst does not wait on its Events.
     if (written) void this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
     log.info({ instance: desc.instanceId }, "launched");
@@ -476,13 +528,15 @@ export class RunReconciler {
    */
   private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<ReconcileResult> {
     const uid = run.metadata.uid ?? "";
-    const n = this.capacityAttempts.get(uid) ?? 0;
-    this.capacityAttempts.set(uid, n + 1);
+    const last = this.capacityAttempts.get(uid);
+    const n = last?.refused ?? 0;
+    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
+    this.capacityAttempts.set(uid, { refused: n + 1, retryAt: Date.now() + backoff, reason });
     const m = clip(message);
-    const before = run.status?.reason;
+    // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
+    const before = last?.reason ?? run.status?.reason;
     const written = await this.report(run, { phase: "Pending", reason, message: m, ...extra }, "False", reason, m);
     if (written && before !== reason) await this.d.events.record(run, "Warning", reason, "Launch", m);
-    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }
 
@@ -580,17 +634,18 @@ export class RunReconciler {
   private async finalize(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
     if (!hasFinalizer(run, FINALIZER)) return;
     if (machineMayExist(run) && ce && provider) {
-      const obs = this.d.tracker.get(run.metadata.uid ?? "");
-      const state = obs?.desc?.state;
-      // A machine the describe does not list is gone only once termination was sent for it (or
-      // none was ever recorded): a new instance may simply not be listed yet (eventual consistency).
       const uid = run.metadata.uid ?? "";
-      const unlistedIsGone = this.terminationSent.has(uid) || !run.status?.instance?.id;
+      const obs = this.d.tracker.get(uid);
+      const state = obs?.desc?.state;
+      // A machine the describe does not list is gone only when a settling termination was sent
+      // before that look (see stopMachine): a new machine may simply not be listed yet.
+      const settled = this.terminationSent.get(uid);
+      const unlistedIsGone = settled !== undefined && obs !== undefined && obs.at > settled;
       const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
       if (!gone) {
-        const ok = await this.terminate(run, ce, provider, log);
-        if (ok) this.terminationSent.add(uid);
-        return { requeueAfterMs: ok ? Math.min(this.d.pollIntervalMs, 2_000) : this.blockedWake(run) ?? this.d.pollIntervalMs };
+        const wait = await this.stopMachine(run, ce, provider, log);
+        if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
+        return { requeueAfterMs: Math.min(this.d.pollIntervalMs, Math.max(wait, 2_000)) };
       }
     } else if (machineMayExist(run)) {
       log.warn("the Run's ComputeEnvironment is gone; its machine cannot be reached and is left to the orphan sweep");
@@ -599,9 +654,38 @@ export class RunReconciler {
     this.d.tracker.forget(run.metadata.uid ?? "");
     this.blocked.delete(run.metadata.uid ?? "");
     this.terminationSent.delete(run.metadata.uid ?? "");
+    this.launchTriedAt.delete(run.metadata.uid ?? "");
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
     return;
+  }
+
+  /**
+   * Terminates the Run's machine, and says when that can be believed. Returns 0 once it can;
+   * the time (ms) until a later call can settle it; or undefined when termination is blocked.
+   *
+   * A Run whose launch was decided but whose machine was never recorded (the operator stopped, or
+   * lost the launch's answer, in between) may have a machine the cloud does not list yet (EC2's
+   * DescribeInstances is eventually consistent). Only a termination sent once the provider's
+   * listing lag has passed since the last launch call (or since this operator first found the
+   * launch decided, after a restart) settles that such a machine, if made, was found and terminated.
+   */
+  private async stopMachine(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
+    if (!(await this.terminate(run, ce, provider, log))) return undefined;
+    const uid = run.metadata.uid ?? "";
+    const at = Date.now();
+    let left = 0;
+    if (launchDecided(run)) {
+      const since = this.launchTriedAt.get(uid) ?? at;
+      this.launchTriedAt.set(uid, since);
+      left = since + (provider.unlistedLaunchMs ?? 0) - at;
+    }
+    if (left > 0) {
+      log.info({ waitMs: left }, "the launch's machine may not be listed yet; terminating again once it would be");
+      return left;
+    }
+    if (!this.terminationSent.has(uid)) this.terminationSent.set(uid, at);
+    return 0;
   }
 
   /**
@@ -652,6 +736,8 @@ export class RunReconciler {
   private release(run: Run): void {
     const uid = run.metadata.uid ?? "";
     this.capacityAttempts.delete(uid);
+    this.launchTriedAt.delete(uid);
+    this.terminationSent.delete(uid);
     for (const [ceUid, set] of this.claims) {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);
