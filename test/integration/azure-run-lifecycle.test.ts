@@ -19,6 +19,7 @@ import { createLogger } from "../../src/engine/logger.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
+import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
@@ -172,6 +173,44 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(decidedAtCall).toBe(true);
       // and the Run went only after its VM was deleted (by its fixed name)
       expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid)).toEqual([]);
+    } finally {
+      await op.stop();
+    }
+  }, 120_000);
+
+  it("a Run in a capacity wait whose CE stops being Ready waits for it undecided (the decision annotation goes), and is decided anew once it is Ready", async () => {
+    const ns = await env.extraNamespace("azcapce");
+    const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "capce2", { storageAccount: env.storageAccount }));
+      await waitReady(env.kube, ns, "capce2");
+      // A size no other test uses; refused three times (1 + 2 + 4 s of backoff): time to act in.
+      await azureControl().addCapacityError({ vmSize: "Standard_E8s_v5", location: LOCATION, code: "SkuNotAvailable", count: 3 });
+      await env.kube.create(RunResource, env.runBody("capnr", "capce2", { overrides: { instanceType: "Standard_E8s_v5" } }, ns));
+      const waitingForCapacity = await waitFor("Run capnr waiting for capacity", async () => {
+        const r = await env.getRun("capnr", ns);
+        return r?.status?.reason === "SkuNotAvailable" ? r : undefined;
+      }, 30_000, 50);
+      expect(waitingForCapacity.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED]).toBe(waitingForCapacity.metadata.uid);
+      // The CE now names a Secret that does not exist: not Ready.
+      await env.kube.patch(ComputeEnvironmentResource, ns, "capce2", { spec: { credentials: { secretRef: { name: "no-such-secret" } } } }, "merge");
+      const notReady = await waitFor("Run capnr waiting for its CE", async () => {
+        const r = await env.getRun("capnr", ns);
+        return r?.status?.reason === "ComputeEnvironmentNotReady" ? r : undefined;
+      }, 30_000, 100);
+      expect(notReady.status?.phase).toBe("Pending");
+      expect(notReady.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED]).toBeUndefined();
+      expect(launchDecided(notReady)).toBe(false);
+      // Ready again: decided anew and launched, one VM.
+      await env.kube.patch(ComputeEnvironmentResource, ns, "capce2", { spec: { credentials: { secretRef: { name: "azure-creds" } } } }, "merge");
+      const launched = await waitFor("Run capnr launched", async () => {
+        const r = await env.getRun("capnr", ns);
+        return r?.status?.instance?.id && r.status.phase !== "Pending" ? r : undefined;
+      }, 60_000, 200);
+      expect(launched.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED]).toBe(launched.metadata.uid);
+      expect((await azureControl().listVms()).filter((v) => v.tags["vmforge-run-uid"] === launched.metadata.uid)).toHaveLength(1);
+      await env.kube.delete(RunResource, ns, "capnr");
+      await waitFor("Run capnr gone", async () => (await env.getRun("capnr", ns)) === undefined, 60_000, 200);
     } finally {
       await op.stop();
     }

@@ -24,6 +24,8 @@ describe("defaultProviders", () => {
       expect(p?.name).toBe(real.name);
       expect(Boolean(p?.announcesCloudWrites), `${real.name} announcesCloudWrites`).toBe(Boolean(real.announcesCloudWrites));
       expect(Boolean(p?.reportsPipelineStart), `${real.name} reportsPipelineStart`).toBe(Boolean(real.reportsPipelineStart));
+      // before loading too: a deletion after a restart may ask before any call loaded the SDK
+      expect(p?.unlistedLaunchMs ?? 0, `${real.name} unlistedLaunchMs`).toBe(real.unlistedLaunchMs ?? 0);
       // every interface method the real provider implements is reachable through the wrapper
       const lazyMethods = new Set(methods(p as object));
       const interfaceMethods = ["observeEnvironment", "provisionEnvironment", "disposeEnvironment", "environmentSuspect", "launchRun", "describeRuns", "terminateRun", "readRunLog", "sweepOrphans"];
@@ -51,5 +53,14 @@ describe("defaultProviders", () => {
     expect(lazy.environmentSuspect(ce)).toBe(true);
     expect(lazy.reportsPipelineStart).toBe(true);
     expect(loads).toBe(1);
+  });
+
+  it("says the loaded provider's listing lag once there is one, the trait's before", async () => {
+    const fake = { name: "fake", unlistedLaunchMs: 5_000, launchRun: async () => ({ instanceId: "i-1", state: "pending" as const }) } as unknown as CloudProvider;
+    const lazy = new LazyProvider("fake", async () => fake, { unlistedLaunchMs: 120_000 });
+    expect(lazy.unlistedLaunchMs).toBe(120_000);
+    await lazy.launchRun({} as EnvContext, { metadata: { name: "r" } } as Run);
+    expect(lazy.unlistedLaunchMs).toBe(5_000);
+    expect(new LazyProvider("none", async () => fake).unlistedLaunchMs).toBe(0);
   });
 });
