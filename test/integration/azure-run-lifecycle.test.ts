@@ -21,7 +21,7 @@ import { FINALIZER } from "../../src/controllers/shared.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
 import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
-import { startOperator, waitFor } from "../support/operator.js";
+import { startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import { LOCATION, ceBody, cond, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
 import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
@@ -68,6 +68,22 @@ async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceN
   const out: string[] = [];
   for await (const r of rm.resources.listByResourceGroup(rg)) if (r.name?.startsWith(vmName(run.metadata.uid!))) out.push(`${r.type}/${r.name}`);
   return out;
+}
+
+/**
+ * A namespace and an operator of the test's own (with `provider`, by default the real one), and a
+ * Ready CE there: the test's Runs meet no other test's operator, and its faults no other Run.
+ */
+async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudProvider = env.provider()): Promise<{ ns: string; op: RunningOperator; ce: ComputeEnvironment }> {
+  const ns = await env.extraNamespace(prefix);
+  const op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  try {
+    await env.kube.create(ComputeEnvironmentResource, ceBody(ns, ceName, { storageAccount: env.storageAccount }));
+    return { ns, op, ce: await waitReady(env.kube, ns, ceName) };
+  } catch (e) {
+    await op.stop();
+    throw e;
+  }
 }
 
 /** PUTs of a Run's VM in the emulator's request log since `since`. */
@@ -132,7 +148,6 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("a Run launched again after a capacity wait is decided before that launch: deleted while its answer is lost, its VM is deleted before the Run goes", async () => {
     // Its own namespace and operator, so no other test's Run meets the losing provider.
-    const ns = await env.extraNamespace("azcapdel");
     const real = env.provider();
     let lost: RunDescription | undefined;
     let decidedAtCall: boolean | undefined;
@@ -146,14 +161,12 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         if (lost) return d;
         lost = d;
         decidedAtCall = launchDecided(r) && r.status?.reason === "LaunchRetrying";
-        await env.kube.delete(RunResource, ns, "capdel");
+        await env.kube.delete(RunResource, r.metadata.namespace, "capdel");
         throw new Error("operator killed right after the VM PUT");
       },
     });
-    const op = await startOperator(kubeconfigPath(), new Map([["azure", losing]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    const { ns, op } = await ownOperatorAndCe("azcapdel", "capce", losing);
     try {
-      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "capce", { storageAccount: env.storageAccount }));
-      await waitReady(env.kube, ns, "capce");
       // A size no other test uses; its fault answers one PUT, so the second attempt is placed.
       await azureControl().addCapacityError({ vmSize: "Standard_E4s_v5", location: LOCATION, code: "SkuNotAvailable", count: 1 });
       await env.kube.create(RunResource, env.runBody("capdel", "capce", { overrides: { instanceType: "Standard_E4s_v5" } }, ns));
@@ -179,11 +192,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 120_000);
 
   it("a Run in a capacity wait whose CE stops being Ready waits for it undecided (the decision annotation goes), and is decided anew once it is Ready", async () => {
-    const ns = await env.extraNamespace("azcapce");
-    const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    const { ns, op } = await ownOperatorAndCe("azcapce", "capce2");
     try {
-      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "capce2", { storageAccount: env.storageAccount }));
-      await waitReady(env.kube, ns, "capce2");
       // A size no other test uses; refused three times (1 + 2 + 4 s of backoff): time to act in.
       await azureControl().addCapacityError({ vmSize: "Standard_E8s_v5", location: LOCATION, code: "SkuNotAvailable", count: 3 });
       await env.kube.create(RunResource, env.runBody("capnr", "capce2", { overrides: { instanceType: "Standard_E8s_v5" } }, ns));
@@ -242,11 +252,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 90_000);
 
   it("orphan sweep: a VM whose Run no longer exists is deleted with its NIC, IP and disk, and so are a NIC, IP and OS disk left without a VM; a live Run's are kept", async () => {
-    const ns = await env.extraNamespace("azorphan");
-    let op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    const own = await ownOperatorAndCe("azorphan", "orph");
+    const { ns, ce: oce } = own;
+    let op = own.op;
     try {
-      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "orph", { storageAccount: env.storageAccount }));
-      const oce = await waitReady(env.kube, ns, "orph");
       for (const n of ["keep", "lost"]) await env.kube.create(RunResource, env.runBody(n, "orph", {}, ns));
       const keep = await started("keep", oce, ns);
       const lost = await started("lost", oce, ns);
