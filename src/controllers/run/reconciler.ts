@@ -267,11 +267,12 @@ export class RunReconciler {
       await this.waiting(run, "ConcurrencyLimit", message);
       return;
     }
+    const afterCapacityWait = !PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted");
     const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? 0) - Date.now();
-    if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted") && capacityWait > 0) return { requeueAfterMs: capacityWait };
+    if (afterCapacityWait && capacityWait > 0) return { requeueAfterMs: capacityWait };
     // The CE records that the cloud may now hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
-    if (!PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted")) {
+    if (afterCapacityWait) {
       // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
       // one). Trying again is a decision like the first: recorded before the cloud is touched (the
       // Run reads LaunchRetrying, decided), so a crash or a deletion during this attempt still
@@ -335,7 +336,6 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
-      this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
       desc = await provider.launchRun(ctx, run, { firstAttempt });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
