@@ -311,16 +311,20 @@ describe("termination and outcome when DescribeInstances does not show the machi
 
   it("a Run deleted during its launch call: the machine is recorded on the deleting Run, then terminated", async () => {
     await readyCe("midcall");
-    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    // EC2 may also not know the new ID yet: the termination by ID is then tried again.
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS, newInstanceUnknownByIdMs: 3_000 } });
     try {
+      const refusedBefore = (await layer.stats()).refused["ec2:TerminateInstances"] ?? 0;
       const { uid, recordedWhileDeleting } = await deletedMidLaunch("midcall", false);
+      // the first termination by ID met "not found" (the ID too new) and was sent again
+      expect((await layer.stats()).refused["ec2:TerminateInstances"] ?? 0).toBeGreaterThan(refusedBefore);
       const insts = await instancesOf(uid);
       expect(insts).toHaveLength(1);
       expect(new Set(recordedWhileDeleting)).toEqual(new Set([insts[0]?.InstanceId]));
       expect(["shutting-down", "terminated"]).toContain(insts[0]?.State?.Name);
     } finally {
       provider.afterLaunch = undefined;
-      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0, newInstanceUnknownByIdMs: 0 } });
     }
   });
 

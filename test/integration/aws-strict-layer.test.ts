@@ -205,6 +205,17 @@ describe("eventual consistency", () => {
     expect(await idsByTag("n", nOf(input))).toEqual([id]);
   });
 
+  it("a new instance's ID is unknown to TerminateInstances and DescribeInstances for a while (InvalidInstanceID.NotFound), then known", async () => {
+    await layer().configure({ consistency: { newInstanceUnknownByIdMs: 3_600_000 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    await expect(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }))).rejects.toMatchObject({ name: "InvalidInstanceID.NotFound" });
+    await expect(idsById(id)).rejects.toMatchObject({ name: "InvalidInstanceID.NotFound" });
+    await layer().configure({ consistency: { newInstanceUnknownByIdMs: 0 } });
+    expect(await idsById(id)).toEqual([id]);
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+  });
+
   it("... or for a number of tag-filtered answers", async () => {
     await layer().configure({ consistency: { newInstanceHiddenDescribes: 2 } });
     const input = launchInput();

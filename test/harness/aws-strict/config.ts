@@ -33,6 +33,11 @@ export interface ConsistencyConfig {
   newInstanceHiddenMs: number;
   /** ... or for this many tag-filtered DescribeInstances answers that would have shown it. */
   newInstanceHiddenDescribes: number;
+  /**
+   * A new instance's ID is unknown to TerminateInstances and to DescribeInstances by ID for this
+   * long after RunInstances (InvalidInstanceID.NotFound, as EC2 may answer right after a launch).
+   */
+  newInstanceUnknownByIdMs: number;
   /** A terminated instance is left out of every DescribeInstances answer this long after it ended (null: never, as moto). */
   terminatedVisibleMs: number | null;
   /** RunInstances refuses an instance profile for this long after it was created or given its role. */
@@ -97,7 +102,7 @@ export function defaultConfig(): StrictAwsConfig {
   return {
     idempotency: false,
     ec2ProfileErrors: false,
-    consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
+    consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, newInstanceUnknownByIdMs: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
     capacity: [],
     faults: [],
     iam: { enforce: false, rootAccessKeys: [] },

@@ -530,7 +530,19 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function consistencyActive(): boolean {
     const c = config.consistency;
-    return c.newInstanceHiddenMs > 0 || c.newInstanceHiddenDescribes > 0 || c.terminatedVisibleMs !== null;
+    return c.newInstanceHiddenMs > 0 || c.newInstanceHiddenDescribes > 0 || c.newInstanceUnknownByIdMs > 0 || c.terminatedVisibleMs !== null;
+  }
+
+  /** The requested IDs EC2 would not know yet (launched moments ago): answered as EC2 answers, NotFound. */
+  function unknownYet(req: AwsRequest, now: number): HttpAnswer | undefined {
+    const young = queryList(req.params, "InstanceId").filter((id) => {
+      const rec = instances.get(id);
+      return rec !== undefined && now - rec.launchedAt < config.consistency.newInstanceUnknownByIdMs;
+    });
+    if (young.length === 0) return undefined;
+    return young.length === 1
+      ? refuse(req, 400, "InvalidInstanceID.NotFound", `The instance ID '${young[0]}' does not exist`)
+      : refuse(req, 400, "InvalidInstanceID.NotFound", `The instance IDs '${young.join(", ")}' do not exist`);
   }
 
   function forgotten(id: string, now: number): boolean {
@@ -545,6 +557,8 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     const gone = queryList(req.params, "InstanceId").filter((id) => forgotten(id, now));
     if (gone.length === 1) return refuse(req, 400, "InvalidInstanceID.NotFound", `The instance ID '${gone[0]}' does not exist`);
     if (gone.length > 1) return refuse(req, 400, "InvalidInstanceID.NotFound", `The instance IDs '${gone.join(", ")}' do not exist`);
+    const young = unknownYet(req, now);
+    if (young) return young;
     const ans = await forward(req.method, req.url, req.headers, req.body);
     if (ans.status !== 200) return ans;
     const tagFiltered = ec2Filters(req.params).some((f) => f.name.startsWith("tag:") || f.name === "tag-key" || f.name === "tag-value");
@@ -588,6 +602,8 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   }
 
   async function terminateInstances(req: AwsRequest): Promise<HttpAnswer> {
+    const young = unknownYet(req, Date.now());
+    if (young) return young;
     const ans = await forward(req.method, req.url, req.headers, req.body);
     if (ans.status === 200) {
       const root = parseXml(ans.body.toString("utf8")).root;
