@@ -7,7 +7,9 @@
 import { spawn } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
-import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
+import type { KubeObject, PatchType, ResourceType } from "../../src/engine/kube.js";
+import { loadKubeConfig } from "../../src/engine/kubeconfig.js";
+import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { EngineMetrics } from "../../src/engine/metrics.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
@@ -35,11 +37,15 @@ const runManifest = (ns: string, name: string, ce: string): Run => ({
   spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } as Run["spec"],
 });
 
-async function startWithMetrics(cloud: FakeCloud, over: Partial<OperatorConfig>): Promise<{ operator: Operator; metrics: EngineMetrics; lost: { count: number } }> {
+async function startWithMetrics(
+  cloud: FakeCloud,
+  over: Partial<OperatorConfig>,
+  makeClient: (metrics: EngineMetrics) => KubeClient = (metrics) => KubeClient.fromKubeconfig(kubeconfigPath(), { metrics }),
+): Promise<{ operator: Operator; metrics: EngineMetrics; lost: { count: number } }> {
   const metrics = new EngineMetrics({ defaultMetrics: false });
   const config = testConfig(over);
   const operator = new Operator({
-    client: KubeClient.fromKubeconfig(kubeconfigPath(), { metrics }), providers: new Map([["aws", cloud]]), config, metrics,
+    client: makeClient(metrics), providers: new Map([["aws", cloud]]), config, metrics,
     logger: createLogger({ level: process.env.VMFORGE_TEST_LOG_LEVEL ?? "warn", name: "vmforge-test" }),
   });
   const lost = { count: 0 };
@@ -160,7 +166,65 @@ describe("concurrency after a restart", () => {
       await second.operator.stop(3_000);
     }
   });
+
+  it("a Run deleted after it claimed the only slot, before its launch decision was written, gives the slot back at once", async () => {
+    const ns = await freshNamespace(client, "claim");
+    const cloud = new FakeCloud();
+    let hooked: DecisionHookClient | undefined;
+    // The resync is far away: only the release of the claim can start the waiting Run.
+    const op = await startWithMetrics(cloud, { namespaces: [ns], resyncPeriodMs: 3_600_000 }, (metrics) => {
+      hooked = new DecisionHookClient(loadKubeConfig(kubeconfigPath()), { metrics });
+      return hooked;
+    });
+    try {
+      await client.create(ComputeEnvironmentResource, { ...ceManifest(ns, "ce"), spec: { ...ceManifest(ns, "ce").spec, maxConcurrentRuns: 1 } });
+      await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True"));
+      let acted = false;
+      // "doomed" has claimed the slot and is about to write its decision. Meanwhile "next" comes
+      // and waits for the slot; then "doomed" is deleted (no finalizer yet, so it goes at once),
+      // and its decision write meets a 404.
+      if (!hooked) throw new Error("no client");
+      hooked.beforeDecision = {
+        run: "doomed",
+        act: async () => {
+          await client.create(RunResource, runManifest(ns, "next", "ce"));
+          await waitFor("next waits for the slot doomed holds", async () => (await client.get<Run>(RunResource, ns, "next"))?.status?.reason === "ConcurrencyLimit");
+          expect(await client.delete(RunResource, ns, "doomed")).toBe(true);
+          await waitFor("doomed gone", async () => (await client.get<Run>(RunResource, ns, "doomed")) === undefined);
+          acted = true;
+        },
+      };
+      await client.create(RunResource, runManifest(ns, "doomed", "ce"));
+      await waitFor("the hook ran", async () => acted);
+      await waitFor("next launched", async () => ["Launching", "Running"].includes((await client.get<Run>(RunResource, ns, "next"))?.status?.phase ?? ""), 20_000);
+      // Nothing was launched for the deleted Run.
+      expect(cloud.calls.launch).toBe(1);
+    } finally {
+      await op.operator.stop(3_000);
+    }
+  });
 });
+
+/**
+ * The operator's client, with a hook that runs once just before the next launch decision of a Run
+ * is written (the finalizer and the decision annotation), so a test can act in the window between
+ * a Run claiming a concurrency slot and the decision reaching the API server.
+ */
+class DecisionHookClient extends KubeClient {
+  beforeDecision: { run: string; act: () => Promise<void> } | undefined;
+  override async patch<T extends KubeObject>(
+    rt: ResourceType, namespace: string | undefined, name: string, patch: unknown, type: PatchType,
+    opts: { subresource?: "status"; fieldManager?: string; signal?: AbortSignal } = {},
+  ): Promise<T> {
+    const annotations = (patch as { metadata?: { annotations?: Record<string, unknown> } }).metadata?.annotations;
+    const hook = this.beforeDecision;
+    if (hook && rt.plural === RunResource.plural && name === hook.run && typeof annotations?.[ANNOTATION_LAUNCH_DECIDED] === "string") {
+      this.beforeDecision = undefined;
+      await hook.act();
+    }
+    return super.patch<T>(rt, namespace, name, patch, type, opts);
+  }
+}
 
 /** A cloud whose launches hang until their signal aborts (then they record it). */
 class SlowLaunchCloud extends FakeCloud {
