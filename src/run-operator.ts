@@ -146,10 +146,14 @@ export class LazyProvider implements CloudProvider {
 }
 
 /** The providers of the released operator, each loaded on first use. */
-export function defaultProviders(config: Pick<OperatorConfig, "azureExitLineGraceMs"> = {}, logger?: Logger): Map<string, CloudProvider> {
+export function defaultProviders(config: Partial<Pick<OperatorConfig, "azureExitLineGraceMs" | "pollIntervalMs">> = {}, logger?: Logger): Map<string, CloudProvider> {
   const azure = config.azureExitLineGraceMs !== undefined ? { exitLineGraceMs: config.azureExitLineGraceMs } : {};
-  // The AWS SDK's HTTP handler warns (e.g. all sockets busy) through this, into the JSON log.
-  const aws = logger ? { logger: logger.child({ component: "aws-sdk" }) } : {};
+  // The AWS SDK's HTTP handler warns (e.g. all sockets busy) through this, into the JSON log; the
+  // start reads of Runs being set up are paced to the poll interval.
+  const aws = {
+    ...(logger ? { logger: logger.child({ component: "aws-sdk" }) } : {}),
+    ...(config.pollIntervalMs !== undefined ? { pollIntervalMs: config.pollIntervalMs } : {}),
+  };
   return new Map<string, CloudProvider>([
     ["aws", new LazyProvider("aws", async () => new (await import("./cloud/aws/provider.js")).AwsProvider(aws), { announcesCloudWrites: true, reportsPipelineStart: true, unlistedLaunchMs: UNLISTED_LAUNCH_MS })],
     ["azure", new LazyProvider("azure", async () => new (await import("./cloud/azure/provider.js")).AzureProvider(azure), { announcesCloudWrites: true, reportsPipelineStart: true })],

@@ -2,7 +2,7 @@
 // providers say about themselves, and pass every call through whole (arguments included).
 import { describe, expect, it } from "vitest";
 import { defaultProviders, LazyProvider } from "../../src/run-operator.js";
-import { AwsProvider } from "../../src/cloud/aws/provider.js";
+import { AwsProvider, START_PROBE_READS_PER_S, startProbeLimitFor } from "../../src/cloud/aws/provider.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import type { CloudProvider, EnvContext } from "../../src/cloud/provider.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
@@ -53,6 +53,20 @@ describe("defaultProviders", () => {
     expect(lazy.environmentSuspect(ce)).toBe(true);
     expect(lazy.reportsPipelineStart).toBe(true);
     expect(loads).toBe(1);
+  });
+
+  it("paces the AWS start reads to the operator's poll interval", async () => {
+    expect(startProbeLimitFor(undefined)).toBe(100);
+    expect(startProbeLimitFor(15_000)).toBe(15 * START_PROBE_READS_PER_S);
+    expect(startProbeLimitFor(5_000)).toBe(5 * START_PROBE_READS_PER_S);
+    expect(startProbeLimitFor(1_000)).toBe(10); // never below 10 per describe
+    for (const [pollIntervalMs, limit] of [[1_000, 10], [15_000, 120], [undefined, 100]] as const) {
+      const lazy = defaultProviders(pollIntervalMs === undefined ? {} : { pollIntervalMs }).get("aws") as LazyProvider;
+      // the loaded provider (the getter is private to LazyProvider; loading costs no call)
+      const real = await (lazy as unknown as { p: Promise<AwsProvider> }).p;
+      expect(real.startProbeLimit, `poll ${pollIntervalMs}`).toBe(limit);
+    }
+    expect(new AwsProvider({ pollIntervalMs: 1_000, startProbeLimit: 300 }).startProbeLimit).toBe(300);
   });
 
   it("says the loaded provider's listing lag once there is one, the trait's before", async () => {

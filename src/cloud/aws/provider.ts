@@ -41,12 +41,32 @@ export interface AwsProviderOptions {
   missingProbeAfterMs?: number;
   /**
    * At most this many Runs whose machine is up but whose launcher has not said the pipeline
-   * started are read (one GetLogEvents page each) per describe of an account and region
-   * (default 100; the least recently read first).
+   * started are read (one GetLogEvents page each) per describe of an account and region (the
+   * least recently read first). Default: paced to the poll interval (see pollIntervalMs), else 100.
    */
   startProbeLimit?: number;
+  /**
+   * The operator's poll interval (describeRuns comes once per interval for each account and
+   * region). Without startProbeLimit, the start reads per describe are START_PROBE_READS_PER_S
+   * for each second of it (at least 10), so a short interval does not spend more of CloudWatch
+   * Logs' GetLogEvents quota than a long one.
+   */
+  pollIntervalMs?: number;
   /** See CloudProvider.unlistedLaunchMs (default UNLISTED_LAUNCH_MS, 2 min). */
   unlistedLaunchMs?: number;
+}
+
+/**
+ * GetLogEvents calls per second of poll interval the start reads may make: a third of CloudWatch
+ * Logs' quota for the call (25 per second per account and region), which `vmforge logs -f`, the
+ * exit reads and the account's other users share.
+ */
+export const START_PROBE_READS_PER_S = 8;
+
+/** The start reads per describe for a poll interval (100 when none is given). */
+export function startProbeLimitFor(pollIntervalMs: number | undefined): number {
+  if (pollIntervalMs === undefined) return 100;
+  return Math.max(10, Math.floor((START_PROBE_READS_PER_S * pollIntervalMs) / 1000));
 }
 
 export class AwsProvider implements CloudProvider {
@@ -67,11 +87,16 @@ export class AwsProvider implements CloudProvider {
   constructor(opts: AwsProviderOptions = {}) {
     this.opts = opts;
     this.unlistedLaunchMs = opts.unlistedLaunchMs ?? UNLISTED_LAUNCH_MS;
-    this.startProbes = new StartProbes(opts.startProbeLimit ?? 100);
+    this.startProbes = new StartProbes(opts.startProbeLimit ?? startProbeLimitFor(opts.pollIntervalMs));
     this.clients = new AwsClientCache({
       ...(opts.clientFactory !== undefined ? { factory: opts.clientFactory } : {}),
       ...(opts.cacheSize !== undefined ? { max: opts.cacheSize } : {}),
     });
+  }
+
+  /** How many Runs being set up one describe reads at most (see AwsProviderOptions.startProbeLimit). */
+  get startProbeLimit(): number {
+    return this.startProbes.limit;
   }
 
   /** The clients for a CE's credentials and region. Throws Terminal for a bad Secret or spec. */
