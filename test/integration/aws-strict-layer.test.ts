@@ -183,6 +183,37 @@ describe("faults", () => {
   });
 });
 
+describe("rate limits", () => {
+  it("a request rate over the action's quota is throttled (ThrottlingException), per Region, and the bucket refills", async () => {
+    const group = `/layer/rate-${suffix}`;
+    await admin.logs.send(new CreateLogGroupCommand({ logGroupName: group }));
+    await admin.logs.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: "s" }));
+    await layer().configure({ rateLimits: [{ action: "logs:GetLogEvents", perSecond: 2, burst: 3 }] });
+    try {
+      await layer().resetStats();
+      const read = () => admin.logs.send(new GetLogEventsCommand({ logGroupName: group, logStreamName: "s" })).then(() => "ok", (e: { name?: string }) => e.name ?? "error");
+      const burst = await Promise.all(Array.from({ length: 8 }, read));
+      expect(burst.filter((x) => x === "ok").length).toBeGreaterThanOrEqual(3);
+      expect(burst.filter((x) => x === "ok").length).toBeLessThanOrEqual(4); // the burst, and at most one refilled meanwhile
+      expect(burst.filter((x) => x !== "ok").every((x) => x === "ThrottlingException")).toBe(true);
+      // Other actions are not limited by the rule.
+      await expect(admin.logs.send(new DescribeLogGroupsCommand({}))).resolves.toBeDefined();
+      // Refilled after a second and a half (2 per second).
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(await Promise.all([read(), read()])).toEqual(["ok", "ok"]);
+      // Another Region has its own bucket.
+      const other = clients(ADMIN, "us-east-1").logs; // REGION is eu-west-1
+      await other.send(new CreateLogGroupCommand({ logGroupName: group }));
+      await other.send(new CreateLogStreamCommand({ logGroupName: group, logStreamName: "s" }));
+      expect((await Promise.all(Array.from({ length: 3 }, () => other.send(new GetLogEventsCommand({ logGroupName: group, logStreamName: "s" })).then(() => "ok"))))).toEqual(["ok", "ok", "ok"]);
+      const stats = await layer().stats();
+      expect(stats.throttled["logs:GetLogEvents"]).toBe(burst.filter((x) => x !== "ok").length);
+    } finally {
+      await layer().configure({ rateLimits: [] });
+    }
+  });
+});
+
 describe("eventual consistency", () => {
   it("off: a new instance is listed by tag at once, a terminated one stays listed", async () => {
     const input = launchInput();

@@ -487,10 +487,24 @@ export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
 export class StartProbes {
   /** Run UID -> cursor in its log stream, whether the start line was seen, first and last read. */
   private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number; error?: { reason: string; message: string } }>();
+  /** Run UID -> when its outcome (exit line, exit status) was last read. */
+  private readonly exitReadAt = new Map<string, number>();
   constructor(readonly limit = 100, private readonly clock: () => number = Date.now, private readonly forgetAfterMs = 30 * 60_000) {}
 
-  /** The Runs (of those given) to read now. */
-  pick(uids: string[], now = this.clock()): string[] {
+  /**
+   * The ended Runs (of those given) whose outcome is read now: at most `limit`, those read least
+   * recently first, so that when more machines end at once than one describe may read (a CE's
+   * Runs finishing together), they take turns and none waits behind a Run whose read keeps failing.
+   */
+  pickExits(uids: string[], now = this.clock()): string[] {
+    for (const [uid, at] of this.exitReadAt) if (now - at > this.forgetAfterMs) this.exitReadAt.delete(uid);
+    const chosen = [...uids].sort((a, b) => (this.exitReadAt.get(a) ?? 0) - (this.exitReadAt.get(b) ?? 0)).slice(0, this.limit);
+    for (const u of chosen) this.exitReadAt.set(u, now);
+    return chosen;
+  }
+
+  /** The Runs (of those given) to read now, at most `max` (the limit less the exit reads of this describe). */
+  pick(uids: string[], now = this.clock(), max = this.limit): string[] {
     for (const [uid, s] of this.state) if (now - s.at > this.forgetAfterMs) this.state.delete(uid);
     return uids
       .filter((u) => {
@@ -499,7 +513,7 @@ export class StartProbes {
         return !s.started && now - s.at >= Math.min(5 * 60_000, (now - s.first) / 20);
       })
       .sort((a, b) => (this.state.get(a)?.at ?? 0) - (this.state.get(b)?.at ?? 0))
-      .slice(0, this.limit);
+      .slice(0, Math.max(0, max));
   }
   started(uid: string): boolean {
     return this.state.get(uid)?.started === true;
@@ -520,9 +534,13 @@ export class StartProbes {
   errorOf(uid: string): { reason: string; message: string } | undefined {
     return this.state.get(uid)?.error;
   }
-  /** The Run is Running (or over): nothing more to learn. */
+  /** The Run is Running (or over): nothing more to learn of its start. */
   forget(uid: string): void {
     this.state.delete(uid);
+  }
+  /** The Run has its outcome: its turn among the outcome reads goes too. */
+  forgetExit(uid: string): void {
+    this.exitReadAt.delete(uid);
   }
   get size(): number {
     return this.state.size;
@@ -601,7 +619,10 @@ export async function describeRuns(
     const desc = describeInstance(inst, ctx.ce, run);
     result.set(uid, desc);
     if (isTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
-    if (isTerminal(run)) continue;
+    if (isTerminal(run)) {
+      opts.startProbes?.forgetExit(uid);
+      continue;
+    }
     // Being cancelled (spec.cancel, the Run or its CE deleted): its outcome is Cancelled whatever
     // the machine says, so neither its start nor its exit line is worth a read.
     if (beingCancelled(run, ctx.runCe?.(run) ?? ctx.ce)) continue;
@@ -616,8 +637,16 @@ export async function describeRuns(
     }
   }
   const probes = opts.startProbes;
+  // One budget of log reads per describe (StartProbes.limit Runs): outcomes first, then starts.
+  let exits = needExit;
+  if (probes) {
+    const chosen = new Set(probes.pickExits(needExit.map((n) => n.run.metadata.uid as string)));
+    exits = needExit.filter((n) => chosen.has(n.run.metadata.uid as string));
+    // The others wait for a later describe, as Runs whose outcome is not known yet.
+    for (const n of needExit) if (!chosen.has(n.run.metadata.uid as string)) waitForOutcome(result, n);
+  }
   if (probes && settingUp.length > 0) {
-    const chosen = new Set(probes.pick(settingUp.map((s) => s.run.metadata.uid as string)));
+    const chosen = new Set(probes.pick(settingUp.map((s) => s.run.metadata.uid as string), undefined, probes.limit - exits.length));
     await forEachLimited(settingUp.filter((s) => chosen.has(s.run.metadata.uid as string)), opts.exitCodeConcurrency ?? 8, ({ run, inst, desc }) =>
       probeStart(clients, ctx, run, inst, desc, probes).catch((e: unknown) => {
         // One Run's log read failing does not blind the others' observation. A read that cannot
@@ -630,7 +659,8 @@ export async function describeRuns(
       if (err) desc.readError = err;
     }
   }
-  await forEachLimited(needExit, opts.exitCodeConcurrency ?? 8, async ({ run, inst, desc, missing }) => {
+  await forEachLimited(exits, opts.exitCodeConcurrency ?? 8, async (item) => {
+    const { run, inst, desc, missing } = item;
     let outcome: LauncherOutcome | undefined;
     try {
       outcome = await exitCodeOf(clients, ctx, run, inst);
@@ -638,10 +668,12 @@ export async function describeRuns(
       // A read that cannot work (logs:GetLogEvents or s3:GetObject denied) stays with its Run: the
       // others are still observed, and this Run's outcome is not guessed (the reconciler waits,
       // naming the cause, until a read works or the Run's timeout).
-      if (!(e instanceof CloudError && e.kind === "Terminal")) throw e;
-      desc.readError = { reason: e.reason, message: e.message };
-      desc.outcomeUnknown = true;
-      if (missing) result.set(run.metadata.uid as string, desc);
+      if (!(e instanceof CloudError)) throw e;
+      // A refusal a retry will not fix (e.g. a missing permission) is named on the Run; a passing
+      // one (throttling, a timeout) is not. Either way this Run waits for a later read, and the
+      // other Runs of the account and region are observed now.
+      if (e.kind === "Terminal") desc.readError = { reason: e.reason, message: e.message };
+      waitForOutcome(result, item);
       return;
     }
     const code = outcome?.code;
@@ -653,6 +685,12 @@ export async function describeRuns(
     }
   });
   return result;
+}
+
+/** An ended (or unlisted) Run whose outcome was not read this time: it is not given one from this description. */
+function waitForOutcome(result: Map<string, RunDescription | undefined>, n: { run: Run; desc: RunDescription; missing?: boolean }): void {
+  n.desc.outcomeUnknown = true;
+  if (n.missing) result.set(n.run.metadata.uid as string, n.desc);
 }
 
 async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {

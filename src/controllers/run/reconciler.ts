@@ -471,6 +471,11 @@ export class RunReconciler {
         // means someone stopped it by hand; on Azure an OS shutdown leaves the VM stopped, and the
         // provider may report its known outcome here when deleting it failed.
         await this.terminate(run, ce, provider, log);
+        if (desc.outcomeUnknown && desc.exitCode === undefined) {
+          // Its outcome could not be read this time: the terminated machine's is read next.
+          await this.report(run, { instance, message: clip(`machine ${desc.instanceId} ${desc.state}; waiting for the pipeline's outcome`) });
+          return { requeueAfterMs: next };
+        }
         if (desc.exitCode !== undefined) {
           const ok = desc.exitCode === 0 && !desc.bootstrapStep;
           const [reason, message] = desc.bootstrapStep

@@ -6,7 +6,7 @@
 //   await aws.reset(); // everything off again (each integration test file also starts that way)
 import { CONTROL_PREFIX, type CrashPoint, type CrashState, type StrictAwsConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 
-export type { CapacityRule, ConsistencyConfig, CrashPoint, CrashRecord, CrashState, FaultRule, IamConfig, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
+export type { CapacityRule, ConsistencyConfig, CrashPoint, CrashRecord, CrashState, FaultRule, IamConfig, RateLimitRule, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
 
 export class StrictAwsControl {
   constructor(readonly endpoint: string) {}

@@ -17,6 +17,19 @@ export interface FaultRule {
   count?: number;
 }
 
+/**
+ * A request-rate quota, as AWS applies one per account and Region to an API action (e.g.
+ * CloudWatch Logs' GetLogEvents, 25 per second): a token bucket per Region that refills at
+ * `perSecond`; a request finding it empty is throttled (the answer of a "throttle" fault).
+ */
+export interface RateLimitRule {
+  /** IAM action pattern, as for faults: "logs:GetLogEvents", "ec2:Describe*". */
+  action: string;
+  perSecond: number;
+  /** Bucket size (default: perSecond, i.e. one second's worth). */
+  burst?: number;
+}
+
 export interface CapacityRule {
   /** Availability Zone (of the request's subnet, or its Placement), or "*" for every zone. */
   availabilityZone: string;
@@ -70,6 +83,7 @@ export interface StrictAwsConfig {
   consistency: ConsistencyConfig;
   capacity: CapacityRule[];
   faults: FaultRule[];
+  rateLimits: RateLimitRule[];
   iam: IamConfig;
 }
 
@@ -80,6 +94,7 @@ export interface StrictAwsConfigPatch {
   consistency?: Partial<ConsistencyConfig>;
   capacity?: CapacityRule[];
   faults?: FaultRule[];
+  rateLimits?: RateLimitRule[];
   iam?: Partial<IamConfig>;
 }
 
@@ -93,6 +108,8 @@ export interface StrictAwsStats {
   writes: Record<string, string[]>;
   /** Injected faults per action. */
   faults: Record<string, number>;
+  /** Requests throttled by a rate limit, per action. */
+  throttled: Record<string, number>;
   /** Requests the layer refused (IAM, idempotency, capacity, consistency) per action. */
   refused: Record<string, number>;
 }
@@ -105,6 +122,7 @@ export function defaultConfig(): StrictAwsConfig {
     consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, newInstanceUnknownByIdMs: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
     capacity: [],
     faults: [],
+    rateLimits: [],
     iam: { enforce: false, rootAccessKeys: [] },
   };
 }
@@ -116,6 +134,7 @@ export function applyPatch(cfg: StrictAwsConfig, patch: StrictAwsConfigPatch): S
     consistency: { ...cfg.consistency, ...patch.consistency },
     capacity: patch.capacity ? patch.capacity.map((r) => ({ ...r })) : cfg.capacity,
     faults: patch.faults ? patch.faults.map((r) => ({ ...r })) : cfg.faults,
+    rateLimits: patch.rateLimits ? patch.rateLimits.map((r) => ({ ...r })) : cfg.rateLimits,
     iam: { ...cfg.iam, ...patch.iam },
   };
 }

@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 import { createServer, Agent, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { applyPatch, CONTROL_PREFIX, defaultConfig, type CrashPoint, type CrashRecord, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
+import { applyPatch, CONTROL_PREFIX, defaultConfig, type CrashPoint, type CrashRecord, type RateLimitRule, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 import { evaluate, globMatch, trustAllows, type ConditionContext, type Decision, type PolicyDocument } from "./policy-eval.js";
 import { verifySigV4 } from "./sigv4.js";
 import { describeRequest, ec2Filters, errorAnswer, faultAnswer, isWriteRequest, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
@@ -126,7 +126,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   const agent = new Agent({ keepAlive: true, maxSockets: 64 });
 
   let config = defaultConfig();
-  let stats: StrictAwsStats = { calls: {}, writes: {}, faults: {}, refused: {} };
+  let stats: StrictAwsStats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
   let crashArmed: CrashPoint[] = [];
   let crashFired: CrashRecord[] = [];
   const launches = new Map<string, StoredLaunch>();
@@ -140,7 +140,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function resetState(): void {
     config = defaultConfig();
-    stats = { calls: {}, writes: {}, faults: {}, refused: {} };
+    stats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
     crashArmed = [];
     crashFired = [];
     launches.clear();
@@ -633,6 +633,28 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     return undefined;
   }
 
+  /** Token buckets of the rate limits in force, per rule and Region (a new configuration starts them full). */
+  const buckets = new WeakMap<RateLimitRule, Map<string, { tokens: number; at: number }>>();
+  function rateLimited(req: AwsRequest): HttpAnswer | undefined {
+    for (const rule of config.rateLimits) {
+      if (!globMatch(rule.action, req.action, true)) continue;
+      const burst = rule.burst ?? rule.perSecond;
+      let perRegion = buckets.get(rule);
+      if (!perRegion) buckets.set(rule, (perRegion = new Map()));
+      const now = Date.now();
+      const b = perRegion.get(req.region) ?? { tokens: burst, at: now };
+      b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rule.perSecond);
+      b.at = now;
+      perRegion.set(req.region, b);
+      if (b.tokens < 1) {
+        bump(stats.throttled, req.action);
+        return faultAnswer(req, "throttle");
+      }
+      b.tokens -= 1;
+    }
+    return undefined;
+  }
+
   /** Counts a write of the request's access key; returns the crash point armed for it, if any (disarmed). */
   function crashPointFor(req: AwsRequest): CrashPoint | undefined {
     if (!isWriteRequest(req)) return undefined;
@@ -654,7 +676,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   async function handleAws(req: AwsRequest): Promise<HttpAnswer | typeof DROPPED> {
     bump(stats.calls, req.action);
-    const fault = injectedFault(req);
+    const fault = injectedFault(req) ?? rateLimited(req);
     if (fault) return fault;
     if (config.iam.enforce) {
       const denied = await authorize(req);
@@ -711,7 +733,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     }
     if (sub === "/stats" && method === "GET") return json(res, 200, stats);
     if (sub === "/stats/reset" && method === "POST") {
-      stats = { calls: {}, writes: {}, faults: {}, refused: {} };
+      stats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
       return json(res, 200, stats);
     }
     return json(res, 404, { message: `no such control endpoint: ${method} ${path}` });

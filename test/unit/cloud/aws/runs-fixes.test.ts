@@ -406,6 +406,64 @@ describe("a log read the cloud refuses", () => {
   });
 });
 
+describe("ended machines: outcome reads under throttling and in turns", () => {
+  const uidOf = (i: number) => `0f1e2d3c-aaaa-bbbb-cccc-0000000000c${i}`;
+  const ended = (i: number) => withStatus(sampleRun({ name: `e${i}`, uid: uidOf(i) }), { phase: "Running", instance: { id: `i-c${i}` } });
+  /** Every Run's machine terminated; its markers stream holds exit code i; `throttle` names the Runs whose read AWS throttles. */
+  function cloud(runs: Run[], throttle: Set<string>) {
+    return fakeClients((name, input) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: runs.map((r) => instanceFor(r, { State: { Name: "terminated", Code: 48 } })) }] };
+      if (name !== "GetLogEvents") throw new Error(name);
+      const run = runs.find((r) => (input.logStreamName as string).includes(`/${r.metadata.name}/`));
+      if (!run) throw new Error(`stream ${String(input.logStreamName)}`);
+      if (throttle.has(run.metadata.name!)) throw new AwsError("ThrottlingException", "Rate exceeded");
+      return { events: [{ message: `VMFORGE_EXIT_CODE=${run.metadata.name!.slice(1)}` }], nextForwardToken: "f/1" };
+    });
+  }
+
+  it("a throttled read leaves only its own Run waiting (outcome unknown, no refusal named); the others get their exit codes", async () => {
+    const runs = [ended(1), ended(2), ended(3)];
+    const { clients } = cloud(runs, new Set(["e2"]));
+    const d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: new StartProbes() });
+    expect(d.get(uidOf(1))).toMatchObject({ state: "terminated", exitCode: 1 });
+    expect(d.get(uidOf(3))).toMatchObject({ state: "terminated", exitCode: 3 });
+    expect(d.get(uidOf(2))).toMatchObject({ state: "terminated", outcomeUnknown: true });
+    expect(d.get(uidOf(2))?.exitCode).toBeUndefined();
+    expect(d.get(uidOf(2))?.readError).toBeUndefined();
+  });
+
+  it("more ended Runs than one describe may read: the rest wait, then go first", async () => {
+    const runs = [ended(1), ended(2), ended(3)];
+    const { clients, calls } = cloud(runs, new Set());
+    let clock = 0;
+    const probes = new StartProbes(2, () => (clock += 1_000));
+    const reads = () => calls.filter((c) => c.name === "GetLogEvents").map((c) => (c.input.logStreamName as string).split("/")[1]);
+    let d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    expect(reads()).toEqual(["e1", "e2"]);
+    expect(d.get(uidOf(3))).toMatchObject({ outcomeUnknown: true });
+    d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    // e3, never read, has its turn; then the least recently read (e1 before e2: a stable order).
+    expect(reads().slice(2).sort()).toEqual(["e1", "e3"]);
+    expect(d.get(uidOf(3))).toMatchObject({ exitCode: 3 });
+  });
+
+  it("outcome reads come out of the same budget as start reads", async () => {
+    const setUp = withStatus(sampleRun({ name: "s1", uid: "0f1e2d3c-aaaa-bbbb-cccc-0000000000d1" }), { phase: "Launching", instance: { id: "i-d1" } });
+    const runs = [ended(1), ended(2), setUp];
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") {
+        return { Reservations: [{ Instances: runs.map((r) => instanceFor(r, r === setUp ? {} : { State: { Name: "terminated", Code: 48 } })) }] };
+      }
+      if (name !== "GetLogEvents") throw new Error(name);
+      return { events: [{ message: (input.logStreamName as string).includes("/s1/") ? "VMFORGE_PIPELINE_STARTED" : "VMFORGE_EXIT_CODE=0" }], nextForwardToken: "f/1" };
+    });
+    const probes = new StartProbes(2);
+    const d = await describeRuns(clients, ctxFor(CE), runs, { startProbes: probes });
+    expect(calls.filter((c) => c.name === "GetLogEvents")).toHaveLength(2);
+    expect(d.get(setUp.metadata.uid!)?.pipelineStarted).toBeUndefined();
+  });
+});
+
 describe("whose word counts: the markers stream only", () => {
   const uid = "0f1e2d3c-aaaa-bbbb-cccc-0000000000e1";
   const main = "team-a/spoof/0f1e2d3c";
