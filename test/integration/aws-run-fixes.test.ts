@@ -350,6 +350,32 @@ describe("termination and outcome when DescribeInstances does not show the machi
   });
 });
 
+describe("CloudWatch Logs' request quota", () => {
+  it("Runs whose machines end together under a GetLogEvents quota each get their outcome: a throttled read delays only its own Run", async () => {
+    await readyCe("quota");
+    const names = Array.from({ length: 6 }, (_, i) => `quota-${i}`);
+    for (const n of names) await run(n, "quota");
+    const runs: Run[] = [];
+    for (const n of names) runs.push(await started(n));
+    // Every pipeline ends (its exit line shipped) and every machine shuts down at once, while the
+    // account may make one GetLogEvents call per second (two at once).
+    await layer.configure({ rateLimits: [{ action: "logs:GetLogEvents", perSecond: 1, burst: 2 }] });
+    try {
+      const throttled = (await layer.stats()).throttled["logs:GetLogEvents"] ?? 0;
+      for (const [i, r] of runs.entries()) await launcherSays(r, [`VMFORGE_EXIT_CODE=${i % 2 === 0 ? 0 : 3}`]);
+      await new EC2Client(aws()).send(new TerminateInstancesCommand({ InstanceIds: runs.map((r) => r.status?.instance?.id ?? "") }));
+      for (const [i, n] of names.entries()) {
+        const done = await phase(n, i % 2 === 0 ? "Succeeded" : "Failed", 60_000);
+        expect(done.status?.exitCode).toBe(i % 2 === 0 ? 0 : 3);
+      }
+      // The quota was met (the reads were throttled), and no Run got a guessed outcome.
+      expect(((await layer.stats()).throttled["logs:GetLogEvents"] ?? 0) - throttled).toBeGreaterThan(0);
+    } finally {
+      await layer.configure({ rateLimits: [] });
+    }
+  }, 120_000);
+});
+
 describe("user data budget", () => {
   it("a launcher over 16 KiB (a large nextflowConfig within the admission budget) is sent gzip-compressed and launches", async () => {
     const config = Array.from({ length: 200 }, (_, i) => `process { withName: 'STEP_${i}' { cpus = 2; memory = '4 GB' } }`).join("\n");
