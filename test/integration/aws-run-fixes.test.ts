@@ -13,7 +13,8 @@ import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
-import type { EnvContext, RunDescription } from "../../src/cloud/provider.js";
+import { CloudError } from "../../src/cloud/provider.js";
+import type { EnvContext, LaunchHints, RunDescription } from "../../src/cloud/provider.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
 import { logGroupName, logStreamName } from "../../src/cloud/aws/logs.js";
@@ -48,11 +49,25 @@ class TestProvider extends AwsProvider {
   crashAfterLaunch = false;
   /** Runs once after the next RunInstances answered, before the answer reaches the operator. */
   afterLaunch: (() => Promise<void>) | undefined;
+  /** When set, the next launch call is refused with it (before reaching EC2). */
+  refuseNextLaunch: CloudError | undefined;
+  /** This many termination calls are refused (Terminal, access denied) before reaching EC2. */
+  refuseTerminations = 0;
   constructor() {
     super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0, unlistedLaunchMs: HIDDEN_MS + 3_000 });
   }
-  override async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
-    const d = await super.launchRun(ctx, run);
+  override async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
+    if (this.refuseTerminations > 0) {
+      this.refuseTerminations--;
+      throw CloudError.terminal("AccessDenied", "ec2:TerminateInstances: not authorized (refused by the test)");
+    }
+    return super.terminateRun(ctx, run);
+  }
+  override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
+    const refusal = this.refuseNextLaunch;
+    this.refuseNextLaunch = undefined;
+    if (refusal) throw refusal;
+    const d = await super.launchRun(ctx, run, hints);
     const after = this.afterLaunch;
     this.afterLaunch = undefined;
     if (after) await after();
@@ -327,6 +342,57 @@ describe("termination and outcome when DescribeInstances does not show the machi
       await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0, newInstanceUnknownByIdMs: 0 } });
     }
   });
+
+  /** The Run's instances and whether each is ending (shutting-down or terminated). */
+  async function ending(uid: string): Promise<boolean[]> {
+    return (await instancesOf(uid)).map((i) => ["shutting-down", "terminated"].includes(i.State?.Name ?? ""));
+  }
+
+  it("a Run cancelled while the answer of its launch is lost and its termination is refused stays until its machine is terminated", async () => {
+    await readyCe("cancelled");
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    try {
+      provider.crashAfterLaunch = true;
+      provider.afterLaunch = async () => {
+        provider.refuseTerminations = 1;
+        await client.patch(RunResource, ns, "cancelled", { spec: { cancel: true } }, "merge");
+      };
+      await run("cancelled", "cancelled");
+      const uid = (await getRun("cancelled"))?.metadata.uid ?? "";
+      // The refusal is said on the Run meanwhile.
+      await waitFor("termination refused", async () => cond(await getRun("cancelled"), "Stalled")?.reason === "AccessDenied", 30_000, 200);
+      const done = await phase("cancelled", "Cancelled", 90_000);
+      // Cancelled only once its machine (made by the lost launch, not listed for a while) was terminated.
+      expect(await ending(uid)).toEqual([true]);
+      expect(done.status?.instance?.id).toBeUndefined();
+    } finally {
+      provider.crashAfterLaunch = false;
+      provider.afterLaunch = undefined;
+      provider.refuseTerminations = 0;
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+    }
+  }, 120_000);
+
+  it("a launch refused for good after an attempt whose answer was lost fails the Run only once that attempt's machine is terminated", async () => {
+    await readyCe("refused");
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    try {
+      provider.crashAfterLaunch = true;
+      provider.afterLaunch = async () => {
+        provider.refuseNextLaunch = CloudError.terminal("InvalidSpec", "the launch was refused for good (by the test)");
+      };
+      await run("refused", "refused");
+      const uid = (await getRun("refused"))?.metadata.uid ?? "";
+      const failed = await phase("refused", "Failed", 60_000);
+      expect(failed.status?.reason).toBe("InvalidSpec");
+      expect(await ending(uid)).toEqual([true]);
+    } finally {
+      provider.crashAfterLaunch = false;
+      provider.afterLaunch = undefined;
+      provider.refuseNextLaunch = undefined;
+      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+    }
+  }, 90_000);
 
   it("after an outage, an instance AWS no longer lists gets its outcome from the uploaded exit status, not 'lost'", async () => {
     const c = await readyCe("outage");

@@ -68,6 +68,8 @@ export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 export class RunReconciler {
   /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
   private readonly claims = new Map<string, Set<string>>();
+  /** Run UID -> a launch refused for good while an earlier attempt's machine may exist (see failAfterStop). */
+  private readonly refusedLaunch = new Map<string, { reason: string; message: string }>();
   /** Serialises launch decisions per CE so the concurrency limit holds across workers. */
   private readonly ceLocks = new Map<string, Promise<void>>();
   /** The per-reconcile logger carries its reconcile's abort signal to the cloud calls. */
@@ -182,8 +184,8 @@ export class RunReconciler {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (Date.now() - since > parseDuration(timeout)) {
         if (machineMayExist(run) && ce && provider) {
-          const wait = await this.stopMachine(run, ce, provider, log);
-          if (wait) return { requeueAfterMs: wait };
+          const wait = await this.stopBeforeEnd(run, ce, provider, log);
+          if (wait !== undefined) return { requeueAfterMs: wait };
         }
         await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
         return machineMayExist(run) ? { requeueAfterMs: this.d.pollIntervalMs } : undefined;
@@ -208,13 +210,15 @@ export class RunReconciler {
         ? ["Cancelled", "cancelled by spec.cancel"]
         : ["ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`];
       if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
-        const wait = await this.stopMachine(run, ce, provider, log);
-        if (wait) return { requeueAfterMs: wait };
+        const wait = await this.stopBeforeEnd(run, ce, provider, log);
+        if (wait !== undefined) return { requeueAfterMs: wait };
       }
       await this.finish(run, "Cancelled", reason, message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
 
+    const refused = this.refusedLaunch.get(run.metadata.uid ?? "");
+    if (refused && launchDecided(run)) return this.failAfterStop(run, ce, provider, log, refused);
     if (launchInFlight(run)) {
       // The cache may not show the machine recorded a moment ago: look at the stored Run first.
       const fresh = await this.d.client.get<Run>(RunResource, namespace, run.metadata.name ?? "");
@@ -343,6 +347,9 @@ export class RunReconciler {
       if (e instanceof CloudError && e.capacity) return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`);
       if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
         const { reason, message } = describeError(e);
+        // An earlier attempt may have made a machine (its answer lost): it is terminated before
+        // the Run fails, since an ended Run without a recorded machine is no longer followed.
+        if (!firstAttempt && launchDecided(run)) return this.failAfterStop(run, ce, provider, log, { reason, message });
         await this.finish(run, "Failed", reason, clip(`launch failed: ${message}`));
         return;
       }
@@ -666,6 +673,34 @@ export class RunReconciler {
   }
 
   /**
+   * A launch refused for good after an earlier attempt that may have made a machine: the Run fails
+   * once that machine is terminated (no launch is tried meanwhile; the refusal is kept in memory,
+   * and after a restart the retried launch meets it again).
+   */
+  private async failAfterStop(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, refusal: { reason: string; message: string }): Promise<ReconcileResult> {
+    const uid = run.metadata.uid ?? "";
+    this.refusedLaunch.set(uid, refusal);
+    const wait = await this.stopBeforeEnd(run, ce, provider, log);
+    if (wait !== undefined) return { requeueAfterMs: wait };
+    this.refusedLaunch.delete(uid);
+    await this.finish(run, "Failed", refusal.reason, clip(`launch failed: ${refusal.message}`));
+    return;
+  }
+
+  /**
+   * Before a Run with a possible machine is ended (timeout, cancel, a failed launch): terminates
+   * the machine. Returns undefined once the Run may end, or the time (ms) to wait first: until a
+   * decided launch's machine would be listed, or, while termination is blocked, as long as no
+   * machine is recorded (an ended Run without one is not followed, so its end must wait; one with
+   * a recorded machine ends and goes on terminating it, see afterEnd).
+   */
+  private async stopBeforeEnd(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
+    const wait = await this.stopMachine(run, ce, provider, log);
+    if (wait === undefined) return run.status?.instance?.id ? undefined : (this.blockedWake(run) ?? this.d.pollIntervalMs);
+    return wait > 0 ? wait : undefined;
+  }
+
+  /**
    * Terminates the Run's machine, and says when that can be believed. Returns 0 once it can;
    * the time (ms) until a later call can settle it; or undefined when termination is blocked.
    *
@@ -741,6 +776,7 @@ export class RunReconciler {
   private release(run: Run): void {
     const uid = run.metadata.uid ?? "";
     this.capacityAttempts.delete(uid);
+    this.refusedLaunch.delete(uid);
     this.launchTriedAt.delete(uid);
     this.terminationSent.delete(uid);
     for (const [ceUid, set] of this.claims) {

@@ -149,13 +149,17 @@ export class RunTracker {
       try {
         const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
         const runCe = (run: Run): ComputeEnvironment | undefined => ceOf.get(run.metadata.uid ?? "");
+        // An observation is as old as the look that made it: a describe that took seconds does not
+        // pass for news, and does not replace what a launch recorded meanwhile.
+        const lookedAt = Date.now();
         const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe }, runs);
         if (signal.aborted) throw signal.reason;
         for (const run of runs) {
           const uid = run.metadata.uid as string;
           const desc = result.get(uid);
           const prev = this.observations.get(uid);
-          this.observations.set(uid, { desc, at: Date.now() });
+          if (prev && prev.at > lookedAt) continue;
+          this.observations.set(uid, { desc, at: lookedAt });
           if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }

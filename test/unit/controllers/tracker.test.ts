@@ -49,6 +49,39 @@ describe("RunTracker", () => {
     expect(enqueued).toEqual(["ns/c3"]);
   });
 
+  it("a describe is as old as its start: it does not replace what a launch recorded while it ran", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    cloud.machines.set("run-r", { id: "i-old", runUid: "run-r", ceUid: "", state: "terminated", launchedAt: "", log: [] });
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
+    });
+    // The describe answers with what it saw at its start, after a launch recorded a new machine.
+    const describe = cloud.describeRuns.bind(cloud);
+    cloud.describeRuns = async (ctx, rs) => {
+      const seen = await describe(ctx, rs);
+      await new Promise((r) => setTimeout(r, 20));
+      t.record("run-r", { instanceId: "i-new", state: "pending" });
+      return seen;
+    };
+    const before = Date.now();
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc).toMatchObject({ instanceId: "i-new", state: "pending" });
+    // Without a newer record, the observation is dated at the describe's start.
+    cloud.describeRuns = async (ctx, rs) => {
+      const seen = await describe(ctx, rs);
+      await new Promise((r) => setTimeout(r, 50));
+      return seen;
+    };
+    const start = Date.now();
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc?.state).toBe("terminated");
+    expect(t.get("run-r")?.at).toBeGreaterThanOrEqual(before);
+    expect(t.get("run-r")?.at).toBeLessThan(start + 50);
+  });
+
   it("groups by provider, Secret (or ambient identity) and region", () => {
     expect(accountRegionKey(ce("a", "creds", "eu-west-1"))).toBe(accountRegionKey(ce("b", "creds", "eu-west-1")));
     expect(accountRegionKey(ce("a", undefined, "eu-west-1"))).not.toBe(accountRegionKey(ce("a", "creds", "eu-west-1")));
