@@ -769,27 +769,30 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
     .map((i) => i.InstanceId as string);
   const recorded = run.status?.instance?.id;
   const listed = new Set(found.map((i) => i.InstanceId));
-  // A recorded machine the search shows is handled above (by its tags and state); one it does not
-  // show yet (eventual consistency) is ours by our own record.
-  let fresh: string | undefined;
+  // A recorded machine the search shows is handled above (by its tags and state). One it does not
+  // show (a new instance EC2 does not list by tag yet, or a status that names another machine) is
+  // looked up by its ID, and terminated only if its tags say it is this Run's.
+  let own: string | undefined;
   if (recorded && /^i-[0-9a-f]+$/.test(recorded) && !listed.has(recorded)) {
     const launched = Date.parse(run.status?.launchedAt ?? "");
-    // Just launched, EC2 may not know the ID everywhere yet: "not found" then means "try again".
-    if (Number.isFinite(launched) && Date.now() - launched < RECENT_LAUNCH_MS) fresh = recorded;
-    else ids.push(recorded);
-  }
-  await terminate(clients.ec2, ctx, ids);
-  if (fresh) {
+    const fresh = Number.isFinite(launched) && Date.now() - launched < RECENT_LAUNCH_MS;
+    let inst: Instance | undefined;
     try {
-      await clients.ec2.send(new TerminateInstancesCommand({ InstanceIds: [fresh] }), sendOpts(ctx));
+      const out = await clients.ec2.send(new DescribeInstancesCommand({ InstanceIds: [recorded] }), sendOpts(ctx));
+      inst = out.Reservations?.flatMap((r) => r.Instances ?? []).find((i) => i.InstanceId === recorded);
     } catch (e) {
-      if (awsErrorCode(e) === "InvalidInstanceID.NotFound") {
-        throw CloudError.retryable("InstanceNotVisibleYet", `ec2:TerminateInstances: ${fresh} was launched moments ago and is not visible yet; trying again`, 2_000, e);
-      }
-      throw mapAwsError(e, "ec2:TerminateInstances");
+      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:DescribeInstances");
+      // Just launched, EC2 may not know the ID everywhere yet: "not found" then means "try again";
+      // later it means the instance is long gone.
+      if (fresh) throw CloudError.retryable("InstanceNotVisibleYet", `ec2:DescribeInstances: ${recorded} was launched moments ago and is not visible yet; trying again`, 2_000, e);
     }
-    ids.push(fresh);
+    if (inst && inst.State?.Name !== "terminated") {
+      if (tagValue(inst, TAG_RUN_UID) === uid && tagValue(inst, TAG_MANAGED_BY) === MANAGED_BY) own = recorded;
+      else ctx.logger.warn({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: recorded }, "the Run's recorded machine does not carry its ownership tags; not terminating it");
+    }
   }
+  if (own) ids.push(own);
+  await terminate(clients.ec2, ctx, ids);
   if (ids.length > 0) ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instances: ids }, "terminated");
   return ids;
 }

@@ -122,10 +122,11 @@ describe("launch: capacity per Availability Zone", () => {
 });
 
 describe("termination by the recorded instance ID", () => {
-  it("terminates the recorded machine that DescribeInstances does not show yet", async () => {
-    const run = withStatus(sampleRun(), { phase: "Launching", launchedAt: new Date(Date.now() - 10 * 60_000).toISOString(), instance: { id: "i-0123456789abcdef0" } });
-    const { clients, calls } = fakeClients((name) => {
-      if (name === "DescribeInstances") return { Reservations: [] };
+  it("terminates the recorded machine the tag search does not show yet, once its look-up by ID shows the Run's tags", async () => {
+    const base = sampleRun();
+    const run = withStatus(base, { phase: "Launching", launchedAt: new Date(Date.now() - 10 * 60_000).toISOString(), instance: { id: "i-0123456789abcdef0" } });
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return input.InstanceIds ? { Reservations: [{ Instances: [instanceFor(base, { InstanceId: "i-0123456789abcdef0" })] }] } : { Reservations: [] };
       if (name === "TerminateInstances") return {};
       throw new Error(name);
     });
@@ -133,11 +134,22 @@ describe("termination by the recorded instance ID", () => {
     expect(calls.find((c) => c.name === "TerminateInstances")?.input).toEqual({ InstanceIds: ["i-0123456789abcdef0"] });
   });
 
+  it("a recorded machine that does not carry the Run's ownership tags is not terminated", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date(Date.now() - 10 * 60_000).toISOString(), instance: { id: "i-0123456789abcdef0" } });
+    const other = sampleRun({ name: "someone-else", uid: "11111111-2222-3333-4444-555555555555" });
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return input.InstanceIds ? { Reservations: [{ Instances: [instanceFor(other, { InstanceId: "i-0123456789abcdef0" })] }] } : { Reservations: [] };
+      throw new Error(name);
+    });
+    expect(await terminateRun(clients, ctxFor(CE), run)).toEqual([]);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "DescribeInstances"]);
+  });
+
   it("a machine launched moments ago that EC2 answers 'not found' for is tried again (Retryable), not counted as gone", async () => {
     const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date().toISOString(), instance: { id: "i-0123456789abcdef0" } });
-    const { clients } = fakeClients((name) => {
+    const { clients } = fakeClients((name, input) => {
+      if (name === "DescribeInstances" && input.InstanceIds) throw new AwsError("InvalidInstanceID.NotFound", "The instance ID 'i-0123456789abcdef0' does not exist");
       if (name === "DescribeInstances") return { Reservations: [] };
-      if (name === "TerminateInstances") throw new AwsError("InvalidInstanceID.NotFound", "The instance ID 'i-0123456789abcdef0' does not exist");
       throw new Error(name);
     });
     await expect(terminateRun(clients, ctxFor(CE), run)).rejects.toMatchObject({ kind: "Retryable", reason: "InstanceNotVisibleYet" });
