@@ -522,9 +522,11 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
     const text = (e as Error).message ?? "";
     // Entra unreachable or its metadata unreadable: a blip or a wrong authority host; try again.
     const unreachable = /endpoints_resolution_error|ECONNREFUSED|ENOTFOUND|ETIMEDOUT|ECONNRESET|network/i.test(text) && !/AADSTS/.test(text);
+    // Entra's own passing trouble (it carries an AADSTS code too): try again.
+    const transient = /temporarily_unavailable|AADSTS90033\b/.test(text) || (status !== undefined && (status >= 500 || status === 429));
     // Entra answers 400/401 for a wrong secret, unknown client or tenant: fixing the credentials is the only way on.
-    const rejected = /AADSTS\d+|invalid_client|unauthorized_client|invalid_grant|invalid_request|invalid_scope/.test(text);
-    if (rejected || (!unreachable && (e instanceof CredentialUnavailableError || status === 400 || status === 401 || (e instanceof AuthenticationError && status !== undefined && status < 500)))) {
+    const rejected = !transient && /AADSTS\d+|invalid_client|unauthorized_client|invalid_grant|invalid_request|invalid_scope/.test(text);
+    if (rejected || (!unreachable && !transient && (e instanceof CredentialUnavailableError || status === 400 || status === 401 || (e instanceof AuthenticationError && status !== undefined && status < 500)))) {
       const first = (e as Error).message.split("\n")[0] ?? "";
       const aad = /AADSTS\d+/.exec((e as Error).message)?.[0];
       // The reconciler names the Secret (or the ambient identity) in front of this message.

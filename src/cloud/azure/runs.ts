@@ -610,6 +610,12 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
     const uid = tags?.[TAG_RUN_UID];
     return !!uid && !live.has(uid);
   };
+  // The disk permissions are an addition to the product's role (see policy.ts): without them the
+  // loose OS disks are skipped (the resource group's deletion removes them), not the whole sweep.
+  const withoutDiskPermission = (e: unknown): void => {
+    if (!(e instanceof CloudError && e.reason === "AccessDenied")) throw e;
+    ctx.logger.warn({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}`, err: e.message }, "orphan sweep: loose OS disks skipped (a disk permission is missing)");
+  };
   await Promise.all([
     azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
       for await (const vm of c.compute.virtualMachines.list(rg, so)) {
@@ -635,16 +641,28 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
         if (!isOsDiskName(name) || liveDisks.has(name.toLowerCase()) || disk.managedBy) continue;
         orphanDisks.push(name);
       }
-    }).catch(notFoundIsEmpty),
+    }).catch((e: unknown) => {
+      orphanDisks.length = 0;
+      if (e instanceof CloudError && e.kind === "NotFound") return;
+      withoutDiskPermission(e);
+    }),
   ]);
   await deleteVms(c, rg, orphanVms, so);
-  await Promise.all([
-    ...orphanNics.map((n) =>
-      azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))),
-    ...orphanIps.map((n) =>
-      azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so }))),
-    ...orphanDisks.map((n) =>
-      azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted())),
+  const [, disks] = await Promise.all([
+    Promise.all([
+      ...orphanNics.map((n) =>
+        azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))),
+      ...orphanIps.map((n) =>
+        azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so }))),
+    ]),
+    Promise.all(orphanDisks.map((n) =>
+      azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted()).then(
+        () => n,
+        (e: unknown) => {
+          withoutDiskPermission(e);
+          return undefined;
+        },
+      ))),
   ]);
-  return [...orphanVms, ...deleting, ...orphanNics, ...orphanIps, ...orphanDisks];
+  return [...orphanVms, ...deleting, ...orphanNics, ...orphanIps, ...disks.filter((n): n is string => n !== undefined)];
 }

@@ -138,6 +138,10 @@ describe("real SDK clients against a local stub", () => {
         if (req.url?.includes("/oauth2/v2.0/token")) {
           if (body.includes("client_secret=good")) {
             res.end(JSON.stringify({ token_type: "Bearer", expires_in: 3600, ext_expires_in: 3600, access_token: "tok-1" }));
+          } else if (body.includes("client_secret=transient")) {
+            // Entra's own passing trouble carries an AADSTS code too.
+            res.statusCode = 503;
+            res.end(JSON.stringify({ error: "temporarily_unavailable", error_description: "AADSTS90033: A transient error has occurred. Please try again.", error_codes: [90033] }));
           } else {
             res.statusCode = 401;
             res.end(JSON.stringify({ error: "invalid_client", error_description: "AADSTS7000215: Invalid client secret provided.", error_codes: [7000215] }));
@@ -183,5 +187,13 @@ describe("real SDK clients against a local stub", () => {
     expect(err).toMatchObject({ kind: "Terminal", reason: "InvalidCredentials" });
     expect((err as Error).message).toMatch(/^rejected by Entra ID \(AADSTS7000215\)/);
     expect((err as Error).message).not.toContain("wrong-zz-secret");
+  }, 30_000);
+
+  it("Entra's transient refusal (temporarily_unavailable, AADSTS90033) is Retryable, not a rejected credential", async () => {
+    const id = parseAzureCredentials(secret({ tenantId: "tenant-1", clientId: CLIENT, clientSecret: "transient" }), {});
+    const c = createAzureClients(id, "12345678-aaaa-bbbb-cccc-1234567890ab", { arm: base, authorityHost: base, ca });
+    const err = await azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/read", () => c.resources.resourceGroups.get("rg1")).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CloudError);
+    expect(err).toMatchObject({ kind: "Retryable", reason: "TokenUnavailable" });
   }, 30_000);
 });

@@ -324,6 +324,13 @@ export class FakeAzure {
         disks: {
           listByResourceGroup: (rg: string) => {
             self.calls.push({ op: "compute.disks.listByResourceGroup", args: [rg], seq: self.seq++ });
+            const fault = self.faults.get("compute.disks.listByResourceGroup")?.shift();
+            if (fault) {
+              return (async function* () {
+                yield* [];
+                throw fault;
+              })();
+            }
             return iter([...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().startsWith(`${self.rg(rg)}/providers/microsoft.compute/disks/`.toLowerCase())));
           },
           delete: (rg: string, name: string) => poller(() => self.rec("compute.disks.delete", [rg, name], () => {

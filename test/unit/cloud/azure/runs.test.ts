@@ -3,6 +3,7 @@
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import type { EnvContext } from "../../../../src/cloud/provider.js";
+import { createLogger } from "../../../../src/engine/logger.js";
 import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
 import { azureImageReference, osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
@@ -394,6 +395,35 @@ describe("Azure runs", () => {
     expect(az.get(`${base}/Microsoft.Network/publicIPAddresses/used-ip`)).toBeDefined();
     expect(az.get(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Compute/virtualMachines/${vmName(live.metadata.uid!)}`)).toBeDefined();
     expect(az.get(`/subscriptions/${az.sub}/resourceGroups/${RG}/providers/Microsoft.Network/networkInterfaces/theirs`)).toBeDefined();
+  });
+
+  it("without the disk permissions (an addition to the product's role) the sweep still removes VMs, NICs and IPs, and says what it skipped", async () => {
+    const dead = runOf(62);
+    await launchRun(az.clients(), ctx, dead);
+    const base = `/subscriptions/${az.sub}/resourceGroups/${RG}/providers`;
+    const gone = "11111111-2222-4333-8444-666666666666";
+    az.put(`${base}/Microsoft.Network/publicIPAddresses/lost-ip`, { name: "lost-ip", tags: { "vmforge-run-uid": gone } });
+    az.put(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`, { name: osDiskName(gone) });
+    const denied = (action: string) => new RestLikeError(403, "AuthorizationFailed", `The client 'x' does not have authorization to perform action '${action}' over scope 's'`);
+    const warned: string[] = [];
+    const logger = createLogger({ level: "silent" });
+    logger.warn = ((o: unknown, m?: string) => void warned.push(`${m ?? ""} ${JSON.stringify(o)}`)) as typeof logger.warn;
+    // The list is refused: no disk is known, the rest is swept.
+    az.fail("compute.disks.listByResourceGroup", denied("Microsoft.Compute/disks/read"));
+    let swept = await sweepOrphans(az.clients(), { ...ctx, logger }, new Set());
+    expect(swept).toEqual(expect.arrayContaining([vmName(dead.metadata.uid!), "lost-ip"]));
+    expect(swept).not.toContain(osDiskName(gone));
+    expect(az.get(`${base}/Microsoft.Compute/virtualMachines/${vmName(dead.metadata.uid!)}`)).toBeUndefined();
+    expect(az.get(`${base}/Microsoft.Network/publicIPAddresses/lost-ip`)).toBeUndefined();
+    expect(warned.join("\n")).toContain("Microsoft.Compute/disks/read");
+    // Listed, but the delete is refused: it stays, and the sweep does not fail.
+    az.fail("compute.disks.delete", denied("Microsoft.Compute/disks/delete"));
+    swept = await sweepOrphans(az.clients(), { ...ctx, logger }, new Set());
+    expect(az.get(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`)).toBeDefined();
+    expect(warned.join("\n")).toContain("Microsoft.Compute/disks/delete");
+    // With the permission, it goes.
+    await sweepOrphans(az.clients(), ctx, new Set());
+    expect(az.get(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`)).toBeUndefined();
   });
 
   it("maps instance view codes", () => {
