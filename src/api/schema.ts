@@ -369,6 +369,7 @@ export const AzureEnvironmentSchema = Type.Object(
             "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
             "subscriptionId must be a GUID like 00000000-0000-0000-0000-000000000000",
           ),
+          immutable("azure.subscriptionId", "the environment's resources stay in their subscription; create a new ComputeEnvironment to use another"),
         ],
       }),
     ),

@@ -450,6 +450,15 @@ describe("update rules", () => {
     expect(String(r.body.message)).toContain("azure.location is immutable");
   });
 
+  it("rejects an Azure subscription change", async () => {
+    const ce = renamed(valid("ce-azure.yaml"), "upd-sub");
+    (ce.spec as { azure: Record<string, unknown> }).azure.subscriptionId = "11111111-aaaa-4bbb-8ccc-000000000001";
+    await createOk(ce);
+    const r = await mergePatch(ns, "ComputeEnvironment", "upd-sub", { spec: { azure: { subscriptionId: "22222222-aaaa-4bbb-8ccc-000000000002" } } });
+    expect(r.status).toBe(422);
+    expect(String(r.body.message)).toContain("azure.subscriptionId is immutable");
+  });
+
   it("rejects removing the provider block", async () => {
     await createOk(renamed(valid("ce-aws-minimal.yaml"), "upd-drop-aws"));
     const r = await mergePatch(ns, "ComputeEnvironment", "upd-drop-aws", { spec: { aws: null } });

@@ -45,10 +45,33 @@ export class AzureProvider implements CloudProvider {
     this.watch = new AzureRunWatch(opts.exitLineGraceMs ?? EXIT_LINE_GRACE_MS, Date.now, undefined, opts.runningExitProbeMs !== undefined ? { runningProbeMs: opts.runningExitProbeMs } : {});
   }
 
-  /** The clients for a CE. Throws Terminal for a bad Secret or a missing subscription. */
-  clientsFor(ctx: EnvContext): AzureClients {
+  /**
+   * The clients for a CE. Throws Terminal for a bad Secret or a missing subscription.
+   *
+   * A CE's resources stay in the subscription they were made in (status.azure.subscriptionId):
+   * following, terminating, sweeping and disposing use that one even when the spec or the Secret
+   * now name another (or none), so nothing in the old subscription is lost track of. Converging
+   * and launching (`converge`) refuse such a move, naming both subscriptions.
+   */
+  clientsFor(ctx: EnvContext, converge = false): AzureClients {
     const id = parseAzureCredentials(ctx.credentials, this.endpoints);
-    const sub = subscriptionOf(ctx.ce, id);
+    const pinned = id.kind === "caller" ? undefined : ctx.ce.status?.azure?.subscriptionId?.toLowerCase();
+    let sub: string;
+    try {
+      sub = subscriptionOf(ctx.ce, id);
+    } catch (e) {
+      if (converge || !pinned) throw e;
+      sub = pinned;
+    }
+    if (pinned && sub !== pinned) {
+      if (converge) {
+        throw CloudError.terminal(
+          "SubscriptionChanged",
+          `this ComputeEnvironment's resources are in subscription ${pinned}, but spec.azure.subscriptionId or ${id.label} now names ${sub}; a ComputeEnvironment does not move between subscriptions: name ${pinned} again, or create a new ComputeEnvironment for ${sub}`,
+        );
+      }
+      sub = pinned;
+    }
     try {
       return this.cache.get(id, sub, this.endpoints);
     } catch (e) {
@@ -58,11 +81,11 @@ export class AzureProvider implements CloudProvider {
   }
 
   async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
-    return observeAzureEnvironment(this.clientsFor(ctx), ctx);
+    return observeAzureEnvironment(this.clientsFor(ctx, true), ctx);
   }
 
   async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
-    return provisionAzureEnvironment(this.clientsFor(ctx), ctx);
+    return provisionAzureEnvironment(this.clientsFor(ctx, true), ctx);
   }
 
   async disposeEnvironment(ctx: EnvContext): Promise<void> {
@@ -72,7 +95,7 @@ export class AzureProvider implements CloudProvider {
 
   async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     // The Platform token reaches userData only when the CE opted in (launcher.ts decides; never logged).
-    return launchRun(this.clientsFor(ctx), ctx, run, hints);
+    return launchRun(this.clientsFor(ctx, true), ctx, run, hints);
   }
 
   /**
