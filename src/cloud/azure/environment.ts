@@ -645,6 +645,16 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
     await r.beforeWrite();
     await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(scope), name, so));
   }
+  const before = what === "container" ? (r.ctx.ce.status?.azure as { containerId?: string } | undefined)?.containerId : undefined;
+  if (before && lower(trimScope(before)) !== lower(trimScope(scope))) {
+    // The work directory moved to another container: an assignment's name is unique in the tenant,
+    // so the one at the old container goes first (Azure refuses to move it: RoleAssignmentUpdateNotPermitted).
+    const old = await azGet(c, "create", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(before), name, so));
+    if (old && lower(old.roleDefinitionId) === lower(defId)) {
+      await r.beforeWrite();
+      await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(before), name, so));
+    }
+  }
   await r.beforeWrite();
   for (let attempt = 0; ; attempt++) {
     try {
@@ -757,13 +767,22 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
     ctx.logger.info({ resourceGroup: rg }, "resource group is not this ComputeEnvironment's; left untouched");
   }
 
-  // Role assignments: the DCR one by its deterministic scope, the container one by the recorded scope.
+  // Role assignments: the DCR one by its deterministic scope, the container one by the recorded
+  // scope, and any other that grants this CE's role definition anywhere in the subscription (a
+  // container assignment made by a provisioning whose status was never written, or left at a
+  // container the spec no longer names): the role definition cannot go while one is left.
   const assignments: Array<{ scope: string; name: string }> = [];
   const dcrScope = providerId(sub, rg, "Microsoft.Insights/dataCollectionRules", DCR_NAME);
   if (ours) assignments.push({ scope: dcrScope, name: roleAssignmentGuid(id.uid, "dcr") });
   if (known.containerId) assignments.push({ scope: known.containerId, name: roleAssignmentGuid(id.uid, "container") });
   const defGuid = roleDefinitionGuid(id.uid);
   const defId = roleDefinitionId(sub, defGuid);
+  await azCall(c, "dispose", "Microsoft.Authorization/roleAssignments/read", async () => {
+    for await (const a of c.authorization.roleAssignments.listForSubscription(so)) {
+      if (lower(a.roleDefinitionId) !== lower(defId) || !a.scope || !a.name) continue;
+      if (!assignments.some((x) => lower(x.name) === lower(a.name) && lower(trimScope(x.scope)) === lower(trimScope(a.scope!)))) assignments.push({ scope: a.scope, name: a.name });
+    }
+  });
   await settle(assignments.map(async (a) => {
     const have = await azGet(c, "dispose", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(a.scope), a.name, so));
     if (!have) return;
@@ -786,6 +805,11 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
     c.logAnalytics.workspaces.delete(rg, workspaceName(id), { force: true, ...c.lro, ...so }));
   await azDelete(c, "dispose", "Microsoft.Resources/subscriptions/resourceGroups/delete", () =>
     c.resources.resourceGroups.delete(rg, { forceDeletionTypes: "Microsoft.Compute/virtualMachines", ...c.lro, ...so }));
+}
+
+/** A scope without its leading and trailing slashes, for comparing scopes Azure writes either way. */
+function trimScope(scope: string): string {
+  return scope.replace(/^\/+|\/+$/g, "");
 }
 
 /** True when the error says the caller lacks a permission (used to tell "skipped" from "failed"). */

@@ -229,6 +229,23 @@ describe("Azure environment: provision", () => {
   });
 });
 
+describe("Azure environment: the work directory moves to another container", () => {
+  it("the CE's assignment at the old container goes first (an assignment's name is unique in the tenant), then one is made at the new", async () => {
+    const az = new FakeAzure();
+    az.addStorage("wdstore", "data-rg", ["work", "work2"]);
+    const ce = sampleAzureCe(az.sub);
+    const obs = await provisionAzureEnvironment(az.clients(), ctxFor(ce));
+    ce.status = { azure: obs.status.azure! };
+    const old = ce.status.azure!.roleAssignmentContainerId!;
+    ce.spec.azure!.workDir = "az://work2/runs";
+    const again = await provisionAzureEnvironment(az.clients(), ctxFor(ce));
+    expect(again.status.azure?.containerId).toContain("/containers/work2");
+    expect(az.get(old)).toBeUndefined();
+    expect(az.get(again.status.azure!.roleAssignmentContainerId!)).toBeDefined();
+    expect(again.status.azure!.roleAssignmentContainerId).toContain("/containers/work2/");
+  });
+});
+
 describe("Azure environment: dispose", () => {
   let az: FakeAzure;
   let ce: ComputeEnvironment;
@@ -256,6 +273,22 @@ describe("Azure environment: dispose", () => {
     expect([...az.store.keys()].filter((k) => k.includes(RG.toLowerCase()) || k.includes(roleDefinitionGuid(UID)))).toEqual([]);
     // the storage account (not ours) is untouched
     expect(az.get(az.storageAccounts.wdstore + "/blobServices/default/containers/work")).toBeDefined();
+  });
+
+  it("an assignment of the CE's role its status never recorded (a provisioning cut short) is found and deleted before the role definition", async () => {
+    const containerAssignment = ce.status!.azure!.roleAssignmentContainerId!;
+    expect(az.get(containerAssignment)).toBeDefined();
+    // As if the status had been written before the container assignment existed.
+    delete (ce.status!.azure as Record<string, unknown>).containerId;
+    delete (ce.status!.azure as Record<string, unknown>).roleAssignmentContainerId;
+    // Someone else's assignment of another role stays.
+    const theirs = `${az.storageAccounts.wdstore}/providers/Microsoft.Authorization/roleAssignments/theirs`;
+    az.put(theirs, { name: "theirs", scope: az.storageAccounts.wdstore, roleDefinitionId: "/subscriptions/x/providers/Microsoft.Authorization/roleDefinitions/other" });
+    await disposeAzureEnvironment(az.clients(), ctxFor(ce));
+    expect(az.get(containerAssignment)).toBeUndefined();
+    expect(az.get(theirs)).toBeDefined();
+    const w = az.writes();
+    expect(w.indexOf("authorization.roleDefinitions.delete")).toBeGreaterThan(w.lastIndexOf("authorization.roleAssignments.delete"));
   });
 
   it("treats pieces deleted by hand as done, and is idempotent", async () => {

@@ -97,7 +97,7 @@ export class FakeAzure {
   }
 
   writes(): string[] {
-    return this.ops().filter((o) => !/\.(get|list|queryWorkspace|getById|getToken|read)$/.test(o));
+    return this.ops().filter((o) => !/\.(get|list\w*|queryWorkspace|getById|getToken|read)$/.test(o));
   }
 
   put(id: string, o: Obj): Obj {
@@ -232,7 +232,20 @@ export class FakeAzure {
       msi: { userAssignedIdentities: simple("msi", "userAssignedIdentities", "Microsoft.ManagedIdentity/userAssignedIdentities", false) },
       authorization: {
         roleDefinitions: scoped("roleDefinitions", "roleDefinitions", "createOrUpdate"),
-        roleAssignments: scoped("roleAssignments", "roleAssignments", "create"),
+        roleAssignments: {
+          ...scoped("roleAssignments", "roleAssignments", "create"),
+          // An assignment's name is unique in the tenant: the same name at another scope is refused, as Azure does.
+          create: (scope: string, name: string, body: Obj) => self.rec("authorization.roleAssignments.create", [`/${scope}`, name, body], () => {
+            const id = `${noSlash(scope)}/providers/Microsoft.Authorization/roleAssignments/${name}`;
+            const elsewhere = [...self.store.values()].some((o) => (o.id ?? "").toLowerCase().endsWith(`/providers/microsoft.authorization/roleassignments/${name}`.toLowerCase()) && (o.id ?? "").toLowerCase() !== id.toLowerCase());
+            if (elsewhere) throw new RestLikeError(400, "RoleAssignmentUpdateNotPermitted", "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.");
+            return self.put(id, { ...body, name, scope: `/${noSlash(scope)}` });
+          }),
+          listForSubscription: () => {
+            self.calls.push({ op: "authorization.roleAssignments.listForSubscription", args: [], seq: self.seq++ });
+            return iter([...self.store.values()].filter((o) => (o.id ?? "").toLowerCase().includes("/providers/microsoft.authorization/roleassignments/")));
+          },
+        },
         permissions: {
           listForResource: (rg: string, ns: string, parent: string, type: string, name: string) => {
             self.calls.push({ op: "authorization.permissions.listForResource", args: [rg, ns, parent, type, name], seq: self.seq++ });

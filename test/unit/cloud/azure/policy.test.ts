@@ -43,6 +43,7 @@ const NEEDS: Record<string, string> = {
   "authorization.roleAssignments.get": "Microsoft.Authorization/roleAssignments/read",
   "authorization.roleAssignments.create": "Microsoft.Authorization/roleAssignments/write",
   "authorization.roleAssignments.delete": "Microsoft.Authorization/roleAssignments/delete",
+  "authorization.roleAssignments.listForSubscription": "Microsoft.Authorization/roleAssignments/read",
   "logAnalytics.workspaces.get": "Microsoft.OperationalInsights/workspaces/read",
   "logAnalytics.workspaces.createOrUpdate": "Microsoft.OperationalInsights/workspaces/write",
   "logAnalytics.workspaces.delete": "Microsoft.OperationalInsights/workspaces/delete",
