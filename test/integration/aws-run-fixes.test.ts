@@ -348,22 +348,40 @@ describe("termination and outcome when DescribeInstances does not show the machi
     }
   });
 
+  /** Every injection of the provider and the layer used by the tests below, off again. */
+  async function injectionsOff(): Promise<void> {
+    provider.crashAfterLaunch = false;
+    provider.afterLaunch = undefined;
+    provider.refuseNextLaunch = undefined;
+    provider.refuseTerminations = 0;
+    await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+  }
+
+  /**
+   * A Run (of a Ready CE of the same name) whose first RunInstances succeeds but whose answer is
+   * lost (the new instance hidden from tag reads for HIDDEN_MS); `meanwhile` runs before the loss.
+   * Returns the Run's UID.
+   */
+  async function answerLost(name: string, meanwhile: () => Promise<void>): Promise<string> {
+    await readyCe(name);
+    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    provider.crashAfterLaunch = true;
+    provider.afterLaunch = meanwhile;
+    await run(name, name);
+    return (await getRun(name))?.metadata.uid ?? "";
+  }
+
   /** The Run's instances and whether each is ending (shutting-down or terminated). */
   async function ending(uid: string): Promise<boolean[]> {
     return (await instancesOf(uid)).map((i) => ["shutting-down", "terminated"].includes(i.State?.Name ?? ""));
   }
 
   it("a Run cancelled while the answer of its launch is lost and its termination is refused stays until its machine is terminated", async () => {
-    await readyCe("cancelled");
-    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
     try {
-      provider.crashAfterLaunch = true;
-      provider.afterLaunch = async () => {
+      const uid = await answerLost("cancelled", async () => {
         provider.refuseTerminations = 1;
         await client.patch(RunResource, ns, "cancelled", { spec: { cancel: true } }, "merge");
-      };
-      await run("cancelled", "cancelled");
-      const uid = (await getRun("cancelled"))?.metadata.uid ?? "";
+      });
       // The refusal is said on the Run meanwhile.
       await waitFor("termination refused", async () => cond(await getRun("cancelled"), "Stalled")?.reason === "AccessDenied", 30_000, 200);
       const done = await phase("cancelled", "Cancelled", 90_000);
@@ -371,31 +389,20 @@ describe("termination and outcome when DescribeInstances does not show the machi
       expect(await ending(uid)).toEqual([true]);
       expect(done.status?.instance?.id).toBeUndefined();
     } finally {
-      provider.crashAfterLaunch = false;
-      provider.afterLaunch = undefined;
-      provider.refuseTerminations = 0;
-      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+      await injectionsOff();
     }
   }, 120_000);
 
   it("a launch refused for good after an attempt whose answer was lost fails the Run only once that attempt's machine is terminated", async () => {
-    await readyCe("refused");
-    await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
     try {
-      provider.crashAfterLaunch = true;
-      provider.afterLaunch = async () => {
+      const uid = await answerLost("refused", async () => {
         provider.refuseNextLaunch = CloudError.terminal("InvalidSpec", "the launch was refused for good (by the test)");
-      };
-      await run("refused", "refused");
-      const uid = (await getRun("refused"))?.metadata.uid ?? "";
+      });
       const failed = await phase("refused", "Failed", 60_000);
       expect(failed.status?.reason).toBe("InvalidSpec");
       expect(await ending(uid)).toEqual([true]);
     } finally {
-      provider.crashAfterLaunch = false;
-      provider.afterLaunch = undefined;
-      provider.refuseNextLaunch = undefined;
-      await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+      await injectionsOff();
     }
   }, 90_000);
 

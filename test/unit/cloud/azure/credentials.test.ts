@@ -179,10 +179,15 @@ describe("real SDK clients against a local stub", () => {
     await expect(azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/read", () => c.resources.resourceGroups.get("nope"))).rejects.toMatchObject({ kind: "NotFound" });
   }, 30_000);
 
-  it("a rejected client secret is Terminal InvalidCredentials with the Entra code, never the value", async () => {
-    const id = parseAzureCredentials(secret({ tenantId: "tenant-1", clientId: CLIENT, clientSecret: "wrong-zz-secret" }), {});
+  /** What reading a resource group with this client secret fails with (the token endpoint decides). */
+  async function failureWith(clientSecret: string): Promise<unknown> {
+    const id = parseAzureCredentials(secret({ tenantId: "tenant-1", clientId: CLIENT, clientSecret }), {});
     const c = createAzureClients(id, "12345678-aaaa-bbbb-cccc-1234567890ab", { arm: base, authorityHost: base, ca });
-    const err = await azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/read", () => c.resources.resourceGroups.get("rg1")).catch((e: unknown) => e);
+    return azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/read", () => c.resources.resourceGroups.get("rg1")).catch((e: unknown) => e);
+  }
+
+  it("a rejected client secret is Terminal InvalidCredentials with the Entra code, never the value", async () => {
+    const err = await failureWith("wrong-zz-secret");
     expect(err).toBeInstanceOf(CloudError);
     expect(err).toMatchObject({ kind: "Terminal", reason: "InvalidCredentials" });
     expect((err as Error).message).toMatch(/^rejected by Entra ID \(AADSTS7000215\)/);
@@ -190,9 +195,7 @@ describe("real SDK clients against a local stub", () => {
   }, 30_000);
 
   it("Entra's transient refusal (temporarily_unavailable, AADSTS90033) is Retryable, not a rejected credential", async () => {
-    const id = parseAzureCredentials(secret({ tenantId: "tenant-1", clientId: CLIENT, clientSecret: "transient" }), {});
-    const c = createAzureClients(id, "12345678-aaaa-bbbb-cccc-1234567890ab", { arm: base, authorityHost: base, ca });
-    const err = await azCall(c, "create", "Microsoft.Resources/subscriptions/resourceGroups/read", () => c.resources.resourceGroups.get("rg1")).catch((e: unknown) => e);
+    const err = await failureWith("transient");
     expect(err).toBeInstanceOf(CloudError);
     expect(err).toMatchObject({ kind: "Retryable", reason: "TokenUnavailable" });
   }, 30_000);
