@@ -40,9 +40,9 @@ export interface AwsProviderOptions {
   /** A recorded machine EC2 no longer lists is looked for in the log and S3 once launched this long ago (default 60 s). */
   missingProbeAfterMs?: number;
   /**
-   * At most this many Runs whose machine is up but whose launcher has not said the pipeline
-   * started are read (one GetLogEvents page each) per describe of an account and region (the
-   * least recently read first). Default: paced to the poll interval (see pollIntervalMs), else 100.
+   * The log-read budget of one describe of an account and region, in Runs: the outcome reads of
+   * ended machines first, then the start reads of machines being set up (one GetLogEvents page
+   * each); least recently read first. Default: paced to the poll interval (see pollIntervalMs), else 100.
    */
   startProbeLimit?: number;
   /**

@@ -646,7 +646,7 @@ async function ensureAssignment(r: Run, what: "container" | "dcr", scope: string
     await azDelete(c, "create", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(scope), name, so));
   }
   const before = what === "container" ? (r.ctx.ce.status?.azure as { containerId?: string } | undefined)?.containerId : undefined;
-  if (before && lower(trimScope(before)) !== lower(trimScope(scope))) {
+  if (before && lower(scopeArg(before)) !== lower(scopeArg(scope))) {
     // The work directory moved to another container: an assignment's name is unique in the tenant,
     // so the one at the old container goes first (Azure refuses to move it: RoleAssignmentUpdateNotPermitted).
     const old = await azGet(c, "create", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(before), name, so));
@@ -780,7 +780,7 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
   await azCall(c, "dispose", "Microsoft.Authorization/roleAssignments/read", async () => {
     for await (const a of c.authorization.roleAssignments.listForSubscription(so)) {
       if (lower(a.roleDefinitionId) !== lower(defId) || !a.scope || !a.name) continue;
-      if (!assignments.some((x) => lower(x.name) === lower(a.name) && lower(trimScope(x.scope)) === lower(trimScope(a.scope!)))) assignments.push({ scope: a.scope, name: a.name });
+      if (!assignments.some((x) => lower(x.name) === lower(a.name) && lower(scopeArg(x.scope)) === lower(scopeArg(a.scope!)))) assignments.push({ scope: a.scope, name: a.name });
     }
   });
   await settle(assignments.map(async (a) => {
@@ -805,11 +805,6 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
     c.logAnalytics.workspaces.delete(rg, workspaceName(id), { force: true, ...c.lro, ...so }));
   await azDelete(c, "dispose", "Microsoft.Resources/subscriptions/resourceGroups/delete", () =>
     c.resources.resourceGroups.delete(rg, { forceDeletionTypes: "Microsoft.Compute/virtualMachines", ...c.lro, ...so }));
-}
-
-/** A scope without its leading and trailing slashes, for comparing scopes Azure writes either way. */
-function trimScope(scope: string): string {
-  return scope.replace(/^\/+|\/+$/g, "");
 }
 
 /** True when the error says the caller lacks a permission (used to tell "skipped" from "failed"). */
