@@ -45,6 +45,8 @@ export interface FaultSpec {
   operation?: string;
   method?: string;
   resourceType?: string;
+  /** Only requests whose path contains this (case-insensitive), e.g. a VM's name. */
+  path?: string;
   status: number;
   retryAfterS?: number;
   code?: string;
@@ -199,8 +201,13 @@ export class AzureEmulatorControl {
   addFault(f: FaultSpec): Promise<FaultSpec & { id: string }> {
     return this.call("POST", "/faults", f);
   }
+  /** Removes every fault: only for a test that runs alone (see removeFault). */
   clearFaults(): Promise<void> {
     return this.call("DELETE", "/faults");
+  }
+  /** Removes one fault, leaving those of tests running beside this one. */
+  removeFault(id: string): Promise<void> {
+    return this.call("DELETE", `/faults/${encodeURIComponent(id)}`);
   }
   /** SkuNotAvailable without count also marks the size restricted in Microsoft.Compute/skus. */
   addCapacityError(c: { vmSize: string; location: string; code: "SkuNotAvailable" | "AllocationFailed" | "OperationNotAllowed" | "ZonalAllocationFailed"; count?: number }): Promise<unknown> {

@@ -244,9 +244,10 @@ export class Emulator {
 
   // ---- faults and the request log ---------------------------------------------------------------
 
-  private matchFault(r: { operation: string; method: string; resourceType: string }): Fault | undefined {
+  private matchFault(r: { operation: string; method: string; resourceType: string; path?: string }): Fault | undefined {
     for (const f of this.faults) {
       if (f.count !== undefined && f.count <= 0) continue;
+      if (f.path && !lc(r.path ?? "").includes(lc(f.path))) continue;
       if (f.operation && lc(f.operation) !== lc(r.operation)) continue;
       if (f.method && r.method && lc(f.method) !== lc(r.method)) continue;
       if (f.resourceType && lc(f.resourceType) !== lc(r.resourceType)) continue;
@@ -289,7 +290,7 @@ export class Emulator {
     const url = new URL(rawPath.replace(/\/{2,}/g, "/") + (q < 0 ? "" : rawUrl.slice(q)), this.baseUrl || "https://127.0.0.1");
     const method = (req.method ?? "GET").toUpperCase();
     // Setting info.operation applies injected faults (see gatedInfo).
-    const info: RouteInfo = this.gatedInfo(method);
+    const info: RouteInfo = this.gatedInfo(method, url.pathname);
     let caller: Caller | undefined;
     let status = 500;
     const reply = (s: number, body: unknown, headers: Record<string, string> = {}): void => {
@@ -398,9 +399,9 @@ export class Emulator {
   }
 
   /** A RouteInfo whose operation setter applies injected faults as soon as the router knows the operation. */
-  private gatedInfo(method: string): RouteInfo {
+  private gatedInfo(method: string, path: string): RouteInfo {
     let op = "";
-    const gate = (i: RouteInfo): void => this.gate(i, method);
+    const gate = (i: RouteInfo): void => this.gate(i, method, path);
     const info = {
       resourceType: "",
       get operation(): string {
@@ -414,9 +415,9 @@ export class Emulator {
     return info;
   }
 
-  private gate(info: RouteInfo, method: string): void {
+  private gate(info: RouteInfo, method: string, path: string): void {
     if (this.faults.length === 0) return;
-    const f = this.matchFault({ operation: info.operation, method, resourceType: info.resourceType });
+    const f = this.matchFault({ operation: info.operation, method, resourceType: info.resourceType, path });
     if (f) throw this.faultError(f);
   }
 
@@ -549,6 +550,12 @@ export class Emulator {
     if (raw.length) body = JSON.parse(raw.toString("utf8"));
     const route = `${method} ${path.replace(/\/+$/, "")}`;
     this.arm.settle();
+    const oneFault = /^DELETE \/faults\/([^/]+)$/.exec(route);
+    if (oneFault) {
+      const id = decodeURIComponent(oneFault[1]!);
+      this.faults = this.faults.filter((f) => f.id !== id);
+      return reply(200, {});
+    }
     switch (route) {
       case "GET /info":
         return reply(200, this.getInfo());

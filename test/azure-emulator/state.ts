@@ -43,6 +43,11 @@ export interface Fault {
   method?: string;
   /** Resource type (case-insensitive), e.g. "Microsoft.Compute/virtualMachines". */
   resourceType?: string;
+  /**
+   * Only requests whose path contains this (case-insensitive), e.g. a VM's name: a test's fault
+   * then meets only its own resources, not those of tests running beside it.
+   */
+  path?: string;
   status: number;
   /** Retry-After header value in seconds. */
   retryAfterS?: number;

@@ -295,12 +295,25 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await waitFor("Run lost gone", async () => (await env.getRun("lost", ns)) === undefined, 30_000, 100);
       expect(await env.vmOf(lost)).toBeDefined();
 
-      // The restarted operator checks the CE and sweeps.
+      // The restarted operator checks the CE and sweeps. Azure calls the orphaned VM busy once: the
+      // rest of that sweep goes on, and the VM is deleted by a sweep tried again soon, not at the
+      // drift check ten minutes on.
+      const ctl = azureControl();
+      const lostVm = `/virtualMachines/${vmName(lost.metadata.uid!)}`;
+      const since = (await ctl.requests(0)).lastSeq;
+      const busy = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: lostVm, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
       op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
       const lostUid = lost.metadata.uid!;
       const isLeft = (r: { name: string; tags: Record<string, string> }): boolean =>
         r.tags["vmforge-run-uid"] === lostUid || r.tags["vmforge-run-uid"] === goneUid || r.name === osDiskName(lostUid) || r.name === osDiskName(goneUid);
-      await waitFor("the orphans swept", async () => (await inRg()).filter(isLeft).length === 0, 60_000, 250);
+      await waitFor("the orphans swept", async () => {
+        const left = (await inRg()).filter(isLeft);
+        if (left.length > 0) throw new Error(`left: ${left.map((r) => `${r.type}/${r.name}`).join(", ")}`);
+        return true;
+      }, 60_000, 250);
+      await ctl.removeFault(busy.id);
+      const lostDeletes = (await ctl.requests(since)).value.filter((r) => r.method === "DELETE" && r.path.toLowerCase().endsWith(lostVm.toLowerCase()));
+      expect(lostDeletes.map((r) => r.status >= 200 && r.status < 300 ? "accepted" : r.status)).toEqual([409, "accepted"]);
       const after = await inRg();
       expect(after.filter((r) => r.tags["vmforge-run-uid"] === keep.metadata.uid).length).toBe(3);
       expect(after.some((r) => r.name === osDiskName(keep.metadata.uid!))).toBe(true);
@@ -393,14 +406,16 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     await env.kube.create(RunResource, env.runBody("nodel", CE));
     const run = await settingUp("nodel");
     const ctl = azureControl();
-    // The next VM delete (the poll's, of the stopped VM) is refused; the Run's own termination then goes through.
-    await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
+    // The next delete of this VM (the poll's, of the stopped VM) is refused; the Run's own
+    // termination then goes through. Scoped to the VM's name: other tests run beside this one.
+    const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/virtualMachines/${vmName(run.metadata.uid!)}`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
     try {
       await env.finishVm(ce, run, 3);
       const done = await phase("nodel", "Failed");
       expect(done.status).toMatchObject({ reason: "PipelineFailed", exitCode: 3 });
+      expect((await ctl.requests()).value.filter((r) => r.method === "DELETE" && r.status === 409 && r.path.toLowerCase().endsWith(`/virtualmachines/${vmName(run.metadata.uid!)}`))).toHaveLength(1);
     } finally {
-      await ctl.clearFaults();
+      await ctl.removeFault(fault.id);
     }
     await waitFor("the stopped VM of nodel deleted", async () => (await env.vmOf(run)) === undefined, 30_000, 250);
   }, 120_000);

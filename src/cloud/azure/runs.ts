@@ -586,6 +586,9 @@ export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, fro
   return chunk;
 }
 
+/** A loose OS disk left to the resource group's deletion (a disk permission is missing): not a refusal. */
+const SKIPPED = Symbol("skipped");
+
 /**
  * What a Run whose UID is not live left in the CE's resource group is deleted: VMs and network
  * interfaces and public IPs (tagged with the Run UID: the VM's tags, and the tags its network
@@ -593,6 +596,7 @@ export async function readRunLog(c: AzureClients, ctx: EnvContext, run: Run, fro
  * their name derived from the Run UID). A NIC, IP or disk still attached is left to its VM
  * (deleteOption); a public IP freed by a NIC deleted now goes at the next sweep. Returns their
  * names, and those of VMs still being deleted, so a CE being deleted waits until none is left.
+ * Every delete is tried; when any is refused, the first refusal is thrown after the rest are done.
  */
 export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<string>): Promise<string[]> {
   const rg = runRg(ctx.ce);
@@ -647,22 +651,34 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
       withoutDiskPermission(e);
     }),
   ]);
-  await deleteVms(c, rg, orphanVms, so);
-  const [, disks] = await Promise.all([
-    Promise.all([
-      ...orphanNics.map((n) =>
-        azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }))),
-      ...orphanIps.map((n) =>
-        azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so }))),
-    ]),
-    Promise.all(orphanDisks.map((n) =>
-      azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted()).then(
-        () => n,
-        (e: unknown) => {
-          withoutDiskPermission(e);
-          return undefined;
-        },
-      ))),
+  // Every delete is tried, even when one is refused (a VM Azure calls busy, a throttled call):
+  // then the first refusal is thrown, and the caller tries the sweep again soon.
+  const gone: string[] = [...deleting];
+  const refusals: unknown[] = [];
+  const attempt = async (name: string, del: () => Promise<unknown>): Promise<void> => {
+    try {
+      await del();
+      gone.push(name);
+    } catch (e) {
+      refusals.push(e);
+    }
+  };
+  await Promise.all(orphanVms.map((n) => attempt(n, () => deleteVms(c, rg, [n], so))));
+  await Promise.all([
+    ...orphanNics.map((n) => attempt(n, () =>
+      azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so })))),
+    ...orphanIps.map((n) => attempt(n, () =>
+      azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so })))),
+    ...orphanDisks.map((n) => attempt(n, () =>
+      azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted()).catch((e: unknown) => {
+        withoutDiskPermission(e);
+        throw SKIPPED;
+      }))),
   ]);
-  return [...orphanVms, ...deleting, ...orphanNics, ...orphanIps, ...disks.filter((n): n is string => n !== undefined)];
+  const failed = refusals.filter((e) => e !== SKIPPED);
+  if (failed.length > 0) {
+    ctx.logger.warn({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}`, deleted: gone, refused: failed.length }, "orphan sweep: some deletes were refused");
+    throw failed[0];
+  }
+  return gone;
 }

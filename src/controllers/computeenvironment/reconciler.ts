@@ -58,6 +58,13 @@ export interface ComputeEnvironmentDeps {
 const PROVISIONED = "ResourcesProvisioned";
 /** How long a Stalled environment waits before looking at the cloud again without any change. */
 const STALLED_RECHECK_MS = 30 * 60_000;
+/**
+ * A failed orphan sweep is tried again after this, doubling per failure up to SWEEP_RETRY_MAX_MS
+ * (or after the cloud's own Retry-After when that is longer), not only at the next drift check: a
+ * VM Azure answers "busy" for now, or a throttled listing, must not keep an orphan for 10 minutes.
+ */
+export const SWEEP_RETRY_BASE_MS = 5_000;
+export const SWEEP_RETRY_MAX_MS = 5 * 60_000;
 const CREDENTIALS = "CredentialsValid";
 
 export class ComputeEnvironmentReconciler {
@@ -66,6 +73,8 @@ export class ComputeEnvironmentReconciler {
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
   private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string }>();
+  /** uid -> an orphan sweep that failed for a passing reason: how often in a row, and when to try again. */
+  private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
@@ -153,7 +162,10 @@ export class ComputeEnvironmentReconciler {
       provider.environmentSuspect?.(withFinalizer) !== true
     ) {
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: this.d.driftCheckMs - (Date.now() - last.at) };
+      // A sweep that failed for a passing reason is tried again on its own, without a converge.
+      const retry = this.sweepRetry.get(withFinalizer.metadata.uid ?? "");
+      if (retry && retry.due <= Date.now()) await this.sweep(provider, ctx, withFinalizer, log);
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, this.d.driftCheckMs - (Date.now() - last.at)) };
     }
 
     // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.
@@ -208,7 +220,7 @@ export class ComputeEnvironmentReconciler {
         // Runs waiting for this CE can go.
         for (const r of this.runsOf(withFinalizer)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
       }
-      return { requeueAfterMs: this.d.driftCheckMs };
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, this.d.driftCheckMs) };
     } catch (e) {
       this.converged.delete(withFinalizer.metadata.uid ?? "");
       const { reason, message } = describeError(e);
@@ -270,6 +282,7 @@ export class ComputeEnvironmentReconciler {
    */
   private async sweep(provider: CloudProvider, ctx: EnvContext, ce: ComputeEnvironment, log: Logger): Promise<void> {
     if (!provider.sweepOrphans) return;
+    const uid = ce.metadata.uid ?? "";
     // A Run that ended without a machine on record (e.g. cancelled mid-launch) does not protect
     // a machine carrying its UID: such a machine is an orphan.
     const live = new Set(this.runsOf(ce).filter((r) => isRunActive(r) || machineMayExist(r)).map((r) => r.metadata.uid ?? ""));
@@ -279,9 +292,26 @@ export class ComputeEnvironmentReconciler {
         log.warn({ machines: stopped }, "terminated machines whose Run no longer exists");
         await this.d.events.record(ce, "Warning", "OrphansTerminated", "Sweep", clip(`terminated ${stopped.length} machine(s) whose Run no longer exists: ${stopped.join(", ")}`));
       }
+      this.sweepRetry.delete(uid);
     } catch (e) {
-      log.warn({ err: e }, "orphan sweep failed; will try again at the next check");
+      if (e instanceof CloudError && e.kind === "Terminal") {
+        // The same answer until something changes (a permission, say): the next drift check looks again.
+        this.sweepRetry.delete(uid);
+        log.warn({ err: e }, "orphan sweep failed; will try again at the next drift check");
+        return;
+      }
+      const failures = (this.sweepRetry.get(uid)?.failures ?? 0) + 1;
+      const backoff = Math.min(SWEEP_RETRY_MAX_MS, SWEEP_RETRY_BASE_MS * 2 ** (failures - 1));
+      const waitMs = Math.max(backoff, e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0);
+      this.sweepRetry.set(uid, { failures, due: Date.now() + waitMs });
+      log.warn({ err: e, failures, retryInMs: waitMs }, "orphan sweep failed; will try again soon");
     }
+  }
+
+  /** The requeue delay of a converged CE: the drift check, or sooner when a failed sweep is due. */
+  private untilNextCheck(ce: ComputeEnvironment, driftInMs: number): number {
+    const retry = this.sweepRetry.get(ce.metadata.uid ?? "");
+    return retry ? Math.max(0, Math.min(driftInMs, retry.due - Date.now())) : driftInMs;
   }
 
   private async finalize(ce: ComputeEnvironment, provider: CloudProvider | undefined, log: Logger, signal?: AbortSignal): Promise<ReconcileResult> {
@@ -350,6 +380,7 @@ export class ComputeEnvironmentReconciler {
     await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid);
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
+    this.sweepRetry.delete(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
     // (After a disposal, `wrote` is false too: that is not "nothing was ever written".)
     log.info(wrote || cloudWritesMayHaveHappened(ce) ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");

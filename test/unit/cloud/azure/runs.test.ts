@@ -2,7 +2,7 @@
 // group, stopped VMs, terminate, the log cursor and the orphan sweep.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
-import type { EnvContext } from "../../../../src/cloud/provider.js";
+import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import { describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
@@ -424,6 +424,26 @@ describe("Azure runs", () => {
     // With the permission, it goes.
     await sweepOrphans(az.clients(), ctx, new Set());
     expect(az.get(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`)).toBeUndefined();
+  });
+
+  it("a VM delete Azure refuses for now does not stop the rest of the sweep: the loose NIC, IP and disk go, then the refusal is thrown (Retryable), and the next sweep deletes the VM", async () => {
+    const dead = runOf(63);
+    await launchRun(az.clients(), ctx, dead);
+    const base = `/subscriptions/${az.sub}/resourceGroups/${RG}/providers`;
+    const gone = "11111111-2222-4333-8444-777777777777";
+    az.put(`${base}/Microsoft.Network/networkInterfaces/left-nic`, { name: "left-nic", tags: { "vmforge-run-uid": gone } });
+    az.put(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, { name: "left-ip", tags: { "vmforge-run-uid": gone } });
+    az.put(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`, { name: osDiskName(gone) });
+    az.fail("compute.virtualMachines.delete", new RestLikeError(409, "Conflict", "the VM is busy"));
+    const refused = await sweepOrphans(az.clients(), ctx, new Set()).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(CloudError);
+    expect(refused).toMatchObject({ kind: "Retryable", reason: "Conflict" });
+    expect(az.get(`${base}/Microsoft.Network/networkInterfaces/left-nic`)).toBeUndefined();
+    expect(az.get(`${base}/Microsoft.Network/publicIPAddresses/left-ip`)).toBeUndefined();
+    expect(az.get(`${base}/Microsoft.Compute/disks/${osDiskName(gone)}`)).toBeUndefined();
+    expect(az.get(`${base}/Microsoft.Compute/virtualMachines/${vmName(dead.metadata.uid!)}`)).toBeDefined();
+    expect(await sweepOrphans(az.clients(), ctx, new Set())).toEqual([vmName(dead.metadata.uid!)]);
+    expect(az.get(`${base}/Microsoft.Compute/virtualMachines/${vmName(dead.metadata.uid!)}`)).toBeUndefined();
   });
 
   it("maps instance view codes", () => {
