@@ -205,16 +205,24 @@ export class AzureEmulatorControl {
   clearFaults(): Promise<void> {
     return this.call("DELETE", "/faults");
   }
+  faults(): Promise<{ value: Array<FaultSpec & { id: string }> }> {
+    return this.call("GET", "/faults");
+  }
   /** Removes one fault, leaving those of tests running beside this one. */
   removeFault(id: string): Promise<void> {
     return this.call("DELETE", `/faults/${encodeURIComponent(id)}`);
   }
   /** SkuNotAvailable without count also marks the size restricted in Microsoft.Compute/skus. */
-  addCapacityError(c: { vmSize: string; location: string; code: "SkuNotAvailable" | "AllocationFailed" | "OperationNotAllowed" | "ZonalAllocationFailed"; count?: number }): Promise<unknown> {
+  addCapacityError(c: { vmSize: string; location: string; code: "SkuNotAvailable" | "AllocationFailed" | "OperationNotAllowed" | "ZonalAllocationFailed"; count?: number }): Promise<{ id: string }> {
     return this.call("POST", "/capacity", c);
   }
+  /** Removes every capacity error: only for a test that runs alone (see removeCapacityError). */
   clearCapacityErrors(): Promise<void> {
     return this.call("DELETE", "/capacity");
+  }
+  /** Removes one capacity error (and the size's restriction that came with it). */
+  removeCapacityError(id: string): Promise<void> {
+    return this.call("DELETE", `/capacity/${encodeURIComponent(id)}`);
   }
   async requests(since = 0): Promise<{ value: RequestLogEntry[]; lastSeq: number }> {
     return this.call("GET", `/requests?since=${since}`);

@@ -556,6 +556,17 @@ export class Emulator {
       this.faults = this.faults.filter((f) => f.id !== id);
       return reply(200, {});
     }
+    const oneCapacity = /^DELETE \/capacity\/([^/]+)$/.exec(route);
+    if (oneCapacity) {
+      const id = decodeURIComponent(oneCapacity[1]!);
+      const gone = this.capacity.find((c) => c.id === id);
+      this.capacity = this.capacity.filter((c) => c.id !== id);
+      // The size is listed as restricted again only while another such error remains.
+      if (gone && !this.capacity.some((c) => c.code === "SkuNotAvailable" && c.count === undefined && lc(c.vmSize) === lc(gone.vmSize) && c.location === gone.location)) {
+        this.catalog.restricted.delete(`${lc(gone.vmSize)}|${gone.location}`);
+      }
+      return reply(200, {});
+    }
     switch (route) {
       case "GET /info":
         return reply(200, this.getInfo());

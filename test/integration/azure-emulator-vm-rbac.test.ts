@@ -193,6 +193,31 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     await ctl.clearCapacityErrors();
   });
 
+  it("one capacity error or fault is removed by its ID, the others stay; a fault with a path meets only requests for that resource", async () => {
+    const ctl = azureControl();
+    const a = await ctl.addCapacityError({ vmSize: "Standard_E4s_v5", location: LOCATION, code: "SkuNotAvailable" });
+    await ctl.addCapacityError({ vmSize: "Standard_E8s_v5", location: LOCATION, code: "SkuNotAvailable" });
+    await ctl.removeCapacityError(a.id);
+    const skus = await collect(compute.resourceSkus.list({ filter: `location eq '${LOCATION}'` }));
+    expect(skus.find((s) => s.name === "Standard_E4s_v5")?.restrictions ?? []).toEqual([]);
+    expect(skus.find((s) => s.name === "Standard_E8s_v5")?.restrictions?.[0]?.reasonCode).toBe("NotAvailableForSubscription");
+    await expect(compute.virtualMachines.createOrUpdate("rg-vm", "cap-4", vmParams(subnetId, { size: "Standard_E8s_v5" })).pollUntilDone()).rejects.toMatchObject({ code: "SkuNotAvailable" });
+    await compute.virtualMachines.createOrUpdate("rg-vm", "cap-5", vmParams(subnetId, { size: "Standard_E4s_v5" })).pollUntilDone();
+    await compute.virtualMachines.createOrUpdate("rg-vm", "cap-6", vmParams(subnetId)).pollUntilDone();
+    await ctl.clearCapacityErrors();
+
+    // Scoped by path: cap-5's delete is refused, cap-6's is not; removing the fault lets cap-5's through.
+    const busy = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: "/virtualMachines/cap-5", status: 409, code: "Conflict", message: "busy" });
+    const other = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/write", path: "/virtualMachines/no-such-vm", status: 500 });
+    await compute.virtualMachines.delete("rg-vm", "cap-6").pollUntilDone();
+    await expect(compute.virtualMachines.delete("rg-vm", "cap-5").pollUntilDone()).rejects.toMatchObject({ statusCode: 409, code: "Conflict" });
+    await ctl.removeFault(busy.id);
+    await compute.virtualMachines.delete("rg-vm", "cap-5").pollUntilDone();
+    await expect(compute.virtualMachines.get("rg-vm", "cap-5")).rejects.toMatchObject({ statusCode: 404 });
+    expect((await ctl.faults()).value.map((f) => f.id)).toEqual([other.id]);
+    await ctl.removeFault(other.id);
+  });
+
   it("a role definition cannot be deleted while assigned", async () => {
     const roleId = randomUUID();
     const scope = `/subscriptions/${sub}`;

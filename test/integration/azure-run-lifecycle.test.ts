@@ -586,8 +586,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       { run: "quota", size: "Standard_D4s_v5", code: "OperationNotAllowed" as const, reason: "QuotaExceeded" },
       { run: "alloc", size: "Standard_D4ds_v5", code: "AllocationFailed" as const, reason: "AllocationFailed" },
     ];
+    const added: string[] = [];
     try {
-      for (const c of cases) await ctl.addCapacityError({ vmSize: c.size, location: LOCATION, code: c.code });
+      for (const c of cases) added.push((await ctl.addCapacityError({ vmSize: c.size, location: LOCATION, code: c.code })).id);
       for (const c of cases) await env.kube.create(RunResource, env.runBody(c.run, CE, { overrides: { instanceType: c.size } }));
       await env.kube.create(RunResource, env.runBody("nosize", CE, { overrides: { instanceType: "Standard_D3ds_v9" } }));
 
@@ -631,7 +632,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const alloc = runs.get("alloc")!;
       expect(alloc.status?.message).toMatch(/could not allocate/);
     } finally {
-      await ctl.clearCapacityErrors();
+      // Only this test's errors: the capacity tests beside it keep theirs.
+      for (const id of added) await ctl.removeCapacityError(id);
     }
     // The fault cleared: each Run launches (one VM each) and runs.
     for (const c of cases) {
