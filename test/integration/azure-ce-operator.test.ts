@@ -5,6 +5,7 @@
  * seed's roles (seed 001, read from the product document at test time) plus the built-in Reader and the
  * documented additions; fixtures are made and results checked as the emulator's admin.
  */
+import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
@@ -18,7 +19,7 @@ import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/nam
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, ceBody, cond, getCe as envGetCe, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
+import { LOCATION, STORAGE, ceBody, cond, getCe as envGetCe, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 
 let kube: KubeClient;
@@ -185,6 +186,47 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
     expect(await rgExists(keptRg)).toBe(true);
     expect(await roleDefExists(roleDefinitionGuid(kept.metadata.uid!))).toBe(true);
   }, 180_000);
+
+  it("an assignment of the CE's role that was never recorded (a provisioning cut short, or made by hand) goes on deletion, so the role can go too; another role's assignment stays", async () => {
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "unrecorded"));
+    const ce = await waitReady(ns, "unrecorded");
+    const s = ce.status!.azure!;
+    const scope = `/subscriptions/${info.subscriptionId}/resourceGroups/data-rg`;
+    const ours = randomUUID();
+    const theirs = randomUUID();
+    await authz.roleAssignments.create(scope, ours, { roleDefinitionId: s.roleDefinitionId!, principalId: s.identityPrincipalId!, principalType: "ServicePrincipal" });
+    const reader = `/subscriptions/${info.subscriptionId}/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7`;
+    await authz.roleAssignments.create(scope, theirs, { roleDefinitionId: reader, principalId: s.identityPrincipalId!, principalType: "ServicePrincipal" });
+    try {
+      await kube.delete(ComputeEnvironmentResource, ns, "unrecorded");
+      await waitGone(ns, "unrecorded");
+      expect(await roleDefExists(roleDefinitionGuid(ce.metadata.uid!))).toBe(false);
+      await expect(authz.roleAssignments.get(scope, ours)).rejects.toMatchObject({ statusCode: 404 });
+      expect((await authz.roleAssignments.get(scope, theirs)).roleDefinitionId?.toLowerCase()).toBe(reader.toLowerCase());
+    } finally {
+      await authz.roleAssignments.delete(scope, theirs).catch(() => undefined);
+    }
+  }, 120_000);
+
+  it("a work directory moved to another container: the assignment at the old container goes before one is made at the new one", async () => {
+    const sa = `subscriptions/${info.subscriptionId}/resourceGroups/data-rg/providers/Microsoft.Storage/storageAccounts/${STORAGE}`;
+    await rm.resources.createOrUpdateById(`${sa}/blobServices/default/containers/moved`, "2023-05-01", {});
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "mover"));
+    const before = (await waitReady(ns, "mover")).status!.azure!;
+    expect(before.roleAssignmentContainerId!.toLowerCase()).toContain("/containers/work/");
+    await kube.patch(ComputeEnvironmentResource, ns, "mover", { spec: { azure: { workDir: "az://moved/runs" } } }, "merge");
+    const after = await waitFor("the CE Ready at the new container", async () => {
+      const ce = await getCe(ns, "mover");
+      const id = ce?.status?.azure?.roleAssignmentContainerId ?? "";
+      return cond(ce!, "Ready")?.status === "True" && id.toLowerCase().includes("/containers/moved/") ? ce!.status!.azure! : undefined;
+    }, 60_000, 250);
+    await expect(authz.roleAssignments.getById(before.roleAssignmentContainerId!.slice(1))).rejects.toMatchObject({ statusCode: 404 });
+    const now = await authz.roleAssignments.getById(after.roleAssignmentContainerId!.slice(1));
+    expect(now.roleDefinitionId!.toLowerCase()).toBe(after.roleDefinitionId!.toLowerCase());
+    expect(now.principalId).toBe(after.identityPrincipalId);
+    await kube.delete(ComputeEnvironmentResource, ns, "mover");
+    await waitGone(ns, "mover");
+  }, 120_000);
 
   it("a rejected secret gives CredentialsValid=False and Stalled InvalidCredentials naming the Secret; the rotated one is used at the next reconcile", async () => {
     await putSecret(ns, "rotating", { ...principal, secret: "not-the-secret" });
