@@ -13,7 +13,6 @@ import { CloudWatchLogsClient } from "@aws-sdk/client-cloudwatch-logs";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
-import { CloudError } from "../../src/cloud/provider.js";
 import type { EnvContext, LaunchHints, RunDescription } from "../../src/cloud/provider.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
@@ -49,24 +48,10 @@ class TestProvider extends AwsProvider {
   crashAfterLaunch = false;
   /** Runs once after the next RunInstances answered, before the answer reaches the operator. */
   afterLaunch: (() => Promise<void>) | undefined;
-  /** When set, the next launch call is refused with it (before reaching EC2). */
-  refuseNextLaunch: CloudError | undefined;
-  /** This many termination calls are refused (Terminal, access denied) before reaching EC2. */
-  refuseTerminations = 0;
   constructor() {
     super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0, unlistedLaunchMs: HIDDEN_MS + 3_000 });
   }
-  override async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
-    if (this.refuseTerminations > 0) {
-      this.refuseTerminations--;
-      throw CloudError.terminal("AccessDenied", "ec2:TerminateInstances: not authorized (refused by the test)");
-    }
-    return super.terminateRun(ctx, run);
-  }
   override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
-    const refusal = this.refuseNextLaunch;
-    this.refuseNextLaunch = undefined;
-    if (refusal) throw refusal;
     const d = await super.launchRun(ctx, run, hints);
     const after = this.afterLaunch;
     this.afterLaunch = undefined;
@@ -89,6 +74,11 @@ async function subnetZones(subnets: string[]): Promise<string[]> {
 
 async function calls(action: string): Promise<number> {
   return (await layer.stats()).calls[action] ?? 0;
+}
+
+/** Requests of `action` the layer answered with an injected fault so far. */
+async function faulted(action: string): Promise<number> {
+  return (await layer.stats()).faults[action] ?? 0;
 }
 
 const aws = () => ({ endpoint: motoEndpoint(), region: REGION, credentials: { accessKeyId: "testing", secretAccessKey: "testing" } });
@@ -352,9 +342,7 @@ describe("termination and outcome when DescribeInstances does not show the machi
   async function injectionsOff(): Promise<void> {
     provider.crashAfterLaunch = false;
     provider.afterLaunch = undefined;
-    provider.refuseNextLaunch = undefined;
-    provider.refuseTerminations = 0;
-    await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 } });
+    await layer.configure({ idempotency: false, consistency: { newInstanceHiddenMs: 0 }, faults: [] });
   }
 
   /**
@@ -377,13 +365,16 @@ describe("termination and outcome when DescribeInstances does not show the machi
   }
 
   it("a Run cancelled while the answer of its launch is lost and its termination is refused stays until its machine is terminated", async () => {
+    const refusedBefore = await faulted("ec2:TerminateInstances");
     try {
       const uid = await answerLost("cancelled", async () => {
-        provider.refuseTerminations = 1;
+        // EC2 refuses the next termination (a policy changed under the operator, say).
+        await layer.configure({ faults: [{ action: "ec2:TerminateInstances", error: "denied", count: 1 }] });
         await client.patch(RunResource, ns, "cancelled", { spec: { cancel: true } }, "merge");
       });
       // The refusal is said on the Run meanwhile.
       await waitFor("termination refused", async () => cond(await getRun("cancelled"), "Stalled")?.reason === "AccessDenied", 30_000, 200);
+      expect(await faulted("ec2:TerminateInstances")).toBe(refusedBefore + 1);
       const done = await phase("cancelled", "Cancelled", 90_000);
       // Cancelled only once its machine (made by the lost launch, not listed for a while) was terminated.
       expect(await ending(uid)).toEqual([true]);
@@ -394,12 +385,15 @@ describe("termination and outcome when DescribeInstances does not show the machi
   }, 120_000);
 
   it("a launch refused for good after an attempt whose answer was lost fails the Run only once that attempt's machine is terminated", async () => {
+    const refusedBefore = await faulted("ec2:RunInstances");
     try {
       const uid = await answerLost("refused", async () => {
-        provider.refuseNextLaunch = CloudError.terminal("InvalidSpec", "the launch was refused for good (by the test)");
+        // EC2 refuses the retried launch for good.
+        await layer.configure({ faults: [{ action: "ec2:RunInstances", error: "refuse", code: "InvalidParameterCombination", message: "The architecture 'arm64' of the specified instance type does not match the architecture 'x86_64' of the specified AMI.", count: 1 }] });
       });
       const failed = await phase("refused", "Failed", 60_000);
-      expect(failed.status?.reason).toBe("InvalidSpec");
+      expect(failed.status?.reason).toBe("InvalidParameterCombination");
+      expect(await faulted("ec2:RunInstances")).toBe(refusedBefore + 1);
       expect(await ending(uid)).toEqual([true]);
     } finally {
       await injectionsOff();

@@ -181,6 +181,26 @@ describe("faults", () => {
     await layer().configure({ faults: [{ error: "internal", percent: 0 }] });
     for (let i = 0; i < 5; i++) await expect(admin.ec2.send(new DescribeInstancesCommand({}))).resolves.toBeDefined();
   });
+
+  it("access denied as each service words it, and any refusal by code, status and message", async () => {
+    await layer().configure({
+      faults: [
+        { action: "ec2:TerminateInstances", error: "denied", count: 1 },
+        { action: "iam:GetRole", error: "denied", count: 1 },
+        { action: "logs:DescribeLogGroups", error: "denied", count: 1 },
+        { action: "ec2:DescribeImages", error: "refuse", code: "InvalidParameterCombination", message: "not this way", count: 1 },
+      ],
+    });
+    expect(await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] })))).toMatchObject({ name: "UnauthorizedOperation", status: 403 });
+    expect(await failure(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` })))).toMatchObject({ name: "AccessDenied", status: 403 });
+    await expect(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` }))).resolves.toBeDefined();
+    expect(await failure(admin.logs.send(new DescribeLogGroupsCommand({})))).toMatchObject({ name: "AccessDeniedException", status: 400 });
+    const refused = await failure(admin.ec2.send(new DescribeImagesCommand({ Owners: ["amazon"] })));
+    expect(refused).toMatchObject({ name: "InvalidParameterCombination", status: 400 });
+    expect(refused.message).toContain("not this way");
+    await expect(admin.ec2.send(new DescribeImagesCommand({ Owners: ["amazon"] }))).resolves.toBeDefined();
+    await layer().configure({ faults: [] });
+  });
 });
 
 describe("rate limits", () => {

@@ -1,16 +1,25 @@
 // The behaviours of the strict AWS layer (test/harness/aws-strict/server.ts) and their defaults.
 // Shared by the server and its typed client; JSON on the wire.
 
-export type FaultKind = "throttle" | "unavailable" | "internal";
+export type FaultKind = "throttle" | "unavailable" | "internal" | "denied" | "refuse";
 
 export interface FaultRule {
   /** IAM action pattern the rule applies to: "ec2:RunInstances", "ec2:Describe*", "*" (default). */
   action?: string;
   /**
    * throttle: RequestLimitExceeded (EC2), Throttling (IAM, STS), ThrottlingException (Logs),
-   * SlowDown (S3); unavailable: HTTP 503; internal: HTTP 500.
+   * SlowDown (S3); unavailable: HTTP 503; internal: HTTP 500; denied: the service's access-denied
+   * answer (UnauthorizedOperation on EC2, AccessDenied on IAM, STS and S3, AccessDeniedException
+   * on Logs), as when a policy or an SCP changes under the operator; refuse: `code` with `status`
+   * (default 400) and `message`, any refusal the service gives (e.g. InvalidParameterCombination).
    */
   error: FaultKind;
+  /** For refuse: the error code (required). */
+  code?: string;
+  /** For refuse: the HTTP status (default 400). */
+  status?: number;
+  /** For refuse: the message (default: the code). */
+  message?: string;
   /** Chance per matching request, 0..100 (default 100). */
   percent?: number;
   /** Fires this many times, then stays inert (default: no limit). Counts down as it fires. */

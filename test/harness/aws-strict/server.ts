@@ -628,7 +628,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       if (Math.random() * 100 >= (rule.percent ?? 100)) continue;
       if (rule.count !== undefined) rule.count--;
       bump(stats.faults, req.action);
-      return faultAnswer(req, rule.error);
+      return faultAnswer(req, rule.error, rule);
     }
     return undefined;
   }

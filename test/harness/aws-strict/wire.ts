@@ -179,8 +179,14 @@ export function errorAnswer(req: Pick<AwsRequest, "service" | "json">, status: n
 }
 
 /** The throttling and server errors each service answers with. */
-export function faultAnswer(req: Pick<AwsRequest, "service" | "json">, kind: FaultKind): HttpAnswer {
+export function faultAnswer(req: Pick<AwsRequest, "service" | "json">, kind: FaultKind, refusal: { code?: string; status?: number; message?: string } = {}): HttpAnswer {
   const s = req.service;
+  if (kind === "refuse") return errorAnswer(req, refusal.status ?? 400, refusal.code ?? "InvalidParameterValue", refusal.message ?? refusal.code ?? "InvalidParameterValue");
+  if (kind === "denied") {
+    if (s === "ec2") return errorAnswer(req, 403, "UnauthorizedOperation", "You are not authorized to perform this operation.");
+    if (req.json !== undefined) return errorAnswer(req, 400, "AccessDeniedException", "User is not authorized to perform this operation.");
+    return errorAnswer(req, 403, "AccessDenied", "User is not authorized to perform this operation.");
+  }
   if (kind === "throttle") {
     if (s === "ec2") return errorAnswer(req, 503, "RequestLimitExceeded", "Request limit exceeded.");
     if (s === "s3") return errorAnswer(req, 503, "SlowDown", "Please reduce your request rate.");
