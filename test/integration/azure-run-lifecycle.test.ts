@@ -18,6 +18,7 @@ import { CloudError, type CloudProvider, type EnvContext, type RunDescription } 
 import { createLogger } from "../../src/engine/logger.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
+import { SWEEP_RETRY_BASE_MS } from "../../src/controllers/computeenvironment/reconciler.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
 import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
@@ -318,6 +319,55 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(after.filter((r) => r.tags["vmforge-run-uid"] === keep.metadata.uid).length).toBe(3);
       expect(after.some((r) => r.name === osDiskName(keep.metadata.uid!))).toBe(true);
       expect((await env.getRun("keep", ns))?.status?.phase).toBe("Running");
+    } finally {
+      await op.stop();
+    }
+  }, 150_000);
+
+  it("without the disk-delete addition the sweep still deletes a loose NIC and IP, leaves the OS disk (one refused delete, no retries) to the resource group's deletion, and the CE stays Ready", async () => {
+    const ns = await env.extraNamespace("aznodisk");
+    const p = await operatorPrincipal(env.info, "vmforge-life-nodisk", {}, { withoutAdditions: ["Microsoft.Compute/disks/delete"] });
+    await putSecret(env.kube, env.info, ns, "nodisk", p);
+    let op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "nodisk", { storageAccount: env.storageAccount }, "nodisk"));
+      const oce = await waitReady(env.kube, ns, "nodisk");
+      const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
+      const rg = resourceGroupName({ namespace: ns, name: "nodisk", uid: oce.metadata.uid! });
+      const goneUid = "0badc0de-0000-4000-8000-000000000002";
+      const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
+      const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": oce.metadata.uid! };
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
+        { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: oce.status!.azure!.subnetId } } }] } });
+      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
+        { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
+      const names = async (): Promise<string[]> => {
+        const out: string[] = [];
+        for await (const r of rm.resources.listByResourceGroup(rg)) out.push(r.name!);
+        return out;
+      };
+      // The restarted operator converges the CE and sweeps.
+      await op.stop();
+      const since = (await azureControl().requests(0)).lastSeq;
+      op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      await waitFor("the loose NIC and IP swept", async () => {
+        const left = await names();
+        return !left.includes("left-nic") && !left.includes("left-ip") ? left : undefined;
+      }, 60_000, 250);
+      const diskDeletes = async (): Promise<number[]> =>
+        (await azureControl().requests(since)).value.filter((r) => r.method === "DELETE" && r.path.toLowerCase().endsWith(`/disks/${osDiskName(goneUid)}`.toLowerCase())).map((r) => r.status);
+      await waitFor("the disk's delete refused", async () => (await diskDeletes()).length > 0, 30_000, 250);
+      // A refusal for good is not tried again soon (the sweep retry is for passing refusals):
+      // one more sweep retry period, and still the one refused delete.
+      await new Promise((r) => setTimeout(r, SWEEP_RETRY_BASE_MS + 2_000));
+      expect(await diskDeletes()).toEqual([403]);
+      expect(await names()).toContain(osDiskName(goneUid));
+      expect(cond((await env.kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "nodisk"))!, "Ready")).toMatchObject({ status: "True" });
+      // Deleting the CE deletes its resource group, and the disk with it.
+      await env.kube.delete(ComputeEnvironmentResource, ns, "nodisk");
+      await waitFor("CE nodisk gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "nodisk")) === undefined, 60_000, 250);
+      expect((await rm.resourceGroups.checkExistence(rg)).body).toBe(false);
     } finally {
       await op.stop();
     }

@@ -40,19 +40,27 @@ export async function grantPhase(info: EmulatorInfo, p: Pick<Principal, "objectI
 }
 
 /** A principal holding the seed's four roles, the built-in Reader and the documented additions (minus `without`). */
-export async function operatorPrincipal(info: EmulatorInfo, name: string, without: Partial<Record<AzurePhase, string[]>> = {}, opts: { reader?: boolean } = {}): Promise<Principal> {
+export async function operatorPrincipal(info: EmulatorInfo, name: string, without: Partial<Record<AzurePhase, string[]>> = {}, opts: GrantOptions = {}): Promise<Principal> {
   const created = await azureControl().createPrincipal({ displayName: name });
   const p = { objectId: created.objectId, clientId: created.clientId, secret: created.secret! };
   await grantOperatorRoles(info, p.objectId, name, without, opts);
   return p;
 }
 
+export interface GrantOptions {
+  /** false: without the built-in Reader. */
+  reader?: boolean;
+  /** Documented additions left out (e.g. "Microsoft.Compute/disks/delete"). */
+  withoutAdditions?: string[];
+}
+
 /** Gives any principal (an app, a managed identity) what the operator needs: the seed's four roles, Reader and the documented additions. */
-export async function grantOperatorRoles(info: EmulatorInfo, objectId: string, name: string, without: Partial<Record<AzurePhase, string[]>> = {}, opts: { reader?: boolean } = {}): Promise<void> {
+export async function grantOperatorRoles(info: EmulatorInfo, objectId: string, name: string, without: Partial<Record<AzurePhase, string[]>> = {}, opts: GrantOptions = {}): Promise<void> {
   const ctl = azureControl();
   for (const phase of AZURE_PHASES) await grantPhase(info, { objectId }, phase, without[phase] ?? []);
   if (opts.reader !== false) await ctl.assignRole({ principalId: objectId, scope: `/subscriptions/${info.subscriptionId}`, roleName: "Reader" });
-  const add = azureAdditions();
+  const left = new Set(opts.withoutAdditions ?? []);
+  const add = Object.fromEntries(Object.entries(azureAdditions()).map(([ph, list]) => [ph, list.filter((a) => !left.has(a.action))])) as ReturnType<typeof azureAdditions>;
   const role: RoleJson = {
     properties: {
       roleName: `vmforge-additions-${name}`,
