@@ -19,7 +19,7 @@ import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/nam
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, ceBody, cond, getCe as envGetCe, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
+import { LOCATION, STORAGE, ceBody, cond, getCe as envGetCe, grantOperatorRoles, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 
 let kube: KubeClient;
@@ -226,6 +226,33 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
     expect(now.principalId).toBe(after.identityPrincipalId);
     await kube.delete(ComputeEnvironmentResource, ns, "mover");
     await waitGone(ns, "mover");
+  }, 120_000);
+
+  it("a CE stays in the subscription it was made in: the Secret naming another one is refused (SubscriptionChanged, both named), nothing is made there, and deletion disposes of the first", async () => {
+    const other = await azureControl().createSubscription({ tenantId: info.tenantId, displayName: "vmforge-other" });
+    // The operator may act in the other subscription too: only the CE's pinning keeps it out.
+    await grantOperatorRoles({ ...info, subscriptionId: other.id }, principal.objectId, "vmforge-operator-other");
+    await putSecret(ns, "pinned", principal);
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "pinned", {}, "pinned"));
+    const ce = await waitReady(ns, "pinned");
+    expect(ce.status?.azure?.subscriptionId?.toLowerCase()).toBe(info.subscriptionId.toLowerCase());
+    const rg = resourceGroupName({ namespace: ns, name: "pinned", uid: ce.metadata.uid! });
+    expect(await rgExists(rg)).toBe(true);
+
+    await envPutSecret(kube, { ...info, subscriptionId: other.id }, ns, "pinned", principal);
+    await kube.patch(ComputeEnvironmentResource, ns, "pinned", { metadata: { annotations: { "vmforge.dev/poke": "1" } } }, "merge");
+    const stalled = await waitStalled(ns, "pinned", "SubscriptionChanged");
+    expect(stalled.message).toContain(info.subscriptionId.toLowerCase());
+    expect(stalled.message).toContain(other.id.toLowerCase());
+    const inOther = new ResourceManagementClient(await azureTestCredential({ clientId: principal.clientId, clientSecret: principal.secret }), other.id, azureClientOptions());
+    const groups: string[] = [];
+    for await (const g of inOther.resourceGroups.list()) groups.push(g.name!);
+    expect(groups).toEqual([]);
+
+    await kube.delete(ComputeEnvironmentResource, ns, "pinned");
+    await waitGone(ns, "pinned");
+    expect(await rgExists(rg)).toBe(false);
+    expect(await roleDefExists(roleDefinitionGuid(ce.metadata.uid!))).toBe(false);
   }, 120_000);
 
   it("a rejected secret gives CredentialsValid=False and Stalled InvalidCredentials naming the Secret; the rotated one is used at the next reconcile", async () => {
