@@ -21,7 +21,7 @@ import type { ComputeEnvironment } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import type { AzureEndpoints } from "../../src/cloud/azure/clients.js";
 import { TAG_CE_UID, resourceGroupName } from "../../src/cloud/azure/names.js";
-import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
+import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeAdmin, kubeconfigPath } from "../harness/helpers.js";
 import { kubeIssuer } from "../harness/azure-kube.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
@@ -148,5 +148,30 @@ describe("Azure ComputeEnvironment with the operator's ambient identity (emulato
     expect(stalled.message).toMatch(/^the operator's user-assigned managed identity \(client ID 99999999-8888-7777-6666-555555555555\): rejected by Entra ID/);
     await kube.delete(ComputeEnvironmentResource, ns2, "mi-missing");
     await waitGone(kube, ns2, "mi-missing");
-  }, 240_000);
+
+    // IMDS itself in trouble for a while (503s beyond the SDK's own retries): the CE waits and
+    // retries, never Stalled on the credentials, and is Ready once IMDS answers again.
+    // (A second identity on the same host: the SDK keeps the first one's token, and the host it
+    // found, for the whole process.)
+    const ns3 = await freshNamespace(kube, "azmi");
+    const ident3 = await msi.userAssignedIdentities.createOrUpdate("operator-identity-rg", "vmforge-operator-3", { location: LOCATION });
+    await grantOperatorRoles(info, ident3.principalId!, "mi3");
+    await azureControl().createManagedIdentityHost({ name: "operator-pod", userAssignedIdentityIds: [ident.id!, ident3.id!] });
+    const busy = await azureControl().addFault({ operation: "managedIdentityToken", status: 503, count: 12 });
+    const flaky = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "managed", managedIdentityClientId: ident3.clientId! } });
+    operators.push(await startOperator(kubeconfigPath(), new Map([["azure", flaky]]), { namespaces: [ns3], pollIntervalMs: 1_000 }));
+    await kube.create(ComputeEnvironmentResource, ambientCe(ns3, "mi-imds"));
+    const seen = new Set<string>();
+    const ready = await waitFor("mi-imds Ready after IMDS recovered", async () => {
+      const ce = await kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns3, "mi-imds");
+      const st = cond(ce, "Stalled");
+      if (st?.status === "True") seen.add(st.reason);
+      return cond(ce, "Ready")?.status === "True" ? ce : undefined;
+    }, 120_000, 100);
+    expect([...seen]).toEqual([]);
+    expect((await azureControl().faults()).value.find((f) => f.id === busy.id)?.count).toBe(0);
+    expect(cond(ready!, "CredentialsValid")?.status).toBe("True");
+    await kube.delete(ComputeEnvironmentResource, ns3, "mi-imds");
+    await waitGone(kube, ns3, "mi-imds");
+  }, 360_000);
 });
