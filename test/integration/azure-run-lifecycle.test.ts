@@ -87,6 +87,20 @@ async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudP
   }
 }
 
+/**
+ * What a Run `goneUid` that no longer exists may leave in the CE's resource group without a VM
+ * (made as the emulator's admin): a NIC and a public IP carrying its tags, and its OS disk.
+ */
+async function leaveOrphans(rm: ResourceManagementClient, rg: string, ce: ComputeEnvironment, goneUid: string): Promise<void> {
+  const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
+  const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": ce.metadata.uid! };
+  await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
+  await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
+    { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: ce.status!.azure!.subnetId } } }] } });
+  await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
+    { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
+}
+
 /** PUTs of a Run's VM in the emulator's request log since `since`. */
 async function vmPuts(run: Run, since: number): Promise<number> {
   const log = (await azureControl().requests(since)).value;
@@ -280,13 +294,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
       // Leftovers of a Run that is gone, without a VM: a NIC, a public IP and an OS disk.
       const goneUid = "0badc0de-0000-4000-8000-000000000001";
-      const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
-      const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": oce.metadata.uid! };
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
-        { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: oce.status!.azure!.subnetId } } }] } });
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
-        { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
+      await leaveOrphans(rm, rg, oce, goneUid);
 
       // "lost" disappears while the operator is down, its finalizer removed by hand: its VM stays.
       await op.stop();
@@ -335,13 +343,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const rm = new ResourceManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
       const rg = resourceGroupName({ namespace: ns, name: "nodisk", uid: oce.metadata.uid! });
       const goneUid = "0badc0de-0000-4000-8000-000000000002";
-      const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
-      const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": oce.metadata.uid! };
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
-        { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: oce.status!.azure!.subnetId } } }] } });
-      await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
-        { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
+      await leaveOrphans(rm, rg, oce, goneUid);
       const names = async (): Promise<string[]> => {
         const out: string[] = [];
         for await (const r of rm.resources.listByResourceGroup(rg)) out.push(r.name!);

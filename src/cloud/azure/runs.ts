@@ -596,7 +596,8 @@ const SKIPPED = Symbol("skipped");
  * their name derived from the Run UID). A NIC, IP or disk still attached is left to its VM
  * (deleteOption); a public IP freed by a NIC deleted now goes at the next sweep. Returns their
  * names, and those of VMs still being deleted, so a CE being deleted waits until none is left.
- * Every delete is tried; when any is refused, the first refusal is thrown after the rest are done.
+ * Every delete is tried; when any is refused, a refusal is thrown after the rest are done (one
+ * that may pass, such as a busy VM or throttling, before one for good).
  */
 export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<string>): Promise<string[]> {
   const rg = runRg(ctx.ce);
@@ -678,7 +679,8 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
   const failed = refusals.filter((e) => e !== SKIPPED);
   if (failed.length > 0) {
     ctx.logger.warn({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}`, deleted: gone, refused: failed.length }, "orphan sweep: some deletes were refused");
-    throw failed[0];
+    // A passing refusal first: the caller then tries again soon, and a refusal for good is met again then.
+    throw failed.find((e) => !(e instanceof CloudError && e.kind === "Terminal")) ?? failed[0];
   }
   return gone;
 }

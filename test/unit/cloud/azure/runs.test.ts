@@ -446,6 +446,18 @@ describe("Azure runs", () => {
     expect(az.get(`${base}/Microsoft.Compute/virtualMachines/${vmName(dead.metadata.uid!)}`)).toBeUndefined();
   });
 
+  it("a sweep refused both for now and for good throws the passing refusal, so it is tried again soon", async () => {
+    const a = runOf(64);
+    const b = runOf(65);
+    await launchRun(az.clients(), ctx, a);
+    await launchRun(az.clients(), ctx, b);
+    az.fail("compute.virtualMachines.delete",
+      new RestLikeError(403, "AuthorizationFailed", "The client 'x' does not have authorization to perform action 'Microsoft.Compute/virtualMachines/delete' over scope 's'"),
+      new RestLikeError(409, "Conflict", "the VM is busy"));
+    const refused = await sweepOrphans(az.clients(), ctx, new Set()).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ kind: "Retryable", reason: "Conflict" });
+  });
+
   it("maps instance view codes", () => {
     expect(machineState([{ code: "ProvisioningState/deleting" }, { code: "PowerState/running" }])).toBe("shutting-down");
     expect(machineState([{ code: "PowerState/starting" }])).toBe("pending");
