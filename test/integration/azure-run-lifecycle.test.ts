@@ -89,14 +89,16 @@ async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudP
 
 /**
  * What a Run `goneUid` that no longer exists may leave in the CE's resource group without a VM
- * (made as the emulator's admin): a NIC and a public IP carrying its tags, and its OS disk.
+ * (made as the emulator's admin): a NIC holding one public IP (left-ip-held), another public IP
+ * (left-ip), all carrying its tags, and its OS disk.
  */
 async function leaveOrphans(rm: ResourceManagementClient, rg: string, ce: ComputeEnvironment, goneUid: string): Promise<void> {
   const base = `subscriptions/${env.info.subscriptionId}/resourceGroups/${rg}/providers`;
   const tags = { "vmforge-run-uid": goneUid, "vmforge-ce-uid": ce.metadata.uid! };
   await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
+  const held = await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/publicIPAddresses/left-ip-held`, "2023-09-01", { location: LOCATION, tags, sku: { name: "Standard" }, properties: { publicIPAllocationMethod: "Static" } });
   await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Network/networkInterfaces/left-nic`, "2023-09-01",
-    { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: ce.status!.azure!.subnetId } } }] } });
+    { location: LOCATION, tags, properties: { ipConfigurations: [{ name: "ipconfig", properties: { subnet: { id: ce.status!.azure!.subnetId }, publicIPAddress: { id: held.id } } }] } });
   await rm.resources.beginCreateOrUpdateByIdAndWait(`${base}/Microsoft.Compute/disks/${osDiskName(goneUid)}`, "2023-04-02",
     { location: LOCATION, sku: { name: "StandardSSD_LRS" }, properties: { creationData: { createOption: "Empty" }, diskSizeGB: 10 } });
 }
@@ -332,7 +334,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 150_000);
 
-  it("without the disk-delete addition the sweep still deletes a loose NIC and IP, leaves the OS disk (one refused delete, no retries) to the resource group's deletion, and the CE stays Ready", async () => {
+  it("without the disk-delete addition the sweep still deletes a loose NIC and the IPs (one held by that NIC, deleted right after it), leaves the OS disk (one refused delete, no retries) to the resource group's deletion, and the CE stays Ready", async () => {
     const ns = await env.extraNamespace("aznodisk");
     const p = await operatorPrincipal(env.info, "vmforge-life-nodisk", {}, { withoutAdditions: ["Microsoft.Compute/disks/delete"] });
     await putSecret(env.kube, env.info, ns, "nodisk", p);
@@ -353,9 +355,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await op.stop();
       const since = (await azureControl().requests(0)).lastSeq;
       op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
-      await waitFor("the loose NIC and IP swept", async () => {
+      await waitFor("the loose NIC and IPs swept", async () => {
         const left = await names();
-        return !left.includes("left-nic") && !left.includes("left-ip") ? left : undefined;
+        return !left.includes("left-nic") && !left.includes("left-ip") && !left.includes("left-ip-held") ? left : undefined;
       }, 60_000, 250);
       const diskDeletes = async (): Promise<number[]> =>
         (await azureControl().requests(since)).value.filter((r) => r.method === "DELETE" && r.path.toLowerCase().endsWith(`/disks/${osDiskName(goneUid)}`.toLowerCase())).map((r) => r.status);

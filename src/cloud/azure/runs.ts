@@ -594,7 +594,7 @@ const SKIPPED = Symbol("skipped");
  * interfaces and public IPs (tagged with the Run UID: the VM's tags, and the tags its network
  * configurations give the NIC and IP), and OS disks (untaggable through the VM's PUT, so found by
  * their name derived from the Run UID). A NIC, IP or disk still attached is left to its VM
- * (deleteOption); a public IP freed by a NIC deleted now goes at the next sweep. Returns their
+ * (deleteOption); a public IP held by a loose NIC goes right after that NIC. Returns their
  * names, and those of VMs still being deleted, so a CE being deleted waits until none is left.
  * Every delete is tried; when any is refused, a refusal is thrown after the rest are done (one
  * that may pass, such as a busy VM or throttling, before one for good).
@@ -606,6 +606,8 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
   const deleting: string[] = [];
   const orphanNics: string[] = [];
   const orphanIps: string[] = [];
+  /** NIC name (lower case) -> orphan-tagged public IPs it holds. */
+  const heldIps = new Map<string, string[]>();
   const orphanDisks: string[] = [];
   const liveDisks = new Set([...live].map((u) => osDiskName(u).toLowerCase()));
   const notFoundIsEmpty = (e: unknown): void => {
@@ -637,7 +639,14 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
     }).catch(notFoundIsEmpty),
     azCall(c, "launch", "Microsoft.Network/publicIPAddresses/read", async () => {
       for await (const ip of c.network.publicIPAddresses.list(rg, so)) {
-        if (orphanTag(ip.tags) && ip.name && !ip.ipConfiguration) orphanIps.push(ip.name);
+        if (!orphanTag(ip.tags) || !ip.name) continue;
+        if (!ip.ipConfiguration) {
+          orphanIps.push(ip.name);
+          continue;
+        }
+        // Held by a NIC: deleted right after that NIC, when the NIC is an orphan deleted now.
+        const nic = /\/networkInterfaces\/([^/]+)\/ipConfigurations\//i.exec(ip.ipConfiguration.id ?? "")?.[1]?.toLowerCase();
+        if (nic) heldIps.set(nic, [...(heldIps.get(nic) ?? []), ip.name]);
       }
     }).catch(notFoundIsEmpty),
     azCall(c, "launch", "Microsoft.Compute/disks/read", async () => {
@@ -665,11 +674,19 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
     }
   };
   await Promise.all(orphanVms.map((n) => attempt(n, () => deleteVms(c, rg, [n], so))));
+  const deleteIp = (n: string): Promise<void> => attempt(n, () =>
+    azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so })));
   await Promise.all([
-    ...orphanNics.map((n) => attempt(n, () =>
-      azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so })))),
-    ...orphanIps.map((n) => attempt(n, () =>
-      azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so })))),
+    ...orphanNics.map(async (n) => {
+      let deleted = false;
+      await attempt(n, async () => {
+        await azDelete(c, "launch", "Microsoft.Network/networkInterfaces/delete", () => c.network.networkInterfaces.delete(rg, n, { ...c.lro, ...so }));
+        deleted = true;
+      });
+      // The NIC's deletion (awaited to its end) freed its public IPs.
+      if (deleted) await Promise.all((heldIps.get(n.toLowerCase()) ?? []).map(deleteIp));
+    }),
+    ...orphanIps.map(deleteIp),
     ...orphanDisks.map((n) => attempt(n, () =>
       azDelete(c, "launch", "Microsoft.Compute/disks/delete", () => c.compute.disks.delete(rg, n, { ...c.lro, ...so }).submitted()).catch((e: unknown) => {
         withoutDiskPermission(e);
