@@ -29,6 +29,7 @@ SHIP_BATCH=500
 SEQ_FILE="$STATE_DIR/ship-seq"
 ORDER_FILE="$STATE_DIR/ship-order"
 SHIPPER_PID=""
+ALL_WRITTEN=0
 FLUSH_WAIT="${VMFORGE_FLUSH_WAIT:-120}"
 
 cloud_install() {
@@ -165,7 +166,9 @@ ship() {
   local p_off l_off p_total l_total p_n l_n seq tok code now taken
   p_off=$(cat "$STATE_DIR/ship-pipeline" 2>/dev/null || echo 0)
   l_off=$(cat "$STATE_DIR/ship-launcher" 2>/dev/null || echo 0)
-  # The launcher's lines counted first: the output lines written before any of them are counted too.
+  # The launcher's lines counted first, so every output line written before one of them is counted
+  # too. The output may also hold lines written after a launcher line this count missed: those
+  # wait for it (see below).
   l_total=$(line_count "$LAUNCHER_LOG")
   p_total=$(line_count "$LOG_FILE")
   ((p_total > p_off || l_total > l_off)) || return 1
@@ -179,8 +182,10 @@ ship() {
   if ((l_n > 0)); then tail -n +"$((l_off + 1))" "$LAUNCHER_LOG" | head -n "$l_n" | json_escape; fi >"$STATE_DIR/ship-l"
   touch "$ORDER_FILE"
   # A launcher line goes once every output line written before it went (its order entry: the last
-  # one noted before it was written); the rest in file order. Prints how many of each it took.
-  taken=$(awk -v uid="$VMF_RUN_UID" -v t="$now" -v s="$seq" -v poff="$p_off" -v loff="$l_off" -v max="$SHIP_BATCH" \
+  # one noted before it was written); an output line goes once every launcher line noted before it
+  # went, so none overtakes a launcher line written after the count above (the first entry past
+  # the counted lines bounds the output taken). Prints how many of each it took.
+  taken=$(awk -v uid="$VMF_RUN_UID" -v t="$now" -v s="$seq" -v poff="$p_off" -v loff="$l_off" -v max="$SHIP_BATCH" -v written="$ALL_WRITTEN" \
     -v body="$STATE_DIR/ship-body.json" '
       FILENAME == ARGV[1] { lc[++ne] = $1; pc[ne] = $2; next }
       FILENAME == ARGV[2] { pl[++np] = $0; next }
@@ -195,22 +200,25 @@ ship() {
           while (e < ne && lc[e + 1] < loff + j) e++
           pos[j] = e > 0 ? pc[e] : 0
         }
+        for (x = 1; x <= ne && !written; x++) if (lc[x] >= loff + nl) { if (pc[x] - poff < np) np = pc[x] > poff ? pc[x] - poff : 0; break }
         printf "[" >body
         i = 1; j = 1; k = 0
         while (k < max) {
-          if (j <= nl && (pos[j] <= poff + i - 1 || i > np)) row("launcher", ll[j++])
+          if (j <= nl && pos[j] <= poff + i - 1) row("launcher", ll[j++])
           else if (i <= np) row("pipeline", pl[i++])
           else break
         }
         printf "]" >body
         print (i - 1) " " (j - 1)
       }' "$ORDER_FILE" "$STATE_DIR/ship-p" "$STATE_DIR/ship-l")
+  p_n=${taken% *}
+  l_n=${taken#* }
+  # Only output waiting for a launcher line being written: it goes next round.
+  ((p_n + l_n > 0)) || return 1
   tok=$(imds_token "https://monitor.azure.com") || return 1
   code=$(with_bearer "$tok" -s -o /dev/null -w '%{http_code}' --max-time 20 -X POST \
     -H 'Content-Type: application/json' --data-binary "@$STATE_DIR/ship-body.json" \
     "$VMF_DCE/dataCollectionRules/$VMF_DCR/streams/$VMF_STREAM?api-version=2023-01-01") || code=000
-  p_n=${taken% *}
-  l_n=${taken#* }
   case "$code" in
     2??) ;;
     # Refused as it is (it would be refused again): passed over, so the lines after it still go out.
@@ -260,6 +268,8 @@ lines_left() {
 cloud_flush_logs() {
   touch "$STATE_DIR/stop-shipping"
   if [[ -n "$SHIPPER_PID" ]]; then wait "$SHIPPER_PID" 2>/dev/null; fi
+  # Nothing is being written any more: an order entry whose line never came holds nothing back.
+  ALL_WRITTEN=1
   # Whatever the shipper left (it may have been stopped with the launcher), the exit line with it:
   # tried again for up to FLUSH_WAIT seconds (a Logs Ingestion grant may still be propagating, or
   # the service may fail for a moment), then the VM shuts down whatever is left.
