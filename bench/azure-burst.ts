@@ -27,7 +27,8 @@ import { DEFAULT_AZURE_VM_SIZE } from "../src/api/constants.js";
 import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/launcher.js";
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
-import { dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
+import { kubeFloor, type KubeFloor } from "./kube-floor.js";
+import { apiRequests, diffMaps, dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const CES = ["az0", "az1", "az2", "az3"];
@@ -37,6 +38,9 @@ export interface AzureFloorLevel { concurrency: number; totalMs: number; latency
 export interface AzureBurstResult {
   runs: number;
   floor: { levels: AzureFloorLevel[]; best: AzureFloorLevel };
+  /** The same launches with the Run's own writes (bench/kube-floor.ts). */
+  kubeFloor: KubeFloor;
+  ratioToKubeFloor: number;
   createdAllMs: number;
   firstStatus: Dist;
   vmPut: Dist;
@@ -50,6 +54,8 @@ export interface AzureBurstResult {
   vmPutsTotal: number;
   /** The last Run created -> its last VM PUT. */
   allLaunchedAfterLastCreateMs: number;
+  /** kube-apiserver requests (all clients) from the first create until every Run's status named its VM. */
+  apiserverRequestsUntilRecorded?: Record<string, number>;
   /** Every request the emulator logged from the first create until all were Running (or the wait ended), by method and operation. */
   cloudCalls: Record<string, number>;
   operatorCpuS: number;
@@ -136,6 +142,19 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const ok = levels.filter((l) => l.failed === 0);
     const best = (ok.length ? ok : levels).reduce((a, c) => (c.totalMs < a.totalMs ? c : a));
     say(`  [floor] best: concurrency ${best.concurrency}, ${sec(best.totalMs)} (${Math.round((N / best.totalMs) * 1000)} VM creates/s: what the emulator serves here)`);
+    const runSpec = (i: number): Run["spec"] => ({ computeEnvironmentRef: { name: CES[i % 4] }, pipeline: { repository: "https://github.com/nextflow-io/hello" } }) as Run["spec"];
+    const floorRg = (concurrency: number): string => `bench-kfloor-${concurrency}`;
+    const kf = await kubeFloor({
+      client, namespace: b.ns, runs: N, say, spec: runSpec,
+      prepare: async (concurrency) => void (await rm.resourceGroups.createOrUpdate(floorRg(concurrency), { location: LOCATION })),
+      launch: async (run, concurrency) => {
+        const body = vmBody(ces.get(run.spec.computeEnvironmentRef.name) ?? ce0, run.metadata.uid ?? randomUUID(), sshKey);
+        const name = (body.osProfile as { computerName: string }).computerName;
+        await compute.virtualMachines.createOrUpdate(floorRg(concurrency), name, body as unknown as Parameters<typeof compute.virtualMachines.createOrUpdate>[2]).submitted();
+        return name;
+      },
+      cleanUp: async (concurrency) => void (await rm.resourceGroups.beginDeleteAndWait(floorRg(concurrency), { updateIntervalInMs: 250 })),
+    });
 
     // ------------------------------------------------------------ the operator's burst
     const created = new Map<string, number>();
@@ -143,6 +162,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const firstStatus = new Map<string, number>();
     const running = new Map<string, number>();
     const shipped = new Set<string>();
+    const recorded = new Set<string>();
     const ceOfRun = (r: Run): ComputeEnvironment => ces.get(r.spec.computeEnvironmentRef.name)!;
     const watch = new Reflector<Run>({
       client, resource: RunResource, namespace: b.ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
@@ -155,6 +175,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
             .catch((e: unknown) => say(`  ! shipping the start line of ${name}: ${e instanceof Error ? e.message : String(e)}`));
         }
         if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
+        if (r.status?.instance?.id) recorded.add(name);
         if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);
       },
     });
@@ -162,17 +183,23 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     await watch.waitForSync();
     const since = (await b.az.control.requests()).lastSeq;
     const cpu0 = b.op.stats().cpuS;
+    const metrics = async (): Promise<Map<string, number>> => apiRequests(String(await client.request("GET", "/metrics")));
+    const apiBefore = await metrics();
+    let apiRecorded: Map<string, number> | undefined;
     const t0 = Date.now();
     await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
       const name = `r${String(i).padStart(5, "0")}`;
-      const r = await client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: b.ns }, spec: { computeEnvironmentRef: { name: CES[i % 4] }, pipeline: { repository: "https://github.com/nextflow-io/hello" } } } as Run);
+      const r = await client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: b.ns }, spec: runSpec(i) } as Run);
       created.set(name, Date.now());
       uidOf.set(name, r.metadata.uid ?? "");
     });
     const createdAllMs = Date.now() - t0;
     say(`  ${N} Runs created in ${sec(createdAllMs)}`);
     const end = Date.now() + o.timeoutMs;
-    while (running.size < N && Date.now() < end) await sleep(1_000);
+    while (running.size < N && Date.now() < end) {
+      if (!apiRecorded && recorded.size >= N) apiRecorded = await metrics();
+      await sleep(1_000);
+    }
     const allRunning = running.size >= N;
     const allRunningMs = allRunning ? Date.now() - t0 : undefined;
     if (!allRunning) say(`  ! ${N - running.size} of ${N} Runs not Running after ${sec(o.timeoutMs)}`);
@@ -194,19 +221,22 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const d = (m: Map<string, number>): number[] => [...created].filter(([n]) => m.has(n)).map(([n, t]) => m.get(n)! - t);
     const allLaunchedMs = putAt.size ? Math.max(...putAt.values()) - t0 : NaN;
     const res: AzureBurstResult = {
-      runs: N, floor: { levels, best }, createdAllMs,
+      runs: N, floor: { levels, best }, kubeFloor: kf, ratioToKubeFloor: allLaunchedMs / kf.best.totalMs, createdAllMs,
       firstStatus: dist(d(firstStatus)), vmPut: dist(d(putAt)), running: dist(d(running)),
       launched: putAt.size, allLaunchedMs, allRunning, ...(allRunningMs !== undefined ? { allRunningMs } : {}),
       ratioToFloor: allLaunchedMs / best.totalMs, startLinesShipped: shipped.size, vmPutsTotal,
       allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - Math.max(...created.values()), cloudCalls: calls,
       operatorCpuS: b.op.stats().cpuS - cpu0, rss: b.op.stats(), load: load(),
+      ...(apiRecorded ? { apiserverRequestsUntilRecorded: diffMaps(apiRecorded, apiBefore) } : {}),
     };
     say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
     say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
     say(`  created -> Running:      ${fmtDist(res.running)}`);
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
+    if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
+    say(`  time to all launched / the floor with the Run's writes: ${res.ratioToKubeFloor.toFixed(2)} (${sec(kf.best.totalMs)} at concurrency ${kf.best.concurrency})`);
     say(`  operator CPU ${res.operatorCpuS.toFixed(1)} s, RSS ${res.rss.rssMiB} MiB (peak ${res.rss.peakMiB}); ${fmtLoad(res.load)}`);
     return res;
   } finally {

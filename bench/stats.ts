@@ -129,3 +129,22 @@ export class CpuSampler {
     return out;
   }
 }
+
+/**
+ * apiserver_request_total by "VERB resource[/sub]", WATCH excluded; answers other than 2xx are
+ * counted apart, with their code ("PATCH runs (409)").
+ */
+export function apiRequests(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (!line.startsWith("apiserver_request_total{")) continue;
+    const verb = /verb="([^"]*)"/.exec(line)?.[1] ?? "";
+    if (verb === "WATCH" || verb === "CONNECT") continue;
+    const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
+    const sub = /subresource="([^"]*)"/.exec(line)?.[1] ?? "";
+    const code = /code="([^"]*)"/.exec(line)?.[1] ?? "";
+    const key = `${verb} ${resource}${sub ? `/${sub}` : ""}${code.startsWith("2") ? "" : ` (${code})`}`;
+    out.set(key, (out.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+  }
+  return out;
+}
