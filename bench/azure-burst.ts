@@ -28,7 +28,7 @@ import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/la
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
-import { apiRequests, diffMaps, dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
+import { apiRequests, diffMaps, dist, promSum, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const CES = ["az0", "az1", "az2", "az3"];
@@ -54,6 +54,8 @@ export interface AzureBurstResult {
   vmPutsTotal: number;
   /** The last Run created -> its last VM PUT. */
   allLaunchedAfterLastCreateMs: number;
+  /** The operator's controllers until all Running: reconciles, mean duration, mean wait in the queue (seconds). */
+  controllers: Record<string, { reconciles: number; meanS: number; meanQueuedS: number }>;
   /** kube-apiserver requests (all clients) from the first create until every Run's status named its VM. */
   apiserverRequestsUntilRecorded?: Record<string, number>;
   /** Every request the emulator logged from the first create until all were Running (or the wait ended), by method and operation. */
@@ -185,6 +187,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const cpu0 = b.op.stats().cpuS;
     const metrics = async (): Promise<Map<string, number>> => apiRequests(String(await client.request("GET", "/metrics")));
     const apiBefore = await metrics();
+    const opBefore = await b.op.metrics();
     let apiRecorded: Map<string, number> | undefined;
     const t0 = Date.now();
     await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
@@ -204,6 +207,22 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const allRunningMs = allRunning ? Date.now() - t0 : undefined;
     if (!allRunning) say(`  ! ${N - running.size} of ${N} Runs not Running after ${sec(o.timeoutMs)}`);
     await watch.stop();
+    const opAfter = await b.op.metrics();
+    // Per controller over the burst: reconciles, their mean duration and the mean wait in the queue before each.
+    const controllers: Record<string, { reconciles: number; meanS: number; meanQueuedS: number }> = {};
+    const delta = (name: string, by: string): Map<string, number> => {
+      const a = promSum(opAfter, name, {}, by);
+      const z = promSum(opBefore, name, {}, by);
+      return new Map([...a].map(([k, v]) => [k, v - (z.get(k) ?? 0)]));
+    };
+    const n = delta("vmforge_reconcile_duration_seconds_count", "controller");
+    const t = delta("vmforge_reconcile_duration_seconds_sum", "controller");
+    const qn = delta("vmforge_workqueue_queue_duration_seconds_count", "queue");
+    const qt = delta("vmforge_workqueue_queue_duration_seconds_sum", "queue");
+    for (const [c, count] of n) {
+      if (!count) continue;
+      controllers[c] = { reconciles: count, meanS: (t.get(c) ?? 0) / count, meanQueuedS: (qn.get(c) ?? 0) ? (qt.get(c) ?? 0) / (qn.get(c) ?? 1) : 0 };
+    }
 
     // the VM PUTs as the emulator logged them (first accepted PUT of each Run's VM)
     const byVm = new Map([...uidOf].map(([n, u]) => [vmName(u), n]));
@@ -228,6 +247,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - Math.max(...created.values()), cloudCalls: calls,
       operatorCpuS: b.op.stats().cpuS - cpu0, rss: b.op.stats(), load: load(),
       ...(apiRecorded ? { apiserverRequestsUntilRecorded: diffMaps(apiRecorded, apiBefore) } : {}),
+      controllers,
     };
     say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
     say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
@@ -235,6 +255,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
     if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
+    say(`  the operator's controllers until all Running: ${Object.entries(controllers).map(([c, x]) => `${c} ${x.reconciles} reconciles, mean ${sec(x.meanS * 1000)}, queued mean ${sec(x.meanQueuedS * 1000)}`).join("; ")}`);
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
     say(`  time to all launched / the floor with the Run's writes: ${res.ratioToKubeFloor.toFixed(2)} (${sec(kf.best.totalMs)} at concurrency ${kf.best.concurrency})`);
     say(`  operator CPU ${res.operatorCpuS.toFixed(1)} s, RSS ${res.rss.rssMiB} MiB (peak ${res.rss.peakMiB}); ${fmtLoad(res.load)}`);
