@@ -18,7 +18,7 @@ afterEach(() => {
 
 /**
  * Runs `body` after the Azure part is loaded, with launcher.log holding L1 L2 and run.log holding
- * out-1 (written after L2), each launcher line noted as the launcher notes it. Returns the rows
+ * out-1 (written after L2), each launcher line written by the wrapped marker. Returns the rows
  * of every batch posted, in the order posted, and how many batches there were.
  */
 function shipWith(body: string): { rows: Row[]; batches: number } {
@@ -30,8 +30,11 @@ set -o pipefail
 ROOT=${JSON.stringify(dir)}/root
 STATE_DIR=${JSON.stringify(dir)}/state
 mkdir -p "$ROOT/var/log/vmforge" "$STATE_DIR" ${JSON.stringify(dir)}/posted
-VMF_RUN_UID=run-uid VMF_DCE=https://dce.example VMF_DCR=dcr-1 VMF_STREAM=Custom-VmforgeRunLog_CL
+VMF_RUN_UID=run-uid VMF_DCE=https://dce.example VMF_DCR=dcr-1 VMF_STREAM=Custom-VmforgeRunLog_CL VMFORGE_FLUSH_WAIT=1
 source ${JSON.stringify(join(dir, "part.sh"))}
+# The core's marker (src/cloud/launcher/core.sh), wrapped by the Azure part as the launcher wraps it.
+marker() { printf '%s\n' "$1" >>"$LAUNCHER_LOG"; }
+note_order_of_own_lines
 imds_token() { echo token; }
 # Called in a command substitution (a subshell): the count of batches is the count of files.
 with_bearer() {
@@ -44,9 +47,8 @@ with_bearer() {
   done
   printf 204
 }
-own() { note_order; printf '%s\\n' "$1" >>"$LAUNCHER_LOG"; }
-own L1
-own L2
+marker L1
+marker L2
 echo out-1 >>"$LOG_FILE"
 ${body}
 `;
@@ -57,15 +59,15 @@ ${body}
 }
 
 // line_count, raced once: after the shipper counts the launcher's lines, the launcher writes L3
-// (noted first, as it always is) and then two output lines, before the output is counted.
+// (with the wrapped marker, which notes it first) and then two output lines, before the output is
+// counted. The copy of line_count is the Azure part's own, taken before it is replaced.
 const RACE = `
-real_line_count() { if [[ -f "$1" ]]; then wc -l <"$1"; else echo 0; fi; }
+eval "real_$(declare -f line_count)"
 line_count() {
   real_line_count "$1"
   if [[ "$1" == "$LAUNCHER_LOG" && ! -e "$STATE_DIR/raced" && -n "\${IN_SHIP:-}" ]]; then
     touch "$STATE_DIR/raced"
-    printf '%s %s\\n' "$(real_line_count "$LAUNCHER_LOG")" "$(real_line_count "$LOG_FILE")" >>"$ORDER_FILE"
-    echo L3 >>"$LAUNCHER_LOG"
+    marker L3
     printf 'out-2\\nout-3\\n' >>"$LOG_FILE"
   fi
 }
@@ -88,8 +90,8 @@ printf 'out-2\\n' >>"$LOG_FILE"
     const waiting = shipWith(`${setUp}\nship_all`);
     expect(waiting.rows.map((r) => r.Line)).toEqual(["L1", "L2", "out-1"]);
     expect(waiting.batches).toBe(1);
-    // At the end (the flush, after the launcher stopped writing), the entry holds nothing back.
-    const flushed = shipWith(`${setUp}\nship_all\nALL_WRITTEN=1 ship_all`);
+    // The launcher's flush at its end: nothing is written any more, so the entry holds nothing back.
+    const flushed = shipWith(`${setUp}\nship_all\ncloud_flush_logs`);
     expect(flushed.rows.map((r) => r.Line)).toEqual(["L1", "L2", "out-1", "out-2"]);
     expect(flushed.rows.map((r) => r.Seq)).toEqual([1, 2, 3, 4]);
   });
