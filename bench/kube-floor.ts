@@ -25,18 +25,16 @@ import { markWithFinalizer } from "../src/engine/finalizers.js";
 import { KubeApiError, type KubeClient, type ResourceType } from "../src/engine/kube.js";
 import { createLogger } from "../src/engine/logger.js";
 import { Reflector } from "../src/engine/reflector.js";
+import { installCrds } from "../test/support/operator.js";
 import { dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist } from "./stats.js";
 
 const GROUP = "floor.bench.vmforge.dev";
 export const FloorRunResource: ResourceType = { group: GROUP, version: "v1alpha1", plural: "floorruns", kind: "FloorRun", namespaced: true };
-const CrdResource: ResourceType = { group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false };
 const PolicyResource: ResourceType = { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicies", kind: "ValidatingAdmissionPolicy", namespaced: false };
 const BindingResource: ResourceType = { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicybindings", kind: "ValidatingAdmissionPolicyBinding", namespaced: false };
 
 export interface KubeFloorLevel { concurrency: number; totalMs: number; launch: Dist; perRun: Dist; failed: number }
 export interface KubeFloor { levels: KubeFloorLevel[]; best: KubeFloorLevel }
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function createIfAbsent(client: KubeClient, rt: ResourceType, obj: { metadata: { name: string } }): Promise<void> {
   try {
@@ -52,7 +50,7 @@ async function installFloorCrd(client: KubeClient): Promise<void> {
   crd.metadata.name = `${FloorRunResource.plural}.${GROUP}`;
   crd.spec.group = GROUP;
   crd.spec.names = { kind: "FloorRun", listKind: "FloorRunList", plural: "floorruns", singular: "floorrun", categories: [] };
-  await createIfAbsent(client, CrdResource, crd);
+  await installCrds(client, [crd]);
   const [policy, binding] = structuredClone(admissionPolicyObjects()) as unknown as [
     { metadata: { name: string }; spec: { matchConstraints: { resourceRules: { apiGroups: string[]; resources: string[] }[] } } },
     { metadata: { name: string }; spec: { policyName: string } },
@@ -67,12 +65,6 @@ async function installFloorCrd(client: KubeClient): Promise<void> {
   binding.spec.policyName = name;
   await createIfAbsent(client, PolicyResource, policy);
   await createIfAbsent(client, BindingResource, binding);
-  for (let i = 0; i < 150; i++) {
-    const c = await client.get<{ metadata: { name?: string }; status?: { conditions?: { type: string; status: string }[] } }>(CrdResource, undefined, crd.metadata.name);
-    if (c?.status?.conditions?.some((x) => x.type === "Established" && x.status === "True")) return;
-    await sleep(200);
-  }
-  throw new Error(`CRD ${crd.metadata.name} not Established`);
 }
 
 export interface KubeFloorOptions {

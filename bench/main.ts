@@ -19,7 +19,7 @@ import { spawnSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
-import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand } from "@aws-sdk/client-ec2";
+import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand, type RunInstancesCommandOutput } from "@aws-sdk/client-ec2";
 import { CreateInstanceProfileCommand, IAMClient, ListRolesCommand } from "@aws-sdk/client-iam";
 import { CloudWatchLogsClient, CreateLogGroupCommand } from "@aws-sdk/client-cloudwatch-logs";
 import { logGroupFor } from "../src/cloud/aws/environment.js";
@@ -127,30 +127,34 @@ async function main(): Promise<void> {
     let kfloor: KubeFloor | undefined;
     if (want("floor") || want("burst")) {
       say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency 4, 16, 64 (best kept), each the request the operator sends for a Run`);
-      const levels: { concurrency: number; totalMs: number; latency: Dist }[] = [];
-      for (const concurrency of [4, 16, 64]) {
+      const ec2 = new EC2Client(aws);
+      // A fresh moto, and a CE as the operator records it once Ready on it. Per launch a Run: the
+      // floors send what launchRun sends (runInstancesInput with the rendered launcher), so the
+      // emulator does the same work for them as for the operator's launches.
+      const freshFloorCe = async (): Promise<ComputeEnvironment> => {
         await moto.reset();
         proxy.reset();
-        const ec2 = new EC2Client(aws);
         const image = (await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"], Filters: [{ Name: "architecture", Values: ["x86_64"] }] }))).Images?.[0]?.ImageId;
         const subnet = (await ec2.send(new DescribeSubnetsCommand({}))).Subnets?.[0]?.SubnetId;
         const profile = (await new IAMClient(aws).send(new CreateInstanceProfileCommand({ InstanceProfileName: "bench-floor" }))).InstanceProfile?.Arn;
-        // A CE as the operator records it once Ready, and per launch a Run: the floor sends what
-        // launchRun sends (runInstancesInput with the rendered launcher), so the emulator does the
-        // same work for it as for the operator's launches.
-        const ce = {
+        return {
           apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment",
           metadata: { name: "floor", namespace: "bench", uid: randomUUID(), generation: 1 },
           spec: ceSpec(),
           status: { aws: { amiId: image, instanceProfileArn: profile, subnetIds: [subnet] } },
         } as unknown as ComputeEnvironment;
-        const envStatus = ce.status?.aws ?? {};
+      };
+      const launchFor = (ce: ComputeEnvironment, run: Run): Promise<RunInstancesCommandOutput> =>
+        ec2.send(new RunInstancesCommand(runInstancesInput(ce, run, renderUserData({ ce, run, envStatus: ce.status?.aws ?? {} }))));
+      const levels: { concurrency: number; totalMs: number; latency: Dist }[] = [];
+      for (const concurrency of [4, 16, 64]) {
+        const ce = await freshFloorCe();
         const lat: number[] = [];
         const t0 = Date.now();
         await poolDo(Array.from({ length: N }, (_, i) => i), concurrency, async (i) => {
           const run = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: `r${String(i).padStart(5, "0")}`, namespace: "bench", uid: randomUUID(), generation: 1 }, spec: runSpec("floor") } as Run;
           const s = Date.now();
-          await ec2.send(new RunInstancesCommand(runInstancesInput(ce, run, renderUserData({ ce, run, envStatus }))));
+          await launchFor(ce, run);
           lat.push(Date.now() - s);
         });
         const level = { concurrency, totalMs: Date.now() - t0, latency: dist(lat) };
@@ -162,27 +166,10 @@ async function main(): Promise<void> {
       // The same launches with the writes a once-only launch needs of the kube-apiserver (bench/kube-floor.ts).
       if (want("burst")) {
         let ce: ComputeEnvironment | undefined;
-        const ec2 = new EC2Client(aws);
         kfloor = await kubeFloor({
           client, namespace: await namespace("floor"), runs: N, say, spec: (i) => runSpec(`ce${i % 4}`),
-          prepare: async () => {
-            await moto.reset();
-            proxy.reset();
-            const image = (await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"], Filters: [{ Name: "architecture", Values: ["x86_64"] }] }))).Images?.[0]?.ImageId;
-            const subnet = (await ec2.send(new DescribeSubnetsCommand({}))).Subnets?.[0]?.SubnetId;
-            const profile = (await new IAMClient(aws).send(new CreateInstanceProfileCommand({ InstanceProfileName: "bench-floor" }))).InstanceProfile?.Arn;
-            ce = {
-              apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment",
-              metadata: { name: "floor", namespace: "bench", uid: randomUUID(), generation: 1 },
-              spec: ceSpec(),
-              status: { aws: { amiId: image, instanceProfileArn: profile, subnetIds: [subnet] } },
-            } as unknown as ComputeEnvironment;
-          },
-          launch: async (run) => {
-            const c = ce as ComputeEnvironment;
-            const out = await ec2.send(new RunInstancesCommand(runInstancesInput(c, run, renderUserData({ ce: c, run, envStatus: c.status?.aws ?? {} }))));
-            return out.Instances?.[0]?.InstanceId ?? "?";
-          },
+          prepare: async () => void (ce = await freshFloorCe()),
+          launch: async (run) => (await launchFor(ce as ComputeEnvironment, run)).Instances?.[0]?.InstanceId ?? "?",
         });
       }
       results.floor = { levels, best: floor, ...(kfloor ? { withRunWrites: kfloor } : {}), load: load() };

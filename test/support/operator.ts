@@ -15,9 +15,9 @@ interface CrdLike extends KubeObject {
   status?: { conditions?: { type: string; status: string }[] };
 }
 
-/** Creates or updates the vmforge CRDs and waits until both are Established. */
-export async function installCrds(client: KubeClient): Promise<void> {
-  for (const crd of crdObjects() as unknown as CrdLike[]) {
+/** Creates or updates CRDs (default: the vmforge ones) and waits until each is Established. */
+export async function installCrds(client: KubeClient, crds: readonly object[] = crdObjects()): Promise<void> {
+  for (const crd of crds as CrdLike[]) {
     const name = crd.metadata.name ?? "";
     const existing = await client.get<CrdLike>(CrdResource, undefined, name);
     if (!existing) {
