@@ -26,14 +26,14 @@ import { KubeApiError, type KubeClient, type ResourceType } from "../src/engine/
 import { createLogger } from "../src/engine/logger.js";
 import { Reflector } from "../src/engine/reflector.js";
 import { installCrds } from "../test/support/operator.js";
-import { dist, fmtDist, fmtLoad, load, poolDo, sec, type Dist } from "./stats.js";
+import { cpuSince, dist, fmtCpu, fmtDist, fmtLoad, load, poolDo, sec, type Dist } from "./stats.js";
 
 const GROUP = "floor.bench.vmforge.dev";
 export const FloorRunResource: ResourceType = { group: GROUP, version: "v1alpha1", plural: "floorruns", kind: "FloorRun", namespaced: true };
 const PolicyResource: ResourceType = { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicies", kind: "ValidatingAdmissionPolicy", namespaced: false };
 const BindingResource: ResourceType = { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicybindings", kind: "ValidatingAdmissionPolicyBinding", namespaced: false };
 
-export interface KubeFloorLevel { concurrency: number; totalMs: number; launch: Dist; perRun: Dist; failed: number }
+export interface KubeFloorLevel { concurrency: number; totalMs: number; launch: Dist; perRun: Dist; failed: number; cpuS?: Record<string, number> }
 export interface KubeFloor { levels: KubeFloorLevel[]; best: KubeFloorLevel }
 
 async function createIfAbsent(client: KubeClient, rt: ResourceType, obj: { metadata: { name: string } }): Promise<void> {
@@ -81,6 +81,8 @@ export interface KubeFloorOptions {
   /** After a level (e.g. deleting what it made). */
   cleanUp?: (concurrency: number) => Promise<void>;
   concurrencies?: number[];
+  /** CPU seconds so far of the processes on the machine by name (printed per level, as the bursts print theirs). */
+  cpu?: () => Record<string, number>;
 }
 
 export async function kubeFloor(o: KubeFloorOptions): Promise<KubeFloor> {
@@ -107,6 +109,7 @@ async function levelsOf(o: KubeFloorOptions): Promise<KubeFloor> {
     const perRun: number[] = [];
     let failed = 0;
     const names: string[] = [];
+    const cpu0 = o.cpu?.();
     const t0 = Date.now();
     await poolDo(Array.from({ length: N }, (_, i) => i), concurrency, async (i) => {
       const s = Date.now();
@@ -140,9 +143,12 @@ async function levelsOf(o: KubeFloorOptions): Promise<KubeFloor> {
       }
       perRun.push(Date.now() - s);
     });
-    const level: KubeFloorLevel = { concurrency, totalMs: Date.now() - t0, launch: dist(launchLat), perRun: dist(perRun), failed };
+    const totalMs = Date.now() - t0;
+    const cpuS = cpu0 && o.cpu ? cpuSince(cpu0, o.cpu()) : undefined;
+    const level: KubeFloorLevel = { concurrency, totalMs, launch: dist(launchLat), perRun: dist(perRun), failed, ...(cpuS ? { cpuS } : {}) };
     levels.push(level);
     say(`  [floor with the Run's writes] concurrency ${concurrency}: ${N} Runs created, acknowledged, decided, launched and recorded in ${sec(level.totalMs)}${failed ? ` (${failed} FAILED)` : ""}; per Run ${fmtDist(level.perRun)}; ${fmtLoad(load())}`);
+    if (cpuS) say(`    CPU s (${sec(totalMs)} on 2 cores): ${fmtCpu(cpuS)}`);
     // Gone before the next level: the finalizer removed, then the object deleted (not timed).
     await poolDo(names, 16, async (name) => {
       await client.patch(FloorRunResource, ns, name, { metadata: { finalizers: null } }, "merge").catch(() => undefined);

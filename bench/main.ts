@@ -43,7 +43,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { CpuSampler, apiRequests, cpuOfMatching, diffMaps, dist, fmtDist, fmtLoad, load, poolDo, processStats, promSum, sec, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, load, poolDo, processStats, promSum, sec, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -119,11 +119,21 @@ async function main(): Promise<void> {
     ({ provider: "aws", credentials: { secretRef: { name: secret } }, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` } }) as ComputeEnvironment["spec"];
   const runSpec = (ce: string): Run["spec"] => ({ computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" } }) as Run["spec"];
 
+  // CPU seconds so far of the processes besides the operator (the floors print theirs as the bursts do).
+  const machineCpu: Record<string, () => number> = {
+    "moto (EC2, S3, IAM)": () => cpuOfMatching(["moto_fast_tags.py", `-p ${new URL(moto.endpoint).port}`]),
+    "moto (logs)": () => cpuOfMatching(["moto_fast_tags.py", `-p ${new URL(motoLogs.endpoint).port}`]),
+    "kube-apiserver": () => cpuOfMatching(["kube-apiserver", cluster.dir]),
+    etcd: () => cpuOfMatching(["--name=default", `--data-dir=${cluster.dir}`]),
+    "bench (itself)": () => processStats(process.pid).cpuS,
+  };
+  const cpuNow = (): Record<string, number> => Object.fromEntries(Object.entries(machineCpu).map(([k, f]) => [k, f()]));
+
   try {
     await installCrds(client);
 
     // ---------------------------------------------------------------- floor
-    let floor: { concurrency: number; totalMs: number; latency: Dist } | undefined;
+    let floor: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> } | undefined;
     let kfloor: KubeFloor | undefined;
     if (want("floor") || want("burst")) {
       say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency 4, 16, 64 (best kept), each the request the operator sends for a Run`);
@@ -146,10 +156,11 @@ async function main(): Promise<void> {
       };
       const launchFor = (ce: ComputeEnvironment, run: Run): Promise<RunInstancesCommandOutput> =>
         ec2.send(new RunInstancesCommand(runInstancesInput(ce, run, renderUserData({ ce, run, envStatus: ce.status?.aws ?? {} }))));
-      const levels: { concurrency: number; totalMs: number; latency: Dist }[] = [];
+      const levels: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> }[] = [];
       for (const concurrency of [4, 16, 64]) {
         const ce = await freshFloorCe();
         const lat: number[] = [];
+        const cpu0 = cpuNow();
         const t0 = Date.now();
         await poolDo(Array.from({ length: N }, (_, i) => i), concurrency, async (i) => {
           const run = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: `r${String(i).padStart(5, "0")}`, namespace: "bench", uid: randomUUID(), generation: 1 }, spec: runSpec("floor") } as Run;
@@ -157,9 +168,10 @@ async function main(): Promise<void> {
           await launchFor(ce, run);
           lat.push(Date.now() - s);
         });
-        const level = { concurrency, totalMs: Date.now() - t0, latency: dist(lat) };
+        const level = { concurrency, totalMs: Date.now() - t0, latency: dist(lat), cpuS: cpuSince(cpu0, cpuNow()) };
         levels.push(level);
         say(`  concurrency ${concurrency}: all ${N} in ${sec(level.totalMs)}; per call ${fmtDist(level.latency)}; ${fmtLoad(load())}`);
+        say(`    CPU s (${sec(level.totalMs)} on 2 cores): ${fmtCpu(level.cpuS)}`);
       }
       floor = levels.reduce((a, c) => (c.totalMs < a.totalMs ? c : a));
       say(`  best: concurrency ${floor.concurrency}, ${sec(floor.totalMs)}`);
@@ -167,7 +179,7 @@ async function main(): Promise<void> {
       if (want("burst")) {
         let ce: ComputeEnvironment | undefined;
         kfloor = await kubeFloor({
-          client, namespace: await namespace("floor"), runs: N, say, spec: (i) => runSpec(`ce${i % 4}`),
+          client, namespace: await namespace("floor"), runs: N, say, spec: (i) => runSpec(`ce${i % 4}`), cpu: cpuNow,
           prepare: async () => void (ce = await freshFloorCe()),
           launch: async (run) => (await launchFor(ce as ComputeEnvironment, run)).Instances?.[0]?.InstanceId ?? "?",
         });
@@ -222,14 +234,7 @@ async function main(): Promise<void> {
       proxy.reset();
       const cpu0 = op.stats().cpuS;
       // Who used the two cores while the Runs were launched: the operator, the emulators, the control plane.
-      const sampler = new CpuSampler({
-        operator: () => op.stats().cpuS,
-        "moto (EC2, S3, IAM)": () => cpuOfMatching(["moto_fast_tags.py", `-p ${new URL(moto.endpoint).port}`]),
-        "moto (logs)": () => cpuOfMatching(["moto_fast_tags.py", `-p ${new URL(motoLogs.endpoint).port}`]),
-        "kube-apiserver": () => cpuOfMatching(["kube-apiserver", cluster.dir]),
-        etcd: () => cpuOfMatching(["--name=default", `--data-dir=${cluster.dir}`]),
-        "bench (itself)": () => processStats(process.pid).cpuS,
-      });
+      const sampler = new CpuSampler({ operator: () => op.stats().cpuS, ...machineCpu });
       sampler.start();
       // kube-apiserver requests by verb and resource (all clients) from the first create to the last launch
       const apiBefore = apiRequests(String(await client.request("GET", "/metrics")));
@@ -272,7 +277,7 @@ async function main(): Promise<void> {
       say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
       if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
-      say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${Object.entries(launchWindowCpu).map(([k, v]) => `${k} ${v}`).join(", ")}`);
+      say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
       goals.push({ goal: "status within 1 s of creation (max)", figure: sec(burst.firstStatus.max), met: burst.firstStatus.max <= 1000 });
       if (floor) {
         const ratio = burst.allLaunchedMs / floor.totalMs;

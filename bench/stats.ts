@@ -85,6 +85,13 @@ export function cpuOfMatching(parts: string[]): number {
   return ticks / 100;
 }
 
+/** CPU seconds each named process group used between two snapshots (one decimal). */
+export function cpuSince(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, Math.round((v - (before[k] ?? 0)) * 10) / 10]));
+}
+
+export const fmtCpu = (cpu: Record<string, number>): string => Object.entries(cpu).map(([k, v]) => `${k} ${v}`).join(", ");
+
 /**
  * CPU of named process groups sampled every second, so that a window known only afterwards (e.g.
  * until the last launch) can be read off: cpuIn(from, to) interpolates between samples.
