@@ -34,7 +34,8 @@ COPY --from=build --chown=0:0 /src/dist ./dist
 USER 65532:65532
 EXPOSE 8080
 # Memory and CPU: a 1 MiB young generation and V8's size-over-speed mode keep its RSS near what it
-# holds; compiled code stops at Maglev, V8's mid tier (--max-opt=2: no Turbofan, whose code and
-# compile memory cost the most), so a burst of Runs does not run interpreted (figures in README
-# "Performance"; the bench runs it with these same options).
-CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "--max-opt=2", "dist/main.js"]
+# holds; code is compiled by Sparkplug, V8's baseline tier, and no further (--max-opt=1: no Maglev
+# or Turbofan, whose code and compile memory pushed RSS past 150 MiB at 10,000 Runs), so a burst
+# of Runs does not run interpreted as under --lite-mode (figures in README "Performance"; the
+# bench runs it with these same options).
+CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "--max-opt=1", "dist/main.js"]

@@ -19,21 +19,20 @@ describe("the operator's Node options", () => {
   it("are the same in the Dockerfile's CMD and in npm start", () => {
     const image = imageOptions();
     expect(image).toContain("--optimize-for-size");
-    expect(image).toContain("--max-opt=2");
+    expect(image).toContain("--max-opt=1");
     const start = (JSON.parse(readFileSync("package.json", "utf8")) as { scripts: Record<string, string> }).scripts.start ?? "";
     expect(start).toBe(["node", ...image, "dist/main.js"].join(" "));
   });
 
-  it("are accepted by Node 24 and leave its compilers on up to Maglev (not interpreted only)", () => {
+  it("are accepted by Node 24 and leave its baseline compiler on (not interpreted only)", () => {
     // A V8 option Node does not know stops it at start ("bad option"); --lite-mode or --jitless
     // would run every busy moment interpreted (README "Performance").
     const r = spawnSync(process.execPath, [...imageOptions(), "--print-flag-values", "-e", "0"], { encoding: "utf8" });
     expect(r.status, r.stderr).toBe(0);
     const flags = new Set(r.stdout.split("\n").map((l) => l.trim()));
     expect(flags.has("--no-jitless")).toBe(true);
-    expect(flags.has("--maglev")).toBe(true);
     expect(flags.has("--sparkplug")).toBe(true);
-    expect(flags.has("--max-opt=2")).toBe(true);
+    expect(flags.has("--max-opt=1")).toBe(true);
     expect(flags.has("--optimize-for-size")).toBe(true);
   });
 });
