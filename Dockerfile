@@ -35,7 +35,7 @@ USER 65532:65532
 EXPOSE 8080
 # Memory and CPU: a 1 MiB young generation and V8's size-over-speed mode keep its RSS near what it
 # holds; code is compiled by Sparkplug, V8's baseline tier, and no further (--max-opt=1: no Maglev
-# or Turbofan, whose code and compile memory pushed RSS past 150 MiB at 10,000 Runs), so a burst
+# or Turbofan: with Maglev, RSS reached 150 and 151 MiB at 10,000 Runs), so a burst
 # of Runs does not run interpreted as under --lite-mode (figures in README "Performance"; the
 # bench runs it with these same options).
 CMD ["node", "--max-semi-space-size=1", "--optimize-for-size", "--max-opt=1", "dist/main.js"]

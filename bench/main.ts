@@ -43,7 +43,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, load, poolDo, processStats, promSum, sec, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, load, poolDo, processStats, promSum, sec, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -127,7 +127,7 @@ async function main(): Promise<void> {
     etcd: () => cpuOfMatching(["--name=default", `--data-dir=${cluster.dir}`]),
     "bench (itself)": () => processStats(process.pid).cpuS,
   };
-  const cpuNow = (): Record<string, number> => Object.fromEntries(Object.entries(machineCpu).map(([k, f]) => [k, f()]));
+  const cpuNow = (): Record<string, number> => cpuSnapshot(machineCpu);
 
   try {
     await installCrds(client);

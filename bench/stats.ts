@@ -85,6 +85,11 @@ export function cpuOfMatching(parts: string[]): number {
   return ticks / 100;
 }
 
+/** CPU seconds so far of each named process group. */
+export function cpuSnapshot(groups: Record<string, () => number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(groups).map(([k, f]) => [k, f()]));
+}
+
 /** CPU seconds each named process group used between two snapshots (one decimal). */
 export function cpuSince(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(after).map(([k, v]) => [k, Math.round((v - (before[k] ?? 0)) * 10) / 10]));
@@ -113,9 +118,7 @@ export class CpuSampler {
   }
 
   private take(): void {
-    const cpu: Record<string, number> = {};
-    for (const [k, f] of Object.entries(this.groups)) cpu[k] = f();
-    this.samples.push({ at: Date.now(), cpu });
+    this.samples.push({ at: Date.now(), cpu: cpuSnapshot(this.groups) });
   }
 
   private at(t: number, k: string): number {
@@ -131,10 +134,10 @@ export class CpuSampler {
 
   /** CPU seconds each group used between two times. */
   cpuIn(from: number, to: number): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const k of Object.keys(this.groups)) out[k] = Math.round((this.at(to, k) - this.at(from, k)) * 10) / 10;
-    return out;
+    const at = (t: number): Record<string, number> => Object.fromEntries(Object.keys(this.groups).map((k) => [k, this.at(t, k)]));
+    return cpuSince(at(from), at(to));
   }
+
 }
 
 /**
