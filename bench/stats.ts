@@ -137,7 +137,6 @@ export class CpuSampler {
     const at = (t: number): Record<string, number> => Object.fromEntries(Object.keys(this.groups).map((k) => [k, this.at(t, k)]));
     return cpuSince(at(from), at(to));
   }
-
 }
 
 /**
