@@ -86,6 +86,14 @@ export interface EnvContext {
    * batch's). Unset: every Run belongs to `ce`.
    */
   runCe?: (run: Run) => ComputeEnvironment | undefined;
+  /**
+   * describeRuns only: what the tracker's last look saw of each Run's machine (never what a launch
+   * recorded; undefined where that look did not list one). Given, a provider may ask the cloud
+   * only for machines whose state can still change what a Run knows, and take those it does not
+   * list as they were. Unset: every machine is looked at. The tracker leaves it unset at least
+   * once every few minutes (RunTrackerDeps.fullLookEveryMs), so nothing inferred lasts longer.
+   */
+  observed?: (run: Run) => RunDescription | undefined;
 }
 
 export interface EnvObservation {

@@ -11,6 +11,7 @@ import {
   DescribeInstancesCommand,
   DescribeVolumesCommand,
   RunInstancesCommand,
+  StopInstancesCommand,
   type Instance,
   type RunInstancesCommandInput,
 } from "@aws-sdk/client-ec2";
@@ -22,7 +23,7 @@ import { awsClients, type AwsClients } from "../../src/cloud/aws/clients.js";
 import { runArtifactsUri } from "../../src/cloud/aws/launcher.js";
 import { logStreamName } from "../../src/cloud/aws/logs.js";
 import { TAG_RUN_UID, describeRuns, launchRun, readRunLog, runInstancesInput, sweepOrphans, terminateRun } from "../../src/cloud/aws/runs.js";
-import type { EnvContext, ResolvedCredentials } from "../../src/cloud/provider.js";
+import type { EnvContext, ResolvedCredentials, RunDescription } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { strictAws } from "../harness/helpers.js";
 import { shipLauncherLines } from "../harness/aws-launcher-log.js";
@@ -308,6 +309,35 @@ describe("describeRuns", () => {
     expect(r.get(fromS3.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 0 });
     // The S3 look-up used CE B's work dir although ctx was CE A's (the location is in the tags).
     expect(sentSince(mark, "GetObject").map((s) => s.input.Key)).toEqual([key]);
+  });
+});
+
+describe("describeRuns after a full look (only machines not running are asked for)", () => {
+  it("on EC2's own filters, one narrow call gives what a full look gives: running, stopped and terminated machines", async () => {
+    const runs: Run[] = [];
+    for (let i = 0; i < 6; i++) {
+      const run = makeRun(ceA);
+      await launchRun(clients, ctx(ceA), run);
+      runs.push(run);
+    }
+    const seen = await describeRuns(clients, ctx(ceA), runs);
+    expect([...seen.values()].every((d) => d?.state === "running")).toBe(true);
+    // Two machines end and one is stopped, all behind the operator's back.
+    await terminateRun(admin, ctx(ceA), runs[0]!);
+    await terminateRun(admin, ctx(ceA), runs[1]!);
+    await admin.ec2.send(new StopInstancesCommand({ InstanceIds: [seen.get(runs[2]!.metadata.uid!)!.instanceId] }));
+
+    let mark = sent.length;
+    const observed = (r: Run): RunDescription | undefined => seen.get(r.metadata.uid ?? "");
+    const narrow = await describeRuns(clients, { ...ctx(ceA), observed }, runs);
+    const calls = sentSince(mark, "DescribeInstances");
+    expect(calls).toHaveLength(1);
+    expect(calls[0]?.input.Filters).toContainEqual({ Name: "instance-state-name", Values: ["pending", "shutting-down", "terminated", "stopping", "stopped"] });
+    mark = sent.length;
+    const full = await describeRuns(clients, ctx(ceA), runs);
+    expect((sentSince(mark, "DescribeInstances")[0]?.input.Filters as { Name: string }[]).map((f) => f.Name)).not.toContain("instance-state-name");
+    expect(narrow).toEqual(full);
+    expect([0, 1, 2, 3, 4, 5].map((i) => narrow.get(runs[i]!.metadata.uid!)?.state)).toEqual(["terminated", "terminated", expect.stringMatching(/^stopp/), "running", "running", "running"]);
   });
 });
 

@@ -95,6 +95,7 @@ describe("moto with fast tag reads answers DescribeInstances exactly as the stoc
     ["tag-value", () => ({ Filters: [{ Name: "tag-value", Values: ["x", "y"] }] })],
     ["two tag filters", () => ({ Filters: [{ Name: "tag:group", Values: ["a", "d"] }, { Name: "tag-key", Values: ["flag"] }] })],
     ["tag and state", () => ({ Filters: [{ Name: "tag:group", Values: ["a", "b", "c", "d"] }, { Name: "instance-state-name", Values: ["running", "pending"] }] })],
+    ["the operator's narrow look: two tag filters and the states but running, paginated", () => ({ Filters: [{ Name: "tag-key", Values: ["group"] }, { Name: "tag:group", Values: ["a", "b", "c", "d"] }, { Name: "instance-state-name", Values: ["pending", "shutting-down", "terminated", "stopping", "stopped"] }], MaxResults: 5 })],
     ["state only", () => ({ Filters: [{ Name: "instance-state-name", Values: ["terminated"] }] })],
     ["instance ids", () => ({ InstanceIds: ids.slice(2, 7) })],
     ["instance-id filter with a tag", () => ({ Filters: [{ Name: "instance-id", Values: ids.slice(0, 12) }, { Name: "tag:group", Values: ["c"] }] })],

@@ -7,9 +7,11 @@
  *   look-up covers a token that EC2 forgot or that now comes with other parameters (a changed CE
  *   gives other user data: IdempotentParameterMismatch). Emulators that ignore ClientToken (moto)
  *   are covered by the look-up.
- * - describeRuns: ONE DescribeInstances for up to 200 Runs (tag filter on the Run UID), whatever
- *   CE they belong to. Where the exit code is read from travels in the instance's tags, so Runs of
- *   several CEs in one account and region can be described together.
+ * - describeRuns: ONE DescribeInstances for up to 200 Runs (tag filter on the Run UID), or pages of
+ *   1,000 for more, whatever CE they belong to. Where the exit code is read from travels in the
+ *   instance's tags, so Runs of several CEs in one account and region can be described together.
+ *   Once every machine has been seen, the look asks only for machines in a state other than
+ *   running (see listMachines): a fleet that runs on answers with almost nothing.
  * - terminateRun / sweepOrphans: only instances that carry vmforge's ownership tags are touched.
  *
  * Calls used (seed 002): ec2:RunInstances (+ iam:PassRole), ec2:DescribeInstances,
@@ -357,18 +359,20 @@ async function runInstancesOnce(
  * vmforge-managed instance in the account and region (1,000 per page), matched by the Run-UID tag,
  * so a poll costs one call per 1,000 instances however many Runs are followed.
  */
-export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext, uids: string[]): Promise<Map<string, Instance[]>> {
+export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext, uids: string[], extra: Filter[] = []): Promise<Map<string, Instance[]>> {
   const out = new Map<string, Instance[]>();
   const unique = [...new Set(uids)];
   if (unique.length === 0) return out;
   const wanted = new Set(unique);
-  const filters: Filter[] =
-    unique.length <= FILTER_VALUES_MAX
+  const filters: Filter[] = [
+    ...(unique.length <= FILTER_VALUES_MAX
       ? [{ Name: `tag:${TAG_RUN_UID}`, Values: unique }]
       : [
           { Name: `tag:${TAG_MANAGED_BY}`, Values: [MANAGED_BY] },
           { Name: "tag-key", Values: [TAG_RUN_UID] },
-        ];
+        ]),
+    ...extra,
+  ];
   for (const inst of await describeAll(ec2, ctx, filters)) {
     const uid = tagValue(inst, TAG_RUN_UID);
     if (uid === undefined || !wanted.has(uid)) continue;
@@ -377,6 +381,66 @@ export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext
     else out.set(uid, [inst]);
   }
   return out;
+}
+
+/** States a machine can leave without anyone noticing on a later look: everything but running. */
+export const CHANGING_STATES: readonly string[] = ["pending", "shutting-down", "terminated", "stopping", "stopped"];
+
+/**
+ * A machine last seen in one of these states is known well enough to be looked for only among
+ * machines not running: not listed there, a pending or running machine runs, and a terminated or
+ * shutting-down one is gone (as a full look would find it). A stopped or stopping machine may be
+ * started again, so it is looked at in full.
+ */
+const INFERABLE: ReadonlySet<MachineState> = new Set<MachineState>(["pending", "running", "shutting-down", "terminated"]);
+
+/**
+ * The machines of these Runs, by Run UID. With the tracker's last observations (`observed`) and a
+ * machine seen for every Run, only machines in a state other than running are asked for (one
+ * filter more on the same call): in steady state EC2 answers with almost nothing instead of every
+ * running instance (about 0.8 CPU seconds of the operator's parsing per 1,000 instances, each
+ * poll). A Run whose machine is not in that answer but was pending or running is given its last
+ * observation, as running. Anything the inference cannot settle is looked at in full: a Run with
+ * no machine seen yet (a launch, a machine not listed yet), one last seen stopped, or another live
+ * machine carrying its UID.
+ */
+export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[], observed?: (run: Run) => RunDescription | undefined): Promise<Map<string, Instance[]>> {
+  const uids = runs.map((r) => r.metadata.uid as string);
+  const known = observed ? runs.map((r) => ({ uid: r.metadata.uid as string, seen: observed(r) })) : undefined;
+  if (!known || known.some(({ seen }) => !seen?.instanceId || !INFERABLE.has(seen.state))) return describeInstancesByRunUids(ec2, ctx, uids);
+  const changing = await describeInstancesByRunUids(ec2, ctx, uids, [{ Name: "instance-state-name", Values: [...CHANGING_STATES] }]);
+  const out = new Map<string, Instance[]>();
+  for (const { uid, seen } of known) {
+    if (!seen) continue;
+    const listed = changing.get(uid) ?? [];
+    // Another live machine of this Run (a doubled launch): which one is the Run's is for a full look to say.
+    if (listed.some((i) => i.InstanceId !== seen.instanceId && i.State?.Name !== "terminated")) return describeInstancesByRunUids(ec2, ctx, uids);
+    const own = listed.filter((i) => i.InstanceId === seen.instanceId);
+    if (own.length > 0) out.set(uid, own);
+    else if (seen.state === "pending" || seen.state === "running") out.set(uid, [runningAsSeen(seen)]);
+    // Else it ended before and is no longer listed: absent, as in a full look.
+  }
+  return out;
+}
+
+/**
+ * A machine that was seen pending or running and is not among the machines in any other state:
+ * it runs, as it was seen. The exit-status location is not kept; an outcome read for it (a
+ * pipeline that ended without a shutdown) takes it from the ComputeEnvironment, as for a machine
+ * launched without that tag.
+ */
+function runningAsSeen(seen: RunDescription): Instance {
+  const i = seen.instance;
+  return {
+    InstanceId: seen.instanceId,
+    State: { Name: "running" },
+    ...(i?.type ? { InstanceType: i.type as Instance["InstanceType"] } : {}),
+    ...(i?.zone ? { Placement: { AvailabilityZone: i.zone } } : {}),
+    ...(i?.privateIp ? { PrivateIpAddress: i.privateIp } : {}),
+    ...(i?.spot ? { InstanceLifecycle: "spot" as const } : {}),
+    ...(seen.launchedAt ? { LaunchTime: new Date(seen.launchedAt) } : {}),
+    ...(seen.log?.group ? { Tags: [{ Key: TAG_LOG_GROUP, Value: seen.log.group }] } : {}),
+  };
 }
 
 async function describeAll(ec2: EC2Client, ctx: EnvContext, filters: Filter[]): Promise<Instance[]> {
@@ -596,11 +660,7 @@ export async function describeRuns(
 ): Promise<Map<string, RunDescription | undefined>> {
   const result = new Map<string, RunDescription | undefined>();
   const withUid = runs.filter((r) => r.metadata.uid);
-  const byUid = await describeInstancesByRunUids(
-    clients.ec2,
-    ctx,
-    withUid.map((r) => r.metadata.uid as string),
-  );
+  const byUid = await listMachines(clients.ec2, ctx, withUid, ctx.observed);
   const needExit: { run: Run; inst: Instance | undefined; desc: RunDescription; missing?: boolean }[] = [];
   const settingUp: { run: Run; inst: Instance; desc: RunDescription }[] = [];
   const missingAfter = opts.missingProbeAfterMs ?? 60_000;

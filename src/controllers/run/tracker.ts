@@ -43,7 +43,12 @@ export interface CacheSource<T> extends ListSource<T> {
 export interface Observation {
   desc: RunDescription | undefined;
   at: number;
+  /** Made by a poll's look at the cloud (not recorded from a launch's answer). */
+  polled?: boolean;
 }
+
+/** The longest a poll lets the provider infer from the last look (RunTrackerDeps.fullLookEveryMs). */
+export const FULL_LOOK_EVERY_MS = 5 * 60_000;
 
 export interface RunTrackerDeps {
   client: KubeClient;
@@ -57,6 +62,11 @@ export interface RunTrackerDeps {
   secrets?: SecretGetter;
   /** Deadline of one group's observation. Default: the poll interval, at least 10 s. */
   observeTimeoutMs?: number;
+  /**
+   * Each group's machines are all looked at (no `observed` given to the provider) at least this
+   * often; in between the provider may ask only for what can have changed. Default FULL_LOOK_EVERY_MS.
+   */
+  fullLookEveryMs?: number;
 }
 
 export function accountRegionKey(ce: ComputeEnvironment): string {
@@ -70,6 +80,8 @@ export function accountRegionKey(ce: ComputeEnvironment): string {
 
 export class RunTracker {
   private readonly observations = new Map<string, Observation>();
+  /** Account-and-region group -> when its last poll that looked at every machine started. */
+  private readonly fullLookAt = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
   private polling: Promise<void> | undefined;
@@ -140,7 +152,8 @@ export class RunTracker {
     let count = 0;
     const timeoutMs = this.d.observeTimeoutMs ?? Math.max(10_000, this.d.pollIntervalMs);
     const observed = new Set<string>();
-    await Promise.all([...groups.values()].map(async ({ ce, runs, ceOf }) => {
+    const fullEvery = this.d.fullLookEveryMs ?? FULL_LOOK_EVERY_MS;
+    await Promise.all([...groups.entries()].map(async ([key, { ce, runs, ceOf }]) => {
       const provider = this.d.providers.get(ce.spec.provider);
       if (!provider) return;
       count += runs.length;
@@ -152,14 +165,22 @@ export class RunTracker {
         // An observation is as old as the look that made it: a describe that took seconds does not
         // pass for news, and does not replace what a launch recorded meanwhile.
         const lookedAt = Date.now();
-        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe }, runs);
+        // What the last look saw, for a provider that can ask only for what changed; withheld at
+        // least every fullEvery (and until a full look succeeded), so nothing inferred lasts longer.
+        const full = lookedAt - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
+        const observed = full ? undefined : (run: Run): RunDescription | undefined => {
+          const o = this.observations.get(run.metadata.uid ?? "");
+          return o?.polled ? o.desc : undefined;
+        };
+        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe, ...(observed ? { observed } : {}) }, runs);
         if (signal.aborted) throw signal.reason;
+        if (full) this.fullLookAt.set(key, lookedAt);
         for (const run of runs) {
           const uid = run.metadata.uid as string;
           const desc = result.get(uid);
           const prev = this.observations.get(uid);
           if (prev && prev.at > lookedAt) continue;
-          this.observations.set(uid, { desc, at: lookedAt });
+          this.observations.set(uid, { desc, at: lookedAt, polled: true });
           if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
@@ -172,6 +193,7 @@ export class RunTracker {
     // Nothing is kept for Runs whose machine can no longer exist (ended, deleted): the map holds
     // one entry per followed machine, not one per Run ever seen.
     for (const uid of this.observations.keys()) if (!observed.has(uid)) this.observations.delete(uid);
+    for (const key of this.fullLookAt.keys()) if (!groups.has(key)) this.fullLookAt.delete(key);
     this.lastPoll = { groups: groups.size, runs: count };
     this.pollCount++;
   }

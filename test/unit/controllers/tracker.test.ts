@@ -88,3 +88,64 @@ describe("RunTracker", () => {
     expect(accountRegionKey(ce("a", "creds", "eu-west-1"))).not.toBe(accountRegionKey(ce("a", "creds", "eu-west-2")));
   });
 });
+
+describe("RunTracker: what the last look saw", () => {
+  it("is offered to the provider only after a full look, never from a launch's record, and withheld again after fullLookEveryMs", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("seen", "a", "Running"), run("launched", "a", "Launching")];
+    cloud.machines.set("run-seen", { id: "i-seen", runUid: "run-seen", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const offered: (Record<string, string | undefined> | undefined)[] = [];
+    const describe = cloud.describeRuns.bind(cloud);
+    cloud.describeRuns = async (ctx, rs) => {
+      offered.push(ctx.observed ? Object.fromEntries(rs.map((r) => [r.metadata.name ?? "", ctx.observed?.(r)?.instanceId])) : undefined);
+      return describe(ctx, rs);
+    };
+    let fullEvery = 60_000;
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
+      get fullLookEveryMs() { return fullEvery; },
+    });
+    await t.pollOnce();
+    expect(offered.at(-1)).toBeUndefined(); // the first look is a full one
+    // A launch records a machine the cloud has not shown to a look yet.
+    t.record("run-launched", { instanceId: "i-launched", state: "pending" });
+    await t.pollOnce();
+    expect(offered.at(-1)).toEqual({ seen: "i-seen", launched: undefined });
+    // The look after that saw it (the fake lists it now): it is offered from then on.
+    cloud.machines.set("run-launched", { id: "i-launched", runUid: "run-launched", ceUid: "", state: "pending", launchedAt: "", log: [] });
+    await t.pollOnce();
+    await t.pollOnce();
+    expect(offered.at(-1)).toEqual({ seen: "i-seen", launched: "i-launched" });
+    // Past fullLookEveryMs since the last full look, the provider is asked to look at everything.
+    fullEvery = 0;
+    await t.pollOnce();
+    expect(offered.at(-1)).toBeUndefined();
+    expect(offered).toHaveLength(5);
+  });
+
+  it("a failing look does not count as a full one: the next poll is full again", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    cloud.machines.set("run-r", { id: "i-r", runUid: "run-r", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const offered: boolean[] = [];
+    const describe = cloud.describeRuns.bind(cloud);
+    let fail = true;
+    cloud.describeRuns = async (ctx, rs) => {
+      offered.push(ctx.observed !== undefined);
+      if (fail) throw new Error("throttled");
+      return describe(ctx, rs);
+    };
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
+    });
+    await t.pollOnce();
+    fail = false;
+    await t.pollOnce();
+    await t.pollOnce();
+    expect(offered).toEqual([false, false, true]);
+  });
+});

@@ -19,7 +19,7 @@ import {
 } from "../../../../src/cloud/aws/runs.js";
 import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
 import { operatorActions } from "../../../../src/cloud/aws/policy.js";
-import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
+import { CloudError, type EnvContext, type RunDescription } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { sampleCe, sampleRun } from "../../../fixtures/launcher/harness.js";
@@ -394,6 +394,83 @@ describe("describeRuns", () => {
     const d = (await describeRuns(clients, ctxFor(CE), [run])).get(run.metadata.uid!);
     expect(d).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied", message: expect.stringMatching(/^s3:GetObject: access denied/) as unknown } });
     expect(d!.exitCode).toBeUndefined();
+  });
+});
+
+describe("describeRuns with the last look's observations (only what can change is asked for)", () => {
+  /** A fake EC2 holding instances; it applies the tag filter on Run UIDs and the state filter, as EC2 does. */
+  function ec2Of(instances: Instance[]): { clients: RunClients; calls: Call[] } {
+    return fakeClients((name, input) => {
+      if (name !== "DescribeInstances") return {};
+      const filters = (input.Filters as { Name: string; Values: string[] }[]) ?? [];
+      const uids = filters.find((f) => f.Name === `tag:${TAG_RUN_UID}`)?.Values;
+      const states = filters.find((f) => f.Name === "instance-state-name")?.Values;
+      const listed = instances.filter((i) =>
+        (!uids || uids.includes(i.Tags?.find((t) => t.Key === TAG_RUN_UID)?.Value ?? "")) && (!states || states.includes(i.State?.Name ?? "")));
+      return { Reservations: [{ Instances: listed }] };
+    });
+  }
+  const runs = Array.from({ length: 4 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i) }));
+  const fleet = (): Instance[] => runs.map((r) => instanceFor(r, CE));
+  const stateFilter = (c: Call | undefined): unknown => (c?.input.Filters as { Name: string; Values: string[] }[]).find((f) => f.Name === "instance-state-name")?.Values;
+
+  async function fullLook(instances: Instance[]): Promise<Map<string, RunDescription | undefined>> {
+    return describeRuns(ec2Of(instances).clients, ctxFor(CE), runs);
+  }
+
+  it("running machines seen before: one call asking only for other states, and the same descriptions as a full look", async () => {
+    const seen = await fullLook(fleet());
+    const { clients, calls } = ec2Of(fleet());
+    const result = await describeRuns(clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
+    expect(calls).toHaveLength(1);
+    expect(stateFilter(calls[0])).toEqual(["pending", "shutting-down", "terminated", "stopping", "stopped"]);
+    expect(result).toEqual(seen);
+  });
+
+  it("a machine seen pending that is no longer pending runs; one that ended is listed with its state and its outcome read", async () => {
+    const before = fleet();
+    before[0]!.State = { Name: "pending", Code: 0 };
+    const seen = await fullLook(before);
+    const now = fleet();
+    now[1]!.State = { Name: "shutting-down", Code: 32 };
+    const { clients, calls } = ec2Of(now);
+    const result = await describeRuns(clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
+    expect(result).toEqual(await fullLook(now));
+    expect(result.get(uidN(0))?.state).toBe("running");
+    expect(result.get(uidN(1))?.state).toBe("shutting-down");
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "GetLogEvents", "GetObject"]);
+  });
+
+  it("a machine seen terminated and no longer listed is absent, as in a full look", async () => {
+    const ended = fleet();
+    ended[2]!.State = { Name: "terminated", Code: 48 };
+    const seen = await fullLook(ended);
+    const gone = fleet().filter((_, i) => i !== 2);
+    const { clients } = ec2Of(gone);
+    const result = await describeRuns(clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
+    expect(result.get(uidN(2))).toBeUndefined();
+    expect(result).toEqual(await fullLook(gone));
+  });
+
+  it("looks at everything when a Run has no machine seen, one was seen stopped, or another live machine carries a Run's UID", async () => {
+    const seen = await fullLook(fleet());
+    // A Run whose machine no look has shown yet (e.g. just launched).
+    let look = ec2Of(fleet());
+    await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => (r.metadata.uid === uidN(3) ? undefined : seen.get(r.metadata.uid ?? "")) }, runs);
+    expect(look.calls).toHaveLength(1);
+    expect(stateFilter(look.calls[0])).toBeUndefined();
+    // A machine seen stopped may have been started again.
+    const stopped = new Map(seen);
+    stopped.set(uidN(1), { ...seen.get(uidN(1))!, state: "stopped" });
+    look = ec2Of(fleet());
+    await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => stopped.get(r.metadata.uid ?? "") }, runs);
+    expect(look.calls.map((c) => stateFilter(c))).toEqual([undefined]);
+    // A second, pending machine of one Run: the narrow look finds it and a full look decides.
+    const doubled = [...fleet(), instanceFor(runs[0]!, CE, { InstanceId: "i-0double", State: { Name: "pending", Code: 0 } })];
+    look = ec2Of(doubled);
+    const result = await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
+    expect(look.calls.map((c) => stateFilter(c) === undefined)).toEqual([false, true]);
+    expect(result).toEqual(await fullLook(doubled));
   });
 });
 
