@@ -20,6 +20,8 @@ export interface CallRecord {
 
 export class AwsProxy {
   readonly counts = new Map<string, number>();
+  /** Bytes of the answers, by the same keys as `counts` (what the operator had to parse). */
+  readonly answerBytes = new Map<string, number>();
   /** Run UID -> first RunInstances request time. */
   readonly launchAt = new Map<string, number>();
   /**
@@ -50,13 +52,14 @@ export class AwsProxy {
       req.on("end", () => {
         const body = Buffer.concat(chunks);
         const service = serviceOf(req);
-        this.count(req, body, service);
+        const key = this.count(req, body, service);
         const up = targets.get(service) ?? main;
         const fwd = http.request({
           host: up.hostname, port: up.port, method: req.method, path: req.url, agent,
           headers: { ...req.headers, host: req.headers.host ?? up.host },
         }, (r) => {
           res.writeHead(r.statusCode ?? 502, r.headers);
+          r.on("data", (c: Buffer) => this.answerBytes.set(key, (this.answerBytes.get(key) ?? 0) + c.length));
           r.pipe(res);
         });
         fwd.on("error", (e) => {
@@ -81,15 +84,21 @@ export class AwsProxy {
     return Object.fromEntries([...this.counts].sort());
   }
 
+  /** Answer bytes by key, as `snapshot` gives the counts. */
+  bytesSnapshot(): Record<string, number> {
+    return Object.fromEntries([...this.answerBytes].sort());
+  }
+
   reset(): void {
     this.counts.clear();
+    this.answerBytes.clear();
     this.launchAt.clear();
     this.repeatedLaunches.length = 0;
     this.launchInvocation.clear();
     this.terminateSizes.length = 0;
   }
 
-  private count(req: http.IncomingMessage, body: Buffer, service: string): void {
+  private count(req: http.IncomingMessage, body: Buffer, service: string): string {
     let op: string | undefined;
     const target = req.headers["x-amz-target"];
     if (typeof target === "string") op = target.split(".").pop();
@@ -108,6 +117,8 @@ export class AwsProxy {
       // a look-up of one Run's machine (by its UID tag) vs the batched follow-up of many
       const uids = [...form.entries()].filter(([k, v]) => /^Filter\.\d+\.Value\.\d+$/.test(k) && this.watchUids.has(v)).length;
       if (uids === 1) key += "(one Run)";
+      // the tracker's narrow look: only machines in a state other than running
+      else if ([...form.entries()].some(([k, v]) => /^Filter\.\d+\.Name$/.test(k) && v === "instance-state-name")) key += "(not running)";
     }
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
     const now = Date.now();
@@ -130,6 +141,7 @@ export class AwsProxy {
       for (const k of form.keys()) if (k.startsWith("InstanceId.")) n++;
       this.terminateSizes.push(n);
     }
+    return key;
   }
 }
 
