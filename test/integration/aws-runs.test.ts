@@ -313,7 +313,7 @@ describe("describeRuns", () => {
 });
 
 describe("describeRuns after a full look (only machines not running are asked for)", () => {
-  it("on EC2's own filters, one narrow call gives what a full look gives: running, stopped and terminated machines", async () => {
+  it("on EC2's own filters, the narrow call (and a second look at the Runs whose machines ended) gives what a full look gives: running, stopped and terminated machines", async () => {
     const runs: Run[] = [];
     for (let i = 0; i < 6; i++) {
       const run = makeRun(ceA);
@@ -331,8 +331,10 @@ describe("describeRuns after a full look (only machines not running are asked fo
     const observed = (r: Run): RunDescription | undefined => seen.get(r.metadata.uid ?? "");
     const narrow = await describeRuns(clients, { ...ctx(ceA), observed }, runs);
     const calls = sentSince(mark, "DescribeInstances");
-    expect(calls).toHaveLength(1);
+    expect(calls).toHaveLength(2);
     expect(calls[0]?.input.Filters).toContainEqual({ Name: "instance-state-name", Values: ["pending", "shutting-down", "terminated", "stopping", "stopped"] });
+    // The three machines that ended since they were seen: a second look at their Runs' machines only.
+    expect(calls[1]?.input.Filters).toEqual([{ Name: `tag:${TAG_RUN_UID}`, Values: runs.slice(0, 3).map((r) => r.metadata.uid) }]);
     mark = sent.length;
     const full = await describeRuns(clients, ctx(ceA), runs);
     expect((sentSince(mark, "DescribeInstances")[0]?.input.Filters as { Name: string }[]).map((f) => f.Name)).not.toContain("instance-state-name");

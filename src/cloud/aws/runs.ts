@@ -402,7 +402,8 @@ const INFERABLE: ReadonlySet<MachineState> = new Set<MachineState>(["pending", "
  * poll). A Run whose machine is not in that answer but was pending or running is given its last
  * observation, as running. Anything the inference cannot settle is looked at in full: a Run with
  * no machine seen yet (a launch, a machine not listed yet), one last seen stopped, or another live
- * machine carrying its UID.
+ * machine carrying its UID; and a Run whose machine ended since it was seen gets a second look,
+ * without the state filter, at its own machines (one more call in a poll in which machines end).
  */
 export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[], observed?: (run: Run) => RunDescription | undefined): Promise<Map<string, Instance[]>> {
   const uids = runs.map((r) => r.metadata.uid as string);
@@ -410,15 +411,27 @@ export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[],
   if (!known || known.some(({ seen }) => !seen?.instanceId || !INFERABLE.has(seen.state))) return describeInstancesByRunUids(ec2, ctx, uids);
   const changing = await describeInstancesByRunUids(ec2, ctx, uids, [{ Name: "instance-state-name", Values: [...CHANGING_STATES] }]);
   const out = new Map<string, Instance[]>();
+  const endedSinceSeen: string[] = [];
   for (const { uid, seen } of known) {
     if (!seen) continue;
     const listed = changing.get(uid) ?? [];
     // Another live machine of this Run (a doubled launch): which one is the Run's is for a full look to say.
     if (listed.some((i) => i.InstanceId !== seen.instanceId && i.State?.Name !== "terminated")) return describeInstancesByRunUids(ec2, ctx, uids);
     const own = listed.filter((i) => i.InstanceId === seen.instanceId);
-    if (own.length > 0) out.set(uid, own);
-    else if (seen.state === "pending" || seen.state === "running") out.set(uid, [runningAsSeen(seen)]);
+    if (own.length > 0) {
+      out.set(uid, own);
+      // Seen live, now ending: a second machine of the Run that is running would not be in this
+      // answer, and a full look would take it over the ended one. These Runs are looked at in full.
+      if ((seen.state === "pending" || seen.state === "running") && own.some((i) => ENDED.has(machineState(i)))) endedSinceSeen.push(uid);
+    } else if (seen.state === "pending" || seen.state === "running") out.set(uid, [runningAsSeen(seen)]);
     // Else it ended before and is no longer listed: absent, as in a full look.
+  }
+  if (endedSinceSeen.length > 0) {
+    const full = await describeInstancesByRunUids(ec2, ctx, endedSinceSeen);
+    for (const uid of endedSinceSeen) {
+      const found = full.get(uid);
+      if (found?.length) out.set(uid, found);
+    }
   }
   return out;
 }
@@ -618,7 +631,7 @@ export class StartProbes {
  */
 async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance, desc: RunDescription, probes: StartProbes): Promise<void> {
   const uid = run.metadata.uid as string;
-  const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(ctx.ce);
+  const group = tagValue(inst, TAG_LOG_GROUP) ?? logGroupName(runCeOf(ctx, run));
   const chunk = await readLogStream(clients.logs, group, markerLogStreamName(run), probes.cursor(uid), { maxPages: 1, ...(ctx.signal ? { signal: ctx.signal } : {}) });
   let started = false;
   let step: string | undefined;
@@ -648,6 +661,11 @@ async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: 
  * Runs already in a terminal phase have their outcome; nothing is looked up for them.
  * A Run without a machine (and no outcome found) maps to undefined.
  */
+/** The Run's own ComputeEnvironment in a describe of several CEs' Runs (ctx.ce is only one of them). */
+function runCeOf(ctx: EnvContext, run: Run): ComputeEnvironment {
+  return ctx.runCe?.(run) ?? ctx.ce;
+}
+
 function beingCancelled(run: Run, ce: ComputeEnvironment): boolean {
   return run.spec.cancel === true || !!run.metadata.deletionTimestamp || !!ce.metadata.deletionTimestamp;
 }
@@ -676,7 +694,7 @@ export async function describeRuns(
       }
       continue;
     }
-    const desc = describeInstance(inst, ctx.ce, run);
+    const desc = describeInstance(inst, runCeOf(ctx, run), run);
     result.set(uid, desc);
     if (isTerminal(run) || run.status?.phase === "Running") opts.startProbes?.forget(uid);
     if (isTerminal(run)) {
@@ -685,7 +703,7 @@ export async function describeRuns(
     }
     // Being cancelled (spec.cancel, the Run or its CE deleted): its outcome is Cancelled whatever
     // the machine says, so neither its start nor its exit line is worth a read.
-    if (beingCancelled(run, ctx.runCe?.(run) ?? ctx.ce)) continue;
+    if (beingCancelled(run, runCeOf(ctx, run))) continue;
     if (ENDED.has(desc.state)) {
       needExit.push({ run, inst, desc });
     } else if (desc.state === "running" && run.status?.phase !== "Running" && opts.startProbes) {
@@ -740,7 +758,7 @@ export async function describeRuns(
     if (code !== undefined) desc.exitCode = code;
     if (outcome?.bootstrapStep) desc.bootstrapStep = outcome.bootstrapStep;
     if (missing && code !== undefined) {
-      desc.log = { provider: "cloudwatch", group: logGroupName(ctx.ce), stream: logStreamName(run) };
+      desc.log = { provider: "cloudwatch", group: logGroupName(runCeOf(ctx, run)), stream: logStreamName(run) };
       result.set(run.metadata.uid as string, desc);
     }
   });
@@ -769,13 +787,13 @@ async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Pro
  * pipeline prints never counts), else the exit-status object.
  */
 async function exitCodeOf(clients: RunClients, ctx: EnvContext, run: Run, inst: Instance | undefined): Promise<LauncherOutcome | undefined> {
-  const group = (inst && tagValue(inst, TAG_LOG_GROUP)) ?? run.status?.log?.group ?? logGroupName(ctx.ce);
+  const group = (inst && tagValue(inst, TAG_LOG_GROUP)) ?? run.status?.log?.group ?? logGroupName(runCeOf(ctx, run));
   const fromLog = await findOutcomeInLog(clients.logs, group, markerLogStreamName(run), ctx.signal ? { signal: ctx.signal } : {});
   if (fromLog !== undefined) return fromLog;
   let artifacts = inst ? tagValue(inst, TAG_ARTIFACTS) : undefined;
   if (artifacts === undefined) {
     try {
-      artifacts = runArtifactsUri(ctx.ce, run);
+      artifacts = runArtifactsUri(runCeOf(ctx, run), run);
     } catch {
       return undefined;
     }

@@ -438,7 +438,8 @@ describe("describeRuns with the last look's observations (only what can change i
     expect(result).toEqual(await fullLook(now));
     expect(result.get(uidN(0))?.state).toBe("running");
     expect(result.get(uidN(1))?.state).toBe("shutting-down");
-    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "GetLogEvents", "GetObject"]);
+    // The machine that ended since it was seen gets a second look at that Run's machines.
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "DescribeInstances", "GetLogEvents", "GetObject"]);
   });
 
   it("a machine seen terminated and no longer listed is absent, as in a full look", async () => {
@@ -450,6 +451,37 @@ describe("describeRuns with the last look's observations (only what can change i
     const result = await describeRuns(clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
     expect(result.get(uidN(2))).toBeUndefined();
     expect(result).toEqual(await fullLook(gone));
+  });
+
+  it("a machine seen running that ended while a second machine of the Run runs: a second look at that Run finds the running one, as a full look does", async () => {
+    const seen = await fullLook(fleet());
+    const now = fleet();
+    now[0]!.State = { Name: "terminated", Code: 48 };
+    now.push(instanceFor(runs[0]!, CE, { InstanceId: "i-0double" }));
+    const { clients, calls } = ec2Of(now);
+    const result = await describeRuns(clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, runs);
+    expect(result.get(uidN(0))).toMatchObject({ instanceId: "i-0double", state: "running" });
+    expect(result).toEqual(await fullLook(now));
+    const describes = calls.filter((c) => c.name === "DescribeInstances");
+    expect(describes.map((c) => stateFilter(c) !== undefined)).toEqual([true, false]);
+    // The second look asks for that Run's machines only.
+    expect((describes[1]?.input.Filters as { Name: string; Values: string[] }[])[0]).toEqual({ Name: `tag:${TAG_RUN_UID}`, Values: [uidN(0)] });
+  });
+
+  it("a running machine inferred from the last look has its outcome looked for where its own ComputeEnvironment keeps it", async () => {
+    const other = sampleCe({ aws: { workDir: "s3://other-bucket/work", logGroup: undefined } });
+    other.metadata = { ...other.metadata, name: "ce-b", uid: "99999999-2222-3333-4444-555555555555" };
+    other.status = { aws: { ...other.status!.aws!, logGroup: "/vmforge/team-a/ce-b" } };
+    const run = sampleRun({ name: "of-b", uid: uidN(42) });
+    run.spec = { ...run.spec, computeEnvironmentRef: { name: "ce-b" } };
+    const inst = instanceFor(run, other);
+    const ctx = (observed?: (r: Run) => RunDescription | undefined): EnvContext => ({ ...ctxFor(CE), runCe: () => other, ...(observed ? { observed } : {}) });
+    const seen = await describeRuns(ec2Of([inst]).clients, ctx(), [run]);
+    const { clients, calls } = ec2Of([inst]);
+    await describeRuns(clients, ctx((r) => seen.get(r.metadata.uid ?? "")), [run], { probeRunning: () => true });
+    expect(calls.filter((c) => c.name === "DescribeInstances").map((c) => stateFilter(c) !== undefined)).toEqual([true]);
+    expect(calls.find((c) => c.name === "GetLogEvents")?.input.logGroupName).toBe("/vmforge/team-a/ce-b");
+    expect(calls.find((c) => c.name === "GetObject")?.input).toMatchObject({ Bucket: "other-bucket", Key: `work/.vmforge/runs/${uidN(42)}/exit-status` });
   });
 
   it("looks at everything when a Run has no machine seen, one was seen stopped, or another live machine carries a Run's UID", async () => {
