@@ -650,17 +650,6 @@ async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: 
   if (probes.started(uid)) desc.pipelineStarted = true;
 }
 
-/**
- * Describes Runs with as few DescribeInstances calls as their number allows (see
- * describeInstancesByRunUids). The exit code comes from the exit line in the Run's markers stream
- * (written by the launcher alone), else from the uploaded exit-status object; it is looked for:
- * - when the machine has ended (shutting down, stopped, terminated);
- * - when it still runs and `probeRunning` says so (the pipeline may have ended without a shutdown);
- * - when EC2 no longer lists the machine recorded at launch (it forgets terminated instances after
- *   about an hour): the outcome is read before the Run is ever declared lost.
- * Runs already in a terminal phase have their outcome; nothing is looked up for them.
- * A Run without a machine (and no outcome found) maps to undefined.
- */
 /** The Run's own ComputeEnvironment in a describe of several CEs' Runs (ctx.ce is only one of them). */
 function runCeOf(ctx: EnvContext, run: Run): ComputeEnvironment {
   return ctx.runCe?.(run) ?? ctx.ce;
@@ -670,6 +659,18 @@ function beingCancelled(run: Run, ce: ComputeEnvironment): boolean {
   return run.spec.cancel === true || !!run.metadata.deletionTimestamp || !!ce.metadata.deletionTimestamp;
 }
 
+/**
+ * Describes Runs with as few DescribeInstances calls as their number allows (see
+ * describeInstancesByRunUids and listMachines). The exit code comes from the exit line in the
+ * Run's markers stream (written by the launcher alone), else from the uploaded exit-status object;
+ * it is looked for:
+ * - when the machine has ended (shutting down, stopped, terminated);
+ * - when it still runs and `probeRunning` says so (the pipeline may have ended without a shutdown);
+ * - when EC2 no longer lists the machine recorded at launch (it forgets terminated instances after
+ *   about an hour): the outcome is read before the Run is ever declared lost.
+ * Runs already in a terminal phase have their outcome; nothing is looked up for them.
+ * A Run without a machine (and no outcome found) maps to undefined.
+ */
 export async function describeRuns(
   clients: RunClients,
   ctx: EnvContext,

@@ -168,11 +168,11 @@ export class RunTracker {
         // What the last look saw, for a provider that can ask only for what changed; withheld at
         // least every fullEvery (and until a full look succeeded), so nothing inferred lasts longer.
         const full = lookedAt - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
-        const observed = full ? undefined : (run: Run): RunDescription | undefined => {
+        const lastSeen = full ? undefined : (run: Run): RunDescription | undefined => {
           const o = this.observations.get(run.metadata.uid ?? "");
           return o?.polled ? o.desc : undefined;
         };
-        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe, ...(observed ? { observed } : {}) }, runs);
+        const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe, ...(lastSeen ? { observed: lastSeen } : {}) }, runs);
         if (signal.aborted) throw signal.reason;
         if (full) this.fullLookAt.set(key, lookedAt);
         for (const run of runs) {
