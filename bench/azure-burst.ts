@@ -63,6 +63,26 @@ export interface AzureBurstResult {
   operatorCpuS: number;
   rss: { rssMiB: number; peakMiB: number };
   load: Load;
+  /** The N Runs left Running, after the burst: what each 15 s poll costs (absent when not all were Running). */
+  steady?: AzureSteady;
+}
+
+export interface AzureSteady {
+  polls: number;
+  /** Every request the emulator logged in the window, per poll, by method and operation. */
+  cloudCallsPerPoll: Record<string, number>;
+  /** Their answers' bytes in KiB per poll, by method and operation (Log Analytics queries not counted). */
+  answerKiBPerPoll: Record<string, number>;
+  /** kube-apiserver requests per poll (all clients, WATCH excluded). */
+  apiserverRequestsPerPoll: Record<string, number>;
+  /** The operator's own kube-apiserver requests and status writes in the window. */
+  operatorRequests: Record<string, number>;
+  statusWrites: Record<string, number>;
+  /** The operator's reconciles per poll, by controller. */
+  reconcilesPerPoll: Record<string, number>;
+  operatorCpuSPerMin: number;
+  rss: { rssMiB: number; peakMiB: number };
+  load: Load;
 }
 
 /** The VM body of src/cloud/azure/runs.ts launchRun for a Run of `ce` (a fake Run of the given UID). */
@@ -104,7 +124,9 @@ function vmBody(ce: ComputeEnvironment, uid: string, sshKey: string): Record<str
   };
 }
 
-export async function azureBurstScenario(o: BenchCluster & { runs: number; timeoutMs: number }): Promise<AzureBurstResult> {
+const POLL_MS = 15_000;
+
+export async function azureBurstScenario(o: BenchCluster & { runs: number; timeoutMs: number; steadyPolls: number }): Promise<AzureBurstResult> {
   const { client, say } = o;
   const N = o.runs;
   const b = await startAzureBench(o, "azure-burst");
@@ -259,6 +281,46 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
     say(`  time to all launched / the floor with the Run's writes: ${res.ratioToKubeFloor.toFixed(2)} (${sec(kf.best.totalMs)} at concurrency ${kf.best.concurrency})`);
     say(`  operator CPU ${res.operatorCpuS.toFixed(1)} s, RSS ${res.rss.rssMiB} MiB (peak ${res.rss.peakMiB}); ${fmtLoad(res.load)}`);
+
+    // ------------------------------------------------------------ steady: the N Runs Running
+    if (allRunning && o.steadyPolls > 0) {
+      say(`\n  [azure steady] ${N} Running Runs, ${o.steadyPolls} polls of 15 s`);
+      await sleep(2 * POLL_MS); // the last Running writes and CE counts settle
+      const from = (await b.az.control.requests()).lastSeq;
+      const api0 = await metrics();
+      const m0 = await b.op.metrics();
+      const cpu1 = b.op.stats().cpuS;
+      const tw = Date.now();
+      await sleep(o.steadyPolls * POLL_MS);
+      const windowMs = Date.now() - tw;
+      const cpuWindow = b.op.stats().cpuS - cpu1;
+      const api1 = await metrics();
+      const m1 = await b.op.metrics();
+      const pollsInWindow = windowMs / POLL_MS;
+      const perPoll = (m: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round((v / pollsInWindow) * 100) / 100]));
+      const callsW: Record<string, number> = {};
+      const bytesW: Record<string, number> = {};
+      for (const e of (await b.az.control.requests(from)).value) {
+        const k = `${e.method} ${e.operation}`;
+        callsW[k] = (callsW[k] ?? 0) + 1;
+        if (e.bytes !== undefined) bytesW[k] = (bytesW[k] ?? 0) + e.bytes;
+      }
+      const steady: AzureSteady = {
+        polls: pollsInWindow, cloudCallsPerPoll: perPoll(callsW),
+        answerKiBPerPoll: Object.fromEntries(Object.entries(perPoll(bytesW)).map(([k, v]) => [k, Math.round(v / 102.4) / 10])),
+        apiserverRequestsPerPoll: perPoll(diffMaps(api1, api0)),
+        operatorRequests: diffMaps(promSum(m1, "vmforge_kube_requests_total", {}, "verb"), promSum(m0, "vmforge_kube_requests_total", {}, "verb")),
+        statusWrites: diffMaps(promSum(m1, "vmforge_status_writes_total", {}, "kind"), promSum(m0, "vmforge_status_writes_total", {}, "kind")),
+        reconcilesPerPoll: perPoll(diffMaps(promSum(m1, "vmforge_reconcile_duration_seconds_count", {}, "controller"), promSum(m0, "vmforge_reconcile_duration_seconds_count", {}, "controller"))),
+        operatorCpuSPerMin: (cpuWindow / windowMs) * 60_000, rss: b.op.stats(), load: load(),
+      };
+      res.steady = steady;
+      say(`  Azure calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(steady.answerKiBPerPoll)}`);
+      say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
+      say(`  the operator's own requests in the window: ${JSON.stringify(steady.operatorRequests)}; status writes: ${JSON.stringify(steady.statusWrites)}`);
+      say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
+      say(`  operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);
+    }
     return res;
   } finally {
     await b.stop();

@@ -66,6 +66,8 @@ export interface RequestLogEntry {
   caller?: string;
   callerAppId?: string;
   status: number;
+  /** Bytes of the answer's body (absent for HEAD and the Logs endpoints). */
+  bytes?: number;
   /** The query string, e.g. `?api-version=...&$skiptoken=...` for a list's next page. */
   query?: string;
 }

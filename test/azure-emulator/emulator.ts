@@ -293,10 +293,11 @@ export class Emulator {
     const info: RouteInfo = this.gatedInfo(method, url.pathname);
     let caller: Caller | undefined;
     let status = 500;
+    let bytes: number | undefined;
     const reply = (s: number, body: unknown, headers: Record<string, string> = {}): void => {
       status = s;
       const reqId = this.ids.guid("request-id", "request");
-      sendJson(res, s, body, { "x-ms-request-id": reqId, "x-ms-correlation-request-id": reqId, ...headers });
+      bytes = sendJson(res, s, body, { "x-ms-request-id": reqId, "x-ms-correlation-request-id": reqId, ...headers });
     };
     try {
       const p = url.pathname;
@@ -393,6 +394,7 @@ export class Emulator {
           caller: caller?.oid,
           callerAppId: caller?.appId,
           status,
+          ...(bytes !== undefined ? { bytes } : {}),
         });
       }
     }

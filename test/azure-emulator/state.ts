@@ -82,6 +82,8 @@ export interface RequestLogEntry {
   caller?: string;
   callerAppId?: string;
   status: number;
+  /** Bytes of the answer's body (not recorded for HEAD and the Logs endpoints). */
+  bytes?: number;
   /** The query string (e.g. `?api-version=...&$skiptoken=...` of a list's next page). */
   query?: string;
 }

@@ -80,15 +80,18 @@ export class TextBody {
   constructor(readonly text: string) {}
 }
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+/** Sends `body` as JSON (or as text); returns the bytes of the body sent. */
+export function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): number {
   const raw = body instanceof TextBody;
   const text = body === undefined ? "" : raw ? body.text : JSON.stringify(body);
+  const bytes = Buffer.byteLength(text);
   res.writeHead(status, {
     ...(body === undefined ? {} : { "content-type": raw ? "text/plain; charset=utf-8" : "application/json; charset=utf-8" }),
-    "content-length": String(Buffer.byteLength(text)),
+    "content-length": String(bytes),
     ...headers,
   });
   res.end(text);
+  return bytes;
 }
 
 export const lc = (s: string): string => s.toLowerCase();
