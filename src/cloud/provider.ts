@@ -162,6 +162,12 @@ export interface RunDescription {
   instance?: RunStatus["instance"];
   /** Where the Run's log lives, when the provider knows (set by launchRun at least). */
   log?: RunStatus["log"];
+  /**
+   * Where the machine says its Run's outcome is uploaded (the work directory it was launched
+   * with), when the provider records that on the machine; kept so a later look that infers the
+   * machine from this one reads the outcome from the same place.
+   */
+  artifacts?: string;
 }
 
 export interface RunLogChunk {

@@ -438,12 +438,15 @@ export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[],
 
 /**
  * A machine that was seen pending or running and is not among the machines in any other state:
- * it runs, as it was seen. The exit-status location is not kept; an outcome read for it (a
- * pipeline that ended without a shutdown) takes it from the ComputeEnvironment, as for a machine
- * launched without that tag.
+ * it runs, as it was seen, with the log group and exit-status location its tags gave then (an
+ * outcome read for it, a pipeline that ended without a shutdown, looks where its launch put them).
  */
 function runningAsSeen(seen: RunDescription): Instance {
   const i = seen.instance;
+  const tags = [
+    ...(seen.log?.group ? [{ Key: TAG_LOG_GROUP, Value: seen.log.group }] : []),
+    ...(seen.artifacts !== undefined ? [{ Key: TAG_ARTIFACTS, Value: seen.artifacts }] : []),
+  ];
   return {
     InstanceId: seen.instanceId,
     State: { Name: "running" },
@@ -452,7 +455,7 @@ function runningAsSeen(seen: RunDescription): Instance {
     ...(i?.privateIp ? { PrivateIpAddress: i.privateIp } : {}),
     ...(i?.spot ? { InstanceLifecycle: "spot" as const } : {}),
     ...(seen.launchedAt ? { LaunchTime: new Date(seen.launchedAt) } : {}),
-    ...(seen.log?.group ? { Tags: [{ Key: TAG_LOG_GROUP, Value: seen.log.group }] } : {}),
+    ...(tags.length ? { Tags: tags } : {}),
   };
 }
 
@@ -526,6 +529,8 @@ function describeInstance(inst: Instance, ce: ComputeEnvironment, run: Run): Run
   if (reason) d.stateReason = reason;
   if (isSpotInterruption(inst)) d.interrupted = true;
   if (inst.LaunchTime) d.launchedAt = inst.LaunchTime.toISOString();
+  const artifacts = tagValue(inst, TAG_ARTIFACTS);
+  if (artifacts !== undefined) d.artifacts = artifacts;
   return d;
 }
 

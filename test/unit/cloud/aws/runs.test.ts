@@ -17,7 +17,7 @@ import {
   terminateRun,
   type RunClients,
 } from "../../../../src/cloud/aws/runs.js";
-import { renderUserData } from "../../../../src/cloud/aws/launcher.js";
+import { renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
 import { operatorActions } from "../../../../src/cloud/aws/policy.js";
 import { CloudError, type EnvContext, type RunDescription } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
@@ -304,6 +304,7 @@ describe("describeRuns", () => {
       launchedAt: "2025-11-25T00:00:00.000Z",
       instance: { id: instanceFor(a, CE).InstanceId, type: "m6i.large", zone: "eu-west-1a", privateIp: "10.0.0.5", spot: true, state: "pending" },
       log: { provider: "cloudwatch", group: "/vmforge/team-a/ce-a", stream: "team-a/a/00000000" },
+      artifacts: runArtifactsUri(CE, a),
     });
   });
 
@@ -482,6 +483,21 @@ describe("describeRuns with the last look's observations (only what can change i
     expect(calls.filter((c) => c.name === "DescribeInstances").map((c) => stateFilter(c) !== undefined)).toEqual([true]);
     expect(calls.find((c) => c.name === "GetLogEvents")?.input.logGroupName).toBe("/vmforge/team-a/ce-b");
     expect(calls.find((c) => c.name === "GetObject")?.input).toMatchObject({ Bucket: "other-bucket", Key: `work/.vmforge/runs/${uidN(42)}/exit-status` });
+  });
+
+  it("a running machine inferred from the last look keeps the exit-status location its launch tagged, even if the ComputeEnvironment's work directory changed since", async () => {
+    const run = sampleRun({ name: "moved", uid: uidN(43) });
+    const launchedWith = sampleCe({ aws: { workDir: "s3://first-bucket/runs" } });
+    const movedTo = sampleCe({ aws: { workDir: "s3://second-bucket/elsewhere" } });
+    const inst = instanceFor(run, launchedWith);
+    const ctx = (observed?: (r: Run) => RunDescription | undefined): EnvContext => ({ ...ctxFor(movedTo), ...(observed ? { observed } : {}) });
+    const seen = await describeRuns(ec2Of([inst]).clients, ctx(), [run]);
+    expect(seen.get(uidN(43))?.artifacts).toMatch(/^s3:\/\/first-bucket\/runs\//);
+    const { clients, calls } = ec2Of([inst]);
+    const inferred = await describeRuns(clients, ctx((r) => seen.get(r.metadata.uid ?? "")), [run], { probeRunning: () => true });
+    expect(calls.filter((c) => c.name === "DescribeInstances").map((c) => stateFilter(c) !== undefined)).toEqual([true]);
+    expect(inferred.get(uidN(43))?.artifacts).toBe(seen.get(uidN(43))?.artifacts);
+    expect(calls.find((c) => c.name === "GetObject")?.input).toMatchObject({ Bucket: "first-bucket", Key: `runs/.vmforge/runs/${uidN(43)}/exit-status` });
   });
 
   it("looks at everything when a Run has no machine seen, one was seen stopped, or another live machine carries a Run's UID", async () => {
