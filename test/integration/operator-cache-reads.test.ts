@@ -21,7 +21,7 @@ import { Operator } from "../../src/operator.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
-import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { freshNamespace, kubeconfigPath, settleDeletedNamespaces } from "../harness/helpers.js";
 import type { OperatorConfig } from "../../src/config.js";
 
 const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
@@ -99,6 +99,9 @@ describe("steady state", () => {
     const settle = op.operator.tracker.pollCount + 8;
     await waitFor("polls", async () => op.operator.tracker.pollCount >= settle);
 
+    // Namespaces deleted by earlier test files are emptied by the namespace controller, whose LISTs
+    // the apiserver's counts below would include.
+    await settleDeletedNamespaces();
     const apiBefore = String(await client.request("GET", "/metrics"));
     const mineBefore = await op.metrics.text();
     const polls = op.operator.tracker.pollCount;
