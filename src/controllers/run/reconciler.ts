@@ -51,6 +51,14 @@ export interface RunDeps {
   blockedRetryMs?: number;
 }
 
+/**
+ * How long a Run whose machine is pending or running waits, at most, before it is looked at again
+ * when nothing changes: the run tracker wakes it whenever a poll sees its machine differently
+ * (state, outcome, the pipeline's start, a read error), so this is only a backstop, as the
+ * watches' periodic resync is. Never shorter than the poll interval.
+ */
+const QUIET_FOLLOW_MS = 5 * 60_000;
+
 /** Bounds `n` polls to [min, max]: waits that scale with the poll interval. */
 function polls(pollIntervalMs: number, n: number, min: number, max: number): number {
   return Math.min(max, Math.max(min, n * pollIntervalMs));
@@ -420,6 +428,8 @@ export class RunReconciler {
     }
     const wakeForTimeout = timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
     const next = Math.min(this.d.pollIntervalMs, wakeForTimeout);
+    // A machine pending or running as the last poll saw it: the tracker's next news of it, or the timeout, comes first.
+    const quiet = Math.min(Math.max(this.d.pollIntervalMs, QUIET_FOLLOW_MS), wakeForTimeout);
 
     const obs = this.d.tracker.get(run.metadata.uid ?? "");
     if (!obs) return { requeueAfterMs: next };
@@ -443,7 +453,7 @@ export class RunReconciler {
     switch (desc.state) {
       case "pending":
         await this.report(run, { phase: "Launching", instance, message: `machine ${desc.instanceId} pending` }, "False", "Launching", `machine ${desc.instanceId} pending`);
-        return { requeueAfterMs: next };
+        return { requeueAfterMs: quiet };
       case "running":
       case "unknown": {
         if (desc.exitCode !== undefined && desc.bootstrapStep) {
@@ -466,11 +476,11 @@ export class RunReconciler {
           // being set up (packages, log agent, Docker, Nextflow). Running means the pipeline runs.
           const waiting = `machine ${desc.instanceId} is up; setting it up, waiting for the launcher to start the pipeline`;
           await this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}) }, "False", "SettingUp", waiting);
-          return { requeueAfterMs: next };
+          return { requeueAfterMs: quiet };
         }
         const message = `running on ${desc.instanceId}`;
         await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}) }, "False", "Running", message);
-        return { requeueAfterMs: next };
+        return { requeueAfterMs: quiet };
       }
       case "stopping":
       case "stopped":

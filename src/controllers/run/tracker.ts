@@ -181,6 +181,8 @@ export class RunTracker {
           const prev = this.observations.get(uid);
           if (prev && prev.at > lookedAt) continue;
           this.observations.set(uid, { desc, at: lookedAt, polled: true });
+          // The Run's news: a Run whose machine is pending or running is not looked at otherwise
+          // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
           if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
