@@ -28,7 +28,7 @@ import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/la
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
-import { apiRequests, diffMaps, dist, promSum, fmtDist, fmtLoad, load, poolDo, sec, type Dist, type Load } from "./stats.js";
+import { apiRequests, diffMaps, dist, promSum, fmtDist, fmtLoad, kib, load, operatorWindow, perPoll, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const CES = ["az0", "az1", "az2", "az3"];
@@ -297,7 +297,6 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       const api1 = await metrics();
       const m1 = await b.op.metrics();
       const pollsInWindow = windowMs / POLL_MS;
-      const perPoll = (m: Record<string, number>): Record<string, number> => Object.fromEntries(Object.entries(m).map(([k, v]) => [k, Math.round((v / pollsInWindow) * 100) / 100]));
       const callsW: Record<string, number> = {};
       const bytesW: Record<string, number> = {};
       for (const e of (await b.az.control.requests(from)).value) {
@@ -306,12 +305,9 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
         if (e.bytes !== undefined) bytesW[k] = (bytesW[k] ?? 0) + e.bytes;
       }
       const steady: AzureSteady = {
-        polls: pollsInWindow, cloudCallsPerPoll: perPoll(callsW),
-        answerKiBPerPoll: Object.fromEntries(Object.entries(perPoll(bytesW)).map(([k, v]) => [k, Math.round(v / 102.4) / 10])),
-        apiserverRequestsPerPoll: perPoll(diffMaps(api1, api0)),
-        operatorRequests: diffMaps(promSum(m1, "vmforge_kube_requests_total", {}, "verb"), promSum(m0, "vmforge_kube_requests_total", {}, "verb")),
-        statusWrites: diffMaps(promSum(m1, "vmforge_status_writes_total", {}, "kind"), promSum(m0, "vmforge_status_writes_total", {}, "kind")),
-        reconcilesPerPoll: perPoll(diffMaps(promSum(m1, "vmforge_reconcile_duration_seconds_count", {}, "controller"), promSum(m0, "vmforge_reconcile_duration_seconds_count", {}, "controller"))),
+        polls: pollsInWindow, cloudCallsPerPoll: perPoll(callsW, pollsInWindow), answerKiBPerPoll: kib(perPoll(bytesW, pollsInWindow)),
+        apiserverRequestsPerPoll: perPoll(diffMaps(api1, api0), pollsInWindow),
+        ...operatorWindow(m0, m1, pollsInWindow),
         operatorCpuSPerMin: (cpuWindow / windowMs) * 60_000, rss: b.op.stats(), load: load(),
       };
       res.steady = steady;

@@ -157,3 +157,28 @@ export function apiRequests(text: string): Map<string, number> {
   }
   return out;
 }
+
+/** Counts over a window of `polls` polls, per poll (two decimals). */
+export function perPoll(counts: Record<string, number>, polls: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Math.round((v / polls) * 100) / 100]));
+}
+
+/** Bytes by key as KiB (one decimal). */
+export function kib(bytes: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(bytes).map(([k, v]) => [k, Math.round(v / 102.4) / 10]));
+}
+
+/** The kube-apiserver's reads of Runs, ComputeEnvironments and Secrets among its request counts (apiRequests keys). */
+export function vmforgeReads(apiserverRequests: Record<string, number>): number {
+  return Object.entries(apiserverRequests).filter(([k]) => /^(GET|LIST) (runs|computeenvironments|secrets)/.test(k)).reduce((a, [, v]) => a + v, 0);
+}
+
+/** What the operator's own metrics say of a steady window (its metrics text before and after). */
+export function operatorWindow(before: string, after: string, polls: number): { operatorRequests: Record<string, number>; statusWrites: Record<string, number>; reconcilesPerPoll: Record<string, number> } {
+  const delta = (name: string, by: string): Record<string, number> => diffMaps(promSum(after, name, {}, by), promSum(before, name, {}, by));
+  return {
+    operatorRequests: delta("vmforge_kube_requests_total", "verb"),
+    statusWrites: delta("vmforge_status_writes_total", "kind"),
+    reconcilesPerPoll: perPoll(delta("vmforge_reconcile_duration_seconds_count", "controller"), polls),
+  };
+}
