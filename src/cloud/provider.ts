@@ -148,6 +148,12 @@ export interface RunDescription {
   /** Reading the Run's log or outcome failed in a way a retry will not fix (e.g. a missing permission). */
   readError?: { reason: string; message: string };
   /**
+   * This look read (or tried to read, and was refused) the Run's log or outcome. A description
+   * without it says nothing of whether reads work: the tracker keeps the last readError until a
+   * look that read says otherwise (see mergeLearned), so a refusal is not forgotten between reads.
+   */
+  readAttempted?: boolean;
+  /**
    * The machine has ended but its outcome is not known yet: it could not be read (see readError),
    * or it may still be on its way (e.g. an exit line the cloud's log service has not made
    * queryable yet). The Run must not be given an outcome from this description; it waits.

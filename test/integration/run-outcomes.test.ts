@@ -10,7 +10,7 @@ import type { ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError } from "../../src/cloud/provider.js";
-import type { EnvContext, EnvObservation } from "../../src/cloud/provider.js";
+import type { EnvContext, EnvObservation, RunDescription } from "../../src/cloud/provider.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
@@ -24,6 +24,22 @@ class AnnouncingCloud extends FakeCloud {
   readonly announcesCloudWrites = true;
   /** provisionEnvironment fails like a validation read would, before any write. */
   readFailure: CloudError | undefined;
+  /**
+   * Exit probes of a running machine, as the providers pace them: for these Run UIDs only every
+   * `every`th describe reads the log (readAttempted), refused while `refused` is set; the
+   * describes in between say nothing of reads.
+   */
+  readonly probes = new Map<string, { every: number; refused: boolean; n: number }>();
+  override async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    const out = await super.describeRuns(ctx, runs);
+    for (const [uid, p] of this.probes) {
+      const d = out.get(uid);
+      if (!d || p.n++ % p.every !== 0) continue;
+      d.readAttempted = true;
+      if (p.refused) d.readError = { reason: "AccessDenied", message: "logs:GetLogEvents: not authorized to perform logs:GetLogEvents on the Run's log stream" };
+    }
+    return out;
+  }
   override async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
     if (this.readFailure) {
       this.calls.provision++;
@@ -138,6 +154,32 @@ describe("the machine and the outcome", () => {
     expect((await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning")).toBe(true);
     // Succeeded stays Ready.
     expect(cond(await getRun("linger"), "Ready")?.status).toBe("True");
+  });
+
+  it("a refused exit probe of a Running Run: LogReadBlocked stays between the probes (one Event), and goes once a probe reads", async () => {
+    await readyCe("probed");
+    await run("probed", "probed");
+    const uid = (await inPhase("probed", "Running")).metadata.uid ?? "";
+    const probe = { every: 3, refused: true, n: 0 };
+    cloud.probes.set(uid, probe);
+    await waitFor("LogReadBlocked", async () => cond(await getRun("probed"), "LogReadBlocked")?.status === "True");
+    // Twelve polls (300 ms each), four of them probes: the condition is there at every look.
+    const until = probe.n + 12;
+    let looks = 0;
+    while (probe.n < until) {
+      const c = cond(await getRun("probed"), "LogReadBlocked");
+      expect(c, `LogReadBlocked at poll ${probe.n}`).toMatchObject({ status: "True", reason: "AccessDenied" });
+      looks++;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(looks).toBeGreaterThan(12);
+    expect((await events("probed")).filter((e) => e.reason === "AccessDenied" && e.type === "Warning")).toHaveLength(1);
+    probe.refused = false;
+    await waitFor("LogReadBlocked gone", async () => cond(await getRun("probed"), "LogReadBlocked") === undefined);
+    expect((await getRun("probed"))?.status?.phase).toBe("Running");
+    cloud.probes.delete(uid);
+    cloud.finish(uid, 0);
+    await inPhase("probed", "Succeeded");
   });
 
   it("a Spot interruption is Failed/SpotInterrupted, not a pipeline failure", async () => {

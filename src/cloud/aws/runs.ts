@@ -568,7 +568,7 @@ export const PIPELINE_STARTED_MARKER = "VMFORGE_PIPELINE_STARTED";
  */
 export class StartProbes {
   /** Run UID -> cursor in its log stream, whether the start line was seen, first and last read. */
-  private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number; error?: { reason: string; message: string } }>();
+  private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number }>();
   /** Run UID -> when its outcome (exit line, exit status) was last read. */
   private readonly exitReadAt = new Map<string, number>();
   constructor(readonly limit = 100, private readonly clock: () => number = Date.now, private readonly forgetAfterMs = 30 * 60_000) {}
@@ -608,13 +608,12 @@ export class StartProbes {
     const c = cursor ?? prev?.cursor;
     this.state.set(uid, { ...(c !== undefined ? { cursor: c } : {}), started: started || prev?.started === true, first: prev?.first ?? now, at: now });
   }
-  /** The last read was refused (kept, and reported with the Run, until a read works). */
-  fail(uid: string, error: { reason: string; message: string }, now = this.clock()): void {
-    const prev = this.state.get(uid);
-    this.state.set(uid, { ...(prev?.cursor !== undefined ? { cursor: prev.cursor } : {}), started: prev?.started === true, first: prev?.first ?? now, at: now, error });
-  }
-  errorOf(uid: string): { reason: string; message: string } | undefined {
-    return this.state.get(uid)?.error;
+  /**
+   * The read was refused: it is paced like any other (the refusal itself is reported with the Run,
+   * and the run tracker keeps it until a read works: see mergeLearned).
+   */
+  fail(uid: string, now = this.clock()): void {
+    this.record(uid, undefined, false, now);
   }
   /** The Run is Running (or over): nothing more to learn of its start. */
   forget(uid: string): void {
@@ -652,6 +651,7 @@ async function probeStart(clients: RunClients, ctx: EnvContext, run: Run, inst: 
     }
   }
   probes.record(uid, chunk.next, started);
+  desc.readAttempted = true;
   if (probes.started(uid)) desc.pipelineStarted = true;
 }
 
@@ -735,13 +735,12 @@ export async function describeRuns(
       probeStart(clients, ctx, run, inst, desc, probes).catch((e: unknown) => {
         // One Run's log read failing does not blind the others' observation. A read that cannot
         // work (e.g. logs:GetLogEvents denied) is reported with the Run; a passing one is retried.
-        if (e instanceof CloudError && e.kind === "Terminal") probes.fail(run.metadata.uid as string, { reason: e.reason, message: e.message });
-        else if (!(e instanceof CloudError)) throw e;
+        if (!(e instanceof CloudError)) throw e;
+        if (e.kind === "Terminal") {
+          probes.fail(run.metadata.uid as string);
+          Object.assign(desc, { readError: { reason: e.reason, message: e.message }, readAttempted: true });
+        }
       }));
-    for (const { run, desc } of settingUp) {
-      const err = probes.errorOf(run.metadata.uid as string);
-      if (err) desc.readError = err;
-    }
   }
   await forEachLimited(exits, opts.exitCodeConcurrency ?? 8, async (item) => {
     const { run, inst, desc, missing } = item;
@@ -756,10 +755,11 @@ export async function describeRuns(
       // A refusal a retry will not fix (e.g. a missing permission) is named on the Run; a passing
       // one (throttling, a timeout) is not. Either way this Run waits for a later read, and the
       // other Runs of the account and region are observed now.
-      if (e.kind === "Terminal") desc.readError = { reason: e.reason, message: e.message };
+      if (e.kind === "Terminal") Object.assign(desc, { readError: { reason: e.reason, message: e.message }, readAttempted: true });
       waitForOutcome(result, item);
       return;
     }
+    desc.readAttempted = true;
     const code = outcome?.code;
     if (code !== undefined) desc.exitCode = code;
     if (outcome?.bootstrapStep) desc.bootstrapStep = outcome.bootstrapStep;

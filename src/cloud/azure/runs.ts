@@ -291,7 +291,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
   const workspace = envStatus(ctx.ce).workspaceCustomerId;
   // Runs whose launcher lines are asked for, from every resource group of the CE, in one query (below).
-  const needLines: { run: Run; settle: (lines: LauncherLines | undefined, read: LinesRead) => void }[] = [];
+  const needLines: { run: Run; d: RunDescription; settle: (lines: LauncherLines | undefined, read: LinesRead) => void }[] = [];
   /**
    * The outcome of a Run whose machine ended: the uploaded exit status now, else the exit line
    * (and a failed set-up step before it) from this poll's one query; `noLine` when neither is there.
@@ -310,7 +310,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       noLine({ lines: new Map(), ok: false, noWorkspace: { statusUnreadable: !uploaded.readable } });
       return;
     }
-    needLines.push({ run, settle: (lines, read) => {
+    needLines.push({ run, d, settle: (lines, read) => {
       if (lines?.exitCode !== undefined) {
         d.exitCode = lines.exitCode;
         if (lines.bootstrapStep && !lines.started) d.bootstrapStep = lines.bootstrapStep;
@@ -397,7 +397,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           d.pipelineStarted = true;
           return;
         }
-        needLines.push({ run, settle: (lines, read) => {
+        needLines.push({ run, d, settle: (lines, read) => {
           if (read.error) d.readError = read.error;
           if (lines?.started) {
             d.pipelineStarted = true;
@@ -414,7 +414,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       if (vm.state === "running" && !over && workspace && watch.probeDue(uid, run.status?.startTime ?? run.status?.launchedAt)) {
         // Running, and its VM still runs: a VM whose OS shutdown failed after the pipeline ended
         // keeps running, so its exit line is asked for now and then (RUNNING_EXIT_PROBE_MS).
-        needLines.push({ run, settle: (lines, read) => {
+        needLines.push({ run, d, settle: (lines, read) => {
           if (read.error) d.readError = read.error;
           if (lines?.exitCode !== undefined) d.exitCode = lines.exitCode;
         } });
@@ -430,6 +430,8 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
     for (const n of needLines) {
       const uid = n.run.metadata.uid ?? "";
       n.settle(chosen.has(uid) ? read.lines.get(uid) : undefined, chosen.has(uid) ? read : notAsked);
+      // Named in a query that answered or was refused: whether this Run's lines can be read is known now.
+      if (chosen.has(uid) && (read.ok || read.error)) n.d.readAttempted = true;
     }
   }
   await Promise.all([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {

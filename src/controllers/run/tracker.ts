@@ -69,6 +69,32 @@ export interface RunTrackerDeps {
   fullLookEveryMs?: number;
 }
 
+/**
+ * What a look at a machine learned that the next looks may not repeat: the pipeline's exit code
+ * (with the set-up step that failed, if any), that the pipeline started, and a refused read. The
+ * providers read logs only on some polls (paced start reads, the exit probes of running machines,
+ * a budget of reads per describe), so without this a fact found by one look could be gone from the
+ * next before the Run's reconcile acted on it, and a refusal would be said and unsaid from one
+ * poll to the next. These facts carry over to the next description of the SAME machine (same
+ * instance ID; not a launch the cloud could not place); a readError until a look that read
+ * (`readAttempted`) found none. `readAttempted` is about one look and is not kept. A machine no
+ * longer described at all keeps nothing (the providers look for the outcome of unlisted machines).
+ */
+export function mergeLearned(before: RunDescription | undefined, now: RunDescription | undefined): RunDescription | undefined {
+  if (!now) return undefined;
+  const { readAttempted, ...out } = now;
+  if (!before || before.instanceId !== now.instanceId || before.launchFailure || now.launchFailure) return out;
+  if (out.exitCode === undefined && before.exitCode !== undefined) {
+    out.exitCode = before.exitCode;
+    if (before.bootstrapStep !== undefined) out.bootstrapStep = before.bootstrapStep;
+    else delete out.bootstrapStep;
+    delete out.outcomeUnknown;
+  }
+  if (before.pipelineStarted && !out.pipelineStarted) out.pipelineStarted = true;
+  if (!readAttempted && !out.readError && before.readError) out.readError = before.readError;
+  return out;
+}
+
 export function accountRegionKey(ce: ComputeEnvironment): string {
   const secret = ce.spec.credentials?.secretRef?.name;
   const who = secret ? `${ce.metadata.namespace}/${secret}` : "ambient";
@@ -99,7 +125,7 @@ export class RunTracker {
   }
 
   record(uid: string, desc: RunDescription | undefined): void {
-    this.observations.set(uid, { desc, at: Date.now() });
+    this.observations.set(uid, { desc: mergeLearned(this.observations.get(uid)?.desc, desc), at: Date.now() });
   }
 
   forget(uid: string): void {
@@ -177,10 +203,17 @@ export class RunTracker {
         if (full) this.fullLookAt.set(key, lookedAt);
         for (const run of runs) {
           const uid = run.metadata.uid as string;
-          const desc = result.get(uid);
           const prev = this.observations.get(uid);
-          if (prev && prev.at > lookedAt) continue;
-          this.observations.set(uid, { desc, at: lookedAt, polled: true });
+          let desc: RunDescription | undefined;
+          if (prev && prev.at > lookedAt) {
+            // A launch recorded meanwhile stands; what this older look learned of the same machine
+            // (an exit line, a start) is added to it rather than lost.
+            desc = mergeLearned(result.get(uid), prev.desc);
+            this.observations.set(uid, { ...prev, desc });
+          } else {
+            desc = mergeLearned(prev?.desc, result.get(uid));
+            this.observations.set(uid, { desc, at: lookedAt, polled: true });
+          }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
           if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {

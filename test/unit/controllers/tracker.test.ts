@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
-import { RunTracker, accountRegionKey } from "../../../src/controllers/run/tracker.js";
+import { RunTracker, accountRegionKey, mergeLearned } from "../../../src/controllers/run/tracker.js";
+import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 
 const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
@@ -147,5 +148,80 @@ describe("RunTracker: what the last look saw", () => {
     await t.pollOnce();
     await t.pollOnce();
     expect(offered).toEqual([false, false, true]);
+  });
+});
+
+describe("RunTracker: what one look learned stays learned for its machine", () => {
+  /** A tracker over one Run whose describe answers `next` (set before each poll). */
+  function scripted(initial: RunDescription | undefined) {
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    const cloud = new FakeCloud();
+    const state = { next: initial };
+    cloud.describeRuns = async () => new Map([["run-r", state.next && { ...state.next }]]);
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
+    });
+    return { t, state, enqueued, cloud };
+  }
+  const running: RunDescription = { instanceId: "i-1", state: "running" };
+
+  it("an exit line found by one look (a start read, an exit probe) is kept when the next looks do not read it", async () => {
+    const { t, state, enqueued } = scripted({ ...running, exitCode: 3, bootstrapStep: "docker", pipelineStarted: true });
+    await t.pollOnce();
+    // The machine is shutting down now; this look's read budget left it out (outcome not known yet).
+    state.next = { instanceId: "i-1", state: "shutting-down", outcomeUnknown: true };
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "shutting-down", exitCode: 3, bootstrapStep: "docker", pipelineStarted: true });
+    expect(enqueued).toHaveLength(2); // the first look, and the state change
+    // Nothing new: no news.
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(2);
+  });
+
+  it("a refused read is kept until a look that reads finds none, and readAttempted itself is not kept", async () => {
+    const refused = { reason: "AccessDenied", message: "logs:GetLogEvents denied" };
+    const { t, state, enqueued } = scripted({ ...running, pipelineStarted: true, readAttempted: true, readError: refused });
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc).toEqual({ ...running, pipelineStarted: true, readError: refused });
+    // Looks between the probes say nothing of reads: the refusal stands, and is no news.
+    state.next = { ...running, pipelineStarted: true };
+    await t.pollOnce();
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc?.readError).toEqual(refused);
+    expect(enqueued).toHaveLength(1);
+    // A probe that read: gone, and that is news.
+    state.next = { ...running, pipelineStarted: true, readAttempted: true };
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc).toEqual({ ...running, pipelineStarted: true });
+    expect(enqueued).toHaveLength(2);
+  });
+
+  it("nothing carries over to another machine, or from a launch the cloud could not place", async () => {
+    expect(mergeLearned({ ...running, exitCode: 1, pipelineStarted: true, readError: { reason: "r", message: "m" } }, { instanceId: "i-2", state: "pending" }))
+      .toEqual({ instanceId: "i-2", state: "pending" });
+    expect(mergeLearned({ ...running, exitCode: 1, launchFailure: { reason: "AllocationFailed", message: "m" } }, { ...running }))
+      .toEqual(running);
+    expect(mergeLearned({ ...running, exitCode: 1 }, undefined)).toBeUndefined();
+    // A look that found its own exit code keeps its own.
+    expect(mergeLearned({ ...running, exitCode: 1, bootstrapStep: "s" }, { ...running, exitCode: 0 })).toEqual({ ...running, exitCode: 0 });
+  });
+
+  it("a look older than a launch's record adds what it learned of the same machine to that record", async () => {
+    const { t, state, cloud, enqueued } = scripted(undefined);
+    state.next = { ...running, exitCode: 0 };
+    const describe = cloud.describeRuns.bind(cloud);
+    cloud.describeRuns = async (ctx, rs) => {
+      const seen = await describe(ctx, rs);
+      await new Promise((r) => setTimeout(r, 20));
+      t.record("run-r", { instanceId: "i-1", state: "pending" }); // e.g. the launch's idempotent retry
+      return seen;
+    };
+    await t.pollOnce();
+    expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "pending", exitCode: 0 });
+    expect(t.get("run-r")?.polled).toBeUndefined();
+    expect(enqueued).toEqual(["ns/r"]);
   });
 });

@@ -405,8 +405,10 @@ describe("a log read the cloud refuses", () => {
     let clock = 0;
     const probes = new StartProbes(100, () => (clock += 1_000));
     let d = await describeRuns(clients, ctxFor(CE), [ok, denied], { startProbes: probes });
-    expect(d.get(ok.metadata.uid!)?.pipelineStarted).toBe(true);
+    expect(d.get(ok.metadata.uid!)).toMatchObject({ pipelineStarted: true, readAttempted: true });
+    expect(d.get(ok.metadata.uid!)?.readError).toBeUndefined();
     expect(d.get(denied.metadata.uid!)?.readError?.message).toContain("logs:GetLogEvents");
+    expect(d.get(denied.metadata.uid!)?.readAttempted).toBe(true);
     // Refused again: still said.
     d = await describeRuns(clients, ctxFor(CE), [denied], { startProbes: probes });
     expect(d.get(denied.metadata.uid!)?.readError).toBeDefined();
@@ -414,7 +416,7 @@ describe("a log read the cloud refuses", () => {
     clock += 10 * 60_000;
     d = await describeRuns(clients, ctxFor(CE), [denied], { startProbes: probes });
     expect(d.get(denied.metadata.uid!)?.readError).toBeUndefined();
-    expect(d.get(denied.metadata.uid!)?.pipelineStarted).toBe(true);
+    expect(d.get(denied.metadata.uid!)).toMatchObject({ pipelineStarted: true, readAttempted: true });
   });
 });
 
@@ -442,6 +444,9 @@ describe("ended machines: outcome reads under throttling and in turns", () => {
     expect(d.get(uidOf(2))).toMatchObject({ state: "terminated", outcomeUnknown: true });
     expect(d.get(uidOf(2))?.exitCode).toBeUndefined();
     expect(d.get(uidOf(2))?.readError).toBeUndefined();
+    // A throttled read says nothing of whether reads work: a refusal said before stands (the tracker keeps it).
+    expect(d.get(uidOf(2))?.readAttempted).toBeUndefined();
+    expect(d.get(uidOf(1))?.readAttempted).toBe(true);
   });
 
   it("more ended Runs than one describe may read: the rest wait, then go first", async () => {

@@ -78,6 +78,9 @@ describe("Azure run polling: what each poll reads", () => {
     expect(az.queries).toHaveLength(1);
     expect(az.queries[0]).not.toContain(running.metadata.uid!);
     expect(res.get(running.metadata.uid!)!.exitCode).toBeUndefined();
+    // Not asked: its description says nothing of reads (the tracker keeps what the last read said).
+    expect(res.get(running.metadata.uid!)!.readAttempted).toBeUndefined();
+    expect(res.get(setup.metadata.uid!)!.readAttempted).toBe(true);
     // Five minutes after its start: asked, in the same one query as the Run being set up.
     now += 4 * 60_000;
     az.queries.length = 0;
@@ -85,7 +88,7 @@ describe("Azure run polling: what each poll reads", () => {
     expect(az.queries).toHaveLength(1);
     expect(az.queries[0]).toContain(running.metadata.uid!);
     expect(az.queries[0]).toContain(setup.metadata.uid!);
-    expect(res.get(running.metadata.uid!)).toMatchObject({ state: "running", exitCode: 0 });
+    expect(res.get(running.metadata.uid!)).toMatchObject({ state: "running", exitCode: 0, readAttempted: true });
     // Not again before the next five minutes (the Run may still show Running in the cache).
     now += 60_000;
     az.queries.length = 0;

@@ -193,10 +193,12 @@ describe("Azure runs", () => {
     await describeRuns(az.clients(), ctx, [run], watch);
     now += 60_000;
     const refused = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
-    expect(refused).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" } });
+    expect(refused).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" }, readAttempted: true });
     az.failQuery = undefined;
     const answered = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
     expect(answered.outcomeUnknown).toBeUndefined();
+    expect(answered).toMatchObject({ readAttempted: true });
+    expect(answered.readError).toBeUndefined();
     expect(answered.noOutcomeReason).toBeUndefined(); // gone, never seen stopped: MachineTerminated
   });
 
