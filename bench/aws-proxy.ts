@@ -14,8 +14,12 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 
 export interface CallRecord {
-  op: string;
+  /** As counted (`snapshot` keys). */
+  key: string;
+  /** When the request reached the proxy, and when the emulator's answer ended (epoch ms). */
   at: number;
+  doneAt: number;
+  bytes: number;
 }
 
 export class AwsProxy {
@@ -32,6 +36,8 @@ export class AwsProxy {
   private readonly launchInvocation = new Map<string, string>();
   /** Instances named per TerminateInstances call. */
   readonly terminateSizes: number[] = [];
+  /** Every call with its timing, so a window (e.g. until the last launch) can be summed on its own. */
+  readonly log: CallRecord[] = [];
   private server: http.Server | undefined;
   endpoint = "";
   /** Run UIDs to look for in RunInstances requests. */
@@ -54,12 +60,20 @@ export class AwsProxy {
         const service = serviceOf(req);
         const key = this.count(req, body, service);
         const up = targets.get(service) ?? main;
+        const record: CallRecord = { key, at: Date.now(), doneAt: 0, bytes: 0 };
         const fwd = http.request({
           host: up.hostname, port: up.port, method: req.method, path: req.url, agent,
           headers: { ...req.headers, host: req.headers.host ?? up.host },
         }, (r) => {
           res.writeHead(r.statusCode ?? 502, r.headers);
-          r.on("data", (c: Buffer) => this.answerBytes.set(key, (this.answerBytes.get(key) ?? 0) + c.length));
+          r.on("data", (c: Buffer) => {
+            this.answerBytes.set(key, (this.answerBytes.get(key) ?? 0) + c.length);
+            record.bytes += c.length;
+          });
+          r.on("end", () => {
+            record.doneAt = Date.now();
+            this.log.push(record);
+          });
           r.pipe(res);
         });
         fwd.on("error", (e) => {
@@ -89,7 +103,28 @@ export class AwsProxy {
     return Object.fromEntries([...this.answerBytes].sort());
   }
 
+  /**
+   * The calls answered within [from, to] by key: how many, their answers' KiB, and the sum of the
+   * times the emulator took to answer them (s; concurrent calls overlap, so this is load, not wall time).
+   */
+  window(from: number, to: number): Record<string, { calls: number; kib: number; answerS: number }> {
+    const out: Record<string, { calls: number; kib: number; answerS: number }> = {};
+    for (const r of this.log) {
+      if (r.doneAt < from || r.at > to) continue;
+      const w = (out[r.key] ??= { calls: 0, kib: 0, answerS: 0 });
+      w.calls++;
+      w.kib += r.bytes / 1024;
+      w.answerS += (r.doneAt - r.at) / 1000;
+    }
+    for (const w of Object.values(out)) {
+      w.kib = Math.round(w.kib);
+      w.answerS = Math.round(w.answerS * 10) / 10;
+    }
+    return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+  }
+
   reset(): void {
+    this.log.length = 0;
     this.counts.clear();
     this.answerBytes.clear();
     this.launchAt.clear();

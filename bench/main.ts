@@ -279,6 +279,10 @@ async function main(): Promise<void> {
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
       if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
+      // What else the operator asked the emulator while launches waited for it (one moto thread serves them all).
+      const callsUntilLaunched = proxy.window(t0, lastLaunch);
+      (burst as Record<string, unknown>).cloudCallsUntilLaunched = callsUntilLaunched;
+      say(`  cloud calls until the last launch (calls, answer KiB, emulator answer s summed): ${Object.entries(callsUntilLaunched).map(([k, w]) => `${k} ${w.calls}, ${w.kib} KiB, ${w.answerS} s`).join("; ")}`);
       goals.push({ goal: "status within 1 s of creation (max)", figure: sec(burst.firstStatus.max), met: burst.firstStatus.max <= 1000 });
       if (floor) {
         const ratio = burst.allLaunchedMs / floor.totalMs;
