@@ -95,6 +95,19 @@ export function mergeLearned(before: RunDescription | undefined, now: RunDescrip
   return out;
 }
 
+/**
+ * Whether two descriptions say the same, whatever the order of their fields (a fact carried over
+ * by mergeLearned lands after the fields a provider set; that alone is no news).
+ */
+export function sameDescription(a: RunDescription | undefined, b: RunDescription | undefined): boolean {
+  return canonicalJson(a) === canonicalJson(b);
+}
+
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([p], [q]) => (p < q ? -1 : p > q ? 1 : 0))) : x);
+}
+
 export function accountRegionKey(ce: ComputeEnvironment): string {
   const secret = ce.spec.credentials?.secretRef?.name;
   const who = secret ? `${ce.metadata.namespace}/${secret}` : "ambient";
@@ -216,7 +229,7 @@ export class RunTracker {
           }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
-          if (!prev || JSON.stringify(prev.desc) !== JSON.stringify(desc)) {
+          if (!prev || !sameDescription(prev.desc, desc)) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
         }

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
-import { RunTracker, accountRegionKey, mergeLearned } from "../../../src/controllers/run/tracker.js";
+import { RunTracker, accountRegionKey, mergeLearned, sameDescription } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 
@@ -223,5 +223,37 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "pending", exitCode: 0 });
     expect(t.get("run-r")?.polled).toBeUndefined();
     expect(enqueued).toEqual(["ns/r"]);
+  });
+});
+
+describe("sameDescription", () => {
+  it("compares what descriptions say, not the order of their fields", () => {
+    const a: RunDescription = { instanceId: "i-1", state: "running", pipelineStarted: true, instance: { id: "i-1" } };
+    const b: RunDescription = { instance: { id: "i-1" }, pipelineStarted: true, state: "running", instanceId: "i-1" };
+    expect(sameDescription(a, b)).toBe(true);
+    expect(sameDescription(a, { ...b, pipelineStarted: false })).toBe(false);
+    expect(sameDescription(a, { ...b, instance: { id: "i-2" } })).toBe(false);
+    expect(sameDescription(undefined, undefined)).toBe(true);
+    expect(sameDescription(a, undefined)).toBe(false);
+  });
+
+  it("a fact carried over is no news at the next look that omits it (one enqueue for the change, none after)", async () => {
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    const cloud = new FakeCloud();
+    // The provider sets pipelineStarted before other fields, then stops saying it (the Run is Running).
+    let next: RunDescription = { pipelineStarted: true, instanceId: "i-1", state: "running" };
+    cloud.describeRuns = async () => new Map([["run-r", { ...next }]]);
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
+    });
+    await t.pollOnce();
+    next = { instanceId: "i-1", state: "running" };
+    await t.pollOnce();
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(1);
+    expect(t.get("run-r")?.desc?.pipelineStarted).toBe(true);
   });
 });
