@@ -193,6 +193,52 @@ describe("the machine and the outcome", () => {
   });
 });
 
+describe("a new Run's first status", () => {
+  it("is the run-ack controller's write alone: the main reconcile of a Run without a phase writes nothing and launches nothing, and takes the Run up after the acknowledgement", async () => {
+    const ns2 = await freshNamespace(client, "ack-only");
+    const cloud2 = new FakeCloud();
+    const op2 = await startOperator(kubeconfigPath(), new Map([["aws", cloud2]]), { namespaces: [ns2] });
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns2 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns2, "ce"), "Ready")?.status === "True");
+      // The acknowledgement is held; the main reconciles of the Run are counted.
+      const rec = op2.operator.runReconciler;
+      let release!: () => void;
+      const held = new Promise<void>((r) => (release = r));
+      const ack = rec.acknowledge.bind(rec);
+      rec.acknowledge = async (key) => {
+        await held;
+        return ack(key);
+      };
+      const main = rec.reconcile.bind(rec);
+      const done: string[] = [];
+      rec.reconcile = async (key, signal) => {
+        const r = await main(key, signal);
+        done.push(key);
+        return r;
+      };
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "fresh", namespace: ns2 },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      // The main reconcile runs once the held acknowledgement's wait is over (at most 10 s).
+      await waitFor("main reconcile of the Run", async () => done.includes(`${ns2}/fresh`), 30_000, 100);
+      const r = await client.get<Run>(RunResource, ns2, "fresh");
+      expect(r?.status?.phase).toBeUndefined();
+      expect(r?.metadata.finalizers ?? []).toEqual([]);
+      expect(cloud2.calls.launch).toBe(0);
+      release();
+      await waitFor("Run Running", async () => (await client.get<Run>(RunResource, ns2, "fresh"))?.status?.phase === "Running", 30_000);
+      expect(cloud2.calls.launch).toBe(1);
+    } finally {
+      await op2.stop();
+    }
+  });
+});
+
 describe("the ComputeEnvironment's default Run timeout", () => {
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });

@@ -181,10 +181,12 @@ export class RunReconciler {
     // The finalizer comes with the launch decision (one write; see maybeLaunch): a Run that never
     // got that far has nothing in the cloud to dispose of.
     if (!run.status?.phase) {
-      // Acknowledge the Run at once, so every Run shows a phase from its first moments.
-      await this.accept(run);
+      // Its first status is the run-ack controller's write (acknowledge), and that write's watch
+      // event brings the Run back here. Writing it here as well raced that write (a 409 and a
+      // retry, or a decision written over a status this reconcile had not seen).
+      return;
     }
-    const phase: Phase = run.status?.phase ?? "Pending";
+    const phase: Phase = run.status.phase;
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
     const timeout = timeoutOf(run, ce);
