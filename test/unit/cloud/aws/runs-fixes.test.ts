@@ -193,6 +193,29 @@ describe("outcome reading", () => {
     expect(d).toMatchObject({ state: "running", exitCode: 0 });
   });
 
+  it("the exit probe of a running machine says whether it read: refused (readError, readAttempted), worked (readAttempted), not made (neither)", async () => {
+    const run = withStatus(sampleRun(), { phase: "Running", instance: { id: "i-x" } });
+    let deny = true;
+    const { clients } = fakeClients((name) => {
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [instanceFor(run)] }] };
+      if (name === "GetLogEvents" && deny) throw new AwsError("AccessDeniedException", "User: arn:aws:iam::123456789012:user/op is not authorized to perform: logs:GetLogEvents");
+      if (name === "GetLogEvents") return { events: [{ message: "still going" }] };
+      if (name === "GetObject") throw new AwsError("NoSuchKey", "The specified key does not exist.");
+      throw new Error(name);
+    });
+    const uid = run.metadata.uid!;
+    const refused = (await describeRuns(clients, ctxFor(CE), [run], { probeRunning: () => true })).get(uid);
+    expect(refused).toMatchObject({ state: "running", readAttempted: true, readError: { reason: "AccessDenied" } });
+    const between = (await describeRuns(clients, ctxFor(CE), [run], { probeRunning: () => false })).get(uid);
+    expect(between?.readAttempted).toBeUndefined();
+    expect(between?.readError).toBeUndefined();
+    deny = false;
+    const read = (await describeRuns(clients, ctxFor(CE), [run], { probeRunning: () => true })).get(uid);
+    expect(read).toMatchObject({ state: "running", readAttempted: true });
+    expect(read?.readError).toBeUndefined();
+    expect(read?.exitCode).toBeUndefined();
+  });
+
   it("a recorded machine EC2 no longer lists gets its outcome from the uploaded exit status", async () => {
     const run = withStatus(sampleRun(), { phase: "Running", launchedAt: new Date(Date.now() - 3 * 3600_000).toISOString(), instance: { id: "i-0aaaaaaaaaaaaaaaa" } });
     const { clients, calls } = fakeClients((name) => {
