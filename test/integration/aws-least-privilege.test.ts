@@ -19,11 +19,13 @@ import {
   CreatePolicyCommand,
   CreateRoleCommand,
   CreateUserCommand,
+  DeleteUserPolicyCommand,
   GetInstanceProfileCommand,
   GetRoleCommand,
   GetRolePolicyCommand,
   ListInstanceProfilesForRoleCommand,
   ListRoleTagsCommand,
+  PutUserPolicyCommand,
   UntagRoleCommand,
   type IAMClient,
   type IAMServiceException,
@@ -42,7 +44,7 @@ import { LOG_GROUP_CLEANUP_STATEMENT, operatorPolicyByPhase, renderOperatorPolic
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
-import { KubeClient } from "../../src/engine/kube.js";
+import { KubeClient, type ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
@@ -51,6 +53,7 @@ import type { PolicyDocument } from "../harness/aws-strict/policy-eval.js";
 import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js";
 import { startMoto, type Moto } from "../harness/moto.js";
 import { awsSeedPath, seedActions, seedPolicy, seedStatements, type SeedPhase } from "../harness/seed-policy.js";
+import { shipLauncherLines } from "../harness/aws-launcher-log.js";
 
 const REGION = "eu-west-1";
 const ACCOUNT = "123456789012";
@@ -69,6 +72,11 @@ type Keys = { accessKeyId: string; secretAccessKey: string };
 const keys: Record<"exact" | "required" | "nobody" | "auditor" | "assumer", Keys> = {} as never;
 const without = new Map<string, Keys>();
 let withAdditionKeys: Keys;
+/** A user holding the seed's required policy, whose log reads a test takes away and gives back. */
+const REVOCABLE = "vmforge-operator-revocable";
+let revocableKeys: Keys;
+const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
+type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 const OPERATOR_ROLE = "vmforge-operator-role";
 const EXTERNAL_ID = "vmforge-ext-7";
 let auditor: AwsClients;
@@ -203,6 +211,7 @@ beforeAll(async () => {
     const { Sid, Effect, Action, Resource } = LOG_GROUP_CLEANUP_STATEMENT;
     seedPlusAddition.Statement.push({ ...(Sid ? { Sid } : {}), Effect, Action, Resource });
     withAdditionKeys = await makeUser(iam, "vmforge-operator-additions", seedPlusAddition);
+    revocableKeys = await makeUser(iam, REVOCABLE, policy(REQUIRED));
     keys.nobody = await makeUser(iam, "nobody");
     keys.auditor = await makeUser(iam, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     keys.assumer = await makeUser(iam, "assumer", {
@@ -595,9 +604,107 @@ describe("through the operator: without one action, the condition names it", () 
       await waitFor("machine recorded", async () => (await getRun())?.status?.instance?.id, 60_000, 300);
       await client.patch(RunResource, ns, "run", { spec: { cancel: true } }, "merge");
       found = await waitFor("MachineTerminationBlocked", async () => cond(await getRun(), "MachineTerminationBlocked"), 60_000, 300);
+      // EC2 words each refusal differently (its encoded authorization message): the termination is
+      // refused again after the retry delay, and that is not news. The condition stays as it was,
+      // without the encoded part, and there is still one Warning Event.
+      const control = new StrictAwsControl(layer.endpoint);
+      const refusedSoFar = async (): Promise<number> => (await control.stats()).refused["ec2:TerminateInstances"] ?? 0;
+      const before = await refusedSoFar();
+      await waitFor("termination refused again", async () => (await refusedSoFar()) > before, 60_000, 300);
+      await new Promise((r) => setTimeout(r, 2_000));
+      const again = cond(await getRun(), "MachineTerminationBlocked");
+      expect(again).toEqual(found);
+      expect(again?.message).not.toContain("Encoded authorization failure message");
+      const events = await client.list<EventObject>(EventResource, { namespace: ns });
+      expect(events.items.filter((e) => e.regarding?.name === "run" && e.type === "Warning" && e.reason === "AccessDenied")).toHaveLength(1);
     }
     expect(found?.status).toBe("True");
     expect(found?.reason).toBe("AccessDenied");
     expect(found?.message).toContain(c.action);
   });
+});
+
+describe("through the operator: log reads taken away from a Running Run, and given back", () => {
+  let client: KubeClient;
+  let op: RunningOperator | undefined;
+  let ns: string;
+  type Cond = { type: string; status: string; reason: string; message: string };
+  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+  const getRun = () => client.get<Run>(RunResource, ns, "run");
+  const warnings = async (reason: string) =>
+    (await client.list<EventObject>(EventResource, { namespace: ns })).items
+      .filter((e) => e.regarding?.name === "run" && e.type === "Warning" && e.reason === reason);
+
+  beforeAll(async () => {
+    client = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(client);
+    ns = await freshNamespace(client, "lp-revoke");
+    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...revocableKeys } } as SecretObject);
+    // Exit probes of running machines every 1.5 s, polls every 0.5 s: most polls read nothing.
+    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, runningExitProbeMs: 1_500 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+  }, 60_000);
+
+  afterAll(async () => {
+    await op?.stop();
+    await auditor.iam.send(new DeleteUserPolicyCommand({ UserName: REVOCABLE, PolicyName: "no-log-reads" })).catch(() => undefined);
+  });
+
+  it("LogReadBlocked names the refused action at every look while the exit probes are refused, with one Warning Event; it goes when reads work again, and the exit line is then read", async () => {
+    await client.create(ComputeEnvironmentResource, {
+      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
+    } as ComputeEnvironment);
+    const group = await waitFor("CE Ready", async () => {
+      const c = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
+      return cond(c, "Ready")?.status === "True" ? c?.status?.aws?.logGroup : undefined;
+    }, 60_000, 300);
+    await client.create(RunResource, {
+      apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "run", namespace: ns },
+      spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+    } as Run);
+    const launched = await waitFor("machine recorded", async () => {
+      const r = await getRun();
+      return r?.status?.instance?.id ? r : undefined;
+    }, 60_000, 300);
+    // The launcher says the pipeline started (what its log agent ships): the Run is Running.
+    await shipLauncherLines(auditor.logs, group, launched, ["VMFORGE_PIPELINE_STARTED"]);
+    await waitFor("Run Running", async () => (await getRun())?.status?.phase === "Running", 60_000, 300);
+
+    // The operator's identity loses logs:GetLogEvents (an explicit deny, as an account's guard rail would add).
+    await auditor.iam.send(new PutUserPolicyCommand({
+      UserName: REVOCABLE, PolicyName: "no-log-reads",
+      PolicyDocument: JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Deny", Action: "logs:GetLogEvents", Resource: "*" }] }),
+    }));
+    const control = new StrictAwsControl(layer.endpoint);
+    const refusedReads = async (): Promise<number> => (await control.stats()).refused["logs:GetLogEvents"] ?? 0;
+    const blocked = await waitFor("LogReadBlocked", async () => cond(await getRun(), "LogReadBlocked"), 30_000, 200);
+    expect(blocked).toMatchObject({ status: "True", reason: "AccessDenied" });
+    expect(blocked.message).toContain("logs:GetLogEvents");
+    expect(blocked.message).toContain("explicit deny");
+    // Three more refused probes (4.5 s, 9 polls or so): the condition is there at every look.
+    const until = (await refusedReads()) + 3;
+    let looks = 0;
+    while ((await refusedReads()) < until) {
+      const r = await getRun();
+      expect(cond(r, "LogReadBlocked"), `LogReadBlocked at look ${looks}`).toEqual(blocked);
+      expect(r?.status?.phase).toBe("Running");
+      looks++;
+      await new Promise((res) => setTimeout(res, 150));
+    }
+    expect(looks).toBeGreaterThan(10);
+    expect(await warnings("AccessDenied")).toHaveLength(1);
+
+    // Reads allowed again: the next probe reads, the condition goes, the Run runs on.
+    await auditor.iam.send(new DeleteUserPolicyCommand({ UserName: REVOCABLE, PolicyName: "no-log-reads" }));
+    await waitFor("LogReadBlocked gone", async () => cond(await getRun(), "LogReadBlocked") === undefined, 30_000, 200);
+    expect((await getRun())?.status?.phase).toBe("Running");
+    // The pipeline ends; the machine still runs (its shutdown is the launcher's last step): the exit probe reads the outcome.
+    await shipLauncherLines(auditor.logs, group, launched, ["VMFORGE_EXIT_CODE=0"]);
+    const done = await waitFor("Run Succeeded", async () => {
+      const r = await getRun();
+      return r?.status?.phase === "Succeeded" ? r : undefined;
+    }, 30_000, 300);
+    expect(done.status?.exitCode).toBe(0);
+    expect(await warnings("AccessDenied")).toHaveLength(1);
+  }, 120_000);
 });

@@ -185,13 +185,22 @@ describe("faults", () => {
   it("access denied as each service words it, and any refusal by code, status and message", async () => {
     await layer().configure({
       faults: [
-        { action: "ec2:TerminateInstances", error: "denied", count: 1 },
+        { action: "ec2:TerminateInstances", error: "denied", count: 2 },
         { action: "iam:GetRole", error: "denied", count: 1 },
         { action: "logs:DescribeLogGroups", error: "denied", count: 1 },
         { action: "ec2:DescribeImages", error: "refuse", code: "InvalidParameterCombination", message: "not this way", count: 1 },
       ],
     });
-    expect(await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] })))).toMatchObject({ name: "UnauthorizedOperation", status: 403 });
+    // EC2's refusals end with an encoded authorization message of their own, different each time.
+    const denials = [
+      await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] }))),
+      await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] }))),
+    ];
+    for (const d of denials) {
+      expect(d).toMatchObject({ name: "UnauthorizedOperation", status: 403 });
+      expect(d.message).toMatch(/^You are not authorized to perform this operation\. Encoded authorization failure message: [A-Za-z0-9]{200,}$/);
+    }
+    expect(denials[0]!.message).not.toBe(denials[1]!.message);
     expect(await failure(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` })))).toMatchObject({ name: "AccessDenied", status: 403 });
     await expect(admin.iam.send(new GetRoleCommand({ RoleName: `TowerForge-layer-${suffix}` }))).resolves.toBeDefined();
     expect(await failure(admin.logs.send(new DescribeLogGroupsCommand({})))).toMatchObject({ name: "AccessDeniedException", status: 400 });
@@ -494,6 +503,7 @@ describe("IAM as AWS evaluates it", () => {
     const pass = await failure(c.ec2.send(new RunInstancesCommand(launchInput({ IamInstanceProfile: { Name: `Other-${suffix}` } }))));
     expect(pass).toMatchObject({ name: "UnauthorizedOperation", status: 403 });
     expect(pass.message).toContain(`is not authorized to perform: iam:PassRole on resource: arn:aws:iam::${ACCOUNT}:role/Other-${suffix}`);
+    expect(pass.message).toMatch(/ because no identity-based policy allows the iam:PassRole action\. Encoded authorization failure message: [A-Za-z0-9]+$/);
     expect((await failure(c.ec2.send(new TerminateInstancesCommand({ InstanceIds: ["i-0123456789abcdef0"] })))).message).toContain(
       `ec2:TerminateInstances on resource: arn:aws:ec2:${REGION}:${ACCOUNT}:instance/i-0123456789abcdef0`,
     );

@@ -10,7 +10,7 @@ import type { AddressInfo } from "node:net";
 import { applyPatch, CONTROL_PREFIX, defaultConfig, type CrashPoint, type CrashRecord, type RateLimitRule, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 import { evaluate, globMatch, trustAllows, type ConditionContext, type Decision, type PolicyDocument } from "./policy-eval.js";
 import { verifySigV4 } from "./sigv4.js";
-import { describeRequest, ec2Filters, errorAnswer, faultAnswer, isWriteRequest, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
+import { describeRequest, ec2Filters, ec2Unauthorized, errorAnswer, faultAnswer, isWriteRequest, queryList, type AwsRequest, type HttpAnswer } from "./wire.js";
 import { element, elements, parseXml, textOf, writeXml, type XmlElement } from "./xml.js";
 
 export interface StrictAwsOptions {
@@ -304,7 +304,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     const shown = req.service === "s3" ? `"${resource}"` : resource;
     const text = `User: ${who} is not authorized to perform: ${action} on resource: ${shown} ${why}`;
     bump(stats.refused, req.action);
-    if (req.service === "ec2") return errorAnswer(req, 403, "UnauthorizedOperation", `You are not authorized to perform this operation. ${text}`);
+    if (req.service === "ec2") return ec2Unauthorized(req, text);
     if (req.json !== undefined) return errorAnswer(req, 400, "AccessDeniedException", text);
     return errorAnswer(req, 403, "AccessDenied", text);
   }

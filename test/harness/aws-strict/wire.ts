@@ -1,7 +1,7 @@
 // What an AWS SDK request is (service, operation, parameters, signer) and how each service
 // words an error, for the strict AWS layer. Covers the protocols the operator's clients speak:
 // EC2 query, IAM/STS query, CloudWatch Logs JSON 1.1, S3 REST-XML (path-style addressing).
-import { randomUUID } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import type { IncomingHttpHeaders } from "node:http";
 import type { FaultKind } from "./config.js";
 import { escapeXml } from "./xml.js";
@@ -178,12 +178,24 @@ export function errorAnswer(req: Pick<AwsRequest, "service" | "json">, status: n
   return { status, headers: { "content-type": "text/xml", "x-amzn-requestid": requestId }, body: Buffer.from(body) };
 }
 
+/**
+ * EC2's refusal of an unauthorized call. EC2 ends it with an encoded authorization failure message
+ * (decodable only with sts:DecodeAuthorizationMessage) that differs from one request to the next,
+ * even for the same caller, action and resource: an operator that puts the raw message in a
+ * condition or an Event writes a new one at every attempt.
+ */
+export function ec2Unauthorized(req: Pick<AwsRequest, "service" | "json">, explanation?: string): HttpAnswer {
+  const encoded = randomBytes(480).toString("base64").replace(/[+/=]/g, "");
+  const text = `You are not authorized to perform this operation.${explanation ? ` ${explanation}.` : ""} Encoded authorization failure message: ${encoded}`;
+  return errorAnswer(req, 403, "UnauthorizedOperation", text);
+}
+
 /** The throttling and server errors each service answers with. */
 export function faultAnswer(req: Pick<AwsRequest, "service" | "json">, kind: FaultKind, refusal: { code?: string; status?: number; message?: string } = {}): HttpAnswer {
   const s = req.service;
   if (kind === "refuse") return errorAnswer(req, refusal.status ?? 400, refusal.code ?? "InvalidParameterValue", refusal.message ?? refusal.code ?? "InvalidParameterValue");
   if (kind === "denied") {
-    if (s === "ec2") return errorAnswer(req, 403, "UnauthorizedOperation", "You are not authorized to perform this operation.");
+    if (s === "ec2") return ec2Unauthorized(req);
     if (req.json !== undefined) return errorAnswer(req, 400, "AccessDeniedException", "User is not authorized to perform this operation.");
     return errorAnswer(req, 403, "AccessDenied", "User is not authorized to perform this operation.");
   }
