@@ -684,7 +684,9 @@ describe("through the operator: log reads taken away from a Running Run, and giv
     // Three more refused probes (4.5 s, 9 polls or so): the condition is there at every look.
     const until = (await refusedReads()) + 3;
     let looks = 0;
+    const deadline = Date.now() + 30_000;
     while ((await refusedReads()) < until) {
+      expect(Date.now(), "three more refused reads within 30 s").toBeLessThan(deadline);
       const r = await getRun();
       expect(cond(r, "LogReadBlocked"), `LogReadBlocked at look ${looks}`).toEqual(blocked);
       expect(r?.status?.phase).toBe("Running");

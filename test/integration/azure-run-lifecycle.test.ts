@@ -9,6 +9,7 @@
  * uses its own Runs, VM sizes and capacity faults.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { LogsQueryClient } from "@azure/monitor-query-logs";
 import { streamRunLogs } from "../../src/cli/logs.js";
@@ -16,6 +17,7 @@ import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js"
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError, type CloudProvider, type EnvContext, type RunDescription } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
+import type { ResourceType } from "../../src/engine/kube.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
 import { SWEEP_RETRY_BASE_MS } from "../../src/controllers/computeenvironment/reconciler.js";
@@ -38,6 +40,9 @@ beforeAll(async () => {
 afterAll(async () => {
   await env?.stop();
 });
+
+const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
+type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 
 async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns): Promise<Run> {
   return waitFor(`Run ${name} ${want}`, async () => {
@@ -626,6 +631,71 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(err).toBeInstanceOf(CloudError);
       expect((err as CloudError).reason).toBe("AccessDenied");
       expect((err as CloudError).message).toContain("Microsoft.OperationalInsights/workspaces/query/read");
+    } finally {
+      await op.stop();
+    }
+  }, 150_000);
+
+  it("log queries taken from the operator while a Run runs, and given back: LogReadBlocked at every look between the exit probes, with one Warning Event; then it goes, and the exit line ends the Run", async () => {
+    const ns = await env.extraNamespace("azrevoke");
+    const sub = `/subscriptions/${env.info.subscriptionId}`;
+    const QUERY = "Microsoft.OperationalInsights/workspaces/query/read";
+    const role = (roleName: string, actions: string[], notActions: string[] = []) =>
+      ({ properties: { roleName, assignableScopes: [sub], permissions: [{ actions, notActions, dataActions: [], notDataActions: [] }] } });
+    // Everything the operator needs, but the Log Analytics query comes from one assignment of its
+    // own (Reader's */read would grant it too, so the reads come without it).
+    const p = await operatorPrincipal(env.info, "vmforge-life-revoke", { logs: [QUERY] }, { reader: false });
+    const ctl = azureControl();
+    await ctl.assignRole({ principalId: p.objectId, scope: sub, role: role("reader-but-log-queries", ["*/read"], [QUERY]) });
+    const queries = await ctl.assignRole({ principalId: p.objectId, scope: sub, role: role("log-queries", [QUERY]) });
+    await putSecret(env.kube, env.info, ns, "revoke", p);
+    // Exit probes of running VMs every 1.5 s, polls every 0.5 s: most polls query nothing for the Run.
+    const op = await startOperator(kubeconfigPath(), new Map([["azure", env.provider({ runningExitProbeMs: 1_500 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+    const authz = new AuthorizationManagementClient(await azureTestCredential(), env.info.subscriptionId, azureClientOptions());
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "revoke", { storageAccount: env.storageAccount }, "revoke"));
+      const revokeCe = await waitReady(env.kube, ns, "revoke");
+      await env.kube.create(RunResource, env.runBody("revoke", "revoke", {}, ns));
+      const r = await started("revoke", revokeCe, ns);
+      const runCond = (run: Run | undefined, type: string) => run?.status?.conditions?.find((c) => c.type === type);
+      const blockedOf = async () => runCond(await env.getRun("revoke", ns), "LogReadBlocked");
+      const warnings = async () => (await env.kube.list<EventObject>(EventResource, { namespace: ns })).items
+        .filter((e) => e.regarding?.name === "revoke" && e.type === "Warning" && e.reason === "AccessDenied");
+      // The CE's workspace is its own: the refused queries on it are this operator's.
+      const workspace = revokeCe.status?.azure?.workspaceCustomerId ?? "";
+      expect(workspace).not.toBe("");
+      const refusedQueries = async () => (await ctl.requests(0)).value
+        .filter((e) => e.operation === "LogAnalytics.Query" && e.status === 403 && e.path.includes(workspace)).length;
+
+      // The query assignment is deleted (through Resource Manager, as an administrator would).
+      await authz.roleAssignments.delete(sub, queries.name);
+      const blocked = await waitFor("LogReadBlocked", blockedOf, 30_000, 200);
+      expect(blocked).toMatchObject({ status: "True", reason: "AccessDenied" });
+      expect(blocked.message).toContain(QUERY);
+      // Three more refused probes (4.5 s, about 9 polls): the condition is there, unchanged, at every look.
+      const until = (await refusedQueries()) + 3;
+      let looks = 0;
+      const deadline = Date.now() + 30_000;
+      while ((await refusedQueries()) < until) {
+        expect(Date.now(), "three more refused queries within 30 s").toBeLessThan(deadline);
+        const now = await env.getRun("revoke", ns);
+        expect(runCond(now, "LogReadBlocked"), `LogReadBlocked at look ${looks}`).toEqual(blocked);
+        expect(now?.status?.phase).toBe("Running");
+        looks++;
+        await new Promise((res) => setTimeout(res, 150));
+      }
+      expect(looks).toBeGreaterThan(10);
+      expect(await warnings()).toHaveLength(1);
+
+      // Given back (as a grant made long ago: in effect at once). The next probe reads; the Run runs on.
+      await ctl.assignRole({ principalId: p.objectId, scope: sub, role: role("log-queries-again", [QUERY]) });
+      await waitFor("LogReadBlocked gone", async () => (await blockedOf()) === undefined, 30_000, 200);
+      expect((await env.getRun("revoke", ns))?.status?.phase).toBe("Running");
+      // The pipeline ends while the VM still runs: the exit probe reads the line and ends the Run.
+      await env.shipLines(revokeCe, r, ["VMFORGE_EXIT_CODE=0"], "launcher");
+      const done = await phase("revoke", "Succeeded", 30_000, ns);
+      expect(done.status?.exitCode).toBe(0);
+      expect(await warnings()).toHaveLength(1);
     } finally {
       await op.stop();
     }
