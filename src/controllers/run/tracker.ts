@@ -45,6 +45,11 @@ export interface Observation {
   at: number;
   /** Made by a poll's look at the cloud (not recorded from a launch's answer). */
   polled?: boolean;
+  /**
+   * canonicalJson(desc), kept with a polled observation: the next poll compares its description
+   * with this string instead of writing out both (one string per Run per poll, not two).
+   */
+  canonical?: string;
 }
 
 /** The longest a poll lets the provider infer from the last look (RunTrackerDeps.fullLookEveryMs). */
@@ -103,9 +108,11 @@ export function sameDescription(a: RunDescription | undefined, b: RunDescription
   return canonicalJson(a) === canonicalJson(b);
 }
 
-function canonicalJson(v: unknown): string {
+/** The description as sameDescription compares it. */
+export function canonicalJson(v: unknown): string {
+  // JSON.stringify(undefined) is undefined, not a string: a Run without a machine is "-".
   return JSON.stringify(v, (_k, x: unknown) =>
-    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([p], [q]) => (p < q ? -1 : p > q ? 1 : 0))) : x);
+    x && typeof x === "object" && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([p], [q]) => (p < q ? -1 : p > q ? 1 : 0))) : x) ?? "-";
 }
 
 export function accountRegionKey(ce: ComputeEnvironment): string {
@@ -218,18 +225,22 @@ export class RunTracker {
           const uid = run.metadata.uid as string;
           const prev = this.observations.get(uid);
           let desc: RunDescription | undefined;
+          let canonical: string;
           if (prev && prev.at > lookedAt) {
             // A launch recorded meanwhile stands; what this older look learned of the same machine
             // (an exit line, a start) is added to it rather than lost.
             desc = mergeLearned(result.get(uid), prev.desc);
-            this.observations.set(uid, { ...prev, desc });
+            canonical = canonicalJson(desc);
+            const { canonical: _stale, ...rest } = prev;
+            this.observations.set(uid, { ...rest, desc });
           } else {
             desc = mergeLearned(prev?.desc, result.get(uid));
-            this.observations.set(uid, { desc, at: lookedAt, polled: true });
+            canonical = canonicalJson(desc);
+            this.observations.set(uid, { desc, at: lookedAt, polled: true, canonical });
           }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
-          if (!prev || !sameDescription(prev.desc, desc)) {
+          if (!prev || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
         }

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
-import { RunTracker, accountRegionKey, mergeLearned, sameDescription } from "../../../src/controllers/run/tracker.js";
+import { RunTracker, accountRegionKey, canonicalJson, mergeLearned, sameDescription } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 
@@ -255,5 +255,38 @@ describe("sameDescription", () => {
     await t.pollOnce();
     expect(enqueued).toHaveLength(1);
     expect(t.get("run-r")?.desc?.pipelineStarted).toBe(true);
+  });
+
+  it("a polled observation keeps the string it is compared by; a launch's record does not, and news is seen across both", async () => {
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    const cloud = new FakeCloud();
+    let next: RunDescription | undefined = { state: "running", instanceId: "i-1" };
+    cloud.describeRuns = async () => new Map([["run-r", next ? { ...next } : undefined]]);
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
+    });
+    const kept = () => t.get("run-r")?.canonical;
+    await t.pollOnce();
+    expect(kept()).toBe(canonicalJson({ instanceId: "i-1", state: "running" }));
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(1);
+    t.record("run-r", { instanceId: "i-2", state: "pending" });
+    expect(kept()).toBeUndefined();
+    next = { state: "pending", instanceId: "i-2" };
+    await t.pollOnce(); // the same as the record says: no news
+    expect(enqueued).toHaveLength(1);
+    expect(kept()).toBe(canonicalJson(next));
+    next = { instanceId: "i-2", state: "running" };
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(2);
+    next = undefined;
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(3);
+    expect(kept()).toBe("-");
+    await t.pollOnce();
+    expect(enqueued).toHaveLength(3);
   });
 });
