@@ -12,6 +12,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import { kib } from "./stats.js";
 
 export interface CallRecord {
   /** As counted (`snapshot` keys). */
@@ -108,19 +109,17 @@ export class AwsProxy {
    * times the emulator took to answer them (s; concurrent calls overlap, so this is load, not wall time).
    */
   window(from: number, to: number): Record<string, { calls: number; kib: number; answerS: number }> {
-    const out: Record<string, { calls: number; kib: number; answerS: number }> = {};
+    const out: Record<string, { calls: number; bytes: number; answerS: number }> = {};
     for (const r of this.log) {
       if (r.doneAt < from || r.at > to) continue;
-      const w = (out[r.key] ??= { calls: 0, kib: 0, answerS: 0 });
+      const w = (out[r.key] ??= { calls: 0, bytes: 0, answerS: 0 });
       w.calls++;
-      w.kib += r.bytes / 1024;
+      w.bytes += r.bytes;
       w.answerS += (r.doneAt - r.at) / 1000;
     }
-    for (const w of Object.values(out)) {
-      w.kib = Math.round(w.kib);
-      w.answerS = Math.round(w.answerS * 10) / 10;
-    }
-    return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+    const sizes = kib(Object.fromEntries(Object.entries(out).map(([k, w]) => [k, w.bytes])));
+    return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, w]) => [k, { calls: w.calls, kib: sizes[k] ?? 0, answerS: Math.round(w.answerS * 10) / 10 }]));
   }
 
   reset(): void {

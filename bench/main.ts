@@ -271,7 +271,7 @@ async function main(): Promise<void> {
       say(`  created -> launch call:  ${fmtDist(burst.launchCall)}`);
       say(`  created -> Running:      ${fmtDist(burst.running)}`);
       say(`  all launched ${sec(burst.allLaunchedMs)} after the first create (creating took ${sec(createdAllMs)}); all Running after ${sec(allRunningMs)}`);
-      (burst as Record<string, unknown>).answerKiB = Object.fromEntries(Object.entries(proxy.bytesSnapshot()).map(([k, v]) => [k, Math.round(v / 1024)]));
+      (burst as Record<string, unknown>).answerKiB = kib(proxy.bytesSnapshot());
       say(`  cloud calls: ${JSON.stringify(burst.cloudCalls)}; their answers, KiB: ${JSON.stringify((burst as Record<string, unknown>).answerKiB)}`);
       (burst as Record<string, unknown>).repeatedLaunches = [...proxy.repeatedLaunches];
       const retries = proxy.repeatedLaunches.filter((r) => r.sdkRetry).length;
