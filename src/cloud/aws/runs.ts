@@ -10,8 +10,9 @@
  * - describeRuns: ONE DescribeInstances for up to 200 Runs (tag filter on the Run UID), or pages of
  *   1,000 for more, whatever CE they belong to. Where the exit code is read from travels in the
  *   instance's tags, so Runs of several CEs in one account and region can be described together.
- *   Once every machine has been seen, the look asks only for machines in a state other than
- *   running (see listMachines): a fleet that runs on answers with almost nothing.
+ *   Between full looks, machines seen before are asked for only in a state other than running,
+ *   and Runs with no machine seen yet by their own UIDs (see listMachines): a fleet that runs on
+ *   answers with almost nothing, and new Runs beside it cost calls for themselves alone.
  * - terminateRun / sweepOrphans: only instances that carry vmforge's ownership tags are touched.
  *
  * Calls used (seed 002): ec2:RunInstances (+ iam:PassRole), ec2:DescribeInstances,
@@ -395,25 +396,42 @@ export const CHANGING_STATES: readonly string[] = ["pending", "shutting-down", "
 const INFERABLE: ReadonlySet<MachineState> = new Set<MachineState>(["pending", "running", "shutting-down", "terminated"]);
 
 /**
- * The machines of these Runs, by Run UID. With the tracker's last observations (`observed`) and a
- * machine seen for every Run, only machines in a state other than running are asked for (one
- * filter more on the same call): in steady state EC2 answers with almost nothing instead of every
- * running instance (about 0.8 CPU seconds of the operator's parsing per 1,000 instances, each
- * poll). A Run whose machine is not in that answer but was pending or running is given its last
- * observation, as running. Anything the inference cannot settle is looked at in full: a Run with
- * no machine seen yet (a launch, a machine not listed yet), one last seen stopped, or another live
- * machine carrying its UID; and a Run whose machine ended since it was seen gets a second look,
- * without the state filter, at its own machines (one more call in a poll in which machines end).
+ * Runs with no machine known that a poll looks at by their UIDs (filters of 200, so at most 5
+ * calls) beside the narrow look at the others; with more, the poll looks at everything.
+ */
+export const UNSEEN_NARROW_MAX = 5 * FILTER_VALUES_MAX;
+
+/**
+ * The machines of these Runs, by Run UID. With the tracker's last observations (`observed`), only
+ * machines in a state other than running are asked for (one filter more on the same call): in
+ * steady state EC2 answers with almost nothing instead of every running instance (about 0.8 CPU
+ * seconds of the operator's parsing per 1,000 instances, each poll). A Run whose machine is not in
+ * that answer but was pending or running is given its last observation, as running. Runs the
+ * inference cannot settle (no machine seen yet: a launch, a machine not listed yet; or one last
+ * seen stopped) are looked at by their own UIDs, in every state, so that new Runs arriving beside a
+ * large fleet cost calls for themselves, not a listing of the whole fleet; beyond UNSEEN_NARROW_MAX
+ * of them, or when another live machine carries a Run's UID, everything is looked at. A Run whose
+ * machine ended since it was seen gets a second look, without the state filter, at its own
+ * machines (one more call in a poll in which machines end).
  */
 export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[], observed?: (run: Run) => RunDescription | undefined): Promise<Map<string, Instance[]>> {
   const uids = runs.map((r) => r.metadata.uid as string);
-  const known = observed ? runs.map((r) => ({ uid: r.metadata.uid as string, seen: observed(r) })) : undefined;
-  if (!known || known.some(({ seen }) => !seen?.instanceId || !INFERABLE.has(seen.state))) return describeInstancesByRunUids(ec2, ctx, uids);
-  const changing = await describeInstancesByRunUids(ec2, ctx, uids, [{ Name: "instance-state-name", Values: [...CHANGING_STATES] }]);
+  if (!observed) return describeInstancesByRunUids(ec2, ctx, uids);
+  const inferable: { uid: string; seen: RunDescription }[] = [];
+  const unseen: string[] = [];
+  for (const r of runs) {
+    const uid = r.metadata.uid as string;
+    const seen = observed(r);
+    if (seen?.instanceId && INFERABLE.has(seen.state)) inferable.push({ uid, seen });
+    else unseen.push(uid);
+  }
+  if (unseen.length > UNSEEN_NARROW_MAX) return describeInstancesByRunUids(ec2, ctx, uids);
+  const changing = inferable.length > 0
+    ? await describeInstancesByRunUids(ec2, ctx, inferable.map((k) => k.uid), [{ Name: "instance-state-name", Values: [...CHANGING_STATES] }])
+    : new Map<string, Instance[]>();
   const out = new Map<string, Instance[]>();
   const endedSinceSeen: string[] = [];
-  for (const { uid, seen } of known) {
-    if (!seen) continue;
+  for (const { uid, seen } of inferable) {
     const listed = changing.get(uid) ?? [];
     // Another live machine of this Run (a doubled launch): which one is the Run's is for a full look to say.
     if (listed.some((i) => i.InstanceId !== seen.instanceId && i.State?.Name !== "terminated")) return describeInstancesByRunUids(ec2, ctx, uids);
@@ -426,11 +444,14 @@ export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[],
     } else if (seen.state === "pending" || seen.state === "running") out.set(uid, [runningAsSeen(seen)]);
     // Else it ended before and is no longer listed: absent, as in a full look.
   }
-  if (endedSinceSeen.length > 0) {
-    const full = await describeInstancesByRunUids(ec2, ctx, endedSinceSeen);
-    for (const uid of endedSinceSeen) {
-      const found = full.get(uid);
-      if (found?.length) out.set(uid, found);
+  // Each in full, by UID (at most 200 to a call), in a poll with both kinds; the same as a full look for these Runs.
+  const inFull = [...unseen, ...endedSinceSeen];
+  for (let i = 0; i < inFull.length; i += FILTER_VALUES_MAX) {
+    const part = inFull.slice(i, i + FILTER_VALUES_MAX);
+    const found = await describeInstancesByRunUids(ec2, ctx, part);
+    for (const uid of part) {
+      const list = found.get(uid);
+      if (list?.length) out.set(uid, list);
     }
   }
   return out;

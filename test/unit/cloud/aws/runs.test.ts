@@ -5,6 +5,7 @@ import { describe, expect, it } from "vitest";
 import type { Instance, RunInstancesCommandInput } from "@aws-sdk/client-ec2";
 import {
   FILTER_VALUES_MAX,
+  UNSEEN_NARROW_MAX,
   TAG_ARTIFACTS,
   TAG_LOG_GROUP,
   TAG_RUN_UID,
@@ -500,19 +501,55 @@ describe("describeRuns with the last look's observations (only what can change i
     expect(calls.find((c) => c.name === "GetObject")?.input).toMatchObject({ Bucket: "first-bucket", Key: `runs/.vmforge/runs/${uidN(43)}/exit-status` });
   });
 
-  it("looks at everything when a Run has no machine seen, one was seen stopped, or another live machine carries a Run's UID", async () => {
+  const uidFilter = (c: Call | undefined): string[] | undefined =>
+    (c?.input.Filters as { Name: string; Values: string[] }[]).find((f) => f.Name === `tag:${TAG_RUN_UID}`)?.Values;
+
+  it("a Run with no machine seen, or one seen stopped, is looked at by its own UID in every state beside the narrow look: the same descriptions as a full look", async () => {
     const seen = await fullLook(fleet());
     // A Run whose machine no look has shown yet (e.g. just launched).
     let look = ec2Of(fleet());
-    await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => (r.metadata.uid === uidN(3) ? undefined : seen.get(r.metadata.uid ?? "")) }, runs);
-    expect(look.calls).toHaveLength(1);
-    expect(stateFilter(look.calls[0])).toBeUndefined();
+    let result = await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => (r.metadata.uid === uidN(3) ? undefined : seen.get(r.metadata.uid ?? "")) }, runs);
+    expect(look.calls.map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[true, [uidN(0), uidN(1), uidN(2)]], [false, [uidN(3)]]]);
+    expect(result).toEqual(seen);
     // A machine seen stopped may have been started again.
     const stopped = new Map(seen);
     stopped.set(uidN(1), { ...seen.get(uidN(1))!, state: "stopped" });
     look = ec2Of(fleet());
-    await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => stopped.get(r.metadata.uid ?? "") }, runs);
-    expect(look.calls.map((c) => stateFilter(c))).toEqual([undefined]);
+    result = await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => stopped.get(r.metadata.uid ?? "") }, runs);
+    expect(look.calls.map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[true, [uidN(0), uidN(2), uidN(3)]], [false, [uidN(1)]]]);
+    expect(result).toEqual(seen);
+    // No machine seen for any Run (a burst's first look): by UID alone, no listing of other machines.
+    look = ec2Of(fleet());
+    result = await describeRuns(look.clients, { ...ctxFor(CE), observed: () => undefined }, runs);
+    expect(look.calls.map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[false, runs.map((r) => r.metadata.uid)]]);
+    expect(result).toEqual(seen);
+  });
+
+  it("a new Run beside a large fleet costs a call for itself, not a listing of the fleet; up to UNSEEN_NARROW_MAX new Runs go 200 to a call, with a Run whose machine ended since it was seen", async () => {
+    const big = Array.from({ length: 1_500 }, (_, i) => sampleRun({ name: `b${i}`, uid: uidN(1_000 + i) }));
+    const instances = big.map((r) => instanceFor(r, CE));
+    const seen = await describeRuns(ec2Of(instances).clients, ctxFor(CE), big);
+    const isNew = (i: number): boolean => i >= 1_500 - 250;
+    // 250 of them just launched (nothing seen), and one seen running has ended.
+    instances[0]!.State = { Name: "terminated", Code: 48 };
+    const look = ec2Of(instances);
+    const result = await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => (isNew(big.indexOf(r)) ? undefined : seen.get(r.metadata.uid ?? "")) }, big);
+    const describes = look.calls.filter((c) => c.name === "DescribeInstances");
+    // The narrow look (a listing of managed machines not running, for 1,250 Runs), then 200 + 51 by UID.
+    expect(describes.map((c) => [stateFilter(c) !== undefined, uidFilter(c)?.length])).toEqual([[true, undefined], [false, 200], [false, 51]]);
+    expect(uidFilter(describes[1])).toEqual(big.filter((_, i) => isNew(i)).map((r) => r.metadata.uid).slice(0, 200));
+    expect(uidFilter(describes[2])).toContain(uidN(1_000));
+    expect(result.get(uidN(1_000))?.state).toBe("terminated");
+    expect(result.get(uidN(2_499))?.state).toBe("running");
+    expect(result.size).toBe(1_500);
+  });
+
+  it("looks at everything when more than UNSEEN_NARROW_MAX Runs have no machine seen, or another live machine carries a Run's UID", async () => {
+    const seen = await fullLook(fleet());
+    const many = Array.from({ length: UNSEEN_NARROW_MAX + 1 }, (_, i) => sampleRun({ name: `m${i}`, uid: uidN(5_000 + i) }));
+    let look = ec2Of(fleet());
+    await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, [...runs, ...many]);
+    expect(look.calls.map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[false, undefined]]);
     // A second, pending machine of one Run: the narrow look finds it and a full look decides.
     const doubled = [...fleet(), instanceFor(runs[0]!, CE, { InstanceId: "i-0double", State: { Name: "pending", Code: 0 } })];
     look = ec2Of(doubled);
