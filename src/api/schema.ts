@@ -1062,6 +1062,15 @@ export const RunStatusSchema = Type.Object(
       Type.String({ description: "When the run reached a final phase (RFC 3339).", format: "date-time" }),
     ),
     exitCode: Type.Optional(Type.Integer({ description: "Exit code of the pipeline, once known.", format: "int32" })),
+    capacityWait: Type.Optional(
+      Type.Object(
+        {
+          refusals: Type.Integer({ description: "Launch attempts the cloud refused for capacity or quota so far.", format: "int32", minimum: 1 }),
+          notBefore: Type.String({ description: "The next launch attempt is not made before this time (RFC 3339); the wait doubles with each refusal, up to 5 minutes.", format: "date-time" }),
+        },
+        { description: "While the Run waits for capacity: how often the cloud refused its launch, and when it is tried again (kept across operator restarts). Removed once a machine is recorded." },
+      ),
+    ),
     log: Type.Optional(
       Type.Object(
         {

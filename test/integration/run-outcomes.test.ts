@@ -239,6 +239,69 @@ describe("a new Run's first status", () => {
   });
 });
 
+describe("a capacity wait across a restart of the operator", () => {
+  it("is kept in the Run's status: the next operator tries again when the status says, counting on from the refusals so far, and the wait goes with the machine", async () => {
+    const ns3 = await freshNamespace(client, "capacity-restart");
+    /** Refuses every launch for capacity while `refusing`; counts the attempts. */
+    class FullCloud extends FakeCloud {
+      refusing = true;
+      attempts: number[] = [];
+      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
+        this.attempts.push(Date.now());
+        if (this.refusing) throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
+        return super.launchRun(ctx, r);
+      }
+    }
+    const full = new FullCloud();
+    const poll = 1_000; // waits of 1, 2, 4, 8 s after the 1st, 2nd, 3rd, 4th refusal
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns3], pollIntervalMs: poll });
+    let opB: RunningOperator | undefined;
+    const get = () => client.get<Run>(RunResource, ns3, "waiting");
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns3 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns3, "ce"), "Ready")?.status === "True");
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "waiting", namespace: ns3 },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      const third = await waitFor("3 refusals", async () => {
+        const r = await get();
+        return (r?.status?.capacityWait?.refusals ?? 0) >= 3 ? r : undefined;
+      }, 30_000, 100);
+      expect(third.status).toMatchObject({ phase: "Pending", reason: "InsufficientInstanceCapacity" });
+      await opA.stop();
+      opA = undefined;
+      const notBefore = Date.parse(third.status?.capacityWait?.notBefore ?? "");
+      const refusedBefore = third.status?.capacityWait?.refusals ?? 0;
+      const attemptsBefore = full.attempts.length;
+      // The third refusal asked for 4 s; a restart does not cut that short.
+      expect(notBefore - Date.now()).toBeGreaterThan(2_000);
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns3], pollIntervalMs: poll });
+      const next = await waitFor("the next refusal", async () => {
+        const r = await get();
+        return (r?.status?.capacityWait?.refusals ?? 0) > refusedBefore ? r : undefined;
+      }, 30_000, 100);
+      expect(full.attempts.slice(attemptsBefore)).toHaveLength(1);
+      expect(full.attempts[attemptsBefore]).toBeGreaterThanOrEqual(notBefore);
+      // Counted on: the fourth refusal waits 8 s, not the 1 s of a first one.
+      expect(next.status?.capacityWait?.refusals).toBe(refusedBefore + 1);
+      expect(Date.parse(next.status?.capacityWait?.notBefore ?? "") - full.attempts[attemptsBefore]!).toBeGreaterThan(6_000);
+      full.refusing = false;
+      const launched = await waitFor("machine recorded", async () => {
+        const r = await get();
+        return r?.status?.instance?.id ? r : undefined;
+      }, 30_000, 200);
+      expect(launched.status?.capacityWait).toBeUndefined();
+    } finally {
+      await opA?.stop();
+      await opB?.stop();
+    }
+  }, 90_000);
+});
+
 describe("the ComputeEnvironment's default Run timeout", () => {
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });

@@ -282,7 +282,8 @@ export class RunReconciler {
       return;
     }
     const afterCapacityWait = !PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted");
-    const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? 0) - Date.now();
+    // After a restart the wait is the one the status names (capacityWait), not a new attempt at once.
+    const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? (Date.parse(run.status?.capacityWait?.notBefore ?? "") || 0)) - Date.now();
     if (afterCapacityWait && capacityWait > 0) return { requeueAfterMs: capacityWait };
     // The CE records that the cloud may now hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
@@ -393,6 +394,8 @@ export class RunReconciler {
           launchedAt: r.status?.launchedAt ?? desc.launchedAt ?? now(),
           ...(phase === "Running" ? { startTime: now() } : {}),
           ...(desc.log ? { log: desc.log } : {}),
+          // A capacity wait ends with the machine (the merge patch removes the field).
+          capacityWait: undefined,
         },
         "False",
         phase,
@@ -553,13 +556,16 @@ export class RunReconciler {
   private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<ReconcileResult> {
     const uid = run.metadata.uid ?? "";
     const last = this.capacityAttempts.get(uid);
-    const n = last?.refused ?? 0;
+    // The refusals so far, also across a restart of the operator (the status keeps them).
+    const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
     const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
-    this.capacityAttempts.set(uid, { refused: n + 1, retryAt: Date.now() + backoff, reason });
+    const retryAt = Date.now() + backoff;
+    this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
     const m = clip(message);
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
     const before = last?.reason ?? run.status?.reason;
-    const written = await this.report(run, { phase: "Pending", reason, message: m, ...extra }, "False", reason, m);
+    const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
+    const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
     if (written && before !== reason) await this.d.events.record(run, "Warning", reason, "Launch", m);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }
