@@ -412,7 +412,8 @@ export const UNSEEN_NARROW_MAX = 5 * FILTER_VALUES_MAX;
  * large fleet cost calls for themselves, not a listing of the whole fleet; beyond UNSEEN_NARROW_MAX
  * of them, or when another live machine carries a Run's UID, everything is looked at. A Run whose
  * machine ended since it was seen gets a second look, without the state filter, at its own
- * machines (one more call in a poll in which machines end).
+ * machines (in the same calls as the Runs looked at by UID: one more call in a poll in which
+ * machines end and no Run is new).
  */
 export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[], observed?: (run: Run) => RunDescription | undefined): Promise<Map<string, Instance[]>> {
   const uids = runs.map((r) => r.metadata.uid as string);
