@@ -3,7 +3,8 @@
  * its faster tag reads, behind the stricter AWS layer) behind a counting pass-through. Scenarios (issue 13):
  *   floor     a bare AWS SDK client issuing the same launches at a few concurrencies (best kept)
  *   burst     N Runs applied at once over 4 CEs: created -> first status / launch call / Running
- *   steady    N active Runs: cloud calls and kube-apiserver requests per poll, writes, CPU
+ *   steady    N active Runs: cloud calls and kube-apiserver requests per poll, writes, CPU; then
+ *             20 new Runs beside them (10 with --quick): each DescribeInstances answer for 3 polls
  *   teardown  the 4 CEs deleted with N active Runs: calls by operation, time, what is left
  *   memory    RSS and peak with 0 / N / 10 N Runs over 100 CEs, and after they are deleted
  *   shutdown  SIGTERM with work in flight: exit code and time against the deadline
@@ -336,6 +337,43 @@ async function main(): Promise<void> {
         goals.push({ goal: "zero kube-apiserver reads per Run per poll", figure: steady.readsPerRunPerPoll.toFixed(4), met: reads === 0 });
         goals.push({ goal: "zero writes when nothing changed", figure: JSON.stringify(writes), met: Object.keys(writes).length === 0 });
         goals.push({ goal: "cloud reads per poll <= 1 per 1,000 instances per account/region", figure: `${describes} DescribeInstances per poll`, met: describes <= Math.max(1, Math.ceil(N / 1000)) });
+
+        // ------------------------------------------------------------ arrivals
+        // New Runs beside the running fleet, as a platform's day brings them: what the polls ask
+        // EC2 while their machines are new (each DescribeInstances answer's size on its own, so a
+        // listing of the whole fleet would show). Then they are deleted, so teardown sees N Runs.
+        const K = quick ? 10 : 20;
+        const arrivalPolls = 3;
+        say(`\n[arrivals] ${K} new Runs beside the ${N} running, ${arrivalPolls} polls of 15 s`);
+        proxy.reset();
+        const cpuA = op.stats().cpuS;
+        const ta = Date.now();
+        const arrived: string[] = [];
+        for (let i = 0; i < K; i++) {
+          const name = `new${String(i).padStart(3, "0")}`;
+          await client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns }, spec: runSpec(`ce${i % 4}`) } as Run);
+          arrived.push(name);
+        }
+        await sleep(arrivalPolls * POLL_MS);
+        const windowA = Date.now() - ta;
+        const describesA = proxy.log.filter((r) => r.at >= ta && /:DescribeInstances(\(not running\))?$/.test(r.key));
+        const eachKiB = describesA.map((r) => ({ kind: r.key.endsWith("(not running)") ? "not running" : "by UID or all", kib: Math.round(r.bytes / 102.4) / 10 }));
+        const launchedA = arrived.filter((n) => (phases.get(n) ?? "Pending") !== "Pending").length;
+        const runningA = arrived.filter((n) => phases.get(n) === "Running").length;
+        const arrivals = {
+          runs: K, beside: N, polls: windowA / POLL_MS, calls: proxy.window(ta, Date.now()), describeAnswersKiB: eachKiB,
+          launched: launchedA, running: runningA, operatorCpuS: Math.round((op.stats().cpuS - cpuA) * 10) / 10, load: load(),
+        };
+        results.arrivals = arrivals;
+        say(`  calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(arrivals.calls).map(([k, w]) => `${k} ${w.calls}, ${w.kib} KiB, ${w.answerS} s`).join("; ")}`);
+        say(`  each DescribeInstances answer, KiB: ${eachKiB.map((e) => `${e.kib} (${e.kind})`).join(", ")}`);
+        say(`  ${launchedA} of ${K} launched, ${runningA} Running; operator CPU ${arrivals.operatorCpuS} s in ${sec(windowA)}; ${fmtLoad(arrivals.load)}`);
+        for (const name of arrived) await client.delete(RunResource, ns, name);
+        await until(`the ${K} new Runs gone`, async () => {
+          const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => arrived.includes(r.metadata.name ?? ""));
+          return left.length === 0;
+        }, 300_000, 1_000);
+        for (const name of arrived) phases.delete(name);
       }
 
       // ---------------------------------------------------------------- teardown
