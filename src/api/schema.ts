@@ -1068,7 +1068,7 @@ export const RunStatusSchema = Type.Object(
           refusals: Type.Integer({ description: "Launch attempts the cloud refused for capacity or quota so far.", format: "int32", minimum: 1 }),
           notBefore: Type.String({ description: "The next launch attempt is not made before this time (RFC 3339); the wait doubles with each refusal, up to 5 minutes.", format: "date-time" }),
         },
-        { description: "While the Run waits for capacity: how often the cloud refused its launch, and when it is tried again (kept across operator restarts). Removed once a machine is recorded." },
+        { description: "While the Run waits for capacity: how often the cloud refused its launch, and when it is tried again (kept across operator restarts). Removed once a machine is recorded or the Run ends." },
       ),
     ),
     log: Type.Optional(

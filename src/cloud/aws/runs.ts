@@ -396,8 +396,9 @@ export const CHANGING_STATES: readonly string[] = ["pending", "shutting-down", "
 const INFERABLE: ReadonlySet<MachineState> = new Set<MachineState>(["pending", "running", "shutting-down", "terminated"]);
 
 /**
- * Runs with no machine known that a poll looks at by their UIDs (filters of 200, so at most 5
- * calls) beside the narrow look at the others; with more, the poll looks at everything.
+ * Runs a poll looks at by their UIDs (no machine known, or a machine that ended since it was seen;
+ * filters of 200, so at most 5 calls) beside the narrow look at the others; with more, the poll
+ * looks at everything (pages of 1,000).
  */
 export const UNSEEN_NARROW_MAX = 5 * FILTER_VALUES_MAX;
 
@@ -412,8 +413,9 @@ export const UNSEEN_NARROW_MAX = 5 * FILTER_VALUES_MAX;
  * large fleet cost calls for themselves, not a listing of the whole fleet; beyond UNSEEN_NARROW_MAX
  * of them, or when another live machine carries a Run's UID, everything is looked at. A Run whose
  * machine ended since it was seen gets a second look, without the state filter, at its own
- * machines (in the same calls as the Runs looked at by UID: one more call in a poll in which
- * machines end and no Run is new).
+ * machines, in the same calls as the Runs looked at by UID (and within the same limit: when more
+ * machines end at once, e.g. a ComputeEnvironment deleted under many Runs, the poll looks at
+ * everything instead).
  */
 export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[], observed?: (run: Run) => RunDescription | undefined): Promise<Map<string, Instance[]>> {
   const uids = runs.map((r) => r.metadata.uid as string);
@@ -445,8 +447,10 @@ export async function listMachines(ec2: EC2Client, ctx: EnvContext, runs: Run[],
     } else if (seen.state === "pending" || seen.state === "running") out.set(uid, [runningAsSeen(seen)]);
     // Else it ended before and is no longer listed: absent, as in a full look.
   }
-  // Each in full, by UID (at most 200 to a call), in a poll with both kinds; the same as a full look for these Runs.
+  // Each in full, by UID (at most 200 to a call); the same as a full look for these Runs. Past
+  // UNSEEN_NARROW_MAX, pages of every machine cost fewer calls than filters of 200.
   const inFull = [...unseen, ...endedSinceSeen];
+  if (inFull.length > UNSEEN_NARROW_MAX) return describeInstancesByRunUids(ec2, ctx, uids);
   for (let i = 0; i < inFull.length; i += FILTER_VALUES_MAX) {
     const part = inFull.slice(i, i + FILTER_VALUES_MAX);
     const found = await describeInstancesByRunUids(ec2, ctx, part);

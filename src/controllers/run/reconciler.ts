@@ -72,6 +72,8 @@ export const MACHINE_LINGERED = "MachineLingered";
 export const LOG_READ_BLOCKED = "LogReadBlocked";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
 export const MACHINE_BLOCKED = "MachineTerminationBlocked";
+/** The longest wait between launch attempts refused for capacity or quota. */
+const CAPACITY_BACKOFF_MAX_MS = 5 * 60_000;
 
 export class RunReconciler {
   /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
@@ -282,8 +284,10 @@ export class RunReconciler {
       return;
     }
     const afterCapacityWait = !PRE_LAUNCH_REASONS.has(run.status?.reason ?? "Accepted");
-    // After a restart the wait is the one the status names (capacityWait), not a new attempt at once.
-    const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? (Date.parse(run.status?.capacityWait?.notBefore ?? "") || 0)) - Date.now();
+    // After a restart the wait is the one the status names (capacityWait), not a new attempt at
+    // once; never longer than the longest backoff (a clock skewed between leaders, a hand edit).
+    const persisted = Math.min(Date.parse(run.status?.capacityWait?.notBefore ?? "") || 0, Date.now() + CAPACITY_BACKOFF_MAX_MS);
+    const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? persisted) - Date.now();
     if (afterCapacityWait && capacityWait > 0) return { requeueAfterMs: capacityWait };
     // The CE records that the cloud may now hold something of it (its deletion then sweeps).
     await markCloudWrites(this.d.client, ce);
@@ -558,7 +562,7 @@ export class RunReconciler {
     const last = this.capacityAttempts.get(uid);
     // The refusals so far, also across a restart of the operator (the status keeps them).
     const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
-    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, 5 * 60_000);
+    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
     this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
     const m = clip(message);
@@ -783,7 +787,8 @@ export class RunReconciler {
   /** Moves the Run to a terminal phase (once) and frees its slot. */
   private async finish(run: Run, phase: "Succeeded" | "Failed" | "Cancelled", reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<void> {
     const ready = phase === "Succeeded" ? "True" : "False";
-    const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), ...extra }, ready, reason, message);
+    // A capacity wait ends with the Run (the merge patch removes the field).
+    const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), capacityWait: undefined, ...extra }, ready, reason, message);
     this.release(run);
     if (written) {
       const exit = extra.exitCode !== undefined ? ` (exit code ${extra.exitCode})` : "";

@@ -222,6 +222,8 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     await t.pollOnce();
     expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "pending", exitCode: 0 });
     expect(t.get("run-r")?.polled).toBeUndefined();
+    // The record's description changed: no string of an older one is kept with it.
+    expect(t.get("run-r")?.canonical).toBeUndefined();
     expect(enqueued).toEqual(["ns/r"]);
   });
 });

@@ -550,6 +550,16 @@ describe("describeRuns with the last look's observations (only what can change i
     let look = ec2Of(fleet());
     await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => seen.get(r.metadata.uid ?? "") }, [...runs, ...many]);
     expect(look.calls.map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[false, undefined]]);
+    // Or more than UNSEEN_NARROW_MAX machines that ended since they were seen (a CE deleted under
+    // its Runs): after the narrow look, pages of everything rather than filters of 200.
+    const ending = Array.from({ length: UNSEEN_NARROW_MAX + 1 }, (_, i) => sampleRun({ name: `e${i}`, uid: uidN(7_000 + i) }));
+    const live = ending.map((r) => instanceFor(r, CE));
+    const seenLive = await describeRuns(ec2Of(live).clients, ctxFor(CE), ending);
+    for (const i of live) i.State = { Name: "shutting-down", Code: 32 };
+    look = ec2Of(live);
+    const ended = await describeRuns(look.clients, { ...ctxFor(CE), observed: (r) => seenLive.get(r.metadata.uid ?? "") }, ending);
+    expect(look.calls.filter((c) => c.name === "DescribeInstances").map((c) => [stateFilter(c) !== undefined, uidFilter(c)])).toEqual([[true, undefined], [false, undefined]]);
+    expect(ended.get(uidN(7_000))?.state).toBe("shutting-down");
     // A second, pending machine of one Run: the narrow look finds it and a full look decides.
     const doubled = [...fleet(), instanceFor(runs[0]!, CE, { InstanceId: "i-0double", State: { Name: "pending", Code: 0 } })];
     look = ec2Of(doubled);
