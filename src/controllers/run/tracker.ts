@@ -46,8 +46,9 @@ export interface Observation {
   /** Made by a poll's look at the cloud (not recorded from a launch's answer). */
   polled?: boolean;
   /**
-   * canonicalJson(desc), kept with a polled observation: the next poll compares its description
-   * with this string instead of writing out both (one string per Run per poll, not two).
+   * canonicalJson(desc), kept by the poll that stored `desc`: the next poll compares its
+   * description with this string instead of writing out both (one string per Run per poll, not
+   * two). A launch's record (record()) has none; it is written out when compared.
    */
   canonical?: string;
 }
@@ -101,14 +102,10 @@ export function mergeLearned(before: RunDescription | undefined, now: RunDescrip
 }
 
 /**
- * Whether two descriptions say the same, whatever the order of their fields (a fact carried over
- * by mergeLearned lands after the fields a provider set; that alone is no news).
+ * A description as the tracker compares it: key-sorted JSON, so two descriptions that say the same
+ * whatever the order of their fields are equal (a fact carried over by mergeLearned lands after the
+ * fields a provider set; that alone is no news).
  */
-export function sameDescription(a: RunDescription | undefined, b: RunDescription | undefined): boolean {
-  return canonicalJson(a) === canonicalJson(b);
-}
-
-/** The description as sameDescription compares it. */
 export function canonicalJson(v: unknown): string {
   // JSON.stringify(undefined) is undefined, not a string: a Run without a machine is "-".
   return JSON.stringify(v, (_k, x: unknown) =>
@@ -231,8 +228,7 @@ export class RunTracker {
             // (an exit line, a start) is added to it rather than lost.
             desc = mergeLearned(result.get(uid), prev.desc);
             canonical = canonicalJson(desc);
-            const { canonical: _stale, ...rest } = prev;
-            this.observations.set(uid, { ...rest, desc });
+            this.observations.set(uid, { ...prev, desc, canonical });
           } else {
             desc = mergeLearned(prev?.desc, result.get(uid));
             canonical = canonicalJson(desc);

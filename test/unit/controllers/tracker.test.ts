@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
-import { RunTracker, accountRegionKey, canonicalJson, mergeLearned, sameDescription } from "../../../src/controllers/run/tracker.js";
+import { RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 
@@ -222,21 +222,22 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     await t.pollOnce();
     expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "pending", exitCode: 0 });
     expect(t.get("run-r")?.polled).toBeUndefined();
-    // The record's description changed: no string of an older one is kept with it.
-    expect(t.get("run-r")?.canonical).toBeUndefined();
+    // The string kept is that of the description stored (the record's, with what the look learned).
+    expect(t.get("run-r")?.canonical).toBe(canonicalJson({ instanceId: "i-1", state: "pending", exitCode: 0 }));
     expect(enqueued).toEqual(["ns/r"]);
   });
 });
 
-describe("sameDescription", () => {
+describe("canonicalJson (how the tracker compares descriptions)", () => {
   it("compares what descriptions say, not the order of their fields", () => {
     const a: RunDescription = { instanceId: "i-1", state: "running", pipelineStarted: true, instance: { id: "i-1" } };
     const b: RunDescription = { instance: { id: "i-1" }, pipelineStarted: true, state: "running", instanceId: "i-1" };
-    expect(sameDescription(a, b)).toBe(true);
-    expect(sameDescription(a, { ...b, pipelineStarted: false })).toBe(false);
-    expect(sameDescription(a, { ...b, instance: { id: "i-2" } })).toBe(false);
-    expect(sameDescription(undefined, undefined)).toBe(true);
-    expect(sameDescription(a, undefined)).toBe(false);
+    const same = (x: RunDescription | undefined, y: RunDescription | undefined): boolean => canonicalJson(x) === canonicalJson(y);
+    expect(same(a, b)).toBe(true);
+    expect(same(a, { ...b, pipelineStarted: false })).toBe(false);
+    expect(same(a, { ...b, instance: { id: "i-2" } })).toBe(false);
+    expect(same(undefined, undefined)).toBe(true);
+    expect(same(a, undefined)).toBe(false);
   });
 
   it("a fact carried over is no news at the next look that omits it (one enqueue for the change, none after)", async () => {
