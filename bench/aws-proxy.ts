@@ -12,7 +12,7 @@
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { kib } from "./stats.js";
+import { kibOf } from "./stats.js";
 
 export interface CallRecord {
   /** As counted (`snapshot` keys). */
@@ -117,9 +117,8 @@ export class AwsProxy {
       w.bytes += r.bytes;
       w.answerS += (r.doneAt - r.at) / 1000;
     }
-    const sizes = kib(Object.fromEntries(Object.entries(out).map(([k, w]) => [k, w.bytes])));
     return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b))
-      .map(([k, w]) => [k, { calls: w.calls, kib: sizes[k] ?? 0, answerS: Math.round(w.answerS * 10) / 10 }]));
+      .map(([k, w]) => [k, { calls: w.calls, kib: kibOf(w.bytes), answerS: Math.round(w.answerS * 10) / 10 }]));
   }
 
   reset(): void {

@@ -44,7 +44,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, kib, load, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -357,7 +357,7 @@ async function main(): Promise<void> {
         await sleep(arrivalPolls * POLL_MS);
         const windowA = Date.now() - ta;
         const describesA = proxy.log.filter((r) => r.at >= ta && /:DescribeInstances(\(not running\))?$/.test(r.key));
-        const eachKiB = describesA.map((r) => ({ kind: r.key.endsWith("(not running)") ? "not running" : "by UID or all", kib: Math.round(r.bytes / 102.4) / 10 }));
+        const eachKiB = describesA.map((r) => ({ kind: r.key.endsWith("(not running)") ? "not running" : "by UID or all", kib: kibOf(r.bytes) }));
         const launchedA = arrived.filter((n) => (phases.get(n) ?? "Pending") !== "Pending").length;
         const runningA = arrived.filter((n) => phases.get(n) === "Running").length;
         const arrivals = {

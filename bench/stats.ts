@@ -163,9 +163,14 @@ export function perPoll(counts: Record<string, number>, polls: number): Record<s
   return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Math.round((v / polls) * 100) / 100]));
 }
 
+/** Bytes as KiB (one decimal). */
+export function kibOf(bytes: number): number {
+  return Math.round(bytes / 102.4) / 10;
+}
+
 /** Bytes by key as KiB (one decimal). */
 export function kib(bytes: Record<string, number>): Record<string, number> {
-  return Object.fromEntries(Object.entries(bytes).map(([k, v]) => [k, Math.round(v / 102.4) / 10]));
+  return Object.fromEntries(Object.entries(bytes).map(([k, v]) => [k, kibOf(v)]));
 }
 
 /** The kube-apiserver's reads of Runs, ComputeEnvironments and Secrets among its request counts (apiRequests keys). */
