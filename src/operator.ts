@@ -23,6 +23,7 @@ import type { OperatorConfig } from "./config.js";
 import { ComputeEnvironmentReconciler } from "./controllers/computeenvironment/reconciler.js";
 import { RunReconciler } from "./controllers/run/reconciler.js";
 import { RUNS_BY_CE, RunTracker, ceIndexOf, runsOfCe } from "./controllers/run/tracker.js";
+import { GoneComputeEnvironments } from "./controllers/run/gone-ces.js";
 import type { SecretObject } from "./controllers/shared.js";
 import { SECRET_LABEL, SecretReader, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
 import { holdsSlot, isRunActive, machineMayExist } from "./controllers/run/phases.js";
@@ -101,6 +102,8 @@ export class Operator {
   readonly ackController: Controller;
   readonly secretReader: SecretReader;
   readonly tracker: RunTracker;
+  /** ComputeEnvironments removed while Runs of theirs may still have machines (see gone-ces.ts). */
+  readonly goneCes: GoneComputeEnvironments;
   readonly ceReconciler: ComputeEnvironmentReconciler;
   readonly runReconciler: RunReconciler;
   private elector: LeaderElector | undefined;
@@ -149,8 +152,11 @@ export class Operator {
       // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
       // failing one); spec, metadata and lifecycle changes do.
       const statusOnly = type === "MODIFIED" && old !== undefined && onlyStatusChanged(old, ce);
+      if (type === "ADDED") this.goneCes.forget(ce);
       if (!statusOnly) this.ceController.enqueue(keyOf(ce));
       if (type === "DELETED") {
+        // Its Runs' machines can still be reached with what it last said (a removal by force).
+        this.goneCes.remember(ce);
         // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.
         void releaseUnusedSecrets(client, ce.metadata.namespace ?? "default").catch((err: unknown) =>
           logger.warn({ err, namespace: ce.metadata.namespace }, "releasing unused credentials Secrets failed"));
@@ -177,6 +183,7 @@ export class Operator {
         }
       }
     }, undefined, { [RUNS_BY_CE]: ceIndexOf }));
+    this.goneCes = new GoneComputeEnvironments(this.runs);
     // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs. Their
     // cache does not share strings (trimForCache): a credential must not outlive its Secret.
     this.secrets = new Caches(reflect<SecretObject>(SecretResource, (_type, secret) => {
@@ -190,7 +197,7 @@ export class Operator {
     const secrets = this.secretReader.get;
 
     this.tracker = new RunTracker({
-      client, providers: o.providers, runs: this.runs, ces: this.ces, logger: logger.child({ component: "run-tracker" }),
+      client, providers: o.providers, runs: this.runs, ces: this.goneCes.over(this.ces), logger: logger.child({ component: "run-tracker" }),
       enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs, secrets,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({
@@ -198,7 +205,7 @@ export class Operator {
       runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
     });
     this.runReconciler = new RunReconciler({
-      client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, secrets, tracker: this.tracker,
+      client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,
       enqueueRun: (k) => this.runController.enqueue(k), enqueueComputeEnvironment: (k) => this.ceController.enqueue(k),
       pollIntervalMs: config.pollIntervalMs,
     });

@@ -24,6 +24,8 @@ class AnnouncingCloud extends FakeCloud {
   readonly announcesCloudWrites = true;
   /** provisionEnvironment fails like a validation read would, before any write. */
   readFailure: CloudError | undefined;
+  /** sweepOrphans (the CE deletion's batched termination) fails with this while set. */
+  sweepError: CloudError | undefined;
   /**
    * Exit probes of a running machine, as the providers pace them: for these Run UIDs only every
    * `every`th describe reads the log (readAttempted), refused while `refused` is set; the
@@ -39,6 +41,13 @@ class AnnouncingCloud extends FakeCloud {
       if (p.refused) d.readError = { reason: "AccessDenied", message: "logs:GetLogEvents: not authorized to perform logs:GetLogEvents on the Run's log stream" };
     }
     return out;
+  }
+  override async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
+    if (this.sweepError) {
+      this.calls.sweep++;
+      throw this.sweepError;
+    }
+    return super.sweepOrphans(ctx, live);
   }
   override async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
     if (this.readFailure) {
@@ -416,6 +425,107 @@ describe("ComputeEnvironment deletion", () => {
       await waitFor("CE blocked gone", async () => (await getCe("blocked")) === undefined, 30_000);
     } finally {
       cloud.disposeError = undefined;
+    }
+  });
+});
+
+describe("a ComputeEnvironment removed by force (its finalizer taken off)", () => {
+  const strip = (name: string, namespace = ns) =>
+    client.patch(ComputeEnvironmentResource, namespace, name, { metadata: { finalizers: null } }, "merge");
+
+  it("while the operator runs: the machines its deletion could not stop are terminated with what the CE last said, and the Runs can be deleted", async () => {
+    await readyCe("forced");
+    cloud.launchedAgoMs = 10 * 60_000; // old enough that the CE's own sweep is left to stop them
+    let uid: string;
+    try {
+      await run("orphaned", "forced");
+      uid = (await inPhase("orphaned", "Running")).metadata.uid ?? "";
+    } finally {
+      cloud.launchedAgoMs = 0;
+    }
+    cloud.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    try {
+      await client.delete(ComputeEnvironmentResource, ns, "forced");
+      await waitFor("CE forced Stalled", async () => cond(await getCe("forced"), "Stalled")?.status === "True");
+      // The Run ended with its CE's deletion, which was to stop the machine and could not.
+      const cancelled = await inPhase("orphaned", "Cancelled");
+      expect(cancelled.status?.reason).toBe("ComputeEnvironmentDeleted");
+      expect(cloud.machineOf(uid)?.state).toBe("running");
+      const terminates = cloud.calls.terminate;
+      await strip("forced");
+      await waitFor("CE forced gone", async () => (await getCe("forced")) === undefined);
+      const ended = await waitFor("the machine recorded terminated", async () => {
+        const r = await getRun("orphaned");
+        return r?.status?.instance?.state === "terminated" ? r : undefined;
+      });
+      expect(cloud.machineOf(uid)?.state).toBe("terminated");
+      expect(cloud.terminatedUids.slice(-1)).toEqual([uid]);
+      expect(cloud.calls.terminate).toBeGreaterThan(terminates);
+      expect(ended.status?.phase).toBe("Cancelled");
+    } finally {
+      cloud.sweepError = undefined;
+    }
+    await client.delete(RunResource, ns, "orphaned");
+    await waitFor("Run orphaned gone", async () => (await getRun("orphaned")) === undefined);
+  });
+
+  it("an active Run whose CE is removed at once: its machine is terminated before the Run ends", async () => {
+    await readyCe("yanked");
+    await run("stranded", "yanked");
+    const uid = (await inPhase("stranded", "Running")).metadata.uid ?? "";
+    // Deleted and stripped at once: the Run may see the deletion or only the CE gone; either way
+    // its machine must not be left running.
+    await client.delete(ComputeEnvironmentResource, ns, "yanked");
+    await strip("yanked");
+    const ended = await waitFor("Run stranded ended", async () => {
+      const r = await getRun("stranded");
+      return r?.status?.phase === "Failed" || r?.status?.phase === "Cancelled" ? r : undefined;
+    });
+    expect(["ComputeEnvironmentGone", "ComputeEnvironmentDeleted"]).toContain(ended.status?.reason);
+    await waitFor("the machine terminated", async () => cloud.machineOf(uid)?.state === "terminated");
+    await waitFor("the machine recorded terminated", async () => (await getRun("stranded"))?.status?.instance?.state === "terminated");
+  });
+
+  it("while no operator runs: the next one cannot reach the machine and says so, naming it and the Run's UID", async () => {
+    const ns4 = await freshNamespace(client, "forced-restart");
+    const fake = new FakeCloud();
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
+    let opB: RunningOperator | undefined;
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns4 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns4, "ce"), "Ready")?.status === "True");
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "r", namespace: ns4 },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      const running = await waitFor("Run Running", async () => {
+        const r = await client.get<Run>(RunResource, ns4, "r");
+        return r?.status?.phase === "Running" ? r : undefined;
+      });
+      await opA.stop();
+      opA = undefined;
+      await client.delete(ComputeEnvironmentResource, ns4, "ce");
+      await strip("ce", ns4);
+      await waitFor("CE gone", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns4, "ce")) === undefined);
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
+      const failed = await waitFor("Run Failed", async () => {
+        const r = await client.get<Run>(RunResource, ns4, "r");
+        return r?.status?.phase === "Failed" ? r : undefined;
+      });
+      const id = running.status?.instance?.id ?? "";
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`machine ${id}`);
+      expect(failed.status?.message).toContain("may still be running");
+      expect(failed.status?.message).toContain(running.metadata.uid ?? "");
+      // Said as it is: nothing was terminated.
+      expect(fake.machineOf(running.metadata.uid ?? "")?.state).toBe("running");
+      expect(fake.calls.terminate).toBe(0);
+    } finally {
+      await opA?.stop();
+      await opB?.stop();
     }
   });
 });

@@ -33,6 +33,8 @@ export interface RunDeps {
   runs: ListSource<Run> | CacheSource<Run>;
   /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
   ces?: CacheSource<ComputeEnvironment>;
+  /** ComputeEnvironments removed while Runs of theirs may have machines (gone-ces.ts), by "namespace/name". */
+  goneCes?: { get(key: string): ComputeEnvironment | undefined };
   /** Reads Secrets (from the cache); default: a GET. */
   secrets?: SecretGetter;
   tracker: RunTracker;
@@ -171,7 +173,15 @@ export class RunReconciler {
     if (!run) return;
     const log = this.d.logger.child({ run: key });
     if (signal) this.signals.set(log, signal);
-    const ce = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
+    let ce = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
+    // Removed by force while this Run's machine may exist: what the CE last said (account, region
+    // or subscription, credentials) still reaches the machine, so it is terminated, not left.
+    const gone = !ce && machineMayExist(run) ? this.d.goneCes?.get(`${namespace}/${run.spec.computeEnvironmentRef.name}`) : undefined;
+    if (gone) {
+      ce = structuredClone(gone);
+      // Gone, so no finalizer of it will stop the machine (its last cached state may still show one).
+      ce.metadata.finalizers = [];
+    }
     const provider = ce ? this.d.providers.get(ce.spec.provider) : undefined;
 
     if (run.metadata.deletionTimestamp) return this.finalize(run, ce, provider, log);
@@ -212,20 +222,26 @@ export class RunReconciler {
         await this.waiting(run, reason, message);
         return this.timeoutWake(run, ce);
       }
-      // Launched, but its CE vanished (forced removal): nothing can reach the machine any more.
-      await this.finish(run, "Failed", "ComputeEnvironmentGone", "the ComputeEnvironment was removed while the Run was active");
+      // Launched, but its CE was removed by force before this operator saw it go (it was not
+      // running, or started since): nothing says how to reach the machine any more.
+      const id = run.status?.instance?.id;
+      await this.finish(run, "Failed", "ComputeEnvironmentGone", machineMayExist(run)
+        ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active, and the operator did not see it go: it cannot reach ${id ? `machine ${id}` : "a machine the launch may have made"}, which may still be running; terminate it in the cloud (it carries the Run's UID ${run.metadata.uid ?? ""} as a tag)`
+        : "the ComputeEnvironment was removed while the Run was active");
       return;
     }
 
-    if (run.spec.cancel || ce.metadata.deletionTimestamp) {
-      const [reason, message] = run.spec.cancel
-        ? ["Cancelled", "cancelled by spec.cancel"]
-        : ["ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`];
+    if (run.spec.cancel || ce.metadata.deletionTimestamp || gone) {
+      const [phase, reason, message] = run.spec.cancel
+        ? ["Cancelled", "Cancelled", "cancelled by spec.cancel"] as const
+        : gone
+          ? ["Failed", "ComputeEnvironmentGone", `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${run.status?.instance?.id ? `machine ${run.status.instance.id}` : "any machine the launch made"} with the credentials and region the ComputeEnvironment last named`] as const
+          : ["Cancelled", "ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`] as const;
       if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
         const wait = await this.stopBeforeEnd(run, ce, provider, log);
         if (wait !== undefined) return { requeueAfterMs: wait };
       }
-      await this.finish(run, "Cancelled", reason, message);
+      await this.finish(run, phase, reason, message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
 
