@@ -311,6 +311,42 @@ describe("a capacity wait across a restart of the operator", () => {
   }, 120_000);
 });
 
+describe("a capacity wait that ends without a machine", () => {
+  it("goes from the status with the Run (cancelled while waiting)", async () => {
+    const ns5 = await freshNamespace(client, "capacity-cancel");
+    class FullCloud extends FakeCloud {
+      override async launchRun(): Promise<RunDescription> {
+        this.calls.launch++;
+        throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
+      }
+    }
+    const full = new FullCloud();
+    const opC = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns5], pollIntervalMs: 1_000 });
+    const get = () => client.get<Run>(RunResource, ns5, "waiting");
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns5 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns5, "ce"), "Ready")?.status === "True");
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "waiting", namespace: ns5 },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      await waitFor("2 refusals", async () => ((await get())?.status?.capacityWait?.refusals ?? 0) >= 2, 30_000, 100);
+      await client.patch(RunResource, ns5, "waiting", { spec: { cancel: true } }, "merge");
+      const cancelled = await waitFor("Run Cancelled", async () => {
+        const r = await get();
+        return r?.status?.phase === "Cancelled" ? r : undefined;
+      });
+      expect(cancelled.status?.reason).toBe("Cancelled");
+      expect(cancelled.status?.capacityWait).toBeUndefined();
+    } finally {
+      await opC.stop();
+    }
+  });
+});
+
 describe("the ComputeEnvironment's default Run timeout", () => {
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
