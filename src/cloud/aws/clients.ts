@@ -345,12 +345,16 @@ function networkCode(err: unknown): string | undefined {
   return undefined;
 }
 
+const MESSAGE_MAX = 600;
+
 function shortMessage(err: unknown): string {
   const m = err !== null && typeof err === "object" ? (err as SdkErrorLike).message : undefined;
   let s = typeof m === "string" ? m : String(err);
   // EC2 appends an opaque encoded authorization blob to UnauthorizedOperation; it helps nobody here.
   s = s.replace(/\s*Encoded authorization failure message:.*$/s, "");
-  return s.length > 300 ? `${s.slice(0, 297)}...` : s;
+  // Long enough for IAM's whole explanation (who, what, on which resource, and why: no allow, an
+  // explicit deny, a service control policy or a permissions boundary), which runs past 300.
+  return s.length > MESSAGE_MAX ? `${s.slice(0, MESSAGE_MAX - 3)}...` : s;
 }
 
 function camel(code: string): string {
