@@ -15,6 +15,8 @@ export interface EmulatorSettings {
   listPageSize: number;
   /** How long a role assignment made through Resource Manager takes to count in access checks, ms (test-control grants: with `propagate`). */
   roleAssignmentDelayMs: number;
+  /** How long a deleted role assignment still counts (access checks, RoleDefinitionHasAssignments), ms. */
+  roleAssignmentRemovalDelayMs: number;
 }
 
 export interface EmulatorInfo {

@@ -165,10 +165,11 @@ export class Emulator {
 
   /** The test control's settings (POST /_emulator/settings): what `body` names changes, the rest stays; answers them all. */
   updateSettings(body: any): Settings & { ingestionDelayMs: number; ingestionJitterMs: number } {
-    for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs", "listPageSize", "roleAssignmentDelayMs"] as const) {
+    for (const k of ["tokenLifetimeS", "principalNotFoundWindowMs", "lroRetryAfterS", "defaultLatencyMs", "listPageSize", "roleAssignmentDelayMs", "roleAssignmentRemovalDelayMs"] as const) {
       if (typeof body[k] === "number") this.settings[k] = body[k];
     }
     if (typeof body.roleAssignmentDelayMs === "number") this.rbac.repropagate(body.roleAssignmentDelayMs);
+    if (typeof body.roleAssignmentRemovalDelayMs === "number") this.rbac.relinger(body.roleAssignmentRemovalDelayMs);
     if (isObject(body.latencyMs)) for (const [t, ms] of Object.entries(body.latencyMs)) this.settings.latencyMs[lc(t)] = Number(ms);
     if (typeof body.ingestionDelayMs === "number") {
       this.ingestionDelayMs = body.ingestionDelayMs;

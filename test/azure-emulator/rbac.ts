@@ -8,7 +8,9 @@
 // As in Azure, a new role assignment is listed at once but counts in access checks (Resource
 // Manager, Key Vault, Logs Ingestion) only once it has propagated to the services' authorization
 // caches: `effectiveAtMs`. Changing the propagation delay moves the assignments still pending;
-// those already in effect stay so.
+// those already in effect stay so. A deleted assignment is gone from lists and reads at once, but
+// the caches keep it for a while (`lingering`): it still grants its role, and its role definition
+// cannot be deleted until it is dropped.
 import { lc, scopeWithin, trimSlash } from "./util.js";
 
 export interface Permission {
@@ -237,6 +239,8 @@ export class Rbac {
   readonly assignments = new Map<string, RoleAssignment>();
   /** Role assignments by lower-cased principal ID. */
   private readonly byPrincipal = new Map<string, Set<RoleAssignment>>();
+  /** Deleted assignments the authorization caches still hold, by lower-cased name, until goneAtMs. */
+  private readonly lingering = new Map<string, RoleAssignment & { deletedAtMs: number; goneAtMs: number }>();
 
   constructor(private readonly now: () => number = Date.now) {}
 
@@ -244,6 +248,7 @@ export class Rbac {
     this.customRoles.clear();
     this.assignments.clear();
     this.byPrincipal.clear();
+    this.lingering.clear();
   }
 
   roleDefinition(guid: string): RoleDefinition | undefined {
@@ -257,6 +262,7 @@ export class Rbac {
   }
 
   addAssignment(a: RoleAssignment): void {
+    this.lingering.delete(lc(a.name));
     this.assignments.set(lc(a.name), a);
     const k = lc(a.principalId);
     let s = this.byPrincipal.get(k);
@@ -264,12 +270,37 @@ export class Rbac {
     s.add(a);
   }
 
-  removeAssignment(name: string): RoleAssignment | undefined {
+  /** Deletes an assignment; the caches keep it for `lingerMs` more (see `lingering`). */
+  removeAssignment(name: string, lingerMs = 0): RoleAssignment | undefined {
     const a = this.assignments.get(lc(name));
     if (!a) return undefined;
     this.assignments.delete(lc(name));
     this.byPrincipal.get(lc(a.principalId))?.delete(a);
+    const at = this.now();
+    if (lingerMs > 0) this.lingering.set(lc(name), { ...a, deletedAtMs: at, goneAtMs: at + lingerMs });
     return a;
+  }
+
+  /** A new removal delay for the deleted assignments still cached: each is dropped `delayMs` after its deletion. */
+  relinger(delayMs: number): void {
+    for (const a of this.lingering.values()) a.goneAtMs = a.deletedAtMs + Math.max(0, delayMs);
+  }
+
+  /** Deleted assignments still in the caches (dropping those whose time is up). */
+  private *stillCached(): Iterable<RoleAssignment> {
+    const now = this.now();
+    for (const [k, a] of this.lingering) {
+      if (a.goneAtMs <= now) this.lingering.delete(k);
+      else yield a;
+    }
+  }
+
+  /** Does an assignment (a deleted one the caches still hold included) name this role definition? */
+  roleHasAssignments(roleGuid: string): boolean {
+    const g = lc(roleGuid);
+    for (const a of this.assignments.values()) if (Rbac.roleGuid(a.roleDefinitionId) === g) return true;
+    for (const a of this.stillCached()) if (Rbac.roleGuid(a.roleDefinitionId) === g) return true;
+    return false;
   }
 
   assignmentsOf(principalId: string): Iterable<RoleAssignment> {
@@ -280,6 +311,8 @@ export class Rbac {
   *effectiveAssignmentsOf(principalId: string): Iterable<RoleAssignment> {
     const now = this.now();
     for (const a of this.assignmentsOf(principalId)) if (a.effectiveAtMs === undefined || a.effectiveAtMs <= now) yield a;
+    const k = lc(principalId);
+    for (const a of this.stillCached()) if (lc(a.principalId) === k && (a.effectiveAtMs === undefined || a.effectiveAtMs <= now)) yield a;
   }
 
   /**

@@ -107,10 +107,16 @@ export interface Settings {
    * to reach Resource Manager's and the data planes' authorization caches.
    */
   roleAssignmentDelayMs: number;
+  /**
+   * How long a deleted role assignment stays in the authorization caches, ms: it is no longer
+   * listed or readable, but until then it still grants its role, and the role definition it names
+   * cannot be deleted yet (RoleDefinitionHasAssignments), as in Azure right after a removal.
+   */
+  roleAssignmentRemovalDelayMs: number;
 }
 
 export function defaultSettings(): Settings {
-  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {}, listPageSize: 0, roleAssignmentDelayMs: 5_000 };
+  return { tokenLifetimeS: 3600, principalNotFoundWindowMs: 5_000, lroRetryAfterS: 0, defaultLatencyMs: 0, latencyMs: {}, listPageSize: 0, roleAssignmentDelayMs: 5_000, roleAssignmentRemovalDelayMs: 5_000 };
 }
 
 export class Directory {

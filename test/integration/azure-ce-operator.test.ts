@@ -187,6 +187,31 @@ describe("Azure ComputeEnvironment through the operator (emulator)", () => {
     expect(await roleDefExists(roleDefinitionGuid(kept.metadata.uid!))).toBe(true);
   }, 180_000);
 
+  it("deletion waits while Azure's caches still hold the deleted role assignments (RoleDefinitionHasAssignments), saying so, not Stalled; then the role definition goes", async () => {
+    const ctl = azureControl();
+    const { roleAssignmentRemovalDelayMs } = (await ctl.info()).settings;
+    await kube.create(ComputeEnvironmentResource, ceBody(ns, "cached"));
+    const ce = await waitReady(ns, "cached");
+    const guid = roleDefinitionGuid(ce.metadata.uid!);
+    await ctl.settings({ roleAssignmentRemovalDelayMs: 3_600_000 });
+    try {
+      await kube.delete(ComputeEnvironmentResource, ns, "cached");
+      const waiting = await waitFor("CE says what its deletion waits for", async () => {
+        const c = await getCe(ns, "cached");
+        return cond(c, "Reconciling")?.message.includes("RoleDefinitionHasAssignments") ? c : undefined;
+      }, 60_000, 300);
+      expect(cond(waiting, "Reconciling")).toMatchObject({ status: "True", reason: "Disposing" });
+      expect(cond(waiting, "Stalled")?.status).not.toBe("True");
+      // Everything else went meanwhile; only the role definition waits.
+      expect(await rgExists(resourceGroupName({ namespace: ns, name: "cached", uid: ce.metadata.uid! }))).toBe(false);
+      expect(await roleDefExists(guid)).toBe(true);
+    } finally {
+      await ctl.settings({ roleAssignmentRemovalDelayMs });
+    }
+    await waitGone(ns, "cached");
+    expect(await roleDefExists(guid)).toBe(false);
+  }, 180_000);
+
   it("an assignment of the CE's role that was never recorded (a provisioning cut short, or made by hand) goes on deletion, so the role can go too; another role's assignment stays", async () => {
     await kube.create(ComputeEnvironmentResource, ceBody(ns, "unrecorded"));
     const ce = await waitReady(ns, "unrecorded");

@@ -218,7 +218,7 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     await ctl.removeFault(other.id);
   });
 
-  it("a role definition cannot be deleted while assigned", async () => {
+  it("a role definition cannot be deleted while assigned, nor while Azure's caches still hold an assignment deleted a moment ago", async () => {
     const roleId = randomUUID();
     const scope = `/subscriptions/${sub}`;
     const role = await auth.roleDefinitions.createOrUpdate(scope, roleId, {
@@ -232,7 +232,18 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     await auth.roleAssignments.create(scope, assignmentName, { roleDefinitionId: role.id!, principalId: identity.principalId, principalType: "ServicePrincipal" });
     await expect(auth.roleDefinitions.delete(scope, roleId)).rejects.toMatchObject({ statusCode: 409, code: "RoleDefinitionHasAssignments" });
     await auth.roleAssignments.delete(scope, assignmentName);
-    await auth.roleDefinitions.delete(scope, roleId);
+    // Gone from reads at once, but still counted until the caches drop it (roleAssignmentRemovalDelayMs).
+    await expect(auth.roleAssignments.get(scope, assignmentName)).rejects.toMatchObject({ statusCode: 404 });
+    await expect(auth.roleDefinitions.delete(scope, roleId)).rejects.toMatchObject({ statusCode: 409, code: "RoleDefinitionHasAssignments" });
+    const ctl = azureControl();
+    const { roleAssignmentRemovalDelayMs } = (await ctl.info()).settings;
+    expect(roleAssignmentRemovalDelayMs).toBeGreaterThan(0);
+    await ctl.settings({ roleAssignmentRemovalDelayMs: 0 });
+    try {
+      await auth.roleDefinitions.delete(scope, roleId);
+    } finally {
+      await ctl.settings({ roleAssignmentRemovalDelayMs });
+    }
     await expect(auth.roleDefinitions.get(scope, roleId)).rejects.toMatchObject({ statusCode: 404 });
   });
 

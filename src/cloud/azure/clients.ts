@@ -561,6 +561,11 @@ export function mapAzureError(e: unknown, action: string, who: string, ambient =
   if (CAPACITY_CODES.has(code)) return CloudError.capacity(code, `${action}: ${msg}`, e);
   if (code === "OperationNotAllowed" && /quota/i.test(msg)) return CloudError.capacity("QuotaExceeded", `${action}: ${msg}`, e);
   if (status !== undefined && (status >= 500 || status === 408)) return CloudError.retryable(code || `Http${status}`, `${action}: ${msg}`, retryAfterMs(e), e);
+  if (status === 409 && code === "RoleDefinitionHasAssignments") {
+    // Deleting a role definition right after its assignments: Azure's authorization caches hold
+    // a deleted assignment for a while (minutes at worst), and refuse until they drop it.
+    return CloudError.retryable(code, `${action}: ${msg} (role assignments deleted a moment ago still count until Azure drops them from its caches; tried again)`, 5_000, e);
+  }
   if (status === 409 && (code === "Conflict" || code === "AnotherOperationInProgress" || code === "OperationNotAllowed")) {
     return CloudError.retryable(code, `${action}: ${msg}`, 5_000, e);
   }

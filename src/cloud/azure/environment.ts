@@ -793,18 +793,23 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
     await azDelete(c, "dispose", "Microsoft.Authorization/roleAssignments/delete", () => c.authorization.roleAssignments.delete(scopeArg(a.scope), a.name, so));
   }));
 
+  if (ours) {
+    await azDelete(c, "dispose", "Microsoft.Insights/DataCollectionRules/Delete", () => c.monitor.dataCollectionRules.delete(rg, DCR_NAME, so));
+    await azDelete(c, "dispose", "Microsoft.Insights/DataCollectionEndpoints/Delete", () => c.monitor.dataCollectionEndpoints.delete(rg, DCE_NAME, so));
+    await azDelete(c, "dispose", "Microsoft.OperationalInsights/workspaces/delete", () =>
+      c.logAnalytics.workspaces.delete(rg, workspaceName(id), { force: true, ...c.lro, ...so }));
+    await azDelete(c, "dispose", "Microsoft.Resources/subscriptions/resourceGroups/delete", () =>
+      c.resources.resourceGroups.delete(rg, { forceDeletionTypes: "Microsoft.Compute/virtualMachines", ...c.lro, ...so }));
+  }
+
+  // The role definition last: Azure refuses its deletion (RoleDefinitionHasAssignments) while its
+  // caches still hold the assignments deleted above, and the resource group's deletion gives them
+  // time to drop them. A refusal is tried again (Retryable); with the group gone, that retry is
+  // a few reads and this call.
   const def = await azGet(c, "dispose", "Microsoft.Authorization/roleDefinitions/read", () => c.authorization.roleDefinitions.get(scopeArg(subscriptionScope(sub)), defGuid, so));
   if (def && (def.description ?? "").includes(roleDescriptionMarker(id.uid))) {
     await azDelete(c, "dispose", "Microsoft.Authorization/roleDefinitions/delete", () => c.authorization.roleDefinitions.delete(scopeArg(subscriptionScope(sub)), defGuid, so));
   }
-
-  if (!ours) return;
-  await azDelete(c, "dispose", "Microsoft.Insights/DataCollectionRules/Delete", () => c.monitor.dataCollectionRules.delete(rg, DCR_NAME, so));
-  await azDelete(c, "dispose", "Microsoft.Insights/DataCollectionEndpoints/Delete", () => c.monitor.dataCollectionEndpoints.delete(rg, DCE_NAME, so));
-  await azDelete(c, "dispose", "Microsoft.OperationalInsights/workspaces/delete", () =>
-    c.logAnalytics.workspaces.delete(rg, workspaceName(id), { force: true, ...c.lro, ...so }));
-  await azDelete(c, "dispose", "Microsoft.Resources/subscriptions/resourceGroups/delete", () =>
-    c.resources.resourceGroups.delete(rg, { forceDeletionTypes: "Microsoft.Compute/virtualMachines", ...c.lro, ...so }));
 }
 
 /** True when the error says the caller lacks a permission (used to tell "skipped" from "failed"). */

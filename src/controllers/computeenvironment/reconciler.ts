@@ -366,6 +366,12 @@ export class ComputeEnvironmentReconciler {
       } catch (e) {
         const blocked = await this.disposalBlocked(ce, e, "cannot delete cloud resources");
         if (blocked) return blocked;
+        if (e instanceof CloudError && e.kind === "Retryable") {
+          // Tried again with backoff; meanwhile the CE says what it waits for (one write per cause).
+          await this.report(ce, {
+            conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", clip(`deleting cloud resources; waiting: ${e.message}`)),
+          });
+        }
         throw e;
       }
       // Recorded before the finalizer goes, so a retry after a failure below skips disposal.

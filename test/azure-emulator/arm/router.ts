@@ -395,7 +395,7 @@ export class ArmRouter {
       if (!this.arm.resources.has(r.key)) continue;
       this.arm.remove(r, true);
     }
-    for (const a of [...this.rbac.assignments.values()]) if (scopeWithin(a.scope, rg.id)) this.rbac.removeAssignment(a.name);
+    for (const a of [...this.rbac.assignments.values()]) if (scopeWithin(a.scope, rg.id)) this.rbac.removeAssignment(a.name, this.d.settings.roleAssignmentRemovalDelayMs);
     this.arm.remove(rg);
   }
 
@@ -727,10 +727,9 @@ export class ArmRouter {
         this.authorize(caller, info.operation, authScope);
         if (!def || !visible) return { status: 204 };
         if (def.type === "BuiltInRole") throw new ArmError(403, "BuiltInRoleDefinitionCannotBeModified", "Built-in role definitions cannot be deleted.");
-        for (const a of this.rbac.assignments.values()) {
-          if (Rbac.roleGuid(a.roleDefinitionId) === def.name) {
-            throw new ArmError(409, "RoleDefinitionHasAssignments", "There are existing role assignments referencing role (code: RoleDefinitionHasAssignments).");
-          }
+        // Assignments deleted a moment ago still count until the caches drop them.
+        if (this.rbac.roleHasAssignments(def.name)) {
+          throw new ArmError(409, "RoleDefinitionHasAssignments", "There are existing role assignments referencing role (code: RoleDefinitionHasAssignments).");
         }
         this.rbac.customRoles.delete(def.name);
         return { status: 200, body: this.roleDefinitionBody(def, scope) };
@@ -864,7 +863,7 @@ export class ArmRouter {
         info.operation = "Microsoft.Authorization/roleAssignments/delete";
         this.authorize(caller, info.operation, authScope);
         if (!mine) return { status: 204 };
-        this.rbac.removeAssignment(mine.name);
+        this.rbac.removeAssignment(mine.name, this.d.settings.roleAssignmentRemovalDelayMs);
         return { status: 200, body: this.assignmentBody(mine) };
       }
       default:

@@ -78,4 +78,37 @@ describe("role assignment propagation (emulator)", () => {
     em.updateSettings({ roleAssignmentDelayMs: 0 });
     expect(em.logsHost().authorize(token, TELEMETRY_WRITE, dcr, true)).toMatchObject({ ok: true });
   });
+
+  it("a deleted assignment is gone from reads at once, but still grants its role and holds its role definition until the caches drop it", () => {
+    const { em, sub, app } = setup("removal-propagation");
+    em.updateSettings({ roleAssignmentDelayMs: 0, roleAssignmentRemovalDelayMs: HOUR });
+    const rg = `/subscriptions/${sub}/resourceGroups/rg1`;
+    expect(armCall(em, "PUT", `${rg}?api-version=2025-04-01`, { location: "westeurope" }).status).toBe(201);
+    const roleGuid = "6f3c1a2b-4d5e-4f60-8a7b-9c0d1e2f3a4b";
+    const defPath = `/subscriptions/${sub}/providers/Microsoft.Authorization/roleDefinitions/${roleGuid}?api-version=2022-04-01`;
+    expect(armCall(em, "PUT", defPath, {
+      properties: { roleName: "rg-reader", description: "test", type: "CustomRole", assignableScopes: [`/subscriptions/${sub}`], permissions: [{ actions: ["Microsoft.Resources/subscriptions/resourceGroups/read"] }] },
+    }).status).toBe(201);
+    const assignment = `${rg}/providers/Microsoft.Authorization/roleAssignments/21111111-2222-4333-8444-555555555555?api-version=2022-04-01`;
+    expect(armCall(em, "PUT", assignment, {
+      properties: { roleDefinitionId: `/subscriptions/${sub}/providers/Microsoft.Authorization/roleDefinitions/${roleGuid}`, principalId: app.oid, principalType: "ServicePrincipal" },
+    }).status).toBe(201);
+    expect(armCall(em, "GET", `${rg}?api-version=2025-04-01`, undefined, app).status).toBe(200);
+
+    expect(armCall(em, "DELETE", assignment).status).toBe(200);
+    expect(armCall(em, "GET", assignment).status).toBe(404);
+    // still cached: it still grants, and its role definition cannot go yet
+    expect(armCall(em, "GET", `${rg}?api-version=2025-04-01`, undefined, app).status).toBe(200);
+    expect(armCall(em, "DELETE", defPath)).toMatchObject({ status: 409, body: { error: { code: "RoleDefinitionHasAssignments" } } });
+    // made again under its name: an assignment like any other (not "exists", not dropped with the old one)
+    expect(armCall(em, "PUT", assignment, {
+      properties: { roleDefinitionId: `/subscriptions/${sub}/providers/Microsoft.Authorization/roleDefinitions/${roleGuid}`, principalId: app.oid, principalType: "ServicePrincipal" },
+    }).status).toBe(201);
+    expect(armCall(em, "DELETE", assignment).status).toBe(200);
+
+    // dropped from the caches: refused, and the definition can go
+    em.updateSettings({ roleAssignmentRemovalDelayMs: 0 });
+    expect(armCall(em, "GET", `${rg}?api-version=2025-04-01`, undefined, app)).toMatchObject({ status: 403, body: { error: { code: "AuthorizationFailed" } } });
+    expect(armCall(em, "DELETE", defPath).status).toBe(200);
+  });
 });

@@ -77,6 +77,8 @@ describe("Azure credentials", () => {
     expect(mapAzureError(new RestLikeError(404, "PlatformImageNotFound", "The platform image 'a:b:c:d' is not available."), "a", who)).toMatchObject({ kind: "Terminal", reason: "ImageNotFound" });
     expect(mapAzureError(new RestLikeError(409, "SkuNotAvailable"), "a", who)).toMatchObject({ kind: "Retryable", reason: "SkuNotAvailable" });
     expect(mapAzureError(new RestLikeError(400, "InvalidParameter"), "a", who)).toMatchObject({ kind: "Terminal", reason: "InvalidParameter" });
+    // Assignments deleted a moment ago still count in Azure's caches: the definition's deletion waits.
+    expect(mapAzureError(new RestLikeError(409, "RoleDefinitionHasAssignments"), "a", who)).toMatchObject({ kind: "Retryable", reason: "RoleDefinitionHasAssignments", retryAfterMs: 5_000 });
     expect(mapAzureError(new RestLikeError(503, "ServiceUnavailable"), "a", who)).toMatchObject({ kind: "Retryable" });
     expect(mapAzureError(new Error("ECONNRESET"), "a", who)).toMatchObject({ kind: "Retryable", reason: "AzureUnavailable" });
   });

@@ -257,16 +257,16 @@ describe("Azure environment: dispose", () => {
     az.calls.length = 0;
   });
 
-  it("deletes in Azure's order: assignments, role definition, DCR, DCE, workspace (forced), group (forcing VMs)", async () => {
+  it("deletes in Azure's order: assignments, DCR, DCE, workspace (forced), group (forcing VMs), and the role definition last", async () => {
     await disposeAzureEnvironment(az.clients(), ctxFor(ce));
     const deletes = az.writes();
     expect(deletes.slice(0, 2)).toEqual(["authorization.roleAssignments.delete", "authorization.roleAssignments.delete"]);
     expect(deletes.slice(2)).toEqual([
-      "authorization.roleDefinitions.delete",
       "monitor.dataCollectionRules.delete",
       "monitor.dataCollectionEndpoints.delete",
       "logAnalytics.workspaces.delete",
       "resources.resourceGroups.delete",
+      "authorization.roleDefinitions.delete",
     ]);
     expect(az.calls.find((c) => c.op === "logAnalytics.workspaces.delete")!.args[2]).toMatchObject({ force: true });
     expect(az.calls.find((c) => c.op === "resources.resourceGroups.delete")!.args[1]).toMatchObject({ forceDeletionTypes: "Microsoft.Compute/virtualMachines" });
