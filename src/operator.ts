@@ -158,7 +158,7 @@ export class Operator {
         // Its Runs' machines can still be reached with what it last said (a removal by force).
         this.goneCes.remember(ce);
         // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.
-        void releaseUnusedSecrets(client, ce.metadata.namespace ?? "default").catch((err: unknown) =>
+        void releaseUnusedSecrets(client, ce.metadata.namespace ?? "default", undefined, this.goneCes.secretNames(ce.metadata.namespace ?? "default")).catch((err: unknown) =>
           logger.warn({ err, namespace: ce.metadata.namespace }, "releasing unused credentials Secrets failed"));
       }
       // Runs follow their CE (Ready, deleting); a status write that did not change readiness is no news to them.
@@ -183,7 +183,12 @@ export class Operator {
         }
       }
     }, undefined, { [RUNS_BY_CE]: ceIndexOf }));
-    this.goneCes = new GoneComputeEnvironments(this.runs);
+    // A removed CE no Run needs any more: the Secret it kept held may be released now.
+    this.goneCes = new GoneComputeEnvironments(this.runs, undefined, (ce) => {
+      const ns = ce.metadata.namespace ?? "default";
+      void releaseUnusedSecrets(client, ns, undefined, this.goneCes.secretNames(ns)).catch((err: unknown) =>
+        logger.warn({ err, namespace: ns }, "releasing unused credentials Secrets failed"));
+    });
     // Only Secrets vmforge protects carry the label; a change (rotation) re-checks their CEs. Their
     // cache does not share strings (trimForCache): a credential must not outlive its Secret.
     this.secrets = new Caches(reflect<SecretObject>(SecretResource, (_type, secret) => {
@@ -203,6 +208,7 @@ export class Operator {
     this.ceReconciler = new ComputeEnvironmentReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,
       runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
+      secretsHeldFor: (ns) => this.goneCes.secretNames(ns),
     });
     this.runReconciler = new RunReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,

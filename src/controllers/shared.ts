@@ -113,7 +113,8 @@ export async function protectSecret(client: KubeClient, namespace: string, name:
  * switched to another Secret, cannot leave a Secret stuck. `finishing` is a CE about to release
  * its own finalizer (it no longer counts).
  */
-export async function releaseUnusedSecrets(client: KubeClient, namespace: string, finishing?: string): Promise<string[]> {
+/** `alsoNeeded`: Secrets to keep besides those of CEs holding the finalizer (those of removed CEs whose machines are still being terminated). */
+export async function releaseUnusedSecrets(client: KubeClient, namespace: string, finishing?: string, alsoNeeded: Iterable<string> = []): Promise<string[]> {
   const [secrets, ces] = await Promise.all([
     client.list<SecretObject>(SecretResource, { namespace, labelSelector: `${SECRET_LABEL}=true` }),
     client.list<ComputeEnvironment>(ComputeEnvironmentResource, { namespace }),
@@ -124,6 +125,7 @@ export async function releaseUnusedSecrets(client: KubeClient, namespace: string
       .map((ce) => ce.spec.credentials?.secretRef?.name)
       .filter((n): n is string => !!n),
   );
+  for (const n of alsoNeeded) needed.add(n);
   const released: string[] = [];
   for (const secret of secrets.items) {
     const name = secret.metadata.name ?? "";

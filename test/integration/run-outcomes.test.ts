@@ -12,6 +12,7 @@ import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError } from "../../src/cloud/provider.js";
 import type { EnvContext, EnvObservation, RunDescription } from "../../src/cloud/provider.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
+import { SECRET_IN_USE_FINALIZER, SecretResource } from "../../src/controllers/shared.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
@@ -469,8 +470,15 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
   const strip = (name: string, namespace = ns) =>
     client.patch(ComputeEnvironmentResource, namespace, name, { metadata: { finalizers: null } }, "merge");
 
-  it("while the operator runs: the machines its deletion could not stop are terminated with what the CE last said, and the Runs can be deleted", async () => {
-    await readyCe("forced");
+  it("while the operator runs: the machines its deletion could not stop are terminated with what the CE last said (its Secret deleted with it held until then), and the Runs can be deleted", async () => {
+    type SecretObj = { metadata: { name: string; finalizers?: string[]; deletionTimestamp?: string } };
+    const getSecret = () => client.get<SecretObj>(SecretResource, ns, "forced-creds");
+    await client.create(SecretResource, {
+      apiVersion: "v1", kind: "Secret", metadata: { name: "forced-creds", namespace: ns },
+      data: { accessKeyId: Buffer.from("AKIAEXAMPLE").toString("base64"), secretAccessKey: Buffer.from("not-a-real-key").toString("base64") },
+    } as never);
+    await readyCe("forced", { credentials: { secretRef: { name: "forced-creds" } } } as Partial<ComputeEnvironment["spec"]>);
+    await waitFor("Secret held", async () => (await getSecret())?.metadata.finalizers?.includes(SECRET_IN_USE_FINALIZER));
     cloud.launchedAgoMs = 10 * 60_000; // old enough that the CE's own sweep is left to stop them
     let uid: string;
     try {
@@ -488,6 +496,8 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(cancelled.status?.reason).toBe("ComputeEnvironmentDeleted");
       expect(cloud.machineOf(uid)?.state).toBe("running");
       const terminates = cloud.calls.terminate;
+      // The Secret goes with the CE (as with `kubectl delete -f` of both): still held, so still readable.
+      await client.delete(SecretResource, ns, "forced-creds");
       await strip("forced");
       await waitFor("CE forced gone", async () => (await getCe("forced")) === undefined);
       const ended = await waitFor("the machine recorded terminated", async () => {
@@ -498,14 +508,17 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(cloud.terminatedUids.slice(-1)).toEqual([uid]);
       expect(cloud.calls.terminate).toBeGreaterThan(terminates);
       expect(ended.status?.phase).toBe("Cancelled");
+      expect(cond(ended, "MachineTerminationBlocked")).toBeUndefined();
     } finally {
       cloud.sweepError = undefined;
     }
     await client.delete(RunResource, ns, "orphaned");
     await waitFor("Run orphaned gone", async () => (await getRun("orphaned")) === undefined);
+    // Nothing needs it any more: the hold goes, and so does the Secret.
+    await waitFor("Secret released and gone", async () => (await getSecret()) === undefined);
   });
 
-  it("an active Run whose CE is removed at once: its machine is terminated before the Run ends", async () => {
+  it("a Run whose CE is deleted and stripped at once (it may see the deletion, or only the CE gone): its machine does not outlive it", async () => {
     await readyCe("yanked");
     await run("stranded", "yanked");
     const uid = (await inPhase("stranded", "Running")).metadata.uid ?? "";

@@ -749,9 +749,9 @@ export async function provisionAzureEnvironment(c: AzureClients, ctx: EnvContext
 // Disposal
 
 /**
- * Deletes, in an order Azure accepts, what this CE created: role assignments, the role definition,
- * DCR, DCE, workspace (forced, so its name is free again), then the resource group (forcing VM
- * deletion). 404 means done. Nothing is deleted from a resource group without our UID tag, and a
+ * Deletes, in an order Azure accepts, what this CE created: role assignments, DCR, DCE, workspace
+ * (forced, so its name is free again), the resource group (forcing VM deletion), then the role
+ * definition (see below). 404 means done. Nothing is deleted from a resource group without our UID tag, and a
  * role definition without our marker is left alone. Needs no valid spec.
  */
 export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext): Promise<void> {

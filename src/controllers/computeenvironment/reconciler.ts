@@ -53,6 +53,8 @@ export interface ComputeEnvironmentDeps {
   driftCheckMs?: number;
   /** How long to wait before looking again while Runs are being stopped during deletion. */
   deletionPollMs?: number;
+  /** Credentials Secrets (by name) still needed in a namespace besides the CEs' own (see gone-ces.ts). */
+  secretsHeldFor?: (namespace: string) => Iterable<string>;
 }
 
 const PROVISIONED = "ResourcesProvisioned";
@@ -68,7 +70,7 @@ export const SWEEP_RETRY_MAX_MS = 5 * 60_000;
 const CREDENTIALS = "CredentialsValid";
 
 export class ComputeEnvironmentReconciler {
-  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs" | "secrets">> & { driftCheckMs: number; deletionPollMs: number; secrets?: SecretGetter };
+  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; deletionPollMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
@@ -214,7 +216,7 @@ export class ComputeEnvironmentReconciler {
       if (!obs.ready) return { requeueAfterMs: 5_000 };
       this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
       await this.sweep(provider, ctx, withFinalizer, log);
-      await releaseUnusedSecrets(this.d.client, namespace ?? "default");
+      await releaseUnusedSecrets(this.d.client, namespace ?? "default", undefined, this.d.secretsHeldFor?.(namespace ?? "default"));
       if (written && !isReady) {
         await this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
         // Runs waiting for this CE can go.
@@ -355,11 +357,14 @@ export class ComputeEnvironmentReconciler {
     }
 
     if (provider && wrote && policy === "Delete") {
-      await this.report(ce, {
-        phase: "Deleting",
-        activeRuns: 0,
-        conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", "deleting cloud resources"),
-      });
+      // Once: a retried disposal keeps the condition that says what it waits for (below).
+      if (getCondition(ce.status?.conditions, "Reconciling")?.reason !== "Disposing") {
+        await this.report(ce, {
+          phase: "Deleting",
+          activeRuns: 0,
+          conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", "deleting cloud resources"),
+        });
+      }
       try {
         const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
         await provider.disposeEnvironment({ ce, credentials, logger: log, ...(signal ? { signal } : {}) });
@@ -367,9 +372,15 @@ export class ComputeEnvironmentReconciler {
         const blocked = await this.disposalBlocked(ce, e, "cannot delete cloud resources");
         if (blocked) return blocked;
         if (e instanceof CloudError && e.kind === "Retryable") {
-          // Tried again with backoff; meanwhile the CE says what it waits for (one write per cause).
+          // Tried again with backoff; meanwhile the CE says what it waits for, in words that do not
+          // change from one attempt to the next (the cloud's own message may carry request IDs), so
+          // a wait costs one status write per cause, not one per attempt.
+          const action = e.message.split(": ")[0] ?? "";
+          const why = e.reason === "RoleDefinitionHasAssignments" ? " (Azure's caches still hold the role assignments deleted a moment ago)" : "";
           await this.report(ce, {
-            conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", clip(`deleting cloud resources; waiting: ${e.message}`)),
+            phase: "Deleting",
+            activeRuns: 0,
+            conditions: kstatus(ce.status?.conditions, generation, "reconciling", "Disposing", clip(`deleting cloud resources; waiting: ${action} answered ${e.reason}${why}; tried again`)),
           });
         }
         throw e;
@@ -383,7 +394,7 @@ export class ComputeEnvironmentReconciler {
       await this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
     }
 
-    await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid);
+    await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid, this.d.secretsHeldFor?.(ce.metadata.namespace ?? "default"));
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
     this.sweepRetry.delete(ce.metadata.uid ?? "");

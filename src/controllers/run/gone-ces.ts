@@ -8,6 +8,10 @@
  * "namespace/name", while some cached Run of that CE may still have a machine. A CE created again
  * under the same name replaces it. Kept in memory only: an operator that starts after the removal
  * has none of it, and such a Run says that its machine cannot be reached.
+ *
+ * The credentials Secret such a CE names stays held by the operator (its finalizer) while the CE
+ * is remembered (secretNames), so that deleting it with the CE does not cut the machines off;
+ * `onDrop` hears of each entry let go, to release it then.
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CacheSource, ListSource } from "./tracker.js";
@@ -22,7 +26,21 @@ const keyOf = (ce: ComputeEnvironment): string => `${ce.metadata.namespace}/${ce
 export class GoneComputeEnvironments {
   private readonly byKey = new Map<string, ComputeEnvironment>();
 
-  constructor(private readonly runs: ListSource<Run>, private readonly max = MAX_REMEMBERED) {}
+  constructor(
+    private readonly runs: ListSource<Run>,
+    private readonly max = MAX_REMEMBERED,
+    private readonly onDrop: (ce: ComputeEnvironment) => void = () => undefined,
+  ) {}
+
+  /** The credentials Secrets the remembered CEs of a namespace name. */
+  secretNames(namespace: string): string[] {
+    const out: string[] = [];
+    for (const ce of this.byKey.values()) {
+      const s = ce.spec.credentials?.secretRef?.name;
+      if (s && ce.metadata.namespace === namespace) out.push(s);
+    }
+    return out;
+  }
 
   /** A CE left the cluster: remembered if a Run of it may still have a machine. */
   remember(ce: ComputeEnvironment): void {
@@ -30,9 +48,10 @@ export class GoneComputeEnvironments {
     this.byKey.delete(key);
     if (!this.needed(key)) return;
     this.byKey.set(key, ce);
-    for (const k of this.byKey.keys()) {
+    for (const [k, old] of this.byKey) {
       if (this.byKey.size <= this.max) break;
       this.byKey.delete(k);
+      this.onDrop(old);
     }
   }
 
@@ -46,6 +65,7 @@ export class GoneComputeEnvironments {
     const ce = this.byKey.get(key);
     if (ce && !this.needed(key)) {
       this.byKey.delete(key);
+      this.onDrop(ce);
       return undefined;
     }
     return ce;

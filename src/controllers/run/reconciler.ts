@@ -222,11 +222,20 @@ export class RunReconciler {
         await this.waiting(run, reason, message);
         return this.timeoutWake(run, ce);
       }
-      // Launched, but its CE was removed by force before this operator saw it go (it was not
-      // running, or started since): nothing says how to reach the machine any more.
+      // Launched, but its CE was removed by force and nothing this operator kept says how to reach
+      // the machine (it did not see the CE go, or no longer remembers it), or this build lacks the
+      // CE's provider: the machine cannot be reached from here.
       const id = run.status?.instance?.id;
+      const which = id ? `machine ${id}` : "a machine the launch may have made";
+      const byHand = `it may still be running; terminate it in the cloud (it carries the Run's UID ${run.metadata.uid ?? ""} as a tag)`;
+      if (ce) {
+        await this.finish(run, "Failed", "ProviderUnavailable", machineMayExist(run)
+          ? `provider "${ce.spec.provider}" is not available in this operator build, so it cannot reach ${which}; ${byHand}`
+          : `provider "${ce.spec.provider}" is not available in this operator build`);
+        return;
+      }
       await this.finish(run, "Failed", "ComputeEnvironmentGone", machineMayExist(run)
-        ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active, and the operator did not see it go: it cannot reach ${id ? `machine ${id}` : "a machine the launch may have made"}, which may still be running; terminate it in the cloud (it carries the Run's UID ${run.metadata.uid ?? ""} as a tag)`
+        ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active, and this operator has no record of where its machines run: it cannot reach ${which}; ${byHand}`
         : "the ComputeEnvironment was removed while the Run was active");
       return;
     }

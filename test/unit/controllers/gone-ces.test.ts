@@ -51,4 +51,20 @@ describe("GoneComputeEnvironments", () => {
     expect(gone.get("ns/p")).toBeUndefined();
     expect(gone.get("ns/r")).toBeDefined();
   });
+
+  it("names the Secrets its CEs need, and the tracker's look drops the CEs no Run needs any more, saying so (onDrop)", () => {
+    const runs: Run[] = [run("a", "x", running), run("b", "w", running)];
+    const dropped: string[] = [];
+    const gone = new GoneComputeEnvironments({ list: () => runs }, 10, (c) => dropped.push(c.metadata.name ?? ""));
+    const withSecret = (name: string, secret: string): ComputeEnvironment => ({ ...ce(name), spec: { ...ce(name).spec, credentials: { secretRef: { name: secret } } } } as ComputeEnvironment);
+    gone.remember(withSecret("x", "x-creds"));
+    gone.remember(withSecret("w", "w-creds"));
+    expect(gone.secretNames("ns").sort()).toEqual(["w-creds", "x-creds"]);
+    expect(gone.secretNames("elsewhere")).toEqual([]);
+    runs[0] = run("a", "x", ended);
+    const source = gone.over({ list: () => [], get: () => undefined });
+    expect(source.list().map((c) => c.metadata.name)).toEqual(["w"]);
+    expect(dropped).toEqual(["x"]);
+    expect(gone.secretNames("ns")).toEqual(["w-creds"]);
+  });
 });
