@@ -75,6 +75,13 @@ export const ANNOTATION_RECONCILE_REQUESTED = "vmforge.dev/reconcile-requested-a
  * that a launch may be in flight (see launchDecided).
  */
 export const ANNOTATION_LAUNCH_DECIDED = "vmforge.dev/launch-decided";
+/**
+ * Set by the operator on a Run in the same write as its launch decision: the UID of the
+ * ComputeEnvironment the machine is launched under. A CE removed by force and created again under
+ * the same name is another CE (another UID, maybe another account or region): the Run's machine
+ * stays with the one that launched it.
+ */
+export const ANNOTATION_LAUNCHED_UNDER = "vmforge.dev/compute-environment-uid";
 /** Label on a Run naming its ComputeEnvironment (set by the operator, used as a label selector). */
 export const LABEL_COMPUTE_ENVIRONMENT = "vmforge.dev/compute-environment";
 /** Label put on every object the operator creates in Kubernetes. */

@@ -67,30 +67,31 @@ let ns: string;
 
 type Cond = { type: string; status: string; reason: string; message: string; observedGeneration?: number };
 const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
-const getCe = (name: string) => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);
-const getRun = (name: string) => client.get<Run>(RunResource, ns, name);
+// Each helper works in the suite's namespace unless given another (tests with an operator of their own use their own).
+const getCe = (name: string, on = ns) => client.get<ComputeEnvironment>(ComputeEnvironmentResource, on, name);
+const getRun = (name: string, on = ns) => client.get<Run>(RunResource, on, name);
 
-async function readyCe(name: string, extra: Partial<ComputeEnvironment["spec"]> = {}): Promise<ComputeEnvironment> {
+async function readyCe(name: string, extra: Partial<ComputeEnvironment["spec"]> = {}, on = ns): Promise<ComputeEnvironment> {
   await client.create(ComputeEnvironmentResource, {
-    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name, namespace: ns },
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name, namespace: on },
     spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" }, ...extra } as ComputeEnvironment["spec"],
   });
   return waitFor(`CE ${name} Ready`, async () => {
-    const ce = await getCe(name);
+    const ce = await getCe(name, on);
     return cond(ce, "Ready")?.status === "True" ? ce : undefined;
   });
 }
 
-async function run(name: string, ce: string, extra: Partial<Run["spec"]> = {}): Promise<void> {
+async function run(name: string, ce: string, extra: Partial<Run["spec"]> = {}, on = ns): Promise<void> {
   await client.create(RunResource, {
-    apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+    apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: on },
     spec: { computeEnvironmentRef: { name: ce }, pipeline: { repository: "https://github.com/nextflow-io/hello" }, ...extra } as Run["spec"],
   });
 }
 
-const inPhase = (name: string, phase: string, timeoutMs = 30_000) =>
+const inPhase = (name: string, phase: string, timeoutMs = 30_000, on = ns) =>
   waitFor(`Run ${name} ${phase}`, async () => {
-    const r = await getRun(name);
+    const r = await getRun(name, on);
     return r?.status?.phase === phase ? r : undefined;
   }, timeoutMs);
 
@@ -266,17 +267,10 @@ describe("a capacity wait across a restart of the operator", () => {
     const poll = 1_500; // waits of 1.5, 3, 6, 12 s after the 1st, 2nd, 3rd, 4th refusal
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns3], pollIntervalMs: poll });
     let opB: RunningOperator | undefined;
-    const get = () => client.get<Run>(RunResource, ns3, "waiting");
+    const get = () => getRun("waiting", ns3);
     try {
-      await client.create(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns3 },
-        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
-      } as ComputeEnvironment);
-      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns3, "ce"), "Ready")?.status === "True");
-      await client.create(RunResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "waiting", namespace: ns3 },
-        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
-      } as Run);
+      await readyCe("ce", {}, ns3);
+      await run("waiting", "ce", {}, ns3);
       const third = await waitFor("3 refusals", async () => {
         const r = await get();
         return (r?.status?.capacityWait?.refusals ?? 0) >= 3 ? r : undefined;
@@ -323,23 +317,13 @@ describe("a capacity wait that ends without a machine", () => {
     }
     const full = new FullCloud();
     const opC = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns5], pollIntervalMs: 1_000 });
-    const get = () => client.get<Run>(RunResource, ns5, "waiting");
+    const get = () => getRun("waiting", ns5);
     try {
-      await client.create(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns5 },
-        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
-      } as ComputeEnvironment);
-      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns5, "ce"), "Ready")?.status === "True");
-      await client.create(RunResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "waiting", namespace: ns5 },
-        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
-      } as Run);
+      await readyCe("ce", {}, ns5);
+      await run("waiting", "ce", {}, ns5);
       await waitFor("2 refusals", async () => ((await get())?.status?.capacityWait?.refusals ?? 0) >= 2, 30_000, 100);
       await client.patch(RunResource, ns5, "waiting", { spec: { cancel: true } }, "merge");
-      const cancelled = await waitFor("Run Cancelled", async () => {
-        const r = await get();
-        return r?.status?.phase === "Cancelled" ? r : undefined;
-      });
+      const cancelled = await inPhase("waiting", "Cancelled", 30_000, ns5);
       expect(cancelled.status?.reason).toBe("Cancelled");
       expect(cancelled.status?.capacityWait).toBeUndefined();
     } finally {
@@ -535,35 +519,82 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     await waitFor("the machine recorded terminated", async () => (await getRun("stranded"))?.status?.instance?.state === "terminated");
   });
 
+  it("and created again under the same name elsewhere: a machine launched under the removed CE stays with it and is terminated where it runs; the new CE neither follows it nor waits for it", async () => {
+    await readyCe("reborn");
+    const oldUid = (await getCe("reborn"))?.metadata.uid ?? "";
+    cloud.launchedAgoMs = 10 * 60_000; // old enough that the CE's own sweep is left to stop it
+    let uid: string;
+    try {
+      await run("first-life", "reborn");
+      const launched = await inPhase("first-life", "Running");
+      uid = launched.metadata.uid ?? "";
+      expect(launched.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(oldUid);
+    } finally {
+      cloud.launchedAgoMs = 0;
+    }
+    expect(cloud.machineOf(uid)?.where).toBe("eu-west-1");
+    const denied = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    cloud.sweepError = denied;
+    try {
+      // Its deletion cannot stop the machine, and the Run's own termination is refused too, until
+      // the name is taken again: the operator must not lose the machine meanwhile.
+      await client.delete(ComputeEnvironmentResource, ns, "reborn");
+      await inPhase("first-life", "Cancelled");
+      cloud.terminateError = denied;
+      await strip("reborn");
+      await waitFor("CE reborn gone", async () => (await getCe("reborn")) === undefined);
+    } finally {
+      cloud.sweepError = undefined;
+    }
+    try {
+      const reborn = await readyCe("reborn", { aws: { region: "eu-central-1", workDir: "s3://vmforge-test-bucket/work" } } as Partial<ComputeEnvironment["spec"]>);
+      expect(reborn.metadata.uid).not.toBe(oldUid);
+      await run("second-life", "reborn");
+      const second = await inPhase("second-life", "Running");
+      expect(cloud.machineOf(second.metadata.uid ?? "")?.where).toBe("eu-central-1");
+      // The first Run keeps trying where its machine is (refused for now) and does not take the new
+      // CE's region for the truth: a look from there would find no machine and call it gone.
+      await waitFor("first-life's termination blocked", async () => cond(await getRun("first-life"), "MachineTerminationBlocked")?.status === "True");
+      const polls = op.operator.tracker.pollCount;
+      await waitFor("two more polls", async () => op.operator.tracker.pollCount >= polls + 2);
+      expect((await getRun("first-life"))?.status?.instance?.state).toBe("running");
+      expect(cloud.machineOf(uid)?.state).toBe("running");
+      // The new CE is not held by a Run that is not its own: its deletion ends its own Run and goes.
+      await client.delete(ComputeEnvironmentResource, ns, "reborn");
+      await waitFor("the new CE gone", async () => (await getCe("reborn")) === undefined);
+      await waitFor("second-life's machine terminated", async () => cloud.machineOf(second.metadata.uid ?? "")?.state === "terminated");
+      expect(cloud.machineOf(uid)?.state).toBe("running");
+    } finally {
+      cloud.terminateError = undefined;
+    }
+    // Allowed again: the first machine is terminated in its own region, and recorded so.
+    await waitFor("first-life's machine terminated", async () => cloud.machineOf(uid)?.state === "terminated", 30_000);
+    const ended = await waitFor("first-life recorded terminated", async () => {
+      const r = await getRun("first-life");
+      return r?.status?.instance?.state === "terminated" ? r : undefined;
+    });
+    expect(ended.status?.phase).toBe("Cancelled");
+    expect(cond(ended, "MachineTerminationBlocked")).toBeUndefined();
+    for (const name of ["first-life", "second-life"]) await client.delete(RunResource, ns, name);
+    await waitFor("both Runs gone", async () => (await getRun("first-life")) === undefined && (await getRun("second-life")) === undefined);
+  });
+
   it("while no operator runs: the next one cannot reach the machine and says so, naming it and the Run's UID", async () => {
     const ns4 = await freshNamespace(client, "forced-restart");
     const fake = new FakeCloud();
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
     let opB: RunningOperator | undefined;
     try {
-      await client.create(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns4 },
-        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
-      } as ComputeEnvironment);
-      await waitFor("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns4, "ce"), "Ready")?.status === "True");
-      await client.create(RunResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "r", namespace: ns4 },
-        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
-      } as Run);
-      const running = await waitFor("Run Running", async () => {
-        const r = await client.get<Run>(RunResource, ns4, "r");
-        return r?.status?.phase === "Running" ? r : undefined;
-      });
+      await readyCe("ce", {}, ns4);
+      await run("r", "ce", {}, ns4);
+      const running = await inPhase("r", "Running", 30_000, ns4);
       await opA.stop();
       opA = undefined;
       await client.delete(ComputeEnvironmentResource, ns4, "ce");
       await strip("ce", ns4);
-      await waitFor("CE gone", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns4, "ce")) === undefined);
+      await waitFor("CE gone", async () => (await getCe("ce", ns4)) === undefined);
       opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
-      const failed = await waitFor("Run Failed", async () => {
-        const r = await client.get<Run>(RunResource, ns4, "r");
-        return r?.status?.phase === "Failed" ? r : undefined;
-      });
+      const failed = await inPhase("r", "Failed", 30_000, ns4);
       const id = running.status?.instance?.id ?? "";
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
       expect(failed.status?.message).toContain(`machine ${id}`);

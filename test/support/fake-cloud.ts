@@ -2,9 +2,10 @@
  * An in-memory cloud for controller tests (unit and integration against the real API server).
  * It implements the CloudProvider contract faithfully enough to drive the reconcilers: idempotent
  * launches keyed by Run UID, one describe call for many Runs, termination that takes a poll to
- * complete, ownership by CE UID, and knobs to inject failures.
+ * complete, ownership by CE UID, and knobs to inject failures. Like a cloud, it shows a machine only
+ * where it was launched (the CE's region, or Azure subscription): a look from elsewhere finds none.
  */
-import type { Run } from "../../src/api/types.js";
+import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type {
   CloudProvider,
   EnvContext,
@@ -19,6 +20,8 @@ export interface FakeMachine {
   id: string;
   runUid: string;
   ceUid: string;
+  /** Where it runs: the launching CE's region (or subscription); unset (a machine a test put in place), seen from anywhere. */
+  where?: string;
   state: MachineState;
   exitCode?: number;
   stateReason?: string;
@@ -52,6 +55,16 @@ export class FakeCloud implements CloudProvider {
 
   private ceUid(ctx: EnvContext): string {
     return ctx.ce.metadata.uid ?? "";
+  }
+
+  static where(ce: ComputeEnvironment): string {
+    return ce.spec.aws?.region ?? ce.spec.azure?.subscriptionId ?? "";
+  }
+
+  /** The Run's machine, as a look with this CE (a region, a subscription) can see it. */
+  private seenFrom(ce: ComputeEnvironment, run: Run): FakeMachine | undefined {
+    const m = this.machines.get(run.metadata.uid ?? "");
+    return m && (m.where === undefined || m.where === FakeCloud.where(ce)) ? m : undefined;
   }
 
   async observeEnvironment(ctx: EnvContext): Promise<EnvObservation> {
@@ -105,6 +118,7 @@ export class FakeCloud implements CloudProvider {
         id: `i-${(++this.seq).toString(16).padStart(17, "0")}`,
         runUid: uid,
         ceUid: this.ceUid(ctx),
+        where: FakeCloud.where(ctx.ce),
         state: "pending",
         launchedAt: new Date(Date.now() - this.launchedAgoMs).toISOString(),
         log: [],
@@ -119,12 +133,12 @@ export class FakeCloud implements CloudProvider {
     return this.describe(m);
   }
 
-  async describeRuns(_ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+  async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
     this.calls.describe++;
     const out = new Map<string, RunDescription | undefined>();
     for (const run of runs) {
       const uid = run.metadata.uid ?? "";
-      const m = this.machines.get(uid);
+      const m = this.seenFrom(ctx.runCe?.(run) ?? ctx.ce, run);
       if (!m) {
         out.set(uid, undefined);
         continue;
@@ -136,17 +150,17 @@ export class FakeCloud implements CloudProvider {
     return out;
   }
 
-  async terminateRun(_ctx: EnvContext, run: Run): Promise<void> {
+  async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
     this.calls.terminate++;
     this.terminatedUids.push(run.metadata.uid ?? "");
     if (this.terminateError) throw this.terminateError;
-    const m = this.machines.get(run.metadata.uid ?? "");
+    const m = this.seenFrom(ctx.ce, run);
     if (m && m.state !== "terminated") m.state = "shutting-down";
   }
 
-  async readRunLog(_ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
+  async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
     this.calls.readLog++;
-    const m = this.machines.get(run.metadata.uid ?? "");
+    const m = this.seenFrom(ctx.ce, run);
     if (!m) return { lines: [] };
     const start = from ? Number(from) : 0;
     return { lines: m.log.slice(start), next: String(m.log.length) };

@@ -33,7 +33,7 @@ import {
   releaseUnusedSecrets,
   resolveCredentials,
 } from "../shared.js";
-import { isRunActive, isTerminal, machineMayExist } from "../run/phases.js";
+import { belongsTo, isRunActive, isTerminal, machineMayExist } from "../run/phases.js";
 import { cloudWritesMayHaveHappened, markCloudWrites } from "./cloud-writes.js";
 import type { CacheSource, ListSource } from "../run/tracker.js";
 import { runsOfCe } from "../run/tracker.js";
@@ -82,9 +82,9 @@ export class ComputeEnvironmentReconciler {
     this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
   }
 
-  /** Runs (from the cache) that reference this CE. */
+  /** Runs (from the cache) of this CE (see belongsTo: not those launched under a removed CE of the same name). */
   runsOf(ce: ComputeEnvironment): Run[] {
-    return runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
+    return runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name).filter((r) => belongsTo(r, ce));
   }
 
   /** `signal` aborts when the controller's per-reconcile deadline passes; it reaches the provider. */
@@ -350,7 +350,7 @@ export class ComputeEnvironmentReconciler {
     // The Run cache may lag (a Run created or launched a moment ago): before anything is disposed,
     // or the finalizer released, the Runs are read from the API.
     const stored = wrote ? await this.d.client.list<Run>(RunResource, { namespace: ce.metadata.namespace ?? "default" }) : { items: [] };
-    const stillPending = stored.items.filter((r) => r.spec.computeEnvironmentRef.name === ce.metadata.name && (isRunActive(r) || machineMayExist(r)));
+    const stillPending = stored.items.filter((r) => belongsTo(r, ce) && (isRunActive(r) || machineMayExist(r)));
     if (stillPending.length > 0) {
       for (const r of stillPending) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
       return { requeueAfterMs: this.d.deletionPollMs };

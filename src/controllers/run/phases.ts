@@ -1,6 +1,6 @@
-import type { Run } from "../../api/types.js";
+import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
-import { ANNOTATION_LAUNCH_DECIDED, FINALIZER } from "../../api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED, FINALIZER } from "../../api/constants.js";
 
 export { TERMINAL_PHASES, isTerminal, type RunPhase } from "../../api/phases.js";
 
@@ -61,4 +61,22 @@ export function machineMayExist(run: Run): boolean {
   const inst = run.status?.instance;
   if (!inst) return false;
   return inst.state !== "terminated";
+}
+
+/** The UID of the ComputeEnvironment this Run's launch was decided under (recorded with the decision; none before that, or by an older operator). */
+export function launchedUnder(run: Run): string | undefined {
+  return run.metadata.annotations?.[ANNOTATION_LAUNCHED_UNDER] || undefined;
+}
+
+/**
+ * Whether a Run is one of this ComputeEnvironment's: it names the CE, and a machine it may have was
+ * launched under this CE (not under an earlier CE of the same name that was removed by force).
+ * A Run without a machine follows whichever CE now has the name; one decided by an operator that
+ * did not record the CE goes by the name alone.
+ */
+export function belongsTo(run: Run, ce: ComputeEnvironment): boolean {
+  if (run.metadata.namespace !== ce.metadata.namespace || run.spec.computeEnvironmentRef.name !== ce.metadata.name) return false;
+  if (!machineMayExist(run)) return true;
+  const under = launchedUnder(run);
+  return under === undefined || under === ce.metadata.uid;
 }

@@ -8,7 +8,7 @@ import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
-import { ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
 import { hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
@@ -19,7 +19,7 @@ import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/prov
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
-import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, holdsSlot, isTerminal, launchDecided, launchInFlight, machineMayExist } from "./phases.js";
+import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, launchDecided, launchInFlight, launchedUnder, machineMayExist } from "./phases.js";
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
@@ -34,7 +34,7 @@ export interface RunDeps {
   /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
   ces?: CacheSource<ComputeEnvironment>;
   /** ComputeEnvironments removed while Runs of theirs may have machines (gone-ces.ts), by "namespace/name". */
-  goneCes?: { get(key: string): ComputeEnvironment | undefined };
+  goneCes?: { find(run: Run): ComputeEnvironment | undefined };
   /** Reads Secrets (from the cache); default: a GET. */
   secrets?: SecretGetter;
   tracker: RunTracker;
@@ -174,9 +174,13 @@ export class RunReconciler {
     const log = this.d.logger.child({ run: key });
     if (signal) this.signals.set(log, signal);
     let ce = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
+    // A CE of the name that is not the one this Run's machine was launched under (that one was
+    // removed by force and the name taken again): the machine is not this CE's to follow.
+    const replaced = ce && !belongsTo(run, ce) ? ce : undefined;
+    if (replaced) ce = undefined;
     // Removed by force while this Run's machine may exist: what the CE last said (account, region
     // or subscription, credentials) still reaches the machine, so it is terminated, not left.
-    const gone = !ce && machineMayExist(run) ? this.d.goneCes?.get(`${namespace}/${run.spec.computeEnvironmentRef.name}`) : undefined;
+    const gone = !ce && machineMayExist(run) ? this.d.goneCes?.find(run) : undefined;
     if (gone) {
       ce = structuredClone(gone);
       // Gone, so no finalizer of it will stop the machine (its last cached state may still show one).
@@ -234,8 +238,9 @@ export class RunReconciler {
           : `provider "${ce.spec.provider}" is not available in this operator build`);
         return;
       }
+      const again = replaced ? ` (the ComputeEnvironment of that name now is another one, UID ${replaced.metadata.uid ?? ""})` : "";
       await this.finish(run, "Failed", "ComputeEnvironmentGone", machineMayExist(run)
-        ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active, and this operator has no record of where its machines run: it cannot reach ${which}; ${byHand}`
+        ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active${again}, and this operator has no record of where its machines run: it cannot reach ${which}; ${byHand}`
         : "the ComputeEnvironment was removed while the Run was active");
       return;
     }
@@ -290,7 +295,7 @@ export class RunReconciler {
       // Only a limit needs the count (a look at each of the CE's Runs, for each launch) and the
       // claims (decisions not yet in the cache); without one there is nothing to hold.
       if (limit === undefined) return true;
-      const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name);
+      const ceRuns = runsOfCe(this.d.runs, ce.metadata.namespace, ce.metadata.name).filter((r) => belongsTo(r, ce));
       // A claim of a Run that no longer exists (e.g. its finalizer was removed by hand) frees its slot.
       const existing = new Set(ceRuns.map((r) => r.metadata.uid));
       for (const c of this.claims.get(ceUid) ?? []) if (!existing.has(c) && c !== uid) this.claims.get(ceUid)?.delete(c);
@@ -321,8 +326,8 @@ export class RunReconciler {
       // one). Trying again is a decision like the first: recorded before the cloud is touched (the
       // Run reads LaunchRetrying, decided), so a crash or a deletion during this attempt still
       // looks for the machine it may make. Each write only on the version read.
-      if (run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] !== uid || !hasFinalizer(run, FINALIZER)) {
-        if (!(await this.decide(run))) return;
+      if (run.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED] !== uid || launchedUnder(run) !== ceUid || !hasFinalizer(run, FINALIZER)) {
+        if (!(await this.decide(run, ceUid))) return;
       }
       const message = "launching the machine again after waiting for capacity";
       await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true);
@@ -332,15 +337,19 @@ export class RunReconciler {
     // like every transition, only on the version read): a crash after this point finds the launch
     // in flight (launchDecided), and the launch itself is idempotent on the Run's UID. The Run's
     // next status names its machine, so the decision costs no status write of its own.
-    if (!(await this.decide(run))) return;
+    if (!(await this.decide(run, ceUid))) return;
     // A machine recorded by an earlier attempt (accepted, not placed) is looked for first.
     return this.launch(run, ce, provider, log, !run.status?.instance?.id);
   }
 
-  /** Writes the launch decision (finalizer and annotation, one write on the version read); false when the Run is gone. */
-  private async decide(run: Run): Promise<boolean> {
+  /**
+   * Writes the launch decision (finalizer and annotations: decided, and under which CE; one write on
+   * the version read); false when the Run is gone.
+   */
+  private async decide(run: Run, ceUid: string): Promise<boolean> {
     try {
-      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, { [ANNOTATION_LAUNCH_DECIDED]: run.metadata.uid ?? "" })).metadata;
+      const annotations = { [ANNOTATION_LAUNCH_DECIDED]: run.metadata.uid ?? "", [ANNOTATION_LAUNCHED_UNDER]: ceUid };
+      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, annotations)).metadata;
       return true;
     } catch (e) {
       // Deleted meanwhile (it had no finalizer yet): nothing was launched, its claim goes.

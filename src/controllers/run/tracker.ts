@@ -13,7 +13,7 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { resolveCredentials } from "../shared.js";
-import { machineMayExist } from "./phases.js";
+import { launchedUnder, machineMayExist } from "./phases.js";
 
 export interface ListSource<T> {
   list(): T[];
@@ -60,6 +60,7 @@ export interface RunTrackerDeps {
   client: KubeClient;
   providers: ReadonlyMap<string, CloudProvider>;
   runs: ListSource<Run>;
+  /** The CEs Runs may belong to: the live ones first, then those removed by force that Runs may still have machines of. */
   ces: ListSource<ComputeEnvironment>;
   logger: Logger;
   enqueueRun: (key: string) => void;
@@ -179,12 +180,20 @@ export class RunTracker {
 
   /** One poll over every Run whose machine may exist. */
   async pollOnce(): Promise<void> {
-    const ces = new Map<string, ComputeEnvironment>();
-    for (const ce of this.d.ces.list()) ces.set(`${ce.metadata.namespace}/${ce.metadata.name}`, ce);
+    // By name the first listed (a live CE before removed ones); by UID every one: a Run's machine is
+    // followed with the CE it was launched under (launchedUnder), or by name when none is recorded.
+    const byName = new Map<string, ComputeEnvironment>();
+    const byUid = new Map<string, ComputeEnvironment>();
+    for (const ce of this.d.ces.list()) {
+      const name = `${ce.metadata.namespace}/${ce.metadata.name}`;
+      if (!byName.has(name)) byName.set(name, ce);
+      if (ce.metadata.uid) byUid.set(ce.metadata.uid, ce);
+    }
     const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[]; ceOf: Map<string, ComputeEnvironment> }>();
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
-      const ce = ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
+      const under = launchedUnder(run);
+      const ce = under ? byUid.get(under) : byName.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
       if (!ce) continue;
       const key = accountRegionKey(ce);
       const g = groups.get(key) ?? { ce, runs: [] as Run[], ceOf: new Map<string, ComputeEnvironment>() };

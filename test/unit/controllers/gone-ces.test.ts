@@ -1,14 +1,17 @@
 import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
+import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
+import { belongsTo } from "../../../src/controllers/run/phases.js";
 
 const ce = (name: string, uid = `ce-${name}`): ComputeEnvironment => ({
   metadata: { name, namespace: "ns", uid },
   spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://b/w" } },
 } as ComputeEnvironment);
 
-const run = (name: string, ceName: string, status: Run["status"]): Run => ({
-  metadata: { name, namespace: "ns", uid: `run-${name}` },
+/** A Run of CE `ceName`; `under`: the CE UID its launch recorded (none: decided by an operator that did not record it). */
+const run = (name: string, ceName: string, status: Run["status"], under?: string): Run => ({
+  metadata: { name, namespace: "ns", uid: `run-${name}`, ...(under ? { annotations: { [ANNOTATION_LAUNCHED_UNDER]: under } } : {}) },
   spec: { computeEnvironmentRef: { name: ceName }, pipeline: { repository: "https://example.com/p" } },
   status,
 } as Run);
@@ -23,24 +26,48 @@ describe("GoneComputeEnvironments", () => {
     for (const name of ["x", "y", "z"]) gone.remember(ce(name));
     // y's Run never launched and z's machine is gone: nothing to reach.
     expect(gone.size).toBe(1);
-    expect(gone.get("ns/x")?.metadata.uid).toBe("ce-x");
-    expect(gone.get("ns/y")).toBeUndefined();
+    expect(gone.find(runs[0] as Run)?.metadata.uid).toBe("ce-x");
+    expect(gone.find(runs[1] as Run)).toBeUndefined();
     runs[0] = run("a", "x", ended);
-    expect(gone.get("ns/x")).toBeUndefined();
+    expect(gone.find(runs[0])).toBeUndefined();
     expect(gone.size).toBe(0);
   });
 
-  it("a CE created again under the name replaces the removed one; the tracker sees live and removed CEs once each", () => {
-    const runs: Run[] = [run("a", "x", running), run("b", "w", running)];
+  it("a CE created again under the name is another CE: Runs launched under the removed one stay with it, the tracker sees both", async () => {
+    const runs: Run[] = [run("a", "x", running, "old-x"), run("b", "w", running, "old-w"), run("c", "x", running, "new-x")];
     const gone = new GoneComputeEnvironments({ list: () => runs });
     gone.remember(ce("x", "old-x"));
     gone.remember(ce("w", "old-w"));
     const live = new Map([["ns/x", ce("x", "new-x")]]);
-    const source = gone.over({ list: () => [...live.values()], get: (k) => live.get(k) });
-    expect(source.list().map((c) => c.metadata.uid).sort()).toEqual(["new-x", "old-w"]);
+    // The new CE's ADDED event does not make the old one forgotten.
     gone.forget(ce("x", "new-x"));
-    expect(gone.get("ns/x")).toBeUndefined();
-    expect(gone.get("ns/w")?.metadata.uid).toBe("old-w");
+    const source = gone.over({ list: () => [...live.values()], get: (k) => live.get(k) });
+    expect(source.list().map((c) => c.metadata.uid)).toEqual(["new-x", "old-w", "old-x"]);
+    expect(gone.find(runs[0] as Run)?.metadata.uid).toBe("old-x");
+    expect(gone.find(runs[1] as Run)?.metadata.uid).toBe("old-w");
+    // Launched under the live CE: nothing removed is its.
+    expect(gone.find(runs[2] as Run)).toBeUndefined();
+    expect(belongsTo(runs[0] as Run, ce("x", "new-x"))).toBe(false);
+    expect(belongsTo(runs[0] as Run, ce("x", "old-x"))).toBe(true);
+    expect(belongsTo(runs[2] as Run, ce("x", "new-x"))).toBe(true);
+    expect(belongsTo(runs[2] as Run, ce("w", "new-x"))).toBe(false);
+    // Without a machine a Run follows whatever CE has the name now.
+    expect(belongsTo(run("d", "x", ended, "old-x"), ce("x", "new-x"))).toBe(true);
+    // The old CE's last Run ends: the old CE goes; the live one's Run has nothing to do with it.
+    runs[0] = run("a", "x", ended, "old-x");
+    expect(source.list().map((c) => c.metadata.uid)).toEqual(["new-x", "old-w"]);
+    expect(gone.size).toBe(1);
+  });
+
+  it("a Run decided by an operator that did not record its CE goes by the name: the CE of that name removed last", () => {
+    const runs: Run[] = [run("a", "x", running)];
+    const gone = new GoneComputeEnvironments({ list: () => runs });
+    gone.remember(ce("x", "first-x"));
+    gone.remember(ce("x", "second-x"));
+    expect(gone.find(runs[0] as Run)?.metadata.uid).toBe("second-x");
+    // A relist shows the CE is there after all: not gone.
+    gone.forget(ce("x", "second-x"));
+    expect(gone.find(runs[0] as Run)?.metadata.uid).toBe("first-x");
   });
 
   it("keeps at most its limit, the oldest going first", () => {
@@ -48,8 +75,8 @@ describe("GoneComputeEnvironments", () => {
     const gone = new GoneComputeEnvironments({ list: () => runs }, 2);
     for (const n of ["p", "q", "r"]) gone.remember(ce(n));
     expect(gone.size).toBe(2);
-    expect(gone.get("ns/p")).toBeUndefined();
-    expect(gone.get("ns/r")).toBeDefined();
+    expect(gone.find(runs[0] as Run)).toBeUndefined();
+    expect(gone.find(runs[2] as Run)).toBeDefined();
   });
 
   it("names the Secrets its CEs need, and the tracker's look drops the CEs no Run needs any more, saying so (onDrop)", () => {

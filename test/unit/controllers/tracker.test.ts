@@ -5,6 +5,7 @@ import { createLogger } from "../../../src/engine/logger.js";
 import { RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
+import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
 
 const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
   metadata: { name, namespace: "ns", uid: `ce-${name}` },
@@ -48,6 +49,27 @@ describe("RunTracker", () => {
     cloud.finish("run-c3", 0);
     await t.pollOnce();
     expect(enqueued).toEqual(["ns/c3"]);
+  });
+
+  it("follows a machine with the CE it was launched under (the UID its Run recorded), not a CE that took the name since", async () => {
+    const cloud = new FakeCloud();
+    const old = { ...ce("x", "creds", "eu-west-1"), metadata: { name: "x", namespace: "ns", uid: "old-x" } } as ComputeEnvironment;
+    const reborn = { ...ce("x", "creds", "eu-central-1"), metadata: { name: "x", namespace: "ns", uid: "new-x" } } as ComputeEnvironment;
+    const under = (r: Run, uid: string): Run => ({ ...r, metadata: { ...r.metadata, annotations: { [ANNOTATION_LAUNCHED_UNDER]: uid } } });
+    const runs = [under(run("before", "x", "Running"), "old-x"), under(run("after", "x", "Running"), "new-x"), under(run("lost", "x", "Running"), "forgotten")];
+    cloud.machines.set("run-before", { id: "i-before", runUid: "run-before", ceUid: "old-x", where: "eu-west-1", state: "running", launchedAt: "", log: [] });
+    cloud.machines.set("run-after", { id: "i-after", runUid: "run-after", ceUid: "new-x", where: "eu-central-1", state: "running", launchedAt: "", log: [] });
+    // The live CE is listed first, then the removed one (as GoneComputeEnvironments.over lists them).
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => [reborn, old] },
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
+    });
+    await t.pollOnce();
+    expect(t.lastPoll).toEqual({ groups: 2, runs: 2 });
+    expect(t.get("run-before")?.desc?.instanceId).toBe("i-before");
+    expect(t.get("run-after")?.desc?.instanceId).toBe("i-after");
+    // Launched under a CE nothing remembers: not looked at (its reconcile says it cannot be reached).
+    expect(t.get("run-lost")).toBeUndefined();
   });
 
   it("a describe is as old as its start: it does not replace what a launch recorded while it ran", async () => {
