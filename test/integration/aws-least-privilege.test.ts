@@ -75,6 +75,9 @@ let withAdditionKeys: Keys;
 /** A user holding the seed's required policy, whose log reads a test takes away and gives back. */
 const REVOCABLE = "vmforge-operator-revocable";
 let revocableKeys: Keys;
+/** A user holding the seed's required policy whose terminations a test denies and allows again. */
+const UNTERMINATING = "vmforge-operator-forced";
+let unterminatingKeys: Keys;
 const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
 type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 const OPERATOR_ROLE = "vmforge-operator-role";
@@ -212,6 +215,7 @@ beforeAll(async () => {
     seedPlusAddition.Statement.push({ ...(Sid ? { Sid } : {}), Effect, Action, Resource });
     withAdditionKeys = await makeUser(iam, "vmforge-operator-additions", seedPlusAddition);
     revocableKeys = await makeUser(iam, REVOCABLE, policy(REQUIRED));
+    unterminatingKeys = await makeUser(iam, UNTERMINATING, policy(REQUIRED));
     keys.nobody = await makeUser(iam, "nobody");
     keys.auditor = await makeUser(iam, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     keys.assumer = await makeUser(iam, "assumer", {
@@ -714,4 +718,104 @@ describe("through the operator: log reads taken away from a Running Run, and giv
     expect(done.status?.exitCode).toBe(0);
     expect(await warnings("AccessDenied")).toHaveLength(1);
   }, 120_000);
+});
+
+describe("through the operator: a CE removed by force and created again under its name in another region", () => {
+  let client: KubeClient;
+  let op: RunningOperator | undefined;
+  let ns: string;
+  type Cond = { type: string; status: string; reason: string; message: string };
+  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+  const getRun = (name: string) => client.get<Run>(RunResource, ns, name);
+  const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
+  const denyTerminations = () => auditor.iam.send(new PutUserPolicyCommand({
+    UserName: UNTERMINATING, PolicyName: "no-terminations",
+    PolicyDocument: JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Deny", Action: "ec2:TerminateInstances", Resource: "*" }] }),
+  }));
+  const allowTerminations = () => auditor.iam.send(new DeleteUserPolicyCommand({ UserName: UNTERMINATING, PolicyName: "no-terminations" }));
+  const createCe = (region: string) => client.create(ComputeEnvironmentResource, {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+    spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region, workDir: `s3://${BUCKET}/${PREFIX}` } },
+  } as ComputeEnvironment);
+  const readyCe = () => waitFor("CE Ready", async () => {
+    const c = await getCe();
+    return cond(c, "Ready")?.status === "True" ? c : undefined;
+  }, 60_000, 300);
+  const createRun = (name: string) => client.create(RunResource, {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+    spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+  } as Run);
+  const launched = (name: string) => waitFor(`Run ${name}'s machine recorded`, async () => {
+    const r = await getRun(name);
+    return r?.status?.instance?.id ? r : undefined;
+  }, 60_000, 300);
+  /** The instance's state as EC2 in `region` tells it. */
+  const stateIn = async (region: string, id: string): Promise<string | undefined> => {
+    const ec2 = awsClients({ credentials: secret(keys.auditor), region, endpoint: layer.endpoint });
+    try {
+      const out = await ec2.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }));
+      return out.Reservations?.[0]?.Instances?.[0]?.State?.Name;
+    } finally {
+      ec2.destroy();
+    }
+  };
+
+  beforeAll(async () => {
+    client = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(client);
+    ns = await freshNamespace(client, "lp-forced");
+    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...unterminatingKeys } } as SecretObject);
+    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+  }, 60_000);
+
+  afterAll(async () => {
+    await op?.stop();
+    await allowTerminations().catch(() => undefined);
+  });
+
+  it("the first Run's instance stays followed in its own region and is terminated there once allowed; the new CE neither follows it nor waits for it", async () => {
+    await createCe(REGION);
+    const first = await readyCe();
+    await createRun("old");
+    const old = await launched("old");
+    const id = old.status?.instance?.id ?? "";
+    expect(old.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(first.metadata.uid);
+
+    // The identity may no longer terminate: the CE's deletion cannot stop the instance, so its
+    // finalizer is taken off by hand; its name is then taken by a CE in another region.
+    await denyTerminations();
+    await client.delete(ComputeEnvironmentResource, ns, "ce");
+    await waitFor("Run old ended with its CE's deletion", async () => (await getRun("old"))?.status?.phase === "Cancelled", 60_000, 300);
+    await client.patch(ComputeEnvironmentResource, ns, "ce", { metadata: { finalizers: null } }, "merge");
+    await waitFor("CE gone", async () => (await getCe()) === undefined, 30_000, 200);
+    await createCe("eu-central-1");
+    const second = await readyCe();
+    expect(second.metadata.uid).not.toBe(first.metadata.uid);
+    await createRun("new");
+    const fresh = await launched("new");
+    expect(await stateIn("eu-central-1", fresh.status?.instance?.id ?? "")).toMatch(/pending|running/);
+
+    // The old Run keeps asking where its instance is (eu-west-1), refused for now: it does not look
+    // for it in eu-central-1, find nothing, and call it terminated.
+    const blocked = await waitFor("old's termination blocked", async () => cond(await getRun("old"), "MachineTerminationBlocked"), 60_000, 300);
+    expect(blocked.message).toContain("ec2:TerminateInstances");
+    const polls = op!.operator.tracker.pollCount;
+    await waitFor("three more polls", async () => op!.operator.tracker.pollCount >= polls + 3, 30_000, 100);
+    expect((await getRun("old"))?.status?.instance?.state).not.toBe("terminated");
+    expect(await stateIn(REGION, id)).toBe("running");
+
+    // Terminations allowed again: the old instance is terminated in its region and recorded so.
+    await allowTerminations();
+    await waitFor("old instance terminated in eu-west-1", async () => ["shutting-down", "terminated"].includes((await stateIn(REGION, id)) ?? ""), 60_000, 500);
+    const ended = await waitFor("old recorded terminated", async () => {
+      const r = await getRun("old");
+      return r?.status?.instance?.state === "terminated" ? r : undefined;
+    }, 60_000, 300);
+    expect(ended.status?.phase).toBe("Cancelled");
+
+    // The new CE's deletion ends its own Run and goes; the first CE's Run was never its.
+    await client.delete(ComputeEnvironmentResource, ns, "ce");
+    await waitFor("the new CE gone", async () => (await getCe()) === undefined, 90_000, 500);
+    expect(await stateIn("eu-central-1", fresh.status?.instance?.id ?? "")).toMatch(/shutting-down|terminated/);
+  }, 240_000);
 });
