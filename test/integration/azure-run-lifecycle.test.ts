@@ -258,6 +258,49 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     expect(await runResources(r)).toEqual([]);
   }, 90_000);
 
+  it("a CE removed by force (its finalizer taken off) while its VM could not be deleted, and created again under its name: the old VM is deleted with what the removed CE said, once Azure allows; the new CE's Runs are its own and its deletion does not wait for the old one", async () => {
+    const { ns, op, ce: first } = await ownOperatorAndCe("azforced", "forced");
+    const ctl = azureControl();
+    try {
+      await env.kube.create(RunResource, env.runBody("old", "forced", {}, ns));
+      const old = await settingUp("old", ns);
+      expect(old.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(first.metadata.uid);
+      // Every delete of this VM is refused until the fault goes (scoped to its name).
+      const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/virtualMachines/${vmName(old.metadata.uid!)}`, status: 409, code: "Conflict", message: "injected: the VM is busy" });
+      try {
+        await env.kube.delete(ComputeEnvironmentResource, ns, "forced");
+        await phase("old", "Cancelled", 60_000, ns);
+        await env.kube.patch(ComputeEnvironmentResource, ns, "forced", { metadata: { finalizers: null } }, "merge");
+        await waitFor("CE forced gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "forced")) === undefined, 30_000, 200);
+        await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "forced", { storageAccount: env.storageAccount }));
+        const second = await waitReady(env.kube, ns, "forced");
+        expect(second.metadata.uid).not.toBe(first.metadata.uid);
+        await env.kube.create(RunResource, env.runBody("new", "forced", {}, ns));
+        const fresh = await settingUp("new", ns);
+        expect(fresh.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(second.metadata.uid);
+        // Still refused: the old VM is there, and its Run does not call it gone.
+        const polls = op.operator.tracker.pollCount;
+        await waitFor("three more polls", async () => op.operator.tracker.pollCount >= polls + 3, 30_000, 100);
+        expect(await env.vmOf(old)).toBeDefined();
+        expect((await env.getRun("old", ns))?.status?.instance?.state).not.toBe("terminated");
+        // The new CE's deletion ends its own Run and goes, while the old VM is still there: the
+        // old Run is not the new CE's to wait for.
+        await env.kube.delete(ComputeEnvironmentResource, ns, "forced");
+        await waitFor("the new CE gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "forced")) === undefined, 120_000, 500);
+        expect(await env.vmOf(fresh)).toBeUndefined();
+        expect(await env.vmOf(old)).toBeDefined();
+      } finally {
+        await ctl.removeFault(fault.id);
+      }
+      // Allowed again: the old VM (and its NIC, IP and disk) deleted with what the removed CE said.
+      await waitFor("the old VM deleted", async () => (await env.vmOf(old)) === undefined, 60_000, 250);
+      expect(await runResources(old, first.metadata.uid!, ns, "forced")).toEqual([]);
+      await waitFor("old recorded terminated", async () => (await env.getRun("old", ns))?.status?.instance?.state === "terminated", 60_000, 200);
+    } finally {
+      await op.stop();
+    }
+  }, 240_000);
+
   it("a Spot eviction fails the Run with reason SpotEvicted (not a pipeline failure); the VM and its NIC, IP and disk are gone", async () => {
     await env.kube.create(RunResource, env.runBody("spot", CE, { overrides: { spot: true } }));
     const r = await started("spot");
