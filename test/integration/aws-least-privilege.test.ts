@@ -78,6 +78,9 @@ let revocableKeys: Keys;
 /** A user holding the seed's required policy whose terminations a test denies and allows again. */
 const UNTERMINATING = "vmforge-operator-forced";
 let unterminatingKeys: Keys;
+/** A user holding the seed's required policy who is denied iam:CreateRole until a test grants it. */
+const LATE = "vmforge-operator-late";
+let lateKeys: Keys;
 const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
 type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 const OPERATOR_ROLE = "vmforge-operator-role";
@@ -216,6 +219,7 @@ beforeAll(async () => {
     withAdditionKeys = await makeUser(iam, "vmforge-operator-additions", seedPlusAddition);
     revocableKeys = await makeUser(iam, REVOCABLE, policy(REQUIRED));
     unterminatingKeys = await makeUser(iam, UNTERMINATING, policy(REQUIRED));
+    lateKeys = await makeUser(iam, LATE, policy(REQUIRED));
     keys.nobody = await makeUser(iam, "nobody");
     keys.auditor = await makeUser(iam, "auditor", { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "*", Resource: "*" }] });
     keys.assumer = await makeUser(iam, "assumer", {
@@ -818,4 +822,57 @@ describe("through the operator: a CE removed by force and created again under it
     await waitFor("the new CE gone", async () => (await getCe()) === undefined, 90_000, 500);
     expect(await stateIn("eu-central-1", fresh.status?.instance?.id ?? "")).toMatch(/shutting-down|terminated/);
   }, 240_000);
+});
+
+describe("through the operator: a permission granted while a CE is Stalled, and IAM slow to apply it", () => {
+  let client: KubeClient;
+  let op: RunningOperator | undefined;
+  let ns: string;
+  const control = () => new StrictAwsControl(layer.endpoint);
+  type Cond = { type: string; status: string; reason: string; message: string };
+  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+  const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
+  const refusedCreateRole = async (): Promise<number> => (await control().stats()).refused["iam:CreateRole"] ?? 0;
+
+  beforeAll(async () => {
+    client = KubeClient.fromKubeconfig(kubeconfigPath());
+    await installCrds(client);
+    ns = await freshNamespace(client, "lp-late");
+    await auditor.iam.send(new PutUserPolicyCommand({
+      UserName: LATE, PolicyName: "no-roles",
+      PolicyDocument: JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Deny", Action: "iam:CreateRole", Resource: "*" }] }),
+    }));
+    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...lateKeys } } as SecretObject);
+    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+  }, 60_000);
+
+  afterAll(async () => {
+    await op?.stop();
+    await control().configure({ iam: { policyChangeDelayMs: 0 } });
+  });
+
+  it("the retry asked for right after the grant still meets the old answer; the CE looks again soon (not half an hour later) and becomes Ready", async () => {
+    await client.create(ComputeEnvironmentResource, {
+      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
+    } as ComputeEnvironment);
+    const stalled = await waitFor("CE Stalled", async () => {
+      const c = cond(await getCe(), "Stalled");
+      return c?.status === "True" ? c : undefined;
+    }, 60_000, 300);
+    expect(stalled.reason).toBe("AccessDenied");
+    expect(stalled.message).toContain("iam:CreateRole");
+
+    // The grant takes 4 s to count; the user asks for a retry at once, as the README says to.
+    await control().configure({ iam: { policyChangeDelayMs: 4_000 } });
+    const before = await refusedCreateRole();
+    await auditor.iam.send(new DeleteUserPolicyCommand({ UserName: LATE, PolicyName: "no-roles" }));
+    await client.patch(ComputeEnvironmentResource, ns, "ce", { metadata: { annotations: { "vmforge.dev/reconcile-requested-at": String(Date.now()) } } }, "merge");
+    await waitFor("the requested retry refused (the grant has not spread yet)", async () => (await refusedCreateRole()) > before, 4_000, 100);
+    const ready = await waitFor("CE Ready", async () => {
+      const c = await getCe();
+      return cond(c, "Ready")?.status === "True" ? c : undefined;
+    }, 40_000, 300);
+    expect(cond(ready, "Stalled")?.status ?? "False").toBe("False");
+  }, 120_000);
 });

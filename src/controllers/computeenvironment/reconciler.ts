@@ -58,8 +58,21 @@ export interface ComputeEnvironmentDeps {
 }
 
 const PROVISIONED = "ResourcesProvisioned";
-/** How long a Stalled environment waits before looking at the cloud again without any change. */
+/** The longest a Stalled environment waits before looking at the cloud again without any change. */
 const STALLED_RECHECK_MS = 30 * 60_000;
+/**
+ * The first re-check of a Stalled environment, growing fourfold per same answer (10 s, 40 s,
+ * 160 s, ~11 min, then STALLED_RECHECK_MS). A fix made in the cloud takes a while to count (IAM
+ * and Azure role assignments are eventually consistent: seconds, at worst minutes), so the attempt
+ * right after it (the reconcile-requested annotation set as the role is granted) may get the old
+ * answer: the next look must come soon, not half an hour later.
+ */
+const STALLED_FIRST_RECHECK_MS = 10_000;
+
+/** The wait before the next look at a Stalled environment after `answers` same Terminal answers in a row. */
+export function stalledRecheckMs(answers: number): number {
+  return Math.min(STALLED_RECHECK_MS, STALLED_FIRST_RECHECK_MS * 4 ** Math.max(0, answers - 1));
+}
 /**
  * A failed orphan sweep is tried again after this, doubling per failure up to SWEEP_RETRY_MAX_MS
  * (or after the cloud's own Retry-After when that is longer), not only at the next drift check: a
@@ -74,7 +87,7 @@ export class ComputeEnvironmentReconciler {
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
-  private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string }>();
+  private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string; answers: number }>();
   /** uid -> an orphan sweep that failed for a passing reason: how often in a row, and when to try again. */
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
 
@@ -143,12 +156,12 @@ export class ComputeEnvironmentReconciler {
       stalled.generation === generation &&
       stalled.credentialsVersion === credentialsVersion &&
       stalled.requested === requested &&
-      Date.now() - stalled.at < STALLED_RECHECK_MS
+      Date.now() - stalled.at < stalledRecheckMs(stalled.answers)
     ) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
-      // change, the annotation, or the slow re-check.
+      // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: STALLED_RECHECK_MS - (Date.now() - stalled.at) };
+      return { requeueAfterMs: stalledRecheckMs(stalled.answers) - (Date.now() - stalled.at) };
     }
     this.stalled.delete(withFinalizer.metadata.uid ?? "");
     const last = this.converged.get(withFinalizer.metadata.uid ?? "");
@@ -238,12 +251,15 @@ export class ComputeEnvironmentReconciler {
           next = kstatus(next, generation, "stalled", reason, m);
           next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
         }
-        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested });
+        // The same answer to the same spec, credentials and request as last time: the next look waits longer.
+        const same = stalled && stalled.generation === (generation ?? 0) && stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
+        const answers = same ? stalled.answers + 1 : 1;
+        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested, answers });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
         if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
-        // Waits for a spec or credentials change; a slow re-check covers fixes made in the cloud itself.
-        return { requeueAfterMs: STALLED_RECHECK_MS };
+        // Waits for a spec or credentials change; re-checks, soon and then seldom, cover fixes made in the cloud itself.
+        return { requeueAfterMs: stalledRecheckMs(answers) };
       }
       const next = kstatus(conditions, generation, "reconciling", reason, clip(`retrying: ${message}`));
       await this.report(withFinalizer, { activeRuns, conditions: next });

@@ -78,6 +78,12 @@ export interface IamConfig {
   enforce: boolean;
   /** Access key ids that act as the account's root user (allowed everything), e.g. "testing". */
   rootAccessKeys: string[];
+  /**
+   * IAM is eventually consistent: a change to users, groups, roles or policies takes this long to
+   * count in access checks (a grant still denies, a revocation still allows, meanwhile), for
+   * identities whose policies were already in use. 0: at once, as moto.
+   */
+  policyChangeDelayMs?: number;
 }
 
 export interface StrictAwsConfig {

@@ -397,7 +397,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   function learnFromAnswer(req: AwsRequest, ans: HttpAnswer): void {
     if (ans.status !== 200) return;
     if (req.service === "iam") {
-      if (!/^(Get|List)/.test(req.operation)) policyCache.clear();
+      if (!/^(Get|List)/.test(req.operation)) {
+        // What access checks go by changes only once the change has spread (policyChangeDelayMs).
+        const delay = config.iam.policyChangeDelayMs ?? 0;
+        if (delay > 0) setTimeout(() => policyCache.clear(), delay).unref();
+        else policyCache.clear();
+      }
       if (req.operation === "CreateAccessKey") {
         const key = element(parseXml(ans.body.toString("utf8")).root, "CreateAccessKeyResult", "AccessKey");
         const user = textOf(key, "UserName") ?? "";
