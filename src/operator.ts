@@ -36,6 +36,8 @@ export interface OperatorOptions {
   metrics?: EngineMetrics;
   /** Redacts known secret values out of Event notes. */
   redact?: (s: string) => string;
+  /** The first re-check of a Stalled ComputeEnvironment; tests shorten it (default 10 s). */
+  stalledFirstRecheckMs?: number;
 }
 
 /** Several per-namespace reflectors seen as one cache. */
@@ -209,6 +211,7 @@ export class Operator {
       client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,
       runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
       secretsHeldFor: (ns) => this.goneCes.secretNames(ns),
+      ...(o.stalledFirstRecheckMs !== undefined ? { stalledFirstRecheckMs: o.stalledFirstRecheckMs } : {}),
     });
     this.runReconciler = new RunReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,

@@ -26,7 +26,7 @@ import type { ComputeEnvironment, Condition, Run } from "../api/types.js";
 import type { CloudProvider, ResolvedCredentials } from "../cloud/provider.js";
 import { resolveCredentials } from "../controllers/shared.js";
 import { isTerminal } from "../controllers/run/phases.js";
-import { followRunLog } from "./logs.js";
+import { followRunLog, replacedCeMessage } from "./logs.js";
 import { policyCommand } from "./policy.js";
 
 export interface PluginIo {
@@ -239,6 +239,8 @@ async function logsCommand(p: Parsed, opts: PluginOptions, io: PluginIo): Promis
       const ceName = run.spec.computeEnvironmentRef.name;
       const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, ceName);
       if (!ce) throw new Error(`computeenvironments.vmforge.dev "${ceName}" of Run ${name} not found in namespace "${namespace}"`);
+      const replaced = replacedCeMessage(run, ce);
+      if (replaced) throw new Error(replaced);
       const provider = providers.get(ce.spec.provider);
       if (!provider) throw new Error(`provider ${ce.spec.provider} is not available in this build of kubectl-vmforge`);
       credentials ??= await credentialsFor(client, ce, io);

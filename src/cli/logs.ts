@@ -10,7 +10,7 @@ import { ComputeEnvironmentResource, RunResource } from "../api/types.js";
 import type { ComputeEnvironment, Run } from "../api/types.js";
 import type { CloudProvider } from "../cloud/provider.js";
 import { resolveCredentials } from "../controllers/shared.js";
-import { isTerminal } from "../controllers/run/phases.js";
+import { isTerminal, launchedUnder } from "../controllers/run/phases.js";
 
 /** The launcher's last line on either cloud: the pipeline's exit code. */
 const EXIT_LINE = /^VMFORGE_EXIT_CODE=\d{1,3}\s*$/;
@@ -114,6 +114,11 @@ export async function streamRunLogs(o: LogsOptions): Promise<number> {
           console.error(`vmforge: ComputeEnvironment ${o.namespace}/${run.spec.computeEnvironmentRef.name} not found`);
           throw new Stop();
         }
+        const replaced = replacedCeMessage(run, ce);
+        if (replaced) {
+          console.error(`vmforge: ${replaced}`);
+          throw new Stop();
+        }
         const provider = o.providers.get(ce.spec.provider);
         if (!provider) {
           console.error(`vmforge: provider ${ce.spec.provider} is not available in this build`);
@@ -129,4 +134,15 @@ export async function streamRunLogs(o: LogsOptions): Promise<number> {
     if (e instanceof Stop) return 1;
     throw e;
   }
+}
+
+/**
+ * When the Run was launched under another ComputeEnvironment than the one that now has its name
+ * (that one was removed by force and the name taken again), what to say: its log is in the removed
+ * CE's account, region or workspace, which the new one does not name.
+ */
+export function replacedCeMessage(run: Run, ce: ComputeEnvironment): string | undefined {
+  const under = launchedUnder(run);
+  if (!under || under === ce.metadata.uid) return undefined;
+  return `Run ${run.metadata.name ?? ""} was launched under an earlier ComputeEnvironment ${ce.metadata.name ?? ""} (UID ${under}) that was removed; the one of that name now (UID ${ce.metadata.uid ?? ""}) does not say where that log is`;
 }

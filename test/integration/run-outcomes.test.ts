@@ -95,8 +95,8 @@ const inPhase = (name: string, phase: string, timeoutMs = 30_000, on = ns) =>
     return r?.status?.phase === phase ? r : undefined;
   }, timeoutMs);
 
-async function events(name: string): Promise<{ reason: string; note: string; type: string }[]> {
-  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string }>(EventResource, { namespace: ns });
+async function events(name: string, on = ns): Promise<{ reason: string; note: string; type: string }[]> {
+  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string }>(EventResource, { namespace: on });
   return list.items.filter((e) => e.regarding?.name === name);
 }
 
@@ -579,6 +579,87 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     await waitFor("both Runs gone", async () => (await getRun("first-life")) === undefined && (await getRun("second-life")) === undefined);
   });
 
+  it("a Run waiting for capacity when its CE is removed by force and created again elsewhere is decided anew under the new CE (its UID recorded) and launched there", async () => {
+    const ns6 = await freshNamespace(client, "capacity-reborn");
+    /** Refuses every launch for capacity while `refusing`. */
+    class FullCloud extends FakeCloud {
+      refusing = true;
+      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
+        if (this.refusing) {
+          this.calls.launch++;
+          throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
+        }
+        return super.launchRun(ctx, r);
+      }
+    }
+    const full = new FullCloud();
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
+    let opB: RunningOperator | undefined;
+    try {
+      const first = await readyCe("ce", {}, ns6);
+      await run("waiting", "ce", {}, ns6);
+      const refused = await waitFor("a capacity refusal", async () => {
+        const r = await getRun("waiting", ns6);
+        return (r?.status?.capacityWait?.refusals ?? 0) >= 1 ? r : undefined;
+      }, 30_000, 100);
+      expect(refused.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(first.metadata.uid);
+      await opA.stop();
+      opA = undefined;
+      await client.delete(ComputeEnvironmentResource, ns6, "ce");
+      await strip("ce", ns6);
+      await waitFor("CE gone", async () => (await getCe("ce", ns6)) === undefined);
+      // The new CE, in another region, is Ready before the next operator looks at the Run, so the
+      // Run goes on from its capacity wait (not from a wait for its CE).
+      const second = await client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns6 },
+        spec: { provider: "aws", aws: { region: "eu-central-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      // (Written here as the operator would: Ready, its resources in place, so that the next
+      // operator's first converge of it does not make it Ready=False for a moment.)
+      const at = new Date().toISOString();
+      const ready = ["Ready", "ResourcesProvisioned"].map((type) => ({ type, status: "True", reason: type, message: "in place", lastTransitionTime: at, observedGeneration: second.metadata.generation }));
+      await client.patch(ComputeEnvironmentResource, ns6, "ce", { status: { phase: "Ready", observedGeneration: second.metadata.generation, conditions: ready } }, "merge", { subresource: "status" });
+      full.refusing = false;
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
+      const launched = await waitFor("machine recorded", async () => {
+        const r = await getRun("waiting", ns6);
+        return r?.status?.instance?.id ? r : undefined;
+      }, 30_000, 100);
+      expect(launched.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(second.metadata.uid);
+      expect(full.machineOf(launched.metadata.uid ?? "")?.where).toBe("eu-central-1");
+      // It went on from its capacity wait (tried again, decided anew), not from a wait for its CE.
+      const reasons = (await events("waiting", ns6)).map((e) => e.reason);
+      expect(reasons).not.toContain("ComputeEnvironmentNotReady");
+      expect(reasons).not.toContain("ComputeEnvironmentNotFound");
+      await inPhase("waiting", "Running", 30_000, ns6);
+    } finally {
+      await opA?.stop();
+      await opB?.stop();
+    }
+  });
+
+  it("a Run waiting for capacity with an unplaced machine on record, whose CE is gone unremembered, fails naming the machine rather than waiting for a CE", async () => {
+    const ns7 = await freshNamespace(client, "capacity-orphan");
+    await run("unplaced", "nowhere", {}, ns7);
+    // As a capacity wait leaves it: the cloud accepted the machine and could not place it.
+    const status = {
+      phase: "Pending", reason: "InsufficientInstanceCapacity", message: "waiting for capacity",
+      instance: { id: "i-0123456789abcdef0", state: "pending" },
+      capacityWait: { refusals: 1, notBefore: new Date().toISOString() },
+    };
+    await client.patch(RunResource, ns7, "unplaced", { status }, "merge", { subresource: "status" });
+    const fake = new FakeCloud();
+    const opC = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7] });
+    try {
+      const failed = await inPhase("unplaced", "Failed", 30_000, ns7);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain("machine i-0123456789abcdef0");
+      expect(failed.status?.message).toContain(failed.metadata.uid ?? "-");
+    } finally {
+      await opC.stop();
+    }
+  });
+
   it("while no operator runs: the next one cannot reach the machine and says so, naming it and the Run's UID", async () => {
     const ns4 = await freshNamespace(client, "forced-restart");
     const fake = new FakeCloud();
@@ -608,4 +689,54 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await opB?.stop();
     }
   });
+});
+
+describe("a Stalled ComputeEnvironment", () => {
+  it("is looked at again soon, then less and less often; a passing failure between two same answers does not start over; asking for a retry does", async () => {
+    const ns8 = await freshNamespace(client, "stalled-backoff");
+    const denied = CloudError.terminal("AccessDenied", "iam:CreateRole: not authorized to perform iam:CreateRole");
+    /** Answers provisionEnvironment from the script (undefined: success), and notes when each call came. */
+    class ScriptedCloud extends FakeCloud {
+      readonly at: number[] = [];
+      script: (CloudError | undefined)[] = [denied, denied, CloudError.retryable("Throttling", "iam:CreateRole: Rate exceeded"), denied, denied, denied];
+      override async provisionEnvironment(ctx: EnvContext): Promise<EnvObservation> {
+        const e = this.script[this.at.length];
+        this.at.push(Date.now());
+        if (e) {
+          this.calls.provision++;
+          throw e;
+        }
+        return super.provisionEnvironment(ctx);
+      }
+    }
+    const cloud8 = new ScriptedCloud();
+    const first = 500; // re-checks after 0.5, 2, 8, 32 s of the same answer
+    const op8 = await startOperator(kubeconfigPath(), new Map([["aws", cloud8]]), { namespaces: [ns8] }, { stalledFirstRecheckMs: first });
+    try {
+      await client.create(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns8 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("5 attempts", async () => cloud8.at.length >= 5, 60_000, 50);
+      const gap = (i: number) => (cloud8.at[i] ?? 0) - (cloud8.at[i - 1] ?? 0);
+      // Lower bounds only (a busy machine may make a wait longer, never shorter); 50 ms of slack.
+      expect(gap(1)).toBeGreaterThanOrEqual(first - 50);
+      expect(gap(2)).toBeGreaterThanOrEqual(4 * first - 50);
+      // The throttled attempt (3rd) is retried with the controller's backoff; the same refusal
+      // after it is the third in a row: the next look waits 16 × the first.
+      expect(gap(4)).toBeGreaterThanOrEqual(16 * first - 50);
+      expect(cond(await getCe("ce", ns8), "Stalled")).toMatchObject({ status: "True", reason: "AccessDenied" });
+      // The fourth wait would be 32 × 0.5 s: asking for a retry makes the look at once, and the
+      // re-checks start over from the shortest.
+      const asked = Date.now();
+      await client.patch(ComputeEnvironmentResource, ns8, "ce", { metadata: { annotations: { "vmforge.dev/reconcile-requested-at": String(asked) } } }, "merge");
+      await waitFor("the retry asked for", async () => cloud8.at.length >= 6, 10_000, 50);
+      expect((cloud8.at[5] ?? 0) - asked).toBeLessThan(10_000);
+      await waitFor("CE Ready", async () => cond(await getCe("ce", ns8), "Ready")?.status === "True", 30_000, 100);
+      expect(gap(6)).toBeGreaterThanOrEqual(first - 50);
+      expect(cloud8.at.length).toBe(7);
+    } finally {
+      await op8.stop();
+    }
+  }, 90_000);
 });

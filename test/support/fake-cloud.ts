@@ -113,7 +113,11 @@ export class FakeCloud implements CloudProvider {
     this.calls.launch++;
     const uid = run.metadata.uid ?? "";
     let m = this.machines.get(uid);
-    if (!m) {
+    if (m && m.where !== undefined && m.where !== FakeCloud.where(ctx.ce) && m.state !== "terminated") {
+      // A cloud would launch a second machine there; this fake keeps one per Run and says so.
+      throw new Error(`FakeCloud: Run ${uid} launched in ${FakeCloud.where(ctx.ce)} while its machine ${m.id} runs in ${m.where}`);
+    }
+    if (!m || (m.where !== undefined && m.where !== FakeCloud.where(ctx.ce))) {
       m = {
         id: `i-${(++this.seq).toString(16).padStart(17, "0")}`,
         runUid: uid,

@@ -5,7 +5,7 @@ import { createLogger } from "../../src/engine/logger.js";
 import { crdObjects } from "../../src/api/generate.js";
 import type { CloudProvider } from "../../src/cloud/provider.js";
 import type { OperatorConfig } from "../../src/config.js";
-import { Operator } from "../../src/operator.js";
+import { Operator, type OperatorOptions } from "../../src/operator.js";
 
 export const CrdResource: ResourceType = {
   group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", kind: "CustomResourceDefinition", namespaced: false,
@@ -79,10 +79,15 @@ export interface RunningOperator {
   stop(): Promise<void>;
 }
 
-export async function startOperator(kubeconfig: string, providers: ReadonlyMap<string, CloudProvider>, over: Partial<OperatorConfig> = {}): Promise<RunningOperator> {
+export async function startOperator(
+  kubeconfig: string,
+  providers: ReadonlyMap<string, CloudProvider>,
+  over: Partial<OperatorConfig> = {},
+  options: Pick<OperatorOptions, "stalledFirstRecheckMs"> = {},
+): Promise<RunningOperator> {
   const config = testConfig(over);
   const logger = createLogger({ level: process.env.VMFORGE_TEST_LOG_LEVEL ?? config.logLevel, name: "vmforge-test" });
-  const operator = new Operator({ client: KubeClient.fromKubeconfig(kubeconfig), providers, config, logger });
+  const operator = new Operator({ client: KubeClient.fromKubeconfig(kubeconfig), providers, config, logger, ...options });
   operator.start();
   await waitFor("operator caches synced", async () => operator.isLeader() && operator.isReady(), 30_000);
   return { operator, stop: () => operator.stop(5_000) };

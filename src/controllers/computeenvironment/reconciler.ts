@@ -51,6 +51,8 @@ export interface ComputeEnvironmentDeps {
   enqueueRun: (key: string) => void;
   /** How often a Ready environment is re-checked against the cloud (drift). */
   driftCheckMs?: number;
+  /** The first re-check of a Stalled CE (default 10 s; see STALLED_FIRST_RECHECK_MS). */
+  stalledFirstRecheckMs?: number;
   /** How long to wait before looking again while Runs are being stopped during deletion. */
   deletionPollMs?: number;
   /** Credentials Secrets (by name) still needed in a namespace besides the CEs' own (see gone-ces.ts). */
@@ -70,8 +72,8 @@ const STALLED_RECHECK_MS = 30 * 60_000;
 const STALLED_FIRST_RECHECK_MS = 10_000;
 
 /** The wait before the next look at a Stalled environment after `answers` same Terminal answers in a row. */
-export function stalledRecheckMs(answers: number): number {
-  return Math.min(STALLED_RECHECK_MS, STALLED_FIRST_RECHECK_MS * 4 ** Math.max(0, answers - 1));
+export function stalledRecheckMs(answers: number, firstMs = STALLED_FIRST_RECHECK_MS): number {
+  return Math.min(STALLED_RECHECK_MS, firstMs * 4 ** Math.max(0, answers - 1));
 }
 /**
  * A failed orphan sweep is tried again after this, doubling per failure up to SWEEP_RETRY_MAX_MS
@@ -83,7 +85,7 @@ export const SWEEP_RETRY_MAX_MS = 5 * 60_000;
 const CREDENTIALS = "CredentialsValid";
 
 export class ComputeEnvironmentReconciler {
-  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "deletionPollMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; deletionPollMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
+  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "stalledFirstRecheckMs" | "deletionPollMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; stalledFirstRecheckMs: number; deletionPollMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
@@ -92,7 +94,11 @@ export class ComputeEnvironmentReconciler {
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
 
   constructor(deps: ComputeEnvironmentDeps) {
-    this.d = { driftCheckMs: 10 * 60_000, deletionPollMs: 3_000, ...deps };
+    this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, ...deps };
+  }
+
+  private recheckMs(answers: number): number {
+    return stalledRecheckMs(answers, this.d.stalledFirstRecheckMs);
   }
 
   /** Runs (from the cache) of this CE (see belongsTo: not those launched under a removed CE of the same name). */
@@ -156,14 +162,15 @@ export class ComputeEnvironmentReconciler {
       stalled.generation === generation &&
       stalled.credentialsVersion === credentialsVersion &&
       stalled.requested === requested &&
-      Date.now() - stalled.at < stalledRecheckMs(stalled.answers)
+      Date.now() - stalled.at < this.recheckMs(stalled.answers)
     ) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: stalledRecheckMs(stalled.answers) - (Date.now() - stalled.at) };
+      return { requeueAfterMs: this.recheckMs(stalled.answers) - (Date.now() - stalled.at) };
     }
-    this.stalled.delete(withFinalizer.metadata.uid ?? "");
+    // The entry stays until an attempt succeeds: a passing failure (throttled, a 5xx) between two
+    // same Terminal answers does not start the re-checks over from the shortest wait.
     const last = this.converged.get(withFinalizer.metadata.uid ?? "");
     const isReady = getCondition(withFinalizer.status?.conditions, "Ready")?.status === "True";
     if (
@@ -228,6 +235,7 @@ export class ComputeEnvironmentReconciler {
       });
       if (!obs.ready) return { requeueAfterMs: 5_000 };
       this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
+      this.stalled.delete(withFinalizer.metadata.uid ?? "");
       await this.sweep(provider, ctx, withFinalizer, log);
       await releaseUnusedSecrets(this.d.client, namespace ?? "default", undefined, this.d.secretsHeldFor?.(namespace ?? "default"));
       if (written && !isReady) {
@@ -259,7 +267,7 @@ export class ComputeEnvironmentReconciler {
         if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
         // Waits for a spec or credentials change; re-checks, soon and then seldom, cover fixes made in the cloud itself.
-        return { requeueAfterMs: stalledRecheckMs(answers) };
+        return { requeueAfterMs: this.recheckMs(answers) };
       }
       const next = kstatus(conditions, generation, "reconciling", reason, clip(`retrying: ${message}`));
       await this.report(withFinalizer, { activeRuns, conditions: next });

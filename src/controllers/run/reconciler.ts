@@ -33,7 +33,7 @@ export interface RunDeps {
   runs: ListSource<Run> | CacheSource<Run>;
   /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
   ces?: CacheSource<ComputeEnvironment>;
-  /** ComputeEnvironments removed while Runs of theirs may have machines (gone-ces.ts), by "namespace/name". */
+  /** ComputeEnvironments removed while Runs launched under them may have machines (gone-ces.ts): the one a Run's machine is of. */
   goneCes?: { find(run: Run): ComputeEnvironment | undefined };
   /** Reads Secrets (from the cache); default: a GET. */
   secrets?: SecretGetter;
@@ -219,7 +219,9 @@ export class RunReconciler {
     }
 
     if (!ce || !provider) {
-      if (phase === "Pending" && !launchDecided(run)) {
+      // Waiting for its CE is for a Run that has no machine: one with a machine (decided, or an
+      // unplaced one recorded in a capacity wait) whose CE is gone cannot wait for a new one.
+      if (phase === "Pending" && !machineMayExist(run)) {
         const [reason, message] = !ce
           ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
           : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
@@ -716,7 +718,7 @@ export class RunReconciler {
         return { requeueAfterMs: Math.min(this.d.pollIntervalMs, Math.max(wait, 2_000)) };
       }
     } else if (machineMayExist(run)) {
-      log.warn("the Run's ComputeEnvironment is gone; its machine cannot be reached and is left to the orphan sweep");
+      log.warn({ machine: run.status?.instance?.id, runUid: run.metadata.uid }, "the ComputeEnvironment the Run's machine was launched under is gone and not remembered; the machine cannot be reached from here and may still run (it carries the Run's UID as a tag)");
     }
     this.release(run);
     this.d.tracker.forget(run.metadata.uid ?? "");

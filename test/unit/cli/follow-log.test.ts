@@ -2,8 +2,8 @@
 // an exit line, after a quiet spell (then it says the log may be incomplete) — and lines that the
 // cloud delivers late, after the Run ended, are still printed.
 import { describe, expect, it } from "vitest";
-import { followRunLog } from "../../../src/cli/logs.js";
-import type { Run } from "../../../src/api/types.js";
+import { followRunLog, replacedCeMessage } from "../../../src/cli/logs.js";
+import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 
 function run(phase: string): Run {
   return { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "r", namespace: "n" }, spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "x" } }, status: { phase } } as Run;
@@ -57,5 +57,15 @@ describe("followRunLog", () => {
     expect(Date.now() - t0).toBeGreaterThanOrEqual(100);
     expect(notes).toHaveLength(1);
     expect(notes[0]).toMatch(/ended Cancelled and no exit line arrived within 0 s: the log may be incomplete/);
+  });
+});
+
+describe("replacedCeMessage", () => {
+  const ce = (uid: string) => ({ metadata: { name: "ce", namespace: "n", uid }, spec: { provider: "aws" } }) as unknown as ComputeEnvironment;
+  const under = (uid?: string) => ({ ...run("Running"), metadata: { name: "r", namespace: "n", ...(uid ? { annotations: { "vmforge.dev/compute-environment-uid": uid } } : {}) } }) as Run;
+  it("says so when the Run's machine was launched under an earlier CE of the same name, and nothing otherwise", () => {
+    expect(replacedCeMessage(under("old"), ce("new"))).toMatch(/launched under an earlier ComputeEnvironment ce \(UID old\) that was removed; the one of that name now \(UID new\)/);
+    expect(replacedCeMessage(under("new"), ce("new"))).toBeUndefined();
+    expect(replacedCeMessage(under(), ce("new"))).toBeUndefined();
   });
 });
