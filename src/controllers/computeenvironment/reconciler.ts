@@ -157,13 +157,10 @@ export class ComputeEnvironmentReconciler {
     const credentialsVersion = credentialsFingerprint(ctx);
     const stalled = this.stalled.get(withFinalizer.metadata.uid ?? "");
     const requested = withFinalizer.metadata.annotations?.[ANNOTATION_RECONCILE_REQUESTED] ?? "";
-    if (
-      stalled &&
-      stalled.generation === generation &&
-      stalled.credentialsVersion === credentialsVersion &&
-      stalled.requested === requested &&
-      Date.now() - stalled.at < this.recheckMs(stalled.answers)
-    ) {
+    // The last Terminal answer was to this same spec, credentials and retry request.
+    const sameAsStall = stalled !== undefined && stalled.generation === (generation ?? 0) &&
+      stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
+    if (stalled && sameAsStall && Date.now() - stalled.at < this.recheckMs(stalled.answers)) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
       await this.report(withFinalizer, { activeRuns });
@@ -260,8 +257,7 @@ export class ComputeEnvironmentReconciler {
           next = setCondition(next, { type: CREDENTIALS, status: "False", reason, message: m, observedGeneration: generation });
         }
         // The same answer to the same spec, credentials and request as last time: the next look waits longer.
-        const same = stalled && stalled.generation === (generation ?? 0) && stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
-        const answers = same ? stalled.answers + 1 : 1;
+        const answers = sameAsStall ? (stalled?.answers ?? 0) + 1 : 1;
         this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested, answers });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
         if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
