@@ -89,6 +89,30 @@ let auditor: AwsClients;
 let defaultVpc: string;
 let defaultSg: string;
 
+type Cond = { type: string; status: string; reason: string; message: string };
+const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
+
+/** CE "ce" in `ns` with the Secret "aws", in `region`, the work directory in the test bucket. */
+function createAwsCe(client: KubeClient, ns: string, region = REGION): Promise<ComputeEnvironment> {
+  return client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+    spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region, workDir: `s3://${BUCKET}/${PREFIX}` } },
+  } as ComputeEnvironment);
+}
+
+/**
+ * A namespace of the test's own holding Secret "aws" with `k`, and an operator there: the AWS
+ * provider through the strict layer (no SDK retries), polls every 0.5 s.
+ */
+async function operatorWithKeys(prefix: string, k: Keys, providerOptions: { runningExitProbeMs?: number } = {}): Promise<{ client: KubeClient; ns: string; op: RunningOperator }> {
+  const client = KubeClient.fromKubeconfig(kubeconfigPath());
+  await installCrds(client);
+  const ns = await freshNamespace(client, prefix);
+  await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...k } } as SecretObject);
+  const op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, ...providerOptions })]]), { namespaces: [ns], pollIntervalMs: 500 });
+  return { client, ns, op };
+}
+
 function secret(k: Keys, extra: Record<string, string> = {}): ResolvedCredentials {
   return { source: "secret", secretName: "aws-creds", data: { ...k, ...extra } };
 }
@@ -552,8 +576,6 @@ describe("through the operator: without one action, the condition names it", () 
     { phase: "outcome", action: "s3:GetObject", where: "Run LogReadBlocked once its machine ended, no outcome guessed" },
   ] as const;
   const nsOf = new Map<string, string>();
-  type Cond = { type: string; status: string; reason: string; message: string };
-  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
 
   beforeAll(async () => {
     client = KubeClient.fromKubeconfig(kubeconfigPath());
@@ -567,10 +589,7 @@ describe("through the operator: without one action, the condition names it", () 
     op = await startOperator(kubeconfigPath(), new Map([["aws", provider()]]), { namespaces: [...nsOf.values()], pollIntervalMs: 500 });
     for (const c of cases) {
       const ns = nsOf.get(c.phase)!;
-      await client.create(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
-        spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
-      } as ComputeEnvironment);
+      await createAwsCe(client, ns);
       if (c.phase !== "create") {
         await client.create(RunResource, {
           apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "run", namespace: ns },
@@ -640,20 +659,14 @@ describe("through the operator: log reads taken away from a Running Run, and giv
   let client: KubeClient;
   let op: RunningOperator | undefined;
   let ns: string;
-  type Cond = { type: string; status: string; reason: string; message: string };
-  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
   const getRun = () => client.get<Run>(RunResource, ns, "run");
   const warnings = async (reason: string) =>
     (await client.list<EventObject>(EventResource, { namespace: ns })).items
       .filter((e) => e.regarding?.name === "run" && e.type === "Warning" && e.reason === reason);
 
   beforeAll(async () => {
-    client = KubeClient.fromKubeconfig(kubeconfigPath());
-    await installCrds(client);
-    ns = await freshNamespace(client, "lp-revoke");
-    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...revocableKeys } } as SecretObject);
     // Exit probes of running machines every 1.5 s, polls every 0.5 s: most polls read nothing.
-    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, runningExitProbeMs: 1_500 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+    ({ client, ns, op } = await operatorWithKeys("lp-revoke", revocableKeys, { runningExitProbeMs: 1_500 }));
   }, 60_000);
 
   afterAll(async () => {
@@ -662,10 +675,7 @@ describe("through the operator: log reads taken away from a Running Run, and giv
   });
 
   it("LogReadBlocked names the refused action at every look while the exit probes are refused, with one Warning Event; it goes when reads work again, and the exit line is then read", async () => {
-    await client.create(ComputeEnvironmentResource, {
-      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
-      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
-    } as ComputeEnvironment);
+    await createAwsCe(client, ns);
     const group = await waitFor("CE Ready", async () => {
       const c = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
       return cond(c, "Ready")?.status === "True" ? c?.status?.aws?.logGroup : undefined;
@@ -728,8 +738,6 @@ describe("through the operator: a CE removed by force and created again under it
   let client: KubeClient;
   let op: RunningOperator | undefined;
   let ns: string;
-  type Cond = { type: string; status: string; reason: string; message: string };
-  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
   const getRun = (name: string) => client.get<Run>(RunResource, ns, name);
   const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
   const denyTerminations = () => auditor.iam.send(new PutUserPolicyCommand({
@@ -737,10 +745,7 @@ describe("through the operator: a CE removed by force and created again under it
     PolicyDocument: JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Deny", Action: "ec2:TerminateInstances", Resource: "*" }] }),
   }));
   const allowTerminations = () => auditor.iam.send(new DeleteUserPolicyCommand({ UserName: UNTERMINATING, PolicyName: "no-terminations" }));
-  const createCe = (region: string) => client.create(ComputeEnvironmentResource, {
-    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
-    spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region, workDir: `s3://${BUCKET}/${PREFIX}` } },
-  } as ComputeEnvironment);
+  const createCe = (region: string) => createAwsCe(client, ns, region);
   const readyCe = () => waitFor("CE Ready", async () => {
     const c = await getCe();
     return cond(c, "Ready")?.status === "True" ? c : undefined;
@@ -765,11 +770,7 @@ describe("through the operator: a CE removed by force and created again under it
   };
 
   beforeAll(async () => {
-    client = KubeClient.fromKubeconfig(kubeconfigPath());
-    await installCrds(client);
-    ns = await freshNamespace(client, "lp-forced");
-    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...unterminatingKeys } } as SecretObject);
-    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+    ({ client, ns, op } = await operatorWithKeys("lp-forced", unterminatingKeys));
   }, 60_000);
 
   afterAll(async () => {
@@ -829,21 +830,15 @@ describe("through the operator: a permission granted while a CE is Stalled, and 
   let op: RunningOperator | undefined;
   let ns: string;
   const control = () => new StrictAwsControl(layer.endpoint);
-  type Cond = { type: string; status: string; reason: string; message: string };
-  const cond = (o: { status?: { conditions?: Cond[] } } | undefined, type: string) => o?.status?.conditions?.find((c) => c.type === type);
   const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
   const refusedCreateRole = async (): Promise<number> => (await control().stats()).refused["iam:CreateRole"] ?? 0;
 
   beforeAll(async () => {
-    client = KubeClient.fromKubeconfig(kubeconfigPath());
-    await installCrds(client);
-    ns = await freshNamespace(client, "lp-late");
     await auditor.iam.send(new PutUserPolicyCommand({
       UserName: LATE, PolicyName: "no-roles",
       PolicyDocument: JSON.stringify({ Version: "2012-10-17", Statement: [{ Effect: "Deny", Action: "iam:CreateRole", Resource: "*" }] }),
     }));
-    await client.create(SecretResource, { apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { ...lateKeys } } as SecretObject);
-    op = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+    ({ client, ns, op } = await operatorWithKeys("lp-late", lateKeys));
   }, 60_000);
 
   afterAll(async () => {
@@ -852,10 +847,7 @@ describe("through the operator: a permission granted while a CE is Stalled, and 
   });
 
   it("the retry asked for right after the grant still meets the old answer; the CE looks again soon (not half an hour later) and becomes Ready", async () => {
-    await client.create(ComputeEnvironmentResource, {
-      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
-      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, workDir: `s3://${BUCKET}/${PREFIX}` } },
-    } as ComputeEnvironment);
+    await createAwsCe(client, ns);
     const stalled = await waitFor("CE Stalled", async () => {
       const c = cond(await getCe(), "Stalled");
       return c?.status === "True" ? c : undefined;
