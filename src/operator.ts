@@ -23,7 +23,7 @@ import type { OperatorConfig } from "./config.js";
 import { ComputeEnvironmentReconciler } from "./controllers/computeenvironment/reconciler.js";
 import { RunReconciler } from "./controllers/run/reconciler.js";
 import { RUNS_BY_CE, RunTracker, ceIndexOf, runsOfCe } from "./controllers/run/tracker.js";
-import { GoneComputeEnvironments } from "./controllers/run/gone-ces.js";
+import { GoneComputeEnvironments, ceOfRun } from "./controllers/run/gone-ces.js";
 import type { SecretObject } from "./controllers/shared.js";
 import { SECRET_LABEL, SecretReader, SecretResource, releaseUnusedSecrets } from "./controllers/shared.js";
 import { holdsSlot, isRunActive, machineMayExist } from "./controllers/run/phases.js";
@@ -175,6 +175,8 @@ export class Operator {
       // A Run deleted without ever reaching its finalizer (no launch written) may still hold a claim.
       if (type === "DELETED") this.runReconciler.forget(run);
       const prev = type === "DELETED" ? (old ?? run) : old;
+      // A removed CE is remembered while a Run of it may have a machine: this one may have been its last.
+      if (this.goneCes.size > 0 && prev && machineMayExist(prev) && (type === "DELETED" || !machineMayExist(run))) this.goneCes.prune();
       // The CE only hears of changes its status depends on, gathered over a moment.
       if (type === "DELETED" || !prev || ceView(prev) !== ceView(run)) this.ceController.enqueueAfter(ceIndexOf(run), CE_COALESCE_MS);
       // A slot freed, as the cache shows it (so also for Runs launched before a restart or by
@@ -204,7 +206,8 @@ export class Operator {
     const secrets = this.secretReader.get;
 
     this.tracker = new RunTracker({
-      client, providers: o.providers, runs: this.runs, ces: this.goneCes.over(this.ces), logger: logger.child({ component: "run-tracker" }),
+      client, providers: o.providers, runs: this.runs, logger: logger.child({ component: "run-tracker" }),
+      ceOf: (run) => ceOfRun(run, this.ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`), this.goneCes).ce,
       enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs, secrets,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({

@@ -825,6 +825,56 @@ describe("through the operator: a CE removed by force and created again under it
   }, 240_000);
 });
 
+describe("through the operator: a CE removed by force while no operator runs, and applied again as it was before the next one starts", () => {
+  it("the next operator, which never saw the old CE, finds the old instance with the new CE (same account and region) and terminates it", async () => {
+    const { client, ns, op: first } = await operatorWithKeys("lp-reapplied", keys.exact);
+    let next: RunningOperator | undefined;
+    const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
+    const getRun = () => client.get<Run>(RunResource, ns, "old");
+    const readyCe = () => waitFor("CE Ready", async () => {
+      const c = await getCe();
+      return cond(c, "Ready")?.status === "True" ? c : undefined;
+    }, 60_000, 300);
+    const auditor = awsClients({ credentials: secret(keys.auditor), region: REGION, endpoint: layer.endpoint });
+    const state = async (id: string) => (await auditor.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations?.[0]?.Instances?.[0]?.State?.Name;
+    try {
+      await createAwsCe(client, ns);
+      const before = await readyCe();
+      await client.create(RunResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "old", namespace: ns },
+        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+      } as Run);
+      const old = await waitFor("old's machine recorded", async () => {
+        const r = await getRun();
+        return r?.status?.instance?.id ? r : undefined;
+      }, 60_000, 300);
+      const id = old.status?.instance?.id ?? "";
+      await first.stop();
+      await client.delete(ComputeEnvironmentResource, ns, "ce");
+      await client.patch(ComputeEnvironmentResource, ns, "ce", { metadata: { finalizers: null } }, "merge");
+      await waitFor("CE gone", async () => (await getCe()) === undefined, 30_000, 200);
+      await createAwsCe(client, ns);
+      next = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+      const after = await readyCe();
+      expect(after.metadata.uid).not.toBe(before.metadata.uid);
+      const failed = await waitFor("old failed", async () => {
+        const r = await getRun();
+        return r?.status?.phase === "Failed" ? r : undefined;
+      }, 60_000, 300);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`(UID ${after.metadata.uid}) finds the Run's machine`);
+      await waitFor("the old instance terminated", async () => ["shutting-down", "terminated"].includes((await state(id)) ?? ""), 60_000, 500);
+      await waitFor("old recorded terminated", async () => (await getRun())?.status?.instance?.state === "terminated", 60_000, 300);
+      // Still the old CE's Run.
+      expect((await getRun())?.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(before.metadata.uid);
+    } finally {
+      auditor.destroy();
+      await first.stop();
+      await next?.stop();
+    }
+  }, 180_000);
+});
+
 describe("through the operator: a permission granted while a CE is Stalled, and IAM slow to apply it", () => {
   let client: KubeClient;
   let op: RunningOperator | undefined;

@@ -301,6 +301,32 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 240_000);
 
+  it("a CE removed by force while no operator runs, and applied again as it was before the next one starts: that operator, which never saw the old CE, finds the old VM with the new CE (same subscription) and deletes it in the old CE's resource group", async () => {
+    const { ns, op: first, ce: before } = await ownOperatorAndCe("azreapplied", "again");
+    let next: RunningOperator | undefined;
+    try {
+      await env.kube.create(RunResource, env.runBody("old", "again", {}, ns));
+      const old = await settingUp("old", ns);
+      expect(old.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(before.metadata.uid);
+      await first.stop();
+      await env.kube.delete(ComputeEnvironmentResource, ns, "again");
+      await env.kube.patch(ComputeEnvironmentResource, ns, "again", { metadata: { finalizers: null } }, "merge");
+      await waitFor("CE again gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "again")) === undefined, 30_000, 200);
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "again", { storageAccount: env.storageAccount }));
+      next = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const after = await waitReady(env.kube, ns, "again");
+      expect(after.metadata.uid).not.toBe(before.metadata.uid);
+      const failed = await phase("old", "Failed", 60_000, ns);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`(UID ${after.metadata.uid}) finds the Run's machine`);
+      await waitFor("the old VM deleted with its NIC, IP and disk", async () => (await runResources(old, before.metadata.uid!, ns, "again")).length === 0, 60_000, 250);
+      await waitFor("old recorded terminated", async () => (await env.getRun("old", ns))?.status?.instance?.state === "terminated", 60_000, 200);
+    } finally {
+      await first.stop();
+      await next?.stop();
+    }
+  }, 240_000);
+
   it("a Spot eviction fails the Run with reason SpotEvicted (not a pipeline failure); the VM and its NIC, IP and disk are gone", async () => {
     await env.kube.create(RunResource, env.runBody("spot", CE, { overrides: { spot: true } }));
     const r = await started("spot");

@@ -689,6 +689,83 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await opB?.stop();
     }
   });
+
+  /**
+   * The CE is removed by force while no operator runs, and a CE of the same name is applied again
+   * (a GitOps tool re-creating what it pruned) before the next operator starts: that operator never
+   * saw the old CE, so the one way to its Run's machine is the new CE, when it reaches the machine.
+   */
+  const restartedAfterReapply = async (ns5: string, region: string): Promise<{ running: Run; fake: FakeCloud; stop: () => Promise<void>; newUid: string }> => {
+    const fake = new FakeCloud();
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
+    let opB: RunningOperator | undefined;
+    try {
+      await readyCe("ce", {}, ns5);
+      await run("r", "ce", {}, ns5);
+      const running = await inPhase("r", "Running", 30_000, ns5);
+      await opA.stop();
+      opA = undefined;
+      await client.delete(ComputeEnvironmentResource, ns5, "ce");
+      await strip("ce", ns5);
+      await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
+      await client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns5 },
+        spec: { provider: "aws", aws: { region, workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
+      const again = await waitFor("the new CE Ready", async () => {
+        const c = await getCe("ce", ns5);
+        return cond(c, "Ready")?.status === "True" ? c : undefined;
+      });
+      const b = opB;
+      return { running, fake, newUid: again.metadata.uid ?? "", stop: async () => b.stop() };
+    } catch (e) {
+      await opA?.stop();
+      await opB?.stop();
+      throw e;
+    }
+  };
+
+  it("while no operator runs, and applied again as it was: the next operator finds the machine with the new CE and terminates it; the new CE's Runs are its own", async () => {
+    const ns5 = await freshNamespace(client, "forced-reapplied");
+    const { running, fake, newUid, stop } = await restartedAfterReapply(ns5, "eu-west-1");
+    try {
+      const uid = running.metadata.uid ?? "";
+      const failed = await inPhase("r", "Failed", 30_000, ns5);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`finds the Run's machine`);
+      expect(failed.status?.message).toContain(newUid);
+      await waitFor("the old machine terminated", async () => fake.machineOf(uid)?.state === "terminated", 30_000);
+      await waitFor("recorded terminated", async () => (await getRun("r", ns5))?.status?.instance?.state === "terminated", 30_000);
+      // Still the old CE's Run: it was not taken over by the new one.
+      expect((await getRun("r", ns5))?.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(running.metadata.annotations?.["vmforge.dev/compute-environment-uid"]);
+      await run("new", "ce", {}, ns5);
+      const fresh = await inPhase("new", "Running", 30_000, ns5);
+      expect(fresh.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(newUid);
+      await client.delete(ComputeEnvironmentResource, ns5, "ce");
+      await waitFor("the new CE gone", async () => (await getCe("ce", ns5)) === undefined, 30_000);
+      expect(fake.machineOf(fresh.metadata.uid ?? "")?.state).toBe("terminated");
+    } finally {
+      await stop();
+    }
+  });
+
+  it("while no operator runs, and applied again in another region: the new CE does not find the machine, and the Run says it cannot be reached", async () => {
+    const ns9 = await freshNamespace(client, "forced-moved");
+    const { running, fake, newUid, stop } = await restartedAfterReapply(ns9, "eu-central-1");
+    try {
+      const failed = await inPhase("r", "Failed", 30_000, ns9);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`UID ${newUid}, and it does not find the machine`);
+      expect(failed.status?.message).toContain("may still be running");
+      // Nothing was terminated, and an unseen machine was not recorded gone.
+      expect((await getRun("r", ns9))?.status?.instance?.state).toBe("running");
+      expect(fake.machineOf(running.metadata.uid ?? "")?.state).toBe("running");
+      expect(fake.calls.terminate).toBe(0);
+    } finally {
+      await stop();
+    }
+  });
 });
 
 describe("a Stalled ComputeEnvironment", () => {

@@ -8,14 +8,16 @@
  * while some cached Run launched under it may still have a machine. A CE created again under the
  * same name is another CE: Runs launched under the removed one stay with it (the Run records the
  * CE's UID with its launch decision, see belongsTo). Kept in memory only: an operator that starts
- * after the removal has none of it, and such a Run says that its machine cannot be reached.
+ * after the removal has none of it; it then tries the CE now holding the name, if any (inferFrom),
+ * and a Run whose machine that CE does not find says that its machine cannot be reached.
  *
  * The credentials Secret such a CE names stays held by the operator (its finalizer) while the CE
  * is remembered (secretNames), so that deleting it with the CE does not cut the machines off;
  * `onDrop` hears of each entry let go, to release it then.
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
-import type { CacheSource, ListSource } from "./tracker.js";
+import type { ListSource } from "./tracker.js";
+import { ANNOTATION_INFERRED_FROM } from "../../api/constants.js";
 import { runsOfCe } from "./tracker.js";
 import { belongsTo, launchedUnder, machineMayExist } from "./phases.js";
 
@@ -70,7 +72,11 @@ export class GoneComputeEnvironments {
    */
   find(run: Run): ComputeEnvironment | undefined {
     const under = launchedUnder(run);
-    if (under) return this.live(this.byUid.get(under));
+    if (under) {
+      const ce = this.byUid.get(under);
+      // The Run asking needs it: no look at the other Runs (the tracker asks for each Run of it).
+      return ce && machineMayExist(run) ? ce : this.live(ce);
+    }
     const name = `${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`;
     for (const ce of [...this.byUid.values()].reverse()) if (nameOf(ce) === name) return this.live(ce);
     return undefined;
@@ -81,22 +87,29 @@ export class GoneComputeEnvironments {
   }
 
   /**
-   * The live CEs and, after them, the removed ones some Run may still have a machine of, the last
-   * removed first (what the run tracker polls with); removed CEs no Run needs any more are dropped.
+   * Drops the removed CEs no Run needs any more (their last Run ended, or was deleted), telling
+   * onDrop. Called when a Run's machine can no longer exist; cheap while nothing is remembered.
    */
-  over(live: CacheSource<ComputeEnvironment>): ListSource<ComputeEnvironment> {
-    return {
-      list: () => {
-        const out = live.list();
-        if (this.byUid.size === 0) return out;
-        const all = [...out];
-        for (const ce of [...this.byUid.values()].reverse()) {
-          if (live.get(nameOf(ce))?.metadata.uid === ce.metadata.uid) continue;
-          if (this.live(ce)) all.push(ce);
-        }
-        return all;
-      },
-    };
+  prune(): void {
+    for (const ce of [...this.byUid.values()]) this.live(ce);
+  }
+
+  /**
+   * An operator that did not see a CE go (it was down, or restarted since) has no record of it;
+   * if the CE now holding the name finds the Run's machine (described by the Run's UID tag, in its
+   * own account and region or subscription), that machine is reachable with what the new CE says.
+   * Remembered from then on as the removed CE, under the UID the Run recorded, with the new CE's
+   * spec and credentials, marked with ANNOTATION_INFERRED_FROM (the live CE's UID); not in the
+   * cluster, so no finalizer of its own.
+   */
+  inferFrom(run: Run, live: ComputeEnvironment): ComputeEnvironment | undefined {
+    const uid = launchedUnder(run);
+    if (!uid) return undefined;
+    const known = this.byUid.get(uid);
+    if (known) return known;
+    const ce = standIn(run, live);
+    if (ce) this.remember(ce);
+    return this.byUid.get(uid);
   }
 
   /** The entry while it is needed; dropped (and onDrop told) once it is not. */
@@ -110,4 +123,41 @@ export class GoneComputeEnvironments {
   private needed(ce: ComputeEnvironment): boolean {
     return runsOfCe(this.runs, ce.metadata.namespace, ce.metadata.name).some((r) => machineMayExist(r) && belongsTo(r, ce));
   }
+}
+
+/**
+ * The removed CE a Run was launched under, as the CE now holding its name describes it: that CE's
+ * spec, status and credentials under the UID the Run recorded (names and tags the providers derive
+ * from the CE's UID are the removed CE's), marked with ANNOTATION_INFERRED_FROM; no finalizer.
+ * None when the Run recorded no CE, or recorded this one.
+ */
+export function standIn(run: Run, live: ComputeEnvironment): ComputeEnvironment | undefined {
+  const uid = launchedUnder(run);
+  if (!uid || uid === live.metadata.uid) return undefined;
+  const ce = structuredClone(live);
+  ce.metadata.uid = uid;
+  ce.metadata.finalizers = [];
+  delete ce.metadata.deletionTimestamp;
+  ce.metadata.annotations = { ...(ce.metadata.annotations ?? {}), [ANNOTATION_INFERRED_FROM]: live.metadata.uid ?? "" };
+  return ce;
+}
+
+/**
+ * Which CE a Run goes with, the one rule the Run reconciler and the run tracker both follow:
+ * - `ce`: the CE of its name, when the Run belongs to it (belongsTo: no machine yet, or its machine
+ *   was launched under this CE, or under a CE not recorded by an older operator);
+ * - else, while its machine may exist, the removed CE it was launched under (`gone`);
+ * - `replaced`: the CE now holding the name, when the Run's machine was launched under another.
+ */
+export interface RunCe {
+  ce?: ComputeEnvironment;
+  gone?: boolean;
+  replaced?: ComputeEnvironment;
+}
+
+export function ceOfRun(run: Run, named: ComputeEnvironment | undefined, gone?: Pick<GoneComputeEnvironments, "find">): RunCe {
+  if (named && belongsTo(run, named)) return { ce: named };
+  const was = machineMayExist(run) ? gone?.find(run) : undefined;
+  if (was) return { ce: was, gone: true };
+  return named ? { replaced: named } : {};
 }

@@ -8,7 +8,7 @@ import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
-import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
+import { ANNOTATION_INFERRED_FROM, ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
 import { hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
@@ -23,6 +23,8 @@ import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, 
 import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
+import type { GoneComputeEnvironments } from "./gone-ces.js";
+import { ceOfRun, standIn } from "./gone-ces.js";
 
 export interface RunDeps {
   client: KubeClient;
@@ -34,7 +36,7 @@ export interface RunDeps {
   /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
   ces?: CacheSource<ComputeEnvironment>;
   /** ComputeEnvironments removed while Runs launched under them may have machines (gone-ces.ts): the one a Run's machine is of. */
-  goneCes?: { find(run: Run): ComputeEnvironment | undefined };
+  goneCes?: Pick<GoneComputeEnvironments, "find" | "inferFrom">;
   /** Reads Secrets (from the cache); default: a GET. */
   secrets?: SecretGetter;
   tracker: RunTracker;
@@ -99,6 +101,8 @@ export class RunReconciler {
    * provider's listing lag has passed since, "not listed" does not mean "not made".
    */
   private readonly launchTriedAt = new Map<string, number>();
+  /** Run UID -> UID of the CE of its name that did not find its machine (reachWith asks each once). */
+  private readonly unreached = new Map<string, string>();
   /**
    * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
    * and when the next may be made: the Run's own status write of the refusal brings it back at
@@ -173,14 +177,17 @@ export class RunReconciler {
     if (!run) return;
     const log = this.d.logger.child({ run: key });
     if (signal) this.signals.set(log, signal);
-    let ce = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
-    // A CE of the name that is not the one this Run's machine was launched under (that one was
-    // removed by force and the name taken again): the machine is not this CE's to follow.
-    const replaced = ce && !belongsTo(run, ce) ? ce : undefined;
-    if (replaced) ce = undefined;
-    // Removed by force while this Run's machine may exist: what the CE last said (account, region
-    // or subscription, credentials) still reaches the machine, so it is terminated, not left.
-    const gone = !ce && machineMayExist(run) ? this.d.goneCes?.find(run) : undefined;
+    // The CE this Run goes with (ceOfRun). A CE of the name that is not the one this Run's machine
+    // was launched under (that one was removed by force and the name taken again) is `replaced`:
+    // the machine is not its to follow. Removed by force while this Run's machine may exist: what
+    // the CE last said (account, region or subscription, credentials) still reaches the machine,
+    // so it is terminated, not left.
+    const named = await this.readCe(namespace, run.spec.computeEnvironmentRef.name);
+    const resolved = ceOfRun(run, named, this.d.goneCes);
+    let ce = resolved.ce;
+    const replaced = resolved.replaced;
+    let gone = resolved.gone ? ce : undefined;
+    if (!ce && replaced && machineMayExist(run)) gone = await this.reachWith(run, replaced, log);
     if (gone) {
       ce = structuredClone(gone);
       // Gone, so no finalizer of it will stop the machine (its last cached state may still show one).
@@ -240,7 +247,8 @@ export class RunReconciler {
           : `provider "${ce.spec.provider}" is not available in this operator build`);
         return;
       }
-      const again = replaced ? ` (the ComputeEnvironment of that name now is another one, UID ${replaced.metadata.uid ?? ""})` : "";
+      const looked = replaced && this.unreached.get(run.metadata.uid ?? "") === replaced.metadata.uid ? "it does not find the machine in its account and region" : "it could not look for the machine";
+      const again = replaced ? ` (the ComputeEnvironment of that name now is another one, UID ${replaced.metadata.uid ?? ""}, and ${looked})` : "";
       await this.finish(run, "Failed", "ComputeEnvironmentGone", machineMayExist(run)
         ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active${again}, and this operator has no record of where its machines run: it cannot reach ${which}; ${byHand}`
         : "the ComputeEnvironment was removed while the Run was active");
@@ -251,7 +259,7 @@ export class RunReconciler {
       const [phase, reason, message] = run.spec.cancel
         ? ["Cancelled", "Cancelled", "cancelled by spec.cancel"] as const
         : gone
-          ? ["Failed", "ComputeEnvironmentGone", `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${run.status?.instance?.id ? `machine ${run.status.instance.id}` : "any machine the launch made"} with the credentials and region the ComputeEnvironment last named`] as const
+          ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce)] as const
           : ["Cancelled", "ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`] as const;
       if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
         const wait = await this.stopBeforeEnd(run, ce, provider, log);
@@ -379,6 +387,42 @@ export class RunReconciler {
   /** The Run is gone from the cache: a claim it still holds (its launch never got written) goes. */
   forget(run: Run): void {
     this.release(run);
+    this.unreached.delete(run.metadata.uid ?? "");
+  }
+
+  /**
+   * A Run launched under a CE that was removed by force before this operator started (nothing it
+   * kept says where that CE's machines run), while another CE holds the name now, e.g. the same
+   * manifest applied again. One look with that CE, by the Run's UID tag, in its own account and
+   * region (or subscription): when it finds the machine, the machine is reached with it from then
+   * on (GoneComputeEnvironments.inferFrom) and terminated as any removed CE's would be. Not found
+   * (another account or region; forgotten by the cloud) or not allowed, the Run says that its
+   * machine cannot be reached; a passing failure is retried. A look that found nothing is not
+   * repeated for the same Run and CE; a refused one is, at the Run's next reconcile.
+   */
+  private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<ComputeEnvironment | undefined> {
+    const uid = run.metadata.uid ?? "";
+    const goneCes = this.d.goneCes;
+    const provider = this.d.providers.get(named.spec.provider);
+    const candidate = standIn(run, named);
+    if (!goneCes || !provider || !candidate || this.unreached.get(uid) === named.metadata.uid) return undefined;
+    let desc: RunDescription | undefined;
+    try {
+      const ctx = await this.context(candidate, log);
+      desc = (await provider.describeRuns({ ...ctx, runCe: () => candidate }, [run])).get(uid);
+    } catch (e) {
+      if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
+      // Not allowed (or its credentials missing) for now: not an answer, so asked again at a later
+      // reconcile (a resync, a change of the Run or the CE) rather than remembered.
+      log.info({ reason: describeError(e).reason }, "the ComputeEnvironment now holding the name cannot look for the machine of a Run launched under a removed one");
+      return undefined;
+    }
+    if (!desc || desc.launchFailure) {
+      this.unreached.set(uid, named.metadata.uid ?? "");
+      return undefined;
+    }
+    log.info({ instance: desc.instanceId, ce: named.metadata.uid }, "found the machine of a Run whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
+    return goneCes.inferFrom(run, named);
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
@@ -937,4 +981,13 @@ export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string 
   if (run.spec.timeout) return run.spec.timeout;
   if (!ce) return undefined;
   return ce.spec.defaultRunTimeout ?? DEFAULT_RUN_TIMEOUT;
+}
+
+/** Why a Run whose CE was removed by force ends, and with what its machine is terminated. */
+function goneMessage(run: Run, ce: ComputeEnvironment): string {
+  const which = run.status?.instance?.id ? `machine ${run.status.instance.id}` : "any machine the launch made";
+  const via = ce.metadata.annotations?.[ANNOTATION_INFERRED_FROM];
+  return via
+    ? `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off) before this operator started; the ComputeEnvironment now holding the name (UID ${via}) finds the Run's machine in its account and region, and the operator terminates ${which} with its credentials`
+    : `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${which} with the credentials and region the ComputeEnvironment last named`;
 }

@@ -13,7 +13,7 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { resolveCredentials } from "../shared.js";
-import { launchedUnder, machineMayExist } from "./phases.js";
+import { machineMayExist } from "./phases.js";
 
 export interface ListSource<T> {
   list(): T[];
@@ -60,8 +60,11 @@ export interface RunTrackerDeps {
   client: KubeClient;
   providers: ReadonlyMap<string, CloudProvider>;
   runs: ListSource<Run>;
-  /** The CEs Runs may belong to: the live ones first, then those removed by force that Runs may still have machines of. */
-  ces: ListSource<ComputeEnvironment>;
+  /**
+   * The CE a Run's machine is followed with (ceOfRun: the CE of its name when the Run belongs to it,
+   * else the removed CE it was launched under), or none.
+   */
+  ceOf: (run: Run) => ComputeEnvironment | undefined;
   logger: Logger;
   enqueueRun: (key: string) => void;
   pollIntervalMs: number;
@@ -180,20 +183,10 @@ export class RunTracker {
 
   /** One poll over every Run whose machine may exist. */
   async pollOnce(): Promise<void> {
-    // By name the first listed (a live CE before removed ones); by UID every one: a Run's machine is
-    // followed with the CE it was launched under (launchedUnder), or by name when none is recorded.
-    const byName = new Map<string, ComputeEnvironment>();
-    const byUid = new Map<string, ComputeEnvironment>();
-    for (const ce of this.d.ces.list()) {
-      const name = `${ce.metadata.namespace}/${ce.metadata.name}`;
-      if (!byName.has(name)) byName.set(name, ce);
-      if (ce.metadata.uid) byUid.set(ce.metadata.uid, ce);
-    }
     const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[]; ceOf: Map<string, ComputeEnvironment> }>();
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
-      const under = launchedUnder(run);
-      const ce = under ? byUid.get(under) : byName.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
+      const ce = this.d.ceOf(run);
       if (!ce) continue;
       const key = accountRegionKey(ce);
       const g = groups.get(key) ?? { ce, runs: [] as Run[], ceOf: new Map<string, ComputeEnvironment>() };

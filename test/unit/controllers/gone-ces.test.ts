@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
-import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
-import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
+import { GoneComputeEnvironments, ceOfRun, standIn } from "../../../src/controllers/run/gone-ces.js";
+import { ANNOTATION_INFERRED_FROM, ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
 import { belongsTo } from "../../../src/controllers/run/phases.js";
 
 const ce = (name: string, uid = `ce-${name}`): ComputeEnvironment => ({
@@ -41,8 +41,10 @@ describe("GoneComputeEnvironments", () => {
     const live = new Map([["ns/x", ce("x", "new-x")]]);
     // The new CE's ADDED event does not make the old one forgotten.
     gone.forget(ce("x", "new-x"));
-    const source = gone.over({ list: () => [...live.values()], get: (k) => live.get(k) });
-    expect(source.list().map((c) => c.metadata.uid)).toEqual(["new-x", "old-w", "old-x"]);
+    const of = (r: Run): string | undefined => ceOfRun(r, live.get(`ns/${r.spec.computeEnvironmentRef.name}`), gone).ce?.metadata.uid;
+    expect(runs.map(of)).toEqual(["old-x", "old-w", "new-x"]);
+    expect(ceOfRun(runs[0] as Run, live.get("ns/x"), gone).gone).toBe(true);
+    expect(ceOfRun(runs[2] as Run, live.get("ns/x"), gone).gone).toBeUndefined();
     expect(gone.find(runs[0] as Run)?.metadata.uid).toBe("old-x");
     expect(gone.find(runs[1] as Run)?.metadata.uid).toBe("old-w");
     // Launched under the live CE: nothing removed is its.
@@ -55,8 +57,12 @@ describe("GoneComputeEnvironments", () => {
     expect(belongsTo(run("d", "x", ended, "old-x"), ce("x", "new-x"))).toBe(true);
     // The old CE's last Run ends: the old CE goes; the live one's Run has nothing to do with it.
     runs[0] = run("a", "x", ended, "old-x");
-    expect(source.list().map((c) => c.metadata.uid)).toEqual(["new-x", "old-w"]);
+    gone.prune();
     expect(gone.size).toBe(1);
+    expect(of(runs[0])).toBe("new-x");
+    // Its machine launched under a CE nothing remembers: none to follow it with, the live one replaced it.
+    const lost = run("e", "x", running, "forgotten");
+    expect(ceOfRun(lost, live.get("ns/x"), gone)).toEqual({ replaced: live.get("ns/x") });
   });
 
   it("a Run decided by an operator that did not record its CE goes by the name: the CE of that name removed last", () => {
@@ -79,7 +85,7 @@ describe("GoneComputeEnvironments", () => {
     expect(gone.find(runs[2] as Run)).toBeDefined();
   });
 
-  it("names the Secrets its CEs need, and the tracker's look drops the CEs no Run needs any more, saying so (onDrop)", () => {
+  it("names the Secrets its CEs need, and prune() drops the CEs no Run needs any more, saying so (onDrop)", () => {
     const runs: Run[] = [run("a", "x", running), run("b", "w", running)];
     const dropped: string[] = [];
     const gone = new GoneComputeEnvironments({ list: () => runs }, 10, (c) => dropped.push(c.metadata.name ?? ""));
@@ -89,9 +95,28 @@ describe("GoneComputeEnvironments", () => {
     expect(gone.secretNames("ns").sort()).toEqual(["w-creds", "x-creds"]);
     expect(gone.secretNames("elsewhere")).toEqual([]);
     runs[0] = run("a", "x", ended);
-    const source = gone.over({ list: () => [], get: () => undefined });
-    expect(source.list().map((c) => c.metadata.name)).toEqual(["w"]);
+    gone.prune();
+    expect(gone.find(runs[1] as Run)?.metadata.name).toBe("w");
     expect(dropped).toEqual(["x"]);
     expect(gone.secretNames("ns")).toEqual(["w-creds"]);
+  });
+
+  it("a CE it never saw go is inferred from the CE now holding the name: that CE's spec under the UID the Run recorded", () => {
+    const runs: Run[] = [run("a", "x", running, "old-x"), run("b", "x", running, "new-x")];
+    const gone = new GoneComputeEnvironments({ list: () => runs });
+    const live = { ...ce("x", "new-x"), metadata: { name: "x", namespace: "ns", uid: "new-x", finalizers: ["vmforge.dev/finalizer"] } } as ComputeEnvironment;
+    expect(standIn(runs[1] as Run, live)).toBeUndefined();
+    expect(gone.inferFrom(runs[1] as Run, live)).toBeUndefined();
+    const inferred = gone.inferFrom(runs[0] as Run, live);
+    expect(inferred?.metadata.uid).toBe("old-x");
+    expect(inferred?.metadata.finalizers).toEqual([]);
+    expect(inferred?.metadata.annotations?.[ANNOTATION_INFERRED_FROM]).toBe("new-x");
+    expect(inferred?.spec).toEqual(live.spec);
+    // The live object is not changed, and from now on the Run goes with the stand-in.
+    expect(live.metadata.uid).toBe("new-x");
+    expect(ceOfRun(runs[0] as Run, live, gone)).toEqual({ ce: inferred, gone: true });
+    expect(ceOfRun(runs[1] as Run, live, gone)).toEqual({ ce: live });
+    // Asked again: the same entry.
+    expect(gone.inferFrom(runs[0] as Run, live)).toBe(inferred);
   });
 });

@@ -2,6 +2,7 @@
 // through the cache-backed getter (no API read per poll), and keeps nothing for Runs it no
 // longer follows.
 import { describe, expect, it } from "vitest";
+import { ceOfIn } from "../../support/ce-of.js";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
@@ -47,7 +48,7 @@ describe("RunTracker polling", () => {
     const reader = new SecretReader(client, { get: (k) => (k === "ns/creds" ? secret : undefined) });
     const enqueued: string[] = [];
     const t = new RunTracker({
-      client, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
       secrets: reader.get, observeTimeoutMs: 200,
     });
@@ -70,7 +71,7 @@ describe("RunTracker polling", () => {
     const ces = [ce("a", "r")];
     let runs = [run("x", "a"), run("y", "a")];
     const t = new RunTracker({
-      client: {} as KubeClient, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: {} as KubeClient, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
       secrets: async () => secret,
     });
@@ -88,7 +89,7 @@ describe("RunTracker polling", () => {
   it("stop() aborts a poll in progress", async () => {
     const cloud = new RegionCloud();
     const t = new RunTracker({
-      client: {} as KubeClient, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => [run("b1", "b")] }, ces: { list: () => [ce("b", "slow")] },
+      client: {} as KubeClient, providers: new Map([["aws", cloud as unknown as CloudProvider]]), runs: { list: () => [run("b1", "b")] }, ceOf: ceOfIn(() => [ce("b", "slow")]),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
       secrets: async () => secret, observeTimeoutMs: 3_600_000,
     });

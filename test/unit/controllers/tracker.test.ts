@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { ceOfIn } from "../../support/ce-of.js";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
@@ -6,6 +7,7 @@ import { RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../..
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
+import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
 
 const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
   metadata: { name, namespace: "ns", uid: `ce-${name}` },
@@ -31,7 +33,7 @@ describe("RunTracker", () => {
     for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
     const enqueued: string[] = [];
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
     });
     await t.pollOnce();
@@ -59,9 +61,11 @@ describe("RunTracker", () => {
     const runs = [under(run("before", "x", "Running"), "old-x"), under(run("after", "x", "Running"), "new-x"), under(run("lost", "x", "Running"), "forgotten")];
     cloud.machines.set("run-before", { id: "i-before", runUid: "run-before", ceUid: "old-x", where: "eu-west-1", state: "running", launchedAt: "", log: [] });
     cloud.machines.set("run-after", { id: "i-after", runUid: "run-after", ceUid: "new-x", where: "eu-central-1", state: "running", launchedAt: "", log: [] });
-    // The live CE is listed first, then the removed one (as GoneComputeEnvironments.over lists them).
+    // The old CE was removed by force (remembered), and the name taken again.
+    const gone = new GoneComputeEnvironments({ list: () => runs });
+    gone.remember(old);
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => [reborn, old] },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => [reborn], gone),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
     });
     await t.pollOnce();
@@ -78,7 +82,7 @@ describe("RunTracker", () => {
     const runs = [run("r", "a", "Running")];
     cloud.machines.set("run-r", { id: "i-old", runUid: "run-r", ceUid: "", state: "terminated", launchedAt: "", log: [] });
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
     });
     // The describe answers with what it saw at its start, after a launch recorded a new machine.
@@ -126,7 +130,7 @@ describe("RunTracker: what the last look saw", () => {
     };
     let fullEvery = 60_000;
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
       get fullLookEveryMs() { return fullEvery; },
     });
@@ -162,7 +166,7 @@ describe("RunTracker: what the last look saw", () => {
       return describe(ctx, rs);
     };
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000,
     });
     await t.pollOnce();
@@ -183,7 +187,7 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     cloud.describeRuns = async () => new Map([["run-r", state.next && { ...state.next }]]);
     const enqueued: string[] = [];
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
     });
     return { t, state, enqueued, cloud };
@@ -271,7 +275,7 @@ describe("canonicalJson (how the tracker compares descriptions)", () => {
     cloud.describeRuns = async () => new Map([["run-r", { ...next }]]);
     const enqueued: string[] = [];
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
     });
     await t.pollOnce();
@@ -290,7 +294,7 @@ describe("canonicalJson (how the tracker compares descriptions)", () => {
     cloud.describeRuns = async () => new Map([["run-r", next ? { ...next } : undefined]]);
     const enqueued: string[] = [];
     const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ces: { list: () => ces },
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
       logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
     });
     const kept = () => t.get("run-r")?.canonical;

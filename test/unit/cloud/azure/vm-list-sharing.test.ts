@@ -4,6 +4,7 @@
 // CEs of another), and the listing through the real Compute SDK client, whose pages (nextLink)
 // are served in-process.
 import { describe, expect, it } from "vitest";
+import { ceOfIn } from "../../../support/ce-of.js";
 import { ComputeManagementClient } from "@azure/arm-compute";
 import { createHttpHeaders, type HttpClient, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
@@ -63,7 +64,7 @@ function setup(ces: ComputeEnvironment[], runs: Run[], byClient: Map<string, Fak
     secrets,
     providers: new Map([["azure", provider]]),
     runs: { list: () => runs },
-    ces: { list: () => ces },
+    ceOf: ceOfIn(() => ces),
     logger: createLogger({ level: "silent" }),
     enqueueRun: () => {},
     pollIntervalMs: 1000,
