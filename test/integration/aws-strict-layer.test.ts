@@ -23,6 +23,7 @@ import {
   CreatePolicyCommand,
   CreateRoleCommand,
   CreateUserCommand,
+  DeleteUserPolicyCommand,
   GetRoleCommand,
   IAMClient,
   PutUserPolicyCommand,
@@ -521,6 +522,50 @@ describe("IAM as AWS evaluates it", () => {
     // Allowed to read the prefix but not to list the bucket: a missing key is AccessDenied, as S3 answers.
     expect(await failure(c.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/missing" })))).toMatchObject({ name: "AccessDenied", message: "Access Denied" });
     expect(await failure(admin.s3.send(new GetObjectCommand({ Bucket: bucket, Key: "work/missing" })))).toMatchObject({ name: "NoSuchKey" });
+  });
+
+  it("on, with a policy change delay: access checks go by each identity's policies as they were the delay before, so two changes close together each count the delay after their own", async () => {
+    const delay = 3_000;
+    const name = `slow-${suffix}`;
+    const allow = { Version: "2012-10-17", Statement: [{ Effect: "Allow", Action: "ec2:DescribeInstances", Resource: "*" }] };
+    const k = await user(name, allow, true);
+    await layer().configure({ iam: { enforce: true, rootAccessKeys: ["testing"], policyChangeDelayMs: delay } });
+    try {
+      const ec2 = clients(k).ec2;
+      const allowed = async (): Promise<boolean> => {
+        try {
+          await ec2.send(new DescribeInstancesCommand({}));
+          return true;
+        } catch (e) {
+          if ((e as { name?: string }).name === "UnauthorizedOperation") return false;
+          throw e;
+        }
+      };
+      const sleepUntil = async (t: number): Promise<void> => {
+        const left = t - Date.now();
+        if (left > 0) await new Promise((r) => setTimeout(r, left));
+      };
+      expect(await allowed()).toBe(true);
+      // Taken away: still allowed for the delay.
+      await admin.iam.send(new DeleteUserPolicyCommand({ UserName: name, PolicyName: "p" }));
+      const revokedBy = Date.now();
+      expect(await allowed()).toBe(true);
+      // Given back half a delay later.
+      await sleepUntil(revokedBy + delay / 2);
+      const grantedFrom = Date.now();
+      await admin.iam.send(new PutUserPolicyCommand({ UserName: name, PolicyName: "p", PolicyDocument: JSON.stringify(allow) }));
+      // Once the revocation counts and before the grant does: denied (the grant does not count
+      // early because the revocation's delay is over).
+      await sleepUntil(revokedBy + delay + 100);
+      const asked = Date.now();
+      const between = await allowed();
+      if (Date.now() < grantedFrom + delay) expect(between).toBe(false);
+      else expect.fail(`the check at +${asked - revokedBy} ms came after the grant counted; the machine was too slow for this test's window`);
+      await sleepUntil(grantedFrom + delay + 200);
+      expect(await allowed()).toBe(true);
+    } finally {
+      await layer().configure({ iam: { enforce: true, rootAccessKeys: ["testing"] } });
+    }
   });
 
   it("on: explicit Deny wins, NotAction, conditions, and role trust policies with an external id", async () => {

@@ -135,6 +135,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   const profiles = new Map<string, { changedAt: number; rejectionsLeft: number }>();
   const identities = new Map<string, Identity>();
   const policyCache = new Map<string, PolicyDocument[]>();
+  /**
+   * With iam.policyChangeDelayMs: each identity's policies as they were just before each IAM change
+   * of the last delay, oldest first. An access check at time t goes by the policies of t - delay:
+   * those saved before the first change after t - delay, else (no change since) the current ones.
+   */
+  const beforeChanges: { at: number; docs: Map<string, PolicyDocument[]> }[] = [];
   const subnetZones = new Map<string, string>();
   const regionZones = new Map<string, string[]>();
 
@@ -148,6 +154,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     profiles.clear();
     identities.clear();
     policyCache.clear();
+    beforeChanges.length = 0;
     subnetZones.clear();
   }
 
@@ -191,7 +198,19 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   const members = (el: XmlElement | undefined, ...path: string[]): XmlElement[] => elements(element(el, ...path), "member");
 
+  /** The policies access checks of this identity go by now (see beforeChanges). */
   async function policiesOf(id: Identity): Promise<PolicyDocument[]> {
+    const delay = config.iam.policyChangeDelayMs ?? 0;
+    if (delay > 0) {
+      const since = Date.now() - delay;
+      const then = beforeChanges.find((c) => c.at > since)?.docs.get(`${id.kind}/${id.name}`);
+      if (then) return then;
+    }
+    return currentPolicies(id);
+  }
+
+  /** The identity's policies as IAM (moto) holds them now. */
+  async function currentPolicies(id: Identity): Promise<PolicyDocument[]> {
     const cacheKey = `${id.kind}/${id.name}`;
     const hit = policyCache.get(cacheKey);
     if (hit) return hit;
@@ -393,15 +412,32 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     return d === "Allow" ? ans : errorAnswer(req, 403, "AccessDenied", "Access Denied");
   }
 
+  /**
+   * Before an IAM change is carried out (iam.policyChangeDelayMs > 0): what every identity known so
+   * far is allowed, so that access checks can go by it until the delay has passed. Identities first
+   * seen after the change (no saved policies) go by the current ones.
+   */
+  async function saveBeforeChange(req: AwsRequest): Promise<void> {
+    const delay = config.iam.policyChangeDelayMs ?? 0;
+    if (delay <= 0 || req.service !== "iam" || /^(Get|List)/.test(req.operation)) return;
+    const now = Date.now();
+    while (beforeChanges.length > 0 && (beforeChanges[0]?.at ?? now) <= now - delay) beforeChanges.shift();
+    const docs = new Map<string, PolicyDocument[]>();
+    for (const id of identities.values()) {
+      const key = `${id.kind}/${id.name}`;
+      if (!docs.has(key)) docs.set(key, await currentPolicies(id));
+    }
+    beforeChanges.push({ at: Date.now(), docs });
+  }
+
   /** Learns keys and invalidates cached policies from answers that change them. */
   function learnFromAnswer(req: AwsRequest, ans: HttpAnswer): void {
     if (ans.status !== 200) return;
     if (req.service === "iam") {
       if (!/^(Get|List)/.test(req.operation)) {
-        // What access checks go by changes only once the change has spread (policyChangeDelayMs).
-        const delay = config.iam.policyChangeDelayMs ?? 0;
-        if (delay > 0) setTimeout(() => policyCache.clear(), delay).unref();
-        else policyCache.clear();
+        // The current policies change now; with policyChangeDelayMs, access checks keep going by
+        // those saved before the change (saveBeforeChange) until the delay has passed.
+        policyCache.clear();
       }
       if (req.operation === "CreateAccessKey") {
         const key = element(parseXml(ans.body.toString("utf8")).root, "CreateAccessKeyResult", "AccessKey");
@@ -690,6 +726,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     // A write that gets this far is one AWS would carry out: counted, and maybe a crash point.
     const point = crashPointFor(req);
     if (point?.mode === "before") return crash(point, req);
+    await saveBeforeChange(req);
     let ans: HttpAnswer;
     if (req.service === "ec2" && req.operation === "RunInstances") ans = await runInstances(req);
     else if (req.service === "ec2" && req.operation === "DescribeInstances") ans = await describeInstances(req);
