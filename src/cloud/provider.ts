@@ -126,6 +126,11 @@ export interface RunDescription {
   state: MachineState;
   /** Why the machine is in this state (e.g. a Spot interruption), when the cloud says. */
   stateReason?: string;
+  /**
+   * The cloud did not list the machine: the description is the provider's inference from what the
+   * Run recorded (gone, with its outcome if one was found), not something the cloud showed.
+   */
+  unlisted?: boolean;
   /** The cloud took the machine back (a Spot interruption or eviction): not the pipeline's failure. */
   interrupted?: boolean;
   /** The Run's reason for an interruption (default SpotInterrupted; Azure says SpotEvicted). */

@@ -26,7 +26,7 @@ import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
-import { LOCATION, ceBody, cond, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, grantOperatorRoles, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
 import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
 
 let env: AzureRunsEnv;
@@ -321,6 +321,38 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(failed.status?.message).toContain(`(UID ${after.metadata.uid}) finds the Run's machine`);
       await waitFor("the old VM deleted with its NIC, IP and disk", async () => (await runResources(old, before.metadata.uid!, ns, "again")).length === 0, 60_000, 250);
       await waitFor("old recorded terminated", async () => (await env.getRun("old", ns))?.status?.instance?.state === "terminated", 60_000, 200);
+    } finally {
+      await first.stop();
+      await next?.stop();
+    }
+  }, 240_000);
+
+  it("... and applied again in another subscription: the new CE does not find the old VM there (the provider's inference that an unlisted VM is gone is not a find), the Run says it cannot be reached, and the VM is left alone", async () => {
+    const { ns, op: first, ce: before } = await ownOperatorAndCe("azmoved", "moved");
+    let next: RunningOperator | undefined;
+    try {
+      await env.kube.create(RunResource, env.runBody("old", "moved", {}, ns));
+      const old = await settingUp("old", ns);
+      await first.stop();
+      await env.kube.delete(ComputeEnvironmentResource, ns, "moved");
+      await env.kube.patch(ComputeEnvironmentResource, ns, "moved", { metadata: { finalizers: null } }, "merge");
+      await waitFor("CE moved gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "moved")) === undefined, 30_000, 200);
+      // The same principal may read VMs in the other subscription (nothing of this Run is there).
+      const other = await azureControl().createSubscription({ tenantId: env.info.tenantId, displayName: "vmforge-moved" });
+      await grantOperatorRoles({ ...env.info, subscriptionId: other.id }, env.principal.objectId, "vmforge-operator-moved");
+      await putSecret(env.kube, { ...env.info, subscriptionId: other.id }, ns, "other-creds", env.principal);
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "moved", { storageAccount: env.storageAccount }, "other-creds"));
+      const after = await waitFor("the new CE", async () => env.kube.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "moved"), 30_000, 200);
+      next = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const failed = await phase("old", "Failed", 60_000, ns);
+      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(failed.status?.message).toContain(`UID ${after.metadata.uid}, and it does not find the machine`);
+      expect(failed.status?.message).toContain("may still be running");
+      const polls = next.operator.tracker.pollCount;
+      await waitFor("three more polls", async () => next!.operator.tracker.pollCount >= polls + 3, 30_000, 100);
+      expect(await env.vmOf(old)).toBeDefined();
+      expect((await env.getRun("old", ns))?.status?.instance?.state).not.toBe("terminated");
+      expect(before.metadata.uid).not.toBe(after.metadata.uid);
     } finally {
       await first.stop();
       await next?.stop();

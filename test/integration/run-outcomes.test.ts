@@ -684,6 +684,20 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       // Said as it is: nothing was terminated.
       expect(fake.machineOf(running.metadata.uid ?? "")?.state).toBe("running");
       expect(fake.calls.terminate).toBe(0);
+      // The CE applied again only now (a GitOps tool's next sync): it finds the machine, which is
+      // terminated, and the Run's message says so instead of asking for it to be done by hand.
+      await client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns4 },
+        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
+      } as ComputeEnvironment);
+      await waitFor("the machine terminated", async () => fake.machineOf(running.metadata.uid ?? "")?.state === "terminated", 30_000);
+      const told = await waitFor("the Run says so", async () => {
+        const r = await getRun("r", ns4);
+        return r?.status?.message?.includes("finds the Run's machine") && r.status.instance?.state === "terminated" ? r : undefined;
+      }, 30_000);
+      expect(told.status?.phase).toBe("Failed");
+      expect(told.status?.message).not.toContain("may still be running");
+      expect(cond(told, "Stalled")?.message).toBe(told.status?.message);
     } finally {
       await opA?.stop();
       await opB?.stop();

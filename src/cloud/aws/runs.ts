@@ -722,7 +722,7 @@ export async function describeRuns(
       const recorded = run.status?.instance?.id;
       const launched = Date.parse(run.status?.launchedAt ?? "");
       if (recorded && !isTerminal(run) && Number.isFinite(launched) && Date.now() - launched >= missingAfter) {
-        needExit.push({ run, inst: undefined, desc: { instanceId: recorded, state: "terminated", stateReason: "no longer listed by EC2" }, missing: true });
+        needExit.push({ run, inst: undefined, desc: { instanceId: recorded, state: "terminated", stateReason: "no longer listed by EC2", unlisted: true }, missing: true });
       }
       continue;
     }

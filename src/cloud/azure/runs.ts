@@ -339,7 +339,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           out.set(uid, undefined);
           return;
         }
-        const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", log };
+        const d: RunDescription = { instanceId: run.status.instance.id, state: "terminated", unlisted: true, log };
         out.set(uid, d);
         if (over) return; // its outcome is recorded; only its machine's end was awaited
         // Pending again, waiting for capacity: its machine was one Azure could not place, which ran

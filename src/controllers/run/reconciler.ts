@@ -101,7 +101,7 @@ export class RunReconciler {
    * provider's listing lag has passed since, "not listed" does not mean "not made".
    */
   private readonly launchTriedAt = new Map<string, number>();
-  /** Run UID -> UID of the CE of its name that did not find its machine (reachWith asks each once). */
+  /** Run UID -> the CE of its name (UID, generation, Secret) that did not find its machine (reachWith asks each once). */
   private readonly unreached = new Map<string, string>();
   /**
    * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
@@ -187,7 +187,8 @@ export class RunReconciler {
     let ce = resolved.ce;
     const replaced = resolved.replaced;
     let gone = resolved.gone ? ce : undefined;
-    if (!ce && replaced && machineMayExist(run)) gone = await this.reachWith(run, replaced, log);
+    let lookRefused: string | undefined;
+    if (!ce && replaced && machineMayExist(run)) ({ ce: gone, refused: lookRefused } = await this.reachWith(run, replaced, log));
     if (gone) {
       ce = structuredClone(gone);
       // Gone, so no finalizer of it will stop the machine (its last cached state may still show one).
@@ -198,6 +199,12 @@ export class RunReconciler {
     if (run.metadata.deletionTimestamp) return this.finalize(run, ce, provider, log);
     if (isTerminal(run)) {
       if (await this.expire(run, log)) return;
+      // Failed earlier as unreachable (by this operator before a look found it, or by another):
+      // the Run now says that its machine was found and is terminated.
+      if (gone && ce && ce.metadata.annotations?.[ANNOTATION_INFERRED_FROM] && run.status?.reason === "ComputeEnvironmentGone" && run.status.phase === "Failed") {
+        const message = goneMessage(run, ce);
+        if (run.status.message !== message) await this.report(run, { message }, "False", "ComputeEnvironmentGone", message);
+      }
       return soonest(await this.afterEnd(run, ce, provider, log), ttlWake(run));
     }
 
@@ -247,7 +254,7 @@ export class RunReconciler {
           : `provider "${ce.spec.provider}" is not available in this operator build`);
         return;
       }
-      const looked = replaced && this.unreached.get(run.metadata.uid ?? "") === replaced.metadata.uid ? "it does not find the machine in its account and region" : "it could not look for the machine";
+      const looked = lookRefused ? `it could not look for the machine (${lookRefused})` : "it does not find the machine in its account and region";
       const again = replaced ? ` (the ComputeEnvironment of that name now is another one, UID ${replaced.metadata.uid ?? ""}, and ${looked})` : "";
       await this.finish(run, "Failed", "ComputeEnvironmentGone", machineMayExist(run)
         ? `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} was removed while the Run was active${again}, and this operator has no record of where its machines run: it cannot reach ${which}; ${byHand}`
@@ -400,12 +407,14 @@ export class RunReconciler {
    * machine cannot be reached; a passing failure is retried. A look that found nothing is not
    * repeated for the same Run and CE; a refused one is, at the Run's next reconcile.
    */
-  private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<ComputeEnvironment | undefined> {
+  private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<{ ce?: ComputeEnvironment; refused?: string }> {
     const uid = run.metadata.uid ?? "";
     const goneCes = this.d.goneCes;
     const provider = this.d.providers.get(named.spec.provider);
     const candidate = standIn(run, named);
-    if (!goneCes || !provider || !candidate || this.unreached.get(uid) === named.metadata.uid) return undefined;
+    // The CE as it is now (a corrected region or Secret is worth another look).
+    const asked = `${named.metadata.uid ?? ""}/${named.metadata.generation ?? ""}/${named.spec.credentials?.secretRef?.name ?? ""}`;
+    if (!goneCes || !provider || !candidate || this.unreached.get(uid) === asked) return {};
     let desc: RunDescription | undefined;
     try {
       const ctx = await this.context(candidate, log);
@@ -414,15 +423,19 @@ export class RunReconciler {
       if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
       // Not allowed (or its credentials missing) for now: not an answer, so asked again at a later
       // reconcile (a resync, a change of the Run or the CE) rather than remembered.
-      log.info({ reason: describeError(e).reason }, "the ComputeEnvironment now holding the name cannot look for the machine of a Run launched under a removed one");
-      return undefined;
+      const { reason, message } = describeError(e);
+      log.info({ reason }, "the ComputeEnvironment now holding the name cannot look for the machine of a Run launched under a removed one");
+      return { refused: clip(`${reason}: ${message}`, 300) };
     }
-    if (!desc || desc.launchFailure) {
-      this.unreached.set(uid, named.metadata.uid ?? "");
-      return undefined;
+    // Only a machine the cloud listed counts: a description the provider inferred for a machine
+    // it does not list (gone, or in another account, region or subscription) proves nothing.
+    if (!desc || desc.launchFailure || desc.unlisted) {
+      this.unreached.set(uid, asked);
+      return {};
     }
     log.info({ instance: desc.instanceId, ce: named.metadata.uid }, "found the machine of a Run whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
-    return goneCes.inferFrom(run, named);
+    const ce = goneCes.inferFrom(run, named);
+    return ce ? { ce } : {};
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
