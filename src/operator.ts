@@ -209,6 +209,8 @@ export class Operator {
       client, providers: o.providers, runs: this.runs, logger: logger.child({ component: "run-tracker" }),
       ceOf: (run) => ceOfRun(run, this.ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`), this.goneCes).ce,
       enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs, secrets,
+      // As many Runs waiting as Run workers, or more: a burst of launches is being worked through.
+      backlog: () => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,

@@ -13,7 +13,7 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { resolveCredentials } from "../shared.js";
-import { machineMayExist } from "./phases.js";
+import { isTerminal, machineMayExist } from "./phases.js";
 
 export interface ListSource<T> {
   list(): T[];
@@ -43,7 +43,7 @@ export interface CacheSource<T> extends ListSource<T> {
 export interface Observation {
   desc: RunDescription | undefined;
   at: number;
-  /** Made by a poll's look at the cloud (not recorded from a launch's answer). */
+  /** Made by a poll's look at the cloud; false: recorded from a launch's answer. */
   polled?: boolean;
   /**
    * canonicalJson(desc), kept by the poll that stored `desc`: the next poll compares its
@@ -52,6 +52,9 @@ export interface Observation {
    */
   canonical?: string;
 }
+
+/** At most this many polls in a row leave new machines unlooked-at while Run work is backed up (RunTrackerDeps.backlog). */
+export const DEFER_FIRST_LOOK_POLLS = 2;
 
 /** The longest a poll lets the provider infer from the last look (RunTrackerDeps.fullLookEveryMs). */
 export const FULL_LOOK_EVERY_MS = 5 * 60_000;
@@ -72,6 +75,13 @@ export interface RunTrackerDeps {
   secrets?: SecretGetter;
   /** Deadline of one group's observation. Default: the poll interval, at least 10 s. */
   observeTimeoutMs?: number;
+  /**
+   * Whether Run work is backed up (as many keys waiting as workers to take them, or more, as in a
+   * burst of launches). A poll then leaves machines it has not looked at yet, whose launch answer is on
+   * record, for a later poll (at most DEFER_FIRST_LOOK_POLLS polls in a row), so that their first
+   * describes, the largest answers a burst brings, do not compete with the launches still waiting.
+   */
+  backlog?: () => boolean;
   /**
    * Each group's machines are all looked at (no `observed` given to the provider) at least this
    * often; in between the provider may ask only for what can have changed. Default FULL_LOOK_EVERY_MS.
@@ -138,6 +148,8 @@ export class RunTracker {
   lastPoll: { groups: number; runs: number } = { groups: 0, runs: 0 };
   /** Polls completed since start. */
   pollCount = 0;
+  /** Polls in a row that left new machines for later (RunTrackerDeps.backlog). */
+  private deferredPolls = 0;
 
   constructor(private readonly d: RunTrackerDeps) {}
 
@@ -146,7 +158,9 @@ export class RunTracker {
   }
 
   record(uid: string, desc: RunDescription | undefined): void {
-    this.observations.set(uid, { desc: mergeLearned(this.observations.get(uid)?.desc, desc), at: Date.now() });
+    // Not a poll's look (polled: false): the provider may not infer from it, and a poll with Run
+    // work backed up may leave it for later (RunTrackerDeps.backlog).
+    this.observations.set(uid, { desc: mergeLearned(this.observations.get(uid)?.desc, desc), at: Date.now(), polled: false });
   }
 
   forget(uid: string): void {
@@ -184,8 +198,18 @@ export class RunTracker {
   /** One poll over every Run whose machine may exist. */
   async pollOnce(): Promise<void> {
     const groups = new Map<string, { ce: ComputeEnvironment; runs: Run[]; ceOf: Map<string, ComputeEnvironment> }>();
+    const observed = new Set<string>();
+    const defer = this.deferredPolls < DEFER_FIRST_LOOK_POLLS && this.d.backlog?.() === true;
+    let deferred = 0;
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
+      if (defer && this.observations.get(run.metadata.uid)?.polled === false && !run.metadata.deletionTimestamp && !run.spec.cancel && !isTerminal(run)) {
+        // Launched moments ago (its launch answer on record), never looked at, and not being ended
+        // (whose termination waits for a look): kept for a later poll.
+        observed.add(run.metadata.uid);
+        deferred++;
+        continue;
+      }
       const ce = this.d.ceOf(run);
       if (!ce) continue;
       const key = accountRegionKey(ce);
@@ -196,7 +220,7 @@ export class RunTracker {
     }
     let count = 0;
     const timeoutMs = this.d.observeTimeoutMs ?? Math.max(10_000, this.d.pollIntervalMs);
-    const observed = new Set<string>();
+    this.deferredPolls = deferred > 0 ? this.deferredPolls + 1 : 0;
     const fullEvery = this.d.fullLookEveryMs ?? FULL_LOOK_EVERY_MS;
     await Promise.all([...groups.entries()].map(async ([key, { ce, runs, ceOf }]) => {
       const provider = this.d.providers.get(ce.spec.provider);

@@ -3,8 +3,8 @@ import { ceOfIn } from "../../support/ce-of.js";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
-import { RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
-import type { RunDescription } from "../../../src/cloud/provider.js";
+import { DEFER_FIRST_LOOK_POLLS, RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
+import type { EnvContext, RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
 import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
@@ -74,6 +74,48 @@ describe("RunTracker", () => {
     expect(t.get("run-after")?.desc?.instanceId).toBe("i-after");
     // Launched under a CE nothing remembers: not looked at (its reconcile says it cannot be reached).
     expect(t.get("run-lost")).toBeUndefined();
+  });
+
+  it("while Run work is backed up, a machine whose launch answer is on record and that no poll looked at yet waits, at most DEFER_FIRST_LOOK_POLLS polls in a row", async () => {
+    const asked: string[][] = [];
+    class Counting extends FakeCloud {
+      override async describeRuns(ctx: EnvContext, rs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+        asked.push(rs.map((r) => r.metadata.name ?? ""));
+        return super.describeRuns(ctx, rs);
+      }
+    }
+    const cloud = new Counting();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("seen", "a", "Running"), run("fresh", "a", "Launching")];
+    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    let backlog = true;
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000, backlog: () => backlog,
+    });
+    t.record("run-fresh", { instanceId: "i-fresh", state: "pending" });
+    expect(DEFER_FIRST_LOOK_POLLS).toBe(2);
+    await t.pollOnce();
+    await t.pollOnce();
+    // Left for later twice, and its launch's record kept meanwhile (not dropped as a machine no longer followed).
+    expect(asked).toEqual([["seen"], ["seen"]]);
+    expect(t.get("run-fresh")?.desc?.state).toBe("pending");
+    expect(t.lastPoll.runs).toBe(1);
+    // The third poll in a row looks at it, backlog or not.
+    await t.pollOnce();
+    expect(asked[2]).toEqual(["seen", "fresh"]);
+    expect(t.get("run-fresh")).toMatchObject({ polled: true, desc: { state: "running" } });
+    expect(enqueued).toContain("ns/fresh");
+    // A new launch's record (say, launched again after a capacity wait) is left out again while
+    // work is backed up ...
+    t.record("run-fresh", { instanceId: "i-fresh", state: "running" });
+    await t.pollOnce();
+    expect(asked[3]).toEqual(["seen"]);
+    // ... and not when it is not.
+    backlog = false;
+    await t.pollOnce();
+    expect(asked[4]).toEqual(["seen", "fresh"]);
   });
 
   it("a describe is as old as its start: it does not replace what a launch recorded while it ran", async () => {
@@ -247,7 +289,7 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     };
     await t.pollOnce();
     expect(t.get("run-r")?.desc).toEqual({ instanceId: "i-1", state: "pending", exitCode: 0 });
-    expect(t.get("run-r")?.polled).toBeUndefined();
+    expect(t.get("run-r")?.polled).toBe(false); // still the launch's record, not a poll's look
     // The string kept is that of the description stored (the record's, with what the look learned).
     expect(t.get("run-r")?.canonical).toBe(canonicalJson({ instanceId: "i-1", state: "pending", exitCode: 0 }));
     expect(enqueued).toEqual(["ns/r"]);
