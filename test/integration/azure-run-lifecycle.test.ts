@@ -93,6 +93,25 @@ async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudP
 }
 
 /**
+ * A Run ("old") set up by an operator of its own under CE `ceName`, then the operator stopped and
+ * the CE removed by force (finalizer taken off) while none runs.
+ */
+async function removedWhileDown(prefix: string, ceName: string): Promise<{ ns: string; before: ComputeEnvironment; old: Run }> {
+  const { ns, op, ce: before } = await ownOperatorAndCe(prefix, ceName);
+  try {
+    await env.kube.create(RunResource, env.runBody("old", ceName, {}, ns));
+    const old = await settingUp("old", ns);
+    await op.stop();
+    await env.kube.delete(ComputeEnvironmentResource, ns, ceName);
+    await env.kube.patch(ComputeEnvironmentResource, ns, ceName, { metadata: { finalizers: null } }, "merge");
+    await waitFor(`CE ${ceName} gone`, async () => (await env.kube.get(ComputeEnvironmentResource, ns, ceName)) === undefined, 30_000, 200);
+    return { ns, before, old };
+  } finally {
+    await op.stop();
+  }
+}
+
+/**
  * What a Run `goneUid` that no longer exists may leave in the CE's resource group without a VM
  * (made as the emulator's admin): a NIC holding one public IP (left-ip-held), another public IP
  * (left-ip), all carrying its tags, and its OS disk.
@@ -302,16 +321,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 240_000);
 
   it("a CE removed by force while no operator runs, and applied again as it was before the next one starts: that operator, which never saw the old CE, finds the old VM with the new CE (same subscription) and deletes it in the old CE's resource group", async () => {
-    const { ns, op: first, ce: before } = await ownOperatorAndCe("azreapplied", "again");
+    const { ns, before, old } = await removedWhileDown("azreapplied", "again");
     let next: RunningOperator | undefined;
     try {
-      await env.kube.create(RunResource, env.runBody("old", "again", {}, ns));
-      const old = await settingUp("old", ns);
       expect(old.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(before.metadata.uid);
-      await first.stop();
-      await env.kube.delete(ComputeEnvironmentResource, ns, "again");
-      await env.kube.patch(ComputeEnvironmentResource, ns, "again", { metadata: { finalizers: null } }, "merge");
-      await waitFor("CE again gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "again")) === undefined, 30_000, 200);
       await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "again", { storageAccount: env.storageAccount }));
       next = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
       const after = await waitReady(env.kube, ns, "again");
@@ -322,21 +335,14 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await waitFor("the old VM deleted with its NIC, IP and disk", async () => (await runResources(old, before.metadata.uid!, ns, "again")).length === 0, 60_000, 250);
       await waitFor("old recorded terminated", async () => (await env.getRun("old", ns))?.status?.instance?.state === "terminated", 60_000, 200);
     } finally {
-      await first.stop();
       await next?.stop();
     }
   }, 240_000);
 
   it("... and applied again in another subscription: the new CE does not find the old VM there (the provider's inference that an unlisted VM is gone is not a find), the Run says it cannot be reached, and the VM is left alone", async () => {
-    const { ns, op: first, ce: before } = await ownOperatorAndCe("azmoved", "moved");
+    const { ns, before, old } = await removedWhileDown("azmoved", "moved");
     let next: RunningOperator | undefined;
     try {
-      await env.kube.create(RunResource, env.runBody("old", "moved", {}, ns));
-      const old = await settingUp("old", ns);
-      await first.stop();
-      await env.kube.delete(ComputeEnvironmentResource, ns, "moved");
-      await env.kube.patch(ComputeEnvironmentResource, ns, "moved", { metadata: { finalizers: null } }, "merge");
-      await waitFor("CE moved gone", async () => (await env.kube.get(ComputeEnvironmentResource, ns, "moved")) === undefined, 30_000, 200);
       // The same principal may read VMs in the other subscription (nothing of this Run is there).
       const other = await azureControl().createSubscription({ tenantId: env.info.tenantId, displayName: "vmforge-moved" });
       await grantOperatorRoles({ ...env.info, subscriptionId: other.id }, env.principal.objectId, "vmforge-operator-moved");
@@ -354,7 +360,6 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect((await env.getRun("old", ns))?.status?.instance?.state).not.toBe("terminated");
       expect(before.metadata.uid).not.toBe(after.metadata.uid);
     } finally {
-      await first.stop();
       await next?.stop();
     }
   }, 240_000);

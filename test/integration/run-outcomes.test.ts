@@ -660,21 +660,47 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     }
   });
 
-  it("while no operator runs: the next one cannot reach the machine and says so, naming it and the Run's UID", async () => {
-    const ns4 = await freshNamespace(client, "forced-restart");
+  /** An AWS CE named "ce" in `region` (as a GitOps tool applies it). */
+  const ceManifest = (on: string, region: string): ComputeEnvironment => ({
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: on },
+    spec: { provider: "aws", aws: { region, workDir: "s3://vmforge-test-bucket/work" } },
+  } as ComputeEnvironment);
+
+  /**
+   * A Run running under CE "ce" when the CE is removed by force while no operator runs; with
+   * `reapplyIn`, a CE of the same name is applied again there (a GitOps tool re-creating what it
+   * pruned) before the next operator starts. That operator never saw the old CE.
+   */
+  const removedWhileDown = async (ns5: string, reapplyIn?: string): Promise<{ running: Run; fake: FakeCloud; stop: () => Promise<void> }> => {
     const fake = new FakeCloud();
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
-    let opB: RunningOperator | undefined;
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
     try {
-      await readyCe("ce", {}, ns4);
-      await run("r", "ce", {}, ns4);
-      const running = await inPhase("r", "Running", 30_000, ns4);
+      await readyCe("ce", {}, ns5);
+      await run("r", "ce", {}, ns5);
+      const running = await inPhase("r", "Running", 30_000, ns5);
       await opA.stop();
       opA = undefined;
-      await client.delete(ComputeEnvironmentResource, ns4, "ce");
-      await strip("ce", ns4);
-      await waitFor("CE gone", async () => (await getCe("ce", ns4)) === undefined);
-      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns4] });
+      await client.delete(ComputeEnvironmentResource, ns5, "ce");
+      await strip("ce", ns5);
+      await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
+      if (reapplyIn) await client.create<ComputeEnvironment>(ComputeEnvironmentResource, ceManifest(ns5, reapplyIn));
+      const opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
+      return { running, fake, stop: async () => opB.stop() };
+    } finally {
+      await opA?.stop();
+    }
+  };
+
+  /** The CE of the name, once Ready. */
+  const readyAgain = (on: string): Promise<ComputeEnvironment> => waitFor("the new CE Ready", async () => {
+    const c = await getCe("ce", on);
+    return cond(c, "Ready")?.status === "True" ? c : undefined;
+  });
+
+  it("while no operator runs: the next one cannot reach the machine and says so, naming it and the Run's UID", async () => {
+    const ns4 = await freshNamespace(client, "forced-restart");
+    const { running, fake, stop } = await removedWhileDown(ns4);
+    try {
       const failed = await inPhase("r", "Failed", 30_000, ns4);
       const id = running.status?.instance?.id ?? "";
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
@@ -686,10 +712,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(fake.calls.terminate).toBe(0);
       // The CE applied again only now (a GitOps tool's next sync): it finds the machine, which is
       // terminated, and the Run's message says so instead of asking for it to be done by hand.
-      await client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns4 },
-        spec: { provider: "aws", aws: { region: "eu-west-1", workDir: "s3://vmforge-test-bucket/work" } },
-      } as ComputeEnvironment);
+      await client.create<ComputeEnvironment>(ComputeEnvironmentResource, ceManifest(ns4, "eu-west-1"));
       await waitFor("the machine terminated", async () => fake.machineOf(running.metadata.uid ?? "")?.state === "terminated", 30_000);
       const told = await waitFor("the Run says so", async () => {
         const r = await getRun("r", ns4);
@@ -699,51 +722,15 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(told.status?.message).not.toContain("may still be running");
       expect(cond(told, "Stalled")?.message).toBe(told.status?.message);
     } finally {
-      await opA?.stop();
-      await opB?.stop();
+      await stop();
     }
   });
 
-  /**
-   * The CE is removed by force while no operator runs, and a CE of the same name is applied again
-   * (a GitOps tool re-creating what it pruned) before the next operator starts: that operator never
-   * saw the old CE, so the one way to its Run's machine is the new CE, when it reaches the machine.
-   */
-  const restartedAfterReapply = async (ns5: string, region: string): Promise<{ running: Run; fake: FakeCloud; stop: () => Promise<void>; newUid: string }> => {
-    const fake = new FakeCloud();
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
-    let opB: RunningOperator | undefined;
-    try {
-      await readyCe("ce", {}, ns5);
-      await run("r", "ce", {}, ns5);
-      const running = await inPhase("r", "Running", 30_000, ns5);
-      await opA.stop();
-      opA = undefined;
-      await client.delete(ComputeEnvironmentResource, ns5, "ce");
-      await strip("ce", ns5);
-      await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
-      await client.create<ComputeEnvironment>(ComputeEnvironmentResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns5 },
-        spec: { provider: "aws", aws: { region, workDir: "s3://vmforge-test-bucket/work" } },
-      } as ComputeEnvironment);
-      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
-      const again = await waitFor("the new CE Ready", async () => {
-        const c = await getCe("ce", ns5);
-        return cond(c, "Ready")?.status === "True" ? c : undefined;
-      });
-      const b = opB;
-      return { running, fake, newUid: again.metadata.uid ?? "", stop: async () => b.stop() };
-    } catch (e) {
-      await opA?.stop();
-      await opB?.stop();
-      throw e;
-    }
-  };
-
   it("while no operator runs, and applied again as it was: the next operator finds the machine with the new CE and terminates it; the new CE's Runs are its own", async () => {
     const ns5 = await freshNamespace(client, "forced-reapplied");
-    const { running, fake, newUid, stop } = await restartedAfterReapply(ns5, "eu-west-1");
+    const { running, fake, stop } = await removedWhileDown(ns5, "eu-west-1");
     try {
+      const newUid = (await readyAgain(ns5)).metadata.uid ?? "";
       const uid = running.metadata.uid ?? "";
       const failed = await inPhase("r", "Failed", 30_000, ns5);
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
@@ -766,8 +753,9 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
 
   it("while no operator runs, and applied again in another region: the new CE does not find the machine, and the Run says it cannot be reached", async () => {
     const ns9 = await freshNamespace(client, "forced-moved");
-    const { running, fake, newUid, stop } = await restartedAfterReapply(ns9, "eu-central-1");
+    const { running, fake, stop } = await removedWhileDown(ns9, "eu-central-1");
     try {
+      const newUid = (await readyAgain(ns9)).metadata.uid ?? "";
       const failed = await inPhase("r", "Failed", 30_000, ns9);
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
       expect(failed.status?.message).toContain(`UID ${newUid}, and it does not find the machine`);
