@@ -82,12 +82,6 @@ export const ANNOTATION_LAUNCH_DECIDED = "vmforge.dev/launch-decided";
  * stays with the one that launched it.
  */
 export const ANNOTATION_LAUNCHED_UNDER = "vmforge.dev/compute-environment-uid";
-/**
- * Never stored: marks the operator's in-memory stand-in for a removed ComputeEnvironment it did not
- * see go, made from the CE now holding the name (its UID is the value) once that CE was found to
- * reach a Run's machine (see GoneComputeEnvironments.inferFrom).
- */
-export const ANNOTATION_INFERRED_FROM = "vmforge.dev/inferred-from";
 /** Label on a Run naming its ComputeEnvironment (set by the operator, used as a label selector). */
 export const LABEL_COMPUTE_ENVIRONMENT = "vmforge.dev/compute-environment";
 /** Label put on every object the operator creates in Kubernetes. */

@@ -667,25 +667,31 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
   } as ComputeEnvironment);
 
   /**
-   * A Run running under CE "ce" when the CE is removed by force while no operator runs; with
-   * `reapplyIn`, a CE of the same name is applied again there (a GitOps tool re-creating what it
-   * pruned) before the next operator starts. That operator never saw the old CE.
+   * Runs ("r", then "r2", "r3"... up to `runs`) running under CE "ce" when the CE is removed by
+   * force while no operator runs; with `reapplyIn`, a CE of the same name is applied again there (a
+   * GitOps tool re-creating what it pruned) before the next operator starts. That operator never
+   * saw the old CE. `beforeRestart` is called right before it starts.
    */
-  const removedWhileDown = async (ns5: string, reapplyIn?: string): Promise<{ running: Run; fake: FakeCloud; stop: () => Promise<void> }> => {
+  const removedWhileDown = async (ns5: string, reapplyIn?: string, o: { runs?: number; beforeRestart?: (fake: FakeCloud) => void } = {}):
+  Promise<{ running: Run; all: Run[]; fake: FakeCloud; stop: () => Promise<void> }> => {
     const fake = new FakeCloud();
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
     try {
       await readyCe("ce", {}, ns5);
-      await run("r", "ce", {}, ns5);
-      const running = await inPhase("r", "Running", 30_000, ns5);
+      const names = Array.from({ length: o.runs ?? 1 }, (_, i) => (i ? `r${i + 1}` : "r"));
+      for (const n of names) await run(n, "ce", {}, ns5);
+      const all: Run[] = [];
+      for (const n of names) all.push(await inPhase(n, "Running", 30_000, ns5));
+      const running = all[0] as Run;
       await opA.stop();
       opA = undefined;
       await client.delete(ComputeEnvironmentResource, ns5, "ce");
       await strip("ce", ns5);
       await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
       if (reapplyIn) await client.create<ComputeEnvironment>(ComputeEnvironmentResource, ceManifest(ns5, reapplyIn));
+      o.beforeRestart?.(fake);
       const opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
-      return { running, fake, stop: async () => opB.stop() };
+      return { running, all, fake, stop: async () => opB.stop() };
     } finally {
       await opA?.stop();
     }
@@ -751,19 +757,65 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     }
   });
 
-  it("while no operator runs, and applied again in another region: the new CE does not find the machine, and the Run says it cannot be reached", async () => {
+  it("while no operator runs, and applied again in another region: the new CE does not find the machines, in one look for all its Runs, and each Run says it cannot be reached", async () => {
     const ns9 = await freshNamespace(client, "forced-moved");
-    const { running, fake, stop } = await removedWhileDown(ns9, "eu-central-1");
+    const { all, fake, stop } = await removedWhileDown(ns9, "eu-central-1", { runs: 3 });
     try {
       const newUid = (await readyAgain(ns9)).metadata.uid ?? "";
-      const failed = await inPhase("r", "Failed", 30_000, ns9);
-      expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
-      expect(failed.status?.message).toContain(`UID ${newUid}, and it does not find the machine`);
-      expect(failed.status?.message).toContain("may still be running");
-      // Nothing was terminated, and an unseen machine was not recorded gone.
-      expect((await getRun("r", ns9))?.status?.instance?.state).toBe("running");
-      expect(fake.machineOf(running.metadata.uid ?? "")?.state).toBe("running");
+      for (const r of all) {
+        const failed = await inPhase(r.metadata.name ?? "", "Failed", 30_000, ns9);
+        expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+        expect(failed.status?.message).toContain(`UID ${newUid}, and it does not find the machine`);
+        expect(failed.status?.message).toContain("may still be running");
+        // Nothing was terminated, and an unseen machine was not recorded gone.
+        expect(failed.status?.instance?.state).toBe("running");
+        expect(fake.machineOf(r.metadata.uid ?? "")?.state).toBe("running");
+      }
       expect(fake.calls.terminate).toBe(0);
+      // One describe from the new CE's region for the three Runs, not one each; and not repeated
+      // when the Runs' own status writes bring them back.
+      const uids = all.map((r) => r.metadata.uid ?? "").sort();
+      const looks = fake.describes.filter((d) => d.where === "eu-central-1");
+      expect(looks.map((d) => [...d.runUids].sort())).toEqual([uids]);
+    } finally {
+      await stop();
+    }
+  });
+
+  it("while no operator runs, applied again as it was, and the look refused: one look says so for all its Runs; once allowed, a later look finds the machines", async () => {
+    const ns10 = await freshNamespace(client, "forced-refused");
+    let before = 0;
+    const { all, fake, stop } = await removedWhileDown(ns10, "eu-west-1", {
+      runs: 2,
+      beforeRestart: (f) => {
+        f.describeError = CloudError.terminal("UnauthorizedOperation", "ec2:DescribeInstances: You are not authorized to perform this operation");
+        before = f.describes.length;
+      },
+    });
+    try {
+      const uids = all.map((r) => r.metadata.uid ?? "").sort();
+      for (const r of all) {
+        const failed = await inPhase(r.metadata.name ?? "", "Failed", 30_000, ns10);
+        expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
+        expect(failed.status?.message).toContain("it could not look for the machine (UnauthorizedOperation");
+        expect(failed.status?.message).toContain("may still be running");
+      }
+      // The refusal was the answer of one look for both Runs.
+      expect(fake.describes.slice(before).map((d) => [...d.runUids].sort())).toEqual([uids]);
+      expect(fake.calls.terminate).toBe(0);
+      // Allowed now (the policy fixed): after the refusal's hold, the Runs' next reconcile (here a
+      // change of one of them) looks again, finds the machines and terminates them.
+      fake.describeError = undefined;
+      await new Promise((r) => setTimeout(r, 2_500));
+      await client.patch(RunResource, ns10, "r", { metadata: { annotations: { touched: "1" } } }, "merge");
+      for (const r of all) {
+        await waitFor(`${r.metadata.name ?? ""} terminated`, async () => fake.machineOf(r.metadata.uid ?? "")?.state === "terminated", 30_000);
+      }
+      const told = await waitFor("the Run says so", async () => {
+        const r = await getRun("r2", ns10);
+        return r?.status?.message?.includes("finds the Run's machine") ? r : undefined;
+      }, 30_000);
+      expect(told.status?.phase).toBe("Failed");
     } finally {
       await stop();
     }

@@ -17,7 +17,6 @@
  */
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { ListSource } from "./tracker.js";
-import { ANNOTATION_INFERRED_FROM } from "../../api/constants.js";
 import { runsOfCe } from "./tracker.js";
 import { belongsTo, launchedUnder, machineMayExist } from "./phases.js";
 
@@ -29,6 +28,11 @@ const nameOf = (ce: ComputeEnvironment): string => `${ce.metadata.namespace}/${c
 export class GoneComputeEnvironments {
   /** By UID, oldest first. */
   private readonly byUid = new Map<string, ComputeEnvironment>();
+  /**
+   * By UID of an entry inferFrom made: the UID of the CE now holding the name that found the
+   * Run's machine. Kept here, never written to the cluster.
+   */
+  private readonly via = new Map<string, string>();
 
   constructor(
     private readonly runs: ListSource<Run>,
@@ -50,19 +54,24 @@ export class GoneComputeEnvironments {
   remember(ce: ComputeEnvironment): void {
     const uid = ce.metadata.uid;
     if (!uid) return;
-    this.byUid.delete(uid);
+    this.drop(uid);
     if (!this.needed(ce)) return;
     this.byUid.set(uid, ce);
     for (const [k, old] of this.byUid) {
       if (this.byUid.size <= this.max) break;
-      this.byUid.delete(k);
+      this.drop(k);
       this.onDrop(old);
     }
   }
 
   /** A CE is in the cluster (again, e.g. after a relist that had missed it): it is not gone. */
   forget(ce: ComputeEnvironment): void {
-    if (ce.metadata.uid) this.byUid.delete(ce.metadata.uid);
+    if (ce.metadata.uid) this.drop(ce.metadata.uid);
+  }
+
+  /** For an entry inferFrom made, the UID of the CE now holding the name that found the machine. */
+  inferredVia(ce: ComputeEnvironment): string | undefined {
+    return this.via.get(ce.metadata.uid ?? "");
   }
 
   /**
@@ -99,25 +108,31 @@ export class GoneComputeEnvironments {
    * if the CE now holding the name finds the Run's machine (described by the Run's UID tag, in its
    * own account and region or subscription), that machine is reachable with what the new CE says.
    * Remembered from then on as the removed CE, under the UID the Run recorded, with the new CE's
-   * spec and credentials, marked with ANNOTATION_INFERRED_FROM (the live CE's UID); not in the
-   * cluster, so no finalizer of its own.
+   * spec and credentials (`made`: its stand-in, when the caller has it already), with the live
+   * CE's UID as inferredVia; not in the cluster, so no finalizer of its own.
    */
-  inferFrom(run: Run, live: ComputeEnvironment): ComputeEnvironment | undefined {
+  inferFrom(run: Run, live: ComputeEnvironment, made = standIn(run, live)): ComputeEnvironment | undefined {
     const uid = launchedUnder(run);
     if (!uid) return undefined;
     const known = this.byUid.get(uid);
     if (known) return known;
-    const ce = standIn(run, live);
-    if (ce) this.remember(ce);
+    if (!made || made.metadata.uid !== uid) return undefined;
+    this.remember(made);
+    if (this.byUid.has(uid)) this.via.set(uid, live.metadata.uid ?? "");
     return this.byUid.get(uid);
   }
 
   /** The entry while it is needed; dropped (and onDrop told) once it is not. */
   private live(ce: ComputeEnvironment | undefined): ComputeEnvironment | undefined {
     if (!ce || this.needed(ce)) return ce;
-    this.byUid.delete(ce.metadata.uid ?? "");
+    this.drop(ce.metadata.uid ?? "");
     this.onDrop(ce);
     return undefined;
+  }
+
+  private drop(uid: string): void {
+    this.byUid.delete(uid);
+    this.via.delete(uid);
   }
 
   private needed(ce: ComputeEnvironment): boolean {
@@ -128,7 +143,7 @@ export class GoneComputeEnvironments {
 /**
  * The removed CE a Run was launched under, as the CE now holding its name describes it: that CE's
  * spec, status and credentials under the UID the Run recorded (names and tags the providers derive
- * from the CE's UID are the removed CE's), marked with ANNOTATION_INFERRED_FROM; no finalizer.
+ * from the CE's UID are the removed CE's); no finalizer.
  * None when the Run recorded no CE, or recorded this one.
  */
 export function standIn(run: Run, live: ComputeEnvironment): ComputeEnvironment | undefined {
@@ -138,7 +153,6 @@ export function standIn(run: Run, live: ComputeEnvironment): ComputeEnvironment 
   ce.metadata.uid = uid;
   ce.metadata.finalizers = [];
   delete ce.metadata.deletionTimestamp;
-  ce.metadata.annotations = { ...(ce.metadata.annotations ?? {}), [ANNOTATION_INFERRED_FROM]: live.metadata.uid ?? "" };
   return ce;
 }
 

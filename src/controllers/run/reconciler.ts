@@ -8,7 +8,7 @@ import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
-import { ANNOTATION_INFERRED_FROM, ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
 import { hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
 import type { Condition } from "../../engine/conditions.js";
@@ -36,7 +36,7 @@ export interface RunDeps {
   /** The ComputeEnvironment watch cache; without it the CE is read from the API. */
   ces?: CacheSource<ComputeEnvironment>;
   /** ComputeEnvironments removed while Runs launched under them may have machines (gone-ces.ts): the one a Run's machine is of. */
-  goneCes?: Pick<GoneComputeEnvironments, "find" | "inferFrom">;
+  goneCes?: Pick<GoneComputeEnvironments, "find" | "inferFrom" | "inferredVia">;
   /** Reads Secrets (from the cache); default: a GET. */
   secrets?: SecretGetter;
   tracker: RunTracker;
@@ -53,6 +53,12 @@ export interface RunDeps {
   endGraceMs?: number;
   /** Wait before trying again to terminate a machine after a Terminal error (default 20 polls, 5 min at 15 s, at least 5 s). */
   blockedRetryMs?: number;
+  /**
+   * How long a look for a removed CE's machines that the cloud refused (reachWith) stands before it
+   * is asked again: the Runs reconciled meanwhile (a resync brings them all) share its answer.
+   * Default 4 polls (1 min at 15 s), at least 2 s, at most 1 min.
+   */
+  refusedLookHoldMs?: number;
 }
 
 /**
@@ -103,6 +109,12 @@ export class RunReconciler {
   private readonly launchTriedAt = new Map<string, number>();
   /** Run UID -> the CE of its name (UID, generation, Secret) that did not find its machine (reachWith asks each once). */
   private readonly unreached = new Map<string, string>();
+  /**
+   * reachWith's looks, by the removed CE's UID and the CE looking (as in `unreached`): the one in
+   * flight, and one the cloud refused (its answer until `until`).
+   */
+  private readonly looks = new Map<string, Promise<void>>();
+  private readonly refusedLooks = new Map<string, { until: number; refused: string }>();
   /**
    * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
    * and when the next may be made: the Run's own status write of the refusal brings it back at
@@ -201,8 +213,9 @@ export class RunReconciler {
       if (await this.expire(run, log)) return;
       // Failed earlier as unreachable (by this operator before a look found it, or by another):
       // the Run now says that its machine was found and is terminated.
-      if (gone && ce && ce.metadata.annotations?.[ANNOTATION_INFERRED_FROM] && run.status?.reason === "ComputeEnvironmentGone" && run.status.phase === "Failed") {
-        const message = goneMessage(run, ce);
+      const via = gone && ce ? this.d.goneCes?.inferredVia(ce) : undefined;
+      if (via && ce && run.status?.reason === "ComputeEnvironmentGone" && run.status.phase === "Failed") {
+        const message = goneMessage(run, ce, via);
         if (run.status.message !== message) await this.report(run, { message }, "False", "ComputeEnvironmentGone", message);
       }
       return soonest(await this.afterEnd(run, ce, provider, log), ttlWake(run));
@@ -266,7 +279,7 @@ export class RunReconciler {
       const [phase, reason, message] = run.spec.cancel
         ? ["Cancelled", "Cancelled", "cancelled by spec.cancel"] as const
         : gone
-          ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce)] as const
+          ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce, this.d.goneCes?.inferredVia(ce))] as const
           : ["Cancelled", "ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`] as const;
       if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
         const wait = await this.stopBeforeEnd(run, ce, provider, log);
@@ -400,42 +413,85 @@ export class RunReconciler {
   /**
    * A Run launched under a CE that was removed by force before this operator started (nothing it
    * kept says where that CE's machines run), while another CE holds the name now, e.g. the same
-   * manifest applied again. One look with that CE, by the Run's UID tag, in its own account and
+   * manifest applied again. A look with that CE, by the Runs' UID tags, in its own account and
    * region (or subscription): when it finds the machine, the machine is reached with it from then
    * on (GoneComputeEnvironments.inferFrom) and terminated as any removed CE's would be. Not found
    * (another account or region; forgotten by the cloud) or not allowed, the Run says that its
-   * machine cannot be reached; a passing failure is retried. A look that found nothing is not
-   * repeated for the same Run and CE; a refused one is, at the Run's next reconcile.
+   * machine cannot be reached; a passing failure is retried.
+   *
+   * One look serves every Run launched under the same removed CE (lookFor): after a restart they
+   * all come at once, and one describe per Run (on Azure a list of the whole subscription each)
+   * would be a cloud call per Run. A look that found nothing is not repeated for the same Run and
+   * CE; a refused one is, once refusedLookHoldMs has passed, at a later reconcile.
    */
   private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<{ ce?: ComputeEnvironment; refused?: string }> {
     const uid = run.metadata.uid ?? "";
     const goneCes = this.d.goneCes;
     const provider = this.d.providers.get(named.spec.provider);
-    const candidate = standIn(run, named);
+    const under = launchedUnder(run);
     // The CE as it is now (a corrected region or Secret is worth another look).
     const asked = `${named.metadata.uid ?? ""}/${named.metadata.generation ?? ""}/${named.spec.credentials?.secretRef?.name ?? ""}`;
-    if (!goneCes || !provider || !candidate || this.unreached.get(uid) === asked) return {};
-    let desc: RunDescription | undefined;
+    if (!goneCes || !provider || !under || under === named.metadata.uid) return {};
+    const group = `${under}/${asked}`;
+    // Twice at most: a Run that came into the cache after the look in flight began has one of its own.
+    for (let round = 0; round < 2; round++) {
+      if (this.unreached.get(uid) === asked) return {};
+      const refusal = this.refusedLooks.get(group);
+      if (refusal && refusal.until > Date.now()) return { refused: refusal.refused };
+      let look = this.looks.get(group);
+      if (!look) {
+        look = this.lookFor(run, named, provider, asked, group, log).finally(() => this.looks.delete(group));
+        this.looks.set(group, look);
+      }
+      await look;
+      // Found for any Run of that CE: the stand-in is remembered, and this Run goes with it too.
+      const ce = goneCes.find(run);
+      if (ce) return { ce };
+    }
+    return {};
+  }
+
+  /**
+   * One describe, with the stand-in of the removed CE `run` was launched under, of every cached
+   * Run launched under it that `named` (as `asked`) has not looked for yet. Outcomes: a machine
+   * found makes the stand-in remembered (goneCes.inferFrom); each Run not found goes in
+   * `unreached`; a refusal in `refusedLooks`. Other failures are thrown (retried by the caller).
+   */
+  private async lookFor(run: Run, named: ComputeEnvironment, provider: CloudProvider, asked: string, group: string, log: Logger): Promise<void> {
+    const candidate = standIn(run, named);
+    const under = launchedUnder(run);
+    if (!candidate || !under) return;
+    const uidOf = (r: Run): string => r.metadata.uid ?? "";
+    const others = runsOfCe(this.d.runs, run.metadata.namespace, run.spec.computeEnvironmentRef.name)
+      .filter((r) => uidOf(r) !== uidOf(run) && launchedUnder(r) === under && machineMayExist(r) && this.unreached.get(uidOf(r)) !== asked);
+    const runs = [run, ...others];
+    let found: Map<string, RunDescription | undefined>;
     try {
       const ctx = await this.context(candidate, log);
-      desc = (await provider.describeRuns({ ...ctx, runCe: () => candidate }, [run])).get(uid);
+      found = await provider.describeRuns({ ...ctx, runCe: () => candidate }, runs);
     } catch (e) {
       if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
-      // Not allowed (or its credentials missing) for now: not an answer, so asked again at a later
-      // reconcile (a resync, a change of the Run or the CE) rather than remembered.
+      // Not allowed (or its credentials missing) for now: not an answer, so asked again later (a
+      // resync, a change of the Run or the CE) rather than remembered for good.
       const { reason, message } = describeError(e);
-      log.info({ reason }, "the ComputeEnvironment now holding the name cannot look for the machine of a Run launched under a removed one");
-      return { refused: clip(`${reason}: ${message}`, 300) };
+      log.info({ reason, runs: runs.length }, "the ComputeEnvironment now holding the name cannot look for the machines of Runs launched under a removed one");
+      const at = Date.now();
+      for (const [k, v] of this.refusedLooks) if (v.until <= at) this.refusedLooks.delete(k);
+      this.refusedLooks.set(group, { until: at + (this.d.refusedLookHoldMs ?? polls(this.d.pollIntervalMs, 4, 2_000, 60_000)), refused: clip(`${reason}: ${message}`, 300) });
+      return;
     }
-    // Only a machine the cloud listed counts: a description the provider inferred for a machine
-    // it does not list (gone, or in another account, region or subscription) proves nothing.
-    if (!desc || desc.launchFailure || desc.unlisted) {
-      this.unreached.set(uid, asked);
-      return {};
+    let finder: Run | undefined;
+    for (const r of runs) {
+      const desc = found.get(uidOf(r));
+      // Only a machine the cloud listed counts: a description the provider inferred for a machine
+      // it does not list (gone, or in another account, region or subscription) proves nothing.
+      if (!desc || desc.launchFailure || desc.unlisted) this.unreached.set(uidOf(r), asked);
+      else finder ??= r;
     }
-    log.info({ instance: desc.instanceId, ce: named.metadata.uid }, "found the machine of a Run whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
-    const ce = goneCes.inferFrom(run, named);
-    return ce ? { ce } : {};
+    if (!finder) return;
+    log.info({ runs: runs.length, ce: named.metadata.uid }, "found machines of Runs whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
+    // The other Runs go with it from now on; the run tracker's next poll looks at their machines.
+    this.d.goneCes?.inferFrom(finder, named, candidate);
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
@@ -996,10 +1052,12 @@ export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string 
   return ce.spec.defaultRunTimeout ?? DEFAULT_RUN_TIMEOUT;
 }
 
-/** Why a Run whose CE was removed by force ends, and with what its machine is terminated. */
-function goneMessage(run: Run, ce: ComputeEnvironment): string {
+/**
+ * Why a Run whose CE was removed by force ends, and with what its machine is terminated; `via`: the
+ * UID of the CE now holding the name, when that CE found the machine (reachWith).
+ */
+function goneMessage(run: Run, ce: ComputeEnvironment, via: string | undefined): string {
   const which = run.status?.instance?.id ? `machine ${run.status.instance.id}` : "any machine the launch made";
-  const via = ce.metadata.annotations?.[ANNOTATION_INFERRED_FROM];
   return via
     ? `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off) before this operator started; the ComputeEnvironment now holding the name (UID ${via}) finds the Run's machine in its account and region, and the operator terminates ${which} with its credentials`
     : `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${which} with the credentials and region the ComputeEnvironment last named`;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import { GoneComputeEnvironments, ceOfRun, standIn } from "../../../src/controllers/run/gone-ces.js";
-import { ANNOTATION_INFERRED_FROM, ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
 import { belongsTo } from "../../../src/controllers/run/phases.js";
 
 const ce = (name: string, uid = `ce-${name}`): ComputeEnvironment => ({
@@ -110,7 +110,9 @@ describe("GoneComputeEnvironments", () => {
     const inferred = gone.inferFrom(runs[0] as Run, live);
     expect(inferred?.metadata.uid).toBe("old-x");
     expect(inferred?.metadata.finalizers).toEqual([]);
-    expect(inferred?.metadata.annotations?.[ANNOTATION_INFERRED_FROM]).toBe("new-x");
+    expect(gone.inferredVia(inferred as ComputeEnvironment)).toBe("new-x");
+    // Nothing marks the object itself: the marker is the registry's, never written anywhere.
+    expect(inferred?.metadata.annotations).toEqual(live.metadata.annotations);
     expect(inferred?.spec).toEqual(live.spec);
     // The live object is not changed, and from now on the Run goes with the stand-in.
     expect(live.metadata.uid).toBe("new-x");
@@ -118,5 +120,19 @@ describe("GoneComputeEnvironments", () => {
     expect(ceOfRun(runs[1] as Run, live, gone)).toEqual({ ce: live });
     // Asked again: the same entry.
     expect(gone.inferFrom(runs[0] as Run, live)).toBe(inferred);
+    // A stand-in made by the caller is taken as it is, and only for the CE the Run recorded.
+    const other = new GoneComputeEnvironments({ list: () => runs });
+    const made = standIn(runs[0] as Run, live) as ComputeEnvironment;
+    expect(other.inferFrom(runs[0] as Run, live, { ...made, metadata: { ...made.metadata, uid: "another" } })).toBeUndefined();
+    expect(other.inferFrom(runs[0] as Run, live, made)).toBe(made);
+    // Once let go (its Run ended), neither the entry nor its marker is kept.
+    runs[0] = run("a", "x", ended, "old-x");
+    other.prune();
+    expect(other.size).toBe(0);
+    expect(other.inferredVia(made)).toBeUndefined();
+    // A real CE remembered under that UID later carries no marker.
+    runs[0] = run("a", "x", running, "old-x");
+    other.remember(made);
+    expect(other.inferredVia(made)).toBeUndefined();
   });
 });
