@@ -113,7 +113,7 @@ export class RunReconciler {
    * reachWith's looks, by the removed CE's UID and the CE looking (as in `unreached`): the one in
    * flight, and one the cloud refused (its answer until `until`).
    */
-  private readonly looks = new Map<string, Promise<void>>();
+  private readonly looks = new Map<string, Promise<Map<string, number>>>();
   private readonly refusedLooks = new Map<string, { until: number; refused: string }>();
   /**
    * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
@@ -200,7 +200,12 @@ export class RunReconciler {
     const replaced = resolved.replaced;
     let gone = resolved.gone ? ce : undefined;
     let lookRefused: string | undefined;
-    if (!ce && replaced && machineMayExist(run)) ({ ce: gone, refused: lookRefused } = await this.reachWith(run, replaced, log));
+    if (!ce && replaced && machineMayExist(run)) {
+      const look = await this.reachWith(run, replaced, log);
+      // Not found, but launched too lately for the cloud to list it yet: looked for again then.
+      if (!look.ce && look.wait !== undefined) return { requeueAfterMs: look.wait };
+      ({ ce: gone, refused: lookRefused } = look);
+    }
     if (gone) {
       ce = structuredClone(gone);
       // Gone, so no finalizer of it will stop the machine (its last cached state may still show one).
@@ -417,14 +422,16 @@ export class RunReconciler {
    * region (or subscription): when it finds the machine, the machine is reached with it from then
    * on (GoneComputeEnvironments.inferFrom) and terminated as any removed CE's would be. Not found
    * (another account or region; forgotten by the cloud) or not allowed, the Run says that its
-   * machine cannot be reached; a passing failure is retried.
+   * machine cannot be reached; a passing failure is retried. A machine launched less than the
+   * provider's listing lag ago (unlistedLaunchMs: EC2 may not list it yet) and not found is
+   * looked for again once that lag has passed (`wait`).
    *
    * One look serves every Run launched under the same removed CE (lookFor): after a restart they
    * all come at once, and one describe per Run (on Azure a list of the whole subscription each)
    * would be a cloud call per Run. A look that found nothing is not repeated for the same Run and
    * CE; a refused one is, once refusedLookHoldMs has passed, at a later reconcile.
    */
-  private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<{ ce?: ComputeEnvironment; refused?: string }> {
+  private async reachWith(run: Run, named: ComputeEnvironment, log: Logger): Promise<{ ce?: ComputeEnvironment; refused?: string; wait?: number }> {
     const uid = run.metadata.uid ?? "";
     const goneCes = this.d.goneCes;
     const provider = this.d.providers.get(named.spec.provider);
@@ -443,10 +450,12 @@ export class RunReconciler {
         look = this.lookFor(run, named, provider, asked, group, log).finally(() => this.looks.delete(group));
         this.looks.set(group, look);
       }
-      await look;
+      const waits = await look;
       // Found for any Run of that CE: the stand-in is remembered, and this Run goes with it too.
       const ce = goneCes.find(run);
       if (ce) return { ce };
+      const wait = waits.get(uid);
+      if (wait !== undefined) return { wait };
     }
     return {};
   }
@@ -455,12 +464,15 @@ export class RunReconciler {
    * One describe, with the stand-in of the removed CE `run` was launched under, of every cached
    * Run launched under it that `named` (as `asked`) has not looked for yet. Outcomes: a machine
    * found makes the stand-in remembered (goneCes.inferFrom); each Run not found goes in
-   * `unreached`; a refusal in `refusedLooks`. Other failures are thrown (retried by the caller).
+   * `unreached`, unless its machine may not be listed yet: then the wait until it would be is in
+   * the answer, by Run UID. A refusal goes in `refusedLooks`. Other failures are thrown (retried
+   * by the caller).
    */
-  private async lookFor(run: Run, named: ComputeEnvironment, provider: CloudProvider, asked: string, group: string, log: Logger): Promise<void> {
+  private async lookFor(run: Run, named: ComputeEnvironment, provider: CloudProvider, asked: string, group: string, log: Logger): Promise<Map<string, number>> {
+    const waits = new Map<string, number>();
     const candidate = standIn(run, named);
     const under = launchedUnder(run);
-    if (!candidate || !under) return;
+    if (!candidate || !under) return waits;
     const uidOf = (r: Run): string => r.metadata.uid ?? "";
     const others = runsOfCe(this.d.runs, run.metadata.namespace, run.spec.computeEnvironmentRef.name)
       .filter((r) => uidOf(r) !== uidOf(run) && launchedUnder(r) === under && machineMayExist(r) && this.unreached.get(uidOf(r)) !== asked);
@@ -478,20 +490,31 @@ export class RunReconciler {
       const at = Date.now();
       for (const [k, v] of this.refusedLooks) if (v.until <= at) this.refusedLooks.delete(k);
       this.refusedLooks.set(group, { until: at + (this.d.refusedLookHoldMs ?? polls(this.d.pollIntervalMs, 4, 2_000, 60_000)), refused: clip(`${reason}: ${message}`, 300) });
-      return;
+      return waits;
     }
     let finder: Run | undefined;
+    const at = Date.now();
     for (const r of runs) {
       const desc = found.get(uidOf(r));
       // Only a machine the cloud listed counts: a description the provider inferred for a machine
       // it does not list (gone, or in another account, region or subscription) proves nothing.
-      if (!desc || desc.launchFailure || desc.unlisted) this.unreached.set(uidOf(r), asked);
-      else finder ??= r;
+      if (desc && !desc.launchFailure && !desc.unlisted) {
+        finder ??= r;
+        continue;
+      }
+      // Launched (by its record, or else as far as this operator knows: since it first saw the
+      // decision) less than the listing lag ago: not listed proves nothing yet either.
+      const launched = r.status?.launchedAt ? Date.parse(r.status.launchedAt) : (this.launchTriedAt.get(uidOf(r)) ?? at);
+      if (!r.status?.launchedAt) this.launchTriedAt.set(uidOf(r), launched);
+      const left = launched + (provider.unlistedLaunchMs ?? 0) - at;
+      if (left > 0) waits.set(uidOf(r), left);
+      else this.unreached.set(uidOf(r), asked);
     }
-    if (!finder) return;
+    if (!finder) return waits;
     log.info({ runs: runs.length, ce: named.metadata.uid }, "found machines of Runs whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
     // The other Runs go with it from now on; the run tracker's next poll looks at their machines.
     this.d.goneCes?.inferFrom(finder, named, candidate);
+    return waits;
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
