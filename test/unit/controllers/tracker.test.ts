@@ -118,6 +118,26 @@ describe("RunTracker", () => {
     expect(asked[4]).toEqual(["seen", "fresh"]);
   });
 
+  it("never leaves for later a machine whose Run is being deleted, cancelled or has ended: their termination waits for a look", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const deleting = { ...run("deleting", "a", "Running"), metadata: { name: "deleting", namespace: "ns", uid: "run-deleting", deletionTimestamp: "2026-12-04T00:00:00Z" } } as Run;
+    const cancelled = { ...run("cancelled", "a", "Running"), spec: { ...run("x", "a", "Running").spec, cancel: true } } as Run;
+    const ended = { ...run("ended", "a", "Failed"), status: { phase: "Failed", instance: { id: "i-ended", state: "running" } } } as Run;
+    const runs = [run("fresh", "a", "Launching"), deleting, cancelled, ended];
+    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000, backlog: () => true,
+    });
+    for (const r of runs) t.record(r.metadata.uid ?? "", { instanceId: `i-${r.metadata.name}`, state: "pending" });
+    await t.pollOnce();
+    // Only the Run on its way up waits; the three being ended are looked at in the first poll.
+    expect(cloud.describes.map((d) => [...d.runUids].sort())).toEqual([["run-cancelled", "run-deleting", "run-ended"]]);
+    expect(t.get("run-fresh")?.polled).toBe(false);
+    for (const uid of ["run-cancelled", "run-deleting", "run-ended"]) expect(t.get(uid)?.polled).toBe(true);
+  });
+
   it("a describe is as old as its start: it does not replace what a launch recorded while it ran", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];
