@@ -37,8 +37,11 @@ export class FakeCloud implements CloudProvider {
   readonly calls = { observe: 0, provision: 0, dispose: 0, launch: 0, describe: 0, terminate: 0, readLog: 0, sweep: 0 };
   /** The Run UID of each terminateRun call, in order. */
   readonly terminatedUids: string[] = [];
-  /** Each describeRuns call: where it looked (its CE's region or subscription) and for which Run UIDs. */
-  readonly describes: { where: string; runUids: string[] }[] = [];
+  /**
+   * Each describeRuns call: where it looked (its CE's region or subscription), for which Run UIDs,
+   * and whether it was a full look (no `observed` given: nothing the caller saw before is assumed).
+   */
+  readonly describes: { where: string; runUids: string[]; full: boolean }[] = [];
   /** describeRuns throws this while set. */
   describeError: CloudError | undefined;
   /** terminateRun throws this while set (e.g. a Terminal AccessDenied). */
@@ -143,7 +146,7 @@ export class FakeCloud implements CloudProvider {
 
   async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
     this.calls.describe++;
-    this.describes.push({ where: FakeCloud.where(ctx.ce), runUids: runs.map((r) => r.metadata.uid ?? "") });
+    this.describes.push({ where: FakeCloud.where(ctx.ce), runUids: runs.map((r) => r.metadata.uid ?? ""), full: !ctx.observed });
     if (this.describeError) throw this.describeError;
     const out = new Map<string, RunDescription | undefined>();
     for (const run of runs) {

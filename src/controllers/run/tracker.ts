@@ -201,18 +201,21 @@ export class RunTracker {
     const observed = new Set<string>();
     const defer = this.deferredPolls < DEFER_FIRST_LOOK_POLLS && this.d.backlog?.() === true;
     let deferred = 0;
+    /** Groups with Runs left for a later poll: when a group has no other, its last full look still counts. */
+    const waiting = new Set<string>();
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
+      const ce = this.d.ceOf(run);
+      if (!ce) continue;
+      const key = accountRegionKey(ce);
       if (defer && this.observations.get(run.metadata.uid)?.polled === false && !run.metadata.deletionTimestamp && !run.spec.cancel && !isTerminal(run)) {
         // Launched moments ago (its launch answer on record), never looked at, and not being ended
         // (whose termination waits for a look): kept for a later poll.
         observed.add(run.metadata.uid);
+        waiting.add(key);
         deferred++;
         continue;
       }
-      const ce = this.d.ceOf(run);
-      if (!ce) continue;
-      const key = accountRegionKey(ce);
       const g = groups.get(key) ?? { ce, runs: [] as Run[], ceOf: new Map<string, ComputeEnvironment>() };
       groups.set(key, g);
       g.runs.push(run);
@@ -274,7 +277,7 @@ export class RunTracker {
     // Nothing is kept for Runs whose machine can no longer exist (ended, deleted): the map holds
     // one entry per followed machine, not one per Run ever seen.
     for (const uid of this.observations.keys()) if (!observed.has(uid)) this.observations.delete(uid);
-    for (const key of this.fullLookAt.keys()) if (!groups.has(key)) this.fullLookAt.delete(key);
+    for (const key of this.fullLookAt.keys()) if (!groups.has(key) && !waiting.has(key)) this.fullLookAt.delete(key);
     this.lastPoll = { groups: groups.size, runs: count };
     this.pollCount++;
   }

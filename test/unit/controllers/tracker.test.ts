@@ -138,6 +138,25 @@ describe("RunTracker", () => {
     for (const uid of ["run-cancelled", "run-deleting", "run-ended"]) expect(t.get(uid)?.polled).toBe(true);
   });
 
+  it("a group whose Runs are all left for a later poll keeps the time of its last full look", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("old", "a", "Running")];
+    const machine = (r: Run) => cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    machine(runs[0] as Run);
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000, backlog: () => true, fullLookEveryMs: 3_600_000,
+    });
+    await t.pollOnce();
+    // The old Run gone; a new one launched and left for later while work is backed up.
+    runs[0] = run("new", "a", "Launching");
+    machine(runs[0]);
+    t.record("run-new", { instanceId: "i-new", state: "pending" });
+    for (let i = 0; i < DEFER_FIRST_LOOK_POLLS + 1; i++) await t.pollOnce();
+    expect(cloud.describes.map((d) => [d.runUids, d.full])).toEqual([[["run-old"], true], [["run-new"], false]]);
+  });
+
   it("a describe is as old as its start: it does not replace what a launch recorded while it ran", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];
