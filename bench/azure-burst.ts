@@ -28,7 +28,7 @@ import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/la
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
-import { apiRequests, diffMaps, dist, promSum, fmtDist, fmtLoad, kib, load, operatorWindow, perPoll, poolDo, sec, type Dist, type Load } from "./stats.js";
+import { apiRequests, diffMaps, dist, promSum, fmtDist, fmtLoad, kib, load, operatorReads, operatorWindow, perPoll, poolDo, sec, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const CES = ["az0", "az1", "az2", "az3"];
@@ -56,6 +56,8 @@ export interface AzureBurstResult {
   allLaunchedAfterLastCreateMs: number;
   /** The operator's controllers until all Running: reconciles, mean duration, mean wait in the queue (seconds). */
   controllers: Record<string, { reconciles: number; meanS: number; meanQueuedS: number }>;
+  /** The operator's own requests for Runs (by verb) and its reads past its caches (by why), until all Running. */
+  operatorReads: { runRequests: Record<string, number>; freshReads: Record<string, number> };
   /** kube-apiserver requests (all clients) from the first create until every Run's status named its VM. */
   apiserverRequestsUntilRecorded?: Record<string, number>;
   /** Every request the emulator logged from the first create until all were Running (or the wait ended), by method and operation. */
@@ -270,6 +272,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       operatorCpuS: b.op.stats().cpuS - cpu0, rss: b.op.stats(), load: load(),
       ...(apiRecorded ? { apiserverRequestsUntilRecorded: diffMaps(apiRecorded, apiBefore) } : {}),
       controllers,
+      operatorReads: operatorReads(opBefore, opAfter),
     };
     say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
     say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
@@ -277,6 +280,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
     if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
+    say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(res.operatorReads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(res.operatorReads.freshReads)}`);
     say(`  the operator's controllers until all Running: ${Object.entries(controllers).map(([c, x]) => `${c} ${x.reconciles} reconciles, mean ${sec(x.meanS * 1000)}, queued mean ${sec(x.meanQueuedS * 1000)}`).join("; ")}`);
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
     say(`  time to all launched / the floor with the Run's writes: ${res.ratioToKubeFloor.toFixed(2)} (${sec(kf.best.totalMs)} at concurrency ${kf.best.concurrency})`);

@@ -44,7 +44,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, operatorReads, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -240,6 +240,7 @@ async function main(): Promise<void> {
       // kube-apiserver requests by verb and resource (all clients) from the first create to the last launch
       const apiBefore = apiRequests(String(await client.request("GET", "/metrics")));
       let apiAtLastLaunch: Map<string, number> | undefined;
+      const opBefore = await op.metrics();
       const t0 = Date.now();
       await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
         const name = `r${String(i).padStart(5, "0")}`;
@@ -255,6 +256,7 @@ async function main(): Promise<void> {
         return running.size >= N;
       }, quick ? 300_000 : 900_000, 1_000);
       const allRunningMs = Date.now() - t0;
+      const reads = operatorReads(opBefore, await op.metrics());
       const d = (m: Map<string, number>): number[] => [...created].filter(([n]) => m.has(n)).map(([n, t]) => (m.get(n) ?? t) - t);
       const launchTimes = new Map([...uidOf].filter(([, u]) => proxy.launchAt.has(u)).map(([n, u]) => [n, proxy.launchAt.get(u) ?? 0]));
       const lastLaunch = Math.max(...launchTimes.values());
@@ -266,6 +268,7 @@ async function main(): Promise<void> {
         allLaunchedMs: lastLaunch - t0, cloudCalls: proxy.snapshot(), operatorCpuS: op.stats().cpuS - cpu0, rss: op.stats(), load: load(),
         launchWindowCpu,
         apiserverRequestsUntilLaunched: apiAtLastLaunch ? diffMaps(apiAtLastLaunch, apiBefore) : undefined,
+        operatorReads: reads,
       };
       results.burst = burst;
       say(`  created -> first status: ${fmtDist(burst.firstStatus)}`);
@@ -279,6 +282,7 @@ async function main(): Promise<void> {
       say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
       if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
+      say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(reads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(reads.freshReads)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
       // What else the operator asked the emulator while launches waited for it (one moto thread serves them all).
       const callsUntilLaunched = proxy.window(t0, lastLaunch);

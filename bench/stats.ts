@@ -178,6 +178,18 @@ export function vmforgeReads(apiserverRequests: Record<string, number>): number 
   return Object.entries(apiserverRequests).filter(([k]) => /^(GET|LIST) (runs|computeenvironments|secrets)/.test(k)).reduce((a, [, v]) => a + v, 0);
 }
 
+/**
+ * The operator's own reads of the kube-apiserver in a window (its metrics text before and after):
+ * its requests for Runs by verb (the reflector's LIST and WATCH included), and the reads it sent past
+ * its caches where a stale read could do harm, by why (vmforge_fresh_reads_total).
+ */
+export function operatorReads(before: string, after: string): { runRequests: Record<string, number>; freshReads: Record<string, number> } {
+  return {
+    runRequests: diffMaps(promSum(after, "vmforge_kube_requests_total", { resource: "runs" }, "verb"), promSum(before, "vmforge_kube_requests_total", { resource: "runs" }, "verb")),
+    freshReads: diffMaps(promSum(after, "vmforge_fresh_reads_total", {}, "why"), promSum(before, "vmforge_fresh_reads_total", {}, "why")),
+  };
+}
+
 /** What the operator's own metrics say of a steady window (its metrics text before and after). */
 export function operatorWindow(before: string, after: string, polls: number): { operatorRequests: Record<string, number>; statusWrites: Record<string, number>; reconcilesPerPoll: Record<string, number> } {
   const delta = (name: string, by: string): Record<string, number> => diffMaps(promSum(after, name, {}, by), promSum(before, name, {}, by));

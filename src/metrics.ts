@@ -15,10 +15,13 @@
  * - cloud API calls, reported by the providers through observeCloudCall():
  *     vmforge_cloud_requests_total{provider,service,operation,outcome}  outcome: success | throttled | error
  *     vmforge_cloud_request_duration_seconds{provider,service,operation}
+ * - reads sent past the watch caches, reported by the controllers through noteFreshRead():
+ *     vmforge_fresh_reads_total{resource,why}   where a stale read could do harm (see fresh-reads.ts)
  */
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { ComputeEnvironment, Run } from "./api/types.js";
 import { setCloudCallObserver, type CloudCall } from "./cloud/call-metrics.js";
+import { setFreshReadObserver } from "./controllers/fresh-reads.js";
 
 export interface DomainSources {
   ces: () => ComputeEnvironment[];
@@ -155,5 +158,12 @@ export function registerOperatorMetrics(registry: Registry, src: DomainSources, 
     calls.inc({ provider: c.provider, service: c.service, operation: c.operation, outcome: c.outcome });
     latency.observe({ provider: c.provider, service: c.service, operation: c.operation }, c.seconds);
   });
-  return [ready, stalled, runs, oldest, launch, start, duration, calls, latency].map((m) => (m as unknown as { name: string }).name);
+  const fresh = new Counter({
+    name: `${prefix}fresh_reads_total`,
+    help: "Reads sent to the kube-apiserver although a watch cache holds the objects, where a stale read could do harm, by resource and why.",
+    labelNames: ["resource", "why"] as const,
+    registers,
+  });
+  setFreshReadObserver((resource, why) => fresh.inc({ resource, why }));
+  return [ready, stalled, runs, oldest, launch, start, duration, calls, latency, fresh].map((m) => (m as unknown as { name: string }).name);
 }

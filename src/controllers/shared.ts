@@ -13,6 +13,7 @@ import { ComputeEnvironmentResource } from "../api/types.js";
 import { FINALIZER } from "../api/constants.js";
 import type { ResolvedCredentials } from "../cloud/provider.js";
 import { CloudError } from "../cloud/provider.js";
+import { noteFreshRead } from "./fresh-reads.js";
 
 export const SecretResource: ResourceType = { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true };
 
@@ -115,6 +116,8 @@ export async function protectSecret(client: KubeClient, namespace: string, name:
  */
 /** `alsoNeeded`: Secrets to keep besides those of CEs holding the finalizer (those of removed CEs whose machines are still being terminated). */
 export async function releaseUnusedSecrets(client: KubeClient, namespace: string, finishing?: string, alsoNeeded: Iterable<string> = []): Promise<string[]> {
+  noteFreshRead("secrets", "secret-release");
+  noteFreshRead("computeenvironments", "secret-release");
   const [secrets, ces] = await Promise.all([
     client.list<SecretObject>(SecretResource, { namespace, labelSelector: `${SECRET_LABEL}=true` }),
     client.list<ComputeEnvironment>(ComputeEnvironmentResource, { namespace }),

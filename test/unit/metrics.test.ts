@@ -10,6 +10,9 @@ import { registerOperatorMetrics } from "../../src/metrics.js";
 import { setCloudCallObserver } from "../../src/cloud/call-metrics.js";
 import { awsClients } from "../../src/cloud/aws/clients.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import type { KubeClient } from "../../src/engine/kube.js";
+import { noteFreshRead } from "../../src/controllers/fresh-reads.js";
+import { releaseUnusedSecrets } from "../../src/controllers/shared.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
 const iso = (s: number) => new Date(T0 + s * 1000).toISOString().replace(/\.\d{3}Z$/, "Z");
@@ -27,6 +30,25 @@ function run(uid: string, status: Run["status"], created = 0): Run {
 }
 
 afterAll(() => setCloudCallObserver(undefined));
+
+describe("reads past the watch caches", () => {
+  it("are counted by resource and why, where the controllers send them", async () => {
+    const registry = new Registry();
+    const names = registerOperatorMetrics(registry, { ces: () => [], runs: () => [] });
+    expect(names).toContain("vmforge_fresh_reads_total");
+    noteFreshRead("runs", "launch-in-flight");
+    noteFreshRead("runs", "launch-in-flight");
+    // Releasing unused Secrets lists Secrets and CEs from the API: both counted.
+    const lists: string[] = [];
+    const client = { list: async (rt: { plural: string }) => { lists.push(rt.plural); return { items: [] }; } } as unknown as KubeClient;
+    await releaseUnusedSecrets(client, "ns");
+    expect(lists.sort()).toEqual(["computeenvironments", "secrets"]);
+    const text = await registry.metrics();
+    expect(text).toContain('vmforge_fresh_reads_total{resource="runs",why="launch-in-flight"} 2');
+    expect(text).toContain('vmforge_fresh_reads_total{resource="secrets",why="secret-release"} 1');
+    expect(text).toContain('vmforge_fresh_reads_total{resource="computeenvironments",why="secret-release"} 1');
+  });
+});
 
 describe("operator metrics from the caches", () => {
   it("CE readiness and Stalled reason, Runs per phase, the oldest active Run per phase", async () => {

@@ -22,6 +22,7 @@ import { ComputeEnvironmentResource, RunResource } from "../../api/types.js";
 import { ANNOTATION_RECONCILE_REQUESTED } from "../../api/constants.js";
 import type { CloudProvider, EnvContext } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
+import { noteFreshRead } from "../fresh-reads.js";
 import type { SecretGetter } from "../shared.js";
 import {
   CredentialsError,
@@ -369,6 +370,7 @@ export class ComputeEnvironmentReconciler {
 
     // The Run cache may lag (a Run created or launched a moment ago): before anything is disposed,
     // or the finalizer released, the Runs are read from the API.
+    if (wrote) noteFreshRead("runs", "before-disposal");
     const stored = wrote ? await this.d.client.list<Run>(RunResource, { namespace: ce.metadata.namespace ?? "default" }) : { items: [] };
     const stillPending = stored.items.filter((r) => belongsTo(r, ce) && (isRunActive(r) || machineMayExist(r)));
     if (stillPending.length > 0) {

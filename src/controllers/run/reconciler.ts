@@ -25,6 +25,7 @@ import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
 import type { GoneComputeEnvironments } from "./gone-ces.js";
 import { ceOfRun, standIn } from "./gone-ces.js";
+import { noteFreshRead } from "../fresh-reads.js";
 
 export interface RunDeps {
   client: KubeClient;
@@ -298,6 +299,7 @@ export class RunReconciler {
     if (refused && launchDecided(run)) return this.failAfterStop(run, ce, provider, log, refused);
     if (launchInFlight(run)) {
       // The cache may not show the machine recorded a moment ago: look at the stored Run first.
+      noteFreshRead("runs", "launch-in-flight");
       const fresh = await this.d.client.get<Run>(RunResource, namespace, run.metadata.name ?? "");
       if (!fresh) return;
       if (fresh.metadata.resourceVersion === run.metadata.resourceVersion || launchInFlight(fresh)) {
@@ -585,6 +587,7 @@ export class RunReconciler {
       // is recorded on the stored version all the same, if that one still awaits it, so what ends
       // the Run knows what to terminate, even while the cloud does not list the machine yet.
       if (!(e instanceof KubeApiError && e.status === 409)) throw e;
+      noteFreshRead("runs", "record-conflict");
       const fresh = await this.d.client.get<Run>(RunResource, run.metadata.namespace, run.metadata.name ?? "");
       if (!fresh || fresh.metadata.uid !== uid || !launchInFlight(fresh)) throw e;
       written = await record(fresh);
