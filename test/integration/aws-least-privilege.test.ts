@@ -830,7 +830,7 @@ describe("through the operator: a CE removed by force while no operator runs, an
     // EC2 lists a new instance under tag filters only some time after its launch: the next
     // operator's first look comes before that, and must not take "not listed" for "not there".
     const lag = new StrictAwsControl(layer.endpoint);
-    await lag.configure({ consistency: { newInstanceHiddenMs: 20_000 } });
+    await lag.configure({ consistency: { newInstanceHiddenMs: 45_000 } });
     const { client, ns, op: first } = await operatorWithKeys("lp-reapplied", keys.exact);
     let next: RunningOperator | undefined;
     const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
@@ -858,7 +858,7 @@ describe("through the operator: a CE removed by force while no operator runs, an
       await client.patch(ComputeEnvironmentResource, ns, "ce", { metadata: { finalizers: null } }, "merge");
       await waitFor("CE gone", async () => (await getCe()) === undefined, 30_000, 200);
       await createAwsCe(client, ns);
-      next = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, unlistedLaunchMs: 25_000 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+      next = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, unlistedLaunchMs: 50_000 })]]), { namespaces: [ns], pollIntervalMs: 500 });
       const after = await readyCe();
       expect(after.metadata.uid).not.toBe(before.metadata.uid);
       const failed = await waitFor("old failed", async () => {

@@ -672,7 +672,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
    * GitOps tool re-creating what it pruned) before the next operator starts. That operator never
    * saw the old CE. `beforeRestart` is called right before it starts.
    */
-  const removedWhileDown = async (ns5: string, reapplyIn?: string, o: { runs?: number; beforeRestart?: (fake: FakeCloud) => void } = {}):
+  const removedWhileDown = async (ns5: string, reapplyIn?: string, o: { runs?: number; beforeRestart?: (fake: FakeCloud, all: Run[]) => void } = {}):
   Promise<{ running: Run; all: Run[]; fake: FakeCloud; stop: () => Promise<void> }> => {
     const fake = new FakeCloud();
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
@@ -689,7 +689,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await strip("ce", ns5);
       await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
       if (reapplyIn) await client.create<ComputeEnvironment>(ComputeEnvironmentResource, ceManifest(ns5, reapplyIn));
-      o.beforeRestart?.(fake);
+      o.beforeRestart?.(fake, all);
       const opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
       return { running, all, fake, stop: async () => opB.stop() };
     } finally {
@@ -734,7 +734,8 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
 
   it("while no operator runs, and applied again as it was: the next operator finds the machine with the new CE and terminates it; the new CE's Runs are its own", async () => {
     const ns5 = await freshNamespace(client, "forced-reapplied");
-    const { running, fake, stop } = await removedWhileDown(ns5, "eu-west-1");
+    // A second Run whose machine the cloud no longer has (terminated and forgotten meanwhile).
+    const { running, fake, stop } = await removedWhileDown(ns5, "eu-west-1", { runs: 2, beforeRestart: (f, all) => f.machines.delete(all[1]?.metadata.uid ?? "") });
     try {
       const newUid = (await readyAgain(ns5)).metadata.uid ?? "";
       const uid = running.metadata.uid ?? "";
@@ -742,6 +743,11 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
       expect(failed.status?.message).toContain(`finds the Run's machine`);
       expect(failed.status?.message).toContain(newUid);
+      // The other Run goes with the same removed CE, and its message does not claim its machine was found.
+      const other = await inPhase("r2", "Failed", 30_000, ns5);
+      expect(other.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(other.status?.message).toContain("not this Run's");
+      expect(other.status?.message).not.toContain("finds the Run's machine");
       await waitFor("the old machine terminated", async () => fake.machineOf(uid)?.state === "terminated", 30_000);
       await waitFor("recorded terminated", async () => (await getRun("r", ns5))?.status?.instance?.state === "terminated", 30_000);
       // Still the old CE's Run: it was not taken over by the new one.
@@ -777,6 +783,23 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       const uids = all.map((r) => r.metadata.uid ?? "").sort();
       const looks = fake.describes.filter((d) => d.where === "eu-central-1");
       expect(looks.map((d) => [...d.runUids].sort())).toEqual([uids]);
+    } finally {
+      await stop();
+    }
+  });
+
+  it("while no operator runs, and applied again in another region, right after the launches: the Runs wait out the cloud's listing lag, with one look for all of them", async () => {
+    const ns11 = await freshNamespace(client, "forced-young");
+    const { all, fake, stop } = await removedWhileDown(ns11, "eu-central-1", { runs: 3, beforeRestart: (f) => { f.unlistedLaunchMs = 120_000; } });
+    try {
+      await readyAgain(ns11);
+      await waitFor("a look from the new region", async () => fake.describes.some((d) => d.where === "eu-central-1"), 30_000);
+      // A few seconds on: none of them is declared unreachable while the cloud may not list its
+      // machine yet, and the look is not repeated meanwhile.
+      await new Promise((r) => setTimeout(r, 3_000));
+      for (const r of all) expect((await getRun(r.metadata.name ?? "", ns11))?.status?.phase).toBe("Running");
+      const looks = fake.describes.filter((d) => d.where === "eu-central-1");
+      expect(looks.map((d) => [...d.runUids].sort())).toEqual([all.map((r) => r.metadata.uid ?? "").sort()]);
     } finally {
       await stop();
     }

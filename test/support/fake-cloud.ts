@@ -58,6 +58,8 @@ export class FakeCloud implements CloudProvider {
   /** Machines start "pending" and turn "running" on the next describe. */
   /** Reported launch time offset (ms in the past), to test timeouts without waiting. */
   launchedAgoMs = 0;
+  /** See CloudProvider.unlistedLaunchMs (this fake lists a machine at once; set it to test the wait). */
+  unlistedLaunchMs: number | undefined;
   private seq = 0;
 
   private ceUid(ctx: EnvContext): string {

@@ -11,7 +11,7 @@ import { setCloudCallObserver } from "../../src/cloud/call-metrics.js";
 import { awsClients } from "../../src/cloud/aws/clients.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { KubeClient } from "../../src/engine/kube.js";
-import { noteFreshRead } from "../../src/controllers/fresh-reads.js";
+import { noteFreshRead, setFreshReadObserver } from "../../src/controllers/fresh-reads.js";
 import { releaseUnusedSecrets } from "../../src/controllers/shared.js";
 
 const T0 = Date.parse("2026-01-01T00:00:00Z");
@@ -47,6 +47,7 @@ describe("reads past the watch caches", () => {
     expect(text).toContain('vmforge_fresh_reads_total{resource="runs",why="launch-in-flight"} 2');
     expect(text).toContain('vmforge_fresh_reads_total{resource="secrets",why="secret-release"} 1');
     expect(text).toContain('vmforge_fresh_reads_total{resource="computeenvironments",why="secret-release"} 1');
+    setFreshReadObserver(undefined);
   });
 });
 

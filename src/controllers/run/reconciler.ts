@@ -108,13 +108,17 @@ export class RunReconciler {
    * provider's listing lag has passed since, "not listed" does not mean "not made".
    */
   private readonly launchTriedAt = new Map<string, number>();
-  /** Run UID -> the CE of its name (UID, generation, Secret) that did not find its machine (reachWith asks each once). */
-  private readonly unreached = new Map<string, string>();
   /**
-   * reachWith's looks, by the removed CE's UID and the CE looking (as in `unreached`): the one in
+   * Run UID -> what reachWith's look with the CE of its name (`asked`: UID, generation, Secret)
+   * found of its machine: found, not found (asked once), or not found yet while the cloud may not
+   * list it (looked for again from `until`).
+   */
+  private readonly looked = new Map<string, { asked: string; found?: true; until?: number }>();
+  /**
+   * reachWith's looks, by the removed CE's UID and the CE looking (as in `looked`): the one in
    * flight, and one the cloud refused (its answer until `until`).
    */
-  private readonly looks = new Map<string, Promise<Map<string, number>>>();
+  private readonly looks = new Map<string, Promise<{ refused?: string }>>();
   private readonly refusedLooks = new Map<string, { until: number; refused: string }>();
   /**
    * Run uid -> launch attempts refused for capacity or quota so far (the backoff grows with it),
@@ -139,6 +143,8 @@ export class RunReconciler {
    *   an annotation, one write), so a stale Run cannot be launched a second time;
    * - a Run whose launch was decided but has no recorded machine is re-read from the API before the
    *   launch is retried (the cache may not show the machine we recorded a moment ago);
+   * - a launched machine whose recording meets a newer version of the Run (409) is recorded on that
+   *   version, read from the API;
    * - the CE reconciler lists Runs from the API before disposing of the environment;
    * - Secrets protected by vmforge are released from a fresh list (releaseUnusedSecrets).
    */
@@ -219,9 +225,8 @@ export class RunReconciler {
       if (await this.expire(run, log)) return;
       // Failed earlier as unreachable (by this operator before a look found it, or by another):
       // the Run now says that its machine was found and is terminated.
-      const via = gone && ce ? this.d.goneCes?.inferredVia(ce) : undefined;
-      if (via && ce && run.status?.reason === "ComputeEnvironmentGone" && run.status.phase === "Failed") {
-        const message = goneMessage(run, ce, via);
+      if (gone && ce && this.d.goneCes?.inferredVia(ce) !== undefined && run.status?.reason === "ComputeEnvironmentGone" && run.status.phase === "Failed") {
+        const message = goneMessage(run, ce, this.inferred(run, ce));
         if (run.status.message !== message) await this.report(run, { message }, "False", "ComputeEnvironmentGone", message);
       }
       return soonest(await this.afterEnd(run, ce, provider, log), ttlWake(run));
@@ -285,7 +290,7 @@ export class RunReconciler {
       const [phase, reason, message] = run.spec.cancel
         ? ["Cancelled", "Cancelled", "cancelled by spec.cancel"] as const
         : gone
-          ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce, this.d.goneCes?.inferredVia(ce))] as const
+          ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce, this.inferred(run, ce))] as const
           : ["Cancelled", "ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`] as const;
       if (machineMayExist(run) && !this.ceStopsMachine(run, ce, provider)) {
         const wait = await this.stopBeforeEnd(run, ce, provider, log);
@@ -414,7 +419,7 @@ export class RunReconciler {
   /** The Run is gone from the cache: a claim it still holds (its launch never got written) goes. */
   forget(run: Run): void {
     this.release(run);
-    this.unreached.delete(run.metadata.uid ?? "");
+    this.looked.delete(run.metadata.uid ?? "");
   }
 
   /**
@@ -442,42 +447,60 @@ export class RunReconciler {
     const asked = `${named.metadata.uid ?? ""}/${named.metadata.generation ?? ""}/${named.spec.credentials?.secretRef?.name ?? ""}`;
     if (!goneCes || !provider || !under || under === named.metadata.uid) return {};
     const group = `${under}/${asked}`;
+    // What an earlier look settled for this Run; undefined: a look is needed.
+    const settled = (): { wait?: number } | undefined => {
+      const prior = this.looked.get(uid);
+      if (prior?.asked !== asked || prior.found) return undefined;
+      if (prior.until === undefined) return {};
+      const left = prior.until - Date.now();
+      return left > 0 ? { wait: left } : undefined;
+    };
     // Twice at most: a Run that came into the cache after the look in flight began has one of its own.
     for (let round = 0; round < 2; round++) {
-      if (this.unreached.get(uid) === asked) return {};
+      const known = settled();
+      if (known) return known;
       const refusal = this.refusedLooks.get(group);
       if (refusal && refusal.until > Date.now()) return { refused: refusal.refused };
+      if (refusal) this.refusedLooks.delete(group);
       let look = this.looks.get(group);
       if (!look) {
-        look = this.lookFor(run, named, provider, asked, group, log).finally(() => this.looks.delete(group));
+        look = this.lookFor(run, named, provider, asked, group).finally(() => this.looks.delete(group));
+        // A caller that stops waiting (its own deadline) leaves the look to the others: its
+        // failure is theirs to see, never an unhandled rejection.
+        look.catch(() => undefined);
         this.looks.set(group, look);
       }
-      const waits = await look;
+      const answer = await untilAborted(look, this.signals.get(log));
       // Found for any Run of that CE: the stand-in is remembered, and this Run goes with it too.
       const ce = goneCes.find(run);
       if (ce) return { ce };
-      const wait = waits.get(uid);
-      if (wait !== undefined) return { wait };
+      if (answer.refused) return { refused: answer.refused };
     }
-    return {};
+    return settled() ?? {};
   }
 
   /**
    * One describe, with the stand-in of the removed CE `run` was launched under, of every cached
    * Run launched under it that `named` (as `asked`) has not looked for yet. Outcomes: a machine
-   * found makes the stand-in remembered (goneCes.inferFrom); each Run not found goes in
-   * `unreached`, unless its machine may not be listed yet: then the wait until it would be is in
-   * the answer, by Run UID. A refusal goes in `refusedLooks`. Other failures are thrown (retried
-   * by the caller).
+   * found makes the stand-in remembered (goneCes.inferFrom); each Run's outcome goes in `looked`
+   * (not found, or not found yet while its machine may not be listed). A refusal goes in
+   * `refusedLooks` and is the answer. Other failures are thrown (retried by the callers). Shared by
+   * the Runs' reconciles, so it runs under a deadline of its own, not the first caller's.
    */
-  private async lookFor(run: Run, named: ComputeEnvironment, provider: CloudProvider, asked: string, group: string, log: Logger): Promise<Map<string, number>> {
-    const waits = new Map<string, number>();
+  private async lookFor(run: Run, named: ComputeEnvironment, provider: CloudProvider, asked: string, group: string): Promise<{ refused?: string }> {
     const candidate = standIn(run, named);
     const under = launchedUnder(run);
-    if (!candidate || !under) return waits;
+    if (!candidate || !under) return {};
+    const log = this.d.logger.child({ run: this.key(run), lookingFor: under });
+    this.signals.set(log, AbortSignal.timeout(LOOK_TIMEOUT_MS));
     const uidOf = (r: Run): string => r.metadata.uid ?? "";
+    const at = Date.now();
+    const due = (r: Run): boolean => {
+      const prior = this.looked.get(uidOf(r));
+      return prior?.asked !== asked || (!prior.found && prior.until !== undefined && prior.until <= at);
+    };
     const others = runsOfCe(this.d.runs, run.metadata.namespace, run.spec.computeEnvironmentRef.name)
-      .filter((r) => uidOf(r) !== uidOf(run) && launchedUnder(r) === under && machineMayExist(r) && this.unreached.get(uidOf(r)) !== asked);
+      .filter((r) => uidOf(r) !== uidOf(run) && launchedUnder(r) === under && machineMayExist(r) && due(r));
     const runs = [run, ...others];
     let found: Map<string, RunDescription | undefined>;
     try {
@@ -489,18 +512,19 @@ export class RunReconciler {
       // resync, a change of the Run or the CE) rather than remembered for good.
       const { reason, message } = describeError(e);
       log.info({ reason, runs: runs.length }, "the ComputeEnvironment now holding the name cannot look for the machines of Runs launched under a removed one");
-      const at = Date.now();
-      for (const [k, v] of this.refusedLooks) if (v.until <= at) this.refusedLooks.delete(k);
-      this.refusedLooks.set(group, { until: at + (this.d.refusedLookHoldMs ?? polls(this.d.pollIntervalMs, 4, 2_000, 60_000)), refused: clip(`${reason}: ${message}`, 300) });
-      return waits;
+      const now = Date.now();
+      for (const [k, v] of this.refusedLooks) if (v.until <= now) this.refusedLooks.delete(k);
+      const refused = clip(`${reason}: ${message}`, 300);
+      this.refusedLooks.set(group, { until: now + Math.max(1_000, this.d.refusedLookHoldMs ?? polls(this.d.pollIntervalMs, 4, 2_000, 60_000)), refused });
+      return { refused };
     }
     let finder: Run | undefined;
-    const at = Date.now();
     for (const r of runs) {
       const desc = found.get(uidOf(r));
       // Only a machine the cloud listed counts: a description the provider inferred for a machine
       // it does not list (gone, or in another account, region or subscription) proves nothing.
       if (desc && !desc.launchFailure && !desc.unlisted) {
+        this.looked.set(uidOf(r), { asked, found: true });
         finder ??= r;
         continue;
       }
@@ -508,15 +532,20 @@ export class RunReconciler {
       // decision) less than the listing lag ago: not listed proves nothing yet either.
       const launched = r.status?.launchedAt ? Date.parse(r.status.launchedAt) : (this.launchTriedAt.get(uidOf(r)) ?? at);
       if (!r.status?.launchedAt) this.launchTriedAt.set(uidOf(r), launched);
-      const left = launched + (provider.unlistedLaunchMs ?? 0) - at;
-      if (left > 0) waits.set(uidOf(r), left);
-      else this.unreached.set(uidOf(r), asked);
+      const listedBy = launched + (provider.unlistedLaunchMs ?? 0);
+      this.looked.set(uidOf(r), listedBy > at ? { asked, until: listedBy } : { asked });
     }
-    if (!finder) return waits;
+    if (!finder) return {};
     log.info({ runs: runs.length, ce: named.metadata.uid }, "found machines of Runs whose ComputeEnvironment was removed before this operator started, with the ComputeEnvironment now holding the name");
     // The other Runs go with it from now on; the run tracker's next poll looks at their machines.
     this.d.goneCes?.inferFrom(finder, named, candidate);
-    return waits;
+    return {};
+  }
+
+  /** For goneMessage: the CE now holding the name that found machines of the Run's removed CE, if any. */
+  private inferred(run: Run, ce: ComputeEnvironment): { uid: string; foundThis: boolean } | undefined {
+    const uid = this.d.goneCes?.inferredVia(ce);
+    return uid === undefined ? undefined : { uid, foundThis: this.looked.get(run.metadata.uid ?? "")?.found === true };
   }
 
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
@@ -1055,6 +1084,20 @@ export function ttlDue(run: Run): number | undefined {
 /** Longest single wait for a TTL (a reconcile then looks again); keeps timers within setTimeout's range. */
 const MAX_TTL_WAIT_MS = 24 * 3600_000;
 
+/** The longest a look shared by many Runs' reconciles (reachWith) may take. */
+const LOOK_TIMEOUT_MS = 60_000;
+
+/** `p`'s answer, unless `signal` aborts first (then its reason is thrown; `p` goes on for others). */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
 /** A wake-up for when the Run's TTL passes (a little after, so the check finds it due). */
 function ttlWake(run: Run): ReconcileResult {
   const due = ttlDue(run);
@@ -1079,12 +1122,15 @@ export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string 
 }
 
 /**
- * Why a Run whose CE was removed by force ends, and with what its machine is terminated; `via`: the
- * UID of the CE now holding the name, when that CE found the machine (reachWith).
+ * Why a Run whose CE was removed by force ends, and with what its machine is terminated; `via`:
+ * when the CE now holding the name (its UID) found machines of the removed CE (reachWith), and
+ * whether this Run's was among them.
  */
-function goneMessage(run: Run, ce: ComputeEnvironment, via: string | undefined): string {
+function goneMessage(run: Run, ce: ComputeEnvironment, via: { uid: string; foundThis: boolean } | undefined): string {
   const which = run.status?.instance?.id ? `machine ${run.status.instance.id}` : "any machine the launch made";
-  return via
-    ? `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off) before this operator started; the ComputeEnvironment now holding the name (UID ${via}) finds the Run's machine in its account and region, and the operator terminates ${which} with its credentials`
-    : `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${which} with the credentials and region the ComputeEnvironment last named`;
+  if (via) {
+    const finds = via.foundThis ? "finds the Run's machine" : "finds machines launched under it (not this Run's, which may be gone)";
+    return `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off) before this operator started; the ComputeEnvironment now holding the name (UID ${via.uid}) ${finds} in its account and region, and the operator terminates ${which} with its credentials`;
+  }
+  return `ComputeEnvironment ${ce.metadata.name} was removed while the Run was active (its finalizer taken off); the operator terminates ${which} with the credentials and region the ComputeEnvironment last named`;
 }

@@ -206,16 +206,16 @@ export class RunTracker {
     for (const run of this.d.runs.list()) {
       if (!run.metadata.uid || !machineMayExist(run)) continue;
       const ce = this.d.ceOf(run);
-      if (!ce) continue;
-      const key = accountRegionKey(ce);
       if (defer && this.observations.get(run.metadata.uid)?.polled === false && !run.metadata.deletionTimestamp && !run.spec.cancel && !isTerminal(run)) {
         // Launched moments ago (its launch answer on record), never looked at, and not being ended
         // (whose termination waits for a look): kept for a later poll.
         observed.add(run.metadata.uid);
-        waiting.add(key);
+        if (ce) waiting.add(accountRegionKey(ce));
         deferred++;
         continue;
       }
+      if (!ce) continue;
+      const key = accountRegionKey(ce);
       const g = groups.get(key) ?? { ce, runs: [] as Run[], ceOf: new Map<string, ComputeEnvironment>() };
       groups.set(key, g);
       g.runs.push(run);
