@@ -689,6 +689,9 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await strip("ce", ns5);
       await waitFor("CE gone", async () => (await getCe("ce", ns5)) === undefined);
       if (reapplyIn) await client.create<ComputeEnvironment>(ComputeEnvironmentResource, ceManifest(ns5, reapplyIn));
+      // The next operator's looks meet what the real providers answer for a recorded machine they
+      // do not list: "terminated", inferred (unlisted), which is no find.
+      fake.inferUnlisted = true;
       o.beforeRestart?.(fake, all);
       const opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns5] });
       return { running, all, fake, stop: async () => opB.stop() };
@@ -788,18 +791,30 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     }
   });
 
-  it("while no operator runs, and applied again in another region, right after the launches: the Runs wait out the cloud's listing lag, with one look for all of them", async () => {
+  it("while no operator runs, and applied again in another region, right after the launches: the Runs wait out the cloud's listing lag, with one look for all of them, then say they cannot be reached", async () => {
     const ns11 = await freshNamespace(client, "forced-young");
-    const { all, fake, stop } = await removedWhileDown(ns11, "eu-central-1", { runs: 3, beforeRestart: (f) => { f.unlistedLaunchMs = 120_000; } });
+    const LAG = 20_000;
+    const { all, fake, stop } = await removedWhileDown(ns11, "eu-central-1", { runs: 3, beforeRestart: (f) => { f.unlistedLaunchMs = LAG; } });
     try {
+      const launchedAt = Math.max(...all.map((r) => Date.parse(r.status?.launchedAt ?? "")));
       await readyAgain(ns11);
       await waitFor("a look from the new region", async () => fake.describes.some((d) => d.where === "eu-central-1"), 30_000);
       // A few seconds on: none of them is declared unreachable while the cloud may not list its
       // machine yet, and the look is not repeated meanwhile.
       await new Promise((r) => setTimeout(r, 3_000));
+      // Still inside the lag (else this part proves nothing).
+      expect(Date.now() - launchedAt).toBeLessThan(LAG);
       for (const r of all) expect((await getRun(r.metadata.name ?? "", ns11))?.status?.phase).toBe("Running");
       const looks = fake.describes.filter((d) => d.where === "eu-central-1");
       expect(looks.map((d) => [...d.runUids].sort())).toEqual([all.map((r) => r.metadata.uid ?? "").sort()]);
+      // Once the lag has passed, a look that still does not find them is the answer.
+      for (const r of all) {
+        const failed = await inPhase(r.metadata.name ?? "", "Failed", LAG + 30_000, ns11);
+        expect(failed.status?.message).toContain("it does not find the machine");
+      }
+      const later = fake.describes.filter((d) => d.where === "eu-central-1").slice(1);
+      expect(later.length).toBeGreaterThan(0);
+      expect(later.length).toBeLessThanOrEqual(all.length);
     } finally {
       await stop();
     }
@@ -823,14 +838,21 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
         expect(failed.status?.message).toContain("it could not look for the machine (UnauthorizedOperation");
         expect(failed.status?.message).toContain("may still be running");
       }
-      // The refusal was the answer of one look for both Runs.
-      expect(fake.describes.slice(before).map((d) => [...d.runUids].sort())).toEqual([uids]);
+      // The refusal was the answer of a look for both Runs, not one per Run (a reconcile after the
+      // refusal's hold, say when the new CE turned Ready, may ask again: for both again).
+      const refusedLooks = fake.describes.slice(before).map((d) => [...d.runUids].sort());
+      expect(refusedLooks.length).toBeGreaterThan(0);
+      for (const look of refusedLooks) expect(look).toEqual(uids);
       expect(fake.calls.terminate).toBe(0);
       // Allowed now (the policy fixed): after the refusal's hold, the Runs' next reconcile (here a
       // change of one of them) looks again, finds the machines and terminates them.
       fake.describeError = undefined;
-      await new Promise((r) => setTimeout(r, 2_500));
-      await client.patch(RunResource, ns10, "r", { metadata: { annotations: { touched: "1" } } }, "merge");
+      let touch = 0;
+      await waitFor("a look that is allowed", async () => {
+        // A change of the Run at each pass: once the refusal's hold has passed, its reconcile looks again.
+        await client.patch(RunResource, ns10, "r", { metadata: { annotations: { touched: String(++touch) } } }, "merge");
+        return fake.machineOf(all[0]?.metadata.uid ?? "")?.state === "terminated";
+      }, 30_000, 1_000);
       for (const r of all) {
         await waitFor(`${r.metadata.name ?? ""} terminated`, async () => fake.machineOf(r.metadata.uid ?? "")?.state === "terminated", 30_000);
       }

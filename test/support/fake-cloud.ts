@@ -42,6 +42,12 @@ export class FakeCloud implements CloudProvider {
    * and whether it was a full look (no `observed` given: nothing the caller saw before is assumed).
    */
   readonly describes: { where: string; runUids: string[]; full: boolean }[] = [];
+  /**
+   * As the real providers do (AWS once a recorded instance is no longer listed, Azure for a VM
+   * missing from the list): a machine the Run recorded that this look does not see is described
+   * as terminated, marked `unlisted` (an inference, not a find). Off: described as unknown.
+   */
+  inferUnlisted = false;
   /** describeRuns throws this while set. */
   describeError: CloudError | undefined;
   /** terminateRun throws this while set (e.g. a Terminal AccessDenied). */
@@ -155,7 +161,8 @@ export class FakeCloud implements CloudProvider {
       const uid = run.metadata.uid ?? "";
       const m = this.seenFrom(ctx.runCe?.(run) ?? ctx.ce, run);
       if (!m) {
-        out.set(uid, undefined);
+        const recorded = run.status?.instance?.id;
+        out.set(uid, this.inferUnlisted && recorded ? { instanceId: recorded, state: "terminated", unlisted: true } : undefined);
         continue;
       }
       if (m.state === "pending") m.state = "running";
