@@ -829,9 +829,17 @@ describe("through the operator: a CE removed by force while no operator runs, an
   it("the next operator, which never saw the old CE, finds the old instance with the new CE (same account and region) and terminates it, also while EC2 does not list the instance yet", async () => {
     // EC2 lists a new instance under tag filters only some time after its launch: the next
     // operator's first look comes before that, and must not take "not listed" for "not there".
+    const HIDDEN_MS = 45_000;
     const lag = new StrictAwsControl(layer.endpoint);
-    await lag.configure({ consistency: { newInstanceHiddenMs: 45_000 } });
-    const { client, ns, op: first } = await operatorWithKeys("lp-reapplied", keys.exact);
+    await lag.configure({ consistency: { newInstanceHiddenMs: HIDDEN_MS } });
+    let started: Awaited<ReturnType<typeof operatorWithKeys>>;
+    try {
+      started = await operatorWithKeys("lp-reapplied", keys.exact);
+    } catch (e) {
+      await lag.configure({ consistency: { newInstanceHiddenMs: 0 } });
+      throw e;
+    }
+    const { client, ns, op: first } = started;
     let next: RunningOperator | undefined;
     const getCe = () => client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce");
     const getRun = () => client.get<Run>(RunResource, ns, "old");
@@ -859,6 +867,8 @@ describe("through the operator: a CE removed by force while no operator runs, an
       await waitFor("CE gone", async () => (await getCe()) === undefined, 30_000, 200);
       await createAwsCe(client, ns);
       next = await startOperator(kubeconfigPath(), new Map([["aws", new AwsProvider({ endpoint: layer.endpoint, maxAttempts: 1, unlistedLaunchMs: 50_000 })]]), { namespaces: [ns], pollIntervalMs: 500 });
+      // The next operator starts while EC2 still hides the instance (else the lag is not exercised).
+      expect(Date.now() - Date.parse(old.status?.launchedAt ?? "")).toBeLessThan(HIDDEN_MS);
       const after = await readyCe();
       expect(after.metadata.uid).not.toBe(before.metadata.uid);
       const failed = await waitFor("old failed", async () => {

@@ -354,6 +354,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
       expect(failed.status?.message).toContain(`UID ${after.metadata.uid}, and it does not find the machine`);
       expect(failed.status?.message).toContain("may still be running");
+      // A change of the Run brings another reconcile of it (as a resync would): it still does not
+      // touch the VM, which the new CE cannot reach.
+      await env.kube.patch(RunResource, ns, "old", { metadata: { annotations: { touched: "1" } } }, "merge");
       const polls = next.operator.tracker.pollCount;
       await waitFor("three more polls", async () => next!.operator.tracker.pollCount >= polls + 3, 30_000, 100);
       expect(await env.vmOf(old)).toBeDefined();

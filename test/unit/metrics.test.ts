@@ -36,18 +36,21 @@ describe("reads past the watch caches", () => {
     const registry = new Registry();
     const names = registerOperatorMetrics(registry, { ces: () => [], runs: () => [] });
     expect(names).toContain("vmforge_fresh_reads_total");
-    noteFreshRead("runs", "launch-in-flight");
-    noteFreshRead("runs", "launch-in-flight");
-    // Releasing unused Secrets lists Secrets and CEs from the API: both counted.
-    const lists: string[] = [];
-    const client = { list: async (rt: { plural: string }) => { lists.push(rt.plural); return { items: [] }; } } as unknown as KubeClient;
-    await releaseUnusedSecrets(client, "ns");
-    expect(lists.sort()).toEqual(["computeenvironments", "secrets"]);
-    const text = await registry.metrics();
-    expect(text).toContain('vmforge_fresh_reads_total{resource="runs",why="launch-in-flight"} 2');
-    expect(text).toContain('vmforge_fresh_reads_total{resource="secrets",why="secret-release"} 1');
-    expect(text).toContain('vmforge_fresh_reads_total{resource="computeenvironments",why="secret-release"} 1');
-    setFreshReadObserver(undefined);
+    try {
+      noteFreshRead("runs", "launch-in-flight");
+      noteFreshRead("runs", "launch-in-flight");
+      // Releasing unused Secrets lists Secrets and CEs from the API: both counted.
+      const lists: string[] = [];
+      const client = { list: async (rt: { plural: string }) => { lists.push(rt.plural); return { items: [] }; } } as unknown as KubeClient;
+      await releaseUnusedSecrets(client, "ns");
+      expect(lists.sort()).toEqual(["computeenvironments", "secrets"]);
+      const text = await registry.metrics();
+      expect(text).toContain('vmforge_fresh_reads_total{resource="runs",why="launch-in-flight"} 2');
+      expect(text).toContain('vmforge_fresh_reads_total{resource="secrets",why="secret-release"} 1');
+      expect(text).toContain('vmforge_fresh_reads_total{resource="computeenvironments",why="secret-release"} 1');
+    } finally {
+      setFreshReadObserver(undefined);
+    }
   });
 });
 

@@ -4,7 +4,7 @@ import type { ComputeEnvironment, Run } from "../../../src/api/types.js";
 import type { KubeClient } from "../../../src/engine/kube.js";
 import { createLogger } from "../../../src/engine/logger.js";
 import { DEFER_FIRST_LOOK_POLLS, RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
-import type { EnvContext, RunDescription } from "../../../src/cloud/provider.js";
+import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
 import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
 import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
@@ -77,14 +77,9 @@ describe("RunTracker", () => {
   });
 
   it("while Run work is backed up, a machine whose launch answer is on record and that no poll looked at yet waits, at most DEFER_FIRST_LOOK_POLLS polls in a row", async () => {
-    const asked: string[][] = [];
-    class Counting extends FakeCloud {
-      override async describeRuns(ctx: EnvContext, rs: Run[]): Promise<Map<string, RunDescription | undefined>> {
-        asked.push(rs.map((r) => r.metadata.name ?? ""));
-        return super.describeRuns(ctx, rs);
-      }
-    }
-    const cloud = new Counting();
+    const cloud = new FakeCloud();
+    /** The Runs (by name) of each describe so far. */
+    const asked = (): string[][] => cloud.describes.map((d) => d.runUids.map((u) => u.replace(/^run-/, "")));
     const ces = [ce("a", "creds", "eu-west-1")];
     const runs = [run("seen", "a", "Running"), run("fresh", "a", "Launching")];
     for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
@@ -99,23 +94,23 @@ describe("RunTracker", () => {
     await t.pollOnce();
     await t.pollOnce();
     // Left for later twice, and its launch's record kept meanwhile (not dropped as a machine no longer followed).
-    expect(asked).toEqual([["seen"], ["seen"]]);
+    expect(asked()).toEqual([["seen"], ["seen"]]);
     expect(t.get("run-fresh")?.desc?.state).toBe("pending");
     expect(t.lastPoll.runs).toBe(1);
     // The third poll in a row looks at it, backlog or not.
     await t.pollOnce();
-    expect(asked[2]).toEqual(["seen", "fresh"]);
+    expect(asked()[2]).toEqual(["seen", "fresh"]);
     expect(t.get("run-fresh")).toMatchObject({ polled: true, desc: { state: "running" } });
     expect(enqueued).toContain("ns/fresh");
     // A new launch's record (say, launched again after a capacity wait) is left out again while
     // work is backed up ...
     t.record("run-fresh", { instanceId: "i-fresh", state: "running" });
     await t.pollOnce();
-    expect(asked[3]).toEqual(["seen"]);
+    expect(asked()[3]).toEqual(["seen"]);
     // ... and not when it is not.
     backlog = false;
     await t.pollOnce();
-    expect(asked[4]).toEqual(["seen", "fresh"]);
+    expect(asked()[4]).toEqual(["seen", "fresh"]);
   });
 
   it("never leaves for later a machine whose Run is being deleted, cancelled or has ended: their termination waits for a look", async () => {
