@@ -80,6 +80,8 @@ const RUN_WORKERS_PER_WORKER = 4;
  * pause for longer than a burst slow the launches down but never stop them.
  */
 const ACK_FIRST_MAX_WAIT_MS = 10_000;
+/** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */
+const EVENT_MAX_HOLD_MS = 60_000;
 /** Run changes that concern a CE are gathered this long into one CE reconcile. */
 const CE_COALESCE_MS = 1_000;
 
@@ -127,8 +129,14 @@ export class Operator {
         ...(namespace ? { namespace } : {}), ...(labelSelector ? { labelSelector } : {}), ...(metrics ? { metrics } : {}),
       }));
 
+    // Events wait while new Runs wait for their first status or Run work is backed up (a burst of
+    // launches): they report the work, so they do not take the kube-apiserver from it. Each keeps
+    // the time it happened and goes at most EVENT_MAX_HOLD_MS later.
+    const runBacklog = (): boolean => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER;
+    const runWorkBackedUp = (): boolean => this.ackController.queue.len() > 0 || runBacklog();
     const events = new EventRecorder(client, {
       controller: "vmforge.dev/operator", instance: config.identity, logger, ...(metrics ? { metrics } : {}), ...(o.redact ? { redact: o.redact } : {}),
+      holdWhile: runWorkBackedUp, maxHoldMs: EVENT_MAX_HOLD_MS,
     });
 
     this.ceController = new Controller({
@@ -210,7 +218,7 @@ export class Operator {
       ceOf: (run) => ceOfRun(run, this.ces.get(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`), this.goneCes).ce,
       enqueueRun: (k) => this.runController.enqueue(k), pollIntervalMs: config.pollIntervalMs, secrets,
       // As many Runs waiting as Run workers, or more: a burst of launches is being worked through.
-      backlog: () => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER,
+      backlog: runBacklog,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,

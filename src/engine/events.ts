@@ -104,7 +104,18 @@ export interface EventRecorderOptions {
   burst?: number;
   /** Events waiting beyond this many are dropped and counted (result "dropped"). Default 5000. */
   maxPending?: number;
+  /**
+   * While this says true (e.g. launches are backed up), Events are held back instead of sent:
+   * they then take no share of the kube-apiserver from the work they report on. Each is held at
+   * most `maxHoldMs` after it was recorded (default 1 minute), so work that never lets up delays
+   * Events but never stops them.
+   */
+  holdWhile?: () => boolean;
+  maxHoldMs?: number;
 }
+
+/** How often held Events look whether they may go. */
+const HOLD_CHECK_MS = 250;
 
 interface SeriesEntry {
   namespace: string;
@@ -128,6 +139,9 @@ export class EventRecorder {
   private readonly pace: TokenBucket;
   private readonly maxPending: number;
   private pending = 0;
+  /** Events held back (holdWhile), in the order they were recorded: when each must go at the latest. */
+  private readonly held: { until: number; go: () => void }[] = [];
+  private holdTimer: NodeJS.Timeout | undefined;
 
   constructor(client: KubeClient, opts: EventRecorderOptions) {
     this.client = client;
@@ -139,7 +153,11 @@ export class EventRecorder {
     this.maxPending = opts.maxPending ?? 5_000;
   }
 
-  /** Emits (or aggregates) an event about `regarding`. Never throws. */
+  /**
+   * Emits (or aggregates) an event about `regarding`. Never throws. Resolves once the Event is
+   * sent, dropped or failed, which can take a while when Events are paced or held back: a caller
+   * with other work to do does not wait for it (`void recorder.record(...)`).
+   */
   async record(regarding: Regarding, type: EventType, reason: string, action: string, note: string): Promise<void> {
     let key: string;
     let ev: EventObject;
@@ -163,9 +181,12 @@ export class EventRecorder {
     }
     this.pending++;
     const prev = this.inflight.get(key) ?? Promise.resolve();
-    // The token is reserved now (call order); unref: Events still waiting do not keep a stopping process alive.
-    const wait = this.pace.take();
+    const recordedAt = Date.now();
     const run = prev.then(async () => {
+      await this.holdBack(recordedAt);
+      // The token is reserved when the Event may go (in the order they were released); unref:
+      // Events still waiting do not keep a stopping process alive.
+      const wait = this.pace.take();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
       await this.emit(key, ev, regarding);
     });
@@ -176,6 +197,39 @@ export class EventRecorder {
       this.pending--;
       if (this.inflight.get(key) === run) this.inflight.delete(key);
     }
+  }
+
+  /** Resolves once holdWhile says false, or `maxHoldMs` after `recordedAt`. */
+  private holdBack(recordedAt: number): Promise<void> {
+    const hold = this.opts.holdWhile;
+    if (!hold || !safely(hold)) return Promise.resolve();
+    const until = recordedAt + Math.max(0, this.opts.maxHoldMs ?? 60_000);
+    if (Date.now() >= until) return Promise.resolve();
+    return new Promise<void>((go) => {
+      this.held.push({ until, go });
+      // One timer for all of them, however many are held.
+      this.holdTimer ??= setInterval(() => this.release(), HOLD_CHECK_MS).unref();
+    });
+  }
+
+  private release(): void {
+    const all = !safely(this.opts.holdWhile);
+    const t = Date.now();
+    const going = all ? this.held.splice(0) : this.held.filter((h) => t >= h.until);
+    if (!all && going.length > 0) {
+      const staying = this.held.filter((h) => t < h.until);
+      this.held.splice(0, this.held.length, ...staying);
+    }
+    for (const h of going) h.go();
+    if (this.held.length === 0 && this.holdTimer) {
+      clearInterval(this.holdTimer);
+      this.holdTimer = undefined;
+    }
+  }
+
+  /** Events held back now (holdWhile). */
+  get heldBack(): number {
+    return this.held.length;
   }
 
   /** Events accepted and not yet sent (or failed). */
@@ -268,6 +322,15 @@ export class EventRecorder {
     } catch {
       // never throw from the recorder
     }
+  }
+}
+
+/** The hold predicate's answer; one that throws holds nothing back (recording never throws). */
+function safely(hold: (() => boolean) | undefined): boolean {
+  try {
+    return hold?.() === true;
+  } catch {
+    return false;
   }
 }
 

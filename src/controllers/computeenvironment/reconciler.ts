@@ -150,7 +150,7 @@ export class ComputeEnvironmentReconciler {
       conditions = setCondition(conditions, { type: CREDENTIALS, status: "False", reason: e.reason, message: e.message, observedGeneration: generation });
       conditions = provisionedFollows(conditions, generation, e.reason, e.message);
       const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions });
-      if (written) await this.d.events.record(withFinalizer, "Warning", e.reason, "ResolveCredentials", e.message);
+      if (written) void this.d.events.record(withFinalizer, "Warning", e.reason, "ResolveCredentials", e.message);
       // The Secret may be created later; look again now and then (the condition says why).
       return { requeueAfterMs: 15_000 };
     }
@@ -237,7 +237,7 @@ export class ComputeEnvironmentReconciler {
       await this.sweep(provider, ctx, withFinalizer, log);
       await releaseUnusedSecrets(this.d.client, namespace ?? "default", undefined, this.d.secretsHeldFor?.(namespace ?? "default"));
       if (written && !isReady) {
-        await this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
+        void this.d.events.record(withFinalizer, "Normal", "Ready", "Provision", "every cloud resource is in place");
         // Runs waiting for this CE can go.
         for (const r of this.runsOf(withFinalizer)) this.d.enqueueRun(`${r.metadata.namespace}/${r.metadata.name}`);
       }
@@ -261,7 +261,7 @@ export class ComputeEnvironmentReconciler {
         const answers = sameAsStall ? (stalled?.answers ?? 0) + 1 : 1;
         this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested, answers });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
-        if (written) await this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
+        if (written) void this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
         // Waits for a spec or credentials change; re-checks, soon and then seldom, cover fixes made in the cloud itself.
         return { requeueAfterMs: this.recheckMs(answers) };
@@ -295,7 +295,7 @@ export class ComputeEnvironmentReconciler {
     }
     if (deleted.length === 0) return;
     log.info({ runs: deleted }, "deleted finished Runs beyond the runHistory limits");
-    await this.d.events.record(ce, "Normal", "RunHistoryPruned", "Prune",
+    void this.d.events.record(ce, "Normal", "RunHistoryPruned", "Prune",
       clip(`deleted ${deleted.length} finished Run(s) beyond runHistory (succeededLimit ${limits.succeededLimit ?? "unlimited"}, failedLimit ${limits.failedLimit ?? "unlimited"}): ${deleted.join(", ")}`));
   }
 
@@ -313,7 +313,7 @@ export class ComputeEnvironmentReconciler {
       const stopped = await provider.sweepOrphans(ctx, live);
       if (stopped.length > 0) {
         log.warn({ machines: stopped }, "terminated machines whose Run no longer exists");
-        await this.d.events.record(ce, "Warning", "OrphansTerminated", "Sweep", clip(`terminated ${stopped.length} machine(s) whose Run no longer exists: ${stopped.join(", ")}`));
+        void this.d.events.record(ce, "Warning", "OrphansTerminated", "Sweep", clip(`terminated ${stopped.length} machine(s) whose Run no longer exists: ${stopped.join(", ")}`));
       }
       this.sweepRetry.delete(uid);
     } catch (e) {
@@ -411,9 +411,9 @@ export class ComputeEnvironmentReconciler {
       await this.report(ce, {
         conditions: setCondition(ce.status?.conditions, { type: PROVISIONED, status: "False", reason: "Disposed", message: "cloud resources deleted", observedGeneration: generation }),
       });
-      await this.d.events.record(ce, "Normal", "Disposed", "Dispose", "cloud resources deleted");
+      void this.d.events.record(ce, "Normal", "Disposed", "Dispose", "cloud resources deleted");
     } else if (wrote && policy === "Retain") {
-      await this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
+      void this.d.events.record(ce, "Normal", "Retained", "Dispose", "deletionPolicy is Retain: cloud resources left in place");
     }
 
     await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid, this.d.secretsHeldFor?.(ce.metadata.namespace ?? "default"));
@@ -440,7 +440,7 @@ export class ComputeEnvironmentReconciler {
       if (policy === "Retain") {
         // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
         const { reason, message } = describeError(e);
-        await this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
+        void this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
         return undefined;
       }
       const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
@@ -449,7 +449,7 @@ export class ComputeEnvironmentReconciler {
     }
     if (stopped.length === 0) return undefined;
     log.info({ machines: stopped.length }, "terminating the environment's machines");
-    await this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
+    void this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
     await this.report(ce, {
       phase: "Deleting",
       conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "reconciling", "StoppingMachines", clip(`terminating ${stopped.length} machine(s) before deleting cloud resources`)),
@@ -473,7 +473,7 @@ export class ComputeEnvironmentReconciler {
       phase: "Deleting",
       conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "stalled", reason, m),
     });
-    if (written) await this.d.events.record(ce, "Warning", reason, "Dispose", m);
+    if (written) void this.d.events.record(ce, "Warning", reason, "Dispose", m);
     return { requeueAfterMs: 5 * 60_000 };
   }
 

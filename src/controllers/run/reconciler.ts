@@ -774,7 +774,7 @@ export class RunReconciler {
     const before = last?.reason ?? run.status?.reason;
     const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
-    if (written && before !== reason) await this.d.events.record(run, "Warning", reason, "Launch", m);
+    if (written && before !== reason) void this.d.events.record(run, "Warning", reason, "Launch", m);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }
 
@@ -788,7 +788,7 @@ export class RunReconciler {
       const message = clip(`cannot read the Run's log: ${desc.readError.message}`);
       if (current?.status === "True" && current.message === message) return;
       const conditions = setCondition(run.status?.conditions, { type: LOG_READ_BLOCKED, status: "True", reason: desc.readError.reason, message, observedGeneration: run.metadata.generation });
-      if (await this.report(run, { conditions })) await this.d.events.record(run, "Warning", desc.readError.reason, "ReadLog", message);
+      if (await this.report(run, { conditions })) void this.d.events.record(run, "Warning", desc.readError.reason, "ReadLog", message);
     } else if (current) {
       await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== LOG_READ_BLOCKED) ?? [] });
     }
@@ -845,7 +845,7 @@ export class RunReconciler {
         // and nothing would tell why any more. (With the condition set, the next reconcile goes on
         // terminating below, so a crash before the termination loses nothing either.)
         await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
-        if (await this.terminate(run, ce, provider, log)) await this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
+        if (await this.terminate(run, ce, provider, log)) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
         return { requeueAfterMs: this.d.pollIntervalMs };
       }
     }
@@ -977,7 +977,7 @@ export class RunReconciler {
       let c = setCondition(run.status?.conditions, { type: MACHINE_BLOCKED, status: "True", reason, message: m, observedGeneration: g });
       c = setCondition(c, { type: "Stalled", status: "True", reason, message: m, observedGeneration: g });
       const written = await this.report(run, { conditions: c });
-      if (written) await this.d.events.record(run, "Warning", reason, "Terminate", m);
+      if (written) void this.d.events.record(run, "Warning", reason, "Terminate", m);
       log.warn({ reason }, "terminating the machine is blocked: %s", message);
       return false;
     }

@@ -146,6 +146,46 @@ describe("EventRecorder", () => {
     for (const t of times) expect(t).toBeLessThanOrEqual(recorded);
   });
 
+  it("holds Events back while holdWhile says so, and sends them, each with its own time, once it no longer does", async () => {
+    const f = new FakeEvents();
+    let busy = true;
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => busy, maxHoldMs: 60_000 });
+    const objs = Array.from({ length: 3 }, (_, i) => ({ ...run, metadata: { ...run.metadata, name: `h${i}`, uid: `h${i}` } }));
+    let done = 0;
+    const all = objs.map((o) => rec.record(o, "Normal", "Launched", "Launch", `launched ${o.metadata.name}`).then(() => done++));
+    const recorded = Date.now();
+    // Several of the hold's checks pass: nothing goes while it holds.
+    await new Promise((r) => setTimeout(r, 800));
+    expect(f.created).toHaveLength(0);
+    expect(done).toBe(0);
+    expect(rec.heldBack).toBe(3);
+    expect(rec.waiting).toBe(3);
+    busy = false;
+    await Promise.all(all);
+    expect(f.created.map((e) => e.regarding.name)).toEqual(["h0", "h1", "h2"]);
+    expect(rec.heldBack).toBe(0);
+    for (const e of f.created) expect(Date.parse(e.eventTime)).toBeLessThanOrEqual(recorded);
+    // Not held: goes at once.
+    await rec.record({ ...run, metadata: { ...run.metadata, name: "h3", uid: "h3" } }, "Normal", "Launched", "Launch", "launched h3");
+    expect(f.created).toHaveLength(4);
+  });
+
+  it("holds an Event at most maxHoldMs after it was recorded, however long holdWhile says so; a throwing holdWhile holds nothing", async () => {
+    const f = new FakeEvents();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true, maxHoldMs: 600 });
+    const t0 = Date.now();
+    const first = rec.record(run, "Normal", "Launched", "Launch", "launched");
+    await new Promise((r) => setTimeout(r, 200));
+    expect(f.created).toHaveLength(0);
+    await first;
+    expect(f.created).toHaveLength(1);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(590);
+    expect(rec.heldBack).toBe(0);
+    const broken = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => { throw new Error("no queue yet"); } });
+    await broken.record({ ...run, metadata: { ...run.metadata, uid: "other" } }, "Normal", "Launched", "Launch", "launched other");
+    expect(f.created).toHaveLength(2);
+  });
+
   it("drops and counts Events beyond maxPending rather than holding them without bound", async () => {
     const f = new FakeEvents();
     const metrics = new EngineMetrics();
