@@ -640,23 +640,34 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
 
   it("a Run waiting for capacity with an unplaced machine on record, whose CE is gone unremembered, fails naming the machine rather than waiting for a CE", async () => {
     const ns7 = await freshNamespace(client, "capacity-orphan");
-    await run("unplaced", "nowhere", {}, ns7);
-    // As a capacity wait leaves it: the cloud accepted the machine and could not place it.
-    const status = {
-      phase: "Pending", reason: "InsufficientInstanceCapacity", message: "waiting for capacity",
-      instance: { id: "i-0123456789abcdef0", state: "pending" },
-      capacityWait: { refusals: 1, notBefore: new Date().toISOString() },
-    };
-    await client.patch(RunResource, ns7, "unplaced", { status }, "merge", { subresource: "status" });
     const fake = new FakeCloud();
-    const opC = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7] });
+    // The cloud accepts the machine and cannot place it: the Run waits for capacity with it on record.
+    fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed. We do not have sufficient capacity for the requested VM size in this region." };
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7], pollIntervalMs: 1_000 });
+    let opC: RunningOperator | undefined;
     try {
+      await readyCe("nowhere", {}, ns7);
+      await run("unplaced", "nowhere", {}, ns7);
+      const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
+        const r = await getRun("unplaced", ns7);
+        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && (r.status.capacityWait?.refusals ?? 0) >= 1 && r.status.instance?.id ? r : undefined;
+      }, 30_000, 100);
+      const id = waiting.status?.instance?.id ?? "";
+      expect(fake.machineOf(waiting.metadata.uid ?? "")?.id).toBe(id);
+      // The CE is removed by force while no operator runs; the next operator never saw it.
+      await opA.stop();
+      opA = undefined;
+      await client.delete(ComputeEnvironmentResource, ns7, "nowhere");
+      await strip("nowhere", ns7);
+      await waitFor("CE gone", async () => (await getCe("nowhere", ns7)) === undefined);
+      opC = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7] });
       const failed = await inPhase("unplaced", "Failed", 30_000, ns7);
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
-      expect(failed.status?.message).toContain("machine i-0123456789abcdef0");
+      expect(failed.status?.message).toContain(`machine ${id}`);
       expect(failed.status?.message).toContain(failed.metadata.uid ?? "-");
     } finally {
-      await opC.stop();
+      await opA?.stop();
+      await opC?.stop();
     }
   });
 

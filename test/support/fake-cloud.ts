@@ -26,6 +26,8 @@ export interface FakeMachine {
   exitCode?: number;
   stateReason?: string;
   interrupted?: boolean;
+  /** Accepted and not placed (see FakeCloud.unplaced): it stays pending and says why. */
+  launchFailure?: { reason: string; message: string };
   launchedAt: string;
   log: string[];
 }
@@ -59,6 +61,12 @@ export class FakeCloud implements CloudProvider {
   /** Next provision fails with this error (then clears unless sticky). */
   provisionError: CloudError | undefined;
   provisionErrorSticky = false;
+  /**
+   * While set, a launch is accepted and the machine is not placed (as Azure answers a VM it cannot
+   * allocate: the VM exists, its provisioning failed): it stays pending, and describes report this
+   * as its `launchFailure`.
+   */
+  unplaced: { reason: string; message: string } | undefined;
   /** Next launch creates the machine and then throws this (a crash after the cloud call). */
   launchErrorAfterCreate: CloudError | undefined;
   /** Machines start "pending" and turn "running" on the next describe. */
@@ -141,6 +149,7 @@ export class FakeCloud implements CloudProvider {
         state: "pending",
         launchedAt: new Date(Date.now() - this.launchedAgoMs).toISOString(),
         log: [],
+        ...(this.unplaced ? { launchFailure: { ...this.unplaced } } : {}),
       };
       this.machines.set(uid, m);
     }
@@ -165,7 +174,7 @@ export class FakeCloud implements CloudProvider {
         out.set(uid, this.inferUnlisted && recorded ? { instanceId: recorded, state: "terminated", unlisted: true } : undefined);
         continue;
       }
-      if (m.state === "pending") m.state = "running";
+      if (m.state === "pending" && !m.launchFailure) m.state = "running";
       else if (m.state === "shutting-down") m.state = "terminated";
       out.set(uid, this.describe(m));
     }
@@ -241,6 +250,7 @@ export class FakeCloud implements CloudProvider {
       ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
       ...(m.stateReason ? { stateReason: m.stateReason } : {}),
       ...(m.interrupted ? { interrupted: true } : {}),
+      ...(m.launchFailure ? { launchFailure: { ...m.launchFailure } } : {}),
       instance: { id: m.id, type: "m6i.large", zone: "us-east-1a" },
       log: { provider: "cloudwatch", group: "/vmforge/test", stream: m.runUid },
     };
