@@ -101,6 +101,7 @@ async function removedWhileDown(prefix: string, ceName: string): Promise<{ ns: s
   try {
     await env.kube.create(RunResource, env.runBody("old", ceName, {}, ns));
     const old = await settingUp("old", ns);
+    // Stopped before the removal (the finally below stops it on a failed set-up; stop is idempotent).
     await op.stop();
     await env.kube.delete(ComputeEnvironmentResource, ns, ceName);
     await env.kube.patch(ComputeEnvironmentResource, ns, ceName, { metadata: { finalizers: null } }, "merge");

@@ -136,10 +136,15 @@ describe("finished Runs with the FakeCloud", () => {
     await gone(ns, "ok-2");
     expect(await getRun(ns, "stopped")).toBeDefined();
     expect((await getRun(ns, "busy"))?.status?.phase).toBe("Running");
-    const ceEvents = (await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string }>(
+    // The Event is sent after the deletes (no reconcile waits for it): looked for until it is there.
+    const pruned = async () => (await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string }>(
       { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true }, { namespace: ns })).items
-      .filter((e) => e.regarding?.name === "hist" && e.reason === "RunHistoryPruned");
-    expect(ceEvents.map((e) => e.note).join("\n")).toContain("ok-2");
+      .filter((e) => e.regarding?.name === "hist" && e.reason === "RunHistoryPruned").map((e) => e.note).join("\n");
+    const notes = await waitFor("the RunHistoryPruned Event naming ok-2", async () => {
+      const n = await pruned();
+      return n.includes("ok-2") ? n : undefined;
+    }, 10_000, 100);
+    expect(notes).toContain("ok-2");
     // A finished Run whose machine had ended: deleting it asked the cloud for nothing. (Counted
     // for ok-2 alone: other Runs' terminations, e.g. the cancelled one's, may still be under way.)
     expect(ok2).not.toBe("");
