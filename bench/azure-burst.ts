@@ -57,7 +57,7 @@ export interface AzureBurstResult {
   /** The operator's controllers until all Running: reconciles, mean duration, mean wait in the queue (seconds). */
   controllers: Record<string, { reconciles: number; meanS: number; meanQueuedS: number }>;
   /** The operator's own requests for Runs (by verb) and its reads past its caches (by why), until all Running. */
-  operatorReads: { runRequests: Record<string, number>; freshReads: Record<string, number> };
+  operatorReads: ReturnType<typeof operatorReads>;
   /** kube-apiserver requests (all clients) from the first create until every Run's status named its VM. */
   apiserverRequestsUntilRecorded?: Record<string, number>;
   /** Every request the emulator logged from the first create until all were Running (or the wait ended), by method and operation. */
@@ -280,7 +280,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
     if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
-    say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(res.operatorReads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(res.operatorReads.freshReads)}`);
+    say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(res.operatorReads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(res.operatorReads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(res.operatorReads.runWatchRestarts)}`);
     say(`  the operator's controllers until all Running: ${Object.entries(controllers).map(([c, x]) => `${c} ${x.reconciles} reconciles, mean ${sec(x.meanS * 1000)}, queued mean ${sec(x.meanQueuedS * 1000)}`).join("; ")}`);
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
     say(`  time to all launched / the floor with the Run's writes: ${res.ratioToKubeFloor.toFixed(2)} (${sec(kf.best.totalMs)} at concurrency ${kf.best.concurrency})`);

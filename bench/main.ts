@@ -282,7 +282,7 @@ async function main(): Promise<void> {
       say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
       if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
-      say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(reads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(reads.freshReads)}`);
+      say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(reads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(reads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(reads.runWatchRestarts)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
       // What else the operator asked the emulator while launches waited for it (one moto thread serves them all).
       const callsUntilLaunched = proxy.window(t0, lastLaunch);

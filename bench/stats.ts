@@ -183,10 +183,12 @@ export function vmforgeReads(apiserverRequests: Record<string, number>): number 
  * its requests for Runs by verb (the reflector's LIST and WATCH included), and the reads it sent past
  * its caches where a stale read could do harm, by why (vmforge_fresh_reads_total).
  */
-export function operatorReads(before: string, after: string): { runRequests: Record<string, number>; freshReads: Record<string, number> } {
+export function operatorReads(before: string, after: string): { runRequests: Record<string, number>; freshReads: Record<string, number>; runWatchRestarts: Record<string, number> } {
   return {
     runRequests: diffMaps(promSum(after, "vmforge_kube_requests_total", { resource: "runs" }, "verb"), promSum(before, "vmforge_kube_requests_total", { resource: "runs" }, "verb")),
     freshReads: diffMaps(promSum(after, "vmforge_fresh_reads_total", {}, "why"), promSum(before, "vmforge_fresh_reads_total", {}, "why")),
+    // Why the Run watch was started again (closed by the server, expired, idle, failed; backoff).
+    runWatchRestarts: diffMaps(promSum(after, "vmforge_watch_restarts_total", { resource: "runs" }, "reason"), promSum(before, "vmforge_watch_restarts_total", { resource: "runs" }, "reason")),
   };
 }
 
