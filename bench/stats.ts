@@ -188,7 +188,7 @@ export function operatorReads(before: string, after: string): { runRequests: Rec
     runRequests: diffMaps(promSum(after, "vmforge_kube_requests_total", { resource: "runs" }, "verb"), promSum(before, "vmforge_kube_requests_total", { resource: "runs" }, "verb")),
     freshReads: diffMaps(promSum(after, "vmforge_fresh_reads_total", {}, "why"), promSum(before, "vmforge_fresh_reads_total", {}, "why")),
     // Why the Run watch was started again (closed by the server, expired, idle, failed; backoff).
-    runWatchRestarts: diffMaps(promSum(after, "vmforge_watch_restarts_total", { resource: "runs" }, "reason"), promSum(before, "vmforge_watch_restarts_total", { resource: "runs" }, "reason")),
+    runWatchRestarts: diffMaps(promSum(after, "vmforge_watch_restarts_total", { resource: "runs.vmforge.dev" }, "reason"), promSum(before, "vmforge_watch_restarts_total", { resource: "runs.vmforge.dev" }, "reason")),
   };
 }
 
