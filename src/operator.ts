@@ -82,6 +82,8 @@ const RUN_WORKERS_PER_WORKER = 4;
 const ACK_FIRST_MAX_WAIT_MS = 10_000;
 /** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */
 const EVENT_MAX_HOLD_MS = 60_000;
+/** The longest a stop waits for Events not yet sent. */
+const EVENT_DRAIN_MAX_MS = 3_000;
 /** Run changes that concern a CE are gathered this long into one CE reconcile. */
 const CE_COALESCE_MS = 1_000;
 
@@ -106,6 +108,8 @@ export class Operator {
   readonly ackController: Controller;
   readonly secretReader: SecretReader;
   readonly tracker: RunTracker;
+  /** The Events of both reconcilers (held back while Run work is backed up; drained on stop). */
+  readonly events: EventRecorder;
   /** ComputeEnvironments removed while Runs of theirs may still have machines (see gone-ces.ts). */
   readonly goneCes: GoneComputeEnvironments;
   readonly ceReconciler: ComputeEnvironmentReconciler;
@@ -129,12 +133,12 @@ export class Operator {
         ...(namespace ? { namespace } : {}), ...(labelSelector ? { labelSelector } : {}), ...(metrics ? { metrics } : {}),
       }));
 
-    // Events wait while new Runs wait for their first status or Run work is backed up (a burst of
+    // Events wait while new Runs are queued for their first status or Run work is backed up (a burst of
     // launches): they report the work, so they do not take the kube-apiserver from it. Each keeps
     // the time it happened and goes at most EVENT_MAX_HOLD_MS later.
     const runBacklog = (): boolean => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER;
     const runWorkBackedUp = (): boolean => this.ackController.queue.len() > 0 || runBacklog();
-    const events = new EventRecorder(client, {
+    const events = this.events = new EventRecorder(client, {
       controller: "vmforge.dev/operator", instance: config.identity, logger, ...(metrics ? { metrics } : {}), ...(o.redact ? { redact: o.redact } : {}),
       holdWhile: runWorkBackedUp, maxHoldMs: EVENT_MAX_HOLD_MS,
     });
@@ -303,6 +307,8 @@ export class Operator {
     await this.tracker.stop(Math.min(1_000, left()));
     const controllersMs = Math.max(0, left() - reserve);
     await Promise.all([this.ackController.stop(controllersMs), this.ceController.stop(controllersMs), this.runController.stop(controllersMs)]);
+    // Events still held back or paced go now, for a part of what is left (the rest are dropped, counted).
+    await this.events.drain(Math.min(EVENT_DRAIN_MAX_MS, Math.max(0, left() - reserve)));
     await within(Promise.all([...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors].map((r) => r.stop())), left() / 2);
     await within(this.elector?.stop(), left());
     this.leading = false;

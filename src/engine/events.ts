@@ -142,6 +142,10 @@ export class EventRecorder {
   /** Events held back (holdWhile), in the order they were recorded: when each must go at the latest. */
   private readonly held: { until: number; go: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
+  /** Stopping (drain): nothing is held back any more. */
+  private draining = false;
+  /** Drained: what was not sent by then is counted dropped and is not sent afterwards. */
+  private closed = false;
 
   constructor(client: KubeClient, opts: EventRecorderOptions) {
     this.client = client;
@@ -161,8 +165,11 @@ export class EventRecorder {
   async record(regarding: Regarding, type: EventType, reason: string, action: string, note: string): Promise<void> {
     let key: string;
     let ev: EventObject;
+    // When it happened: its eventTime, and its time in a series, however long it waits to be sent.
+    let at: Date;
     try {
-      ev = this.build(regarding, type, reason, action, note);
+      at = this.now();
+      ev = this.build(regarding, type, reason, action, note, at);
       key = JSON.stringify([
         regarding.metadata.uid ?? `${regarding.apiVersion}/${regarding.kind}/${regarding.metadata.namespace ?? ""}/${regarding.metadata.name}`,
         ev.type,
@@ -174,7 +181,7 @@ export class EventRecorder {
       this.fail(err, regarding, reason);
       return;
     }
-    if (this.pending >= this.maxPending) {
+    if (this.closed || this.pending >= this.maxPending) {
       this.opts.metrics?.eventsTotal.inc({ result: "dropped" });
       this.opts.logger.debug({ reason, pending: this.pending }, "event dropped: too many waiting to be sent");
       return;
@@ -188,7 +195,9 @@ export class EventRecorder {
       // Events still waiting do not keep a stopping process alive.
       const wait = this.pace.take();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
-      await this.emit(key, ev, regarding);
+      // Not sent by the drain's deadline: already counted as dropped.
+      if (this.closed) return;
+      await this.emit(key, ev, regarding, at);
     });
     this.inflight.set(key, run);
     try {
@@ -202,8 +211,9 @@ export class EventRecorder {
   /** Resolves once holdWhile says false, or `maxHoldMs` after `recordedAt`. */
   private holdBack(recordedAt: number): Promise<void> {
     const hold = this.opts.holdWhile;
-    if (!hold || !safely(hold)) return Promise.resolve();
-    const until = recordedAt + Math.max(0, this.opts.maxHoldMs ?? 60_000);
+    if (this.draining || !hold || !safely(hold)) return Promise.resolve();
+    const maxHoldMs = this.opts.maxHoldMs;
+    const until = recordedAt + (maxHoldMs !== undefined && Number.isFinite(maxHoldMs) ? Math.max(0, maxHoldMs) : 60_000);
     if (Date.now() >= until) return Promise.resolve();
     return new Promise<void>((go) => {
       this.held.push({ until, go });
@@ -213,7 +223,7 @@ export class EventRecorder {
   }
 
   private release(): void {
-    const all = !safely(this.opts.holdWhile);
+    const all = this.draining || !safely(this.opts.holdWhile);
     const t = Date.now();
     const going = all ? this.held.splice(0) : this.held.filter((h) => t >= h.until);
     if (!all && going.length > 0) {
@@ -225,6 +235,25 @@ export class EventRecorder {
       clearInterval(this.holdTimer);
       this.holdTimer = undefined;
     }
+  }
+
+  /**
+   * For a stopping process: nothing is held back any more, and what is waiting is sent (still
+   * paced) for at most `ms`. What is not sent by then is counted as dropped and never sent; so is
+   * anything recorded afterwards. Returns how many were dropped.
+   */
+  async drain(ms: number): Promise<number> {
+    this.draining = true;
+    this.release();
+    const end = Date.now() + Math.max(0, ms);
+    while (this.pending > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, end - Date.now()))));
+    this.closed = true;
+    const dropped = this.pending;
+    if (dropped > 0) {
+      this.opts.metrics?.eventsTotal.inc({ result: "dropped" }, dropped);
+      this.opts.logger.info({ events: dropped }, "Events not sent before the stop: dropped");
+    }
+    return dropped;
   }
 
   /** Events held back now (holdWhile). */
@@ -242,7 +271,7 @@ export class EventRecorder {
     return this.cache.size;
   }
 
-  private build(regarding: Regarding, type: EventType, reason: string, action: string, note: string): EventObject {
+  private build(regarding: Regarding, type: EventType, reason: string, action: string, note: string, at: Date): EventObject {
     const name = regarding.metadata.name;
     if (!name) throw new TypeError("regarding object has no metadata.name");
     const redacted = this.opts.redact ? this.opts.redact(String(note ?? "")) : String(note ?? "");
@@ -256,8 +285,8 @@ export class EventRecorder {
     return {
       apiVersion: "events.k8s.io/v1",
       kind: "Event",
-      metadata: { name: eventName(name, this.now()), namespace: ns },
-      eventTime: formatMicroTime(this.now()),
+      metadata: { name: eventName(name, at), namespace: ns },
+      eventTime: formatMicroTime(at),
       reportingController: this.opts.controller,
       reportingInstance: this.opts.instance,
       action: (action || "Unknown").slice(0, MAX_ACTION_CHARS),
@@ -268,8 +297,7 @@ export class EventRecorder {
     };
   }
 
-  private async emit(key: string, ev: EventObject, regarding: Regarding): Promise<void> {
-    const now = this.now();
+  private async emit(key: string, ev: EventObject, regarding: Regarding, now: Date): Promise<void> {
     const entry = this.cache.get(key);
     try {
       if (entry && now.getTime() - entry.lastObserved <= this.windowMs) {

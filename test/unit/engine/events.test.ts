@@ -170,6 +170,60 @@ describe("EventRecorder", () => {
     expect(f.created).toHaveLength(4);
   });
 
+  it("a repeat held back joins its series with the time it happened, not the time it was sent", async () => {
+    const f = new FakeEvents();
+    let busy = false;
+    let clock = Date.parse("2026-12-04T10:00:00.000Z");
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => busy, now: () => new Date(clock) });
+    await rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity");
+    busy = true;
+    clock += 5_000;
+    const repeat = rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity");
+    await new Promise((r) => setTimeout(r, 300));
+    expect(f.patches).toHaveLength(0);
+    clock += 60_000;
+    busy = false;
+    await repeat;
+    expect(f.patches).toHaveLength(1);
+    expect(f.patches[0]?.body).toEqual({ series: { count: 2, lastObservedTime: "2026-12-04T10:00:05.000000Z" } });
+  });
+
+  it("a repeat recorded while its first is still held joins that first Event's series: one create, one patch", async () => {
+    const f = new FakeEvents();
+    let busy = true;
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => busy });
+    const both = [rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity"), rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity")];
+    await new Promise((r) => setTimeout(r, 300));
+    expect(f.created).toHaveLength(0);
+    busy = false;
+    await Promise.all(both);
+    expect(f.created).toHaveLength(1);
+    expect(f.patches.map((p) => (p.body as { series: { count: number } }).series.count)).toEqual([2]);
+  });
+
+  it("drain: a stopping process sends what is held at once; what is not sent by the deadline is counted dropped and never sent, nor is anything recorded afterwards", async () => {
+    const f = new FakeEvents();
+    const metrics = new EngineMetrics();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, metrics, holdWhile: () => true, qps: 5, burst: 2 });
+    const objs = Array.from({ length: 6 }, (_, i) => ({ ...run, metadata: { ...run.metadata, name: `s${i}`, uid: `s${i}` } }));
+    const all = Promise.all(objs.map((o) => rec.record(o, "Normal", "Succeeded", "Complete", "done")));
+    await new Promise((r) => setTimeout(r, 300));
+    expect(f.created).toHaveLength(0);
+    // Held for up to a minute, but the drain lets them go: the burst of 2 at once, then 5 a second.
+    const dropped = await rec.drain(500);
+    expect(f.created.length).toBeGreaterThanOrEqual(2);
+    expect(f.created.length).toBeLessThan(6);
+    expect(dropped).toBe(6 - f.created.length);
+    const sent = f.created.length;
+    await all;
+    expect(f.created).toHaveLength(sent);
+    await rec.record({ ...run, metadata: { ...run.metadata, uid: "late" } }, "Normal", "Succeeded", "Complete", "late");
+    expect(f.created).toHaveLength(sent);
+    const text = await metrics.registry.metrics();
+    expect(text).toContain(`vmforge_events_total{result="dropped"} ${dropped + 1}`);
+    expect(text).toContain(`vmforge_events_total{result="created"} ${sent}`);
+  });
+
   it("holds an Event at most maxHoldMs after it was recorded, however long holdWhile says so; a throwing holdWhile holds nothing", async () => {
     const f = new FakeEvents();
     const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true, maxHoldMs: 600 });
