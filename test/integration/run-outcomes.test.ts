@@ -6,6 +6,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
+import { createLogger } from "../../src/engine/logger.js";
+import { Reflector } from "../../src/engine/reflector.js";
 import type { ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
@@ -162,7 +164,8 @@ describe("the machine and the outcome", () => {
     expect(cond(lingered, "MachineLingered")?.message).toMatch(/still running .* after the pipeline ended/);
     expect(cloud.calls.terminate).toBeGreaterThan(before);
     await waitFor("machine terminated", async () => cloud.machineOf(uid)?.state === "terminated");
-    expect((await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning")).toBe(true);
+    // The Event follows the termination (no reconcile waits for it to be sent).
+    await waitFor("MachineLingered Event", async () => (await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning"), 10_000, 100);
     // Succeeded stays Ready.
     expect(cond(await getRun("linger"), "Ready")?.status).toBe("True");
   });
@@ -620,18 +623,33 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       const ready = ["Ready", "ResourcesProvisioned"].map((type) => ({ type, status: "True", reason: type, message: "in place", lastTransitionTime: at, observedGeneration: second.metadata.generation }));
       await client.patch(ComputeEnvironmentResource, ns6, "ce", { status: { phase: "Ready", observedGeneration: second.metadata.generation, conditions: ready } }, "merge", { subresource: "status" });
       full.refusing = false;
-      opB = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
-      const launched = await waitFor("machine recorded", async () => {
-        const r = await getRun("waiting", ns6);
-        return r?.status?.instance?.id ? r : undefined;
-      }, 30_000, 100);
-      expect(launched.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(second.metadata.uid);
-      expect(full.machineOf(launched.metadata.uid ?? "")?.where).toBe("eu-central-1");
-      // It went on from its capacity wait (tried again, decided anew), not from a wait for its CE.
-      const reasons = (await events("waiting", ns6)).map((e) => e.reason);
+      // Every status the Run takes from here on (a watch sees each write).
+      const reasons: string[] = [];
+      const watch = new Reflector<Run>({
+        client, resource: RunResource, namespace: ns6, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
+        onEvent: (_t, r) => {
+          if (r.metadata.name === "waiting" && r.status?.reason && reasons.at(-1) !== r.status.reason) reasons.push(r.status.reason);
+        },
+      });
+      watch.start();
+      try {
+        await watch.waitForSync();
+        opB = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
+        const launched = await waitFor("machine recorded", async () => {
+          const r = await getRun("waiting", ns6);
+          return r?.status?.instance?.id ? r : undefined;
+        }, 30_000, 100);
+        expect(launched.metadata.annotations?.["vmforge.dev/compute-environment-uid"]).toBe(second.metadata.uid);
+        expect(full.machineOf(launched.metadata.uid ?? "")?.where).toBe("eu-central-1");
+        await inPhase("waiting", "Running", 30_000, ns6);
+      } finally {
+        await watch.stop();
+      }
+      // It went on from its capacity wait (tried again, decided anew), never waiting for its CE.
+      expect(reasons[0]).toBe("InsufficientInstanceCapacity");
+      expect(reasons).toContain("LaunchRetrying");
       expect(reasons).not.toContain("ComputeEnvironmentNotReady");
       expect(reasons).not.toContain("ComputeEnvironmentNotFound");
-      await inPhase("waiting", "Running", 30_000, ns6);
     } finally {
       await opA?.stop();
       await opB?.stop();
@@ -657,6 +675,9 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       // The CE is removed by force while no operator runs; the next operator never saw it.
       await opA.stop();
       opA = undefined;
+      // Still in its capacity wait with the machine on record (not launched anew meanwhile).
+      const stopped = await getRun("unplaced", ns7);
+      expect([stopped?.status?.phase, stopped?.status?.reason, stopped?.status?.instance?.id]).toEqual(["Pending", "AllocationFailed", id]);
       await client.delete(ComputeEnvironmentResource, ns7, "nowhere");
       await strip("nowhere", ns7);
       await waitFor("CE gone", async () => (await getCe("nowhere", ns7)) === undefined);
