@@ -139,6 +139,8 @@ export class EventRecorder {
   private readonly pace: TokenBucket;
   private readonly maxPending: number;
   private pending = 0;
+  /** Events whose request is out (counted created, aggregated or failed when it returns). */
+  private sending = 0;
   /** Events held back (holdWhile), in the order they were recorded: when each must go at the latest. */
   private readonly held: { until: number; go: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
@@ -190,14 +192,24 @@ export class EventRecorder {
     const prev = this.inflight.get(key) ?? Promise.resolve();
     const recordedAt = Date.now();
     const run = prev.then(async () => {
-      await this.holdBack(recordedAt);
-      // The token is reserved when the Event may go (in the order they were released); unref:
-      // Events still waiting do not keep a stopping process alive.
-      const wait = this.pace.take();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
+      for (;;) {
+        await this.holdBack(recordedAt);
+        // The token is reserved when the Event may go (in the order they were released); unref:
+        // Events still waiting do not keep a stopping process alive.
+        const wait = this.pace.take();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
+        // Released, then paced while a new backlog began: held again (until its own deadline). Its
+        // token goes unused, which only slows Events down while they are held anyway.
+        if (wait === 0 || !this.mustHold(recordedAt)) break;
+      }
       // Not sent by the drain's deadline: already counted as dropped.
       if (this.closed) return;
-      await this.emit(key, ev, regarding, at);
+      this.sending++;
+      try {
+        await this.emit(key, ev, regarding, at);
+      } finally {
+        this.sending--;
+      }
     });
     this.inflight.set(key, run);
     try {
@@ -208,13 +220,22 @@ export class EventRecorder {
     }
   }
 
+  /** When an Event recorded at `recordedAt` must go at the latest. */
+  private holdUntil(recordedAt: number): number {
+    const maxHoldMs = this.opts.maxHoldMs;
+    return recordedAt + (maxHoldMs !== undefined && Number.isFinite(maxHoldMs) ? Math.max(0, maxHoldMs) : 60_000);
+  }
+
+  /** Whether an Event recorded at `recordedAt` is to wait now. */
+  private mustHold(recordedAt: number): boolean {
+    const hold = this.opts.holdWhile;
+    return !this.draining && hold !== undefined && Date.now() < this.holdUntil(recordedAt) && safely(hold);
+  }
+
   /** Resolves once holdWhile says false, or `maxHoldMs` after `recordedAt`. */
   private holdBack(recordedAt: number): Promise<void> {
-    const hold = this.opts.holdWhile;
-    if (this.draining || !hold || !safely(hold)) return Promise.resolve();
-    const maxHoldMs = this.opts.maxHoldMs;
-    const until = recordedAt + (maxHoldMs !== undefined && Number.isFinite(maxHoldMs) ? Math.max(0, maxHoldMs) : 60_000);
-    if (Date.now() >= until) return Promise.resolve();
+    if (!this.mustHold(recordedAt)) return Promise.resolve();
+    const until = this.holdUntil(recordedAt);
     return new Promise<void>((go) => {
       this.held.push({ until, go });
       // One timer for all of them, however many are held.
@@ -239,8 +260,9 @@ export class EventRecorder {
 
   /**
    * For a stopping process: nothing is held back any more, and what is waiting is sent (still
-   * paced) for at most `ms`. What is not sent by then is counted as dropped and never sent; so is
-   * anything recorded afterwards. Returns how many were dropped.
+   * paced) for at most `ms`. What has not gone out by then is counted as dropped and never sent; so
+   * is anything recorded afterwards. An Event whose request is out at the deadline is counted by its
+   * outcome only. Returns how many were dropped.
    */
   async drain(ms: number): Promise<number> {
     this.draining = true;
@@ -248,7 +270,8 @@ export class EventRecorder {
     const end = Date.now() + Math.max(0, ms);
     while (this.pending > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, end - Date.now()))));
     this.closed = true;
-    const dropped = this.pending;
+    // Those whose request is out are counted when it returns (created or failed), not here.
+    const dropped = this.pending - this.sending;
     if (dropped > 0) {
       this.opts.metrics?.eventsTotal.inc({ result: "dropped" }, dropped);
       this.opts.logger.info({ events: dropped }, "Events not sent before the stop: dropped");

@@ -23,11 +23,14 @@ class FakeEvents {
   patches: { ns: string; name: string; body: unknown; type: string }[] = [];
   failCreate: Error | undefined;
   missing = new Set<string>();
+  /** While set, creates wait for it (a slow kube-apiserver). */
+  createGate: Promise<void> | undefined;
   client(): KubeClient {
     return {
       create: async (rt: ResourceType, obj: EventObject) => {
         expect(rt).toBe(EventResource);
         if (this.failCreate) throw this.failCreate;
+        if (this.createGate) await this.createGate;
         await new Promise((r) => setTimeout(r, 1));
         this.created.push(structuredClone(obj));
         return obj;
@@ -222,6 +225,45 @@ describe("EventRecorder", () => {
     const text = await metrics.registry.metrics();
     expect(text).toContain(`vmforge_events_total{result="dropped"} ${dropped + 1}`);
     expect(text).toContain(`vmforge_events_total{result="created"} ${sent}`);
+  });
+
+  it("drain: an Event whose request is out at the deadline is counted once, by its outcome, not also as dropped", async () => {
+    const f = new FakeEvents();
+    const metrics = new EngineMetrics();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, metrics, qps: 1, burst: 1 });
+    let open!: () => void;
+    f.createGate = new Promise<void>((r) => (open = r));
+    const slow = rec.record(run, "Normal", "Succeeded", "Complete", "done");
+    const paced = rec.record({ ...run, metadata: { ...run.metadata, uid: "paced" } }, "Normal", "Succeeded", "Complete", "paced");
+    await new Promise((r) => setTimeout(r, 50));
+    // The first is being sent (its create waits), the second waits for its token.
+    expect(await rec.drain(100)).toBe(1);
+    open();
+    await Promise.all([slow, paced]);
+    expect(f.created.map((e) => e.note)).toEqual(["done"]);
+    const text = await metrics.registry.metrics();
+    expect(text).toContain(`vmforge_events_total{result="dropped"} 1`);
+    expect(text).toContain(`vmforge_events_total{result="created"} 1`);
+  });
+
+  it("an Event released and still paced when a new backlog begins is held again, up to its own deadline", async () => {
+    const f = new FakeEvents();
+    let busy = true;
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => busy, maxHoldMs: 60_000, qps: 2, burst: 1 });
+    const objs = Array.from({ length: 3 }, (_, i) => ({ ...run, metadata: { ...run.metadata, name: `p${i}`, uid: `p${i}` } }));
+    const all = Promise.all(objs.map((o) => rec.record(o, "Normal", "Launched", "Launch", `launched ${o.metadata.name}`)));
+    await new Promise((r) => setTimeout(r, 300));
+    busy = false;
+    // Released: the first goes at once, the others are paced (one every 500 ms).
+    await new Promise((r) => setTimeout(r, 300));
+    expect(f.created).toHaveLength(1);
+    busy = true;
+    await new Promise((r) => setTimeout(r, 1_500));
+    expect(f.created).toHaveLength(1);
+    expect(rec.heldBack).toBe(2);
+    busy = false;
+    await all;
+    expect(f.created.map((e) => e.regarding.name)).toEqual(["p0", "p1", "p2"]);
   });
 
   it("holds an Event at most maxHoldMs after it was recorded, however long holdWhile says so; a throwing holdWhile holds nothing", async () => {
