@@ -138,7 +138,7 @@ export class Operator {
     // the time it happened and goes at most EVENT_MAX_HOLD_MS later.
     const runBacklog = (): boolean => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER;
     const runWorkBackedUp = (): boolean => this.ackController.queue.len() > 0 || runBacklog();
-    const events = this.events = new EventRecorder(client, {
+    this.events = new EventRecorder(client, {
       controller: "vmforge.dev/operator", instance: config.identity, logger, ...(metrics ? { metrics } : {}), ...(o.redact ? { redact: o.redact } : {}),
       holdWhile: runWorkBackedUp, maxHoldMs: EVENT_MAX_HOLD_MS,
     });
@@ -225,13 +225,13 @@ export class Operator {
       backlog: runBacklog,
     });
     this.ceReconciler = new ComputeEnvironmentReconciler({
-      client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events,
+      client, providers: o.providers, logger: logger.child({ controller: "computeenvironment" }), events: this.events,
       runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
       secretsHeldFor: (ns) => this.goneCes.secretNames(ns),
       ...(o.stalledFirstRecheckMs !== undefined ? { stalledFirstRecheckMs: o.stalledFirstRecheckMs } : {}),
     });
     this.runReconciler = new RunReconciler({
-      client, providers: o.providers, logger: logger.child({ controller: "run" }), events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,
+      client, providers: o.providers, logger: logger.child({ controller: "run" }), events: this.events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,
       enqueueRun: (k) => this.runController.enqueue(k), enqueueComputeEnvironment: (k) => this.ceController.enqueue(k),
       pollIntervalMs: config.pollIntervalMs,
     });

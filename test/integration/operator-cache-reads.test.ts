@@ -16,6 +16,7 @@ import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js"
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { RunDescription, EnvContext } from "../../src/cloud/provider.js";
 import { SecretResource } from "../../src/controllers/shared.js";
+import { EventResource } from "../../src/engine/events.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { Operator } from "../../src/operator.js";
 import { FakeCloud } from "../support/fake-cloud.js";
@@ -281,6 +282,30 @@ describe("leadership and shutdown", () => {
     await waitFor("launch in flight", async () => launchSignal !== undefined);
     await op.operator.stop(2_000); // resolves although the launch never ends (the test's own timeout bounds this)
     expect(launchSignal?.aborted).toBe(true);
+  });
+
+  it("stop() sends the Events still waiting for up to 3 s, counts the rest dropped once, and sends nothing afterwards", async () => {
+    const ns = await freshNamespace(client, "drain");
+    const op = await startWithMetrics(new FakeCloud(), { namespaces: [ns] });
+    const regarding = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "r", namespace: ns, uid: `drain-${ns}` } };
+    // More than the recorder's pace (a burst of 50, then 20 a second) sends in the drain's 3 s.
+    const total = 200;
+    const recorded = Promise.all(Array.from({ length: total }, (_, i) => op.operator.events.record(regarding, "Normal", "Probe", "Probe", `event ${i}`)));
+    await op.operator.stop(10_000);
+    const counted = async (result: string): Promise<number> => sum(await op.metrics.text(), "vmforge_events_total", { result });
+    const dropped = await counted("dropped");
+    expect(dropped).toBeGreaterThan(0);
+    // Every record settles (the dropped ones when their pacing ends); those whose request was out
+    // at the deadline count as created, not also as dropped.
+    await recorded;
+    const created = await counted("created");
+    expect(created + dropped + (await counted("failed"))).toBe(total);
+    // The drain sent more than the first burst: stop() waited for it.
+    expect(created).toBeGreaterThan(50);
+    const listed = await client.list<KubeObject & { reason?: string }>(EventResource, { namespace: ns });
+    expect(listed.items.filter((e) => e.reason === "Probe")).toHaveLength(created);
+    await op.operator.events.record(regarding, "Normal", "Probe", "Probe", "after the stop");
+    expect(await counted("dropped")).toBe(dropped + 1);
   });
 
   it("the operator process exits 0 on SIGTERM while the cloud hangs", async () => {
