@@ -1,6 +1,8 @@
 /** Small helpers for figures: percentiles, formatting, machine load. */
 import os from "node:os";
 import { readFileSync, readdirSync } from "node:fs";
+import { resourceLabel } from "../src/engine/reflector.js";
+import { RunResource } from "../src/api/types.js";
 
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
@@ -188,7 +190,7 @@ export function operatorReads(before: string, after: string): { runRequests: Rec
     runRequests: diffMaps(promSum(after, "vmforge_kube_requests_total", { resource: "runs" }, "verb"), promSum(before, "vmforge_kube_requests_total", { resource: "runs" }, "verb")),
     freshReads: diffMaps(promSum(after, "vmforge_fresh_reads_total", {}, "why"), promSum(before, "vmforge_fresh_reads_total", {}, "why")),
     // Why the Run watch was started again (closed by the server, expired, idle, failed; backoff).
-    runWatchRestarts: diffMaps(promSum(after, "vmforge_watch_restarts_total", { resource: "runs.vmforge.dev" }, "reason"), promSum(before, "vmforge_watch_restarts_total", { resource: "runs.vmforge.dev" }, "reason")),
+    runWatchRestarts: diffMaps(promSum(after, "vmforge_watch_restarts_total", { resource: resourceLabel(RunResource) }, "reason"), promSum(before, "vmforge_watch_restarts_total", { resource: resourceLabel(RunResource) }, "reason")),
   };
 }
 

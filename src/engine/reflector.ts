@@ -75,6 +75,11 @@ function isGone(err: unknown): boolean {
   return err instanceof KubeApiError && (err.status === 410 || err.reason === "Expired" || err.reason === "Gone");
 }
 
+/** How a reflector names its resource in logs and metrics (`resource` label): `plural.group`, or `plural` for the core group. */
+export function resourceLabel(r: ResourceType): string {
+  return r.group === "" ? r.plural : `${r.plural}.${r.group}`;
+}
+
 export class Reflector<T extends KubeObject = KubeObject> {
   readonly store: Store<T>;
   readonly resource: ResourceType;
@@ -126,7 +131,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
     this.transform = opts.transform ?? slimForCache;
     this.initialRV = opts.initialResourceVersion;
     const r = opts.resource;
-    this.resourceLabel = r.group === "" ? r.plural : `${r.plural}.${r.group}`;
+    this.resourceLabel = resourceLabel(r);
     // callers often pass a logger that already names the reflector; do not bind the fields twice
     const bound = opts.logger.bindings();
     const extra: Record<string, string> = {};
