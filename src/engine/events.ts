@@ -141,7 +141,7 @@ export class EventRecorder {
   private pending = 0;
   /** Events whose request is out (counted created, aggregated or failed when it returns). */
   private sending = 0;
-  /** Events held back (holdWhile), in the order they were recorded: when each must go at the latest. */
+  /** Events held back (holdWhile), in the order they were held: when each must go at the latest. */
   private readonly held: { until: number; go: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
   /** Stopping (drain): nothing is held back any more. */
@@ -198,9 +198,10 @@ export class EventRecorder {
         // Events still waiting do not keep a stopping process alive.
         const wait = this.pace.take();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
-        // Released, then paced while a new backlog began: held again (until its own deadline). Its
-        // token goes unused, which only slows Events down while they are held anyway.
+        // Released, then paced while a new backlog began: held again (until its own deadline), and
+        // its token, unused, is given back for the Events that go meanwhile.
         if (wait === 0 || !this.mustHold(recordedAt)) break;
+        this.pace.refund();
       }
       // Not sent by the drain's deadline: already counted as dropped.
       if (this.closed) return;
@@ -265,12 +266,14 @@ export class EventRecorder {
    * outcome only. Returns how many were dropped.
    */
   async drain(ms: number): Promise<number> {
+    // Drained already: what was waiting then is counted.
+    if (this.closed) return 0;
     this.draining = true;
     this.release();
     const end = Date.now() + Math.max(0, ms);
     while (this.pending > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, end - Date.now()))));
     this.closed = true;
-    // Those whose request is out are counted when it returns (created or failed), not here.
+    // Those whose request is out are counted by its answer (created, aggregated or failed), not here.
     const dropped = this.pending - this.sending;
     if (dropped > 0) {
       this.opts.metrics?.eventsTotal.inc({ result: "dropped" }, dropped);

@@ -58,6 +58,14 @@ export class TokenBucket {
     if (this.tokens >= 0) return 0;
     return Math.ceil((-this.tokens / this.qps) * 1000);
   }
+
+  /** Gives back one token taken and then not used (never beyond the burst). */
+  refund(): void {
+    if (!(this.qps > 0) || !Number.isFinite(this.qps)) return;
+    const t = this.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps + 1);
+    this.last = t;
+  }
 }
 
 interface Scheduled {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { WorkQueue } from "../../../src/engine/queue.js";
+import { TokenBucket, WorkQueue } from "../../../src/engine/queue.js";
 import { EngineMetrics } from "../../../src/engine/metrics.js";
 
 afterEach(() => {
@@ -338,5 +338,21 @@ describe("WorkQueue.whenIdle", () => {
     void q.whenIdle(60_000).then(() => (idle = true));
     q.shutDown();
     await vi.waitFor(() => expect(idle).toBe(true));
+  });
+});
+
+describe("TokenBucket", () => {
+  it("reserves tokens at its rate after the burst, and a refunded token serves the next taker, never beyond the burst", () => {
+    let t = 0;
+    const b = new TokenBucket(10, 2, () => t);
+    expect([b.take(), b.take(), b.take(), b.take()]).toEqual([0, 0, 100, 200]);
+    // The fourth gives its token back: the next taker gets the slot it had.
+    b.refund();
+    expect(b.take()).toBe(200);
+    t = 10_000;
+    b.refund();
+    b.refund();
+    // Full again, and no more than the burst.
+    expect([b.take(), b.take(), b.take()]).toEqual([0, 0, 100]);
   });
 });
