@@ -288,10 +288,14 @@ describe("leadership and shutdown", () => {
     const ns = await freshNamespace(client, "drain");
     const op = await startWithMetrics(new FakeCloud(), { namespaces: [ns] });
     const regarding = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "r", namespace: ns, uid: `drain-${ns}` } };
-    // More than the recorder's pace (a burst of 50, then 20 a second) sends in the drain's 3 s.
-    const total = 200;
+    // More than the recorder's pace (a burst of 50, then 20 a second) can send before stop's
+    // deadline, however long its phases before the drain take.
+    const total = 300;
     const recorded = Promise.all(Array.from({ length: total }, (_, i) => op.operator.events.record(regarding, "Normal", "Probe", "Probe", `event ${i}`)));
+    const stopping = Date.now();
     await op.operator.stop(10_000);
+    // stop() waited for the drain's 3 s: Events were still waiting then.
+    expect(Date.now() - stopping).toBeGreaterThanOrEqual(2_900);
     const counted = async (result: string): Promise<number> => sum(await op.metrics.text(), "vmforge_events_total", { result });
     const dropped = await counted("dropped");
     expect(dropped).toBeGreaterThan(0);
@@ -300,7 +304,6 @@ describe("leadership and shutdown", () => {
     await recorded;
     const created = await counted("created");
     expect(created + dropped + (await counted("failed"))).toBe(total);
-    // The drain sent more than the first burst: stop() waited for it.
     expect(created).toBeGreaterThan(50);
     const listed = await client.list<KubeObject & { reason?: string }>(EventResource, { namespace: ns });
     expect(listed.items.filter((e) => e.reason === "Probe")).toHaveLength(created);
