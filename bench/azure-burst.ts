@@ -279,7 +279,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  created -> Running:      ${fmtDist(res.running)}`);
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
-    if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
+    if (res.apiserverRequestsUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded, watches it closed as unresponsive included; within 1 s): ${JSON.stringify(res.apiserverRequestsUntilRecorded)}`);
     say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(res.operatorReads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(res.operatorReads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(res.operatorReads.runWatchRestarts)}`);
     say(`  the operator's controllers until all Running: ${Object.entries(controllers).map(([c, x]) => `${c} ${x.reconciles} reconciles, mean ${sec(x.meanS * 1000)}, queued mean ${sec(x.meanQueuedS * 1000)}`).join("; ")}`);
     say(`  time to all launched / floor's: ${res.ratioToFloor.toFixed(2)} (floor ${sec(best.totalMs)} at concurrency ${best.concurrency})`);
@@ -316,7 +316,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       };
       res.steady = steady;
       say(`  Azure calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(steady.answerKiBPerPoll)}`);
-      say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
+      say(`  kube-apiserver requests per poll (all clients, WATCH excluded, watches it closed as unresponsive included): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
       say(`  the operator's own requests in the window: ${JSON.stringify(steady.operatorRequests)}; status writes: ${JSON.stringify(steady.statusWrites)}`);
       say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
       say(`  operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);

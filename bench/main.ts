@@ -281,7 +281,7 @@ async function main(): Promise<void> {
       const retries = proxy.repeatedLaunches.filter((r) => r.sdkRetry).length;
       say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
-      if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
+      if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded, watches it closed as unresponsive included; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
       say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(reads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(reads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(reads.runWatchRestarts)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
       // What else the operator asked the emulator while launches waited for it (one moto thread serves them all).
@@ -333,7 +333,7 @@ async function main(): Promise<void> {
         };
         results.steady = steady;
         say(`  cloud calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(answerKiBPerPoll)}`);
-        say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
+        say(`  kube-apiserver requests per poll (all clients, WATCH excluded, watches it closed as unresponsive included): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
         say(`  the operator's own requests in the window: ${JSON.stringify(mine)}; status writes: ${JSON.stringify(writes)}`);
         say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
         say(`  reads per Run per poll: ${steady.readsPerRunPerPoll.toFixed(4)}; operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);
