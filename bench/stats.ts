@@ -149,8 +149,9 @@ export class CpuSampler {
 export function apiRequests(text: string): Map<string, number> {
   const out = new Map<string, number>();
   for (const line of text.split("\n")) {
-    // Watches the apiserver closed because their client did not read fast enough (its cacher's
-    // buffer for that watcher stayed full): counted with the requests so a burst's window shows them.
+    // Watches the apiserver closed as unresponsive (its cacher's buffer for that watcher stayed
+    // full: the client reading, or the server sending, too slowly), of every client: counted with
+    // the requests so a burst's window shows them.
     if (line.startsWith("apiserver_terminated_watchers_total{")) {
       const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
       const key = `watch closed as unresponsive ${resource}`;

@@ -198,8 +198,8 @@ export class EventRecorder {
         // Events still waiting do not keep a stopping process alive.
         const wait = this.pace.take();
         if (wait > 0) await new Promise((r) => setTimeout(r, wait).unref());
-        // Released, then paced while a new backlog began: held again (until its own deadline), and
-        // its token, unused, is given back for the Events that go meanwhile.
+        // Its turn came while Run work is backed up again: held again (until its own deadline). Its
+        // token, unused, is given back when no later Event has reserved one.
         if (wait === 0 || !this.mustHold(recordedAt)) break;
         this.pace.refund();
       }
@@ -266,8 +266,8 @@ export class EventRecorder {
    * outcome only. Returns how many were dropped.
    */
   async drain(ms: number): Promise<number> {
-    // Drained already: what was waiting then is counted.
-    if (this.closed) return 0;
+    // Drained (or draining) already: what is waiting is counted by that drain.
+    if (this.draining) return 0;
     this.draining = true;
     this.release();
     const end = Date.now() + Math.max(0, ms);
@@ -338,6 +338,11 @@ export class EventRecorder {
           // The Event expired (TTL) or was deleted: start over with a fresh object.
           if (!(err instanceof KubeApiError && err.status === 404)) throw err;
           this.cache.delete(key);
+          // Unless drained meanwhile: nothing is sent after that.
+          if (this.closed) {
+            this.opts.metrics?.eventsTotal.inc({ result: "dropped" });
+            return;
+          }
         }
       }
       const created = await this.client.create<EventObject>(EventResource, ev);

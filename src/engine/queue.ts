@@ -59,11 +59,16 @@ export class TokenBucket {
     return Math.ceil((-this.tokens / this.qps) * 1000);
   }
 
-  /** Gives back one token taken and then not used (never beyond the burst). */
+  /**
+   * Gives back a token taken and then not used, at its time. Only when no one holds a later
+   * reservation: those are spaced already, and moving them all a slot earlier would let them go
+   * faster than the rate. Never beyond the burst.
+   */
   refund(): void {
     if (!(this.qps > 0) || !Number.isFinite(this.qps)) return;
     const t = this.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps + 1);
+    const refilled = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps);
+    this.tokens = refilled >= 0 ? Math.min(this.burst, refilled + 1) : refilled;
     this.last = t;
   }
 }

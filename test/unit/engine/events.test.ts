@@ -25,6 +25,8 @@ class FakeEvents {
   missing = new Set<string>();
   /** While set, creates wait for it (a slow kube-apiserver). */
   createGate: Promise<void> | undefined;
+  /** While set, patches wait for it. */
+  patchGate: Promise<void> | undefined;
   client(): KubeClient {
     return {
       create: async (rt: ResourceType, obj: EventObject) => {
@@ -36,6 +38,7 @@ class FakeEvents {
         return obj;
       },
       patch: async (_rt: ResourceType, ns: string, name: string, body: unknown, type: string) => {
+        if (this.patchGate) await this.patchGate;
         if (this.missing.has(name)) throw new KubeApiError(404, "NotFound", "gone", undefined);
         this.patches.push({ ns, name, body, type });
         return { metadata: { name, namespace: ns } };
@@ -239,14 +242,32 @@ describe("EventRecorder", () => {
     await new Promise((r) => setTimeout(r, 50));
     // The first is being sent (its create waits), the second waits for its token.
     expect(await rec.drain(100)).toBe(1);
+    // Drained once: a second drain counts nothing again (both are still waiting).
+    expect(await rec.drain(10)).toBe(0);
     open();
     await Promise.all([slow, paced]);
     expect(f.created.map((e) => e.note)).toEqual(["done"]);
     const text = await metrics.registry.metrics();
     expect(text).toMatch(/vmforge_events_total\{result="dropped"\} 1\n/);
     expect(text).toMatch(/vmforge_events_total\{result="created"\} 1\n/);
-    // Drained once: a second drain counts nothing again.
-    expect(await rec.drain(10)).toBe(0);
+  });
+
+  it("drain: a repeat whose patch is out at the deadline and finds its Event gone is not created afresh afterwards", async () => {
+    const f = new FakeEvents();
+    const metrics = new EngineMetrics();
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, metrics });
+    await rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity");
+    const first = f.created[0]?.metadata.name ?? "";
+    f.missing.add(first);
+    let open!: () => void;
+    f.patchGate = new Promise<void>((r) => (open = r));
+    const repeat = rec.record(run, "Warning", "AllocationFailed", "Launch", "no capacity");
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await rec.drain(20)).toBe(0);
+    open();
+    await repeat;
+    expect(f.created).toHaveLength(1);
+    expect(await metrics.registry.metrics()).toMatch(/vmforge_events_total\{result="dropped"\} 1\n/);
   });
 
   it("an Event released and still paced when a new backlog begins is held again, up to its own deadline", async () => {
@@ -266,7 +287,7 @@ describe("EventRecorder", () => {
     busy = false;
     await all;
     expect(f.created.map((e) => e.regarding.name)).toEqual(["p0", "p1", "p2"]);
-  });
+  }, 15_000);
 
   it("an Event held again still goes by its own deadline", async () => {
     const f = new FakeEvents();

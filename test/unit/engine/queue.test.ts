@@ -342,13 +342,17 @@ describe("WorkQueue.whenIdle", () => {
 });
 
 describe("TokenBucket", () => {
-  it("reserves tokens at its rate after the burst, and a refunded token serves the next taker, never beyond the burst", () => {
+  it("reserves tokens at its rate after the burst; a token given back helps only when no later one is reserved, never beyond the burst", () => {
     let t = 0;
     const b = new TokenBucket(10, 2, () => t);
     expect([b.take(), b.take(), b.take(), b.take()]).toEqual([0, 0, 100, 200]);
-    // The fourth gives its token back: the next taker gets the slot it had.
+    // Reservations are out (100 and 200 ms): a token given back now would let the next taker share a slot.
     b.refund();
-    expect(b.take()).toBe(200);
+    expect(b.take()).toBe(300);
+    // At 300 ms every reservation has come due; the one of 300 ms goes unused and is given back.
+    t = 300;
+    b.refund();
+    expect(b.take()).toBe(0);
     t = 10_000;
     b.refund();
     b.refund();
