@@ -371,6 +371,10 @@ describe("termination and outcome when DescribeInstances does not show the machi
         // EC2 refuses the next termination (a policy changed under the operator, say).
         await layer.configure({ faults: [{ action: "ec2:TerminateInstances", error: "denied", count: 1 }] });
         await client.patch(RunResource, ns, "cancelled", { spec: { cancel: true } }, "merge");
+        // The retry after the lost answer is to see the cancel. Were the operator's cache behind, the
+        // retry would send the launch again (the same ClientToken, so the same instance), record the
+        // machine and end the Run at once with it recorded: a sound path, but not this test's.
+        await waitFor("the operator's cache shows the cancel", async () => op.operator.runs.get(`${ns}/cancelled`)?.spec.cancel === true, 30_000, 20);
       });
       // The refusal is said on the Run meanwhile.
       await waitFor("termination refused", async () => cond(await getRun("cancelled"), "Stalled")?.reason === "AccessDenied", 30_000, 200);
