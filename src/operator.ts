@@ -16,6 +16,7 @@ import { Store, trimForCache, type IndexFunc } from "./engine/store.js";
 import { Controller } from "./engine/controller.js";
 import { EventRecorder } from "./engine/events.js";
 import { LeaderElector } from "./engine/leader.js";
+import { monotonicNow } from "./engine/clock.js";
 import type { ComputeEnvironment, Run } from "./api/types.js";
 import { ComputeEnvironmentResource, RunResource } from "./api/types.js";
 import type { CloudProvider } from "./cloud/provider.js";
@@ -298,8 +299,8 @@ export class Operator {
    */
   async stop(deadlineMs = this.o.config.shutdownTimeoutMs): Promise<void> {
     this.stopping = true;
-    const end = Date.now() + Math.max(0, deadlineMs);
-    const left = (): number => Math.max(0, end - Date.now());
+    const end = monotonicNow() + Math.max(0, deadlineMs);
+    const left = (): number => Math.max(0, end - monotonicNow());
     // kept for the watches and the Lease release
     const reserve = Math.min(2_000, deadlineMs / 5);
     this.syncAbort.abort(new Error("operator stopping"));

@@ -18,6 +18,7 @@ import { KubeApiError } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
+import { monotonicNow } from "./clock.js";
 
 /** An error retrying cannot fix (bad spec, missing permission by design, ...). `reason` is CamelCase. */
 export class TerminalError extends Error {
@@ -151,7 +152,7 @@ export class Controller {
     this.stopping = true;
     this.queue.shutDown();
     const total = Math.max(0, deadlineMs);
-    const end = Date.now() + total;
+    const end = monotonicNow() + total;
     // the last fifth of the deadline (at most 1 s) is left for aborted reconciles to unwind
     const unwindMs = Math.min(1_000, total / 5);
     const pending = [...this.inFlight];
@@ -165,9 +166,9 @@ export class Controller {
       this.log.warn({ keys: left.map((f) => f.key) }, "stop deadline near; aborting running reconciles");
       for (const f of left) f.abort.abort(new Error(`controller ${this.name} is stopping`));
       // give aborted reconciles the rest of the deadline to unwind; ones that ignore the signal are abandoned
-      await settleWithin(Promise.all(left.map((f) => f.settled)), end - Date.now());
+      await settleWithin(Promise.all(left.map((f) => f.settled)), end - monotonicNow());
     }
-    await settleWithin(Promise.all(this.loops), end - Date.now());
+    await settleWithin(Promise.all(this.loops), end - monotonicNow());
     this.log.info({ abandoned: this.inFlight.size }, "controller stopped");
   }
 

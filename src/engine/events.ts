@@ -15,6 +15,7 @@ import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
 import { TokenBucket } from "./queue.js";
+import { monotonicNow } from "./clock.js";
 
 export const EventResource: ResourceType = {
   group: "events.k8s.io",
@@ -144,6 +145,8 @@ export class EventRecorder {
   /** Events held back (holdWhile), in the order they were held: when each must go at the latest. */
   private readonly held: { until: number; go: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
+  /** A drain waiting until no Event is pending. */
+  private noneWaiting: (() => void)[] = [];
   /** Stopping (drain): nothing is held back any more. */
   private draining = false;
   /** Drained: what was not sent by then is counted dropped and is not sent afterwards. */
@@ -190,7 +193,8 @@ export class EventRecorder {
     }
     this.pending++;
     const prev = this.inflight.get(key) ?? Promise.resolve();
-    const recordedAt = Date.now();
+    // The hold's deadlines are durations in this process: the monotonic clock (`at` is wall time).
+    const recordedAt = monotonicNow();
     const run = prev.then(async () => {
       for (;;) {
         await this.holdBack(recordedAt);
@@ -218,6 +222,7 @@ export class EventRecorder {
     } finally {
       this.pending--;
       if (this.inflight.get(key) === run) this.inflight.delete(key);
+      if (this.pending === 0) for (const w of this.noneWaiting.splice(0)) w();
     }
   }
 
@@ -230,7 +235,7 @@ export class EventRecorder {
   /** Whether an Event recorded at `recordedAt` is to wait now. */
   private mustHold(recordedAt: number): boolean {
     const hold = this.opts.holdWhile;
-    return !this.draining && hold !== undefined && Date.now() < this.holdUntil(recordedAt) && safely(hold);
+    return !this.draining && hold !== undefined && monotonicNow() < this.holdUntil(recordedAt) && safely(hold);
   }
 
   /** Resolves once holdWhile says false, or `maxHoldMs` after `recordedAt`. */
@@ -246,7 +251,7 @@ export class EventRecorder {
 
   private release(): void {
     const all = this.draining || !safely(this.opts.holdWhile);
-    const t = Date.now();
+    const t = monotonicNow();
     const going = all ? this.held.splice(0) : this.held.filter((h) => t >= h.until);
     if (!all && going.length > 0) {
       const staying = this.held.filter((h) => t < h.until);
@@ -270,8 +275,18 @@ export class EventRecorder {
     if (this.draining) return 0;
     this.draining = true;
     this.release();
-    const end = Date.now() + Math.max(0, ms);
-    while (this.pending > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, end - Date.now()))));
+    // Until nothing waits (the last record to settle says so) or the deadline, whichever comes first.
+    if (this.pending > 0 && ms > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      let wake: (() => void) | undefined;
+      await new Promise<void>((done) => {
+        wake = done;
+        this.noneWaiting.push(done);
+        timer = setTimeout(done, ms);
+      });
+      clearTimeout(timer);
+      this.noneWaiting = this.noneWaiting.filter((w) => w !== wake);
+    }
     this.closed = true;
     // Those whose request is out are counted by its answer (created, aggregated or failed), not here.
     const dropped = this.pending - this.sending;

@@ -1,5 +1,6 @@
 // Public surface of the controller engine. src/engine imports nothing else from src/.
 export * from "./kube.js";
+export * from "./clock.js";
 export * from "./store.js";
 export * from "./reflector.js";
 export * from "./queue.js";

@@ -16,6 +16,7 @@
  * - stop() ends leadership and releases the Lease (holder cleared, leaseDurationSeconds 1), so
  *   another candidate can take over at its next retry instead of waiting for expiry.
  */
+import { monotonicNow } from "./clock.js";
 import { KubeApiError } from "./kube.js";
 import type { KubeClient, KubeObject, ResourceType } from "./kube.js";
 import type { Logger } from "./logger.js";
@@ -57,8 +58,14 @@ export interface LeaderElectorOptions {
   retryPeriodMs?: number;
   logger: Logger;
   metrics?: EngineMetrics;
-  /** Clock (tests). Default Date.now. */
+  /** Wall clock, for the Lease's acquireTime and renewTime (tests). Default Date.now. */
   now?: () => number;
+  /**
+   * Clock for this process's own durations: since the last renewal, since the Lease was last seen
+   * to change (tests). Default the monotonic clock, so a step of the wall clock neither keeps a
+   * leader that stopped renewing leading past its renew deadline nor makes it give up early.
+   */
+  monotonicNow?: () => number;
 }
 
 export interface LeaderCallbacks {
@@ -102,11 +109,12 @@ export class LeaderElector {
   private readonly log: Logger;
   private readonly metrics: EngineMetrics | undefined;
   private readonly now: () => number;
+  private readonly tick: () => number;
 
   private leading = false;
   private lastRenewAt = 0;
   private observedRaw: string | undefined;
-  /** Local time at which the observed Lease record last changed (undefined: never seen a change). */
+  /** Monotonic time at which the observed Lease record last changed (undefined: never seen a change). */
   private observedChangeAt: number | undefined;
   private lease: Lease | undefined;
   private leadAbort: AbortController | undefined;
@@ -124,6 +132,7 @@ export class LeaderElector {
     this.log = opts.logger.child({ lease: `${opts.namespace}/${opts.name}`, identity: opts.identity });
     this.metrics = opts.metrics;
     this.now = opts.now ?? Date.now;
+    this.tick = opts.monotonicNow ?? monotonicNow;
     if (!opts.identity) throw new Error("leader election: identity must not be empty");
     if (!opts.namespace || !opts.name) throw new Error("leader election: lease namespace and name are required");
     if (this.leaseDurationMs <= this.renewDeadlineMs) {
@@ -140,7 +149,7 @@ export class LeaderElector {
    * older than renewDeadline (e.g. the event loop was blocked), before the renew loop notices.
    */
   isLeader(): boolean {
-    return this.leading && this.now() - this.lastRenewAt < this.renewDeadlineMs;
+    return this.leading && this.tick() - this.lastRenewAt < this.renewDeadlineMs;
   }
 
   /**
@@ -187,7 +196,7 @@ export class LeaderElector {
         reason = "another holder took the lease";
         break;
       }
-      if (this.now() - this.lastRenewAt >= this.renewDeadlineMs) {
+      if (this.tick() - this.lastRenewAt >= this.renewDeadlineMs) {
         reason = "could not renew within the renew deadline";
         break;
       }
@@ -233,14 +242,16 @@ export class LeaderElector {
 
   /** Remaining time budget for one request: never beyond the renew deadline while leading. */
   private requestSignal(): AbortSignal {
-    const budget = this.leading ? Math.max(100, this.renewDeadlineMs - (this.now() - this.lastRenewAt)) : this.renewDeadlineMs;
+    const budget = this.leading ? Math.max(100, this.renewDeadlineMs - (this.tick() - this.lastRenewAt)) : this.renewDeadlineMs;
     return AbortSignal.timeout(budget);
   }
 
   /** One acquire-or-renew attempt. */
   private async attempt(): Promise<AttemptResult> {
     const signal = this.requestSignal();
+    // Taken before the request: a renewal counts from when it was sent, not from when it was answered.
     const ts = this.now();
+    const tick = this.tick();
     const nowStr = formatMicroTime(new Date(ts));
     const durationSeconds = Math.max(1, Math.ceil(this.leaseDurationMs / 1000));
     let current: Lease | undefined;
@@ -269,15 +280,15 @@ export class LeaderElector {
           },
           { signal },
         );
-        this.observe(created, ts);
-        this.lastRenewAt = ts;
+        this.observe(created, tick);
+        this.lastRenewAt = tick;
         return "ok";
       }
 
-      this.observe(current, ts);
+      this.observe(current, tick);
       const spec = current.spec ?? {};
       const holder = spec.holderIdentity ?? "";
-      if (holder !== this.identity && holder !== "" && !this.expired(spec, ts)) {
+      if (holder !== this.identity && holder !== "" && !this.expired(spec, ts, tick)) {
         return "held";
       }
       const next: LeaseSpec = { ...spec, leaseDurationSeconds: durationSeconds, renewTime: nowStr };
@@ -293,8 +304,8 @@ export class LeaderElector {
         { ...current, spec: next },
         { signal },
       );
-      this.observe(updated, ts);
-      this.lastRenewAt = ts;
+      this.observe(updated, tick);
+      this.lastRenewAt = tick;
       if (holder !== this.identity) {
         this.log.info({ previousHolder: holder || undefined, transitions: next.leaseTransitions }, "acquired the lease");
       }
@@ -309,20 +320,21 @@ export class LeaderElector {
     }
   }
 
-  private observe(lease: Lease, ts: number): void {
+  private observe(lease: Lease, tick: number): void {
     this.lease = lease;
     const raw = JSON.stringify(lease.spec ?? {});
     // Like client-go: the first sight counts as a change, so a new candidate waits a full lease
     // duration before it takes over a Lease whose renewTime merely looks old by its own clock.
-    if (this.observedRaw === undefined || raw !== this.observedRaw) this.observedChangeAt = ts;
+    if (this.observedRaw === undefined || raw !== this.observedRaw) this.observedChangeAt = tick;
     this.observedRaw = raw;
   }
 
-  private expired(spec: LeaseSpec, ts: number): boolean {
+  /** By the Lease's own times against the wall clock (`ts`), and by what this process saw (`tick`). */
+  private expired(spec: LeaseSpec, ts: number, tick: number): boolean {
     const durMs = (spec.leaseDurationSeconds ?? 0) * 1000;
     const renew = parseTime(spec.renewTime) ?? parseTime(spec.acquireTime);
     const byServerTime = renew === undefined || renew + durMs < ts;
-    const seenRecently = this.observedChangeAt !== undefined && this.observedChangeAt + durMs > ts;
+    const seenRecently = this.observedChangeAt !== undefined && this.observedChangeAt + durMs > tick;
     return byServerTime && !seenRecently;
   }
 

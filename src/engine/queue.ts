@@ -13,6 +13,7 @@
 //  - shutDown(): further adds are ignored, get() keeps handing out what is already queued and
 //    then resolves undefined.
 
+import { monotonicNow } from "./clock.js";
 import type { EngineMetrics } from "./metrics.js";
 
 export interface WorkQueueOptions {
@@ -27,7 +28,7 @@ export interface WorkQueueOptions {
   metrics?: EngineMetrics;
   /** Label of the queue in metrics. Default "default". */
   name?: string;
-  /** Clock, for tests. Default Date.now. */
+  /** Clock, for tests. Default the monotonic clock (clock.ts). */
   now?: () => number;
 }
 
@@ -42,7 +43,7 @@ export class TokenBucket {
   constructor(
     private readonly qps: number,
     private readonly burst: number,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = monotonicNow,
   ) {
     this.tokens = burst;
     this.last = now();
@@ -52,7 +53,7 @@ export class TokenBucket {
   take(): number {
     if (!(this.qps > 0) || !Number.isFinite(this.qps)) return 0;
     const t = this.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps);
+    this.tokens = this.refilled(t);
     this.last = t;
     this.tokens -= 1;
     if (this.tokens >= 0) return 0;
@@ -67,9 +68,18 @@ export class TokenBucket {
   refund(): void {
     if (!(this.qps > 0) || !Number.isFinite(this.qps)) return;
     const t = this.now();
-    const refilled = Math.min(this.burst, this.tokens + ((t - this.last) / 1000) * this.qps);
+    const refilled = this.refilled(t);
     this.tokens = refilled >= 0 ? Math.min(this.burst, refilled + 1) : refilled;
     this.last = t;
+  }
+
+  /**
+   * Tokens at `t`. Time that seems to run backwards (a clock that can step) refills nothing and
+   * takes nothing: the bucket goes on from `t` rather than waiting until the clock is back where
+   * it was.
+   */
+  private refilled(t: number): number {
+    return Math.min(this.burst, this.tokens + (Math.max(0, t - this.last) / 1000) * this.qps);
   }
 }
 
@@ -108,7 +118,7 @@ export class WorkQueue {
     this.baseDelayMs = opts.baseDelayMs ?? 5;
     this.maxDelayMs = opts.maxDelayMs ?? 5 * 60_000;
     this.metrics = opts.metrics;
-    this.now = opts.now ?? Date.now;
+    this.now = opts.now ?? monotonicNow;
     this.bucket = new TokenBucket(opts.qps ?? 10, opts.burst ?? 100, this.now);
     if (!(this.baseDelayMs >= 0) || !(this.maxDelayMs >= this.baseDelayMs)) {
       throw new RangeError(`work queue ${this.name}: need 0 <= baseDelayMs <= maxDelayMs`);

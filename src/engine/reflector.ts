@@ -17,6 +17,7 @@ import { objectKey, KubeApiError, type KubeClient, type KubeObject, type Resourc
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
 import { Store, slimForCache } from "./store.js";
+import { monotonicNow } from "./clock.js";
 
 export type ReflectorEventType = "ADDED" | "MODIFIED" | "DELETED" | "RESYNC";
 
@@ -381,9 +382,9 @@ export class Reflector<T extends KubeObject = KubeObject> {
         ctl.abort();
       }, this.idleTimeoutMs);
     };
-    const startedAt = Date.now();
+    const startedAt = monotonicNow();
     let events = 0;
-    const healthy = (): boolean => events > 0 || Date.now() - startedAt >= Math.min(HEALTHY_WATCH_MS, this.idleTimeoutMs / 2);
+    const healthy = (): boolean => events > 0 || monotonicNow() - startedAt >= Math.min(HEALTHY_WATCH_MS, this.idleTimeoutMs / 2);
 
     this.log.debug({ resourceVersion: this.lastRV, timeoutSeconds: this.watchTimeoutSeconds }, "watch starting");
     arm();
@@ -441,7 +442,7 @@ export class Reflector<T extends KubeObject = KubeObject> {
     else if (outcome.kind === "error") this.failures = ok ? 1 : this.failures + 1;
     else this.failures += 1; // idle: the server went silent
     if (ok) this.justListed = false;
-    this.log.debug({ outcome: outcome.kind, events, ms: Date.now() - startedAt }, "watch ended");
+    this.log.debug({ outcome: outcome.kind, events, ms: Math.round(monotonicNow() - startedAt) }, "watch ended");
     return outcome;
   }
 

@@ -211,7 +211,7 @@ export async function waitFor<T>(
   check: () => Promise<T | undefined>,
   opts: { timeoutMs: number; intervalMs?: number; proc?: Supervised },
 ): Promise<T> {
-  const deadline = Date.now() + opts.timeoutMs;
+  const deadline = performance.now() + opts.timeoutMs;
   let lastErr = "";
   for (;;) {
     if (opts.proc && !opts.proc.isRunning()) {
@@ -223,7 +223,7 @@ export async function waitFor<T>(
     } catch (err) {
       lastErr = (err as Error).message;
     }
-    if (Date.now() > deadline) {
+    if (performance.now() > deadline) {
       const tail = opts.proc ? `\nLast log lines of ${opts.proc.name} (${opts.proc.logFile}):\n${tailFile(opts.proc.logFile)}` : "";
       throw new Error(`timed out after ${opts.timeoutMs}ms waiting for ${what}${lastErr ? ` (last error: ${lastErr})` : ""}${tail}`);
     }

@@ -36,9 +36,13 @@ export async function installCrds(client: KubeClient, crds: readonly object[] = 
   }
 }
 
-/** Polls `fn` until it returns something truthy; fails with `what` and the last value on timeout. */
+/**
+ * Polls `fn` until it returns something truthy; fails with `what` and the last value on timeout,
+ * measured with the monotonic clock (a step of the wall clock neither ends the wait early nor
+ * stretches it).
+ */
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 30_000, intervalMs = 200): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = performance.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
@@ -48,7 +52,7 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     } catch (e) {
       last = e;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`);
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${last instanceof Error ? last.message : JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }

@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import type { KubeClient } from "../../engine/kube.js";
 import { splitKey } from "../../engine/kube.js";
+import { monotonicNow } from "../../engine/clock.js";
 import type { Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
@@ -161,11 +162,11 @@ export class ComputeEnvironmentReconciler {
     // The last Terminal answer was to this same spec, credentials and retry request.
     const sameAsStall = stalled !== undefined && stalled.generation === (generation ?? 0) &&
       stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
-    if (stalled && sameAsStall && Date.now() - stalled.at < this.recheckMs(stalled.answers)) {
+    if (stalled && sameAsStall && monotonicNow() - stalled.at < this.recheckMs(stalled.answers)) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: this.recheckMs(stalled.answers) - (Date.now() - stalled.at) };
+      return { requeueAfterMs: this.recheckMs(stalled.answers) - (monotonicNow() - stalled.at) };
     }
     // The entry stays until an attempt succeeds: a passing failure (throttled, a 5xx) between two
     // same Terminal answers does not start the re-checks over from the shortest wait.
@@ -176,7 +177,7 @@ export class ComputeEnvironmentReconciler {
       last &&
       last.generation === generation &&
       last.credentialsVersion === credentialsVersion &&
-      Date.now() - last.at < this.d.driftCheckMs &&
+      monotonicNow() - last.at < this.d.driftCheckMs &&
       withFinalizer.status?.observedGeneration === generation &&
       // A launch refused for the environment's resources: check them now, not at the drift check.
       provider.environmentSuspect?.(withFinalizer) !== true
@@ -184,8 +185,8 @@ export class ComputeEnvironmentReconciler {
       await this.report(withFinalizer, { activeRuns });
       // A sweep that failed for a passing reason is tried again on its own, without a converge.
       const retry = this.sweepRetry.get(withFinalizer.metadata.uid ?? "");
-      if (retry && retry.due <= Date.now()) await this.sweep(provider, ctx, withFinalizer, log);
-      return { requeueAfterMs: this.untilNextCheck(withFinalizer, this.d.driftCheckMs - (Date.now() - last.at)) };
+      if (retry && retry.due <= monotonicNow()) await this.sweep(provider, ctx, withFinalizer, log);
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, this.d.driftCheckMs - (monotonicNow() - last.at)) };
     }
 
     // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.
@@ -232,7 +233,7 @@ export class ComputeEnvironmentReconciler {
         observedGeneration: generation,
       });
       if (!obs.ready) return { requeueAfterMs: 5_000 };
-      this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion });
+      this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion });
       this.stalled.delete(withFinalizer.metadata.uid ?? "");
       await this.sweep(provider, ctx, withFinalizer, log);
       await releaseUnusedSecrets(this.d.client, namespace ?? "default", undefined, this.d.secretsHeldFor?.(namespace ?? "default"));
@@ -259,7 +260,7 @@ export class ComputeEnvironmentReconciler {
         }
         // The same answer to the same spec, credentials and request as last time: the next look waits longer.
         const answers = sameAsStall ? (stalled?.answers ?? 0) + 1 : 1;
-        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: Date.now(), credentialsVersion, requested, answers });
+        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion, requested, answers });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
         if (written) void this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
@@ -326,7 +327,7 @@ export class ComputeEnvironmentReconciler {
       const failures = (this.sweepRetry.get(uid)?.failures ?? 0) + 1;
       const backoff = Math.min(SWEEP_RETRY_MAX_MS, SWEEP_RETRY_BASE_MS * 2 ** (failures - 1));
       const waitMs = Math.max(backoff, e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0);
-      this.sweepRetry.set(uid, { failures, due: Date.now() + waitMs });
+      this.sweepRetry.set(uid, { failures, due: monotonicNow() + waitMs });
       log.warn({ err: e, failures, retryInMs: waitMs }, "orphan sweep failed; will try again soon");
     }
   }
@@ -334,7 +335,7 @@ export class ComputeEnvironmentReconciler {
   /** The requeue delay of a converged CE: the drift check, or sooner when a failed sweep is due. */
   private untilNextCheck(ce: ComputeEnvironment, driftInMs: number): number {
     const retry = this.sweepRetry.get(ce.metadata.uid ?? "");
-    return retry ? Math.max(0, Math.min(driftInMs, retry.due - Date.now())) : driftInMs;
+    return retry ? Math.max(0, Math.min(driftInMs, retry.due - monotonicNow())) : driftInMs;
   }
 
   private async finalize(ce: ComputeEnvironment, provider: CloudProvider | undefined, log: Logger, signal?: AbortSignal): Promise<ReconcileResult> {

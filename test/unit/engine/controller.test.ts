@@ -265,6 +265,30 @@ describe("Controller", () => {
     expect(c.queue.scheduledCount()).toBe(0); // no retry scheduled after shutdown
   });
 
+  it("stop() keeps its deadline when the wall clock steps back during the stop (it measures with the monotonic clock)", async () => {
+    const realNow = Date.now.bind(Date);
+    let offset = 0;
+    const wall = vi.spyOn(Date, "now").mockImplementation(() => realNow() + offset);
+    try {
+      // A reconcile that ignores its abort: the stop abandons it at the deadline.
+      const { c } = make((_key, signal) => new Promise(() => {
+        // The clock is stepped back an hour when the stop aborts it (an NTP correction meanwhile).
+        signal.addEventListener("abort", () => (offset = -3_600_000));
+      }));
+      c.start();
+      c.enqueue("stuck");
+      await vi.waitFor(() => expect(c.inFlightCount()).toBe(1));
+      const outcome = await Promise.race([
+        c.stop(300).then(() => "stopped"),
+        new Promise((r) => setTimeout(r, 3_000).unref()).then(() => "still stopping after 10 times its deadline"),
+      ]);
+      expect(offset).toBe(-3_600_000);
+      expect(outcome).toBe("stopped");
+    } finally {
+      wall.mockRestore();
+    }
+  });
+
   it("with yieldTo, takes no key of its own while the other queue has keys waiting or in progress", async () => {
     const first = fastQueue();
     const order: string[] = [];

@@ -322,6 +322,28 @@ describe("EventRecorder", () => {
     expect(f.created).toHaveLength(2);
   });
 
+  it("a step of the wall clock neither holds an Event past its maxHoldMs nor changes the time it carries", async () => {
+    const f = new FakeEvents();
+    const realNow = Date.now.bind(Date);
+    let offset = 0;
+    const wall = vi.spyOn(Date, "now").mockImplementation(() => realNow() + offset);
+    try {
+      const happened = new Date("2026-12-05T03:00:00Z");
+      const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true, maxHoldMs: 300, now: () => happened });
+      const sent = rec.record(run, "Normal", "Launched", "Launch", "launched");
+      offset = -3_600_000; // the wall clock steps back an hour while the Event is held
+      const outcome = await Promise.race([
+        sent.then(() => "sent"),
+        new Promise((r) => setTimeout(r, 3_000).unref()).then(() => "still held after 10 times its maxHoldMs"),
+      ]);
+      expect(outcome).toBe("sent");
+      expect(f.created).toHaveLength(1);
+      expect(f.created[0]?.eventTime).toBe("2026-12-05T03:00:00.000000Z");
+    } finally {
+      wall.mockRestore();
+    }
+  });
+
   it("drops and counts Events beyond maxPending rather than holding them without bound", async () => {
     const f = new FakeEvents();
     const metrics = new EngineMetrics();

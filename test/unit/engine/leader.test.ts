@@ -99,7 +99,7 @@ function elector(server: LeaseServer, identity: string, extra: { failing?: () =>
 }
 
 beforeEach(() => {
-  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "Date"], now: new Date("2026-01-01T00:00:00Z") });
+  vi.useFakeTimers({ toFake: ["setTimeout", "clearTimeout", "Date", "performance"], now: new Date("2026-01-01T00:00:00Z") });
 });
 afterEach(() => {
   vi.useRealTimers();
@@ -214,6 +214,24 @@ describe("LeaderElector", () => {
     expect(takenAt! - lastRenew).toBeGreaterThanOrEqual(timing.leaseDurationMs);
     expect(s.lease?.spec).toMatchObject({ holderIdentity: "b", leaseTransitions: 1 });
     await b.stop();
+  });
+
+  it("a leader that cannot renew steps down within its renew deadline even when the wall clock steps back meanwhile", async () => {
+    const s = new LeaseServer();
+    let broken = false;
+    const a = elector(s, "a", { failing: () => broken });
+    const pa = probe();
+    const runA = a.run(pa.callbacks);
+    await vi.advanceTimersByTimeAsync(10);
+    expect(a.isLeader()).toBe(true);
+    broken = true;
+    // An NTP step back of an hour: by the wall clock its last renewal lies an hour in the future.
+    vi.setSystemTime(Date.now() - 3_600_000);
+    await vi.advanceTimersByTimeAsync(timing.renewDeadlineMs + 2 * timing.retryPeriodMs);
+    expect(a.isLeader()).toBe(false);
+    expect(pa.stopped).toBe(1);
+    expect(pa.signal?.aborted).toBe(true);
+    await runA;
   });
 
   it("takes over a Lease held by a dead process once it has seen it unchanged for a lease duration, counting the transition", async () => {

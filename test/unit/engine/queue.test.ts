@@ -125,6 +125,18 @@ describe("WorkQueue rate limiting", () => {
     expect(q2.whenReady("y")).toBe(1_000); // bucket dominates
   });
 
+  it("a step of the wall clock neither holds a key nor stalls the rate limiter (the queue keeps time with the monotonic clock)", async () => {
+    vi.useFakeTimers();
+    const q = new WorkQueue({ baseDelayMs: 5, maxDelayMs: 10_000, qps: 10, burst: 1 });
+    q.addRateLimited("a", 1_000); // a hint: held for 1 s; takes the bucket's only token
+    vi.setSystemTime(Date.now() - 3_600_000); // the wall clock steps back an hour (not the monotonic one)
+    q.add("a"); // a watch event meanwhile: held until the hint's second, not for another hour
+    q.addRateLimited("b"); // the bucket's next token: 100 ms at its rate
+    expect(q.whenReady("c")).toBeLessThanOrEqual(200);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(q.len()).toBe(2);
+  });
+
   it("addRateLimited queues the key after its backoff delay", async () => {
     vi.useFakeTimers();
     const q = backoffOnly(100, 10_000);
@@ -342,6 +354,16 @@ describe("WorkQueue.whenIdle", () => {
 });
 
 describe("TokenBucket", () => {
+  it("time that seems to run backwards neither refills it nor stalls it", () => {
+    let t = 10_000;
+    const b = new TokenBucket(10, 2, () => t);
+    expect([b.take(), b.take()]).toEqual([0, 0]);
+    t -= 3_600_000; // a clock stepped back an hour
+    expect(b.take()).toBe(100); // the next slot at its rate, not an hour and 100 ms
+    t += 100;
+    expect(b.take()).toBe(100);
+  });
+
   it("reserves tokens at its rate after the burst; a token given back helps only when no later one is reserved, never beyond the burst", () => {
     let t = 0;
     const b = new TokenBucket(10, 2, () => t);
