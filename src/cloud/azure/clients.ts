@@ -21,6 +21,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Agent } from "node:https";
+import { monotonicNow } from "../../engine/clock.js";
 import {
   AuthenticationError,
   ClientSecretCredential,
@@ -338,7 +339,8 @@ export interface AzureClients {
 export class ThrottleGate {
   private readonly until = new Map<string, number>();
 
-  constructor(private readonly now: () => number = Date.now) {}
+  // A hold is a duration in this process: the monotonic clock (a step of the wall clock must not stretch it).
+  constructor(private readonly now: () => number = monotonicNow) {}
 
   static kind(action: string): string {
     const ns = (action.split("/")[0] ?? "").toLowerCase();
