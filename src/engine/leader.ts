@@ -174,7 +174,7 @@ export class LeaderElector {
     this.log.info("campaigning for leadership");
     let acquired = false;
     while (!stop.aborted) {
-      acquired = (await this.attempt()) === "ok";
+      acquired = (await this.tryAttempt()) === "ok";
       if (acquired) break;
       await sleep(this.jittered(), stop);
     }
@@ -190,7 +190,7 @@ export class LeaderElector {
     while (!stop.aborted) {
       await sleep(this.retryPeriodMs, stop);
       if (stop.aborted) break;
-      const r = await this.attempt();
+      const r = await this.tryAttempt();
       if (r === "ok") continue;
       if (r === "held") {
         reason = "another holder took the lease";
@@ -242,8 +242,22 @@ export class LeaderElector {
 
   /** Remaining time budget for one request: never beyond the renew deadline while leading. */
   private requestSignal(): AbortSignal {
-    const budget = this.leading ? Math.max(100, this.renewDeadlineMs - (this.tick() - this.lastRenewAt)) : this.renewDeadlineMs;
+    // Whole milliseconds: AbortSignal.timeout refuses a fraction, and the monotonic clock has them.
+    const budget = this.leading ? Math.max(100, Math.floor(this.renewDeadlineMs - (this.tick() - this.lastRenewAt))) : this.renewDeadlineMs;
     return AbortSignal.timeout(budget);
+  }
+
+  /**
+   * One attempt that cannot throw: whatever goes wrong in it is a failed attempt, so the loop goes
+   * on (and a leader steps down at its renew deadline) instead of ending with leadership unreleased.
+   */
+  private async tryAttempt(): Promise<AttemptResult> {
+    try {
+      return await this.attempt();
+    } catch (err) {
+      this.log.error({ err }, "lease attempt failed unexpectedly");
+      return "error";
+    }
   }
 
   /** One acquire-or-renew attempt. */

@@ -95,6 +95,9 @@ function elector(server: LeaseServer, identity: string, extra: { failing?: () =>
     logger,
     ...(extra.metrics ? { metrics: extra.metrics } : {}),
     now: () => Date.now(),
+    // Fake timers keep whole milliseconds; the real monotonic clock has fractions (a tenth of a
+    // percent fast here, so that the durations measured with it have them too).
+    monotonicNow: () => performance.now() * 1.001,
   });
 }
 
@@ -229,6 +232,24 @@ describe("LeaderElector", () => {
     vi.setSystemTime(Date.now() - 3_600_000);
     await vi.advanceTimersByTimeAsync(timing.renewDeadlineMs + 2 * timing.retryPeriodMs);
     expect(a.isLeader()).toBe(false);
+    expect(pa.stopped).toBe(1);
+    expect(pa.signal?.aborted).toBe(true);
+    await runA;
+  });
+
+  it("an attempt that throws where nothing should (a broken clock) is a failed attempt: the leader still steps down by its renew deadline", async () => {
+    const s = new LeaseServer();
+    let broken = false;
+    const a = new LeaderElector({
+      client: s.client(), namespace: "ns", name: "lock", identity: "a", ...timing, logger,
+      now: () => (broken ? Number.NaN : Date.now()), // an invalid time: formatting the renewTime throws
+    });
+    const pa = probe();
+    const runA = a.run(pa.callbacks);
+    await vi.advanceTimersByTimeAsync(10);
+    expect(a.isLeader()).toBe(true);
+    broken = true;
+    await vi.advanceTimersByTimeAsync(timing.renewDeadlineMs + 2 * timing.retryPeriodMs);
     expect(pa.stopped).toBe(1);
     expect(pa.signal?.aborted).toBe(true);
     await runA;
