@@ -44,7 +44,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
-import { CpuSampler, apiRequests, cpuOfMatching, cpuSince, cpuSnapshot, diffMaps, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, operatorReads, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -238,8 +238,8 @@ async function main(): Promise<void> {
       const sampler = new CpuSampler({ operator: () => op.stats().cpuS, ...machineCpu });
       sampler.start();
       // kube-apiserver requests by verb and resource (all clients) from the first create to the last launch
-      const apiBefore = apiRequests(String(await client.request("GET", "/metrics")));
-      let apiAtLastLaunch: Map<string, number> | undefined;
+      const apiBefore = apiserverCounts(String(await client.request("GET", "/metrics")));
+      let apiAtLastLaunch: ApiserverCounts | undefined;
       const opBefore = await op.metrics();
       const t0 = Date.now();
       await poolDo(Array.from({ length: N }, (_, i) => i), 16, async (i) => {
@@ -252,7 +252,7 @@ async function main(): Promise<void> {
       const createdAllMs = Date.now() - t0;
       say(`  ${N} Runs created in ${sec(createdAllMs)}`);
       await until(`all ${N} Runs Running`, async () => {
-        if (!apiAtLastLaunch && [...uidOf.values()].filter((u) => proxy.launchAt.has(u)).length >= N) apiAtLastLaunch = apiRequests(String(await client.request("GET", "/metrics")));
+        if (!apiAtLastLaunch && [...uidOf.values()].filter((u) => proxy.launchAt.has(u)).length >= N) apiAtLastLaunch = apiserverCounts(String(await client.request("GET", "/metrics")));
         return running.size >= N;
       }, quick ? 300_000 : 900_000, 1_000);
       const allRunningMs = Date.now() - t0;
@@ -267,7 +267,7 @@ async function main(): Promise<void> {
         firstStatus: dist(d(firstStatus)), launchCall: dist(d(launchTimes)), running: dist(d(running)),
         allLaunchedMs: lastLaunch - t0, cloudCalls: proxy.snapshot(), operatorCpuS: op.stats().cpuS - cpu0, rss: op.stats(), load: load(),
         launchWindowCpu,
-        apiserverRequestsUntilLaunched: apiAtLastLaunch ? diffMaps(apiAtLastLaunch, apiBefore) : undefined,
+        apiserverUntilLaunched: apiAtLastLaunch ? apiserverWindow(apiAtLastLaunch, apiBefore) : undefined,
         operatorReads: reads,
       };
       results.burst = burst;
@@ -281,7 +281,7 @@ async function main(): Promise<void> {
       const retries = proxy.repeatedLaunches.filter((r) => r.sdkRetry).length;
       say(`  RunInstances repeated for a Run: ${proxy.repeatedLaunches.length}${proxy.repeatedLaunches.length ? ` (the SDK retrying its own request: ${retries}; a new call by the operator: ${proxy.repeatedLaunches.length - retries}); ${proxy.repeatedLaunches.slice(0, 10).map((r) => `${r.attempt || "?"} after ${sec(r.afterMs)}`).join(", ")}` : ""}`);
       say(`  operator CPU ${burst.operatorCpuS.toFixed(1)} s until all Running, RSS ${burst.rss.rssMiB} MiB (peak ${burst.rss.peakMiB}); ${fmtLoad(burst.load)}`);
-      if (burst.apiserverRequestsUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded, watches it closed as unresponsive included; within 1 s): ${JSON.stringify(burst.apiserverRequestsUntilLaunched)}`);
+      if (burst.apiserverUntilLaunched) say(`  kube-apiserver requests until all launched (all clients, WATCH excluded; within 1 s): ${fmtApiserver(burst.apiserverUntilLaunched)}`);
       say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(reads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(reads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(reads.runWatchRestarts)}`);
       say(`  CPU s until the last launch (${sec(lastLaunch - t0)} on 2 cores): ${fmtCpu(launchWindowCpu)}`);
       // What else the operator asked the emulator while launches waited for it (one moto thread serves them all).
@@ -308,32 +308,32 @@ async function main(): Promise<void> {
         const polls = quick ? 2 : 4;
         say(`\n[steady] ${N} active Runs, ${polls} polls of 15 s`);
         await sleep(2 * POLL_MS); // the last Running writes and CE counts settle
-        const api0 = apiRequests(String(await client.request("GET", "/metrics")));
+        const api0 = apiserverCounts(String(await client.request("GET", "/metrics")));
         const m0 = await op.metrics();
         proxy.reset();
         const cpu1 = op.stats().cpuS;
         const tw = Date.now();
         await sleep(polls * POLL_MS);
         const windowMs = Date.now() - tw;
-        const api1 = apiRequests(String(await client.request("GET", "/metrics")));
+        const api1 = apiserverCounts(String(await client.request("GET", "/metrics")));
         const m1 = await op.metrics();
         const polled = windowMs / POLL_MS;
-        const apiDiff = diffMaps(api1, api0);
-        const reads = vmforgeReads(apiDiff);
+        const apiDiff = apiserverWindow(api1, api0);
+        const reads = vmforgeReads(apiDiff.requests);
         const mineW = operatorWindow(m0, m1, polled);
         const writes = mineW.statusWrites;
         const mine = mineW.operatorRequests;
         const cloudPerPoll = perPoll(proxy.snapshot(), polled);
         const answerKiBPerPoll = kib(perPoll(proxy.bytesSnapshot(), polled));
         const steady = {
-          runs: N, polls: polled, cloudCallsPerPoll: cloudPerPoll, answerKiBPerPoll, apiserverRequestsPerPoll: perPoll(apiDiff, polled),
+          runs: N, polls: polled, cloudCallsPerPoll: cloudPerPoll, answerKiBPerPoll, apiserverPerPoll: apiserverPerPoll(apiDiff, polled),
           operatorRequests: mine, statusWrites: writes, reconcilesPerPoll: mineW.reconcilesPerPoll,
           readsPerRunPerPoll: reads / N / polled,
           operatorCpuSPerMin: ((op.stats().cpuS - cpu1) / windowMs) * 60_000, rss: op.stats(), load: load(),
         };
         results.steady = steady;
         say(`  cloud calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(answerKiBPerPoll)}`);
-        say(`  kube-apiserver requests per poll (all clients, WATCH excluded, watches it closed as unresponsive included): ${JSON.stringify(steady.apiserverRequestsPerPoll)}`);
+        say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${fmtApiserver(steady.apiserverPerPoll)}`);
         say(`  the operator's own requests in the window: ${JSON.stringify(mine)}; status writes: ${JSON.stringify(writes)}`);
         say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
         say(`  reads per Run per poll: ${steady.readsPerRunPerPoll.toFixed(4)}; operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);
@@ -540,7 +540,7 @@ async function main(): Promise<void> {
       goals.push({ goal: "Azure: VM PUT p99 <= floor p99 + 2 s", figure: `${sec(r.vmPut.p99)} vs ${sec(r.floor.best.latency.p99 + 2000)}`, met: r.vmPut.p99 <= r.floor.best.latency.p99 + 2000 });
       if (r.steady) {
         const st = r.steady;
-        const reads = vmforgeReads(st.apiserverRequestsPerPoll);
+        const reads = vmforgeReads(st.apiserverPerPoll.requests);
         const lists = Object.entries(st.cloudCallsPerPoll).filter(([k]) => k === "GET Microsoft.Compute/virtualMachines/read").reduce((a, [, v]) => a + v, 0);
         goals.push({ goal: "Azure steady: zero kube-apiserver reads per Run per poll", figure: (reads / N).toFixed(4), met: reads === 0 });
         goals.push({ goal: "Azure steady: zero writes when nothing changed", figure: JSON.stringify(st.statusWrites), met: Object.keys(st.statusWrites).length === 0 });

@@ -141,33 +141,60 @@ export class CpuSampler {
   }
 }
 
-/**
- * apiserver_request_total by "VERB resource[/sub]", WATCH excluded; answers other than 2xx are
- * counted apart, with their code ("PATCH runs (409)"). Also the watches the server closed as
- * unresponsive, by resource ("watch closed as unresponsive runs").
- */
-export function apiRequests(text: string): Map<string, number> {
-  const out = new Map<string, number>();
+/** What the kube-apiserver's /metrics say of all its clients. */
+export interface ApiserverCounts {
+  /**
+   * apiserver_request_total by "VERB resource[/sub]", WATCH and CONNECT excluded; answers other
+   * than 2xx apart, with their code ("PATCH runs (409)").
+   */
+  requests: Map<string, number>;
+  /**
+   * apiserver_terminated_watchers_total by resource: watches the server closed as unresponsive
+   * (its buffer for that watcher stayed full: the client reading, or the server sending, too
+   * slowly). Not requests: counted apart.
+   */
+  closedWatches: Map<string, number>;
+}
+
+export function apiserverCounts(text: string): ApiserverCounts {
+  const out: ApiserverCounts = { requests: new Map(), closedWatches: new Map() };
+  const add = (m: Map<string, number>, key: string, line: string): void => {
+    m.set(key, (m.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+  };
   for (const line of text.split("\n")) {
-    // Watches the apiserver closed as unresponsive (its cacher's buffer for that watcher stayed
-    // full: the client reading, or the server sending, too slowly), of every client: counted with
-    // the requests so a burst's window shows them.
+    const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
     if (line.startsWith("apiserver_terminated_watchers_total{")) {
-      const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
-      const key = `watch closed as unresponsive ${resource}`;
-      out.set(key, (out.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+      add(out.closedWatches, resource, line);
       continue;
     }
     if (!line.startsWith("apiserver_request_total{")) continue;
     const verb = /verb="([^"]*)"/.exec(line)?.[1] ?? "";
     if (verb === "WATCH" || verb === "CONNECT") continue;
-    const resource = /[{,]resource="([^"]*)"/.exec(line)?.[1] ?? "";
     const sub = /subresource="([^"]*)"/.exec(line)?.[1] ?? "";
     const code = /code="([^"]*)"/.exec(line)?.[1] ?? "";
-    const key = `${verb} ${resource}${sub ? `/${sub}` : ""}${code.startsWith("2") ? "" : ` (${code})`}`;
-    out.set(key, (out.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(" ") + 1)));
+    add(out.requests, `${verb} ${resource}${sub ? `/${sub}` : ""}${code.startsWith("2") ? "" : ` (${code})`}`, line);
   }
   return out;
+}
+
+/** The kube-apiserver's counts over a window (or per poll of it). */
+export interface ApiserverWindow {
+  requests: Record<string, number>;
+  closedWatches: Record<string, number>;
+}
+
+export function apiserverWindow(after: ApiserverCounts, before: ApiserverCounts): ApiserverWindow {
+  return { requests: diffMaps(after.requests, before.requests), closedWatches: diffMaps(after.closedWatches, before.closedWatches) };
+}
+
+export function apiserverPerPoll(w: ApiserverWindow, polls: number): ApiserverWindow {
+  return { requests: perPoll(w.requests, polls), closedWatches: perPoll(w.closedWatches, polls) };
+}
+
+/** A window as the bench prints it: the requests, then the watches closed as unresponsive, if any. */
+export function fmtApiserver(w: ApiserverWindow): string {
+  const closed = Object.keys(w.closedWatches).length > 0 ? `; watches it closed as unresponsive, by resource: ${JSON.stringify(w.closedWatches)}` : "";
+  return `${JSON.stringify(w.requests)}${closed}`;
 }
 
 /** Counts over a window of `polls` polls, per poll (two decimals). */
@@ -185,7 +212,7 @@ export function kib(bytes: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(bytes).map(([k, v]) => [k, kibOf(v)]));
 }
 
-/** The kube-apiserver's reads of Runs, ComputeEnvironments and Secrets among its request counts (apiRequests keys). */
+/** The kube-apiserver's reads of Runs, ComputeEnvironments and Secrets among its request counts (the keys of ApiserverCounts.requests). */
 export function vmforgeReads(apiserverRequests: Record<string, number>): number {
   return Object.entries(apiserverRequests).filter(([k]) => /^(GET|LIST) (runs|computeenvironments|secrets)/.test(k)).reduce((a, [, v]) => a + v, 0);
 }

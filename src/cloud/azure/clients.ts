@@ -354,7 +354,7 @@ export class ThrottleGate {
     const t = this.until.get(k);
     if (t === undefined) return 0;
     const left = t - this.now();
-    if (left > 0) return left;
+    if (left > 0) return Math.ceil(left);
     this.until.delete(k);
     return 0;
   }
