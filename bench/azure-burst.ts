@@ -316,7 +316,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       };
       res.steady = steady;
       say(`  Azure calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(steady.answerKiBPerPoll)}`);
-      say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${fmtApiserver(steady.apiserverPerPoll)}`);
+      say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${fmtApiserver(steady.apiserverPerPoll, "per poll")}`);
       say(`  the operator's own requests in the window: ${JSON.stringify(steady.operatorRequests)}; status writes: ${JSON.stringify(steady.statusWrites)}`);
       say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
       say(`  operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);

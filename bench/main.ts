@@ -333,7 +333,7 @@ async function main(): Promise<void> {
         };
         results.steady = steady;
         say(`  cloud calls per poll: ${JSON.stringify(steady.cloudCallsPerPoll)}; their answers, KiB per poll: ${JSON.stringify(answerKiBPerPoll)}`);
-        say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${fmtApiserver(steady.apiserverPerPoll)}`);
+        say(`  kube-apiserver requests per poll (all clients, WATCH excluded): ${fmtApiserver(steady.apiserverPerPoll, "per poll")}`);
         say(`  the operator's own requests in the window: ${JSON.stringify(mine)}; status writes: ${JSON.stringify(writes)}`);
         say(`  the operator's reconciles per poll: ${JSON.stringify(steady.reconcilesPerPoll)}`);
         say(`  reads per Run per poll: ${steady.readsPerRunPerPoll.toFixed(4)}; operator CPU ${steady.operatorCpuSPerMin.toFixed(2)} s/min; RSS ${steady.rss.rssMiB} MiB; ${fmtLoad(steady.load)}`);

@@ -191,9 +191,12 @@ export function apiserverPerPoll(w: ApiserverWindow, polls: number): ApiserverWi
   return { requests: perPoll(w.requests, polls), closedWatches: perPoll(w.closedWatches, polls) };
 }
 
-/** A window as the bench prints it: the requests, then the watches closed as unresponsive, if any. */
-export function fmtApiserver(w: ApiserverWindow): string {
-  const closed = Object.keys(w.closedWatches).length > 0 ? `; watches it closed as unresponsive, by resource: ${JSON.stringify(w.closedWatches)}` : "";
+/**
+ * A window as the bench prints it: the requests, then the watches closed as unresponsive, if any
+ * (`unit` says what the counts are per, e.g. "per poll").
+ */
+export function fmtApiserver(w: ApiserverWindow, unit = ""): string {
+  const closed = Object.keys(w.closedWatches).length > 0 ? `; watches it closed as unresponsive${unit ? ` ${unit}` : ""}, by resource: ${JSON.stringify(w.closedWatches)}` : "";
   return `${JSON.stringify(w.requests)}${closed}`;
 }
 

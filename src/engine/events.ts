@@ -282,7 +282,7 @@ export class EventRecorder {
       await new Promise<void>((done) => {
         wake = done;
         this.noneWaiting.push(done);
-        timer = setTimeout(done, ms);
+        timer = setTimeout(done, Math.min(ms, 2 ** 31 - 1)); // beyond that, setTimeout fires at once
       });
       clearTimeout(timer);
       this.noneWaiting = this.noneWaiting.filter((w) => w !== wake);

@@ -62,8 +62,9 @@ export interface LeaderElectorOptions {
   now?: () => number;
   /**
    * Clock for this process's own durations: since the last renewal, since the Lease was last seen
-   * to change (tests). Default the monotonic clock, so a step of the wall clock neither keeps a
-   * leader that stopped renewing leading past its renew deadline nor makes it give up early.
+   * to change (tests). Default the monotonic clock, so a step of the wall clock back does not keep
+   * a leader that stopped renewing leading past its renew deadline. (The time since the last
+   * renewal is also read on the wall clock, for a machine that was suspended: see sinceRenewal.)
    */
   monotonicNow?: () => number;
 }
@@ -112,7 +113,9 @@ export class LeaderElector {
   private readonly tick: () => number;
 
   private leading = false;
+  /** When the last renewal was sent: on the monotonic clock, and on the wall clock. */
   private lastRenewAt = 0;
+  private lastRenewWall = 0;
   private observedRaw: string | undefined;
   /** Monotonic time at which the observed Lease record last changed (undefined: never seen a change). */
   private observedChangeAt: number | undefined;
@@ -149,7 +152,7 @@ export class LeaderElector {
    * older than renewDeadline (e.g. the event loop was blocked), before the renew loop notices.
    */
   isLeader(): boolean {
-    return this.leading && this.tick() - this.lastRenewAt < this.renewDeadlineMs;
+    return this.leading && this.sinceRenewal() < this.renewDeadlineMs;
   }
 
   /**
@@ -196,7 +199,7 @@ export class LeaderElector {
         reason = "another holder took the lease";
         break;
       }
-      if (this.tick() - this.lastRenewAt >= this.renewDeadlineMs) {
+      if (this.sinceRenewal() >= this.renewDeadlineMs) {
         reason = "could not renew within the renew deadline";
         break;
       }
@@ -243,7 +246,7 @@ export class LeaderElector {
   /** Remaining time budget for one request: never beyond the renew deadline while leading. */
   private requestSignal(): AbortSignal {
     // Whole milliseconds: AbortSignal.timeout refuses a fraction, and the monotonic clock has them.
-    const budget = this.leading ? Math.max(100, Math.floor(this.renewDeadlineMs - (this.tick() - this.lastRenewAt))) : this.renewDeadlineMs;
+    const budget = this.leading ? Math.max(100, Math.floor(this.renewDeadlineMs - this.sinceRenewal())) : this.renewDeadlineMs;
     return AbortSignal.timeout(budget);
   }
 
@@ -295,7 +298,7 @@ export class LeaderElector {
           { signal },
         );
         this.observe(created, tick);
-        this.lastRenewAt = tick;
+        this.renewed(tick, ts);
         return "ok";
       }
 
@@ -319,7 +322,7 @@ export class LeaderElector {
         { signal },
       );
       this.observe(updated, tick);
-      this.lastRenewAt = tick;
+      this.renewed(tick, ts);
       if (holder !== this.identity) {
         this.log.info({ previousHolder: holder || undefined, transitions: next.leaseTransitions }, "acquired the lease");
       }
@@ -332,6 +335,25 @@ export class LeaderElector {
       this.log.warn({ err }, "writing the lease failed");
       return "error";
     }
+  }
+
+  private renewed(tick: number, ts: number): void {
+    this.lastRenewAt = tick;
+    this.lastRenewWall = ts;
+  }
+
+  /**
+   * Time since the last renewal, by whichever clock says longer. The monotonic clock covers a step
+   * of the wall clock back. The wall clock covers a machine that was suspended: the monotonic clock
+   * stands still meanwhile (CLOCK_MONOTONIC), while the other candidates' clocks, by which the Lease
+   * expires, go on, so the leader must not count on the time it slept. A step of the wall clock
+   * forward can end leadership early; that is the safe direction.
+   */
+  private sinceRenewal(): number {
+    const mono = this.tick() - this.lastRenewAt;
+    const wall = this.now() - this.lastRenewWall;
+    // A wall clock that reads nothing sensible leaves the monotonic one to decide.
+    return Number.isFinite(wall) ? Math.max(mono, wall) : mono;
   }
 
   private observe(lease: Lease, tick: number): void {

@@ -22,5 +22,6 @@ describe("bench: the kube-apiserver's counts", () => {
     expect(w).toEqual({ requests: { "POST runs": 20 }, closedWatches: { runs: 3 } });
     expect(fmtApiserver(w)).toBe('{"POST runs":20}; watches it closed as unresponsive, by resource: {"runs":3}');
     expect(fmtApiserver(apiserverPerPoll({ requests: { "POST runs": 20 }, closedWatches: {} }, 4))).toBe('{"POST runs":5}');
+    expect(fmtApiserver(apiserverPerPoll(w, 2), "per poll")).toBe('{"POST runs":10}; watches it closed as unresponsive per poll, by resource: {"runs":1.5}');
   });
 });

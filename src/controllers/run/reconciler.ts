@@ -6,6 +6,7 @@
 import type { KubeClient } from "../../engine/kube.js";
 import { KubeApiError, splitKey } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
+import { monotonicNow } from "../../engine/clock.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
 import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
@@ -460,7 +461,7 @@ export class RunReconciler {
       const known = settled();
       if (known) return known;
       const refusal = this.refusedLooks.get(group);
-      if (refusal && refusal.until > Date.now()) return { refused: refusal.refused };
+      if (refusal && refusal.until > monotonicNow()) return { refused: refusal.refused };
       if (refusal) this.refusedLooks.delete(group);
       let look = this.looks.get(group);
       if (!look) {
@@ -512,7 +513,8 @@ export class RunReconciler {
       // resync, a change of the Run or the CE) rather than remembered for good.
       const { reason, message } = describeError(e);
       log.info({ reason, runs: runs.length }, "the ComputeEnvironment now holding the name cannot look for the machines of Runs launched under a removed one");
-      const now = Date.now();
+      // How long a refusal holds is this process's own duration: the monotonic clock.
+      const now = monotonicNow();
       for (const [k, v] of this.refusedLooks) if (v.until <= now) this.refusedLooks.delete(k);
       const refused = clip(`${reason}: ${message}`, 300);
       this.refusedLooks.set(group, { until: now + Math.max(1_000, this.d.refusedLookHoldMs ?? polls(this.d.pollIntervalMs, 4, 2_000, 60_000)), refused });
@@ -866,7 +868,7 @@ export class RunReconciler {
 
   private blockedWake(run: Run): number | undefined {
     const until = this.blocked.get(run.metadata.uid ?? "");
-    return until === undefined ? undefined : Math.max(1_000, until - Date.now());
+    return until === undefined ? undefined : Math.max(1_000, until - monotonicNow());
   }
 
   private async finalize(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
@@ -962,7 +964,7 @@ export class RunReconciler {
   private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<boolean> {
     const uid = run.metadata.uid ?? "";
     const until = this.blocked.get(uid);
-    if (until !== undefined && Date.now() < until) return false;
+    if (until !== undefined && monotonicNow() < until) return false;
     try {
       const ctx = await this.context(ce, log);
       await provider.terminateRun(ctx, run);
@@ -972,7 +974,7 @@ export class RunReconciler {
       if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
       const { reason, message } = describeError(e);
       const m = clip(`cannot terminate the Run's machine${run.status?.instance?.id ? ` ${run.status.instance.id}` : ""}: ${message}`);
-      this.blocked.set(uid, Date.now() + (this.d.blockedRetryMs ?? polls(this.d.pollIntervalMs, 20, 5_000, 5 * 60_000)));
+      this.blocked.set(uid, monotonicNow() + (this.d.blockedRetryMs ?? polls(this.d.pollIntervalMs, 20, 5_000, 5 * 60_000)));
       const g = run.metadata.generation;
       let c = setCondition(run.status?.conditions, { type: MACHINE_BLOCKED, status: "True", reason, message: m, observedGeneration: g });
       c = setCondition(c, { type: "Stalled", status: "True", reason, message: m, observedGeneration: g });

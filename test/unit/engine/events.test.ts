@@ -231,6 +231,21 @@ describe("EventRecorder", () => {
     expect(text).toMatch(new RegExp(`vmforge_events_total\\{result="created"\\} ${sent}\n`));
   });
 
+  it("drain: returns as soon as the last waiting Event is sent, not at its deadline", async () => {
+    const f = new FakeEvents();
+    let release!: () => void;
+    f.createGate = new Promise<void>((r) => (release = r));
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true });
+    void rec.record(run, "Normal", "Launched", "Launch", "launched");
+    setTimeout(release, 50);
+    const outcome = await Promise.race([
+      rec.drain(20_000).then((dropped) => `drained, ${dropped} dropped`),
+      new Promise((r) => setTimeout(r, 3_000).unref()).then(() => "still draining after 3 s"),
+    ]);
+    expect(outcome).toBe("drained, 0 dropped");
+    expect(f.created).toHaveLength(1);
+  });
+
   it("drain: an Event whose request is out at the deadline is counted once, by its outcome, not also as dropped", async () => {
     const f = new FakeEvents();
     const metrics = new EngineMetrics();
@@ -322,7 +337,7 @@ describe("EventRecorder", () => {
     expect(f.created).toHaveLength(2);
   });
 
-  it("a step of the wall clock neither holds an Event past its maxHoldMs nor changes the time it carries", async () => {
+  it("a step of the wall clock back does not hold an Event past its maxHoldMs", async () => {
     const f = new FakeEvents();
     const realNow = Date.now.bind(Date);
     let offset = 0;

@@ -237,6 +237,29 @@ describe("LeaderElector", () => {
     await runA;
   });
 
+  it("a leader whose machine was suspended (its monotonic clock stood still, the wall clock went on) is no longer leader on waking, and steps down", async () => {
+    const s = new LeaseServer();
+    let broken = false;
+    let frozenAt: number | undefined;
+    const a = new LeaderElector({
+      client: s.client({ failing: () => broken }), namespace: "ns", name: "lock", identity: "a", ...timing, logger,
+      now: () => Date.now(), monotonicNow: () => frozenAt ?? performance.now() * 1.001,
+    });
+    const pa = probe();
+    const runA = a.run(pa.callbacks);
+    await vi.advanceTimersByTimeAsync(10);
+    expect(a.isLeader()).toBe(true);
+    // A minute asleep: the monotonic clock did not move, the wall clock (and the Lease's expiry for the others) did.
+    frozenAt = performance.now() * 1.001;
+    broken = true;
+    vi.setSystemTime(Date.now() + 60_000);
+    expect(a.isLeader()).toBe(false);
+    await vi.advanceTimersByTimeAsync(2 * timing.retryPeriodMs);
+    expect(pa.stopped).toBe(1);
+    expect(pa.signal?.aborted).toBe(true);
+    await runA;
+  });
+
   it("an attempt that throws where nothing should (a broken clock) is a failed attempt: the leader still steps down by its renew deadline", async () => {
     const s = new LeaseServer();
     let broken = false;
