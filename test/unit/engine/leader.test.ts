@@ -85,7 +85,11 @@ function probe(): Probe {
 
 const timing = { leaseDurationMs: 2_000, renewDeadlineMs: 1_500, retryPeriodMs: 300 };
 
-function elector(server: LeaseServer, identity: string, extra: { failing?: () => boolean; metrics?: EngineMetrics } = {}): LeaderElector {
+function elector(
+  server: LeaseServer,
+  identity: string,
+  extra: { failing?: () => boolean; metrics?: EngineMetrics; now?: () => number; monotonicNow?: () => number } = {},
+): LeaderElector {
   return new LeaderElector({
     client: server.client(extra.failing ? { failing: extra.failing } : {}),
     namespace: "ns",
@@ -94,11 +98,28 @@ function elector(server: LeaseServer, identity: string, extra: { failing?: () =>
     ...timing,
     logger,
     ...(extra.metrics ? { metrics: extra.metrics } : {}),
-    now: () => Date.now(),
+    now: extra.now ?? (() => Date.now()),
     // Fake timers keep whole milliseconds; the real monotonic clock has fractions (a tenth of a
     // percent fast here, so that the durations measured with it have them too).
-    monotonicNow: () => performance.now() * 1.001,
+    monotonicNow: extra.monotonicNow ?? (() => performance.now() * 1.001),
   });
+}
+
+/** Starts `a` campaigning and waits until it leads. */
+async function lead(a: LeaderElector): Promise<{ p: Probe; run: Promise<void> }> {
+  const p = probe();
+  const run = a.run(p.callbacks);
+  await vi.advanceTimersByTimeAsync(10);
+  expect(a.isLeader()).toBe(true);
+  return { p, run };
+}
+
+/** Leadership ended as a loss ends it: no longer leader, told, its signal aborted, run() resolved. */
+async function expectSteppedDown(a: LeaderElector, { p, run }: { p: Probe; run: Promise<void> }): Promise<void> {
+  expect(a.isLeader()).toBe(false);
+  expect(p.stopped).toBe(1);
+  expect(p.signal?.aborted).toBe(true);
+  await run;
 }
 
 beforeEach(() => {
@@ -223,59 +244,38 @@ describe("LeaderElector", () => {
     const s = new LeaseServer();
     let broken = false;
     const a = elector(s, "a", { failing: () => broken });
-    const pa = probe();
-    const runA = a.run(pa.callbacks);
-    await vi.advanceTimersByTimeAsync(10);
-    expect(a.isLeader()).toBe(true);
+    const leading = await lead(a);
     broken = true;
     // An NTP step back of an hour: by the wall clock its last renewal lies an hour in the future.
     vi.setSystemTime(Date.now() - 3_600_000);
     await vi.advanceTimersByTimeAsync(timing.renewDeadlineMs + 2 * timing.retryPeriodMs);
-    expect(a.isLeader()).toBe(false);
-    expect(pa.stopped).toBe(1);
-    expect(pa.signal?.aborted).toBe(true);
-    await runA;
+    await expectSteppedDown(a, leading);
   });
 
   it("a leader whose machine was suspended (its monotonic clock stood still, the wall clock went on) is no longer leader on waking, and steps down", async () => {
     const s = new LeaseServer();
     let broken = false;
-    let frozenAt: number | undefined;
-    const a = new LeaderElector({
-      client: s.client({ failing: () => broken }), namespace: "ns", name: "lock", identity: "a", ...timing, logger,
-      now: () => Date.now(), monotonicNow: () => frozenAt ?? performance.now() * 1.001,
-    });
-    const pa = probe();
-    const runA = a.run(pa.callbacks);
-    await vi.advanceTimersByTimeAsync(10);
-    expect(a.isLeader()).toBe(true);
+    const asleep: { frozenAt?: number } = {};
+    const a = elector(s, "a", { failing: () => broken, monotonicNow: () => asleep.frozenAt ?? performance.now() * 1.001 });
+    const leading = await lead(a);
     // A minute asleep: the monotonic clock did not move, the wall clock (and the Lease's expiry for the others) did.
-    frozenAt = performance.now() * 1.001;
+    asleep.frozenAt = performance.now() * 1.001;
     broken = true;
     vi.setSystemTime(Date.now() + 60_000);
     expect(a.isLeader()).toBe(false);
     await vi.advanceTimersByTimeAsync(2 * timing.retryPeriodMs);
-    expect(pa.stopped).toBe(1);
-    expect(pa.signal?.aborted).toBe(true);
-    await runA;
+    await expectSteppedDown(a, leading);
   });
 
   it("an attempt that throws where nothing should (a broken clock) is a failed attempt: the leader still steps down by its renew deadline", async () => {
     const s = new LeaseServer();
     let broken = false;
-    const a = new LeaderElector({
-      client: s.client(), namespace: "ns", name: "lock", identity: "a", ...timing, logger,
-      now: () => (broken ? Number.NaN : Date.now()), // an invalid time: formatting the renewTime throws
-    });
-    const pa = probe();
-    const runA = a.run(pa.callbacks);
-    await vi.advanceTimersByTimeAsync(10);
-    expect(a.isLeader()).toBe(true);
+    // An invalid time: formatting the renewTime throws.
+    const a = elector(s, "a", { now: () => (broken ? Number.NaN : Date.now()) });
+    const leading = await lead(a);
     broken = true;
     await vi.advanceTimersByTimeAsync(timing.renewDeadlineMs + 2 * timing.retryPeriodMs);
-    expect(pa.stopped).toBe(1);
-    expect(pa.signal?.aborted).toBe(true);
-    await runA;
+    await expectSteppedDown(a, leading);
   });
 
   it("takes over a Lease held by a dead process once it has seen it unchanged for a lease duration, counting the transition", async () => {
