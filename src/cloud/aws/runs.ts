@@ -19,6 +19,7 @@
  * ec2:TerminateInstances, ec2:CreateTags (tags at launch), logs:GetLogEvents, s3:GetObject.
  */
 import { createHash } from "node:crypto";
+import { monotonicNow } from "../../engine/clock.js";
 import {
   DescribeInstancesCommand,
   RunInstancesCommand,
@@ -597,7 +598,8 @@ export class StartProbes {
   private readonly state = new Map<string, { cursor?: string; started: boolean; first: number; at: number }>();
   /** Run UID -> when its outcome (exit line, exit status) was last read. */
   private readonly exitReadAt = new Map<string, number>();
-  constructor(readonly limit = 100, private readonly clock: () => number = Date.now, private readonly forgetAfterMs = 30 * 60_000) {}
+  // Its times are its own (when each Run was last read): the monotonic clock.
+  constructor(readonly limit = 100, private readonly clock: () => number = monotonicNow, private readonly forgetAfterMs = 30 * 60_000) {}
 
   /**
    * The ended Runs (of those given) whose outcome is read now: at most `limit`, those read least

@@ -9,6 +9,7 @@
  */
 import type { KubeClient } from "../../engine/kube.js";
 import type { Logger } from "../../engine/logger.js";
+import { monotonicNow } from "../../engine/clock.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
@@ -236,17 +237,20 @@ export class RunTracker {
         const runCe = (run: Run): ComputeEnvironment | undefined => ceOf.get(run.metadata.uid ?? "");
         // An observation is as old as the look that made it: a describe that took seconds does not
         // pass for news, and does not replace what a launch recorded meanwhile.
+        // (Wall clock: observation times are compared with times kept in the Run, its deletionTimestamp.)
         const lookedAt = Date.now();
         // What the last look saw, for a provider that can ask only for what changed; withheld at
         // least every fullEvery (and until a full look succeeded), so nothing inferred lasts longer.
-        const full = lookedAt - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
+        // That interval is this process's own: the monotonic clock.
+        const lookTick = monotonicNow();
+        const full = lookTick - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
         const lastSeen = full ? undefined : (run: Run): RunDescription | undefined => {
           const o = this.observations.get(run.metadata.uid ?? "");
           return o?.polled ? o.desc : undefined;
         };
         const result = await provider.describeRuns({ ce, credentials, logger: this.d.logger, signal, runCe, ...(lastSeen ? { observed: lastSeen } : {}) }, runs);
         if (signal.aborted) throw signal.reason;
-        if (full) this.fullLookAt.set(key, lookedAt);
+        if (full) this.fullLookAt.set(key, lookTick);
         for (const run of runs) {
           const uid = run.metadata.uid as string;
           const prev = this.observations.get(uid);

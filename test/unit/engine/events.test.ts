@@ -231,7 +231,7 @@ describe("EventRecorder", () => {
     expect(text).toMatch(new RegExp(`vmforge_events_total\\{result="created"\\} ${sent}\n`));
   });
 
-  it("drain: returns as soon as the last waiting Event is sent, not at its deadline", async () => {
+  it("drain: returns as soon as the last waiting Event is sent, not at its deadline (however far off)", async () => {
     const f = new FakeEvents();
     let release!: () => void;
     f.createGate = new Promise<void>((r) => (release = r));
@@ -239,7 +239,8 @@ describe("EventRecorder", () => {
     void rec.record(run, "Normal", "Launched", "Launch", "launched");
     setTimeout(release, 50);
     const outcome = await Promise.race([
-      rec.drain(20_000).then((dropped) => `drained, ${dropped} dropped`),
+      // A deadline beyond setTimeout's range (which would fire at once) is still a deadline.
+      rec.drain(2 ** 32).then((dropped) => `drained, ${dropped} dropped`),
       new Promise((r) => setTimeout(r, 3_000).unref()).then(() => "still draining after 3 s"),
     ]);
     expect(outcome).toBe("drained, 0 dropped");
@@ -343,8 +344,7 @@ describe("EventRecorder", () => {
     let offset = 0;
     const wall = vi.spyOn(Date, "now").mockImplementation(() => realNow() + offset);
     try {
-      const happened = new Date("2026-12-05T03:00:00Z");
-      const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true, maxHoldMs: 300, now: () => happened });
+      const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => true, maxHoldMs: 300 });
       const sent = rec.record(run, "Normal", "Launched", "Launch", "launched");
       offset = -3_600_000; // the wall clock steps back an hour while the Event is held
       const outcome = await Promise.race([
@@ -353,7 +353,6 @@ describe("EventRecorder", () => {
       ]);
       expect(outcome).toBe("sent");
       expect(f.created).toHaveLength(1);
-      expect(f.created[0]?.eventTime).toBe("2026-12-05T03:00:00.000000Z");
     } finally {
       wall.mockRestore();
     }

@@ -252,7 +252,7 @@ describe("LeaderElector", () => {
     await expectSteppedDown(a, leading);
   });
 
-  it("a leader whose machine was suspended (its monotonic clock stood still, the wall clock went on) is no longer leader on waking, and steps down", async () => {
+  it("a leader whose machine was suspended (its monotonic clock stood still, the wall clock went on) is no longer leader on waking and, unable to renew, steps down at its next attempt", async () => {
     const s = new LeaseServer();
     let broken = false;
     const asleep: { frozenAt?: number } = {};
