@@ -142,11 +142,14 @@ export class EventRecorder {
   private pending = 0;
   /** Events whose request is out (counted created, aggregated or failed when it returns). */
   private sending = 0;
-  /** Events held back (holdWhile), in the order they were held: when each must go at the latest. */
+  /**
+   * Events held back (holdWhile), in the order they were recorded (an Event held again after its
+   * turn came goes back to its place, not to the end): when each must go at the latest.
+   */
   private readonly held: { until: number; go: () => void }[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
-  /** A drain waiting until no Event is pending. */
-  private noneWaiting: (() => void)[] = [];
+  /** The drain waiting until no Event is pending (only one can: see `draining`). */
+  private whenNonePending: (() => void) | undefined;
   /** Stopping (drain): nothing is held back any more. */
   private draining = false;
   /** Drained: what was not sent by then is counted dropped and is not sent afterwards. */
@@ -222,7 +225,7 @@ export class EventRecorder {
     } finally {
       this.pending--;
       if (this.inflight.get(key) === run) this.inflight.delete(key);
-      if (this.pending === 0) for (const w of this.noneWaiting.splice(0)) w();
+      if (this.pending === 0) this.whenNonePending?.();
     }
   }
 
@@ -243,7 +246,11 @@ export class EventRecorder {
     if (!this.mustHold(recordedAt)) return Promise.resolve();
     const until = this.holdUntil(recordedAt);
     return new Promise<void>((go) => {
-      this.held.push({ until, go });
+      // Every Event is held for the same longest time, so `until` orders them as they were recorded;
+      // a new one goes at the end, one held again after its turn came goes back to its place.
+      let at = this.held.length;
+      while (at > 0 && this.held[at - 1]!.until > until) at--;
+      this.held.splice(at, 0, { until, go });
       // One timer for all of them, however many are held.
       this.holdTimer ??= setInterval(() => this.release(), HOLD_CHECK_MS).unref();
     });
@@ -252,12 +259,11 @@ export class EventRecorder {
   private release(): void {
     const all = this.draining || !safely(this.opts.holdWhile);
     const t = monotonicNow();
-    const going = all ? this.held.splice(0) : this.held.filter((h) => t >= h.until);
-    if (!all && going.length > 0) {
-      const staying = this.held.filter((h) => t < h.until);
-      this.held.splice(0, this.held.length, ...staying);
-    }
-    for (const h of going) h.go();
+    // Held in the order of their deadlines: those due are the front of the list.
+    let due = 0;
+    if (all) due = this.held.length;
+    else while (due < this.held.length && t >= this.held[due]!.until) due++;
+    for (const h of this.held.splice(0, due)) h.go();
     if (this.held.length === 0 && this.holdTimer) {
       clearInterval(this.holdTimer);
       this.holdTimer = undefined;
@@ -278,14 +284,12 @@ export class EventRecorder {
     // Until nothing waits (the last record to settle says so) or the deadline, whichever comes first.
     if (this.pending > 0 && ms > 0) {
       let timer: NodeJS.Timeout | undefined;
-      let wake: (() => void) | undefined;
       await new Promise<void>((done) => {
-        wake = done;
-        this.noneWaiting.push(done);
+        this.whenNonePending = done;
         timer = setTimeout(done, Math.min(ms, 2 ** 31 - 1)); // beyond that, setTimeout fires at once
       });
       clearTimeout(timer);
-      this.noneWaiting = this.noneWaiting.filter((w) => w !== wake);
+      this.whenNonePending = undefined;
     }
     this.closed = true;
     // Those whose request is out are counted by its answer (created, aggregated or failed), not here.

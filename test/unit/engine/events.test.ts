@@ -305,6 +305,26 @@ describe("EventRecorder", () => {
     expect(f.created.map((e) => e.regarding.name)).toEqual(["p0", "p1", "p2"]);
   }, 15_000);
 
+  it("an Event held again goes back to its place among the held ones: Events leave in the order they were recorded", async () => {
+    const f = new FakeEvents();
+    let busy = true;
+    const rec = new EventRecorder(f.client(), { controller: "c", instance: "i", logger: logSink().logger, holdWhile: () => busy, maxHoldMs: 60_000, qps: 1, burst: 1 });
+    const obj = (name: string) => ({ ...run, metadata: { ...run.metadata, name, uid: name } });
+    const early = [rec.record(obj("q0"), "Normal", "Launched", "Launch", "q0"), rec.record(obj("q1"), "Normal", "Launched", "Launch", "q1")];
+    await new Promise((r) => setTimeout(r, 300));
+    busy = false;
+    // Released: q0 goes at once, q1 waits for its token (a second).
+    await vi.waitFor(() => expect(f.created).toHaveLength(1));
+    busy = true;
+    // Recorded while q1 waits for its token: held behind q1's place.
+    const late = rec.record(obj("q2"), "Normal", "Launched", "Launch", "q2");
+    // q1's token comes while the backlog is back: it is held again.
+    await vi.waitFor(() => expect(rec.heldBack).toBe(2), { timeout: 3_000 });
+    busy = false;
+    await Promise.all([...early, late]);
+    expect(f.created.map((e) => e.regarding.name)).toEqual(["q0", "q1", "q2"]);
+  }, 15_000);
+
   it("an Event held again still goes by its own deadline", async () => {
     const f = new FakeEvents();
     let busy = true;
