@@ -206,7 +206,9 @@ async function main(): Promise<void> {
       const phases = new Map<string, string>();
       // moto never runs user data: the bench plays each machine's launcher saying the pipeline
       // started (what the CloudWatch agent ships), straight to the emulator, not counted as the operator's.
-      const cwl = new CloudWatchLogsClient(logsDirect);
+      // Its 1,000 lines at once wait for its 50 sockets, which the SDK would warn about on the
+      // console among the operator's output (the operator's own warnings are JSON in its log).
+      const cwl = new CloudWatchLogsClient({ ...logsDirect, requestHandler: { logger: { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined } } });
       const groups = new Map<string, Promise<unknown>>();
       const signalled = new Set<string>();
       const signal = async (r: Run): Promise<void> => {
