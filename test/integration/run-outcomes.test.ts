@@ -405,6 +405,32 @@ describe("ComputeEnvironment deletion", () => {
     expect(uids.map((u) => cloud.machineOf(u)?.state)).toEqual(uids.map(() => "terminated"));
   });
 
+  it("while its Runs are being stopped, a CE being deleted looks for machines to stop once per interval, not at every reconcile, and once more before its resources go", async () => {
+    await readyCe("paced");
+    const uids: string[] = [];
+    for (let i = 0; i < 3; i++) await run(`paced-${i}`, "paced");
+    for (let i = 0; i < 3; i++) uids.push((await inPhase(`paced-${i}`, "Running")).metadata.uid ?? "");
+    const sweeps = cloud.calls.sweep;
+    // No look at the machines gets through for now: the Runs cannot see theirs end, so the CE waits for them.
+    cloud.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+    try {
+      await client.delete(ComputeEnvironmentResource, ns, "paced");
+      await waitFor("the CE's first look at its machines", async () => (cloud.calls.sweep > sweeps ? true : undefined));
+      // Three deletion polls (every 3 s) and the Runs' own changes come and go: the machines were all
+      // stopped at the first look, and the next look is not due within the interval (15 s).
+      await new Promise((r) => setTimeout(r, 9_000));
+      expect(cloud.calls.sweep - sweeps).toBe(1);
+      expect(cond(await getCe("paced"), "Reconciling")?.reason).toBe("StoppingRuns");
+    } finally {
+      cloud.describeError = undefined;
+    }
+    await waitFor("CE paced gone", async () => (await getCe("paced")) === undefined, 60_000);
+    // The Runs ended: one more look, the last, before the role and profile went.
+    expect(cloud.calls.sweep - sweeps).toBeGreaterThanOrEqual(2);
+    expect(uids.map((u) => cloud.machineOf(u)?.state)).toEqual(uids.map(() => "terminated"));
+    for (let i = 0; i < 3; i++) expect((await getRun(`paced-${i}`))?.status?.phase).toBe("Cancelled");
+  });
+
   it("a CE that failed before any cloud write (no record) is released at once although its cloud calls fail", async () => {
     cloud.readFailure = CloudError.terminal("InvalidCredentials", "Secret x/y has no key \"secretAccessKey\" (or it is empty)");
     cloud.disposeError = CloudError.terminal("InvalidCredentials", "cannot dispose with these credentials");

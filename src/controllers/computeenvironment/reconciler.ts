@@ -57,6 +57,12 @@ export interface ComputeEnvironmentDeps {
   stalledFirstRecheckMs?: number;
   /** How long to wait before looking again while Runs are being stopped during deletion. */
   deletionPollMs?: number;
+  /**
+   * While its Runs are being stopped, a CE being deleted looks for machines to stop (the batched
+   * termination, provider.sweepOrphans) at most this often; and always once more, last, before its
+   * resources go. Default DELETION_SWEEP_EVERY_MS.
+   */
+  deletionSweepMs?: number;
   /** Credentials Secrets (by name) still needed in a namespace besides the CEs' own (see gone-ces.ts). */
   secretsHeldFor?: (namespace: string) => Iterable<string>;
 }
@@ -85,18 +91,28 @@ export function stalledRecheckMs(answers: number, firstMs = STALLED_FIRST_RECHEC
 export const SWEEP_RETRY_BASE_MS = 5_000;
 export const SWEEP_RETRY_MAX_MS = 5 * 60_000;
 const CREDENTIALS = "CredentialsValid";
+/**
+ * A CE being deleted stops all its machines at its first look (one batched call per 1,000); the
+ * looks after it, until its Runs have ended, only find machines launched since (a launch that was
+ * already under way), so they come at this pace, not at every reconcile: a deletion under 1,000
+ * Runs reconciles its CE as often as every second (each Run's change, gathered over one), and each
+ * look lists the CE's machines.
+ */
+export const DELETION_SWEEP_EVERY_MS = 15_000;
 
 export class ComputeEnvironmentReconciler {
-  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "stalledFirstRecheckMs" | "deletionPollMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; stalledFirstRecheckMs: number; deletionPollMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
+  private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "stalledFirstRecheckMs" | "deletionPollMs" | "deletionSweepMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; stalledFirstRecheckMs: number; deletionPollMs: number; deletionSweepMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
   /** uid -> generation and time of the last successful provision; lets cheap reconciles skip the cloud. */
   private readonly converged = new Map<string, { generation: number; at: number; credentialsVersion: string }>();
   /** uid -> the spec generation and credentials a Terminal provider error answered. */
   private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string; answers: number }>();
   /** uid -> an orphan sweep that failed for a passing reason: how often in a row, and when to try again. */
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
+  /** key -> the CE (uid) being deleted and when its last look for machines to stop began (monotonic). */
+  private readonly deletionSwept = new Map<string, { uid: string; at: number }>();
 
   constructor(deps: ComputeEnvironmentDeps) {
-    this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, ...deps };
+    this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, deletionSweepMs: DELETION_SWEEP_EVERY_MS, ...deps };
   }
 
   private recheckMs(answers: number): number {
@@ -118,7 +134,11 @@ export class ComputeEnvironmentReconciler {
     const ce = "get" in ces
       ? (cached ? structuredClone(cached) : undefined)
       : await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
-    if (!ce) return;
+    if (!ce) {
+      // Gone (also when its finalizer was taken off by hand): nothing of its deletion is kept.
+      this.deletionSwept.delete(key);
+      return;
+    }
     const log = this.d.logger.child({ ce: key });
     const provider = this.d.providers.get(ce.spec.provider);
     if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log, signal);
@@ -355,9 +375,13 @@ export class ComputeEnvironmentReconciler {
     if (wrote && provider?.sweepOrphans) {
       // The CE's machines are terminated here, in batches (one call per 1,000 instances), rather
       // than one call per Run; then whatever machine no Run owns any more (orphans) before the
-      // role and profile go.
-      const blocked = await this.stopMachines(ce, provider, log, signal, policy);
-      if (blocked) return blocked;
+      // role and profile go. While Runs are still being stopped, at most every deletionSweepMs;
+      // the last look, once none is, always.
+      const last = this.deletionSwept.get(`${ce.metadata.namespace}/${ce.metadata.name}`);
+      if (pending.length === 0 || !last || last.uid !== ce.metadata.uid || monotonicNow() - last.at >= this.d.deletionSweepMs) {
+        const blocked = await this.stopMachines(ce, provider, log, signal, policy);
+        if (blocked) return blocked;
+      }
     }
     if (pending.length > 0) {
       await this.report(ce, {
@@ -421,6 +445,7 @@ export class ComputeEnvironmentReconciler {
     this.converged.delete(ce.metadata.uid ?? "");
     this.stalled.delete(ce.metadata.uid ?? "");
     this.sweepRetry.delete(ce.metadata.uid ?? "");
+    this.deletionSwept.delete(`${ce.metadata.namespace}/${ce.metadata.name}`);
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
     // (After a disposal, `wrote` is false too: that is not "nothing was ever written".)
     log.info(wrote || cloudWritesMayHaveHappened(ce) ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");
@@ -436,7 +461,10 @@ export class ComputeEnvironmentReconciler {
     let stopped: string[];
     try {
       const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
+      const startedAt = monotonicNow();
       stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
+      // A look that failed (or was refused, and says so as Stalled) is not one: the next reconcile looks again.
+      this.deletionSwept.set(`${ce.metadata.namespace}/${ce.metadata.name}`, { uid: ce.metadata.uid ?? "", at: startedAt });
     } catch (e) {
       if (policy === "Retain") {
         // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
