@@ -37,6 +37,13 @@ export class AwsProxy {
   private readonly launchInvocation = new Map<string, string>();
   /** Instances named per TerminateInstances call. */
   readonly terminateSizes: number[] = [];
+  /**
+   * TerminateInstances calls naming instances an earlier one named: whether the SDK retried its own
+   * request (same invocation id) or the operator sent a new one, how many instances, how much later.
+   */
+  readonly repeatedTerminates: { sdkRetry: boolean; attempt: string; instances: number; afterMs: number }[] = [];
+  /** Instance ID -> the invocation id and time of the first TerminateInstances naming it. */
+  private readonly terminatedBy = new Map<string, { invocation: string; at: number }>();
   /** Every call with its timing, so a window (e.g. until the last launch) can be summed on its own. */
   readonly log: CallRecord[] = [];
   private server: http.Server | undefined;
@@ -129,6 +136,8 @@ export class AwsProxy {
     this.repeatedLaunches.length = 0;
     this.launchInvocation.clear();
     this.terminateSizes.length = 0;
+    this.repeatedTerminates.length = 0;
+    this.terminatedBy.clear();
   }
 
   private count(req: http.IncomingMessage, body: Buffer, service: string): string {
@@ -171,8 +180,20 @@ export class AwsProxy {
     }
     if (op === "TerminateInstances" && form) {
       let n = 0;
-      for (const k of form.keys()) if (k.startsWith("InstanceId.")) n++;
+      const invocation = String(req.headers["amz-sdk-invocation-id"] ?? "");
+      let again = 0;
+      let first: { invocation: string; at: number } | undefined;
+      for (const [k, id] of form.entries()) {
+        if (!k.startsWith("InstanceId.")) continue;
+        n++;
+        const before = this.terminatedBy.get(id);
+        if (before) {
+          again++;
+          first ??= before;
+        } else this.terminatedBy.set(id, { invocation, at: now });
+      }
       this.terminateSizes.push(n);
+      if (first) this.repeatedTerminates.push({ sdkRetry: invocation !== "" && first.invocation === invocation, attempt: String(req.headers["amz-sdk-request"] ?? ""), instances: again, afterMs: now - first.at });
     }
     return key;
   }

@@ -404,6 +404,11 @@ async function main(): Promise<void> {
         results.teardown = teardown;
         say(`  ${gone ? "done" : "NOT done"} in ${sec(tookMs)}; calls: ${JSON.stringify(teardown.calls)}`);
         say(`  TerminateInstances: ${sizes.length} calls, instances per call ${sizes.length ? `max ${Math.max(...sizes)}, p50 ${dist(sizes).p50}` : "-"}`);
+        const again = [...proxy.repeatedTerminates];
+        (teardown as Record<string, unknown>).repeatedTerminates = again;
+        if (again.length > 0) {
+          say(`  TerminateInstances naming instances named before: ${again.length} (the SDK retrying its own request: ${again.filter((r) => r.sdkRetry).length}); ${again.slice(0, 10).map((r) => `${r.instances} instances, ${r.attempt || "?"} after ${sec(r.afterMs)}`).join("; ")}`);
+        }
         say(`  left: ${inst.length} live instances, ${roles.length} TowerForge roles; Runs by phase ${JSON.stringify(runPhases)}; ${fmtLoad(teardown.load)}`);
         const probes = Object.entries(teardown.calls).filter(([k]) => /GetLogEvents|GETObject/.test(k)).reduce((a, [, v]) => a + v, 0);
         // Batched as the goal says: no call names more than 1,000 instances, and calls are not
