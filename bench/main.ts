@@ -407,7 +407,7 @@ async function main(): Promise<void> {
         const again = [...proxy.repeatedTerminates];
         (teardown as Record<string, unknown>).repeatedTerminates = again;
         if (again.length > 0) {
-          say(`  TerminateInstances naming instances named before: ${again.length} (the SDK retrying its own request: ${again.filter((r) => r.sdkRetry).length}); ${again.slice(0, 10).map((r) => `${r.instances} instances, ${r.attempt || "?"} after ${sec(r.afterMs)}`).join("; ")}`);
+          say(`  TerminateInstances naming instances named before: ${again.length} (the SDK retrying its own request: ${again.filter((r) => r.sdkRetry).length}); ${again.slice(0, 10).map((r) => `${r.instances} instances, ${r.attempt || "?"} after ${sec(r.afterMs)}`).join(" | ")}`);
         }
         say(`  left: ${inst.length} live instances, ${roles.length} TowerForge roles; Runs by phase ${JSON.stringify(runPhases)}; ${fmtLoad(teardown.load)}`);
         const probes = Object.entries(teardown.calls).filter(([k]) => /GetLogEvents|GETObject/.test(k)).reduce((a, [, v]) => a + v, 0);

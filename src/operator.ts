@@ -39,6 +39,8 @@ export interface OperatorOptions {
   redact?: (s: string) => string;
   /** The first re-check of a Stalled ComputeEnvironment; tests shorten it (default 10 s). */
   stalledFirstRecheckMs?: number;
+  /** How often a CE being deleted looks for machines to stop while its Runs end; tests lengthen it (default 15 s). */
+  deletionSweepMs?: number;
 }
 
 /** Several per-namespace reflectors seen as one cache. */
@@ -230,6 +232,7 @@ export class Operator {
       runs: this.runs, ces: this.ces, secrets, enqueueRun: (k) => this.runController.enqueue(k),
       secretsHeldFor: (ns) => this.goneCes.secretNames(ns),
       ...(o.stalledFirstRecheckMs !== undefined ? { stalledFirstRecheckMs: o.stalledFirstRecheckMs } : {}),
+      ...(o.deletionSweepMs !== undefined ? { deletionSweepMs: o.deletionSweepMs } : {}),
     });
     this.runReconciler = new RunReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "run" }), events: this.events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,

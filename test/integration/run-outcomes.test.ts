@@ -45,7 +45,11 @@ class AnnouncingCloud extends FakeCloud {
     }
     return out;
   }
+  /** sweepOrphans calls by CE name. */
+  readonly sweepsOf = new Map<string, number>();
   override async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
+    const ce = ctx.ce.metadata.name ?? "";
+    this.sweepsOf.set(ce, (this.sweepsOf.get(ce) ?? 0) + 1);
     if (this.sweepError) {
       this.calls.sweep++;
       throw this.sweepError;
@@ -406,29 +410,39 @@ describe("ComputeEnvironment deletion", () => {
   });
 
   it("while its Runs are being stopped, a CE being deleted looks for machines to stop once per interval, not at every reconcile, and once more before its resources go", async () => {
-    await readyCe("paced");
-    const uids: string[] = [];
-    for (let i = 0; i < 3; i++) await run(`paced-${i}`, "paced");
-    for (let i = 0; i < 3; i++) uids.push((await inPhase(`paced-${i}`, "Running")).metadata.uid ?? "");
-    const sweeps = cloud.calls.sweep;
-    // No look at the machines gets through for now: the Runs cannot see theirs end, so the CE waits for them.
-    cloud.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+    // An operator of its own, whose interval (2 minutes) no step of this test reaches: a second look is the last one.
+    const own = await freshNamespace(client, "paced");
+    const paced = new AnnouncingCloud();
+    const pacedOp = await startOperator(kubeconfigPath(), new Map([["aws", paced]]), { namespaces: [own] }, { deletionSweepMs: 120_000 });
     try {
-      await client.delete(ComputeEnvironmentResource, ns, "paced");
-      await waitFor("the CE's first look at its machines", async () => (cloud.calls.sweep > sweeps ? true : undefined));
-      // Three deletion polls (every 3 s) and the Runs' own changes come and go: the machines were all
-      // stopped at the first look, and the next look is not due within the interval (15 s).
-      await new Promise((r) => setTimeout(r, 9_000));
-      expect(cloud.calls.sweep - sweeps).toBe(1);
-      expect(cond(await getCe("paced"), "Reconciling")?.reason).toBe("StoppingRuns");
+      await readyCe("paced", {}, own);
+      const uids: string[] = [];
+      for (let i = 0; i < 3; i++) await run(`paced-${i}`, "paced", {}, own);
+      for (let i = 0; i < 3; i++) uids.push((await inPhase(`paced-${i}`, "Running", 30_000, own)).metadata.uid ?? "");
+      // (A Ready CE also looks for orphans after it converged: only the deletion's looks count here.)
+      const before = paced.sweepsOf.get("paced") ?? 0;
+      const looks = () => (paced.sweepsOf.get("paced") ?? 0) - before;
+      // No look at the machines gets through for now: the Runs cannot see theirs end, so the CE waits for them.
+      paced.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      try {
+        await client.delete(ComputeEnvironmentResource, own, "paced");
+        await waitFor("the CE's first look at its machines", async () => (looks() > 0 ? true : undefined));
+        // Three deletion polls (every 3 s) and the Runs' own changes come and go: the machines were
+        // all stopped at the first look, and no other look is due.
+        await new Promise((r) => setTimeout(r, 9_000));
+        expect(looks()).toBe(1);
+        expect(cond(await getCe("paced", own), "Reconciling")?.reason).toBe("StoppingRuns");
+      } finally {
+        paced.describeError = undefined;
+      }
+      await waitFor("CE paced gone", async () => (await getCe("paced", own)) === undefined, 60_000);
+      // The Runs ended: one more look, the last, before the role and profile went.
+      expect(looks()).toBeGreaterThanOrEqual(2);
+      expect(uids.map((u) => paced.machineOf(u)?.state)).toEqual(uids.map(() => "terminated"));
+      for (let i = 0; i < 3; i++) expect((await getRun(`paced-${i}`, own))?.status?.phase).toBe("Cancelled");
     } finally {
-      cloud.describeError = undefined;
+      await pacedOp.stop();
     }
-    await waitFor("CE paced gone", async () => (await getCe("paced")) === undefined, 60_000);
-    // The Runs ended: one more look, the last, before the role and profile went.
-    expect(cloud.calls.sweep - sweeps).toBeGreaterThanOrEqual(2);
-    expect(uids.map((u) => cloud.machineOf(u)?.state)).toEqual(uids.map(() => "terminated"));
-    for (let i = 0; i < 3; i++) expect((await getRun(`paced-${i}`))?.status?.phase).toBe("Cancelled");
   });
 
   it("a CE that failed before any cloud write (no record) is released at once although its cloud calls fail", async () => {
