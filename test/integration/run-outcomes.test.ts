@@ -101,8 +101,8 @@ const inPhase = (name: string, phase: string, timeoutMs = 30_000, on = ns) =>
     return r?.status?.phase === phase ? r : undefined;
   }, timeoutMs);
 
-async function events(name: string, on = ns): Promise<{ reason: string; note: string; type: string }[]> {
-  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string }>(EventResource, { namespace: on });
+async function events(name: string, on = ns): Promise<{ reason: string; note: string; type: string; series?: { count: number } }[]> {
+  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string; series?: { count: number } }>(EventResource, { namespace: on });
   return list.items.filter((e) => e.regarding?.name === name);
 }
 
@@ -445,6 +445,37 @@ describe("ComputeEnvironment deletion", () => {
     }
   });
 
+  it("under Retain, a look that failed counts as the interval's look: it is not tried (and its Warning recorded) again at every reconcile", async () => {
+    const own = await freshNamespace(client, "kept");
+    const kept = new AnnouncingCloud();
+    const keptOp = await startOperator(kubeconfigPath(), new Map([["aws", kept]]), { namespaces: [own] }, { deletionSweepMs: 120_000 });
+    try {
+      await readyCe("kept", { deletionPolicy: "Retain" } as Partial<ComputeEnvironment["spec"]>, own);
+      for (let i = 0; i < 2; i++) await run(`kept-${i}`, "kept", {}, own);
+      for (let i = 0; i < 2; i++) await inPhase(`kept-${i}`, "Running", 30_000, own);
+      const before = kept.sweepsOf.get("kept") ?? 0;
+      const looks = () => (kept.sweepsOf.get("kept") ?? 0) - before;
+      kept.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      kept.sweepError = CloudError.retryable("RequestLimitExceeded", "ec2:TerminateInstances: Request limit exceeded.");
+      try {
+        await client.delete(ComputeEnvironmentResource, own, "kept");
+        await waitFor("the CE's first look at its machines", async () => (looks() > 0 ? true : undefined));
+        await new Promise((r) => setTimeout(r, 9_000));
+        expect(looks()).toBe(1);
+        expect(cond(await getCe("kept", own), "Reconciling")?.reason).toBe("StoppingRuns");
+      } finally {
+        kept.describeError = undefined;
+        kept.sweepError = undefined;
+      }
+      await waitFor("CE kept gone", async () => (await getCe("kept", own)) === undefined, 60_000);
+      // Recorded once per look: the failed first one and, the Runs ended, the last one (which got through).
+      const warnings = (await events("kept", own)).filter((e) => e.reason === "RequestLimitExceeded");
+      expect(warnings.map((e) => e.series?.count ?? 1)).toEqual([1]);
+    } finally {
+      await keptOp.stop();
+    }
+  });
+
   it("a CE that failed before any cloud write (no record) is released at once although its cloud calls fail", async () => {
     cloud.readFailure = CloudError.terminal("InvalidCredentials", "Secret x/y has no key \"secretAccessKey\" (or it is empty)");
     cloud.disposeError = CloudError.terminal("InvalidCredentials", "cannot dispose with these credentials");
@@ -525,8 +556,12 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       const terminates = cloud.calls.terminate;
       // The Secret goes with the CE (as with `kubectl delete -f` of both): still held, so still readable.
       await client.delete(SecretResource, ns, "forced-creds");
+      const ceUid = (await getCe("forced"))?.metadata.uid ?? "";
+      expect(op.operator.ceReconciler.remembers(ceUid)).toBe(true);
       await strip("forced");
       await waitFor("CE forced gone", async () => (await getCe("forced")) === undefined);
+      // Its finalizer never released, the operator forgets it all the same (its convergence, its Stalled answer).
+      await waitFor("CE forced forgotten", async () => !op.operator.ceReconciler.remembers(ceUid), 10_000);
       const ended = await waitFor("the machine recorded terminated", async () => {
         const r = await getRun("orphaned");
         return r?.status?.instance?.state === "terminated" ? r : undefined;

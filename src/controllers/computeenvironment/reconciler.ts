@@ -108,11 +108,28 @@ export class ComputeEnvironmentReconciler {
   private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string; answers: number }>();
   /** uid -> an orphan sweep that failed for a passing reason: how often in a row, and when to try again. */
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
-  /** key -> the CE (uid) being deleted and when its last look for machines to stop began (monotonic). */
-  private readonly deletionSwept = new Map<string, { uid: string; at: number }>();
+  /** uid -> when the last look for machines to stop of the CE being deleted began (monotonic). */
+  private readonly deletionSwept = new Map<string, number>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, deletionSweepMs: DELETION_SWEEP_EVERY_MS, ...deps };
+  }
+
+  /** Drops all that is kept of a CE (by uid): when its finalizer is released. */
+  private forget(uid: string): void {
+    for (const kept of [this.converged, this.stalled, this.sweepRetry, this.deletionSwept]) kept.delete(uid);
+  }
+
+  /** Drops all that is kept of CEs whose uid is not in `live` (see reconcile: a CE gone). */
+  private forgetAllBut(live: ReadonlySet<string>): void {
+    for (const kept of [this.converged, this.stalled, this.sweepRetry, this.deletionSwept]) {
+      for (const uid of kept.keys()) if (!live.has(uid)) kept.delete(uid);
+    }
+  }
+
+  /** Whether anything of the CE with this uid is kept (for tests). */
+  remembers(uid: string): boolean {
+    return this.converged.has(uid) || this.stalled.has(uid) || this.sweepRetry.has(uid) || this.deletionSwept.has(uid);
   }
 
   private recheckMs(answers: number): number {
@@ -135,8 +152,10 @@ export class ComputeEnvironmentReconciler {
       ? (cached ? structuredClone(cached) : undefined)
       : await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
     if (!ce) {
-      // Gone (also when its finalizer was taken off by hand): nothing of its deletion is kept.
-      this.deletionSwept.delete(key);
+      // Gone (also when its finalizer was taken off by hand): nothing of it is kept. That of every
+      // CE no longer cached goes (by uid): a reconcile of it under way as it went may have recorded
+      // something after that, and this one, on the same key, comes after that one.
+      this.forgetAllBut(new Set(this.d.ces.list().map((c) => c.metadata.uid ?? "")));
       return;
     }
     const log = this.d.logger.child({ ce: key });
@@ -377,8 +396,8 @@ export class ComputeEnvironmentReconciler {
       // than one call per Run; then whatever machine no Run owns any more (orphans) before the
       // role and profile go. While Runs are still being stopped, at most every deletionSweepMs;
       // the last look, once none is, always.
-      const last = this.deletionSwept.get(`${ce.metadata.namespace}/${ce.metadata.name}`);
-      if (pending.length === 0 || !last || last.uid !== ce.metadata.uid || monotonicNow() - last.at >= this.d.deletionSweepMs) {
+      const last = this.deletionSwept.get(ce.metadata.uid ?? "");
+      if (pending.length === 0 || last === undefined || monotonicNow() - last >= this.d.deletionSweepMs) {
         const blocked = await this.stopMachines(ce, provider, log, signal, policy);
         if (blocked) return blocked;
       }
@@ -442,10 +461,7 @@ export class ComputeEnvironmentReconciler {
     }
 
     await releaseUnusedSecrets(this.d.client, ce.metadata.namespace ?? "default", ce.metadata.uid, this.d.secretsHeldFor?.(ce.metadata.namespace ?? "default"));
-    this.converged.delete(ce.metadata.uid ?? "");
-    this.stalled.delete(ce.metadata.uid ?? "");
-    this.sweepRetry.delete(ce.metadata.uid ?? "");
-    this.deletionSwept.delete(`${ce.metadata.namespace}/${ce.metadata.name}`);
+    this.forget(ce.metadata.uid ?? "");
     await removeFinalizer(this.d.client, ComputeEnvironmentResource, ce, FINALIZER);
     // (After a disposal, `wrote` is false too: that is not "nothing was ever written".)
     log.info(wrote || cloudWritesMayHaveHappened(ce) ? "finalizer released" : "finalizer released; nothing was ever written to the cloud");
@@ -459,17 +475,20 @@ export class ComputeEnvironmentReconciler {
    */
   private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<ReconcileResult | undefined> {
     let stopped: string[];
+    const startedAt = monotonicNow();
     try {
       const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
-      const startedAt = monotonicNow();
       stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
-      // A look that failed (or was refused, and says so as Stalled) is not one: the next reconcile looks again.
-      this.deletionSwept.set(`${ce.metadata.namespace}/${ce.metadata.name}`, { uid: ce.metadata.uid ?? "", at: startedAt });
+      // Under Delete, a look that failed (or was refused, and says so as Stalled) is not one: it is
+      // tried again (with the controller's backoff) until it gets through.
+      this.deletionSwept.set(ce.metadata.uid ?? "", startedAt);
     } catch (e) {
       if (policy === "Retain") {
         // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
+        // It counts as the interval's look, so the Warning is not repeated at every deletion poll.
         const { reason, message } = describeError(e);
         void this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
+        this.deletionSwept.set(ce.metadata.uid ?? "", startedAt);
         return undefined;
       }
       const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
