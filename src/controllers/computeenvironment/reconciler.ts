@@ -398,7 +398,7 @@ export class ComputeEnvironmentReconciler {
       // the last look, once none is, always.
       const last = this.deletionSwept.get(ce.metadata.uid ?? "");
       if (pending.length === 0 || last === undefined || monotonicNow() - last >= this.d.deletionSweepMs) {
-        const blocked = await this.stopMachines(ce, provider, log, signal, policy);
+        const blocked = await this.stopMachines(ce, provider, log, signal, policy, pending.length);
         if (blocked) return blocked;
       }
     }
@@ -470,25 +470,25 @@ export class ComputeEnvironmentReconciler {
 
   /**
    * Terminates every machine of the CE that is not already ending (batched by the provider).
-   * Returns a result when deletion must wait (machines were just told to stop, or stopping them
-   * is blocked), undefined when none is left running.
+   * Returns a result when deletion must wait (machines were just told to stop with no Run left
+   * to wait for, or stopping them is blocked), undefined otherwise (the caller waits for the Runs).
    */
-  private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<ReconcileResult | undefined> {
+  private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string, runsPending: number): Promise<ReconcileResult | undefined> {
     let stopped: string[];
-    const startedAt = monotonicNow();
     try {
       const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
       stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
-      // Under Delete, a look that failed (or was refused, and says so as Stalled) is not one: it is
-      // tried again (with the controller's backoff) until it gets through.
-      this.deletionSwept.set(ce.metadata.uid ?? "", startedAt);
+      // The interval runs from the end of a look (a look longer than it is not followed at once by
+      // another). Under Delete, a look that failed (or was refused, and says so as Stalled) is not
+      // one: it is tried again (with the controller's backoff) until it gets through.
+      this.deletionSwept.set(ce.metadata.uid ?? "", monotonicNow());
     } catch (e) {
       if (policy === "Retain") {
         // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
         // It counts as the interval's look, so the Warning is not repeated at every deletion poll.
         const { reason, message } = describeError(e);
         void this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
-        this.deletionSwept.set(ce.metadata.uid ?? "", startedAt);
+        this.deletionSwept.set(ce.metadata.uid ?? "", monotonicNow());
         return undefined;
       }
       const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
@@ -498,6 +498,9 @@ export class ComputeEnvironmentReconciler {
     if (stopped.length === 0) return undefined;
     log.info({ machines: stopped.length }, "terminating the environment's machines");
     void this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
+    // While Runs are ending, the CE says it waits for them (the caller): one reason throughout, not
+    // one switching at each look (an Azure VM being deleted is found again by the next look).
+    if (runsPending > 0) return undefined;
     await this.report(ce, {
       phase: "Deleting",
       conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "reconciling", "StoppingMachines", clip(`terminating ${stopped.length} machine(s) before deleting cloud resources`)),
