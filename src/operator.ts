@@ -149,12 +149,14 @@ export class Operator {
     this.ceController = new Controller({
       name: "computeenvironment", workers: config.workers, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "computeenvironment" }), reconcile: (key, signal) => this.ceReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
+      mayWork: () => this.leaseHeld(),
     });
     // A Run reconcile mostly waits on the kube-apiserver and the cloud (a launch is several round
     // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
     this.ackController = new Controller({
       name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
+      mayWork: () => this.leaseHeld(),
     });
     // Acknowledging goes first: while new Runs wait for their first status, Run workers hold back
     // (up to ACK_FIRST_MAX_WAIT_MS each), so a burst of launches does not crowd the
@@ -162,6 +164,7 @@ export class Operator {
     this.runController = new Controller({
       name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
+      mayWork: () => this.leaseHeld(),
       yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS },
     });
 
@@ -241,8 +244,14 @@ export class Operator {
     });
   }
 
+  /** Leading, and the Lease renewed within its renew deadline (see LeaderElector.isLeader). */
   isLeader(): boolean {
-    return this.leading;
+    return this.leading && this.leaseHeld();
+  }
+
+  /** The Lease is ours as far as the elector can tell (always, without leader election). */
+  private leaseHeld(): boolean {
+    return this.elector?.isLeader() ?? true;
   }
 
   /** Ready: caches synced (or waiting for leadership, which is a healthy state). */

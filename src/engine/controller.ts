@@ -65,7 +65,18 @@ export interface ControllerOptions {
    * that is cheap and must not queue behind this controller's (e.g. acknowledging new objects).
    */
   yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number };
+  /**
+   * Whether reconciles may start now (e.g. the Lease is still ours: LeaderElector.isLeader, which
+   * turns false once the last renewal is older than the renew deadline, as after the machine or
+   * process was suspended, before the renew loop notices). While false, a worker holds the key it
+   * took and looks again every MAY_WORK_RECHECK_MS; once leadership is lost for good the
+   * controller is stopped (abortInFlight) and the key is let go.
+   */
+  mayWork?: () => boolean;
 }
+
+/** How often a worker held back by mayWork looks again. */
+const MAY_WORK_RECHECK_MS = 100;
 
 interface InFlight {
   key: string;
@@ -83,6 +94,7 @@ export class Controller {
   private readonly metrics: EngineMetrics | undefined;
   private readonly onTerminalError: ControllerOptions["onTerminalError"];
   private readonly yieldTo: ControllerOptions["yieldTo"];
+  private readonly mayWork: ControllerOptions["mayWork"];
   private readonly inFlight = new Set<InFlight>();
   private loops: Promise<void>[] = [];
   private started = false;
@@ -101,6 +113,7 @@ export class Controller {
     this.log = opts.logger.bindings().controller === undefined ? opts.logger.child({ controller: opts.name }) : opts.logger;
     this.onTerminalError = opts.onTerminalError;
     this.yieldTo = opts.yieldTo;
+    this.mayWork = opts.mayWork;
   }
 
   enqueue(key: string): void {
@@ -177,6 +190,7 @@ export class Controller {
       const key = await this.queue.get();
       if (key === undefined) return;
       if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
+      while (this.mayWork && !this.stopping && !this.mayWork()) await new Promise((r) => setTimeout(r, MAY_WORK_RECHECK_MS));
       if (this.stopping) {
         this.queue.done(key);
         return;

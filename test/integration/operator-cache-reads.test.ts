@@ -4,7 +4,8 @@
  * operator's), a Run's progress does not reconcile its CE, losing the Lease aborts in-flight
  * reconciles, and shutdown keeps its deadline and exits 0 while the cloud hangs.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
 import type { KubeObject, PatchType, ResourceType } from "../../src/engine/kube.js";
@@ -23,6 +24,7 @@ import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
 import { freshNamespace, kubeconfigPath, settleDeletedNamespaces } from "../harness/helpers.js";
+import { REPO_ROOT } from "../harness/paths.js";
 import type { OperatorConfig } from "../../src/config.js";
 
 const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
@@ -263,6 +265,33 @@ describe("leadership and shutdown", () => {
       await waitFor("leadership lost", async () => op.lost.count === 1, 20_000);
       expect(cloud.signals[0]?.aborted).toBe(true);
       expect(op.operator.isLeader()).toBe(false);
+    } finally {
+      await op.operator.stop(3_000);
+    }
+  });
+
+  it("woken after a suspension longer than the renew deadline, during which the Lease went to another holder: no reconcile starts before the elector has looked at the Lease", async () => {
+    const ns = await freshNamespace(client, "suspend");
+    const cloud = new FakeCloud();
+    const op = await startWithMetrics(cloud, {
+      namespaces: [ns], leaderElection: true, leaseNamespace: ns, leaseName: "vmforge", identity: "me",
+      leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500,
+    });
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await waitFor("CE acknowledged", async () => ((await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.phase ? true : undefined));
+      // This process (the operator in it) stands still for 3 s; meanwhile a Run is created and
+      // another process takes the Lease. On waking, the Run's watch event is there at once, while
+      // the elector's look at the Lease takes a round trip.
+      const out = spawnSync(process.execPath, ["--import", "tsx", join(REPO_ROOT, "test", "support", "while-suspended.ts"),
+        kubeconfigPath(), ns, "vmforge", "3000", JSON.stringify(RunResource), JSON.stringify(runManifest(ns, "woken", "ce"))], { encoding: "utf8", cwd: REPO_ROOT });
+      expect(out.stderr).toBe("");
+      expect(out.stdout).toBe("done\n");
+      await waitFor("leadership lost", async () => op.lost.count === 1, 20_000);
+      await new Promise((r) => setTimeout(r, 1_000));
+      // Not acknowledged (a status write) nor launched by a process that no longer holds the Lease.
+      expect((await client.get<Run>(RunResource, ns, "woken"))?.status).toBeUndefined();
+      expect(cloud.calls.launch).toBe(0);
     } finally {
       await op.operator.stop(3_000);
     }

@@ -333,6 +333,27 @@ describe("Controller", () => {
     }
   });
 
+  it("with mayWork false (the Lease not renewed in time), starts no reconcile until it is true again; stopped meanwhile, lets the key go unreconciled", async () => {
+    let may = false;
+    const seen: string[] = [];
+    const { c } = make(async (key) => {
+      seen.push(key);
+    }, { mayWork: () => may });
+    c.start();
+    c.enqueue("ns/a");
+    await new Promise((r) => setTimeout(r, 300));
+    expect(seen).toEqual([]);
+    may = true;
+    await vi.waitFor(() => expect(seen).toEqual(["ns/a"]));
+
+    may = false;
+    c.enqueue("ns/b");
+    await new Promise((r) => setTimeout(r, 300));
+    c.abortInFlight(new Error("leadership lost"));
+    await c.stop(1_000);
+    expect(seen).toEqual(["ns/a"]);
+  });
+
   it("validates its options", () => {
     expect(() => new Controller({ name: "x", reconcile: async () => undefined, logger, workers: 0 })).toThrow(RangeError);
     expect(() => new Controller({ name: "x", reconcile: async () => undefined, logger, reconcileTimeoutMs: 0 })).toThrow(RangeError);
