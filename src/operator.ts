@@ -175,6 +175,9 @@ export class Operator {
       if (type === "ADDED") this.goneCes.forget(ce);
       if (!statusOnly) this.ceController.enqueue(keyOf(ce));
       if (type === "DELETED") {
+        // What the reconciler kept of it (also of one whose finalizer was taken off by hand, and
+        // when a CE of the same name is created before its key is reconciled again).
+        this.ceReconciler.forget(ce.metadata.uid ?? "");
         // Its Runs' machines can still be reached with what it last said (a removal by force).
         this.goneCes.remember(ce);
         // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.

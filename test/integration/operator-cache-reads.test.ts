@@ -285,8 +285,7 @@ describe("leadership and shutdown", () => {
       // the elector's look at the Lease takes a round trip.
       const out = spawnSync(process.execPath, ["--import", "tsx", join(REPO_ROOT, "test", "support", "while-suspended.ts"),
         kubeconfigPath(), ns, "vmforge", "3000", JSON.stringify(RunResource), JSON.stringify(runManifest(ns, "woken", "ce"))], { encoding: "utf8", cwd: REPO_ROOT });
-      expect(out.stderr).toBe("");
-      expect(out.stdout).toBe("done\n");
+      expect({ status: out.status, stdout: out.stdout }, out.stderr).toEqual({ status: 0, stdout: "done\n" });
       await waitFor("leadership lost", async () => op.lost.count === 1, 20_000);
       await new Promise((r) => setTimeout(r, 1_000));
       // Not acknowledged (a status write) nor launched by a process that no longer holds the Lease.

@@ -108,15 +108,15 @@ export class ComputeEnvironmentReconciler {
   private readonly stalled = new Map<string, { generation: number; at: number; credentialsVersion: string; requested: string; answers: number }>();
   /** uid -> an orphan sweep that failed for a passing reason: how often in a row, and when to try again. */
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
-  /** uid -> when the last look for machines to stop of the CE being deleted began (monotonic). */
+  /** uid -> when the last look for machines to stop of the CE being deleted ended (monotonic). */
   private readonly deletionSwept = new Map<string, number>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, deletionSweepMs: DELETION_SWEEP_EVERY_MS, ...deps };
   }
 
-  /** Drops all that is kept of a CE (by uid): when its finalizer is released. */
-  private forget(uid: string): void {
+  /** Drops all that is kept of a CE (by uid): when its finalizer is released, and for its DELETED watch event. */
+  forget(uid: string): void {
     for (const kept of [this.converged, this.stalled, this.sweepRetry, this.deletionSwept]) kept.delete(uid);
   }
 
@@ -152,10 +152,11 @@ export class ComputeEnvironmentReconciler {
       ? (cached ? structuredClone(cached) : undefined)
       : await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
     if (!ce) {
-      // Gone (also when its finalizer was taken off by hand): nothing of it is kept. That of every
-      // CE no longer cached goes (by uid): a reconcile of it under way as it went may have recorded
-      // something after that, and this one, on the same key, comes after that one.
-      this.forgetAllBut(new Set(this.d.ces.list().map((c) => c.metadata.uid ?? "")));
+      // Gone (also when its finalizer was taken off by hand): nothing of it is kept. Its DELETED
+      // watch event forgot it; a reconcile of it under way then may have recorded something after
+      // that, and this one, on the same key, comes after that one: what is kept of every CE no
+      // longer cached goes (by uid; with a cache only, which lists every CE this one could see).
+      if ("get" in ces) this.forgetAllBut(new Set(ces.list().map((c) => c.metadata.uid ?? "")));
       return;
     }
     const log = this.d.logger.child({ ce: key });

@@ -349,9 +349,25 @@ describe("Controller", () => {
     may = false;
     c.enqueue("ns/b");
     await new Promise((r) => setTimeout(r, 300));
+    expect(c.queue.processingCount()).toBe(1); // ns/b, taken and held back
     c.abortInFlight(new Error("leadership lost"));
     await c.stop(1_000);
     expect(seen).toEqual(["ns/a"]);
+    expect(c.queue.processingCount()).toBe(0);
+  });
+
+  it("a worker held back by mayWork leaves when the controller is stopped, letting its key go", async () => {
+    const seen: string[] = [];
+    const { c } = make(async (key) => {
+      seen.push(key);
+    }, { mayWork: () => false, workers: 1 });
+    c.start();
+    c.enqueue("ns/a");
+    await vi.waitFor(() => expect(c.queue.processingCount()).toBe(1));
+    // Unlike stop()'s deadline passing, the worker has let the key go by the time stop() settles.
+    await c.stop(60_000);
+    expect(c.queue.processingCount()).toBe(0);
+    expect(seen).toEqual([]);
   });
 
   it("validates its options", () => {
