@@ -172,17 +172,20 @@ export class Operator {
       // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
       // failing one); spec, metadata and lifecycle changes do.
       const statusOnly = type === "MODIFIED" && old !== undefined && onlyStatusChanged(old, ce);
-      if (type === "ADDED") this.goneCes.forget(ce);
+      // A CE gone: deleted, or replaced by another of the same name while the watch was down (a
+      // relist reports that as MODIFIED, with the old object).
+      const gone = type === "DELETED" ? ce : type === "MODIFIED" && old && old.metadata.uid !== ce.metadata.uid ? old : undefined;
+      if (type === "ADDED" || (gone && gone !== ce)) this.goneCes.forget(ce);
       if (!statusOnly) this.ceController.enqueue(keyOf(ce));
-      if (type === "DELETED") {
+      if (gone) {
         // What the reconciler kept of it (also of one whose finalizer was taken off by hand, and
         // when a CE of the same name is created before its key is reconciled again).
-        this.ceReconciler.forget(ce.metadata.uid ?? "");
+        this.ceReconciler.forget(gone.metadata.uid ?? "");
         // Its Runs' machines can still be reached with what it last said (a removal by force).
-        this.goneCes.remember(ce);
+        this.goneCes.remember(gone);
         // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.
-        void releaseUnusedSecrets(client, ce.metadata.namespace ?? "default", undefined, this.goneCes.secretNames(ce.metadata.namespace ?? "default")).catch((err: unknown) =>
-          logger.warn({ err, namespace: ce.metadata.namespace }, "releasing unused credentials Secrets failed"));
+        void releaseUnusedSecrets(client, gone.metadata.namespace ?? "default", undefined, this.goneCes.secretNames(gone.metadata.namespace ?? "default")).catch((err: unknown) =>
+          logger.warn({ err, namespace: gone.metadata.namespace }, "releasing unused credentials Secrets failed"));
       }
       // Runs follow their CE (Ready, deleting); a status write that did not change readiness is no news to them.
       if (statusOnly && old && readiness(old) === readiness(ce)) return;

@@ -8,7 +8,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
-import type { KubeObject, PatchType, ResourceType } from "../../src/engine/kube.js";
+import type { KubeObject, PatchType, ResourceType, WatchEvent, WatchOptions } from "../../src/engine/kube.js";
 import { loadKubeConfig } from "../../src/engine/kubeconfig.js";
 import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { EngineMetrics } from "../../src/engine/metrics.js";
@@ -150,6 +150,95 @@ describe("steady state", () => {
     const after = await ceReconciles();
     expect(after - before).toBeGreaterThan(0);
     expect(after - before).toBeLessThan(10);
+  });
+});
+
+/**
+ * A client whose ComputeEnvironment watch can be held: from holdCeWatch() on it delivers nothing
+ * more; at releaseCeWatch() it answers "410 Gone", as the kube-apiserver does for a watch whose
+ * resourceVersion was compacted away meanwhile, so the reflector lists anew.
+ */
+class HeldCeWatchClient extends KubeClient {
+  private gate = HeldCeWatchClient.freshGate();
+  private static freshGate(): { held: Promise<void>; hold: () => void; released: Promise<void>; release: () => void } {
+    let hold!: () => void;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (hold = r));
+    const released = new Promise<void>((r) => (release = r));
+    return { held, hold, released, release };
+  }
+  holdCeWatch(): void {
+    this.gate.hold();
+  }
+  releaseCeWatch(): void {
+    const gate = this.gate;
+    this.gate = HeldCeWatchClient.freshGate();
+    gate.release();
+  }
+  override async *watch<T extends KubeObject>(rt: ResourceType, opts: WatchOptions, signal: AbortSignal): AsyncIterable<WatchEvent<T>> {
+    if (rt.plural !== ComputeEnvironmentResource.plural) {
+      yield* super.watch<T>(rt, opts, signal);
+      return;
+    }
+    const gate = this.gate;
+    const inner = new AbortController();
+    const onAbort = (): void => inner.abort(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      const events = super.watch<T>(rt, opts, inner.signal)[Symbol.asyncIterator]();
+      for (;;) {
+        const next = events.next();
+        next.catch(() => undefined); // left pending when the watch is held, then aborted
+        const got = await Promise.race([next, gate.held.then(() => "held" as const)]);
+        if (got === "held") break;
+        if (got.done) return;
+        yield got.value;
+      }
+      inner.abort(new Error("watch held by the test"));
+      await Promise.race([gate.released, new Promise((r) => signal.addEventListener("abort", r, { once: true }))]);
+      if (signal.aborted) return;
+      yield { type: "ERROR", object: { code: 410, reason: "Expired", message: "too old resource version (the test held the watch)" } };
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+    }
+  }
+}
+
+describe("a ComputeEnvironment replaced while the CE watch was down", () => {
+  it("is seen by the relist as gone (reported as a change of the same key): its Run ends with it, its machine is terminated with what it said, and nothing the CE reconciler kept of it stays", async () => {
+    const ns = await freshNamespace(client, "replaced");
+    const cloud = new FakeCloud();
+    let held: HeldCeWatchClient | undefined;
+    const op = await startWithMetrics(cloud, { namespaces: [ns] }, (metrics) => (held = new HeldCeWatchClient(loadKubeConfig(kubeconfigPath()), { metrics })));
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await client.create(RunResource, runManifest(ns, "r", "ce"));
+      const running = await waitFor("Run r Running", async () => {
+        const r = await client.get<Run>(RunResource, ns, "r");
+        return r?.status?.phase === "Running" ? r : undefined;
+      });
+      const oldUid = (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.metadata.uid ?? "";
+      expect(op.operator.ceReconciler.remembers(oldUid)).toBe(true);
+      // Removed by force and created again while the operator's CE watch delivers nothing.
+      held?.holdCeWatch();
+      await client.delete(ComputeEnvironmentResource, ns, "ce");
+      await client.patch(ComputeEnvironmentResource, ns, "ce", { metadata: { finalizers: null } }, "merge");
+      await waitFor("the first CE gone", async () => ((await client.get(ComputeEnvironmentResource, ns, "ce")) === undefined ? true : undefined));
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      held?.releaseCeWatch();
+      // The Run launched under it ends with it, and its machine is terminated where that CE said.
+      // (An operator that missed the removal gets there too, from the new CE and the UID the Run
+      // recorded; what only the relist's report gives is the forgetting below.)
+      await waitFor("the machine terminated", async () => cloud.machineOf(running.metadata.uid ?? "")?.state === "terminated", 15_000);
+      const ended = await waitFor("Run r ended", async () => {
+        const r = await client.get<Run>(RunResource, ns, "r");
+        return r?.status?.phase === "Failed" || r?.status?.phase === "Cancelled" ? r : undefined;
+      });
+      expect(ended.status?.reason).toBe("ComputeEnvironmentGone");
+      await waitFor("the replaced CE forgotten by the CE reconciler", async () => !op.operator.ceReconciler.remembers(oldUid), 15_000);
+    } finally {
+      await op.operator.stop(3_000);
+    }
   });
 });
 

@@ -344,7 +344,7 @@ describe("Controller", () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(seen).toEqual([]);
     may = true;
-    await vi.waitFor(() => expect(seen).toEqual(["ns/a"]));
+    await vi.waitFor(() => expect(seen).toEqual(["ns/a"]), { timeout: 5_000 });
 
     may = false;
     c.enqueue("ns/b");
@@ -363,9 +363,10 @@ describe("Controller", () => {
     }, { mayWork: () => false, workers: 1 });
     c.start();
     c.enqueue("ns/a");
-    await vi.waitFor(() => expect(c.queue.processingCount()).toBe(1));
-    // Unlike stop()'s deadline passing, the worker has let the key go by the time stop() settles.
-    await c.stop(60_000);
+    await vi.waitFor(() => expect(c.queue.processingCount()).toBe(1), { timeout: 5_000 });
+    // The worker lets the key go as it leaves; stop() does not wait for its deadline to pass
+    // (the test's own timeout, 5 s, would).
+    await c.stop(30_000);
     expect(c.queue.processingCount()).toBe(0);
     expect(seen).toEqual([]);
   });
