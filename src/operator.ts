@@ -180,7 +180,7 @@ export class Operator {
       if (gone) {
         // What the reconciler kept of it (also of one whose finalizer was taken off by hand, and
         // when a CE of the same name is created before its key is reconciled again).
-        this.ceReconciler.forget(gone.metadata.uid ?? "");
+        this.ceReconciler.forgetGone(gone.metadata.uid ?? "");
         // Its Runs' machines can still be reached with what it last said (a removal by force).
         this.goneCes.remember(gone);
         // The last CE of a shared Secret may be gone now: release Secrets nothing needs any more.

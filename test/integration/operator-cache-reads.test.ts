@@ -16,6 +16,7 @@ import { createLogger } from "../../src/engine/logger.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import type { RunDescription, EnvContext } from "../../src/cloud/provider.js";
+import { CloudError } from "../../src/cloud/provider.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import { EventResource } from "../../src/engine/events.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
@@ -237,6 +238,58 @@ describe("a ComputeEnvironment replaced while the CE watch was down", () => {
       expect(ended.status?.reason).toBe("ComputeEnvironmentGone");
       await waitFor("the replaced CE forgotten by the CE reconciler", async () => !op.operator.ceReconciler.remembers(oldUid), 15_000);
     } finally {
+      await op.operator.stop(3_000);
+    }
+  });
+});
+
+/** Its next orphan sweep of the CE named "held" waits until released, then fails (throttled). */
+class HeldSweepCloud extends FakeCloud {
+  inSweep = false;
+  private release: (() => void) | undefined;
+  private readonly released = new Promise<void>((r) => (this.release = r));
+  private held = true;
+  letGo(): void {
+    this.release?.();
+  }
+  override async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
+    if (!this.held || ctx.ce.metadata.name !== "held") return super.sweepOrphans(ctx, live);
+    this.held = false;
+    this.inSweep = true;
+    await this.released;
+    throw CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+  }
+}
+
+describe("what the CE reconciler keeps of a CE", () => {
+  it("is not kept when a reconcile under way records it after the CE went, also when a CE of the same name came meanwhile", async () => {
+    const ns = await freshNamespace(client, "inflight");
+    const cloud = new HeldSweepCloud();
+    const op = await startWithMetrics(cloud, { namespaces: [ns] });
+    const ceUid = async (): Promise<string | undefined> => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "held"))?.metadata.uid;
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "held"));
+      // Converged (kept), and its first orphan sweep under way.
+      await waitFor("the CE's first sweep under way", async () => (cloud.inSweep ? true : undefined));
+      const oldUid = (await ceUid()) ?? "";
+      expect(op.operator.ceReconciler.remembers(oldUid)).toBe(true);
+      // Removed by force and created again while that reconcile still runs (it holds the key).
+      await client.delete(ComputeEnvironmentResource, ns, "held");
+      await client.patch(ComputeEnvironmentResource, ns, "held", { metadata: { finalizers: null } }, "merge");
+      await waitFor("the CE forgotten as it went", async () => !op.operator.ceReconciler.remembers(oldUid));
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "held"));
+      const newUid = (await ceUid()) ?? "";
+      expect(newUid).not.toBe(oldUid);
+      // The sweep fails now: the reconcile, which read the first CE, records a retry for it.
+      cloud.letGo();
+      await waitFor("the new CE Ready", async () => {
+        const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "held");
+        return ce?.metadata.uid === newUid && ce.status?.phase === "Ready" ? true : undefined;
+      });
+      expect(op.operator.ceReconciler.remembers(oldUid)).toBe(false);
+      expect(op.operator.ceReconciler.remembers(newUid)).toBe(true);
+    } finally {
+      cloud.letGo();
       await op.operator.stop(3_000);
     }
   });

@@ -99,6 +99,8 @@ const CREDENTIALS = "CredentialsValid";
  * look lists the CE's machines.
  */
 export const DELETION_SWEEP_EVERY_MS = 15_000;
+/** How many UIDs of CEs that left the cluster are remembered (a few dozen bytes each). */
+const GONE_REMEMBERED = 1_000;
 
 export class ComputeEnvironmentReconciler {
   private readonly d: Required<Omit<ComputeEnvironmentDeps, "driftCheckMs" | "stalledFirstRecheckMs" | "deletionPollMs" | "deletionSweepMs" | "secrets" | "secretsHeldFor">> & { driftCheckMs: number; stalledFirstRecheckMs: number; deletionPollMs: number; deletionSweepMs: number; secrets?: SecretGetter; secretsHeldFor?: (namespace: string) => Iterable<string> };
@@ -110,21 +112,36 @@ export class ComputeEnvironmentReconciler {
   private readonly sweepRetry = new Map<string, { failures: number; due: number }>();
   /** uid -> when the last look for machines to stop of the CE being deleted ended (monotonic). */
   private readonly deletionSwept = new Map<string, number>();
+  /**
+   * UIDs of CEs that left the cluster (the latest GONE_REMEMBERED): nothing more is kept of them.
+   * A reconcile that was under way as its CE went may record something after the watch event
+   * forgot it (see keep).
+   */
+  private readonly gone = new Set<string>();
 
   constructor(deps: ComputeEnvironmentDeps) {
     this.d = { driftCheckMs: 10 * 60_000, stalledFirstRecheckMs: STALLED_FIRST_RECHECK_MS, deletionPollMs: 3_000, deletionSweepMs: DELETION_SWEEP_EVERY_MS, ...deps };
   }
 
-  /** Drops all that is kept of a CE (by uid): when its finalizer is released, and for its DELETED watch event. */
-  forget(uid: string): void {
+  /** Drops all that is kept of a CE (by uid): when its finalizer is released. */
+  private forget(uid: string): void {
     for (const kept of [this.converged, this.stalled, this.sweepRetry, this.deletionSwept]) kept.delete(uid);
   }
 
-  /** Drops all that is kept of CEs whose uid is not in `live` (see reconcile: a CE gone). */
-  private forgetAllBut(live: ReadonlySet<string>): void {
-    for (const kept of [this.converged, this.stalled, this.sweepRetry, this.deletionSwept]) {
-      for (const uid of kept.keys()) if (!live.has(uid)) kept.delete(uid);
-    }
+  /**
+   * The CE left the cluster (its DELETED watch event, or a relist that found another of its name):
+   * all that is kept of it goes, and nothing is kept of it from now on. Also for a CE whose
+   * finalizer was taken off by hand, whose deletion never reached its finalizer release.
+   */
+  forgetGone(uid: string): void {
+    this.forget(uid);
+    this.gone.add(uid);
+    if (this.gone.size > GONE_REMEMBERED) this.gone.delete(this.gone.values().next().value ?? "");
+  }
+
+  /** Records `value` for the CE with this uid, unless that CE is gone. */
+  private keep<V>(kept: Map<string, V>, uid: string, value: V): void {
+    if (!this.gone.has(uid)) kept.set(uid, value);
   }
 
   /** Whether anything of the CE with this uid is kept (for tests). */
@@ -151,14 +168,10 @@ export class ComputeEnvironmentReconciler {
     const ce = "get" in ces
       ? (cached ? structuredClone(cached) : undefined)
       : await this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
-    if (!ce) {
-      // Gone (also when its finalizer was taken off by hand): nothing of it is kept. Its DELETED
-      // watch event forgot it; a reconcile of it under way then may have recorded something after
-      // that, and this one, on the same key, comes after that one: what is kept of every CE no
-      // longer cached goes (by uid; with a cache only, which lists every CE this one could see).
-      if ("get" in ces) this.forgetAllBut(new Set(ces.list().map((c) => c.metadata.uid ?? "")));
-      return;
-    }
+    // Gone: what was kept of it went with its watch event (forgetGone).
+    if (!ce) return;
+    // In the cache, so in the cluster (again, should a relist have missed it for a while).
+    this.gone.delete(ce.metadata.uid ?? "");
     const log = this.d.logger.child({ ce: key });
     const provider = this.d.providers.get(ce.spec.provider);
     if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log, signal);
@@ -273,7 +286,7 @@ export class ComputeEnvironmentReconciler {
         observedGeneration: generation,
       });
       if (!obs.ready) return { requeueAfterMs: 5_000 };
-      this.converged.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion });
+      this.keep(this.converged, withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion });
       this.stalled.delete(withFinalizer.metadata.uid ?? "");
       await this.sweep(provider, ctx, withFinalizer, log);
       await releaseUnusedSecrets(this.d.client, namespace ?? "default", undefined, this.d.secretsHeldFor?.(namespace ?? "default"));
@@ -300,7 +313,7 @@ export class ComputeEnvironmentReconciler {
         }
         // The same answer to the same spec, credentials and request as last time: the next look waits longer.
         const answers = sameAsStall ? (stalled?.answers ?? 0) + 1 : 1;
-        this.stalled.set(withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion, requested, answers });
+        this.keep(this.stalled, withFinalizer.metadata.uid ?? "", { generation: generation ?? 0, at: monotonicNow(), credentialsVersion, requested, answers });
         const written = await this.report(withFinalizer, { phase: "Failed", activeRuns, conditions: next, observedGeneration: generation });
         if (written) void this.d.events.record(withFinalizer, "Warning", reason, "Provision", getCondition(next, "Stalled")?.message ?? clip(message));
         log.warn({ reason }, "environment stalled: %s", message);
@@ -367,7 +380,7 @@ export class ComputeEnvironmentReconciler {
       const failures = (this.sweepRetry.get(uid)?.failures ?? 0) + 1;
       const backoff = Math.min(SWEEP_RETRY_MAX_MS, SWEEP_RETRY_BASE_MS * 2 ** (failures - 1));
       const waitMs = Math.max(backoff, e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0);
-      this.sweepRetry.set(uid, { failures, due: monotonicNow() + waitMs });
+      this.keep(this.sweepRetry, uid, { failures, due: monotonicNow() + waitMs });
       log.warn({ err: e, failures, retryInMs: waitMs }, "orphan sweep failed; will try again soon");
     }
   }
@@ -482,14 +495,14 @@ export class ComputeEnvironmentReconciler {
       // The interval runs from the end of a look (a look longer than it is not followed at once by
       // another). Under Delete, a look that failed (or was refused, and says so as Stalled) is not
       // one: it is tried again (with the controller's backoff) until it gets through.
-      this.deletionSwept.set(ce.metadata.uid ?? "", monotonicNow());
+      this.keep(this.deletionSwept, ce.metadata.uid ?? "", monotonicNow());
     } catch (e) {
       if (policy === "Retain") {
         // Retain leaves the cloud alone: a failed sweep is reported, not a reason to keep the CE.
         // It counts as the interval's look, so the Warning is not repeated at every deletion poll.
         const { reason, message } = describeError(e);
         void this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
-        this.deletionSwept.set(ce.metadata.uid ?? "", monotonicNow());
+        this.keep(this.deletionSwept, ce.metadata.uid ?? "", monotonicNow());
         return undefined;
       }
       const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
