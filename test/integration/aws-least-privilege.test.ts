@@ -44,7 +44,7 @@ import { LOG_GROUP_CLEANUP_STATEMENT, operatorPolicyByPhase, renderOperatorPolic
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
 import { CloudError, type EnvContext, type ResolvedCredentials } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
-import { KubeClient, type ResourceType } from "../../src/engine/kube.js";
+import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
@@ -54,6 +54,7 @@ import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js"
 import { startMoto, type Moto } from "../harness/moto.js";
 import { awsSeedPath, seedActions, seedPolicy, seedStatements, type SeedPhase } from "../harness/seed-policy.js";
 import { shipLauncherLines } from "../harness/aws-launcher-log.js";
+import { EventResource } from "../../src/engine/events.js";
 
 const REGION = "eu-west-1";
 const ACCOUNT = "123456789012";
@@ -81,7 +82,6 @@ let unterminatingKeys: Keys;
 /** A user holding the seed's required policy who is denied iam:CreateRole until a test grants it. */
 const LATE = "vmforge-operator-late";
 let lateKeys: Keys;
-const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
 type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 const OPERATOR_ROLE = "vmforge-operator-role";
 const EXTERNAL_ID = "vmforge-ext-7";

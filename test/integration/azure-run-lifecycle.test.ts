@@ -17,7 +17,6 @@ import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js"
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError, type CloudProvider, type EnvContext, type RunDescription } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
-import type { ResourceType } from "../../src/engine/kube.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
 import { SWEEP_RETRY_BASE_MS } from "../../src/controllers/computeenvironment/reconciler.js";
@@ -28,6 +27,7 @@ import { startOperator, waitFor, type RunningOperator } from "../support/operato
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import { LOCATION, ceBody, cond, grantOperatorRoles, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
 import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
+import { EventResource } from "../../src/engine/events.js";
 
 let env: AzureRunsEnv;
 let ce: ComputeEnvironment;
@@ -41,7 +41,6 @@ afterAll(async () => {
   await env?.stop();
 });
 
-const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
 type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 
 async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns): Promise<Run> {

@@ -23,12 +23,11 @@ import type { SecretObject } from "../../src/controllers/shared.js";
 import { Operator } from "../../src/operator.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
+import { stealLease } from "../support/lease.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
 import { freshNamespace, kubeconfigPath, settleDeletedNamespaces } from "../harness/helpers.js";
 import { REPO_ROOT } from "../harness/paths.js";
 import type { OperatorConfig } from "../../src/config.js";
-
-const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
 
 let client: KubeClient;
 
@@ -388,22 +387,25 @@ class SlowLaunchCloud extends FakeCloud {
   }
 }
 
+/** An operator in `ns` that leads by the Lease `ns`/vmforge (3 s lease, 2 s renew deadline). */
+const startLeading = (ns: string, cloud: FakeCloud): ReturnType<typeof startWithMetrics> =>
+  startWithMetrics(cloud, {
+    namespaces: [ns], leaderElection: true, leaseNamespace: ns, leaseName: "vmforge", identity: "me",
+    leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500,
+  });
+
 describe("leadership and shutdown", () => {
   it("losing the Lease aborts the in-flight reconciles at once", async () => {
     const ns = await freshNamespace(client, "lease");
     const cloud = new SlowLaunchCloud();
-    const op = await startWithMetrics(cloud, {
-      namespaces: [ns], leaderElection: true, leaseNamespace: ns, leaseName: "vmforge", identity: "me",
-      leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500,
-    });
+    const op = await startLeading(ns, cloud);
     try {
       await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
       await client.create(RunResource, runManifest(ns, "r", "ce"));
       await waitFor("launch in flight", async () => cloud.signals.length === 1);
       expect(cloud.signals[0]?.aborted).toBe(false);
       // Another process takes the Lease (as after a partition): this one must stop acting.
-      const lease = await client.get<KubeObject & { spec: Record<string, unknown> }>(LeaseResource, ns, "vmforge");
-      await client.replace(LeaseResource, { ...lease, spec: { ...lease?.spec, holderIdentity: "thief", renewTime: new Date().toISOString().replace("Z", "000Z"), leaseDurationSeconds: 3600 } } as KubeObject);
+      await stealLease(client, ns, "vmforge");
       await waitFor("leadership lost", async () => op.lost.count === 1, 20_000);
       expect(cloud.signals[0]?.aborted).toBe(true);
       expect(op.operator.isLeader()).toBe(false);
@@ -415,10 +417,7 @@ describe("leadership and shutdown", () => {
   it("woken after a suspension longer than the renew deadline, during which the Lease went to another holder: no reconcile starts before the elector has looked at the Lease", async () => {
     const ns = await freshNamespace(client, "suspend");
     const cloud = new FakeCloud();
-    const op = await startWithMetrics(cloud, {
-      namespaces: [ns], leaderElection: true, leaseNamespace: ns, leaseName: "vmforge", identity: "me",
-      leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500,
-    });
+    const op = await startLeading(ns, cloud);
     try {
       await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
       await waitFor("CE acknowledged", async () => ((await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.phase ? true : undefined));

@@ -6,15 +6,14 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
-import type { KubeObject, ResourceType } from "../../src/engine/kube.js";
+import type { KubeObject } from "../../src/engine/kube.js";
+import { EventResource } from "../../src/engine/events.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import type { ComputeEnvironment } from "../../src/api/types.js";
 import { installCrds, waitFor } from "../support/operator.js";
+import { LeaseResource, leaseHolder } from "../support/lease.js";
+import type { Lease } from "../support/lease.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-
-const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
-const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
-type Lease = KubeObject & { spec?: { holderIdentity?: string; leaseTransitions?: number } };
 
 let client: KubeClient;
 let ns: string;
@@ -46,7 +45,7 @@ const exited = (c: ChildProcess): Promise<number | null> =>
   c.exitCode !== null || c.signalCode !== null ? Promise.resolve(c.exitCode) : new Promise((r) => c.once("exit", (code) => r(code)));
 
 async function holder(): Promise<string | undefined> {
-  return (await client.get<Lease>(LeaseResource, ns, "vmforge-operator"))?.spec?.holderIdentity || undefined;
+  return leaseHolder(client, ns, "vmforge-operator");
 }
 
 async function readyBy(name: string): Promise<Set<string>> {

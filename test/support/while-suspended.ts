@@ -7,8 +7,7 @@
  *   tsx while-suspended.ts <kubeconfig> <lease namespace> <lease name> <holdMs> <resource JSON> <object JSON>...
  */
 import { KubeClient, type KubeObject, type ResourceType } from "../../src/engine/kube.js";
-
-const LeaseResource: ResourceType = { group: "coordination.k8s.io", version: "v1", plural: "leases", kind: "Lease", namespaced: true };
+import { stealLease } from "./lease.js";
 
 async function main(): Promise<void> {
   const started = performance.now();
@@ -17,9 +16,7 @@ async function main(): Promise<void> {
   const client = KubeClient.fromKubeconfig(kubeconfig);
   const resource = JSON.parse(resourceJson) as ResourceType;
   for (const o of objects) await client.create(resource, JSON.parse(o) as KubeObject);
-  const lease = await client.get<KubeObject & { spec: Record<string, unknown> }>(LeaseResource, ns, leaseName);
-  if (!lease) throw new Error(`no Lease ${ns}/${leaseName}`);
-  await client.replace(LeaseResource, { ...lease, spec: { ...lease.spec, holderIdentity: "thief", renewTime: new Date().toISOString().replace("Z", "000Z"), leaseDurationSeconds: 3600 } } as KubeObject);
+  await stealLease(client, ns, leaseName);
   const left = Number(hold) - (performance.now() - started);
   if (left > 0) await new Promise((r) => setTimeout(r, left));
   process.stdout.write("done\n");

@@ -1,0 +1,26 @@
+/**
+ * Lease moves made by "another process" in the leader-election tests: what a rival replica does
+ * when it takes the Lease (as after a partition) or when the tests read who holds it.
+ */
+import type { KubeClient } from "../../src/engine/kube.js";
+import { LeaseResource } from "../../src/engine/leader.js";
+import type { Lease } from "../../src/engine/leader.js";
+import { formatMicroTime } from "../../src/engine/events.js";
+
+export { LeaseResource };
+export type { Lease };
+
+/** The Lease's holder, or undefined when nobody holds it (absent, or released with an empty holder). */
+export async function leaseHolder(client: KubeClient, ns: string, name: string): Promise<string | undefined> {
+  return (await client.get<Lease>(LeaseResource, ns, name))?.spec?.holderIdentity || undefined;
+}
+
+/** Another holder takes the Lease for an hour, renewed now: its former holder must stop acting. */
+export async function stealLease(client: KubeClient, ns: string, name: string, thief = "thief"): Promise<void> {
+  const lease = await client.get<Lease>(LeaseResource, ns, name);
+  if (!lease) throw new Error(`no Lease ${ns}/${name}`);
+  await client.replace<Lease>(LeaseResource, {
+    ...lease,
+    spec: { ...lease.spec, holderIdentity: thief, renewTime: formatMicroTime(new Date()), leaseDurationSeconds: 3600 },
+  });
+}
