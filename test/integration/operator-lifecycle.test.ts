@@ -15,9 +15,9 @@ import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { EventResource } from "../../src/engine/events.js";
 
 const NamespaceResource: ResourceType = { group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false };
-const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
 
 let client: KubeClient;
 let cloud: FakeCloud;
@@ -281,6 +281,30 @@ describe("orphans", () => {
 });
 
 describe("deletion", () => {
+  it("deleting a CE with no Run left but a machine of its own terminates the machine first and says so, then disposes", async () => {
+    const ce = await readyCe("ce-leftover");
+    // The Ready Event is recorded after the converge's own orphan sweep, which must not find the machine.
+    await waitFor("Ready Event", async () => (await events("ce-leftover")).some((e) => e.reason === "Ready"));
+    cloud.machines.set("left-run-uid", {
+      id: "i-0leftover", runUid: "left-run-uid", ceUid: ce.metadata.uid ?? "", state: "running", launchedAt: new Date().toISOString(), log: [],
+    });
+    const disposed = cloud.calls.dispose;
+    await client.delete(ComputeEnvironmentResource, ns, "ce-leftover");
+    const reasons: string[] = [];
+    await waitFor("CE ce-leftover gone", async () => {
+      const c = await getCe("ce-leftover");
+      const reason = cond(c, "Reconciling")?.reason;
+      if (reason && reasons.at(-1) !== reason) reasons.push(reason);
+      return c === undefined;
+    }, 30_000, 100);
+    // Told to stop at the first look (said for a deletion poll), found ending at the next: only
+    // then are the resources deleted (Disposing, too brief to be seen every time).
+    expect(reasons.filter((r) => r !== "Idle" && r !== "Disposing")).toEqual(["StoppingMachines"]);
+    expect(cloud.machineOf("left-run-uid")?.state).toBe("terminated");
+    expect(cloud.calls.dispose).toBe(disposed + 1);
+    expect((await events("ce-leftover")).some((e) => e.reason === "TerminatingMachines" && e.note.includes("i-0leftover"))).toBe(true);
+  });
+
   it("deleting a CE with a running Run cancels it, waits for the machine, disposes, releases the Secret", async () => {
     await client.create(SecretResource, {
       apiVersion: "v1", kind: "Secret", metadata: { name: "del-creds", namespace: ns },

@@ -412,8 +412,17 @@ export class ComputeEnvironmentReconciler {
       // the last look, once none is, always.
       const last = this.deletionSwept.get(ce.metadata.uid ?? "");
       if (pending.length === 0 || last === undefined || monotonicNow() - last >= this.d.deletionSweepMs) {
-        const blocked = await this.stopMachines(ce, provider, log, signal, policy, pending.length);
-        if (blocked) return blocked;
+        const swept = await this.stopMachines(ce, provider, log, signal, policy);
+        if ("blocked" in swept) return swept.blocked;
+        // While Runs are ending, the CE says it waits for them (below): one reason throughout, not
+        // one switching at each look (an Azure VM being deleted is found again by the next look).
+        if (swept.stopped > 0 && pending.length === 0) {
+          await this.report(ce, {
+            phase: "Deleting",
+            conditions: kstatus(ce.status?.conditions, generation, "reconciling", "StoppingMachines", clip(`terminating ${swept.stopped} machine(s) before deleting cloud resources`)),
+          });
+          return { requeueAfterMs: this.d.deletionPollMs };
+        }
       }
     }
     if (pending.length > 0) {
@@ -483,11 +492,11 @@ export class ComputeEnvironmentReconciler {
   }
 
   /**
-   * Terminates every machine of the CE that is not already ending (batched by the provider).
-   * Returns a result when deletion must wait (machines were just told to stop with no Run left
-   * to wait for, or stopping them is blocked), undefined otherwise (the caller waits for the Runs).
+   * Terminates every machine of the CE that is not already ending (batched by the provider) and
+   * says how many it told to stop; or, when stopping them is blocked (Terminal, under Delete), the
+   * result to return.
    */
-  private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string, runsPending: number): Promise<ReconcileResult | undefined> {
+  private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<{ stopped: number } | { blocked: NonNullable<ReconcileResult> }> {
     let stopped: string[];
     try {
       const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
@@ -503,23 +512,17 @@ export class ComputeEnvironmentReconciler {
         const { reason, message } = describeError(e);
         void this.d.events.record(ce, "Warning", reason, "Sweep", clip(`could not stop the environment's machines (deletionPolicy Retain, going ahead): ${message}`));
         this.keep(this.deletionSwept, ce.metadata.uid ?? "", monotonicNow());
-        return undefined;
+        return { stopped: 0 };
       }
       const blocked = await this.disposalBlocked(ce, e, "cannot stop the environment's machines");
-      if (blocked) return blocked;
+      if (blocked) return { blocked };
       throw e;
     }
-    if (stopped.length === 0) return undefined;
-    log.info({ machines: stopped.length }, "terminating the environment's machines");
-    void this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
-    // While Runs are ending, the CE says it waits for them (the caller): one reason throughout, not
-    // one switching at each look (an Azure VM being deleted is found again by the next look).
-    if (runsPending > 0) return undefined;
-    await this.report(ce, {
-      phase: "Deleting",
-      conditions: kstatus(ce.status?.conditions, ce.metadata.generation, "reconciling", "StoppingMachines", clip(`terminating ${stopped.length} machine(s) before deleting cloud resources`)),
-    });
-    return { requeueAfterMs: this.d.deletionPollMs };
+    if (stopped.length > 0) {
+      log.info({ machines: stopped.length }, "terminating the environment's machines");
+      void this.d.events.record(ce, "Normal", "TerminatingMachines", "Dispose", clip(`terminating ${stopped.length} machine(s): ${stopped.join(", ")}`));
+    }
+    return { stopped: stopped.length };
   }
 
   /** A Terminal failure during deletion: Stalled, naming what blocks it and how to unblock. */
