@@ -8,7 +8,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { KubeClient } from "../../src/engine/kube.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { Reflector } from "../../src/engine/reflector.js";
-import type { ResourceType } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError } from "../../src/cloud/provider.js";
@@ -19,8 +18,8 @@ import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-
-const EventResource: ResourceType = { group: "events.k8s.io", version: "v1", plural: "events", kind: "Event", namespaced: true };
+import { EventResource } from "../../src/engine/events.js";
+import { monotonicNow } from "../../src/engine/clock.js";
 
 /** A FakeCloud that, like the AWS provider, announces its first cloud write (validation failures write nothing). */
 class AnnouncingCloud extends FakeCloud {
@@ -47,9 +46,18 @@ class AnnouncingCloud extends FakeCloud {
   }
   /** sweepOrphans calls by CE name. */
   readonly sweepsOf = new Map<string, number>();
+  /** Each sweepOrphans takes this long while set; its start and end (monotonic ms) are kept in sweepSpans. */
+  sweepDelayMs = 0;
+  readonly sweepSpans: { start: number; end: number }[] = [];
   override async sweepOrphans(ctx: EnvContext, live: Set<string>): Promise<string[]> {
     const ce = ctx.ce.metadata.name ?? "";
     this.sweepsOf.set(ce, (this.sweepsOf.get(ce) ?? 0) + 1);
+    if (this.sweepDelayMs > 0) {
+      const span = { start: monotonicNow(), end: 0 };
+      await new Promise((r) => setTimeout(r, this.sweepDelayMs));
+      span.end = monotonicNow();
+      this.sweepSpans.push(span);
+    }
     if (this.sweepError) {
       this.calls.sweep++;
       throw this.sweepError;
@@ -448,6 +456,34 @@ describe("ComputeEnvironment deletion", () => {
       for (let i = 0; i < 3; i++) expect((await getRun(`paced-${i}`, own))?.status?.phase).toBe("Cancelled");
     } finally {
       await pacedOp.stop();
+    }
+  });
+
+  it("the interval between a CE's looks at its machines runs from the end of a look: a look longer than the deletion poll is not followed by another one poll later", async () => {
+    // Interval 6 s, deletion poll 3 s, each look 4 s: from a look's start, the next poll (7 s) would be due.
+    const own = await freshNamespace(client, "slowlook");
+    const slow = new AnnouncingCloud();
+    const slowOp = await startOperator(kubeconfigPath(), new Map([["aws", slow]]), { namespaces: [own] }, { deletionSweepMs: 6_000 });
+    try {
+      await readyCe("slowlook", {}, own);
+      for (let i = 0; i < 2; i++) await run(`slowlook-${i}`, "slowlook", {}, own);
+      for (let i = 0; i < 2; i++) await inPhase(`slowlook-${i}`, "Running", 30_000, own);
+      // The Runs cannot see their machines end, so the CE keeps waiting for them and looking again.
+      slow.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      slow.sweepDelayMs = 4_000;
+      try {
+        await client.delete(ComputeEnvironmentResource, own, "slowlook");
+        await waitFor("three looks at the machines", async () => (slow.sweepSpans.length >= 3 ? true : undefined), 60_000);
+      } finally {
+        slow.describeError = undefined;
+        slow.sweepDelayMs = 0;
+      }
+      const spans = slow.sweepSpans.slice(0, 3);
+      const gaps = spans.slice(1).map((s, i) => Math.round(s.start - (spans[i]?.end ?? 0)));
+      for (const g of gaps) expect(g, `gaps ${gaps.join(", ")} ms`).toBeGreaterThanOrEqual(5_900);
+      await waitFor("CE slowlook gone", async () => (await getCe("slowlook", own)) === undefined, 60_000);
+    } finally {
+      await slowOp.stop();
     }
   });
 
