@@ -2,6 +2,9 @@
 // function on each, with a per-reconcile timeout, error classification and metrics.
 //
 //  - success            -> queue.forget(key) (backoff reset); { requeueAfterMs } -> queue.addAfter
+//                          (a negative wait, worked out from a deadline that passed meanwhile,
+//                          runs the key again now; an infinite one, or one that is not a
+//                          number, schedules nothing)
 //  - TerminalError      -> onTerminalError hook, queue.forget(key); no retry until the key is added
 //                          again (e.g. by a spec change seen by the reflector)
 //  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket);
@@ -266,8 +269,11 @@ export class Controller {
     if (outcome.ok) {
       this.queue.forget(key);
       const after = outcome.value?.requeueAfterMs;
-      if (after !== undefined && after >= 0) {
-        this.queue.addAfter(key, after);
+      if (after !== undefined && !Number.isNaN(after) && after !== Infinity) {
+        // A wait a reconcile worked out as "deadline minus now" after awaiting something is
+        // negative when the deadline passed meanwhile: that asks for now, not for never (no watch
+        // event may come to run the key again before the next resync).
+        this.queue.addAfter(key, Math.max(0, after));
         this.finishMetrics(started, "requeue");
         this.log.debug({ key, requeueAfterMs: after }, "reconciled; requeue scheduled");
       } else {

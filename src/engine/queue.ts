@@ -83,6 +83,9 @@ export class TokenBucket {
   }
 }
 
+/** The longest delay setTimeout holds (2^31 - 1 ms); a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 interface Scheduled {
   readyAt: number;
   timer: NodeJS.Timeout;
@@ -145,13 +148,17 @@ export class WorkQueue {
     this.push(key);
   }
 
-  /** Queue `key` after `ms`; if it is already scheduled earlier, the earlier time stays. */
+  /**
+   * Queue `key` after `ms`; if it is already scheduled earlier, the earlier time stays. A wait
+   * longer than a timer can hold (about 24.8 days) is cut to that, not fired at once as Node does.
+   */
   addAfter(key: string, ms: number): void {
     if (this.shutdown) return;
     if (!(ms > 0)) {
       this.add(key);
       return;
     }
+    ms = Math.min(ms, MAX_TIMER_MS);
     const readyAt = this.now() + ms;
     const existing = this.scheduled.get(key);
     if (existing && existing.readyAt <= readyAt) return;

@@ -218,8 +218,9 @@ export class ComputeEnvironmentReconciler {
     if (stalled && sameAsStall && monotonicNow() - stalled.at < this.recheckMs(stalled.answers)) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
+      const due = stalled.at + this.recheckMs(stalled.answers);
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: this.recheckMs(stalled.answers) - (monotonicNow() - stalled.at) };
+      return { requeueAfterMs: Math.max(0, due - monotonicNow()) };
     }
     // The entry stays until an attempt succeeds: a passing failure (throttled, a 5xx) between two
     // same Terminal answers does not start the re-checks over from the shortest wait.
@@ -239,7 +240,7 @@ export class ComputeEnvironmentReconciler {
       // A sweep that failed for a passing reason is tried again on its own, without a converge.
       const retry = this.sweepRetry.get(withFinalizer.metadata.uid ?? "");
       if (retry && retry.due <= monotonicNow()) await this.sweep(provider, ctx, withFinalizer, log);
-      return { requeueAfterMs: this.untilNextCheck(withFinalizer, this.d.driftCheckMs - (monotonicNow() - last.at)) };
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, Math.max(0, this.d.driftCheckMs - (monotonicNow() - last.at))) };
     }
 
     // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.

@@ -144,6 +144,34 @@ describe("Controller", () => {
     await vi.waitFor(async () => expect(await counter(metrics, "success")).toBe(1));
   });
 
+  it("a negative requeueAfterMs (a deadline that passed while the reconcile ran) runs the key again now, not never", async () => {
+    let calls = 0;
+    const { c, metrics } = make(async () => {
+      calls++;
+      return calls === 1 ? { requeueAfterMs: -0.3 } : undefined;
+    });
+    c.start();
+    c.enqueue("k");
+    await vi.waitFor(() => expect(calls).toBe(2));
+    expect(await counter(metrics, "requeue")).toBe(1);
+  });
+
+  it("an infinite or not-a-number requeueAfterMs schedules nothing", async () => {
+    let calls = 0;
+    const { c, metrics } = make(async () => {
+      calls++;
+      return { requeueAfterMs: calls === 1 ? Infinity : Number.NaN };
+    });
+    c.start();
+    c.enqueue("k");
+    await vi.waitFor(async () => expect(await counter(metrics, "success")).toBe(1));
+    c.enqueue("k");
+    await vi.waitFor(async () => expect(await counter(metrics, "success")).toBe(2));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(calls).toBe(2);
+    expect(c.queue.scheduledCount()).toBe(0);
+  });
+
   it("aborts the signal of a reconcile that outlives its timeout and retries it", async () => {
     let calls = 0;
     const reasons: unknown[] = [];

@@ -223,6 +223,16 @@ describe("WorkQueue delayed adds", () => {
     expect(q.scheduledCount()).toBe(0);
   });
 
+  it("a delay longer than a timer can hold waits (cut to about 24.8 days) instead of firing at once", async () => {
+    vi.useRealTimers();
+    const q = new WorkQueue();
+    q.addAfter("a", 2 ** 40);
+    await new Promise((r) => setTimeout(r, 30));
+    expect(q.len()).toBe(0);
+    expect(q.scheduledCount()).toBe(1);
+    q.shutDown();
+  });
+
   it("addAfter with a zero or negative delay adds at once", () => {
     const q = new WorkQueue();
     q.addAfter("a", 0);
