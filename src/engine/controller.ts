@@ -3,8 +3,7 @@
 //
 //  - success            -> queue.forget(key) (backoff reset); { requeueAfterMs } -> queue.addAfter
 //                          (a negative wait, worked out from a deadline that passed meanwhile,
-//                          runs the key again now; an infinite one, or one that is not a
-//                          number, schedules nothing)
+//                          runs the key again now; +Infinity or NaN schedules nothing)
 //  - TerminalError      -> onTerminalError hook, queue.forget(key); no retry until the key is added
 //                          again (e.g. by a spec change seen by the reflector)
 //  - any other error    -> queue.addRateLimited(key) (exponential backoff + global token bucket);
@@ -273,9 +272,10 @@ export class Controller {
         // A wait a reconcile worked out as "deadline minus now" after awaiting something is
         // negative when the deadline passed meanwhile: that asks for now, not for never (no watch
         // event may come to run the key again before the next resync).
-        this.queue.addAfter(key, Math.max(0, after));
+        const wait = Math.max(0, after);
+        this.queue.addAfter(key, wait);
         this.finishMetrics(started, "requeue");
-        this.log.debug({ key, requeueAfterMs: after }, "reconciled; requeue scheduled");
+        this.log.debug({ key, requeueAfterMs: wait }, "reconciled; requeue scheduled");
       } else {
         this.finishMetrics(started, "success");
         this.log.debug({ key }, "reconciled");

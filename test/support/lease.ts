@@ -15,12 +15,19 @@ export async function leaseHolder(client: KubeClient, ns: string, name: string):
   return (await client.get<Lease>(LeaseResource, ns, name))?.spec?.holderIdentity || undefined;
 }
 
-/** Another holder takes the Lease for an hour, renewed now: its former holder must stop acting. */
+/**
+ * Another holder takes the Lease for an hour, as an elector that acquired it would write it
+ * (acquired and renewed now, one more transition): its former holder must stop acting.
+ */
 export async function stealLease(client: KubeClient, ns: string, name: string, thief = "thief"): Promise<void> {
   const lease = await client.get<Lease>(LeaseResource, ns, name);
   if (!lease) throw new Error(`no Lease ${ns}/${name}`);
+  const now = formatMicroTime(new Date());
   await client.replace<Lease>(LeaseResource, {
     ...lease,
-    spec: { ...lease.spec, holderIdentity: thief, renewTime: formatMicroTime(new Date()), leaseDurationSeconds: 3600 },
+    spec: {
+      ...lease.spec, holderIdentity: thief, acquireTime: now, renewTime: now, leaseDurationSeconds: 3600,
+      leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + 1,
+    },
   });
 }

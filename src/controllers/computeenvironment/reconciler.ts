@@ -215,12 +215,14 @@ export class ComputeEnvironmentReconciler {
     // The last Terminal answer was to this same spec, credentials and retry request.
     const sameAsStall = stalled !== undefined && stalled.generation === (generation ?? 0) &&
       stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
-    if (stalled && sameAsStall && monotonicNow() - stalled.at < this.recheckMs(stalled.answers)) {
+    // When the re-check is due, worked out once: a wait computed after the status write below
+    // could come out negative (see Controller: that now means "at once").
+    const recheckDue = stalled ? stalled.at + this.recheckMs(stalled.answers) : 0;
+    if (stalled && sameAsStall && monotonicNow() < recheckDue) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
-      const due = stalled.at + this.recheckMs(stalled.answers);
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: Math.max(0, due - monotonicNow()) };
+      return { requeueAfterMs: Math.max(0, recheckDue - monotonicNow()) };
     }
     // The entry stays until an attempt succeeds: a passing failure (throttled, a 5xx) between two
     // same Terminal answers does not start the re-checks over from the shortest wait.
@@ -231,7 +233,7 @@ export class ComputeEnvironmentReconciler {
       last &&
       last.generation === generation &&
       last.credentialsVersion === credentialsVersion &&
-      monotonicNow() - last.at < this.d.driftCheckMs &&
+      monotonicNow() < last.at + this.d.driftCheckMs &&
       withFinalizer.status?.observedGeneration === generation &&
       // A launch refused for the environment's resources: check them now, not at the drift check.
       provider.environmentSuspect?.(withFinalizer) !== true
@@ -240,7 +242,7 @@ export class ComputeEnvironmentReconciler {
       // A sweep that failed for a passing reason is tried again on its own, without a converge.
       const retry = this.sweepRetry.get(withFinalizer.metadata.uid ?? "");
       if (retry && retry.due <= monotonicNow()) await this.sweep(provider, ctx, withFinalizer, log);
-      return { requeueAfterMs: this.untilNextCheck(withFinalizer, Math.max(0, this.d.driftCheckMs - (monotonicNow() - last.at))) };
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, Math.max(0, last.at + this.d.driftCheckMs - monotonicNow())) };
     }
 
     // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.
@@ -494,8 +496,8 @@ export class ComputeEnvironmentReconciler {
 
   /**
    * Terminates every machine of the CE that is not already ending (batched by the provider) and
-   * says how many it told to stop; or, when stopping them is blocked (Terminal, under Delete), the
-   * result to return.
+   * says how many it told to stop; or, when stopping them is blocked (a Terminal cloud answer or
+   * unusable credentials, under Delete), the result to return.
    */
   private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<{ stopped: number } | { blocked: NonNullable<ReconcileResult> }> {
     let stopped: string[];

@@ -156,11 +156,11 @@ describe("Controller", () => {
     expect(await counter(metrics, "requeue")).toBe(1);
   });
 
-  it("an infinite or not-a-number requeueAfterMs schedules nothing", async () => {
+  it("an infinite or not-a-number requeueAfterMs schedules nothing (a negative infinity runs the key now)", async () => {
     let calls = 0;
     const { c, metrics } = make(async () => {
       calls++;
-      return { requeueAfterMs: calls === 1 ? Infinity : Number.NaN };
+      return calls === 3 ? { requeueAfterMs: -Infinity } : { requeueAfterMs: calls === 1 ? Infinity : Number.NaN };
     });
     c.start();
     c.enqueue("k");
@@ -170,6 +170,10 @@ describe("Controller", () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(calls).toBe(2);
     expect(c.queue.scheduledCount()).toBe(0);
+    // The third answer, -Infinity, runs the key again at once (the fourth answers NaN: no more).
+    c.enqueue("k");
+    await vi.waitFor(() => expect(calls).toBe(4));
+    expect(await counter(metrics, "requeue")).toBe(1);
   });
 
   it("aborts the signal of a reconcile that outlives its timeout and retries it", async () => {

@@ -227,10 +227,13 @@ describe("WorkQueue delayed adds", () => {
     vi.useRealTimers();
     const q = new WorkQueue();
     q.addAfter("a", 2 ** 40);
-    await new Promise((r) => setTimeout(r, 30));
-    expect(q.len()).toBe(0);
-    expect(q.scheduledCount()).toBe(1);
-    q.shutDown();
+    try {
+      await new Promise((r) => setTimeout(r, 30));
+      expect(q.len()).toBe(0);
+      expect(q.scheduledCount()).toBe(1);
+    } finally {
+      q.shutDown();
+    }
   });
 
   it("addAfter with a zero or negative delay adds at once", () => {
