@@ -396,6 +396,31 @@ describe("Terminal cloud errors do not loop", () => {
   });
 });
 
+/** Every describe of the Runs' machines refused for now: the Runs cannot see their machines end. */
+const DESCRIBE_THROTTLED = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+
+/**
+ * For the deletion-pacing tests: an operator of its own (deletion look interval `deletionSweepMs`)
+ * over a fresh namespace, its Ready CE `name` and `runs` Running Runs `name-0`.. (their UIDs).
+ */
+async function ownDeletionScene(
+  name: string, deletionSweepMs: number, runs: number, extra: Partial<ComputeEnvironment["spec"]> = {},
+): Promise<{ own: string; cloud: AnnouncingCloud; op: RunningOperator; uids: string[] }> {
+  const own = await freshNamespace(client, name);
+  const cloud = new AnnouncingCloud();
+  const op = await startOperator(kubeconfigPath(), new Map([["aws", cloud]]), { namespaces: [own] }, { deletionSweepMs });
+  try {
+    await readyCe(name, extra, own);
+    for (let i = 0; i < runs; i++) await run(`${name}-${i}`, name, {}, own);
+    const uids: string[] = [];
+    for (let i = 0; i < runs; i++) uids.push((await inPhase(`${name}-${i}`, "Running", 30_000, own)).metadata.uid ?? "");
+    return { own, cloud, op, uids };
+  } catch (e) {
+    await op.stop();
+    throw e;
+  }
+}
+
 describe("ComputeEnvironment deletion", () => {
   it("terminates the CE's machines in batches, not one call per Run", async () => {
     await readyCe("bulk");
@@ -419,19 +444,13 @@ describe("ComputeEnvironment deletion", () => {
 
   it("while its Runs are being stopped, a CE being deleted looks for machines to stop once per interval, not at every reconcile, and once more before its resources go", async () => {
     // An operator of its own, whose interval (2 minutes) no step of this test reaches: a second look is the last one.
-    const own = await freshNamespace(client, "paced");
-    const paced = new AnnouncingCloud();
-    const pacedOp = await startOperator(kubeconfigPath(), new Map([["aws", paced]]), { namespaces: [own] }, { deletionSweepMs: 120_000 });
+    const { own, cloud: paced, op: pacedOp, uids } = await ownDeletionScene("paced", 120_000, 3);
     try {
-      await readyCe("paced", {}, own);
-      const uids: string[] = [];
-      for (let i = 0; i < 3; i++) await run(`paced-${i}`, "paced", {}, own);
-      for (let i = 0; i < 3; i++) uids.push((await inPhase(`paced-${i}`, "Running", 30_000, own)).metadata.uid ?? "");
       // (A Ready CE also looks for orphans after it converged: only the deletion's looks count here.)
       const before = paced.sweepsOf.get("paced") ?? 0;
       const looks = () => (paced.sweepsOf.get("paced") ?? 0) - before;
       // No look at the machines gets through for now: the Runs cannot see theirs end, so the CE waits for them.
-      paced.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      paced.describeError = DESCRIBE_THROTTLED;
       try {
         await client.delete(ComputeEnvironmentResource, own, "paced");
         await waitFor("the CE's first look at its machines", async () => (looks() > 0 ? true : undefined));
@@ -461,15 +480,10 @@ describe("ComputeEnvironment deletion", () => {
 
   it("the interval between a CE's looks at its machines runs from the end of a look: a look longer than the deletion poll is not followed by another one poll later", async () => {
     // Interval 6 s, deletion poll 3 s, each look 4 s: from a look's start, the next poll (7 s) would be due.
-    const own = await freshNamespace(client, "slowlook");
-    const slow = new AnnouncingCloud();
-    const slowOp = await startOperator(kubeconfigPath(), new Map([["aws", slow]]), { namespaces: [own] }, { deletionSweepMs: 6_000 });
+    const { own, cloud: slow, op: slowOp } = await ownDeletionScene("slowlook", 6_000, 2);
     try {
-      await readyCe("slowlook", {}, own);
-      for (let i = 0; i < 2; i++) await run(`slowlook-${i}`, "slowlook", {}, own);
-      for (let i = 0; i < 2; i++) await inPhase(`slowlook-${i}`, "Running", 30_000, own);
       // The Runs cannot see their machines end, so the CE keeps waiting for them and looking again.
-      slow.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      slow.describeError = DESCRIBE_THROTTLED;
       slow.sweepDelayMs = 4_000;
       try {
         await client.delete(ComputeEnvironmentResource, own, "slowlook");
@@ -488,16 +502,11 @@ describe("ComputeEnvironment deletion", () => {
   });
 
   it("under Retain, a look that failed counts as the interval's look: it is not tried (and its Warning recorded) again at every reconcile", async () => {
-    const own = await freshNamespace(client, "kept");
-    const kept = new AnnouncingCloud();
-    const keptOp = await startOperator(kubeconfigPath(), new Map([["aws", kept]]), { namespaces: [own] }, { deletionSweepMs: 120_000 });
+    const { own, cloud: kept, op: keptOp } = await ownDeletionScene("kept", 120_000, 2, { deletionPolicy: "Retain" } as Partial<ComputeEnvironment["spec"]>);
     try {
-      await readyCe("kept", { deletionPolicy: "Retain" } as Partial<ComputeEnvironment["spec"]>, own);
-      for (let i = 0; i < 2; i++) await run(`kept-${i}`, "kept", {}, own);
-      for (let i = 0; i < 2; i++) await inPhase(`kept-${i}`, "Running", 30_000, own);
       const before = kept.sweepsOf.get("kept") ?? 0;
       const looks = () => (kept.sweepsOf.get("kept") ?? 0) - before;
-      kept.describeError = CloudError.retryable("RequestLimitExceeded", "ec2:DescribeInstances: Request limit exceeded.");
+      kept.describeError = DESCRIBE_THROTTLED;
       kept.sweepError = CloudError.retryable("RequestLimitExceeded", "ec2:TerminateInstances: Request limit exceeded.");
       try {
         await client.delete(ComputeEnvironmentResource, own, "kept");

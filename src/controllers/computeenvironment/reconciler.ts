@@ -215,14 +215,14 @@ export class ComputeEnvironmentReconciler {
     // The last Terminal answer was to this same spec, credentials and retry request.
     const sameAsStall = stalled !== undefined && stalled.generation === (generation ?? 0) &&
       stalled.credentialsVersion === credentialsVersion && stalled.requested === requested;
-    // When the re-check is due, worked out once: a wait computed after the status write below
-    // could come out negative (see Controller: that now means "at once").
+    // When the re-check is due (the wait after the status write below may come out negative if
+    // it passed meanwhile: the Controller runs the key again at once).
     const recheckDue = stalled ? stalled.at + this.recheckMs(stalled.answers) : 0;
     if (stalled && sameAsStall && monotonicNow() < recheckDue) {
       // Same spec, same credentials, no retry asked for: the answer would be the same. Wait for a
       // change, the annotation, or the re-check (sooner after the first answers; see STALLED_FIRST_RECHECK_MS).
       await this.report(withFinalizer, { activeRuns });
-      return { requeueAfterMs: Math.max(0, recheckDue - monotonicNow()) };
+      return { requeueAfterMs: recheckDue - monotonicNow() };
     }
     // The entry stays until an attempt succeeds: a passing failure (throttled, a 5xx) between two
     // same Terminal answers does not start the re-checks over from the shortest wait.
@@ -242,7 +242,7 @@ export class ComputeEnvironmentReconciler {
       // A sweep that failed for a passing reason is tried again on its own, without a converge.
       const retry = this.sweepRetry.get(withFinalizer.metadata.uid ?? "");
       if (retry && retry.due <= monotonicNow()) await this.sweep(provider, ctx, withFinalizer, log);
-      return { requeueAfterMs: this.untilNextCheck(withFinalizer, Math.max(0, last.at + this.d.driftCheckMs - monotonicNow())) };
+      return { requeueAfterMs: this.untilNextCheck(withFinalizer, last.at + this.d.driftCheckMs - monotonicNow()) };
     }
 
     // Mark that cloud writes may start, so deletion knows whether there is anything to dispose.
