@@ -13,6 +13,12 @@ export default tseslint.config(
     },
   },
   {
+    files: ["src/cloud/**/*.ts"],
+    rules: {
+      "no-restricted-properties": ["error", { object: "Promise", property: "all", message: "join parallel cloud calls with settleAll (src/cloud/provider.ts): Promise.all leaves the others running after a failure" }],
+    },
+  },
+  {
     files: ["src/engine/**/*.ts"],
     rules: {
       "no-restricted-imports": ["error", { patterns: [{ group: ["../*", "!./*"], message: "src/engine must not import other parts of src/" }] }],

@@ -6,18 +6,26 @@
  * life must still converge and be disposed of, with no retry of a throttled request sooner than
  * the hint, whether the SDK or the controller made it.
  */
+import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import { ceId, resourceGroupName } from "../../src/cloud/azure/names.js";
+import { CloudError } from "../../src/cloud/provider.js";
+import { createLogger } from "../../src/engine/logger.js";
 import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, RequestLogEntry } from "../azure-emulator/control.js";
 import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 const RETRY_AFTER_S = 1;
+
+function newProvider(): AzureProvider {
+  return new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+}
 
 let kube: KubeClient;
 let info: EmulatorInfo;
@@ -34,8 +42,7 @@ beforeAll(async () => {
   ns = await freshNamespace(kube, "azthr");
   principal = await operatorPrincipal(info, "vmforge-throttled");
   await putSecret(kube, info, ns, "azure-creds", principal);
-  const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
-  op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  op = await startOperator(kubeconfigPath(), new Map([["azure", newProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 }, 120_000);
 
 afterAll(async () => {
@@ -92,4 +99,43 @@ describe("Azure environment under throttling (emulator)", () => {
     }
     expect(early).toEqual([]);
   }, 400_000);
+});
+
+describe("calls made side by side under throttling (emulator)", () => {
+  it("an orphan sweep refused at once still waits for its throttled sibling list: none of its requests is sent after it failed", async () => {
+    // A CE's resource group made here, not by the operator, so no reconcile of the operator meets these faults.
+    const ce = ceBody(ns, "side-by-side");
+    ce.metadata.uid = randomUUID();
+    const rg = resourceGroupName(ceId(ce));
+    const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
+    await rm.resourceGroups.createOrUpdate(rg, { location: "westeurope" });
+    const ctl = azureControl();
+    // The VM list is refused for good at once; the network interface list is throttled twice (the SDK waits out Retry-After, then gets its answer).
+    await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/read", path: rg, status: 403, count: 1, code: "AuthorizationFailed", message: `The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read' over scope '/subscriptions/${info.subscriptionId}/resourceGroups/${rg}'.` });
+    await ctl.addFault({ operation: "Microsoft.Network/networkInterfaces/read", path: rg, status: 429, retryAfterS: RETRY_AFTER_S, count: 2, code: "TooManyRequests", message: "throttled" });
+    const { lastSeq: before } = await ctl.clearRequests();
+    const credentials = { source: "secret" as const, secretName: "azure-creds", data: { tenantId: info.tenantId, clientId: principal.clientId, clientSecret: principal.secret, subscriptionId: info.subscriptionId } };
+    let refusal: unknown;
+    try {
+      await newProvider().sweepOrphans({ ce, credentials, logger: createLogger({ level: "silent" }) }, new Set());
+    } catch (e) {
+      refusal = e;
+    }
+    const { value: during, lastSeq: failedAt } = await ctl.requests(before);
+    try {
+      // The refusal for good is the one reported.
+      expect(refusal).toBeInstanceOf(CloudError);
+      expect((refusal as CloudError).reason).toBe("AccessDenied");
+      // Nothing of the sweep comes later: a sibling left running would send its retries after 1 and 2 s.
+      await new Promise((r) => setTimeout(r, (2 * RETRY_AFTER_S + 1) * 1000));
+      const later = (await ctl.requests(failedAt)).value.filter((e) => e.path.toLowerCase().includes(rg.toLowerCase()));
+      expect(later.map((e) => `${e.method} ${e.operation} ${e.status}`)).toEqual([]);
+      // The sibling list was waited for: throttled twice, then answered, all before the sweep failed.
+      const nicLists = during.filter((e) => e.operation === "Microsoft.Network/networkInterfaces/read" && e.path.toLowerCase().includes(rg.toLowerCase()));
+      expect(nicLists.map((e) => e.status)).toEqual([429, 429, 200]);
+    } finally {
+      await ctl.clearFaults();
+      await rm.resourceGroups.beginDeleteAndWait(rg);
+    }
+  }, 60_000);
 });

@@ -15,7 +15,7 @@
  */
 import type { CloudResourceRef, ComputeEnvironment } from "../../api/types.js";
 import { DEFAULT_AZURE_VM_SIZE, DEFAULT_LOG_RETENTION_DAYS } from "../../api/constants.js";
-import { CloudError, type EnvContext, type EnvObservation } from "../provider.js";
+import { CloudError, settleAll, type EnvContext, type EnvObservation } from "../provider.js";
 import { azCall, azDelete, azGet, azureErrorCode, isAuthorizationFailed, type AzureClients, type AzureIdentity } from "./clients.js";
 import { actionAllowed } from "./policy.js";
 import {
@@ -181,15 +181,6 @@ function lower(s: string | undefined): string {
   return (s ?? "").toLowerCase();
 }
 
-/** Awaits all, then rethrows the most telling failure (Terminal before Retryable). */
-async function settle(promises: Promise<unknown>[]): Promise<void> {
-  const results = await Promise.allSettled(promises);
-  const errors = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => r.reason as unknown);
-  if (errors.length === 0) return;
-  const terminal = errors.find((e) => e instanceof CloudError && e.kind === "Terminal");
-  throw terminal ?? errors[0];
-}
-
 // ---------------------------------------------------------------------------------------------
 // Validation
 
@@ -300,7 +291,7 @@ async function validate(r: Run): Promise<Validation> {
         throw CloudError.terminal("InvalidSpec", `spec.azure.network.subnetId: "${plan.subnetId}" is not a subnet resource ID`);
       }
       const [vnetName, subnetName] = p.names as [string, string];
-      const [vnet, subnet] = await Promise.all([
+      const [vnet, subnet] = await settleAll([
         azGet(c, "create", "Microsoft.Network/virtualNetworks/read", () => c.network.virtualNetworks.get(p.resourceGroup, vnetName, so)),
         azGet(c, "create", "Microsoft.Network/virtualNetworks/subnets/read", () => c.network.subnets.get(p.resourceGroup, vnetName, subnetName, so)),
       ]);
@@ -335,7 +326,7 @@ async function validate(r: Run): Promise<Validation> {
       }
     })());
   }
-  await settle(tasks);
+  await settleAll(tasks);
   return out;
 }
 
@@ -688,7 +679,7 @@ async function converge(c: AzureClients, ctx: EnvContext, mode: Mode): Promise<E
   };
   const validation = validate(r);
   const group = ensureResourceGroup(r);
-  await settle([validation, group]);
+  await settleAll([validation, group]);
   const v = await validation;
   const rgThere = await group;
   r.state.storageAccountId = v.storageAccountId;
@@ -700,10 +691,10 @@ async function converge(c: AzureClients, ctx: EnvContext, mode: Mode): Promise<E
     const network = ensureNetwork(r, v);
     const roleDef = ensureRoleDefinition(r, v);
     const table = workspace.then((ok) => ok && ensureTable(r));
-    const dcr = Promise.all([workspace, dce, table]).then(([w, d, t]) => w && d && t && ensureDcr(r));
-    const raContainer = Promise.all([identity, roleDef]).then(([i, d]) => i && d && ensureAssignment(r, "container", v.containerId!));
-    const raDcr = Promise.all([identity, roleDef, dcr]).then(([i, d, x]) => i && d && x && ensureAssignment(r, "dcr", r.state.dcrId!));
-    await settle([identity, workspace, dce, network, roleDef, table, dcr, raContainer, raDcr]);
+    const dcr = settleAll([workspace, dce, table]).then(([w, d, t]) => w && d && t && ensureDcr(r));
+    const raContainer = settleAll([identity, roleDef]).then(([i, d]) => i && d && ensureAssignment(r, "container", v.containerId!));
+    const raDcr = settleAll([identity, roleDef, dcr]).then(([i, d, x]) => i && d && x && ensureAssignment(r, "dcr", r.state.dcrId!));
+    await settleAll([identity, workspace, dce, network, roleDef, table, dcr, raContainer, raDcr]);
   }
   return observation(ctx.ce, plan, r, v);
 }
@@ -783,7 +774,7 @@ export async function disposeAzureEnvironment(c: AzureClients, ctx: EnvContext):
       if (!assignments.some((x) => lower(x.name) === lower(a.name) && lower(scopeArg(x.scope)) === lower(scopeArg(a.scope!)))) assignments.push({ scope: a.scope, name: a.name });
     }
   });
-  await settle(assignments.map(async (a) => {
+  await settleAll(assignments.map(async (a) => {
     const have = await azGet(c, "dispose", "Microsoft.Authorization/roleAssignments/read", () => c.authorization.roleAssignments.get(scopeArg(a.scope), a.name, so));
     if (!have) return;
     if (lower(have.roleDefinitionId) !== lower(defId)) {

@@ -4,7 +4,7 @@
  * CE's credentials and subscription, so a rotated Secret is used at the next reconcile.
  */
 import type { Run } from "../../api/types.js";
-import { CloudError, type CloudProvider, type EnvContext, type EnvObservation, type LaunchHints, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, settleAll, type CloudProvider, type EnvContext, type EnvObservation, type LaunchHints, type RunDescription, type RunLogChunk } from "../provider.js";
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
 import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
 import { AzureRunWatch, EXIT_LINE_GRACE_MS } from "./observe.js";
@@ -121,7 +121,7 @@ export class AzureProvider implements CloudProvider {
       g.runs.push(...ceRuns);
     }
     const out = new Map<string, RunDescription | undefined>();
-    for (const m of await Promise.all([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs, this.watch)))) for (const [k, v] of m) out.set(k, v);
+    for (const m of await settleAll([...bySub.values()].map((g) => describeRuns(g.c, ctx, g.runs, this.watch)))) for (const [k, v] of m) out.set(k, v);
     return out;
   }
 

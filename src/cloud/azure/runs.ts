@@ -10,7 +10,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
-import { CloudError, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, settleAll, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, renderAzureBootstrap, renderAzureLaunch } from "./launcher.js";
@@ -269,7 +269,7 @@ export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[]
     byCe.set(key, g);
     g.runs.push(run);
   }
-  await Promise.all([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out, watch)));
+  await settleAll([...byCe.values()].map((g) => describeCeRuns(c, { ...ctx, ce: g.ce }, g.runs, vms, out, watch)));
   return out;
 }
 
@@ -320,11 +320,11 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
   };
   /** Per resource group: the VMs to delete, and how to report each as it was seen should its deletion fail. */
   const toDelete = new Map<string, { names: string[]; asSeen: Map<string, () => void> }>();
-  await Promise.all([...byRg.entries()].map(async ([rg, list]) => {
+  await settleAll([...byRg.entries()].map(async ([rg, list]) => {
     const stopped: string[] = [];
     const asSeen = new Map<string, () => void>();
     toDelete.set(rg, { names: stopped, asSeen });
-    await Promise.all(list.map(async (run) => {
+    await settleAll(list.map(async (run) => {
       const uid = run.metadata.uid ?? "";
       const name = vmName(uid);
       const vm = vms.get(vmResourceId(c, rg, name).toLowerCase());
@@ -434,7 +434,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       if (chosen.has(uid) && (read.ok || read.error)) n.d.readAttempted = true;
     }
   }
-  await Promise.all([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {
+  await settleAll([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {
     // A deletion refused or failed here must not fail the describe of every CE of the
     // subscription: such a VM is reported as seen (a stopped one with its exit code, so its Run
     // ends and its own reconcile deletes the VM and says what blocks it) and tried again next poll.
@@ -519,7 +519,7 @@ async function launcherLinesFromLog(c: AzureClients, ctx: EnvContext, runs: Run[
 
 
 async function deleteVms(c: AzureClients, rg: string, names: string[], so: { abortSignal?: AbortSignal }): Promise<void> {
-  await Promise.all(names.map((name) =>
+  await settleAll(names.map((name) =>
     azDelete(c, "launch", "Microsoft.Compute/virtualMachines/delete", () =>
       c.compute.virtualMachines.delete(rg, name, { forceDeletion: true, ...c.lro, ...so }).submitted())));
 }
@@ -625,7 +625,7 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
     if (!(e instanceof CloudError && e.reason === "AccessDenied")) throw e;
     ctx.logger.warn({ ce: `${ctx.ce.metadata.namespace}/${ctx.ce.metadata.name}`, err: e.message }, "orphan sweep: loose OS disks skipped (a disk permission is missing)");
   };
-  await Promise.all([
+  await settleAll([
     azCall(c, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
       for await (const vm of c.compute.virtualMachines.list(rg, so)) {
         if (!orphanTag(vm.tags) || !vm.name) continue;
@@ -675,10 +675,10 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
       refusals.push(e);
     }
   };
-  await Promise.all(orphanVms.map((n) => attempt(n, () => deleteVms(c, rg, [n], so))));
+  await settleAll(orphanVms.map((n) => attempt(n, () => deleteVms(c, rg, [n], so))));
   const deleteIp = (n: string): Promise<void> => attempt(n, () =>
     azDelete(c, "launch", "Microsoft.Network/publicIPAddresses/delete", () => c.network.publicIPAddresses.delete(rg, n, { ...c.lro, ...so })));
-  await Promise.all([
+  await settleAll([
     ...orphanNics.map(async (n) => {
       let deleted = false;
       await attempt(n, async () => {
@@ -686,7 +686,7 @@ export async function sweepOrphans(c: AzureClients, ctx: EnvContext, live: Set<s
         deleted = true;
       });
       // The NIC's deletion (awaited to its end) freed its public IPs.
-      if (deleted) await Promise.all((heldIps.get(n.toLowerCase()) ?? []).map(deleteIp));
+      if (deleted) await settleAll((heldIps.get(n.toLowerCase()) ?? []).map(deleteIp));
     }),
     ...orphanIps.map(deleteIp),
     ...orphanDisks.map((n) => attempt(n, () =>

@@ -1,0 +1,49 @@
+// settleAll: how cloud code joins calls made side by side (src/cloud/provider.ts).
+import { describe, expect, it } from "vitest";
+import { CloudError, settleAll } from "../../../src/cloud/provider.js";
+
+/** A call that ends when told, and says whether it has. */
+function pending<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void; done: () => boolean } {
+  let resolve!: (v: T) => void;
+  let reject!: (e: unknown) => void;
+  let settled = false;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = (v) => { settled = true; res(v); };
+    reject = (e) => { settled = true; rej(e); };
+  });
+  return { promise, resolve, reject, done: () => settled };
+}
+
+describe("settleAll", () => {
+  it("gives the values in order, typed per position", async () => {
+    const [a, b] = await settleAll([Promise.resolve(1), Promise.resolve("two")]);
+    expect(a + 1).toBe(2);
+    expect(b.length).toBe(3);
+    expect(await settleAll([3, 4].map(async (n) => n * 2))).toEqual([6, 8]);
+    expect(await settleAll([])).toEqual([]);
+  });
+
+  it("does not give up at a failure while another call is still running: it throws once every call has ended", async () => {
+    const slow = pending<string>();
+    const refused = CloudError.retryable("Throttled", "throttled", 1_000);
+    let thrownWhileRunning: boolean | undefined;
+    const joined = settleAll([Promise.reject(refused), slow.promise]).catch((e: unknown) => {
+      thrownWhileRunning = !slow.done();
+      throw e;
+    });
+    // The failure is known at once; the join still waits for the slow call.
+    await new Promise((r) => setTimeout(r, 20));
+    expect(thrownWhileRunning).toBeUndefined();
+    slow.resolve("late");
+    await expect(joined).rejects.toBe(refused);
+    expect(thrownWhileRunning).toBe(false);
+  });
+
+  it("throws a Terminal CloudError before any other failure, else the first in order", async () => {
+    const passing = CloudError.retryable("Throttled", "throttled", 1_000);
+    const forGood = CloudError.terminal("AccessDenied", "missing permission");
+    const plain = new Error("socket hang up");
+    await expect(settleAll([Promise.reject(passing), Promise.reject(plain), Promise.reject(forGood)])).rejects.toBe(forGood);
+    await expect(settleAll([Promise.reject(plain), Promise.reject(passing), Promise.resolve(1)])).rejects.toBe(plain);
+  });
+});
