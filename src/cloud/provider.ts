@@ -56,22 +56,27 @@ export function isCloudError(e: unknown, kind?: CloudErrorKind): e is CloudError
   return e instanceof CloudError && (kind === undefined || e.kind === kind);
 }
 
-/** Credentials as read from the CE's Secret (or an empty map for the ambient identity). Never logged. */
 /**
  * Joins calls made side by side: waits until every one has settled, then gives their values, or
- * throws the most telling failure (a Terminal CloudError before any other, else the first in
- * order). Promise.all gives up at the first failure and leaves the others running: an SDK call
- * still honouring a Retry-After would then send its retry in the background, beside the next
- * attempt of the reconcile that gave up on it, and the cloud would see the request twice and
- * its hint ignored. Cloud code joins its parallel calls with this (lint forbids Promise.all there).
+ * throws the most telling failure: a Terminal CloudError first, else the one with the longest
+ * wait hint (so the retry does not come before a throttled call may go again), else the first.
+ * Promise.all gives up at the first failure and leaves the others running: an SDK call still
+ * honouring a Retry-After would then send its retry in the background, beside the next attempt
+ * of the reconcile that gave up on it, and the cloud would see the request twice and its hint
+ * ignored. Cloud code joins its parallel calls with this (lint forbids Promise.all there).
  */
 export async function settleAll<T extends readonly unknown[] | []>(calls: T): Promise<{ -readonly [P in keyof T]: Awaited<T[P]> }> {
   const results = (await Promise.allSettled(calls)) as PromiseSettledResult<unknown>[];
   const failed = results.filter((r): r is PromiseRejectedResult => r.status === "rejected").map((r) => r.reason as unknown);
-  if (failed.length > 0) throw failed.find((e) => isCloudError(e, "Terminal")) ?? failed[0];
+  if (failed.length > 0) {
+    const hinted = failed.filter((e): e is CloudError => isCloudError(e) && (e.retryAfterMs ?? 0) > 0);
+    const longest = hinted.reduce<CloudError | undefined>((a, e) => (a && (a.retryAfterMs ?? 0) >= (e.retryAfterMs ?? 0) ? a : e), undefined);
+    throw failed.find((e) => isCloudError(e, "Terminal")) ?? longest ?? failed[0];
+  }
   return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [P in keyof T]: Awaited<T[P]> };
 }
 
+/** Credentials as read from the CE's Secret (or an empty map for the ambient identity). Never logged. */
 export interface ResolvedCredentials {
   source: "secret" | "ambient";
   /** Secret name, for messages. */

@@ -18,7 +18,7 @@ import { CloudError } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import type { EmulatorInfo, RequestLogEntry } from "../azure-emulator/control.js";
+import type { EmulatorInfo, FaultSpec, RequestLogEntry } from "../azure-emulator/control.js";
 import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 const RETRY_AFTER_S = 1;
@@ -102,40 +102,88 @@ describe("Azure environment under throttling (emulator)", () => {
 });
 
 describe("calls made side by side under throttling (emulator)", () => {
-  it("an orphan sweep refused at once still waits for its throttled sibling list: none of its requests is sent after it failed", async () => {
-    // A CE's resource group made here, not by the operator, so no reconcile of the operator meets these faults.
-    const ce = ceBody(ns, "side-by-side");
+  const credentials = () => ({ source: "secret" as const, secretName: "azure-creds", data: { tenantId: info.tenantId, clientId: principal.clientId, clientSecret: principal.secret, subscriptionId: info.subscriptionId } });
+  const silent = createLogger({ level: "silent" });
+
+  /** A CE's resource group made here, not by the operator, so no reconcile of the operator meets the test's faults. */
+  async function withOwnGroup(name: string, body: (ce: ReturnType<typeof ceBody>, rg: string) => Promise<void>): Promise<void> {
+    const ce = ceBody(ns, name);
     ce.metadata.uid = randomUUID();
     const rg = resourceGroupName(ceId(ce));
     const rm = new ResourceManagementClient(await azureTestCredential(), info.subscriptionId, azureClientOptions());
     await rm.resourceGroups.createOrUpdate(rg, { location: "westeurope" });
-    const ctl = azureControl();
-    // The VM list is refused for good at once; the network interface list is throttled twice (the SDK waits out Retry-After, then gets its answer).
-    await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/read", path: rg, status: 403, count: 1, code: "AuthorizationFailed", message: `The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read' over scope '/subscriptions/${info.subscriptionId}/resourceGroups/${rg}'.` });
-    await ctl.addFault({ operation: "Microsoft.Network/networkInterfaces/read", path: rg, status: 429, retryAfterS: RETRY_AFTER_S, count: 2, code: "TooManyRequests", message: "throttled" });
-    const { lastSeq: before } = await ctl.clearRequests();
-    const credentials = { source: "secret" as const, secretName: "azure-creds", data: { tenantId: info.tenantId, clientId: principal.clientId, clientSecret: principal.secret, subscriptionId: info.subscriptionId } };
-    let refusal: unknown;
     try {
-      await newProvider().sweepOrphans({ ce, credentials, logger: createLogger({ level: "silent" }) }, new Set());
-    } catch (e) {
-      refusal = e;
-    }
-    const { value: during, lastSeq: failedAt } = await ctl.requests(before);
-    try {
-      // The refusal for good is the one reported.
-      expect(refusal).toBeInstanceOf(CloudError);
-      expect((refusal as CloudError).reason).toBe("AccessDenied");
-      // Nothing of the sweep comes later: a sibling left running would send its retries after 1 and 2 s.
-      await new Promise((r) => setTimeout(r, (2 * RETRY_AFTER_S + 1) * 1000));
-      const later = (await ctl.requests(failedAt)).value.filter((e) => e.path.toLowerCase().includes(rg.toLowerCase()));
-      expect(later.map((e) => `${e.method} ${e.operation} ${e.status}`)).toEqual([]);
-      // The sibling list was waited for: throttled twice, then answered, all before the sweep failed.
-      const nicLists = during.filter((e) => e.operation === "Microsoft.Network/networkInterfaces/read" && e.path.toLowerCase().includes(rg.toLowerCase()));
-      expect(nicLists.map((e) => e.status)).toEqual([429, 429, 200]);
+      await body(ce, rg);
     } finally {
-      await ctl.clearFaults();
       await rm.resourceGroups.beginDeleteAndWait(rg);
     }
+  }
+
+  /** Adds faults for the body's time only. */
+  async function withFaults(faults: FaultSpec[], body: () => Promise<void>): Promise<void> {
+    const ctl = azureControl();
+    const ids: string[] = [];
+    try {
+      for (const f of faults) ids.push((await ctl.addFault(f)).id);
+      await body();
+    } finally {
+      for (const id of ids) await ctl.removeFault(id);
+    }
+  }
+
+  const inGroup = (rg: string) => (e: RequestLogEntry): boolean => e.path.toLowerCase().includes(rg.toLowerCase());
+  const throttleNics = (rg: string): FaultSpec => ({ operation: "Microsoft.Network/networkInterfaces/read", path: rg, status: 429, retryAfterS: RETRY_AFTER_S, count: 2, code: "TooManyRequests", message: "throttled" });
+
+  it("an orphan sweep refused at once still waits for its throttled sibling list: none of its requests is sent after it failed", async () => {
+    await withOwnGroup("side-by-side", async (ce, rg) => {
+      const ctl = azureControl();
+      // The VM list is refused for good at once; the network interface list is throttled twice (the SDK waits out Retry-After, then gets its answer).
+      await withFaults([
+        { operation: "Microsoft.Compute/virtualMachines/read", path: rg, status: 403, count: 1, code: "AuthorizationFailed", message: `The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read' over scope '/subscriptions/${info.subscriptionId}/resourceGroups/${rg}'.` },
+        throttleNics(rg),
+      ], async () => {
+        const { lastSeq: before } = await ctl.requests();
+        const refusal = await newProvider().sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
+        const { value: during, lastSeq: failedAt } = await ctl.requests(before);
+        // The refusal for good is the one reported.
+        expect(refusal).toBeInstanceOf(CloudError);
+        expect((refusal as CloudError).reason).toBe("AccessDenied");
+        // Nothing of the sweep comes later: a sibling left running would send its retries after 1 and 2 s.
+        await new Promise((r) => setTimeout(r, (2 * RETRY_AFTER_S + 1) * 1000));
+        const later = (await ctl.requests(failedAt)).value.filter(inGroup(rg));
+        expect(later.map((e) => `${e.method} ${e.operation} ${e.status}`)).toEqual([]);
+        // The sibling list was waited for: throttled twice, then answered, all before the sweep failed.
+        expect(during.filter((e) => e.operation === "Microsoft.Network/networkInterfaces/read" && inGroup(rg)(e)).map((e) => e.status)).toEqual([429, 429, 200]);
+      });
+    });
+  }, 60_000);
+
+  it("while the SDK waits out a 429's Retry-After, other callers of the same credentials do not send calls of that kind", async () => {
+    await withOwnGroup("held-meanwhile", async (ce, rg) => {
+      const ctl = azureControl();
+      await withFaults([throttleNics(rg)], async () => {
+        const { lastSeq: before } = await ctl.requests();
+        const provider = newProvider();
+        const first = provider.sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set());
+        // Once the first 429 is answered (the SDK now waits 1 s to retry), a second caller sweeps the same group.
+        const deadline = Date.now() + 20_000;
+        while (!(await ctl.requests(before)).value.some((e) => inGroup(rg)(e) && e.status === 429)) {
+          if (Date.now() > deadline) throw new Error("the first sweep's list was never throttled");
+          await new Promise((r) => setTimeout(r, 25));
+        }
+        const second = await provider.sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
+        // Refused without being sent, with what is left of the hint.
+        expect(second).toBeInstanceOf(CloudError);
+        expect((second as CloudError).reason).toBe("Throttled");
+        expect((second as CloudError).message).toMatch(/not sent/);
+        expect((second as CloudError).retryAfterMs).toBeLessThanOrEqual(RETRY_AFTER_S * 1000);
+        // The first goes through once its SDK retried after the hint.
+        await expect(first).resolves.toEqual([]);
+        const log = (await ctl.requests(before)).value.filter(inGroup(rg));
+        // Only the first sweep's network lists were sent: its interface list three times, its public IP list once.
+        expect(log.filter((e) => e.operation === "Microsoft.Network/networkInterfaces/read").map((e) => e.status)).toEqual([429, 429, 200]);
+        expect(log.filter((e) => e.operation === "Microsoft.Network/publicIPAddresses/read")).toHaveLength(1);
+      });
+    });
   }, 60_000);
 });

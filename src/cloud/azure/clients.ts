@@ -348,6 +348,15 @@ export class ThrottleGate {
     return `${ns}:${verb}`;
   }
 
+  /** The kind of a Resource Manager request (undefined for Entra and Log Analytics queries). */
+  static kindOfRequest(method: string, url: string): string | undefined {
+    const { service } = azureOperationOf(method, url);
+    if (service === "Unknown" || service === "EntraID" || service === "LogAnalytics") return undefined;
+    const m = method.toUpperCase();
+    const verb = m === "GET" || m === "HEAD" ? "read" : m === "DELETE" ? "delete" : "write";
+    return `microsoft.${service.toLowerCase()}:${verb}`;
+  }
+
   /** Milliseconds calls of this kind must still wait (0 = go). */
   heldFor(action: string): number {
     const k = ThrottleGate.kind(action);
@@ -360,10 +369,38 @@ export class ThrottleGate {
   }
 
   hold(action: string, ms: number): void {
-    const k = ThrottleGate.kind(action);
+    this.holdKind(ThrottleGate.kind(action), ms);
+  }
+
+  /** A 429 answered to one request (seen by the SDK's pipeline, before its own retry waits it out). */
+  holdRequest(method: string, url: string, ms: number): void {
+    const k = ThrottleGate.kindOfRequest(method, url);
+    if (k !== undefined) this.holdKind(k, ms);
+  }
+
+  private holdKind(k: string, ms: number): void {
     const t = this.now() + ms;
     if ((this.until.get(k) ?? 0) < t) this.until.set(k, t);
   }
+}
+
+/**
+ * Tells the gate of every 429 with a Retry-After as it comes (a policy run for each try): while
+ * the SDK waits out the hint to retry its own request, other callers of the same clients hold
+ * off too, instead of learning of it only once the SDK has given up.
+ */
+export function throttleMemoryPolicy(gate: ThrottleGate): PipelinePolicy {
+  return {
+    name: "vmforgeThrottleMemory",
+    async sendRequest(request, next) {
+      const res = await next(request);
+      if (res.status === 429) {
+        const ms = retryAfterFrom((n) => res.headers.get(n));
+        if (ms !== undefined) gate.holdRequest(request.method, request.url, ms);
+      }
+      return res;
+    },
+  };
 }
 
 /** The blob endpoint of a storage account: VMFORGE_AZURE_BLOB_ENDPOINT with {account}, else Azure's. */
@@ -373,21 +410,23 @@ export function blobEndpoint(ep: AzureEndpoints, account: string): string {
 
 export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep: AzureEndpoints): AzureClients {
   const credential = markingCredential(tokenCredential(id, ep));
-  const perCall = [
+  const throttle = new ThrottleGate();
+  const policies = [
     { policy: callMetricsPolicy(), position: "perCall" as const },
     ...(ep.ca ? [{ policy: caPolicy(ep.ca), position: "perCall" as const }] : []),
+    { policy: throttleMemoryPolicy(throttle), position: "perRetry" as const },
   ];
   const modern = {
     ...(ep.arm ? { endpoint: ep.arm } : {}),
     credentials: { scopes: [ARM_SCOPE] },
-    additionalPolicies: perCall,
+    additionalPolicies: policies,
     retryOptions: { maxRetries: 2 },
   };
   // The older-style clients (msi, authorization, subscriptions) take the host as $host and endpoint.
   const classic = {
     ...(ep.arm ? { endpoint: ep.arm, $host: ep.arm } : {}),
     credentialScopes: [ARM_SCOPE],
-    additionalPolicies: perCall,
+    additionalPolicies: policies,
     retryOptions: { maxRetries: 2 },
   };
   const lro = ep.lroPollMs !== undefined ? { updateIntervalInMs: ep.lroPollMs } : {};
@@ -406,11 +445,11 @@ export function createAzureClients(id: AzureIdentity, subscriptionId: string, ep
     subscriptions: new SubscriptionClient(credential, classic),
     logsQuery: new LogsQueryClient(credential, {
       ...(ep.logs ? { endpoint: ep.logs } : {}),
-      additionalPolicies: perCall,
+      additionalPolicies: policies,
       retryOptions: { maxRetries: 2 },
     }),
     lro,
-    throttle: new ThrottleGate(),
+    throttle,
     blobs: {
       read: async (account, container, path, signal) => {
         const url = `${blobEndpoint(ep, account)}/${container}/${path.split("/").map(encodeURIComponent).join("/")}`;
@@ -491,7 +530,17 @@ export function isAuthorizationFailed(e: unknown): boolean {
 }
 
 function retryAfterMs(e: unknown): number | undefined {
-  const h = (e as RestLike).response?.headers?.get?.("retry-after");
+  const headers = (e as RestLike).response?.headers;
+  return headers?.get ? retryAfterFrom((n) => headers.get!(n)) : undefined;
+}
+
+/** A response's wait hint in ms: retry-after-ms, x-ms-retry-after-ms, or Retry-After (seconds or a date). */
+function retryAfterFrom(get: (name: string) => string | undefined): number | undefined {
+  for (const name of ["retry-after-ms", "x-ms-retry-after-ms"]) {
+    const ms = Number(get(name) ?? NaN);
+    if (Number.isFinite(ms)) return Math.max(0, ms);
+  }
+  const h = get("retry-after");
   if (h === undefined) return undefined;
   const s = Number(h);
   if (Number.isFinite(s)) return Math.max(0, s * 1000);

@@ -39,11 +39,15 @@ describe("settleAll", () => {
     expect(thrownWhileRunning).toBe(false);
   });
 
-  it("throws a Terminal CloudError before any other failure, else the first in order", async () => {
+  it("throws a Terminal CloudError before any other failure, else the longest wait hint, else the first in order", async () => {
     const passing = CloudError.retryable("Throttled", "throttled", 1_000);
     const forGood = CloudError.terminal("AccessDenied", "missing permission");
     const plain = new Error("socket hang up");
     await expect(settleAll([Promise.reject(passing), Promise.reject(plain), Promise.reject(forGood)])).rejects.toBe(forGood);
-    await expect(settleAll([Promise.reject(plain), Promise.reject(passing), Promise.resolve(1)])).rejects.toBe(plain);
+    // No Terminal one: the longest wait hint, so the retry does not come before a throttled call may go again.
+    const longer = CloudError.retryable("Throttled", "throttled longer", 3_000);
+    await expect(settleAll([Promise.reject(plain), Promise.reject(passing), Promise.reject(longer), Promise.resolve(1)])).rejects.toBe(longer);
+    // No hint at all: the first in order.
+    await expect(settleAll([Promise.reject(plain), Promise.reject(CloudError.retryable("Http503", "unavailable"))])).rejects.toBe(plain);
   });
 });

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { createHttpHeaders, createPipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
-import { azureOperationOf, callMetricsPolicy } from "../../../../src/cloud/azure/clients.js";
+import { createHttpHeaders, createPipelineRequest, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
+import { ThrottleGate, azureOperationOf, callMetricsPolicy, throttleMemoryPolicy } from "../../../../src/cloud/azure/clients.js";
 import { setCloudCallObserver, type CloudCall } from "../../../../src/cloud/call-metrics.js";
 
 const ARM = "https://management.azure.com";
@@ -53,5 +53,39 @@ describe("callMetricsPolicy", () => {
       ["azure", "Network", "virtualNetworks/write", "error"],
     ]);
     expect(seen.every((c) => c.seconds >= 0)).toBe(true);
+  });
+});
+
+describe("throttleMemoryPolicy: a 429 holds the gate as it comes, before the SDK's own retry", () => {
+  const answer = (status: number, headers: Record<string, string> = {}) => async (req: PipelineRequest): Promise<PipelineResponse> =>
+    ({ request: req, status, headers: createHttpHeaders(headers) });
+  const request = (method: string, path: string) => createPipelineRequest({ url: `${ARM}${SUB}${path}`, method: method as "GET" });
+
+  it("holds the kind of the answered request (provider, read/write/delete) for its Retry-After, in seconds or ms", async () => {
+    let now = 5_000;
+    const gate = new ThrottleGate(() => now);
+    const policy = throttleMemoryPolicy(gate);
+    const res = await policy.sendRequest(request("GET", "/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces"), answer(429, { "retry-after": "2" }));
+    expect(res.status).toBe(429);
+    // Any read of that provider waits; writes of it and reads of another do not.
+    expect(gate.heldFor("Microsoft.Network/publicIPAddresses/read")).toBe(2_000);
+    expect(gate.heldFor("Microsoft.Network/publicIPAddresses/write")).toBe(0);
+    expect(gate.heldFor("Microsoft.Compute/virtualMachines/read")).toBe(0);
+    await policy.sendRequest(request("DELETE", "/resourcegroups/vmforge-ns-ce-1234abcd"), answer(429, { "x-ms-retry-after-ms": "1500" }));
+    expect(gate.heldFor("Microsoft.Resources/subscriptions/resourceGroups/delete")).toBe(1_500);
+    await policy.sendRequest(request("PUT", "/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm"), answer(429, { "retry-after": "1" }));
+    expect(gate.heldFor("Microsoft.Compute/virtualMachines/write")).toBe(1_000);
+    now += 2_000;
+    expect(gate.heldFor("Microsoft.Network/publicIPAddresses/read")).toBe(0);
+  });
+
+  it("holds nothing for other answers, a 429 without a hint, or a request outside Resource Manager", async () => {
+    const gate = new ThrottleGate(() => 0);
+    const policy = throttleMemoryPolicy(gate);
+    await policy.sendRequest(request("GET", "/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces"), answer(503, { "retry-after": "5" }));
+    await policy.sendRequest(request("GET", "/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks"), answer(429));
+    await policy.sendRequest(createPipelineRequest({ url: "https://login.microsoftonline.com/t/oauth2/v2.0/token", method: "POST" }), answer(429, { "retry-after": "5" }));
+    expect(gate.heldFor("Microsoft.Network/networkInterfaces/read")).toBe(0);
+    expect(ThrottleGate.kindOfRequest("POST", "https://login.microsoftonline.com/t/oauth2/v2.0/token")).toBeUndefined();
   });
 });
