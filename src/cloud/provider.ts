@@ -58,8 +58,9 @@ export function isCloudError(e: unknown, kind?: CloudErrorKind): e is CloudError
 
 /**
  * Joins calls made side by side: waits until every one has settled, then gives their values, or
- * throws the most telling failure: a Terminal CloudError first, else the one with the longest
- * wait hint (so the retry does not come before a throttled call may go again), else the first.
+ * throws the most telling failure: a Terminal CloudError first, else one that is no CloudError
+ * (a bug or an abort), else the one with the longest wait hint (so the retry does not come
+ * before a throttled call may go again), else the first.
  * Promise.all gives up at the first failure and leaves the others running: an SDK call still
  * honouring a Retry-After would then send its retry in the background, beside the next attempt
  * of the reconcile that gave up on it, and the cloud would see the request twice and its hint
@@ -71,7 +72,8 @@ export async function settleAll<T extends readonly unknown[] | []>(calls: T): Pr
   if (failed.length > 0) {
     const hinted = failed.filter((e): e is CloudError => isCloudError(e) && (e.retryAfterMs ?? 0) > 0);
     const longest = hinted.reduce<CloudError | undefined>((a, e) => (a && (a.retryAfterMs ?? 0) >= (e.retryAfterMs ?? 0) ? a : e), undefined);
-    throw failed.find((e) => isCloudError(e, "Terminal")) ?? longest ?? failed[0];
+    // A failure that is no CloudError is a bug or an abort: not hidden behind a passing refusal.
+    throw failed.find((e) => isCloudError(e, "Terminal")) ?? failed.find((e) => !isCloudError(e)) ?? longest ?? failed[0];
   }
   return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [P in keyof T]: Awaited<T[P]> };
 }

@@ -115,7 +115,8 @@ describe("calls made side by side under throttling (emulator)", () => {
     try {
       await body(ce, rg);
     } finally {
-      await rm.resourceGroups.beginDeleteAndWait(rg);
+      // A failed cleanup is reported without hiding the test's own failure.
+      await rm.resourceGroups.beginDeleteAndWait(rg).catch((e: unknown) => console.error(`could not delete resource group ${rg}:`, e));
     }
   }
 
@@ -142,7 +143,7 @@ describe("calls made side by side under throttling (emulator)", () => {
         { operation: "Microsoft.Compute/virtualMachines/read", path: rg, status: 403, count: 1, code: "AuthorizationFailed", message: `The client does not have authorization to perform action 'Microsoft.Compute/virtualMachines/read' over scope '/subscriptions/${info.subscriptionId}/resourceGroups/${rg}'.` },
         throttleNics(rg),
       ], async () => {
-        const { lastSeq: before } = await ctl.requests();
+        const { lastSeq: before } = await ctl.requests(Number.MAX_SAFE_INTEGER);
         const refusal = await newProvider().sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
         const { value: during, lastSeq: failedAt } = await ctl.requests(before);
         // The refusal for good is the one reported.
@@ -162,23 +163,26 @@ describe("calls made side by side under throttling (emulator)", () => {
     await withOwnGroup("held-meanwhile", async (ce, rg) => {
       const ctl = azureControl();
       await withFaults([throttleNics(rg)], async () => {
-        const { lastSeq: before } = await ctl.requests();
+        const { lastSeq: before } = await ctl.requests(Number.MAX_SAFE_INTEGER);
         const provider = newProvider();
-        const first = provider.sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set());
-        // Once the first 429 is answered (the SDK now waits 1 s to retry), a second caller sweeps the same group.
+        const ctx = { ce, credentials: credentials(), logger: silent };
+        const first = provider.sweepOrphans(ctx, new Set()).then((v) => ({ v }), (e: unknown) => ({ e }));
+        // Once the gate holds the network reads (the first 429 came, and the SDK now waits 1 s to retry), a second caller sweeps the same group.
+        const gate = provider.clientsFor(ctx).throttle!;
         const deadline = Date.now() + 20_000;
-        while (!(await ctl.requests(before)).value.some((e) => inGroup(rg)(e) && e.status === 429)) {
+        while (gate.heldFor("Microsoft.Network/networkInterfaces/read") === 0) {
           if (Date.now() > deadline) throw new Error("the first sweep's list was never throttled");
-          await new Promise((r) => setTimeout(r, 25));
+          await new Promise((r) => setTimeout(r, 5));
         }
-        const second = await provider.sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
+        const second = await provider.sweepOrphans(ctx, new Set()).then(() => undefined, (e: unknown) => e);
         // Refused without being sent, with what is left of the hint.
         expect(second).toBeInstanceOf(CloudError);
         expect((second as CloudError).reason).toBe("Throttled");
         expect((second as CloudError).message).toMatch(/not sent/);
+        expect((second as CloudError).retryAfterMs).toBeGreaterThan(0);
         expect((second as CloudError).retryAfterMs).toBeLessThanOrEqual(RETRY_AFTER_S * 1000);
         // The first goes through once its SDK retried after the hint.
-        await expect(first).resolves.toEqual([]);
+        expect(await first).toEqual({ v: [] });
         const log = (await ctl.requests(before)).value.filter(inGroup(rg));
         // Only the first sweep's network lists were sent: its interface list three times, its public IP list once.
         expect(log.filter((e) => e.operation === "Microsoft.Network/networkInterfaces/read").map((e) => e.status)).toEqual([429, 429, 200]);

@@ -336,6 +336,8 @@ export interface AzureClients {
  * is not sent before that time, whichever reconcile makes it (an orphan sweep whose failure is
  * only logged, then a deletion a moment later, must not call again at once).
  */
+const MAX_HOLD_MS = 3_600_000;
+
 export class ThrottleGate {
   private readonly until = new Map<string, number>();
 
@@ -379,7 +381,8 @@ export class ThrottleGate {
   }
 
   private holdKind(k: string, ms: number): void {
-    const t = this.now() + ms;
+    // At most an hour (the work queue's own cap on a wait): a bogus date must not stop a provider's calls for days.
+    const t = this.now() + Math.min(ms, MAX_HOLD_MS);
     if ((this.until.get(k) ?? 0) < t) this.until.set(k, t);
   }
 }
@@ -640,7 +643,13 @@ export async function azCall<T>(clients: Pick<AzureClients, "identity" | "thrott
     return await fn();
   } catch (e) {
     const err = mapAzureError(e, action, clients.identity.label, clients.identity.kind !== "secret");
-    if (err.reason === "Throttled" && err.retryAfterMs) clients.throttle?.hold(action, err.retryAfterMs);
+    if (err.reason === "Throttled" && err.retryAfterMs) {
+      // Keyed by the request Azure refused when it is a Resource Manager one (a long-running
+      // operation's status poll is a read, whatever the call), else by the call's action.
+      const req = (e as { request?: { method?: string; url?: string } } | null)?.request;
+      if (req?.method && req.url && ThrottleGate.kindOfRequest(req.method, req.url) !== undefined) clients.throttle?.holdRequest(req.method, req.url, err.retryAfterMs);
+      else clients.throttle?.hold(action, err.retryAfterMs);
+    }
     throw err;
   }
 }

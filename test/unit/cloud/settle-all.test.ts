@@ -39,15 +39,19 @@ describe("settleAll", () => {
     expect(thrownWhileRunning).toBe(false);
   });
 
-  it("throws a Terminal CloudError before any other failure, else the longest wait hint, else the first in order", async () => {
+  it("throws a Terminal CloudError first, else a failure that is no CloudError, else the longest wait hint, else the first in order", async () => {
     const passing = CloudError.retryable("Throttled", "throttled", 1_000);
-    const forGood = CloudError.terminal("AccessDenied", "missing permission");
-    const plain = new Error("socket hang up");
-    await expect(settleAll([Promise.reject(passing), Promise.reject(plain), Promise.reject(forGood)])).rejects.toBe(forGood);
-    // No Terminal one: the longest wait hint, so the retry does not come before a throttled call may go again.
     const longer = CloudError.retryable("Throttled", "throttled longer", 3_000);
-    await expect(settleAll([Promise.reject(plain), Promise.reject(passing), Promise.reject(longer), Promise.resolve(1)])).rejects.toBe(longer);
+    const unhinted = CloudError.retryable("Http503", "unavailable");
+    const forGood = CloudError.terminal("AccessDenied", "missing permission");
+    const bug = new TypeError("cannot read properties of undefined");
+    await expect(settleAll([Promise.reject(passing), Promise.reject(bug), Promise.reject(forGood)])).rejects.toBe(forGood);
+    // A bug (or an abort) is not hidden behind a passing refusal.
+    await expect(settleAll([Promise.reject(longer), Promise.reject(bug), Promise.resolve(1)])).rejects.toBe(bug);
+    // Passing refusals: the longest wait hint, so the retry does not come before a throttled call may go again.
+    await expect(settleAll([Promise.reject(unhinted), Promise.reject(passing), Promise.reject(longer)])).rejects.toBe(longer);
     // No hint at all: the first in order.
-    await expect(settleAll([Promise.reject(plain), Promise.reject(CloudError.retryable("Http503", "unavailable"))])).rejects.toBe(plain);
+    const alsoUnhinted = CloudError.retryable("Http500", "internal error");
+    await expect(settleAll([Promise.reject(unhinted), Promise.reject(alsoUnhinted)])).rejects.toBe(unhinted);
   });
 });

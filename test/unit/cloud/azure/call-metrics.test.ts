@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { createHttpHeaders, createPipelineRequest, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
-import { ThrottleGate, azureOperationOf, callMetricsPolicy, throttleMemoryPolicy } from "../../../../src/cloud/azure/clients.js";
+import { ThrottleGate, azCall, azureOperationOf, callMetricsPolicy, throttleMemoryPolicy } from "../../../../src/cloud/azure/clients.js";
+import { RestLikeError } from "./fake-azure.js";
 import { setCloudCallObserver, type CloudCall } from "../../../../src/cloud/call-metrics.js";
 
 const ARM = "https://management.azure.com";
@@ -89,3 +90,74 @@ describe("throttleMemoryPolicy: a 429 holds the gate as it comes, before the SDK
     expect(ThrottleGate.kindOfRequest("POST", "https://login.microsoftonline.com/t/oauth2/v2.0/token")).toBeUndefined();
   });
 });
+
+describe("ThrottleGate keys: a request and the action azCall names for it are the same kind", () => {
+  const RG = `${SUB}/resourceGroups/rg`;
+  // Every action the Azure code passes to azCall, with a request it sends for it.
+  it.each([
+    ["Microsoft.Authorization/permissions/read", "GET", `${RG}/providers/Microsoft.Network/virtualNetworks/v/subnets/s/providers/Microsoft.Authorization/permissions`],
+    ["Microsoft.Authorization/roleAssignments/delete", "DELETE", `${RG}/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/work/providers/Microsoft.Authorization/roleAssignments/0000`],
+    ["Microsoft.Authorization/roleAssignments/read", "GET", `${SUB}/providers/Microsoft.Authorization/roleAssignments`],
+    ["Microsoft.Authorization/roleAssignments/write", "PUT", `${RG}/providers/Microsoft.Insights/dataCollectionRules/d/providers/Microsoft.Authorization/roleAssignments/0000`],
+    ["Microsoft.Authorization/roleDefinitions/delete", "DELETE", `${SUB}/providers/Microsoft.Authorization/roleDefinitions/0000`],
+    ["Microsoft.Authorization/roleDefinitions/read", "GET", `${SUB}/providers/Microsoft.Authorization/roleDefinitions/0000`],
+    ["Microsoft.Authorization/roleDefinitions/write", "PUT", `${SUB}/providers/Microsoft.Authorization/roleDefinitions/0000`],
+    ["Microsoft.Compute/disks/delete", "DELETE", `${RG}/providers/Microsoft.Compute/disks/d`],
+    ["Microsoft.Compute/disks/read", "GET", `${RG}/providers/Microsoft.Compute/disks`],
+    ["Microsoft.Compute/locations/publishers/artifacttypes/offers/skus/versions/read", "GET", `${SUB}/providers/Microsoft.Compute/locations/westeurope/publishers/p/artifacttypes/vmimage/offers/o/skus/s/versions`],
+    ["Microsoft.Compute/skus/read", "GET", `${SUB}/providers/Microsoft.Compute/skus`],
+    ["Microsoft.Compute/virtualMachines/delete", "DELETE", `${RG}/providers/Microsoft.Compute/virtualMachines/vm`],
+    ["Microsoft.Compute/virtualMachines/read", "GET", `${SUB}/providers/Microsoft.Compute/virtualMachines`],
+    ["Microsoft.Compute/virtualMachines/write", "PUT", `${RG}/providers/Microsoft.Compute/virtualMachines/vm`],
+    ["Microsoft.Insights/DataCollectionEndpoints/Delete", "DELETE", `${RG}/providers/Microsoft.Insights/dataCollectionEndpoints/e`],
+    ["Microsoft.Insights/DataCollectionEndpoints/Read", "GET", `${RG}/providers/microsoft.insights/dataCollectionEndpoints/e`],
+    ["Microsoft.Insights/DataCollectionRules/Write", "PUT", `${RG}/providers/Microsoft.Insights/dataCollectionRules/r`],
+    ["Microsoft.ManagedIdentity/userAssignedIdentities/read", "GET", `${RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i`],
+    ["Microsoft.ManagedIdentity/userAssignedIdentities/write", "PUT", `${RG}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i`],
+    ["Microsoft.Network/networkInterfaces/delete", "DELETE", `${RG}/providers/Microsoft.Network/networkInterfaces/n`],
+    ["Microsoft.Network/publicIPAddresses/read", "GET", `${RG}/providers/Microsoft.Network/publicIPAddresses`],
+    ["Microsoft.Network/virtualNetworks/subnets/read", "GET", `${RG}/providers/Microsoft.Network/virtualNetworks/v/subnets/s`],
+    ["Microsoft.Network/virtualNetworks/write", "PUT", `${RG}/providers/Microsoft.Network/virtualNetworks/v`],
+    ["Microsoft.OperationalInsights/workspaces/delete", "DELETE", `${RG}/providers/Microsoft.OperationalInsights/workspaces/w`],
+    ["Microsoft.OperationalInsights/workspaces/tables/write", "PUT", `${RG}/providers/Microsoft.OperationalInsights/workspaces/w/tables/T_CL`],
+    ["Microsoft.Resources/subscriptions/resourceGroups/delete", "DELETE", `${SUB}/resourcegroups/rg`],
+    ["Microsoft.Resources/subscriptions/resourceGroups/read", "GET", `${SUB}/resourcegroups/rg`],
+    ["Microsoft.Resources/subscriptions/resources/read", "GET", `${SUB}/resources`],
+    ["Microsoft.Storage/storageAccounts/blobServices/containers/read", "GET", `${RG}/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/work`],
+  ])("%s (%s)", (action, method, path) => {
+    expect(ThrottleGate.kindOfRequest(method, `${ARM}${path}`)).toBe(ThrottleGate.kind(action));
+  });
+
+  it("a long-running operation's status poll is a read of its provider; requests outside Resource Manager have no kind", () => {
+    expect(ThrottleGate.kindOfRequest("GET", `${ARM}${SUB}/providers/Microsoft.Network/locations/westeurope/operations/abc`)).toBe("microsoft.network:read");
+    expect(ThrottleGate.kindOfRequest("GET", `${ARM}${SUB}/operationresults/abc`)).toBe("microsoft.resources:read");
+    expect(ThrottleGate.kindOfRequest("POST", "https://api.loganalytics.io/v1/workspaces/1234/query")).toBeUndefined();
+    expect(ThrottleGate.kindOfRequest("GET", "https://sa.blob.core.windows.net/work/runs/x/.exitcode")).toBeUndefined();
+  });
+
+  it("azCall holds by the request Azure refused (a status poll: reads), by the action when the request is not Resource Manager's; never beyond an hour", async () => {
+    let now = 0;
+    const throttle = new ThrottleGate(() => now);
+    const clients = { identity: { kind: "secret" as const, label: "Secret ns/c" }, throttle };
+    const refused = (method: string, url: string, retryAfterS: string) => Object.assign(new RestLikeError(429, "TooManyRequests", "slow down", retryAfterS), { request: { method, url } });
+    // A delete whose status poll was throttled: that provider's reads wait, its deletes do not.
+    await expect(azCall(clients, "launch", "Microsoft.Network/networkInterfaces/delete", async () => {
+      throw refused("GET", `${ARM}${SUB}/providers/Microsoft.Network/locations/westeurope/operations/abc`, "2");
+    })).rejects.toMatchObject({ reason: "Throttled" });
+    expect(throttle.heldFor("Microsoft.Network/virtualNetworks/read")).toBe(2_000);
+    expect(throttle.heldFor("Microsoft.Network/networkInterfaces/delete")).toBe(0);
+    // A Log Analytics query: by its action.
+    await expect(azCall(clients, "launch", "Microsoft.OperationalInsights/workspaces/query/read", async () => {
+      throw refused("POST", "https://api.loganalytics.io/v1/workspaces/1234/query", "3");
+    })).rejects.toMatchObject({ reason: "Throttled" });
+    expect(throttle.heldFor("Microsoft.OperationalInsights/workspaces/query/read")).toBe(3_000);
+    // A hint of a day (or a bogus date) holds for an hour at most.
+    await expect(azCall(clients, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
+      throw refused("GET", `${ARM}${SUB}/providers/Microsoft.Compute/virtualMachines`, "86400");
+    })).rejects.toMatchObject({ reason: "Throttled" });
+    expect(throttle.heldFor("Microsoft.Compute/disks/read")).toBe(3_600_000);
+    now += 3_600_000;
+    expect(throttle.heldFor("Microsoft.Compute/disks/read")).toBe(0);
+  });
+});
+
