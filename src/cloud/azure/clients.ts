@@ -329,6 +329,9 @@ export interface AzureClients {
   readonly throttle?: ThrottleGate;
 }
 
+/** The longest a hold lasts (the work queue's own cap on a wait): a bogus date must not stop a provider's calls for days. */
+const MAX_HOLD_MS = 3_600_000;
+
 /**
  * Remembers a 429's Retry-After past the SDK's own retries, for every caller of one set of
  * clients (one identity and subscription): the next call of the same kind — same resource
@@ -336,8 +339,6 @@ export interface AzureClients {
  * is not sent before that time, whichever reconcile makes it (an orphan sweep whose failure is
  * only logged, then a deletion a moment later, must not call again at once).
  */
-const MAX_HOLD_MS = 3_600_000;
-
 export class ThrottleGate {
   private readonly until = new Map<string, number>();
 
@@ -352,11 +353,9 @@ export class ThrottleGate {
 
   /** The kind of a Resource Manager request (undefined for Entra and Log Analytics queries). */
   static kindOfRequest(method: string, url: string): string | undefined {
-    const { service } = azureOperationOf(method, url);
+    const { service, operation } = azureOperationOf(method, url);
     if (service === "Unknown" || service === "EntraID" || service === "LogAnalytics") return undefined;
-    const m = method.toUpperCase();
-    const verb = m === "GET" || m === "HEAD" ? "read" : m === "DELETE" ? "delete" : "write";
-    return `microsoft.${service.toLowerCase()}:${verb}`;
+    return ThrottleGate.kind(`Microsoft.${service}/${operation}`);
   }
 
   /** Milliseconds calls of this kind must still wait (0 = go). */
@@ -374,14 +373,14 @@ export class ThrottleGate {
     this.holdKind(ThrottleGate.kind(action), ms);
   }
 
-  /** A 429 answered to one request (seen by the SDK's pipeline, before its own retry waits it out). */
-  holdRequest(method: string, url: string, ms: number): void {
+  /** A 429 answered to one Resource Manager request; false (nothing held) for another request. */
+  holdRequest(method: string, url: string, ms: number): boolean {
     const k = ThrottleGate.kindOfRequest(method, url);
     if (k !== undefined) this.holdKind(k, ms);
+    return k !== undefined;
   }
 
   private holdKind(k: string, ms: number): void {
-    // At most an hour (the work queue's own cap on a wait): a bogus date must not stop a provider's calls for days.
     const t = this.now() + Math.min(ms, MAX_HOLD_MS);
     if ((this.until.get(k) ?? 0) < t) this.until.set(k, t);
   }
@@ -647,8 +646,8 @@ export async function azCall<T>(clients: Pick<AzureClients, "identity" | "thrott
       // Keyed by the request Azure refused when it is a Resource Manager one (a long-running
       // operation's status poll is a read, whatever the call), else by the call's action.
       const req = (e as { request?: { method?: string; url?: string } } | null)?.request;
-      if (req?.method && req.url && ThrottleGate.kindOfRequest(req.method, req.url) !== undefined) clients.throttle?.holdRequest(req.method, req.url, err.retryAfterMs);
-      else clients.throttle?.hold(action, err.retryAfterMs);
+      const gate = clients.throttle;
+      if (gate && !(req?.method && req.url && gate.holdRequest(req.method, req.url, err.retryAfterMs))) gate.hold(action, err.retryAfterMs);
     }
     throw err;
   }
