@@ -3,15 +3,13 @@ import { describe, expect, it } from "vitest";
 import { CloudError, settleAll } from "../../../src/cloud/provider.js";
 
 /** A call that ends when told, and says whether it has. */
-function pending<T>(): { promise: Promise<T>; resolve: (v: T) => void; reject: (e: unknown) => void; done: () => boolean } {
+function pending<T>(): { promise: Promise<T>; resolve: (v: T) => void; done: () => boolean } {
   let resolve!: (v: T) => void;
-  let reject!: (e: unknown) => void;
   let settled = false;
-  const promise = new Promise<T>((res, rej) => {
+  const promise = new Promise<T>((res) => {
     resolve = (v) => { settled = true; res(v); };
-    reject = (e) => { settled = true; rej(e); };
   });
-  return { promise, resolve, reject, done: () => settled };
+  return { promise, resolve, done: () => settled };
 }
 
 describe("settleAll", () => {

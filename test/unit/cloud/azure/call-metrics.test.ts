@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { createHttpHeaders, createPipelineRequest, type PipelineRequest, type PipelineResponse } from "@azure/core-rest-pipeline";
 import { ThrottleGate, azCall, azureOperationOf, callMetricsPolicy, throttleMemoryPolicy } from "../../../../src/cloud/azure/clients.js";
 import { RestLikeError } from "./fake-azure.js";
+import { callSites } from "./call-sites.js";
 import { setCloudCallObserver, type CloudCall } from "../../../../src/cloud/call-metrics.js";
 
 const ARM = "https://management.azure.com";
@@ -93,8 +94,8 @@ describe("throttleMemoryPolicy: a 429 holds the gate as it comes, before the SDK
 
 describe("ThrottleGate keys: a request and the action azCall names for it are the same kind", () => {
   const RG = `${SUB}/resourceGroups/rg`;
-  // Every action the Azure code passes to azCall, with a request it sends for it.
-  it.each([
+  // Every Resource Manager action the Azure code passes to azCall, with a request it sends for it.
+  const table: Array<[string, string, string]> = [
     ["Microsoft.Authorization/permissions/read", "GET", `${RG}/providers/Microsoft.Network/virtualNetworks/v/subnets/s/providers/Microsoft.Authorization/permissions`],
     ["Microsoft.Authorization/roleAssignments/delete", "DELETE", `${RG}/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/work/providers/Microsoft.Authorization/roleAssignments/0000`],
     ["Microsoft.Authorization/roleAssignments/read", "GET", `${SUB}/providers/Microsoft.Authorization/roleAssignments`],
@@ -124,8 +125,28 @@ describe("ThrottleGate keys: a request and the action azCall names for it are th
     ["Microsoft.Resources/subscriptions/resourceGroups/read", "GET", `${SUB}/resourcegroups/rg`],
     ["Microsoft.Resources/subscriptions/resources/read", "GET", `${SUB}/resources`],
     ["Microsoft.Storage/storageAccounts/blobServices/containers/read", "GET", `${RG}/providers/Microsoft.Storage/storageAccounts/sa/blobServices/default/containers/work`],
-  ])("%s (%s)", (action, method, path) => {
+    ["Microsoft.Network/networkInterfaces/read", "GET", `${RG}/providers/Microsoft.Network/networkInterfaces`],
+    ["Microsoft.Network/publicIPAddresses/delete", "DELETE", `${RG}/providers/Microsoft.Network/publicIPAddresses/ip`],
+    ["Microsoft.Network/virtualNetworks/read", "GET", `${RG}/providers/Microsoft.Network/virtualNetworks/v`],
+    ["Microsoft.Insights/DataCollectionEndpoints/Write", "PUT", `${RG}/providers/Microsoft.Insights/dataCollectionEndpoints/e`],
+    ["Microsoft.Insights/DataCollectionRules/Read", "GET", `${RG}/providers/Microsoft.Insights/dataCollectionRules/r`],
+    ["Microsoft.Insights/DataCollectionRules/Delete", "DELETE", `${RG}/providers/Microsoft.Insights/dataCollectionRules/r`],
+    ["Microsoft.OperationalInsights/workspaces/read", "GET", `${RG}/providers/Microsoft.OperationalInsights/workspaces/w`],
+    ["Microsoft.OperationalInsights/workspaces/write", "PUT", `${RG}/providers/Microsoft.OperationalInsights/workspaces/w`],
+    ["Microsoft.OperationalInsights/workspaces/tables/read", "GET", `${RG}/providers/Microsoft.OperationalInsights/workspaces/w/tables/T_CL`],
+    ["Microsoft.Resources/subscriptions/resourceGroups/write", "PUT", `${SUB}/resourcegroups/rg`],
+  ];
+  /** Not Resource Manager calls: held by their action (see azCall). */
+  const elsewhere = ["Microsoft.OperationalInsights/workspaces/query/read", "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read"];
+
+  it.each(table)("%s (%s)", (action, method, path) => {
     expect(ThrottleGate.kindOfRequest(method, `${ARM}${path}`)).toBe(ThrottleGate.kind(action));
+  });
+
+  it("the table has every action the Azure code passes to azCall, azGet or azDelete", () => {
+    const used = [...new Set(callSites().sites.map((x) => x.action))].filter((a) => !elsewhere.includes(a)).sort();
+    expect(used.length).toBeGreaterThan(30);
+    expect(used.filter((a) => !table.some(([t]) => t === a))).toEqual([]);
   });
 
   it("a long-running operation's status poll is a read of its provider; requests outside Resource Manager have no kind", () => {
@@ -151,7 +172,7 @@ describe("ThrottleGate keys: a request and the action azCall names for it are th
       throw refused("POST", "https://api.loganalytics.io/v1/workspaces/1234/query", "3");
     })).rejects.toMatchObject({ reason: "Throttled" });
     expect(throttle.heldFor("Microsoft.OperationalInsights/workspaces/query/read")).toBe(3_000);
-    // A hint of a day (or a bogus date) holds for an hour at most.
+    // A hint of a day holds for an hour at most.
     await expect(azCall(clients, "launch", "Microsoft.Compute/virtualMachines/read", async () => {
       throw refused("GET", `${ARM}${SUB}/providers/Microsoft.Compute/virtualMachines`, "86400");
     })).rejects.toMatchObject({ reason: "Throttled" });
