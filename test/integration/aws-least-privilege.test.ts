@@ -54,7 +54,7 @@ import { startStrictAws, type StrictAws } from "../harness/aws-strict/server.js"
 import { startMoto, type Moto } from "../harness/moto.js";
 import { awsSeedPath, seedActions, seedPolicy, seedStatements, type SeedPhase } from "../harness/seed-policy.js";
 import { shipLauncherLines } from "../harness/aws-launcher-log.js";
-import { EventResource } from "../../src/engine/events.js";
+import { EventResource, type EventObject } from "../../src/engine/events.js";
 
 const REGION = "eu-west-1";
 const ACCOUNT = "123456789012";
@@ -82,7 +82,6 @@ let unterminatingKeys: Keys;
 /** A user holding the seed's required policy who is denied iam:CreateRole until a test grants it. */
 const LATE = "vmforge-operator-late";
 let lateKeys: Keys;
-type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 const OPERATOR_ROLE = "vmforge-operator-role";
 const EXTERNAL_ID = "vmforge-ext-7";
 let auditor: AwsClients;

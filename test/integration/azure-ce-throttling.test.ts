@@ -16,10 +16,10 @@ import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { ceId, resourceGroupName } from "../../src/cloud/azure/names.js";
 import { CloudError } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
-import { installCrds, startOperator, type RunningOperator } from "../support/operator.js";
+import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, FaultSpec, RequestLogEntry } from "../azure-emulator/control.js";
-import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
+import { ceBody, operatorPrincipal, putSecret, secretCredentials, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
 
 const RETRY_AFTER_S = 1;
 
@@ -102,7 +102,7 @@ describe("Azure environment under throttling (emulator)", () => {
 });
 
 describe("calls made side by side under throttling (emulator)", () => {
-  const credentials = () => ({ source: "secret" as const, secretName: "azure-creds", data: { tenantId: info.tenantId, clientId: principal.clientId, clientSecret: principal.secret, subscriptionId: info.subscriptionId } });
+  const credentials = () => secretCredentials(info, principal);
   const silent = createLogger({ level: "silent" });
 
   /** A CE's resource group made here, not by the operator, so no reconcile of the operator meets the test's faults. */
@@ -128,7 +128,8 @@ describe("calls made side by side under throttling (emulator)", () => {
       for (const f of faults) ids.push((await ctl.addFault(f)).id);
       await body();
     } finally {
-      for (const id of ids) await ctl.removeFault(id);
+      // A failed cleanup is reported without hiding the test's own failure.
+      for (const id of ids) await ctl.removeFault(id).catch((e: unknown) => console.error(`could not remove fault ${id}:`, e));
     }
   }
 
@@ -169,11 +170,10 @@ describe("calls made side by side under throttling (emulator)", () => {
         const first = provider.sweepOrphans(ctx, new Set()).then((v) => ({ v }), (e: unknown) => ({ e }));
         // Once the gate holds the network reads (the first 429 came, and the SDK now waits 1 s to retry), a second caller sweeps the same group.
         const gate = provider.clientsFor(ctx).throttle!;
-        const deadline = Date.now() + 20_000;
-        while (gate.heldFor("Microsoft.Network/networkInterfaces/read") === 0) {
-          if (Date.now() > deadline) throw new Error("the first sweep's list was never throttled");
-          await new Promise((r) => setTimeout(r, 5));
-        }
+        await waitFor("the first sweep's interface list throttled", async () => gate.heldFor("Microsoft.Network/networkInterfaces/read") > 0, 20_000, 5).catch(async (e: unknown) => {
+          await first; // it ends before the faults and the group go
+          throw e;
+        });
         const second = await provider.sweepOrphans(ctx, new Set()).then(() => undefined, (e: unknown) => e);
         // Refused without being sent, with what is left of the hint.
         expect(second).toBeInstanceOf(CloudError);

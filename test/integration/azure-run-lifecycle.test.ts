@@ -25,9 +25,9 @@ import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
-import { LOCATION, ceBody, cond, grantOperatorRoles, grantPhase, operatorPrincipal, putSecret, waitReady } from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, grantOperatorRoles, grantPhase, operatorPrincipal, putSecret, secretCredentials, waitReady } from "../support/azure-env.js";
 import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
-import { EventResource } from "../../src/engine/events.js";
+import { EventResource, type EventObject } from "../../src/engine/events.js";
 
 let env: AzureRunsEnv;
 let ce: ComputeEnvironment;
@@ -41,7 +41,6 @@ afterAll(async () => {
   await env?.stop();
 });
 
-type EventObject = { metadata: { name?: string }; regarding?: { name?: string }; reason: string; type: string };
 
 async function phase(name: string, want: string, timeoutMs = 60_000, ns = env.ns): Promise<Run> {
   return waitFor(`Run ${name} ${want}`, async () => {
@@ -732,7 +731,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const readWith = async (without: string[]): Promise<unknown> => {
         const created = await azureControl().createPrincipal({ displayName: `vmforge-life-logs-${without.length}` });
         await grantPhase(env.info, created, "logs", without);
-        const credentials = { source: "secret" as const, secretName: "logs", data: { tenantId: env.info.tenantId, clientId: created.clientId, clientSecret: created.secret!, subscriptionId: env.info.subscriptionId } };
+        const credentials = secretCredentials(env.info, { objectId: created.objectId, clientId: created.clientId, secret: created.secret! }, "logs");
         return env.provider().readRunLog({ ce: ces.get("nodelete")!, credentials, logger: createLogger({ level: "silent" }) }, r).then((c) => c, (e: unknown) => e);
       };
       expect(await readWith([])).toMatchObject({ lines: ["VMFORGE_PIPELINE_STARTED"] }); // the start line shipped for it

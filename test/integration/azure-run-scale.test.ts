@@ -25,7 +25,7 @@ import { waitFor } from "../support/operator.js";
 import { azureCaPath, azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
 import { AzureVmPlayer } from "../sandbox/azure/vm-player.js";
 import type { RequestLogEntry } from "../azure-emulator/control.js";
-import { ceBody, getCe, waitReady } from "../support/azure-env.js";
+import { ceBody, getCe, secretCredentials, waitReady } from "../support/azure-env.js";
 import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
 
 const PAGE = 20;
@@ -165,8 +165,7 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
     // What the launchers shipped is read back from Log Analytics (one Run of each CE).
     for (const r of [done.find((x) => x.spec.computeEnvironmentRef.name === "sa")!, done.find((x) => x.spec.computeEnvironmentRef.name === "sb")!]) {
       const ce = ces.find((c) => c.metadata.name === r.spec.computeEnvironmentRef.name)!;
-      const credentials = { source: "secret" as const, secretName: "azure-creds", data: { tenantId: env.info.tenantId, clientId: env.principal.clientId, clientSecret: env.principal.secret, subscriptionId: env.info.subscriptionId } };
-      const chunk = await env.provider().readRunLog({ ce, credentials, logger: createLogger({ level: "silent" }) }, r);
+      const chunk = await env.provider().readRunLog({ ce, credentials: secretCredentials(env.info, env.principal), logger: createLogger({ level: "silent" }) }, r);
       expect(chunk.lines.join("\n"), r.metadata.name).toContain("Hello world!");
     }
     for (const ce of ces) expect(await runResourcesIn(rgOf(ce)), rgOf(ce)).toEqual([]);

@@ -21,7 +21,7 @@ import { InstancePlayer } from "../sandbox/instance.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath, motoEndpoint, motoReset, strictAws } from "../harness/helpers.js";
-import { EventResource } from "../../src/engine/events.js";
+import { EventResource, type EventObject } from "../../src/engine/events.js";
 
 let client: KubeClient;
 
@@ -138,7 +138,7 @@ describe("finished Runs with the FakeCloud", () => {
     expect(await getRun(ns, "stopped")).toBeDefined();
     expect((await getRun(ns, "busy"))?.status?.phase).toBe("Running");
     // The Event is sent after the deletes (no reconcile waits for it): looked for until it is there.
-    const pruned = async () => (await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string }>(
+    const pruned = async () => (await client.list<EventObject>(
       EventResource, { namespace: ns })).items
       .filter((e) => e.regarding?.name === "hist" && e.reason === "RunHistoryPruned").map((e) => e.note).join("\n");
     const notes = await waitFor("the RunHistoryPruned Event naming ok-2", async () => {

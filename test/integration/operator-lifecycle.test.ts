@@ -15,7 +15,7 @@ import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import { EventResource } from "../../src/engine/events.js";
+import { EventResource, type EventObject } from "../../src/engine/events.js";
 
 const NamespaceResource: ResourceType = { group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false };
 
@@ -62,8 +62,8 @@ async function runInPhase(name: string, phase: string, namespace = ns, timeoutMs
   }, timeoutMs);
 }
 
-async function events(name: string): Promise<{ reason: string; note: string; type: string; reportingInstance: string }[]> {
-  const list = await client.list<{ metadata: { name?: string }; regarding?: { name?: string }; reason: string; note: string; type: string; reportingInstance: string }>(EventResource, { namespace: ns });
+async function events(name: string): Promise<EventObject[]> {
+  const list = await client.list<EventObject>(EventResource, { namespace: ns });
   return list.items.filter((e) => e.regarding?.name === name);
 }
 
@@ -153,7 +153,7 @@ describe("Run", () => {
     expect(cond(done, "Ready")?.status).toBe("True");
     const launches = [...cloud.machines.values()].filter((m) => m.runUid === done.metadata.uid).length;
     expect(launches).toBe(1);
-    await waitFor("completion Event", async () => (await events("ok")).some((e) => e.reason === "Succeeded" && e.note.includes("exit code 0")));
+    await waitFor("completion Event", async () => (await events("ok")).some((e) => e.reason === "Succeeded" && e.note?.includes("exit code 0")));
   });
 
   it("fails with the exit code when the pipeline fails, and with the cloud's reason when the machine vanishes", async () => {
@@ -276,7 +276,7 @@ describe("orphans", () => {
     // A spec change makes the CE converge (and sweep) now rather than at the next drift check.
     await client.patch(ComputeEnvironmentResource, ns, "ce-orphan", { spec: { aws: { instanceType: "m6i.xlarge" } } }, "merge");
     await waitFor("orphan terminated", async () => cloud.machineOf("gone-run-uid")?.state === "terminated");
-    await waitFor("sweep Event", async () => (await events("ce-orphan")).some((e) => e.reason === "OrphansTerminated" && e.note.includes("i-0orphan")));
+    await waitFor("sweep Event", async () => (await events("ce-orphan")).some((e) => e.reason === "OrphansTerminated" && e.note?.includes("i-0orphan")));
   });
 });
 
@@ -289,20 +289,34 @@ describe("deletion", () => {
       id: "i-0leftover", runUid: "left-run-uid", ceUid: ce.metadata.uid ?? "", state: "running", launchedAt: new Date().toISOString(), log: [],
     });
     const disposed = cloud.calls.dispose;
+    const sweeps = cloud.calls.sweep;
+    // How many looks at the machines the operator had made when it disposed of the resources.
+    let sweepsAtDispose: number | undefined;
+    const dispose = cloud.disposeEnvironment.bind(cloud);
+    cloud.disposeEnvironment = async (ctx) => {
+      sweepsAtDispose ??= cloud.calls.sweep - sweeps;
+      return dispose(ctx);
+    };
     await client.delete(ComputeEnvironmentResource, ns, "ce-leftover");
     const reasons: string[] = [];
-    await waitFor("CE ce-leftover gone", async () => {
-      const c = await getCe("ce-leftover");
-      const reason = cond(c, "Reconciling")?.reason;
-      if (reason && reasons.at(-1) !== reason) reasons.push(reason);
-      return c === undefined;
-    }, 30_000, 100);
+    try {
+      await waitFor("CE ce-leftover gone", async () => {
+        const c = await getCe("ce-leftover");
+        const reason = cond(c, "Reconciling")?.reason;
+        if (reason && reasons.at(-1) !== reason) reasons.push(reason);
+        return c === undefined;
+      }, 30_000, 100);
+    } finally {
+      cloud.disposeEnvironment = dispose;
+    }
+    // The look that told the machine to stop, then a last one that found none, before the disposal.
+    expect(sweepsAtDispose).toBe(2);
     // Told to stop at the first look (said for a deletion poll), found ending at the next: only
     // then are the resources deleted (Disposing, too brief to be seen every time).
     expect(reasons.filter((r) => r !== "Idle" && r !== "Disposing")).toEqual(["StoppingMachines"]);
     expect(cloud.machineOf("left-run-uid")?.state).toBe("terminated");
     expect(cloud.calls.dispose).toBe(disposed + 1);
-    expect((await events("ce-leftover")).some((e) => e.reason === "TerminatingMachines" && e.note.includes("i-0leftover"))).toBe(true);
+    expect((await events("ce-leftover")).some((e) => e.reason === "TerminatingMachines" && e.note?.includes("i-0leftover"))).toBe(true);
   });
 
   it("deleting a CE with a running Run cancels it, waits for the machine, disposes, releases the Secret", async () => {

@@ -8,6 +8,7 @@ import type { KubeClient } from "../../src/engine/kube.js";
 import type { Condition } from "../../src/engine/conditions.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import type { ComputeEnvironment } from "../../src/api/types.js";
+import type { ResolvedCredentials } from "../../src/cloud/provider.js";
 import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../../src/cloud/azure/policy.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import { waitFor } from "./operator.js";
@@ -76,8 +77,18 @@ export async function grantOperatorRoles(info: EmulatorInfo, objectId: string, n
   await ctl.assignRole({ principalId: objectId, scope: `/subscriptions/${info.subscriptionId}`, role });
 }
 
+/** What the credentials Secret of a principal holds. */
+export function secretData(info: EmulatorInfo, p: Principal): Record<string, string> {
+  return { tenantId: info.tenantId, clientId: p.clientId, clientSecret: p.secret, subscriptionId: info.subscriptionId };
+}
+
+/** The credentials a provider is given for a principal's Secret, as the reconcilers resolve them. */
+export function secretCredentials(info: EmulatorInfo, p: Principal, name = "azure-creds"): ResolvedCredentials {
+  return { source: "secret", secretName: name, data: secretData(info, p) };
+}
+
 export async function putSecret(kube: KubeClient, info: EmulatorInfo, ns: string, name: string, p: Principal): Promise<void> {
-  const data = { tenantId: info.tenantId, clientId: p.clientId, clientSecret: p.secret, subscriptionId: info.subscriptionId };
+  const data = secretData(info, p);
   const body = { apiVersion: "v1", kind: "Secret", metadata: { name, namespace: ns }, type: "Opaque", data: Object.fromEntries(Object.entries(data).map(([k, v]) => [k, Buffer.from(v).toString("base64")])) };
   const existing = await kube.get(SecretResource, ns, name);
   if (existing) await kube.patch(SecretResource, ns, name, { data: body.data }, "merge");

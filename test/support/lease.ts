@@ -2,7 +2,7 @@
  * Lease moves made by "another process" in the leader-election tests: what a rival replica does
  * when it takes the Lease (as after a partition) or when the tests read who holds it.
  */
-import type { KubeClient } from "../../src/engine/kube.js";
+import { KubeApiError, type KubeClient } from "../../src/engine/kube.js";
 import { LeaseResource } from "../../src/engine/leader.js";
 import type { Lease } from "../../src/engine/leader.js";
 import { formatMicroTime } from "../../src/engine/events.js";
@@ -20,14 +20,22 @@ export async function leaseHolder(client: KubeClient, ns: string, name: string):
  * (acquired and renewed now, one more transition): its former holder must stop acting.
  */
 export async function stealLease(client: KubeClient, ns: string, name: string, thief = "thief"): Promise<void> {
-  const lease = await client.get<Lease>(LeaseResource, ns, name);
-  if (!lease) throw new Error(`no Lease ${ns}/${name}`);
-  const now = formatMicroTime(new Date());
-  await client.replace<Lease>(LeaseResource, {
-    ...lease,
-    spec: {
-      ...lease.spec, holderIdentity: thief, acquireTime: now, renewTime: now, leaseDurationSeconds: 3600,
-      leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + 1,
-    },
-  });
+  // The holder renews meanwhile (every fraction of a second in the tests): read again on a conflict.
+  for (let attempt = 1; ; attempt++) {
+    const lease = await client.get<Lease>(LeaseResource, ns, name);
+    if (!lease) throw new Error(`no Lease ${ns}/${name}`);
+    const now = formatMicroTime(new Date());
+    try {
+      await client.replace<Lease>(LeaseResource, {
+        ...lease,
+        spec: {
+          ...lease.spec, holderIdentity: thief, acquireTime: now, renewTime: now, leaseDurationSeconds: 3600,
+          leaseTransitions: (lease.spec?.leaseTransitions ?? 0) + 1,
+        },
+      });
+      return;
+    } catch (e) {
+      if (!(e instanceof KubeApiError && e.status === 409) || attempt >= 10) throw e;
+    }
+  }
 }
