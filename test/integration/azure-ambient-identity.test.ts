@@ -19,13 +19,12 @@ import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import type { ComputeEnvironment } from "../../src/api/types.js";
 import { AzureProvider } from "../../src/cloud/azure/provider.js";
-import type { AzureEndpoints } from "../../src/cloud/azure/clients.js";
 import { TAG_CE_UID, resourceGroupName } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeAdmin, kubeconfigPath } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureInfo, azureTestCredential, freshNamespace, kubeAdmin, kubeconfigPath } from "../harness/helpers.js";
 import { kubeIssuer } from "../harness/azure-kube.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, cond, getCe, grantOperatorRoles, waitGone, waitReady, waitStalled, createWorkStorage } from "../support/azure-env.js";
+import { LOCATION, STORAGE, cond, getCe, grantOperatorRoles, waitGone, waitReady, waitStalled, createWorkStorage, emulatorEndpoints } from "../support/azure-env.js";
 
 let kube: KubeClient;
 let info: EmulatorInfo;
@@ -33,10 +32,6 @@ let rm: ResourceManagementClient;
 const operators: RunningOperator[] = [];
 const dirs: string[] = [];
 const savedPodIdentityHost = process.env.AZURE_POD_IDENTITY_AUTHORITY_HOST;
-
-function baseEndpoints(): AzureEndpoints {
-  return { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 };
-}
 
 /** A CE without spec.credentials: the operator's ambient identity; the subscription from the spec. */
 function ambientCe(ns: string, name: string): ComputeEnvironment {
@@ -106,7 +101,7 @@ describe("Azure ComputeEnvironment with the operator's ambient identity (emulato
       federatedCredentials: [{ issuer, subject: `system:serviceaccount:${ns}:vmforge-operator`, audiences: ["api://AzureADTokenExchange"] }],
     });
     await grantOperatorRoles(info, app.objectId, "wi");
-    const provider = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "workload", workload: { tenantId: info.tenantId, clientId: app.clientId, tokenFilePath } } });
+    const provider = new AzureProvider({ endpoints: { ...emulatorEndpoints(), ambient: "workload", workload: { tenantId: info.tenantId, clientId: app.clientId, tokenFilePath } } });
     operators.push(await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 }));
     await lifeAs(ns, "wi", app.objectId);
 
@@ -114,7 +109,7 @@ describe("Azure ComputeEnvironment with the operator's ambient identity (emulato
     // Stalled InvalidCredentials naming the workload identity (AADSTS700213), never the token.
     const ns2 = await freshNamespace(kube, "azwi");
     const untrustedToken = await serviceAccountTokenFile(ns2, "someone-else");
-    const untrusted = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "workload", workload: { tenantId: info.tenantId, clientId: app.clientId, tokenFilePath: untrustedToken } } });
+    const untrusted = new AzureProvider({ endpoints: { ...emulatorEndpoints(), ambient: "workload", workload: { tenantId: info.tenantId, clientId: app.clientId, tokenFilePath: untrustedToken } } });
     operators.push(await startOperator(kubeconfigPath(), new Map([["azure", untrusted]]), { namespaces: [ns2], pollIntervalMs: 1_000 }));
     await kube.create(ComputeEnvironmentResource, ambientCe(ns2, "wi-untrusted"));
     const stalled = await waitStalled(kube, ns2, "wi-untrusted", "InvalidCredentials");
@@ -135,13 +130,13 @@ describe("Azure ComputeEnvironment with the operator's ambient identity (emulato
     await grantOperatorRoles(info, ident.principalId!, "mi");
     const host = await azureControl().createManagedIdentityHost({ name: "operator-pod", userAssignedIdentityIds: [ident.id!] });
     process.env.AZURE_POD_IDENTITY_AUTHORITY_HOST = host.podIdentityAuthorityHost;
-    const provider = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "managed", managedIdentityClientId: ident.clientId! } });
+    const provider = new AzureProvider({ endpoints: { ...emulatorEndpoints(), ambient: "managed", managedIdentityClientId: ident.clientId! } });
     operators.push(await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 }));
     await lifeAs(ns, "mi", ident.principalId!);
 
     // An operator told to use a user-assigned identity its host does not have.
     const ns2 = await freshNamespace(kube, "azmi");
-    const wrong = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "managed", managedIdentityClientId: "99999999-8888-7777-6666-555555555555" } });
+    const wrong = new AzureProvider({ endpoints: { ...emulatorEndpoints(), ambient: "managed", managedIdentityClientId: "99999999-8888-7777-6666-555555555555" } });
     operators.push(await startOperator(kubeconfigPath(), new Map([["azure", wrong]]), { namespaces: [ns2], pollIntervalMs: 1_000 }));
     await kube.create(ComputeEnvironmentResource, ambientCe(ns2, "mi-missing"));
     const stalled = await waitStalled(kube, ns2, "mi-missing", "InvalidCredentials");
@@ -158,7 +153,7 @@ describe("Azure ComputeEnvironment with the operator's ambient identity (emulato
     await grantOperatorRoles(info, ident3.principalId!, "mi3");
     await azureControl().createManagedIdentityHost({ name: "operator-pod", userAssignedIdentityIds: [ident.id!, ident3.id!] });
     const busy = await azureControl().addFault({ operation: "managedIdentityToken", status: 503, count: 12 });
-    const flaky = new AzureProvider({ endpoints: { ...baseEndpoints(), ambient: "managed", managedIdentityClientId: ident3.clientId! } });
+    const flaky = new AzureProvider({ endpoints: { ...emulatorEndpoints(), ambient: "managed", managedIdentityClientId: ident3.clientId! } });
     operators.push(await startOperator(kubeconfigPath(), new Map([["azure", flaky]]), { namespaces: [ns3], pollIntervalMs: 1_000 }));
     await kube.create(ComputeEnvironmentResource, ambientCe(ns3, "mi-imds"));
     const seen = new Set<string>();

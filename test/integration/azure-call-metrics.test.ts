@@ -5,7 +5,6 @@
  * /metrics counts the Azure calls by service, operation and outcome, with latency; a call the
  * emulator answers 429 more often than the SDK retries is counted as throttled.
  */
-import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { KubeClient } from "../../src/engine/kube.js";
@@ -16,10 +15,9 @@ import { Operator } from "../../src/operator.js";
 import { registerOperatorMetrics } from "../../src/metrics.js";
 import { setCloudCallObserver } from "../../src/cloud/call-metrics.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import { ceBody, operatorPrincipal, putSecret, waitReady, createWorkStorage } from "../support/azure-env.js";
+import { azureClientOptions, azureControl, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { ceBody, operatorPrincipal, putSecret, waitReady, createWorkStorage, emulatorProvider } from "../support/azure-env.js";
 
 let kube: KubeClient;
 let operator: Operator | undefined;
@@ -53,7 +51,7 @@ beforeAll(async () => {
 
   const logger = createLogger({ level: process.env.VMFORGE_TEST_LOG_LEVEL ?? "warn", name: "vmforge-test" });
   const metrics = new EngineMetrics();
-  const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+  const provider = emulatorProvider();
   const op = new Operator({ client: KubeClient.fromKubeconfig(kubeconfigPath(), { metrics }), providers: new Map([["azure", provider]]), config: testConfig({ namespaces: [ns], pollIntervalMs: 1_000 }), logger, metrics });
   operator = op;
   registerOperatorMetrics(metrics.registry, { ces: () => op.ces.list(), runs: () => op.runs.list() });

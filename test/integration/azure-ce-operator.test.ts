@@ -6,20 +6,19 @@
  * documented additions; fixtures are made and results checked as the emulator's admin.
  */
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import type { ComputeEnvironment } from "../../src/api/types.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
+import type { AzureProvider } from "../../src/cloud/azure/provider.js";
 import type { AzurePhase } from "../../src/cloud/azure/policy.js";
 import { resourceGroupName, roleDefinitionGuid } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, STORAGE, ceBody, cond, getCe as envGetCe, grantOperatorRoles, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage } from "../support/azure-env.js";
+import { LOCATION, STORAGE, ceBody, cond, getCe as envGetCe, grantOperatorRoles, operatorPrincipal as envPrincipal, putSecret as envPutSecret, waitGone as envWaitGone, waitReady as envWaitReady, waitStalled as envWaitStalled, type Principal, createWorkStorage, emulatorProvider } from "../support/azure-env.js";
 
 
 let kube: KubeClient;
@@ -72,7 +71,7 @@ beforeAll(async () => {
     ns = await freshNamespace(kube, "azce");
     nsLp = await freshNamespace(kube, "azlp");
     await putSecret(ns, "azure-creds", principal);
-    provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+    provider = emulatorProvider();
     op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns, nsLp], pollIntervalMs: 1_000 });
 }, 120_000);
 
@@ -347,7 +346,7 @@ describe("Azure environment: eventual consistency and restarts", () => {
       // ... then is killed and a new one (new provider, new clients, empty memory) takes over.
       await op!.stop();
       await ctl.clearFaults();
-      provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+      provider = emulatorProvider();
       op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns, nsLp], pollIntervalMs: 1_000 });
       const ce = await waitReady(ns, name);
       const rg = resourceGroupName({ namespace: ns, name, uid: ce.metadata.uid! });

@@ -5,20 +5,18 @@
  * used instead of a network of the CE's own, and left alone on disposal. And a CE with every
  * Azure option set at once.
  */
-import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { NetworkManagementClient } from "@azure/arm-network";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
 import { ANNOTATION_RECONCILE_REQUESTED } from "../../src/api/constants.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { AZURE_PHASES, type AzurePhase } from "../../src/cloud/azure/policy.js";
 import { resourceGroupName } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo } from "../azure-emulator/control.js";
-import { LOCATION, ceBody, cond, getCe, operatorPrincipal, putSecret, waitGone, waitReady, waitStalled, createWorkStorage } from "../support/azure-env.js";
+import { LOCATION, ceBody, cond, getCe, operatorPrincipal, putSecret, waitGone, waitReady, waitStalled, createWorkStorage, emulatorProvider } from "../support/azure-env.js";
 
 const JOIN = "Microsoft.Network/virtualNetworks/subnets/join/action";
 
@@ -57,7 +55,7 @@ beforeAll(async () => {
   await putSecret(kube, info, ns, "azure-creds", p);
   noJoinPrincipal = p.objectId;
   fullPrincipal = await operatorPrincipal(info, "vmforge-every-option");
-  const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+  const provider = emulatorProvider();
   op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 }, 120_000);
 

@@ -7,25 +7,19 @@
  * the hint, whether the SDK or the controller made it.
  */
 import { randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource } from "../../src/api/types.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { ceId, resourceGroupName } from "../../src/cloud/azure/names.js";
 import { CloudError } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath } from "../harness/helpers.js";
 import type { EmulatorInfo, FaultSpec, RequestLogEntry } from "../azure-emulator/control.js";
-import { ceBody, operatorPrincipal, putSecret, secretCredentials, waitGone, waitReady, type Principal, createWorkStorage } from "../support/azure-env.js";
+import { ceBody, operatorPrincipal, putSecret, secretCredentials, waitGone, waitReady, type Principal, createWorkStorage, emulatorProvider } from "../support/azure-env.js";
 
 const RETRY_AFTER_S = 1;
-
-function newProvider(): AzureProvider {
-  return new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
-}
 
 let kube: KubeClient;
 let info: EmulatorInfo;
@@ -42,7 +36,7 @@ beforeAll(async () => {
   ns = await freshNamespace(kube, "azthr");
   principal = await operatorPrincipal(info, "vmforge-throttled");
   await putSecret(kube, info, ns, "azure-creds", principal);
-  op = await startOperator(kubeconfigPath(), new Map([["azure", newProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  op = await startOperator(kubeconfigPath(), new Map([["azure", emulatorProvider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
 }, 120_000);
 
 afterAll(async () => {
@@ -145,7 +139,7 @@ describe("calls made side by side under throttling (emulator)", () => {
         throttleNics(rg),
       ], async () => {
         const { lastSeq: before } = await ctl.requests(Number.MAX_SAFE_INTEGER);
-        const refusal = await newProvider().sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
+        const refusal = await emulatorProvider().sweepOrphans({ ce, credentials: credentials(), logger: silent }, new Set()).then(() => undefined, (e: unknown) => e);
         const { value: during, lastSeq: failedAt } = await ctl.requests(before);
         // The refusal for good is the one reported.
         expect(refusal).toBeInstanceOf(CloudError);
@@ -165,7 +159,7 @@ describe("calls made side by side under throttling (emulator)", () => {
       const ctl = azureControl();
       await withFaults([throttleNics(rg)], async () => {
         const { lastSeq: before } = await ctl.requests(Number.MAX_SAFE_INTEGER);
-        const provider = newProvider();
+        const provider = emulatorProvider();
         const ctx = { ce, credentials: credentials(), logger: silent };
         const first = provider.sweepOrphans(ctx, new Set()).then((v) => ({ v }), (e: unknown) => ({ e }));
         // Once the gate holds the network reads (the first 429 came, and the SDK now waits 1 s to retry), a second caller sweeps the same group.

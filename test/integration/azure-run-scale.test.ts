@@ -11,10 +11,7 @@
  * ingestion and upload calls go to the emulator and Azurite for real. 50 of them at once finish in
  * seconds here. The operator is the real one, with a 1 s poll interval from its configuration.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResourceManagementClient } from "@azure/arm-resources";
 import { AuthorizationManagementClient } from "@azure/arm-authorization";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
@@ -22,8 +19,8 @@ import { createLogger } from "../../src/engine/logger.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { resourceGroupName, roleDefinitionGuid, vmName } from "../../src/cloud/azure/names.js";
 import { waitFor } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
-import { AzureVmPlayer } from "../sandbox/azure/vm-player.js";
+import { azureClientOptions, azureControl, azureTestCredential } from "../harness/helpers.js";
+import { startVmPlayer } from "../support/azure-player.js";
 import type { RequestLogEntry } from "../azure-emulator/control.js";
 import { ceBody, getCe, secretCredentials, waitReady } from "../support/azure-env.js";
 import { setupAzureRuns, type AzureRunsEnv } from "../support/azure-runs.js";
@@ -135,12 +132,8 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
 
     // The VMs boot: the player runs each VM's customData (the launcher, with stand-ins only for
     // nextflow and shutdown), which ships its log, uploads the exit status and shuts the OS down.
-    const said: string[] = [];
-    const dir = mkdtempSync(join(tmpdir(), "vmforge-scale-"));
-    const bundle = join(dir, "ca.pem");
-    writeFileSync(bundle, readFileSync(azureCaPath(), "utf8") + readFileSync(inject("azuriteCaPath"), "utf8"));
-    const player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pipelineExitCode: 0, say: (l) => said.push(l) });
-    player.start();
+    const vms = startVmPlayer("scale", { pipelineExitCode: 0 });
+    const { player, said } = vms;
     try {
       await waitFor("50 launchers done", async () => {
         const played = player.played().filter((p) => p.launcherExit !== undefined);
@@ -148,8 +141,7 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
         throw new Error(`${played.length}/50 launchers ended`);
       }, 420_000, 1_000);
     } finally {
-      await player.stop();
-      rmSync(dir, { recursive: true, force: true });
+      await vms.stop();
     }
     const played = player.played();
     expect(played).toHaveLength(50);
@@ -182,12 +174,8 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
     // Each VM came with its NIC, public IP and OS disk.
     expect((await runResourcesIn(rg)).length).toBe(100);
     // Their launchers run a pipeline that would take 10 minutes.
-    const dir = mkdtempSync(join(tmpdir(), "vmforge-scale-"));
-    const bundle = join(dir, "ca.pem");
-    writeFileSync(bundle, readFileSync(azureCaPath(), "utf8") + readFileSync(inject("azuriteCaPath"), "utf8"));
-    const said: string[] = [];
-    const player = new AzureVmPlayer({ control: azureControl(), caPath: bundle, dir: join(dir, "vms"), pipelineExitCode: 0, pipelineSeconds: 600, say: (l) => said.push(l) });
-    player.start();
+    const vms2 = startVmPlayer("scale", { pipelineExitCode: 0, pipelineSeconds: 600 });
+    const { player } = vms2;
     try {
       await waitFor("25 launchers running", async () => {
         const up = player.played().filter((p) => p.launcherExit === undefined);
@@ -200,8 +188,7 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
       // Every launcher was lost with its VM, none ended on its own.
       await waitFor("25 launchers gone with their VMs", async () => player.played().filter((p) => p.killedBecause === "the VM was deleted").length === 25, 30_000, 500);
     } finally {
-      await player.stop();
-      rmSync(dir, { recursive: true, force: true });
+      await vms2.stop();
     }
 
     // Every Run ended (its VM gone before the CE could go); a Run keeps its finalizer until it is

@@ -6,7 +6,7 @@
  * AWS: moto behind the strict layer, machines played by the sandbox's InstancePlayer. Azure: the
  * Azure emulator, the operator holding the seed's roles plus the documented additions.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -18,15 +18,14 @@ import { KubeClient } from "../../src/engine/kube.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { AwsProvider } from "../../src/cloud/aws/provider.js";
-import { AzureProvider } from "../../src/cloud/azure/provider.js";
 import { LOG_TABLE } from "../../src/cloud/azure/names.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import type { SecretObject } from "../../src/controllers/shared.js";
 import { InstancePlayer } from "../sandbox/instance.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
-import { azureCaPath, azureClientOptions, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
-import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, createWorkStorage } from "../support/azure-env.js";
+import { azureClientOptions, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, motoEndpoint, motoReset } from "../harness/helpers.js";
+import { ceBody, operatorPrincipal, putSecret, waitGone, waitReady, createWorkStorage, emulatorProvider } from "../support/azure-env.js";
 
 let kube: KubeClient;
 
@@ -138,7 +137,7 @@ describe("log retention on Azure (emulator)", () => {
     const principal = await operatorPrincipal(info, "vmforge-logret");
     ns = await freshNamespace(kube, "azlogret");
     await putSecret(kube, info, ns, "azure-creds", principal);
-    const provider = new AzureProvider({ endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 } });
+    const provider = emulatorProvider();
     op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
   }, 120_000);
 

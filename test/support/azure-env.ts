@@ -3,6 +3,7 @@
  * (seed 001, read from the product document), the built-in Reader and the documented additions; its
  * credentials Secret; ComputeEnvironment bodies and waits on their conditions.
  */
+import { readFileSync } from "node:fs";
 import type { ResourceManagementClient } from "@azure/arm-resources";
 import type { KubeClient } from "../../src/engine/kube.js";
 import type { Condition } from "../../src/engine/conditions.js";
@@ -12,9 +13,21 @@ import type { ResolvedCredentials } from "../../src/cloud/provider.js";
 import { AZURE_PHASES, azureAdditions, renderAzureRole, type AzurePhase } from "../../src/cloud/azure/policy.js";
 import { SecretResource } from "../../src/controllers/shared.js";
 import { waitFor } from "./operator.js";
-import { azureControl } from "../harness/helpers.js";
+import { azureCaPath, azureControl, azureEndpoint } from "../harness/helpers.js";
+import type { AzureEndpoints } from "../../src/cloud/azure/clients.js";
+import { AzureProvider, type AzureProviderOptions } from "../../src/cloud/azure/provider.js";
 import type { EmulatorInfo, RoleJson } from "../azure-emulator/control.js";
 import { seedPath } from "../harness/seed-policy.js";
+
+/** The emulator as an AzureProvider reaches it: ARM and Entra on its HTTPS endpoint, its CA trusted, LROs polled every 20 ms. */
+export function emulatorEndpoints(): AzureEndpoints {
+  return { arm: azureEndpoint(), authorityHost: azureEndpoint(), ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20 };
+}
+
+/** A new AzureProvider on the emulator's endpoints (`over` adds options other than the endpoints). */
+export function emulatorProvider(over: Omit<AzureProviderOptions, "endpoints"> = {}): AzureProvider {
+  return new AzureProvider({ endpoints: emulatorEndpoints(), ...over });
+}
 
 export const LOCATION = "westeurope";
 export const STORAGE = "vmfwork";

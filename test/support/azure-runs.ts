@@ -25,10 +25,10 @@ import { LogsIngestionClient } from "@azure/monitor-ingestion";
 import { azureArtifactsPath, azureArtifactsUri } from "../../src/cloud/azure/launcher.js";
 import { LOG_STREAM, vmName } from "../../src/cloud/azure/names.js";
 import { installCrds, startOperator, waitFor, type RunningOperator } from "./operator.js";
-import { azureCaPath, azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
+import { azureClientOptions, azureControl, azureEndpoint, azureInfo, azureTestCredential, freshNamespace, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
 import type { EmulatedVm, EmulatorInfo } from "../azure-emulator/control.js";
 import { AZURITE_ACCOUNT, AZURITE_ACCOUNT_KEY } from "../harness/azurite.js";
-import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitReady, type Principal } from "./azure-env.js";
+import { LOCATION, STORAGE, ceBody, operatorPrincipal, putSecret, waitReady, emulatorEndpoints, type Principal } from "./azure-env.js";
 
 export interface AzureRunsOptions {
   /** Namespace prefix. */
@@ -121,7 +121,7 @@ export async function setupAzureRuns(o: AzureRunsOptions): Promise<AzureRunsEnv>
   await putSecret(kube, info, ns, "azure-creds", principal);
   const provider = (over: Omit<AzureProviderOptions, "endpoints"> = {}): AzureProvider =>
     new AzureProvider({
-      endpoints: { arm: azureEndpoint(), authorityHost: azureEndpoint(), logs: `${azureEndpoint()}/loganalytics/v1`, ca: readFileSync(azureCaPath(), "utf8"), lroPollMs: 20, ...(blobTemplate ? { blob: blobTemplate } : {}) },
+      endpoints: { ...emulatorEndpoints(), logs: `${azureEndpoint()}/loganalytics/v1`, ...(blobTemplate ? { blob: blobTemplate } : {}) },
       exitLineGraceMs: o.exitLineGraceMs ?? 3_000,
       ...over,
     });
