@@ -340,8 +340,11 @@ async function settleWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
   }
 }
 
-/** The wait an error asks for, if it carries a numeric `retryAfterMs` (bounded to one hour). */
+/** The longest wait a hint may ask for (one hour): a bogus date must not stop work for days. */
+export const MAX_RETRY_AFTER_MS = 3_600_000;
+
+/** The wait an error asks for, if it carries a numeric `retryAfterMs` (at most MAX_RETRY_AFTER_MS). */
 export function retryAfterHint(err: unknown): number {
   const v = typeof err === "object" && err !== null ? (err as { retryAfterMs?: unknown }).retryAfterMs : undefined;
-  return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(v, 3_600_000) : 0;
+  return typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(v, MAX_RETRY_AFTER_MS) : 0;
 }

@@ -22,6 +22,7 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { Agent } from "node:https";
 import { monotonicNow } from "../../engine/clock.js";
+import { MAX_RETRY_AFTER_MS } from "../../engine/controller.js";
 import {
   AuthenticationError,
   ClientSecretCredential,
@@ -329,9 +330,6 @@ export interface AzureClients {
   readonly throttle?: ThrottleGate;
 }
 
-/** The longest a hold lasts (the work queue's own cap on a wait): a bogus date must not stop a provider's calls for days. */
-const MAX_HOLD_MS = 3_600_000;
-
 /**
  * Remembers a 429's Retry-After past the SDK's own retries, for every caller of one set of
  * clients (one identity and subscription): the next call of the same kind — same resource
@@ -380,8 +378,9 @@ export class ThrottleGate {
     return k !== undefined;
   }
 
+  // At most the engine's cap on any wait (a bogus date must not stop a provider's calls for days).
   private holdKind(k: string, ms: number): void {
-    const t = this.now() + Math.min(ms, MAX_HOLD_MS);
+    const t = this.now() + Math.min(ms, MAX_RETRY_AFTER_MS);
     if ((this.until.get(k) ?? 0) < t) this.until.set(k, t);
   }
 }
