@@ -132,7 +132,7 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
 
     // The VMs boot: the player runs each VM's customData (the launcher, with stand-ins only for
     // nextflow and shutdown), which ships its log, uploads the exit status and shuts the OS down.
-    const vms = startVmPlayer("scale", { pipelineExitCode: 0 });
+    const vms = startVmPlayer("scale", { pipelineExitCode: 0, pollMs: 500 });
     const { player, said } = vms;
     try {
       await waitFor("50 launchers done", async () => {
@@ -174,7 +174,7 @@ describe("Azure Runs at scale through the operator (emulator)", () => {
     // Each VM came with its NIC, public IP and OS disk.
     expect((await runResourcesIn(rg)).length).toBe(100);
     // Their launchers run a pipeline that would take 10 minutes.
-    const vms2 = startVmPlayer("scale", { pipelineExitCode: 0, pipelineSeconds: 600 });
+    const vms2 = startVmPlayer("scale", { pipelineExitCode: 0, pipelineSeconds: 600, pollMs: 500 });
     const { player } = vms2;
     try {
       await waitFor("25 launchers running", async () => {
