@@ -54,6 +54,10 @@ export interface AzureBurstResult {
   vmPutsTotal: number;
   /** The last Run created -> its last VM PUT. */
   allLaunchedAfterLastCreateMs: number;
+  /** The first create -> the first VM PUT. */
+  firstLaunchMs: number;
+  /** VMs PUT before the last Run was created (how far launches overlapped the creations). */
+  launchedBeforeLastCreate: number;
   /** The operator's controllers until all Running: reconciles, mean duration, mean wait in the queue (seconds). */
   controllers: Record<string, { reconciles: number; meanS: number; meanQueuedS: number }>;
   /** The operator's own requests for Runs (by verb) and its reads past its caches (by why), until all Running. */
@@ -263,12 +267,14 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     }
     const d = (m: Map<string, number>): number[] => [...created].filter(([n]) => m.has(n)).map(([n, t]) => m.get(n)! - t);
     const allLaunchedMs = putAt.size ? Math.max(...putAt.values()) - t0 : NaN;
+    const lastCreate = Math.max(...created.values());
     const res: AzureBurstResult = {
       runs: N, floor: { levels, best }, kubeFloor: kf, ratioToKubeFloor: allLaunchedMs / kf.best.totalMs, createdAllMs,
       firstStatus: dist(d(firstStatus)), vmPut: dist(d(putAt)), running: dist(d(running)),
       launched: putAt.size, allLaunchedMs, allRunning, ...(allRunningMs !== undefined ? { allRunningMs } : {}),
       ratioToFloor: allLaunchedMs / best.totalMs, startLinesShipped: shipped.size, vmPutsTotal,
-      allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - Math.max(...created.values()), cloudCalls: calls,
+      allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - lastCreate, cloudCalls: calls,
+      firstLaunchMs: putAt.size ? Math.min(...putAt.values()) - t0 : NaN, launchedBeforeLastCreate: [...putAt.values()].filter((t) => t < lastCreate).length,
       operatorCpuS: b.op.stats().cpuS - cpu0, rss: b.op.stats(), load: load(),
       ...(apiRecorded ? { apiserverUntilRecorded: apiserverWindow(apiRecorded, apiBefore) } : {}),
       controllers,
@@ -277,7 +283,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
     say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
     say(`  created -> Running:      ${fmtDist(res.running)}`);
-    say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
+    say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}; the first VM PUT ${sec(res.firstLaunchMs)} after the first create, ${res.launchedBeforeLastCreate} before the last); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);
     say(`  Azure calls during the burst: ${JSON.stringify(calls)}`);
     if (res.apiserverUntilRecorded) say(`  kube-apiserver requests until every Run's status named its VM (all clients, WATCH excluded; within 1 s): ${fmtApiserver(res.apiserverUntilRecorded)}`);
     say(`  the operator's own requests for Runs until all Running, by verb: ${JSON.stringify(res.operatorReads.runRequests)}; its reads past the caches, by why: ${JSON.stringify(res.operatorReads.freshReads)}; its Run watch started again, by reason: ${JSON.stringify(res.operatorReads.runWatchRestarts)}`);
