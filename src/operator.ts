@@ -12,7 +12,7 @@ import type { KubeClient, KubeObject, ResourceType } from "./engine/kube.js";
 import type { Logger } from "./engine/logger.js";
 import type { EngineMetrics } from "./engine/metrics.js";
 import { Reflector } from "./engine/reflector.js";
-import { Store, trimForCache, type IndexFunc } from "./engine/store.js";
+import { Store, deepFreeze, slimForCache, trimForCache, type IndexFunc } from "./engine/store.js";
 import { Controller } from "./engine/controller.js";
 import { EventRecorder } from "./engine/events.js";
 import { LeaderElector } from "./engine/leader.js";
@@ -168,6 +168,8 @@ export class Operator {
       yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS },
     });
 
+    // CEs are frozen as cached (deepFreeze): the Run reconciler reads the CE of each Run it works on
+    // without a copy.
     this.ces = new Caches(reflect<ComputeEnvironment>(ComputeEnvironmentResource, (type, ce, old) => {
       // The CE's own status writes need no new reconcile (it would also bypass the backoff of a
       // failing one); spec, metadata and lifecycle changes do.
@@ -190,7 +192,7 @@ export class Operator {
       // Runs follow their CE (Ready, deleting); a status write that did not change readiness is no news to them.
       if (statusOnly && old && readiness(old) === readiness(ce)) return;
       for (const r of runsOfCe(this.runs, ce.metadata.namespace, ce.metadata.name)) this.runController.enqueue(keyOf(r));
-    }));
+    }, undefined, undefined, (ce) => deepFreeze(slimForCache(ce))));
     this.runs = new Caches(reflect<Run>(RunResource, (type, run, old) => {
       const key = keyOf(run);
       if (type !== "DELETED" && !run.status?.phase && !run.metadata.deletionTimestamp) this.ackController.enqueue(key);

@@ -18,6 +18,19 @@ export function slimForCache<T extends KubeObject>(obj: T): T {
   return CACHE_STRINGS.intern(trimForCache(obj));
 }
 
+/**
+ * Freezes an object and everything in it, in place, and returns it. A cache whose objects are
+ * frozen can hand them out without a copy: a reader that tries to change one throws a TypeError
+ * (modules run in strict mode) instead of changing what every other reader sees.
+ */
+export function deepFreeze<T>(obj: T): T {
+  if (obj !== null && typeof obj === "object" && !Object.isFrozen(obj)) {
+    Object.freeze(obj);
+    for (const v of Object.values(obj)) deepFreeze(v);
+  }
+  return obj;
+}
+
 /** slimForCache without the string pool: for caches of Secrets, whose values must go with them. */
 export function trimForCache<T extends KubeObject>(obj: T): T {
   const meta = obj.metadata as T["metadata"] & { managedFields?: unknown };

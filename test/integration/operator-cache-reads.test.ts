@@ -99,6 +99,10 @@ describe("steady state", () => {
       return runs.items.length === 20 && runs.items.every((r) => r.status?.phase === "Running");
     }, 60_000);
     await waitFor("CE counts 20 active Runs", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.activeRuns === 20);
+    // The Run reconciler reads each Run's CE from the cache without a copy: what the cache holds is frozen.
+    const cached = op.operator.ces.get(`${ns}/ce`);
+    expect(cached?.status?.activeRuns).toBe(20);
+    expect([cached, cached?.metadata, cached?.spec, cached?.spec.aws, cached?.status, cached?.status?.conditions, cached?.status?.conditions?.[0]].every((o) => o !== undefined && Object.isFrozen(o))).toBe(true);
     // let the last events settle (CE coalescing window, last Running writes)
     const settle = op.operator.tracker.pollCount + 8;
     await waitFor("polls", async () => op.operator.tracker.pollCount >= settle);

@@ -12,7 +12,7 @@ import { createHash } from "node:crypto";
 import type { KubeClient } from "../../engine/kube.js";
 import { splitKey } from "../../engine/kube.js";
 import { monotonicNow } from "../../engine/clock.js";
-import type { Logger } from "../../engine/logger.js";
+import { lazyChild, type Logger } from "../../engine/logger.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
 import { ensureFinalizer, hasFinalizer, removeFinalizer } from "../../engine/finalizers.js";
@@ -172,7 +172,7 @@ export class ComputeEnvironmentReconciler {
     if (!ce) return;
     // In the cache, so in the cluster (again, should a relist have missed it for a while).
     this.gone.delete(ce.metadata.uid ?? "");
-    const log = this.d.logger.child({ ce: key });
+    const log = lazyChild(this.d.logger, { ce: key });
     const provider = this.d.providers.get(ce.spec.provider);
     if (ce.metadata.deletionTimestamp) return this.finalize(ce, provider, log, signal);
 

@@ -5,7 +5,7 @@
  */
 import type { KubeClient } from "../../engine/kube.js";
 import { KubeApiError, splitKey } from "../../engine/kube.js";
-import type { Logger } from "../../engine/logger.js";
+import { lazyChild, type Logger } from "../../engine/logger.js";
 import { monotonicNow } from "../../engine/clock.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
@@ -159,11 +159,14 @@ export class RunReconciler {
     return this.d.client.get<Run>(RunResource, namespace, name);
   }
 
+  /**
+   * The CE as cached, without a copy (one per reconcile cost as much as the rest of reading): a
+   * Run's reconcile only reads its CE, and the operator's cache freezes what it holds, so a change
+   * made by mistake throws instead of reaching the cache. Changed copies are made where needed
+   * (standIn, the gone CE below).
+   */
   private async readCe(namespace: string | undefined, name: string): Promise<ComputeEnvironment | undefined> {
-    if (this.d.ces) {
-      const cached = this.d.ces.get(`${namespace}/${name}`);
-      return cached ? structuredClone(cached) : undefined;
-    }
+    if (this.d.ces) return this.d.ces.get(`${namespace}/${name}`);
     return this.d.client.get<ComputeEnvironment>(ComputeEnvironmentResource, namespace, name);
   }
 
@@ -195,7 +198,7 @@ export class RunReconciler {
     const { namespace } = splitKey(key);
     const run = await this.read(key);
     if (!run) return;
-    const log = this.d.logger.child({ run: key });
+    const log = lazyChild(this.d.logger, { run: key });
     if (signal) this.signals.set(log, signal);
     // The CE this Run goes with (ceOfRun). A CE of the name that is not the one this Run's machine
     // was launched under (that one was removed by force and the name taken again) is `replaced`:

@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { KubeConfig } from "@kubernetes/client-node";
 import { KubeClient, type KubeObject, type ResourceType } from "../../../src/engine/kube.js";
-import { LAST_APPLIED_ANNOTATION, slimForCache } from "../../../src/engine/store.js";
+import { LAST_APPLIED_ANNOTATION, deepFreeze, slimForCache } from "../../../src/engine/store.js";
 import { Reflector } from "../../../src/engine/reflector.js";
 import { Controller } from "../../../src/engine/controller.js";
 import { EngineMetrics } from "../../../src/engine/metrics.js";
@@ -55,6 +55,23 @@ describe("slimForCache", () => {
       expect(o.metadata).not.toHaveProperty("managedFields");
       expect(o.metadata.annotations).toEqual({ keep: "me" });
     }
+  });
+});
+
+describe("deepFreeze", () => {
+  it("freezes an object and everything in it, in place: a change throws", () => {
+    const o = deepFreeze({ metadata: { name: "ce1", finalizers: ["vmforge.dev/cleanup"] }, spec: { azure: { tags: { team: "a" } } }, n: 1, s: "x", none: null });
+    expect(Object.isFrozen(o) && Object.isFrozen(o.metadata) && Object.isFrozen(o.metadata.finalizers) && Object.isFrozen(o.spec.azure.tags)).toBe(true);
+    expect(() => { (o.metadata as { name: string }).name = "other"; }).toThrow(TypeError);
+    expect(() => { o.metadata.finalizers.push("more"); }).toThrow(TypeError);
+    expect(() => { (o.spec.azure.tags as Record<string, string>).team = "b"; }).toThrow(TypeError);
+    expect(o.metadata.name).toBe("ce1");
+    // a copy (what a reconciler that changes it makes) is free to change
+    const copy = structuredClone(o);
+    copy.metadata.finalizers.push("more");
+    expect(copy.metadata.finalizers).toHaveLength(2);
+    expect(deepFreeze("s")).toBe("s");
+    expect(deepFreeze(null)).toBeNull();
   });
 });
 

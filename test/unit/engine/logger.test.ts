@@ -1,6 +1,6 @@
 import { Writable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { createLogger, createRedactor, isSecretKey, redactString, scrubSecrets } from "../../../src/engine/logger.js";
+import { createLogger, createRedactor, isSecretKey, lazyChild, redactString, scrubSecrets } from "../../../src/engine/logger.js";
 
 function collector(): { stream: Writable; lines: () => Record<string, unknown>[]; raw: () => string } {
   let buf = "";
@@ -151,5 +151,53 @@ describe("redactString", () => {
   it("createRedactor gives the same result", () => {
     const r = createRedactor(["abc-secret"]);
     expect(r("x abc-secret y")).toBe("x [REDACTED] y");
+  });
+});
+
+describe("lazyChild", () => {
+  it("logs with the bindings as a pino child does, and is made only when a line is written", () => {
+    const c = collector();
+    const parent = createLogger({ level: "info", destination: c.stream });
+    let made = 0;
+    const child = parent.child.bind(parent);
+    parent.child = ((b: Record<string, unknown>) => {
+      made++;
+      return child(b);
+    }) as typeof parent.child;
+    const log = lazyChild(parent, { run: "ns/r1", password: SECRETS.password });
+    log.debug("off: dropped");
+    log.trace({ x: 1 }, "off: dropped");
+    expect(made).toBe(0);
+    log.info({ step: 1 }, "first");
+    log.warn("second");
+    expect(made).toBe(1);
+    const lines = c.lines();
+    expect(lines.map((l) => l.msg)).toEqual(["first", "second"]);
+    expect(lines[0]).toMatchObject({ run: "ns/r1", step: 1, password: "[REDACTED]" });
+    expect(lines[1]).toMatchObject({ run: "ns/r1" });
+    expect(c.raw()).not.toContain(SECRETS.password);
+  });
+
+  it("follows the parent's level until made, and its own level after", () => {
+    const c = collector();
+    const parent = createLogger({ level: "warn", destination: c.stream });
+    const log = lazyChild(parent, { ce: "ns/ce1" });
+    log.info("off at warn");
+    parent.level = "info";
+    log.info("on at info");
+    log.level = "error";
+    log.warn("off at error");
+    log.error("on at error");
+    expect(c.lines().map((l) => [l.msg, l.ce])).toEqual([["on at info", "ns/ce1"], ["on at error", "ns/ce1"]]);
+    expect(parent.level).toBe("info");
+  });
+
+  it("passes other members on (bindings, child, isLevelEnabled)", () => {
+    const c = collector();
+    const log = lazyChild(createLogger({ level: "info", destination: c.stream }), { run: "ns/r2" });
+    expect(log.bindings()).toEqual({ run: "ns/r2" });
+    expect(log.isLevelEnabled("debug")).toBe(false);
+    log.child({ step: "launch" }).info("nested");
+    expect(c.lines()[0]).toMatchObject({ run: "ns/r2", step: "launch", msg: "nested" });
   });
 });
