@@ -137,8 +137,11 @@ export function statusEquals(a: unknown, b: unknown): boolean {
  * members missing in `to` are set to null, nested objects are diffed, arrays are replaced whole.
  */
 export function createMergePatch(from: unknown, to: unknown): unknown {
-  const f = normalizeJson(from);
-  const t = normalizeJson(to);
+  return mergePatch(normalizeJson(from), normalizeJson(to));
+}
+
+/** createMergePatch of two values normalized already (each nested level is not normalized again). */
+function mergePatch(f: unknown, t: unknown): unknown {
   if (!isPlainObject(f) || !isPlainObject(t)) return t === undefined ? null : t;
   const patch: Record<string, unknown> = {};
   for (const k of Object.keys(f)) {
@@ -147,7 +150,7 @@ export function createMergePatch(from: unknown, to: unknown): unknown {
   for (const [k, tv] of Object.entries(t)) {
     const fv = f[k];
     if (deepEqual(fv, tv)) continue;
-    patch[k] = isPlainObject(fv) && isPlainObject(tv) ? createMergePatch(fv, tv) : tv;
+    patch[k] = isPlainObject(fv) && isPlainObject(tv) ? mergePatch(fv, tv) : tv;
   }
   return patch;
 }
@@ -172,10 +175,13 @@ export async function updateStatus<T extends KubeObject, S>(
   next: S,
   opts: UpdateStatusOptions = {},
 ): Promise<T | undefined> {
-  if (statusEquals(obj.status, next)) return undefined;
+  // Normalized once, for the comparison (statusEquals) and the patch (createMergePatch) both.
+  const from = normalizeJson(obj.status) ?? {};
+  const to = normalizeJson(next) ?? {};
+  if (deepEqual(from, to)) return undefined;
   const name = obj.metadata.name;
   if (!name) throw new TypeError(`updateStatus ${rt.kind}: metadata.name is required`);
-  const body: Record<string, unknown> = { status: createMergePatch(obj.status ?? {}, next ?? {}) };
+  const body: Record<string, unknown> = { status: mergePatch(from, to) };
   if (opts.optimisticLock && obj.metadata.resourceVersion) {
     body.metadata = { resourceVersion: obj.metadata.resourceVersion };
   }
