@@ -25,6 +25,7 @@ import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, testConfig, waitFor } from "../support/operator.js";
 import { stealLease } from "../support/lease.js";
 import { launchDecided } from "../../src/controllers/run/phases.js";
+import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
 import { freshNamespace, kubeconfigPath, settleDeletedNamespaces } from "../harness/helpers.js";
 import { REPO_ROOT } from "../harness/paths.js";
 import type { OperatorConfig } from "../../src/config.js";
@@ -294,6 +295,33 @@ describe("what the CE reconciler keeps of a CE", () => {
     } finally {
       cloud.letGo();
       await op.operator.stop(3_000);
+    }
+  });
+});
+
+/** Announces its cloud writes and has none to make for an environment (AWS with a given instance profile). */
+class NothingToWriteCloud extends FakeCloud {
+  readonly announcesCloudWrites = true;
+}
+
+describe("the CE a Run reads from the cache", () => {
+  it("is not changed by the Run's reconcile: a Run whose launch first records cloud writes on its CE launches without a reconcile error", async () => {
+    const ns = await freshNamespace(client, "frozen-ce");
+    const cloud = new NothingToWriteCloud();
+    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 300 });
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") === true);
+      // Nothing written for the environment, so nothing recorded yet: the launch records it.
+      expect((await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]).toBeUndefined();
+      expect(Object.isFrozen(op.operator.ces.get(`${ns}/ce`)?.metadata)).toBe(true);
+      await client.create(RunResource, runManifest(ns, "r", "ce"));
+      await waitFor("Run Running", async () => (await client.get<Run>(RunResource, ns, "r"))?.status?.phase === "Running", 30_000);
+      expect((await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]).toMatch(/^\d{4}-/);
+      expect(cloud.calls.launch).toBe(1);
+      expect(sum(await op.metrics.text(), "vmforge_reconcile_errors_total", { controller: "run" })).toBe(0);
+    } finally {
+      await op.operator.stop(5_000);
     }
   });
 });

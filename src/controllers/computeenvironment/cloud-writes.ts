@@ -22,10 +22,19 @@ export function cloudWritesMayHaveHappened(ce: ComputeEnvironment): boolean {
   return getCondition(ce.status?.conditions, "ResourcesProvisioned")?.status === "True";
 }
 
-/** Records (once) that cloud writes may start now. Updates `ce` in place. */
-export async function markCloudWrites(client: KubeClient, ce: ComputeEnvironment): Promise<void> {
-  if (ce.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]) return;
+/**
+ * Records (once) that cloud writes may start now, leaving `ce` as it is (a cached CE is frozen);
+ * returns the annotations written, or undefined when `ce` shows the record already.
+ */
+export async function announceCloudWrites(client: KubeClient, ce: ComputeEnvironment): Promise<Record<string, string> | undefined> {
+  if (ce.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]) return undefined;
   const at = new Date().toISOString();
   await client.patch(ComputeEnvironmentResource, ce.metadata.namespace, ce.metadata.name ?? "", { metadata: { annotations: { [CLOUD_WRITES_ANNOTATION]: at } } }, "merge");
-  ce.metadata.annotations = { ...(ce.metadata.annotations ?? {}), [CLOUD_WRITES_ANNOTATION]: at };
+  return { ...(ce.metadata.annotations ?? {}), [CLOUD_WRITES_ANNOTATION]: at };
+}
+
+/** announceCloudWrites on the CE reconciler's own copy, which then shows the record (updated in place). */
+export async function markCloudWrites(client: KubeClient, ce: ComputeEnvironment): Promise<void> {
+  const annotations = await announceCloudWrites(client, ce);
+  if (annotations) ce.metadata.annotations = annotations;
 }

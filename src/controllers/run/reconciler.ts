@@ -21,7 +21,7 @@ import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, launchDecided, launchInFlight, launchedUnder, machineMayExist } from "./phases.js";
-import { markCloudWrites } from "../computeenvironment/cloud-writes.js";
+import { announceCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
 import type { GoneComputeEnvironments } from "./gone-ces.js";
@@ -160,10 +160,10 @@ export class RunReconciler {
   }
 
   /**
-   * The CE as cached, without a copy (one per reconcile cost as much as the rest of reading): a
-   * Run's reconcile only reads its CE, and the operator's cache freezes what it holds, so a change
-   * made by mistake throws instead of reaching the cache. Changed copies are made where needed
-   * (standIn, the gone CE below).
+   * The CE as cached, without a copy (one per reconcile cost as much as the rest of reading). A
+   * Run's reconcile never changes its CE object: changes go to the API (announceCloudWrites) or
+   * to copies (standIn, the gone CE below). The operator's cache freezes what it holds, so a
+   * change made by mistake throws instead of reaching the cache.
    */
   private async readCe(namespace: string | undefined, name: string): Promise<ComputeEnvironment | undefined> {
     if (this.d.ces) return this.d.ces.get(`${namespace}/${name}`);
@@ -365,8 +365,9 @@ export class RunReconciler {
     const persisted = Math.min(Date.parse(run.status?.capacityWait?.notBefore ?? "") || 0, Date.now() + CAPACITY_BACKOFF_MAX_MS);
     const capacityWait = (this.capacityAttempts.get(uid)?.retryAt ?? persisted) - Date.now();
     if (afterCapacityWait && capacityWait > 0) return { requeueAfterMs: capacityWait };
-    // The CE records that the cloud may now hold something of it (its deletion then sweeps).
-    await markCloudWrites(this.d.client, ce);
+    // The CE records that the cloud may now hold something of it (its deletion then sweeps). Not
+    // on `ce`, which is the cache's (frozen): the watch brings the record.
+    await announceCloudWrites(this.d.client, ce);
     if (afterCapacityWait) {
       // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
       // one). Trying again is a decision like the first: recorded before the cloud is touched (the
