@@ -177,8 +177,8 @@ const dropped = (): void => undefined;
 
 /**
  * `parent.child(bindings)`, made when first needed. pino serializes, scrubs and redacts a child's
- * bindings as the child is made, which costs more than a whole reconcile that logs nothing at the
- * level set (measured: about a thirtieth of the operator's CPU in a burst of 1,000 Runs). A call
+ * bindings as the child is made (measured in a profiled Azure burst of 1,000 Runs: 0.81 of the
+ * operator's 28.5 busy CPU-s, about 3%, made for reconciles that mostly log nothing). A call
  * of a level that is off goes nowhere without making the child; anything else makes it and is
  * passed on to it, so the result is used as any pino child is.
  */

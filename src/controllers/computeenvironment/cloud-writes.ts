@@ -24,7 +24,7 @@ export function cloudWritesMayHaveHappened(ce: ComputeEnvironment): boolean {
 
 /**
  * Records (once) that cloud writes may start now, leaving `ce` as it is (a cached CE is frozen);
- * returns the annotations written, or undefined when `ce` shows the record already.
+ * returns the CE's annotations with the record added, or undefined when `ce` shows it already.
  */
 export async function announceCloudWrites(client: KubeClient, ce: ComputeEnvironment): Promise<Record<string, string> | undefined> {
   if (ce.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]) return undefined;

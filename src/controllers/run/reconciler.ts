@@ -160,9 +160,9 @@ export class RunReconciler {
   }
 
   /**
-   * The CE as cached, without a copy (one per reconcile cost as much as the rest of reading). A
-   * Run's reconcile never changes its CE object: changes go to the API (announceCloudWrites) or
-   * to copies (standIn, the gone CE below). The operator's cache freezes what it holds, so a
+   * The CE as cached, without a copy (one per reconcile cost as much as copying the Run). A Run's
+   * reconcile never changes its CE object: changes go to the API (announceCloudWrites) or to
+   * copies (standIn, the gone CE below). The operator's CE cache freezes what it holds, so a
    * change made by mistake throws instead of reaching the cache.
    */
   private async readCe(namespace: string | undefined, name: string): Promise<ComputeEnvironment | undefined> {
