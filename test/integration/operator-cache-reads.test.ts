@@ -305,7 +305,7 @@ class NothingToWriteCloud extends FakeCloud {
 }
 
 describe("the CE a Run reads from the cache", () => {
-  it("is not changed by the Run's reconcile: a Run whose launch first records cloud writes on its CE launches without a reconcile error", async () => {
+  it("is not changed by the Run's reconcile: Runs whose launches first record cloud writes on their CE launch without a reconcile error, and record it once", async () => {
     const ns = await freshNamespace(client, "frozen-ce");
     const cloud = new NothingToWriteCloud();
     const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 300 });
@@ -317,10 +317,14 @@ describe("the CE a Run reads from the cache", () => {
       const cached = op.operator.ces.get(`${ns}/ce`);
       expect(cached).toBeDefined();
       expect(Object.isFrozen(cached?.metadata)).toBe(true);
-      await client.create(RunResource, runManifest(ns, "r", "ce"));
-      await waitFor("Run Running", async () => (await client.get<Run>(RunResource, ns, "r"))?.status?.phase === "Running", 30_000);
+      const cePatches = async (): Promise<number> => sum(await op.metrics.text(), "vmforge_kube_requests_total", { verb: "patch", resource: "computeenvironments" });
+      const patchesBefore = await cePatches();
+      // Launched together: each launch finds the record missing, and one PATCH records it for all.
+      await Promise.all(Array.from({ length: 8 }, (_, i) => client.create(RunResource, runManifest(ns, `r${i}`, "ce"))));
+      await waitFor("Runs Running", async () => (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => r.status?.phase === "Running").length === 8, 30_000);
       expect((await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]).toMatch(/^\d{4}-/);
-      expect(cloud.calls.launch).toBe(1);
+      expect(cloud.calls.launch).toBe(8);
+      expect(await cePatches() - patchesBefore).toBe(1);
       // A change of the frozen CE throws a TypeError, counted as a retryable error (409s count apart).
       expect(sum(await op.metrics.text(), "vmforge_reconcile_errors_total", { controller: "run", kind: "retryable" })).toBe(0);
     } finally {

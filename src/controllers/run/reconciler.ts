@@ -21,7 +21,7 @@ import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, launchDecided, launchInFlight, launchedUnder, machineMayExist } from "./phases.js";
-import { announceCloudWrites } from "../computeenvironment/cloud-writes.js";
+import { CLOUD_WRITES_ANNOTATION, announceCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
 import type { GoneComputeEnvironments } from "./gone-ces.js";
@@ -87,6 +87,9 @@ export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 /** The longest wait between launch attempts refused for capacity or quota. */
 const CAPACITY_BACKOFF_MAX_MS = 5 * 60_000;
 
+/** How long a CE's cloud-writes record, once written, is taken as written without the cache showing it (announceOnce). */
+const ANNOUNCED_HOLD_MS = 10_000;
+
 export class RunReconciler {
   /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
   private readonly claims = new Map<string, Set<string>>();
@@ -94,6 +97,12 @@ export class RunReconciler {
   private readonly refusedLaunch = new Map<string, { reason: string; message: string }>();
   /** Serialises launch decisions per CE so the concurrency limit holds across workers. */
   private readonly ceLocks = new Map<string, Promise<void>>();
+  /**
+   * CE uid -> its cloud-writes record being written, or written at `doneAt` (announceOnce): the
+   * Runs of one CE launched together share one PATCH, instead of one each until the watch brings
+   * the record.
+   */
+  private readonly announcing = new Map<string, { writing: Promise<void>; doneAt?: number }>();
   /** The per-reconcile logger carries its reconcile's abort signal to the cloud calls. */
   private readonly signals = new WeakMap<Logger, AbortSignal>();
   /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
@@ -367,7 +376,7 @@ export class RunReconciler {
     if (afterCapacityWait && capacityWait > 0) return { requeueAfterMs: capacityWait };
     // The CE records that the cloud may now hold something of it (its deletion then sweeps). Not
     // on `ce`, which is the cache's (frozen): the watch brings the record.
-    await announceCloudWrites(this.d.client, ce);
+    await this.announceOnce(ce);
     if (afterCapacityWait) {
       // Waiting for capacity: an earlier attempt was made (idempotent on the UID, so not a first
       // one). Trying again is a decision like the first: recorded before the cloud is touched (the
@@ -1021,6 +1030,35 @@ export class RunReconciler {
         }
       }
     }
+  }
+
+  /**
+   * announceCloudWrites, once for the Runs of a CE: a record written stands for
+   * ANNOUNCED_HOLD_MS, long enough for the watch to bring it into the cache (then the CE shows it),
+   * short enough that a record removed meanwhile (by hand) is written again by the next launch.
+   */
+  private announceOnce(ce: ComputeEnvironment): Promise<void> {
+    const uid = ce.metadata.uid ?? "";
+    if (ce.metadata.annotations?.[CLOUD_WRITES_ANNOTATION]) {
+      this.announcing.delete(uid);
+      return Promise.resolve();
+    }
+    const now = monotonicNow();
+    for (const [k, a] of this.announcing) if (a.doneAt !== undefined && now - a.doneAt > ANNOUNCED_HOLD_MS) this.announcing.delete(k);
+    let entry = this.announcing.get(uid);
+    if (!entry) {
+      const mine: { writing: Promise<void>; doneAt?: number } = {
+        writing: announceCloudWrites(this.d.client, ce).then(() => {
+          mine.doneAt = monotonicNow();
+        }, (err: unknown) => {
+          this.announcing.delete(uid);
+          throw err;
+        }),
+      };
+      this.announcing.set(uid, mine);
+      entry = mine;
+    }
+    return entry.writing;
   }
 
   private async withCeLock<T>(ceUid: string, fn: () => Promise<T>): Promise<T> {
