@@ -26,6 +26,7 @@ import type { ComputeEnvironment, Run } from "../src/api/types.js";
 import { DEFAULT_AZURE_VM_SIZE } from "../src/api/constants.js";
 import { renderAzureBootstrap, renderAzureUserData } from "../src/cloud/azure/launcher.js";
 import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/cloud/azure/names.js";
+import { firstStatusDists, type RunAudit } from "./audit.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
 import { apiserverCounts, apiserverPerPoll, apiserverWindow, dist, fmtApiserver, promSum, fmtDist, fmtLoad, kib, load, operatorReads, operatorWindow, perPoll, poolDo, sec, type ApiserverCounts, type ApiserverWindow, type Dist, type Load } from "./stats.js";
@@ -43,6 +44,12 @@ export interface AzureBurstResult {
   ratioToKubeFloor: number;
   createdAllMs: number;
   firstStatus: Dist;
+  /** Created -> seen at all by the bench's watch: the observer's own lag. */
+  seenByBench: Dist;
+  /** Created -> first status as the kube-apiserver completed the two writes (its audit log; bench/audit.ts). */
+  firstStatusServer?: Dist;
+  /** Of that, the status write's own time in the kube-apiserver (received -> completed). */
+  statusWriteServer?: Dist;
   vmPut: Dist;
   running: Dist;
   launched: number;
@@ -132,7 +139,7 @@ function vmBody(ce: ComputeEnvironment, uid: string, sshKey: string): Record<str
 
 const POLL_MS = 15_000;
 
-export async function azureBurstScenario(o: BenchCluster & { runs: number; timeoutMs: number; steadyPolls: number }): Promise<AzureBurstResult> {
+export async function azureBurstScenario(o: BenchCluster & { runs: number; timeoutMs: number; steadyPolls: number; audit?: RunAudit }): Promise<AzureBurstResult> {
   const { client, say } = o;
   const N = o.runs;
   const b = await startAzureBench(o, "azure-burst");
@@ -190,6 +197,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const created = new Map<string, number>();
     const uidOf = new Map<string, string>();
     const firstStatus = new Map<string, number>();
+    const seen = new Map<string, number>();
     const running = new Map<string, number>();
     const shipped = new Set<string>();
     const recorded = new Set<string>();
@@ -204,6 +212,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
           b.ship(ceOfRun(r), [{ runUid: r.metadata.uid ?? "", seq: 1, line: "VMFORGE_PIPELINE_STARTED", stream: "launcher" }])
             .catch((e: unknown) => say(`  ! shipping the start line of ${name}: ${e instanceof Error ? e.message : String(e)}`));
         }
+        if (!seen.has(name)) seen.set(name, now);
         if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
         if (r.status?.instance?.id) recorded.add(name);
         if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);
@@ -270,7 +279,8 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
     const lastCreate = Math.max(...created.values());
     const res: AzureBurstResult = {
       runs: N, floor: { levels, best }, kubeFloor: kf, ratioToKubeFloor: allLaunchedMs / kf.best.totalMs, createdAllMs,
-      firstStatus: dist(d(firstStatus)), vmPut: dist(d(putAt)), running: dist(d(running)),
+      firstStatus: dist(d(firstStatus)), seenByBench: dist(d(seen)), vmPut: dist(d(putAt)), running: dist(d(running)),
+      ...(o.audit ? firstStatusDists(await o.audit.firstStatus(b.ns, N)) : {}),
       launched: putAt.size, allLaunchedMs, allRunning, ...(allRunningMs !== undefined ? { allRunningMs } : {}),
       ratioToFloor: allLaunchedMs / best.totalMs, startLinesShipped: shipped.size, vmPutsTotal,
       allLaunchedAfterLastCreateMs: allLaunchedMs + t0 - lastCreate, cloudCalls: calls,
@@ -280,7 +290,8 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
       controllers,
       operatorReads: operatorReads(opBefore, opAfter),
     };
-    say(`  created -> first status: ${fmtDist(res.firstStatus)}`);
+    say(`  created -> first status: ${fmtDist(res.firstStatus)} (as the bench's watch saw them; created -> seen at all by it: ${fmtDist(res.seenByBench)})`);
+    if (res.firstStatusServer && res.statusWriteServer) say(`  created -> first status, as the kube-apiserver completed the two writes (its audit log): ${fmtDist(res.firstStatusServer)}; of which the status write in the kube-apiserver (received -> completed): ${fmtDist(res.statusWriteServer)}`);
     say(`  created -> VM PUT:       ${fmtDist(res.vmPut)}`);
     say(`  created -> Running:      ${fmtDist(res.running)}`);
     say(`  ${res.launched} of ${N} VMs PUT (${vmPutsTotal} VM PUTs in all); all launched ${sec(allLaunchedMs)} after the first create, ${sec(res.allLaunchedAfterLastCreateMs)} after the last (creating took ${sec(createdAllMs)}; the first VM PUT ${sec(res.firstLaunchMs)} after the first create, ${res.launchedBeforeLastCreate} before the last); ${allRunning ? `all Running after ${sec(allRunningMs ?? NaN)}` : "not all Running"}; start lines shipped for ${shipped.size}`);

@@ -17,7 +17,9 @@
  * Figures print with the machine's load; JSON goes to bench/results/.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { CreateBucketCommand, S3Client } from "@aws-sdk/client-s3";
 import { DescribeImagesCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, RunInstancesCommand, type RunInstancesCommandOutput } from "@aws-sdk/client-ec2";
@@ -44,6 +46,7 @@ import { OperatorProcess } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
+import { firstStatusDists, runAudit } from "./audit.js";
 import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
@@ -81,7 +84,11 @@ async function main(): Promise<void> {
   const b = spawnSync("npm", ["run", "build"], { stdio: "inherit" });
   if (b.status !== 0) throw new Error("build failed");
 
-  const cluster = await startCluster({ log: (m) => say(`  [cluster] ${m}`) });
+  // The kube-apiserver's audit log of Run creates and status writes: the first-status figures
+  // as the server completed them (bench/audit.ts).
+  const auditDir = mkdtempSync(join(tmpdir(), "vmforge-bench-audit-"));
+  const audit = await runAudit(auditDir);
+  const cluster = await startCluster({ log: (m) => say(`  [cluster] ${m}`), apiserverArgs: audit.args });
   const moto = await startMoto({ log: (m) => say(`  [moto] ${m}`) });
   // CloudWatch Logs on a moto of its own: in AWS it is another service with its own capacity,
   // while one moto answers every service on one Python thread. Sharing it, the bench's own
@@ -202,6 +209,8 @@ async function main(): Promise<void> {
       const created = new Map<string, number>();
       const uidOf = new Map<string, string>();
       const firstStatus = new Map<string, number>();
+      // When the bench's own watch first saw each Run: created -> seen is the observer's own lag.
+      const seen = new Map<string, number>();
       const running = new Map<string, number>();
       const phases = new Map<string, string>();
       // moto never runs user data: the bench plays each machine's launcher saying the pipeline
@@ -227,6 +236,7 @@ async function main(): Promise<void> {
             signalled.add(name);
             signal(r).catch((e: unknown) => say(`  launcher signal for ${name} failed: ${e instanceof Error ? e.message : String(e)}`));
           }
+          if (!seen.has(name)) seen.set(name, now);
           if (r.status?.phase) phases.set(name, r.status.phase);
           if (r.status?.phase && !firstStatus.has(name)) firstStatus.set(name, now);
           if (r.status?.phase === "Running" && !running.has(name)) running.set(name, now);
@@ -267,13 +277,15 @@ async function main(): Promise<void> {
       const burst = {
         runs: N, createdAllMs, allRunningMs,
         firstStatus: dist(d(firstStatus)), launchCall: dist(d(launchTimes)), running: dist(d(running)),
+        seenByBench: dist(d(seen)), ...firstStatusDists(await audit.firstStatus(ns, N)),
         allLaunchedMs: lastLaunch - t0, cloudCalls: proxy.snapshot(), operatorCpuS: op.stats().cpuS - cpu0, rss: op.stats(), load: load(),
         launchWindowCpu,
         apiserverUntilLaunched: apiAtLastLaunch ? apiserverWindow(apiAtLastLaunch, apiBefore) : undefined,
         operatorReads: reads,
       };
       results.burst = burst;
-      say(`  created -> first status: ${fmtDist(burst.firstStatus)}`);
+      say(`  created -> first status: ${fmtDist(burst.firstStatus)} (as the bench's watch saw them; created -> seen at all by it: ${fmtDist(burst.seenByBench)})`);
+      say(`  created -> first status, as the kube-apiserver completed the two writes (its audit log): ${fmtDist(burst.firstStatusServer)}; of which the status write in the kube-apiserver (received -> completed): ${fmtDist(burst.statusWriteServer)}`);
       say(`  created -> launch call:  ${fmtDist(burst.launchCall)}`);
       say(`  created -> Running:      ${fmtDist(burst.running)}`);
       say(`  all launched ${sec(burst.allLaunchedMs)} after the first create (creating took ${sec(createdAllMs)}); all Running after ${sec(allRunningMs)}`);
@@ -290,7 +302,11 @@ async function main(): Promise<void> {
       const callsUntilLaunched = proxy.window(t0, lastLaunch);
       (burst as Record<string, unknown>).cloudCallsUntilLaunched = callsUntilLaunched;
       say(`  cloud calls until the last launch (calls, answer KiB, emulator answer s summed): ${Object.entries(callsUntilLaunched).map(([k, w]) => `${k} ${w.calls}, ${w.kib} KiB, ${w.answerS} s`).join("; ")}`);
-      goals.push({ goal: "status within 1 s of creation (max)", figure: sec(burst.firstStatus.max), met: burst.firstStatus.max <= 1000 });
+      goals.push({
+        goal: "status within 1 s of creation (max, kube-apiserver's times)",
+        figure: `${sec(burst.firstStatusServer.max)} (${burst.firstStatusServer.n} of ${N} Runs; as the bench's watch saw it ${sec(burst.firstStatus.max)})`,
+        met: burst.firstStatusServer.n === N && burst.firstStatusServer.max <= 1000,
+      });
       if (floor) {
         const ratio = burst.allLaunchedMs / floor.totalMs;
         (burst as Record<string, unknown>).ratioToFloor = ratio;
@@ -539,9 +555,14 @@ async function main(): Promise<void> {
     // ---------------------------------------------------------------- azure-burst
     if (want("azure-burst")) {
       say(`\n[azure-burst] ${N} Runs applied at once over 4 Azure CEs (compiled operator, Azure emulator); floor: a bare @azure/arm-compute client`);
-      const r = await azureBurstScenario({ kubeconfig: cluster.kubeconfigPath, client, namespace, say, runs: N, timeoutMs: quick ? 300_000 : 900_000, steadyPolls: quick ? 2 : 4 });
+      const r = await azureBurstScenario({ kubeconfig: cluster.kubeconfigPath, client, namespace, say, runs: N, timeoutMs: quick ? 300_000 : 900_000, steadyPolls: quick ? 2 : 4, audit });
       results.azureBurst = r;
-      goals.push({ goal: "Azure: status within 1 s of creation (max)", figure: sec(r.firstStatus.max), met: r.firstStatus.max <= 1000 });
+      const fs = r.firstStatusServer;
+      goals.push({
+        goal: "Azure: status within 1 s of creation (max, kube-apiserver's times)",
+        figure: `${fs ? `${sec(fs.max)} (${fs.n} of ${N} Runs; ` : "(no audit log; "}as the bench's watch saw it ${sec(r.firstStatus.max)})`,
+        met: fs !== undefined && fs.n === N && fs.max <= 1000,
+      });
       goals.push({ goal: "Azure: all launched <= 1.25 x floor", figure: `${r.ratioToFloor.toFixed(2)} x (${r.launched}/${r.runs} launched)`, met: r.launched === r.runs && r.ratioToFloor <= 1.25 });
       goals.push({ goal: "Azure: all launched <= 1.25 x the floor with the Run's writes", figure: `${r.ratioToKubeFloor.toFixed(2)} x`, met: r.launched === r.runs && r.ratioToKubeFloor <= 1.25 });
       goals.push({ goal: "Azure: VM PUT p99 <= floor p99 + 2 s", figure: `${sec(r.vmPut.p99)} vs ${sec(r.floor.best.latency.p99 + 2000)}`, met: r.vmPut.p99 <= r.floor.best.latency.p99 + 2000 });
@@ -561,6 +582,7 @@ async function main(): Promise<void> {
     await moto.stop();
     await motoLogs.stop();
     await cluster.stop();
+    rmSync(auditDir, { recursive: true, force: true });
   }
 
   results.goals = goals;

@@ -1,0 +1,47 @@
+import { describe, expect, it } from "vitest";
+import { firstStatusFromLines, micros } from "../../bench/audit.js";
+
+/** One audit event line as kube-apiserver writes it (audit.k8s.io/v1, Metadata level). */
+const line = (o: { verb: string; ns?: string; name: string; sub?: string; code?: number; stage?: string; at: string; received?: string }): string => JSON.stringify({
+  kind: "Event", apiVersion: "audit.k8s.io/v1", level: "Metadata", auditID: "x", stage: o.stage ?? "ResponseComplete",
+  requestURI: `/apis/vmforge.dev/v1alpha1/namespaces/${o.ns ?? "b1"}/runs${o.verb === "create" ? "" : `/${o.name}${o.sub ? `/${o.sub}` : ""}`}`,
+  verb: o.verb, user: { username: "admin" }, sourceIPs: ["127.0.0.1"],
+  objectRef: { resource: "runs", namespace: o.ns ?? "b1", name: o.name, apiGroup: "vmforge.dev", apiVersion: "v1alpha1", ...(o.sub ? { subresource: o.sub } : {}) },
+  responseStatus: { metadata: {}, code: o.code ?? (o.verb === "create" ? 201 : 200) },
+  requestReceivedTimestamp: o.received ?? o.at, stageTimestamp: o.at,
+});
+
+describe("bench: first status from the kube-apiserver's audit log", () => {
+  it("reads RFC 3339 times to the microsecond", () => {
+    expect(micros("2026-12-06T01:27:44.095579Z") - micros("2026-12-06T01:27:44.005444Z")).toBe(90_135);
+    expect(micros("2026-12-06T01:27:45Z") - micros("2026-12-06T01:27:44.5Z")).toBe(500_000);
+    expect(micros("2026-12-06T01:27:44.123456789Z") % 1_000_000).toBe(123_456);
+    expect(micros("not a time")).toBeNaN();
+  });
+
+  it("takes each Run's create to its first successful status write, in its namespace only", () => {
+    const lines = [
+      line({ verb: "create", name: "r1", at: "2026-12-06T01:00:00.100000Z" }),
+      line({ verb: "create", name: "r2", at: "2026-12-06T01:00:00.200000Z" }),
+      line({ verb: "create", name: "r3", at: "2026-12-06T01:00:00.300000Z" }),
+      // r1: a refused write (409) first, then the first one that took, then a later one
+      line({ verb: "patch", name: "r1", sub: "status", code: 409, at: "2026-12-06T01:00:00.150000Z" }),
+      line({ verb: "patch", name: "r1", sub: "status", received: "2026-12-06T01:00:00.330000Z", at: "2026-12-06T01:00:00.350000Z" }),
+      line({ verb: "patch", name: "r1", sub: "status", at: "2026-12-06T01:00:02.000000Z" }),
+      // r2: a write of the Run itself is not a status; its status write comes from another batch, out of order
+      line({ verb: "patch", name: "r2", at: "2026-12-06T01:00:00.250000Z" }),
+      line({ verb: "update", name: "r2", sub: "status", at: "2026-12-06T01:00:01.700000Z" }),
+      line({ verb: "update", name: "r2", sub: "status", received: "2026-12-06T01:00:00.900000Z", at: "2026-12-06T01:00:01.200000Z" }),
+      // r3 never got a status; r4's create is missing (dropped); another namespace's r1 is not ours
+      line({ verb: "patch", name: "r4", sub: "status", at: "2026-12-06T01:00:00.400000Z" }),
+      line({ verb: "create", ns: "b2", name: "r1", at: "2026-12-06T01:00:00.000000Z" }),
+      line({ verb: "patch", ns: "b2", name: "r1", sub: "status", at: "2026-12-06T01:00:09.000000Z" }),
+      // a stage other than the completed response, and a line cut short
+      line({ verb: "patch", name: "r3", sub: "status", stage: "ResponseStarted", at: "2026-12-06T01:00:00.310000Z" }),
+      line({ verb: "patch", name: "r3", sub: "status", at: "2026-12-06T01:00:00.320000Z" }).slice(0, 80),
+    ];
+    const got = firstStatusFromLines(lines, "b1");
+    expect(Object.fromEntries(got)).toEqual({ r1: { ms: 250, writeMs: 20 }, r2: { ms: 1000, writeMs: 300 } });
+    expect(Object.fromEntries(firstStatusFromLines(lines, "b2"))).toEqual({ r1: { ms: 9000, writeMs: 0 } });
+  });
+});
