@@ -8,11 +8,12 @@
  * goal's "within 1 s of creation" for anyone reading the Run.
  *
  * The policy logs, at Metadata level (no bodies), only creates of Runs and writes of their status
- * subresource, and everything else not at all; the log is written in batches, off the request path.
+ * subresource, and everything else not at all; the log is written asynchronously (batch mode), off
+ * the request path.
  */
 import { createReadStream } from "node:fs";
-import { writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { mkdir, writeFile } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { createInterface } from "node:readline";
 import { dist, type Dist } from "./stats.js";
 
@@ -37,10 +38,11 @@ export interface RunAudit {
   /** kube-apiserver flags that write the log. */
   args: string[];
   /**
-   * Per Run of `namespace` (by name): its first status (see FirstStatus). The log is written in
-   * batches: read again (for up to 10 s) until `expected` Runs are in it.
+   * Per Run of `namespace` (by name): its first status (see FirstStatus). The log is written
+   * asynchronously: read again (for up to 10 s) until `expected` Runs are in it. `keepTo`: a file
+   * that gets the namespace's lines, so the figures can be checked after the bench.
    */
-  firstStatus(namespace: string, expected: number): Promise<Map<string, FirstStatus>>;
+  firstStatus(namespace: string, expected: number, keepTo?: string): Promise<Map<string, FirstStatus>>;
 }
 
 /** Microseconds since the epoch of an RFC 3339 time with up to 9 fractional digits ("...T01:02:03.123456Z"). */
@@ -58,6 +60,8 @@ export interface FirstStatus {
   ms: number;
   /** Of that, the status write's own time in the kube-apiserver (received → completed). */
   writeMs: number;
+  /** Not in `ms`: the create's own time in the kube-apiserver (received → completed). */
+  createMs: number;
 }
 
 interface AuditEvent {
@@ -69,10 +73,14 @@ interface AuditEvent {
   stageTimestamp?: string;
 }
 
-/** Create → first status per Run of `namespace`, from audit log lines (JSON, one event per line). */
+/**
+ * Create → first status per Run of `namespace`, from audit log lines (JSON, one event per line, not
+ * always in time order). A name created more than once goes with its last create, and only status
+ * writes completed after that create count.
+ */
 export function firstStatusFromLines(lines: Iterable<string>, namespace: string): Map<string, FirstStatus> {
-  const created = new Map<string, number>();
-  const status = new Map<string, { at: number; received: number }>();
+  const created = new Map<string, { at: number; received: number }>();
+  const status = new Map<string, { at: number; received: number }[]>();
   const needle = `"namespace":"${namespace}"`;
   for (const line of lines) {
     if (!line.includes(needle)) continue;
@@ -85,25 +93,27 @@ export function firstStatusFromLines(lines: Iterable<string>, namespace: string)
     const ref = e.objectRef;
     const code = e.responseStatus?.code ?? 0;
     if (e.stage !== "ResponseComplete" || ref?.resource !== "runs" || ref.namespace !== namespace || !ref.name || code < 200 || code >= 300 || !e.stageTimestamp) continue;
-    const at = micros(e.stageTimestamp);
-    if (e.verb === "create" && !ref.subresource) created.set(ref.name, at);
-    else if (ref.subresource === "status" && (e.verb === "patch" || e.verb === "update")) {
-      const prev = status.get(ref.name);
-      if (prev === undefined || at < prev.at) status.set(ref.name, { at, received: micros(e.requestReceivedTimestamp ?? e.stageTimestamp) });
+    const w = { at: micros(e.stageTimestamp), received: micros(e.requestReceivedTimestamp ?? e.stageTimestamp) };
+    if (e.verb === "create" && !ref.subresource) {
+      const prev = created.get(ref.name);
+      if (prev === undefined || w.at > prev.at) created.set(ref.name, w);
+    } else if (ref.subresource === "status" && (e.verb === "patch" || e.verb === "update")) {
+      status.set(ref.name, [...(status.get(ref.name) ?? []), w]);
     }
   }
   const out = new Map<string, FirstStatus>();
   for (const [name, c] of created) {
-    const s = status.get(name);
-    if (s !== undefined) out.set(name, { ms: (s.at - c) / 1000, writeMs: (s.at - s.received) / 1000 });
+    let first: { at: number; received: number } | undefined;
+    for (const s of status.get(name) ?? []) if (s.at >= c.at && (!first || s.at < first.at)) first = s;
+    if (first) out.set(name, { ms: (first.at - c.at) / 1000, writeMs: (first.at - first.received) / 1000, createMs: (c.at - c.received) / 1000 });
   }
   return out;
 }
 
 /** The bench's figures of a burst's first statuses. */
-export function firstStatusDists(found: Map<string, FirstStatus>): { firstStatusServer: Dist; statusWriteServer: Dist } {
+export function firstStatusDists(found: Map<string, FirstStatus>): { firstStatusServer: Dist; statusWriteServer: Dist; createServer: Dist } {
   const all = [...found.values()];
-  return { firstStatusServer: dist(all.map((f) => f.ms)), statusWriteServer: dist(all.map((f) => f.writeMs)) };
+  return { firstStatusServer: dist(all.map((f) => f.ms)), statusWriteServer: dist(all.map((f) => f.writeMs)), createServer: dist(all.map((f) => f.createMs)) };
 }
 
 /** The audit flags for a kube-apiserver, with the policy written to `dir`, and the log's reader. */
@@ -112,12 +122,15 @@ export async function runAudit(dir: string): Promise<RunAudit> {
   const log = join(dir, "audit.log");
   await writeFile(policy, POLICY);
   return {
-    args: [`--audit-policy-file=${policy}`, `--audit-log-path=${log}`, "--audit-log-mode=batch", "--audit-log-maxsize=0", "--audit-log-format=json"],
-    firstStatus: async (namespace, expected) => {
+    // The log is not rotated within a bench (0 would mean lumberjack's 100 MB, not "never"): the
+    // reader reads the one file.
+    args: [`--audit-policy-file=${policy}`, `--audit-log-path=${log}`, "--audit-log-mode=batch", "--audit-log-maxsize=100000", "--audit-log-format=json"],
+    firstStatus: async (namespace, expected, keepTo) => {
       // Only the namespace's lines are kept: the log also holds every other scenario's Runs.
       const needle = `"namespace":"${namespace}"`;
+      let lines: string[] = [];
       const read = async (): Promise<Map<string, FirstStatus>> => {
-        const lines: string[] = [];
+        lines = [];
         const rl = createInterface({ input: createReadStream(log), crlfDelay: Infinity });
         for await (const line of rl) if (line.includes(needle)) lines.push(line);
         return firstStatusFromLines(lines, namespace);
@@ -127,6 +140,10 @@ export async function runAudit(dir: string): Promise<RunAudit> {
       while (found.size < expected && Date.now() < until) {
         await new Promise((r) => setTimeout(r, 500));
         found = await read();
+      }
+      if (keepTo) {
+        await mkdir(dirname(keepTo), { recursive: true });
+        await writeFile(keepTo, lines.length ? `${lines.join("\n")}\n` : "");
       }
       return found;
     },

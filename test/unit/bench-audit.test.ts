@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { firstStatusFromLines, micros } from "../../bench/audit.js";
+import { firstStatusDists, firstStatusFromLines, micros } from "../../bench/audit.js";
 
 /** One audit event line as kube-apiserver writes it (audit.k8s.io/v1, Metadata level). */
 const line = (o: { verb: string; ns?: string; name: string; sub?: string; code?: number; stage?: string; at: string; received?: string }): string => JSON.stringify({
@@ -17,11 +17,12 @@ describe("bench: first status from the kube-apiserver's audit log", () => {
     expect(micros("2026-12-06T01:27:45Z") - micros("2026-12-06T01:27:44.5Z")).toBe(500_000);
     expect(micros("2026-12-06T01:27:44.123456789Z") % 1_000_000).toBe(123_456);
     expect(micros("not a time")).toBeNaN();
+    expect(micros("2026-12-06T02:27:44.5+01:00")).toBe(micros("2026-12-06T01:27:44.500000Z"));
   });
 
   it("takes each Run's create to its first successful status write, in its namespace only", () => {
     const lines = [
-      line({ verb: "create", name: "r1", at: "2026-12-06T01:00:00.100000Z" }),
+      line({ verb: "create", name: "r1", received: "2026-12-06T01:00:00.040000Z", at: "2026-12-06T01:00:00.100000Z" }),
       line({ verb: "create", name: "r2", at: "2026-12-06T01:00:00.200000Z" }),
       line({ verb: "create", name: "r3", at: "2026-12-06T01:00:00.300000Z" }),
       // r1: a refused write (409) first, then the first one that took, then a later one
@@ -36,12 +37,27 @@ describe("bench: first status from the kube-apiserver's audit log", () => {
       line({ verb: "patch", name: "r4", sub: "status", at: "2026-12-06T01:00:00.400000Z" }),
       line({ verb: "create", ns: "b2", name: "r1", at: "2026-12-06T01:00:00.000000Z" }),
       line({ verb: "patch", ns: "b2", name: "r1", sub: "status", at: "2026-12-06T01:00:09.000000Z" }),
-      // a stage other than the completed response, and a line cut short
+      // a stage other than the completed response, and a line cut short (past its namespace)
       line({ verb: "patch", name: "r3", sub: "status", stage: "ResponseStarted", at: "2026-12-06T01:00:00.310000Z" }),
-      line({ verb: "patch", name: "r3", sub: "status", at: "2026-12-06T01:00:00.320000Z" }).slice(0, 80),
+      line({ verb: "patch", name: "r3", sub: "status", at: "2026-12-06T01:00:00.320000Z" }).slice(0, -30),
+      // r5 deleted and created again under its name: its first Run's status write does not count
+      line({ verb: "create", name: "r5", at: "2026-12-06T01:00:00.000000Z" }),
+      line({ verb: "patch", name: "r5", sub: "status", at: "2026-12-06T01:00:00.100000Z" }),
+      line({ verb: "patch", name: "r5", sub: "status", at: "2026-12-06T01:00:05.400000Z" }),
+      line({ verb: "create", name: "r5", at: "2026-12-06T01:00:05.000000Z" }),
     ];
+    expect(lines.at(-5)).toContain('"namespace":"b1"');
     const got = firstStatusFromLines(lines, "b1");
-    expect(Object.fromEntries(got)).toEqual({ r1: { ms: 250, writeMs: 20 }, r2: { ms: 1000, writeMs: 300 } });
-    expect(Object.fromEntries(firstStatusFromLines(lines, "b2"))).toEqual({ r1: { ms: 9000, writeMs: 0 } });
+    expect(Object.fromEntries(got)).toEqual({
+      r1: { ms: 250, writeMs: 20, createMs: 60 },
+      r2: { ms: 1000, writeMs: 300, createMs: 0 },
+      r5: { ms: 400, writeMs: 0, createMs: 0 },
+    });
+    expect(Object.fromEntries(firstStatusFromLines(lines, "b2"))).toEqual({ r1: { ms: 9000, writeMs: 0, createMs: 0 } });
+  });
+
+  it("gives the bench's three distributions", () => {
+    const d = firstStatusDists(new Map([["a", { ms: 300, writeMs: 20, createMs: 7 }], ["b", { ms: 900, writeMs: 80, createMs: 9 }]]));
+    expect([d.firstStatusServer.max, d.statusWriteServer.max, d.createServer.max, d.firstStatusServer.n]).toEqual([900, 80, 9, 2]);
   });
 });
