@@ -82,7 +82,7 @@ function pidAlive(pid: number): boolean {
  * Removes temp folders left by harness runs whose owning process no longer exists
  * (their watchdogs normally do this; this covers a machine reboot or a killed watchdog).
  */
-export async function sweepStaleTempDirs(prefixes: string[] = [TEMP_PREFIX, "vmforge-moto-", "vmforge-probe-", "vmforge-azure-"]): Promise<void> {
+export async function sweepStaleTempDirs(prefixes: string[] = [TEMP_PREFIX, "vmforge-moto-", "vmforge-probe-", "vmforge-azure-", "vmforge-bench-audit-"]): Promise<void> {
   const base = tmpdir();
   let entries: string[];
   try {

@@ -1,5 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { firstStatusDists, firstStatusFromLines, micros } from "../../bench/audit.js";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { firstStatusDists, firstStatusFromLines, micros, runAudit } from "../../bench/audit.js";
 
 /** One audit event line as kube-apiserver writes it (audit.k8s.io/v1, Metadata level). */
 const line = (o: { verb: string; ns?: string; name: string; sub?: string; code?: number; stage?: string; at: string; received?: string }): string => JSON.stringify({
@@ -59,5 +62,34 @@ describe("bench: first status from the kube-apiserver's audit log", () => {
   it("gives the bench's three distributions", () => {
     const d = firstStatusDists(new Map([["a", { ms: 300, writeMs: 20, createMs: 7 }], ["b", { ms: 900, writeMs: 80, createMs: 9 }]]));
     expect([d.firstStatusServer.max, d.statusWriteServer.max, d.createServer.max, d.firstStatusServer.n]).toEqual([900, 80, 9, 2]);
+  });
+});
+
+describe("bench: the audit log's reader", () => {
+  it("reads the log the kube-apiserver was told to write, keeps the namespace's lines, and says when it cannot read it", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "vmforge-bench-audit-test-"));
+    try {
+      const audit = await runAudit(dir);
+      const path = audit.args.find((a) => a.startsWith("--audit-log-path="))?.split("=")[1] ?? "";
+      expect(audit.args).toContain(`--audit-policy-file=${join(dir, "audit-policy.yaml")}`);
+      expect(await readFile(join(dir, "audit-policy.yaml"), "utf8")).toContain('resources: ["runs/status"]');
+      const said: string[] = [];
+      // no log yet: said, and nothing found (the goal then misses), not thrown
+      expect((await audit.firstStatus("b1", 0, undefined, (s) => said.push(s))).size).toBe(0);
+      expect(said.join("\n")).toContain("could not be read");
+      await writeFile(path, [
+        line({ verb: "create", name: "r1", at: "2026-12-06T01:00:00.100000Z" }),
+        line({ verb: "create", ns: "b2", name: "r9", at: "2026-12-06T01:00:00.100000Z" }),
+        line({ verb: "patch", name: "r1", sub: "status", at: "2026-12-06T01:00:00.600000Z" }),
+      ].join("\n") + "\n");
+      const kept = join(dir, "kept", "burst.jsonl");
+      const found = await audit.firstStatus("b1", 1, kept);
+      expect(Object.fromEntries(found)).toEqual({ r1: { ms: 500, writeMs: 0, createMs: 0 } });
+      const keptLines = (await readFile(kept, "utf8")).trim().split("\n");
+      expect(keptLines).toHaveLength(2);
+      expect(keptLines.every((l) => l.includes('"namespace":"b1"'))).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
