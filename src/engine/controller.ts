@@ -65,8 +65,10 @@ export interface ControllerOptions {
    * Another controller's queue whose keys go first: a worker that took a key waits until that
    * queue has none waiting or in progress (at most `maxWaitMs`, default 1 s) before reconciling it. For work
    * that is cheap and must not queue behind this controller's (e.g. acknowledging new objects).
+   * With `spacingMs`, workers that had to wait go one at a time, that far apart, each while that
+   * queue is still idle (WorkQueue.whenIdle): a short lull in its keys lets one worker go, not all.
    */
-  yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number };
+  yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number; spacingMs?: number };
   /**
    * Whether reconciles may start now (e.g. the Lease is still ours: LeaderElector.isLeader, which
    * turns false once the last renewal is older than the renew deadline, as after the machine or
@@ -191,7 +193,7 @@ export class Controller {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
-      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
+      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000, this.yieldTo.spacingMs ?? 0);
       while (this.mayWork && !this.stopping && !this.mayWork()) await new Promise((r) => setTimeout(r, MAY_WORK_RECHECK_MS));
       if (this.stopping) {
         this.queue.done(key);

@@ -113,7 +113,12 @@ export class WorkQueue {
   private readonly notBefore = new Map<string, number>();
   private waiters: (() => void)[] = [];
   private drainWaiters: (() => void)[] = [];
-  private idleWaiters: (() => void)[] = [];
+  /** whenIdle callers in line, each with the spacing it asked for after the one before it. */
+  private idleWaiters: { release: () => void; spacingMs: number }[] = [];
+  /** When the last whenIdle caller was let go because the queue was idle (for the spacing). */
+  private lastIdleRelease = -Infinity;
+  /** The next spaced release of the line of whenIdle callers, when one is due. */
+  private idleTimer: NodeJS.Timeout | undefined;
   private shutdown = false;
 
   constructor(opts: WorkQueueOptions = {}) {
@@ -281,27 +286,64 @@ export class WorkQueue {
    * Resolves once no key is waiting or being processed (delayed keys do not count), or after
    * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
    * (ControllerOptions.yieldTo).
+   *
+   * With `spacingMs`, callers that had to wait are let go one at a time, at least `spacingMs` after
+   * the one before, each only while the queue is still idle: a moment in which the queue happens to
+   * be empty (between two keys of a burst) lets one caller go, not all of them at once. A caller
+   * that finds the queue idle and no one in line goes at once, so an idle queue costs nothing.
+   * `maxWaitMs` still bounds every caller's wait.
    */
-  whenIdle(maxWaitMs: number): Promise<void> {
-    if ((this.queue.length === 0 && this.processing.size === 0) || this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
+  whenIdle(maxWaitMs: number, spacingMs = 0): Promise<void> {
+    if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
+    if (this.isIdle() && this.idleWaiters.length === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      const done = (): void => {
-        clearTimeout(timer);
-        resolve();
+      const waiter = {
+        spacingMs,
+        release: (): void => {
+          clearTimeout(timer);
+          resolve();
+        },
       };
       const timer = setTimeout(() => {
-        this.idleWaiters = this.idleWaiters.filter((w) => w !== done);
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter);
         resolve();
       }, maxWaitMs);
-      this.idleWaiters.push(done);
+      this.idleWaiters.push(waiter);
+      this.wakeIdle();
     });
   }
 
+  private isIdle(): boolean {
+    return this.queue.length === 0 && this.processing.size === 0;
+  }
+
+  /** Lets the callers in line go: all of them at shutdown; else while the queue is idle, each after its spacing. */
   private wakeIdle(): void {
-    if (this.idleWaiters.length === 0 || (!this.shutdown && (this.queue.length !== 0 || this.processing.size !== 0))) return;
-    const w = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const resolve of w) resolve();
+    if (this.shutdown) {
+      clearTimeout(this.idleTimer);
+      this.idleTimer = undefined;
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const waiter of w) waiter.release();
+      return;
+    }
+    while (this.idleWaiters.length > 0 && this.isIdle()) {
+      const next = this.idleWaiters[0] as (typeof this.idleWaiters)[number];
+      const wait = next.spacingMs > 0 ? this.lastIdleRelease + next.spacingMs - this.now() : 0;
+      if (wait > 0) {
+        // one look when its spacing has passed (the queue may be busy again by then: the next idle moment lets it go)
+        if (this.idleTimer === undefined) {
+          this.idleTimer = setTimeout(() => {
+            this.idleTimer = undefined;
+            this.wakeIdle();
+          }, Math.min(wait, MAX_TIMER_MS));
+        }
+        return;
+      }
+      this.idleWaiters.shift();
+      if (next.spacingMs > 0) this.lastIdleRelease = this.now();
+      next.release();
+    }
   }
 
   /** Resolves when nothing is queued and no key is being processed. */

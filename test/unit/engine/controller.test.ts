@@ -365,6 +365,34 @@ describe("Controller", () => {
     }
   });
 
+  it("with yieldTo and spacingMs, a lull in the other queue lets one held worker go, the next ones that far apart", async () => {
+    vi.useFakeTimers();
+    try {
+      const first = new WorkQueue({ qps: 1e9, burst: 1e9, now: () => Date.now() });
+      first.add("ack");
+      const ack = (await first.get()) as string; // an acknowledgement in progress
+      const seen: string[] = [];
+      const runs = make(async (key) => {
+        seen.push(key);
+      }, { yieldTo: { queue: first, maxWaitMs: 60_000, spacingMs: 50 }, workers: 3 });
+      runs.c.start();
+      for (const k of ["ns/a", "ns/b", "ns/c"]) runs.c.enqueue(k);
+      await vi.advanceTimersByTimeAsync(10);
+      expect(seen).toEqual([]);
+      first.done(ack);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(seen).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(49);
+      expect(seen).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(seen).toHaveLength(2);
+      await vi.advanceTimersByTimeAsync(50);
+      expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("with mayWork false (the Lease not renewed in time), starts no reconcile until it is true again; stopped meanwhile, lets the key go unreconciled", async () => {
     let may = false;
     const seen: string[] = [];

@@ -365,6 +365,70 @@ describe("WorkQueue.whenIdle", () => {
   });
 });
 
+describe("WorkQueue.whenIdle with spacing", () => {
+  it("lets callers that waited go one at a time, each while the queue is still idle; a caller finding it idle with no one in line goes at once", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      const gone: string[] = [];
+      q.add("a");
+      const a = (await q.get()) as string;
+      for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+      await vi.advanceTimersByTimeAsync(100);
+      expect(gone).toEqual([]); // a is being processed
+      q.done(a); // a lull: the queue is empty
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1"]); // one, not all three
+      void q.whenIdle(60_000, 25).then(() => gone.push("w4"));
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
+      q.add("b"); // the next key arrives within the spacing
+      await vi.advanceTimersByTimeAsync(100);
+      expect(gone).toEqual(["w1"]); // w2 waits while b waits
+      const b = (await q.get()) as string;
+      q.done(b);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1", "w2"]); // the spacing since w1 has passed: w2 goes at once
+      await vi.advanceTimersByTimeAsync(24);
+      expect(gone).toEqual(["w1", "w2"]);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(gone).toEqual(["w1", "w2", "w3"]); // 25 ms after w2, the queue still idle
+      await vi.advanceTimersByTimeAsync(25);
+      expect(gone).toEqual(["w1", "w2", "w3", "w4"]);
+      // no one in line and the queue idle: no spacing at all, however many come
+      let freeGoes = 0;
+      for (let i = 0; i < 5; i++) await q.whenIdle(60_000, 25).then(() => freeGoes++);
+      expect(freeGoes).toBe(5);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("bounds each caller's wait by maxWaitMs, keeps the line's order, and lets the whole line go at shutdown", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      q.add("stuck"); // nothing takes it
+      const gone: string[] = [];
+      void q.whenIdle(30, 25).then(() => gone.push("short"));
+      void q.whenIdle(60_000, 25).then(() => gone.push("long1"));
+      void q.whenIdle(60_000, 25).then(() => gone.push("long2"));
+      await vi.advanceTimersByTimeAsync(30);
+      expect(gone).toEqual(["short"]);
+      const k = (await q.get()) as string;
+      q.done(k);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["short", "long1"]); // the one that gave up left the line; the next goes
+      q.add("c");
+      q.shutDown();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["short", "long1", "long2"]); // not kept for its spacing or for c
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe("TokenBucket", () => {
   it("time that seems to run backwards neither refills it nor stalls it", () => {
     let t = 10_000;
