@@ -117,6 +117,8 @@ export class WorkQueue {
   private idleWaiters: { release: () => void; spacingMs: number }[] = [];
   /** When the last whenIdle caller was let go because the queue was idle (for the spacing). */
   private lastIdleRelease = -Infinity;
+  /** Since when the queue has been idle (its last key done), as far as it is idle now. */
+  private idleSince = -Infinity;
   /** The next spaced release of the line of whenIdle callers, when one is due. */
   private idleTimer: NodeJS.Timeout | undefined;
   private shutdown = false;
@@ -249,6 +251,7 @@ export class WorkQueue {
         this.push(key);
       }
     }
+    if (this.isIdle()) this.idleSince = this.now();
     this.wakeIdle();
     this.checkDrained();
   }
@@ -288,10 +291,11 @@ export class WorkQueue {
    * (ControllerOptions.yieldTo).
    *
    * With `spacingMs`, callers that had to wait are let go one at a time, at least `spacingMs` after
-   * the one before, each only while the queue is still idle: a moment in which the queue happens to
-   * be empty (between two keys of a burst) lets one caller go, not all of them at once. A caller
-   * that finds the queue idle and no one in line goes at once, so an idle queue costs nothing.
-   * `maxWaitMs` still bounds every caller's wait.
+   * the one before, each only while the queue is still idle; once it has been idle for `spacingMs`
+   * without a break, all of them go. So a moment in which the queue happens to be empty (between
+   * two keys of a burst) lets one caller go, not all of them at once, while keys arriving now and
+   * then with quiet between them hold no one back for long. A caller that finds the queue idle and
+   * no one in line goes at once. `maxWaitMs` still bounds every caller's wait.
    */
   whenIdle(maxWaitMs: number, spacingMs = 0): Promise<void> {
     if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
@@ -329,19 +333,29 @@ export class WorkQueue {
     }
     while (this.idleWaiters.length > 0 && this.isIdle()) {
       const next = this.idleWaiters[0] as (typeof this.idleWaiters)[number];
-      const wait = next.spacingMs > 0 ? this.lastIdleRelease + next.spacingMs - this.now() : 0;
+      const t = this.now();
+      const quiet = t - this.idleSince;
+      if (next.spacingMs > 0 && quiet >= next.spacingMs) {
+        // idle for a whole spacing: not a lull within a burst; the line goes (each that asked for no more)
+        const go = this.idleWaiters.filter((w) => w.spacingMs <= quiet);
+        this.idleWaiters = this.idleWaiters.filter((w) => w.spacingMs > quiet);
+        for (const w of go) w.release();
+        continue;
+      }
+      const wait = next.spacingMs > 0 ? this.lastIdleRelease + next.spacingMs - t : 0;
       if (wait > 0) {
-        // one look when its spacing has passed (the queue may be busy again by then: the next idle moment lets it go)
+        // one look when its spacing has passed or the quiet has lasted a spacing, whichever comes
+        // first (the queue may be busy again by then: its next idle moment lets the head go)
         if (this.idleTimer === undefined) {
           this.idleTimer = setTimeout(() => {
             this.idleTimer = undefined;
             this.wakeIdle();
-          }, Math.min(wait, MAX_TIMER_MS));
+          }, Math.min(wait, this.idleSince + next.spacingMs - t, MAX_TIMER_MS));
         }
         return;
       }
       this.idleWaiters.shift();
-      if (next.spacingMs > 0) this.lastIdleRelease = this.now();
+      if (next.spacingMs > 0) this.lastIdleRelease = t;
       next.release();
     }
   }

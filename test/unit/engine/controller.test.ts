@@ -365,7 +365,7 @@ describe("Controller", () => {
     }
   });
 
-  it("with yieldTo and spacingMs, a lull in the other queue lets one held worker go, the next ones that far apart", async () => {
+  it("with yieldTo and spacingMs, a lull in the other queue lets one held worker go, the next that far apart, the rest once it stays idle that long", async () => {
     vi.useFakeTimers();
     try {
       const first = new WorkQueue({ qps: 1e9, burst: 1e9, now: () => Date.now() });
@@ -382,12 +382,17 @@ describe("Controller", () => {
       first.done(ack);
       await vi.advanceTimersByTimeAsync(0);
       expect(seen).toHaveLength(1);
-      await vi.advanceTimersByTimeAsync(49);
+      await vi.advanceTimersByTimeAsync(20);
+      first.add("ack2"); // another acknowledgement, done at once: idle again 20 ms after the first went
+      first.done((await first.get()) as string);
+      await vi.advanceTimersByTimeAsync(29);
       expect(seen).toHaveLength(1);
       await vi.advanceTimersByTimeAsync(1);
+      expect(seen).toHaveLength(2); // 50 ms after the first
+      await vi.advanceTimersByTimeAsync(19);
       expect(seen).toHaveLength(2);
-      await vi.advanceTimersByTimeAsync(50);
-      expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]);
+      await vi.advanceTimersByTimeAsync(1);
+      expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]); // idle for 50 ms
     } finally {
       vi.useRealTimers();
     }

@@ -366,11 +366,15 @@ describe("WorkQueue.whenIdle", () => {
 });
 
 describe("WorkQueue.whenIdle with spacing", () => {
-  it("lets callers that waited go one at a time, each while the queue is still idle; a caller finding it idle with no one in line goes at once", async () => {
+  it("lets callers that waited go one per lull, at least the spacing apart; the rest once the queue stays idle for a spacing; a caller finding it idle with no one in line goes at once", async () => {
     vi.useFakeTimers();
     try {
       const q = new WorkQueue({ now: () => Date.now() });
       const gone: string[] = [];
+      const lull = async (key: string): Promise<void> => {
+        q.add(key);
+        q.done((await q.get()) as string);
+      };
       q.add("a");
       const a = (await q.get()) as string;
       for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
@@ -382,23 +386,30 @@ describe("WorkQueue.whenIdle with spacing", () => {
       void q.whenIdle(60_000, 25).then(() => gone.push("w4"));
       await vi.advanceTimersByTimeAsync(0);
       expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
-      q.add("b"); // the next key arrives within the spacing
-      await vi.advanceTimersByTimeAsync(100);
-      expect(gone).toEqual(["w1"]); // w2 waits while b waits
-      const b = (await q.get()) as string;
-      q.done(b);
+      await vi.advanceTimersByTimeAsync(10);
+      await lull("b"); // keys keep coming: idle again 10 ms after w1 went
       await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1", "w2"]); // the spacing since w1 has passed: w2 goes at once
-      await vi.advanceTimersByTimeAsync(24);
+      expect(gone).toEqual(["w1"]); // too soon after w1
+      await vi.advanceTimersByTimeAsync(15);
+      expect(gone).toEqual(["w1", "w2"]); // 25 ms after w1, idle (for 15 ms): the next one
+      await vi.advanceTimersByTimeAsync(9);
       expect(gone).toEqual(["w1", "w2"]);
       await vi.advanceTimersByTimeAsync(1);
-      expect(gone).toEqual(["w1", "w2", "w3"]); // 25 ms after w2, the queue still idle
-      await vi.advanceTimersByTimeAsync(25);
-      expect(gone).toEqual(["w1", "w2", "w3", "w4"]);
+      expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // idle for 25 ms without a break: the rest at once
       // no one in line and the queue idle: no spacing at all, however many come
       let freeGoes = 0;
       for (let i = 0; i < 5; i++) await q.whenIdle(60_000, 25).then(() => freeGoes++);
       expect(freeGoes).toBe(5);
+      // later, another line behind a busy key: the same again
+      await vi.advanceTimersByTimeAsync(100);
+      q.add("c");
+      const c = (await q.get()) as string;
+      for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+      q.done(c);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone.slice(4)).toEqual(["x1"]);
+      await vi.advanceTimersByTimeAsync(25);
+      expect(gone.slice(4)).toEqual(["x1", "x2"]);
     } finally {
       vi.useRealTimers();
     }
