@@ -65,8 +65,9 @@ export interface ControllerOptions {
    * Another controller's queue whose keys go first: a worker that took a key waits until that
    * queue has none waiting or in progress (at most `maxWaitMs`, default 1 s) before reconciling it. For work
    * that is cheap and must not queue behind this controller's (e.g. acknowledging new objects).
-   * With `spacingMs`, workers that had to wait go one at a time, that far apart, each while that
-   * queue is still idle (WorkQueue.whenIdle): a short lull in its keys lets one worker go, not all.
+   * With `spacingMs`, workers that had to wait go one at a time, at least that far apart, each while
+   * that queue is idle, and all once it has been idle that long (WorkQueue.whenIdle): a short lull in
+   * its keys lets one worker go, not all.
    */
   yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number; spacingMs?: number };
   /**

@@ -115,7 +115,7 @@ export class WorkQueue {
   private drainWaiters: (() => void)[] = [];
   /** whenIdle callers in line, each with the spacing it asked for after the one before it. */
   private idleWaiters: { release: () => void; spacingMs: number }[] = [];
-  /** When the last whenIdle caller was let go because the queue was idle (for the spacing). */
+  /** When the last whenIdle caller was let go singly from the line (for the spacing). */
   private lastIdleRelease = -Infinity;
   /** Since when the queue has been idle (its last key done), as far as it is idle now. */
   private idleSince = -Infinity;
@@ -290,12 +290,15 @@ export class WorkQueue {
    * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
    * (ControllerOptions.yieldTo).
    *
-   * With `spacingMs`, callers that had to wait are let go one at a time, at least `spacingMs` after
-   * the one before, each only while the queue is still idle; once it has been idle for `spacingMs`
-   * without a break, all of them go. So a moment in which the queue happens to be empty (between
-   * two keys of a burst) lets one caller go, not all of them at once, while keys arriving now and
-   * then with quiet between them hold no one back for long. A caller that finds the queue idle and
-   * no one in line goes at once. `maxWaitMs` still bounds every caller's wait.
+   * With `spacingMs`, callers that had to wait are let go one at a time, each at least `spacingMs`
+   * after the last one let go singly, and only while the queue is idle; once it has been idle for
+   * `spacingMs` without a break, all of them go. So a moment in which the queue happens to be
+   * empty (between two keys of a burst) lets one caller go, not all of them at once. The cost: while
+   * keys keep coming with gaps shorter than `spacingMs`, callers go at most one per `spacingMs`
+   * (and per gap) until their `maxWaitMs`, where without spacing all went in every gap. A caller
+   * that finds the queue idle and no one in line goes at once. The line keeps its order whatever
+   * each caller's spacing (one with none waits for those before it); every caller of a queue
+   * is expected to ask for the same. `maxWaitMs` still bounds every caller's wait.
    */
   whenIdle(maxWaitMs: number, spacingMs = 0): Promise<void> {
     if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
@@ -309,8 +312,15 @@ export class WorkQueue {
         },
       };
       const timer = setTimeout(() => {
+        const head = this.idleWaiters[0] === waiter;
         this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter);
         resolve();
+        if (head) {
+          // the look pending was timed for this caller's spacing: time it for the next one's
+          clearTimeout(this.idleTimer);
+          this.idleTimer = undefined;
+          this.wakeIdle();
+        }
       }, maxWaitMs);
       this.idleWaiters.push(waiter);
       this.wakeIdle();
@@ -350,7 +360,7 @@ export class WorkQueue {
           this.idleTimer = setTimeout(() => {
             this.idleTimer = undefined;
             this.wakeIdle();
-          }, Math.min(wait, this.idleSince + next.spacingMs - t, MAX_TIMER_MS));
+          }, Math.min(wait, this.idleSince + next.spacingMs - t, next.spacingMs));
         }
         return;
       }

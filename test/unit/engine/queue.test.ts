@@ -440,6 +440,80 @@ describe("WorkQueue.whenIdle with spacing", () => {
   });
 });
 
+describe("WorkQueue.whenIdle with spacing: timers", () => {
+  it("a look timed while the queue is busy again lets the head go at the next idle moment, at once", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      const gone: string[] = [];
+      q.add("a");
+      const a = (await q.get()) as string;
+      for (const w of ["w1", "w2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
+      q.done(a);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1"]);
+      q.add("b");
+      const b = (await q.get()) as string;
+      await vi.advanceTimersByTimeAsync(200); // the look for w2 came and went while b ran
+      expect(gone).toEqual(["w1"]);
+      q.done(b);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1", "w2"]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("the head giving up re-times the look for the next caller's spacing", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      const gone: string[] = [];
+      q.add("a");
+      const a = (await q.get()) as string;
+      void q.whenIdle(60_000, 10).then(() => gone.push("first"));
+      void q.whenIdle(5, 1_000).then(() => gone.push("slow"));
+      void q.whenIdle(60_000, 10).then(() => gone.push("next"));
+      q.done(a);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["first"]); // "slow" is the head now, its look due in 1 s
+      await vi.advanceTimersByTimeAsync(5);
+      expect(gone).toEqual(["first", "slow"]); // gave up
+      await vi.advanceTimersByTimeAsync(5);
+      expect(gone).toEqual(["first", "slow", "next"]); // 10 ms after "first", not 1 s
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it("without spacing, every caller in line goes at the first idle moment; shutdown leaves no timer", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      const gone: string[] = [];
+      q.add("a");
+      const a = (await q.get()) as string;
+      for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
+      q.done(a);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toEqual(["w1", "w2", "w3"]);
+      q.add("b");
+      const b = (await q.get()) as string;
+      for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
+      q.done(b);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone.slice(3)).toEqual(["x1"]);
+      expect(vi.getTimerCount()).toBe(2); // x2's bound and the look timed for it
+      q.shutDown();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone.slice(3)).toEqual(["x1", "x2"]);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe("TokenBucket", () => {
   it("time that seems to run backwards neither refills it nor stalls it", () => {
     let t = 10_000;
