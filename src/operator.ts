@@ -87,12 +87,13 @@ const ACK_FIRST_MAX_WAIT_MS = 10_000;
  * Run workers held back by acknowledgements go one at a time, at least this far apart, each while
  * none is waiting or being written, and all of them once none has been for this long
  * (WorkQueue.whenIdle). A burst of creations has short lulls in which the acknowledgement queue is
- * empty; without the spacing every held worker started its next reconcile (a launch, in a burst)
- * in the first of them (16 VM PUTs before the last of 1,000 creates in one measured burst). With
- * it, a lull lets one reconcile start. The cost: while new Runs keep coming with gaps shorter than
- * this, held Run reconciles (polls and deletions too) start at most one per gap and per this long,
- * or after ACK_FIRST_MAX_WAIT_MS, where all went in every gap before. A worker that finds the queue
- * idle and no one in line goes at once.
+ * empty; without the spacing every held worker could start its next reconcile (a launch, in a
+ * burst) in the first of them. One measured burst had 16 VM PUTs, as many as Run workers, before
+ * the last of its 1,000 creates, which fits that (not observed directly). With the spacing, a lull
+ * lets one reconcile start. The cost: while new Runs keep coming so that the acknowledgement queue
+ * is never idle for this long at a stretch, held Run reconciles (polls and deletions too) start at
+ * most one per idle spell and per this long, or after ACK_FIRST_MAX_WAIT_MS, where all went in
+ * every idle spell before. A worker that finds the queue idle and no one in line goes at once.
  */
 const ACK_FIRST_SPACING_MS = 50;
 /** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */

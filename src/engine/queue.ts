@@ -294,11 +294,12 @@ export class WorkQueue {
    * after the last one let go singly, and only while the queue is idle; once it has been idle for
    * `spacingMs` without a break, all of them go. So a moment in which the queue happens to be
    * empty (between two keys of a burst) lets one caller go, not all of them at once. The cost: while
-   * keys keep coming with gaps shorter than `spacingMs`, callers go at most one per `spacingMs`
-   * (and per gap) until their `maxWaitMs`, where without spacing all went in every gap. A caller
-   * that finds the queue idle and no one in line goes at once. The line keeps its order whatever
-   * each caller's spacing (one with none waits for those before it); every caller of a queue
-   * is expected to ask for the same. `maxWaitMs` still bounds every caller's wait.
+   * keys keep coming so that the queue is never idle for `spacingMs` at a stretch, callers go at
+   * most one per idle spell and per `spacingMs`, or at their `maxWaitMs`, where without spacing all
+   * went in every idle spell. A caller that finds the queue idle and no one in line goes at once.
+   * Every caller of a queue is expected to ask for the same spacing: with mixed spacings a caller
+   * with none waits for those before it, and the release after a quiet spell lets go only those
+   * whose spacing it covers, so the order is not kept. `maxWaitMs` still bounds every caller's wait.
    */
   whenIdle(maxWaitMs: number, spacingMs = 0): Promise<void> {
     if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
@@ -360,7 +361,7 @@ export class WorkQueue {
           this.idleTimer = setTimeout(() => {
             this.idleTimer = undefined;
             this.wakeIdle();
-          }, Math.min(wait, this.idleSince + next.spacingMs - t, next.spacingMs));
+          }, Math.min(wait, this.idleSince + next.spacingMs - t, next.spacingMs, MAX_TIMER_MS));
         }
         return;
       }

@@ -464,6 +464,26 @@ describe("WorkQueue.whenIdle with spacing: timers", () => {
     }
   });
 
+  it("a caller finding the queue idle and no one in line goes at once, even right after one was let go singly", async () => {
+    vi.useFakeTimers();
+    try {
+      const q = new WorkQueue({ now: () => Date.now() });
+      q.add("a");
+      const a = (await q.get()) as string;
+      let first = false;
+      void q.whenIdle(60_000, 50).then(() => (first = true));
+      q.done(a);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(first).toBe(true); // let go singly: the spacing counts from now
+      let next = false;
+      void q.whenIdle(60_000, 50).then(() => (next = true));
+      await vi.advanceTimersByTimeAsync(0);
+      expect(next).toBe(true); // not 50 ms later: no one was in line
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("the head giving up re-times the look for the next caller's spacing", async () => {
     vi.useFakeTimers();
     try {
