@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it, vi } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { TokenBucket, WorkQueue } from "../../../src/engine/queue.js";
 import { EngineMetrics } from "../../../src/engine/metrics.js";
 
@@ -366,171 +366,142 @@ describe("WorkQueue.whenIdle", () => {
 });
 
 describe("WorkQueue.whenIdle with spacing", () => {
-  it("lets callers that waited go one per lull, at least the spacing apart; the rest once the queue stays idle for a spacing; a caller finding it idle with no one in line goes at once", async () => {
+  beforeEach(() => {
     vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      const gone: string[] = [];
-      const lull = async (key: string): Promise<void> => {
-        q.add(key);
-        q.done((await q.get()) as string);
-      };
-      q.add("a");
-      const a = (await q.get()) as string;
-      for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
-      await vi.advanceTimersByTimeAsync(100);
-      expect(gone).toEqual([]); // a is being processed
-      q.done(a); // a lull: the queue is empty
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1"]); // one, not all three
-      void q.whenIdle(60_000, 25).then(() => gone.push("w4"));
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
-      await vi.advanceTimersByTimeAsync(10);
-      await lull("b"); // keys keep coming: idle again 10 ms after w1 went
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1"]); // too soon after w1
-      await vi.advanceTimersByTimeAsync(15);
-      expect(gone).toEqual(["w1", "w2"]); // 25 ms after w1, idle (for 15 ms): the next one
-      await vi.advanceTimersByTimeAsync(9);
-      expect(gone).toEqual(["w1", "w2"]);
-      await vi.advanceTimersByTimeAsync(1);
-      expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // idle for 25 ms without a break: the rest at once
-      // no one in line and the queue idle: no spacing at all, however many come
-      let freeGoes = 0;
-      for (let i = 0; i < 5; i++) await q.whenIdle(60_000, 25).then(() => freeGoes++);
-      expect(freeGoes).toBe(5);
-      // later, another line behind a busy key: the same again
-      await vi.advanceTimersByTimeAsync(100);
-      q.add("c");
-      const c = (await q.get()) as string;
-      for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
-      q.done(c);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone.slice(4)).toEqual(["x1"]);
-      await vi.advanceTimersByTimeAsync(25);
-      expect(gone.slice(4)).toEqual(["x1", "x2"]);
-    } finally {
-      vi.useRealTimers();
-    }
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+  /** A queue on the fake clock, with one key in progress (returned). */
+  const busyQueue = async (): Promise<{ q: WorkQueue; key: string }> => {
+    const q = new WorkQueue({ now: () => Date.now() });
+    q.add("a");
+    return { q, key: (await q.get()) as string };
+  };
+
+  it("lets callers that waited go one per lull, at least the spacing apart; the rest once the queue stays idle for a spacing; a caller finding it idle with no one in line goes at once", async () => {
+    const { q, key: a } = await busyQueue();
+    const gone: string[] = [];
+    const lull = async (key: string): Promise<void> => {
+      q.add(key);
+      q.done((await q.get()) as string);
+    };
+    for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+    await vi.advanceTimersByTimeAsync(100);
+    expect(gone).toEqual([]); // a is being processed
+    q.done(a); // a lull: the queue is empty
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]); // one, not all three
+    void q.whenIdle(60_000, 25).then(() => gone.push("w4"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
+    await vi.advanceTimersByTimeAsync(10);
+    await lull("b"); // keys keep coming: idle again 10 ms after w1 went
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]); // too soon after w1
+    await vi.advanceTimersByTimeAsync(15);
+    expect(gone).toEqual(["w1", "w2"]); // 25 ms after w1, idle (for 15 ms): the next one
+    await vi.advanceTimersByTimeAsync(9);
+    expect(gone).toEqual(["w1", "w2"]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // idle for 25 ms without a break: the rest at once
+    // no one in line and the queue idle: no spacing at all, however many come
+    let freeGoes = 0;
+    for (let i = 0; i < 5; i++) await q.whenIdle(60_000, 25).then(() => freeGoes++);
+    expect(freeGoes).toBe(5);
+    // later, another line behind a busy key: the same again
+    await vi.advanceTimersByTimeAsync(100);
+    q.add("c");
+    const c = (await q.get()) as string;
+    for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+    q.done(c);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone.slice(4)).toEqual(["x1"]);
+    await vi.advanceTimersByTimeAsync(25);
+    expect(gone.slice(4)).toEqual(["x1", "x2"]);
   });
 
   it("bounds each caller's wait by maxWaitMs, keeps the line's order, and lets the whole line go at shutdown", async () => {
-    vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      q.add("stuck"); // nothing takes it
-      const gone: string[] = [];
-      void q.whenIdle(30, 25).then(() => gone.push("short"));
-      void q.whenIdle(60_000, 25).then(() => gone.push("long1"));
-      void q.whenIdle(60_000, 25).then(() => gone.push("long2"));
-      await vi.advanceTimersByTimeAsync(30);
-      expect(gone).toEqual(["short"]);
-      const k = (await q.get()) as string;
-      q.done(k);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["short", "long1"]); // the one that gave up left the line; the next goes
-      q.add("c");
-      q.shutDown();
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["short", "long1", "long2"]); // not kept for its spacing or for c
-    } finally {
-      vi.useRealTimers();
-    }
+    const q = new WorkQueue({ now: () => Date.now() });
+    q.add("stuck"); // nothing takes it
+    const gone: string[] = [];
+    void q.whenIdle(30, 25).then(() => gone.push("short"));
+    void q.whenIdle(60_000, 25).then(() => gone.push("long1"));
+    void q.whenIdle(60_000, 25).then(() => gone.push("long2"));
+    await vi.advanceTimersByTimeAsync(30);
+    expect(gone).toEqual(["short"]);
+    const k = (await q.get()) as string;
+    q.done(k);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["short", "long1"]); // the one that gave up left the line; the next goes
+    q.add("c");
+    q.shutDown();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["short", "long1", "long2"]); // not kept for its spacing or for c
   });
-});
 
-describe("WorkQueue.whenIdle with spacing: timers", () => {
   it("a look timed while the queue is busy again lets the head go at the next idle moment, at once", async () => {
-    vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      const gone: string[] = [];
-      q.add("a");
-      const a = (await q.get()) as string;
-      for (const w of ["w1", "w2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
-      q.done(a);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1"]);
-      q.add("b");
-      const b = (await q.get()) as string;
-      await vi.advanceTimersByTimeAsync(200); // the look for w2 came and went while b ran
-      expect(gone).toEqual(["w1"]);
-      q.done(b);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1", "w2"]);
-    } finally {
-      vi.useRealTimers();
-    }
+    const { q, key: a } = await busyQueue();
+    const gone: string[] = [];
+    for (const w of ["w1", "w2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]);
+    q.add("b");
+    const b = (await q.get()) as string;
+    await vi.advanceTimersByTimeAsync(200); // the look for w2 came and went while b ran
+    expect(gone).toEqual(["w1"]);
+    q.done(b);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1", "w2"]);
   });
 
   it("a caller finding the queue idle and no one in line goes at once, even right after one was let go singly", async () => {
-    vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      q.add("a");
-      const a = (await q.get()) as string;
-      let first = false;
-      void q.whenIdle(60_000, 50).then(() => (first = true));
-      q.done(a);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(first).toBe(true); // let go singly: the spacing counts from now
-      let next = false;
-      void q.whenIdle(60_000, 50).then(() => (next = true));
-      await vi.advanceTimersByTimeAsync(0);
-      expect(next).toBe(true); // not 50 ms later: no one was in line
-    } finally {
-      vi.useRealTimers();
-    }
+    const { q, key: a } = await busyQueue();
+    let first = false;
+    void q.whenIdle(60_000, 50).then(() => (first = true));
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(first).toBe(true); // let go singly: the spacing counts from now
+    let next = false;
+    void q.whenIdle(60_000, 50).then(() => (next = true));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(next).toBe(true); // not 50 ms later: no one was in line
   });
 
   it("the head giving up re-times the look for the next caller's spacing", async () => {
-    vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      const gone: string[] = [];
-      q.add("a");
-      const a = (await q.get()) as string;
-      void q.whenIdle(60_000, 10).then(() => gone.push("first"));
-      void q.whenIdle(5, 1_000).then(() => gone.push("slow"));
-      void q.whenIdle(60_000, 10).then(() => gone.push("next"));
-      q.done(a);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["first"]); // "slow" is the head now, its look due in 1 s
-      await vi.advanceTimersByTimeAsync(5);
-      expect(gone).toEqual(["first", "slow"]); // gave up
-      await vi.advanceTimersByTimeAsync(5);
-      expect(gone).toEqual(["first", "slow", "next"]); // 10 ms after "first", not 1 s
-    } finally {
-      vi.useRealTimers();
-    }
+    const { q, key: a } = await busyQueue();
+    const gone: string[] = [];
+    void q.whenIdle(60_000, 10).then(() => gone.push("first"));
+    void q.whenIdle(5, 1_000).then(() => gone.push("slow"));
+    void q.whenIdle(60_000, 10).then(() => gone.push("next"));
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["first"]); // "slow" is the head now, its look due in 1 s
+    await vi.advanceTimersByTimeAsync(5);
+    expect(gone).toEqual(["first", "slow"]); // gave up
+    await vi.advanceTimersByTimeAsync(5);
+    expect(gone).toEqual(["first", "slow", "next"]); // 10 ms after "first", not 1 s
   });
 
   it("without spacing, every caller in line goes at the first idle moment; shutdown leaves no timer", async () => {
-    vi.useFakeTimers();
-    try {
-      const q = new WorkQueue({ now: () => Date.now() });
-      const gone: string[] = [];
-      q.add("a");
-      const a = (await q.get()) as string;
-      for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
-      q.done(a);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone).toEqual(["w1", "w2", "w3"]);
-      q.add("b");
-      const b = (await q.get()) as string;
-      for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
-      q.done(b);
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone.slice(3)).toEqual(["x1"]);
-      expect(vi.getTimerCount()).toBe(2); // x2's bound and the look timed for it
-      q.shutDown();
-      await vi.advanceTimersByTimeAsync(0);
-      expect(gone.slice(3)).toEqual(["x1", "x2"]);
-      expect(vi.getTimerCount()).toBe(0);
-    } finally {
-      vi.useRealTimers();
-    }
+    const { q, key: a } = await busyQueue();
+    const gone: string[] = [];
+    for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1", "w2", "w3"]);
+    q.add("b");
+    const b = (await q.get()) as string;
+    for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
+    q.done(b);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone.slice(3)).toEqual(["x1"]);
+    expect(vi.getTimerCount()).toBe(2); // x2's bound and the look timed for it
+    q.shutDown();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone.slice(3)).toEqual(["x1", "x2"]);
+    expect(vi.getTimerCount()).toBe(0);
   });
 });
 
