@@ -57,8 +57,13 @@ async function readyBy(name: string): Promise<Set<string>> {
     const ce = await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, name);
     return ce?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True");
   }, 60_000);
-  const evs = await client.list<KubeObject & { regarding?: { name?: string }; reportingInstance?: string }>(EventResource, { namespace: ns });
-  return new Set(evs.items.filter((e) => e.regarding?.name === name).map((e) => e.reportingInstance ?? ""));
+  // The Ready Event is recorded after the status write (and the sweep that follows it), and sent
+  // on its own: wait for it rather than read the Events once.
+  type Ev = KubeObject & { regarding?: { name?: string }; reportingInstance?: string; reason?: string };
+  const about = async (): Promise<Ev[]> =>
+    (await client.list<Ev>(EventResource, { namespace: ns })).items.filter((e) => e.regarding?.name === name);
+  await waitFor(`${name}'s Ready Event`, async () => (await about()).some((e) => e.reason === "Ready"), 30_000);
+  return new Set((await about()).map((e) => e.reportingInstance ?? ""));
 }
 
 beforeAll(async () => {
