@@ -14,6 +14,7 @@ import type { EngineMetrics } from "./engine/metrics.js";
 import { Reflector } from "./engine/reflector.js";
 import { Store, deepFreeze, slimForCache, trimForCache, type IndexFunc } from "./engine/store.js";
 import { Controller } from "./engine/controller.js";
+import { WorkQueue } from "./engine/queue.js";
 import { EventRecorder } from "./engine/events.js";
 import { LeaderElector } from "./engine/leader.js";
 import { monotonicNow } from "./engine/clock.js";
@@ -85,10 +86,10 @@ const RUN_WORKERS_PER_WORKER = 4;
 const ACK_FIRST_MAX_WAIT_MS = 10_000;
 /**
  * Run workers held back by acknowledgements go one at a time, at least this far apart, each while
- * none is waiting or being written, and all of them once none has been for this long
- * (WorkQueue.whenIdle). A burst of creations has short lulls in which the acknowledgement queue is
- * empty; without the spacing every held worker could start its next reconcile (a launch, in a
- * burst) in the first of them. One measured burst had 16 VM PUTs, as many as Run workers, before
+ * none is waiting or being written, and all of them once none has been for this long (the
+ * acknowledgement queue's idleSpacingMs, WorkQueue.whenIdle). A burst of creations has short
+ * lulls in which the acknowledgement queue is empty; without the spacing every held worker could
+ * start its next reconcile (a launch, in a burst) in the first of them. One measured burst had 16 VM PUTs, as many as Run workers, before
  * the last of its 1,000 creates, which fits that (not observed directly). With the spacing, a lull
  * lets one reconcile start. The cost: while new Runs keep coming so that the acknowledgement queue
  * is never idle for this long at a stretch, held Run reconciles (polls and deletions too) start at
@@ -168,6 +169,7 @@ export class Operator {
     // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
     this.ackController = new Controller({
       name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      queue: new WorkQueue({ name: "run-ack", idleSpacingMs: ACK_FIRST_SPACING_MS, ...(metrics ? { metrics } : {}) }),
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
       mayWork: () => this.leaseHeld(),
     });
@@ -178,7 +180,7 @@ export class Operator {
       name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
       mayWork: () => this.leaseHeld(),
-      yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS, spacingMs: ACK_FIRST_SPACING_MS },
+      yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS },
     });
 
     // CEs are frozen as cached (deepFreeze): the Run reconciler reads the CE of each Run it works on

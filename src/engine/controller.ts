@@ -65,11 +65,10 @@ export interface ControllerOptions {
    * Another controller's queue whose keys go first: a worker that took a key waits until that
    * queue has none waiting or in progress (at most `maxWaitMs`, default 1 s) before reconciling it. For work
    * that is cheap and must not queue behind this controller's (e.g. acknowledging new objects).
-   * With `spacingMs`, workers that had to wait go one at a time, at least that far apart, each while
-   * that queue is idle, and all once it has been idle that long (WorkQueue.whenIdle): a short lull in
-   * its keys lets one worker go, not all.
+   * How the workers that had to wait are let go is that queue's choice (WorkQueueOptions.idleSpacingMs,
+   * WorkQueue.whenIdle).
    */
-  yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number; spacingMs?: number };
+  yieldTo?: { queue: Pick<WorkQueue, "whenIdle">; maxWaitMs?: number };
   /**
    * Whether reconciles may start now (e.g. the Lease is still ours: LeaderElector.isLeader, which
    * turns false once the last renewal is older than the renew deadline, as after the machine or
@@ -194,7 +193,7 @@ export class Controller {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
-      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000, this.yieldTo.spacingMs ?? 0);
+      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
       while (this.mayWork && !this.stopping && !this.mayWork()) await new Promise((r) => setTimeout(r, MAY_WORK_RECHECK_MS));
       if (this.stopping) {
         this.queue.done(key);

@@ -30,6 +30,11 @@ export interface WorkQueueOptions {
   name?: string;
   /** Clock, for tests. Default the monotonic clock (clock.ts). */
   now?: () => number;
+  /**
+   * How far apart whenIdle callers that had to wait are let go, in ms (see whenIdle). Default 0:
+   * all of them at the first moment the queue is idle.
+   */
+  idleSpacingMs?: number;
 }
 
 /**
@@ -113,8 +118,9 @@ export class WorkQueue {
   private readonly notBefore = new Map<string, number>();
   private waiters: (() => void)[] = [];
   private drainWaiters: (() => void)[] = [];
-  /** whenIdle callers in line, each with the spacing it asked for after the one before it. */
-  private idleWaiters: { release: () => void; spacingMs: number }[] = [];
+  private readonly idleSpacingMs: number;
+  /** whenIdle callers in line, in the order they came. */
+  private idleWaiters: (() => void)[] = [];
   /** When the last whenIdle caller was let go singly from the line (for the spacing). */
   private lastIdleRelease = -Infinity;
   /** Since when the queue has been idle (its last key done), as far as it is idle now. */
@@ -130,8 +136,12 @@ export class WorkQueue {
     this.metrics = opts.metrics;
     this.now = opts.now ?? monotonicNow;
     this.bucket = new TokenBucket(opts.qps ?? 10, opts.burst ?? 100, this.now);
+    this.idleSpacingMs = opts.idleSpacingMs ?? 0;
     if (!(this.baseDelayMs >= 0) || !(this.maxDelayMs >= this.baseDelayMs)) {
       throw new RangeError(`work queue ${this.name}: need 0 <= baseDelayMs <= maxDelayMs`);
+    }
+    if (!(this.idleSpacingMs >= 0) || !Number.isFinite(this.idleSpacingMs)) {
+      throw new RangeError(`work queue ${this.name}: need a finite idleSpacingMs >= 0`);
     }
     this.updateDepth();
   }
@@ -290,40 +300,30 @@ export class WorkQueue {
    * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
    * (ControllerOptions.yieldTo).
    *
-   * With `spacingMs`, callers that had to wait are let go one at a time, each at least `spacingMs`
-   * after the last one let go singly, and only while the queue is idle; once it has been idle for
-   * `spacingMs` without a break, all of them go. So a moment in which the queue happens to be
-   * empty (between two keys of a burst) lets one caller go, not all of them at once. The cost: while
-   * keys keep coming so that the queue is never idle for `spacingMs` at a stretch, callers go at
-   * most one per idle spell and per `spacingMs`, or at their `maxWaitMs`, where without spacing all
-   * went in every idle spell. A caller that finds the queue idle and no one in line goes at once.
-   * Every caller of a queue is expected to ask for the same spacing: with mixed spacings a caller
-   * with none waits for those before it, and the release after a quiet spell lets go only those
-   * whose spacing it covers, so the order is not kept. `maxWaitMs` still bounds every caller's wait.
+   * With the queue's `idleSpacingMs`, callers that had to wait form a line and are let go one at a
+   * time, each at least `idleSpacingMs` after the last one let go singly, and only while the queue
+   * is idle; once it has been idle for `idleSpacingMs` without a break, the rest of the line goes.
+   * So a moment in which the queue happens to be empty (between two keys of a burst) lets one
+   * caller go, not all of them at once. The cost: while keys keep coming so that the queue is never
+   * idle for `idleSpacingMs` at a stretch, callers go at most one per idle spell and per
+   * `idleSpacingMs`, or at their `maxWaitMs`, where without spacing all went in every idle spell.
+   * A caller that finds the queue idle and no one in line goes at once. `maxWaitMs` bounds every
+   * caller's wait; a caller that gives up leaves the line.
    */
-  whenIdle(maxWaitMs: number, spacingMs = 0): Promise<void> {
+  whenIdle(maxWaitMs: number): Promise<void> {
     if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
     if (this.isIdle() && this.idleWaiters.length === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      const waiter = {
-        spacingMs,
-        release: (): void => {
-          clearTimeout(timer);
-          resolve();
-        },
+      const release = (): void => {
+        clearTimeout(timer);
+        resolve();
       };
       const timer = setTimeout(() => {
-        const head = this.idleWaiters[0] === waiter;
-        this.idleWaiters = this.idleWaiters.filter((w) => w !== waiter);
+        this.idleWaiters = this.idleWaiters.filter((w) => w !== release);
+        if (this.idleWaiters.length === 0) this.clearIdleTimer();
         resolve();
-        if (head) {
-          // the look pending was timed for this caller's spacing: time it for the next one's
-          clearTimeout(this.idleTimer);
-          this.idleTimer = undefined;
-          this.wakeIdle();
-        }
       }, maxWaitMs);
-      this.idleWaiters.push(waiter);
+      this.idleWaiters.push(release);
       this.wakeIdle();
     });
   }
@@ -332,42 +332,42 @@ export class WorkQueue {
     return this.queue.length === 0 && this.processing.size === 0;
   }
 
-  /** Lets the callers in line go: all of them at shutdown; else while the queue is idle, each after its spacing. */
+  private clearIdleTimer(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  /** Lets the callers in line go: all of them at shutdown; else while the queue is idle, as whenIdle says. */
   private wakeIdle(): void {
-    if (this.shutdown) {
-      clearTimeout(this.idleTimer);
-      this.idleTimer = undefined;
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const waiter of w) waiter.release();
+    if (this.idleWaiters.length === 0) {
+      this.clearIdleTimer();
       return;
     }
-    while (this.idleWaiters.length > 0 && this.isIdle()) {
-      const next = this.idleWaiters[0] as (typeof this.idleWaiters)[number];
-      const t = this.now();
-      const quiet = t - this.idleSince;
-      if (next.spacingMs > 0 && quiet >= next.spacingMs) {
-        // idle for a whole spacing: not a lull within a burst; the line goes (each that asked for no more)
-        const go = this.idleWaiters.filter((w) => w.spacingMs <= quiet);
-        this.idleWaiters = this.idleWaiters.filter((w) => w.spacingMs > quiet);
-        for (const w of go) w.release();
-        continue;
-      }
-      const wait = next.spacingMs > 0 ? this.lastIdleRelease + next.spacingMs - t : 0;
-      if (wait > 0) {
-        // one look when its spacing has passed or the quiet has lasted a spacing, whichever comes
-        // first (the queue may be busy again by then: its next idle moment lets the head go)
-        if (this.idleTimer === undefined) {
-          this.idleTimer = setTimeout(() => {
-            this.idleTimer = undefined;
-            this.wakeIdle();
-          }, Math.min(wait, this.idleSince + next.spacingMs - t, next.spacingMs, MAX_TIMER_MS));
-        }
-        return;
-      }
-      this.idleWaiters.shift();
-      if (next.spacingMs > 0) this.lastIdleRelease = t;
-      next.release();
+    const spacing = this.idleSpacingMs;
+    const t = this.now();
+    if (this.shutdown || (this.isIdle() && (spacing === 0 || t - this.idleSince >= spacing))) {
+      // shutdown, no spacing, or idle for a whole spacing (not a lull within a burst): the line goes
+      this.clearIdleTimer();
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const release of w) release();
+      return;
+    }
+    if (!this.isIdle()) return; // the next done() that leaves the queue idle looks again
+    const wait = this.lastIdleRelease + spacing - t;
+    if (wait <= 0) {
+      this.lastIdleRelease = t;
+      (this.idleWaiters.shift() as () => void)();
+      if (this.idleWaiters.length === 0) return;
+    }
+    // one look when the spacing since the last single release has passed or the quiet has lasted a
+    // spacing, whichever comes first (the queue may be busy again by then: its next idle moment
+    // lets the head go). Never more than a spacing away, whatever the clock did.
+    if (this.idleTimer === undefined) {
+      this.idleTimer = setTimeout(() => {
+        this.idleTimer = undefined;
+        this.wakeIdle();
+      }, Math.max(0, Math.min(wait > 0 ? wait : spacing, this.idleSince + spacing - t, spacing, MAX_TIMER_MS)));
     }
   }
 

@@ -365,16 +365,16 @@ describe("Controller", () => {
     }
   });
 
-  it("with yieldTo and spacingMs, a lull in the other queue lets one held worker go, the next that far apart, the rest once it stays idle that long", async () => {
+  it("with yieldTo a queue with idleSpacingMs, a lull in it lets one held worker go, the next that far apart, the rest once it stays idle that long", async () => {
     vi.useFakeTimers();
     try {
-      const first = new WorkQueue({ qps: 1e9, burst: 1e9, now: () => Date.now() });
+      const first = new WorkQueue({ qps: 1e9, burst: 1e9, now: () => Date.now(), idleSpacingMs: 50 });
       first.add("ack");
       const ack = (await first.get()) as string; // an acknowledgement in progress
       const seen: string[] = [];
       const runs = make(async (key) => {
         seen.push(key);
-      }, { yieldTo: { queue: first, maxWaitMs: 60_000, spacingMs: 50 }, workers: 3 });
+      }, { yieldTo: { queue: first, maxWaitMs: 60_000 }, workers: 3 });
       runs.c.start();
       for (const k of ["ns/a", "ns/b", "ns/c"]) runs.c.enqueue(k);
       await vi.advanceTimersByTimeAsync(10);

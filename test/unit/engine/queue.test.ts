@@ -320,6 +320,8 @@ describe("WorkQueue metrics", () => {
 
   it("rejects an invalid configuration", () => {
     expect(() => new WorkQueue({ baseDelayMs: 10, maxDelayMs: 5 })).toThrow(RangeError);
+    expect(() => new WorkQueue({ idleSpacingMs: -1 })).toThrow(RangeError);
+    expect(() => new WorkQueue({ idleSpacingMs: Number.NaN })).toThrow(RangeError);
   });
 });
 
@@ -372,27 +374,27 @@ describe("WorkQueue.whenIdle with spacing", () => {
   afterEach(() => {
     vi.useRealTimers();
   });
-  /** A queue on the fake clock, with one key in progress (returned). */
-  const busyQueue = async (): Promise<{ q: WorkQueue; key: string }> => {
-    const q = new WorkQueue({ now: () => Date.now() });
+  /** A queue on the fake clock with that spacing, with one key in progress (returned). */
+  const busyQueue = async (idleSpacingMs: number): Promise<{ q: WorkQueue; key: string }> => {
+    const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs });
     q.add("a");
     return { q, key: (await q.get()) as string };
   };
 
   it("lets callers that waited go one per lull, at least the spacing apart; the rest once the queue stays idle for a spacing; a caller finding it idle with no one in line goes at once", async () => {
-    const { q, key: a } = await busyQueue();
+    const { q, key: a } = await busyQueue(25);
     const gone: string[] = [];
     const lull = async (key: string): Promise<void> => {
       q.add(key);
       q.done((await q.get()) as string);
     };
-    for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+    for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
     await vi.advanceTimersByTimeAsync(100);
     expect(gone).toEqual([]); // a is being processed
     q.done(a); // a lull: the queue is empty
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]); // one, not all three
-    void q.whenIdle(60_000, 25).then(() => gone.push("w4"));
+    void q.whenIdle(60_000).then(() => gone.push("w4"));
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
     await vi.advanceTimersByTimeAsync(10);
@@ -407,13 +409,13 @@ describe("WorkQueue.whenIdle with spacing", () => {
     expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // idle for 25 ms without a break: the rest at once
     // no one in line and the queue idle: no spacing at all, however many come
     let freeGoes = 0;
-    for (let i = 0; i < 5; i++) await q.whenIdle(60_000, 25).then(() => freeGoes++);
+    for (let i = 0; i < 5; i++) await q.whenIdle(60_000).then(() => freeGoes++);
     expect(freeGoes).toBe(5);
     // later, another line behind a busy key: the same again
     await vi.advanceTimersByTimeAsync(100);
     q.add("c");
     const c = (await q.get()) as string;
-    for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 25).then(() => gone.push(w));
+    for (const w of ["x1", "x2"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(c);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone.slice(4)).toEqual(["x1"]);
@@ -422,12 +424,12 @@ describe("WorkQueue.whenIdle with spacing", () => {
   });
 
   it("bounds each caller's wait by maxWaitMs, keeps the line's order, and lets the whole line go at shutdown", async () => {
-    const q = new WorkQueue({ now: () => Date.now() });
+    const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs: 25 });
     q.add("stuck"); // nothing takes it
     const gone: string[] = [];
-    void q.whenIdle(30, 25).then(() => gone.push("short"));
-    void q.whenIdle(60_000, 25).then(() => gone.push("long1"));
-    void q.whenIdle(60_000, 25).then(() => gone.push("long2"));
+    void q.whenIdle(30).then(() => gone.push("short"));
+    void q.whenIdle(60_000).then(() => gone.push("long1"));
+    void q.whenIdle(60_000).then(() => gone.push("long2"));
     await vi.advanceTimersByTimeAsync(30);
     expect(gone).toEqual(["short"]);
     const k = (await q.get()) as string;
@@ -441,9 +443,9 @@ describe("WorkQueue.whenIdle with spacing", () => {
   });
 
   it("a look timed while the queue is busy again lets the head go at the next idle moment, at once", async () => {
-    const { q, key: a } = await busyQueue();
+    const { q, key: a } = await busyQueue(50);
     const gone: string[] = [];
-    for (const w of ["w1", "w2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
+    for (const w of ["w1", "w2"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(a);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]);
@@ -457,48 +459,62 @@ describe("WorkQueue.whenIdle with spacing", () => {
   });
 
   it("a caller finding the queue idle and no one in line goes at once, even right after one was let go singly", async () => {
-    const { q, key: a } = await busyQueue();
+    const { q, key: a } = await busyQueue(50);
     let first = false;
-    void q.whenIdle(60_000, 50).then(() => (first = true));
+    void q.whenIdle(60_000).then(() => (first = true));
     q.done(a);
     await vi.advanceTimersByTimeAsync(0);
     expect(first).toBe(true); // let go singly: the spacing counts from now
     let next = false;
-    void q.whenIdle(60_000, 50).then(() => (next = true));
+    void q.whenIdle(60_000).then(() => (next = true));
     await vi.advanceTimersByTimeAsync(0);
     expect(next).toBe(true); // not 50 ms later: no one was in line
   });
 
-  it("the head giving up re-times the look for the next caller's spacing", async () => {
-    const { q, key: a } = await busyQueue();
+  it("a head that gives up leaves the line: the next goes at its turn; a line emptied so leaves no timer", async () => {
+    const { q, key: a } = await busyQueue(10);
     const gone: string[] = [];
-    void q.whenIdle(60_000, 10).then(() => gone.push("first"));
-    void q.whenIdle(5, 1_000).then(() => gone.push("slow"));
-    void q.whenIdle(60_000, 10).then(() => gone.push("next"));
+    void q.whenIdle(60_000).then(() => gone.push("first"));
+    void q.whenIdle(5).then(() => gone.push("quitter"));
+    void q.whenIdle(60_000).then(() => gone.push("next"));
     q.done(a);
     await vi.advanceTimersByTimeAsync(0);
-    expect(gone).toEqual(["first"]); // "slow" is the head now, its look due in 1 s
+    expect(gone).toEqual(["first"]);
     await vi.advanceTimersByTimeAsync(5);
-    expect(gone).toEqual(["first", "slow"]); // gave up
+    expect(gone).toEqual(["first", "quitter"]); // gave up
+    await vi.advanceTimersByTimeAsync(4);
+    expect(gone).toEqual(["first", "quitter"]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(gone).toEqual(["first", "quitter", "next"]); // a spacing after "first"
+    // a line whose last caller gives up: its pending look goes with it
+    q.add("b");
+    const b = (await q.get()) as string;
+    void q.whenIdle(60_000).then(() => gone.push("y1"));
+    void q.whenIdle(5).then(() => gone.push("y2"));
+    q.done(b);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone.slice(3)).toEqual(["y1"]);
+    expect(vi.getTimerCount()).toBe(2); // y2's bound and the look timed for it
     await vi.advanceTimersByTimeAsync(5);
-    expect(gone).toEqual(["first", "slow", "next"]); // 10 ms after "first", not 1 s
+    expect(gone.slice(3)).toEqual(["y1", "y2"]);
+    expect(vi.getTimerCount()).toBe(0);
   });
 
-  it("without spacing, every caller in line goes at the first idle moment; shutdown leaves no timer", async () => {
-    const { q, key: a } = await busyQueue();
+  it("without spacing, every caller in line goes at the first idle moment; with it, shutdown leaves no timer", async () => {
+    const { q, key: a } = await busyQueue(0);
     const gone: string[] = [];
     for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(a);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1", "w2", "w3"]);
-    q.add("b");
-    const b = (await q.get()) as string;
-    for (const w of ["x1", "x2"]) void q.whenIdle(60_000, 50).then(() => gone.push(w));
-    q.done(b);
+    expect(vi.getTimerCount()).toBe(0);
+    const { q: spaced, key: b } = await busyQueue(50);
+    for (const w of ["x1", "x2"]) void spaced.whenIdle(60_000).then(() => gone.push(w));
+    spaced.done(b);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone.slice(3)).toEqual(["x1"]);
     expect(vi.getTimerCount()).toBe(2); // x2's bound and the look timed for it
-    q.shutDown();
+    spaced.shutDown();
     await vi.advanceTimersByTimeAsync(0);
     expect(gone.slice(3)).toEqual(["x1", "x2"]);
     expect(vi.getTimerCount()).toBe(0);
