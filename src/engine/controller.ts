@@ -193,7 +193,11 @@ export class Controller {
     for (;;) {
       const key = await this.queue.get();
       if (key === undefined) return;
-      if (this.yieldTo && !this.stopping) await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
+      if (this.yieldTo && !this.stopping) {
+        const from = monotonicNow();
+        await this.yieldTo.queue.whenIdle(this.yieldTo.maxWaitMs ?? 1_000);
+        this.metrics?.reconcileHeld.observe({ controller: this.name }, (monotonicNow() - from) / 1000);
+      }
       while (this.mayWork && !this.stopping && !this.mayWork()) await new Promise((r) => setTimeout(r, MAY_WORK_RECHECK_MS));
       if (this.stopping) {
         this.queue.done(key);

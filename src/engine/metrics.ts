@@ -25,6 +25,11 @@ export class EngineMetrics {
   readonly reconcileDuration: Histogram<"controller">;
   /** Reconciles currently running, by controller. */
   readonly reconcileInFlight: Gauge<"controller">;
+  /**
+   * How long a worker held a key before reconciling it while another queue went first
+   * (ControllerOptions.yieldTo); 0 when that queue was idle. Only controllers with yieldTo observe it.
+   */
+  readonly reconcileHeld: Histogram<"controller">;
   /** Keys waiting in a work queue (ready, not yet handed to a worker). */
   readonly queueDepth: Gauge<"queue">;
   /** Keys added to a work queue (after de-duplication). */
@@ -74,6 +79,13 @@ export class EngineMetrics {
       help: "Reconcile wall time in seconds.",
       labelNames: ["controller"] as const,
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers,
+    });
+    this.reconcileHeld = new Histogram({
+      name: `${p}reconcile_held_seconds`,
+      help: "Seconds a worker held a key before its reconcile, while another controller's queue went first.",
+      labelNames: ["controller"] as const,
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers,
     });
     this.reconcileInFlight = new Gauge({

@@ -393,6 +393,11 @@ describe("Controller", () => {
       expect(seen).toHaveLength(2);
       await vi.advanceTimersByTimeAsync(1);
       expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]); // idle for 50 ms
+      // how long each was held: 10, 60 and 80 ms
+      const held = (await runs.metrics.reconcileHeld.get()).values.filter((v) => v.labels.controller === "test");
+      expect(held.find((v) => v.metricName?.endsWith("_count"))?.value).toBe(3);
+      expect(held.find((v) => v.metricName?.endsWith("_sum"))?.value).toBeCloseTo(0.15, 3);
+      expect(held.find((v) => v.metricName?.endsWith("_bucket") && (v.labels as Record<string, unknown>).le === 0.05)?.value).toBe(1);
     } finally {
       vi.useRealTimers();
     }

@@ -15,6 +15,7 @@ describe("EngineMetrics", () => {
     const m = new EngineMetrics();
     m.reconcileErrors.inc({ controller: "ce", kind: "retryable" });
     m.reconcileDuration.observe({ controller: "ce" }, 0.2);
+    m.reconcileHeld.observe({ controller: "run" }, 0.03);
     m.queueDepth.set({ queue: "ce" }, 3);
     m.watchRestarts.inc({ resource: "runs", reason: "expired" });
     m.watchEvents.inc({ resource: "runs", type: "ADDED" }, 2);
@@ -23,6 +24,7 @@ describe("EngineMetrics", () => {
     expect(text).toMatch(/vmforge_reconcile_errors_total\{controller="ce",kind="retryable"\} 1/);
     expect(text).toMatch(/vmforge_reconcile_duration_seconds_count\{controller="ce"\} 1/);
     expect(text).toMatch(/vmforge_reconcile_duration_seconds_bucket\{le="0.25",controller="ce"\} 1/);
+    expect(text).toMatch(/vmforge_reconcile_held_seconds_bucket\{le="0.05",controller="run"\} 1/);
     expect(text).toMatch(/vmforge_workqueue_depth\{queue="ce"\} 3/);
     expect(text).toMatch(/vmforge_watch_restarts_total\{resource="runs",reason="expired"\} 1/);
     expect(text).toMatch(/vmforge_watch_events_total\{resource="runs",type="ADDED"\} 2/);
