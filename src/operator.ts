@@ -85,16 +85,21 @@ const RUN_WORKERS_PER_WORKER = 4;
  */
 const ACK_FIRST_MAX_WAIT_MS = 10_000;
 /**
- * Run workers held back by acknowledgements go one at a time, at least this far apart, each while
- * none is waiting or being written, and all of them once none has been for this long (the
- * acknowledgement queue's idleSpacingMs, WorkQueue.whenIdle). A burst of creations has short
- * lulls in which the acknowledgement queue is empty; without the spacing every held worker could
- * start its next reconcile (a launch, in a burst) in the first of them. One measured burst had 16 VM PUTs, as many as Run workers, before
- * the last of its 1,000 creates, which fits that (not observed directly). With the spacing, a lull
- * lets one reconcile start. The cost: while new Runs keep coming so that the acknowledgement queue
- * is never idle for this long at a stretch, held Run reconciles (polls and deletions too) start at
- * most one per idle spell and per this long, or after ACK_FIRST_MAX_WAIT_MS, where all went in
- * every idle spell before. A worker that finds the queue idle and no one in line goes at once.
+ * Run workers held back by acknowledgements (the acknowledgement queue's idleSpacingMs,
+ * WorkQueue.whenIdle): within this long of a backlog (an acknowledgement that waited for a free
+ * `run-ack` worker), they go one at a time, at least this far apart, each while no
+ * acknowledgement is waiting or being written; without one for this long, all of them at the
+ * queue's next idle moment. A burst of creations that the acknowledgements cannot keep up with has
+ * short lulls in which the acknowledgement queue is empty; without the spacing every held worker
+ * could start its next reconcile (a launch, in a burst) in the first of them. One measured burst
+ * had 16 VM PUTs, as many as Run workers, before the last of its 1,000 creates, which fits that (not
+ * observed directly). New Runs that each find a free `run-ack` worker are no backlog: the held
+ * workers all go when the queue is next idle. A first form measured the spacing from the last idle
+ * moment instead: under 40 new Runs a second (each acknowledged at once) Run reconciles ran at
+ * most 20 a second and launches waited up to the 10 s of ACK_FIRST_MAX_WAIT_MS. The cost left:
+ * while backlogs keep forming, held Run reconciles (polls and deletions too) start at most one per
+ * idle moment and per this long, or after ACK_FIRST_MAX_WAIT_MS. A worker that finds the queue
+ * idle and no one in line goes at once.
  */
 const ACK_FIRST_SPACING_MS = 50;
 /** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */

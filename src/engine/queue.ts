@@ -31,8 +31,8 @@ export interface WorkQueueOptions {
   /** Clock, for tests. Default the monotonic clock (clock.ts). */
   now?: () => number;
   /**
-   * How far apart whenIdle callers that had to wait are let go, in ms (see whenIdle). Default 0:
-   * all of them at the first moment the queue is idle.
+   * After a backlog (a key that had to wait for a worker), how far apart whenIdle callers are let
+   * go, in ms (see whenIdle). Default 0: all of them at the first moment the queue is idle.
    */
   idleSpacingMs?: number;
 }
@@ -123,8 +123,8 @@ export class WorkQueue {
   private idleWaiters: (() => void)[] = [];
   /** When the last whenIdle caller was let go singly from the line (for the spacing). */
   private lastIdleRelease = -Infinity;
-  /** Since when the queue has been idle (its last key done), as far as it is idle now. */
-  private idleSince = -Infinity;
+  /** When a worker last found a key waiting for it (a backlog: more keys than free workers). */
+  private lastBacklogAt = -Infinity;
   /** The next spaced release of the line of whenIdle callers, when one is due. */
   private idleTimer: NodeJS.Timeout | undefined;
   private shutdown = false;
@@ -231,9 +231,12 @@ export class WorkQueue {
    * done(key). Resolves undefined once the queue is shut down and empty.
    */
   async get(): Promise<string | undefined> {
+    let woken = false;
     for (;;) {
       const key = this.queue.shift();
       if (key !== undefined) {
+        // a key handed to a worker that was waiting for one is no backlog; one a worker found is
+        if (!woken) this.lastBacklogAt = this.now();
         this.dirty.delete(key);
         this.processing.add(key);
         const at = this.queuedAt.get(key);
@@ -244,6 +247,7 @@ export class WorkQueue {
       }
       if (this.shutdown) return undefined;
       await new Promise<void>((resolve) => this.waiters.push(resolve));
+      woken = true;
     }
   }
 
@@ -261,7 +265,6 @@ export class WorkQueue {
         this.push(key);
       }
     }
-    if (this.isIdle()) this.idleSince = this.now();
     this.wakeIdle();
     this.checkDrained();
   }
@@ -300,15 +303,16 @@ export class WorkQueue {
    * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
    * (ControllerOptions.yieldTo).
    *
-   * With the queue's `idleSpacingMs`, callers that had to wait form a line and are let go one at a
-   * time, each at least `idleSpacingMs` after the last one let go singly, and only while the queue
-   * is idle; once it has been idle for `idleSpacingMs` without a break, the rest of the line goes.
-   * So a moment in which the queue happens to be empty (between two keys of a burst) lets one
-   * caller go, not all of them at once. The cost: while keys keep coming so that the queue is never
-   * idle for `idleSpacingMs` at a stretch, callers go at most one per idle spell and per
-   * `idleSpacingMs`, or at their `maxWaitMs`, where without spacing all went in every idle spell.
-   * A caller that finds the queue idle and no one in line goes at once. `maxWaitMs` bounds every
-   * caller's wait; a caller that gives up leaves the line.
+   * Callers that had to wait form a line. Without a backlog in the last `idleSpacingMs` (no worker
+   * found a key waiting for it: the workers kept up), the whole line goes at the first idle moment.
+   * Within `idleSpacingMs` of a backlog they go one at a time, each at least `idleSpacingMs` after
+   * the last one let go singly, and only while the queue is idle. So a moment in which the queue
+   * happens to be empty in a burst that its workers cannot keep up with lets one caller go, not all
+   * of them at once, while keys that come now and then, each taken at once by a free worker, hold
+   * no one beyond the queue's next idle moment. The cost: while backlogs keep forming, callers go
+   * at most one per idle moment and per `idleSpacingMs`, or at their `maxWaitMs`. A caller that
+   * finds the queue idle and no one in line goes at once. `maxWaitMs` bounds every caller's wait;
+   * a caller that gives up leaves the line.
    */
   whenIdle(maxWaitMs: number): Promise<void> {
     if (this.shutdown || !(maxWaitMs > 0)) return Promise.resolve();
@@ -345,8 +349,8 @@ export class WorkQueue {
     }
     const spacing = this.idleSpacingMs;
     const t = this.now();
-    if (this.shutdown || (this.isIdle() && (spacing === 0 || t - this.idleSince >= spacing))) {
-      // shutdown, no spacing, or idle for a whole spacing (not a lull within a burst): the line goes
+    if (this.shutdown || (this.isIdle() && (spacing === 0 || t - this.lastBacklogAt >= spacing))) {
+      // shutdown, no spacing, or no backlog for a whole spacing (not a lull within a burst): the line goes
       this.clearIdleTimer();
       const w = this.idleWaiters;
       this.idleWaiters = [];
@@ -360,14 +364,14 @@ export class WorkQueue {
       (this.idleWaiters.shift() as () => void)();
       if (this.idleWaiters.length === 0) return;
     }
-    // one look when the spacing since the last single release has passed or the quiet has lasted a
-    // spacing, whichever comes first (the queue may be busy again by then: its next idle moment
+    // one look when the spacing since the last single release has passed or a spacing has passed
+    // since the last backlog, whichever comes first (the queue may be busy again by then: its next idle moment
     // lets the head go). Never more than a spacing away, whatever the clock did.
     if (this.idleTimer === undefined) {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = undefined;
         this.wakeIdle();
-      }, Math.max(0, Math.min(wait > 0 ? wait : spacing, this.idleSince + spacing - t, spacing, MAX_TIMER_MS)));
+      }, Math.max(0, Math.min(wait > 0 ? wait : spacing, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS)));
     }
   }
 

@@ -374,53 +374,76 @@ describe("WorkQueue.whenIdle with spacing", () => {
   afterEach(() => {
     vi.useRealTimers();
   });
-  /** A queue on the fake clock with that spacing, with one key in progress (returned). */
+  /** Adds `key` and takes it with no worker waiting for one: a backlog, now. Returns the key, in progress. */
+  const backlog = async (q: WorkQueue, key: string): Promise<string> => {
+    q.add(key);
+    return (await q.get()) as string;
+  };
+  /** A queue on the fake clock with that spacing, with one key in progress after a backlog (returned). */
   const busyQueue = async (idleSpacingMs: number): Promise<{ q: WorkQueue; key: string }> => {
     const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs });
-    q.add("a");
-    return { q, key: (await q.get()) as string };
+    return { q, key: await backlog(q, "a") };
   };
 
-  it("lets callers that waited go one per lull, at least the spacing apart; the rest once the queue stays idle for a spacing; a caller finding it idle with no one in line goes at once", async () => {
-    const { q, key: a } = await busyQueue(25);
+  it("after a backlog, lets callers go one per idle moment, at least the spacing apart; the rest once a spacing passed without one; a caller finding it idle with no one in line goes at once", async () => {
+    const { q, key: a } = await busyQueue(25); // a backlog at 0
     const gone: string[] = [];
-    const lull = async (key: string): Promise<void> => {
-      q.add(key);
-      q.done((await q.get()) as string);
-    };
     for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
-    await vi.advanceTimersByTimeAsync(100);
+    await vi.advanceTimersByTimeAsync(10);
     expect(gone).toEqual([]); // a is being processed
-    q.done(a); // a lull: the queue is empty
+    q.done(a); // 10: idle, 10 ms after the backlog
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]); // one, not all three
     void q.whenIdle(60_000).then(() => gone.push("w4"));
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]); // the queue is idle, but w4 does not pass the line
-    await vi.advanceTimersByTimeAsync(10);
-    await lull("b"); // keys keep coming: idle again 10 ms after w1 went
+    await vi.advanceTimersByTimeAsync(5);
+    q.done(await backlog(q, "b")); // 15: another backlog, idle again at once
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]); // too soon after w1
-    await vi.advanceTimersByTimeAsync(15);
-    expect(gone).toEqual(["w1", "w2"]); // 25 ms after w1, idle (for 15 ms): the next one
-    await vi.advanceTimersByTimeAsync(9);
+    await vi.advanceTimersByTimeAsync(19);
+    expect(gone).toEqual(["w1"]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(gone).toEqual(["w1", "w2"]); // 35: a spacing after w1, idle: the next one
+    await vi.advanceTimersByTimeAsync(4);
     expect(gone).toEqual(["w1", "w2"]);
     await vi.advanceTimersByTimeAsync(1);
-    expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // idle for 25 ms without a break: the rest at once
+    expect(gone).toEqual(["w1", "w2", "w3", "w4"]); // 40: no backlog since 15: the rest at once
     // no one in line and the queue idle: no spacing at all, however many come
     let freeGoes = 0;
     for (let i = 0; i < 5; i++) await q.whenIdle(60_000).then(() => freeGoes++);
     expect(freeGoes).toBe(5);
-    // later, another line behind a busy key: the same again
+    // later, another line behind a backlog: the same again
     await vi.advanceTimersByTimeAsync(100);
-    q.add("c");
-    const c = (await q.get()) as string;
+    const c = await backlog(q, "c");
     for (const w of ["x1", "x2"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(c);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone.slice(4)).toEqual(["x1"]);
     await vi.advanceTimersByTimeAsync(25);
     expect(gone.slice(4)).toEqual(["x1", "x2"]);
+  });
+
+  it("keys each taken at once by a waiting worker are no backlog: the whole line goes at every idle moment", async () => {
+    const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs: 50 });
+    const gone: string[] = [];
+    for (const round of [1, 2, 3]) {
+      const taken = q.get(); // a worker waits for a key
+      q.add(`k${round}`);
+      const k = (await taken) as string;
+      for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(`${w}.${round}`));
+      await vi.advanceTimersByTimeAsync(10);
+      expect(gone).toHaveLength((round - 1) * 3); // k is being processed
+      q.done(k);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(gone).toHaveLength(round * 3); // all of them, 10 ms apart from the round before
+    }
+    // a backlog now: spaced again
+    const b = await backlog(q, "b");
+    for (const w of ["y1", "y2"]) void q.whenIdle(60_000).then(() => gone.push(w));
+    q.done(b);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone.slice(9)).toEqual(["y1"]);
   });
 
   it("bounds each caller's wait by maxWaitMs, keeps the line's order, and lets the whole line go at shutdown", async () => {
@@ -445,17 +468,18 @@ describe("WorkQueue.whenIdle with spacing", () => {
   it("a look timed while the queue is busy again lets the head go at the next idle moment, at once", async () => {
     const { q, key: a } = await busyQueue(50);
     const gone: string[] = [];
-    for (const w of ["w1", "w2"]) void q.whenIdle(60_000).then(() => gone.push(w));
+    for (const w of ["w1", "w2", "w3"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(a);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]);
-    q.add("b");
-    const b = (await q.get()) as string;
+    const b = await backlog(q, "b");
     await vi.advanceTimersByTimeAsync(200); // the look for w2 came and went while b ran
     expect(gone).toEqual(["w1"]);
+    const c = await backlog(q, "c"); // a backlog again, just now
     q.done(b);
+    q.done(c);
     await vi.advanceTimersByTimeAsync(0);
-    expect(gone).toEqual(["w1", "w2"]);
+    expect(gone).toEqual(["w1", "w2"]); // the head, at once; not w3 (a backlog just now)
   });
 
   it("a caller finding the queue idle and no one in line goes at once, even right after one was let go singly", async () => {
