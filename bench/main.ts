@@ -13,6 +13,8 @@
  *             against the cloud's own delivery delay (bench/log-latency.ts)
  *   azure-burst  N Runs over 4 Azure CEs against a bare @azure/arm-compute client's N VM creates
  *             (bench/azure-burst.ts)
+ *   trickle   after the burst: windows with 0, 10, 20 and 40 new Runs a second beside the running ones:
+ *             how long Run reconciles were held behind acknowledgements, first status, launch call
  * `npm run bench` (1,000 Runs), `npm run bench -- --quick` (100 Runs), `--only=floor,burst,...`.
  * Figures print with the machine's load; JSON goes to bench/results/, with each burst's lines of
  * the kube-apiserver's audit log (bench/audit.ts) beside it.
@@ -47,7 +49,7 @@ import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
 import { firstStatusDists, runAudit } from "./audit.js";
-import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, poolDo, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, heldWindow, poolDo, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -198,7 +200,7 @@ async function main(): Promise<void> {
     }
 
     // ---------------------------------------------------------------- burst + steady + teardown
-    if (want("burst") || want("steady") || want("teardown")) {
+    if (want("burst") || want("steady") || want("teardown") || want("trickle")) {
       const ns = await namespace("burst");
       await awsSetup(ns);
       const op = await startOperator(ns);
@@ -401,6 +403,72 @@ async function main(): Promise<void> {
           return left.length === 0;
         }, 300_000, 1_000);
         for (const name of arrived) phases.delete(name);
+      }
+
+      // ---------------------------------------------------------------- trickle
+      // New Runs at a steady rate beside the running fleet. Run workers wait while acknowledgements
+      // are queued or written, and in a lull go one per 50 ms unless the lull lasts 50 ms
+      // (ACK_FIRST_* in src/operator.ts): this is what that costs the fleet's polls and the new
+      // Runs' launches while new Runs keep coming, next to a window with none.
+      if (want("trickle")) {
+        if (!want("steady") && !want("teardown")) await sleep(2 * POLL_MS); // the burst's last writes settle
+        const secs = quick ? 10 : 15;
+        const windows: Record<string, unknown>[] = [];
+        let made = N;
+        for (const rate of [0, 10, 20, 40]) {
+          const count = rate * secs;
+          say(`\n[trickle] ${rate ? `${count} new Runs at ${rate} a second` : "no new Runs"} for ${secs} s beside the ${N} running`);
+          const m0 = await op.metrics();
+          const cpuT = op.stats().cpuS;
+          const tt = Date.now();
+          const names: string[] = [];
+          const creates: Promise<void>[] = [];
+          let late = 0;
+          for (let i = 0; i < count; i++) {
+            const wait = tt + (i * 1000) / rate - Date.now();
+            if (wait > 0) await sleep(wait);
+            else if (wait < -100) late++;
+            const name = `t${rate}-${String(i).padStart(4, "0")}`;
+            names.push(name);
+            creates.push(client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns }, spec: runSpec(`ce${i % 4}`) } as Run).then((r) => {
+              created.set(name, Date.now());
+              uidOf.set(name, r.metadata.uid ?? "");
+              proxy.watchUids.add(r.metadata.uid ?? "");
+            }));
+          }
+          await Promise.all(creates);
+          await sleep(Math.max(0, tt + secs * 1000 - Date.now()));
+          const windowT = Date.now() - tt;
+          const m1 = await op.metrics();
+          const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
+          const held = heldWindow(m0, m1, "run");
+          if (count) {
+            made += count;
+            await until(`the ${count} new Runs launched`, () => names.every((n) => proxy.launchAt.has(uidOf.get(n) ?? "")), 180_000, 1_000);
+          }
+          const mine = (m: Map<string, number>): number[] => names.filter((n) => m.has(n) && created.has(n)).map((n) => (m.get(n) ?? 0) - (created.get(n) ?? 0));
+          const launches = new Map(names.map((n) => [n, proxy.launchAt.get(uidOf.get(n) ?? "") ?? 0] as const).filter(([, t]) => t > 0));
+          const server = count ? await audit.firstStatus(ns, made, undefined, say) : new Map<string, { ms: number }>();
+          const w = {
+            rate, runs: count, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS,
+            firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
+            launchCall: dist(mine(launches)), load: load(),
+          };
+          windows.push(w);
+          say(`  Run reconciles held (vmforge_reconcile_held_seconds, in the ${sec(windowT)}): ${held.held}, mean ${held.meanS} s; longer than: ${Object.entries(held.over).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(", ") || "none over 1 ms"}`);
+          if (count) {
+            say(`  created -> first status: ${fmtDist(w.firstStatus)} (the bench's watch); ${fmtDist(w.firstStatusServer)} (the kube-apiserver's audit log)`);
+            say(`  created -> launch call: ${fmtDist(w.launchCall)}; creates sent over 100 ms late: ${late}`);
+          }
+          say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
+          for (const name of names) await client.delete(RunResource, ns, name);
+          await until(`the ${count} new Runs gone`, async () => {
+            const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => names.includes(r.metadata.name ?? ""));
+            return left.length === 0;
+          }, 300_000, 1_000);
+          for (const name of names) for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
+        }
+        results.trickle = windows;
       }
 
       // ---------------------------------------------------------------- teardown

@@ -49,6 +49,24 @@ export function promSum(text: string, name: string, labels: Record<string, strin
   return out;
 }
 
+/**
+ * How long a controller's workers were held before their reconciles (vmforge_reconcile_held_seconds)
+ * between two scrapes: how many, their mean, and how many waited longer than each bucket bound.
+ */
+export function heldWindow(before: string, after: string, controller: string): { held: number; meanS: number; over: Record<string, number> } {
+  const name = "vmforge_reconcile_held_seconds";
+  const delta = (suffix: string, by?: string): Map<string, number> => {
+    const a = promSum(after, `${name}${suffix}`, { controller }, by);
+    const b = promSum(before, `${name}${suffix}`, { controller }, by);
+    return new Map([...a].map(([k, v]) => [k, v - (b.get(k) ?? 0)]));
+  };
+  const held = delta("_count").get("") ?? 0;
+  const sum = delta("_sum").get("") ?? 0;
+  const over: Record<string, number> = {};
+  for (const [le, n] of delta("_bucket", "le")) if (le !== "+Inf") over[`>${le} s`] = held - n;
+  return { held, meanS: held > 0 ? Math.round((sum / held) * 1000) / 1000 : 0, over };
+}
+
 export function diffMaps(after: Map<string, number>, before: Map<string, number>): Record<string, number> {
   const out: Record<string, number> = {};
   for (const [k, v] of after) {
