@@ -31,8 +31,9 @@ export interface WorkQueueOptions {
   /** Clock, for tests. Default the monotonic clock (clock.ts). */
   now?: () => number;
   /**
-   * After a backlog (a key that had to wait for a worker), how far apart whenIdle callers are let
-   * go, in ms (see whenIdle). Default 0: all of them at the first moment the queue is idle.
+   * After a backlog (a key that had to wait for a worker, until it is done), how far apart
+   * whenIdle callers are let go, in ms (see whenIdle). Default 0: all of them at the first moment
+   * the queue is idle.
    */
   idleSpacingMs?: number;
 }
@@ -123,7 +124,11 @@ export class WorkQueue {
   private idleWaiters: (() => void)[] = [];
   /** When the last whenIdle caller was let go singly from the line (for the spacing). */
   private lastIdleRelease = -Infinity;
-  /** When a worker last found a key waiting for it (a backlog: more keys than free workers). */
+  /**
+   * Keys in progress that a worker found waiting for it (a backlog: more keys than free workers),
+   * and when the last such key was done.
+   */
+  private readonly fromBacklog = new Set<string>();
   private lastBacklogAt = -Infinity;
   /** The next spaced release of the line of whenIdle callers, when one is due. */
   private idleTimer: NodeJS.Timeout | undefined;
@@ -236,7 +241,7 @@ export class WorkQueue {
       const key = this.queue.shift();
       if (key !== undefined) {
         // a key handed to a worker that was waiting for one is no backlog; one a worker found is
-        if (!woken) this.lastBacklogAt = this.now();
+        if (!woken) this.fromBacklog.add(key);
         this.dirty.delete(key);
         this.processing.add(key);
         const at = this.queuedAt.get(key);
@@ -254,6 +259,8 @@ export class WorkQueue {
   /** Release `key`; if it was added again meanwhile it goes back into the queue. */
   done(key: string): void {
     if (!this.processing.delete(key)) return;
+    // the backlog lasts until its keys are done: the queue is idle only after that
+    if (this.fromBacklog.delete(key)) this.lastBacklogAt = this.now();
     // re-added while it was processed (possibly before a shutdown): hand it out again, unless a
     // hint holds it (then at the end of the hold; addRateLimited already scheduled that)
     if (this.dirty.has(key)) {
@@ -303,10 +310,11 @@ export class WorkQueue {
    * `maxWaitMs`, or at shutdown. Lets another controller give this queue's keys precedence
    * (ControllerOptions.yieldTo).
    *
-   * Callers that had to wait form a line. Without a backlog in the last `idleSpacingMs` (no worker
-   * found a key waiting for it: the workers kept up), the whole line goes at the first idle moment.
-   * Within `idleSpacingMs` of a backlog they go one at a time, each at least `idleSpacingMs` after
-   * the last one let go singly, and only while the queue is idle. So a moment in which the queue
+   * Callers that had to wait form a line. A backlog is a key that a worker found waiting for it
+   * (more keys than free workers); it lasts until that key is done. With no backlog in the last
+   * `idleSpacingMs` (the workers kept up), the whole line goes at the first idle moment. Within
+   * `idleSpacingMs` after a backlog they go one at a time, each at least `idleSpacingMs` after the
+   * last one let go singly, and only while the queue is idle. So a moment in which the queue
    * happens to be empty in a burst that its workers cannot keep up with lets one caller go, not all
    * of them at once, while keys that come now and then, each taken at once by a free worker, hold
    * no one beyond the queue's next idle moment. The cost: while backlogs keep forming, callers go
@@ -362,7 +370,10 @@ export class WorkQueue {
     if (wait <= 0) {
       this.lastIdleRelease = t;
       (this.idleWaiters.shift() as () => void)();
-      if (this.idleWaiters.length === 0) return;
+      if (this.idleWaiters.length === 0) {
+        this.clearIdleTimer();
+        return;
+      }
     }
     // one look when the spacing since the last single release has passed or a spacing has passed
     // since the last backlog, whichever comes first (the queue may be busy again by then: its next idle moment

@@ -365,12 +365,12 @@ describe("Controller", () => {
     }
   });
 
-  it("with yieldTo a queue with idleSpacingMs, a lull in it lets one held worker go, the next that far apart, the rest once it stays idle that long", async () => {
+  it("with yieldTo a queue with idleSpacingMs, a lull after a backlog lets one held worker go, the next that far apart, the rest once no backlog for that long", async () => {
     vi.useFakeTimers();
     try {
       const first = new WorkQueue({ qps: 1e9, burst: 1e9, now: () => Date.now(), idleSpacingMs: 50 });
       first.add("ack");
-      const ack = (await first.get()) as string; // an acknowledgement in progress
+      const ack = (await first.get()) as string; // an acknowledgement in progress, taken from a backlog
       const seen: string[] = [];
       const runs = make(async (key) => {
         seen.push(key);
@@ -383,7 +383,7 @@ describe("Controller", () => {
       await vi.advanceTimersByTimeAsync(0);
       expect(seen).toHaveLength(1);
       await vi.advanceTimersByTimeAsync(20);
-      first.add("ack2"); // another acknowledgement, done at once: idle again 20 ms after the first went
+      first.add("ack2"); // another backlog, done at once: idle again 20 ms after the first went
       first.done((await first.get()) as string);
       await vi.advanceTimersByTimeAsync(29);
       expect(seen).toHaveLength(1);
@@ -392,7 +392,7 @@ describe("Controller", () => {
       await vi.advanceTimersByTimeAsync(19);
       expect(seen).toHaveLength(2);
       await vi.advanceTimersByTimeAsync(1);
-      expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]); // idle for 50 ms
+      expect([...seen].sort()).toEqual(["ns/a", "ns/b", "ns/c"]); // no backlog since ack2, 50 ms
       // how long each was held: 10, 60 and 80 ms
       const held = (await runs.metrics.reconcileHeld.get()).values.filter((v) => v.labels.controller === "test");
       expect(held.find((v) => v.metricName?.endsWith("_count"))?.value).toBe(3);

@@ -424,6 +424,20 @@ describe("WorkQueue.whenIdle with spacing", () => {
     expect(gone.slice(4)).toEqual(["x1", "x2"]);
   });
 
+  it("a backlog lasts until its key is done: a key processed for longer than the spacing still spaces the line", async () => {
+    const { q, key: a } = await busyQueue(50); // taken from a backlog at 0
+    const gone: string[] = [];
+    for (const w of ["w1", "w2"]) void q.whenIdle(60_000).then(() => gone.push(w));
+    await vi.advanceTimersByTimeAsync(200); // a is processed for 200 ms
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]); // not both: the backlog ended just now
+    await vi.advanceTimersByTimeAsync(49);
+    expect(gone).toEqual(["w1"]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(gone).toEqual(["w1", "w2"]);
+  });
+
   it("keys each taken at once by a waiting worker are no backlog: the whole line goes at every idle moment", async () => {
     const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs: 50 });
     const gone: string[] = [];
