@@ -232,10 +232,12 @@ async function main(): Promise<void> {
         // to the Run's stream and, as a marker, to its markers stream (what the operator believes)
         await shipLauncherLines(cwl, group, r, ["VMFORGE_PIPELINE_STARTED"]);
       };
+      const forgotten = new Set<string>();
       const watch = new Reflector<Run>({
         client, resource: RunResource, namespace: ns, logger: createLogger({ level: "silent" }), resyncPeriodMs: 0,
         onEvent: (_t, r) => {
           const name = r.metadata.name ?? "";
+          if (forgotten.has(name)) return; // deleted by a scenario, which has taken its figures
           const now = Date.now();
           if (r.status?.phase === "Launching" && r.status.reason === "SettingUp" && !signalled.has(name)) {
             signalled.add(name);
@@ -402,19 +404,25 @@ async function main(): Promise<void> {
           const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => arrived.includes(r.metadata.name ?? ""));
           return left.length === 0;
         }, 300_000, 1_000);
-        for (const name of arrived) phases.delete(name);
+        for (const name of arrived) {
+          forgotten.add(name);
+          phases.delete(name);
+        }
       }
 
       // ---------------------------------------------------------------- trickle
       // New Runs at a steady rate beside the running fleet. Run workers wait while acknowledgements
-      // are queued or written, and in a lull go one per 50 ms unless the lull lasts 50 ms
+      // are queued or written, and after a backlog of them go one per 50 ms in lulls
       // (ACK_FIRST_* in src/operator.ts): this is what that costs the fleet's polls and the new
-      // Runs' launches while new Runs keep coming, next to a window with none.
+      // Runs' launches while new Runs keep coming, next to a window with none. The calls each
+      // window sent the emulator print with its answer time, to tell the emulator's share.
       if (want("trickle")) {
         if (!want("steady") && !want("teardown")) await sleep(2 * POLL_MS); // the burst's last writes settle
         const secs = quick ? 10 : 15;
         const windows: Record<string, unknown>[] = [];
-        let made = N;
+        // Runs of the namespace with a first status in the audit log so far (the burst's, and the
+        // arrivals' when steady ran): each window waits for its own on top
+        let made = (await audit.firstStatus(ns, 0)).size;
         for (const rate of [0, 10, 20, 40]) {
           const count = rate * secs;
           say(`\n[trickle] ${rate ? `${count} new Runs at ${rate} a second` : "no new Runs"} for ${secs} s beside the ${N} running`);
@@ -439,6 +447,7 @@ async function main(): Promise<void> {
           await Promise.all(creates);
           await sleep(Math.max(0, tt + secs * 1000 - Date.now()));
           const windowT = Date.now() - tt;
+          const calls = proxy.window(tt, Date.now());
           const m1 = await op.metrics();
           const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
           const held = heldWindow(m0, m1, "run");
@@ -450,7 +459,7 @@ async function main(): Promise<void> {
           const launches = new Map(names.map((n) => [n, proxy.launchAt.get(uidOf.get(n) ?? "") ?? 0] as const).filter(([, t]) => t > 0));
           const server = count ? await audit.firstStatus(ns, made, undefined, say) : new Map<string, { ms: number }>();
           const w = {
-            rate, runs: count, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS,
+            rate, runs: count, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS, calls,
             firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
             launchCall: dist(mine(launches)), load: load(),
           };
@@ -460,13 +469,17 @@ async function main(): Promise<void> {
             say(`  created -> first status: ${fmtDist(w.firstStatus)} (the bench's watch); ${fmtDist(w.firstStatusServer)} (the kube-apiserver's audit log)`);
             say(`  created -> launch call: ${fmtDist(w.launchCall)}; creates sent over 100 ms late: ${late}`);
           }
+          say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
           for (const name of names) await client.delete(RunResource, ns, name);
           await until(`the ${count} new Runs gone`, async () => {
             const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => names.includes(r.metadata.name ?? ""));
             return left.length === 0;
           }, 300_000, 1_000);
-          for (const name of names) for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
+          for (const name of names) {
+            forgotten.add(name);
+            for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
+          }
         }
         results.trickle = windows;
       }
