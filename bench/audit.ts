@@ -79,7 +79,9 @@ interface AuditEvent {
 /**
  * Create → first status per Run of `namespace`, from audit log lines (JSON, one event per line, not
  * always in time order). A name created more than once goes with its last create, and only status
- * writes completed after that create count.
+ * writes received after that create was received count. A status write can complete before the
+ * create's own response does (the Run exists once stored, and the operator sees it from its watch
+ * meanwhile): that Run's time is 0.
  */
 export function firstStatusFromLines(lines: Iterable<string>, namespace: string): Map<string, FirstStatus> {
   const created = new Map<string, { at: number; received: number }>();
@@ -107,8 +109,8 @@ export function firstStatusFromLines(lines: Iterable<string>, namespace: string)
   const out = new Map<string, FirstStatus>();
   for (const [name, c] of created) {
     let first: { at: number; received: number } | undefined;
-    for (const s of status.get(name) ?? []) if (s.at >= c.at && (!first || s.at < first.at)) first = s;
-    if (first) out.set(name, { ms: (first.at - c.at) / 1000, writeMs: (first.at - first.received) / 1000, createMs: (c.at - c.received) / 1000 });
+    for (const s of status.get(name) ?? []) if (s.received >= c.received && (!first || s.at < first.at)) first = s;
+    if (first) out.set(name, { ms: Math.max(0, first.at - c.at) / 1000, writeMs: (first.at - first.received) / 1000, createMs: (c.at - c.received) / 1000 });
   }
   return out;
 }
