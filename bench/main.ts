@@ -251,6 +251,20 @@ async function main(): Promise<void> {
       });
       watch.start();
       await watch.waitForSync();
+      // Runs a scenario added beside the burst's: deleted once it has its figures, awaited until
+      // gone, and then out of the watch's figures (a late event of theirs is ignored)
+      const deleteAndForget = async (names: string[]): Promise<void> => {
+        const these = new Set(names);
+        for (const name of names) await client.delete(RunResource, ns, name);
+        await until(`the ${names.length} new Runs gone`, async () => {
+          const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => these.has(r.metadata.name ?? ""));
+          return left.length === 0;
+        }, 300_000, 1_000);
+        for (const name of names) {
+          forgotten.add(name);
+          for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
+        }
+      };
       proxy.reset();
       const cpu0 = op.stats().cpuS;
       // Who used the two cores while the Runs were launched: the operator, the emulators, the control plane.
@@ -399,23 +413,18 @@ async function main(): Promise<void> {
         say(`  calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(arrivals.calls).map(([k, w]) => `${k} ${w.calls}, ${w.kib} KiB, ${w.answerS} s`).join("; ")}`);
         say(`  each DescribeInstances answer, KiB: ${eachKiB.map((e) => `${e.kib} (${e.kind})`).join(", ")}`);
         say(`  ${launchedA} of ${K} launched, ${runningA} Running; operator CPU ${arrivals.operatorCpuS} s in ${sec(windowA)}; ${fmtLoad(arrivals.load)}`);
-        for (const name of arrived) await client.delete(RunResource, ns, name);
-        await until(`the ${K} new Runs gone`, async () => {
-          const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => arrived.includes(r.metadata.name ?? ""));
-          return left.length === 0;
-        }, 300_000, 1_000);
-        for (const name of arrived) {
-          forgotten.add(name);
-          phases.delete(name);
-        }
+        await deleteAndForget(arrived);
       }
 
       // ---------------------------------------------------------------- trickle
       // New Runs at a steady rate beside the running fleet. Run workers wait while acknowledgements
       // are queued or written, and after a backlog of them go one per 50 ms in lulls
-      // (ACK_FIRST_* in src/operator.ts): this is what that costs the fleet's polls and the new
-      // Runs' launches while new Runs keep coming, next to a window with none. The calls each
-      // window sent the emulator print with its answer time, to tell the emulator's share.
+      // (ACK_FIRST_* in src/operator.ts): how long Run reconciles were held for that (the fleet's
+      // polls go through the run tracker and wake a Run's reconcile only when its machine changed,
+      // so these are mostly the new Runs' own), and the new Runs' first status and launch call
+      // while new Runs keep coming, next to a window with none. Times count from each create's
+      // send. The launch calls include the emulator's own queue: the calls each window sent print
+      // with the emulator's answer time, to tell its share.
       if (want("trickle")) {
         if (!want("steady") && !want("teardown")) await sleep(2 * POLL_MS); // the burst's last writes settle
         const secs = quick ? 10 : 15;
@@ -432,54 +441,49 @@ async function main(): Promise<void> {
           const names: string[] = [];
           const creates: Promise<void>[] = [];
           let late = 0;
+          let failed = 0;
           for (let i = 0; i < count; i++) {
             const wait = tt + (i * 1000) / rate - Date.now();
             if (wait > 0) await sleep(wait);
             else if (wait < -100) late++;
             const name = `t${rate}-${String(i).padStart(4, "0")}`;
-            names.push(name);
+            const sent = Date.now();
             creates.push(client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns }, spec: runSpec(`ce${i % 4}`) } as Run).then((r) => {
-              created.set(name, Date.now());
+              names.push(name);
+              created.set(name, sent);
               uidOf.set(name, r.metadata.uid ?? "");
               proxy.watchUids.add(r.metadata.uid ?? "");
-            }));
+            }, () => void failed++));
           }
           await Promise.all(creates);
+          if (failed) say(`  ! ${failed} of ${count} creates failed; the figures are of the rest`);
           await sleep(Math.max(0, tt + secs * 1000 - Date.now()));
           const windowT = Date.now() - tt;
           const calls = proxy.window(tt, Date.now());
           const m1 = await op.metrics();
           const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
           const held = heldWindow(m0, m1, "run");
-          if (count) {
-            made += count;
-            await until(`the ${count} new Runs launched`, () => names.every((n) => proxy.launchAt.has(uidOf.get(n) ?? "")), 180_000, 1_000);
+          if (names.length) {
+            made += names.length;
+            await until(`the ${names.length} new Runs launched`, () => names.every((n) => proxy.launchAt.has(uidOf.get(n) ?? "")), 180_000, 1_000);
           }
           const mine = (m: Map<string, number>): number[] => names.filter((n) => m.has(n) && created.has(n)).map((n) => (m.get(n) ?? 0) - (created.get(n) ?? 0));
           const launches = new Map(names.map((n) => [n, proxy.launchAt.get(uidOf.get(n) ?? "") ?? 0] as const).filter(([, t]) => t > 0));
-          const server = count ? await audit.firstStatus(ns, made, undefined, say) : new Map<string, { ms: number }>();
+          const server = names.length ? await audit.firstStatus(ns, made, auditKept("trickle"), say) : new Map<string, { ms: number }>();
           const w = {
-            rate, runs: count, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS, calls,
+            rate, runs: count, failedCreates: failed, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS, calls,
             firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
             launchCall: dist(mine(launches)), load: load(),
           };
           windows.push(w);
           say(`  Run reconciles held (vmforge_reconcile_held_seconds, in the ${sec(windowT)}): ${held.held}, mean ${held.meanS} s; longer than: ${Object.entries(held.over).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(", ") || "none over 1 ms"}`);
           if (count) {
-            say(`  created -> first status: ${fmtDist(w.firstStatus)} (the bench's watch); ${fmtDist(w.firstStatusServer)} (the kube-apiserver's audit log)`);
-            say(`  created -> launch call: ${fmtDist(w.launchCall)}; creates sent over 100 ms late: ${late}`);
+            say(`  create sent -> first status seen by the bench's watch: ${fmtDist(w.firstStatus)}; created -> first status by the kube-apiserver's audit log: ${fmtDist(w.firstStatusServer)}`);
+            say(`  create sent -> launch call (with the emulator's queue, see the calls below): ${fmtDist(w.launchCall)}; creates sent over 100 ms late: ${late}`);
           }
           say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
-          for (const name of names) await client.delete(RunResource, ns, name);
-          await until(`the ${count} new Runs gone`, async () => {
-            const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => names.includes(r.metadata.name ?? ""));
-            return left.length === 0;
-          }, 300_000, 1_000);
-          for (const name of names) {
-            forgotten.add(name);
-            for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
-          }
+          await deleteAndForget(names);
         }
         results.trickle = windows;
       }

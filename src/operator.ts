@@ -97,9 +97,10 @@ const ACK_FIRST_MAX_WAIT_MS = 10_000;
  * backlog, so they hold no one beyond the next idle moment. A first form counted the spacing from
  * the queue's last busy moment instead, which under a steady stream of new Runs held Run reconciles
  * and launches far longer (the bench's trickle scenario; README, Performance). The cost left: while
- * backlogs keep forming, held Run reconciles (polls and deletions too) start at most one per idle
- * moment and per this long, or after ACK_FIRST_MAX_WAIT_MS. A worker that finds the queue idle and
- * no one in line goes at once.
+ * backlogs keep forming, held Run reconciles (launches, deletions, and those a poll's news wakes)
+ * start at most one per idle moment and per this long, or after ACK_FIRST_MAX_WAIT_MS; and a held
+ * worker waits for an idle moment in any case, which acknowledgements that overlap can put off.
+ * A worker that finds the queue idle and no one in line goes at once.
  */
 const ACK_FIRST_SPACING_MS = 50;
 /** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */

@@ -382,7 +382,7 @@ export class WorkQueue {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = undefined;
         this.wakeIdle();
-      }, Math.max(0, Math.min(wait > 0 ? wait : spacing, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS)));
+      }, Math.min(wait > 0 ? wait : spacing, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS));
     }
   }
 

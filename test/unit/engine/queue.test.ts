@@ -322,6 +322,7 @@ describe("WorkQueue metrics", () => {
     expect(() => new WorkQueue({ baseDelayMs: 10, maxDelayMs: 5 })).toThrow(RangeError);
     expect(() => new WorkQueue({ idleSpacingMs: -1 })).toThrow(RangeError);
     expect(() => new WorkQueue({ idleSpacingMs: Number.NaN })).toThrow(RangeError);
+    expect(() => new WorkQueue({ idleSpacingMs: Number.POSITIVE_INFINITY })).toThrow(RangeError);
   });
 });
 
@@ -436,6 +437,21 @@ describe("WorkQueue.whenIdle with spacing", () => {
     expect(gone).toEqual(["w1"]);
     await vi.advanceTimersByTimeAsync(1);
     expect(gone).toEqual(["w1", "w2"]);
+  });
+
+  it("a single release that empties the line takes its pending look with it", async () => {
+    const { q, key: a } = await busyQueue(50);
+    const gone: string[] = [];
+    for (const w of ["w1", "w2"]) void q.whenIdle(60_000).then(() => gone.push(w));
+    q.done(a);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1"]);
+    expect(vi.getTimerCount()).toBe(2); // w2's bound and the look timed for it
+    vi.setSystemTime(Date.now() + 50); // the look is due, not yet run: a done() comes first
+    q.done(await backlog(q, "b"));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(gone).toEqual(["w1", "w2"]); // let go singly (a backlog just now), the line empty
+    expect(vi.getTimerCount()).toBe(0);
   });
 
   it("keys each taken at once by a waiting worker are no backlog: the whole line goes at every idle moment", async () => {
