@@ -422,8 +422,8 @@ async function main(): Promise<void> {
       // (ACK_FIRST_* in src/operator.ts): how long Run reconciles were held for that (the fleet's
       // polls go through the run tracker and wake a Run's reconcile only when its machine changed,
       // so these are mostly the new Runs' own), and the new Runs' first status and launch call
-      // while new Runs keep coming, next to a window with none. Times count from each create's
-      // send. The launch calls include the emulator's own queue: the calls each window sent print
+      // while new Runs keep coming, next to a window with none. The bench's own times count from
+      // each create's send (the audit log's from the kube-apiserver's create). The launch calls include the emulator's own queue: the calls each window sent print
       // with the emulator's answer time, to tell its share.
       if (want("trickle")) {
         if (!want("steady") && !want("teardown")) await sleep(2 * POLL_MS); // the burst's last writes settle
@@ -439,6 +439,9 @@ async function main(): Promise<void> {
           const cpuT = op.stats().cpuS;
           const tt = Date.now();
           const names: string[] = [];
+          // every name sent, created or not: a create reported failed may still have made its Run
+          const attempted: string[] = [];
+          let firstError = "";
           const creates: Promise<void>[] = [];
           let late = 0;
           let failed = 0;
@@ -448,15 +451,19 @@ async function main(): Promise<void> {
             else if (wait < -100) late++;
             const name = `t${rate}-${String(i).padStart(4, "0")}`;
             const sent = Date.now();
+            attempted.push(name);
             creates.push(client.create<Run>(RunResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns }, spec: runSpec(`ce${i % 4}`) } as Run).then((r) => {
               names.push(name);
               created.set(name, sent);
               uidOf.set(name, r.metadata.uid ?? "");
               proxy.watchUids.add(r.metadata.uid ?? "");
-            }, () => void failed++));
+            }, (e: unknown) => {
+              failed++;
+              firstError ||= e instanceof Error ? e.message : String(e);
+            }));
           }
           await Promise.all(creates);
-          if (failed) say(`  ! ${failed} of ${count} creates failed; the figures are of the rest`);
+          if (failed) say(`  ! ${failed} of ${count} creates failed (the first: ${firstError}); the figures are of the rest`);
           await sleep(Math.max(0, tt + secs * 1000 - Date.now()));
           const windowT = Date.now() - tt;
           const calls = proxy.window(tt, Date.now());
@@ -483,7 +490,7 @@ async function main(): Promise<void> {
           }
           say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
-          await deleteAndForget(names);
+          await deleteAndForget(attempted);
         }
         results.trickle = windows;
       }

@@ -86,21 +86,22 @@ const RUN_WORKERS_PER_WORKER = 4;
 const ACK_FIRST_MAX_WAIT_MS = 10_000;
 /**
  * Run workers held back by acknowledgements (the acknowledgement queue's idleSpacingMs,
- * WorkQueue.whenIdle): within this long after a backlog (an acknowledgement that waited for a
- * free `run-ack` worker, until it is written), they go one at a time, at least this far apart,
- * each while no acknowledgement is waiting or being written; with no backlog for this long, all of
- * them at the queue's next idle moment. A burst of creations that the acknowledgements cannot keep
- * up with has short lulls in which the acknowledgement queue is empty; without the spacing every
- * held worker could start its next reconcile (a launch, in a burst) in the first of them. One
- * measured burst had 16 VM PUTs, as many as Run workers, before the last of its 1,000 creates,
- * which fits that (not observed directly). New Runs that each find a free `run-ack` worker are no
- * backlog, so they hold no one beyond the next idle moment. A first form counted the spacing from
- * the queue's last busy moment instead, which under a steady stream of new Runs held Run reconciles
- * and launches far longer (the bench's trickle scenario; README, Performance). The cost left: while
- * backlogs keep forming, held Run reconciles (launches, deletions, and those a poll's news wakes)
- * start at most one per idle moment and per this long, or after ACK_FIRST_MAX_WAIT_MS; and a held
- * worker waits for an idle moment in any case, which acknowledgements that overlap can put off.
- * A worker that finds the queue idle and no one in line goes at once.
+ * WorkQueue.whenIdle): within this long after a backlog (an acknowledgement that waited for a free
+ * `run-ack` worker, until it is written), they go one at a time, at least this far apart, each
+ * while no acknowledgement is waiting or being written; with no backlog for this long, all of them
+ * at the queue's next idle moment. A burst of creations that the acknowledgements cannot keep up
+ * with has short lulls in which the acknowledgement queue is empty; without the spacing every held
+ * worker could start its next reconcile (a launch, in a burst) in the first of them. One measured
+ * burst had 16 VM PUTs, as many as Run workers, before the last of its 1,000 creates, which fits
+ * that (not observed directly). New Runs that each find a free `run-ack` worker are no backlog, so
+ * they hold no one beyond the next idle moment. 2b6ecf3's form counted the spacing from the queue's
+ * last busy moment instead, which under a steady stream of new Runs held Run reconciles and
+ * launches far longer (the bench's trickle scenario; README, Performance). The cost left: while
+ * backlogs keep forming, held Run reconciles (every Run key waits: launches, deletions, those a
+ * poll's news wakes, resyncs) start at most one per idle moment and per this long, or after
+ * ACK_FIRST_MAX_WAIT_MS; and a held worker waits for an idle moment (or ACK_FIRST_MAX_WAIT_MS) in
+ * any case, which acknowledgements that overlap can put off. A worker that finds the queue idle and
+ * no one in line goes at once.
  */
 const ACK_FIRST_SPACING_MS = 50;
 /** The longest an Event waits while Run work is backed up (see the EventRecorder's holdWhile). */

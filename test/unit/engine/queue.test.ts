@@ -447,7 +447,7 @@ describe("WorkQueue.whenIdle with spacing", () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1"]);
     expect(vi.getTimerCount()).toBe(2); // w2's bound and the look timed for it
-    vi.setSystemTime(Date.now() + 50); // the look is due, not yet run: a done() comes first
+    vi.setSystemTime(Date.now() + 50); // the queue's clock at the look's time, the look not run: a done() comes first
     q.done(await backlog(q, "b"));
     await vi.advanceTimersByTimeAsync(0);
     expect(gone).toEqual(["w1", "w2"]); // let go singly (a backlog just now), the line empty
