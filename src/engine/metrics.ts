@@ -38,6 +38,11 @@ export class EngineMetrics {
   readonly queueRetries: Counter<"queue">;
   /** Seconds a key waited in the queue before a worker took it. */
   readonly queueLatency: Histogram<"queue">;
+  /**
+   * Keys a worker found waiting when it asked for one (more keys than free workers), as against
+   * keys handed to a worker that was already waiting. These backlogs space the callers of whenIdle.
+   */
+  readonly queueBacklog: Counter<"queue">;
   /** Watch (re)starts by resource and reason ("initial" | "timeout" | "error" | "expired" | "idle" ...). */
   readonly watchRestarts: Counter<"resource" | "reason">;
   /** Watch events received, by resource and type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR). */
@@ -117,6 +122,12 @@ export class EngineMetrics {
       help: "Seconds a key waited in the queue before a worker took it.",
       labelNames: ["queue"] as const,
       buckets: [0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300],
+      registers,
+    });
+    this.queueBacklog = new Counter({
+      name: `${p}workqueue_backlog_total`,
+      help: "Keys a worker found already waiting when it asked for one (more keys than free workers).",
+      labelNames: ["queue"] as const,
       registers,
     });
     this.watchRestarts = new Counter({

@@ -241,7 +241,10 @@ export class WorkQueue {
       const key = this.queue.shift();
       if (key !== undefined) {
         // a key handed to a worker that was waiting for one is no backlog; one a worker found is
-        if (!woken) this.fromBacklog.add(key);
+        if (!woken) {
+          this.fromBacklog.add(key);
+          this.metrics?.queueBacklog.inc({ queue: this.name });
+        }
         this.dirty.delete(key);
         this.processing.add(key);
         const at = this.queuedAt.get(key);
@@ -332,8 +335,8 @@ export class WorkQueue {
       };
       const timer = setTimeout(() => {
         this.idleWaiters = this.idleWaiters.filter((w) => w !== release);
-        if (this.idleWaiters.length === 0) this.clearIdleTimer();
         resolve();
+        this.wakeIdle();
       }, maxWaitMs);
       this.idleWaiters.push(release);
       this.wakeIdle();
@@ -351,39 +354,33 @@ export class WorkQueue {
 
   /** Lets the callers in line go: all of them at shutdown; else while the queue is idle, as whenIdle says. */
   private wakeIdle(): void {
+    const spacing = this.idleSpacingMs;
+    const t = this.now();
+    const idle = this.isIdle();
+    if (this.idleWaiters.length > 0 && (idle || this.shutdown)) {
+      if (this.shutdown || spacing === 0 || t - this.lastBacklogAt >= spacing) {
+        // shutdown, no spacing, or no backlog for a whole spacing (not a lull within a burst): the line goes
+        const w = this.idleWaiters;
+        this.idleWaiters = [];
+        for (const release of w) release();
+      } else if (t - this.lastIdleRelease >= spacing) {
+        this.lastIdleRelease = t;
+        (this.idleWaiters.shift() as () => void)();
+      }
+    }
     if (this.idleWaiters.length === 0) {
       this.clearIdleTimer();
       return;
     }
-    const spacing = this.idleSpacingMs;
-    const t = this.now();
-    if (this.shutdown || (this.isIdle() && (spacing === 0 || t - this.lastBacklogAt >= spacing))) {
-      // shutdown, no spacing, or no backlog for a whole spacing (not a lull within a burst): the line goes
-      this.clearIdleTimer();
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const release of w) release();
-      return;
-    }
-    if (!this.isIdle()) return; // the next done() that leaves the queue idle looks again
-    const wait = this.lastIdleRelease + spacing - t;
-    if (wait <= 0) {
-      this.lastIdleRelease = t;
-      (this.idleWaiters.shift() as () => void)();
-      if (this.idleWaiters.length === 0) {
-        this.clearIdleTimer();
-        return;
-      }
-    }
+    if (!idle || this.idleTimer !== undefined) return; // the next done() that leaves the queue idle looks again
     // one look when the spacing since the last single release has passed or a spacing has passed
-    // since the last backlog, whichever comes first (the queue may be busy again by then: its next idle moment
-    // lets the head go). Never more than a spacing away, whatever the clock did.
-    if (this.idleTimer === undefined) {
-      this.idleTimer = setTimeout(() => {
-        this.idleTimer = undefined;
-        this.wakeIdle();
-      }, Math.min(wait > 0 ? wait : spacing, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS));
-    }
+    // since the last backlog, whichever comes first (the queue may be busy again by then: its next
+    // idle moment lets the head go). Both are ahead here, and never more than a spacing away,
+    // whatever the clock did.
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      this.wakeIdle();
+    }, Math.min(this.lastIdleRelease + spacing - t, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS));
   }
 
   /** Resolves when nothing is queued and no key is being processed. */

@@ -454,8 +454,11 @@ describe("WorkQueue.whenIdle with spacing", () => {
     expect(vi.getTimerCount()).toBe(0);
   });
 
-  it("keys each taken at once by a waiting worker are no backlog: the whole line goes at every idle moment", async () => {
-    const q = new WorkQueue({ now: () => Date.now(), idleSpacingMs: 50 });
+  it("keys each taken at once by a waiting worker are no backlog: the whole line goes at every idle moment; vmforge_workqueue_backlog_total counts only backlogs", async () => {
+    const metrics = new EngineMetrics({ defaultMetrics: false });
+    const q = new WorkQueue({ name: "acks", now: () => Date.now(), idleSpacingMs: 50, metrics });
+    const backlogs = async (): Promise<number | undefined> =>
+      (await metrics.queueBacklog.get()).values.find((v) => v.labels.queue === "acks")?.value;
     const gone: string[] = [];
     for (const round of [1, 2, 3]) {
       const taken = q.get(); // a worker waits for a key
@@ -468,12 +471,19 @@ describe("WorkQueue.whenIdle with spacing", () => {
       await vi.advanceTimersByTimeAsync(0);
       expect(gone).toHaveLength(round * 3); // all of them, 10 ms apart from the round before
     }
-    // a backlog now: spaced again
+    expect(await backlogs()).toBeUndefined(); // never counted
+    // a backlog now: spaced again, and counted
     const b = await backlog(q, "b");
+    expect(await backlogs()).toBe(1);
     for (const w of ["y1", "y2"]) void q.whenIdle(60_000).then(() => gone.push(w));
     q.done(b);
     await vi.advanceTimersByTimeAsync(0);
     expect(gone.slice(9)).toEqual(["y1"]);
+    q.add("c1");
+    q.add("c2");
+    await q.get();
+    await q.get();
+    expect(await backlogs()).toBe(3); // two keys waiting, each found by a worker
   });
 
   it("bounds each caller's wait by maxWaitMs, keeps the line's order, and lets the whole line go at shutdown", async () => {
