@@ -13,7 +13,7 @@
  *             against the cloud's own delivery delay (bench/log-latency.ts)
  *   azure-burst  N Runs over 4 Azure CEs against a bare @azure/arm-compute client's N VM creates
  *             (bench/azure-burst.ts)
- *   trickle   after the burst: windows with 0, 10, 20 and 40 new Runs a second beside the running ones:
+ *   trickle   after the burst: windows with 0, 10, 20 (and with --quick 40) new Runs a second beside the running ones:
  *             how long Run reconciles were held behind acknowledgements, first status, launch call
  * `npm run bench` (1,000 Runs), `npm run bench -- --quick` (100 Runs), `--only=floor,burst,...`.
  * Figures print with the machine's load; JSON goes to bench/results/, with each burst's lines of
@@ -255,11 +255,13 @@ async function main(): Promise<void> {
       // gone, and then out of the watch's figures (a late event of theirs is ignored)
       const deleteAndForget = async (names: string[]): Promise<void> => {
         const these = new Set(names);
+        const td = Date.now();
         for (const name of names) await client.delete(RunResource, ns, name);
-        await until(`the ${names.length} new Runs gone`, async () => {
+        const gone = await until(`the ${names.length} new Runs gone`, async () => {
           const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => these.has(r.metadata.name ?? ""));
           return left.length === 0;
         }, 300_000, 1_000);
+        if (gone) say(`  the ${names.length} deleted and gone in ${sec(Date.now() - td)}`);
         for (const name of names) {
           forgotten.add(name);
           for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
@@ -432,7 +434,11 @@ async function main(): Promise<void> {
         // Runs of the namespace with a first status in the audit log so far (the burst's, and the
         // arrivals' when steady ran): each window waits for its own on top
         let made = (await audit.firstStatus(ns, 0)).size;
-        for (const rate of [0, 10, 20, 40]) {
+        // 40 a second only with --quick (100 running): beside 1,000 instances moto launches about 5 a
+        // second and answers DescribeInstances in over a second, so that window's 600 launches took up
+        // to 60 s and their deletion over 5 minutes (at 09:37 on 2026-12-06), which measured moto
+        // and took the full bench past 30 minutes
+        for (const rate of quick ? [0, 10, 20, 40] : [0, 10, 20]) {
           const count = rate * secs;
           say(`\n[trickle] ${rate ? `${count} new Runs at ${rate} a second` : "no new Runs"} for ${secs} s beside the ${N} running`);
           const m0 = await op.metrics();
@@ -470,6 +476,11 @@ async function main(): Promise<void> {
           const m1 = await op.metrics();
           const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
           const held = heldWindow(m0, m1, "run");
+          // keys a worker found already waiting (vmforge_workqueue_backlog_total): the backlogs that space held Run workers
+          const backlogs = Object.fromEntries(["run-ack", "run"].map((q) => {
+            const at = (m: string): number => promSum(m, "vmforge_workqueue_backlog_total", { queue: q }).get("") ?? 0;
+            return [q, at(m1) - at(m0)];
+          }));
           if (names.length) {
             made += names.length;
             await until(`the ${names.length} new Runs launched`, () => names.every((n) => proxy.launchAt.has(uidOf.get(n) ?? "")), 180_000, 1_000);
@@ -478,12 +489,13 @@ async function main(): Promise<void> {
           const launches = new Map(names.map((n) => [n, proxy.launchAt.get(uidOf.get(n) ?? "") ?? 0] as const).filter(([, t]) => t > 0));
           const server = names.length ? await audit.firstStatus(ns, made, auditKept("trickle"), say) : new Map<string, { ms: number }>();
           const w = {
-            rate, runs: count, failedCreates: failed, windowMs: windowT, createsLateOver100ms: late, held, operatorCpuS: cpuS, calls,
+            rate, runs: count, failedCreates: failed, windowMs: windowT, createsLateOver100ms: late, held, backlogs, operatorCpuS: cpuS, calls,
             firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
             launchCall: dist(mine(launches)), load: load(),
           };
           windows.push(w);
           say(`  Run reconciles held (vmforge_reconcile_held_seconds, in the ${sec(windowT)}): ${held.held}, mean ${held.meanS} s; longer than: ${Object.entries(held.over).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(", ") || "none over 1 ms"}`);
+          say(`  backlogs (keys a worker found waiting, vmforge_workqueue_backlog_total): ${Object.entries(backlogs).map(([q, n]) => `${q} ${n}`).join(", ")}`);
           if (count) {
             say(`  create sent -> first status seen by the bench's watch: ${fmtDist(w.firstStatus)}; created -> first status by the kube-apiserver's audit log: ${fmtDist(w.firstStatusServer)}`);
             say(`  create sent -> launch call (with the emulator's queue, see the calls below): ${fmtDist(w.launchCall)}; creates sent over 100 ms late: ${late}`);
