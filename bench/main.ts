@@ -49,7 +49,7 @@ import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
 import { firstStatusDists, runAudit } from "./audit.js";
-import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, heldWindow, poolDo, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, heldWindow, poolDo, promDelta, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -253,7 +253,8 @@ async function main(): Promise<void> {
       await watch.waitForSync();
       // Runs a scenario added beside the burst's: deleted once it has its figures, awaited until
       // gone, and then out of the watch's figures (a late event of theirs is ignored)
-      const deleteAndForget = async (names: string[]): Promise<void> => {
+      /** Deletes the Runs, waits for them to be gone, forgets them; returns how long that took (ms), or undefined if they were not gone after 5 minutes. */
+      const deleteAndForget = async (names: string[]): Promise<number | undefined> => {
         const these = new Set(names);
         const td = Date.now();
         for (const name of names) await client.delete(RunResource, ns, name);
@@ -261,11 +262,13 @@ async function main(): Promise<void> {
           const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => these.has(r.metadata.name ?? ""));
           return left.length === 0;
         }, 300_000, 1_000);
-        if (gone) say(`  the ${names.length} deleted and gone in ${sec(Date.now() - td)}`);
+        const tookMs = Date.now() - td;
+        if (gone) say(`  the ${names.length} deleted and gone in ${sec(tookMs)}`);
         for (const name of names) {
           forgotten.add(name);
           for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
         }
+        return gone ? tookMs : undefined;
       };
       proxy.reset();
       const cpu0 = op.stats().cpuS;
@@ -434,10 +437,11 @@ async function main(): Promise<void> {
         // Runs of the namespace with a first status in the audit log so far (the burst's, and the
         // arrivals' when steady ran): each window waits for its own on top
         let made = (await audit.firstStatus(ns, 0)).size;
-        // 40 a second only with --quick (100 running): beside 1,000 instances moto launches about 5 a
-        // second and answers DescribeInstances in over a second, so that window's 600 launches took up
-        // to 60 s and their deletion over 5 minutes (at 09:37 on 2026-12-06), which measured moto
-        // and took the full bench past 30 minutes
+        // 40 a second only with --quick (100 running): in the full run at 09:37 on 2026-12-06 moto,
+        // beside 1,000 running instances, answered the 40-a-second window's RunInstances in about a
+        // second each (149 in the window, 162 s summed) and DescribeInstances in 1.6 s on average;
+        // the window's launch calls came up to 60 s after the creates and its 600 Runs were not gone
+        // 5 minutes after their deletion, which measured moto and took the bench past 30 minutes
         for (const rate of quick ? [0, 10, 20, 40] : [0, 10, 20]) {
           const count = rate * secs;
           say(`\n[trickle] ${rate ? `${count} new Runs at ${rate} a second` : "no new Runs"} for ${secs} s beside the ${N} running`);
@@ -477,10 +481,7 @@ async function main(): Promise<void> {
           const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
           const held = heldWindow(m0, m1, "run");
           // keys a worker found already waiting (vmforge_workqueue_backlog_total): the backlogs that space held Run workers
-          const backlogs = Object.fromEntries(["run-ack", "run"].map((q) => {
-            const at = (m: string): number => promSum(m, "vmforge_workqueue_backlog_total", { queue: q }).get("") ?? 0;
-            return [q, at(m1) - at(m0)];
-          }));
+          const backlogs = Object.fromEntries(["run-ack", "run"].map((q) => [q, promDelta(m0, m1, "vmforge_workqueue_backlog_total", { queue: q }).get("") ?? 0]));
           if (names.length) {
             made += names.length;
             await until(`the ${names.length} new Runs launched`, () => names.every((n) => proxy.launchAt.has(uidOf.get(n) ?? "")), 180_000, 1_000);
@@ -491,7 +492,7 @@ async function main(): Promise<void> {
           const w = {
             rate, runs: count, failedCreates: failed, windowMs: windowT, createsLateOver100ms: late, held, backlogs, operatorCpuS: cpuS, calls,
             firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
-            launchCall: dist(mine(launches)), load: load(),
+            launchCall: dist(mine(launches)), load: load(), deleteMs: undefined as number | undefined,
           };
           windows.push(w);
           say(`  Run reconciles held (vmforge_reconcile_held_seconds, in the ${sec(windowT)}): ${held.held}, mean ${held.meanS} s; longer than: ${Object.entries(held.over).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(", ") || "none over 1 ms"}`);
@@ -502,7 +503,7 @@ async function main(): Promise<void> {
           }
           say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
-          await deleteAndForget(attempted);
+          w.deleteMs = await deleteAndForget(attempted);
         }
         results.trickle = windows;
       }

@@ -49,17 +49,19 @@ export function promSum(text: string, name: string, labels: Record<string, strin
   return out;
 }
 
+/** promSum of `after` less promSum of `before`, per key. */
+export function promDelta(before: string, after: string, name: string, labels: Record<string, string> = {}, by?: string): Map<string, number> {
+  const b = promSum(before, name, labels, by);
+  return new Map([...promSum(after, name, labels, by)].map(([k, v]) => [k, v - (b.get(k) ?? 0)]));
+}
+
 /**
  * How long a controller's workers were held before their reconciles (vmforge_reconcile_held_seconds)
  * between two scrapes: how many, their mean, and how many waited longer than each bucket bound.
  */
 export function heldWindow(before: string, after: string, controller: string): { held: number; meanS: number; over: Record<string, number> } {
   const name = "vmforge_reconcile_held_seconds";
-  const delta = (suffix: string, by?: string): Map<string, number> => {
-    const a = promSum(after, `${name}${suffix}`, { controller }, by);
-    const b = promSum(before, `${name}${suffix}`, { controller }, by);
-    return new Map([...a].map(([k, v]) => [k, v - (b.get(k) ?? 0)]));
-  };
+  const delta = (suffix: string, by?: string): Map<string, number> => promDelta(before, after, `${name}${suffix}`, { controller }, by);
   const held = delta("_count").get("") ?? 0;
   const sum = delta("_sum").get("") ?? 0;
   const over: Record<string, number> = {};

@@ -357,14 +357,17 @@ export class WorkQueue {
     const spacing = this.idleSpacingMs;
     const t = this.now();
     const idle = this.isIdle();
+    const sinceBacklog = t - this.lastBacklogAt;
+    let sinceRelease = t - this.lastIdleRelease;
     if (this.idleWaiters.length > 0 && (idle || this.shutdown)) {
-      if (this.shutdown || spacing === 0 || t - this.lastBacklogAt >= spacing) {
+      if (this.shutdown || spacing === 0 || sinceBacklog >= spacing) {
         // shutdown, no spacing, or no backlog for a whole spacing (not a lull within a burst): the line goes
         const w = this.idleWaiters;
         this.idleWaiters = [];
         for (const release of w) release();
-      } else if (t - this.lastIdleRelease >= spacing) {
+      } else if (sinceRelease >= spacing) {
         this.lastIdleRelease = t;
+        sinceRelease = 0;
         (this.idleWaiters.shift() as () => void)();
       }
     }
@@ -372,15 +375,16 @@ export class WorkQueue {
       this.clearIdleTimer();
       return;
     }
-    if (!idle || this.idleTimer !== undefined) return; // the next done() that leaves the queue idle looks again
+    // busy: the next done() that leaves the queue idle looks again; or a look is pending already
+    if (!idle || this.idleTimer !== undefined) return;
     // one look when the spacing since the last single release has passed or a spacing has passed
     // since the last backlog, whichever comes first (the queue may be busy again by then: its next
-    // idle moment lets the head go). Both are ahead here, and never more than a spacing away,
-    // whatever the clock did.
+    // idle moment lets the head go). Both are less than a spacing ago here, so the delay is
+    // positive, and it is never more than a spacing, whatever the clock did.
     this.idleTimer = setTimeout(() => {
       this.idleTimer = undefined;
       this.wakeIdle();
-    }, Math.min(this.lastIdleRelease + spacing - t, this.lastBacklogAt + spacing - t, spacing, MAX_TIMER_MS));
+    }, Math.min(spacing - sinceRelease, spacing - sinceBacklog, spacing, MAX_TIMER_MS));
   }
 
   /** Resolves when nothing is queued and no key is being processed. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { apiserverCounts, apiserverPerPoll, apiserverWindow, fmtApiserver } from "../../bench/stats.js";
+import { apiserverCounts, apiserverPerPoll, apiserverWindow, fmtApiserver, heldWindow, promDelta } from "../../bench/stats.js";
 
 const metrics = (creates: number, closed: number): string => [
   "# HELP apiserver_request_total Counter of apiserver requests",
@@ -23,5 +23,33 @@ describe("bench: the kube-apiserver's counts", () => {
     expect(fmtApiserver(w)).toBe('{"POST runs":20}; watches it closed as unresponsive, by resource: {"runs":3}');
     expect(fmtApiserver(apiserverPerPoll({ requests: { "POST runs": 20 }, closedWatches: {} }, 4))).toBe('{"POST runs":5}');
     expect(fmtApiserver(apiserverPerPoll(w, 2), "per poll")).toBe('{"POST runs":10}; watches it closed as unresponsive per poll, by resource: {"runs":1.5}');
+  });
+});
+
+describe("bench: metric differences between two scrapes", () => {
+  const before = [
+    'vmforge_workqueue_backlog_total{queue="run-ack"} 5',
+    'vmforge_workqueue_backlog_total{queue="run"} 2',
+    'vmforge_reconcile_held_seconds_bucket{le="0.05",controller="run"} 3',
+    'vmforge_reconcile_held_seconds_bucket{le="+Inf",controller="run"} 4',
+    'vmforge_reconcile_held_seconds_sum{controller="run"} 1',
+    'vmforge_reconcile_held_seconds_count{controller="run"} 4',
+  ].join("\n");
+  const after = [
+    'vmforge_workqueue_backlog_total{queue="run-ack"} 9',
+    'vmforge_workqueue_backlog_total{queue="run"} 2',
+    'vmforge_reconcile_held_seconds_bucket{le="0.05",controller="run"} 5',
+    'vmforge_reconcile_held_seconds_bucket{le="+Inf",controller="run"} 8',
+    'vmforge_reconcile_held_seconds_sum{controller="run"} 1.6',
+    'vmforge_reconcile_held_seconds_count{controller="run"} 8',
+  ].join("\n");
+
+  it("promDelta takes each queue on its own (run is not run-ack)", () => {
+    expect(promDelta(before, after, "vmforge_workqueue_backlog_total", { queue: "run-ack" }).get("")).toBe(4);
+    expect(promDelta(before, after, "vmforge_workqueue_backlog_total", { queue: "run" }).get("")).toBe(0);
+  });
+
+  it("heldWindow: how many were held in between, their mean and how many past each bound", () => {
+    expect(heldWindow(before, after, "run")).toEqual({ held: 4, meanS: 0.15, over: { ">0.05 s": 2 } });
   });
 });
