@@ -437,11 +437,12 @@ async function main(): Promise<void> {
         // Runs of the namespace with a first status in the audit log so far (the burst's, and the
         // arrivals' when steady ran): each window waits for its own on top
         let made = (await audit.firstStatus(ns, 0)).size;
-        // 40 a second only with --quick (100 running): in the full run at 09:37 on 2026-12-06 moto,
-        // beside 1,000 running instances, answered the 40-a-second window's RunInstances in about a
-        // second each (149 in the window, 162 s summed) and DescribeInstances in 1.6 s on average;
-        // the window's launch calls came up to 60 s after the creates and its 600 Runs were not gone
-        // 5 minutes after their deletion, which measured moto and took the bench past 30 minutes
+        // 40 a second only with --quick (100 running): in the full run at 09:36 on 2026-12-06 moto,
+        // beside the fleet's 1,000 running instances, answered that window's RunInstances in about a
+        // second each (149 in the window, 162 s summed); its launch calls came up to 60 s after the
+        // creates, and its 600 Runs were not gone 5 minutes after their deletion (the operator's
+        // own DescribeInstances averaged 1.6 s over that run). That measured moto, and the run had
+        // taken 28 minutes when it was stopped in the teardown
         for (const rate of quick ? [0, 10, 20, 40] : [0, 10, 20]) {
           const count = rate * secs;
           say(`\n[trickle] ${rate ? `${count} new Runs at ${rate} a second` : "no new Runs"} for ${secs} s beside the ${N} running`);
@@ -480,7 +481,7 @@ async function main(): Promise<void> {
           const m1 = await op.metrics();
           const cpuS = Math.round((op.stats().cpuS - cpuT) * 10) / 10;
           const held = heldWindow(m0, m1, "run");
-          // keys a worker found already waiting (vmforge_workqueue_backlog_total): the backlogs that space held Run workers
+          // keys a worker found already waiting (vmforge_workqueue_backlog_total); run-ack's space the held Run workers
           const backlogs = Object.fromEntries(["run-ack", "run"].map((q) => [q, promDelta(m0, m1, "vmforge_workqueue_backlog_total", { queue: q }).get("") ?? 0]));
           if (names.length) {
             made += names.length;
@@ -503,7 +504,7 @@ async function main(): Promise<void> {
           }
           say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
-          w.deleteMs = await deleteAndForget(attempted);
+          if (attempted.length) w.deleteMs = await deleteAndForget(attempted);
         }
         results.trickle = windows;
       }
