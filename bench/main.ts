@@ -257,7 +257,9 @@ async function main(): Promise<void> {
       const deleteAndForget = async (names: string[]): Promise<number | undefined> => {
         const these = new Set(names);
         const td = Date.now();
-        for (const name of names) await client.delete(RunResource, ns, name);
+        await poolDo(names, 16, async (name) => {
+          await client.delete(RunResource, ns, name);
+        });
         const gone = await until(`the ${names.length} new Runs gone`, async () => {
           const left = (await client.list<Run>(RunResource, { namespace: ns })).items.filter((r) => these.has(r.metadata.name ?? ""));
           return left.length === 0;

@@ -354,12 +354,17 @@ export class WorkQueue {
 
   /** Lets the callers in line go: all of them at shutdown; else while the queue is idle, as whenIdle says. */
   private wakeIdle(): void {
+    // every done() comes here: with no one in line there is nothing to let go and no look to keep
+    if (this.idleWaiters.length === 0) {
+      this.clearIdleTimer();
+      return;
+    }
     const spacing = this.idleSpacingMs;
     const t = this.now();
     const idle = this.isIdle();
     const sinceBacklog = t - this.lastBacklogAt;
     let sinceRelease = t - this.lastIdleRelease;
-    if (this.idleWaiters.length > 0 && (idle || this.shutdown)) {
+    if (idle || this.shutdown) {
       if (this.shutdown || spacing === 0 || sinceBacklog >= spacing) {
         // shutdown, no spacing, or no backlog for a whole spacing (not a lull within a burst): the line goes
         const w = this.idleWaiters;
@@ -372,7 +377,7 @@ export class WorkQueue {
       }
     }
     if (this.idleWaiters.length === 0) {
-      this.clearIdleTimer();
+      this.clearIdleTimer(); // the line went: its look with it
       return;
     }
     // busy: the next done() that leaves the queue idle looks again; or a look is pending already
