@@ -48,8 +48,15 @@ class TestProvider extends AwsProvider {
   crashAfterLaunch = false;
   /** Runs once after the next RunInstances answered, before the answer reaches the operator. */
   afterLaunch: (() => Promise<void>) | undefined;
+  /** terminateRun calls per Run UID (each sends a DescribeInstances, and a TerminateInstances when it finds a machine to end). */
+  readonly terminations = new Map<string, number>();
   constructor() {
     super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0, unlistedLaunchMs: HIDDEN_MS + 3_000 });
+  }
+  override async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
+    const uid = run.metadata.uid ?? "";
+    this.terminations.set(uid, (this.terminations.get(uid) ?? 0) + 1);
+    await super.terminateRun(ctx, run);
   }
   override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     const d = await super.launchRun(ctx, run, hints);
@@ -596,4 +603,40 @@ describe("ComputeEnvironment deletion", () => {
     expect(await calls("iam:GetRole")).toBeGreaterThan(gets);
     expect(await calls("iam:CreateInstanceProfile")).toBe(before);
   });
+});
+
+describe("Run deletion", () => {
+  it("deleted Runs: one termination each, none again before a newer look nor while EC2 shows the machine shutting down; gone at the look that finds it terminated", async () => {
+    await readyCe("del");
+    const names = ["del-0", "del-1", "del-2"];
+    for (const n of names) await run(n, "del");
+    const runs: Run[] = [];
+    for (const n of names) runs.push(await started(n));
+    // As EC2: a terminated machine shows shutting-down for a while. Polls 3 s apart: the machines
+    // are seen shutting down by two or three looks before they are seen terminated.
+    await layer.configure({ consistency: { shuttingDownMs: 8_000 } });
+    await op.stop();
+    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 3_000 });
+    try {
+      const polls = op.operator.tracker.pollCount;
+      await waitFor("a look", async () => op.operator.tracker.pollCount > polls, 10_000, 20);
+      // Right after a look: seconds pass before the next one.
+      const terminates = await calls("ec2:TerminateInstances");
+      for (const n of names) await client.delete(RunResource, ns, n);
+      await waitFor("the three terminations sent", async () => (await calls("ec2:TerminateInstances")) - terminates >= 3, 10_000, 50);
+      // A second terminateRun while the machine shuts down finds nothing to send.
+      const c = await getCe("del");
+      if (!c) throw new Error("no CE del");
+      const ctx = { ce: c, credentials: { source: "secret" as const, secretName: `${ns}/aws`, data: { accessKeyId: "testing", secretAccessKey: "testing" } }, logger: quietLogger };
+      await new AwsProvider({ endpoint: motoEndpoint() }).terminateRun(ctx, runs[0] as Run);
+      await waitFor("the deleted Runs gone", async () => (await Promise.all(names.map(getRun))).every((r) => r === undefined), 60_000, 300);
+      for (const r of runs) expect(provider.terminations.get(r.metadata.uid ?? "")).toBe(1);
+      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(3);
+      for (const r of runs) expect((await instancesOf(r.metadata.uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+    } finally {
+      await layer.configure({ consistency: { shuttingDownMs: 0 } });
+      await op.stop();
+      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    }
+  }, 120_000);
 });

@@ -286,6 +286,24 @@ describe("eventual consistency", () => {
     expect(await idsByTag("n", nOf(input))).toEqual([id]);
   });
 
+  it("a terminated instance shows shutting-down for the configured time, then terminated; a state filter without shutting-down leaves it out meanwhile", async () => {
+    await layer().configure({ consistency: { shuttingDownMs: 3_600_000 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+    const stateOf = async (filters: { Name: string; Values: string[] }[] = []): Promise<{ name?: string; code?: number }[]> => {
+      const out = await admin.ec2.send(new DescribeInstancesCommand({ Filters: [{ Name: "tag:n", Values: [nOf(input)] }, ...filters] }));
+      return (out.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => ({ name: i.State?.Name, code: i.State?.Code }));
+    };
+    expect(await stateOf()).toEqual([{ name: "shutting-down", code: 32 }]);
+    expect(await stateOf([{ Name: "instance-state-name", Values: ["shutting-down", "terminated"] }])).toEqual([{ name: "shutting-down", code: 32 }]);
+    expect(await stateOf([{ Name: "instance-state-name", Values: ["terminated"] }])).toEqual([]);
+    const byId = await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }));
+    expect(byId.Reservations?.[0]?.Instances?.[0]?.State?.Name).toBe("shutting-down");
+    await layer().configure({ consistency: { shuttingDownMs: 0 } });
+    expect(await stateOf()).toEqual([{ name: "terminated", code: 48 }]);
+  });
+
   it("a terminated instance is forgotten after the configured time: gone from lists, NotFound by ID", async () => {
     await layer().configure({ consistency: { terminatedVisibleMs: 3_600_000 } });
     const input = launchInput();

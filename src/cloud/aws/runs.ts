@@ -873,6 +873,9 @@ export async function readExitStatus(s3: S3Client, ctx: EnvContext, uri: string)
   return m[2] ? { code: n, bootstrapStep: m[2] } : { code: n };
 }
 
+/** Instances a TerminateInstances would not change: already terminated, or being terminated. */
+const ENDING_STATES: ReadonlySet<string> = new Set(["shutting-down", "terminated"]);
+
 /**
  * Terminates the Run's machine. The instance ID recorded at launch (status.instance.id, taken from
  * RunInstances' own answer) is terminated directly, so a machine that DescribeInstances does not
@@ -883,7 +886,7 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
   const uid = requireUid(run);
   const found = (await describeInstancesByRunUids(clients.ec2, ctx, [uid])).get(uid) ?? [];
   const ids = found
-    .filter((i) => i.InstanceId && i.State?.Name !== "terminated")
+    .filter((i) => i.InstanceId && !ENDING_STATES.has(i.State?.Name ?? ""))
     .filter((i) => tagValue(i, TAG_RUN_UID) === uid && tagValue(i, TAG_MANAGED_BY) === MANAGED_BY)
     .map((i) => i.InstanceId as string);
   const recorded = run.status?.instance?.id;
@@ -905,7 +908,7 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
       // later it means the instance is long gone.
       if (fresh) throw CloudError.retryable("InstanceNotVisibleYet", `ec2:DescribeInstances: ${recorded} was launched moments ago and is not visible yet; trying again`, 2_000, e);
     }
-    if (inst && inst.State?.Name !== "terminated") {
+    if (inst && !ENDING_STATES.has(inst.State?.Name ?? "")) {
       if (tagValue(inst, TAG_RUN_UID) === uid && tagValue(inst, TAG_MANAGED_BY) === MANAGED_BY) own = recorded;
       else ctx.logger.warn({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: recorded }, "the Run's recorded machine does not carry its ownership tags; not terminating it");
     }

@@ -112,6 +112,8 @@ export class RunReconciler {
    * does not list after that counts as gone (see stopMachine).
    */
   private readonly terminationSent = new Map<string, number>();
+  /** Run uid -> when its machine's termination was last sent (see finalize: no second send before a newer look). */
+  private readonly terminationLast = new Map<string, number>();
   /**
    * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when
    * this operator first found the launch decided) while no machine of it is recorded: until the
@@ -895,9 +897,17 @@ export class RunReconciler {
       const settled = this.terminationSent.get(uid);
       const unlistedIsGone = settled !== undefined && obs !== undefined && obs.at > settled;
       const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
+      // Once a settling termination is sent, only a look can tell more: none was sent again before a
+      // look newer than the last send (it would find what that one found), nor while the last look
+      // shows the machine on its way out (the cloud is ending it). The tracker wakes a deleted Run
+      // after every look, news or not; the poll interval here is a backstop.
+      const lastSent = this.terminationLast.get(uid) ?? settled;
+      const waitForLook = settled !== undefined && lastSent !== undefined && (obs === undefined || obs.at <= lastSent || state === "shutting-down");
+      if (!gone && waitForLook) return { requeueAfterMs: this.d.pollIntervalMs };
       if (!gone) {
         const wait = await this.stopMachine(run, ce, provider, log);
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
+        if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
         return { requeueAfterMs: Math.min(this.d.pollIntervalMs, Math.max(wait, 2_000)) };
       }
     } else if (machineMayExist(run)) {
@@ -907,6 +917,7 @@ export class RunReconciler {
     this.d.tracker.forget(run.metadata.uid ?? "");
     this.blocked.delete(run.metadata.uid ?? "");
     this.terminationSent.delete(run.metadata.uid ?? "");
+    this.terminationLast.delete(run.metadata.uid ?? "");
     this.launchTriedAt.delete(run.metadata.uid ?? "");
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
@@ -955,6 +966,7 @@ export class RunReconciler {
     if (!(await this.terminate(run, ce, provider, log))) return undefined;
     const uid = run.metadata.uid ?? "";
     const at = Date.now();
+    this.terminationLast.set(uid, at);
     let left = 0;
     if (launchDecided(run)) {
       const since = this.launchTriedAt.get(uid) ?? at;
@@ -1021,6 +1033,7 @@ export class RunReconciler {
     this.refusedLaunch.delete(uid);
     this.launchTriedAt.delete(uid);
     this.terminationSent.delete(uid);
+    this.terminationLast.delete(uid);
     for (const [ceUid, set] of this.claims) {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);

@@ -269,7 +269,9 @@ export class RunTracker {
           }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
-          if (!prev || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
+          // A deleted Run is woken by every look, news or not: its finalizer waits for a look
+          // newer than its termination, and an unlisted machine looks the same before and after.
+          if (!prev || run.metadata.deletionTimestamp || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
         }

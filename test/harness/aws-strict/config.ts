@@ -60,7 +60,17 @@ export interface ConsistencyConfig {
    * long after RunInstances (InvalidInstanceID.NotFound, as EC2 may answer right after a launch).
    */
   newInstanceUnknownByIdMs: number;
-  /** A terminated instance is left out of every DescribeInstances answer this long after it ended (null: never, as moto). */
+  /**
+   * After TerminateInstances, DescribeInstances shows the instance `shutting-down` (code 32) for this
+   * long before `terminated`, as EC2 does (moto: terminated at once). 0: off. Answers filtered by
+   * `instance-state-name` drop it while shutting down unless the filter names that state; a filter
+   * naming `shutting-down` but not `terminated` cannot show it (moto leaves it out: not emulated).
+   */
+  shuttingDownMs: number;
+  /**
+   * A terminated instance is left out of every DescribeInstances answer this long after it ended
+   * (after its shuttingDownMs) (null: never, as moto).
+   */
   terminatedVisibleMs: number | null;
   /** RunInstances refuses an instance profile for this long after it was created or given its role. */
   newProfileRejectedMs: number;
@@ -134,7 +144,7 @@ export function defaultConfig(): StrictAwsConfig {
   return {
     idempotency: false,
     ec2ProfileErrors: false,
-    consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, newInstanceUnknownByIdMs: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
+    consistency: { newInstanceHiddenMs: 0, newInstanceHiddenDescribes: 0, newInstanceUnknownByIdMs: 0, shuttingDownMs: 0, terminatedVisibleMs: null, newProfileRejectedMs: 0, newProfileRejections: 0 },
     capacity: [],
     faults: [],
     rateLimits: [],

@@ -571,7 +571,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function consistencyActive(): boolean {
     const c = config.consistency;
-    return c.newInstanceHiddenMs > 0 || c.newInstanceHiddenDescribes > 0 || c.newInstanceUnknownByIdMs > 0 || c.terminatedVisibleMs !== null;
+    return c.newInstanceHiddenMs > 0 || c.newInstanceHiddenDescribes > 0 || c.newInstanceUnknownByIdMs > 0 || c.shuttingDownMs > 0 || c.terminatedVisibleMs !== null;
   }
 
   /** The requested IDs EC2 would not know yet (launched moments ago): answered as EC2 answers, NotFound. */
@@ -589,7 +589,13 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   function forgotten(id: string, now: number): boolean {
     const rec = instances.get(id);
     const keep = config.consistency.terminatedVisibleMs;
-    return keep !== null && rec?.terminatedAt !== undefined && now - rec.terminatedAt >= keep;
+    return keep !== null && rec?.terminatedAt !== undefined && now - rec.terminatedAt >= config.consistency.shuttingDownMs + keep;
+  }
+
+  /** Terminated by TerminateInstances less than shuttingDownMs ago: EC2 still shows it shutting down. */
+  function shuttingDown(id: string, now: number): boolean {
+    const at = instances.get(id)?.terminatedAt;
+    return at !== undefined && now - at < config.consistency.shuttingDownMs;
   }
 
   async function describeInstances(req: AwsRequest): Promise<HttpAnswer> {
@@ -602,7 +608,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     if (young) return young;
     const ans = await forward(req.method, req.url, req.headers, req.body);
     if (ans.status !== 200) return ans;
-    const tagFiltered = ec2Filters(req.params).some((f) => f.name.startsWith("tag:") || f.name === "tag-key" || f.name === "tag-value");
+    const filters = ec2Filters(req.params);
+    const tagFiltered = filters.some((f) => f.name.startsWith("tag:") || f.name === "tag-key" || f.name === "tag-value");
+    const stateFilters = filters.filter((f) => f.name === "instance-state-name");
     const doc = parseXml(ans.body.toString("utf8"));
     const reservations = element(doc.root, "reservationSet");
     let changed = false;
@@ -613,7 +621,8 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
         if (typeof c === "string" || c.name !== "item") return true;
         const id = textOf(c, "instanceId") ?? "";
         let rec = instances.get(id);
-        if (textOf(c, "instanceState", "name") === "terminated") {
+        const terminated = textOf(c, "instanceState", "name") === "terminated";
+        if (terminated) {
           if (!rec) {
             rec = { launchedAt: now, hiddenDescribesLeft: 0 };
             instances.set(id, rec);
@@ -623,6 +632,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
         if (forgotten(id, now)) {
           changed = true;
           return false;
+        }
+        if (terminated && shuttingDown(id, now)) {
+          changed = true;
+          if (stateFilters.some((f) => !f.values.includes("shutting-down"))) return false;
+          const state = element(c, "instanceState");
+          if (state) state.children = state.children.map((x) => (typeof x === "string" ? x : x.name === "code" ? { ...x, children: ["32"] } : x.name === "name" ? { ...x, children: ["shutting-down"] } : x));
         }
         if (tagFiltered && rec) {
           const young = now - rec.launchedAt < config.consistency.newInstanceHiddenMs;

@@ -53,6 +53,27 @@ describe("RunTracker", () => {
     expect(enqueued).toEqual(["ns/c3"]);
   });
 
+  it("wakes a deleted Run after every look, news or not: its finalizer waits for a look newer than its termination", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const kept = run("kept", "a", "Running");
+    const deleted = { ...run("deleted", "a", "Running"), metadata: { ...run("deleted", "a", "Running").metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } } as Run;
+    const runs = [kept, deleted];
+    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const enqueued: string[] = [];
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
+    });
+    await t.pollOnce();
+    expect(enqueued.sort()).toEqual(["ns/deleted", "ns/kept"]);
+    for (let i = 0; i < 2; i++) {
+      enqueued.length = 0;
+      await t.pollOnce();
+      expect(enqueued).toEqual(["ns/deleted"]); // the same look as before: only the deleted Run is woken
+    }
+  });
+
   it("follows a machine with the CE it was launched under (the UID its Run recorded), not a CE that took the name since", async () => {
     const cloud = new FakeCloud();
     const old = { ...ce("x", "creds", "eu-west-1"), metadata: { name: "x", namespace: "ns", uid: "old-x" } } as ComputeEnvironment;
