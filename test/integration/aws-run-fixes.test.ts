@@ -314,6 +314,11 @@ describe("termination and outcome when DescribeInstances does not show the machi
       const insts = await instancesOf(uid);
       expect(insts).toHaveLength(1);
       expect(["shutting-down", "terminated"]).toContain(insts[0]?.State?.Name);
+      // Within the listing lag (HIDDEN_MS + 3 s) the termination goes at most once a poll (1 s),
+      // whatever wakes the Run (its timer, the tracker after every look); then the settling one.
+      const sent = provider.terminations.get(uid) ?? 0;
+      expect(sent).toBeGreaterThanOrEqual(2);
+      expect(sent).toBeLessThanOrEqual(Math.ceil((HIDDEN_MS + 3_000) / 1_000) + 3);
     } finally {
       provider.crashAfterLaunch = false;
       provider.afterLaunch = undefined;
@@ -625,6 +630,7 @@ describe("Run deletion", () => {
       for (const n of names) await client.delete(RunResource, ns, n);
       await waitFor("the three terminations sent", async () => (await calls("ec2:TerminateInstances")) - terminates >= 3, 10_000, 50);
       // A second terminateRun while the machine shuts down finds nothing to send.
+      expect((await instancesOf(runs[0]?.metadata.uid ?? "")).map((x) => x.State?.Name)).toEqual(["shutting-down"]);
       const c = await getCe("del");
       if (!c) throw new Error("no CE del");
       const ctx = { ce: c, credentials: { source: "secret" as const, secretName: `${ns}/aws`, data: { accessKeyId: "testing", secretAccessKey: "testing" } }, logger: quietLogger };
@@ -637,6 +643,25 @@ describe("Run deletion", () => {
       await layer.configure({ consistency: { shuttingDownMs: 0 } });
       await op.stop();
       op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    }
+  }, 120_000);
+
+  it("a machine that stays shutting down is not waited for in silence: the termination is sent again 8 polls after the last", async () => {
+    await readyCe("del-slow");
+    await run("del-slow", "del-slow");
+    const r = await started("del-slow");
+    const uid = r.metadata.uid ?? "";
+    // Polls 1 s apart: 8 polls are 8 s, and the machine shows shutting-down for 12 s.
+    await layer.configure({ consistency: { shuttingDownMs: 12_000 } });
+    try {
+      const terminates = await calls("ec2:TerminateInstances");
+      await client.delete(RunResource, ns, "del-slow");
+      await waitFor("the Run gone", async () => (await getRun("del-slow")) === undefined, 60_000, 300);
+      // Sent at the deletion and once more 8 s later (finding the machine shutting down: nothing to end).
+      expect(provider.terminations.get(uid)).toBe(2);
+      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(1);
+    } finally {
+      await layer.configure({ consistency: { shuttingDownMs: 0 } });
     }
   }, 120_000);
 });

@@ -287,7 +287,13 @@ describe("eventual consistency", () => {
   });
 
   it("a terminated instance shows shutting-down for the configured time, then terminated; a state filter without shutting-down leaves it out meanwhile", async () => {
+    // Terminated while the behaviour was off: terminated it stays, also once it is on.
+    const earlier = launchInput();
+    const earlierId = (await admin.ec2.send(new RunInstancesCommand(earlier))).Instances![0]!.InstanceId!;
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [earlierId] }));
     await layer().configure({ consistency: { shuttingDownMs: 3_600_000 } });
+    const earlierNow = await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [earlierId] }));
+    expect(earlierNow.Reservations?.[0]?.Instances?.[0]?.State?.Name).toBe("terminated");
     const input = launchInput();
     const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
     await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));

@@ -388,6 +388,9 @@ export async function describeInstancesByRunUids(ec2: EC2Client, ctx: EnvContext
 /** States a machine can leave without anyone noticing on a later look: everything but running. */
 export const CHANGING_STATES: readonly string[] = ["pending", "shutting-down", "terminated", "stopping", "stopped"];
 
+/** Instances a TerminateInstances would not change: already terminated, or being terminated. */
+const ENDING_STATES: ReadonlySet<string> = new Set(["shutting-down", "terminated"]);
+
 /**
  * A machine last seen in one of these states is known well enough to be looked for only among
  * machines not running: not listed there, a pending or running machine runs, and a terminated or
@@ -509,10 +512,13 @@ function tagValue(inst: Instance, key: string): string | undefined {
   return inst.Tags?.find((t) => t.Key === key)?.Value;
 }
 
-/** The Run's machine among several (should be one): a live one first, then the newest. */
+/**
+ * The Run's machine among several (should be one): a live one first (one shutting down or
+ * terminated is ending, and must not hide a second machine of the Run that runs), then the newest.
+ */
 function pickInstance(list: Instance[] | undefined): Instance | undefined {
   if (!list || list.length === 0) return undefined;
-  const rank = (i: Instance): number => (i.State?.Name === "terminated" ? 1 : 0);
+  const rank = (i: Instance): number => (ENDING_STATES.has(i.State?.Name ?? "") ? 1 : 0);
   return [...list].sort((a, b) => rank(a) - rank(b) || (b.LaunchTime?.getTime() ?? 0) - (a.LaunchTime?.getTime() ?? 0))[0];
 }
 
@@ -872,9 +878,6 @@ export async function readExitStatus(s3: S3Client, ctx: EnvContext, uri: string)
   if (n > 255) return undefined;
   return m[2] ? { code: n, bootstrapStep: m[2] } : { code: n };
 }
-
-/** Instances a TerminateInstances would not change: already terminated, or being terminated. */
-const ENDING_STATES: ReadonlySet<string> = new Set(["shutting-down", "terminated"]);
 
 /**
  * Terminates the Run's machine. The instance ID recorded at launch (status.instance.id, taken from

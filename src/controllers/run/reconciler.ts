@@ -22,7 +22,7 @@ import type { SecretGetter } from "../shared.js";
 import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
 import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, launchDecided, launchInFlight, launchedUnder, machineMayExist } from "./phases.js";
 import { CLOUD_WRITES_ANNOTATION, announceCloudWrites } from "../computeenvironment/cloud-writes.js";
-import type { CacheSource, ListSource, RunTracker } from "./tracker.js";
+import type { CacheSource, ListSource, Observation, RunTracker } from "./tracker.js";
 import { runsOfCe } from "./tracker.js";
 import type { GoneComputeEnvironments } from "./gone-ces.js";
 import { ceOfRun, standIn } from "./gone-ces.js";
@@ -897,14 +897,9 @@ export class RunReconciler {
       const settled = this.terminationSent.get(uid);
       const unlistedIsGone = settled !== undefined && obs !== undefined && obs.at > settled;
       const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
-      // Once a settling termination is sent, only a look can tell more: none was sent again before a
-      // look newer than the last send (it would find what that one found), nor while the last look
-      // shows the machine on its way out (the cloud is ending it). The tracker wakes a deleted Run
-      // after every look, news or not; the poll interval here is a backstop.
-      const lastSent = this.terminationLast.get(uid) ?? settled;
-      const waitForLook = settled !== undefined && lastSent !== undefined && (obs === undefined || obs.at <= lastSent || state === "shutting-down");
-      if (!gone && waitForLook) return { requeueAfterMs: this.d.pollIntervalMs };
       if (!gone) {
+        const hold = this.resendWait(uid, obs, provider);
+        if (hold !== undefined) return { requeueAfterMs: hold };
         const wait = await this.stopMachine(run, ce, provider, log);
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
@@ -922,6 +917,33 @@ export class RunReconciler {
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
     return;
+  }
+
+  /**
+   * How long a deleted Run's finalizer holds off sending its machine's termination again (ms), or
+   * undefined to send now. The tracker wakes a deleted Run after every look, news or not.
+   * - Settled (see stopMachine): only a look can tell more. Nothing is sent again before a look
+   *   newer than the last send (the call would find what that one found), nor while the last look
+   *   shows the machine on its way out (EC2's shutting-down, an Azure VM being deleted).
+   * - Not settled yet (a launch whose answer was lost, within the provider's listing lag): at most
+   *   once a poll interval, and once more when the lag has passed.
+   * - Either way, sent again once the last send is resendMs old: a look that never comes (polls of
+   *   the group failing) or a machine that stays shutting down is not waited for in silence.
+   */
+  private resendWait(uid: string, obs: Observation | undefined, provider: CloudProvider): number | undefined {
+    const last = this.terminationLast.get(uid);
+    if (last === undefined) return undefined;
+    const since = Date.now() - last;
+    const resendMs = polls(this.d.pollIntervalMs, 8, 2_000, 5 * 60_000);
+    if (since >= resendMs) return undefined;
+    if (this.terminationSent.has(uid)) {
+      if (obs === undefined || obs.at <= last || obs.desc?.state === "shutting-down") return Math.max(100, Math.min(this.d.pollIntervalMs, resendMs - since));
+      return undefined;
+    }
+    const tried = this.launchTriedAt.get(uid);
+    const lag = tried === undefined ? 0 : tried + (provider.unlistedLaunchMs ?? 0) - Date.now();
+    if (lag > 0 && since < this.d.pollIntervalMs) return Math.max(500, Math.min(this.d.pollIntervalMs - since, lag));
+    return undefined;
   }
 
   /**

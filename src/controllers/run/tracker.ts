@@ -4,7 +4,7 @@
  * on Azure the subscription) and asks the provider once per group, whatever CEs its Runs belong to
  * (the describe gets each Run's CE through `runCe`). The groups are asked concurrently, each with its own
  * deadline, so one slow region does not delay the others. Runs whose observation changed are
- * enqueued. Everything is read from the watch caches: a poll in steady state makes no request to
+ * enqueued, and deleted Runs after every look (their finalizers wait for one). Everything is read from the watch caches: a poll in steady state makes no request to
  * the kube-apiserver.
  */
 import type { KubeClient } from "../../engine/kube.js";
@@ -245,6 +245,9 @@ export class RunTracker {
         const lookTick = monotonicNow();
         const full = lookTick - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
         const lastSeen = full ? undefined : (run: Run): RunDescription | undefined => {
+          // A deleted Run is looked at in full, by its UID: its finalizer ends at what this look
+          // says, and a second machine carrying its UID must not hide behind what was seen before.
+          if (run.metadata.deletionTimestamp) return undefined;
           const o = this.observations.get(run.metadata.uid ?? "");
           return o?.polled ? o.desc : undefined;
         };

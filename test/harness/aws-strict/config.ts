@@ -61,15 +61,17 @@ export interface ConsistencyConfig {
    */
   newInstanceUnknownByIdMs: number;
   /**
-   * After TerminateInstances, DescribeInstances shows the instance `shutting-down` (code 32) for this
-   * long before `terminated`, as EC2 does (moto: terminated at once). 0: off. Answers filtered by
-   * `instance-state-name` drop it while shutting down unless the filter names that state; a filter
-   * naming `shutting-down` but not `terminated` cannot show it (moto leaves it out: not emulated).
+   * After a TerminateInstances through the layer, DescribeInstances shows the instance
+   * `shutting-down` (code 32) for this long before `terminated`, as EC2 does (moto: terminated at
+   * once). 0: off. Lowering it shortens the windows already given; raising it does not lengthen
+   * them. Answers filtered by `instance-state-name` drop it while shutting down unless the filter
+   * names that state; a filter naming `shutting-down` but not `terminated` cannot show it (moto
+   * leaves it out: not emulated). The TerminateInstances answer itself is moto's.
    */
   shuttingDownMs: number;
   /**
    * A terminated instance is left out of every DescribeInstances answer this long after it ended
-   * (after its shuttingDownMs) (null: never, as moto).
+   * (after it stopped showing shutting-down) (null: never, as moto).
    */
   terminatedVisibleMs: number | null;
   /** RunInstances refuses an instance profile for this long after it was created or given its role. */

@@ -45,6 +45,8 @@ interface InstanceRecord {
   launchedAt: number;
   hiddenDescribesLeft: number;
   terminatedAt?: number;
+  /** Set by a TerminateInstances through the layer (consistency.shuttingDownMs): shown shutting-down until then. */
+  shuttingDownUntil?: number;
 }
 
 interface StoredLaunch {
@@ -589,13 +591,23 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   function forgotten(id: string, now: number): boolean {
     const rec = instances.get(id);
     const keep = config.consistency.terminatedVisibleMs;
-    return keep !== null && rec?.terminatedAt !== undefined && now - rec.terminatedAt >= config.consistency.shuttingDownMs + keep;
+    return keep !== null && rec?.terminatedAt !== undefined && now - (shuttingDownEnd(rec) ?? rec.terminatedAt) >= keep;
   }
 
-  /** Terminated by TerminateInstances less than shuttingDownMs ago: EC2 still shows it shutting down. */
+  /**
+   * When an instance terminated through the layer while shuttingDownMs was on stops showing
+   * shutting-down: the window it was given then, shrunk (never stretched) by the configuration now,
+   * so an instance once shown terminated is never shown shutting down again.
+   */
+  function shuttingDownEnd(rec: InstanceRecord): number | undefined {
+    if (rec.shuttingDownUntil === undefined || rec.terminatedAt === undefined) return undefined;
+    return Math.min(rec.shuttingDownUntil, rec.terminatedAt + config.consistency.shuttingDownMs);
+  }
+
   function shuttingDown(id: string, now: number): boolean {
-    const at = instances.get(id)?.terminatedAt;
-    return at !== undefined && now - at < config.consistency.shuttingDownMs;
+    const rec = instances.get(id);
+    const end = rec ? shuttingDownEnd(rec) : undefined;
+    return end !== undefined && now < end;
   }
 
   async function describeInstances(req: AwsRequest): Promise<HttpAnswer> {
@@ -668,6 +680,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
         const id = textOf(item, "instanceId");
         if (!id) continue;
         const rec = instances.get(id) ?? { launchedAt: now, hiddenDescribesLeft: 0 };
+        if (rec.terminatedAt === undefined && config.consistency.shuttingDownMs > 0) rec.shuttingDownUntil = now + config.consistency.shuttingDownMs;
         rec.terminatedAt ??= now;
         instances.set(id, rec);
       }

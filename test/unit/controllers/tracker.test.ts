@@ -249,6 +249,27 @@ describe("RunTracker: what the last look saw", () => {
     expect(offered).toHaveLength(5);
   });
 
+  it("is never offered for a deleted Run: its machines are looked at in full, by its UID", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const base = run("deleted", "a", "Running");
+    const runs = [run("kept", "a", "Running"), { ...base, metadata: { ...base.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } } as Run];
+    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const offered: (Record<string, string | undefined> | undefined)[] = [];
+    const describe = cloud.describeRuns.bind(cloud);
+    cloud.describeRuns = async (ctx, rs) => {
+      offered.push(ctx.observed ? Object.fromEntries(rs.map((r) => [r.metadata.name ?? "", ctx.observed?.(r)?.instanceId])) : undefined);
+      return describe(ctx, rs);
+    };
+    const t = new RunTracker({
+      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000, fullLookEveryMs: 60_000,
+    });
+    await t.pollOnce();
+    await t.pollOnce();
+    expect(offered).toEqual([undefined, { kept: "i-kept", deleted: undefined }]);
+  });
+
   it("a failing look does not count as a full one: the next poll is full again", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];

@@ -455,6 +455,13 @@ describe("describeRuns with the last look's observations (only what can change i
     expect(result).toEqual(await fullLook(gone));
   });
 
+  it("a newer machine of a Run shutting down does not hide an older one that runs: the running one is the Run's", async () => {
+    const now = fleet();
+    now.push(instanceFor(runs[0]!, CE, { InstanceId: "i-0newer", State: { Name: "shutting-down", Code: 32 }, LaunchTime: new Date("2025-11-26T00:00:00Z") }));
+    const result = await fullLook(now);
+    expect(result.get(uidN(0))).toMatchObject({ instanceId: now[0]!.InstanceId, state: "running" });
+  });
+
   it("a machine seen running that ended while a second machine of the Run runs: a second look at that Run finds the running one, as a full look does", async () => {
     const seen = await fullLook(fleet());
     const now = fleet();
@@ -575,8 +582,10 @@ describe("terminateRun and sweepOrphans", () => {
     const mine = instanceFor(run, CE);
     const spoofed = instanceFor(run, CE, { InstanceId: "i-spoofed" }, { "vmforge.dev/managed-by": "someone-else" });
     const gone = instanceFor(run, CE, { InstanceId: "i-gone", State: { Name: "terminated", Code: 48 } });
+    // Being terminated already: a second TerminateInstances would change nothing.
+    const ending = instanceFor(run, CE, { InstanceId: "i-ending", State: { Name: "shutting-down", Code: 32 } });
     const { clients, calls } = fakeClients((name) => {
-      if (name === "DescribeInstances") return { Reservations: [{ Instances: [mine, spoofed, gone] }] };
+      if (name === "DescribeInstances") return { Reservations: [{ Instances: [mine, spoofed, gone, ending] }] };
       if (name === "TerminateInstances") return {};
       throw new Error(name);
     });
