@@ -253,8 +253,12 @@ async function main(): Promise<void> {
       await watch.waitForSync();
       // Runs a scenario added beside the burst's: deleted once it has its figures, awaited until
       // gone, and then out of the watch's figures (a late event of theirs is ignored)
-      /** Deletes the Runs, waits for them to be gone, forgets them; returns how long that took (ms), or undefined if they were not gone after 5 minutes. */
-      const deleteAndForget = async (names: string[]): Promise<number | undefined> => {
+      /**
+       * Deletes the Runs, waits for them to be gone, forgets them; returns how long that took (ms)
+       * and the operator's cloud calls meanwhile (its polls' included), or undefined if they were
+       * not gone after 5 minutes.
+       */
+      const deleteAndForget = async (names: string[]): Promise<{ ms: number; calls: ReturnType<typeof proxy.window> } | undefined> => {
         const these = new Set(names);
         const td = Date.now();
         await poolDo(names, 16, async (name) => {
@@ -265,12 +269,13 @@ async function main(): Promise<void> {
           return left.length === 0;
         }, 300_000, 1_000);
         const tookMs = Date.now() - td;
-        if (gone) say(`  the ${names.length} deleted and gone in ${sec(tookMs)}`);
+        const calls = proxy.window(td, Date.now());
+        if (gone) say(`  the ${names.length} deleted and gone in ${sec(tookMs)}; the operator's cloud calls meanwhile (calls, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.answerS} s`).join("; ") || "none"}`);
         for (const name of names) {
           forgotten.add(name);
           for (const m of [created, uidOf, firstStatus, seen, running, phases]) m.delete(name);
         }
-        return gone ? tookMs : undefined;
+        return gone ? { ms: tookMs, calls } : undefined;
       };
       proxy.reset();
       const cpu0 = op.stats().cpuS;
@@ -495,7 +500,7 @@ async function main(): Promise<void> {
           const w = {
             rate, runs: count, failedCreates: failed, windowMs: windowT, createsLateOver100ms: late, held, backlogs, operatorCpuS: cpuS, calls,
             firstStatus: dist(mine(firstStatus)), firstStatusServer: dist(names.flatMap((n) => (server.has(n) ? [server.get(n)?.ms ?? 0] : []))),
-            launchCall: dist(mine(launches)), load: load(), deleteMs: undefined as number | undefined,
+            launchCall: dist(mine(launches)), load: load(), deleteMs: undefined as number | undefined, deleteCalls: undefined as ReturnType<typeof proxy.window> | undefined,
           };
           windows.push(w);
           say(`  Run reconciles held (vmforge_reconcile_held_seconds, in the ${sec(windowT)}): ${held.held}, mean ${held.meanS} s; longer than: ${Object.entries(held.over).filter(([, v]) => v > 0).map(([k, v]) => `${k} ${v}`).join(", ") || "none over 1 ms"}`);
@@ -506,7 +511,11 @@ async function main(): Promise<void> {
           }
           say(`  cloud calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(calls).map(([k, c]) => `${k} ${c.calls}, ${c.kib} KiB, ${c.answerS} s`).join("; ") || "none"}`);
           say(`  operator CPU ${cpuS} s in ${sec(windowT)}; ${fmtLoad(w.load)}`);
-          if (attempted.length) w.deleteMs = await deleteAndForget(attempted);
+          if (attempted.length) {
+            const deleted = await deleteAndForget(attempted);
+            w.deleteMs = deleted?.ms;
+            w.deleteCalls = deleted?.calls;
+          }
         }
         results.trickle = windows;
       }
