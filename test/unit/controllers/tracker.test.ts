@@ -20,8 +20,27 @@ const run = (name: string, ceName: string, phase: string): Run => ({
   status: { phase },
 } as Run);
 
+/** A Running Run being deleted. */
+const deletedRun = (name: string, ceName: string): Run => {
+  const r = run(name, ceName, "Running");
+  return { ...r, metadata: { ...r.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } };
+};
+
 /** Only what resolveCredentials uses: a Secret with one key. */
 const secrets = { get: async () => ({ metadata: { name: "s" }, data: { accessKeyId: Buffer.from("x").toString("base64") } }) } as unknown as KubeClient;
+
+/** Gives each Run a running machine in the fake cloud. */
+function runningMachines(cloud: FakeCloud, runs: Run[]): void {
+  for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+}
+
+/** A tracker over these Runs and CEs, polling the fake cloud (1 s interval, never started). */
+function trackerOver(cloud: FakeCloud, ces: ComputeEnvironment[], runs: Run[], over: Partial<ConstructorParameters<typeof RunTracker>[0]> = {}): RunTracker {
+  return new RunTracker({
+    client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
+    logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000, ...over,
+  });
+}
 
 describe("RunTracker", () => {
   it("asks the cloud once per account and region, only for Runs whose machine may exist, and enqueues changes", async () => {
@@ -30,12 +49,9 @@ describe("RunTracker", () => {
     const runs: Run[] = [];
     for (const c of ces) for (let i = 0; i < 5; i++) runs.push(run(`${c.metadata.name}${i}`, c.metadata.name ?? "", "Running"));
     runs.push(run("pending", "a", "Pending"), run("done", "a", "Succeeded"));
-    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    runningMachines(cloud, runs);
     const enqueued: string[] = [];
-    const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
-      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
-    });
+    const t = trackerOver(cloud, ces, runs, { enqueueRun: (k) => enqueued.push(k) });
     await t.pollOnce();
     // a+b share Secret and region; c has another Secret; d another region.
     expect(cloud.calls.describe).toBe(3);
@@ -56,15 +72,10 @@ describe("RunTracker", () => {
   it("wakes a deleted Run after every look, news or not: its finalizer waits for a look newer than its termination", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];
-    const kept = run("kept", "a", "Running");
-    const deleted = { ...run("deleted", "a", "Running"), metadata: { ...run("deleted", "a", "Running").metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } } as Run;
-    const runs = [kept, deleted];
-    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const runs = [run("kept", "a", "Running"), deletedRun("deleted", "a")];
+    runningMachines(cloud, runs);
     const enqueued: string[] = [];
-    const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
-      logger: createLogger({ level: "silent" }), enqueueRun: (k) => enqueued.push(k), pollIntervalMs: 1000,
-    });
+    const t = trackerOver(cloud, ces, runs, { enqueueRun: (k) => enqueued.push(k) });
     await t.pollOnce();
     expect(enqueued.sort()).toEqual(["ns/deleted", "ns/kept"]);
     for (let i = 0; i < 2; i++) {
@@ -252,19 +263,15 @@ describe("RunTracker: what the last look saw", () => {
   it("is never offered for a deleted Run: its machines are looked at in full, by its UID", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];
-    const base = run("deleted", "a", "Running");
-    const runs = [run("kept", "a", "Running"), { ...base, metadata: { ...base.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } } as Run];
-    for (const r of runs) cloud.machines.set(r.metadata.uid ?? "", { id: `i-${r.metadata.name}`, runUid: r.metadata.uid ?? "", ceUid: "", state: "running", launchedAt: "", log: [] });
+    const runs = [run("kept", "a", "Running"), deletedRun("deleted", "a")];
+    runningMachines(cloud, runs);
     const offered: (Record<string, string | undefined> | undefined)[] = [];
     const describe = cloud.describeRuns.bind(cloud);
     cloud.describeRuns = async (ctx, rs) => {
       offered.push(ctx.observed ? Object.fromEntries(rs.map((r) => [r.metadata.name ?? "", ctx.observed?.(r)?.instanceId])) : undefined);
       return describe(ctx, rs);
     };
-    const t = new RunTracker({
-      client: secrets, providers: new Map([["aws", cloud]]), runs: { list: () => runs }, ceOf: ceOfIn(() => ces),
-      logger: createLogger({ level: "silent" }), enqueueRun: () => undefined, pollIntervalMs: 1000, fullLookEveryMs: 60_000,
-    });
+    const t = trackerOver(cloud, ces, runs, { fullLookEveryMs: 60_000 });
     await t.pollOnce();
     await t.pollOnce();
     expect(offered).toEqual([undefined, { kept: "i-kept", deleted: undefined }]);
