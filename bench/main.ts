@@ -425,7 +425,8 @@ async function main(): Promise<void> {
         say(`  calls in the window (calls, answer KiB, emulator answer s summed): ${Object.entries(arrivals.calls).map(([k, w]) => `${k} ${w.calls}, ${w.kib} KiB, ${w.answerS} s`).join("; ")}`);
         say(`  each DescribeInstances answer, KiB: ${eachKiB.map((e) => `${e.kib} (${e.kind})`).join(", ")}`);
         say(`  ${launchedA} of ${K} launched, ${runningA} Running; operator CPU ${arrivals.operatorCpuS} s in ${sec(windowA)}; ${fmtLoad(arrivals.load)}`);
-        await deleteAndForget(arrived);
+        const deleted = await deleteAndForget(arrived);
+        Object.assign(arrivals, { deleteMs: deleted?.ms, deleteCalls: deleted?.calls });
       }
 
       // ---------------------------------------------------------------- trickle

@@ -657,8 +657,11 @@ describe("Run deletion", () => {
       const terminates = await calls("ec2:TerminateInstances");
       await client.delete(RunResource, ns, "del-slow");
       await waitFor("the Run gone", async () => (await getRun("del-slow")) === undefined, 60_000, 300);
-      // Sent at the deletion and once more 8 s later (finding the machine shutting down: nothing to end).
-      expect(provider.terminations.get(uid)).toBe(2);
+      // Sent at the deletion and once more 8 s later (finding the machine shutting down: nothing to
+      // end); a third only if the look that finds it terminated came late (16 s after the deletion).
+      const sent = provider.terminations.get(uid) ?? 0;
+      expect(sent).toBeGreaterThanOrEqual(2);
+      expect(sent).toBeLessThanOrEqual(3);
       expect((await calls("ec2:TerminateInstances")) - terminates).toBe(1);
     } finally {
       await layer.configure({ consistency: { shuttingDownMs: 0 } });

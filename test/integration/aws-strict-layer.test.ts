@@ -308,6 +308,20 @@ describe("eventual consistency", () => {
     expect(byId.Reservations?.[0]?.Instances?.[0]?.State?.Name).toBe("shutting-down");
     await layer().configure({ consistency: { shuttingDownMs: 0 } });
     expect(await stateOf()).toEqual([{ name: "terminated", code: 48 }]);
+    // Shown terminated, it stays so when the setting is raised again.
+    await layer().configure({ consistency: { shuttingDownMs: 3_600_000 } });
+    expect(await stateOf()).toEqual([{ name: "terminated", code: 48 }]);
+  });
+
+  it("the shutting-down window runs out by itself", async () => {
+    await layer().configure({ consistency: { shuttingDownMs: 1_500 } });
+    const input = launchInput();
+    const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
+    const state = async (): Promise<string | undefined> => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations?.[0]?.Instances?.[0]?.State?.Name;
+    expect(await state()).toBe("shutting-down");
+    await new Promise((r) => setTimeout(r, 2_000));
+    expect(await state()).toBe("terminated");
   });
 
   it("a terminated instance is forgotten after the configured time: gone from lists, NotFound by ID", async () => {

@@ -112,7 +112,10 @@ export class RunReconciler {
    * does not list after that counts as gone (see stopMachine).
    */
   private readonly terminationSent = new Map<string, number>();
-  /** Run uid -> when its machine's termination was last sent (see finalize: no second send before a newer look). */
+  /**
+   * Run uid -> when its machine's termination was last sent (by stopMachine, for a deletion, a
+   * cancel, a timeout or a failed launch); a deleted Run's finalizer reads it (resendWait).
+   */
   private readonly terminationLast = new Map<string, number>();
   /**
    * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when

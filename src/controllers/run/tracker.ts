@@ -4,7 +4,7 @@
  * on Azure the subscription) and asks the provider once per group, whatever CEs its Runs belong to
  * (the describe gets each Run's CE through `runCe`). The groups are asked concurrently, each with its own
  * deadline, so one slow region does not delay the others. Runs whose observation changed are
- * enqueued, and deleted Runs after every look (their finalizers wait for one). Everything is read from the watch caches: a poll in steady state makes no request to
+ * enqueued, and Runs being deleted after every look (their finalizers wait for one). Everything is read from the watch caches: a poll in steady state makes no request to
  * the kube-apiserver.
  */
 import type { KubeClient } from "../../engine/kube.js";
@@ -15,6 +15,12 @@ import type { CloudProvider, RunDescription } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
 import { resolveCredentials } from "../shared.js";
 import { isTerminal, machineMayExist } from "./phases.js";
+import { FINALIZER } from "../../api/constants.js";
+
+/** A Run being deleted whose machine vmforge's finalizer still has to see gone (not one held only by another's finalizer). */
+function finalizing(run: Run): boolean {
+  return !!run.metadata.deletionTimestamp && (run.metadata.finalizers?.includes(FINALIZER) ?? false);
+}
 
 export interface ListSource<T> {
   list(): T[];
@@ -247,7 +253,7 @@ export class RunTracker {
         const lastSeen = full ? undefined : (run: Run): RunDescription | undefined => {
           // A deleted Run is looked at in full, by its UID: its finalizer ends at what this look
           // says, and a second machine carrying its UID must not hide behind what was seen before.
-          if (run.metadata.deletionTimestamp) return undefined;
+          if (finalizing(run)) return undefined;
           const o = this.observations.get(run.metadata.uid ?? "");
           return o?.polled ? o.desc : undefined;
         };
@@ -274,7 +280,7 @@ export class RunTracker {
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
           // A deleted Run is woken by every look, news or not: its finalizer waits for a look
           // newer than its termination, and an unlisted machine looks the same before and after.
-          if (!prev || run.metadata.deletionTimestamp || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
+          if (!prev || finalizing(run) || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
           }
         }

@@ -63,10 +63,11 @@ export interface ConsistencyConfig {
   /**
    * After a TerminateInstances through the layer, DescribeInstances shows the instance
    * `shutting-down` (code 32) for this long before `terminated`, as EC2 does (moto: terminated at
-   * once). 0: off. Lowering it shortens the windows already given; raising it does not lengthen
-   * them. Answers filtered by `instance-state-name` drop it while shutting down unless the filter
-   * names that state; a filter naming `shutting-down` but not `terminated` cannot show it (moto
-   * leaves it out: not emulated). The TerminateInstances answer itself is moto's.
+   * once). 0: off. Lowering it cuts the windows already given, for good; raising it does not
+   * lengthen them. Answers filtered by `instance-state-name` drop it while shutting down unless the
+   * filter names that state; a filter naming `shutting-down` but not `terminated` cannot show it
+   * (moto leaves it out: not emulated), nor is an `instance-state-code` filter (or a wildcard in a
+   * state filter) read. The TerminateInstances answer itself is moto's.
    */
   shuttingDownMs: number;
   /**

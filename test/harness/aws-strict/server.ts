@@ -596,12 +596,20 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   /**
    * When an instance terminated through the layer while shuttingDownMs was on stops showing
-   * shutting-down: the window it was given then, shrunk (never stretched) by the configuration now,
-   * so an instance once shown terminated is never shown shutting down again.
+   * shutting-down: the window it was given then, cut short for good by any lower shuttingDownMs
+   * configured since (shrinkShuttingDown), so an instance once shown terminated is never shown
+   * shutting down again.
    */
   function shuttingDownEnd(rec: InstanceRecord): number | undefined {
-    if (rec.shuttingDownUntil === undefined || rec.terminatedAt === undefined) return undefined;
-    return Math.min(rec.shuttingDownUntil, rec.terminatedAt + config.consistency.shuttingDownMs);
+    return rec.terminatedAt === undefined ? undefined : rec.shuttingDownUntil;
+  }
+
+  /** A new configuration's shuttingDownMs cuts the windows already given (never lengthens them). */
+  function shrinkShuttingDown(): void {
+    for (const rec of instances.values()) {
+      if (rec.shuttingDownUntil === undefined || rec.terminatedAt === undefined) continue;
+      rec.shuttingDownUntil = Math.min(rec.shuttingDownUntil, rec.terminatedAt + config.consistency.shuttingDownMs);
+    }
   }
 
   function shuttingDown(id: string, now: number): boolean {
@@ -783,10 +791,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     if (sub === "/config" && method === "GET") return json(res, 200, config);
     if (sub === "/config" && (method === "PUT" || method === "PATCH" || method === "POST")) {
       config = applyPatch(config, JSON.parse(body.toString("utf8") || "{}") as StrictAwsConfigPatch);
+      shrinkShuttingDown();
       return json(res, 200, config);
     }
     if (sub === "/reset" && method === "POST") {
       config = defaultConfig();
+      shrinkShuttingDown();
       crashArmed = [];
       return json(res, 200, config);
     }

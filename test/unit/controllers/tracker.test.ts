@@ -6,7 +6,7 @@ import { createLogger } from "../../../src/engine/logger.js";
 import { DEFER_FIRST_LOOK_POLLS, RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
-import { ANNOTATION_LAUNCHED_UNDER } from "../../../src/api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER, FINALIZER } from "../../../src/api/constants.js";
 import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
 
 const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
@@ -20,10 +20,10 @@ const run = (name: string, ceName: string, phase: string): Run => ({
   status: { phase },
 } as Run);
 
-/** A Running Run being deleted. */
-const deletedRun = (name: string, ceName: string): Run => {
+/** A Running Run being deleted, held by vmforge's finalizer (or only by another's). */
+const deletedRun = (name: string, ceName: string, finalizer = FINALIZER): Run => {
   const r = run(name, ceName, "Running");
-  return { ...r, metadata: { ...r.metadata, deletionTimestamp: "2026-01-01T00:00:00Z" } };
+  return { ...r, metadata: { ...r.metadata, deletionTimestamp: "2026-01-01T00:00:00Z", finalizers: [finalizer] } };
 };
 
 /** Only what resolveCredentials uses: a Secret with one key. */
@@ -69,15 +69,15 @@ describe("RunTracker", () => {
     expect(enqueued).toEqual(["ns/c3"]);
   });
 
-  it("wakes a deleted Run after every look, news or not: its finalizer waits for a look newer than its termination", async () => {
+  it("wakes a deleted Run after every look, news or not: its finalizer waits for a look newer than its termination (not one that only another's finalizer holds)", async () => {
     const cloud = new FakeCloud();
     const ces = [ce("a", "creds", "eu-west-1")];
-    const runs = [run("kept", "a", "Running"), deletedRun("deleted", "a")];
+    const runs = [run("kept", "a", "Running"), deletedRun("deleted", "a"), deletedRun("foreign", "a", "example.com/other")];
     runningMachines(cloud, runs);
     const enqueued: string[] = [];
     const t = trackerOver(cloud, ces, runs, { enqueueRun: (k) => enqueued.push(k) });
     await t.pollOnce();
-    expect(enqueued.sort()).toEqual(["ns/deleted", "ns/kept"]);
+    expect(enqueued.sort()).toEqual(["ns/deleted", "ns/foreign", "ns/kept"]);
     for (let i = 0; i < 2; i++) {
       enqueued.length = 0;
       await t.pollOnce();
@@ -274,7 +274,7 @@ describe("RunTracker: what the last look saw", () => {
     const t = trackerOver(cloud, ces, runs, { fullLookEveryMs: 60_000 });
     await t.pollOnce();
     await t.pollOnce();
-    expect(offered).toEqual([undefined, { kept: "i-kept", deleted: undefined }]);
+    expect(offered).toStrictEqual([undefined, { kept: "i-kept", deleted: undefined }]);
   });
 
   it("a failing look does not count as a full one: the next poll is full again", async () => {

@@ -155,6 +155,17 @@ describe("termination by the recorded instance ID", () => {
     await expect(terminateRun(clients, ctxFor(CE), run)).rejects.toMatchObject({ kind: "Retryable", reason: "InstanceNotVisibleYet" });
   });
 
+  it("a recorded machine the tag search does not show, and its look-up by ID finds shutting down, is not terminated again", async () => {
+    const base = sampleRun();
+    const run = withStatus(base, { phase: "Running", launchedAt: new Date(Date.now() - 10 * 60_000).toISOString(), instance: { id: "i-0123456789abcdef0" } });
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances") return input.InstanceIds ? { Reservations: [{ Instances: [instanceFor(base, { InstanceId: "i-0123456789abcdef0", State: { Name: "shutting-down", Code: 32 } })] }] } : { Reservations: [] };
+      throw new Error(name);
+    });
+    expect(await terminateRun(clients, ctxFor(CE), run)).toEqual([]);
+    expect(calls.map((c) => c.name)).toEqual(["DescribeInstances", "DescribeInstances"]);
+  });
+
   it("a recorded machine the search shows as terminated is not terminated again", async () => {
     const base = sampleRun();
     const inst = instanceFor(base, { State: { Name: "terminated", Code: 48 } });
