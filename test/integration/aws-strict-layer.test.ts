@@ -314,13 +314,13 @@ describe("eventual consistency", () => {
   });
 
   it("the shutting-down window runs out by itself", async () => {
-    await layer().configure({ consistency: { shuttingDownMs: 1_500 } });
+    await layer().configure({ consistency: { shuttingDownMs: 5_000 } });
     const input = launchInput();
     const id = (await admin.ec2.send(new RunInstancesCommand(input))).Instances![0]!.InstanceId!;
     await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [id] }));
     const state = async (): Promise<string | undefined> => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations?.[0]?.Instances?.[0]?.State?.Name;
     expect(await state()).toBe("shutting-down");
-    await new Promise((r) => setTimeout(r, 2_000));
+    await new Promise((r) => setTimeout(r, 5_500));
     expect(await state()).toBe("terminated");
   });
 

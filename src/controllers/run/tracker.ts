@@ -251,7 +251,7 @@ export class RunTracker {
         const lookTick = monotonicNow();
         const full = lookTick - (this.fullLookAt.get(key) ?? -Infinity) >= fullEvery;
         const lastSeen = full ? undefined : (run: Run): RunDescription | undefined => {
-          // A deleted Run is looked at in full, by its UID: its finalizer ends at what this look
+          // A Run vmforge's finalizer holds in deletion is looked at in full, by its UID: the finalizer ends at what this look
           // says, and a second machine carrying its UID must not hide behind what was seen before.
           if (finalizing(run)) return undefined;
           const o = this.observations.get(run.metadata.uid ?? "");
@@ -278,7 +278,7 @@ export class RunTracker {
           }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
-          // A deleted Run is woken by every look, news or not: its finalizer waits for a look
+          // A Run vmforge's finalizer holds in deletion is woken by every look, news or not: the finalizer waits for a look
           // newer than its termination, and an unlisted machine looks the same before and after.
           if (!prev || finalizing(run) || (prev.canonical ?? canonicalJson(prev.desc)) !== canonical) {
             this.d.enqueueRun(`${run.metadata.namespace}/${run.metadata.name}`);
