@@ -314,6 +314,7 @@ export class Operator {
           // transitions carry a resourceVersion precondition).
           const reason = new Error("leadership lost");
           for (const c of [this.ackController, this.runController, this.ceController]) c.abortInFlight(reason);
+          this.runReconciler.stop(reason);
           void this.tracker.stop(0);
           this.o.logger.warn("lost leadership; stopping");
           onLostLeadership?.();
@@ -350,6 +351,8 @@ export class Operator {
     await this.tracker.stop(Math.min(1_000, left()));
     const controllersMs = Math.max(0, left() - reserve);
     await Promise.all([this.ackController.stop(controllersMs), this.ceController.stop(controllersMs), this.runController.stop(controllersMs)]);
+    // Batched terminations not sent yet are sent again by the finalizers after a restart.
+    this.runReconciler.stop(new Error("operator stopping"));
     // Events still held back or paced go now, for a part of what is left (the rest are dropped, counted).
     await this.events.drain(Math.min(EVENT_DRAIN_MAX_MS, Math.max(0, left() - reserve)));
     await within(Promise.all([...this.ces.reflectors, ...this.runs.reflectors, ...this.secrets.reflectors].map((r) => r.stop())), left() / 2);

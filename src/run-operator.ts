@@ -136,6 +136,9 @@ export class LazyProvider implements CloudProvider {
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
     return (await this.p).terminateRun(ctx, run);
   }
+  async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+    return (await this.p).terminateRuns(ctx, runs);
+  }
   async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {
     return (await this.p).readRunLog(ctx, run, from);
   }

@@ -256,6 +256,12 @@ export interface CloudProvider {
   describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>>;
   /** Stops the Run's machine; no machine counts as done. */
   terminateRun(ctx: EnvContext, run: Run): Promise<void>;
+  /**
+   * terminateRun for several Runs of the CE in ctx (deleted together), in as few calls as the cloud
+   * allows. Resolves to the Runs whose termination could not be sent, by UID, with why; the others'
+   * was. Throws when a call they all share fails.
+   */
+  terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>>;
   /** Reads the Run's log from a cursor. */
   readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk>;
   /** Terminates machines carrying this CE's ownership tags whose Run UID is not in `liveRunUids`. Returns what it stopped. */

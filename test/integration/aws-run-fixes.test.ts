@@ -48,8 +48,10 @@ class TestProvider extends AwsProvider {
   crashAfterLaunch = false;
   /** Runs once after the next RunInstances answered, before the answer reaches the operator. */
   afterLaunch: (() => Promise<void>) | undefined;
-  /** terminateRun calls per Run UID (each sends a DescribeInstances, and a TerminateInstances when it finds a machine to end). */
+  /** Terminations asked per Run UID, by terminateRun or in a terminateRuns batch (a batch sends one DescribeInstances per 200 Runs and one TerminateInstances when it finds machines to end). */
   readonly terminations = new Map<string, number>();
+  /** The Run UIDs of each terminateRuns call. */
+  readonly batches: string[][] = [];
   constructor() {
     super({ endpoint: motoEndpoint(), missingProbeAfterMs: 0, unlistedLaunchMs: HIDDEN_MS + 3_000 });
   }
@@ -57,6 +59,11 @@ class TestProvider extends AwsProvider {
     const uid = run.metadata.uid ?? "";
     this.terminations.set(uid, (this.terminations.get(uid) ?? 0) + 1);
     await super.terminateRun(ctx, run);
+  }
+  override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+    this.batches.push(runs.map((r) => r.metadata.uid ?? ""));
+    for (const r of runs) this.terminations.set(r.metadata.uid ?? "", (this.terminations.get(r.metadata.uid ?? "") ?? 0) + 1);
+    return super.terminateRuns(ctx, runs);
   }
   override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     const d = await super.launchRun(ctx, run, hints);
@@ -611,7 +618,7 @@ describe("ComputeEnvironment deletion", () => {
 });
 
 describe("Run deletion", () => {
-  it("deleted Runs: one termination each, none again before a newer look nor while EC2 shows the machine shutting down; gone at the look that finds it terminated", async () => {
+  it("Runs deleted together: their terminations share a call, none is sent again before a newer look nor while EC2 shows the machine shutting down; gone at the look that finds it terminated", async () => {
     await readyCe("del");
     const names = ["del-0", "del-1", "del-2"];
     for (const n of names) await run(n, "del");
@@ -627,8 +634,15 @@ describe("Run deletion", () => {
       await waitFor("a look", async () => op.operator.tracker.pollCount > polls, 10_000, 20);
       // Right after a look: seconds pass before the next one.
       const terminates = await calls("ec2:TerminateInstances");
-      for (const n of names) await client.delete(RunResource, ns, n);
-      await waitFor("the three terminations sent", async () => (await calls("ec2:TerminateInstances")) - terminates >= 3, 10_000, 50);
+      const batches = provider.batches.length;
+      await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
+      await waitFor("the three terminations sent", async () => runs.every((r) => provider.terminations.get(r.metadata.uid ?? "") === 1), 10_000, 50);
+      await waitFor("their TerminateInstances answered", async () => (await calls("ec2:TerminateInstances")) > terminates, 10_000, 50);
+      // Deleted within moments of each other: fewer calls than Runs, each one TerminateInstances.
+      const sent = provider.batches.slice(batches);
+      expect(sent.flat().sort()).toEqual(runs.map((r) => r.metadata.uid ?? "").sort());
+      expect(sent.length).toBeLessThan(3);
+      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(sent.length);
       // A second terminateRun while the machine shuts down finds nothing to send.
       expect((await instancesOf(runs[0]?.metadata.uid ?? "")).map((x) => x.State?.Name)).toEqual(["shutting-down"]);
       const c = await getCe("del");
@@ -637,7 +651,7 @@ describe("Run deletion", () => {
       await new AwsProvider({ endpoint: motoEndpoint() }).terminateRun(ctx, runs[0] as Run);
       await waitFor("the deleted Runs gone", async () => (await Promise.all(names.map(getRun))).every((r) => r === undefined), 60_000, 300);
       for (const r of runs) expect(provider.terminations.get(r.metadata.uid ?? "")).toBe(1);
-      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(3);
+      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(sent.length);
       for (const r of runs) expect((await instancesOf(r.metadata.uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
     } finally {
       await layer.configure({ consistency: { shuttingDownMs: 0 } });

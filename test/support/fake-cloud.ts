@@ -181,6 +181,23 @@ export class FakeCloud implements CloudProvider {
     return out;
   }
 
+  /** The Run UIDs of each terminateRuns call, in order (each Run also counts in terminatedUids and calls.terminate). */
+  readonly terminateBatches: string[][] = [];
+
+  /** One call for all; each Run is terminateRun's (terminateError refuses each, named in the answer). */
+  async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+    this.terminateBatches.push(runs.map((r) => r.metadata.uid ?? ""));
+    const failed = new Map<string, unknown>();
+    for (const run of runs) {
+      try {
+        await this.terminateRun(ctx, run);
+      } catch (e) {
+        failed.set(run.metadata.uid ?? "", e);
+      }
+    }
+    return failed;
+  }
+
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
     this.calls.terminate++;
     this.terminatedUids.push(run.metadata.uid ?? "");

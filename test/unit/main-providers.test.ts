@@ -28,7 +28,7 @@ describe("defaultProviders", () => {
       expect(p?.unlistedLaunchMs ?? 0, `${real.name} unlistedLaunchMs`).toBe(real.unlistedLaunchMs ?? 0);
       // every interface method the real provider implements is reachable through the wrapper
       const lazyMethods = new Set(methods(p as object));
-      const interfaceMethods = ["observeEnvironment", "provisionEnvironment", "disposeEnvironment", "environmentSuspect", "launchRun", "describeRuns", "terminateRun", "readRunLog", "sweepOrphans"];
+      const interfaceMethods = ["observeEnvironment", "provisionEnvironment", "disposeEnvironment", "environmentSuspect", "launchRun", "describeRuns", "terminateRun", "terminateRuns", "readRunLog", "sweepOrphans"];
       for (const m of methods(real).filter((m) => interfaceMethods.includes(m))) expect(lazyMethods.has(m), `${real.name}.${m}`).toBe(true);
     }
     expect([...lazy.keys()].sort()).toEqual(["aws", "azure"]);

@@ -17,7 +17,7 @@ import {
 } from "../provider.js";
 import { AwsClientCache, type AwsClientFactory, type AwsClientOptions, type AwsClients } from "./clients.js";
 import { disposeAwsEnvironment, observeAwsEnvironment, provisionAwsEnvironment } from "./environment.js";
-import { StartProbes, describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun } from "./runs.js";
+import { StartProbes, describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun, terminateRuns } from "./runs.js";
 import { UNLISTED_LAUNCH_MS } from "./consistency.js";
 
 export interface AwsProviderOptions {
@@ -169,6 +169,10 @@ export class AwsProvider implements CloudProvider {
 
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
     await terminateRun(this.clientsFor(ctx), ctx, run);
+  }
+
+  async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+    return (await terminateRuns(this.clientsFor(ctx), ctx, runs)).failed;
   }
 
   async readRunLog(ctx: EnvContext, run: Run, from?: string): Promise<RunLogChunk> {

@@ -886,8 +886,43 @@ export async function readExitStatus(s3: S3Client, ctx: EnvContext, uri: string)
  * when its ownership tags say it is this Run's.
  */
 export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Run): Promise<string[]> {
+  const { failed, ids } = await terminateRuns(clients, ctx, [run]);
+  const e = failed.values().next();
+  if (!e.done) throw e.value;
+  return ids;
+}
+
+/**
+ * terminateRun for several Runs of one CE at once: one tag search per FILTER_VALUES_MAX Runs and one
+ * TerminateInstances per 1,000 instances, instead of one of each per Run. A Run whose own look-up
+ * (its recorded machine by ID) fails is named in `failed` with why, and the others go on; a
+ * failure of a shared call throws. `ids`: the instances sent to TerminateInstances.
+ */
+export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: Run[]): Promise<{ failed: Map<string, unknown>; ids: string[] }> {
+  const uids = runs.map(requireUid);
+  const found = new Map<string, Instance[]>();
+  for (let i = 0; i < uids.length; i += FILTER_VALUES_MAX) {
+    for (const [uid, list] of await describeInstancesByRunUids(clients.ec2, ctx, uids.slice(i, i + FILTER_VALUES_MAX))) found.set(uid, list);
+  }
+  const failed = new Map<string, unknown>();
+  const ids: string[] = [];
+  for (const run of runs) {
+    const uid = requireUid(run);
+    try {
+      ids.push(...(await ownInstances(clients, ctx, run, found.get(uid) ?? [])));
+    } catch (e) {
+      failed.set(uid, e);
+    }
+  }
+  const unique = [...new Set(ids)];
+  await terminate(clients.ec2, ctx, unique);
+  if (unique.length > 0) ctx.logger.info(runs.length === 1 ? { run: `${runs[0]?.metadata.namespace}/${runs[0]?.metadata.name}`, instances: unique } : { runs: runs.length, instances: unique }, "terminated");
+  return { failed, ids: unique };
+}
+
+/** The Run's instances to terminate: those the tag search found and its recorded one (see terminateRun). */
+async function ownInstances(clients: RunClients, ctx: EnvContext, run: Run, found: Instance[]): Promise<string[]> {
   const uid = requireUid(run);
-  const found = (await describeInstancesByRunUids(clients.ec2, ctx, [uid])).get(uid) ?? [];
   const ids = found
     .filter((i) => i.InstanceId && !ENDING_STATES.has(i.State?.Name ?? ""))
     .filter((i) => tagValue(i, TAG_RUN_UID) === uid && tagValue(i, TAG_MANAGED_BY) === MANAGED_BY)
@@ -897,7 +932,6 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
   // A recorded machine the search shows is handled above (by its tags and state). One it does not
   // show (a new instance EC2 does not list by tag yet, or a status that names another machine) is
   // looked up by its ID, and terminated only if its tags say it is this Run's.
-  let own: string | undefined;
   if (recorded && /^i-[0-9a-f]+$/.test(recorded) && !listed.has(recorded)) {
     const launched = Date.parse(run.status?.launchedAt ?? "");
     const fresh = Number.isFinite(launched) && Date.now() - launched < RECENT_LAUNCH_MS;
@@ -912,13 +946,10 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
       if (fresh) throw CloudError.retryable("InstanceNotVisibleYet", `ec2:DescribeInstances: ${recorded} was launched moments ago and is not visible yet; trying again`, 2_000, e);
     }
     if (inst && !ENDING_STATES.has(inst.State?.Name ?? "")) {
-      if (tagValue(inst, TAG_RUN_UID) === uid && tagValue(inst, TAG_MANAGED_BY) === MANAGED_BY) own = recorded;
+      if (tagValue(inst, TAG_RUN_UID) === uid && tagValue(inst, TAG_MANAGED_BY) === MANAGED_BY) ids.push(recorded);
       else ctx.logger.warn({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: recorded }, "the Run's recorded machine does not carry its ownership tags; not terminating it");
     }
   }
-  if (own) ids.push(own);
-  await terminate(clients.ec2, ctx, ids);
-  if (ids.length > 0) ctx.logger.info({ run: `${run.metadata.namespace}/${run.metadata.name}`, instances: ids }, "terminated");
   return ids;
 }
 

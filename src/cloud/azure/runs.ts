@@ -532,6 +532,25 @@ export async function terminateRun(c: AzureClients, ctx: EnvContext, run: Run): 
   await deleteVms(c, recorded ?? runRg(ctx.ce), [vmName(uid)], ctx.signal ? { abortSignal: ctx.signal } : {});
 }
 
+/** How many VM deletes terminateRuns has in flight at once (ARM has no call that deletes several). */
+const DELETES_AT_ONCE = 8;
+
+/**
+ * terminateRun for several Runs: ARM deletes one VM per call, so this only bounds how many are in
+ * flight. Resolves to the Runs whose delete failed, by UID, with why.
+ */
+export async function terminateRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+  const failed = new Map<string, unknown>();
+  for (let i = 0; i < runs.length; i += DELETES_AT_ONCE) {
+    const part = runs.slice(i, i + DELETES_AT_ONCE);
+    const settled = await Promise.allSettled(part.map((r) => terminateRun(c, ctx, r)));
+    settled.forEach((s, j) => {
+      if (s.status === "rejected") failed.set(part[j]?.metadata.uid ?? "", s.reason);
+    });
+  }
+  return failed;
+}
+
 /** How long a gap in a Run's line sequence may stay open before the reader gives up on its lines (Log Analytics' ingestion latency is minutes at worst). */
 export const LOG_GAP_GIVE_UP_MS = 10 * 60_000;
 /** Slack on the VM clock when bounding a query by the time of the last line read. */

@@ -27,6 +27,7 @@ import { runsOfCe } from "./tracker.js";
 import type { GoneComputeEnvironments } from "./gone-ces.js";
 import { ceOfRun, standIn } from "./gone-ces.js";
 import { noteFreshRead } from "../fresh-reads.js";
+import { TerminationBatches, sentFor, type BatchedTermination } from "./terminations.js";
 
 export interface RunDeps {
   client: KubeClient;
@@ -61,7 +62,15 @@ export interface RunDeps {
    * Default 4 polls (1 min at 15 s), at least 2 s, at most 1 min.
    */
   refusedLookHoldMs?: number;
+  /**
+   * How long the first deleted Run of a CE waits for others before their machines' termination is
+   * sent in one call (TerminationBatches). Default 250 ms.
+   */
+  terminationGatherMs?: number;
 }
+
+/** At most this many Runs' terminations in one call (EC2's TerminateInstances takes 1,000 IDs). */
+const TERMINATION_BATCH_MAX = 1_000;
 
 /**
  * How long a Run whose machine is pending or running waits, at most, before it is looked at again
@@ -142,7 +151,26 @@ export class RunReconciler {
    */
   private readonly capacityAttempts = new Map<string, { refused: number; retryAt: number; reason: string }>();
 
-  constructor(private readonly d: RunDeps) {}
+  /** Deleted Runs' terminations, sent per CE in one call (see finalize). */
+  private readonly terminations: TerminationBatches;
+
+  constructor(private readonly d: RunDeps) {
+    this.terminations = new TerminationBatches({
+      gatherMs: d.terminationGatherMs ?? 250,
+      maxRuns: TERMINATION_BATCH_MAX,
+      send: async (ce, provider, runs, signal) => {
+        const log = lazyChild(d.logger, { computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}`, runs: runs.length });
+        this.signals.set(log, signal);
+        return provider.terminateRuns(await this.context(ce, log), runs);
+      },
+      wake: (run) => d.enqueueRun(this.key(run)),
+    });
+  }
+
+  /** Stops sending batched terminations (shutdown, leadership lost): one in flight is aborted. */
+  stop(reason: Error): void {
+    this.terminations.close(reason);
+  }
 
   private key(run: Run): string {
     return `${run.metadata.namespace}/${run.metadata.name}`;
@@ -884,6 +912,12 @@ export class RunReconciler {
     return Number.isFinite(launched) && Date.now() - launched > polls(this.d.pollIntervalMs, 4, 1_000, 2 * 60_000);
   }
 
+  /** Termination of the Run's machine is blocked (a Terminal answer) and not due to be tried again yet. */
+  private isBlocked(uid: string): boolean {
+    const until = this.blocked.get(uid);
+    return until !== undefined && monotonicNow() < until;
+  }
+
   private blockedWake(run: Run): number | undefined {
     const until = this.blocked.get(run.metadata.uid ?? "");
     return until === undefined ? undefined : Math.max(1_000, until - monotonicNow());
@@ -903,7 +937,19 @@ export class RunReconciler {
       if (!gone) {
         const hold = this.resendWait(uid, obs, provider);
         if (hold !== undefined) return { requeueAfterMs: hold };
-        const wait = await this.stopMachine(run, ce, provider, log);
+        // Sent with the other Runs of the CE deleted about now: the batch wakes this Run when its
+        // call has ended, and the next reconcile takes what became of it.
+        let batched = this.terminations.take(uid);
+        if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
+        // Sent for an older read of the Run (e.g. before its machine was recorded: the call could
+        // not look that machine up by its ID): sent again for this one.
+        if (batched !== undefined && !sentFor(batched, run)) batched = undefined;
+        if (batched === undefined) {
+          if (this.isBlocked(uid)) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
+          this.terminations.add(ce, provider, run);
+          return { requeueAfterMs: this.d.pollIntervalMs };
+        }
+        const wait = await this.stopMachine(run, ce, provider, log, batched);
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
         return { requeueAfterMs: Math.min(this.d.pollIntervalMs, Math.max(wait, 2_000)) };
@@ -913,6 +959,7 @@ export class RunReconciler {
     }
     this.release(run);
     this.d.tracker.forget(run.metadata.uid ?? "");
+    this.terminations.forget(run.metadata.uid ?? "");
     this.blocked.delete(run.metadata.uid ?? "");
     this.terminationSent.delete(run.metadata.uid ?? "");
     this.terminationLast.delete(run.metadata.uid ?? "");
@@ -986,17 +1033,21 @@ export class RunReconciler {
    * DescribeInstances is eventually consistent). Only a termination sent once the provider's
    * listing lag has passed since the last launch call (or since this operator first found the
    * launch decided, after a restart) settles that such a machine, if made, was found and terminated.
+   *
+   * `batched`: the termination was sent in a batch (finalize), with this outcome; without it, it is
+   * sent here. The lag is counted to the call's start (its look came after), the send to its end.
    */
-  private async stopMachine(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
-    if (!(await this.terminate(run, ce, provider, log))) return undefined;
+  private async stopMachine(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, batched?: BatchedTermination): Promise<number | undefined> {
+    const started = batched?.startedAt ?? Date.now();
+    if (!(await this.terminate(run, ce, provider, log, batched))) return undefined;
     const uid = run.metadata.uid ?? "";
-    const at = Date.now();
+    const at = batched?.doneAt ?? Date.now();
     this.terminationLast.set(uid, at);
     let left = 0;
     if (launchDecided(run)) {
-      const since = this.launchTriedAt.get(uid) ?? at;
+      const since = this.launchTriedAt.get(uid) ?? started;
       this.launchTriedAt.set(uid, since);
-      left = since + (provider.unlistedLaunchMs ?? 0) - at;
+      left = since + (provider.unlistedLaunchMs ?? 0) - started;
     }
     if (left > 0) {
       log.info({ waitMs: left }, "the launch's machine may not be listed yet; terminating again once it would be");
@@ -1010,14 +1061,18 @@ export class RunReconciler {
    * Asks the cloud to terminate the Run's machine. A Terminal answer (access denied, bad
    * credentials) is not retried in a loop: the Run says what blocks it (Stalled, naming the cause,
    * and an Event) and the call is tried again only after blockedRetryMs. Returns whether it was sent.
+   * With `batched`, the call was made in a batch and this only takes its outcome.
    */
-  private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<boolean> {
+  private async terminate(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, batched?: BatchedTermination): Promise<boolean> {
     const uid = run.metadata.uid ?? "";
-    const until = this.blocked.get(uid);
-    if (until !== undefined && monotonicNow() < until) return false;
+    if (!batched && this.isBlocked(uid)) return false;
     try {
-      const ctx = await this.context(ce, log);
-      await provider.terminateRun(ctx, run);
+      if (batched) {
+        if ("error" in batched) throw batched.error;
+      } else {
+        const ctx = await this.context(ce, log);
+        await provider.terminateRun(ctx, run);
+      }
       if (this.blocked.delete(uid)) await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED) ?? [] });
       return true;
     } catch (e) {
@@ -1059,6 +1114,7 @@ export class RunReconciler {
     this.launchTriedAt.delete(uid);
     this.terminationSent.delete(uid);
     this.terminationLast.delete(uid);
+    this.terminations.forget(uid);
     for (const [ceUid, set] of this.claims) {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);

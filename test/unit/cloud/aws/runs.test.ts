@@ -16,6 +16,7 @@ import {
   runInstancesInput,
   sweepOrphans,
   terminateRun,
+  terminateRuns,
   type RunClients,
 } from "../../../../src/cloud/aws/runs.js";
 import { renderUserData, runArtifactsUri } from "../../../../src/cloud/aws/launcher.js";
@@ -597,6 +598,37 @@ describe("terminateRun and sweepOrphans", () => {
     const { clients, calls } = fakeClients(() => ({ Reservations: [] }));
     expect(await terminateRun(clients, ctxFor(CE), sampleRun())).toEqual([]);
     expect(calls.map((c) => c.name)).toEqual(["DescribeInstances"]);
+  });
+
+  it("terminateRuns: one tag search per 200 Runs and one TerminateInstances per 1,000 machines; a Run whose own look-up fails is named and the others go on", async () => {
+    const runs = Array.from({ length: 1_100 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i + 1) }));
+    const id = (n: number): string => `i-${n.toString(16).padStart(17, "0")}`;
+    // r3's machine is not listed by tag yet and its ID, launched moments ago, is not known yet either.
+    const r3 = runs[3] as Run;
+    r3.status = { phase: "Launching", launchedAt: new Date().toISOString(), instance: { id: id(4) } };
+    const byUid = new Map(runs.map((r, i) => [r.metadata.uid ?? "", instanceFor(r, CE, { InstanceId: id(i + 1) })]));
+    byUid.delete(r3.metadata.uid ?? "");
+    const { clients, calls } = fakeClients((name, input) => {
+      if (name === "DescribeInstances" && input.InstanceIds) throw new AwsError("InvalidInstanceID.NotFound", "not found");
+      if (name === "DescribeInstances") {
+        const values = (input.Filters as { Name: string; Values: string[] }[]).find((f) => f.Name === "tag:vmforge.dev/run-uid")?.Values ?? [];
+        return { Reservations: [{ Instances: values.flatMap((v) => byUid.get(v) ?? []) }] };
+      }
+      if (name === "TerminateInstances") return {};
+      throw new Error(name);
+    });
+    const { failed, ids } = await terminateRuns(clients, ctxFor(CE), runs);
+    expect([...failed.keys()]).toEqual([r3.metadata.uid]);
+    expect(failed.get(r3.metadata.uid ?? "")).toMatchObject({ reason: "InstanceNotVisibleYet" });
+    const tagSearches = calls.filter((c) => c.name === "DescribeInstances" && !c.input.InstanceIds);
+    expect(tagSearches.map((c) => (c.input.Filters as { Values: string[] }[])[0]?.Values.length)).toEqual([200, 200, 200, 200, 200, 100]);
+    expect(calls.filter((c) => c.name === "DescribeInstances" && c.input.InstanceIds).map((c) => c.input.InstanceIds)).toEqual([[id(4)]]);
+    const terminated = calls.filter((c) => c.name === "TerminateInstances").map((c) => c.input.InstanceIds as string[]);
+    expect(terminated.map((t) => t.length)).toEqual([1_000, 99]);
+    expect(terminated.flat().sort()).toEqual([...byUid.values()].map((i) => i.InstanceId).sort());
+    expect(ids).toHaveLength(1_099);
+    // terminateRun is terminateRuns of one: its failure is thrown
+    await expect(terminateRun(clients, ctxFor(CE), r3)).rejects.toMatchObject({ reason: "InstanceNotVisibleYet" });
   });
 
   it("sweeps this CE's machines whose Run is gone", async () => {
