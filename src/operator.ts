@@ -42,6 +42,8 @@ export interface OperatorOptions {
   stalledFirstRecheckMs?: number;
   /** How often a CE being deleted looks for machines to stop while its Runs end; tests lengthen it (default 15 s). */
   deletionSweepMs?: number;
+  /** See RunDeps.terminationGatherMs (tests widen it). */
+  terminationGatherMs?: number;
 }
 
 /** Several per-namespace reflectors seen as one cache. */
@@ -271,6 +273,7 @@ export class Operator {
       client, providers: o.providers, logger: logger.child({ controller: "run" }), events: this.events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,
       enqueueRun: (k) => this.runController.enqueue(k), enqueueComputeEnvironment: (k) => this.ceController.enqueue(k),
       pollIntervalMs: config.pollIntervalMs,
+      ...(o.terminationGatherMs !== undefined ? { terminationGatherMs: o.terminationGatherMs } : {}),
     });
   }
 

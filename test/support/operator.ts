@@ -87,7 +87,7 @@ export async function startOperator(
   kubeconfig: string,
   providers: ReadonlyMap<string, CloudProvider>,
   over: Partial<OperatorConfig> = {},
-  options: Pick<OperatorOptions, "stalledFirstRecheckMs" | "deletionSweepMs"> = {},
+  options: Pick<OperatorOptions, "stalledFirstRecheckMs" | "deletionSweepMs" | "terminationGatherMs"> = {},
 ): Promise<RunningOperator> {
   const config = testConfig(over);
   const logger = createLogger({ level: process.env.VMFORGE_TEST_LOG_LEVEL ?? config.logLevel, name: "vmforge-test" });

@@ -906,22 +906,24 @@ export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: 
   }
   const failed = new Map<string, unknown>();
   const ids: string[] = [];
-  for (const run of runs) {
+  // The look-ups by ID (recorded machines the tag search did not show) go 8 at a time.
+  await forEachLimited(runs, 8, async (run) => {
     const uid = requireUid(run);
-    try {
-      ids.push(...(await ownInstances(clients, ctx, run, found.get(uid) ?? [])));
-    } catch (e) {
-      failed.set(uid, e);
-    }
-  }
+    const own = await ownInstances(clients, ctx, run, found.get(uid) ?? []);
+    ids.push(...own.ids);
+    if (own.error !== undefined) failed.set(uid, own.error);
+  });
   const unique = [...new Set(ids)];
   await terminate(clients.ec2, ctx, unique);
   if (unique.length > 0) ctx.logger.info(runs.length === 1 ? { run: `${runs[0]?.metadata.namespace}/${runs[0]?.metadata.name}`, instances: unique } : { runs: runs.length, instances: unique }, "terminated");
   return { failed, ids: unique };
 }
 
-/** The Run's instances to terminate: those the tag search found and its recorded one (see terminateRun). */
-async function ownInstances(clients: RunClients, ctx: EnvContext, run: Run, found: Instance[]): Promise<string[]> {
+/**
+ * The Run's instances to terminate: those the tag search found and its recorded one (see
+ * terminateRun). When the recorded one's look-up fails, the others are still given, with the error.
+ */
+async function ownInstances(clients: RunClients, ctx: EnvContext, run: Run, found: Instance[]): Promise<{ ids: string[]; error?: unknown }> {
   const uid = requireUid(run);
   const ids = found
     .filter((i) => i.InstanceId && !ENDING_STATES.has(i.State?.Name ?? ""))
@@ -940,17 +942,17 @@ async function ownInstances(clients: RunClients, ctx: EnvContext, run: Run, foun
       const out = await clients.ec2.send(new DescribeInstancesCommand({ InstanceIds: [recorded] }), sendOpts(ctx));
       inst = out.Reservations?.flatMap((r) => r.Instances ?? []).find((i) => i.InstanceId === recorded);
     } catch (e) {
-      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:DescribeInstances");
+      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") return { ids, error: mapAwsError(e, "ec2:DescribeInstances") };
       // Just launched, EC2 may not know the ID everywhere yet: "not found" then means "try again";
       // later it means the instance is long gone.
-      if (fresh) throw CloudError.retryable("InstanceNotVisibleYet", `ec2:DescribeInstances: ${recorded} was launched moments ago and is not visible yet; trying again`, 2_000, e);
+      if (fresh) return { ids, error: CloudError.retryable("InstanceNotVisibleYet", `ec2:DescribeInstances: ${recorded} was launched moments ago and is not visible yet; trying again`, 2_000, e) };
     }
     if (inst && !ENDING_STATES.has(inst.State?.Name ?? "")) {
       if (tagValue(inst, TAG_RUN_UID) === uid && tagValue(inst, TAG_MANAGED_BY) === MANAGED_BY) ids.push(recorded);
       else ctx.logger.warn({ run: `${run.metadata.namespace}/${run.metadata.name}`, instance: recorded }, "the Run's recorded machine does not carry its ownership tags; not terminating it");
     }
   }
-  return ids;
+  return { ids };
 }
 
 async function terminate(ec2: EC2Client, ctx: EnvContext, ids: string[]): Promise<void> {

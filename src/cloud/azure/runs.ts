@@ -541,13 +541,22 @@ const DELETES_AT_ONCE = 8;
  */
 export async function terminateRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
   const failed = new Map<string, unknown>();
-  for (let i = 0; i < runs.length; i += DELETES_AT_ONCE) {
-    const part = runs.slice(i, i + DELETES_AT_ONCE);
-    const settled = await Promise.allSettled(part.map((r) => terminateRun(c, ctx, r)));
-    settled.forEach((s, j) => {
-      if (s.status === "rejected") failed.set(part[j]?.metadata.uid ?? "", s.reason);
-    });
-  }
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < runs.length) {
+      const run = runs[next++] as Run;
+      if (ctx.signal?.aborted) {
+        failed.set(run.metadata.uid ?? "", ctx.signal.reason);
+        continue;
+      }
+      try {
+        await terminateRun(c, ctx, run);
+      } catch (e) {
+        failed.set(run.metadata.uid ?? "", e);
+      }
+    }
+  };
+  await settleAll(Array.from({ length: Math.min(DELETES_AT_ONCE, runs.length) }, worker));
   return failed;
 }
 

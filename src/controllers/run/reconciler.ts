@@ -158,8 +158,10 @@ export class RunReconciler {
     this.terminations = new TerminationBatches({
       gatherMs: d.terminationGatherMs ?? 250,
       maxRuns: TERMINATION_BATCH_MAX,
+      // As the controller's per-reconcile deadline bounded each Run's own call before.
+      callTimeoutMs: 2 * 60_000,
       send: async (ce, provider, runs, signal) => {
-        const log = lazyChild(d.logger, { computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}`, runs: runs.length });
+        const log = lazyChild(d.logger, { computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}` });
         this.signals.set(log, signal);
         return provider.terminateRuns(await this.context(ce, log), runs);
       },

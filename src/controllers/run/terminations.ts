@@ -9,8 +9,8 @@ import type { CloudProvider } from "../../cloud/provider.js";
  * A finalizer does not wait for the call: it adds its Run and returns, so the Runs of a batch are
  * not capped by the number of workers. The first Run added to a CE's empty batch waits `gatherMs`
  * for others (less when the batch is full); while a CE's call is in flight, the Runs added meanwhile
- * wait for it to end, so one CE has one call in flight at most. When the call ends, each Run of the
- * batch is woken and its next reconcile takes what became of it (take).
+ * wait for it to end, so one CE has one call in flight at most (aborted after callTimeoutMs). When
+ * the call ends, each Run of the batch is woken and its next reconcile takes what became of it (take).
  */
 export interface BatchedTermination {
   /** When the batch's call was started (Date.now()): the look at the Run's machines came after this. */
@@ -37,6 +37,8 @@ export interface TerminationBatchOptions {
    * termination was not sent, with why; a rejection counts for every Run of the batch.
    */
   send: (ce: ComputeEnvironment, provider: CloudProvider, runs: Run[], signal: AbortSignal) => Promise<Map<string, unknown>>;
+  /** A call still going after this long is aborted (its Runs' outcome is the abort; they are sent again). */
+  callTimeoutMs: number;
   /** Called for each Run of a batch once its call has ended. */
   wake: (run: Run) => void;
 }
@@ -124,6 +126,8 @@ export class TerminationBatches {
     this.abort.abort(reason);
     for (const b of this.batches.values()) clearTimeout(b.timer);
     this.batches.clear();
+    this.pending.clear();
+    this.outcomes.clear();
   }
 
   /** Runs waiting or in flight, and outcomes not taken yet (for tests and metrics). */
@@ -132,7 +136,7 @@ export class TerminationBatches {
   }
 
   private schedule(ceUid: string, b: Batch): void {
-    if (b.sending || b.waiting.size === 0) return;
+    if (this.abort.signal.aborted || b.sending || b.waiting.size === 0) return;
     const full = b.waiting.size >= this.o.maxRuns;
     if (b.timer && !full) return;
     clearTimeout(b.timer);
@@ -152,13 +156,24 @@ export class TerminationBatches {
     const startedAt = Date.now();
     let failed = new Map<string, unknown>();
     let all: { error: unknown } | undefined;
+    // Aborted on close or after callTimeoutMs; a call that does not heed its signal is not waited
+    // for past that either.
+    const ctl = new AbortController();
+    const onClose = (): void => ctl.abort(this.abort.signal.reason);
+    this.abort.signal.addEventListener("abort", onClose, { once: true });
+    const timer = setTimeout(() => ctl.abort(new Error(`terminating the machines of ${runs.length} Runs took over ${this.o.callTimeoutMs} ms; sending again`)), this.o.callTimeoutMs);
     try {
-      failed = await this.o.send(b.ce, b.provider, runs, this.abort.signal);
+      const aborted = new Promise<never>((_r, reject) => ctl.signal.addEventListener("abort", () => reject(ctl.signal.reason as Error), { once: true }));
+      failed = await Promise.race([this.o.send(b.ce, b.provider, runs, ctl.signal), aborted]);
     } catch (e) {
       all = { error: e };
+    } finally {
+      clearTimeout(timer);
+      this.abort.signal.removeEventListener("abort", onClose);
     }
     const doneAt = Date.now();
     b.sending = false;
+    if (this.abort.signal.aborted) return;
     for (const [uid, o] of this.outcomes) if (doneAt - o.doneAt > OUTCOME_KEEP_MS) this.outcomes.delete(uid);
     for (const r of runs) {
       const uid = r.metadata.uid ?? "";
@@ -167,7 +182,7 @@ export class TerminationBatches {
       if (b.waiting.has(uid) || !this.pending.delete(uid)) continue;
       const own = all ?? (failed.has(uid) ? { error: failed.get(uid) } : undefined);
       this.outcomes.set(uid, { startedAt, doneAt, ...own, seen: seenOf(r) });
-      if (!this.abort.signal.aborted) this.o.wake(r);
+      this.o.wake(r);
     }
     if (b.waiting.size === 0) {
       if (this.batches.get(ceUid) === b) this.batches.delete(ceUid);

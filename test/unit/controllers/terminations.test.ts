@@ -15,6 +15,7 @@ function batches(over: Partial<TerminationBatchOptions> = {}, answer: (runs: Run
   const b = new TerminationBatches({
     gatherMs: 200,
     maxRuns: 1_000,
+    callTimeoutMs: 60_000,
     send: async (c, _p, runs) => {
       calls.push({ ce: c.metadata.name ?? "", runs: runs.map((r) => r.metadata.name ?? "") });
       return answer(runs);
@@ -30,7 +31,11 @@ describe("TerminationBatches", () => {
   afterEach(() => vi.useRealTimers());
 
   it("sends the Runs of a CE added within the gathering time in one call, each CE apart, and wakes each Run with its outcome", async () => {
-    const { b, calls, woken } = batches();
+    // Each call takes 50 ms.
+    const { b, calls, woken } = batches({}, async () => {
+      await new Promise((r) => setTimeout(r, 50));
+      return new Map();
+    });
     b.add(ce("a"), provider, run("r1"));
     await vi.advanceTimersByTimeAsync(100);
     b.add(ce("a"), provider, run("r2"));
@@ -40,11 +45,14 @@ describe("TerminationBatches", () => {
     expect(calls).toEqual([]);
     await vi.advanceTimersByTimeAsync(100);
     expect(calls).toEqual([{ ce: "a", runs: ["r1", "r2"] }]);
+    expect(woken).toEqual([]);
+    await vi.advanceTimersByTimeAsync(50);
     expect(woken).toEqual(["r1", "r2"]);
     await vi.advanceTimersByTimeAsync(100);
     expect(calls).toEqual([{ ce: "a", runs: ["r1", "r2"] }, { ce: "b", runs: ["r3"] }]);
     const o = b.take("run-r1");
-    expect(o).toEqual({ startedAt: Date.parse("2026-01-01T00:00:00.200Z"), doneAt: Date.parse("2026-01-01T00:00:00.200Z"), seen: {} });
+    // started when the call was, done when it answered
+    expect(o).toEqual({ startedAt: Date.parse("2026-01-01T00:00:00.200Z"), doneAt: Date.parse("2026-01-01T00:00:00.250Z"), seen: {} });
     // taken once: asked again, nothing is kept
     expect(b.take("run-r1")).toBeUndefined();
     expect(b.take("run-never")).toBeUndefined();
@@ -126,7 +134,7 @@ describe("TerminationBatches", () => {
     const calls: string[][] = [];
     const woken: string[] = [];
     const b = new TerminationBatches({
-      gatherMs: 200, maxRuns: 1_000,
+      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 60_000,
       send: async (_c, _p, runs, signal) => {
         calls.push(runs.map((r) => r.metadata.name ?? ""));
         seen = signal;
@@ -151,6 +159,31 @@ describe("TerminationBatches", () => {
     expect(b.take("run-r1")).toBeUndefined();
     b.add(ce("a"), provider, run("r4"));
     expect(b.take("run-r4")).toBeUndefined();
-    expect(b.size().outcomes).toBe(0);
+    expect(b.size()).toEqual({ pending: 0, outcomes: 0 });
+  });
+
+  it("a call still going after callTimeoutMs is aborted: its Runs' outcome is the abort; one that does not heed the signal is not waited for either", async () => {
+    let seen: AbortSignal | undefined;
+    const timed = new TerminationBatches({
+      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 5_000,
+      send: (_c, _p, _runs, signal) => {
+        seen = signal;
+        return new Promise((_r, reject) => signal.addEventListener("abort", () => reject(signal.reason as Error)));
+      },
+      wake: () => undefined,
+    });
+    timed.add(ce("a"), provider, run("r1"));
+    await vi.advanceTimersByTimeAsync(200 + 4_999);
+    expect(seen?.aborted).toBe(false);
+    expect(timed.take("run-r1")).toBe("pending");
+    await vi.advanceTimersByTimeAsync(1);
+    expect(seen?.aborted).toBe(true);
+    const o = timed.take("run-r1");
+    expect(o !== undefined && o !== "pending" && "error" in o).toBe(true);
+    const deaf = new TerminationBatches({ gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 5_000, send: () => new Promise(() => undefined), wake: () => undefined });
+    deaf.add(ce("a"), provider, run("r2"));
+    await vi.advanceTimersByTimeAsync(200 + 5_000);
+    const d = deaf.take("run-r2");
+    expect(d !== undefined && d !== "pending" && "error" in d).toBe(true);
   });
 });
