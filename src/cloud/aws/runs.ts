@@ -957,13 +957,24 @@ async function ownInstances(clients: RunClients, ctx: EnvContext, run: Run, foun
 
 async function terminate(ec2: EC2Client, ctx: EnvContext, ids: string[]): Promise<void> {
   for (let i = 0; i < ids.length; i += 1000) {
-    const chunk = ids.slice(i, i + 1000);
-    try {
-      await ec2.send(new TerminateInstancesCommand({ InstanceIds: chunk }), sendOpts(ctx));
-    } catch (e) {
-      if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:TerminateInstances");
-      // One of them is gone already (which counts as done): end the others one by one.
-      if (chunk.length > 1) await terminateEach(ec2, ctx, chunk);
+    let chunk = ids.slice(i, i + 1000);
+    // EC2 refuses the whole call when one ID does not exist (gone already, which counts as done),
+    // naming the IDs in its message: the call goes again without them (a few times at most), and
+    // one by one when the message names none of them.
+    for (let round = 0; chunk.length > 0; round++) {
+      try {
+        await ec2.send(new TerminateInstancesCommand({ InstanceIds: chunk }), sendOpts(ctx));
+        break;
+      } catch (e) {
+        if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:TerminateInstances");
+        const named = new Set(errorMessage(e).match(/i-[0-9a-f]+/g) ?? []);
+        const rest = chunk.filter((id) => !named.has(id));
+        if (rest.length === chunk.length || round >= 3) {
+          if (chunk.length > 1) await terminateEach(ec2, ctx, chunk);
+          break;
+        }
+        chunk = rest;
+      }
     }
   }
 }

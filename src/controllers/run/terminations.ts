@@ -96,8 +96,9 @@ export class TerminationBatches {
    */
   add(ce: ComputeEnvironment, provider: CloudProvider, run: Run): void {
     const runUid = run.metadata.uid;
-    const ceUid = ce.metadata.uid;
-    if (!runUid || !ceUid || this.abort.signal.aborted) return;
+    // (A CE object without a UID, which the API never gives, is keyed by its name.)
+    const ceUid = ce.metadata.uid ?? `${ce.metadata.namespace}/${ce.metadata.name}`;
+    if (!runUid || this.abort.signal.aborted) return;
     const waiting = this.batches.get(ceUid)?.waiting;
     if (waiting?.has(runUid)) waiting.set(runUid, run);
     if (this.pending.has(runUid)) return;

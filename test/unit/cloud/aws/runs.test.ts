@@ -631,6 +631,27 @@ describe("terminateRun and sweepOrphans", () => {
     await expect(terminateRun(clients, ctxFor(CE), r3)).rejects.toMatchObject({ reason: "InstanceNotVisibleYet" });
   });
 
+  it("an ID EC2 says does not exist (gone already) is left out and the call sent again; one by one when the message names none", async () => {
+    const runs = [1, 2, 3].map((n) => sampleRun({ name: `r${n}`, uid: uidN(n) }));
+    const id = (n: number): string => `i-${n.toString(16).padStart(17, "0")}`;
+    const byUid = new Map(runs.map((r, i) => [r.metadata.uid ?? "", instanceFor(r, CE, { InstanceId: id(i + 1) })]));
+    for (const naming of [true, false]) {
+      const { clients, calls } = fakeClients((name, input) => {
+        if (name === "DescribeInstances") return { Reservations: [{ Instances: [...byUid.values()] }] };
+        const ids = input.InstanceIds as string[];
+        if (name === "TerminateInstances" && ids.includes(id(2)) && (ids.length > 1 || !naming)) {
+          throw new AwsError("InvalidInstanceID.NotFound", naming ? `The instance ID '${id(2)}' does not exist` : "An instance does not exist");
+        }
+        if (name === "TerminateInstances") return {};
+        throw new Error(name);
+      });
+      await terminateRuns(clients, ctxFor(CE), runs);
+      const sent = calls.filter((c) => c.name === "TerminateInstances").map((c) => c.input.InstanceIds);
+      if (naming) expect(sent).toEqual([[id(1), id(2), id(3)], [id(1), id(3)]]);
+      else expect(sent).toEqual([[id(1), id(2), id(3)], [id(1)], [id(2)], [id(3)]]);
+    }
+  });
+
   it("sweeps this CE's machines whose Run is gone", async () => {
     const live = sampleRun({ name: "live", uid: uidN(1) });
     const dead = sampleRun({ name: "dead", uid: uidN(2) });
