@@ -895,8 +895,10 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
 /**
  * terminateRun for several Runs of one CE at once: one tag search per FILTER_VALUES_MAX Runs and one
  * TerminateInstances per 1,000 instances, instead of one of each per Run. A Run whose own look-up
- * (its recorded machine by ID) fails is named in `failed` with why, and the others go on; a
- * failure of a shared call throws. `ids`: the instances sent to TerminateInstances.
+ * (its recorded machine by ID) fails is named in `failed` with why, and the others go on. A
+ * TerminateInstances refused for good (e.g. one machine's termination protection, a tag-scoped
+ * policy) is sent again Run by Run, so only the Runs it concerns carry the refusal; a passing
+ * failure of a shared call (throttling, the network) throws. `ids`: the instances sent.
  */
 export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: Run[]): Promise<{ failed: Map<string, unknown>; ids: string[] }> {
   const uids = runs.map(requireUid);
@@ -905,16 +907,28 @@ export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: 
     for (const [uid, list] of await describeInstancesByRunUids(clients.ec2, ctx, uids.slice(i, i + FILTER_VALUES_MAX))) found.set(uid, list);
   }
   const failed = new Map<string, unknown>();
-  const ids: string[] = [];
+  const byRun = new Map<string, string[]>();
   // The look-ups by ID (recorded machines the tag search did not show) go 8 at a time.
   await forEachLimited(runs, 8, async (run) => {
     const uid = requireUid(run);
     const own = await ownInstances(clients, ctx, run, found.get(uid) ?? []);
-    ids.push(...own.ids);
+    if (own.ids.length > 0) byRun.set(uid, own.ids);
     if (own.error !== undefined) failed.set(uid, own.error);
   });
-  const unique = [...new Set(ids)];
-  await terminate(clients.ec2, ctx, unique);
+  const unique = [...new Set([...byRun.values()].flat())];
+  try {
+    await terminate(clients.ec2, ctx, unique);
+  } catch (e) {
+    if (!(e instanceof CloudError && e.kind === "Terminal") || byRun.size < 2) throw e;
+    for (const [uid, own] of byRun) {
+      try {
+        await terminate(clients.ec2, ctx, own);
+      } catch (err) {
+        if (!(err instanceof CloudError && err.kind === "Terminal")) throw err;
+        failed.set(uid, err);
+      }
+    }
+  }
   if (unique.length > 0) ctx.logger.info(runs.length === 1 ? { run: `${runs[0]?.metadata.namespace}/${runs[0]?.metadata.name}`, instances: unique } : { runs: runs.length, instances: unique }, "terminated");
   return { failed, ids: unique };
 }
@@ -967,7 +981,7 @@ async function terminate(ec2: EC2Client, ctx: EnvContext, ids: string[]): Promis
         break;
       } catch (e) {
         if (awsErrorCode(e) !== "InvalidInstanceID.NotFound") throw mapAwsError(e, "ec2:TerminateInstances");
-        const named = new Set(errorMessage(e).match(/i-[0-9a-f]+/g) ?? []);
+        const named = new Set(errorMessage(e).match(/\bi-[0-9a-f]{8,17}\b/g) ?? []);
         const rest = chunk.filter((id) => !named.has(id));
         if (rest.length === chunk.length || round >= 3) {
           if (chunk.length > 1) await terminateEach(ec2, ctx, chunk);

@@ -158,8 +158,9 @@ export class RunReconciler {
     this.terminations = new TerminationBatches({
       gatherMs: d.terminationGatherMs ?? 250,
       maxRuns: TERMINATION_BATCH_MAX,
-      // As the controller's per-reconcile deadline bounded each Run's own call before.
-      callTimeoutMs: 2 * 60_000,
+      // 2 minutes, as the controller's per-reconcile deadline bounded each Run's own call, and 1 s
+      // more per Run (Azure deletes 8 VMs at a time).
+      callTimeoutMs: (runs) => 2 * 60_000 + runs * 1_000,
       send: async (ce, provider, runs, signal) => {
         const log = lazyChild(d.logger, { computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}` });
         this.signals.set(log, signal);

@@ -1,5 +1,5 @@
 import type { ComputeEnvironment, Run } from "../../api/types.js";
-import type { CloudProvider } from "../../cloud/provider.js";
+import { CloudError, type CloudProvider } from "../../cloud/provider.js";
 
 /**
  * Terminations of deleted Runs, gathered per ComputeEnvironment into one provider call
@@ -9,7 +9,8 @@ import type { CloudProvider } from "../../cloud/provider.js";
  * A finalizer does not wait for the call: it adds its Run and returns, so the Runs of a batch are
  * not capped by the number of workers. The first Run added to a CE's empty batch waits `gatherMs`
  * for others (less when the batch is full); while a CE's call is in flight, the Runs added meanwhile
- * wait for it to end, so one CE has one call in flight at most (aborted after callTimeoutMs). When
+ * wait for it to end and another gathering time, so one CE has one call in flight at most (given up
+ * after callTimeoutMs; one that does not heed its abort may then still run beside the next). When
  * the call ends, each Run of the batch is woken and its next reconcile takes what became of it (take).
  */
 export interface BatchedTermination {
@@ -37,8 +38,11 @@ export interface TerminationBatchOptions {
    * termination was not sent, with why; a rejection counts for every Run of the batch.
    */
   send: (ce: ComputeEnvironment, provider: CloudProvider, runs: Run[], signal: AbortSignal) => Promise<Map<string, unknown>>;
-  /** A call still going after this long is aborted (its Runs' outcome is the abort; they are sent again). */
-  callTimeoutMs: number;
+  /**
+   * A call for this many Runs still going after this long (ms) is given up: its Runs' outcome is a
+   * Retryable error and they are sent again (what it did meanwhile stands: it is found done then).
+   */
+  callTimeoutMs: (runs: number) => number;
   /** Called for each Run of a batch once its call has ended. */
   wake: (run: Run) => void;
 }
@@ -76,6 +80,8 @@ export class TerminationBatches {
   /** Run UIDs waiting for a call or in one. */
   private readonly pending = new Set<string>();
   private readonly abort = new AbortController();
+  /** The calls in flight, aborted on close (one listener on the close signal per call would pile up). */
+  private readonly inFlight = new Set<AbortController>();
 
   constructor(private readonly o: TerminationBatchOptions) {}
 
@@ -90,17 +96,12 @@ export class TerminationBatches {
     return o;
   }
 
-  /**
-   * Adds the Run to its CE's next call (one waiting already is replaced by this newer read of it;
-   * nothing when it is in a call, or after close).
-   */
+  /** Adds the Run to its CE's next call (nothing when it waits for one or is in one, or after close). */
   add(ce: ComputeEnvironment, provider: CloudProvider, run: Run): void {
     const runUid = run.metadata.uid;
     // (A CE object without a UID, which the API never gives, is keyed by its name.)
     const ceUid = ce.metadata.uid ?? `${ce.metadata.namespace}/${ce.metadata.name}`;
     if (!runUid || this.abort.signal.aborted) return;
-    const waiting = this.batches.get(ceUid)?.waiting;
-    if (waiting?.has(runUid)) waiting.set(runUid, run);
     if (this.pending.has(runUid)) return;
     this.outcomes.delete(runUid);
     let b = this.batches.get(ceUid);
@@ -125,6 +126,7 @@ export class TerminationBatches {
   /** Stops for good: nothing more is sent, a call in flight is aborted (shutdown, leadership lost). */
   close(reason: Error): void {
     this.abort.abort(reason);
+    for (const c of this.inFlight) c.abort(reason);
     for (const b of this.batches.values()) clearTimeout(b.timer);
     this.batches.clear();
     this.pending.clear();
@@ -160,9 +162,9 @@ export class TerminationBatches {
     // Aborted on close or after callTimeoutMs; a call that does not heed its signal is not waited
     // for past that either.
     const ctl = new AbortController();
-    const onClose = (): void => ctl.abort(this.abort.signal.reason);
-    this.abort.signal.addEventListener("abort", onClose, { once: true });
-    const timer = setTimeout(() => ctl.abort(new Error(`terminating the machines of ${runs.length} Runs took over ${this.o.callTimeoutMs} ms; sending again`)), this.o.callTimeoutMs);
+    this.inFlight.add(ctl);
+    const limit = this.o.callTimeoutMs(runs.length);
+    const timer = setTimeout(() => ctl.abort(CloudError.retryable("TerminationTimedOut", `terminating the machines of ${runs.length} Runs took over ${Math.round(limit / 1000)} s; sending again`)), limit);
     try {
       const aborted = new Promise<never>((_r, reject) => ctl.signal.addEventListener("abort", () => reject(ctl.signal.reason as Error), { once: true }));
       failed = await Promise.race([this.o.send(b.ce, b.provider, runs, ctl.signal), aborted]);
@@ -170,7 +172,7 @@ export class TerminationBatches {
       all = { error: e };
     } finally {
       clearTimeout(timer);
-      this.abort.signal.removeEventListener("abort", onClose);
+      this.inFlight.delete(ctl);
     }
     const doneAt = Date.now();
     b.sending = false;

@@ -15,7 +15,7 @@ function batches(over: Partial<TerminationBatchOptions> = {}, answer: (runs: Run
   const b = new TerminationBatches({
     gatherMs: 200,
     maxRuns: 1_000,
-    callTimeoutMs: 60_000,
+    callTimeoutMs: () => 60_000,
     send: async (c, _p, runs) => {
       calls.push({ ce: c.metadata.name ?? "", runs: runs.map((r) => r.metadata.name ?? "") });
       return answer(runs);
@@ -86,7 +86,7 @@ describe("TerminationBatches", () => {
     expect(woken).toEqual(["r1", "r2", "r3", "r4", "r5"]);
   });
 
-  it("a Run added again while it waits goes with its newer read; an outcome had for another read of the Run (its machine recorded since) is not this read's", async () => {
+  it("an outcome had for another read of the Run (its machine recorded since) is not this read's", async () => {
     const sent: (string | undefined)[] = [];
     const { b } = batches({}, async (runs) => {
       sent.push(...runs.map((r) => r.status?.instance?.id));
@@ -94,7 +94,6 @@ describe("TerminationBatches", () => {
     });
     const stale = run("r1");
     const recorded: Run = { ...stale, status: { phase: "Pending", reason: "Launching", instance: { id: "i-1" } } };
-    b.add(ce("a"), provider, stale);
     b.add(ce("a"), provider, recorded);
     await vi.advanceTimersByTimeAsync(200);
     expect(sent).toEqual(["i-1"]);
@@ -134,7 +133,7 @@ describe("TerminationBatches", () => {
     const calls: string[][] = [];
     const woken: string[] = [];
     const b = new TerminationBatches({
-      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 60_000,
+      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: () => 60_000,
       send: async (_c, _p, runs, signal) => {
         calls.push(runs.map((r) => r.metadata.name ?? ""));
         seen = signal;
@@ -162,10 +161,18 @@ describe("TerminationBatches", () => {
     expect(b.size()).toEqual({ pending: 0, outcomes: 0 });
   });
 
+  it("the call's time limit is asked for the batch's size", async () => {
+    const asked: number[] = [];
+    const { b } = batches({ callTimeoutMs: (n) => (asked.push(n), 60_000) });
+    for (const n of ["r1", "r2", "r3"]) b.add(ce("a"), provider, run(n));
+    await vi.advanceTimersByTimeAsync(200);
+    expect(asked).toEqual([3]);
+  });
+
   it("a call still going after callTimeoutMs is aborted: its Runs' outcome is the abort; one that does not heed the signal is not waited for either", async () => {
     let seen: AbortSignal | undefined;
     const timed = new TerminationBatches({
-      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 5_000,
+      gatherMs: 200, maxRuns: 1_000, callTimeoutMs: () => 5_000,
       send: (_c, _p, _runs, signal) => {
         seen = signal;
         return new Promise((_r, reject) => signal.addEventListener("abort", () => reject(signal.reason as Error)));
@@ -179,8 +186,8 @@ describe("TerminationBatches", () => {
     await vi.advanceTimersByTimeAsync(1);
     expect(seen?.aborted).toBe(true);
     const o = timed.take("run-r1");
-    expect(o !== undefined && o !== "pending" && "error" in o).toBe(true);
-    const deaf = new TerminationBatches({ gatherMs: 200, maxRuns: 1_000, callTimeoutMs: 5_000, send: () => new Promise(() => undefined), wake: () => undefined });
+    expect(o !== undefined && o !== "pending" && o.error instanceof CloudError && o.error.kind === "Retryable").toBe(true);
+    const deaf = new TerminationBatches({ gatherMs: 200, maxRuns: 1_000, callTimeoutMs: () => 5_000, send: () => new Promise(() => undefined), wake: () => undefined });
     deaf.add(ce("a"), provider, run("r2"));
     await vi.advanceTimersByTimeAsync(200 + 5_000);
     const d = deaf.take("run-r2");

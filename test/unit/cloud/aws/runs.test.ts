@@ -652,6 +652,28 @@ describe("terminateRun and sweepOrphans", () => {
     }
   });
 
+  it("a TerminateInstances refused for good is sent again Run by Run: only the Run whose machine is protected carries the refusal; throttling fails the whole call", async () => {
+    const runs = [1, 2, 3].map((n) => sampleRun({ name: `r${n}`, uid: uidN(n) }));
+    const id = (n: number): string => `i-${n.toString(16).padStart(17, "0")}`;
+    const byUid = new Map(runs.map((r, i) => [r.metadata.uid ?? "", instanceFor(r, CE, { InstanceId: id(i + 1) })]));
+    for (const code of ["OperationNotPermitted", "RequestLimitExceeded"]) {
+      const { clients, calls } = fakeClients((name, input) => {
+        if (name === "DescribeInstances") return { Reservations: [{ Instances: [...byUid.values()] }] };
+        if (name === "TerminateInstances" && (input.InstanceIds as string[]).includes(id(2))) throw new AwsError(code, `The instance '${id(2)}' may not be terminated`);
+        if (name === "TerminateInstances") return {};
+        throw new Error(name);
+      });
+      if (code === "RequestLimitExceeded") {
+        await expect(terminateRuns(clients, ctxFor(CE), runs)).rejects.toMatchObject({ kind: "Retryable" });
+        continue;
+      }
+      const { failed } = await terminateRuns(clients, ctxFor(CE), runs);
+      expect([...failed.keys()]).toEqual([uidN(2)]);
+      expect(failed.get(uidN(2))).toMatchObject({ kind: "Terminal" });
+      expect(calls.filter((c) => c.name === "TerminateInstances").map((c) => c.input.InstanceIds)).toEqual([[id(1), id(2), id(3)], [id(1)], [id(2)], [id(3)]]);
+    }
+  });
+
   it("sweeps this CE's machines whose Run is gone", async () => {
     const live = sampleRun({ name: "live", uid: uidN(1) });
     const dead = sampleRun({ name: "dead", uid: uidN(2) });
