@@ -897,8 +897,12 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
  * TerminateInstances per 1,000 instances, instead of one of each per Run. A Run whose own look-up
  * (its recorded machine by ID) fails is named in `failed` with why, and the others go on. A
  * TerminateInstances refused for good (e.g. one machine's termination protection, a tag-scoped
- * policy) is sent again Run by Run, so only the Runs it concerns carry the refusal; a passing
- * failure of a shared call (throttling, the network) throws. `ids`: the instances sent.
+ * policy) is sent again Run by Run, so only the Runs it concerns carry the refusal (not when the
+ * credentials are refused, which refuses every call alike, and no more once REFUSED_IN_A_ROW_MAX
+ * resends in a row were refused: the Runs not resent carry that refusal); a refusal only ever
+ * falls on Runs with machines to end. A passing failure (throttling, the network) of the shared
+ * call throws; of a resend, it is that Run's and the later ones' outcome. `ids`: the instances
+ * whose termination was accepted.
  */
 export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: Run[]): Promise<{ failed: Map<string, unknown>; ids: string[] }> {
   const uids = runs.map(requireUid);
@@ -907,31 +911,53 @@ export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: 
     for (const [uid, list] of await describeInstancesByRunUids(clients.ec2, ctx, uids.slice(i, i + FILTER_VALUES_MAX))) found.set(uid, list);
   }
   const failed = new Map<string, unknown>();
-  const byRun = new Map<string, string[]>();
-  // The look-ups by ID (recorded machines the tag search did not show) go 8 at a time.
-  await forEachLimited(runs, 8, async (run) => {
-    const uid = requireUid(run);
-    const own = await ownInstances(clients, ctx, run, found.get(uid) ?? []);
-    if (own.ids.length > 0) byRun.set(uid, own.ids);
-    if (own.error !== undefined) failed.set(uid, own.error);
+  // The look-ups by ID (recorded machines the tag search did not show) go 8 at a time; the Runs
+  // keep their order.
+  const owns: { ids: string[]; error?: unknown }[] = [];
+  await forEachLimited(runs.map((run, i) => ({ run, i })), 8, async ({ run, i }) => {
+    owns[i] = await ownInstances(clients, ctx, run, found.get(requireUid(run)) ?? []);
   });
-  const unique = [...new Set([...byRun.values()].flat())];
+  const byRun = new Map<string, string[]>();
+  runs.forEach((run, i) => {
+    const own = owns[i];
+    if (own && own.ids.length > 0) byRun.set(requireUid(run), own.ids);
+    if (own?.error !== undefined) failed.set(requireUid(run), own.error);
+  });
+  let accepted = [...new Set([...byRun.values()].flat())];
   try {
-    await terminate(clients.ec2, ctx, unique);
+    await terminate(clients.ec2, ctx, accepted);
   } catch (e) {
-    if (!(e instanceof CloudError && e.kind === "Terminal") || byRun.size < 2) throw e;
-    for (const [uid, own] of byRun) {
+    if (!(e instanceof CloudError && e.kind === "Terminal")) throw e;
+    accepted = [];
+    const pairs = [...byRun];
+    let inARow = 0;
+    for (let i = 0; i < pairs.length; i++) {
+      const [uid, own] = pairs[i] as [string, string[]];
+      if (pairs.length < 2 || e.reason === "InvalidCredentials" || inARow >= REFUSED_IN_A_ROW_MAX) {
+        failed.set(uid, e);
+        continue;
+      }
       try {
         await terminate(clients.ec2, ctx, own);
+        accepted.push(...own);
+        inARow = 0;
       } catch (err) {
-        if (!(err instanceof CloudError && err.kind === "Terminal")) throw err;
-        failed.set(uid, err);
+        if (err instanceof CloudError && err.kind === "Terminal") {
+          failed.set(uid, err);
+          inARow++;
+          continue;
+        }
+        for (const [later] of pairs.slice(i)) failed.set(later, err);
+        break;
       }
     }
   }
-  if (unique.length > 0) ctx.logger.info(runs.length === 1 ? { run: `${runs[0]?.metadata.namespace}/${runs[0]?.metadata.name}`, instances: unique } : { runs: runs.length, instances: unique }, "terminated");
-  return { failed, ids: unique };
+  if (accepted.length > 0) ctx.logger.info(runs.length === 1 ? { run: `${runs[0]?.metadata.namespace}/${runs[0]?.metadata.name}`, instances: accepted } : { runs: runs.length, instances: accepted }, "terminated");
+  return { failed, ids: accepted };
 }
+
+/** terminateRuns stops resending Run by Run after this many refusals in a row (the refusal is then likely everyone's). */
+const REFUSED_IN_A_ROW_MAX = 8;
 
 /**
  * The Run's instances to terminate: those the tag search found and its recorded one (see

@@ -161,6 +161,19 @@ describe("TerminationBatches", () => {
     expect(b.size()).toEqual({ pending: 0, outcomes: 0 });
   });
 
+  it("a Run added again while it waits keeps its place and its first read (the reconciler adds only a Run that does not wait)", async () => {
+    const sent: (string | undefined)[] = [];
+    const { b, calls } = batches({}, async (runs) => {
+      sent.push(...runs.map((r) => r.status?.instance?.id));
+      return new Map();
+    });
+    b.add(ce("a"), provider, { ...run("r1"), status: { instance: { id: "i-1" } } });
+    b.add(ce("a"), provider, { ...run("r1"), status: { instance: { id: "i-2" } } });
+    await vi.advanceTimersByTimeAsync(200);
+    expect(calls).toHaveLength(1);
+    expect(sent).toEqual(["i-1"]);
+  });
+
   it("the call's time limit is asked for the batch's size", async () => {
     const asked: number[] = [];
     const { b } = batches({ callTimeoutMs: (n) => (asked.push(n), 60_000) });

@@ -665,6 +665,7 @@ describe("terminateRun and sweepOrphans", () => {
       });
       if (code === "RequestLimitExceeded") {
         await expect(terminateRuns(clients, ctxFor(CE), runs)).rejects.toMatchObject({ kind: "Retryable" });
+        expect(calls.filter((c) => c.name === "TerminateInstances").map((c) => c.input.InstanceIds)).toEqual([[id(1), id(2), id(3)]]);
         continue;
       }
       const { failed } = await terminateRuns(clients, ctxFor(CE), runs);
@@ -672,6 +673,44 @@ describe("terminateRun and sweepOrphans", () => {
       expect(failed.get(uidN(2))).toMatchObject({ kind: "Terminal" });
       expect(calls.filter((c) => c.name === "TerminateInstances").map((c) => c.input.InstanceIds)).toEqual([[id(1), id(2), id(3)], [id(1)], [id(2)], [id(3)]]);
     }
+  });
+
+  it("a refusal falls only on Runs with machines to end; refused credentials are not sent again Run by Run; after 8 refusals in a row the rest are not resent; throttling during the resends is that Run's and the later ones'", async () => {
+    const runs = Array.from({ length: 12 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i + 1) }));
+    const id = (n: number): string => `i-${n.toString(16).padStart(17, "0")}`;
+    const instances = (only?: number[]) => runs.map((r, i) => instanceFor(r, CE, { InstanceId: id(i + 1) })).filter((_, i) => !only || only.includes(i));
+    const run = async (listed: Instance[], refuse: (ids: string[], call: number) => string | undefined) => {
+      let n = 0;
+      const { clients, calls } = fakeClients((name, input) => {
+        if (name === "DescribeInstances") return { Reservations: [{ Instances: listed }] };
+        if (name !== "TerminateInstances") throw new Error(name);
+        const code = refuse(input.InstanceIds as string[], n++);
+        if (code) throw new AwsError(code, "refused");
+        return {};
+      });
+      const out = await terminateRuns(clients, ctxFor(CE), runs);
+      return { ...out, sent: calls.filter((c) => c.name === "TerminateInstances").length };
+    };
+    // Only r1 has a machine: its refusal is its own, not the batch's.
+    const one = await run(instances([1]), () => "OperationNotPermitted");
+    expect([...one.failed.keys()]).toEqual([uidN(2)]);
+    expect(one.sent).toBe(1);
+    expect(one.ids).toEqual([]);
+    // Credentials refused: every call would be; not sent again.
+    const creds = await run(instances(), () => "AuthFailure");
+    expect(creds.sent).toBe(1);
+    expect(creds.failed.size).toBe(12);
+    expect(creds.failed.get(uidN(1))).toMatchObject({ reason: "InvalidCredentials" });
+    // Refused for everyone: 1 shared call, 8 resends, the other 4 carry the refusal.
+    const all = await run(instances(), () => "UnauthorizedOperation");
+    expect(all.sent).toBe(1 + 8);
+    expect(all.failed.size).toBe(12);
+    // Throttled at the third resend: the first two resent, r2 and later carry the throttling.
+    const throttled = await run(instances(), (ids, call) => (call === 0 || ids[0] === id(1) ? "UnauthorizedOperation" : call === 3 ? "RequestLimitExceeded" : undefined));
+    expect(throttled.ids).toEqual([id(2)]);
+    expect(throttled.failed.get(uidN(1))).toMatchObject({ kind: "Terminal" });
+    expect(throttled.failed.has(uidN(2))).toBe(false);
+    for (let n = 3; n <= 12; n++) expect(throttled.failed.get(uidN(n))).toMatchObject({ kind: "Retryable" });
   });
 
   it("sweeps this CE's machines whose Run is gone", async () => {
