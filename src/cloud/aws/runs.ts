@@ -898,11 +898,10 @@ export async function terminateRun(clients: RunClients, ctx: EnvContext, run: Ru
  * (its recorded machine by ID) fails is named in `failed` with why, and the others go on. A
  * TerminateInstances refused for good (e.g. one machine's termination protection, a tag-scoped
  * policy) is sent again Run by Run, so only the Runs it concerns carry the refusal (not when the
- * credentials are refused, which refuses every call alike, and no more once REFUSED_IN_A_ROW_MAX
- * resends in a row were refused: the Runs not resent carry that refusal); a refusal only ever
- * falls on Runs with machines to end. A passing failure (throttling, the network) of the shared
- * call throws; of a resend, it is that Run's and the later ones' outcome. `ids`: the instances
- * whose termination was accepted.
+ * credentials are refused, which refuses every call alike; after REFUSED_IN_A_ROW_MAX refusals in
+ * a row the Runs not resent get a Retryable error, to be sent again). A refusal only ever falls on
+ * Runs with machines to end. Any other failure of the shared call throws; of a resend, it is that
+ * Run's and the later ones' outcome. `ids`: the instances whose termination was accepted.
  */
 export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: Run[]): Promise<{ failed: Map<string, unknown>; ids: string[] }> {
   const uids = runs.map(requireUid);
@@ -933,20 +932,28 @@ export async function terminateRuns(clients: RunClients, ctx: EnvContext, runs: 
     let inARow = 0;
     for (let i = 0; i < pairs.length; i++) {
       const [uid, own] = pairs[i] as [string, string[]];
-      if (pairs.length < 2 || e.reason === "InvalidCredentials" || inARow >= REFUSED_IN_A_ROW_MAX) {
+      if (pairs.length < 2 || e.reason === "InvalidCredentials") {
         failed.set(uid, e);
         continue;
+      }
+      if (inARow >= REFUSED_IN_A_ROW_MAX) {
+        // Not its own refusal: sent again soon (the Runs refused are blocked meanwhile, so the
+        // next batch resends others first), rather than blocked for another Run's machine.
+        for (const [later] of pairs.slice(i)) failed.set(later, CloudError.retryable("TerminationNotResent", `ec2:TerminateInstances: not sent again for this Run after ${REFUSED_IN_A_ROW_MAX} refusals in a row for others (${e.reason}); trying again`, 5_000, e));
+        break;
       }
       try {
         await terminate(clients.ec2, ctx, own);
         accepted.push(...own);
         inARow = 0;
       } catch (err) {
-        if (err instanceof CloudError && err.kind === "Terminal") {
+        // Its own refusal; refused credentials (expired meanwhile) refuse every later call too.
+        if (err instanceof CloudError && err.kind === "Terminal" && err.reason !== "InvalidCredentials") {
           failed.set(uid, err);
           inARow++;
           continue;
         }
+        // Any other failure (throttling, the network, refused credentials) is this Run's and the later ones'.
         for (const [later] of pairs.slice(i)) failed.set(later, err);
         break;
       }

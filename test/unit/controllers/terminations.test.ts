@@ -161,7 +161,7 @@ describe("TerminationBatches", () => {
     expect(b.size()).toEqual({ pending: 0, outcomes: 0 });
   });
 
-  it("a Run added again while it waits keeps its place and its first read (the reconciler adds only a Run that does not wait)", async () => {
+  it("a Run added again while it waits is not added twice and keeps its first read (the reconciler adds only a Run that does not wait)", async () => {
     const sent: (string | undefined)[] = [];
     const { b, calls } = batches({}, async (runs) => {
       sent.push(...runs.map((r) => r.status?.instance?.id));

@@ -675,7 +675,7 @@ describe("terminateRun and sweepOrphans", () => {
     }
   });
 
-  it("a refusal falls only on Runs with machines to end; refused credentials are not sent again Run by Run; after 8 refusals in a row the rest are not resent; throttling during the resends is that Run's and the later ones'", async () => {
+  it("a refusal falls only on Runs with machines to end; refused credentials are not sent again Run by Run; after 8 refusals in a row the rest are sent again later (Retryable); throttling or refused credentials during the resends are that Run's and the later ones'", async () => {
     const runs = Array.from({ length: 12 }, (_, i) => sampleRun({ name: `r${i}`, uid: uidN(i + 1) }));
     const id = (n: number): string => `i-${n.toString(16).padStart(17, "0")}`;
     const instances = (only?: number[]) => runs.map((r, i) => instanceFor(r, CE, { InstanceId: id(i + 1) })).filter((_, i) => !only || only.includes(i));
@@ -701,10 +701,16 @@ describe("terminateRun and sweepOrphans", () => {
     expect(creds.sent).toBe(1);
     expect(creds.failed.size).toBe(12);
     expect(creds.failed.get(uidN(1))).toMatchObject({ reason: "InvalidCredentials" });
-    // Refused for everyone: 1 shared call, 8 resends, the other 4 carry the refusal.
+    // Refused for everyone: 1 shared call, 8 resends refused (blocked), the other 4 to be sent again.
     const all = await run(instances(), () => "UnauthorizedOperation");
     expect(all.sent).toBe(1 + 8);
-    expect(all.failed.size).toBe(12);
+    for (let n = 1; n <= 8; n++) expect(all.failed.get(uidN(n))).toMatchObject({ kind: "Terminal", reason: "AccessDenied" });
+    for (let n = 9; n <= 12; n++) expect(all.failed.get(uidN(n))).toMatchObject({ kind: "Retryable", reason: "TerminationNotResent" });
+    // Credentials refused during the resends: no more resends, this Run and the later ones carry it.
+    const expired = await run(instances(), (_ids, call) => (call === 0 ? "UnauthorizedOperation" : call >= 2 ? "AuthFailure" : undefined));
+    expect(expired.sent).toBe(3);
+    expect(expired.failed.has(uidN(1))).toBe(false);
+    for (let n = 2; n <= 12; n++) expect(expired.failed.get(uidN(n))).toMatchObject({ reason: "InvalidCredentials" });
     // Throttled at the third resend: the first two resent, r2 and later carry the throttling.
     const throttled = await run(instances(), (ids, call) => (call === 0 || ids[0] === id(1) ? "UnauthorizedOperation" : call === 3 ? "RequestLimitExceeded" : undefined));
     expect(throttled.ids).toEqual([id(2)]);
