@@ -78,6 +78,24 @@ export async function settleAll<T extends readonly unknown[] | []>(calls: T): Pr
   return results.map((r) => (r as PromiseFulfilledResult<unknown>).value) as { -readonly [P in keyof T]: Awaited<T[P]> };
 }
 
+/** Runs fn over the items, `limit` at a time; after a failure no new item starts, and it is thrown once the running ones end. */
+export async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  const workers = Array.from({ length: Math.min(Math.max(1, limit), items.length) }, async () => {
+    while (next < items.length && !failed) {
+      const item = items[next++] as T;
+      try {
+        await fn(item);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
+  });
+  await settleAll(workers);
+}
+
 /** Credentials as read from the CE's Secret (or an empty map for the ambient identity). Never logged. */
 export interface ResolvedCredentials {
   source: "secret" | "ambient";

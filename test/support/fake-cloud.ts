@@ -181,12 +181,8 @@ export class FakeCloud implements CloudProvider {
     return out;
   }
 
-  /** The Run UIDs of each terminateRuns call, in order (each Run also counts in terminatedUids and calls.terminate). */
-  readonly terminateBatches: string[][] = [];
-
-  /** One call for all; each Run is terminateRun's (terminateError refuses each, named in the answer). */
+  /** One call for all; each Run is terminateRun's, counted there (terminateError refuses each, named in the answer). */
   async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
-    this.terminateBatches.push(runs.map((r) => r.metadata.uid ?? ""));
     const failed = new Map<string, unknown>();
     for (const run of runs) {
       try {

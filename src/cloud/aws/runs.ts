@@ -36,7 +36,7 @@ import { RECENT_LAUNCH_MS } from "./consistency.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
 import { DEFAULT_BOOT_DISK_GIB, DEFAULT_BOOT_DISK_VOLUME_TYPE } from "../../api/types.js";
-import { CloudError, settleAll, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, forEachLimited, type EnvContext, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { awsErrorCode, mapAwsError } from "./clients.js";
 import { MANAGED_BY, TAG_CE_UID, TAG_MANAGED_BY, TAG_NAMESPACE } from "./iam.js";
 import { encodeUserData, renderUserData, runArtifactsUri, runInstanceType, s3Location, type AwsEnvStatus } from "./launcher.js";
@@ -809,24 +809,6 @@ export async function describeRuns(
 function waitForOutcome(result: Map<string, RunDescription | undefined>, n: { run: Run; desc: RunDescription; missing?: boolean }): void {
   n.desc.outcomeUnknown = true;
   if (n.missing) result.set(n.run.metadata.uid as string, n.desc);
-}
-
-/** Runs fn over the items, `limit` at a time; after a failure no new item starts, and it is thrown once the running ones end. */
-async function forEachLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed = false;
-  const workers = Array.from({ length: Math.min(Math.max(1, limit), items.length) }, async () => {
-    while (next < items.length && !failed) {
-      const item = items[next++] as T;
-      try {
-        await fn(item);
-      } catch (e) {
-        failed = true;
-        throw e;
-      }
-    }
-  });
-  await settleAll(workers);
 }
 
 /**

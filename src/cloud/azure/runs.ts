@@ -10,7 +10,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { DEFAULT_AZURE_VM_SIZE } from "../../api/constants.js";
 import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { isTerminal } from "../../api/phases.js";
-import { CloudError, settleAll, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
+import { CloudError, forEachLimited, settleAll, type EnvContext, type LaunchHints, type MachineState, type RunDescription, type RunLogChunk } from "../provider.js";
 import { azCall, azDelete, azGet, blobEndpoint, isCapacityCode, type AzureClients } from "./clients.js";
 import { parseExitStatus } from "../launcher/render.js";
 import { azureArtifactsPath, renderAzureBootstrap, renderAzureLaunch } from "./launcher.js";
@@ -541,22 +541,15 @@ const DELETES_AT_ONCE = 8;
  */
 export async function terminateRuns(c: AzureClients, ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
   const failed = new Map<string, unknown>();
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < runs.length) {
-      const run = runs[next++] as Run;
-      if (ctx.signal?.aborted) {
-        failed.set(run.metadata.uid ?? "", ctx.signal.reason);
-        continue;
-      }
-      try {
-        await terminateRun(c, ctx, run);
-      } catch (e) {
-        failed.set(run.metadata.uid ?? "", e);
-      }
+  // A Run's failure is its own (never thrown), so every Run is tried; after an abort none is sent.
+  await forEachLimited(runs, DELETES_AT_ONCE, async (run) => {
+    try {
+      if (ctx.signal?.aborted) throw ctx.signal.reason;
+      await terminateRun(c, ctx, run);
+    } catch (e) {
+      failed.set(run.metadata.uid ?? "", e);
     }
-  };
-  await settleAll(Array.from({ length: Math.min(DELETES_AT_ONCE, runs.length) }, worker));
+  });
   return failed;
 }
 
