@@ -4,7 +4,7 @@
  * tag-filtered DescribeInstances, terminated instances forgotten, `Unsupported` per zone.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
+import { DescribeInstanceAttributeCommand, DescribeInstancesCommand, DescribeSubnetsCommand, EC2Client, ModifyInstanceAttributeCommand, TerminateInstancesCommand } from "@aws-sdk/client-ec2";
 import { gunzipSync } from "node:zlib";
 import type { Instance } from "@aws-sdk/client-ec2";
 import { CreateBucketCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
@@ -660,6 +660,76 @@ describe("Run deletion", () => {
       op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
     }
   }, 120_000);
+
+  it("Runs cancelled together: their terminations share a call; ended, none is sent again before a look shows its machine still up", async () => {
+    await readyCe("cxl");
+    const names = ["cxl-0", "cxl-1", "cxl-2"];
+    for (const n of names) await run(n, "cxl");
+    const runs: Run[] = [];
+    for (const n of names) runs.push(await started(n));
+    const uids = runs.map((r) => r.metadata.uid ?? "");
+    // The machines show shutting-down for 8 s (polls 3 s apart): the Runs end while the looks
+    // still show them running or shutting down.
+    await layer.configure({ consistency: { shuttingDownMs: 8_000 } });
+    await op.stop();
+    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 3_000 }, { terminationGatherMs: 1_000 });
+    try {
+      const terminates = await calls("ec2:TerminateInstances");
+      const batches = provider.batches.length;
+      await Promise.all(names.map((n) => client.patch(RunResource, ns, n, { spec: { cancel: true } }, "merge")));
+      for (const n of names) expect((await phase(n, "Cancelled", 30_000)).status?.reason).toBe("Cancelled");
+      const sent = provider.batches.slice(batches);
+      expect(sent.flat().sort()).toEqual([...uids].sort());
+      expect(sent.length).toBeLessThan(3);
+      // Each Run follows its machine until a look finds it terminated; no Run sends its own call
+      // meanwhile (the looks before the one that finds it shutting down show what the send changed).
+      await waitFor("the machines recorded terminated", async () => (await Promise.all(names.map(getRun))).every((r) => r?.status?.instance?.state === "terminated"), 60_000, 300);
+      for (const uid of uids) expect(provider.terminations.get(uid)).toBe(1);
+      expect((await calls("ec2:TerminateInstances")) - terminates).toBe(sent.length);
+      for (const uid of uids) expect((await instancesOf(uid)).map((x) => x.State?.Name)).toEqual(["terminated"]);
+    } finally {
+      await layer.configure({ consistency: { shuttingDownMs: 0 } });
+      await op.stop();
+      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    }
+  }, 120_000);
+
+  it("Runs deleted together, one machine with termination protection: the others end and their Runs go; that Run says what blocks it, and goes once protection is lifted", async () => {
+    // One subnet: the three machines share an Availability Zone, so EC2 (and the layer) terminates
+    // none of those named with the protected one, and only sending again Run by Run ends the others.
+    const subnets = await new EC2Client(aws()).send(new DescribeSubnetsCommand({ Filters: [{ Name: "default-for-az", Values: ["true"] }] }));
+    const subnet = subnets.Subnets?.[0]?.SubnetId ?? "";
+    await readyCe("prot", { subnetIds: [subnet] });
+    const names = ["prot-0", "prot-1", "prot-2"];
+    for (const n of names) await run(n, "prot");
+    const runs: Run[] = [];
+    for (const n of names) runs.push(await started(n));
+    const [u0, u1, u2] = runs.map((r) => r.metadata.uid ?? "");
+    const guarded = runs[1]?.status?.instance?.id ?? "";
+    const ec2 = new EC2Client(aws());
+    // As a user may, by hand: EC2 then refuses any TerminateInstances naming it (the layer: as EC2,
+    // the others named in its Availability Zone are not terminated either).
+    await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: true } }));
+    try {
+      await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
+      await waitFor("the other two Runs gone", async () => (await getRun("prot-0")) === undefined && (await getRun("prot-2")) === undefined, 60_000, 300);
+      for (const uid of [u0, u2]) expect((await instancesOf(uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+      for (const r of runs) expect((await instancesOf(r.metadata.uid ?? ""))[0]?.SubnetId).toBe(subnet);
+      const blocked = await waitFor("prot-1 blocked", async () => {
+        const r = await getRun("prot-1");
+        return cond(r, "MachineTerminationBlocked")?.status === "True" ? r : undefined;
+      }, 30_000, 300);
+      expect(cond(blocked, "Stalled")?.reason).toBe("OperationNotPermitted");
+      expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain(`cannot terminate the Run's machine ${guarded}`);
+      expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain("disableApiTermination");
+      expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["running"]);
+    } finally {
+      await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
+    }
+    // Tried again after the block's wait (20 polls): now it ends, and the Run goes.
+    await waitFor("prot-1 gone", async () => (await getRun("prot-1")) === undefined, 90_000, 300);
+    expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+  }, 180_000);
 
   it("a machine that stays shutting down is not waited for in silence: the termination is sent again 8 polls after the last", async () => {
     await readyCe("del-slow");

@@ -11,6 +11,7 @@ import {
   DescribeImagesCommand,
   DescribeInstancesCommand,
   EC2Client,
+  ModifyInstanceAttributeCommand,
   RunInstancesCommand,
   TerminateInstancesCommand,
   type RunInstancesCommandInput,
@@ -335,6 +336,28 @@ describe("eventual consistency", () => {
     const all = await admin.ec2.send(new DescribeInstancesCommand({}));
     expect((all.Reservations ?? []).flatMap((r) => r.Instances ?? []).map((i) => i.InstanceId)).not.toContain(id);
     expect(await failure(idsById(id))).toMatchObject({ name: "InvalidInstanceID.NotFound", message: `The instance ID '${id}' does not exist` });
+  });
+
+  it("termination protection: a TerminateInstances naming a protected instance fails; the instances in its zone stay, those in others end (moto ends those named before it)", async () => {
+    const launch = async (subnet: string, protect = false): Promise<string> =>
+      (await admin.ec2.send(new RunInstancesCommand(launchInput({ SubnetId: subnet, ...(protect ? { DisableApiTermination: true } : {}) })))).Instances![0]!.InstanceId!;
+    const before = await launch(subnetA);
+    const guarded = await launch(subnetA, true);
+    const after = await launch(subnetA);
+    const elsewhere = await launch(subnetB);
+    const state = async (id: string): Promise<string | undefined> => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations?.[0]?.Instances?.[0]?.State?.Name;
+    expect(await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [before, guarded, after, elsewhere] })))).toMatchObject({
+      name: "OperationNotPermitted",
+      message: `The instance '${guarded}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.`,
+    });
+    expect(await state(before)).toBe("running");
+    expect(await state(guarded)).toBe("running");
+    expect(await state(after)).toBe("running");
+    expect(await state(elsewhere)).toBe("terminated");
+    // Protection lifted (ModifyInstanceAttribute), it ends as any other.
+    await admin.ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [before, guarded, after] }));
+    for (const id of [before, guarded, after]) expect(await state(id)).toBe("terminated");
   });
 
   it("a new instance profile is refused by RunInstances for a while (by time, or by count)", async () => {

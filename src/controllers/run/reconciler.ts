@@ -117,15 +117,13 @@ export class RunReconciler {
   /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
   private readonly blocked = new Map<string, number>();
   /**
-   * Run uid -> when a termination was sent that settles it: for a deleted Run, a machine the cloud
-   * does not list after that counts as gone (see stopMachine).
+   * Run uid -> the termination of its machine as sent (by stopMachine, for a deletion, a cancel, a
+   * timeout or a failed launch), kept while an ended Run's machine is followed: `last`, when it was
+   * last sent (a deleted Run's finalizer and an ended Run's follow-up read it, resendWait);
+   * `settled`, when one was first sent that settles it: for a deleted Run, a machine the cloud does
+   * not list after that counts as gone (see stopMachine).
    */
-  private readonly terminationSent = new Map<string, number>();
-  /**
-   * Run uid -> when its machine's termination was last sent (by stopMachine, for a deletion, a
-   * cancel, a timeout or a failed launch); a deleted Run's finalizer reads it (resendWait).
-   */
-  private readonly terminationLast = new Map<string, number>();
+  private readonly sends = new Map<string, { last: number; settled?: number }>();
   /**
    * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when
    * this operator first found the launch decided) while no machine of it is recorded: until the
@@ -151,7 +149,7 @@ export class RunReconciler {
    */
   private readonly capacityAttempts = new Map<string, { refused: number; retryAt: number; reason: string }>();
 
-  /** Deleted Runs' terminations, sent per CE in one call (see finalize). */
+  /** The terminations of Runs ending about the same time (deleted, cancelled, timed out), sent per CE in one call (batchedTermination). */
   private readonly terminations: TerminationBatches;
 
   constructor(private readonly d: RunDeps) {
@@ -686,7 +684,11 @@ export class RunReconciler {
     const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
     if (timeoutMs !== undefined && Date.now() - since > timeoutMs) {
-      await this.terminate(run, ce, provider, log);
+      // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
+      // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
+      const batched = this.batchedTermination(run, ce, provider);
+      if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
+      if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
       await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
@@ -751,7 +753,7 @@ export class RunReconciler {
         // A stopped machine runs no pipeline: it is terminated. On AWS (shutdown = terminate) this
         // means someone stopped it by hand; on Azure an OS shutdown leaves the VM stopped, and the
         // provider may report its known outcome here when deleting it failed.
-        await this.terminate(run, ce, provider, log);
+        await this.stopMachine(run, ce, provider, log);
         if (desc.outcomeUnknown && desc.exitCode === undefined) {
           // Its outcome could not be read this time: the terminated machine's is read next.
           await this.report(run, { instance, message: clip(`machine ${desc.instanceId} ${desc.state}; waiting for the pipeline's outcome`) });
@@ -896,11 +898,19 @@ export class RunReconciler {
         // and nothing would tell why any more. (With the condition set, the next reconcile goes on
         // terminating below, so a crash before the termination loses nothing either.)
         await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
-        if (await this.terminate(run, ce, provider, log)) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
+        if ((await this.stopMachine(run, ce, provider, log)) !== undefined) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
         return { requeueAfterMs: this.d.pollIntervalMs };
       }
     }
-    if (!this.ceStopsMachine(run, ce, provider)) await this.terminate(run, ce, provider, log);
+    if (!this.ceStopsMachine(run, ce, provider)) {
+      // Sent when the Run ended (cancel, timeout) or just now: not again before a look newer than
+      // that send shows the machine still there (the look before it shows what the send changed).
+      const hold = this.resendWait(run.metadata.uid ?? "", obs, provider);
+      if (hold !== undefined) return { requeueAfterMs: hold };
+      const batched = this.batchedTermination(run, ce, provider);
+      if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
+      if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
+    }
     return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
   }
 
@@ -934,24 +944,15 @@ export class RunReconciler {
       const state = obs?.desc?.state;
       // A machine the describe does not list is gone only when a settling termination was sent
       // before that look (see stopMachine): a new machine may simply not be listed yet.
-      const settled = this.terminationSent.get(uid);
+      const settled = this.sends.get(uid)?.settled;
       const unlistedIsGone = settled !== undefined && obs !== undefined && obs.at > settled;
       const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
       if (!gone) {
         const hold = this.resendWait(uid, obs, provider);
         if (hold !== undefined) return { requeueAfterMs: hold };
-        // Sent with the other Runs of the CE deleted about now: the batch wakes this Run when its
-        // call has ended, and the next reconcile takes what became of it.
-        let batched = this.terminations.take(uid);
+        const batched = this.batchedTermination(run, ce, provider);
         if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
-        // Sent for an older read of the Run (e.g. before its machine was recorded: the call could
-        // not look that machine up by its ID): sent again for this one.
-        if (batched !== undefined && !sentFor(batched, run)) batched = undefined;
-        if (batched === undefined) {
-          if (this.isBlocked(uid)) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
-          this.terminations.add(ce, provider, run);
-          return { requeueAfterMs: this.d.pollIntervalMs };
-        }
+        if (batched === "blocked") return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         const wait = await this.stopMachine(run, ce, provider, log, batched);
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
@@ -962,11 +963,6 @@ export class RunReconciler {
     }
     this.release(run);
     this.d.tracker.forget(run.metadata.uid ?? "");
-    this.terminations.forget(run.metadata.uid ?? "");
-    this.blocked.delete(run.metadata.uid ?? "");
-    this.terminationSent.delete(run.metadata.uid ?? "");
-    this.terminationLast.delete(run.metadata.uid ?? "");
-    this.launchTriedAt.delete(run.metadata.uid ?? "");
     await removeFinalizer(this.d.client, RunResource, run, FINALIZER);
     this.d.enqueueComputeEnvironment(`${run.metadata.namespace}/${run.spec.computeEnvironmentRef.name}`);
     return;
@@ -984,12 +980,13 @@ export class RunReconciler {
    *   the group failing) or a machine that stays shutting down is not waited for in silence.
    */
   private resendWait(uid: string, obs: Observation | undefined, provider: CloudProvider): number | undefined {
-    const last = this.terminationLast.get(uid);
-    if (last === undefined) return undefined;
+    const sent = this.sends.get(uid);
+    if (sent === undefined) return undefined;
+    const last = sent.last;
     const since = Date.now() - last;
     const resendMs = polls(this.d.pollIntervalMs, 8, 2_000, 5 * 60_000);
     if (since >= resendMs) return undefined;
-    if (this.terminationSent.has(uid)) {
+    if (sent.settled !== undefined) {
       if (obs === undefined || obs.at <= last || obs.desc?.state === "shutting-down") return Math.max(100, Math.min(this.d.pollIntervalMs, resendMs - since));
       return undefined;
     }
@@ -1022,9 +1019,30 @@ export class RunReconciler {
    * a recorded machine ends and goes on terminating it, see afterEnd).
    */
   private async stopBeforeEnd(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
-    const wait = await this.stopMachine(run, ce, provider, log);
+    const batched = this.batchedTermination(run, ce, provider);
+    // Woken by the batch when its call has ended.
+    if (batched === "pending") return this.d.pollIntervalMs;
+    const wait = batched === "blocked" ? undefined : await this.stopMachine(run, ce, provider, log, batched);
     if (wait === undefined) return run.status?.instance?.id ? undefined : (this.blockedWake(run) ?? this.d.pollIntervalMs);
     return wait > 0 ? wait : undefined;
+  }
+
+  /**
+   * The Run's termination, sent with those of the other Runs of its CE that end about now (deleted,
+   * cancelled, timed out: one call per CE, see TerminationBatches). Its outcome once that call has
+   * ended; "pending" while it waits for the call or is in one (the batch wakes the Run then); or
+   * "blocked": a Terminal answer blocks termination and it is not due to be tried again yet.
+   */
+  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider): BatchedTermination | "pending" | "blocked" {
+    const uid = run.metadata.uid ?? "";
+    const taken = this.terminations.take(uid);
+    if (taken === "pending") return "pending";
+    // An outcome had for an older read of the Run (e.g. before its machine was recorded: the call
+    // could not look that machine up by its ID) is not this one's: sent again.
+    if (taken !== undefined && sentFor(taken, run)) return taken;
+    if (this.isBlocked(uid)) return "blocked";
+    this.terminations.add(ce, provider, run);
+    return "pending";
   }
 
   /**
@@ -1045,7 +1063,9 @@ export class RunReconciler {
     if (!(await this.terminate(run, ce, provider, log, batched))) return undefined;
     const uid = run.metadata.uid ?? "";
     const at = batched?.doneAt ?? Date.now();
-    this.terminationLast.set(uid, at);
+    const sent = this.sends.get(uid) ?? { last: at };
+    sent.last = at;
+    this.sends.set(uid, sent);
     let left = 0;
     if (launchDecided(run)) {
       const since = this.launchTriedAt.get(uid) ?? started;
@@ -1056,7 +1076,7 @@ export class RunReconciler {
       log.info({ waitMs: left }, "the launch's machine may not be listed yet; terminating again once it would be");
       return left;
     }
-    if (!this.terminationSent.has(uid)) this.terminationSent.set(uid, at);
+    sent.settled ??= at;
     return 0;
   }
 
@@ -1103,21 +1123,25 @@ export class RunReconciler {
     const ready = phase === "Succeeded" ? "True" : "False";
     // A capacity wait ends with the Run (the merge patch removes the field).
     const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), capacityWait: undefined, ...extra }, ready, reason, message);
-    this.release(run);
+    // What was sent to end its machine stays known while that machine is followed (afterEnd).
+    this.release(run, machineMayExist(run));
     if (written) {
       const exit = extra.exitCode !== undefined ? ` (exit code ${extra.exitCode})` : "";
       void this.d.events.record(run, phase === "Succeeded" ? "Normal" : "Warning", phase, "Complete", clip(`${phase}${exit}: ${message}`));
     }
   }
 
-  private release(run: Run): void {
+  /** Frees the Run's slot and what is kept for its launch; `keepTermination`: and not what is kept for its machine's termination. */
+  private release(run: Run, keepTermination = false): void {
     const uid = run.metadata.uid ?? "";
     this.capacityAttempts.delete(uid);
     this.refusedLaunch.delete(uid);
     this.launchTriedAt.delete(uid);
-    this.terminationSent.delete(uid);
-    this.terminationLast.delete(uid);
-    this.terminations.forget(uid);
+    if (!keepTermination) {
+      this.sends.delete(uid);
+      this.terminations.forget(uid);
+      this.blocked.delete(uid);
+    }
     for (const [ceUid, set] of this.claims) {
       if (set.delete(uid)) {
         if (set.size === 0) this.claims.delete(ceUid);

@@ -2,11 +2,12 @@ import type { ComputeEnvironment, Run } from "../../api/types.js";
 import { CloudError, type CloudProvider } from "../../cloud/provider.js";
 
 /**
- * Terminations of deleted Runs, gathered per ComputeEnvironment into one provider call
+ * Terminations of Runs ending about the same time (deleted, cancelled, timed out, or ended with
+ * their machine still up), gathered per ComputeEnvironment into one provider call
  * (CloudProvider.terminateRuns: on AWS one tag search per 200 Runs and one TerminateInstances per
  * 1,000 machines, where each Run's own call cost one of each).
  *
- * A finalizer does not wait for the call: it adds its Run and returns, so the Runs of a batch are
+ * A reconcile does not wait for the call: it adds its Run and returns, so the Runs of a batch are
  * not capped by the number of workers. The first Run added to a CE's empty batch waits `gatherMs`
  * for others (less when the batch is full); while a CE's call is in flight, the Runs added meanwhile
  * wait for it to end and another gathering time, so one CE has one call in flight at most (given up

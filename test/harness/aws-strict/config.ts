@@ -67,7 +67,8 @@ export interface ConsistencyConfig {
    * lengthen them. Answers filtered by `instance-state-name` drop it while shutting down unless the
    * filter names that state; a filter naming `shutting-down` but not `terminated` cannot show it
    * (moto leaves it out: not emulated), nor is an `instance-state-code` filter (or a wildcard in a
-   * state filter) read. The TerminateInstances answer itself is moto's.
+   * state filter) read. The TerminateInstances answer itself is moto's (or, for a protected
+   * instance, the layer's: see protectionRefusal in server.ts).
    */
   shuttingDownMs: number;
   /**

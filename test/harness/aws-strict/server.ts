@@ -54,6 +54,14 @@ interface StoredLaunch {
   answer: HttpAnswer;
 }
 
+/** Whether an EC2 request turns termination protection on (RunInstances or ModifyInstanceAttribute). */
+function asksForProtection(req: AwsRequest): boolean {
+  const p = req.params;
+  if (req.operation === "RunInstances") return p.get("DisableApiTermination") === "true";
+  if (req.operation !== "ModifyInstanceAttribute") return false;
+  return p.get("DisableApiTermination.Value") === "true" || (p.get("Attribute") === "disableApiTermination" && p.get("Value") === "true");
+}
+
 /** handleAws's answer when the caller was killed at a crash point: the connection is dropped, nothing is answered. */
 const DROPPED = Symbol("dropped");
 
@@ -134,6 +142,8 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   const launches = new Map<string, StoredLaunch>();
   const tokenLocks = new Map<string, Promise<unknown>>();
   const instances = new Map<string, InstanceRecord>();
+  /** Set once an EC2 request through the layer asked for termination protection: TerminateInstances then looks for it (protectionRefusal). */
+  let protectionAsked = false;
   const profiles = new Map<string, { changedAt: number; rejectionsLeft: number }>();
   const identities = new Map<string, Identity>();
   const policyCache = new Map<string, PolicyDocument[]>();
@@ -524,6 +534,14 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     }
   }
 
+  /** RunInstances with DisableApiTermination: moto ignores it; the layer sets the attribute on the new instances, as EC2 launches them. */
+  async function protectLaunched(req: AwsRequest, ans: HttpAnswer): Promise<void> {
+    for (const item of elements(element(parseXml(ans.body.toString("utf8")).root, "instancesSet"), "item")) {
+      const id = textOf(item, "instanceId");
+      if (id) await motoQuery("ec2", req.region, { Action: "ModifyInstanceAttribute", InstanceId: id, "DisableApiTermination.Value": "true" });
+    }
+  }
+
   async function runInstances(req: AwsRequest): Promise<HttpAnswer> {
     const token = req.params.get("ClientToken");
     const launch = async (): Promise<HttpAnswer> => {
@@ -538,6 +556,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
         if (name) return refuse(req, 400, "InvalidParameterValue", `Value (${name}) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name`);
       }
       recordLaunch(ans);
+      if (ans.status === 200 && req.params.get("DisableApiTermination") === "true") await protectLaunched(req, ans);
       return ans;
     };
     if (!config.idempotency || !token) return launch();
@@ -680,20 +699,55 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   async function terminateInstances(req: AwsRequest): Promise<HttpAnswer> {
     const young = unknownYet(req, Date.now());
     if (young) return young;
-    const ans = await forward(req.method, req.url, req.headers, req.body);
-    if (ans.status === 200) {
-      const root = parseXml(ans.body.toString("utf8")).root;
-      const now = Date.now();
-      for (const item of elements(element(root, "instancesSet"), "item")) {
-        const id = textOf(item, "instanceId");
-        if (!id) continue;
-        const rec = instances.get(id) ?? { launchedAt: now, hiddenDescribesLeft: 0 };
-        if (rec.terminatedAt === undefined && config.consistency.shuttingDownMs > 0) rec.shuttingDownUntil = now + config.consistency.shuttingDownMs;
-        rec.terminatedAt ??= now;
-        instances.set(id, rec);
-      }
+    if (protectionAsked) {
+      const refused = await protectionRefusal(req, queryList(req.params, "InstanceId"));
+      if (refused) return refused;
     }
+    const ans = await forward(req.method, req.url, req.headers, req.body);
+    if (ans.status === 200) terminatedIn(parseXml(ans.body.toString("utf8")).root);
     return ans;
+  }
+
+  /** Records the instances a TerminateInstances answer names as terminated now (shown shutting-down first, see shuttingDownMs). */
+  function terminatedIn(root: XmlElement | undefined): void {
+    const now = Date.now();
+    for (const item of elements(element(root, "instancesSet"), "item")) {
+      const id = textOf(item, "instanceId");
+      if (!id) continue;
+      const rec = instances.get(id) ?? { launchedAt: now, hiddenDescribesLeft: 0 };
+      if (rec.terminatedAt === undefined && config.consistency.shuttingDownMs > 0) rec.shuttingDownUntil = now + config.consistency.shuttingDownMs;
+      rec.terminatedAt ??= now;
+      instances.set(id, rec);
+    }
+  }
+
+  /**
+   * A TerminateInstances naming an instance with termination protection (disableApiTermination) fails
+   * as EC2 fails it: the instances in an Availability Zone that holds a protected one are not
+   * terminated, the others named are. (moto ends those named before the protected one, whatever
+   * their zone.) Undefined when none is protected, or when the instances cannot all be described
+   * (moto then gives its own answer, e.g. an unknown ID).
+   */
+  async function protectionRefusal(req: AwsRequest, ids: string[]): Promise<HttpAnswer | undefined> {
+    const byId = (list: string[]) => Object.fromEntries(list.map((id, i) => [`InstanceId.${i + 1}`, id]));
+    const described = await motoQuery("ec2", req.region, { Action: "DescribeInstances", ...byId(ids) });
+    if (!described) return undefined;
+    const zone = new Map<string, string>();
+    for (const r of elements(element(described, "reservationSet"), "item")) {
+      for (const i of elements(element(r, "instancesSet"), "item")) zone.set(textOf(i, "instanceId") ?? "", textOf(i, "placement", "availabilityZone") ?? "");
+    }
+    const guarded: string[] = [];
+    for (const id of ids) {
+      const attr = await motoQuery("ec2", req.region, { Action: "DescribeInstanceAttribute", InstanceId: id, Attribute: "disableApiTermination" });
+      if (textOf(attr, "disableApiTermination", "value") === "true") guarded.push(id);
+    }
+    if (guarded.length === 0) return undefined;
+    const held = new Set(guarded.map((id) => zone.get(id)));
+    const others = ids.filter((id) => !held.has(zone.get(id)));
+    if (others.length > 0) {
+      terminatedIn(await motoQuery("ec2", req.region, { Action: "TerminateInstances", ...byId(others) }));
+    }
+    return refuse(req, 400, "OperationNotPermitted", `The instance '${guarded[0]}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.`);
   }
 
   // ------------------------------------------------------------------ request handling
@@ -753,6 +807,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   async function handleAws(req: AwsRequest): Promise<HttpAnswer | typeof DROPPED> {
     bump(stats.calls, req.action);
+    if (req.service === "ec2" && !protectionAsked) protectionAsked = asksForProtection(req);
     const fault = injectedFault(req) ?? rateLimited(req);
     if (fault) return fault;
     if (config.iam.enforce) {
