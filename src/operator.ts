@@ -354,7 +354,8 @@ export class Operator {
     await this.tracker.stop(Math.min(1_000, left()));
     const controllersMs = Math.max(0, left() - reserve);
     await Promise.all([this.ackController.stop(controllersMs), this.ceController.stop(controllersMs), this.runController.stop(controllersMs)]);
-    // Batched terminations not sent yet are sent again by the finalizers after a restart.
+    // Batched terminations not sent yet are sent again after a restart (by the finalizers, and the
+    // ending Runs' reconciles).
     this.runReconciler.stop(new Error("operator stopping"));
     // Events still held back or paced go now, for a part of what is left (the rest are dropped, counted).
     await this.events.drain(Math.min(EVENT_DRAIN_MAX_MS, Math.max(0, left() - reserve)));

@@ -710,11 +710,17 @@ describe("Run deletion", () => {
     // As a user may, by hand: EC2 then refuses any TerminateInstances naming it (the layer: as EC2,
     // the others named in its Availability Zone are not terminated either).
     await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: true } }));
+    // A batch waits 1 s for more Runs (250 ms by default), so a loaded machine still gathers the three.
+    await op.stop();
+    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 }, { terminationGatherMs: 1_000 });
+    const batches = provider.batches.length;
     try {
       await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
       await waitFor("the other two Runs gone", async () => (await getRun("prot-0")) === undefined && (await getRun("prot-2")) === undefined, 60_000, 300);
       for (const uid of [u0, u2]) expect((await instancesOf(uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
       for (const r of runs) expect((await instancesOf(r.metadata.uid ?? ""))[0]?.SubnetId).toBe(subnet);
+      // The three went in one call, refused as a whole; the two ended because each was sent again alone.
+      expect([...(provider.batches[batches] ?? [])].sort()).toEqual([u0, u1, u2].sort());
       const blocked = await waitFor("prot-1 blocked", async () => {
         const r = await getRun("prot-1");
         return cond(r, "MachineTerminationBlocked")?.status === "True" ? r : undefined;
@@ -726,9 +732,14 @@ describe("Run deletion", () => {
     } finally {
       await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
     }
-    // Tried again after the block's wait (20 polls): now it ends, and the Run goes.
-    await waitFor("prot-1 gone", async () => (await getRun("prot-1")) === undefined, 90_000, 300);
-    expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+    try {
+      // Tried again after the block's wait (20 polls): now it ends, and the Run goes.
+      await waitFor("prot-1 gone", async () => (await getRun("prot-1")) === undefined, 90_000, 300);
+      expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+    } finally {
+      await op.stop();
+      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    }
   }, 180_000);
 
   it("a machine that stays shutting down is not waited for in silence: the termination is sent again 8 polls after the last", async () => {

@@ -346,16 +346,19 @@ describe("eventual consistency", () => {
     const after = await launch(subnetA);
     const elsewhere = await launch(subnetB);
     const state = async (id: string): Promise<string | undefined> => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations?.[0]?.Instances?.[0]?.State?.Name;
-    expect(await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [before, guarded, after, elsewhere] })))).toMatchObject({
-      name: "OperationNotPermitted",
-      message: `The instance '${guarded}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.`,
-    });
-    expect(await state(before)).toBe("running");
-    expect(await state(guarded)).toBe("running");
-    expect(await state(after)).toBe("running");
-    expect(await state(elsewhere)).toBe("terminated");
-    // Protection lifted (ModifyInstanceAttribute), it ends as any other.
-    await admin.ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
+    try {
+      expect(await failure(admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [before, guarded, after, elsewhere] })))).toMatchObject({
+        name: "OperationNotPermitted",
+        message: `The instance '${guarded}' may not be terminated. Modify its 'disableApiTermination' instance attribute and try again.`,
+      });
+      expect(await state(before)).toBe("running");
+      expect(await state(guarded)).toBe("running");
+      expect(await state(after)).toBe("running");
+      expect(await state(elsewhere)).toBe("terminated");
+    } finally {
+      // Protection lifted (ModifyInstanceAttribute), it ends as any other.
+      await admin.ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
+    }
     await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [before, guarded, after] }));
     for (const id of [before, guarded, after]) expect(await state(id)).toBe("terminated");
   });

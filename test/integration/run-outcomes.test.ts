@@ -367,6 +367,26 @@ describe("the ComputeEnvironment's default Run timeout", () => {
 });
 
 describe("Terminal cloud errors do not loop", () => {
+  it("a cancelled Run whose termination keeps failing for a while (throttled) is tried again after growing waits, then ends Cancelled", async () => {
+    await readyCe("throttled");
+    await run("throttled", "throttled");
+    await inPhase("throttled", "Running");
+    cloud.terminateError = CloudError.retryable("Throttling", "ec2:TerminateInstances: Rate exceeded");
+    try {
+      const before = cloud.calls.terminate;
+      await client.patch(RunResource, ns, "throttled", { spec: { cancel: true } }, "merge");
+      await waitFor("the first try", async () => cloud.calls.terminate > before, 10_000, 50);
+      await new Promise((r) => setTimeout(r, 6_000));
+      // 1 s, 2 s, 4 s apart (each after the 250 ms gathering): 3 tries in these 6 s, not one per gathering.
+      expect(cloud.calls.terminate - before).toBeGreaterThanOrEqual(2);
+      expect(cloud.calls.terminate - before).toBeLessThanOrEqual(4);
+      expect((await getRun("throttled"))?.status?.phase).toBe("Running");
+    } finally {
+      cloud.terminateError = undefined;
+    }
+    expect((await inPhase("throttled", "Cancelled", 30_000)).status?.reason).toBe("Cancelled");
+  });
+
   it("deleting a Run whose machine cannot be terminated (AccessDenied) says which permission is missing and retries slowly", async () => {
     await readyCe("denied");
     await run("denied", "denied");

@@ -63,8 +63,8 @@ export interface RunDeps {
    */
   refusedLookHoldMs?: number;
   /**
-   * How long the first deleted Run of a CE waits for others before their machines' termination is
-   * sent in one call (TerminationBatches). Default 250 ms.
+   * How long the first Run of a CE to end (deleted, cancelled, timed out) waits for others before
+   * their machines' termination is sent in one call (TerminationBatches). Default 250 ms.
    */
   terminationGatherMs?: number;
 }
@@ -124,6 +124,13 @@ export class RunReconciler {
    * not list after that counts as gone (see stopMachine).
    */
   private readonly sends = new Map<string, { last: number; settled?: number }>();
+  /**
+   * Run uid -> a batched termination that failed and may be tried again (throttled, timed out, not
+   * resent): how many times in a row, and not added to a batch again before `at` (monotonic ms).
+   * The reconcile that adds a Run to a batch ends without an error, which resets the work queue's
+   * own backoff, so the waits between tries are counted here.
+   */
+  private readonly batchRetry = new Map<string, { failures: number; at: number }>();
   /**
    * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when
    * this operator first found the launch decided) while no machine of it is recorded: until the
@@ -635,6 +642,7 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     this.d.tracker.record(uid, desc);
     this.capacityAttempts.delete(uid);
+    this.sends.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
     const phase: Phase = started ? "Running" : "Launching";
@@ -687,7 +695,7 @@ export class RunReconciler {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
       const batched = this.batchedTermination(run, ce, provider);
-      if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
+      if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
       if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
       await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
       return { requeueAfterMs: this.d.pollIntervalMs };
@@ -822,6 +830,8 @@ export class RunReconciler {
     const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
     this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
+    // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
+    this.sends.delete(uid);
     const m = clip(message);
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
     const before = last?.reason ?? run.status?.reason;
@@ -908,7 +918,7 @@ export class RunReconciler {
       const hold = this.resendWait(run.metadata.uid ?? "", obs, provider);
       if (hold !== undefined) return { requeueAfterMs: hold };
       const batched = this.batchedTermination(run, ce, provider);
-      if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
+      if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
       if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
     }
     return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
@@ -951,8 +961,8 @@ export class RunReconciler {
         const hold = this.resendWait(uid, obs, provider);
         if (hold !== undefined) return { requeueAfterMs: hold };
         const batched = this.batchedTermination(run, ce, provider);
-        if (batched === "pending") return { requeueAfterMs: this.d.pollIntervalMs };
         if (batched === "blocked") return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
+        if ("waitMs" in batched) return { requeueAfterMs: batched.waitMs };
         const wait = await this.stopMachine(run, ce, provider, log, batched);
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
@@ -969,8 +979,9 @@ export class RunReconciler {
   }
 
   /**
-   * How long a deleted Run's finalizer holds off sending its machine's termination again (ms), or
-   * undefined to send now. The tracker wakes a deleted Run after every look, news or not.
+   * How long a deleted Run's finalizer, or an ended Run following its machine (afterEnd), holds off
+   * sending its machine's termination again (ms), or undefined to send now. The tracker wakes a
+   * deleted Run after every look, news or not; an ended Run on news, or after this wait.
    * - Settled (see stopMachine): only a look can tell more. Nothing is sent again before a look
    *   newer than the last send (the call would find what that one found), nor while the last look
    *   shows the machine on its way out (EC2's shutting-down, an Azure VM being deleted).
@@ -1021,7 +1032,7 @@ export class RunReconciler {
   private async stopBeforeEnd(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
     const batched = this.batchedTermination(run, ce, provider);
     // Woken by the batch when its call has ended.
-    if (batched === "pending") return this.d.pollIntervalMs;
+    if (batched !== "blocked" && "waitMs" in batched) return batched.waitMs;
     const wait = batched === "blocked" ? undefined : await this.stopMachine(run, ce, provider, log, batched);
     if (wait === undefined) return run.status?.instance?.id ? undefined : (this.blockedWake(run) ?? this.d.pollIntervalMs);
     return wait > 0 ? wait : undefined;
@@ -1030,19 +1041,31 @@ export class RunReconciler {
   /**
    * The Run's termination, sent with those of the other Runs of its CE that end about now (deleted,
    * cancelled, timed out: one call per CE, see TerminationBatches). Its outcome once that call has
-   * ended; "pending" while it waits for the call or is in one (the batch wakes the Run then); or
-   * "blocked": a Terminal answer blocks termination and it is not due to be tried again yet.
+   * ended; a wait while it waits for the call or is in one (the batch wakes the Run then), or after
+   * a failed call that is tried again later (batchRetry); or "blocked": a Terminal answer blocks
+   * termination and it is not due to be tried again yet.
    */
-  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider): BatchedTermination | "pending" | "blocked" {
+  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider): BatchedTermination | { waitMs: number } | "blocked" {
     const uid = run.metadata.uid ?? "";
     const taken = this.terminations.take(uid);
-    if (taken === "pending") return "pending";
+    if (taken === "pending") return { waitMs: this.d.pollIntervalMs };
     // An outcome had for an older read of the Run (e.g. before its machine was recorded: the call
     // could not look that machine up by its ID) is not this one's: sent again.
-    if (taken !== undefined && sentFor(taken, run)) return taken;
+    if (taken !== undefined && sentFor(taken, run)) {
+      const e = "error" in taken ? taken.error : undefined;
+      if (e !== undefined && !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) {
+        // Tried again after 1 s, 2 s, 4 s ... (at most 5 minutes), or the wait the error asks for.
+        const failures = (this.batchRetry.get(uid)?.failures ?? 0) + 1;
+        const hint = e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0;
+        this.batchRetry.set(uid, { failures, at: monotonicNow() + Math.min(5 * 60_000, Math.max(hint, 1_000 * 2 ** Math.min(failures - 1, 9))) });
+      } else this.batchRetry.delete(uid);
+      return taken;
+    }
     if (this.isBlocked(uid)) return "blocked";
+    const retry = this.batchRetry.get(uid);
+    if (retry && retry.at > monotonicNow()) return { waitMs: Math.max(100, retry.at - monotonicNow()) };
     this.terminations.add(ce, provider, run);
-    return "pending";
+    return { waitMs: this.d.pollIntervalMs };
   }
 
   /**
@@ -1055,7 +1078,7 @@ export class RunReconciler {
    * listing lag has passed since the last launch call (or since this operator first found the
    * launch decided, after a restart) settles that such a machine, if made, was found and terminated.
    *
-   * `batched`: the termination was sent in a batch (finalize), with this outcome; without it, it is
+   * `batched`: the termination was sent in a batch (batchedTermination), with this outcome; without it, it is
    * sent here. The lag is counted to the call's start (its look came after), the send to its end.
    */
   private async stopMachine(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, batched?: BatchedTermination): Promise<number | undefined> {
@@ -1139,6 +1162,7 @@ export class RunReconciler {
     this.launchTriedAt.delete(uid);
     if (!keepTermination) {
       this.sends.delete(uid);
+      this.batchRetry.delete(uid);
       this.terminations.forget(uid);
       this.blocked.delete(uid);
     }

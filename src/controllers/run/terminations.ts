@@ -58,7 +58,7 @@ interface Batch {
   sending: boolean;
 }
 
-/** Outcomes nobody took (the Run's finalizer was removed by another hand) are dropped after this. */
+/** Outcomes nobody took (the Run's finalizer was removed by another hand, or it ended otherwise) are dropped after this. */
 const OUTCOME_KEEP_MS = 10 * 60_000;
 
 /** What of a Run a termination depends on (see BatchedTermination.seen). */
@@ -117,7 +117,7 @@ export class TerminationBatches {
     this.schedule(ceUid, b);
   }
 
-  /** Drops what is kept of the Run (its finalizer is done). A call in flight still sends it; nothing is kept of it. */
+  /** Drops what is kept of the Run (its finalizer is done, or it ended). A call in flight still sends it; nothing is kept of it. */
   forget(runUid: string): void {
     this.outcomes.delete(runUid);
     this.pending.delete(runUid);

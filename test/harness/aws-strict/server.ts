@@ -54,12 +54,11 @@ interface StoredLaunch {
   answer: HttpAnswer;
 }
 
-/** Whether an EC2 request turns termination protection on (RunInstances or ModifyInstanceAttribute). */
-function asksForProtection(req: AwsRequest): boolean {
+/** What a ModifyInstanceAttribute sets termination protection to, if it sets it. */
+function protectionSetTo(req: AwsRequest): boolean | undefined {
   const p = req.params;
-  if (req.operation === "RunInstances") return p.get("DisableApiTermination") === "true";
-  if (req.operation !== "ModifyInstanceAttribute") return false;
-  return p.get("DisableApiTermination.Value") === "true" || (p.get("Attribute") === "disableApiTermination" && p.get("Value") === "true");
+  const v = p.get("DisableApiTermination.Value") ?? (p.get("Attribute") === "disableApiTermination" ? p.get("Value") : null);
+  return v === null ? undefined : v === "true";
 }
 
 /** handleAws's answer when the caller was killed at a crash point: the connection is dropped, nothing is answered. */
@@ -142,8 +141,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   const launches = new Map<string, StoredLaunch>();
   const tokenLocks = new Map<string, Promise<unknown>>();
   const instances = new Map<string, InstanceRecord>();
-  /** Set once an EC2 request through the layer asked for termination protection: TerminateInstances then looks for it (protectionRefusal). */
-  let protectionAsked = false;
+  /**
+   * Instances with termination protection on, as set through the layer (RunInstances with
+   * DisableApiTermination, ModifyInstanceAttribute): a TerminateInstances naming one is answered
+   * by protectionRefusal. Kept across resets, as moto keeps the instances.
+   */
+  const protectedIds = new Set<string>();
   const profiles = new Map<string, { changedAt: number; rejectionsLeft: number }>();
   const identities = new Map<string, Identity>();
   const policyCache = new Map<string, PolicyDocument[]>();
@@ -445,6 +448,12 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   /** Learns keys and invalidates cached policies from answers that change them. */
   function learnFromAnswer(req: AwsRequest, ans: HttpAnswer): void {
     if (ans.status !== 200) return;
+    if (req.service === "ec2" && req.operation === "ModifyInstanceAttribute") {
+      const on = protectionSetTo(req);
+      const id = req.params.get("InstanceId") ?? "";
+      if (on === true) protectedIds.add(id);
+      if (on === false) protectedIds.delete(id);
+    }
     if (req.service === "iam") {
       if (!/^(Get|List)/.test(req.operation)) {
         // The current policies change now; with policyChangeDelayMs, access checks keep going by
@@ -538,7 +547,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   async function protectLaunched(req: AwsRequest, ans: HttpAnswer): Promise<void> {
     for (const item of elements(element(parseXml(ans.body.toString("utf8")).root, "instancesSet"), "item")) {
       const id = textOf(item, "instanceId");
-      if (id) await motoQuery("ec2", req.region, { Action: "ModifyInstanceAttribute", InstanceId: id, "DisableApiTermination.Value": "true" });
+      if (!id) continue;
+      await motoQuery("ec2", req.region, { Action: "ModifyInstanceAttribute", InstanceId: id, "DisableApiTermination.Value": "true" });
+      protectedIds.add(id);
     }
   }
 
@@ -699,8 +710,9 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   async function terminateInstances(req: AwsRequest): Promise<HttpAnswer> {
     const young = unknownYet(req, Date.now());
     if (young) return young;
-    if (protectionAsked) {
-      const refused = await protectionRefusal(req, queryList(req.params, "InstanceId"));
+    const named = queryList(req.params, "InstanceId");
+    if (named.some((id) => protectedIds.has(id))) {
+      const refused = await protectionRefusal(req, named);
       if (refused) return refused;
     }
     const ans = await forward(req.method, req.url, req.headers, req.body);
@@ -725,10 +737,11 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
    * A TerminateInstances naming an instance with termination protection (disableApiTermination) fails
    * as EC2 fails it: the instances in an Availability Zone that holds a protected one are not
    * terminated, the others named are. (moto ends those named before the protected one, whatever
-   * their zone.) Undefined when none is protected, or when the instances cannot all be described
-   * (moto then gives its own answer, e.g. an unknown ID).
+   * their zone.) Undefined when the instances cannot all be described (moto then gives its own
+   * answer, e.g. an unknown ID), or when moto says none is protected. A DryRun is not carried out.
    */
   async function protectionRefusal(req: AwsRequest, ids: string[]): Promise<HttpAnswer | undefined> {
+    if (req.params.get("DryRun") === "true") return undefined;
     const byId = (list: string[]) => Object.fromEntries(list.map((id, i) => [`InstanceId.${i + 1}`, id]));
     const described = await motoQuery("ec2", req.region, { Action: "DescribeInstances", ...byId(ids) });
     if (!described) return undefined;
@@ -737,7 +750,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       for (const i of elements(element(r, "instancesSet"), "item")) zone.set(textOf(i, "instanceId") ?? "", textOf(i, "placement", "availabilityZone") ?? "");
     }
     const guarded: string[] = [];
-    for (const id of ids) {
+    for (const id of ids.filter((x) => protectedIds.has(x))) {
       const attr = await motoQuery("ec2", req.region, { Action: "DescribeInstanceAttribute", InstanceId: id, Attribute: "disableApiTermination" });
       if (textOf(attr, "disableApiTermination", "value") === "true") guarded.push(id);
     }
@@ -807,7 +820,6 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   async function handleAws(req: AwsRequest): Promise<HttpAnswer | typeof DROPPED> {
     bump(stats.calls, req.action);
-    if (req.service === "ec2" && !protectionAsked) protectionAsked = asksForProtection(req);
     const fault = injectedFault(req) ?? rateLimited(req);
     if (fault) return fault;
     if (config.iam.enforce) {
