@@ -156,6 +156,20 @@ async function started(name: string): Promise<Run> {
   return phase(name, "Running", 30_000);
 }
 
+/** Creates the Runs on the CE and waits for each to run. */
+async function startedRuns(ceName: string, names: string[]): Promise<Run[]> {
+  for (const n of names) await run(n, ceName);
+  const runs: Run[] = [];
+  for (const n of names) runs.push(await started(n));
+  return runs;
+}
+
+/** Restarts the test's operator with this poll interval (and batch gathering time, default 250 ms). */
+async function restartOperator(pollIntervalMs: number, terminationGatherMs?: number): Promise<void> {
+  await op.stop();
+  op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs }, terminationGatherMs === undefined ? {} : { terminationGatherMs });
+}
+
 beforeAll(async () => {
   await motoReset();
   await new S3Client({ ...aws(), forcePathStyle: true }).send(new CreateBucketCommand({ Bucket: BUCKET, CreateBucketConfiguration: { LocationConstraint: REGION } }));
@@ -449,9 +463,7 @@ describe("CloudWatch Logs' request quota", () => {
   it("Runs whose machines end together under a GetLogEvents quota each get their outcome: a throttled read delays only its own Run", async () => {
     await readyCe("quota");
     const names = Array.from({ length: 6 }, (_, i) => `quota-${i}`);
-    for (const n of names) await run(n, "quota");
-    const runs: Run[] = [];
-    for (const n of names) runs.push(await started(n));
+    const runs = await startedRuns("quota", names);
     // Every pipeline ends (its exit line shipped) and every machine shuts down at once, while the
     // account may make one GetLogEvents call per second (two at once).
     await layer.configure({ rateLimits: [{ action: "logs:GetLogEvents", perSecond: 1, burst: 2 }] });
@@ -621,15 +633,12 @@ describe("Run deletion", () => {
   it("Runs deleted together: their terminations share a call, none is sent again before a newer look nor while EC2 shows the machine shutting down; gone at the look that finds it terminated", async () => {
     await readyCe("del");
     const names = ["del-0", "del-1", "del-2"];
-    for (const n of names) await run(n, "del");
-    const runs: Run[] = [];
-    for (const n of names) runs.push(await started(n));
+    const runs = await startedRuns("del", names);
     // As EC2: a terminated machine shows shutting-down for a while. Polls 3 s apart: the machines
     // are seen shutting down by two or three looks before they are seen terminated.
     await layer.configure({ consistency: { shuttingDownMs: 8_000 } });
-    await op.stop();
     // A batch waits 1 s for more Runs (250 ms by default), so a loaded machine still gathers the three.
-    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 3_000 }, { terminationGatherMs: 1_000 });
+    await restartOperator(3_000, 1_000);
     try {
       const polls = op.operator.tracker.pollCount;
       await waitFor("a look", async () => op.operator.tracker.pollCount > polls, 10_000, 20);
@@ -656,23 +665,19 @@ describe("Run deletion", () => {
       for (const r of runs) expect((await instancesOf(r.metadata.uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
     } finally {
       await layer.configure({ consistency: { shuttingDownMs: 0 } });
-      await op.stop();
-      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      await restartOperator(1_000);
     }
   }, 120_000);
 
   it("Runs cancelled together: their terminations share a call; ended, none is sent again before a look shows its machine still up", async () => {
     await readyCe("cxl");
     const names = ["cxl-0", "cxl-1", "cxl-2"];
-    for (const n of names) await run(n, "cxl");
-    const runs: Run[] = [];
-    for (const n of names) runs.push(await started(n));
+    const runs = await startedRuns("cxl", names);
     const uids = runs.map((r) => r.metadata.uid ?? "");
     // The machines show shutting-down for 8 s (polls 3 s apart): the Runs end while the looks
     // still show them running or shutting down.
     await layer.configure({ consistency: { shuttingDownMs: 8_000 } });
-    await op.stop();
-    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 3_000 }, { terminationGatherMs: 1_000 });
+    await restartOperator(3_000, 1_000);
     try {
       const terminates = await calls("ec2:TerminateInstances");
       const batches = provider.batches.length;
@@ -689,8 +694,7 @@ describe("Run deletion", () => {
       for (const uid of uids) expect((await instancesOf(uid)).map((x) => x.State?.Name)).toEqual(["terminated"]);
     } finally {
       await layer.configure({ consistency: { shuttingDownMs: 0 } });
-      await op.stop();
-      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      await restartOperator(1_000);
     }
   }, 120_000);
 
@@ -701,9 +705,7 @@ describe("Run deletion", () => {
     const subnet = subnets.Subnets?.[0]?.SubnetId ?? "";
     await readyCe("prot", { subnetIds: [subnet] });
     const names = ["prot-0", "prot-1", "prot-2"];
-    for (const n of names) await run(n, "prot");
-    const runs: Run[] = [];
-    for (const n of names) runs.push(await started(n));
+    const runs = await startedRuns("prot", names);
     const [u0, u1, u2] = runs.map((r) => r.metadata.uid ?? "");
     const guarded = runs[1]?.status?.instance?.id ?? "";
     const ec2 = new EC2Client(aws());
@@ -711,8 +713,7 @@ describe("Run deletion", () => {
     // the others named in its Availability Zone are not terminated either).
     await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: true } }));
     // A batch waits 1 s for more Runs (250 ms by default), so a loaded machine still gathers the three.
-    await op.stop();
-    op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 }, { terminationGatherMs: 1_000 });
+    await restartOperator(1_000, 1_000);
     const batches = provider.batches.length;
     try {
       await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
@@ -737,8 +738,7 @@ describe("Run deletion", () => {
       await waitFor("prot-1 gone", async () => (await getRun("prot-1")) === undefined, 90_000, 300);
       expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
     } finally {
-      await op.stop();
-      op = await startOperator(kubeconfigPath(), new Map([["aws", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      await restartOperator(1_000);
     }
   }, 180_000);
 
