@@ -716,24 +716,24 @@ describe("Run deletion", () => {
     await restartOperator(1_000, 1_000);
     const batches = provider.batches.length;
     try {
-      await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
-      await waitFor("the other two Runs gone", async () => (await getRun("prot-0")) === undefined && (await getRun("prot-2")) === undefined, 60_000, 300);
-      for (const uid of [u0, u2]) expect((await instancesOf(uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
-      for (const r of runs) expect((await instancesOf(r.metadata.uid ?? ""))[0]?.SubnetId).toBe(subnet);
-      // The three went in one call, refused as a whole; the two ended because each was sent again alone.
-      expect([...(provider.batches[batches] ?? [])].sort()).toEqual([u0, u1, u2].sort());
-      const blocked = await waitFor("prot-1 blocked", async () => {
-        const r = await getRun("prot-1");
-        return cond(r, "MachineTerminationBlocked")?.status === "True" ? r : undefined;
-      }, 30_000, 300);
-      expect(cond(blocked, "Stalled")?.reason).toBe("OperationNotPermitted");
-      expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain(`cannot terminate the Run's machine ${guarded}`);
-      expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain("disableApiTermination");
-      expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["running"]);
-    } finally {
-      await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
-    }
-    try {
+      try {
+        await Promise.all(names.map((n) => client.delete(RunResource, ns, n)));
+        await waitFor("the other two Runs gone", async () => (await getRun("prot-0")) === undefined && (await getRun("prot-2")) === undefined, 60_000, 300);
+        for (const uid of [u0, u2]) expect((await instancesOf(uid ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);
+        for (const r of runs) expect((await instancesOf(r.metadata.uid ?? ""))[0]?.SubnetId).toBe(subnet);
+        // The three went in one call, refused as a whole; the two ended because each was sent again alone.
+        expect([...(provider.batches[batches] ?? [])].sort()).toEqual([u0, u1, u2].sort());
+        const blocked = await waitFor("prot-1 blocked", async () => {
+          const r = await getRun("prot-1");
+          return cond(r, "MachineTerminationBlocked")?.status === "True" ? r : undefined;
+        }, 30_000, 300);
+        expect(cond(blocked, "Stalled")?.reason).toBe("OperationNotPermitted");
+        expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain(`cannot terminate the Run's machine ${guarded}`);
+        expect(cond(blocked, "MachineTerminationBlocked")?.message).toContain("disableApiTermination");
+        expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["running"]);
+      } finally {
+        await ec2.send(new ModifyInstanceAttributeCommand({ InstanceId: guarded, DisableApiTermination: { Value: false } }));
+      }
       // Tried again after the block's wait (20 polls): now it ends, and the Run goes.
       await waitFor("prot-1 gone", async () => (await getRun("prot-1")) === undefined, 90_000, 300);
       expect((await instancesOf(u1 ?? "")).map((x) => x.State?.Name)).toEqual(["terminated"]);

@@ -156,7 +156,7 @@ export class RunReconciler {
    */
   private readonly capacityAttempts = new Map<string, { refused: number; retryAt: number; reason: string }>();
 
-  /** The terminations of Runs ending about the same time (deleted, cancelled, timed out), sent per CE in one call (batchedTermination). */
+  /** The terminations of Runs ending about the same time (deleted, cancelled, timed out, failed after a launch, ended with their machine up), sent per CE in one call (batchedTermination). */
   private readonly terminations: TerminationBatches;
 
   constructor(private readonly d: RunDeps) {
@@ -169,7 +169,16 @@ export class RunReconciler {
       send: async (ce, provider, runs, signal) => {
         const log = lazyChild(d.logger, { computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}` });
         this.signals.set(log, signal);
-        return provider.terminateRuns(await this.context(ce, log), runs);
+        const failed = await provider.terminateRuns(await this.context(ce, log), runs);
+        // Refusals for good are each Run's to say (a condition and an Event, see terminate).
+        const later = [...failed.values()].filter((e) => !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)).length;
+        if (later > 0) log.warn({ runs: runs.length, later }, "the machines of %d Runs were not terminated this time; tried again after a wait", later);
+        return failed;
+      },
+      // Once per call, not per Run (each Run's reconcile takes its outcome quietly, see batchedTermination).
+      failed: (ce, runs, err) => {
+        const { reason, message } = describeError(err);
+        d.logger.warn({ computeEnvironment: `${ce.metadata.namespace}/${ce.metadata.name}`, runs, reason }, "terminating the machines of the Runs failed: %s", message);
       },
       wake: (run) => d.enqueueRun(this.key(run)),
     });
@@ -643,6 +652,7 @@ export class RunReconciler {
     this.d.tracker.record(uid, desc);
     this.capacityAttempts.delete(uid);
     this.sends.delete(uid);
+    this.batchRetry.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
     const phase: Phase = started ? "Running" : "Launching";
@@ -694,7 +704,7 @@ export class RunReconciler {
     if (timeoutMs !== undefined && Date.now() - since > timeoutMs) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
-      const batched = this.batchedTermination(run, ce, provider);
+      const batched = this.batchedTermination(run, ce, provider, log);
       if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
       if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
       await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
@@ -832,6 +842,7 @@ export class RunReconciler {
     this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
     // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
     this.sends.delete(uid);
+    this.batchRetry.delete(uid);
     const m = clip(message);
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
     const before = last?.reason ?? run.status?.reason;
@@ -917,7 +928,7 @@ export class RunReconciler {
       // that send shows the machine still there (the look before it shows what the send changed).
       const hold = this.resendWait(run.metadata.uid ?? "", obs, provider);
       if (hold !== undefined) return { requeueAfterMs: hold };
-      const batched = this.batchedTermination(run, ce, provider);
+      const batched = this.batchedTermination(run, ce, provider, log);
       if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
       if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
     }
@@ -960,7 +971,7 @@ export class RunReconciler {
       if (!gone) {
         const hold = this.resendWait(uid, obs, provider);
         if (hold !== undefined) return { requeueAfterMs: hold };
-        const batched = this.batchedTermination(run, ce, provider);
+        const batched = this.batchedTermination(run, ce, provider, log);
         if (batched === "blocked") return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if ("waitMs" in batched) return { requeueAfterMs: batched.waitMs };
         const wait = await this.stopMachine(run, ce, provider, log, batched);
@@ -1024,13 +1035,14 @@ export class RunReconciler {
 
   /**
    * Before a Run with a possible machine is ended (timeout, cancel, a failed launch): terminates
-   * the machine. Returns undefined once the Run may end, or the time (ms) to wait first: until a
+   * the machine. Returns undefined once the Run may end, or the time (ms) to wait first: for its
+   * batch's call (or a retry of it, see batchedTermination), until a
    * decided launch's machine would be listed, or, while termination is blocked, as long as no
    * machine is recorded (an ended Run without one is not followed, so its end must wait; one with
    * a recorded machine ends and goes on terminating it, see afterEnd).
    */
   private async stopBeforeEnd(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
-    const batched = this.batchedTermination(run, ce, provider);
+    const batched = this.batchedTermination(run, ce, provider, log);
     // Woken by the batch when its call has ended.
     if (batched !== "blocked" && "waitMs" in batched) return batched.waitMs;
     const wait = batched === "blocked" ? undefined : await this.stopMachine(run, ce, provider, log, batched);
@@ -1041,24 +1053,30 @@ export class RunReconciler {
   /**
    * The Run's termination, sent with those of the other Runs of its CE that end about now (deleted,
    * cancelled, timed out: one call per CE, see TerminationBatches). Its outcome once that call has
-   * ended; a wait while it waits for the call or is in one (the batch wakes the Run then), or after
-   * a failed call that is tried again later (batchRetry); or "blocked": a Terminal answer blocks
-   * termination and it is not due to be tried again yet.
+   * ended (a Terminal refusal included); a wait while it waits for the call or is in one (the batch
+   * wakes the Run then), or after a call that failed for now and is tried again later (batchRetry);
+   * or "blocked": a Terminal answer blocks termination and it is not due to be tried again yet.
    */
-  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider): BatchedTermination | { waitMs: number } | "blocked" {
+  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): BatchedTermination | { waitMs: number } | "blocked" {
     const uid = run.metadata.uid ?? "";
     const taken = this.terminations.take(uid);
     if (taken === "pending") return { waitMs: this.d.pollIntervalMs };
     // An outcome had for an older read of the Run (e.g. before its machine was recorded: the call
     // could not look that machine up by its ID) is not this one's: sent again.
     if (taken !== undefined && sentFor(taken, run)) {
-      const e = "error" in taken ? taken.error : undefined;
-      if (e !== undefined && !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) {
+      const e: unknown = "error" in taken ? taken.error : undefined;
+      if ("error" in taken && !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) {
         // Tried again after 1 s, 2 s, 4 s ... (at most 5 minutes), or the wait the error asks for.
+        // Not thrown: the batch's failure is logged once for the batch (see the constructor), and a
+        // thrown error per Run would take the work queue's shared retry budget from other Runs.
         const failures = (this.batchRetry.get(uid)?.failures ?? 0) + 1;
         const hint = e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0;
-        this.batchRetry.set(uid, { failures, at: monotonicNow() + Math.min(5 * 60_000, Math.max(hint, 1_000 * 2 ** Math.min(failures - 1, 9))) });
-      } else this.batchRetry.delete(uid);
+        const waitMs = Math.min(5 * 60_000, Math.max(hint, 1_000 * 2 ** Math.min(failures - 1, 9)));
+        this.batchRetry.set(uid, { failures, at: monotonicNow() + waitMs });
+        log.debug({ failures, waitMs }, "the machine's termination failed for now; tried again after a wait");
+        return { waitMs };
+      }
+      this.batchRetry.delete(uid);
       return taken;
     }
     if (this.isBlocked(uid)) return "blocked";
@@ -1086,6 +1104,7 @@ export class RunReconciler {
     if (!(await this.terminate(run, ce, provider, log, batched))) return undefined;
     const uid = run.metadata.uid ?? "";
     const at = batched?.doneAt ?? Date.now();
+    this.batchRetry.delete(uid);
     const sent = this.sends.get(uid) ?? { last: at };
     sent.last = at;
     this.sends.set(uid, sent);

@@ -46,6 +46,8 @@ export interface TerminationBatchOptions {
   callTimeoutMs: (runs: number) => number;
   /** Called for each Run of a batch once its call has ended. */
   wake: (run: Run) => void;
+  /** Called once when a call failed as a whole (it threw, or was given up): how many Runs it had, and why. */
+  failed?: (ce: ComputeEnvironment, runs: number, error: unknown) => void;
 }
 
 interface Batch {
@@ -178,6 +180,7 @@ export class TerminationBatches {
     const doneAt = Date.now();
     b.sending = false;
     if (this.abort.signal.aborted) return;
+    if (all) this.o.failed?.(b.ce, runs.length, all.error);
     for (const [uid, o] of this.outcomes) if (doneAt - o.doneAt > OUTCOME_KEEP_MS) this.outcomes.delete(uid);
     for (const r of runs) {
       const uid = r.metadata.uid ?? "";

@@ -144,7 +144,8 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
   /**
    * Instances with termination protection on, as set through the layer (RunInstances with
    * DisableApiTermination, ModifyInstanceAttribute): a TerminateInstances naming one is answered
-   * by protectionRefusal. Kept across resets, as moto keeps the instances.
+   * by protectionRefusal. Kept across the layer's own resets (moto keeps the instances), cleared
+   * with moto's state.
    */
   const protectedIds = new Set<string>();
   const profiles = new Map<string, { changedAt: number; rejectionsLeft: number }>();
@@ -166,6 +167,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     crashFired = [];
     launches.clear();
     instances.clear();
+    protectedIds.clear();
     profiles.clear();
     identities.clear();
     policyCache.clear();

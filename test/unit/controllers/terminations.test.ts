@@ -105,17 +105,22 @@ describe("TerminationBatches", () => {
     expect(sentFor(o, { ...recorded, status: { ...recorded.status, reason: "LaunchRetrying" } })).toBe(false);
   });
 
-  it("a refused call is every Run's outcome; a Run the answer names has its own; the others were sent", async () => {
+  it("a refused call is every Run's outcome, said once; a Run the answer names has its own; the others were sent", async () => {
     const denied = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: denied");
     const own = CloudError.retryable("InstanceNotVisibleYet", "not visible yet");
     let refuse = true;
-    const { b } = batches({}, async () => {
+    const failures: { ce: string; runs: number; error: unknown }[] = [];
+    const { b } = batches({ failed: (c, runs, error) => failures.push({ ce: c.metadata.name ?? "", runs, error }) }, async () => {
       if (refuse) throw denied;
       return new Map([["run-r2", own]]);
     });
     b.add(ce("a"), provider, run("r1"));
+    b.add(ce("a"), provider, run("r3"));
     await vi.advanceTimersByTimeAsync(200);
     expect(b.take("run-r1")).toMatchObject({ error: denied });
+    expect(b.take("run-r3")).toMatchObject({ error: denied });
+    // Said once for the call, not once per Run.
+    expect(failures).toEqual([{ ce: "a", runs: 2, error: denied }]);
     refuse = false;
     b.add(ce("a"), provider, run("r1"));
     b.add(ce("a"), provider, run("r2"));
@@ -124,6 +129,8 @@ describe("TerminationBatches", () => {
     expect(sent).not.toBeUndefined();
     expect(sent !== "pending" && sent !== undefined && "error" in sent).toBe(false);
     expect(b.take("run-r2")).toMatchObject({ error: own });
+    // A Run's own failure is not the call's.
+    expect(failures).toHaveLength(1);
   });
 
   it("a Run forgotten (its finalizer done) gets nothing kept, waiting or in flight; after close nothing is sent and the call in flight sees its signal aborted", async () => {
