@@ -172,7 +172,7 @@ export class RunReconciler {
         const failed = await provider.terminateRuns(await this.context(ce, log), runs);
         // Refusals for good are each Run's to say (a condition and an Event, see terminate).
         const later = [...failed.values()].filter((e) => !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)).length;
-        if (later > 0) log.warn({ runs: runs.length, later }, "the machines of %d Runs were not terminated this time; tried again after a wait", later);
+        if (later > 0 && !signal.aborted) log.warn({ runs: runs.length, later }, "the machines of %d Runs were not terminated this time; tried again after a wait", later);
         return failed;
       },
       // Once per call, not per Run (each Run's reconcile takes its outcome quietly, see batchedTermination).
@@ -1073,7 +1073,11 @@ export class RunReconciler {
         const hint = e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0;
         const waitMs = Math.min(5 * 60_000, Math.max(hint, 1_000 * 2 ** Math.min(failures - 1, 9)));
         this.batchRetry.set(uid, { failures, at: monotonicNow() + waitMs });
-        log.debug({ failures, waitMs }, "the machine's termination failed for now; tried again after a wait");
+        // Named at the 4th failure in a row and then at every try at the longest wait: a Run held
+        // for long by a termination that keeps failing is not left to debug lines.
+        const { reason, message } = describeError(e);
+        if (failures === 4 || waitMs >= 5 * 60_000) log.warn({ failures, waitMs, reason }, "terminating the machine keeps failing: %s; tried again after a wait", message);
+        else log.debug({ failures, waitMs, reason }, "terminating the machine failed for now; tried again after a wait");
         return { waitMs };
       }
       this.batchRetry.delete(uid);

@@ -180,7 +180,13 @@ export class TerminationBatches {
     const doneAt = Date.now();
     b.sending = false;
     if (this.abort.signal.aborted) return;
-    if (all) this.o.failed?.(b.ce, runs.length, all.error);
+    if (all) {
+      try {
+        this.o.failed?.(b.ce, runs.length, all.error);
+      } catch {
+        // Only a report: the Runs below are woken whatever it did.
+      }
+    }
     for (const [uid, o] of this.outcomes) if (doneAt - o.doneAt > OUTCOME_KEEP_MS) this.outcomes.delete(uid);
     for (const r of runs) {
       const uid = r.metadata.uid ?? "";
