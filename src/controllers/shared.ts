@@ -40,6 +40,14 @@ export class CredentialsError extends Error {
   }
 }
 
+/**
+ * An answer that trying again will not change without the user (a Terminal cloud error such as
+ * AccessDenied, or a Secret to fix): said on the resource and tried again slowly, never in a loop.
+ */
+export function refusedForGood(e: unknown): boolean {
+  return (e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError;
+}
+
 /** Reads a Secret: from the operator's cache when it holds it, else from the API. */
 export type SecretGetter = (namespace: string, name: string) => Promise<SecretObject | undefined>;
 

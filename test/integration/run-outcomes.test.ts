@@ -348,6 +348,46 @@ describe("a capacity wait that ends without a machine", () => {
 });
 
 describe("the ComputeEnvironment's default Run timeout", () => {
+  it("a Run found past it ends Timeout even if the timeout is raised before its machine's termination is sent", async () => {
+    // The batch's call is held until the timeout has been raised.
+    class GatedCloud extends FakeCloud {
+      entered = 0;
+      private open: () => void = () => undefined;
+      private readonly gate = new Promise<void>((resolve) => (this.open = resolve));
+      release(): void {
+        this.open();
+      }
+      override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+        this.entered++;
+        await this.gate;
+        return super.terminateRuns(ctx, runs);
+      }
+    }
+    const own = await freshNamespace(client, "raised");
+    const slow = new GatedCloud();
+    slow.launchedAgoMs = 10 * 60_000; // the machine has run for 10 minutes already
+    const opR = await startOperator(kubeconfigPath(), new Map([["aws", slow]]), { namespaces: [own] });
+    try {
+      await readyCe("raised", { defaultRunTimeout: "5m" }, own);
+      await run("raised", "raised", {}, own);
+      // Found past 5 minutes after its launch: its termination is in the batch's call.
+      await waitFor("the batch's call", async () => slow.entered === 1, 30_000, 50);
+      const launched = await getRun("raised", own);
+      expect(launched?.status?.instance?.id).toBeTruthy();
+      await client.patch(ComputeEnvironmentResource, own, "raised", { spec: { defaultRunTimeout: "1h" } }, "merge");
+      await waitFor("the operator's cache has the new timeout", async () => opR.operator.ces.get(`${own}/raised`)?.spec.defaultRunTimeout === "1h", 10_000, 50);
+      slow.release();
+      const failed = await inPhase("raised", "Failed", 30_000, own);
+      expect(failed.status?.reason).toBe("Timeout");
+      expect(failed.status?.message).toContain("timeout of 5m");
+      expect(slow.calls.terminate).toBe(1);
+      expect(["shutting-down", "terminated"]).toContain(slow.machineOf(launched?.metadata.uid ?? "")?.state);
+    } finally {
+      slow.release();
+      await opR.stop();
+    }
+  });
+
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
     expect(ce.spec.defaultRunTimeout).toBe("5m");
@@ -367,24 +407,38 @@ describe("the ComputeEnvironment's default Run timeout", () => {
 });
 
 describe("Terminal cloud errors do not loop", () => {
-  it("a cancelled Run whose termination keeps failing for a while (throttled) is tried again after growing waits, then ends Cancelled", async () => {
+  it("a cancelled Run whose termination keeps failing for a while (throttled) is tried again after growing waits, says so from the 4th failure, then ends Cancelled", async () => {
     await readyCe("throttled");
     await run("throttled", "throttled");
-    await inPhase("throttled", "Running");
+    const uid = (await inPhase("throttled", "Running")).metadata.uid ?? "";
+    const tries = () => cloud.terminatedUids.filter((u) => u === uid).length;
     cloud.terminateError = CloudError.retryable("Throttling", "ec2:TerminateInstances: Rate exceeded");
     try {
-      const before = cloud.calls.terminate;
       await client.patch(RunResource, ns, "throttled", { spec: { cancel: true } }, "merge");
-      await waitFor("the first try", async () => cloud.calls.terminate > before, 10_000, 50);
+      await waitFor("the first try", async () => tries() > 0, 10_000, 50);
       await new Promise((r) => setTimeout(r, 6_000));
       // 1 s, 2 s, 4 s apart (each after the 250 ms gathering): 3 tries in these 6 s, not one per gathering.
-      expect(cloud.calls.terminate - before).toBeGreaterThanOrEqual(2);
-      expect(cloud.calls.terminate - before).toBeLessThanOrEqual(4);
+      expect(tries()).toBeGreaterThanOrEqual(2);
+      expect(tries()).toBeLessThanOrEqual(4);
       expect((await getRun("throttled"))?.status?.phase).toBe("Running");
+      // The 4th failure in a row is said on the Run, with the cloud's reason, not only in the log.
+      const said = await waitFor("MachineTerminationBlocked", async () => {
+        const r = await getRun("throttled");
+        return cond(r, "MachineTerminationBlocked")?.status === "True" ? r : undefined;
+      }, 20_000, 100);
+      expect(tries()).toBe(4);
+      expect(cond(said, "MachineTerminationBlocked")?.reason).toBe("Throttling");
+      expect(cond(said, "MachineTerminationBlocked")?.message).toContain("failed 4 times in a row");
+      expect(cond(said, "MachineTerminationBlocked")?.message).toContain("Rate exceeded");
+      expect(said.status?.phase).toBe("Running");
+      await waitFor("its Event", async () => (await events("throttled")).some((e) => e.reason === "Throttling" && e.type === "Warning"), 90_000, 500);
     } finally {
       cloud.terminateError = undefined;
     }
-    expect((await inPhase("throttled", "Cancelled", 30_000)).status?.reason).toBe("Cancelled");
+    const cancelled = await inPhase("throttled", "Cancelled", 30_000);
+    expect(cancelled.status?.reason).toBe("Cancelled");
+    // The termination went through: the condition is gone.
+    expect(cond(cancelled, "MachineTerminationBlocked")).toBeUndefined();
   });
 
   it("deleting a Run whose machine cannot be terminated (AccessDenied) says which permission is missing and retries slowly", async () => {

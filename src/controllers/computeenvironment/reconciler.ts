@@ -32,6 +32,7 @@ import {
   describeError,
   kstatus,
   protectSecret,
+  refusedForGood,
   releaseUnusedSecrets,
   resolveCredentials,
 } from "../shared.js";
@@ -530,7 +531,7 @@ export class ComputeEnvironmentReconciler {
 
   /** A Terminal failure during deletion: Stalled, naming what blocks it and how to unblock. */
   private async disposalBlocked(ce: ComputeEnvironment, e: unknown, what: string): Promise<ReconcileResult | undefined> {
-    if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) return undefined;
+    if (!refusedForGood(e)) return undefined;
     const { reason, message } = describeError(e);
     const secret = ce.spec.credentials?.secretRef?.name;
     const fix =

@@ -19,7 +19,7 @@ import { DEFAULT_RUN_TIMEOUT } from "../../api/schema.js";
 import type { CloudProvider, EnvContext, RunDescription } from "../../cloud/provider.js";
 import { CloudError } from "../../cloud/provider.js";
 import type { SecretGetter } from "../shared.js";
-import { CredentialsError, FINALIZER, clip, describeError, now, readSecretKey, resolveCredentials } from "../shared.js";
+import { FINALIZER, clip, describeError, now, readSecretKey, refusedForGood, resolveCredentials } from "../shared.js";
 import { LAUNCH_RETRYING, PRE_LAUNCH_REASONS, belongsTo, holdsSlot, isTerminal, launchDecided, launchInFlight, launchedUnder, machineMayExist } from "./phases.js";
 import { CLOUD_WRITES_ANNOTATION, announceCloudWrites } from "../computeenvironment/cloud-writes.js";
 import type { CacheSource, ListSource, Observation, RunTracker } from "./tracker.js";
@@ -98,6 +98,8 @@ const CAPACITY_BACKOFF_MAX_MS = 5 * 60_000;
 
 /** How long a CE's cloud-writes record, once written, is taken as written without the cache showing it (announceOnce). */
 const ANNOUNCED_HOLD_MS = 10_000;
+/** A batched termination failing this many times in a row is said on the Run (batchedTermination). */
+const TERMINATION_FAILURES_SAID = 4;
 
 export class RunReconciler {
   /** CE uid -> Run uids that hold a slot but may not show it in the cache yet. */
@@ -117,20 +119,20 @@ export class RunReconciler {
   /** Run uid -> until when termination is not tried again after a Terminal error (e.g. AccessDenied). */
   private readonly blocked = new Map<string, number>();
   /**
-   * Run uid -> the termination of its machine as sent (by stopMachine, for a deletion, a cancel, a
-   * timeout or a failed launch), kept while an ended Run's machine is followed: `last`, when it was
-   * last sent (a deleted Run's finalizer and an ended Run's follow-up read it, resendWait);
-   * `settled`, when one was first sent that settles it: for a deleted Run, a machine the cloud does
-   * not list after that counts as gone (see stopMachine).
+   * Run uid -> the termination of its machine (for a deletion, a cancel, a timeout, a failed
+   * launch), kept while an ended Run's machine is followed:
+   * - `last`: when it was last sent (stopMachine); a deleted Run's finalizer and an ended Run's
+   *   follow-up read it (resendWait);
+   * - `settled`: when one was first sent that settles it: for a deleted Run, a machine the cloud
+   *   does not list after that counts as gone (see stopMachine);
+   * - `failures`, `retryAt`: a batched termination that failed and may be tried again (throttled,
+   *   timed out, not resent): how many times in a row, and not added to a batch again before
+   *   `retryAt` (monotonic ms). The reconcile that adds a Run to a batch ends without an error,
+   *   which resets the work queue's own backoff, so the waits between tries are counted here;
+   * - `timedOut`: the timeout the Run was past when its termination was first asked for, so it
+   *   ends Timeout even if its CE's defaultRunTimeout is raised before the batch's call has ended.
    */
-  private readonly sends = new Map<string, { last: number; settled?: number }>();
-  /**
-   * Run uid -> a batched termination that failed and may be tried again (throttled, timed out, not
-   * resent): how many times in a row, and not added to a batch again before `at` (monotonic ms).
-   * The reconcile that adds a Run to a batch ends without an error, which resets the work queue's
-   * own backoff, so the waits between tries are counted here.
-   */
-  private readonly batchRetry = new Map<string, { failures: number; at: number }>();
+  private readonly ending = new Map<string, { last?: number; settled?: number; failures?: number; retryAt?: number; timedOut?: string }>();
   /**
    * Run uid -> when a launch call of its decided launch was last made (or, after a restart, when
    * this operator first found the launch decided) while no machine of it is recorded: until the
@@ -171,7 +173,7 @@ export class RunReconciler {
         this.signals.set(log, signal);
         const failed = await provider.terminateRuns(await this.context(ce, log), runs);
         // Refusals for good are each Run's to say (a condition and an Event, see terminate).
-        const later = [...failed.values()].filter((e) => !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)).length;
+        const later = [...failed.values()].filter((e) => !refusedForGood(e)).length;
         if (later > 0 && !signal.aborted) log.warn({ runs: runs.length, later }, "the machines of %d Runs were not terminated this time; tried again after a wait", later);
         return failed;
       },
@@ -306,11 +308,14 @@ export class RunReconciler {
     const phase: Phase = run.status.phase;
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
-    const timeout = timeoutOf(run, ce);
+    // A timeout already found passed stands (see `ending`).
+    const decided = ce && provider ? this.ending.get(run.metadata.uid ?? "")?.timedOut : undefined;
+    const timeout = decided ?? timeoutOf(run, ce);
     if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
-      if (Date.now() - since > parseDuration(timeout)) {
+      if (decided !== undefined || Date.now() - since > parseDuration(timeout)) {
         if (machineMayExist(run) && ce && provider) {
+          this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
           const wait = await this.stopBeforeEnd(run, ce, provider, log);
           if (wait !== undefined) return { requeueAfterMs: wait };
         }
@@ -571,7 +576,7 @@ export class RunReconciler {
       const ctx = await this.context(candidate, log);
       found = await provider.describeRuns({ ...ctx, runCe: () => candidate }, runs);
     } catch (e) {
-      if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
+      if (!refusedForGood(e)) throw e;
       // Not allowed (or its credentials missing) for now: not an answer, so asked again later (a
       // resync, a change of the Run or the CE) rather than remembered for good.
       const { reason, message } = describeError(e);
@@ -628,7 +633,7 @@ export class RunReconciler {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
       this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
       if (e instanceof CloudError && e.capacity) return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`);
-      if ((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError) {
+      if (refusedForGood(e)) {
         const { reason, message } = describeError(e);
         // An earlier attempt may have made a machine (its answer lost): it is terminated before
         // the Run fails, since an ended Run without a recorded machine is no longer followed.
@@ -651,8 +656,7 @@ export class RunReconciler {
     const uid = run.metadata.uid ?? "";
     this.d.tracker.record(uid, desc);
     this.capacityAttempts.delete(uid);
-    this.sends.delete(uid);
-    this.batchRetry.delete(uid);
+    this.ending.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
     const phase: Phase = started ? "Running" : "Launching";
@@ -698,15 +702,17 @@ export class RunReconciler {
 
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
     const status = run.status ?? {};
-    const timeout = timeoutOf(run, ce);
+    const uid = run.metadata.uid ?? "";
+    const decided = this.ending.get(uid)?.timedOut;
+    const timeout = decided ?? timeoutOf(run, ce);
     const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
-    if (timeoutMs !== undefined && Date.now() - since > timeoutMs) {
+    if (timeoutMs !== undefined && (decided !== undefined || Date.now() - since > timeoutMs)) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
-      const batched = this.batchedTermination(run, ce, provider, log);
-      if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
-      if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
+      this.endingOf(uid).timedOut = timeout;
+      const sent = await this.sendBatched(run, ce, provider, log);
+      if ("waitMs" in sent) return { requeueAfterMs: sent.waitMs };
       await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
@@ -715,7 +721,7 @@ export class RunReconciler {
     // A machine pending or running as the last poll saw it: the tracker's next news of it, or the timeout, comes first.
     const quiet = Math.min(Math.max(this.d.pollIntervalMs, QUIET_FOLLOW_MS), wakeForTimeout);
 
-    const obs = this.d.tracker.get(run.metadata.uid ?? "");
+    const obs = this.d.tracker.get(uid);
     if (!obs) return { requeueAfterMs: next };
     const desc = obs.desc;
     if (!desc) {
@@ -841,8 +847,7 @@ export class RunReconciler {
     const retryAt = Date.now() + backoff;
     this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
     // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
-    this.sends.delete(uid);
-    this.batchRetry.delete(uid);
+    this.ending.delete(uid);
     const m = clip(message);
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
     const before = last?.reason ?? run.status?.reason;
@@ -901,7 +906,10 @@ export class RunReconciler {
     const obs = this.d.tracker.get(run.metadata.uid ?? "");
     const state = obs?.desc?.state;
     if (obs && (state === undefined || state === "terminated")) {
-      await this.report(run, { instance: { ...(run.status?.instance ?? { id: obs.desc?.instanceId ?? "" }), state: "terminated" } });
+      // Gone, however it went: a termination said to be failing (batchedTermination) no longer is.
+      const conditions = run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED);
+      const cleared = conditions !== undefined && conditions.length !== run.status?.conditions?.length;
+      await this.report(run, { instance: { ...(run.status?.instance ?? { id: obs.desc?.instanceId ?? "" }), state: "terminated" }, ...(cleared ? { conditions } : {}) });
       this.release(run);
       return;
     }
@@ -928,9 +936,8 @@ export class RunReconciler {
       // that send shows the machine still there (the look before it shows what the send changed).
       const hold = this.resendWait(run.metadata.uid ?? "", obs, provider);
       if (hold !== undefined) return { requeueAfterMs: hold };
-      const batched = this.batchedTermination(run, ce, provider, log);
-      if (batched !== "blocked" && "waitMs" in batched) return { requeueAfterMs: batched.waitMs };
-      if (batched !== "blocked") await this.stopMachine(run, ce, provider, log, batched);
+      const sent = await this.sendBatched(run, ce, provider, log);
+      if ("waitMs" in sent) return { requeueAfterMs: sent.waitMs };
     }
     return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
   }
@@ -965,16 +972,15 @@ export class RunReconciler {
       const state = obs?.desc?.state;
       // A machine the describe does not list is gone only when a settling termination was sent
       // before that look (see stopMachine): a new machine may simply not be listed yet.
-      const settled = this.sends.get(uid)?.settled;
+      const settled = this.ending.get(uid)?.settled;
       const unlistedIsGone = settled !== undefined && obs !== undefined && obs.at > settled;
       const gone = obs !== undefined && (state === "terminated" || (state === undefined && unlistedIsGone)) && obs.at > Date.parse(run.metadata.deletionTimestamp ?? now());
       if (!gone) {
         const hold = this.resendWait(uid, obs, provider);
         if (hold !== undefined) return { requeueAfterMs: hold };
-        const batched = this.batchedTermination(run, ce, provider, log);
-        if (batched === "blocked") return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
-        if ("waitMs" in batched) return { requeueAfterMs: batched.waitMs };
-        const wait = await this.stopMachine(run, ce, provider, log, batched);
+        const sent = await this.sendBatched(run, ce, provider, log);
+        if ("waitMs" in sent) return { requeueAfterMs: sent.waitMs };
+        const wait = sent.stopped;
         if (wait === undefined) return { requeueAfterMs: this.blockedWake(run) ?? this.d.pollIntervalMs };
         if (wait === 0) return { requeueAfterMs: this.d.pollIntervalMs };
         return { requeueAfterMs: Math.min(this.d.pollIntervalMs, Math.max(wait, 2_000)) };
@@ -1002,9 +1008,9 @@ export class RunReconciler {
    *   the group failing) or a machine that stays shutting down is not waited for in silence.
    */
   private resendWait(uid: string, obs: Observation | undefined, provider: CloudProvider): number | undefined {
-    const sent = this.sends.get(uid);
-    if (sent === undefined) return undefined;
-    const last = sent.last;
+    const sent = this.ending.get(uid);
+    const last = sent?.last;
+    if (sent === undefined || last === undefined) return undefined;
     const since = Date.now() - last;
     const resendMs = polls(this.d.pollIntervalMs, 8, 2_000, 5 * 60_000);
     if (since >= resendMs) return undefined;
@@ -1042,22 +1048,49 @@ export class RunReconciler {
    * a recorded machine ends and goes on terminating it, see afterEnd).
    */
   private async stopBeforeEnd(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<number | undefined> {
-    const batched = this.batchedTermination(run, ce, provider, log);
-    // Woken by the batch when its call has ended.
-    if (batched !== "blocked" && "waitMs" in batched) return batched.waitMs;
-    const wait = batched === "blocked" ? undefined : await this.stopMachine(run, ce, provider, log, batched);
+    const sent = await this.sendBatched(run, ce, provider, log);
+    if ("waitMs" in sent) return sent.waitMs;
+    const wait = sent.stopped;
     if (wait === undefined) return run.status?.instance?.id ? undefined : (this.blockedWake(run) ?? this.d.pollIntervalMs);
     return wait > 0 ? wait : undefined;
+  }
+
+  /**
+   * The Run's machine terminated with those of its CE's other Runs ending about now
+   * (batchedTermination), the outcome taken by stopMachine. `waitMs` while the batch is due or in
+   * its call (the batch wakes the Run then), or before a failed call is tried again; else
+   * stopMachine's answer as `stopped` (undefined: blocked). A termination sent and settled is not
+   * sent again before a look newer than it shows the machine still up: an ending whose status
+   * write did not go through (a conflict, an error) is tried again without a second call.
+   */
+  private async sendBatched(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<{ waitMs: number } | { stopped: number | undefined }> {
+    const uid = run.metadata.uid ?? "";
+    const sent = this.ending.get(uid);
+    // Not after a launch call made since that send (its machine may be another).
+    const relaunched = (this.launchTriedAt.get(uid) ?? -Infinity) > (sent?.last ?? Infinity);
+    if (sent?.settled !== undefined && !relaunched && this.resendWait(uid, this.d.tracker.get(uid), provider) !== undefined) return { stopped: 0 };
+    const batched = await this.batchedTermination(run, ce, provider, log);
+    if (batched === "blocked") return { stopped: undefined };
+    if ("waitMs" in batched) return batched;
+    return { stopped: await this.stopMachine(run, ce, provider, log, batched) };
+  }
+
+  private endingOf(uid: string): NonNullable<ReturnType<RunReconciler["ending"]["get"]>> {
+    let e = this.ending.get(uid);
+    if (!e) this.ending.set(uid, (e = {}));
+    return e;
   }
 
   /**
    * The Run's termination, sent with those of the other Runs of its CE that end about now (deleted,
    * cancelled, timed out: one call per CE, see TerminationBatches). Its outcome once that call has
    * ended (a Terminal refusal included); a wait while it waits for the call or is in one (the batch
-   * wakes the Run then), or after a call that failed for now and is tried again later (batchRetry);
-   * or "blocked": a Terminal answer blocks termination and it is not due to be tried again yet.
+   * wakes the Run then), or after a call that failed for now and is tried again later (`failures`,
+   * `retryAt` of `ending`); or "blocked": a Terminal answer blocks termination and it is not due to
+   * be tried again yet. From the 4th failure in a row the Run says so (MachineTerminationBlocked,
+   * with the cloud's reason, and an Event; stopMachine's next success removes it).
    */
-  private batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): BatchedTermination | { waitMs: number } | "blocked" {
+  private async batchedTermination(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<BatchedTermination | { waitMs: number } | "blocked"> {
     const uid = run.metadata.uid ?? "";
     const taken = this.terminations.take(uid);
     if (taken === "pending") return { waitMs: this.d.pollIntervalMs };
@@ -1065,27 +1098,41 @@ export class RunReconciler {
     // could not look that machine up by its ID) is not this one's: sent again.
     if (taken !== undefined && sentFor(taken, run)) {
       const e: unknown = "error" in taken ? taken.error : undefined;
-      if ("error" in taken && !((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) {
+      if ("error" in taken && !refusedForGood(e)) {
         // Tried again after 1 s, 2 s, 4 s ... (at most 5 minutes), or the wait the error asks for.
         // Not thrown: the batch's failure is logged once for the batch (see the constructor), and a
         // thrown error per Run would take the work queue's shared retry budget from other Runs.
-        const failures = (this.batchRetry.get(uid)?.failures ?? 0) + 1;
+        const state = this.endingOf(uid);
+        const failures = (state.failures ?? 0) + 1;
         const hint = e instanceof CloudError ? (e.retryAfterMs ?? 0) : 0;
         const waitMs = Math.min(5 * 60_000, Math.max(hint, 1_000 * 2 ** Math.min(failures - 1, 9)));
-        this.batchRetry.set(uid, { failures, at: monotonicNow() + waitMs });
+        state.failures = failures;
+        state.retryAt = monotonicNow() + waitMs;
         // Named at the 4th failure in a row and then at every try at the longest wait: a Run held
         // for long by a termination that keeps failing is not left to debug lines.
         const { reason, message } = describeError(e);
-        if (failures === 4 || waitMs >= 5 * 60_000) log.warn({ failures, waitMs, reason }, "terminating the machine keeps failing: %s; tried again after a wait", message);
+        if (failures === TERMINATION_FAILURES_SAID || waitMs >= 5 * 60_000) log.warn({ failures, waitMs, reason }, "terminating the machine keeps failing: %s; tried again after a wait", message);
         else log.debug({ failures, waitMs, reason }, "terminating the machine failed for now; tried again after a wait");
+        const shown = getCondition(run.status?.conditions, MACHINE_BLOCKED);
+        if (failures >= TERMINATION_FAILURES_SAID && !(shown?.status === "True" && shown.reason === reason)) {
+          const id = run.status?.instance?.id;
+          const m = clip(`terminating the Run's machine${id ? ` ${id}` : ""} failed ${failures} times in a row (${reason}): ${message}; tried again after ${Math.round(waitMs / 1000)} s, and at most every 5 minutes`);
+          const conditions = setCondition(run.status?.conditions, { type: MACHINE_BLOCKED, status: "True", reason, message: m, observedGeneration: run.metadata.generation });
+          if (await this.report(run, { conditions }).catch(() => false)) void this.d.events.record(run, "Warning", reason, "Terminate", m);
+        }
         return { waitMs };
       }
-      this.batchRetry.delete(uid);
+      // Sent, or refused for good: a count of failures in a row starts again.
+      const state = this.ending.get(uid);
+      if (state) {
+        delete state.failures;
+        delete state.retryAt;
+      }
       return taken;
     }
     if (this.isBlocked(uid)) return "blocked";
-    const retry = this.batchRetry.get(uid);
-    if (retry && retry.at > monotonicNow()) return { waitMs: Math.max(100, retry.at - monotonicNow()) };
+    const retryAt = this.ending.get(uid)?.retryAt;
+    if (retryAt !== undefined && retryAt > monotonicNow()) return { waitMs: Math.max(100, retryAt - monotonicNow()) };
     this.terminations.add(ce, provider, run);
     return { waitMs: this.d.pollIntervalMs };
   }
@@ -1108,10 +1155,10 @@ export class RunReconciler {
     if (!(await this.terminate(run, ce, provider, log, batched))) return undefined;
     const uid = run.metadata.uid ?? "";
     const at = batched?.doneAt ?? Date.now();
-    this.batchRetry.delete(uid);
-    const sent = this.sends.get(uid) ?? { last: at };
+    const sent = this.endingOf(uid);
+    delete sent.failures;
+    delete sent.retryAt;
     sent.last = at;
-    this.sends.set(uid, sent);
     let left = 0;
     if (launchDecided(run)) {
       const since = this.launchTriedAt.get(uid) ?? started;
@@ -1142,10 +1189,13 @@ export class RunReconciler {
         const ctx = await this.context(ce, log);
         await provider.terminateRun(ctx, run);
       }
-      if (this.blocked.delete(uid)) await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED) ?? [] });
+      // Blocked (a Terminal answer), or said after failures in a row (batchedTermination): no more.
+      const said = getCondition(run.status?.conditions, MACHINE_BLOCKED) !== undefined;
+      // Not thrown: the termination was sent, and what stopMachine records of it must be recorded.
+      if (this.blocked.delete(uid) || said) await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED) ?? [] }).catch(() => false);
       return true;
     } catch (e) {
-      if (!((e instanceof CloudError && e.kind === "Terminal") || e instanceof CredentialsError)) throw e;
+      if (!refusedForGood(e)) throw e;
       const { reason, message } = describeError(e);
       const m = clip(`cannot terminate the Run's machine${run.status?.instance?.id ? ` ${run.status.instance.id}` : ""}: ${message}`);
       this.blocked.set(uid, monotonicNow() + (this.d.blockedRetryMs ?? polls(this.d.pollIntervalMs, 20, 5_000, 5 * 60_000)));
@@ -1184,8 +1234,7 @@ export class RunReconciler {
     this.refusedLaunch.delete(uid);
     this.launchTriedAt.delete(uid);
     if (!keepTermination) {
-      this.sends.delete(uid);
-      this.batchRetry.delete(uid);
+      this.ending.delete(uid);
       this.terminations.forget(uid);
       this.blocked.delete(uid);
     }
