@@ -44,6 +44,12 @@ class AnnouncingCloud extends FakeCloud {
     }
     return out;
   }
+  /** The Run UIDs of each terminateRuns call (a batch). */
+  readonly batches: string[][] = [];
+  override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+    this.batches.push(runs.map((r) => r.metadata.uid ?? ""));
+    return super.terminateRuns(ctx, runs);
+  }
   /** sweepOrphans calls by CE name. */
   readonly sweepsOf = new Map<string, number>();
   /** Each sweepOrphans takes this long while set; its start and end (monotonic ms) are kept in sweepSpans. */
@@ -174,9 +180,11 @@ describe("the machine and the outcome", () => {
       return cond(x, "MachineLingered")?.status === "True" ? x : undefined;
     });
     expect(cond(lingered, "MachineLingered")?.message).toMatch(/still running .* after the pipeline ended/);
-    expect(cloud.calls.terminate).toBeGreaterThan(before);
     await waitFor("machine terminated", async () => cloud.machineOf(uid)?.state === "terminated");
-    // The Event follows the termination (no reconcile waits for it to be sent).
+    expect(cloud.calls.terminate).toBeGreaterThan(before);
+    // Sent with the CE's other Runs ending about then (a batch), not in a call of its own.
+    expect(cloud.batches.some((b) => b.includes(uid))).toBe(true);
+    // The Event follows the condition (no reconcile waits for it to be sent).
     await waitFor("MachineLingered Event", async () => (await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning"), 10_000, 100);
     // Succeeded stays Ready.
     expect(cond(await getRun("linger"), "Ready")?.status).toBe("True");

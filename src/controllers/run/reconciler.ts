@@ -925,10 +925,10 @@ export class RunReconciler {
         const message = `machine ${id} was still ${state} ${Math.round((Date.now() - ended) / 1000)} s after the pipeline ended (its own shutdown did not end it); the operator terminates it`;
         // Said before the machine is terminated: after a crash between the two, the machine is gone
         // and nothing would tell why any more. (With the condition set, the next reconcile goes on
-        // terminating below, so a crash before the termination loses nothing either.)
-        await this.report(run, { conditions: setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation }) });
-        if ((await this.stopMachine(run, ce, provider, log)) !== undefined) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
-        return { requeueAfterMs: this.d.pollIntervalMs };
+        // terminating below, so a crash before the termination loses nothing either.) The
+        // termination goes below, with those of the CE's other Runs ending about now.
+        const conditions = setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation });
+        if (await this.report(run, { conditions })) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
       }
     }
     if (!this.ceStopsMachine(run, ce, provider)) {
