@@ -899,6 +899,9 @@ export class RunReconciler {
   /** After the Run ended: keep following until its machine is confirmed gone, then stop looking. */
   private async afterEnd(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
     if (!machineMayExist(run)) {
+      // No machine (the Run ended once its termination was sent): a termination said to be failing no longer is.
+      const conditions = run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED);
+      if (conditions !== undefined && conditions.length !== run.status?.conditions?.length) await this.report(run, { conditions });
       this.release(run);
       return;
     }
@@ -1068,7 +1071,10 @@ export class RunReconciler {
     const sent = this.ending.get(uid);
     // Not after a launch call made since that send (its machine may be another).
     const relaunched = (this.launchTriedAt.get(uid) ?? -Infinity) > (sent?.last ?? Infinity);
-    if (sent?.settled !== undefined && !relaunched && this.resendWait(uid, this.d.tracker.get(uid), provider) !== undefined) return { stopped: 0 };
+    const obs = this.d.tracker.get(uid);
+    // A look since that send found the machine terminated, or no longer lists it.
+    const ended = obs !== undefined && obs.at > (sent?.last ?? Infinity) && (obs.desc === undefined || obs.desc.state === "terminated");
+    if (sent?.settled !== undefined && !relaunched && (ended || this.resendWait(uid, obs, provider) !== undefined)) return { stopped: 0 };
     const batched = await this.batchedTermination(run, ce, provider, log);
     if (batched === "blocked") return { stopped: undefined };
     if ("waitMs" in batched) return batched;
@@ -1116,7 +1122,7 @@ export class RunReconciler {
         const shown = getCondition(run.status?.conditions, MACHINE_BLOCKED);
         if (failures >= TERMINATION_FAILURES_SAID && !(shown?.status === "True" && shown.reason === reason)) {
           const id = run.status?.instance?.id;
-          const m = clip(`terminating the Run's machine${id ? ` ${id}` : ""} failed ${failures} times in a row (${reason}): ${message}; tried again after ${Math.round(waitMs / 1000)} s, and at most every 5 minutes`);
+          const m = clip(`terminating the Run's machine${id ? ` ${id}` : ""} has failed at least ${failures} times in a row (${reason}): ${message}; tried again after growing waits, at most 5 minutes apart`);
           const conditions = setCondition(run.status?.conditions, { type: MACHINE_BLOCKED, status: "True", reason, message: m, observedGeneration: run.metadata.generation });
           if (await this.report(run, { conditions }).catch(() => false)) void this.d.events.record(run, "Warning", reason, "Terminate", m);
         }
