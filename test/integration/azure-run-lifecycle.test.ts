@@ -844,11 +844,15 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       };
       const runs = new Map<string, Run>();
       for (const c of cases) {
-        runs.set(c.run, await waitFor(`${c.run} Pending ${c.reason}`, async () => {
+        const r = await waitFor(`${c.run} Pending ${c.reason}`, async () => {
           await watch();
           const r = await env.getRun(c.run);
           return r?.status?.phase === "Pending" && r.status.reason === c.reason ? r : undefined;
-        }, 60_000, 200));
+        }, 60_000, 200).catch((e: unknown) => {
+          // What each Run went through, for whoever reads a failure.
+          throw new Error(`${String(e)}; phases/reasons seen: ${JSON.stringify(Object.fromEntries([...seen].map(([k, v]) => [k, [...v]])))}`);
+        });
+        runs.set(c.run, r);
       }
       for (const c of cases.slice(0, 2)) {
         await waitFor(`${c.run}: two refused launches`, async () => {

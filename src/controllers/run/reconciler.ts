@@ -308,12 +308,10 @@ export class RunReconciler {
     const phase: Phase = run.status.phase;
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
-    // A timeout already found passed stands (see `ending`).
-    const decided = ce && provider ? this.ending.get(run.metadata.uid ?? "")?.timedOut : undefined;
-    const timeout = decided ?? timeoutOf(run, ce);
+    const { timeout, decided } = this.timeoutFor(run, ce);
     if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
-      if (decided !== undefined || Date.now() - since > parseDuration(timeout)) {
+      if (decided || Date.now() - since > parseDuration(timeout)) {
         if (machineMayExist(run) && ce && provider) {
           this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
           const wait = await this.stopBeforeEnd(run, ce, provider, log);
@@ -703,11 +701,10 @@ export class RunReconciler {
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
     const status = run.status ?? {};
     const uid = run.metadata.uid ?? "";
-    const decided = this.ending.get(uid)?.timedOut;
-    const timeout = decided ?? timeoutOf(run, ce);
+    const { timeout, decided } = this.timeoutFor(run, ce);
     const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
-    if (timeoutMs !== undefined && (decided !== undefined || Date.now() - since > timeoutMs)) {
+    if (timeoutMs !== undefined && (decided || Date.now() - since > timeoutMs)) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
       this.endingOf(uid).timedOut = timeout;
@@ -900,8 +897,8 @@ export class RunReconciler {
   private async afterEnd(run: Run, ce: ComputeEnvironment | undefined, provider: CloudProvider | undefined, log: Logger): Promise<ReconcileResult> {
     if (!machineMayExist(run)) {
       // No machine (the Run ended once its termination was sent): a termination said to be failing no longer is.
-      const conditions = run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED);
-      if (conditions !== undefined && conditions.length !== run.status?.conditions?.length) await this.report(run, { conditions });
+      const conditions = withoutBlocked(run);
+      if (conditions) await this.report(run, { conditions });
       this.release(run);
       return;
     }
@@ -910,9 +907,8 @@ export class RunReconciler {
     const state = obs?.desc?.state;
     if (obs && (state === undefined || state === "terminated")) {
       // Gone, however it went: a termination said to be failing (batchedTermination) no longer is.
-      const conditions = run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED);
-      const cleared = conditions !== undefined && conditions.length !== run.status?.conditions?.length;
-      await this.report(run, { instance: { ...(run.status?.instance ?? { id: obs.desc?.instanceId ?? "" }), state: "terminated" }, ...(cleared ? { conditions } : {}) });
+      const conditions = withoutBlocked(run);
+      await this.report(run, { instance: { ...(run.status?.instance ?? { id: obs.desc?.instanceId ?? "" }), state: "terminated" }, ...(conditions ? { conditions } : {}) });
       this.release(run);
       return;
     }
@@ -1088,6 +1084,24 @@ export class RunReconciler {
   }
 
   /**
+   * The Run's timeout: the one it was found past when its termination was asked for (kept in
+   * `ending`, so a timeout raised meanwhile does not change the outcome), else its own or its CE's.
+   * Without its CE (removed by force) the Run ends as ComputeEnvironmentGone, not by a kept timeout.
+   */
+  private timeoutFor(run: Run, ce: ComputeEnvironment | undefined): { timeout?: string; decided: boolean } {
+    const kept = ce ? this.ending.get(run.metadata.uid ?? "")?.timedOut : undefined;
+    return kept !== undefined ? { timeout: kept, decided: true } : { timeout: timeoutOf(run, ce), decided: false };
+  }
+
+  /** A batched termination's failures in a row end (sent, or refused for good): counted afresh. */
+  private failuresEnd(uid: string): void {
+    const e = this.ending.get(uid);
+    if (!e) return;
+    delete e.failures;
+    delete e.retryAt;
+  }
+
+  /**
    * The Run's termination, sent with those of the other Runs of its CE that end about now (deleted,
    * cancelled, timed out: one call per CE, see TerminationBatches). Its outcome once that call has
    * ended (a Terminal refusal included); a wait while it waits for the call or is in one (the batch
@@ -1129,11 +1143,7 @@ export class RunReconciler {
         return { waitMs };
       }
       // Sent, or refused for good: a count of failures in a row starts again.
-      const state = this.ending.get(uid);
-      if (state) {
-        delete state.failures;
-        delete state.retryAt;
-      }
+      this.failuresEnd(uid);
       return taken;
     }
     if (this.isBlocked(uid)) return "blocked";
@@ -1161,9 +1171,8 @@ export class RunReconciler {
     if (!(await this.terminate(run, ce, provider, log, batched))) return undefined;
     const uid = run.metadata.uid ?? "";
     const at = batched?.doneAt ?? Date.now();
+    this.failuresEnd(uid);
     const sent = this.endingOf(uid);
-    delete sent.failures;
-    delete sent.retryAt;
     sent.last = at;
     let left = 0;
     if (launchDecided(run)) {
@@ -1196,9 +1205,10 @@ export class RunReconciler {
         await provider.terminateRun(ctx, run);
       }
       // Blocked (a Terminal answer), or said after failures in a row (batchedTermination): no more.
-      const said = getCondition(run.status?.conditions, MACHINE_BLOCKED) !== undefined;
       // Not thrown: the termination was sent, and what stopMachine records of it must be recorded.
-      if (this.blocked.delete(uid) || said) await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== MACHINE_BLOCKED) ?? [] }).catch(() => false);
+      this.blocked.delete(uid);
+      const conditions = withoutBlocked(run);
+      if (conditions) await this.report(run, { conditions }).catch(() => false);
       return true;
     } catch (e) {
       if (!refusedForGood(e)) throw e;
@@ -1382,6 +1392,12 @@ function soonest(a: ReconcileResult, b: ReconcileResult): ReconcileResult {
 }
 
 /** The Run's own timeout, else its ComputeEnvironment's defaultRunTimeout (which has a default). */
+/** The Run's conditions without MachineTerminationBlocked, or undefined when it has none to remove. */
+function withoutBlocked(run: Run): Condition[] | undefined {
+  const all = run.status?.conditions;
+  return all?.some((c) => c.type === MACHINE_BLOCKED) ? all.filter((c) => c.type !== MACHINE_BLOCKED) : undefined;
+}
+
 export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string | undefined {
   if (run.spec.timeout) return run.spec.timeout;
   if (!ce) return undefined;
