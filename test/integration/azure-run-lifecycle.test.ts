@@ -883,4 +883,41 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
     for (const c of [...cases.map((x) => x.run), "nosize"]) await env.kube.delete(RunResource, env.ns, c);
   }, 150_000);
+
+  it("an AllocationFailed VM seen (and deleted) by polls made before the launch's answer is recorded: the Run still waits Pending for capacity, not MachineTerminated", async () => {
+    // The launch's answer reaches the operator 2.5 s after the VM PUT, so the tracker's polls (1 s)
+    // see the unplaced VM, and the provider deletes it, before the launch records the VM as pending.
+    const ctl = azureControl();
+    const ns = await env.extraNamespace("azalloc");
+    const real = env.provider();
+    const slow: CloudProvider = Object.assign(Object.create(real) as CloudProvider, {
+      launchRun: async (ctx: EnvContext, r: Run, hints?: { firstAttempt?: boolean }) => {
+        const d = await real.launchRun(ctx, r, hints);
+        await new Promise((res) => setTimeout(res, 2_500));
+        return d;
+      },
+    });
+    const { id } = await ctl.addCapacityError({ vmSize: "Standard_D2ds_v5", location: LOCATION, code: "AllocationFailed" });
+    const own = await startOperator(kubeconfigPath(), new Map([["azure", slow]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+    try {
+      await env.kube.create(ComputeEnvironmentResource, ceBody(ns, "allocce", { storageAccount: env.storageAccount }));
+      await waitReady(env.kube, ns, "allocce");
+      await env.kube.create(RunResource, env.runBody("late", "allocce", { overrides: { instanceType: "Standard_D2ds_v5" } }, ns));
+      const seen = new Set<string>();
+      const waiting = await waitFor("late Pending AllocationFailed", async () => {
+        const r = await env.getRun("late", ns);
+        seen.add(`${r?.status?.phase}/${r?.status?.reason}`);
+        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" ? r : undefined;
+      }, 45_000, 100).catch((e: unknown) => {
+        throw new Error(`${String(e)}; seen: ${[...seen].join(", ")}`);
+      });
+      expect(waiting.status?.capacityWait?.refusals).toBeGreaterThanOrEqual(1);
+      expect([...seen].filter((p) => p.startsWith("Failed") || p.startsWith("Succeeded"))).toEqual([]);
+      await env.kube.delete(RunResource, ns, "late");
+      await waitFor("late gone", async () => (await env.getRun("late", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeCapacityError(id);
+      await own.stop();
+    }
+  }, 150_000);
 });

@@ -619,6 +619,7 @@ export class RunReconciler {
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
   private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, firstAttempt = false): Promise<ReconcileResult> {
     let desc: RunDescription;
+    let calledAt: number | undefined;
     try {
       const ctx = await this.context(ce, log);
       const ref = ce.spec.platformTokenSecretRef;
@@ -626,6 +627,7 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
+      calledAt = Date.now();
       desc = await provider.launchRun(ctx, run, { firstAttempt });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
@@ -652,7 +654,7 @@ export class RunReconciler {
       throw e;
     }
     const uid = run.metadata.uid ?? "";
-    this.d.tracker.record(uid, desc);
+    this.d.tracker.record(uid, desc, calledAt);
     this.capacityAttempts.delete(uid);
     this.ending.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
@@ -850,6 +852,8 @@ export class RunReconciler {
     const before = last?.reason ?? run.status?.reason;
     const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
+    // Acted on: a refusal the tracker kept for this (see RunTracker.pollOnce) is not taken again.
+    if (written) this.d.tracker.forget(uid);
     if (written && before !== reason) void this.d.events.record(run, "Warning", reason, "Launch", m);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }

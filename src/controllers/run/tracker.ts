@@ -18,6 +18,26 @@ import { isTerminal, machineMayExist } from "./phases.js";
 import { FINALIZER } from "../../api/constants.js";
 
 /** A Run being deleted whose machine vmforge's finalizer still has to see gone (not one held only by another's finalizer). */
+/**
+ * `seen` says the launch on record (`recorded`, the same machine: IDs compared without case, as
+ * Azure's resource IDs are) was refused its place. Newer than the launch's answer when the look
+ * was made after its call.
+ */
+function refusedPlacing(seen: RunDescription | undefined, recorded: RunDescription | undefined): boolean {
+  return seen?.launchFailure !== undefined && recorded !== undefined && seen.instanceId.toLowerCase() === recorded.instanceId.toLowerCase();
+}
+
+/** An active Run, which a refusal of its launch's place sends to a capacity wait (see pollOnce). */
+function awaitsRefusal(run: Run): boolean {
+  return !run.metadata.deletionTimestamp && !run.spec.cancel && !isTerminal(run);
+}
+
+/** A look since a refused launch finds a machine of the Run placed (another launch, or the same one up). */
+function placedSince(seen: RunDescription | undefined, refused: RunDescription): boolean {
+  if (!seen || seen.launchFailure) return false;
+  return seen.instanceId.toLowerCase() !== refused.instanceId.toLowerCase() || seen.state === "pending" || seen.state === "running" || seen.state === "unknown";
+}
+
 function finalizing(run: Run): boolean {
   return !!run.metadata.deletionTimestamp && (run.metadata.finalizers?.includes(FINALIZER) ?? false);
 }
@@ -58,6 +78,8 @@ export interface Observation {
    * two). A launch's record (record()) has none; it is written out when compared.
    */
   canonical?: string;
+  /** A launch's record: when its call was made (a look made since may know better, see refusedPlacing). */
+  calledAt?: number;
 }
 
 /** At most this many polls in a row leave new machines unlooked-at while Run work is backed up (RunTrackerDeps.backlog). */
@@ -164,10 +186,14 @@ export class RunTracker {
     return this.observations.get(uid);
   }
 
-  record(uid: string, desc: RunDescription | undefined): void {
+  record(uid: string, desc: RunDescription | undefined, calledAt?: number): void {
+    const prev = this.observations.get(uid);
+    // A look made since the launch call (`calledAt`) that found this very machine refused its place
+    // is newer than the call's answer: it stands (see pollOnce).
+    if (calledAt !== undefined && prev && prev.at >= calledAt && refusedPlacing(prev.desc, desc)) return;
     // Not a poll's look (polled: false): the provider may not infer from it, and a poll with Run
     // work backed up may leave it for later (RunTrackerDeps.backlog).
-    this.observations.set(uid, { desc: mergeLearned(this.observations.get(uid)?.desc, desc), at: Date.now(), polled: false });
+    this.observations.set(uid, { desc: mergeLearned(prev?.desc, desc), at: Date.now(), polled: false, ...(calledAt !== undefined ? { calledAt } : {}) });
   }
 
   forget(uid: string): void {
@@ -265,14 +291,23 @@ export class RunTracker {
           const prev = this.observations.get(uid);
           let desc: RunDescription | undefined;
           let canonical: string;
-          if (prev && prev.at > lookedAt) {
+          const seen = result.get(uid);
+          // A look made since the launch's call that found its machine refused a place knows better than the call's answer.
+          const refusedSince = refusedPlacing(seen, prev?.desc) && lookedAt >= (prev?.calledAt ?? Infinity);
+          if (prev && prev.at > lookedAt && !refusedSince) {
             // A launch recorded meanwhile stands; what this older look learned of the same machine
             // (an exit line, a start) is added to it rather than lost.
-            desc = mergeLearned(result.get(uid), prev.desc);
+            desc = mergeLearned(seen, prev.desc);
             canonical = canonicalJson(desc);
             this.observations.set(uid, { ...prev, desc, canonical });
+          } else if (prev?.desc?.launchFailure && awaitsRefusal(run) && !placedSince(seen, prev.desc)) {
+            // A launch the cloud could not place is said by one look only: the provider removes the
+            // unplaced machine in that look. Kept until the Run's reconcile has acted on it (its
+            // capacity wait written, it forgets the observation), or else a reconcile after the
+            // next look would take the machine's absence for its end (MachineTerminated).
+            continue;
           } else {
-            desc = mergeLearned(prev?.desc, result.get(uid));
+            desc = mergeLearned(prev?.desc, seen);
             canonical = canonicalJson(desc);
             this.observations.set(uid, { desc, at: lookedAt, polled: true, canonical });
           }
