@@ -177,8 +177,9 @@ export interface RunDescription {
   interruptionReason?: string;
   /**
    * The cloud accepted the machine but could not place it (capacity or quota, e.g. Azure's
-   * AllocationFailed); the provider is removing it. The Run goes back to Pending with this reason
-   * and is launched again with backoff, until its timeout.
+   * AllocationFailed). Said at every look while the machine is there; the Run goes back to Pending
+   * with this reason, then terminates the machine (terminateRun), and is launched again with
+   * backoff, until its timeout.
    */
   launchFailure?: { reason: string; message: string };
   /** The machine's set-up step that failed before the pipeline started (with exitCode), e.g. "docker". */

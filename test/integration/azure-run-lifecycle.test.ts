@@ -884,9 +884,9 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     for (const c of [...cases.map((x) => x.run), "nosize"]) await env.kube.delete(RunResource, env.ns, c);
   }, 150_000);
 
-  it("an AllocationFailed VM seen (and deleted) by polls made before the launch's answer is recorded: the Run still waits Pending for capacity, not MachineTerminated", async () => {
+  it("an AllocationFailed VM seen by polls made before the launch's answer is recorded: the Run still waits Pending for capacity, not MachineTerminated", async () => {
     // The launch's answer reaches the operator 2.5 s after the VM PUT, so the tracker's polls (1 s)
-    // see the unplaced VM, and the provider deletes it, before the launch records the VM as pending.
+    // see the unplaced VM before the launch records the VM as pending.
     const ctl = azureControl();
     const ns = await env.extraNamespace("azalloc");
     const real = env.provider();
@@ -920,4 +920,101 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await own.stop();
     }
   }, 150_000);
+
+  it("an AllocationFailed VM is said by every look and deleted by its Run once the capacity wait is recorded; a delete refused then is sent by the next attempt, which waits once more, and the Run runs on one VM", async () => {
+    const ctl = azureControl();
+    const { ns, op, ce: own } = await ownOperatorAndCe("azallocdel", "allocdel");
+    const rg = resourceGroupName({ namespace: ns, name: "allocdel", uid: own.metadata.uid! });
+    const since = (await ctl.requests(0)).lastSeq;
+    // A size no other test uses, refused a place once; the first delete of any VM of this CE is refused.
+    const { id } = await ctl.addCapacityError({ vmSize: "Standard_D2s_v3", location: LOCATION, code: "AllocationFailed", count: 1 });
+    const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
+    try {
+      await env.kube.create(RunResource, env.runBody("allocdel", "allocdel", { overrides: { instanceType: "Standard_D2s_v3" } }, ns));
+      const seen: string[] = [];
+      const messages = new Set<string>();
+      const note = (r: Run | undefined): void => {
+        const p = `${r?.status?.phase}/${r?.status?.reason}`;
+        if (seen[seen.length - 1] !== p) seen.push(p);
+        if (r?.status?.message) messages.add(r.status.message);
+      };
+      const waiting = await waitFor("allocdel Pending AllocationFailed", async () => {
+        const r = await env.getRun("allocdel", ns);
+        note(r);
+        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" ? r : undefined;
+      }, 45_000, 50);
+      const uid = waiting.metadata.uid!;
+      const tail = `/virtualMachines/${vmName(uid)}`.toLowerCase();
+      let shipped = false;
+      await waitFor("allocdel Running", async () => {
+        const r = await env.getRun("allocdel", ns);
+        note(r);
+        if (!shipped && r?.status?.phase === "Launching" && r.status.reason === "SettingUp") {
+          shipped = true;
+          await env.startPipeline(own, r);
+        }
+        return r?.status?.phase === "Running" ? r : undefined;
+      }, 90_000, 100).catch((e: unknown) => {
+        throw new Error(`${String(e)}; seen: ${seen.join(", ")}`);
+      });
+      expect(seen.filter((p) => p.startsWith("Failed") || p.startsWith("Succeeded") || p.startsWith("Cancelled"))).toEqual([]);
+      // The VM's own requests, in order: the refused PUT's VM deleted once the Run waited (409),
+      // then by the next attempt after its look-up (accepted), and made again by a later PUT.
+      const vmCalls = (await ctl.requests(since)).value.filter((r) => r.path.toLowerCase().endsWith(tail));
+      const deletes = vmCalls.filter((r) => r.method === "DELETE");
+      expect(deletes.map((r) => r.status >= 200 && r.status < 300 ? "ok" : String(r.status))).toEqual(["409", "ok"]);
+      const puts = vmCalls.filter((r) => r.method === "PUT");
+      expect(puts.length).toBeGreaterThanOrEqual(2);
+      const order = vmCalls.map((r) => r.seq);
+      expect(puts[0]!.seq).toBeLessThan(deletes[0]!.seq);
+      expect(deletes[1]!.seq).toBeLessThan(puts[puts.length - 1]!.seq);
+      expect(order).toEqual([...order].sort((a, b) => a - b));
+      // The first delete came from the capacity wait, with no launch attempt's look-up before it;
+      // the accepted one from the next attempt, which looked the VM up, found it failed, and said
+      // it waits for the VM's deletion (not launched onto the failed VM).
+      expect(vmCalls.filter((r) => r.seq > puts[0]!.seq && r.seq < deletes[0]!.seq).map((r) => r.method)).toEqual([]);
+      expect(vmCalls.filter((r) => r.seq > deletes[0]!.seq && r.seq < deletes[1]!.seq).map((r) => r.method)).toEqual(["GET"]);
+      expect([...messages].some((m) => m.includes("could not allocate is being deleted")), [...messages].join(" | ")).toBe(true);
+      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid);
+      expect(vms).toHaveLength(1);
+      expect(vms[0]).toMatchObject({ vmSize: "Standard_D2s_v3", provisioningState: "Succeeded" });
+      await env.kube.delete(RunResource, ns, "allocdel");
+      await waitFor("allocdel gone", async () => (await env.getRun("allocdel", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      await ctl.removeFault(fault.id).catch(() => undefined);
+      await op.stop();
+    }
+  }, 180_000);
+  it("refusals of VMs Azure accepted and could not place are counted across their launches: each wait is longer than the last until a VM is placed", async () => {
+    const ctl = azureControl();
+    const { ns, op } = await ownOperatorAndCe("azallocn", "allocn");
+    const since = (await ctl.requests(0)).lastSeq;
+    // A size no other test uses, refused a place twice.
+    const { id } = await ctl.addCapacityError({ vmSize: "Standard_D4s_v3", location: LOCATION, code: "AllocationFailed", count: 2 });
+    try {
+      await env.kube.create(RunResource, env.runBody("allocn", "allocn", { overrides: { instanceType: "Standard_D4s_v3" } }, ns));
+      // Each capacity wait the Run showed, by its refusal count.
+      const waits: number[] = [];
+      const placed = await waitFor("allocn set up", async () => {
+        const r = await env.getRun("allocn", ns);
+        const n = r?.status?.capacityWait?.refusals;
+        if (r?.status?.phase === "Pending" && n !== undefined && waits[waits.length - 1] !== n) waits.push(n);
+        return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" ? r : undefined;
+      }, 90_000, 50).catch((e: unknown) => {
+        throw new Error(`${String(e)}; waits seen: ${waits.join(", ")}`);
+      });
+      const tail = `/virtualMachines/${vmName(placed.metadata.uid!)}`.toLowerCase();
+      // Three PUTs (two refused a place, one placed); a wait for a VM still being deleted counts as well.
+      expect((await ctl.requests(since)).value.filter((r) => r.method === "PUT" && r.path.toLowerCase().endsWith(tail))).toHaveLength(3);
+      expect(waits.length, waits.join(", ")).toBeGreaterThanOrEqual(2);
+      expect(waits).toEqual([...waits].sort((a, b) => a - b));
+      expect(new Set(waits).size).toBe(waits.length);
+      await env.kube.delete(RunResource, ns, "allocn");
+      await waitFor("allocn gone", async () => (await env.getRun("allocn", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      await op.stop();
+    }
+  }, 180_000);
 });

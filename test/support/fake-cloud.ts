@@ -152,6 +152,13 @@ export class FakeCloud implements CloudProvider {
         ...(this.unplaced ? { launchFailure: { ...this.unplaced } } : {}),
       };
       this.machines.set(uid, m);
+    } else if (m.launchFailure && (m.state === "shutting-down" || m.state === "terminated")) {
+      // An unplaced machine terminated (as its Run's capacity wait does) and launched again: made
+      // anew under the same ID, as Azure makes a VM again under its name; placed unless `unplaced`.
+      m.state = "pending";
+      m.launchedAt = new Date(Date.now() - this.launchedAgoMs).toISOString();
+      if (this.unplaced) m.launchFailure = { ...this.unplaced };
+      else delete m.launchFailure;
     }
     if (this.launchErrorAfterCreate) {
       const e = this.launchErrorAfterCreate;
@@ -263,7 +270,8 @@ export class FakeCloud implements CloudProvider {
       ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
       ...(m.stateReason ? { stateReason: m.stateReason } : {}),
       ...(m.interrupted ? { interrupted: true } : {}),
-      ...(m.launchFailure ? { launchFailure: { ...m.launchFailure } } : {}),
+      // Said while the unplaced machine is there (not once its termination was sent).
+      ...(m.launchFailure && m.state === "pending" ? { launchFailure: { ...m.launchFailure } } : {}),
       instance: { id: m.id, type: "m6i.large", zone: "us-east-1a" },
       log: { provider: "cloudwatch", group: "/vmforge/test", stream: m.runUid },
     };

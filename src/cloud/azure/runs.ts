@@ -120,10 +120,17 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
   const existing = hints?.firstAttempt ? undefined : await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
   if (existing) {
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
-    if ((existing.provisioningState ?? "").toLowerCase() === "deleting") {
+    const prov = (existing.provisioningState ?? "").toLowerCase();
+    const reason = run.status?.reason && isCapacityCode(run.status.reason) ? run.status.reason : "AllocationFailed";
+    if (prov === "deleting") {
       // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
-      const reason = run.status?.reason && isCapacityCode(run.status.reason) ? run.status.reason : "AllocationFailed";
       throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`);
+    }
+    if (prov === "failed" && run.status?.capacityWait) {
+      // That VM is still there: its deletion when the Run began to wait did not go through. Sent
+      // now; the Run waits again, and its next attempt makes the VM anew.
+      await deleteVms(c, rg, [name], so);
+      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is being deleted`);
     }
     return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
   }
@@ -249,12 +256,13 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
  *   shutdown failed keeps running);
  * - a Run whose VM stopped or is gone without an uploaded exit status: its exit line.
  * At most the watch's queryCap Runs are named in the query, the least recently asked first. A Run
- * waiting for capacity (Pending, its unplaced VM gone) has nothing to read, nor has a Run being
+ * waiting for capacity (Pending) has nothing to read, nor has a Run being
  * cancelled whose VM runs (its outcome is Cancelled).
  * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
  * (outcomeUnknown) up to the watch's grace window for the exit line, which Log Analytics may make
  * queryable only after the VM was seen stopped, then ends without one (MachineStopped); at once
- * when the CE has no Log Analytics workspace.
+ * when the CE has no Log Analytics workspace. A VM Azure accepted and could not place is reported
+ * (launchFailure) at every look and left for its Run's reconcile to delete.
  */
 export async function describeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], watch: AzureRunWatch = new AzureRunWatch()): Promise<Map<string, RunDescription | undefined>> {
   const out = new Map<string, RunDescription | undefined>();
@@ -359,15 +367,12 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
       out.set(uid, d);
       if (vm.failure && isCapacityCode(vm.failure.code)) {
-        // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way): the
-        // failed VM is deleted and the Run waits for capacity, then is launched again (same name).
-        d.state = "shutting-down";
+        // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way). Said
+        // by every look while the failed VM is there: the Run's reconcile deletes it once its
+        // capacity wait is recorded (a look that deleted it would say it once, and a reconcile
+        // after the next look, or after a restart, would take the VM's absence for its end). Then
+        // it is launched again (same name).
         d.launchFailure = { reason: vm.failure.code, message: `Azure could not allocate VM ${name}: ${vm.failure.message}` };
-        stopped.push(name);
-        asSeen.set(name, () => {
-          d.state = vm.state;
-          delete d.launchFailure;
-        });
         return;
       }
       if (vm.state === "stopped" || vm.state === "stopping") {
@@ -442,7 +447,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
     sent.forEach((r, i) => {
       if (r.status === "fulfilled") return;
       const name = names[i]!;
-      ctx.logger.warn({ vm: name, resourceGroup: rg, err: r.reason instanceof Error ? r.reason.message : String(r.reason) }, "could not delete a VM found stopped or failed; reported as seen");
+      ctx.logger.warn({ vm: name, resourceGroup: rg, err: r.reason instanceof Error ? r.reason.message : String(r.reason) }, "could not delete a VM found stopped; reported as seen");
       asSeen.get(name)?.();
     });
   }));

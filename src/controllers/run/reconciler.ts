@@ -655,7 +655,8 @@ export class RunReconciler {
     }
     const uid = run.metadata.uid ?? "";
     this.d.tracker.record(uid, desc, calledAt);
-    this.capacityAttempts.delete(uid);
+    // The refusals so far are kept (not the wait): a machine accepted now may still be refused its
+    // place (Azure's AllocationFailed), and the backoff then goes on growing. Dropped once placed.
     this.ending.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
@@ -734,10 +735,12 @@ export class RunReconciler {
     }
     await this.reportReadError(run, desc);
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
+    if (desc.state === "running" && !desc.launchFailure) this.capacityAttempts.delete(uid);
     if (desc.launchFailure) {
-      // Accepted, then not placed (capacity/quota): the provider removes the machine; the Run waits
-      // Pending (its machine followed until gone) and is launched again after a backoff.
-      return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance });
+      // Accepted, then not placed (capacity/quota): the Run waits Pending, then terminates the
+      // unplaced machine (every look says the refusal until then, so a reconcile after a later
+      // look, or after a restart, still finds it), and is launched again after a backoff.
+      return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance }, () => this.removeUnplaced(run, ce, provider, log));
     }
     switch (desc.state) {
       case "pending":
@@ -837,10 +840,11 @@ export class RunReconciler {
    * it keeps its claim on a slot while this operator runs (a restarted one counts it again only
    * once it launches).
    */
-  private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<ReconcileResult> {
+  private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}, afterWrite?: () => Promise<void>): Promise<ReconcileResult> {
     const uid = run.metadata.uid ?? "";
     const last = this.capacityAttempts.get(uid);
-    // The refusals so far, also across a restart of the operator (the status keeps them).
+    // The refusals so far (kept in memory across accepted launches until a machine is placed; after
+    // a restart of the operator, those of the wait the status names).
     const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
     const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
@@ -852,10 +856,26 @@ export class RunReconciler {
     const before = last?.reason ?? run.status?.reason;
     const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
-    // Acted on: a refusal the tracker kept for this (see RunTracker.pollOnce) is not taken again.
+    // Acted on: a reconcile from a cache that does not show the wait yet does not take the refusal again.
     if (written) this.d.tracker.forget(uid);
+    if (written && afterWrite) await afterWrite();
     if (written && before !== reason) void this.d.events.record(run, "Warning", reason, "Launch", m);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
+  }
+
+  /**
+   * The machine the cloud accepted and could not place, once its Run waits for capacity (see
+   * follow). A delete that does not go through now is not retried here: the Run's next launch
+   * attempt finds the machine (on Azure it deletes it then and waits again), and a Run that ends
+   * or is deleted meanwhile terminates it as any other.
+   */
+  private async removeUnplaced(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<void> {
+    try {
+      await provider.terminateRun(await this.context(ce, log), run);
+    } catch (e) {
+      const { reason, message } = describeError(e);
+      log.warn({ reason, instance: run.status?.instance?.id }, "could not delete the machine the cloud did not place (the next launch attempt finds it): %s", message);
+    }
   }
 
   /**

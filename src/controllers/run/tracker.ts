@@ -17,27 +17,20 @@ import { resolveCredentials } from "../shared.js";
 import { isTerminal, machineMayExist } from "./phases.js";
 import { FINALIZER } from "../../api/constants.js";
 
-/** A Run being deleted whose machine vmforge's finalizer still has to see gone (not one held only by another's finalizer). */
 /**
  * `seen` says the launch on record (`recorded`, the same machine: IDs compared without case, as
  * Azure's resource IDs are) was refused its place. Newer than the launch's answer when the look
  * was made after its call.
  */
 function refusedPlacing(seen: RunDescription | undefined, recorded: RunDescription | undefined): boolean {
-  return seen?.launchFailure !== undefined && recorded !== undefined && seen.instanceId.toLowerCase() === recorded.instanceId.toLowerCase();
+  return seen?.launchFailure !== undefined && recorded !== undefined && sameMachine(seen, recorded);
 }
 
-/** An active Run, which a refusal of its launch's place sends to a capacity wait (see pollOnce). */
-function awaitsRefusal(run: Run): boolean {
-  return !run.metadata.deletionTimestamp && !run.spec.cancel && !isTerminal(run);
+function sameMachine(a: RunDescription, b: RunDescription): boolean {
+  return a.instanceId.toLowerCase() === b.instanceId.toLowerCase();
 }
 
-/** A look since a refused launch finds a machine of the Run placed (another launch, or the same one up). */
-function placedSince(seen: RunDescription | undefined, refused: RunDescription): boolean {
-  if (!seen || seen.launchFailure) return false;
-  return seen.instanceId.toLowerCase() !== refused.instanceId.toLowerCase() || seen.state === "pending" || seen.state === "running" || seen.state === "unknown";
-}
-
+/** A Run being deleted whose machine vmforge's finalizer still has to see gone (not one held only by another's finalizer). */
 function finalizing(run: Run): boolean {
   return !!run.metadata.deletionTimestamp && (run.metadata.finalizers?.includes(FINALIZER) ?? false);
 }
@@ -132,7 +125,7 @@ export interface RunTrackerDeps {
 export function mergeLearned(before: RunDescription | undefined, now: RunDescription | undefined): RunDescription | undefined {
   if (!now) return undefined;
   const { readAttempted, ...out } = now;
-  if (!before || before.instanceId !== now.instanceId || before.launchFailure || now.launchFailure) return out;
+  if (!before || !sameMachine(before, now) || before.launchFailure || now.launchFailure) return out;
   if (out.exitCode === undefined && before.exitCode !== undefined) {
     out.exitCode = before.exitCode;
     if (before.bootstrapStep !== undefined) out.bootstrapStep = before.bootstrapStep;
@@ -300,12 +293,6 @@ export class RunTracker {
             desc = mergeLearned(seen, prev.desc);
             canonical = canonicalJson(desc);
             this.observations.set(uid, { ...prev, desc, canonical });
-          } else if (prev?.desc?.launchFailure && awaitsRefusal(run) && !placedSince(seen, prev.desc)) {
-            // A launch the cloud could not place is said by one look only: the provider removes the
-            // unplaced machine in that look. Kept until the Run's reconcile has acted on it (its
-            // capacity wait written, it forgets the observation), or else a reconcile after the
-            // next look would take the machine's absence for its end (MachineTerminated).
-            continue;
           } else {
             desc = mergeLearned(prev?.desc, seen);
             canonical = canonicalJson(desc);

@@ -323,14 +323,29 @@ describe("Azure runs", () => {
     expect(res.get(run.metadata.uid!)).toMatchObject({ state: "terminated", interrupted: true, interruptionReason: "SpotEvicted" });
   });
 
-  it("a VM Azure accepted but could not allocate is deleted and reported as a capacity wait", async () => {
+  it("a VM Azure accepted but could not allocate is reported at every look and left for its Run; a launch after the capacity wait that finds it still there deletes it and waits again", async () => {
     const run = runOf(44);
     const d = await launchRun(az.clients(), ctx, run);
     run.status = { instance: { id: d.instanceId } };
-    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] };
-    const res = await describeRuns(az.clients(), ctx, [run]);
-    expect(res.get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", launchFailure: { reason: "AllocationFailed", message: expect.stringContaining("Allocation failed.") } });
-    expect(az.ops()).toContain("compute.virtualMachines.delete");
+    const vm = az.get(d.instanceId)!;
+    vm.provisioningState = "Failed";
+    vm.instanceView = { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] };
+    for (let look = 0; look < 2; look++) {
+      const res = await describeRuns(az.clients(), ctx, [run]);
+      expect(res.get(run.metadata.uid!)).toMatchObject({ launchFailure: { reason: "AllocationFailed", message: expect.stringContaining("Allocation failed.") } });
+    }
+    expect(az.ops()).not.toContain("compute.virtualMachines.delete");
+    expect(az.get(d.instanceId)).toBeDefined();
+    // Its Run waited for capacity (its own delete did not go through): the next attempt deletes the VM and waits again.
+    run.status = { ...run.status, phase: "Pending", reason: "LaunchRetrying", capacityWait: { refusals: 1, notBefore: new Date().toISOString() } };
+    const err = await launchRun(az.clients(), ctx, run).catch((e: unknown) => e);
+    expect(err).toMatchObject({ capacity: true, reason: "AllocationFailed" });
+    expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines.")).slice(-2)).toEqual(["compute.virtualMachines.get", "compute.virtualMachines.delete"]);
+    expect(az.get(d.instanceId)).toBeUndefined();
+    // A failed VM of a Run not waiting for capacity (say, a resumed first launch) is returned as found.
+    delete run.status.capacityWait;
+    az.put(d.instanceId, { ...vm, provisioningState: "Failed" });
+    await expect(launchRun(az.clients(), ctx, run)).resolves.toMatchObject({ instanceId: d.instanceId });
   });
 
   it("terminate deletes the VM (forced); a missing VM is done", async () => {
