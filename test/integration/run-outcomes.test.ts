@@ -704,6 +704,8 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       expect(cloud.calls.terminate).toBeGreaterThan(terminates);
       expect(ended.status?.phase).toBe("Cancelled");
       expect(cond(ended, "MachineTerminationBlocked")).toBeUndefined();
+      // Stalled says the Run's end again, not the refusal that is over.
+      expect(cond(ended, "Stalled")).toMatchObject({ status: "True", reason: ended.status?.reason, message: ended.status?.message });
     } finally {
       cloud.sweepError = undefined;
     }
@@ -786,6 +788,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     });
     expect(ended.status?.phase).toBe("Cancelled");
     expect(cond(ended, "MachineTerminationBlocked")).toBeUndefined();
+    expect(cond(ended, "Stalled")).toMatchObject({ status: "True", reason: ended.status?.reason, message: ended.status?.message });
     for (const name of ["first-life", "second-life"]) await client.delete(RunResource, ns, name);
     await waitFor("both Runs gone", async () => (await getRun("first-life")) === undefined && (await getRun("second-life")) === undefined);
   });

@@ -1419,7 +1419,15 @@ function soonest(a: ReconcileResult, b: ReconcileResult): ReconcileResult {
 /** The Run's conditions without MachineTerminationBlocked, or undefined when it has none to remove. */
 function withoutBlocked(run: Run): Condition[] | undefined {
   const all = run.status?.conditions;
-  return all?.some((c) => c.type === MACHINE_BLOCKED) ? all.filter((c) => c.type !== MACHINE_BLOCKED) : undefined;
+  const blocked = getCondition(all, MACHINE_BLOCKED);
+  if (!all || !blocked) return undefined;
+  const out = all.filter((c) => c.type !== MACHINE_BLOCKED);
+  const stalled = getCondition(out, "Stalled");
+  // A refusal for good also said itself in Stalled (terminate): it goes with it, and the kstatus
+  // trio says the Run's own phase and reason again.
+  if (stalled?.status !== "True" || stalled.reason !== blocked.reason || stalled.message !== blocked.message) return out;
+  const s = run.status ?? {};
+  return runConditions(out, s.phase ?? "Pending", run.metadata.generation, s.reason ?? s.phase ?? "Pending", s.message ?? "");
 }
 
 export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string | undefined {
