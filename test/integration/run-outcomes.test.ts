@@ -186,6 +186,11 @@ describe("the machine and the outcome", () => {
     expect(cloud.batches.some((b) => b.includes(uid))).toBe(true);
     // The Event follows the condition (no reconcile waits for it to be sent).
     await waitFor("MachineLingered Event", async () => (await events("linger")).some((e) => e.reason === "MachineLingered" && e.type === "Warning"), 10_000, 100);
+    // Said once: two polls (300 ms each) later, still one Event with no repeat in its series.
+    const polls = op.operator.tracker.pollCount;
+    await waitFor("two more polls", async () => op.operator.tracker.pollCount >= polls + 2);
+    const said = (await events("linger")).filter((e) => e.reason === "MachineLingered");
+    expect(said.map((e) => e.series?.count ?? 1)).toEqual([1]);
     // Succeeded stays Ready.
     expect(cond(await getRun("linger"), "Ready")?.status).toBe("True");
   });

@@ -950,8 +950,15 @@ export class RunReconciler {
         // and nothing would tell why any more. (With the condition set, the next reconcile goes on
         // terminating below, so a crash before the termination loses nothing either.) The
         // termination goes below, with those of the CE's other Runs ending about now.
+        // Only on the version read: a reconcile from a cache that does not show the condition yet
+        // would write it (and its Event) a second time.
         const conditions = setCondition(run.status.conditions, { type: MACHINE_LINGERED, status: "True", reason: "TerminatedByOperator", message, observedGeneration: run.metadata.generation });
-        if (await this.report(run, { conditions })) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
+        const written = await this.report(run, { conditions }, undefined, undefined, undefined, true).catch((e: unknown) => {
+          if (e instanceof KubeApiError && e.status === 409) return undefined;
+          throw e;
+        });
+        if (written === undefined) return { requeueAfterMs: 1_000 };
+        if (written) void this.d.events.record(run, "Warning", "MachineLingered", "Terminate", message);
       }
     }
     if (!this.ceStopsMachine(run, ce, provider)) {
