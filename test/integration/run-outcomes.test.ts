@@ -401,6 +401,33 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   });
 
+  it("a Run whose pipeline had ended when it was found past its timeout (say, a launch resumed late) ends with the pipeline's outcome, not Timeout", async () => {
+    // The launch finds the machine ended: exit code 0, 10 minutes after it started.
+    class EndedCloud extends FakeCloud {
+      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
+        const d = await super.launchRun(ctx, r);
+        this.finish(r.metadata.uid ?? "", 0);
+        return { ...d, state: "terminated", exitCode: 0 };
+      }
+    }
+    const own = await freshNamespace(client, "late-outcome");
+    const ended = new EndedCloud();
+    ended.launchedAgoMs = 10 * 60_000;
+    const opE = await startOperator(kubeconfigPath(), new Map([["aws", ended]]), { namespaces: [own] });
+    try {
+      await readyCe("late", { defaultRunTimeout: "5m" }, own);
+      await run("late", "late", {}, own);
+      const done = await waitFor("Run late ended", async () => {
+        const r = await getRun("late", own);
+        return r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed" ? r : undefined;
+      }, 30_000);
+      expect([done.status?.phase, done.status?.reason, done.status?.exitCode]).toEqual(["Succeeded", "Succeeded", 0]);
+      expect(ended.calls.terminate).toBe(0);
+    } finally {
+      await opE.stop();
+    }
+  });
+
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
     expect(ce.spec.defaultRunTimeout).toBe("5m");

@@ -707,7 +707,12 @@ export class RunReconciler {
     const { timeout, decided } = this.timeoutFor(run, ce);
     const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
-    if (timeoutMs !== undefined && (decided || Date.now() - since > timeoutMs)) {
+    const obs = this.d.tracker.get(uid);
+    // The pipeline's outcome, once a look found it, stands over a timeout not acted on yet (a
+    // reconcile that came late, an operator that was down): the pipeline ended within its machine's
+    // life either way. A timeout already acted on (its termination asked for) stands.
+    const outcomeKnown = obs?.desc?.exitCode !== undefined;
+    if (timeoutMs !== undefined && (decided || (!outcomeKnown && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
       this.endingOf(uid).timedOut = timeout;
@@ -721,7 +726,6 @@ export class RunReconciler {
     // A machine pending or running as the last poll saw it: the tracker's next news of it, or the timeout, comes first.
     const quiet = Math.min(Math.max(this.d.pollIntervalMs, QUIET_FOLLOW_MS), wakeForTimeout);
 
-    const obs = this.d.tracker.get(uid);
     if (!obs) return { requeueAfterMs: next };
     const desc = obs.desc;
     if (!desc) {
