@@ -230,6 +230,11 @@ export interface RunLogChunk {
 
 export interface LaunchHints {
   firstAttempt?: boolean;
+  /**
+   * The capacity or quota reason the Run's last attempt was refused with, as far as the operator
+   * knows: a provider that finds that attempt's machine still being removed waits with it.
+   */
+  capacityReason?: string;
 }
 
 export interface CloudProvider {

@@ -965,10 +965,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(deletes.map((r) => r.status >= 200 && r.status < 300 ? "ok" : String(r.status))).toEqual(["409", "ok"]);
       const puts = vmCalls.filter((r) => r.method === "PUT");
       expect(puts.length).toBeGreaterThanOrEqual(2);
-      const order = vmCalls.map((r) => r.seq);
-      expect(puts[0]!.seq).toBeLessThan(deletes[0]!.seq);
       expect(deletes[1]!.seq).toBeLessThan(puts[puts.length - 1]!.seq);
-      expect(order).toEqual([...order].sort((a, b) => a - b));
       // The first delete came from the capacity wait, with no launch attempt's look-up before it;
       // the accepted one from the next attempt, which looked the VM up, found it failed, and said
       // it waits for the VM's deletion (not launched onto the failed VM).

@@ -117,20 +117,29 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
   const rg = runRg(ce);
   const name = vmName(uid);
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
-  const existing = hints?.firstAttempt ? undefined : await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, so));
+  // With its instance view: a failed VM's failure code says whether Azure could not place it.
+  const existing = hints?.firstAttempt ? undefined : await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, { ...so, expand: "instanceView" }));
   if (existing) {
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
     const prov = (existing.provisioningState ?? "").toLowerCase();
-    const reason = run.status?.reason && isCapacityCode(run.status.reason) ? run.status.reason : "AllocationFailed";
+    const known = hints?.capacityReason ?? run.status?.reason;
+    const reason = known && isCapacityCode(known) ? known : "AllocationFailed";
     if (prov === "deleting") {
       // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
       throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`);
     }
-    if (prov === "failed" && run.status?.capacityWait) {
+    const failure = provisioningFailure(existing.instanceView?.statuses).failure;
+    if (prov === "failed" && failure && isCapacityCode(failure.code)) {
       // That VM is still there: its deletion when the Run began to wait did not go through. Sent
-      // now; the Run waits again, and its next attempt makes the VM anew.
-      await deleteVms(c, rg, [name], so);
-      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is being deleted`);
+      // now; the Run waits again (with the reason Azure gave that VM), and its next attempt makes
+      // the VM anew. A delete that fails now is sent at the attempt after.
+      const sent = await deleteVms(c, rg, [name], so).then(() => undefined, (e: unknown) => {
+        if (!(e instanceof CloudError)) throw e; // an abort, a bug: not a wait
+        return e.message;
+      });
+      throw CloudError.capacity(failure.code, sent === undefined
+        ? `the VM ${name} of an earlier attempt that Azure could not allocate is being deleted`
+        : `the VM ${name} of an earlier attempt that Azure could not allocate could not be deleted yet (${sent}); tried again at the next attempt`);
     }
     return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
   }

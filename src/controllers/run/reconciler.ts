@@ -589,9 +589,10 @@ export class RunReconciler {
     let finder: Run | undefined;
     for (const r of runs) {
       const desc = found.get(uidOf(r));
-      // Only a machine the cloud listed counts: a description the provider inferred for a machine
-      // it does not list (gone, or in another account, region or subscription) proves nothing.
-      if (desc && !desc.launchFailure && !desc.unlisted) {
+      // Only a machine the cloud listed counts (one it could not place too: it is there until its
+      // Run deletes it): a description the provider inferred for a machine it does not list (gone,
+      // or in another account, region or subscription) proves nothing.
+      if (desc && !desc.unlisted) {
         this.looked.set(uidOf(r), { asked, found: true });
         finder ??= r;
         continue;
@@ -628,7 +629,8 @@ export class RunReconciler {
         if (token) ctx.platformToken = token;
       }
       calledAt = Date.now();
-      desc = await provider.launchRun(ctx, run, { firstAttempt });
+      const capacityReason = this.capacityAttempts.get(run.metadata.uid ?? "")?.reason;
+      desc = await provider.launchRun(ctx, run, { firstAttempt, ...(capacityReason ? { capacityReason } : {}) });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
       this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
@@ -852,7 +854,6 @@ export class RunReconciler {
     const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
     const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
-    this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
     // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
     this.ending.delete(uid);
     const m = clip(message);
@@ -860,8 +861,13 @@ export class RunReconciler {
     const before = last?.reason ?? run.status?.reason;
     const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
-    // Acted on: a reconcile from a cache that does not show the wait yet does not take the refusal again.
-    if (written) this.d.tracker.forget(uid);
+    if (written) {
+      // Counted once the wait is on record (a write refused, say from a stale copy, counts nothing).
+      this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
+      // Acted on: a reconcile from a cache that does not show the wait yet finds no observation
+      // until the next look (which says the refusal again while the machine is there).
+      this.d.tracker.forget(uid);
+    }
     if (written && afterWrite) await afterWrite();
     if (written && before !== reason) void this.d.events.record(run, "Warning", reason, "Launch", m);
     return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };

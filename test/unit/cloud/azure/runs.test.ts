@@ -323,7 +323,7 @@ describe("Azure runs", () => {
     expect(res.get(run.metadata.uid!)).toMatchObject({ state: "terminated", interrupted: true, interruptionReason: "SpotEvicted" });
   });
 
-  it("a VM Azure accepted but could not allocate is reported at every look and left for its Run; a launch after the capacity wait that finds it still there deletes it and waits again", async () => {
+  it("a VM Azure accepted but could not allocate is reported at every look and left for its Run; a launch that finds it still there deletes it and waits again", async () => {
     const run = runOf(44);
     const d = await launchRun(az.clients(), ctx, run);
     run.status = { instance: { id: d.instanceId } };
@@ -342,10 +342,16 @@ describe("Azure runs", () => {
     expect(err).toMatchObject({ capacity: true, reason: "AllocationFailed" });
     expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines.")).slice(-2)).toEqual(["compute.virtualMachines.get", "compute.virtualMachines.delete"]);
     expect(az.get(d.instanceId)).toBeUndefined();
-    // A failed VM of a Run not waiting for capacity (say, a resumed first launch) is returned as found.
+    // Found still failed for want of capacity with no wait on record (a resumed launch): the same,
+    // with the VM's own reason.
     delete run.status.capacityWait;
-    az.put(d.instanceId, { ...vm, provisioningState: "Failed" });
+    az.put(d.instanceId, { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/ZonalAllocationFailed", message: "Allocation failed." }] } });
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: true, reason: "ZonalAllocationFailed" });
+    expect(az.get(d.instanceId)).toBeUndefined();
+    // A VM that failed for another reason is not taken for a capacity refusal: returned as found.
+    az.put(d.instanceId, { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/OSProvisioningTimedOut", message: "timed out" }] } });
     await expect(launchRun(az.clients(), ctx, run)).resolves.toMatchObject({ instanceId: d.instanceId });
+    expect(az.get(d.instanceId)).toBeDefined();
   });
 
   it("terminate deletes the VM (forced); a missing VM is done", async () => {
