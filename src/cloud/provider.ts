@@ -281,6 +281,12 @@ export interface CloudProvider {
   /** Stops the Run's machine; no machine counts as done. */
   terminateRun(ctx: EnvContext, run: Run): Promise<void>;
   /**
+   * Removes the Run's machine that the cloud accepted and could not place (RunDescription's
+   * launchFailure), only if a consistent read still finds it so: a look's list may lag behind the
+   * cloud, and a machine made since under the same name must not go. Without it, terminateRun.
+   */
+  removeUnplaced?(ctx: EnvContext, run: Run): Promise<void>;
+  /**
    * terminateRun for several Runs of the CE in ctx (deleted together), in as few calls as the cloud
    * allows. Resolves to the Runs whose termination could not be sent, by UID, with why; the others'
    * was. Throws when a call they all share fails.

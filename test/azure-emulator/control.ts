@@ -216,6 +216,17 @@ export class AzureEmulatorControl {
   removeFault(id: string): Promise<void> {
     return this.call("DELETE", `/faults/${encodeURIComponent(id)}`);
   }
+  /**
+   * VM lists lag behind deletions, as ARM's can: a VM whose ID contains `path` (case-insensitive),
+   * once deleted, is still listed as it was for `ms`, over a VM made since under its name; a GET
+   * finds it gone at once.
+   */
+  addListLag(l: { path: string; ms: number }): Promise<{ id: string; path: string; ms: number }> {
+    return this.call("POST", "/list-lags", l);
+  }
+  removeListLag(id: string): Promise<void> {
+    return this.call("DELETE", `/list-lags/${encodeURIComponent(id)}`);
+  }
   /** SkuNotAvailable without count also marks the size restricted in Microsoft.Compute/skus. */
   addCapacityError(c: { vmSize: string; location: string; code: "SkuNotAvailable" | "AllocationFailed" | "OperationNotAllowed" | "ZonalAllocationFailed"; count?: number }): Promise<{ id: string }> {
     return this.call("POST", "/capacity", c);

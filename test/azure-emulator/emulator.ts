@@ -559,6 +559,12 @@ export class Emulator {
       this.faults = this.faults.filter((f) => f.id !== id);
       return reply(200, {});
     }
+    const oneLag = /^DELETE \/list-lags\/([^/]+)$/.exec(route);
+    if (oneLag) {
+      const id = decodeURIComponent(oneLag[1]!);
+      this.arm.listLags = this.arm.listLags.filter((l) => l.id !== id);
+      return reply(200, {});
+    }
     const oneCapacity = /^DELETE \/capacity\/([^/]+)$/.exec(route);
     if (oneCapacity) {
       const id = decodeURIComponent(oneCapacity[1]!);
@@ -620,6 +626,12 @@ export class Emulator {
         return reply(200, {});
       case "GET /faults":
         return reply(200, { value: this.faults });
+      case "POST /list-lags": {
+        if (typeof body.path !== "string" || !body.path || typeof body.ms !== "number" || body.ms < 0) throw new ArmError(400, "InvalidParameter", "A list lag needs a path and ms.");
+        const l = { id: this.ids.guid("list-lag-id", "list-lag"), path: body.path, ms: body.ms };
+        this.arm.listLags.push(l);
+        return reply(201, l);
+      }
       case "POST /capacity": {
         const c: CapacityFault = { id: this.ids.guid("capacity-id", "capacity"), vmSize: String(body.vmSize), location: lc(String(body.location)), code: body.code, count: body.count };
         if (!["SkuNotAvailable", "AllocationFailed", "OperationNotAllowed", "ZonalAllocationFailed"].includes(c.code)) throw new ArmError(400, "InvalidParameter", `Unknown capacity error code '${c.code}'.`);

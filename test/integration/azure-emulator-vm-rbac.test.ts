@@ -193,6 +193,31 @@ describe("Azure emulator: virtual machines, RBAC, capacity, faults", () => {
     await ctl.clearCapacityErrors();
   });
 
+  it("a list lag: a VM deleted a moment ago is still listed as it was, over a VM made since under its name, while a GET finds the truth", async () => {
+    const ctl = azureControl();
+    await ctl.addCapacityError({ vmSize: "Standard_D2s_v5", location: LOCATION, code: "AllocationFailed", count: 1 });
+    await expect(compute.virtualMachines.createOrUpdate("rg-vm", "lag-1", vmParams(subnetId))).rejects.toThrow(/AllocationFailed/);
+    const lag = await ctl.addListLag({ path: "/virtualMachines/lag-1", ms: 2_000 });
+    try {
+      await compute.virtualMachines.delete("rg-vm", "lag-1").pollUntilDone();
+      await expect(compute.virtualMachines.get("rg-vm", "lag-1")).rejects.toMatchObject({ statusCode: 404 });
+      const listedCodes = async (): Promise<string[] | undefined> =>
+        (await collect(compute.virtualMachines.listAll({ statusOnly: "true" }))).find((v) => v.name === "lag-1")?.instanceView?.statuses?.map((x) => x.code ?? "");
+      expect(await listedCodes()).toContain("ProvisioningState/failed/AllocationFailed");
+      expect((await collect(compute.virtualMachines.list("rg-vm"))).map((v) => v.name)).toContain("lag-1");
+      // Made again under its name: the GET finds the new VM, the list still the deleted one.
+      await compute.virtualMachines.createOrUpdate("rg-vm", "lag-1", vmParams(subnetId)).pollUntilDone();
+      expect((await compute.virtualMachines.get("rg-vm", "lag-1")).provisioningState).toBe("Succeeded");
+      expect(await listedCodes()).toContain("ProvisioningState/failed/AllocationFailed");
+      // After the lag the list catches up.
+      await new Promise((r) => setTimeout(r, 2_100));
+      expect(await listedCodes()).toContain("ProvisioningState/succeeded");
+    } finally {
+      await ctl.removeListLag(lag.id);
+      await compute.virtualMachines.delete("rg-vm", "lag-1").pollUntilDone().catch(() => undefined);
+    }
+  });
+
   it("one capacity error or fault is removed by its ID, the others stay; a fault with a path meets only requests for that resource", async () => {
     const ctl = azureControl();
     const a = await ctl.addCapacityError({ vmSize: "Standard_E4s_v5", location: LOCATION, code: "SkuNotAvailable" });

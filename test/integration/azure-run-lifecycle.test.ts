@@ -983,6 +983,49 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await op.stop();
     }
   }, 180_000);
+  it("an unplaced VM still listed after its deletion (ARM's lists lag), over the VM the next attempt made under its name: the new VM is not deleted, and the Run runs on it", async () => {
+    const ctl = azureControl();
+    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclag", "alloclag");
+    const rg = resourceGroupName({ namespace: ns, name: "alloclag", uid: own.metadata.uid! });
+    const since = (await ctl.requests(0)).lastSeq;
+    // A size no other test uses, refused a place once; this CE's deleted VMs stay listed 6 s.
+    const { id } = await ctl.addCapacityError({ vmSize: "Standard_B2s", location: LOCATION, code: "AllocationFailed", count: 1 });
+    const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 6_000 });
+    try {
+      await env.kube.create(RunResource, env.runBody("alloclag", "alloclag", { overrides: { instanceType: "Standard_B2s" } }, ns));
+      const seen: string[] = [];
+      let shipped = false;
+      const running = await waitFor("alloclag Running", async () => {
+        const r = await env.getRun("alloclag", ns);
+        const p = `${r?.status?.phase}/${r?.status?.reason}`;
+        if (seen[seen.length - 1] !== p) seen.push(p);
+        if (!shipped && r?.status?.phase === "Launching" && r.status.reason === "SettingUp") {
+          shipped = true;
+          await env.startPipeline(own, r);
+        }
+        return r?.status?.phase === "Running" ? r : undefined;
+      }, 120_000, 100).catch((e: unknown) => {
+        throw new Error(`${String(e)}; seen: ${seen.join(", ")}`);
+      });
+      expect(seen).toContain("Pending/AllocationFailed");
+      expect(seen.filter((p) => p.startsWith("Failed") || p.startsWith("Cancelled"))).toEqual([]);
+      const tail = `/virtualMachines/${vmName(running.metadata.uid!)}`.toLowerCase();
+      const vmCalls = (await ctl.requests(since)).value.filter((r) => r.path.toLowerCase().endsWith(tail));
+      // One VM refused, deleted once; one made after it and kept.
+      expect(vmCalls.filter((r) => r.method === "DELETE" && r.status < 300)).toHaveLength(1);
+      expect(vmCalls.filter((r) => r.method === "PUT" && r.status < 300)).toHaveLength(2);
+      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === running.metadata.uid);
+      expect(vms).toHaveLength(1);
+      expect(vms[0]).toMatchObject({ vmSize: "Standard_B2s", provisioningState: "Succeeded" });
+      await env.kube.delete(RunResource, ns, "alloclag");
+      await waitFor("alloclag gone", async () => (await env.getRun("alloclag", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeListLag(lag.id).catch(() => undefined);
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      await op.stop();
+    }
+  }, 180_000);
+
   it("refusals of VMs Azure accepted and could not place are counted across their launches: each wait is longer than the last until a VM is placed", async () => {
     const ctl = azureControl();
     const { ns, op } = await ownOperatorAndCe("azallocn", "allocn");

@@ -8,7 +8,7 @@ import { CloudError, settleAll, type CloudProvider, type EnvContext, type EnvObs
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
 import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
 import { AzureRunWatch, EXIT_LINE_GRACE_MS } from "./observe.js";
-import { describeRuns, launchRun, readRunLog, sweepOrphans, terminateRun, terminateRuns } from "./runs.js";
+import { describeRuns, launchRun, readRunLog, removeUnplaced, sweepOrphans, terminateRun, terminateRuns } from "./runs.js";
 
 export interface AzureProviderOptions {
   /** Endpoints, CA and ambient identity choice (default: from the operator's environment). */
@@ -127,6 +127,10 @@ export class AzureProvider implements CloudProvider {
 
   async terminateRun(ctx: EnvContext, run: Run): Promise<void> {
     await terminateRun(this.clientsFor(ctx), ctx, run);
+  }
+
+  async removeUnplaced(ctx: EnvContext, run: Run): Promise<void> {
+    await removeUnplaced(this.clientsFor(ctx), ctx, run);
   }
 
   async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {

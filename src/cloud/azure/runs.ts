@@ -546,6 +546,25 @@ export async function terminateRun(c: AzureClients, ctx: EnvContext, run: Run): 
   await deleteVms(c, recorded ?? runRg(ctx.ce), [vmName(uid)], ctx.signal ? { abortSignal: ctx.signal } : {});
 }
 
+/**
+ * Deletes the Run's VM if Azure could not place it, as a GET finds it now (a list may still show
+ * a VM deleted a moment ago, and the Run's next attempt may have made a new one under the name):
+ * failed with a capacity code, and the Run's.
+ */
+export async function removeUnplaced(c: AzureClients, ctx: EnvContext, run: Run): Promise<void> {
+  const uid = run.metadata.uid;
+  if (!uid) return;
+  const recorded = run.status?.instance?.id ? parseResourceId(run.status.instance.id)?.resourceGroup : undefined;
+  const rg = recorded ?? runRg(ctx.ce);
+  const name = vmName(uid);
+  const so = ctx.signal ? { abortSignal: ctx.signal } : {};
+  const vm = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, { ...so, expand: "instanceView" }));
+  if (!vm || vm.tags?.[TAG_RUN_UID] !== uid || (vm.provisioningState ?? "").toLowerCase() !== "failed") return;
+  const failure = provisioningFailure(vm.instanceView?.statuses).failure;
+  if (!failure || !isCapacityCode(failure.code)) return;
+  await deleteVms(c, rg, [name], so);
+}
+
 /** How many VM deletes terminateRuns has in flight at once (ARM has no call that deletes several). */
 const DELETES_AT_ONCE = 8;
 

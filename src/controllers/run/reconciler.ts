@@ -881,7 +881,8 @@ export class RunReconciler {
    */
   private async removeUnplaced(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<void> {
     try {
-      await provider.terminateRun(await this.context(ce, log), run);
+      const ctx = await this.context(ce, log);
+      await (provider.removeUnplaced ? provider.removeUnplaced(ctx, run) : provider.terminateRun(ctx, run));
     } catch (e) {
       const { reason, message } = describeError(e);
       log.warn({ reason, instance: run.status?.instance?.id }, "could not delete the machine the cloud did not place (the next launch attempt finds it): %s", message);

@@ -416,8 +416,23 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
       const ex = expandOf(ctx);
       return vmView(ctx, res, { instanceView: ex.has("instanceview"), userData: ex.has("userdata") });
     },
-    listView(ctx, items) {
+    listView(ctx, listed) {
       const now = new Date(ctx.now).toISOString();
+      // A VM being deleted under a list lag is listed as it was; one deleted less than the lag ago
+      // too, over a new one of its name.
+      let items = listed.map((r) => (r.x.listedAs as Stored | undefined) ?? r);
+      const ghosts = [...ctx.arm.listedAfterDelete.entries()].filter(([k, g]) => {
+        if (g.until > ctx.now) return true;
+        ctx.arm.listedAfterDelete.delete(k);
+        return false;
+      }).map(([, g]) => g.res);
+      const within = ctx.listedIn;
+      const inScope = within ? ghosts.filter((g) => lc(g.id).startsWith(`${within}/`)) : [];
+      if (inScope.length > 0) {
+        const byKey = new Map(items.map((r) => [r.key, r] as const));
+        for (const g of inScope) byKey.set(g.key, g);
+        items = [...byKey.values()];
+      }
       // As Azure documents both VM lists: $expand=instanceView only with a valid $filter (a scale
       // set: 'virtualMachineScaleSet/id' eq '...'), refused otherwise.
       const expand = expandOf(ctx).has("instanceview");
@@ -453,7 +468,10 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
     subGets: {
       instanceview: (ctx, res) => instanceView(res, new Date(ctx.now).toISOString()),
     },
-    beforeDelete() {},
+    beforeDelete(ctx, res) {
+      // Under a list lag, lists go on showing the VM as it is now while it is deleted, and after.
+      if (listLagOf(ctx.arm, res)) res.x.listedAs = snapshot(res);
+    },
     onRemoved(arm, res) {
       arm.vmIds.delete(lc(res.x.vmId ?? ""));
       const sys = res.body.identity?.principalId;
@@ -518,11 +536,24 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
   return [vm, disk];
 }
 
+function listLagOf(arm: Arm, res: Stored): { ms: number } | undefined {
+  return arm.listLags.find((l) => lc(res.id).includes(lc(l.path)));
+}
+
+/** The VM as a lagging list shows it: a copy, the stored one goes on changing. */
+function snapshot(res: Stored): Stored {
+  const { listedAs: _, ...x } = res.x;
+  return { ...res, body: JSON.parse(JSON.stringify(res.body)) as Json, x };
+}
+
 /** Removing a VM (DELETE, resource group deletion, Spot eviction) cascades per its deleteOptions. */
 export function installVmDelete(arm: Arm): void {
   const original = arm.remove.bind(arm);
   arm.remove = (res: Stored, viaParent = false): void => {
     if (lc(res.type) === lc(VM_TYPE) && !res.x.__removing) {
+      const lag = listLagOf(arm, res);
+      // Still listed as it was before its deletion began, for the lag.
+      if (lag) arm.listedAfterDelete.set(res.key, { res: (res.x.listedAs as Stored | undefined) ?? snapshot(res), until: arm.d.now() + lag.ms });
       res.x.__removing = true;
       removeVm(arm, res);
       return;

@@ -55,6 +55,8 @@ export interface OpCtx {
   now: number;
   /** For lists: whether the collection is the subscription's or a resource group's. */
   listScope?: "subscription" | "resourceGroup";
+  /** For lists: the subscription or resource group scope listed (lower case), e.g. `/subscriptions/s/resourcegroups/g`. */
+  listedIn?: string;
 }
 
 export interface PutOutcome {
@@ -118,6 +120,13 @@ export class Arm {
   readonly byUniqueProp = new Map<string, string>();
   /** VMs by their vmId (lower-cased) -> resource key; kept by the compute types. */
   readonly vmIds = new Map<string, string>();
+  /**
+   * Lists that lag behind deletions, as ARM's can: a VM whose ID contains `path`, once deleted,
+   * is still listed as it was for `ms` (a GET finds it gone at once). Kept by the compute types.
+   */
+  listLags: { id: string; path: string; ms: number }[] = [];
+  /** Deleted VMs still listed: resource key -> the VM as it was, until when (ms). */
+  readonly listedAfterDelete = new Map<string, { res: Stored; until: number }>();
   private pending: Operation[] = [];
 
   constructor(readonly d: ArmDeps) {}
@@ -136,6 +145,8 @@ export class Arm {
     this.ops.clear();
     this.vmIds.clear();
     this.byUniqueProp.clear();
+    this.listLags = [];
+    this.listedAfterDelete.clear();
     this.pending = [];
   }
 

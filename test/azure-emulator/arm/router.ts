@@ -269,7 +269,7 @@ export class ArmRouter {
 
   /** Items of a list the caller may read: all when allowed at the list scope, else those allowed one by one. */
   private visible(req: ArmRequest, scope: string, action: string, items: Stored[], t?: TypeDef): Json[] {
-    const ctx: OpCtx = { ...this.ctx(req), listScope: "subscription" };
+    const ctx: OpCtx = { ...this.ctx(req), listScope: "subscription", listedIn: lc(scope) };
     let shown = items;
     if (!this.rbac.allowed(req.caller.oid, action, scope, false)) {
       shown = items.filter((r) => this.rbac.allowed(req.caller.oid, action, r.id, false));
@@ -454,7 +454,7 @@ export class ArmRouter {
         if (!parent) throw notFound(this.arm.typeDef(`${ns}/${typeSegs.join("/")}`)?.type ?? `${ns}/${typeSegs.join("/")}`, tail[pairs * 2 - 1]!, rgName);
         return this.paged(req, this.listOut(ctx, t, this.arm.children(parent.key, t.type)));
       }
-      return this.paged(req, this.listOut(ctx, t, this.arm.children(lc(rgScope), t.type)));
+      return this.paged(req, this.listOut({ ...ctx, listedIn: lc(rgScope) }, t, this.arm.children(lc(rgScope), t.type)));
     }
     const id = `${rgScope}/providers/${ns}/${tail.join("/")}`;
     const name = tail[tail.length - 1]!;
