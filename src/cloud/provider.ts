@@ -281,11 +281,11 @@ export interface CloudProvider {
   /** Stops the Run's machine; no machine counts as done. */
   terminateRun(ctx: EnvContext, run: Run): Promise<void>;
   /**
-   * Removes the Run's machine that the cloud accepted and could not place (RunDescription's
-   * launchFailure), only if a consistent read still finds it so: a look's list may lag behind the
-   * cloud, and a machine made since under the same name must not go. Without it, terminateRun.
+   * Whether a consistent read finds the Run's machine refused its place now (RunDescription's
+   * launchFailure came from a look whose list may lag behind the cloud: the machine may be
+   * deleted, or made anew under the same name since). Without it, a look's word is taken.
    */
-  removeUnplaced?(ctx: EnvContext, run: Run): Promise<void>;
+  confirmUnplaced?(ctx: EnvContext, run: Run): Promise<boolean>;
   /**
    * terminateRun for several Runs of the CE in ctx (deleted together), in as few calls as the cloud
    * allows. Resolves to the Runs whose termination could not be sent, by UID, with why; the others'

@@ -8,7 +8,7 @@ import { CloudError, settleAll, type CloudProvider, type EnvContext, type EnvObs
 import { AzureClientCache, createAzureClients, endpointsFromEnv, parseAzureCredentials, type AzureClients, type AzureEndpoints, type AzureIdentity } from "./clients.js";
 import { disposeAzureEnvironment, observeAzureEnvironment, provisionAzureEnvironment, subscriptionOf } from "./environment.js";
 import { AzureRunWatch, EXIT_LINE_GRACE_MS } from "./observe.js";
-import { describeRuns, launchRun, readRunLog, removeUnplaced, sweepOrphans, terminateRun, terminateRuns } from "./runs.js";
+import { describeRuns, launchRun, confirmUnplaced, readRunLog, sweepOrphans, terminateRun, terminateRuns } from "./runs.js";
 
 export interface AzureProviderOptions {
   /** Endpoints, CA and ambient identity choice (default: from the operator's environment). */
@@ -129,8 +129,8 @@ export class AzureProvider implements CloudProvider {
     await terminateRun(this.clientsFor(ctx), ctx, run);
   }
 
-  async removeUnplaced(ctx: EnvContext, run: Run): Promise<void> {
-    await removeUnplaced(this.clientsFor(ctx), ctx, run);
+  async confirmUnplaced(ctx: EnvContext, run: Run): Promise<boolean> {
+    return confirmUnplaced(this.clientsFor(ctx), ctx, run);
   }
 
   async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {

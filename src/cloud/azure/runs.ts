@@ -547,22 +547,18 @@ export async function terminateRun(c: AzureClients, ctx: EnvContext, run: Run): 
 }
 
 /**
- * Deletes the Run's VM if Azure could not place it, as a GET finds it now (a list may still show
- * a VM deleted a moment ago, and the Run's next attempt may have made a new one under the name):
- * failed with a capacity code, and the Run's.
+ * Whether a GET finds the Run's VM failed for want of capacity now: a list may still show a VM
+ * deleted a moment ago, over the VM the Run's next attempt made under its name.
  */
-export async function removeUnplaced(c: AzureClients, ctx: EnvContext, run: Run): Promise<void> {
+export async function confirmUnplaced(c: AzureClients, ctx: EnvContext, run: Run): Promise<boolean> {
   const uid = run.metadata.uid;
-  if (!uid) return;
+  if (!uid) return false;
   const recorded = run.status?.instance?.id ? parseResourceId(run.status.instance.id)?.resourceGroup : undefined;
-  const rg = recorded ?? runRg(ctx.ce);
-  const name = vmName(uid);
   const so = ctx.signal ? { abortSignal: ctx.signal } : {};
-  const vm = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(rg, name, { ...so, expand: "instanceView" }));
-  if (!vm || vm.tags?.[TAG_RUN_UID] !== uid || (vm.provisioningState ?? "").toLowerCase() !== "failed") return;
+  const vm = await azGet(c, "launch", "Microsoft.Compute/virtualMachines/read", () => c.compute.virtualMachines.get(recorded ?? runRg(ctx.ce), vmName(uid), { ...so, expand: "instanceView" }));
+  if (!vm || vm.tags?.[TAG_RUN_UID] !== uid || (vm.provisioningState ?? "").toLowerCase() !== "failed") return false;
   const failure = provisioningFailure(vm.instanceView?.statuses).failure;
-  if (!failure || !isCapacityCode(failure.code)) return;
-  await deleteVms(c, rg, [name], so);
+  return failure !== undefined && isCapacityCode(failure.code);
 }
 
 /** How many VM deletes terminateRuns has in flight at once (ARM has no call that deletes several). */

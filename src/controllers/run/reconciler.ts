@@ -745,7 +745,11 @@ export class RunReconciler {
     if (desc.launchFailure) {
       // Accepted, then not placed (capacity/quota): the Run waits Pending, then terminates the
       // unplaced machine (every look says the refusal until then, so a reconcile after a later
-      // look, or after a restart, still finds it), and is launched again after a backoff.
+      // look, or after a restart, still finds it), and is launched again after a backoff. Only
+      // once a consistent read confirms it: a look's list may show a machine deleted a moment ago,
+      // over the one the next attempt made under its name (nothing else launches for this Run
+      // until this reconcile ends, so the termination by name meets the machine confirmed).
+      if (provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
       return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance }, () => this.removeUnplaced(run, ce, provider, log));
     }
     switch (desc.state) {
@@ -881,8 +885,7 @@ export class RunReconciler {
    */
   private async removeUnplaced(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<void> {
     try {
-      const ctx = await this.context(ce, log);
-      await (provider.removeUnplaced ? provider.removeUnplaced(ctx, run) : provider.terminateRun(ctx, run));
+      await provider.terminateRun(await this.context(ce, log), run);
     } catch (e) {
       const { reason, message } = describeError(e);
       log.warn({ reason, instance: run.status?.instance?.id }, "could not delete the machine the cloud did not place (the next launch attempt finds it): %s", message);

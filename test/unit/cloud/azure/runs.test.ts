@@ -4,7 +4,7 @@ import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
 import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
-import { describeRuns, launchRun, machineState, readRunLog, removeUnplaced, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
+import { confirmUnplaced, describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
 import { azureImageReference, osDiskName, resourceGroupName, vmName } from "../../../../src/cloud/azure/names.js";
 import { RestLikeError, UID, provisionedAzure, type FakeAzure } from "./fake-azure.js";
@@ -354,25 +354,20 @@ describe("Azure runs", () => {
     expect(az.get(d.instanceId)).toBeDefined();
   });
 
-  it("removeUnplaced deletes the Run's VM only while a GET finds it failed for want of capacity (not one made since under its name)", async () => {
+  it("confirmUnplaced: only a GET that finds the Run's VM failed for want of capacity confirms a look's refusal (not a VM made since under its name, nor one gone)", async () => {
     const run = runOf(45);
     const d = await launchRun(az.clients(), ctx, run);
     run.status = { instance: { id: d.instanceId } };
-    const deletes = (): number => az.ops().filter((o) => o === "compute.virtualMachines.delete").length;
-    // Being made (say, the next attempt's VM, while a list still shows the failed one): left alone.
-    await removeUnplaced(az.clients(), ctx, run);
-    expect(deletes()).toBe(0);
+    // Being made (say, the next attempt's VM, while a list still shows the failed one).
+    expect(await confirmUnplaced(az.clients(), ctx, run)).toBe(false);
     const vm = az.get(d.instanceId)!;
     az.put(d.instanceId, { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/OSProvisioningTimedOut", message: "timed out" }] } });
-    await removeUnplaced(az.clients(), ctx, run);
-    expect(deletes()).toBe(0);
+    expect(await confirmUnplaced(az.clients(), ctx, run)).toBe(false);
     az.put(d.instanceId, { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] } });
-    await removeUnplaced(az.clients(), ctx, run);
-    expect(deletes()).toBe(1);
-    expect(az.get(d.instanceId)).toBeUndefined();
-    // Gone: nothing to do.
-    await removeUnplaced(az.clients(), ctx, run);
-    expect(deletes()).toBe(1);
+    expect(await confirmUnplaced(az.clients(), ctx, run)).toBe(true);
+    az.store.delete(d.instanceId.toLowerCase());
+    expect(await confirmUnplaced(az.clients(), ctx, run)).toBe(false);
+    expect(az.ops()).not.toContain("compute.virtualMachines.delete");
   });
 
   it("terminate deletes the VM (forced); a missing VM is done", async () => {
