@@ -562,7 +562,14 @@ export class Emulator {
     const oneLag = /^DELETE \/list-lags\/([^/]+)$/.exec(route);
     if (oneLag) {
       const id = decodeURIComponent(oneLag[1]!);
+      const gone = this.arm.listLags.find((l) => l.id === id);
       this.arm.listLags = this.arm.listLags.filter((l) => l.id !== id);
+      // What it made goes with it: lists show the truth again at once.
+      if (gone) {
+        const its = (vmId: string): boolean => lc(vmId).includes(lc(gone.path)) && !this.arm.listLags.some((l) => lc(vmId).includes(lc(l.path)));
+        for (const [k, g] of this.arm.listedAfterDelete) if (its(g.res.id)) this.arm.listedAfterDelete.delete(k);
+        for (const r of this.arm.resources.values()) if (r.x.listedAs && its(r.id)) delete r.x.listedAs;
+      }
       return reply(200, {});
     }
     const oneCapacity = /^DELETE \/capacity\/([^/]+)$/.exec(route);

@@ -134,7 +134,8 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
       // now; the Run waits again (with the reason Azure gave that VM), and its next attempt makes
       // the VM anew. A delete that fails now is sent at the attempt after.
       const sent = await deleteVms(c, rg, [name], so).then(() => undefined, (e: unknown) => {
-        if (!(e instanceof CloudError)) throw e; // an abort, a bug: not a wait
+        // An abort, a bug, a refusal for good (say, no delete permission): not a wait.
+        if (!(e instanceof CloudError) || e.kind === "Terminal") throw e;
         return e.message;
       });
       throw CloudError.capacity(failure.code, sent === undefined

@@ -713,7 +713,7 @@ export class RunReconciler {
     // The pipeline's outcome, once a look found it, stands over a timeout not acted on yet (a
     // reconcile that came late, an operator that was down): the pipeline ended within its machine's
     // life either way. A timeout already acted on (its termination asked for) stands.
-    const outcomeKnown = obs?.desc?.exitCode !== undefined;
+    const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
     if (timeoutMs !== undefined && (decided || (!outcomeKnown && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
@@ -1443,10 +1443,8 @@ function withoutBlocked(run: Run): Condition[] | undefined {
   const blocked = getCondition(all, MACHINE_BLOCKED);
   if (!all || !blocked) return undefined;
   const out = all.filter((c) => c.type !== MACHINE_BLOCKED);
-  const stalled = getCondition(out, "Stalled");
-  // A refusal for good also said itself in Stalled (terminate): it goes with it, and the kstatus
-  // trio says the Run's own phase and reason again.
-  if (stalled?.status !== "True" || stalled.reason !== blocked.reason || stalled.message !== blocked.message) return out;
+  // A refusal for good also said itself in Stalled (terminate), maybe with another reason than
+  // the condition's latest: the kstatus trio says the Run's own phase and reason again.
   const s = run.status ?? {};
   return runConditions(out, s.phase ?? "Pending", run.metadata.generation, s.reason ?? s.phase ?? "Pending", s.message ?? "");
 }

@@ -427,7 +427,9 @@ export function computeTypes(deps: ComputeDeps): TypeDef[] {
         return false;
       }).map(([, g]) => g.res);
       const within = ctx.listedIn;
-      const inScope = within ? ghosts.filter((g) => lc(g.id).startsWith(`${within}/`)) : [];
+      // Only what the caller may read (as the live items were filtered before this).
+      const oid = ctx.caller?.oid;
+      const inScope = within ? ghosts.filter((g) => lc(g.id).startsWith(`${within}/`) && (oid === undefined || ctx.arm.d.rbac.allowed(oid, `${VM_TYPE}/read`, g.id, false))) : [];
       if (inScope.length > 0) {
         const byKey = new Map(items.map((r) => [r.key, r] as const));
         for (const g of inScope) byKey.set(g.key, g);

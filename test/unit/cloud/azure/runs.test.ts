@@ -342,6 +342,15 @@ describe("Azure runs", () => {
     expect(err).toMatchObject({ capacity: true, reason: "AllocationFailed" });
     expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines.")).slice(-2)).toEqual(["compute.virtualMachines.get", "compute.virtualMachines.delete"]);
     expect(az.get(d.instanceId)).toBeUndefined();
+    // A delete that fails for now is said in the wait (sent again at the next attempt); one
+    // refused for good (no delete permission) is not a wait.
+    const failedVm = { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] } };
+    az.put(d.instanceId, failedVm);
+    az.fail("compute.virtualMachines.delete", new RestLikeError(409, "Conflict", "the VM is busy"));
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: true, message: expect.stringContaining("could not be deleted yet") });
+    az.fail("compute.virtualMachines.delete", new RestLikeError(403, "AuthorizationFailed", "The client 'x' does not have authorization to perform action 'Microsoft.Compute/virtualMachines/delete' over scope 's'"));
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: false, kind: "Terminal" });
+    az.store.delete(d.instanceId.toLowerCase());
     // Found still failed for want of capacity with no wait on record (a resumed launch): the same,
     // with the VM's own reason.
     delete run.status.capacityWait;
