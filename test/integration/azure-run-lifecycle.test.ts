@@ -133,6 +133,34 @@ async function vmPuts(run: Run, since: number): Promise<number> {
   return log.filter((r) => r.method === "PUT" && r.path.toLowerCase().endsWith(tail)).length;
 }
 
+/** The phase/reason pairs a Run went through, as reads saw them (each change once), to say on a timeout. */
+function phasesSeen(): { seen: string[]; note: (r: Run | undefined) => void } {
+  const seen: string[] = [];
+  return {
+    seen,
+    note: (r) => {
+      const p = `${r?.status?.phase}/${r?.status?.reason}`;
+      if (seen[seen.length - 1] !== p) seen.push(p);
+    },
+  };
+}
+
+/** Waits for the Run to be Running, shipping its launcher's start line once it is set up; `note` sees every read. */
+async function runningAfterStart(name: string, ns: string, runCe: ComputeEnvironment, note: (r: Run | undefined) => void, timeoutMs: number, seen: string[]): Promise<Run> {
+  let shipped = false;
+  return waitFor(`Run ${name} Running`, async () => {
+    const r = await env.getRun(name, ns);
+    note(r);
+    if (!shipped && r?.status?.phase === "Launching" && r.status.reason === "SettingUp") {
+      shipped = true;
+      await env.startPipeline(runCe, r);
+    }
+    return r?.status?.phase === "Running" ? r : undefined;
+  }, timeoutMs, 100).catch((e: unknown) => {
+    throw new Error(`${String(e)}; seen: ${seen.join(", ")}`);
+  });
+}
+
 describe.concurrent("Azure Run lifecycle through the operator (emulator)", () => {
   it("a Run that exceeds its timeout has its VM deleted and fails with reason Timeout", async () => {
     await env.kube.create(RunResource, env.runBody("slow", CE, { timeout: "1m" }));
@@ -931,11 +959,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
     try {
       await env.kube.create(RunResource, env.runBody("allocdel", "allocdel", { overrides: { instanceType: "Standard_D2s_v3" } }, ns));
-      const seen: string[] = [];
+      const { seen, note: track } = phasesSeen();
       const messages = new Set<string>();
       const note = (r: Run | undefined): void => {
-        const p = `${r?.status?.phase}/${r?.status?.reason}`;
-        if (seen[seen.length - 1] !== p) seen.push(p);
+        track(r);
         if (r?.status?.message) messages.add(r.status.message);
       };
       const waiting = await waitFor("allocdel Pending AllocationFailed", async () => {
@@ -945,18 +972,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       }, 45_000, 50);
       const uid = waiting.metadata.uid!;
       const tail = `/virtualMachines/${vmName(uid)}`.toLowerCase();
-      let shipped = false;
-      await waitFor("allocdel Running", async () => {
-        const r = await env.getRun("allocdel", ns);
-        note(r);
-        if (!shipped && r?.status?.phase === "Launching" && r.status.reason === "SettingUp") {
-          shipped = true;
-          await env.startPipeline(own, r);
-        }
-        return r?.status?.phase === "Running" ? r : undefined;
-      }, 90_000, 100).catch((e: unknown) => {
-        throw new Error(`${String(e)}; seen: ${seen.join(", ")}`);
-      });
+      await runningAfterStart("allocdel", ns, own, note, 90_000, seen);
       expect(seen.filter((p) => p.startsWith("Failed") || p.startsWith("Succeeded") || p.startsWith("Cancelled"))).toEqual([]);
       // The VM's own requests, in order: the refused PUT's VM deleted once the Run waited (409),
       // then by the next attempt after its look-up (accepted), and made again by a later PUT.
@@ -987,6 +1003,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await op.stop();
     }
   }, 180_000);
+
   it("an unplaced VM still listed after its deletion (ARM's lists lag), over the VM the next attempt made under its name: the new VM is not deleted, and the Run runs on it", async () => {
     const ctl = azureControl();
     const { ns, op, ce: own } = await ownOperatorAndCe("azalloclag", "alloclag");
@@ -997,20 +1014,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 6_000 });
     try {
       await env.kube.create(RunResource, env.runBody("alloclag", "alloclag", { overrides: { instanceType: "Standard_B2s" } }, ns));
-      const seen: string[] = [];
-      let shipped = false;
-      const running = await waitFor("alloclag Running", async () => {
-        const r = await env.getRun("alloclag", ns);
-        const p = `${r?.status?.phase}/${r?.status?.reason}`;
-        if (seen[seen.length - 1] !== p) seen.push(p);
-        if (!shipped && r?.status?.phase === "Launching" && r.status.reason === "SettingUp") {
-          shipped = true;
-          await env.startPipeline(own, r);
-        }
-        return r?.status?.phase === "Running" ? r : undefined;
-      }, 120_000, 100).catch((e: unknown) => {
-        throw new Error(`${String(e)}; seen: ${seen.join(", ")}`);
-      });
+      const { seen, note } = phasesSeen();
+      const running = await runningAfterStart("alloclag", ns, own, note, 120_000, seen);
       expect(seen).toContain("Pending/AllocationFailed");
       expect(seen.filter((p) => p.startsWith("Failed") || p.startsWith("Cancelled"))).toEqual([]);
       const tail = `/virtualMachines/${vmName(running.metadata.uid!)}`.toLowerCase();

@@ -5,7 +5,7 @@
  * records (or not) that cloud writes happened, and says what blocks disposal.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { KubeClient } from "../../src/engine/kube.js";
+import { KubeApiError, KubeClient, type KubeObject, type ResourceType } from "../../src/engine/kube.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { Reflector } from "../../src/engine/reflector.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
@@ -442,6 +442,53 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       await waitFor("machine terminated", async () => cloud.machineOf(failed.metadata.uid ?? "")?.state === "terminated");
     } finally {
       cloud.launchedAgoMs = 0;
+    }
+  });
+});
+
+describe("an ending status write that does not go through", () => {
+  it("a cancelled Run whose Cancelled write is refused ends, once writes go through, without its machine's termination sent again", async () => {
+    const label = "vmforge-test/deny-status";
+    const policy = `deny-run-status-${ns}`;
+    const VAP: ResourceType = { group: "admissionregistration.k8s.io", version: "v1", plural: "validatingadmissionpolicies", kind: "ValidatingAdmissionPolicy", namespaced: false };
+    const BINDING: ResourceType = { ...VAP, plural: "validatingadmissionpolicybindings", kind: "ValidatingAdmissionPolicyBinding" };
+    // Status writes of a Run carrying the label are refused (an admission policy of the test's own).
+    await client.create(VAP, {
+      apiVersion: "admissionregistration.k8s.io/v1", kind: "ValidatingAdmissionPolicy", metadata: { name: policy },
+      spec: {
+        failurePolicy: "Fail",
+        matchConstraints: { resourceRules: [{ apiGroups: ["vmforge.dev"], apiVersions: ["*"], operations: ["UPDATE"], resources: ["runs/status"] }] },
+        validations: [{ expression: "false", message: "status writes of this Run are refused by the test" }],
+      },
+    } as KubeObject);
+    await client.create(BINDING, {
+      apiVersion: "admissionregistration.k8s.io/v1", kind: "ValidatingAdmissionPolicyBinding", metadata: { name: policy },
+      spec: { policyName: policy, validationActions: ["Deny"], matchResources: { namespaceSelector: { matchLabels: { "kubernetes.io/metadata.name": ns } }, objectSelector: { matchLabels: { [label]: "true" } } } },
+    } as KubeObject);
+    try {
+      await readyCe("refusedend");
+      await run("refusedend", "refusedend");
+      const r = await inPhase("refusedend", "Running");
+      const uid = r.metadata.uid ?? "";
+      await client.patch(RunResource, ns, "refusedend", { metadata: { labels: { [label]: "true" } } }, "merge");
+      // The policy takes effect moments after it is made: a status write of the test's own is refused.
+      await waitFor("the policy refuses the Run's status writes", async () => {
+        const refused = await client.patch(RunResource, ns, "refusedend", { status: { message: "probe" } }, "merge", { subresource: "status" }).then(() => false, (e: unknown) => e instanceof KubeApiError && e.status === 422);
+        return refused;
+      }, 30_000, 200);
+      await client.patch(RunResource, ns, "refusedend", { spec: { cancel: true } }, "merge");
+      // The termination goes out; the Run's Cancelled write is refused, again at each retry.
+      await waitFor("the machine's termination sent", async () => cloud.terminatedUids.includes(uid), 30_000, 50);
+      const polls = op.operator.tracker.pollCount;
+      await waitFor("three more polls", async () => op.operator.tracker.pollCount >= polls + 3, 10_000, 50);
+      expect((await getRun("refusedend"))?.status?.phase).toBe("Running");
+      await client.patch(RunResource, ns, "refusedend", { metadata: { labels: { [label]: null } } }, "merge");
+      const ended = await inPhase("refusedend", "Cancelled");
+      expect(ended.status?.reason).toBe("Cancelled");
+      expect(cloud.terminatedUids.filter((u) => u === uid)).toHaveLength(1);
+    } finally {
+      await client.delete(BINDING, undefined, policy).catch(() => undefined);
+      await client.delete(VAP, undefined, policy).catch(() => undefined);
     }
   });
 });
