@@ -273,7 +273,9 @@ export interface CloudProvider {
   /**
    * Idempotent launch (the Run's UID is the idempotency token). `hints.firstAttempt` says no launch
    * of this Run was ever tried before (this reconcile just wrote the decision, and no machine is
-   * recorded), so a provider may skip looking for a machine an earlier attempt made.
+   * recorded), so a provider may skip looking for a machine an earlier attempt made. A machine of
+   * an earlier attempt that the cloud refused its place (launchFailure) is not taken for the
+   * Run's: the provider removes it and throws a capacity error (the Run waits again).
    */
   launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription>;
   /** One batched call for all given Runs; a Run with no machine maps to undefined. Keyed by Run UID. */

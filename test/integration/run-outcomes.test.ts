@@ -401,30 +401,33 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   });
 
-  it("a Run whose pipeline had ended when it was found past its timeout (say, a launch resumed late) ends with the pipeline's outcome, not Timeout", async () => {
-    // The launch finds the machine ended: exit code 0, 10 minutes after it started.
-    class EndedCloud extends FakeCloud {
-      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
-        const d = await super.launchRun(ctx, r);
-        this.finish(r.metadata.uid ?? "", 0);
-        return { ...d, state: "terminated", exitCode: 0 };
-      }
-    }
+  it("a Run whose pipeline ended while no operator ran, found past its timeout by the next operator, ends with the pipeline's outcome, not Timeout", async () => {
     const own = await freshNamespace(client, "late-outcome");
-    const ended = new EndedCloud();
-    ended.launchedAgoMs = 10 * 60_000;
-    const opE = await startOperator(kubeconfigPath(), new Map([["aws", ended]]), { namespaces: [own] });
+    const fake = new FakeCloud();
+    fake.launchedAgoMs = 10 * 60_000; // its machine started 10 minutes ago
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
+    let opB: RunningOperator | undefined;
     try {
-      await readyCe("late", { defaultRunTimeout: "5m" }, own);
+      await readyCe("late", { defaultRunTimeout: "1h" }, own);
       await run("late", "late", {}, own);
+      const uid = (await inPhase("late", "Running", 30_000, own)).metadata.uid ?? "";
+      await opA.stop();
+      opA = undefined;
+      // While no operator runs the pipeline ends, and the CE's timeout is lowered below the Run's 10 minutes.
+      fake.finish(uid, 0);
+      await client.patch(ComputeEnvironmentResource, own, "late", { spec: { defaultRunTimeout: "5m" } }, "merge");
+      const terminations = fake.calls.terminate;
+      // The next operator's first look comes 3 s after its start, its first reconcile of the Run before.
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 3_000 });
       const done = await waitFor("Run late ended", async () => {
         const r = await getRun("late", own);
         return r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed" ? r : undefined;
       }, 30_000);
       expect([done.status?.phase, done.status?.reason, done.status?.exitCode]).toEqual(["Succeeded", "Succeeded", 0]);
-      expect(ended.calls.terminate).toBe(0);
+      expect(fake.calls.terminate - terminations).toBe(0);
     } finally {
-      await opE.stop();
+      await opA?.stop();
+      await opB?.stop();
     }
   });
 

@@ -712,9 +712,11 @@ export class RunReconciler {
     const obs = this.d.tracker.get(uid);
     // The pipeline's outcome, once a look found it, stands over a timeout not acted on yet (a
     // reconcile that came late, an operator that was down): the pipeline ended within its machine's
-    // life either way. A timeout already acted on (its termination asked for) stands.
+    // life either way. A timeout already acted on (its termination asked for) stands. Before this
+    // process's first look (a poll away after a start), that look is waited for.
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
-    if (timeoutMs !== undefined && (decided || (!outcomeKnown && Date.now() - since > timeoutMs))) {
+    const firstLookDue = obs === undefined && this.d.tracker.pollCount === 0;
+    if (timeoutMs !== undefined && (decided || (!outcomeKnown && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
       this.endingOf(uid).timedOut = timeout;
@@ -749,7 +751,9 @@ export class RunReconciler {
       // once a consistent read confirms it: a look's list may show a machine deleted a moment ago,
       // over the one the next attempt made under its name (nothing else launches for this Run
       // until this reconcile ends, so the termination by name meets the machine confirmed).
-      if (provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
+      // (A first refusal needs no such read: no earlier machine of the Run can be listed in its place.)
+      const relaunched = this.capacityAttempts.has(uid) || run.status?.capacityWait !== undefined;
+      if (relaunched && provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
       return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance }, () => this.removeUnplaced(run, ce, provider, log));
     }
     switch (desc.state) {
