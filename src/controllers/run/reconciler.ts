@@ -620,7 +620,6 @@ export class RunReconciler {
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
   private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, firstAttempt = false): Promise<ReconcileResult> {
     let desc: RunDescription;
-    let calledAt: number | undefined;
     try {
       const ctx = await this.context(ce, log);
       const ref = ce.spec.platformTokenSecretRef;
@@ -628,7 +627,6 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
-      calledAt = Date.now();
       const capacityReason = this.capacityAttempts.get(run.metadata.uid ?? "")?.reason;
       desc = await provider.launchRun(ctx, run, { firstAttempt, ...(capacityReason ? { capacityReason } : {}) });
     } catch (e) {
@@ -656,7 +654,7 @@ export class RunReconciler {
       throw e;
     }
     const uid = run.metadata.uid ?? "";
-    this.d.tracker.record(uid, desc, calledAt);
+    this.d.tracker.record(uid, desc);
     // The refusals so far are kept (not the wait): a machine accepted now may still be refused its
     // place (Azure's AllocationFailed), and the backoff then goes on growing. Dropped once placed.
     this.ending.delete(uid);

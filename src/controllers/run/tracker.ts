@@ -17,15 +17,7 @@ import { resolveCredentials } from "../shared.js";
 import { isTerminal, machineMayExist } from "./phases.js";
 import { FINALIZER } from "../../api/constants.js";
 
-/**
- * `seen` says the launch on record (`recorded`, the same machine: IDs compared without case, as
- * Azure's resource IDs are) was refused its place. Newer than the launch's answer when the look
- * was made after its call.
- */
-function refusedPlacing(seen: RunDescription | undefined, recorded: RunDescription | undefined): boolean {
-  return seen?.launchFailure !== undefined && recorded !== undefined && sameMachine(seen, recorded);
-}
-
+/** The same machine: IDs compared without case, as Azure's resource IDs are. */
 function sameMachine(a: RunDescription, b: RunDescription): boolean {
   return a.instanceId.toLowerCase() === b.instanceId.toLowerCase();
 }
@@ -71,8 +63,6 @@ export interface Observation {
    * two). A launch's record (record()) has none; it is written out when compared.
    */
   canonical?: string;
-  /** A launch's record: when its call was made (a look made since may know better, see refusedPlacing). */
-  calledAt?: number;
 }
 
 /** At most this many polls in a row leave new machines unlooked-at while Run work is backed up (RunTrackerDeps.backlog). */
@@ -179,14 +169,11 @@ export class RunTracker {
     return this.observations.get(uid);
   }
 
-  record(uid: string, desc: RunDescription | undefined, calledAt?: number): void {
+  record(uid: string, desc: RunDescription | undefined): void {
     const prev = this.observations.get(uid);
-    // A look made since the launch call (`calledAt`) that found this very machine refused its place
-    // is newer than the call's answer: it stands (see pollOnce).
-    if (calledAt !== undefined && prev && prev.at >= calledAt && refusedPlacing(prev.desc, desc)) return;
     // Not a poll's look (polled: false): the provider may not infer from it, and a poll with Run
     // work backed up may leave it for later (RunTrackerDeps.backlog).
-    this.observations.set(uid, { desc: mergeLearned(prev?.desc, desc), at: Date.now(), polled: false, ...(calledAt !== undefined ? { calledAt } : {}) });
+    this.observations.set(uid, { desc: mergeLearned(prev?.desc, desc), at: Date.now(), polled: false });
   }
 
   forget(uid: string): void {
@@ -285,9 +272,7 @@ export class RunTracker {
           let desc: RunDescription | undefined;
           let canonical: string;
           const seen = result.get(uid);
-          // A look made since the launch's call that found its machine refused a place knows better than the call's answer.
-          const refusedSince = refusedPlacing(seen, prev?.desc) && lookedAt >= (prev?.calledAt ?? Infinity);
-          if (prev && prev.at > lookedAt && !refusedSince) {
+          if (prev && prev.at > lookedAt) {
             // A launch recorded meanwhile stands; what this older look learned of the same machine
             // (an exit line, a start) is added to it rather than lost.
             desc = mergeLearned(seen, prev.desc);

@@ -6,7 +6,7 @@ import { createLogger } from "../../../src/engine/logger.js";
 import { DEFER_FIRST_LOOK_POLLS, RunTracker, accountRegionKey, canonicalJson, mergeLearned } from "../../../src/controllers/run/tracker.js";
 import type { RunDescription } from "../../../src/cloud/provider.js";
 import { FakeCloud } from "../../support/fake-cloud.js";
-import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED, FINALIZER } from "../../../src/api/constants.js";
+import { ANNOTATION_LAUNCHED_UNDER, FINALIZER } from "../../../src/api/constants.js";
 import { GoneComputeEnvironments } from "../../../src/controllers/run/gone-ces.js";
 
 const ce = (name: string, secret: string | undefined, region: string): ComputeEnvironment => ({
@@ -376,56 +376,6 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     // The string kept is that of the description stored (the record's, with what the look learned).
     expect(t.get("run-r")?.canonical).toBe(canonicalJson({ instanceId: "i-1", state: "pending", exitCode: 0 }));
     expect(enqueued).toEqual(["ns/r"]);
-  });
-});
-
-describe("RunTracker: a launch the cloud could not place", () => {
-  /** One Run (phase as given, changeable) whose describe answers `next`, set before each poll. */
-  function scene(phase: string) {
-    const ces = [ce("a", "creds", "eu-west-1")];
-    const r = run("r", "a", phase);
-    // Pending with its launch decided (the decision's annotation and finalizer): its call is under way.
-    if (phase === "Pending") r.metadata = { ...r.metadata, annotations: { [ANNOTATION_LAUNCH_DECIDED]: r.metadata.uid ?? "" }, finalizers: [FINALIZER] };
-    const runs = [r];
-    const cloud = new FakeCloud();
-    const state: { next: RunDescription | undefined } = { next: undefined };
-    cloud.describeRuns = async () => new Map([["run-r", state.next && { ...state.next }]]);
-    const enqueued: string[] = [];
-    const t = trackerOver(cloud, ces, runs, { enqueueRun: (k) => enqueued.push(k) });
-    return { t, r, runs, state, enqueued, cloud };
-  }
-  const refused: RunDescription = { instanceId: "/subscriptions/s/resourceGroups/g/providers/Microsoft.Compute/virtualMachines/vm-r", state: "unknown", launchFailure: { reason: "AllocationFailed", message: "Azure could not allocate VM vm-r" } };
-
-  it("said by a look made after the launch call, before its answer was recorded: the answer does not replace it; an older look's does not stand", async () => {
-    const { t, state } = scene("Launching");
-    state.next = refused;
-    const calledAt = Date.now();
-    await t.pollOnce();
-    t.record("run-r", { instanceId: refused.instanceId, state: "pending" }, calledAt);
-    expect(t.get("run-r")?.desc?.launchFailure?.reason).toBe("AllocationFailed");
-    // A launch called after that look (a new attempt): its answer is recorded.
-    t.record("run-r", { instanceId: refused.instanceId, state: "pending" }, Date.now() + 1);
-    expect(t.get("run-r")?.desc).toEqual({ instanceId: refused.instanceId, state: "pending" });
-  });
-
-  it("said by a look made after the launch call but ending after its answer was recorded: the look wins (IDs compared without case); a look made before the call does not", async () => {
-    for (const before of [false, true]) {
-      const { t, state, cloud, enqueued } = scene("Launching");
-      state.next = { ...refused, instanceId: refused.instanceId.toUpperCase() };
-      const describe = cloud.describeRuns.bind(cloud);
-      const start = Date.now();
-      cloud.describeRuns = async (ctx, rs) => {
-        // The look was dated before this call: a call after this moment came after the look.
-        const calledAt = before ? Date.now() + 1 : start - 1_000;
-        const seen = await describe(ctx, rs);
-        await new Promise((res) => setTimeout(res, 20));
-        t.record("run-r", { instanceId: refused.instanceId, state: "pending" }, calledAt);
-        return seen;
-      };
-      await t.pollOnce();
-      expect({ before, reason: t.get("run-r")?.desc?.launchFailure?.reason }).toEqual({ before, reason: before ? undefined : "AllocationFailed" });
-      expect(enqueued).toEqual(before ? [] : ["ns/r"]);
-    }
   });
 });
 
