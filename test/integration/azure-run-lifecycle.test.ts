@@ -25,6 +25,7 @@ import { ANNOTATION_LAUNCH_DECIDED } from "../../src/api/constants.js";
 import { removeFinalizer } from "../../src/engine/finalizers.js";
 import { startOperator, waitFor, type RunningOperator } from "../support/operator.js";
 import { azureClientOptions, azureControl, azureEndpoint, azureTestCredential, kubeconfigPath, trustAzureEmulator } from "../harness/helpers.js";
+import type { AzureEmulatorControl } from "../azure-emulator/control.js";
 import { LOCATION, ceBody, cond, grantOperatorRoles, grantPhase, operatorPrincipal, putSecret, secretCredentials, waitReady } from "../support/azure-env.js";
 import { setupAzureRunsWithCe, type AzureRunsEnv } from "../support/azure-runs.js";
 import { EventResource, type EventObject } from "../../src/engine/events.js";
@@ -143,6 +144,19 @@ function phasesSeen(): { seen: string[]; note: (r: Run | undefined) => void } {
       if (seen[seen.length - 1] !== p) seen.push(p);
     },
   };
+}
+
+/**
+ * Its own operator and CE, where VMs of `vmSize` (a size no other test uses) are refused a place
+ * once; `since` marks the emulator's request log before the first launch.
+ */
+async function refusedOnce(prefix: string, ceName: string, vmSize: string): Promise<{ ctl: AzureEmulatorControl; ns: string; op: RunningOperator; ce: ComputeEnvironment; rg: string; since: number; capacity: string }> {
+  const ctl = azureControl();
+  const { ns, op, ce } = await ownOperatorAndCe(prefix, ceName);
+  const rg = resourceGroupName({ namespace: ns, name: ceName, uid: ce.metadata.uid! });
+  const since = (await ctl.requests(0)).lastSeq;
+  const { id } = await ctl.addCapacityError({ vmSize, location: LOCATION, code: "AllocationFailed", count: 1 });
+  return { ctl, ns, op, ce, rg, since, capacity: id };
 }
 
 /** Waits for the Run to be Running, shipping its launcher's start line once it is set up; `note` sees every read. */
@@ -950,12 +964,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 150_000);
 
   it("an AllocationFailed VM is said by every look and deleted by its Run once the capacity wait is recorded; a delete refused then is sent by the next attempt, which waits once more, and the Run runs on one VM", async () => {
-    const ctl = azureControl();
-    const { ns, op, ce: own } = await ownOperatorAndCe("azallocdel", "allocdel");
-    const rg = resourceGroupName({ namespace: ns, name: "allocdel", uid: own.metadata.uid! });
-    const since = (await ctl.requests(0)).lastSeq;
-    // A size no other test uses, refused a place once; the first delete of any VM of this CE is refused.
-    const { id } = await ctl.addCapacityError({ vmSize: "Standard_D2s_v3", location: LOCATION, code: "AllocationFailed", count: 1 });
+    // The first delete of any VM of this CE is refused.
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azallocdel", "allocdel", "Standard_D2s_v3");
     const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
     try {
       await env.kube.create(RunResource, env.runBody("allocdel", "allocdel", { overrides: { instanceType: "Standard_D2s_v3" } }, ns));
@@ -1005,12 +1015,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 180_000);
 
   it("an unplaced VM still listed after its deletion (ARM's lists lag), over the VM the next attempt made under its name: the new VM is not deleted, and the Run runs on it", async () => {
-    const ctl = azureControl();
-    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclag", "alloclag");
-    const rg = resourceGroupName({ namespace: ns, name: "alloclag", uid: own.metadata.uid! });
-    const since = (await ctl.requests(0)).lastSeq;
-    // A size no other test uses, refused a place once; this CE's deleted VMs stay listed 6 s.
-    const { id } = await ctl.addCapacityError({ vmSize: "Standard_B2s", location: LOCATION, code: "AllocationFailed", count: 1 });
+    // This CE's deleted VMs stay listed 6 s.
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azalloclag", "alloclag", "Standard_B2s");
     const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 6_000 });
     try {
       await env.kube.create(RunResource, env.runBody("alloclag", "alloclag", { overrides: { instanceType: "Standard_B2s" } }, ns));
