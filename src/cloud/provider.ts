@@ -26,19 +26,26 @@ export class CloudError extends Error {
   readonly retryAfterMs: number | undefined;
   /** Retryable because the cloud has no capacity or quota for the machine now: the Run waits Pending. */
   readonly capacity: boolean;
+  /**
+   * With `capacity`: a machine of the Run that the cloud accepted and could not place, found by the
+   * call and not gone yet (its deletion sent, or failed for now). The Run records it while it waits,
+   * so that its ending terminates it.
+   */
+  readonly unplacedId: string | undefined;
 
-  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown; capacity?: boolean }) {
+  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown; capacity?: boolean; unplacedId?: string }) {
     super(message, opts?.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "CloudError";
     this.kind = kind;
     this.reason = reason;
     this.retryAfterMs = opts?.retryAfterMs;
     this.capacity = opts?.capacity ?? false;
+    this.unplacedId = opts?.unplacedId;
   }
 
   /** No capacity or quota for the machine now (no machine was made): the Run stays Pending with `reason` and retries with backoff. */
-  static capacity(reason: string, message: string, cause?: unknown): CloudError {
-    return new CloudError("Retryable", reason, message, { cause, capacity: true });
+  static capacity(reason: string, message: string, cause?: unknown, unplacedId?: string): CloudError {
+    return new CloudError("Retryable", reason, message, { cause, capacity: true, ...(unplacedId !== undefined ? { unplacedId } : {}) });
   }
 
   static notFound(reason: string, message: string): CloudError {

@@ -15,7 +15,7 @@ import { LogsQueryClient } from "@azure/monitor-query-logs";
 import { streamRunLogs } from "../../src/cli/logs.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
-import { CloudError, type CloudProvider, type EnvContext, type RunDescription } from "../../src/cloud/provider.js";
+import { CloudError, type CloudProvider, type EnvContext, type LaunchHints, type RunDescription } from "../../src/cloud/provider.js";
 import { createLogger } from "../../src/engine/logger.js";
 import { LOG_STREAM, LOG_TABLE, osDiskName, resourceGroupName, vmName } from "../../src/cloud/azure/names.js";
 import { FINALIZER } from "../../src/controllers/shared.js";
@@ -992,11 +992,13 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const puts = vmCalls.filter((r) => r.method === "PUT");
       expect(puts.length).toBeGreaterThanOrEqual(2);
       expect(deletes[1]!.seq).toBeLessThan(puts[puts.length - 1]!.seq);
-      // The first delete came from the capacity wait (a first refusal: no GET to confirm it; no
-      // launch attempt met the refused delete: it would say so); the accepted one from the next
-      // attempt, which looked the VM up, found it failed, and said it waits for the VM's deletion
-      // (not launched onto the failed VM).
-      expect(vmCalls.filter((r) => r.seq > puts[0]!.seq && r.seq < deletes[0]!.seq).map((r) => r.method)).toEqual([]);
+      // The first delete came from the capacity wait, after the GET that confirmed the look's
+      // refusal (no launch attempt met the refused delete: it would say so); the accepted one from
+      // the next attempt, which looked the VM up, found it failed, and said it waits for the VM's
+      // deletion (not launched onto the failed VM).
+      const beforeFirstDelete = vmCalls.filter((r) => r.seq > puts[0]!.seq && r.seq < deletes[0]!.seq).map((r) => r.method);
+      expect(beforeFirstDelete.length).toBeGreaterThanOrEqual(1);
+      expect(new Set(beforeFirstDelete)).toEqual(new Set(["GET"]));
       const between = vmCalls.filter((r) => r.seq > deletes[0]!.seq && r.seq < deletes[1]!.seq).map((r) => r.method);
       expect(between).toContain("GET");
       expect(between).not.toContain("PUT");
@@ -1042,6 +1044,90 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     } finally {
       await ctl.removeListLag(lag.id).catch(() => undefined);
       await ctl.removeCapacityError(id).catch(() => undefined);
+      await op.stop();
+    }
+  }, 180_000);
+
+  it("an operator started while ARM's list still shows the unplaced VM deleted before the VM made since under its name: it confirms with a GET and does not delete the new VM, and the Run runs on it", async () => {
+    // The first operator's memory of the refusal goes with it; the launch's record took the status's wait away.
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azalloclagr", "alloclagr", "Standard_D2as_v5");
+    const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 20_000 });
+    let next: RunningOperator | undefined;
+    let firstStopped = false;
+    try {
+      await env.kube.create(RunResource, env.runBody("alloclagr", "alloclagr", { overrides: { instanceType: "Standard_D2as_v5" } }, ns));
+      const first = await waitFor("alloclagr Pending AllocationFailed", async () => {
+        const r = await env.getRun("alloclagr", ns);
+        return r?.status?.reason === "AllocationFailed" ? r : undefined;
+      }, 45_000, 50);
+      const tail = `/virtualMachines/${vmName(first.metadata.uid!)}`.toLowerCase();
+      const vmCalls = async () => (await ctl.requests(since)).value.filter((r) => r.path.toLowerCase().endsWith(tail));
+      // The second attempt's PUT accepted and recorded: the first operator goes, the next one starts.
+      await waitFor("the second VM recorded", async () => {
+        const r = await env.getRun("alloclagr", ns);
+        return (await vmCalls()).filter((c) => c.method === "PUT" && c.status < 300).length === 2 && r?.status?.phase === "Launching" && r.status.capacityWait === undefined;
+      }, 45_000, 50);
+      await op.stop();
+      firstStopped = true;
+      const restartedAt = (await ctl.requests(0)).lastSeq;
+      next = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const { seen, note } = phasesSeen();
+      const running = await runningAfterStart("alloclagr", ns, own, note, 120_000, seen);
+      expect(seen.filter((p) => p.startsWith("Failed") || p.startsWith("Cancelled") || p === "Pending/AllocationFailed")).toEqual([]);
+      const calls = await vmCalls();
+      // The new operator asked a GET (its look showed the deleted VM, failed) and sent no delete.
+      const afterRestart = calls.filter((c) => c.seq > restartedAt).map((c) => c.method);
+      expect(afterRestart).toContain("GET");
+      expect(afterRestart).not.toContain("DELETE");
+      expect(calls.filter((c) => c.method === "PUT" && c.status < 300)).toHaveLength(2);
+      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === running.metadata.uid);
+      expect(vms).toHaveLength(1);
+      expect(vms[0]).toMatchObject({ vmSize: "Standard_D2as_v5", provisioningState: "Succeeded" });
+      await env.kube.delete(RunResource, ns, "alloclagr");
+      await waitFor("alloclagr gone", async () => (await env.getRun("alloclagr", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeListLag(lag.id).catch(() => undefined);
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      if (!firstStopped) await op.stop();
+      await next?.stop();
+    }
+  }, 180_000);
+
+  it("a VM Azure could not place, found by a launch retried after the first answer was lost and not deleted then, is recorded on the waiting Run: cancelled, the Run deletes it", async () => {
+    const real = env.provider();
+    let lost = false;
+    const losing: CloudProvider = Object.assign(Object.create(real) as CloudProvider, {
+      launchRun: async (ctx: EnvContext, r: Run, hints?: LaunchHints) => {
+        const d = await real.launchRun(ctx, r, hints);
+        if (lost) return d;
+        lost = true;
+        throw new Error("injected: the answer to the VM PUT was lost");
+      },
+    });
+    const ctl = azureControl();
+    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclost", "alloclost", losing);
+    const rg = resourceGroupName({ namespace: ns, name: "alloclost", uid: own.metadata.uid! });
+    // A size no other test uses, refused a place once; the first delete of a VM of this CE is refused.
+    const { id } = await ctl.addCapacityError({ vmSize: "Standard_F4s_v2", location: LOCATION, code: "AllocationFailed", count: 1 });
+    const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
+    try {
+      await env.kube.create(RunResource, env.runBody("alloclost", "alloclost", { overrides: { instanceType: "Standard_F4s_v2" } }, ns));
+      const waiting = await waitFor("alloclost waiting with its failed VM not deleted yet", async () => {
+        const r = await env.getRun("alloclost", ns);
+        return r?.status?.reason === "AllocationFailed" && r.status.message?.includes("could not be deleted yet") ? r : undefined;
+      }, 60_000, 50);
+      const uid = waiting.metadata.uid!;
+      expect(lost).toBe(true);
+      expect(waiting.status?.instance?.id?.toLowerCase()).toContain(`/virtualmachines/${vmName(uid)}`.toLowerCase());
+      expect((await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid).map((v) => v.provisioningState)).toEqual(["Failed"]);
+      await env.kube.patch(RunResource, ns, "alloclost", { spec: { cancel: true } }, "merge");
+      await waitFor("alloclost Cancelled", async () => (await env.getRun("alloclost", ns))?.status?.phase === "Cancelled", 60_000, 100);
+      await waitFor("its failed VM deleted", async () => (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid).length === 0, 30_000, 250);
+      await env.kube.delete(RunResource, ns, "alloclost");
+      await waitFor("alloclost gone", async () => (await env.getRun("alloclost", ns)) === undefined, 60_000, 250);
+    } finally {
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      await ctl.removeFault(fault.id).catch(() => undefined);
       await op.stop();
     }
   }, 180_000);

@@ -122,11 +122,12 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
   if (existing) {
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
     const prov = (existing.provisioningState ?? "").toLowerCase();
+    const id = existing.id ?? vmResourceId(c, rg, name);
     const known = hints?.capacityReason ?? run.status?.reason;
     const reason = known && isCapacityCode(known) ? known : "AllocationFailed";
     if (prov === "deleting") {
       // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
-      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`);
+      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`, undefined, id);
     }
     const failure = provisioningFailure(existing.instanceView?.statuses).failure;
     if (prov === "failed" && failure && isCapacityCode(failure.code)) {
@@ -140,9 +141,9 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
       });
       throw CloudError.capacity(failure.code, sent === undefined
         ? `the VM ${name} of an earlier attempt that Azure could not allocate is being deleted`
-        : `the VM ${name} of an earlier attempt that Azure could not allocate could not be deleted yet (${sent}); tried again at the next attempt`);
+        : `the VM ${name} of an earlier attempt that Azure could not allocate could not be deleted yet (${sent}); tried again at the next attempt`, undefined, id);
     }
-    return { instanceId: existing.id ?? vmResourceId(c, rg, name), state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id: existing.id ?? vmResourceId(c, rg, name) } };
+    return { instanceId: id, state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id } };
   }
   const identityId = need(s, "identityId");
   const { userData } = renderAzureLaunch(ce, run, {

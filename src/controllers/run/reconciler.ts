@@ -632,7 +632,12 @@ export class RunReconciler {
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
       this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
-      if (e instanceof CloudError && e.capacity) return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`);
+      if (e instanceof CloudError && e.capacity) {
+        // A machine of an earlier attempt found unplaced and not gone yet is recorded (when none is),
+        // so that a Run cancelled, timed out or deleted while it waits terminates it.
+        const found = e.unplacedId !== undefined && !run.status?.instance?.id ? { instance: { id: e.unplacedId, state: "unknown" } } : {};
+        return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`, found);
+      }
       if (refusedForGood(e)) {
         const { reason, message } = describeError(e);
         // An earlier attempt may have made a machine (its answer lost): it is terminated before
@@ -749,9 +754,10 @@ export class RunReconciler {
       // once a consistent read confirms it: a look's list may show a machine deleted a moment ago,
       // over the one the next attempt made under its name (nothing else launches for this Run
       // until this reconcile ends, so the termination by name meets the machine confirmed).
-      // (A first refusal needs no such read: no earlier machine of the Run can be listed in its place.)
-      const relaunched = this.capacityAttempts.has(uid) || run.status?.capacityWait !== undefined;
-      if (relaunched && provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
+      // Every refusal is confirmed, the first too: whether an earlier attempt made a machine under
+      // the same name is not known after a restart (this process's count is gone, and the launch's
+      // record took the status's wait away).
+      if (provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
       return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance }, () => this.removeUnplaced(run, ce, provider, log));
     }
     switch (desc.state) {
