@@ -159,6 +159,15 @@ async function refusedOnce(prefix: string, ceName: string, vmSize: string): Prom
   return { ctl, ns, op, ce, rg, since, capacity: id };
 }
 
+/** The Run's one VM, placed with `size`; then the Run is deleted and awaited gone. */
+async function oneVmThenGone(ctl: AzureEmulatorControl, name: string, ns: string, uid: string | undefined, size: string): Promise<void> {
+  const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid);
+  expect(vms).toHaveLength(1);
+  expect(vms[0]).toMatchObject({ vmSize: size, provisioningState: "Succeeded" });
+  await env.kube.delete(RunResource, ns, name);
+  await waitFor(`${name} gone`, async () => (await env.getRun(name, ns)) === undefined, 60_000, 250);
+}
+
 /** Waits for the Run to be Running, shipping its launcher's start line once it is set up; `note` sees every read. */
 async function runningAfterStart(name: string, ns: string, runCe: ComputeEnvironment, note: (r: Run | undefined) => void, timeoutMs: number, seen: string[]): Promise<Run> {
   let shipped = false;
@@ -1004,11 +1013,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(between).not.toContain("PUT");
       expect([...messages].some((m) => m.includes("could not allocate is being deleted")), [...messages].join(" | ")).toBe(true);
       expect([...messages].filter((m) => m.includes("could not be deleted yet"))).toEqual([]);
-      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid);
-      expect(vms).toHaveLength(1);
-      expect(vms[0]).toMatchObject({ vmSize: "Standard_D2s_v3", provisioningState: "Succeeded" });
-      await env.kube.delete(RunResource, ns, "allocdel");
-      await waitFor("allocdel gone", async () => (await env.getRun("allocdel", ns)) === undefined, 60_000, 250);
+      await oneVmThenGone(ctl, "allocdel", ns, uid, "Standard_D2s_v3");
     } finally {
       await ctl.removeCapacityError(id).catch(() => undefined);
       await ctl.removeFault(fault.id).catch(() => undefined);
@@ -1036,11 +1041,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       const after = vmCalls.filter((r) => r.seq > puts[1]!.seq).map((r) => r.method);
       expect(after).toContain("GET");
       expect(after).not.toContain("DELETE");
-      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === running.metadata.uid);
-      expect(vms).toHaveLength(1);
-      expect(vms[0]).toMatchObject({ vmSize: "Standard_B2s", provisioningState: "Succeeded" });
-      await env.kube.delete(RunResource, ns, "alloclag");
-      await waitFor("alloclag gone", async () => (await env.getRun("alloclag", ns)) === undefined, 60_000, 250);
+      await oneVmThenGone(ctl, "alloclag", ns, running.metadata.uid, "Standard_B2s");
     } finally {
       await ctl.removeListLag(lag.id).catch(() => undefined);
       await ctl.removeCapacityError(id).catch(() => undefined);
@@ -1080,11 +1081,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       expect(afterRestart).toContain("GET");
       expect(afterRestart).not.toContain("DELETE");
       expect(calls.filter((c) => c.method === "PUT" && c.status < 300)).toHaveLength(2);
-      const vms = (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === running.metadata.uid);
-      expect(vms).toHaveLength(1);
-      expect(vms[0]).toMatchObject({ vmSize: "Standard_D2as_v5", provisioningState: "Succeeded" });
-      await env.kube.delete(RunResource, ns, "alloclagr");
-      await waitFor("alloclagr gone", async () => (await env.getRun("alloclagr", ns)) === undefined, 60_000, 250);
+      await oneVmThenGone(ctl, "alloclagr", ns, running.metadata.uid, "Standard_D2as_v5");
     } finally {
       await ctl.removeListLag(lag.id).catch(() => undefined);
       await ctl.removeCapacityError(id).catch(() => undefined);
