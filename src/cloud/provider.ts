@@ -43,7 +43,11 @@ export class CloudError extends Error {
     this.unplacedId = opts?.unplacedId;
   }
 
-  /** No capacity or quota for the machine now (no machine was made): the Run stays Pending with `reason` and retries with backoff. */
+  /**
+   * No capacity or quota for the machine now: the Run stays Pending with `reason` and retries with
+   * backoff. No machine was made by this call; `unplacedId` names one an earlier attempt made that
+   * the cloud could not place and that is not gone yet.
+   */
   static capacity(reason: string, message: string, cause?: unknown, unplacedId?: string): CloudError {
     return new CloudError("Retryable", reason, message, { cause, capacity: true, ...(unplacedId !== undefined ? { unplacedId } : {}) });
   }
@@ -282,7 +286,8 @@ export interface CloudProvider {
    * of this Run was ever tried before (this reconcile just wrote the decision, and no machine is
    * recorded), so a provider may skip looking for a machine an earlier attempt made. A machine of
    * an earlier attempt that the cloud refused its place (launchFailure) is not taken for the
-   * Run's: the provider removes it and throws a capacity error (the Run waits again).
+   * Run's: the provider removes it and throws a capacity error naming it (`unplacedId`; the Run
+   * waits again, with that machine recorded until it is gone).
    */
   launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription>;
   /** One batched call for all given Runs; a Run with no machine maps to undefined. Keyed by Run UID. */

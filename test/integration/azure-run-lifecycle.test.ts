@@ -79,9 +79,9 @@ async function runResources(run: Run, ceUid = ce.metadata.uid!, ns = env.ns, ceN
  * A namespace and an operator of the test's own (with `provider`, by default the real one), and a
  * Ready CE there: the test's Runs meet no other test's operator, and its faults no other Run.
  */
-async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudProvider = env.provider()): Promise<{ ns: string; op: RunningOperator; ce: ComputeEnvironment }> {
+async function ownOperatorAndCe(prefix: string, ceName: string, provider: CloudProvider = env.provider(), pollIntervalMs = 1_000): Promise<{ ns: string; op: RunningOperator; ce: ComputeEnvironment }> {
   const ns = await env.extraNamespace(prefix);
-  const op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+  const op = await startOperator(kubeconfigPath(), new Map([["azure", provider]]), { namespaces: [ns], pollIntervalMs });
   try {
     await env.kube.create(ComputeEnvironmentResource, ceBody(ns, ceName, { storageAccount: env.storageAccount }));
     return { ns, op, ce: await waitReady(env.kube, ns, ceName) };
@@ -1102,8 +1102,11 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       },
     });
     const ctl = azureControl();
-    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclost", "alloclost", losing);
+    // A 10 s poll: the capacity wait's first backoff is one poll, so the next attempt (which would
+    // delete the VM itself, the fault being spent) does not come before the cancel.
+    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclost", "alloclost", losing, 10_000);
     const rg = resourceGroupName({ namespace: ns, name: "alloclost", uid: own.metadata.uid! });
+    const since = (await ctl.requests(0)).lastSeq;
     // A size no other test uses, refused a place once; the first delete of a VM of this CE is refused.
     const { id } = await ctl.addCapacityError({ vmSize: "Standard_F4s_v2", location: LOCATION, code: "AllocationFailed", count: 1 });
     const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
@@ -1115,11 +1118,16 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       }, 60_000, 50);
       const uid = waiting.metadata.uid!;
       expect(lost).toBe(true);
-      expect(waiting.status?.instance?.id?.toLowerCase()).toContain(`/virtualmachines/${vmName(uid)}`.toLowerCase());
+      expect(waiting.status?.instance?.id?.toLowerCase() ?? "(no machine recorded)").toContain(`/virtualmachines/${vmName(uid)}`.toLowerCase());
       expect((await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid).map((v) => v.provisioningState)).toEqual(["Failed"]);
+      const tail = `/virtualMachines/${vmName(uid)}`.toLowerCase();
+      const cancelledAt = (await ctl.requests(0)).lastSeq;
       await env.kube.patch(RunResource, ns, "alloclost", { spec: { cancel: true } }, "merge");
       await waitFor("alloclost Cancelled", async () => (await env.getRun("alloclost", ns))?.status?.phase === "Cancelled", 60_000, 100);
       await waitFor("its failed VM deleted", async () => (await ctl.listVms()).filter((v) => v.tags["vmforge-run-uid"] === uid).length === 0, 30_000, 250);
+      // Deleted for the cancel: the one delete that went through came after it (no launch attempt's).
+      const deleted = (await ctl.requests(since)).value.filter((r) => r.method === "DELETE" && r.status < 300 && r.path.toLowerCase().endsWith(tail));
+      expect(deleted.map((r) => r.seq > cancelledAt)).toEqual([true]);
       await env.kube.delete(RunResource, ns, "alloclost");
       await waitFor("alloclost gone", async () => (await env.getRun("alloclost", ns)) === undefined, 60_000, 250);
     } finally {
