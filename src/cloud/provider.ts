@@ -217,6 +217,13 @@ export interface RunDescription {
    */
   outcomeUnknown?: boolean;
   /**
+   * With outcomeUnknown: nothing failed to read; the outcome may still be on its way (an exit line
+   * not queryable yet), and the provider bounds that wait (a later look gives the outcome, or ends
+   * the Run without one). The machine has ended, so a Run timeout not acted on yet waits for it,
+   * as for a known outcome. Not set while reads fail: the timeout is then what bounds the wait.
+   */
+  outcomeDue?: boolean;
+  /**
    * The Run's reason when its machine ended without an exit code and none is awaited any more
    * (default MachineTerminated; Azure says MachineStopped for a VM it saw stopped).
    */

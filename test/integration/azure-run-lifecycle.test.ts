@@ -742,6 +742,52 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 180_000);
 
+  it("a pipeline that ended while no operator ran, its VM stopped and its exit line not queryable yet, found past its timeout by the next operator: the line is waited for, and the Run takes its outcome, not Timeout", async () => {
+    const provider = (): CloudProvider => env.provider({ exitLineGraceMs: 60_000 });
+    const own = await ownOperatorAndCe("azlate", "latece", provider());
+    const { ns, ce: lce } = own;
+    const ctl = azureControl();
+    const dcr = lce.status!.azure!.dcrImmutableId!;
+    let opA: RunningOperator | undefined = own.op;
+    let opB: RunningOperator | undefined;
+    try {
+      await env.kube.create(RunResource, env.runBody("late", "latece", {}, ns));
+      const run = await started("late", lce, ns);
+      await opA.stop();
+      opA = undefined;
+      // While no operator runs: the launcher ships its exit line, which Log Analytics holds, and the
+      // OS shuts down with no exit status uploaded. The Run was launched 10 minutes ago, as far as
+      // its record says, and its CE's timeout (72h by default) is lowered to 5 minutes.
+      await ctl.settings({ dcrIngestionDelayMs: { [dcr]: 3_600_000 } });
+      await env.shipLines(lce, run, ["VMFORGE_EXIT_CODE=0"], "launcher");
+      await ctl.setVmPowerState((await env.vmOf(run))!.id, "stopped");
+      await env.kube.patch(RunResource, ns, "late", { status: { launchedAt: new Date(Date.now() - 10 * 60_000).toISOString() } }, "merge", { subresource: "status" });
+      await env.kube.patch(ComputeEnvironmentResource, ns, "latece", { spec: { defaultRunTimeout: "5m" } }, "merge");
+      opB = await startOperator(kubeconfigPath(), new Map([["azure", provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const b = opB;
+      await waitFor("the next operator has the lowered timeout", async () => b.operator.ces.get(`${ns}/latece`)?.spec.defaultRunTimeout === "5m", 10_000, 50);
+      // Its looks find the VM stopped (deleted at once) and the line not queryable: the Run waits,
+      // through three polls at least, and is not timed out.
+      const seen = new Set<string>();
+      await waitFor("three polls of the next operator with the Run waiting for its outcome", async () => {
+        const r = await env.getRun("late", ns);
+        const now = `${r?.status?.phase}/${r?.status?.reason}`;
+        seen.add(now);
+        if (b.operator.tracker.pollCount >= 4 && r?.status?.message?.includes("waiting for the pipeline's outcome")) return r;
+        throw new Error(`${now}: ${r?.status?.message ?? ""}`);
+      }, 30_000, 200);
+      expect([...seen]).toEqual(["Running/Running"]);
+      expect(await env.vmOf(run)).toBeUndefined();
+      await ctl.settings({ dcrIngestionDelayMs: { [dcr]: 0 } });
+      const done = await phase("late", "Succeeded", 60_000, ns);
+      expect(done.status).toMatchObject({ reason: "Succeeded", exitCode: 0 });
+    } finally {
+      await ctl.settings({ dcrIngestionDelayMs: { [dcr]: null } });
+      await opA?.stop();
+      await opB?.stop();
+    }
+  }, 180_000);
+
   it("least privilege for the run half: the seed's launch and logs roles minus one action, and the missing action is named", async () => {
     const ns = await env.extraNamespace("azlp");
     const principals = {

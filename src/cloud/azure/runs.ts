@@ -394,6 +394,7 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
           // Not deleted: reported stopped (its Run's own reconcile deletes it and says what blocks it).
           d.state = vm.state;
           delete d.outcomeUnknown;
+          delete d.outcomeDue;
         });
         if (over) return;
         await outcomeOfEnded(run, d, (read) => awaitExitLine(d, watch, uid, true, read));
@@ -502,6 +503,9 @@ function awaitExitLine(d: RunDescription, watch: AzureRunWatch, uid: string, sto
     return;
   }
   d.outcomeUnknown = true;
+  // Within the window, and no read refused: the line may be on its way (a read that failed for now
+  // is asked again at the next look; the window bounds the wait either way).
+  if (!read.error && !w.over) d.outcomeDue = true;
   d.stateReason = read.error
     ? `the VM ${seen} with no exit status uploaded, and its exit line cannot be read from Log Analytics`
     : `the VM ${seen} with no exit status uploaded; waiting up to ${Math.round(watch.graceMs / 1000)} s (from ${new Date(w.since).toISOString()}) for its exit line to reach Log Analytics`;

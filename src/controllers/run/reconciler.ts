@@ -715,11 +715,14 @@ export class RunReconciler {
     const obs = this.d.tracker.get(uid);
     // The pipeline's outcome, once a look found it, stands over a timeout not acted on yet (a
     // reconcile that came late, an operator that was down): the pipeline ended within its machine's
-    // life either way. A timeout already acted on (its termination asked for) stands. Before this
-    // process's first look (a poll away after a start), that look is waited for.
+    // life either way. So does an outcome on its way from a machine that ended (outcomeDue: an exit
+    // line not queryable yet, a wait the provider bounds): there is nothing left to stop. A timeout
+    // already acted on (its termination asked for) stands. Before this process's first look (a poll
+    // away after a start), that look is waited for.
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
+    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined;
     const firstLookDue = obs === undefined && this.d.tracker.pollCount === 0;
-    if (timeoutMs !== undefined && (decided || (!outcomeKnown && !firstLookDue && Date.now() - since > timeoutMs))) {
+    if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
       this.endingOf(uid).timedOut = timeout;

@@ -121,9 +121,12 @@ export function mergeLearned(before: RunDescription | undefined, now: RunDescrip
     if (before.bootstrapStep !== undefined) out.bootstrapStep = before.bootstrapStep;
     else delete out.bootstrapStep;
     delete out.outcomeUnknown;
+    delete out.outcomeDue;
   }
   if (before.pipelineStarted && !out.pipelineStarted) out.pipelineStarted = true;
   if (!readAttempted && !out.readError && before.readError) out.readError = before.readError;
+  // A refusal kept from an earlier look: the outcome is not on its way but unreadable.
+  if (out.readError) delete out.outcomeDue;
   return out;
 }
 

@@ -350,6 +350,17 @@ describe("RunTracker: what one look learned stays learned for its machine", () =
     expect(enqueued).toHaveLength(2);
   });
 
+  it("an outcome on its way (outcomeDue) is not said while a refused read is kept, nor once an earlier look found the exit code", () => {
+    const ended = { instanceId: "i-1", state: "terminated" as const };
+    const refused = { reason: "AccessDenied", message: "m" };
+    expect(mergeLearned({ ...ended, outcomeUnknown: true, readError: refused }, { ...ended, outcomeUnknown: true, outcomeDue: true }))
+      .toEqual({ ...ended, outcomeUnknown: true, readError: refused });
+    expect(mergeLearned({ ...ended, exitCode: 0 }, { ...ended, outcomeUnknown: true, outcomeDue: true })).toEqual({ ...ended, exitCode: 0 });
+    // A look that read and found no refusal: on its way.
+    expect(mergeLearned({ ...ended, outcomeUnknown: true, readError: refused }, { ...ended, outcomeUnknown: true, outcomeDue: true, readAttempted: true }))
+      .toEqual({ ...ended, outcomeUnknown: true, outcomeDue: true });
+  });
+
   it("nothing carries over to another machine, or from a launch the cloud could not place", async () => {
     expect(mergeLearned({ ...running, exitCode: 1, pipelineStarted: true, readError: { reason: "r", message: "m" } }, { instanceId: "i-2", state: "pending" }))
       .toEqual({ instanceId: "i-2", state: "pending" });

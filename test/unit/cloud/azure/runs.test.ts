@@ -150,20 +150,22 @@ describe("Azure runs", () => {
     run.status = { phase: "Running", instance: { id: d.instanceId } };
     az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/deallocated" }] };
     const first = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
-    expect(first).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    // On its way, as far as anyone can tell: a timeout of the Run waits for it (outcomeDue).
+    expect(first).toMatchObject({ state: "shutting-down", outcomeUnknown: true, outcomeDue: true });
     expect(first.stateReason).toMatch(/was stopped .*waiting up to 60 s/);
     expect(az.ops()).toContain("compute.virtualMachines.delete");
     expect(az.get(d.instanceId)).toBeUndefined();
     // gone, within the window: still waiting (not a Spot eviction, not an outcome)
     now += 59_000;
     const waiting = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
-    expect(waiting).toMatchObject({ state: "terminated", outcomeUnknown: true });
+    expect(waiting).toMatchObject({ state: "terminated", outcomeUnknown: true, outcomeDue: true });
     expect(waiting.exitCode).toBeUndefined();
     // the window is over, and the query answered without the line: no outcome, said as MachineStopped
     now += 1_000;
     const over = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
     expect(over).toMatchObject({ state: "terminated", noOutcomeReason: "MachineStopped" });
     expect(over.outcomeUnknown).toBeUndefined();
+    expect(over.outcomeDue).toBeUndefined();
     expect(over.stateReason).toMatch(/no exit line reached Log Analytics within 60 s/);
   });
 
@@ -190,10 +192,14 @@ describe("Azure runs", () => {
     run.status = { phase: "Running", instance: { id: d.instanceId } };
     az.store.delete(d.instanceId.toLowerCase());
     az.failQuery = new RestLikeError(403, "AuthorizationFailed", "The client does not have authorization to perform action 'Microsoft.OperationalInsights/workspaces/query/read'");
-    await describeRuns(az.clients(), ctx, [run], watch);
+    // Refused within the window: unreadable, not on its way (the Run's timeout still bounds it).
+    const early = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(early).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" } });
+    expect(early.outcomeDue).toBeUndefined();
     now += 60_000;
     const refused = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
     expect(refused).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" }, readAttempted: true });
+    expect(refused.outcomeDue).toBeUndefined();
     az.failQuery = undefined;
     const answered = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
     expect(answered.outcomeUnknown).toBeUndefined();
