@@ -742,7 +742,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 180_000);
 
-  it("a pipeline that ended while no operator ran, its VM stopped and its exit line not queryable yet, found past its timeout by the next operator: the line is waited for, and the Run takes its outcome, not Timeout", async () => {
+  it("a pipeline that ended while no operator ran, its VM stopped and its exit line not queryable yet, found past its timeout by the next operator, whose first delete of the VM Azure refuses: the line is waited for, and the Run takes its outcome, not Timeout or MachineStopped", async () => {
     const provider = (): CloudProvider => env.provider({ exitLineGraceMs: 60_000 });
     const own = await ownOperatorAndCe("azlate", "latece", provider());
     const { ns, ce: lce } = own;
@@ -763,6 +763,11 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await ctl.setVmPowerState((await env.vmOf(run))!.id, "stopped");
       await env.kube.patch(RunResource, ns, "late", { status: { launchedAt: new Date(Date.now() - 10 * 60_000).toISOString() } }, "merge", { subresource: "status" });
       await env.kube.patch(ComputeEnvironmentResource, ns, "latece", { spec: { defaultRunTimeout: "5m" } }, "merge");
+      // The next operator's first delete of the stopped VM (its first look's) is refused: the VM is
+      // reported stopped, and its outcome is awaited all the same.
+      const name = vmName(run.metadata.uid!);
+      await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/virtualMachines/${name}`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
+      const { lastSeq } = await ctl.requests(0);
       opB = await startOperator(kubeconfigPath(), new Map([["azure", provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
       const b = opB;
       await waitFor("the next operator has the lowered timeout", async () => b.operator.ces.get(`${ns}/latece`)?.spec.defaultRunTimeout === "5m", 10_000, 50);
@@ -777,6 +782,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         throw new Error(`${now}: ${r?.status?.message ?? ""}`);
       }, 30_000, 200);
       expect([...seen]).toEqual(["Running/Running"]);
+      const deletes = (await ctl.requests(lastSeq)).value.filter((r) => r.method === "DELETE" && r.path.toLowerCase().endsWith(`/virtualmachines/${name}`));
+      expect(deletes.map((r) => r.status)[0]).toBe(409);
       expect(await env.vmOf(run)).toBeUndefined();
       await ctl.settings({ dcrIngestionDelayMs: { [dcr]: 0 } });
       const done = await phase("late", "Succeeded", 60_000, ns);

@@ -391,10 +391,9 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         stopped.push(name);
         d.state = "shutting-down";
         asSeen.set(name, () => {
-          // Not deleted: reported stopped (its Run's own reconcile deletes it and says what blocks it).
+          // Not deleted: reported stopped (its Run's own reconcile deletes it and says what blocks
+          // it). An outcome still awaited stays awaited: the Run waits for it as for a deleted VM.
           d.state = vm.state;
-          delete d.outcomeUnknown;
-          delete d.outcomeDue;
         });
         if (over) return;
         await outcomeOfEnded(run, d, (read) => awaitExitLine(d, watch, uid, true, read));

@@ -169,6 +169,26 @@ describe("Azure runs", () => {
     expect(over.stateReason).toMatch(/no exit line reached Log Analytics within 60 s/);
   });
 
+  it("a stopped VM whose deletion fails for now is reported stopped, its outcome still awaited (not a Run ended without one)", async () => {
+    let now = Date.parse("2026-01-01T00:00:00Z");
+    const watch = new AzureRunWatch(60_000, () => now);
+    const run = runOf(47);
+    const d = await launchRun(az.clients(), ctx, run);
+    run.status = { phase: "Running", instance: { id: d.instanceId } };
+    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    az.fail("compute.virtualMachines.delete", new RestLikeError(409, "Conflict", "the VM is busy"));
+    const seen = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(seen).toMatchObject({ state: "stopped", outcomeUnknown: true, outcomeDue: true });
+    expect(seen.exitCode).toBeUndefined();
+    expect(az.get(d.instanceId)).toBeDefined();
+    // Deleted at the next look; the line, ingested meanwhile, gives the outcome.
+    now += 5_000;
+    az.logRows.push([new Date(now).toISOString(), 3, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    const late = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    expect(late).toMatchObject({ state: "shutting-down", exitCode: 0 });
+    expect(az.get(d.instanceId)).toBeUndefined();
+  });
+
   it("an exit line ingested after the VM was seen stopped still gives the outcome", async () => {
     let now = Date.parse("2026-01-01T00:00:00Z");
     const watch = new AzureRunWatch(600_000, () => now);
