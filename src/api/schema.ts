@@ -1067,8 +1067,9 @@ export const RunStatusSchema = Type.Object(
         {
           refusals: Type.Integer({ description: "Launch attempts the cloud refused for capacity or quota so far.", format: "int32", minimum: 1 }),
           notBefore: Type.String({ description: "The next launch attempt is not made before this time (RFC 3339); the wait doubles with each refusal, up to 5 minutes.", format: "date-time" }),
+          reason: Type.Optional(Type.String({ description: "The cloud's reason for the last refusal (e.g. AllocationFailed, SkuNotAvailable).", maxLength: 128 })),
         },
-        { description: "While the Run waits for capacity: how often the cloud refused its launch, and when it is tried again (kept across operator restarts). Removed once a machine is recorded or the Run ends." },
+        { description: "Once the cloud refused the Run's launch for capacity or quota: how often, when it is tried again, and why (kept across operator restarts, and through a launch the cloud accepts, as it may still fail to place the machine). Removed once the machine runs or the Run ends." },
       ),
     ),
     log: Type.Optional(

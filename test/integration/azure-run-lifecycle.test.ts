@@ -147,15 +147,16 @@ function phasesSeen(): { seen: string[]; note: (r: Run | undefined) => void } {
 }
 
 /**
- * Its own operator and CE, where VMs of `vmSize` (a size no other test uses) are refused a place
- * once; `since` marks the emulator's request log before the first launch.
+ * Its own operator (with `provider`, polling every `pollIntervalMs`) and CE, where VMs of `vmSize`
+ * (a size no other test uses) are refused a place `times` times; `since` marks the emulator's
+ * request log before the first launch.
  */
-async function refusedOnce(prefix: string, ceName: string, vmSize: string): Promise<{ ctl: AzureEmulatorControl; ns: string; op: RunningOperator; ce: ComputeEnvironment; rg: string; since: number; capacity: string }> {
+async function refused(prefix: string, ceName: string, vmSize: string, o: { times?: number; provider?: CloudProvider; pollIntervalMs?: number } = {}): Promise<{ ctl: AzureEmulatorControl; ns: string; op: RunningOperator; ce: ComputeEnvironment; rg: string; since: number; capacity: string }> {
   const ctl = azureControl();
-  const { ns, op, ce } = await ownOperatorAndCe(prefix, ceName);
+  const { ns, op, ce } = await ownOperatorAndCe(prefix, ceName, o.provider, o.pollIntervalMs);
   const rg = resourceGroupName({ namespace: ns, name: ceName, uid: ce.metadata.uid! });
   const since = (await ctl.requests(0)).lastSeq;
-  const { id } = await ctl.addCapacityError({ vmSize, location: LOCATION, code: "AllocationFailed", count: 1 });
+  const { id } = await ctl.addCapacityError({ vmSize, location: LOCATION, code: "AllocationFailed", count: o.times ?? 1 });
   return { ctl, ns, op, ce, rg, since, capacity: id };
 }
 
@@ -1027,7 +1028,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("an AllocationFailed VM is said by every look and deleted by its Run once the capacity wait is recorded; a delete refused then is sent by the next attempt, which waits once more, and the Run runs on one VM", async () => {
     // The first delete of any VM of this CE is refused.
-    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azallocdel", "allocdel", "Standard_D2s_v3");
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refused("azallocdel", "allocdel", "Standard_D2s_v3");
     const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
     try {
       await env.kube.create(RunResource, env.runBody("allocdel", "allocdel", { overrides: { instanceType: "Standard_D2s_v3" } }, ns));
@@ -1076,7 +1077,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
 
   it("an unplaced VM still listed after its deletion (ARM's lists lag), over the VM the next attempt made under its name: the new VM is not deleted, and the Run runs on it", async () => {
     // This CE's deleted VMs stay listed 6 s.
-    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azalloclag", "alloclag", "Standard_B2s");
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refused("azalloclag", "alloclag", "Standard_B2s");
     const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 6_000 });
     try {
       await env.kube.create(RunResource, env.runBody("alloclag", "alloclag", { overrides: { instanceType: "Standard_B2s" } }, ns));
@@ -1103,8 +1104,8 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
   }, 180_000);
 
   it("an operator started while ARM's list still shows the unplaced VM deleted before the VM made since under its name: it confirms with a GET and does not delete the new VM, and the Run runs on it", async () => {
-    // The first operator's memory of the refusal goes with it; the launch's record took the status's wait away.
-    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refusedOnce("azalloclagr", "alloclagr", "Standard_D2as_v5");
+    // The first operator's memory of the refusal goes with it (the status keeps the wait's count).
+    const { ctl, ns, op, ce: own, rg, since, capacity: id } = await refused("azalloclagr", "alloclagr", "Standard_D2as_v5");
     const lag = await ctl.addListLag({ path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, ms: 20_000 });
     let next: RunningOperator | undefined;
     let firstStopped = false;
@@ -1119,7 +1120,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       // The second attempt's PUT accepted and recorded: the first operator goes, the next one starts.
       await waitFor("the second VM recorded", async () => {
         const r = await env.getRun("alloclagr", ns);
-        return (await vmCalls()).filter((c) => c.method === "PUT" && c.status < 300).length === 2 && r?.status?.phase === "Launching" && r.status.capacityWait === undefined;
+        return (await vmCalls()).filter((c) => c.method === "PUT" && c.status < 300).length === 2 && r?.status?.phase === "Launching" && r.status.reason === "Launching";
       }, 45_000, 50);
       await op.stop();
       firstStopped = true;
@@ -1154,14 +1155,10 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
         throw new Error("injected: the answer to the VM PUT was lost");
       },
     });
-    const ctl = azureControl();
     // A 10 s poll: the capacity wait's first backoff is one poll, so the next attempt (which would
-    // delete the VM itself, the fault being spent) does not come before the cancel.
-    const { ns, op, ce: own } = await ownOperatorAndCe("azalloclost", "alloclost", losing, 10_000);
-    const rg = resourceGroupName({ namespace: ns, name: "alloclost", uid: own.metadata.uid! });
-    const since = (await ctl.requests(0)).lastSeq;
-    // A size no other test uses, refused a place once; the first delete of a VM of this CE is refused.
-    const { id } = await ctl.addCapacityError({ vmSize: "Standard_F4s_v2", location: LOCATION, code: "AllocationFailed", count: 1 });
+    // delete the VM itself, the fault being spent) does not come before the cancel. The first
+    // delete of a VM of this CE is refused.
+    const { ctl, ns, op, rg, since, capacity: id } = await refused("azalloclost", "alloclost", "Standard_F4s_v2", { provider: losing, pollIntervalMs: 10_000 });
     const fault = await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/resourceGroups/${rg}/providers/Microsoft.Compute/virtualMachines/`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
     try {
       await env.kube.create(RunResource, env.runBody("alloclost", "alloclost", { overrides: { instanceType: "Standard_F4s_v2" } }, ns));
@@ -1187,6 +1184,59 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await ctl.removeCapacityError(id).catch(() => undefined);
       await ctl.removeFault(fault.id).catch(() => undefined);
       await op.stop();
+    }
+  }, 180_000);
+
+  it("a VM Azure accepted and could not place, refused after an operator restart: its Run counts on from the refusals before the launch, with their reason and no second Event for it", async () => {
+    // The first operator makes the first refusal and the second launch, and never looks after that
+    // launch (its looks hang until it stops), as one killed right after the PUT's record.
+    const real = env.provider();
+    let launches = 0;
+    const blindAfterRelaunch: CloudProvider = Object.assign(Object.create(real) as CloudProvider, {
+      launchRun: async (ctx: EnvContext, r: Run, hints?: LaunchHints) => {
+        const d = await real.launchRun(ctx, r, hints);
+        launches++;
+        return d;
+      },
+      describeRuns: async (ctx: EnvContext, runs: Run[]) => {
+        if (launches < 2) return real.describeRuns(ctx, runs);
+        return new Promise<never>((_, reject) => ctx.signal?.addEventListener("abort", () => reject(new Error("stopped"))));
+      },
+    });
+    const { ns, op, since, capacity: id, ctl, ce: own } = await refused("azallocrs", "allocrs", "Standard_D4as_v5", { times: 2, provider: blindAfterRelaunch });
+    let next: RunningOperator | undefined;
+    try {
+      await env.kube.create(RunResource, env.runBody("allocrs", "allocrs", { overrides: { instanceType: "Standard_D4as_v5" } }, ns));
+      // Launched again and recorded: the wait's count and reason are kept through the launch.
+      const relaunched = await waitFor("allocrs launched again", async () => {
+        const r = await env.getRun("allocrs", ns);
+        if (launches >= 2 && r?.status?.phase === "Launching") return r;
+        throw new Error(`${launches} launches; ${r?.status?.phase}/${r?.status?.reason}`);
+      }, 60_000, 50);
+      expect(relaunched.status?.capacityWait).toMatchObject({ refusals: 1, reason: "AllocationFailed" });
+      await op.stop();
+      next = await startOperator(kubeconfigPath(), new Map([["azure", env.provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
+      const second = await waitFor("allocrs refused again", async () => {
+        const r = await env.getRun("allocrs", ns);
+        if (r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed") return r;
+        throw new Error(`${r?.status?.phase}/${r?.status?.reason}`);
+      }, 60_000, 50);
+      expect(second.status?.capacityWait).toMatchObject({ refusals: 2, reason: "AllocationFailed" });
+      const { seen, note } = phasesSeen();
+      const running = await runningAfterStart("allocrs", ns, own, note, 120_000, seen);
+      expect(running.status?.capacityWait).toBeUndefined();
+      const uid = running.metadata.uid!;
+      const tail = `/virtualMachines/${vmName(uid)}`.toLowerCase();
+      expect((await ctl.requests(since)).value.filter((r) => r.method === "PUT" && r.status < 300 && r.path.toLowerCase().endsWith(tail))).toHaveLength(3);
+      // One Event for the cause, however many refusals and operators.
+      const events = (await env.kube.list<EventObject>(EventResource, { namespace: ns })).items
+        .filter((e) => e.regarding?.uid === uid && e.reason === "AllocationFailed");
+      expect(events.map((e) => e.series?.count ?? 1).reduce((a, b) => a + b, 0)).toBe(1);
+      await oneVmThenGone(ctl, "allocrs", ns, uid, "Standard_D4as_v5");
+    } finally {
+      await ctl.removeCapacityError(id).catch(() => undefined);
+      await op.stop();
+      await next?.stop();
     }
   }, 180_000);
 

@@ -322,11 +322,11 @@ describe("a capacity wait across a restart of the operator", () => {
       expect(next.status?.capacityWait?.refusals).toBe(refusedBefore + 1);
       expect(Date.parse(next.status?.capacityWait?.notBefore ?? "") - full.attempts[attemptsBefore]!).toBeGreaterThan(9_000);
       full.refusing = false;
-      const launched = await waitFor("machine recorded", async () => {
-        const r = await get();
-        return r?.status?.instance?.id ? r : undefined;
-      }, 30_000, 200);
-      expect(launched.status?.capacityWait).toBeUndefined();
+      // Kept through the launch (the cloud may still fail to place the machine: the Azure tests
+      // show that), gone once the machine runs.
+      const running = await inPhase("waiting", "Running", 30_000, ns3);
+      expect(running.status?.instance?.id).toBeTruthy();
+      expect(running.status?.capacityWait).toBeUndefined();
     } finally {
       await opA?.stop();
       await opB?.stop();

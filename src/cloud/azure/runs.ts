@@ -123,7 +123,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
     if (existing.tags?.[TAG_RUN_UID] !== uid) throw CloudError.terminal("ForeignVirtualMachine", `VM ${name} in ${rg} exists but is not this Run's`);
     const prov = (existing.provisioningState ?? "").toLowerCase();
     const id = existing.id ?? vmResourceId(c, rg, name);
-    const known = hints?.capacityReason ?? run.status?.reason;
+    const known = hints?.capacityReason;
     const reason = known && isCapacityCode(known) ? known : "AllocationFailed";
     if (prov === "deleting") {
       // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.

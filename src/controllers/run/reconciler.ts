@@ -627,7 +627,7 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
-      const capacityReason = this.capacityAttempts.get(run.metadata.uid ?? "")?.reason;
+      const capacityReason = this.capacityAttempts.get(run.metadata.uid ?? "")?.reason ?? run.status?.capacityWait?.reason;
       desc = await provider.launchRun(ctx, run, { firstAttempt, ...(capacityReason ? { capacityReason } : {}) });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
@@ -678,8 +678,9 @@ export class RunReconciler {
           launchedAt: r.status?.launchedAt ?? desc.launchedAt ?? now(),
           ...(phase === "Running" ? { startTime: now() } : {}),
           ...(desc.log ? { log: desc.log } : {}),
-          // A capacity wait ends with the machine (the merge patch removes the field).
-          capacityWait: undefined,
+          // A capacity wait ends once the machine runs (the merge patch removes the field); kept
+          // until then, as the cloud may still fail to place it, and the count goes on.
+          ...(desc.state === "running" ? { capacityWait: undefined } : {}),
         },
         "False",
         phase,
@@ -750,6 +751,8 @@ export class RunReconciler {
     await this.reportReadError(run, desc);
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
     if (desc.state === "running" && !desc.launchFailure) this.capacityAttempts.delete(uid);
+    // Placed: a capacity wait kept through its launch ends (with the next status write).
+    const placed = desc.state === "running" && !desc.launchFailure && status.capacityWait ? { capacityWait: undefined } : {};
     if (desc.launchFailure) {
       // Accepted, then not placed (capacity/quota): the Run waits Pending, then terminates the
       // unplaced machine (every look says the refusal until then, so a reconcile after a later
@@ -788,11 +791,11 @@ export class RunReconciler {
           // The machine is up but its launcher has not said the pipeline started: it is still
           // being set up (packages, log agent, Docker, Nextflow). Running means the pipeline runs.
           const waiting = `machine ${desc.instanceId} is up; setting it up, waiting for the launcher to start the pipeline`;
-          await this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}) }, "False", "SettingUp", waiting);
+          await this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "SettingUp", waiting);
           return { requeueAfterMs: quiet };
         }
         const message = `running on ${desc.instanceId}`;
-        await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}) }, "False", "Running", message);
+        await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "Running", message);
         return { requeueAfterMs: quiet };
       }
       case "stopping":
@@ -873,8 +876,9 @@ export class RunReconciler {
     this.ending.delete(uid);
     const m = clip(message);
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
-    const before = last?.reason ?? run.status?.reason;
-    const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString() };
+    // (The status's reason: a wait an older operator wrote, without capacityWait.reason.)
+    const before = last?.reason ?? run.status?.capacityWait?.reason ?? run.status?.reason;
+    const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString(), reason };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
     if (written) {
       // Counted once the wait is on record (a write refused, say from a stale copy, counts nothing).
