@@ -401,7 +401,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   });
 
-  it("a Run whose pipeline ended while no operator ran, found past its timeout by the next operator, ends with the pipeline's outcome, not Timeout", async () => {
+  it("a Run whose pipeline ended while no operator ran, found past its timeout by the next operator whose first two looks fail, ends with the pipeline's outcome, not Timeout", async () => {
     const own = await freshNamespace(client, "late-outcome");
     const fake = new FakeCloud();
     fake.launchedAgoMs = 10 * 60_000; // its machine started 10 minutes ago
@@ -417,8 +417,13 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       fake.finish(uid, 0);
       await client.patch(ComputeEnvironmentResource, own, "late", { spec: { defaultRunTimeout: "5m" } }, "merge");
       const terminations = fake.calls.terminate;
-      // The next operator's first look comes 3 s after its start, its first reconcile of the Run before.
+      // The next operator's first look comes 3 s after its start, its first reconcile of the Run
+      // before; that look fails (throttled), and so does the next: the Run is looked at the third time.
+      fake.describeError = CloudError.retryable("Throttling", "ec2:DescribeInstances: Rate exceeded");
       opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 3_000 });
+      const b = opB;
+      await waitFor("two polls of the next operator", async () => b.operator.tracker.pollCount >= 2, 30_000, 50);
+      fake.describeError = undefined;
       const done = await waitFor("Run late ended", async () => {
         const r = await getRun("late", own);
         return r?.status?.phase === "Succeeded" || r?.status?.phase === "Failed" ? r : undefined;
@@ -426,6 +431,32 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect([done.status?.phase, done.status?.reason, done.status?.exitCode]).toEqual(["Succeeded", "Succeeded", 0]);
       expect(fake.calls.terminate - terminations).toBe(0);
     } finally {
+      await opA?.stop();
+      await opB?.stop();
+    }
+  });
+
+  it("a Run past its timeout that the next operator cannot look at (every describe fails) is timed out after its first looks, not waited on forever", async () => {
+    const own = await freshNamespace(client, "blind-timeout");
+    const fake = new FakeCloud();
+    fake.launchedAgoMs = 10 * 60_000;
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
+    let opB: RunningOperator | undefined;
+    try {
+      await readyCe("blind", { defaultRunTimeout: "1h" }, own);
+      await run("blind", "blind", {}, own);
+      const uid = (await inPhase("blind", "Running", 30_000, own)).metadata.uid ?? "";
+      await opA.stop();
+      opA = undefined;
+      await client.patch(ComputeEnvironmentResource, own, "blind", { spec: { defaultRunTimeout: "5m" } }, "merge");
+      fake.describeError = CloudError.retryable("Throttling", "ec2:DescribeInstances: Rate exceeded");
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
+      const failed = await inPhase("blind", "Failed", 30_000, own);
+      expect(failed.status?.reason).toBe("Timeout");
+      expect(opB.operator.tracker.pollCount).toBeGreaterThanOrEqual(3);
+      expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
+    } finally {
+      fake.describeError = undefined;
       await opA?.stop();
       await opB?.stop();
     }

@@ -80,6 +80,13 @@ const TERMINATION_BATCH_MAX = 1_000;
  */
 const QUIET_FOLLOW_MS = 5 * 60_000;
 
+/**
+ * A Run this process has not looked at yet (after a start) is not timed out before this many
+ * polls: the first look decides whether its pipeline already ended, and a poll whose describe
+ * failed did not look. Beyond it the timeout bounds a cloud that cannot be read.
+ */
+const FIRST_LOOK_POLLS = 3;
+
 /** Bounds `n` polls to [min, max]: waits that scale with the poll interval. */
 function polls(pollIntervalMs: number, n: number, min: number, max: number): number {
   return Math.min(max, Math.max(min, n * pollIntervalMs));
@@ -719,10 +726,11 @@ export class RunReconciler {
     // life either way. So does an outcome on its way from a machine that ended (outcomeDue: an exit
     // line not queryable yet, a wait the provider bounds): there is nothing left to stop. A timeout
     // already acted on (its termination asked for) stands. Before this process's first look (a poll
-    // away after a start), that look is waited for.
+    // away after a start), that look is waited for: up to FIRST_LOOK_POLLS polls, so that a describe
+    // that failed once (throttled after a restart, say) does not time out Runs nobody looked at.
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
     const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined;
-    const firstLookDue = obs === undefined && this.d.tracker.pollCount === 0;
+    const firstLookDue = obs === undefined && this.d.tracker.pollCount < FIRST_LOOK_POLLS;
     if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
