@@ -32,8 +32,13 @@ export class CloudError extends Error {
    * so that its ending terminates it.
    */
   readonly unplacedId: string | undefined;
+  /**
+   * With `capacity`: not a new refusal but one the Run already waits for, whose unplaced machine is
+   * still there (being deleted). The wait goes on without counting it.
+   */
+  readonly known: boolean;
 
-  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown; capacity?: boolean; unplacedId?: string }) {
+  constructor(kind: CloudErrorKind, reason: string, message: string, opts?: { retryAfterMs?: number; cause?: unknown; capacity?: boolean; unplacedId?: string; known?: boolean }) {
     super(message, opts?.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "CloudError";
     this.kind = kind;
@@ -41,15 +46,17 @@ export class CloudError extends Error {
     this.retryAfterMs = opts?.retryAfterMs;
     this.capacity = opts?.capacity ?? false;
     this.unplacedId = opts?.unplacedId;
+    this.known = opts?.known ?? false;
   }
 
   /**
    * No capacity or quota for the machine now: the Run stays Pending with `reason` and retries with
    * backoff. No machine was made by this call; `unplacedId` names one an earlier attempt made that
-   * the cloud could not place and that is not gone yet.
+   * the cloud could not place and that is not gone yet; `known`: that refusal is the one the Run
+   * already waits for (LaunchHints.capacityReason), not a new one.
    */
-  static capacity(reason: string, message: string, cause?: unknown, unplacedId?: string): CloudError {
-    return new CloudError("Retryable", reason, message, { cause, capacity: true, ...(unplacedId !== undefined ? { unplacedId } : {}) });
+  static capacity(reason: string, message: string, cause?: unknown, unplacedId?: string, known = false): CloudError {
+    return new CloudError("Retryable", reason, message, { cause, capacity: true, known, ...(unplacedId !== undefined ? { unplacedId } : {}) });
   }
 
   static notFound(reason: string, message: string): CloudError {
@@ -250,7 +257,8 @@ export interface LaunchHints {
   firstAttempt?: boolean;
   /**
    * The capacity or quota reason the Run's last attempt was refused with, as far as the operator
-   * knows: a provider that finds that attempt's machine still being removed waits with it.
+   * knows: a provider that finds that attempt's machine still being removed waits with it (a
+   * `known` refusal, not counted again).
    */
   capacityReason?: string;
 }

@@ -11,14 +11,14 @@ import { Reflector } from "../../src/engine/reflector.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
 import { CloudError } from "../../src/cloud/provider.js";
-import type { EnvContext, EnvObservation, RunDescription } from "../../src/cloud/provider.js";
+import type { EnvContext, EnvObservation, LaunchHints, RunDescription } from "../../src/cloud/provider.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
 import { SECRET_IN_USE_FINALIZER, SecretResource } from "../../src/controllers/shared.js";
 import { FakeCloud } from "../support/fake-cloud.js";
 import { installCrds, startOperator, waitFor } from "../support/operator.js";
 import type { RunningOperator } from "../support/operator.js";
 import { freshNamespace, kubeconfigPath } from "../harness/helpers.js";
-import { EventResource } from "../../src/engine/events.js";
+import { EventResource, type EventObject } from "../../src/engine/events.js";
 import { monotonicNow } from "../../src/engine/clock.js";
 
 /** A FakeCloud that, like the AWS provider, announces its first cloud write (validation failures write nothing). */
@@ -332,6 +332,45 @@ describe("a capacity wait across a restart of the operator", () => {
       await opB?.stop();
     }
   }, 120_000);
+});
+
+describe("a capacity refusal the Run already waits for", () => {
+  it("is not counted again: attempts that find the unplaced machine still being deleted leave the count at one and record no Event of their own", async () => {
+    const ns6 = await freshNamespace(client, "capacity-known");
+    /** The first attempt is refused; the next two find its machine still being deleted (known); then placed. */
+    class DeletingCloud extends FakeCloud {
+      attempts = 0;
+      hints: (LaunchHints | undefined)[] = [];
+      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
+        this.hints.push(hints);
+        const n = ++this.attempts;
+        if (n === 1) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+        if (n <= 3) throw CloudError.capacity(hints?.capacityReason ?? "AllocationFailed", "the machine of an earlier attempt is still being deleted", undefined, undefined, hints?.capacityReason !== undefined);
+        return super.launchRun(ctx, r);
+      }
+    }
+    const cloud6 = new DeletingCloud();
+    const op6 = await startOperator(kubeconfigPath(), new Map([["aws", cloud6]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
+    const counts = new Set<number>();
+    try {
+      await readyCe("ce", {}, ns6);
+      await run("waiting", "ce", {}, ns6);
+      const running = await waitFor("Run Running", async () => {
+        const r = await getRun("waiting", ns6);
+        if (r?.status?.capacityWait) counts.add(r.status.capacityWait.refusals);
+        return r?.status?.phase === "Running" ? r : undefined;
+      }, 30_000, 20);
+      expect(cloud6.attempts).toBe(4);
+      // The reason of the refusal waited for reached the later attempts, and the count stayed at 1.
+      expect(cloud6.hints.slice(1).map((h) => h?.capacityReason)).toEqual(["ZonalAllocationFailed", "ZonalAllocationFailed", "ZonalAllocationFailed"]);
+      expect([...counts]).toEqual([1]);
+      expect(running.status?.capacityWait).toBeUndefined();
+      const events = (await client.list<EventObject>(EventResource, { namespace: ns6 })).items.filter((e) => e.regarding?.name === "waiting" && e.type === "Warning");
+      expect(events.map((e) => e.reason)).toEqual(["ZonalAllocationFailed"]);
+    } finally {
+      await op6.stop();
+    }
+  });
 });
 
 describe("a capacity wait that ends without a machine", () => {

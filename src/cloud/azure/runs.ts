@@ -125,9 +125,11 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
     const id = existing.id ?? vmResourceId(c, rg, name);
     const known = hints?.capacityReason;
     const reason = known && isCapacityCode(known) ? known : "AllocationFailed";
+    // The refusal the Run waits for (not a new one): its VM is still there.
+    const waited = known !== undefined;
     if (prov === "deleting") {
       // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
-      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`, undefined, id);
+      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`, undefined, id, waited);
     }
     const failure = provisioningFailure(existing.instanceView?.statuses).failure;
     if (prov === "failed" && failure && isCapacityCode(failure.code)) {
@@ -141,7 +143,7 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
       });
       throw CloudError.capacity(failure.code, sent === undefined
         ? `the VM ${name} of an earlier attempt that Azure could not allocate is being deleted`
-        : `the VM ${name} of an earlier attempt that Azure could not allocate could not be deleted yet (${sent}); tried again at the next attempt`, undefined, id);
+        : `the VM ${name} of an earlier attempt that Azure could not allocate could not be deleted yet (${sent}); tried again at the next attempt`, undefined, id, waited);
     }
     return { instanceId: id, state: machineState(existing.instanceView?.statuses, existing.provisioningState), log: logLocation(ce, run), instance: { id } };
   }

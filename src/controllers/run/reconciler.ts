@@ -643,7 +643,7 @@ export class RunReconciler {
         // A machine of an earlier attempt found unplaced and not gone yet is recorded (when none is),
         // so that a Run cancelled, timed out or deleted while it waits terminates it.
         const found = e.unplacedId !== undefined && !run.status?.instance?.id ? { instance: { id: e.unplacedId, state: "unknown" } } : {};
-        return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`, found);
+        return this.waitForCapacity(run, ce, e.reason, `no capacity to launch yet: ${e.message}`, found, undefined, !e.known);
       }
       if (refusedForGood(e)) {
         const { reason, message } = describeError(e);
@@ -872,13 +872,15 @@ export class RunReconciler {
    * it keeps its claim on a slot while this operator runs (a restarted one counts it again only
    * once it launches).
    */
-  private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}, afterWrite?: () => Promise<void>): Promise<ReconcileResult> {
+  private async waitForCapacity(run: Run, ce: ComputeEnvironment, reason: string, message: string, extra: Partial<RunStatus> = {}, afterWrite?: () => Promise<void>, newRefusal = true): Promise<ReconcileResult> {
     const uid = run.metadata.uid ?? "";
     const last = this.capacityAttempts.get(uid);
     // The refusals so far (kept in memory across accepted launches until a machine is placed; after
     // a restart of the operator, those of the wait the status names).
     const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
-    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(n, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
+    // A refusal already counted, its machine still being removed: one more poll, not a longer wait.
+    const counted = newRefusal || n === 0;
+    const backoff = polls(this.d.pollIntervalMs, counted ? 2 ** Math.min(n, 12) : 1, 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
     // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
     this.ending.delete(uid);
@@ -886,11 +888,12 @@ export class RunReconciler {
     // One Event per cause, not per attempt (each attempt is decided first: LaunchRetrying between).
     // (The status's reason: a wait an older operator wrote, without capacityWait.reason.)
     const before = last?.reason ?? run.status?.capacityWait?.reason ?? run.status?.reason;
-    const capacityWait = { refusals: n + 1, notBefore: new Date(retryAt).toISOString(), reason };
+    const refused = counted ? n + 1 : n;
+    const capacityWait = { refusals: refused, notBefore: new Date(retryAt).toISOString(), reason };
     const written = await this.report(run, { phase: "Pending", reason, message: m, capacityWait, ...extra }, "False", reason, m);
     if (written) {
       // Counted once the wait is on record (a write refused, say from a stale copy, counts nothing).
-      this.capacityAttempts.set(uid, { refused: n + 1, retryAt, reason });
+      this.capacityAttempts.set(uid, { refused, retryAt, reason });
       // Acted on: a reconcile from a cache that does not show the wait yet finds no observation
       // until the next look (which says the refusal again while the machine is there).
       this.d.tracker.forget(uid);

@@ -364,9 +364,10 @@ describe("Azure runs", () => {
     expect(az.get(d.instanceId)).toBeDefined();
     // Its Run waited for capacity (its own delete did not go through): the next attempt deletes the VM and waits again.
     run.status = { ...run.status, phase: "Pending", reason: "LaunchRetrying", capacityWait: { refusals: 1, notBefore: new Date().toISOString() } };
-    const err = await launchRun(az.clients(), ctx, run).catch((e: unknown) => e);
-    // The VM found is named on the refusal (the Run records it while it waits, see CloudError.unplacedId).
-    expect(err).toMatchObject({ capacity: true, reason: "AllocationFailed", unplacedId: d.instanceId });
+    const err = await launchRun(az.clients(), ctx, run, { capacityReason: "AllocationFailed" }).catch((e: unknown) => e);
+    // The VM found is named on the refusal (the Run records it while it waits, see CloudError.unplacedId),
+    // and the refusal is the one the Run waits for (known: not counted again).
+    expect(err).toMatchObject({ capacity: true, reason: "AllocationFailed", unplacedId: d.instanceId, known: true });
     expect(az.ops().filter((o) => o.startsWith("compute.virtualMachines.")).slice(-2)).toEqual(["compute.virtualMachines.get", "compute.virtualMachines.delete"]);
     expect(az.get(d.instanceId)).toBeUndefined();
     // A delete that fails for now is said in the wait (sent again at the next attempt); one
@@ -374,7 +375,12 @@ describe("Azure runs", () => {
     const failedVm = { ...vm, provisioningState: "Failed", instanceView: { statuses: [{ code: "ProvisioningState/failed/AllocationFailed", message: "Allocation failed." }] } };
     az.put(d.instanceId, failedVm);
     az.fail("compute.virtualMachines.delete", new RestLikeError(409, "Conflict", "the VM is busy"));
-    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: true, message: expect.stringContaining("could not be deleted yet"), unplacedId: d.instanceId });
+    // No wait known to the operator (the first answer lost, say): a refusal of its own.
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: true, message: expect.stringContaining("could not be deleted yet"), unplacedId: d.instanceId, known: false });
+    // Still being deleted, under a known wait: the same refusal, waited for.
+    az.put(d.instanceId, { ...failedVm, provisioningState: "Deleting" });
+    await expect(launchRun(az.clients(), ctx, run, { capacityReason: "ZonalAllocationFailed" })).rejects.toMatchObject({ capacity: true, reason: "ZonalAllocationFailed", message: expect.stringContaining("still being deleted"), known: true });
+    az.put(d.instanceId, failedVm);
     az.fail("compute.virtualMachines.delete", new RestLikeError(403, "AuthorizationFailed", "The client 'x' does not have authorization to perform action 'Microsoft.Compute/virtualMachines/delete' over scope 's'"));
     await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: false, kind: "Terminal" });
     az.store.delete(d.instanceId.toLowerCase());
