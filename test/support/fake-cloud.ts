@@ -10,11 +10,12 @@ import type {
   CloudProvider,
   EnvContext,
   EnvObservation,
+  LaunchHints,
   MachineState,
   RunDescription,
   RunLogChunk,
 } from "../../src/cloud/provider.js";
-import type { CloudError } from "../../src/cloud/provider.js";
+import { CloudError } from "../../src/cloud/provider.js";
 
 export interface FakeMachine {
   id: string;
@@ -132,7 +133,7 @@ export class FakeCloud implements CloudProvider {
     this.environments.delete(this.ceUid(ctx));
   }
 
-  async launchRun(ctx: EnvContext, run: Run): Promise<RunDescription> {
+  async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     this.calls.launch++;
     const uid = run.metadata.uid ?? "";
     let m = this.machines.get(uid);
@@ -152,6 +153,11 @@ export class FakeCloud implements CloudProvider {
         ...(this.unplaced ? { launchFailure: { ...this.unplaced } } : {}),
       };
       this.machines.set(uid, m);
+    } else if (m.launchFailure && m.state !== "shutting-down" && m.state !== "terminated") {
+      // Found not placed and not deleted yet: deleted now and refused, naming the machine (the one
+      // the Run waits for when the operator says so), as the Azure provider does with a failed VM.
+      m.state = "shutting-down";
+      throw CloudError.capacity(hints?.capacityReason ?? m.launchFailure.reason, `machine ${m.id} of an earlier attempt could not be placed; it is being deleted`, undefined, m.id, hints?.capacityReason !== undefined);
     } else if (m.launchFailure && (m.state === "shutting-down" || m.state === "terminated")) {
       // An unplaced machine terminated (as its Run's capacity wait does) and launched again: made
       // anew under the same ID, as Azure makes a VM again under its name; placed unless `unplaced`.
