@@ -440,18 +440,28 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   });
 
-  it("a Run whose pipeline ended while no operator ran, found past its timeout by the next operator whose first two looks fail, ends with the pipeline's outcome, not Timeout", async () => {
-    const own = await freshNamespace(client, "late-outcome");
+  /**
+   * A Run (named as its namespace prefix) Running for 10 minutes under a CE of the same name with a
+   * 1h timeout, then its operator stopped: the test changes the world, then starts the next one.
+   */
+  const runningThenDown = async (name: string): Promise<{ own: string; fake: FakeCloud; uid: string }> => {
+    const own = await freshNamespace(client, name);
     const fake = new FakeCloud();
     fake.launchedAgoMs = 10 * 60_000; // its machine started 10 minutes ago
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
+    const opA = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
+    try {
+      await readyCe(name, { defaultRunTimeout: "1h" }, own);
+      await run(name, name, {}, own);
+      return { own, fake, uid: (await inPhase(name, "Running", 30_000, own)).metadata.uid ?? "" };
+    } finally {
+      await opA.stop();
+    }
+  };
+
+  it("a Run whose pipeline ended while no operator ran, found past its timeout by the next operator whose first two looks fail, ends with the pipeline's outcome, not Timeout", async () => {
+    const { own, fake, uid } = await runningThenDown("late");
     let opB: RunningOperator | undefined;
     try {
-      await readyCe("late", { defaultRunTimeout: "1h" }, own);
-      await run("late", "late", {}, own);
-      const uid = (await inPhase("late", "Running", 30_000, own)).metadata.uid ?? "";
-      await opA.stop();
-      opA = undefined;
       // While no operator runs the pipeline ends, and the CE's timeout is lowered below the Run's 10 minutes.
       fake.finish(uid, 0);
       await client.patch(ComputeEnvironmentResource, own, "late", { spec: { defaultRunTimeout: "5m" } }, "merge");
@@ -470,23 +480,14 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect([done.status?.phase, done.status?.reason, done.status?.exitCode]).toEqual(["Succeeded", "Succeeded", 0]);
       expect(fake.calls.terminate - terminations).toBe(0);
     } finally {
-      await opA?.stop();
       await opB?.stop();
     }
   });
 
   it("a Run past its timeout that the next operator cannot look at (every describe fails) is timed out after its first looks, not waited on forever", async () => {
-    const own = await freshNamespace(client, "blind-timeout");
-    const fake = new FakeCloud();
-    fake.launchedAgoMs = 10 * 60_000;
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
+    const { own, fake, uid } = await runningThenDown("blind");
     let opB: RunningOperator | undefined;
     try {
-      await readyCe("blind", { defaultRunTimeout: "1h" }, own);
-      await run("blind", "blind", {}, own);
-      const uid = (await inPhase("blind", "Running", 30_000, own)).metadata.uid ?? "";
-      await opA.stop();
-      opA = undefined;
       await client.patch(ComputeEnvironmentResource, own, "blind", { spec: { defaultRunTimeout: "5m" } }, "merge");
       fake.describeError = CloudError.retryable("Throttling", "ec2:DescribeInstances: Rate exceeded");
       opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
@@ -496,7 +497,6 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
     } finally {
       fake.describeError = undefined;
-      await opA?.stop();
       await opB?.stop();
     }
   });

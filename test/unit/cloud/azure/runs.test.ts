@@ -2,7 +2,7 @@
 // group, stopped VMs, terminate, the log cursor and the orphan sweep.
 import { beforeEach, describe, expect, it } from "vitest";
 import type { ComputeEnvironment, Run } from "../../../../src/api/types.js";
-import { CloudError, type EnvContext } from "../../../../src/cloud/provider.js";
+import { CloudError, type EnvContext, type RunDescription } from "../../../../src/cloud/provider.js";
 import { createLogger } from "../../../../src/engine/logger.js";
 import { confirmUnplaced, describeRuns, launchRun, machineState, readRunLog, sweepOrphans, terminateRun } from "../../../../src/cloud/azure/runs.js";
 import { AzureRunWatch, launcherLines } from "../../../../src/cloud/azure/observe.js";
@@ -142,27 +142,36 @@ describe("Azure runs", () => {
     expect(after.get(run.metadata.uid!)).toMatchObject({ state: "terminated", exitCode: 1, bootstrapStep: "resume-session" });
   });
 
-  it("a stopped VM without an exit status or exit line is deleted at once; its Run waits for the exit line within the grace window, then ends MachineStopped", async () => {
-    let now = Date.parse("2026-01-01T00:00:00Z");
-    const watch = new AzureRunWatch(60_000, () => now);
-    const run = runOf(41);
+  /**
+   * Run `n` Running on its launched VM, and a watch with a grace window of `graceMs` on a clock the
+   * test moves (`clock.now`); `look` describes the Run with that watch.
+   */
+  async function runningOn(n: number, graceMs: number): Promise<{ clock: { now: number }; run: Run; id: string; look: () => Promise<RunDescription> }> {
+    const clock = { now: Date.parse("2026-01-01T00:00:00Z") };
+    const watch = new AzureRunWatch(graceMs, () => clock.now);
+    const run = runOf(n);
     const d = await launchRun(az.clients(), ctx, run);
     run.status = { phase: "Running", instance: { id: d.instanceId } };
-    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/deallocated" }] };
-    const first = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    return { clock, run, id: d.instanceId, look: async () => (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)! };
+  }
+
+  it("a stopped VM without an exit status or exit line is deleted at once; its Run waits for the exit line within the grace window, then ends MachineStopped", async () => {
+    const { clock, id, look } = await runningOn(41, 60_000);
+    az.get(id)!.instanceView = { statuses: [{ code: "PowerState/deallocated" }] };
+    const first = await look();
     // On its way, as far as anyone can tell: a timeout of the Run waits for it (outcomeDue).
     expect(first).toMatchObject({ state: "shutting-down", outcomeUnknown: true, outcomeDue: true });
     expect(first.stateReason).toMatch(/was stopped .*waiting up to 60 s/);
     expect(az.ops()).toContain("compute.virtualMachines.delete");
-    expect(az.get(d.instanceId)).toBeUndefined();
+    expect(az.get(id)).toBeUndefined();
     // gone, within the window: still waiting (not a Spot eviction, not an outcome)
-    now += 59_000;
-    const waiting = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    clock.now += 59_000;
+    const waiting = await look();
     expect(waiting).toMatchObject({ state: "terminated", outcomeUnknown: true, outcomeDue: true });
     expect(waiting.exitCode).toBeUndefined();
     // the window is over, and the query answered without the line: no outcome, said as MachineStopped
-    now += 1_000;
-    const over = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    clock.now += 1_000;
+    const over = await look();
     expect(over).toMatchObject({ state: "terminated", noOutcomeReason: "MachineStopped" });
     expect(over.outcomeUnknown).toBeUndefined();
     expect(over.outcomeDue).toBeUndefined();
@@ -170,58 +179,46 @@ describe("Azure runs", () => {
   });
 
   it("a stopped VM whose deletion fails for now is reported stopped, its outcome still awaited (not a Run ended without one)", async () => {
-    let now = Date.parse("2026-01-01T00:00:00Z");
-    const watch = new AzureRunWatch(60_000, () => now);
-    const run = runOf(47);
-    const d = await launchRun(az.clients(), ctx, run);
-    run.status = { phase: "Running", instance: { id: d.instanceId } };
-    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    const { clock, run, id, look } = await runningOn(47, 60_000);
+    az.get(id)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
     az.fail("compute.virtualMachines.delete", new RestLikeError(409, "Conflict", "the VM is busy"));
-    const seen = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    const seen = await look();
     expect(seen).toMatchObject({ state: "stopped", outcomeUnknown: true, outcomeDue: true });
     expect(seen.exitCode).toBeUndefined();
-    expect(az.get(d.instanceId)).toBeDefined();
+    expect(az.get(id)).toBeDefined();
     // Deleted at the next look; the line, ingested meanwhile, gives the outcome.
-    now += 5_000;
-    az.logRows.push([new Date(now).toISOString(), 3, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
-    const late = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    clock.now += 5_000;
+    az.logRows.push([new Date(clock.now).toISOString(), 3, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    const late = await look();
     expect(late).toMatchObject({ state: "shutting-down", exitCode: 0 });
-    expect(az.get(d.instanceId)).toBeUndefined();
+    expect(az.get(id)).toBeUndefined();
   });
 
   it("an exit line ingested after the VM was seen stopped still gives the outcome", async () => {
-    let now = Date.parse("2026-01-01T00:00:00Z");
-    const watch = new AzureRunWatch(600_000, () => now);
-    const run = runOf(48);
-    const d = await launchRun(az.clients(), ctx, run);
-    run.status = { phase: "Running", instance: { id: d.instanceId } };
-    az.get(d.instanceId)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
-    expect((await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
-    now += 120_000;
-    az.logRows.push([new Date(now).toISOString(), 7, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
-    const late = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    const { clock, run, id, look } = await runningOn(48, 600_000);
+    az.get(id)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
+    expect(await look()).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    clock.now += 120_000;
+    az.logRows.push([new Date(clock.now).toISOString(), 7, run.metadata.uid!, "launcher", "VMFORGE_EXIT_CODE=0"]);
+    const late = await look();
     expect(late).toMatchObject({ state: "terminated", exitCode: 0 });
     expect(late.outcomeUnknown).toBeUndefined();
   });
 
   it("a failed launcher-lines query never ends a Run without an outcome, even after the window; a refused one is named", async () => {
-    let now = Date.parse("2026-01-01T00:00:00Z");
-    const watch = new AzureRunWatch(10_000, () => now);
-    const run = runOf(49);
-    const d = await launchRun(az.clients(), ctx, run);
-    run.status = { phase: "Running", instance: { id: d.instanceId } };
-    az.store.delete(d.instanceId.toLowerCase());
+    const { clock, id, look } = await runningOn(49, 10_000);
+    az.store.delete(id.toLowerCase());
     az.failQuery = new RestLikeError(403, "AuthorizationFailed", "The client does not have authorization to perform action 'Microsoft.OperationalInsights/workspaces/query/read'");
     // Refused within the window: unreadable, not on its way (the Run's timeout still bounds it).
-    const early = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    const early = await look();
     expect(early).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" } });
     expect(early.outcomeDue).toBeUndefined();
-    now += 60_000;
-    const refused = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    clock.now += 60_000;
+    const refused = await look();
     expect(refused).toMatchObject({ state: "terminated", outcomeUnknown: true, readError: { reason: "AccessDenied" }, readAttempted: true });
     expect(refused.outcomeDue).toBeUndefined();
     az.failQuery = undefined;
-    const answered = (await describeRuns(az.clients(), ctx, [run], watch)).get(run.metadata.uid!)!;
+    const answered = await look();
     expect(answered.outcomeUnknown).toBeUndefined();
     expect(answered).toMatchObject({ readAttempted: true });
     expect(answered.readError).toBeUndefined();
