@@ -224,10 +224,12 @@ export interface RunDescription {
    */
   outcomeUnknown?: boolean;
   /**
-   * With outcomeUnknown: nothing failed to read; the outcome may still be on its way (an exit line
+   * With outcomeUnknown: no read was refused; the outcome may still be on its way (an exit line
    * not queryable yet), and the provider bounds that wait (a later look gives the outcome, or ends
-   * the Run without one). The machine has ended, so a Run timeout not acted on yet waits for it,
-   * as for a known outcome. Not set while reads fail: the timeout is then what bounds the wait.
+   * the Run without one; a read failing for now is asked again within that bound). The machine has
+   * ended (or is being deleted), so a Run timeout not acted on yet waits for it, as for a known
+   * outcome, while recent looks say so. Not set for a refused read, nor once the provider's bound
+   * is over: the timeout is then what bounds the wait.
    */
   outcomeDue?: boolean;
   /**

@@ -227,6 +227,17 @@ export class AzureEmulatorControl {
   removeListLag(id: string): Promise<void> {
     return this.call("DELETE", `/list-lags/${encodeURIComponent(id)}`);
   }
+  /**
+   * Deletions that take time, as ARM's of a VM do: a resource whose ID contains `path`
+   * (case-insensitive) is gone `ms` after its DELETE was accepted, and listed and read with
+   * provisioningState Deleting until then. A delete already under way keeps its time.
+   */
+  addDeleteLag(l: { path: string; ms: number }): Promise<{ id: string; path: string; ms: number }> {
+    return this.call("POST", "/delete-lags", l);
+  }
+  removeDeleteLag(id: string): Promise<void> {
+    return this.call("DELETE", `/delete-lags/${encodeURIComponent(id)}`);
+  }
   /** SkuNotAvailable without count also marks the size restricted in Microsoft.Compute/skus. */
   addCapacityError(c: { vmSize: string; location: string; code: "SkuNotAvailable" | "AllocationFailed" | "OperationNotAllowed" | "ZonalAllocationFailed"; count?: number }): Promise<{ id: string }> {
     return this.call("POST", "/capacity", c);

@@ -572,6 +572,12 @@ export class Emulator {
       }
       return reply(200, {});
     }
+    const oneDeleteLag = /^DELETE \/delete-lags\/([^/]+)$/.exec(route);
+    if (oneDeleteLag) {
+      const id = decodeURIComponent(oneDeleteLag[1]!);
+      this.arm.deleteLags = this.arm.deleteLags.filter((l) => l.id !== id);
+      return reply(200, {});
+    }
     const oneCapacity = /^DELETE \/capacity\/([^/]+)$/.exec(route);
     if (oneCapacity) {
       const id = decodeURIComponent(oneCapacity[1]!);
@@ -637,6 +643,12 @@ export class Emulator {
         if (typeof body.path !== "string" || !body.path || typeof body.ms !== "number" || body.ms < 0) throw new ArmError(400, "InvalidParameter", "A list lag needs a path and ms.");
         const l = { id: this.ids.guid("list-lag-id", "list-lag"), path: body.path, ms: body.ms };
         this.arm.listLags.push(l);
+        return reply(201, l);
+      }
+      case "POST /delete-lags": {
+        if (typeof body.path !== "string" || !body.path || typeof body.ms !== "number" || body.ms < 0) throw new ArmError(400, "InvalidParameter", "A delete lag needs a path and ms.");
+        const l = { id: this.ids.guid("delete-lag-id", "delete-lag"), path: body.path, ms: body.ms };
+        this.arm.deleteLags.push(l);
         return reply(201, l);
       }
       case "POST /capacity": {

@@ -335,17 +335,17 @@ describe("a capacity wait across a restart of the operator", () => {
 });
 
 describe("a capacity refusal the Run already waits for", () => {
-  it("is not counted again: attempts that find the unplaced machine still being deleted leave the count at one and record no Event of their own", async () => {
+  it("is not counted again: attempts that find the unplaced machine still being deleted keep the count and the last wait, and record no Event of their own", async () => {
     const ns6 = await freshNamespace(client, "capacity-known");
-    /** The first attempt is refused; the next two find its machine still being deleted (known); then placed. */
+    /** The first two attempts are refused; the next two find the machine still being deleted (known); then placed. */
     class DeletingCloud extends FakeCloud {
-      attempts = 0;
+      attempts: number[] = [];
       hints: (LaunchHints | undefined)[] = [];
       override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
         this.hints.push(hints);
-        const n = ++this.attempts;
-        if (n === 1) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
-        if (n <= 3) throw CloudError.capacity(hints?.capacityReason ?? "AllocationFailed", "the machine of an earlier attempt is still being deleted", undefined, undefined, hints?.capacityReason !== undefined);
+        const n = this.attempts.push(Date.now());
+        if (n <= 2) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+        if (n <= 4) throw CloudError.capacity(hints?.capacityReason ?? "AllocationFailed", "the machine of an earlier attempt is still being deleted", undefined, undefined, hints?.capacityReason !== undefined);
         return super.launchRun(ctx, r);
       }
     }
@@ -360,15 +360,87 @@ describe("a capacity refusal the Run already waits for", () => {
         if (r?.status?.capacityWait) counts.add(r.status.capacityWait.refusals);
         return r?.status?.phase === "Running" ? r : undefined;
       }, 30_000, 20);
-      expect(cloud6.attempts).toBe(4);
-      // The reason of the refusal waited for reached the later attempts, and the count stayed at 1.
-      expect(cloud6.hints.slice(1).map((h) => h?.capacityReason)).toEqual(["ZonalAllocationFailed", "ZonalAllocationFailed", "ZonalAllocationFailed"]);
-      expect([...counts]).toEqual([1]);
+      expect(cloud6.attempts).toHaveLength(5);
+      // The reason of the refusal waited for reached the later attempts, and the count stayed at 2.
+      expect(cloud6.hints.slice(1).map((h) => h?.capacityReason)).toEqual(Array(4).fill("ZonalAllocationFailed"));
+      expect([...counts]).toEqual([1, 2]);
+      // After the 2nd refusal the wait is 2 polls (2 s); the known ones wait as long again, not 1 poll.
+      const gap = (i: number): number => cloud6.attempts[i]! - cloud6.attempts[i - 1]!;
+      expect([gap(3), gap(4)].every((g) => g >= 1_900), `${gap(3)}, ${gap(4)} ms`).toBe(true);
       expect(running.status?.capacityWait).toBeUndefined();
       const events = (await client.list<EventObject>(EventResource, { namespace: ns6 })).items.filter((e) => e.regarding?.name === "waiting" && e.type === "Warning");
       expect(events.map((e) => e.reason)).toEqual(["ZonalAllocationFailed"]);
     } finally {
       await op6.stop();
+    }
+  });
+
+  it("a machine accepted and not placed, whose deletion fails for now, is deleted by the next attempt, which waits again without counting a refusal", async () => {
+    const ns9 = await freshNamespace(client, "capacity-undeleted");
+    /** Keeps what each launch attempt was answered: a machine, or the refusal's count flag. */
+    class Answers extends FakeCloud {
+      answers: string[] = [];
+      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
+        try {
+          const d = await super.launchRun(ctx, r, hints);
+          this.answers.push(d.state);
+          return d;
+        } catch (e) {
+          this.answers.push(e instanceof CloudError && e.capacity ? `refused${e.known ? " (known)" : ""}` : "error");
+          throw e;
+        }
+      }
+    }
+    const fake = new Answers();
+    fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed." };
+    fake.terminateError = CloudError.retryable("Conflict", "the machine is busy");
+    const op9 = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns9], pollIntervalMs: 1_000 });
+    const counts = new Set<number>();
+    const get = () => getRun("undeleted", ns9);
+    try {
+      await readyCe("ce", {}, ns9);
+      await run("undeleted", "ce", {}, ns9);
+      // Accepted, refused its place by a look; the Run's delete of it fails; the next attempt finds it and deletes it.
+      await waitFor("the next attempt refused, finding the machine", async () => {
+        const r = await get();
+        if (r?.status?.capacityWait) counts.add(r.status.capacityWait.refusals);
+        return fake.answers.some((a) => a.startsWith("refused"));
+      }, 30_000, 50);
+      fake.unplaced = undefined;
+      fake.terminateError = undefined;
+      await waitFor("Run Running", async () => {
+        const r = await get();
+        if (r?.status?.capacityWait) counts.add(r.status.capacityWait.refusals);
+        return r?.status?.phase === "Running";
+      }, 30_000, 50);
+      expect(fake.answers).toEqual(["pending", "refused (known)", "pending"]);
+      expect([...counts]).toEqual([1]);
+    } finally {
+      await op9.stop();
+    }
+  });
+
+  it("after a launch whose answer was lost, the next attempt is not told the wait's reason: what it finds unplaced may be a new refusal", async () => {
+    const ns8 = await freshNamespace(client, "capacity-lost");
+    /** Refused, then an answer lost, then placed; keeps the hints each attempt got. */
+    class LosingCloud extends FakeCloud {
+      hints: (LaunchHints | undefined)[] = [];
+      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
+        const n = this.hints.push(hints);
+        if (n === 1) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+        if (n === 2) throw CloudError.retryable("RequestTimeout", "the launch's answer was lost");
+        return super.launchRun(ctx, r);
+      }
+    }
+    const cloud8 = new LosingCloud();
+    const op8 = await startOperator(kubeconfigPath(), new Map([["aws", cloud8]]), { namespaces: [ns8], pollIntervalMs: 1_000 });
+    try {
+      await readyCe("ce", {}, ns8);
+      await run("lost", "ce", {}, ns8);
+      await inPhase("lost", "Running", 30_000, ns8);
+      expect(cloud8.hints.map((h) => h?.capacityReason)).toEqual([undefined, "ZonalAllocationFailed", undefined]);
+    } finally {
+      await op8.stop();
     }
   });
 });
@@ -444,9 +516,8 @@ describe("the ComputeEnvironment's default Run timeout", () => {
    * A Run (named as its namespace prefix) Running for 10 minutes under a CE of the same name with a
    * 1h timeout, then its operator stopped: the test changes the world, then starts the next one.
    */
-  const runningThenDown = async (name: string): Promise<{ own: string; fake: FakeCloud; uid: string }> => {
+  const runningThenDown = async <C extends FakeCloud = FakeCloud>(name: string, fake: C = new FakeCloud() as C): Promise<{ own: string; fake: C; uid: string }> => {
     const own = await freshNamespace(client, name);
-    const fake = new FakeCloud();
     fake.launchedAgoMs = 10 * 60_000; // its machine started 10 minutes ago
     const opA = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own] });
     try {
@@ -485,16 +556,55 @@ describe("the ComputeEnvironment's default Run timeout", () => {
   });
 
   it("a Run past its timeout that the next operator cannot look at (every describe fails) is timed out after its first looks, not waited on forever", async () => {
-    const { own, fake, uid } = await runningThenDown("blind");
+    /** Keeps how many looks (describes, failed ones too) had been asked for when each termination was sent. */
+    class Counting extends FakeCloud {
+      looksAtTermination: number[] = [];
+      override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+        this.looksAtTermination.push(this.describes.length);
+        return super.terminateRuns(ctx, runs);
+      }
+    }
+    const { own, fake, uid } = await runningThenDown("blind", new Counting());
     let opB: RunningOperator | undefined;
     try {
       await client.patch(ComputeEnvironmentResource, own, "blind", { spec: { defaultRunTimeout: "5m" } }, "merge");
       fake.describeError = CloudError.retryable("Throttling", "ec2:DescribeInstances: Rate exceeded");
+      const looksBefore = fake.describes.length;
       opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
       const failed = await inPhase("blind", "Failed", 30_000, own);
       expect(failed.status?.reason).toBe("Timeout");
-      expect(opB.operator.tracker.pollCount).toBeGreaterThanOrEqual(3);
+      // Terminated once the next operator's first 3 looks had failed, not before (a 4th may have
+      // been asked for by the time the Run's reconcile, on its own 1 s beat, sent the termination).
+      expect(fake.looksAtTermination).toHaveLength(1);
+      expect(fake.looksAtTermination[0]! - looksBefore).toBeGreaterThanOrEqual(3);
+      expect(fake.looksAtTermination[0]! - looksBefore).toBeLessThanOrEqual(4);
       expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
+    } finally {
+      fake.describeError = undefined;
+      await opB?.stop();
+    }
+  });
+
+  it("a Run past its timeout whose outcome was on its way at the last look is timed out once looks fail for 3 polls: an old look does not hold the timeout off", async () => {
+    const { own, fake } = await runningThenDown("stale");
+    const uid = (await getRun("stale", own))?.metadata.uid ?? "";
+    let opB: RunningOperator | undefined;
+    try {
+      fake.endAwaitingOutcome(uid);
+      await client.patch(ComputeEnvironmentResource, own, "stale", { spec: { defaultRunTimeout: "5m" } }, "merge");
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
+      const b = opB;
+      // Awaited through 3 looks, not timed out.
+      await waitFor("the Run waiting for its outcome through 3 looks", async () => {
+        const r = await getRun("stale", own);
+        if (r?.status?.phase !== "Running") throw new Error(`${r?.status?.phase}/${r?.status?.reason}: ${r?.status?.message}`);
+        return b.operator.tracker.pollCount >= 3 && r.status.message?.includes("waiting for the pipeline's outcome");
+      }, 30_000, 100);
+      const failedFrom = b.operator.tracker.pollCount;
+      fake.describeError = CloudError.retryable("Throttling", "ec2:DescribeInstances: Rate exceeded");
+      const failed = await inPhase("stale", "Failed", 30_000, own);
+      expect(failed.status?.reason).toBe("Timeout");
+      expect(b.operator.tracker.pollCount - failedFrom).toBeGreaterThanOrEqual(2);
     } finally {
       fake.describeError = undefined;
       await opB?.stop();

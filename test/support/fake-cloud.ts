@@ -27,6 +27,8 @@ export interface FakeMachine {
   exitCode?: number;
   stateReason?: string;
   interrupted?: boolean;
+  /** Ended with its outcome on its way (see FakeCloud.endAwaitingOutcome). */
+  outcomeDue?: boolean;
   /** Accepted and not placed (see FakeCloud.unplaced): it stays pending and says why. */
   launchFailure?: { reason: string; message: string };
   launchedAt: string;
@@ -157,7 +159,7 @@ export class FakeCloud implements CloudProvider {
       // Found not placed and not deleted yet: deleted now and refused, naming the machine (the one
       // the Run waits for when the operator says so), as the Azure provider does with a failed VM.
       m.state = "shutting-down";
-      throw CloudError.capacity(hints?.capacityReason ?? m.launchFailure.reason, `machine ${m.id} of an earlier attempt could not be placed; it is being deleted`, undefined, m.id, hints?.capacityReason !== undefined);
+      throw CloudError.capacity(m.launchFailure.reason, `machine ${m.id} of an earlier attempt could not be placed; it is being deleted`, undefined, m.id, hints?.capacityReason !== undefined);
     } else if (m.launchFailure && (m.state === "shutting-down" || m.state === "terminated")) {
       // An unplaced machine terminated (as its Run's capacity wait does) and launched again: made
       // anew under the same ID, as Azure makes a VM again under its name; placed unless `unplaced`.
@@ -243,6 +245,13 @@ export class FakeCloud implements CloudProvider {
     m.state = "terminated";
   }
 
+  /** Test control: the pipeline ends and the machine powers off, its outcome still on its way (as an exit line Log Analytics has not made queryable yet). */
+  endAwaitingOutcome(runUid: string): void {
+    const m = this.mustGet(runUid);
+    m.state = "terminated";
+    m.outcomeDue = true;
+  }
+
   /** Test control: the machine disappears without an exit code (e.g. a Spot interruption when `reclaimed`). */
   interrupt(runUid: string, reason: string, reclaimed = false): void {
     const m = this.mustGet(runUid);
@@ -276,6 +285,7 @@ export class FakeCloud implements CloudProvider {
       ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
       ...(m.stateReason ? { stateReason: m.stateReason } : {}),
       ...(m.interrupted ? { interrupted: true } : {}),
+      ...(m.outcomeDue && m.exitCode === undefined ? { outcomeUnknown: true, outcomeDue: true, stateReason: "its exit line is on its way" } : {}),
       // Said while the unplaced machine is there (not once its termination was sent).
       ...(m.launchFailure && m.state === "pending" ? { launchFailure: { ...m.launchFailure } } : {}),
       instance: { id: m.id, type: "m6i.large", zone: "us-east-1a" },

@@ -388,6 +388,17 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
         d.launchFailure = { reason: vm.failure.code, message: `Azure could not allocate VM ${name}: ${vm.failure.message}` };
         return;
       }
+      if (vm.state === "shutting-down" && !over && run.status?.phase !== "Pending" && !beingCancelled(run, ctx.ce)) {
+        // Being deleted (Resource Manager lists a VM as Deleting for tens of seconds and more): by
+        // this operator once it was seen stopped, or by someone else. Its Run ends once it is gone,
+        // with the outcome read then; meanwhile that outcome is awaited as for a VM gone (the same
+        // grace window, opened now if no look saw the VM end), so the Run's timeout waits for it.
+        const w = watch.endedWithoutOutcome(uid, false);
+        d.outcomeUnknown = true;
+        if (!w.over) d.outcomeDue = true;
+        d.stateReason = `the VM is being deleted; its outcome is read once it is gone`;
+        return;
+      }
       if (vm.state === "stopped" || vm.state === "stopping") {
         // The OS shut down; a stopped VM still bills: it is deleted now, whatever its outcome.
         stopped.push(name);
@@ -454,8 +465,9 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
   }
   await settleAll([...toDelete.entries()].map(async ([rg, { names, asSeen }]) => {
     // A deletion refused or failed here must not fail the describe of every CE of the
-    // subscription: such a VM is reported as seen (a stopped one with its exit code, so its Run
-    // ends and its own reconcile deletes the VM and says what blocks it) and tried again next poll.
+    // subscription: such a VM is reported as seen (a stopped one with its exit code or its awaited
+    // outcome, so its Run ends or waits, and its own reconcile deletes the VM and says what blocks
+    // it) and tried again next poll.
     const sent = await Promise.allSettled(names.map((name) => deleteVms(c, rg, [name], so)));
     sent.forEach((r, i) => {
       if (r.status === "fulfilled") return;

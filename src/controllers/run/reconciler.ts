@@ -164,6 +164,11 @@ export class RunReconciler {
    * once, and that must not be a new attempt.
    */
   private readonly capacityAttempts = new Map<string, { refused: number; retryAt: number; reason: string }>();
+  /**
+   * Runs whose last launch call failed without an answer (not a capacity refusal): the VM a retry
+   * finds unplaced may be that call's, a new refusal, so the wait's reason is not passed as known.
+   */
+  private readonly launchUnanswered = new Set<string>();
 
   /** The terminations of Runs ending about the same time (deleted, cancelled, timed out, failed after a launch, ended with their machine up), sent per CE in one call (batchedTermination). */
   private readonly terminations: TerminationBatches;
@@ -634,12 +639,14 @@ export class RunReconciler {
         const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
         if (token) ctx.platformToken = token;
       }
-      const capacityReason = this.capacityAttempts.get(run.metadata.uid ?? "")?.reason ?? run.status?.capacityWait?.reason;
+      const uid = run.metadata.uid ?? "";
+      const capacityReason = this.launchUnanswered.has(uid) ? undefined : (this.capacityAttempts.get(uid)?.reason ?? run.status?.capacityWait?.reason);
       desc = await provider.launchRun(ctx, run, { firstAttempt, ...(capacityReason ? { capacityReason } : {}) });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
       this.launchTriedAt.set(run.metadata.uid ?? "", Date.now());
       if (e instanceof CloudError && e.capacity) {
+        this.launchUnanswered.delete(run.metadata.uid ?? "");
         // A machine of an earlier attempt found unplaced and not gone yet is recorded (when none is),
         // so that a Run cancelled, timed out or deleted while it waits terminates it.
         const found = e.unplacedId !== undefined && !run.status?.instance?.id ? { instance: { id: e.unplacedId, state: "unknown" } } : {};
@@ -656,6 +663,7 @@ export class RunReconciler {
       // The launch was refused for the environment's resources (e.g. its instance profile is gone):
       // the CE checks and repairs them now; this Run tries again after its backoff.
       if (provider.environmentSuspect?.(ce)) this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
+      this.launchUnanswered.add(run.metadata.uid ?? "");
       if (launchDecided(run) && !this.signals.get(log)?.aborted) {
         // Still decided, and now saying so: the Run is being launched, not waiting for a check.
         // Only on the version read (a leader that lost its Lease, or a stale copy, writes nothing).
@@ -667,8 +675,9 @@ export class RunReconciler {
     }
     const uid = run.metadata.uid ?? "";
     this.d.tracker.record(uid, desc);
-    // The refusals so far are kept (not the wait): a machine accepted now may still be refused its
-    // place (Azure's AllocationFailed), and the backoff then goes on growing. Dropped once placed.
+    // The refusals so far are kept (in memory, and in the status's capacityWait, which the record
+    // keeps unless the machine runs): a machine accepted now may still be refused its place
+    // (Azure's AllocationFailed), and the backoff then goes on growing. Dropped once placed.
     this.ending.delete(uid);
     // A machine found running at launch (a resumed launch) is Running only if the pipeline started.
     const started = desc.state === "running" && (!provider.reportsPipelineStart || desc.pipelineStarted === true);
@@ -708,6 +717,7 @@ export class RunReconciler {
       log.info({ instance: desc.instanceId }, "recorded the machine on a newer version of the Run");
     }
     this.launchTriedAt.delete(uid);
+    this.launchUnanswered.delete(uid);
     // Not awaited (the recorder never throws): a launch burst does not wait on its Events.
     if (written) void this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
     log.info({ instance: desc.instanceId }, "launched");
@@ -729,7 +739,8 @@ export class RunReconciler {
     // away after a start), that look is waited for: up to FIRST_LOOK_POLLS polls, so that a describe
     // that failed once (throttled after a restart, say) does not time out Runs nobody looked at.
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
-    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined;
+    // (From a recent look only: while looks fail, the last one's word does not hold off the timeout.)
+    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && Date.now() - obs.at <= FIRST_LOOK_POLLS * this.d.pollIntervalMs;
     const firstLookDue = obs === undefined && this.d.tracker.pollCount < FIRST_LOOK_POLLS;
     if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
@@ -759,8 +770,9 @@ export class RunReconciler {
     await this.reportReadError(run, desc);
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
     if (desc.state === "running" && !desc.launchFailure) this.capacityAttempts.delete(uid);
-    // Placed: a capacity wait kept through its launch ends (with the next status write).
-    const placed = desc.state === "running" && !desc.launchFailure && status.capacityWait ? { capacityWait: undefined } : {};
+    // Placed (running, or up in a state the cloud did not name, reported as running): a capacity
+    // wait kept through its launch ends (with the next status write).
+    const placed = (desc.state === "running" || desc.state === "unknown") && !desc.launchFailure && status.capacityWait ? { capacityWait: undefined } : {};
     if (desc.launchFailure) {
       // Accepted, then not placed (capacity/quota): the Run waits Pending, then terminates the
       // unplaced machine (every look says the refusal until then, so a reconcile after a later
@@ -768,9 +780,9 @@ export class RunReconciler {
       // once a consistent read confirms it: a look's list may show a machine deleted a moment ago,
       // over the one the next attempt made under its name (nothing else launches for this Run
       // until this reconcile ends, so the termination by name meets the machine confirmed).
-      // Every refusal is confirmed, the first too: whether an earlier attempt made a machine under
-      // the same name is not known after a restart (this process's count is gone, and the launch's
-      // record took the status's wait away).
+      // Every refusal is confirmed, the first too: a count of refusals (in memory or in the status)
+      // does not say whether the list lags behind a deletion, and a Run waiting since before an
+      // upgrade may carry none.
       if (provider.confirmUnplaced && !(await provider.confirmUnplaced(await this.context(ce, log), run))) return { requeueAfterMs: next };
       return this.waitForCapacity(run, ce, desc.launchFailure.reason, desc.launchFailure.message, { instance }, () => this.removeUnplaced(run, ce, provider, log));
     }
@@ -810,11 +822,12 @@ export class RunReconciler {
       case "stopped":
         // A stopped machine runs no pipeline: it is terminated. On AWS (shutdown = terminate) this
         // means someone stopped it by hand; on Azure an OS shutdown leaves the VM stopped, and the
-        // provider may report its known outcome here when deleting it failed.
+        // provider reports it here, with its known or awaited outcome, when deleting it failed.
         await this.stopMachine(run, ce, provider, log);
         if (desc.outcomeUnknown && desc.exitCode === undefined) {
-          // Its outcome could not be read this time: the terminated machine's is read next.
-          await this.report(run, { instance, message: clip(`machine ${desc.instanceId} ${desc.state}; waiting for the pipeline's outcome`) });
+          // Its outcome is not known yet (not readable this time, or on its way): read next, from
+          // the machine as it is then.
+          await this.report(run, { instance, message: clip(`machine ${desc.instanceId} ${desc.state}; waiting for the pipeline's outcome${desc.stateReason ? `: ${desc.stateReason}` : ""}`) });
           return { requeueAfterMs: next };
         }
         if (desc.exitCode !== undefined) {
@@ -878,9 +891,11 @@ export class RunReconciler {
     // The refusals so far (kept in memory across accepted launches until a machine is placed; after
     // a restart of the operator, those of the wait the status names).
     const n = last?.refused ?? run.status?.capacityWait?.refusals ?? 0;
-    // A refusal already counted, its machine still being removed: one more poll, not a longer wait.
+    // A refusal already counted, its machine still being removed: the last wait again, not a longer
+    // one (and not a shorter one either: a VM stuck in deletion, or a delete refused for now, is not
+    // asked about every poll).
     const counted = newRefusal || n === 0;
-    const backoff = polls(this.d.pollIntervalMs, counted ? 2 ** Math.min(n, 12) : 1, 1_000, CAPACITY_BACKOFF_MAX_MS);
+    const backoff = polls(this.d.pollIntervalMs, 2 ** Math.min(counted ? n : n - 1, 12), 1_000, CAPACITY_BACKOFF_MAX_MS);
     const retryAt = Date.now() + backoff;
     // The next launch makes another machine: a termination sent for an earlier one settles nothing of it.
     this.ending.delete(uid);
@@ -1320,6 +1335,7 @@ export class RunReconciler {
     this.capacityAttempts.delete(uid);
     this.refusedLaunch.delete(uid);
     this.launchTriedAt.delete(uid);
+    this.launchUnanswered.delete(uid);
     if (!keepTermination) {
       this.ending.delete(uid);
       this.terminations.forget(uid);

@@ -125,6 +125,11 @@ export class Arm {
    * is still listed as it was for `ms` (a GET finds it gone at once). Kept by the compute types.
    */
   listLags: { id: string; path: string; ms: number }[] = [];
+  /**
+   * Deletions that take time, as ARM's of a VM do (tens of seconds and more): a resource whose ID
+   * contains `path` is deleted `ms` after the DELETE was accepted, listed and read as Deleting until then.
+   */
+  deleteLags: { id: string; path: string; ms: number }[] = [];
   /** Deleted VMs still listed: resource key -> the VM as it was, until when (ms). */
   readonly listedAfterDelete = new Map<string, { res: Stored; until: number }>();
   private pending: Operation[] = [];
@@ -146,6 +151,7 @@ export class Arm {
     this.vmIds.clear();
     this.byUniqueProp.clear();
     this.listLags = [];
+    this.deleteLags = [];
     this.listedAfterDelete.clear();
     this.pending = [];
   }
@@ -224,6 +230,11 @@ export class Arm {
 
   latencyFor(type: string): number {
     return this.d.settings.latencyMs[lc(type)] ?? this.d.settings.defaultLatencyMs;
+  }
+
+  /** How long deleting this resource takes: a delete lag naming it, else its type's latency. */
+  deleteLatencyFor(type: string, id: string): number {
+    return this.deleteLags.find((l) => lc(id).includes(lc(l.path)))?.ms ?? this.latencyFor(type);
   }
 
   startOp(ns: string, sub: string, location: string, latencyMs: number, complete?: (op: Operation) => void, resultStatus = 200): Operation {

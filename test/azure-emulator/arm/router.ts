@@ -545,7 +545,7 @@ export class ArmRouter {
         }
         existing.deleting = true;
         if (existing.body.properties) existing.body.properties.provisioningState = "Deleting";
-        const op = this.arm.startOp(ns, sub, existing.body.location ?? "global", this.arm.latencyFor(t.type), () => {
+        const op = this.arm.startOp(ns, sub, existing.body.location ?? "global", this.arm.deleteLatencyFor(t.type, existing.id), () => {
           this.arm.remove(existing);
         });
         if (op.status === "InProgress") existing.pendingOp = op;

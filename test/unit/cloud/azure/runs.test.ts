@@ -194,6 +194,24 @@ describe("Azure runs", () => {
     expect(az.get(id)).toBeUndefined();
   });
 
+  it("a VM listed as being deleted: its Run's outcome is awaited (outcomeDue within the window, from its first such look), not for a Run waiting for capacity or being cancelled", async () => {
+    const { clock, run, id, look } = await runningOn(46, 60_000);
+    az.put(id, { ...az.get(id)!, provisioningState: "Deleting", instanceView: { statuses: [{ code: "ProvisioningState/deleting" }, { code: "PowerState/stopped" }] } });
+    const first = await look();
+    expect(first).toMatchObject({ state: "shutting-down", outcomeUnknown: true, outcomeDue: true });
+    expect(first.exitCode).toBeUndefined();
+    expect(first.stateReason).toContain("being deleted");
+    clock.now += 60_000;
+    const over = await look();
+    expect(over).toMatchObject({ state: "shutting-down", outcomeUnknown: true });
+    expect(over.outcomeDue).toBeUndefined();
+    for (const other of [{ ...run, status: { ...run.status, phase: "Pending" as const } }, { ...run, spec: { ...run.spec, cancel: true } }]) {
+      const d = (await describeRuns(az.clients(), ctx, [other], new AzureRunWatch(60_000))).get(run.metadata.uid!)!;
+      expect(d.state).toBe("shutting-down");
+      expect(d.outcomeUnknown).toBeUndefined();
+    }
+  });
+
   it("an exit line ingested after the VM was seen stopped still gives the outcome", async () => {
     const { clock, run, id, look } = await runningOn(48, 600_000);
     az.get(id)!.instanceView = { statuses: [{ code: "PowerState/stopped" }] };
