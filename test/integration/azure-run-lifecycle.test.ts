@@ -743,7 +743,7 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
     }
   }, 180_000);
 
-  it("a pipeline that ended while no operator ran, its VM stopped and its exit line not queryable yet, found past its timeout by the next operator, whose first delete of the VM Azure refuses and whose second takes 8 s: the line is waited for, and the Run takes its outcome, not Timeout or MachineStopped", async () => {
+  it("a pipeline that ended while no operator ran, its VM stopped and its exit line not queryable yet, found past its timeout by the next operator, whose first delete of the VM Azure refuses and whose second takes 12 s: the line is waited for, and the Run takes its outcome, not Timeout or MachineStopped", async () => {
     const provider = (): CloudProvider => env.provider({ exitLineGraceMs: 60_000 });
     const own = await ownOperatorAndCe("azlate", "latece", provider());
     const { ns, ce: lce } = own;
@@ -767,24 +767,24 @@ describe.concurrent("Azure Run lifecycle through the operator (emulator)", () =>
       await env.kube.patch(ComputeEnvironmentResource, ns, "latece", { spec: { defaultRunTimeout: "5m" } }, "merge");
       // The next operator's first delete of the stopped VM (its first look's) is refused: the VM is
       // reported stopped, and its outcome is awaited all the same. The next one (the Run's own)
-      // takes 8 s, as ARM's can, the VM listed as Deleting meanwhile: still awaited.
+      // takes 12 s, as ARM's can, the VM listed as Deleting meanwhile: still awaited.
       const name = vmName(run.metadata.uid!);
       await ctl.addFault({ operation: "Microsoft.Compute/virtualMachines/delete", path: `/virtualMachines/${name}`, status: 409, code: "Conflict", message: "injected: the VM is busy", count: 1 });
-      lag = await ctl.addDeleteLag({ path: `/virtualMachines/${name}`, ms: 8_000 });
+      lag = await ctl.addDeleteLag({ path: `/virtualMachines/${name}`, ms: 12_000 });
       const { lastSeq } = await ctl.requests(0);
       opB = await startOperator(kubeconfigPath(), new Map([["azure", provider()]]), { namespaces: [ns], pollIntervalMs: 1_000 });
       const b = opB;
       await waitFor("the next operator has the lowered timeout", async () => b.operator.ces.get(`${ns}/latece`)?.spec.defaultRunTimeout === "5m", 10_000, 50);
-      // Its looks find the VM stopped (deleted at once) and the line not queryable: the Run waits,
-      // through three polls at least, and is not timed out.
+      // Its looks find the VM stopped, its deletion refused, then under way, and the line not
+      // queryable: the Run waits, saying so, and is not timed out.
       const seen = new Set<string>();
-      await waitFor("three polls of the next operator with the Run waiting for its outcome", async () => {
+      await waitFor("the next operator's Run waiting for its outcome while its VM is being deleted", async () => {
         const r = await env.getRun("late", ns);
         const now = `${r?.status?.phase}/${r?.status?.reason}`;
         seen.add(now);
-        if (b.operator.tracker.pollCount >= 4 && r?.status?.message?.includes("waiting for the pipeline's outcome")) return r;
+        if (r?.status?.message?.includes("waiting for the pipeline's outcome: the VM is being deleted")) return r;
         throw new Error(`${now}: ${r?.status?.message ?? ""}`);
-      }, 30_000, 200);
+      }, 30_000, 100);
       const deletes = (await ctl.requests(lastSeq)).value.filter((r) => r.method === "DELETE" && r.path.toLowerCase().endsWith(`/virtualmachines/${name}`));
       expect(deletes.map((r) => r.status)[0]).toBe(409);
       expect((await env.vmOf(run))?.provisioningState).toBe("Deleting");

@@ -128,8 +128,10 @@ export async function launchRun(c: AzureClients, ctx: EnvContext, run: Run, hint
     // The refusal the Run waits for (not a new one): its VM is still there.
     const waited = known !== undefined;
     if (prov === "deleting") {
-      // The VM of an earlier attempt that Azure could not place is still being deleted: keep waiting.
-      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`, undefined, id, waited);
+      // The VM of an earlier attempt that Azure could not place is still being deleted: keep
+      // waiting. Known whatever the hint: a VM being deleted is no new attempt's (Azure refuses a
+      // PUT on it), and a Run with no refusal counted yet counts this one anyway.
+      throw CloudError.capacity(reason, `the VM ${name} of an earlier attempt that Azure could not allocate is still being deleted`, undefined, id, true);
     }
     const failure = provisioningFailure(existing.instanceView?.statuses).failure;
     if (prov === "failed" && failure && isCapacityCode(failure.code)) {
@@ -272,7 +274,8 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
  * waiting for capacity (Pending) has nothing to read, nor has a Run being
  * cancelled whose VM runs (its outcome is Cancelled).
  * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
- * (outcomeUnknown) up to the watch's grace window for the exit line, which Log Analytics may make
+ * (outcomeUnknown; outcomeDue while nothing refused the read), also while the VM is listed as being
+ * deleted after a look saw it end, up to the watch's grace window for the exit line, which Log Analytics may make
  * queryable only after the VM was seen stopped, then ends without one (MachineStopped); at once
  * when the CE has no Log Analytics workspace. A VM Azure accepted and could not place is reported
  * (launchFailure) at every look and left for its Run's reconcile to delete.
@@ -379,6 +382,8 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
       out.set(uid, d);
+      // Up again (a deletion that failed, a VM started by hand): an ended VM's window closes.
+      if (vm.state === "running" || vm.state === "pending") watch.forgetEnded(uid);
       if (vm.failure && isCapacityCode(vm.failure.code)) {
         // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way). Said
         // by every look while the failed VM is there: the Run's reconcile deletes it once its
@@ -391,11 +396,12 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       if (vm.state === "shutting-down" && !over && run.status?.phase !== "Pending" && !beingCancelled(run, ctx.ce)) {
         // Being deleted (Resource Manager lists a VM as Deleting for tens of seconds and more): by
         // this operator once it was seen stopped, or by someone else. Its Run ends once it is gone,
-        // with the outcome read then; meanwhile that outcome is awaited as for a VM gone (the same
-        // grace window, opened now if no look saw the VM end), so the Run's timeout waits for it.
-        const w = watch.endedWithoutOutcome(uid, false);
+        // with the outcome read then. When a look of this process saw the VM end (stopped, say)
+        // that outcome is awaited meanwhile as for a VM gone, within the same grace window, and the
+        // Run's timeout waits for it. A deletion no look saw begin may be that timeout's own, sent
+        // by an operator that stopped before it could say so: the timeout is not held off for it.
         d.outcomeUnknown = true;
-        if (!w.over) d.outcomeDue = true;
+        if (watch.hasEnded(uid) && !watch.endedWithoutOutcome(uid, false).over) d.outcomeDue = true;
         d.stateReason = `the VM is being deleted; its outcome is read once it is gone`;
         return;
       }

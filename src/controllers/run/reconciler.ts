@@ -632,6 +632,8 @@ export class RunReconciler {
   /** `firstAttempt`: the Run was Pending until this reconcile; no earlier launch can have made a machine. */
   private async launch(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger, firstAttempt = false): Promise<ReconcileResult> {
     let desc: RunDescription;
+    /** The cloud was asked (an error after this may have lost a launch's answer). */
+    let asked = false;
     try {
       const ctx = await this.context(ce, log);
       const ref = ce.spec.platformTokenSecretRef;
@@ -641,6 +643,7 @@ export class RunReconciler {
       }
       const uid = run.metadata.uid ?? "";
       const capacityReason = this.launchUnanswered.has(uid) ? undefined : (this.capacityAttempts.get(uid)?.reason ?? run.status?.capacityWait?.reason);
+      asked = true;
       desc = await provider.launchRun(ctx, run, { firstAttempt, ...(capacityReason ? { capacityReason } : {}) });
     } catch (e) {
       // The call may have made a machine up to its very end (an answer lost, a deadline passed).
@@ -663,7 +666,7 @@ export class RunReconciler {
       // The launch was refused for the environment's resources (e.g. its instance profile is gone):
       // the CE checks and repairs them now; this Run tries again after its backoff.
       if (provider.environmentSuspect?.(ce)) this.d.enqueueComputeEnvironment(`${ce.metadata.namespace}/${ce.metadata.name}`);
-      this.launchUnanswered.add(run.metadata.uid ?? "");
+      if (asked) this.launchUnanswered.add(run.metadata.uid ?? "");
       if (launchDecided(run) && !this.signals.get(log)?.aborted) {
         // Still decided, and now saying so: the Run is being launched, not waiting for a check.
         // Only on the version read (a leader that lost its Lease, or a stale copy, writes nothing).
@@ -739,8 +742,9 @@ export class RunReconciler {
     // away after a start), that look is waited for: up to FIRST_LOOK_POLLS polls, so that a describe
     // that failed once (throttled after a restart, say) does not time out Runs nobody looked at.
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
-    // (From a recent look only: while looks fail, the last one's word does not hold off the timeout.)
-    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && Date.now() - obs.at <= FIRST_LOOK_POLLS * this.d.pollIntervalMs;
+    // (From a recent look only: once FIRST_LOOK_POLLS polls since have failed to look, the last
+    // look's word does not hold off the timeout.)
+    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && this.d.tracker.pollCount - (obs.poll ?? this.d.tracker.pollCount) - 1 < FIRST_LOOK_POLLS;
     const firstLookDue = obs === undefined && this.d.tracker.pollCount < FIRST_LOOK_POLLS;
     if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
@@ -769,10 +773,11 @@ export class RunReconciler {
     }
     await this.reportReadError(run, desc);
     const instance = { ...(status.instance ?? {}), ...(desc.instance ?? {}), id: desc.instanceId, state: desc.state };
-    if (desc.state === "running" && !desc.launchFailure) this.capacityAttempts.delete(uid);
-    // Placed (running, or up in a state the cloud did not name, reported as running): a capacity
-    // wait kept through its launch ends (with the next status write).
-    const placed = (desc.state === "running" || desc.state === "unknown") && !desc.launchFailure && status.capacityWait ? { capacityWait: undefined } : {};
+    // Placed (running, or up in a state the cloud did not name, reported as running): the refusals
+    // are forgotten, and a capacity wait kept through its launch ends (with the next status write).
+    const up = (desc.state === "running" || desc.state === "unknown") && !desc.launchFailure;
+    if (up) this.capacityAttempts.delete(uid);
+    const placed = up && status.capacityWait ? { capacityWait: undefined } : {};
     if (desc.launchFailure) {
       // Accepted, then not placed (capacity/quota): the Run waits Pending, then terminates the
       // unplaced machine (every look says the refusal until then, so a reconcile after a later

@@ -57,6 +57,8 @@ export interface Observation {
   at: number;
   /** Made by a poll's look at the cloud; false: recorded from a launch's answer. */
   polled?: boolean;
+  /** The poll that made it (pollCount while it ran), when `polled`: how many polls since failed to look is pollCount - poll - 1. */
+  poll?: number;
   /**
    * canonicalJson(desc), kept by the poll that stored `desc`: the next poll compares its
    * description with this string instead of writing out both (one string per Run per poll, not
@@ -284,7 +286,7 @@ export class RunTracker {
           } else {
             desc = mergeLearned(prev?.desc, seen);
             canonical = canonicalJson(desc);
-            this.observations.set(uid, { desc, at: lookedAt, polled: true, canonical });
+            this.observations.set(uid, { desc, at: lookedAt, polled: true, poll: this.pollCount, canonical });
           }
           // The Run's news: a Run whose machine is pending or running is not looked at otherwise
           // (its reconcile waits for this, its timeout or a backstop of minutes; see QUIET_FOLLOW_MS).
