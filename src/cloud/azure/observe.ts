@@ -177,12 +177,7 @@ export class AzureRunWatch {
     return { since: e.since, stopped: e.stopped, over: now - e.since >= this.graceMs };
   }
 
-  /** A look saw the Run's VM end (stopped, gone or being deleted) without an outcome, and the wait is on. */
-  hasEnded(uid: string): boolean {
-    return this.ended.has(uid);
-  }
-
-  /** The Run's VM is up again: the wait for an ended VM's outcome is off (a later end opens a new window). */
+  /** The Run's VM runs again: the wait for an ended VM's outcome is off (a later end opens a new window). */
   forgetEnded(uid: string): void {
     this.ended.delete(uid);
   }

@@ -275,7 +275,7 @@ export async function listVmStates(c: AzureClients, signal?: AbortSignal): Promi
  * cancelled whose VM runs (its outcome is Cancelled).
  * A VM found stopped is deleted at once (it keeps costing). Without an outcome yet, its Run waits
  * (outcomeUnknown; outcomeDue while nothing refused the read), also while the VM is listed as being
- * deleted after a look saw it end, up to the watch's grace window for the exit line, which Log Analytics may make
+ * deleted, up to the watch's grace window for the exit line, which Log Analytics may make
  * queryable only after the VM was seen stopped, then ends without one (MachineStopped); at once
  * when the CE has no Log Analytics workspace. A VM Azure accepted and could not place is reported
  * (launchFailure) at every look and left for its Run's reconcile to delete.
@@ -382,8 +382,8 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       }
       const d: RunDescription = { instanceId: vm.id, state: vm.state, log, instance: { id: vm.id } };
       out.set(uid, d);
-      // Up again (a deletion that failed, a VM started by hand): an ended VM's window closes.
-      if (vm.state === "running" || vm.state === "pending") watch.forgetEnded(uid);
+      // Running again (a deletion that failed, a VM started by hand): an ended VM's window closes.
+      if (vm.state === "running") watch.forgetEnded(uid);
       if (vm.failure && isCapacityCode(vm.failure.code)) {
         // Azure accepted the PUT but could not place the VM (AllocationFailed comes this way). Said
         // by every look while the failed VM is there: the Run's reconcile deletes it once its
@@ -396,12 +396,13 @@ async function describeCeRuns(c: AzureClients, ctx: EnvContext, runs: Run[], vms
       if (vm.state === "shutting-down" && !over && run.status?.phase !== "Pending" && !beingCancelled(run, ctx.ce)) {
         // Being deleted (Resource Manager lists a VM as Deleting for tens of seconds and more): by
         // this operator once it was seen stopped, or by someone else. Its Run ends once it is gone,
-        // with the outcome read then. When a look of this process saw the VM end (stopped, say)
-        // that outcome is awaited meanwhile as for a VM gone, within the same grace window, and the
-        // Run's timeout waits for it. A deletion no look saw begin may be that timeout's own, sent
-        // by an operator that stopped before it could say so: the timeout is not held off for it.
+        // with the outcome read then; meanwhile that outcome is awaited as for a VM gone, within the
+        // same grace window (opened now if no look saw the VM end), and the Run's timeout waits for
+        // it. (As for a VM gone, a deletion no look saw begin may be the timeout's own, sent by an
+        // operator that stopped before it could say so: such a Run ends MachineTerminated after the
+        // window, not Timeout.)
         d.outcomeUnknown = true;
-        if (watch.hasEnded(uid) && !watch.endedWithoutOutcome(uid, false).over) d.outcomeDue = true;
+        if (!watch.endedWithoutOutcome(uid, false).over) d.outcomeDue = true;
         d.stateReason = `the VM is being deleted; its outcome is read once it is gone`;
         return;
       }

@@ -744,7 +744,7 @@ export class RunReconciler {
     const outcomeKnown = obs?.desc?.exitCode !== undefined && obs.desc.state !== "pending";
     // (From a recent look only: once FIRST_LOOK_POLLS polls since have failed to look, the last
     // look's word does not hold off the timeout.)
-    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && this.d.tracker.pollCount - (obs.poll ?? this.d.tracker.pollCount) - 1 < FIRST_LOOK_POLLS;
+    const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && obs.poll !== undefined && this.d.tracker.pollCount - obs.poll - 1 < FIRST_LOOK_POLLS;
     const firstLookDue = obs === undefined && this.d.tracker.pollCount < FIRST_LOOK_POLLS;
     if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
