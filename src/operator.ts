@@ -219,8 +219,16 @@ export class Operator {
     }, undefined, undefined, (ce) => deepFreeze(slimForCache(ce))));
     this.runs = new Caches(reflect<Run>(RunResource, (type, run, old) => {
       const key = keyOf(run);
+      // A new Run is the run-ack controller's until its first status, whose event brings it to the
+      // Run controller (whose reconcile has nothing to do before that); the events of a Run's own
+      // launch writes need no reconcile (OwnWrites: the launch returned when to look next).
       if (type !== "DELETED" && !run.status?.phase && !run.metadata.deletionTimestamp) this.ackController.enqueue(key);
-      this.runController.enqueue(key);
+      else if (type === "DELETED") {
+        this.runController.ownWrites.forget(key);
+        this.runController.enqueue(key);
+      } else if (!(type === "MODIFIED" && this.runController.ownWrites.held(key, old?.metadata.resourceVersion, run.metadata.resourceVersion))) {
+        this.runController.enqueue(key);
+      }
       if (type === "RESYNC") return;
       // A Run deleted without ever reaching its finalizer (no launch written) may still hold a claim.
       if (type === "DELETED") this.runReconciler.forget(run);
@@ -272,6 +280,7 @@ export class Operator {
     this.runReconciler = new RunReconciler({
       client, providers: o.providers, logger: logger.child({ controller: "run" }), events: this.events, runs: this.runs, ces: this.ces, goneCes: this.goneCes, secrets, tracker: this.tracker,
       enqueueRun: (k) => this.runController.enqueue(k), enqueueComputeEnvironment: (k) => this.ceController.enqueue(k),
+      ownWrites: this.runController.ownWrites,
       pollIntervalMs: config.pollIntervalMs,
       ...(o.terminationGatherMs !== undefined ? { terminationGatherMs: o.terminationGatherMs } : {}),
     });

@@ -20,6 +20,7 @@ import { KubeApiError } from "./kube.js";
 import type { Logger } from "./logger.js";
 import type { EngineMetrics } from "./metrics.js";
 import { WorkQueue } from "./queue.js";
+import { OwnWrites } from "./echoes.js";
 import { monotonicNow } from "./clock.js";
 
 /** An error retrying cannot fix (bad spec, missing permission by design, ...). `reason` is CamelCase. */
@@ -91,6 +92,8 @@ interface InFlight {
 export class Controller {
   readonly name: string;
   readonly queue: WorkQueue;
+  /** Writes of this controller's reconciles whose watch events need no reconcile (see OwnWrites). */
+  readonly ownWrites = new OwnWrites((key) => this.enqueue(key));
   private readonly reconcileFn: ControllerOptions["reconcile"];
   private readonly workers: number;
   private readonly timeoutMs: number;

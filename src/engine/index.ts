@@ -5,6 +5,7 @@ export * from "./store.js";
 export * from "./reflector.js";
 export * from "./queue.js";
 export * from "./controller.js";
+export * from "./echoes.js";
 export * from "./finalizers.js";
 export * from "./conditions.js";
 export * from "./events.js";

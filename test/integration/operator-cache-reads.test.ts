@@ -333,6 +333,38 @@ describe("the CE a Run reads from the cache", () => {
   });
 });
 
+describe("reconciles per Run", () => {
+  it("a new Run is reconciled by run-ack alone until its first status, and its launch's own writes bring no second reconcile; a change by anyone else does", async () => {
+    const ns = await freshNamespace(client, "echo");
+    const cloud = new FakeCloud();
+    // No poll and no resync within the test: every Run reconcile counted comes from a watch event.
+    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false);
+      const reconciles = async (controller: string): Promise<number> => sum(await op.metrics.text(), "vmforge_reconcile_total", { controller });
+      const runBefore = await reconciles("run");
+      const ackBefore = await reconciles("run-ack");
+      await client.create(RunResource, runManifest(ns, "one", "ce"));
+      await waitFor("machine recorded", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.instance?.id !== undefined);
+      const launched = await client.get<Run>(RunResource, ns, "one");
+      expect(launched?.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED]).toBe(launched?.metadata.uid);
+      // The launch's two writes (decision, machine) have come back through the watch.
+      await waitFor("cache has the recorded machine", async () => op.operator.runs.get(`${ns}/one`)?.metadata.resourceVersion === launched?.metadata.resourceVersion);
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(await reconciles("run-ack") - ackBefore).toBe(1);
+      // One: the acknowledgement's event, which launched. Not the creation, nor the two echoes.
+      expect(await reconciles("run") - runBefore).toBe(1);
+      expect(op.operator.runController.ownWrites.size).toBe(0);
+      // A change by someone else is reconciled as before.
+      await client.patch(RunResource, ns, "one", { metadata: { annotations: { "example.com/note": "x" } } }, "merge");
+      await waitFor("the change reconciled", async () => await reconciles("run") - runBefore === 2);
+    } finally {
+      await op.operator.stop(5_000);
+    }
+  });
+});
+
 describe("concurrency after a restart", () => {
   it("a slot freed by a Run launched before the restart starts the waiting Run at once, not at the next resync", async () => {
     const ns = await freshNamespace(client, "slots");

@@ -233,7 +233,7 @@ describe("the machine and the outcome", () => {
 });
 
 describe("a new Run's first status", () => {
-  it("is the run-ack controller's write alone: the main reconcile of a Run without a phase writes nothing and launches nothing, and takes the Run up after the acknowledgement", async () => {
+  it("is the run-ack controller's write alone: a Run without a phase is not the main reconciler's (nothing written, nothing launched), which takes it up after the acknowledgement", async () => {
     const ns2 = await freshNamespace(client, "ack-only");
     const cloud2 = new FakeCloud();
     const op2 = await startOperator(kubeconfigPath(), new Map([["aws", cloud2]]), { namespaces: [ns2] });
@@ -263,8 +263,11 @@ describe("a new Run's first status", () => {
         apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: "fresh", namespace: ns2 },
         spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
       } as Run);
-      // The main reconcile runs once the held acknowledgement's wait is over (at most 10 s).
-      await waitFor("main reconcile of the Run", async () => done.includes(`${ns2}/fresh`), 30_000, 100);
+      await waitFor("the Run in the cache", async () => op2.operator.runs.get(`${ns2}/fresh`) !== undefined);
+      // Longer than a held Run worker waits for acknowledgements (10 s): a main reconcile of the
+      // Run would have run by now.
+      await new Promise((r) => setTimeout(r, 11_000));
+      expect(done).not.toContain(`${ns2}/fresh`);
       const r = await client.get<Run>(RunResource, ns2, "fresh");
       expect(r?.status?.phase).toBeUndefined();
       expect(r?.metadata.finalizers ?? []).toEqual([]);
@@ -272,6 +275,7 @@ describe("a new Run's first status", () => {
       release();
       await waitFor("Run Running", async () => (await client.get<Run>(RunResource, ns2, "fresh"))?.status?.phase === "Running", 30_000);
       expect(cloud2.calls.launch).toBe(1);
+      expect(done).toContain(`${ns2}/fresh`);
     } finally {
       await op2.stop();
     }

@@ -9,6 +9,7 @@ import { lazyChild, type Logger } from "../../engine/logger.js";
 import { monotonicNow } from "../../engine/clock.js";
 import type { EventRecorder } from "../../engine/events.js";
 import type { ReconcileResult } from "../../engine/controller.js";
+import type { OwnWrites } from "../../engine/echoes.js";
 import { ANNOTATION_LAUNCHED_UNDER, ANNOTATION_LAUNCH_DECIDED } from "../../api/constants.js";
 import { hasFinalizer, markWithFinalizer, removeFinalizer } from "../../engine/finalizers.js";
 import { getCondition, setCondition, updateStatus } from "../../engine/conditions.js";
@@ -45,6 +46,11 @@ export interface RunDeps {
   tracker: RunTracker;
   enqueueRun: (key: string) => void;
   enqueueComputeEnvironment: (key: string) => void;
+  /**
+   * Writes of this Run's reconcile whose watch events need no reconcile, as the reconcile that
+   * wrote returns when to look next (OwnWrites). Only the launch's two writes are noted.
+   */
+  ownWrites?: Pick<OwnWrites, "begin" | "end">;
   /** How often an active Run is looked at again. */
   pollIntervalMs: number;
   /** A launched machine the cloud does not know after this long is declared lost. */
@@ -470,7 +476,10 @@ export class RunReconciler {
   private async decide(run: Run, ceUid: string): Promise<boolean> {
     try {
       const annotations = { [ANNOTATION_LAUNCH_DECIDED]: run.metadata.uid ?? "", [ANNOTATION_LAUNCHED_UNDER]: ceUid };
-      run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, annotations)).metadata;
+      // Every caller goes on to the launch in this reconcile, which returns when to look next.
+      await this.ownWrite(run, async () => {
+        run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, annotations)).metadata;
+      });
       return true;
     } catch (e) {
       // Deleted meanwhile (it had no finalizer yet): nothing was launched, its claim goes.
@@ -493,6 +502,24 @@ export class RunReconciler {
       run.metadata = (await this.d.client.patch<Run>(RunResource, run.metadata.namespace, run.metadata.name ?? "", { metadata }, "merge")).metadata;
     }
     await this.report(run, { phase: "Pending", reason, message }, "False", reason, message);
+  }
+
+  /**
+   * A write of `run` whose watch event brings no reconcile (OwnWrites), for a reconcile that goes on
+   * to return when to look next. `write` updates run.metadata.resourceVersion when it wrote.
+   */
+  private async ownWrite<T>(run: Run, write: () => Promise<T>): Promise<T> {
+    const key = `${run.metadata.namespace}/${run.metadata.name}`;
+    const from = run.metadata.resourceVersion;
+    this.d.ownWrites?.begin(key, from);
+    let to: string | undefined;
+    try {
+      const result = await write();
+      to = run.metadata.resourceVersion;
+      return result;
+    } finally {
+      this.d.ownWrites?.end(key, from, to);
+    }
   }
 
   /** The Run is gone from the cache: a claim it still holds (its launch never got written) goes. */
@@ -707,7 +734,8 @@ export class RunReconciler {
       );
     let written: boolean;
     try {
-      written = await record(run);
+      // This reconcile returns when to look next (a poll away): the write's own event is no news.
+      written = await this.ownWrite(run, () => record(run));
     } catch (e) {
       // The Run changed while its machine was being made (e.g. it is being deleted): the machine
       // is recorded on the stored version all the same, if that one still awaits it, so what ends
