@@ -49,7 +49,8 @@ export function refusedForGood(e: unknown): boolean {
 }
 
 /** Reads a Secret: from the operator's cache when it holds it, else from the API. */
-export type SecretGetter = (namespace: string, name: string) => Promise<SecretObject | undefined>;
+/** `signal` ends a read the cache cannot answer (its GET). */
+export type SecretGetter = (namespace: string, name: string, signal?: AbortSignal) => Promise<SecretObject | undefined>;
 
 /**
  * Serves Secret reads from the watch cache of the Secrets vmforge protects (labelled), and falls
@@ -64,20 +65,20 @@ export class SecretReader {
     private readonly cache: { get(key: string): SecretObject | undefined },
   ) {}
 
-  readonly get: SecretGetter = async (namespace, name) => {
+  readonly get: SecretGetter = async (namespace, name, signal) => {
     const cached = this.cache.get(`${namespace}/${name}`);
     if (cached) return cached;
     this.misses++;
-    return this.client.get<SecretObject>(SecretResource, namespace, name);
+    return this.client.get<SecretObject>(SecretResource, namespace, name, signal ? { signal } : {});
   };
 }
 
 /** Reads and decodes the CE's credentials Secret, or returns the ambient identity when none is set. */
-export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironment, getSecret?: SecretGetter): Promise<ResolvedCredentials> {
+export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironment, getSecret?: SecretGetter, signal?: AbortSignal): Promise<ResolvedCredentials> {
   const ref = ce.spec.credentials?.secretRef;
   if (!ref?.name) return { source: "ambient", data: {} };
   const ns = ce.metadata.namespace ?? "default";
-  const secret = getSecret ? await getSecret(ns, ref.name) : await client.get<SecretObject>(SecretResource, ns, ref.name);
+  const secret = getSecret ? await getSecret(ns, ref.name, signal) : await client.get<SecretObject>(SecretResource, ns, ref.name, signal ? { signal } : {});
   if (!secret) {
     throw new CredentialsError("SecretNotFound", `credentials Secret ${ns}/${ref.name} does not exist`);
   }

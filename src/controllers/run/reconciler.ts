@@ -1346,7 +1346,7 @@ export class RunReconciler {
 
   private async context(ce: ComputeEnvironment, log: Logger): Promise<EnvContext> {
     const signal = this.signals.get(log);
-    return { ce, credentials: await resolveCredentials(this.d.client, ce, this.d.secrets), logger: log, ...(signal ? { signal } : {}) };
+    return { ce, credentials: await resolveCredentials(this.d.client, ce, this.d.secrets, signal), logger: log, ...(signal ? { signal } : {}) };
   }
 
   /** Moves the Run to a terminal phase (once) and frees its slot. */

@@ -250,7 +250,8 @@ export class RunTracker {
       for (const run of runs) observed.add(run.metadata.uid as string);
       const signal = AbortSignal.any([this.stopCtl.signal, AbortSignal.timeout(timeoutMs)]);
       try {
-        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
+        // Within the look's deadline: a Secret read that hangs must not hold the poll (and its count) up.
+        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets, signal);
         const runCe = (run: Run): ComputeEnvironment | undefined => ceOf.get(run.metadata.uid ?? "");
         // An observation is as old as the look that made it: a describe that took seconds does not
         // pass for news, and does not replace what a launch recorded meanwhile.

@@ -217,6 +217,30 @@ describe("RunTracker", () => {
     expect(t.get("run-r")?.at).toBeLessThan(start + 50);
   });
 
+  it("a credentials read that hangs ends at the look's deadline: the poll ends and is counted, and the next poll looks", async () => {
+    const cloud = new FakeCloud();
+    const ces = [ce("a", "creds", "eu-west-1")];
+    const runs = [run("r", "a", "Running")];
+    runningMachines(cloud, runs);
+    let hang = true;
+    const reads: (AbortSignal | undefined)[] = [];
+    const getSecret = (_ns: string, _name: string, signal?: AbortSignal): Promise<never> | Promise<{ metadata: { name: string }; data: Record<string, string> }> => {
+      reads.push(signal);
+      if (!hang) return Promise.resolve({ metadata: { name: "creds" }, data: { accessKeyId: Buffer.from("x").toString("base64") } });
+      return new Promise<never>((_resolve, reject) => signal?.addEventListener("abort", () => reject(signal.reason as Error)));
+    };
+    const t = trackerOver(cloud, ces, runs, { secrets: getSecret as never, observeTimeoutMs: 200 });
+    const before = t.pollCount;
+    await t.pollOnce();
+    expect(reads[0]).toBeInstanceOf(AbortSignal);
+    expect(t.pollCount).toBe(before + 1);
+    expect(cloud.calls.describe).toBe(0);
+    hang = false;
+    await t.pollOnce();
+    expect(cloud.calls.describe).toBe(1);
+    expect(t.get("run-r")?.desc?.state).toBe("running");
+  });
+
   it("groups by provider, Secret (or ambient identity) and region", () => {
     expect(accountRegionKey(ce("a", "creds", "eu-west-1"))).toBe(accountRegionKey(ce("b", "creds", "eu-west-1")));
     expect(accountRegionKey(ce("a", undefined, "eu-west-1"))).not.toBe(accountRegionKey(ce("a", "creds", "eu-west-1")));
