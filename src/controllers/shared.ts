@@ -94,8 +94,8 @@ export async function resolveCredentials(client: KubeClient, ce: ComputeEnvironm
 }
 
 /** Reads one key of a Secret (e.g. the Seqera Platform token). Returns undefined when absent. */
-export async function readSecretKey(client: KubeClient, namespace: string, name: string, key: string, getSecret?: SecretGetter): Promise<string | undefined> {
-  const secret = getSecret ? await getSecret(namespace, name) : await client.get<SecretObject>(SecretResource, namespace, name);
+export async function readSecretKey(client: KubeClient, namespace: string, name: string, key: string, getSecret?: SecretGetter, signal?: AbortSignal): Promise<string | undefined> {
+  const secret = getSecret ? await getSecret(namespace, name, signal) : await client.get<SecretObject>(SecretResource, namespace, name, signal ? { signal } : {});
   const v = secret?.data?.[key];
   return v === undefined ? undefined : Buffer.from(v, "base64").toString("utf8");
 }

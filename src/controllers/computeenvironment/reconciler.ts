@@ -195,7 +195,7 @@ export class ComputeEnvironmentReconciler {
 
     let ctx: EnvContext;
     try {
-      const credentials = await resolveCredentials(this.d.client, withFinalizer, this.d.secrets);
+      const credentials = await resolveCredentials(this.d.client, withFinalizer, this.d.secrets, signal);
       ctx = { ce: withFinalizer, credentials, logger: log, ...(signal ? { signal } : {}) };
       const ref = withFinalizer.spec.credentials?.secretRef;
       if (ref) await protectSecret(this.d.client, namespace ?? "default", ref.name, this.d.secrets);
@@ -459,7 +459,7 @@ export class ComputeEnvironmentReconciler {
         });
       }
       try {
-        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
+        const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets, signal);
         await provider.disposeEnvironment({ ce, credentials, logger: log, ...(signal ? { signal } : {}) });
       } catch (e) {
         const blocked = await this.disposalBlocked(ce, e, "cannot delete cloud resources");
@@ -503,7 +503,7 @@ export class ComputeEnvironmentReconciler {
   private async stopMachines(ce: ComputeEnvironment, provider: CloudProvider, log: Logger, signal: AbortSignal | undefined, policy: string): Promise<{ stopped: number } | { blocked: NonNullable<ReconcileResult> }> {
     let stopped: string[];
     try {
-      const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets);
+      const credentials = await resolveCredentials(this.d.client, ce, this.d.secrets, signal);
       stopped = (await provider.sweepOrphans?.({ ce, credentials, logger: log, ...(signal ? { signal } : {}) }, new Set())) ?? [];
       // The interval runs from the end of a look (a look longer than it is not followed at once by
       // another). Under Delete, a look that failed (or was refused, and says so as Stalled) is not
