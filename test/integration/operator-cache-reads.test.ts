@@ -334,7 +334,7 @@ describe("the CE a Run reads from the cache", () => {
 });
 
 describe("reconciles per Run", () => {
-  it("a new Run is reconciled by run-ack alone until its first status, and its launch's own writes bring no second reconcile; a change by anyone else does", async () => {
+  it("a new Run is reconciled by run-ack alone until its first status, and its own writes of the launch and of what a look saw bring no second reconcile; a change by anyone else does", async () => {
     const ns = await freshNamespace(client, "echo");
     const cloud = new FakeCloud();
     // No poll and no resync within the test: every Run reconcile counted comes from a watch event.
@@ -356,9 +356,34 @@ describe("reconciles per Run", () => {
       // One: the acknowledgement's event, which launched. Not the creation, nor the two echoes.
       expect(await reconciles("run") - runBefore).toBe(1);
       expect(op.operator.runController.ownWrites.size).toBe(0);
+      // A look that sees the machine running wakes the Run (one reconcile), whose Running write brings none.
+      await op.operator.tracker.pollOnce();
+      await waitFor("Running", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.phase === "Running");
+      await waitFor("cache has it", async () => op.operator.runs.get(`${ns}/one`)?.status?.phase === "Running");
+      await new Promise((r) => setTimeout(r, 1_500));
+      expect(await reconciles("run") - runBefore).toBe(2);
       // A change by someone else is reconciled as before.
       await client.patch(RunResource, ns, "one", { metadata: { annotations: { "example.com/note": "x" } } }, "merge");
-      await waitFor("the change reconciled", async () => await reconciles("run") - runBefore === 2);
+      await waitFor("the change reconciled", async () => await reconciles("run") - runBefore === 3);
+    } finally {
+      await op.operator.stop(5_000);
+    }
+  });
+
+  it("a Run whose timeout comes before the next poll is timed out on time, although its launch's writes bring no reconcile", async () => {
+    const ns = await freshNamespace(client, "echo-timeout");
+    const cloud = new FakeCloud();
+    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
+    try {
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
+      await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false);
+      await client.create(RunResource, { ...runManifest(ns, "slow", "ce"), spec: { ...runManifest(ns, "slow", "ce").spec, timeout: "1m" } });
+      await waitFor("launched", async () => (await client.get<Run>(RunResource, ns, "slow"))?.status?.instance?.id !== undefined);
+      // The machine stays pending (no poll looks at it within the test): only the launch's own wake times it out.
+      await waitFor("Failed/Timeout", async () => {
+        const r = await client.get<Run>(RunResource, ns, "slow");
+        return r?.status?.phase === "Failed" && r.status.reason === "Timeout";
+      }, 90_000, 500);
     } finally {
       await op.operator.stop(5_000);
     }

@@ -252,6 +252,13 @@ describe("a new Run's first status", () => {
         await held;
         return ack(key);
       };
+      const rc = op2.operator.runController;
+      const enqueue = rc.enqueue.bind(rc);
+      const enqueued: string[] = [];
+      rc.enqueue = (k: string) => {
+        enqueued.push(k);
+        enqueue(k);
+      };
       const main = rec.reconcile.bind(rec);
       const done: string[] = [];
       rec.reconcile = async (key, signal) => {
@@ -264,9 +271,9 @@ describe("a new Run's first status", () => {
         spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
       } as Run);
       await waitFor("the Run in the cache", async () => op2.operator.runs.get(`${ns2}/fresh`) !== undefined);
-      // Longer than a held Run worker waits for acknowledgements (10 s): a main reconcile of the
-      // Run would have run by now.
-      await new Promise((r) => setTimeout(r, 11_000));
+      await new Promise((r) => setTimeout(r, 1_000));
+      // Not even queued for the main reconciler (whose workers would wait up to 10 s for the held acknowledgement).
+      expect(enqueued).not.toContain(`${ns2}/fresh`);
       expect(done).not.toContain(`${ns2}/fresh`);
       const r = await client.get<Run>(RunResource, ns2, "fresh");
       expect(r?.status?.phase).toBeUndefined();
@@ -445,6 +452,46 @@ describe("a capacity refusal the Run already waits for", () => {
       expect(cloud8.hints.map((h) => h?.capacityReason)).toEqual([undefined, "ZonalAllocationFailed", undefined]);
     } finally {
       await op8.stop();
+    }
+  });
+
+  it("an attempt that failed before the cloud was asked lost no answer: the attempt after it is told the wait's reason", async () => {
+    const ns9 = await freshNamespace(client, "capacity-unasked");
+    /** Refused once, then placed; arms a failure of the next attempt before it asks the cloud. */
+    class ArmingCloud extends FakeCloud {
+      hints: (LaunchHints | undefined)[] = [];
+      armed = false;
+      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
+        const n = this.hints.push(hints);
+        if (n === 1) {
+          this.armed = true;
+          throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+        }
+        return super.launchRun(ctx, r);
+      }
+    }
+    const cloud9 = new ArmingCloud();
+    const op9 = await startOperator(kubeconfigPath(), new Map([["aws", cloud9]]), { namespaces: [ns9], pollIntervalMs: 1_000 });
+    // The reconciler's context (credentials, before the cloud is asked) fails once when armed.
+    const rec = op9.operator.runReconciler as unknown as { context: (...a: unknown[]) => Promise<unknown> };
+    const context = rec.context.bind(rec);
+    let failedBeforeAsking = 0;
+    rec.context = async (...a: unknown[]) => {
+      if (cloud9.armed) {
+        cloud9.armed = false;
+        failedBeforeAsking++;
+        throw CloudError.retryable("Throttling", "the credentials could not be read now");
+      }
+      return context(...a);
+    };
+    try {
+      await readyCe("ce", {}, ns9);
+      await run("unasked", "ce", {}, ns9);
+      await inPhase("unasked", "Running", 30_000, ns9);
+      expect(failedBeforeAsking).toBe(1);
+      expect(cloud9.hints.map((h) => h?.capacityReason)).toEqual([undefined, "ZonalAllocationFailed"]);
+    } finally {
+      await op9.stop();
     }
   });
 });

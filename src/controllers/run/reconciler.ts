@@ -48,7 +48,8 @@ export interface RunDeps {
   enqueueComputeEnvironment: (key: string) => void;
   /**
    * Writes of this Run's reconcile whose watch events need no reconcile, as the reconcile that
-   * wrote returns when to look next (OwnWrites). Only the launch's two writes are noted.
+   * wrote returns when to look next (OwnWrites): the launch's two writes, and the Launching,
+   * SettingUp and Running writes of what a look saw.
    */
   ownWrites?: Pick<OwnWrites, "begin" | "end">;
   /** How often an active Run is looked at again. */
@@ -260,7 +261,7 @@ export class RunReconciler {
     try {
       await this.accept(run);
     } catch (e) {
-      // Someone wrote the Run meanwhile (e.g. the main reconcile): its own event decides what is next.
+      // Someone wrote the Run meanwhile (a hand edit, another leader): its own event decides what is next.
       if (e instanceof KubeApiError && e.status === 409) return;
       throw e;
     }
@@ -394,7 +395,8 @@ export class RunReconciler {
       if (fresh.metadata.resourceVersion === run.metadata.resourceVersion || launchInFlight(fresh)) {
         return this.launch(fresh, ce, provider, log);
       }
-      // Already moved on; the watch event of that version brings it back here.
+      // Already moved on (often this Run's own launch record, whose event brings no reconcile):
+      // looked at again from the cache in a moment.
       return { requeueAfterMs: 1_000 };
     }
     if (phase === "Pending") {
@@ -457,7 +459,7 @@ export class RunReconciler {
         if (!(await this.decide(run, ceUid))) return;
       }
       const message = "launching the machine again after waiting for capacity";
-      await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true);
+      await this.ownWrite(run, () => this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true));
       return this.launch(run, ce, provider, log, false);
     }
     // Record the decision before touching the cloud, with the finalizer in the same write (and,
@@ -476,7 +478,9 @@ export class RunReconciler {
   private async decide(run: Run, ceUid: string): Promise<boolean> {
     try {
       const annotations = { [ANNOTATION_LAUNCH_DECIDED]: run.metadata.uid ?? "", [ANNOTATION_LAUNCHED_UNDER]: ceUid };
-      // Every caller goes on to the launch in this reconcile, which returns when to look next.
+      // Every caller goes on to the launch in this reconcile, which returns when to look next, or
+      // ends the Run (finish, whose write is not an own write: its event brings the Run back), or
+      // throws (retried).
       await this.ownWrite(run, async () => {
         run.metadata = (await markWithFinalizer(this.d.client, RunResource, run, FINALIZER, annotations)).metadata;
       });
@@ -506,7 +510,9 @@ export class RunReconciler {
 
   /**
    * A write of `run` whose watch event brings no reconcile (OwnWrites), for a reconcile that goes on
-   * to return when to look next. `write` updates run.metadata.resourceVersion when it wrote.
+   * to return when to look next. `write` updates run.metadata.resourceVersion when it wrote, and is
+   * guarded by the resourceVersion read: an unguarded write could land on another writer's change,
+   * and a relist after a watch gap could then fold that change into what looks like our echo.
    */
   private async ownWrite<T>(run: Run, write: () => Promise<T>): Promise<T> {
     const key = `${run.metadata.namespace}/${run.metadata.name}`;
@@ -665,7 +671,7 @@ export class RunReconciler {
       const ctx = await this.context(ce, log);
       const ref = ce.spec.platformTokenSecretRef;
       if (ref) {
-        const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets);
+        const token = await readSecretKey(this.d.client, ce.metadata.namespace ?? "default", ref.name, ref.key ?? "token", this.d.secrets, ctx.signal);
         if (token) ctx.platformToken = token;
       }
       const uid = run.metadata.uid ?? "";
@@ -731,11 +737,13 @@ export class RunReconciler {
         "False",
         phase,
         message,
+        true,
       );
     let written: boolean;
     try {
-      // This reconcile returns when to look next (a poll away): the write's own event is no news.
-      written = await this.ownWrite(run, () => record(run));
+      // This reconcile returns when to look next: the write's own event is no news for a machine
+      // pending. One found further on (a resumed launch: up, or ended) is followed at once.
+      written = desc.state === "pending" ? await this.ownWrite(run, () => record(run)) : await record(run);
     } catch (e) {
       // The Run changed while its machine was being made (e.g. it is being deleted): the machine
       // is recorded on the stored version all the same, if that one still awaits it, so what ends
@@ -752,7 +760,11 @@ export class RunReconciler {
     // Not awaited (the recorder never throws): a launch burst does not wait on its Events.
     if (written) void this.d.events.record(run, "Normal", "Launched", "Launch", `launched ${desc.instanceId}`);
     log.info({ instance: desc.instanceId }, "launched");
-    return { requeueAfterMs: this.d.pollIntervalMs };
+    // A poll away, or at the timeout if that comes first (counted from the launch, as follow does).
+    const { timeout } = this.timeoutFor(run, ce);
+    const since = Date.parse(run.status?.launchedAt ?? run.metadata.creationTimestamp ?? now());
+    const wake = timeout ? Math.max(1_000, since + parseDuration(timeout) - Date.now() + 500) : Infinity;
+    return { requeueAfterMs: Math.min(this.d.pollIntervalMs, wake) };
   }
 
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
@@ -821,7 +833,8 @@ export class RunReconciler {
     }
     switch (desc.state) {
       case "pending":
-        await this.report(run, { phase: "Launching", instance, message: `machine ${desc.instanceId} pending` }, "False", "Launching", `machine ${desc.instanceId} pending`);
+        // (These writes of what a look saw return when to look next: their echoes are no news.)
+        await this.ownWrite(run, () => this.report(run, { phase: "Launching", instance, message: `machine ${desc.instanceId} pending` }, "False", "Launching", `machine ${desc.instanceId} pending`, true));
         return { requeueAfterMs: quiet };
       case "running":
       case "unknown": {
@@ -844,11 +857,11 @@ export class RunReconciler {
           // The machine is up but its launcher has not said the pipeline started: it is still
           // being set up (packages, log agent, Docker, Nextflow). Running means the pipeline runs.
           const waiting = `machine ${desc.instanceId} is up; setting it up, waiting for the launcher to start the pipeline`;
-          await this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "SettingUp", waiting);
+          await this.ownWrite(run, () => this.report(run, { phase: "Launching", reason: "SettingUp", message: waiting, instance, ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "SettingUp", waiting, true));
           return { requeueAfterMs: quiet };
         }
         const message = `running on ${desc.instanceId}`;
-        await this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "Running", message);
+        await this.ownWrite(run, () => this.report(run, { phase: "Running", reason: "Running", message, instance, startTime: status.startTime ?? now(), ...(desc.log ? { log: desc.log } : {}), ...placed }, "False", "Running", message, true));
         return { requeueAfterMs: quiet };
       }
       case "stopping":

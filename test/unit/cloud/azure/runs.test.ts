@@ -411,6 +411,9 @@ describe("Azure runs", () => {
     // Still being deleted, under a known wait: the same refusal, waited for.
     az.put(d.instanceId, { ...failedVm, provisioningState: "Deleting" });
     await expect(launchRun(az.clients(), ctx, run, { capacityReason: "ZonalAllocationFailed" })).rejects.toMatchObject({ capacity: true, reason: "ZonalAllocationFailed", message: expect.stringContaining("still being deleted"), known: true });
+    // Also with no wait known to the operator (an answer lost, an upgrade): a VM being deleted is no
+    // new attempt's, so its refusal is the earlier one, with Azure's usual reason.
+    await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: true, reason: "AllocationFailed", message: expect.stringContaining("still being deleted"), unplacedId: d.instanceId, known: true });
     az.put(d.instanceId, failedVm);
     az.fail("compute.virtualMachines.delete", new RestLikeError(403, "AuthorizationFailed", "The client 'x' does not have authorization to perform action 'Microsoft.Compute/virtualMachines/delete' over scope 's'"));
     await expect(launchRun(az.clients(), ctx, run)).rejects.toMatchObject({ capacity: false, kind: "Terminal" });
