@@ -334,14 +334,23 @@ describe("the CE a Run reads from the cache", () => {
 });
 
 describe("reconciles per Run", () => {
-  it("a new Run is reconciled by run-ack alone until its first status, and its own writes of the launch and of what a look saw bring no second reconcile; a change by anyone else does", async () => {
-    const ns = await freshNamespace(client, "echo");
-    const cloud = new FakeCloud();
-    // No poll and no resync within the test: every Run reconcile counted comes from a watch event.
-    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
+  /** An operator with no poll and no resync within a test (every Run reconcile comes from a watch event or its own wait), and a Ready CE "ce". */
+  async function quietOperator(prefix: string): Promise<{ ns: string; op: Awaited<ReturnType<typeof startWithMetrics>> }> {
+    const ns = await freshNamespace(client, prefix);
+    const op = await startWithMetrics(new FakeCloud(), { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
     try {
       await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
       await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false);
+    } catch (e) {
+      await op.operator.stop(5_000);
+      throw e;
+    }
+    return { ns, op };
+  }
+
+  it("a new Run is reconciled by run-ack alone until its first status, and its own writes of the launch and of what a look saw bring no second reconcile; a change by anyone else does", async () => {
+    const { ns, op } = await quietOperator("echo");
+    try {
       const reconciles = async (controller: string): Promise<number> => sum(await op.metrics.text(), "vmforge_reconcile_total", { controller });
       const runBefore = await reconciles("run");
       const ackBefore = await reconciles("run-ack");
@@ -371,12 +380,8 @@ describe("reconciles per Run", () => {
   });
 
   it("a Run whose timeout comes before the next poll is timed out on time, although its launch's writes bring no reconcile", async () => {
-    const ns = await freshNamespace(client, "echo-timeout");
-    const cloud = new FakeCloud();
-    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
+    const { ns, op } = await quietOperator("echo-timeout");
     try {
-      await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
-      await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false);
       await client.create(RunResource, { ...runManifest(ns, "slow", "ce"), spec: { ...runManifest(ns, "slow", "ce").spec, timeout: "1m" } });
       await waitFor("launched", async () => (await client.get<Run>(RunResource, ns, "slow"))?.status?.instance?.id !== undefined);
       // The machine stays pending (no poll looks at it within the test): only the launch's own wake times it out.
