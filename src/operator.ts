@@ -220,8 +220,8 @@ export class Operator {
     this.runs = new Caches(reflect<Run>(RunResource, (type, run, old) => {
       const key = keyOf(run);
       // A new Run is the run-ack controller's until its first status, whose event brings it to the
-      // Run controller (whose reconcile has nothing to do before that); the events of a Run's own
-      // launch writes need no reconcile (OwnWrites: the launch returned when to look next).
+      // Run controller (whose reconcile has nothing to do before that); the events of a Run
+      // reconcile's own writes that it followed with a wait of its own need no reconcile (OwnWrites).
       if (type !== "DELETED" && !run.status?.phase && !run.metadata.deletionTimestamp) this.ackController.enqueue(key);
       else if (type === "DELETED") {
         this.runController.ownWrites.forget(key);

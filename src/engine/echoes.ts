@@ -58,16 +58,20 @@ export class OwnWrites {
   held(key: string, oldRv: string | undefined, newRv: string | undefined): boolean {
     const entry = this.byKey.get(key);
     if (!entry || !oldRv || !newRv) return false;
+    // A finished write's echo first: a write begun since on a cache that did not show it yet (its
+    // reconcile started before the echo came) is made on the same version, and will be refused.
+    const i = entry.done.findIndex((w) => w.from === oldRv && w.to === newRv);
+    if (i >= 0) {
+      // What was noted before this write is behind the cache now: its echo can no longer come.
+      entry.done.splice(0, i + 1);
+      if (entry.done.length === 0 && !entry.pending) this.byKey.delete(key);
+      return true;
+    }
     if (entry.pending && entry.pending.from === oldRv && entry.pending.heldTo === undefined) {
       entry.pending.heldTo = newRv;
       return true;
     }
-    const i = entry.done.findIndex((w) => w.from === oldRv && w.to === newRv);
-    if (i < 0) return false;
-    // What was noted before this write is behind the cache now: its echo can no longer come.
-    entry.done.splice(0, i + 1);
-    if (entry.done.length === 0 && !entry.pending) this.byKey.delete(key);
-    return true;
+    return false;
   }
 
   /** The object is gone: its echoes are no longer awaited (a held event is let go). */

@@ -48,8 +48,8 @@ export interface RunDeps {
   enqueueComputeEnvironment: (key: string) => void;
   /**
    * Writes of this Run's reconcile whose watch events need no reconcile, as the reconcile that
-   * wrote returns when to look next (OwnWrites): the launch's two writes, and the Launching,
-   * SettingUp and Running writes of what a look saw.
+   * wrote returns when to look next or throws (OwnWrites): the launch decision, LaunchRetrying, the
+   * machine recorded while pending, and the Launching, SettingUp and Running writes of what a look saw.
    */
   ownWrites?: Pick<OwnWrites, "begin" | "end">;
   /** How often an active Run is looked at again. */
@@ -705,7 +705,8 @@ export class RunReconciler {
         // Only on the version read (a leader that lost its Lease, or a stale copy, writes nothing).
         const reason = e instanceof CloudError ? e.reason : "Error";
         const message = `launching the machine; an attempt failed (${reason}) and is tried again`;
-        await this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true).catch(() => undefined);
+        // (Its echo would run the key again at once, ahead of the error's backoff.)
+        await this.ownWrite(run, () => this.report(run, { phase: "Pending", reason: LAUNCH_RETRYING, message }, "False", LAUNCH_RETRYING, message, true)).catch(() => undefined);
       }
       throw e;
     }
@@ -740,6 +741,8 @@ export class RunReconciler {
         true,
       );
     let written: boolean;
+    /** The version the machine was recorded on (the one read, or the stored one after a conflict). */
+    let recorded = run;
     try {
       // This reconcile returns when to look next: the write's own event is no news for a machine
       // pending. One found further on (a resumed launch: up, or ended) is followed at once.
@@ -753,6 +756,7 @@ export class RunReconciler {
       const fresh = await this.d.client.get<Run>(RunResource, run.metadata.namespace, run.metadata.name ?? "");
       if (!fresh || fresh.metadata.uid !== uid || !launchInFlight(fresh)) throw e;
       written = await record(fresh);
+      recorded = fresh;
       log.info({ instance: desc.instanceId }, "recorded the machine on a newer version of the Run");
     }
     this.launchTriedAt.delete(uid);
@@ -762,7 +766,7 @@ export class RunReconciler {
     log.info({ instance: desc.instanceId }, "launched");
     // A poll away, or at the timeout if that comes first (counted from the launch, as follow does).
     const { timeout } = this.timeoutFor(run, ce);
-    const since = Date.parse(run.status?.launchedAt ?? run.metadata.creationTimestamp ?? now());
+    const since = Date.parse(recorded.status?.launchedAt ?? run.metadata.creationTimestamp ?? now());
     const wake = timeout ? Math.max(1_000, since + parseDuration(timeout) - Date.now() + 500) : Infinity;
     return { requeueAfterMs: Math.min(this.d.pollIntervalMs, wake) };
   }
@@ -989,9 +993,11 @@ export class RunReconciler {
       const message = clip(`cannot read the Run's log: ${desc.readError.message}`);
       if (current?.status === "True" && current.message === message) return;
       const conditions = setCondition(run.status?.conditions, { type: LOG_READ_BLOCKED, status: "True", reason: desc.readError.reason, message, observedGeneration: run.metadata.generation });
-      if (await this.report(run, { conditions })) void this.d.events.record(run, "Warning", desc.readError.reason, "ReadLog", message);
+      // Guarded, as the phase write that may follow in the same reconcile is: that one is checked
+      // against the version this one produced, so this one must be checked against the version read.
+      if (await this.report(run, { conditions }, undefined, undefined, undefined, true)) void this.d.events.record(run, "Warning", desc.readError.reason, "ReadLog", message);
     } else if (current) {
-      await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== LOG_READ_BLOCKED) ?? [] });
+      await this.report(run, { conditions: run.status?.conditions?.filter((c) => c.type !== LOG_READ_BLOCKED) ?? [] }, undefined, undefined, undefined, true);
     }
   }
 

@@ -42,6 +42,18 @@ describe("OwnWrites", () => {
     }
   });
 
+  it("a finished write's echo that comes while a later write is under way on the same version is taken as that echo, not held", () => {
+    const { w, enqueued } = writes();
+    w.begin("k", "5");
+    w.end("k", "5", "6");
+    // the next reconcile started from a cache still at 5
+    w.begin("k", "5");
+    expect(w.held("k", "5", "6")).toBe(true);
+    w.end("k", "5", undefined); // refused: 6 is there
+    expect(enqueued).toEqual([]);
+    expect(w.size).toBe(0);
+  });
+
   it("keeps two writes of one reconcile in order, and drops those behind a matched one", () => {
     const { w } = writes();
     w.begin("k", "1");
