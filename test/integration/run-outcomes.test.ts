@@ -80,6 +80,27 @@ class AnnouncingCloud extends FakeCloud {
   }
 }
 
+/**
+ * A FakeCloud whose launch attempts follow a script: attempt n (from 1) is answered with
+ * `script(n, hints)`'s error, thrown as the cloud's answer, or, when it gives none, by FakeCloud's
+ * own launch. Each attempt's time and hints are kept.
+ */
+class ScriptedLaunchCloud extends FakeCloud {
+  readonly attempts: number[] = [];
+  readonly hints: (LaunchHints | undefined)[] = [];
+  constructor(private readonly script: (n: number, hints: LaunchHints | undefined) => Error | undefined) {
+    super();
+  }
+  override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
+    this.hints.push(hints);
+    const refusal = this.script(this.attempts.push(Date.now()), hints);
+    if (!refusal) return super.launchRun(ctx, r);
+    this.calls.launch++;
+    throw refusal;
+  }
+}
+const noCapacity = () => CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
+
 let client: KubeClient;
 let cloud: AnnouncingCloud;
 let op: RunningOperator;
@@ -294,17 +315,8 @@ describe("a new Run's first status", () => {
 describe("a capacity wait across a restart of the operator", () => {
   it("is kept in the Run's status: the next operator tries again when the status says, counting on from the refusals so far, and the wait goes with the machine", async () => {
     const ns3 = await freshNamespace(client, "capacity-restart");
-    /** Refuses every launch for capacity while `refusing`; counts the attempts. */
-    class FullCloud extends FakeCloud {
-      refusing = true;
-      attempts: number[] = [];
-      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
-        this.attempts.push(Date.now());
-        if (this.refusing) throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
-        return super.launchRun(ctx, r);
-      }
-    }
-    const full = new FullCloud();
+    let refusing = true;
+    const full = new ScriptedLaunchCloud(() => (refusing ? noCapacity() : undefined));
     const poll = 1_500; // waits of 1.5, 3, 6, 12 s after the 1st, 2nd, 3rd, 4th refusal
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns3], pollIntervalMs: poll });
     let opB: RunningOperator | undefined;
@@ -334,7 +346,7 @@ describe("a capacity wait across a restart of the operator", () => {
       // Counted on: the fourth refusal waits 12 s, not the 1.5 s of a first one.
       expect(next.status?.capacityWait?.refusals).toBe(refusedBefore + 1);
       expect(Date.parse(next.status?.capacityWait?.notBefore ?? "") - full.attempts[attemptsBefore]!).toBeGreaterThan(9_000);
-      full.refusing = false;
+      refusing = false;
       // Kept through the launch (the cloud may still fail to place the machine: the Azure tests
       // show that), gone once the machine runs.
       const running = await inPhase("waiting", "Running", 30_000, ns3);
@@ -350,19 +362,12 @@ describe("a capacity wait across a restart of the operator", () => {
 describe("a capacity refusal the Run already waits for", () => {
   it("is not counted again: attempts that find the unplaced machine still being deleted keep the count and the last wait, and record no Event of their own", async () => {
     const ns6 = await freshNamespace(client, "capacity-known");
-    /** The first two attempts are refused; the next two find the machine still being deleted (known); then placed. */
-    class DeletingCloud extends FakeCloud {
-      attempts: number[] = [];
-      hints: (LaunchHints | undefined)[] = [];
-      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
-        this.hints.push(hints);
-        const n = this.attempts.push(Date.now());
-        if (n <= 2) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
-        if (n <= 4) throw CloudError.capacity(hints?.capacityReason ?? "AllocationFailed", "the machine of an earlier attempt is still being deleted", undefined, undefined, hints?.capacityReason !== undefined);
-        return super.launchRun(ctx, r);
-      }
-    }
-    const cloud6 = new DeletingCloud();
+    // The first two attempts are refused; the next two find the machine still being deleted (known); then placed.
+    const cloud6 = new ScriptedLaunchCloud((n, hints) => {
+      if (n <= 2) return CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+      if (n <= 4) return CloudError.capacity(hints?.capacityReason ?? "AllocationFailed", "the machine of an earlier attempt is still being deleted", undefined, undefined, hints?.capacityReason !== undefined);
+      return undefined;
+    });
     const op6 = await startOperator(kubeconfigPath(), new Map([["aws", cloud6]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
     const counts = new Set<number>();
     try {
@@ -435,17 +440,10 @@ describe("a capacity refusal the Run already waits for", () => {
 
   it("after a launch whose answer was lost, the next attempt is not told the wait's reason: what it finds unplaced may be a new refusal", async () => {
     const ns8 = await freshNamespace(client, "capacity-lost");
-    /** Refused, then an answer lost, then placed; keeps the hints each attempt got. */
-    class LosingCloud extends FakeCloud {
-      hints: (LaunchHints | undefined)[] = [];
-      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
-        const n = this.hints.push(hints);
-        if (n === 1) throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
-        if (n === 2) throw CloudError.retryable("RequestTimeout", "the launch's answer was lost");
-        return super.launchRun(ctx, r);
-      }
-    }
-    const cloud8 = new LosingCloud();
+    // Refused, then an answer lost, then placed.
+    const cloud8 = new ScriptedLaunchCloud((n) =>
+      n === 1 ? CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed")
+        : n === 2 ? CloudError.retryable("RequestTimeout", "the launch's answer was lost") : undefined);
     const op8 = await startOperator(kubeconfigPath(), new Map([["aws", cloud8]]), { namespaces: [ns8], pollIntervalMs: 1_000 });
     try {
       await readyCe("ce", {}, ns8);
@@ -459,28 +457,21 @@ describe("a capacity refusal the Run already waits for", () => {
 
   it("an attempt that failed before the cloud was asked lost no answer: the attempt after it is told the wait's reason", async () => {
     const ns9 = await freshNamespace(client, "capacity-unasked");
-    /** Refused once, then placed; arms a failure of the next attempt before it asks the cloud. */
-    class ArmingCloud extends FakeCloud {
-      hints: (LaunchHints | undefined)[] = [];
-      armed = false;
-      override async launchRun(ctx: EnvContext, r: Run, hints?: LaunchHints): Promise<RunDescription> {
-        const n = this.hints.push(hints);
-        if (n === 1) {
-          this.armed = true;
-          throw CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
-        }
-        return super.launchRun(ctx, r);
-      }
-    }
-    const cloud9 = new ArmingCloud();
+    // Refused once, then placed; the refusal arms a failure of the next attempt before it asks the cloud.
+    let armed = false;
+    const cloud9 = new ScriptedLaunchCloud((n) => {
+      if (n > 1) return undefined;
+      armed = true;
+      return CloudError.capacity("ZonalAllocationFailed", "the machine could not be placed");
+    });
     const op9 = await startOperator(kubeconfigPath(), new Map([["aws", cloud9]]), { namespaces: [ns9], pollIntervalMs: 1_000 });
     // The reconciler's context (credentials, before the cloud is asked) fails once when armed.
     const rec = op9.operator.runReconciler as unknown as { context: (...a: unknown[]) => Promise<unknown> };
     const context = rec.context.bind(rec);
     let failedBeforeAsking = 0;
     rec.context = async (...a: unknown[]) => {
-      if (cloud9.armed) {
-        cloud9.armed = false;
+      if (armed) {
+        armed = false;
         failedBeforeAsking++;
         throw CloudError.retryable("Throttling", "the credentials could not be read now");
       }
@@ -501,13 +492,7 @@ describe("a capacity refusal the Run already waits for", () => {
 describe("a capacity wait that ends without a machine", () => {
   it("goes from the status with the Run (cancelled while waiting)", async () => {
     const ns5 = await freshNamespace(client, "capacity-cancel");
-    class FullCloud extends FakeCloud {
-      override async launchRun(): Promise<RunDescription> {
-        this.calls.launch++;
-        throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
-      }
-    }
-    const full = new FullCloud();
+    const full = new ScriptedLaunchCloud(noCapacity);
     const opC = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns5], pollIntervalMs: 1_000 });
     const get = () => getRun("waiting", ns5);
     try {
@@ -525,21 +510,29 @@ describe("a capacity wait that ends without a machine", () => {
 });
 
 describe("the ComputeEnvironment's default Run timeout", () => {
-  it("a Run found past it ends Timeout even if the timeout is raised before its machine's termination is sent", async () => {
-    // The batch's call is held until the timeout has been raised.
-    class GatedCloud extends FakeCloud {
-      entered = 0;
-      private open: () => void = () => undefined;
-      private readonly gate = new Promise<void>((resolve) => (this.open = resolve));
-      release(): void {
-        this.open();
-      }
-      override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
-        this.entered++;
+  /** A FakeCloud whose termination calls are held until released: before they reach the cloud, or (`answerHeld`) after, with their answer held. */
+  class GatedCloud extends FakeCloud {
+    entered = 0;
+    answerHeld = false;
+    private open: () => void = () => undefined;
+    private readonly gate = new Promise<void>((resolve) => (this.open = resolve));
+    release(): void {
+      this.open();
+    }
+    override async terminateRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, unknown>> {
+      this.entered++;
+      if (!this.answerHeld) {
         await this.gate;
         return super.terminateRuns(ctx, runs);
       }
+      const answer = await super.terminateRuns(ctx, runs);
+      await this.gate;
+      return answer;
     }
+  }
+
+  it("a Run found past it ends Timeout even if the timeout is raised before its machine's termination is sent", async () => {
+    // The batch's call is held until the timeout has been raised.
     const own = await freshNamespace(client, "raised");
     const slow = new GatedCloud();
     slow.launchedAgoMs = 10 * 60_000; // the machine has run for 10 minutes already
@@ -562,6 +555,41 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     } finally {
       slow.release();
       await opR.stop();
+    }
+  });
+
+  it("a Run whose timeout's termination went out from an operator that stopped before ending it ends Timeout under the next one, with the timeout it was found past", async () => {
+    const own = await freshNamespace(client, "timed-out-down");
+    const held = new GatedCloud();
+    held.answerHeld = true; // the machine is terminated; the answer never reaches the first operator
+    held.launchedAgoMs = 10 * 60_000;
+    const opA = await startOperator(kubeconfigPath(), new Map([["aws", held]]), { namespaces: [own], pollIntervalMs: 1_000 });
+    let opB: RunningOperator | undefined;
+    try {
+      await readyCe("ce", { defaultRunTimeout: "5m" }, own);
+      await run("late", "ce", {}, own);
+      await waitFor("the termination sent", async () => held.entered === 1, 30_000, 50);
+      const sent = await getRun("late", own);
+      const uid = sent?.metadata.uid ?? "";
+      expect(["Launching", "SettingUp", "Running"]).toContain(sent?.status?.phase); // not ended yet
+      expect(cond(sent, "TimedOut")).toMatchObject({ status: "True", reason: "Timeout" });
+      expect(sent?.status?.message).toContain("being terminated");
+      await opA.stop();
+      held.release(); // the stopped operator's call answers now, to no one; the next one's calls are not held
+      expect(["shutting-down", "terminated"]).toContain(held.machineOf(uid)?.state);
+      // While no operator runs, the timeout is raised past the machine's 10 minutes.
+      await client.patch(ComputeEnvironmentResource, own, "ce", { spec: { defaultRunTimeout: "1h" } }, "merge");
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", held]]), { namespaces: [own], pollIntervalMs: 1_000 });
+      const ended = await waitFor("Run late ended", async () => {
+        const r = await getRun("late", own);
+        return r?.status?.phase === "Failed" ? r : undefined;
+      }, 30_000, 50);
+      expect(ended.status?.reason).toBe("Timeout");
+      expect(ended.status?.message).toContain("timeout of 5m");
+      expect(cond(ended, "Stalled")?.reason).toBe("Timeout");
+    } finally {
+      held.release();
+      await opB?.stop();
     }
   });
 
@@ -1112,18 +1140,8 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
 
   it("a Run waiting for capacity when its CE is removed by force and created again elsewhere is decided anew under the new CE (its UID recorded) and launched there", async () => {
     const ns6 = await freshNamespace(client, "capacity-reborn");
-    /** Refuses every launch for capacity while `refusing`. */
-    class FullCloud extends FakeCloud {
-      refusing = true;
-      override async launchRun(ctx: EnvContext, r: Run): Promise<RunDescription> {
-        if (this.refusing) {
-          this.calls.launch++;
-          throw CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
-        }
-        return super.launchRun(ctx, r);
-      }
-    }
-    const full = new FullCloud();
+    let refusing = true;
+    const full = new ScriptedLaunchCloud(() => (refusing ? noCapacity() : undefined));
     let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", full]]), { namespaces: [ns6], pollIntervalMs: 1_000 });
     let opB: RunningOperator | undefined;
     try {
@@ -1150,7 +1168,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       const at = new Date().toISOString();
       const ready = ["Ready", "ResourcesProvisioned"].map((type) => ({ type, status: "True", reason: type, message: "in place", lastTransitionTime: at, observedGeneration: second.metadata.generation }));
       await client.patch(ComputeEnvironmentResource, ns6, "ce", { status: { phase: "Ready", observedGeneration: second.metadata.generation, conditions: ready } }, "merge", { subresource: "status" });
-      full.refusing = false;
+      refusing = false;
       // Every status the Run takes from here on (a watch sees each write).
       const reasons: string[] = [];
       const watch = new Reflector<Run>({

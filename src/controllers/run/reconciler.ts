@@ -107,6 +107,13 @@ export const MACHINE_LINGERED = "MachineLingered";
 export const LOG_READ_BLOCKED = "LogReadBlocked";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
 export const MACHINE_BLOCKED = "MachineTerminationBlocked";
+/**
+ * Detail condition: the Run was found past its timeout and its machine's termination was asked
+ * for. Written (guarded) before that termination is sent, its message is the Run's final one: an
+ * operator that starts after the termination went out and before the Run ended ends it Timeout
+ * too, with the timeout it was found past (not MachineTerminated, nor by a timeout raised since).
+ */
+export const TIMED_OUT = "TimedOut";
 /** The longest wait between launch attempts refused for capacity or quota. */
 const CAPACITY_BACKOFF_MAX_MS = 5 * 60_000;
 
@@ -327,16 +334,17 @@ export class RunReconciler {
     const phase: Phase = run.status.phase;
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
-    const { timeout, decided } = this.timeoutFor(run, ce);
+    const { timeout, decided, said } = this.timeoutFor(run, ce);
     if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (decided || Date.now() - since > parseDuration(timeout)) {
+        const message = said ?? `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`;
         if (machineMayExist(run) && ce && provider) {
-          this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
+          await this.decideTimeout(run, timeout, message);
           const wait = await this.stopBeforeEnd(run, ce, provider, log);
           if (wait !== undefined) return { requeueAfterMs: wait };
         }
-        await this.finish(run, "Failed", "Timeout", `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
+        await this.finish(run, "Failed", "Timeout", message);
         return machineMayExist(run) ? { requeueAfterMs: this.d.pollIntervalMs } : undefined;
       }
     }
@@ -774,7 +782,7 @@ export class RunReconciler {
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
     const status = run.status ?? {};
     const uid = run.metadata.uid ?? "";
-    const { timeout, decided } = this.timeoutFor(run, ce);
+    const { timeout, decided, said } = this.timeoutFor(run, ce);
     const timeoutMs = timeout ? parseDuration(timeout) : undefined;
     const since = Date.parse(status.launchedAt ?? run.metadata.creationTimestamp ?? now());
     const obs = this.d.tracker.get(uid);
@@ -790,13 +798,14 @@ export class RunReconciler {
     // look's word does not hold off the timeout.)
     const outcomeDue = obs?.desc?.outcomeDue === true && obs.desc.exitCode === undefined && obs.poll !== undefined && this.d.tracker.pollCount - obs.poll - 1 < FIRST_LOOK_POLLS;
     const firstLookDue = obs === undefined && this.d.tracker.pollCount < FIRST_LOOK_POLLS;
-    if (timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
+    if (timeout && timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
-      this.endingOf(uid).timedOut = timeout;
+      const message = said ?? `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`;
+      await this.decideTimeout(run, timeout, message);
       const sent = await this.sendBatched(run, ce, provider, log);
       if ("waitMs" in sent) return { requeueAfterMs: sent.waitMs };
-      await this.finish(run, "Failed", "Timeout", `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`);
+      await this.finish(run, "Failed", "Timeout", message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
     const wakeForTimeout = timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
@@ -1223,12 +1232,32 @@ export class RunReconciler {
 
   /**
    * The Run's timeout: the one it was found past when its termination was asked for (kept in
-   * `ending`, so a timeout raised meanwhile does not change the outcome), else its own or its CE's.
-   * Without its CE (removed by force) the Run ends as ComputeEnvironmentGone, not by a kept timeout.
+   * `ending`, so a timeout raised meanwhile does not change the outcome; or, by an operator that ran
+   * before this one, in the TimedOut condition, whose message `said` is the Run's final one), else
+   * its own or its CE's. Without its CE (removed by force) the Run ends as ComputeEnvironmentGone,
+   * not by a kept timeout.
    */
-  private timeoutFor(run: Run, ce: ComputeEnvironment | undefined): { timeout?: string; decided: boolean } {
-    const kept = ce ? this.ending.get(run.metadata.uid ?? "")?.timedOut : undefined;
-    return kept !== undefined ? { timeout: kept, decided: true } : { timeout: timeoutOf(run, ce), decided: false };
+  private timeoutFor(run: Run, ce: ComputeEnvironment | undefined): { timeout?: string; decided: boolean; said?: string } {
+    if (!ce) return { timeout: timeoutOf(run, ce), decided: false };
+    const kept = this.ending.get(run.metadata.uid ?? "")?.timedOut;
+    const condition = getCondition(run.status?.conditions, TIMED_OUT);
+    const said = condition?.status === "True" ? condition.message : undefined;
+    if (kept !== undefined) return { timeout: kept, decided: true, ...(said !== undefined ? { said } : {}) };
+    return said !== undefined ? { timeout: timeoutOf(run, ce), decided: true, said } : { timeout: timeoutOf(run, ce), decided: false };
+  }
+
+  /**
+   * A timeout acted on: kept in memory (`ending`) and said in the TimedOut condition (and the
+   * Run's message) before its machine's termination is sent, written on the version read, so the
+   * decision outlives this process (timeoutFor).
+   */
+  private async decideTimeout(run: Run, timeout: string, message: string): Promise<void> {
+    if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
+      const g = run.metadata.generation === undefined ? {} : { observedGeneration: run.metadata.generation };
+      const conditions = setCondition(run.status?.conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
+      await this.report(run, { conditions, message: clip(`${message}; its machine is being terminated`) }, undefined, undefined, undefined, true);
+    }
+    this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
   }
 
   /** A batched termination's failures in a row end (sent, or refused for good): counted afresh. */
