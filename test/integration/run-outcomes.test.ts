@@ -563,7 +563,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     const held = new GatedCloud();
     held.answerHeld = true; // the machine is terminated; the answer never reaches the first operator
     held.launchedAgoMs = 10 * 60_000;
-    const opA = await startOperator(kubeconfigPath(), new Map([["aws", held]]), { namespaces: [own], pollIntervalMs: 1_000 });
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", held]]), { namespaces: [own], pollIntervalMs: 1_000 });
     let opB: RunningOperator | undefined;
     try {
       await readyCe("ce", { defaultRunTimeout: "5m" }, own);
@@ -575,6 +575,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(cond(sent, "TimedOut")).toMatchObject({ status: "True", reason: "Timeout" });
       expect(sent?.status?.message).toContain("being terminated");
       await opA.stop();
+      opA = undefined;
       held.release(); // the stopped operator's call answers now, to no one; the next one's calls are not held
       expect(["shutting-down", "terminated"]).toContain(held.machineOf(uid)?.state);
       // While no operator runs, the timeout is raised past the machine's 10 minutes.
@@ -589,7 +590,32 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(cond(ended, "Stalled")?.reason).toBe("Timeout");
     } finally {
       held.release();
+      await opA?.stop();
       await opB?.stop();
+    }
+  });
+
+  it("a Run cancelled while its timeout's termination is on its way ends Cancelled, and no longer says TimedOut", async () => {
+    const own = await freshNamespace(client, "timed-out-cancel");
+    const slow = new GatedCloud(); // the termination's call is held before it reaches the cloud
+    slow.launchedAgoMs = 10 * 60_000;
+    const opC = await startOperator(kubeconfigPath(), new Map([["aws", slow]]), { namespaces: [own], pollIntervalMs: 1_000 });
+    try {
+      await readyCe("ce", { defaultRunTimeout: "5m" }, own);
+      await run("cancelled", "ce", {}, own);
+      await waitFor("the termination's call", async () => slow.entered === 1, 30_000, 50);
+      expect(cond(await getRun("cancelled", own), "TimedOut")?.status).toBe("True");
+      await client.patch(RunResource, own, "cancelled", { spec: { cancel: true } }, "merge");
+      // The cancel's reconcile waits for the same call.
+      await new Promise((r) => setTimeout(r, 1_500));
+      slow.release();
+      const ended = await inPhase("cancelled", "Cancelled", 30_000, own);
+      expect(ended.status?.reason).toBe("Cancelled");
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(cond(ended, "Stalled")?.reason).toBe("Cancelled");
+    } finally {
+      slow.release();
+      await opC.stop();
     }
   });
 

@@ -108,10 +108,11 @@ export const LOG_READ_BLOCKED = "LogReadBlocked";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
 export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 /**
- * Detail condition: the Run was found past its timeout and its machine's termination was asked
+ * Detail condition: the Run was found past its timeout and its machine's termination is asked
  * for. Written (guarded) before that termination is sent, its message is the Run's final one: an
- * operator that starts after the termination went out and before the Run ended ends it Timeout
- * too, with the timeout it was found past (not MachineTerminated, nor by a timeout raised since).
+ * operator that starts after the timeout was decided and before the Run ended ends it Timeout too,
+ * with the timeout it was found past (not MachineTerminated, nor by a timeout raised since), and
+ * does not wait for a look first. It goes if the Run ends otherwise first (finish).
  */
 export const TIMED_OUT = "TimedOut";
 /** The longest wait between launch attempts refused for capacity or quota. */
@@ -1255,7 +1256,8 @@ export class RunReconciler {
     if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
       const g = run.metadata.generation === undefined ? {} : { observedGeneration: run.metadata.generation };
       const conditions = setCondition(run.status?.conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
-      await this.report(run, { conditions, message: clip(`${message}; its machine is being terminated`) }, undefined, undefined, undefined, true);
+      // Its echo brings no reconcile: the termination's batch wakes the Run.
+      await this.ownWrite(run, () => this.report(run, { conditions, message: clip(`${message}; its machine is being terminated`) }, undefined, undefined, undefined, true));
     }
     this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
   }
@@ -1400,8 +1402,12 @@ export class RunReconciler {
   /** Moves the Run to a terminal phase (once) and frees its slot. */
   private async finish(run: Run, phase: "Succeeded" | "Failed" | "Cancelled", reason: string, message: string, extra: Partial<RunStatus> = {}): Promise<void> {
     const ready = phase === "Succeeded" ? "True" : "False";
+    // A timeout decided and overtaken (the Run cancelled, its CE deleted or gone before it ended
+    // Timeout) is not left said beside another outcome.
+    const overtaken = reason !== "Timeout" && getCondition(run.status?.conditions, TIMED_OUT) !== undefined;
+    const conditions = overtaken ? { conditions: (run.status?.conditions ?? []).filter((c) => c.type !== TIMED_OUT) } : {};
     // A capacity wait ends with the Run (the merge patch removes the field).
-    const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), capacityWait: undefined, ...extra }, ready, reason, message);
+    const written = await this.report(run, { phase, reason, message, completionTime: run.status?.completionTime ?? now(), capacityWait: undefined, ...conditions, ...extra }, ready, reason, message);
     // What was sent to end its machine stays known while that machine is followed (afterEnd).
     this.release(run, machineMayExist(run));
     if (written) {
@@ -1486,7 +1492,7 @@ export class RunReconciler {
   /** `lock`: guarded by the resourceVersion even without a phase change (phase changes always are). */
   private async report(run: Run, patch: Partial<RunStatus>, ready?: "True" | "False", reason?: string, message?: string, lock = false): Promise<boolean> {
     const next: RunStatus = { ...(run.status ?? {}), ...patch, observedGeneration: run.metadata.generation };
-    if (ready && reason !== undefined) next.conditions = runConditions(run.status?.conditions, next.phase ?? "Pending", run.metadata.generation, reason, message ?? "");
+    if (ready && reason !== undefined) next.conditions = runConditions(patch.conditions ?? run.status?.conditions, next.phase ?? "Pending", run.metadata.generation, reason, message ?? "");
     const transition = next.phase !== run.status?.phase;
     const updated = await updateStatus(this.d.client, RunResource, run, next, transition || lock ? { optimisticLock: true } : {});
     if (updated) {
