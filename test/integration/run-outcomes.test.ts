@@ -606,8 +606,8 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       await waitFor("the termination's call", async () => slow.entered === 1, 30_000, 50);
       expect(cond(await getRun("cancelled", own), "TimedOut")?.status).toBe("True");
       await client.patch(RunResource, own, "cancelled", { spec: { cancel: true } }, "merge");
-      // The cancel's reconcile waits for the same call.
-      await new Promise((r) => setTimeout(r, 1_500));
+      // Once the operator's cache has the cancel, every reconcile of the Run takes it (before it follows the machine).
+      await waitFor("the cancel in the operator's cache", async () => opC.operator.runs.get(`${own}/cancelled`)?.spec.cancel === true, 10_000, 50);
       slow.release();
       const ended = await inPhase("cancelled", "Cancelled", 30_000, own);
       expect(ended.status?.reason).toBe("Cancelled");

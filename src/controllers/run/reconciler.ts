@@ -1239,12 +1239,13 @@ export class RunReconciler {
    * not by a kept timeout.
    */
   private timeoutFor(run: Run, ce: ComputeEnvironment | undefined): { timeout?: string; decided: boolean; said?: string } {
-    if (!ce) return { timeout: timeoutOf(run, ce), decided: false };
-    const kept = this.ending.get(run.metadata.uid ?? "")?.timedOut;
     const condition = getCondition(run.status?.conditions, TIMED_OUT);
-    const said = condition?.status === "True" ? condition.message : undefined;
-    if (kept !== undefined) return { timeout: kept, decided: true, ...(said !== undefined ? { said } : {}) };
-    return said !== undefined ? { timeout: timeoutOf(run, ce), decided: true, said } : { timeout: timeoutOf(run, ce), decided: false };
+    const said = condition?.status === "True" ? { said: condition.message } : {};
+    // Without its CE the Run's own timeout may still end it (a Pending Run): with the message said.
+    if (!ce) return { timeout: timeoutOf(run, ce), decided: false, ...said };
+    const kept = this.ending.get(run.metadata.uid ?? "")?.timedOut;
+    if (kept !== undefined) return { timeout: kept, decided: true, ...said };
+    return { timeout: timeoutOf(run, ce), decided: "said" in said, ...said };
   }
 
   /**
@@ -1256,7 +1257,7 @@ export class RunReconciler {
     if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
       const g = run.metadata.generation === undefined ? {} : { observedGeneration: run.metadata.generation };
       const conditions = setCondition(run.status?.conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
-      // Its echo brings no reconcile: the termination's batch wakes the Run.
+      // Its echo brings no reconcile: the termination's batch wakes the Run, or this reconcile ends it.
       await this.ownWrite(run, () => this.report(run, { conditions, message: clip(`${message}; its machine is being terminated`) }, undefined, undefined, undefined, true));
     }
     this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
