@@ -339,7 +339,7 @@ export class RunReconciler {
     if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (decided || Date.now() - since > parseDuration(timeout)) {
-        const message = said ?? `the run did not get a machine within its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`;
+        const message = said ?? `the run did not get a machine within its timeout of ${timeoutNamed(run, timeout)}`;
         if (machineMayExist(run) && ce && provider) {
           await this.decideTimeout(run, timeout, message);
           const wait = await this.stopBeforeEnd(run, ce, provider, log);
@@ -776,8 +776,7 @@ export class RunReconciler {
     // A poll away, or at the timeout if that comes first (counted from the launch, as follow does).
     const { timeout } = this.timeoutFor(run, ce);
     const since = Date.parse(recorded.status?.launchedAt ?? run.metadata.creationTimestamp ?? now());
-    const wake = timeout ? Math.max(1_000, since + parseDuration(timeout) - Date.now() + 500) : Infinity;
-    return { requeueAfterMs: Math.min(this.d.pollIntervalMs, wake) };
+    return { requeueAfterMs: Math.min(this.d.pollIntervalMs, timeoutWake(since, timeout ? parseDuration(timeout) : undefined)) };
   }
 
   private async follow(run: Run, ce: ComputeEnvironment, provider: CloudProvider, log: Logger): Promise<ReconcileResult> {
@@ -802,14 +801,14 @@ export class RunReconciler {
     if (timeout && timeoutMs !== undefined && (decided || (!outcomeKnown && !outcomeDue && !firstLookDue && Date.now() - since > timeoutMs))) {
       // Sent with the other Runs of the CE ending about now (the batch wakes this Run); blocked,
       // the Run ends all the same and goes on terminating its recorded machine (afterEnd).
-      const message = said ?? `the run exceeded its timeout of ${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`;
+      const message = said ?? `the run exceeded its timeout of ${timeoutNamed(run, timeout)}`;
       await this.decideTimeout(run, timeout, message);
       const sent = await this.sendBatched(run, ce, provider, log);
       if ("waitMs" in sent) return { requeueAfterMs: sent.waitMs };
       await this.finish(run, "Failed", "Timeout", message);
       return { requeueAfterMs: this.d.pollIntervalMs };
     }
-    const wakeForTimeout = timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
+    const wakeForTimeout = timeoutWake(since, timeoutMs);
     const next = Math.min(this.d.pollIntervalMs, wakeForTimeout);
     // A machine pending or running as the last poll saw it: the tracker's next news of it, or the timeout, comes first.
     const quiet = Math.min(Math.max(this.d.pollIntervalMs, QUIET_FOLLOW_MS), wakeForTimeout);
@@ -1566,7 +1565,6 @@ function soonest(a: ReconcileResult, b: ReconcileResult): ReconcileResult {
   return { requeueAfterMs: Math.min(x, y) };
 }
 
-/** The Run's own timeout, else its ComputeEnvironment's defaultRunTimeout (which has a default). */
 /** The Run's conditions without MachineTerminationBlocked, or undefined when it has none to remove. */
 function withoutBlocked(run: Run): Condition[] | undefined {
   const all = run.status?.conditions;
@@ -1579,6 +1577,17 @@ function withoutBlocked(run: Run): Condition[] | undefined {
   return runConditions(out, s.phase ?? "Pending", run.metadata.generation, s.reason ?? s.phase ?? "Pending", s.message ?? "");
 }
 
+/** A Run's timeout as its messages name it: its own, or its CE's default (said so). */
+function timeoutNamed(run: Run, timeout: string): string {
+  return `${timeout}${run.spec.timeout ? "" : " (the ComputeEnvironment's defaultRunTimeout)"}`;
+}
+
+/** How long until just after a timeout of `timeoutMs` counted from `since` (epoch ms) has passed, at least 1 s; Infinity without one. */
+function timeoutWake(since: number, timeoutMs: number | undefined): number {
+  return timeoutMs === undefined ? Infinity : Math.max(1_000, since + timeoutMs - Date.now() + 500);
+}
+
+/** The Run's own timeout, else its ComputeEnvironment's defaultRunTimeout (which has a default). */
 export function timeoutOf(run: Run, ce: ComputeEnvironment | undefined): string | undefined {
   if (run.spec.timeout) return run.spec.timeout;
   if (!ce) return undefined;
