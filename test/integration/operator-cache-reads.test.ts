@@ -348,6 +348,16 @@ describe("reconciles per Run", () => {
     return { ns, op };
   }
 
+  /**
+   * Waits until neither Run queue has a key waiting or being reconciled. The cache's event handler
+   * enqueues in the same turn as it stores an object, so once the cache holds a write's echo, a
+   * reconcile the echo brought is queued, running or done: after this the reconcile counts are final.
+   */
+  async function settled(operator: Awaited<ReturnType<typeof startWithMetrics>>["operator"]): Promise<void> {
+    const busy = (c: typeof operator.runController): number => c.queue.len() + c.queue.processingCount();
+    await waitFor("Run queues settled", async () => busy(operator.runController) + busy(operator.ackController) === 0, 10_000, 20);
+  }
+
   it("a new Run is reconciled by run-ack alone until its first status, and its own writes of the launch and of what a look saw bring no second reconcile; a change by anyone else does", async () => {
     const { ns, op } = await quietOperator("echo");
     try {
@@ -360,7 +370,7 @@ describe("reconciles per Run", () => {
       expect(launched?.metadata.annotations?.[ANNOTATION_LAUNCH_DECIDED]).toBe(launched?.metadata.uid);
       // The launch's two writes (decision, machine) have come back through the watch.
       await waitFor("cache has the recorded machine", async () => op.operator.runs.get(`${ns}/one`)?.metadata.resourceVersion === launched?.metadata.resourceVersion);
-      await new Promise((r) => setTimeout(r, 1_500));
+      await settled(op.operator);
       expect(await reconciles("run-ack") - ackBefore).toBe(1);
       // One: the acknowledgement's event, which launched. Not the creation, nor the two echoes.
       expect(await reconciles("run") - runBefore).toBe(1);
@@ -369,7 +379,7 @@ describe("reconciles per Run", () => {
       await op.operator.tracker.pollOnce();
       await waitFor("Running", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.phase === "Running");
       await waitFor("cache has it", async () => op.operator.runs.get(`${ns}/one`)?.status?.phase === "Running");
-      await new Promise((r) => setTimeout(r, 1_500));
+      await settled(op.operator);
       expect(await reconciles("run") - runBefore).toBe(2);
       // A change by someone else is reconciled as before.
       await client.patch(RunResource, ns, "one", { metadata: { annotations: { "example.com/note": "x" } } }, "merge");

@@ -1256,8 +1256,11 @@ export class RunReconciler {
     if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
       const g = run.metadata.generation === undefined ? {} : { observedGeneration: run.metadata.generation };
       const conditions = setCondition(run.status?.conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
+      // Ready (and Reconciling) keep their reason and say what status.message says.
+      const said = clip(`${message}; its machine is being terminated`);
+      const reason = getCondition(run.status?.conditions, "Ready")?.reason ?? run.status?.reason ?? run.status?.phase ?? "Pending";
       // Its echo brings no reconcile: the termination's batch wakes the Run, or this reconcile ends it.
-      await this.ownWrite(run, () => this.report(run, { conditions, message: clip(`${message}; its machine is being terminated`) }, undefined, undefined, undefined, true));
+      await this.ownWrite(run, () => this.report(run, { conditions, message: said }, "False", reason, said, true));
     }
     this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
   }
