@@ -1,7 +1,8 @@
 /**
  * Issue 12, "Proven": the operator SIGKILLed at every cloud write of CE create, Run launch, Run end
  * and CE delete, then started again, on the real kube-apiserver and moto behind the strict AWS layer
- * (ClientToken honoured as EC2 does).
+ * (ClientToken honoured as EC2 does). Also: the operator killed once a Run's timeout termination
+ * was carried out, and started again only after the timeout was raised (the decision must hold).
  *
  * The operator is the real entry point with the real AWS provider, in a child process
  * (test/support/aws-operator-process.ts) that signs as an IAM user of its own holding exactly the
@@ -85,7 +86,8 @@ class SupervisedOperator {
   private readonly tail: string[] = [];
   private stopping = false;
 
-  constructor(private readonly ns: string) {}
+  /** `restart`: false to leave a killed operator down until the test starts it again. */
+  constructor(private readonly ns: string, private readonly restart = true) {}
 
   start(): void {
     const child = spawn(process.execPath, ["--import", "tsx", "test/support/aws-operator-process.ts"], {
@@ -118,8 +120,12 @@ class SupervisedOperator {
       this.tail.push(`[test] operator pid ${child.pid} exited (code ${code}, signal ${signal})`);
       if (this.stopping) return;
       if (signal !== "SIGKILL") this.unexpected.push(`pid ${child.pid}: code ${code}, signal ${signal}`);
-      this.start();
+      if (this.restart) this.start();
     });
+  }
+
+  get alive(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
   }
 
   get pid(): number {
@@ -184,19 +190,54 @@ async function pipelineEnds(ce: ComputeEnvironment, run: Run, exitCode: number, 
 }
 
 /**
+ * The operator of namespace `ns` as an IAM user of its own with the seed's policy (the layer checks
+ * every call), its key in the Secret "aws" there. Returns the key's id.
+ */
+async function operatorCredentials(ns: string): Promise<string> {
+  const iam = new IAMClient(admin());
+  const user = `crash-${ns}`;
+  await iam.send(new CreateUserCommand({ UserName: user }));
+  await iam.send(new AttachUserPolicyCommand({ UserName: user, PolicyArn: `arn:aws:iam::${ACCOUNT}:policy/${OPERATOR_POLICY}` }));
+  const key = (await iam.send(new CreateAccessKeyCommand({ UserName: user }))).AccessKey;
+  await client.create(SecretResource, {
+    apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId: key?.AccessKeyId ?? "", secretAccessKey: key?.SecretAccessKey ?? "" },
+  } as SecretObject);
+  return key?.AccessKeyId ?? "";
+}
+
+/** A CE of namespace `ns` on the crash tests' bucket. */
+function ceManifest(ns: string, extra: Partial<ComputeEnvironment["spec"]> = {}): ComputeEnvironment {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
+    spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` }, ...extra },
+  } as ComputeEnvironment;
+}
+
+/** A Run "name" of CE "ce" in namespace `ns`. */
+function runManifest(ns: string, name: string): Run {
+  return {
+    apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
+    spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
+  } as Run;
+}
+
+/** A Run setting up on a running machine (Launching/SettingUp): its launcher has not said anything yet. */
+async function settingUp(ns: string, name: string, wait: <T>(what: string, fn: () => Promise<T | undefined>) => Promise<T>): Promise<Run> {
+  return wait(`Run ${name} setting up on a running machine`, async () => {
+    const r = await client.get<Run>(RunResource, ns, name);
+    return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" && r.status.instance?.state === "running" ? r : undefined;
+  });
+}
+
+/**
  * Plays the whole scenario in a fresh namespace with its own key and operator process, with a
  * crash point armed at write `crashAt` (none for the clean pass), and checks how it ends.
  */
 async function scenario(crashAt?: { write: number; mode: Mode; action: string }): Promise<Outcome> {
   const ns = await freshNamespace(client, "crash");
   namespaces.push(ns);
-  // The operator is an IAM user of its own with the seed's policy (the layer checks every call).
   const iam = new IAMClient(admin());
-  const user = `crash-${ns}`;
-  await iam.send(new CreateUserCommand({ UserName: user }));
-  await iam.send(new AttachUserPolicyCommand({ UserName: user, PolicyArn: `arn:aws:iam::${ACCOUNT}:policy/${OPERATOR_POLICY}` }));
-  const key = (await iam.send(new CreateAccessKeyCommand({ UserName: user }))).AccessKey;
-  const accessKeyId = key?.AccessKeyId ?? "";
+  const accessKeyId = await operatorCredentials(ns);
   const op = new SupervisedOperator(ns);
   const label = crashAt ? `crash ${crashAt.mode} write ${crashAt.write} (${crashAt.action})` : "clean";
   const get = <T extends KubeObject>(rt: ResourceType, name: string) => client.get<T>(rt, ns, name);
@@ -209,17 +250,11 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
   };
   const wait = <T,>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 60_000) => waitFor(`${ns}: ${what}`, fn, ms, 250);
   try {
-    await client.create(SecretResource, {
-      apiVersion: "v1", kind: "Secret", metadata: { name: "aws", namespace: ns }, stringData: { accessKeyId, secretAccessKey: key?.SecretAccessKey ?? "" },
-    } as SecretObject);
     op.start();
     if (crashAt) await layer.armCrash({ accessKeyId, pid: op.pid, atWrite: crashAt.write, mode: crashAt.mode });
 
     // CE create
-    await client.create(ComputeEnvironmentResource, {
-      apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: "ce", namespace: ns },
-      spec: { provider: "aws", credentials: { secretRef: { name: "aws" } }, aws: { region: REGION, instanceType: "m6i.large", workDir: `s3://${BUCKET}/work` } },
-    } as ComputeEnvironment);
+    await client.create(ComputeEnvironmentResource, ceManifest(ns));
     const ce = await wait("CE Ready", async () => {
       const c = await get<ComputeEnvironment>(ComputeEnvironmentResource, "ce");
       return cond(c, "Ready")?.status === "True" ? c : undefined;
@@ -233,15 +268,9 @@ async function scenario(crashAt?: { write: number; mode: Mode; action: string })
     // Run launch, one Run after the other (so the writes come in one order)
     const running: Record<string, Run> = {};
     for (const name of ["a", "b"]) {
-      await client.create(RunResource, {
-        apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name, namespace: ns },
-        spec: { computeEnvironmentRef: { name: "ce" }, pipeline: { repository: "https://github.com/nextflow-io/hello" } },
-      } as Run);
+      await client.create(RunResource, runManifest(ns, name));
       // The machine is up (the Run sets up, Launching), then its launcher starts the pipeline (Running).
-      const up = await wait(`Run ${name} setting up on a running machine`, async () => {
-        const r = await get<Run>(RunResource, name);
-        return r?.status?.phase === "Launching" && r.status.reason === "SettingUp" && r.status.instance?.state === "running" ? r : undefined;
-      });
+      const up = await settingUp(ns, name, wait);
       await pipelineStarts(ce, up);
       running[name] = await wait(`Run ${name} Running`, async () => {
         const r = await get<Run>(RunResource, name);
@@ -394,4 +423,54 @@ describe("the operator SIGKILLed at every cloud write, then started again", () =
       }
     }, 600_000);
   }
+});
+
+describe("a Run's timeout, its termination sent, the operator killed before it ended the Run", () => {
+  it("the next operator ends it Timeout with the timeout it was found past, although the timeout was raised meanwhile: one machine, terminated", async () => {
+    const ns = await freshNamespace(client, "crash-timeout");
+    namespaces.push(ns);
+    const accessKeyId = await operatorCredentials(ns);
+    const op = new SupervisedOperator(ns, false);
+    const wait = <T,>(what: string, fn: () => Promise<T | undefined | null | false>, ms = 60_000) => waitFor(`${ns}: ${what}`, fn, ms, 250);
+    try {
+      op.start();
+      const first = op.pid;
+      await client.create(ComputeEnvironmentResource, ceManifest(ns, { defaultRunTimeout: "1m" }));
+      await wait("CE Ready", async () => cond(await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"), "Ready")?.status === "True");
+      await client.create(RunResource, runManifest(ns, "late"));
+      const up = await settingUp(ns, "late", wait);
+      // The pipeline never starts. The operator's next write is the timeout's termination: killed once moto carried it out.
+      await layer.armCrash({ accessKeyId, pid: first, atWrite: (await layer.writesOf(accessKeyId)).length + 1, mode: "after" });
+      await wait("the operator killed", async () => !op.alive, 150_000);
+      const fired = (await layer.crashes()).fired.filter((f) => f.accessKeyId === accessKeyId);
+      expect(fired.map((f) => [f.pid, f.mode, f.action])).toEqual([[first, "after", "ec2:TerminateInstances"]]);
+      const left = await client.get<Run>(RunResource, ns, "late");
+      expect(left?.status?.phase).toBe("Launching"); // not ended by the killed operator
+      expect(cond(left, "TimedOut")).toMatchObject({ status: "True", reason: "Timeout" });
+      // While no operator runs, the timeout is raised far past the machine's age.
+      await client.patch(ComputeEnvironmentResource, ns, "ce", { spec: { defaultRunTimeout: "1h" } }, "merge");
+      op.start();
+      const ended = await wait("Run late ended", async () => {
+        const r = await client.get<Run>(RunResource, ns, "late");
+        return r?.status?.phase === "Failed" ? r : undefined;
+      });
+      expect({ reason: ended.status?.reason, stalled: cond(ended, "Stalled")?.reason }).toEqual({ reason: "Timeout", stalled: "Timeout" });
+      expect(ended.status?.message).toContain("timeout of 1m");
+      // One machine ever, the recorded one, and it is gone or going.
+      const insts = await instancesTagged(TAG_RUN_UID, up.metadata.uid ?? "");
+      expect(insts.map((i) => i.InstanceId)).toEqual([up.status?.instance?.id]);
+      expect(["shutting-down", "terminated"]).toContain(insts[0]?.State?.Name);
+      // Everything goes with the CE.
+      await client.delete(RunResource, ns, "late");
+      await client.delete(ComputeEnvironmentResource, ns, "ce");
+      await wait("CE gone", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce")) === undefined, 90_000);
+      expect(await iamLeftovers(`TowerForge-${ns}-`)).toEqual([]);
+      expect(op.unexpected).toEqual([]);
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      throw new Error(`${msg}\n--- writes of ${accessKeyId}: ${(await layer.writesOf(accessKeyId)).join(", ")}\n--- operator log (${ns}), last lines:\n${op.log()}`, { cause: e });
+    } finally {
+      await op.stop();
+    }
+  }, 300_000);
 });
