@@ -335,9 +335,9 @@ describe("the CE a Run reads from the cache", () => {
 
 describe("reconciles per Run", () => {
   /** An operator with no poll and no resync within a test (every Run reconcile comes from a watch event or its own wait), and a Ready CE "ce". */
-  async function quietOperator(prefix: string): Promise<{ ns: string; op: Awaited<ReturnType<typeof startWithMetrics>> }> {
+  async function quietOperator(prefix: string, cloud = new FakeCloud()): Promise<{ ns: string; op: Awaited<ReturnType<typeof startWithMetrics>> }> {
     const ns = await freshNamespace(client, prefix);
-    const op = await startWithMetrics(new FakeCloud(), { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
+    const op = await startWithMetrics(cloud, { namespaces: [ns], pollIntervalMs: 120_000, resyncPeriodMs: 3_600_000 });
     try {
       await client.create(ComputeEnvironmentResource, ceManifest(ns, "ce"));
       await waitFor("CE Ready", async () => (await client.get<ComputeEnvironment>(ComputeEnvironmentResource, ns, "ce"))?.status?.conditions?.some((c) => c.type === "Ready" && c.status === "True") ?? false);
@@ -384,6 +384,49 @@ describe("reconciles per Run", () => {
       // A change by someone else is reconciled as before.
       await client.patch(RunResource, ns, "one", { metadata: { annotations: { "example.com/note": "x" } } }, "merge");
       await waitFor("the change reconciled", async () => await reconciles("run") - runBefore === 3);
+    } finally {
+      await op.operator.stop(5_000);
+    }
+  });
+
+  it("on a cloud whose launcher says when the pipeline started, the writes of SettingUp and of Running each come from one look's wake and bring no second reconcile", async () => {
+    const cloud = new FakeCloud();
+    cloud.reportsPipelineStart = true;
+    const { ns, op } = await quietOperator("echo-setup", cloud);
+    try {
+      const reconciles = async (): Promise<number> => sum(await op.metrics.text(), "vmforge_reconcile_total", { controller: "run" });
+      const before = await reconciles();
+      await client.create(RunResource, runManifest(ns, "one", "ce"));
+      const launched = await waitFor("machine recorded", async () => {
+        const r = await client.get<Run>(RunResource, ns, "one");
+        return r?.status?.instance?.id !== undefined ? r : undefined;
+      });
+      const uid = launched.metadata.uid ?? "";
+      const cached = async (phase: string, reason: string): Promise<void> => {
+        const r = await waitFor(`${phase}/${reason}`, async () => {
+          const x = await client.get<Run>(RunResource, ns, "one");
+          return x?.status?.phase === phase && x.status.reason === reason ? x : undefined;
+        });
+        await waitFor(`cache has ${phase}/${reason}`, async () => op.operator.runs.get(`${ns}/one`)?.metadata.resourceVersion === r.metadata.resourceVersion);
+        await settled(op.operator);
+      };
+      await waitFor("cache has the recorded machine", async () => op.operator.runs.get(`${ns}/one`)?.metadata.resourceVersion === launched.metadata.resourceVersion);
+      await settled(op.operator);
+      expect(await reconciles() - before).toBe(1); // the launch
+      // A look sees the machine up, its launcher silent: one reconcile writes SettingUp, whose echo brings none.
+      await op.operator.tracker.pollOnce();
+      await cached("Launching", "SettingUp");
+      expect(await reconciles() - before).toBe(2);
+      // A look that sees nothing new wakes nothing.
+      await op.operator.tracker.pollOnce();
+      await settled(op.operator);
+      expect(await reconciles() - before).toBe(2);
+      // The launcher says the pipeline started: the next look wakes the Run once, its Running write brings none.
+      cloud.startPipeline(uid);
+      await op.operator.tracker.pollOnce();
+      await cached("Running", "Running");
+      expect(await reconciles() - before).toBe(3);
+      expect(op.operator.runController.ownWrites.size).toBe(0);
     } finally {
       await op.operator.stop(5_000);
     }

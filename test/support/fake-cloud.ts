@@ -29,6 +29,8 @@ export interface FakeMachine {
   interrupted?: boolean;
   /** Ended with its outcome on its way (see FakeCloud.endAwaitingOutcome). */
   outcomeDue?: boolean;
+  /** Its launcher said the pipeline started (seen only with FakeCloud.reportsPipelineStart). */
+  pipelineStarted?: boolean;
   /** Accepted and not placed (see FakeCloud.unplaced): it stays pending and says why. */
   launchFailure?: { reason: string; message: string };
   launchedAt: string;
@@ -75,6 +77,11 @@ export class FakeCloud implements CloudProvider {
   /** Machines start "pending" and turn "running" on the next describe. */
   /** Reported launch time offset (ms in the past), to test timeouts without waiting. */
   launchedAgoMs = 0;
+  /**
+   * See CloudProvider.reportsPipelineStart: set, a running machine is setting up until the test
+   * says its launcher started the pipeline (startPipeline). Unset, running means the pipeline runs.
+   */
+  reportsPipelineStart = false;
   /** See CloudProvider.unlistedLaunchMs (this fake lists a machine at once; set it to test the wait). */
   unlistedLaunchMs: number | undefined;
   private seq = 0;
@@ -237,6 +244,11 @@ export class FakeCloud implements CloudProvider {
     return stopped;
   }
 
+  /** Test control: the launcher on this Run's machine says the pipeline started (see reportsPipelineStart). */
+  startPipeline(runUid: string): void {
+    this.mustGet(runUid).pipelineStarted = true;
+  }
+
   /** Test control: the pipeline on this Run's machine ends with `exitCode` and the machine powers off. */
   finish(runUid: string, exitCode: number): void {
     const m = this.mustGet(runUid);
@@ -285,6 +297,7 @@ export class FakeCloud implements CloudProvider {
       ...(m.exitCode !== undefined ? { exitCode: m.exitCode } : {}),
       ...(m.stateReason ? { stateReason: m.stateReason } : {}),
       ...(m.interrupted ? { interrupted: true } : {}),
+      ...(this.reportsPipelineStart ? { pipelineStarted: m.pipelineStarted === true } : {}),
       ...(m.outcomeDue && m.exitCode === undefined ? { outcomeUnknown: true, outcomeDue: true, stateReason: "its exit line is on its way" } : {}),
       // Said while the unplaced machine is there (not once its termination was sent).
       ...(m.launchFailure && m.state === "pending" ? { launchFailure: { ...m.launchFailure } } : {}),
