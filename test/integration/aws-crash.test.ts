@@ -472,5 +472,5 @@ describe("a Run's timeout, its termination sent, the operator killed before it e
     } finally {
       await op.stop();
     }
-  }, 300_000);
+  }, 480_000);
 });

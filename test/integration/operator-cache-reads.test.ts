@@ -352,6 +352,8 @@ describe("reconciles per Run", () => {
    * Waits until neither Run queue has a key waiting or being reconciled. The cache's event handler
    * enqueues in the same turn as it stores an object, so once the cache holds a write's echo, a
    * reconcile the echo brought is queued, running or done: after this the reconcile counts are final.
+   * Not waited for: the CE reconcile a Run's change may schedule (CE_COALESCE_MS later), which would
+   * enqueue the CE's Runs only if the CE's readiness or spec changed (none does in these tests).
    */
   async function settled(operator: Awaited<ReturnType<typeof startWithMetrics>>["operator"]): Promise<void> {
     const busy = (c: typeof operator.runController): number => c.queue.len() + c.queue.processingCount();
@@ -377,8 +379,11 @@ describe("reconciles per Run", () => {
       expect(op.operator.runController.ownWrites.size).toBe(0);
       // A look that sees the machine running wakes the Run (one reconcile), whose Running write brings none.
       await op.operator.tracker.pollOnce();
-      await waitFor("Running", async () => (await client.get<Run>(RunResource, ns, "one"))?.status?.phase === "Running");
-      await waitFor("cache has it", async () => op.operator.runs.get(`${ns}/one`)?.status?.phase === "Running");
+      const running = await waitFor("Running", async () => {
+        const r = await client.get<Run>(RunResource, ns, "one");
+        return r?.status?.phase === "Running" ? r : undefined;
+      });
+      await waitFor("cache has it", async () => op.operator.runs.get(`${ns}/one`)?.metadata.resourceVersion === running.metadata.resourceVersion);
       await settled(op.operator);
       expect(await reconciles("run") - runBefore).toBe(2);
       // A change by someone else is reconciled as before.

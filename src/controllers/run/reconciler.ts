@@ -1254,13 +1254,10 @@ export class RunReconciler {
    */
   private async decideTimeout(run: Run, timeout: string, message: string): Promise<void> {
     if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
-      const g = run.metadata.generation === undefined ? {} : { observedGeneration: run.metadata.generation };
-      const conditions = setCondition(run.status?.conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
-      // Ready (and Reconciling) keep their reason and say what status.message says.
       const said = clip(`${message}; its machine is being terminated`);
-      const reason = getCondition(run.status?.conditions, "Ready")?.reason ?? run.status?.reason ?? run.status?.phase ?? "Pending";
+      const conditions = timingOutConditions(run.status?.conditions, message, said, run.metadata.generation);
       // Its echo brings no reconcile: the termination's batch wakes the Run, or this reconcile ends it.
-      await this.ownWrite(run, () => this.report(run, { conditions, message: said }, "False", reason, said, true));
+      await this.ownWrite(run, () => this.report(run, { conditions, message: said }, undefined, undefined, undefined, true));
     }
     this.endingOf(run.metadata.uid ?? "").timedOut = timeout;
   }
@@ -1519,6 +1516,23 @@ export function runConditions(conditions: Condition[] | undefined, phase: Phase,
   let c = setCondition(conditions, { type: "Ready", status: state === "ready" ? "True" : "False", reason, message, ...g });
   c = setCondition(c, { type: "Reconciling", status: state === "reconciling" ? "True" : "False", reason: state === "reconciling" ? reason : "Finished", message: state === "reconciling" ? message : "", ...g });
   c = setCondition(c, { type: "Stalled", status: state === "stalled" ? "True" : "False", reason: state === "stalled" ? reason : "Progressing", message: state === "stalled" ? message : "", ...g });
+  return c;
+}
+
+/**
+ * A Run's conditions once its timeout is decided, before its machine's termination is sent:
+ * TimedOut says the timeout (`message`, the Run's final message), and Ready, and Reconciling while
+ * it is True, say what status.message says meanwhile (`said`), each with the status and reason it
+ * had. Stalled stays as it is: a termination blocked before (Stalled=True, e.g. AccessDenied) is
+ * still blocked until one gets through.
+ */
+export function timingOutConditions(conditions: Condition[] | undefined, message: string, said: string, generation: number | undefined): Condition[] {
+  const g = generation === undefined ? {} : { observedGeneration: generation };
+  let c = setCondition(conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
+  for (const type of ["Ready", "Reconciling"]) {
+    const had = getCondition(c, type);
+    if (had && (type === "Ready" || had.status === "True")) c = setCondition(c, { type, status: had.status, reason: had.reason, message: said, ...g });
+  }
   return c;
 }
 
