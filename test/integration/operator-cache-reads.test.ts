@@ -423,7 +423,9 @@ describe("reconciles per Run", () => {
       await cached("Launching", "SettingUp");
       expect(await reconciles() - before).toBe(2);
       // A look that sees nothing new wakes nothing.
+      const looks = cloud.calls.describe;
       await op.operator.tracker.pollOnce();
+      expect(cloud.calls.describe).toBe(looks + 1); // it looked
       await settled(op.operator);
       expect(await reconciles() - before).toBe(2);
       // The launcher says the pipeline started: the next look wakes the Run once, its Running write brings none.

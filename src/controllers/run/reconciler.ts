@@ -1255,7 +1255,7 @@ export class RunReconciler {
   private async decideTimeout(run: Run, timeout: string, message: string): Promise<void> {
     if (getCondition(run.status?.conditions, TIMED_OUT)?.status !== "True") {
       const said = clip(`${message}; its machine is being terminated`);
-      const conditions = timingOutConditions(run.status?.conditions, message, said, run.metadata.generation);
+      const conditions = timingOutConditions(run.status?.conditions, message, said, run.metadata.generation, run.status?.reason ?? run.status?.phase ?? "Pending");
       // Its echo brings no reconcile: the termination's batch wakes the Run, or this reconcile ends it.
       await this.ownWrite(run, () => this.report(run, { conditions, message: said }, undefined, undefined, undefined, true));
     }
@@ -1526,12 +1526,17 @@ export function runConditions(conditions: Condition[] | undefined, phase: Phase,
  * had. Stalled stays as it is: a termination blocked before (Stalled=True, e.g. AccessDenied) is
  * still blocked until one gets through.
  */
-export function timingOutConditions(conditions: Condition[] | undefined, message: string, said: string, generation: number | undefined): Condition[] {
+export function timingOutConditions(conditions: Condition[] | undefined, message: string, said: string, generation: number | undefined, reason: string): Condition[] {
   const g = generation === undefined ? {} : { observedGeneration: generation };
   let c = setCondition(conditions, { type: TIMED_OUT, status: "True", reason: "Timeout", message, ...g });
-  for (const type of ["Ready", "Reconciling"]) {
+  // A status without Ready (written by hand, or by an old operator) gets one, with `reason`.
+  if (!getCondition(c, "Ready")) c = setCondition(c, { type: "Ready", status: "False", reason, message: said, ...g });
+  for (const type of ["Ready", "Reconciling", "Stalled"]) {
     const had = getCondition(c, type);
-    if (had && (type === "Ready" || had.status === "True")) c = setCondition(c, { type, status: had.status, reason: had.reason, message: said, ...g });
+    if (!had) continue;
+    // Each keeps what it said, for the generation observed; Ready and a True Reconciling say `said`.
+    const says = type === "Ready" || (type === "Reconciling" && had.status === "True") ? said : had.message;
+    c = setCondition(c, { type, status: had.status, reason: had.reason, message: says, ...g });
   }
   return c;
 }
