@@ -358,7 +358,7 @@ export class RunReconciler {
           ? ["ComputeEnvironmentNotFound", `ComputeEnvironment ${run.spec.computeEnvironmentRef.name} does not exist in ${namespace}`]
           : ["ProviderUnavailable", `provider "${ce.spec.provider}" is not available in this operator build`];
         await this.waiting(run, reason, message);
-        return this.timeoutWake(run, ce);
+        return this.waitingTimeoutWake(run, ce);
       }
       // Launched, but its CE was removed by force and nothing this operator kept says how to reach
       // the machine (it did not see the CE go, or no longer remembers it), or this build lacks the
@@ -411,7 +411,7 @@ export class RunReconciler {
     if (phase === "Pending") {
       const result = await this.maybeLaunch(run, ce, provider, log);
       if (run.status?.phase !== "Pending" || launchDecided(run)) return result;
-      const wake = this.timeoutWake(run, ce);
+      const wake = this.waitingTimeoutWake(run, ce);
       const after = Math.min(wake?.requeueAfterMs ?? Infinity, (result && result.requeueAfterMs) || Infinity);
       return after === Infinity ? undefined : { requeueAfterMs: after };
     }
@@ -974,7 +974,7 @@ export class RunReconciler {
     }
     if (written && afterWrite) await afterWrite();
     if (written && before !== reason) void this.d.events.record(run, "Warning", reason, "Launch", m);
-    return { requeueAfterMs: Math.min(backoff, this.timeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
+    return { requeueAfterMs: Math.min(backoff, this.waitingTimeoutWake(run, ce)?.requeueAfterMs ?? Infinity) };
   }
 
   /**
@@ -1010,12 +1010,11 @@ export class RunReconciler {
     }
   }
 
-  /** For a waiting Run with a timeout: wake up when it would pass, even if nothing else changes. */
-  private timeoutWake(run: Run, ce: ComputeEnvironment | undefined): ReconcileResult {
+  /** For a waiting Run with a timeout (counted from its creation): wake up when it would pass, even if nothing else changes. */
+  private waitingTimeoutWake(run: Run, ce: ComputeEnvironment | undefined): ReconcileResult {
     const timeout = timeoutOf(run, ce);
     if (!timeout) return;
-    const left = Date.parse(run.metadata.creationTimestamp ?? now()) + parseDuration(timeout) - Date.now() + 500;
-    return { requeueAfterMs: Math.max(1_000, left) };
+    return { requeueAfterMs: timeoutWake(Date.parse(run.metadata.creationTimestamp ?? now()), parseDuration(timeout)) };
   }
 
   /**
