@@ -2,7 +2,8 @@
  * vmforge bench: the compiled operator on a real kube-apiserver with the AWS emulator (moto with
  * its faster tag reads, behind the stricter AWS layer) behind a counting pass-through. Scenarios (issue 13):
  *   floor     a bare AWS SDK client issuing the same launches at a few concurrencies (best kept)
- *   burst     N Runs applied at once over 4 CEs: created -> first status / launch call / Running
+ *   burst     N Runs applied at once over 4 CEs: created -> first status / launch call / Running;
+ *             then the paced floor: the floor's client given the burst's Runs as they were created
  *   steady    N active Runs: cloud calls and kube-apiserver requests per poll, writes, CPU; then
  *             20 new Runs beside them (10 with --quick): each DescribeInstances answer for 3 polls
  *   teardown  the 4 CEs deleted with N active Runs: calls by operation, time, what is left
@@ -49,7 +50,7 @@ import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
 import { firstStatusDists, runAudit } from "./audit.js";
-import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, heldWindow, poolDo, promDelta, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
+import { CpuSampler, apiserverCounts, apiserverPerPoll, apiserverWindow, cpuOfMatching, cpuSince, cpuSnapshot, fmtCpu, dist, fmtDist, fmtLoad, kib, kibOf, load, fmtApiserver, operatorReads, operatorWindow, perPoll, heldWindow, pacedDo, poolDo, promDelta, processStats, promSum, sec, vmforgeReads, type ApiserverCounts, type Dist, type Load } from "./stats.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -144,30 +145,31 @@ async function main(): Promise<void> {
   try {
     await installCrds(client);
 
+    const ec2 = new EC2Client(aws);
+    // A fresh moto, and a CE as the operator records it once Ready on it. Per launch a Run: the
+    // floors send what launchRun sends (runInstancesInput with the rendered launcher), so the
+    // emulator does the same work for them as for the operator's launches.
+    const freshFloorCe = async (): Promise<ComputeEnvironment> => {
+      await moto.reset();
+      proxy.reset();
+      const image = (await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"], Filters: [{ Name: "architecture", Values: ["x86_64"] }] }))).Images?.[0]?.ImageId;
+      const subnet = (await ec2.send(new DescribeSubnetsCommand({}))).Subnets?.[0]?.SubnetId;
+      const profile = (await new IAMClient(aws).send(new CreateInstanceProfileCommand({ InstanceProfileName: "bench-floor" }))).InstanceProfile?.Arn;
+      return {
+        apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment",
+        metadata: { name: "floor", namespace: "bench", uid: randomUUID(), generation: 1 },
+        spec: ceSpec(),
+        status: { aws: { amiId: image, instanceProfileArn: profile, subnetIds: [subnet] } },
+      } as unknown as ComputeEnvironment;
+    };
+    const launchFor = (ce: ComputeEnvironment, run: Run): Promise<RunInstancesCommandOutput> =>
+      ec2.send(new RunInstancesCommand(runInstancesInput(ce, run, renderUserData({ ce, run, envStatus: ce.status?.aws ?? {} }))));
+
     // ---------------------------------------------------------------- floor
     let floor: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> } | undefined;
     let kfloor: KubeFloor | undefined;
     if (want("floor") || want("burst")) {
       say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency 4, 16, 64 (best kept), each the request the operator sends for a Run`);
-      const ec2 = new EC2Client(aws);
-      // A fresh moto, and a CE as the operator records it once Ready on it. Per launch a Run: the
-      // floors send what launchRun sends (runInstancesInput with the rendered launcher), so the
-      // emulator does the same work for them as for the operator's launches.
-      const freshFloorCe = async (): Promise<ComputeEnvironment> => {
-        await moto.reset();
-        proxy.reset();
-        const image = (await ec2.send(new DescribeImagesCommand({ Owners: ["amazon"], Filters: [{ Name: "architecture", Values: ["x86_64"] }] }))).Images?.[0]?.ImageId;
-        const subnet = (await ec2.send(new DescribeSubnetsCommand({}))).Subnets?.[0]?.SubnetId;
-        const profile = (await new IAMClient(aws).send(new CreateInstanceProfileCommand({ InstanceProfileName: "bench-floor" }))).InstanceProfile?.Arn;
-        return {
-          apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment",
-          metadata: { name: "floor", namespace: "bench", uid: randomUUID(), generation: 1 },
-          spec: ceSpec(),
-          status: { aws: { amiId: image, instanceProfileArn: profile, subnetIds: [subnet] } },
-        } as unknown as ComputeEnvironment;
-      };
-      const launchFor = (ce: ComputeEnvironment, run: Run): Promise<RunInstancesCommandOutput> =>
-        ec2.send(new RunInstancesCommand(runInstancesInput(ce, run, renderUserData({ ce, run, envStatus: ce.status?.aws ?? {} }))));
       const levels: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> }[] = [];
       for (const concurrency of [4, 16, 64]) {
         const ce = await freshFloorCe();
@@ -295,6 +297,8 @@ async function main(): Promise<void> {
         proxy.watchUids.add(r.metadata.uid ?? "");
       });
       const createdAllMs = Date.now() - t0;
+      // When each Run came to exist, from the first create on: the arrivals the paced floor replays.
+      const arrivals = [...created.values()].map((t) => t - t0);
       say(`  ${N} Runs created in ${sec(createdAllMs)}`);
       await until(`all ${N} Runs Running`, async () => {
         if (!apiAtLastLaunch && [...uidOf.values()].filter((u) => proxy.launchAt.has(u)).length >= N) apiAtLastLaunch = apiserverCounts(String(await client.request("GET", "/metrics")));
@@ -353,7 +357,7 @@ async function main(): Promise<void> {
           say(`  time to all launched / the floor with the Run's writes: ${kratio.toFixed(2)} (${sec(kfloor.best.totalMs)} at concurrency ${kfloor.best.concurrency})`);
           goals.push({ goal: "all launched <= 1.25 x the floor with the Run's writes", figure: `${kratio.toFixed(2)} x`, met: kratio <= 1.25 });
         }
-        goals.push({ goal: "launch call p99 <= floor p99 + 2 s", figure: `${sec(burst.launchCall.p99)} vs ${sec(floor.latency.p99 + 2000)}`, met: burst.launchCall.p99 <= floor.latency.p99 + 2000 });
+        goals.push({ goal: "launch call p99 <= the floor's per-call p99 + 2 s (as the issue words it)", figure: `${sec(burst.launchCall.p99)} vs ${sec(floor.latency.p99 + 2000)}`, met: burst.launchCall.p99 <= floor.latency.p99 + 2000 });
       }
 
       // ---------------------------------------------------------------- steady
@@ -568,6 +572,37 @@ async function main(): Promise<void> {
       results.shutdownAfterBurst = shut;
       say(`\n[shutdown] SIGTERM: exit ${shut.code} after ${sec(shut.ms)} (deadline 30 s)`);
       goals.push({ goal: "exit 0 on SIGTERM within the 30 s deadline", figure: `exit ${shut.code} in ${sec(shut.ms)}`, met: shut.code === 0 && shut.ms <= 30_000 });
+
+      // ---------------------------------------------------------------- paced floor
+      // The floor's per-call p99 is the time one call takes; the burst's "created -> launch call"
+      // also holds the wait of a Run created while the emulator is busy with the ones before it,
+      // which no client avoids. The paced floor measures that same figure for a bare SDK client:
+      // the burst's own arrivals (each Run's create, from the first on) replayed against a fresh
+      // emulator, each launch sent by a free worker once its Run exists.
+      if (floor && want("burst")) {
+        say(`\n[paced floor] a bare SDK client given the burst's ${N} Runs as they were created (over ${sec(createdAllMs)}): created -> launch call`);
+        const levels: { concurrency: number; totalMs: number; launchCall: Dist }[] = [];
+        for (const concurrency of [...new Set([floor.concurrency, 64])]) {
+          const ce = await freshFloorCe();
+          const arrivedAt = new Map<string, number>();
+          const start = Date.now() + 100;
+          await pacedDo(arrivals, concurrency, async (i, at) => {
+            const uid = randomUUID();
+            proxy.watchUids.add(uid);
+            arrivedAt.set(uid, at);
+            const run = { apiVersion: "vmforge.dev/v1alpha1", kind: "Run", metadata: { name: `r${String(i).padStart(5, "0")}`, namespace: "bench", uid, generation: 1 }, spec: runSpec("floor") } as Run;
+            await launchFor(ce, run);
+          }, start);
+          const lat = [...arrivedAt].map(([u, at]) => (proxy.launchAt.get(u) ?? NaN) - at).filter(Number.isFinite);
+          const level = { concurrency, totalMs: Math.max(...proxy.launchAt.values()) - start, launchCall: dist(lat) };
+          levels.push(level);
+          say(`  concurrency ${concurrency}: created -> launch call ${fmtDist(level.launchCall)}; all launched ${sec(level.totalMs)} after the first arrival; ${fmtLoad(load())}`);
+        }
+        const best = levels.reduce((a, c) => (c.launchCall.p99 < a.launchCall.p99 ? c : a));
+        results.pacedFloor = { levels, best };
+        say(`  best: concurrency ${best.concurrency}; the burst's created -> launch call p99 ${sec(burst.launchCall.p99)} is ${sec(burst.launchCall.p99 - best.launchCall.p99)} above it; its all launched ${sec(burst.allLaunchedMs)} is ${(burst.allLaunchedMs / best.totalMs).toFixed(2)} x the paced floor's`);
+        goals.push({ goal: "launch call p99 <= the paced floor's p99 + 2 s (the burst's own arrivals)", figure: `${sec(burst.launchCall.p99)} vs ${sec(best.launchCall.p99 + 2000)}`, met: burst.launchCall.p99 <= best.launchCall.p99 + 2000 });
+      }
     }
 
     // ---------------------------------------------------------------- memory

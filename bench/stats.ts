@@ -89,6 +89,26 @@ export async function poolDo<T>(items: T[], concurrency: number, fn: (t: T, i: n
   }));
 }
 
+/**
+ * A pool of `concurrency` workers whose work arrives over time: item i exists from
+ * `startAt + arrivals[i]` (ms) on, and the workers take the items in the order they arrive, each
+ * no earlier than its arrival. `fn` gets the item's index and its arrival time (epoch ms). This is
+ * how a client that does nothing but the work would serve the same arrivals.
+ */
+export async function pacedDo(arrivals: number[], concurrency: number, fn: (i: number, arrivedAt: number) => Promise<void>, startAt = Date.now()): Promise<void> {
+  const order = arrivals.map((_, i) => i).sort((a, b) => (arrivals[a] as number) - (arrivals[b] as number));
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, order.length) }, async () => {
+    while (next < order.length) {
+      const i = order[next++] as number;
+      const at = startAt + (arrivals[i] as number);
+      const wait = at - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await fn(i, at);
+    }
+  }));
+}
+
 /** CPU seconds (user+system) of every process whose command line holds all of `parts`. */
 export function cpuOfMatching(parts: string[]): number {
   let ticks = 0;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { apiserverCounts, apiserverPerPoll, apiserverWindow, fmtApiserver, heldWindow, promDelta } from "../../bench/stats.js";
+import { apiserverCounts, apiserverPerPoll, apiserverWindow, fmtApiserver, heldWindow, pacedDo, promDelta } from "../../bench/stats.js";
 
 const metrics = (creates: number, closed: number): string => [
   "# HELP apiserver_request_total Counter of apiserver requests",
@@ -51,5 +51,40 @@ describe("bench: metric differences between two scrapes", () => {
 
   it("heldWindow: how many were held in between, their mean and how many past each bound", () => {
     expect(heldWindow(before, after, "run")).toEqual({ held: 4, meanS: 0.15, over: { ">0.05 s": 1 } }); // 3 of the 4 within 0.05 s
+  });
+});
+
+describe("bench: pacedDo, a pool whose work arrives over time", () => {
+  it("starts no item before it arrives, takes them in the order they arrive, and an item that arrives while every worker is busy waits for one", async () => {
+    const startAt = Date.now();
+    // given out of order: index 0 arrives last
+    const arrivals = [120, 0, 40, 40];
+    const started: { i: number; at: number; arrivedAt: number }[] = [];
+    await pacedDo(arrivals, 1, async (i, arrivedAt) => {
+      started.push({ i, at: Date.now(), arrivedAt });
+      await new Promise((r) => setTimeout(r, 60));
+    }, startAt);
+    expect(started.map((s) => s.i)).toEqual([1, 2, 3, 0]);
+    for (const s of started) {
+      expect(s.arrivedAt).toBe(startAt + (arrivals[s.i] as number));
+      expect(s.at).toBeGreaterThanOrEqual(s.arrivedAt);
+    }
+    // one worker: item 2 arrives at 40 ms, but its worker is busy with item 1 until about 60 ms
+    expect(started[1]!.at - startAt).toBeGreaterThanOrEqual(59);
+    // and item 3 waits for item 2, so it starts about 80 ms after it arrived
+    expect(started[2]!.at - started[2]!.arrivedAt).toBeGreaterThanOrEqual(75);
+  });
+
+  it("with enough workers, an item does not wait for another to finish", async () => {
+    const startAt = Date.now();
+    const arrivals = [0, 30, 60];
+    const events: string[] = [];
+    await pacedDo(arrivals, 3, async (i, arrivedAt) => {
+      expect(Date.now()).toBeGreaterThanOrEqual(arrivedAt);
+      events.push(`start ${i}`);
+      await new Promise((r) => setTimeout(r, 100));
+      events.push(`end ${i}`);
+    }, startAt);
+    expect(events).toEqual(["start 0", "start 1", "start 2", "end 0", "end 1", "end 2"]);
   });
 });
