@@ -383,8 +383,16 @@ describe("termination and outcome when DescribeInstances does not show the machi
    * lost (the new instance hidden from tag reads for HIDDEN_MS); `meanwhile` runs before the loss.
    * Returns the Run's UID.
    */
-  async function answerLost(name: string, meanwhile: () => Promise<void>): Promise<string> {
+  async function answerLost(name: string, meanwhile: () => Promise<void>, defaultRunTimeout?: string): Promise<string> {
     await readyCe(name);
+    if (defaultRunTimeout) {
+      await client.patch(ComputeEnvironmentResource, ns, name, { spec: { defaultRunTimeout } }, "merge");
+      // Ready again at the new generation (a Run is not launched under a CE that is not), in the operator's cache.
+      await waitFor("the operator's cache has the CE Ready with its timeout", async () => {
+        const c = op.operator.ces.get(`${ns}/${name}`);
+        return c?.spec.defaultRunTimeout === defaultRunTimeout && c.status?.observedGeneration === c.metadata.generation && cond(c, "Ready")?.status === "True";
+      }, 60_000, 20);
+    }
     await layer.configure({ idempotency: true, consistency: { newInstanceHiddenMs: HIDDEN_MS } });
     provider.crashAfterLaunch = true;
     provider.afterLaunch = meanwhile;
@@ -420,6 +428,42 @@ describe("termination and outcome when DescribeInstances does not show the machi
       await injectionsOff();
     }
   }, 120_000);
+
+  it("a Run cancelled while the answer of its launch is lost, its termination refused until past its timeout, ends Cancelled, not Timeout: Stalled names the refusal meanwhile", async () => {
+    const refusedBefore = await faulted("ec2:TerminateInstances");
+    try {
+      const uid = await answerLost("cancel-timeout", async () => {
+        // EC2 refuses every termination until the test lifts the refusal.
+        await layer.configure({ faults: [{ action: "ec2:TerminateInstances", error: "denied" }] });
+        await client.patch(RunResource, ns, "cancel-timeout", { spec: { cancel: true } }, "merge");
+        await waitFor("the operator's cache shows the cancel", async () => op.operator.runs.get(`${ns}/cancel-timeout`)?.spec.cancel === true, 30_000, 20);
+      }, "1m");
+      const blocked = await waitFor("termination refused", async () => {
+        const r = await getRun("cancel-timeout");
+        return cond(r, "Stalled")?.reason === "AccessDenied" ? r : undefined;
+      }, 30_000, 200);
+      // Past its timeout of 1m (counted from its creation), with a few polls of 1 s to act on it.
+      const past = Date.parse(blocked?.metadata.creationTimestamp ?? "") + 60_000 + 5_000;
+      await new Promise((r) => setTimeout(r, Math.max(0, past - Date.now())));
+      // A reconcile past the timeout: the blocked termination tried (and refused) once more.
+      const refusals = await faulted("ec2:TerminateInstances");
+      await waitFor("the termination refused again past the timeout", async () => (await faulted("ec2:TerminateInstances")) > refusals, 60_000, 200);
+      const held = await getRun("cancel-timeout");
+      expect(held?.status?.phase).toBe("Pending");
+      expect(cond(held, "TimedOut")).toBeUndefined();
+      expect(cond(held, "Stalled")).toMatchObject({ status: "True", reason: "AccessDenied" });
+      expect(cond(held, "MachineTerminationBlocked")).toMatchObject({ status: "True", reason: "AccessDenied" });
+      expect(await faulted("ec2:TerminateInstances")).toBeGreaterThan(refusedBefore);
+      await layer.configure({ faults: [] });
+      const done = await phase("cancel-timeout", "Cancelled", 90_000);
+      expect(done.status?.reason).toBe("Cancelled");
+      expect(cond(done, "TimedOut")).toBeUndefined();
+      expect(cond(done, "MachineTerminationBlocked")).toBeUndefined();
+      expect(await ending(uid)).toEqual([true]);
+    } finally {
+      await injectionsOff();
+    }
+  }, 240_000);
 
   it("a launch refused for good after an attempt whose answer was lost fails the Run only once that attempt's machine is terminated", async () => {
     const refusedBefore = await faulted("ec2:RunInstances");

@@ -509,6 +509,23 @@ describe("a capacity wait that ends without a machine", () => {
   });
 });
 
+describe("a cancel of a Run that has nothing in the cloud", () => {
+  it("ends a Run waiting for a ComputeEnvironment that does not exist: Cancelled at once, not left waiting for it or for its timeout", async () => {
+    await run("no-ce-cancelled", "never-made");
+    const waiting = await waitFor("waiting for its CE", async () => {
+      const r = await getRun("no-ce-cancelled");
+      return r?.status?.reason === "ComputeEnvironmentNotFound" ? r : undefined;
+    });
+    expect(waiting.status?.phase).toBe("Pending");
+    await client.patch(RunResource, ns, "no-ce-cancelled", { spec: { cancel: true } }, "merge");
+    const cancelled = await inPhase("no-ce-cancelled", "Cancelled");
+    expect(cancelled.status?.reason).toBe("Cancelled");
+    expect(cond(cancelled, "Stalled")).toMatchObject({ status: "True", reason: "Cancelled" });
+    expect(cancelled.metadata.finalizers ?? []).toEqual([]);
+    expect(cloud.machineOf(cancelled.metadata.uid ?? "")).toBeUndefined();
+  });
+});
+
 describe("the ComputeEnvironment's default Run timeout", () => {
   /** A FakeCloud whose termination calls are held until released: before they reach the cloud, or (`answerHeld`) after, with their answer held. */
   class GatedCloud extends FakeCloud {

@@ -334,9 +334,18 @@ export class RunReconciler {
     }
     const phase: Phase = run.status.phase;
 
+    // A cancel stands over the timeout, whichever came first, as it does for a launched Run (whose
+    // cancel is taken below, before it is followed): a Run the user cancelled ends Cancelled. With
+    // nothing in the cloud it ends at once, whether its CE exists or not.
+    const cancelled = run.spec.cancel === true;
+    if (cancelled && !machineMayExist(run)) {
+      await this.finish(run, "Cancelled", "Cancelled", "cancelled by spec.cancel");
+      return;
+    }
+
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
     const { timeout, decided, said } = this.timeoutFor(run, ce);
-    if ((phase === "Pending" || !run.status?.instance?.id) && timeout) {
+    if (!cancelled && (phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (decided || Date.now() - since > parseDuration(timeout)) {
         const message = said ?? `the run did not get a machine within its timeout of ${timeoutNamed(run, timeout)}`;
