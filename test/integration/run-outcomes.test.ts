@@ -10,6 +10,7 @@ import { createLogger } from "../../src/engine/logger.js";
 import { Reflector } from "../../src/engine/reflector.js";
 import { ComputeEnvironmentResource, RunResource } from "../../src/api/types.js";
 import type { ComputeEnvironment, Run } from "../../src/api/types.js";
+import { parseDuration } from "../../src/api/duration.js";
 import { CloudError } from "../../src/cloud/provider.js";
 import type { EnvContext, EnvObservation, LaunchHints, RunDescription } from "../../src/cloud/provider.js";
 import { CLOUD_WRITES_ANNOTATION } from "../../src/controllers/computeenvironment/cloud-writes.js";
@@ -1247,7 +1248,12 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     }
   });
 
-  it("a Run waiting for capacity with an unplaced machine on record, whose CE is gone unremembered, fails naming the machine rather than waiting for a CE", async () => {
+  /**
+   * A Run waiting for capacity with an unplaced machine on record; its CE removed by force while no
+   * operator runs; then (with `timeout`, the Run's own) past its timeout before the next operator,
+   * which never saw the CE, starts. It must fail naming the machine and the Run's UID.
+   */
+  const unplacedCeGone = async (timeout?: string): Promise<void> => {
     const ns7 = await freshNamespace(client, "capacity-orphan");
     const fake = new FakeCloud();
     // The cloud accepts the machine and cannot place it: the Run waits for capacity with it on record.
@@ -1256,7 +1262,7 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
     let opC: RunningOperator | undefined;
     try {
       await readyCe("nowhere", {}, ns7);
-      await run("unplaced", "nowhere", {}, ns7);
+      await run("unplaced", "nowhere", timeout ? { timeout } : {}, ns7);
       const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
         const r = await getRun("unplaced", ns7);
         return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && (r.status.capacityWait?.refusals ?? 0) >= 1 && r.status.instance?.id ? r : undefined;
@@ -1272,6 +1278,10 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await client.delete(ComputeEnvironmentResource, ns7, "nowhere");
       await strip("nowhere", ns7);
       await waitFor("CE gone", async () => (await getCe("nowhere", ns7)) === undefined);
+      if (timeout) {
+        const past = Date.parse(waiting.metadata.creationTimestamp ?? "") + parseDuration(timeout) + 1_000;
+        await new Promise((r) => setTimeout(r, Math.max(0, past - Date.now())));
+      }
       opC = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7] });
       const failed = await inPhase("unplaced", "Failed", 30_000, ns7);
       expect(failed.status?.reason).toBe("ComputeEnvironmentGone");
@@ -1281,7 +1291,11 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
       await opA?.stop();
       await opC?.stop();
     }
-  });
+  };
+
+  it("a Run waiting for capacity with an unplaced machine on record, whose CE is gone unremembered, fails naming the machine rather than waiting for a CE", () => unplacedCeGone());
+
+  it("and past its timeout by then: it fails naming the machine as well, not Timeout (which would hide that the machine may still run)", () => unplacedCeGone("1m"), 150_000);
 
   /** An AWS CE named "ce" in `region` (as a GitOps tool applies it). */
   const ceManifest = (on: string, region: string): ComputeEnvironment => ({

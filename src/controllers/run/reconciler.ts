@@ -344,8 +344,11 @@ export class RunReconciler {
     }
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
+    // Not one whose machine may exist where nothing here reaches it (its CE gone unremembered, its
+    // provider not in this build): that Run ends below saying so, and how to find the machine.
     const { timeout, decided, said } = this.timeoutFor(run, ce);
-    if (!cancelled && (phase === "Pending" || !run.status?.instance?.id) && timeout) {
+    const unreachable = machineMayExist(run) && (!ce || !provider);
+    if (!cancelled && !unreachable && (phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (decided || Date.now() - since > parseDuration(timeout)) {
         const message = said ?? `the run did not get a machine within its timeout of ${timeoutNamed(run, timeout)}`;
