@@ -594,9 +594,9 @@ async function main(): Promise<void> {
             await launchFor(ce, run);
           }, start);
           const lat = [...arrivedAt].map(([u, at]) => (proxy.launchAt.get(u) ?? NaN) - at).filter(Number.isFinite);
-          const level = { concurrency, totalMs: Math.max(...proxy.launchAt.values()) - start, launchCall: dist(lat) };
+          const level = { concurrency, totalMs: (proxy.launchAt.size ? Math.max(...proxy.launchAt.values()) : NaN) - start, launchCall: dist(lat) };
           levels.push(level);
-          say(`  concurrency ${concurrency}: created -> launch call ${fmtDist(level.launchCall)}; all launched ${sec(level.totalMs)} after the first arrival; ${fmtLoad(load())}`);
+          say(`  concurrency ${concurrency}: created -> launch call ${fmtDist(level.launchCall)}; all launched ${sec(level.totalMs)} after the start (the burst's first create was sent at its start); ${fmtLoad(load())}`);
         }
         const best = levels.reduce((a, c) => (c.launchCall.p99 < a.launchCall.p99 ? c : a));
         results.pacedFloor = { levels, best };

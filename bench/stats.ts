@@ -102,8 +102,8 @@ export async function pacedDo(arrivals: number[], concurrency: number, fn: (i: n
     while (next < order.length) {
       const i = order[next++] as number;
       const at = startAt + (arrivals[i] as number);
-      const wait = at - Date.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      // (a timer may fire a millisecond early by Date.now(): waited out again)
+      while (Date.now() < at) await new Promise((r) => setTimeout(r, at - Date.now()));
       await fn(i, at);
     }
   }));

@@ -740,6 +740,40 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   });
 
+  it("a Run waiting for capacity with an unplaced machine on record, past its timeout when the next operator finds its CE being deleted, ends as the deletion ends it (Cancelled, ComputeEnvironmentDeleted), as a launched Run would", async () => {
+    const ns8 = await freshNamespace(client, "capacity-deleting");
+    const fake = new FakeCloud();
+    fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed. We do not have sufficient capacity for the requested VM size in this region." };
+    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns8], pollIntervalMs: 1_000 });
+    let opC: RunningOperator | undefined;
+    try {
+      await readyCe("leaving", {}, ns8);
+      await run("unplaced", "leaving", { timeout: "1m" }, ns8);
+      const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
+        const r = await getRun("unplaced", ns8);
+        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && r.status.instance?.id ? r : undefined;
+      }, 30_000, 100);
+      const uid = waiting.metadata.uid ?? "";
+      await opA.stop();
+      opA = undefined;
+      // Deleted while no operator runs: its finalizer holds it, being deleted.
+      await client.delete(ComputeEnvironmentResource, ns8, "leaving");
+      expect((await getCe("leaving", ns8))?.metadata.deletionTimestamp).toBeTruthy();
+      const past = Date.parse(waiting.metadata.creationTimestamp ?? "") + 60_000 + 1_000;
+      await new Promise((r) => setTimeout(r, Math.max(0, past - Date.now())));
+      expect((await getRun("unplaced", ns8))?.status?.phase).toBe("Pending");
+      opC = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns8], pollIntervalMs: 1_000 });
+      const ended = await inPhase("unplaced", "Cancelled", 30_000, ns8);
+      expect(ended.status?.reason).toBe("ComputeEnvironmentDeleted");
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
+      await waitFor("CE gone", async () => (await getCe("leaving", ns8)) === undefined);
+    } finally {
+      await opA?.stop();
+      await opC?.stop();
+    }
+  }, 150_000);
+
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
     expect(ce.spec.defaultRunTimeout).toBe("5m");

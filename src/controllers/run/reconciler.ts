@@ -344,11 +344,14 @@ export class RunReconciler {
     }
 
     // The timeout also bounds a Run that cannot get a machine (waiting for its CE, a slot or capacity).
-    // Not one whose machine may exist where nothing here reaches it (its CE gone unremembered, its
-    // provider not in this build): that Run ends below saying so, and how to find the machine.
+    // Not one that ends below anyway, as a launched Run would: cancelled, or its CE being deleted or
+    // gone (that outcome stands over the timeout, whichever came first); nor one whose machine may
+    // exist where nothing here reaches it (its CE gone unremembered, its provider not in this
+    // build), which ends below saying so and how to find the machine.
     const { timeout, decided, said } = this.timeoutFor(run, ce);
+    const endsBelow = cancelled || (!!ce && !!provider && (!!ce.metadata.deletionTimestamp || !!gone));
     const unreachable = machineMayExist(run) && (!ce || !provider);
-    if (!cancelled && !unreachable && (phase === "Pending" || !run.status?.instance?.id) && timeout) {
+    if (!endsBelow && !unreachable && (phase === "Pending" || !run.status?.instance?.id) && timeout) {
       const since = Date.parse(run.metadata.creationTimestamp ?? now());
       if (decided || Date.now() - since > parseDuration(timeout)) {
         const message = said ?? `the run did not get a machine within its timeout of ${timeoutNamed(run, timeout)}`;
