@@ -154,6 +154,29 @@ afterAll(async () => {
   await op?.stop();
 });
 
+/**
+ * Starts an operator (1 s poll) for `on` on a FakeCloud that accepts each machine and cannot place
+ * it, makes CE `ceName` Ready and Run "unplaced" under it, and waits until the Run waits for
+ * capacity with the unplaced machine on record. The caller stops the operator.
+ */
+async function waitingWithUnplaced(on: string, ceName: string, extra: Partial<Run["spec"]> = {}): Promise<{ fake: FakeCloud; op: RunningOperator; waiting: Run }> {
+  const fake = new FakeCloud();
+  fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed. We do not have sufficient capacity for the requested VM size in this region." };
+  const op = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [on], pollIntervalMs: 1_000 });
+  try {
+    await readyCe(ceName, {}, on);
+    await run("unplaced", ceName, extra, on);
+    const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
+      const r = await getRun("unplaced", on);
+      return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && (r.status.capacityWait?.refusals ?? 0) >= 1 && r.status.instance?.id ? r : undefined;
+    }, 30_000, 100);
+    return { fake, op, waiting };
+  } catch (e) {
+    await op.stop();
+    throw e;
+  }
+}
+
 describe("GitOps conditions of a Run (kstatus)", () => {
   it("active: Reconciling=True; Succeeded: Ready=True; Failed and Cancelled: Stalled=True with the reason", async () => {
     await readyCe("gitops");
@@ -742,17 +765,10 @@ describe("the ComputeEnvironment's default Run timeout", () => {
 
   it("a Run waiting for capacity with an unplaced machine on record, past its timeout when the next operator finds its CE being deleted, ends as the deletion ends it (Cancelled, ComputeEnvironmentDeleted), as a launched Run would", async () => {
     const ns8 = await freshNamespace(client, "capacity-deleting");
-    const fake = new FakeCloud();
-    fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed. We do not have sufficient capacity for the requested VM size in this region." };
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns8], pollIntervalMs: 1_000 });
+    const { fake, op, waiting } = await waitingWithUnplaced(ns8, "leaving", { timeout: "1m" });
+    let opA: RunningOperator | undefined = op;
     let opC: RunningOperator | undefined;
     try {
-      await readyCe("leaving", {}, ns8);
-      await run("unplaced", "leaving", { timeout: "1m" }, ns8);
-      const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
-        const r = await getRun("unplaced", ns8);
-        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && r.status.instance?.id ? r : undefined;
-      }, 30_000, 100);
       const uid = waiting.metadata.uid ?? "";
       await opA.stop();
       opA = undefined;
@@ -1289,18 +1305,11 @@ describe("a ComputeEnvironment removed by force (its finalizer taken off)", () =
    */
   const unplacedCeGone = async (timeout?: string): Promise<void> => {
     const ns7 = await freshNamespace(client, "capacity-orphan");
-    const fake = new FakeCloud();
     // The cloud accepts the machine and cannot place it: the Run waits for capacity with it on record.
-    fake.unplaced = { reason: "AllocationFailed", message: "Allocation failed. We do not have sufficient capacity for the requested VM size in this region." };
-    let opA: RunningOperator | undefined = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [ns7], pollIntervalMs: 1_000 });
+    const { fake, op, waiting } = await waitingWithUnplaced(ns7, "nowhere", timeout ? { timeout } : {});
+    let opA: RunningOperator | undefined = op;
     let opC: RunningOperator | undefined;
     try {
-      await readyCe("nowhere", {}, ns7);
-      await run("unplaced", "nowhere", timeout ? { timeout } : {}, ns7);
-      const waiting = await waitFor("a capacity wait with the unplaced machine on record", async () => {
-        const r = await getRun("unplaced", ns7);
-        return r?.status?.phase === "Pending" && r.status.reason === "AllocationFailed" && (r.status.capacityWait?.refusals ?? 0) >= 1 && r.status.instance?.id ? r : undefined;
-      }, 30_000, 100);
       const id = waiting.status?.instance?.id ?? "";
       expect(fake.machineOf(waiting.metadata.uid ?? "")?.id).toBe(id);
       // The CE is removed by force while no operator runs; the next operator never saw it.
