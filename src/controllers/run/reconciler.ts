@@ -105,6 +105,8 @@ type Phase = NonNullable<RunStatus["phase"]>;
 export const MACHINE_LINGERED = "MachineLingered";
 /** Detail condition: reading the Run's log is refused by the cloud (e.g. logs:GetLogEvents denied). */
 export const LOG_READ_BLOCKED = "LogReadBlocked";
+/** What a Run ended by its spec.cancel says. */
+const CANCELLED_MESSAGE = "cancelled by spec.cancel";
 /** Detail condition: terminating the machine is blocked by a Terminal cloud error. */
 export const MACHINE_BLOCKED = "MachineTerminationBlocked";
 /**
@@ -339,7 +341,7 @@ export class RunReconciler {
     // nothing in the cloud it ends at once, whether its CE exists or not.
     const cancelled = run.spec.cancel === true;
     if (cancelled && !machineMayExist(run)) {
-      await this.finish(run, "Cancelled", "Cancelled", "cancelled by spec.cancel");
+      await this.finish(run, "Cancelled", "Cancelled", CANCELLED_MESSAGE);
       return;
     }
 
@@ -395,9 +397,10 @@ export class RunReconciler {
       return;
     }
 
-    if (run.spec.cancel || ce.metadata.deletionTimestamp || gone) {
-      const [phase, reason, message] = run.spec.cancel
-        ? ["Cancelled", "Cancelled", "cancelled by spec.cancel"] as const
+    // (With its CE and provider here: cancelled, or its CE being deleted or gone.)
+    if (endsBelow) {
+      const [phase, reason, message] = cancelled
+        ? ["Cancelled", "Cancelled", CANCELLED_MESSAGE] as const
         : gone
           ? ["Failed", "ComputeEnvironmentGone", goneMessage(run, ce, this.inferred(run, ce))] as const
           : ["Cancelled", "ComputeEnvironmentDeleted", `ComputeEnvironment ${ce.metadata.name} is being deleted`] as const;
