@@ -100,6 +100,19 @@ class ScriptedLaunchCloud extends FakeCloud {
     throw refusal;
   }
 }
+/** Each launch makes (or finds) the Run's machine and its answer is lost; looks do not list the machine yet. */
+class LosingCloud extends AnnouncingCloud {
+  override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
+    await super.launchRun(ctx, run, hints);
+    throw CloudError.retryable("RequestTimeout", "ec2:RunInstances: the answer was lost");
+  }
+  override async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
+    const out = await super.describeRuns(ctx, runs);
+    for (const uid of out.keys()) out.set(uid, undefined);
+    return out;
+  }
+}
+
 const noCapacity = () => CloudError.capacity("InsufficientInstanceCapacity", "ec2:RunInstances: InsufficientInstanceCapacity: no capacity in any zone");
 
 let client: KubeClient;
@@ -789,6 +802,86 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       await opC?.stop();
     }
   }, 150_000);
+
+  /**
+   * A Run ("lost", 1m timeout) under a new CE of this name whose launch answers are all lost (no
+   * machine recorded, one made), found past its timeout: the timeout decided (TimedOut) and its
+   * termination refused for good (AccessDenied), so it is still Pending. Refused until the test lifts it.
+   */
+  const timedOutUnanswered = async (own: string, ceName: string): Promise<{ fake: LosingCloud; op: RunningOperator; uid: string }> => {
+    const fake = new LosingCloud();
+    fake.terminateError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    const op = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
+    try {
+      await readyCe(ceName, {}, own);
+      await run("lost", ceName, { timeout: "1m" }, own);
+      const held = await waitFor("the timeout decided, its termination refused, the Run still Pending", async () => {
+        const r = await getRun("lost", own);
+        if (r?.status?.phase === "Pending" && cond(r, "TimedOut")?.status === "True" && cond(r, "MachineTerminationBlocked")?.status === "True") return r;
+        throw new Error(`${r?.status?.phase}/${r?.status?.reason}: ${JSON.stringify(r?.status?.conditions?.map((c) => [c.type, c.status, c.reason]))}`);
+      }, 150_000, 200);
+      const uid = held.metadata.uid ?? "";
+      expect(held.status?.instance?.id).toBeUndefined();
+      expect(fake.machineOf(uid)?.state).not.toBe("terminated");
+      return { fake, op, uid };
+    } catch (e) {
+      await op.stop();
+      throw e;
+    }
+  };
+
+  it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE deleted, ends as the deletion ends it (Cancelled, ComputeEnvironmentDeleted) once its machine's termination goes through, and no longer says TimedOut", async () => {
+    const own = await freshNamespace(client, "decided-deleted");
+    const { fake, op, uid } = await timedOutUnanswered(own, "closing");
+    // The CE deletion's own termination of its machines is refused as well, as the cloud would.
+    fake.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    try {
+      await client.delete(ComputeEnvironmentResource, own, "closing");
+      await waitFor("CE closing Stalled", async () => cond(await getCe("closing", own), "Stalled")?.status === "True");
+      // Nothing could stop the machine: the Run does not end, whatever it ends as.
+      const waiting = await getRun("lost", own);
+      expect(waiting?.status?.phase).toBe("Pending");
+      expect(fake.machineOf(uid)?.state).not.toBe("terminated");
+      fake.sweepError = undefined;
+      fake.terminateError = undefined;
+      const ended = await inPhase("lost", "Cancelled", 90_000, own);
+      expect(ended.status?.reason).toBe("ComputeEnvironmentDeleted");
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
+      await waitFor("CE gone", async () => (await getCe("closing", own)) === undefined, 60_000);
+    } finally {
+      fake.sweepError = undefined;
+      fake.terminateError = undefined;
+      await op.stop();
+    }
+  }, 300_000);
+
+  it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE removed by force while no operator ran, ends ComputeEnvironmentGone saying a machine may run and naming the Run's UID, not Timeout", async () => {
+    const own = await freshNamespace(client, "decided-gone");
+    const { fake, op, uid } = await timedOutUnanswered(own, "vanished");
+    let opA: RunningOperator | undefined = op;
+    let opB: RunningOperator | undefined;
+    try {
+      await opA.stop();
+      opA = undefined;
+      await client.delete(ComputeEnvironmentResource, own, "vanished");
+      await client.patch(ComputeEnvironmentResource, own, "vanished", { metadata: { finalizers: null } }, "merge");
+      await waitFor("CE gone", async () => (await getCe("vanished", own)) === undefined);
+      const terminations = fake.calls.terminate;
+      // The next operator never saw the CE: nothing it keeps says where the machine runs.
+      opB = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
+      const ended = await inPhase("lost", "Failed", 30_000, own);
+      expect(ended.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(ended.status?.message).toContain("a machine the launch may have made");
+      expect(ended.status?.message).toContain(uid);
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(fake.calls.terminate).toBe(terminations);
+    } finally {
+      fake.terminateError = undefined;
+      await opA?.stop();
+      await opB?.stop();
+    }
+  }, 240_000);
 
   it("has a default, and bounds a Run that sets no timeout of its own", async () => {
     const ce = await readyCe("bounded", { defaultRunTimeout: "5m" });
