@@ -76,17 +76,8 @@ const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.n
  * machine may exist (deletion waits for those). Other changes of a Run are no news to its CE.
  */
 const ceView = (r: Run): string => `${isRunActive(r)}|${machineMayExist(r)}`;
-/** Run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count). */
-const ACK_WORKERS_PER_WORKER = 4;
-/**
- * Run workers per configured worker. A launch waits on the cloud (an EC2 RunInstances answer, an
- * Azure VM PUT) far longer than it computes, so more launches in flight keep the cloud busy while
- * the kube-apiserver writes of others go on. Measured with 1,000 Runs applied at once on 2 cores
- * (README, Performance): 64 Run workers beside 16 run-ack workers launched all of them sooner than
- * 16, and the first statuses stayed within 1 s; 64 of each did not (the acknowledgements competed
- * with each other and with the creates).
- */
-const RUN_WORKERS_PER_WORKER = 16;
+/** Run and run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count). */
+const RUN_WORKERS_PER_WORKER = 4;
 /**
  * How long a Run worker holds back, at most, while new Runs wait for their first status. In a
  * burst the acknowledgements then have the kube-apiserver to themselves (measured with 1,000 Runs:
@@ -184,10 +175,9 @@ export class Operator {
       mayWork: () => this.leaseHeld(),
     });
     // A Run reconcile mostly waits on the kube-apiserver and the cloud (a launch is several round
-    // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one, acknowledgements
-    // (one status write each) ACK_WORKERS_PER_WORKER.
+    // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
     this.ackController = new Controller({
-      name: "run-ack", workers: config.workers * ACK_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       queue: new WorkQueue({ name: "run-ack", idleSpacingMs: ACK_FIRST_SPACING_MS, ...(metrics ? { metrics } : {}) }),
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
       mayWork: () => this.leaseHeld(),

@@ -104,7 +104,7 @@ class ScriptedLaunchCloud extends FakeCloud {
 class LosingCloud extends AnnouncingCloud {
   override async launchRun(ctx: EnvContext, run: Run, hints?: LaunchHints): Promise<RunDescription> {
     await super.launchRun(ctx, run, hints);
-    throw CloudError.retryable("RequestTimeout", "ec2:RunInstances: the answer was lost");
+    throw CloudError.retryable("RequestTimeout", "ec2:RunInstances: the answer was lost", 1_000);
   }
   override async describeRuns(ctx: EnvContext, runs: Run[]): Promise<Map<string, RunDescription | undefined>> {
     const out = await super.describeRuns(ctx, runs);
@@ -830,6 +830,11 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     }
   };
 
+  /** Waits until the Run's own termination has been sent (and refused) once more than `before` times. */
+  const refusedAgain = (fake: FakeCloud, uid: string, before: number) =>
+    waitFor("the Run's termination refused again", async () => fake.terminatedUids.filter((u) => u === uid).length > before, 45_000, 100);
+  const sentFor = (fake: FakeCloud, uid: string) => fake.terminatedUids.filter((u) => u === uid).length;
+
   it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE deleted, ends as the deletion ends it (Cancelled, ComputeEnvironmentDeleted) once its machine's termination goes through, and no longer says TimedOut", async () => {
     const own = await freshNamespace(client, "decided-deleted");
     const { fake, op, uid } = await timedOutUnanswered(own, "closing");
@@ -838,17 +843,46 @@ describe("the ComputeEnvironment's default Run timeout", () => {
     try {
       await client.delete(ComputeEnvironmentResource, own, "closing");
       await waitFor("CE closing Stalled", async () => cond(await getCe("closing", own), "Stalled")?.status === "True");
-      // Nothing could stop the machine: the Run does not end, whatever it ends as.
+      // Nothing could stop the machine: the Run, having tried again since, does not end.
+      await refusedAgain(fake, uid, sentFor(fake, uid));
       const waiting = await getRun("lost", own);
       expect(waiting?.status?.phase).toBe("Pending");
       expect(fake.machineOf(uid)?.state).not.toBe("terminated");
+      const sent = sentFor(fake, uid);
       fake.sweepError = undefined;
       fake.terminateError = undefined;
       const ended = await inPhase("lost", "Cancelled", 90_000, own);
+      expect(sentFor(fake, uid)).toBeGreaterThan(sent);
       expect(ended.status?.reason).toBe("ComputeEnvironmentDeleted");
       expect(cond(ended, "TimedOut")).toBeUndefined();
       expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
       await waitFor("CE gone", async () => (await getCe("closing", own)) === undefined, 60_000);
+    } finally {
+      fake.sweepError = undefined;
+      fake.terminateError = undefined;
+      await op.stop();
+    }
+  }, 300_000);
+
+  it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE removed by force while the operator runs, ends ComputeEnvironmentGone once the machine is terminated with what the CE last said, not Timeout", async () => {
+    const own = await freshNamespace(client, "decided-stripped");
+    const { fake, op, uid } = await timedOutUnanswered(own, "stripped");
+    fake.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    try {
+      await client.delete(ComputeEnvironmentResource, own, "stripped");
+      await client.patch(ComputeEnvironmentResource, own, "stripped", { metadata: { finalizers: null } }, "merge");
+      await waitFor("CE gone", async () => (await getCe("stripped", own)) === undefined);
+      // The operator saw it go and keeps what it last said; the termination is still refused.
+      await refusedAgain(fake, uid, sentFor(fake, uid));
+      expect((await getRun("lost", own))?.status?.phase).toBe("Pending");
+      fake.sweepError = undefined;
+      fake.terminateError = undefined;
+      const ended = await inPhase("lost", "Failed", 90_000, own);
+      expect(ended.status?.reason).toBe("ComputeEnvironmentGone");
+      expect(ended.status?.message).toContain("ComputeEnvironment stripped was removed while the Run was active");
+      expect(ended.status?.message).toContain("terminates any machine the launch made");
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
     } finally {
       fake.sweepError = undefined;
       fake.terminateError = undefined;
