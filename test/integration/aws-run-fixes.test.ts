@@ -808,3 +808,38 @@ describe("Run deletion", () => {
     }
   }, 120_000);
 });
+
+describe("timeout", () => {
+  it("a Run cancelled while its timeout's termination is in flight (EC2 has not answered it) ends Cancelled, and no longer says TimedOut", async () => {
+    await readyCe("late");
+    await client.patch(ComputeEnvironmentResource, ns, "late", { spec: { defaultRunTimeout: "1m" } }, "merge");
+    await waitFor("the operator's cache has the CE Ready with its timeout", async () => {
+      const c = op.operator.ces.get(`${ns}/late`);
+      return c?.spec.defaultRunTimeout === "1m" && c.status?.observedGeneration === c.metadata.generation && cond(c, "Ready")?.status === "True";
+    }, 60_000, 20);
+    // EC2 takes its time with every termination until the test lets them through.
+    await layer.configure({ holds: [{ action: "ec2:TerminateInstances" }] });
+    try {
+      const [r] = await startedRuns("late", ["late"]);
+      const uid = r?.metadata.uid ?? "";
+      // Past its 1m (counted from its creation): the timeout decided and its machine's termination sent, unanswered.
+      const timing = await waitFor("TimedOut said and the termination in flight", async () => {
+        const x = await getRun("late");
+        return cond(x, "TimedOut")?.status === "True" && (await layer.stats()).holding["ec2:TerminateInstances"] === 1 ? x : undefined;
+      }, 120_000, 200);
+      expect(["Launching", "Running"]).toContain(timing.status?.phase);
+      await client.patch(RunResource, ns, "late", { spec: { cancel: true } }, "merge");
+      // Once the operator's cache has the cancel, every reconcile of the Run takes it (before it follows the machine).
+      await waitFor("the cancel in the operator's cache", async () => op.operator.runs.get(`${ns}/late`)?.spec.cancel === true, 10_000, 50);
+      expect((await instancesOf(uid)).map((i) => i.State?.Name)).toEqual(["running"]);
+      await layer.configure({ holds: [] });
+      const ended = await phase("late", "Cancelled", 60_000);
+      expect(ended.status?.reason).toBe("Cancelled");
+      expect(cond(ended, "TimedOut")).toBeUndefined();
+      expect(cond(ended, "Stalled")?.reason).toBe("Cancelled");
+      expect((await instancesOf(uid)).map((i) => i.State?.Name)).toEqual(["terminated"]);
+    } finally {
+      await layer.configure({ holds: [] });
+    }
+  }, 240_000);
+});

@@ -34,6 +34,7 @@ import { AssumeRoleCommand, GetCallerIdentityCommand, STSClient } from "@aws-sdk
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { strictAws } from "../harness/helpers.js";
 import { motoEndpoint } from "../harness/helpers.js";
+import { waitFor } from "../support/operator.js";
 
 const REGION = "eu-west-1";
 const ACCOUNT = "123456789012";
@@ -242,6 +243,51 @@ describe("rate limits", () => {
     } finally {
       await layer().configure({ rateLimits: [] });
     }
+  });
+});
+
+describe("service time", () => {
+  it("a latency rule makes its action answer no sooner than its time, carried out only then; other actions answer as before", async () => {
+    await layer().configure({ latencies: [{ action: "ec2:RunInstances", ms: 1_500 }] });
+    const input = launchInput();
+    const sent = performance.now();
+    const launching = admin.ec2.send(new RunInstancesCommand(input));
+    // While the launch waits, other actions are answered, and the instance does not exist yet.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await idsByTag("n", nOf(input))).toEqual([]);
+    const id = (await launching).Instances![0]!.InstanceId!;
+    expect(performance.now() - sent).toBeGreaterThanOrEqual(1_500);
+    expect(await idsByTag("n", nOf(input))).toEqual([id]);
+  });
+
+  it("a hold keeps its calls in flight, not carried out, until released; count holds only the next ones; a configuration without the rule lets them go", async () => {
+    const ids = await Promise.all([launchInput(), launchInput()].map(async (i) => (await admin.ec2.send(new RunInstancesCommand(i))).Instances![0]!.InstanceId!));
+    const state = async (id: string) => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations![0]!.Instances![0]!.State!.Name;
+    await layer().configure({ holds: [{ action: "ec2:TerminateInstances", count: 1 }] });
+    await layer().resetStats();
+    let answered = false;
+    const first = admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [ids[0]!] })).then((a) => ((answered = true), a));
+    await waitFor("the termination held", async () => (await layer().stats()).holding["ec2:TerminateInstances"] === 1, 10_000, 50);
+    // Only the next one is held: a second termination goes through while the first waits.
+    await admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [ids[1]!] }));
+    expect(await state(ids[1]!)).toBe("terminated");
+    await new Promise((r) => setTimeout(r, 300));
+    expect(answered).toBe(false);
+    expect(await state(ids[0]!)).toBe("running");
+    expect(await layer().releaseHolds()).toBe(1);
+    expect((await first).TerminatingInstances?.[0]?.InstanceId).toBe(ids[0]);
+    expect(await state(ids[0]!)).toBe("terminated");
+    const stats = await layer().stats();
+    expect(stats.held["ec2:TerminateInstances"]).toBe(1);
+    expect(stats.holding["ec2:TerminateInstances"]).toBe(0);
+    // A rule without count holds every call until the configuration drops it.
+    const [third] = await Promise.all([launchInput()].map(async (i) => (await admin.ec2.send(new RunInstancesCommand(i))).Instances![0]!.InstanceId!));
+    await layer().configure({ holds: [{ action: "ec2:Terminate*" }] });
+    const held = admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [third!] }));
+    await waitFor("held again", async () => (await layer().stats()).holding["ec2:TerminateInstances"] === 1, 10_000, 50);
+    await layer().configure({ holds: [] });
+    await held;
+    expect(await state(third!)).toBe("terminated");
   });
 });
 

@@ -6,7 +6,7 @@
 //   await aws.reset(); // everything off again (each integration test file also starts that way)
 import { CONTROL_PREFIX, type CrashPoint, type CrashState, type StrictAwsConfig, type StrictAwsConfigPatch, type StrictAwsStats } from "./config.js";
 
-export type { CapacityRule, ConsistencyConfig, CrashPoint, CrashRecord, CrashState, FaultRule, IamConfig, RateLimitRule, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
+export type { CapacityRule, ConsistencyConfig, CrashPoint, CrashRecord, CrashState, FaultRule, HoldRule, IamConfig, LatencyRule, RateLimitRule, StrictAwsConfig, StrictAwsConfigPatch, StrictAwsStats } from "./config.js";
 
 export class StrictAwsControl {
   constructor(readonly endpoint: string) {}
@@ -42,6 +42,11 @@ export class StrictAwsControl {
 
   async resetStats(): Promise<void> {
     await this.call("POST", "/stats/reset");
+  }
+
+  /** Lets every request held by a hold rule go on; returns how many there were. */
+  async releaseHolds(): Promise<number> {
+    return (await this.call<{ released: number }>("POST", "/holds/release")).released;
   }
 
   /**

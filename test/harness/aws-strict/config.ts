@@ -100,6 +100,29 @@ export interface IamConfig {
   policyChangeDelayMs?: number;
 }
 
+/**
+ * Time the service takes to carry out a request, which moto does in milliseconds: EC2's
+ * RunInstances answers in one to a few seconds, TerminateInstances and IAM writes in hundreds of
+ * milliseconds. The layer waits `ms` (plus up to `jitterMs`, at random) after the request passed
+ * faults, rate limits and IAM, before carrying it out; the caller waits that long for its answer.
+ */
+export interface LatencyRule {
+  /** IAM action pattern, as for faults. */
+  action: string;
+  ms: number;
+  jitterMs?: number;
+}
+
+/**
+ * Requests of the action are held where a latency rule waits, unanswered and not yet carried out,
+ * until the hold is released (the control API's holds/release, a configuration without the rule,
+ * or a reset): a call in flight for as long as a test needs. `count`: only the next so many.
+ */
+export interface HoldRule {
+  action: string;
+  count?: number;
+}
+
 export interface StrictAwsConfig {
   /** RunInstances honours ClientToken: same token and parameters → the same answer; else IdempotentParameterMismatch. */
   idempotency: boolean;
@@ -113,6 +136,8 @@ export interface StrictAwsConfig {
   capacity: CapacityRule[];
   faults: FaultRule[];
   rateLimits: RateLimitRule[];
+  latencies: LatencyRule[];
+  holds: HoldRule[];
   iam: IamConfig;
 }
 
@@ -124,6 +149,8 @@ export interface StrictAwsConfigPatch {
   capacity?: CapacityRule[];
   faults?: FaultRule[];
   rateLimits?: RateLimitRule[];
+  latencies?: LatencyRule[];
+  holds?: HoldRule[];
   iam?: Partial<IamConfig>;
 }
 
@@ -141,6 +168,10 @@ export interface StrictAwsStats {
   throttled: Record<string, number>;
   /** Requests the layer refused (IAM, idempotency, capacity, consistency) per action. */
   refused: Record<string, number>;
+  /** Requests held by a hold rule so far, per action (released or not). */
+  held: Record<string, number>;
+  /** Requests held now, waiting for a release, per action. */
+  holding: Record<string, number>;
 }
 
 /** Everything off: the layer answers as moto does. */
@@ -152,6 +183,8 @@ export function defaultConfig(): StrictAwsConfig {
     capacity: [],
     faults: [],
     rateLimits: [],
+    latencies: [],
+    holds: [],
     iam: { enforce: false, rootAccessKeys: [] },
   };
 }
@@ -164,6 +197,8 @@ export function applyPatch(cfg: StrictAwsConfig, patch: StrictAwsConfigPatch): S
     capacity: patch.capacity ? patch.capacity.map((r) => ({ ...r })) : cfg.capacity,
     faults: patch.faults ? patch.faults.map((r) => ({ ...r })) : cfg.faults,
     rateLimits: patch.rateLimits ? patch.rateLimits.map((r) => ({ ...r })) : cfg.rateLimits,
+    latencies: patch.latencies ? patch.latencies.map((r) => ({ ...r })) : cfg.latencies,
+    holds: patch.holds ? patch.holds.map((r) => ({ ...r })) : cfg.holds,
     iam: { ...cfg.iam, ...patch.iam },
   };
 }

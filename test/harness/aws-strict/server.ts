@@ -129,13 +129,17 @@ function ec2Arn(region: string, account: string, id: string): string {
   return `arn:aws:ec2:${region}:${account}:${type[prefix] ?? prefix}/${id}`;
 }
 
+function emptyStats(): StrictAwsStats {
+  return { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {}, held: {}, holding: {} };
+}
+
 export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws> {
   const upstream = new URL(opts.upstream);
   const log = opts.log ?? (() => undefined);
   const agent = new Agent({ keepAlive: true, maxSockets: 64 });
 
   let config = defaultConfig();
-  let stats: StrictAwsStats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
+  let stats: StrictAwsStats = emptyStats();
   let crashArmed: CrashPoint[] = [];
   let crashFired: CrashRecord[] = [];
   const launches = new Map<string, StoredLaunch>();
@@ -162,9 +166,10 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   function resetState(): void {
     config = defaultConfig();
-    stats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
+    stats = emptyStats();
     crashArmed = [];
     crashFired = [];
+    releaseHolds();
     launches.clear();
     instances.clear();
     protectedIds.clear();
@@ -801,6 +806,37 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     return undefined;
   }
 
+  /** Requests held by a hold rule, each with what lets it go on. */
+  const heldNow = new Set<{ action: string; release: () => void }>();
+  function releaseHolds(): number {
+    const n = heldNow.size;
+    for (const h of [...heldNow]) h.release();
+    return n;
+  }
+
+  /** The service's own time for the request (latency rules), and a hold while one applies. */
+  async function serviceTime(req: AwsRequest): Promise<void> {
+    const hold = config.holds.find((r) => (r.count === undefined || r.count > 0) && globMatch(r.action, req.action, true));
+    if (hold) {
+      if (hold.count !== undefined) hold.count--;
+      bump(stats.held, req.action);
+      bump(stats.holding, req.action);
+      await new Promise<void>((resolve) => {
+        const h = {
+          action: req.action,
+          release: () => {
+            heldNow.delete(h);
+            stats.holding[req.action] = Math.max(0, (stats.holding[req.action] ?? 1) - 1);
+            resolve();
+          },
+        };
+        heldNow.add(h);
+      });
+    }
+    const rule = config.latencies.find((r) => globMatch(r.action, req.action, true));
+    if (rule) await new Promise((r) => setTimeout(r, rule.ms + Math.random() * (rule.jitterMs ?? 0)));
+  }
+
   /** Counts a write of the request's access key; returns the crash point armed for it, if any (disarmed). */
   function crashPointFor(req: AwsRequest): CrashPoint | undefined {
     if (!isWriteRequest(req)) return undefined;
@@ -828,6 +864,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       const denied = await authorize(req);
       if (denied) return denied;
     }
+    await serviceTime(req);
     // A write that gets this far is one AWS would carry out: counted, and maybe a crash point.
     const point = crashPointFor(req);
     if (point?.mode === "before") return crash(point, req);
@@ -861,14 +898,18 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     if (sub === "/config" && (method === "PUT" || method === "PATCH" || method === "POST")) {
       config = applyPatch(config, JSON.parse(body.toString("utf8") || "{}") as StrictAwsConfigPatch);
       shrinkShuttingDown();
+      // A hold no rule names any more lets its requests go on.
+      for (const h of [...heldNow]) if (!config.holds.some((r) => globMatch(r.action, h.action, true))) h.release();
       return json(res, 200, config);
     }
     if (sub === "/reset" && method === "POST") {
       config = defaultConfig();
       shrinkShuttingDown();
       crashArmed = [];
+      releaseHolds();
       return json(res, 200, config);
     }
+    if (sub === "/holds/release" && method === "POST") return json(res, 200, { released: releaseHolds() });
     if (sub === "/crash" && method === "GET") return json(res, 200, { armed: crashArmed, fired: crashFired });
     if (sub === "/crash" && method === "POST") {
       const p = JSON.parse(body.toString("utf8") || "{}") as Partial<CrashPoint>;
@@ -882,7 +923,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     }
     if (sub === "/stats" && method === "GET") return json(res, 200, stats);
     if (sub === "/stats/reset" && method === "POST") {
-      stats = { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {} };
+      stats = emptyStats();
       return json(res, 200, stats);
     }
     return json(res, 404, { message: `no such control endpoint: ${method} ${path}` });
@@ -935,6 +976,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     upstream: opts.upstream,
     stop: () => {
       stopped ??= new Promise<void>((resolve) => {
+        releaseHolds();
         server.close(() => resolve());
         server.closeAllConnections();
         agent.destroy();
