@@ -806,9 +806,15 @@ describe("the ComputeEnvironment's default Run timeout", () => {
   /**
    * A Run ("lost", 1m timeout) under a new CE of this name whose launch answers are all lost (no
    * machine recorded, one made), found past its timeout: the timeout decided (TimedOut) and its
-   * termination refused for good (AccessDenied), so it is still Pending. Refused until the test lifts it.
+   * termination refused for good (AccessDenied), so it is still Pending. Refused until the test
+   * calls `lift`; with `refuseSweep` the CE deletion's batched termination is refused as well.
+   * `end` lifts both and stops the operator.
    */
-  const timedOutUnanswered = async (own: string, ceName: string): Promise<{ fake: LosingCloud; op: RunningOperator; uid: string }> => {
+  const timedOutUnanswered = async (
+    own: string,
+    ceName: string,
+    opts: { refuseSweep?: boolean } = {},
+  ): Promise<{ fake: LosingCloud; op: RunningOperator; uid: string; lift: () => void; end: () => Promise<void> }> => {
     const fake = new LosingCloud();
     fake.terminateError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
     const op = await startOperator(kubeconfigPath(), new Map([["aws", fake]]), { namespaces: [own], pollIntervalMs: 1_000 });
@@ -825,7 +831,16 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       // A machine was made, and the answers of its launches (more than one) were lost.
       expect(["pending", "running"]).toContain(fake.machineOf(uid)?.state);
       expect(fake.calls.launch).toBeGreaterThan(1);
-      return { fake, op, uid };
+      if (opts.refuseSweep) fake.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+      const lift = (): void => {
+        fake.sweepError = undefined;
+        fake.terminateError = undefined;
+      };
+      const end = async (): Promise<void> => {
+        lift();
+        await op.stop();
+      };
+      return { fake, op, uid, lift, end };
     } catch (e) {
       await op.stop();
       throw e;
@@ -839,9 +854,8 @@ describe("the ComputeEnvironment's default Run timeout", () => {
 
   it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE deleted, ends as the deletion ends it (Cancelled, ComputeEnvironmentDeleted) once its machine's termination goes through, and no longer says TimedOut", async () => {
     const own = await freshNamespace(client, "decided-deleted");
-    const { fake, op, uid } = await timedOutUnanswered(own, "closing");
     // The CE deletion's own termination of its machines is refused as well, as the cloud would.
-    fake.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    const { fake, uid, lift, end } = await timedOutUnanswered(own, "closing", { refuseSweep: true });
     try {
       await client.delete(ComputeEnvironmentResource, own, "closing");
       await waitFor("CE closing Stalled", async () => cond(await getCe("closing", own), "Stalled")?.status === "True");
@@ -851,8 +865,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(waiting?.status?.phase).toBe("Pending");
       expect(["pending", "running"]).toContain(fake.machineOf(uid)?.state);
       const sent = sentFor(fake, uid);
-      fake.sweepError = undefined;
-      fake.terminateError = undefined;
+      lift();
       const ended = await inPhase("lost", "Cancelled", 90_000, own);
       expect(sentFor(fake, uid)).toBeGreaterThan(sent);
       expect(ended.status?.reason).toBe("ComputeEnvironmentDeleted");
@@ -860,16 +873,13 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
       await waitFor("CE gone", async () => (await getCe("closing", own)) === undefined, 60_000);
     } finally {
-      fake.sweepError = undefined;
-      fake.terminateError = undefined;
-      await op.stop();
+      await end();
     }
   }, 300_000);
 
   it("a Run whose launch answers were lost (no machine recorded), its timeout decided and its termination refused, then its CE removed by force while the operator runs, ends ComputeEnvironmentGone once the machine is terminated with what the CE last said, not Timeout", async () => {
     const own = await freshNamespace(client, "decided-stripped");
-    const { fake, op, uid } = await timedOutUnanswered(own, "stripped");
-    fake.sweepError = CloudError.terminal("AccessDenied", "ec2:TerminateInstances: access denied");
+    const { fake, uid, lift, end } = await timedOutUnanswered(own, "stripped", { refuseSweep: true });
     try {
       await client.delete(ComputeEnvironmentResource, own, "stripped");
       await client.patch(ComputeEnvironmentResource, own, "stripped", { metadata: { finalizers: null } }, "merge");
@@ -878,8 +888,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       await refusedAgain(fake, uid, sentFor(fake, uid));
       expect((await getRun("lost", own))?.status?.phase).toBe("Pending");
       expect(["pending", "running"]).toContain(fake.machineOf(uid)?.state);
-      fake.sweepError = undefined;
-      fake.terminateError = undefined;
+      lift();
       const ended = await inPhase("lost", "Failed", 90_000, own);
       expect(ended.status?.reason).toBe("ComputeEnvironmentGone");
       expect(ended.status?.message).toContain("ComputeEnvironment stripped was removed while the Run was active");
@@ -887,9 +896,7 @@ describe("the ComputeEnvironment's default Run timeout", () => {
       expect(cond(ended, "TimedOut")).toBeUndefined();
       expect(["shutting-down", "terminated"]).toContain(fake.machineOf(uid)?.state);
     } finally {
-      fake.sweepError = undefined;
-      fake.terminateError = undefined;
-      await op.stop();
+      await end();
     }
   }, 300_000);
 
