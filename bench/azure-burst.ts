@@ -1,6 +1,6 @@
 /**
  * Scenario "azure-burst" (issue 13, 1, the Azure half): N Runs applied at once over 4 Azure CEs,
- * the compiled operator at its defaults (4 workers, 15 s poll), the Azure emulator with its
+ * the compiled operator at its defaults (4 workers, 64 Run workers, 15 s poll), the Azure emulator with its
  * default latencies (a VM's create finishes at its first poll).
  *
  * Floor: a bare Azure SDK client (@azure/arm-compute, as src/cloud/azure does) sending the same N
@@ -29,6 +29,7 @@ import { azureImageReference, runTags, ceId, vmName, osDiskName } from "../src/c
 import { firstStatusDists, type RunAudit } from "./audit.js";
 import { ARM_SCOPE, LOCATION, azureStatus, startAzureBench, type BenchCluster } from "./azure-setup.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
+import { operatorSettings } from "./operator.js";
 import { apiserverCounts, apiserverPerPoll, apiserverWindow, dist, fmtApiserver, promSum, fmtDist, fmtLoad, kib, load, operatorReads, operatorWindow, perPoll, poolDo, sec, type ApiserverCounts, type ApiserverWindow, type Dist, type Load } from "./stats.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -148,7 +149,7 @@ export async function azureBurstScenario(o: BenchCluster & { runs: number; timeo
   try {
     const ces = await b.createCes(CES);
     const ce0 = ces.get("az0")!;
-    say(`  4 Azure CEs Ready (operator pid ${b.op.pid}, defaults: 4 workers, 15 s poll)`);
+    say(`  4 Azure CEs Ready (operator pid ${b.op.pid}, ${operatorSettings()})`);
 
     // ------------------------------------------------------------ floor
     const cred = b.adminCredential;

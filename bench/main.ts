@@ -16,7 +16,10 @@
  *             (bench/azure-burst.ts)
  *   trickle   after the burst: windows with 0, 10, 20 (and with --quick 40) new Runs a second beside the running ones:
  *             how long Run reconciles were held behind acknowledgements, first status, launch call
- * `npm run bench` (1,000 Runs), `npm run bench -- --quick` (100 Runs), `--only=floor,burst,...`.
+ * `npm run bench` (1,000 Runs), `npm run bench -- --quick` (100 Runs), `--only=floor,burst,...`;
+ * `--aws-latency=MS[,JITTER]`: every RunInstances takes MS (plus up to JITTER, at random) in the
+ * strict layer before moto carries it out, for the floors and the operator alike (EC2 answers a
+ * launch in seconds, moto in milliseconds).
  * Figures print with the machine's load; JSON goes to bench/results/, with each burst's lines of
  * the kube-apiserver's audit log (bench/audit.ts) beside it.
  */
@@ -41,11 +44,12 @@ import { startCluster } from "../test/harness/cluster.js";
 import { serverTempDir } from "../test/harness/process.js";
 import { startMoto } from "../test/harness/moto.js";
 import { startStrictAws } from "../test/harness/aws-strict/server.js";
+import { StrictAwsControl } from "../test/harness/aws-strict/client.js";
 import { installCrds } from "../test/support/operator.js";
 import { kubeFloor, type KubeFloor } from "./kube-floor.js";
 import { shipLauncherLines } from "../test/harness/aws-launcher-log.js";
 import { AwsProxy } from "./aws-proxy.js";
-import { OperatorProcess } from "./operator.js";
+import { OperatorProcess, operatorSettings } from "./operator.js";
 import { azureEnvScenario } from "./azure-env.js";
 import { CLI_POLL_MS, logLatencyAws, logLatencyAzure } from "./log-latency.js";
 import { azureBurstScenario } from "./azure-burst.js";
@@ -62,8 +66,14 @@ const POLL_MS = 15_000;
 const REGION = "eu-west-1";
 const BUCKET = "vmforge-bench";
 const want = (s: string): boolean => !only || only.includes(s);
+const latencyArg = args.find((a) => a.startsWith("--aws-latency="))?.slice("--aws-latency=".length);
+const awsLatency = latencyArg === undefined ? undefined : (() => {
+  const [ms, jitterMs = 0] = latencyArg.split(",").map(Number);
+  if (!Number.isFinite(ms) || !Number.isFinite(jitterMs) || (ms ?? -1) < 0 || jitterMs < 0) throw new Error(`--aws-latency=MS[,JITTER] wants milliseconds, not ${latencyArg}`);
+  return { ms: ms as number, jitterMs };
+})();
 
-const results: Record<string, unknown> = { quick, runs: N, startedAt: new Date().toISOString(), machine: load() };
+const results: Record<string, unknown> = { quick, runs: N, ...(awsLatency ? { awsLatency } : {}), operatorSettings: operatorSettings(), startedAt: new Date().toISOString(), machine: load() };
 const goals: { goal: string; figure: string; met: boolean | "n/a" }[] = [];
 const say = (s: string): void => void process.stdout.write(`${s}\n`);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -103,6 +113,10 @@ async function main(): Promise<void> {
   // moto (with its faster tag reads) behind the stricter AWS layer, every strict behaviour off:
   // the answers EC2 gives, at the emulator's speed
   const layer = await startStrictAws({ upstream: moto.endpoint, log: (m) => say(`  [strict-aws] ${m}`) });
+  if (awsLatency) {
+    await new StrictAwsControl(layer.endpoint).configure({ latencies: [{ action: "ec2:RunInstances", ...awsLatency }] });
+    say(`  [strict-aws] every RunInstances takes ${awsLatency.ms} ms${awsLatency.jitterMs ? ` plus up to ${awsLatency.jitterMs} ms` : ""} before moto carries it out`);
+  }
   const proxy = new AwsProxy(layer.endpoint, { logs: motoLogs.endpoint });
   await proxy.start();
   const client = KubeClient.fromKubeconfig(cluster.kubeconfigPath);
@@ -169,9 +183,11 @@ async function main(): Promise<void> {
     let floor: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> } | undefined;
     let kfloor: KubeFloor | undefined;
     if (want("floor") || want("burst")) {
-      say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency 4, 16, 64 (best kept), each the request the operator sends for a Run`);
+      // With --aws-latency a client at 4 only waits: 16 and 64.
+      const concurrencies = awsLatency ? [16, 64] : [4, 16, 64];
+      say(`\n[floor] a bare SDK client: ${N} RunInstances at concurrency ${concurrencies.join(", ")} (best kept), each the request the operator sends for a Run`);
       const levels: { concurrency: number; totalMs: number; latency: Dist; cpuS: Record<string, number> }[] = [];
-      for (const concurrency of [4, 16, 64]) {
+      for (const concurrency of concurrencies) {
         const ce = await freshFloorCe();
         const lat: number[] = [];
         const cpu0 = cpuNow();
@@ -193,7 +209,7 @@ async function main(): Promise<void> {
       if (want("burst")) {
         let ce: ComputeEnvironment | undefined;
         kfloor = await kubeFloor({
-          client, namespace: await namespace("floor"), runs: N, say, spec: (i) => runSpec(`ce${i % 4}`), cpu: cpuNow,
+          client, namespace: await namespace("floor"), runs: N, say, spec: (i) => runSpec(`ce${i % 4}`), cpu: cpuNow, concurrencies,
           prepare: async () => void (ce = await freshFloorCe()),
           launch: async (run) => (await launchFor(ce as ComputeEnvironment, run)).Instances?.[0]?.InstanceId ?? "?",
         });
@@ -206,7 +222,7 @@ async function main(): Promise<void> {
       const ns = await namespace("burst");
       await awsSetup(ns);
       const op = await startOperator(ns);
-      say(`\n[burst] ${N} Runs applied at once over 4 CEs (operator pid ${op.pid}, defaults: 4 workers, 15 s poll)`);
+      say(`\n[burst] ${N} Runs applied at once over 4 CEs (operator pid ${op.pid}, ${operatorSettings()})`);
       for (let i = 0; i < 4; i++) await client.create(ComputeEnvironmentResource, { apiVersion: "vmforge.dev/v1alpha1", kind: "ComputeEnvironment", metadata: { name: `ce${i}`, namespace: ns }, spec: ceSpec() } as ComputeEnvironment);
       await until("4 CEs Ready", async () => {
         const l = await client.list<ComputeEnvironment>(ComputeEnvironmentResource, { namespace: ns });

@@ -30,6 +30,12 @@ export function shippedNodeOptions(): string[] {
   return argv.slice(1, -1);
 }
 
+/** The operator's worker settings as the bench passes them on (its environment), for the figures' header. */
+export function operatorSettings(env: NodeJS.ProcessEnv = process.env): string {
+  const set = ["VMFORGE_WORKERS", "VMFORGE_RUN_WORKERS", "VMFORGE_POLL_INTERVAL"].filter((k) => env[k]).map((k) => `${k}=${env[k]}`);
+  return set.length ? `set: ${set.join(", ")}; otherwise defaults` : "defaults: 4 workers, 64 Run workers, 15 s poll";
+}
+
 export class OperatorProcess {
   child: ChildProcess | undefined;
   metricsUrl = "";
