@@ -8,7 +8,14 @@ import { parseDuration } from "./api/duration.js";
 export interface OperatorConfig {
   /** Namespaces to watch; empty means all namespaces. */
   namespaces: string[];
+  /** Concurrent ComputeEnvironment reconciles; first statuses of Runs get 4 times as many workers. */
   workers: number;
+  /**
+   * Concurrent Run reconciles (launches, terminations, outcomes): the launch calls that can be in
+   * flight at once, which bounds a burst of launches by the cloud's time per launch (README,
+   * Performance: "Launches that take the cloud's time"). Default 64, whatever `workers` is.
+   */
+  runWorkers: number;
   resyncPeriodMs: number;
   /** How often active Runs' machines are looked at (one batched call per account and region). */
   pollIntervalMs: number;
@@ -84,9 +91,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig
   if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$/.test(metricsAddress)) {
     throw new ConfigError(`VMFORGE_METRICS_ADDRESS must look like host:port or :port, got "${metricsAddress}"`);
   }
+  const workers = int(env, "VMFORGE_WORKERS", 4, 1, 64);
   return {
     namespaces,
-    workers: int(env, "VMFORGE_WORKERS", 4, 1, 64),
+    workers,
+    runWorkers: int(env, "VMFORGE_RUN_WORKERS", 64, 1, 256),
     resyncPeriodMs: duration(env, "VMFORGE_RESYNC_PERIOD", "10m", 10_000),
     pollIntervalMs: duration(env, "VMFORGE_POLL_INTERVAL", "15s", 1_000),
     leaderElection: bool(env, "VMFORGE_LEADER_ELECTION", true),

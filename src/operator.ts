@@ -76,8 +76,8 @@ const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.n
  * machine may exist (deletion waits for those). Other changes of a Run are no news to its CE.
  */
 const ceView = (r: Run): string => `${isRunActive(r)}|${machineMayExist(r)}`;
-/** Run and run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count). */
-const RUN_WORKERS_PER_WORKER = 4;
+/** run-ack workers per configured worker (VMFORGE_WORKERS is the CE controller's count; Run workers are VMFORGE_RUN_WORKERS). */
+const ACK_WORKERS_PER_WORKER = 4;
 /**
  * How long a Run worker holds back, at most, while new Runs wait for their first status. In a
  * burst the acknowledgements then have the kube-apiserver to themselves (measured with 1,000 Runs:
@@ -162,7 +162,7 @@ export class Operator {
     // Events wait while new Runs are queued for their first status or Run work is backed up (a burst of
     // launches): they report the work, so they do not take the kube-apiserver from it. Each keeps
     // the time it happened and goes at most EVENT_MAX_HOLD_MS later.
-    const runBacklog = (): boolean => this.runController.queue.len() >= config.workers * RUN_WORKERS_PER_WORKER;
+    const runBacklog = (): boolean => this.runController.queue.len() >= config.runWorkers;
     const runWorkBackedUp = (): boolean => this.ackController.queue.len() > 0 || runBacklog();
     this.events = new EventRecorder(client, {
       controller: "vmforge.dev/operator", instance: config.identity, logger, ...(metrics ? { metrics } : {}), ...(o.redact ? { redact: o.redact } : {}),
@@ -175,9 +175,10 @@ export class Operator {
       mayWork: () => this.leaseHeld(),
     });
     // A Run reconcile mostly waits on the kube-apiserver and the cloud (a launch is several round
-    // trips): Runs get RUN_WORKERS_PER_WORKER workers for each configured one.
+    // trips): first statuses get ACK_WORKERS_PER_WORKER workers for each configured one, and Runs
+    // their own count (VMFORGE_RUN_WORKERS), which bounds the launches in flight.
     this.ackController = new Controller({
-      name: "run-ack", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      name: "run-ack", workers: config.workers * ACK_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
       queue: new WorkQueue({ name: "run-ack", idleSpacingMs: ACK_FIRST_SPACING_MS, ...(metrics ? { metrics } : {}) }),
       logger: logger.child({ controller: "run-ack" }), reconcile: (key) => this.runReconciler.acknowledge(key), ...(metrics ? { metrics } : {}),
       mayWork: () => this.leaseHeld(),
@@ -186,7 +187,7 @@ export class Operator {
     // (up to ACK_FIRST_MAX_WAIT_MS each), so a burst of launches does not crowd the
     // acknowledgements out of the kube-apiserver.
     this.runController = new Controller({
-      name: "run", workers: config.workers * RUN_WORKERS_PER_WORKER, reconcileTimeoutMs: config.reconcileTimeoutMs,
+      name: "run", workers: config.runWorkers, reconcileTimeoutMs: config.reconcileTimeoutMs,
       logger: logger.child({ controller: "run" }), reconcile: (key, signal) => this.runReconciler.reconcile(key, signal), ...(metrics ? { metrics } : {}),
       mayWork: () => this.leaseHeld(),
       yieldTo: { queue: this.ackController.queue, maxWaitMs: ACK_FIRST_MAX_WAIT_MS },

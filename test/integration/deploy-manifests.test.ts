@@ -528,7 +528,7 @@ describe("helm chart helm/vmforge", () => {
     const dir = await mkdtemp(join(tmpdir(), "vmforge-values-"));
     tmpDirs.push(dir);
     const valuesFile = join(dir, "values.yaml");
-    await writeFile(valuesFile, stringify({ watchNamespaces: [a, b], leaderElection: { leaseName: "custom-lease" }, workers: 8, logLevel: "debug" }));
+    await writeFile(valuesFile, stringify({ watchNamespaces: [a, b], leaderElection: { leaseName: "custom-lease" }, workers: 8, runWorkers: 48, logLevel: "debug" }));
     const objs = parseManifests(await helmTemplate({ chart: CHART, release: rel, namespace: relNs, valuesFiles: [valuesFile] }));
     cleanupRbac.push(objs);
 
@@ -544,7 +544,7 @@ describe("helm chart helm/vmforge", () => {
     const vars: NodeJS.ProcessEnv = { POD_NAMESPACE: relNs };
     for (const [k, v] of env) if (v !== undefined) vars[k] = v;
     const config = loadConfig(vars);
-    expect(config).toMatchObject({ namespaces: [a, b], workers: 8, logLevel: "debug", leaseName: "custom-lease", leaseNamespace: relNs, leaderElection: true });
+    expect(config).toMatchObject({ namespaces: [a, b], workers: 8, runWorkers: 48, logLevel: "debug", leaseName: "custom-lease", leaseNamespace: relNs, leaderElection: true });
 
     await kubectlApply(kubeconfigPath(), objs.map((o) => stringify(o)).join("---\n"));
     await proveOperatorRbac({ saNamespace: relNs, sa: `${rel}-vmforge`, lease: "custom-lease", watched: [a, b] }, objs, a, c);
@@ -557,11 +557,13 @@ describe("helm chart helm/vmforge", () => {
         (e: unknown) => String(e),
       );
     expect(await render({ workers: 0 })).toMatch(/workers/);
+    expect(await render({ runWorkers: 1000 })).toMatch(/runWorkers/);
     expect(await render({ logLevel: "verbose" })).toMatch(/logLevel/);
     expect(await render({ pollInterval: "15" })).toMatch(/pollInterval/);
     expect(await render({ watchNamespaces: ["Not_A_Namespace"] })).toMatch(/watchNamespaces/);
     expect(await render({ workerz: 3 })).toMatch(/workerz/);
     expect(await render({ extraEnv: [{ name: "VMFORGE_WORKERS", value: "2" }] })).toMatch(/extraEnv/);
+    expect(await render({ extraEnv: [{ name: "VMFORGE_RUN_WORKERS", value: "64" }] })).toMatch(/extraEnv/);
     expect(await render({ replicaCount: 2, leaderElection: { enabled: false } })).toMatch(/replicaCount > 1 needs leaderElection/);
     // The proxy has its own values (they also set NODE_USE_ENV_PROXY and NO_PROXY).
     expect(await render({ extraEnv: [{ name: "HTTPS_PROXY", value: "http://proxy:3128" }] })).toMatch(/extraEnv/);

@@ -61,6 +61,7 @@ export function testConfig(over: Partial<OperatorConfig> = {}): OperatorConfig {
   return {
     namespaces: [],
     workers: 4,
+    runWorkers: 64,
     resyncPeriodMs: 60_000,
     pollIntervalMs: 300,
     leaderElection: false,

@@ -241,6 +241,7 @@ describe("helm/vmforge chart files", () => {
   const chart = parse(readFileSync(join(CHART, "Chart.yaml"), "utf8")) as { apiVersion: string; name: string; version: string; appVersion: string };
   const values = parse(readFileSync(join(CHART, "values.yaml"), "utf8")) as Record<string, unknown> & {
     workers: number;
+    runWorkers: number;
     pollInterval: string;
     resyncPeriod: string;
     reconcileTimeout: string;
@@ -276,6 +277,7 @@ describe("helm/vmforge chart files", () => {
     expect(values.replicaCount).toBe(deployment.spec.replicas);
     expect(values.watchNamespaces).toEqual([]);
     expect(String(values.workers)).toBe(envValue("VMFORGE_WORKERS"));
+    expect(String(values.runWorkers)).toBe(envValue("VMFORGE_RUN_WORKERS"));
     expect(values.pollInterval).toBe(envValue("VMFORGE_POLL_INTERVAL"));
     expect(values.resyncPeriod).toBe(envValue("VMFORGE_RESYNC_PERIOD"));
     expect(values.reconcileTimeout).toBe(envValue("VMFORGE_RECONCILE_TIMEOUT"));
