@@ -68,7 +68,7 @@ const BUCKET = "vmforge-bench";
 const want = (s: string): boolean => !only || only.includes(s);
 const latencyArg = args.find((a) => a.startsWith("--aws-latency="))?.slice("--aws-latency=".length);
 const awsLatency = latencyArg === undefined ? undefined : (() => {
-  const [ms, jitterMs = 0] = latencyArg.split(",").map(Number);
+  const [ms, jitterMs = 0] = latencyArg.split(",").map((x) => (x.trim() === "" ? NaN : Number(x)));
   if (!Number.isFinite(ms) || !Number.isFinite(jitterMs) || (ms ?? -1) < 0 || jitterMs < 0) throw new Error(`--aws-latency=MS[,JITTER] wants milliseconds, not ${latencyArg}`);
   return { ms: ms as number, jitterMs };
 })();

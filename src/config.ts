@@ -91,10 +91,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): OperatorConfig
   if (!/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]*):\d{1,5}$/.test(metricsAddress)) {
     throw new ConfigError(`VMFORGE_METRICS_ADDRESS must look like host:port or :port, got "${metricsAddress}"`);
   }
-  const workers = int(env, "VMFORGE_WORKERS", 4, 1, 64);
   return {
     namespaces,
-    workers,
+    workers: int(env, "VMFORGE_WORKERS", 4, 1, 64),
     runWorkers: int(env, "VMFORGE_RUN_WORKERS", 64, 1, 256),
     resyncPeriodMs: duration(env, "VMFORGE_RESYNC_PERIOD", "10m", 10_000),
     pollIntervalMs: duration(env, "VMFORGE_POLL_INTERVAL", "15s", 1_000),

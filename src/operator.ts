@@ -94,7 +94,7 @@ const ACK_FIRST_MAX_WAIT_MS = 10_000;
  * at the queue's next idle moment. A burst of creations that the acknowledgements cannot keep up
  * with has short lulls in which the acknowledgement queue is empty; without the spacing every held
  * worker could start its next reconcile (a launch, in a burst) in the first of them. One measured
- * burst had 16 VM PUTs, as many as Run workers, before the last of its 1,000 creates, which fits
+ * burst had 16 VM PUTs, as many as Run workers then, before the last of its 1,000 creates, which fits
  * that (not observed directly). New Runs that each find a free `run-ack` worker are no backlog, so
  * they hold no one beyond the next idle moment. 2b6ecf3's form counted the spacing from the queue's
  * last busy moment instead, which under a steady stream of new Runs held Run reconciles and

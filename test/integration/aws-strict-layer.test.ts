@@ -260,7 +260,7 @@ describe("service time", () => {
     expect(await idsByTag("n", nOf(input))).toEqual([id]);
   });
 
-  it("a hold keeps its calls in flight, not carried out, until released; count holds only the next ones; a configuration without the rule lets them go", async () => {
+  it("a hold keeps its calls in flight, not carried out, until released; count holds only the next ones; a configuration without the rule lets them go; a reset drops them unanswered", async () => {
     const ids = await Promise.all([launchInput(), launchInput()].map(async (i) => (await admin.ec2.send(new RunInstancesCommand(i))).Instances![0]!.InstanceId!));
     const state = async (id: string) => (await admin.ec2.send(new DescribeInstancesCommand({ InstanceIds: [id] }))).Reservations![0]!.Instances![0]!.State!.Name;
     await layer().configure({ holds: [{ action: "ec2:TerminateInstances", count: 1 }] });
@@ -288,6 +288,14 @@ describe("service time", () => {
     await layer().configure({ holds: [] });
     await held;
     expect(await state(third!)).toBe("terminated");
+    // A reset drops a held call unanswered, as a broken connection would: it is not carried out.
+    const [fourth] = await Promise.all([launchInput()].map(async (i) => (await admin.ec2.send(new RunInstancesCommand(i))).Instances![0]!.InstanceId!));
+    await layer().configure({ holds: [{ action: "ec2:TerminateInstances" }] });
+    const dropped = admin.ec2.send(new TerminateInstancesCommand({ InstanceIds: [fourth!] })).then(() => "answered", () => "failed");
+    await waitFor("held before the reset", async () => (await layer().stats()).holding["ec2:TerminateInstances"] === 1, 10_000, 50);
+    await layer().reset();
+    expect(await dropped).toBe("failed");
+    expect(await state(fourth!)).toBe("running");
   });
 });
 

@@ -115,8 +115,10 @@ export interface LatencyRule {
 
 /**
  * Requests of the action are held where a latency rule waits, unanswered and not yet carried out,
- * until the hold is released (the control API's holds/release, a configuration without the rule,
- * or a reset): a call in flight for as long as a test needs. `count`: only the next so many.
+ * until the hold is released (the control API's holds/release, or a configuration without the
+ * rule), when they go on; a reset (of the layer or of moto) or the layer stopping drops them
+ * without an answer, as a broken connection would. A call in flight for as long as a test needs.
+ * `count`: only the next so many.
  */
 export interface HoldRule {
   action: string;
@@ -170,7 +172,7 @@ export interface StrictAwsStats {
   refused: Record<string, number>;
   /** Requests held by a hold rule so far, per action (released or not). */
   held: Record<string, number>;
-  /** Requests held now, waiting for a release, per action. */
+  /** Requests held now, waiting for a release, per action (counted when the stats are read). */
   holding: Record<string, number>;
 }
 

@@ -130,7 +130,7 @@ function ec2Arn(region: string, account: string, id: string): string {
 }
 
 function emptyStats(): StrictAwsStats {
-  return { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {}, held: {}, holding: {} };
+  return { calls: {}, writes: {}, faults: {}, throttled: {}, refused: {}, held: {}, holding: {} }; // holding: filled in when read
 }
 
 export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws> {
@@ -169,7 +169,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     stats = emptyStats();
     crashArmed = [];
     crashFired = [];
-    releaseHolds();
+    releaseHolds(true);
     launches.clear();
     instances.clear();
     protectedIds.clear();
@@ -806,35 +806,45 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     return undefined;
   }
 
-  /** Requests held by a hold rule, each with what lets it go on. */
-  const heldNow = new Set<{ action: string; release: () => void }>();
-  function releaseHolds(): number {
+  /** Requests held by a hold rule, each with what ends the hold: go on, or be dropped unanswered. */
+  const heldNow = new Set<{ action: string; end: (drop: boolean) => void }>();
+  /** Ends every hold: the calls go on, or (a reset, the layer stopping) are dropped without an answer. */
+  function releaseHolds(drop = false): number {
     const n = heldNow.size;
-    for (const h of [...heldNow]) h.release();
+    for (const h of [...heldNow]) h.end(drop);
     return n;
   }
+  function holdingNow(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const h of heldNow) bump(out, h.action);
+    return out;
+  }
 
-  /** The service's own time for the request (latency rules), and a hold while one applies. */
-  async function serviceTime(req: AwsRequest): Promise<void> {
+  /**
+   * The service's own time for the request (latency rules), and a hold while one applies. True: the
+   * call was dropped while held (a reset or the layer stopping), so it is neither carried out nor
+   * answered.
+   */
+  async function serviceTime(req: AwsRequest): Promise<boolean> {
     const hold = config.holds.find((r) => (r.count === undefined || r.count > 0) && globMatch(r.action, req.action, true));
     if (hold) {
       if (hold.count !== undefined) hold.count--;
       bump(stats.held, req.action);
-      bump(stats.holding, req.action);
-      await new Promise<void>((resolve) => {
+      const dropped = await new Promise<boolean>((resolve) => {
         const h = {
           action: req.action,
-          release: () => {
+          end: (drop: boolean) => {
             heldNow.delete(h);
-            stats.holding[req.action] = Math.max(0, (stats.holding[req.action] ?? 1) - 1);
-            resolve();
+            resolve(drop);
           },
         };
         heldNow.add(h);
       });
+      if (dropped) return true;
     }
     const rule = config.latencies.find((r) => globMatch(r.action, req.action, true));
     if (rule) await new Promise((r) => setTimeout(r, rule.ms + Math.random() * (rule.jitterMs ?? 0)));
+    return false;
   }
 
   /** Counts a write of the request's access key; returns the crash point armed for it, if any (disarmed). */
@@ -864,7 +874,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       const denied = await authorize(req);
       if (denied) return denied;
     }
-    await serviceTime(req);
+    if (await serviceTime(req)) return DROPPED;
     // A write that gets this far is one AWS would carry out: counted, and maybe a crash point.
     const point = crashPointFor(req);
     if (point?.mode === "before") return crash(point, req);
@@ -899,14 +909,14 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       config = applyPatch(config, JSON.parse(body.toString("utf8") || "{}") as StrictAwsConfigPatch);
       shrinkShuttingDown();
       // A hold no rule names any more lets its requests go on.
-      for (const h of [...heldNow]) if (!config.holds.some((r) => globMatch(r.action, h.action, true))) h.release();
+      for (const h of [...heldNow]) if (!config.holds.some((r) => globMatch(r.action, h.action, true))) h.end(false);
       return json(res, 200, config);
     }
     if (sub === "/reset" && method === "POST") {
       config = defaultConfig();
       shrinkShuttingDown();
       crashArmed = [];
-      releaseHolds();
+      releaseHolds(true);
       return json(res, 200, config);
     }
     if (sub === "/holds/release" && method === "POST") return json(res, 200, { released: releaseHolds() });
@@ -921,7 +931,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
       crashArmed.push(point);
       return json(res, 200, { armed: crashArmed, fired: crashFired });
     }
-    if (sub === "/stats" && method === "GET") return json(res, 200, stats);
+    if (sub === "/stats" && method === "GET") return json(res, 200, { ...stats, holding: holdingNow() });
     if (sub === "/stats/reset" && method === "POST") {
       stats = emptyStats();
       return json(res, 200, stats);
@@ -976,7 +986,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     upstream: opts.upstream,
     stop: () => {
       stopped ??= new Promise<void>((resolve) => {
-        releaseHolds();
+        releaseHolds(true);
         server.close(() => resolve());
         server.closeAllConnections();
         agent.destroy();
