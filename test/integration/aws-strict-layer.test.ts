@@ -279,7 +279,7 @@ describe("service time", () => {
     expect(await state(ids[0]!)).toBe("terminated");
     const stats = await layer().stats();
     expect(stats.held["ec2:TerminateInstances"]).toBe(1);
-    expect(stats.holding["ec2:TerminateInstances"]).toBe(0);
+    expect(stats.holding["ec2:TerminateInstances"] ?? 0).toBe(0);
     // A rule without count holds every call until the configuration drops it.
     const [third] = await Promise.all([launchInput()].map(async (i) => (await admin.ec2.send(new RunInstancesCommand(i))).Instances![0]!.InstanceId!));
     await layer().configure({ holds: [{ action: "ec2:Terminate*" }] });
