@@ -61,7 +61,10 @@ function protectionSetTo(req: AwsRequest): boolean | undefined {
   return v === null ? undefined : v === "true";
 }
 
-/** handleAws's answer when the caller was killed at a crash point: the connection is dropped, nothing is answered. */
+/**
+ * handleAws's answer when the caller was killed at a crash point, or a held or waiting call was
+ * dropped by a reset or the layer stopping: the connection is dropped, nothing is answered.
+ */
 const DROPPED = Symbol("dropped");
 
 /** Whether a process is gone (or a zombie, which runs no code any more). Linux /proc. */
@@ -808,8 +811,11 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   /** Requests held by a hold rule, each with what ends the hold: go on, or be dropped unanswered. */
   const heldNow = new Set<{ action: string; end: (drop: boolean) => void }>();
+  /** Resets and the layer's stop so far: a call waiting out a latency rule across one is dropped. */
+  let drops = 0;
   /** Ends every hold: the calls go on, or (a reset, the layer stopping) are dropped without an answer. */
   function releaseHolds(drop = false): number {
+    if (drop) drops++;
     const n = heldNow.size;
     for (const h of [...heldNow]) h.end(drop);
     return n;
@@ -822,10 +828,11 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
 
   /**
    * The service's own time for the request (latency rules), and a hold while one applies. True: the
-   * call was dropped while held (a reset or the layer stopping), so it is neither carried out nor
-   * answered.
+   * call was dropped while held or waiting (a reset or the layer stopping), so it is neither carried
+   * out nor answered.
    */
   async function serviceTime(req: AwsRequest): Promise<boolean> {
+    const since = drops;
     const hold = config.holds.find((r) => (r.count === undefined || r.count > 0) && globMatch(r.action, req.action, true));
     if (hold) {
       if (hold.count !== undefined) hold.count--;
@@ -844,7 +851,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     }
     const rule = config.latencies.find((r) => globMatch(r.action, req.action, true));
     if (rule) await new Promise((r) => setTimeout(r, rule.ms + Math.random() * (rule.jitterMs ?? 0)));
-    return false;
+    return drops !== since;
   }
 
   /** Counts a write of the request's access key; returns the crash point armed for it, if any (disarmed). */
@@ -934,7 +941,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     if (sub === "/stats" && method === "GET") return json(res, 200, { ...stats, holding: holdingNow() });
     if (sub === "/stats/reset" && method === "POST") {
       stats = emptyStats();
-      return json(res, 200, stats);
+      return json(res, 200, { ...stats, holding: holdingNow() });
     }
     return json(res, 404, { message: `no such control endpoint: ${method} ${path}` });
   }
@@ -950,7 +957,7 @@ export async function startStrictAws(opts: StrictAwsOptions): Promise<StrictAws>
     if (aws) {
       const answer = await handleAws(aws);
       if (answer === DROPPED) {
-        // The caller is dead: nothing is answered (as if the connection broke mid-request).
+        // The caller is dead, or its call was dropped: nothing is answered (as if the connection broke mid-request).
         res.socket?.destroy();
         return;
       }
